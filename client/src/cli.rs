@@ -1,0 +1,373 @@
+//! The `tandem` command line (TSM `dsmc` verbs) and the dispatch to commands.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+use tandem_proto::pb;
+
+use crate::backup::{self, BackupStats, Mode, human_bytes};
+use crate::console::Console;
+use crate::error::{ClientError, ExitStatus};
+use crate::error_log::ErrorLog;
+use crate::messages::Msg;
+use crate::options::{self, ClientOptions};
+use crate::query;
+use crate::restore::{self, Replace, RestoreRequest, RestoreStats};
+use crate::selection::Selection;
+use crate::session::Session;
+use crate::timefmt;
+
+/// Tandem backup-archive client.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about,
+    after_help = "Exit codes: 0 success, 4 some objects skipped, 8 warnings, 12 errors."
+)]
+pub struct Cli {
+    /// Options file [default: $TANDEM_OPTIONS, ./tandem.toml, ~/.config/tandem/tandem.toml].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub options: Option<PathBuf>,
+    /// Print only warnings and errors.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    /// Print results as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Back up new and changed files; files gone locally become inactive.
+    Incremental {
+        /// Files or directories [default: `domain` from the options file].
+        paths: Vec<PathBuf>,
+    },
+    /// Back up exactly these files and trees, changed or not.
+    Selective {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Restore files: SOURCE is a path or a directory with a pattern (`/data/*`).
+    Restore {
+        /// What to restore.
+        source: String,
+        /// Where to; paths stay relative to SOURCE's directory [default: in place].
+        dest: Option<PathBuf>,
+        /// Include subdirectories.
+        #[arg(long)]
+        subdir: bool,
+        /// Restore the versions that were active at this time.
+        #[arg(long, value_name = "TIME")]
+        pitdate: Option<String>,
+        /// Consider inactive versions too (the newest version of each file wins).
+        #[arg(long)]
+        inactive: bool,
+        /// What to do when a file exists.
+        #[arg(long, value_enum, default_value = "no")]
+        replace: Replace,
+    },
+    /// Show information from the server.
+    #[command(subcommand)]
+    Query(QueryCommand),
+    /// Change settings on the server.
+    #[command(subcommand)]
+    Set(SetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum QueryCommand {
+    /// List stored versions.
+    Backup {
+        /// A path or a directory with a pattern.
+        pattern: String,
+        /// Include inactive versions.
+        #[arg(long)]
+        inactive: bool,
+        /// Include subdirectories.
+        #[arg(long)]
+        subdir: bool,
+    },
+    /// List this node's filespaces.
+    Filespace,
+    /// Describe the session: server, GUID, node, mode.
+    Session,
+}
+
+#[derive(Debug, Subcommand)]
+enum SetCommand {
+    /// Change the node's password.
+    Password {
+        /// Current password.
+        old: String,
+        /// New password (at least 8 characters).
+        new: String,
+    },
+}
+
+fn excludes(options: &ClientOptions) -> Result<GlobSet, ClientError> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in &options.exclude {
+        builder.add(Glob::new(pattern).map_err(|e| {
+            ClientError::Usage(format!("exclude pattern {pattern:?} is invalid: {e}"))
+        })?);
+    }
+    builder
+        .build()
+        .map_err(|e| ClientError::Usage(format!("exclude patterns: {e}")))
+}
+
+fn summary_table(rows: Vec<(&str, String)>) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED);
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    t
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn elapsed(secs: f64) -> String {
+    let whole = secs as u64;
+    format!(
+        "{:02}:{:02}:{:02}.{:02}",
+        whole / 3600,
+        whole / 60 % 60,
+        whole % 60,
+        ((secs.fract()) * 100.0) as u64
+    )
+}
+
+fn print_backup_summary(stats: &BackupStats, console: &Console) {
+    if console.json {
+        return print_json(stats);
+    }
+    if console.quiet {
+        return;
+    }
+    let rate = stats.bytes_scanned as f64 / stats.elapsed_secs.max(0.001);
+    println!(
+        "{}",
+        summary_table(vec![
+            ("Objects inspected", stats.inspected.to_string()),
+            ("Objects backed up", stats.backed_up.to_string()),
+            ("Objects unchanged", stats.unchanged.to_string()),
+            ("Objects deactivated", stats.deactivated.to_string()),
+            ("Objects failed", stats.failed.to_string()),
+            ("Bytes scanned", human_bytes(stats.bytes_scanned)),
+            ("Bytes sent", human_bytes(stats.bytes_sent)),
+            ("Bytes deduplicated", human_bytes(stats.bytes_deduplicated)),
+            ("Throughput", format!("{}/s", human_bytes(rate as u64))),
+            ("Elapsed", elapsed(stats.elapsed_secs)),
+        ])
+    );
+}
+
+fn print_restore_summary(stats: &RestoreStats, console: &Console) {
+    if console.json {
+        return print_json(stats);
+    }
+    if console.quiet {
+        return;
+    }
+    println!(
+        "{}",
+        summary_table(vec![
+            ("Objects restored", stats.restored.to_string()),
+            ("Objects skipped", stats.skipped.to_string()),
+            ("Objects failed", stats.failed.to_string()),
+            ("Bytes restored", human_bytes(stats.bytes)),
+            ("Elapsed", elapsed(stats.elapsed_secs)),
+        ])
+    );
+}
+
+async fn set_password(
+    session: &Session,
+    options: &ClientOptions,
+    old: String,
+    new: String,
+    console: &Console,
+) -> Result<(), ClientError> {
+    session
+        .client()
+        .set_password(session.request(pb::SetPasswordRequest {
+            old_password: old,
+            new_password: new.clone(),
+        }))
+        .await
+        .map_err(|s| ClientError::server("changing the password", s))?;
+    match &options.password_file {
+        Some(file) => {
+            crate::atomic::write_file(file, format!("{new}\n").as_bytes(), Some(0o600))
+                .map_err(|e| ClientError::Io { path: file.clone(), source: e })?;
+            console.report(
+                &Msg { id: "TDM1030I", text: format!("password changed; {} updated", file.display()) },
+                ExitStatus::Success,
+            );
+        }
+        None => console.report(
+            &Msg {
+                id: "TDM1031W",
+                text: "password changed on the server; update `password` in the options file before the next command".into(),
+            },
+            ExitStatus::Warnings,
+        ),
+    }
+    Ok(())
+}
+
+async fn dispatch(cli: Cli, options: &ClientOptions, console: &Console) -> Result<(), ClientError> {
+    // Arguments are checked before the logon, so bad input never costs a session.
+    let work = prepare(&cli.command, options)?;
+    let session = Session::logon(options).await?;
+    let result = match (cli.command, work) {
+        (Command::Incremental { .. }, Prepared::Backup(paths, excludes)) => {
+            let stats = backup::run(&session, &paths, Mode::Incremental, &excludes, console).await;
+            stats.map(|s| print_backup_summary(&s, console))
+        }
+        (Command::Selective { .. }, Prepared::Backup(paths, excludes)) => {
+            let stats = backup::run(&session, &paths, Mode::Selective, &excludes, console).await;
+            stats.map(|s| print_backup_summary(&s, console))
+        }
+        (Command::Restore { .. }, Prepared::Restore(req)) => restore::run(&session, req, console)
+            .await
+            .map(|s| print_restore_summary(&s, console)),
+        (Command::Query(QueryCommand::Backup { inactive, .. }), Prepared::Query(selection)) => {
+            query::backup(&session, &selection, inactive, console).await
+        }
+        (Command::Query(QueryCommand::Filespace), _) => query::filespaces(&session, console).await,
+        (Command::Query(QueryCommand::Session), _) => {
+            query::session(&session, options, console);
+            Ok(())
+        }
+        (Command::Set(SetCommand::Password { old, new }), _) => {
+            set_password(&session, options, old, new, console).await
+        }
+        _ => Err(ClientError::Usage(
+            "internal: command and arguments disagree".into(),
+        )),
+    };
+    session.logoff().await;
+    result
+}
+
+/// A command's arguments, checked.
+enum Prepared {
+    Backup(Vec<PathBuf>, GlobSet),
+    Restore(RestoreRequest),
+    Query(Selection),
+    Nothing,
+}
+
+fn prepare(command: &Command, options: &ClientOptions) -> Result<Prepared, ClientError> {
+    Ok(match command {
+        Command::Incremental { paths } => {
+            let paths = if paths.is_empty() {
+                options.domain.clone()
+            } else {
+                paths.clone()
+            };
+            if paths.is_empty() {
+                return Err(ClientError::Usage(
+                    "no paths given and no `domain` in the options file; name what to back up"
+                        .into(),
+                ));
+            }
+            Prepared::Backup(paths, excludes(options)?)
+        }
+        Command::Selective { paths } => Prepared::Backup(paths.clone(), excludes(options)?),
+        Command::Restore {
+            source,
+            dest,
+            subdir,
+            pitdate,
+            inactive,
+            replace,
+        } => Prepared::Restore(RestoreRequest {
+            selection: Selection::parse(source, *subdir)?,
+            dest: dest
+                .as_deref()
+                .map(crate::paths::absolute)
+                .transpose()
+                .map_err(|e| ClientError::Usage(format!("destination cannot be resolved: {e}")))?,
+            point_in_time_ns: pitdate.as_deref().map(timefmt::parse_time).transpose()?,
+            inactive: *inactive,
+            replace: *replace,
+        }),
+        Command::Query(QueryCommand::Backup {
+            pattern, subdir, ..
+        }) => Prepared::Query(Selection::parse(pattern, *subdir)?),
+        Command::Set(SetCommand::Password { new, .. }) if new.chars().count() < 8 => {
+            return Err(ClientError::Usage(
+                "the new password is too short; use at least 8 characters".into(),
+            ));
+        }
+        _ => Prepared::Nothing,
+    })
+}
+
+/// Runs the client with `args` (including the program name) and returns the
+/// exit code. Used by `main` and by `tandem-server demo`.
+pub async fn run<I, T>(args: I) -> ExitStatus
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitStatus::Error
+            } else {
+                ExitStatus::Success
+            };
+        }
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let path = options::resolve_path(
+        cli.options.as_deref(),
+        env.get("TANDEM_OPTIONS").map(String::as_str),
+        std::path::Path::new("tandem.toml").exists(),
+        options::config_home().as_deref(),
+    );
+    let options = match ClientOptions::load(&path, &env) {
+        Ok(o) => o,
+        Err(e) => {
+            let err = ClientError::from(e);
+            eprintln!("{} {err}", err.msg_id());
+            return err.exit_status();
+        }
+    };
+    let log = ErrorLog::new(options.error_log_path(), options.error_log_max_mb);
+    let console = Console::new(Some(log), cli.quiet, cli.json);
+    match dispatch(cli, &options, &console).await {
+        Ok(()) => console.status(),
+        Err(err) => {
+            console.report(
+                &Msg {
+                    id: err.msg_id(),
+                    text: err.to_string(),
+                },
+                err.exit_status(),
+            );
+            console.status().max(err.exit_status())
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Where a command's messages go: stderr for the user, the error log for
+//! warnings and errors, and the worst severity seen for the exit code.
+
+use std::sync::Mutex;
+
+use crate::error::ExitStatus;
+use crate::error_log::ErrorLog;
+use crate::messages::{Msg, Severity};
+
+/// Output settings and the message sink of one command.
+#[derive(Debug)]
+pub struct Console {
+    log: Option<ErrorLog>,
+    /// Print only warnings and errors.
+    pub quiet: bool,
+    /// Print a JSON document on stdout instead of tables.
+    pub json: bool,
+    worst: Mutex<ExitStatus>,
+}
+
+impl Console {
+    /// A console writing warnings and errors to `log`, if given.
+    pub fn new(log: Option<ErrorLog>, quiet: bool, json: bool) -> Self {
+        Console {
+            log,
+            quiet,
+            json,
+            worst: Mutex::new(ExitStatus::Success),
+        }
+    }
+
+    /// Reports a message. `status` is the exit code it implies (e.g. a skipped
+    /// file is [`ExitStatus::Skipped`]).
+    pub fn report(&self, msg: &Msg, status: ExitStatus) {
+        {
+            let mut worst = self.worst.lock().unwrap_or_else(|e| e.into_inner());
+            *worst = (*worst).max(status);
+        }
+        if msg.severity() != Severity::Info || !self.quiet {
+            eprintln!("{msg}");
+        }
+        if msg.severity() != Severity::Info {
+            self.log_only(msg);
+        }
+    }
+
+    /// Writes a message to the error log only.
+    pub fn log_only(&self, msg: &Msg) {
+        if let Some(log) = &self.log {
+            if let Err(e) = log.append(msg) {
+                eprintln!(
+                    "TDM1008W cannot write the error log {}: {e}",
+                    log.path().display()
+                );
+            }
+        }
+    }
+
+    /// The worst status reported so far.
+    pub fn status(&self) -> ExitStatus {
+        *self.worst.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

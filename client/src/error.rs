@@ -1,0 +1,107 @@
+//! Client errors and the exit codes they map to.
+//!
+//! Exit codes follow TSM's `dsmc` scheme so existing scripts keep working:
+//! 0 success, 4 some objects skipped (the rest done), 8 warnings,
+//! 12 errors (nothing or not everything could be done).
+
+use std::path::PathBuf;
+
+use crate::options::OptionsError;
+
+/// Process exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExitStatus {
+    /// Everything done.
+    Success = 0,
+    /// Some objects were skipped (not found, unreadable, not replaced); the rest was done.
+    Skipped = 4,
+    /// Done, with warnings.
+    Warnings = 8,
+    /// Failed, or at least one object failed with an error (e.g. corrupt data).
+    Error = 12,
+}
+
+impl ExitStatus {
+    /// The numeric code.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// What can stop a client command.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The options file is missing or wrong.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// The server did not answer.
+    #[error(
+        "cannot reach server {server} at {address}: {cause} ({attempts} attempt(s) in {elapsed_ms} ms); check that the server runs and that server_address is right"
+    )]
+    Unreachable {
+        /// Server name from the options.
+        server: String,
+        /// Its address.
+        address: String,
+        /// The last transport error.
+        cause: String,
+        /// Tries made.
+        attempts: u32,
+        /// Time spent.
+        elapsed_ms: u128,
+    },
+    /// The server refused the logon.
+    #[error("logon to server {server} refused: {message}")]
+    LogonRefused {
+        /// Server name.
+        server: String,
+        /// The server's reason.
+        message: String,
+    },
+    /// The server failed a request.
+    #[error("{operation} failed on the server: {message}")]
+    Server {
+        /// What was being done.
+        operation: &'static str,
+        /// The server's message.
+        message: String,
+    },
+    /// A command-line argument is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// Wraps a status from the server for `operation`.
+    pub fn server(operation: &'static str, status: tonic::Status) -> Self {
+        ClientError::Server {
+            operation,
+            message: format!("{} ({:?})", status.message(), status.code()),
+        }
+    }
+
+    /// The exit code for this error.
+    pub fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Error
+    }
+
+    /// The TDM message id printed with this error.
+    pub fn msg_id(&self) -> &'static str {
+        match self {
+            ClientError::Options(_) => "TDM1001E",
+            ClientError::Unreachable { .. } => "TDM1002E",
+            ClientError::LogonRefused { .. } => "TDM1003E",
+            ClientError::Server { .. } => "TDM1005E",
+            ClientError::Usage(_) => "TDM1006E",
+            ClientError::Io { .. } => "TDM1007E",
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The error log (`dsierror.log`): one line per event, each appended with a
+//! single `write` on an `O_APPEND` file so concurrent clients never interleave
+//! inside a line. Rotation renames the full log to `<name>.1`, keeping the newest lines.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::messages::Msg;
+
+/// Appends messages to the error log.
+#[derive(Debug, Clone)]
+pub struct ErrorLog {
+    path: PathBuf,
+    max_bytes: u64,
+}
+
+impl ErrorLog {
+    /// A log at `path`, rotated once larger than `max_mb` MiB (0 = never).
+    pub fn new(path: PathBuf, max_mb: u64) -> Self {
+        ErrorLog {
+            path,
+            max_bytes: max_mb.saturating_mul(1024 * 1024),
+        }
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Formats one line: RFC 3339 local time with milliseconds and offset, id, text.
+    pub fn line(msg: &Msg) -> String {
+        let now = chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z");
+        let text = msg.text.replace('\n', " ");
+        format!("{now} {} {text}\n", msg.id)
+    }
+
+    /// Appends `msg`.
+    ///
+    /// # Errors
+    /// I/O errors creating the directory or writing the file.
+    pub fn append(&self, msg: &Msg) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        if self.max_bytes > 0 {
+            self.rotate_if_full()?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        // One write call for the whole line: O_APPEND makes it land at the end
+        // in one piece even with other clients appending.
+        file.write_all(Self::line(msg).as_bytes())
+    }
+
+    fn rotate_if_full(&self) -> std::io::Result<()> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) if m.len() >= self.max_bytes => {
+                let mut old = self.path.clone().into_os_string();
+                old.push(".1");
+                // Another client may have rotated it first: NotFound is fine.
+                match std::fs::rename(&self.path, PathBuf::from(old)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_carry_offset_timestamp_and_id() {
+        let line = ErrorLog::line(&Msg::not_found("/x"));
+        let (stamp, rest) = line.split_once(' ').unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
+            "{stamp}"
+        );
+        assert!(rest.starts_with("TDM1011W /x skipped"));
+        assert!(line.ends_with('\n'));
+    }
+
+    #[test]
+    fn rotation_keeps_the_newest_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ErrorLog::new(dir.path().join("dsierror.log"), 1);
+        let big = Msg {
+            id: "TDM1010W",
+            text: "x".repeat(600 * 1024),
+        };
+        log.append(&big).unwrap();
+        log.append(&big).unwrap();
+        log.append(&Msg::not_found("/newest")).unwrap();
+        let current = std::fs::read_to_string(log.path()).unwrap();
+        assert!(current.contains("/newest"));
+        assert!(dir.path().join("dsierror.log.1").exists());
+    }
+}

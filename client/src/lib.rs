@@ -1,0 +1,31 @@
+//! The Tandem backup-archive client (`tandem`, TSM `dsmc`).
+//!
+//! Layout:
+//! - [`cli`]: the command line and dispatch.
+//! - [`options`]: the options file (config crate) and where it is found.
+//! - [`session`]: connect, log on with retries, tell unreachable from refused.
+//! - [`scan`] + [`backup`]: walk and chunk on one thread, upload and commit on another.
+//! - [`selection`] + [`target`] + [`restore`]: what to restore, where it may go, and writing it verified.
+//! - [`query`]: `query backup|filespace|session`.
+//! - [`messages`], [`console`], [`error_log`]: TDM messages to the console and `dsierror.log`.
+//! - [`error`]: `ClientError` and the exit codes (0/4/8/12, as `dsmc`).
+
+pub mod atomic;
+pub mod backup;
+pub mod cli;
+pub mod console;
+pub mod error;
+pub mod error_log;
+pub mod messages;
+pub mod options;
+pub mod paths;
+pub mod query;
+pub mod restore;
+pub mod scan;
+pub mod selection;
+pub mod session;
+pub mod target;
+pub mod timefmt;
+
+pub use cli::run;
+pub use error::ExitStatus;

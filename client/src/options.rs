@@ -1,0 +1,366 @@
+//! The client options file (TSM `dsm.opt`/`dsm.sys`), read with the `config`
+//! crate: the TOML file, then `TANDEM_<KEY>` environment overrides.
+//!
+//! Which file: `--options`, else `$TANDEM_OPTIONS`, else `./tandem.toml`, else
+//! `~/.config/tandem/tandem.toml` ([`resolve_path`], a pure function).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Option keys, for environment overrides and for error messages.
+pub const KEYS: &[&str] = &[
+    "node_name",
+    "server_name",
+    "server_address",
+    "password",
+    "password_file",
+    "domain",
+    "exclude",
+    "error_log",
+    "error_log_max_mb",
+    "state_dir",
+    "connect_timeout_ms",
+    "logon_retries",
+];
+
+/// A password, printed as `***` in debug output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a password.
+    pub fn new(text: impl Into<String>) -> Self {
+        Secret(text.into())
+    }
+
+    /// The password text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The client's options, as read from the file and environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientOptions {
+    /// Node to log on as (NODENAME).
+    pub node_name: String,
+    /// Name of the primary server, for messages (SERVERNAME).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// URL of the primary server, e.g. `http://127.0.0.1:1500`.
+    pub server_address: String,
+    /// The node's password.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// A file holding the node's password (first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Default paths of `incremental` (DOMAIN).
+    #[serde(default)]
+    pub domain: Vec<PathBuf>,
+    /// Glob patterns never backed up (EXCLUDE).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Error log file (ERRORLOGNAME); default `dsierror.log` in `state_dir`.
+    #[serde(default)]
+    pub error_log: Option<PathBuf>,
+    /// Size in MiB at which the error log is rotated; 0 = never (ERRORLOGMAX).
+    #[serde(default)]
+    pub error_log_max_mb: u64,
+    /// Directory for client state (NRTABLEPATH).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Time the server gets to answer a logon, in milliseconds, across all tries.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Logon tries before the server counts as unreachable.
+    #[serde(default = "default_logon_retries")]
+    pub logon_retries: u32,
+}
+
+fn default_server_name() -> String {
+    "TANDEM".into()
+}
+fn default_connect_timeout_ms() -> u64 {
+    1500
+}
+fn default_logon_retries() -> u32 {
+    3
+}
+
+/// An options file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("options file {path}: {message}")]
+pub struct OptionsError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong and, where possible, what to do.
+    pub message: String,
+}
+
+/// Picks the options file: the flag, then `$TANDEM_OPTIONS`, then `./tandem.toml`
+/// if it exists, then the user config dir.
+pub fn resolve_path(
+    flag: Option<&Path>,
+    env: Option<&str>,
+    cwd_file_exists: bool,
+    config_home: Option<&Path>,
+) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(e) = env.filter(|e| !e.is_empty()) {
+        return PathBuf::from(e);
+    }
+    if cwd_file_exists {
+        return PathBuf::from("tandem.toml");
+    }
+    match config_home {
+        Some(dir) => dir.join("tandem").join("tandem.toml"),
+        None => PathBuf::from("tandem.toml"),
+    }
+}
+
+/// The user's config directory: `$XDG_CONFIG_HOME`, else `~/.config`.
+pub fn config_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+}
+
+impl ClientOptions {
+    /// Reads `path` with `env` overrides (`TANDEM_<KEY>` for the keys in
+    /// [`KEYS`]; other `TANDEM_*` variables belong to other programs and are
+    /// ignored) and checks the values.
+    ///
+    /// # Errors
+    /// [`OptionsError`] naming the file and the key or line at fault.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, OptionsError> {
+        let fail = |message: String| OptionsError {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.exists() {
+            return Err(fail(
+                "not found; create it (see README: options) or name it with --options".into(),
+            ));
+        }
+        let overrides: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| {
+                k.strip_prefix("TANDEM_")
+                    .is_some_and(|key| KEYS.contains(&key.to_ascii_lowercase().as_str()))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("TANDEM")
+                    .source(Some(overrides))
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("domain")
+                    .with_list_parse_key("exclude"),
+            )
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut options: ClientOptions = built.try_deserialize().map_err(|e| {
+            let text = e.to_string();
+            if text.contains("missing field") {
+                fail(format!("{text}; add it to the file"))
+            } else {
+                fail(text)
+            }
+        })?;
+        options.check().map_err(fail)?;
+        if let Some(file) = &options.password_file {
+            let file = relative_to(path, file);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| fail(format!("cannot read password_file {}: {e}", file.display())))?;
+            let first = text.lines().next().unwrap_or("").to_string();
+            options.password = Some(Secret::new(first));
+            options.password_file = Some(file);
+        }
+        Ok(options)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.node_name.trim().is_empty() {
+            return Err("node_name is empty".into());
+        }
+        if !(self.server_address.starts_with("http://")
+            || self.server_address.starts_with("https://"))
+        {
+            return Err(format!(
+                "server_address {:?} must be a URL such as http://127.0.0.1:1500",
+                self.server_address
+            ));
+        }
+        if self.password.is_none() && self.password_file.is_none() {
+            return Err("neither password nor password_file is set; add one".into());
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err("both password and password_file are set; keep one".into());
+        }
+        if self.logon_retries == 0 {
+            return Err("logon_retries must be at least 1".into());
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err("connect_timeout_ms must be at least 1".into());
+        }
+        for pattern in &self.exclude {
+            globset::Glob::new(pattern)
+                .map_err(|e| format!("exclude pattern {pattern:?} is invalid: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The state directory: `state_dir`, else `$XDG_STATE_HOME/tandem`, else
+    /// `~/.local/state/tandem`, else `.tandem` beside the working directory.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("state"))
+            })
+            .map_or_else(|| PathBuf::from(".tandem"), |d| d.join("tandem"))
+    }
+
+    /// The error log path.
+    pub fn error_log_path(&self) -> PathBuf {
+        self.error_log
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("dsierror.log"))
+    }
+
+    /// The password (set by [`ClientOptions::load`] from either key).
+    pub fn password(&self) -> Secret {
+        self.password.clone().unwrap_or_else(|| Secret::new(""))
+    }
+}
+
+/// A relative path in the options file is relative to the file's directory.
+fn relative_to(options_file: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        options_file
+            .parent()
+            .map_or_else(|| p.to_path_buf(), |d| d.join(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("tandem.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const GOOD: &str = "node_name = \"alice\"\nserver_address = \"http://127.0.0.1:1500\"\npassword = \"secret123\"\n";
+
+    #[test]
+    fn path_resolution_order() {
+        let flag = Path::new("/x/flag.toml");
+        let home = Path::new("/home/u/.config");
+        assert_eq!(
+            resolve_path(Some(flag), Some("/e.toml"), true, Some(home)),
+            flag
+        );
+        assert_eq!(
+            resolve_path(None, Some("/e.toml"), true, Some(home)),
+            Path::new("/e.toml")
+        );
+        assert_eq!(
+            resolve_path(None, None, true, Some(home)),
+            Path::new("tandem.toml")
+        );
+        assert_eq!(
+            resolve_path(None, Some(""), false, Some(home)),
+            Path::new("/home/u/.config/tandem/tandem.toml")
+        );
+    }
+
+    #[test]
+    fn reads_file_and_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), GOOD);
+        let env = HashMap::from([
+            ("TANDEM_LOGON_RETRIES".to_string(), "5".to_string()),
+            ("TANDEM_DOMAIN".to_string(), "/a,/b".to_string()),
+            ("TANDEM_OPTIONS".to_string(), "ignored".to_string()),
+            ("TANDEM_SERVER_LISTEN".to_string(), "ignored".to_string()),
+        ]);
+        let o = ClientOptions::load(&p, &env).unwrap();
+        assert_eq!(o.node_name, "alice");
+        assert_eq!(o.logon_retries, 5);
+        assert_eq!(o.domain, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(format!("{:?}", o.password), "Some(***)");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("{GOOD}nodename = \"x\"\n"));
+        let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("nodename"), "{err}");
+    }
+
+    #[test]
+    fn missing_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "server_address = \"http://x:1\"\npassword = \"p\"\n",
+        );
+        let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("node_name"), "{err}");
+        let p = write(
+            dir.path(),
+            "node_name = \"a\"\nserver_address = \"127.0.0.1:1500\"\npassword = \"p\"\n",
+        );
+        let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("must be a URL"), "{err}");
+        let p = write(dir.path(), &format!("{GOOD}exclude = [\"a[\"]\n"));
+        let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("a["), "{err}");
+    }
+
+    #[test]
+    fn malformed_toml_is_reported_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "node_name = \"unterminated\n");
+        let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("tandem.toml"), "{err}");
+    }
+
+    #[test]
+    fn password_file_is_read_relative_to_the_options_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "from-file-pw\n").unwrap();
+        let p = write(
+            dir.path(),
+            "node_name = \"a\"\nserver_address = \"http://x:1\"\npassword_file = \"pw\"\n",
+        );
+        let o = ClientOptions::load(&p, &HashMap::new()).unwrap();
+        assert_eq!(o.password().expose(), "from-file-pw");
+    }
+}

@@ -1,0 +1,186 @@
+//! `query backup`, `query filespace` and `query session`: tables for people,
+//! JSON for scripts.
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::json;
+use tandem_proto::pb;
+use tokio_stream::StreamExt;
+
+use crate::backup::human_bytes;
+use crate::console::Console;
+use crate::error::{ClientError, ExitStatus};
+use crate::messages::Msg;
+use crate::options::ClientOptions;
+use crate::selection::Selection;
+use crate::session::Session;
+use crate::timefmt;
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
+    t
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::ObjectKind::try_from(kind) {
+        Ok(pb::ObjectKind::File) => "file",
+        Ok(pb::ObjectKind::Directory) => "dir",
+        Ok(pb::ObjectKind::Symlink) => "link",
+        _ => "?",
+    }
+}
+
+/// Lists stored versions matching `selection`.
+///
+/// # Errors
+/// Server failures.
+pub async fn backup(
+    session: &Session,
+    selection: &Selection,
+    inactive: bool,
+    console: &Console,
+) -> Result<(), ClientError> {
+    let mut client = session.client();
+    let mut stream = client
+        .query_objects(session.request(pb::QueryObjectsRequest {
+            path_prefix: selection.prefix.clone(),
+            include_inactive: inactive,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| ClientError::server("listing stored objects", s))?
+        .into_inner();
+    let mut rows = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|s| ClientError::server("listing stored objects", s))?;
+        rows.extend(
+            batch
+                .versions
+                .into_iter()
+                .filter(|v| v.attrs.as_ref().is_some_and(|a| selection.matches(&a.path))),
+        );
+    }
+    if rows.is_empty() {
+        console.report(&Msg::no_match(&selection.prefix), ExitStatus::Skipped);
+    }
+    if console.json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|v| {
+                let a = v.attrs.clone().unwrap_or_default();
+                json!({
+                    "path": a.path, "kind": kind_name(a.kind), "size": a.size,
+                    "backup_time": timefmt::rfc3339(v.backup_time_ns),
+                    "state": if v.active { "active" } else { "inactive" },
+                    "deactivated": timefmt::rfc3339(v.deactivated_ns),
+                    "filespace": v.filespace,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let mut t = table(&[
+        "Size",
+        "Backup Date",
+        "State",
+        "Deactivated",
+        "Type",
+        "Path",
+    ]);
+    for v in &rows {
+        let a = v.attrs.clone().unwrap_or_default();
+        t.add_row(vec![
+            human_bytes(a.size),
+            timefmt::show(v.backup_time_ns),
+            if v.active { "active" } else { "inactive" }.to_string(),
+            timefmt::show(v.deactivated_ns),
+            kind_name(a.kind).to_string(),
+            a.path,
+        ]);
+    }
+    if !rows.is_empty() {
+        println!("{t}");
+    }
+    Ok(())
+}
+
+/// Lists the node's filespaces.
+///
+/// # Errors
+/// Server failures.
+pub async fn filespaces(session: &Session, console: &Console) -> Result<(), ClientError> {
+    let reply = session
+        .client()
+        .query_filespaces(session.request(pb::QueryFilespacesRequest {}))
+        .await
+        .map_err(|s| ClientError::server("listing filespaces", s))?
+        .into_inner();
+    if console.json {
+        let list: Vec<_> = reply
+            .filespaces
+            .iter()
+            .map(|f| {
+                json!({
+                    "name": f.name, "active_objects": f.active_objects, "active_bytes": f.active_bytes,
+                    "last_backup_start": timefmt::rfc3339(f.last_backup_start_ns),
+                    "last_backup_end": timefmt::rfc3339(f.last_backup_end_ns),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let mut t = table(&[
+        "Filespace",
+        "Objects",
+        "Size",
+        "Last Backup Start",
+        "Last Backup End",
+    ]);
+    for f in reply.filespaces {
+        t.add_row(vec![
+            f.name,
+            f.active_objects.to_string(),
+            human_bytes(f.active_bytes),
+            timefmt::show(f.last_backup_start_ns),
+            timefmt::show(f.last_backup_end_ns),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// Describes the session: server, GUID, node, mode.
+pub fn session(session: &Session, options: &ClientOptions, console: &Console) {
+    let i = &session.info;
+    if console.json {
+        let doc = json!({
+            "server_name": i.name, "server_address": i.address, "server_guid": i.guid,
+            "node": i.node, "session": i.session_id, "mode": "normal",
+            "error_log": options.error_log_path(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    let mut t = table(&["Item", "Value"]);
+    for (k, v) in [
+        ("Server name", i.name.clone()),
+        ("Server address", i.address.clone()),
+        ("Server GUID", i.guid.clone()),
+        ("Node", i.node.clone()),
+        ("Session", i.session_id.to_string()),
+        ("Mode", "normal".to_string()),
+        ("Error log", options.error_log_path().display().to_string()),
+    ] {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    println!("{t}");
+}

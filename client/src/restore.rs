@@ -1,0 +1,514 @@
+//! `restore`: plan (select versions, place them safely under DEST, decide
+//! replacement), then fetch chunk data in batches while a blocking writer
+//! thread decompresses, verifies every chunk's hash and writes the files.
+//!
+//! A file is written to a temporary name and renamed into place only when all
+//! its chunks verified, so a damaged file never appears half-written; it is
+//! reported by name (TDM1020E) and the other files are restored.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use tandem_proto::ChunkId;
+use tandem_proto::pb;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::console::Console;
+use crate::error::{ClientError, ExitStatus};
+use crate::messages::Msg;
+use crate::selection::Selection;
+use crate::session::Session;
+use crate::target::safe_target;
+
+/// What to do when a target exists (TSM REPLACE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Replace {
+    /// Keep existing files; report them as skipped.
+    No,
+    /// Replace existing files, except read-only ones.
+    Yes,
+    /// Replace existing files, read-only ones too.
+    All,
+}
+
+/// Restore settings.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// Which objects.
+    pub selection: Selection,
+    /// Where to (default: in place).
+    pub dest: Option<PathBuf>,
+    /// Versions active at this time (Unix ns).
+    pub point_in_time_ns: Option<i64>,
+    /// Consider inactive versions too (the newest version of each path wins).
+    pub inactive: bool,
+    /// Replacement rule.
+    pub replace: Replace,
+}
+
+/// Figures of a restore.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreStats {
+    /// Objects restored.
+    pub restored: u64,
+    /// File bytes written.
+    pub bytes: u64,
+    /// Objects skipped (exist and not replaced).
+    pub skipped: u64,
+    /// Objects that failed (damaged data, unsafe paths, write errors).
+    pub failed: u64,
+    /// Wall time in seconds.
+    pub elapsed_secs: f64,
+}
+
+/// Bytes of file data per `ReadChunks` call.
+const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
+/// Files per `ReadChunks` call.
+const FETCH_BATCH_FILES: usize = 512;
+
+/// A file to write.
+#[derive(Debug)]
+struct FileJob {
+    path: String,
+    target: PathBuf,
+    chunks: Vec<ChunkId>,
+    size: u64,
+    attrs: pb::ObjectAttrs,
+}
+
+/// What the fetcher hands the writer, in file order.
+#[derive(Debug)]
+enum Fetched {
+    Begin(usize),
+    Chunk(pb::Chunk),
+    End,
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    dirs: Vec<(PathBuf, pb::ObjectAttrs)>,
+    files: Vec<FileJob>,
+    links: Vec<(PathBuf, pb::ObjectAttrs)>,
+}
+
+async fn select_versions(
+    session: &Session,
+    req: &RestoreRequest,
+) -> Result<Vec<pb::ObjectVersion>, ClientError> {
+    let mut client = session.client();
+    let mut stream = client
+        .query_objects(session.request(pb::QueryObjectsRequest {
+            filespace: String::new(),
+            path_prefix: req.selection.prefix.clone(),
+            include_inactive: req.inactive,
+            point_in_time_ns: req.point_in_time_ns.unwrap_or(0),
+            with_chunks: true,
+        }))
+        .await
+        .map_err(|s| ClientError::server("listing stored objects", s))?
+        .into_inner();
+    // Newest selected version per path (versions arrive by path, then time).
+    let mut newest: BTreeMap<String, pb::ObjectVersion> = BTreeMap::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|s| ClientError::server("listing stored objects", s))?;
+        for v in batch.versions {
+            let Some(path) = v.attrs.as_ref().map(|a| a.path.clone()) else {
+                continue;
+            };
+            if req.selection.matches(&path) {
+                newest.insert(path, v);
+            }
+        }
+    }
+    Ok(newest.into_values().collect())
+}
+
+/// Places every version under the destination; reports what cannot be placed.
+fn plan(
+    versions: Vec<pb::ObjectVersion>,
+    req: &RestoreRequest,
+    dest: &Path,
+    console: &Console,
+    stats: &mut RestoreStats,
+) -> Plan {
+    let mut plan = Plan::default();
+    for v in versions {
+        let Some(attrs) = v.attrs else { continue };
+        let Some(rel) = req.selection.relative(&attrs.path).map(str::to_string) else {
+            continue;
+        };
+        if rel.is_empty() {
+            continue; // SOURCE's own directory: it is DEST itself
+        }
+        let target = match safe_target(dest, &rel) {
+            Ok(t) => t,
+            Err(why) => {
+                console.report(&Msg::escapes(&attrs.path, why), ExitStatus::Error);
+                stats.failed += 1;
+                continue;
+            }
+        };
+        let kind = pb::ObjectKind::try_from(attrs.kind).unwrap_or(pb::ObjectKind::Unspecified);
+        if kind == pb::ObjectKind::Directory {
+            plan.dirs.push((target, attrs));
+            continue;
+        }
+        if let Ok(existing) = std::fs::symlink_metadata(&target) {
+            let skip = match req.replace {
+                Replace::No => true,
+                Replace::Yes => {
+                    existing.permissions().readonly() && !existing.file_type().is_symlink()
+                }
+                Replace::All => false,
+            };
+            if existing.is_dir() {
+                console.report(
+                    &Msg::write_failed(&target.to_string_lossy(), "a directory is in the way"),
+                    ExitStatus::Error,
+                );
+                stats.failed += 1;
+                continue;
+            }
+            if skip {
+                console.report(&Msg::exists(&target.to_string_lossy()), ExitStatus::Skipped);
+                stats.skipped += 1;
+                continue;
+            }
+        }
+        match kind {
+            pb::ObjectKind::File => {
+                let chunks = v
+                    .chunk_ids
+                    .iter()
+                    .filter_map(|c| ChunkId::from_slice(c).ok())
+                    .collect();
+                plan.files.push(FileJob {
+                    path: attrs.path.clone(),
+                    target,
+                    chunks,
+                    size: attrs.size,
+                    attrs,
+                });
+            }
+            pb::ObjectKind::Symlink => plan.links.push((target, attrs)),
+            _ => {}
+        }
+    }
+    plan
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Applies mode, owner (when root) and mtime.
+fn apply_attrs(target: &Path, attrs: &pb::ObjectAttrs, is_link: bool) -> std::io::Result<()> {
+    if is_root() {
+        std::os::unix::fs::lchown(target, Some(attrs.uid), Some(attrs.gid))?;
+    }
+    let mtime = filetime::FileTime::from_unix_time(
+        attrs.mtime_ns.div_euclid(1_000_000_000),
+        attrs.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    if is_link {
+        return filetime::set_symlink_file_times(target, mtime, mtime);
+    }
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(attrs.mode))?;
+    filetime::set_file_times(target, mtime, mtime)
+}
+
+/// Fetches the chunks of `files` batch by batch, in file order.
+async fn fetch(
+    session: Session,
+    files: Vec<(usize, Vec<ChunkId>, u64)>,
+    tx: mpsc::Sender<Fetched>,
+) {
+    let mut next = 0;
+    while next < files.len() {
+        // Gather a batch.
+        let mut end = next;
+        let mut bytes = 0u64;
+        while end < files.len()
+            && (end == next || (bytes < FETCH_BATCH_BYTES && end - next < FETCH_BATCH_FILES))
+        {
+            bytes += files[end].2;
+            end += 1;
+        }
+        let ids: Vec<Vec<u8>> = files[next..end]
+            .iter()
+            .flat_map(|(_, c, _)| c.iter().map(|id| id.as_slice().to_vec()))
+            .collect();
+        let mut client = session.client();
+        let stream = if ids.is_empty() {
+            None
+        } else {
+            match client
+                .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids: ids }))
+                .await
+            {
+                Ok(s) => Some(s.into_inner()),
+                Err(status) => {
+                    // The whole batch failed: fail its first file and go on.
+                    let _ = tx.send(Fetched::Begin(files[next].0)).await;
+                    let _ = tx.send(Fetched::Failed(status.message().to_string())).await;
+                    next += 1;
+                    continue;
+                }
+            }
+        };
+        let mut stream = stream;
+        let mut restart_at = end;
+        'files: for (i, (job, chunks, _)) in files.iter().enumerate().take(end).skip(next) {
+            if tx.send(Fetched::Begin(*job)).await.is_err() {
+                return;
+            }
+            for _ in chunks {
+                let item = match stream.as_mut() {
+                    Some(s) => s.next().await,
+                    None => None,
+                };
+                let message = match item {
+                    Some(Ok(r)) => match r.chunk {
+                        Some(c) => Fetched::Chunk(c),
+                        None => Fetched::Failed("the server sent an empty chunk".into()),
+                    },
+                    Some(Err(status)) => Fetched::Failed(status.message().to_string()),
+                    None => Fetched::Failed("the server ended the data stream early".into()),
+                };
+                let failed = matches!(message, Fetched::Failed(_));
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+                if failed {
+                    restart_at = i + 1;
+                    break 'files;
+                }
+            }
+            if tx.send(Fetched::End).await.is_err() {
+                return;
+            }
+        }
+        next = restart_at;
+    }
+}
+
+/// The writer: decompresses, verifies and writes chunks as they arrive.
+struct Writer<'a> {
+    jobs: &'a [FileJob],
+    console: &'a Console,
+    stats: &'a mut RestoreStats,
+    current: Option<(usize, tempfile::NamedTempFile, usize)>,
+    broken: bool,
+}
+
+impl Writer<'_> {
+    fn begin(&mut self, job: usize) {
+        self.broken = false;
+        let target = &self.jobs[job].target;
+        let dir = target.parent().unwrap_or(Path::new("."));
+        match tempfile::Builder::new()
+            .prefix(".tandem-restore-")
+            .tempfile_in(dir)
+        {
+            Ok(tmp) => self.current = Some((job, tmp, 0)),
+            Err(e) => {
+                self.fail_write(job, e);
+                self.current = None;
+                self.broken = true;
+            }
+        }
+    }
+
+    fn fail_write(&mut self, job: usize, cause: impl std::fmt::Display) {
+        let target = self.jobs[job].target.to_string_lossy().into_owned();
+        self.console
+            .report(&Msg::write_failed(&target, cause), ExitStatus::Error);
+        self.stats.failed += 1;
+    }
+
+    fn corrupt(&mut self, cause: String) {
+        if let Some((job, _tmp, _)) = self.current.take() {
+            let path = self.jobs[job].path.clone();
+            self.console
+                .report(&Msg::corrupt(&path, cause), ExitStatus::Error);
+            self.stats.failed += 1;
+        }
+        self.broken = true;
+    }
+
+    fn chunk(&mut self, chunk: pb::Chunk) {
+        if self.broken {
+            return;
+        }
+        let Some((job, tmp, index)) = self.current.as_mut() else {
+            return;
+        };
+        let (job, idx) = (*job, *index);
+        let expected = self.jobs[job].chunks[idx];
+        let raw_len = usize::try_from(chunk.raw_len)
+            .unwrap_or(usize::MAX)
+            .min(64 << 20);
+        let result = zstd::bulk::decompress(&chunk.data, raw_len)
+            .map_err(|e| format!("chunk {expected} cannot be decompressed: {e}"))
+            .and_then(|raw| {
+                if ChunkId::of(&raw) == expected {
+                    Ok(raw)
+                } else {
+                    Err(format!("chunk {expected} does not match its hash"))
+                }
+            });
+        match result {
+            Ok(raw) => {
+                if let Err(e) = tmp.write_all(&raw) {
+                    self.current = None;
+                    self.broken = true;
+                    self.fail_write(job, e);
+                    return;
+                }
+                self.stats.bytes += raw.len() as u64;
+                if let Some((_, _, index)) = self.current.as_mut() {
+                    *index += 1;
+                }
+            }
+            Err(cause) => self.corrupt(cause),
+        }
+    }
+
+    fn end(&mut self) {
+        let Some((job, tmp, _)) = self.current.take() else {
+            return;
+        };
+        if self.broken {
+            return;
+        }
+        let target = self.jobs[job].target.clone();
+        let finished = tmp
+            .as_file()
+            .sync_all()
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                tmp.persist(&target)
+                    .map(drop)
+                    .map_err(|e| e.error.to_string())
+            })
+            .and_then(|()| {
+                apply_attrs(&target, &self.jobs[job].attrs, false).map_err(|e| e.to_string())
+            });
+        match finished {
+            Ok(()) => self.stats.restored += 1,
+            Err(e) => self.fail_write(job, e),
+        }
+    }
+
+    fn failed(&mut self, cause: String) {
+        self.corrupt(cause);
+    }
+}
+
+fn restore_link(target: &Path, attrs: &pb::ObjectAttrs) -> std::io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".tandem-restore-")
+        .make_in(dir, |p| std::os::unix::fs::symlink(&attrs.link_target, p))?;
+    tmp.persist(target).map_err(|e| e.error)?;
+    apply_attrs(target, attrs, true)
+}
+
+/// Restores the selected objects.
+///
+/// # Errors
+/// Server and connection failures; problems with single objects are reported
+/// on `console` and counted.
+pub async fn run(
+    session: &Session,
+    req: RestoreRequest,
+    console: &Console,
+) -> Result<RestoreStats, ClientError> {
+    let started = Instant::now();
+    let mut stats = RestoreStats::default();
+    let versions = select_versions(session, &req).await?;
+    if versions.is_empty() {
+        console.report(&Msg::no_match(&req.selection.prefix), ExitStatus::Skipped);
+        return Ok(stats);
+    }
+    let dest = req
+        .dest
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&req.selection.base));
+    std::fs::create_dir_all(&dest).map_err(|e| ClientError::Io {
+        path: dest.clone(),
+        source: e,
+    })?;
+    let plan = plan(versions, &req, &dest, console, &mut stats);
+    let Plan { dirs, files, links } = plan;
+    let (tx, mut rx) = mpsc::channel::<Fetched>(32);
+    let order: Vec<(usize, Vec<ChunkId>, u64)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i, f.chunks.clone(), f.size))
+        .collect();
+    let fetcher = tokio::spawn(fetch(session.clone(), order, tx));
+    let stats = tokio::task::block_in_place(|| {
+        let mut writer = Writer {
+            jobs: &files,
+            console,
+            stats: &mut stats,
+            current: None,
+            broken: false,
+        };
+        while let Some(message) = rx.blocking_recv() {
+            match message {
+                Fetched::Begin(job) => writer.begin(job),
+                Fetched::Chunk(c) => writer.chunk(c),
+                Fetched::End => writer.end(),
+                Fetched::Failed(cause) => writer.failed(cause),
+            }
+        }
+        for (target, attrs) in &links {
+            match restore_link(target, attrs) {
+                Ok(()) => writer.stats.restored += 1,
+                Err(e) => {
+                    console.report(
+                        &Msg::write_failed(&target.to_string_lossy(), e),
+                        ExitStatus::Error,
+                    );
+                    writer.stats.failed += 1;
+                }
+            }
+        }
+        // Directories last, deepest first, so writing into them does not
+        // disturb their restored mtime and read-only modes do not block files.
+        for (target, attrs) in dirs.iter().rev() {
+            let made = std::fs::create_dir(target).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists && target.is_dir() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            });
+            match made.and_then(|()| apply_attrs(target, attrs, false)) {
+                Ok(()) => writer.stats.restored += 1,
+                Err(e) => {
+                    console.report(
+                        &Msg::write_failed(&target.to_string_lossy(), e),
+                        ExitStatus::Error,
+                    );
+                    writer.stats.failed += 1;
+                }
+            }
+        }
+        std::mem::take(writer.stats)
+    });
+    fetcher
+        .await
+        .map_err(|e| ClientError::Usage(format!("fetch task failed: {e}")))?;
+    let mut stats = stats;
+    stats.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(stats)
+}

@@ -1,0 +1,271 @@
+//! Reading the local tree for a backup: walking (symlinks never followed),
+//! exclusion, attributes, and content-defined chunking. Runs on a blocking
+//! thread and hands its results to the uploader through a bounded channel, so
+//! reading/hashing on one core overlaps compressing/sending on the other.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use globset::GlobSet;
+use tandem_proto::ChunkId;
+use tandem_proto::pb;
+use tokio::sync::mpsc;
+
+use crate::messages::Msg;
+
+/// Smallest chunk the chunker cuts (except at the end of a file).
+pub const MIN_CHUNK: u32 = 256 * 1024;
+/// Average chunk size.
+pub const AVG_CHUNK: u32 = 1024 * 1024;
+/// Largest chunk; stays well under the 8 MiB the server accepts.
+pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
+
+/// What the scanner hands to the uploader, in order: a file's chunks come
+/// before the file's `Object`, so an object is never committed ahead of its data.
+#[derive(Debug)]
+pub enum Item {
+    /// Content of a file being read.
+    Chunk {
+        /// Its hash.
+        id: ChunkId,
+        /// Uncompressed bytes.
+        data: Vec<u8>,
+    },
+    /// An object whose content (if any) has been sent as chunks.
+    Object {
+        /// Attributes.
+        attrs: pb::ObjectAttrs,
+        /// Content chunks, in order.
+        chunks: Vec<ChunkId>,
+    },
+    /// An object identical to the server's active version.
+    Unchanged,
+    /// A problem with one object; the backup goes on.
+    Problem(Msg),
+    /// A file's bytes were read (for progress).
+    Scanned(u64),
+}
+
+/// What to walk and how.
+#[derive(Debug)]
+pub struct ScanPlan {
+    /// Root of the walk (absolute, normalised).
+    pub root: std::path::PathBuf,
+    /// Paths matching are skipped (directories with everything below).
+    pub excludes: GlobSet,
+    /// The server's active versions below `root` (incremental), or `None`
+    /// (selective: everything is sent).
+    pub inventory: Option<HashMap<String, pb::ObjectAttrs>>,
+}
+
+/// Attributes of a local object, or `None` for kinds not backed up (sockets,
+/// devices, fifos).
+pub fn attrs_of(path: &str, meta: &Metadata, link_target: String) -> Option<pb::ObjectAttrs> {
+    let ft = meta.file_type();
+    let kind = if ft.is_file() {
+        pb::ObjectKind::File
+    } else if ft.is_dir() {
+        pb::ObjectKind::Directory
+    } else if ft.is_symlink() {
+        pb::ObjectKind::Symlink
+    } else {
+        return None;
+    };
+    Some(pb::ObjectAttrs {
+        path: path.to_string(),
+        kind: kind as i32,
+        size: if ft.is_file() { meta.len() } else { 0 },
+        mode: meta.mode() & 0o7777,
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        link_target,
+    })
+}
+
+/// Whether the stored version still describes the local object (TSM's
+/// incremental test: size, mtime, mode, owner; plus kind and link target).
+fn unchanged(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
+    local.kind == stored.kind
+        && local.size == stored.size
+        && local.mtime_ns == stored.mtime_ns
+        && local.mode == stored.mode
+        && local.uid == stored.uid
+        && local.gid == stored.gid
+        && local.link_target == stored.link_target
+}
+
+/// Walks `plan.root`, sending [`Item`]s; returns the inventory paths to
+/// deactivate (gone locally or now excluded), leaving out anything below a
+/// directory that could not be read. Stops early if the receiver goes away.
+pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Item>) -> Vec<String> {
+    let send = |item: Item| tx.blocking_send(item).is_ok();
+    let mut unreadable_dirs: Vec<String> = Vec::new();
+    let excludes = plan.excludes.clone();
+    let walker = walkdir::WalkDir::new(&plan.root)
+        .follow_links(false)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(move |e| !excludes.is_match(e.path()));
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(err) => {
+                let path = err
+                    .path()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if err.depth() == 0
+                    && err
+                        .io_error()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                {
+                    if !send(Item::Problem(Msg::not_found(&path))) {
+                        return Vec::new();
+                    }
+                } else {
+                    unreadable_dirs.push(path.clone());
+                    if !send(Item::Problem(Msg::unreadable(&path, err))) {
+                        return Vec::new();
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(path) = entry.path().to_str().map(str::to_string) else {
+            if !send(Item::Problem(Msg::not_utf8(
+                &entry.path().to_string_lossy(),
+            ))) {
+                return Vec::new();
+            }
+            continue;
+        };
+        if !scan_entry(&path, entry.path(), &mut plan, &send) {
+            return Vec::new();
+        }
+    }
+    match plan.inventory {
+        Some(inventory) => {
+            let mut gone: Vec<String> = inventory
+                .into_keys()
+                .filter(|p| !unreadable_dirs.iter().any(|d| crate::paths::within(p, d)))
+                .collect();
+            gone.sort();
+            gone
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Handles one walked entry; false when the receiver has gone.
+fn scan_entry(
+    path: &str,
+    fs_path: &Path,
+    plan: &mut ScanPlan,
+    send: &impl Fn(Item) -> bool,
+) -> bool {
+    let meta = match std::fs::symlink_metadata(fs_path) {
+        Ok(m) => m,
+        Err(e) => return send(Item::Problem(Msg::unreadable(path, e))),
+    };
+    let link_target = if meta.file_type().is_symlink() {
+        match std::fs::read_link(fs_path) {
+            Ok(t) => t.to_string_lossy().into_owned(),
+            Err(e) => return send(Item::Problem(Msg::unreadable(path, e))),
+        }
+    } else {
+        String::new()
+    };
+    let Some(attrs) = attrs_of(path, &meta, link_target) else {
+        return true; // special files are not backed up
+    };
+    let stored = plan.inventory.as_mut().and_then(|inv| inv.remove(path));
+    if stored.is_some_and(|s| unchanged(&attrs, &s)) {
+        return send(Item::Unchanged);
+    }
+    if attrs.kind != pb::ObjectKind::File as i32 {
+        return send(Item::Object {
+            attrs,
+            chunks: Vec::new(),
+        });
+    }
+    read_file(fs_path, attrs, send)
+}
+
+/// Chunks a file and sends its chunks, then the object.
+fn read_file(fs_path: &Path, mut attrs: pb::ObjectAttrs, send: &impl Fn(Item) -> bool) -> bool {
+    let file = match std::fs::File::open(fs_path) {
+        Ok(f) => f,
+        Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
+    };
+    let mut chunks = Vec::new();
+    let mut read = 0u64;
+    for chunk in fastcdc::v2020::StreamCDC::new(file, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
+        };
+        let id = ChunkId::of(&chunk.data);
+        read += chunk.data.len() as u64;
+        chunks.push(id);
+        if !send(Item::Scanned(chunk.data.len() as u64))
+            || !send(Item::Chunk {
+                id,
+                data: chunk.data,
+            })
+        {
+            return false;
+        }
+    }
+    if read != attrs.size {
+        // The file grew or shrank while it was read: store what was read,
+        // with the size that matches the data, and say so.
+        if !send(Item::Problem(Msg::changed(&attrs.path))) {
+            return false;
+        }
+        attrs.size = read;
+    }
+    send(Item::Object { attrs, chunks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_compares_the_incremental_attributes() {
+        let a = pb::ObjectAttrs {
+            path: "/a".into(),
+            kind: 1,
+            size: 10,
+            mode: 0o644,
+            mtime_ns: 5,
+            uid: 1,
+            gid: 1,
+            link_target: String::new(),
+        };
+        assert!(unchanged(&a, &a.clone()));
+        for changed in [
+            pb::ObjectAttrs {
+                size: 11,
+                ..a.clone()
+            },
+            pb::ObjectAttrs {
+                mtime_ns: 6,
+                ..a.clone()
+            },
+            pb::ObjectAttrs {
+                mode: 0o600,
+                ..a.clone()
+            },
+            pb::ObjectAttrs {
+                uid: 2,
+                ..a.clone()
+            },
+        ] {
+            assert!(!unchanged(&changed, &a));
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Which stored objects a restore or query means, and where each goes.
+//!
+//! TSM semantics: SOURCE is a path, or a directory followed by a pattern in the
+//! last component (`/data/*`, `/data/*.txt`). Without `--subdir` a pattern
+//! matches objects directly in that directory; with `--subdir` it matches names
+//! at any depth below it. A plain path names one object; with `--subdir` and a
+//! directory, everything below it too. Each object's place under DEST is its
+//! path relative to SOURCE's directory part.
+
+use globset::{GlobBuilder, GlobMatcher};
+
+use crate::error::ClientError;
+
+/// A parsed SOURCE.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// SOURCE's directory part: stored paths are restored relative to it.
+    pub base: String,
+    /// The path prefix to ask the server for.
+    pub prefix: String,
+    what: What,
+    subdir: bool,
+}
+
+#[derive(Debug, Clone)]
+enum What {
+    Exact(String),
+    Pattern(GlobMatcher),
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+impl Selection {
+    /// Parses SOURCE. Relative paths are taken from the working directory.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] for an empty SOURCE, wildcards outside the last
+    /// component, or a malformed pattern.
+    pub fn parse(source: &str, subdir: bool) -> Result<Self, ClientError> {
+        if source.trim().is_empty() {
+            return Err(ClientError::Usage("the source path is empty".into()));
+        }
+        let mut text = if source.starts_with('/') {
+            source.to_string()
+        } else {
+            let cwd = std::env::current_dir()
+                .map_err(|e| ClientError::Usage(format!("cannot resolve {source:?}: {e}")))?;
+            format!("{}/{source}", cwd.to_string_lossy())
+        };
+        if text.ends_with('/') && text != "/" {
+            text.push('*');
+        }
+        let split = text.rfind('/').unwrap_or(0);
+        let (dir, last) = (&text[..split], &text[split + 1..]);
+        if has_wildcard(dir) {
+            return Err(ClientError::Usage(format!(
+                "{source:?}: wildcards are allowed only in the last component (e.g. /data/*.txt)"
+            )));
+        }
+        let dir_abs =
+            crate::paths::absolute(std::path::Path::new(if dir.is_empty() { "/" } else { dir }))
+                .map_err(|e| ClientError::Usage(format!("cannot resolve {source:?}: {e}")))?;
+        let base = dir_abs.to_string_lossy().into_owned();
+        if has_wildcard(last) {
+            let glob = GlobBuilder::new(last)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| ClientError::Usage(format!("pattern {last:?} is invalid: {e}")))?;
+            Ok(Selection {
+                prefix: base.clone(),
+                base,
+                what: What::Pattern(glob.compile_matcher()),
+                subdir,
+            })
+        } else {
+            let exact = if last.is_empty() {
+                base.clone()
+            } else if base == "/" {
+                format!("/{last}")
+            } else {
+                format!("{base}/{last}")
+            };
+            let exact = crate::paths::absolute(std::path::Path::new(&exact))
+                .map_err(|e| ClientError::Usage(format!("cannot resolve {source:?}: {e}")))?
+                .to_string_lossy()
+                .into_owned();
+            let base = match exact.rfind('/') {
+                Some(0) | None => "/".to_string(),
+                Some(i) => exact[..i].to_string(),
+            };
+            Ok(Selection {
+                prefix: exact.clone(),
+                base,
+                what: What::Exact(exact),
+                subdir,
+            })
+        }
+    }
+
+    /// Whether a stored path is selected.
+    pub fn matches(&self, path: &str) -> bool {
+        match &self.what {
+            What::Exact(p) => path == p || (self.subdir && crate::paths::within(path, p)),
+            What::Pattern(glob) => {
+                let Some(rel) = self.relative(path) else {
+                    return false;
+                };
+                if rel.is_empty() {
+                    return false;
+                }
+                if !self.subdir && rel.contains('/') {
+                    return false;
+                }
+                let name = rel.rsplit('/').next().unwrap_or(rel);
+                glob.is_match(name)
+            }
+        }
+    }
+
+    /// The part of `path` below [`Selection::base`] (`a/b` for `/base/a/b`),
+    /// or `None` if it is not below it.
+    pub fn relative<'p>(&self, path: &'p str) -> Option<&'p str> {
+        if self.base == "/" {
+            return path.strip_prefix('/');
+        }
+        let rest = path.strip_prefix(self.base.as_str())?;
+        if rest.is_empty() {
+            Some("")
+        } else {
+            rest.strip_prefix('/')
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_without_subdir_matches_one_level() {
+        let s = Selection::parse("/data/*", false).unwrap();
+        assert_eq!(s.base, "/data");
+        assert!(s.matches("/data/a"));
+        assert!(!s.matches("/data/a/b"));
+        assert!(!s.matches("/data"));
+        assert!(!s.matches("/database/x"));
+    }
+
+    #[test]
+    fn pattern_with_subdir_matches_names_at_any_depth() {
+        let s = Selection::parse("/data/*.txt", true).unwrap();
+        assert!(s.matches("/data/a.txt"));
+        assert!(s.matches("/data/x/y/b.txt"));
+        assert!(!s.matches("/data/x/y/b.bin"));
+        assert_eq!(s.relative("/data/x/y/b.txt"), Some("x/y/b.txt"));
+    }
+
+    #[test]
+    fn exact_path_and_directory_with_subdir() {
+        let s = Selection::parse("/data/dir", false).unwrap();
+        assert_eq!(s.base, "/data");
+        assert!(s.matches("/data/dir"));
+        assert!(!s.matches("/data/dir/f"));
+        let s = Selection::parse("/data/dir", true).unwrap();
+        assert!(s.matches("/data/dir/f"));
+        assert!(!s.matches("/data/dirt"));
+        assert_eq!(s.relative("/data/dir/f"), Some("dir/f"));
+    }
+
+    #[test]
+    fn trailing_slash_means_everything_in_it() {
+        let s = Selection::parse("/data/", true).unwrap();
+        assert!(s.matches("/data/a/b"));
+    }
+
+    #[test]
+    fn bad_sources_are_refused() {
+        assert!(Selection::parse("", false).is_err());
+        assert!(Selection::parse("/da*/x", false).is_err());
+        assert!(Selection::parse("/data/[", false).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! Restore targets that can never land outside the destination: every stored
+//! path is joined component by component, refusing `..`, `.` and empty parts,
+//! and refusing to pass through a symbolic link (which could point anywhere).
+//! Files are written to a temporary name in their directory and renamed into
+//! place, so a symlink at the final name is replaced, never followed.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+/// Joins `rel` (a `/`-separated path from the catalog) under `dest`, creating
+/// missing parent directories. Returns the target path.
+///
+/// # Errors
+/// A sentence naming the component at fault.
+pub fn safe_target(dest: &Path, rel: &str) -> Result<PathBuf, String> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let mut current = dest.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() || *part == "." || *part == ".." {
+            return Err(format!(
+                "the stored path {rel:?} has a {part:?} component, which could leave {}",
+                dest.display()
+            ));
+        }
+        current.push(part);
+        if i + 1 == parts.len() {
+            break;
+        }
+        match std::fs::symlink_metadata(&current) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{} is a symbolic link; restoring through it could write outside {}",
+                    current.display(),
+                    dest.display()
+                ));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{} exists and is not a directory",
+                    current.display()
+                ));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                std::fs::create_dir(&current)
+                    .or_else(|e| {
+                        if e.kind() == ErrorKind::AlreadyExists {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e| format!("cannot create {}: {e}", current.display()))?;
+            }
+            Err(e) => return Err(format!("cannot inspect {}: {e}", current.display())),
+        }
+    }
+    Ok(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_and_creates_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = safe_target(dir.path(), "a/b/c.txt").unwrap();
+        assert_eq!(t, dir.path().join("a/b/c.txt"));
+        assert!(dir.path().join("a/b").is_dir());
+    }
+
+    #[test]
+    fn refuses_dot_dot_and_empty_components() {
+        let dir = tempfile::tempdir().unwrap();
+        for rel in ["../x", "a/../../x", "a//b", "./a", ""] {
+            let err = safe_target(dir.path(), rel).unwrap_err();
+            assert!(err.contains("component"), "{rel}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_to_pass_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("a")).unwrap();
+        let err = safe_target(dir.path(), "a/evil").unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,14 @@
+//! Generates the tonic/prost code from `tandem/v1/*.proto` with the protoc
+//! binary shipped inside `protoc-bin-vendored`, so no system protoc is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &["tandem/v1/backup.proto", "tandem/v1/admin.proto"],
+        &["."],
+    )?;
+    println!("cargo:rerun-if-changed=tandem");
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Credentials: node password hashes, the admin token, and open client sessions.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+
+use crate::error::ServerError;
+use crate::model::now_ns;
+
+/// Hashes a password with argon2id and a random salt (PHC string).
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] if argon2 rejects the input.
+pub fn hash_password(password: &str) -> Result<String, ServerError> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|e| ServerError::InvalidArgument(format!("cannot salt password: {e}")))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ServerError::InvalidArgument(format!("cannot hash password: {e}")))
+}
+
+/// Whether `password` matches the stored PHC `hash`.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Checks a proposed node password: 8–256 characters, as TSM's default minimum.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] naming the rule that failed.
+pub fn check_password_rules(password: &str) -> Result<(), ServerError> {
+    let len = password.chars().count();
+    if len < 8 {
+        return Err(ServerError::InvalidArgument(format!(
+            "password is too short ({len} characters); use at least 8"
+        )));
+    }
+    if len > 256 {
+        return Err(ServerError::InvalidArgument(
+            "password is longer than 256 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A secret bearer token, printed as `***` in debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// 32 random bytes as hex.
+    pub fn random() -> Self {
+        Token(hex::encode(rand::random::<[u8; 32]>()))
+    }
+
+    /// Wraps a token read from a file.
+    pub fn new(text: &str) -> Self {
+        Token(text.trim().to_string())
+    }
+
+    /// The token text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares in time independent of where the texts differ.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let a = self.0.as_bytes();
+        let b = candidate.as_bytes();
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
+/// An open client session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Session number.
+    pub id: u64,
+    /// Node row id.
+    pub node_id: i64,
+    /// Node name.
+    pub node: String,
+    /// Client address.
+    pub peer: String,
+    /// Logon time.
+    pub started_ns: i64,
+    /// Time of the last call.
+    pub last_call_ns: i64,
+    /// Chunk bytes received.
+    pub bytes_received: u64,
+    /// Chunk bytes sent.
+    pub bytes_sent: u64,
+}
+
+/// Sessions idle longer than this are forgotten (the client logs on again).
+const SESSION_IDLE_NS: i64 = 2 * 3600 * 1_000_000_000;
+
+/// Open sessions by token. Sessions live in memory: a restarted server forgets
+/// them and clients log on again, as with TSM.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next_id: AtomicU64,
+    by_token: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    /// Opens a session and returns its token and number.
+    pub fn open(&self, node_id: i64, node: &str, peer: &str) -> (Token, u64) {
+        let token = Token::random();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = now_ns();
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| now - s.last_call_ns < SESSION_IDLE_NS);
+        map.insert(
+            token.expose().to_string(),
+            Session {
+                id,
+                node_id,
+                node: node.to_string(),
+                peer: peer.to_string(),
+                started_ns: now,
+                last_call_ns: now,
+                bytes_received: 0,
+                bytes_sent: 0,
+            },
+        );
+        (token, id)
+    }
+
+    /// The session of `token`, refreshing its last-call time.
+    ///
+    /// # Errors
+    /// [`ServerError::Unauthenticated`] for an unknown or expired token.
+    pub fn touch(&self, token: &str) -> Result<Session, ServerError> {
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ns();
+        match map.get_mut(token) {
+            Some(s) if now - s.last_call_ns < SESSION_IDLE_NS => {
+                s.last_call_ns = now;
+                Ok(s.clone())
+            }
+            _ => Err(ServerError::Unauthenticated(
+                "session unknown or expired; log on again".into(),
+            )),
+        }
+    }
+
+    /// Adds transferred bytes to a session's counters.
+    pub fn count_bytes(&self, token: &str, received: u64, sent: u64) {
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get_mut(token) {
+            s.bytes_received += received;
+            s.bytes_sent += sent;
+        }
+    }
+
+    /// Closes a session, returning it.
+    pub fn close(&self, token: &str) -> Option<Session> {
+        self.by_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(token)
+    }
+
+    /// All open sessions, by number.
+    pub fn list(&self) -> Vec<Session> {
+        let mut all: Vec<Session> = self
+            .by_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hash_verifies_only_the_right_password() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("wrong horse", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn token_comparison_and_debug() {
+        let t = Token::new("abc\n");
+        assert!(t.matches("abc"));
+        assert!(!t.matches("abd"));
+        assert!(!t.matches("ab"));
+        assert_eq!(format!("{t:?}"), "Token(***)");
+    }
+
+    #[test]
+    fn short_passwords_are_refused() {
+        assert!(check_password_rules("short").is_err());
+        assert!(check_password_rules("long enough").is_ok());
+    }
+}

@@ -1,0 +1,112 @@
+//! `tandem-server`: the backup server. Flags -> `ServerConfig` -> tracing ->
+//! bind -> `tandem_server::run` until SIGINT/SIGTERM. `tandem-server demo` runs
+//! the end-to-end walk-through on a temporary directory instead.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tandem_server::config::{ConfigOverrides, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The Tandem backup server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Server configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./tandem-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:1500]; port 0 picks a free port,
+    /// written to DATA_DIR/listen.addr.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Server name [default: TANDEM].
+    #[arg(long)]
+    name: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Walk through backup and restore end to end on a temporary directory:
+    /// start a server, register a node, back up a sample tree, restore and verify it.
+    Demo {
+        /// Keep the temporary directory and print where it is.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let overrides = ConfigOverrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        name: args.name,
+    };
+    let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
+    let listen = config.listen;
+    let state = tandem_server::ServerState::open(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, name = %state.config.name, guid = %state.guid, "server ready");
+    let token = CancellationToken::new();
+    let signal_token = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        signal_token.cancel();
+    });
+    tandem_server::run(state, listener, token).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot watch SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Some(Command::Demo { keep }) => {
+            init_tracing("warn");
+            tandem_server::demo::run(keep).await
+        }
+        None => {
+            init_tracing("info");
+            match serve(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tandem-server: {e:#}");
+                    ExitCode::from(12)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The server catalog: nodes, filespaces, object versions, the chunk index and the
+//! activity log, in one SQLite database. Every SQL statement of the server lives
+//! in this module and its children.
+//!
+//! rusqlite is blocking, so async code reaches the catalog through
+//! `spawn_blocking`. The connection sits behind a std `Mutex` that is never held
+//! across an `.await`; SQLite allows one writer at a time anyway. The database runs
+//! in WAL mode with `synchronous=FULL`: a committed transaction is on disk, which is
+//! what makes a commit an acknowledgement that survives power loss.
+
+mod actlog;
+mod chunks;
+mod nodes;
+mod objects;
+
+pub use objects::{CommitCounts, path_is_within};
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::CatalogError;
+
+/// The server's catalog database.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Mutex<Connection>,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path` and applies the schema.
+    ///
+    /// # Errors
+    /// SQLite errors opening or migrating the database.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch(include_str!("catalog/schema.sql"))?;
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Locks the connection. A panic while holding the lock leaves SQLite itself
+    /// consistent (an open transaction is rolled back when dropped), so a
+    /// poisoned lock is safe to reuse.
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads a server-wide setting.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM server_info WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Writes a server-wide setting.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "INSERT INTO server_info (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Moves the WAL's content into the main database file, so a stopped server
+    /// leaves one self-contained file behind.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn checkpoint(&self) -> Result<(), CatalogError> {
+        self.conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// Converts an unsigned figure to SQLite's integer type. Sizes above `i64::MAX`
+/// cannot occur on real file systems; saturate rather than wrap if one does.
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Converts an SQLite integer that the catalog wrote from an unsigned value.
+fn from_sql_int(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

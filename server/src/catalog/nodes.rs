@@ -1,0 +1,190 @@
+//! Nodes: registration, credentials, lock state and policy.
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::Catalog;
+use crate::error::CatalogError;
+use crate::model::{Node, NodeUsage, Policy, PolicyUpdate};
+
+const NODE_COLUMNS: &str = "id, name, password_hash, locked, failed_logons, registered_ns, \
+     last_logon_ns, verexists, verdeleted, retextra, retonly";
+
+fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
+    let defaults = Policy::default();
+    let policy_value = |idx: usize, default: u32| -> rusqlite::Result<u32> {
+        Ok(r.get::<_, Option<u32>>(idx)?.unwrap_or(default))
+    };
+    Ok(Node {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        password_hash: r.get(2)?,
+        locked: r.get(3)?,
+        failed_logons: r.get(4)?,
+        registered_ns: r.get(5)?,
+        last_logon_ns: r.get(6)?,
+        policy: Policy {
+            verexists: policy_value(7, defaults.verexists)?,
+            verdeleted: policy_value(8, defaults.verdeleted)?,
+            retextra: policy_value(9, defaults.retextra)?,
+            retonly: policy_value(10, defaults.retonly)?,
+        },
+    })
+}
+
+impl Catalog {
+    /// Registers a node. Returns `None` when the name is taken.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn register_node(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now_ns: i64,
+    ) -> Result<Option<Node>, CatalogError> {
+        let inserted = self.conn().execute(
+            "INSERT INTO nodes (name, password_hash, registered_ns) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO NOTHING",
+            params![name, password_hash, now_ns],
+        )?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        self.node(name)
+    }
+
+    /// Looks a node up by its upper-case name.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn node(&self, name: &str) -> Result<Option<Node>, CatalogError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?1"),
+                [name],
+                node_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Nodes matching `name` (all when empty), with their storage figures.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn list_nodes(&self, name: &str) -> Result<Vec<(Node, NodeUsage)>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {NODE_COLUMNS},
+               (SELECT count(*) FROM filespaces f WHERE f.node_id = nodes.id),
+               (SELECT count(*) FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+                  WHERE f.node_id = nodes.id AND o.active = 1),
+               (SELECT count(*) FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+                  WHERE f.node_id = nodes.id)
+             FROM nodes WHERE ?1 = '' OR name = ?1 ORDER BY name"
+        ))?;
+        let rows = stmt
+            .query_map([name], |r| {
+                Ok((
+                    node_from_row(r)?,
+                    NodeUsage {
+                        filespaces: r.get(11)?,
+                        active_objects: r.get::<_, i64>(12)?.try_into().unwrap_or(0),
+                        total_versions: r.get::<_, i64>(13)?.try_into().unwrap_or(0),
+                    },
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Applies lock, policy and password changes. Returns the updated node, or
+    /// `None` if it does not exist.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn update_node(
+        &self,
+        name: &str,
+        locked: Option<bool>,
+        policy: PolicyUpdate,
+        password_hash: Option<&str>,
+    ) -> Result<Option<Node>, CatalogError> {
+        let changed = self.conn().execute(
+            "UPDATE nodes SET
+               locked        = coalesce(?2, locked),
+               failed_logons = CASE WHEN ?2 = 0 THEN 0 ELSE failed_logons END,
+               verexists     = coalesce(?3, verexists),
+               verdeleted    = coalesce(?4, verdeleted),
+               retextra      = coalesce(?5, retextra),
+               retonly       = coalesce(?6, retonly),
+               password_hash = coalesce(?7, password_hash)
+             WHERE name = ?1",
+            params![
+                name,
+                locked,
+                policy.verexists,
+                policy.verdeleted,
+                policy.retextra,
+                policy.retonly,
+                password_hash
+            ],
+        )?;
+        if changed == 0 {
+            return Ok(None);
+        }
+        self.node(name)
+    }
+
+    /// Deletes a node that has no filespaces. Returns the number of its
+    /// filespaces instead when it still has some (nothing is deleted then), or
+    /// `None` when the node does not exist.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn remove_node(&self, name: &str) -> Result<Option<u32>, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let found: Option<(i64, u32)> = tx
+            .query_row(
+                "SELECT id, (SELECT count(*) FROM filespaces WHERE node_id = nodes.id)
+                 FROM nodes WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((id, filespaces)) = found else {
+            return Ok(None);
+        };
+        if filespaces == 0 {
+            tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+        Ok(Some(filespaces))
+    }
+
+    /// Records a successful logon: resets the failure count.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn record_logon_success(&self, node_id: i64, now_ns: i64) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "UPDATE nodes SET failed_logons = 0, last_logon_ns = ?2 WHERE id = ?1",
+            params![node_id, now_ns],
+        )?;
+        Ok(())
+    }
+
+    /// Records a failed logon and returns the failures since the last success.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn record_logon_failure(&self, node_id: i64) -> Result<u32, CatalogError> {
+        Ok(self.conn().query_row(
+            "UPDATE nodes SET failed_logons = failed_logons + 1 WHERE id = ?1
+             RETURNING failed_logons",
+            [node_id],
+            |r| r.get(0),
+        )?)
+    }
+}

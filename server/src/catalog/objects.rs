@@ -1,0 +1,345 @@
+//! Filespaces and object versions: backup commits and inventory queries.
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use tandem_proto::{ChunkId, ObjectId};
+
+use super::{Catalog, from_sql_int, sql_int};
+use crate::error::{CatalogError, ServerError};
+use crate::model::{Filespace, NewVersion, ObjectAttrs, ObjectKind, StoredVersion, VersionQuery};
+
+/// Outcome of a backup transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Versions stored.
+    pub stored: u64,
+    /// Versions made inactive because the client no longer has the path.
+    pub deactivated: u64,
+}
+
+/// The half-open range of `path` values equal to or below `prefix`, as
+/// `(exact, lower, upper)`: `path = exact OR (path >= lower AND path < upper)`.
+/// `/` sorts just before `0`, so everything below `/a/b` lies in `["/a/b/", "/a/b0")`.
+fn subtree_range(prefix: &str) -> (String, String, String) {
+    let base = prefix.trim_end_matches('/');
+    let lower = format!("{base}/");
+    let upper = format!("{base}0");
+    (prefix.to_string(), lower, upper)
+}
+
+fn manifest_bytes(chunks: &[ChunkId]) -> Vec<u8> {
+    chunks.iter().flat_map(|c| c.0).collect()
+}
+
+fn manifest_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, CatalogError> {
+    if bytes.len() % 32 != 0 {
+        return Err(CatalogError::Malformed(format!(
+            "manifest of {} bytes is not a multiple of 32",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| ChunkId(c.try_into().unwrap_or([0; 32])))
+        .collect())
+}
+
+const VERSION_COLUMNS: &str = "o.object_id, f.name, o.path, o.kind, o.size, o.mode, o.mtime_ns, \
+     o.uid, o.gid, o.link_target, o.backup_ns, o.active, o.deactivated_ns, o.manifest";
+
+fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<StoredVersion> {
+    let bad = |msg: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            Box::new(CatalogError::Malformed(msg)),
+        )
+    };
+    let object_id: Vec<u8> = r.get(0)?;
+    let kind_code: i64 = r.get(3)?;
+    let manifest: Vec<u8> = if with_chunks { r.get(13)? } else { Vec::new() };
+    Ok(StoredVersion {
+        object_id: ObjectId::from_slice(&object_id).map_err(|e| bad(e.to_string()))?,
+        filespace: r.get(1)?,
+        attrs: ObjectAttrs {
+            path: r.get(2)?,
+            kind: ObjectKind::from_code(kind_code)
+                .ok_or_else(|| bad(format!("unknown object kind {kind_code}")))?,
+            size: from_sql_int(r.get(4)?),
+            mode: r.get(5)?,
+            mtime_ns: r.get(6)?,
+            uid: r.get(7)?,
+            gid: r.get(8)?,
+            link_target: r.get(9)?,
+        },
+        backup_ns: r.get(10)?,
+        active: r.get(11)?,
+        deactivated_ns: r.get(12)?,
+        chunks: manifest_chunks(&manifest).map_err(|e| bad(e.to_string()))?,
+    })
+}
+
+fn deactivate(
+    tx: &Transaction<'_>,
+    filespace_id: i64,
+    path: &str,
+    now_ns: i64,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        "UPDATE objects SET active = 0, deactivated_ns = ?3
+         WHERE filespace_id = ?1 AND path = ?2 AND active = 1",
+        params![filespace_id, path, now_ns],
+    )
+}
+
+impl Catalog {
+    /// Id of a node's filespace, creating it when `create` is set.
+    fn filespace_id(
+        tx: &Transaction<'_>,
+        node_id: i64,
+        name: &str,
+        create: bool,
+    ) -> rusqlite::Result<Option<i64>> {
+        if create {
+            tx.execute(
+                "INSERT INTO filespaces (node_id, name) VALUES (?1, ?2)
+                 ON CONFLICT (node_id, name) DO NOTHING",
+                params![node_id, name],
+            )?;
+        }
+        tx.query_row(
+            "SELECT id FROM filespaces WHERE node_id = ?1 AND name = ?2",
+            params![node_id, name],
+            |r| r.get(0),
+        )
+        .optional()
+    }
+
+    /// Stores a backup transaction atomically: every version becomes the active
+    /// version of its path (the previous one turns inactive), and every path in
+    /// `deactivate` loses its active version. All referenced chunks must already
+    /// be in the chunk index, so a committed object can always be restored.
+    ///
+    /// # Errors
+    /// [`ServerError::MissingChunks`] when a referenced chunk is not stored;
+    /// SQLite errors.
+    pub fn commit_objects(
+        &self,
+        node_id: i64,
+        filespace: &str,
+        versions: &[NewVersion],
+        deactivate_paths: &[String],
+        now_ns: i64,
+    ) -> Result<CommitCounts, ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let fs_id = Self::filespace_id(&tx, node_id, filespace, true)?
+            .ok_or_else(|| CatalogError::Malformed("filespace vanished".into()))?;
+        let mut missing = Vec::new();
+        {
+            let mut has_chunk = tx.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+            for chunk in versions.iter().flat_map(|v| &v.chunks) {
+                if !has_chunk.exists([chunk.as_slice()])? {
+                    missing.push(*chunk);
+                }
+            }
+        }
+        if let Some(first) = missing.first() {
+            return Err(ServerError::MissingChunks {
+                count: missing.len(),
+                first: *first,
+            });
+        }
+        let mut counts = CommitCounts::default();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO objects (object_id, filespace_id, path, kind, size, mode, mtime_ns,
+                   uid, gid, link_target, backup_ns, active, manifest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12)",
+            )?;
+            for v in versions {
+                let a = &v.attrs;
+                deactivate(&tx, fs_id, &a.path, now_ns)?;
+                insert.execute(params![
+                    ObjectId::random().0.as_slice(),
+                    fs_id,
+                    a.path,
+                    a.kind.code(),
+                    sql_int(a.size),
+                    a.mode,
+                    a.mtime_ns,
+                    a.uid,
+                    a.gid,
+                    a.link_target,
+                    now_ns,
+                    manifest_bytes(&v.chunks),
+                ])?;
+                counts.stored += 1;
+            }
+        }
+        for path in deactivate_paths {
+            counts.deactivated += deactivate(&tx, fs_id, path, now_ns)? as u64;
+        }
+        tx.commit()?;
+        Ok(counts)
+    }
+
+    /// The filespace of `node_id` that owns `path`: the longest filespace name
+    /// that is `path` itself or one of its ancestors.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn filespace_for_path(
+        &self,
+        node_id: i64,
+        path: &str,
+    ) -> Result<Option<String>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT name FROM filespaces WHERE node_id = ?1")?;
+        let names = stmt
+            .query_map([node_id], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(names
+            .into_iter()
+            .filter(|fs| path_is_within(path, fs))
+            .max_by_key(String::len))
+    }
+
+    /// Versions of a node's objects matching `query`, ordered by path and then
+    /// backup time.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn query_versions(
+        &self,
+        node_id: i64,
+        query: &VersionQuery,
+    ) -> Result<Vec<StoredVersion>, CatalogError> {
+        let filespace = if query.filespace.is_empty() {
+            match self.filespace_for_path(node_id, &query.path_prefix)? {
+                Some(fs) => fs,
+                None => return Ok(Vec::new()),
+            }
+        } else {
+            query.filespace.clone()
+        };
+        let (exact, lower, upper) = subtree_range(&query.path_prefix);
+        let state_filter = match query.point_in_time_ns {
+            Some(_) => "AND o.backup_ns <= ?5 AND (o.active = 1 OR o.deactivated_ns > ?5)",
+            None if query.include_inactive => "AND ?5 = ?5",
+            None => "AND o.active = 1 AND ?5 = ?5",
+        };
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {VERSION_COLUMNS} FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+             WHERE f.node_id = ?1 AND f.name = ?2
+               AND (o.path = ?3 OR (o.path >= ?4 AND o.path < ?6))
+               {state_filter}
+             ORDER BY o.path, o.backup_ns"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    node_id,
+                    filespace,
+                    exact,
+                    lower,
+                    query.point_in_time_ns.unwrap_or(0),
+                    upper
+                ],
+                |r| version_from_row(r, query.with_chunks),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// A node's filespaces with their figures.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn list_filespaces(&self, node_id: i64) -> Result<Vec<Filespace>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT f.name, count(o.id), coalesce(sum(o.size), 0),
+                    f.last_backup_start_ns, f.last_backup_end_ns
+             FROM filespaces f LEFT JOIN objects o ON o.filespace_id = f.id AND o.active = 1
+             WHERE f.node_id = ?1 GROUP BY f.id ORDER BY f.name",
+        )?;
+        let rows = stmt
+            .query_map([node_id], |r| {
+                Ok(Filespace {
+                    name: r.get(0)?,
+                    active_objects: from_sql_int(r.get(1)?),
+                    active_bytes: from_sql_int(r.get(2)?),
+                    last_backup_start_ns: r.get(3)?,
+                    last_backup_end_ns: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records the start (`completed == false`) or successful end of a backup.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn mark_backup(
+        &self,
+        node_id: i64,
+        filespace: &str,
+        completed: bool,
+        now_ns: i64,
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let fs_id = Self::filespace_id(&tx, node_id, filespace, true)?
+            .ok_or_else(|| CatalogError::Malformed("filespace vanished".into()))?;
+        let column = if completed {
+            "last_backup_end_ns"
+        } else {
+            "last_backup_start_ns"
+        };
+        tx.execute(
+            &format!("UPDATE filespaces SET {column} = ?2 WHERE id = ?1"),
+            params![fs_id, now_ns],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Whether `path` is `root` or lies below it (`/` is below nothing but itself
+/// and contains everything).
+pub fn path_is_within(path: &str, root: &str) -> bool {
+    if root == "/" {
+        return path.starts_with('/');
+    }
+    path == root
+        || path
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtree_range_covers_children_but_not_siblings() {
+        let (exact, lower, upper) = subtree_range("/a/b");
+        let within = |p: &str| p == exact || (p >= lower.as_str() && p < upper.as_str());
+        assert!(within("/a/b"));
+        assert!(within("/a/b/c"));
+        assert!(within("/a/b/c/d e"));
+        assert!(!within("/a/bc"));
+        assert!(!within("/a/b-c"));
+        assert!(!within("/a"));
+    }
+
+    #[test]
+    fn path_within_root() {
+        assert!(path_is_within("/home/a", "/home"));
+        assert!(path_is_within("/home", "/home"));
+        assert!(!path_is_within("/homework", "/home"));
+        assert!(path_is_within("/x", "/"));
+    }
+}

@@ -1,0 +1,126 @@
+//! Server configuration: embedded defaults < TOML file < `TANDEM_SERVER_*`
+//! environment < command-line flags, layered with the `config` crate.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything `tandem-server` needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where the catalog, containers, GUID and admin token live.
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (see `listen.addr`).
+    pub listen: SocketAddr,
+    /// Server name, upper-case (TSM server names are).
+    pub name: String,
+}
+
+/// Values given on the command line; `None` leaves the layer below in force.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--name`.
+    pub name: Option<String>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The layers could not be read or merged.
+    #[error("server configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range.
+    #[error("server configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Builds the configuration from the layers.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, key or value at fault.
+    pub fn load(file: Option<&Path>, overrides: &ConfigOverrides) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .set_default("data_dir", "./tandem-data")?
+            .set_default("listen", "127.0.0.1:1500")?
+            .set_default("name", "TANDEM")?;
+        if let Some(file) = file {
+            builder = builder.add_source(
+                config::File::from(file)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder
+            .add_source(config::Environment::with_prefix("TANDEM_SERVER"))
+            .set_override_option(
+                "data_dir",
+                overrides
+                    .data_dir
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+            )?
+            .set_override_option("listen", overrides.listen.clone())?
+            .set_override_option("name", overrides.name.clone())?;
+        let mut cfg: ServerConfig = builder.build()?.try_deserialize()?;
+        cfg.name = crate::model::normalize_node_name(&cfg.name).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "name {:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'",
+                cfg.name
+            ))
+        })?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, "name = \"primary\"\nlisten = \"127.0.0.1:1600\"\n").unwrap();
+        let cfg = ServerConfig::load(Some(&file), &ConfigOverrides::default()).unwrap();
+        assert_eq!(cfg.name, "PRIMARY");
+        assert_eq!(cfg.listen.port(), 1600);
+        assert_eq!(cfg.data_dir, PathBuf::from("./tandem-data"));
+        let flags = ConfigOverrides {
+            listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let cfg = ServerConfig::load(Some(&file), &flags).unwrap();
+        assert_eq!(cfg.listen.port(), 0);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let err = ServerConfig::load(Some(&file), &ConfigOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let flags = ConfigOverrides {
+            listen: Some("not-an-address".into()),
+            ..Default::default()
+        };
+        assert!(ServerConfig::load(None, &flags).is_err());
+        let flags = ConfigOverrides {
+            name: Some("bad name".into()),
+            ..Default::default()
+        };
+        assert!(
+            ServerConfig::load(None, &flags)
+                .unwrap_err()
+                .to_string()
+                .contains("bad name")
+        );
+    }
+}

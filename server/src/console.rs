@@ -1,0 +1,552 @@
+//! `tandem-admin`, the operator's console (TSM `dsmadmc`): TSM verbs as clap
+//! subcommands, readable tables, `--json` for scripts.
+
+use std::ffi::OsString;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use chrono::{Local, TimeZone};
+use clap::{Parser, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::json;
+use tandem_proto::pb::{self, admin_client::AdminClient};
+use tonic::transport::{Channel, Endpoint};
+
+/// Tandem administrative console.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem-admin",
+    version,
+    about,
+    after_help = "Exit codes: 0 success, 12 error."
+)]
+pub struct AdminCli {
+    /// Server URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:1500")]
+    pub server: String,
+    /// File holding the server's admin token.
+    #[arg(
+        long,
+        global = true,
+        default_value = "./tandem-data/admin.token",
+        value_name = "FILE"
+    )]
+    pub token_file: PathBuf,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// REGISTER: create a node.
+    #[command(subcommand)]
+    Register(RegisterNoun),
+    /// UPDATE: change a node.
+    #[command(subcommand)]
+    Update(UpdateNoun),
+    /// REMOVE: delete a node that stores no data.
+    #[command(subcommand)]
+    Remove(RemoveNoun),
+    /// QUERY: show nodes, the activity log, sessions, server status.
+    #[command(subcommand)]
+    Query(QueryNoun),
+}
+
+#[derive(Debug, Subcommand)]
+enum RegisterNoun {
+    /// Register a node; the password is read from --password-file or the first line of stdin.
+    Node {
+        /// Node name.
+        name: String,
+        /// File whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateNoun {
+    /// Lock or unlock a node, set its policy or password.
+    Node {
+        /// Node name.
+        name: String,
+        /// Refuse the node's logons.
+        #[arg(long, conflicts_with = "unlock")]
+        lock: bool,
+        /// Allow the node's logons again.
+        #[arg(long)]
+        unlock: bool,
+        /// Versions kept while a file exists (VEREXISTS).
+        #[arg(long)]
+        verexists: Option<u32>,
+        /// Versions kept after a file is deleted (VERDELETED).
+        #[arg(long)]
+        verdeleted: Option<u32>,
+        /// Days an extra inactive version is kept (RETEXTRA).
+        #[arg(long)]
+        retextra: Option<u32>,
+        /// Days the last inactive version of a deleted file is kept (RETONLY).
+        #[arg(long)]
+        retonly: Option<u32>,
+        /// File whose first line is the new password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RemoveNoun {
+    /// Remove a node (refused while it owns filespaces).
+    Node {
+        /// Node name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueryNoun {
+    /// Nodes with lock state, policy and storage.
+    Node {
+        /// Node name; all when omitted.
+        name: Option<String>,
+    },
+    /// Activity log records.
+    Actlog {
+        /// Only records at or after this time (RFC 3339 or 'YYYY-MM-DD HH:MM:SS').
+        #[arg(long, value_name = "TIME")]
+        begin: Option<String>,
+        /// Only records containing this text.
+        #[arg(long)]
+        search: Option<String>,
+        /// At most this many (newest) records.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Open client sessions.
+    Session,
+    /// Server name, GUID, data directory and storage.
+    Status,
+}
+
+/// A console failure: what went wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach server at {address}: {cause}; check --server and that the server runs")]
+    Unreachable { address: String, cause: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn read_secret(file: Option<&Path>, what: &str) -> Result<String, AdminError> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f).map_err(|e| {
+            AdminError::Usage(format!("cannot read {what} file {}: {e}", f.display()))
+        })?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| AdminError::Usage(format!("cannot read {what} from stdin: {e}")))?;
+            line
+        }
+    };
+    let first = text.lines().next().unwrap_or("").to_string();
+    if first.is_empty() {
+        return Err(AdminError::Usage(format!(
+            "{what} is empty: give it on stdin or with --password-file"
+        )));
+    }
+    Ok(first)
+}
+
+fn parse_time(text: &str) -> Result<i64, AdminError> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(text).ok().or_else(|| {
+        let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").ok()?;
+        Local
+            .from_local_datetime(&naive)
+            .earliest()
+            .map(|d| d.fixed_offset())
+    });
+    parsed.and_then(|d| d.timestamp_nanos_opt()).ok_or_else(|| {
+        AdminError::Usage(format!(
+            "time {text:?} is not understood; use RFC 3339 or 'YYYY-MM-DD HH:MM:SS'"
+        ))
+    })
+}
+
+fn show_time(ns: i64) -> String {
+    if ns == 0 {
+        return "-".into();
+    }
+    Local
+        .timestamp_nanos(ns)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+struct Console {
+    client: AdminClient<Channel>,
+    token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    address: String,
+}
+
+impl Console {
+    async fn connect(cli: &AdminCli) -> Result<Self, AdminError> {
+        let token_text = std::fs::read_to_string(&cli.token_file).map_err(|e| {
+            AdminError::Usage(format!(
+                "cannot read the admin token {}: {e}; use --token-file with the server's DATA_DIR/admin.token",
+                cli.token_file.display()
+            ))
+        })?;
+        let token = format!("Bearer {}", token_text.trim())
+            .parse()
+            .map_err(|_| {
+                AdminError::Usage(format!(
+                    "{} does not hold a valid token",
+                    cli.token_file.display()
+                ))
+            })?;
+        let endpoint = Endpoint::from_shared(cli.server.clone())
+            .map_err(|e| {
+                AdminError::Usage(format!("--server {:?} is not a valid URL: {e}", cli.server))
+            })?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| AdminError::Unreachable {
+                address: cli.server.clone(),
+                cause: innermost(&e),
+            })?;
+        Ok(Console {
+            client: AdminClient::new(channel),
+            token,
+            address: cli.server.clone(),
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.metadata_mut().insert("authorization", self.token.clone());
+        r
+    }
+
+    fn refused(&self, status: tonic::Status) -> AdminError {
+        if status.code() == tonic::Code::Unavailable {
+            return AdminError::Unreachable {
+                address: self.address.clone(),
+                cause: status.message().to_string(),
+            };
+        }
+        AdminError::Refused(status.message().to_string())
+    }
+}
+
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
+    t
+}
+
+fn node_json(n: &pb::NodeInfo) -> serde_json::Value {
+    json!({
+        "name": n.name, "locked": n.locked, "registered": show_time(n.registered_ns),
+        "last_logon": show_time(n.last_logon_ns), "failed_logons": n.failed_logons,
+        "verexists": n.verexists, "verdeleted": n.verdeleted, "retextra": n.retextra, "retonly": n.retonly,
+        "filespaces": n.filespaces, "active_objects": n.active_objects, "total_versions": n.total_versions,
+    })
+}
+
+fn print_nodes(nodes: &[pb::NodeInfo], as_json: bool) {
+    if as_json {
+        let list: Vec<_> = nodes.iter().map(node_json).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return;
+    }
+    let mut t = table(&[
+        "Node",
+        "Locked",
+        "Registered",
+        "Last Logon",
+        "Failed Logons",
+        "VerExists",
+        "VerDeleted",
+        "RetExtra",
+        "RetOnly",
+        "Filespaces",
+        "Active Objects",
+        "Versions",
+    ]);
+    for n in nodes {
+        t.add_row(vec![
+            n.name.clone(),
+            if n.locked { "yes" } else { "no" }.into(),
+            show_time(n.registered_ns),
+            show_time(n.last_logon_ns),
+            n.failed_logons.to_string(),
+            n.verexists.to_string(),
+            n.verdeleted.to_string(),
+            n.retextra.to_string(),
+            n.retonly.to_string(),
+            n.filespaces.to_string(),
+            n.active_objects.to_string(),
+            n.total_versions.to_string(),
+        ]);
+    }
+    println!("{t}");
+}
+
+async fn execute(cli: AdminCli) -> Result<(), AdminError> {
+    // Read local inputs first: a bad password file should not cost a connection.
+    let secret = match &cli.command {
+        Verb::Register(RegisterNoun::Node { password_file, .. }) => {
+            Some(read_secret(password_file.as_deref(), "password")?)
+        }
+        Verb::Update(UpdateNoun::Node {
+            password_file: Some(f),
+            ..
+        }) => Some(read_secret(Some(f), "password")?),
+        _ => None,
+    };
+    let mut console = Console::connect(&cli).await?;
+    let as_json = cli.json;
+    match cli.command {
+        Verb::Register(RegisterNoun::Node { name, .. }) => {
+            let req = console.request(pb::RegisterNodeRequest {
+                name,
+                password: secret.unwrap_or_default(),
+            });
+            let node = console
+                .client
+                .register_node(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if !as_json {
+                println!("TDM0500I node {} registered", node.name);
+            }
+            print_nodes(&[node], as_json);
+        }
+        Verb::Update(UpdateNoun::Node {
+            name,
+            lock,
+            unlock,
+            verexists,
+            verdeleted,
+            retextra,
+            retonly,
+            ..
+        }) => {
+            let locked = if lock {
+                Some(true)
+            } else if unlock {
+                Some(false)
+            } else {
+                None
+            };
+            if locked.is_none()
+                && secret.is_none()
+                && [verexists, verdeleted, retextra, retonly]
+                    .iter()
+                    .all(Option::is_none)
+            {
+                return Err(AdminError::Usage(
+                    "nothing to update: give --lock, --unlock, a policy value or --password-file"
+                        .into(),
+                ));
+            }
+            let req = console.request(pb::UpdateNodeRequest {
+                name,
+                locked,
+                policy: Some(pb::PolicyUpdate {
+                    verexists,
+                    verdeleted,
+                    retextra,
+                    retonly,
+                }),
+                password: secret,
+            });
+            let node = console
+                .client
+                .update_node(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if !as_json {
+                println!("TDM0500I node {} updated", node.name);
+            }
+            print_nodes(&[node], as_json);
+        }
+        Verb::Remove(RemoveNoun::Node { name }) => {
+            let req = console.request(pb::RemoveNodeRequest { name: name.clone() });
+            console
+                .client
+                .remove_node(req)
+                .await
+                .map_err(|s| console.refused(s))?;
+            if as_json {
+                println!("{}", json!({ "removed": name.to_ascii_uppercase() }));
+            } else {
+                println!("TDM0500I node {} removed", name.to_ascii_uppercase());
+            }
+        }
+        Verb::Query(QueryNoun::Node { name }) => {
+            let req = console.request(pb::QueryNodesRequest {
+                name: name.unwrap_or_default(),
+            });
+            let reply = console
+                .client
+                .query_nodes(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            print_nodes(&reply.nodes, as_json);
+        }
+        Verb::Query(QueryNoun::Actlog {
+            begin,
+            search,
+            limit,
+        }) => {
+            let begin_ns = begin.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+            let req = console.request(pb::QueryActlogRequest {
+                begin_ns,
+                search: search.unwrap_or_default(),
+                limit,
+            });
+            let reply = console
+                .client
+                .query_actlog(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                let list: Vec<_> = reply.records.iter().map(|r| json!({
+                    "time": show_time(r.time_ns), "id": r.msg_id, "node": r.node, "peer": r.peer, "message": r.message,
+                })).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                let mut t = table(&["Date/Time", "Message"]);
+                for r in reply.records {
+                    t.add_row(vec![
+                        show_time(r.time_ns),
+                        format!("{} {}", r.msg_id, r.message),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        Verb::Query(QueryNoun::Session) => {
+            let req = console.request(pb::QuerySessionsRequest {});
+            let reply = console
+                .client
+                .query_sessions(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                let list: Vec<_> = reply.sessions.iter().map(|s| json!({
+                    "id": s.id, "node": s.node, "peer": s.peer, "started": show_time(s.started_ns),
+                    "last_call": show_time(s.last_call_ns), "bytes_received": s.bytes_received, "bytes_sent": s.bytes_sent,
+                })).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                let mut t = table(&[
+                    "Sess Number",
+                    "Node",
+                    "Client Address",
+                    "Started",
+                    "Last Call",
+                    "Bytes Recvd",
+                    "Bytes Sent",
+                ]);
+                for s in reply.sessions {
+                    t.add_row(vec![
+                        s.id.to_string(),
+                        s.node,
+                        s.peer,
+                        show_time(s.started_ns),
+                        show_time(s.last_call_ns),
+                        s.bytes_received.to_string(),
+                        s.bytes_sent.to_string(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        Verb::Query(QueryNoun::Status) => {
+            let req = console.request(pb::QueryStatusRequest {});
+            let s = console
+                .client
+                .query_status(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&json!({
+                    "server_name": s.server_name, "server_guid": s.server_guid, "data_dir": s.data_dir,
+                    "chunks": s.chunks, "stored_bytes": s.stored_bytes, "version": s.version,
+                })).unwrap_or_default());
+            } else {
+                let mut t = table(&["Item", "Value"]);
+                for (k, v) in [
+                    ("Server name", s.server_name),
+                    ("Server GUID", s.server_guid),
+                    ("Data directory", s.data_dir),
+                    ("Chunks", s.chunks.to_string()),
+                    ("Stored bytes", s.stored_bytes.to_string()),
+                    ("Version", s.version),
+                ] {
+                    t.add_row(vec![k.to_string(), v]);
+                }
+                println!("{t}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the console with `args` (including the program name); returns the exit code.
+pub async fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match AdminCli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 12 } else { 0 };
+        }
+    };
+    match execute(cli).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("TDM0510E {e}");
+            12
+        }
+    }
+}

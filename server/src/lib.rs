@@ -1,0 +1,196 @@
+//! The Tandem backup server.
+//!
+//! Layout:
+//! - [`config`]: `ServerConfig`, layered defaults < file < env < flags.
+//! - [`catalog`]: the SQLite catalog; every SQL statement lives there.
+//! - [`storage`]: append-only chunk containers (data fsynced before it is indexed).
+//! - [`auth`]: password hashes, the admin token, client sessions.
+//! - [`service`]: the gRPC services (`Backup`, `Admin`), thin: protobuf <-> domain.
+//! - [`actlog`]: activity log ids and writer.
+//! - [`console`]: `tandem-admin`, the operator's console.
+//! - [`demo`]: `tandem-server demo`, the end-to-end walk-through on a temp dir.
+//!
+//! A backup flows: the client asks which chunk ids are missing
+//! (`FindMissingChunks`), uploads those (`UploadChunks`: verified, appended,
+//! fsynced, indexed), then commits the object versions (`CommitObjects`: one
+//! SQLite transaction, the acknowledgement).
+
+pub mod actlog;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod console;
+pub mod demo;
+pub mod error;
+pub mod model;
+pub mod service;
+pub mod storage;
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use tandem_proto::ServerGuid;
+use tandem_proto::pb::admin_server::AdminServer;
+use tandem_proto::pb::backup_server::BackupServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::actlog::ServerMsg;
+use crate::auth::{Sessions, Token};
+use crate::catalog::Catalog;
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::storage::ChunkStore;
+
+/// Everything the services share.
+#[derive(Debug)]
+pub struct ServerState {
+    /// The configuration the server started with.
+    pub config: ServerConfig,
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// The chunk containers.
+    pub store: Arc<ChunkStore>,
+    /// Open client sessions.
+    pub sessions: Sessions,
+    /// This server's replication GUID.
+    pub guid: ServerGuid,
+    /// The admin token.
+    pub admin_token: Token,
+}
+
+fn setup_err(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |source| ServerError::Setup { context, source }
+}
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(Token::new(&text)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(setup_err(format!("cannot read {}", path.display()))(e)),
+    }
+    let token = Token::random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(setup_err(format!("cannot create {}", path.display())))?;
+    file.write_all(format!("{}\n", token.expose()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(setup_err(format!("cannot write {}", path.display())))?;
+    Ok(token)
+}
+
+impl ServerState {
+    /// Opens the data directory, creating the catalog, containers, GUID and
+    /// admin token on first start, and cutting unacknowledged container bytes.
+    ///
+    /// # Errors
+    /// I/O and catalog errors, each naming the file at fault.
+    pub fn open(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
+        let dir = &config.data_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(setup_err(format!(
+                "cannot create data dir {}",
+                dir.display()
+            )))?;
+        let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"))?);
+        let guid = match catalog.setting("guid")? {
+            Some(text) => text.parse().map_err(|e| {
+                ServerError::FailedPrecondition(format!("catalog holds a malformed guid: {e}"))
+            })?,
+            None => {
+                let guid = ServerGuid::random();
+                catalog.set_setting("guid", &guid.to_string())?;
+                guid
+            }
+        };
+        let admin_token = load_or_create_token(&dir.join("admin.token"))?;
+        let store = Arc::new(ChunkStore::open(
+            &dir.join("containers"),
+            &catalog.container_ends()?,
+        )?);
+        Ok(Arc::new(ServerState {
+            config,
+            catalog,
+            store,
+            sessions: Sessions::default(),
+            guid,
+            admin_token,
+        }))
+    }
+}
+
+/// Serves the backup, admin and health services on `listener` until `shutdown`
+/// is cancelled, then checkpoints the catalog. In-flight calls finish first;
+/// an upload cut short never reached the catalog, so it leaves nothing visible.
+///
+/// # Errors
+/// Transport errors, and catalog errors during the final checkpoint.
+pub async fn run(
+    state: Arc<ServerState>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(setup_err("cannot read the bound address".into()))?;
+    std::fs::write(
+        state.config.data_dir.join("listen.addr"),
+        format!("{addr}\n"),
+    )
+    .map_err(setup_err("cannot write listen.addr".into()))?;
+    actlog::record(
+        &state.catalog,
+        ServerMsg::Started,
+        "",
+        "",
+        format!(
+            "server {} (guid {}) listening on {addr}",
+            state.config.name, state.guid
+        ),
+    )
+    .await;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<BackupServer<service::backup::BackupService>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServer<service::admin::AdminService>>()
+        .await;
+    let backup = BackupServer::new(service::backup::BackupService::new(state.clone()))
+        .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(tandem_proto::MAX_MESSAGE_BYTES);
+    let admin = AdminServer::new(service::admin::AdminService::new(state.clone()));
+
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(backup)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await;
+    actlog::record(
+        &state.catalog,
+        ServerMsg::Stopped,
+        "",
+        "",
+        "server stopped".into(),
+    )
+    .await;
+    let catalog = state.catalog.clone();
+    tokio::task::spawn_blocking(move || catalog.checkpoint()).await??;
+    result.map_err(|e| ServerError::FailedPrecondition(format!("transport: {e}")))
+}

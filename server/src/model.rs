@@ -1,0 +1,246 @@
+//! Domain types of the server: what the catalog stores and the services speak.
+//! Prost types are converted to these at the service edge.
+
+use tandem_proto::{ChunkId, ObjectId};
+
+/// Kind of a stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A regular file with content.
+    File,
+    /// A directory.
+    Directory,
+    /// A symbolic link, stored as its target.
+    Symlink,
+}
+
+impl ObjectKind {
+    /// Integer code used in the catalog.
+    pub fn code(self) -> i64 {
+        match self {
+            ObjectKind::File => 1,
+            ObjectKind::Directory => 2,
+            ObjectKind::Symlink => 3,
+        }
+    }
+
+    /// Inverse of [`ObjectKind::code`].
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            1 => Some(ObjectKind::File),
+            2 => Some(ObjectKind::Directory),
+            3 => Some(ObjectKind::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// Attributes of one version of an object, as the client saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectAttrs {
+    /// Absolute `/`-separated path.
+    pub path: String,
+    /// File, directory or symlink.
+    pub kind: ObjectKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Modification time, Unix nanoseconds.
+    pub mtime_ns: i64,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Symlink target (empty otherwise).
+    pub link_target: String,
+}
+
+/// A version to store.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    /// Its attributes.
+    pub attrs: ObjectAttrs,
+    /// Content chunks in order.
+    pub chunks: Vec<ChunkId>,
+}
+
+/// A stored version.
+#[derive(Debug, Clone)]
+pub struct StoredVersion {
+    /// Stable id.
+    pub object_id: ObjectId,
+    /// Filespace name.
+    pub filespace: String,
+    /// Attributes.
+    pub attrs: ObjectAttrs,
+    /// When stored, Unix nanoseconds.
+    pub backup_ns: i64,
+    /// Whether it is the active version of its path.
+    pub active: bool,
+    /// When it became inactive (0 if active).
+    pub deactivated_ns: i64,
+    /// Content chunks, when requested.
+    pub chunks: Vec<ChunkId>,
+}
+
+/// Which versions a query returns.
+#[derive(Debug, Clone, Default)]
+pub struct VersionQuery {
+    /// Filespace name; empty: the one owning `path_prefix`.
+    pub filespace: String,
+    /// Path equal to or below this.
+    pub path_prefix: String,
+    /// Include inactive versions.
+    pub include_inactive: bool,
+    /// Versions active at this time (Unix ns), if set.
+    pub point_in_time_ns: Option<i64>,
+    /// Load chunk lists.
+    pub with_chunks: bool,
+}
+
+/// Retention policy values (TSM backup copy group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Versions kept while the file exists.
+    pub verexists: u32,
+    /// Versions kept after the file is deleted.
+    pub verdeleted: u32,
+    /// Days an extra inactive version is kept.
+    pub retextra: u32,
+    /// Days the last inactive version of a deleted file is kept.
+    pub retonly: u32,
+}
+
+impl Default for Policy {
+    /// TSM's defaults for the STANDARD copy group.
+    fn default() -> Self {
+        Policy {
+            verexists: 2,
+            verdeleted: 1,
+            retextra: 30,
+            retonly: 60,
+        }
+    }
+}
+
+/// Optional changes to a policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PolicyUpdate {
+    /// New VEREXISTS.
+    pub verexists: Option<u32>,
+    /// New VERDELETED.
+    pub verdeleted: Option<u32>,
+    /// New RETEXTRA.
+    pub retextra: Option<u32>,
+    /// New RETONLY.
+    pub retonly: Option<u32>,
+}
+
+/// A registered node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Row id.
+    pub id: i64,
+    /// Upper-case name.
+    pub name: String,
+    /// argon2 PHC hash of the password.
+    pub password_hash: String,
+    /// Logons refused when set.
+    pub locked: bool,
+    /// Failed logons since the last good one.
+    pub failed_logons: u32,
+    /// Registration time.
+    pub registered_ns: i64,
+    /// Last good logon.
+    pub last_logon_ns: i64,
+    /// Effective policy.
+    pub policy: Policy,
+}
+
+/// Per-node storage figures for `query node`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeUsage {
+    /// Filespaces.
+    pub filespaces: u32,
+    /// Active versions.
+    pub active_objects: u64,
+    /// All versions.
+    pub total_versions: u64,
+}
+
+/// A node's filespace with its figures.
+#[derive(Debug, Clone)]
+pub struct Filespace {
+    /// Name (path root).
+    pub name: String,
+    /// Active versions.
+    pub active_objects: u64,
+    /// Logical bytes of active versions.
+    pub active_bytes: u64,
+    /// Start of the last backup.
+    pub last_backup_start_ns: i64,
+    /// End of the last completed backup.
+    pub last_backup_end_ns: i64,
+}
+
+/// Where a chunk's bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// Container number.
+    pub container: u32,
+    /// Byte offset of the data in the container.
+    pub offset: u64,
+    /// Compressed length.
+    pub stored_len: u32,
+    /// Uncompressed length.
+    pub raw_len: u32,
+}
+
+/// One activity log record.
+#[derive(Debug, Clone)]
+pub struct ActlogRecord {
+    /// Time, Unix nanoseconds.
+    pub time_ns: i64,
+    /// Message id such as `TDM0400I`.
+    pub msg_id: String,
+    /// Node, if any.
+    pub node: String,
+    /// Peer address, if any.
+    pub peer: String,
+    /// Text.
+    pub message: String,
+}
+
+/// Current time in Unix nanoseconds.
+pub fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// Validates and upper-cases a node name: 1–64 characters of letters, digits,
+/// `_`, `-` and `.` (what TSM allows, minus characters that need quoting).
+pub fn normalize_node_name(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    ok.then(|| name.to_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_upper_cased_and_checked() {
+        assert_eq!(normalize_node_name("alice").as_deref(), Some("ALICE"));
+        assert_eq!(
+            normalize_node_name("web-01.prod").as_deref(),
+            Some("WEB-01.PROD")
+        );
+        assert_eq!(normalize_node_name(""), None);
+        assert_eq!(normalize_node_name("a b"), None);
+        assert_eq!(normalize_node_name(&"x".repeat(65)), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! The `Admin` service that `tandem-admin` calls. Every call must carry the
+//! server's admin token as `authorization: Bearer <token>`.
+
+use std::sync::Arc;
+
+use tandem_proto::pb::{self, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use super::peer_of;
+use crate::ServerState;
+use crate::actlog::{self, ServerMsg};
+use crate::auth;
+use crate::error::ServerError;
+use crate::model::{Node, NodeUsage, PolicyUpdate, normalize_node_name, now_ns};
+
+/// Implements `tandem.v1.Admin` over the server state.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    state: Arc<ServerState>,
+}
+
+fn node_to_pb(node: Node, usage: NodeUsage) -> pb::NodeInfo {
+    pb::NodeInfo {
+        name: node.name,
+        locked: node.locked,
+        registered_ns: node.registered_ns,
+        last_logon_ns: node.last_logon_ns,
+        failed_logons: node.failed_logons,
+        verexists: node.policy.verexists,
+        verdeleted: node.policy.verdeleted,
+        retextra: node.policy.retextra,
+        retonly: node.policy.retonly,
+        filespaces: usage.filespaces,
+        active_objects: usage.active_objects,
+        total_versions: usage.total_versions,
+    }
+}
+
+fn node_name(raw: &str) -> Result<String, Status> {
+    normalize_node_name(raw).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "node name {raw:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'"
+        ))
+    })
+}
+
+impl AdminService {
+    /// A service over `state`.
+    pub fn new(state: Arc<ServerState>) -> Self {
+        AdminService { state }
+    }
+
+    /// Checks the bearer token; returns the caller's address for the log.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let peer = peer_of(request);
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(token) if self.state.admin_token.matches(token) => Ok(peer),
+            _ => {
+                actlog::record(
+                    &self.state.catalog,
+                    ServerMsg::AdminAuthFailed,
+                    "",
+                    &peer,
+                    "admin call refused: missing or wrong admin token".into(),
+                )
+                .await;
+                Err(Status::unauthenticated(
+                    "admin token missing or wrong: use the token in the server's DATA_DIR/admin.token",
+                ))
+            }
+        }
+    }
+
+    async fn audit(&self, peer: &str, node: &str, text: String) {
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::AdminCommand,
+            node,
+            peer,
+            text,
+        )
+        .await;
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ServerState) -> Result<R, ServerError> + Send + 'static,
+    ) -> Result<R, Status> {
+        let state = self.state.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&state))
+            .await
+            .map_err(ServerError::from)??)
+    }
+
+    async fn node_info(&self, name: String) -> Result<pb::NodeInfo, Status> {
+        let lookup = name.clone();
+        let mut rows = self
+            .blocking(move |s| Ok(s.catalog.list_nodes(&lookup)?))
+            .await?;
+        let (node, usage) = rows
+            .pop()
+            .ok_or_else(|| Status::from(ServerError::NodeNotFound { node: name }))?;
+        Ok(node_to_pb(node, usage))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
+        let peer = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = node_name(&req.name)?;
+        auth::check_password_rules(&req.password)?;
+        let insert_name = name.clone();
+        self.blocking(move |s| {
+            let hash = auth::hash_password(&req.password)?;
+            s.catalog
+                .register_node(&insert_name, &hash, now_ns())?
+                .ok_or(ServerError::NodeExists { node: insert_name })
+        })
+        .await?;
+        self.audit(&peer, &name, format!("register node {name}"))
+            .await;
+        Ok(Response::new(self.node_info(name).await?))
+    }
+
+    async fn update_node(
+        &self,
+        request: Request<pb::UpdateNodeRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
+        let peer = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = node_name(&req.name)?;
+        if let Some(pw) = &req.password {
+            auth::check_password_rules(pw)?;
+        }
+        let policy = req.policy.unwrap_or_default();
+        let update = PolicyUpdate {
+            verexists: policy.verexists,
+            verdeleted: policy.verdeleted,
+            retextra: policy.retextra,
+            retonly: policy.retonly,
+        };
+        if update.verexists == Some(0) {
+            return Err(Status::invalid_argument(
+                "verexists must be at least 1: the active version always counts",
+            ));
+        }
+        let mut changes = Vec::new();
+        if let Some(l) = req.locked {
+            changes.push(if l { "lock" } else { "unlock" }.to_string());
+        }
+        for (key, v) in [
+            ("verexists", update.verexists),
+            ("verdeleted", update.verdeleted),
+            ("retextra", update.retextra),
+            ("retonly", update.retonly),
+        ] {
+            if let Some(v) = v {
+                changes.push(format!("{key}={v}"));
+            }
+        }
+        if req.password.is_some() {
+            changes.push("password".into());
+        }
+        let update_name = name.clone();
+        self.blocking(move |s| {
+            let hash = req
+                .password
+                .as_deref()
+                .map(auth::hash_password)
+                .transpose()?;
+            s.catalog
+                .update_node(&update_name, req.locked, update, hash.as_deref())?
+                .ok_or(ServerError::NodeNotFound { node: update_name })
+        })
+        .await?;
+        self.audit(
+            &peer,
+            &name,
+            format!("update node {name} {}", changes.join(" ")),
+        )
+        .await;
+        Ok(Response::new(self.node_info(name).await?))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let peer = self.authorize(&request).await?;
+        let name = node_name(&request.into_inner().name)?;
+        let lookup = name.clone();
+        let filespaces = self
+            .blocking(move |s| Ok(s.catalog.remove_node(&lookup)?))
+            .await?;
+        match filespaces {
+            None => Err(ServerError::NodeNotFound { node: name }.into()),
+            Some(0) => {
+                self.audit(&peer, &name, format!("remove node {name}"))
+                    .await;
+                Ok(Response::new(pb::RemoveNodeResponse {}))
+            }
+            Some(n) => Err(Status::failed_precondition(format!(
+                "node {name} still owns {n} filespace(s); delete its filespaces before removing it"
+            ))),
+        }
+    }
+
+    async fn query_nodes(
+        &self,
+        request: Request<pb::QueryNodesRequest>,
+    ) -> Result<Response<pb::QueryNodesResponse>, Status> {
+        self.authorize(&request).await?;
+        let raw = request.into_inner().name;
+        let name = if raw.is_empty() {
+            raw
+        } else {
+            node_name(&raw)?
+        };
+        let rows = self
+            .blocking(move |s| Ok(s.catalog.list_nodes(&name)?))
+            .await?;
+        Ok(Response::new(pb::QueryNodesResponse {
+            nodes: rows.into_iter().map(|(n, u)| node_to_pb(n, u)).collect(),
+        }))
+    }
+
+    async fn query_actlog(
+        &self,
+        request: Request<pb::QueryActlogRequest>,
+    ) -> Result<Response<pb::QueryActlogResponse>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let limit = if req.limit == 0 { 1000 } else { req.limit };
+        let records = self
+            .blocking(move |s| Ok(s.catalog.query_activity(req.begin_ns, &req.search, limit)?))
+            .await?;
+        Ok(Response::new(pb::QueryActlogResponse {
+            records: records
+                .into_iter()
+                .map(|r| pb::ActlogRecord {
+                    time_ns: r.time_ns,
+                    msg_id: r.msg_id,
+                    node: r.node,
+                    peer: r.peer,
+                    message: r.message,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn query_sessions(
+        &self,
+        request: Request<pb::QuerySessionsRequest>,
+    ) -> Result<Response<pb::QuerySessionsResponse>, Status> {
+        self.authorize(&request).await?;
+        let sessions = self
+            .state
+            .sessions
+            .list()
+            .into_iter()
+            .map(|s| pb::SessionInfo {
+                id: s.id,
+                node: s.node,
+                peer: s.peer,
+                started_ns: s.started_ns,
+                last_call_ns: s.last_call_ns,
+                bytes_received: s.bytes_received,
+                bytes_sent: s.bytes_sent,
+            })
+            .collect();
+        Ok(Response::new(pb::QuerySessionsResponse { sessions }))
+    }
+
+    async fn query_status(
+        &self,
+        request: Request<pb::QueryStatusRequest>,
+    ) -> Result<Response<pb::QueryStatusResponse>, Status> {
+        self.authorize(&request).await?;
+        let (chunks, stored_bytes) = self.blocking(|s| Ok(s.catalog.chunk_totals()?)).await?;
+        Ok(Response::new(pb::QueryStatusResponse {
+            server_name: self.state.config.name.clone(),
+            server_guid: self.state.guid.to_string(),
+            data_dir: self.state.config.data_dir.display().to_string(),
+            chunks,
+            stored_bytes,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+}

@@ -1,0 +1,447 @@
+//! The client-facing `Backup` service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tandem_proto::pb::{self, backup_server::Backup};
+use tandem_proto::{ChunkId, SESSION_HEADER};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::peer_of;
+use crate::ServerState;
+use crate::actlog::{self, ServerMsg};
+use crate::auth::{self, Session};
+use crate::error::ServerError;
+use crate::model::{VersionQuery, normalize_node_name, now_ns};
+use crate::storage::{self, VerifiedChunk};
+
+/// Verified chunks are written and fsynced in groups of about this size, so an
+/// upload costs one fsync per group rather than one per chunk.
+const UPLOAD_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Versions per streamed query message.
+const QUERY_BATCH: usize = 512;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Implements `tandem.v1.Backup` over the server state.
+#[derive(Debug, Clone)]
+pub struct BackupService {
+    state: Arc<ServerState>,
+}
+
+impl BackupService {
+    /// A service over `state`.
+    pub fn new(state: Arc<ServerState>) -> Self {
+        BackupService { state }
+    }
+
+    fn session<T>(&self, request: &Request<T>) -> Result<(Session, String), Status> {
+        let token = request
+            .metadata()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("no session token; log on first"))?
+            .to_string();
+        let session = self.state.sessions.touch(&token)?;
+        Ok((session, token))
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ServerState) -> Result<R, ServerError> + Send + 'static,
+    ) -> Result<R, Status> {
+        let state = self.state.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&state))
+            .await
+            .map_err(ServerError::from)??)
+    }
+
+    /// Stores a group of verified chunks: append + fsync, then index.
+    async fn store_group(&self, group: Vec<VerifiedChunk>) -> Result<(u64, u64), Status> {
+        self.blocking(move |s| {
+            let ids: Vec<ChunkId> = group.iter().map(|c| c.id).collect();
+            let missing: std::collections::HashSet<ChunkId> =
+                s.catalog.missing_chunks(&ids)?.into_iter().collect();
+            let fresh: Vec<VerifiedChunk> = group
+                .into_iter()
+                .filter(|c| missing.contains(&c.id))
+                .collect();
+            let bytes: u64 = fresh.iter().map(|c| c.data.len() as u64).sum();
+            let locations = s.store.append(&fresh)?;
+            let stored = s.catalog.insert_chunks(&locations)?;
+            Ok((stored, bytes))
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl Backup for BackupService {
+    async fn logon(
+        &self,
+        request: Request<pb::LogonRequest>,
+    ) -> Result<Response<pb::LogonResponse>, Status> {
+        let peer = peer_of(&request);
+        let req = request.into_inner();
+        let refused = || {
+            Status::unauthenticated(format!(
+                "logon refused for node {}: unknown node or wrong password",
+                req.node
+            ))
+        };
+        let Some(name) = normalize_node_name(&req.node) else {
+            return Err(refused());
+        };
+        let lookup = name.clone();
+        let node = self.blocking(move |s| Ok(s.catalog.node(&lookup)?)).await?;
+        let Some(node) = node else {
+            actlog::record(
+                &self.state.catalog,
+                ServerMsg::UnknownNode,
+                &name,
+                &peer,
+                format!("logon refused: node {name} is not registered"),
+            )
+            .await;
+            return Err(refused());
+        };
+        if node.locked {
+            actlog::record(
+                &self.state.catalog,
+                ServerMsg::NodeLocked,
+                &name,
+                &peer,
+                format!("logon refused: node {name} is locked"),
+            )
+            .await;
+            return Err(ServerError::NodeLocked { node: name }.into());
+        }
+        let (password, hash) = (req.password.clone(), node.password_hash.clone());
+        let good = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+            .await
+            .map_err(ServerError::from)?;
+        let node_id = node.id;
+        if !good {
+            let failures = self
+                .blocking(move |s| Ok(s.catalog.record_logon_failure(node_id)?))
+                .await?;
+            actlog::record(
+                &self.state.catalog,
+                ServerMsg::WrongPassword,
+                &name,
+                &peer,
+                format!("logon refused: wrong password for node {name} ({failures} failed logon(s) in a row)"),
+            )
+            .await;
+            return Err(refused());
+        }
+        self.blocking(move |s| Ok(s.catalog.record_logon_success(node_id, now_ns())?))
+            .await?;
+        let (token, session_id) = self.state.sessions.open(node_id, &name, &peer);
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::SessionOpened,
+            &name,
+            &peer,
+            format!(
+                "session {session_id} started for node {name} (client {})",
+                req.client_version
+            ),
+        )
+        .await;
+        Ok(Response::new(pb::LogonResponse {
+            session_token: token.expose().to_string(),
+            server_name: self.state.config.name.clone(),
+            server_guid: self.state.guid.to_string(),
+            node: name,
+            session_id,
+        }))
+    }
+
+    async fn find_missing_chunks(
+        &self,
+        request: Request<pb::FindMissingChunksRequest>,
+    ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
+        self.session(&request)?;
+        let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
+        let missing = self
+            .blocking(move |s| Ok(s.catalog.missing_chunks(&ids)?))
+            .await?;
+        Ok(Response::new(pb::FindMissingChunksResponse {
+            missing: missing.iter().map(|c| c.as_slice().to_vec()).collect(),
+        }))
+    }
+
+    async fn upload_chunks(
+        &self,
+        request: Request<Streaming<pb::UploadChunksRequest>>,
+    ) -> Result<Response<pb::UploadChunksResponse>, Status> {
+        let (_, token) = self.session(&request)?;
+        let mut stream = request.into_inner();
+        let mut reply = pb::UploadChunksResponse::default();
+        let mut received = 0u64;
+        let mut group: Vec<VerifiedChunk> = Vec::new();
+        let mut group_bytes = 0usize;
+        while let Some(message) = stream.next().await {
+            let message = message?;
+            let chunks = message.chunks;
+            received += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
+            let verified = tokio::task::spawn_blocking(move || {
+                chunks
+                    .into_iter()
+                    .map(|c| {
+                        let id = ChunkId::from_slice(&c.id)
+                            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+                        Ok(storage::verify_chunk(id, c.data, c.raw_len)?)
+                    })
+                    .collect::<Result<Vec<_>, ServerError>>()
+            })
+            .await
+            .map_err(ServerError::from)??;
+            for chunk in verified {
+                group_bytes += chunk.data.len();
+                group.push(chunk);
+            }
+            if group_bytes >= UPLOAD_GROUP_BYTES {
+                let (stored, bytes) = self.store_group(std::mem::take(&mut group)).await?;
+                reply.stored += stored;
+                reply.bytes_written += bytes;
+                group_bytes = 0;
+            }
+        }
+        let total = group.len() as u64 + reply.stored;
+        let (stored, bytes) = self.store_group(group).await?;
+        reply.stored += stored;
+        reply.bytes_written += bytes;
+        reply.already_present = total.saturating_sub(reply.stored);
+        self.state.sessions.count_bytes(&token, received, 0);
+        Ok(Response::new(reply))
+    }
+
+    async fn commit_objects(
+        &self,
+        request: Request<pb::CommitObjectsRequest>,
+    ) -> Result<Response<pb::CommitObjectsResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let req = request.into_inner();
+        convert::check_path(&req.filespace)?;
+        let versions = req
+            .objects
+            .into_iter()
+            .map(|o| convert::new_version_from_pb(o, &req.filespace))
+            .collect::<Result<Vec<_>, _>>()?;
+        for path in &req.deactivate {
+            convert::check_path(path)?;
+        }
+        let filespace = req.filespace;
+        let deactivate = req.deactivate;
+        let counts = self
+            .blocking(move |s| {
+                s.catalog.commit_objects(
+                    session.node_id,
+                    &filespace,
+                    &versions,
+                    &deactivate,
+                    now_ns(),
+                )
+            })
+            .await?;
+        Ok(Response::new(pb::CommitObjectsResponse {
+            stored: counts.stored,
+            deactivated: counts.deactivated,
+        }))
+    }
+
+    type QueryObjectsStream = ResponseStream<pb::QueryObjectsResponse>;
+
+    async fn query_objects(
+        &self,
+        request: Request<pb::QueryObjectsRequest>,
+    ) -> Result<Response<Self::QueryObjectsStream>, Status> {
+        let (session, _) = self.session(&request)?;
+        let req = request.into_inner();
+        convert::check_path(&req.path_prefix)?;
+        let query = VersionQuery {
+            filespace: req.filespace,
+            path_prefix: req.path_prefix,
+            include_inactive: req.include_inactive,
+            point_in_time_ns: (req.point_in_time_ns != 0).then_some(req.point_in_time_ns),
+            with_chunks: req.with_chunks,
+        };
+        let versions = self
+            .blocking(move |s| Ok(s.catalog.query_versions(session.node_id, &query)?))
+            .await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut versions = versions.into_iter().map(convert::version_to_pb).peekable();
+            while versions.peek().is_some() {
+                let batch: Vec<_> = versions.by_ref().take(QUERY_BATCH).collect();
+                if tx
+                    .send(Ok(pb::QueryObjectsResponse { versions: batch }))
+                    .await
+                    .is_err()
+                {
+                    break; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ReadChunksStream = ResponseStream<pb::ReadChunksResponse>;
+
+    async fn read_chunks(
+        &self,
+        request: Request<pb::ReadChunksRequest>,
+    ) -> Result<Response<Self::ReadChunksStream>, Status> {
+        let (_, token) = self.session(&request)?;
+        let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
+        let lookup = ids.clone();
+        let locations = self
+            .blocking(move |s| Ok(s.catalog.chunk_locations(&lookup)?))
+            .await?;
+        let (tx, rx) = mpsc::channel(8);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            for (id, loc) in ids.into_iter().zip(locations) {
+                let item = match loc {
+                    None => Err(Status::not_found(format!(
+                        "chunk {id} is not stored on this server"
+                    ))),
+                    Some(loc) => {
+                        let store = state.store.clone();
+                        match tokio::task::spawn_blocking(move || store.read(loc)).await {
+                            Ok(Ok(data)) => {
+                                sent += data.len() as u64;
+                                Ok(pb::ReadChunksResponse {
+                                    chunk: Some(pb::Chunk {
+                                        id: id.as_slice().to_vec(),
+                                        data,
+                                        raw_len: u64::from(loc.raw_len),
+                                    }),
+                                })
+                            }
+                            Ok(Err(e)) => Err(Status::data_loss(format!("chunk {id}: {e}"))),
+                            Err(e) => Err(Status::internal(e.to_string())),
+                        }
+                    }
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+            state.sessions.count_bytes(&token, 0, sent);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn query_filespaces(
+        &self,
+        request: Request<pb::QueryFilespacesRequest>,
+    ) -> Result<Response<pb::QueryFilespacesResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let filespaces = self
+            .blocking(move |s| Ok(s.catalog.list_filespaces(session.node_id)?))
+            .await?;
+        Ok(Response::new(pb::QueryFilespacesResponse {
+            filespaces: filespaces
+                .into_iter()
+                .map(convert::filespace_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn mark_backup(
+        &self,
+        request: Request<pb::MarkBackupRequest>,
+    ) -> Result<Response<pb::MarkBackupResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let peer = peer_of(&request);
+        let req = request.into_inner();
+        convert::check_path(&req.filespace)?;
+        let (filespace, completed) = (req.filespace.clone(), req.completed);
+        self.blocking(move |s| {
+            Ok(s.catalog
+                .mark_backup(session.node_id, &filespace, completed, now_ns())?)
+        })
+        .await?;
+        if req.completed {
+            actlog::record(
+                &self.state.catalog,
+                ServerMsg::BackupCompleted,
+                &session.node,
+                &peer,
+                format!(
+                    "backup of filespace {} for node {} completed",
+                    req.filespace, session.node
+                ),
+            )
+            .await;
+        }
+        Ok(Response::new(pb::MarkBackupResponse {}))
+    }
+
+    async fn set_password(
+        &self,
+        request: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::SetPasswordResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let peer = peer_of(&request);
+        let req = request.into_inner();
+        auth::check_password_rules(&req.new_password)?;
+        let name = session.node.clone();
+        self.blocking(move |s| {
+            let node = s
+                .catalog
+                .node(&name)?
+                .ok_or_else(|| ServerError::NodeNotFound { node: name.clone() })?;
+            if !auth::verify_password(&req.old_password, &node.password_hash) {
+                return Err(ServerError::Unauthenticated(
+                    "the current password is wrong; the password was not changed".into(),
+                ));
+            }
+            let hash = auth::hash_password(&req.new_password)?;
+            s.catalog
+                .update_node(&name, None, Default::default(), Some(&hash))?;
+            Ok(())
+        })
+        .await?;
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::PasswordChanged,
+            &session.node,
+            &peer,
+            format!("node {} changed its password", session.node),
+        )
+        .await;
+        Ok(Response::new(pb::SetPasswordResponse {}))
+    }
+
+    async fn logoff(
+        &self,
+        request: Request<pb::LogoffRequest>,
+    ) -> Result<Response<pb::LogoffResponse>, Status> {
+        let (_, token) = self.session(&request)?;
+        let peer = peer_of(&request);
+        if let Some(s) = self.state.sessions.close(&token) {
+            actlog::record(
+                &self.state.catalog,
+                ServerMsg::SessionEnded,
+                &s.node,
+                &peer,
+                format!(
+                    "session {} for node {} ended: {} bytes received, {} bytes sent",
+                    s.id, s.node, s.bytes_received, s.bytes_sent
+                ),
+            )
+            .await;
+        }
+        Ok(Response::new(pb::LogoffResponse {}))
+    }
+}

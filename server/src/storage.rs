@@ -1,0 +1,297 @@
+//! Chunk containers: append-only files holding compressed chunk data.
+//!
+//! A container is `containers/NNNNNNNN.tdc`, a sequence of records
+//! `[chunk id: 32][stored_len: u32 LE][raw_len: u32 LE][data]`. The header
+//! lets a container be checked or re-indexed without the catalog.
+//!
+//! Write order (restic's "data before index"): bytes are appended and fsynced,
+//! *then* the chunk rows go into the catalog. A crash in between leaves bytes no
+//! row points at; [`ChunkStore::open`] cuts every container back to the end of
+//! its last indexed chunk, so nothing unacknowledged survives a restart.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tandem_proto::ChunkId;
+
+use crate::error::StorageError;
+use crate::model::ChunkLocation;
+
+/// A container is closed for appends once it reaches this size.
+const CONTAINER_TARGET_BYTES: u64 = 256 * 1024 * 1024;
+/// Size of a record header.
+const HEADER_BYTES: u64 = 40;
+/// Largest uncompressed chunk a client may send (the client chunker's maximum is 4 MiB).
+pub const MAX_RAW_CHUNK: usize = 8 * 1024 * 1024;
+
+/// A chunk whose hash was checked, ready to store.
+#[derive(Debug)]
+pub struct VerifiedChunk {
+    /// Its id.
+    pub id: ChunkId,
+    /// Compressed bytes as received.
+    pub data: Vec<u8>,
+    /// Uncompressed length.
+    pub raw_len: u32,
+}
+
+/// Checks that `data` decompresses to `raw_len` bytes hashing to `id`.
+///
+/// # Errors
+/// [`StorageError::ChunkMalformed`] or [`StorageError::ChunkMismatch`].
+pub fn verify_chunk(
+    id: ChunkId,
+    data: Vec<u8>,
+    raw_len: u64,
+) -> Result<VerifiedChunk, StorageError> {
+    let malformed = |reason: String| StorageError::ChunkMalformed { chunk: id, reason };
+    let raw_len_usize = usize::try_from(raw_len)
+        .ok()
+        .filter(|n| *n <= MAX_RAW_CHUNK)
+        .ok_or_else(|| malformed(format!("raw length {raw_len} exceeds {MAX_RAW_CHUNK}")))?;
+    let raw = zstd::bulk::decompress(&data, raw_len_usize).map_err(|e| malformed(e.to_string()))?;
+    if raw.len() != raw_len_usize {
+        return Err(malformed(format!(
+            "decompressed to {} bytes, expected {raw_len}",
+            raw.len()
+        )));
+    }
+    if ChunkId::of(&raw) != id {
+        return Err(StorageError::ChunkMismatch { chunk: id });
+    }
+    Ok(VerifiedChunk {
+        id,
+        data,
+        raw_len: raw_len_usize as u32,
+    })
+}
+
+#[derive(Debug)]
+struct Appender {
+    number: u32,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// The set of containers of one server.
+#[derive(Debug)]
+pub struct ChunkStore {
+    dir: PathBuf,
+    appender: Mutex<Appender>,
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic mid-append leaves at worst unindexed bytes, which are harmless.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ChunkStore {
+    /// Opens the containers in `dir`, cutting each back to `indexed_ends` (the
+    /// end of its last indexed chunk; containers absent from it are emptied).
+    ///
+    /// # Errors
+    /// I/O errors on the directory or a container.
+    pub fn open(dir: &Path, indexed_ends: &[(u32, u64)]) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let ends: HashMap<u32, u64> = indexed_ends.iter().copied().collect();
+        let mut highest = 0u32;
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let Some(number) = container_number(&entry.path()) else {
+                continue;
+            };
+            highest = highest.max(number);
+            let path = entry.path();
+            let end = ends.get(&number).copied().unwrap_or(0);
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            if len > end {
+                tracing::warn!(
+                    container = number,
+                    len,
+                    end,
+                    "cutting unacknowledged bytes from container"
+                );
+                file.set_len(end).map_err(io_err(&path))?;
+                file.sync_all().map_err(io_err(&path))?;
+            }
+        }
+        let number = highest.max(1);
+        let appender = Self::open_appender(dir, number)?;
+        Ok(ChunkStore {
+            dir: dir.to_path_buf(),
+            appender: Mutex::new(appender),
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn container_path(dir: &Path, number: u32) -> PathBuf {
+        dir.join(format!("{number:08}.tdc"))
+    }
+
+    fn open_appender(dir: &Path, number: u32) -> Result<Appender, StorageError> {
+        let path = Self::container_path(dir, number);
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if !existed {
+            // Make the new directory entry durable before any chunk in it is indexed.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        Ok(Appender {
+            number,
+            file: Arc::new(file),
+            len,
+        })
+    }
+
+    /// Appends chunks and fsyncs them. The returned locations may be indexed
+    /// once this returns: the bytes are on disk.
+    ///
+    /// # Errors
+    /// I/O errors writing or syncing a container.
+    pub fn append(
+        &self,
+        chunks: &[VerifiedChunk],
+    ) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
+        let mut locations = Vec::with_capacity(chunks.len());
+        let mut to_sync: Vec<(u32, Arc<File>)> = Vec::new();
+        {
+            let mut app = lock(&self.appender);
+            let mut buf = Vec::new();
+            for chunk in chunks {
+                if app.len >= CONTAINER_TARGET_BYTES {
+                    self.write_buffer(&mut app, &mut buf)?;
+                    to_sync.push((app.number, app.file.clone()));
+                    *app = Self::open_appender(&self.dir, app.number + 1)?;
+                }
+                let stored_len = chunk.data.len() as u32;
+                buf.extend_from_slice(chunk.id.as_slice());
+                buf.extend_from_slice(&stored_len.to_le_bytes());
+                buf.extend_from_slice(&chunk.raw_len.to_le_bytes());
+                buf.extend_from_slice(&chunk.data);
+                let offset = app.len + HEADER_BYTES;
+                app.len = offset + u64::from(stored_len);
+                locations.push((
+                    chunk.id,
+                    ChunkLocation {
+                        container: app.number,
+                        offset,
+                        stored_len,
+                        raw_len: chunk.raw_len,
+                    },
+                ));
+            }
+            self.write_buffer(&mut app, &mut buf)?;
+            to_sync.push((app.number, app.file.clone()));
+        }
+        // fsync outside the lock so concurrent sessions can append meanwhile.
+        for (number, file) in to_sync {
+            file.sync_data()
+                .map_err(io_err(&Self::container_path(&self.dir, number)))?;
+        }
+        Ok(locations)
+    }
+
+    fn write_buffer(&self, app: &mut Appender, buf: &mut Vec<u8>) -> Result<(), StorageError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let path = Self::container_path(&self.dir, app.number);
+        let result = (&*app.file).write_all(buf);
+        buf.clear();
+        if let Err(e) = result {
+            // Keep `len` in step with the file after a partial write.
+            app.len = app.file.metadata().map(|m| m.len()).unwrap_or(app.len);
+            return Err(io_err(&path)(e));
+        }
+        Ok(())
+    }
+
+    /// Reads a chunk's stored (compressed) bytes.
+    ///
+    /// # Errors
+    /// I/O errors, including a container shorter than the index says.
+    pub fn read(&self, loc: ChunkLocation) -> Result<Vec<u8>, StorageError> {
+        let path = Self::container_path(&self.dir, loc.container);
+        let file = {
+            let mut readers = lock(&self.readers);
+            match readers.get(&loc.container) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(&path).map_err(io_err(&path))?);
+                    readers.insert(loc.container, f.clone());
+                    f
+                }
+            }
+        };
+        let mut data = vec![0u8; loc.stored_len as usize];
+        file.read_exact_at(&mut data, loc.offset)
+            .map_err(io_err(&path))?;
+        Ok(data)
+    }
+}
+
+fn container_number(path: &Path) -> Option<u32> {
+    if path.extension()? != "tdc" {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(data: &[u8]) -> VerifiedChunk {
+        let compressed = zstd::bulk::compress(data, 1).unwrap();
+        verify_chunk(ChunkId::of(data), compressed, data.len() as u64).unwrap()
+    }
+
+    #[test]
+    fn appended_chunks_read_back_and_unindexed_tails_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path(), &[]).unwrap();
+        let a = store.append(&[chunk(b"alpha")]).unwrap();
+        let b = store.append(&[chunk(b"beta beta")]).unwrap();
+        let data = store.read(a[0].1).unwrap();
+        assert_eq!(zstd::bulk::decompress(&data, 100).unwrap(), b"alpha");
+        drop(store);
+        // Only `a` was indexed: reopening cuts `b`'s bytes.
+        let end = a[0].1.offset + u64::from(a[0].1.stored_len);
+        let store = ChunkStore::open(dir.path(), &[(1, end)]).unwrap();
+        assert!(store.read(b[0].1).is_err());
+        let c = store.append(&[chunk(b"gamma")]).unwrap();
+        assert_eq!(c[0].1.offset, end + HEADER_BYTES);
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_match_its_id_is_rejected() {
+        let compressed = zstd::bulk::compress(b"real", 1).unwrap();
+        let err = verify_chunk(ChunkId::of(b"claimed"), compressed, 4).unwrap_err();
+        assert!(matches!(err, StorageError::ChunkMismatch { .. }));
+        let err = verify_chunk(ChunkId::of(b"x"), b"not zstd".to_vec(), 1).unwrap_err();
+        assert!(matches!(err, StorageError::ChunkMalformed { .. }));
+    }
+}
