@@ -46,13 +46,13 @@ impl Console {
 
     /// Writes a message to the error log only.
     pub fn log_only(&self, msg: &Msg) {
-        if let Some(log) = &self.log {
-            if let Err(e) = log.append(msg) {
-                eprintln!(
-                    "TDM1008W cannot write the error log {}: {e}",
-                    log.path().display()
-                );
-            }
+        if let Some(log) = &self.log
+            && let Err(e) = log.append(msg)
+        {
+            eprintln!(
+                "TDM1008W cannot write the error log {}: {e}",
+                log.path().display()
+            );
         }
     }
 

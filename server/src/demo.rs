@@ -47,7 +47,11 @@ fn sample_text(rng: &mut Rng, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 16);
     while out.len() < len {
         out.extend_from_slice(WORDS[(rng.next() % WORDS.len() as u64) as usize].as_bytes());
-        out.push(if rng.next() % 12 == 0 { b'\n' } else { b' ' });
+        out.push(if rng.next().is_multiple_of(12) {
+            b'\n'
+        } else {
+            b' '
+        });
     }
     out.truncate(len);
     out

@@ -1,1 +1,423 @@
-//! placeholder
+//! Harness for the integration tests: real `tandem-server` processes on
+//! 127.0.0.1 ephemeral ports, the real `tandem-admin` and `tandem` binaries,
+//! each test with its own temporary directories.
+//!
+//! `cargo test` does not build other packages' binaries, so [`bin`] runs
+//! `cargo build --workspace --bins` once per test process (a no-op when they are
+//! current): the tests never run stale binaries.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Builds the workspace binaries once per test process, in the profile the
+/// tests were built with.
+fn build_binaries(profile_dir: &Path) {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--bins",
+            "--manifest-path",
+        ])
+        .arg(&manifest);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
+}
+
+/// Path of a workspace binary next to the test executable (`target/<profile>/`),
+/// built if needed.
+///
+/// # Panics
+/// When the binary cannot be built.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile> directory");
+    build_binaries(dir);
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A running `tandem-server` with its own data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Server name.
+    pub name: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The data directory (kept across restarts).
+    pub data: TempDir,
+    child: Option<Child>,
+}
+
+fn wait_for_addr(file: &Path, child: &mut Child, log: &Path) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && let Ok(addr) = text.trim().parse()
+        {
+            return addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "tandem-server exited with {status} before listening:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tandem-server did not start within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl TestServer {
+    /// Starts a server named `name` on 127.0.0.1 with a free port.
+    pub fn start(name: &str) -> Self {
+        let data = tempfile::Builder::new()
+            .prefix("tandem-srv-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = TestServer {
+            name: name.to_string(),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            data,
+            child: None,
+        };
+        server.spawn("127.0.0.1:0");
+        server
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let addr_file = self.data.path().join("listen.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log_path = self.data.path().join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("server log");
+        let mut child = Command::new(bin("tandem-server"))
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(["--listen", listen, "--name", &self.name])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn tandem-server");
+        self.addr = wait_for_addr(&addr_file, &mut child, &log_path);
+        self.child = Some(child);
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server with SIGKILL (a crash, or "primary down") and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits (bounded) for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data directory and address.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.addr.to_string();
+        self.spawn(&listen);
+    }
+
+    /// Runs `tandem-admin` against this server with its admin token.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(bin("tandem-admin"))
+            .args(["--server", &self.url(), "--token-file"])
+            .arg(self.data.path().join("admin.token"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tandem-admin")
+    }
+
+    /// Registers `node` with `password`.
+    pub fn register(&self, node: &str, password: &str) {
+        let pw = self.data.path().join(format!("{node}.pw"));
+        std::fs::write(&pw, format!("{password}\n")).expect("password file");
+        let out = self.admin(&[
+            "register",
+            "node",
+            node,
+            "--password-file",
+            pw.to_str().expect("utf8"),
+        ]);
+        assert_success(&out, "register node");
+    }
+
+    /// The container files of the chunk store.
+    pub fn containers(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.data.path().join("containers"))
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A client with its own options file, state directory and error log.
+#[derive(Debug)]
+pub struct TestClient {
+    /// Directory holding the options file and state.
+    pub dir: TempDir,
+    /// The options file.
+    pub options: PathBuf,
+}
+
+impl TestClient {
+    /// A client of `server` logging on as `node`.
+    pub fn new(server: &TestServer, node: &str, password: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-cli-")
+            .tempdir()
+            .expect("temp dir");
+        let options = dir.path().join("tandem.toml");
+        let text = format!(
+            "# test client\nnode_name = \"{node}\"\nserver_name = \"{}\"\nserver_address = \"{}\"\npassword = \"{password}\"\nstate_dir = \"{}\"\n",
+            server.name,
+            server.url(),
+            dir.path().join("state").display()
+        );
+        std::fs::write(&options, text).expect("options file");
+        TestClient { dir, options }
+    }
+
+    /// Appends lines to the options file.
+    pub fn add_options(&self, lines: &str) {
+        let mut text = std::fs::read_to_string(&self.options).expect("options");
+        text.push_str(lines);
+        std::fs::write(&self.options, text).expect("options");
+    }
+
+    /// Runs `tandem --options FILE args...`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin("tandem"))
+            .arg("--options")
+            .arg(&self.options)
+            .args(args)
+            .env_remove("TANDEM_OPTIONS")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tandem")
+    }
+
+    /// Runs with `--json`, asserts success, and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert_success(&out, &args.join(" "));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The error log's content.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("state").join("dsierror.log"))
+            .unwrap_or_default()
+    }
+}
+
+/// Asserts exit code 0, printing stdout and stderr otherwise.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The exit code (panics on death by signal).
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes a small varied tree: nested folders, an empty file, duplicate files,
+/// names with spaces and non-ASCII, a symlink, a read-only file, a 3 MiB file.
+pub fn make_tree(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let w = |rel: &str, data: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, data).expect("write");
+    };
+    for i in 0..30u64 {
+        w(
+            &format!("docs/sub {}/file-{i}.txt", i % 3),
+            format!("content of file {i}\n")
+                .repeat(1 + i as usize * 10)
+                .as_bytes(),
+        );
+    }
+    w("empty", b"");
+    w("dup/a.bin", &random_bytes(7, 300_000));
+    w("dup/b.bin", &random_bytes(7, 300_000));
+    w("Grüße/naïve résumé.txt", "unicode\n".as_bytes());
+    w("big/large.bin", &random_bytes(11, 3 * 1024 * 1024 + 17));
+    w("ro.txt", b"read only\n");
+    std::fs::set_permissions(root.join("ro.txt"), std::fs::Permissions::from_mode(0o444))
+        .expect("chmod");
+    std::os::unix::fs::symlink("docs/sub 1/file-1.txt", root.join("link")).expect("symlink");
+    std::fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
+}
+
+/// Asserts two trees hold the same entries, bytes, link targets, modes and
+/// file mtimes.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let list = |root: &Path| {
+        let mut v: Vec<PathBuf> = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).expect("read_dir") {
+                let p = e.expect("entry").path();
+                if std::fs::symlink_metadata(&p).expect("meta").is_dir() {
+                    stack.push(p.clone());
+                }
+                v.push(p.strip_prefix(root).expect("prefix").to_path_buf());
+            }
+        }
+        v.sort();
+        v
+    };
+    let (left, right) = (list(a), list(b));
+    assert_eq!(left, right, "the trees list different entries");
+    for rel in left {
+        let (x, y) = (a.join(&rel), b.join(&rel));
+        let (mx, my) = (
+            std::fs::symlink_metadata(&x).expect("meta"),
+            std::fs::symlink_metadata(&y).expect("meta"),
+        );
+        assert_eq!(
+            mx.file_type().is_symlink(),
+            my.file_type().is_symlink(),
+            "{}",
+            rel.display()
+        );
+        if mx.file_type().is_symlink() {
+            assert_eq!(
+                std::fs::read_link(&x).ok(),
+                std::fs::read_link(&y).ok(),
+                "link {}",
+                rel.display()
+            );
+            continue;
+        }
+        assert_eq!(mx.mode(), my.mode(), "mode of {}", rel.display());
+        if mx.is_file() {
+            assert!(
+                std::fs::read(&x).expect("read") == std::fs::read(&y).expect("read"),
+                "content of {}",
+                rel.display()
+            );
+            assert_eq!(
+                (mx.mtime(), mx.mtime_nsec()),
+                (my.mtime(), my.mtime_nsec()),
+                "mtime of {}",
+                rel.display()
+            );
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it is true or `limit` passes.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}

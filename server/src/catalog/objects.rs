@@ -31,7 +31,7 @@ fn manifest_bytes(chunks: &[ChunkId]) -> Vec<u8> {
 }
 
 fn manifest_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, CatalogError> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(CatalogError::Malformed(format!(
             "manifest of {} bytes is not a multiple of 32",
             bytes.len()

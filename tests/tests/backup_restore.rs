@@ -1,0 +1,307 @@
+//! Backup and restore end to end against a real server process.
+
+use tandem_tests::*;
+
+fn setup() -> (TestServer, TestClient, tempfile::TempDir) {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    (server, client, work)
+}
+
+fn s(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn incremental_backup_restores_a_byte_identical_tree() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let stats = client.json(&["incremental", &s(&src)]);
+    assert_eq!(stats["failed"], 0);
+    assert!(stats["backed_up"].as_u64().unwrap() >= 40, "{stats}");
+    // The two identical 300 kB files are stored once.
+    assert!(
+        stats["bytes_deduplicated"].as_u64().unwrap() >= 300_000,
+        "{stats}"
+    );
+
+    let out = work.path().join("out");
+    let restored = client.json(&["restore", &format!("{}/*", s(&src)), &s(&out), "--subdir"]);
+    assert_eq!(restored["failed"], 0, "{restored}");
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn unchanged_rerun_sends_nothing_and_changes_are_detected() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    client.json(&["incremental", &s(&src)]);
+    let again = client.json(&["incremental", &s(&src)]);
+    assert_eq!(again["backed_up"], 0, "{again}");
+    assert_eq!(again["bytes_sent"], 0, "{again}");
+    assert_eq!(again["unchanged"], again["inspected"]);
+
+    std::fs::write(src.join("docs/sub 0/file-0.txt"), "changed\n").unwrap();
+    std::fs::remove_file(src.join("dup/b.bin")).unwrap();
+    let third = client.json(&["incremental", &s(&src)]);
+    // The changed file, and dup/ whose mtime changed with the deletion.
+    assert_eq!(third["backed_up"], 2, "{third}");
+    assert_eq!(third["deactivated"], 1, "{third}");
+
+    let versions = client.json(&[
+        "query",
+        "backup",
+        &format!("{}/docs/sub 0/file-0.txt", s(&src)),
+        "--inactive",
+    ]);
+    let states: Vec<&str> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["inactive", "active"]);
+
+    // The deleted file is gone from the active set, but --inactive brings it back.
+    let out = work.path().join("out");
+    let r = client.json(&["restore", &format!("{}/dup/*", s(&src)), &s(&out)]);
+    assert_eq!(r["restored"], 1, "{r}");
+    let out2 = work.path().join("out2");
+    let r = client.json(&[
+        "restore",
+        &format!("{}/dup/*", s(&src)),
+        &s(&out2),
+        "--inactive",
+    ]);
+    assert_eq!(r["restored"], 2, "{r}");
+    assert_eq!(
+        std::fs::read(out2.join("b.bin")).unwrap(),
+        random_bytes(7, 300_000)
+    );
+}
+
+#[test]
+fn selective_sends_unchanged_files_again_and_deactivates_nothing() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    client.json(&["incremental", &s(&src)]);
+    std::fs::remove_file(src.join("empty")).unwrap();
+    let sel = client.json(&["selective", &s(&src.join("docs"))]);
+    assert!(sel["backed_up"].as_u64().unwrap() >= 30, "{sel}");
+    assert_eq!(sel["deactivated"], 0);
+    // Same content: no chunk data travels.
+    assert_eq!(sel["bytes_sent"], 0, "{sel}");
+    let listed = client.json(&["query", "backup", &s(&src.join("empty"))]);
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "selective must not deactivate"
+    );
+}
+
+#[test]
+fn restore_destination_keeps_paths_relative_to_the_source_directory() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    client.json(&["incremental", &s(&src)]);
+
+    // Without --subdir, only the top level of docs/sub 1.
+    let out = work.path().join("one-level");
+    let r = client.json(&["restore", &format!("{}/docs/*", s(&src)), &s(&out)]);
+    assert_eq!(r["restored"], 3, "three directories: {r}");
+    assert!(out.join("sub 1").is_dir());
+    assert!(!out.join("sub 1/file-1.txt").exists());
+
+    // A pattern with --subdir matches names at any depth, placed relative to docs/.
+    let out = work.path().join("pattern");
+    client.json(&[
+        "restore",
+        &format!("{}/docs/*-1.txt", s(&src)),
+        &s(&out),
+        "--subdir",
+    ]);
+    assert_eq!(
+        std::fs::read(out.join("sub 1/file-1.txt")).unwrap(),
+        std::fs::read(src.join("docs/sub 1/file-1.txt")).unwrap()
+    );
+    assert!(!out.join("sub 0/file-0.txt").exists());
+
+    // A single file goes directly under DEST.
+    let out = work.path().join("single");
+    client.json(&["restore", &s(&src.join("big/large.bin")), &s(&out)]);
+    assert_eq!(
+        std::fs::read(out.join("large.bin")).unwrap(),
+        std::fs::read(src.join("big/large.bin")).unwrap()
+    );
+}
+
+#[test]
+fn restore_in_place_honours_replace() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    client.json(&["incremental", &s(&src)]);
+    let target = src.join("docs/sub 2/file-2.txt");
+    std::fs::write(&target, "local edit\n").unwrap();
+
+    let out = client.run(&["restore", &s(&target)]);
+    assert_eq!(code(&out), 4, "replace no skips: {}", stderr(&out));
+    assert!(stderr(&out).contains("TDM1022W"));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "local edit\n");
+
+    let out = client.run(&["restore", &s(&target), "--replace", "yes"]);
+    assert_success(&out, "restore --replace yes");
+    assert!(
+        std::fs::read_to_string(&target)
+            .unwrap()
+            .starts_with("content of file 2")
+    );
+
+    // A read-only file is replaced only with --replace all.
+    let ro = src.join("ro.txt");
+    std::fs::remove_file(&ro).unwrap();
+    std::fs::write(&ro, "changed\n").unwrap();
+    std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    let out = client.run(&["restore", &s(&ro), "--replace", "yes"]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let out = client.run(&["restore", &s(&ro), "--replace", "all"]);
+    assert_success(&out, "restore --replace all");
+    assert_eq!(std::fs::read_to_string(&ro).unwrap(), "read only\n");
+}
+
+#[test]
+fn point_in_time_restore_returns_the_older_version() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f.txt"), "version one\n").unwrap();
+    client.json(&["incremental", &s(&src)]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let between = chrono_like_now();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(src.join("f.txt"), "version two, longer\n").unwrap();
+    std::fs::write(src.join("later.txt"), "did not exist before\n").unwrap();
+    client.json(&["incremental", &s(&src)]);
+
+    let out = work.path().join("pit");
+    client.json(&[
+        "restore",
+        &format!("{}/*", s(&src)),
+        &s(&out),
+        "--pitdate",
+        &between,
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("f.txt")).unwrap(),
+        "version one\n"
+    );
+    assert!(!out.join("later.txt").exists());
+}
+
+/// Now as RFC 3339 UTC, without pulling a date crate into the tests.
+fn chrono_like_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn excluded_files_never_reach_the_server() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    std::fs::write(src.join("scratch.tmp"), "temporary").unwrap();
+    client.add_options("exclude = [\"*.tmp\", \"**/big\"]\n");
+    client.json(&["incremental", &s(&src)]);
+    let all = client.json(&["query", "backup", &format!("{}/*", s(&src)), "--subdir"]);
+    let paths: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.ends_with(".tmp") || p.contains("/big")),
+        "{paths:?}"
+    );
+    assert!(paths.iter().any(|p| p.ends_with("ro.txt")));
+}
+
+#[test]
+fn missing_paths_are_named_and_the_rest_is_backed_up() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let missing = work.path().join("no such dir");
+    let out = client.run(&["incremental", &s(&missing), &s(&src)]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("TDM1011W") && stderr(&out).contains("no such dir"));
+    assert!(
+        client.error_log().contains("TDM1011W"),
+        "warnings go to dsierror.log"
+    );
+    let listed = client.json(&["query", "backup", &s(&src.join("empty"))]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn query_filespace_and_session_describe_the_server() {
+    let (server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    client.json(&["incremental", &s(&src)]);
+    let fs = client.json(&["query", "filespace"]);
+    let first = &fs.as_array().unwrap()[0];
+    assert!(first["active_objects"].as_u64().unwrap() > 40);
+    assert!(!first["last_backup_end"].as_str().unwrap().is_empty());
+    let session = client.json(&["query", "session"]);
+    assert_eq!(session["server_name"], "PRIMARY");
+    assert_eq!(session["node"], "ALICE");
+    assert_eq!(session["mode"], "normal");
+    let status: serde_json::Value =
+        serde_json::from_slice(&server.admin(&["--json", "query", "status"]).stdout).unwrap();
+    assert_eq!(session["server_guid"], status["server_guid"]);
+}
+
+#[test]
+fn a_symlink_in_the_destination_is_never_followed() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    client.json(&["incremental", &s(&src)]);
+    let dest = work.path().join("dest");
+    let outside = work.path().join("outside");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join("docs")).unwrap();
+    let out = client.run(&["restore", &format!("{}/*", s(&src)), &s(&dest), "--subdir"]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("TDM1021E") && stderr(&out).contains("symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing may be written outside DEST"
+    );
+    assert!(
+        dest.join("big/large.bin").exists(),
+        "the other files are restored"
+    );
+}
