@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Deterministic benchmark dataset for Tandem, and a deterministic ~1% mutation.
+
+  dataset.py generate DIR   small files (1-64 KiB) in nested folders, medium files
+                            (1-4 MiB), large files, some duplicates; half of the files
+                            compressible text, half random bytes
+  dataset.py mutate DIR     change ~0.5% of files, delete ~0.25%, add ~0.25%
+
+Sizes come from the environment: SMALL (default 5000), MEDIUM (40), LARGE (2),
+LARGE_MIB (64). The same values always give the same bytes.
+"""
+import os
+import random
+import sys
+
+WORDS = (b"backup restore node replica server client filespace version policy chunk "
+         b"catalog failover primary secondary tandem data storage archive retention").split()
+
+
+def text_block(rng, size):
+    out = bytearray()
+    while len(out) < size:
+        out += rng.choice(WORDS) + (b"\n" if rng.random() < 0.08 else b" ")
+    return bytes(out[:size])
+
+
+def content(rng, size):
+    if rng.random() < 0.5:
+        return text_block(rng, size)
+    return rng.randbytes(size)
+
+
+def generate(root):
+    small = int(os.environ.get("SMALL", 5000))
+    medium = int(os.environ.get("MEDIUM", 40))
+    large = int(os.environ.get("LARGE", 2))
+    large_mib = int(os.environ.get("LARGE_MIB", 64))
+    rng = random.Random(20261123)
+    total = 0
+    for i in range(small):
+        d = os.path.join(root, "small", f"d{i % 40:02}", f"e{i % 7}")
+        os.makedirs(d, exist_ok=True)
+        data = content(rng, rng.randint(1024, 64 * 1024))
+        with open(os.path.join(d, f"f{i:06}.dat"), "wb") as f:
+            f.write(data)
+        total += len(data)
+        if i % 50 == 0:  # duplicates
+            with open(os.path.join(d, f"f{i:06}.copy"), "wb") as f:
+                f.write(data)
+            total += len(data)
+    os.makedirs(os.path.join(root, "medium"), exist_ok=True)
+    for i in range(medium):
+        data = content(rng, rng.randint(1 << 20, 4 << 20))
+        with open(os.path.join(root, "medium", f"m{i:04}.bin"), "wb") as f:
+            f.write(data)
+        total += len(data)
+    os.makedirs(os.path.join(root, "large"), exist_ok=True)
+    for i in range(large):
+        with open(os.path.join(root, "large", f"l{i}.img"), "wb") as f:
+            for _ in range(large_mib):
+                block = content(rng, 1 << 20)
+                f.write(block)
+                total += len(block)
+    print(f"generated {total / 1e6:.1f} MB in {root}")
+
+
+def mutate(root):
+    rng = random.Random(99)
+    files = sorted(os.path.join(dp, n) for dp, _, names in os.walk(root) for n in names)
+    changed = deleted = added = 0
+    for path in files:
+        r = rng.random()
+        if r < 0.005:
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:  # rewrite a slice in the middle
+                f.seek(size // 2)
+                f.write(rng.randbytes(min(4096, max(1, size // 4))))
+            changed += 1
+        elif r < 0.0075:
+            os.remove(path)
+            deleted += 1
+        elif r < 0.01:
+            with open(path + ".new", "wb") as f:
+                f.write(content(rng, rng.randint(1024, 64 * 1024)))
+            added += 1
+    print(f"mutated: {changed} changed, {deleted} deleted, {added} added")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("generate", "mutate"):
+        sys.exit(__doc__)
+    {"generate": generate, "mutate": mutate}[sys.argv[1]](sys.argv[2])

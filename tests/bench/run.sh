@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Tandem benchmark: first backup, unchanged re-run, backup after ~1% change, full
+# restore (verified) — wall time, MB/s, peak RSS of client and server, storage
+# size — against restic on the same data in the same run (restic is installed
+# from the distribution's packages when missing). Talks only to 127.0.0.1.
+#
+#   tests/bench/run.sh            REPS=3 for medians; SMALL/MEDIUM/LARGE/LARGE_MIB size the data
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=${BENCH_DIR:-/tmp/tandem-bench}
+REPS=${REPS:-1}
+BIN=$ROOT/target/release
+
+command -v restic >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic time; }
+[ -x /usr/bin/time ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time
+(cd "$ROOT" && cargo build --release --bins --quiet)
+
+rm -rf "$WORK"; mkdir -p "$WORK"
+DATA=$WORK/data
+SERVER_PID=
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# run NAME CMD...: wall seconds and peak RSS (KiB) of CMD into $RESULTS
+RESULTS=$WORK/results.tsv
+: > "$RESULTS"
+run() {
+  local name=$1; shift
+  /usr/bin/time -f "%e %M" -o "$WORK/time.out" "$@" > "$WORK/last.out" 2> "$WORK/last.err" || {
+    echo "FAILED: $name"; cat "$WORK/last.err"; exit 1; }
+  read -r secs rss < "$WORK/time.out"
+  printf '%s\t%s\t%s\n' "$name" "$secs" "$rss" >> "$RESULTS"
+  printf '  %-28s %8.2f s  %8d KiB\n' "$name" "$secs" "$rss"
+}
+
+start_server() {
+  rm -rf "$WORK/server"
+  "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name BENCH > "$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
+  ADDR=$(cat "$WORK/server/listen.addr")
+  echo 'bench-password' | "$BIN/tandem-admin" --server "http://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
+  printf 'node_name = "bench"\nserver_address = "http://%s"\npassword = "bench-password"\nstate_dir = "%s"\n' \
+    "$ADDR" "$WORK/state" > "$WORK/tandem.toml"
+}
+stop_server() {
+  SERVER_RSS=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+  printf 'tandem server peak\t0\t%s\n' "$SERVER_RSS" >> "$RESULTS"
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+}
+
+export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic
+T="$BIN/tandem --options $WORK/tandem.toml --quiet"
+for rep in $(seq 1 "$REPS"); do
+  echo "== round $rep"
+  rm -rf "$DATA"; python3 "$ROOT/tests/bench/dataset.py" generate "$DATA"
+  DATA_BYTES=$(du -sb "$DATA" | cut -f1)
+  start_server
+  rm -rf "$RESTIC_REPOSITORY"; restic init -q
+  # Alternate which system goes first each round.
+  if (( rep % 2 )); then order="tandem restic"; else order="restic tandem"; fi
+  for sys in $order; do
+    case $sys in
+      tandem) run "tandem full backup" $T incremental "$DATA"
+              run "tandem unchanged re-run" $T incremental "$DATA" ;;
+      restic) run "restic full backup" restic backup -q "$DATA"
+              run "restic unchanged re-run" restic backup -q "$DATA" ;;
+    esac
+  done
+  printf 'tandem storage\t0\t%s\n' "$(du -sk "$WORK/server" | cut -f1)" >> "$RESULTS"
+  printf 'restic storage\t0\t%s\n' "$(du -sk "$RESTIC_REPOSITORY" | cut -f1)" >> "$RESULTS"
+  python3 "$ROOT/tests/bench/dataset.py" mutate "$DATA"
+  for sys in $order; do
+    case $sys in
+      tandem) run "tandem backup after 1%" $T incremental "$DATA" ;;
+      restic) run "restic backup after 1%" restic backup -q "$DATA" ;;
+    esac
+  done
+  for sys in $order; do
+    rm -rf "$WORK/restore-$sys"
+    case $sys in
+      tandem) run "tandem full restore" $T restore "$DATA/*" "$WORK/restore-tandem" --subdir
+              diff -r -q "$DATA" "$WORK/restore-tandem" > /dev/null || { echo "tandem restore differs"; exit 1; } ;;
+      restic) run "restic full restore" restic restore -q latest --target "$WORK/restore-restic"
+              diff -r -q "$DATA" "$WORK/restore-restic$DATA" > /dev/null || { echo "restic restore differs"; exit 1; } ;;
+    esac
+  done
+  rm -rf "$WORK/restore-tandem" "$WORK/restore-restic"
+  stop_server
+done
+
+python3 - "$RESULTS" "$DATA_BYTES" "$REPS" <<'PY'
+import sys, statistics, os
+rows = {}
+for line in open(sys.argv[1]):
+    name, secs, kib = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(secs), int(kib)))
+data_mb = int(sys.argv[2]) / 1e6
+med = lambda name, i: statistics.median(v[i] for v in rows[name])
+print(f"\ndataset {data_mb:.0f} MB, {sys.argv[3]} round(s), medians; load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
+print(f"{'step':<22} {'tandem':>10} {'restic':>10} {'ratio':>7}   {'tandem MB/s':>11}  {'client RSS T/R (MiB)':>20}")
+for step in ["full backup", "unchanged re-run", "backup after 1%", "full restore"]:
+    t, r = med(f"tandem {step}", 0), med(f"restic {step}", 0)
+    tr, rr = med(f"tandem {step}", 1) / 1024, med(f"restic {step}", 1) / 1024
+    rate = f"{data_mb / t:.0f}" if step in ("full backup", "full restore") else "-"
+    print(f"{step:<22} {t:>9.2f}s {r:>9.2f}s {t / r:>7.2f}   {rate:>11}  {tr:>9.0f} / {rr:<9.0f}")
+ts, rs = med("tandem storage", 1) / 1024, med("restic storage", 1) / 1024
+print(f"{'storage after 1st':<22} {ts:>8.0f}MiB {rs:>8.0f}MiB {ts / rs:>7.2f}")
+print(f"tandem server peak RSS {med('tandem server peak', 1) / 1024:.0f} MiB")
+PY
