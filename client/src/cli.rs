@@ -101,6 +101,8 @@ enum QueryCommand {
     Filespace,
     /// Describe the session: server, GUID, node, mode.
     Session,
+    /// Show the effective options and where each value came from.
+    Options,
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,6 +359,10 @@ where
     };
     let log = ErrorLog::new(options.error_log_path(), options.error_log_max_mb);
     let console = Console::new(Some(log), cli.quiet, cli.json);
+    if matches!(cli.command, Command::Query(QueryCommand::Options)) {
+        query::options(&options.effective(&path, &env), &path, &console);
+        return console.status();
+    }
     match dispatch(cli, &options, &console).await {
         Ok(()) => console.status(),
         Err(err) => {

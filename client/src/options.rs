@@ -254,6 +254,73 @@ impl ClientOptions {
     }
 }
 
+/// One effective option and where its value came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EffectiveOption {
+    /// Key.
+    pub key: &'static str,
+    /// Value as text (passwords masked).
+    pub value: String,
+    /// `file`, `env TANDEM_<KEY>` or `default`.
+    pub source: String,
+}
+
+impl ClientOptions {
+    /// Every option with its value and source, for `tandem query options`.
+    pub fn effective(&self, path: &Path, env: &HashMap<String, String>) -> Vec<EffectiveOption> {
+        let in_file: Vec<String> = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.parse::<toml_edit::DocumentMut>().ok())
+            .map(|doc| doc.iter().map(|(k, _)| k.to_string()).collect())
+            .unwrap_or_default();
+        let list = |v: &[PathBuf]| {
+            v.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let opt = |v: &Option<PathBuf>| {
+            v.as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        };
+        let values: Vec<(&'static str, String)> = vec![
+            ("node_name", self.node_name.clone()),
+            ("server_name", self.server_name.clone()),
+            ("server_address", self.server_address.clone()),
+            (
+                "password",
+                if self.password_file.is_none() {
+                    "***".into()
+                } else {
+                    String::new()
+                },
+            ),
+            ("password_file", opt(&self.password_file)),
+            ("domain", list(&self.domain)),
+            ("exclude", self.exclude.join(", ")),
+            ("error_log", self.error_log_path().display().to_string()),
+            ("error_log_max_mb", self.error_log_max_mb.to_string()),
+            ("state_dir", self.state_dir().display().to_string()),
+            ("connect_timeout_ms", self.connect_timeout_ms.to_string()),
+            ("logon_retries", self.logon_retries.to_string()),
+        ];
+        values
+            .into_iter()
+            .map(|(key, value)| {
+                let env_key = format!("TANDEM_{}", key.to_ascii_uppercase());
+                let source = if env.contains_key(&env_key) {
+                    format!("env {env_key}")
+                } else if in_file.iter().any(|k| k == key) {
+                    "file".to_string()
+                } else {
+                    "default".to_string()
+                };
+                EffectiveOption { key, value, source }
+            })
+            .collect()
+    }
+}
+
 /// A relative path in the options file is relative to the file's directory.
 fn relative_to(options_file: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
@@ -350,6 +417,22 @@ mod tests {
         let p = write(dir.path(), "node_name = \"unterminated\n");
         let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
         assert!(err.to_string().contains("tandem.toml"), "{err}");
+    }
+
+    #[test]
+    fn effective_options_name_their_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("{GOOD}domain = [\"/x\"]\n"));
+        let env = HashMap::from([("TANDEM_LOGON_RETRIES".to_string(), "7".to_string())]);
+        let o = ClientOptions::load(&p, &env).unwrap();
+        let eff = o.effective(&p, &env);
+        let find = |k: &str| eff.iter().find(|e| e.key == k).unwrap().clone();
+        assert_eq!(find("node_name").source, "file");
+        assert_eq!(find("domain").value, "/x");
+        assert_eq!(find("logon_retries").source, "env TANDEM_LOGON_RETRIES");
+        assert_eq!(find("logon_retries").value, "7");
+        assert_eq!(find("connect_timeout_ms").source, "default");
+        assert_eq!(find("password").value, "***");
     }
 
     #[test]

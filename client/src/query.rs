@@ -184,3 +184,22 @@ pub fn session(session: &Session, options: &ClientOptions, console: &Console) {
     }
     println!("{t}");
 }
+
+/// Prints the effective options (no logon needed).
+pub fn options(
+    effective: &[crate::options::EffectiveOption],
+    path: &std::path::Path,
+    console: &Console,
+) {
+    if console.json {
+        let doc = json!({ "options_file": path, "options": effective });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    println!("Options file: {}", path.display());
+    let mut t = table(&["Option", "Value", "Source"]);
+    for o in effective {
+        t.add_row(vec![o.key.to_string(), o.value.clone(), o.source.clone()]);
+    }
+    println!("{t}");
+}

@@ -32,6 +32,10 @@ pub enum ServerMsg {
     AdminCommand,
     /// An admin call came with a missing or wrong token.
     AdminAuthFailed,
+    /// An expiration run finished.
+    ExpirationDone,
+    /// A filespace was deleted.
+    FilespaceDeleted,
 }
 
 impl ServerMsg {
@@ -49,6 +53,8 @@ impl ServerMsg {
             ServerMsg::BackupCompleted => "TDM0410I",
             ServerMsg::AdminCommand => "TDM0500I",
             ServerMsg::AdminAuthFailed => "TDM0501W",
+            ServerMsg::ExpirationDone => "TDM0420I",
+            ServerMsg::FilespaceDeleted => "TDM0421I",
         }
     }
 }

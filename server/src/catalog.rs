@@ -10,6 +10,7 @@
 
 mod actlog;
 mod chunks;
+mod expire;
 mod nodes;
 mod objects;
 
@@ -21,19 +22,23 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::CatalogError;
+use crate::model::Policy;
 
 /// The server's catalog database.
 #[derive(Debug)]
 pub struct Catalog {
     conn: Mutex<Connection>,
+    /// Policy values of nodes that have none of their own.
+    defaults: Policy,
 }
 
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path` and applies the schema.
+    /// `defaults` are the server-wide policy values.
     ///
     /// # Errors
     /// SQLite errors opening or migrating the database.
-    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+    pub fn open(path: &Path, defaults: Policy) -> Result<Self, CatalogError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -42,6 +47,7 @@ impl Catalog {
         conn.execute_batch(include_str!("catalog/schema.sql"))?;
         Ok(Catalog {
             conn: Mutex::new(conn),
+            defaults,
         })
     }
 
@@ -89,6 +95,9 @@ impl Catalog {
         Ok(())
     }
 }
+
+/// Nanoseconds in a day, for retention periods given in days.
+const DAY_NS: i64 = 86_400 * 1_000_000_000;
 
 /// Converts an unsigned figure to SQLite's integer type. Sizes above `i64::MAX`
 /// cannot occur on real file systems; saturate rather than wrap if one does.

@@ -16,6 +16,16 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Server name, upper-case (TSM server names are).
     pub name: String,
+    /// Hours between automatic expiration runs; 0 turns them off.
+    #[serde(default = "default_expire_interval_hours")]
+    pub expire_interval_hours: u64,
+    /// Server-wide policy for nodes without values of their own (`[policy]`).
+    #[serde(default)]
+    pub policy: crate::model::Policy,
+}
+
+fn default_expire_interval_hours() -> u64 {
+    24
 }
 
 /// Values given on the command line; `None` leaves the layer below in force.
@@ -98,6 +108,24 @@ mod tests {
         };
         let cfg = ServerConfig::load(Some(&file), &flags).unwrap();
         assert_eq!(cfg.listen.port(), 0);
+        assert_eq!(cfg.expire_interval_hours, 24);
+        assert_eq!(cfg.policy, crate::model::Policy::default());
+    }
+
+    #[test]
+    fn policy_defaults_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "expire_interval_hours = 6\n[policy]\nverexists = 5\nretonly = 90\n",
+        )
+        .unwrap();
+        let cfg = ServerConfig::load(Some(&file), &ConfigOverrides::default()).unwrap();
+        assert_eq!(cfg.expire_interval_hours, 6);
+        assert_eq!(cfg.policy.verexists, 5);
+        assert_eq!(cfg.policy.retonly, 90);
+        assert_eq!(cfg.policy.verdeleted, 1);
     }
 
     #[test]

@@ -53,6 +53,36 @@ enum Verb {
     /// QUERY: show nodes, the activity log, sessions, server status.
     #[command(subcommand)]
     Query(QueryNoun),
+    /// EXPIRE: delete versions retention policy lets go and reclaim space.
+    #[command(subcommand)]
+    Expire(ExpireNoun),
+    /// DELETE: delete a node's filespace with all its versions.
+    #[command(subcommand)]
+    Delete(DeleteNoun),
+}
+
+#[derive(Debug, Subcommand)]
+enum ExpireNoun {
+    /// Run expiration and space reclamation now.
+    Inventory {
+        /// Evaluate retention as if it were this time (simulation, tests).
+        #[arg(long, value_name = "TIME")]
+        now: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeleteNoun {
+    /// Delete a filespace (asks for confirmation unless --yes).
+    Filespace {
+        /// Node name.
+        node: String,
+        /// Filespace name, as `tandem query filespace` shows it.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +193,51 @@ fn read_secret(file: Option<&Path>, what: &str) -> Result<String, AdminError> {
         )));
     }
     Ok(first)
+}
+
+/// Asks on the terminal; refuses when stdin is not a terminal.
+fn confirm(question: &str) -> Result<(), AdminError> {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(AdminError::Usage(
+            "confirmation needed but stdin is not a terminal; add --yes".into(),
+        ));
+    }
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| AdminError::Usage(format!("cannot read the answer: {e}")))?;
+    if answer.trim().eq_ignore_ascii_case("yes") {
+        Ok(())
+    } else {
+        Err(AdminError::Usage(
+            "not confirmed; nothing was deleted".into(),
+        ))
+    }
+}
+
+fn print_expiration(r: &pb::ExpireInventoryResponse, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json!({
+            "versions_expired": r.versions_expired, "chunks_freed": r.chunks_freed,
+            "containers_compacted": r.containers_compacted, "bytes_reclaimed": r.bytes_reclaimed,
+            "elapsed_secs": r.elapsed_secs,
+        })).unwrap_or_default());
+        return;
+    }
+    let mut t = table(&["Item", "Value"]);
+    for (k, v) in [
+        ("Versions expired", r.versions_expired.to_string()),
+        ("Chunks freed", r.chunks_freed.to_string()),
+        ("Containers compacted", r.containers_compacted.to_string()),
+        ("Bytes reclaimed", r.bytes_reclaimed.to_string()),
+        ("Elapsed", format!("{:.2} s", r.elapsed_secs)),
+    ] {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    println!("{t}");
 }
 
 fn parse_time(text: &str) -> Result<i64, AdminError> {
@@ -324,6 +399,17 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
             password_file: Some(f),
             ..
         }) => Some(read_secret(Some(f), "password")?),
+        Verb::Delete(DeleteNoun::Filespace {
+            node,
+            name,
+            yes: false,
+        }) => {
+            confirm(&format!(
+                "Delete filespace {name} of node {} with all its versions? This cannot be undone. Type yes: ",
+                node.to_ascii_uppercase()
+            ))?;
+            None
+        }
         _ => None,
     };
     let mut console = Console::connect(&cli).await?;
@@ -495,6 +581,42 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                     ]);
                 }
                 println!("{t}");
+            }
+        }
+        Verb::Expire(ExpireNoun::Inventory { now }) => {
+            let now_ns = now.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+            let req = console.request(pb::ExpireInventoryRequest { now_ns });
+            let r = console
+                .client
+                .expire_inventory(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            print_expiration(&r, as_json);
+        }
+        Verb::Delete(DeleteNoun::Filespace { node, name, .. }) => {
+            let req = console.request(pb::DeleteFilespaceRequest {
+                node,
+                filespace: name.clone(),
+            });
+            let r = console
+                .client
+                .delete_filespace(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                let reclaimed = r.reclaimed.unwrap_or_default();
+                println!("{}", serde_json::to_string_pretty(&json!({
+                    "filespace": name, "versions_deleted": r.versions_deleted,
+                    "chunks_freed": reclaimed.chunks_freed, "bytes_reclaimed": reclaimed.bytes_reclaimed,
+                })).unwrap_or_default());
+            } else {
+                println!(
+                    "TDM0421I filespace {name} deleted: {} version(s)",
+                    r.versions_deleted
+                );
+                print_expiration(&r.reclaimed.unwrap_or_default(), false);
             }
         }
         Verb::Query(QueryNoun::Status) => {

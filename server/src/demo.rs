@@ -182,6 +182,8 @@ async fn walk_through(work: &Path) -> Result<(), String> {
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
         name: "TANDEM".into(),
+        expire_interval_hours: 0,
+        policy: crate::model::Policy::default(),
     };
     step("Starting a server on a temporary data directory");
     let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;

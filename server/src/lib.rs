@@ -22,7 +22,9 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod error;
+pub mod expire;
 pub mod model;
+pub mod pins;
 pub mod service;
 pub mod storage;
 
@@ -59,6 +61,10 @@ pub struct ServerState {
     pub guid: ServerGuid,
     /// The admin token.
     pub admin_token: Token,
+    /// Chunks open sessions rely on (kept by the chunk sweep).
+    pub pins: pins::ChunkPins,
+    /// Held by an expiration run: one at a time.
+    pub expire_lock: std::sync::Mutex<()>,
 }
 
 fn setup_err(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -103,7 +109,7 @@ impl ServerState {
                 "cannot create data dir {}",
                 dir.display()
             )))?;
-        let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"))?);
+        let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"), config.policy)?);
         let guid = match catalog.setting("guid")? {
             Some(text) => text.parse().map_err(|e| {
                 ServerError::FailedPrecondition(format!("catalog holds a malformed guid: {e}"))
@@ -126,6 +132,8 @@ impl ServerState {
             sessions: Sessions::default(),
             guid,
             admin_token,
+            pins: pins::ChunkPins::default(),
+            expire_lock: std::sync::Mutex::new(()),
         }))
     }
 }
@@ -172,6 +180,7 @@ pub async fn run(
         .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(tandem_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(service::admin::AdminService::new(state.clone()));
+    let scheduler = tokio::spawn(expiration_schedule(state.clone(), shutdown.clone()));
 
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -179,9 +188,12 @@ pub async fn run(
         .add_service(admin)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
-            shutdown.cancelled_owned(),
+            shutdown.clone().cancelled_owned(),
         )
         .await;
+    // Background work ends before the catalog is checkpointed.
+    shutdown.cancel();
+    scheduler.await?;
     actlog::record(
         &state.catalog,
         ServerMsg::Stopped,
@@ -193,4 +205,39 @@ pub async fn run(
     let catalog = state.catalog.clone();
     tokio::task::spawn_blocking(move || catalog.checkpoint()).await??;
     result.map_err(|e| ServerError::FailedPrecondition(format!("transport: {e}")))
+}
+
+/// Runs expiration every `expire_interval_hours` until shutdown. A failed run
+/// is logged and retried at the next interval.
+async fn expiration_schedule(state: Arc<ServerState>, shutdown: CancellationToken) {
+    let hours = state.config.expire_interval_hours;
+    if hours == 0 {
+        return;
+    }
+    let period = std::time::Duration::from_secs(hours * 3600);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let run_state = state.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            expire::expire_inventory(&run_state, model::now_ns())
+        })
+        .await;
+        match result {
+            Ok(Ok(report)) => {
+                actlog::record(
+                    &state.catalog,
+                    ServerMsg::ExpirationDone,
+                    "",
+                    "",
+                    expire::describe(&report, "scheduled"),
+                )
+                .await;
+            }
+            Ok(Err(e)) => tracing::error!(cause = %e, "scheduled expiration failed"),
+            Err(e) => tracing::error!(cause = %e, "scheduled expiration failed"),
+        }
+    }
 }

@@ -100,7 +100,8 @@ pub struct VersionQuery {
 }
 
 /// Retention policy values (TSM backup copy group).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Versions kept while the file exists.
     pub verexists: u32,

@@ -24,7 +24,7 @@ use crate::model::ChunkLocation;
 /// A container is closed for appends once it reaches this size.
 const CONTAINER_TARGET_BYTES: u64 = 256 * 1024 * 1024;
 /// Size of a record header.
-const HEADER_BYTES: u64 = 40;
+pub const HEADER_BYTES: u64 = 40;
 /// Largest uncompressed chunk a client may send (the client chunker's maximum is 4 MiB).
 pub const MAX_RAW_CHUNK: usize = 8 * 1024 * 1024;
 
@@ -132,6 +132,13 @@ impl ChunkStore {
             }
         }
         let number = highest.max(1);
+        // Containers emptied by a compaction that crashed before unlinking them.
+        for (n, _) in Self::list_containers(dir)? {
+            let path = Self::container_path(dir, n);
+            if n != number && std::fs::metadata(&path).map(|m| m.len()).unwrap_or(1) == 0 {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+            }
+        }
         let appender = Self::open_appender(dir, number)?;
         Ok(ChunkStore {
             dir: dir.to_path_buf(),
@@ -250,6 +257,56 @@ impl ChunkStore {
         file.read_exact_at(&mut data, loc.offset)
             .map_err(io_err(&path))?;
         Ok(data)
+    }
+}
+
+impl ChunkStore {
+    fn list_containers(dir: &Path) -> Result<Vec<(u32, u64)>, StorageError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = entry.map_err(io_err(dir))?.path();
+            if let Some(n) = container_number(&path) {
+                let len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+                out.push((n, len));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Every container with its file size.
+    ///
+    /// # Errors
+    /// I/O errors listing the directory.
+    pub fn containers(&self) -> Result<Vec<(u32, u64)>, StorageError> {
+        Self::list_containers(&self.dir)
+    }
+
+    /// Starts a new container for appends if the current one holds data, so
+    /// the current one can be compacted. Returns the container now appended to.
+    ///
+    /// # Errors
+    /// I/O errors creating the new container.
+    pub fn seal(&self) -> Result<u32, StorageError> {
+        let mut app = lock(&self.appender);
+        if app.len > 0 {
+            *app = Self::open_appender(&self.dir, app.number + 1)?;
+        }
+        Ok(app.number)
+    }
+
+    /// Deletes a container file that no indexed chunk points into any more.
+    /// Readers that already opened it keep reading their handle until done.
+    ///
+    /// # Errors
+    /// I/O errors removing the file.
+    pub fn remove_container(&self, number: u32) -> Result<(), StorageError> {
+        let path = Self::container_path(&self.dir, number);
+        lock(&self.readers).remove(&number);
+        std::fs::remove_file(&path).map_err(io_err(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
     }
 }
 

@@ -6,11 +6,29 @@ use super::Catalog;
 use crate::error::CatalogError;
 use crate::model::{Node, NodeUsage, Policy, PolicyUpdate};
 
+impl Catalog {
+    /// The effective policy of a node row id.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub(crate) fn policy_of(
+        tx: &rusqlite::Connection,
+        node_id: i64,
+        defaults: Policy,
+    ) -> Result<Policy, CatalogError> {
+        Ok(tx.query_row(
+            "SELECT coalesce(verexists, ?2), coalesce(verdeleted, ?3), coalesce(retextra, ?4), coalesce(retonly, ?5)
+             FROM nodes WHERE id = ?1",
+            params![node_id, defaults.verexists, defaults.verdeleted, defaults.retextra, defaults.retonly],
+            |r| Ok(Policy { verexists: r.get(0)?, verdeleted: r.get(1)?, retextra: r.get(2)?, retonly: r.get(3)? }),
+        )?)
+    }
+}
+
 const NODE_COLUMNS: &str = "id, name, password_hash, locked, failed_logons, registered_ns, \
      last_logon_ns, verexists, verdeleted, retextra, retonly";
 
-fn node_from_row(r: &Row<'_>) -> rusqlite::Result<Node> {
-    let defaults = Policy::default();
+fn node_from_row(r: &Row<'_>, defaults: Policy) -> rusqlite::Result<Node> {
     let policy_value = |idx: usize, default: u32| -> rusqlite::Result<u32> {
         Ok(r.get::<_, Option<u32>>(idx)?.unwrap_or(default))
     };
@@ -63,7 +81,7 @@ impl Catalog {
             .query_row(
                 &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = ?1"),
                 [name],
-                node_from_row,
+                |r| node_from_row(r, self.defaults),
             )
             .optional()?)
     }
@@ -80,13 +98,13 @@ impl Catalog {
                (SELECT count(*) FROM objects o JOIN filespaces f ON o.filespace_id = f.id
                   WHERE f.node_id = nodes.id AND o.active = 1),
                (SELECT count(*) FROM objects o JOIN filespaces f ON o.filespace_id = f.id
-                  WHERE f.node_id = nodes.id)
+                  WHERE f.node_id = nodes.id AND o.expiring = 0)
              FROM nodes WHERE ?1 = '' OR name = ?1 ORDER BY name"
         ))?;
         let rows = stmt
             .query_map([name], |r| {
                 Ok((
-                    node_from_row(r)?,
+                    node_from_row(r, self.defaults)?,
                     NodeUsage {
                         filespaces: r.get(11)?,
                         active_objects: r.get::<_, i64>(12)?.try_into().unwrap_or(0),

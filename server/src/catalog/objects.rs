@@ -91,6 +91,23 @@ fn deactivate(
     )
 }
 
+/// Marks the inactive versions of `path` beyond the newest `keep` as expiring
+/// (TSM: versions over VEREXISTS/VERDELETED are marked for deletion at once).
+fn limit_inactive(
+    tx: &Transaction<'_>,
+    filespace_id: i64,
+    path: &str,
+    keep: u32,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "UPDATE objects SET expiring = 1 WHERE id IN (
+           SELECT id FROM objects
+           WHERE filespace_id = ?1 AND path = ?2 AND active = 0 AND expiring = 0
+           ORDER BY backup_ns DESC LIMIT -1 OFFSET ?3)",
+    )?
+    .execute(params![filespace_id, path, keep])
+}
+
 impl Catalog {
     /// Id of a node's filespace, creating it when `create` is set.
     fn filespace_id(
@@ -149,6 +166,9 @@ impl Catalog {
                 first: *first,
             });
         }
+        let policy = Self::policy_of(&tx, node_id, self.defaults)?;
+        // The active version counts towards VEREXISTS.
+        let keep_existing = policy.verexists.saturating_sub(1);
         let mut counts = CommitCounts::default();
         {
             let mut insert = tx.prepare_cached(
@@ -173,11 +193,13 @@ impl Catalog {
                     now_ns,
                     manifest_bytes(&v.chunks),
                 ])?;
+                limit_inactive(&tx, fs_id, &a.path, keep_existing)?;
                 counts.stored += 1;
             }
         }
         for path in deactivate_paths {
             counts.deactivated += deactivate(&tx, fs_id, path, now_ns)? as u64;
+            limit_inactive(&tx, fs_id, path, policy.verdeleted)?;
         }
         tx.commit()?;
         Ok(counts)
@@ -233,6 +255,7 @@ impl Catalog {
             "SELECT {VERSION_COLUMNS} FROM objects o JOIN filespaces f ON o.filespace_id = f.id
              WHERE f.node_id = ?1 AND f.name = ?2
                AND (o.path = ?3 OR (o.path >= ?4 AND o.path < ?6))
+               AND o.expiring = 0
                {state_filter}
              ORDER BY o.path, o.backup_ns"
         ))?;

@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS objects (
     backup_ns      INTEGER NOT NULL,
     active         INTEGER NOT NULL,
     deactivated_ns INTEGER NOT NULL DEFAULT 0,
+    -- 1: beyond the version limit (VEREXISTS/VERDELETED); invisible, deleted
+    -- by the next expiration.
+    expiring       INTEGER NOT NULL DEFAULT 0,
     manifest       BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS objects_by_path ON objects (filespace_id, path, backup_ns);

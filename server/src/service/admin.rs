@@ -11,6 +11,7 @@ use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth;
 use crate::error::ServerError;
+use crate::expire::{self, ExpireReport};
 use crate::model::{Node, NodeUsage, PolicyUpdate, normalize_node_name, now_ns};
 
 /// Implements `tandem.v1.Admin` over the server state.
@@ -109,8 +110,78 @@ impl AdminService {
     }
 }
 
+fn report_to_pb(r: ExpireReport) -> pb::ExpireInventoryResponse {
+    pb::ExpireInventoryResponse {
+        versions_expired: r.versions_expired,
+        chunks_freed: r.chunks_freed,
+        containers_compacted: r.containers_compacted,
+        bytes_reclaimed: r.bytes_reclaimed,
+        elapsed_secs: r.elapsed_secs,
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn expire_inventory(
+        &self,
+        request: Request<pb::ExpireInventoryRequest>,
+    ) -> Result<Response<pb::ExpireInventoryResponse>, Status> {
+        let peer = self.authorize(&request).await?;
+        let now = match request.into_inner().now_ns {
+            0 => now_ns(),
+            t => t,
+        };
+        let report = self
+            .blocking(move |s| expire::expire_inventory(s, now))
+            .await?;
+        self.audit(&peer, "", "expire inventory".into()).await;
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::ExpirationDone,
+            "",
+            &peer,
+            expire::describe(&report, "requested"),
+        )
+        .await;
+        Ok(Response::new(report_to_pb(report)))
+    }
+
+    async fn delete_filespace(
+        &self,
+        request: Request<pb::DeleteFilespaceRequest>,
+    ) -> Result<Response<pb::DeleteFilespaceResponse>, Status> {
+        let peer = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = node_name(&req.node)?;
+        let filespace = req.filespace;
+        let (lookup, fs) = (name.clone(), filespace.clone());
+        let deleted = self
+            .blocking(move |s| {
+                let node = s.catalog.node(&lookup)?.ok_or(ServerError::NodeNotFound {
+                    node: lookup.clone(),
+                })?;
+                s.catalog.delete_filespace(node.id, &fs)?.ok_or_else(|| {
+                    ServerError::FailedPrecondition(format!(
+                        "node {lookup} has no filespace {fs:?}; see query filespace on the client"
+                    ))
+                })
+            })
+            .await?;
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::FilespaceDeleted,
+            &name,
+            &peer,
+            format!("delete filespace {filespace} of node {name}: {deleted} version(s) deleted"),
+        )
+        .await;
+        let report = self.blocking(expire::reclaim).await?;
+        Ok(Response::new(pb::DeleteFilespaceResponse {
+            versions_deleted: deleted,
+            reclaimed: Some(report_to_pb(report)),
+        }))
+    }
+
     async fn register_node(
         &self,
         request: Request<pb::RegisterNodeRequest>,

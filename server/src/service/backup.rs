@@ -60,8 +60,14 @@ impl BackupService {
             .map_err(ServerError::from)??)
     }
 
-    /// Stores a group of verified chunks: append + fsync, then index.
-    async fn store_group(&self, group: Vec<VerifiedChunk>) -> Result<(u64, u64), Status> {
+    /// Stores a group of verified chunks: append + fsync, then index and pin
+    /// them for the session (under the pin lock, so the sweep cannot slip in
+    /// between).
+    async fn store_group(
+        &self,
+        session: u64,
+        group: Vec<VerifiedChunk>,
+    ) -> Result<(u64, u64), Status> {
         self.blocking(move |s| {
             let ids: Vec<ChunkId> = group.iter().map(|c| c.id).collect();
             let missing: std::collections::HashSet<ChunkId> =
@@ -72,10 +78,28 @@ impl BackupService {
                 .collect();
             let bytes: u64 = fresh.iter().map(|c| c.data.len() as u64).sum();
             let locations = s.store.append(&fresh)?;
+            let mut pins = s.pins.lock();
             let stored = s.catalog.insert_chunks(&locations)?;
+            pins.entry(session).or_default().extend(ids);
             Ok((stored, bytes))
         })
         .await
+    }
+
+    /// Reads a chunk's stored bytes. A concurrent compaction may move it
+    /// between the lookup and the read: look it up once more then.
+    fn read_chunk(
+        state: &ServerState,
+        id: ChunkId,
+        loc: crate::model::ChunkLocation,
+    ) -> Result<Vec<u8>, ServerError> {
+        match state.store.read(loc) {
+            Ok(data) => Ok(data),
+            Err(first) => match state.catalog.chunk_locations(&[id])?.pop().flatten() {
+                Some(moved) if moved != loc => Ok(state.store.read(moved)?),
+                _ => Err(first.into()),
+            },
+        }
     }
 }
 
@@ -166,10 +190,20 @@ impl Backup for BackupService {
         &self,
         request: Request<pb::FindMissingChunksRequest>,
     ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
-        self.session(&request)?;
+        let (session, _) = self.session(&request)?;
         let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
         let missing = self
-            .blocking(move |s| Ok(s.catalog.missing_chunks(&ids)?))
+            .blocking(move |s| {
+                // Look up and pin under one lock: what we report as present
+                // stays present until this session ends.
+                let mut pins = s.pins.lock();
+                let missing = s.catalog.missing_chunks(&ids)?;
+                let absent: std::collections::HashSet<&ChunkId> = missing.iter().collect();
+                let pinned = pins.entry(session.id).or_default();
+                pinned.extend(ids.iter().filter(|id| !absent.contains(id)));
+                drop(pins);
+                Ok(missing)
+            })
             .await?;
         Ok(Response::new(pb::FindMissingChunksResponse {
             missing: missing.iter().map(|c| c.as_slice().to_vec()).collect(),
@@ -180,7 +214,7 @@ impl Backup for BackupService {
         &self,
         request: Request<Streaming<pb::UploadChunksRequest>>,
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
-        let (_, token) = self.session(&request)?;
+        let (session, token) = self.session(&request)?;
         let mut stream = request.into_inner();
         let mut reply = pb::UploadChunksResponse::default();
         let mut received = 0u64;
@@ -207,14 +241,16 @@ impl Backup for BackupService {
                 group.push(chunk);
             }
             if group_bytes >= UPLOAD_GROUP_BYTES {
-                let (stored, bytes) = self.store_group(std::mem::take(&mut group)).await?;
+                let (stored, bytes) = self
+                    .store_group(session.id, std::mem::take(&mut group))
+                    .await?;
                 reply.stored += stored;
                 reply.bytes_written += bytes;
                 group_bytes = 0;
             }
         }
         let total = group.len() as u64 + reply.stored;
-        let (stored, bytes) = self.store_group(group).await?;
+        let (stored, bytes) = self.store_group(session.id, group).await?;
         reply.stored += stored;
         reply.bytes_written += bytes;
         reply.already_present = total.saturating_sub(reply.stored);
@@ -314,8 +350,12 @@ impl Backup for BackupService {
                         "chunk {id} is not stored on this server"
                     ))),
                     Some(loc) => {
-                        let store = state.store.clone();
-                        match tokio::task::spawn_blocking(move || store.read(loc)).await {
+                        let reader = state.clone();
+                        match tokio::task::spawn_blocking(move || {
+                            Self::read_chunk(&reader, id, loc)
+                        })
+                        .await
+                        {
                             Ok(Ok(data)) => {
                                 sent += data.len() as u64;
                                 Ok(pb::ReadChunksResponse {
@@ -430,6 +470,7 @@ impl Backup for BackupService {
         let (_, token) = self.session(&request)?;
         let peer = peer_of(&request);
         if let Some(s) = self.state.sessions.close(&token) {
+            self.state.pins.release(s.id);
             actlog::record(
                 &self.state.catalog,
                 ServerMsg::SessionEnded,

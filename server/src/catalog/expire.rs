@@ -1,0 +1,224 @@
+//! Expiration: which versions retention policy lets go, which chunks nothing
+//! references any more, and container relocation for reclamation.
+
+use std::collections::HashSet;
+
+use rusqlite::params;
+use tandem_proto::ChunkId;
+
+use super::{Catalog, DAY_NS, from_sql_int, sql_int};
+use crate::error::CatalogError;
+use crate::model::ChunkLocation;
+
+/// Rows deleted per transaction, so a large expiration does not hold the
+/// writer lock (and block backups) for long.
+const DELETE_BATCH: usize = 5000;
+
+impl Catalog {
+    /// Ids of the versions that retention policy lets go at `now_ns`: those
+    /// marked at commit, those beyond VEREXISTS (file exists) or VERDELETED
+    /// (file deleted) after a policy change, inactive versions older than
+    /// RETEXTRA days, and the last version of a deleted file older than RETONLY
+    /// days. Active versions never expire.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn expired_versions(&self, now_ns: i64) -> Result<Vec<i64>, CatalogError> {
+        let d = self.defaults;
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM (
+               SELECT o.id, o.active, o.expiring, o.deactivated_ns,
+                 row_number() OVER (PARTITION BY o.filespace_id, o.path
+                                    ORDER BY o.active DESC, o.backup_ns DESC) AS rank,
+                 max(o.active) OVER (PARTITION BY o.filespace_id, o.path) AS has_active,
+                 coalesce(n.verexists, ?1) AS verexists, coalesce(n.verdeleted, ?2) AS verdeleted,
+                 coalesce(n.retextra, ?3) AS retextra, coalesce(n.retonly, ?4) AS retonly
+               FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+                              JOIN nodes n ON f.node_id = n.id)
+             WHERE active = 0 AND (
+               expiring = 1
+               OR (has_active = 1 AND (rank > verexists OR ?5 - deactivated_ns >= retextra * ?6))
+               OR (has_active = 0 AND (rank > verdeleted
+                   OR (rank = 1 AND ?5 - deactivated_ns >= retonly * ?6)
+                   OR (rank > 1 AND ?5 - deactivated_ns >= retextra * ?6))))",
+        )?;
+        let ids = stmt
+            .query_map(
+                params![
+                    d.verexists,
+                    d.verdeleted,
+                    d.retextra,
+                    d.retonly,
+                    now_ns,
+                    DAY_NS
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<Result<Vec<i64>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Deletes versions by row id, in batches. Returns how many were deleted.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn delete_versions(&self, ids: &[i64]) -> Result<u64, CatalogError> {
+        let mut deleted = 0u64;
+        for batch in ids.chunks(DELETE_BATCH) {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("DELETE FROM objects WHERE id = ?1")?;
+                for id in batch {
+                    deleted += stmt.execute([id])? as u64;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Every chunk id some stored version references.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT manifest FROM objects WHERE length(manifest) > 0")?;
+        let mut rows = stmt.query([])?;
+        let mut set = HashSet::new();
+        while let Some(row) = rows.next()? {
+            let manifest: Vec<u8> = row.get(0)?;
+            for c in manifest.chunks_exact(32) {
+                if let Ok(id) = ChunkId::from_slice(c) {
+                    set.insert(id);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Every indexed chunk id.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn all_chunk_ids(&self) -> Result<Vec<ChunkId>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM chunks")?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .filter_map(|r| r.ok().and_then(|b| ChunkId::from_slice(&b).ok()))
+            .collect();
+        Ok(ids)
+    }
+
+    /// Removes chunks from the index (their bytes become dead space).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn delete_chunks(&self, ids: &[ChunkId]) -> Result<u64, CatalogError> {
+        let mut deleted = 0u64;
+        for batch in ids.chunks(DELETE_BATCH) {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+                for id in batch {
+                    deleted += stmt.execute([id.as_slice()])? as u64;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Live (indexed) bytes per container, headers included.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn container_live_bytes(&self, header_bytes: u64) -> Result<Vec<(u32, u64)>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT container, sum(stored_len) + count(*) * ?1 FROM chunks GROUP BY container",
+        )?;
+        let rows = stmt
+            .query_map([sql_int(header_bytes)], |r| {
+                Ok((r.get(0)?, from_sql_int(r.get(1)?)))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The chunks stored in one container.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn chunks_in_container(
+        &self,
+        container: u32,
+    ) -> Result<Vec<(ChunkId, ChunkLocation)>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, offset, stored_len, raw_len FROM chunks WHERE container = ?1 ORDER BY offset",
+        )?;
+        let rows = stmt
+            .query_map([container], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    ChunkLocation {
+                        container,
+                        offset: from_sql_int(r.get(1)?),
+                        stored_len: r.get(2)?,
+                        raw_len: r.get(3)?,
+                    },
+                ))
+            })?
+            .filter_map(|r| r.ok())
+            .filter_map(|(id, loc)| ChunkId::from_slice(&id).ok().map(|id| (id, loc)))
+            .collect();
+        Ok(rows)
+    }
+
+    /// Points chunks at their new (already fsynced) locations, in one transaction.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn relocate_chunks(&self, moved: &[(ChunkId, ChunkLocation)]) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE chunks SET container = ?2, offset = ?3 WHERE id = ?1")?;
+            for (id, loc) in moved {
+                stmt.execute(params![id.as_slice(), loc.container, sql_int(loc.offset)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a node's filespace and all its versions. Returns the number of
+    /// versions deleted, or `None` if there is no such filespace.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn delete_filespace(&self, node_id: i64, name: &str) -> Result<Option<u64>, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM filespaces WHERE node_id = ?1 AND name = ?2",
+                params![node_id, name],
+                |r| r.get(0),
+            )
+            .ok();
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let versions = tx.execute("DELETE FROM objects WHERE filespace_id = ?1", [id])? as u64;
+        tx.execute("DELETE FROM filespaces WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(Some(versions))
+    }
+}
