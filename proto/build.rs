@@ -6,7 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["tandem/v1/backup.proto", "tandem/v1/admin.proto"],
+        &[
+            "tandem/v1/backup.proto",
+            "tandem/v1/admin.proto",
+            "tandem/v1/replication.proto",
+        ],
         &["."],
     )?;
     println!("cargo:rerun-if-changed=tandem");

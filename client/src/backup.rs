@@ -21,6 +21,8 @@ use tokio_stream::StreamExt;
 use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
 use crate::messages::Msg;
+use crate::nrtable::NodeReplicationTable;
+use crate::options::ClientOptions;
 use crate::paths;
 use crate::scan::{self, Item, ScanPlan};
 use crate::session::Session;
@@ -230,8 +232,10 @@ async fn fetch_inventory(
     Ok(inventory)
 }
 
-async fn mark(session: &Session, filespace: &str, completed: bool) -> Result<(), ClientError> {
-    session
+/// Records the start or the end of a backup on the server; returns the
+/// server's time of the record.
+async fn mark(session: &Session, filespace: &str, completed: bool) -> Result<i64, ClientError> {
+    let reply = session
         .client()
         .mark_backup(session.request(pb::MarkBackupRequest {
             filespace: filespace.to_string(),
@@ -239,7 +243,22 @@ async fn mark(session: &Session, filespace: &str, completed: bool) -> Result<(),
         }))
         .await
         .map_err(|s| ClientError::server("recording the backup", s))?;
-    Ok(())
+    Ok(reply.into_inner().recorded_ns)
+}
+
+/// Notes the acknowledged backup in the node replication table.
+fn note_backup(
+    session: &Session,
+    options: &ClientOptions,
+    filespace: &str,
+    at_ns: i64,
+    console: &Console,
+) {
+    let result = NodeReplicationTable::open(&options.state_dir())
+        .and_then(|t| t.record(&session.info.guid, &session.info.node, filespace, at_ns));
+    if let Err(e) = result {
+        console.report(&Msg::nrtable_failed(e), ExitStatus::Warnings);
+    }
 }
 
 fn progress_bar(console: &Console) -> ProgressBar {
@@ -262,6 +281,7 @@ fn progress_bar(console: &Console) -> ProgressBar {
 /// on `console` and counted in `failed` instead.
 pub async fn run(
     session: &Session,
+    options: &ClientOptions,
     paths: &[PathBuf],
     mode: Mode,
     excludes: &GlobSet,
@@ -340,7 +360,8 @@ pub async fn run(
             .await
             .map_err(|e| ClientError::Usage(format!("scanner failed: {e}")))?;
         uploader.flush(deactivate).await?;
-        mark(session, &filespace, true).await?;
+        let acknowledged = mark(session, &filespace, true).await?;
+        note_backup(session, options, &filespace, acknowledged, console);
     }
     progress.finish_and_clear();
     stats.elapsed_secs = started.elapsed().as_secs_f64();

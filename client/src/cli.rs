@@ -234,17 +234,62 @@ async fn set_password(
     Ok(())
 }
 
-async fn dispatch(cli: Cli, options: &ClientOptions, console: &Console) -> Result<(), ClientError> {
+/// Saves the replication server the primary pushed, if it changed. A file
+/// that cannot be written does not stop the command.
+fn save_pushed_server(session: &Session, options_path: &std::path::Path, console: &Console) {
+    let Some((server, _)) = &session.info.replication_server else {
+        return;
+    };
+    if session.info.replica {
+        return;
+    }
+    match crate::options_push::update(options_path, server) {
+        Ok(true) => console.report(
+            &Msg::push_saved(
+                &server.name,
+                &server.address,
+                &options_path.display().to_string(),
+            ),
+            ExitStatus::Success,
+        ),
+        Ok(false) => {}
+        Err(e) => console.report(&Msg::push_failed(e), ExitStatus::Warnings),
+    }
+}
+
+async fn dispatch(
+    cli: Cli,
+    options: &ClientOptions,
+    options_path: &std::path::Path,
+    console: &Console,
+) -> Result<(), ClientError> {
     // Arguments are checked before the logon, so bad input never costs a session.
     let work = prepare(&cli.command, options)?;
     let session = Session::logon(options).await?;
+    save_pushed_server(&session, options_path, console);
     let result = match (cli.command, work) {
         (Command::Incremental { .. }, Prepared::Backup(paths, excludes)) => {
-            let stats = backup::run(&session, &paths, Mode::Incremental, &excludes, console).await;
+            let stats = backup::run(
+                &session,
+                options,
+                &paths,
+                Mode::Incremental,
+                &excludes,
+                console,
+            )
+            .await;
             stats.map(|s| print_backup_summary(&s, console))
         }
         (Command::Selective { .. }, Prepared::Backup(paths, excludes)) => {
-            let stats = backup::run(&session, &paths, Mode::Selective, &excludes, console).await;
+            let stats = backup::run(
+                &session,
+                options,
+                &paths,
+                Mode::Selective,
+                &excludes,
+                console,
+            )
+            .await;
             stats.map(|s| print_backup_summary(&s, console))
         }
         (Command::Restore { .. }, Prepared::Restore(req)) => restore::run(&session, req, console)
@@ -363,7 +408,7 @@ where
         query::options(&options.effective(&path, &env), &path, &console);
         return console.status();
     }
-    match dispatch(cli, &options, &console).await {
+    match dispatch(cli, &options, &path, &console).await {
         Ok(()) => console.status(),
         Err(err) => {
             console.report(

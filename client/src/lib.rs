@@ -6,7 +6,9 @@
 //! - [`session`]: connect, log on with retries, tell unreachable from refused.
 //! - [`scan`] + [`backup`]: walk and chunk on one thread, upload and commit on another.
 //! - [`selection`] + [`target`] + [`restore`]: what to restore, where it may go, and writing it verified.
-//! - [`query`]: `query backup|filespace|session`.
+//! - [`query`]: `query backup|filespace|session|options`.
+//! - [`options_push`] + [`nrtable`]: the replication server pushed at logon, saved in the
+//!   options file; the last acknowledged backup per server and filespace.
 //! - [`messages`], [`console`], [`error_log`]: TDM messages to the console and `dsierror.log`.
 //! - [`error`]: `ClientError` and the exit codes (0/4/8/12, as `dsmc`).
 
@@ -17,7 +19,9 @@ pub mod console;
 pub mod error;
 pub mod error_log;
 pub mod messages;
+pub mod nrtable;
 pub mod options;
+pub mod options_push;
 pub mod paths;
 pub mod query;
 pub mod restore;

@@ -108,6 +108,34 @@ impl Msg {
     }
 }
 
+impl Msg {
+    /// The pushed replication server could not be saved.
+    pub fn push_failed(cause: impl fmt::Display) -> Self {
+        Msg {
+            id: "TDM1040W",
+            text: format!(
+                "the replication server details from the primary were not saved: {cause}; failover will use the details saved before"
+            ),
+        }
+    }
+
+    /// The options file now names a new or changed replication server.
+    pub fn push_saved(name: &str, address: &str, file: &str) -> Self {
+        Msg {
+            id: "TDM1041I",
+            text: format!("replication server {name} at {address} saved in {file}"),
+        }
+    }
+
+    /// The node replication table could not be updated.
+    pub fn nrtable_failed(cause: impl fmt::Display) -> Self {
+        Msg {
+            id: "TDM1042W",
+            text: format!("the node replication table was not updated: {cause}"),
+        }
+    }
+}
+
 impl fmt::Display for Msg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.id, self.text)

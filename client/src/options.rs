@@ -24,7 +24,19 @@ pub const KEYS: &[&str] = &[
     "state_dir",
     "connect_timeout_ms",
     "logon_retries",
+    "my_replication_server",
 ];
+
+/// A replication server stanza, written by the client from the primary's
+/// logon reply (TSM REPLSERVERNAME with REPLTCPSERVERADDRESS, REPLSERVERGUID).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplServerEntry {
+    /// Client-facing address of the replication server.
+    pub address: String,
+    /// Its replication GUID (dotted hex), checked before trusting it.
+    pub server_guid: String,
+}
 
 /// A password, printed as `***` in debug output.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -87,6 +99,12 @@ pub struct ClientOptions {
     /// Logon tries before the server counts as unreachable.
     #[serde(default = "default_logon_retries")]
     pub logon_retries: u32,
+    /// The replication server of the primary (MYREPLICATIONSERVER), pushed at logon.
+    #[serde(default)]
+    pub my_replication_server: Option<String>,
+    /// Replication server stanzas by name, pushed at logon.
+    #[serde(default)]
+    pub replication_servers: std::collections::BTreeMap<String, ReplServerEntry>,
 }
 
 fn default_server_name() -> String {
@@ -303,6 +321,10 @@ impl ClientOptions {
             ("state_dir", self.state_dir().display().to_string()),
             ("connect_timeout_ms", self.connect_timeout_ms.to_string()),
             ("logon_retries", self.logon_retries.to_string()),
+            (
+                "my_replication_server",
+                self.my_replication_server.clone().unwrap_or_default(),
+            ),
         ];
         values
             .into_iter()
@@ -310,6 +332,8 @@ impl ClientOptions {
                 let env_key = format!("TANDEM_{}", key.to_ascii_uppercase());
                 let source = if env.contains_key(&env_key) {
                     format!("env {env_key}")
+                } else if key == "my_replication_server" && in_file.iter().any(|k| k == key) {
+                    "pushed by server".to_string()
                 } else if in_file.iter().any(|k| k == key) {
                     "file".to_string()
                 } else {
@@ -317,7 +341,25 @@ impl ClientOptions {
                 };
                 EffectiveOption { key, value, source }
             })
+            .chain(
+                self.replication_servers
+                    .iter()
+                    .map(|(name, entry)| EffectiveOption {
+                        key: "replication_servers",
+                        value: format!("{name}: {} (guid {})", entry.address, entry.server_guid),
+                        source: "pushed by server".to_string(),
+                    }),
+            )
             .collect()
+    }
+
+    /// The stored replication server of the primary, if the block is complete.
+    pub fn replication_server(&self) -> Option<(&str, &ReplServerEntry)> {
+        let name = self.my_replication_server.as_deref()?;
+        self.replication_servers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(n, e)| (n.as_str(), e))
     }
 }
 

@@ -158,6 +158,17 @@ pub async fn filespaces(session: &Session, console: &Console) -> Result<(), Clie
     Ok(())
 }
 
+/// The replication server: as the primary just sent it, else as stored.
+fn replication_line(session: &Session, options: &ClientOptions) -> String {
+    if let Some((s, _)) = &session.info.replication_server {
+        return format!("{} at {} (guid {})", s.name, s.address, s.guid);
+    }
+    match options.replication_server() {
+        Some((name, e)) => format!("{name} at {} (guid {})", e.address, e.server_guid),
+        None => "none stored yet (pushed after the first backup and replication)".into(),
+    }
+}
+
 /// Describes the session: server, GUID, node, mode.
 pub fn session(session: &Session, options: &ClientOptions, console: &Console) {
     let i = &session.info;
@@ -166,6 +177,13 @@ pub fn session(session: &Session, options: &ClientOptions, console: &Console) {
             "server_name": i.name, "server_address": i.address, "server_guid": i.guid,
             "node": i.node, "session": i.session_id, "mode": "normal",
             "error_log": options.error_log_path(),
+            "replication_server": match &i.replication_server {
+                Some((s, _)) => Some(json!({ "name": s.name, "address": s.address, "server_guid": s.guid })),
+                None => options.replication_server().map(|(name, e)| json!({
+                    "name": name, "address": e.address, "server_guid": e.server_guid,
+                })),
+            },
+            "last_replication": i.replication_server.as_ref().map(|(_, t)| timefmt::rfc3339(*t)),
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
@@ -179,6 +197,7 @@ pub fn session(session: &Session, options: &ClientOptions, console: &Console) {
         ("Session", i.session_id.to_string()),
         ("Mode", "normal".to_string()),
         ("Error log", options.error_log_path().display().to_string()),
+        ("Replication server", replication_line(session, options)),
     ] {
         t.add_row(vec![k.to_string(), v]);
     }

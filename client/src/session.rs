@@ -28,6 +28,12 @@ pub struct ServerInfo {
     pub node: String,
     /// Session number on the server.
     pub session_id: u64,
+    /// The primary's replication server for this node, when it sent one.
+    pub replication_server: Option<(crate::options_push::PushedServer, i64)>,
+    /// The server holds the node as a replica: read-only session.
+    pub replica: bool,
+    /// On a replica: the node's last replication time (Unix ns).
+    pub replicated_ns: i64,
 }
 
 /// An authenticated session.
@@ -140,6 +146,18 @@ impl Session {
                     guid: reply.server_guid,
                     node: reply.node,
                     session_id: reply.session_id,
+                    replication_server: reply.replication_server.map(|r| {
+                        (
+                            crate::options_push::PushedServer {
+                                name: r.name,
+                                address: r.address,
+                                guid: r.guid,
+                            },
+                            r.last_replication_ns,
+                        )
+                    }),
+                    replica: reply.replica,
+                    replicated_ns: reply.replicated_ns,
                 },
             }),
             Err(Attempt::Unreachable(cause)) => Err(ClientError::Unreachable {

@@ -36,6 +36,16 @@ pub enum ServerMsg {
     ExpirationDone,
     /// A filespace was deleted.
     FilespaceDeleted,
+    /// A replication run completed (source).
+    ReplicationDone,
+    /// A replication run failed (source).
+    ReplicationFailed,
+    /// A server-to-server call was refused (target).
+    ReplicationAuthFailed,
+    /// A replica was updated by its source (target).
+    ReplicaUpdated,
+    /// A write by a node held here as a replica was refused.
+    ReplicaWriteRefused,
 }
 
 impl ServerMsg {
@@ -55,6 +65,11 @@ impl ServerMsg {
             ServerMsg::AdminAuthFailed => "TDM0501W",
             ServerMsg::ExpirationDone => "TDM0420I",
             ServerMsg::FilespaceDeleted => "TDM0421I",
+            ServerMsg::ReplicationDone => "TDM0600I",
+            ServerMsg::ReplicationFailed => "TDM0601E",
+            ServerMsg::ReplicationAuthFailed => "TDM0602W",
+            ServerMsg::ReplicaUpdated => "TDM0603I",
+            ServerMsg::ReplicaWriteRefused => "TDM0604W",
         }
     }
 }

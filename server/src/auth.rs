@@ -108,6 +108,8 @@ pub struct Session {
     pub bytes_received: u64,
     /// Chunk bytes sent.
     pub bytes_sent: u64,
+    /// The node is a replica here: the session is read-only.
+    pub replica: bool,
 }
 
 /// Sessions idle longer than this are forgotten (the client logs on again).
@@ -123,7 +125,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Opens a session and returns its token and number.
-    pub fn open(&self, node_id: i64, node: &str, peer: &str) -> (Token, u64) {
+    pub fn open(&self, node_id: i64, node: &str, peer: &str, replica: bool) -> (Token, u64) {
         let token = Token::random();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let now = now_ns();
@@ -140,6 +142,7 @@ impl Sessions {
                 last_call_ns: now,
                 bytes_received: 0,
                 bytes_sent: 0,
+                replica,
             },
         );
         (token, id)

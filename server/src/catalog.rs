@@ -13,8 +13,10 @@ mod chunks;
 mod expire;
 mod nodes;
 mod objects;
+mod replication;
 
 pub use objects::{CommitCounts, path_is_within};
+pub use replication::{FilespaceTimes, VersionState};
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};

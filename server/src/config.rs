@@ -19,6 +19,9 @@ pub struct ServerConfig {
     /// Hours between automatic expiration runs; 0 turns them off.
     #[serde(default = "default_expire_interval_hours")]
     pub expire_interval_hours: u64,
+    /// Minutes between scheduled replication of every enabled node; 0 = on demand only.
+    #[serde(default)]
+    pub replication_interval_minutes: u64,
     /// Server-wide policy for nodes without values of their own (`[policy]`).
     #[serde(default)]
     pub policy: crate::model::Policy,

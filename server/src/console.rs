@@ -59,6 +59,57 @@ enum Verb {
     /// DELETE: delete a node's filespace with all its versions.
     #[command(subcommand)]
     Delete(DeleteNoun),
+    /// DEFINE: define a partner server.
+    #[command(subcommand)]
+    Define(DefineNoun),
+    /// SET: server settings (replication server, failover address).
+    #[command(subcommand)]
+    Set(SetNoun),
+    /// REPLICATE: replicate nodes to the replication server now.
+    #[command(subcommand)]
+    Replicate(ReplicateNoun),
+}
+
+#[derive(Debug, Subcommand)]
+enum DefineNoun {
+    /// Define a partner server and the password both servers share.
+    Server {
+        /// Its name.
+        name: String,
+        /// Its server-to-server URL.
+        #[arg(long)]
+        address: String,
+        /// File whose first line is the shared server password.
+        #[arg(long, value_name = "FILE")]
+        server_password_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SetNoun {
+    /// Set the replication server of this server ("" clears it).
+    Replserver {
+        /// A defined server's name.
+        name: String,
+    },
+    /// Set the address clients use to reach this server in failover ("" clears it).
+    Failoveraddress {
+        /// URL handed to clients.
+        address: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReplicateNoun {
+    /// Replicate nodes.
+    Node {
+        /// Node names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Wait until the runs end and show their results.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +175,12 @@ enum UpdateNoun {
         /// File whose first line is the new password.
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
+        /// Replication state.
+        #[arg(long, value_parser = ["enabled", "disabled"])]
+        replstate: Option<String>,
+        /// Replication rule.
+        #[arg(long, value_parser = ["all_data", "active_data", "none"])]
+        replrule: Option<String>,
     },
 }
 
@@ -131,6 +188,11 @@ enum UpdateNoun {
 enum RemoveNoun {
     /// Remove a node (refused while it owns filespaces).
     Node {
+        /// Node name.
+        name: String,
+    },
+    /// End replication of a node here; on a target the node may write again.
+    Replnode {
         /// Node name.
         name: String,
     },
@@ -159,6 +221,18 @@ enum QueryNoun {
     Session,
     /// Server name, GUID, data directory and storage.
     Status,
+    /// Defined partner servers.
+    Server,
+    /// Per filespace: versions and bytes here and on the replication server.
+    Replnode {
+        /// Node name.
+        name: String,
+    },
+    /// Replication runs.
+    Replication {
+        /// Node name; all when omitted.
+        name: Option<String>,
+    },
 }
 
 /// A console failure: what went wrong and what to do.
@@ -216,6 +290,51 @@ fn confirm(question: &str) -> Result<(), AdminError> {
             "not confirmed; nothing was deleted".into(),
         ))
     }
+}
+
+fn print_runs(runs: &[pb::ReplicationRun], as_json: bool) {
+    if as_json {
+        let list: Vec<_> = runs.iter().map(|r| json!({
+            "id": r.id, "node": r.node, "target": r.target, "start": show_time(r.started_ns),
+            "end": show_time(r.ended_ns), "state": r.state, "objects_sent": r.objects_sent,
+            "bytes_sent": r.bytes_sent, "chunks_skipped": r.chunks_skipped,
+            "objects_deleted": r.objects_deleted, "states_updated": r.states_updated, "message": r.message,
+        })).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return;
+    }
+    let mut t = table(&[
+        "Run",
+        "Node",
+        "Target",
+        "Start",
+        "End",
+        "State",
+        "Objects Sent",
+        "Bytes Sent",
+        "Chunks Skipped",
+        "Deleted",
+        "Message",
+    ]);
+    for r in runs {
+        t.add_row(vec![
+            r.id.to_string(),
+            r.node.clone(),
+            r.target.clone(),
+            show_time(r.started_ns),
+            show_time(r.ended_ns),
+            r.state.clone(),
+            r.objects_sent.to_string(),
+            r.bytes_sent.to_string(),
+            r.chunks_skipped.to_string(),
+            r.objects_deleted.to_string(),
+            r.message.clone(),
+        ]);
+    }
+    println!("{t}");
 }
 
 fn print_expiration(r: &pb::ExpireInventoryResponse, as_json: bool) {
@@ -344,6 +463,7 @@ fn node_json(n: &pb::NodeInfo) -> serde_json::Value {
         "last_logon": show_time(n.last_logon_ns), "failed_logons": n.failed_logons,
         "verexists": n.verexists, "verdeleted": n.verdeleted, "retextra": n.retextra, "retonly": n.retonly,
         "filespaces": n.filespaces, "active_objects": n.active_objects, "total_versions": n.total_versions,
+        "replstate": n.replstate, "replmode": n.replmode, "replrule": n.replrule,
     })
 }
 
@@ -384,6 +504,9 @@ fn print_nodes(nodes: &[pb::NodeInfo], as_json: bool) {
             n.filespaces.to_string(),
             n.active_objects.to_string(),
             n.total_versions.to_string(),
+            n.replstate.clone(),
+            n.replmode.clone(),
+            n.replrule.clone(),
         ]);
     }
     println!("{t}");
@@ -399,6 +522,10 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
             password_file: Some(f),
             ..
         }) => Some(read_secret(Some(f), "password")?),
+        Verb::Define(DefineNoun::Server {
+            server_password_file,
+            ..
+        }) => Some(read_secret(Some(server_password_file), "server password")?),
         Verb::Delete(DeleteNoun::Filespace {
             node,
             name,
@@ -439,6 +566,8 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
             verdeleted,
             retextra,
             retonly,
+            replstate,
+            replrule,
             ..
         }) => {
             let locked = if lock {
@@ -450,12 +579,14 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
             };
             if locked.is_none()
                 && secret.is_none()
+                && replstate.is_none()
+                && replrule.is_none()
                 && [verexists, verdeleted, retextra, retonly]
                     .iter()
                     .all(Option::is_none)
             {
                 return Err(AdminError::Usage(
-                    "nothing to update: give --lock, --unlock, a policy value or --password-file"
+                    "nothing to update: give --lock, --unlock, a policy value, --replstate, --replrule or --password-file"
                         .into(),
                 ));
             }
@@ -469,6 +600,8 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                     retonly,
                 }),
                 password: secret,
+                replstate_enabled: replstate.map(|s| s == "enabled"),
+                replrule,
             });
             let node = console
                 .client
@@ -618,6 +751,158 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                 );
                 print_expiration(&r.reclaimed.unwrap_or_default(), false);
             }
+        }
+        Verb::Define(DefineNoun::Server { name, address, .. }) => {
+            let req = console.request(pb::DefineServerRequest {
+                name,
+                address,
+                password: secret.unwrap_or_default(),
+            });
+            let s = console
+                .client
+                .define_server(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                println!("{}", json!({ "name": s.name, "address": s.address }));
+            } else {
+                println!("TDM0500I server {} defined at {}", s.name, s.address);
+            }
+        }
+        Verb::Set(SetNoun::Replserver { name }) => {
+            let req = console.request(pb::SetReplServerRequest { name: name.clone() });
+            console
+                .client
+                .set_repl_server(req)
+                .await
+                .map_err(|s| console.refused(s))?;
+            println!(
+                "TDM0500I replication server set to {:?}",
+                name.to_ascii_uppercase()
+            );
+        }
+        Verb::Set(SetNoun::Failoveraddress { address }) => {
+            let req = console.request(pb::SetFailoverAddressRequest {
+                address: address.clone(),
+            });
+            console
+                .client
+                .set_failover_address(req)
+                .await
+                .map_err(|s| console.refused(s))?;
+            println!("TDM0500I failover address set to {address:?}");
+        }
+        Verb::Replicate(ReplicateNoun::Node { names, wait }) => {
+            let req = console.request(pb::ReplicateNodeRequest { nodes: names, wait });
+            let r = console
+                .client
+                .replicate_node(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            let failed = r.runs.iter().any(|run| run.state == "failed");
+            print_runs(&r.runs, as_json);
+            if failed {
+                return Err(AdminError::Refused(
+                    "replication failed; see the message above and `query actlog`".into(),
+                ));
+            }
+        }
+        Verb::Remove(RemoveNoun::Replnode { name }) => {
+            let req = console.request(pb::RemoveReplNodeRequest { node: name.clone() });
+            console
+                .client
+                .remove_repl_node(req)
+                .await
+                .map_err(|s| console.refused(s))?;
+            println!(
+                "TDM0500I replication removed for node {}",
+                name.to_ascii_uppercase()
+            );
+        }
+        Verb::Query(QueryNoun::Server) => {
+            let req = console.request(pb::QueryServersRequest {});
+            let r = console
+                .client
+                .query_servers(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                let list: Vec<_> = r.servers.iter().map(|s| json!({
+                    "name": s.name, "address": s.address, "guid": s.guid, "replserver": s.is_replserver,
+                })).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                let mut t = table(&["Server", "Address", "GUID", "Replication Server"]);
+                for s in r.servers {
+                    t.add_row(vec![
+                        s.name,
+                        s.address,
+                        s.guid,
+                        if s.is_replserver { "yes" } else { "" }.into(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        Verb::Query(QueryNoun::Replnode { name }) => {
+            let req = console.request(pb::QueryReplNodeRequest { node: name });
+            let r = console
+                .client
+                .query_repl_node(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                let list: Vec<_> = r.filespaces.iter().map(|f| json!({
+                    "filespace": f.name, "source_objects": f.source_objects, "source_bytes": f.source_bytes,
+                    "target_objects": f.target_objects, "target_bytes": f.target_bytes,
+                })).collect();
+                println!("{}", serde_json::to_string_pretty(&json!({
+                    "node": r.node, "target": r.target, "last_replication": show_time(r.last_replication_ns), "filespaces": list,
+                })).unwrap_or_default());
+            } else {
+                println!(
+                    "Node {} -> {}, last replication {}",
+                    r.node,
+                    r.target,
+                    show_time(r.last_replication_ns)
+                );
+                let mut t = table(&[
+                    "Filespace",
+                    "Objects Here",
+                    "Bytes Here",
+                    "Objects There",
+                    "Bytes There",
+                ]);
+                for f in r.filespaces {
+                    t.add_row(vec![
+                        f.name,
+                        f.source_objects.to_string(),
+                        f.source_bytes.to_string(),
+                        f.target_objects.to_string(),
+                        f.target_bytes.to_string(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        Verb::Query(QueryNoun::Replication { name }) => {
+            let req = console.request(pb::QueryReplicationRequest {
+                node: name.unwrap_or_default(),
+            });
+            let r = console
+                .client
+                .query_replication(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            print_runs(&r.runs, as_json);
         }
         Verb::Query(QueryNoun::Status) => {
             let req = console.request(pb::QueryStatusRequest {});

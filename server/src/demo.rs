@@ -183,6 +183,7 @@ async fn walk_through(work: &Path) -> Result<(), String> {
         listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
         name: "TANDEM".into(),
         expire_interval_hours: 0,
+        replication_interval_minutes: 0,
         policy: crate::model::Policy::default(),
     };
     step("Starting a server on a temporary data directory");

@@ -25,6 +25,7 @@ pub mod error;
 pub mod expire;
 pub mod model;
 pub mod pins;
+pub mod repl;
 pub mod service;
 pub mod storage;
 
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use tandem_proto::ServerGuid;
 use tandem_proto::pb::admin_server::AdminServer;
 use tandem_proto::pb::backup_server::BackupServer;
+use tandem_proto::pb::replication_server::ReplicationServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +67,8 @@ pub struct ServerState {
     pub pins: pins::ChunkPins,
     /// Held by an expiration run: one at a time.
     pub expire_lock: std::sync::Mutex<()>,
+    /// Nodes being replicated now: one run per node.
+    pub running: repl::RunningRuns,
 }
 
 fn setup_err(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -121,6 +125,13 @@ impl ServerState {
             }
         };
         let admin_token = load_or_create_token(&dir.join("admin.token"))?;
+        let interrupted = catalog.fail_interrupted_runs(model::now_ns())?;
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "replication runs interrupted by the last stop are marked failed"
+            );
+        }
         let store = Arc::new(ChunkStore::open(
             &dir.join("containers"),
             &catalog.container_ends()?,
@@ -134,6 +145,7 @@ impl ServerState {
             admin_token,
             pins: pins::ChunkPins::default(),
             expire_lock: std::sync::Mutex::new(()),
+            running: repl::RunningRuns::default(),
         }))
     }
 }
@@ -180,12 +192,18 @@ pub async fn run(
         .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(tandem_proto::MAX_MESSAGE_BYTES);
     let admin = AdminServer::new(service::admin::AdminService::new(state.clone()));
+    let replication =
+        ReplicationServer::new(service::replication::ReplicationService::new(state.clone()))
+            .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(tandem_proto::MAX_MESSAGE_BYTES);
     let scheduler = tokio::spawn(expiration_schedule(state.clone(), shutdown.clone()));
+    let repl_scheduler = tokio::spawn(repl::schedule(state.clone(), shutdown.clone()));
 
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(backup)
         .add_service(admin)
+        .add_service(replication)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             shutdown.clone().cancelled_owned(),
@@ -194,6 +212,7 @@ pub async fn run(
     // Background work ends before the catalog is checkpointed.
     shutdown.cancel();
     scheduler.await?;
+    repl_scheduler.await?;
     actlog::record(
         &state.catalog,
         ServerMsg::Stopped,

@@ -157,6 +157,78 @@ pub struct Node {
     pub last_logon_ns: i64,
     /// Effective policy.
     pub policy: Policy,
+    /// Replication: `enabled` or `disabled`.
+    pub replstate: String,
+    /// `none`, `send` (source) or `receive` (replica, read-only).
+    pub replmode: String,
+    /// `all_data`, `active_data` or `none`.
+    pub replrule: String,
+    /// Last successful replication run.
+    pub last_repl_ns: i64,
+    /// Source: the target of that run; target: the source.
+    pub repl_server: String,
+}
+
+impl Node {
+    /// Whether this server holds the node as a read-only replica.
+    pub fn is_replica(&self) -> bool {
+        self.replmode == "receive"
+    }
+}
+
+/// A partner server (DEFINE SERVER).
+#[derive(Clone)]
+pub struct PartnerServer {
+    /// Name.
+    pub name: String,
+    /// Server-to-server URL.
+    pub address: String,
+    /// The shared credential.
+    pub password: String,
+    /// Its GUID, as learned at the last Hello.
+    pub guid: String,
+    /// The address its clients use in failover, as learned at the last Hello.
+    pub failover_address: String,
+}
+
+impl std::fmt::Debug for PartnerServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartnerServer")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("password", &"***")
+            .field("guid", &self.guid)
+            .finish()
+    }
+}
+
+/// One replication run (QUERY REPLICATION).
+#[derive(Debug, Clone, Default)]
+pub struct ReplRun {
+    /// Run number.
+    pub id: i64,
+    /// Node.
+    pub node: String,
+    /// Target server.
+    pub target: String,
+    /// Start.
+    pub started_ns: i64,
+    /// End (0 while running).
+    pub ended_ns: i64,
+    /// running | completed | failed.
+    pub state: String,
+    /// Versions sent.
+    pub objects_sent: u64,
+    /// Compressed chunk bytes sent.
+    pub bytes_sent: u64,
+    /// Chunks the target already had.
+    pub chunks_skipped: u64,
+    /// Versions deleted on the target.
+    pub objects_deleted: u64,
+    /// State changes sent.
+    pub states_updated: u64,
+    /// Failure text.
+    pub message: String,
 }
 
 /// Per-node storage figures for `query node`.
@@ -183,6 +255,8 @@ pub struct Filespace {
     pub last_backup_start_ns: i64,
     /// End of the last completed backup.
     pub last_backup_end_ns: i64,
+    /// Last replication of this filespace (on a replica).
+    pub last_repl_ns: i64,
 }
 
 /// Where a chunk's bytes live.

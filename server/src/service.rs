@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod backup;
 pub mod convert;
+pub mod replication;
 
 /// Address of the caller for logs, or `-` when unknown.
 fn peer_of<T>(request: &tonic::Request<T>) -> String {

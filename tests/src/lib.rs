@@ -220,6 +220,41 @@ impl Drop for TestServer {
     }
 }
 
+/// Makes `primary` replicate to `secondary`: each defines the other with a
+/// shared password, the primary names the secondary its replication server.
+pub fn pair(primary: &TestServer, secondary: &TestServer, password: &str) {
+    for (here, there) in [(primary, secondary), (secondary, primary)] {
+        let file = here.data.path().join(format!("{}.serverpw", there.name));
+        std::fs::write(&file, format!("{password}\n")).expect("password file");
+        let out = here.admin(&[
+            "define",
+            "server",
+            &there.name,
+            "--address",
+            &there.url(),
+            "--server-password-file",
+            file.to_str().expect("utf8"),
+        ]);
+        assert_success(&out, "define server");
+    }
+    assert_success(
+        &primary.admin(&["set", "replserver", &secondary.name]),
+        "set replserver",
+    );
+}
+
+/// Runs `replicate node NODE --wait --json` on `server` and returns the run.
+pub fn replicate(server: &TestServer, node: &str) -> serde_json::Value {
+    let out = server.admin(&["--json", "replicate", "node", node, "--wait"]);
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "replicate node {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    runs[0].clone()
+}
+
 /// A client with its own options file, state directory and error log.
 #[derive(Debug)]
 pub struct TestClient {
@@ -232,15 +267,18 @@ pub struct TestClient {
 impl TestClient {
     /// A client of `server` logging on as `node`.
     pub fn new(server: &TestServer, node: &str, password: &str) -> Self {
+        Self::at(&server.name, &server.url(), node, password)
+    }
+
+    /// A client of the server named `name` at `url`.
+    pub fn at(name: &str, url: &str, node: &str, password: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tandem-cli-")
             .tempdir()
             .expect("temp dir");
         let options = dir.path().join("tandem.toml");
         let text = format!(
-            "# test client\nnode_name = \"{node}\"\nserver_name = \"{}\"\nserver_address = \"{}\"\npassword = \"{password}\"\nstate_dir = \"{}\"\n",
-            server.name,
-            server.url(),
+            "# test client\nnode_name = \"{node}\"\nserver_name = \"{name}\"\nserver_address = \"{url}\"\npassword = \"{password}\"\nstate_dir = \"{}\"\n",
             dir.path().join("state").display()
         );
         std::fs::write(&options, text).expect("options file");

@@ -26,7 +26,8 @@ impl Catalog {
 }
 
 const NODE_COLUMNS: &str = "id, name, password_hash, locked, failed_logons, registered_ns, \
-     last_logon_ns, verexists, verdeleted, retextra, retonly";
+     last_logon_ns, verexists, verdeleted, retextra, retonly, replstate, replmode, replrule, \
+     last_repl_ns, repl_server";
 
 fn node_from_row(r: &Row<'_>, defaults: Policy) -> rusqlite::Result<Node> {
     let policy_value = |idx: usize, default: u32| -> rusqlite::Result<u32> {
@@ -46,6 +47,11 @@ fn node_from_row(r: &Row<'_>, defaults: Policy) -> rusqlite::Result<Node> {
             retextra: policy_value(9, defaults.retextra)?,
             retonly: policy_value(10, defaults.retonly)?,
         },
+        replstate: r.get(11)?,
+        replmode: r.get(12)?,
+        replrule: r.get(13)?,
+        last_repl_ns: r.get(14)?,
+        repl_server: r.get(15)?,
     })
 }
 
@@ -106,9 +112,9 @@ impl Catalog {
                 Ok((
                     node_from_row(r, self.defaults)?,
                     NodeUsage {
-                        filespaces: r.get(11)?,
-                        active_objects: r.get::<_, i64>(12)?.try_into().unwrap_or(0),
-                        total_versions: r.get::<_, i64>(13)?.try_into().unwrap_or(0),
+                        filespaces: r.get(16)?,
+                        active_objects: r.get::<_, i64>(17)?.try_into().unwrap_or(0),
+                        total_versions: r.get::<_, i64>(18)?.try_into().unwrap_or(0),
                     },
                 ))
             })?

@@ -26,7 +26,7 @@ fn subtree_range(prefix: &str) -> (String, String, String) {
     (prefix.to_string(), lower, upper)
 }
 
-fn manifest_bytes(chunks: &[ChunkId]) -> Vec<u8> {
+pub(crate) fn manifest_bytes(chunks: &[ChunkId]) -> Vec<u8> {
     chunks.iter().flat_map(|c| c.0).collect()
 }
 
@@ -43,10 +43,10 @@ fn manifest_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, CatalogError> {
         .collect())
 }
 
-const VERSION_COLUMNS: &str = "o.object_id, f.name, o.path, o.kind, o.size, o.mode, o.mtime_ns, \
+pub(crate) const VERSION_COLUMNS: &str = "o.object_id, f.name, o.path, o.kind, o.size, o.mode, o.mtime_ns, \
      o.uid, o.gid, o.link_target, o.backup_ns, o.active, o.deactivated_ns, o.manifest";
 
-fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<StoredVersion> {
+pub(crate) fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<StoredVersion> {
     let bad = |msg: String| {
         rusqlite::Error::FromSqlConversionFailure(
             0,
@@ -78,7 +78,7 @@ fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<StoredVe
     })
 }
 
-fn deactivate(
+pub(crate) fn deactivate(
     tx: &Transaction<'_>,
     filespace_id: i64,
     path: &str,
@@ -110,7 +110,7 @@ fn limit_inactive(
 
 impl Catalog {
     /// Id of a node's filespace, creating it when `create` is set.
-    fn filespace_id(
+    pub(crate) fn filespace_id(
         tx: &Transaction<'_>,
         node_id: i64,
         name: &str,
@@ -283,7 +283,7 @@ impl Catalog {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT f.name, count(o.id), coalesce(sum(o.size), 0),
-                    f.last_backup_start_ns, f.last_backup_end_ns
+                    f.last_backup_start_ns, f.last_backup_end_ns, f.last_repl_ns
              FROM filespaces f LEFT JOIN objects o ON o.filespace_id = f.id AND o.active = 1
              WHERE f.node_id = ?1 GROUP BY f.id ORDER BY f.name",
         )?;
@@ -295,6 +295,7 @@ impl Catalog {
                     active_bytes: from_sql_int(r.get(2)?),
                     last_backup_start_ns: r.get(3)?,
                     last_backup_end_ns: r.get(4)?,
+                    last_repl_ns: r.get(5)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -17,8 +17,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     verdeleted     INTEGER,
     retextra       INTEGER,
     retonly        INTEGER,
-    replstate      TEXT NOT NULL DEFAULT 'disabled',
-    replmode       TEXT NOT NULL DEFAULT 'none'
+    replstate      TEXT NOT NULL DEFAULT 'disabled',  -- enabled | disabled
+    replmode       TEXT NOT NULL DEFAULT 'none',      -- none | send | receive
+    replrule       TEXT NOT NULL DEFAULT 'all_data',  -- all_data | active_data | none
+    last_repl_ns   INTEGER NOT NULL DEFAULT 0,        -- last successful run (source or target)
+    repl_server    TEXT NOT NULL DEFAULT ''           -- source: target of that run; target: source
 );
 
 CREATE TABLE IF NOT EXISTS filespaces (
@@ -76,3 +79,28 @@ CREATE TABLE IF NOT EXISTS actlog (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS actlog_by_time ON actlog (time_ns);
+
+-- Partner servers (DEFINE SERVER). The shared credential is kept in clear
+-- because this server must present it; the data dir is mode 0700.
+CREATE TABLE IF NOT EXISTS servers (
+    name             TEXT PRIMARY KEY,
+    address          TEXT NOT NULL,
+    password         TEXT NOT NULL,
+    guid             TEXT NOT NULL DEFAULT '',  -- learned at the last Hello
+    failover_address TEXT NOT NULL DEFAULT ''   -- the partner's SET FAILOVERHLADDRESS
+);
+
+CREATE TABLE IF NOT EXISTS repl_runs (
+    id              INTEGER PRIMARY KEY,
+    node            TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    started_ns      INTEGER NOT NULL,
+    ended_ns        INTEGER NOT NULL DEFAULT 0,
+    state           TEXT NOT NULL DEFAULT 'running',
+    objects_sent    INTEGER NOT NULL DEFAULT 0,
+    bytes_sent      INTEGER NOT NULL DEFAULT 0,
+    chunks_skipped  INTEGER NOT NULL DEFAULT 0,
+    objects_deleted INTEGER NOT NULL DEFAULT 0,
+    states_updated  INTEGER NOT NULL DEFAULT 0,
+    message         TEXT NOT NULL DEFAULT ''
+);

@@ -34,6 +34,46 @@ fn node_to_pb(node: Node, usage: NodeUsage) -> pb::NodeInfo {
         filespaces: usage.filespaces,
         active_objects: usage.active_objects,
         total_versions: usage.total_versions,
+        replstate: node.replstate,
+        replmode: node.replmode,
+        replrule: node.replrule,
+    }
+}
+
+fn run_to_pb(r: crate::model::ReplRun) -> pb::ReplicationRun {
+    pb::ReplicationRun {
+        id: u64::try_from(r.id).unwrap_or(0),
+        node: r.node,
+        target: r.target,
+        started_ns: r.started_ns,
+        ended_ns: r.ended_ns,
+        state: r.state,
+        objects_sent: r.objects_sent,
+        bytes_sent: r.bytes_sent,
+        chunks_skipped: r.chunks_skipped,
+        objects_deleted: r.objects_deleted,
+        states_updated: r.states_updated,
+        message: r.message,
+    }
+}
+
+fn server_name(raw: &str) -> Result<String, Status> {
+    normalize_node_name(raw).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "server name {raw:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'"
+        ))
+    })
+}
+
+fn check_url(address: &str) -> Result<(), Status> {
+    if (address.starts_with("http://") || address.starts_with("https://"))
+        && tonic::transport::Endpoint::from_shared(address.to_string()).is_ok()
+    {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "address {address:?} must be a URL such as http://10.0.0.2:1500"
+        )))
     }
 }
 
@@ -122,6 +162,207 @@ fn report_to_pb(r: ExpireReport) -> pb::ExpireInventoryResponse {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn define_server(
+        &self,
+        request: Request<pb::DefineServerRequest>,
+    ) -> Result<Response<pb::ServerInfo>, Status> {
+        let peer = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = server_name(&req.name)?;
+        check_url(&req.address)?;
+        if req.password.chars().count() < 8 {
+            return Err(Status::invalid_argument(
+                "the server password must have at least 8 characters",
+            ));
+        }
+        let (n, a) = (name.clone(), req.address.clone());
+        self.blocking(move |s| Ok(s.catalog.define_server(&n, &a, &req.password)?))
+            .await?;
+        self.audit(
+            &peer,
+            "",
+            format!("define server {name} address {}", req.address),
+        )
+        .await;
+        Ok(Response::new(pb::ServerInfo {
+            name,
+            address: req.address,
+            ..Default::default()
+        }))
+    }
+
+    async fn query_servers(
+        &self,
+        request: Request<pb::QueryServersRequest>,
+    ) -> Result<Response<pb::QueryServersResponse>, Status> {
+        self.authorize(&request).await?;
+        let (servers, repl) = self
+            .blocking(|s| {
+                Ok((
+                    s.catalog.servers()?,
+                    s.catalog.setting("replserver")?.unwrap_or_default(),
+                ))
+            })
+            .await?;
+        Ok(Response::new(pb::QueryServersResponse {
+            servers: servers
+                .into_iter()
+                .map(|p| pb::ServerInfo {
+                    is_replserver: p.name == repl,
+                    name: p.name,
+                    address: p.address,
+                    guid: p.guid,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn set_repl_server(
+        &self,
+        request: Request<pb::SetReplServerRequest>,
+    ) -> Result<Response<pb::SetReplServerResponse>, Status> {
+        let peer = self.authorize(&request).await?;
+        let raw = request.into_inner().name;
+        let name = if raw.is_empty() {
+            raw
+        } else {
+            server_name(&raw)?
+        };
+        let n = name.clone();
+        self.blocking(move |s| {
+            if !n.is_empty() && s.catalog.server(&n)?.is_none() {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "server {n} is not defined; use `define server {n} --address URL --server-password-file F` first"
+                )));
+            }
+            Ok(s.catalog.set_setting("replserver", &n)?)
+        })
+        .await?;
+        self.audit(&peer, "", format!("set replserver {name}"))
+            .await;
+        Ok(Response::new(pb::SetReplServerResponse {}))
+    }
+
+    async fn set_failover_address(
+        &self,
+        request: Request<pb::SetFailoverAddressRequest>,
+    ) -> Result<Response<pb::SetFailoverAddressResponse>, Status> {
+        let peer = self.authorize(&request).await?;
+        let address = request.into_inner().address;
+        if !address.is_empty() {
+            check_url(&address)?;
+        }
+        let a = address.clone();
+        self.blocking(move |s| Ok(s.catalog.set_setting("failover_address", &a)?))
+            .await?;
+        self.audit(&peer, "", format!("set failoveraddress {address}"))
+            .await;
+        Ok(Response::new(pb::SetFailoverAddressResponse {}))
+    }
+
+    async fn replicate_node(
+        &self,
+        request: Request<pb::ReplicateNodeRequest>,
+    ) -> Result<Response<pb::ReplicateNodeResponse>, Status> {
+        let peer = self.authorize(&request).await?;
+        let req = request.into_inner();
+        if req.nodes.is_empty() {
+            return Err(Status::invalid_argument("name at least one node"));
+        }
+        let names = req
+            .nodes
+            .iter()
+            .map(|n| node_name(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.audit(&peer, "", format!("replicate node {}", names.join(" ")))
+            .await;
+        let mut runs = Vec::new();
+        for name in names {
+            if req.wait {
+                let run = crate::repl::replicate_node(self.state.clone(), name).await?;
+                runs.push(run_to_pb(run));
+            } else {
+                // Refusals (not configured, disabled, running) are reported now;
+                // the run itself goes on in the background.
+                let state = self.state.clone();
+                let check = name.clone();
+                let runs_before = self
+                    .blocking(move |s| Ok(s.catalog.runs(&check)?.len()))
+                    .await?;
+                let spawned = name.clone();
+                let handle = tokio::spawn(crate::repl::replicate_node(state, spawned));
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                loop {
+                    if handle.is_finished() {
+                        let run = handle.await.map_err(ServerError::from)??;
+                        runs.push(run_to_pb(run));
+                        break;
+                    }
+                    let check = name.clone();
+                    let now = self.blocking(move |s| Ok(s.catalog.runs(&check)?)).await?;
+                    if now.len() > runs_before || tokio::time::Instant::now() > deadline {
+                        if let Some(run) = now.into_iter().last() {
+                            runs.push(run_to_pb(run));
+                        }
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+        Ok(Response::new(pb::ReplicateNodeResponse { runs }))
+    }
+
+    async fn query_repl_node(
+        &self,
+        request: Request<pb::QueryReplNodeRequest>,
+    ) -> Result<Response<pb::QueryReplNodeResponse>, Status> {
+        self.authorize(&request).await?;
+        let name = node_name(&request.into_inner().node)?;
+        crate::repl::compare_node(self.state.clone(), name)
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn query_replication(
+        &self,
+        request: Request<pb::QueryReplicationRequest>,
+    ) -> Result<Response<pb::QueryReplicationResponse>, Status> {
+        self.authorize(&request).await?;
+        let raw = request.into_inner().node;
+        let name = if raw.is_empty() {
+            raw
+        } else {
+            node_name(&raw)?
+        };
+        let runs = self.blocking(move |s| Ok(s.catalog.runs(&name)?)).await?;
+        Ok(Response::new(pb::QueryReplicationResponse {
+            runs: runs.into_iter().map(run_to_pb).collect(),
+        }))
+    }
+
+    async fn remove_repl_node(
+        &self,
+        request: Request<pb::RemoveReplNodeRequest>,
+    ) -> Result<Response<pb::RemoveReplNodeResponse>, Status> {
+        let peer = self.authorize(&request).await?;
+        let name = node_name(&request.into_inner().node)?;
+        let n = name.clone();
+        let found = self
+            .blocking(move |s| {
+                Ok(s.catalog
+                    .update_node_replication(&n, Some("disabled"), None, Some("none"))?)
+            })
+            .await?;
+        if !found {
+            return Err(ServerError::NodeNotFound { node: name }.into());
+        }
+        self.audit(&peer, &name, format!("remove replnode {name}"))
+            .await;
+        Ok(Response::new(pb::RemoveReplNodeResponse {}))
+    }
+
     async fn expire_inventory(
         &self,
         request: Request<pb::ExpireInventoryRequest>,
@@ -242,6 +483,24 @@ impl Admin for AdminService {
         if req.password.is_some() {
             changes.push("password".into());
         }
+        let replstate = req
+            .replstate_enabled
+            .map(|on| if on { "enabled" } else { "disabled" });
+        let replrule = match req.replrule.as_deref() {
+            None => None,
+            Some(r @ ("all_data" | "active_data" | "none")) => Some(r.to_string()),
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "replication rule {other:?} is not one of all_data, active_data, none"
+                )));
+            }
+        };
+        if let Some(st) = replstate {
+            changes.push(format!("replstate={st}"));
+        }
+        if let Some(r) = &replrule {
+            changes.push(format!("replrule={r}"));
+        }
         let update_name = name.clone();
         self.blocking(move |s| {
             let hash = req
@@ -251,7 +510,16 @@ impl Admin for AdminService {
                 .transpose()?;
             s.catalog
                 .update_node(&update_name, req.locked, update, hash.as_deref())?
-                .ok_or(ServerError::NodeNotFound { node: update_name })
+                .ok_or_else(|| ServerError::NodeNotFound {
+                    node: update_name.clone(),
+                })?;
+            s.catalog.update_node_replication(
+                &update_name,
+                replstate,
+                replrule.as_deref(),
+                None,
+            )?;
+            Ok(())
         })
         .await?;
         self.audit(

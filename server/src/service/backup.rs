@@ -25,6 +25,35 @@ const UPLOAD_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Versions per streamed query message.
 const QUERY_BATCH: usize = 512;
 
+/// The failover block of a logon reply: given once the node has completed a
+/// backup here and been replicated at least once (DOMAIN 1.4), naming the
+/// last target it was replicated to.
+fn failover_block(
+    state: &ServerState,
+    node: &crate::model::Node,
+) -> Result<Option<pb::ReplicationServerInfo>, ServerError> {
+    if node.is_replica() || node.last_repl_ns == 0 || !state.catalog.has_backed_up(node.id)? {
+        return Ok(None);
+    }
+    let Some(partner) = state.catalog.server(&node.repl_server)? else {
+        return Ok(None);
+    };
+    if partner.guid.is_empty() {
+        return Ok(None);
+    }
+    let address = if partner.failover_address.is_empty() {
+        partner.address
+    } else {
+        partner.failover_address
+    };
+    Ok(Some(pb::ReplicationServerInfo {
+        name: partner.name,
+        address,
+        guid: partner.guid,
+        last_replication_ns: node.last_repl_ns,
+    }))
+}
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Implements `tandem.v1.Backup` over the server state.
@@ -58,6 +87,29 @@ impl BackupService {
         Ok(tokio::task::spawn_blocking(move || f(&state))
             .await
             .map_err(ServerError::from)??)
+    }
+
+    /// Refuses writes by a node this server holds as a replica: its data
+    /// comes only from its source server.
+    async fn refuse_replica(&self, session: &Session, peer: &str) -> Result<(), Status> {
+        if !session.replica {
+            return Ok(());
+        }
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::ReplicaWriteRefused,
+            &session.node,
+            peer,
+            format!(
+                "write by node {} refused: it is a replica on this server",
+                session.node
+            ),
+        )
+        .await;
+        Err(Status::failed_precondition(format!(
+            "node {} is a replica on server {} (receive mode) and is read-only there; back up to its primary server, or run `remove replnode {}` on this server to make it writable",
+            session.node, self.state.config.name, session.node
+        )))
     }
 
     /// Stores a group of verified chunks: append + fsync, then index and pin
@@ -165,16 +217,28 @@ impl Backup for BackupService {
         }
         self.blocking(move |s| Ok(s.catalog.record_logon_success(node_id, now_ns())?))
             .await?;
-        let (token, session_id) = self.state.sessions.open(node_id, &name, &peer);
+        let replica = node.is_replica();
+        let (token, session_id) = self.state.sessions.open(node_id, &name, &peer, replica);
+        let block_node = node.clone();
+        let replication_server = self
+            .blocking(move |s| failover_block(s, &block_node))
+            .await?;
         actlog::record(
             &self.state.catalog,
             ServerMsg::SessionOpened,
             &name,
             &peer,
-            format!(
-                "session {session_id} started for node {name} (client {})",
-                req.client_version
-            ),
+            if replica {
+                format!(
+                    "session {session_id} started for node {name} (client {}): read-only, this server holds the node as a replica of server {}",
+                    req.client_version, node.repl_server
+                )
+            } else {
+                format!(
+                    "session {session_id} started for node {name} (client {})",
+                    req.client_version
+                )
+            },
         )
         .await;
         Ok(Response::new(pb::LogonResponse {
@@ -183,6 +247,9 @@ impl Backup for BackupService {
             server_guid: self.state.guid.to_string(),
             node: name,
             session_id,
+            replication_server,
+            replica,
+            replicated_ns: if replica { node.last_repl_ns } else { 0 },
         }))
     }
 
@@ -215,6 +282,7 @@ impl Backup for BackupService {
         request: Request<Streaming<pb::UploadChunksRequest>>,
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
         let (session, token) = self.session(&request)?;
+        self.refuse_replica(&session, &peer_of(&request)).await?;
         let mut stream = request.into_inner();
         let mut reply = pb::UploadChunksResponse::default();
         let mut received = 0u64;
@@ -263,6 +331,7 @@ impl Backup for BackupService {
         request: Request<pb::CommitObjectsRequest>,
     ) -> Result<Response<pb::CommitObjectsResponse>, Status> {
         let (session, _) = self.session(&request)?;
+        self.refuse_replica(&session, &peer_of(&request)).await?;
         let req = request.into_inner();
         convert::check_path(&req.filespace)?;
         let versions = req
@@ -405,12 +474,12 @@ impl Backup for BackupService {
         let peer = peer_of(&request);
         let req = request.into_inner();
         convert::check_path(&req.filespace)?;
+        self.refuse_replica(&session, &peer).await?;
         let (filespace, completed) = (req.filespace.clone(), req.completed);
-        self.blocking(move |s| {
-            Ok(s.catalog
-                .mark_backup(session.node_id, &filespace, completed, now_ns())?)
-        })
-        .await?;
+        let now = now_ns();
+        let node_id = session.node_id;
+        self.blocking(move |s| Ok(s.catalog.mark_backup(node_id, &filespace, completed, now)?))
+            .await?;
         if req.completed {
             actlog::record(
                 &self.state.catalog,
@@ -424,7 +493,7 @@ impl Backup for BackupService {
             )
             .await;
         }
-        Ok(Response::new(pb::MarkBackupResponse {}))
+        Ok(Response::new(pb::MarkBackupResponse { recorded_ns: now }))
     }
 
     async fn set_password(
@@ -433,6 +502,7 @@ impl Backup for BackupService {
     ) -> Result<Response<pb::SetPasswordResponse>, Status> {
         let (session, _) = self.session(&request)?;
         let peer = peer_of(&request);
+        self.refuse_replica(&session, &peer).await?;
         let req = request.into_inner();
         auth::check_password_rules(&req.new_password)?;
         let name = session.node.clone();

@@ -5,6 +5,7 @@ use tandem_proto::pb;
 
 use crate::error::ServerError;
 use crate::model::{Filespace, NewVersion, ObjectAttrs, ObjectKind, StoredVersion};
+use tandem_proto::ObjectId;
 
 /// Checks that a client-supplied path is absolute and normalised: no empty,
 /// `.` or `..` components and no NUL, so no stored path can later lead a
@@ -124,6 +125,34 @@ pub fn version_to_pb(v: StoredVersion) -> pb::ObjectVersion {
     }
 }
 
+/// Converts a replicated version received from a source, validating it.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] describing the malformed field.
+pub fn stored_version_from_pb(v: pb::ObjectVersion) -> Result<StoredVersion, ServerError> {
+    check_path(&v.filespace)?;
+    let attrs = attrs_from_pb(
+        v.attrs
+            .ok_or_else(|| ServerError::InvalidArgument("version without attributes".into()))?,
+    )?;
+    if !crate::catalog::path_is_within(&attrs.path, &v.filespace) {
+        return Err(ServerError::InvalidArgument(format!(
+            "path {:?} is outside filespace {:?}",
+            attrs.path, v.filespace
+        )));
+    }
+    Ok(StoredVersion {
+        object_id: ObjectId::from_slice(&v.object_id)
+            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?,
+        filespace: v.filespace,
+        attrs,
+        backup_ns: v.backup_time_ns,
+        active: v.active,
+        deactivated_ns: v.deactivated_ns,
+        chunks: chunk_ids(&v.chunk_ids)?,
+    })
+}
+
 /// Converts a filespace for the wire.
 pub fn filespace_to_pb(f: Filespace) -> pb::Filespace {
     pb::Filespace {
@@ -132,6 +161,7 @@ pub fn filespace_to_pb(f: Filespace) -> pb::Filespace {
         active_bytes: f.active_bytes,
         last_backup_start_ns: f.last_backup_start_ns,
         last_backup_end_ns: f.last_backup_end_ns,
+        last_replication_ns: f.last_repl_ns,
     }
 }
 

@@ -1,0 +1,180 @@
+//! Writes the replication server the primary pushed at logon into the options
+//! file (TSM rewrites the REPLSERVERNAME stanza in dsm.sys / dsm.opt).
+//!
+//! Only the pushed keys change: `my_replication_server` and
+//! `[replication_servers.NAME]` (`address`, `server_guid`). Everything else,
+//! comments included, stays as the user wrote it (toml_edit). The file is
+//! rewritten only when its text would change, and atomically (temp + fsync +
+//! rename), so a crash never leaves a half-written options file.
+
+use std::path::Path;
+
+use toml_edit::{DocumentMut, Item, Table, value};
+
+/// What the primary said about its replication server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedServer {
+    /// Server name.
+    pub name: String,
+    /// Client-facing address.
+    pub address: String,
+    /// Replication GUID (dotted hex).
+    pub guid: String,
+}
+
+/// The comment that marks the pushed block.
+pub const MARKER: &str =
+    "# Maintained by Tandem: pushed by the primary server at logon. Edits are overwritten.";
+
+/// Failure to update the options file.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The file could not be read or parsed.
+    #[error("cannot read {path}: {cause}")]
+    Read {
+        /// File.
+        path: String,
+        /// Why.
+        cause: String,
+    },
+    /// The file could not be written.
+    #[error("cannot write {path}: {cause}")]
+    Write {
+        /// File.
+        path: String,
+        /// Why.
+        cause: String,
+    },
+}
+
+/// Returns the document text with `server` as the pushed block.
+///
+/// # Errors
+/// A parse error of `text`.
+pub fn render(text: &str, server: &PushedServer) -> Result<String, toml_edit::TomlError> {
+    let mut doc: DocumentMut = text.parse()?;
+    doc["my_replication_server"] = value(server.name.as_str());
+    if let Some(mut key) = doc.key_mut("my_replication_server") {
+        let prefix = format!("\n{MARKER}\n");
+        if key.leaf_decor().prefix().and_then(|p| p.as_str()) != Some(prefix.as_str()) {
+            key.leaf_decor_mut().set_prefix(prefix);
+        }
+    }
+    let servers = doc.entry("replication_servers").or_insert_with(|| {
+        let mut t = Table::new();
+        t.set_implicit(true);
+        Item::Table(t)
+    });
+    if let Some(servers) = servers.as_table_mut() {
+        servers.set_implicit(true);
+        let mut entry = Table::new();
+        entry.decor_mut().set_prefix(format!("\n{MARKER}\n"));
+        entry["address"] = value(server.address.as_str());
+        entry["server_guid"] = value(server.guid.as_str());
+        // Keep the existing table (and its position) when only values change.
+        match servers.get_mut(&server.name).and_then(Item::as_table_mut) {
+            Some(existing) => {
+                existing["address"] = value(server.address.as_str());
+                existing["server_guid"] = value(server.guid.as_str());
+            }
+            None => {
+                servers.insert(&server.name, Item::Table(entry));
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Updates the options file at `path` if the pushed block differs. Returns
+/// whether the file was rewritten.
+///
+/// # Errors
+/// [`PushError`] naming the file; the file is unchanged then.
+pub fn update(path: &Path, server: &PushedServer) -> Result<bool, PushError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| PushError::Read {
+        path: shown.clone(),
+        cause: e.to_string(),
+    })?;
+    let new = render(&text, server).map_err(|e| PushError::Read {
+        path: shown.clone(),
+        cause: e.to_string(),
+    })?;
+    if new == text {
+        return Ok(false);
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(path)
+            .map_err(|e| PushError::Read {
+                path: shown.clone(),
+                cause: e.to_string(),
+            })?
+            .permissions(),
+    );
+    // A file marked read-only, or one this user cannot write, is not
+    // rewritten behind their back through the directory (a rename would
+    // succeed even so, and root passes every permission check).
+    if mode & 0o222 == 0 || std::fs::OpenOptions::new().append(true).open(path).is_err() {
+        return Err(PushError::Write {
+            path: shown,
+            cause: "the file is read-only".into(),
+        });
+    }
+    crate::atomic::write_file(path, new.as_bytes(), Some(mode & 0o7777)).map_err(|e| {
+        PushError::Write {
+            path: shown,
+            cause: e.to_string(),
+        }
+    })?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(address: &str) -> PushedServer {
+        PushedServer {
+            name: "SECONDARY".into(),
+            address: address.into(),
+            guid: "91.0f.ef.90.5c.cc.11.e1.ae.34.08.00.00.00.00.02".into(),
+        }
+    }
+
+    const USER: &str = "# my node\nnode_name = \"alice\" # trailing comment\nserver_address = \"http://127.0.0.1:1500\"\npassword = \"secret123\"\n\n[other]\nkeep = true\n";
+
+    #[test]
+    fn adds_the_block_and_keeps_comments_and_keys() {
+        let out = render(USER, &server("http://127.0.0.1:1501")).unwrap();
+        assert!(out.contains("# my node"));
+        assert!(out.contains("# trailing comment"));
+        assert!(out.contains("[other]\nkeep = true"));
+        assert!(out.contains(MARKER));
+        let parsed: toml_edit::DocumentMut = out.parse().unwrap();
+        assert_eq!(parsed["my_replication_server"].as_str(), Some("SECONDARY"));
+        assert_eq!(
+            parsed["replication_servers"]["SECONDARY"]["address"].as_str(),
+            Some("http://127.0.0.1:1501")
+        );
+        assert_eq!(parsed["node_name"].as_str(), Some("alice"));
+    }
+
+    #[test]
+    fn rendering_twice_changes_nothing() {
+        let once = render(USER, &server("http://127.0.0.1:1501")).unwrap();
+        let twice = render(&once, &server("http://127.0.0.1:1501")).unwrap();
+        assert_eq!(once, twice);
+        let moved = render(&once, &server("http://127.0.0.1:1502")).unwrap();
+        assert!(moved.contains("1502") && !moved.contains("1501"));
+        assert_eq!(moved.matches(MARKER).count(), 2);
+    }
+
+    #[test]
+    fn update_writes_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tandem.toml");
+        std::fs::write(&p, USER).unwrap();
+        assert!(update(&p, &server("http://127.0.0.1:1501")).unwrap());
+        assert!(!update(&p, &server("http://127.0.0.1:1501")).unwrap());
+    }
+}

@@ -1,0 +1,520 @@
+//! Replication in the catalog: partner servers, run records, the source's
+//! inventory, and applying a replica on the target.
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, params};
+use tandem_proto::ObjectId;
+
+use super::objects::{VERSION_COLUMNS, deactivate, manifest_bytes, version_from_row};
+use super::{Catalog, from_sql_int, sql_int};
+use crate::error::{CatalogError, ServerError};
+use crate::model::{PartnerServer, ReplRun, StoredVersion};
+
+/// The state of one version, as compared between servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionState {
+    /// Object id.
+    pub object_id: ObjectId,
+    /// Active or not.
+    pub active: bool,
+    /// Deactivation time (0 when active).
+    pub deactivated_ns: i64,
+    /// Logical size (for `query replnode`).
+    pub size: u64,
+}
+
+/// Source filespace times carried to the target at the end of a run.
+#[derive(Debug, Clone)]
+pub struct FilespaceTimes {
+    /// Name.
+    pub name: String,
+    /// Last backup start on the source.
+    pub last_backup_start_ns: i64,
+    /// Last completed backup on the source.
+    pub last_backup_end_ns: i64,
+}
+
+const RUN_COLUMNS: &str = "id, node, target, started_ns, ended_ns, state, objects_sent, \
+     bytes_sent, chunks_skipped, objects_deleted, states_updated, message";
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplRun> {
+    Ok(ReplRun {
+        id: r.get(0)?,
+        node: r.get(1)?,
+        target: r.get(2)?,
+        started_ns: r.get(3)?,
+        ended_ns: r.get(4)?,
+        state: r.get(5)?,
+        objects_sent: from_sql_int(r.get(6)?),
+        bytes_sent: from_sql_int(r.get(7)?),
+        chunks_skipped: from_sql_int(r.get(8)?),
+        objects_deleted: from_sql_int(r.get(9)?),
+        states_updated: from_sql_int(r.get(10)?),
+        message: r.get(11)?,
+    })
+}
+
+impl Catalog {
+    /// Defines or redefines a partner server.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn define_server(
+        &self,
+        name: &str,
+        address: &str,
+        password: &str,
+    ) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "INSERT INTO servers (name, address, password) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET address = excluded.address, password = excluded.password",
+            params![name, address, password],
+        )?;
+        Ok(())
+    }
+
+    /// All partner servers by name.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn servers(&self) -> Result<Vec<PartnerServer>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, address, password, guid, failover_address FROM servers ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PartnerServer {
+                    name: r.get(0)?,
+                    address: r.get(1)?,
+                    password: r.get(2)?,
+                    guid: r.get(3)?,
+                    failover_address: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// One partner server.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn server(&self, name: &str) -> Result<Option<PartnerServer>, CatalogError> {
+        Ok(self.servers()?.into_iter().find(|s| s.name == name))
+    }
+
+    /// Records what a partner said about itself at Hello.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn set_server_identity(
+        &self,
+        name: &str,
+        guid: &str,
+        failover_address: &str,
+    ) -> Result<(), CatalogError> {
+        self.conn().execute(
+            "UPDATE servers SET guid = ?2, failover_address = ?3 WHERE name = ?1",
+            params![name, guid, failover_address],
+        )?;
+        Ok(())
+    }
+
+    /// Sets replication state, rule or mode of a node (unset values stay).
+    /// Returns false when the node does not exist.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn update_node_replication(
+        &self,
+        name: &str,
+        replstate: Option<&str>,
+        replrule: Option<&str>,
+        replmode: Option<&str>,
+    ) -> Result<bool, CatalogError> {
+        Ok(self.conn().execute(
+            "UPDATE nodes SET replstate = coalesce(?2, replstate), replrule = coalesce(?3, replrule),
+                              replmode = coalesce(?4, replmode)
+             WHERE name = ?1",
+            params![name, replstate, replrule, replmode],
+        )? == 1)
+    }
+
+    /// Every visible version of a node with its chunks (the source inventory).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn node_versions(&self, node_id: i64) -> Result<Vec<StoredVersion>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {VERSION_COLUMNS} FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+             WHERE f.node_id = ?1 AND o.expiring = 0 ORDER BY f.name, o.path, o.backup_ns"
+        ))?;
+        let rows = stmt
+            .query_map([node_id], |r| version_from_row(r, true))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Versions of a node by object id.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn versions_by_id(
+        &self,
+        node_id: i64,
+        ids: &[ObjectId],
+    ) -> Result<Vec<StoredVersion>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {VERSION_COLUMNS} FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+             WHERE f.node_id = ?1 AND o.object_id = ?2"
+        ))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = stmt
+                .query_row(params![node_id, id.0.as_slice()], |r| {
+                    version_from_row(r, true)
+                })
+                .optional()?
+            {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state of every visible version of a node, with its filespace.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn version_states(
+        &self,
+        node_id: i64,
+    ) -> Result<Vec<(String, VersionState)>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT f.name, o.object_id, o.active, o.deactivated_ns, o.size
+             FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+             WHERE f.node_id = ?1 AND o.expiring = 0",
+        )?;
+        let rows = stmt
+            .query_map([node_id], |r| {
+                let id: Vec<u8> = r.get(1)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    id,
+                    r.get(2)?,
+                    r.get(3)?,
+                    from_sql_int(r.get(4)?),
+                ))
+            })?
+            .filter_map(|r| r.ok())
+            .filter_map(|(fs, id, active, deactivated_ns, size)| {
+                ObjectId::from_slice(&id).ok().map(|object_id| {
+                    (
+                        fs,
+                        VersionState {
+                            object_id,
+                            active,
+                            deactivated_ns,
+                            size,
+                        },
+                    )
+                })
+            })
+            .collect();
+        Ok(rows)
+    }
+
+    /// Target side: creates the replica of a node in receive mode, or updates
+    /// its password hash and lock. Refuses a node that holds data of its own.
+    ///
+    /// # Errors
+    /// [`ServerError::FailedPrecondition`] for a non-replica node with data; SQLite errors.
+    pub fn prepare_replica(
+        &self,
+        name: &str,
+        password_hash: &str,
+        locked: bool,
+        source: &str,
+        now_ns: i64,
+    ) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let existing: Option<(i64, String, u32)> = tx
+            .query_row(
+                "SELECT id, replmode, (SELECT count(*) FROM filespaces WHERE node_id = nodes.id)
+                 FROM nodes WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO nodes (name, password_hash, locked, registered_ns, replstate, replmode, repl_server)
+                     VALUES (?1, ?2, ?3, ?4, 'enabled', 'receive', ?5)",
+                    params![name, password_hash, locked, now_ns, source],
+                )?;
+            }
+            Some((_, mode, filespaces)) if mode != "receive" && filespaces > 0 => {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "node {name} exists on this server with data of its own; it cannot receive a replica"
+                )));
+            }
+            Some((id, _, _)) => {
+                tx.execute(
+                    "UPDATE nodes SET password_hash = ?2, locked = ?3, replstate = 'enabled',
+                            replmode = 'receive', repl_server = ?4 WHERE id = ?1",
+                    params![id, password_hash, locked, source],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Target side: applies state changes (versions turned inactive on the source).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn apply_states(&self, node_id: i64, states: &[VersionState]) -> Result<u64, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut updated = 0u64;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE objects SET active = ?3, deactivated_ns = ?4
+                 WHERE object_id = ?2 AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?1)",
+            )?;
+            // Deactivations first, so a version turning active never meets
+            // another active version of its path.
+            let mut ordered: Vec<&VersionState> = states.iter().collect();
+            ordered.sort_by_key(|s| s.active);
+            for s in ordered {
+                updated += stmt.execute(params![
+                    node_id,
+                    s.object_id.0.as_slice(),
+                    s.active,
+                    s.deactivated_ns
+                ])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(updated)
+    }
+
+    /// Target side: stores replicated versions under their source object ids.
+    /// Ids already present are skipped, so a resumed run can resend a batch.
+    /// Every chunk must already be indexed.
+    ///
+    /// # Errors
+    /// [`ServerError::MissingChunks`]; SQLite errors.
+    pub fn put_replicated(
+        &self,
+        node_id: i64,
+        versions: &[StoredVersion],
+    ) -> Result<u64, ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut stored = 0u64;
+        {
+            let mut has_chunk = tx.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+            let mut has_object = tx.prepare_cached("SELECT 1 FROM objects WHERE object_id = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO objects (object_id, filespace_id, path, kind, size, mode, mtime_ns, uid, gid,
+                   link_target, backup_ns, active, deactivated_ns, manifest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            let mut filespaces: HashMap<String, i64> = HashMap::new();
+            for v in versions {
+                if has_object.exists([v.object_id.0.as_slice()])? {
+                    continue;
+                }
+                if let Some(missing) = v
+                    .chunks
+                    .iter()
+                    .find(|c| !has_chunk.exists([c.as_slice()]).unwrap_or(false))
+                {
+                    return Err(ServerError::MissingChunks {
+                        count: 1,
+                        first: *missing,
+                    });
+                }
+                let fs_id = match filespaces.get(&v.filespace) {
+                    Some(id) => *id,
+                    None => {
+                        let id = Self::filespace_id(&tx, node_id, &v.filespace, true)?
+                            .ok_or_else(|| CatalogError::Malformed("filespace vanished".into()))?;
+                        filespaces.insert(v.filespace.clone(), id);
+                        id
+                    }
+                };
+                let a = &v.attrs;
+                if v.active {
+                    deactivate(&tx, fs_id, &a.path, v.backup_ns)?;
+                }
+                insert.execute(params![
+                    v.object_id.0.as_slice(),
+                    fs_id,
+                    a.path,
+                    a.kind.code(),
+                    sql_int(a.size),
+                    a.mode,
+                    a.mtime_ns,
+                    a.uid,
+                    a.gid,
+                    a.link_target,
+                    v.backup_ns,
+                    v.active,
+                    v.deactivated_ns,
+                    manifest_bytes(&v.chunks),
+                ])?;
+                stored += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// Target side: deletes replicated versions by object id.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn delete_replicated(&self, node_id: i64, ids: &[ObjectId]) -> Result<u64, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut deleted = 0u64;
+        {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM objects WHERE object_id = ?2
+                 AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?1)",
+            )?;
+            for id in ids {
+                deleted += stmt.execute(params![node_id, id.0.as_slice()])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    /// Target side: records a finished run: the source's filespace backup
+    /// times and the replication time, so failover clients can judge currency.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn finish_replica(
+        &self,
+        node_id: i64,
+        filespaces: &[FilespaceTimes],
+        replicated_ns: i64,
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for fs in filespaces {
+            let id = Self::filespace_id(&tx, node_id, &fs.name, true)?
+                .ok_or_else(|| CatalogError::Malformed("filespace vanished".into()))?;
+            tx.execute(
+                "UPDATE filespaces SET last_backup_start_ns = ?2, last_backup_end_ns = ?3, last_repl_ns = ?4
+                 WHERE id = ?1",
+                params![id, fs.last_backup_start_ns, fs.last_backup_end_ns, replicated_ns],
+            )?;
+        }
+        tx.execute(
+            "UPDATE nodes SET last_repl_ns = ?2 WHERE id = ?1",
+            params![node_id, replicated_ns],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Source side: opens a run record.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn start_run(&self, node: &str, target: &str, now_ns: i64) -> Result<i64, CatalogError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO repl_runs (node, target, started_ns) VALUES (?1, ?2, ?3)",
+            params![node, target, now_ns],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Source side: closes a run record; on success also marks the node replicated.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn end_run(&self, run: &ReplRun) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE repl_runs SET ended_ns = ?2, state = ?3, objects_sent = ?4, bytes_sent = ?5,
+               chunks_skipped = ?6, objects_deleted = ?7, states_updated = ?8, message = ?9
+             WHERE id = ?1",
+            params![
+                run.id,
+                run.ended_ns,
+                run.state,
+                sql_int(run.objects_sent),
+                sql_int(run.bytes_sent),
+                sql_int(run.chunks_skipped),
+                sql_int(run.objects_deleted),
+                sql_int(run.states_updated),
+                run.message
+            ],
+        )?;
+        if run.state == "completed" {
+            tx.execute(
+                "UPDATE nodes SET last_repl_ns = ?2, repl_server = ?3, replmode = 'send' WHERE name = ?1",
+                params![run.node, run.ended_ns, run.target],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs, oldest first, of one node or all.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn runs(&self, node: &str) -> Result<Vec<ReplRun>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {RUN_COLUMNS} FROM repl_runs WHERE ?1 = '' OR node = ?1 ORDER BY id"
+        ))?;
+        let rows = stmt
+            .query_map([node], run_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Marks runs left `running` by a crash as failed (at start-up).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn fail_interrupted_runs(&self, now_ns: i64) -> Result<u64, CatalogError> {
+        Ok(self.conn().execute(
+            "UPDATE repl_runs SET state = 'failed', ended_ns = ?1,
+               message = 'interrupted: the server stopped during the run; the next run resumes it'
+             WHERE state = 'running'",
+            [now_ns],
+        )? as u64)
+    }
+
+    /// Whether the node has a completed backup in any filespace.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn has_backed_up(&self, node_id: i64) -> Result<bool, CatalogError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT 1 FROM filespaces WHERE node_id = ?1 AND last_backup_end_ns > 0",
+            )?
+            .exists([node_id])?)
+    }
+}

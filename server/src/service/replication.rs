@@ -1,0 +1,369 @@
+//! The `Replication` service: what a source server calls on this server when
+//! this server is its replication target. Every call must name a defined
+//! server and present the credential shared with it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tandem_proto::pb::{self, replication_server::Replication};
+use tandem_proto::{ChunkId, ObjectId, SESSION_HEADER};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::peer_of;
+use crate::ServerState;
+use crate::actlog::{self, ServerMsg};
+use crate::auth::Token;
+use crate::catalog::VersionState;
+use crate::error::ServerError;
+use crate::model::{normalize_node_name, now_ns};
+use crate::repl::{SERVER_HEADER, filespace_times};
+use crate::storage::{self, VerifiedChunk};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Implements `tandem.v1.Replication` over the server state.
+#[derive(Debug, Clone)]
+pub struct ReplicationService {
+    state: Arc<ServerState>,
+}
+
+impl ReplicationService {
+    /// A service over `state`.
+    pub fn new(state: Arc<ServerState>) -> Self {
+        ReplicationService { state }
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ServerState) -> Result<R, ServerError> + Send + 'static,
+    ) -> Result<R, Status> {
+        let state = self.state.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&state))
+            .await
+            .map_err(ServerError::from)??)
+    }
+
+    /// Checks the calling server's name and credential; returns its name.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let md = request.metadata();
+        let name = md
+            .get(SERVER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let presented = md
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .to_string();
+        let lookup = name.clone();
+        let partner = self
+            .blocking(move |s| Ok(s.catalog.server(&lookup)?))
+            .await?;
+        match partner {
+            Some(p) if Token::new(&p.password).matches(&presented) => Ok(name),
+            _ => {
+                let peer = peer_of(request);
+                actlog::record(
+                    &self.state.catalog,
+                    ServerMsg::ReplicationAuthFailed,
+                    "",
+                    &peer,
+                    format!("replication call from server {name:?} refused: unknown server or wrong server password"),
+                )
+                .await;
+                Err(Status::unauthenticated(format!(
+                    "server {name:?} is not defined here or its server password is wrong; run `define server` on both servers with the same password"
+                )))
+            }
+        }
+    }
+
+    /// Authorizes and checks the replication session; returns its number.
+    async fn session<T>(&self, request: &Request<T>) -> Result<u64, Status> {
+        self.authorize(request).await?;
+        let token = request
+            .metadata()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("no replication session; call Hello first"))?;
+        Ok(self.state.sessions.touch(token)?.id)
+    }
+
+    /// The replica node's row id; it must be in receive mode.
+    async fn replica_id(&self, node: &str) -> Result<i64, Status> {
+        let name = normalize_node_name(node)
+            .ok_or_else(|| Status::invalid_argument(format!("bad node name {node:?}")))?;
+        let node = self.blocking(move |s| Ok(s.catalog.node(&name)?)).await?;
+        match node {
+            Some(n) if n.is_replica() => Ok(n.id),
+            Some(n) => Err(Status::failed_precondition(format!(
+                "node {} is not a replica on this server",
+                n.name
+            ))),
+            None => Err(Status::not_found(format!(
+                "node {node:?} has not been prepared"
+            ))),
+        }
+    }
+}
+
+fn state_from_pb(s: &pb::VersionState) -> Result<VersionState, Status> {
+    Ok(VersionState {
+        object_id: ObjectId::from_slice(&s.object_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        active: s.active,
+        deactivated_ns: s.deactivated_ns,
+        size: s.size,
+    })
+}
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    async fn hello(
+        &self,
+        request: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let source = self.authorize(&request).await?;
+        let peer = peer_of(&request);
+        let (token, _) = self
+            .state
+            .sessions
+            .open(0, &format!("server {source}"), &peer, false);
+        let failover = self
+            .state
+            .catalog
+            .setting("failover_address")
+            .map_err(ServerError::from)?
+            .unwrap_or_default();
+        Ok(Response::new(pb::HelloResponse {
+            target_name: self.state.config.name.clone(),
+            target_guid: self.state.guid.to_string(),
+            failover_address: failover,
+            session_token: token.expose().to_string(),
+        }))
+    }
+
+    async fn prepare_node(
+        &self,
+        request: Request<pb::PrepareNodeRequest>,
+    ) -> Result<Response<pb::PrepareNodeResponse>, Status> {
+        self.session(&request).await?;
+        let source = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = normalize_node_name(&req.node)
+            .ok_or_else(|| Status::invalid_argument("bad node name"))?;
+        self.blocking(move |s| {
+            s.catalog
+                .prepare_replica(&name, &req.password_hash, req.locked, &source, now_ns())
+        })
+        .await?;
+        Ok(Response::new(pb::PrepareNodeResponse {}))
+    }
+
+    type TargetInventoryStream = ResponseStream<pb::TargetInventoryResponse>;
+
+    async fn target_inventory(
+        &self,
+        request: Request<pb::TargetInventoryRequest>,
+    ) -> Result<Response<Self::TargetInventoryStream>, Status> {
+        self.session(&request).await?;
+        let node_id = self.replica_id(&request.into_inner().node).await?;
+        let states = self
+            .blocking(move |s| Ok(s.catalog.version_states(node_id)?))
+            .await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut states = states.into_iter().peekable();
+            while states.peek().is_some() {
+                let versions = states
+                    .by_ref()
+                    .take(4096)
+                    .map(|(fs, v)| pb::VersionState {
+                        object_id: v.object_id.0.to_vec(),
+                        active: v.active,
+                        deactivated_ns: v.deactivated_ns,
+                        filespace: fs,
+                        size: v.size,
+                    })
+                    .collect();
+                if tx
+                    .send(Ok(pb::TargetInventoryResponse { versions }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn find_missing_chunks(
+        &self,
+        request: Request<pb::FindMissingChunksRequest>,
+    ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
+        let session = self.session(&request).await?;
+        let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
+        let missing = self
+            .blocking(move |s| {
+                let mut pins = s.pins.lock();
+                let missing = s.catalog.missing_chunks(&ids)?;
+                let absent: std::collections::HashSet<&ChunkId> = missing.iter().collect();
+                pins.entry(session)
+                    .or_default()
+                    .extend(ids.iter().filter(|id| !absent.contains(id)));
+                Ok(missing)
+            })
+            .await?;
+        Ok(Response::new(pb::FindMissingChunksResponse {
+            missing: missing.iter().map(|c| c.as_slice().to_vec()).collect(),
+        }))
+    }
+
+    async fn upload_chunks(
+        &self,
+        request: Request<Streaming<pb::UploadChunksRequest>>,
+    ) -> Result<Response<pb::UploadChunksResponse>, Status> {
+        let session = self.session(&request).await?;
+        let mut stream = request.into_inner();
+        let mut reply = pb::UploadChunksResponse::default();
+        while let Some(message) = stream.next().await {
+            let chunks = message?.chunks;
+            let (stored, bytes) = self
+                .blocking(move |s| {
+                    let verified = chunks
+                        .into_iter()
+                        .map(|c| {
+                            let id = ChunkId::from_slice(&c.id)
+                                .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+                            Ok(storage::verify_chunk(id, c.data, c.raw_len)?)
+                        })
+                        .collect::<Result<Vec<VerifiedChunk>, ServerError>>()?;
+                    let ids: Vec<ChunkId> = verified.iter().map(|c| c.id).collect();
+                    let missing: std::collections::HashSet<ChunkId> =
+                        s.catalog.missing_chunks(&ids)?.into_iter().collect();
+                    let fresh: Vec<VerifiedChunk> = verified
+                        .into_iter()
+                        .filter(|c| missing.contains(&c.id))
+                        .collect();
+                    let bytes: u64 = fresh.iter().map(|c| c.data.len() as u64).sum();
+                    let locations = s.store.append(&fresh)?;
+                    let mut pins = s.pins.lock();
+                    let stored = s.catalog.insert_chunks(&locations)?;
+                    pins.entry(session).or_default().extend(ids);
+                    Ok((stored, bytes))
+                })
+                .await?;
+            reply.stored += stored;
+            reply.bytes_written += bytes;
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn update_states(
+        &self,
+        request: Request<pb::UpdateStatesRequest>,
+    ) -> Result<Response<pb::UpdateStatesResponse>, Status> {
+        self.session(&request).await?;
+        let req = request.into_inner();
+        let node_id = self.replica_id(&req.node).await?;
+        let states = req
+            .states
+            .iter()
+            .map(state_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        let updated = self
+            .blocking(move |s| Ok(s.catalog.apply_states(node_id, &states)?))
+            .await?;
+        Ok(Response::new(pb::UpdateStatesResponse { updated }))
+    }
+
+    async fn put_objects(
+        &self,
+        request: Request<pb::PutObjectsRequest>,
+    ) -> Result<Response<pb::PutObjectsResponse>, Status> {
+        self.session(&request).await?;
+        let req = request.into_inner();
+        let node_id = self.replica_id(&req.node).await?;
+        let versions = req
+            .objects
+            .into_iter()
+            .map(|o| {
+                let v = o
+                    .version
+                    .ok_or_else(|| ServerError::InvalidArgument("object without version".into()))?;
+                convert::stored_version_from_pb(v)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let stored = self
+            .blocking(move |s| s.catalog.put_replicated(node_id, &versions))
+            .await?;
+        Ok(Response::new(pb::PutObjectsResponse { stored }))
+    }
+
+    async fn delete_objects(
+        &self,
+        request: Request<pb::DeleteObjectsRequest>,
+    ) -> Result<Response<pb::DeleteObjectsResponse>, Status> {
+        self.session(&request).await?;
+        let req = request.into_inner();
+        let node_id = self.replica_id(&req.node).await?;
+        let ids = req
+            .object_ids
+            .iter()
+            .map(|b| ObjectId::from_slice(b).map_err(|e| Status::invalid_argument(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let deleted = self
+            .blocking(move |s| Ok(s.catalog.delete_replicated(node_id, &ids)?))
+            .await?;
+        Ok(Response::new(pb::DeleteObjectsResponse { deleted }))
+    }
+
+    async fn finish_run(
+        &self,
+        request: Request<pb::FinishRunRequest>,
+    ) -> Result<Response<pb::FinishRunResponse>, Status> {
+        self.session(&request).await?;
+        let source = self.authorize(&request).await?;
+        let peer = peer_of(&request);
+        let req = request.into_inner();
+        let node_id = self.replica_id(&req.node).await?;
+        for fs in &req.filespaces {
+            convert::check_path(&fs.name)?;
+        }
+        let times: Vec<_> = req.filespaces.into_iter().map(filespace_times).collect();
+        let replicated = req.replicated_ns;
+        self.blocking(move |s| Ok(s.catalog.finish_replica(node_id, &times, replicated)?))
+            .await?;
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::ReplicaUpdated,
+            &req.node,
+            &peer,
+            format!("replica of node {} received from server {source}", req.node),
+        )
+        .await;
+        Ok(Response::new(pb::FinishRunResponse {}))
+    }
+
+    async fn bye(
+        &self,
+        request: Request<pb::ByeRequest>,
+    ) -> Result<Response<pb::ByeResponse>, Status> {
+        self.authorize(&request).await?;
+        let token = request
+            .metadata()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Some(s) = token.and_then(|t| self.state.sessions.close(t)) {
+            self.state.pins.release(s.id);
+        }
+        Ok(Response::new(pb::ByeResponse {}))
+    }
+}

@@ -1,0 +1,428 @@
+//! Node replication between two real servers, and the failover details pushed
+//! into the client's options file.
+
+use std::time::Duration;
+
+use tandem_tests::*;
+
+fn s(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+struct Pair {
+    primary: TestServer,
+    secondary: TestServer,
+    client: TestClient,
+    work: tempfile::TempDir,
+}
+
+/// Primary and secondary paired, node ALICE registered and enabled, a tree backed up.
+fn setup() -> Pair {
+    let primary = TestServer::start("PRIMARY");
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    primary.register("alice", "alice-password");
+    assert_success(
+        &primary.admin(&["update", "node", "alice", "--replstate", "enabled"]),
+        "enable",
+    );
+    let client = TestClient::new(&primary, "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    make_tree(&work.path().join("src"));
+    client.json(&["incremental", &s(&work.path().join("src"))]);
+    Pair {
+        primary,
+        secondary,
+        client,
+        work,
+    }
+}
+
+fn guid_of(server: &TestServer) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&server.admin(&["--json", "query", "status"]).stdout).unwrap();
+    v["server_guid"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_replicated_tree_restores_byte_identical_from_the_secondary() {
+    let p = setup();
+    let run = replicate(&p.primary, "alice");
+    assert_eq!(run["state"], "completed", "{run}");
+    assert!(run["objects_sent"].as_u64().unwrap() > 40, "{run}");
+    assert!(run["bytes_sent"].as_u64().unwrap() > 3 << 20, "{run}");
+
+    let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
+    let out = p.work.path().join("from-secondary");
+    let src = p.work.path().join("src");
+    let r = on_secondary.json(&["restore", &format!("{}/*", s(&src)), &s(&out), "--subdir"]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_same_tree(&src, &out);
+
+    // The replica is read-only for the node.
+    let refused = on_secondary.run(&["incremental", &s(&src)]);
+    assert_eq!(code(&refused), 12);
+    assert!(stderr(&refused).contains("replica"), "{}", stderr(&refused));
+    let node: serde_json::Value = serde_json::from_slice(
+        &p.secondary
+            .admin(&["--json", "query", "node", "alice"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(node[0]["replmode"], "receive");
+
+    // Both ends recorded it.
+    let runs: serde_json::Value = serde_json::from_slice(
+        &p.primary
+            .admin(&["--json", "query", "replication", "alice"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    let log = String::from_utf8_lossy(
+        &p.primary
+            .admin(&["query", "actlog", "--search", "replication"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(log.contains("TDM0600I"), "{log}");
+    let cmp: serde_json::Value = serde_json::from_slice(
+        &p.primary
+            .admin(&["--json", "query", "replnode", "alice"])
+            .stdout,
+    )
+    .unwrap();
+    for fs in cmp["filespaces"].as_array().unwrap() {
+        assert_eq!(fs["source_objects"], fs["target_objects"], "{cmp}");
+        assert_eq!(fs["source_bytes"], fs["target_bytes"], "{cmp}");
+    }
+
+    // remove replnode lets the node write on the former target.
+    assert_success(
+        &p.secondary.admin(&["remove", "replnode", "alice"]),
+        "remove replnode",
+    );
+    assert_success(
+        &on_secondary.run(&["incremental", &s(&src)]),
+        "backup after remove replnode",
+    );
+}
+
+#[test]
+fn reruns_send_nothing_and_changes_and_deletions_propagate() {
+    let p = setup();
+    replicate(&p.primary, "alice");
+    let again = replicate(&p.primary, "alice");
+    assert_eq!(again["objects_sent"], 0, "{again}");
+    assert_eq!(again["bytes_sent"], 0, "{again}");
+
+    let src = p.work.path().join("src");
+    std::fs::write(
+        src.join("docs/sub 0/file-0.txt"),
+        "changed on the primary\n",
+    )
+    .unwrap();
+    std::fs::remove_file(src.join("dup/b.bin")).unwrap();
+    p.client.json(&["incremental", &s(&src)]);
+    let run = replicate(&p.primary, "alice");
+    assert_eq!(run["state"], "completed", "{run}");
+    assert!(
+        run["states_updated"].as_u64().unwrap() >= 2,
+        "old versions turned inactive: {run}"
+    );
+
+    let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
+    let out = p.work.path().join("after-change");
+    on_secondary.json(&["restore", &format!("{}/*", s(&src)), &s(&out), "--subdir"]);
+    assert_same_tree(&src, &out);
+
+    // Expired on the primary -> deleted on the secondary.
+    assert_success(
+        &p.primary.admin(&[
+            "update",
+            "node",
+            "alice",
+            "--verdeleted",
+            "0",
+            "--retextra",
+            "0",
+        ]),
+        "policy",
+    );
+    assert_success(&p.primary.admin(&["expire", "inventory"]), "expire");
+    let run = replicate(&p.primary, "alice");
+    assert!(run["objects_deleted"].as_u64().unwrap() >= 2, "{run}");
+    let gone = on_secondary.run(&[
+        "--json",
+        "query",
+        "backup",
+        &s(&src.join("dup/b.bin")),
+        "--inactive",
+    ]);
+    assert_eq!(
+        code(&gone),
+        4,
+        "the deleted file's versions are gone from the replica: {}",
+        String::from_utf8_lossy(&gone.stdout)
+    );
+}
+
+#[test]
+fn a_second_node_with_the_same_data_sends_no_chunks() {
+    let p = setup();
+    replicate(&p.primary, "alice");
+    p.primary.register("bob", "bob-password");
+    assert_success(
+        &p.primary
+            .admin(&["update", "node", "bob", "--replstate", "enabled"]),
+        "enable",
+    );
+    let bob = TestClient::new(&p.primary, "bob", "bob-password");
+    bob.json(&["incremental", &s(&p.work.path().join("src"))]);
+    let run = replicate(&p.primary, "bob");
+    assert_eq!(run["state"], "completed", "{run}");
+    assert!(run["objects_sent"].as_u64().unwrap() > 40);
+    assert_eq!(
+        run["bytes_sent"], 0,
+        "every chunk is already on the target: {run}"
+    );
+    assert!(run["chunks_skipped"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn the_active_data_rule_leaves_inactive_versions_behind() {
+    let p = setup();
+    assert_success(
+        &p.primary
+            .admin(&["update", "node", "alice", "--replrule", "active_data"]),
+        "rule",
+    );
+    let src = p.work.path().join("src");
+    std::fs::write(src.join("empty"), "now with content\n").unwrap();
+    p.client.json(&["incremental", &s(&src)]);
+    replicate(&p.primary, "alice");
+    let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
+    let versions = on_secondary.json(&["query", "backup", &s(&src.join("empty")), "--inactive"]);
+    assert_eq!(versions.as_array().unwrap().len(), 1, "{versions}");
+    assert_eq!(versions[0]["state"], "active");
+}
+
+#[test]
+fn a_wrong_server_password_is_refused_and_logged() {
+    let primary = TestServer::start("PRIMARY");
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    let wrong = secondary.data.path().join("wrong.pw");
+    std::fs::write(&wrong, "another-secret\n").unwrap();
+    assert_success(
+        &secondary.admin(&[
+            "define",
+            "server",
+            "PRIMARY",
+            "--address",
+            &primary.url(),
+            "--server-password-file",
+            &s(&wrong),
+        ]),
+        "redefine",
+    );
+    primary.register("carl", "carl-password");
+    assert_success(
+        &primary.admin(&["update", "node", "carl", "--replstate", "enabled"]),
+        "enable",
+    );
+    let client = TestClient::new(&primary, "carl", "carl-password");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("f"), "x").unwrap();
+    client.json(&["incremental", &s(work.path())]);
+    let out = primary.admin(&["replicate", "node", "carl", "--wait"]);
+    assert_eq!(code(&out), 12);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(text.contains("password"), "{text}");
+    let log = String::from_utf8_lossy(&secondary.admin(&["query", "actlog"]).stdout).into_owned();
+    assert!(log.contains("TDM0602W"), "{log}");
+}
+
+#[test]
+fn replication_refuses_clearly_when_not_configured() {
+    let primary = TestServer::start("PRIMARY");
+    primary.register("dora", "dora-password");
+    let out = primary.admin(&["replicate", "node", "dora", "--wait"]);
+    assert_eq!(code(&out), 12);
+    assert!(stderr(&out).contains("set replserver"), "{}", stderr(&out));
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    let out = primary.admin(&["replicate", "node", "dora", "--wait"]);
+    assert!(
+        stderr(&out).contains("--replstate enabled"),
+        "{}",
+        stderr(&out)
+    );
+    let out = primary.admin(&["set", "replserver", "NOBODY"]);
+    assert!(stderr(&out).contains("not defined"), "{}", stderr(&out));
+}
+
+fn container_bytes(server: &TestServer) -> u64 {
+    server
+        .containers()
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Starts `replicate node --wait` in the background, kills `victim` once the
+/// target holds more than `threshold` bytes, and returns the admin's output.
+fn interrupt(p: &mut Pair, kill_primary: bool) {
+    let src = p.work.path().join("large");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..16u64 {
+        std::fs::write(
+            src.join(format!("part-{i:02}.bin")),
+            random_bytes(500 + i, 8 << 20),
+        )
+        .unwrap();
+    }
+    p.client.json(&["incremental", &s(&src)]);
+    let before = container_bytes(&p.secondary);
+    let admin = std::process::Command::new(bin("tandem-admin"))
+        .args(["--server", &p.primary.url(), "--token-file"])
+        .arg(p.primary.data.path().join("admin.token"))
+        .args(["--json", "replicate", "node", "alice", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = wait_until(Duration::from_secs(120), || {
+        container_bytes(&p.secondary) > before + (40 << 20)
+    });
+    assert!(reached, "replication never got going");
+    if kill_primary {
+        p.primary.kill();
+    } else {
+        p.secondary.kill();
+    }
+    let out = admin.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0), "the run cannot have completed");
+    if kill_primary {
+        p.primary.restart();
+        let runs: serde_json::Value =
+            serde_json::from_slice(&p.primary.admin(&["--json", "query", "replication"]).stdout)
+                .unwrap();
+        assert_eq!(
+            runs.as_array().unwrap().last().unwrap()["state"],
+            "failed",
+            "{runs}"
+        );
+    } else {
+        p.secondary.restart();
+    }
+    let resumed = replicate(&p.primary, "alice");
+    assert_eq!(resumed["state"], "completed", "{resumed}");
+    assert!(
+        resumed["chunks_skipped"].as_u64().unwrap() > 0,
+        "what the target committed is not sent again: {resumed}"
+    );
+    assert!(resumed["bytes_sent"].as_u64().unwrap() < 128 << 20);
+    let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
+    let out = p.work.path().join(format!("resumed-{kill_primary}"));
+    on_secondary.json(&["restore", &format!("{}/*", s(&src)), &s(&out)]);
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn a_run_interrupted_by_killing_the_target_resumes() {
+    let mut p = setup();
+    interrupt(&mut p, false);
+}
+
+#[test]
+fn a_run_interrupted_by_killing_the_source_resumes() {
+    let mut p = setup();
+    interrupt(&mut p, true);
+}
+
+#[test]
+fn the_failover_block_is_pushed_into_the_options_file() {
+    let p = setup();
+    // Before any replication the logon carries no block.
+    p.client.json(&["query", "session"]);
+    assert!(
+        !std::fs::read_to_string(&p.client.options)
+            .unwrap()
+            .contains("my_replication_server")
+    );
+    assert_success(
+        &p.secondary
+            .admin(&["set", "failoveraddress", "http://127.0.0.2:7777"]),
+        "failover address",
+    );
+    replicate(&p.primary, "alice");
+
+    let session = p.client.json(&["query", "session"]);
+    assert_eq!(
+        session["replication_server"]["name"], "SECONDARY",
+        "{session}"
+    );
+    let text = std::fs::read_to_string(&p.client.options).unwrap();
+    assert!(
+        text.starts_with("# test client\n"),
+        "the user's comment stays: {text}"
+    );
+    assert!(text.contains("Maintained by Tandem"), "{text}");
+    assert!(
+        text.contains("my_replication_server = \"SECONDARY\""),
+        "{text}"
+    );
+    assert!(text.contains("[replication_servers.SECONDARY]"), "{text}");
+    assert!(
+        text.contains("address = \"http://127.0.0.2:7777\""),
+        "the failover address is pushed: {text}"
+    );
+    assert!(
+        text.contains(&format!("server_guid = \"{}\"", guid_of(&p.secondary))),
+        "{text}"
+    );
+
+    // Unchanged block: the file is not rewritten.
+    let before = std::fs::metadata(&p.client.options)
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    p.client.json(&["query", "filespace"]);
+    assert_eq!(
+        std::fs::metadata(&p.client.options)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+    assert_eq!(std::fs::read_to_string(&p.client.options).unwrap(), text);
+
+    // A read-only options file: the command still works, the error is logged.
+    assert_success(
+        &p.secondary.admin(&["set", "failoveraddress", ""]),
+        "clear failover address",
+    );
+    replicate(&p.primary, "alice");
+    std::fs::set_permissions(
+        &p.client.options,
+        std::os::unix::fs::PermissionsExt::from_mode(0o444),
+    )
+    .unwrap();
+    let out = p.client.run(&["query", "filespace"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("TDM1040W"), "{}", stderr(&out));
+    assert!(p.client.error_log().contains("TDM1040W"));
+    assert_eq!(std::fs::read_to_string(&p.client.options).unwrap(), text);
+
+    // query options names what the server pushed.
+    let opts = p.client.json(&["query", "options"]);
+    let pushed: Vec<_> = opts["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["source"] == "pushed by server")
+        .collect();
+    assert!(pushed.len() >= 2, "{opts}");
+}
