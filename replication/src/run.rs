@@ -5,9 +5,11 @@ use crate::{Source, Target};
 
 /// Chunk ids per "which are missing" question.
 const FIND_BATCH: usize = 4096;
-/// Chunks read and sent together; bounds memory to this many chunks (at most
-/// 4 MiB each before compression).
-const SEND_BATCH: usize = 16;
+/// Chunks read from the source at a time (at most 4 MiB each).
+const READ_BATCH: usize = 16;
+/// Compressed bytes gathered before one upload to the target: one fsync and
+/// one index transaction there per this many bytes, not per chunk.
+const SEND_BYTES: usize = 16 * 1024 * 1024;
 /// Versions per metadata transaction on the target.
 const OBJECT_BATCH: usize = 500;
 
@@ -69,11 +71,27 @@ where
     for batch in plan.chunks.chunks(FIND_BATCH) {
         let missing = target.missing_chunks(batch).await.map_err(dst)?;
         report.chunks_skipped += (batch.len() - missing.len()) as u64;
-        for group in missing.chunks(SEND_BATCH) {
-            let chunks = source.read_chunks(group).await.map_err(src)?;
-            report.bytes_sent += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
-            report.chunks_sent += chunks.len() as u64;
-            target.put_chunks(chunks).await.map_err(dst)?;
+        let mut pending = Vec::new();
+        let mut pending_bytes = 0usize;
+        for group in missing.chunks(READ_BATCH) {
+            for chunk in source.read_chunks(group).await.map_err(src)? {
+                pending_bytes += chunk.data.len();
+                pending.push(chunk);
+            }
+            if pending_bytes >= SEND_BYTES {
+                report.bytes_sent += pending_bytes as u64;
+                report.chunks_sent += pending.len() as u64;
+                target
+                    .put_chunks(std::mem::take(&mut pending))
+                    .await
+                    .map_err(dst)?;
+                pending_bytes = 0;
+            }
+        }
+        if !pending.is_empty() {
+            report.bytes_sent += pending_bytes as u64;
+            report.chunks_sent += pending.len() as u64;
+            target.put_chunks(pending).await.map_err(dst)?;
         }
     }
     if !plan.update.is_empty() {

@@ -55,6 +55,17 @@ pub fn check_password_rules(password: &str) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Proof that a server knows the shared server password, answering a nonce:
+/// keyed BLAKE3 (key = BLAKE3 of the password) over the nonce and the
+/// answering server's GUID. Lets the source authenticate the target too.
+pub fn server_proof(password: &str, nonce: &[u8], guid: &str) -> [u8; 32] {
+    let key = blake3::hash(password.as_bytes());
+    let mut hasher = blake3::Hasher::new_keyed(key.as_bytes());
+    hasher.update(nonce);
+    hasher.update(guid.as_bytes());
+    *hasher.finalize().as_bytes()
+}
+
 /// A secret bearer token, printed as `***` in debug output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);

@@ -305,12 +305,14 @@ async fn connect(
         session: ascii("none", "session")?,
         node: node.to_string(),
     };
+    let nonce: [u8; 32] = rand::random();
     let hello = target
         .client
         .clone()
         .hello(target.request(pb::HelloRequest {
             source_name: state.config.name.clone(),
             source_guid: state.guid.to_string(),
+            nonce: nonce.to_vec(),
         }))
         .await
         .map_err(|s| match s.code() {
@@ -322,6 +324,14 @@ async fn connect(
             )),
         })?
         .into_inner();
+    // The target must prove it knows the shared password as well.
+    let expected = crate::auth::server_proof(&partner.password, &nonce, &hello.target_guid);
+    if hello.proof.as_slice() != expected.as_slice() {
+        return Err(ServerError::FailedPrecondition(format!(
+            "replication server {} at {} could not prove it knows the shared server password; refusing to send data",
+            partner.name, partner.address
+        )));
+    }
     target.session = ascii(&hello.session_token, "session token")?;
     let (name, guid, failover) = (
         partner.name.clone(),

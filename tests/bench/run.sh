@@ -18,7 +18,8 @@ command -v restic >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninter
 rm -rf "$WORK"; mkdir -p "$WORK"
 DATA=$WORK/data
 SERVER_PID=
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true; }
+SECONDARY_PID=
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" "$SECONDARY_PID" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 # run NAME CMD...: wall seconds and peak RSS (KiB) of CMD into $RESULTS
@@ -33,6 +34,25 @@ run() {
   printf '  %-28s %8.2f s  %8d KiB\n' "$name" "$secs" "$rss"
 }
 
+start_secondary() {
+  rm -rf "$WORK/secondary"
+  "$BIN/tandem-server" --data-dir "$WORK/secondary" --listen 127.0.0.1:0 --name BENCH2 > "$WORK/secondary.log" 2>&1 &
+  SECONDARY_PID=$!
+  for _ in $(seq 1 200); do [ -s "$WORK/secondary/listen.addr" ] && break; sleep 0.05; done
+  ADDR2=$(cat "$WORK/secondary/listen.addr")
+  echo 'bench-server-pw' > "$WORK/server.pw"
+  "$BIN/tandem-admin" --server "http://$ADDR2" --token-file "$WORK/secondary/admin.token" define server BENCH \
+    --address "http://$ADDR" --server-password-file "$WORK/server.pw" > /dev/null
+  $ADMIN define server BENCH2 --address "http://$ADDR2" --server-password-file "$WORK/server.pw" > /dev/null
+  $ADMIN set replserver BENCH2 > /dev/null
+  $ADMIN update node bench --replstate enabled > /dev/null
+}
+# replicate NAME: time `replicate node bench --wait`, note the bytes it sent
+replicate() {
+  run "$1" $ADMIN --json replicate node bench --wait
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1]))[0]; print(f'  {\"\":28} {r[\"state\"]}: {r[\"objects_sent\"]} versions, {r[\"bytes_sent\"]} bytes on the wire, {r[\"chunks_skipped\"]} chunks skipped')" "$WORK/last.out"
+}
+
 start_server() {
   rm -rf "$WORK/server"
   "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name BENCH > "$WORK/server.log" 2>&1 &
@@ -42,11 +62,13 @@ start_server() {
   echo 'bench-password' | "$BIN/tandem-admin" --server "http://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
   printf 'node_name = "bench"\nserver_address = "http://%s"\npassword = "bench-password"\nstate_dir = "%s"\n' \
     "$ADDR" "$WORK/state" > "$WORK/tandem.toml"
+  ADMIN="$BIN/tandem-admin --server http://$ADDR --token-file $WORK/server/admin.token"
+  start_secondary
 }
 stop_server() {
   SERVER_RSS=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
   printf 'tandem server peak\t0\t%s\n' "$SERVER_RSS" >> "$RESULTS"
-  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  kill "$SERVER_PID" "$SECONDARY_PID"; wait "$SERVER_PID" "$SECONDARY_PID" 2>/dev/null || true; SERVER_PID=
 }
 
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic
@@ -62,7 +84,8 @@ for rep in $(seq 1 "$REPS"); do
   for sys in $order; do
     case $sys in
       tandem) run "tandem full backup" $T incremental "$DATA"
-              run "tandem unchanged re-run" $T incremental "$DATA" ;;
+              run "tandem unchanged re-run" $T incremental "$DATA"
+              replicate "tandem replication first" ;;
       restic) run "restic full backup" restic backup -q "$DATA"
               run "restic unchanged re-run" restic backup -q "$DATA" ;;
     esac
@@ -72,7 +95,8 @@ for rep in $(seq 1 "$REPS"); do
   python3 "$ROOT/tests/bench/dataset.py" mutate "$DATA"
   for sys in $order; do
     case $sys in
-      tandem) run "tandem backup after 1%" $T incremental "$DATA" ;;
+      tandem) run "tandem backup after 1%" $T incremental "$DATA"
+              replicate "tandem replication after 1%" ;;
       restic) run "restic backup after 1%" restic backup -q "$DATA" ;;
     esac
   done
@@ -107,4 +131,7 @@ for step in ["full backup", "unchanged re-run", "backup after 1%", "full restore
 ts, rs = med("tandem storage", 1) / 1024, med("restic storage", 1) / 1024
 print(f"{'storage after 1st':<22} {ts:>8.0f}MiB {rs:>8.0f}MiB {ts / rs:>7.2f}")
 print(f"tandem server peak RSS {med('tandem server peak', 1) / 1024:.0f} MiB")
+r1, r2 = med("tandem replication first", 0), med("tandem replication after 1%", 0)
+print(f"replication first run   {r1:>6.2f}s  ({data_mb / r1:.0f} MB/s logical; {r1 / med('tandem full backup', 0):.2f} x tandem full backup)")
+print(f"replication after 1%    {r2:>6.2f}s  ({r2 / med('restic backup after 1%', 0):.2f} x restic backup after 1%)")
 PY

@@ -386,6 +386,10 @@ pub fn make_tree(root: &Path) {
     std::fs::set_permissions(root.join("ro.txt"), std::fs::Permissions::from_mode(0o444))
         .expect("chmod");
     std::os::unix::fs::symlink("docs/sub 1/file-1.txt", root.join("link")).expect("symlink");
+    if nix::unistd::geteuid().is_root() {
+        // Owners are restored when the client runs as root: give one file a foreign owner.
+        std::os::unix::fs::lchown(root.join("ro.txt"), Some(4321), Some(4321)).expect("chown");
+    }
     std::fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
 }
 
@@ -432,6 +436,12 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
             continue;
         }
         assert_eq!(mx.mode(), my.mode(), "mode of {}", rel.display());
+        assert_eq!(
+            (mx.uid(), mx.gid()),
+            (my.uid(), my.gid()),
+            "owner of {}",
+            rel.display()
+        );
         if mx.is_file() {
             assert!(
                 std::fs::read(&x).expect("read") == std::fs::read(&y).expect("read"),
@@ -496,4 +506,86 @@ pub fn run_measured(mut cmd: Command) -> (Output, u64) {
     let out = child.wait_with_output().expect("wait");
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     (out, sampler.join().expect("sampler"))
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server, whose connections a test can
+/// cut mid-stream (a network failure between two servers). Its accept loop
+/// stops when the proxy is dropped, and after ten minutes at the latest.
+#[derive(Debug)]
+pub struct CutProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CutProxy {
+    /// Starts forwarding to `target`.
+    pub fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, s, k) = (cut.clone(), stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((client, _)) if !c.load(Ordering::Relaxed) => {
+                        let _ = client.set_nonblocking(false);
+                        let Ok(server) = std::net::TcpStream::connect(target) else {
+                            continue;
+                        };
+                        let pairs = [
+                            (client.try_clone(), server.try_clone()),
+                            (server.try_clone(), client.try_clone()),
+                        ];
+                        for (from, to) in pairs {
+                            if let (Ok(mut from), Ok(mut to)) = (from, to) {
+                                std::thread::spawn(move || {
+                                    let _ = std::io::copy(&mut from, &mut to);
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                });
+                            }
+                        }
+                        let mut held = k.lock().expect("conns");
+                        held.push(client);
+                        held.push(server);
+                    }
+                    Ok((refused, _)) => drop(refused),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        CutProxy {
+            addr,
+            cut,
+            stop,
+            conns,
+        }
+    }
+
+    /// Cuts every open connection and refuses new ones until [`CutProxy::heal`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in self.conns.lock().expect("conns").drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cut();
+    }
 }

@@ -305,3 +305,21 @@ fn a_symlink_in_the_destination_is_never_followed() {
         "the other files are restored"
     );
 }
+
+#[test]
+fn incremental_without_paths_backs_up_the_domain() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let out = client.run(&["incremental"]);
+    assert_eq!(code(&out), 12, "no paths and no domain is an error");
+    assert!(stderr(&out).contains("domain"), "{}", stderr(&out));
+    client.add_options(&format!("domain = [\"{}\"]\n", s(&src)));
+    let stats = client.json(&["incremental"]);
+    assert!(stats["backed_up"].as_u64().unwrap() > 40, "{stats}");
+    let state = client.dir.path().join("state/nrtable.db");
+    assert!(
+        state.exists(),
+        "the acknowledged backup is noted in the node replication table"
+    );
+}

@@ -270,9 +270,35 @@ fn container_bytes(server: &TestServer) -> u64 {
         .sum()
 }
 
-/// Starts `replicate node --wait` in the background, kills `victim` once the
-/// target holds more than `threshold` bytes, and returns the admin's output.
-fn interrupt(p: &mut Pair, kill_primary: bool) {
+/// How a run is interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    KillTarget,
+    KillSource,
+    Network,
+}
+
+/// Starts `replicate node --wait` in the background, interrupts it once the
+/// target holds 40 MiB more, then checks that the next run resumes.
+fn interrupt(p: &mut Pair, how: Cut) {
+    let proxy = (how == Cut::Network).then(|| {
+        let proxy = CutProxy::start(p.secondary.addr);
+        let url = format!("http://{}", proxy.addr);
+        let pw = p.primary.data.path().join("SECONDARY.serverpw");
+        assert_success(
+            &p.primary.admin(&[
+                "define",
+                "server",
+                "SECONDARY",
+                "--address",
+                &url,
+                "--server-password-file",
+                &s(&pw),
+            ]),
+            "route through the proxy",
+        );
+        proxy
+    });
     let src = p.work.path().join("large");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..16u64 {
@@ -296,26 +322,33 @@ fn interrupt(p: &mut Pair, kill_primary: bool) {
         container_bytes(&p.secondary) > before + (40 << 20)
     });
     assert!(reached, "replication never got going");
-    if kill_primary {
-        p.primary.kill();
-    } else {
-        p.secondary.kill();
+    if how == Cut::KillTarget {
+        // One run per node at a time: a second request is refused, clearly.
+        let second = p.primary.admin(&["replicate", "node", "alice"]);
+        assert_eq!(code(&second), 12);
+        assert!(
+            stderr(&second).contains("already running"),
+            "{}",
+            stderr(&second)
+        );
+    }
+    match how {
+        Cut::KillSource => p.primary.kill(),
+        Cut::KillTarget => p.secondary.kill(),
+        Cut::Network => proxy.as_ref().unwrap().cut(),
     }
     let out = admin.wait_with_output().unwrap();
     assert_ne!(out.status.code(), Some(0), "the run cannot have completed");
-    if kill_primary {
-        p.primary.restart();
-        let runs: serde_json::Value =
-            serde_json::from_slice(&p.primary.admin(&["--json", "query", "replication"]).stdout)
-                .unwrap();
-        assert_eq!(
-            runs.as_array().unwrap().last().unwrap()["state"],
-            "failed",
-            "{runs}"
-        );
-    } else {
-        p.secondary.restart();
+    match how {
+        Cut::KillSource => p.primary.restart(),
+        Cut::KillTarget => p.secondary.restart(),
+        Cut::Network => proxy.as_ref().unwrap().heal(),
     }
+    let runs: serde_json::Value =
+        serde_json::from_slice(&p.primary.admin(&["--json", "query", "replication"]).stdout)
+            .unwrap();
+    let last = runs.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["state"], "failed", "{runs}");
     let resumed = replicate(&p.primary, "alice");
     assert_eq!(resumed["state"], "completed", "{resumed}");
     assert!(
@@ -324,7 +357,7 @@ fn interrupt(p: &mut Pair, kill_primary: bool) {
     );
     assert!(resumed["bytes_sent"].as_u64().unwrap() < 128 << 20);
     let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
-    let out = p.work.path().join(format!("resumed-{kill_primary}"));
+    let out = p.work.path().join(format!("resumed-{how:?}"));
     on_secondary.json(&["restore", &format!("{}/*", s(&src)), &s(&out)]);
     assert_same_tree(&src, &out);
 }
@@ -332,13 +365,19 @@ fn interrupt(p: &mut Pair, kill_primary: bool) {
 #[test]
 fn a_run_interrupted_by_killing_the_target_resumes() {
     let mut p = setup();
-    interrupt(&mut p, false);
+    interrupt(&mut p, Cut::KillTarget);
 }
 
 #[test]
 fn a_run_interrupted_by_killing_the_source_resumes() {
     let mut p = setup();
-    interrupt(&mut p, true);
+    interrupt(&mut p, Cut::KillSource);
+}
+
+#[test]
+fn a_run_interrupted_by_a_cut_connection_resumes() {
+    let mut p = setup();
+    interrupt(&mut p, Cut::Network);
 }
 
 #[test]

@@ -131,6 +131,15 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::HelloResponse>, Status> {
         let source = self.authorize(&request).await?;
         let peer = peer_of(&request);
+        let nonce = request.get_ref().nonce.clone();
+        let lookup = source.clone();
+        let partner = self
+            .blocking(move |s| Ok(s.catalog.server(&lookup)?))
+            .await?
+            .ok_or_else(|| Status::unauthenticated("unknown server"))?;
+        let proof =
+            crate::auth::server_proof(&partner.password, &nonce, &self.state.guid.to_string())
+                .to_vec();
         let (token, _) = self
             .state
             .sessions
@@ -146,6 +155,7 @@ impl Replication for ReplicationService {
             target_guid: self.state.guid.to_string(),
             failover_address: failover,
             session_token: token.expose().to_string(),
+            proof,
         }))
     }
 
