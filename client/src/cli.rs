@@ -14,6 +14,7 @@ use crate::backup::{self, BackupStats, Mode, human_bytes};
 use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
 use crate::error_log::ErrorLog;
+use crate::failover::SessionMode;
 use crate::messages::Msg;
 use crate::options::{self, ClientOptions};
 use crate::query;
@@ -40,6 +41,9 @@ pub struct Cli {
     /// Print results as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log on to the replication server even if the primary is up (FORCEFAILOVER).
+    #[arg(long, global = true)]
+    pub force_failover: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -265,8 +269,17 @@ async fn dispatch(
 ) -> Result<(), ClientError> {
     // Arguments are checked before the logon, so bad input never costs a session.
     let work = prepare(&cli.command, options)?;
-    let session = Session::logon(options).await?;
-    save_pushed_server(&session, options_path, console);
+    let session = Session::establish(options, console).await?;
+    if session.mode == SessionMode::Failover {
+        if let Some(operation) = write_operation(&cli.command) {
+            let text = Msg::failover_read_only(operation, &session.info.name).text;
+            session.logoff().await;
+            return Err(ClientError::ReadOnly(text));
+        }
+        warn_if_stale(&session, options, console).await;
+    } else {
+        save_pushed_server(&session, options_path, console);
+    }
     let result = match (cli.command, work) {
         (Command::Incremental { .. }, Prepared::Backup(paths, excludes)) => {
             let stats = backup::run(
@@ -300,8 +313,7 @@ async fn dispatch(
         }
         (Command::Query(QueryCommand::Filespace), _) => query::filespaces(&session, console).await,
         (Command::Query(QueryCommand::Session), _) => {
-            query::session(&session, options, console);
-            Ok(())
+            query::session(&session, options, console).await
         }
         (Command::Set(SetCommand::Password { old, new }), _) => {
             set_password(&session, options, old, new, console).await
@@ -312,6 +324,38 @@ async fn dispatch(
     };
     session.logoff().await;
     result
+}
+
+/// The name of a command that writes to the server, if it is one.
+fn write_operation(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Incremental { .. } => Some("incremental backup"),
+        Command::Selective { .. } => Some("selective backup"),
+        Command::Set(SetCommand::Password { .. }) => Some("set password"),
+        _ => None,
+    }
+}
+
+/// In failover, warns (TDM2111W) for each filespace whose newest backup has
+/// not reached the secondary.
+async fn warn_if_stale(session: &Session, options: &ClientOptions, console: &Console) {
+    let Ok(filespaces) = crate::currency::check(session, options).await else {
+        return;
+    };
+    for fs in filespaces.iter().filter(|f| !f.current) {
+        let local = fs
+            .local_backup_ns
+            .map_or_else(|| "-".into(), timefmt::rfc3339);
+        let replica = if fs.replica_backup_ns == 0 {
+            "nothing yet".to_string()
+        } else {
+            timefmt::rfc3339(fs.replica_backup_ns)
+        };
+        console.report(
+            &Msg::replica_stale(&fs.filespace, &local, &replica),
+            ExitStatus::Warnings,
+        );
+    }
 }
 
 /// A command's arguments, checked.
@@ -395,7 +439,10 @@ where
         options::config_home().as_deref(),
     );
     let options = match ClientOptions::load(&path, &env) {
-        Ok(o) => o,
+        Ok(mut o) => {
+            o.force_failover |= cli.force_failover;
+            o
+        }
         Err(e) => {
             let err = ClientError::from(e);
             eprintln!("{} {err}", err.msg_id());
@@ -405,7 +452,13 @@ where
     let log = ErrorLog::new(options.error_log_path(), options.error_log_max_mb);
     let console = Console::new(Some(log), cli.quiet, cli.json);
     if matches!(cli.command, Command::Query(QueryCommand::Options)) {
-        query::options(&options.effective(&path, &env), &path, &console);
+        let mut effective = options.effective(&path, &env);
+        if cli.force_failover {
+            for o in effective.iter_mut().filter(|o| o.key == "force_failover") {
+                o.source = "flag --force-failover".into();
+            }
+        }
+        query::options(&effective, &path, &console);
         return console.status();
     }
     match dispatch(cli, &options, &path, &console).await {

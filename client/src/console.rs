@@ -44,6 +44,15 @@ impl Console {
         }
     }
 
+    /// Reports an audit event (failover, failback): on the console and in the
+    /// error log whatever its severity, since auditors read the log.
+    pub fn audit(&self, msg: &Msg) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+        self.log_only(msg);
+    }
+
     /// Writes a message to the error log only.
     pub fn log_only(&self, msg: &Msg) {
         if let Some(log) = &self.log

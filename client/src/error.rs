@@ -66,6 +66,17 @@ pub enum ClientError {
         /// The server's message.
         message: String,
     },
+    /// Failover could not give a session (GUID mismatch, secondary down).
+    #[error("{text}")]
+    Failover {
+        /// Message id.
+        id: &'static str,
+        /// What happened.
+        text: String,
+    },
+    /// A write refused because the session is in failover mode.
+    #[error("{0}")]
+    ReadOnly(String),
     /// A command-line argument is wrong.
     #[error("{0}")]
     Usage(String),
@@ -101,6 +112,8 @@ impl ClientError {
             ClientError::LogonRefused { .. } => "TDM1003E",
             ClientError::Server { .. } => "TDM1005E",
             ClientError::Usage(_) => "TDM1006E",
+            ClientError::Failover { id, .. } => id,
+            ClientError::ReadOnly(_) => "TDM2110E",
             ClientError::Io { .. } => "TDM1007E",
         }
     }

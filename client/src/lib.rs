@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`cli`]: the command line and dispatch.
 //! - [`options`]: the options file (config crate) and where it is found.
-//! - [`session`]: connect, log on with retries, tell unreachable from refused.
+//! - [`failover`] + [`session`]: the logon decision (pure) and the code that carries it out:
+//!   primary first with retries, failover to the replication server, failback.
 //! - [`scan`] + [`backup`]: walk and chunk on one thread, upload and commit on another.
 //! - [`selection`] + [`target`] + [`restore`]: what to restore, where it may go, and writing it verified.
 //! - [`query`]: `query backup|filespace|session|options`.
@@ -16,8 +17,10 @@ pub mod atomic;
 pub mod backup;
 pub mod cli;
 pub mod console;
+pub mod currency;
 pub mod error;
 pub mod error_log;
+pub mod failover;
 pub mod messages;
 pub mod nrtable;
 pub mod options;

@@ -109,6 +109,82 @@ impl Msg {
 }
 
 impl Msg {
+    /// TDM2106I: the primary did not answer.
+    pub fn primary_failed(name: &str, address: &str, cause: &str) -> Self {
+        Msg {
+            id: "TDM2106I",
+            text: format!("Connection to primary server {name} at {address} failed: {cause}"),
+        }
+    }
+
+    /// TDM2107I: trying the replication server.
+    pub fn trying_secondary(name: &str, address: &str) -> Self {
+        Msg {
+            id: "TDM2107I",
+            text: format!("Attempting to connect to secondary server {name} at {address}"),
+        }
+    }
+
+    /// TDM2108I: in failover mode.
+    pub fn failed_over(name: &str, guid: &str, node: &str, replicated: &str) -> Self {
+        Msg {
+            id: "TDM2108I",
+            text: format!(
+                "Connected to secondary server {name} (guid {guid}) in failover mode; node {node} replicated {replicated}"
+            ),
+        }
+    }
+
+    /// TDM2109I: the primary answers again.
+    pub fn failback(name: &str, address: &str) -> Self {
+        Msg {
+            id: "TDM2109I",
+            text: format!(
+                "Failback: primary server {name} at {address} is reachable again; the session is in normal mode"
+            ),
+        }
+    }
+
+    /// TDM2110E: a write refused in failover mode.
+    pub fn failover_read_only(operation: &str, server: &str) -> Self {
+        Msg {
+            id: "TDM2110E",
+            text: format!(
+                "{operation} is not allowed in failover mode: secondary server {server} is read-only; run it again when the primary is back"
+            ),
+        }
+    }
+
+    /// TDM2111W: the replica lacks the newest backup of a filespace.
+    pub fn replica_stale(filespace: &str, local: &str, replica: &str) -> Self {
+        Msg {
+            id: "TDM2111W",
+            text: format!(
+                "filespace {filespace}: the newest backup ({local}) has not reached the secondary yet; it holds the backup of {replica}"
+            ),
+        }
+    }
+
+    /// TDM2112E: the secondary is not the expected server.
+    pub fn guid_mismatch(name: &str, address: &str, expected: &str, found: &str) -> Self {
+        Msg {
+            id: "TDM2112E",
+            text: format!(
+                "server at {address} presented guid {found}, but secondary server {name} has guid {expected}; refusing to log on to an unexpected server"
+            ),
+        }
+    }
+
+    /// TDM2114E: the secondary did not answer either.
+    pub fn secondary_failed(name: &str, address: &str, cause: &str) -> Self {
+        Msg {
+            id: "TDM2114E",
+            text: format!(
+                "Connection to secondary server {name} at {address} failed as well: {cause}"
+            ),
+        }
+    }
+
     /// The pushed replication server could not be saved.
     pub fn push_failed(cause: impl fmt::Display) -> Self {
         Msg {

@@ -34,7 +34,10 @@ impl NodeReplicationTable {
                node           TEXT NOT NULL,
                filespace      TEXT NOT NULL,
                last_backup_ns INTEGER NOT NULL,
-               PRIMARY KEY (server_guid, node, filespace));",
+               PRIMARY KEY (server_guid, node, filespace));
+             CREATE TABLE IF NOT EXISTS client_state (
+               key   TEXT PRIMARY KEY,
+               value TEXT NOT NULL);",
         )
         .map_err(fail)?;
         Ok(NodeReplicationTable { conn, path })
@@ -78,6 +81,36 @@ impl NodeReplicationTable {
                 |r| r.get(0),
             )
             .optional()
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    /// A value of the client's own state (last session mode, primary GUID).
+    ///
+    /// # Errors
+    /// SQLite errors, with the path.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, String> {
+        self.conn
+            .query_row(
+                "SELECT value FROM client_state WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    /// Stores a value of the client's own state.
+    ///
+    /// # Errors
+    /// SQLite errors, with the path.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), String> {
+        self.conn
+            .execute(
+                "INSERT INTO client_state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(drop)
             .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 

@@ -25,6 +25,8 @@ pub const KEYS: &[&str] = &[
     "connect_timeout_ms",
     "logon_retries",
     "my_replication_server",
+    "use_replication_failover",
+    "force_failover",
 ];
 
 /// A replication server stanza, written by the client from the primary's
@@ -99,12 +101,23 @@ pub struct ClientOptions {
     /// Logon tries before the server counts as unreachable.
     #[serde(default = "default_logon_retries")]
     pub logon_retries: u32,
+    /// Fail over to the replication server when the primary is unreachable
+    /// (USEREPLICATIONFAILOVER).
+    #[serde(default = "default_true")]
+    pub use_replication_failover: bool,
+    /// Go straight to the replication server (FORCEFAILOVER; also `--force-failover`).
+    #[serde(default)]
+    pub force_failover: bool,
     /// The replication server of the primary (MYREPLICATIONSERVER), pushed at logon.
     #[serde(default)]
     pub my_replication_server: Option<String>,
     /// Replication server stanzas by name, pushed at logon.
     #[serde(default)]
     pub replication_servers: std::collections::BTreeMap<String, ReplServerEntry>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_server_name() -> String {

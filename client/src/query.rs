@@ -129,6 +129,7 @@ pub async fn filespaces(session: &Session, console: &Console) -> Result<(), Clie
                     "name": f.name, "active_objects": f.active_objects, "active_bytes": f.active_bytes,
                     "last_backup_start": timefmt::rfc3339(f.last_backup_start_ns),
                     "last_backup_end": timefmt::rfc3339(f.last_backup_end_ns),
+                    "last_replication": timefmt::rfc3339(f.last_replication_ns),
                 })
             })
             .collect();
@@ -152,6 +153,7 @@ pub async fn filespaces(session: &Session, console: &Console) -> Result<(), Clie
             human_bytes(f.active_bytes),
             timefmt::show(f.last_backup_start_ns),
             timefmt::show(f.last_backup_end_ns),
+            timefmt::show(f.last_replication_ns),
         ]);
     }
     println!("{t}");
@@ -169,13 +171,27 @@ fn replication_line(session: &Session, options: &ClientOptions) -> String {
     }
 }
 
-/// Describes the session: server, GUID, node, mode.
-pub fn session(session: &Session, options: &ClientOptions, console: &Console) {
+/// Describes the session: server, GUID, node, mode, the stored replication
+/// server, and in failover mode whether each filespace's replica is current.
+///
+/// # Errors
+/// Server failures while checking the replica.
+pub async fn session(
+    session: &Session,
+    options: &ClientOptions,
+    console: &Console,
+) -> Result<(), ClientError> {
     let i = &session.info;
+    let currency = if session.mode == crate::failover::SessionMode::Failover {
+        crate::currency::check(session, options).await?
+    } else {
+        Vec::new()
+    };
     if console.json {
         let doc = json!({
             "server_name": i.name, "server_address": i.address, "server_guid": i.guid,
-            "node": i.node, "session": i.session_id, "mode": "normal",
+            "node": i.node, "session": i.session_id, "mode": session.mode.name(),
+            "primary_server": session.primary.name, "primary_address": session.primary.address,
             "error_log": options.error_log_path(),
             "replication_server": match &i.replication_server {
                 Some((s, _)) => Some(json!({ "name": s.name, "address": s.address, "server_guid": s.guid })),
@@ -183,10 +199,17 @@ pub fn session(session: &Session, options: &ClientOptions, console: &Console) {
                     "name": name, "address": e.address, "server_guid": e.server_guid,
                 })),
             },
-            "last_replication": i.replication_server.as_ref().map(|(_, t)| timefmt::rfc3339(*t)),
+            "last_replication": i.replication_server.as_ref().map(|(_, t)| timefmt::rfc3339(*t))
+                .or_else(|| (i.replicated_ns != 0).then(|| timefmt::rfc3339(i.replicated_ns))),
+            "replica": currency.iter().map(|c| json!({
+                "filespace": c.filespace, "current": c.current,
+                "local_backup": c.local_backup_ns.map(timefmt::rfc3339),
+                "replica_backup": timefmt::rfc3339(c.replica_backup_ns),
+                "replicated": timefmt::rfc3339(c.replicated_ns),
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
-        return;
+        return Ok(());
     }
     let mut t = table(&["Item", "Value"]);
     for (k, v) in [
@@ -195,13 +218,37 @@ pub fn session(session: &Session, options: &ClientOptions, console: &Console) {
         ("Server GUID", i.guid.clone()),
         ("Node", i.node.clone()),
         ("Session", i.session_id.to_string()),
-        ("Mode", "normal".to_string()),
+        ("Mode", session.mode.name().to_string()),
+        (
+            "Primary server",
+            format!("{} at {}", session.primary.name, session.primary.address),
+        ),
         ("Error log", options.error_log_path().display().to_string()),
         ("Replication server", replication_line(session, options)),
     ] {
         t.add_row(vec![k.to_string(), v]);
     }
     println!("{t}");
+    if !currency.is_empty() {
+        let mut r = table(&[
+            "Filespace",
+            "Last Backup (primary)",
+            "Backup on Replica",
+            "Replicated",
+            "Current",
+        ]);
+        for c in &currency {
+            r.add_row(vec![
+                c.filespace.clone(),
+                c.local_backup_ns.map_or_else(|| "-".into(), timefmt::show),
+                timefmt::show(c.replica_backup_ns),
+                timefmt::show(c.replicated_ns),
+                if c.current { "yes" } else { "NO" }.to_string(),
+            ]);
+        }
+        println!("{r}");
+    }
+    Ok(())
 }
 
 /// Prints the effective options (no logon needed).

@@ -1,8 +1,10 @@
-//! A logged-on session with the server: connects with `connect_timeout_ms`,
-//! retries with exponential backoff (`backoff`) up to `logon_retries` tries,
-//! and tells "unreachable" (transport failure, timeout) from "refused" (the
-//! server answered no), which later decides failover.
+//! A logged-on session. [`Session::establish`] runs the logon decision of
+//! [`crate::failover`]: it tries the primary with `connect_timeout_ms` and up to
+//! `logon_retries` tries with exponential backoff (`backoff`), and when nobody
+//! answers and a replication server is stored, checks that server's GUID
+//! (unauthenticated `Identify`) before logging on to it in failover mode.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoff;
@@ -12,8 +14,13 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::console::Console;
 use crate::error::ClientError;
+use crate::failover::{Logon, LogonFacts, Next, Refusal, Seen, ServerRef, SessionMode};
+use crate::messages::Msg;
+use crate::nrtable::NodeReplicationTable;
 use crate::options::ClientOptions;
+use crate::timefmt;
 
 /// Facts about the server a session is logged on to.
 #[derive(Debug, Clone)]
@@ -43,46 +50,25 @@ pub struct Session {
     token: MetadataValue<tonic::metadata::Ascii>,
     /// Who we are talking to.
     pub info: ServerInfo,
+    /// Normal (primary) or failover (replication server, read-only).
+    pub mode: SessionMode,
+    /// The primary, as the options name it.
+    pub primary: ServerRef,
 }
 
+/// The outcome of one try.
 enum Attempt {
     Unreachable(String),
     Refused(String),
 }
 
 /// Whether a status means "nobody answered" rather than "the server said no".
+/// tonic reports its own request timeout as `Cancelled` ("Timeout expired").
 fn is_transport_failure(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
-}
-
-async fn try_logon(
-    options: &ClientOptions,
-    timeout: Duration,
-) -> Result<(BackupClient<Channel>, pb::LogonResponse), Attempt> {
-    let endpoint = Endpoint::from_shared(options.server_address.clone())
-        .map_err(|e| Attempt::Refused(format!("server_address is not a valid URL: {e}")))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true);
-    let channel = tokio::time::timeout(timeout, endpoint.connect())
-        .await
-        .map_err(|_| Attempt::Unreachable(format!("no answer within {} ms", timeout.as_millis())))?
-        .map_err(|e| Attempt::Unreachable(transport_cause(&e)))?;
-    let mut client = BackupClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut request = tonic::Request::new(pb::LogonRequest {
-        node: options.node_name.clone(),
-        password: options.password().expose().to_string(),
-        client_version: env!("CARGO_PKG_VERSION").to_string(),
-    });
-    request.set_timeout(timeout);
-    match client.logon(request).await {
-        Ok(reply) => Ok((client, reply.into_inner())),
-        Err(status) if is_transport_failure(&status) => {
-            Err(Attempt::Unreachable(status.message().to_string()))
-        }
-        Err(status) => Err(Attempt::Refused(status.message().to_string())),
-    }
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+    )
 }
 
 /// The innermost cause of a transport error ("Connection refused", ...).
@@ -94,83 +80,198 @@ fn transport_cause(err: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-impl Session {
-    /// Logs on to the server named in `options`.
-    ///
-    /// # Errors
-    /// [`ClientError::Unreachable`] when no try got an answer within the time
-    /// budget; [`ClientError::LogonRefused`] when the server answered no.
-    pub async fn logon(options: &ClientOptions) -> Result<Session, ClientError> {
-        let started = Instant::now();
-        let budget = Duration::from_millis(options.connect_timeout_ms);
-        let policy = ExponentialBackoff {
-            initial_interval: Duration::from_millis(50),
-            max_interval: Duration::from_millis(400),
-            multiplier: 2.0,
-            randomization_factor: 0.2,
-            max_elapsed_time: Some(budget),
-            ..ExponentialBackoff::default()
-        };
-        let mut attempts = 0u32;
-        let result = backoff::future::retry(policy, || {
-            attempts += 1;
-            let attempt = attempts;
-            let remaining = budget
-                .saturating_sub(started.elapsed())
-                .max(Duration::from_millis(50));
-            async move {
-                match try_logon(options, remaining).await {
-                    Ok(ok) => Ok(ok),
-                    Err(Attempt::Unreachable(cause)) if attempt < options.logon_retries => {
-                        tracing::debug!(attempt, %cause, "server unreachable, retrying");
-                        Err(backoff::Error::transient(Attempt::Unreachable(cause)))
-                    }
-                    Err(other) => Err(backoff::Error::permanent(other)),
+async fn connect(address: &str, timeout: Duration) -> Result<BackupClient<Channel>, Attempt> {
+    let endpoint = Endpoint::from_shared(address.to_string())
+        .map_err(|e| Attempt::Refused(format!("{address} is not a valid URL: {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    let channel = tokio::time::timeout(timeout, endpoint.connect())
+        .await
+        .map_err(|_| Attempt::Unreachable(format!("no answer within {} ms", timeout.as_millis())))?
+        .map_err(|e| Attempt::Unreachable(transport_cause(&e)))?;
+    Ok(BackupClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+fn status_attempt(status: tonic::Status) -> Attempt {
+    if is_transport_failure(&status) {
+        Attempt::Unreachable(status.message().to_string())
+    } else {
+        Attempt::Refused(status.message().to_string())
+    }
+}
+
+async fn try_logon(
+    options: &ClientOptions,
+    address: &str,
+    timeout: Duration,
+    failover: bool,
+) -> Result<(BackupClient<Channel>, pb::LogonResponse), Attempt> {
+    let mut client = connect(address, timeout).await?;
+    let mut request = tonic::Request::new(pb::LogonRequest {
+        node: options.node_name.clone(),
+        password: options.password().expose().to_string(),
+        client_version: env!("CARGO_PKG_VERSION").to_string(),
+        failover,
+        primary_server: options.server_name.clone(),
+    });
+    request.set_timeout(timeout);
+    let reply = client.logon(request).await.map_err(status_attempt)?;
+    Ok((client, reply.into_inner()))
+}
+
+async fn try_identify(address: &str, timeout: Duration) -> Result<pb::IdentifyResponse, Attempt> {
+    let mut client = connect(address, timeout).await?;
+    let mut request = tonic::Request::new(pb::IdentifyRequest {});
+    request.set_timeout(timeout);
+    Ok(client
+        .identify(request)
+        .await
+        .map_err(status_attempt)?
+        .into_inner())
+}
+
+/// Runs `attempt` until it answers, up to `retries` tries with exponential
+/// backoff inside `budget`. Returns the result and the number of tries.
+async fn with_retries<T, F, Fut>(
+    budget: Duration,
+    retries: u32,
+    mut attempt: F,
+) -> (Result<T, Attempt>, u32)
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, Attempt>>,
+{
+    let started = Instant::now();
+    let policy = ExponentialBackoff {
+        initial_interval: Duration::from_millis(50),
+        max_interval: Duration::from_millis(400),
+        multiplier: 2.0,
+        randomization_factor: 0.2,
+        max_elapsed_time: Some(budget),
+        ..ExponentialBackoff::default()
+    };
+    let mut tries = 0u32;
+    let result = backoff::future::retry(policy, || {
+        tries += 1;
+        let this_try = tries;
+        let remaining = budget
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(50));
+        let fut = attempt(remaining);
+        async move {
+            match fut.await {
+                Ok(ok) => Ok(ok),
+                Err(Attempt::Unreachable(cause)) if this_try < retries => {
+                    Err(backoff::Error::transient(Attempt::Unreachable(cause)))
                 }
+                Err(other) => Err(backoff::Error::permanent(other)),
+            }
+        }
+    })
+    .await;
+    (result, tries)
+}
+
+/// The client's memory between commands: the mode of the last session and the
+/// primary's GUID (stored next to the node replication table).
+fn last_mode(options: &ClientOptions) -> SessionMode {
+    NodeReplicationTable::open(&options.state_dir())
+        .ok()
+        .and_then(|t| t.setting("last_mode").ok().flatten())
+        .map_or(SessionMode::Normal, |m| {
+            if m == "failover" {
+                SessionMode::Failover
+            } else {
+                SessionMode::Normal
             }
         })
-        .await;
-        match result {
-            Ok((client, reply)) => Ok(Session {
-                client,
-                token: reply
-                    .session_token
-                    .parse()
-                    .map_err(|_| ClientError::Server {
-                        operation: "logon",
-                        message: "server sent a malformed session token".into(),
-                    })?,
-                info: ServerInfo {
-                    name: reply.server_name,
-                    address: options.server_address.clone(),
-                    guid: reply.server_guid,
-                    node: reply.node,
-                    session_id: reply.session_id,
-                    replication_server: reply.replication_server.map(|r| {
-                        (
-                            crate::options_push::PushedServer {
-                                name: r.name,
-                                address: r.address,
-                                guid: r.guid,
-                            },
-                            r.last_replication_ns,
-                        )
-                    }),
-                    replica: reply.replica,
-                    replicated_ns: reply.replicated_ns,
-                },
-            }),
-            Err(Attempt::Unreachable(cause)) => Err(ClientError::Unreachable {
-                server: options.server_name.clone(),
-                address: options.server_address.clone(),
-                cause,
-                attempts,
-                elapsed_ms: started.elapsed().as_millis(),
-            }),
-            Err(Attempt::Refused(message)) => Err(ClientError::LogonRefused {
-                server: options.server_name.clone(),
-                message,
-            }),
+}
+
+impl Session {
+    /// Logs on: to the primary, or in failover mode to its replication server.
+    ///
+    /// # Errors
+    /// Unreachable servers, refused logons, GUID mismatches, each with its TDM id.
+    pub async fn establish(
+        options: &ClientOptions,
+        console: &Console,
+    ) -> Result<Session, ClientError> {
+        let primary = ServerRef {
+            name: options.server_name.clone(),
+            address: options.server_address.clone(),
+            guid: String::new(),
+        };
+        let secondary = options.replication_server().map(|(name, e)| ServerRef {
+            name: name.to_string(),
+            address: e.address.clone(),
+            guid: e.server_guid.clone(),
+        });
+        let mut logon = Logon::new(LogonFacts {
+            primary: primary.clone(),
+            force_failover: options.force_failover,
+            failover_enabled: options.use_replication_failover,
+            secondary,
+            last_mode: last_mode(options),
+        });
+        let budget = Duration::from_millis(options.connect_timeout_ms);
+        let started = Instant::now();
+        let mut tries = 0u32;
+        let mut answered: Option<(BackupClient<Channel>, pb::LogonResponse, SessionMode)> = None;
+        // At most two servers are tried: the loop ends within three rounds.
+        for _round in 0..3 {
+            let seen = match logon.next() {
+                Next::TryPrimary => {
+                    let (result, n) = with_retries(budget, options.logon_retries, |t| {
+                        try_logon(options, &primary.address, t, false)
+                    })
+                    .await;
+                    tries += n;
+                    match result {
+                        Ok((client, reply)) => {
+                            let guid = reply.server_guid.clone();
+                            answered = Some((client, reply, SessionMode::Normal));
+                            Seen::Answered { guid }
+                        }
+                        Err(Attempt::Unreachable(c)) => Seen::Unreachable(c),
+                        Err(Attempt::Refused(c)) => Seen::Rejected(c),
+                    }
+                }
+                Next::TrySecondary(s) => {
+                    let (result, _) = with_retries(budget, options.logon_retries, |t| {
+                        try_identify(&s.address, t)
+                    })
+                    .await;
+                    match result {
+                        Ok(id) => Seen::Answered {
+                            guid: id.server_guid,
+                        },
+                        Err(Attempt::Unreachable(c)) => Seen::Unreachable(c),
+                        Err(Attempt::Refused(c)) => Seen::Rejected(c),
+                    }
+                }
+                Next::Done(outcome) => {
+                    return finish(
+                        outcome, answered, options, &primary, console, tries, started,
+                    )
+                    .await;
+                }
+            };
+            for msg in logon.observe(seen) {
+                console.audit(&msg);
+            }
+        }
+        match logon.next() {
+            Next::Done(outcome) => {
+                finish(
+                    outcome, answered, options, &primary, console, tries, started,
+                )
+                .await
+            }
+            _ => Err(ClientError::Usage(
+                "internal: the logon decision did not finish".into(),
+            )),
         }
     }
 
@@ -194,4 +295,138 @@ impl Session {
         let mut client = self.client.clone();
         let _ = client.logoff(self.request(pb::LogoffRequest {})).await;
     }
+}
+
+/// Turns the decision's outcome into a session (logging on to the secondary
+/// when that is where it ended) or an error.
+async fn finish(
+    outcome: Result<SessionMode, Refusal>,
+    answered: Option<(BackupClient<Channel>, pb::LogonResponse, SessionMode)>,
+    options: &ClientOptions,
+    primary: &ServerRef,
+    console: &Console,
+    tries: u32,
+    started: Instant,
+) -> Result<Session, ClientError> {
+    let secondary = options.replication_server();
+    let (client, reply, mode) = match outcome {
+        Ok(SessionMode::Normal) => {
+            answered.ok_or_else(|| ClientError::Usage("internal: no primary session".into()))?
+        }
+        Ok(SessionMode::Failover) => {
+            let (name, entry) =
+                secondary.ok_or_else(|| ClientError::Usage("internal: no secondary".into()))?;
+            let budget = Duration::from_millis(options.connect_timeout_ms);
+            match try_logon(options, &entry.address, budget, true).await {
+                Ok((client, reply)) => (client, reply, SessionMode::Failover),
+                Err(Attempt::Refused(message)) => {
+                    return Err(ClientError::LogonRefused {
+                        server: name.to_string(),
+                        message,
+                    });
+                }
+                Err(Attempt::Unreachable(cause)) => {
+                    return Err(ClientError::Failover {
+                        id: "TDM2114E",
+                        text: Msg::secondary_failed(name, &entry.address, &cause).text,
+                    });
+                }
+            }
+        }
+        Err(Refusal::Rejected(message)) => {
+            let server = if options.force_failover {
+                secondary.map_or(primary.name.clone(), |s| s.0.to_string())
+            } else {
+                primary.name.clone()
+            };
+            return Err(ClientError::LogonRefused { server, message });
+        }
+        Err(Refusal::PrimaryUnreachable { cause, why }) => {
+            return Err(ClientError::Unreachable {
+                server: primary.name.clone(),
+                address: primary.address.clone(),
+                cause: format!("{cause}; no failover: {why}"),
+                attempts: tries,
+                elapsed_ms: started.elapsed().as_millis(),
+            });
+        }
+        Err(Refusal::GuidMismatch { expected, found }) => {
+            let (name, entry) =
+                secondary.map_or(("?", String::new()), |(n, e)| (n, e.address.clone()));
+            return Err(ClientError::Failover {
+                id: "TDM2112E",
+                text: Msg::guid_mismatch(name, &entry, &expected, &found).text,
+            });
+        }
+        Err(Refusal::SecondaryUnreachable(cause)) => {
+            let (name, address) =
+                secondary.map_or(("?", String::new()), |(n, e)| (n, e.address.clone()));
+            return Err(ClientError::Failover {
+                id: "TDM2114E",
+                text: Msg::secondary_failed(name, &address, &cause).text,
+            });
+        }
+    };
+    let token = reply
+        .session_token
+        .parse()
+        .map_err(|_| ClientError::Server {
+            operation: "logon",
+            message: "server sent a malformed session token".into(),
+        })?;
+    let info = ServerInfo {
+        name: reply.server_name,
+        address: if mode == SessionMode::Failover {
+            secondary.map_or_else(String::new, |(_, e)| e.address.clone())
+        } else {
+            options.server_address.clone()
+        },
+        guid: reply.server_guid,
+        node: reply.node,
+        session_id: reply.session_id,
+        replication_server: reply.replication_server.map(|r| {
+            (
+                crate::options_push::PushedServer {
+                    name: r.name,
+                    address: r.address,
+                    guid: r.guid,
+                },
+                r.last_replication_ns,
+            )
+        }),
+        replica: reply.replica,
+        replicated_ns: reply.replicated_ns,
+    };
+    let state = NodeReplicationTable::open(&options.state_dir());
+    match mode {
+        SessionMode::Failover => {
+            let replicated = if info.replicated_ns == 0 {
+                "never".to_string()
+            } else {
+                timefmt::rfc3339(info.replicated_ns)
+            };
+            console.audit(&Msg::failed_over(
+                &info.name,
+                &info.guid,
+                &info.node,
+                &replicated,
+            ));
+            if let Ok(t) = &state {
+                let _ = t.set_setting("last_mode", "failover");
+            }
+        }
+        SessionMode::Normal => {
+            if let Ok(t) = &state {
+                let _ = t.set_setting("last_mode", "normal");
+                let _ = t.set_setting("primary_guid", &info.guid);
+            }
+        }
+    }
+    Ok(Session {
+        client,
+        token,
+        info,
+        mode,
+        primary: primary.clone(),
+    })
 }

@@ -46,6 +46,8 @@ pub enum ServerMsg {
     ReplicaUpdated,
     /// A write by a node held here as a replica was refused.
     ReplicaWriteRefused,
+    /// A client logged on in failover mode.
+    FailoverLogon,
 }
 
 impl ServerMsg {
@@ -70,6 +72,7 @@ impl ServerMsg {
             ServerMsg::ReplicationAuthFailed => "TDM0602W",
             ServerMsg::ReplicaUpdated => "TDM0603I",
             ServerMsg::ReplicaWriteRefused => "TDM0604W",
+            ServerMsg::FailoverLogon => "TDM0406I",
         }
     }
 }

@@ -285,11 +285,12 @@ impl TestClient {
         TestClient { dir, options }
     }
 
-    /// Appends lines to the options file.
+    /// Adds top-level lines to the options file, after its first line, so
+    /// they stay top-level keys even when tables follow (as a user would).
     pub fn add_options(&self, lines: &str) {
-        let mut text = std::fs::read_to_string(&self.options).expect("options");
-        text.push_str(lines);
-        std::fs::write(&self.options, text).expect("options");
+        let text = std::fs::read_to_string(&self.options).expect("options");
+        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        std::fs::write(&self.options, format!("{first}\n{lines}{rest}")).expect("options");
     }
 
     /// Runs `tandem --options FILE args...`.

@@ -157,6 +157,16 @@ impl BackupService {
 
 #[tonic::async_trait]
 impl Backup for BackupService {
+    async fn identify(
+        &self,
+        _request: Request<pb::IdentifyRequest>,
+    ) -> Result<Response<pb::IdentifyResponse>, Status> {
+        Ok(Response::new(pb::IdentifyResponse {
+            server_name: self.state.config.name.clone(),
+            server_guid: self.state.guid.to_string(),
+        }))
+    }
+
     async fn logon(
         &self,
         request: Request<pb::LogonRequest>,
@@ -225,10 +235,17 @@ impl Backup for BackupService {
             .await?;
         actlog::record(
             &self.state.catalog,
-            ServerMsg::SessionOpened,
+            if req.failover { ServerMsg::FailoverLogon } else { ServerMsg::SessionOpened },
             &name,
             &peer,
-            if replica {
+            if req.failover {
+                format!(
+                    "failover logon: session {session_id} started for node {name} (client {}) because its primary server {} is unreachable or failover is forced; {}",
+                    req.client_version,
+                    req.primary_server,
+                    if replica { "read-only replica" } else { "the node is not a replica here" }
+                )
+            } else if replica {
                 format!(
                     "session {session_id} started for node {name} (client {}): read-only, this server holds the node as a replica of server {}",
                     req.client_version, node.repl_server

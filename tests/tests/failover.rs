@@ -1,0 +1,330 @@
+//! Automated client failover and failback with real servers killed by SIGKILL,
+//! and the dsierror.log audit trail.
+
+use std::time::{Duration, Instant};
+
+use tandem_tests::*;
+
+fn s(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+struct World {
+    primary: TestServer,
+    secondary: TestServer,
+    client: TestClient,
+    work: tempfile::TempDir,
+}
+
+impl World {
+    fn src(&self) -> std::path::PathBuf {
+        self.work.path().join("src")
+    }
+}
+
+/// Backed up, replicated, and the failover block saved by a later logon.
+fn setup() -> World {
+    let primary = TestServer::start("PRIMARY");
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    primary.register("alice", "alice-password");
+    assert_success(
+        &primary.admin(&["update", "node", "alice", "--replstate", "enabled"]),
+        "enable",
+    );
+    let client = TestClient::new(&primary, "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    make_tree(&work.path().join("src"));
+    client.json(&["incremental", &s(&work.path().join("src"))]);
+    let run = replicate(&primary, "alice");
+    assert_eq!(run["state"], "completed", "{run}");
+    client.json(&["query", "session"]);
+    assert!(
+        std::fs::read_to_string(&client.options)
+            .unwrap()
+            .contains("[replication_servers.SECONDARY]")
+    );
+    World {
+        primary,
+        secondary,
+        client,
+        work,
+    }
+}
+
+/// The message ids in the error log, in order.
+fn logged_ids(client: &TestClient) -> Vec<String> {
+    client
+        .error_log()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
+    let mut w = setup();
+    w.primary.kill();
+
+    let out = w.work.path().join("restored");
+    let r = w.client.json(&[
+        "restore",
+        &format!("{}/*", s(&w.src())),
+        &s(&out),
+        "--subdir",
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_same_tree(&w.src(), &out);
+    assert_eq!(
+        logged_ids(&w.client),
+        ["TDM2106I", "TDM2107I", "TDM2108I"],
+        "{}",
+        w.client.error_log()
+    );
+    let log = w.client.error_log();
+    assert!(
+        log.contains("PRIMARY") && log.contains(&w.primary.addr.to_string()),
+        "{log}"
+    );
+    assert!(
+        log.contains("SECONDARY") && log.contains("node ALICE replicated 20"),
+        "{log}"
+    );
+
+    let session = w.client.json(&["query", "session"]);
+    assert_eq!(session["mode"], "failover");
+    assert_eq!(session["server_name"], "SECONDARY");
+    assert_eq!(session["replica"][0]["current"], true, "{session}");
+
+    for args in [
+        vec!["incremental".to_string(), s(&w.src())],
+        vec!["selective".to_string(), s(&w.src().join("empty"))],
+        vec![
+            "set".into(),
+            "password".into(),
+            "alice-password".into(),
+            "alice-password-2".into(),
+        ],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = w.client.run(&args);
+        assert_eq!(code(&out), 12, "{args:?}");
+        assert!(stderr(&out).contains("TDM2110E"), "{}", stderr(&out));
+    }
+    assert!(w.client.error_log().contains("TDM2110E"));
+    let actlog = String::from_utf8_lossy(
+        &w.secondary
+            .admin(&["query", "actlog", "--search", "failover logon"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        actlog.contains("TDM0406I") && actlog.contains("ALICE"),
+        "{actlog}"
+    );
+
+    // The primary comes back: the next command fails back and says so once.
+    w.primary.restart();
+    w.client.json(&["query", "filespace"]);
+    w.client.json(&["query", "filespace"]);
+    let ids = logged_ids(&w.client);
+    assert_eq!(
+        ids.iter().filter(|i| *i == "TDM2109I").count(),
+        1,
+        "{ids:?}"
+    );
+    assert_eq!(w.client.json(&["query", "session"])["mode"], "normal");
+    let stats = w.client.json(&["incremental", &s(&w.src())]);
+    assert_eq!(stats["failed"], 0);
+
+    // A later outage fails over again; the backup just made is not on the
+    // replica yet, so the session also warns (exit 8).
+    w.primary.kill();
+    let out = w.client.run(&["--json", "query", "session"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("TDM2111W"));
+    let session: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(session["mode"], "failover");
+}
+
+#[test]
+fn forced_failover_goes_to_the_secondary_with_the_primary_up() {
+    let w = setup();
+    let session = w.client.json(&["--force-failover", "query", "session"]);
+    assert_eq!(session["mode"], "failover");
+    assert!(
+        !logged_ids(&w.client).contains(&"TDM2106I".to_string()),
+        "the primary is not tried"
+    );
+    assert_eq!(w.client.json(&["query", "session"])["mode"], "normal");
+    w.client.add_options("force_failover = true\n");
+    assert_eq!(w.client.json(&["query", "session"])["mode"], "failover");
+}
+
+#[test]
+fn a_secondary_with_another_guid_is_refused_before_any_credential_is_sent() {
+    let mut w = setup();
+    let text = std::fs::read_to_string(&w.client.options).unwrap();
+    let guid_line = text
+        .lines()
+        .find(|l| l.starts_with("server_guid"))
+        .unwrap()
+        .to_string();
+    let forged = text.replace(
+        &guid_line,
+        "server_guid = \"00.11.22.33.44.55.66.77.88.99.aa.bb.cc.dd.ee.ff\"",
+    );
+    std::fs::write(&w.client.options, forged).unwrap();
+    w.primary.kill();
+    let out = w.client.run(&["query", "session"]);
+    assert_eq!(code(&out), 12);
+    assert!(stderr(&out).contains("TDM2112E"), "{}", stderr(&out));
+    assert!(w.client.error_log().contains("TDM2112E"));
+    let actlog = String::from_utf8_lossy(
+        &w.secondary
+            .admin(&["query", "actlog", "--search", "failover"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !actlog.contains("TDM0406I"),
+        "no logon reached the unexpected server: {actlog}"
+    );
+}
+
+#[test]
+fn with_failover_disabled_an_unreachable_primary_is_a_clear_error() {
+    let mut w = setup();
+    w.client.add_options("use_replication_failover = false\n");
+    w.primary.kill();
+    let out = w.client.run(&["query", "session"]);
+    assert_eq!(code(&out), 12);
+    assert!(
+        stderr(&out).contains("TDM1002E") && stderr(&out).contains("use_replication_failover"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_stale_replica_is_warned_per_filespace() {
+    let mut w = setup();
+    std::fs::write(w.src().join("empty"), "newer than the replica\n").unwrap();
+    w.client.json(&["incremental", &s(&w.src())]);
+    w.primary.kill();
+    let out = w.work.path().join("stale");
+    let run = w.client.run(&[
+        "restore",
+        &format!("{}/*", s(&w.src())),
+        &s(&out),
+        "--subdir",
+    ]);
+    assert_eq!(code(&run), 8, "restored with a warning: {}", stderr(&run));
+    assert!(stderr(&run).contains("TDM2111W"), "{}", stderr(&run));
+    assert!(w.client.error_log().contains("TDM2111W"));
+    // What was replicated is what comes back: the older (empty) version.
+    assert_eq!(std::fs::read(out.join("empty")).unwrap(), b"");
+    let out = w.client.run(&["--json", "query", "session"]);
+    assert_eq!(code(&out), 8);
+    let session: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(session["replica"][0]["current"], false, "{session}");
+}
+
+#[test]
+fn a_wrong_password_never_fails_over() {
+    let w = setup();
+    let bad = TestClient::at("PRIMARY", &w.primary.url(), "alice", "wrong-password");
+    let good_text = std::fs::read_to_string(&w.client.options).unwrap();
+    let block = &good_text[good_text.find("\n# Maintained").unwrap()..];
+    let mut text = std::fs::read_to_string(&bad.options).unwrap();
+    text.push_str(block);
+    std::fs::write(&bad.options, text).unwrap();
+    let out = bad.run(&["query", "session"]);
+    assert_eq!(code(&out), 12);
+    assert!(stderr(&out).contains("TDM1003E"), "{}", stderr(&out));
+    assert!(!bad.error_log().contains("TDM2106I"));
+}
+
+#[test]
+fn concurrent_clients_never_interleave_error_log_lines() {
+    let mut w = setup();
+    w.primary.kill();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new(bin("tandem"))
+                .args([
+                    "--options",
+                    &s(&w.client.options),
+                    "--quiet",
+                    "query",
+                    "session",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let log = w.client.error_log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 24, "{log}");
+    for line in &lines {
+        let mut parts = line.splitn(3, ' ');
+        let stamp = parts.next().unwrap();
+        let id = parts.next().unwrap();
+        assert!(
+            stamp.len() == 29 && stamp.contains('T'),
+            "bad timestamp in {line:?}"
+        );
+        assert!(
+            ["TDM2106I", "TDM2107I", "TDM2108I"].contains(&id),
+            "{line:?}"
+        );
+    }
+    for id in ["TDM2106I", "TDM2107I", "TDM2108I"] {
+        assert_eq!(lines.iter().filter(|l| l.contains(id)).count(), 8, "{id}");
+    }
+}
+
+#[test]
+fn failover_decisions_for_refused_and_silent_primaries() {
+    let w = setup();
+    // A primary that refuses connections: a port nobody listens on.
+    let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A primary that accepts TCP connections and never answers (a listener
+    // that never calls accept: the kernel completes the handshake).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    for (what, url) in [
+        ("refused", format!("http://127.0.0.1:{refused_port}")),
+        ("silent", format!("http://{silent_addr}")),
+    ] {
+        let text = std::fs::read_to_string(&w.client.options).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("server_address"))
+            .unwrap()
+            .to_string();
+        std::fs::write(
+            &w.client.options,
+            text.replace(&line, &format!("server_address = \"{url}\"")),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let session = w.client.json(&["query", "session"]);
+        let took = started.elapsed();
+        assert_eq!(session["mode"], "failover", "{what}: {session}");
+        eprintln!("{what} primary: failover decision and logon in {took:?}");
+        assert!(
+            took < Duration::from_secs(30),
+            "{what} primary: the decision must be bounded"
+        );
+    }
+    drop(silent);
+}
