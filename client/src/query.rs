@@ -145,6 +145,7 @@ pub async fn filespaces(session: &Session, console: &Console) -> Result<(), Clie
         "Size",
         "Last Backup Start",
         "Last Backup End",
+        "Last Replication",
     ]);
     for f in reply.filespaces {
         t.add_row(vec![

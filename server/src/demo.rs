@@ -1,8 +1,10 @@
-//! `tandem-server demo`: the whole backup story on embedded defaults, in a
-//! temporary directory. It starts a real server on 127.0.0.1 (a free port),
-//! registers a node with the real console code, backs a sample tree up with
-//! the real client code, changes it, backs it up again, restores it to a
-//! second folder, verifies every byte, and prints what each step printed.
+//! `tandem-server demo`: the whole story on embedded defaults, in a temporary
+//! directory. It starts a primary and a secondary server on 127.0.0.1 (free
+//! ports), registers a node and pairs the servers with the real console code,
+//! backs a sample tree up with the real client code, changes it, backs it up
+//! again, restores and verifies it, replicates the node, stops the primary,
+//! restores from the secondary in failover mode (showing the dsierror.log
+//! lines), starts the primary again and shows the failback.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -165,98 +167,263 @@ fn step(title: &str) {
 }
 
 async fn client(options: &Path, args: &[&str]) -> Result<(), String> {
+    client_expecting(options, args, 0).await
+}
+
+async fn client_expecting(options: &Path, args: &[&str], expected: u8) -> Result<(), String> {
     let mut full = vec!["tandem", "--options", options.to_str().unwrap_or_default()];
     full.extend_from_slice(args);
     println!("$ tandem {}", args.join(" "));
     let status = tandem_client::run(full).await;
-    if status.code() == 0 {
+    if status.code() == expected {
         Ok(())
     } else {
-        Err(format!("tandem {} exited with {}", args[0], status.code()))
+        Err(format!(
+            "tandem {} exited with {}, expected {expected}",
+            args[0],
+            status.code()
+        ))
     }
 }
 
-async fn walk_through(work: &Path) -> Result<(), String> {
-    let data_dir = work.join("server");
-    let config = ServerConfig {
-        data_dir: data_dir.clone(),
-        listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
-        name: "TANDEM".into(),
-        expire_interval_hours: 0,
-        replication_interval_minutes: 0,
-        policy: crate::model::Policy::default(),
-    };
-    step("Starting a server on a temporary data directory");
-    let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!(
-        "server TANDEM (guid {}) on {addr}, data in {}",
-        state.guid,
-        data_dir.display()
-    );
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(crate::run(state, listener, shutdown.clone()));
-    let url = format!("http://{addr}");
+/// A server running inside the demo process.
+struct DemoServer {
+    name: &'static str,
+    data_dir: PathBuf,
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), crate::error::ServerError>>,
+}
 
-    let result = async {
-        step("Registering node DEMO");
-        let pw = work.join("demo.password");
-        std::fs::write(&pw, "demo-password\n").map_err(|e| e.to_string())?;
-        let token = data_dir.join("admin.token");
-        let admin = |args: &[&str]| {
-            let mut full = vec!["tandem-admin", "--server", &url, "--token-file", token.to_str().unwrap_or_default()];
-            full.extend_from_slice(args);
-            full.into_iter().map(String::from).collect::<Vec<_>>()
+impl DemoServer {
+    async fn start(name: &'static str, data_dir: PathBuf, listen: &str) -> Result<Self, String> {
+        let config = ServerConfig {
+            data_dir: data_dir.clone(),
+            listen: listen.parse().map_err(|e| format!("{e}"))?,
+            name: name.into(),
+            expire_interval_hours: 0,
+            replication_interval_minutes: 0,
+            policy: crate::model::Policy::default(),
         };
-        println!("$ tandem-admin register node demo --password-file {}", pw.display());
-        if crate::console::run(admin(&["register", "node", "demo", "--password-file", pw.to_str().unwrap_or_default()])).await != 0 {
-            return Err("register node failed".to_string());
+        let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
+        // A restarted server takes its old port back; allow the OS a moment.
+        let mut listener = None;
+        for _ in 0..100 {
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
         }
-
-        let source = work.join("source");
-        make_sample_tree(&source).map_err(|e| format!("cannot build the sample tree: {e}"))?;
-        let options = work.join("tandem.toml");
-        std::fs::write(
-            &options,
-            format!(
-                "# options of the demo client\nnode_name = \"demo\"\nserver_address = \"{url}\"\npassword_file = \"demo.password\"\nstate_dir = \"{}\"\n",
-                work.join("state").display()
-            ),
-        )
-        .map_err(|e| e.to_string())?;
-        let src = source.to_string_lossy().into_owned();
-
-        step("First backup (note the duplicate 24 MiB file is stored once)");
-        client(&options, &["incremental", &src]).await?;
-        step("Unchanged re-run: nothing is sent");
-        client(&options, &["incremental", &src]).await?;
-        step("Changing 2 files, deleting 1, adding 1, and backing up again");
-        change_sample_tree(&source).map_err(|e| e.to_string())?;
-        client(&options, &["incremental", &src]).await?;
-        step("Versions of the changed folder, inactive ones included");
-        client(&options, &["query", "backup", &format!("{src}/projects/team 1/docs/note-00*"), "--inactive"]).await?;
-        step("Restoring everything to a second folder");
-        let restored = work.join("restored");
-        client(&options, &["restore", &format!("{src}/*"), restored.to_str().unwrap_or_default(), "--subdir"]).await?;
-        step("Verifying the restored tree byte for byte");
-        let (files, bytes) = compare_trees(&source, &restored)?;
-        println!("verified: {files} files, {bytes} bytes identical, symlinks and names intact");
-        step("Filespaces on the server");
-        client(&options, &["query", "filespace"]).await?;
-        step("Activity log");
-        if crate::console::run(admin(&["query", "actlog", "--limit", "8"])).await != 0 {
-            return Err("query actlog failed".to_string());
-        }
-        Ok(())
+        let listener = listener.ok_or_else(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        println!(
+            "server {name} (guid {}) on {addr}, data in {}",
+            state.guid,
+            data_dir.display()
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(crate::run(state, listener, shutdown.clone()));
+        Ok(DemoServer {
+            name,
+            data_dir,
+            addr,
+            shutdown,
+            task,
+        })
     }
-    .await;
-    shutdown.cancel();
-    let stopped = server.await.map_err(|e| e.to_string())?;
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(self) -> Result<(), String> {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn admin(&self, args: &[&str]) -> Result<(), String> {
+        let token = self.data_dir.join("admin.token");
+        let url = self.url();
+        let mut full = vec![
+            "tandem-admin",
+            "--server",
+            &url,
+            "--token-file",
+            token.to_str().unwrap_or_default(),
+        ];
+        full.extend_from_slice(args);
+        println!("$ tandem-admin ({}) {}", self.name, args.join(" "));
+        match crate::console::run(full).await {
+            0 => Ok(()),
+            code => Err(format!(
+                "tandem-admin {} exited with {code}",
+                args.join(" ")
+            )),
+        }
+    }
+}
+
+fn show_error_log(path: &Path) {
+    println!("--- {} ---", path.display());
+    print!("{}", std::fs::read_to_string(path).unwrap_or_default());
+    println!("---");
+}
+
+async fn walk_through(work: &Path) -> Result<(), String> {
+    step("Starting a primary and a secondary server on temporary data directories");
+    let primary = DemoServer::start("PRIMARY", work.join("primary"), "127.0.0.1:0").await?;
+    let secondary = DemoServer::start("SECONDARY", work.join("secondary"), "127.0.0.1:0").await?;
+    let primary_listen = primary.addr.to_string();
+    let result = story(work, primary, &secondary, &primary_listen).await;
+    let stopped = secondary.stop().await;
     result?;
-    stopped.map_err(|e| e.to_string())
+    stopped
+}
+
+async fn story(
+    work: &Path,
+    primary: DemoServer,
+    secondary: &DemoServer,
+    primary_listen: &str,
+) -> Result<(), String> {
+    step("Registering node DEMO on the primary and pairing the servers");
+    let pw = work.join("demo.password");
+    std::fs::write(&pw, "demo-password\n").map_err(|e| e.to_string())?;
+    let spw = work.join("server.password");
+    std::fs::write(&spw, "demo-server-secret\n").map_err(|e| e.to_string())?;
+    let (pw_s, spw_s) = (
+        pw.to_string_lossy().into_owned(),
+        spw.to_string_lossy().into_owned(),
+    );
+    primary
+        .admin(&["register", "node", "demo", "--password-file", &pw_s])
+        .await?;
+    primary
+        .admin(&[
+            "define",
+            "server",
+            "SECONDARY",
+            "--address",
+            &secondary.url(),
+            "--server-password-file",
+            &spw_s,
+        ])
+        .await?;
+    secondary
+        .admin(&[
+            "define",
+            "server",
+            "PRIMARY",
+            "--address",
+            &primary.url(),
+            "--server-password-file",
+            &spw_s,
+        ])
+        .await?;
+    primary.admin(&["set", "replserver", "SECONDARY"]).await?;
+    primary
+        .admin(&["update", "node", "demo", "--replstate", "enabled"])
+        .await?;
+
+    let source = work.join("source");
+    make_sample_tree(&source).map_err(|e| format!("cannot build the sample tree: {e}"))?;
+    let options = work.join("tandem.toml");
+    std::fs::write(
+        &options,
+        format!(
+            "# options of the demo client\nnode_name = \"demo\"\nserver_name = \"PRIMARY\"\nserver_address = \"{}\"\npassword_file = \"demo.password\"\nstate_dir = \"{}\"\n",
+            primary.url(),
+            work.join("state").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let src = source.to_string_lossy().into_owned();
+
+    step("First backup (the duplicate 24 MiB file is stored once)");
+    client(&options, &["incremental", &src]).await?;
+    step("Unchanged re-run: nothing is sent");
+    client(&options, &["incremental", &src]).await?;
+    step("Changing 2 files, deleting 1, adding 1, and backing up again");
+    change_sample_tree(&source).map_err(|e| e.to_string())?;
+    client(&options, &["incremental", &src]).await?;
+    step("Versions of the changed folder, inactive ones included");
+    client(
+        &options,
+        &[
+            "query",
+            "backup",
+            &format!("{src}/projects/team 1/docs/note-00*"),
+            "--inactive",
+        ],
+    )
+    .await?;
+    step("Restoring everything to a second folder and verifying it byte for byte");
+    let restored = work.join("restored");
+    client(
+        &options,
+        &[
+            "restore",
+            &format!("{src}/*"),
+            restored.to_str().unwrap_or_default(),
+            "--subdir",
+        ],
+    )
+    .await?;
+    let (files, bytes) = compare_trees(&source, &restored)?;
+    println!("verified: {files} files, {bytes} bytes identical, symlinks and names intact");
+
+    step("Replicating node DEMO to the secondary");
+    primary
+        .admin(&["replicate", "node", "demo", "--wait"])
+        .await?;
+    step("The next logon on the primary pushes the secondary's details into the options file");
+    client(&options, &["query", "session"]).await?;
+    let text = std::fs::read_to_string(&options).map_err(|e| e.to_string())?;
+    println!("--- {} ---\n{text}---", options.display());
+
+    step("Stopping the primary, as if it had failed");
+    primary.stop().await?;
+    step("Restoring from the secondary in failover mode, and verifying it");
+    let from_secondary = work.join("restored-from-secondary");
+    client(
+        &options,
+        &[
+            "restore",
+            &format!("{src}/*"),
+            from_secondary.to_str().unwrap_or_default(),
+            "--subdir",
+        ],
+    )
+    .await?;
+    let (files, bytes) = compare_trees(&source, &from_secondary)?;
+    println!("verified: {files} files, {bytes} bytes identical, restored from the secondary");
+    step("Backups are refused while in failover mode (exit 12)");
+    client_expecting(&options, &["incremental", &src], 12).await?;
+    let error_log = work.join("state").join("dsierror.log");
+    show_error_log(&error_log);
+
+    step("Starting the primary again on its address: the next command fails back");
+    let primary = DemoServer::start("PRIMARY", work.join("primary"), primary_listen).await?;
+    client(&options, &["query", "filespace"]).await?;
+    show_error_log(&error_log);
+    step("Activity log of the secondary (failover logons are recorded there too)");
+    secondary
+        .admin(&[
+            "query",
+            "actlog",
+            "--search",
+            "failover logon",
+            "--limit",
+            "4",
+        ])
+        .await?;
+    primary.stop().await
 }
 
 /// Runs the demo; `keep` leaves the temporary directory in place.
@@ -275,7 +442,7 @@ pub async fn run(keep: bool) -> ExitCode {
     match result {
         Ok(()) => {
             println!(
-                "\ndemo complete: backup, incremental, restore and verification all succeeded"
+                "\ndemo complete: backup, restore, replication, failover to the secondary and failback all worked"
             );
             ExitCode::SUCCESS
         }
