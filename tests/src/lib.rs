@@ -208,6 +208,14 @@ impl TestServer {
         v
     }
 
+    /// Total size of the container files.
+    pub fn container_bytes(&self) -> u64 {
+        self.containers()
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default()
@@ -335,6 +343,11 @@ pub fn assert_success(out: &Output, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A path as `&str`-friendly text for command arguments.
+pub fn path_str(p: &Path) -> String {
+    p.to_str().expect("test paths are UTF-8").to_string()
 }
 
 /// The exit code (panics on death by signal).

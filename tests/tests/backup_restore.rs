@@ -10,16 +10,12 @@ fn setup() -> (TestServer, TestClient, tempfile::TempDir) {
     (server, client, work)
 }
 
-fn s(p: &std::path::Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
 #[test]
 fn incremental_backup_restores_a_byte_identical_tree() {
     let (_server, client, work) = setup();
     let src = work.path().join("src");
     make_tree(&src);
-    let stats = client.json(&["incremental", &s(&src)]);
+    let stats = client.json(&["incremental", &path_str(&src)]);
     assert_eq!(stats["failed"], 0);
     assert!(stats["backed_up"].as_u64().unwrap() >= 40, "{stats}");
     // The two identical 300 kB files are stored once.
@@ -29,7 +25,12 @@ fn incremental_backup_restores_a_byte_identical_tree() {
     );
 
     let out = work.path().join("out");
-    let restored = client.json(&["restore", &format!("{}/*", s(&src)), &s(&out), "--subdir"]);
+    let restored = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
     assert_eq!(restored["failed"], 0, "{restored}");
     assert_same_tree(&src, &out);
 }
@@ -39,15 +40,15 @@ fn unchanged_rerun_sends_nothing_and_changes_are_detected() {
     let (_server, client, work) = setup();
     let src = work.path().join("src");
     make_tree(&src);
-    client.json(&["incremental", &s(&src)]);
-    let again = client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
+    let again = client.json(&["incremental", &path_str(&src)]);
     assert_eq!(again["backed_up"], 0, "{again}");
     assert_eq!(again["bytes_sent"], 0, "{again}");
     assert_eq!(again["unchanged"], again["inspected"]);
 
     std::fs::write(src.join("docs/sub 0/file-0.txt"), "changed\n").unwrap();
     std::fs::remove_file(src.join("dup/b.bin")).unwrap();
-    let third = client.json(&["incremental", &s(&src)]);
+    let third = client.json(&["incremental", &path_str(&src)]);
     // The changed file, and dup/ whose mtime changed with the deletion.
     assert_eq!(third["backed_up"], 2, "{third}");
     assert_eq!(third["deactivated"], 1, "{third}");
@@ -55,7 +56,7 @@ fn unchanged_rerun_sends_nothing_and_changes_are_detected() {
     let versions = client.json(&[
         "query",
         "backup",
-        &format!("{}/docs/sub 0/file-0.txt", s(&src)),
+        &format!("{}/docs/sub 0/file-0.txt", path_str(&src)),
         "--inactive",
     ]);
     let states: Vec<&str> = versions
@@ -68,13 +69,17 @@ fn unchanged_rerun_sends_nothing_and_changes_are_detected() {
 
     // The deleted file is gone from the active set, but --inactive brings it back.
     let out = work.path().join("out");
-    let r = client.json(&["restore", &format!("{}/dup/*", s(&src)), &s(&out)]);
+    let r = client.json(&[
+        "restore",
+        &format!("{}/dup/*", path_str(&src)),
+        &path_str(&out),
+    ]);
     assert_eq!(r["restored"], 1, "{r}");
     let out2 = work.path().join("out2");
     let r = client.json(&[
         "restore",
-        &format!("{}/dup/*", s(&src)),
-        &s(&out2),
+        &format!("{}/dup/*", path_str(&src)),
+        &path_str(&out2),
         "--inactive",
     ]);
     assert_eq!(r["restored"], 2, "{r}");
@@ -89,14 +94,14 @@ fn selective_sends_unchanged_files_again_and_deactivates_nothing() {
     let (_server, client, work) = setup();
     let src = work.path().join("src");
     make_tree(&src);
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     std::fs::remove_file(src.join("empty")).unwrap();
-    let sel = client.json(&["selective", &s(&src.join("docs"))]);
+    let sel = client.json(&["selective", &path_str(&src.join("docs"))]);
     assert!(sel["backed_up"].as_u64().unwrap() >= 30, "{sel}");
     assert_eq!(sel["deactivated"], 0);
     // Same content: no chunk data travels.
     assert_eq!(sel["bytes_sent"], 0, "{sel}");
-    let listed = client.json(&["query", "backup", &s(&src.join("empty"))]);
+    let listed = client.json(&["query", "backup", &path_str(&src.join("empty"))]);
     assert_eq!(
         listed.as_array().unwrap().len(),
         1,
@@ -109,11 +114,15 @@ fn restore_destination_keeps_paths_relative_to_the_source_directory() {
     let (_server, client, work) = setup();
     let src = work.path().join("src");
     make_tree(&src);
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
 
     // Without --subdir, only the top level of docs/sub 1.
     let out = work.path().join("one-level");
-    let r = client.json(&["restore", &format!("{}/docs/*", s(&src)), &s(&out)]);
+    let r = client.json(&[
+        "restore",
+        &format!("{}/docs/*", path_str(&src)),
+        &path_str(&out),
+    ]);
     assert_eq!(r["restored"], 3, "three directories: {r}");
     assert!(out.join("sub 1").is_dir());
     assert!(!out.join("sub 1/file-1.txt").exists());
@@ -122,8 +131,8 @@ fn restore_destination_keeps_paths_relative_to_the_source_directory() {
     let out = work.path().join("pattern");
     client.json(&[
         "restore",
-        &format!("{}/docs/*-1.txt", s(&src)),
-        &s(&out),
+        &format!("{}/docs/*-1.txt", path_str(&src)),
+        &path_str(&out),
         "--subdir",
     ]);
     assert_eq!(
@@ -134,7 +143,11 @@ fn restore_destination_keeps_paths_relative_to_the_source_directory() {
 
     // A single file goes directly under DEST.
     let out = work.path().join("single");
-    client.json(&["restore", &s(&src.join("big/large.bin")), &s(&out)]);
+    client.json(&[
+        "restore",
+        &path_str(&src.join("big/large.bin")),
+        &path_str(&out),
+    ]);
     assert_eq!(
         std::fs::read(out.join("large.bin")).unwrap(),
         std::fs::read(src.join("big/large.bin")).unwrap()
@@ -146,16 +159,16 @@ fn restore_in_place_honours_replace() {
     let (_server, client, work) = setup();
     let src = work.path().join("src");
     make_tree(&src);
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     let target = src.join("docs/sub 2/file-2.txt");
     std::fs::write(&target, "local edit\n").unwrap();
 
-    let out = client.run(&["restore", &s(&target)]);
+    let out = client.run(&["restore", &path_str(&target)]);
     assert_eq!(code(&out), 4, "replace no skips: {}", stderr(&out));
     assert!(stderr(&out).contains("TDM1022W"));
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "local edit\n");
 
-    let out = client.run(&["restore", &s(&target), "--replace", "yes"]);
+    let out = client.run(&["restore", &path_str(&target), "--replace", "yes"]);
     assert_success(&out, "restore --replace yes");
     assert!(
         std::fs::read_to_string(&target)
@@ -168,9 +181,9 @@ fn restore_in_place_honours_replace() {
     std::fs::remove_file(&ro).unwrap();
     std::fs::write(&ro, "changed\n").unwrap();
     std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
-    let out = client.run(&["restore", &s(&ro), "--replace", "yes"]);
+    let out = client.run(&["restore", &path_str(&ro), "--replace", "yes"]);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
-    let out = client.run(&["restore", &s(&ro), "--replace", "all"]);
+    let out = client.run(&["restore", &path_str(&ro), "--replace", "all"]);
     assert_success(&out, "restore --replace all");
     assert_eq!(std::fs::read_to_string(&ro).unwrap(), "read only\n");
 }
@@ -181,19 +194,19 @@ fn point_in_time_restore_returns_the_older_version() {
     let src = work.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f.txt"), "version one\n").unwrap();
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let between = chrono_like_now();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     std::fs::write(src.join("f.txt"), "version two, longer\n").unwrap();
     std::fs::write(src.join("later.txt"), "did not exist before\n").unwrap();
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
 
     let out = work.path().join("pit");
     client.json(&[
         "restore",
-        &format!("{}/*", s(&src)),
-        &s(&out),
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
         "--pitdate",
         &between,
     ]);
@@ -224,8 +237,13 @@ fn excluded_files_never_reach_the_server() {
     make_tree(&src);
     std::fs::write(src.join("scratch.tmp"), "temporary").unwrap();
     client.add_options("exclude = [\"*.tmp\", \"**/big\"]\n");
-    client.json(&["incremental", &s(&src)]);
-    let all = client.json(&["query", "backup", &format!("{}/*", s(&src)), "--subdir"]);
+    client.json(&["incremental", &path_str(&src)]);
+    let all = client.json(&[
+        "query",
+        "backup",
+        &format!("{}/*", path_str(&src)),
+        "--subdir",
+    ]);
     let paths: Vec<String> = all
         .as_array()
         .unwrap()
@@ -247,14 +265,14 @@ fn missing_paths_are_named_and_the_rest_is_backed_up() {
     let src = work.path().join("src");
     make_tree(&src);
     let missing = work.path().join("no such dir");
-    let out = client.run(&["incremental", &s(&missing), &s(&src)]);
+    let out = client.run(&["incremental", &path_str(&missing), &path_str(&src)]);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     assert!(stderr(&out).contains("TDM1011W") && stderr(&out).contains("no such dir"));
     assert!(
         client.error_log().contains("TDM1011W"),
         "warnings go to dsierror.log"
     );
-    let listed = client.json(&["query", "backup", &s(&src.join("empty"))]);
+    let listed = client.json(&["query", "backup", &path_str(&src.join("empty"))]);
     assert_eq!(listed.as_array().unwrap().len(), 1);
 }
 
@@ -263,7 +281,7 @@ fn query_filespace_and_session_describe_the_server() {
     let (server, client, work) = setup();
     let src = work.path().join("src");
     make_tree(&src);
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     let fs = client.json(&["query", "filespace"]);
     let first = &fs.as_array().unwrap()[0];
     assert!(first["active_objects"].as_u64().unwrap() > 40);
@@ -282,13 +300,18 @@ fn a_symlink_in_the_destination_is_never_followed() {
     let (_server, client, work) = setup();
     let src = work.path().join("src");
     make_tree(&src);
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     let dest = work.path().join("dest");
     let outside = work.path().join("outside");
     std::fs::create_dir_all(&dest).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, dest.join("docs")).unwrap();
-    let out = client.run(&["restore", &format!("{}/*", s(&src)), &s(&dest), "--subdir"]);
+    let out = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&dest),
+        "--subdir",
+    ]);
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("TDM1021E") && stderr(&out).contains("symbolic link"),
@@ -314,7 +337,7 @@ fn incremental_without_paths_backs_up_the_domain() {
     let out = client.run(&["incremental"]);
     assert_eq!(code(&out), 12, "no paths and no domain is an error");
     assert!(stderr(&out).contains("domain"), "{}", stderr(&out));
-    client.add_options(&format!("domain = [\"{}\"]\n", s(&src)));
+    client.add_options(&format!("domain = [\"{}\"]\n", path_str(&src)));
     let stats = client.json(&["incremental"]);
     assert!(stats["backed_up"].as_u64().unwrap() > 40, "{stats}");
     let state = client.dir.path().join("state/nrtable.db");

@@ -4,18 +4,6 @@ use std::time::Duration;
 
 use tandem_tests::*;
 
-fn s(p: &std::path::Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-fn container_bytes(server: &TestServer) -> u64 {
-    server
-        .containers()
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum()
-}
-
 #[test]
 fn acknowledged_backups_survive_a_server_killed_mid_backup() {
     let mut server = TestServer::start("PRIMARY");
@@ -26,7 +14,7 @@ fn acknowledged_backups_survive_a_server_killed_mid_backup() {
     // An acknowledged backup first.
     let early = work.path().join("early");
     make_tree(&early);
-    client.json(&["incremental", &s(&early)]);
+    client.json(&["incremental", &path_str(&early)]);
 
     // A large backup that the server is killed in the middle of: 24 files of
     // 12 MiB of incompressible data, committed in several transactions.
@@ -39,14 +27,14 @@ fn acknowledged_backups_survive_a_server_killed_mid_backup() {
         )
         .unwrap();
     }
-    let before = container_bytes(&server);
+    let before = server.container_bytes();
     let child = std::process::Command::new(bin("tandem"))
         .args([
             "--options",
-            &s(&client.options),
+            &path_str(&client.options),
             "--quiet",
             "incremental",
-            &s(&large),
+            &path_str(&large),
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -54,7 +42,7 @@ fn acknowledged_backups_survive_a_server_killed_mid_backup() {
         .unwrap();
     // Kill once a good part of the data has reached the containers.
     let reached = wait_until(Duration::from_secs(120), || {
-        container_bytes(&server) > before + (80 << 20)
+        server.container_bytes() > before + (80 << 20)
     });
     assert!(reached, "the backup never got going:\n{}", server.log());
     server.kill();
@@ -75,8 +63,8 @@ fn acknowledged_backups_survive_a_server_killed_mid_backup() {
     let restored_early = work.path().join("restored-early");
     let r = client.json(&[
         "restore",
-        &format!("{}/*", s(&early)),
-        &s(&restored_early),
+        &format!("{}/*", path_str(&early)),
+        &path_str(&restored_early),
         "--subdir",
     ]);
     assert_eq!(r["failed"], 0);
@@ -87,8 +75,8 @@ fn acknowledged_backups_survive_a_server_killed_mid_backup() {
     let out = client.run(&[
         "--json",
         "restore",
-        &format!("{}/*", s(&large)),
-        &s(&partial),
+        &format!("{}/*", path_str(&large)),
+        &path_str(&partial),
     ]);
     assert!(matches!(code(&out), 0 | 4), "{}", stderr(&out));
     let mut visible = 0;
@@ -107,14 +95,18 @@ fn acknowledged_backups_survive_a_server_killed_mid_backup() {
     assert!(visible < 24, "the kill came too late to test anything");
 
     // Re-running completes and reuses the chunks that reached the server.
-    let rerun = client.json(&["incremental", &s(&large)]);
+    let rerun = client.json(&["incremental", &path_str(&large)]);
     assert_eq!(rerun["failed"], 0);
     assert!(
         rerun["bytes_deduplicated"].as_u64().unwrap() > 0,
         "orphaned chunks are reused: {rerun}"
     );
     let full = work.path().join("full");
-    client.json(&["restore", &format!("{}/*", s(&large)), &s(&full)]);
+    client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&large)),
+        &path_str(&full),
+    ]);
     assert_same_tree(&large, &full);
 }
 
@@ -129,7 +121,7 @@ fn a_corrupted_chunk_fails_its_file_by_name_and_the_rest_restores() {
     let victim = random_bytes(42, 200_000);
     std::fs::write(src.join("victim.bin"), &victim).unwrap();
     std::fs::write(src.join("healthy.bin"), random_bytes(43, 200_000)).unwrap();
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
 
     // Random data is stored verbatim inside zstd's raw blocks: find a window
     // of the victim's bytes in the container and flip one byte in it.
@@ -144,7 +136,11 @@ fn a_corrupted_chunk_fails_its_file_by_name_and_the_rest_restores() {
     std::fs::write(container, &data).unwrap();
 
     let out_dir = work.path().join("out");
-    let out = client.run(&["restore", &format!("{}/*", s(&src)), &s(&out_dir)]);
+    let out = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out_dir),
+    ]);
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -170,7 +166,7 @@ fn sigterm_stops_the_server_cleanly_and_data_stays() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     make_tree(&src);
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     let status = server.stop();
     assert!(status.success(), "exit status after SIGTERM: {status}");
     let wal = server.data.path().join("catalog.db-wal");
@@ -180,6 +176,11 @@ fn sigterm_stops_the_server_cleanly_and_data_stays() {
     );
     server.restart();
     let out = work.path().join("out");
-    client.json(&["restore", &format!("{}/*", s(&src)), &s(&out), "--subdir"]);
+    client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
     assert_same_tree(&src, &out);
 }

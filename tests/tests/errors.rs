@@ -2,10 +2,6 @@
 
 use tandem_tests::*;
 
-fn s(p: &std::path::Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
 #[test]
 fn an_unreachable_server_is_named_with_its_address() {
     // A port that was free a moment ago: connections are refused.
@@ -18,12 +14,12 @@ fn an_unreachable_server_is_named_with_its_address() {
     let options = dir.path().join("tandem.toml");
     std::fs::write(
         &options,
-        format!("node_name = \"x\"\nserver_address = \"http://127.0.0.1:{port}\"\npassword = \"password1\"\nstate_dir = \"{}\"\n", s(dir.path())),
+        format!("node_name = \"x\"\nserver_address = \"http://127.0.0.1:{port}\"\npassword = \"password1\"\nstate_dir = \"{}\"\n", path_str(dir.path())),
     )
     .unwrap();
     let started = std::time::Instant::now();
     let out = std::process::Command::new(bin("tandem"))
-        .args(["--options", &s(&options), "query", "session"])
+        .args(["--options", &path_str(&options), "query", "session"])
         .output()
         .unwrap();
     let elapsed = started.elapsed();
@@ -148,7 +144,7 @@ fn set_password_changes_the_logon_password() {
     std::fs::write(dir.path().join("pw"), "gus-password\n").unwrap();
     let text = std::fs::read_to_string(&client.options).unwrap().replace(
         "password = \"unused\"",
-        &format!("password_file = \"{}\"", s(&dir.path().join("pw"))),
+        &format!("password_file = \"{}\"", path_str(&dir.path().join("pw"))),
     );
     std::fs::write(&client.options, text).unwrap();
     assert_success(
@@ -194,7 +190,7 @@ fn admin_console_checks_its_token_and_input() {
             "--server",
             &server.url(),
             "--token-file",
-            &s(&wrong),
+            &path_str(&wrong),
             "query",
             "node",
         ])
@@ -212,17 +208,23 @@ fn admin_console_checks_its_token_and_input() {
     server.register("hal", "hal-password");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "another-pw\n").unwrap();
-    let dup = server.admin(&["register", "node", "HAL", "--password-file", &s(&pw)]);
+    let dup = server.admin(&["register", "node", "HAL", "--password-file", &path_str(&pw)]);
     assert_eq!(code(&dup), 12);
     assert!(stderr(&dup).contains("already registered"));
-    let bad_name = server.admin(&["register", "node", "bad name", "--password-file", &s(&pw)]);
+    let bad_name = server.admin(&[
+        "register",
+        "node",
+        "bad name",
+        "--password-file",
+        &path_str(&pw),
+    ]);
     assert!(
         stderr(&bad_name).contains("not valid"),
         "{}",
         stderr(&bad_name)
     );
     std::fs::write(&pw, "short\n").unwrap();
-    let short = server.admin(&["register", "node", "ivy", "--password-file", &s(&pw)]);
+    let short = server.admin(&["register", "node", "ivy", "--password-file", &path_str(&pw)]);
     assert!(stderr(&short).contains("too short"), "{}", stderr(&short));
 
     let upd = server.admin(&[
@@ -260,7 +262,7 @@ fn a_node_with_data_cannot_be_removed() {
     let client = TestClient::new(&server, "jon", "jon-password");
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("f"), "x").unwrap();
-    client.json(&["incremental", &s(work.path())]);
+    client.json(&["incremental", &path_str(work.path())]);
     let out = server.admin(&["remove", "node", "jon"]);
     assert_eq!(code(&out), 12);
     assert!(stderr(&out).contains("filespace"), "{}", stderr(&out));

@@ -5,10 +5,6 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::*;
 
-fn s(p: &std::path::Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
 struct World {
     primary: TestServer,
     secondary: TestServer,
@@ -35,7 +31,7 @@ fn setup() -> World {
     let client = TestClient::new(&primary, "alice", "alice-password");
     let work = tempfile::tempdir().unwrap();
     make_tree(&work.path().join("src"));
-    client.json(&["incremental", &s(&work.path().join("src"))]);
+    client.json(&["incremental", &path_str(&work.path().join("src"))]);
     let run = replicate(&primary, "alice");
     assert_eq!(run["state"], "completed", "{run}");
     client.json(&["query", "session"]);
@@ -69,8 +65,8 @@ fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
     let out = w.work.path().join("restored");
     let r = w.client.json(&[
         "restore",
-        &format!("{}/*", s(&w.src())),
-        &s(&out),
+        &format!("{}/*", path_str(&w.src())),
+        &path_str(&out),
         "--subdir",
     ]);
     assert_eq!(r["failed"], 0, "{r}");
@@ -97,8 +93,8 @@ fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
     assert_eq!(session["replica"][0]["current"], true, "{session}");
 
     for args in [
-        vec!["incremental".to_string(), s(&w.src())],
-        vec!["selective".to_string(), s(&w.src().join("empty"))],
+        vec!["incremental".to_string(), path_str(&w.src())],
+        vec!["selective".to_string(), path_str(&w.src().join("empty"))],
         vec![
             "set".into(),
             "password".into(),
@@ -134,7 +130,7 @@ fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
         "{ids:?}"
     );
     assert_eq!(w.client.json(&["query", "session"])["mode"], "normal");
-    let stats = w.client.json(&["incremental", &s(&w.src())]);
+    let stats = w.client.json(&["incremental", &path_str(&w.src())]);
     assert_eq!(stats["failed"], 0);
 
     // A later outage fails over again; the backup just made is not on the
@@ -210,13 +206,13 @@ fn with_failover_disabled_an_unreachable_primary_is_a_clear_error() {
 fn a_stale_replica_is_warned_per_filespace() {
     let mut w = setup();
     std::fs::write(w.src().join("empty"), "newer than the replica\n").unwrap();
-    w.client.json(&["incremental", &s(&w.src())]);
+    w.client.json(&["incremental", &path_str(&w.src())]);
     w.primary.kill();
     let out = w.work.path().join("stale");
     let run = w.client.run(&[
         "restore",
-        &format!("{}/*", s(&w.src())),
-        &s(&out),
+        &format!("{}/*", path_str(&w.src())),
+        &path_str(&out),
         "--subdir",
     ]);
     assert_eq!(code(&run), 8, "restored with a warning: {}", stderr(&run));
@@ -254,7 +250,7 @@ fn concurrent_clients_never_interleave_error_log_lines() {
             std::process::Command::new(bin("tandem"))
                 .args([
                     "--options",
-                    &s(&w.client.options),
+                    &path_str(&w.client.options),
                     "--quiet",
                     "query",
                     "session",

@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use tandem_tests::*;
 
-fn s(p: &std::path::Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
 struct Pair {
     primary: TestServer,
     secondary: TestServer,
@@ -29,7 +25,7 @@ fn setup() -> Pair {
     let client = TestClient::new(&primary, "alice", "alice-password");
     let work = tempfile::tempdir().unwrap();
     make_tree(&work.path().join("src"));
-    client.json(&["incremental", &s(&work.path().join("src"))]);
+    client.json(&["incremental", &path_str(&work.path().join("src"))]);
     Pair {
         primary,
         secondary,
@@ -55,12 +51,17 @@ fn a_replicated_tree_restores_byte_identical_from_the_secondary() {
     let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
     let out = p.work.path().join("from-secondary");
     let src = p.work.path().join("src");
-    let r = on_secondary.json(&["restore", &format!("{}/*", s(&src)), &s(&out), "--subdir"]);
+    let r = on_secondary.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
     assert_eq!(r["failed"], 0, "{r}");
     assert_same_tree(&src, &out);
 
     // The replica is read-only for the node.
-    let refused = on_secondary.run(&["incremental", &s(&src)]);
+    let refused = on_secondary.run(&["incremental", &path_str(&src)]);
     assert_eq!(code(&refused), 12);
     assert!(stderr(&refused).contains("replica"), "{}", stderr(&refused));
     let node: serde_json::Value = serde_json::from_slice(
@@ -103,7 +104,7 @@ fn a_replicated_tree_restores_byte_identical_from_the_secondary() {
         "remove replnode",
     );
     assert_success(
-        &on_secondary.run(&["incremental", &s(&src)]),
+        &on_secondary.run(&["incremental", &path_str(&src)]),
         "backup after remove replnode",
     );
 }
@@ -123,7 +124,7 @@ fn reruns_send_nothing_and_changes_and_deletions_propagate() {
     )
     .unwrap();
     std::fs::remove_file(src.join("dup/b.bin")).unwrap();
-    p.client.json(&["incremental", &s(&src)]);
+    p.client.json(&["incremental", &path_str(&src)]);
     let run = replicate(&p.primary, "alice");
     assert_eq!(run["state"], "completed", "{run}");
     assert!(
@@ -133,7 +134,12 @@ fn reruns_send_nothing_and_changes_and_deletions_propagate() {
 
     let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
     let out = p.work.path().join("after-change");
-    on_secondary.json(&["restore", &format!("{}/*", s(&src)), &s(&out), "--subdir"]);
+    on_secondary.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
     assert_same_tree(&src, &out);
 
     // Expired on the primary -> deleted on the secondary.
@@ -156,7 +162,7 @@ fn reruns_send_nothing_and_changes_and_deletions_propagate() {
         "--json",
         "query",
         "backup",
-        &s(&src.join("dup/b.bin")),
+        &path_str(&src.join("dup/b.bin")),
         "--inactive",
     ]);
     assert_eq!(
@@ -178,7 +184,7 @@ fn a_second_node_with_the_same_data_sends_no_chunks() {
         "enable",
     );
     let bob = TestClient::new(&p.primary, "bob", "bob-password");
-    bob.json(&["incremental", &s(&p.work.path().join("src"))]);
+    bob.json(&["incremental", &path_str(&p.work.path().join("src"))]);
     let run = replicate(&p.primary, "bob");
     assert_eq!(run["state"], "completed", "{run}");
     assert!(run["objects_sent"].as_u64().unwrap() > 40);
@@ -199,10 +205,15 @@ fn the_active_data_rule_leaves_inactive_versions_behind() {
     );
     let src = p.work.path().join("src");
     std::fs::write(src.join("empty"), "now with content\n").unwrap();
-    p.client.json(&["incremental", &s(&src)]);
+    p.client.json(&["incremental", &path_str(&src)]);
     replicate(&p.primary, "alice");
     let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
-    let versions = on_secondary.json(&["query", "backup", &s(&src.join("empty")), "--inactive"]);
+    let versions = on_secondary.json(&[
+        "query",
+        "backup",
+        &path_str(&src.join("empty")),
+        "--inactive",
+    ]);
     assert_eq!(versions.as_array().unwrap().len(), 1, "{versions}");
     assert_eq!(versions[0]["state"], "active");
 }
@@ -222,7 +233,7 @@ fn a_wrong_server_password_is_refused_and_logged() {
             "--address",
             &primary.url(),
             "--server-password-file",
-            &s(&wrong),
+            &path_str(&wrong),
         ]),
         "redefine",
     );
@@ -234,7 +245,7 @@ fn a_wrong_server_password_is_refused_and_logged() {
     let client = TestClient::new(&primary, "carl", "carl-password");
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("f"), "x").unwrap();
-    client.json(&["incremental", &s(work.path())]);
+    client.json(&["incremental", &path_str(work.path())]);
     let out = primary.admin(&["replicate", "node", "carl", "--wait"]);
     assert_eq!(code(&out), 12);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
@@ -262,14 +273,6 @@ fn replication_refuses_clearly_when_not_configured() {
     assert!(stderr(&out).contains("not defined"), "{}", stderr(&out));
 }
 
-fn container_bytes(server: &TestServer) -> u64 {
-    server
-        .containers()
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum()
-}
-
 /// How a run is interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cut {
@@ -293,7 +296,7 @@ fn interrupt(p: &mut Pair, how: Cut) {
                 "--address",
                 &url,
                 "--server-password-file",
-                &s(&pw),
+                &path_str(&pw),
             ]),
             "route through the proxy",
         );
@@ -308,8 +311,8 @@ fn interrupt(p: &mut Pair, how: Cut) {
         )
         .unwrap();
     }
-    p.client.json(&["incremental", &s(&src)]);
-    let before = container_bytes(&p.secondary);
+    p.client.json(&["incremental", &path_str(&src)]);
+    let before = p.secondary.container_bytes();
     let admin = std::process::Command::new(bin("tandem-admin"))
         .args(["--server", &p.primary.url(), "--token-file"])
         .arg(p.primary.data.path().join("admin.token"))
@@ -319,7 +322,7 @@ fn interrupt(p: &mut Pair, how: Cut) {
         .spawn()
         .unwrap();
     let reached = wait_until(Duration::from_secs(120), || {
-        container_bytes(&p.secondary) > before + (40 << 20)
+        p.secondary.container_bytes() > before + (40 << 20)
     });
     assert!(reached, "replication never got going");
     if how == Cut::KillTarget {
@@ -358,7 +361,7 @@ fn interrupt(p: &mut Pair, how: Cut) {
     assert!(resumed["bytes_sent"].as_u64().unwrap() < 128 << 20);
     let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
     let out = p.work.path().join(format!("resumed-{how:?}"));
-    on_secondary.json(&["restore", &format!("{}/*", s(&src)), &s(&out)]);
+    on_secondary.json(&["restore", &format!("{}/*", path_str(&src)), &path_str(&out)]);
     assert_same_tree(&src, &out);
 }
 

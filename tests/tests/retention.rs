@@ -4,10 +4,6 @@ use std::time::Duration;
 
 use tandem_tests::*;
 
-fn s(p: &std::path::Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
 /// `date` output for an offset like "+31 days", as RFC 3339 UTC.
 fn date(offset: &str) -> String {
     let out = std::process::Command::new("date")
@@ -18,7 +14,7 @@ fn date(offset: &str) -> String {
 }
 
 fn versions(client: &TestClient, path: &std::path::Path) -> Vec<String> {
-    let out = client.run(&["--json", "query", "backup", &s(path), "--inactive"]);
+    let out = client.run(&["--json", "query", "backup", &path_str(path), "--inactive"]);
     assert!(matches!(code(&out), 0 | 4), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
@@ -33,14 +29,6 @@ fn setup(node: &str) -> (TestServer, TestClient, tempfile::TempDir) {
     server.register(node, "node-password");
     let client = TestClient::new(&server, node, "node-password");
     (server, client, tempfile::tempdir().unwrap())
-}
-
-fn container_bytes(server: &TestServer) -> u64 {
-    server
-        .containers()
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum()
 }
 
 #[test]
@@ -62,7 +50,7 @@ fn point_in_time_restore_across_three_versions() {
         if i == 2 {
             std::fs::remove_file(src.join("sub/only-in-two.txt")).unwrap();
         }
-        client.json(&["incremental", &s(&src)]);
+        client.json(&["incremental", &path_str(&src)]);
         std::thread::sleep(Duration::from_millis(1100));
         marks.push(date("now"));
         std::thread::sleep(Duration::from_millis(1100));
@@ -71,8 +59,8 @@ fn point_in_time_restore_across_three_versions() {
         let out = work.path().join(format!("at-{i}"));
         client.json(&[
             "restore",
-            &format!("{}/*", s(&src)),
-            &s(&out),
+            &format!("{}/*", path_str(&src)),
+            &path_str(&out),
             "--subdir",
             "--pitdate",
             &marks[i],
@@ -90,8 +78,8 @@ fn point_in_time_restore_across_three_versions() {
     // Before the first backup nothing existed.
     let out = client.run(&[
         "restore",
-        &format!("{}/*", s(&src)),
-        &s(&work.path().join("before")),
+        &format!("{}/*", path_str(&src)),
+        &path_str(&work.path().join("before")),
         "--pitdate",
         "2000-01-01",
     ]);
@@ -117,22 +105,22 @@ fn version_limits_apply_when_versions_arrive() {
     let file = work.path().join("f.txt");
     for i in 0..5 {
         std::fs::write(&file, format!("v{i}\n")).unwrap();
-        client.json(&["selective", &s(&file)]);
+        client.json(&["selective", &path_str(&file)]);
     }
     assert_eq!(
         versions(&client, &file),
         ["inactive", "inactive", "active"],
         "VEREXISTS 3 keeps three versions"
     );
-    let listed = client.json(&["query", "backup", &s(&file), "--inactive"]);
+    let listed = client.json(&["query", "backup", &path_str(&file), "--inactive"]);
     assert_eq!(listed.as_array().unwrap().last().unwrap()["size"], 3);
 
     // Deleting the file leaves VERDELETED (1) inactive version: the newest.
     std::fs::remove_file(&file).unwrap();
-    client.json(&["incremental", &s(work.path())]);
+    client.json(&["incremental", &path_str(work.path())]);
     assert_eq!(versions(&client, &file), ["inactive"]);
     let out = work.path().join("out");
-    client.json(&["restore", &s(&file), &s(&out), "--inactive"]);
+    client.json(&["restore", &path_str(&file), &path_str(&out), "--inactive"]);
     assert_eq!(std::fs::read_to_string(out.join("f.txt")).unwrap(), "v4\n");
 }
 
@@ -143,10 +131,10 @@ fn expiration_applies_retextra_and_retonly() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("kept.txt"), "old\n").unwrap();
     std::fs::write(src.join("gone.txt"), "last words\n").unwrap();
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     std::fs::write(src.join("kept.txt"), "new, longer\n").unwrap();
     std::fs::remove_file(src.join("gone.txt")).unwrap();
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     assert_eq!(
         versions(&client, &src.join("kept.txt")),
         ["inactive", "active"]
@@ -204,14 +192,14 @@ fn expiring_a_deleted_large_file_gives_the_space_back() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("keep.bin"), random_bytes(5, 3 << 20)).unwrap();
     std::fs::write(src.join("big.bin"), random_bytes(6, 200 << 20)).unwrap();
-    client.json(&["incremental", &s(&src)]);
-    let before = container_bytes(&server);
+    client.json(&["incremental", &path_str(&src)]);
+    let before = server.container_bytes();
     assert!(before > 200 << 20);
     std::fs::remove_file(src.join("big.bin")).unwrap();
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     let r: serde_json::Value =
         serde_json::from_slice(&server.admin(&["--json", "expire", "inventory"]).stdout).unwrap();
-    let after = container_bytes(&server);
+    let after = server.container_bytes();
     eprintln!("containers: {before} bytes before, {after} after; {r}");
     assert!(
         before - after >= 150 << 20,
@@ -221,7 +209,7 @@ fn expiring_a_deleted_large_file_gives_the_space_back() {
     assert_eq!(r["versions_expired"], 1);
     // What stays live survived the compaction.
     let out = work.path().join("out");
-    client.json(&["restore", &format!("{}/*", s(&src)), &s(&out)]);
+    client.json(&["restore", &format!("{}/*", path_str(&src)), &path_str(&out)]);
     assert_eq!(
         std::fs::read(out.join("keep.bin")).unwrap(),
         random_bytes(5, 3 << 20)
@@ -251,11 +239,11 @@ fn kill_during_expiration_loses_no_live_data() {
         )
         .unwrap();
     }
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     for i in 0..12u64 {
         std::fs::remove_file(src.join(format!("dead-{i}.bin"))).unwrap();
     }
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
 
     for delay_ms in [30u64, 120, 400] {
         let admin = std::process::Command::new(bin("tandem-admin"))
@@ -271,7 +259,7 @@ fn kill_during_expiration_loses_no_live_data() {
         let _ = admin.wait_with_output();
         server.restart();
         let out = work.path().join(format!("after-{delay_ms}"));
-        let r = client.json(&["restore", &format!("{}/*", s(&src)), &s(&out)]);
+        let r = client.json(&["restore", &format!("{}/*", path_str(&src)), &path_str(&out)]);
         assert_eq!(r["failed"], 0, "{r}");
         assert_same_tree(&src, &out);
     }
@@ -281,11 +269,11 @@ fn kill_during_expiration_loses_no_live_data() {
         "expire after crashes",
     );
     assert!(
-        container_bytes(&server) < 80 << 20,
+        server.container_bytes() < 80 << 20,
         "dead data is reclaimed in the end"
     );
     let out = work.path().join("final");
-    client.json(&["restore", &format!("{}/*", s(&src)), &s(&out)]);
+    client.json(&["restore", &format!("{}/*", path_str(&src)), &path_str(&out)]);
     assert_same_tree(&src, &out);
 }
 
@@ -294,7 +282,7 @@ fn delete_filespace_needs_confirmation_and_removes_everything() {
     let (server, client, work) = setup("fsdel");
     let src = work.path().join("src");
     make_tree(&src);
-    client.json(&["incremental", &s(&src)]);
+    client.json(&["incremental", &path_str(&src)]);
     let fs = client.json(&["query", "filespace"]);
     let name = fs[0]["name"].as_str().unwrap().to_string();
 
@@ -323,7 +311,7 @@ fn delete_filespace_needs_confirmation_and_removes_everything() {
             .unwrap()
             .is_empty()
     );
-    assert!(container_bytes(&server) < 1 << 20, "the space comes back");
+    assert!(server.container_bytes() < 1 << 20, "the space comes back");
     assert_success(
         &server.admin(&["remove", "node", "fsdel"]),
         "a node without filespaces can be removed",
@@ -337,7 +325,7 @@ fn query_options_shows_values_and_sources() {
     let out = std::process::Command::new(bin("tandem"))
         .args([
             "--options",
-            &s(&client.options),
+            &path_str(&client.options),
             "--json",
             "query",
             "options",

@@ -128,21 +128,10 @@ impl AdminService {
         .await;
     }
 
-    async fn blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ServerState) -> Result<R, ServerError> + Send + 'static,
-    ) -> Result<R, Status> {
-        let state = self.state.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&state))
-            .await
-            .map_err(ServerError::from)??)
-    }
-
     async fn node_info(&self, name: String) -> Result<pb::NodeInfo, Status> {
         let lookup = name.clone();
-        let mut rows = self
-            .blocking(move |s| Ok(s.catalog.list_nodes(&lookup)?))
-            .await?;
+        let mut rows =
+            super::blocking(&self.state, move |s| Ok(s.catalog.list_nodes(&lookup)?)).await?;
         let (node, usage) = rows
             .pop()
             .ok_or_else(|| Status::from(ServerError::NodeNotFound { node: name }))?;
@@ -176,8 +165,10 @@ impl Admin for AdminService {
             ));
         }
         let (n, a) = (name.clone(), req.address.clone());
-        self.blocking(move |s| Ok(s.catalog.define_server(&n, &a, &req.password)?))
-            .await?;
+        super::blocking(&self.state, move |s| {
+            Ok(s.catalog.define_server(&n, &a, &req.password)?)
+        })
+        .await?;
         self.audit(
             &peer,
             "",
@@ -196,14 +187,13 @@ impl Admin for AdminService {
         request: Request<pb::QueryServersRequest>,
     ) -> Result<Response<pb::QueryServersResponse>, Status> {
         self.authorize(&request).await?;
-        let (servers, repl) = self
-            .blocking(|s| {
-                Ok((
-                    s.catalog.servers()?,
-                    s.catalog.setting("replserver")?.unwrap_or_default(),
-                ))
-            })
-            .await?;
+        let (servers, repl) = super::blocking(&self.state, |s| {
+            Ok((
+                s.catalog.servers()?,
+                s.catalog.setting("replserver")?.unwrap_or_default(),
+            ))
+        })
+        .await?;
         Ok(Response::new(pb::QueryServersResponse {
             servers: servers
                 .into_iter()
@@ -229,7 +219,7 @@ impl Admin for AdminService {
             server_name(&raw)?
         };
         let n = name.clone();
-        self.blocking(move |s| {
+        super::blocking(&self.state, move |s| {
             if !n.is_empty() && s.catalog.server(&n)?.is_none() {
                 return Err(ServerError::FailedPrecondition(format!(
                     "server {n} is not defined; use `define server {n} --address URL --server-password-file F` first"
@@ -253,8 +243,10 @@ impl Admin for AdminService {
             check_url(&address)?;
         }
         let a = address.clone();
-        self.blocking(move |s| Ok(s.catalog.set_setting("failover_address", &a)?))
-            .await?;
+        super::blocking(&self.state, move |s| {
+            Ok(s.catalog.set_setting("failover_address", &a)?)
+        })
+        .await?;
         self.audit(&peer, "", format!("set failoveraddress {address}"))
             .await;
         Ok(Response::new(pb::SetFailoverAddressResponse {}))
@@ -286,9 +278,9 @@ impl Admin for AdminService {
                 // the run itself goes on in the background.
                 let state = self.state.clone();
                 let check = name.clone();
-                let runs_before = self
-                    .blocking(move |s| Ok(s.catalog.runs(&check)?.len()))
-                    .await?;
+                let runs_before =
+                    super::blocking(&self.state, move |s| Ok(s.catalog.runs(&check)?.len()))
+                        .await?;
                 let spawned = name.clone();
                 let handle = tokio::spawn(crate::repl::replicate_node(state, spawned));
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -299,7 +291,8 @@ impl Admin for AdminService {
                         break;
                     }
                     let check = name.clone();
-                    let now = self.blocking(move |s| Ok(s.catalog.runs(&check)?)).await?;
+                    let now =
+                        super::blocking(&self.state, move |s| Ok(s.catalog.runs(&check)?)).await?;
                     if now.len() > runs_before || tokio::time::Instant::now() > deadline {
                         if let Some(run) = now.into_iter().last() {
                             runs.push(run_to_pb(run));
@@ -336,7 +329,7 @@ impl Admin for AdminService {
         } else {
             node_name(&raw)?
         };
-        let runs = self.blocking(move |s| Ok(s.catalog.runs(&name)?)).await?;
+        let runs = super::blocking(&self.state, move |s| Ok(s.catalog.runs(&name)?)).await?;
         Ok(Response::new(pb::QueryReplicationResponse {
             runs: runs.into_iter().map(run_to_pb).collect(),
         }))
@@ -349,12 +342,11 @@ impl Admin for AdminService {
         let peer = self.authorize(&request).await?;
         let name = node_name(&request.into_inner().node)?;
         let n = name.clone();
-        let found = self
-            .blocking(move |s| {
-                Ok(s.catalog
-                    .update_node_replication(&n, Some("disabled"), None, Some("none"))?)
-            })
-            .await?;
+        let found = super::blocking(&self.state, move |s| {
+            Ok(s.catalog
+                .update_node_replication(&n, Some("disabled"), None, Some("none"))?)
+        })
+        .await?;
         if !found {
             return Err(ServerError::NodeNotFound { node: name }.into());
         }
@@ -372,9 +364,8 @@ impl Admin for AdminService {
             0 => now_ns(),
             t => t,
         };
-        let report = self
-            .blocking(move |s| expire::expire_inventory(s, now))
-            .await?;
+        let report =
+            super::blocking(&self.state, move |s| expire::expire_inventory(s, now)).await?;
         self.audit(&peer, "", "expire inventory".into()).await;
         actlog::record(
             &self.state.catalog,
@@ -396,18 +387,17 @@ impl Admin for AdminService {
         let name = node_name(&req.node)?;
         let filespace = req.filespace;
         let (lookup, fs) = (name.clone(), filespace.clone());
-        let deleted = self
-            .blocking(move |s| {
-                let node = s.catalog.node(&lookup)?.ok_or(ServerError::NodeNotFound {
-                    node: lookup.clone(),
-                })?;
-                s.catalog.delete_filespace(node.id, &fs)?.ok_or_else(|| {
-                    ServerError::FailedPrecondition(format!(
-                        "node {lookup} has no filespace {fs:?}; see query filespace on the client"
-                    ))
-                })
+        let deleted = super::blocking(&self.state, move |s| {
+            let node = s.catalog.node(&lookup)?.ok_or(ServerError::NodeNotFound {
+                node: lookup.clone(),
+            })?;
+            s.catalog.delete_filespace(node.id, &fs)?.ok_or_else(|| {
+                ServerError::FailedPrecondition(format!(
+                    "node {lookup} has no filespace {fs:?}; see query filespace on the client"
+                ))
             })
-            .await?;
+        })
+        .await?;
         actlog::record(
             &self.state.catalog,
             ServerMsg::FilespaceDeleted,
@@ -416,7 +406,7 @@ impl Admin for AdminService {
             format!("delete filespace {filespace} of node {name}: {deleted} version(s) deleted"),
         )
         .await;
-        let report = self.blocking(expire::reclaim).await?;
+        let report = super::blocking(&self.state, expire::reclaim).await?;
         Ok(Response::new(pb::DeleteFilespaceResponse {
             versions_deleted: deleted,
             reclaimed: Some(report_to_pb(report)),
@@ -432,7 +422,7 @@ impl Admin for AdminService {
         let name = node_name(&req.name)?;
         auth::check_password_rules(&req.password)?;
         let insert_name = name.clone();
-        self.blocking(move |s| {
+        super::blocking(&self.state, move |s| {
             let hash = auth::hash_password(&req.password)?;
             s.catalog
                 .register_node(&insert_name, &hash, now_ns())?
@@ -502,7 +492,7 @@ impl Admin for AdminService {
             changes.push(format!("replrule={r}"));
         }
         let update_name = name.clone();
-        self.blocking(move |s| {
+        super::blocking(&self.state, move |s| {
             let hash = req
                 .password
                 .as_deref()
@@ -538,9 +528,8 @@ impl Admin for AdminService {
         let peer = self.authorize(&request).await?;
         let name = node_name(&request.into_inner().name)?;
         let lookup = name.clone();
-        let filespaces = self
-            .blocking(move |s| Ok(s.catalog.remove_node(&lookup)?))
-            .await?;
+        let filespaces =
+            super::blocking(&self.state, move |s| Ok(s.catalog.remove_node(&lookup)?)).await?;
         match filespaces {
             None => Err(ServerError::NodeNotFound { node: name }.into()),
             Some(0) => {
@@ -565,9 +554,7 @@ impl Admin for AdminService {
         } else {
             node_name(&raw)?
         };
-        let rows = self
-            .blocking(move |s| Ok(s.catalog.list_nodes(&name)?))
-            .await?;
+        let rows = super::blocking(&self.state, move |s| Ok(s.catalog.list_nodes(&name)?)).await?;
         Ok(Response::new(pb::QueryNodesResponse {
             nodes: rows.into_iter().map(|(n, u)| node_to_pb(n, u)).collect(),
         }))
@@ -580,9 +567,10 @@ impl Admin for AdminService {
         self.authorize(&request).await?;
         let req = request.into_inner();
         let limit = if req.limit == 0 { 1000 } else { req.limit };
-        let records = self
-            .blocking(move |s| Ok(s.catalog.query_activity(req.begin_ns, &req.search, limit)?))
-            .await?;
+        let records = super::blocking(&self.state, move |s| {
+            Ok(s.catalog.query_activity(req.begin_ns, &req.search, limit)?)
+        })
+        .await?;
         Ok(Response::new(pb::QueryActlogResponse {
             records: records
                 .into_iter()
@@ -625,7 +613,8 @@ impl Admin for AdminService {
         request: Request<pb::QueryStatusRequest>,
     ) -> Result<Response<pb::QueryStatusResponse>, Status> {
         self.authorize(&request).await?;
-        let (chunks, stored_bytes) = self.blocking(|s| Ok(s.catalog.chunk_totals()?)).await?;
+        let (chunks, stored_bytes) =
+            super::blocking(&self.state, |s| Ok(s.catalog.chunk_totals()?)).await?;
         Ok(Response::new(pb::QueryStatusResponse {
             server_name: self.state.config.name.clone(),
             server_guid: self.state.guid.to_string(),

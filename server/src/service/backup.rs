@@ -79,16 +79,6 @@ impl BackupService {
         Ok((session, token))
     }
 
-    async fn blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ServerState) -> Result<R, ServerError> + Send + 'static,
-    ) -> Result<R, Status> {
-        let state = self.state.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&state))
-            .await
-            .map_err(ServerError::from)??)
-    }
-
     /// Refuses writes by a node this server holds as a replica: its data
     /// comes only from its source server.
     async fn refuse_replica(&self, session: &Session, peer: &str) -> Result<(), Status> {
@@ -110,32 +100,6 @@ impl BackupService {
             "node {} is a replica on server {} (receive mode) and is read-only there; back up to its primary server, or run `remove replnode {}` on this server to make it writable",
             session.node, self.state.config.name, session.node
         )))
-    }
-
-    /// Stores a group of verified chunks: append + fsync, then index and pin
-    /// them for the session (under the pin lock, so the sweep cannot slip in
-    /// between).
-    async fn store_group(
-        &self,
-        session: u64,
-        group: Vec<VerifiedChunk>,
-    ) -> Result<(u64, u64), Status> {
-        self.blocking(move |s| {
-            let ids: Vec<ChunkId> = group.iter().map(|c| c.id).collect();
-            let missing: std::collections::HashSet<ChunkId> =
-                s.catalog.missing_chunks(&ids)?.into_iter().collect();
-            let fresh: Vec<VerifiedChunk> = group
-                .into_iter()
-                .filter(|c| missing.contains(&c.id))
-                .collect();
-            let bytes: u64 = fresh.iter().map(|c| c.data.len() as u64).sum();
-            let locations = s.store.append(&fresh)?;
-            let mut pins = s.pins.lock();
-            let stored = s.catalog.insert_chunks(&locations)?;
-            pins.entry(session).or_default().extend(ids);
-            Ok((stored, bytes))
-        })
-        .await
     }
 
     /// Reads a chunk's stored bytes. A concurrent compaction may move it
@@ -183,7 +147,7 @@ impl Backup for BackupService {
             return Err(refused());
         };
         let lookup = name.clone();
-        let node = self.blocking(move |s| Ok(s.catalog.node(&lookup)?)).await?;
+        let node = super::blocking(&self.state, move |s| Ok(s.catalog.node(&lookup)?)).await?;
         let Some(node) = node else {
             actlog::record(
                 &self.state.catalog,
@@ -212,9 +176,10 @@ impl Backup for BackupService {
             .map_err(ServerError::from)?;
         let node_id = node.id;
         if !good {
-            let failures = self
-                .blocking(move |s| Ok(s.catalog.record_logon_failure(node_id)?))
-                .await?;
+            let failures = super::blocking(&self.state, move |s| {
+                Ok(s.catalog.record_logon_failure(node_id)?)
+            })
+            .await?;
             actlog::record(
                 &self.state.catalog,
                 ServerMsg::WrongPassword,
@@ -225,14 +190,15 @@ impl Backup for BackupService {
             .await;
             return Err(refused());
         }
-        self.blocking(move |s| Ok(s.catalog.record_logon_success(node_id, now_ns())?))
-            .await?;
+        super::blocking(&self.state, move |s| {
+            Ok(s.catalog.record_logon_success(node_id, now_ns())?)
+        })
+        .await?;
         let replica = node.is_replica();
         let (token, session_id) = self.state.sessions.open(node_id, &name, &peer, replica);
         let block_node = node.clone();
-        let replication_server = self
-            .blocking(move |s| failover_block(s, &block_node))
-            .await?;
+        let replication_server =
+            super::blocking(&self.state, move |s| failover_block(s, &block_node)).await?;
         actlog::record(
             &self.state.catalog,
             if req.failover { ServerMsg::FailoverLogon } else { ServerMsg::SessionOpened },
@@ -276,19 +242,10 @@ impl Backup for BackupService {
     ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
         let (session, _) = self.session(&request)?;
         let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
-        let missing = self
-            .blocking(move |s| {
-                // Look up and pin under one lock: what we report as present
-                // stays present until this session ends.
-                let mut pins = s.pins.lock();
-                let missing = s.catalog.missing_chunks(&ids)?;
-                let absent: std::collections::HashSet<&ChunkId> = missing.iter().collect();
-                let pinned = pins.entry(session.id).or_default();
-                pinned.extend(ids.iter().filter(|id| !absent.contains(id)));
-                drop(pins);
-                Ok(missing)
-            })
-            .await?;
+        let missing = super::blocking(&self.state, move |s| {
+            super::missing_and_pin(s, session.id, &ids)
+        })
+        .await?;
         Ok(Response::new(pb::FindMissingChunksResponse {
             missing: missing.iter().map(|c| c.as_slice().to_vec()).collect(),
         }))
@@ -326,16 +283,22 @@ impl Backup for BackupService {
                 group.push(chunk);
             }
             if group_bytes >= UPLOAD_GROUP_BYTES {
-                let (stored, bytes) = self
-                    .store_group(session.id, std::mem::take(&mut group))
-                    .await?;
+                let (stored, bytes) = super::blocking(&self.state, {
+                    let group = std::mem::take(&mut group);
+                    let id = session.id;
+                    move |s| super::store_chunks(s, id, group)
+                })
+                .await?;
                 reply.stored += stored;
                 reply.bytes_written += bytes;
                 group_bytes = 0;
             }
         }
         let total = group.len() as u64 + reply.stored;
-        let (stored, bytes) = self.store_group(session.id, group).await?;
+        let (stored, bytes) = super::blocking(&self.state, move |s| {
+            super::store_chunks(s, session.id, group)
+        })
+        .await?;
         reply.stored += stored;
         reply.bytes_written += bytes;
         reply.already_present = total.saturating_sub(reply.stored);
@@ -361,17 +324,16 @@ impl Backup for BackupService {
         }
         let filespace = req.filespace;
         let deactivate = req.deactivate;
-        let counts = self
-            .blocking(move |s| {
-                s.catalog.commit_objects(
-                    session.node_id,
-                    &filespace,
-                    &versions,
-                    &deactivate,
-                    now_ns(),
-                )
-            })
-            .await?;
+        let counts = super::blocking(&self.state, move |s| {
+            s.catalog.commit_objects(
+                session.node_id,
+                &filespace,
+                &versions,
+                &deactivate,
+                now_ns(),
+            )
+        })
+        .await?;
         Ok(Response::new(pb::CommitObjectsResponse {
             stored: counts.stored,
             deactivated: counts.deactivated,
@@ -394,9 +356,10 @@ impl Backup for BackupService {
             point_in_time_ns: (req.point_in_time_ns != 0).then_some(req.point_in_time_ns),
             with_chunks: req.with_chunks,
         };
-        let versions = self
-            .blocking(move |s| Ok(s.catalog.query_versions(session.node_id, &query)?))
-            .await?;
+        let versions = super::blocking(&self.state, move |s| {
+            Ok(s.catalog.query_versions(session.node_id, &query)?)
+        })
+        .await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut versions = versions.into_iter().map(convert::version_to_pb).peekable();
@@ -423,9 +386,10 @@ impl Backup for BackupService {
         let (_, token) = self.session(&request)?;
         let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
         let lookup = ids.clone();
-        let locations = self
-            .blocking(move |s| Ok(s.catalog.chunk_locations(&lookup)?))
-            .await?;
+        let locations = super::blocking(&self.state, move |s| {
+            Ok(s.catalog.chunk_locations(&lookup)?)
+        })
+        .await?;
         let (tx, rx) = mpsc::channel(8);
         let state = self.state.clone();
         tokio::spawn(async move {
@@ -472,9 +436,10 @@ impl Backup for BackupService {
         request: Request<pb::QueryFilespacesRequest>,
     ) -> Result<Response<pb::QueryFilespacesResponse>, Status> {
         let (session, _) = self.session(&request)?;
-        let filespaces = self
-            .blocking(move |s| Ok(s.catalog.list_filespaces(session.node_id)?))
-            .await?;
+        let filespaces = super::blocking(&self.state, move |s| {
+            Ok(s.catalog.list_filespaces(session.node_id)?)
+        })
+        .await?;
         Ok(Response::new(pb::QueryFilespacesResponse {
             filespaces: filespaces
                 .into_iter()
@@ -495,8 +460,10 @@ impl Backup for BackupService {
         let (filespace, completed) = (req.filespace.clone(), req.completed);
         let now = now_ns();
         let node_id = session.node_id;
-        self.blocking(move |s| Ok(s.catalog.mark_backup(node_id, &filespace, completed, now)?))
-            .await?;
+        super::blocking(&self.state, move |s| {
+            Ok(s.catalog.mark_backup(node_id, &filespace, completed, now)?)
+        })
+        .await?;
         if req.completed {
             actlog::record(
                 &self.state.catalog,
@@ -523,7 +490,7 @@ impl Backup for BackupService {
         let req = request.into_inner();
         auth::check_password_rules(&req.new_password)?;
         let name = session.node.clone();
-        self.blocking(move |s| {
+        super::blocking(&self.state, move |s| {
             let node = s
                 .catalog
                 .node(&name)?

@@ -37,16 +37,6 @@ impl ReplicationService {
         ReplicationService { state }
     }
 
-    async fn blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ServerState) -> Result<R, ServerError> + Send + 'static,
-    ) -> Result<R, Status> {
-        let state = self.state.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&state))
-            .await
-            .map_err(ServerError::from)??)
-    }
-
     /// Checks the calling server's name and credential; returns its name.
     async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let md = request.metadata();
@@ -62,9 +52,7 @@ impl ReplicationService {
             .unwrap_or("")
             .to_string();
         let lookup = name.clone();
-        let partner = self
-            .blocking(move |s| Ok(s.catalog.server(&lookup)?))
-            .await?;
+        let partner = super::blocking(&self.state, move |s| Ok(s.catalog.server(&lookup)?)).await?;
         match partner {
             Some(p) if Token::new(&p.password).matches(&presented) => Ok(name),
             _ => {
@@ -99,7 +87,7 @@ impl ReplicationService {
     async fn replica_id(&self, node: &str) -> Result<i64, Status> {
         let name = normalize_node_name(node)
             .ok_or_else(|| Status::invalid_argument(format!("bad node name {node:?}")))?;
-        let node = self.blocking(move |s| Ok(s.catalog.node(&name)?)).await?;
+        let node = super::blocking(&self.state, move |s| Ok(s.catalog.node(&name)?)).await?;
         match node {
             Some(n) if n.is_replica() => Ok(n.id),
             Some(n) => Err(Status::failed_precondition(format!(
@@ -133,8 +121,7 @@ impl Replication for ReplicationService {
         let peer = peer_of(&request);
         let nonce = request.get_ref().nonce.clone();
         let lookup = source.clone();
-        let partner = self
-            .blocking(move |s| Ok(s.catalog.server(&lookup)?))
+        let partner = super::blocking(&self.state, move |s| Ok(s.catalog.server(&lookup)?))
             .await?
             .ok_or_else(|| Status::unauthenticated("unknown server"))?;
         let proof =
@@ -168,7 +155,7 @@ impl Replication for ReplicationService {
         let req = request.into_inner();
         let name = normalize_node_name(&req.node)
             .ok_or_else(|| Status::invalid_argument("bad node name"))?;
-        self.blocking(move |s| {
+        super::blocking(&self.state, move |s| {
             s.catalog
                 .prepare_replica(&name, &req.password_hash, req.locked, &source, now_ns())
         })
@@ -184,9 +171,10 @@ impl Replication for ReplicationService {
     ) -> Result<Response<Self::TargetInventoryStream>, Status> {
         self.session(&request).await?;
         let node_id = self.replica_id(&request.into_inner().node).await?;
-        let states = self
-            .blocking(move |s| Ok(s.catalog.version_states(node_id)?))
-            .await?;
+        let states = super::blocking(&self.state, move |s| {
+            Ok(s.catalog.version_states(node_id)?)
+        })
+        .await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut states = states.into_iter().peekable();
@@ -220,17 +208,10 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
         let session = self.session(&request).await?;
         let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
-        let missing = self
-            .blocking(move |s| {
-                let mut pins = s.pins.lock();
-                let missing = s.catalog.missing_chunks(&ids)?;
-                let absent: std::collections::HashSet<&ChunkId> = missing.iter().collect();
-                pins.entry(session)
-                    .or_default()
-                    .extend(ids.iter().filter(|id| !absent.contains(id)));
-                Ok(missing)
-            })
-            .await?;
+        let missing = super::blocking(&self.state, move |s| {
+            super::missing_and_pin(s, session, &ids)
+        })
+        .await?;
         Ok(Response::new(pb::FindMissingChunksResponse {
             missing: missing.iter().map(|c| c.as_slice().to_vec()).collect(),
         }))
@@ -245,31 +226,18 @@ impl Replication for ReplicationService {
         let mut reply = pb::UploadChunksResponse::default();
         while let Some(message) = stream.next().await {
             let chunks = message?.chunks;
-            let (stored, bytes) = self
-                .blocking(move |s| {
-                    let verified = chunks
-                        .into_iter()
-                        .map(|c| {
-                            let id = ChunkId::from_slice(&c.id)
-                                .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
-                            Ok(storage::verify_chunk(id, c.data, c.raw_len)?)
-                        })
-                        .collect::<Result<Vec<VerifiedChunk>, ServerError>>()?;
-                    let ids: Vec<ChunkId> = verified.iter().map(|c| c.id).collect();
-                    let missing: std::collections::HashSet<ChunkId> =
-                        s.catalog.missing_chunks(&ids)?.into_iter().collect();
-                    let fresh: Vec<VerifiedChunk> = verified
-                        .into_iter()
-                        .filter(|c| missing.contains(&c.id))
-                        .collect();
-                    let bytes: u64 = fresh.iter().map(|c| c.data.len() as u64).sum();
-                    let locations = s.store.append(&fresh)?;
-                    let mut pins = s.pins.lock();
-                    let stored = s.catalog.insert_chunks(&locations)?;
-                    pins.entry(session).or_default().extend(ids);
-                    Ok((stored, bytes))
-                })
-                .await?;
+            let (stored, bytes) = super::blocking(&self.state, move |s| {
+                let verified = chunks
+                    .into_iter()
+                    .map(|c| {
+                        let id = ChunkId::from_slice(&c.id)
+                            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+                        Ok(storage::verify_chunk(id, c.data, c.raw_len)?)
+                    })
+                    .collect::<Result<Vec<VerifiedChunk>, ServerError>>()?;
+                super::store_chunks(s, session, verified)
+            })
+            .await?;
             reply.stored += stored;
             reply.bytes_written += bytes;
         }
@@ -288,9 +256,10 @@ impl Replication for ReplicationService {
             .iter()
             .map(state_from_pb)
             .collect::<Result<Vec<_>, _>>()?;
-        let updated = self
-            .blocking(move |s| Ok(s.catalog.apply_states(node_id, &states)?))
-            .await?;
+        let updated = super::blocking(&self.state, move |s| {
+            Ok(s.catalog.apply_states(node_id, &states)?)
+        })
+        .await?;
         Ok(Response::new(pb::UpdateStatesResponse { updated }))
     }
 
@@ -311,9 +280,10 @@ impl Replication for ReplicationService {
                 convert::stored_version_from_pb(v)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let stored = self
-            .blocking(move |s| s.catalog.put_replicated(node_id, &versions))
-            .await?;
+        let stored = super::blocking(&self.state, move |s| {
+            s.catalog.put_replicated(node_id, &versions)
+        })
+        .await?;
         Ok(Response::new(pb::PutObjectsResponse { stored }))
     }
 
@@ -329,9 +299,10 @@ impl Replication for ReplicationService {
             .iter()
             .map(|b| ObjectId::from_slice(b).map_err(|e| Status::invalid_argument(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
-        let deleted = self
-            .blocking(move |s| Ok(s.catalog.delete_replicated(node_id, &ids)?))
-            .await?;
+        let deleted = super::blocking(&self.state, move |s| {
+            Ok(s.catalog.delete_replicated(node_id, &ids)?)
+        })
+        .await?;
         Ok(Response::new(pb::DeleteObjectsResponse { deleted }))
     }
 
@@ -349,8 +320,10 @@ impl Replication for ReplicationService {
         }
         let times: Vec<_> = req.filespaces.into_iter().map(filespace_times).collect();
         let replicated = req.replicated_ns;
-        self.blocking(move |s| Ok(s.catalog.finish_replica(node_id, &times, replicated)?))
-            .await?;
+        super::blocking(&self.state, move |s| {
+            Ok(s.catalog.finish_replica(node_id, &times, replicated)?)
+        })
+        .await?;
         actlog::record(
             &self.state.catalog,
             ServerMsg::ReplicaUpdated,
