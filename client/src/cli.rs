@@ -311,7 +311,9 @@ async fn dispatch(
         (Command::Query(QueryCommand::Backup { inactive, .. }), Prepared::Query(selection)) => {
             query::backup(&session, &selection, inactive, console).await
         }
-        (Command::Query(QueryCommand::Filespace), _) => query::filespaces(&session, console).await,
+        (Command::Query(QueryCommand::Filespace), _) => {
+            query::filespaces(&session, options, console).await
+        }
         (Command::Query(QueryCommand::Session), _) => {
             query::session(&session, options, console).await
         }

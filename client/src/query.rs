@@ -113,13 +113,29 @@ pub async fn backup(
 ///
 /// # Errors
 /// Server failures.
-pub async fn filespaces(session: &Session, console: &Console) -> Result<(), ClientError> {
+pub async fn filespaces(
+    session: &Session,
+    options: &ClientOptions,
+    console: &Console,
+) -> Result<(), ClientError> {
     let reply = session
         .client()
         .query_filespaces(session.request(pb::QueryFilespacesRequest {}))
         .await
         .map_err(|s| ClientError::server("listing filespaces", s))?
         .into_inner();
+    // In failover mode, say per filespace whether the replica is current.
+    let currency = if session.mode == crate::failover::SessionMode::Failover {
+        crate::currency::check(session, options).await?
+    } else {
+        Vec::new()
+    };
+    let current = |name: &str| {
+        currency
+            .iter()
+            .find(|c| c.filespace == name)
+            .map(|c| c.current)
+    };
     if console.json {
         let list: Vec<_> = reply
             .filespaces
@@ -130,6 +146,7 @@ pub async fn filespaces(session: &Session, console: &Console) -> Result<(), Clie
                     "last_backup_start": timefmt::rfc3339(f.last_backup_start_ns),
                     "last_backup_end": timefmt::rfc3339(f.last_backup_end_ns),
                     "last_replication": timefmt::rfc3339(f.last_replication_ns),
+                    "replica_current": current(&f.name),
                 })
             })
             .collect();
@@ -139,23 +156,35 @@ pub async fn filespaces(session: &Session, console: &Console) -> Result<(), Clie
         );
         return Ok(());
     }
-    let mut t = table(&[
+    let mut header = vec![
         "Filespace",
         "Objects",
         "Size",
         "Last Backup Start",
         "Last Backup End",
         "Last Replication",
-    ]);
+    ];
+    if !currency.is_empty() {
+        header.push("Replica Current");
+    }
+    let mut t = table(&header);
     for f in reply.filespaces {
-        t.add_row(vec![
-            f.name,
+        let mut row = vec![
+            f.name.clone(),
             f.active_objects.to_string(),
             human_bytes(f.active_bytes),
             timefmt::show(f.last_backup_start_ns),
             timefmt::show(f.last_backup_end_ns),
             timefmt::show(f.last_replication_ns),
-        ]);
+        ];
+        if !currency.is_empty() {
+            row.push(match current(&f.name) {
+                Some(true) => "yes".into(),
+                Some(false) => "NO".into(),
+                None => "-".into(),
+            });
+        }
+        t.add_row(row);
     }
     println!("{t}");
     Ok(())

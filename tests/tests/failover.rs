@@ -91,6 +91,14 @@ fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
     assert_eq!(session["mode"], "failover");
     assert_eq!(session["server_name"], "SECONDARY");
     assert_eq!(session["replica"][0]["current"], true, "{session}");
+    let filespaces = w.client.json(&["query", "filespace"]);
+    assert_eq!(filespaces[0]["replica_current"], true, "{filespaces}");
+    assert!(
+        !filespaces[0]["last_replication"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
 
     for args in [
         vec!["incremental".to_string(), path_str(&w.src())],
