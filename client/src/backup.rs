@@ -28,7 +28,7 @@ use crate::scan::{self, Item, ScanPlan};
 use crate::session::Session;
 
 /// Pending uncompressed chunk bytes that trigger a flush.
-const FLUSH_BYTES: usize = 32 * 1024 * 1024;
+const FLUSH_BYTES: usize = 16 * 1024 * 1024;
 /// Pending objects that trigger a flush (many small files).
 const FLUSH_OBJECTS: usize = 2000;
 /// Largest upload message (compressed bytes).
@@ -82,6 +82,20 @@ struct Uploader<'a> {
     ready: Vec<pb::NewObject>,
     progress: &'a ProgressBar,
     started: Instant,
+    /// The flush in progress. Flushes run one at a time, in order, while the
+    /// next batch is gathered: scanning overlaps compressing and sending, and
+    /// a batch's objects are still committed only after every earlier batch's
+    /// chunks are on the server.
+    in_flight: Option<tokio::task::JoinHandle<Result<FlushStats, ClientError>>>,
+}
+
+/// What one flush did.
+#[derive(Debug, Default)]
+struct FlushStats {
+    bytes_sent: u64,
+    bytes_deduplicated: u64,
+    backed_up: u64,
+    deactivated: u64,
 }
 
 impl Uploader<'_> {
@@ -109,71 +123,108 @@ impl Uploader<'_> {
         ));
     }
 
-    /// Uploads what the server lacks, then commits the ready objects.
+    /// Waits for the flush in progress and adds up what it did.
+    async fn settle(&mut self) -> Result<(), ClientError> {
+        if let Some(handle) = self.in_flight.take() {
+            let done = handle
+                .await
+                .map_err(|e| ClientError::Usage(format!("upload task failed: {e}")))??;
+            self.stats.bytes_sent += done.bytes_sent;
+            self.stats.bytes_deduplicated += done.bytes_deduplicated;
+            self.stats.backed_up += done.backed_up;
+            self.stats.deactivated += done.deactivated;
+            self.show_progress();
+        }
+        Ok(())
+    }
+
+    /// Hands the gathered batch to a new flush once the previous one is done.
     async fn flush(&mut self, deactivate: Vec<String>) -> Result<(), ClientError> {
+        self.settle().await?;
         let pending = std::mem::take(&mut self.pending);
         self.pending_ids.clear();
         self.pending_bytes = 0;
-        let mut client = self.session.client();
-        let mut missing: HashSet<ChunkId> = HashSet::new();
-        for batch in pending.chunks(FIND_BATCH) {
-            let ids = batch.iter().map(|(id, _)| id.as_slice().to_vec()).collect();
-            let reply = client
-                .find_missing_chunks(
-                    self.session
-                        .request(pb::FindMissingChunksRequest { chunk_ids: ids }),
-                )
-                .await
-                .map_err(|s| ClientError::server("checking stored chunks", s))?
-                .into_inner();
-            for raw in reply.missing {
-                missing.insert(ChunkId::from_slice(&raw).map_err(|e| ClientError::Server {
-                    operation: "checking stored chunks",
-                    message: e.to_string(),
-                })?);
-            }
-        }
-        let (to_send, known): (Vec<_>, Vec<_>) = pending
-            .into_iter()
-            .partition(|(id, _)| missing.contains(id));
-        self.stats.bytes_deduplicated += known.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
-        if !to_send.is_empty() {
-            let messages = tokio::task::spawn_blocking(move || compress_into_messages(to_send))
-                .await
-                .map_err(|e| ClientError::Usage(format!("compression task failed: {e}")))??;
-            let sent: u64 = messages
-                .iter()
-                .flat_map(|m| &m.chunks)
-                .map(|c| c.data.len() as u64)
-                .sum();
-            client
-                .upload_chunks(self.session.request(tokio_stream::iter(messages)))
-                .await
-                .map_err(|s| ClientError::server("uploading data", s))?;
-            self.stats.bytes_sent += sent;
-        }
-        let mut ready = std::mem::take(&mut self.ready);
-        let mut deactivate = deactivate;
-        while !ready.is_empty() || !deactivate.is_empty() {
-            let objects: Vec<_> = ready.drain(..ready.len().min(COMMIT_BATCH)).collect();
-            let gone: Vec<_> = deactivate
-                .drain(..deactivate.len().min(COMMIT_BATCH))
-                .collect();
-            let reply = client
-                .commit_objects(self.session.request(pb::CommitObjectsRequest {
-                    filespace: self.filespace.clone(),
-                    objects,
-                    deactivate: gone,
-                }))
-                .await
-                .map_err(|s| ClientError::server("committing the backup", s))?
-                .into_inner();
-            self.stats.backed_up += reply.stored;
-            self.stats.deactivated += reply.deactivated;
-        }
-        self.show_progress();
+        let ready = std::mem::take(&mut self.ready);
+        let batch = flush_batch(
+            self.session.clone(),
+            self.filespace.clone(),
+            pending,
+            ready,
+            deactivate,
+        );
+        self.in_flight = Some(tokio::spawn(batch));
         Ok(())
     }
+
+    /// Flushes what is left and waits for every flush to finish.
+    async fn finish(&mut self, deactivate: Vec<String>) -> Result<(), ClientError> {
+        self.flush(deactivate).await?;
+        self.settle().await
+    }
+}
+
+/// Uploads what the server lacks of `pending`, then commits `ready` and the
+/// deactivations.
+async fn flush_batch(
+    session: Session,
+    filespace: String,
+    pending: Vec<(ChunkId, Vec<u8>)>,
+    mut ready: Vec<pb::NewObject>,
+    mut deactivate: Vec<String>,
+) -> Result<FlushStats, ClientError> {
+    let mut out = FlushStats::default();
+    let mut client = session.client();
+    let mut missing: HashSet<ChunkId> = HashSet::new();
+    for batch in pending.chunks(FIND_BATCH) {
+        let ids = batch.iter().map(|(id, _)| id.as_slice().to_vec()).collect();
+        let reply = client
+            .find_missing_chunks(session.request(pb::FindMissingChunksRequest { chunk_ids: ids }))
+            .await
+            .map_err(|s| ClientError::server("checking stored chunks", s))?
+            .into_inner();
+        for raw in reply.missing {
+            missing.insert(ChunkId::from_slice(&raw).map_err(|e| ClientError::Server {
+                operation: "checking stored chunks",
+                message: e.to_string(),
+            })?);
+        }
+    }
+    let (to_send, known): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|(id, _)| missing.contains(id));
+    out.bytes_deduplicated = known.iter().map(|(_, d)| d.len() as u64).sum();
+    if !to_send.is_empty() {
+        let messages = tokio::task::spawn_blocking(move || compress_into_messages(to_send))
+            .await
+            .map_err(|e| ClientError::Usage(format!("compression task failed: {e}")))??;
+        out.bytes_sent = messages
+            .iter()
+            .flat_map(|m| &m.chunks)
+            .map(|c| c.data.len() as u64)
+            .sum();
+        client
+            .upload_chunks(session.request(tokio_stream::iter(messages)))
+            .await
+            .map_err(|s| ClientError::server("uploading data", s))?;
+    }
+    while !ready.is_empty() || !deactivate.is_empty() {
+        let objects: Vec<_> = ready.drain(..ready.len().min(COMMIT_BATCH)).collect();
+        let gone: Vec<_> = deactivate
+            .drain(..deactivate.len().min(COMMIT_BATCH))
+            .collect();
+        let reply = client
+            .commit_objects(session.request(pb::CommitObjectsRequest {
+                filespace: filespace.clone(),
+                objects,
+                deactivate: gone,
+            }))
+            .await
+            .map_err(|s| ClientError::server("committing the backup", s))?
+            .into_inner();
+        out.backed_up += reply.stored;
+        out.deactivated += reply.deactivated;
+    }
+    Ok(out)
 }
 
 fn compress_into_messages(
@@ -328,6 +379,7 @@ pub async fn run(
             ready: Vec::new(),
             progress: &progress,
             started,
+            in_flight: None,
         };
         while let Some(item) = rx.recv().await {
             match item {
@@ -359,7 +411,7 @@ pub async fn run(
         let deactivate = scanner
             .await
             .map_err(|e| ClientError::Usage(format!("scanner failed: {e}")))?;
-        uploader.flush(deactivate).await?;
+        uploader.finish(deactivate).await?;
         let acknowledged = mark(session, &filespace, true).await?;
         note_backup(session, options, &filespace, acknowledged, console);
     }
