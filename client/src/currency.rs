@@ -34,12 +34,30 @@ pub async fn check(
     session: &Session,
     options: &ClientOptions,
 ) -> Result<Vec<FilespaceCurrency>, ClientError> {
-    let reply = session
+    let filespaces = list_filespaces(session).await?;
+    Ok(compare(session, options, &filespaces))
+}
+
+/// The session's filespaces as the server reports them.
+///
+/// # Errors
+/// Server failures.
+pub async fn list_filespaces(session: &Session) -> Result<Vec<pb::Filespace>, ClientError> {
+    Ok(session
         .client()
         .query_filespaces(session.request(pb::QueryFilespacesRequest {}))
         .await
         .map_err(|s| ClientError::server("listing filespaces", s))?
-        .into_inner();
+        .into_inner()
+        .filespaces)
+}
+
+/// Compares already listed filespaces with the node replication table.
+pub fn compare(
+    session: &Session,
+    options: &ClientOptions,
+    filespaces: &[pb::Filespace],
+) -> Vec<FilespaceCurrency> {
     let table = NodeReplicationTable::open(&options.state_dir()).ok();
     let primary_guid = table
         .as_ref()
@@ -49,8 +67,7 @@ pub async fn check(
         .as_ref()
         .and_then(|t| t.all(&primary_guid, &session.info.node).ok())
         .unwrap_or_default();
-    let mut out: Vec<FilespaceCurrency> = reply
-        .filespaces
+    let mut out: Vec<FilespaceCurrency> = filespaces
         .iter()
         .map(|f| {
             let known = local
@@ -78,5 +95,5 @@ pub async fn check(
             });
         }
     }
-    Ok(out)
+    out
 }

@@ -118,15 +118,10 @@ pub async fn filespaces(
     options: &ClientOptions,
     console: &Console,
 ) -> Result<(), ClientError> {
-    let reply = session
-        .client()
-        .query_filespaces(session.request(pb::QueryFilespacesRequest {}))
-        .await
-        .map_err(|s| ClientError::server("listing filespaces", s))?
-        .into_inner();
+    let filespaces = crate::currency::list_filespaces(session).await?;
     // In failover mode, say per filespace whether the replica is current.
     let currency = if session.mode == crate::failover::SessionMode::Failover {
-        crate::currency::check(session, options).await?
+        crate::currency::compare(session, options, &filespaces)
     } else {
         Vec::new()
     };
@@ -137,8 +132,7 @@ pub async fn filespaces(
             .map(|c| c.current)
     };
     if console.json {
-        let list: Vec<_> = reply
-            .filespaces
+        let list: Vec<_> = filespaces
             .iter()
             .map(|f| {
                 json!({
@@ -168,7 +162,7 @@ pub async fn filespaces(
         header.push("Replica Current");
     }
     let mut t = table(&header);
-    for f in reply.filespaces {
+    for f in filespaces {
         let mut row = vec![
             f.name.clone(),
             f.active_objects.to_string(),

@@ -212,11 +212,7 @@ fn read_bounded(fs_path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Chunks a small file read whole: one read, cuts found in place.
-fn read_small_file(
-    fs_path: &Path,
-    mut attrs: pb::ObjectAttrs,
-    send: &impl Fn(Item) -> bool,
-) -> bool {
+fn read_small_file(fs_path: &Path, attrs: pb::ObjectAttrs, send: &impl Fn(Item) -> bool) -> bool {
     let data = match read_bounded(fs_path) {
         Ok(d) if d.len() as u64 > READ_WHOLE_LIMIT => {
             return read_streamed(fs_path, attrs, send);
@@ -251,6 +247,17 @@ fn read_small_file(
             }
         }
     }
+    finish_file(attrs, read, chunks, send)
+}
+
+/// Sends a read file's object. A file that grew or shrank while it was read
+/// is stored as read, with the size that matches the data, and reported.
+fn finish_file(
+    mut attrs: pb::ObjectAttrs,
+    read: u64,
+    chunks: Vec<ChunkId>,
+    send: &impl Fn(Item) -> bool,
+) -> bool {
     if read != attrs.size {
         if !send(Item::Problem(Msg::changed(&attrs.path))) {
             return false;
@@ -271,7 +278,7 @@ fn read_file(fs_path: &Path, attrs: pb::ObjectAttrs, send: &impl Fn(Item) -> boo
 }
 
 /// Streams a file through the chunker with a bounded buffer.
-fn read_streamed(fs_path: &Path, mut attrs: pb::ObjectAttrs, send: &impl Fn(Item) -> bool) -> bool {
+fn read_streamed(fs_path: &Path, attrs: pb::ObjectAttrs, send: &impl Fn(Item) -> bool) -> bool {
     let file = match std::fs::File::open(fs_path) {
         Ok(f) => f,
         Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
@@ -295,15 +302,7 @@ fn read_streamed(fs_path: &Path, mut attrs: pb::ObjectAttrs, send: &impl Fn(Item
             return false;
         }
     }
-    if read != attrs.size {
-        // The file grew or shrank while it was read: store what was read,
-        // with the size that matches the data, and say so.
-        if !send(Item::Problem(Msg::changed(&attrs.path))) {
-            return false;
-        }
-        attrs.size = read;
-    }
-    send(Item::Object { attrs, chunks })
+    finish_file(attrs, read, chunks, send)
 }
 
 #[cfg(test)]
