@@ -6,8 +6,8 @@
                             compressible text, half random bytes
   dataset.py mutate DIR     change ~0.5% of files, delete ~0.25%, add ~0.25%
 
-Sizes come from the environment: SMALL (default 5000), MEDIUM (40), LARGE (2),
-LARGE_MIB (64). The same values always give the same bytes.
+Sizes come from the environment: SMALL (default 20000), MEDIUM (200), LARGE (4),
+LARGE_MIB (128), about 1.7 GB in all. The same values always give the same bytes.
 """
 import os
 import random
@@ -17,11 +17,30 @@ WORDS = (b"backup restore node replica server client filespace version policy ch
          b"catalog failover primary secondary tandem data storage archive retention").split()
 
 
+_POOL = None
+
+
+def text_pool(rng):
+    """4 MiB of word soup, built once; text content is spliced from it."""
+    global _POOL
+    if _POOL is None:
+        words = []
+        for _ in range(600_000):
+            words.append(rng.choice(WORDS) + (b"\n" if rng.random() < 0.08 else b" "))
+        _POOL = b"".join(words)[: 4 << 20]
+    return _POOL
+
+
 def text_block(rng, size):
-    out = bytearray()
-    while len(out) < size:
-        out += rng.choice(WORDS) + (b"\n" if rng.random() < 0.08 else b" ")
-    return bytes(out[:size])
+    """Compressible text: slices of 512 B-8 KiB from the pool, end to end."""
+    pool = text_pool(rng)
+    parts, have = [], 0
+    while have < size:
+        n = rng.randint(512, 8192)
+        start = rng.randrange(len(pool) - n)
+        parts.append(pool[start:start + n])
+        have += n
+    return b"".join(parts)[:size]
 
 
 def content(rng, size):
@@ -31,14 +50,14 @@ def content(rng, size):
 
 
 def generate(root):
-    small = int(os.environ.get("SMALL", 5000))
-    medium = int(os.environ.get("MEDIUM", 40))
-    large = int(os.environ.get("LARGE", 2))
-    large_mib = int(os.environ.get("LARGE_MIB", 64))
+    small = int(os.environ.get("SMALL", 20000))
+    medium = int(os.environ.get("MEDIUM", 200))
+    large = int(os.environ.get("LARGE", 4))
+    large_mib = int(os.environ.get("LARGE_MIB", 128))
     rng = random.Random(20261123)
     total = 0
     for i in range(small):
-        d = os.path.join(root, "small", f"d{i % 40:02}", f"e{i % 7}")
+        d = os.path.join(root, "small", f"d{i % 64:02}", f"e{i % 9}", f"g{i % 5}")
         os.makedirs(d, exist_ok=True)
         data = content(rng, rng.randint(1024, 64 * 1024))
         with open(os.path.join(d, f"f{i:06}.dat"), "wb") as f:
