@@ -1,13 +1,17 @@
 //! `restore`: plan (select versions, place them safely under DEST, decide
-//! replacement), then fetch chunk data in batches while a blocking writer
-//! thread decompresses, verifies every chunk's hash and writes the files.
+//! replacement), then fetch chunk data in batches, decompressing and checking
+//! every chunk's hash on both cores ([`fetch`]), while a blocking writer
+//! thread writes the files ([`writer`]).
 //!
 //! A file is written to a temporary name and renamed into place only when all
-//! its chunks verified, so a damaged file never appears half-written; it is
-//! reported by name (TDM1020E) and the other files are restored.
+//! its chunks verified and its data is durable, so a damaged file never
+//! appears half-written; it is reported by name (TDM1020E) and the other files
+//! are restored.
+
+mod fetch;
+mod writer;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,6 +21,9 @@ use tandem_proto::ChunkId;
 use tandem_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
+
+use self::fetch::{FetchJob, Fetched};
+use self::writer::Writer;
 
 use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
@@ -66,11 +73,6 @@ pub struct RestoreStats {
     pub elapsed_secs: f64,
 }
 
-/// Bytes of file data per `ReadChunks` call.
-const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
-/// Files per `ReadChunks` call.
-const FETCH_BATCH_FILES: usize = 512;
-
 /// A file to write.
 #[derive(Debug)]
 struct FileJob {
@@ -79,15 +81,6 @@ struct FileJob {
     chunks: Vec<ChunkId>,
     size: u64,
     attrs: pb::ObjectAttrs,
-}
-
-/// What the fetcher hands the writer, in file order.
-#[derive(Debug)]
-enum Fetched {
-    Begin(usize),
-    Chunk(pb::Chunk),
-    End,
-    Failed(String),
 }
 
 #[derive(Debug, Default)]
@@ -223,194 +216,6 @@ fn apply_attrs(target: &Path, attrs: &pb::ObjectAttrs, is_link: bool) -> std::io
     filetime::set_file_times(target, mtime, mtime)
 }
 
-/// Fetches the chunks of `files` batch by batch, in file order.
-async fn fetch(
-    session: Session,
-    files: Vec<(usize, Vec<ChunkId>, u64)>,
-    tx: mpsc::Sender<Fetched>,
-) {
-    let mut next = 0;
-    while next < files.len() {
-        // Gather a batch.
-        let mut end = next;
-        let mut bytes = 0u64;
-        while end < files.len()
-            && (end == next || (bytes < FETCH_BATCH_BYTES && end - next < FETCH_BATCH_FILES))
-        {
-            bytes += files[end].2;
-            end += 1;
-        }
-        let ids: Vec<Vec<u8>> = files[next..end]
-            .iter()
-            .flat_map(|(_, c, _)| c.iter().map(|id| id.as_slice().to_vec()))
-            .collect();
-        let mut client = session.client();
-        let stream = if ids.is_empty() {
-            None
-        } else {
-            match client
-                .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids: ids }))
-                .await
-            {
-                Ok(s) => Some(s.into_inner()),
-                Err(status) => {
-                    // The whole batch failed: fail its first file and go on.
-                    let _ = tx.send(Fetched::Begin(files[next].0)).await;
-                    let _ = tx.send(Fetched::Failed(status.message().to_string())).await;
-                    next += 1;
-                    continue;
-                }
-            }
-        };
-        let mut stream = stream;
-        let mut restart_at = end;
-        'files: for (i, (job, chunks, _)) in files.iter().enumerate().take(end).skip(next) {
-            if tx.send(Fetched::Begin(*job)).await.is_err() {
-                return;
-            }
-            for _ in chunks {
-                let item = match stream.as_mut() {
-                    Some(s) => s.next().await,
-                    None => None,
-                };
-                let message = match item {
-                    Some(Ok(r)) => match r.chunk {
-                        Some(c) => Fetched::Chunk(c),
-                        None => Fetched::Failed("the server sent an empty chunk".into()),
-                    },
-                    Some(Err(status)) => Fetched::Failed(status.message().to_string()),
-                    None => Fetched::Failed("the server ended the data stream early".into()),
-                };
-                let failed = matches!(message, Fetched::Failed(_));
-                if tx.send(message).await.is_err() {
-                    return;
-                }
-                if failed {
-                    restart_at = i + 1;
-                    break 'files;
-                }
-            }
-            if tx.send(Fetched::End).await.is_err() {
-                return;
-            }
-        }
-        next = restart_at;
-    }
-}
-
-/// The writer: decompresses, verifies and writes chunks as they arrive.
-struct Writer<'a> {
-    jobs: &'a [FileJob],
-    console: &'a Console,
-    stats: &'a mut RestoreStats,
-    current: Option<(usize, tempfile::NamedTempFile, usize)>,
-    broken: bool,
-}
-
-impl Writer<'_> {
-    fn begin(&mut self, job: usize) {
-        self.broken = false;
-        let target = &self.jobs[job].target;
-        let dir = target.parent().unwrap_or(Path::new("."));
-        match tempfile::Builder::new()
-            .prefix(".tandem-restore-")
-            .tempfile_in(dir)
-        {
-            Ok(tmp) => self.current = Some((job, tmp, 0)),
-            Err(e) => {
-                self.fail_write(job, e);
-                self.current = None;
-                self.broken = true;
-            }
-        }
-    }
-
-    fn fail_write(&mut self, job: usize, cause: impl std::fmt::Display) {
-        let target = self.jobs[job].target.to_string_lossy().into_owned();
-        self.console
-            .report(&Msg::write_failed(&target, cause), ExitStatus::Error);
-        self.stats.failed += 1;
-    }
-
-    fn corrupt(&mut self, cause: String) {
-        if let Some((job, _tmp, _)) = self.current.take() {
-            let path = self.jobs[job].path.clone();
-            self.console
-                .report(&Msg::corrupt(&path, cause), ExitStatus::Error);
-            self.stats.failed += 1;
-        }
-        self.broken = true;
-    }
-
-    fn chunk(&mut self, chunk: pb::Chunk) {
-        if self.broken {
-            return;
-        }
-        let Some((job, tmp, index)) = self.current.as_mut() else {
-            return;
-        };
-        let (job, idx) = (*job, *index);
-        let expected = self.jobs[job].chunks[idx];
-        let raw_len = usize::try_from(chunk.raw_len)
-            .unwrap_or(usize::MAX)
-            .min(64 << 20);
-        let result = zstd::bulk::decompress(&chunk.data, raw_len)
-            .map_err(|e| format!("chunk {expected} cannot be decompressed: {e}"))
-            .and_then(|raw| {
-                if ChunkId::of(&raw) == expected {
-                    Ok(raw)
-                } else {
-                    Err(format!("chunk {expected} does not match its hash"))
-                }
-            });
-        match result {
-            Ok(raw) => {
-                if let Err(e) = tmp.write_all(&raw) {
-                    self.current = None;
-                    self.broken = true;
-                    self.fail_write(job, e);
-                    return;
-                }
-                self.stats.bytes += raw.len() as u64;
-                if let Some((_, _, index)) = self.current.as_mut() {
-                    *index += 1;
-                }
-            }
-            Err(cause) => self.corrupt(cause),
-        }
-    }
-
-    fn end(&mut self) {
-        let Some((job, tmp, _)) = self.current.take() else {
-            return;
-        };
-        if self.broken {
-            return;
-        }
-        let target = self.jobs[job].target.clone();
-        let finished = tmp
-            .as_file()
-            .sync_all()
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                tmp.persist(&target)
-                    .map(drop)
-                    .map_err(|e| e.error.to_string())
-            })
-            .and_then(|()| {
-                apply_attrs(&target, &self.jobs[job].attrs, false).map_err(|e| e.to_string())
-            });
-        match finished {
-            Ok(()) => self.stats.restored += 1,
-            Err(e) => self.fail_write(job, e),
-        }
-    }
-
-    fn failed(&mut self, cause: String) {
-        self.corrupt(cause);
-    }
-}
-
 fn restore_link(target: &Path, attrs: &pb::ObjectAttrs) -> std::io::Result<()> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
@@ -447,38 +252,33 @@ pub async fn run(
     })?;
     let plan = plan(versions, &req, &dest, console, &mut stats);
     let Plan { dirs, files, links } = plan;
-    let (tx, mut rx) = mpsc::channel::<Fetched>(32);
-    let order: Vec<(usize, Vec<ChunkId>, u64)> = files
+    let (tx, mut rx) = mpsc::channel::<Fetched>(8);
+    let order: Vec<FetchJob> = files
         .iter()
         .enumerate()
         .map(|(i, f)| (i, f.chunks.clone(), f.size))
         .collect();
-    let fetcher = tokio::spawn(fetch(session.clone(), order, tx));
-    let stats = tokio::task::block_in_place(|| {
-        let mut writer = Writer {
-            jobs: &files,
-            console,
-            stats: &mut stats,
-            current: None,
-            broken: false,
-        };
-        while let Some(message) = rx.blocking_recv() {
-            match message {
-                Fetched::Begin(job) => writer.begin(job),
-                Fetched::Chunk(c) => writer.chunk(c),
-                Fetched::End => writer.end(),
-                Fetched::Failed(cause) => writer.failed(cause),
+    let fetcher = tokio::spawn(fetch::fetch(session.clone(), order, tx));
+    tokio::task::block_in_place(|| {
+        Writer::run(&files, &dest, console, &mut stats, |writer| {
+            while let Some(message) = rx.blocking_recv() {
+                match message {
+                    Fetched::Begin(job) => writer.begin(job),
+                    Fetched::Data(raw) => writer.data(&raw),
+                    Fetched::End => writer.end(),
+                    Fetched::Failed(cause) => writer.failed(cause),
+                }
             }
-        }
+        });
         for (target, attrs) in &links {
             match restore_link(target, attrs) {
-                Ok(()) => writer.stats.restored += 1,
+                Ok(()) => stats.restored += 1,
                 Err(e) => {
                     console.report(
                         &Msg::write_failed(&target.to_string_lossy(), e),
                         ExitStatus::Error,
                     );
-                    writer.stats.failed += 1;
+                    stats.failed += 1;
                 }
             }
         }
@@ -493,22 +293,27 @@ pub async fn run(
                 }
             });
             match made.and_then(|()| apply_attrs(target, attrs, false)) {
-                Ok(()) => writer.stats.restored += 1,
+                Ok(()) => stats.restored += 1,
                 Err(e) => {
                     console.report(
                         &Msg::write_failed(&target.to_string_lossy(), e),
                         ExitStatus::Error,
                     );
-                    writer.stats.failed += 1;
+                    stats.failed += 1;
                 }
             }
         }
-        std::mem::take(writer.stats)
+        // The renames, links and directories are durable too.
+        if let Err(e) = writer::sync_dest(&dest) {
+            console.report(
+                &Msg::write_failed(&dest.to_string_lossy(), format!("syncing failed: {e}")),
+                ExitStatus::Error,
+            );
+        }
     });
     fetcher
         .await
         .map_err(|e| ClientError::Usage(format!("fetch task failed: {e}")))?;
-    let mut stats = stats;
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(stats)
 }

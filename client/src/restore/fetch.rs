@@ -1,0 +1,213 @@
+//! Fetching a restore's data: chunk ids go to the server in batches
+//! (`ReadChunks`), and every chunk that comes back is decompressed and checked
+//! against its id on a blocking thread, several at once, so decoding uses
+//! both cores. The writer still gets everything in file order.
+
+use std::collections::VecDeque;
+
+use tandem_proto::ChunkId;
+use tandem_proto::pb;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+
+use crate::session::Session;
+
+/// Bytes of file data per `ReadChunks` call.
+const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;
+/// Files per `ReadChunks` call.
+const FETCH_BATCH_FILES: usize = 512;
+/// Chunks being decoded at once.
+const DECODE_AHEAD: usize = 4;
+
+/// What the fetcher hands the writer, in file order.
+#[derive(Debug)]
+pub(super) enum Fetched {
+    /// The next file (an index into the plan's files) starts.
+    Begin(usize),
+    /// The file's next chunk, decompressed and verified.
+    Data(Vec<u8>),
+    /// The file's chunks are all there.
+    End,
+    /// The file cannot be restored: its data is damaged or missing.
+    Failed(String),
+}
+
+/// A file to fetch: its index, its chunks in order, its size.
+pub(super) type FetchJob = (usize, Vec<ChunkId>, u64);
+
+/// Decompresses a chunk and checks it hashes to `expected`.
+fn decode(expected: ChunkId, chunk: &pb::Chunk) -> Result<Vec<u8>, String> {
+    let raw_len = usize::try_from(chunk.raw_len)
+        .unwrap_or(usize::MAX)
+        .min(64 << 20);
+    let raw = zstd::bulk::decompress(&chunk.data, raw_len)
+        .map_err(|e| format!("chunk {expected} cannot be decompressed: {e}"))?;
+    if ChunkId::of(&raw) == expected {
+        Ok(raw)
+    } else {
+        Err(format!("chunk {expected} does not match its hash"))
+    }
+}
+
+/// Messages for the writer, kept in order while chunks decode in parallel.
+struct Ordered {
+    tx: mpsc::Sender<Fetched>,
+    queue: VecDeque<Slot>,
+    decoding: usize,
+}
+
+enum Slot {
+    Ready(Fetched),
+    Decoding(JoinHandle<Result<Vec<u8>, String>>),
+}
+
+impl Ordered {
+    /// Queues a message; false once the writer has gone.
+    async fn push(&mut self, message: Fetched) -> bool {
+        self.queue.push_back(Slot::Ready(message));
+        self.send_ready().await
+    }
+
+    /// Starts decoding a chunk; false once the writer has gone.
+    async fn decode(&mut self, expected: ChunkId, chunk: pb::Chunk) -> bool {
+        let handle = tokio::task::spawn_blocking(move || decode(expected, &chunk));
+        self.queue.push_back(Slot::Decoding(handle));
+        self.decoding += 1;
+        while self.decoding > DECODE_AHEAD {
+            if !self.send_one().await {
+                return false;
+            }
+        }
+        self.send_ready().await
+    }
+
+    /// Sends what is at the front and already done.
+    async fn send_ready(&mut self) -> bool {
+        while let Some(front) = self.queue.front() {
+            let done = match front {
+                Slot::Ready(_) => true,
+                Slot::Decoding(handle) => handle.is_finished(),
+            };
+            if !done {
+                break;
+            }
+            if !self.send_one().await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends the front message, waiting for its decoding if need be.
+    async fn send_one(&mut self) -> bool {
+        let message = match self.queue.pop_front() {
+            None => return true,
+            Some(Slot::Ready(message)) => message,
+            Some(Slot::Decoding(handle)) => {
+                self.decoding -= 1;
+                match handle.await {
+                    Ok(Ok(raw)) => Fetched::Data(raw),
+                    Ok(Err(cause)) => Fetched::Failed(cause),
+                    Err(e) => Fetched::Failed(format!("decoding failed: {e}")),
+                }
+            }
+        };
+        self.tx.send(message).await.is_ok()
+    }
+
+    /// Sends everything left.
+    async fn flush(&mut self) -> bool {
+        while !self.queue.is_empty() {
+            if !self.send_one().await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Fetches the chunks of `files` batch by batch, in file order. A failed
+/// batch call fails its first file and the fetch goes on with the next; a
+/// damaged chunk fails its file only.
+pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Sender<Fetched>) {
+    let mut out = Ordered {
+        tx,
+        queue: VecDeque::new(),
+        decoding: 0,
+    };
+    let mut next = 0;
+    while next < files.len() {
+        let mut end = next;
+        let mut bytes = 0u64;
+        while end < files.len()
+            && (end == next || (bytes < FETCH_BATCH_BYTES && end - next < FETCH_BATCH_FILES))
+        {
+            bytes += files[end].2;
+            end += 1;
+        }
+        let ids: Vec<Vec<u8>> = files[next..end]
+            .iter()
+            .flat_map(|(_, c, _)| c.iter().map(|id| id.as_slice().to_vec()))
+            .collect();
+        let mut stream = if ids.is_empty() {
+            None
+        } else {
+            match session
+                .client()
+                .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids: ids }))
+                .await
+            {
+                Ok(s) => Some(s.into_inner()),
+                Err(status) => {
+                    if !out.push(Fetched::Begin(files[next].0)).await
+                        || !out
+                            .push(Fetched::Failed(status.message().to_string()))
+                            .await
+                    {
+                        return;
+                    }
+                    next += 1;
+                    continue;
+                }
+            }
+        };
+        let mut restart_at = end;
+        'files: for (i, (job, chunks, _)) in files.iter().enumerate().take(end).skip(next) {
+            if !out.push(Fetched::Begin(*job)).await {
+                return;
+            }
+            for expected in chunks {
+                let item = match stream.as_mut() {
+                    Some(s) => s.next().await,
+                    None => None,
+                };
+                let sent = match item {
+                    Some(Ok(pb::ReadChunksResponse { chunk: Some(c) })) => {
+                        out.decode(*expected, c).await
+                    }
+                    other => {
+                        let cause = match other {
+                            Some(Err(status)) => status.message().to_string(),
+                            None => "the server ended the data stream early".into(),
+                            Some(Ok(_)) => "the server sent an empty chunk".into(),
+                        };
+                        // The stream is unusable after this: go on with a
+                        // new call from the next file.
+                        let _ = out.push(Fetched::Failed(cause)).await;
+                        restart_at = i + 1;
+                        break 'files;
+                    }
+                };
+                if !sent {
+                    return;
+                }
+            }
+            if !out.push(Fetched::End).await {
+                return;
+            }
+        }
+        next = restart_at;
+    }
+    out.flush().await;
+}
