@@ -84,7 +84,10 @@ async fn connect(address: &str, timeout: Duration) -> Result<BackupClient<Channe
     let endpoint = Endpoint::from_shared(address.to_string())
         .map_err(|e| Attempt::Refused(format!("{address} is not a valid URL: {e}")))?
         .connect_timeout(timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(tandem_proto::MAX_FRAME_BYTES);
     let channel = tokio::time::timeout(timeout, endpoint.connect())
         .await
         .map_err(|_| Attempt::Unreachable(format!("no answer within {} ms", timeout.as_millis())))?

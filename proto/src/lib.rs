@@ -21,3 +21,12 @@ pub const SESSION_HEADER: &str = "x-tandem-session";
 /// Largest gRPC message either side accepts. Chunks are at most 4 MiB before
 /// compression, and upload messages group a few of them.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// HTTP/2 flow-control window per stream. The protocol's default (64 KiB) makes
+/// a sender stop for a window update every 64 KiB; chunk uploads and restores
+/// move megabytes per message, so both ends allow a few messages in flight.
+pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// HTTP/2 flow-control window per connection (several streams at once).
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// Largest HTTP/2 frame either end sends (the default is 16 KiB).
+pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;

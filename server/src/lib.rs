@@ -200,6 +200,10 @@ pub async fn run(
     let repl_scheduler = tokio::spawn(repl::schedule(state.clone(), shutdown.clone()));
 
     let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(tandem_proto::MAX_FRAME_BYTES)
         .add_service(health_service)
         .add_service(backup)
         .add_service(admin)

@@ -287,7 +287,10 @@ async fn connect(
             ))
         })?
         .connect_timeout(std::time::Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(tandem_proto::MAX_FRAME_BYTES);
     let channel = endpoint
         .connect()
         .await

@@ -7,14 +7,16 @@ pub mod backup;
 pub mod convert;
 pub mod replication;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use tandem_proto::ChunkId;
+use tandem_proto::{ChunkId, pb};
+use tokio::task::JoinHandle;
 use tonic::Status;
 
 use crate::ServerState;
 use crate::error::ServerError;
-use crate::storage::VerifiedChunk;
+use crate::storage::{self, VerifiedChunk};
 
 /// Runs catalog/store work on a blocking thread (rusqlite and fsync block).
 async fn blocking<R: Send + 'static>(
@@ -64,6 +66,127 @@ fn store_chunks(
     let stored = state.catalog.insert_chunks(&locations)?;
     pins.entry(session).or_default().extend(ids);
     Ok((stored, bytes))
+}
+
+/// Verified chunks are written and fsynced in groups of about this size, so an
+/// upload costs one fsync per group rather than one per chunk.
+const STORE_GROUP_BYTES: usize = 8 * 1024 * 1024;
+/// Upload messages being verified at once per stream.
+const VERIFY_AHEAD: usize = 2;
+
+/// Checks one upload message's chunks against their ids.
+fn verify_message(chunks: Vec<pb::Chunk>) -> Result<Vec<VerifiedChunk>, ServerError> {
+    chunks
+        .into_iter()
+        .map(|c| {
+            let id = ChunkId::from_slice(&c.id)
+                .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+            Ok(storage::verify_chunk(id, c.data, c.raw_len)?)
+        })
+        .collect()
+}
+
+async fn joined<R>(handle: JoinHandle<Result<R, ServerError>>) -> Result<R, Status> {
+    Ok(handle.await.map_err(ServerError::from)??)
+}
+
+/// What an ingested upload stream stored.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Ingested {
+    /// Chunks received.
+    pub(crate) received: u64,
+    /// Chunks newly stored (the others were already there).
+    pub(crate) stored: u64,
+    /// Compressed bytes newly written.
+    pub(crate) bytes_written: u64,
+}
+
+/// Verifies and stores the chunks of one upload stream, overlapping the
+/// steps: up to [`VERIFY_AHEAD`] messages are verified on blocking threads
+/// while the next ones arrive, and one group is written, fsynced and indexed
+/// while later ones are verified. A chunk is indexed only after its group's
+/// fsync (see [`store_chunks`]); the reply is sent only after every group.
+#[derive(Debug)]
+pub(crate) struct ChunkIngest {
+    state: Arc<ServerState>,
+    session: u64,
+    verifying: VecDeque<JoinHandle<Result<Vec<VerifiedChunk>, ServerError>>>,
+    group: Vec<VerifiedChunk>,
+    group_bytes: usize,
+    storing: Option<JoinHandle<Result<(u64, u64), ServerError>>>,
+    done: Ingested,
+}
+
+impl ChunkIngest {
+    pub(crate) fn new(state: Arc<ServerState>, session: u64) -> Self {
+        ChunkIngest {
+            state,
+            session,
+            verifying: VecDeque::new(),
+            group: Vec::new(),
+            group_bytes: 0,
+            storing: None,
+            done: Ingested::default(),
+        }
+    }
+
+    /// Takes one received message.
+    pub(crate) async fn push(&mut self, chunks: Vec<pb::Chunk>) -> Result<(), Status> {
+        self.done.received += chunks.len() as u64;
+        self.verifying
+            .push_back(tokio::task::spawn_blocking(move || verify_message(chunks)));
+        while self.verifying.len() > VERIFY_AHEAD {
+            self.collect_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn collect_oldest(&mut self) -> Result<(), Status> {
+        let Some(handle) = self.verifying.pop_front() else {
+            return Ok(());
+        };
+        for chunk in joined(handle).await? {
+            self.group_bytes += chunk.data.len();
+            self.group.push(chunk);
+        }
+        if self.group_bytes >= STORE_GROUP_BYTES {
+            self.store_group().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts storing the gathered group once the previous store is done.
+    async fn store_group(&mut self) -> Result<(), Status> {
+        self.settle_store().await?;
+        let group = std::mem::take(&mut self.group);
+        self.group_bytes = 0;
+        let state = self.state.clone();
+        let session = self.session;
+        self.storing = Some(tokio::task::spawn_blocking(move || {
+            store_chunks(&state, session, group)
+        }));
+        Ok(())
+    }
+
+    async fn settle_store(&mut self) -> Result<(), Status> {
+        if let Some(handle) = self.storing.take() {
+            let (stored, bytes) = joined(handle).await?;
+            self.done.stored += stored;
+            self.done.bytes_written += bytes;
+        }
+        Ok(())
+    }
+
+    /// Verifies and stores what is left; returns when all of it is durable
+    /// and indexed.
+    pub(crate) async fn finish(mut self) -> Result<Ingested, Status> {
+        while !self.verifying.is_empty() {
+            self.collect_oldest().await?;
+        }
+        self.store_group().await?;
+        self.settle_store().await?;
+        Ok(self.done)
+    }
 }
 
 /// Address of the caller for logs, or `-` when unknown.

@@ -17,11 +17,35 @@ use crate::actlog::{self, ServerMsg};
 use crate::auth::{self, Session};
 use crate::error::ServerError;
 use crate::model::{VersionQuery, normalize_node_name, now_ns};
-use crate::storage::{self, VerifiedChunk};
 
-/// Verified chunks are written and fsynced in groups of about this size, so an
-/// upload costs one fsync per group rather than one per chunk.
-const UPLOAD_GROUP_BYTES: usize = 16 * 1024 * 1024;
+/// Chunks read from the containers per trip to a blocking thread.
+const READ_GROUP_CHUNKS: usize = 64;
+/// Stored bytes read per trip to a blocking thread.
+const READ_GROUP_BYTES: u64 = 8 * 1024 * 1024;
+
+type Wanted = (ChunkId, Option<crate::model::ChunkLocation>);
+
+/// Splits a read into groups of at most [`READ_GROUP_CHUNKS`] chunks and
+/// about [`READ_GROUP_BYTES`], in order: restoring many small files is many
+/// small chunks, and one blocking hop per chunk cost more than the reads.
+fn read_groups(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
+    let mut groups = Vec::new();
+    let mut group = Vec::new();
+    let mut bytes = 0u64;
+    for item in wanted {
+        bytes += item.1.map_or(0, |l| u64::from(l.stored_len));
+        group.push(item);
+        if group.len() >= READ_GROUP_CHUNKS || bytes >= READ_GROUP_BYTES {
+            groups.push(std::mem::take(&mut group));
+            bytes = 0;
+        }
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups
+}
+
 /// Versions per streamed query message.
 const QUERY_BATCH: usize = 512;
 
@@ -258,51 +282,20 @@ impl Backup for BackupService {
         let (session, token) = self.session(&request)?;
         self.refuse_replica(&session, &peer_of(&request)).await?;
         let mut stream = request.into_inner();
-        let mut reply = pb::UploadChunksResponse::default();
-        let mut received = 0u64;
-        let mut group: Vec<VerifiedChunk> = Vec::new();
-        let mut group_bytes = 0usize;
+        let mut ingest = super::ChunkIngest::new(self.state.clone(), session.id);
+        let mut received_bytes = 0u64;
         while let Some(message) = stream.next().await {
-            let message = message?;
-            let chunks = message.chunks;
-            received += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
-            let verified = tokio::task::spawn_blocking(move || {
-                chunks
-                    .into_iter()
-                    .map(|c| {
-                        let id = ChunkId::from_slice(&c.id)
-                            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
-                        Ok(storage::verify_chunk(id, c.data, c.raw_len)?)
-                    })
-                    .collect::<Result<Vec<_>, ServerError>>()
-            })
-            .await
-            .map_err(ServerError::from)??;
-            for chunk in verified {
-                group_bytes += chunk.data.len();
-                group.push(chunk);
-            }
-            if group_bytes >= UPLOAD_GROUP_BYTES {
-                let (stored, bytes) = super::blocking(&self.state, {
-                    let group = std::mem::take(&mut group);
-                    let id = session.id;
-                    move |s| super::store_chunks(s, id, group)
-                })
-                .await?;
-                reply.stored += stored;
-                reply.bytes_written += bytes;
-                group_bytes = 0;
-            }
+            let chunks = message?.chunks;
+            received_bytes += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
+            ingest.push(chunks).await?;
         }
-        let total = group.len() as u64 + reply.stored;
-        let (stored, bytes) = super::blocking(&self.state, move |s| {
-            super::store_chunks(s, session.id, group)
-        })
-        .await?;
-        reply.stored += stored;
-        reply.bytes_written += bytes;
-        reply.already_present = total.saturating_sub(reply.stored);
-        self.state.sessions.count_bytes(&token, received, 0);
+        let done = ingest.finish().await?;
+        self.state.sessions.count_bytes(&token, received_bytes, 0);
+        let reply = pb::UploadChunksResponse {
+            stored: done.stored,
+            bytes_written: done.bytes_written,
+            already_present: done.received.saturating_sub(done.stored),
+        };
         Ok(Response::new(reply))
     }
 
@@ -394,36 +387,44 @@ impl Backup for BackupService {
         let state = self.state.clone();
         tokio::spawn(async move {
             let mut sent = 0u64;
-            for (id, loc) in ids.into_iter().zip(locations) {
-                let item = match loc {
-                    None => Err(Status::not_found(format!(
-                        "chunk {id} is not stored on this server"
-                    ))),
-                    Some(loc) => {
-                        let reader = state.clone();
-                        match tokio::task::spawn_blocking(move || {
-                            Self::read_chunk(&reader, id, loc)
-                        })
-                        .await
-                        {
-                            Ok(Ok(data)) => {
-                                sent += data.len() as u64;
-                                Ok(pb::ReadChunksResponse {
+            for group in read_groups(ids.into_iter().zip(locations).collect()) {
+                let reader = state.clone();
+                let items = tokio::task::spawn_blocking(move || {
+                    let mut items = Vec::with_capacity(group.len());
+                    for (id, loc) in group {
+                        let item = match loc {
+                            None => Err(Status::not_found(format!(
+                                "chunk {id} is not stored on this server"
+                            ))),
+                            Some(loc) => Self::read_chunk(&reader, id, loc)
+                                .map(|data| pb::ReadChunksResponse {
                                     chunk: Some(pb::Chunk {
                                         id: id.as_slice().to_vec(),
                                         data,
                                         raw_len: u64::from(loc.raw_len),
                                     }),
                                 })
-                            }
-                            Ok(Err(e)) => Err(Status::data_loss(format!("chunk {id}: {e}"))),
-                            Err(e) => Err(Status::internal(e.to_string())),
+                                .map_err(|e| Status::data_loss(format!("chunk {id}: {e}"))),
+                        };
+                        let failed = item.is_err();
+                        items.push(item);
+                        if failed {
+                            break;
                         }
                     }
-                };
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    break;
+                    items
+                })
+                .await
+                .unwrap_or_else(|e| vec![Err(Status::internal(e.to_string()))]);
+                for item in items {
+                    let failed = item.is_err();
+                    if let Ok(r) = &item {
+                        sent += r.chunk.as_ref().map_or(0, |c| c.data.len() as u64);
+                    }
+                    if tx.send(item).await.is_err() || failed {
+                        state.sessions.count_bytes(&token, 0, sent);
+                        return;
+                    }
                 }
             }
             state.sessions.count_bytes(&token, 0, sent);

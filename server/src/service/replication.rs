@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tandem_proto::pb::{self, replication_server::Replication};
-use tandem_proto::{ChunkId, ObjectId, SESSION_HEADER};
+use tandem_proto::{ObjectId, SESSION_HEADER};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -21,7 +21,6 @@ use crate::catalog::VersionState;
 use crate::error::ServerError;
 use crate::model::{normalize_node_name, now_ns};
 use crate::repl::{SERVER_HEADER, filespace_times};
-use crate::storage::{self, VerifiedChunk};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -223,24 +222,16 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
         let session = self.session(&request).await?;
         let mut stream = request.into_inner();
-        let mut reply = pb::UploadChunksResponse::default();
+        let mut ingest = super::ChunkIngest::new(self.state.clone(), session);
         while let Some(message) = stream.next().await {
-            let chunks = message?.chunks;
-            let (stored, bytes) = super::blocking(&self.state, move |s| {
-                let verified = chunks
-                    .into_iter()
-                    .map(|c| {
-                        let id = ChunkId::from_slice(&c.id)
-                            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
-                        Ok(storage::verify_chunk(id, c.data, c.raw_len)?)
-                    })
-                    .collect::<Result<Vec<VerifiedChunk>, ServerError>>()?;
-                super::store_chunks(s, session, verified)
-            })
-            .await?;
-            reply.stored += stored;
-            reply.bytes_written += bytes;
+            ingest.push(message?.chunks).await?;
         }
+        let done = ingest.finish().await?;
+        let reply = pb::UploadChunksResponse {
+            stored: done.stored,
+            bytes_written: done.bytes_written,
+            already_present: done.received.saturating_sub(done.stored),
+        };
         Ok(Response::new(reply))
     }
 
