@@ -14,7 +14,7 @@
 //! yet committed are simply absent.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
+use crate::inventory::Inventory;
 use crate::messages::Msg;
 use crate::nrtable::NodeReplicationTable;
 use crate::options::ClientOptions;
@@ -40,7 +41,7 @@ use crate::session::Session;
 const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 /// Flushes running at once. Each holds its batch (raw and compressed) in
 /// memory, so this and [`FLUSH_BYTES`] bound the client's memory.
-const MAX_IN_FLIGHT: usize = 3;
+const MAX_IN_FLIGHT: usize = 4;
 /// Pending objects that trigger a flush (many small files).
 const FLUSH_OBJECTS: usize = 2000;
 /// Largest upload message (compressed bytes).
@@ -339,7 +340,7 @@ async fn fetch_inventory(
     session: &Session,
     filespace: &str,
     root: &str,
-) -> Result<HashMap<String, pb::ObjectAttrs>, ClientError> {
+) -> Result<Inventory, ClientError> {
     let mut client = session.client();
     let mut stream = client
         .query_objects(session.request(pb::QueryObjectsRequest {
@@ -350,14 +351,13 @@ async fn fetch_inventory(
         .await
         .map_err(|s| ClientError::server("reading the server inventory", s))?
         .into_inner();
-    let mut inventory = HashMap::new();
+    let local =
+        |e: rusqlite::Error| ClientError::Usage(format!("keeping the server inventory: {e}"));
+    let mut inventory = Inventory::new().map_err(local)?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|s| ClientError::server("reading the server inventory", s))?;
-        for v in batch.versions {
-            if let Some(attrs) = v.attrs {
-                inventory.insert(attrs.path.clone(), attrs);
-            }
-        }
+        let versions = batch.versions.into_iter().filter_map(|v| v.attrs).collect();
+        inventory.add(versions).map_err(local)?;
     }
     Ok(inventory)
 }
@@ -446,7 +446,8 @@ pub async fn run(
             excludes: excludes.clone(),
             inventory,
         };
-        let (tx, mut rx) = mpsc::channel::<Item>(16);
+        // A few items only: each may be a 4 MiB chunk.
+        let (tx, mut rx) = mpsc::channel::<Item>(4);
         let scanner = tokio::task::spawn_blocking(move || scan::scan(plan, &tx));
         let mut uploader = Uploader {
             session,
@@ -479,7 +480,8 @@ pub async fn run(
                 }
                 Item::Problem(msg) => {
                     progress.suspend(|| console.report(&msg, ExitStatus::Skipped));
-                    if msg.id != "TDM1013W" {
+                    // Warnings about the whole backup, not one object.
+                    if !matches!(msg.id, "TDM1013W" | "TDM1014W") {
                         uploader.stats.inspected += 1;
                         uploader.stats.failed += 1;
                     }

@@ -21,6 +21,7 @@ pub mod currency;
 pub mod error;
 pub mod error_log;
 pub mod failover;
+pub mod inventory;
 pub mod messages;
 pub mod nrtable;
 pub mod options;

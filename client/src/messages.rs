@@ -203,6 +203,17 @@ impl Msg {
         }
     }
 
+    /// The local copy of the server inventory failed mid-scan.
+    pub fn inventory_failed(cause: impl fmt::Display) -> Self {
+        Msg {
+            id: "TDM1014W",
+            text: format!(
+                "the server inventory kept for this backup could not be read back, so no \
+                 versions were made inactive this time (run the backup again): {cause}"
+            ),
+        }
+    }
+
     /// The node replication table could not be updated.
     pub fn nrtable_failed(cause: impl fmt::Display) -> Self {
         Msg {

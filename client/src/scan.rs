@@ -3,7 +3,6 @@
 //! thread and hands its results to the uploader through a bounded channel, so
 //! reading/hashing on one core overlaps compressing/sending on the other.
 
-use std::collections::HashMap;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -13,6 +12,7 @@ use tandem_proto::ChunkId;
 use tandem_proto::pb;
 use tokio::sync::mpsc;
 
+use crate::inventory::Inventory;
 use crate::messages::Msg;
 
 /// Smallest chunk the chunker cuts (except at the end of a file).
@@ -57,7 +57,7 @@ pub struct ScanPlan {
     pub excludes: GlobSet,
     /// The server's active versions below `root` (incremental), or `None`
     /// (selective: everything is sent).
-    pub inventory: Option<HashMap<String, pb::ObjectAttrs>>,
+    pub inventory: Option<Inventory>,
 }
 
 /// Attributes of a local object, or `None` for kinds not backed up (sockets,
@@ -147,14 +147,17 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Item>) -> Vec<String> {
         }
     }
     match plan.inventory {
-        Some(inventory) => {
-            let mut gone: Vec<String> = inventory
-                .into_keys()
+        Some(inventory) => match inventory.remaining() {
+            Ok(left) => left
+                .into_iter()
                 .filter(|p| !unreadable_dirs.iter().any(|d| crate::paths::within(p, d)))
-                .collect();
-            gone.sort();
-            gone
-        }
+                .collect(),
+            Err(e) => {
+                // Deactivating nothing is the safe side: versions stay active.
+                let _ = send(Item::Problem(Msg::inventory_failed(e)));
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     }
 }
@@ -181,7 +184,12 @@ fn scan_entry(
     let Some(attrs) = attrs_of(path, &meta, link_target) else {
         return true; // special files are not backed up
     };
-    let stored = plan.inventory.as_mut().and_then(|inv| inv.remove(path));
+    // A lookup that fails counts as "not stored": the object is sent again,
+    // the safe side.
+    let stored = plan
+        .inventory
+        .as_mut()
+        .and_then(|inv| inv.take(path).ok().flatten());
     if stored.is_some_and(|s| unchanged(&attrs, &s)) {
         return send(Item::Unchanged);
     }
@@ -197,8 +205,10 @@ fn scan_entry(
 /// Files up to this size are read whole and chunked in memory. The streaming
 /// chunker allocates (and zeroes) a MAX_CHUNK buffer per file, which for many
 /// small files cost more time than hashing and compressing them (profiled:
-/// a third of the client's CPU in memset/memmove).
-const READ_WHOLE_LIMIT: u64 = 16 * 1024 * 1024;
+/// a third of the client's CPU in memset/memmove). The limit is the largest
+/// chunk, so a whole-file buffer is never bigger than the streaming one; a
+/// higher limit (16 MiB) was no faster and raised peak memory.
+const READ_WHOLE_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// Reads at most `READ_WHOLE_LIMIT + 1` bytes: a file that grew past the
 /// limit since it was listed is streamed instead, so memory stays bounded.

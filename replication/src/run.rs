@@ -1,7 +1,7 @@
 //! One replication run: plan, missing chunks, state changes, objects, deletions.
 
 use crate::plan::{ReplicationRule, plan};
-use crate::{Source, Target};
+use crate::{ChunkId, Source, StoredChunk, Target};
 
 /// Chunk ids per "which are missing" question.
 const FIND_BATCH: usize = 4096;
@@ -49,6 +49,24 @@ fn dst<E: std::error::Error + Send + Sync + 'static>(e: E) -> ReplicationError {
     ReplicationError::Target(Box::new(e))
 }
 
+/// Reads chunks from `source`, [`READ_BATCH`] ids at a time, until about
+/// [`SEND_BYTES`] are gathered or `groups` runs out.
+async fn read_up_to<S: Source>(
+    source: &S,
+    groups: &mut std::slice::Chunks<'_, ChunkId>,
+) -> Result<Vec<StoredChunk>, ReplicationError> {
+    let mut gathered = Vec::new();
+    let mut bytes = 0usize;
+    while bytes < SEND_BYTES {
+        let Some(group) = groups.next() else { break };
+        for chunk in source.read_chunks(group).await.map_err(src)? {
+            bytes += chunk.data.len();
+            gathered.push(chunk);
+        }
+    }
+    Ok(gathered)
+}
+
 /// Replicates one node from `source` to `target` under `rule`.
 ///
 /// # Errors
@@ -71,27 +89,16 @@ where
     for batch in plan.chunks.chunks(FIND_BATCH) {
         let missing = target.missing_chunks(batch).await.map_err(dst)?;
         report.chunks_skipped += (batch.len() - missing.len()) as u64;
-        let mut pending = Vec::new();
-        let mut pending_bytes = 0usize;
-        for group in missing.chunks(READ_BATCH) {
-            for chunk in source.read_chunks(group).await.map_err(src)? {
-                pending_bytes += chunk.data.len();
-                pending.push(chunk);
-            }
-            if pending_bytes >= SEND_BYTES {
-                report.bytes_sent += pending_bytes as u64;
-                report.chunks_sent += pending.len() as u64;
-                target
-                    .put_chunks(std::mem::take(&mut pending))
-                    .await
-                    .map_err(dst)?;
-                pending_bytes = 0;
-            }
-        }
-        if !pending.is_empty() {
-            report.bytes_sent += pending_bytes as u64;
+        let mut groups = missing.chunks(READ_BATCH);
+        let mut pending = read_up_to(source, &mut groups).await?;
+        // The target stores one group while the next is read from the source.
+        while !pending.is_empty() {
+            report.bytes_sent += pending.iter().map(|c| c.data.len() as u64).sum::<u64>();
             report.chunks_sent += pending.len() as u64;
-            target.put_chunks(pending).await.map_err(dst)?;
+            let (stored, next) =
+                tokio::join!(target.put_chunks(pending), read_up_to(source, &mut groups));
+            stored.map_err(dst)?;
+            pending = next?;
         }
     }
     if !plan.update.is_empty() {
