@@ -1,6 +1,8 @@
 //! `query backup`, `query filespace` and `query session`: tables for people,
 //! JSON for scripts.
 
+use std::io::Write;
+
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
 use tandem_proto::pb;
@@ -31,10 +33,14 @@ fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-/// Lists stored versions matching `selection`.
+/// Lists stored versions matching `selection`, printing each batch as it
+/// arrives: a listing of a million-file filespace costs no more memory than one
+/// of ten files. Text output is therefore in fixed columns (widths known before
+/// the first row) rather than a table sized to its longest cell; JSON output is
+/// one array with one version per line.
 ///
 /// # Errors
-/// Server failures.
+/// Server failures; standard output closed.
 pub async fn backup(
     session: &Session,
     selection: &Selection,
@@ -51,62 +57,115 @@ pub async fn backup(
         .await
         .map_err(|s| ClientError::server("listing stored objects", s))?
         .into_inner();
-    let mut rows = Vec::new();
+    let mut listing = VersionListing::new(console.json);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|s| ClientError::server("listing stored objects", s))?;
-        rows.extend(
-            batch
-                .versions
-                .into_iter()
-                .filter(|v| v.attrs.as_ref().is_some_and(|a| selection.matches(&a.path))),
-        );
+        for version in batch.versions {
+            if version
+                .attrs
+                .as_ref()
+                .is_some_and(|a| selection.matches(&a.path))
+            {
+                listing.row(&version).map_err(stdout_error)?;
+            }
+        }
     }
-    if rows.is_empty() {
+    if listing.rows == 0 {
         console.report(&Msg::no_match(&selection.prefix), ExitStatus::Skipped);
     }
-    if console.json {
-        let list: Vec<_> = rows
-            .iter()
-            .map(|v| {
-                let a = v.attrs.clone().unwrap_or_default();
-                json!({
-                    "path": a.path, "kind": kind_name(a.kind), "size": a.size,
-                    "backup_time": timefmt::rfc3339(v.backup_time_ns),
-                    "state": if v.active { "active" } else { "inactive" },
-                    "deactivated": timefmt::rfc3339(v.deactivated_ns),
-                    "filespace": v.filespace,
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
-        return Ok(());
+    listing.finish().map_err(stdout_error)
+}
+
+fn stdout_error(source: std::io::Error) -> ClientError {
+    ClientError::Io {
+        path: "standard output".into(),
+        source,
     }
-    let mut t = table(&[
-        "Size",
-        "Backup Date",
-        "State",
-        "Deactivated",
-        "Type",
-        "Path",
-    ]);
-    for v in &rows {
+}
+
+/// Writes a version listing to standard output row by row.
+struct VersionListing {
+    out: std::io::BufWriter<std::io::Stdout>,
+    json: bool,
+    rows: u64,
+}
+
+impl VersionListing {
+    fn new(json: bool) -> Self {
+        VersionListing {
+            out: std::io::BufWriter::new(std::io::stdout()),
+            json,
+            rows: 0,
+        }
+    }
+
+    fn row(&mut self, v: &pb::ObjectVersion) -> std::io::Result<()> {
         let a = v.attrs.clone().unwrap_or_default();
-        t.add_row(vec![
-            human_bytes(a.size),
-            timefmt::show(v.backup_time_ns),
-            if v.active { "active" } else { "inactive" }.to_string(),
-            timefmt::show(v.deactivated_ns),
-            kind_name(a.kind).to_string(),
-            a.path,
-        ]);
+        let state = if v.active { "active" } else { "inactive" };
+        if self.json {
+            let item = json!({
+                "path": a.path, "kind": kind_name(a.kind), "size": a.size,
+                "backup_time": timefmt::rfc3339(v.backup_time_ns),
+                "state": state,
+                "deactivated": timefmt::rfc3339(v.deactivated_ns),
+                "filespace": v.filespace,
+            });
+            let lead = if self.rows == 0 { "[\n" } else { ",\n" };
+            write!(self.out, "{lead}  {item}")?;
+        } else {
+            if self.rows == 0 {
+                self.line(
+                    "Size",
+                    "Backup Date",
+                    "State",
+                    "Deactivated",
+                    "Type",
+                    "Path",
+                )?;
+                self.line(
+                    "----",
+                    "-----------",
+                    "-----",
+                    "-----------",
+                    "----",
+                    "----",
+                )?;
+            }
+            self.line(
+                &human_bytes(a.size),
+                &timefmt::show(v.backup_time_ns),
+                state,
+                &timefmt::show(v.deactivated_ns),
+                kind_name(a.kind),
+                &a.path,
+            )?;
+        }
+        self.rows += 1;
+        Ok(())
     }
-    if !rows.is_empty() {
-        println!("{t}");
+
+    fn line(
+        &mut self,
+        size: &str,
+        backup: &str,
+        state: &str,
+        deactivated: &str,
+        kind: &str,
+        path: &str,
+    ) -> std::io::Result<()> {
+        writeln!(
+            self.out,
+            "{size:>10}  {backup:<19}  {state:<8}  {deactivated:<19}  {kind:<4}  {path}"
+        )
     }
-    Ok(())
+
+    fn finish(mut self) -> std::io::Result<()> {
+        if self.json {
+            let close = if self.rows == 0 { "[]\n" } else { "\n]\n" };
+            self.out.write_all(close.as_bytes())?;
+        }
+        self.out.flush()
+    }
 }
 
 /// Lists the node's filespaces.

@@ -15,7 +15,7 @@ mod nodes;
 mod objects;
 mod replication;
 
-pub use objects::{CommitCounts, path_is_within};
+pub use objects::{CommitCounts, PageKey, path_is_within};
 pub use replication::{FilespaceTimes, VersionState};
 
 use std::path::Path;
@@ -45,6 +45,10 @@ impl Catalog {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Without a limit the WAL file keeps its largest size forever (a first
+        // backup of many files grows it to hundreds of MiB); truncate it back
+        // after each checkpoint so the catalog's footprint is its data.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(include_str!("catalog/schema.sql"))?;
         Ok(Catalog {

@@ -346,3 +346,50 @@ fn incremental_without_paths_backs_up_the_domain() {
         "the acknowledged backup is noted in the node replication table"
     );
 }
+
+/// `query backup` over more versions than one catalog page (512) lists every
+/// version once, in path order, in JSON and in the text columns alike.
+#[test]
+fn query_backup_pages_through_a_large_filespace() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("many");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..1200 {
+        std::fs::write(src.join(format!("f{i:04}")), format!("{i}\n")).unwrap();
+    }
+    client.json(&["incremental", &path_str(&src)]);
+    // A second version of 100 files, so pages also cut between versions of a path.
+    for i in (0..1200).step_by(12) {
+        std::fs::write(src.join(format!("f{i:04}")), format!("{i} changed\n")).unwrap();
+    }
+    client.json(&["incremental", &path_str(&src)]);
+
+    let pattern = format!("{}/*", path_str(&src));
+    let listed = client.json(&["query", "backup", &pattern, "--inactive"]);
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 1300, "1,200 files + 100 older versions");
+    let keys: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_string(),
+                r["backup_time"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted, "listed once each, in path order");
+    let inactive = rows.iter().filter(|r| r["state"] == "inactive").count();
+    assert_eq!(inactive, 100);
+
+    let text = client.run(&["query", "backup", &pattern]);
+    assert_success(&text, "query backup");
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    let data_lines: Vec<&str> = text.lines().skip(2).collect();
+    assert_eq!(data_lines.len(), 1200, "one line per active version");
+    assert!(text.lines().next().unwrap().contains("Backup Date"));
+    assert!(data_lines[0].ends_with("/many/f0000"), "{}", data_lines[0]);
+    assert!(data_lines[1199].contains(" active "), "{}", data_lines[1199]);
+}

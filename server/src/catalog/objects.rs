@@ -16,6 +16,27 @@ pub struct CommitCounts {
     pub deactivated: u64,
 }
 
+/// Where a page of [`Catalog::query_versions`] ended: the full sort key of its
+/// last row, so the next page neither repeats nor skips a row.
+#[derive(Debug, Clone)]
+pub struct PageKey {
+    path: String,
+    backup_ns: i64,
+    object_id: ObjectId,
+}
+
+impl PageKey {
+    /// The key of `last`, the final row of a page.
+    #[must_use]
+    pub fn of(last: &StoredVersion) -> Self {
+        PageKey {
+            path: last.attrs.path.clone(),
+            backup_ns: last.backup_ns,
+            object_id: last.object_id,
+        }
+    }
+}
+
 /// The half-open range of `path` values equal to or below `prefix`, as
 /// `(exact, lower, upper)`: `path = exact OR (path >= lower AND path < upper)`.
 /// `/` sorts just before `0`, so everything below `/a/b` lies in `["/a/b/", "/a/b0")`.
@@ -226,8 +247,11 @@ impl Catalog {
             .max_by_key(String::len))
     }
 
-    /// Versions of a node's objects matching `query`, ordered by path and then
-    /// backup time.
+    /// One page of the versions of a node's objects matching `query`, ordered by
+    /// path, backup time and object id: at most `limit` rows after `after` (from
+    /// the start when `None`). Callers page through a large filespace with
+    /// [`PageKey::of`] on the last row, so neither side holds the whole list and
+    /// the catalog lock is held for one page at a time.
     ///
     /// # Errors
     /// SQLite errors.
@@ -235,6 +259,8 @@ impl Catalog {
         &self,
         node_id: i64,
         query: &VersionQuery,
+        after: Option<&PageKey>,
+        limit: usize,
     ) -> Result<Vec<StoredVersion>, CatalogError> {
         let filespace = if query.filespace.is_empty() {
             match self.filespace_for_path(node_id, &query.path_prefix)? {
@@ -250,14 +276,20 @@ impl Catalog {
             None if query.include_inactive => "AND ?5 = ?5",
             None => "AND o.active = 1 AND ?5 = ?5",
         };
+        let page_filter = match after {
+            Some(_) => "AND (o.path, o.backup_ns, o.object_id) > (?7, ?8, ?9)",
+            None => "AND ?7 IS NULL AND ?8 IS NULL AND ?9 IS NULL",
+        };
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {VERSION_COLUMNS} FROM objects o JOIN filespaces f ON o.filespace_id = f.id
              WHERE f.node_id = ?1 AND f.name = ?2
                AND (o.path = ?3 OR (o.path >= ?4 AND o.path < ?6))
                AND o.expiring = 0
                {state_filter}
-             ORDER BY o.path, o.backup_ns"
+               {page_filter}
+             ORDER BY o.path, o.backup_ns, o.object_id
+             LIMIT ?10"
         ))?;
         let rows = stmt
             .query_map(
@@ -267,7 +299,11 @@ impl Catalog {
                     exact,
                     lower,
                     query.point_in_time_ns.unwrap_or(0),
-                    upper
+                    upper,
+                    after.map(|k| k.path.as_str()),
+                    after.map(|k| k.backup_ns),
+                    after.map(|k| k.object_id.0.as_slice()),
+                    i64::try_from(limit).unwrap_or(i64::MAX),
                 ],
                 |r| version_from_row(r, query.with_chunks),
             )?

@@ -15,8 +15,9 @@ use super::peer_of;
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth::{self, Session};
+use crate::catalog::PageKey;
 use crate::error::ServerError;
-use crate::model::{VersionQuery, normalize_node_name, now_ns};
+use crate::model::{StoredVersion, VersionQuery, normalize_node_name, now_ns};
 
 /// Chunks read from the containers per trip to a blocking thread.
 const READ_GROUP_CHUNKS: usize = 64;
@@ -46,8 +47,23 @@ fn read_groups(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
     groups
 }
 
-/// Versions per streamed query message.
+/// Versions per streamed query message, and per catalog page behind it.
 const QUERY_BATCH: usize = 512;
+
+/// Reads the page of `query` after `after` from the catalog.
+async fn next_page(
+    state: &Arc<ServerState>,
+    node_id: i64,
+    query: &VersionQuery,
+    after: Option<PageKey>,
+) -> Result<Vec<StoredVersion>, Status> {
+    let query = query.clone();
+    super::blocking(state, move |s| {
+        Ok(s.catalog
+            .query_versions(node_id, &query, after.as_ref(), QUERY_BATCH)?)
+    })
+    .await
+}
 
 /// The failover block of a logon reply: given once the node has completed a
 /// backup here and been replicated at least once (DOMAIN 1.4), naming the
@@ -349,22 +365,31 @@ impl Backup for BackupService {
             point_in_time_ns: (req.point_in_time_ns != 0).then_some(req.point_in_time_ns),
             with_chunks: req.with_chunks,
         };
-        let versions = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.query_versions(session.node_id, &query)?)
-        })
-        .await?;
+        let state = self.state.clone();
+        let first = next_page(&state, session.node_id, &query, None).await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let mut versions = versions.into_iter().map(convert::version_to_pb).peekable();
-            while versions.peek().is_some() {
-                let batch: Vec<_> = versions.by_ref().take(QUERY_BATCH).collect();
+            let mut page = first;
+            while let Some(last) = page.last().map(PageKey::of) {
+                let full = page.len() == QUERY_BATCH;
+                let versions = page.into_iter().map(convert::version_to_pb).collect();
                 if tx
-                    .send(Ok(pb::QueryObjectsResponse { versions: batch }))
+                    .send(Ok(pb::QueryObjectsResponse { versions }))
                     .await
                     .is_err()
                 {
                     break; // the client went away
                 }
+                if !full {
+                    break;
+                }
+                page = match next_page(&state, session.node_id, &query, Some(last)).await {
+                    Ok(page) => page,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
