@@ -474,9 +474,9 @@ pub async fn run(
                         chunk_ids: chunks.iter().map(|c| c.as_slice().to_vec()).collect(),
                     });
                 }
-                Item::Unchanged => {
-                    uploader.stats.inspected += 1;
-                    uploader.stats.unchanged += 1;
+                Item::Unchanged(n) => {
+                    uploader.stats.inspected += n;
+                    uploader.stats.unchanged += n;
                 }
                 Item::Problem(msg) => {
                     progress.suspend(|| console.report(&msg, ExitStatus::Skipped));

@@ -55,9 +55,16 @@ impl Inventory {
 
     /// Removes and returns the version at `path`, if any.
     ///
+    /// The first call opens one transaction that lasts as long as the
+    /// inventory: the database is private and thrown away, so committing each
+    /// delete (SQLite's default) would only add a journal cycle per file.
+    ///
     /// # Errors
     /// SQLite errors, or a stored row that does not decode.
     pub fn take(&mut self, path: &str) -> Result<Option<pb::ObjectAttrs>, rusqlite::Error> {
+        if self.conn.is_autocommit() {
+            self.conn.execute_batch("BEGIN")?;
+        }
         let blob: Option<Vec<u8>> = self
             .conn
             .prepare_cached("DELETE FROM inventory WHERE path = ?1 RETURNING attrs")?

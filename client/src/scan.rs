@@ -3,6 +3,7 @@
 //! thread and hands its results to the uploader through a bounded channel, so
 //! reading/hashing on one core overlaps compressing/sending on the other.
 
+use std::cell::Cell;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -40,8 +41,8 @@ pub enum Item {
         /// Content chunks, in order.
         chunks: Vec<ChunkId>,
     },
-    /// An object identical to the server's active version.
-    Unchanged,
+    /// This many objects identical to the server's active versions.
+    Unchanged(u64),
     /// A problem with one object; the backup goes on.
     Problem(Msg),
     /// A file's bytes were read (for progress).
@@ -97,11 +98,28 @@ fn unchanged(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
         && local.link_target == stored.link_target
 }
 
+/// Unchanged objects counted before the count is sent on.
+const UNCHANGED_BATCH: u64 = 1024;
+
 /// Walks `plan.root`, sending [`Item`]s; returns the inventory paths to
 /// deactivate (gone locally or now excluded), leaving out anything below a
 /// directory that could not be read. Stops early if the receiver goes away.
 pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Item>) -> Vec<String> {
-    let send = |item: Item| tx.blocking_send(item).is_ok();
+    // Unchanged objects are counted and sent as one item per batch: one channel
+    // hand-off per file was a thread wake-up per file, the largest cost of an
+    // unchanged re-run after the stat calls themselves (profiled).
+    let unchanged = Cell::new(0u64);
+    let flush_unchanged = || {
+        let n = unchanged.replace(0);
+        n == 0 || tx.blocking_send(Item::Unchanged(n)).is_ok()
+    };
+    let send = |item: Item| match item {
+        Item::Unchanged(n) => {
+            unchanged.set(unchanged.get() + n);
+            unchanged.get() < UNCHANGED_BATCH || flush_unchanged()
+        }
+        other => flush_unchanged() && tx.blocking_send(other).is_ok(),
+    };
     let mut unreadable_dirs: Vec<String> = Vec::new();
     let excludes = plan.excludes.clone();
     let walker = walkdir::WalkDir::new(&plan.root)
@@ -145,6 +163,9 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Item>) -> Vec<String> {
         if !scan_entry(&path, entry.path(), &mut plan, &send) {
             return Vec::new();
         }
+    }
+    if !flush_unchanged() {
+        return Vec::new();
     }
     match plan.inventory {
         Some(inventory) => match inventory.remaining() {
@@ -191,7 +212,7 @@ fn scan_entry(
         .as_mut()
         .and_then(|inv| inv.take(path).ok().flatten());
     if stored.is_some_and(|s| unchanged(&attrs, &s)) {
-        return send(Item::Unchanged);
+        return send(Item::Unchanged(1));
     }
     if attrs.kind != pb::ObjectKind::File as i32 {
         return send(Item::Object {

@@ -15,7 +15,7 @@ mod nodes;
 mod objects;
 mod replication;
 
-pub use objects::{CommitCounts, PageKey, path_is_within};
+pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
 pub use replication::{FilespaceTimes, VersionState};
 
 use std::path::Path;

@@ -4,11 +4,11 @@
 # size — against restic on the same data in the same run (restic is installed
 # from the distribution's packages when missing). Talks only to 127.0.0.1.
 #
-#   tests/bench/run.sh            REPS=3 for medians; SMALL/MEDIUM/LARGE/LARGE_MIB size the data
+#   tests/bench/run.sh            REPS (default 3) rounds, medians; SMALL/MEDIUM/LARGE/LARGE_MIB size the data
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-/tmp/tandem-bench}
-REPS=${REPS:-1}
+REPS=${REPS:-3}
 BIN=$ROOT/target/release
 
 command -v restic >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic time; }
@@ -122,16 +122,22 @@ for line in open(sys.argv[1]):
 data_mb = int(sys.argv[2]) / 1e6
 med = lambda name, i: statistics.median(v[i] for v in rows[name])
 print(f"\ndataset {data_mb:.0f} MB, {sys.argv[3]} round(s), medians; load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
-print(f"{'step':<22} {'tandem':>10} {'restic':>10} {'ratio':>7}   {'tandem MB/s':>11}  {'client RSS T/R (MiB)':>20}")
-for step in ["full backup", "unchanged re-run", "backup after 1%", "full restore"]:
+targets = {"full backup": 0.6, "unchanged re-run": 0.4, "backup after 1%": 0.5, "full restore": 0.6}
+verdict = lambda ratio, target: f"{'met' if ratio <= target else 'NOT met'} (<= {target})"
+print(f"{'step':<22} {'tandem':>10} {'restic':>10} {'ratio':>7}   {'tandem MB/s':>11}  {'client RSS T/R (MiB)':>20}  target")
+for step, target in targets.items():
     t, r = med(f"tandem {step}", 0), med(f"restic {step}", 0)
     tr, rr = med(f"tandem {step}", 1) / 1024, med(f"restic {step}", 1) / 1024
     rate = f"{data_mb / t:.0f}" if step in ("full backup", "full restore") else "-"
-    print(f"{step:<22} {t:>9.2f}s {r:>9.2f}s {t / r:>7.2f}   {rate:>11}  {tr:>9.0f} / {rr:<9.0f}")
+    print(f"{step:<22} {t:>9.2f}s {r:>9.2f}s {t / r:>7.2f}   {rate:>11}  {tr:>9.0f} / {rr:<9.0f}  {verdict(t / r, target)}")
 ts, rs = med("tandem storage", 1) / 1024, med("restic storage", 1) / 1024
-print(f"{'storage after 1st':<22} {ts:>8.0f}MiB {rs:>8.0f}MiB {ts / rs:>7.2f}")
+print(f"{'storage after 1st':<22} {ts:>8.0f}MiB {rs:>8.0f}MiB {ts / rs:>7.2f}   {'':>11}  {'':>20}  {verdict(ts / rs, 1.0)}")
+rss_t = max(med(f"tandem {s}", 1) for s in targets) / 1024
+rss_r = max(med(f"restic {s}", 1) for s in targets) / 1024
+print(f"{'client peak RSS':<22} {rss_t:>7.0f}MiB {rss_r:>7.0f}MiB {rss_t / rss_r:>7.2f}   {'':>11}  {'':>20}  {verdict(rss_t / rss_r, 1.0)}")
 print(f"tandem server peak RSS {med('tandem server peak', 1) / 1024:.0f} MiB")
 r1, r2 = med("tandem replication first", 0), med("tandem replication after 1%", 0)
-print(f"replication first run   {r1:>6.2f}s  ({data_mb / r1:.0f} MB/s logical; {r1 / med('tandem full backup', 0):.2f} x tandem full backup)")
-print(f"replication after 1%    {r2:>6.2f}s  ({r2 / med('restic backup after 1%', 0):.2f} x restic backup after 1%)")
+full, mutated = med("tandem full backup", 0), med("restic backup after 1%", 0)
+print(f"replication first run   {r1:>6.2f}s  ({data_mb / r1:.0f} MB/s logical; {r1 / full:.2f} x tandem full backup; {verdict(r1 / full, 1.0)})")
+print(f"replication after 1%    {r2:>6.2f}s  ({r2 / mutated:.2f} x restic backup after 1%; {verdict(r2 / mutated, 0.5)})")
 PY

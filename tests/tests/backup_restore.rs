@@ -391,5 +391,9 @@ fn query_backup_pages_through_a_large_filespace() {
     assert_eq!(data_lines.len(), 1200, "one line per active version");
     assert!(text.lines().next().unwrap().contains("Backup Date"));
     assert!(data_lines[0].ends_with("/many/f0000"), "{}", data_lines[0]);
-    assert!(data_lines[1199].contains(" active "), "{}", data_lines[1199]);
+    assert!(
+        data_lines[1199].contains(" active "),
+        "{}",
+        data_lines[1199]
+    );
 }

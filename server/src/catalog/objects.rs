@@ -17,24 +17,22 @@ pub struct CommitCounts {
 }
 
 /// Where a page of [`Catalog::query_versions`] ended: the full sort key of its
-/// last row, so the next page neither repeats nor skips a row.
+/// last row (the row id breaks ties, and the path index carries it, so paging
+/// needs no sort), so the next page neither repeats nor skips a row.
 #[derive(Debug, Clone)]
 pub struct PageKey {
     path: String,
     backup_ns: i64,
-    object_id: ObjectId,
+    row_id: i64,
 }
 
-impl PageKey {
-    /// The key of `last`, the final row of a page.
-    #[must_use]
-    pub fn of(last: &StoredVersion) -> Self {
-        PageKey {
-            path: last.attrs.path.clone(),
-            backup_ns: last.backup_ns,
-            object_id: last.object_id,
-        }
-    }
+/// One page of a version query.
+#[derive(Debug, Default)]
+pub struct VersionPage {
+    /// The versions, in path and backup-time order.
+    pub versions: Vec<StoredVersion>,
+    /// Where the next page starts; `None` when this one is the last.
+    pub next: Option<PageKey>,
 }
 
 /// The half-open range of `path` values equal to or below `prefix`, as
@@ -250,8 +248,8 @@ impl Catalog {
     /// One page of the versions of a node's objects matching `query`, ordered by
     /// path, backup time and object id: at most `limit` rows after `after` (from
     /// the start when `None`). Callers page through a large filespace with
-    /// [`PageKey::of`] on the last row, so neither side holds the whole list and
-    /// the catalog lock is held for one page at a time.
+    /// [`VersionPage::next`], so neither side holds the whole list and the
+    /// catalog lock is held for one page at a time.
     ///
     /// # Errors
     /// SQLite errors.
@@ -261,11 +259,11 @@ impl Catalog {
         query: &VersionQuery,
         after: Option<&PageKey>,
         limit: usize,
-    ) -> Result<Vec<StoredVersion>, CatalogError> {
+    ) -> Result<VersionPage, CatalogError> {
         let filespace = if query.filespace.is_empty() {
             match self.filespace_for_path(node_id, &query.path_prefix)? {
                 Some(fs) => fs,
-                None => return Ok(Vec::new()),
+                None => return Ok(VersionPage::default()),
             }
         } else {
             query.filespace.clone()
@@ -277,18 +275,18 @@ impl Catalog {
             None => "AND o.active = 1 AND ?5 = ?5",
         };
         let page_filter = match after {
-            Some(_) => "AND (o.path, o.backup_ns, o.object_id) > (?7, ?8, ?9)",
+            Some(_) => "AND (o.path, o.backup_ns, o.id) > (?7, ?8, ?9)",
             None => "AND ?7 IS NULL AND ?8 IS NULL AND ?9 IS NULL",
         };
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {VERSION_COLUMNS} FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+            "SELECT {VERSION_COLUMNS}, o.id FROM objects o JOIN filespaces f ON o.filespace_id = f.id
              WHERE f.node_id = ?1 AND f.name = ?2
                AND (o.path = ?3 OR (o.path >= ?4 AND o.path < ?6))
                AND o.expiring = 0
                {state_filter}
                {page_filter}
-             ORDER BY o.path, o.backup_ns, o.object_id
+             ORDER BY o.path, o.backup_ns, o.id
              LIMIT ?10"
         ))?;
         let rows = stmt
@@ -302,13 +300,29 @@ impl Catalog {
                     upper,
                     after.map(|k| k.path.as_str()),
                     after.map(|k| k.backup_ns),
-                    after.map(|k| k.object_id.0.as_slice()),
+                    after.map(|k| k.row_id),
                     i64::try_from(limit).unwrap_or(i64::MAX),
                 ],
-                |r| version_from_row(r, query.with_chunks),
+                |r| {
+                    Ok((
+                        version_from_row(r, query.with_chunks)?,
+                        r.get::<_, i64>(14)?,
+                    ))
+                },
             )?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        let next = match rows.last() {
+            Some((last, row_id)) if rows.len() == limit => Some(PageKey {
+                path: last.attrs.path.clone(),
+                backup_ns: last.backup_ns,
+                row_id: *row_id,
+            }),
+            _ => None,
+        };
+        Ok(VersionPage {
+            versions: rows.into_iter().map(|(v, _)| v).collect(),
+            next,
+        })
     }
 
     /// A node's filespaces with their figures.

@@ -15,9 +15,9 @@ use super::peer_of;
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth::{self, Session};
-use crate::catalog::PageKey;
+use crate::catalog::{PageKey, VersionPage};
 use crate::error::ServerError;
-use crate::model::{StoredVersion, VersionQuery, normalize_node_name, now_ns};
+use crate::model::{VersionQuery, normalize_node_name, now_ns};
 
 /// Chunks read from the containers per trip to a blocking thread.
 const READ_GROUP_CHUNKS: usize = 64;
@@ -56,7 +56,7 @@ async fn next_page(
     node_id: i64,
     query: &VersionQuery,
     after: Option<PageKey>,
-) -> Result<Vec<StoredVersion>, Status> {
+) -> Result<VersionPage, Status> {
     let query = query.clone();
     super::blocking(state, move |s| {
         Ok(s.catalog
@@ -366,24 +366,25 @@ impl Backup for BackupService {
             with_chunks: req.with_chunks,
         };
         let state = self.state.clone();
-        let first = next_page(&state, session.node_id, &query, None).await?;
+        let mut page = next_page(&state, session.node_id, &query, None).await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
-            let mut page = first;
-            while let Some(last) = page.last().map(PageKey::of) {
-                let full = page.len() == QUERY_BATCH;
-                let versions = page.into_iter().map(convert::version_to_pb).collect();
-                if tx
-                    .send(Ok(pb::QueryObjectsResponse { versions }))
-                    .await
-                    .is_err()
+            loop {
+                let versions: Vec<_> = page
+                    .versions
+                    .into_iter()
+                    .map(convert::version_to_pb)
+                    .collect();
+                if !versions.is_empty()
+                    && tx
+                        .send(Ok(pb::QueryObjectsResponse { versions }))
+                        .await
+                        .is_err()
                 {
                     break; // the client went away
                 }
-                if !full {
-                    break;
-                }
-                page = match next_page(&state, session.node_id, &query, Some(last)).await {
+                let Some(after) = page.next else { break };
+                page = match next_page(&state, session.node_id, &query, Some(after)).await {
                     Ok(page) => page,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
