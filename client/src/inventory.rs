@@ -18,6 +18,8 @@ const CACHE_KIB: i64 = 4096;
 #[derive(Debug)]
 pub struct Inventory {
     conn: Connection,
+    /// Rows added; a first backup's inventory is empty and is never queried.
+    added: u64,
 }
 
 impl Inventory {
@@ -34,7 +36,7 @@ impl Inventory {
              PRAGMA cache_size = -{CACHE_KIB};
              CREATE TABLE inventory (path TEXT PRIMARY KEY, attrs BLOB NOT NULL) WITHOUT ROWID;"
         ))?;
-        Ok(Inventory { conn })
+        Ok(Inventory { conn, added: 0 })
     }
 
     /// Adds versions (one transaction for the lot).
@@ -46,6 +48,7 @@ impl Inventory {
         {
             let mut insert = tx
                 .prepare_cached("INSERT OR REPLACE INTO inventory (path, attrs) VALUES (?1, ?2)")?;
+            self.added += versions.len() as u64;
             for attrs in versions {
                 insert.execute(params![attrs.path, attrs.encode_to_vec()])?;
             }
@@ -62,6 +65,9 @@ impl Inventory {
     /// # Errors
     /// SQLite errors, or a stored row that does not decode.
     pub fn take(&mut self, path: &str) -> Result<Option<pb::ObjectAttrs>, rusqlite::Error> {
+        if self.added == 0 {
+            return Ok(None);
+        }
         if self.conn.is_autocommit() {
             self.conn.execute_batch("BEGIN")?;
         }

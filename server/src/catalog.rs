@@ -49,6 +49,13 @@ impl Catalog {
         // backup of many files grows it to hundreds of MiB); truncate it back
         // after each checkpoint so the catalog's footprint is its data.
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        // Chunk ids and object ids are random, so their index pages are touched
+        // all over: with SQLite's default 2 MiB page cache a first backup of
+        // 200,000 files spent most of its server time re-reading and spilling
+        // pages (profiled). 32 MiB holds those indexes for about a million
+        // chunks; checkpoints every 16 MiB of WAL instead of 4 MiB.
+        conn.pragma_update(None, "cache_size", -32 * 1024)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(include_str!("catalog/schema.sql"))?;
         Ok(Catalog {

@@ -103,11 +103,11 @@ pub(crate) fn deactivate(
     path: &str,
     now_ns: i64,
 ) -> rusqlite::Result<usize> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE objects SET active = 0, deactivated_ns = ?3
          WHERE filespace_id = ?1 AND path = ?2 AND active = 1",
-        params![filespace_id, path, now_ns],
-    )
+    )?
+    .execute(params![filespace_id, path, now_ns])
 }
 
 /// Marks the inactive versions of `path` beyond the newest `keep` as expiring
@@ -197,7 +197,7 @@ impl Catalog {
             )?;
             for v in versions {
                 let a = &v.attrs;
-                deactivate(&tx, fs_id, &a.path, now_ns)?;
+                let superseded = deactivate(&tx, fs_id, &a.path, now_ns)?;
                 insert.execute(params![
                     ObjectId::random().0.as_slice(),
                     fs_id,
@@ -212,13 +212,21 @@ impl Catalog {
                     now_ns,
                     manifest_bytes(&v.chunks),
                 ])?;
-                limit_inactive(&tx, fs_id, &a.path, keep_existing)?;
+                // Only a version turned inactive can take the path over its
+                // limit; a path whose limit was lowered since is trimmed by
+                // expiration, which applies the limits to every path.
+                if superseded > 0 {
+                    limit_inactive(&tx, fs_id, &a.path, keep_existing)?;
+                }
                 counts.stored += 1;
             }
         }
         for path in deactivate_paths {
-            counts.deactivated += deactivate(&tx, fs_id, path, now_ns)? as u64;
-            limit_inactive(&tx, fs_id, path, policy.verdeleted)?;
+            let gone = deactivate(&tx, fs_id, path, now_ns)?;
+            if gone > 0 {
+                counts.deactivated += gone as u64;
+                limit_inactive(&tx, fs_id, path, policy.verdeleted)?;
+            }
         }
         tx.commit()?;
         Ok(counts)
