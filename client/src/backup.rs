@@ -446,8 +446,9 @@ pub async fn run(
             excludes: excludes.clone(),
             inventory,
         };
-        // A few batches only: each may hold 1 MiB of small chunks or one 4 MiB chunk.
-        let (tx, mut rx) = mpsc::channel::<Vec<Item>>(4);
+        // Two batches only: each may hold 1 MiB of small chunks and a 4 MiB one,
+        // and memory must stay at restic's level (four raised peak RSS 10 MiB).
+        let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
         let scanner = tokio::task::spawn_blocking(move || scan::scan(plan, &tx));
         let mut uploader = Uploader {
             session,

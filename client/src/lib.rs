@@ -22,6 +22,7 @@ pub mod error;
 pub mod error_log;
 pub mod failover;
 pub mod inventory;
+pub mod malloc;
 pub mod messages;
 pub mod nrtable;
 pub mod options;

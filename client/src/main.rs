@@ -2,13 +2,27 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    tandem_client::malloc::limit_arenas();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    ExitCode::from(tandem_client::run(std::env::args_os()).await.code())
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("TDM1007E cannot start the client's runtime: {e}");
+            return ExitCode::from(tandem_client::error::ExitStatus::Error.code());
+        }
+    };
+    ExitCode::from(
+        runtime
+            .block_on(tandem_client::run(std::env::args_os()))
+            .code(),
+    )
 }

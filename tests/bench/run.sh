@@ -16,7 +16,6 @@ command -v restic >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninter
 (cd "$ROOT" && cargo build --release --bins --quiet)
 
 rm -rf "$WORK"; mkdir -p "$WORK"
-DATA=$WORK/data
 SERVER_PID=
 SECONDARY_PID=
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" "$SECONDARY_PID" 2>/dev/null; wait 2>/dev/null || true; }
@@ -72,10 +71,15 @@ stop_server() {
 }
 
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic
+DATA_BYTES=0
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
 for rep in $(seq 1 "$REPS"); do
   echo "== round $rep"
-  rm -rf "$DATA"; python3 "$ROOT/tests/bench/dataset.py" generate "$DATA"
+  # Each round keeps its own copies until the run ends: ext4 allocates inodes
+  # slowly for a few minutes after a large tree is deleted (it skips recently
+  # freed ones), which slowed both systems' restores 2-3x in later rounds.
+  DATA=$WORK/data-$rep
+  python3 "$ROOT/tests/bench/dataset.py" generate "$DATA"
   DATA_BYTES=$(du -sb "$DATA" | cut -f1)
   start_server
   rm -rf "$RESTIC_REPOSITORY"; restic init -q
@@ -101,15 +105,13 @@ for rep in $(seq 1 "$REPS"); do
     esac
   done
   for sys in $order; do
-    rm -rf "$WORK/restore-$sys"
     case $sys in
-      tandem) run "tandem full restore" $T restore "$DATA/*" "$WORK/restore-tandem" --subdir
-              diff -r -q "$DATA" "$WORK/restore-tandem" > /dev/null || { echo "tandem restore differs"; exit 1; } ;;
-      restic) run "restic full restore" restic restore -q latest --target "$WORK/restore-restic"
-              diff -r -q "$DATA" "$WORK/restore-restic$DATA" > /dev/null || { echo "restic restore differs"; exit 1; } ;;
+      tandem) run "tandem full restore" $T restore "$DATA/*" "$WORK/restore-tandem-$rep" --subdir
+              diff -r -q "$DATA" "$WORK/restore-tandem-$rep" > /dev/null || { echo "tandem restore differs"; exit 1; } ;;
+      restic) run "restic full restore" restic restore -q latest --target "$WORK/restore-restic-$rep"
+              diff -r -q "$DATA" "$WORK/restore-restic-$rep$DATA" > /dev/null || { echo "restic restore differs"; exit 1; } ;;
     esac
   done
-  rm -rf "$WORK/restore-tandem" "$WORK/restore-restic"
   stop_server
 done
 
@@ -141,3 +143,4 @@ full, mutated = med("tandem full backup", 0), med("restic backup after 1%", 0)
 print(f"replication first run   {r1:>6.2f}s  ({data_mb / r1:.0f} MB/s logical; {r1 / full:.2f} x tandem full backup; {verdict(r1 / full, 1.0)})")
 print(f"replication after 1%    {r2:>6.2f}s  ({r2 / mutated:.2f} x restic backup after 1%; {verdict(r2 / mutated, 0.5)})")
 PY
+rm -rf "$WORK"/data-* "$WORK"/restore-*  # ~5 GB per round
