@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("TDM1007E cannot start the client's runtime: {e}");
+            eprintln!("tandem: cannot start (threads or I/O driver): {e}");
             return ExitCode::from(tandem_client::error::ExitStatus::Error.code());
         }
     };
