@@ -10,6 +10,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-/tmp/tandem-bench}
 REPS=${REPS:-3}
 BIN=$ROOT/target/release
+. "$ROOT/tests/bench/lib.sh"
 
 command -v restic >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic time; }
 [ -x /usr/bin/time ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time
@@ -53,14 +54,7 @@ replicate() {
 }
 
 start_server() {
-  rm -rf "$WORK/server"
-  "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name BENCH > "$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
-  ADDR=$(cat "$WORK/server/listen.addr")
-  echo 'bench-password' | "$BIN/tandem-admin" --server "http://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
-  printf 'node_name = "bench"\nserver_address = "http://%s"\npassword = "bench-password"\nstate_dir = "%s"\n' \
-    "$ADDR" "$WORK/state" > "$WORK/tandem.toml"
+  start_primary BENCH
   ADMIN="$BIN/tandem-admin --server http://$ADDR --token-file $WORK/server/admin.token"
   start_secondary
 }

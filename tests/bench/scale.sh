@@ -13,6 +13,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-/tmp/tandem-scale-bench}
 COUNTS=${COUNTS:-50000 200000}
 BIN=$ROOT/target/release
+. "$ROOT/tests/bench/lib.sh"
 
 command -v restic >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic time; }
 [ -x /usr/bin/time ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time
@@ -50,14 +51,8 @@ for i in range(n):
     with open(os.path.join(d, f"file{i:07}.dat"), "wb") as f:
         f.write(rng.randbytes(rng.randint(1024, 2048)))
 PY
-  rm -rf "$WORK/server" "$WORK/state"
-  "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name SCALE > "$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
-  ADDR=$(cat "$WORK/server/listen.addr")
-  echo 'bench-password' | "$BIN/tandem-admin" --server "http://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
-  printf 'node_name = "bench"\nserver_address = "http://%s"\npassword = "bench-password"\nstate_dir = "%s"\n' \
-    "$ADDR" "$WORK/state" > "$WORK/tandem.toml"
+  rm -rf "$WORK/state"
+  start_primary SCALE
   T="$BIN/tandem --options $WORK/tandem.toml --quiet"
 
   measure "$count" "tandem first backup" $T incremental "$DATA"
