@@ -66,7 +66,7 @@ pub async fn backup(
                 .as_ref()
                 .is_some_and(|a| selection.matches(&a.path))
             {
-                listing.row(&version).map_err(stdout_error)?;
+                listing.row(version).map_err(stdout_error)?;
             }
         }
     }
@@ -99,8 +99,8 @@ impl VersionListing {
         }
     }
 
-    fn row(&mut self, v: &pb::ObjectVersion) -> std::io::Result<()> {
-        let a = v.attrs.clone().unwrap_or_default();
+    fn row(&mut self, v: pb::ObjectVersion) -> std::io::Result<()> {
+        let a = v.attrs.unwrap_or_default();
         let state = if v.active { "active" } else { "inactive" };
         if self.json {
             let item = json!({

@@ -194,9 +194,6 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
             return Vec::new();
         }
     }
-    if !batcher.flush() {
-        return Vec::new();
-    }
     let deactivate = match plan.inventory {
         Some(inventory) => match inventory.remaining() {
             Ok(left) => left

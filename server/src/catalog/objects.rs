@@ -21,6 +21,8 @@ pub struct CommitCounts {
 /// needs no sort), so the next page neither repeats nor skips a row.
 #[derive(Debug, Clone)]
 pub struct PageKey {
+    /// The filespace the first page resolved, so later pages do not look it up again.
+    filespace: String,
     path: String,
     backup_ns: i64,
     row_id: i64,
@@ -268,13 +270,15 @@ impl Catalog {
         after: Option<&PageKey>,
         limit: usize,
     ) -> Result<VersionPage, CatalogError> {
-        let filespace = if query.filespace.is_empty() {
-            match self.filespace_for_path(node_id, &query.path_prefix)? {
-                Some(fs) => fs,
-                None => return Ok(VersionPage::default()),
+        let filespace = match after {
+            Some(key) => key.filespace.clone(),
+            None if query.filespace.is_empty() => {
+                match self.filespace_for_path(node_id, &query.path_prefix)? {
+                    Some(fs) => fs,
+                    None => return Ok(VersionPage::default()),
+                }
             }
-        } else {
-            query.filespace.clone()
+            None => query.filespace.clone(),
         };
         let (exact, lower, upper) = subtree_range(&query.path_prefix);
         let state_filter = match query.point_in_time_ns {
@@ -321,6 +325,7 @@ impl Catalog {
             .collect::<Result<Vec<_>, _>>()?;
         let next = match rows.last() {
             Some((last, row_id)) if rows.len() == limit => Some(PageKey {
+                filespace: filespace.clone(),
                 path: last.attrs.path.clone(),
                 backup_ns: last.backup_ns,
                 row_id: *row_id,
