@@ -200,19 +200,10 @@ impl Target<pb::ObjectVersion> for RemoteTarget {
     }
 
     async fn put_chunks(&self, chunks: Vec<StoredChunk>) -> Result<(), tonic::Status> {
-        let message = pb::UploadChunksRequest {
-            chunks: chunks
-                .into_iter()
-                .map(|c| pb::Chunk {
-                    id: c.id.as_slice().to_vec(),
-                    data: c.data,
-                    raw_len: c.raw_len,
-                })
-                .collect(),
-        };
+        let messages = upload_messages(chunks);
         self.client
             .clone()
-            .upload_chunks(self.request(tokio_stream::iter(vec![message])))
+            .upload_chunks(self.request(tokio_stream::iter(messages)))
             .await?;
         Ok(())
     }
@@ -257,6 +248,36 @@ impl Target<pb::ObjectVersion> for RemoteTarget {
             .await?;
         Ok(reply.into_inner().deleted)
     }
+}
+
+/// Compressed bytes per upload message to the partner. The partner verifies
+/// each message on its own blocking thread and stores while it verifies the
+/// next, so several smaller messages keep both its cores busy where one large
+/// message would be verified by one thread before anything is written.
+const UPLOAD_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits a group of chunks into upload messages of about
+/// [`UPLOAD_MESSAGE_BYTES`], keeping their order.
+fn upload_messages(chunks: Vec<StoredChunk>) -> Vec<pb::UploadChunksRequest> {
+    let mut messages = Vec::new();
+    let mut current = pb::UploadChunksRequest::default();
+    let mut bytes = 0usize;
+    for c in chunks {
+        if bytes > 0 && bytes + c.data.len() > UPLOAD_MESSAGE_BYTES {
+            messages.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += c.data.len();
+        current.chunks.push(pb::Chunk {
+            id: c.id.as_slice().to_vec(),
+            data: c.data,
+            raw_len: c.raw_len,
+        });
+    }
+    if !current.chunks.is_empty() {
+        messages.push(current);
+    }
+    messages
 }
 
 fn ascii(text: &str, what: &str) -> Result<MetadataValue<Ascii>, ServerError> {
@@ -627,4 +648,40 @@ pub async fn compare_node(
         filespaces: table.into_values().collect(),
         last_replication_ns: node_rec.last_repl_ns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(n: u8, len: usize) -> StoredChunk {
+        StoredChunk {
+            id: ChunkId::from_slice(&[n; 32]).expect("32-byte id"),
+            data: vec![n; len],
+            raw_len: len as u64,
+        }
+    }
+
+    #[test]
+    fn upload_messages_split_by_size_and_keep_order() {
+        let mib = 1024 * 1024;
+        let chunks: Vec<_> = (0..10).map(|n| chunk(n, 3 * mib / 2)).collect();
+        let messages = upload_messages(chunks);
+        let sizes: Vec<usize> = messages.iter().map(|m| m.chunks.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 2, 2, 2]);
+        let order: Vec<u8> = messages
+            .iter()
+            .flat_map(|m| m.chunks.iter().map(|c| c.id[0]))
+            .collect();
+        assert_eq!(order, (0..10).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_chunk_larger_than_a_message_travels_alone() {
+        let mib = 1024 * 1024;
+        let messages = upload_messages(vec![chunk(1, mib), chunk(2, 5 * mib), chunk(3, mib)]);
+        let sizes: Vec<usize> = messages.iter().map(|m| m.chunks.len()).collect();
+        assert_eq!(sizes, vec![1, 1, 1]);
+        assert!(upload_messages(Vec::new()).is_empty());
+    }
 }
