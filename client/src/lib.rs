@@ -15,6 +15,7 @@
 
 pub mod atomic;
 pub mod backup;
+pub mod chunker;
 pub mod cli;
 pub mod console;
 pub mod currency;

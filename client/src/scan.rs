@@ -13,6 +13,7 @@ use tandem_proto::ChunkId;
 use tandem_proto::pb;
 use tokio::sync::mpsc;
 
+use crate::chunker::Chunker;
 use crate::inventory::Inventory;
 use crate::messages::Msg;
 
@@ -150,6 +151,7 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
         bytes: Cell::new(0),
     };
     let send = |item: Item| batcher.send(item);
+    let mut chunker = Chunker::default();
     let mut unreadable_dirs: Vec<String> = Vec::new();
     let excludes = plan.excludes.clone();
     let walker = walkdir::WalkDir::new(&plan.root)
@@ -190,7 +192,7 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
             }
             continue;
         };
-        if !scan_entry(&path, entry.path(), &mut plan, &send) {
+        if !scan_entry(&path, entry.path(), &mut plan, &mut chunker, &send) {
             return Vec::new();
         }
     }
@@ -217,6 +219,7 @@ fn scan_entry(
     path: &str,
     fs_path: &Path,
     plan: &mut ScanPlan,
+    chunker: &mut Chunker,
     send: &impl Fn(Item) -> bool,
 ) -> bool {
     let meta = match std::fs::symlink_metadata(fs_path) {
@@ -249,65 +252,7 @@ fn scan_entry(
             chunks: Vec::new(),
         });
     }
-    read_file(fs_path, attrs, send)
-}
-
-/// Files up to this size are read whole and chunked in memory. The streaming
-/// chunker allocates (and zeroes) a MAX_CHUNK buffer per file, which for many
-/// small files cost more time than hashing and compressing them (profiled:
-/// a third of the client's CPU in memset/memmove). The limit is the largest
-/// chunk, so a whole-file buffer is never bigger than the streaming one; a
-/// higher limit (16 MiB) was no faster and raised peak memory.
-const READ_WHOLE_LIMIT: u64 = 4 * 1024 * 1024;
-
-/// Reads at most `READ_WHOLE_LIMIT + 1` bytes: a file that grew past the
-/// limit since it was listed is streamed instead, so memory stays bounded.
-fn read_bounded(fs_path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut data = Vec::new();
-    std::fs::File::open(fs_path)?
-        .take(READ_WHOLE_LIMIT + 1)
-        .read_to_end(&mut data)?;
-    Ok(data)
-}
-
-/// Chunks a small file read whole: one read, cuts found in place.
-fn read_small_file(fs_path: &Path, attrs: pb::ObjectAttrs, send: &impl Fn(Item) -> bool) -> bool {
-    let data = match read_bounded(fs_path) {
-        Ok(d) if d.len() as u64 > READ_WHOLE_LIMIT => {
-            return read_streamed(fs_path, attrs, send);
-        }
-        Ok(d) => d,
-        Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
-    };
-    let read = data.len() as u64;
-    let mut chunks = Vec::new();
-    if !send(Item::Scanned(read)) {
-        return false;
-    }
-    if data.len() <= MIN_CHUNK as usize {
-        // One chunk: hand over the buffer itself.
-        if !data.is_empty() {
-            let id = ChunkId::of(&data);
-            chunks.push(id);
-            if !send(Item::Chunk { id, data }) {
-                return false;
-            }
-        }
-    } else {
-        for cut in fastcdc::v2020::FastCDC::new(&data, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-            let piece = &data[cut.offset..cut.offset + cut.length];
-            let id = ChunkId::of(piece);
-            chunks.push(id);
-            if !send(Item::Chunk {
-                id,
-                data: piece.to_vec(),
-            }) {
-                return false;
-            }
-        }
-    }
-    finish_file(attrs, read, chunks, send)
+    read_file(fs_path, attrs, chunker, send)
 }
 
 /// Sends a read file's object. A file that grew or shrank while it was read
@@ -327,42 +272,33 @@ fn finish_file(
     send(Item::Object { attrs, chunks })
 }
 
-/// Chunks a file and sends its chunks, then the object: small files read
-/// whole, large ones streamed so memory stays bounded whatever their size.
-fn read_file(fs_path: &Path, attrs: pb::ObjectAttrs, send: &impl Fn(Item) -> bool) -> bool {
-    if attrs.size <= READ_WHOLE_LIMIT {
-        read_small_file(fs_path, attrs, send)
-    } else {
-        read_streamed(fs_path, attrs, send)
-    }
-}
-
-/// Streams a file through the chunker with a bounded buffer.
-fn read_streamed(fs_path: &Path, attrs: pb::ObjectAttrs, send: &impl Fn(Item) -> bool) -> bool {
+/// Reads a file through the chunker and sends its chunks, then the object.
+/// Memory stays bounded by the chunker's buffer whatever the file's size.
+fn read_file(
+    fs_path: &Path,
+    attrs: pb::ObjectAttrs,
+    chunker: &mut Chunker,
+    send: &impl Fn(Item) -> bool,
+) -> bool {
     let file = match std::fs::File::open(fs_path) {
         Ok(f) => f,
         Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
     };
     let mut chunks = Vec::new();
-    let mut read = 0u64;
-    for chunk in fastcdc::v2020::StreamCDC::new(file, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
-        };
-        let id = ChunkId::of(&chunk.data);
-        read += chunk.data.len() as u64;
+    let split = chunker.split(file, |piece| {
+        let id = ChunkId::of(piece);
         chunks.push(id);
-        if !send(Item::Scanned(chunk.data.len() as u64))
-            || !send(Item::Chunk {
+        send(Item::Scanned(piece.len() as u64))
+            && send(Item::Chunk {
                 id,
-                data: chunk.data,
+                data: piece.to_vec(),
             })
-        {
-            return false;
-        }
+    });
+    match split {
+        Ok(Some(read)) => finish_file(attrs, read, chunks, send),
+        Ok(None) => false,
+        Err(e) => send(Item::Problem(Msg::unreadable(&attrs.path, e))),
     }
-    finish_file(attrs, read, chunks, send)
 }
 
 #[cfg(test)]
