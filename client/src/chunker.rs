@@ -14,10 +14,11 @@ use std::io::{ErrorKind, Read};
 
 use crate::scan::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
 
-/// Size of the read buffer: three largest chunks. Reads top the unread part
-/// up to one window (the largest chunk), and the tail is moved to the front
-/// only when less than a window of room is left: once per two windows read.
-const BUFFER_BYTES: usize = 3 * MAX_CHUNK as usize;
+/// Size of the read buffer: two largest chunks. Reads top the unread part up
+/// to one window (the largest chunk), and the tail is moved to the front only
+/// when less than a window of room is left. Three chunks moved less but cost
+/// 4 MiB more of peak memory for no measurable gain.
+const BUFFER_BYTES: usize = 2 * MAX_CHUNK as usize;
 
 /// Reads land on addresses aligned to this. The kernel's copy into a buffer
 /// that is 16-byte aligned (what the allocator gives) ran 3-4 times slower
