@@ -13,7 +13,6 @@
 //! once it returns, those objects survive a crash of the server; objects not
 //! yet committed are simply absent.
 
-use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -27,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::compress::compress_chunk;
 use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
 use crate::inventory::Inventory;
@@ -54,11 +54,6 @@ const UPLOAD_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 const FIND_BATCH: usize = 8192;
 /// Objects per commit.
 const COMMIT_BATCH: usize = 5000;
-/// zstd level. Measured on the benchmark data in 1 MiB blocks (zstd -b): level 3
-/// compresses text 5.6x at 306 MB/s and decompresses it at 859 MB/s; level 1 gives
-/// 5.4x at 320 MB/s and 763 MB/s. Level 3 stores less and verifies/restores faster
-/// for about 5% more compression time.
-const ZSTD_LEVEL: i32 = 3;
 
 /// Which objects a backup sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,24 +279,6 @@ async fn flush_batch(
         out.deactivated += reply.deactivated;
     }
     Ok(out)
-}
-
-thread_local! {
-    /// One compression context per blocking thread, reused across chunks
-    /// (making one per chunk showed in the profile).
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { RefCell::new(None) };
-}
-
-fn compress_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if let Some(compressor) = slot.as_mut() {
-            return compressor.compress(raw);
-        }
-        slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?)
-            .compress(raw)
-    })
 }
 
 /// Compresses `chunks` into upload messages of at most

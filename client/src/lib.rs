@@ -17,6 +17,7 @@ pub mod atomic;
 pub mod backup;
 pub mod chunker;
 pub mod cli;
+pub mod compress;
 pub mod console;
 pub mod currency;
 pub mod error;
