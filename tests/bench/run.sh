@@ -5,6 +5,10 @@
 # from the distribution's packages when missing). Talks only to 127.0.0.1.
 #
 #   tests/bench/run.sh            REPS (default 3) rounds, medians; SMALL/MEDIUM/LARGE/LARGE_MIB size the data
+#
+# Leave five minutes after deleting a large tree (a previous run deletes its
+# own at the end): ext4 skips recently freed inodes for that long, and file
+# creation, so both systems' restores, runs at half speed meanwhile.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-/tmp/tandem-bench}
@@ -22,16 +26,23 @@ SECONDARY_PID=
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" "$SECONDARY_PID" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-# run NAME CMD...: wall seconds and peak RSS (KiB) of CMD into $RESULTS
+# timed NAME CMD...: wall seconds and peak RSS (KiB) of CMD into $RESULTS
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
-run() {
+timed() {
   local name=$1; shift
   /usr/bin/time -f "%e %M" -o "$WORK/time.out" "$@" > "$WORK/last.out" 2> "$WORK/last.err" || {
     echo "FAILED: $name"; cat "$WORK/last.err"; exit 1; }
   read -r secs rss < "$WORK/time.out"
   printf '%s\t%s\t%s\n' "$name" "$secs" "$rss" >> "$RESULTS"
   printf '  %-28s %8.2f s  %8d KiB\n' "$name" "$secs" "$rss"
+}
+# run NAME CMD...: as timed, but first flushes writeback left by the previous
+# step (the fresh dataset, or the other system's repository), which otherwise
+# slowed whichever system ran second in a round by up to a third.
+run() {
+  sync
+  timed "$@"
 }
 
 start_secondary() {
@@ -106,7 +117,7 @@ for rep in $(seq 1 "$REPS"); do
               # restic leaves its restored files in the page cache; Tandem makes
               # every file durable before it reports success. The time to flush
               # restic's files gives the like-for-like figure.
-              run "restic restore sync" sync
+              timed "restic restore sync" sync
               diff -r -q "$DATA" "$WORK/restore-restic-$rep$DATA" > /dev/null || { echo "restic restore differs"; exit 1; } ;;
     esac
   done
