@@ -101,13 +101,7 @@ impl Chunker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{RngCore, SeedableRng};
-
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut data = vec![0u8; len];
-        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-        data
-    }
+    use crate::test_data::random_bytes as random;
 
     fn split_all(data: &[u8]) -> Vec<Vec<u8>> {
         let mut out = Vec::new();

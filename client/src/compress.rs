@@ -124,13 +124,7 @@ fn block_header(len: usize, last: bool) -> [u8; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{RngCore, SeedableRng};
-
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut data = vec![0u8; len];
-        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-        data
-    }
+    use crate::test_data::random_bytes as random;
 
     fn text(len: usize) -> Vec<u8> {
         b"backup restore node replica server client filespace version "

@@ -36,6 +36,8 @@ pub mod scan;
 pub mod selection;
 pub mod session;
 pub mod target;
+#[cfg(test)]
+mod test_data;
 pub mod timefmt;
 
 pub use cli::run;
