@@ -20,8 +20,8 @@ use std::time::Instant;
 use globset::GlobSet;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tandem_proto::ChunkId;
 use tandem_proto::pb;
+use tandem_proto::{ChunkId, UploadPacker};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,8 +48,6 @@ const FLUSH_BYTES: usize = 8 * 1024 * 1024;
 const MAX_IN_FLIGHT: usize = 5;
 /// Pending objects that trigger a flush (many small files).
 const FLUSH_OBJECTS: usize = 5000;
-/// Largest upload message (compressed bytes).
-const UPLOAD_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Ids per `FindMissingChunks` call.
 const FIND_BATCH: usize = 8192;
 /// Objects per commit.
@@ -281,37 +279,33 @@ async fn flush_batch(
     Ok(out)
 }
 
-/// Compresses `chunks` into upload messages of at most
-/// [`UPLOAD_MESSAGE_BYTES`], sending each as soon as it is full; returns the
+/// Compresses `chunks` into upload messages of about
+/// [`tandem_proto::UPLOAD_MESSAGE_BYTES`], sending each as soon as it is full; returns the
 /// compressed bytes sent. Stops early if the upload has gone.
 fn compress_into_messages(
     chunks: Vec<(ChunkId, Vec<u8>)>,
     tx: &mpsc::Sender<pb::UploadChunksRequest>,
 ) -> Result<u64, ClientError> {
     let mut sent = 0u64;
-    let mut current = pb::UploadChunksRequest::default();
-    let mut size = 0usize;
+    let mut packer = UploadPacker::default();
     for (id, raw) in chunks {
         let data = compress_chunk(&raw).map_err(|e| ClientError::Io {
             path: PathBuf::from("<compression>"),
             source: e,
         })?;
-        if size + data.len() > UPLOAD_MESSAGE_BYTES && !current.chunks.is_empty() {
-            if tx.blocking_send(std::mem::take(&mut current)).is_err() {
-                return Ok(sent);
-            }
-            size = 0;
-        }
-        sent += data.len() as u64;
-        size += data.len();
-        current.chunks.push(pb::Chunk {
+        let size = data.len() as u64;
+        let full = packer.push(pb::Chunk {
             id: id.as_slice().to_vec(),
             data,
             raw_len: raw.len() as u64,
         });
+        if full.is_some_and(|message| tx.blocking_send(message).is_err()) {
+            return Ok(sent);
+        }
+        sent += size;
     }
-    if !current.chunks.is_empty() {
-        let _ = tx.blocking_send(current);
+    if let Some(last) = packer.finish() {
+        let _ = tx.blocking_send(last);
     }
     Ok(sent)
 }

@@ -3,11 +3,14 @@
 //! - [`pb`]: code generated from `tandem/v1/*.proto` (services `Backup` and `Admin`).
 //! - [`ids`]: [`ChunkId`], [`ObjectId`] and [`ServerGuid`], the ids that travel between
 //!   clients and servers and between servers, with their parsing and display rules.
+//! - [`upload`]: how chunks are grouped into upload messages.
 //! - [`SESSION_HEADER`]: the metadata key that carries a client session token.
 
 pub mod ids;
+pub mod upload;
 
 pub use ids::{ChunkId, IdError, ObjectId, ServerGuid};
+pub use upload::{UPLOAD_MESSAGE_BYTES, UploadPacker};
 
 /// Generated protobuf messages and tonic clients/servers for package `tandem.v1`.
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use tandem_proto::pb::{self, replication_client::ReplicationClient};
-use tandem_proto::{ChunkId, MAX_MESSAGE_BYTES, ObjectId, SESSION_HEADER};
+use tandem_proto::{ChunkId, MAX_MESSAGE_BYTES, ObjectId, SESSION_HEADER, UploadPacker};
 use tandem_replication::{
     InventoryEntry, ObjectState, ReplicationRule, Source, StoredChunk, Target,
 };
@@ -250,33 +250,20 @@ impl Target<pb::ObjectVersion> for RemoteTarget {
     }
 }
 
-/// Compressed bytes per upload message to the partner. The partner verifies
-/// each message on its own blocking thread and stores while it verifies the
-/// next, so several smaller messages keep both its cores busy where one large
-/// message would be verified by one thread before anything is written.
-const UPLOAD_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Splits a group of chunks into upload messages of about
-/// [`UPLOAD_MESSAGE_BYTES`], keeping their order.
+/// Splits a group of chunks into upload messages, keeping their order.
 fn upload_messages(chunks: Vec<StoredChunk>) -> Vec<pb::UploadChunksRequest> {
-    let mut messages = Vec::new();
-    let mut current = pb::UploadChunksRequest::default();
-    let mut bytes = 0usize;
-    for c in chunks {
-        if bytes > 0 && bytes + c.data.len() > UPLOAD_MESSAGE_BYTES {
-            messages.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += c.data.len();
-        current.chunks.push(pb::Chunk {
-            id: c.id.as_slice().to_vec(),
-            data: c.data,
-            raw_len: c.raw_len,
-        });
-    }
-    if !current.chunks.is_empty() {
-        messages.push(current);
-    }
+    let mut packer = UploadPacker::default();
+    let mut messages: Vec<_> = chunks
+        .into_iter()
+        .filter_map(|c| {
+            packer.push(pb::Chunk {
+                id: c.id.as_slice().to_vec(),
+                data: c.data,
+                raw_len: c.raw_len,
+            })
+        })
+        .collect();
+    messages.extend(packer.finish());
     messages
 }
 
