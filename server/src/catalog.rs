@@ -10,6 +10,7 @@
 
 mod actlog;
 mod chunks;
+mod dirs;
 mod expire;
 mod nodes;
 mod objects;
@@ -41,7 +42,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors opening or migrating the database.
     pub fn open(path: &Path, defaults: Policy) -> Result<Self, CatalogError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -57,7 +58,11 @@ impl Catalog {
         conn.pragma_update(None, "cache_size", -32 * 1024)?;
         conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(include_str!("catalog/schema.sql"))?;
+        let schema = include_str!("catalog/schema.sql");
+        if dirs::migrate_whole_paths(&mut conn, schema)? {
+            tracing::info!("catalog moved to one row per directory: {}", path.display());
+        }
+        conn.execute_batch(schema)?;
         Ok(Catalog {
             conn: Mutex::new(conn),
             defaults,
@@ -122,3 +127,6 @@ fn sql_int(v: u64) -> i64 {
 fn from_sql_int(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use rusqlite::params;
 use tandem_proto::ChunkId;
 
+use super::dirs::delete_unused_dirs;
 use super::{Catalog, DAY_NS, from_sql_int, sql_int};
 use crate::error::CatalogError;
 use crate::model::ChunkLocation;
@@ -29,9 +30,9 @@ impl Catalog {
         let mut stmt = conn.prepare(
             "SELECT id FROM (
                SELECT o.id, o.active, o.expiring, o.deactivated_ns,
-                 row_number() OVER (PARTITION BY o.filespace_id, o.path
+                 row_number() OVER (PARTITION BY o.dir_id, o.name
                                     ORDER BY o.active DESC, o.backup_ns DESC) AS rank,
-                 max(o.active) OVER (PARTITION BY o.filespace_id, o.path) AS has_active,
+                 max(o.active) OVER (PARTITION BY o.dir_id, o.name) AS has_active,
                  coalesce(n.verexists, ?1) AS verexists, coalesce(n.verdeleted, ?2) AS verdeleted,
                  coalesce(n.retextra, ?3) AS retextra, coalesce(n.retonly, ?4) AS retonly
                FROM objects o JOIN filespaces f ON o.filespace_id = f.id
@@ -74,6 +75,12 @@ impl Catalog {
                     deleted += stmt.execute([id])? as u64;
                 }
             }
+            tx.commit()?;
+        }
+        if deleted > 0 {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            delete_unused_dirs(&tx)?;
             tx.commit()?;
         }
         Ok(deleted)
@@ -128,6 +135,12 @@ impl Catalog {
                     deleted += stmt.execute([id.as_slice()])? as u64;
                 }
             }
+            tx.commit()?;
+        }
+        if deleted > 0 {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            delete_unused_dirs(&tx)?;
             tx.commit()?;
         }
         Ok(deleted)
@@ -216,7 +229,10 @@ impl Catalog {
         let Some(id) = id else {
             return Ok(None);
         };
-        let versions = tx.execute("DELETE FROM objects WHERE filespace_id = ?1", [id])? as u64;
+        let versions = tx.execute(
+            "DELETE FROM objects WHERE dir_id IN (SELECT id FROM dirs WHERE filespace_id = ?1)",
+            [id],
+        )? as u64;
         tx.execute("DELETE FROM filespaces WHERE id = ?1", [id])?;
         tx.commit()?;
         Ok(Some(versions))

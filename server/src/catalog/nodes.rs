@@ -101,10 +101,10 @@ impl Catalog {
         let mut stmt = conn.prepare(&format!(
             "SELECT {NODE_COLUMNS},
                (SELECT count(*) FROM filespaces f WHERE f.node_id = nodes.id),
-               (SELECT count(*) FROM objects o JOIN filespaces f ON o.filespace_id = f.id
-                  WHERE f.node_id = nodes.id AND o.active = 1),
-               (SELECT count(*) FROM objects o JOIN filespaces f ON o.filespace_id = f.id
-                  WHERE f.node_id = nodes.id AND o.expiring = 0)
+               (SELECT count(*) FROM filespaces f JOIN dirs d ON d.filespace_id = f.id
+                  JOIN objects o ON o.dir_id = d.id WHERE f.node_id = nodes.id AND o.active = 1),
+               (SELECT count(*) FROM filespaces f JOIN dirs d ON d.filespace_id = f.id
+                  JOIN objects o ON o.dir_id = d.id WHERE f.node_id = nodes.id AND o.expiring = 0)
              FROM nodes WHERE ?1 = '' OR name = ?1 ORDER BY name"
         ))?;
         let rows = stmt

@@ -1,8 +1,9 @@
 //! Filespaces and object versions: backup commits and inventory queries.
 
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use tandem_proto::{ChunkId, ObjectId};
 
+use super::dirs::{DirIds, split_path};
 use super::{Catalog, from_sql_int, sql_int};
 use crate::error::{CatalogError, ServerError};
 use crate::model::{Filespace, NewVersion, ObjectAttrs, ObjectKind, StoredVersion, VersionQuery};
@@ -23,9 +24,59 @@ pub struct CommitCounts {
 pub struct PageKey {
     /// The filespace the first page resolved, so later pages do not look it up again.
     filespace: String,
-    path: String,
+    /// The last row was a version of the prefix itself, not of a path below it.
+    exact: bool,
+    dir: String,
+    position: InDir,
+}
+
+/// A place within one directory's versions: after (name, backup time, row id).
+#[derive(Debug, Clone)]
+struct InDir {
+    name: String,
     backup_ns: i64,
     row_id: i64,
+}
+
+impl InDir {
+    /// Before every version of the directory.
+    fn start() -> Self {
+        InDir {
+            name: String::new(),
+            backup_ns: i64::MIN,
+            row_id: i64::MIN,
+        }
+    }
+}
+
+/// What a version query covers: the prefix's own versions, which live in its
+/// parent directory, and every directory in `[lower, upper)`.
+struct Scope<'a> {
+    /// (directory, name) of the prefix itself; `None` when that directory is
+    /// already inside the range (a prefix of `/` or ending in `/`).
+    exact: Option<(&'a str, &'a str)>,
+    lower: String,
+    upper: String,
+}
+
+impl<'a> Scope<'a> {
+    fn of(prefix: &'a str) -> Self {
+        let (_, lower, upper) = subtree_range(prefix);
+        let (dir, name) = split_path(prefix);
+        let inside = dir >= lower.as_str() && dir < upper.as_str();
+        Scope {
+            exact: (!inside).then_some((dir, name)),
+            lower,
+            upper,
+        }
+    }
+}
+
+/// A version as a page query returns it, with its place.
+struct PagedRow {
+    version: StoredVersion,
+    dir: String,
+    position: InDir,
 }
 
 /// One page of a version query.
@@ -64,8 +115,12 @@ fn manifest_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, CatalogError> {
         .collect())
 }
 
-pub(crate) const VERSION_COLUMNS: &str = "o.object_id, f.name, o.path, o.kind, o.size, o.mode, o.mtime_ns, \
-     o.uid, o.gid, o.link_target, o.backup_ns, o.active, o.deactivated_ns, o.manifest";
+pub(crate) const VERSION_COLUMNS: &str = "o.object_id, f.name, d.path || o.name, o.kind, o.size, o.mode, \
+     o.mtime_ns, o.uid, o.gid, o.link_target, o.backup_ns, o.active, o.deactivated_ns, o.manifest";
+
+/// The tables [`VERSION_COLUMNS`] come from.
+pub(crate) const VERSION_TABLES: &str =
+    "objects o JOIN dirs d ON d.id = o.dir_id JOIN filespaces f ON f.id = d.filespace_id";
 
 pub(crate) fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<StoredVersion> {
     let bad = |msg: String| {
@@ -99,34 +154,135 @@ pub(crate) fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Resu
     })
 }
 
+/// Makes the active version of `name` in directory `dir_id` inactive.
 pub(crate) fn deactivate(
     tx: &Transaction<'_>,
-    filespace_id: i64,
-    path: &str,
+    dir_id: i64,
+    name: &str,
     now_ns: i64,
 ) -> rusqlite::Result<usize> {
     tx.prepare_cached(
         "UPDATE objects SET active = 0, deactivated_ns = ?3
-         WHERE filespace_id = ?1 AND path = ?2 AND active = 1",
+         WHERE dir_id = ?1 AND name = ?2 AND active = 1",
     )?
-    .execute(params![filespace_id, path, now_ns])
+    .execute(params![dir_id, name, now_ns])
 }
 
 /// Marks the inactive versions of `path` beyond the newest `keep` as expiring
 /// (TSM: versions over VEREXISTS/VERDELETED are marked for deletion at once).
 fn limit_inactive(
     tx: &Transaction<'_>,
-    filespace_id: i64,
-    path: &str,
+    dir_id: i64,
+    name: &str,
     keep: u32,
 ) -> rusqlite::Result<usize> {
     tx.prepare_cached(
         "UPDATE objects SET expiring = 1 WHERE id IN (
            SELECT id FROM objects
-           WHERE filespace_id = ?1 AND path = ?2 AND active = 0 AND expiring = 0
+           WHERE dir_id = ?1 AND name = ?2 AND active = 0 AND expiring = 0
            ORDER BY backup_ns DESC LIMIT -1 OFFSET ?3)",
     )?
-    .execute(params![filespace_id, path, keep])
+    .execute(params![dir_id, name, keep])
+}
+
+/// The visibility filter of a version query, on point-in-time parameter `pit`
+/// (always mentioned, so every variant takes the same parameters).
+fn state_filter(query: &VersionQuery, pit: &str) -> String {
+    match query.point_in_time_ns {
+        Some(_) => {
+            format!("AND o.backup_ns <= {pit} AND (o.active = 1 OR o.deactivated_ns > {pit})")
+        }
+        None if query.include_inactive => format!("AND {pit} = {pit}"),
+        None => format!("AND o.active = 1 AND {pit} = {pit}"),
+    }
+}
+
+/// Reads a row of the page queries: the version columns, then row id,
+/// directory and name.
+fn paged_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<PagedRow> {
+    Ok(PagedRow {
+        version: version_from_row(r, with_chunks)?,
+        dir: r.get(15)?,
+        position: InDir {
+            name: r.get(16)?,
+            backup_ns: r.get(10)?,
+            row_id: r.get(14)?,
+        },
+    })
+}
+
+/// Up to `limit` versions in directory `dir` after `from` (only those named
+/// `name`, when given), in name, backup time and row id order.
+fn versions_in_dir(
+    conn: &Connection,
+    filespace_id: i64,
+    query: &VersionQuery,
+    dir: &str,
+    name: Option<&str>,
+    from: &InDir,
+    limit: usize,
+) -> rusqlite::Result<Vec<PagedRow>> {
+    let name_filter = match name {
+        Some(_) => "AND o.name = ?3",
+        None => "AND ?3 IS NULL",
+    };
+    let state = state_filter(query, "?7");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS}, o.id, d.path, o.name FROM {VERSION_TABLES}
+         WHERE d.filespace_id = ?1 AND d.path = ?2 {name_filter}
+           AND (o.name, o.backup_ns, o.id) > (?4, ?5, ?6)
+           AND o.expiring = 0 {state}
+         ORDER BY o.name, o.backup_ns, o.id
+         LIMIT ?8"
+    ))?;
+    stmt.query_map(
+        params![
+            filespace_id,
+            dir,
+            name,
+            from.name,
+            from.backup_ns,
+            from.row_id,
+            query.point_in_time_ns.unwrap_or(0),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        ],
+        |r| paged_row(r, query.with_chunks),
+    )?
+    .collect()
+}
+
+/// Up to `limit` versions in the directories after `lower` (from it, when
+/// `inclusive`) and before `upper`, in directory, name, backup time and row id
+/// order.
+fn versions_in_dirs(
+    conn: &Connection,
+    filespace_id: i64,
+    query: &VersionQuery,
+    lower: &str,
+    inclusive: bool,
+    upper: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<PagedRow>> {
+    let from = if inclusive { ">=" } else { ">" };
+    let state = state_filter(query, "?4");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {VERSION_COLUMNS}, o.id, d.path, o.name FROM {VERSION_TABLES}
+         WHERE d.filespace_id = ?1 AND d.path {from} ?2 AND d.path < ?3
+           AND o.expiring = 0 {state}
+         ORDER BY d.path, o.name, o.backup_ns, o.id
+         LIMIT ?5"
+    ))?;
+    stmt.query_map(
+        params![
+            filespace_id,
+            lower,
+            upper,
+            query.point_in_time_ns.unwrap_or(0),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        ],
+        |r| paged_row(r, query.with_chunks),
+    )?
+    .collect()
 }
 
 impl Catalog {
@@ -191,19 +347,25 @@ impl Catalog {
         // The active version counts towards VEREXISTS.
         let keep_existing = policy.verexists.saturating_sub(1);
         let mut counts = CommitCounts::default();
+        let mut dirs = DirIds::default();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO objects (object_id, filespace_id, path, kind, size, mode, mtime_ns,
-                   uid, gid, link_target, backup_ns, active, manifest)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12)",
+                "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
+                   mtime_ns, uid, gid, link_target, backup_ns, active, manifest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13)",
             )?;
             for v in versions {
                 let a = &v.attrs;
-                let superseded = deactivate(&tx, fs_id, &a.path, now_ns)?;
+                let (dir, name) = split_path(&a.path);
+                let dir_id = dirs
+                    .get(&tx, fs_id, dir, true)?
+                    .ok_or_else(|| CatalogError::Malformed(format!("directory {dir} vanished")))?;
+                let superseded = deactivate(&tx, dir_id, name, now_ns)?;
                 insert.execute(params![
                     ObjectId::random().0.as_slice(),
                     fs_id,
-                    a.path,
+                    dir_id,
+                    name,
                     a.kind.code(),
                     sql_int(a.size),
                     a.mode,
@@ -218,16 +380,20 @@ impl Catalog {
                 // limit; a path whose limit was lowered since is trimmed by
                 // expiration, which applies the limits to every path.
                 if superseded > 0 {
-                    limit_inactive(&tx, fs_id, &a.path, keep_existing)?;
+                    limit_inactive(&tx, dir_id, name, keep_existing)?;
                 }
                 counts.stored += 1;
             }
         }
         for path in deactivate_paths {
-            let gone = deactivate(&tx, fs_id, path, now_ns)?;
+            let (dir, name) = split_path(path);
+            let Some(dir_id) = dirs.get(&tx, fs_id, dir, false)? else {
+                continue; // nothing was ever stored in that directory
+            };
+            let gone = deactivate(&tx, dir_id, name, now_ns)?;
             if gone > 0 {
                 counts.deactivated += gone as u64;
-                limit_inactive(&tx, fs_id, path, policy.verdeleted)?;
+                limit_inactive(&tx, dir_id, name, policy.verdeleted)?;
             }
         }
         tx.commit()?;
@@ -280,60 +446,76 @@ impl Catalog {
             }
             None => query.filespace.clone(),
         };
-        let (exact, lower, upper) = subtree_range(&query.path_prefix);
-        let state_filter = match query.point_in_time_ns {
-            Some(_) => "AND o.backup_ns <= ?5 AND (o.active = 1 OR o.deactivated_ns > ?5)",
-            None if query.include_inactive => "AND ?5 = ?5",
-            None => "AND o.active = 1 AND ?5 = ?5",
-        };
-        let page_filter = match after {
-            Some(_) => "AND (o.path, o.backup_ns, o.id) > (?7, ?8, ?9)",
-            None => "AND ?7 IS NULL AND ?8 IS NULL AND ?9 IS NULL",
-        };
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {VERSION_COLUMNS}, o.id FROM objects o JOIN filespaces f ON o.filespace_id = f.id
-             WHERE f.node_id = ?1 AND f.name = ?2
-               AND (o.path = ?3 OR (o.path >= ?4 AND o.path < ?6))
-               AND o.expiring = 0
-               {state_filter}
-               {page_filter}
-             ORDER BY o.path, o.backup_ns, o.id
-             LIMIT ?10"
-        ))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    node_id,
-                    filespace,
-                    exact,
-                    lower,
-                    query.point_in_time_ns.unwrap_or(0),
-                    upper,
-                    after.map(|k| k.path.as_str()),
-                    after.map(|k| k.backup_ns),
-                    after.map(|k| k.row_id),
-                    i64::try_from(limit).unwrap_or(i64::MAX),
-                ],
-                |r| {
-                    Ok((
-                        version_from_row(r, query.with_chunks)?,
-                        r.get::<_, i64>(14)?,
-                    ))
-                },
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
+        let Some(fs_id) = conn
+            .prepare_cached("SELECT id FROM filespaces WHERE node_id = ?1 AND name = ?2")?
+            .query_row(params![node_id, filespace], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(VersionPage::default());
+        };
+        let scope = Scope::of(&query.path_prefix);
+        let mut rows: Vec<PagedRow> = Vec::new();
+        // The prefix's own versions sort first: their directory is the
+        // prefix's parent, which sorts before the prefix's subtree.
+        if let Some((dir, name)) = scope.exact
+            && after.is_none_or(|k| k.exact)
+        {
+            let from = after.map_or_else(InDir::start, |k| k.position.clone());
+            rows = versions_in_dir(&conn, fs_id, query, dir, Some(name), &from, limit)?;
+        }
+        if rows.len() < limit {
+            match after.filter(|k| !k.exact) {
+                Some(k) => {
+                    let rest = limit - rows.len();
+                    rows.extend(versions_in_dir(
+                        &conn,
+                        fs_id,
+                        query,
+                        &k.dir,
+                        None,
+                        &k.position,
+                        rest,
+                    )?);
+                    let rest = limit - rows.len();
+                    if rest > 0 {
+                        rows.extend(versions_in_dirs(
+                            &conn,
+                            fs_id,
+                            query,
+                            &k.dir,
+                            false,
+                            &scope.upper,
+                            rest,
+                        )?);
+                    }
+                }
+                None => {
+                    let rest = limit - rows.len();
+                    rows.extend(versions_in_dirs(
+                        &conn,
+                        fs_id,
+                        query,
+                        &scope.lower,
+                        true,
+                        &scope.upper,
+                        rest,
+                    )?);
+                }
+            }
+        }
         let next = match rows.last() {
-            Some((last, row_id)) if rows.len() == limit => Some(PageKey {
+            Some(last) if rows.len() == limit => Some(PageKey {
                 filespace: filespace.clone(),
-                path: last.attrs.path.clone(),
-                backup_ns: last.backup_ns,
-                row_id: *row_id,
+                // Rows below the prefix never come from its parent directory.
+                exact: scope.exact.is_some_and(|(dir, _)| last.dir == dir),
+                dir: last.dir.clone(),
+                position: last.position.clone(),
             }),
             _ => None,
         };
         Ok(VersionPage {
-            versions: rows.into_iter().map(|(v, _)| v).collect(),
+            versions: rows.into_iter().map(|r| r.version).collect(),
             next,
         })
     }
@@ -347,7 +529,8 @@ impl Catalog {
         let mut stmt = conn.prepare(
             "SELECT f.name, count(o.id), coalesce(sum(o.size), 0),
                     f.last_backup_start_ns, f.last_backup_end_ns, f.last_repl_ns
-             FROM filespaces f LEFT JOIN objects o ON o.filespace_id = f.id AND o.active = 1
+             FROM filespaces f LEFT JOIN dirs d ON d.filespace_id = f.id
+                               LEFT JOIN objects o ON o.dir_id = d.id AND o.active = 1
              WHERE f.node_id = ?1 GROUP BY f.id ORDER BY f.name",
         )?;
         let rows = stmt

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use rusqlite::{OptionalExtension, params};
 use tandem_proto::ObjectId;
 
-use super::objects::{VERSION_COLUMNS, deactivate, manifest_bytes, version_from_row};
+use super::dirs::{DirIds, delete_unused_dirs, split_path};
+use super::objects::{
+    VERSION_COLUMNS, VERSION_TABLES, deactivate, manifest_bytes, version_from_row,
+};
 use super::{Catalog, from_sql_int, sql_int};
 use crate::error::{CatalogError, ServerError};
 use crate::model::{PartnerServer, ReplRun, StoredVersion};
@@ -149,8 +152,8 @@ impl Catalog {
     pub fn node_versions(&self, node_id: i64) -> Result<Vec<StoredVersion>, CatalogError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {VERSION_COLUMNS} FROM objects o JOIN filespaces f ON o.filespace_id = f.id
-             WHERE f.node_id = ?1 AND o.expiring = 0 ORDER BY f.name, o.path, o.backup_ns"
+            "SELECT {VERSION_COLUMNS} FROM {VERSION_TABLES}
+             WHERE f.node_id = ?1 AND o.expiring = 0 ORDER BY f.name, d.path, o.name, o.backup_ns"
         ))?;
         let rows = stmt
             .query_map([node_id], |r| version_from_row(r, true))?
@@ -169,7 +172,7 @@ impl Catalog {
     ) -> Result<Vec<StoredVersion>, CatalogError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {VERSION_COLUMNS} FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+            "SELECT {VERSION_COLUMNS} FROM {VERSION_TABLES}
              WHERE f.node_id = ?1 AND o.object_id = ?2"
         ))?;
         let mut out = Vec::with_capacity(ids.len());
@@ -197,7 +200,7 @@ impl Catalog {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT f.name, o.object_id, o.active, o.deactivated_ns, o.size
-             FROM objects o JOIN filespaces f ON o.filespace_id = f.id
+             FROM filespaces f JOIN dirs d ON d.filespace_id = f.id JOIN objects o ON o.dir_id = d.id
              WHERE f.node_id = ?1 AND o.expiring = 0",
         )?;
         let rows = stmt
@@ -325,10 +328,11 @@ impl Catalog {
             let mut has_chunk = tx.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
             let mut has_object = tx.prepare_cached("SELECT 1 FROM objects WHERE object_id = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO objects (object_id, filespace_id, path, kind, size, mode, mtime_ns, uid, gid,
-                   link_target, backup_ns, active, deactivated_ns, manifest)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
+                   mtime_ns, uid, gid, link_target, backup_ns, active, deactivated_ns, manifest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
+            let mut dirs = DirIds::default();
             let mut filespaces: HashMap<String, i64> = HashMap::new();
             for v in versions {
                 if has_object.exists([v.object_id.0.as_slice()])? {
@@ -354,13 +358,18 @@ impl Catalog {
                     }
                 };
                 let a = &v.attrs;
+                let (dir, name) = split_path(&a.path);
+                let dir_id = dirs
+                    .get(&tx, fs_id, dir, true)?
+                    .ok_or_else(|| CatalogError::Malformed(format!("directory {dir} vanished")))?;
                 if v.active {
-                    deactivate(&tx, fs_id, &a.path, v.backup_ns)?;
+                    deactivate(&tx, dir_id, name, v.backup_ns)?;
                 }
                 insert.execute(params![
                     v.object_id.0.as_slice(),
                     fs_id,
-                    a.path,
+                    dir_id,
+                    name,
                     a.kind.code(),
                     sql_int(a.size),
                     a.mode,
@@ -396,6 +405,9 @@ impl Catalog {
             for id in ids {
                 deleted += stmt.execute(params![node_id, id.0.as_slice()])? as u64;
             }
+        }
+        if deleted > 0 {
+            delete_unused_dirs(&tx)?;
         }
         tx.commit()?;
         Ok(deleted)

@@ -34,13 +34,24 @@ CREATE TABLE IF NOT EXISTS filespaces (
     UNIQUE (node_id, name)
 );
 
--- One row per stored version. `manifest` is the concatenation of the 32-byte
--- chunk ids of the content, in order.
+-- The directory part of stored paths (everything through the last `/`), once
+-- per filespace: a version row and its two path indexes then carry a short
+-- name instead of the whole path, which was most of the catalog's size.
+CREATE TABLE IF NOT EXISTS dirs (
+    id           INTEGER PRIMARY KEY,
+    filespace_id INTEGER NOT NULL REFERENCES filespaces(id) ON DELETE CASCADE,
+    path         TEXT NOT NULL,
+    UNIQUE (filespace_id, path)
+);
+
+-- One row per stored version; its path is `dirs.path || name`. `manifest` is
+-- the concatenation of the 32-byte chunk ids of the content, in order.
 CREATE TABLE IF NOT EXISTS objects (
     id             INTEGER PRIMARY KEY,
     object_id      BLOB NOT NULL UNIQUE,
     filespace_id   INTEGER NOT NULL REFERENCES filespaces(id) ON DELETE CASCADE,
-    path           TEXT NOT NULL,
+    dir_id         INTEGER NOT NULL REFERENCES dirs(id) ON DELETE CASCADE,
+    name           TEXT NOT NULL,
     kind           INTEGER NOT NULL,
     size           INTEGER NOT NULL,
     mode           INTEGER NOT NULL,
@@ -56,8 +67,8 @@ CREATE TABLE IF NOT EXISTS objects (
     expiring       INTEGER NOT NULL DEFAULT 0,
     manifest       BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS objects_by_path ON objects (filespace_id, path, backup_ns);
-CREATE UNIQUE INDEX IF NOT EXISTS objects_one_active ON objects (filespace_id, path) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS objects_by_path ON objects (dir_id, name, backup_ns);
+CREATE UNIQUE INDEX IF NOT EXISTS objects_one_active ON objects (dir_id, name) WHERE active = 1;
 
 -- Where each chunk's compressed bytes live. A row exists only after the bytes
 -- were fsynced, so a row is a promise that the data is on disk.

@@ -1,0 +1,107 @@
+-- The catalog schema before directories had their own table (whole paths in
+-- `objects`): the starting point of the migration test.
+
+CREATE TABLE IF NOT EXISTS server_info (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS nodes (
+    id             INTEGER PRIMARY KEY,
+    name           TEXT NOT NULL UNIQUE,      -- upper-case
+    password_hash  TEXT NOT NULL,             -- argon2id PHC string
+    locked         INTEGER NOT NULL DEFAULT 0,
+    failed_logons  INTEGER NOT NULL DEFAULT 0,
+    registered_ns  INTEGER NOT NULL,
+    last_logon_ns  INTEGER NOT NULL DEFAULT 0,
+    verexists      INTEGER,                   -- NULL: server default
+    verdeleted     INTEGER,
+    retextra       INTEGER,
+    retonly        INTEGER,
+    replstate      TEXT NOT NULL DEFAULT 'disabled',  -- enabled | disabled
+    replmode       TEXT NOT NULL DEFAULT 'none',      -- none | send | receive
+    replrule       TEXT NOT NULL DEFAULT 'all_data',  -- all_data | active_data | none
+    last_repl_ns   INTEGER NOT NULL DEFAULT 0,        -- last successful run (source or target)
+    repl_server    TEXT NOT NULL DEFAULT ''           -- source: target of that run; target: source
+);
+
+CREATE TABLE IF NOT EXISTS filespaces (
+    id                   INTEGER PRIMARY KEY,
+    node_id              INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    name                 TEXT NOT NULL,
+    last_backup_start_ns INTEGER NOT NULL DEFAULT 0,
+    last_backup_end_ns   INTEGER NOT NULL DEFAULT 0,
+    last_repl_ns         INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (node_id, name)
+);
+
+-- One row per stored version. `manifest` is the concatenation of the 32-byte
+-- chunk ids of the content, in order.
+CREATE TABLE IF NOT EXISTS objects (
+    id             INTEGER PRIMARY KEY,
+    object_id      BLOB NOT NULL UNIQUE,
+    filespace_id   INTEGER NOT NULL REFERENCES filespaces(id) ON DELETE CASCADE,
+    path           TEXT NOT NULL,
+    kind           INTEGER NOT NULL,
+    size           INTEGER NOT NULL,
+    mode           INTEGER NOT NULL,
+    mtime_ns       INTEGER NOT NULL,
+    uid            INTEGER NOT NULL,
+    gid            INTEGER NOT NULL,
+    link_target    TEXT NOT NULL DEFAULT '',
+    backup_ns      INTEGER NOT NULL,
+    active         INTEGER NOT NULL,
+    deactivated_ns INTEGER NOT NULL DEFAULT 0,
+    -- 1: beyond the version limit (VEREXISTS/VERDELETED); invisible, deleted
+    -- by the next expiration.
+    expiring       INTEGER NOT NULL DEFAULT 0,
+    manifest       BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS objects_by_path ON objects (filespace_id, path, backup_ns);
+CREATE UNIQUE INDEX IF NOT EXISTS objects_one_active ON objects (filespace_id, path) WHERE active = 1;
+
+-- Where each chunk's compressed bytes live. A row exists only after the bytes
+-- were fsynced, so a row is a promise that the data is on disk.
+CREATE TABLE IF NOT EXISTS chunks (
+    id         BLOB PRIMARY KEY,
+    container  INTEGER NOT NULL,
+    offset     INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL,
+    raw_len    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_container ON chunks (container);
+
+CREATE TABLE IF NOT EXISTS actlog (
+    id      INTEGER PRIMARY KEY,
+    time_ns INTEGER NOT NULL,
+    msg_id  TEXT NOT NULL,
+    node    TEXT NOT NULL DEFAULT '',
+    peer    TEXT NOT NULL DEFAULT '',
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS actlog_by_time ON actlog (time_ns);
+
+-- Partner servers (DEFINE SERVER). The shared credential is kept in clear
+-- because this server must present it; the data dir is mode 0700.
+CREATE TABLE IF NOT EXISTS servers (
+    name             TEXT PRIMARY KEY,
+    address          TEXT NOT NULL,
+    password         TEXT NOT NULL,
+    guid             TEXT NOT NULL DEFAULT '',  -- learned at the last Hello
+    failover_address TEXT NOT NULL DEFAULT ''   -- the partner's SET FAILOVERHLADDRESS
+);
+
+CREATE TABLE IF NOT EXISTS repl_runs (
+    id              INTEGER PRIMARY KEY,
+    node            TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    started_ns      INTEGER NOT NULL,
+    ended_ns        INTEGER NOT NULL DEFAULT 0,
+    state           TEXT NOT NULL DEFAULT 'running',
+    objects_sent    INTEGER NOT NULL DEFAULT 0,
+    bytes_sent      INTEGER NOT NULL DEFAULT 0,
+    chunks_skipped  INTEGER NOT NULL DEFAULT 0,
+    objects_deleted INTEGER NOT NULL DEFAULT 0,
+    states_updated  INTEGER NOT NULL DEFAULT 0,
+    message         TEXT NOT NULL DEFAULT ''
+);

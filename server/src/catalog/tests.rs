@@ -1,0 +1,293 @@
+//! Catalog tests on real SQLite files: version paging over the directory
+//! table, and moving an old whole-path catalog to it.
+
+use rusqlite::{Connection, params};
+
+use super::Catalog;
+use crate::model::{NewVersion, ObjectAttrs, ObjectKind, Policy, VersionQuery};
+
+fn attrs(path: &str, kind: ObjectKind) -> ObjectAttrs {
+    ObjectAttrs {
+        path: path.to_string(),
+        kind,
+        size: 0,
+        mode: 0o644,
+        mtime_ns: 1,
+        uid: 0,
+        gid: 0,
+        link_target: String::new(),
+    }
+}
+
+fn version(path: &str) -> NewVersion {
+    let kind = if path.ends_with(".d") {
+        ObjectKind::Directory
+    } else {
+        ObjectKind::File
+    };
+    NewVersion {
+        attrs: attrs(path, kind),
+        chunks: Vec::new(),
+    }
+}
+
+/// Every version matching `query`, read `page` rows at a time.
+fn all_pages(
+    catalog: &Catalog,
+    node: i64,
+    query: &VersionQuery,
+    page: usize,
+) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let mut after = None;
+    for _ in 0..1000 {
+        let got = catalog
+            .query_versions(node, query, after.as_ref(), page)
+            .expect("query");
+        out.extend(
+            got.versions
+                .iter()
+                .map(|v| (v.attrs.path.clone(), v.backup_ns)),
+        );
+        match got.next {
+            Some(next) => after = Some(next),
+            None => return out,
+        }
+    }
+    panic!("paging did not end");
+}
+
+fn new_catalog(dir: &tempfile::TempDir) -> (Catalog, i64) {
+    let catalog = Catalog::open(&dir.path().join("catalog.db"), Policy::default()).expect("open");
+    let node = catalog
+        .register_node("N1", "hash", 1)
+        .expect("register")
+        .expect("new node")
+        .id;
+    (catalog, node)
+}
+
+#[test]
+fn pages_return_each_version_once_whatever_the_page_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, node) = new_catalog(&dir);
+    let paths = [
+        "/d.d",
+        "/d.d/a",
+        "/d.d/b",
+        "/d.d/b-x",
+        "/d.d/b0",
+        "/d.d/b/c",
+        "/d.d/b/c/e",
+        "/d.d0",
+        "/d.dx/y",
+        "/e",
+    ];
+    let versions: Vec<NewVersion> = paths.iter().map(|p| version(p)).collect();
+    catalog
+        .commit_objects(node, "/", &versions, &[], 100)
+        .expect("first");
+    // Second versions of two paths (the first ones turn inactive); one gone.
+    let again = vec![version("/d.d/b"), version("/d.d/b/c/e")];
+    catalog
+        .commit_objects(node, "/", &again, &["/d.d/a".to_string()], 200)
+        .expect("second");
+
+    let all = VersionQuery {
+        filespace: "/".into(),
+        path_prefix: "/d.d".into(),
+        include_inactive: true,
+        ..VersionQuery::default()
+    };
+    let whole = all_pages(&catalog, node, &all, 1000);
+    let expected_paths = [
+        "/d.d",
+        "/d.d/a",
+        "/d.d/b",
+        "/d.d/b",
+        "/d.d/b-x",
+        "/d.d/b0",
+        "/d.d/b/c",
+        "/d.d/b/c/e",
+        "/d.d/b/c/e",
+    ];
+    let got: Vec<&str> = whole.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        got, expected_paths,
+        "the prefix first, then each directory's entries"
+    );
+    assert!(whole[2].1 < whole[3].1, "a path's versions by backup time");
+    for page in 1..=whole.len() {
+        assert_eq!(
+            all_pages(&catalog, node, &all, page),
+            whole,
+            "page size {page}"
+        );
+    }
+
+    let active = VersionQuery {
+        include_inactive: false,
+        ..all.clone()
+    };
+    let got: Vec<String> = all_pages(&catalog, node, &active, 2)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "/d.d",
+            "/d.d/b",
+            "/d.d/b-x",
+            "/d.d/b0",
+            "/d.d/b/c",
+            "/d.d/b/c/e"
+        ]
+    );
+
+    let as_of_first = VersionQuery {
+        point_in_time_ns: Some(150),
+        ..all.clone()
+    };
+    let got = all_pages(&catalog, node, &as_of_first, 3);
+    assert_eq!(got.len(), 7, "{got:?}");
+    assert!(got.iter().all(|(_, t)| *t == 100));
+
+    let everything = VersionQuery {
+        path_prefix: "/".into(),
+        ..active.clone()
+    };
+    assert_eq!(all_pages(&catalog, node, &everything, 4).len(), 9);
+    let one_file = VersionQuery {
+        path_prefix: "/d.d/b-x".into(),
+        ..active.clone()
+    };
+    assert_eq!(
+        all_pages(&catalog, node, &one_file, 1),
+        [("/d.d/b-x".to_string(), 100)]
+    );
+}
+
+#[test]
+fn expiring_every_version_of_a_directory_removes_its_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, node) = new_catalog(&dir);
+    catalog
+        .commit_objects(
+            node,
+            "/",
+            &[version("/gone/f"), version("/kept/f")],
+            &[],
+            100,
+        )
+        .expect("commit");
+    let ids: Vec<i64> = {
+        let conn = catalog.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT o.id FROM objects o JOIN dirs d ON d.id = o.dir_id WHERE d.path = '/gone/'",
+            )
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    assert_eq!(catalog.delete_versions(&ids).expect("delete"), 1);
+    let dirs: Vec<String> = {
+        let conn = catalog.conn();
+        let mut stmt = conn
+            .prepare("SELECT path FROM dirs ORDER BY path")
+            .expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    assert_eq!(dirs, ["/kept/"]);
+}
+
+#[test]
+fn a_whole_path_catalog_is_moved_to_directory_rows_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("catalog.db");
+    {
+        let conn = Connection::open(&file).expect("open old");
+        conn.execute_batch(include_str!("testdata/schema-whole-paths.sql"))
+            .expect("old schema");
+        conn.execute(
+            "INSERT INTO nodes (id, name, password_hash, registered_ns) VALUES (1, 'N1', 'h', 1)",
+            [],
+        )
+        .expect("node");
+        conn.execute(
+            "INSERT INTO filespaces (id, node_id, name) VALUES (7, 1, '/data')",
+            [],
+        )
+        .expect("filespace");
+        for (id, path, backup_ns, active) in [
+            (10, "/data", 100, 1),
+            (11, "/data/a.txt", 100, 0),
+            (12, "/data/a.txt", 200, 1),
+            (13, "/data/sub/b.txt", 100, 1),
+        ] {
+            conn.execute(
+                "INSERT INTO objects (id, object_id, filespace_id, path, kind, size, mode, mtime_ns,
+                   uid, gid, backup_ns, active, manifest)
+                 VALUES (?1, ?2, 7, ?3, 1, 5, 420, 1, 0, 0, ?4, ?5, x'')",
+                params![id, [id as u8; 16].as_slice(), path, backup_ns, active],
+            )
+            .expect("object");
+        }
+    }
+    let catalog = Catalog::open(&file, Policy::default()).expect("open migrates");
+    let query = VersionQuery {
+        filespace: "/data".into(),
+        path_prefix: "/data".into(),
+        include_inactive: true,
+        ..VersionQuery::default()
+    };
+    let page = catalog.query_versions(1, &query, None, 100).expect("query");
+    let got: Vec<(String, i64, bool, u8)> = page
+        .versions
+        .iter()
+        .map(|v| {
+            (
+                v.attrs.path.clone(),
+                v.backup_ns,
+                v.active,
+                v.object_id.0[0],
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/data".to_string(), 100, true, 10),
+            ("/data/a.txt".to_string(), 100, false, 11),
+            ("/data/a.txt".to_string(), 200, true, 12),
+            ("/data/sub/b.txt".to_string(), 100, true, 13),
+        ]
+    );
+    let conn = catalog.conn();
+    let old_left: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'objects_whole_paths'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schema");
+    assert_eq!(old_left, 0);
+    drop(conn);
+    // Opening again finds nothing to move and changes nothing.
+    drop(catalog);
+    let catalog = Catalog::open(&file, Policy::default()).expect("reopen");
+    assert_eq!(
+        catalog
+            .query_versions(1, &query, None, 100)
+            .expect("query")
+            .versions
+            .len(),
+        4
+    );
+}
