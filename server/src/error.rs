@@ -26,6 +26,16 @@ pub enum StorageError {
         /// What failed.
         source: std::io::Error,
     },
+    /// A container's record headers do not add up (a record runs past the end).
+    #[error("container {path} is damaged at offset {offset}: {reason}")]
+    Damaged {
+        /// The container file.
+        path: PathBuf,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// A chunk sent by a client does not hash to its id.
     #[error("chunk {chunk} does not match its hash")]
     ChunkMismatch {

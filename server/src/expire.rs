@@ -15,6 +15,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use tandem_proto::ChunkId;
+
 use crate::ServerState;
 use crate::catalog::Catalog;
 use crate::error::ServerError;
@@ -112,7 +114,16 @@ fn sweep(state: &ServerState) -> Result<u64, ServerError> {
 
 /// Copies a container's live chunks to the active container and removes it.
 fn compact(state: &ServerState, number: u32) -> Result<(), ServerError> {
-    let chunks = state.catalog.chunks_in_container(number)?;
+    // The container's own headers say what it holds; a record is live when
+    // the index still points at that very record.
+    let records = state.store.records(number)?;
+    let ids: Vec<ChunkId> = records.iter().map(|(id, _)| *id).collect();
+    let indexed = state.catalog.chunk_locations(&ids)?;
+    let chunks = records
+        .into_iter()
+        .zip(indexed)
+        .filter(|((_, at), index)| *index == Some(*at))
+        .map(|(record, _)| record);
     let mut batch: Vec<VerifiedChunk> = Vec::new();
     let mut batch_bytes = 0usize;
     let flush = |batch: &mut Vec<VerifiedChunk>| -> Result<(), ServerError> {

@@ -324,6 +324,57 @@ impl ChunkStore {
         Ok(out)
     }
 
+    /// The records of container `number` in file order, as its own headers
+    /// describe them (whether the catalog still points at them or not).
+    ///
+    /// # Errors
+    /// I/O errors; [`StorageError::Damaged`] when a record runs past the end.
+    pub fn records(&self, number: u32) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
+        let path = Self::container_path(&self.dir, number);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let mut records = Vec::new();
+        let mut offset = 0u64;
+        let mut header = [0u8; HEADER_BYTES as usize];
+        while offset < len {
+            let damaged = |reason: String| StorageError::Damaged {
+                path: path.clone(),
+                offset,
+                reason,
+            };
+            if len - offset < HEADER_BYTES {
+                return Err(damaged(format!(
+                    "{} bytes left, less than a record header",
+                    len - offset
+                )));
+            }
+            file.read_exact_at(&mut header, offset)
+                .map_err(io_err(&path))?;
+            let (id, lengths) = header.split_at(32);
+            let stored_len = u32::from_le_bytes(lengths[..4].try_into().unwrap_or_default());
+            let raw_len = u32::from_le_bytes(lengths[4..].try_into().unwrap_or_default());
+            let data_at = offset + HEADER_BYTES;
+            let end = data_at + u64::from(stored_len);
+            if end > len {
+                return Err(damaged(format!(
+                    "a record of {stored_len} bytes runs past the end ({len})"
+                )));
+            }
+            let id = ChunkId::from_slice(id).map_err(|e| damaged(e.to_string()))?;
+            records.push((
+                id,
+                ChunkLocation {
+                    container: number,
+                    offset: data_at,
+                    stored_len,
+                    raw_len,
+                },
+            ));
+            offset = end;
+        }
+        Ok(records)
+    }
+
     /// Every container with its file size.
     ///
     /// # Errors
@@ -391,6 +442,25 @@ mod tests {
         assert!(store.read(b[0].1).is_err());
         let c = store.append(&[chunk(b"gamma")]).unwrap();
         assert_eq!(c[0].1.offset, end + HEADER_BYTES);
+    }
+
+    #[test]
+    fn a_container_lists_its_records_from_their_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path(), &[]).unwrap();
+        let mut written = store.append(&[chunk(b"one"), chunk(b"two 2")]).unwrap();
+        written.extend(store.append(&[chunk(&[7u8; 100_000])]).unwrap());
+        assert_eq!(store.records(1).unwrap(), written);
+        // A torn last record is reported with its offset, not read past.
+        let path = dir.path().join("00000001.tdc");
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len - 1).unwrap();
+        let last = written[2].1.offset - HEADER_BYTES;
+        match store.records(1).unwrap_err() {
+            StorageError::Damaged { offset, .. } => assert_eq!(offset, last),
+            other => panic!("unexpected {other}"),
+        }
     }
 
     #[test]

@@ -163,36 +163,6 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// The chunks stored in one container.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn chunks_in_container(
-        &self,
-        container: u32,
-    ) -> Result<Vec<(ChunkId, ChunkLocation)>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, offset, stored_len, raw_len FROM chunks WHERE container = ?1 ORDER BY offset",
-        )?;
-        let rows = stmt
-            .query_map([container], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    ChunkLocation {
-                        container,
-                        offset: from_sql_int(r.get(1)?),
-                        stored_len: r.get(2)?,
-                        raw_len: r.get(3)?,
-                    },
-                ))
-            })?
-            .filter_map(|r| r.ok())
-            .filter_map(|(id, loc)| ChunkId::from_slice(&id).ok().map(|id| (id, loc)))
-            .collect();
-        Ok(rows)
-    }
-
     /// Points chunks at their new (already fsynced) locations, in one transaction.
     ///
     /// # Errors
