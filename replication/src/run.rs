@@ -15,8 +15,10 @@ const READ_BATCH: usize = 16;
 const SEND_BYTES: usize = 16 * 1024 * 1024;
 /// Uploads under way at once. With one, the target sat idle while each upload
 /// was being sent and the source while the target verified and fsynced it
-/// (both cores ~40% idle during a first run).
-const UPLOADS_IN_FLIGHT: usize = 2;
+/// (both cores ~40% idle during a first run). First run of the 1.7 GB bench
+/// node: 1 -> 7.7-9.4 s, 2 -> 5.8-6.4 s, 3 -> 4.9-6.2 s, 4 -> 5.5 s; each
+/// holds up to [`SEND_BYTES`] on the source.
+const UPLOADS_IN_FLIGHT: usize = 3;
 /// Versions per metadata transaction on the target.
 const OBJECT_BATCH: usize = 500;
 
