@@ -213,8 +213,10 @@ fn a_whole_path_catalog_is_moved_to_directory_rows_on_open() {
     let file = dir.path().join("catalog.db");
     {
         let conn = Connection::open(&file).expect("open old");
-        conn.execute_batch(include_str!("testdata/schema-whole-paths.sql"))
-            .expect("old schema");
+        conn.execute_batch(include_str!("schema.sql"))
+            .expect("schema");
+        conn.execute_batch(include_str!("testdata/to-whole-paths.sql"))
+            .expect("old objects table");
         conn.execute(
             "INSERT INTO nodes (id, name, password_hash, registered_ns) VALUES (1, 'N1', 'h', 1)",
             [],
