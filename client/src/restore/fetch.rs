@@ -1,7 +1,9 @@
 //! Fetching a restore's data: chunk ids go to the server in batches
 //! (`ReadChunks`), and every chunk that comes back is decompressed and checked
-//! against its id on a blocking thread, several at once, so decoding uses
-//! both cores. The writer still gets everything in file order.
+//! against its id. Large chunks are decoded on blocking threads, several at
+//! once, so decoding uses both cores; small ones on the fetching task, where
+//! decoding costs less than a hand-off. The writer still gets everything in
+//! file order.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
