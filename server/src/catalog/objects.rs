@@ -61,7 +61,7 @@ struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     fn of(prefix: &'a str) -> Self {
-        let (_, lower, upper) = subtree_range(prefix);
+        let (lower, upper) = subtree_range(prefix);
         let (dir, name) = split_path(prefix);
         let inside = dir >= lower.as_str() && dir < upper.as_str();
         Scope {
@@ -88,14 +88,11 @@ pub struct VersionPage {
     pub next: Option<PageKey>,
 }
 
-/// The half-open range of `path` values equal to or below `prefix`, as
-/// `(exact, lower, upper)`: `path = exact OR (path >= lower AND path < upper)`.
+/// The half-open range `[lower, upper)` of paths strictly below `prefix`.
 /// `/` sorts just before `0`, so everything below `/a/b` lies in `["/a/b/", "/a/b0")`.
-fn subtree_range(prefix: &str) -> (String, String, String) {
+fn subtree_range(prefix: &str) -> (String, String) {
     let base = prefix.trim_end_matches('/');
-    let lower = format!("{base}/");
-    let upper = format!("{base}0");
-    (prefix.to_string(), lower, upper)
+    (format!("{base}/"), format!("{base}0"))
 }
 
 pub(crate) fn manifest_bytes(chunks: &[ChunkId]) -> Vec<u8> {
@@ -595,7 +592,8 @@ mod tests {
 
     #[test]
     fn subtree_range_covers_children_but_not_siblings() {
-        let (exact, lower, upper) = subtree_range("/a/b");
+        let exact = "/a/b";
+        let (lower, upper) = subtree_range(exact);
         let within = |p: &str| p == exact || (p >= lower.as_str() && p < upper.as_str());
         assert!(within("/a/b"));
         assert!(within("/a/b/c"));
