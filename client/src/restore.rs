@@ -1,17 +1,18 @@
 //! `restore`: plan (select versions, place them safely under DEST, decide
 //! replacement), then fetch chunk data in batches, decompressing and checking
-//! every chunk's hash on both cores ([`fetch`]), while a blocking writer
-//! thread writes the files ([`writer`]).
+//! every chunk's hash on both cores ([`fetch`]), while writer threads write
+//! the files ([`writer`]).
 //!
 //! A file is written to a temporary name and renamed into place only when all
 //! its chunks verified and its data is durable, so a damaged file never
 //! appears half-written; it is reported by name (TDM1020E) and the other files
 //! are restored.
 
+mod direct;
 mod fetch;
 mod writer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,8 +23,7 @@ use tandem_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
-use self::fetch::{FetchJob, Fetched};
-use self::writer::Writer;
+use self::fetch::{FetchJob, Parcel};
 
 use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
@@ -131,6 +131,7 @@ fn plan(
     stats: &mut RestoreStats,
 ) -> Plan {
     let mut plan = Plan::default();
+    let mut checked_dirs = HashSet::new();
     for v in versions {
         let Some(attrs) = v.attrs else { continue };
         let Some(rel) = req.selection.relative(&attrs.path).map(str::to_string) else {
@@ -139,7 +140,7 @@ fn plan(
         if rel.is_empty() {
             continue; // SOURCE's own directory: it is DEST itself
         }
-        let target = match safe_target(dest, &rel) {
+        let target = match safe_target(dest, &rel, &mut checked_dirs) {
             Ok(t) => t,
             Err(why) => {
                 console.report(&Msg::escapes(&attrs.path, why), ExitStatus::Error);
@@ -252,7 +253,7 @@ pub async fn run(
     })?;
     let plan = plan(versions, &req, &dest, console, &mut stats);
     let Plan { dirs, files, links } = plan;
-    let (tx, mut rx) = mpsc::channel::<Fetched>(8);
+    let (tx, mut rx) = mpsc::channel::<Parcel>(4);
     let order: Vec<FetchJob> = files
         .iter()
         .enumerate()
@@ -260,16 +261,7 @@ pub async fn run(
         .collect();
     let fetcher = tokio::spawn(fetch::fetch(session.clone(), order, tx));
     tokio::task::block_in_place(|| {
-        Writer::run(&files, &dest, console, &mut stats, |writer| {
-            while let Some(message) = rx.blocking_recv() {
-                match message {
-                    Fetched::Begin(job) => writer.begin(job),
-                    Fetched::Data(raw) => writer.data(&raw),
-                    Fetched::End => writer.end(),
-                    Fetched::Failed(cause) => writer.failed(cause),
-                }
-            }
-        });
+        writer::write_files(&files, &dest, console, &mut stats, || rx.blocking_recv());
         for (target, attrs) in &links {
             match restore_link(target, attrs) {
                 Ok(()) => stats.restored += 1,
