@@ -12,7 +12,7 @@ mod direct;
 mod fetch;
 mod writer;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -30,7 +30,7 @@ use crate::error::{ClientError, ExitStatus};
 use crate::messages::Msg;
 use crate::selection::Selection;
 use crate::session::Session;
-use crate::target::safe_target;
+use crate::target::{PlacedDirs, safe_target};
 
 /// What to do when a target exists (TSM REPLACE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -127,11 +127,11 @@ fn plan(
     versions: Vec<pb::ObjectVersion>,
     req: &RestoreRequest,
     dest: &Path,
+    dirs: &mut PlacedDirs,
     console: &Console,
     stats: &mut RestoreStats,
 ) -> Plan {
     let mut plan = Plan::default();
-    let mut checked_dirs = HashSet::new();
     for v in versions {
         let Some(attrs) = v.attrs else { continue };
         let Some(rel) = req.selection.relative(&attrs.path).map(str::to_string) else {
@@ -140,7 +140,7 @@ fn plan(
         if rel.is_empty() {
             continue; // SOURCE's own directory: it is DEST itself
         }
-        let target = match safe_target(dest, &rel, &mut checked_dirs) {
+        let target = match safe_target(dest, &rel, dirs) {
             Ok(t) => t,
             Err(why) => {
                 console.report(&Msg::escapes(&attrs.path, why), ExitStatus::Error);
@@ -153,7 +153,13 @@ fn plan(
             plan.dirs.push((target, attrs));
             continue;
         }
-        if let Ok(existing) = std::fs::symlink_metadata(&target) {
+        // In a directory this restore made, nothing can be in the way.
+        let existing = if dirs.in_new_dir(&target) {
+            None
+        } else {
+            std::fs::symlink_metadata(&target).ok()
+        };
+        if let Some(existing) = existing {
             let skip = match req.replace {
                 Replace::No => true,
                 Replace::Yes => {
@@ -247,11 +253,15 @@ pub async fn run(
         .dest
         .clone()
         .unwrap_or_else(|| PathBuf::from(&req.selection.base));
+    let mut placed = PlacedDirs::default();
+    if std::fs::symlink_metadata(&dest).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        placed.created(&dest);
+    }
     std::fs::create_dir_all(&dest).map_err(|e| ClientError::Io {
         path: dest.clone(),
         source: e,
     })?;
-    let plan = plan(versions, &req, &dest, console, &mut stats);
+    let plan = plan(versions, &req, &dest, &mut placed, console, &mut stats);
     let Plan { dirs, files, links } = plan;
     let (tx, mut rx) = mpsc::channel::<Parcel>(4);
     let order: Vec<FetchJob> = files

@@ -11,18 +11,14 @@ use std::path::{Path, PathBuf};
 /// Joins `rel` (a `/`-separated path from the catalog) under `dest`, creating
 /// missing parent directories. Returns the target path.
 ///
-/// `checked` holds the directories found safe (or created) by earlier calls of
-/// the same restore, which are not looked at again: files share their
+/// `dirs` remembers the directories found safe (or created) by earlier calls
+/// of the same restore, which are not looked at again: files share their
 /// directories, and checking each file's every ancestor cost four `lstat`
 /// calls per file.
 ///
 /// # Errors
 /// A sentence naming the component at fault.
-pub fn safe_target(
-    dest: &Path,
-    rel: &str,
-    checked: &mut HashSet<PathBuf>,
-) -> Result<PathBuf, String> {
+pub fn safe_target(dest: &Path, rel: &str, dirs: &mut PlacedDirs) -> Result<PathBuf, String> {
     let parts: Vec<&str> = rel.split('/').collect();
     let mut current = dest.to_path_buf();
     for (i, part) in parts.iter().enumerate() {
@@ -36,7 +32,7 @@ pub fn safe_target(
         if i + 1 == parts.len() {
             break;
         }
-        if checked.contains(&current) {
+        if dirs.checked.contains(&current) {
             continue;
         }
         match std::fs::symlink_metadata(&current) {
@@ -64,12 +60,37 @@ pub fn safe_target(
                         }
                     })
                     .map_err(|e| format!("cannot create {}: {e}", current.display()))?;
+                dirs.created.insert(current.clone());
             }
             Err(e) => return Err(format!("cannot inspect {}: {e}", current.display())),
         }
-        checked.insert(current.clone());
+        dirs.checked.insert(current.clone());
     }
     Ok(current)
+}
+
+/// The directories one restore has checked or created so far.
+#[derive(Debug, Default)]
+pub struct PlacedDirs {
+    /// Found safe to write into.
+    checked: HashSet<PathBuf>,
+    /// Created by this restore: nothing else is in them yet.
+    created: HashSet<PathBuf>,
+}
+
+impl PlacedDirs {
+    /// Records that this restore created `dir` (the destination, when it did
+    /// not exist before).
+    pub fn created(&mut self, dir: &Path) {
+        self.checked.insert(dir.to_path_buf());
+        self.created.insert(dir.to_path_buf());
+    }
+
+    /// Whether `target` lies in a directory this restore created, so that no
+    /// file can be in its way and looking for one can be skipped.
+    pub fn in_new_dir(&self, target: &Path) -> bool {
+        target.parent().is_some_and(|p| self.created.contains(p))
+    }
 }
 
 #[cfg(test)]
@@ -79,7 +100,7 @@ mod tests {
     #[test]
     fn joins_and_creates_parents() {
         let dir = tempfile::tempdir().unwrap();
-        let t = safe_target(dir.path(), "a/b/c.txt", &mut HashSet::new()).unwrap();
+        let t = safe_target(dir.path(), "a/b/c.txt", &mut PlacedDirs::default()).unwrap();
         assert_eq!(t, dir.path().join("a/b/c.txt"));
         assert!(dir.path().join("a/b").is_dir());
     }
@@ -88,7 +109,7 @@ mod tests {
     fn refuses_dot_dot_and_empty_components() {
         let dir = tempfile::tempdir().unwrap();
         for rel in ["../x", "a/../../x", "a//b", "./a", ""] {
-            let err = safe_target(dir.path(), rel, &mut HashSet::new()).unwrap_err();
+            let err = safe_target(dir.path(), rel, &mut PlacedDirs::default()).unwrap_err();
             assert!(err.contains("component"), "{rel}: {err}");
         }
     }
@@ -98,7 +119,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("a")).unwrap();
-        let err = safe_target(dir.path(), "a/evil", &mut HashSet::new()).unwrap_err();
+        let err = safe_target(dir.path(), "a/evil", &mut PlacedDirs::default()).unwrap_err();
         assert!(err.contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
@@ -106,12 +127,15 @@ mod tests {
     #[test]
     fn checked_directories_are_reused_and_bad_names_still_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut checked = HashSet::new();
-        safe_target(dir.path(), "a/b/one.txt", &mut checked).unwrap();
-        assert!(checked.contains(&dir.path().join("a/b")));
-        let two = safe_target(dir.path(), "a/b/two.txt", &mut checked).unwrap();
-        assert_eq!(two, dir.path().join("a/b/two.txt"));
-        let err = safe_target(dir.path(), "a/b/../../x", &mut checked).unwrap_err();
+        let mut dirs = PlacedDirs::default();
+        std::fs::create_dir(dir.path().join("old")).unwrap();
+        let one = safe_target(dir.path(), "old/new/one.txt", &mut dirs).unwrap();
+        assert!(dirs.checked.contains(&dir.path().join("old/new")));
+        assert!(dirs.in_new_dir(&one));
+        assert!(!dirs.in_new_dir(&dir.path().join("old/x")));
+        let two = safe_target(dir.path(), "old/new/two.txt", &mut dirs).unwrap();
+        assert_eq!(two, dir.path().join("old/new/two.txt"));
+        let err = safe_target(dir.path(), "old/new/../../x", &mut dirs).unwrap_err();
         assert!(err.contains("component"), "{err}");
     }
 }
