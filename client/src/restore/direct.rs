@@ -21,6 +21,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
@@ -34,89 +36,214 @@ const BLOCK_BYTES: usize = 4 * 1024 * 1024;
 /// logical block size of common disks.
 const ALIGN: usize = 4096;
 
-/// The staging buffer of the file being written directly, reused from file to
-/// file.
-pub(super) struct DirectWriter {
+/// A staging buffer with an aligned region of [`BLOCK_BYTES`].
+struct Block {
     buf: Vec<u8>,
-    /// Where the aligned part of `buf` starts.
+    /// Where the aligned region starts.
     start: usize,
-    /// Bytes staged, not yet written.
+}
+
+impl Block {
+    /// None when the allocation cannot be aligned (then nothing is written
+    /// directly).
+    fn new() -> Option<Self> {
+        let buf = vec![0u8; BLOCK_BYTES + ALIGN];
+        let start = buf.as_ptr().align_offset(ALIGN);
+        (start < ALIGN).then_some(Self { buf, start })
+    }
+
+    fn region(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + BLOCK_BYTES]
+    }
+}
+
+/// A block for the I/O thread to write.
+struct Job {
+    file: Arc<File>,
+    offset: u64,
+    block: Block,
+    len: usize,
+    /// The file is open for direct I/O, so `EINVAL` may mean the file
+    /// system refuses it.
+    direct: bool,
+}
+
+/// A written block, back from the I/O thread.
+struct Done {
+    block: Block,
+    result: io::Result<()>,
+    /// The file system refused the direct write; the block went through the
+    /// page cache.
+    refused: bool,
+}
+
+/// Writes one file at a time directly, one block on the disk while the next
+/// fills: with a single block, the writer waited for every write while the
+/// fetch waited for the writer, and a restore of the 4 large files idled 42%
+/// of the time.
+pub(super) struct DirectWriter {
+    /// The block being filled.
+    filling: Option<Block>,
+    /// The block not in use (None while it is being written).
+    spare: Option<Block>,
+    /// Bytes staged in `filling`.
     staged: usize,
     /// File offset of the staged bytes (a multiple of [`ALIGN`]).
     offset: u64,
-    /// False once a file system refused a direct write: the rest of the
-    /// restore goes through the page cache.
+    /// The current file (a second descriptor, for the I/O thread).
+    file: Option<Arc<File>>,
+    /// False once a file system refused a direct write, or when the buffers
+    /// could not be aligned: the rest of the restore goes through the page
+    /// cache.
     supported: bool,
+    jobs: Option<std_mpsc::SyncSender<Job>>,
+    done: std_mpsc::Receiver<Done>,
+    io_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DirectWriter {
     pub(super) fn new() -> Self {
-        let buf = vec![0u8; BLOCK_BYTES + ALIGN];
-        let start = buf.as_ptr().align_offset(ALIGN);
+        let (jobs, queued) = std_mpsc::sync_channel::<Job>(1);
+        let (finished, done) = std_mpsc::sync_channel::<Done>(2);
+        let io_thread = std::thread::spawn(move || write_blocks(&queued, &finished));
+        let (filling, spare) = (Block::new(), Block::new());
         Self {
-            supported: start < ALIGN,
-            start: start.min(ALIGN),
-            buf,
+            supported: filling.is_some() && spare.is_some(),
+            filling,
+            spare,
             staged: 0,
             offset: 0,
+            file: None,
+            jobs: Some(jobs),
+            done,
+            io_thread: Some(io_thread),
         }
     }
 
     /// Starts writing `file` directly; false when it must be written through
     /// the page cache (direct writes unsupported there, or refused before).
     pub(super) fn begin(&mut self, file: &File) -> bool {
+        // A write of an abandoned file may still be under way.
+        let _ = self.wait_for_write();
         self.staged = 0;
         self.offset = 0;
-        self.supported = self.supported && set_direct(file, true).is_ok();
+        self.file = file.try_clone().ok().map(Arc::new);
+        self.supported = self.supported && self.file.is_some() && set_direct(file, true).is_ok();
         self.supported
     }
 
-    /// Adds the file's next bytes, writing every block that fills.
-    pub(super) fn write(&mut self, file: &File, mut data: &[u8]) -> io::Result<()> {
+    /// Adds the file's next bytes, handing every block that fills to the
+    /// I/O thread.
+    pub(super) fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let room = BLOCK_BYTES - self.staged;
-            let take = room.min(data.len());
-            let at = self.start + self.staged;
-            self.buf[at..at + take].copy_from_slice(&data[..take]);
+            let filling = self.filling.as_mut().ok_or_else(no_buffer)?;
+            let take = (BLOCK_BYTES - self.staged).min(data.len());
+            filling.region()[self.staged..self.staged + take].copy_from_slice(&data[..take]);
             self.staged += take;
             data = &data[take..];
             if self.staged == BLOCK_BYTES {
-                self.write_staged(file, BLOCK_BYTES)?;
-                self.offset += BLOCK_BYTES as u64;
-                self.staged = 0;
+                self.submit(BLOCK_BYTES)?;
             }
         }
         Ok(())
     }
 
-    /// Writes what is staged (padded to a block) and cuts the file to its
-    /// length.
+    /// Writes what is staged (padded to a block), waits for every write, and
+    /// cuts the file to its length.
     pub(super) fn finish(&mut self, file: &File) -> io::Result<()> {
         let length = self.offset + self.staged as u64;
         if self.staged > 0 {
             let padded = self.staged.next_multiple_of(ALIGN);
-            let at = self.start + self.staged;
-            self.buf[at..self.start + padded].fill(0);
-            self.write_staged(file, padded)?;
-            self.staged = 0;
+            let filling = self.filling.as_mut().ok_or_else(no_buffer)?;
+            filling.region()[self.staged..padded].fill(0);
+            self.submit(padded)?;
         }
+        self.wait_for_write()?;
+        self.file = None;
         file.set_len(length)
     }
 
-    /// Writes the first `len` staged bytes at `offset`. A file system that
-    /// accepted the flag but refuses the write (EINVAL) gets the same bytes
-    /// through the page cache, and no more direct writes.
-    fn write_staged(&mut self, file: &File, len: usize) -> io::Result<()> {
-        let block = &self.buf[self.start..self.start + len];
-        match file.write_all_at(block, self.offset) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.supported => {
-                self.supported = false;
-                set_direct(file, false)?;
-                file.write_all_at(block, self.offset)
-            }
-            other => other,
+    /// Hands the first `len` bytes of the filling block to the I/O thread,
+    /// after the previous write is done; its error, if any, is returned.
+    fn submit(&mut self, len: usize) -> io::Result<()> {
+        self.wait_for_write()?;
+        let block = self.filling.take().ok_or_else(no_buffer)?;
+        self.filling = self.spare.take();
+        let job = Job {
+            file: self.file.clone().ok_or_else(no_buffer)?,
+            offset: self.offset,
+            block,
+            len,
+            direct: self.supported,
+        };
+        self.offset += len as u64;
+        self.staged = 0;
+        let jobs = self.jobs.as_ref().ok_or_else(no_io_thread)?;
+        jobs.send(job).map_err(|_| no_io_thread())
+    }
+
+    /// Waits for the write under way, if any; its block becomes the spare.
+    fn wait_for_write(&mut self) -> io::Result<()> {
+        if self.spare.is_some() || self.filling.is_none() {
+            return Ok(());
+        }
+        let done = self.done.recv().map_err(|_| no_io_thread())?;
+        self.spare = Some(done.block);
+        if done.refused {
+            self.supported = false;
+        }
+        done.result
+    }
+}
+
+impl Drop for DirectWriter {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.io_thread.take() {
+            let _ = thread.join();
         }
     }
+}
+
+/// The I/O thread: writes blocks as they come and sends them back. A file
+/// system that accepted the flag but refuses the write (`EINVAL`) gets the
+/// same bytes through the page cache.
+fn write_blocks(jobs: &std_mpsc::Receiver<Job>, done: &std_mpsc::SyncSender<Done>) {
+    for job in jobs {
+        let Job {
+            file,
+            offset,
+            block,
+            len,
+            direct,
+        } = job;
+        let bytes = &block.buf[block.start..block.start + len];
+        let mut refused = false;
+        let mut result = file.write_all_at(bytes, offset);
+        if direct && matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+            refused = true;
+            result = set_direct(&file, false).and_then(|()| file.write_all_at(bytes, offset));
+        }
+        drop(file);
+        if done
+            .send(Done {
+                block,
+                result,
+                refused,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn no_buffer() -> io::Error {
+    io::Error::other("the direct-write buffers are not available")
+}
+
+fn no_io_thread() -> io::Error {
+    io::Error::other("the direct-write thread stopped")
 }
 
 /// Turns direct I/O on or off for an open file.
@@ -142,7 +269,7 @@ mod tests {
         let mut writer = DirectWriter::new();
         writer.begin(&file);
         for part in data.chunks(piece.max(1)) {
-            writer.write(&file, part).unwrap();
+            writer.write(part).unwrap();
         }
         writer.finish(&file).unwrap();
         drop(file);
@@ -182,9 +309,41 @@ mod tests {
             let file = File::create(&path).unwrap();
             let data = random_bytes(len, i as u64);
             writer.begin(&file);
-            writer.write(&file, &data).unwrap();
+            writer.write(&data).unwrap();
             writer.finish(&file).unwrap();
             assert!(std::fs::read(&path).unwrap() == data, "file {i}");
         }
+    }
+
+    #[test]
+    fn a_file_given_up_halfway_does_not_disturb_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = DirectWriter::new();
+        let abandoned = File::create(dir.path().join("abandoned")).unwrap();
+        writer.begin(&abandoned);
+        writer.write(&random_bytes(3 * BLOCK_BYTES / 2, 8)).unwrap();
+        drop(abandoned);
+
+        let path = dir.path().join("next");
+        let file = File::create(&path).unwrap();
+        let data = random_bytes(BLOCK_BYTES + 5, 9);
+        writer.begin(&file);
+        writer.write(&data).unwrap();
+        writer.finish(&file).unwrap();
+        assert!(std::fs::read(&path).unwrap() == data);
+    }
+
+    #[test]
+    fn a_failed_write_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("read-only");
+        std::fs::write(&path, b"").unwrap();
+        let file = File::open(&path).unwrap(); // not open for writing
+        let mut writer = DirectWriter::new();
+        writer.begin(&file);
+        let written = writer
+            .write(&random_bytes(BLOCK_BYTES + 1, 10))
+            .and_then(|()| writer.finish(&file));
+        assert!(written.is_err());
     }
 }

@@ -281,7 +281,7 @@ impl<'a> Writer<'a> {
         };
         let job = *job;
         let written = if self.direct {
-            self.direct_writer.write(tmp.as_file(), raw)
+            self.direct_writer.write(raw)
         } else {
             tmp.write_all(raw)
         };
