@@ -11,9 +11,10 @@
 //! device's cache.
 //!
 //! Direct writes need the buffer address, the file offset and the length
-//! aligned, so a file's data is gathered in an aligned staging buffer and
-//! written in whole blocks; the last, partial block is written padded with
-//! zeros and the file is then cut to its real length. Where the file system
+//! aligned, so a file's data is gathered in aligned 4 MiB blocks, two per
+//! writer: an I/O thread writes one while the next fills. The last, partial
+//! block is written padded with zeros and the file is then cut to its real
+//! length. Where the file system
 //! refuses direct writes, the file (and the rest of the restore) is written
 //! through the page cache as before.
 
@@ -30,7 +31,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 /// through the page cache: a direct write waits for the disk, and thousands of
 /// small waits in a row would cost more than the copies they save.
 pub(super) const DIRECT_MIN_BYTES: u64 = 1024 * 1024;
-/// Bytes per direct write, and the staging buffer's size.
+/// Bytes per direct write, and the size of a staging block.
 const BLOCK_BYTES: usize = 4 * 1024 * 1024;
 /// Alignment of address, offset and length for direct writes: the largest
 /// logical block size of common disks.

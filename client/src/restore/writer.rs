@@ -1,13 +1,13 @@
 //! Writing restored files durably without one fsync per file.
 //!
-//! Each file is written to a temporary name beside its target. Finished files
-//! are handed over in batches to a syncer thread, which sets each file's
-//! attributes through its open descriptor, makes the whole batch durable with
-//! one `syncfs`, and only then renames each file into place. So a target name
-//! never shows a half-written or not-yet-durable file, even after a power
-//! loss, while the disk writes one batch as the next is being written: a
-//! journal commit per batch, not per file (fsync per file capped a restore of
-//! many small files at the disk's ~3,700 commits a second).
+//! Each file is written to a temporary name beside its target, gets its
+//! attributes through its open descriptor, and is closed. Finished files are
+//! handed over in batches to a syncer thread, which makes the whole batch
+//! durable with one `syncfs` and only then renames each file into place. So a
+//! target name never shows a half-written or not-yet-durable file, even after
+//! a power loss, while the disk writes one batch as the next is being written:
+//! a journal commit per batch, not per file (fsync per file capped a restore
+//! of many small files at the disk's ~3,700 commits a second).
 //!
 //! Files are dealt out in turn to [`WRITER_THREADS`] writer threads, each
 //! writing whole files: creating a file and filling its pages costs the
@@ -15,19 +15,14 @@
 //! file was the restore's bottleneck. Files of 1 MiB and more are written
 //! around the page cache ([`super::direct`]).
 
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, SystemTime};
-
-use tandem_proto::pb;
 
 use super::direct::{DIRECT_MIN_BYTES, DirectWriter};
 use super::fetch::{Fetched, Parcel};
-use super::{FileJob, RestoreStats, is_root};
+use super::{FileJob, RestoreStats, apply_file_attrs};
 use crate::console::Console;
 use crate::error::ExitStatus;
 use crate::messages::Msg;
@@ -86,32 +81,6 @@ fn settle_batch(
         }
     }
     (restored, failed)
-}
-
-/// Applies owner (when root), mode and mtime through the open file, before
-/// the batch's sync makes them durable with the data, and without a path
-/// lookup per call. The owner goes first: changing it clears set-user-ID bits.
-fn set_file_attrs(file: &File, attrs: &pb::ObjectAttrs) -> std::io::Result<()> {
-    if is_root() {
-        std::os::unix::fs::fchown(file, Some(attrs.uid), Some(attrs.gid))?;
-    }
-    file.set_permissions(std::fs::Permissions::from_mode(attrs.mode))?;
-    let mtime = system_time(attrs.mtime_ns);
-    file.set_times(
-        std::fs::FileTimes::new()
-            .set_accessed(mtime)
-            .set_modified(mtime),
-    )
-}
-
-/// A catalog time (Unix nanoseconds, negative before 1970) as a `SystemTime`.
-fn system_time(unix_ns: i64) -> SystemTime {
-    let offset = Duration::from_nanos(unix_ns.unsigned_abs());
-    if unix_ns >= 0 {
-        SystemTime::UNIX_EPOCH + offset
-    } else {
-        SystemTime::UNIX_EPOCH - offset
-    }
 }
 
 fn report_failed(console: &Console, job: &FileJob, cause: impl std::fmt::Display) {
@@ -313,7 +282,7 @@ impl<'a> Writer<'a> {
         } else {
             Ok(())
         };
-        if let Err(e) = finished.and_then(|()| set_file_attrs(file, &self.jobs[job].attrs)) {
+        if let Err(e) = finished.and_then(|()| apply_file_attrs(file, &self.jobs[job].attrs)) {
             self.fail_write(job, e);
             return;
         }
