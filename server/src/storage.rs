@@ -8,11 +8,14 @@
 //! *then* the chunk rows go into the catalog. A crash in between leaves bytes no
 //! row points at; [`ChunkStore::open`] cuts every container back to the end of
 //! its last indexed chunk, so nothing unacknowledged survives a restart.
+//!
+//! Appends write whole blocks around the page cache ([`appender`]).
+
+mod appender;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +24,7 @@ use tandem_proto::ChunkId;
 
 use crate::error::StorageError;
 use crate::model::ChunkLocation;
+use appender::ContainerAppender;
 
 /// A container is closed for appends once it reaches this size.
 const CONTAINER_TARGET_BYTES: u64 = 256 * 1024 * 1024;
@@ -56,20 +60,6 @@ fn record_header(chunk: &VerifiedChunk) -> [u8; HEADER_BYTES as usize] {
     header[32..36].copy_from_slice(&(chunk.data.len() as u32).to_le_bytes());
     header[36..].copy_from_slice(&chunk.raw_len.to_le_bytes());
     header
-}
-
-/// Writes every byte of `slices`, retrying short and interrupted writes
-/// (`Write::write_all_vectored` is not stable yet).
-fn write_all_vectored(mut file: &File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    while !slices.is_empty() {
-        match file.write_vectored(slices) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Checks that `data` decompresses to `raw_len` bytes hashing to `id`.
@@ -116,8 +106,7 @@ pub fn verify_chunk(
 #[derive(Debug)]
 struct Appender {
     number: u32,
-    file: Arc<File>,
-    len: u64,
+    out: ContainerAppender,
 }
 
 /// The set of containers of one server.
@@ -197,23 +186,14 @@ impl ChunkStore {
     fn open_appender(dir: &Path, number: u32) -> Result<Appender, StorageError> {
         let path = Self::container_path(dir, number);
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let out = ContainerAppender::open(&path).map_err(io_err(&path))?;
         if !existed {
             // Make the new directory entry durable before any chunk in it is indexed.
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io_err(dir))?;
         }
-        let len = file.metadata().map_err(io_err(&path))?.len();
-        Ok(Appender {
-            number,
-            file: Arc::new(file),
-            len,
-        })
+        Ok(Appender { number, out })
     }
 
     /// Appends chunks and fsyncs them. The returned locations may be indexed
@@ -233,16 +213,18 @@ impl ChunkStore {
             // Chunks from `first` on go to the current container, written
             // straight from their buffers in one vectored write per container.
             let mut first = 0;
+            let mut end = app.out.len();
             for (i, chunk) in chunks.iter().enumerate() {
-                if app.len >= CONTAINER_TARGET_BYTES {
+                if end >= CONTAINER_TARGET_BYTES {
                     self.write_records(&mut app, &headers[first..i], &chunks[first..i])?;
                     first = i;
-                    to_sync.push((app.number, app.file.clone()));
+                    to_sync.push((app.number, app.out.file()));
                     *app = Self::open_appender(&self.dir, app.number + 1)?;
+                    end = app.out.len();
                 }
                 let stored_len = chunk.data.len() as u32;
-                let offset = app.len + HEADER_BYTES;
-                app.len = offset + u64::from(stored_len);
+                let offset = end + HEADER_BYTES;
+                end = offset + u64::from(stored_len);
                 locations.push((
                     chunk.id,
                     ChunkLocation {
@@ -254,7 +236,7 @@ impl ChunkStore {
                 ));
             }
             self.write_records(&mut app, &headers[first..], &chunks[first..])?;
-            to_sync.push((app.number, app.file.clone()));
+            to_sync.push((app.number, app.out.file()));
         }
         // fsync outside the lock so concurrent sessions can append meanwhile.
         for (number, file) in to_sync {
@@ -265,25 +247,21 @@ impl ChunkStore {
     }
 
     /// Writes records (header, then data, per chunk) at the end of the
-    /// current container. `app.len` must already count them; after a failed
-    /// write it is set back to the file's real length.
+    /// current container, where [`Self::append`] placed them.
     fn write_records(
         &self,
         app: &mut Appender,
         headers: &[[u8; HEADER_BYTES as usize]],
         chunks: &[VerifiedChunk],
     ) -> Result<(), StorageError> {
-        let mut slices: Vec<IoSlice<'_>> = headers
+        let pieces: Vec<&[u8]> = headers
             .iter()
             .zip(chunks)
-            .flat_map(|(h, c)| [IoSlice::new(h), IoSlice::new(&c.data)])
+            .flat_map(|(h, c)| [h.as_slice(), c.data.as_slice()])
             .collect();
-        if let Err(e) = write_all_vectored(&app.file, &mut slices) {
-            // Keep `len` in step with the file after a partial write.
-            app.len = app.file.metadata().map(|m| m.len()).unwrap_or(app.len);
-            return Err(io_err(&Self::container_path(&self.dir, app.number))(e));
-        }
-        Ok(())
+        app.out
+            .append(&pieces)
+            .map_err(io_err(&Self::container_path(&self.dir, app.number)))
     }
 
     /// Reads a chunk's stored (compressed) bytes.
@@ -390,7 +368,7 @@ impl ChunkStore {
     /// I/O errors creating the new container.
     pub fn seal(&self) -> Result<u32, StorageError> {
         let mut app = lock(&self.appender);
-        if app.len > 0 {
+        if app.out.len() > 0 {
             *app = Self::open_appender(&self.dir, app.number + 1)?;
         }
         Ok(app.number)
