@@ -1,11 +1,14 @@
 //! `incremental` and `selective`: scan (blocking thread) -> uploader (async).
 //!
 //! The uploader gathers chunks until about [`FLUSH_BYTES`] are pending and
-//! hands the batch to a flush task: it asks the server which chunks it lacks
-//! (`FindMissingChunks`), compresses those on a blocking thread while streaming
-//! them to the server, and then commits the batch's objects. Up to
-//! [`MAX_IN_FLIGHT`] flushes run at once, so on two cores the scanner, the
-//! client's compression and the server's verification all keep busy.
+//! hands the batch to an upload task: it asks the server which chunks it
+//! lacks (`FindMissingChunks`) and compresses those on a blocking thread while
+//! streaming them to the server. A commit task then commits the batch's
+//! objects. Up to [`MAX_IN_FLIGHT`] batches hold their data at once, so on
+//! two cores the scanner, the client's compression and the server's
+//! verification all keep busy; a batch whose data is all handed to the
+//! transport no longer counts, while the server still verifies, writes and
+//! fsyncs it (most of an upload's time, and none of the client's memory).
 //!
 //! A batch commits only its own objects, only after its own upload returned;
 //! any chunk it did not upload, the server reported stored and pinned. So a
@@ -15,6 +18,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use globset::GlobSet;
@@ -22,7 +26,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tandem_proto::pb;
 use tandem_proto::{ChunkId, UploadPacker};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -39,13 +44,22 @@ use crate::session::Session;
 
 /// Pending uncompressed chunk bytes that trigger a flush.
 const FLUSH_BYTES: usize = 8 * 1024 * 1024;
-/// Flushes running at once. Each holds its batch (raw and compressed) in
-/// memory, so this and [`FLUSH_BYTES`] bound the client's memory. More
-/// flushes hide more of the server's fsync waits in trees of small files
-/// (1.7 GB benchmark set, three runs each: 4 -> 9.2-9.7 s, 5 -> 8.7-9.0 s,
-/// 6 -> 8.1-8.8 s) but raise peak memory (106-111, 109-119, 112-131 MiB);
-/// five keeps the client under restic's peak.
-const MAX_IN_FLIGHT: usize = 5;
+/// Batches holding their data at once, from the `FindMissingChunks` call
+/// until the last compressed message is handed to the transport. Each holds
+/// up to [`FLUSH_BYTES`] of raw chunks, so this bounds the client's memory.
+/// Full backups of the 1.7 GB benchmark set, alternating (wall, peak RSS):
+/// 2 -> 5.44-5.46 s, 82-97 MiB; 3 -> 4.95-5.43 s, 96-100 MiB;
+/// 4 -> 5.19-5.51 s, 104-113 MiB; 5 -> 5.23-5.98 s, 117-122 MiB.
+/// (When a batch still counted until the server's reply, 5 took 5.9-6.5 s.)
+const MAX_IN_FLIGHT: usize = 3;
+/// Uploads open at once, counting those whose data is all sent and which
+/// wait for the server to verify, write and fsync it: most of an upload's
+/// time, during which it holds at most its stream's few queued messages.
+const MAX_UPLOADS_OPEN: usize = 10;
+/// Commits waiting at once. A commit waits for its own upload and every
+/// earlier one, so it usually trails the uploads by one or two; it holds
+/// only object metadata.
+const MAX_COMMITS_WAITING: usize = MAX_UPLOADS_OPEN + 2;
 /// Pending objects that trigger a flush (many small files).
 const FLUSH_OBJECTS: usize = 5000;
 /// Ids per `FindMissingChunks` call.
@@ -91,25 +105,37 @@ struct Uploader<'a> {
     stats: &'a mut BackupStats,
     pending: Vec<(ChunkId, Vec<u8>)>,
     pending_ids: HashSet<ChunkId>,
-    /// Ids handed to the flushes in flight, one set per flush, oldest first.
-    /// A chunk in one of them is not sent again: the batch that references
-    /// it commits only after every earlier batch's upload has finished.
+    /// Ids handed to the uploads in flight, one set per upload, oldest
+    /// first. A chunk in one of them is not sent again: the batch that
+    /// references it commits only after every earlier upload has finished.
     sent_ids: VecDeque<HashSet<ChunkId>>,
-    /// Fires when the newest flush's upload and all earlier ones are done.
+    /// Fires when the newest batch's upload and all earlier ones are done.
     uploads_done: Option<oneshot::Receiver<()>>,
     pending_bytes: usize,
     ready: Vec<pb::NewObject>,
     progress: &'a ProgressBar,
     started: Instant,
-    /// Flushes in progress, oldest first.
-    in_flight: VecDeque<tokio::task::JoinHandle<Result<FlushStats, ClientError>>>,
+    /// Permits for batches holding their data ([`MAX_IN_FLIGHT`]); an
+    /// upload gives its permit back once its data is handed to the transport.
+    data_slots: Arc<Semaphore>,
+    /// Uploads in progress, oldest first.
+    uploading: VecDeque<JoinHandle<Result<UploadStats, ClientError>>>,
+    /// Commits waiting for their uploads or in progress, oldest first. They
+    /// hold only object metadata, so a batch whose data is sent frees its
+    /// upload slot while its commit waits for earlier uploads.
+    committing: VecDeque<JoinHandle<Result<CommitStats, ClientError>>>,
 }
 
-/// What one flush did.
+/// What one batch's upload did.
 #[derive(Debug, Default)]
-struct FlushStats {
+struct UploadStats {
     bytes_sent: u64,
     bytes_deduplicated: u64,
+}
+
+/// What one batch's commit did.
+#[derive(Debug, Default)]
+struct CommitStats {
     backed_up: u64,
     deactivated: u64,
 }
@@ -139,82 +165,132 @@ impl Uploader<'_> {
         ));
     }
 
-    /// Waits for the oldest flush in progress and adds up what it did.
-    async fn settle_oldest(&mut self) -> Result<(), ClientError> {
-        if let Some(handle) = self.in_flight.pop_front() {
-            let done = handle
-                .await
-                .map_err(|e| ClientError::Usage(format!("upload task failed: {e}")))??;
+    /// Waits for the oldest upload in progress and adds up what it did.
+    async fn settle_oldest_upload(&mut self) -> Result<(), ClientError> {
+        if let Some(handle) = self.uploading.pop_front() {
+            let done = joined(handle, "upload").await?;
+            self.sent_ids.pop_front();
             self.stats.bytes_sent += done.bytes_sent;
             self.stats.bytes_deduplicated += done.bytes_deduplicated;
-            self.stats.backed_up += done.backed_up;
-            self.stats.deactivated += done.deactivated;
             self.show_progress();
         }
         Ok(())
     }
 
-    /// Hands the gathered batch to a new flush, first waiting for the oldest
-    /// one if [`MAX_IN_FLIGHT`] are running.
-    async fn flush(&mut self, deactivate: Vec<String>) -> Result<(), ClientError> {
-        while self.in_flight.len() >= MAX_IN_FLIGHT {
-            self.settle_oldest().await?;
-            self.sent_ids.pop_front();
+    /// Waits for the oldest commit in progress and adds up what it did.
+    async fn settle_oldest_commit(&mut self) -> Result<(), ClientError> {
+        if let Some(handle) = self.committing.pop_front() {
+            let done = match joined(handle, "commit").await {
+                Ok(done) => done,
+                Err(e) => {
+                    // A commit stopped by a failed upload: report the upload.
+                    while !self.uploading.is_empty() {
+                        self.settle_oldest_upload().await?;
+                    }
+                    return Err(e);
+                }
+            };
+            self.stats.backed_up += done.backed_up;
+            self.stats.deactivated += done.deactivated;
         }
+        Ok(())
+    }
+
+    /// Hands the gathered batch to a new upload and a commit that follows it,
+    /// first waiting for a data slot (and for the oldest upload or commit
+    /// when [`MAX_UPLOADS_OPEN`] or [`MAX_COMMITS_WAITING`] are open).
+    async fn flush(&mut self, deactivate: Vec<String>) -> Result<(), ClientError> {
+        while self.uploading.len() >= MAX_UPLOADS_OPEN {
+            self.settle_oldest_upload().await?;
+        }
+        while self.committing.len() >= MAX_COMMITS_WAITING {
+            self.settle_oldest_commit().await?;
+        }
+        // An upload that fails gives its permit back too, so this wait ends;
+        // the failure is reported when that upload is settled.
+        let data_slot = self
+            .data_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Usage("the upload slots were closed".into()))?;
         let pending = std::mem::take(&mut self.pending);
         self.sent_ids
             .push_back(std::mem::take(&mut self.pending_ids));
         self.pending_bytes = 0;
-        let ready = std::mem::take(&mut self.ready);
+        let (own_done, own_upload) = oneshot::channel();
+        self.uploading.push_back(tokio::spawn(upload_batch(
+            self.session.clone(),
+            pending,
+            data_slot,
+            own_done,
+        )));
         let (uploaded, uploads_done) = oneshot::channel();
         let order = UploadOrder {
+            own: own_upload,
             earlier: self.uploads_done.replace(uploads_done),
             uploaded,
         };
-        let batch = flush_batch(
+        let commit = commit_batch(
             self.session.clone(),
             self.filespace.clone(),
-            pending,
-            ready,
+            std::mem::take(&mut self.ready),
             deactivate,
             order,
         );
-        self.in_flight.push_back(tokio::spawn(batch));
+        self.committing.push_back(tokio::spawn(commit));
         Ok(())
     }
 
-    /// Flushes what is left and waits for every flush to finish.
+    /// Flushes what is left and waits for every upload, then every commit.
+    /// Uploads are settled first so that a failed upload is reported as
+    /// itself, not as the commit it stopped.
     async fn finish(&mut self, deactivate: Vec<String>) -> Result<(), ClientError> {
         self.flush(deactivate).await?;
-        while !self.in_flight.is_empty() {
-            self.settle_oldest().await?;
+        while !self.uploading.is_empty() {
+            self.settle_oldest_upload().await?;
+        }
+        while !self.committing.is_empty() {
+            self.settle_oldest_commit().await?;
         }
         Ok(())
     }
 }
 
-/// Orders a flush after the earlier ones: an object may reference chunks an
+/// The result of a finished upload or commit task.
+async fn joined<T>(
+    handle: JoinHandle<Result<T, ClientError>>,
+    what: &str,
+) -> Result<T, ClientError> {
+    handle
+        .await
+        .map_err(|e| ClientError::Usage(format!("{what} task failed: {e}")))?
+}
+
+/// Orders a commit after the uploads: an object may reference chunks an
 /// earlier batch uploads (a file cut across two batches, or a chunk seen in
-/// both), so a batch commits only once every earlier upload has finished.
+/// both), so a batch commits only once its own upload and every earlier one
+/// are done.
 #[derive(Debug)]
 struct UploadOrder {
-    /// Fires when all earlier uploads are done; `None` for the first flush.
+    /// Fires when this batch's own upload is done; dropped if it failed.
+    own: oneshot::Receiver<()>,
+    /// Fires when all earlier uploads are done; `None` for the first batch.
     earlier: Option<oneshot::Receiver<()>>,
-    /// Fired by this flush once its own upload and all earlier ones are done.
+    /// Fired by this commit once its own upload and all earlier ones are done.
     uploaded: oneshot::Sender<()>,
 }
 
-/// Uploads what the server lacks of `pending`, then commits `ready` and the
-/// deactivations once every earlier batch's upload is done too.
-async fn flush_batch(
+/// Uploads what the server lacks of `pending`; gives `data_slot` back once
+/// the data is handed to the transport and fires `done` once all of it is
+/// stored.
+async fn upload_batch(
     session: Session,
-    filespace: String,
     pending: Vec<(ChunkId, Vec<u8>)>,
-    mut ready: Vec<pb::NewObject>,
-    mut deactivate: Vec<String>,
-    order: UploadOrder,
-) -> Result<FlushStats, ClientError> {
-    let mut out = FlushStats::default();
+    data_slot: OwnedSemaphorePermit,
+    done: oneshot::Sender<()>,
+) -> Result<UploadStats, ClientError> {
+    let mut out = UploadStats::default();
     let mut client = session.client();
     let mut missing: HashSet<ChunkId> = HashSet::new();
     for batch in pending.chunks(FIND_BATCH) {
@@ -235,11 +311,20 @@ async fn flush_batch(
         .into_iter()
         .partition(|(id, _)| missing.contains(id));
     out.bytes_deduplicated = known.iter().map(|(_, d)| d.len() as u64).sum();
-    if !to_send.is_empty() {
+    drop(known);
+    if to_send.is_empty() {
+        drop(data_slot);
+    } else {
         // Compressed messages go out as they are made: the server verifies
         // one while the next is compressed.
         let (tx, rx) = mpsc::channel(2);
-        let compressor = tokio::task::spawn_blocking(move || compress_into_messages(to_send, &tx));
+        let compressor = tokio::task::spawn_blocking(move || {
+            let sent = compress_into_messages(to_send, &tx);
+            // Every message is queued for the transport and every raw chunk
+            // freed: the next batch may gather its data.
+            drop(data_slot);
+            sent
+        });
         let uploaded = client
             .upload_chunks(session.request(ReceiverStream::new(rx)))
             .await;
@@ -250,15 +335,32 @@ async fn flush_batch(
         out.bytes_sent = compressed?;
         uploaded.map_err(|s| ClientError::server("uploading data", s))?;
     }
+    let _ = done.send(());
+    Ok(out)
+}
+
+/// Commits `ready` and the deactivations once this batch's upload and every
+/// earlier one are done.
+async fn commit_batch(
+    session: Session,
+    filespace: String,
+    mut ready: Vec<pb::NewObject>,
+    mut deactivate: Vec<String>,
+    order: UploadOrder,
+) -> Result<CommitStats, ClientError> {
+    // A dropped sender means an upload failed; its own error is reported
+    // first, as uploads are settled before commits.
+    let upload_failed = |_| ClientError::Server {
+        operation: "uploading data",
+        message: "an upload in this backup failed".into(),
+    };
+    order.own.await.map_err(upload_failed)?;
     if let Some(earlier) = order.earlier {
-        // A dropped sender means an earlier flush failed; its own error is
-        // reported first, as flushes are settled oldest first.
-        earlier.await.map_err(|_| ClientError::Server {
-            operation: "uploading data",
-            message: "an earlier upload in this backup failed".into(),
-        })?;
+        earlier.await.map_err(upload_failed)?;
     }
     let _ = order.uploaded.send(());
+    let mut out = CommitStats::default();
+    let mut client = session.client();
     while !ready.is_empty() || !deactivate.is_empty() {
         let objects: Vec<_> = ready.drain(..ready.len().min(COMMIT_BATCH)).collect();
         let gone: Vec<_> = deactivate
@@ -437,7 +539,9 @@ pub async fn run(
             ready: Vec::new(),
             progress: &progress,
             started,
-            in_flight: VecDeque::new(),
+            data_slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            uploading: VecDeque::new(),
+            committing: VecDeque::new(),
         };
         while let Some(batch) = rx.recv().await {
             for item in batch {

@@ -651,8 +651,9 @@ mod tests {
 
     #[test]
     fn upload_messages_split_by_size_and_keep_order() {
-        let mib = 1024 * 1024;
-        let chunks: Vec<_> = (0..10).map(|n| chunk(n, 3 * mib / 2)).collect();
+        // Two fit in a message, a third would not.
+        let piece = tandem_proto::UPLOAD_MESSAGE_BYTES * 3 / 8;
+        let chunks: Vec<_> = (0..10).map(|n| chunk(n, piece)).collect();
         let messages = upload_messages(chunks);
         let sizes: Vec<usize> = messages.iter().map(|m| m.chunks.len()).collect();
         assert_eq!(sizes, vec![2, 2, 2, 2, 2]);
@@ -665,8 +666,12 @@ mod tests {
 
     #[test]
     fn a_chunk_larger_than_a_message_travels_alone() {
-        let mib = 1024 * 1024;
-        let messages = upload_messages(vec![chunk(1, mib), chunk(2, 5 * mib), chunk(3, mib)]);
+        let quarter = tandem_proto::UPLOAD_MESSAGE_BYTES / 4;
+        let messages = upload_messages(vec![
+            chunk(1, quarter),
+            chunk(2, 5 * quarter),
+            chunk(3, quarter),
+        ]);
         let sizes: Vec<usize> = messages.iter().map(|m| m.chunks.len()).collect();
         assert_eq!(sizes, vec![1, 1, 1]);
         assert!(upload_messages(Vec::new()).is_empty());
