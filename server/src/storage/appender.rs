@@ -88,6 +88,10 @@ pub(super) struct ContainerAppender {
     /// Bytes of the last, partial block: `len` rounded down to [`ALIGN`]
     /// up to `len`. Empty when writing through the page cache.
     tail: Vec<u8>,
+    /// Tests: direct writes fail with `EINVAL` after this many succeeded,
+    /// as on a file system that refuses them only at write time.
+    #[cfg(test)]
+    refuse_direct: Option<std::cell::Cell<usize>>,
 }
 
 impl ContainerAppender {
@@ -113,6 +117,8 @@ impl ContainerAppender {
             direct,
             len: 0,
             tail: Vec::new(),
+            #[cfg(test)]
+            refuse_direct: None,
         };
         appender.reload()?;
         Ok(appender)
@@ -141,12 +147,38 @@ impl ContainerAppender {
     }
 
     fn write_pieces(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
-        let Some((direct_file, staging)) = self.direct.as_mut() else {
-            for piece in pieces {
-                self.file.write_all_at(piece, self.len)?;
-                self.len += piece.len() as u64;
+        if self.direct.is_some() {
+            let old_len = self.len;
+            match self.write_pieces_direct(pieces) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => {
+                    // Some file systems accept `O_DIRECT` at open and refuse
+                    // it at the first write. This append is written again
+                    // through the page cache from where it began (the
+                    // caller placed its records from there), and so is
+                    // every later one.
+                    tracing::warn!(cause = %e, "direct writes refused; containers are written through the page cache");
+                    self.direct = None;
+                    self.tail.clear();
+                    self.len = old_len;
+                }
+                other => return other,
             }
-            return Ok(());
+        }
+        for piece in pieces {
+            self.file.write_all_at(piece, self.len)?;
+            self.len += piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn write_pieces_direct(&mut self, pieces: &[&[u8]]) -> io::Result<()> {
+        let Some((direct_file, staging)) = self.direct.as_mut() else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        #[cfg(test)]
+        let direct_file = &RefusingFile {
+            file: direct_file,
+            refuse: self.refuse_direct.as_ref(),
         };
         let old_len = self.len;
         // File offset of the staging block's first byte: the start of the
@@ -202,6 +234,27 @@ impl ContainerAppender {
         self.direct = None;
         self.reload()?;
         Ok(self)
+    }
+}
+
+/// Tests: a direct file whose writes fail with `EINVAL` once a countdown
+/// runs out.
+#[cfg(test)]
+struct RefusingFile<'a> {
+    file: &'a File,
+    refuse: Option<&'a std::cell::Cell<usize>>,
+}
+
+#[cfg(test)]
+impl RefusingFile<'_> {
+    fn write_all_at(&self, bytes: &[u8], at: u64) -> io::Result<()> {
+        if let Some(left) = self.refuse {
+            if left.get() == 0 {
+                return Err(io::Error::from_raw_os_error(nix::libc::EINVAL));
+            }
+            left.set(left.get() - 1);
+        }
+        self.file.write_all_at(bytes, at)
     }
 }
 
@@ -268,5 +321,27 @@ mod tests {
         let sizes: Vec<usize> = (0..300).map(|i| 1 + i % 97).collect();
         round_trip(&sizes, usize::MAX, true);
         round_trip(&sizes, 50, true);
+    }
+
+    #[test]
+    fn direct_writes_refused_midway_fall_back_to_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.tdc");
+        let mut appender = ContainerAppender::open(&path).unwrap();
+        if appender.direct.is_none() {
+            return; // this file system takes no direct writes at all
+        }
+        // The first direct write (a whole staging block) succeeds, the
+        // second is refused: the append is redone through the page cache.
+        appender.refuse_direct = Some(std::cell::Cell::new(1));
+        let first: Vec<u8> = (0..BLOCK_BYTES + 5000).map(|b| (b % 251) as u8).collect();
+        appender.append(&[&first[..40], &first[40..]]).unwrap();
+        assert!(appender.direct.is_none());
+        let second = vec![9u8; 12_345];
+        appender.append(&[&second]).unwrap();
+        let mut expected = first;
+        expected.extend_from_slice(&second);
+        assert_eq!(appender.len(), expected.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
     }
 }
