@@ -90,8 +90,19 @@ async fn wait_for_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist, so none gets an arena of its own.
+    tandem_client::malloc::limit_arenas(tandem_client::malloc::SERVER_ARENAS);
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run_server()),
+        Err(e) => {
+            eprintln!("tandem-server: cannot start the async runtime: {e}");
+            ExitCode::from(12)
+        }
+    }
+}
+
+async fn run_server() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::Demo { keep }) => {
