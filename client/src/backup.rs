@@ -398,7 +398,7 @@ fn compress_into_messages(
         let size = data.len() as u64;
         let full = packer.push(pb::Chunk {
             id: id.as_slice().to_vec(),
-            data,
+            data: data.into(),
             raw_len: raw.len() as u64,
         });
         if full.is_some_and(|message| tx.blocking_send(message).is_err()) {

@@ -140,7 +140,7 @@ fn compact(state: &ServerState, number: u32) -> Result<(), ServerError> {
         batch_bytes += data.len();
         batch.push(VerifiedChunk {
             id,
-            data,
+            data: data.into(),
             raw_len: loc.raw_len,
         });
         if batch_bytes >= COPY_BATCH_BYTES {

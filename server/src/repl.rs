@@ -258,7 +258,7 @@ fn upload_messages(chunks: Vec<StoredChunk>) -> Vec<pb::UploadChunksRequest> {
         .filter_map(|c| {
             packer.push(pb::Chunk {
                 id: c.id.as_slice().to_vec(),
-                data: c.data,
+                data: c.data.into(),
                 raw_len: c.raw_len,
             })
         })

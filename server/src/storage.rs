@@ -20,6 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use prost::bytes::Bytes;
 use tandem_proto::ChunkId;
 
 use crate::error::StorageError;
@@ -38,8 +39,8 @@ pub const MAX_RAW_CHUNK: usize = 8 * 1024 * 1024;
 pub struct VerifiedChunk {
     /// Its id.
     pub id: ChunkId,
-    /// Compressed bytes as received.
-    pub data: Vec<u8>,
+    /// Compressed bytes as received (a slice of the received message).
+    pub data: Bytes,
     /// Uncompressed length.
     pub raw_len: u32,
 }
@@ -66,11 +67,7 @@ fn record_header(chunk: &VerifiedChunk) -> [u8; HEADER_BYTES as usize] {
 ///
 /// # Errors
 /// [`StorageError::ChunkMalformed`] or [`StorageError::ChunkMismatch`].
-pub fn verify_chunk(
-    id: ChunkId,
-    data: Vec<u8>,
-    raw_len: u64,
-) -> Result<VerifiedChunk, StorageError> {
+pub fn verify_chunk(id: ChunkId, data: Bytes, raw_len: u64) -> Result<VerifiedChunk, StorageError> {
     let malformed = |reason: String| StorageError::ChunkMalformed { chunk: id, reason };
     let raw_len_usize = usize::try_from(raw_len)
         .ok()
@@ -257,7 +254,7 @@ impl ChunkStore {
         let pieces: Vec<&[u8]> = headers
             .iter()
             .zip(chunks)
-            .flat_map(|(h, c)| [h.as_slice(), c.data.as_slice()])
+            .flat_map(|(h, c)| [h.as_slice(), &c.data[..]])
             .collect();
         app.out
             .append(&pieces)
@@ -402,7 +399,7 @@ mod tests {
 
     fn chunk(data: &[u8]) -> VerifiedChunk {
         let compressed = zstd::bulk::compress(data, 1).unwrap();
-        verify_chunk(ChunkId::of(data), compressed, data.len() as u64).unwrap()
+        verify_chunk(ChunkId::of(data), compressed.into(), data.len() as u64).unwrap()
     }
 
     #[test]
@@ -444,9 +441,9 @@ mod tests {
     #[test]
     fn a_chunk_that_does_not_match_its_id_is_rejected() {
         let compressed = zstd::bulk::compress(b"real", 1).unwrap();
-        let err = verify_chunk(ChunkId::of(b"claimed"), compressed, 4).unwrap_err();
+        let err = verify_chunk(ChunkId::of(b"claimed"), compressed.into(), 4).unwrap_err();
         assert!(matches!(err, StorageError::ChunkMismatch { .. }));
-        let err = verify_chunk(ChunkId::of(b"x"), b"not zstd".to_vec(), 1).unwrap_err();
+        let err = verify_chunk(ChunkId::of(b"x"), Bytes::from_static(b"not zstd"), 1).unwrap_err();
         assert!(matches!(err, StorageError::ChunkMalformed { .. }));
     }
 }

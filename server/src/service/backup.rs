@@ -426,7 +426,7 @@ impl Backup for BackupService {
                                 .map(|data| pb::ReadChunksResponse {
                                     chunk: Some(pb::Chunk {
                                         id: id.as_slice().to_vec(),
-                                        data,
+                                        data: data.into(),
                                         raw_len: u64::from(loc.raw_len),
                                     }),
                                 })
