@@ -42,16 +42,20 @@ use crate::paths;
 use crate::scan::{self, Item, ScanPlan};
 use crate::session::Session;
 
-/// Pending uncompressed chunk bytes that trigger a flush.
-const FLUSH_BYTES: usize = 8 * 1024 * 1024;
+/// Pending uncompressed chunk bytes that trigger a flush. Each flush costs a
+/// `FindMissingChunks` call, an upload stream and a commit, so larger ones
+/// spend less on those; see [`MAX_IN_FLIGHT`] for the measurements.
+const FLUSH_BYTES: usize = 16 * 1024 * 1024;
 /// Batches holding their data at once, from the `FindMissingChunks` call
 /// until the last compressed message is handed to the transport. Each holds
-/// up to [`FLUSH_BYTES`] of raw chunks, so this bounds the client's memory.
+/// up to [`FLUSH_BYTES`] of raw chunks, so the two bound the client's memory.
 /// Full backups of the 1.7 GB benchmark set, alternating (wall, peak RSS):
-/// 2 -> 5.44-5.46 s, 82-97 MiB; 3 -> 4.95-5.43 s, 96-100 MiB;
+/// 8 MiB batches: 2 -> 5.44-5.46 s, 82-97 MiB; 3 -> 4.76-5.43 s, 95-104 MiB;
 /// 4 -> 5.19-5.51 s, 104-113 MiB; 5 -> 5.23-5.98 s, 117-122 MiB.
-/// (When a batch still counted until the server's reply, 5 took 5.9-6.5 s.)
-const MAX_IN_FLIGHT: usize = 3;
+/// 12 MiB: 2 -> 4.96-5.05 s, 95-100 MiB. 16 MiB: 2 -> 4.84-4.99 s, 106-110
+/// MiB; 3 -> 4.77-5.01 s, 124-131 MiB. (When a batch still counted until the
+/// server's reply, five 8 MiB batches took 5.9-6.5 s.)
+const MAX_IN_FLIGHT: usize = 2;
 /// Uploads open at once, counting those whose data is all sent and which
 /// wait for the server to verify, write and fsync it: most of an upload's
 /// time, during which it holds at most its stream's few queued messages.
