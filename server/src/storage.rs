@@ -207,8 +207,9 @@ impl ChunkStore {
         let headers: Vec<[u8; HEADER_BYTES as usize]> = chunks.iter().map(record_header).collect();
         {
             let mut app = lock(&self.appender);
-            // Chunks from `first` on go to the current container, written
-            // straight from their buffers in one vectored write per container.
+            // Chunks from `first` on go to the current container, in one
+            // append per container (gathered into the appender's aligned
+            // block, see `appender`).
             let mut first = 0;
             let mut end = app.out.len();
             for (i, chunk) in chunks.iter().enumerate() {
