@@ -13,6 +13,7 @@
 //! - [`messages`], [`console`], [`error_log`]: TDM messages to the console and `dsierror.log`.
 //! - [`error`]: `ClientError` and the exit codes (0/4/8/12, as `dsmc`).
 
+pub mod aligned;
 pub mod atomic;
 pub mod backup;
 pub mod chunker;

@@ -27,42 +27,20 @@ use std::sync::mpsc as std_mpsc;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
+use crate::aligned::{AlignedBuf, DIRECT_IO_ALIGN as ALIGN};
+
 /// Files at least this large are written directly. Smaller ones are cheaper
 /// through the page cache: a direct write waits for the disk, and thousands of
 /// small waits in a row would cost more than the copies they save.
 pub(super) const DIRECT_MIN_BYTES: u64 = 1024 * 1024;
 /// Bytes per direct write, and the size of a staging block.
 const BLOCK_BYTES: usize = 4 * 1024 * 1024;
-/// Alignment of address, offset and length for direct writes: the largest
-/// logical block size of common disks.
-const ALIGN: usize = 4096;
-
-/// A staging buffer with an aligned region of [`BLOCK_BYTES`].
-struct Block {
-    buf: Vec<u8>,
-    /// Where the aligned region starts.
-    start: usize,
-}
-
-impl Block {
-    /// None when the allocation cannot be aligned (then nothing is written
-    /// directly).
-    fn new() -> Option<Self> {
-        let buf = vec![0u8; BLOCK_BYTES + ALIGN];
-        let start = buf.as_ptr().align_offset(ALIGN);
-        (start < ALIGN).then_some(Self { buf, start })
-    }
-
-    fn region(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + BLOCK_BYTES]
-    }
-}
 
 /// A block for the I/O thread to write.
 struct Job {
     file: Arc<File>,
     offset: u64,
-    block: Block,
+    block: AlignedBuf,
     len: usize,
     /// The file is open for direct I/O, so `EINVAL` may mean the file
     /// system refuses it.
@@ -71,7 +49,7 @@ struct Job {
 
 /// A written block, back from the I/O thread.
 struct Done {
-    block: Block,
+    block: AlignedBuf,
     result: io::Result<()>,
     /// The file system refused the direct write; the block went through the
     /// page cache.
@@ -84,9 +62,9 @@ struct Done {
 /// of the time.
 pub(super) struct DirectWriter {
     /// The block being filled.
-    filling: Option<Block>,
+    filling: Option<AlignedBuf>,
     /// The block not in use (None while it is being written).
-    spare: Option<Block>,
+    spare: Option<AlignedBuf>,
     /// Bytes staged in `filling`.
     staged: usize,
     /// File offset of the staged bytes (a multiple of [`ALIGN`]).
@@ -107,7 +85,7 @@ impl DirectWriter {
         let (jobs, queued) = std_mpsc::sync_channel::<Job>(1);
         let (finished, done) = std_mpsc::sync_channel::<Done>(2);
         let io_thread = std::thread::spawn(move || write_blocks(&queued, &finished));
-        let (filling, spare) = (Block::new(), Block::new());
+        let (filling, spare) = (AlignedBuf::new(BLOCK_BYTES), AlignedBuf::new(BLOCK_BYTES));
         Self {
             supported: filling.is_some() && spare.is_some(),
             filling,
@@ -139,7 +117,7 @@ impl DirectWriter {
         while !data.is_empty() {
             let filling = self.filling.as_mut().ok_or_else(no_buffer)?;
             let take = (BLOCK_BYTES - self.staged).min(data.len());
-            filling.region()[self.staged..self.staged + take].copy_from_slice(&data[..take]);
+            filling.as_mut_slice()[self.staged..self.staged + take].copy_from_slice(&data[..take]);
             self.staged += take;
             data = &data[take..];
             if self.staged == BLOCK_BYTES {
@@ -156,7 +134,7 @@ impl DirectWriter {
         if self.staged > 0 {
             let padded = self.staged.next_multiple_of(ALIGN);
             let filling = self.filling.as_mut().ok_or_else(no_buffer)?;
-            filling.region()[self.staged..padded].fill(0);
+            filling.as_mut_slice()[self.staged..padded].fill(0);
             self.submit(padded)?;
         }
         self.wait_for_write()?;
@@ -218,7 +196,7 @@ fn write_blocks(jobs: &std_mpsc::Receiver<Job>, done: &std_mpsc::SyncSender<Done
             len,
             direct,
         } = job;
-        let bytes = &block.buf[block.start..block.start + len];
+        let bytes = &block.as_slice()[..len];
         let mut refused = false;
         let mut result = file.write_all_at(bytes, offset);
         if direct && matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {

@@ -27,9 +27,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Alignment of buffer address, file offset and length for direct writes:
-/// the largest logical block size of common disks.
-const ALIGN: usize = 4096;
+use tandem_client::aligned::{AlignedBuf, DIRECT_IO_ALIGN as ALIGN};
+
 /// Largest direct write, and the staging block's size. A store group (a
 /// little over 8 MiB) goes to the disk in one write: on the test machine `dd`
 /// with `oflag=direct` wrote 1 GB in 2.0-2.8 s in 4 MiB writes and in 1.6 s
@@ -39,26 +38,19 @@ const BLOCK_BYTES: usize = 16 * 1024 * 1024;
 /// An aligned buffer of [`BLOCK_BYTES`] and how much of it is filled.
 #[derive(Debug)]
 struct Staging {
-    buf: Vec<u8>,
-    /// Where the aligned region begins in `buf`.
-    start: usize,
+    block: AlignedBuf,
     filled: usize,
 }
 
 impl Staging {
     /// None when the allocation cannot be aligned.
     fn new() -> Option<Self> {
-        let buf = vec![0u8; BLOCK_BYTES + ALIGN];
-        let start = buf.as_ptr().align_offset(ALIGN);
-        (start < ALIGN).then_some(Staging {
-            buf,
-            start,
-            filled: 0,
-        })
+        let block = AlignedBuf::new(BLOCK_BYTES)?;
+        Some(Staging { block, filled: 0 })
     }
 
     fn filled(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.filled]
+        &self.block.as_slice()[..self.filled]
     }
 
     fn is_full(&self) -> bool {
@@ -68,8 +60,8 @@ impl Staging {
     /// Copies as much of `bytes` as fits; returns how much that was.
     fn take(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(BLOCK_BYTES - self.filled);
-        let at = self.start + self.filled;
-        self.buf[at..at + n].copy_from_slice(&bytes[..n]);
+        let at = self.filled;
+        self.block.as_mut_slice()[at..at + n].copy_from_slice(&bytes[..n]);
         self.filled += n;
         n
     }
