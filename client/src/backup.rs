@@ -91,8 +91,14 @@ pub struct BackupStats {
     pub unchanged: u64,
     /// Server versions made inactive (gone locally).
     pub deactivated: u64,
-    /// Objects that could not be backed up.
+    /// Objects that were not backed up, all reasons together.
     pub failed: u64,
+    /// Objects not backed up, by reason ("unreadable", "not found",
+    /// "socket", "kept changing"): nothing is left out without a count.
+    pub not_backed_up: std::collections::BTreeMap<&'static str, u64>,
+    /// Objects stored with a warning (changed while read, extended
+    /// attributes unreadable) and warnings about the whole backup.
+    pub warnings: u64,
     /// File bytes read.
     pub bytes_scanned: u64,
     /// Compressed bytes uploaded.
@@ -102,6 +108,30 @@ pub struct BackupStats {
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
+
+impl BackupStats {
+    /// Counts an object that was not backed up.
+    fn count_skip(&mut self, reason: &'static str) {
+        self.failed += 1;
+        *self.not_backed_up.entry(reason).or_default() += 1;
+    }
+}
+
+/// Why the object a scanner message is about was not backed up; `None` for
+/// messages about objects that were stored (with a warning) or about the
+/// whole backup.
+fn skip_reason(id: &str) -> Option<&'static str> {
+    match id {
+        "TDM1010W" => Some("unreadable"),
+        "TDM1011W" => Some("not found"),
+        "TDM1015W" => Some("socket"),
+        "TDM1017W" => Some("kept changing"),
+        _ => None,
+    }
+}
+
+/// Bound on `changing_retries`: each retry reads the whole file again.
+const MAX_CHANGING_RETRIES: u32 = 100;
 
 struct Uploader<'a> {
     session: &'a Session,
@@ -506,14 +536,10 @@ pub async fn run(
             path: path.clone(),
             source: e,
         })?;
-        let Some(root_text) = root.to_str().map(str::to_string) else {
-            console.report(&Msg::not_utf8(&root.to_string_lossy()), ExitStatus::Skipped);
-            stats.failed += 1;
-            continue;
-        };
+        let root_text = crate::names::encode(root.as_os_str());
         if std::fs::symlink_metadata(&root).is_err() {
             console.report(&Msg::not_found(&root_text), ExitStatus::Skipped);
-            stats.failed += 1;
+            stats.count_skip("not found");
             continue;
         }
         let filespace = paths::filespace_of(&root);
@@ -526,6 +552,8 @@ pub async fn run(
             root,
             excludes: excludes.clone(),
             inventory,
+            changing_retries: options.changing_retries.min(MAX_CHANGING_RETRIES),
+            serialization: options.serialization,
         };
         // Two batches only: each may hold 1 MiB of small chunks and a 4 MiB one,
         // and memory must stay at restic's level (four raised peak RSS 10 MiB).
@@ -564,11 +592,20 @@ pub async fn run(
                         uploader.stats.unchanged += n;
                     }
                     Item::Problem(msg) => {
-                        progress.suspend(|| console.report(&msg, ExitStatus::Skipped));
-                        // Warnings about the whole backup, not one object.
-                        if !matches!(msg.id, "TDM1013W" | "TDM1014W") {
-                            uploader.stats.inspected += 1;
-                            uploader.stats.failed += 1;
+                        let reason = skip_reason(msg.id);
+                        let status = if reason.is_some() {
+                            ExitStatus::Skipped
+                        } else {
+                            ExitStatus::Warnings
+                        };
+                        progress.suspend(|| console.report(&msg, status));
+                        match reason {
+                            Some(reason) => {
+                                uploader.stats.inspected += 1;
+                                uploader.stats.count_skip(reason);
+                            }
+                            // Stored with a warning, or about the whole backup.
+                            None => uploader.stats.warnings += 1,
                         }
                     }
                 }

@@ -63,8 +63,9 @@ enum Command {
     },
     /// Restore files: SOURCE is a path or a directory with a pattern (`/data/*`).
     Restore {
-        /// What to restore.
-        source: String,
+        /// What to restore (any bytes; `\\*`, `\\?`, `\\[` for those
+        /// characters in a name).
+        source: OsString,
         /// Where to; paths stay relative to SOURCE's directory [default: in place].
         dest: Option<PathBuf>,
         /// Include subdirectories.
@@ -93,7 +94,7 @@ enum QueryCommand {
     /// List stored versions.
     Backup {
         /// A path or a directory with a pattern.
-        pattern: String,
+        pattern: OsString,
         /// Include inactive versions.
         #[arg(long)]
         inactive: bool,
@@ -132,11 +133,11 @@ fn excludes(options: &ClientOptions) -> Result<GlobSet, ClientError> {
         .map_err(|e| ClientError::Usage(format!("exclude patterns: {e}")))
 }
 
-fn summary_table(rows: Vec<(&str, String)>) -> Table {
+fn summary_table<K: Into<String>>(rows: Vec<(K, String)>) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     for (k, v) in rows {
-        t.add_row(vec![k.to_string(), v]);
+        t.add_row(vec![k.into(), v]);
     }
     t
 }
@@ -167,21 +168,33 @@ fn print_backup_summary(stats: &BackupStats, console: &Console) {
         return;
     }
     let rate = stats.bytes_scanned as f64 / stats.elapsed_secs.max(0.001);
-    println!(
-        "{}",
-        summary_table(vec![
-            ("Objects inspected", stats.inspected.to_string()),
-            ("Objects backed up", stats.backed_up.to_string()),
-            ("Objects unchanged", stats.unchanged.to_string()),
-            ("Objects deactivated", stats.deactivated.to_string()),
-            ("Objects failed", stats.failed.to_string()),
-            ("Bytes scanned", human_bytes(stats.bytes_scanned)),
-            ("Bytes sent", human_bytes(stats.bytes_sent)),
-            ("Bytes deduplicated", human_bytes(stats.bytes_deduplicated)),
-            ("Throughput", format!("{}/s", human_bytes(rate as u64))),
-            ("Elapsed", elapsed(stats.elapsed_secs)),
-        ])
-    );
+    let mut rows = vec![
+        ("Objects inspected".to_string(), stats.inspected.to_string()),
+        ("Objects backed up".into(), stats.backed_up.to_string()),
+        ("Objects unchanged".into(), stats.unchanged.to_string()),
+        ("Objects deactivated".into(), stats.deactivated.to_string()),
+        ("Objects failed".into(), stats.failed.to_string()),
+    ];
+    for (reason, count) in &stats.not_backed_up {
+        rows.push((format!("  not backed up: {reason}"), count.to_string()));
+    }
+    if stats.warnings > 0 {
+        rows.push(("Warnings".into(), stats.warnings.to_string()));
+    }
+    rows.extend([
+        ("Bytes scanned".into(), human_bytes(stats.bytes_scanned)),
+        ("Bytes sent".into(), human_bytes(stats.bytes_sent)),
+        (
+            "Bytes deduplicated".into(),
+            human_bytes(stats.bytes_deduplicated),
+        ),
+        (
+            "Throughput".into(),
+            format!("{}/s", human_bytes(rate as u64)),
+        ),
+        ("Elapsed".into(), elapsed(stats.elapsed_secs)),
+    ]);
+    println!("{}", summary_table(rows));
 }
 
 fn print_restore_summary(stats: &RestoreStats, console: &Console) {
@@ -393,7 +406,7 @@ fn prepare(command: &Command, options: &ClientOptions) -> Result<Prepared, Clien
             inactive,
             replace,
         } => Prepared::Restore(RestoreRequest {
-            selection: Selection::parse(source, *subdir)?,
+            selection: Selection::parse(&crate::names::encode(source), *subdir)?,
             dest: dest
                 .as_deref()
                 .map(crate::paths::absolute)
@@ -405,7 +418,7 @@ fn prepare(command: &Command, options: &ClientOptions) -> Result<Prepared, Clien
         }),
         Command::Query(QueryCommand::Backup {
             pattern, subdir, ..
-        }) => Prepared::Query(Selection::parse(pattern, *subdir)?),
+        }) => Prepared::Query(Selection::parse(&crate::names::encode(pattern), *subdir)?),
         Command::Set(SetCommand::Password { new, .. }) if new.chars().count() < 8 => {
             return Err(ClientError::Usage(
                 "the new password is too short; use at least 8 characters".into(),

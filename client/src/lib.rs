@@ -6,7 +6,7 @@
 //! - [`failover`] + [`session`]: the logon decision (pure) and the code that carries it out:
 //!   primary first with retries, failover to the replication server, failback.
 //! - [`scan`] + [`backup`]: walk and chunk on one thread, upload and commit on another.
-//! - [`selection`] + [`target`] + [`restore`]: what to restore, where it may go, and writing it verified.
+//! - [`selection`] + [`restore`]: what to restore, where it may go, and writing it verified.
 //! - [`query`]: `query backup|filespace|session|options`.
 //! - [`options_push`] + [`nrtable`]: the replication server pushed at logon, saved in the
 //!   options file; the last acknowledged backup per server and filespace.
@@ -27,6 +27,8 @@ pub mod failover;
 pub mod inventory;
 pub mod malloc;
 pub mod messages;
+pub mod meta;
+pub mod names;
 pub mod nrtable;
 pub mod options;
 pub mod options_push;
@@ -36,7 +38,6 @@ pub mod restore;
 pub mod scan;
 pub mod selection;
 pub mod session;
-pub mod target;
 #[cfg(test)]
 mod test_data;
 pub mod timefmt;

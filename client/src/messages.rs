@@ -23,6 +23,15 @@ pub struct Msg {
     pub text: String,
 }
 
+/// A stored or local name as shown to people and written to logs.
+fn shown(path: &str) -> std::borrow::Cow<'_, str> {
+    if crate::names::needs_escaping(path) {
+        crate::names::display(path).into()
+    } else {
+        path.into()
+    }
+}
+
 impl Msg {
     /// Severity from the id's suffix.
     pub fn severity(&self) -> Severity {
@@ -37,7 +46,7 @@ impl Msg {
     pub fn unreadable(path: &str, cause: impl fmt::Display) -> Self {
         Msg {
             id: "TDM1010W",
-            text: format!("{path} skipped: cannot read it: {cause}"),
+            text: format!("{} skipped: cannot read it: {cause}", shown(path)),
         }
     }
 
@@ -45,15 +54,44 @@ impl Msg {
     pub fn not_found(path: &str) -> Self {
         Msg {
             id: "TDM1011W",
-            text: format!("{path} skipped: no such file or directory"),
+            text: format!("{} skipped: no such file or directory", shown(path)),
         }
     }
 
-    /// A name that is not UTF-8 cannot be stored.
-    pub fn not_utf8(path: &str) -> Self {
+    /// A socket is not backed up: it belongs to the process listening on it
+    /// and means nothing restored.
+    pub fn socket(path: &str) -> Self {
         Msg {
-            id: "TDM1012W",
-            text: format!("{path} skipped: its name is not valid UTF-8"),
+            id: "TDM1015W",
+            text: format!(
+                "{} skipped: it is a socket, which cannot be restored",
+                shown(path)
+            ),
+        }
+    }
+
+    /// Extended attributes or ACLs could not be read; the object is backed
+    /// up without them.
+    pub fn xattrs_unreadable(path: &str, cause: impl fmt::Display) -> Self {
+        Msg {
+            id: "TDM1016W",
+            text: format!(
+                "{} backed up without its extended attributes and ACLs: they cannot be read: {cause}",
+                shown(path)
+            ),
+        }
+    }
+
+    /// A file kept changing on every read and is not stored (serialization
+    /// `shared_static`).
+    pub fn kept_changing(path: &str, reads: u32) -> Self {
+        Msg {
+            id: "TDM1017W",
+            text: format!(
+                "{} skipped: it changed during each of {reads} reads (serialization shared_static); \
+                 back it up when it is quiet, or set serialization = \"shared_dynamic\" to store it anyway",
+                shown(path)
+            ),
         }
     }
 
@@ -61,7 +99,10 @@ impl Msg {
     pub fn corrupt(path: &str, cause: impl fmt::Display) -> Self {
         Msg {
             id: "TDM1020E",
-            text: format!("{path} not restored: stored data is damaged: {cause}"),
+            text: format!(
+                "{} not restored: stored data is damaged: {cause}",
+                shown(path)
+            ),
         }
     }
 
@@ -69,7 +110,7 @@ impl Msg {
     pub fn escapes(path: &str, cause: impl fmt::Display) -> Self {
         Msg {
             id: "TDM1021E",
-            text: format!("{path} not restored: {cause}"),
+            text: format!("{} not restored: {cause}", shown(path)),
         }
     }
 
@@ -77,7 +118,10 @@ impl Msg {
     pub fn exists(target: &str) -> Self {
         Msg {
             id: "TDM1022W",
-            text: format!("{target} exists and was not replaced (use --replace yes to overwrite)"),
+            text: format!(
+                "{} exists and was not replaced (use --replace yes to overwrite)",
+                shown(target)
+            ),
         }
     }
 
@@ -85,7 +129,7 @@ impl Msg {
     pub fn write_failed(target: &str, cause: impl fmt::Display) -> Self {
         Msg {
             id: "TDM1023E",
-            text: format!("{target} not restored: {cause}"),
+            text: format!("{} not restored: {cause}", shown(target)),
         }
     }
 
@@ -93,17 +137,36 @@ impl Msg {
     pub fn no_match(pattern: &str) -> Self {
         Msg {
             id: "TDM1024W",
-            text: format!("no stored objects match {pattern}"),
+            text: format!("no stored objects match {}", shown(pattern)),
         }
     }
 
-    /// A file changed while it was read.
-    pub fn changed(path: &str) -> Self {
+    /// A file changed while it was read, on every try, and was stored as
+    /// read (serialization `shared_dynamic`).
+    pub fn changed(path: &str, reads: u32) -> Self {
         Msg {
             id: "TDM1013W",
             text: format!(
-                "{path} changed while it was backed up; the stored copy may mix old and new data, back it up again"
+                "{} changed during each of {reads} reads; stored as read and marked \"changed during backup\" \
+                 (the copy may mix old and new data): back it up again when it is quiet",
+                shown(path)
             ),
+        }
+    }
+
+    /// An attribute of a restored object could not be set.
+    pub fn attr_not_set(target: &str, what: &str, cause: impl fmt::Display) -> Self {
+        Msg {
+            id: "TDM1025W",
+            text: format!("{} restored without {what}: {cause}", shown(target)),
+        }
+    }
+
+    /// A special file could not be created (devices need root).
+    pub fn special_not_created(target: &str, cause: impl fmt::Display) -> Self {
+        Msg {
+            id: "TDM1026W",
+            text: format!("{} not restored: {cause}", shown(target)),
         }
     }
 }

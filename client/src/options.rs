@@ -27,6 +27,8 @@ pub const KEYS: &[&str] = &[
     "my_replication_server",
     "use_replication_failover",
     "force_failover",
+    "changing_retries",
+    "serialization",
 ];
 
 /// A replication server stanza, written by the client from the primary's
@@ -114,6 +116,19 @@ pub struct ClientOptions {
     /// Replication server stanzas by name, pushed at logon.
     #[serde(default)]
     pub replication_servers: std::collections::BTreeMap<String, ReplServerEntry>,
+    /// Reads of a file that changes while it is backed up, after the first
+    /// (CHANGINGRETRIES).
+    #[serde(default = "default_changing_retries")]
+    pub changing_retries: u32,
+    /// What to do with a file still changing after the retries
+    /// (SERIALIZATION): `shared_static` skips it, `shared_dynamic` stores it
+    /// marked "changed during backup".
+    #[serde(default)]
+    pub serialization: crate::scan::Serialization,
+}
+
+fn default_changing_retries() -> u32 {
+    4
 }
 
 fn default_true() -> bool {
@@ -334,6 +349,15 @@ impl ClientOptions {
             ("state_dir", self.state_dir().display().to_string()),
             ("connect_timeout_ms", self.connect_timeout_ms.to_string()),
             ("logon_retries", self.logon_retries.to_string()),
+            ("changing_retries", self.changing_retries.to_string()),
+            (
+                "serialization",
+                match self.serialization {
+                    crate::scan::Serialization::SharedStatic => "shared_static",
+                    crate::scan::Serialization::SharedDynamic => "shared_dynamic",
+                }
+                .to_string(),
+            ),
             (
                 "my_replication_server",
                 self.my_replication_server.clone().unwrap_or_default(),

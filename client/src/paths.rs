@@ -28,7 +28,7 @@ pub fn absolute(path: &Path) -> std::io::Result<PathBuf> {
 /// (longest matching mount point); `/` when that cannot be read.
 pub fn filespace_of(path: &Path) -> String {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let text = path.to_string_lossy();
+    let text = crate::names::encode(path.as_os_str());
     mount_points(&mounts)
         .filter(|m| within(&text, m))
         .max_by_key(String::len)
@@ -68,7 +68,7 @@ fn unescape_octal(field: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::names::encode_bytes(&out)
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(pb::ObjectKind::File) => "file",
         Ok(pb::ObjectKind::Directory) => "dir",
         Ok(pb::ObjectKind::Symlink) => "link",
+        Ok(pb::ObjectKind::Fifo) => "fifo",
+        Ok(pb::ObjectKind::CharDevice) => "chr",
+        Ok(pb::ObjectKind::BlockDevice) => "blk",
         _ => "?",
     }
 }
@@ -102,9 +105,12 @@ impl VersionListing {
     fn row(&mut self, v: pb::ObjectVersion) -> std::io::Result<()> {
         let a = v.attrs.unwrap_or_default();
         let state = if v.active { "active" } else { "inactive" };
+        let changed = a.extra.as_ref().is_some_and(|e| e.changed_during_backup);
+        let path = crate::names::display(&a.path);
         if self.json {
             let item = json!({
-                "path": a.path, "kind": kind_name(a.kind), "size": a.size,
+                "path": path, "kind": kind_name(a.kind), "size": a.size,
+                "changed_during_backup": changed,
                 "backup_time": timefmt::rfc3339(v.backup_time_ns),
                 "state": state,
                 "deactivated": timefmt::rfc3339(v.deactivated_ns),
@@ -137,7 +143,11 @@ impl VersionListing {
                 state,
                 &timefmt::show(v.deactivated_ns),
                 kind_name(a.kind),
-                &a.path,
+                &if changed {
+                    format!("{path}  (changed during backup)")
+                } else {
+                    path
+                },
             )?;
         }
         self.rows += 1;

@@ -6,31 +6,42 @@
 //! A file is written to a temporary name and renamed into place only when all
 //! its chunks verified and its data is durable, so a damaged file never
 //! appears half-written; it is reported by name (TDM1020E) and the other files
-//! are restored.
+//! are restored. Everything happens relative to directory descriptors opened
+//! from DEST downwards without following links ([`dest`]), so nothing is
+//! written, changed or followed outside DEST; attributes are set in the order
+//! that keeps mode and ACL mask exact ([`attrs`]).
 
+mod attrs;
+mod dest;
 mod direct;
 mod fetch;
 mod writer;
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
+use rustix::fs::{AtFlags, FileType, Mode};
+use rustix::io::Errno;
 use serde::Serialize;
 use tandem_proto::ChunkId;
 use tandem_proto::pb;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+use self::attrs::Unset;
+use self::dest::{DestTree, Placed};
 use self::fetch::{FetchJob, Parcel};
 
 use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
 use crate::messages::Msg;
+use crate::names;
 use crate::selection::Selection;
 use crate::session::Session;
-use crate::target::{PlacedDirs, safe_target};
 
 /// What to do when a target exists (TSM REPLACE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,10 +76,15 @@ pub struct RestoreStats {
     pub restored: u64,
     /// File bytes written.
     pub bytes: u64,
-    /// Objects skipped (exist and not replaced).
+    /// Objects skipped (exist and not replaced, devices without root).
     pub skipped: u64,
     /// Objects that failed (damaged data, unsafe paths, write errors).
     pub failed: u64,
+    /// Names restored as hard links to a file restored under another name.
+    pub hard_links: u64,
+    /// Attributes (extended attributes, ACLs) the target refused; each was
+    /// reported with its object.
+    pub attributes_not_set: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -76,18 +92,41 @@ pub struct RestoreStats {
 /// A file to write.
 #[derive(Debug)]
 struct FileJob {
+    /// The stored path (encoded), for messages about its data.
     path: String,
-    target: PathBuf,
+    placed: Placed,
+    /// `DEST/...` (encoded), for messages about writing it.
+    shown: String,
     chunks: Vec<ChunkId>,
     size: u64,
     attrs: pb::ObjectAttrs,
+    /// The file had holes: all-zero chunks are left unwritten.
+    sparse: bool,
+}
+
+/// An object without data: a directory, symlink, FIFO or device.
+#[derive(Debug)]
+struct NodeJob {
+    placed: Placed,
+    shown: String,
+    attrs: pb::ObjectAttrs,
+}
+
+/// A further name of a file restored in the same run.
+#[derive(Debug)]
+struct LinkJob {
+    node: NodeJob,
+    /// The file job whose file it names.
+    leader: usize,
 }
 
 #[derive(Debug, Default)]
 struct Plan {
-    dirs: Vec<(PathBuf, pb::ObjectAttrs)>,
+    dirs: Vec<NodeJob>,
     files: Vec<FileJob>,
-    links: Vec<(PathBuf, pb::ObjectAttrs)>,
+    symlinks: Vec<NodeJob>,
+    specials: Vec<NodeJob>,
+    hard_links: Vec<LinkJob>,
 }
 
 async fn select_versions(
@@ -122,16 +161,57 @@ async fn select_versions(
     Ok(newest.into_values().collect())
 }
 
+fn kind_of(attrs: &pb::ObjectAttrs) -> pb::ObjectKind {
+    pb::ObjectKind::try_from(attrs.kind).unwrap_or(pb::ObjectKind::Unspecified)
+}
+
+/// The names of one hard-linked file in this restore: the first name
+/// planned is written, the others link to it. Names count as one file only
+/// when they also have the same content and times.
+#[derive(Debug, Default)]
+struct LinkGroups {
+    leaders: HashMap<u64, Vec<usize>>,
+}
+
+impl LinkGroups {
+    fn leader_for(
+        &self,
+        files: &[FileJob],
+        attrs: &pb::ObjectAttrs,
+        chunks: &[ChunkId],
+    ) -> Option<usize> {
+        let group = attrs.extra.as_ref()?.hard_link_group;
+        if group == 0 {
+            return None;
+        }
+        self.leaders.get(&group)?.iter().copied().find(|&i| {
+            let f = &files[i];
+            f.chunks == chunks && f.size == attrs.size && f.attrs.mtime_ns == attrs.mtime_ns
+        })
+    }
+
+    fn add(&mut self, attrs: &pb::ObjectAttrs, index: usize) {
+        if let Some(group) = attrs
+            .extra
+            .as_ref()
+            .map(|e| e.hard_link_group)
+            .filter(|g| *g != 0)
+        {
+            self.leaders.entry(group).or_default().push(index);
+        }
+    }
+}
+
 /// Places every version under the destination; reports what cannot be placed.
 fn plan(
     versions: Vec<pb::ObjectVersion>,
     req: &RestoreRequest,
-    dest: &Path,
-    dirs: &mut PlacedDirs,
+    dest: &DestTree,
     console: &Console,
     stats: &mut RestoreStats,
 ) -> Plan {
     let mut plan = Plan::default();
+    let mut groups = LinkGroups::default();
     for v in versions {
         let Some(attrs) = v.attrs else { continue };
         let Some(rel) = req.selection.relative(&attrs.path).map(str::to_string) else {
@@ -140,121 +220,293 @@ fn plan(
         if rel.is_empty() {
             continue; // SOURCE's own directory: it is DEST itself
         }
-        let target = match safe_target(dest, &rel, dirs) {
-            Ok(t) => t,
+        let placed = match dest.place(&rel) {
+            Ok(p) => p,
             Err(why) => {
                 console.report(&Msg::escapes(&attrs.path, why), ExitStatus::Error);
                 stats.failed += 1;
                 continue;
             }
         };
-        let kind = pb::ObjectKind::try_from(attrs.kind).unwrap_or(pb::ObjectKind::Unspecified);
+        let shown = dest.shown(&placed);
+        let kind = kind_of(&attrs);
         if kind == pb::ObjectKind::Directory {
-            plan.dirs.push((target, attrs));
+            match dest.make_dir(&placed) {
+                Ok(()) => plan.dirs.push(NodeJob {
+                    placed,
+                    shown,
+                    attrs,
+                }),
+                Err(why) => {
+                    console.report(&Msg::escapes(&attrs.path, why), ExitStatus::Error);
+                    stats.failed += 1;
+                }
+            }
             continue;
         }
-        // In a directory this restore made, nothing can be in the way.
-        let existing = if dirs.in_new_dir(&target) {
-            None
-        } else {
-            std::fs::symlink_metadata(&target).ok()
-        };
-        if let Some(existing) = existing {
-            let skip = match req.replace {
-                Replace::No => true,
-                Replace::Yes => {
-                    existing.permissions().readonly() && !existing.file_type().is_symlink()
-                }
-                Replace::All => false,
-            };
-            if existing.is_dir() {
-                console.report(
-                    &Msg::write_failed(&target.to_string_lossy(), "a directory is in the way"),
-                    ExitStatus::Error,
-                );
-                stats.failed += 1;
-                continue;
-            }
-            if skip {
-                console.report(&Msg::exists(&target.to_string_lossy()), ExitStatus::Skipped);
-                stats.skipped += 1;
-                continue;
-            }
+        if !may_replace(dest, &placed, &shown, req.replace, console, stats) {
+            continue;
         }
+        let node = NodeJob {
+            placed,
+            shown,
+            attrs,
+        };
         match kind {
             pb::ObjectKind::File => {
-                let chunks = v
+                let chunks: Vec<ChunkId> = v
                     .chunk_ids
                     .iter()
                     .filter_map(|c| ChunkId::from_slice(c).ok())
                     .collect();
+                if let Some(leader) = groups.leader_for(&plan.files, &node.attrs, &chunks) {
+                    plan.hard_links.push(LinkJob { node, leader });
+                    continue;
+                }
+                groups.add(&node.attrs, plan.files.len());
+                let sparse = node.attrs.extra.as_ref().is_some_and(|e| e.sparse);
                 plan.files.push(FileJob {
-                    path: attrs.path.clone(),
-                    target,
+                    path: node.attrs.path.clone(),
+                    placed: node.placed,
+                    shown: node.shown,
                     chunks,
-                    size: attrs.size,
-                    attrs,
+                    size: node.attrs.size,
+                    attrs: node.attrs,
+                    sparse,
                 });
             }
-            pb::ObjectKind::Symlink => plan.links.push((target, attrs)),
+            pb::ObjectKind::Symlink => plan.symlinks.push(node),
+            pb::ObjectKind::Fifo | pb::ObjectKind::CharDevice | pb::ObjectKind::BlockDevice => {
+                plan.specials.push(node);
+            }
             _ => {}
         }
     }
     plan
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// Whether a non-directory may be written at `placed`: nothing there, or
+/// something `--replace` allows to replace. Reports the refusals.
+fn may_replace(
+    dest: &DestTree,
+    placed: &Placed,
+    shown: &str,
+    replace: Replace,
+    console: &Console,
+    stats: &mut RestoreStats,
+) -> bool {
+    // In a directory this restore made, nothing can be in the way.
+    if dest.in_new_dir(placed) {
+        return true;
+    }
+    let existing = dest.dir(&placed.parent).ok().and_then(|dir| {
+        rustix::fs::statat(dir.as_fd(), &placed.name, AtFlags::SYMLINK_NOFOLLOW).ok()
+    });
+    let Some(existing) = existing else {
+        return true;
+    };
+    let kind = FileType::from_raw_mode(existing.st_mode);
+    if kind == FileType::Directory {
+        console.report(
+            &Msg::write_failed(shown, "a directory is in the way"),
+            ExitStatus::Error,
+        );
+        stats.failed += 1;
+        return false;
+    }
+    let read_only = existing.st_mode & 0o222 == 0 && kind != FileType::Symlink;
+    let skip = match replace {
+        Replace::No => true,
+        Replace::Yes => read_only,
+        Replace::All => false,
+    };
+    if skip {
+        console.report(&Msg::exists(shown), ExitStatus::Skipped);
+        stats.skipped += 1;
+    }
+    !skip
 }
 
-/// The stored mtime (Unix nanoseconds, negative before 1970).
-fn stored_mtime(attrs: &pb::ObjectAttrs) -> SystemTime {
-    let offset = Duration::from_nanos(attrs.mtime_ns.unsigned_abs());
-    if attrs.mtime_ns >= 0 {
-        SystemTime::UNIX_EPOCH + offset
-    } else {
-        SystemTime::UNIX_EPOCH - offset
+/// A fresh name for an object being made in a directory; it is created with
+/// "must not exist" semantics, so a name someone else took is never used.
+fn temp_name() -> OsString {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    OsString::from(format!(
+        ".tandem-restore-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Runs `make` with fresh temporary names until one is free (bounded), and
+/// returns the name used.
+fn make_temp(
+    mut make: impl FnMut(&OsString) -> rustix::io::Result<()>,
+) -> std::io::Result<OsString> {
+    for _ in 0..100 {
+        let name = temp_name();
+        match make(&name) {
+            Ok(()) => return Ok(name),
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::other(
+        "no free temporary name after 100 tries",
+    ))
+}
+
+/// Reports the attributes a target refused; they do not fail the object.
+fn report_unsets(console: &Console, shown: &str, unsets: Vec<Unset>, stats: &mut RestoreStats) {
+    for u in unsets {
+        console.report(
+            &Msg::attr_not_set(shown, &u.what, u.cause),
+            ExitStatus::Warnings,
+        );
+        stats.attributes_not_set += 1;
     }
 }
 
-/// Applies mode, owner (when root) and mtime by path: for directories and
-/// symbolic links, whose attributes are set after their contents.
-fn apply_attrs(target: &Path, attrs: &pb::ObjectAttrs, is_link: bool) -> std::io::Result<()> {
-    if is_root() {
-        std::os::unix::fs::lchown(target, Some(attrs.uid), Some(attrs.gid))?;
+/// Makes a symlink, FIFO or device under a temporary name, gives it its
+/// attributes, and renames it into place.
+fn restore_node(dest: &DestTree, job: &NodeJob) -> std::io::Result<Vec<Unset>> {
+    let dir = dest.dir(&job.placed.parent)?;
+    let dir = dir.as_fd();
+    let kind = kind_of(&job.attrs);
+    let mode = Mode::from_raw_mode(job.attrs.mode & 0o777);
+    let rdev = job.attrs.extra.as_ref().map_or(0, |e| e.rdev);
+    let tmp = make_temp(|name| match kind {
+        pb::ObjectKind::Symlink => {
+            rustix::fs::symlinkat(names::decode(&job.attrs.link_target).as_os_str(), dir, name)
+        }
+        pb::ObjectKind::Fifo => rustix::fs::mknodat(dir, name, FileType::Fifo, mode, 0),
+        pb::ObjectKind::CharDevice => {
+            rustix::fs::mknodat(dir, name, FileType::CharacterDevice, mode, rdev)
+        }
+        _ => rustix::fs::mknodat(dir, name, FileType::BlockDevice, mode, rdev),
+    })?;
+    let placed = attrs::apply_at(dir, &tmp, &job.attrs, kind == pb::ObjectKind::Symlink).and_then(
+        |unsets| {
+            rustix::fs::renameat(dir, &tmp, dir, &job.placed.name)?;
+            Ok(unsets)
+        },
+    );
+    if placed.is_err() {
+        let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
     }
-    let mtime = filetime::FileTime::from_system_time(stored_mtime(attrs));
-    if is_link {
-        return filetime::set_symlink_file_times(target, mtime, mtime);
-    }
-    std::fs::set_permissions(target, std::fs::Permissions::from_mode(attrs.mode))?;
-    filetime::set_file_times(target, mtime, mtime)
+    placed
 }
 
-/// Applies owner (when root), mode and mtime through a written file's open
-/// descriptor, before the batch's sync makes them durable with the data, and
-/// without a path lookup per call. As in [`apply_attrs`], the owner goes
-/// first: changing it clears set-user-ID bits.
-fn apply_file_attrs(file: &std::fs::File, attrs: &pb::ObjectAttrs) -> std::io::Result<()> {
-    if is_root() {
-        std::os::unix::fs::fchown(file, Some(attrs.uid), Some(attrs.gid))?;
-    }
-    file.set_permissions(std::fs::Permissions::from_mode(attrs.mode))?;
-    let mtime = stored_mtime(attrs);
-    file.set_times(
-        std::fs::FileTimes::new()
-            .set_accessed(mtime)
-            .set_modified(mtime),
-    )
+/// Links a further name to the file its leader restored.
+fn restore_hard_link(dest: &DestTree, job: &LinkJob, leader: &FileJob) -> std::io::Result<()> {
+    let from = dest.dir(&leader.placed.parent)?;
+    let to = dest.dir(&job.node.placed.parent)?;
+    let tmp = make_temp(|name| {
+        rustix::fs::linkat(
+            from.as_fd(),
+            &leader.placed.name,
+            to.as_fd(),
+            name,
+            AtFlags::empty(),
+        )
+    })?;
+    rustix::fs::renameat(to.as_fd(), &tmp, to.as_fd(), &job.node.placed.name).inspect_err(
+        |_| {
+            let _ = rustix::fs::unlinkat(to.as_fd(), &tmp, AtFlags::empty());
+        },
+    )?;
+    Ok(())
 }
 
-fn restore_link(target: &Path, attrs: &pb::ObjectAttrs) -> std::io::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".tandem-restore-")
-        .make_in(dir, |p| std::os::unix::fs::symlink(&attrs.link_target, p))?;
-    tmp.persist(target).map_err(|e| e.error)?;
-    apply_attrs(target, attrs, true)
+/// Gives a directory its attributes (after its contents are in place).
+fn restore_dir_attrs(dest: &DestTree, job: &NodeJob) -> std::io::Result<Vec<Unset>> {
+    let parent = dest.dir(&job.placed.parent)?;
+    let dir = rustix::fs::openat(
+        parent.as_fd(),
+        &job.placed.name,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    attrs::apply_to_fd(dir.as_fd(), &job.attrs, true)
+}
+
+/// Restores the objects that have no data, after the files: hard links,
+/// symlinks, FIFOs and devices, then directories deepest first, so writing
+/// into them does not disturb their restored mtime and read-only modes do
+/// not block what goes inside.
+fn restore_nodes(
+    dest: &DestTree,
+    plan: &Plan,
+    written: &[bool],
+    console: &Console,
+    stats: &mut RestoreStats,
+) {
+    for link in &plan.hard_links {
+        let leader = &plan.files[link.leader];
+        if !written.get(link.leader).copied().unwrap_or(false) {
+            console.report(
+                &Msg::write_failed(
+                    &link.node.shown,
+                    format!(
+                        "it is a hard link to {}, which was not restored",
+                        names::display(&leader.shown)
+                    ),
+                ),
+                ExitStatus::Error,
+            );
+            stats.failed += 1;
+            continue;
+        }
+        match restore_hard_link(dest, link, leader) {
+            Ok(()) => {
+                stats.restored += 1;
+                stats.hard_links += 1;
+            }
+            Err(e) => {
+                console.report(&Msg::write_failed(&link.node.shown, e), ExitStatus::Error);
+                stats.failed += 1;
+            }
+        }
+    }
+    for job in plan.symlinks.iter().chain(&plan.specials) {
+        let device = matches!(
+            kind_of(&job.attrs),
+            pb::ObjectKind::CharDevice | pb::ObjectKind::BlockDevice
+        );
+        if device && !attrs::may_make_devices() {
+            console.report(
+                &Msg::special_not_created(&job.shown, "only root may create device files"),
+                ExitStatus::Skipped,
+            );
+            stats.skipped += 1;
+            continue;
+        }
+        match restore_node(dest, job) {
+            Ok(unsets) => {
+                stats.restored += 1;
+                report_unsets(console, &job.shown, unsets, stats);
+            }
+            Err(e) => {
+                console.report(&Msg::write_failed(&job.shown, e), ExitStatus::Error);
+                stats.failed += 1;
+            }
+        }
+    }
+    for job in plan.dirs.iter().rev() {
+        match restore_dir_attrs(dest, job) {
+            Ok(unsets) => {
+                stats.restored += 1;
+                report_unsets(console, &job.shown, unsets, stats);
+            }
+            Err(e) => {
+                console.report(&Msg::write_failed(&job.shown, e), ExitStatus::Error);
+                stats.failed += 1;
+            }
+        }
+    }
 }
 
 /// Restores the selected objects.
@@ -274,66 +526,37 @@ pub async fn run(
         console.report(&Msg::no_match(&req.selection.prefix), ExitStatus::Skipped);
         return Ok(stats);
     }
-    let dest = req
-        .dest
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&req.selection.base));
-    let mut placed = PlacedDirs::default();
-    if std::fs::symlink_metadata(&dest).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-        placed.created(&dest);
-    }
-    std::fs::create_dir_all(&dest).map_err(|e| ClientError::Io {
-        path: dest.clone(),
-        source: e,
+    let (dest_path, named) = match &req.dest {
+        Some(d) => (d.clone(), true),
+        None => (PathBuf::from(names::decode(&req.selection.base)), false),
+    };
+    let dest = DestTree::open(&dest_path, named, req.replace != Replace::No).map_err(|e| {
+        ClientError::Io {
+            path: dest_path.clone(),
+            source: e,
+        }
     })?;
-    let plan = plan(versions, &req, &dest, &mut placed, console, &mut stats);
-    let Plan { dirs, files, links } = plan;
+    let plan = plan(versions, &req, &dest, console, &mut stats);
     let (tx, mut rx) = mpsc::channel::<Parcel>(4);
-    let order: Vec<FetchJob> = files
+    let order: Vec<FetchJob> = plan
+        .files
         .iter()
         .enumerate()
         .map(|(i, f)| (i, f.chunks.clone(), f.size))
         .collect();
     let fetcher = tokio::spawn(fetch::fetch(session.clone(), order, tx));
     tokio::task::block_in_place(|| {
-        writer::write_files(&files, &dest, console, &mut stats, || rx.blocking_recv());
-        for (target, attrs) in &links {
-            match restore_link(target, attrs) {
-                Ok(()) => stats.restored += 1,
-                Err(e) => {
-                    console.report(
-                        &Msg::write_failed(&target.to_string_lossy(), e),
-                        ExitStatus::Error,
-                    );
-                    stats.failed += 1;
-                }
-            }
-        }
-        // Directories last, deepest first, so writing into them does not
-        // disturb their restored mtime and read-only modes do not block files.
-        for (target, attrs) in dirs.iter().rev() {
-            let made = std::fs::create_dir(target).or_else(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists && target.is_dir() {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            });
-            match made.and_then(|()| apply_attrs(target, attrs, false)) {
-                Ok(()) => stats.restored += 1,
-                Err(e) => {
-                    console.report(
-                        &Msg::write_failed(&target.to_string_lossy(), e),
-                        ExitStatus::Error,
-                    );
-                    stats.failed += 1;
-                }
-            }
-        }
+        let written = writer::write_files(&plan.files, &dest, console, &mut stats, || {
+            rx.blocking_recv()
+        });
+        restore_nodes(&dest, &plan, &written, console, &mut stats);
         // The renames, links and directories are durable too.
-        if let Err(e) = writer::sync_dest(&dest) {
+        if let Err(e) = dest.sync() {
             console.report(
-                &Msg::write_failed(&dest.to_string_lossy(), format!("syncing failed: {e}")),
+                &Msg::write_failed(
+                    &names::encode(dest_path.as_os_str()),
+                    format!("syncing failed: {e}"),
+                ),
                 ExitStatus::Error,
             );
         }

@@ -4,7 +4,9 @@
 //! reading/hashing on one core overlaps compressing/sending on the other.
 
 use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
+use std::io::Read as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -16,6 +18,8 @@ use tokio::sync::mpsc;
 use crate::chunker::Chunker;
 use crate::inventory::Inventory;
 use crate::messages::Msg;
+use crate::meta::{self, SeenInode, SeenInodes, XattrReader};
+use crate::names;
 
 /// Smallest chunk the chunker cuts (except at the end of a file).
 pub const MIN_CHUNK: u32 = 256 * 1024;
@@ -50,6 +54,20 @@ pub enum Item {
     Scanned(u64),
 }
 
+/// What a backup does with a file that keeps changing while it is read
+/// (TSM's copy group SERIALIZATION, for the two modes a client can honour
+/// on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Serialization {
+    /// Skip it with a warning (TSM SHRSTATIC, its default).
+    #[default]
+    SharedStatic,
+    /// Store what was read and mark the version "changed during backup"
+    /// (TSM SHRDYNAMIC).
+    SharedDynamic,
+}
+
 /// What to walk and how.
 #[derive(Debug)]
 pub struct ScanPlan {
@@ -60,36 +78,53 @@ pub struct ScanPlan {
     /// The server's active versions below `root` (incremental), or `None`
     /// (selective: everything is sent).
     pub inventory: Option<Inventory>,
+    /// Reads of a changing file after the first (TSM CHANGINGRETRIES).
+    pub changing_retries: u32,
+    /// What to do with a file still changing after the retries.
+    pub serialization: Serialization,
 }
 
-/// Attributes of a local object, or `None` for kinds not backed up (sockets,
-/// devices, fifos).
+/// Attributes of a local object from its `lstat`, or `None` for a socket.
+/// `path` and `link_target` are already encoded ([`crate::names`]).
 pub fn attrs_of(path: &str, meta: &Metadata, link_target: String) -> Option<pb::ObjectAttrs> {
-    let ft = meta.file_type();
-    let kind = if ft.is_file() {
-        pb::ObjectKind::File
-    } else if ft.is_dir() {
-        pb::ObjectKind::Directory
-    } else if ft.is_symlink() {
-        pb::ObjectKind::Symlink
-    } else {
-        return None;
+    let kind = meta::kind_of(meta.file_type())?;
+    let device = matches!(
+        kind,
+        pb::ObjectKind::CharDevice | pb::ObjectKind::BlockDevice
+    );
+    let file = kind == pb::ObjectKind::File;
+    let extra = pb::ObjectExtra {
+        rdev: if device { meta.rdev() } else { 0 },
+        hard_link_group: if file && meta.nlink() > 1 {
+            meta::hard_link_group(meta.dev(), meta.ino())
+        } else {
+            0
+        },
+        ..Default::default()
     };
     Some(pb::ObjectAttrs {
         path: path.to_string(),
         kind: kind as i32,
-        size: if ft.is_file() { meta.len() } else { 0 },
+        size: if file { meta.len() } else { 0 },
         mode: meta.mode() & 0o7777,
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         uid: meta.uid(),
         gid: meta.gid(),
         link_target,
+        extra: Some(extra),
     })
 }
 
 /// Whether the stored version still describes the local object (TSM's
-/// incremental test: size, mtime, mode, owner; plus kind and link target).
+/// incremental test: size, mtime, mode, owner; plus kind, link target,
+/// device number, hard-link group and extended attributes). A version
+/// stored while its file was changing is always sent again.
 fn unchanged(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
+    let none = pb::ObjectExtra::default();
+    let (le, se) = (
+        local.extra.as_ref().unwrap_or(&none),
+        stored.extra.as_ref().unwrap_or(&none),
+    );
     local.kind == stored.kind
         && local.size == stored.size
         && local.mtime_ns == stored.mtime_ns
@@ -97,6 +132,10 @@ fn unchanged(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
         && local.uid == stored.uid
         && local.gid == stored.gid
         && local.link_target == stored.link_target
+        && le.rdev == se.rdev
+        && le.hard_link_group == se.hard_link_group
+        && le.xattrs == se.xattrs
+        && !se.changed_during_backup
 }
 
 /// Items handed to the uploader at once, at most.
@@ -141,6 +180,22 @@ impl Batcher<'_> {
     }
 }
 
+/// What the scanner keeps from file to file.
+#[derive(Default)]
+struct Scanner {
+    chunker: Chunker,
+    xattrs: XattrReader,
+    /// Files with several names already read ([`SeenInodes`]).
+    seen: SeenInodes,
+    /// Ids of all-zero chunks by length, for holes.
+    zero_ids: HashMap<usize, ChunkId>,
+    /// Zero chunks whose data was handed over in this backup: a hole needs
+    /// only their ids after that.
+    zeros_sent: HashSet<ChunkId>,
+    changing_retries: u32,
+    serialization: Serialization,
+}
+
 /// Walks `plan.root`, sending [`Item`]s in batches; returns the inventory paths
 /// to deactivate (gone locally or now excluded), leaving out anything below a
 /// directory that could not be read. Stops early if the receiver goes away.
@@ -151,7 +206,11 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
         bytes: Cell::new(0),
     };
     let send = |item: Item| batcher.send(item);
-    let mut chunker = Chunker::default();
+    let mut scanner = Scanner {
+        changing_retries: plan.changing_retries,
+        serialization: plan.serialization,
+        ..Scanner::default()
+    };
     let mut unreadable_dirs: Vec<String> = Vec::new();
     let excludes = plan.excludes.clone();
     let walker = walkdir::WalkDir::new(&plan.root)
@@ -165,7 +224,7 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
             Err(err) => {
                 let path = err
                     .path()
-                    .map(|p| p.to_string_lossy().into_owned())
+                    .map(|p| names::encode(p.as_os_str()))
                     .unwrap_or_default();
                 if err.depth() == 0
                     && err
@@ -184,15 +243,8 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
                 continue;
             }
         };
-        let Some(path) = entry.path().to_str().map(str::to_string) else {
-            if !send(Item::Problem(Msg::not_utf8(
-                &entry.path().to_string_lossy(),
-            ))) {
-                return Vec::new();
-            }
-            continue;
-        };
-        if !scan_entry(&path, entry.path(), &mut plan, &mut chunker, &send) {
+        let path = names::encode(entry.path().as_os_str());
+        if !scanner.entry(&path, entry.path(), &mut plan, &send) {
             return Vec::new();
         }
     }
@@ -214,91 +266,284 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
     deactivate
 }
 
-/// Handles one walked entry; false when the receiver has gone.
-fn scan_entry(
-    path: &str,
-    fs_path: &Path,
-    plan: &mut ScanPlan,
-    chunker: &mut Chunker,
-    send: &impl Fn(Item) -> bool,
-) -> bool {
-    let meta = match std::fs::symlink_metadata(fs_path) {
-        Ok(m) => m,
-        Err(e) => return send(Item::Problem(Msg::unreadable(path, e))),
-    };
-    let link_target = if meta.file_type().is_symlink() {
-        match std::fs::read_link(fs_path) {
-            Ok(t) => t.to_string_lossy().into_owned(),
+/// (size, mtime, ctime) of an open file: any difference between two reads of
+/// them means the file changed in between.
+fn change_marks(meta: &Metadata) -> (u64, i64, i64, i64, i64) {
+    (
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+/// How one read of a file went.
+enum Read {
+    /// The data was read and the file did not change meanwhile.
+    Quiet(Vec<ChunkId>, Metadata),
+    /// The file changed while it was read: what was read, and its state
+    /// before.
+    Changed(Vec<ChunkId>, Metadata),
+    /// The receiver has gone.
+    Stopped,
+}
+
+impl Scanner {
+    /// Handles one walked entry; false when the receiver has gone.
+    fn entry(
+        &mut self,
+        path: &str,
+        fs_path: &Path,
+        plan: &mut ScanPlan,
+        send: &impl Fn(Item) -> bool,
+    ) -> bool {
+        let meta = match std::fs::symlink_metadata(fs_path) {
+            Ok(m) => m,
             Err(e) => return send(Item::Problem(Msg::unreadable(path, e))),
+        };
+        let link_target = if meta.file_type().is_symlink() {
+            match std::fs::read_link(fs_path) {
+                Ok(t) => names::encode(t.as_os_str()),
+                Err(e) => return send(Item::Problem(Msg::unreadable(path, e))),
+            }
+        } else {
+            String::new()
+        };
+        let Some(mut attrs) = attrs_of(path, &meta, link_target) else {
+            return send(Item::Problem(Msg::socket(path)));
+        };
+        match self.xattrs.read(fs_path) {
+            Ok(xattrs) => {
+                if let Some(extra) = attrs.extra.as_mut() {
+                    extra.xattrs = xattrs;
+                }
+            }
+            Err(e) => {
+                if !send(Item::Problem(Msg::xattrs_unreadable(path, e))) {
+                    return false;
+                }
+            }
         }
-    } else {
-        String::new()
-    };
-    let Some(attrs) = attrs_of(path, &meta, link_target) else {
-        return true; // special files are not backed up
-    };
-    // A lookup that fails counts as "not stored": the object is sent again,
-    // the safe side.
-    let stored = plan
-        .inventory
-        .as_mut()
-        .and_then(|inv| inv.take(path).ok().flatten());
-    if stored.is_some_and(|s| unchanged(&attrs, &s)) {
-        return send(Item::Unchanged(1));
+        // A lookup that fails counts as "not stored": the object is sent again,
+        // the safe side.
+        let stored = plan
+            .inventory
+            .as_mut()
+            .and_then(|inv| inv.take(path).ok().flatten());
+        if stored.is_some_and(|s| unchanged(&attrs, &s)) {
+            return send(Item::Unchanged(1));
+        }
+        if attrs.kind != pb::ObjectKind::File as i32 {
+            return send(Item::Object {
+                attrs,
+                chunks: Vec::new(),
+            });
+        }
+        if meta.nlink() > 1
+            && let Some(seen) = self
+                .seen
+                .get(meta.dev(), meta.ino(), attrs.size, attrs.mtime_ns)
+        {
+            // Another name of a file read in this backup: same data.
+            let chunks = seen.chunks.clone();
+            if let Some(extra) = attrs.extra.as_mut() {
+                extra.changed_during_backup = seen.changed;
+            }
+            return send(Item::Object { attrs, chunks });
+        }
+        self.file(fs_path, attrs, &meta, send)
     }
-    if attrs.kind != pb::ObjectKind::File as i32 {
-        return send(Item::Object {
-            attrs,
-            chunks: Vec::new(),
-        });
+
+    /// Reads a file, again while it keeps changing (up to the retries), and
+    /// sends its object or, per [`Serialization`], a warning.
+    fn file(
+        &mut self,
+        fs_path: &Path,
+        mut attrs: pb::ObjectAttrs,
+        walked: &Metadata,
+        send: &impl Fn(Item) -> bool,
+    ) -> bool {
+        let mut tries = 0;
+        let (chunks, before, changed) = loop {
+            match self.read_once(fs_path, &attrs.path, send) {
+                Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
+                Ok(Read::Stopped) => return false,
+                Ok(Read::Quiet(chunks, before)) => break (chunks, before, false),
+                Ok(Read::Changed(chunks, before)) => {
+                    if tries < self.changing_retries {
+                        tries += 1;
+                        continue;
+                    }
+                    if self.serialization == Serialization::SharedStatic {
+                        return send(Item::Problem(Msg::kept_changing(&attrs.path, tries + 1)));
+                    }
+                    if !send(Item::Problem(Msg::changed(&attrs.path, tries + 1))) {
+                        return false;
+                    }
+                    break (chunks, before, true);
+                }
+            }
+        };
+        // The attributes that go with the data are those of the read.
+        attrs.size = before.len();
+        attrs.mode = before.mode() & 0o7777;
+        attrs.mtime_ns = before.mtime() * 1_000_000_000 + before.mtime_nsec();
+        attrs.uid = before.uid();
+        attrs.gid = before.gid();
+        let sparse = before.blocks().saturating_mul(512) < before.len();
+        if let Some(extra) = attrs.extra.as_mut() {
+            extra.changed_during_backup = changed;
+            extra.sparse = sparse;
+        }
+        if walked.nlink() > 1 {
+            self.seen.insert(
+                walked.dev(),
+                walked.ino(),
+                SeenInode {
+                    size: walked.len(),
+                    mtime_ns: walked.mtime() * 1_000_000_000 + walked.mtime_nsec(),
+                    chunks: chunks.clone(),
+                    changed,
+                },
+            );
+        }
+        send(Item::Object { attrs, chunks })
     }
-    read_file(fs_path, attrs, chunker, send)
+
+    /// Reads a file once, holes by `SEEK_DATA`/`SEEK_HOLE` without reading
+    /// them, and tells whether it changed meanwhile.
+    fn read_once(
+        &mut self,
+        fs_path: &Path,
+        path: &str,
+        send: &impl Fn(Item) -> bool,
+    ) -> std::io::Result<Read> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(fs_path)?;
+        let before = file.metadata()?;
+        if !before.file_type().is_file() {
+            // Replaced by something else since the walk looked at it.
+            return Ok(Read::Changed(Vec::new(), before));
+        }
+        let size = before.len();
+        let mut chunks = Vec::new();
+        let holes_possible = before.blocks().saturating_mul(512) < size;
+        let mut offset = 0u64;
+        while offset < size {
+            let (data_start, data_end) = if holes_possible {
+                next_data(&file, offset, size)?
+            } else {
+                (offset, size)
+            };
+            if data_start > offset && !self.hole(data_start - offset, &mut chunks, send) {
+                return Ok(Read::Stopped);
+            }
+            if data_start >= size {
+                break;
+            }
+            let mut extent = &file;
+            std::io::Seek::seek(&mut extent, std::io::SeekFrom::Start(data_start))?;
+            let split = self
+                .chunker
+                .split(extent.take(data_end - data_start), |piece| {
+                    let id = ChunkId::of(piece);
+                    chunks.push(id);
+                    send(Item::Scanned(piece.len() as u64))
+                        && send(Item::Chunk {
+                            id,
+                            data: piece.to_vec(),
+                        })
+                });
+            match split {
+                Ok(Some(read)) if read == data_end - data_start => offset = data_end,
+                // Shorter than its size said: it shrank while being read.
+                Ok(Some(_)) => return Ok(Read::Changed(chunks, before)),
+                Ok(None) => return Ok(Read::Stopped),
+                Err(e) => return Err(e),
+            }
+        }
+        let after = file.metadata()?;
+        let _ = path;
+        Ok(if change_marks(&before) == change_marks(&after) {
+            Read::Quiet(chunks, before)
+        } else {
+            Read::Changed(chunks, before)
+        })
+    }
+
+    /// Stands for `len` bytes of hole with all-zero chunks of the largest
+    /// size: their ids are computed once, their data handed over once per
+    /// backup, and nothing is read.
+    fn hole(
+        &mut self,
+        mut len: u64,
+        chunks: &mut Vec<ChunkId>,
+        send: &impl Fn(Item) -> bool,
+    ) -> bool {
+        while len > 0 {
+            let piece = len.min(u64::from(MAX_CHUNK)) as usize;
+            let id = *self
+                .zero_ids
+                .entry(piece)
+                .or_insert_with(|| ChunkId::of(&vec![0u8; piece]));
+            chunks.push(id);
+            if self.zeros_sent.insert(id)
+                && !send(Item::Chunk {
+                    id,
+                    data: vec![0u8; piece],
+                })
+            {
+                return false;
+            }
+            len -= piece as u64;
+        }
+        true
+    }
 }
 
-/// Sends a read file's object. A file that grew or shrank while it was read
-/// is stored as read, with the size that matches the data, and reported.
-fn finish_file(
-    mut attrs: pb::ObjectAttrs,
-    read: u64,
-    chunks: Vec<ChunkId>,
-    send: &impl Fn(Item) -> bool,
-) -> bool {
-    if read != attrs.size {
-        if !send(Item::Problem(Msg::changed(&attrs.path))) {
-            return false;
-        }
-        attrs.size = read;
-    }
-    send(Item::Object { attrs, chunks })
-}
+/// Holes shorter than this are read as data: a chunk per tiny extent would
+/// cut the file into pieces far below the chunker's minimum.
+const MIN_HOLE: u64 = MIN_CHUNK as u64;
 
-/// Reads a file through the chunker and sends its chunks, then the object.
-/// Memory stays bounded by the chunker's buffer whatever the file's size.
-fn read_file(
-    fs_path: &Path,
-    attrs: pb::ObjectAttrs,
-    chunker: &mut Chunker,
-    send: &impl Fn(Item) -> bool,
-) -> bool {
-    let file = match std::fs::File::open(fs_path) {
-        Ok(f) => f,
-        Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
+/// The next stretch to read at or after `offset`: (start, end), with start =
+/// `size` when only a hole is left. Holes shorter than [`MIN_HOLE`] are part
+/// of the stretch. A file system without `SEEK_DATA` reports the rest as
+/// data.
+fn next_data(file: &std::fs::File, offset: u64, size: u64) -> std::io::Result<(u64, u64)> {
+    use rustix::fs::{SeekFrom, seek};
+    use rustix::io::Errno;
+    let data_at = |from: u64| match seek(file, SeekFrom::Data(from)) {
+        Ok(at) => Ok(at.min(size)),
+        Err(Errno::NXIO) => Ok(size),
+        Err(e) => Err(e),
     };
-    let mut chunks = Vec::new();
-    let split = chunker.split(file, |piece| {
-        let id = ChunkId::of(piece);
-        chunks.push(id);
-        send(Item::Scanned(piece.len() as u64))
-            && send(Item::Chunk {
-                id,
-                data: piece.to_vec(),
-            })
-    });
-    match split {
-        Ok(Some(read)) => finish_file(attrs, read, chunks, send),
-        Ok(None) => false,
-        Err(e) => send(Item::Problem(Msg::unreadable(&attrs.path, e))),
+    let mut start = match data_at(offset) {
+        Ok(at) => at,
+        Err(e) if e == Errno::INVAL || e == Errno::NOTSUP => return Ok((offset, size)),
+        Err(e) => return Err(e.into()),
+    };
+    if start - offset < MIN_HOLE {
+        start = offset;
     }
+    let mut end = start;
+    while end < size {
+        let hole = seek(file, SeekFrom::Hole(end)).map_or(size, |h| h.min(size));
+        if hole >= size {
+            end = size;
+            break;
+        }
+        let next = data_at(hole).unwrap_or(size);
+        if next - hole >= MIN_HOLE {
+            end = hole.max(start);
+            break;
+        }
+        end = next.max(end + 1).min(size);
+    }
+    Ok((start.min(size), end))
 }
 
 #[cfg(test)]
@@ -316,6 +561,7 @@ mod tests {
             uid: 1,
             gid: 1,
             link_target: String::new(),
+            extra: None,
         };
         assert!(unchanged(&a, &a.clone()));
         for changed in [

@@ -28,12 +28,43 @@ enum What {
     Pattern(GlobMatcher),
 }
 
+/// Whether `s` has a `*`, `?` or `[` that is not escaped by a backslash.
 fn has_wildcard(s: &str) -> bool {
-    s.contains(['*', '?', '['])
+    let mut escaped = false;
+    for c in s.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '*' | '?' | '[' => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A literal name from its escaped form: `\x` stands for `x`, so names that
+/// contain wildcard characters (or backslashes) can be given exactly.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut escaped = false;
+    for c in s.chars() {
+        if !escaped && c == '\\' {
+            escaped = true;
+            continue;
+        }
+        escaped = false;
+        out.push(c);
+    }
+    if escaped {
+        out.push('\\');
+    }
+    out
 }
 
 impl Selection {
-    /// Parses SOURCE. Relative paths are taken from the working directory.
+    /// Parses SOURCE, encoded as stored names are ([`crate::names`]).
+    /// Relative paths are taken from the working directory; `\\*`, `\\?`,
+    /// `\\[` and `\\\\` stand for those characters in a name.
     ///
     /// # Errors
     /// [`ClientError::Usage`] for an empty SOURCE, wildcards outside the last
@@ -47,7 +78,7 @@ impl Selection {
         } else {
             let cwd = std::env::current_dir()
                 .map_err(|e| ClientError::Usage(format!("cannot resolve {source:?}: {e}")))?;
-            format!("{}/{source}", cwd.to_string_lossy())
+            format!("{}/{source}", crate::names::encode(cwd.as_os_str()))
         };
         if text.ends_with('/') && text != "/" {
             text.push('*');
@@ -56,13 +87,16 @@ impl Selection {
         let (dir, last) = (&text[..split], &text[split + 1..]);
         if has_wildcard(dir) {
             return Err(ClientError::Usage(format!(
-                "{source:?}: wildcards are allowed only in the last component (e.g. /data/*.txt)"
+                "{source:?}: wildcards are allowed only in the last component (e.g. /data/*.txt); \
+                 write \\*, \\? or \\[ for a directory whose name contains them"
             )));
         }
-        let dir_abs =
-            crate::paths::absolute(std::path::Path::new(if dir.is_empty() { "/" } else { dir }))
-                .map_err(|e| ClientError::Usage(format!("cannot resolve {source:?}: {e}")))?;
-        let base = dir_abs.to_string_lossy().into_owned();
+        let dir = unescape(dir);
+        let dir_abs = crate::paths::absolute(std::path::Path::new(&crate::names::decode(
+            if dir.is_empty() { "/" } else { &dir },
+        )))
+        .map_err(|e| ClientError::Usage(format!("cannot resolve {source:?}: {e}")))?;
+        let base = crate::names::encode(dir_abs.as_os_str());
         if has_wildcard(last) {
             let glob = GlobBuilder::new(last)
                 .literal_separator(true)
@@ -75,6 +109,7 @@ impl Selection {
                 subdir,
             })
         } else {
+            let last = unescape(last);
             let exact = if last.is_empty() {
                 base.clone()
             } else if base == "/" {
@@ -82,10 +117,9 @@ impl Selection {
             } else {
                 format!("{base}/{last}")
             };
-            let exact = crate::paths::absolute(std::path::Path::new(&exact))
-                .map_err(|e| ClientError::Usage(format!("cannot resolve {source:?}: {e}")))?
-                .to_string_lossy()
-                .into_owned();
+            let exact = crate::paths::absolute(std::path::Path::new(&crate::names::decode(&exact)))
+                .map_err(|e| ClientError::Usage(format!("cannot resolve {source:?}: {e}")))?;
+            let exact = crate::names::encode(exact.as_os_str());
             let base = match exact.rfind('/') {
                 Some(0) | None => "/".to_string(),
                 Some(i) => exact[..i].to_string(),
@@ -110,11 +144,12 @@ impl Selection {
                 if rel.is_empty() {
                     return false;
                 }
-                if !self.subdir && rel.contains('/') {
-                    return false;
+                if !self.subdir {
+                    return !rel.contains('/') && glob.is_match(rel);
                 }
-                let name = rel.rsplit('/').next().unwrap_or(rel);
-                glob.is_match(name)
+                // With --subdir, a matching directory brings everything below
+                // it, and matching names count at any depth.
+                rel.split('/').any(|part| glob.is_match(part))
             }
         }
     }
@@ -173,6 +208,30 @@ mod tests {
     fn trailing_slash_means_everything_in_it() {
         let s = Selection::parse("/data/", true).unwrap();
         assert!(s.matches("/data/a/b"));
+    }
+
+    #[test]
+    fn escaped_wildcards_name_objects_exactly() {
+        let s = Selection::parse("/data/a\\*b", false).unwrap();
+        assert!(s.matches("/data/a*b"));
+        assert!(!s.matches("/data/axb"));
+        let s = Selection::parse("/data/we\\[ird\\]/x\\?", true).unwrap();
+        assert_eq!(s.base, "/data/we[ird]");
+        assert!(s.matches("/data/we[ird]/x?"));
+        assert!(s.matches("/data/we[ird]/x?/inside"));
+        let s = Selection::parse("/data/\\[d\\]/*", false).unwrap();
+        assert!(s.matches("/data/[d]/f"));
+    }
+
+    #[test]
+    fn a_pattern_matching_a_directory_brings_its_contents_with_subdir() {
+        let s = Selection::parse("/data/dir*", true).unwrap();
+        assert!(s.matches("/data/dir1"));
+        assert!(s.matches("/data/dir1/deep/file"));
+        assert!(s.matches("/data/other/dir2"));
+        assert!(!s.matches("/data/other/file"));
+        let s = Selection::parse("/data/dir*", false).unwrap();
+        assert!(!s.matches("/data/dir1/deep/file"));
     }
 
     #[test]

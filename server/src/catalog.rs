@@ -62,6 +62,12 @@ impl Catalog {
         if dirs::migrate_whole_paths(&mut conn, schema)? {
             tracing::info!("catalog moved to one row per directory: {}", path.display());
         }
+        if dirs::add_extra_column(&conn)? {
+            tracing::info!(
+                "catalog objects can now carry extended attributes: {}",
+                path.display()
+            );
+        }
         conn.execute_batch(schema)?;
         Ok(Catalog {
             conn: Mutex::new(conn),

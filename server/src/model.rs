@@ -12,6 +12,12 @@ pub enum ObjectKind {
     Directory,
     /// A symbolic link, stored as its target.
     Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
 }
 
 impl ObjectKind {
@@ -21,6 +27,9 @@ impl ObjectKind {
             ObjectKind::File => 1,
             ObjectKind::Directory => 2,
             ObjectKind::Symlink => 3,
+            ObjectKind::Fifo => 4,
+            ObjectKind::CharDevice => 5,
+            ObjectKind::BlockDevice => 6,
         }
     }
 
@@ -30,6 +39,9 @@ impl ObjectKind {
             1 => Some(ObjectKind::File),
             2 => Some(ObjectKind::Directory),
             3 => Some(ObjectKind::Symlink),
+            4 => Some(ObjectKind::Fifo),
+            5 => Some(ObjectKind::CharDevice),
+            6 => Some(ObjectKind::BlockDevice),
             _ => None,
         }
     }
@@ -40,7 +52,7 @@ impl ObjectKind {
 pub struct ObjectAttrs {
     /// Absolute `/`-separated path.
     pub path: String,
-    /// File, directory or symlink.
+    /// File, directory, symlink, FIFO or device.
     pub kind: ObjectKind,
     /// Size in bytes.
     pub size: u64,
@@ -54,6 +66,10 @@ pub struct ObjectAttrs {
     pub gid: u32,
     /// Symlink target (empty otherwise).
     pub link_target: String,
+    /// The client's `ObjectExtra` message (device number, extended
+    /// attributes, hard-link group), protobuf-encoded and validated; empty
+    /// when it has none. The server keeps it as it came.
+    pub extra: Vec<u8>,
 }
 
 /// A version to store.

@@ -15,14 +15,18 @@
 //! file was the restore's bottleneck. Files of 1 MiB and more are written
 //! around the page cache ([`super::direct`]).
 
-use std::io::Write;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use super::dest::DestTree;
 use super::direct::{DIRECT_MIN_BYTES, DirectWriter};
 use super::fetch::{Fetched, Parcel};
-use super::{FileJob, RestoreStats, apply_file_attrs};
+use super::{FileJob, RestoreStats, attrs, make_temp, report_unsets};
 use crate::console::Console;
 use crate::error::ExitStatus;
 use crate::messages::Msg;
@@ -43,39 +47,52 @@ const WRITER_QUEUE: usize = 2;
 #[derive(Debug)]
 struct Written {
     job: usize,
-    tmp: tempfile::TempPath,
+    tmp: OsString,
 }
 
-/// Syncs the file system under `dest`: every written byte there is durable
-/// when it returns.
-pub(super) fn sync_dest(dest: &Path) -> std::io::Result<()> {
-    let dir = std::fs::File::open(dest)?;
-    nix::unistd::syncfs(dir.as_fd()).map_err(std::io::Error::from)
+/// A file being written under a temporary name in its directory.
+#[derive(Debug)]
+struct TempFile {
+    name: OsString,
+    file: File,
 }
 
-/// Syncs a batch, then renames each file into place; returns (restored,
-/// failed).
+/// Removes a temporary file that will not be put in place.
+fn discard(dest: &DestTree, job: &FileJob, tmp: &OsString) {
+    if let Ok(dir) = dest.dir(&job.placed.parent) {
+        let _ = rustix::fs::unlinkat(dir.as_fd(), tmp, AtFlags::empty());
+    }
+}
+
+/// Syncs a batch, then renames each file into place; returns the jobs put
+/// in place and the count of failures.
 fn settle_batch(
     batch: Vec<Written>,
     jobs: &[FileJob],
-    dest: &Path,
+    dest: &DestTree,
     console: &Console,
-) -> (u64, u64) {
-    if let Err(e) = sync_dest(dest) {
+) -> (Vec<usize>, u64) {
+    if let Err(e) = dest.sync() {
         // Nothing of this batch is known durable: none of it is put in place.
         for w in &batch {
             report_failed(console, &jobs[w.job], format!("syncing failed: {e}"));
+            discard(dest, &jobs[w.job], &w.tmp);
         }
-        return (0, batch.len() as u64);
+        return (Vec::new(), batch.len() as u64);
     }
-    let mut restored = 0;
+    let mut restored = Vec::with_capacity(batch.len());
     let mut failed = 0;
     for w in batch {
         let job = &jobs[w.job];
-        match w.tmp.persist(&job.target) {
-            Ok(()) => restored += 1,
+        let renamed = dest.dir(&job.placed.parent).and_then(|dir| {
+            rustix::fs::renameat(dir.as_fd(), &w.tmp, dir.as_fd(), &job.placed.name)
+                .map_err(std::io::Error::from)
+        });
+        match renamed {
+            Ok(()) => restored.push(w.job),
             Err(e) => {
-                report_failed(console, job, e.error);
+                report_failed(console, job, e);
+                discard(dest, job, &w.tmp);
                 failed += 1;
             }
         }
@@ -84,19 +101,39 @@ fn settle_batch(
 }
 
 fn report_failed(console: &Console, job: &FileJob, cause: impl std::fmt::Display) {
-    console.report(
-        &Msg::write_failed(&job.target.to_string_lossy(), cause),
-        ExitStatus::Error,
-    );
+    console.report(&Msg::write_failed(&job.shown, cause), ExitStatus::Error);
+}
+
+/// Creates a new, empty temporary file in the job's directory (never
+/// following a link, never opening an existing file).
+fn create_temp(dest: &DestTree, job: &FileJob) -> std::io::Result<TempFile> {
+    let dir = dest.dir(&job.placed.parent)?;
+    let mut opened = None;
+    let name = make_temp(|name| {
+        let fd = rustix::fs::openat(
+            dir.as_fd(),
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        opened = Some(fd);
+        Ok(())
+    })?;
+    let fd = opened.ok_or_else(|| std::io::Error::other("temporary file not opened"))?;
+    Ok(TempFile {
+        name,
+        file: File::from(fd),
+    })
 }
 
 /// One writer thread's state: writes its files as their data arrives and
 /// hands them to the syncer in batches.
 struct Writer<'a> {
     jobs: &'a [FileJob],
+    dest: &'a DestTree,
     console: &'a Console,
     stats: RestoreStats,
-    current: Option<(usize, tempfile::NamedTempFile)>,
+    current: Option<(usize, TempFile)>,
     /// Whether the current file is written directly.
     direct: bool,
     direct_writer: DirectWriter,
@@ -108,22 +145,23 @@ struct Writer<'a> {
 
 /// Writes the files whose data `next` yields (parcels, in file order), on
 /// [`WRITER_THREADS`] threads whose batches a syncer thread settles; returns
-/// when every batch is synced and renamed.
+/// when every batch is synced and renamed, with which jobs are in place.
 pub(super) fn write_files(
     jobs: &[FileJob],
-    dest: &Path,
+    dest: &DestTree,
     console: &Console,
     stats: &mut RestoreStats,
     mut next: impl FnMut() -> Option<Parcel>,
-) {
+) -> Vec<bool> {
+    let mut in_place = vec![false; jobs.len()];
     // One batch syncing while the next ones are written.
     let (to_syncer, batches) = std_mpsc::sync_channel::<Vec<Written>>(1);
     std::thread::scope(|scope| {
         let syncer = scope.spawn(move || {
-            let mut totals = (0u64, 0u64);
+            let mut totals = (Vec::new(), 0u64);
             for batch in batches {
                 let (r, f) = settle_batch(batch, jobs, dest, console);
-                totals.0 += r;
+                totals.0.extend(r);
                 totals.1 += f;
             }
             totals
@@ -132,7 +170,7 @@ pub(super) fn write_files(
         let mut writers = Vec::with_capacity(WRITER_THREADS);
         for _ in 0..WRITER_THREADS {
             let (queue, parcels) = std_mpsc::sync_channel::<Parcel>(WRITER_QUEUE);
-            let mut writer = Writer::new(jobs, console, to_syncer.clone());
+            let mut writer = Writer::new(jobs, dest, console, to_syncer.clone());
             writers.push(scope.spawn(move || {
                 for message in parcels.into_iter().flatten() {
                     writer.handle(message);
@@ -166,21 +204,28 @@ pub(super) fn write_files(
             let written = writer.join().unwrap_or_default();
             stats.bytes += written.bytes;
             stats.failed += written.failed;
+            stats.attributes_not_set += written.attributes_not_set;
         }
-        let (restored, failed) = syncer.join().unwrap_or((0, 0));
-        stats.restored += restored;
+        let (restored, failed) = syncer.join().unwrap_or((Vec::new(), 0));
+        stats.restored += restored.len() as u64;
         stats.failed += failed;
+        for job in restored {
+            in_place[job] = true;
+        }
     });
+    in_place
 }
 
 impl<'a> Writer<'a> {
     fn new(
         jobs: &'a [FileJob],
+        dest: &'a DestTree,
         console: &'a Console,
         to_syncer: std_mpsc::SyncSender<Vec<Written>>,
     ) -> Self {
         Writer {
             jobs,
+            dest,
             console,
             stats: RestoreStats::default(),
             current: None,
@@ -205,15 +250,13 @@ impl<'a> Writer<'a> {
     /// A file starts.
     fn begin(&mut self, job: usize) {
         self.broken = false;
-        let target = &self.jobs[job].target;
-        let dir = target.parent().unwrap_or(Path::new("."));
-        match tempfile::Builder::new()
-            .prefix(".tandem-restore-")
-            .tempfile_in(dir)
-        {
+        match create_temp(self.dest, &self.jobs[job]) {
             Ok(tmp) => {
+                // Holes are skipped by seeking, which direct writes of whole
+                // aligned blocks cannot do.
                 self.direct = self.jobs[job].size >= DIRECT_MIN_BYTES
-                    && self.direct_writer.begin(tmp.as_file());
+                    && !self.jobs[job].sparse
+                    && self.direct_writer.begin(&tmp.file);
                 self.current = Some((job, tmp));
             }
             Err(e) => {
@@ -231,13 +274,23 @@ impl<'a> Writer<'a> {
 
     /// The current file cannot be restored: its data is damaged or missing.
     fn failed(&mut self, cause: String) {
-        if let Some((job, _tmp)) = self.current.take() {
+        if let Some((job, tmp)) = self.current.take() {
             let path = self.jobs[job].path.clone();
             self.console
                 .report(&Msg::corrupt(&path, cause), ExitStatus::Error);
             self.stats.failed += 1;
+            discard(self.dest, &self.jobs[job], &tmp.name);
         }
         self.broken = true;
+    }
+
+    /// Drops the current file after a write error.
+    fn abandon(&mut self, job: usize, cause: impl std::fmt::Display) {
+        if let Some((_, tmp)) = self.current.take() {
+            discard(self.dest, &self.jobs[job], &tmp.name);
+        }
+        self.broken = true;
+        self.fail_write(job, cause);
     }
 
     /// The current file's next verified bytes.
@@ -249,15 +302,17 @@ impl<'a> Writer<'a> {
             return;
         };
         let job = *job;
-        let written = if self.direct {
+        let hole = self.jobs[job].sparse && raw.iter().all(|&b| b == 0);
+        let written = if hole {
+            // A hole when backed up: left unwritten, so it is one again.
+            tmp.file.seek(SeekFrom::Current(raw.len() as i64)).map(drop)
+        } else if self.direct {
             self.direct_writer.write(raw)
         } else {
-            tmp.write_all(raw)
+            tmp.file.write_all(raw)
         };
         if let Err(e) = written {
-            self.current = None;
-            self.broken = true;
-            self.fail_write(job, e);
+            self.abandon(job, e);
             return;
         }
         self.stats.bytes += raw.len() as u64;
@@ -276,20 +331,27 @@ impl<'a> Writer<'a> {
         if self.broken {
             return;
         }
-        let file = tmp.as_file();
+        let file = &tmp.file;
         let finished = if self.direct {
             self.direct_writer.finish(file)
+        } else if self.jobs[job].sparse {
+            // A hole at the end is only a length.
+            file.set_len(self.jobs[job].size)
         } else {
             Ok(())
         };
-        if let Err(e) = finished.and_then(|()| apply_file_attrs(file, &self.jobs[job].attrs)) {
-            self.fail_write(job, e);
-            return;
+        match finished.and_then(|()| attrs::apply_to_fd(file.as_fd(), &self.jobs[job].attrs, false))
+        {
+            Ok(unsets) => {
+                report_unsets(self.console, &self.jobs[job].shown, unsets, &mut self.stats);
+            }
+            Err(e) => {
+                discard(self.dest, &self.jobs[job], &tmp.name);
+                self.fail_write(job, e);
+                return;
+            }
         }
-        self.batch.push(Written {
-            job,
-            tmp: tmp.into_temp_path(),
-        });
+        self.batch.push(Written { job, tmp: tmp.name });
         if self.batch_bytes >= SYNC_BATCH_BYTES || self.batch.len() >= SYNC_BATCH_FILES {
             self.hand_over();
         }
@@ -304,6 +366,7 @@ impl<'a> Writer<'a> {
         self.batch_bytes = 0;
         if let Err(std_mpsc::SendError(batch)) = self.to_syncer.send(batch) {
             for w in batch {
+                discard(self.dest, &self.jobs[w.job], &w.tmp);
                 self.fail_write(w.job, "the syncer thread stopped");
             }
         }

@@ -118,6 +118,23 @@ pub(crate) fn migrate_whole_paths(conn: &mut Connection, schema: &str) -> rusqli
     Ok(true)
 }
 
+/// Adds the `extra` column to a catalog written before objects carried
+/// extended attributes, device numbers and hard-link groups; its versions get
+/// an empty one. Returns whether the column was added.
+pub(crate) fn add_extra_column(conn: &Connection) -> rusqlite::Result<bool> {
+    let has_table = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'objects'")?
+        .exists([])?;
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('objects') WHERE name = 'extra'")?
+        .exists([])?;
+    if !has_table || has_column {
+        return Ok(false);
+    }
+    conn.execute_batch("ALTER TABLE objects ADD COLUMN extra BLOB NOT NULL DEFAULT x''")?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,7 +113,7 @@ fn manifest_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, CatalogError> {
 }
 
 pub(crate) const VERSION_COLUMNS: &str = "o.object_id, f.name, d.path || o.name, o.kind, o.size, o.mode, \
-     o.mtime_ns, o.uid, o.gid, o.link_target, o.backup_ns, o.active, o.deactivated_ns, o.manifest";
+     o.mtime_ns, o.uid, o.gid, o.link_target, o.backup_ns, o.active, o.deactivated_ns, o.manifest, o.extra";
 
 /// The tables [`VERSION_COLUMNS`] come from.
 pub(crate) const VERSION_TABLES: &str =
@@ -143,6 +143,7 @@ pub(crate) fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Resu
             uid: r.get(7)?,
             gid: r.get(8)?,
             link_target: r.get(9)?,
+            extra: r.get(14)?,
         },
         backup_ns: r.get(10)?,
         active: r.get(11)?,
@@ -199,11 +200,11 @@ fn state_filter(query: &VersionQuery, pit: &str) -> String {
 fn paged_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<PagedRow> {
     Ok(PagedRow {
         version: version_from_row(r, with_chunks)?,
-        dir: r.get(15)?,
+        dir: r.get(16)?,
         position: InDir {
-            name: r.get(16)?,
+            name: r.get(17)?,
             backup_ns: r.get(10)?,
-            row_id: r.get(14)?,
+            row_id: r.get(15)?,
         },
     })
 }
@@ -348,8 +349,8 @@ impl Catalog {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
-                   mtime_ns, uid, gid, link_target, backup_ns, active, manifest)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13)",
+                   mtime_ns, uid, gid, link_target, backup_ns, active, manifest, extra)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13, ?14)",
             )?;
             for v in versions {
                 let a = &v.attrs;
@@ -372,6 +373,7 @@ impl Catalog {
                     a.link_target,
                     now_ns,
                     manifest_bytes(&v.chunks),
+                    a.extra,
                 ])?;
                 // Only a version turned inactive can take the path over its
                 // limit; a path whose limit was lowered since is trimmed by

@@ -329,8 +329,9 @@ impl Catalog {
             let mut has_object = tx.prepare_cached("SELECT 1 FROM objects WHERE object_id = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
-                   mtime_ns, uid, gid, link_target, backup_ns, active, deactivated_ns, manifest)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                   mtime_ns, uid, gid, link_target, backup_ns, active, deactivated_ns, manifest,
+                   extra)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )?;
             let mut dirs = DirIds::default();
             let mut filespaces: HashMap<String, i64> = HashMap::new();
@@ -381,6 +382,7 @@ impl Catalog {
                     v.active,
                     v.deactivated_ns,
                     manifest_bytes(&v.chunks),
+                    a.extra,
                 ])?;
                 stored += 1;
             }

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS dirs (
 
 -- One row per stored version; its path is `dirs.path || name`. `manifest` is
 -- the concatenation of the 32-byte chunk ids of the content, in order.
+-- `extra` is the client's ObjectExtra message (device number, extended
+-- attributes and ACLs, hard-link group), protobuf-encoded; empty when none.
 CREATE TABLE IF NOT EXISTS objects (
     id             INTEGER PRIMARY KEY,
     object_id      BLOB NOT NULL UNIQUE,
@@ -65,7 +67,8 @@ CREATE TABLE IF NOT EXISTS objects (
     -- 1: beyond the version limit (VEREXISTS/VERDELETED); invisible, deleted
     -- by the next expiration.
     expiring       INTEGER NOT NULL DEFAULT 0,
-    manifest       BLOB NOT NULL
+    manifest       BLOB NOT NULL,
+    extra          BLOB NOT NULL DEFAULT x''
 );
 CREATE INDEX IF NOT EXISTS objects_by_path ON objects (dir_id, name, backup_ns);
 CREATE UNIQUE INDEX IF NOT EXISTS objects_one_active ON objects (dir_id, name) WHERE active = 1;

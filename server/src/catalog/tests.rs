@@ -16,6 +16,7 @@ fn attrs(path: &str, kind: ObjectKind) -> ObjectAttrs {
         uid: 0,
         gid: 0,
         link_target: String::new(),
+        extra: Vec::new(),
     }
 }
 
@@ -291,5 +292,46 @@ fn a_whole_path_catalog_is_moved_to_directory_rows_on_open() {
             .versions
             .len(),
         4
+    );
+}
+
+#[test]
+fn a_catalog_without_the_extra_column_gets_it_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("catalog.db");
+    let (catalog, node) = new_catalog(&dir);
+    catalog
+        .commit_objects(node, "/", &[version("/old")], &[], 100)
+        .expect("commit");
+    drop(catalog);
+    Connection::open(&file)
+        .expect("open")
+        .execute_batch("ALTER TABLE objects DROP COLUMN extra")
+        .expect("drop the column, as an older server's catalog lacks it");
+    let catalog = Catalog::open(&file, Policy::default()).expect("open adds the column");
+    let mut with_extra = version("/new");
+    with_extra.attrs.extra = vec![0x18, 0x05];
+    catalog
+        .commit_objects(node, "/", &[with_extra], &[], 200)
+        .expect("commit");
+    let query = VersionQuery {
+        filespace: "/".into(),
+        path_prefix: "/".into(),
+        ..VersionQuery::default()
+    };
+    let page = catalog
+        .query_versions(node, &query, None, 10)
+        .expect("query");
+    let got: Vec<(String, Vec<u8>)> = page
+        .versions
+        .into_iter()
+        .map(|v| (v.attrs.path, v.attrs.extra))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/new".to_string(), vec![0x18, 0x05]),
+            ("/old".to_string(), Vec::new())
+        ]
     );
 }

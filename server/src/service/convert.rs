@@ -1,5 +1,6 @@
 //! Protobuf <-> domain conversions, with validation of everything a client sends.
 
+use prost::Message;
 use tandem_proto::ChunkId;
 use tandem_proto::pb;
 
@@ -69,12 +70,90 @@ pub fn new_version_from_pb(obj: pb::NewObject, filespace: &str) -> Result<NewVer
     Ok(NewVersion { attrs, chunks })
 }
 
+/// Longest extended-attribute name Linux allows (`XATTR_NAME_MAX`).
+pub const XATTR_NAME_MAX: usize = 255;
+/// Largest extended-attribute value Linux allows (`XATTR_SIZE_MAX`).
+pub const XATTR_VALUE_MAX: usize = 64 * 1024;
+/// Largest encoded [`pb::ObjectExtra`] of one object. Linux bounds the list
+/// of an inode's attribute names at 64 KiB and ext4 keeps all of them in one
+/// 4 KiB block; this leaves room for XFS-sized sets while keeping a commit of
+/// many objects well inside the message limit.
+pub const EXTRA_MAX: usize = 256 * 1024;
+
+/// Checks an object's extra part and returns it encoded for the catalog
+/// (empty when it carries nothing).
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] naming the path and the limit broken.
+fn extra_from_pb(
+    path: &str,
+    kind: ObjectKind,
+    extra: Option<pb::ObjectExtra>,
+) -> Result<Vec<u8>, ServerError> {
+    let Some(extra) = extra else {
+        return Ok(Vec::new());
+    };
+    let bad = |why: String| ServerError::InvalidArgument(format!("object {path:?}: {why}"));
+    let device = matches!(kind, ObjectKind::CharDevice | ObjectKind::BlockDevice);
+    if extra.rdev != 0 && !device {
+        return Err(bad(
+            "a device number on an object that is not a device".into()
+        ));
+    }
+    let file_only = extra.hard_link_group != 0 || extra.sparse || extra.changed_during_backup;
+    if file_only && kind != ObjectKind::File {
+        return Err(bad(
+            "a hard-link group, sparse or changed-during-backup mark on an object that is not a file"
+                .into(),
+        ));
+    }
+    for x in &extra.xattrs {
+        if x.name.is_empty() || x.name.len() > XATTR_NAME_MAX || x.name.contains(&0) {
+            return Err(bad(format!(
+                "extended attribute name {:?} must be 1-{XATTR_NAME_MAX} bytes without NUL",
+                String::from_utf8_lossy(&x.name)
+            )));
+        }
+        if x.value.len() > XATTR_VALUE_MAX {
+            return Err(bad(format!(
+                "extended attribute {:?} has {} bytes, more than {XATTR_VALUE_MAX}",
+                String::from_utf8_lossy(&x.name),
+                x.value.len()
+            )));
+        }
+    }
+    if extra == pb::ObjectExtra::default() {
+        return Ok(Vec::new());
+    }
+    let encoded = extra.encode_to_vec();
+    if encoded.len() > EXTRA_MAX {
+        return Err(bad(format!(
+            "its extended attributes take {} bytes, more than {EXTRA_MAX}",
+            encoded.len()
+        )));
+    }
+    Ok(encoded)
+}
+
+/// Decodes a stored extra part; `None` when there is none. A stored value
+/// that no longer decodes (it was checked on the way in) is dropped rather
+/// than failing the listing it is part of.
+fn extra_to_pb(extra: &[u8]) -> Option<pb::ObjectExtra> {
+    if extra.is_empty() {
+        return None;
+    }
+    pb::ObjectExtra::decode(extra).ok()
+}
+
 fn attrs_from_pb(a: pb::ObjectAttrs) -> Result<ObjectAttrs, ServerError> {
     check_path(&a.path)?;
     let kind = match pb::ObjectKind::try_from(a.kind) {
         Ok(pb::ObjectKind::File) => ObjectKind::File,
         Ok(pb::ObjectKind::Directory) => ObjectKind::Directory,
         Ok(pb::ObjectKind::Symlink) => ObjectKind::Symlink,
+        Ok(pb::ObjectKind::Fifo) => ObjectKind::Fifo,
+        Ok(pb::ObjectKind::CharDevice) => ObjectKind::CharDevice,
+        Ok(pb::ObjectKind::BlockDevice) => ObjectKind::BlockDevice,
         _ => {
             return Err(ServerError::InvalidArgument(format!(
                 "object {:?} has unknown kind {}",
@@ -82,6 +161,7 @@ fn attrs_from_pb(a: pb::ObjectAttrs) -> Result<ObjectAttrs, ServerError> {
             )));
         }
     };
+    let extra = extra_from_pb(&a.path, kind, a.extra)?;
     Ok(ObjectAttrs {
         path: a.path,
         kind,
@@ -91,6 +171,7 @@ fn attrs_from_pb(a: pb::ObjectAttrs) -> Result<ObjectAttrs, ServerError> {
         uid: a.uid,
         gid: a.gid,
         link_target: a.link_target,
+        extra,
     })
 }
 
@@ -99,6 +180,9 @@ fn attrs_to_pb(a: ObjectAttrs) -> pb::ObjectAttrs {
         ObjectKind::File => pb::ObjectKind::File,
         ObjectKind::Directory => pb::ObjectKind::Directory,
         ObjectKind::Symlink => pb::ObjectKind::Symlink,
+        ObjectKind::Fifo => pb::ObjectKind::Fifo,
+        ObjectKind::CharDevice => pb::ObjectKind::CharDevice,
+        ObjectKind::BlockDevice => pb::ObjectKind::BlockDevice,
     };
     pb::ObjectAttrs {
         path: a.path,
@@ -109,6 +193,7 @@ fn attrs_to_pb(a: ObjectAttrs) -> pb::ObjectAttrs {
         uid: a.uid,
         gid: a.gid,
         link_target: a.link_target,
+        extra: extra_to_pb(&a.extra),
     }
 }
 
@@ -176,5 +261,85 @@ mod tests {
         for bad in ["a/b", "/a/../b", "/a/./b", "/a//b", "/a/", "/a\0b", ""] {
             assert!(check_path(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    fn attrs_with(kind: pb::ObjectKind, extra: pb::ObjectExtra) -> pb::ObjectAttrs {
+        pb::ObjectAttrs {
+            path: "/a".into(),
+            kind: kind as i32,
+            extra: Some(extra),
+            ..Default::default()
+        }
+    }
+
+    fn xattr(name: &[u8], value_len: usize) -> pb::Xattr {
+        pb::Xattr {
+            name: name.to_vec(),
+            value: vec![7; value_len],
+        }
+    }
+
+    #[test]
+    fn extra_round_trips_and_an_empty_one_is_not_stored() {
+        let extra = pb::ObjectExtra {
+            xattrs: vec![xattr(b"user.a", 3), xattr(b"system.posix_acl_access", 28)],
+            hard_link_group: 9,
+            ..Default::default()
+        };
+        let stored = attrs_from_pb(attrs_with(pb::ObjectKind::File, extra.clone())).unwrap();
+        assert_eq!(attrs_to_pb(stored).extra, Some(extra));
+        let empty =
+            attrs_from_pb(attrs_with(pb::ObjectKind::File, pb::ObjectExtra::default())).unwrap();
+        assert!(empty.extra.is_empty());
+        let device = pb::ObjectExtra {
+            rdev: 0x0103,
+            ..Default::default()
+        };
+        let stored = attrs_from_pb(attrs_with(pb::ObjectKind::CharDevice, device.clone())).unwrap();
+        assert_eq!(stored.kind, ObjectKind::CharDevice);
+        assert_eq!(attrs_to_pb(stored).extra, Some(device));
+    }
+
+    #[test]
+    fn extra_beyond_the_limits_is_refused_with_the_reason() {
+        let cases = [
+            (pb::ObjectKind::File, vec![xattr(b"", 1)], "name"),
+            (pb::ObjectKind::File, vec![xattr(&[b'u'; 256], 1)], "name"),
+            (pb::ObjectKind::File, vec![xattr(b"user.\0x", 1)], "name"),
+            (
+                pb::ObjectKind::File,
+                vec![xattr(b"user.big", 65 * 1024)],
+                "bytes",
+            ),
+            (
+                pb::ObjectKind::File,
+                (0..5)
+                    .map(|i| xattr(format!("user.{i}").as_bytes(), 60 * 1024))
+                    .collect(),
+                "more than",
+            ),
+        ];
+        for (kind, xattrs, why) in cases {
+            let err = attrs_from_pb(attrs_with(
+                kind,
+                pb::ObjectExtra {
+                    xattrs,
+                    ..Default::default()
+                },
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(why) && err.contains("/a"), "{err}");
+        }
+        let rdev_on_file = pb::ObjectExtra {
+            rdev: 1,
+            ..Default::default()
+        };
+        assert!(attrs_from_pb(attrs_with(pb::ObjectKind::File, rdev_on_file)).is_err());
+        let group_on_dir = pb::ObjectExtra {
+            hard_link_group: 1,
+            ..Default::default()
+        };
+        assert!(attrs_from_pb(attrs_with(pb::ObjectKind::Directory, group_on_dir)).is_err());
     }
 }

@@ -1,0 +1,195 @@
+//! What a backup keeps of a local object beyond `lstat`: its extended
+//! attributes (POSIX ACLs are the `system.posix_acl_*` ones, file
+//! capabilities `security.capability`), a device's number, and which names
+//! are one file (hard links).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+
+use rustix::io::Errno;
+use tandem_proto::pb;
+
+/// Linux's limit on the list of one inode's attribute names and on one
+/// value (`XATTR_LIST_MAX`, `XATTR_SIZE_MAX`): a buffer this large never
+/// comes back too small.
+const XATTR_BUF: usize = 64 * 1024;
+
+/// Reads extended attributes with one reused buffer.
+#[derive(Debug)]
+pub struct XattrReader {
+    names: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Default for XattrReader {
+    fn default() -> Self {
+        XattrReader {
+            names: vec![0; XATTR_BUF],
+            value: vec![0; XATTR_BUF],
+        }
+    }
+}
+
+/// The file system does not keep extended attributes at all: nothing to
+/// back up, not an error.
+fn unsupported(e: Errno) -> bool {
+    e == Errno::NOTSUP || e == Errno::OPNOTSUPP
+}
+
+impl XattrReader {
+    /// The attributes of `path` (not following a symlink), ordered by name.
+    /// An attribute removed between listing and reading is left out.
+    ///
+    /// # Errors
+    /// The list or a value cannot be read (permissions, I/O).
+    pub fn read(&mut self, path: &Path) -> io::Result<Vec<pb::Xattr>> {
+        let listed = match rustix::fs::llistxattr(path, &mut self.names[..]) {
+            Ok(n) => n,
+            Err(e) if unsupported(e) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        if listed == 0 {
+            return Ok(Vec::new());
+        }
+        let mut names: Vec<Vec<u8>> = self.names[..listed]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let c_name = std::ffi::CString::new(name.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            match rustix::fs::lgetxattr(path, c_name.as_c_str(), &mut self.value[..]) {
+                Ok(n) => out.push(pb::Xattr {
+                    name,
+                    value: self.value[..n].to_vec(),
+                }),
+                Err(e) if e == Errno::NODATA => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The kind of a local object from its file type; `None` for a socket,
+/// which cannot be recreated with its meaning (a socket belongs to the
+/// process that listens on it).
+pub fn kind_of(file_type: std::fs::FileType) -> Option<pb::ObjectKind> {
+    use std::os::unix::fs::FileTypeExt;
+    Some(if file_type.is_file() {
+        pb::ObjectKind::File
+    } else if file_type.is_dir() {
+        pb::ObjectKind::Directory
+    } else if file_type.is_symlink() {
+        pb::ObjectKind::Symlink
+    } else if file_type.is_fifo() {
+        pb::ObjectKind::Fifo
+    } else if file_type.is_char_device() {
+        pb::ObjectKind::CharDevice
+    } else if file_type.is_block_device() {
+        pb::ObjectKind::BlockDevice
+    } else {
+        return None;
+    })
+}
+
+/// A stable number for one inode of one backup: equal for the names of one
+/// file, never 0 (0 means "not hard-linked").
+pub fn hard_link_group(dev: u64, ino: u64) -> u64 {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&dev.to_le_bytes());
+    bytes[8..].copy_from_slice(&ino.to_le_bytes());
+    let hash = blake3::hash(&bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first).max(1)
+}
+
+/// What the scanner learned of a file with several names the first time it
+/// read it, so the other names are stored without reading it again.
+#[derive(Debug, Clone)]
+pub struct SeenInode {
+    /// Size and mtime when it was read: a name seen later with others is
+    /// read again.
+    pub size: u64,
+    /// Modification time, ns.
+    pub mtime_ns: i64,
+    /// Its content's chunks.
+    pub chunks: Vec<tandem_proto::ChunkId>,
+    /// It kept changing while it was read.
+    pub changed: bool,
+}
+
+/// Files with several names already read in this backup, by (device, inode).
+/// Bounded: past [`SeenInodes::MAX`] entries later names are read again,
+/// which costs time but never correctness.
+#[derive(Debug, Default)]
+pub struct SeenInodes {
+    by_inode: HashMap<(u64, u64), SeenInode>,
+}
+
+impl SeenInodes {
+    /// Entries kept at most (~100 bytes each plus 32 per chunk).
+    pub const MAX: usize = 1_000_000;
+
+    /// What was read of this inode, if it still has that size and mtime.
+    pub fn get(&self, dev: u64, ino: u64, size: u64, mtime_ns: i64) -> Option<&SeenInode> {
+        self.by_inode
+            .get(&(dev, ino))
+            .filter(|s| s.size == size && s.mtime_ns == mtime_ns)
+    }
+
+    /// Remembers a read inode.
+    pub fn insert(&mut self, dev: u64, ino: u64, seen: SeenInode) {
+        if self.by_inode.len() < Self::MAX {
+            self.by_inode.insert((dev, ino), seen);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_attributes_are_read_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let set = |name: &str, value: &[u8]| {
+            rustix::fs::lsetxattr(&file, name, value, rustix::fs::XattrFlags::empty())
+        };
+        if set("user.b", b"2").is_err() {
+            eprintln!("this file system keeps no user attributes; skipped");
+            return;
+        }
+        set("user.a", b"").unwrap();
+        set("user.c", &[0, 255, 1]).unwrap();
+        let got = XattrReader::default().read(&file).unwrap();
+        let got: Vec<(&[u8], &[u8])> = got
+            .iter()
+            .filter(|x| x.name.starts_with(b"user."))
+            .map(|x| (x.name.as_slice(), x.value.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (&b"user.a"[..], &b""[..]),
+                (b"user.b", b"2"),
+                (b"user.c", &[0, 255, 1])
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_differ_by_inode_and_are_never_zero() {
+        assert_eq!(hard_link_group(1, 2), hard_link_group(1, 2));
+        assert_ne!(hard_link_group(1, 2), hard_link_group(1, 3));
+        assert_ne!(hard_link_group(1, 2), hard_link_group(2, 2));
+        assert_ne!(hard_link_group(0, 0), 0);
+    }
+}

@@ -1,0 +1,430 @@
+//! The restore destination as a tree of directory descriptors, so nothing a
+//! restore does can land outside it.
+//!
+//! Every stored path is split into components, refusing empty, `.` and `..`
+//! ones. Directories are opened one component at a time from DEST's own
+//! descriptor with `O_NOFOLLOW`, and every later step (creating, renaming,
+//! linking, setting attributes) is relative to the descriptor of the
+//! directory it acts in. A symbolic link found where a directory goes is
+//! never followed: it is refused, or with `--replace yes|all` removed and
+//! replaced by the directory. A local user who swaps a checked directory for
+//! a link after the check changes nothing either: the descriptor still
+//! names the directory that was opened.
+//!
+//! Descriptors are `O_PATH` (no read permission needed, nothing to close
+//! but the number) and only the [`CACHED_DIRS`] most recent are kept open:
+//! a restore holds a few whatever its size (it runs under `ulimit -n 128`),
+//! and a directory opened again is walked again, with the same checks.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::names;
+
+/// Directory descriptors kept open at most.
+pub(super) const CACHED_DIRS: usize = 32;
+
+/// Where one object goes: the directory (components below DEST joined with
+/// `/`, empty for DEST itself) and its name there.
+#[derive(Debug, Clone)]
+pub(super) struct Placed {
+    /// The directory's path below DEST, as bytes.
+    pub(super) parent: Vec<u8>,
+    /// The object's name in it.
+    pub(super) name: OsString,
+}
+
+/// The destination of one restore.
+#[derive(Debug)]
+pub(super) struct DestTree {
+    root: OwnedFd,
+    shown: PathBuf,
+    /// A symbolic link where a directory goes is removed (`--replace yes|all`).
+    replace_links: bool,
+    cache: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
+    created: Mutex<HashSet<Vec<u8>>>,
+}
+
+fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Splits a stored path relative to SOURCE's directory (encoded, `/`
+/// separated) into the names it stands for.
+///
+/// # Errors
+/// A sentence naming the component that could lead outside DEST.
+pub(super) fn components(rel: &str, dest: &Path) -> Result<Vec<OsString>, String> {
+    rel.split('/')
+        .map(|part| {
+            if part.is_empty() || part == "." || part == ".." {
+                Err(format!(
+                    "the stored path {:?} has a {part:?} component, which could leave {}",
+                    names::display(rel),
+                    dest.display()
+                ))
+            } else {
+                Ok(names::decode(part))
+            }
+        })
+        .collect()
+}
+
+impl DestTree {
+    /// Opens DEST. A DEST the user named is opened as given (a symlink there
+    /// is their choice); an in-place restore (`follow_dest` false) walks to
+    /// its directory from `/` without following any link, since the stored
+    /// path is not the user's word for where writing is safe. Missing
+    /// directories on the way are created.
+    ///
+    /// # Errors
+    /// DEST cannot be opened or created, or (in place) a link is on the way.
+    pub(super) fn open(dest: &Path, follow_dest: bool, replace_links: bool) -> io::Result<Self> {
+        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let (root, created) = if follow_dest {
+            let existed = dest.symlink_metadata().is_ok();
+            std::fs::create_dir_all(dest).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot create {}: {e}", dest.display()))
+            })?;
+            let fd = rustix::fs::openat(rustix::fs::CWD, dest, dir_flags, Mode::empty())?;
+            (fd, !existed)
+        } else {
+            let slash = rustix::fs::openat(rustix::fs::CWD, "/", dir_flags, Mode::empty())?;
+            let from_slash = DestTree::new(slash, PathBuf::from("/"), replace_links);
+            let parts: Vec<OsString> = dest
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .map(|c| c.as_os_str().to_os_string())
+                .collect();
+            let fd = from_slash
+                .walk(&parts, true)
+                .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+            let created = from_slash.was_created(&join(&parts));
+            (rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 0)?, created)
+        };
+        let tree = DestTree::new(root, dest.to_path_buf(), replace_links);
+        if created {
+            tree.mark_created(&[]);
+        }
+        Ok(tree)
+    }
+
+    fn new(root: OwnedFd, shown: PathBuf, replace_links: bool) -> Self {
+        DestTree {
+            root,
+            shown,
+            replace_links,
+            cache: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn was_created(&self, joined: &[u8]) -> bool {
+        self.created
+            .lock()
+            .map(|c| c.contains(joined))
+            .unwrap_or(false)
+    }
+
+    /// `DEST/parent/name`, for messages (encoded, so any name shows safely).
+    pub(super) fn shown(&self, placed: &Placed) -> String {
+        let mut path = self.shown.clone();
+        if !placed.parent.is_empty() {
+            path.push(OsStr::from_bytes(&placed.parent));
+        }
+        path.push(&placed.name);
+        names::encode(path.as_os_str())
+    }
+
+    /// A directory below DEST shown for messages.
+    fn shown_dir(&self, parts: &[OsString]) -> String {
+        let mut path = self.shown.clone();
+        for p in parts {
+            path.push(p);
+        }
+        names::encode(path.as_os_str())
+    }
+
+    fn mark_created(&self, parts: &[OsString]) {
+        if let Ok(mut created) = self.created.lock() {
+            created.insert(join(parts));
+        }
+    }
+
+    /// Places `rel` (a stored path relative to SOURCE's directory) under
+    /// DEST, creating the directories above it.
+    ///
+    /// # Errors
+    /// A sentence naming what is in the way.
+    pub(super) fn place(&self, rel: &str) -> Result<Placed, String> {
+        let mut parts = components(rel, &self.shown)?;
+        let name = parts.pop().unwrap_or_default();
+        self.walk(&parts, true)?;
+        Ok(Placed {
+            parent: join(&parts),
+            name,
+        })
+    }
+
+    /// Makes the directory `rel` itself (for a stored directory).
+    ///
+    /// # Errors
+    /// A sentence naming what is in the way.
+    pub(super) fn make_dir(&self, placed: &Placed) -> Result<(), String> {
+        let mut parts = split(&placed.parent);
+        parts.push(placed.name.clone());
+        self.walk(&parts, true).map(drop)
+    }
+
+    /// Whether `placed` lies in a directory this restore created, so nothing
+    /// can be in its way and looking is not needed.
+    pub(super) fn in_new_dir(&self, placed: &Placed) -> bool {
+        self.was_created(&placed.parent)
+    }
+
+    /// The descriptor of an existing directory below DEST (`parent` as in
+    /// [`Placed`]), walked again without following links when it is no
+    /// longer cached.
+    ///
+    /// # Errors
+    /// It is gone or something else is in its place now.
+    pub(super) fn dir(&self, parent: &[u8]) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.cache.lock().ok().and_then(|c| c.get(parent).cloned()) {
+            return Ok(fd);
+        }
+        self.walk(&split(parent), false)
+            .map_err(|why| io::Error::new(io::ErrorKind::NotFound, why))
+    }
+
+    /// Opens `parts` below DEST component by component, creating missing
+    /// ones when `create` is set.
+    fn walk(&self, parts: &[OsString], create: bool) -> Result<Arc<OwnedFd>, String> {
+        let key = join(parts);
+        if let Some(fd) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(fd);
+        }
+        // Start below the deepest cached ancestor, or at DEST.
+        let cached = (1..parts.len()).rev().find_map(|depth| {
+            self.cache
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&join(&parts[..depth])).cloned())
+                .map(|fd| (depth, fd))
+        });
+        let (depth, mut fd) = match cached {
+            Some(found) => found,
+            None => (
+                0,
+                Arc::new(
+                    rustix::io::fcntl_dupfd_cloexec(self.root.as_fd(), 0)
+                        .map_err(|e| format!("cannot open {}: {e}", self.shown.display()))?,
+                ),
+            ),
+        };
+        for i in depth..parts.len() {
+            let name = &parts[i];
+            let next = match open_dir_at(fd.as_fd(), name) {
+                Ok(next) => next,
+                Err(e) => self.make_way(fd.as_fd(), name, e, create, &parts[..=i])?,
+            };
+            fd = Arc::new(next);
+            if let Ok(mut cache) = self.cache.lock() {
+                if cache.len() >= CACHED_DIRS {
+                    cache.clear();
+                }
+                cache.insert(join(&parts[..=i]), fd.clone());
+            }
+        }
+        Ok(fd)
+    }
+
+    /// A directory could not be opened: create it when it is missing, replace
+    /// a symlink in its place when allowed, and refuse anything else.
+    fn make_way(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        error: Errno,
+        create: bool,
+        parts: &[OsString],
+    ) -> Result<OwnedFd, String> {
+        let shown = || self.shown_dir(parts);
+        let cannot =
+            |what: &str, e: Errno| format!("cannot {what} {}: {e}", names::display(&shown()));
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) if create => {}
+            Err(Errno::NOENT) => return Err(cannot("open", Errno::NOENT)),
+            Err(e) => return Err(cannot("inspect", e)),
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => return Err(cannot("open", error)),
+                FileType::Symlink if self.replace_links && create => {
+                    rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                        .map_err(|e| cannot("remove the symbolic link", e))?;
+                }
+                FileType::Symlink => {
+                    return Err(format!(
+                        "{} is a symbolic link where a directory goes; it is not followed \
+                         (use --replace yes to replace it)",
+                        names::display(&shown())
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "{} exists and is not a directory",
+                        names::display(&shown())
+                    ));
+                }
+            },
+        }
+        match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o777)) {
+            Ok(()) => self.mark_created(parts),
+            Err(Errno::EXIST) => {}
+            Err(e) => return Err(cannot("create", e)),
+        }
+        open_dir_at(dir, name).map_err(|e| cannot("open", e))
+    }
+
+    /// Makes everything written under DEST durable (`syncfs`).
+    ///
+    /// # Errors
+    /// The sync failed.
+    pub(super) fn sync(&self) -> io::Result<()> {
+        // syncfs needs a descriptor that is not O_PATH.
+        let fd = rustix::fs::openat(
+            self.root.as_fd(),
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::fs::syncfs(&fd)?;
+        Ok(())
+    }
+}
+
+fn join(parts: &[OsString]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(p.as_bytes());
+    }
+    out
+}
+
+fn split(joined: &[u8]) -> Vec<OsString> {
+    if joined.is_empty() {
+        return Vec::new();
+    }
+    joined
+        .split(|&b| b == b'/')
+        .map(|p| OsString::from_vec(p.to_vec()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_and_creates_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = DestTree::open(dir.path(), true, false).unwrap();
+        let placed = tree.place("a/b/c.txt").unwrap();
+        assert_eq!(placed.parent, b"a/b");
+        assert_eq!(placed.name, "c.txt");
+        assert!(dir.path().join("a/b").is_dir());
+        assert!(tree.in_new_dir(&placed));
+        // Below directories already open, and after the cache was emptied.
+        for i in 0..(CACHED_DIRS * 2) {
+            let placed = tree.place(&format!("a/b/d{i}/e/f")).unwrap();
+            assert_eq!(placed.parent, format!("a/b/d{i}/e").as_bytes());
+        }
+        tree.make_dir(&tree.place("a/b/c/x").unwrap()).unwrap();
+        assert!(dir.path().join("a/b/c/x").is_dir());
+        assert!(dir.path().join("a/b/d40/e").is_dir());
+        let held = tree.dir(b"a/b/d3/e").unwrap();
+        rustix::fs::mkdirat(held.as_fd(), "g", Mode::from_raw_mode(0o700)).unwrap();
+        assert!(dir.path().join("a/b/d3/e/g").is_dir());
+    }
+
+    #[test]
+    fn refuses_dot_dot_and_empty_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = DestTree::open(dir.path(), true, true).unwrap();
+        for rel in ["../x", "a/../../x", "a//b", "./a", ""] {
+            let err = tree.place(rel).unwrap_err();
+            assert!(err.contains("component"), "{rel}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_to_pass_through_a_symlink_unless_replacing() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("a")).unwrap();
+        let tree = DestTree::open(dir.path(), true, false).unwrap();
+        let err = tree.place("a/evil").unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        let tree = DestTree::open(dir.path(), true, true).unwrap();
+        tree.place("a/evil").unwrap();
+        assert!(dir.path().join("a").symlink_metadata().unwrap().is_dir());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_check_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let tree = DestTree::open(dir.path(), true, false).unwrap();
+        let placed = tree.place("sub/file").unwrap();
+        let held = tree.dir(&placed.parent).unwrap();
+        std::fs::rename(dir.path().join("sub"), dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
+        // The held descriptor still names the directory that was checked.
+        rustix::fs::mkdirat(held.as_fd(), "x", Mode::from_raw_mode(0o700)).unwrap();
+        assert!(dir.path().join("moved/x").is_dir());
+        // A fresh walk refuses the link.
+        tree.cache.lock().unwrap().clear();
+        let err = tree.dir(&placed.parent).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn in_place_destinations_are_walked_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        let err = DestTree::open(&dir.path().join("link/sub"), false, false).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        let tree = DestTree::open(&dir.path().join("new/sub"), false, false).unwrap();
+        assert!(dir.path().join("new/sub").is_dir());
+        let placed = tree.place("f").unwrap();
+        assert!(tree.in_new_dir(&placed));
+    }
+
+    #[test]
+    fn non_utf8_names_are_placed_as_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = DestTree::open(dir.path(), true, false).unwrap();
+        let rel = format!("{}/f", names::encode_bytes(b"d\xff"));
+        let placed = tree.place(&rel).unwrap();
+        assert_eq!(placed.parent, b"d\xff");
+        assert!(dir.path().join(OsStr::from_bytes(b"d\xff")).is_dir());
+    }
+}
