@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use globset::GlobSet;
 use indicatif::{ProgressBar, ProgressStyle};
+use prost::Message as _;
 use serde::Serialize;
 use tandem_proto::pb;
 use tandem_proto::{ChunkId, UploadPacker};
@@ -70,6 +71,8 @@ const FLUSH_OBJECTS: usize = 5000;
 const FIND_BATCH: usize = 8192;
 /// Objects per commit.
 const COMMIT_BATCH: usize = 5000;
+/// Encoded bytes of objects per commit, at most (one object may exceed it).
+const COMMIT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Which objects a backup sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,7 +399,20 @@ async fn commit_batch(
     let mut out = CommitStats::default();
     let mut client = session.client();
     while !ready.is_empty() || !deactivate.is_empty() {
-        let objects: Vec<_> = ready.drain(..ready.len().min(COMMIT_BATCH)).collect();
+        // At most COMMIT_BATCH objects and COMMIT_BYTES of them (extended
+        // attributes make some objects large).
+        let mut bytes = 0;
+        let take = ready
+            .iter()
+            .take(COMMIT_BATCH)
+            .take_while(|o| {
+                bytes += o.encoded_len();
+                bytes <= COMMIT_BYTES
+            })
+            .count()
+            .max(1)
+            .min(ready.len());
+        let objects: Vec<_> = ready.drain(..take).collect();
         let gone: Vec<_> = deactivate
             .drain(..deactivate.len().min(COMMIT_BATCH))
             .collect();

@@ -5,7 +5,9 @@
 //! - [`options`]: the options file (config crate) and where it is found.
 //! - [`failover`] + [`session`]: the logon decision (pure) and the code that carries it out:
 //!   primary first with retries, failover to the replication server, failback.
-//! - [`scan`] + [`backup`]: walk and chunk on one thread, upload and commit on another.
+//! - [`walk`] + [`scan`] + [`meta`] + [`backup`]: walk by directory descriptors, read attributes
+//!   and chunk on one thread, upload and commit on another.
+//! - [`names`]: any file name as the catalog's UTF-8, and shown safely.
 //! - [`selection`] + [`restore`]: what to restore, where it may go, and writing it verified.
 //! - [`query`]: `query backup|filespace|session|options`.
 //! - [`options_push`] + [`nrtable`]: the replication server pushed at logon, saved in the
@@ -41,6 +43,7 @@ pub mod session;
 #[cfg(test)]
 mod test_data;
 pub mod timefmt;
+pub mod walk;
 
 pub use cli::run;
 pub use error::ExitStatus;

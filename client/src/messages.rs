@@ -76,7 +76,7 @@ impl Msg {
         Msg {
             id: "TDM1016W",
             text: format!(
-                "{} backed up without its extended attributes and ACLs: they cannot be read: {cause}",
+                "{} backed up without its extended attributes and ACLs: {cause}",
                 shown(path)
             ),
         }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 
+use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 use tandem_proto::pb;
 
@@ -75,25 +76,87 @@ impl XattrReader {
     }
 }
 
+/// The fields of an `lstat` or `fstat` a backup uses, in the same types on
+/// every architecture (the kernel's `stat` differs between them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lstat {
+    /// File type.
+    pub file_type: FileType,
+    /// Permission bits with setuid, setgid and sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Length in bytes.
+    pub size: u64,
+    /// Allocated 512-byte blocks.
+    pub blocks: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Change time, ns since the epoch.
+    pub ctime_ns: i64,
+    /// Device number of a device file.
+    pub rdev: u64,
+    /// Device holding it.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Names it has.
+    pub nlink: u64,
+}
+
+impl From<&Stat> for Lstat {
+    // The casts widen or keep each field; their source types differ by
+    // architecture, so on some of them a cast is to the same type.
+    #[allow(clippy::unnecessary_cast)]
+    fn from(st: &Stat) -> Self {
+        let ns = |secs: i64, nanos: i64| secs.saturating_mul(1_000_000_000).saturating_add(nanos);
+        Lstat {
+            file_type: FileType::from_raw_mode(st.st_mode as u32),
+            mode: st.st_mode as u32 & 0o7777,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            size: st.st_size.max(0) as u64,
+            blocks: st.st_blocks as u64,
+            mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+            rdev: st.st_rdev as u64,
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: st.st_nlink as u64,
+        }
+    }
+}
+
+impl Lstat {
+    /// Of an open file.
+    ///
+    /// # Errors
+    /// The system's answer.
+    pub fn of_file(file: &std::fs::File) -> io::Result<Self> {
+        Ok(Lstat::from(&rustix::fs::fstat(file)?))
+    }
+
+    /// Whether the file has fewer blocks than its length needs: it may
+    /// have holes.
+    pub fn may_have_holes(&self) -> bool {
+        self.blocks.saturating_mul(512) < self.size
+    }
+}
+
 /// The kind of a local object from its file type; `None` for a socket,
 /// which cannot be recreated with its meaning (a socket belongs to the
 /// process that listens on it).
-pub fn kind_of(file_type: std::fs::FileType) -> Option<pb::ObjectKind> {
-    use std::os::unix::fs::FileTypeExt;
-    Some(if file_type.is_file() {
-        pb::ObjectKind::File
-    } else if file_type.is_dir() {
-        pb::ObjectKind::Directory
-    } else if file_type.is_symlink() {
-        pb::ObjectKind::Symlink
-    } else if file_type.is_fifo() {
-        pb::ObjectKind::Fifo
-    } else if file_type.is_char_device() {
-        pb::ObjectKind::CharDevice
-    } else if file_type.is_block_device() {
-        pb::ObjectKind::BlockDevice
-    } else {
-        return None;
+pub fn kind_of(file_type: FileType) -> Option<pb::ObjectKind> {
+    Some(match file_type {
+        FileType::RegularFile => pb::ObjectKind::File,
+        FileType::Directory => pb::ObjectKind::Directory,
+        FileType::Symlink => pb::ObjectKind::Symlink,
+        FileType::Fifo => pb::ObjectKind::Fifo,
+        FileType::CharacterDevice => pb::ObjectKind::CharDevice,
+        FileType::BlockDevice => pb::ObjectKind::BlockDevice,
+        _ => return None,
     })
 }
 
@@ -122,6 +185,8 @@ pub struct SeenInode {
     pub chunks: Vec<tandem_proto::ChunkId>,
     /// It kept changing while it was read.
     pub changed: bool,
+    /// It had holes.
+    pub sparse: bool,
 }
 
 /// Files with several names already read in this backup, by (device, inode).

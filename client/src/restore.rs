@@ -85,6 +85,9 @@ pub struct RestoreStats {
     /// Attributes (extended attributes, ACLs) the target refused; each was
     /// reported with its object.
     pub attributes_not_set: u64,
+    /// Stored directories that existed already and were left as they are
+    /// (`--replace no`): their contents are restored, their attributes kept.
+    pub directories_kept: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -120,9 +123,17 @@ struct LinkJob {
     leader: usize,
 }
 
+/// A stored directory: its attributes are set when this restore made it,
+/// or when `--replace` allows changing what exists.
+#[derive(Debug)]
+struct DirJob {
+    node: NodeJob,
+    apply: bool,
+}
+
 #[derive(Debug, Default)]
 struct Plan {
-    dirs: Vec<NodeJob>,
+    dirs: Vec<DirJob>,
     files: Vec<FileJob>,
     symlinks: Vec<NodeJob>,
     specials: Vec<NodeJob>,
@@ -232,10 +243,13 @@ fn plan(
         let kind = kind_of(&attrs);
         if kind == pb::ObjectKind::Directory {
             match dest.make_dir(&placed) {
-                Ok(()) => plan.dirs.push(NodeJob {
-                    placed,
-                    shown,
-                    attrs,
+                Ok(()) => plan.dirs.push(DirJob {
+                    apply: req.replace != Replace::No || dest.made(&placed),
+                    node: NodeJob {
+                        placed,
+                        shown,
+                        attrs,
+                    },
                 }),
                 Err(why) => {
                     console.report(&Msg::escapes(&attrs.path, why), ExitStatus::Error);
@@ -254,11 +268,16 @@ fn plan(
         };
         match kind {
             pb::ObjectKind::File => {
-                let chunks: Vec<ChunkId> = v
-                    .chunk_ids
-                    .iter()
-                    .filter_map(|c| ChunkId::from_slice(c).ok())
-                    .collect();
+                let chunks: Result<Vec<ChunkId>, _> =
+                    v.chunk_ids.iter().map(|c| ChunkId::from_slice(c)).collect();
+                let Ok(chunks) = chunks else {
+                    console.report(
+                        &Msg::corrupt(&node.attrs.path, "the server listed a malformed chunk id"),
+                        ExitStatus::Error,
+                    );
+                    stats.failed += 1;
+                    continue;
+                };
                 if let Some(leader) = groups.leader_for(&plan.files, &node.attrs, &chunks) {
                     plan.hard_links.push(LinkJob { node, leader });
                     continue;
@@ -279,7 +298,19 @@ fn plan(
             pb::ObjectKind::Fifo | pb::ObjectKind::CharDevice | pb::ObjectKind::BlockDevice => {
                 plan.specials.push(node);
             }
-            _ => {}
+            _ => {
+                console.report(
+                    &Msg::write_failed(
+                        &node.shown,
+                        format!(
+                            "its kind ({}) is unknown to this client; use a newer one",
+                            node.attrs.kind
+                        ),
+                    ),
+                    ExitStatus::Error,
+                );
+                stats.failed += 1;
+            }
         }
     }
     plan
@@ -385,29 +416,57 @@ fn restore_node(dest: &DestTree, job: &NodeJob) -> std::io::Result<Vec<Unset>> {
         }
         _ => rustix::fs::mknodat(dir, name, FileType::BlockDevice, mode, rdev),
     })?;
-    let placed = attrs::apply_at(dir, &tmp, &job.attrs, kind == pb::ObjectKind::Symlink).and_then(
-        |unsets| {
-            rustix::fs::renameat(dir, &tmp, dir, &job.placed.name)?;
-            Ok(unsets)
-        },
-    );
+    let expected = match kind {
+        pb::ObjectKind::Symlink => FileType::Symlink,
+        pb::ObjectKind::Fifo => FileType::Fifo,
+        pb::ObjectKind::CharDevice => FileType::CharacterDevice,
+        _ => FileType::BlockDevice,
+    };
+    let placed = attrs::apply_at(dir, &tmp, &job.attrs, expected).and_then(|unsets| {
+        rustix::fs::renameat(dir, &tmp, dir, &job.placed.name)?;
+        Ok(unsets)
+    });
     if placed.is_err() {
         let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
     }
     placed
 }
 
-/// Links a further name to the file its leader restored.
-fn restore_hard_link(dest: &DestTree, job: &LinkJob, leader: &FileJob) -> std::io::Result<()> {
+/// Links a further name to the file its leader restored, after checking
+/// that the leader's name still holds the file this restore wrote (a local
+/// user who can write its directory could have put another file there):
+/// the link is made from a descriptor of that very inode.
+fn restore_hard_link(
+    dest: &DestTree,
+    job: &LinkJob,
+    leader: &FileJob,
+    inode: writer::Inode,
+) -> std::io::Result<()> {
     let from = dest.dir(&leader.placed.parent)?;
     let to = dest.dir(&job.node.placed.parent)?;
+    let node = rustix::fs::openat(
+        from.as_fd(),
+        &leader.placed.name,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&node)?;
+    #[allow(clippy::unnecessary_cast)] // stat field types differ by architecture
+    let found = (st.st_dev as u64, st.st_ino as u64);
+    if found != inode {
+        return Err(std::io::Error::other(format!(
+            "{} is no longer the file this restore wrote",
+            names::display(&leader.shown)
+        )));
+    }
+    let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
     let tmp = make_temp(|name| {
         rustix::fs::linkat(
-            from.as_fd(),
-            &leader.placed.name,
+            rustix::fs::CWD,
+            through.as_str(),
             to.as_fd(),
             name,
-            AtFlags::empty(),
+            AtFlags::SYMLINK_FOLLOW,
         )
     })?;
     rustix::fs::renameat(to.as_fd(), &tmp, to.as_fd(), &job.node.placed.name).inspect_err(
@@ -440,13 +499,13 @@ fn restore_dir_attrs(dest: &DestTree, job: &NodeJob) -> std::io::Result<Vec<Unse
 fn restore_nodes(
     dest: &DestTree,
     plan: &Plan,
-    written: &[bool],
+    written: &[Option<writer::Inode>],
     console: &Console,
     stats: &mut RestoreStats,
 ) {
     for link in &plan.hard_links {
         let leader = &plan.files[link.leader];
-        if !written.get(link.leader).copied().unwrap_or(false) {
+        let Some(inode) = written.get(link.leader).copied().flatten() else {
             console.report(
                 &Msg::write_failed(
                     &link.node.shown,
@@ -459,8 +518,8 @@ fn restore_nodes(
             );
             stats.failed += 1;
             continue;
-        }
-        match restore_hard_link(dest, link, leader) {
+        };
+        match restore_hard_link(dest, link, leader, inode) {
             Ok(()) => {
                 stats.restored += 1;
                 stats.hard_links += 1;
@@ -496,13 +555,17 @@ fn restore_nodes(
         }
     }
     for job in plan.dirs.iter().rev() {
-        match restore_dir_attrs(dest, job) {
+        if !job.apply {
+            stats.directories_kept += 1;
+            continue;
+        }
+        match restore_dir_attrs(dest, &job.node) {
             Ok(unsets) => {
                 stats.restored += 1;
-                report_unsets(console, &job.shown, unsets, stats);
+                report_unsets(console, &job.node.shown, unsets, stats);
             }
             Err(e) => {
-                console.report(&Msg::write_failed(&job.shown, e), ExitStatus::Error);
+                console.report(&Msg::write_failed(&job.node.shown, e), ExitStatus::Error);
                 stats.failed += 1;
             }
         }

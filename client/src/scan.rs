@@ -5,12 +5,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::fs::Metadata;
 use std::io::Read as _;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use globset::GlobSet;
+use prost::Message as _;
 use tandem_proto::ChunkId;
 use tandem_proto::pb;
 use tokio::sync::mpsc;
@@ -18,8 +16,9 @@ use tokio::sync::mpsc;
 use crate::chunker::Chunker;
 use crate::inventory::Inventory;
 use crate::messages::Msg;
-use crate::meta::{self, SeenInode, SeenInodes, XattrReader};
+use crate::meta::{self, Lstat, SeenInode, SeenInodes, XattrReader};
 use crate::names;
+use crate::walk::{Entry, Walk};
 
 /// Smallest chunk the chunker cuts (except at the end of a file).
 pub const MIN_CHUNK: u32 = 256 * 1024;
@@ -86,17 +85,17 @@ pub struct ScanPlan {
 
 /// Attributes of a local object from its `lstat`, or `None` for a socket.
 /// `path` and `link_target` are already encoded ([`crate::names`]).
-pub fn attrs_of(path: &str, meta: &Metadata, link_target: String) -> Option<pb::ObjectAttrs> {
-    let kind = meta::kind_of(meta.file_type())?;
+pub fn attrs_of(path: &str, meta: &Lstat, link_target: String) -> Option<pb::ObjectAttrs> {
+    let kind = meta::kind_of(meta.file_type)?;
     let device = matches!(
         kind,
         pb::ObjectKind::CharDevice | pb::ObjectKind::BlockDevice
     );
     let file = kind == pb::ObjectKind::File;
     let extra = pb::ObjectExtra {
-        rdev: if device { meta.rdev() } else { 0 },
-        hard_link_group: if file && meta.nlink() > 1 {
-            meta::hard_link_group(meta.dev(), meta.ino())
+        rdev: if device { meta.rdev } else { 0 },
+        hard_link_group: if file && meta.nlink > 1 {
+            meta::hard_link_group(meta.dev, meta.ino)
         } else {
             0
         },
@@ -105,11 +104,11 @@ pub fn attrs_of(path: &str, meta: &Metadata, link_target: String) -> Option<pb::
     Some(pb::ObjectAttrs {
         path: path.to_string(),
         kind: kind as i32,
-        size: if file { meta.len() } else { 0 },
-        mode: meta.mode() & 0o7777,
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        uid: meta.uid(),
-        gid: meta.gid(),
+        size: if file { meta.size } else { 0 },
+        mode: meta.mode,
+        mtime_ns: meta.mtime_ns,
+        uid: meta.uid,
+        gid: meta.gid,
         link_target,
         extra: Some(extra),
     })
@@ -212,39 +211,27 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
         ..Scanner::default()
     };
     let mut unreadable_dirs: Vec<String> = Vec::new();
-    let excludes = plan.excludes.clone();
-    let walker = walkdir::WalkDir::new(&plan.root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(move |e| !excludes.is_match(e.path()));
+    let walker = Walk::new(&plan.root, plan.excludes.clone());
     for entry in walker {
         let entry = match entry {
             Ok(e) => e,
             Err(err) => {
-                let path = err
-                    .path()
-                    .map(|p| names::encode(p.as_os_str()))
-                    .unwrap_or_default();
-                if err.depth() == 0
-                    && err
-                        .io_error()
-                        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-                {
+                let path = names::encode(err.path.as_os_str());
+                if err.depth == 0 && err.error.kind() == std::io::ErrorKind::NotFound {
                     if !send(Item::Problem(Msg::not_found(&path))) {
                         return Vec::new();
                     }
                 } else {
                     unreadable_dirs.push(path.clone());
-                    if !send(Item::Problem(Msg::unreadable(&path, err))) {
+                    if !send(Item::Problem(Msg::unreadable(&path, err.error))) {
                         return Vec::new();
                     }
                 }
                 continue;
             }
         };
-        let path = names::encode(entry.path().as_os_str());
-        if !scanner.entry(&path, entry.path(), &mut plan, &send) {
+        let path = names::encode(entry.path.as_os_str());
+        if !scanner.entry(&path, &entry, &mut plan, &send) {
             return Vec::new();
         }
     }
@@ -268,23 +255,17 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
 
 /// (size, mtime, ctime) of an open file: any difference between two reads of
 /// them means the file changed in between.
-fn change_marks(meta: &Metadata) -> (u64, i64, i64, i64, i64) {
-    (
-        meta.len(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec(),
-    )
+fn change_marks(meta: &Lstat) -> (u64, i64, i64) {
+    (meta.size, meta.mtime_ns, meta.ctime_ns)
 }
 
 /// How one read of a file went.
 enum Read {
     /// The data was read and the file did not change meanwhile.
-    Quiet(Vec<ChunkId>, Metadata),
-    /// The file changed while it was read: what was read, and its state
-    /// before.
-    Changed(Vec<ChunkId>, Metadata),
+    Quiet(Vec<ChunkId>, Lstat),
+    /// The file changed while it was read: what was read (the chunks, and
+    /// the bytes they stand for), and its state before.
+    Changed(Vec<ChunkId>, u64, Lstat),
     /// The receiver has gone.
     Stopped,
 }
@@ -294,17 +275,14 @@ impl Scanner {
     fn entry(
         &mut self,
         path: &str,
-        fs_path: &Path,
+        entry: &Entry,
         plan: &mut ScanPlan,
         send: &impl Fn(Item) -> bool,
     ) -> bool {
-        let meta = match std::fs::symlink_metadata(fs_path) {
-            Ok(m) => m,
-            Err(e) => return send(Item::Problem(Msg::unreadable(path, e))),
-        };
-        let link_target = if meta.file_type().is_symlink() {
-            match std::fs::read_link(fs_path) {
-                Ok(t) => names::encode(t.as_os_str()),
+        let meta = Lstat::from(&entry.stat);
+        let link_target = if meta.file_type == rustix::fs::FileType::Symlink {
+            match entry.read_link() {
+                Ok(t) => names::encode_bytes(&t),
                 Err(e) => return send(Item::Problem(Msg::unreadable(path, e))),
             }
         } else {
@@ -313,10 +291,21 @@ impl Scanner {
         let Some(mut attrs) = attrs_of(path, &meta, link_target) else {
             return send(Item::Problem(Msg::socket(path)));
         };
-        match self.xattrs.read(fs_path) {
+        match self.xattrs.read(&entry.proc_path()) {
             Ok(xattrs) => {
                 if let Some(extra) = attrs.extra.as_mut() {
                     extra.xattrs = xattrs;
+                    if extra.encoded_len() > tandem_proto::MAX_EXTRA_BYTES {
+                        let size = extra.encoded_len();
+                        extra.xattrs.clear();
+                        let why = format!(
+                            "together they take {size} bytes, more than the {} a version may carry",
+                            tandem_proto::MAX_EXTRA_BYTES
+                        );
+                        if !send(Item::Problem(Msg::xattrs_unreadable(path, why))) {
+                            return false;
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -340,37 +329,38 @@ impl Scanner {
                 chunks: Vec::new(),
             });
         }
-        if meta.nlink() > 1
+        if meta.nlink > 1
             && let Some(seen) = self
                 .seen
-                .get(meta.dev(), meta.ino(), attrs.size, attrs.mtime_ns)
+                .get(meta.dev, meta.ino, attrs.size, attrs.mtime_ns)
         {
             // Another name of a file read in this backup: same data.
             let chunks = seen.chunks.clone();
             if let Some(extra) = attrs.extra.as_mut() {
                 extra.changed_during_backup = seen.changed;
+                extra.sparse = seen.sparse;
             }
             return send(Item::Object { attrs, chunks });
         }
-        self.file(fs_path, attrs, &meta, send)
+        self.file(entry, attrs, &meta, send)
     }
 
     /// Reads a file, again while it keeps changing (up to the retries), and
     /// sends its object or, per [`Serialization`], a warning.
     fn file(
         &mut self,
-        fs_path: &Path,
+        entry: &Entry,
         mut attrs: pb::ObjectAttrs,
-        walked: &Metadata,
+        walked: &Lstat,
         send: &impl Fn(Item) -> bool,
     ) -> bool {
         let mut tries = 0;
         let (chunks, before, changed) = loop {
-            match self.read_once(fs_path, &attrs.path, send) {
+            match self.read_once(entry, send) {
                 Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
                 Ok(Read::Stopped) => return false,
                 Ok(Read::Quiet(chunks, before)) => break (chunks, before, false),
-                Ok(Read::Changed(chunks, before)) => {
+                Ok(Read::Changed(chunks, covered, mut before)) => {
                     if tries < self.changing_retries {
                         tries += 1;
                         continue;
@@ -381,30 +371,33 @@ impl Scanner {
                     if !send(Item::Problem(Msg::changed(&attrs.path, tries + 1))) {
                         return false;
                     }
+                    // The size that goes with the data is what was read.
+                    before.size = covered;
                     break (chunks, before, true);
                 }
             }
         };
         // The attributes that go with the data are those of the read.
-        attrs.size = before.len();
-        attrs.mode = before.mode() & 0o7777;
-        attrs.mtime_ns = before.mtime() * 1_000_000_000 + before.mtime_nsec();
-        attrs.uid = before.uid();
-        attrs.gid = before.gid();
-        let sparse = before.blocks().saturating_mul(512) < before.len();
+        attrs.size = before.size;
+        attrs.mode = before.mode;
+        attrs.mtime_ns = before.mtime_ns;
+        attrs.uid = before.uid;
+        attrs.gid = before.gid;
+        let sparse = before.may_have_holes();
         if let Some(extra) = attrs.extra.as_mut() {
             extra.changed_during_backup = changed;
             extra.sparse = sparse;
         }
-        if walked.nlink() > 1 {
+        if walked.nlink > 1 {
             self.seen.insert(
-                walked.dev(),
-                walked.ino(),
+                walked.dev,
+                walked.ino,
                 SeenInode {
-                    size: walked.len(),
-                    mtime_ns: walked.mtime() * 1_000_000_000 + walked.mtime_nsec(),
+                    size: walked.size,
+                    mtime_ns: walked.mtime_ns,
                     chunks: chunks.clone(),
                     changed,
+                    sparse,
                 },
             );
         }
@@ -413,25 +406,17 @@ impl Scanner {
 
     /// Reads a file once, holes by `SEEK_DATA`/`SEEK_HOLE` without reading
     /// them, and tells whether it changed meanwhile.
-    fn read_once(
-        &mut self,
-        fs_path: &Path,
-        path: &str,
-        send: &impl Fn(Item) -> bool,
-    ) -> std::io::Result<Read> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(fs_path)?;
-        let before = file.metadata()?;
-        if !before.file_type().is_file() {
-            // Replaced by something else since the walk looked at it.
-            return Ok(Read::Changed(Vec::new(), before));
+    fn read_once(&mut self, entry: &Entry, send: &impl Fn(Item) -> bool) -> std::io::Result<Read> {
+        let file = entry.open()?;
+        let before = Lstat::of_file(&file)?;
+        if before.file_type != rustix::fs::FileType::RegularFile {
+            return Err(std::io::Error::other(
+                "it is no longer a regular file (replaced while the backup ran)",
+            ));
         }
-        let size = before.len();
+        let size = before.size;
         let mut chunks = Vec::new();
-        let holes_possible = before.blocks().saturating_mul(512) < size;
+        let holes_possible = before.may_have_holes();
         let mut offset = 0u64;
         while offset < size {
             let (data_start, data_end) = if holes_possible {
@@ -461,17 +446,16 @@ impl Scanner {
             match split {
                 Ok(Some(read)) if read == data_end - data_start => offset = data_end,
                 // Shorter than its size said: it shrank while being read.
-                Ok(Some(_)) => return Ok(Read::Changed(chunks, before)),
+                Ok(Some(read)) => return Ok(Read::Changed(chunks, data_start + read, before)),
                 Ok(None) => return Ok(Read::Stopped),
                 Err(e) => return Err(e),
             }
         }
-        let after = file.metadata()?;
-        let _ = path;
+        let after = Lstat::of_file(&file)?;
         Ok(if change_marks(&before) == change_marks(&after) {
             Read::Quiet(chunks, before)
         } else {
-            Read::Changed(chunks, before)
+            Read::Changed(chunks, size, before)
         })
     }
 

@@ -3,10 +3,12 @@
 //! - [`pb`]: code generated from `tandem/v1/*.proto` (services `Backup` and `Admin`).
 //! - [`ids`]: [`ChunkId`], [`ObjectId`] and [`ServerGuid`], the ids that travel between
 //!   clients and servers and between servers, with their parsing and display rules.
+//! - [`names`]: any file name's bytes as a UTF-8 string, exactly both ways.
 //! - [`upload`]: how chunks are grouped into upload messages.
 //! - [`SESSION_HEADER`]: the metadata key that carries a client session token.
 
 pub mod ids;
+pub mod names;
 pub mod upload;
 
 pub use ids::{ChunkId, IdError, ObjectId, ServerGuid};
@@ -33,3 +35,11 @@ pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Largest HTTP/2 frame either end sends (the default is 16 KiB).
 pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
+
+/// Largest encoded `ObjectExtra` (extended attributes, ACLs, device number,
+/// hard-link group) of one object. ext4 keeps all of an inode's extended
+/// attributes in one 4 KiB block and Linux bounds the list of their names at
+/// 64 KiB; at this size a query page of 512 versions stays well inside
+/// [`MAX_MESSAGE_BYTES`]. A client leaves the attributes of a larger set out,
+/// with a warning.
+pub const MAX_EXTRA_BYTES: usize = 64 * 1024;

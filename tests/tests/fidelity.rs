@@ -186,6 +186,7 @@ fn build_hostile_tree(root: &Path) {
     w("suid", b"setuid\n");
     std::fs::set_permissions(root.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     w("ro-dir/f", b"in a read-only directory\n");
+    std::fs::create_dir_all(root.join("deep")).unwrap();
     w("private/f", b"private\n");
     std::fs::set_permissions(root.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
     if is_root() {
@@ -197,6 +198,7 @@ fn build_hostile_tree(root: &Path) {
     set_mtime(&root.join("suid"), 1_000_000_000, 123_456_789);
     set_mtime(&root.join("badlink"), 1_100_000_000, 5);
     set_mtime(&root.join("fifo"), 1_200_000_000, 6);
+    make_deep_path(&root.join("deep"), 20);
     std::fs::set_permissions(root.join("ro-dir"), std::fs::Permissions::from_mode(0o555)).unwrap();
     for dir in ["ro-dir", "private", "acl-dir", "hard", "other"] {
         set_mtime(&root.join(dir), 1_300_000_000, 7);
@@ -220,22 +222,15 @@ struct Entry {
     link_group: Option<PathBuf>,
 }
 
-fn kind_name(ft: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_file() {
-        "file"
-    } else if ft.is_dir() {
-        "dir"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_char_device() {
-        "chr"
-    } else if ft.is_block_device() {
-        "blk"
-    } else {
-        "socket"
+fn kind_name(ft: FileType) -> &'static str {
+    match ft {
+        FileType::RegularFile => "file",
+        FileType::Directory => "dir",
+        FileType::Symlink => "symlink",
+        FileType::Fifo => "fifo",
+        FileType::CharacterDevice => "chr",
+        FileType::BlockDevice => "blk",
+        _ => "other",
     }
 }
 
@@ -253,56 +248,146 @@ fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
+/// The entries of a tree, by descriptors so paths longer than `PATH_MAX`
+/// are read too.
+struct Snapshot {
+    entries: BTreeMap<PathBuf, Entry>,
+    /// Allocated bytes of files with fewer blocks than their length.
+    allocated: BTreeMap<PathBuf, u64>,
+    inodes: BTreeMap<(u64, u64), PathBuf>,
+}
+
+impl Snapshot {
+    // `stat` field types differ by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    fn visit(&mut self, dir: &std::os::fd::OwnedFd, rel: &Path) {
+        use rustix::fs::{AtFlags, OFlags};
+        let mut names = Vec::new();
+        let mut listing = rustix::fs::Dir::read_from(dir).unwrap();
+        while let Some(e) = listing.read() {
+            let name = e.unwrap().file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                names.push(OsString::from(OsStr::from_bytes(&name)));
+            }
+        }
+        names.sort();
+        for name in names {
+            let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            let ft = FileType::from_raw_mode(st.st_mode);
+            let rel = rel.join(&name);
+            let proc_path = PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(dir)
+            ))
+            .join(&name);
+            let (size, blocks) = (st.st_size as u64, st.st_blocks as u64);
+            let link_group = (ft == FileType::RegularFile && st.st_nlink > 1).then(|| {
+                self.inodes
+                    .entry((st.st_dev as u64, st.st_ino as u64))
+                    .or_insert_with(|| rel.clone())
+                    .clone()
+            });
+            if ft == FileType::RegularFile && blocks * 512 < size {
+                self.allocated.insert(rel.clone(), blocks * 512);
+            }
+            let content = (ft == FileType::RegularFile).then(|| {
+                let fd = rustix::fs::openat(
+                    dir,
+                    &name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                )
+                .unwrap();
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut data).unwrap();
+                data
+            });
+            let link_target = (ft == FileType::Symlink).then(|| {
+                OsString::from(OsStr::from_bytes(
+                    rustix::fs::readlinkat(dir, &name, Vec::new())
+                        .unwrap()
+                        .as_bytes(),
+                ))
+            });
+            self.entries.insert(
+                rel.clone(),
+                Entry {
+                    kind: kind_name(ft),
+                    mode: st.st_mode as u32,
+                    owner: (st.st_uid as u32, st.st_gid as u32),
+                    mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+                    size: if ft == FileType::RegularFile { size } else { 0 },
+                    content,
+                    link_target,
+                    rdev: st.st_rdev as u64,
+                    xattrs: xattrs_of(&proc_path),
+                    link_group,
+                },
+            );
+            if ft == FileType::Directory {
+                let sub = rustix::fs::openat(
+                    dir,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                )
+                .unwrap();
+                self.visit(&sub, &rel);
+            }
+        }
+    }
+}
+
 /// Every entry below `root` (not `root` itself), with what a restore must
 /// keep; and each sparse file's allocated bytes.
 fn snapshot(root: &Path) -> (BTreeMap<PathBuf, Entry>, BTreeMap<PathBuf, u64>) {
-    let mut paths = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
-                stack.push(p.clone());
-            }
-            paths.push(p);
-        }
+    let mut snap = Snapshot {
+        entries: BTreeMap::new(),
+        allocated: BTreeMap::new(),
+        inodes: BTreeMap::new(),
+    };
+    let dir = rustix::fs::openat(
+        rustix::fs::CWD,
+        root,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    snap.visit(&dir, Path::new(""));
+    (snap.entries, snap.allocated)
+}
+
+/// Makes `levels` directories of 250-byte names below `root` and a file at
+/// the bottom: a path of over 5,000 bytes, which no call taking a whole path
+/// accepts.
+fn make_deep_path(root: &Path, levels: usize) {
+    use rustix::fs::OFlags;
+    let name = "deep-".repeat(50);
+    let mut fd = rustix::fs::openat(
+        rustix::fs::CWD,
+        root,
+        OFlags::PATH | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
+    for _ in 0..levels {
+        rustix::fs::mkdirat(&fd, name.as_str(), Mode::from_raw_mode(0o750)).unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            name.as_str(),
+            OFlags::PATH | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
     }
-    paths.sort();
-    let mut first_name: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
-    let mut entries = BTreeMap::new();
-    let mut allocated = BTreeMap::new();
-    for p in paths {
-        let rel = p.strip_prefix(root).unwrap().to_path_buf();
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let ft = m.file_type();
-        let link_group = (ft.is_file() && m.nlink() > 1).then(|| {
-            first_name
-                .entry((m.dev(), m.ino()))
-                .or_insert_with(|| rel.clone())
-                .clone()
-        });
-        if ft.is_file() && m.blocks() * 512 < m.len() {
-            allocated.insert(rel.clone(), m.blocks() * 512);
-        }
-        entries.insert(
-            rel,
-            Entry {
-                kind: kind_name(ft),
-                mode: m.mode(),
-                owner: (m.uid(), m.gid()),
-                mtime: (m.mtime(), m.mtime_nsec()),
-                size: if ft.is_file() { m.len() } else { 0 },
-                content: ft.is_file().then(|| std::fs::read(&p).unwrap()),
-                link_target: ft
-                    .is_symlink()
-                    .then(|| std::fs::read_link(&p).unwrap().into_os_string()),
-                rdev: m.rdev(),
-                xattrs: xattrs_of(&p),
-                link_group,
-            },
-        );
-    }
-    (entries, allocated)
+    let file = rustix::fs::openat(
+        &fd,
+        "bottom.txt",
+        OFlags::WRONLY | OFlags::CREATE,
+        Mode::from_raw_mode(0o640),
+    )
+    .unwrap();
+    rustix::io::write(&file, b"at the bottom of a 5000-byte path\n").unwrap();
 }
 
 fn assert_exact_copy(src: &Path, out: &Path) {
@@ -631,4 +716,91 @@ fn names_are_shown_escaped_so_they_cannot_forge_log_lines() {
     ]);
     let name: OsString = evil.file_name().unwrap().to_os_string();
     assert_eq!(std::fs::read(dest.join(&name)).unwrap(), b"evil name\n");
+}
+
+#[test]
+fn existing_directories_keep_their_attributes_unless_replacing() {
+    let (_server, client, work) = setup();
+    let src = backed_up_project(&client, work.path());
+    let dest = work.path().join("dest");
+    std::fs::create_dir_all(dest.join("proj")).unwrap();
+    std::fs::set_permissions(dest.join("proj"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let r = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&dest),
+        "--subdir",
+    ]);
+    assert_eq!(r["directories_kept"], 1, "{r}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(
+        mode(&dest.join("proj")),
+        0o700,
+        "an existing directory was changed"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("proj/f")).unwrap(),
+        b"project file\n"
+    );
+    client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&dest),
+        "--subdir",
+        "--replace",
+        "yes",
+    ]);
+    assert_eq!(mode(&dest.join("proj")), 0o777);
+}
+
+#[test]
+fn acls_inherited_from_the_destination_are_removed() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("plain.txt"), b"no ACL\n").unwrap();
+    std::fs::set_permissions(
+        src.join("plain.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("pipe").as_path(),
+        FileType::Fifo,
+        Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    // A destination whose default ACL would give user 1234 read and write.
+    let dest = work.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let inherit = acl(&[
+        (USER_OBJ, 7, UNDEFINED_ID),
+        (USER, 6, 1234),
+        (GROUP_OBJ, 5, UNDEFINED_ID),
+        (MASK, 7, UNDEFINED_ID),
+        (OTHER, 5, UNDEFINED_ID),
+    ]);
+    set_xattr(&dest, "system.posix_acl_default", &inherit);
+    let r = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&dest),
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    for name in ["plain.txt", "pipe"] {
+        let got = dest.join(name);
+        assert_eq!(
+            xattrs_of(&got),
+            xattrs_of(&src.join(name)),
+            "{name} kept an inherited ACL"
+        );
+        assert_eq!(
+            std::fs::symlink_metadata(&got).unwrap().mode() & 0o7777,
+            0o600,
+            "{name}"
+        );
+    }
 }

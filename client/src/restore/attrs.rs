@@ -6,12 +6,13 @@
 //!    capabilities, so it goes first;
 //! 2. an ACL the object inherited from a default ACL of its new directory,
 //!    when the stored object had none, is removed;
-//! 3. mode, with its special bits;
-//! 4. extended attributes, ACLs among them: setting `system.posix_acl_access`
-//!    sets the group bits of the mode to the ACL's mask, which is what they
-//!    were when the object was backed up, so mode and mask end up exactly as
-//!    stored;
-//! 5. times, last, since every change above moves the ctime and some
+//! 3. extended attributes other than ACLs (writing `user.*` needs write
+//!    permission, which a read-only mode would take away);
+//! 4. mode, with its special bits;
+//! 5. ACLs: setting `system.posix_acl_access` sets the group bits of the mode
+//!    to the ACL's mask, which is what they were when the object was backed
+//!    up, so mode and mask end up exactly as stored;
+//! 6. times, last, since every change above moves the ctime and some
 //!    file systems the mtime.
 //!
 //! Owner, mode and times failing fails the object. An extended attribute the
@@ -20,9 +21,9 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use tandem_proto::pb;
 
@@ -39,7 +40,7 @@ const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
 fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    rustix::process::geteuid().is_root()
 }
 
 fn xattrs(attrs: &pb::ObjectAttrs) -> &[pb::Xattr] {
@@ -79,31 +80,114 @@ fn nothing_there(e: Errno) -> bool {
     e == Errno::NODATA || e == Errno::NOTSUP || e == Errno::OPNOTSUPP
 }
 
-/// Applies every attribute to an open regular file or directory.
-///
-/// # Errors
-/// Owner, mode or times could not be set.
-pub(super) fn apply_to_fd(
-    fd: BorrowedFd<'_>,
-    attrs: &pb::ObjectAttrs,
-    is_dir: bool,
-) -> io::Result<Vec<Unset>> {
+/// How the object whose attributes are set is reached: never by a path
+/// that could lead somewhere else.
+enum Target<'a> {
+    /// An open regular file or directory.
+    Open(BorrowedFd<'a>),
+    /// A FIFO or device, held by an `O_PATH` descriptor and changed through
+    /// `/proc/self/fd/N`, which names exactly that inode.
+    Node {
+        node: OwnedFd,
+        dir: BorrowedFd<'a>,
+        name: &'a OsStr,
+    },
+    /// A symlink, held by an `O_PATH` descriptor of the link itself.
+    Link {
+        node: OwnedFd,
+        dir: BorrowedFd<'a>,
+        name: &'a OsStr,
+    },
+}
+
+fn fd_path(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+impl Target<'_> {
+    fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let (uid, gid) = (
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        );
+        match self {
+            Target::Open(fd) => rustix::fs::fchown(fd, uid, gid)?,
+            Target::Node { node, .. } | Target::Link { node, .. } => {
+                rustix::fs::chownat(node, "", uid, gid, AtFlags::EMPTY_PATH)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn chmod(&self, mode: u32) -> io::Result<()> {
+        let mode = Mode::from_raw_mode(mode & 0o7777);
+        match self {
+            Target::Open(fd) => rustix::fs::fchmod(fd, mode)?,
+            Target::Node { node, .. } => rustix::fs::chmod(fd_path(node.as_fd()).as_str(), mode)?,
+            Target::Link { .. } => {} // a link's mode means nothing on Linux
+        }
+        Ok(())
+    }
+
+    fn remove_xattr(&self, name: &CString) -> rustix::io::Result<()> {
+        match self {
+            Target::Open(fd) => rustix::fs::fremovexattr(fd, name.as_c_str()),
+            Target::Node { node, .. } => {
+                rustix::fs::removexattr(fd_path(node.as_fd()).as_str(), name.as_c_str())
+            }
+            Target::Link { .. } => Ok(()), // links carry no ACLs
+        }
+    }
+
+    fn set_xattr(&self, name: &CString, value: &[u8]) -> rustix::io::Result<()> {
+        let flags = XattrFlags::empty();
+        match self {
+            Target::Open(fd) => rustix::fs::fsetxattr(fd, name.as_c_str(), value, flags),
+            Target::Node { node, .. } => rustix::fs::setxattr(
+                fd_path(node.as_fd()).as_str(),
+                name.as_c_str(),
+                value,
+                flags,
+            ),
+            Target::Link {
+                dir, name: link, ..
+            } => rustix::fs::lsetxattr(proc_path(*dir, link), name.as_c_str(), value, flags),
+        }
+    }
+
+    fn set_times(&self, attrs: &pb::ObjectAttrs) -> io::Result<()> {
+        let times = stored_times(attrs);
+        match self {
+            Target::Open(fd) => rustix::fs::futimens(fd, &times)?,
+            Target::Node { dir, name, .. } | Target::Link { dir, name, .. } => {
+                rustix::fs::utimensat(dir, *name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_acl(name: &[u8]) -> bool {
+    name == ACL_ACCESS || name == ACL_DEFAULT
+}
+
+/// Sets everything in the order of the module's doc, except that ACLs come
+/// after the mode and other attributes before it: writing `user.*`
+/// attributes needs write permission, which a read-only mode would take
+/// away, while setting an ACL only needs ownership and leaves the mode's
+/// group bits at the ACL's mask, which they were when backed up.
+fn apply(target: &Target<'_>, attrs: &pb::ObjectAttrs, is_dir: bool) -> io::Result<Vec<Unset>> {
     if is_root() {
-        rustix::fs::fchown(
-            fd,
-            Some(rustix::fs::Uid::from_raw(attrs.uid)),
-            Some(rustix::fs::Gid::from_raw(attrs.gid)),
-        )?;
+        target.chown(attrs.uid, attrs.gid)?;
     }
     let mut unsets = Vec::new();
-    let mut inherited = vec![ACL_ACCESS];
-    if is_dir {
-        inherited.push(ACL_DEFAULT);
-    }
-    for name in inherited {
-        if !has(attrs, name) {
-            let c = xattr_name(name)?;
-            if let Err(e) = rustix::fs::fremovexattr(fd, c.as_c_str())
+    if !matches!(target, Target::Link { .. }) {
+        let mut inherited = vec![ACL_ACCESS];
+        if is_dir {
+            inherited.push(ACL_DEFAULT);
+        }
+        for name in inherited.into_iter().filter(|n| !has(attrs, n)) {
+            if let Err(e) = target.remove_xattr(&xattr_name(name)?)
                 && !nothing_there(e)
             {
                 unsets.push(Unset {
@@ -116,73 +200,75 @@ pub(super) fn apply_to_fd(
             }
         }
     }
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(attrs.mode & 0o7777))?;
-    for x in xattrs(attrs) {
-        let c = xattr_name(&x.name)?;
-        if let Err(e) = rustix::fs::fsetxattr(fd, c.as_c_str(), &x.value, XattrFlags::empty()) {
+    let (acls, others): (Vec<&pb::Xattr>, Vec<&pb::Xattr>) =
+        xattrs(attrs).iter().partition(|x| is_acl(&x.name));
+    for x in others {
+        if let Err(e) = target.set_xattr(&xattr_name(&x.name)?, &x.value) {
             unsets.push(unset(&x.name, e));
         }
     }
-    rustix::fs::futimens(fd, &stored_times(attrs))?;
+    target.chmod(attrs.mode)?;
+    for x in acls {
+        if let Err(e) = target.set_xattr(&xattr_name(&x.name)?, &x.value) {
+            unsets.push(unset(&x.name, e));
+        }
+    }
+    target.set_times(attrs)?;
     Ok(unsets)
+}
+
+/// Applies every attribute to an open regular file or directory.
+///
+/// # Errors
+/// Owner, mode or times could not be set.
+pub(super) fn apply_to_fd(
+    fd: BorrowedFd<'_>,
+    attrs: &pb::ObjectAttrs,
+    is_dir: bool,
+) -> io::Result<Vec<Unset>> {
+    apply(&Target::Open(fd), attrs, is_dir)
 }
 
 /// `/proc/self/fd/DIR/NAME`: a path for the calls that have no `*at` form
 /// (`lsetxattr`). The kernel resolves the descriptor itself, not a path, so
 /// only `NAME` is looked up, in the directory the restore holds.
 fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> std::path::PathBuf {
-    let mut p = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    let mut p = std::path::PathBuf::from(fd_path(dir));
     p.push(name);
     p
 }
 
-/// Applies every attribute to a symlink, FIFO or device `name` in `dir`,
-/// never following a link.
+/// Applies every attribute to a symlink, FIFO or device `name` in `dir`
+/// that this restore just made, after checking that what is there now is
+/// still of that kind (a local user who can write the directory could have
+/// swapped it): it is held by an `O_PATH` descriptor from then on.
 ///
 /// # Errors
-/// Owner, mode or times could not be set.
+/// Something else is there now, or owner, mode or times could not be set.
 pub(super) fn apply_at(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     attrs: &pb::ObjectAttrs,
-    is_link: bool,
+    expected: FileType,
 ) -> io::Result<Vec<Unset>> {
-    if is_root() {
-        rustix::fs::chownat(
-            dir,
-            name,
-            Some(rustix::fs::Uid::from_raw(attrs.uid)),
-            Some(rustix::fs::Gid::from_raw(attrs.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+    let node = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let found = FileType::from_raw_mode(rustix::fs::fstat(&node)?.st_mode);
+    if found != expected {
+        return Err(io::Error::other(format!(
+            "it was replaced by something else ({found:?}) before its attributes were set"
+        )));
     }
-    if !is_link {
-        // No fchmodat that refuses links on older kernels: open the node
-        // itself (O_PATH, never following) and change it through
-        // /proc/self/fd, which names exactly that inode.
-        let node = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&node)?.st_mode);
-        if kind == rustix::fs::FileType::Symlink {
-            return Err(io::Error::other("it was replaced by a symbolic link"));
-        }
-        let through = format!("/proc/self/fd/{}", node.as_fd().as_raw_fd());
-        rustix::fs::chmod(through.as_str(), Mode::from_raw_mode(attrs.mode & 0o7777))?;
-    }
-    let mut unsets = Vec::new();
-    let path = proc_path(dir, name);
-    for x in xattrs(attrs) {
-        let c = xattr_name(&x.name)?;
-        if let Err(e) = rustix::fs::lsetxattr(&path, c.as_c_str(), &x.value, XattrFlags::empty()) {
-            unsets.push(unset(&x.name, e));
-        }
-    }
-    rustix::fs::utimensat(dir, name, &stored_times(attrs), AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(unsets)
+    let target = if expected == FileType::Symlink {
+        Target::Link { node, dir, name }
+    } else {
+        Target::Node { node, dir, name }
+    };
+    apply(&target, attrs, false)
 }
 
 /// Whether this process may create device nodes (root, or `CAP_MKNOD`,

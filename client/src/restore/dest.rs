@@ -70,25 +70,25 @@ fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd>
 pub(super) fn components(rel: &str, dest: &Path) -> Result<Vec<OsString>, String> {
     rel.split('/')
         .map(|part| {
-            if part.is_empty() || part == "." || part == ".." {
-                Err(format!(
-                    "the stored path {:?} has a {part:?} component, which could leave {}",
-                    names::display(rel),
-                    dest.display()
-                ))
-            } else {
-                Ok(names::decode(part))
-            }
+            names::check_component(part)
+                .map(OsString::from_vec)
+                .map_err(|why| {
+                    format!(
+                        "the stored path {} {why} ({}), which could lead outside {}",
+                        names::display(rel),
+                        names::display(part),
+                        dest.display()
+                    )
+                })
         })
         .collect()
 }
 
 impl DestTree {
     /// Opens DEST. A DEST the user named is opened as given (a symlink there
-    /// is their choice); an in-place restore (`follow_dest` false) walks to
-    /// its directory from `/` without following any link, since the stored
-    /// path is not the user's word for where writing is safe. Missing
-    /// directories on the way are created.
+    /// is their choice); an in-place restore (`follow_dest` false) goes to its
+    /// directory by [`resolve_in_place`]. Missing directories on the way are
+    /// created; nothing above DEST is ever removed or replaced.
     ///
     /// # Errors
     /// DEST cannot be opened or created, or (in place) a link is on the way.
@@ -102,18 +102,7 @@ impl DestTree {
             let fd = rustix::fs::openat(rustix::fs::CWD, dest, dir_flags, Mode::empty())?;
             (fd, !existed)
         } else {
-            let slash = rustix::fs::openat(rustix::fs::CWD, "/", dir_flags, Mode::empty())?;
-            let from_slash = DestTree::new(slash, PathBuf::from("/"), replace_links);
-            let parts: Vec<OsString> = dest
-                .components()
-                .filter(|c| matches!(c, std::path::Component::Normal(_)))
-                .map(|c| c.as_os_str().to_os_string())
-                .collect();
-            let fd = from_slash
-                .walk(&parts, true)
-                .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
-            let created = from_slash.was_created(&join(&parts));
-            (rustix::io::fcntl_dupfd_cloexec(fd.as_fd(), 0)?, created)
+            resolve_in_place(dest)?
         };
         let tree = DestTree::new(root, dest.to_path_buf(), replace_links);
         if created {
@@ -187,6 +176,13 @@ impl DestTree {
         let mut parts = split(&placed.parent);
         parts.push(placed.name.clone());
         self.walk(&parts, true).map(drop)
+    }
+
+    /// Whether this restore created the directory `placed` itself.
+    pub(super) fn made(&self, placed: &Placed) -> bool {
+        let mut parts = split(&placed.parent);
+        parts.push(placed.name.clone());
+        self.was_created(&join(&parts))
     }
 
     /// Whether `placed` lies in a directory this restore created, so nothing
@@ -314,6 +310,116 @@ impl DestTree {
     }
 }
 
+/// Links followed at most while resolving an in-place DEST (the kernel's
+/// own limit).
+const MAX_LINKS: usize = 40;
+
+/// Whether a symlink met above an in-place DEST may be followed: the link
+/// and the directory holding it belong to root or to this user, and nobody
+/// else may write that directory. Links the system set up (`/bin` to
+/// `usr/bin`, `/home` to `var/home`) pass; a link another user could have
+/// planted does not.
+fn trusted_link(dir: BorrowedFd<'_>, link: &rustix::fs::Stat) -> bool {
+    let me = rustix::process::geteuid().as_raw();
+    let ours = |uid: u32| uid == 0 || uid == me;
+    let Ok(holder) = rustix::fs::fstat(dir) else {
+        return false;
+    };
+    ours(link.st_uid) && ours(holder.st_uid) && holder.st_mode & 0o022 == 0
+}
+
+/// Opens the directory of an in-place restore, `dest`, from `/`, one
+/// component at a time. The stored path is not the user's word for where
+/// writing is safe, so a symlink on the way is followed only when
+/// [`trusted_link`] says so (its target resolved by the same rule) and is
+/// refused otherwise; missing directories are created. Returns the
+/// descriptor and whether DEST itself was created.
+///
+/// # Errors
+/// A link that is not trusted, something that is not a directory, or the
+/// system's answer.
+fn resolve_in_place(dest: &Path) -> io::Result<(OwnedFd, bool)> {
+    use std::path::Component;
+    let refuse = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+    let slash = || {
+        rustix::fs::openat(
+            rustix::fs::CWD,
+            "/",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let mut stack: Vec<OwnedFd> = vec![slash()?];
+    let mut pending: std::collections::VecDeque<OsString> = dest
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let mut links = 0;
+    let mut created = false;
+    while let Some(name) = pending.pop_front() {
+        match name.as_bytes() {
+            b"" | b"." => continue,
+            b".." => {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let here = stack
+            .last()
+            .map(AsFd::as_fd)
+            .ok_or_else(|| refuse("no directory".into()))?;
+        created = false;
+        let next = match open_dir_at(here, &name) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(here, &name, Mode::from_raw_mode(0o777)) {
+                    Ok(()) => created = true,
+                    Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                open_dir_at(here, &name)?
+            }
+            Err(e) => {
+                let st = rustix::fs::statat(here, &name, AtFlags::SYMLINK_NOFOLLOW)?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+                    return Err(e.into());
+                }
+                if !trusted_link(here, &st) || links >= MAX_LINKS {
+                    return Err(refuse(format!(
+                        "{} lies behind the symbolic link {:?} (owner uid {}), which another user \
+                         could have placed; an in-place restore does not follow it: give a \
+                         destination explicitly",
+                        dest.display(),
+                        name,
+                        st.st_uid
+                    )));
+                }
+                links += 1;
+                let target = rustix::fs::readlinkat(here, &name, Vec::new())?;
+                let target = Path::new(OsStr::from_bytes(target.as_bytes()));
+                if target.is_absolute() {
+                    stack.truncate(1);
+                }
+                for part in target.components().rev() {
+                    if let Component::Normal(p) = part {
+                        pending.push_front(p.to_os_string());
+                    } else if part == Component::ParentDir {
+                        pending.push_front(OsString::from(".."));
+                    }
+                }
+                continue;
+            }
+        };
+        stack.push(next);
+    }
+    let fd = stack.pop().ok_or_else(|| refuse("no directory".into()))?;
+    Ok((fd, created))
+}
+
 fn join(parts: &[OsString]) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, p) in parts.iter().enumerate() {
@@ -365,10 +471,22 @@ mod tests {
     fn refuses_dot_dot_and_empty_components() {
         let dir = tempfile::tempdir().unwrap();
         let tree = DestTree::open(dir.path(), true, true).unwrap();
-        for rel in ["../x", "a/../../x", "a//b", "./a", ""] {
+        for rel in [
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "",
+            "\u{10FF2E}\u{10FF2E}/x",
+            "a/\u{10FF2F}etc\u{10FF2F}cron.d",
+        ] {
             let err = tree.place(rel).unwrap_err();
-            assert!(err.contains("component"), "{rel}: {err}");
+            assert!(
+                err.contains("component") || err.contains("canonical"),
+                "{rel}: {err}"
+            );
         }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -409,9 +527,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        let err = DestTree::open(&dir.path().join("link/sub"), false, false).unwrap_err();
+        // A link this user made in a directory only they can write is theirs
+        // to follow; chmod the directory so others could write it, and it is not.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = DestTree::open(&dir.path().join("link/sub"), false, true).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(
+            dir.path()
+                .join("link")
+                .symlink_metadata()
+                .unwrap()
+                .is_symlink()
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        DestTree::open(&dir.path().join("link/sub"), false, true).unwrap();
+        assert!(outside.path().join("sub").is_dir());
+        assert!(
+            dir.path()
+                .join("link")
+                .symlink_metadata()
+                .unwrap()
+                .is_symlink()
+        );
         let tree = DestTree::open(&dir.path().join("new/sub"), false, false).unwrap();
         assert!(dir.path().join("new/sub").is_dir());
         let placed = tree.place("f").unwrap();

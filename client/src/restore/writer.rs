@@ -44,10 +44,16 @@ const WRITER_QUEUE: usize = 2;
 /// A written and closed file waiting for its batch's sync. Only its name is
 /// kept: holding a descriptor per file of a batch ran into the default limit
 /// of 1,024 open files, which failed every file of a large restore.
+/// (device, inode) of a written file.
+pub(super) type Inode = (u64, u64);
+
 #[derive(Debug)]
 struct Written {
     job: usize,
     tmp: OsString,
+    /// (device, inode) of the written file, so later steps can tell it is
+    /// still the same file.
+    inode: Inode,
 }
 
 /// A file being written under a temporary name in its directory.
@@ -65,13 +71,13 @@ fn discard(dest: &DestTree, job: &FileJob, tmp: &OsString) {
 }
 
 /// Syncs a batch, then renames each file into place; returns the jobs put
-/// in place and the count of failures.
+/// in place (with their inodes) and the count of failures.
 fn settle_batch(
     batch: Vec<Written>,
     jobs: &[FileJob],
     dest: &DestTree,
     console: &Console,
-) -> (Vec<usize>, u64) {
+) -> (Vec<(usize, Inode)>, u64) {
     if let Err(e) = dest.sync() {
         // Nothing of this batch is known durable: none of it is put in place.
         for w in &batch {
@@ -89,7 +95,7 @@ fn settle_batch(
                 .map_err(std::io::Error::from)
         });
         match renamed {
-            Ok(()) => restored.push(w.job),
+            Ok(()) => restored.push((w.job, w.inode)),
             Err(e) => {
                 report_failed(console, job, e);
                 discard(dest, job, &w.tmp);
@@ -138,6 +144,8 @@ struct Writer<'a> {
     direct: bool,
     direct_writer: DirectWriter,
     broken: bool,
+    /// Bytes of the current file so far, holes included.
+    file_bytes: u64,
     batch: Vec<Written>,
     batch_bytes: u64,
     to_syncer: std_mpsc::SyncSender<Vec<Written>>,
@@ -145,15 +153,16 @@ struct Writer<'a> {
 
 /// Writes the files whose data `next` yields (parcels, in file order), on
 /// [`WRITER_THREADS`] threads whose batches a syncer thread settles; returns
-/// when every batch is synced and renamed, with which jobs are in place.
+/// when every batch is synced and renamed, with the (device, inode) of each
+/// job put in place.
 pub(super) fn write_files(
     jobs: &[FileJob],
     dest: &DestTree,
     console: &Console,
     stats: &mut RestoreStats,
     mut next: impl FnMut() -> Option<Parcel>,
-) -> Vec<bool> {
-    let mut in_place = vec![false; jobs.len()];
+) -> Vec<Option<Inode>> {
+    let mut in_place = vec![None; jobs.len()];
     // One batch syncing while the next ones are written.
     let (to_syncer, batches) = std_mpsc::sync_channel::<Vec<Written>>(1);
     std::thread::scope(|scope| {
@@ -209,8 +218,8 @@ pub(super) fn write_files(
         let (restored, failed) = syncer.join().unwrap_or((Vec::new(), 0));
         stats.restored += restored.len() as u64;
         stats.failed += failed;
-        for job in restored {
-            in_place[job] = true;
+        for (job, inode) in restored {
+            in_place[job] = Some(inode);
         }
     });
     in_place
@@ -232,6 +241,7 @@ impl<'a> Writer<'a> {
             direct: false,
             direct_writer: DirectWriter::new(),
             broken: false,
+            file_bytes: 0,
             batch: Vec::new(),
             batch_bytes: 0,
             to_syncer,
@@ -250,6 +260,7 @@ impl<'a> Writer<'a> {
     /// A file starts.
     fn begin(&mut self, job: usize) {
         self.broken = false;
+        self.file_bytes = 0;
         match create_temp(self.dest, &self.jobs[job]) {
             Ok(tmp) => {
                 // Holes are skipped by seeking, which direct writes of whole
@@ -316,6 +327,7 @@ impl<'a> Writer<'a> {
             return;
         }
         self.stats.bytes += raw.len() as u64;
+        self.file_bytes += raw.len() as u64;
         if !self.direct {
             // Direct writes are on the disk already: they leave the batch's
             // sync little to do.
@@ -331,6 +343,18 @@ impl<'a> Writer<'a> {
         if self.broken {
             return;
         }
+        if self.file_bytes != self.jobs[job].size {
+            let path = self.jobs[job].path.clone();
+            let cause = format!(
+                "its chunks hold {} bytes but its size is {}",
+                self.file_bytes, self.jobs[job].size
+            );
+            self.console
+                .report(&Msg::corrupt(&path, cause), ExitStatus::Error);
+            self.stats.failed += 1;
+            discard(self.dest, &self.jobs[job], &tmp.name);
+            return;
+        }
         let file = &tmp.file;
         let finished = if self.direct {
             self.direct_writer.finish(file)
@@ -340,18 +364,27 @@ impl<'a> Writer<'a> {
         } else {
             Ok(())
         };
-        match finished.and_then(|()| attrs::apply_to_fd(file.as_fd(), &self.jobs[job].attrs, false))
-        {
-            Ok(unsets) => {
+        let attributed = finished
+            .and_then(|()| attrs::apply_to_fd(file.as_fd(), &self.jobs[job].attrs, false))
+            .and_then(|unsets| Ok((unsets, rustix::fs::fstat(file)?)));
+        let inode = match attributed {
+            Ok((unsets, st)) => {
                 report_unsets(self.console, &self.jobs[job].shown, unsets, &mut self.stats);
+                #[allow(clippy::unnecessary_cast)] // stat field types differ by architecture
+                let inode = (st.st_dev as u64, st.st_ino as u64);
+                inode
             }
             Err(e) => {
                 discard(self.dest, &self.jobs[job], &tmp.name);
                 self.fail_write(job, e);
                 return;
             }
-        }
-        self.batch.push(Written { job, tmp: tmp.name });
+        };
+        self.batch.push(Written {
+            job,
+            tmp: tmp.name,
+            inode,
+        });
         if self.batch_bytes >= SYNC_BATCH_BYTES || self.batch.len() >= SYNC_BATCH_FILES {
             self.hand_over();
         }

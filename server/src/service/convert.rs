@@ -9,8 +9,9 @@ use crate::model::{Filespace, NewVersion, ObjectAttrs, ObjectKind, StoredVersion
 use tandem_proto::ObjectId;
 
 /// Checks that a client-supplied path is absolute and normalised: no empty,
-/// `.` or `..` components and no NUL, so no stored path can later lead a
-/// restore outside its destination.
+/// `.` or `..` components and no NUL, also once escaped bytes are decoded,
+/// and in the canonical encoding of [`tandem_proto::names`], so no stored
+/// path can later lead a restore outside its destination.
 ///
 /// # Errors
 /// [`ServerError::InvalidArgument`] naming the path.
@@ -26,11 +27,7 @@ pub fn check_path(path: &str) -> Result<(), ServerError> {
         return Ok(());
     }
     for part in path[1..].split('/') {
-        match part {
-            "" => return Err(bad("has an empty component")),
-            "." | ".." => return Err(bad("has a '.' or '..' component")),
-            _ => {}
-        }
+        tandem_proto::names::check_component(part).map_err(bad)?;
     }
     Ok(())
 }
@@ -74,11 +71,8 @@ pub fn new_version_from_pb(obj: pb::NewObject, filespace: &str) -> Result<NewVer
 pub const XATTR_NAME_MAX: usize = 255;
 /// Largest extended-attribute value Linux allows (`XATTR_SIZE_MAX`).
 pub const XATTR_VALUE_MAX: usize = 64 * 1024;
-/// Largest encoded [`pb::ObjectExtra`] of one object. Linux bounds the list
-/// of an inode's attribute names at 64 KiB and ext4 keeps all of them in one
-/// 4 KiB block; this leaves room for XFS-sized sets while keeping a commit of
-/// many objects well inside the message limit.
-pub const EXTRA_MAX: usize = 256 * 1024;
+/// Largest encoded [`pb::ObjectExtra`] of one object.
+pub const EXTRA_MAX: usize = tandem_proto::MAX_EXTRA_BYTES;
 
 /// Checks an object's extra part and returns it encoded for the catalog
 /// (empty when it carries nothing).
@@ -147,6 +141,12 @@ fn extra_to_pb(extra: &[u8]) -> Option<pb::ObjectExtra> {
 
 fn attrs_from_pb(a: pb::ObjectAttrs) -> Result<ObjectAttrs, ServerError> {
     check_path(&a.path)?;
+    if !tandem_proto::names::is_canonical(&a.link_target) || a.link_target.contains('\0') {
+        return Err(ServerError::InvalidArgument(format!(
+            "the link target of {:?} is not in canonical form or contains NUL",
+            a.path
+        )));
+    }
     let kind = match pb::ObjectKind::try_from(a.kind) {
         Ok(pb::ObjectKind::File) => ObjectKind::File,
         Ok(pb::ObjectKind::Directory) => ObjectKind::Directory,
@@ -258,7 +258,19 @@ mod tests {
     fn paths_must_be_absolute_and_normalised() {
         assert!(check_path("/a/b c/d").is_ok());
         assert!(check_path("/").is_ok());
-        for bad in ["a/b", "/a/../b", "/a/./b", "/a//b", "/a/", "/a\0b", ""] {
+        assert!(check_path("/caf\u{10FFE9}/x").is_ok());
+        for bad in [
+            "a/b",
+            "/a/../b",
+            "/a/./b",
+            "/a//b",
+            "/a/",
+            "/a\0b",
+            "",
+            "/d/\u{10FF2E}\u{10FF2E}/x",
+            "/d/\u{10FF2F}etc",
+            "/d/a\u{10FF41}",
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?} accepted");
         }
     }
