@@ -208,8 +208,18 @@ fn print_restore_summary(stats: &RestoreStats, console: &Console) {
         "{}",
         summary_table(vec![
             ("Objects restored", stats.restored.to_string()),
+            ("  of them hard links", stats.hard_links.to_string()),
             ("Objects skipped", stats.skipped.to_string()),
             ("Objects failed", stats.failed.to_string()),
+            (
+                "Existing directories kept",
+                stats.directories_kept.to_string()
+            ),
+            (
+                "Files missing some of their names",
+                stats.hard_links_incomplete.to_string()
+            ),
+            ("Attributes not set", stats.attributes_not_set.to_string()),
             ("Bytes restored", human_bytes(stats.bytes)),
             ("Elapsed", elapsed(stats.elapsed_secs)),
         ])

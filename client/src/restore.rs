@@ -82,6 +82,10 @@ pub struct RestoreStats {
     pub failed: u64,
     /// Names restored as hard links to a file restored under another name.
     pub hard_links: u64,
+    /// Files that had more names when backed up than this restore brought
+    /// back together: the names restored are linked, the others are not
+    /// restored (or were restored apart, as copies).
+    pub hard_links_incomplete: u64,
     /// Attributes (extended attributes, ACLs) the target refused; each was
     /// reported with its object.
     pub attributes_not_set: u64,
@@ -211,6 +215,24 @@ impl LinkGroups {
             self.leaders.entry(group).or_default().push(index);
         }
     }
+}
+
+/// Files of this restore that had more names than it restores together.
+fn incomplete_link_groups(plan: &Plan) -> u64 {
+    let mut linked = vec![1u64; plan.files.len()];
+    for link in &plan.hard_links {
+        linked[link.leader] += 1;
+    }
+    plan.files
+        .iter()
+        .zip(linked)
+        .filter(|(f, n)| {
+            f.attrs
+                .extra
+                .as_ref()
+                .is_some_and(|e| e.hard_link_names > *n)
+        })
+        .count() as u64
 }
 
 /// Places every version under the destination; reports what cannot be placed.
@@ -600,6 +622,7 @@ pub async fn run(
         }
     })?;
     let plan = plan(versions, &req, &dest, console, &mut stats);
+    stats.hard_links_incomplete = incomplete_link_groups(&plan);
     let (tx, mut rx) = mpsc::channel::<Parcel>(4);
     let order: Vec<FetchJob> = plan
         .files

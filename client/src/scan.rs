@@ -99,6 +99,11 @@ pub fn attrs_of(path: &str, meta: &Lstat, link_target: String) -> Option<pb::Obj
         } else {
             0
         },
+        hard_link_names: if file && meta.nlink > 1 {
+            meta.nlink
+        } else {
+            0
+        },
         ..Default::default()
     };
     Some(pb::ObjectAttrs {

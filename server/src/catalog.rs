@@ -69,6 +69,10 @@ impl Catalog {
             );
         }
         conn.execute_batch(schema)?;
+        let rewritten = dirs::canonical_names(&mut conn)?;
+        if rewritten > 0 {
+            tracing::info!("{rewritten} stored names rewritten to the byte-name encoding");
+        }
         Ok(Catalog {
             conn: Mutex::new(conn),
             defaults,

@@ -645,7 +645,8 @@ fn keep_rewriting(path: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicB
     use std::io::{Seek, Write};
     let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     let block = vec![0x5au8; 1 << 20];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Bounded, but far beyond what the backups under test take.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
         f.seek(std::io::SeekFrom::Start(0)).unwrap();
         for _ in 0..8 {
@@ -660,7 +661,7 @@ fn a_file_rewritten_during_its_backup_is_skipped_or_marked() {
     let src = work.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     let busy = src.join("busy.db");
-    std::fs::write(&busy, random_bytes(9, 64 << 20)).unwrap();
+    std::fs::write(&busy, random_bytes(9, 16 << 20)).unwrap();
     std::fs::write(src.join("quiet.txt"), b"quiet\n").unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -803,4 +804,36 @@ fn acls_inherited_from_the_destination_are_removed() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn a_replica_restores_the_hostile_tree_exactly_in_failover() {
+    let primary = TestServer::start("PRIMARY");
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    primary.register("alice", "alice-password");
+    assert_success(
+        &primary.admin(&["update", "node", "alice", "--replstate", "enabled"]),
+        "enable replication",
+    );
+    let client = TestClient::new(&primary, "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    build_hostile_tree(&src);
+    client.json(&["incremental", &path_str(&src)]);
+    let run = replicate(&primary, "alice");
+    assert_eq!(run["state"], "completed", "{run}");
+    client.json(&["query", "session"]); // saves the failover block
+    let dest = work.path().join("out");
+    let restored = client.json(&[
+        "--force-failover",
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&dest),
+        "--subdir",
+    ]);
+    assert_eq!(restored["failed"], 0, "{restored}");
+    assert_exact_copy(&src, &dest);
+    drop(secondary);
 }

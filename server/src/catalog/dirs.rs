@@ -135,6 +135,52 @@ pub(crate) fn add_extra_column(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(true)
 }
 
+/// Rewrites stored names that literally contain a character of the range
+/// [`tandem_proto::names`] uses for escaped bytes into that encoding, once
+/// per catalog: before names were bytes, such a character was stored as it
+/// was, and would now be read as an escaped byte. Returns the rows rewritten.
+pub(crate) fn canonical_names(conn: &mut Connection) -> rusqlite::Result<usize> {
+    const DONE: &str = "names_canonical";
+    let done = conn
+        .prepare("SELECT 1 FROM server_info WHERE key = ?1")?
+        .exists([DONE])?;
+    if done {
+        return Ok(0);
+    }
+    let needs = |text: &str| text.chars().any(tandem_proto::names::is_escape);
+    let canonical = |text: &str| tandem_proto::names::encode_bytes(text.as_bytes());
+    let tx = conn.transaction()?;
+    let mut rewritten = 0;
+    {
+        let dirs: Vec<(i64, String)> = tx
+            .prepare("SELECT id, path FROM dirs")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, path) in dirs.into_iter().filter(|(_, p)| needs(p)) {
+            rewritten += tx.execute(
+                "UPDATE dirs SET path = ?1 WHERE id = ?2",
+                params![canonical(&path), id],
+            )?;
+        }
+        let objects: Vec<(i64, String, String)> = tx
+            .prepare("SELECT id, name, link_target FROM objects")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, name, target) in objects.into_iter().filter(|(_, n, t)| needs(n) || needs(t)) {
+            rewritten += tx.execute(
+                "UPDATE objects SET name = ?1, link_target = ?2 WHERE id = ?3",
+                params![canonical(&name), canonical(&target), id],
+            )?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO server_info (key, value) VALUES (?1, '1')",
+        [DONE],
+    )?;
+    tx.commit()?;
+    Ok(rewritten)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -335,3 +335,39 @@ fn a_catalog_without_the_extra_column_gets_it_on_open() {
         ]
     );
 }
+
+#[test]
+fn names_with_escape_range_characters_are_rewritten_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("catalog.db");
+    let (catalog, node) = new_catalog(&dir);
+    let literal = "/d\u{10FF41}/x\u{10FFFF}";
+    catalog
+        .commit_objects(node, "/", &[version(literal), version("/plain")], &[], 100)
+        .expect("commit");
+    drop(catalog);
+    Connection::open(&file)
+        .expect("open")
+        .execute("DELETE FROM server_info WHERE key = 'names_canonical'", [])
+        .expect("as an older server left it");
+    let catalog = Catalog::open(&file, Policy::default()).expect("open rewrites");
+    let query = VersionQuery {
+        filespace: "/".into(),
+        path_prefix: "/".into(),
+        ..VersionQuery::default()
+    };
+    let paths: Vec<String> = catalog
+        .query_versions(node, &query, None, 10)
+        .expect("query")
+        .versions
+        .into_iter()
+        .map(|v| v.attrs.path)
+        .collect();
+    let encoded = tandem_proto::names::encode_bytes(literal.as_bytes());
+    assert!(paths.contains(&encoded), "{paths:?}");
+    assert!(paths.contains(&"/plain".to_string()));
+    assert_eq!(
+        tandem_proto::names::decode_bytes(&encoded),
+        literal.as_bytes()
+    );
+}

@@ -94,7 +94,10 @@ fn extra_from_pb(
             "a device number on an object that is not a device".into()
         ));
     }
-    let file_only = extra.hard_link_group != 0 || extra.sparse || extra.changed_during_backup;
+    let file_only = extra.hard_link_group != 0
+        || extra.hard_link_names != 0
+        || extra.sparse
+        || extra.changed_during_backup;
     if file_only && kind != ObjectKind::File {
         return Err(bad(
             "a hard-link group, sparse or changed-during-backup mark on an object that is not a file"
