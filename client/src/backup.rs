@@ -413,9 +413,18 @@ async fn commit_batch(
             .max(1)
             .min(ready.len());
         let objects: Vec<_> = ready.drain(..take).collect();
-        let gone: Vec<_> = deactivate
-            .drain(..deactivate.len().min(COMMIT_BATCH))
-            .collect();
+        let mut bytes = 0;
+        let take_gone = deactivate
+            .iter()
+            .take(COMMIT_BATCH)
+            .take_while(|p| {
+                bytes += p.len() + 4;
+                bytes <= COMMIT_BYTES
+            })
+            .count()
+            .max(1)
+            .min(deactivate.len());
+        let gone: Vec<_> = deactivate.drain(..take_gone).collect();
         let reply = client
             .commit_objects(session.request(pb::CommitObjectsRequest {
                 filespace: filespace.clone(),

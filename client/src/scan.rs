@@ -119,11 +119,11 @@ pub fn attrs_of(path: &str, meta: &Lstat, link_target: String) -> Option<pb::Obj
     })
 }
 
-/// Whether the stored version still describes the local object (TSM's
-/// incremental test: size, mtime, mode, owner; plus kind, link target,
-/// device number, hard-link group and extended attributes). A version
-/// stored while its file was changing is always sent again.
-fn unchanged(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
+/// Whether everything the incremental test compares but extended
+/// attributes is equal: kind, size, mtime, mode, owner, link target, device
+/// number, hard-link group (TSM's test is size, mtime, mode and owner). A
+/// version stored while its file was changing never is.
+fn same_but_xattrs(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
     let none = pb::ObjectExtra::default();
     let (le, se) = (
         local.extra.as_ref().unwrap_or(&none),
@@ -138,8 +138,30 @@ fn unchanged(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
         && local.link_target == stored.link_target
         && le.rdev == se.rdev
         && le.hard_link_group == se.hard_link_group
-        && le.xattrs == se.xattrs
         && !se.changed_during_backup
+}
+
+fn xattrs_of(attrs: &pb::ObjectAttrs) -> &[pb::Xattr] {
+    attrs.extra.as_ref().map_or(&[], |e| e.xattrs.as_slice())
+}
+
+fn ctime_of(attrs: &pb::ObjectAttrs) -> i64 {
+    attrs.extra.as_ref().map_or(0, |e| e.ctime_ns)
+}
+
+/// Whether the stored version still describes the local object, extended
+/// attributes and ACLs included.
+fn unchanged(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
+    same_but_xattrs(local, stored) && xattrs_of(local) == xattrs_of(stored)
+}
+
+/// Whether the stored version still describes the local object without
+/// reading its extended attributes: all else is equal, and so is the ctime,
+/// which every change of an attribute moves. Saves an `llistxattr` per
+/// object on an unchanged tree. A version whose attributes could not all be
+/// stored has no ctime and is always looked at.
+fn unchanged_by_ctime(local: &pb::ObjectAttrs, stored: &pb::ObjectAttrs) -> bool {
+    ctime_of(stored) != 0 && ctime_of(local) == ctime_of(stored) && same_but_xattrs(local, stored)
 }
 
 /// Items handed to the uploader at once, at most.
@@ -216,8 +238,8 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
         ..Scanner::default()
     };
     let mut unreadable_dirs: Vec<String> = Vec::new();
-    let walker = Walk::new(&plan.root, plan.excludes.clone());
-    for entry in walker {
+    let mut walker = Walk::new(&plan.root, plan.excludes.clone());
+    while let Some(entry) = walker.next() {
         let entry = match entry {
             Ok(e) => e,
             Err(err) => {
@@ -236,6 +258,25 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
             }
         };
         let path = names::encode(entry.path.as_os_str());
+        if path.len() > tandem_proto::MAX_PATH_BYTES {
+            let why = format!(
+                "its path has {} bytes, more than the {} a stored path may have",
+                path.len(),
+                tandem_proto::MAX_PATH_BYTES
+            );
+            // Kept out of deactivation like an unreadable directory, and not
+            // entered: everything below is longer still.
+            walker.skip_entered(&entry);
+            let shown = match path.char_indices().nth(300) {
+                Some((cut, _)) => format!("{}...", &path[..cut]),
+                None => path.clone(),
+            };
+            unreadable_dirs.push(path);
+            if !send(Item::Problem(Msg::unreadable(&shown, why))) {
+                return Vec::new();
+            }
+            continue;
+        }
         if !scanner.entry(&path, &entry, &mut plan, &send) {
             return Vec::new();
         }
@@ -296,13 +337,27 @@ impl Scanner {
         let Some(mut attrs) = attrs_of(path, &meta, link_target) else {
             return send(Item::Problem(Msg::socket(path)));
         };
+        // A lookup that fails counts as "not stored": the object is sent again,
+        // the safe side.
+        let stored = plan
+            .inventory
+            .as_mut()
+            .and_then(|inv| inv.take(path).ok().flatten());
+        if stored
+            .as_ref()
+            .is_some_and(|s| unchanged_by_ctime(&attrs, s))
+        {
+            return send(Item::Unchanged(1));
+        }
         match self.xattrs.read(&entry.proc_path()) {
             Ok(xattrs) => {
                 if let Some(extra) = attrs.extra.as_mut() {
                     extra.xattrs = xattrs;
-                    if extra.encoded_len() > tandem_proto::MAX_EXTRA_BYTES {
+                    // Room for the fields set after the read (flags, counts).
+                    if extra.encoded_len() + 64 > tandem_proto::MAX_EXTRA_BYTES {
                         let size = extra.encoded_len();
                         extra.xattrs.clear();
+                        extra.ctime_ns = 0;
                         let why = format!(
                             "together they take {size} bytes, more than the {} a version may carry",
                             tandem_proto::MAX_EXTRA_BYTES
@@ -314,17 +369,14 @@ impl Scanner {
                 }
             }
             Err(e) => {
+                if let Some(extra) = attrs.extra.as_mut() {
+                    extra.ctime_ns = 0;
+                }
                 if !send(Item::Problem(Msg::xattrs_unreadable(path, e))) {
                     return false;
                 }
             }
         }
-        // A lookup that fails counts as "not stored": the object is sent again,
-        // the safe side.
-        let stored = plan
-            .inventory
-            .as_mut()
-            .and_then(|inv| inv.take(path).ok().flatten());
         if stored.is_some_and(|s| unchanged(&attrs, &s)) {
             return send(Item::Unchanged(1));
         }
@@ -389,17 +441,22 @@ impl Scanner {
         attrs.uid = before.uid;
         attrs.gid = before.gid;
         let sparse = before.may_have_holes();
+        if let Some(extra) = attrs.extra.as_mut().filter(|e| e.ctime_ns != 0) {
+            extra.ctime_ns = before.ctime_ns;
+        }
         if let Some(extra) = attrs.extra.as_mut() {
             extra.changed_during_backup = changed;
             extra.sparse = sparse;
         }
-        if walked.nlink > 1 {
+        // Other names share what was read, when they show the same size and
+        // mtime as the read did; a file that kept changing is read again.
+        if walked.nlink > 1 && !changed {
             self.seen.insert(
                 walked.dev,
                 walked.ino,
                 SeenInode {
-                    size: walked.size,
-                    mtime_ns: walked.mtime_ns,
+                    size: before.size,
+                    mtime_ns: before.mtime_ns,
                     chunks: chunks.clone(),
                     changed,
                     sparse,
@@ -538,6 +595,45 @@ fn next_data(file: &std::fs::File, offset: u64, size: u64) -> std::io::Result<(u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ctime_shortcut_needs_a_stored_ctime_and_all_else_equal() {
+        let with = |ctime: i64, size: u64, xattr: &[u8]| pb::ObjectAttrs {
+            path: "/a".into(),
+            kind: 1,
+            size,
+            extra: Some(pb::ObjectExtra {
+                ctime_ns: ctime,
+                xattrs: vec![pb::Xattr {
+                    name: xattr.to_vec(),
+                    value: Vec::new(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let stored = with(7, 10, b"user.a");
+        // The local side has not read its attributes (none yet).
+        let mut local = with(7, 10, b"");
+        local.extra.as_mut().unwrap().xattrs.clear();
+        assert!(unchanged_by_ctime(&local, &stored));
+        assert!(
+            !unchanged_by_ctime(&with(8, 10, b""), &stored),
+            "ctime moved"
+        );
+        assert!(
+            !unchanged_by_ctime(&with(7, 11, b""), &stored),
+            "size changed"
+        );
+        assert!(
+            !unchanged_by_ctime(&local, &with(0, 10, b"user.a")),
+            "no stored ctime"
+        );
+        assert!(
+            !unchanged(&with(7, 10, b"user.b"), &stored),
+            "attributes differ"
+        );
+    }
 
     #[test]
     fn unchanged_compares_the_incremental_attributes() {

@@ -135,7 +135,24 @@ impl Walk {
         }
     }
 
-    /// The root's entry: its parent directory and its name there.
+    /// Does not descend into `entry` (just returned) after all.
+    pub fn skip_entered(&mut self, entry: &Entry) {
+        if self
+            .stack
+            .last()
+            .is_some_and(|level| level.path == entry.path)
+        {
+            self.stack.pop();
+        }
+        if self.failed.as_ref().is_some_and(|f| f.path == entry.path) {
+            self.failed = None;
+        }
+    }
+
+    /// The root's entry: its parent directory and its name there. A root
+    /// that is a symlink to a directory is followed (it was named on the
+    /// command line, as walks by path always did): the entry is then the
+    /// directory itself, as `.` in it.
     fn root_entry(&mut self, root: PathBuf) -> Result<Entry, WalkError> {
         let fail = |error: io::Error| WalkError {
             path: root.clone(),
@@ -146,15 +163,19 @@ impl Walk {
             (Some(parent), Some(name)) => (parent.to_path_buf(), name.to_os_string()),
             _ => (root.clone(), OsString::from(".")),
         };
-        let dir = rustix::fs::openat(
-            rustix::fs::CWD,
-            &parent,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| fail(e.into()))?;
-        let stat = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+        let path_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let mut dir = rustix::fs::openat(rustix::fs::CWD, &parent, path_flags, Mode::empty())
             .map_err(|e| fail(e.into()))?;
+        let mut stat = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| fail(e.into()))?;
+        let mut name = name;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink
+            && let Ok(target) = rustix::fs::openat(&dir, &name, path_flags, Mode::empty())
+        {
+            stat = rustix::fs::fstat(&target).map_err(|e| fail(e.into()))?;
+            dir = target;
+            name = OsString::from(".");
+        }
         Ok(Entry {
             path: root.clone(),
             dir: Arc::new(dir),
@@ -334,6 +355,16 @@ mod tests {
         let mut data = String::new();
         std::io::Read::read_to_string(&mut deepest.open().unwrap(), &mut data).unwrap();
         assert_eq!(data, "deep");
+    }
+
+    #[test]
+    fn a_root_that_is_a_link_to_a_directory_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("real/sub")).unwrap();
+        std::fs::write(dir.path().join("real/sub/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let root = dir.path().join("link");
+        assert_eq!(walked(&root, GlobSet::empty()), ["", "sub", "sub/f"]);
     }
 
     #[test]

@@ -43,3 +43,12 @@ pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 /// [`MAX_MESSAGE_BYTES`]. A client leaves the attributes of a larger set out,
 /// with a warning.
 pub const MAX_EXTRA_BYTES: usize = 64 * 1024;
+
+/// Longest stored path, in bytes of its encoded form. Linux refuses whole
+/// paths past 4 KiB, but a tree can be deeper than that (the client walks it
+/// by descriptors); past this bound a path is not backed up, with a warning,
+/// so a query page of 512 versions stays inside [`MAX_MESSAGE_BYTES`].
+pub const MAX_PATH_BYTES: usize = 32 * 1024;
+
+/// Longest name of one path component once decoded (Linux's `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;

@@ -97,6 +97,7 @@ pub fn check_component(part: &str) -> Result<Vec<u8>, &'static str> {
     let bytes = decode_bytes(part);
     match bytes.as_slice() {
         [] => Err("has an empty component"),
+        b if b.len() > crate::MAX_NAME_BYTES => Err("has a component longer than 255 bytes"),
         b"." | b".." => Err("has a '.' or '..' component"),
         b if b.contains(&b'/') || b.contains(&0) => Err("has a component with '/' or NUL"),
         _ => Ok(bytes),

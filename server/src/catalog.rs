@@ -59,19 +59,27 @@ impl Catalog {
         conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         let schema = include_str!("catalog/schema.sql");
-        if dirs::migrate_whole_paths(&mut conn, schema)? {
+        let moved = dirs::migrate_whole_paths(&mut conn, schema)?;
+        if moved {
             tracing::info!("catalog moved to one row per directory: {}", path.display());
         }
-        if dirs::add_extra_column(&conn)? {
+        let extended = dirs::add_extra_column(&conn)?;
+        if extended {
             tracing::info!(
                 "catalog objects can now carry extended attributes: {}",
                 path.display()
             );
         }
         conn.execute_batch(schema)?;
-        let rewritten = dirs::canonical_names(&mut conn)?;
-        if rewritten > 0 {
-            tracing::info!("{rewritten} stored names rewritten to the byte-name encoding");
+        // Both happen exactly once, on a catalog from before names were bytes.
+        if moved || extended {
+            let (rewritten, left) = dirs::canonical_names(&mut conn)?;
+            if rewritten + left > 0 {
+                tracing::warn!(
+                    "{rewritten} stored names rewritten to the byte-name encoding; {left} left \
+                     as they were because the rewritten name exists already"
+                );
+            }
         }
         Ok(Catalog {
             conn: Mutex::new(conn),

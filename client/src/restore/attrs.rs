@@ -87,11 +87,7 @@ enum Target<'a> {
     Open(BorrowedFd<'a>),
     /// A FIFO or device, held by an `O_PATH` descriptor and changed through
     /// `/proc/self/fd/N`, which names exactly that inode.
-    Node {
-        node: OwnedFd,
-        dir: BorrowedFd<'a>,
-        name: &'a OsStr,
-    },
+    Node { node: OwnedFd },
     /// A symlink, held by an `O_PATH` descriptor of the link itself.
     Link {
         node: OwnedFd,
@@ -112,7 +108,7 @@ impl Target<'_> {
         );
         match self {
             Target::Open(fd) => rustix::fs::fchown(fd, uid, gid)?,
-            Target::Node { node, .. } | Target::Link { node, .. } => {
+            Target::Node { node } | Target::Link { node, .. } => {
                 rustix::fs::chownat(node, "", uid, gid, AtFlags::EMPTY_PATH)?;
             }
         }
@@ -123,7 +119,7 @@ impl Target<'_> {
         let mode = Mode::from_raw_mode(mode & 0o7777);
         match self {
             Target::Open(fd) => rustix::fs::fchmod(fd, mode)?,
-            Target::Node { node, .. } => rustix::fs::chmod(fd_path(node.as_fd()).as_str(), mode)?,
+            Target::Node { node } => rustix::fs::chmod(fd_path(node.as_fd()).as_str(), mode)?,
             Target::Link { .. } => {} // a link's mode means nothing on Linux
         }
         Ok(())
@@ -132,7 +128,7 @@ impl Target<'_> {
     fn remove_xattr(&self, name: &CString) -> rustix::io::Result<()> {
         match self {
             Target::Open(fd) => rustix::fs::fremovexattr(fd, name.as_c_str()),
-            Target::Node { node, .. } => {
+            Target::Node { node } => {
                 rustix::fs::removexattr(fd_path(node.as_fd()).as_str(), name.as_c_str())
             }
             Target::Link { .. } => Ok(()), // links carry no ACLs
@@ -143,7 +139,7 @@ impl Target<'_> {
         let flags = XattrFlags::empty();
         match self {
             Target::Open(fd) => rustix::fs::fsetxattr(fd, name.as_c_str(), value, flags),
-            Target::Node { node, .. } => rustix::fs::setxattr(
+            Target::Node { node } => rustix::fs::setxattr(
                 fd_path(node.as_fd()).as_str(),
                 name.as_c_str(),
                 value,
@@ -159,7 +155,16 @@ impl Target<'_> {
         let times = stored_times(attrs);
         match self {
             Target::Open(fd) => rustix::fs::futimens(fd, &times)?,
-            Target::Node { dir, name, .. } | Target::Link { dir, name, .. } => {
+            // Through the magic link: exactly the node that was checked.
+            Target::Node { node } => rustix::fs::utimensat(
+                rustix::fs::CWD,
+                fd_path(node.as_fd()).as_str(),
+                &times,
+                AtFlags::empty(),
+            )?,
+            // A link's times can only be set by name (no descriptor form
+            // refuses to follow it); the name was checked to be a link.
+            Target::Link { dir, name, .. } => {
                 rustix::fs::utimensat(dir, *name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
             }
         }
@@ -266,7 +271,7 @@ pub(super) fn apply_at(
     let target = if expected == FileType::Symlink {
         Target::Link { node, dir, name }
     } else {
-        Target::Node { node, dir, name }
+        Target::Node { node }
     };
     apply(&target, attrs, false)
 }

@@ -364,6 +364,7 @@ fn resolve_in_place(dest: &Path) -> io::Result<(OwnedFd, bool)> {
                 if stack.len() > 1 {
                     stack.pop();
                 }
+                created = false;
                 continue;
             }
             _ => {}

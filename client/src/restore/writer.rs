@@ -352,6 +352,7 @@ impl<'a> Writer<'a> {
             self.console
                 .report(&Msg::corrupt(&path, cause), ExitStatus::Error);
             self.stats.failed += 1;
+            self.stats.bytes = self.stats.bytes.saturating_sub(self.file_bytes);
             discard(self.dest, &self.jobs[job], &tmp.name);
             return;
         }

@@ -136,49 +136,57 @@ pub(crate) fn add_extra_column(conn: &Connection) -> rusqlite::Result<bool> {
 }
 
 /// Rewrites stored names that literally contain a character of the range
-/// [`tandem_proto::names`] uses for escaped bytes into that encoding, once
-/// per catalog: before names were bytes, such a character was stored as it
-/// was, and would now be read as an escaped byte. Returns the rows rewritten.
-pub(crate) fn canonical_names(conn: &mut Connection) -> rusqlite::Result<usize> {
-    const DONE: &str = "names_canonical";
-    let done = conn
-        .prepare("SELECT 1 FROM server_info WHERE key = ?1")?
-        .exists([DONE])?;
-    if done {
-        return Ok(0);
-    }
+/// [`tandem_proto::names`] uses for escaped bytes into that encoding. Run
+/// once, when a catalog from before names were bytes is first opened (the
+/// caller knows: it is the open that adds the `extra` column or moves whole
+/// paths): such a character was stored as it was, and would now be read as
+/// an escaped byte. Only the rows to change are held in memory. A rewritten
+/// directory whose new path another row already has is left as it was and
+/// counted in the second figure. Returns (rewritten, left).
+pub(crate) fn canonical_names(conn: &mut Connection) -> rusqlite::Result<(usize, usize)> {
     let needs = |text: &str| text.chars().any(tandem_proto::names::is_escape);
     let canonical = |text: &str| tandem_proto::names::encode_bytes(text.as_bytes());
     let tx = conn.transaction()?;
-    let mut rewritten = 0;
-    {
-        let dirs: Vec<(i64, String)> = tx
-            .prepare("SELECT id, path FROM dirs")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        for (id, path) in dirs.into_iter().filter(|(_, p)| needs(p)) {
-            rewritten += tx.execute(
-                "UPDATE dirs SET path = ?1 WHERE id = ?2",
-                params![canonical(&path), id],
-            )?;
+    let (mut rewritten, mut left) = (0, 0);
+    for (table, id, columns) in [
+        ("filespaces", "id", &["name"][..]),
+        ("dirs", "id", &["path"][..]),
+        ("objects", "id", &["name", "link_target"][..]),
+    ] {
+        let select = format!("SELECT {id}, {} FROM {table}", columns.join(", "));
+        let mut changes: Vec<(i64, Vec<String>)> = Vec::new();
+        {
+            let mut stmt = tx.prepare(&select)?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let values: Vec<String> = (1..=columns.len())
+                    .map(|i| row.get(i))
+                    .collect::<Result<_, _>>()?;
+                if values.iter().any(|v| needs(v)) {
+                    changes.push((row.get(0)?, values.iter().map(|v| canonical(v)).collect()));
+                }
+            }
         }
-        let objects: Vec<(i64, String, String)> = tx
-            .prepare("SELECT id, name, link_target FROM objects")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        for (id, name, target) in objects.into_iter().filter(|(_, n, t)| needs(n) || needs(t)) {
-            rewritten += tx.execute(
-                "UPDATE objects SET name = ?1, link_target = ?2 WHERE id = ?3",
-                params![canonical(&name), canonical(&target), id],
-            )?;
+        let set: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = ?{}", i + 2))
+            .collect();
+        let update = format!(
+            "UPDATE OR IGNORE {table} SET {} WHERE {id} = ?1",
+            set.join(", ")
+        );
+        for (row_id, values) in changes {
+            let mut params: Vec<rusqlite::types::Value> = vec![row_id.into()];
+            params.extend(values.into_iter().map(rusqlite::types::Value::from));
+            match tx.execute(&update, rusqlite::params_from_iter(params))? {
+                0 => left += 1,
+                n => rewritten += n,
+            }
         }
     }
-    tx.execute(
-        "INSERT INTO server_info (key, value) VALUES (?1, '1')",
-        [DONE],
-    )?;
     tx.commit()?;
-    Ok(rewritten)
+    Ok((rewritten, left))
 }
 
 #[cfg(test)]

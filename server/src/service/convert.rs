@@ -23,6 +23,13 @@ pub fn check_path(path: &str) -> Result<(), ServerError> {
     if path.contains('\0') {
         return Err(bad("contains a NUL byte"));
     }
+    if path.len() > tandem_proto::MAX_PATH_BYTES {
+        return Err(ServerError::InvalidArgument(format!(
+            "a path of {} bytes is longer than the {} a stored path may have",
+            path.len(),
+            tandem_proto::MAX_PATH_BYTES
+        )));
+    }
     if path == "/" {
         return Ok(());
     }
