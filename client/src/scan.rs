@@ -104,6 +104,7 @@ pub fn attrs_of(path: &str, meta: &Lstat, link_target: String) -> Option<pb::Obj
         } else {
             0
         },
+        ctime_ns: meta.ctime_ns,
         ..Default::default()
     };
     Some(pb::ObjectAttrs {

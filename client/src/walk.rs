@@ -107,12 +107,14 @@ fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-/// The names in a directory, sorted by their bytes, without `.` and `..`.
+/// The names in a directory, sorted by their bytes, without `.` and `..`,
+/// read straight from the walk's own descriptor (no second descriptor, no
+/// seek: a fresh one is at the start).
 fn sorted_names(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 32 * 1024];
+    let mut entries = rustix::fs::RawDir::new(dir, &mut buf);
     let mut names = Vec::new();
-    let mut entries = rustix::fs::Dir::read_from(dir)?;
-    entries.rewind();
-    while let Some(entry) = entries.read() {
+    while let Some(entry) = entries.next() {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
