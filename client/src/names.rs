@@ -9,8 +9,9 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use tandem_proto::names::{ESCAPE_BASE, is_escape};
-pub use tandem_proto::names::{check_component, decode_bytes, encode_bytes};
+pub use tandem_proto::names::{
+    check_component, decode_bytes, display, encode_bytes, needs_escaping,
+};
 
 /// Encodes an OS name or path.
 pub fn encode(name: &OsStr) -> String {
@@ -20,41 +21,6 @@ pub fn encode(name: &OsStr) -> String {
 /// The OS name or path an encoded string stands for.
 pub fn decode(text: &str) -> OsString {
     OsString::from_vec(decode_bytes(text))
-}
-
-/// Renders an encoded name for a terminal, a log line or JSON: printable
-/// characters as they are; escaped bytes as `\xNN`; a backslash as `\\`;
-/// control characters, DEL, and the line and paragraph separators as `\n`,
-/// `\t`, `\r` or `\u{..}`.
-pub fn display(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if is_escape(c) => out.push_str(&format!("\\x{:02x}", c as u32 - ESCAPE_BASE)),
-            c if c.is_control()
-                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-            {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Whether a stored string needs [`display`] to change it: the common case of
-/// a plain name is then shown without an allocation.
-pub fn needs_escaping(text: &str) -> bool {
-    text.chars().any(|c| {
-        c == '\\'
-            || c.is_control()
-            || is_escape(c)
-            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    })
 }
 
 #[cfg(test)]

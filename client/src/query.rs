@@ -205,7 +205,7 @@ pub async fn filespaces(
             .iter()
             .map(|f| {
                 json!({
-                    "name": f.name, "active_objects": f.active_objects, "active_bytes": f.active_bytes,
+                    "name": crate::names::display(&f.name), "active_objects": f.active_objects, "active_bytes": f.active_bytes,
                     "last_backup_start": timefmt::rfc3339(f.last_backup_start_ns),
                     "last_backup_end": timefmt::rfc3339(f.last_backup_end_ns),
                     "last_replication": timefmt::rfc3339(f.last_replication_ns),
@@ -233,7 +233,7 @@ pub async fn filespaces(
     let mut t = table(&header);
     for f in filespaces {
         let mut row = vec![
-            f.name.clone(),
+            crate::names::display(&f.name),
             f.active_objects.to_string(),
             human_bytes(f.active_bytes),
             timefmt::show(f.last_backup_start_ns),

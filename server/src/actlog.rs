@@ -80,6 +80,14 @@ impl ServerMsg {
 /// Records an event in the activity log. A failure to record is itself logged
 /// but never fails the operation being recorded.
 pub async fn record(catalog: &Arc<Catalog>, msg: ServerMsg, node: &str, peer: &str, text: String) {
+    // Names in a message (filespaces, paths, nodes) come from clients: shown
+    // escaped, so none can forge a line of the log or reach a terminal as an
+    // escape sequence.
+    let text = if tandem_proto::names::needs_escaping(&text) {
+        tandem_proto::names::display(&text)
+    } else {
+        text
+    };
     tracing::info!(id = msg.id(), node, peer, "{text}");
     let record = ActlogRecord {
         time_ns: now_ns(),
