@@ -472,6 +472,22 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// A primary and a secondary paired with a shared password, node `alice`
+/// (password `alice-password`) registered on the primary with replication
+/// enabled, and a client of it.
+pub fn replicated_alice() -> (TestServer, TestServer, TestClient) {
+    let primary = TestServer::start("PRIMARY");
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    primary.register("alice", "alice-password");
+    assert_success(
+        &primary.admin(&["update", "node", "alice", "--replstate", "enabled"]),
+        "enable replication",
+    );
+    let client = TestClient::new(&primary, "alice", "alice-password");
+    (primary, secondary, client)
+}
+
 /// Polls `check` every 20 ms until it is true or `limit` passes.
 pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -48,6 +48,21 @@ const GROUP_OBJ: u16 = 0x04;
 const MASK: u16 = 0x10;
 const OTHER: u16 = 0x20;
 
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mkfifo(path: &Path, mode: u32) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        FileType::Fifo,
+        Mode::from_raw_mode(mode),
+        0,
+    )
+    .unwrap();
+}
+
 fn set_mtime(path: &Path, secs: i64, nanos: i64) {
     let t = rustix::fs::Timespec {
         tv_sec: secs,
@@ -99,8 +114,7 @@ fn build_hostile_tree(root: &Path) {
     if is_root() {
         set_xattr(&root.join("xattr.txt"), "trusted.secret", b"t");
         w("cap-bin", b"#!/bin/sh\n");
-        std::fs::set_permissions(root.join("cap-bin"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        chmod(&root.join("cap-bin"), 0o755);
         // VFS_CAP_REVISION_2 with the effective flag; CAP_NET_BIND_SERVICE
         // permitted (permitted and inheritable words, low then high).
         let mut cap = (0x0200_0000u32 | 1).to_le_bytes().to_vec();
@@ -112,7 +126,7 @@ fn build_hostile_tree(root: &Path) {
     // ACLs: an access ACL whose mask differs from the owning group's
     // entry, and a directory with a default ACL.
     w("acl.txt", b"acl\n");
-    std::fs::set_permissions(root.join("acl.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    chmod(&root.join("acl.txt"), 0o640);
     set_xattr(
         &root.join("acl.txt"),
         "system.posix_acl_access",
@@ -140,20 +154,9 @@ fn build_hostile_tree(root: &Path) {
         "system.posix_acl_access",
     )
     .ok();
-    std::fs::set_permissions(
-        root.join("acl-dir/plain-inside.txt"),
-        std::fs::Permissions::from_mode(0o604),
-    )
-    .unwrap();
+    chmod(&root.join("acl-dir/plain-inside.txt"), 0o604);
     // Special files.
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        root.join("fifo").as_path(),
-        FileType::Fifo,
-        Mode::from_raw_mode(0o620),
-        0,
-    )
-    .unwrap();
+    mkfifo(&root.join("fifo"), 0o620);
     if is_root() {
         rustix::fs::mknodat(
             rustix::fs::CWD,
@@ -184,22 +187,21 @@ fn build_hostile_tree(root: &Path) {
     w("we[ird]*?.txt", b"wildcards in the name\n");
     // setuid/setgid and directory modes with their mtimes.
     w("suid", b"setuid\n");
-    std::fs::set_permissions(root.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    chmod(&root.join("suid"), 0o4755);
     w("ro-dir/f", b"in a read-only directory\n");
     std::fs::create_dir_all(root.join("deep")).unwrap();
     w("private/f", b"private\n");
-    std::fs::set_permissions(root.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    chmod(&root.join("private"), 0o700);
     if is_root() {
         std::os::unix::fs::lchown(root.join("suid"), Some(4321), Some(4321)).unwrap();
-        std::fs::set_permissions(root.join("suid"), std::fs::Permissions::from_mode(0o6755))
-            .unwrap();
+        chmod(&root.join("suid"), 0o6755);
         std::os::unix::fs::lchown(root.join("badlink"), Some(99), Some(98)).unwrap();
     }
     set_mtime(&root.join("suid"), 1_000_000_000, 123_456_789);
     set_mtime(&root.join("badlink"), 1_100_000_000, 5);
     set_mtime(&root.join("fifo"), 1_200_000_000, 6);
     make_deep_path(&root.join("deep"), 20);
-    std::fs::set_permissions(root.join("ro-dir"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    chmod(&root.join("ro-dir"), 0o555);
     for dir in ["ro-dir", "private", "acl-dir", "hard", "other"] {
         set_mtime(&root.join(dir), 1_300_000_000, 7);
     }
@@ -539,7 +541,7 @@ fn backed_up_project(client: &TestClient, work: &Path) -> PathBuf {
     std::fs::create_dir_all(src.join("proj")).unwrap();
     std::fs::write(src.join("proj/f"), b"project file\n").unwrap();
     std::fs::write(src.join("top.txt"), b"top\n").unwrap();
-    std::fs::set_permissions(src.join("proj"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    chmod(&src.join("proj"), 0o777);
     client.json(&["incremental", &path_str(&src)]);
     src
 }
@@ -548,7 +550,7 @@ fn outside_dir(work: &Path) -> PathBuf {
     let outside = work.join("etc-like");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("passwd"), b"root:x:0:0\n").unwrap();
-    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chmod(&outside, 0o755);
     set_mtime(&outside, 1_000_000, 0);
     outside
 }
@@ -725,7 +727,7 @@ fn existing_directories_keep_their_attributes_unless_replacing() {
     let src = backed_up_project(&client, work.path());
     let dest = work.path().join("dest");
     std::fs::create_dir_all(dest.join("proj")).unwrap();
-    std::fs::set_permissions(dest.join("proj"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    chmod(&dest.join("proj"), 0o700);
     let r = client.json(&[
         "restore",
         &format!("{}/*", path_str(&src)),
@@ -760,19 +762,8 @@ fn acls_inherited_from_the_destination_are_removed() {
     let src = work.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("plain.txt"), b"no ACL\n").unwrap();
-    std::fs::set_permissions(
-        src.join("plain.txt"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        src.join("pipe").as_path(),
-        FileType::Fifo,
-        Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    chmod(&src.join("plain.txt"), 0o600);
+    mkfifo(&src.join("pipe"), 0o600);
     client.json(&["incremental", &path_str(&src)]);
     // A destination whose default ACL would give user 1234 read and write.
     let dest = work.path().join("dest");
@@ -808,15 +799,7 @@ fn acls_inherited_from_the_destination_are_removed() {
 
 #[test]
 fn a_replica_restores_the_hostile_tree_exactly_in_failover() {
-    let primary = TestServer::start("PRIMARY");
-    let secondary = TestServer::start("SECONDARY");
-    pair(&primary, &secondary, "shared-secret-1");
-    primary.register("alice", "alice-password");
-    assert_success(
-        &primary.admin(&["update", "node", "alice", "--replstate", "enabled"]),
-        "enable replication",
-    );
-    let client = TestClient::new(&primary, "alice", "alice-password");
+    let (primary, secondary, client) = replicated_alice();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir_all(&src).unwrap();

@@ -14,15 +14,7 @@ struct Pair {
 
 /// Primary and secondary paired, node ALICE registered and enabled, a tree backed up.
 fn setup() -> Pair {
-    let primary = TestServer::start("PRIMARY");
-    let secondary = TestServer::start("SECONDARY");
-    pair(&primary, &secondary, "shared-secret-1");
-    primary.register("alice", "alice-password");
-    assert_success(
-        &primary.admin(&["update", "node", "alice", "--replstate", "enabled"]),
-        "enable",
-    );
-    let client = TestClient::new(&primary, "alice", "alice-password");
+    let (primary, secondary, client) = replicated_alice();
     let work = tempfile::tempdir().unwrap();
     make_tree(&work.path().join("src"));
     client.json(&["incremental", &path_str(&work.path().join("src"))]);
