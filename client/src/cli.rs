@@ -63,7 +63,7 @@ enum Command {
     },
     /// Restore files: SOURCE is a path or a directory with a pattern (`/data/*`).
     Restore {
-        /// What to restore (any bytes; `\\*`, `\\?`, `\\[` for those
+        /// What to restore (any bytes; `\*`, `\?`, `\[` for those
         /// characters in a name).
         source: OsString,
         /// Where to; paths stay relative to SOURCE's directory [default: in place].

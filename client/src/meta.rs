@@ -183,8 +183,6 @@ pub struct SeenInode {
     pub mtime_ns: i64,
     /// Its content's chunks.
     pub chunks: Vec<tandem_proto::ChunkId>,
-    /// It kept changing while it was read.
-    pub changed: bool,
     /// It had holes.
     pub sparse: bool,
 }

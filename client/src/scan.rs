@@ -395,7 +395,6 @@ impl Scanner {
             // Another name of a file read in this backup: same data.
             let chunks = seen.chunks.clone();
             if let Some(extra) = attrs.extra.as_mut() {
-                extra.changed_during_backup = seen.changed;
                 extra.sparse = seen.sparse;
             }
             return send(Item::Object { attrs, chunks });
@@ -459,7 +458,6 @@ impl Scanner {
                     size: before.size,
                     mtime_ns: before.mtime_ns,
                     chunks: chunks.clone(),
-                    changed,
                     sparse,
                 },
             );

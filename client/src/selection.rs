@@ -63,8 +63,8 @@ fn unescape(s: &str) -> String {
 
 impl Selection {
     /// Parses SOURCE, encoded as stored names are ([`crate::names`]).
-    /// Relative paths are taken from the working directory; `\\*`, `\\?`,
-    /// `\\[` and `\\\\` stand for those characters in a name.
+    /// Relative paths are taken from the working directory; `\*`, `\?`,
+    /// `\[` and `\\` stand for those characters in a name.
     ///
     /// # Errors
     /// [`ClientError::Usage`] for an empty SOURCE, wildcards outside the last
