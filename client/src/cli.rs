@@ -262,12 +262,34 @@ async fn set_password(
 }
 
 /// Saves the replication server the primary pushed, if it changed. A file
-/// that cannot be written does not stop the command.
-fn save_pushed_server(session: &Session, options_path: &std::path::Path, console: &Console) {
+/// that cannot be written does not stop the command. Only a primary the
+/// client has pinned may push one, and only with the secondary's
+/// fingerprint: the block decides where the password goes in failover.
+fn save_pushed_server(
+    session: &Session,
+    options: &ClientOptions,
+    options_path: &std::path::Path,
+    console: &Console,
+) {
     let Some((server, _)) = &session.info.replication_server else {
         return;
     };
-    if session.info.replica {
+    if session.info.replica || session.mode != SessionMode::Normal {
+        return;
+    }
+    let refusal = if options.primary_trust().is_none() {
+        Some("the primary is reached in plaintext, so it is not authenticated")
+    } else if server
+        .fingerprint
+        .parse::<tandem_tls::Fingerprint>()
+        .is_err()
+    {
+        Some("it carries no valid certificate fingerprint for the secondary")
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        console.report(&Msg::push_ignored(&server.name, why), ExitStatus::Warnings);
         return;
     }
     match crate::options_push::update(options_path, server) {
@@ -301,7 +323,7 @@ async fn dispatch(
         }
         warn_if_stale(&session, options, console).await;
     } else {
-        save_pushed_server(&session, options_path, console);
+        save_pushed_server(&session, options, options_path, console);
     }
     let result = match (cli.command, work) {
         (Command::Incremental { .. }, Prepared::Backup(paths, excludes)) => {

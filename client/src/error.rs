@@ -50,6 +50,17 @@ pub enum ClientError {
         /// Time spent.
         elapsed_ms: u128,
     },
+    /// The primary is not the server the options pin: nothing was sent to
+    /// it, and this never leads to failover.
+    #[error(
+        "server {server} is not trusted: {cause}. No failover: a server that answers with the wrong certificate is not an outage"
+    )]
+    Untrusted {
+        /// Server name from the options.
+        server: String,
+        /// What the handshake found (both fingerprints on a mismatch).
+        cause: String,
+    },
     /// The server refused the logon.
     #[error("logon to server {server} refused: {message}")]
     LogonRefused {
@@ -110,6 +121,7 @@ impl ClientError {
             ClientError::Options(_) => "TDM1001E",
             ClientError::Unreachable { .. } => "TDM1002E",
             ClientError::LogonRefused { .. } => "TDM1003E",
+            ClientError::Untrusted { .. } => "TDM1009E",
             ClientError::Server { .. } => "TDM1005E",
             ClientError::Usage(_) => "TDM1006E",
             ClientError::Failover { id, .. } => id,

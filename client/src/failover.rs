@@ -7,8 +7,11 @@
 //! - Only "nobody answered" (refused, timed out, transport failure) leads to the
 //!   secondary. An answer that says no (wrong password, locked node) is final:
 //!   the secondary holds the same credentials and would say no too.
-//! - The secondary must present the GUID stored in the options file before any
-//!   credential is sent to it.
+//! - The secondary must present the certificate whose fingerprint the primary
+//!   pushed (checked in the TLS handshake) and the GUID stored in the options
+//!   file before any credential is sent to it.
+//! - A server that answers with the wrong certificate is not "unreachable":
+//!   a primary that fails its pin is a final refusal, never a failover.
 //! - The first logon that reaches the primary after a failover session logs
 //!   the failback, once.
 
@@ -82,6 +85,9 @@ pub enum Seen {
     Unreachable(String),
     /// The server answered no (credentials, lock).
     Rejected(String),
+    /// The server is not the one pinned (certificate mismatch, failed
+    /// handshake): nothing was sent to it.
+    Untrusted(String),
 }
 
 /// Why no session could be had.
@@ -105,6 +111,10 @@ pub enum Refusal {
     },
     /// The secondary is unreachable as well.
     SecondaryUnreachable(String),
+    /// The primary's certificate is not the pinned one.
+    PrimaryUntrusted(String),
+    /// The secondary's certificate is not the pushed one.
+    SecondaryUntrusted(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +194,15 @@ impl Logon {
             }
             (Phase::Primary, Seen::Rejected(why)) => {
                 self.finish(Err(Refusal::Rejected(why)));
+                Vec::new()
+            }
+            (Phase::Primary, Seen::Untrusted(why)) => {
+                self.finish(Err(Refusal::PrimaryUntrusted(why)));
+                Vec::new()
+            }
+            (Phase::Secondary, Seen::Untrusted(why)) => {
+                // Reported once, as the command's error (TDM2113E).
+                self.finish(Err(Refusal::SecondaryUntrusted(why)));
                 Vec::new()
             }
             (Phase::Primary, Seen::Unreachable(cause)) => {
@@ -325,6 +344,23 @@ mod tests {
             l.next(),
             Next::Done(Err(Refusal::Rejected("wrong password".into())))
         );
+    }
+
+    #[test]
+    fn an_untrusted_primary_never_fails_over_and_an_untrusted_secondary_is_refused() {
+        let mut l = Logon::new(facts());
+        assert!(l.observe(Seen::Untrusted("pin mismatch".into())).is_empty());
+        assert_eq!(
+            l.next(),
+            Next::Done(Err(Refusal::PrimaryUntrusted("pin mismatch".into())))
+        );
+        let mut l = Logon::new(facts());
+        l.observe(Seen::Unreachable("refused".into()));
+        assert!(l.observe(Seen::Untrusted("pin mismatch".into())).is_empty());
+        assert!(matches!(
+            l.next(),
+            Next::Done(Err(Refusal::SecondaryUntrusted(_)))
+        ));
     }
 
     #[test]

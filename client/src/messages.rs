@@ -238,12 +238,33 @@ impl Msg {
         }
     }
 
+    /// TDM2113E: the secondary's certificate is not the one the primary
+    /// pushed (or none was pushed): no credential is sent to it.
+    pub fn secondary_untrusted(name: &str, address: &str, cause: &str) -> Self {
+        Msg {
+            id: "TDM2113E",
+            text: format!(
+                "secondary server {name} at {address} is not trusted: {cause}; no failover, no credential was sent. Log on to the primary once it is back so it can push the secondary's fingerprint again"
+            ),
+        }
+    }
+
     /// TDM2114E: the secondary did not answer either.
     pub fn secondary_failed(name: &str, address: &str, cause: &str) -> Self {
         Msg {
             id: "TDM2114E",
             text: format!(
                 "Connection to secondary server {name} at {address} failed as well: {cause}"
+            ),
+        }
+    }
+
+    /// TDM1043W: the pushed replication server was not saved.
+    pub fn push_ignored(name: &str, why: &str) -> Self {
+        Msg {
+            id: "TDM1043W",
+            text: format!(
+                "replication server {name} pushed by the primary was not saved: {why}; failover to it stays off"
             ),
         }
     }

@@ -15,6 +15,8 @@ pub const KEYS: &[&str] = &[
     "node_name",
     "server_name",
     "server_address",
+    "server_fingerprint",
+    "ca_file",
     "password",
     "password_file",
     "domain",
@@ -38,8 +40,12 @@ pub const KEYS: &[&str] = &[
 pub struct ReplServerEntry {
     /// Client-facing address of the replication server.
     pub address: String,
-    /// Its replication GUID (dotted hex), checked before trusting it.
+    /// Its replication GUID (dotted hex), shown and checked.
     pub server_guid: String,
+    /// Its certificate fingerprint: checked in the TLS handshake before any
+    /// credential is sent to it. A stanza without one cannot be failed over to.
+    #[serde(default)]
+    pub fingerprint: String,
 }
 
 /// A password, printed as `***` in debug output.
@@ -74,8 +80,15 @@ pub struct ClientOptions {
     /// Name of the primary server, for messages (SERVERNAME).
     #[serde(default = "default_server_name")]
     pub server_name: String,
-    /// URL of the primary server, e.g. `http://127.0.0.1:1500`.
+    /// URL of the primary server, e.g. `https://backup.example.com:1500`.
     pub server_address: String,
+    /// The primary's certificate fingerprint (SHA-256, `AB:CD:...`), pinned.
+    #[serde(default)]
+    pub server_fingerprint: Option<String>,
+    /// Trust the primary's certificate when a CA in this PEM file issued it
+    /// for the host in `server_address` (instead of `server_fingerprint`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The node's password.
     #[serde(default)]
     pub password: Option<Secret>,
@@ -231,6 +244,9 @@ impl ClientOptions {
             }
         })?;
         options.check().map_err(fail)?;
+        if let Some(file) = &options.ca_file {
+            options.ca_file = Some(relative_to(path, file));
+        }
         if let Some(file) = &options.password_file {
             let file = relative_to(path, file);
             let text = std::fs::read_to_string(&file)
@@ -246,14 +262,7 @@ impl ClientOptions {
         if self.node_name.trim().is_empty() {
             return Err("node_name is empty".into());
         }
-        if !(self.server_address.starts_with("http://")
-            || self.server_address.starts_with("https://"))
-        {
-            return Err(format!(
-                "server_address {:?} must be a URL such as http://127.0.0.1:1500",
-                self.server_address
-            ));
-        }
+        self.check_transport()?;
         if self.password.is_none() && self.password_file.is_none() {
             return Err("neither password nor password_file is set; add one".into());
         }
@@ -271,6 +280,55 @@ impl ClientOptions {
                 .map_err(|e| format!("exclude pattern {pattern:?} is invalid: {e}"))?;
         }
         Ok(())
+    }
+
+    /// `https://` needs a way to recognise the server; `http://` is only for
+    /// a development server on loopback.
+    fn check_transport(&self) -> Result<(), String> {
+        let https = tandem_tls::parse_url_scheme(&self.server_address).map_err(|_| {
+            format!(
+                "server_address {:?} must be a URL such as https://backup.example.com:1500",
+                self.server_address
+            )
+        })?;
+        if !https && !tandem_tls::is_loopback_url(&self.server_address) {
+            return Err(format!(
+                "server_address {:?}: plaintext http:// is allowed only to a loopback address; use https:// with server_fingerprint",
+                self.server_address
+            ));
+        }
+        match (&self.server_fingerprint, &self.ca_file) {
+            (Some(_), Some(_)) => {
+                return Err("both server_fingerprint and ca_file are set; keep one".into());
+            }
+            (None, None) if https => {
+                return Err(
+                    "server_fingerprint is not set: the client trusts no server it cannot recognise. Copy the fingerprint the server prints at start (or `tandem-admin query status`, or DATA_DIR/fingerprint on the server) into server_fingerprint, or set ca_file"
+                        .into(),
+                );
+            }
+            (Some(fp), None) => {
+                fp.parse::<tandem_tls::Fingerprint>()
+                    .map_err(|e| format!("server_fingerprint: {e}"))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// How the primary is recognised; `None` for a plaintext loopback
+    /// primary, which is not authenticated whatever the options pin.
+    pub fn primary_trust(&self) -> Option<tandem_tls::Trust> {
+        if !matches!(tandem_tls::parse_url_scheme(&self.server_address), Ok(true)) {
+            return None;
+        }
+        if let Some(ca) = &self.ca_file {
+            return Some(tandem_tls::Trust::CaFile(ca.clone()));
+        }
+        self.server_fingerprint
+            .as_deref()
+            .and_then(|fp| fp.parse().ok())
+            .map(tandem_tls::Trust::Pinned)
     }
 
     /// The state directory: `state_dir`, else `$XDG_STATE_HOME/tandem`, else
@@ -333,6 +391,11 @@ impl ClientOptions {
             ("node_name", self.node_name.clone()),
             ("server_name", self.server_name.clone()),
             ("server_address", self.server_address.clone()),
+            (
+                "server_fingerprint",
+                self.server_fingerprint.clone().unwrap_or_default(),
+            ),
+            ("ca_file", opt(&self.ca_file)),
             (
                 "password",
                 if self.password_file.is_none() {
@@ -475,7 +538,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = write(
             dir.path(),
-            "server_address = \"http://x:1\"\npassword = \"p\"\n",
+            "server_address = \"http://127.0.0.1:1\"\npassword = \"p\"\n",
         );
         let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
         assert!(err.to_string().contains("node_name"), "{err}");
@@ -488,6 +551,48 @@ mod tests {
         let p = write(dir.path(), &format!("{GOOD}exclude = [\"a[\"]\n"));
         let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
         assert!(err.to_string().contains("a["), "{err}");
+    }
+
+    #[test]
+    fn transport_needs_a_pin_and_plaintext_stays_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp = "AB:".repeat(31) + "AB";
+        let base = "node_name = \"a\"\npassword = \"p\"\n";
+        let cases: [(String, Option<&str>); 6] = [
+            (
+                "server_address = \"https://backup.example.com:1500\"\n".into(),
+                Some("server_fingerprint is not set"),
+            ),
+            (
+                format!("server_address = \"https://b:1500\"\nserver_fingerprint = \"{fp}\"\n"),
+                None,
+            ),
+            (
+                "server_address = \"https://b:1500\"\nserver_fingerprint = \"AB:CD\"\n".into(),
+                Some("AB:CD"),
+            ),
+            (
+                "server_address = \"http://10.0.0.5:1500\"\n".into(),
+                Some("only to a loopback"),
+            ),
+            ("server_address = \"http://localhost:1500\"\n".into(), None),
+            (
+                format!(
+                    "server_address = \"https://b:1\"\nserver_fingerprint = \"{fp}\"\nca_file = \"ca.pem\"\n"
+                ),
+                Some("keep one"),
+            ),
+        ];
+        for (lines, expected) in cases {
+            let p = write(dir.path(), &format!("{base}{lines}"));
+            match (ClientOptions::load(&p, &HashMap::new()), expected) {
+                (Ok(o), None) => {
+                    assert_eq!(o.primary_trust().is_some(), lines.contains("https"));
+                }
+                (Err(e), Some(text)) => assert!(e.to_string().contains(text), "{e}"),
+                (got, _) => panic!("{lines}: {got:?}"),
+            }
+        }
     }
 
     #[test]
@@ -520,7 +625,7 @@ mod tests {
         std::fs::write(dir.path().join("pw"), "from-file-pw\n").unwrap();
         let p = write(
             dir.path(),
-            "node_name = \"a\"\nserver_address = \"http://x:1\"\npassword_file = \"pw\"\n",
+            "node_name = \"a\"\nserver_address = \"http://127.0.0.1:1\"\npassword_file = \"pw\"\n",
         );
         let o = ClientOptions::load(&p, &HashMap::new()).unwrap();
         assert_eq!(o.password().expose(), "from-file-pw");

@@ -2,7 +2,7 @@
 //! file (TSM rewrites the REPLSERVERNAME stanza in dsm.sys / dsm.opt).
 //!
 //! Only the pushed keys change: `my_replication_server` and
-//! `[replication_servers.NAME]` (`address`, `server_guid`). Everything else,
+//! `[replication_servers.NAME]` (`address`, `server_guid`, `fingerprint`). Everything else,
 //! comments included, stays as the user wrote it (toml_edit). The file is
 //! rewritten only when its text would change, and atomically (temp + fsync +
 //! rename), so a crash never leaves a half-written options file.
@@ -20,6 +20,8 @@ pub struct PushedServer {
     pub address: String,
     /// Replication GUID (dotted hex).
     pub guid: String,
+    /// Its certificate fingerprint, checked before failing over to it.
+    pub fingerprint: String,
 }
 
 /// The comment that marks the pushed block.
@@ -71,11 +73,13 @@ pub fn render(text: &str, server: &PushedServer) -> Result<String, toml_edit::To
         entry.decor_mut().set_prefix(format!("\n{MARKER}\n"));
         entry["address"] = value(server.address.as_str());
         entry["server_guid"] = value(server.guid.as_str());
+        entry["fingerprint"] = value(server.fingerprint.as_str());
         // Keep the existing table (and its position) when only values change.
         match servers.get_mut(&server.name).and_then(Item::as_table_mut) {
             Some(existing) => {
                 existing["address"] = value(server.address.as_str());
                 existing["server_guid"] = value(server.guid.as_str());
+                existing["fingerprint"] = value(server.fingerprint.as_str());
             }
             None => {
                 servers.insert(&server.name, Item::Table(entry));
@@ -138,6 +142,7 @@ mod tests {
             name: "SECONDARY".into(),
             address: address.into(),
             guid: "91.0f.ef.90.5c.cc.11.e1.ae.34.08.00.00.00.00.02".into(),
+            fingerprint: "AB".repeat(32),
         }
     }
 

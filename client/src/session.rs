@@ -1,8 +1,11 @@
 //! A logged-on session. [`Session::establish`] runs the logon decision of
 //! [`crate::failover`]: it tries the primary with `connect_timeout_ms` and up to
 //! `logon_retries` tries with exponential backoff (`backoff`), and when nobody
-//! answers and a replication server is stored, checks that server's GUID
-//! (unauthenticated `Identify`) before logging on to it in failover mode.
+//! answers and a replication server is stored, checks that server's
+//! certificate against the fingerprint the primary pushed (TLS handshake) and
+//! its GUID (`Identify`) before logging on to it in failover mode. Every
+//! connection checks the server's certificate before the first request, so
+//! no password ever reaches a server that is not the pinned one.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -60,6 +63,8 @@ pub struct Session {
 enum Attempt {
     Unreachable(String),
     Refused(String),
+    /// Not the pinned server: nothing was sent.
+    Untrusted(String),
 }
 
 /// Whether a status means "nobody answered" rather than "the server said no".
@@ -71,16 +76,11 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
     )
 }
 
-/// The innermost cause of a transport error ("Connection refused", ...).
-fn transport_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause: &dyn std::error::Error = err;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
-async fn connect(address: &str, timeout: Duration) -> Result<BackupClient<Channel>, Attempt> {
+async fn connect(
+    address: &str,
+    timeout: Duration,
+    trust: Option<&tandem_tls::Trust>,
+) -> Result<BackupClient<Channel>, Attempt> {
     let endpoint = Endpoint::from_shared(address.to_string())
         .map_err(|e| Attempt::Refused(format!("{address} is not a valid URL: {e}")))?
         .connect_timeout(timeout)
@@ -88,13 +88,40 @@ async fn connect(address: &str, timeout: Duration) -> Result<BackupClient<Channe
         .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
         .max_frame_size(tandem_proto::MAX_FRAME_BYTES);
-    let channel = tokio::time::timeout(timeout, endpoint.connect())
+    let tls = trust
+        .map(|t| tandem_tls::ClientTls::new(t, None))
+        .transpose()
+        .map_err(|e| Attempt::Untrusted(e.to_string()))?;
+    let channel = tokio::time::timeout(timeout, tandem_tls::connect(endpoint, tls.as_ref()))
         .await
         .map_err(|_| Attempt::Unreachable(format!("no answer within {} ms", timeout.as_millis())))?
-        .map_err(|e| Attempt::Unreachable(transport_cause(&e)))?;
+        .map_err(|e| match e {
+            tandem_tls::ConnectError::Unreachable { cause, .. } => Attempt::Unreachable(cause),
+            other => Attempt::Untrusted(other.to_string()),
+        })?;
     Ok(BackupClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// How the replication server is recognised: by the fingerprint the primary
+/// pushed. Without one (a block from before TLS) it cannot be trusted; only
+/// a plaintext loopback address (development) needs none.
+fn secondary_trust(
+    entry: &crate::options::ReplServerEntry,
+) -> Result<Option<tandem_tls::Trust>, String> {
+    if entry.fingerprint.is_empty() {
+        return if matches!(tandem_tls::parse_url_scheme(&entry.address), Ok(false)) {
+            Ok(None)
+        } else {
+            Err("no certificate fingerprint is stored for it in the options file".into())
+        };
+    }
+    entry
+        .fingerprint
+        .parse()
+        .map(|fp| Some(tandem_tls::Trust::Pinned(fp)))
+        .map_err(|e: tandem_tls::FingerprintError| e.to_string())
 }
 
 fn status_attempt(status: tonic::Status) -> Attempt {
@@ -108,10 +135,11 @@ fn status_attempt(status: tonic::Status) -> Attempt {
 async fn try_logon(
     options: &ClientOptions,
     address: &str,
+    trust: Option<&tandem_tls::Trust>,
     timeout: Duration,
     failover: bool,
 ) -> Result<(BackupClient<Channel>, pb::LogonResponse), Attempt> {
-    let mut client = connect(address, timeout).await?;
+    let mut client = connect(address, timeout, trust).await?;
     let mut request = tonic::Request::new(pb::LogonRequest {
         node: options.node_name.clone(),
         password: options.password().expose().to_string(),
@@ -124,8 +152,12 @@ async fn try_logon(
     Ok((client, reply.into_inner()))
 }
 
-async fn try_identify(address: &str, timeout: Duration) -> Result<pb::IdentifyResponse, Attempt> {
-    let mut client = connect(address, timeout).await?;
+async fn try_identify(
+    address: &str,
+    trust: Option<&tandem_tls::Trust>,
+    timeout: Duration,
+) -> Result<pb::IdentifyResponse, Attempt> {
+    let mut client = connect(address, timeout, trust).await?;
     let mut request = tonic::Request::new(pb::IdentifyRequest {});
     request.set_timeout(timeout);
     Ok(client
@@ -226,8 +258,9 @@ impl Session {
         for _round in 0..3 {
             let seen = match logon.next() {
                 Next::TryPrimary => {
+                    let trust = options.primary_trust();
                     let (result, n) = with_retries(budget, options.logon_retries, |t| {
-                        try_logon(options, &primary.address, t, false)
+                        try_logon(options, &primary.address, trust.as_ref(), t, false)
                     })
                     .await;
                     tries += n;
@@ -239,19 +272,29 @@ impl Session {
                         }
                         Err(Attempt::Unreachable(c)) => Seen::Unreachable(c),
                         Err(Attempt::Refused(c)) => Seen::Rejected(c),
+                        Err(Attempt::Untrusted(c)) => Seen::Untrusted(c),
                     }
                 }
                 Next::TrySecondary(s) => {
-                    let (result, _) = with_retries(budget, options.logon_retries, |t| {
-                        try_identify(&s.address, t)
-                    })
-                    .await;
+                    let entry = options.replication_server().map(|(_, e)| e.clone());
+                    let trust = entry.as_ref().map(secondary_trust);
+                    let (result, _) = match trust {
+                        Some(Ok(trust)) => {
+                            with_retries(budget, options.logon_retries, |t| {
+                                try_identify(&s.address, trust.as_ref(), t)
+                            })
+                            .await
+                        }
+                        Some(Err(why)) => (Err(Attempt::Untrusted(why)), 0),
+                        None => (Err(Attempt::Untrusted("no replication server".into())), 0),
+                    };
                     match result {
                         Ok(id) => Seen::Answered {
                             guid: id.server_guid,
                         },
                         Err(Attempt::Unreachable(c)) => Seen::Unreachable(c),
                         Err(Attempt::Refused(c)) => Seen::Rejected(c),
+                        Err(Attempt::Untrusted(c)) => Seen::Untrusted(c),
                     }
                 }
                 Next::Done(outcome) => {
@@ -320,7 +363,12 @@ async fn finish(
             let (name, entry) =
                 secondary.ok_or_else(|| ClientError::Usage("internal: no secondary".into()))?;
             let budget = Duration::from_millis(options.connect_timeout_ms);
-            match try_logon(options, &entry.address, budget, true).await {
+            let untrusted = |cause: &str| ClientError::Failover {
+                id: "TDM2113E",
+                text: Msg::secondary_untrusted(name, &entry.address, cause).text,
+            };
+            let trust = secondary_trust(entry).map_err(|why| untrusted(&why))?;
+            match try_logon(options, &entry.address, trust.as_ref(), budget, true).await {
                 Ok((client, reply)) => (client, reply, SessionMode::Failover),
                 Err(Attempt::Refused(message)) => {
                     return Err(ClientError::LogonRefused {
@@ -334,6 +382,7 @@ async fn finish(
                         text: Msg::secondary_failed(name, &entry.address, &cause).text,
                     });
                 }
+                Err(Attempt::Untrusted(cause)) => return Err(untrusted(&cause)),
             }
         }
         Err(Refusal::Rejected(message)) => {
@@ -359,6 +408,20 @@ async fn finish(
             return Err(ClientError::Failover {
                 id: "TDM2112E",
                 text: Msg::guid_mismatch(name, &entry, &expected, &found).text,
+            });
+        }
+        Err(Refusal::PrimaryUntrusted(cause)) => {
+            return Err(ClientError::Untrusted {
+                server: primary.name.clone(),
+                cause,
+            });
+        }
+        Err(Refusal::SecondaryUntrusted(cause)) => {
+            let (name, address) =
+                secondary.map_or(("?", String::new()), |(n, e)| (n, e.address.clone()));
+            return Err(ClientError::Failover {
+                id: "TDM2113E",
+                text: Msg::secondary_untrusted(name, &address, &cause).text,
             });
         }
         Err(Refusal::SecondaryUnreachable(cause)) => {
@@ -393,6 +456,7 @@ async fn finish(
                     name: r.name,
                     address: r.address,
                     guid: r.guid,
+                    fingerprint: r.fingerprint,
                 },
                 r.last_replication_ns,
             )

@@ -121,6 +121,19 @@ pub struct Session {
     pub bytes_sent: u64,
     /// The node is a replica here: the session is read-only.
     pub replica: bool,
+    /// Who logged on: a node, or a partner server replicating to us.
+    pub kind: SessionKind,
+}
+
+/// The two kinds of session. A token of one kind is refused by the service
+/// of the other, so a replication session never reads or writes as a node
+/// and a node's session never reaches the Replication service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A node logged on to the Backup service.
+    Node,
+    /// A partner server, by name, in the Replication service.
+    Replication(String),
 }
 
 /// Sessions idle longer than this are forgotten (the client logs on again).
@@ -137,6 +150,28 @@ pub struct Sessions {
 impl Sessions {
     /// Opens a session and returns its token and number.
     pub fn open(&self, node_id: i64, node: &str, peer: &str, replica: bool) -> (Token, u64) {
+        self.open_kind(node_id, node, peer, replica, SessionKind::Node)
+    }
+
+    /// Opens a replication session for partner server `source`.
+    pub fn open_replication(&self, source: &str, peer: &str) -> (Token, u64) {
+        self.open_kind(
+            0,
+            &format!("server {source}"),
+            peer,
+            false,
+            SessionKind::Replication(source.to_string()),
+        )
+    }
+
+    fn open_kind(
+        &self,
+        node_id: i64,
+        node: &str,
+        peer: &str,
+        replica: bool,
+        kind: SessionKind,
+    ) -> (Token, u64) {
         let token = Token::random();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let now = now_ns();
@@ -154,6 +189,7 @@ impl Sessions {
                 bytes_received: 0,
                 bytes_sent: 0,
                 replica,
+                kind,
             },
         );
         (token, id)
@@ -173,6 +209,37 @@ impl Sessions {
             }
             _ => Err(ServerError::Unauthenticated(
                 "session unknown or expired; log on again".into(),
+            )),
+        }
+    }
+
+    /// The node session of `token`; a replication session's token is refused.
+    ///
+    /// # Errors
+    /// [`ServerError::Unauthenticated`].
+    pub fn touch_node(&self, token: &str) -> Result<Session, ServerError> {
+        let session = self.touch(token)?;
+        match session.kind {
+            SessionKind::Node => Ok(session),
+            SessionKind::Replication(_) => Err(ServerError::Unauthenticated(
+                "a replication session is not valid on the Backup service; log on as a node".into(),
+            )),
+        }
+    }
+
+    /// The replication session of `token`, opened by partner `source`.
+    ///
+    /// # Errors
+    /// [`ServerError::Unauthenticated`] for a node's token or another server's.
+    pub fn touch_replication(&self, token: &str, source: &str) -> Result<Session, ServerError> {
+        let session = self.touch(token)?;
+        match &session.kind {
+            SessionKind::Replication(owner) if owner == source => Ok(session),
+            SessionKind::Replication(owner) => Err(ServerError::Unauthenticated(format!(
+                "this replication session belongs to server {owner}, not {source}"
+            ))),
+            SessionKind::Node => Err(ServerError::Unauthenticated(
+                "a node session is not valid on the Replication service; call Hello first".into(),
             )),
         }
     }
@@ -228,6 +295,22 @@ mod tests {
         assert!(!t.matches("abd"));
         assert!(!t.matches("ab"));
         assert_eq!(format!("{t:?}"), "Token(***)");
+    }
+
+    #[test]
+    fn a_token_works_only_on_its_own_kind_of_service() {
+        let sessions = Sessions::default();
+        let (node, _) = sessions.open(1, "ALICE", "-", false);
+        let (repl, _) = sessions.open_replication("PRIMARY", "-");
+        assert!(sessions.touch_node(node.expose()).is_ok());
+        assert!(sessions.touch_node(repl.expose()).is_err());
+        assert!(sessions.touch_replication(repl.expose(), "PRIMARY").is_ok());
+        assert!(sessions.touch_replication(repl.expose(), "OTHER").is_err());
+        assert!(
+            sessions
+                .touch_replication(node.expose(), "PRIMARY")
+                .is_err()
+        );
     }
 
     #[test]

@@ -64,6 +64,11 @@ impl Catalog {
             tracing::info!("catalog moved to one row per directory: {}", path.display());
         }
         let extended = dirs::add_extra_column(&conn)?;
+        if dirs::add_column(&conn, "servers", "fingerprint", "TEXT NOT NULL DEFAULT ''")? {
+            tracing::warn!(
+                "partner servers defined before TLS have no pinned fingerprint: define them again with --fingerprint"
+            );
+        }
         if extended {
             tracing::info!(
                 "catalog objects can now carry extended attributes: {}",

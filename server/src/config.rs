@@ -25,6 +25,17 @@ pub struct ServerConfig {
     /// Server-wide policy for nodes without values of their own (`[policy]`).
     #[serde(default)]
     pub policy: crate::model::Policy,
+    /// The operator's own certificate chain (PEM, leaf first); with
+    /// `tls_key`. Unset: a self-signed one is made in `DATA_DIR/tls/`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plaintext HTTP/2 instead of TLS: development only, and only on
+    /// a loopback address (`--insecure-plaintext`).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 fn default_expire_interval_hours() -> u64 {
@@ -40,6 +51,8 @@ pub struct ConfigOverrides {
     pub listen: Option<String>,
     /// `--name`.
     pub name: Option<String>,
+    /// `--insecure-plaintext`.
+    pub insecure_plaintext: bool,
 }
 
 /// A configuration that cannot be used.
@@ -81,7 +94,11 @@ impl ServerConfig {
             )?
             .set_override_option("listen", overrides.listen.clone())?
             .set_override_option("name", overrides.name.clone())?;
+        if overrides.insecure_plaintext {
+            builder = builder.set_override("insecure_plaintext", true)?;
+        }
         let mut cfg: ServerConfig = builder.build()?.try_deserialize()?;
+        cfg.check_transport()?;
         cfg.name = crate::model::normalize_node_name(&cfg.name).ok_or_else(|| {
             ConfigError::Invalid(format!(
                 "name {:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'",
@@ -89,6 +106,36 @@ impl ServerConfig {
             ))
         })?;
         Ok(cfg)
+    }
+}
+
+impl ServerConfig {
+    /// Plaintext only on loopback; a certificate only with its key.
+    fn check_transport(&self) -> Result<(), ConfigError> {
+        if self.insecure_plaintext && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "insecure_plaintext is allowed only on a loopback address, not on {}; remove it to serve TLS",
+                self.listen
+            )));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together: give both, or neither for a self-signed certificate".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Names the self-signed certificate is made for: the server name,
+    /// `localhost` and the listen address.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = vec![
+            self.name.to_ascii_lowercase(),
+            "localhost".to_string(),
+            self.listen.ip().to_string(),
+        ];
+        names.dedup();
+        names
     }
 }
 
@@ -143,6 +190,18 @@ mod tests {
             ..Default::default()
         };
         assert!(ServerConfig::load(None, &flags).is_err());
+        let flags = ConfigOverrides {
+            listen: Some("0.0.0.0:1500".into()),
+            insecure_plaintext: true,
+            ..Default::default()
+        };
+        let err = ServerConfig::load(None, &flags).unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+        std::fs::write(&file, "tls_cert = \"/etc/cert.pem\"\n").unwrap();
+        let err = ServerConfig::load(Some(&file), &ConfigOverrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls_key"), "{err}");
         let flags = ConfigOverrides {
             name: Some("bad name".into()),
             ..Default::default()

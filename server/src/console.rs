@@ -22,8 +22,17 @@ use tonic::transport::{Channel, Endpoint};
 )]
 pub struct AdminCli {
     /// Server URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:1500")]
+    #[arg(long, global = true, default_value = "https://127.0.0.1:1500")]
     pub server: String,
+    /// The server's certificate fingerprint (SHA-256, AB:CD:...) to pin
+    /// [default: the `fingerprint` file beside --token-file]. Give it before
+    /// the command (`define server` has a --fingerprint of its own).
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_file")]
+    pub fingerprint: Option<String>,
+    /// Trust the server's certificate when a CA in this PEM file issued it,
+    /// for the host name in --server (an organisation's own CA).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the server's admin token.
     #[arg(
         long,
@@ -82,6 +91,10 @@ enum DefineNoun {
         /// File whose first line is the shared server password.
         #[arg(long, value_name = "FILE")]
         server_password_file: PathBuf,
+        /// Its certificate fingerprint, as its `query status` prints it
+        /// (required for https://).
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: Option<String>,
     },
 }
 
@@ -392,6 +405,14 @@ struct Console {
 
 impl Console {
     async fn connect(cli: &AdminCli) -> Result<Self, AdminError> {
+        let https = tandem_tls::parse_url_scheme(&cli.server)
+            .map_err(|e| AdminError::Usage(format!("--server: {e}")))?;
+        if !https && !tandem_tls::is_loopback_url(&cli.server) {
+            return Err(AdminError::Usage(format!(
+                "--server {}: plaintext http:// is allowed only to a loopback address; use https://",
+                cli.server
+            )));
+        }
         let token_text = std::fs::read_to_string(&cli.token_file).map_err(|e| {
             AdminError::Usage(format!(
                 "cannot read the admin token {}: {e}; use --token-file with the server's DATA_DIR/admin.token",
@@ -411,12 +432,23 @@ impl Console {
                 AdminError::Usage(format!("--server {:?} is not a valid URL: {e}", cli.server))
             })?
             .connect_timeout(std::time::Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
+        let tls = if https {
+            Some(
+                tandem_tls::ClientTls::new(&console_trust(cli)?, None)
+                    .map_err(|e| AdminError::Usage(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        // The token is sent only after the server's certificate matched.
+        let channel = tandem_tls::connect(endpoint, tls.as_ref())
             .await
-            .map_err(|e| AdminError::Unreachable {
-                address: cli.server.clone(),
-                cause: innermost(&e),
+            .map_err(|e| match e {
+                tandem_tls::ConnectError::Unreachable { url, cause } => AdminError::Unreachable {
+                    address: url,
+                    cause,
+                },
+                other => AdminError::Usage(other.to_string()),
             })?;
         Ok(Console {
             client: AdminClient::new(channel),
@@ -442,12 +474,27 @@ impl Console {
     }
 }
 
-fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = err;
-    while let Some(next) = cause.source() {
-        cause = next;
+/// How the console recognises the server: `--ca-file`, `--fingerprint`,
+/// or the `fingerprint` file the server writes beside its admin token.
+fn console_trust(cli: &AdminCli) -> Result<tandem_tls::Trust, AdminError> {
+    if let Some(ca) = &cli.ca_file {
+        return Ok(tandem_tls::Trust::CaFile(ca.clone()));
     }
-    cause.to_string()
+    let text = match &cli.fingerprint {
+        Some(text) => text.clone(),
+        None => {
+            let file = cli.token_file.with_file_name("fingerprint");
+            std::fs::read_to_string(&file).map_err(|e| {
+                AdminError::Usage(format!(
+                    "cannot read the server's fingerprint {}: {e}; give --fingerprint (as the server logged it at start) or --ca-file",
+                    file.display()
+                ))
+            })?
+        }
+    };
+    text.parse()
+        .map(tandem_tls::Trust::Pinned)
+        .map_err(|e: tandem_tls::FingerprintError| AdminError::Usage(e.to_string()))
 }
 
 fn table(header: &[&str]) -> Table {
@@ -752,11 +799,17 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                 print_expiration(&r.reclaimed.unwrap_or_default(), false);
             }
         }
-        Verb::Define(DefineNoun::Server { name, address, .. }) => {
+        Verb::Define(DefineNoun::Server {
+            name,
+            address,
+            fingerprint,
+            ..
+        }) => {
             let req = console.request(pb::DefineServerRequest {
                 name,
                 address,
                 password: secret.unwrap_or_default(),
+                fingerprint: fingerprint.unwrap_or_default(),
             });
             let s = console
                 .client
@@ -765,9 +818,21 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                 .map_err(|s| console.refused(s))?
                 .into_inner();
             if as_json {
-                println!("{}", json!({ "name": s.name, "address": s.address }));
+                println!(
+                    "{}",
+                    json!({ "name": s.name, "address": s.address, "fingerprint": s.fingerprint })
+                );
             } else {
-                println!("TDM0500I server {} defined at {}", s.name, s.address);
+                println!(
+                    "TDM0500I server {} defined at {}, certificate fingerprint {}",
+                    s.name,
+                    s.address,
+                    if s.fingerprint.is_empty() {
+                        "none (plaintext loopback)"
+                    } else {
+                        &s.fingerprint
+                    }
+                );
             }
         }
         Verb::Set(SetNoun::Replserver { name }) => {
@@ -832,19 +897,27 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
             if as_json {
                 let list: Vec<_> = r.servers.iter().map(|s| json!({
                     "name": s.name, "address": s.address, "guid": s.guid, "replserver": s.is_replserver,
+                    "fingerprint": s.fingerprint,
                 })).collect();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
             } else {
-                let mut t = table(&["Server", "Address", "GUID", "Replication Server"]);
+                let mut t = table(&[
+                    "Server",
+                    "Address",
+                    "GUID",
+                    "Replication Server",
+                    "Certificate Fingerprint",
+                ]);
                 for s in r.servers {
                     t.add_row(vec![
                         s.name,
                         s.address,
                         s.guid,
                         if s.is_replserver { "yes" } else { "" }.into(),
+                        s.fingerprint,
                     ]);
                 }
                 println!("{t}");
@@ -916,6 +989,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                 println!("{}", serde_json::to_string_pretty(&json!({
                     "server_name": s.server_name, "server_guid": s.server_guid, "data_dir": s.data_dir,
                     "chunks": s.chunks, "stored_bytes": s.stored_bytes, "version": s.version,
+                    "fingerprint": s.fingerprint, "tls": s.tls,
                 })).unwrap_or_default());
             } else {
                 let mut t = table(&["Item", "Value"]);
@@ -926,6 +1000,16 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                     ("Chunks", s.chunks.to_string()),
                     ("Stored bytes", s.stored_bytes.to_string()),
                     ("Version", s.version),
+                    ("Certificate fingerprint (SHA-256)", s.fingerprint),
+                    (
+                        "Transport",
+                        if s.tls {
+                            "TLS"
+                        } else {
+                            "PLAINTEXT (development only)"
+                        }
+                        .into(),
+                    ),
                 ] {
                     t.add_row(vec![k.to_string(), v]);
                 }

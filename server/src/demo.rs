@@ -204,6 +204,9 @@ impl DemoServer {
             expire_interval_hours: 0,
             replication_interval_minutes: 0,
             policy: crate::model::Policy::default(),
+            tls_cert: None,
+            tls_key: None,
+            insecure_plaintext: false,
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.
@@ -220,9 +223,10 @@ impl DemoServer {
         let listener = listener.ok_or_else(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!(
-            "server {name} (guid {}) on {addr}, data in {}",
+            "server {name} (guid {}) on https://{addr}, data in {}\n  certificate fingerprint (SHA-256) {}",
             state.guid,
-            data_dir.display()
+            data_dir.display(),
+            state.identity.fingerprint()
         );
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(crate::run(state, listener, shutdown.clone()));
@@ -236,7 +240,15 @@ impl DemoServer {
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// Its certificate fingerprint, as it wrote it beside `listen.addr`.
+    fn fingerprint(&self) -> Result<String, String> {
+        let file = self.data_dir.join("fingerprint");
+        std::fs::read_to_string(&file)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))
     }
 
     async fn stop(self) -> Result<(), String> {
@@ -311,6 +323,8 @@ async fn story(
             "SECONDARY",
             "--address",
             &secondary.url(),
+            "--fingerprint",
+            &secondary.fingerprint()?,
             "--server-password-file",
             &spw_s,
         ])
@@ -322,6 +336,8 @@ async fn story(
             "PRIMARY",
             "--address",
             &primary.url(),
+            "--fingerprint",
+            &primary.fingerprint()?,
             "--server-password-file",
             &spw_s,
         ])
@@ -337,8 +353,9 @@ async fn story(
     std::fs::write(
         &options,
         format!(
-            "# options of the demo client\nnode_name = \"demo\"\nserver_name = \"PRIMARY\"\nserver_address = \"{}\"\npassword_file = \"demo.password\"\nstate_dir = \"{}\"\n",
+            "# options of the demo client\nnode_name = \"demo\"\nserver_name = \"PRIMARY\"\nserver_address = \"{}\"\nserver_fingerprint = \"{}\"\npassword_file = \"demo.password\"\nstate_dir = \"{}\"\n",
             primary.url(),
+            primary.fingerprint()?,
             work.join("state").display()
         ),
     )

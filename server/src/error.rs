@@ -90,6 +90,9 @@ pub enum ServerError {
     /// The request cannot be done in the current state; the text says why.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller is who it says, but may not do this (another server's replica).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A commit references chunks the server does not hold.
     #[error(
         "{count} chunk(s) referenced by the transaction are not stored (first: {first}); upload them first"
@@ -135,6 +138,7 @@ impl From<ServerError> for tonic::Status {
             e @ ServerError::NodeExists { .. } => Status::already_exists(e.to_string()),
             ServerError::InvalidArgument(msg) => Status::invalid_argument(msg),
             ServerError::FailedPrecondition(msg) => Status::failed_precondition(msg),
+            ServerError::PermissionDenied(msg) => Status::permission_denied(msg),
             e @ ServerError::MissingChunks { .. } => Status::failed_precondition(e.to_string()),
             ServerError::Storage(
                 e @ (StorageError::ChunkMismatch { .. } | StorageError::ChunkMalformed { .. }),

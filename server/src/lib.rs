@@ -69,6 +69,9 @@ pub struct ServerState {
     pub expire_lock: std::sync::Mutex<()>,
     /// Nodes being replicated now: one run per node.
     pub running: repl::RunningRuns,
+    /// This server's TLS certificate and key: served to every caller and
+    /// presented to partner servers for mutual TLS.
+    pub identity: Arc<tandem_tls::ServerIdentity>,
 }
 
 fn setup_err(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -125,6 +128,14 @@ impl ServerState {
             }
         };
         let admin_token = load_or_create_token(&dir.join("admin.token"))?;
+        let identity = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => tandem_tls::ServerIdentity::from_files(cert, key),
+            _ => tandem_tls::ServerIdentity::load_or_create(
+                &dir.join("tls"),
+                &config.certificate_names(),
+            ),
+        }
+        .map_err(|e| ServerError::FailedPrecondition(format!("TLS identity: {e}")))?;
         let interrupted = catalog.fail_interrupted_runs(model::now_ns())?;
         if interrupted > 0 {
             tracing::warn!(
@@ -146,6 +157,7 @@ impl ServerState {
             pins: pins::ChunkPins::default(),
             expire_lock: std::sync::Mutex::new(()),
             running: repl::RunningRuns::default(),
+            identity: Arc::new(identity),
         }))
     }
 }
@@ -164,18 +176,30 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(setup_err("cannot read the bound address".into()))?;
+    let fingerprint = state.identity.fingerprint();
+    // The fingerprint first: whoever sees listen.addr can pin at once.
+    std::fs::write(
+        state.config.data_dir.join("fingerprint"),
+        format!("{fingerprint}\n"),
+    )
+    .map_err(setup_err("cannot write fingerprint".into()))?;
     std::fs::write(
         state.config.data_dir.join("listen.addr"),
         format!("{addr}\n"),
     )
     .map_err(setup_err("cannot write listen.addr".into()))?;
+    let transport = if state.config.insecure_plaintext {
+        "PLAINTEXT (development only)".to_string()
+    } else {
+        format!("TLS, certificate fingerprint {fingerprint}")
+    };
     actlog::record(
         &state.catalog,
         ServerMsg::Started,
         "",
         "",
         format!(
-            "server {} (guid {}) listening on {addr}",
+            "server {} (guid {}) listening on {addr}, {transport}",
             state.config.name, state.guid
         ),
     )
@@ -199,7 +223,7 @@ pub async fn run(
     let scheduler = tokio::spawn(expiration_schedule(state.clone(), shutdown.clone()));
     let repl_scheduler = tokio::spawn(repl::schedule(state.clone(), shutdown.clone()));
 
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
@@ -207,12 +231,21 @@ pub async fn run(
         .add_service(health_service)
         .add_service(backup)
         .add_service(admin)
-        .add_service(replication)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown.clone().cancelled_owned(),
-        )
-        .await;
+        .add_service(replication);
+    let result = if state.config.insecure_plaintext {
+        router
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown.clone().cancelled_owned(),
+            )
+            .await
+    } else {
+        let incoming = tandem_tls::incoming(listener, &state.identity)
+            .map_err(|e| ServerError::FailedPrecondition(format!("TLS identity: {e}")))?;
+        router
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+            .await
+    };
     // Background work ends before the catalog is checkpointed.
     shutdown.cancel();
     scheduler.await?;

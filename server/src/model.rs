@@ -205,6 +205,9 @@ pub struct PartnerServer {
     pub guid: String,
     /// The address its clients use in failover, as learned at the last Hello.
     pub failover_address: String,
+    /// Its pinned certificate fingerprint (empty only for a plaintext
+    /// loopback partner in development).
+    pub fingerprint: String,
 }
 
 impl std::fmt::Debug for PartnerServer {

@@ -299,10 +299,25 @@ async fn connect(
         .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
         .max_frame_size(tandem_proto::MAX_FRAME_BYTES);
-    let channel = endpoint
-        .connect()
+    // Mutual TLS: the partner is checked against its pinned fingerprint before
+    // the first request, so the shared password and the node data never
+    // reach anyone else; it checks ours the same way.
+    let tls = match partner.fingerprint.parse::<tandem_tls::Fingerprint>() {
+        Ok(pin) => Some(
+            tandem_tls::ClientTls::new(&tandem_tls::Trust::Pinned(pin), Some(&state.identity))
+                .map_err(|e| ServerError::FailedPrecondition(e.to_string()))?,
+        ),
+        Err(_) => None,
+    };
+    let channel = tandem_tls::connect(endpoint, tls.as_ref())
         .await
-        .map_err(|e| unreachable(innermost(&e)))?;
+        .map_err(|e| match e {
+            tandem_tls::ConnectError::Unreachable { cause, .. } => unreachable(cause),
+            other => ServerError::FailedPrecondition(format!(
+                "replication server {}: {other}",
+                partner.name
+            )),
+        })?;
     let client = ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -353,14 +368,6 @@ async fn connect(
     tokio::task::spawn_blocking(move || catalog.set_server_identity(&name, &guid, &failover))
         .await??;
     Ok(target)
-}
-
-fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = err;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// Checks that `node` can be replicated now and returns it with the target.

@@ -192,6 +192,18 @@ impl ChunkIngest {
 /// Address of the caller for logs, or `-` when unknown.
 fn peer_of<T>(request: &tonic::Request<T>) -> String {
     request
-        .remote_addr()
+        .extensions()
+        .get::<tandem_tls::PeerInfo>()
+        .and_then(|p| p.remote)
+        .or_else(|| request.remote_addr())
         .map_or_else(|| "-".to_string(), |a| a.to_string())
+}
+
+/// The fingerprint of the certificate the caller proved it holds (partner
+/// servers present one for mutual TLS); `None` without one or without TLS.
+fn client_fingerprint<T>(request: &tonic::Request<T>) -> Option<tandem_tls::Fingerprint> {
+    request
+        .extensions()
+        .get::<tandem_tls::PeerInfo>()
+        .and_then(|p| p.client_fingerprint)
 }

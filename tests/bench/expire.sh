@@ -27,11 +27,11 @@ PY
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
-ADDR=http://$(cat "$WORK/server/listen.addr")
+ADDR=https://$(cat "$WORK/server/listen.addr")
 ADMIN="$BIN/tandem-admin --server $ADDR --token-file $WORK/server/admin.token"
 echo 'bench-password' | $ADMIN register node bench > /dev/null
 $ADMIN update node bench --verdeleted 0 > /dev/null
-printf 'node_name = "bench"\nserver_address = "%s"\npassword = "bench-password"\nstate_dir = "%s"\n' "$ADDR" "$WORK/state" > "$WORK/tandem.toml"
+printf 'node_name = "bench"\nserver_address = "%s"\nserver_fingerprint = "%s"\npassword = "bench-password"\nstate_dir = "%s"\n' "$ADDR" "$(cat "$WORK/server/fingerprint")" "$WORK/state" > "$WORK/tandem.toml"
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
 /usr/bin/time -f "backup of $FILES files: %e s" $T incremental "$WORK/data"
 rm -rf "$WORK/data"/*

@@ -21,15 +21,15 @@ start() { # start NAME DIR -> sets ADDR
 }
 start PRIMARY "$WORK/primary"; P=$ADDR; PRIMARY_PID=$LAST_PID
 start SECONDARY "$WORK/secondary"; S=$ADDR
-AP="$BIN/tandem-admin --server http://$P --token-file $WORK/primary/admin.token"
-AS="$BIN/tandem-admin --server http://$S --token-file $WORK/secondary/admin.token"
+AP="$BIN/tandem-admin --server https://$P --token-file $WORK/primary/admin.token"
+AS="$BIN/tandem-admin --server https://$S --token-file $WORK/secondary/admin.token"
 echo 'bench-server-pw' > "$WORK/spw"; echo 'bench-password' > "$WORK/pw"
 $AP register node bench --password-file "$WORK/pw" > /dev/null
-$AP define server SECONDARY --address "http://$S" --server-password-file "$WORK/spw" > /dev/null
-$AS define server PRIMARY --address "http://$P" --server-password-file "$WORK/spw" > /dev/null
+$AP define server SECONDARY --address "https://$S" --fingerprint "$(cat "$WORK/secondary/fingerprint")" --server-password-file "$WORK/spw" > /dev/null
+$AS define server PRIMARY --address "https://$P" --fingerprint "$(cat "$WORK/primary/fingerprint")" --server-password-file "$WORK/spw" > /dev/null
 $AP set replserver SECONDARY > /dev/null
 $AP update node bench --replstate enabled > /dev/null
-printf 'node_name = "bench"\nserver_name = "PRIMARY"\nserver_address = "http://%s"\npassword = "bench-password"\nstate_dir = "%s"\n' "$P" "$WORK/state" > "$WORK/tandem.toml"
+printf 'node_name = "bench"\nserver_name = "PRIMARY"\nserver_address = "https://%s"\nserver_fingerprint = "%s"\npassword = "bench-password"\nstate_dir = "%s"\n' "$P" "$(cat "$WORK/primary/fingerprint")" "$WORK/state" > "$WORK/tandem.toml"
 echo "first byte" > "$WORK/src/file.txt"
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
 $T incremental "$WORK/src" > /dev/null
@@ -61,6 +61,6 @@ time.sleep(600)   # accepts (kernel backlog) and never answers; bounded
 ' > "$WORK/silent.port" &
 PIDS+=($!)
 for _ in $(seq 1 100); do [ -s "$WORK/silent.port" ] && break; sleep 0.05; done
-sed -i "s|^server_address = .*|server_address = \"http://127.0.0.1:$(cat "$WORK/silent.port")\"|" "$WORK/tandem.toml"
+sed -i "s|^server_address = .*|server_address = \"https://127.0.0.1:$(cat "$WORK/silent.port")\"|" "$WORK/tandem.toml"
 measure "primary silent (accepts, never answers)"
 echo "error log lines written: $(wc -l < "$WORK/state/dsierror.log")"

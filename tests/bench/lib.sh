@@ -1,15 +1,23 @@
 # Shared by the benchmark scripts (sourced). Needs BIN and WORK set.
 
+# Every connection is TLS, as in production. BENCH_PLAINTEXT=1 starts the
+# servers with --insecure-plaintext instead, to measure what TLS costs.
+if [ -n "${BENCH_PLAINTEXT:-}" ]; then
+  SCHEME=http; PLAIN_FLAG=--insecure-plaintext
+else
+  SCHEME=https; PLAIN_FLAG=
+fi
+
 # start_primary NAME: starts a release tandem-server in $WORK/server on a free
 # 127.0.0.1 port, registers node "bench" and writes the client's options to
-# $WORK/tandem.toml. Sets SERVER_PID and ADDR.
+# $WORK/tandem.toml, pinning the server's certificate. Sets SERVER_PID and ADDR.
 start_primary() {
   rm -rf "$WORK/server"
-  "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name "$1" > "$WORK/server.log" 2>&1 &
+  "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name "$1" $PLAIN_FLAG > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
   ADDR=$(cat "$WORK/server/listen.addr")
-  echo 'bench-password' | "$BIN/tandem-admin" --server "http://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
-  printf 'node_name = "bench"\nserver_address = "http://%s"\npassword = "bench-password"\nstate_dir = "%s"\n' \
-    "$ADDR" "$WORK/state" > "$WORK/tandem.toml"
+  echo 'bench-password' | "$BIN/tandem-admin" --server "$SCHEME://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
+  printf 'node_name = "bench"\nserver_address = "%s://%s"\nserver_fingerprint = "%s"\npassword = "bench-password"\nstate_dir = "%s"\n' \
+    "$SCHEME" "$ADDR" "$(cat "$WORK/server/fingerprint")" "$WORK/state" > "$WORK/tandem.toml"
 }

@@ -47,14 +47,15 @@ run() {
 
 start_secondary() {
   rm -rf "$WORK/secondary"
-  "$BIN/tandem-server" --data-dir "$WORK/secondary" --listen 127.0.0.1:0 --name BENCH2 > "$WORK/secondary.log" 2>&1 &
+  "$BIN/tandem-server" --data-dir "$WORK/secondary" --listen 127.0.0.1:0 --name BENCH2 $PLAIN_FLAG > "$WORK/secondary.log" 2>&1 &
   SECONDARY_PID=$!
   for _ in $(seq 1 200); do [ -s "$WORK/secondary/listen.addr" ] && break; sleep 0.05; done
   ADDR2=$(cat "$WORK/secondary/listen.addr")
   echo 'bench-server-pw' > "$WORK/server.pw"
-  "$BIN/tandem-admin" --server "http://$ADDR2" --token-file "$WORK/secondary/admin.token" define server BENCH \
-    --address "http://$ADDR" --server-password-file "$WORK/server.pw" > /dev/null
-  $ADMIN define server BENCH2 --address "http://$ADDR2" --server-password-file "$WORK/server.pw" > /dev/null
+  "$BIN/tandem-admin" --server "$SCHEME://$ADDR2" --token-file "$WORK/secondary/admin.token" define server BENCH \
+    --address "$SCHEME://$ADDR" --fingerprint "$(cat "$WORK/server/fingerprint")" --server-password-file "$WORK/server.pw" > /dev/null
+  $ADMIN define server BENCH2 --address "$SCHEME://$ADDR2" --fingerprint "$(cat "$WORK/secondary/fingerprint")" \
+    --server-password-file "$WORK/server.pw" > /dev/null
   $ADMIN set replserver BENCH2 > /dev/null
   $ADMIN update node bench --replstate enabled > /dev/null
 }
@@ -66,7 +67,7 @@ replicate() {
 
 start_server() {
   start_primary BENCH
-  ADMIN="$BIN/tandem-admin --server http://$ADDR --token-file $WORK/server/admin.token"
+  ADMIN="$BIN/tandem-admin --server $SCHEME://$ADDR --token-file $WORK/server/admin.token"
   start_secondary
 }
 stop_server() {
@@ -78,6 +79,7 @@ stop_server() {
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic
 DATA_BYTES=0
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
+echo "transport: $SCHEME (BENCH_PLAINTEXT=1 for plaintext)"
 for rep in $(seq 1 "$REPS"); do
   echo "== round $rep"
   # Each round keeps its own copies until the run ends: ext4 allocates inodes

@@ -109,6 +109,33 @@ impl TestServer {
         server
     }
 
+    /// Starts a server named `name` on `listen` (an impostor taking over a
+    /// stopped server's address, for instance).
+    pub fn start_on(name: &str, listen: SocketAddr) -> Self {
+        let data = tempfile::Builder::new()
+            .prefix("tandem-srv-")
+            .tempdir()
+            .expect("temp dir");
+        let mut server = TestServer {
+            name: name.to_string(),
+            addr: listen,
+            data,
+            child: None,
+        };
+        // The old owner's socket may linger a moment after SIGKILL.
+        let free = wait_until(Duration::from_secs(10), || {
+            std::net::TcpListener::bind(listen).is_ok()
+        });
+        assert!(free, "{listen} did not become free");
+        server.spawn(&listen.to_string());
+        server
+    }
+
+    /// The activity log as `query actlog` prints it.
+    pub fn actlog(&self) -> String {
+        String::from_utf8_lossy(&self.admin(&["query", "actlog"]).stdout).into_owned()
+    }
+
     fn spawn(&mut self, listen: &str) {
         let addr_file = self.data.path().join("listen.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -133,7 +160,16 @@ impl TestServer {
 
     /// The URL clients use.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The server's certificate fingerprint, as it wrote it beside
+    /// `listen.addr` (what clients, consoles and partners pin).
+    pub fn fingerprint(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("fingerprint"))
+            .expect("DATA_DIR/fingerprint")
+            .trim()
+            .to_string()
     }
 
     /// The process id, while running.
@@ -240,6 +276,8 @@ pub fn pair(primary: &TestServer, secondary: &TestServer, password: &str) {
             &there.name,
             "--address",
             &there.url(),
+            "--fingerprint",
+            &there.fingerprint(),
             "--server-password-file",
             file.to_str().expect("utf8"),
         ]);
@@ -273,20 +311,32 @@ pub struct TestClient {
 }
 
 impl TestClient {
-    /// A client of `server` logging on as `node`.
+    /// A client of `server` logging on as `node`, pinning its certificate.
     pub fn new(server: &TestServer, node: &str, password: &str) -> Self {
-        Self::at(&server.name, &server.url(), node, password)
+        Self::at(
+            &server.name,
+            &server.url(),
+            &server.fingerprint(),
+            node,
+            password,
+        )
     }
 
-    /// A client of the server named `name` at `url`.
-    pub fn at(name: &str, url: &str, node: &str, password: &str) -> Self {
+    /// A client of the server named `name` at `url`, pinning `fingerprint`
+    /// (none when empty).
+    pub fn at(name: &str, url: &str, fingerprint: &str, node: &str, password: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tandem-cli-")
             .tempdir()
             .expect("temp dir");
         let options = dir.path().join("tandem.toml");
+        let pin = if fingerprint.is_empty() {
+            String::new()
+        } else {
+            format!("server_fingerprint = \"{fingerprint}\"\n")
+        };
         let text = format!(
-            "# test client\nnode_name = \"{node}\"\nserver_name = \"{name}\"\nserver_address = \"{url}\"\npassword = \"{password}\"\nstate_dir = \"{}\"\n",
+            "# test client\nnode_name = \"{node}\"\nserver_name = \"{name}\"\nserver_address = \"{url}\"\n{pin}password = \"{password}\"\nstate_dir = \"{}\"\n",
             dir.path().join("state").display()
         );
         std::fs::write(&options, text).expect("options file");
@@ -548,11 +598,63 @@ pub struct CutProxy {
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    captured: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
+}
+
+/// At most this much is kept by a recording proxy.
+const MAX_CAPTURE_BYTES: usize = 256 << 20;
+
+/// Copies `from` to `to` until either side ends, keeping a copy of the bytes
+/// in `capture` when there is one.
+fn relay(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    capture: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
+) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(capture) = &capture {
+            let mut kept = capture.lock().expect("capture");
+            if kept.len() + n <= MAX_CAPTURE_BYTES {
+                kept.extend_from_slice(&buf[..n]);
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 impl CutProxy {
     /// Starts forwarding to `target`.
     pub fn start(target: SocketAddr) -> Self {
+        Self::start_with(target, None)
+    }
+
+    /// Starts forwarding to `target`, keeping every byte that passes in
+    /// either direction (a wire capture).
+    pub fn recording(target: SocketAddr) -> Self {
+        Self::start_with(target, Some(std::sync::Arc::default()))
+    }
+
+    /// The bytes seen so far in both directions (empty unless recording).
+    pub fn captured(&self) -> Vec<u8> {
+        self.captured
+            .as_ref()
+            .map(|c| c.lock().expect("capture").clone())
+            .unwrap_or_default()
+    }
+
+    fn start_with(
+        target: SocketAddr,
+        captured: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
+    ) -> Self {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -560,7 +662,7 @@ impl CutProxy {
         let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (c, s, k) = (cut.clone(), stop.clone(), conns.clone());
+        let (c, s, k, rec) = (cut.clone(), stop.clone(), conns.clone(), captured.clone());
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(600);
             while !s.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -575,11 +677,9 @@ impl CutProxy {
                             (server.try_clone(), client.try_clone()),
                         ];
                         for (from, to) in pairs {
-                            if let (Ok(mut from), Ok(mut to)) = (from, to) {
-                                std::thread::spawn(move || {
-                                    let _ = std::io::copy(&mut from, &mut to);
-                                    let _ = to.shutdown(std::net::Shutdown::Both);
-                                });
+                            if let (Ok(from), Ok(to)) = (from, to) {
+                                let rec = rec.clone();
+                                std::thread::spawn(move || relay(from, to, rec));
                             }
                         }
                         let mut held = k.lock().expect("conns");
@@ -596,6 +696,7 @@ impl CutProxy {
             cut,
             stop,
             conns,
+            captured,
         }
     }
 

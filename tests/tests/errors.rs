@@ -191,6 +191,8 @@ fn admin_console_checks_its_token_and_input() {
             &server.url(),
             "--token-file",
             &path_str(&wrong),
+            "--fingerprint",
+            &server.fingerprint(),
             "query",
             "node",
         ])

@@ -229,7 +229,7 @@ fn a_stale_replica_is_warned_per_filespace() {
 #[test]
 fn a_wrong_password_never_fails_over() {
     let w = setup();
-    let bad = TestClient::at("PRIMARY", &w.primary.url(), "alice", "wrong-password");
+    let bad = TestClient::new(&w.primary, "alice", "wrong-password");
     let good_text = std::fs::read_to_string(&w.client.options).unwrap();
     let block = &good_text[good_text.find("\n# Maintained").unwrap()..];
     let mut text = std::fs::read_to_string(&bad.options).unwrap();
@@ -298,8 +298,8 @@ fn failover_decisions_for_refused_and_silent_primaries() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap();
     for (what, url) in [
-        ("refused", format!("http://127.0.0.1:{refused_port}")),
-        ("silent", format!("http://{silent_addr}")),
+        ("refused", format!("https://127.0.0.1:{refused_port}")),
+        ("silent", format!("https://{silent_addr}")),
     ] {
         let text = std::fs::read_to_string(&w.client.options).unwrap();
         let line = text

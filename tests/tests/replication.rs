@@ -40,7 +40,7 @@ fn a_replicated_tree_restores_byte_identical_from_the_secondary() {
     assert!(run["objects_sent"].as_u64().unwrap() > 40, "{run}");
     assert!(run["bytes_sent"].as_u64().unwrap() > 3 << 20, "{run}");
 
-    let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
+    let on_secondary = TestClient::new(&p.secondary, "alice", "alice-password");
     let out = p.work.path().join("from-secondary");
     let src = p.work.path().join("src");
     let r = on_secondary.json(&[
@@ -124,7 +124,7 @@ fn reruns_send_nothing_and_changes_and_deletions_propagate() {
         "old versions turned inactive: {run}"
     );
 
-    let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
+    let on_secondary = TestClient::new(&p.secondary, "alice", "alice-password");
     let out = p.work.path().join("after-change");
     on_secondary.json(&[
         "restore",
@@ -199,7 +199,7 @@ fn the_active_data_rule_leaves_inactive_versions_behind() {
     std::fs::write(src.join("empty"), "now with content\n").unwrap();
     p.client.json(&["incremental", &path_str(&src)]);
     replicate(&p.primary, "alice");
-    let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
+    let on_secondary = TestClient::new(&p.secondary, "alice", "alice-password");
     let versions = on_secondary.json(&[
         "query",
         "backup",
@@ -224,6 +224,8 @@ fn a_wrong_server_password_is_refused_and_logged() {
             "PRIMARY",
             "--address",
             &primary.url(),
+            "--fingerprint",
+            &primary.fingerprint(),
             "--server-password-file",
             &path_str(&wrong),
         ]),
@@ -278,7 +280,7 @@ enum Cut {
 fn interrupt(p: &mut Pair, how: Cut) {
     let proxy = (how == Cut::Network).then(|| {
         let proxy = CutProxy::start(p.secondary.addr);
-        let url = format!("http://{}", proxy.addr);
+        let url = format!("https://{}", proxy.addr);
         let pw = p.primary.data.path().join("SECONDARY.serverpw");
         assert_success(
             &p.primary.admin(&[
@@ -287,6 +289,8 @@ fn interrupt(p: &mut Pair, how: Cut) {
                 "SECONDARY",
                 "--address",
                 &url,
+                "--fingerprint",
+                &p.secondary.fingerprint(),
                 "--server-password-file",
                 &path_str(&pw),
             ]),
@@ -351,7 +355,7 @@ fn interrupt(p: &mut Pair, how: Cut) {
         "what the target committed is not sent again: {resumed}"
     );
     assert!(resumed["bytes_sent"].as_u64().unwrap() < 128 << 20);
-    let on_secondary = TestClient::at("SECONDARY", &p.secondary.url(), "alice", "alice-password");
+    let on_secondary = TestClient::new(&p.secondary, "alice", "alice-password");
     let out = p.work.path().join(format!("resumed-{how:?}"));
     on_secondary.json(&["restore", &format!("{}/*", path_str(&src)), &path_str(&out)]);
     assert_same_tree(&src, &out);
@@ -387,7 +391,7 @@ fn the_failover_block_is_pushed_into_the_options_file() {
     );
     assert_success(
         &p.secondary
-            .admin(&["set", "failoveraddress", "http://127.0.0.2:7777"]),
+            .admin(&["set", "failoveraddress", "https://127.0.0.2:7777"]),
         "failover address",
     );
     replicate(&p.primary, "alice");
@@ -409,7 +413,7 @@ fn the_failover_block_is_pushed_into_the_options_file() {
     );
     assert!(text.contains("[replication_servers.SECONDARY]"), "{text}");
     assert!(
-        text.contains("address = \"http://127.0.0.2:7777\""),
+        text.contains("address = \"https://127.0.0.2:7777\""),
         "the failover address is pushed: {text}"
     );
     assert!(

@@ -26,6 +26,9 @@ struct Args {
     /// Server name [default: TANDEM].
     #[arg(long)]
     name: Option<String>,
+    /// Serve plaintext instead of TLS: development only, loopback addresses only.
+    #[arg(long)]
+    insecure_plaintext: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -55,6 +58,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         name: args.name,
+        insecure_plaintext: args.insecure_plaintext,
     };
     let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
     let listen = config.listen;
@@ -62,7 +66,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr()?, name = %state.config.name, guid = %state.guid, "server ready");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        name = %state.config.name,
+        guid = %state.guid,
+        fingerprint = %state.identity.fingerprint(),
+        tls = !state.config.insecure_plaintext,
+        "server ready"
+    );
     let token = CancellationToken::new();
     let signal_token = token.clone();
     tokio::spawn(async move {

@@ -135,6 +135,29 @@ pub(crate) fn add_extra_column(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(true)
 }
 
+/// Adds `column` (with its SQL declaration) to `table` in a catalog written
+/// before the column existed. Returns whether it was added.
+pub(crate) fn add_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    declaration: &str,
+) -> rusqlite::Result<bool> {
+    let has_table = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists([table])?;
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists([table, column])?;
+    if !has_table || has_column {
+        return Ok(false);
+    }
+    conn.execute_batch(&format!(
+        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+    ))?;
+    Ok(true)
+}
+
 /// Rewrites stored names that literally contain a character of the range
 /// [`tandem_proto::names`] uses for escaped bytes into that encoding. Run
 /// once, when a catalog from before names were bytes is first opened (the

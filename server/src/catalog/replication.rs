@@ -68,11 +68,13 @@ impl Catalog {
         name: &str,
         address: &str,
         password: &str,
+        fingerprint: &str,
     ) -> Result<(), CatalogError> {
         self.conn().execute(
-            "INSERT INTO servers (name, address, password) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO UPDATE SET address = excluded.address, password = excluded.password",
-            params![name, address, password],
+            "INSERT INTO servers (name, address, password, fingerprint) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET address = excluded.address,
+                 password = excluded.password, fingerprint = excluded.fingerprint",
+            params![name, address, password, fingerprint],
         )?;
         Ok(())
     }
@@ -84,7 +86,8 @@ impl Catalog {
     pub fn servers(&self) -> Result<Vec<PartnerServer>, CatalogError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, address, password, guid, failover_address FROM servers ORDER BY name",
+            "SELECT name, address, password, guid, failover_address, fingerprint
+             FROM servers ORDER BY name",
         )?;
         let rows = stmt
             .query_map([], |r| {
@@ -94,6 +97,7 @@ impl Catalog {
                     password: r.get(2)?,
                     guid: r.get(3)?,
                     failover_address: r.get(4)?,
+                    fingerprint: r.get(5)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -232,11 +236,13 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// Target side: creates the replica of a node in receive mode, or updates
-    /// its password hash and lock. Refuses a node that holds data of its own.
+    /// Target side: creates the replica of a node in receive mode, owned by
+    /// `source`, or updates its password hash and lock. A replica belongs to
+    /// the server that created it; a local node is never turned into one.
     ///
     /// # Errors
-    /// [`ServerError::FailedPrecondition`] for a non-replica node with data; SQLite errors.
+    /// [`ServerError::FailedPrecondition`] for a local node,
+    /// [`ServerError::PermissionDenied`] for another server's replica; SQLite errors.
     pub fn prepare_replica(
         &self,
         name: &str,
@@ -247,10 +253,9 @@ impl Catalog {
     ) -> Result<(), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let existing: Option<(i64, String, u32)> = tx
+        let existing: Option<(i64, String, String)> = tx
             .query_row(
-                "SELECT id, replmode, (SELECT count(*) FROM filespaces WHERE node_id = nodes.id)
-                 FROM nodes WHERE name = ?1",
+                "SELECT id, replmode, repl_server FROM nodes WHERE name = ?1",
                 [name],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -263,16 +268,20 @@ impl Catalog {
                     params![name, password_hash, locked, now_ns, source],
                 )?;
             }
-            Some((_, mode, filespaces)) if mode != "receive" && filespaces > 0 => {
+            Some((_, mode, _)) if mode != "receive" => {
                 return Err(ServerError::FailedPrecondition(format!(
-                    "node {name} exists on this server with data of its own; it cannot receive a replica"
+                    "node {name} is registered on this server as a node of its own; it cannot become a replica of server {source}. Rename one of them, or remove the local node if it is not needed"
+                )));
+            }
+            Some((_, _, owner)) if owner != source => {
+                return Err(ServerError::PermissionDenied(format!(
+                    "node {name} is the replica of server {owner}; server {source} may not change it. `remove replnode {name}` on this server hands it over"
                 )));
             }
             Some((id, _, _)) => {
                 tx.execute(
-                    "UPDATE nodes SET password_hash = ?2, locked = ?3, replstate = 'enabled',
-                            replmode = 'receive', repl_server = ?4 WHERE id = ?1",
-                    params![id, password_hash, locked, source],
+                    "UPDATE nodes SET password_hash = ?2, locked = ?3, replstate = 'enabled' WHERE id = ?1",
+                    params![id, password_hash, locked],
                 )?;
             }
         }

@@ -103,7 +103,8 @@ CREATE TABLE IF NOT EXISTS servers (
     address          TEXT NOT NULL,
     password         TEXT NOT NULL,
     guid             TEXT NOT NULL DEFAULT '',  -- learned at the last Hello
-    failover_address TEXT NOT NULL DEFAULT ''   -- the partner's SET FAILOVERHLADDRESS
+    failover_address TEXT NOT NULL DEFAULT '',  -- the partner's SET FAILOVERHLADDRESS
+    fingerprint      TEXT NOT NULL DEFAULT ''   -- its pinned TLS certificate (SHA-256)
 );
 
 CREATE TABLE IF NOT EXISTS repl_runs (

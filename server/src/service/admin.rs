@@ -65,16 +65,41 @@ fn server_name(raw: &str) -> Result<String, Status> {
     })
 }
 
-fn check_url(address: &str) -> Result<(), Status> {
-    if (address.starts_with("http://") || address.starts_with("https://"))
-        && tonic::transport::Endpoint::from_shared(address.to_string()).is_ok()
-    {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "address {address:?} must be a URL such as http://10.0.0.2:1500"
-        )))
+/// An address servers or clients connect to: `https://HOST:PORT`, or
+/// `http://` to a loopback host (development servers only). Returns whether
+/// it is https.
+fn check_url(address: &str) -> Result<bool, Status> {
+    let https = tandem_tls::parse_url_scheme(address)
+        .ok()
+        .filter(|_| tonic::transport::Endpoint::from_shared(address.to_string()).is_ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "address {address:?} must be a URL such as https://10.0.0.2:1500"
+            ))
+        })?;
+    if !https && !tandem_tls::is_loopback_url(address) {
+        return Err(Status::invalid_argument(format!(
+            "address {address:?}: plaintext http:// is allowed only to a loopback address; use https://"
+        )));
     }
+    Ok(https)
+}
+
+/// The pinned fingerprint of a partner: required for an https address.
+fn partner_fingerprint(address: &str, https: bool, given: &str) -> Result<String, Status> {
+    if given.trim().is_empty() {
+        return if https {
+            Err(Status::invalid_argument(format!(
+                "server at {address} needs --fingerprint: the SHA-256 fingerprint its `tandem-admin query status` prints (or its DATA_DIR/fingerprint)"
+            )))
+        } else {
+            Ok(String::new())
+        };
+    }
+    given
+        .parse::<tandem_tls::Fingerprint>()
+        .map(|fp| fp.to_string())
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn node_name(raw: &str) -> Result<String, Status> {
@@ -158,26 +183,36 @@ impl Admin for AdminService {
         let peer = self.authorize(&request).await?;
         let req = request.into_inner();
         let name = server_name(&req.name)?;
-        check_url(&req.address)?;
+        let https = check_url(&req.address)?;
+        let fingerprint = partner_fingerprint(&req.address, https, &req.fingerprint)?;
         if req.password.chars().count() < 8 {
             return Err(Status::invalid_argument(
                 "the server password must have at least 8 characters",
             ));
         }
-        let (n, a) = (name.clone(), req.address.clone());
+        let (n, a, f) = (name.clone(), req.address.clone(), fingerprint.clone());
         super::blocking(&self.state, move |s| {
-            Ok(s.catalog.define_server(&n, &a, &req.password)?)
+            Ok(s.catalog.define_server(&n, &a, &req.password, &f)?)
         })
         .await?;
         self.audit(
             &peer,
             "",
-            format!("define server {name} address {}", req.address),
+            format!(
+                "define server {name} address {} fingerprint {}",
+                req.address,
+                if fingerprint.is_empty() {
+                    "none (plaintext)"
+                } else {
+                    &fingerprint
+                }
+            ),
         )
         .await;
         Ok(Response::new(pb::ServerInfo {
             name,
             address: req.address,
+            fingerprint,
             ..Default::default()
         }))
     }
@@ -202,6 +237,7 @@ impl Admin for AdminService {
                     name: p.name,
                     address: p.address,
                     guid: p.guid,
+                    fingerprint: p.fingerprint,
                 })
                 .collect(),
         }))
@@ -622,6 +658,8 @@ impl Admin for AdminService {
             chunks,
             stored_bytes,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            fingerprint: self.state.identity.fingerprint().to_string(),
+            tls: !self.state.config.insecure_plaintext,
         }))
     }
 }

@@ -91,6 +91,7 @@ fn failover_block(
         address,
         guid: partner.guid,
         last_replication_ns: node.last_repl_ns,
+        fingerprint: partner.fingerprint,
     }))
 }
 
@@ -115,14 +116,21 @@ impl BackupService {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Status::unauthenticated("no session token; log on first"))?
             .to_string();
-        let session = self.state.sessions.touch(&token)?;
+        let session = self.state.sessions.touch_node(&token)?;
         Ok((session, token))
     }
 
     /// Refuses writes by a node this server holds as a replica: its data
-    /// comes only from its source server.
+    /// comes only from its source server. Checked on every write against the
+    /// catalog, not only at logon, so a session opened before the node
+    /// became a replica cannot write either.
     async fn refuse_replica(&self, session: &Session, peer: &str) -> Result<(), Status> {
-        if !session.replica {
+        let name = session.node.clone();
+        let replica_now = super::blocking(&self.state, move |s| {
+            Ok(s.catalog.node(&name)?.is_none_or(|n| n.is_replica()))
+        })
+        .await?;
+        if !session.replica && !replica_now {
             return Ok(());
         }
         actlog::record(

@@ -13,14 +13,17 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
-use super::peer_of;
+use super::{client_fingerprint, peer_of};
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth::Token;
 use crate::catalog::VersionState;
 use crate::error::ServerError;
-use crate::model::{normalize_node_name, now_ns};
+use crate::model::{PartnerServer, normalize_node_name, now_ns};
 use crate::repl::{SERVER_HEADER, filespace_times};
+
+/// How far a source's clock may run ahead of ours.
+const MAX_CLOCK_SKEW_NS: i64 = 5 * 60 * 1_000_000_000;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -52,43 +55,89 @@ impl ReplicationService {
             .to_string();
         let lookup = name.clone();
         let partner = super::blocking(&self.state, move |s| Ok(s.catalog.server(&lookup)?)).await?;
-        match partner {
-            Some(p) if Token::new(&p.password).matches(&presented) => Ok(name),
-            _ => {
-                let peer = peer_of(request);
-                actlog::record(
-                    &self.state.catalog,
-                    ServerMsg::ReplicationAuthFailed,
-                    "",
-                    &peer,
-                    format!("replication call from server {name:?} refused: unknown server or wrong server password"),
-                )
-                .await;
-                Err(Status::unauthenticated(format!(
-                    "server {name:?} is not defined here or its server password is wrong; run `define server` on both servers with the same password"
-                )))
-            }
+        let refusal = match partner {
+            None => Some(format!(
+                "server {name:?} is not defined here; run `define server` on both servers"
+            )),
+            Some(p) => match self.certificate_refusal(request, &p) {
+                Some(why) => Some(why),
+                None if Token::new(&p.password).matches(&presented) => None,
+                None => Some(format!(
+                    "the server password of {name} is wrong; define the server on both sides with the same password"
+                )),
+            },
+        };
+        let Some(why) = refusal else {
+            return Ok(name);
+        };
+        let peer = peer_of(request);
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::ReplicationAuthFailed,
+            "",
+            &peer,
+            format!("replication call from server {name:?} refused: {why}"),
+        )
+        .await;
+        Err(Status::unauthenticated(format!(
+            "replication refused: {why}"
+        )))
+    }
+
+    /// Mutual TLS: the caller must have proven it holds the certificate
+    /// pinned for `partner`. Only a development server serving plaintext
+    /// skips this (there is no certificate to check).
+    fn certificate_refusal<T>(
+        &self,
+        request: &Request<T>,
+        partner: &PartnerServer,
+    ) -> Option<String> {
+        if self.state.config.insecure_plaintext {
+            return None;
+        }
+        let Ok(pinned) = partner.fingerprint.parse::<tandem_tls::Fingerprint>() else {
+            return Some(format!(
+                "server {} is defined here without a certificate fingerprint; define it again with --fingerprint",
+                partner.name
+            ));
+        };
+        match client_fingerprint(request) {
+            Some(presented) if presented == pinned => None,
+            Some(presented) => Some(format!(
+                "the caller presented certificate fingerprint {presented}, but {pinned} is pinned for server {}",
+                partner.name
+            )),
+            None => Some(format!(
+                "the caller presented no client certificate; server {} must call with its own (mutual TLS)",
+                partner.name
+            )),
         }
     }
 
     /// Authorizes and checks the replication session; returns its number.
-    async fn session<T>(&self, request: &Request<T>) -> Result<u64, Status> {
-        self.authorize(request).await?;
+    async fn session<T>(&self, request: &Request<T>) -> Result<(u64, String), Status> {
+        let source = self.authorize(request).await?;
         let token = request
             .metadata()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Status::unauthenticated("no replication session; call Hello first"))?;
-        Ok(self.state.sessions.touch(token)?.id)
+        let id = self.state.sessions.touch_replication(token, &source)?.id;
+        Ok((id, source))
     }
 
-    /// The replica node's row id; it must be in receive mode.
-    async fn replica_id(&self, node: &str) -> Result<i64, Status> {
+    /// The replica node's row id; it must be in receive mode and belong to
+    /// `source`, the server that created it (SPEC 2.5).
+    async fn replica_id(&self, node: &str, source: &str) -> Result<i64, Status> {
         let name = normalize_node_name(node)
             .ok_or_else(|| Status::invalid_argument(format!("bad node name {node:?}")))?;
         let node = super::blocking(&self.state, move |s| Ok(s.catalog.node(&name)?)).await?;
         match node {
-            Some(n) if n.is_replica() => Ok(n.id),
+            Some(n) if n.is_replica() && n.repl_server == source => Ok(n.id),
+            Some(n) if n.is_replica() => Err(Status::permission_denied(format!(
+                "node {} is the replica of server {}; server {source} may not change it (`remove replnode` hands it over)",
+                n.name, n.repl_server
+            ))),
             Some(n) => Err(Status::failed_precondition(format!(
                 "node {} is not a replica on this server",
                 n.name
@@ -126,10 +175,7 @@ impl Replication for ReplicationService {
         let proof =
             crate::auth::server_proof(&partner.password, &nonce, &self.state.guid.to_string())
                 .to_vec();
-        let (token, _) = self
-            .state
-            .sessions
-            .open(0, &format!("server {source}"), &peer, false);
+        let (token, _) = self.state.sessions.open_replication(&source, &peer);
         let failover = self
             .state
             .catalog
@@ -149,8 +195,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::PrepareNodeRequest>,
     ) -> Result<Response<pb::PrepareNodeResponse>, Status> {
-        self.session(&request).await?;
-        let source = self.authorize(&request).await?;
+        let (_, source) = self.session(&request).await?;
         let req = request.into_inner();
         let name = normalize_node_name(&req.node)
             .ok_or_else(|| Status::invalid_argument("bad node name"))?;
@@ -168,8 +213,8 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::TargetInventoryRequest>,
     ) -> Result<Response<Self::TargetInventoryStream>, Status> {
-        self.session(&request).await?;
-        let node_id = self.replica_id(&request.into_inner().node).await?;
+        let (_, source) = self.session(&request).await?;
+        let node_id = self.replica_id(&request.into_inner().node, &source).await?;
         let states = super::blocking(&self.state, move |s| {
             Ok(s.catalog.version_states(node_id)?)
         })
@@ -205,7 +250,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::FindMissingChunksRequest>,
     ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
-        let session = self.session(&request).await?;
+        let (session, _) = self.session(&request).await?;
         let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
         let missing = super::blocking(&self.state, move |s| {
             super::missing_and_pin(s, session, &ids)
@@ -220,7 +265,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<Streaming<pb::UploadChunksRequest>>,
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
-        let session = self.session(&request).await?;
+        let (session, _) = self.session(&request).await?;
         let mut stream = request.into_inner();
         let mut ingest = super::ChunkIngest::new(self.state.clone(), session);
         while let Some(message) = stream.next().await {
@@ -239,9 +284,9 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::UpdateStatesRequest>,
     ) -> Result<Response<pb::UpdateStatesResponse>, Status> {
-        self.session(&request).await?;
+        let (_, source) = self.session(&request).await?;
         let req = request.into_inner();
-        let node_id = self.replica_id(&req.node).await?;
+        let node_id = self.replica_id(&req.node, &source).await?;
         let states = req
             .states
             .iter()
@@ -258,9 +303,9 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::PutObjectsRequest>,
     ) -> Result<Response<pb::PutObjectsResponse>, Status> {
-        self.session(&request).await?;
+        let (_, source) = self.session(&request).await?;
         let req = request.into_inner();
-        let node_id = self.replica_id(&req.node).await?;
+        let node_id = self.replica_id(&req.node, &source).await?;
         let versions = req
             .objects
             .into_iter()
@@ -282,9 +327,9 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::DeleteObjectsRequest>,
     ) -> Result<Response<pb::DeleteObjectsResponse>, Status> {
-        self.session(&request).await?;
+        let (_, source) = self.session(&request).await?;
         let req = request.into_inner();
-        let node_id = self.replica_id(&req.node).await?;
+        let node_id = self.replica_id(&req.node, &source).await?;
         let ids = req
             .object_ids
             .iter()
@@ -301,16 +346,23 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::FinishRunRequest>,
     ) -> Result<Response<pb::FinishRunResponse>, Status> {
-        self.session(&request).await?;
-        let source = self.authorize(&request).await?;
+        let (_, source) = self.session(&request).await?;
         let peer = peer_of(&request);
         let req = request.into_inner();
-        let node_id = self.replica_id(&req.node).await?;
+        let node_id = self.replica_id(&req.node, &source).await?;
         for fs in &req.filespaces {
             convert::check_path(&fs.name)?;
         }
         let times: Vec<_> = req.filespaces.into_iter().map(filespace_times).collect();
+        // A replication time in the future would make failover clients
+        // believe a stale replica is current.
         let replicated = req.replicated_ns;
+        let latest = now_ns().saturating_add(MAX_CLOCK_SKEW_NS);
+        if replicated <= 0 || replicated > latest {
+            return Err(Status::invalid_argument(format!(
+                "replication time {replicated} ns is not between the epoch and this server's clock (plus 5 minutes of skew)"
+            )));
+        }
         super::blocking(&self.state, move |s| {
             Ok(s.catalog.finish_replica(node_id, &times, replicated)?)
         })

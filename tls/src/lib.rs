@@ -1,0 +1,33 @@
+//! TLS for every Tandem connection (SPEC 2.5).
+//!
+//! - [`Fingerprint`]: a certificate's SHA-256, written as `openssl x509
+//!   -fingerprint -sha256` prints it. It is how clients, consoles and partner
+//!   servers recognise a server: pinned, never learned on first use.
+//! - [`ServerIdentity`]: a server's certificate and key, created self-signed in
+//!   the data directory on first start or read from the operator's own files.
+//! - [`ClientTls`] and [`connect`]: a tonic channel whose TLS handshake checks
+//!   the server against a pin (or a CA) before any request, and so before any
+//!   credential, is sent. A mismatch is reported with both fingerprints.
+//! - [`incoming`]: the server side. Handshakes run concurrently and time out,
+//!   so one slow or silent caller cannot stall the others. A client may
+//!   present a certificate (partner servers do, for mutual TLS); its
+//!   fingerprint reaches the services as [`PeerInfo`].
+
+mod client;
+mod fingerprint;
+mod identity;
+mod server;
+mod verify;
+
+pub use client::{ClientTls, ConnectError, Trust, connect, is_loopback_url, parse_url_scheme};
+pub use fingerprint::{Fingerprint, FingerprintError};
+pub use identity::{IdentityError, ServerIdentity};
+pub use server::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, PeerInfo, TlsConn, incoming};
+
+/// The crypto provider every config uses: rustls on *ring*.
+fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// ALPN for gRPC: HTTP/2 only.
+const ALPN_H2: &[u8] = b"h2";
