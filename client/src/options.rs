@@ -297,6 +297,12 @@ impl ClientOptions {
                 self.server_address
             ));
         }
+        if !https && (self.server_fingerprint.is_some() || self.ca_file.is_some()) {
+            return Err(format!(
+                "server_address {:?} is plaintext http://, which cannot check server_fingerprint or ca_file; use https://",
+                self.server_address
+            ));
+        }
         match (&self.server_fingerprint, &self.ca_file) {
             (Some(_), Some(_)) => {
                 return Err("both server_fingerprint and ca_file are set; keep one".into());
@@ -558,7 +564,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fp = "AB:".repeat(31) + "AB";
         let base = "node_name = \"a\"\npassword = \"p\"\n";
-        let cases: [(String, Option<&str>); 6] = [
+        let cases: Vec<(String, Option<&str>)> = vec![
+            (
+                format!("server_address = \"http://127.0.0.1:1\"\nserver_fingerprint = \"{fp}\"\n"),
+                Some("cannot check"),
+            ),
+            (
+                "server_address = \"http://localhost:1500\"\n".into(),
+                Some("only to a loopback"),
+            ),
             (
                 "server_address = \"https://backup.example.com:1500\"\n".into(),
                 Some("server_fingerprint is not set"),
@@ -575,7 +589,7 @@ mod tests {
                 "server_address = \"http://10.0.0.5:1500\"\n".into(),
                 Some("only to a loopback"),
             ),
-            ("server_address = \"http://localhost:1500\"\n".into(), None),
+            ("server_address = \"http://127.0.0.1:1500\"\n".into(), None),
             (
                 format!(
                     "server_address = \"https://b:1\"\nserver_fingerprint = \"{fp}\"\nca_file = \"ca.pem\"\n"

@@ -228,6 +228,9 @@ pub async fn run(
         .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
         .max_frame_size(tandem_proto::MAX_FRAME_BYTES)
+        // Connections whose peer vanished are found and closed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(backup)
         .add_service(admin)

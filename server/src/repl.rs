@@ -359,15 +359,44 @@ async fn connect(
         )));
     }
     target.session = ascii(&hello.session_token, "session token")?;
-    let (name, guid, failover) = (
-        partner.name.clone(),
-        hello.target_guid,
-        hello.failover_address,
-    );
+    let failover = checked_failover_address(state, partner, hello.failover_address);
+    let (name, guid) = (partner.name.clone(), hello.target_guid);
     let catalog = state.catalog.clone();
     tokio::task::spawn_blocking(move || catalog.set_server_identity(&name, &guid, &failover))
         .await??;
     Ok(target)
+}
+
+/// The address a partner asks its clients to use in failover, as this
+/// server will push it: an `https://` URL (a plaintext loopback one only
+/// between development servers). Anything else is dropped with a warning and
+/// the partner's own address is pushed instead, since the pushed address is
+/// where clients send their passwords.
+fn checked_failover_address(
+    state: &ServerState,
+    partner: &PartnerServer,
+    offered: String,
+) -> String {
+    const MAX_URL_BYTES: usize = 2048;
+    if offered.is_empty() {
+        return offered;
+    }
+    let acceptable = offered.len() <= MAX_URL_BYTES
+        && Endpoint::from_shared(offered.clone()).is_ok()
+        && match tandem_tls::parse_url_scheme(&offered) {
+            Ok(true) => true,
+            Ok(false) => state.config.insecure_plaintext && tandem_tls::is_loopback_url(&offered),
+            Err(_) => false,
+        };
+    if acceptable {
+        offered
+    } else {
+        tracing::warn!(
+            partner = %partner.name,
+            "ignoring the failover address the partner offered: it must be an https:// URL"
+        );
+        String::new()
+    }
 }
 
 /// Checks that `node` can be replicated now and returns it with the target.

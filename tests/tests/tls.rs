@@ -442,6 +442,158 @@ fn a_development_server_serves_plaintext_on_loopback_when_asked() {
     assert_success(&backup, "backup over plaintext loopback");
 }
 
+/// Runs openssl with `args` in `dir`; panics with its stderr on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+}
+
+/// A CA and a server certificate for `localhost` it issued, made with openssl
+/// as an operator would: `ca.pem`, `server.pem`, `server.key` in `dir`.
+fn organisation_ca(dir: &std::path::Path, ca: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    args.extend([
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj",
+    ]);
+    let subject = format!("/CN={ca}");
+    args.push(&subject);
+    openssl(dir, &args);
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(dir, &args);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "30",
+            "-extfile",
+            "ext",
+        ],
+    );
+}
+
+#[test]
+fn an_organisation_ca_is_trusted_through_ca_file() {
+    let pki = tempfile::tempdir().unwrap();
+    organisation_ca(pki.path(), "Example Backup CA");
+    let other = tempfile::tempdir().unwrap();
+    organisation_ca(other.path(), "Someone Else's CA");
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(bin("tandem-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env("TANDEM_SERVER_TLS_CERT", pki.path().join("server.pem"))
+        .env("TANDEM_SERVER_TLS_KEY", pki.path().join("server.key"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr_file = data.path().join("listen.addr");
+    let up = wait_until(Duration::from_secs(60), || addr_file.exists());
+    let port = std::fs::read_to_string(&addr_file)
+        .unwrap_or_default()
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let url = format!("https://localhost:{port}");
+    let ca = pki.path().join("ca.pem");
+    let admin = std::process::Command::new(bin("tandem-admin"))
+        .args([
+            "--server",
+            &url,
+            "--ca-file",
+            &path_str(&ca),
+            "--token-file",
+        ])
+        .arg(data.path().join("admin.token"))
+        .args(["register", "node", "carol"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut admin| {
+            use std::io::Write;
+            admin.stdin.take().unwrap().write_all(b"carol-password\n")?;
+            admin.wait_with_output()
+        })
+        .unwrap();
+    let openssl_says = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(pki.path().join("server.pem"))
+        .output()
+        .unwrap();
+    let client = |ca_file: &std::path::Path, url: &str| {
+        let c = TestClient::at("TANDEM", url, "", "carol", "carol-password");
+        c.add_options(&format!("ca_file = \"{}\"\n", path_str(ca_file)));
+        c.run(&["query", "session"])
+    };
+    let trusted = client(&ca, &url);
+    let foreign = client(&other.path().join("ca.pem"), &url);
+    let wrong_name = client(&ca, &format!("https://127.0.0.1:{port}"));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(
+        up,
+        "the server did not start with the operator's certificate"
+    );
+    assert_success(&admin, "register through --ca-file");
+    let fingerprint = std::fs::read_to_string(data.path().join("fingerprint")).unwrap();
+    let printed = String::from_utf8_lossy(&openssl_says.stdout);
+    assert!(
+        printed.trim().ends_with(fingerprint.trim()),
+        "DATA_DIR/fingerprint is what openssl prints: {printed} / {fingerprint}"
+    );
+    assert_success(&trusted, "logon through ca_file");
+    for (what, out) in [
+        ("another CA", foreign),
+        ("a name not in the certificate", wrong_name),
+    ] {
+        assert_eq!(code(&out), 12, "{what}");
+        assert!(
+            stderr(&out).contains("TDM1009E"),
+            "{what}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 mod wire {
     //! Calls made with the published protocol, as a hostile partner would.
 

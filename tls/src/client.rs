@@ -108,8 +108,9 @@ pub fn parse_url_scheme(url: &str) -> Result<bool, ConnectError> {
     }
 }
 
-/// Whether the URL's host is a loopback address (`127.0.0.0/8`, `::1`,
-/// `localhost`): the only place plaintext is ever allowed.
+/// Whether the URL's host is a loopback IP address (`127.0.0.0/8`, `::1`):
+/// the only place plaintext is ever allowed. Names, `localhost` included,
+/// do not count: what they resolve to is not ours to vouch for.
 pub fn is_loopback_url(url: &str) -> bool {
     let Ok(uri) = url.parse::<Uri>() else {
         return false;
@@ -118,8 +119,7 @@ pub fn is_loopback_url(url: &str) -> bool {
         return false;
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Trust settings and, for mutual TLS, the identity presented to the server.
@@ -244,8 +244,9 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Connects `endpoint`: over TLS checked by `tls` for `https://`, in
-/// plaintext for `http://` to a loopback host only (development servers run
-/// with `--insecure-plaintext`). Nothing is sent before the server's
+/// plaintext for `http://` to a loopback address only and only when no trust
+/// is configured (development servers run with `--insecure-plaintext`): a
+/// pin is never silently dropped. Nothing is sent before the server's
 /// certificate has been checked.
 ///
 /// # Errors
@@ -255,6 +256,12 @@ pub async fn connect(endpoint: Endpoint, tls: Option<&ClientTls>) -> Result<Chan
     let url = url.trim_end_matches('/').to_string();
     let https = parse_url_scheme(&url)?;
     if !https {
+        if tls.is_some() {
+            return Err(ConnectError::BadUrl {
+                url,
+                reason: "a pinned fingerprint or CA file needs https://; http:// would send everything in clear".into(),
+            });
+        }
         if !is_loopback_url(&url) {
             return Err(ConnectError::BadUrl {
                 url,

@@ -81,8 +81,13 @@ impl ServerIdentity {
     pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Self, IdentityError> {
         let cert = dir.join(CERT_FILE);
         let key = dir.join(KEY_FILE);
-        if cert.exists() || key.exists() {
+        if cert.exists() {
             return Self::from_files(&cert, &key);
+        }
+        if key.exists() {
+            // The key is written first: a key alone is a first start cut
+            // short before its certificate existed, so no one can pin it yet.
+            tracing::warn!(key = %key.display(), "a TLS key without its certificate: making both anew");
         }
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -184,6 +189,15 @@ mod tests {
             let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(got, mode, "{}", path.display());
         }
+    }
+
+    #[test]
+    fn a_key_left_without_its_certificate_is_made_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), "half a first start").unwrap();
+        let made = ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+        let again = ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+        assert_eq!(made.fingerprint(), again.fingerprint());
     }
 
     #[test]

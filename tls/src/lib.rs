@@ -8,8 +8,9 @@
 //! - [`ClientTls`] and [`connect`]: a tonic channel whose TLS handshake checks
 //!   the server against a pin (or a CA) before any request, and so before any
 //!   credential, is sent. A mismatch is reported with both fingerprints.
-//! - [`incoming`]: the server side. Handshakes run concurrently and time out,
-//!   so one slow or silent caller cannot stall the others. A client may
+//! - [`incoming`]: the server side. Handshakes run concurrently, time out,
+//!   and are capped in all and per address, so slow or silent callers cannot
+//!   stall the others. A client may
 //!   present a certificate (partner servers do, for mutual TLS); its
 //!   fingerprint reaches the services as [`PeerInfo`].
 
@@ -22,7 +23,9 @@ mod verify;
 pub use client::{ClientTls, ConnectError, Trust, connect, is_loopback_url, parse_url_scheme};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use identity::{IdentityError, ServerIdentity};
-pub use server::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, PeerInfo, TlsConn, incoming};
+pub use server::{
+    HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS, PeerInfo, TlsConn, incoming,
+};
 
 /// The crypto provider every config uses: rustls on *ring*.
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

@@ -1,8 +1,9 @@
 //! The server side: TLS handshakes on accepted connections, concurrently and
 //! bounded, feeding tonic's `serve_with_incoming`.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,11 +20,15 @@ use crate::fingerprint::Fingerprint;
 use crate::identity::{IdentityError, ServerIdentity};
 
 /// How long a caller may take to finish its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes in progress at once; further connections wait to be accepted.
-/// Bounds what callers that never finish their handshake can hold.
+/// Handshakes in progress at once. A connection beyond this is closed at
+/// once rather than left waiting, so callers that never finish their
+/// handshake cannot stop the server from accepting others.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// Handshakes in progress at once from one IP address.
+pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 
 /// Who is on the other end of a connection, as request extensions carry it.
 #[derive(Debug, Clone, Default)]
@@ -119,10 +124,54 @@ async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) ->
     }
 }
 
+/// Handshakes in progress, in all and per caller address.
+#[derive(Debug, Default)]
+struct Pending {
+    by_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A claim on one handshake slot of an address, given back when dropped.
+struct AddressSlot {
+    pending: Arc<Pending>,
+    address: IpAddr,
+}
+
+impl Pending {
+    fn claim(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(address).or_default();
+        if *count >= MAX_PENDING_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            pending: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .pending
+            .by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` and yields those whose TLS handshake
-/// with `identity` completed. Each handshake runs in its own task, at most
-/// [`MAX_PENDING_HANDSHAKES`] at a time, each within [`HANDSHAKE_TIMEOUT`].
-/// The accept loop ends when the stream is dropped.
+/// with `identity` completed. Each handshake runs in its own task, within
+/// [`HANDSHAKE_TIMEOUT`]; beyond [`MAX_PENDING_HANDSHAKES`] in all or
+/// [`MAX_PENDING_PER_ADDRESS`] from one address, a new connection is closed
+/// at once. The accept loop ends when the stream is dropped.
 ///
 /// # Errors
 /// [`IdentityError`] when the identity cannot make a TLS configuration.
@@ -132,12 +181,10 @@ pub fn incoming(
 ) -> Result<ReceiverStream<io::Result<TlsConn>>, IdentityError> {
     let acceptor = TlsAcceptor::from(identity.server_config()?);
     let (ready, stream) = mpsc::channel::<io::Result<TlsConn>>(64);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let slots = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = Arc::new(Pending::default());
     tokio::spawn(async move {
         loop {
-            let Ok(permit) = pending.clone().acquire_owned().await else {
-                return;
-            };
             let accepted = tokio::select! {
                 () = ready.closed() => return,
                 accepted = listener.accept() => accepted,
@@ -151,11 +198,20 @@ pub fn incoming(
                     continue;
                 }
             };
+            let (Ok(slot), Some(address_slot)) = (
+                slots.clone().try_acquire_owned(),
+                pending.claim(remote.ip()),
+            ) else {
+                tracing::debug!(%remote, "too many TLS handshakes in progress; connection closed");
+                drop(tcp);
+                continue;
+            };
             let acceptor = acceptor.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
-                if let Some(conn) = handshake(acceptor, tcp, remote).await {
-                    drop(permit);
+                let conn = handshake(acceptor, tcp, remote).await;
+                drop((slot, address_slot));
+                if let Some(conn) = conn {
                     let _ = ready.send(Ok(conn)).await;
                 }
             });

@@ -275,7 +275,7 @@ impl Catalog {
             }
             Some((_, _, owner)) if owner != source => {
                 return Err(ServerError::PermissionDenied(format!(
-                    "node {name} is the replica of server {owner}; server {source} may not change it. `remove replnode {name}` on this server hands it over"
+                    "node {name} is the replica of server {owner}; server {source} may not change it. To move it, run `remove replnode {name}`, `delete filespace` for each of its filespaces and `remove node {name}` on this server; {source} then creates it afresh"
                 )));
             }
             Some((id, _, _)) => {

@@ -66,9 +66,9 @@ fn server_name(raw: &str) -> Result<String, Status> {
 }
 
 /// An address servers or clients connect to: `https://HOST:PORT`, or
-/// `http://` to a loopback host (development servers only). Returns whether
-/// it is https.
-fn check_url(address: &str) -> Result<bool, Status> {
+/// `http://` to a loopback address when this server itself serves
+/// plaintext (development only). Returns whether it is https.
+fn check_url(state: &ServerState, address: &str) -> Result<bool, Status> {
     let https = tandem_tls::parse_url_scheme(address)
         .ok()
         .filter(|_| tonic::transport::Endpoint::from_shared(address.to_string()).is_ok())
@@ -77,9 +77,11 @@ fn check_url(address: &str) -> Result<bool, Status> {
                 "address {address:?} must be a URL such as https://10.0.0.2:1500"
             ))
         })?;
-    if !https && !tandem_tls::is_loopback_url(address) {
+    let development_plaintext =
+        state.config.insecure_plaintext && tandem_tls::is_loopback_url(address);
+    if !(https || development_plaintext) {
         return Err(Status::invalid_argument(format!(
-            "address {address:?}: plaintext http:// is allowed only to a loopback address; use https://"
+            "address {address:?}: plaintext http:// is allowed only to a loopback IP address between development servers started with --insecure-plaintext; use https://"
         )));
     }
     Ok(https)
@@ -87,6 +89,11 @@ fn check_url(address: &str) -> Result<bool, Status> {
 
 /// The pinned fingerprint of a partner: required for an https address.
 fn partner_fingerprint(address: &str, https: bool, given: &str) -> Result<String, Status> {
+    if !https && !given.trim().is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "address {address} is plaintext http://, which cannot check --fingerprint; use https://"
+        )));
+    }
     if given.trim().is_empty() {
         return if https {
             Err(Status::invalid_argument(format!(
@@ -183,7 +190,7 @@ impl Admin for AdminService {
         let peer = self.authorize(&request).await?;
         let req = request.into_inner();
         let name = server_name(&req.name)?;
-        let https = check_url(&req.address)?;
+        let https = check_url(&self.state, &req.address)?;
         let fingerprint = partner_fingerprint(&req.address, https, &req.fingerprint)?;
         if req.password.chars().count() < 8 {
             return Err(Status::invalid_argument(
@@ -276,7 +283,7 @@ impl Admin for AdminService {
         let peer = self.authorize(&request).await?;
         let address = request.into_inner().address;
         if !address.is_empty() {
-            check_url(&address)?;
+            check_url(&self.state, &address)?;
         }
         let a = address.clone();
         super::blocking(&self.state, move |s| {

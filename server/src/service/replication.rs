@@ -135,7 +135,7 @@ impl ReplicationService {
         match node {
             Some(n) if n.is_replica() && n.repl_server == source => Ok(n.id),
             Some(n) if n.is_replica() => Err(Status::permission_denied(format!(
-                "node {} is the replica of server {}; server {source} may not change it (`remove replnode` hands it over)",
+                "node {} is the replica of server {}; server {source} may not change it (to move it, remove the node here first: `remove replnode`, `delete filespace`, `remove node`)",
                 n.name, n.repl_server
             ))),
             Some(n) => Err(Status::failed_precondition(format!(
