@@ -8,6 +8,17 @@ else
   SCHEME=https; PLAIN_FLAG=
 fi
 
+# pin_line DATA_DIR: the options line that pins that server (none in plaintext).
+pin_line() {
+  [ "$SCHEME" = https ] && printf 'server_fingerprint = "%s"\n' "$(cat "$1/fingerprint")"
+  return 0
+}
+# pin_flag DATA_DIR: the define-server flag that pins that server.
+pin_flag() {
+  [ "$SCHEME" = https ] && printf -- '--fingerprint=%s' "$(cat "$1/fingerprint")"
+  return 0
+}
+
 # start_primary NAME: starts a release tandem-server in $WORK/server on a free
 # 127.0.0.1 port, registers node "bench" and writes the client's options to
 # $WORK/tandem.toml, pinning the server's certificate. Sets SERVER_PID and ADDR.
@@ -18,6 +29,6 @@ start_primary() {
   for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
   ADDR=$(cat "$WORK/server/listen.addr")
   echo 'bench-password' | "$BIN/tandem-admin" --server "$SCHEME://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
-  printf 'node_name = "bench"\nserver_address = "%s://%s"\nserver_fingerprint = "%s"\npassword = "bench-password"\nstate_dir = "%s"\n' \
-    "$SCHEME" "$ADDR" "$(cat "$WORK/server/fingerprint")" "$WORK/state" > "$WORK/tandem.toml"
+  printf 'node_name = "bench"\nserver_address = "%s://%s"\n%spassword = "bench-password"\nstate_dir = "%s"\n' \
+    "$SCHEME" "$ADDR" "$(pin_line "$WORK/server")" "$WORK/state" > "$WORK/tandem.toml"
 }

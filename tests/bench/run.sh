@@ -29,11 +29,16 @@ trap cleanup EXIT
 # timed NAME CMD...: wall seconds and peak RSS (KiB) of CMD into $RESULTS
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
+# In plaintext mode the client's only expected warning is TDM1043W: it will
+# not save a failover block from a primary it cannot authenticate (exit 8).
 timed() {
   local name=$1; shift
-  /usr/bin/time -f "%e %M" -o "$WORK/time.out" "$@" > "$WORK/last.out" 2> "$WORK/last.err" || {
-    echo "FAILED: $name"; cat "$WORK/last.err"; exit 1; }
-  read -r secs rss < "$WORK/time.out"
+  local rc=0
+  /usr/bin/time -f "%e %M" -o "$WORK/time.out" "$@" > "$WORK/last.out" 2> "$WORK/last.err" || rc=$?
+  if [ "$rc" -ne 0 ] && ! { [ "$rc" -eq 8 ] && [ "$SCHEME" = http ] && ! grep -qv TDM1043W "$WORK/last.err"; }; then
+    echo "FAILED: $name"; cat "$WORK/last.err"; exit 1
+  fi
+  read -r secs rss < <(tail -n 1 "$WORK/time.out")
   printf '%s\t%s\t%s\n' "$name" "$secs" "$rss" >> "$RESULTS"
   printf '  %-28s %8.2f s  %8d KiB\n' "$name" "$secs" "$rss"
 }
@@ -53,8 +58,8 @@ start_secondary() {
   ADDR2=$(cat "$WORK/secondary/listen.addr")
   echo 'bench-server-pw' > "$WORK/server.pw"
   "$BIN/tandem-admin" --server "$SCHEME://$ADDR2" --token-file "$WORK/secondary/admin.token" define server BENCH \
-    --address "$SCHEME://$ADDR" --fingerprint "$(cat "$WORK/server/fingerprint")" --server-password-file "$WORK/server.pw" > /dev/null
-  $ADMIN define server BENCH2 --address "$SCHEME://$ADDR2" --fingerprint "$(cat "$WORK/secondary/fingerprint")" \
+    --address "$SCHEME://$ADDR" $(pin_flag "$WORK/server") --server-password-file "$WORK/server.pw" > /dev/null
+  $ADMIN define server BENCH2 --address "$SCHEME://$ADDR2" $(pin_flag "$WORK/secondary") \
     --server-password-file "$WORK/server.pw" > /dev/null
   $ADMIN set replserver BENCH2 > /dev/null
   $ADMIN update node bench --replstate enabled > /dev/null

@@ -745,3 +745,115 @@ mod wire {
         on_server.json(&["query", "session"]);
     }
 }
+
+/// A development server with `--insecure-plaintext` on a free loopback port.
+struct PlaintextServer {
+    child: std::process::Child,
+    data: tempfile::TempDir,
+    url: String,
+    name: &'static str,
+}
+
+impl PlaintextServer {
+    fn start(name: &'static str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let child = std::process::Command::new(bin("tandem-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-plaintext",
+                "--name",
+                name,
+            ])
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr_file = data.path().join("listen.addr");
+        assert!(wait_until(Duration::from_secs(60), || addr_file.exists()));
+        let url = format!(
+            "http://{}",
+            std::fs::read_to_string(&addr_file).unwrap().trim()
+        );
+        PlaintextServer {
+            child,
+            data,
+            url,
+            name,
+        }
+    }
+
+    fn admin(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin("tandem-admin"))
+            .args(["--server", &self.url, "--token-file"])
+            .arg(self.data.path().join("admin.token"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for PlaintextServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_unauthenticated_primary_cannot_plant_a_failover_block() {
+    let primary = PlaintextServer::start("PRIMARY");
+    let secondary = PlaintextServer::start("SECONDARY");
+    let pw = primary.data.path().join("spw");
+    std::fs::write(&pw, "shared-secret-1\n").unwrap();
+    for (here, there) in [(&primary, &secondary), (&secondary, &primary)] {
+        assert_success(
+            &here.admin(&[
+                "define",
+                "server",
+                there.name,
+                "--address",
+                &there.url,
+                "--server-password-file",
+                &path_str(&pw),
+            ]),
+            "define a plaintext partner",
+        );
+    }
+    assert_success(&primary.admin(&["set", "replserver", "SECONDARY"]), "set");
+    let npw = primary.data.path().join("npw");
+    std::fs::write(&npw, "alice-password\n").unwrap();
+    assert_success(
+        &primary.admin(&[
+            "register",
+            "node",
+            "alice",
+            "--password-file",
+            &path_str(&npw),
+        ]),
+        "register",
+    );
+    assert_success(
+        &primary.admin(&["update", "node", "alice", "--replstate", "enabled"]),
+        "enable",
+    );
+    let client = TestClient::at("PRIMARY", &primary.url, "", "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("f"), "x").unwrap();
+    client.json(&["incremental", &path_str(work.path())]);
+    assert_success(
+        &primary.admin(&["replicate", "node", "alice", "--wait"]),
+        "replicate in plaintext",
+    );
+    let out = client.run(&["query", "session"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("TDM1043W"), "{}", stderr(&out));
+    let options = std::fs::read_to_string(&client.options).unwrap();
+    assert!(
+        !options.contains("my_replication_server"),
+        "nothing was planted: {options}"
+    );
+}
