@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::messages::Msg;
@@ -42,7 +43,11 @@ impl ErrorLog {
     /// I/O errors creating the directory or writing the file.
     pub fn append(&self, msg: &Msg) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            // The log names files and servers: only its user reads it.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         }
         if self.max_bytes > 0 {
             self.rotate_if_full()?;
@@ -50,6 +55,7 @@ impl ErrorLog {
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)?;
         // One write call for the whole line: O_APPEND makes it land at the end
         // in one piece even with other clients appending.

@@ -20,9 +20,21 @@ impl NodeReplicationTable {
     /// # Errors
     /// I/O or SQLite errors, with the path.
     pub fn open(state_dir: &Path) -> Result<Self, String> {
-        std::fs::create_dir_all(state_dir)
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
             .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
         let path = state_dir.join("nrtable.db");
+        // Created 0600 before SQLite opens it; its journal files take the same mode.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         let fail = |e: rusqlite::Error| format!("{}: {e}", path.display());
         let conn = Connection::open(&path).map_err(fail)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))

@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// a loopback address (`--insecure-plaintext`).
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// Accept a `name` other than the one the data dir's catalog holds, and
+    /// keep the new one (`--rename`).
+    #[serde(default)]
+    pub rename: bool,
 }
 
 fn default_expire_interval_hours() -> u64 {
@@ -53,6 +57,8 @@ pub struct ConfigOverrides {
     pub name: Option<String>,
     /// `--insecure-plaintext`.
     pub insecure_plaintext: bool,
+    /// `--rename`.
+    pub rename: bool,
 }
 
 /// A configuration that cannot be used.
@@ -96,6 +102,9 @@ impl ServerConfig {
             .set_override_option("name", overrides.name.clone())?;
         if overrides.insecure_plaintext {
             builder = builder.set_override("insecure_plaintext", true)?;
+        }
+        if overrides.rename {
+            builder = builder.set_override("rename", true)?;
         }
         let mut cfg: ServerConfig = builder.build()?.try_deserialize()?;
         cfg.check_transport()?;

@@ -207,6 +207,7 @@ impl DemoServer {
             tls_cert: None,
             tls_key: None,
             insecure_plaintext: false,
+            rename: false,
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.

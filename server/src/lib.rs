@@ -72,6 +72,84 @@ pub struct ServerState {
     /// This server's TLS certificate and key: served to every caller and
     /// presented to partner servers for mutual TLS.
     pub identity: Arc<tandem_tls::ServerIdentity>,
+    /// The exclusive lock on the data directory, held while the state lives.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// The data dir holds partner credentials, password hashes and every
+/// node's data: like PostgreSQL, refuse to run in one that other users may
+/// enter.
+fn refuse_shared_data_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)
+        .map_err(setup_err(format!("cannot read data dir {}", dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(ServerError::FailedPrecondition(format!(
+            "data dir {} is open to other users (mode {:o}); run `chmod 700 {}` and start again",
+            dir.display(),
+            mode & 0o7777,
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Takes `DATA_DIR/lock` exclusively (and writes our pid into it), so a
+/// second server can never open the same catalog and containers: its
+/// start-up would cut the first one's containers back to their last indexed
+/// chunk, under a running backup.
+fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
+    use std::io::{Read, Seek};
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(setup_err(format!("cannot open {}", path.display())))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)
+                .and_then(|()| lock.rewind())
+                .and_then(|()| writeln!(lock, "{}", std::process::id()))
+                .and_then(|()| lock.sync_all())
+                .map_err(setup_err(format!("cannot write {}", path.display())))?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(ServerError::FailedPrecondition(format!(
+                "data dir {} is in use by another tandem-server (pid {}); stop that server first, or give this one a data dir of its own",
+                dir.display(),
+                holder.trim()
+            )))
+        }
+        Err((_, errno)) => Err(setup_err(format!("cannot lock {}", path.display()))(
+            std::io::Error::from(errno),
+        )),
+    }
+}
+
+/// The server's name is kept in its catalog: a data dir started under
+/// another `--name` would show a new name with the same GUID to clients and
+/// partners. `rename` accepts the new name on purpose.
+fn check_server_name(catalog: &Catalog, config: &ServerConfig) -> Result<(), ServerError> {
+    match catalog.setting("server_name")? {
+        Some(stored) if stored != config.name && !config.rename => {
+            Err(ServerError::FailedPrecondition(format!(
+                "data dir {} belongs to server {stored}, but this start names it {}; start it as {stored}, or add --rename to rename it (clients and partners must then use the new name)",
+                config.data_dir.display(),
+                config.name
+            )))
+        }
+        Some(stored) if stored == config.name => Ok(()),
+        _ => Ok(catalog.set_setting("server_name", &config.name)?),
+    }
 }
 
 fn setup_err(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -116,7 +194,10 @@ impl ServerState {
                 "cannot create data dir {}",
                 dir.display()
             )))?;
+        refuse_shared_data_dir(dir)?;
+        let lock = lock_data_dir(dir)?;
         let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"), config.policy)?);
+        check_server_name(&catalog, &config)?;
         let guid = match catalog.setting("guid")? {
             Some(text) => text.parse().map_err(|e| {
                 ServerError::FailedPrecondition(format!("catalog holds a malformed guid: {e}"))
@@ -158,6 +239,7 @@ impl ServerState {
             expire_lock: std::sync::Mutex::new(()),
             running: repl::RunningRuns::default(),
             identity: Arc::new(identity),
+            _lock: lock,
         }))
     }
 }

@@ -63,7 +63,39 @@ fn record_header(chunk: &VerifiedChunk) -> [u8; HEADER_BYTES as usize] {
     header
 }
 
-/// Checks that `data` decompresses to `raw_len` bytes hashing to `id`.
+/// The magic number that opens every zstd data frame.
+const ZSTD_FRAME_MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+
+/// Checks that `data` is exactly one zstd data frame no larger than zstd's
+/// bound for `raw_len` bytes. A decoder skips skippable frames and trailing
+/// frames would be stored and served too: without this check one upload
+/// could attach tens of MiB of padding to a chunk every node shares.
+fn check_frame(data: &[u8], raw_len: usize) -> Result<(), String> {
+    let bound = zstd::zstd_safe::compress_bound(raw_len);
+    if data.len() > bound {
+        return Err(format!(
+            "{} compressed bytes for {raw_len} raw bytes; zstd never needs more than {bound}",
+            data.len()
+        ));
+    }
+    if data.get(..4) != Some(&ZSTD_FRAME_MAGIC[..]) {
+        return Err("not a zstd data frame (a skippable frame or no frame at all)".into());
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(data) {
+        Ok(n) if n == data.len() => Ok(()),
+        Ok(n) => Err(format!(
+            "{} bytes follow the zstd frame of {n} bytes; send exactly one frame",
+            data.len() - n
+        )),
+        Err(code) => Err(format!(
+            "malformed zstd frame: {}",
+            zstd::zstd_safe::get_error_name(code)
+        )),
+    }
+}
+
+/// Checks that `data` is one zstd frame that decompresses to `raw_len`
+/// bytes hashing to `id`.
 ///
 /// # Errors
 /// [`StorageError::ChunkMalformed`] or [`StorageError::ChunkMismatch`].
@@ -73,6 +105,7 @@ pub fn verify_chunk(id: ChunkId, data: Bytes, raw_len: u64) -> Result<VerifiedCh
         .ok()
         .filter(|n| *n <= MAX_RAW_CHUNK)
         .ok_or_else(|| malformed(format!("raw length {raw_len} exceeds {MAX_RAW_CHUNK}")))?;
+    check_frame(&data, raw_len_usize).map_err(malformed)?;
     let hashed = VERIFY_SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         let (decompressor, raw) = match scratch.as_mut() {
@@ -445,6 +478,34 @@ mod tests {
         let err = verify_chunk(ChunkId::of(b"claimed"), compressed.into(), 4).unwrap_err();
         assert!(matches!(err, StorageError::ChunkMismatch { .. }));
         let err = verify_chunk(ChunkId::of(b"x"), Bytes::from_static(b"not zstd"), 1).unwrap_err();
+        assert!(err.to_string().contains("not a zstd data frame"), "{err}");
         assert!(matches!(err, StorageError::ChunkMalformed { .. }));
+    }
+
+    #[test]
+    fn padding_after_or_before_the_frame_is_refused() {
+        let raw = vec![0u8; 4 << 20];
+        let id = ChunkId::of(&raw);
+        let frame = zstd::bulk::compress(&raw, 1).unwrap();
+        assert!(verify_chunk(id, Bytes::from(frame.clone()), raw.len() as u64).is_ok());
+        // A skippable frame (magic 0x184D2A50, length, payload) after the data.
+        let mut skippable = 0x184D_2A50u32.to_le_bytes().to_vec();
+        skippable.extend_from_slice(&1024u32.to_le_bytes());
+        skippable.extend_from_slice(&[7u8; 1024]);
+        let mut trailing = frame.clone();
+        trailing.extend_from_slice(&skippable);
+        let err = verify_chunk(id, Bytes::from(trailing), raw.len() as u64).unwrap_err();
+        assert!(err.to_string().contains("follow the zstd frame"), "{err}");
+        let mut leading = skippable;
+        leading.extend_from_slice(&frame);
+        let err = verify_chunk(id, Bytes::from(leading), raw.len() as u64).unwrap_err();
+        assert!(err.to_string().contains("skippable"), "{err}");
+        let mut twice = frame.clone();
+        twice.extend_from_slice(&frame);
+        assert!(verify_chunk(id, Bytes::from(twice), raw.len() as u64).is_err());
+        let small = b"tiny".to_vec();
+        let huge = vec![0u8; 64 << 10];
+        let err = verify_chunk(ChunkId::of(&small), Bytes::from(huge), 4).unwrap_err();
+        assert!(err.to_string().contains("never needs more"), "{err}");
     }
 }

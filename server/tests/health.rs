@@ -9,11 +9,18 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 #[tokio::test(flavor = "multi_thread")]
 async fn health_reports_serving_for_backup_and_admin() {
     let dir = tempfile::tempdir().unwrap();
+    // The server refuses a data dir other users may enter.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let overrides = ConfigOverrides {
         data_dir: Some(dir.path().to_path_buf()),
         listen: Some("127.0.0.1:0".into()),
         name: None,
         insecure_plaintext: false,
+        rename: false,
     };
     let config = ServerConfig::load(None, &overrides).unwrap();
     let state = tandem_server::ServerState::open(config).unwrap();

@@ -58,6 +58,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A temporary directory only its owner may enter (mode 0700), as the server
+/// requires of its data dir.
+pub fn private_tempdir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("tandem-srv-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod 700");
+    dir
+}
+
 /// A running `tandem-server` with its own data directory.
 #[derive(Debug)]
 pub struct TestServer {
@@ -95,10 +108,7 @@ fn wait_for_addr(file: &Path, child: &mut Child, log: &Path) -> SocketAddr {
 impl TestServer {
     /// Starts a server named `name` on 127.0.0.1 with a free port.
     pub fn start(name: &str) -> Self {
-        let data = tempfile::Builder::new()
-            .prefix("tandem-srv-")
-            .tempdir()
-            .expect("temp dir");
+        let data = private_tempdir();
         let mut server = TestServer {
             name: name.to_string(),
             addr: "127.0.0.1:0".parse().expect("addr"),
@@ -112,10 +122,7 @@ impl TestServer {
     /// Starts a server named `name` on `listen` (an impostor taking over a
     /// stopped server's address, for instance).
     pub fn start_on(name: &str, listen: SocketAddr) -> Self {
-        let data = tempfile::Builder::new()
-            .prefix("tandem-srv-")
-            .tempdir()
-            .expect("temp dir");
+        let data = private_tempdir();
         let mut server = TestServer {
             name: name.to_string(),
             addr: listen,

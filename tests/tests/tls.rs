@@ -398,7 +398,7 @@ fn plaintext_stays_on_loopback_and_needs_the_server_to_ask_for_it() {
 
 #[test]
 fn a_development_server_serves_plaintext_on_loopback_when_asked() {
-    let data = tempfile::tempdir().unwrap();
+    let data = private_tempdir();
     let mut child = std::process::Command::new(bin("tandem-server"))
         .args([
             "--listen",
@@ -514,7 +514,7 @@ fn an_organisation_ca_is_trusted_through_ca_file() {
     organisation_ca(pki.path(), "Example Backup CA");
     let other = tempfile::tempdir().unwrap();
     organisation_ca(other.path(), "Someone Else's CA");
-    let data = tempfile::tempdir().unwrap();
+    let data = private_tempdir();
     let mut child = std::process::Command::new(bin("tandem-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
@@ -756,7 +756,7 @@ struct PlaintextServer {
 
 impl PlaintextServer {
     fn start(name: &'static str) -> Self {
-        let data = tempfile::tempdir().unwrap();
+        let data = private_tempdir();
         let child = std::process::Command::new(bin("tandem-server"))
             .args([
                 "--listen",

@@ -29,6 +29,10 @@ struct Args {
     /// Serve plaintext instead of TLS: development only, loopback addresses only.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Accept --name although the data dir belongs to a server of another name,
+    /// and keep the new name.
+    #[arg(long)]
+    rename: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -54,11 +58,15 @@ fn init_tracing(default: &str) {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    // Everything the server creates (catalog, containers, keys, logs) is
+    // for its own user only.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let overrides = ConfigOverrides {
         data_dir: args.data_dir,
         listen: args.listen,
         name: args.name,
         insecure_plaintext: args.insecure_plaintext,
+        rename: args.rename,
     };
     let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
     let listen = config.listen;
