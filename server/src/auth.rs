@@ -25,6 +25,97 @@ pub fn hash_password(password: &str) -> Result<String, ServerError> {
         .map_err(|e| ServerError::InvalidArgument(format!("cannot hash password: {e}")))
 }
 
+/// Password checks that may run at once. Each argon2 verification holds
+/// 19 MiB; unbounded, a flood of wrong passwords ran the server to GiBs.
+pub const MAX_CONCURRENT_VERIFICATIONS: usize = 4;
+
+/// How long a logon waits for a verification slot before it is turned away.
+pub const VERIFICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A hash nobody knows the password of. Verified for unknown node names so
+/// that they take as long as known ones and cannot be told apart by time.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        let secret: [u8; 32] = rand::random();
+        hash_password(&hex::encode(secret)).unwrap_or_default()
+    })
+}
+
+/// The most argon2 memory one stored hash may ask for (64 MiB). A replica's
+/// hash comes from a partner server; a larger one is refused, not computed.
+const MAX_HASH_MEMORY_KIB: u32 = 64 * 1024;
+
+/// Argon2 working memory kept between verifications, one buffer per slot of
+/// [`MAX_CONCURRENT_VERIFICATIONS`]: a fresh 19 MiB per check was kept by
+/// the allocator in every arena it touched (hundreds of MiB under a flood).
+#[derive(Debug, Default)]
+pub struct VerifyMemory {
+    buffers: Mutex<Vec<Vec<argon2::Block>>>,
+}
+
+impl VerifyMemory {
+    fn take(&self, blocks: usize) -> Vec<argon2::Block> {
+        let mut buffer = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        buffer.resize(blocks, argon2::Block::default());
+        buffer
+    }
+
+    fn give_back(&self, buffer: Vec<argon2::Block>) {
+        let mut buffers = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        if buffers.len() < MAX_CONCURRENT_VERIFICATIONS {
+            buffers.push(buffer);
+        }
+    }
+}
+
+/// Whether `password` matches the stored PHC `hash`, computed in memory
+/// from `memory`. Hashes asking for more than 64 MiB never match.
+pub fn verify_password_in(memory: &VerifyMemory, password: &str, hash: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(params), Some(expected), Some(salt)) =
+        (argon2::Params::try_from(&parsed), parsed.hash, parsed.salt)
+    else {
+        return false;
+    };
+    if params.m_cost() > MAX_HASH_MEMORY_KIB {
+        return false;
+    }
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut buffer = memory.take(blocks);
+    let mut out = vec![0u8; expected.len()];
+    let computed = argon
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut buffer[..])
+        .is_ok();
+    memory.give_back(buffer);
+    // Every byte is compared, whatever the first difference.
+    let difference = out
+        .iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    computed && difference == 0
+}
+
 /// Whether `password` matches the stored PHC `hash`.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
@@ -286,6 +377,19 @@ mod tests {
         assert!(verify_password("correct horse", &hash));
         assert!(!verify_password("wrong horse", &hash));
         assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn pooled_verification_agrees_with_the_library() {
+        let memory = VerifyMemory::default();
+        let hash = hash_password("correct horse").unwrap();
+        for _ in 0..2 {
+            assert!(verify_password_in(&memory, "correct horse", &hash));
+            assert!(!verify_password_in(&memory, "wrong horse", &hash));
+        }
+        assert!(!verify_password_in(&memory, "x", "not a hash"));
+        let greedy = hash.replace("m=19456", "m=4194304");
+        assert!(!verify_password_in(&memory, "correct horse", &greedy));
     }
 
     #[test]

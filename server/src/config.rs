@@ -40,6 +40,14 @@ pub struct ServerConfig {
     /// keep the new one (`--rename`).
     #[serde(default)]
     pub rename: bool,
+    /// Failed logons in a row after which a node is locked (TSM
+    /// INVALIDPWLIMIT); 0 never locks.
+    #[serde(default = "default_invalid_password_limit")]
+    pub invalid_password_limit: u32,
+}
+
+fn default_invalid_password_limit() -> u32 {
+    10
 }
 
 fn default_expire_interval_hours() -> u64 {

@@ -208,6 +208,7 @@ impl DemoServer {
             tls_key: None,
             insecure_plaintext: false,
             rename: false,
+            invalid_password_limit: 10,
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.

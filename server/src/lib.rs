@@ -74,6 +74,10 @@ pub struct ServerState {
     pub identity: Arc<tandem_tls::ServerIdentity>,
     /// The exclusive lock on the data directory, held while the state lives.
     _lock: nix::fcntl::Flock<std::fs::File>,
+    /// Slots for password verifications (argon2 memory is the bound).
+    pub verifications: tokio::sync::Semaphore,
+    /// The argon2 working memory those slots reuse.
+    pub verify_memory: Arc<auth::VerifyMemory>,
 }
 
 /// The data dir holds partner credentials, password hashes and every
@@ -240,6 +244,8 @@ impl ServerState {
             running: repl::RunningRuns::default(),
             identity: Arc::new(identity),
             _lock: lock,
+            verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
+            verify_memory: Arc::default(),
         }))
     }
 }

@@ -175,3 +175,77 @@ fn tokio_stream_once<T: Send + 'static>(
 ) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
     tonic::codegen::tokio_stream::iter([item])
 }
+
+#[test]
+fn guessing_locks_the_node_and_refusals_do_not_tell_names_apart() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let guess = |node: &str, password: &str| {
+        TestClient::new(&server, node, password).run(&["query", "session"])
+    };
+    let unknown = guess("nobody", "some-password");
+    let wrong = guess("alice", "wrong-password");
+    let text = |out: &std::process::Output, node: &str| {
+        stderr(out)
+            .replace(&node.to_ascii_uppercase(), "N")
+            .replace(node, "N")
+    };
+    assert_eq!(code(&unknown), 12);
+    assert_eq!(
+        text(&unknown, "nobody"),
+        text(&wrong, "alice"),
+        "an unknown node and a wrong password read the same"
+    );
+    // Ten failures in a row (the default invalid_password_limit) lock ALICE.
+    for _ in 1..10 {
+        assert_eq!(code(&guess("alice", "wrong-password")), 12);
+    }
+    let right = guess("alice", "alice-password");
+    assert_eq!(code(&right), 12);
+    assert!(stderr(&right).contains("locked"), "{}", stderr(&right));
+    assert!(server.actlog().contains("locked after 10 failed logons"));
+    // While locked, a wrong password still reads like any other refusal.
+    let still_wrong = guess("alice", "wrong-password");
+    assert!(
+        !stderr(&still_wrong).contains("locked"),
+        "{}",
+        stderr(&still_wrong)
+    );
+    assert_success(
+        &server.admin(&["update", "node", "alice", "--unlock"]),
+        "unlock",
+    );
+    assert_success(&guess("alice", "alice-password"), "logon after the unlock");
+}
+
+#[test]
+fn a_flood_of_wrong_passwords_does_not_grow_the_server() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let pid = server.pid().unwrap();
+    let before = peak_rss_kib(pid).unwrap();
+    let attackers: Vec<_> = (0..24)
+        .map(|i| {
+            let client = TestClient::new(&server, &format!("node{i}"), "wrong-password");
+            std::thread::spawn(move || {
+                for _ in 0..3 {
+                    client.run(&["query", "session"]);
+                }
+            })
+        })
+        .collect();
+    for attacker in attackers {
+        attacker.join().unwrap();
+    }
+    let after = peak_rss_kib(pid).unwrap();
+    // Four argon2 checks at most at once, 19 MiB each; unbounded, 24 at
+    // once took more than 450 MiB.
+    assert!(
+        after < before + 200 * 1024,
+        "server peak RSS grew from {before} KiB to {after} KiB"
+    );
+    assert_success(
+        &TestClient::new(&server, "alice", "alice-password").run(&["query", "session"]),
+        "a real logon still works",
+    );
+}

@@ -17,7 +17,7 @@ use crate::actlog::{self, ServerMsg};
 use crate::auth::{self, Session};
 use crate::catalog::{PageKey, VersionPage};
 use crate::error::ServerError;
-use crate::model::{VersionQuery, normalize_node_name, now_ns};
+use crate::model::{PolicyUpdate, VersionQuery, normalize_node_name, now_ns};
 
 /// Chunks read from the containers per trip to a blocking thread.
 const READ_GROUP_CHUNKS: usize = 64;
@@ -194,8 +194,30 @@ impl Backup for BackupService {
         let Some(name) = normalize_node_name(&req.node) else {
             return Err(refused());
         };
+        // A bounded number of argon2 checks at once; beyond that a logon
+        // waits a little, then is turned away, instead of costing memory.
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(auth::VERIFICATION_WAIT, self.state.verifications.acquire()).await
+        else {
+            return Err(Status::resource_exhausted(
+                "the server is checking too many logons at once; try again in a moment",
+            ));
+        };
         let lookup = name.clone();
         let node = super::blocking(&self.state, move |s| Ok(s.catalog.node(&lookup)?)).await?;
+        // Unknown nodes are checked against a decoy hash: every refusal
+        // takes as long and reads the same, so names cannot be probed.
+        let hash = node.as_ref().map_or_else(
+            || auth::decoy_hash().to_string(),
+            |n| n.password_hash.clone(),
+        );
+        let password = req.password.clone();
+        let memory = self.state.verify_memory.clone();
+        let good = tokio::task::spawn_blocking(move || {
+            auth::verify_password_in(&memory, &password, &hash)
+        })
+        .await
+        .map_err(ServerError::from)?;
         let Some(node) = node else {
             actlog::record(
                 &self.state.catalog,
@@ -207,21 +229,6 @@ impl Backup for BackupService {
             .await;
             return Err(refused());
         };
-        if node.locked {
-            actlog::record(
-                &self.state.catalog,
-                ServerMsg::NodeLocked,
-                &name,
-                &peer,
-                format!("logon refused: node {name} is locked"),
-            )
-            .await;
-            return Err(ServerError::NodeLocked { node: name }.into());
-        }
-        let (password, hash) = (req.password.clone(), node.password_hash.clone());
-        let good = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
-            .await
-            .map_err(ServerError::from)?;
         let node_id = node.id;
         if !good {
             let failures = super::blocking(&self.state, move |s| {
@@ -236,7 +243,38 @@ impl Backup for BackupService {
                 format!("logon refused: wrong password for node {name} ({failures} failed logon(s) in a row)"),
             )
             .await;
+            let limit = self.state.config.invalid_password_limit;
+            if limit > 0 && failures >= limit && !node.locked {
+                let lock = name.clone();
+                super::blocking(&self.state, move |s| {
+                    Ok(s.catalog
+                        .update_node(&lock, Some(true), PolicyUpdate::default(), None)?)
+                })
+                .await?;
+                actlog::record(
+                    &self.state.catalog,
+                    ServerMsg::NodeLocked,
+                    &name,
+                    &peer,
+                    format!(
+                        "node {name} locked after {failures} failed logons in a row (invalid_password_limit {limit}); unlock with `update node {name} --unlock`"
+                    ),
+                )
+                .await;
+            }
             return Err(refused());
+        }
+        // Only a caller who knows the password learns that the node is locked.
+        if node.locked {
+            actlog::record(
+                &self.state.catalog,
+                ServerMsg::NodeLocked,
+                &name,
+                &peer,
+                format!("logon refused: node {name} is locked"),
+            )
+            .await;
+            return Err(ServerError::NodeLocked { node: name }.into());
         }
         super::blocking(&self.state, move |s| {
             Ok(s.catalog.record_logon_success(node_id, now_ns())?)
@@ -539,7 +577,7 @@ impl Backup for BackupService {
                 .catalog
                 .node(&name)?
                 .ok_or_else(|| ServerError::NodeNotFound { node: name.clone() })?;
-            if !auth::verify_password(&req.old_password, &node.password_hash) {
+            if !auth::verify_password_in(&s.verify_memory, &req.old_password, &node.password_hash) {
                 return Err(ServerError::Unauthenticated(
                     "the current password is wrong; the password was not changed".into(),
                 ));
