@@ -407,6 +407,12 @@ impl Console {
     async fn connect(cli: &AdminCli) -> Result<Self, AdminError> {
         let https = tandem_tls::parse_url_scheme(&cli.server)
             .map_err(|e| AdminError::Usage(format!("--server: {e}")))?;
+        if !https && (cli.fingerprint.is_some() || cli.ca_file.is_some()) {
+            return Err(AdminError::Usage(format!(
+                "--server {} is plaintext http://, which cannot check --fingerprint or --ca-file; use https://",
+                cli.server
+            )));
+        }
         if !https && !tandem_tls::is_loopback_url(&cli.server) {
             return Err(AdminError::Usage(format!(
                 "--server {}: plaintext http:// is allowed only to a loopback address; use https://",

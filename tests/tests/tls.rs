@@ -341,6 +341,23 @@ fn plaintext_stays_on_loopback_and_needs_the_server_to_ask_for_it() {
     assert_eq!(code(&out), 12);
     assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
 
+    let out = std::process::Command::new(bin("tandem-admin"))
+        .args([
+            "--server",
+            "http://127.0.0.1:1500",
+            "--fingerprint",
+            &"AB".repeat(32),
+        ])
+        .args(["query", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 12);
+    assert!(
+        stderr(&out).contains("cannot check"),
+        "a pin is never dropped: {}",
+        stderr(&out)
+    );
+
     let out = std::process::Command::new(bin("tandem-server"))
         .args([
             "--listen",
