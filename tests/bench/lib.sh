@@ -8,9 +8,9 @@ else
   SCHEME=https; PLAIN_FLAG=
 fi
 
-# pin_line DATA_DIR: the options line that pins that server (none in plaintext).
+# pin_line DATA_DIR: the options line that pins that server (empty in plaintext).
 pin_line() {
-  [ "$SCHEME" = https ] && printf 'server_fingerprint = "%s"\n' "$(cat "$1/fingerprint")"
+  [ "$SCHEME" = https ] && printf 'server_fingerprint = "%s"' "$(cat "$1/fingerprint")"
   return 0
 }
 # pin_flag DATA_DIR: the define-server flag that pins that server.
@@ -29,6 +29,6 @@ start_primary() {
   for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
   ADDR=$(cat "$WORK/server/listen.addr")
   echo 'bench-password' | "$BIN/tandem-admin" --server "$SCHEME://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
-  printf 'node_name = "bench"\nserver_address = "%s://%s"\n%spassword = "bench-password"\nstate_dir = "%s"\n' \
+  printf 'node_name = "bench"\nserver_address = "%s://%s"\n%s\npassword = "bench-password"\nstate_dir = "%s"\n' \
     "$SCHEME" "$ADDR" "$(pin_line "$WORK/server")" "$WORK/state" > "$WORK/tandem.toml"
 }
