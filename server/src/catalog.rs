@@ -69,6 +69,7 @@ impl Catalog {
                 "partner servers defined before TLS have no pinned fingerprint: define them again with --fingerprint"
             );
         }
+        let owned = dirs::add_column(&conn, "chunks", "owner", "INTEGER NOT NULL DEFAULT 0")?;
         if extended {
             tracing::info!(
                 "catalog objects can now carry extended attributes: {}",
@@ -76,6 +77,12 @@ impl Catalog {
             );
         }
         conn.execute_batch(schema)?;
+        if owned {
+            let granted = Catalog::grant_referenced(&mut conn)?;
+            tracing::info!(
+                "chunks now belong to the nodes that stored them: {granted} references of existing versions granted"
+            );
+        }
         // Both happen exactly once, on a catalog from before names were bytes.
         if moved || extended {
             let (rewritten, left) = dirs::canonical_names(&mut conn)?;

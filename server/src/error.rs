@@ -95,7 +95,7 @@ pub enum ServerError {
     PermissionDenied(String),
     /// A commit references chunks the server does not hold.
     #[error(
-        "{count} chunk(s) referenced by the transaction are not stored (first: {first}); upload them first"
+        "{count} chunk(s) referenced by the transaction are not stored for this node (first: {first}); upload their data first"
     )]
     MissingChunks {
         /// How many.

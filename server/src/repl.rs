@@ -187,7 +187,8 @@ impl Target<pb::ObjectVersion> for RemoteTarget {
         let reply = self
             .client
             .clone()
-            .find_missing_chunks(self.request(pb::FindMissingChunksRequest {
+            .find_missing_chunks(self.request(pb::ReplicaChunkIdsRequest {
+                node: self.node.clone(),
                 chunk_ids: ids.iter().map(|c| c.as_slice().to_vec()).collect(),
             }))
             .await?
@@ -200,7 +201,7 @@ impl Target<pb::ObjectVersion> for RemoteTarget {
     }
 
     async fn put_chunks(&self, chunks: Vec<StoredChunk>) -> Result<(), tonic::Status> {
-        let messages = upload_messages(chunks);
+        let messages = upload_messages(&self.node, chunks);
         self.client
             .clone()
             .upload_chunks(self.request(tokio_stream::iter(messages)))
@@ -251,7 +252,7 @@ impl Target<pb::ObjectVersion> for RemoteTarget {
 }
 
 /// Splits a group of chunks into upload messages, keeping their order.
-fn upload_messages(chunks: Vec<StoredChunk>) -> Vec<pb::UploadChunksRequest> {
+fn upload_messages(node: &str, chunks: Vec<StoredChunk>) -> Vec<pb::ReplicaChunksRequest> {
     let mut packer = UploadPacker::default();
     let mut messages: Vec<_> = chunks
         .into_iter()
@@ -265,6 +266,12 @@ fn upload_messages(chunks: Vec<StoredChunk>) -> Vec<pb::UploadChunksRequest> {
         .collect();
     messages.extend(packer.finish());
     messages
+        .into_iter()
+        .map(|m| pb::ReplicaChunksRequest {
+            node: node.to_string(),
+            chunks: m.chunks,
+        })
+        .collect()
 }
 
 fn ascii(text: &str, what: &str) -> Result<MetadataValue<Ascii>, ServerError> {
@@ -690,9 +697,10 @@ mod tests {
         // Two fit in a message, a third would not.
         let piece = tandem_proto::UPLOAD_MESSAGE_BYTES * 3 / 8;
         let chunks: Vec<_> = (0..10).map(|n| chunk(n, piece)).collect();
-        let messages = upload_messages(chunks);
+        let messages = upload_messages("N1", chunks);
         let sizes: Vec<usize> = messages.iter().map(|m| m.chunks.len()).collect();
         assert_eq!(sizes, vec![2, 2, 2, 2, 2]);
+        assert!(messages.iter().all(|m| m.node == "N1"));
         let order: Vec<u8> = messages
             .iter()
             .flat_map(|m| m.chunks.iter().map(|c| c.id[0]))
@@ -703,13 +711,12 @@ mod tests {
     #[test]
     fn a_chunk_larger_than_a_message_travels_alone() {
         let quarter = tandem_proto::UPLOAD_MESSAGE_BYTES / 4;
-        let messages = upload_messages(vec![
-            chunk(1, quarter),
-            chunk(2, 5 * quarter),
-            chunk(3, quarter),
-        ]);
+        let messages = upload_messages(
+            "N1",
+            vec![chunk(1, quarter), chunk(2, 5 * quarter), chunk(3, quarter)],
+        );
         let sizes: Vec<usize> = messages.iter().map(|m| m.chunks.len()).collect();
         assert_eq!(sizes, vec![1, 1, 1]);
-        assert!(upload_messages(Vec::new()).is_empty());
+        assert!(upload_messages("N1", Vec::new()).is_empty());
     }
 }

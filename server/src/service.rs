@@ -29,15 +29,17 @@ async fn blocking<R: Send + 'static>(
         .map_err(ServerError::from)??)
 }
 
-/// Of `ids`, those not stored; the others are pinned for `session` under the
-/// same lock, so what is reported present stays present until it ends.
+/// Of `ids`, those node `node` does not own (see [`crate::catalog::Catalog::unowned_chunks`]);
+/// the others are pinned for `session` under the same lock, so what is
+/// reported present stays present until the session ends.
 fn missing_and_pin(
     state: &ServerState,
     session: u64,
+    node: i64,
     ids: &[ChunkId],
 ) -> Result<Vec<ChunkId>, ServerError> {
     let mut pins = state.pins.lock();
-    let missing = state.catalog.missing_chunks(ids)?;
+    let missing = state.catalog.unowned_chunks(node, ids)?;
     let absent: std::collections::HashSet<&ChunkId> = missing.iter().collect();
     pins.entry(session)
         .or_default()
@@ -45,12 +47,14 @@ fn missing_and_pin(
     Ok(missing)
 }
 
-/// Stores verified chunks for `session`: skips those already stored, appends
-/// and fsyncs the rest, then indexes and pins them under the pin lock (so the
+/// Stores verified chunks that node `node` sent in `session`: skips those
+/// already stored, appends and fsyncs the rest, then indexes them, makes the
+/// node an owner of all of them and pins them, under the pin lock (so the
 /// sweep cannot slip in between). Returns chunks newly stored and their bytes.
 fn store_chunks(
     state: &ServerState,
     session: u64,
+    node: i64,
     group: Vec<VerifiedChunk>,
 ) -> Result<(u64, u64), ServerError> {
     let ids: Vec<ChunkId> = group.iter().map(|c| c.id).collect();
@@ -63,7 +67,7 @@ fn store_chunks(
     let bytes: u64 = fresh.iter().map(|c| c.data.len() as u64).sum();
     let locations = state.store.append(&fresh)?;
     let mut pins = state.pins.lock();
-    let stored = state.catalog.insert_chunks(&locations)?;
+    let stored = state.catalog.insert_chunks(node, &locations, &ids)?;
     pins.entry(session).or_default().extend(ids);
     Ok((stored, bytes))
 }
@@ -110,6 +114,8 @@ pub(crate) struct Ingested {
 pub(crate) struct ChunkIngest {
     state: Arc<ServerState>,
     session: u64,
+    /// The node the chunks are stored for (it becomes their owner).
+    node: i64,
     verifying: VecDeque<JoinHandle<Result<Vec<VerifiedChunk>, ServerError>>>,
     group: Vec<VerifiedChunk>,
     group_bytes: usize,
@@ -118,10 +124,11 @@ pub(crate) struct ChunkIngest {
 }
 
 impl ChunkIngest {
-    pub(crate) fn new(state: Arc<ServerState>, session: u64) -> Self {
+    pub(crate) fn new(state: Arc<ServerState>, session: u64, node: i64) -> Self {
         ChunkIngest {
             state,
             session,
+            node,
             verifying: VecDeque::new(),
             group: Vec::new(),
             group_bytes: 0,
@@ -161,9 +168,9 @@ impl ChunkIngest {
         let group = std::mem::take(&mut self.group);
         self.group_bytes = 0;
         let state = self.state.clone();
-        let session = self.session;
+        let (session, node) = (self.session, self.node);
         self.storing = Some(tokio::task::spawn_blocking(move || {
-            store_chunks(&state, session, group)
+            store_chunks(&state, session, node, group)
         }));
         Ok(())
     }

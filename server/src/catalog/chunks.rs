@@ -7,8 +7,27 @@ use super::{Catalog, from_sql_int};
 use crate::error::CatalogError;
 use crate::model::ChunkLocation;
 
+/// A row when chunk `?1` is stored and node `?2` owns it (see `chunks.owner`
+/// in the schema).
+const OWNED: &str = "SELECT 1 FROM chunks WHERE id = ?1 AND (owner = ?2 OR EXISTS
+     (SELECT 1 FROM chunk_sharers WHERE chunk = ?1 AND node_id = ?2))";
+
+/// Makes node `node` an owner of the stored chunk `id`: its first owner when
+/// it has none left, a sharer otherwise. Nothing happens for an unknown id.
+fn grant(tx: &rusqlite::Transaction<'_>, node: i64, id: &ChunkId) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE chunks SET owner = ?2 WHERE id = ?1 AND owner = 0")?
+        .execute(params![id.as_slice(), node])?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO chunk_sharers (chunk, node_id)
+         SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND owner <> ?2)",
+    )?
+    .execute(params![id.as_slice(), node])?;
+    Ok(())
+}
+
 impl Catalog {
-    /// The ids of `ids` that are not in the index, in input order.
+    /// The ids of `ids` that are not stored at all, in input order. Only for
+    /// deciding what to write: what a node is told uses [`Self::unowned_chunks`].
     ///
     /// # Errors
     /// SQLite errors.
@@ -24,6 +43,24 @@ impl Catalog {
         Ok(missing)
     }
 
+    /// The ids of `ids` that node `node` does not own, in input order: those
+    /// not stored, and those only other nodes uploaded. A chunk id is no proof
+    /// of holding its data, so for those the node must upload the bytes.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn unowned_chunks(&self, node: i64, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(OWNED)?;
+        let mut unowned = Vec::new();
+        for id in ids {
+            if !stmt.exists(params![id.as_slice(), node])? {
+                unowned.push(*id);
+            }
+        }
+        Ok(unowned)
+    }
+
     /// Where each of `ids` is stored (`None` for unknown ids).
     ///
     /// # Errors
@@ -32,13 +69,46 @@ impl Catalog {
         &self,
         ids: &[ChunkId],
     ) -> Result<Vec<Option<ChunkLocation>>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        self.locations(
             "SELECT container, offset, stored_len, raw_len FROM chunks WHERE id = ?1",
-        )?;
+            None,
+            ids,
+        )
+    }
+
+    /// Where each of `ids` is stored, for a read by node `node`: `None` for
+    /// ids that are not stored or that the node does not own, alike.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn owned_chunk_locations(
+        &self,
+        node: i64,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<ChunkLocation>>, CatalogError> {
+        self.locations(
+            "SELECT container, offset, stored_len, raw_len FROM chunks WHERE id = ?1 AND
+               (owner = ?2 OR EXISTS (SELECT 1 FROM chunk_sharers WHERE chunk = ?1 AND node_id = ?2))",
+            Some(node),
+            ids,
+        )
+    }
+
+    /// Runs a location query (`?1` the id, `?2` the node when given) per id.
+    fn locations(
+        &self,
+        sql: &str,
+        node: Option<i64>,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<ChunkLocation>>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let mut rows = stmt.query([id.as_slice()])?;
+            let mut rows = match node {
+                Some(node) => stmt.query(params![id.as_slice(), node])?,
+                None => stmt.query([id.as_slice()])?,
+            };
             out.push(match rows.next()? {
                 Some(r) => Some(ChunkLocation {
                     container: r.get(0)?,
@@ -52,33 +122,95 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Adds fsynced chunks to the index in one transaction. Ids already present
-    /// keep their first location (a concurrent session stored them too); returns
-    /// how many were new.
+    /// Indexes fsynced chunks that node `node` uploaded, in one transaction,
+    /// and makes the node an owner of every chunk it sent (`uploaded`, which
+    /// includes those it found stored already: sending the bytes proves it
+    /// holds them). Ids already present keep their first location (a
+    /// concurrent session stored them too); returns how many were new.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn insert_chunks(&self, chunks: &[(ChunkId, ChunkLocation)]) -> Result<u64, CatalogError> {
+    pub fn insert_chunks(
+        &self,
+        node: i64,
+        written: &[(ChunkId, ChunkLocation)],
+        uploaded: &[ChunkId],
+    ) -> Result<u64, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut inserted = 0u64;
+        let mut fresh = std::collections::HashSet::new();
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO chunks (id, container, offset, stored_len, raw_len)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO chunks (id, container, offset, stored_len, raw_len, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
             )?;
-            for (id, loc) in chunks {
-                inserted += stmt.execute(params![
+            for (id, loc) in written {
+                let added = stmt.execute(params![
                     id.as_slice(),
                     loc.container,
                     super::sql_int(loc.offset),
                     loc.stored_len,
-                    loc.raw_len
-                ])? as u64;
+                    loc.raw_len,
+                    node
+                ])?;
+                if added > 0 {
+                    fresh.insert(*id);
+                }
+                inserted += added as u64;
             }
+        }
+        for id in uploaded.iter().filter(|id| !fresh.contains(*id)) {
+            grant(&tx, node, id)?;
         }
         tx.commit()?;
         Ok(inserted)
+    }
+
+    /// Gives every node ownership of the chunks its stored versions
+    /// reference. Run once, when a catalog from before chunk ownership is
+    /// opened, so existing backups stay readable by their nodes.
+    pub(super) fn grant_referenced(conn: &mut rusqlite::Connection) -> rusqlite::Result<u64> {
+        let tx = conn.transaction()?;
+        let mut granted = 0u64;
+        {
+            let mut stmt = tx.prepare(
+                "SELECT f.node_id, o.manifest FROM objects o
+                 JOIN filespaces f ON f.id = o.filespace_id WHERE length(o.manifest) > 0",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let node: i64 = row.get(0)?;
+                let manifest: Vec<u8> = row.get(1)?;
+                for raw in manifest.chunks_exact(32) {
+                    if let Ok(id) = ChunkId::from_slice(raw) {
+                        grant(&tx, node, &id)?;
+                        granted += 1;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(granted)
+    }
+
+    /// Whether node `node` owns every chunk of `ids`; the first it does not
+    /// own otherwise, with how many it does not own. For commits.
+    pub(super) fn first_unowned(
+        tx: &rusqlite::Transaction<'_>,
+        node: i64,
+        ids: &mut dyn Iterator<Item = &ChunkId>,
+    ) -> rusqlite::Result<Option<(ChunkId, usize)>> {
+        let mut stmt = tx.prepare_cached(OWNED)?;
+        let mut first = None;
+        let mut count = 0usize;
+        for id in ids {
+            if !stmt.exists(params![id.as_slice(), node])? {
+                first.get_or_insert(*id);
+                count += 1;
+            }
+        }
+        Ok(first.map(|f| (f, count)))
     }
 
     /// For every container with indexed chunks, the end of its last indexed

@@ -131,8 +131,11 @@ impl Catalog {
             let tx = conn.transaction()?;
             {
                 let mut stmt = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
+                let mut sharers =
+                    tx.prepare_cached("DELETE FROM chunk_sharers WHERE chunk = ?1")?;
                 for id in batch {
                     deleted += stmt.execute([id.as_slice()])? as u64;
+                    sharers.execute([id.as_slice()])?;
                 }
             }
             tx.commit()?;

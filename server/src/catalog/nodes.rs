@@ -182,6 +182,9 @@ impl Catalog {
         };
         if filespaces == 0 {
             tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+            // Its ownership must not pass to a node later given the same id.
+            tx.execute("UPDATE chunks SET owner = 0 WHERE owner = ?1", [id])?;
+            tx.execute("DELETE FROM chunk_sharers WHERE node_id = ?1", [id])?;
         }
         tx.commit()?;
         Ok(Some(filespaces))

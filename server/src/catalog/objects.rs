@@ -309,7 +309,9 @@ impl Catalog {
     /// Stores a backup transaction atomically: every version becomes the active
     /// version of its path (the previous one turns inactive), and every path in
     /// `deactivate` loses its active version. All referenced chunks must already
-    /// be in the chunk index, so a committed object can always be restored.
+    /// be in the chunk index and owned by the node (uploaded by it, or reported
+    /// present to it), so a committed object can always be restored and a
+    /// node cannot claim another node's data by naming its chunk ids.
     ///
     /// # Errors
     /// [`ServerError::MissingChunks`] when a referenced chunk is not stored;
@@ -326,20 +328,10 @@ impl Catalog {
         let tx = conn.transaction()?;
         let fs_id = Self::filespace_id(&tx, node_id, filespace, true)?
             .ok_or_else(|| CatalogError::Malformed("filespace vanished".into()))?;
-        let mut missing = Vec::new();
+        if let Some((first, count)) =
+            Self::first_unowned(&tx, node_id, &mut versions.iter().flat_map(|v| &v.chunks))?
         {
-            let mut has_chunk = tx.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
-            for chunk in versions.iter().flat_map(|v| &v.chunks) {
-                if !has_chunk.exists([chunk.as_slice()])? {
-                    missing.push(*chunk);
-                }
-            }
-        }
-        if let Some(first) = missing.first() {
-            return Err(ServerError::MissingChunks {
-                count: missing.len(),
-                first: *first,
-            });
+            return Err(ServerError::MissingChunks { count, first });
         }
         let policy = Self::policy_of(&tx, node_id, self.defaults)?;
         // The active version counts towards VEREXISTS.

@@ -321,7 +321,8 @@ impl Catalog {
 
     /// Target side: stores replicated versions under their source object ids.
     /// Ids already present are skipped, so a resumed run can resend a batch.
-    /// Every chunk must already be indexed.
+    /// Every chunk must already be indexed and owned by the replica node
+    /// (sent for it in this or an earlier run).
     ///
     /// # Errors
     /// [`ServerError::MissingChunks`]; SQLite errors.
@@ -334,7 +335,6 @@ impl Catalog {
         let tx = conn.transaction()?;
         let mut stored = 0u64;
         {
-            let mut has_chunk = tx.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
             let mut has_object = tx.prepare_cached("SELECT 1 FROM objects WHERE object_id = ?1")?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
@@ -348,15 +348,10 @@ impl Catalog {
                 if has_object.exists([v.object_id.0.as_slice()])? {
                     continue;
                 }
-                if let Some(missing) = v
-                    .chunks
-                    .iter()
-                    .find(|c| !has_chunk.exists([c.as_slice()]).unwrap_or(false))
+                if let Some((first, count)) =
+                    Self::first_unowned(&tx, node_id, &mut v.chunks.iter())?
                 {
-                    return Err(ServerError::MissingChunks {
-                        count: 1,
-                        first: *missing,
-                    });
+                    return Err(ServerError::MissingChunks { count, first });
                 }
                 let fs_id = match filespaces.get(&v.filespace) {
                     Some(id) => *id,

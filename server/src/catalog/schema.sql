@@ -80,7 +80,21 @@ CREATE TABLE IF NOT EXISTS chunks (
     container  INTEGER NOT NULL,
     offset     INTEGER NOT NULL,
     stored_len INTEGER NOT NULL,
-    raw_len    INTEGER NOT NULL
+    raw_len    INTEGER NOT NULL,
+    -- The node that first uploaded the chunk (0: none left). Chunk ids are
+    -- not secrets (a one-chunk file is named by its hash), so a node may
+    -- read, reference or be told of only the chunks it owns: this one, or
+    -- one in chunk_sharers for it. Storage stays deduplicated across nodes.
+    owner      INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- Other nodes that proved they hold a chunk (by uploading its bytes) after
+-- its first owner did. Rows go with their chunk (the sweep) or their node
+-- (remove node).
+CREATE TABLE IF NOT EXISTS chunk_sharers (
+    chunk   BLOB NOT NULL,
+    node_id INTEGER NOT NULL,
+    PRIMARY KEY (chunk, node_id)
 ) WITHOUT ROWID;
 -- Compaction lists a container's chunks from the container's own record
 -- headers, so no index by container is kept (it was a tenth of the catalog).

@@ -371,3 +371,139 @@ fn names_with_escape_range_characters_are_rewritten_once_in_an_old_catalog() {
         literal.as_bytes()
     );
 }
+
+fn stored_at(offset: u64) -> crate::model::ChunkLocation {
+    crate::model::ChunkLocation {
+        container: 1,
+        offset,
+        stored_len: 10,
+        raw_len: 20,
+    }
+}
+
+fn with_chunk(path: &str, chunk: tandem_proto::ChunkId) -> NewVersion {
+    let mut v = version(path);
+    v.chunks = vec![chunk];
+    v
+}
+
+#[test]
+fn a_chunk_belongs_only_to_the_nodes_that_uploaded_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, alice) = new_catalog(&dir);
+    let bob = catalog
+        .register_node("BOB", "hash", 1)
+        .expect("register")
+        .expect("new")
+        .id;
+    let pin = tandem_proto::ChunkId([7; 32]);
+    let stored = catalog
+        .insert_chunks(bob, &[(pin, stored_at(0))], &[pin])
+        .expect("bob uploads");
+    assert_eq!(stored, 1);
+    // Stored once, but for Alice it is missing, unreadable and uncommittable.
+    assert!(catalog.missing_chunks(&[pin]).expect("missing").is_empty());
+    assert_eq!(catalog.unowned_chunks(alice, &[pin]).expect("q"), [pin]);
+    assert_eq!(catalog.unowned_chunks(bob, &[pin]).expect("q"), []);
+    assert!(catalog.owned_chunk_locations(alice, &[pin]).expect("q")[0].is_none());
+    assert!(catalog.owned_chunk_locations(bob, &[pin]).expect("q")[0].is_some());
+    let refused = catalog
+        .commit_objects(alice, "/", &[with_chunk("/pin", pin)], &[], 10)
+        .expect_err("alice may not reference bob's chunk");
+    assert!(
+        refused.to_string().contains("not stored for this node"),
+        "{refused}"
+    );
+    // Uploading the bytes proves Alice holds them: no second copy is indexed.
+    let stored = catalog
+        .insert_chunks(alice, &[(pin, stored_at(100))], &[pin])
+        .expect("alice uploads");
+    assert_eq!(stored, 0);
+    assert_eq!(
+        catalog.chunk_locations(&[pin]).expect("q")[0].map(|l| l.offset),
+        Some(0)
+    );
+    assert_eq!(catalog.unowned_chunks(alice, &[pin]).expect("q"), []);
+    catalog
+        .commit_objects(alice, "/", &[with_chunk("/pin", pin)], &[], 10)
+        .expect("now alice may");
+    // The sweep takes the sharers with the chunk.
+    catalog.delete_chunks(&[pin]).expect("sweep");
+    catalog
+        .insert_chunks(bob, &[(pin, stored_at(200))], &[pin])
+        .expect("stored again");
+    assert_eq!(catalog.unowned_chunks(alice, &[pin]).expect("q"), [pin]);
+}
+
+#[test]
+fn a_removed_node_leaves_no_ownership_to_a_node_with_its_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, _) = new_catalog(&dir);
+    let bob = catalog
+        .register_node("BOB", "hash", 1)
+        .expect("register")
+        .expect("new")
+        .id;
+    let (first, shared) = (
+        tandem_proto::ChunkId([1; 32]),
+        tandem_proto::ChunkId([2; 32]),
+    );
+    catalog
+        .insert_chunks(bob, &[(first, stored_at(0))], &[first])
+        .expect("first owner");
+    let n1 = catalog.node("N1").expect("q").expect("n1").id;
+    catalog
+        .insert_chunks(n1, &[(shared, stored_at(10))], &[shared])
+        .expect("n1 first");
+    catalog
+        .insert_chunks(bob, &[], &[shared])
+        .expect("bob shares");
+    assert_eq!(catalog.remove_node("BOB").expect("remove"), Some(0));
+    let carol = catalog
+        .register_node("CAROL", "hash", 2)
+        .expect("register")
+        .expect("new")
+        .id;
+    assert_eq!(carol, bob, "SQLite hands out the freed id again");
+    assert_eq!(
+        catalog.unowned_chunks(carol, &[first, shared]).expect("q"),
+        [first, shared]
+    );
+}
+
+#[test]
+fn an_old_catalog_gives_its_nodes_the_chunks_their_versions_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("catalog.db");
+    let (catalog, node) = new_catalog(&dir);
+    let (kept, loose) = (
+        tandem_proto::ChunkId([3; 32]),
+        tandem_proto::ChunkId([4; 32]),
+    );
+    catalog
+        .insert_chunks(
+            node,
+            &[(kept, stored_at(0)), (loose, stored_at(10))],
+            &[kept, loose],
+        )
+        .expect("upload");
+    catalog
+        .commit_objects(node, "/", &[with_chunk("/f", kept)], &[], 10)
+        .expect("commit");
+    drop(catalog);
+    Connection::open(&file)
+        .expect("open")
+        .execute_batch(
+            "CREATE TABLE old (id BLOB PRIMARY KEY, container INTEGER NOT NULL,
+               offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL)
+               WITHOUT ROWID;
+             INSERT INTO old SELECT id, container, offset, stored_len, raw_len FROM chunks;
+             DROP TABLE chunks; ALTER TABLE old RENAME TO chunks; DROP TABLE chunk_sharers;",
+        )
+        .expect("back to a catalog from before ownership");
+    let catalog = Catalog::open(&file, Policy::default()).expect("open migrates");
+    assert_eq!(
+        catalog.unowned_chunks(node, &[kept, loose]).expect("q"),
+        [loose]
+    );
+}

@@ -329,7 +329,7 @@ impl Backup for BackupService {
         let (session, _) = self.session(&request)?;
         let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
         let missing = super::blocking(&self.state, move |s| {
-            super::missing_and_pin(s, session.id, &ids)
+            super::missing_and_pin(s, session.id, session.node_id, &ids)
         })
         .await?;
         Ok(Response::new(pb::FindMissingChunksResponse {
@@ -344,7 +344,7 @@ impl Backup for BackupService {
         let (session, token) = self.session(&request)?;
         self.refuse_replica(&session, &peer_of(&request)).await?;
         let mut stream = request.into_inner();
-        let mut ingest = super::ChunkIngest::new(self.state.clone(), session.id);
+        let mut ingest = super::ChunkIngest::new(self.state.clone(), session.id, session.node_id);
         let mut received_bytes = 0u64;
         while let Some(message) = stream.next().await {
             let chunks = message?.chunks;
@@ -448,11 +448,11 @@ impl Backup for BackupService {
         &self,
         request: Request<pb::ReadChunksRequest>,
     ) -> Result<Response<Self::ReadChunksStream>, Status> {
-        let (_, token) = self.session(&request)?;
+        let (session, token) = self.session(&request)?;
         let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
         let lookup = ids.clone();
         let locations = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.chunk_locations(&lookup)?)
+            Ok(s.catalog.owned_chunk_locations(session.node_id, &lookup)?)
         })
         .await?;
         let (tx, rx) = mpsc::channel(8);

@@ -248,12 +248,14 @@ impl Replication for ReplicationService {
 
     async fn find_missing_chunks(
         &self,
-        request: Request<pb::FindMissingChunksRequest>,
+        request: Request<pb::ReplicaChunkIdsRequest>,
     ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
-        let (session, _) = self.session(&request).await?;
-        let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
+        let (session, source) = self.session(&request).await?;
+        let req = request.into_inner();
+        let node_id = self.replica_id(&req.node, &source).await?;
+        let ids = convert::chunk_ids(&req.chunk_ids)?;
         let missing = super::blocking(&self.state, move |s| {
-            super::missing_and_pin(s, session, &ids)
+            super::missing_and_pin(s, session, node_id, &ids)
         })
         .await?;
         Ok(Response::new(pb::FindMissingChunksResponse {
@@ -263,14 +265,33 @@ impl Replication for ReplicationService {
 
     async fn upload_chunks(
         &self,
-        request: Request<Streaming<pb::UploadChunksRequest>>,
+        request: Request<Streaming<pb::ReplicaChunksRequest>>,
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
-        let (session, _) = self.session(&request).await?;
+        let (session, source) = self.session(&request).await?;
         let mut stream = request.into_inner();
-        let mut ingest = super::ChunkIngest::new(self.state.clone(), session);
+        // The first message names the replica node; every later one must name it too.
+        let mut ingest: Option<(String, super::ChunkIngest)> = None;
         while let Some(message) = stream.next().await {
-            ingest.push(message?.chunks).await?;
+            let message = message?;
+            let (node, ingest) = match &mut ingest {
+                Some(open) => open,
+                None => {
+                    let node_id = self.replica_id(&message.node, &source).await?;
+                    let open = super::ChunkIngest::new(self.state.clone(), session, node_id);
+                    ingest.insert((message.node.clone(), open))
+                }
+            };
+            if message.node != *node {
+                return Err(Status::invalid_argument(format!(
+                    "an upload stream for node {node:?} also names node {:?}; send one stream per node",
+                    message.node
+                )));
+            }
+            ingest.push(message.chunks).await?;
         }
+        let Some((_, ingest)) = ingest else {
+            return Ok(Response::new(pb::UploadChunksResponse::default()));
+        };
         let done = ingest.finish().await?;
         let reply = pb::UploadChunksResponse {
             stored: done.stored,

@@ -1,0 +1,216 @@
+//! Per-node chunk ownership (issue 18, finding 1): a chunk id is no read
+//! capability. One node cannot learn that another stored a chunk, read it,
+//! or reference it in a commit, until it has uploaded the bytes itself;
+//! storage stays deduplicated across nodes all the same.
+
+use tandem_proto::ChunkId;
+use tandem_proto::pb::{self, backup_client::BackupClient};
+use tandem_tests::*;
+use tonic::transport::Channel;
+
+/// A raw gRPC session of `node` on `server`, as a hostile client would open it.
+async fn raw_session(
+    server: &TestServer,
+    node: &str,
+    password: &str,
+) -> (BackupClient<Channel>, String) {
+    let pin = tandem_tls::Trust::Pinned(server.fingerprint().parse().unwrap());
+    let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(server.url()).unwrap();
+    let mut backup = BackupClient::new(tandem_tls::connect(endpoint, Some(&tls)).await.unwrap());
+    let token = backup
+        .logon(pb::LogonRequest {
+            node: node.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_token;
+    (backup, token)
+}
+
+fn with_session<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(tandem_proto::SESSION_HEADER, token.parse().unwrap());
+    request
+}
+
+fn ids(list: &[ChunkId]) -> Vec<Vec<u8>> {
+    list.iter().map(|c| c.as_slice().to_vec()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_nodes_chunks_cannot_be_probed_read_or_claimed() {
+    let server = TestServer::start("PRIMARY");
+    server.register("bob", "bob-password");
+    server.register("alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    let bob_dir = work.path().join("bob");
+    std::fs::create_dir(&bob_dir).unwrap();
+    std::fs::write(bob_dir.join("pin"), b"4711").unwrap();
+    let bob = TestClient::new(&server, "bob", "bob-password");
+    let backed_up = bob.json(&["incremental", &path_str(&bob_dir)]);
+    assert_eq!(backed_up["failed"], 0, "{backed_up}");
+    let stored_by_bob = server.container_bytes();
+    let secret = ChunkId::of(b"4711");
+
+    // Bob reads his own chunk: the id is the right one.
+    let (mut as_bob, bob_token) = raw_session(&server, "bob", "bob-password").await;
+    let mut read = as_bob
+        .read_chunks(with_session(
+            &bob_token,
+            pb::ReadChunksRequest {
+                chunk_ids: ids(&[secret]),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        read.message().await.unwrap().is_some(),
+        "bob reads his chunk"
+    );
+
+    // Alice guesses every 4-digit PIN: each one is "missing", Bob's too.
+    let (mut as_alice, token) = raw_session(&server, "alice", "alice-password").await;
+    let guesses: Vec<ChunkId> = (0..10_000)
+        .map(|n| ChunkId::of(format!("{n:04}").as_bytes()))
+        .collect();
+    let missing = as_alice
+        .find_missing_chunks(with_session(
+            &token,
+            pb::FindMissingChunksRequest {
+                chunk_ids: ids(&guesses),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .missing;
+    assert_eq!(
+        missing.len(),
+        10_000,
+        "nothing told Alice which PIN Bob stored"
+    );
+
+    // Reading it is refused as for a chunk that does not exist.
+    let refused = match as_alice
+        .read_chunks(with_session(
+            &token,
+            pb::ReadChunksRequest {
+                chunk_ids: ids(&[secret]),
+            },
+        ))
+        .await
+    {
+        Ok(stream) => stream.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+
+    // Referencing it in a commit without uploading it is refused.
+    let object = pb::NewObject {
+        attrs: Some(pb::ObjectAttrs {
+            path: "/stolen-pin".into(),
+            kind: pb::ObjectKind::File as i32,
+            size: 4,
+            mode: 0o644,
+            ..Default::default()
+        }),
+        chunk_ids: ids(&[secret]),
+    };
+    let refused = as_alice
+        .commit_objects(with_session(
+            &token,
+            pb::CommitObjectsRequest {
+                filespace: "/".into(),
+                objects: vec![object],
+                deactivate: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("not stored for this node"),
+        "{refused:?}"
+    );
+    let alice = TestClient::new(&server, "alice", "alice-password");
+    let listed = alice.run(&["query", "backup", "/stolen-pin"]);
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("stolen-pin"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+
+    // Alice holding the same bytes backs them up for real: she uploads
+    // them (proof of possession), nothing new is written, and both restore.
+    let alice_dir = work.path().join("alice");
+    std::fs::create_dir(&alice_dir).unwrap();
+    std::fs::write(alice_dir.join("pin"), b"4711").unwrap();
+    let backed_up = alice.json(&["incremental", &path_str(&alice_dir)]);
+    assert_eq!(backed_up["failed"], 0, "{backed_up}");
+    assert_eq!(server.container_bytes(), stored_by_bob, "stored once");
+    for (client, dir) in [(&alice, &alice_dir), (&bob, &bob_dir)] {
+        let out = work
+            .path()
+            .join(format!("restored-{}", path_str(dir).len()));
+        let _ = std::fs::remove_dir_all(&out);
+        let r = client.json(&[
+            "restore",
+            &format!("{}/pin", path_str(dir)),
+            &format!("{}/", path_str(&out)),
+        ]);
+        assert_eq!(r["failed"], 0, "{r}");
+        assert_eq!(std::fs::read(out.join("pin")).unwrap(), b"4711");
+    }
+}
+
+#[test]
+fn a_replica_uploads_chunks_another_node_stored_on_the_target() {
+    let (primary, secondary, alice) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("shared"), random_bytes(5, 3 << 20)).unwrap();
+
+    // CAROL, a node of the secondary itself, stored the same file there.
+    secondary.register("carol", "carol-password");
+    let carol = TestClient::new(&secondary, "carol", "carol-password");
+    assert_eq!(carol.json(&["incremental", &path_str(&src)])["failed"], 0);
+    let before = secondary.container_bytes();
+
+    assert_eq!(alice.json(&["incremental", &path_str(&src)])["failed"], 0);
+    let run = replicate(&primary, "alice");
+    assert_eq!(run["state"], "completed", "{run}");
+    assert!(
+        run["bytes_sent"].as_u64().unwrap() > 2 << 20,
+        "Carol's chunks are not Alice's: the primary sends them: {run}"
+    );
+    assert_eq!(
+        secondary.container_bytes(),
+        before,
+        "but they are stored once"
+    );
+
+    let on_secondary = TestClient::new(&secondary, "alice", "alice-password");
+    let out = work.path().join("out");
+    let r = on_secondary.json(&[
+        "restore",
+        &format!("{}/shared", path_str(&src)),
+        &format!("{}/", path_str(&out)),
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(
+        std::fs::read(out.join("shared")).unwrap(),
+        std::fs::read(src.join("shared")).unwrap()
+    );
+}
