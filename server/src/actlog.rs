@@ -48,6 +48,8 @@ pub enum ServerMsg {
     ReplicaWriteRefused,
     /// A client logged on in failover mode.
     FailoverLogon,
+    /// A client claimed a failover logon that this server cannot confirm.
+    FailoverUnconfirmed,
 }
 
 impl ServerMsg {
@@ -73,8 +75,73 @@ impl ServerMsg {
             ServerMsg::ReplicaUpdated => "TDM0603I",
             ServerMsg::ReplicaWriteRefused => "TDM0604W",
             ServerMsg::FailoverLogon => "TDM0406I",
+            ServerMsg::FailoverUnconfirmed => "TDM0407W",
         }
     }
+}
+
+/// Longest message text kept, in bytes: a whole record stays readable on a
+/// console, and no client can make `query actlog` replies too large to send.
+pub const MAX_TEXT_BYTES: usize = 2048;
+/// Longest client-supplied label (client version, claimed primary) shown.
+pub const MAX_LABEL_CHARS: usize = 64;
+/// Days records are kept until an administrator sets otherwise (as TSM's
+/// ACTLOGRETENTION default).
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+/// The longest retention an administrator may set.
+pub const MAX_RETENTION_DAYS: u32 = 9999;
+/// The `server_info` key of the retention.
+const RETENTION_KEY: &str = "actlog_retention_days";
+
+/// A client-supplied label for a message: at most [`MAX_LABEL_CHARS`]
+/// characters, marked when cut (escaping happens in [`record`]).
+pub fn label(text: &str) -> String {
+    match text.char_indices().nth(MAX_LABEL_CHARS) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}... ({} bytes)", &text[..end], text.len()),
+    }
+}
+
+/// Cuts `text` to [`MAX_TEXT_BYTES`] on a character boundary, saying so.
+fn capped(text: String) -> String {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text;
+    }
+    let mut end = MAX_TEXT_BYTES - 64;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes cut)", &text[..end], text.len() - end)
+}
+
+/// The retention in days: the administrator's setting or the default.
+///
+/// # Errors
+/// SQLite errors.
+pub fn retention_days(catalog: &Catalog) -> Result<u32, crate::error::CatalogError> {
+    Ok(catalog
+        .setting(RETENTION_KEY)?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_RETENTION_DAYS))
+}
+
+/// Stores a new retention and removes the records it no longer keeps;
+/// returns how many.
+///
+/// # Errors
+/// SQLite errors.
+pub fn set_retention(catalog: &Catalog, days: u32) -> Result<u64, crate::error::CatalogError> {
+    catalog.set_setting(RETENTION_KEY, &days.to_string())?;
+    prune(catalog)
+}
+
+/// Removes the records older than the retention; returns how many.
+///
+/// # Errors
+/// SQLite errors.
+pub fn prune(catalog: &Catalog) -> Result<u64, crate::error::CatalogError> {
+    let days = i64::from(retention_days(catalog)?);
+    catalog.prune_activity(now_ns().saturating_sub(days * 86_400 * 1_000_000_000))
 }
 
 /// Records an event in the activity log. A failure to record is itself logged
@@ -82,18 +149,18 @@ impl ServerMsg {
 pub async fn record(catalog: &Arc<Catalog>, msg: ServerMsg, node: &str, peer: &str, text: String) {
     // Names in a message (filespaces, paths, nodes) come from clients: shown
     // escaped, so none can forge a line of the log or reach a terminal as an
-    // escape sequence.
-    let text = if tandem_proto::names::needs_escaping(&text) {
+    // escape sequence; and cut, so none can make the log unreadable.
+    let text = capped(if tandem_proto::names::needs_escaping(&text) {
         tandem_proto::names::display(&text)
     } else {
         text
-    };
+    });
     tracing::info!(id = msg.id(), node, peer, "{text}");
     let record = ActlogRecord {
         time_ns: now_ns(),
         msg_id: msg.id().to_string(),
-        node: node.to_string(),
-        peer: peer.to_string(),
+        node: label(&tandem_proto::names::display(node)),
+        peer: label(&tandem_proto::names::display(peer)),
         message: text,
     };
     let catalog = catalog.clone();

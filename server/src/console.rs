@@ -110,6 +110,12 @@ enum SetNoun {
         /// URL handed to clients.
         address: String,
     },
+    /// Set how many days activity log records are kept (default 30); older
+    /// ones are removed at once and then hourly.
+    Actlogretention {
+        /// Days, 1 to 9999.
+        days: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -864,6 +870,19 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                 .map_err(|s| console.refused(s))?;
             println!("TDM0500I failover address set to {address:?}");
         }
+        Verb::Set(SetNoun::Actlogretention { days }) => {
+            let req = console.request(pb::SetActlogRetentionRequest { days });
+            let r = console
+                .client
+                .set_actlog_retention(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            println!(
+                "TDM0500I activity log retention set to {days} days; {} older records removed",
+                r.removed
+            );
+        }
         Verb::Replicate(ReplicateNoun::Node { names, wait }) => {
             let req = console.request(pb::ReplicateNodeRequest { nodes: names, wait });
             let r = console
@@ -996,6 +1015,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                     "server_name": s.server_name, "server_guid": s.server_guid, "data_dir": s.data_dir,
                     "chunks": s.chunks, "stored_bytes": s.stored_bytes, "version": s.version,
                     "fingerprint": s.fingerprint, "tls": s.tls,
+                    "actlog_retention_days": s.actlog_retention_days,
                 })).unwrap_or_default());
             } else {
                 let mut t = table(&["Item", "Value"]);
@@ -1007,6 +1027,10 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                     ("Stored bytes", s.stored_bytes.to_string()),
                     ("Version", s.version),
                     ("Certificate fingerprint (SHA-256)", s.fingerprint),
+                    (
+                        "Activity log retention (days)",
+                        s.actlog_retention_days.to_string(),
+                    ),
                     (
                         "Transport",
                         if s.tls {

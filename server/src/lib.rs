@@ -310,6 +310,7 @@ pub async fn run(
             .max_encoding_message_size(tandem_proto::MAX_MESSAGE_BYTES);
     let scheduler = tokio::spawn(expiration_schedule(state.clone(), shutdown.clone()));
     let repl_scheduler = tokio::spawn(repl::schedule(state.clone(), shutdown.clone()));
+    let actlog_pruner = tokio::spawn(actlog_retention(state.clone(), shutdown.clone()));
 
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -341,6 +342,7 @@ pub async fn run(
     shutdown.cancel();
     scheduler.await?;
     repl_scheduler.await?;
+    actlog_pruner.await?;
     actlog::record(
         &state.catalog,
         ServerMsg::Stopped,
@@ -352,6 +354,27 @@ pub async fn run(
     let catalog = state.catalog.clone();
     tokio::task::spawn_blocking(move || catalog.checkpoint()).await??;
     result.map_err(|e| ServerError::FailedPrecondition(format!("transport: {e}")))
+}
+
+/// Removes activity log records older than the retention at start and then
+/// hourly, so refused logons and sessions cannot grow the catalog forever.
+async fn actlog_retention(state: Arc<ServerState>, shutdown: CancellationToken) {
+    let period = std::time::Duration::from_secs(3600);
+    loop {
+        let catalog = state.catalog.clone();
+        match tokio::task::spawn_blocking(move || actlog::prune(&catalog)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => {
+                tracing::info!("{removed} activity log records older than the retention removed");
+            }
+            Ok(Err(e)) => tracing::error!(cause = %e, "activity log retention failed"),
+            Err(e) => tracing::error!(cause = %e, "activity log retention failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+    }
 }
 
 /// Runs expiration every `expire_interval_hours` until shutdown. A failed run

@@ -4,40 +4,8 @@
 //! storage stays deduplicated across nodes all the same.
 
 use tandem_proto::ChunkId;
-use tandem_proto::pb::{self, backup_client::BackupClient};
+use tandem_proto::pb;
 use tandem_tests::*;
-use tonic::transport::Channel;
-
-/// A raw gRPC session of `node` on `server`, as a hostile client would open it.
-async fn raw_session(
-    server: &TestServer,
-    node: &str,
-    password: &str,
-) -> (BackupClient<Channel>, String) {
-    let pin = tandem_tls::Trust::Pinned(server.fingerprint().parse().unwrap());
-    let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
-    let endpoint = tonic::transport::Endpoint::from_shared(server.url()).unwrap();
-    let mut backup = BackupClient::new(tandem_tls::connect(endpoint, Some(&tls)).await.unwrap());
-    let token = backup
-        .logon(pb::LogonRequest {
-            node: node.into(),
-            password: password.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session_token;
-    (backup, token)
-}
-
-fn with_session<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(tandem_proto::SESSION_HEADER, token.parse().unwrap());
-    request
-}
 
 fn ids(list: &[ChunkId]) -> Vec<Vec<u8>> {
     list.iter().map(|c| c.as_slice().to_vec()).collect()
@@ -59,7 +27,7 @@ async fn another_nodes_chunks_cannot_be_probed_read_or_claimed() {
     let secret = ChunkId::of(b"4711");
 
     // Bob reads his own chunk: the id is the right one.
-    let (mut as_bob, bob_token) = raw_session(&server, "bob", "bob-password").await;
+    let (mut as_bob, bob_token) = raw_backup_session(&server, "bob", "bob-password").await;
     let mut read = as_bob
         .read_chunks(with_session(
             &bob_token,
@@ -76,7 +44,7 @@ async fn another_nodes_chunks_cannot_be_probed_read_or_claimed() {
     );
 
     // Alice guesses every 4-digit PIN: each one is "missing", Bob's too.
-    let (mut as_alice, token) = raw_session(&server, "alice", "alice-password").await;
+    let (mut as_alice, token) = raw_backup_session(&server, "alice", "alice-password").await;
     let guesses: Vec<ChunkId> = (0..10_000)
         .map(|n| ChunkId::of(format!("{n:04}").as_bytes()))
         .collect();

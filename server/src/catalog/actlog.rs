@@ -25,6 +25,16 @@ impl Catalog {
         Ok(())
     }
 
+    /// Removes records older than `before_ns`; returns how many.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn prune_activity(&self, before_ns: i64) -> Result<u64, CatalogError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM actlog WHERE time_ns < ?1", [before_ns])? as u64)
+    }
+
     /// The newest `limit` records at or after `begin_ns` whose message, node or id
     /// contains `search` (case-insensitive), oldest first.
     ///

@@ -295,6 +295,31 @@ impl Admin for AdminService {
         Ok(Response::new(pb::SetFailoverAddressResponse {}))
     }
 
+    async fn set_actlog_retention(
+        &self,
+        request: Request<pb::SetActlogRetentionRequest>,
+    ) -> Result<Response<pb::SetActlogRetentionResponse>, Status> {
+        let peer = self.authorize(&request).await?;
+        let days = request.into_inner().days;
+        if !(1..=actlog::MAX_RETENTION_DAYS).contains(&days) {
+            return Err(Status::invalid_argument(format!(
+                "activity log retention of {days} days is out of range; give 1 to {} days",
+                actlog::MAX_RETENTION_DAYS
+            )));
+        }
+        let removed = super::blocking(&self.state, move |s| {
+            Ok(actlog::set_retention(&s.catalog, days)?)
+        })
+        .await?;
+        self.audit(
+            &peer,
+            "",
+            format!("set actlogretention {days} ({removed} older records removed)"),
+        )
+        .await;
+        Ok(Response::new(pb::SetActlogRetentionResponse { removed }))
+    }
+
     async fn replicate_node(
         &self,
         request: Request<pb::ReplicateNodeRequest>,
@@ -656,8 +681,13 @@ impl Admin for AdminService {
         request: Request<pb::QueryStatusRequest>,
     ) -> Result<Response<pb::QueryStatusResponse>, Status> {
         self.authorize(&request).await?;
-        let (chunks, stored_bytes) =
-            super::blocking(&self.state, |s| Ok(s.catalog.chunk_totals()?)).await?;
+        let ((chunks, stored_bytes), actlog_retention_days) = super::blocking(&self.state, |s| {
+            Ok((
+                s.catalog.chunk_totals()?,
+                actlog::retention_days(&s.catalog)?,
+            ))
+        })
+        .await?;
         Ok(Response::new(pb::QueryStatusResponse {
             server_name: self.state.config.name.clone(),
             server_guid: self.state.guid.to_string(),
@@ -667,6 +697,7 @@ impl Admin for AdminService {
             version: env!("CARGO_PKG_VERSION").to_string(),
             fingerprint: self.state.identity.fingerprint().to_string(),
             tls: !self.state.config.insecure_plaintext,
+            actlog_retention_days,
         }))
     }
 }

@@ -188,7 +188,7 @@ impl Backup for BackupService {
         let refused = || {
             Status::unauthenticated(format!(
                 "logon refused for node {}: unknown node or wrong password",
-                req.node
+                actlog::label(&tandem_proto::names::display(&req.node))
             ))
         };
         let Some(name) = normalize_node_name(&req.node) else {
@@ -285,31 +285,43 @@ impl Backup for BackupService {
         let block_node = node.clone();
         let replication_server =
             super::blocking(&self.state, move |s| failover_block(s, &block_node)).await?;
-        actlog::record(
-            &self.state.catalog,
-            if req.failover { ServerMsg::FailoverLogon } else { ServerMsg::SessionOpened },
-            &name,
-            &peer,
-            if req.failover {
+        let client = actlog::label(&req.client_version);
+        let claimed_primary = actlog::label(&req.primary_server);
+        // The failover flag and the primary's name are the client's word. A
+        // failover logon is recorded as one (TDM0406I, which auditors read)
+        // only where it can be true, for a node held here as a replica, and
+        // names the server this one knows as its source; anything else is
+        // recorded as an unconfirmed claim (TDM0407W).
+        let (msg, text) = if req.failover && replica {
+            (
+                ServerMsg::FailoverLogon,
                 format!(
-                    "failover logon: session {session_id} started for node {name} (client {}) because its primary server {} is unreachable or failover is forced; {}",
-                    req.client_version,
-                    req.primary_server,
-                    if replica { "read-only replica" } else { "the node is not a replica here" }
-                )
-            } else if replica {
+                    "failover logon: session {session_id} started for node {name} (client {client}), a read-only replica of server {}, because its primary ({claimed_primary} in the client's options) is unreachable or failover is forced",
+                    node.repl_server
+                ),
+            )
+        } else if req.failover {
+            (
+                ServerMsg::FailoverUnconfirmed,
                 format!(
-                    "session {session_id} started for node {name} (client {}): read-only, this server holds the node as a replica of server {}",
-                    req.client_version, node.repl_server
-                )
-            } else {
+                    "session {session_id} started for node {name} (client {client}), which says it failed over from its primary {claimed_primary}; not confirmed: the node is not a replica on this server"
+                ),
+            )
+        } else if replica {
+            (
+                ServerMsg::SessionOpened,
                 format!(
-                    "session {session_id} started for node {name} (client {})",
-                    req.client_version
-                )
-            },
-        )
-        .await;
+                    "session {session_id} started for node {name} (client {client}): read-only, this server holds the node as a replica of server {}",
+                    node.repl_server
+                ),
+            )
+        } else {
+            (
+                ServerMsg::SessionOpened,
+                format!("session {session_id} started for node {name} (client {client})"),
+            )
+        };
+        actlog::record(&self.state.catalog, msg, &name, &peer, text).await;
         Ok(Response::new(pb::LogonResponse {
             session_token: token.expose().to_string(),
             server_name: self.state.config.name.clone(),
