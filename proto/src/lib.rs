@@ -27,6 +27,23 @@ pub const SESSION_HEADER: &str = "x-tandem-session";
 /// compression, and upload messages group a few of them.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Most chunk ids one call may name (`FindMissingChunks`, `ReadChunks`): a
+/// call's cost on the server is bounded, and one node's call cannot hold the
+/// catalog for long. Callers split longer lists.
+pub const MAX_CHUNK_IDS_PER_CALL: usize = 16_384;
+
+/// Most objects, deactivations, state changes or deletions one call may carry
+/// (`CommitObjects`, and each list of the replication calls); callers split
+/// longer lists, so one transaction stays short for every other node.
+pub const MAX_OBJECTS_PER_CALL: usize = 10_000;
+
+/// Largest message a caller may send before it has authenticated (`Logon`,
+/// `Identify`, the replication `Hello`, health checks).
+pub const MAX_UNAUTHENTICATED_BYTES: usize = 64 * 1024;
+
+/// Largest message of the admin service, whose calls are small.
+pub const MAX_ADMIN_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// HTTP/2 flow-control window per stream. The protocol's default (64 KiB) makes
 /// a sender stop for a window update every 64 KiB; chunk uploads and restores
 /// move megabytes per message, so both ends allow a few messages in flight.

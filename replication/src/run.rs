@@ -21,6 +21,9 @@ const SEND_BYTES: usize = 16 * 1024 * 1024;
 const UPLOADS_IN_FLIGHT: usize = 3;
 /// Versions per metadata transaction on the target.
 const OBJECT_BATCH: usize = 500;
+/// State changes or deletions per call: targets accept at most 10,000
+/// (`tandem_proto::MAX_OBJECTS_PER_CALL`) so that no transaction is long.
+const STATE_BATCH: usize = 5000;
 
 /// What a run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,15 +142,15 @@ where
     while let Some(done) = uploads.next().await {
         done.map_err(dst)?;
     }
-    if !plan.update.is_empty() {
-        report.states_updated = target.update_states(&plan.update).await.map_err(dst)?;
+    for batch in plan.update.chunks(STATE_BATCH) {
+        report.states_updated += target.update_states(batch).await.map_err(dst)?;
     }
     for batch in plan.send.chunks(OBJECT_BATCH) {
         let objects = source.objects(batch).await.map_err(src)?;
         report.objects_sent += target.put_objects(objects).await.map_err(dst)?;
     }
-    if !plan.delete.is_empty() {
-        report.objects_deleted = target.delete_objects(&plan.delete).await.map_err(dst)?;
+    for batch in plan.delete.chunks(STATE_BATCH) {
+        report.objects_deleted += target.delete_objects(batch).await.map_err(dst)?;
     }
     Ok(report)
 }

@@ -227,6 +227,10 @@ pub enum SessionKind {
     Replication(String),
 }
 
+/// Open sessions one node (or partner server) may have; a logon beyond it
+/// ends the node's least recently used session.
+pub const MAX_SESSIONS_PER_NODE: usize = 32;
+
 /// Sessions idle longer than this are forgotten (the client logs on again).
 const SESSION_IDLE_NS: i64 = 2 * 3600 * 1_000_000_000;
 
@@ -268,6 +272,20 @@ impl Sessions {
         let now = now_ns();
         let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| now - s.last_call_ns < SESSION_IDLE_NS);
+        // A node (or partner) keeps at most MAX_SESSIONS_PER_NODE sessions:
+        // beyond that its least recently used one is forgotten, so repeated
+        // logons cannot grow the table, and a client that was killed without
+        // logging off never locks its node out.
+        let mine: Vec<(String, i64)> = map
+            .iter()
+            .filter(|(_, s)| s.node == node && s.kind == kind)
+            .map(|(t, s)| (t.clone(), s.last_call_ns))
+            .collect();
+        if mine.len() >= MAX_SESSIONS_PER_NODE
+            && let Some((oldest, _)) = mine.into_iter().min_by_key(|(_, last)| *last)
+        {
+            map.remove(&oldest);
+        }
         map.insert(
             token.expose().to_string(),
             Session {
@@ -302,6 +320,14 @@ impl Sessions {
                 "session unknown or expired; log on again".into(),
             )),
         }
+    }
+
+    /// Whether `token` names an open session (of any kind), without
+    /// counting as a call.
+    pub fn is_open(&self, token: &str) -> bool {
+        let map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(token)
+            .is_some_and(|s| now_ns() - s.last_call_ns < SESSION_IDLE_NS)
     }
 
     /// The node session of `token`; a replication session's token is refused.

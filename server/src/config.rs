@@ -44,6 +44,14 @@ pub struct ServerConfig {
     /// INVALIDPWLIMIT); 0 never locks.
     #[serde(default = "default_invalid_password_limit")]
     pub invalid_password_limit: u32,
+    /// Seconds the server waits for the next message of an upload stream
+    /// before it ends the stream (TSM COMMTIMEOUT).
+    #[serde(default = "default_comm_timeout_seconds")]
+    pub comm_timeout_seconds: u64,
+}
+
+fn default_comm_timeout_seconds() -> u64 {
+    60
 }
 
 fn default_invalid_password_limit() -> u32 {
@@ -122,6 +130,12 @@ impl ServerConfig {
                 cfg.name
             ))
         })?;
+        if !(1..=86_400).contains(&cfg.comm_timeout_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "comm_timeout_seconds {} is out of range: give 1 to 86400 seconds",
+                cfg.comm_timeout_seconds
+            )));
+        }
         Ok(cfg)
     }
 }

@@ -209,6 +209,7 @@ impl DemoServer {
             insecure_plaintext: false,
             rename: false,
             invalid_password_limit: 10,
+            comm_timeout_seconds: 60,
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.

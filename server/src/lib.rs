@@ -320,6 +320,10 @@ pub async fn run(
         // Connections whose peer vanished are found and closed.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // A client opens about a dozen streams at once; more from one
+        // connection are refused by HTTP/2 itself.
+        .max_concurrent_streams(Some(64))
+        .layer(service::limits::PreAuthLayer::new(state.clone()))
         .add_service(health_service)
         .add_service(backup)
         .add_service(admin)

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod backup;
 pub mod convert;
+pub mod limits;
 pub mod replication;
 
 use std::collections::VecDeque;
@@ -193,6 +194,24 @@ impl ChunkIngest {
         self.store_group().await?;
         self.settle_store().await?;
         Ok(self.done)
+    }
+}
+
+/// The next message of an upload stream, or an error once it stalls for
+/// `comm_timeout_seconds` (TSM COMMTIMEOUT). Clients and partners send an
+/// upload's messages from memory, back to back; a stalled stream is ended,
+/// so it holds no memory or slot.
+async fn next_upload_message<T>(
+    state: &ServerState,
+    stream: &mut tonic::Streaming<T>,
+) -> Result<Option<T>, Status> {
+    let limit = std::time::Duration::from_secs(state.config.comm_timeout_seconds);
+    match tokio::time::timeout(limit, stream.message()).await {
+        Ok(message) => message,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no upload message for {} s (comm_timeout_seconds); the upload was abandoned, send it again",
+            limit.as_secs()
+        ))),
     }
 }
 

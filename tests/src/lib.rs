@@ -81,6 +81,8 @@ pub struct TestServer {
     /// The data directory (kept across restarts).
     pub data: TempDir,
     child: Option<Child>,
+    /// Extra environment (`TANDEM_SERVER_*` settings), kept across restarts.
+    env: Vec<(String, String)>,
 }
 
 fn wait_for_addr(file: &Path, child: &mut Child, log: &Path) -> SocketAddr {
@@ -108,12 +110,22 @@ fn wait_for_addr(file: &Path, child: &mut Child, log: &Path) -> SocketAddr {
 impl TestServer {
     /// Starts a server named `name` on 127.0.0.1 with a free port.
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// Starts a server with settings in its environment, e.g.
+    /// `("TANDEM_SERVER_COMM_TIMEOUT_SECONDS", "2")`.
+    pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
         let data = private_tempdir();
         let mut server = TestServer {
             name: name.to_string(),
             addr: "127.0.0.1:0".parse().expect("addr"),
             data,
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         server.spawn("127.0.0.1:0");
         server
@@ -128,6 +140,7 @@ impl TestServer {
             addr: listen,
             data,
             child: None,
+            env: Vec::new(),
         };
         // The old owner's socket may linger a moment after SIGKILL.
         let free = wait_until(Duration::from_secs(10), || {
@@ -157,6 +170,7 @@ impl TestServer {
             .arg(self.data.path())
             .args(["--listen", listen, "--name", &self.name])
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()

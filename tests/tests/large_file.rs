@@ -86,3 +86,50 @@ fn a_file_over_two_gib_streams_with_bounded_memory() {
     assert!(tail.starts_with(b"marker at 00000000000000000000"));
     assert_eq!(sha256_of(&file), sha256_of(&restored));
 }
+
+/// A sparse file of more chunks than one `ReadChunks` call may name
+/// (`tandem_proto::MAX_CHUNK_IDS_PER_CALL`): its holes are 4 MiB all-zero
+/// chunks, so 66 GiB is 16,896 of them. The restore asks in several calls.
+#[test]
+fn a_file_of_more_chunks_than_one_call_may_name_restores() {
+    use std::os::unix::fs::MetadataExt;
+    const HUGE: u64 = 66 << 30;
+    let server = TestServer::start("PRIMARY");
+    server.register("big", "big-password");
+    let client = TestClient::new(&server, "big", "big-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = src.join("disk.img");
+    let markers = [0, HUGE / 2, HUGE - 4096];
+    {
+        let mut f = std::fs::File::create(&file).unwrap();
+        f.set_len(HUGE).unwrap();
+        for at in markers {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(format!("marker at {at:020}\n").as_bytes())
+                .unwrap();
+        }
+    }
+    let backed_up = client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(backed_up["failed"], 0, "{backed_up}");
+
+    let dest = work.path().join("out");
+    let restored = client.json(&["restore", &path_str(&file), &path_str(&dest)]);
+    assert_eq!(restored["failed"], 0, "{restored}");
+    let copy = dest.join("disk.img");
+    let meta = std::fs::metadata(&copy).unwrap();
+    assert_eq!(meta.len(), HUGE);
+    assert!(
+        meta.blocks() * 512 < 64 << 20,
+        "the holes stay holes: {} bytes allocated",
+        meta.blocks() * 512
+    );
+    let mut f = std::fs::File::open(&copy).unwrap();
+    for at in markers {
+        let mut line = vec![0u8; 31];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.read_exact(&mut line).unwrap();
+        assert_eq!(line, format!("marker at {at:020}\n").as_bytes());
+    }
+}

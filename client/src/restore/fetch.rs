@@ -196,6 +196,53 @@ impl Ordered {
     }
 }
 
+/// The chunk ids of one batch and the `ReadChunks` calls that fetch them:
+/// at most [`tandem_proto::MAX_CHUNK_IDS_PER_CALL`] ids per call, so a file
+/// of more chunks than that (4 GiB and up) is fetched in several calls.
+struct Feed {
+    ids: Vec<Vec<u8>>,
+    /// Ids asked for so far.
+    asked: usize,
+    /// Chunks taken from the calls so far.
+    taken: usize,
+    /// The current call, or why it could not be made.
+    stream: Option<Result<tonic::Streaming<pb::ReadChunksResponse>, tonic::Status>>,
+}
+
+impl Feed {
+    fn new(ids: Vec<Vec<u8>>) -> Self {
+        Feed {
+            ids,
+            asked: 0,
+            taken: 0,
+            stream: None,
+        }
+    }
+
+    /// Whether every chunk asked for so far was taken: the next one needs a
+    /// new call.
+    fn window_done(&self) -> bool {
+        self.taken == self.asked
+    }
+
+    /// Asks for the next window of ids.
+    async fn open_next(&mut self, session: &Session) {
+        let end = self
+            .ids
+            .len()
+            .min(self.asked + tandem_proto::MAX_CHUNK_IDS_PER_CALL);
+        let chunk_ids = self.ids[self.asked..end].to_vec();
+        self.asked = end;
+        self.stream = Some(
+            session
+                .client()
+                .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids }))
+                .await
+                .map(tonic::Response::into_inner),
+        );
+    }
+}
+
 /// Fetches the chunks of `files` batch by batch, in file order. A failed
 /// batch call fails its first file and the fetch goes on with the next; a
 /// damaged chunk fails its file only.
@@ -211,49 +258,39 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
     while next < files.len() {
         let mut end = next;
         let mut bytes = 0u64;
+        let mut count = 0usize;
         while end < files.len()
-            && (end == next || (bytes < FETCH_BATCH_BYTES && end - next < FETCH_BATCH_FILES))
+            && (end == next
+                || (bytes < FETCH_BATCH_BYTES
+                    && end - next < FETCH_BATCH_FILES
+                    && count + files[end].1.len() <= tandem_proto::MAX_CHUNK_IDS_PER_CALL))
         {
             bytes += files[end].2;
+            count += files[end].1.len();
             end += 1;
         }
-        let ids: Vec<Vec<u8>> = files[next..end]
-            .iter()
-            .flat_map(|(_, c, _)| c.iter().map(|id| id.as_slice().to_vec()))
-            .collect();
-        if !out.before_waiting().await {
-            return;
-        }
-        let mut stream = if ids.is_empty() {
-            None
-        } else {
-            match session
-                .client()
-                .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids: ids }))
-                .await
-            {
-                Ok(s) => Some(s.into_inner()),
-                Err(status) => {
-                    if !out.push(Fetched::Begin(files[next].0)).await
-                        || !out
-                            .push(Fetched::Failed(status.message().to_string()))
-                            .await
-                    {
-                        return;
-                    }
-                    next += 1;
-                    continue;
-                }
-            }
-        };
+        let mut feed = Feed::new(
+            files[next..end]
+                .iter()
+                .flat_map(|(_, c, _)| c.iter().map(|id| id.as_slice().to_vec()))
+                .collect(),
+        );
         let mut restart_at = end;
         'files: for (i, (job, chunks, _)) in files.iter().enumerate().take(end).skip(next) {
             if !out.push(Fetched::Begin(*job)).await {
                 return;
             }
             for expected in chunks {
-                let item = match stream.as_mut() {
-                    Some(s) => match s.next().now_or_never() {
+                if feed.window_done() {
+                    if !out.before_waiting().await {
+                        return;
+                    }
+                    feed.open_next(&session).await;
+                }
+                feed.taken += 1;
+                let item = match feed.stream.as_mut() {
+                    Some(Err(status)) => Some(Err(status.clone())),
+                    Some(Ok(s)) => match s.next().now_or_never() {
                         Some(item) => item,
                         None => {
                             if !out.before_waiting().await {

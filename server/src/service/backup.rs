@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tandem_proto::pb::{self, backup_server::Backup};
 use tandem_proto::{ChunkId, SESSION_HEADER};
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
@@ -339,7 +339,7 @@ impl Backup for BackupService {
         request: Request<pb::FindMissingChunksRequest>,
     ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
         let (session, _) = self.session(&request)?;
-        let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
+        let ids = convert::asked_chunk_ids(&request.into_inner().chunk_ids)?;
         let missing = super::blocking(&self.state, move |s| {
             super::missing_and_pin(s, session.id, session.node_id, &ids)
         })
@@ -358,8 +358,8 @@ impl Backup for BackupService {
         let mut stream = request.into_inner();
         let mut ingest = super::ChunkIngest::new(self.state.clone(), session.id, session.node_id);
         let mut received_bytes = 0u64;
-        while let Some(message) = stream.next().await {
-            let chunks = message?.chunks;
+        while let Some(message) = super::next_upload_message(&self.state, &mut stream).await? {
+            let chunks = message.chunks;
             received_bytes += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
             ingest.push(chunks).await?;
         }
@@ -381,6 +381,16 @@ impl Backup for BackupService {
         self.refuse_replica(&session, &peer_of(&request)).await?;
         let req = request.into_inner();
         convert::check_path(&req.filespace)?;
+        convert::at_most(
+            req.objects.len(),
+            tandem_proto::MAX_OBJECTS_PER_CALL,
+            "objects",
+        )?;
+        convert::at_most(
+            req.deactivate.len(),
+            tandem_proto::MAX_OBJECTS_PER_CALL,
+            "deactivations",
+        )?;
         let versions = req
             .objects
             .into_iter()
@@ -461,7 +471,7 @@ impl Backup for BackupService {
         request: Request<pb::ReadChunksRequest>,
     ) -> Result<Response<Self::ReadChunksStream>, Status> {
         let (session, token) = self.session(&request)?;
-        let ids = convert::chunk_ids(&request.into_inner().chunk_ids)?;
+        let ids = convert::asked_chunk_ids(&request.into_inner().chunk_ids)?;
         let lookup = ids.clone();
         let locations = super::blocking(&self.state, move |s| {
             Ok(s.catalog.owned_chunk_locations(session.node_id, &lookup)?)

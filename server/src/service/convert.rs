@@ -39,6 +39,29 @@ pub fn check_path(path: &str) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Refuses a list of `len` `what` longer than `max` per call.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] saying what to do.
+pub fn at_most(len: usize, max: usize, what: &str) -> Result<(), ServerError> {
+    if len > max {
+        return Err(ServerError::InvalidArgument(format!(
+            "{len} {what} in one call; at most {max} are accepted, send the rest in further calls"
+        )));
+    }
+    Ok(())
+}
+
+/// Converts the chunk ids a `FindMissingChunks` or `ReadChunks` call asks
+/// about: at most [`tandem_proto::MAX_CHUNK_IDS_PER_CALL`] of them.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] for too many ids or a malformed one.
+pub fn asked_chunk_ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ServerError> {
+    at_most(raw.len(), tandem_proto::MAX_CHUNK_IDS_PER_CALL, "chunk ids")?;
+    chunk_ids(raw)
+}
+
 /// Converts and validates the chunk id list of a request.
 ///
 /// # Errors

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tandem_proto::pb::{self, replication_server::Replication};
 use tandem_proto::{ObjectId, SESSION_HEADER};
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
@@ -253,7 +253,7 @@ impl Replication for ReplicationService {
         let (session, source) = self.session(&request).await?;
         let req = request.into_inner();
         let node_id = self.replica_id(&req.node, &source).await?;
-        let ids = convert::chunk_ids(&req.chunk_ids)?;
+        let ids = convert::asked_chunk_ids(&req.chunk_ids)?;
         let missing = super::blocking(&self.state, move |s| {
             super::missing_and_pin(s, session, node_id, &ids)
         })
@@ -271,8 +271,7 @@ impl Replication for ReplicationService {
         let mut stream = request.into_inner();
         // The first message names the replica node; every later one must name it too.
         let mut ingest: Option<(String, super::ChunkIngest)> = None;
-        while let Some(message) = stream.next().await {
-            let message = message?;
+        while let Some(message) = super::next_upload_message(&self.state, &mut stream).await? {
             let (node, ingest) = match &mut ingest {
                 Some(open) => open,
                 None => {
@@ -307,6 +306,11 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::UpdateStatesResponse>, Status> {
         let (_, source) = self.session(&request).await?;
         let req = request.into_inner();
+        convert::at_most(
+            req.states.len(),
+            tandem_proto::MAX_OBJECTS_PER_CALL,
+            "state changes",
+        )?;
         let node_id = self.replica_id(&req.node, &source).await?;
         let states = req
             .states
@@ -326,6 +330,11 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::PutObjectsResponse>, Status> {
         let (_, source) = self.session(&request).await?;
         let req = request.into_inner();
+        convert::at_most(
+            req.objects.len(),
+            tandem_proto::MAX_OBJECTS_PER_CALL,
+            "objects",
+        )?;
         let node_id = self.replica_id(&req.node, &source).await?;
         let versions = req
             .objects
@@ -350,6 +359,11 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::DeleteObjectsResponse>, Status> {
         let (_, source) = self.session(&request).await?;
         let req = request.into_inner();
+        convert::at_most(
+            req.object_ids.len(),
+            tandem_proto::MAX_OBJECTS_PER_CALL,
+            "deletions",
+        )?;
         let node_id = self.replica_id(&req.node, &source).await?;
         let ids = req
             .object_ids

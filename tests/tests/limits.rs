@@ -1,0 +1,172 @@
+//! Resource limits (issue 18, finding 4), probed with a raw gRPC client
+//! against a real server: what an unauthenticated caller may send, how long
+//! lists may be, how long a stalled upload may stay open, how many sessions
+//! one node keeps.
+
+use std::time::{Duration, Instant};
+
+use tandem_proto::pb;
+use tandem_tests::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unauthenticated_caller_sends_little_and_big_lists_are_refused() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let mut raw = raw_backup_client(&server).await;
+
+    // A 1 MiB logon is refused before it is read, with what the limit is.
+    let refused = raw
+        .logon(pb::LogonRequest {
+            node: "alice".into(),
+            password: "p".repeat(1 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("65536 bytes before authentication"),
+        "{refused:?}"
+    );
+
+    // A 32 MiB upload without a session is turned away unread.
+    let chunk = pb::Chunk {
+        id: vec![0; 32],
+        data: vec![0xAB; 32 << 20].into(),
+        raw_len: 32 << 20,
+    };
+    let refused = raw
+        .upload_chunks(tonic::codegen::tokio_stream::iter([
+            pb::UploadChunksRequest {
+                chunks: vec![chunk],
+            },
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("log on first"), "{refused:?}");
+
+    // Lists longer than one call may carry.
+    let (mut alice, token) = raw_backup_session(&server, "alice", "alice-password").await;
+    let ids: Vec<Vec<u8>> = (0..=tandem_proto::MAX_CHUNK_IDS_PER_CALL)
+        .map(|n| {
+            tandem_proto::ChunkId::of(&n.to_le_bytes())
+                .as_slice()
+                .to_vec()
+        })
+        .collect();
+    let refused = alice
+        .find_missing_chunks(with_session(
+            &token,
+            pb::FindMissingChunksRequest {
+                chunk_ids: ids.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("16385 chunk ids in one call; at most 16384"),
+        "{refused:?}"
+    );
+    let refused = match alice
+        .read_chunks(with_session(
+            &token,
+            pb::ReadChunksRequest { chunk_ids: ids },
+        ))
+        .await
+    {
+        Ok(stream) => stream.into_inner().message().await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let objects = (0..=tandem_proto::MAX_OBJECTS_PER_CALL)
+        .map(|n| pb::NewObject {
+            attrs: Some(pb::ObjectAttrs {
+                path: format!("/f{n}"),
+                kind: pb::ObjectKind::Directory as i32,
+                mode: 0o755,
+                ..Default::default()
+            }),
+            chunk_ids: Vec::new(),
+        })
+        .collect();
+    let refused = alice
+        .commit_objects(with_session(
+            &token,
+            pb::CommitObjectsRequest {
+                filespace: "/".into(),
+                objects,
+                deactivate: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("10001 objects"), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_upload_is_ended_after_the_comm_timeout() {
+    let server = TestServer::start_with("PRIMARY", &[("TANDEM_SERVER_COMM_TIMEOUT_SECONDS", "2")]);
+    server.register("alice", "alice-password");
+    let (mut alice, token) = raw_backup_session(&server, "alice", "alice-password").await;
+    // One message, then nothing: the sender stays open and silent.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let raw = b"one chunk".to_vec();
+    tx.send(pb::UploadChunksRequest {
+        chunks: vec![pb::Chunk {
+            id: tandem_proto::ChunkId::of(&raw).as_slice().to_vec(),
+            data: zstd::bulk::compress(&raw, 1).unwrap().into(),
+            raw_len: raw.len() as u64,
+        }],
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        alice.upload_chunks(with_session(
+            &token,
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+        )),
+    )
+    .await
+    .expect("the server ended the stalled upload")
+    .unwrap_err();
+    drop(tx);
+    assert_eq!(ended.code(), tonic::Code::DeadlineExceeded, "{ended:?}");
+    assert!(
+        ended.message().contains("comm_timeout_seconds"),
+        "{ended:?}"
+    );
+    eprintln!("stalled upload ended after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_keeps_a_bounded_number_of_sessions() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let (_, first) = raw_backup_session(&server, "alice", "alice-password").await;
+    for _ in 0..40 {
+        raw_backup_session(&server, "alice", "alice-password").await;
+    }
+    let sessions: serde_json::Value =
+        serde_json::from_slice(&server.admin(&["--json", "query", "session"]).stdout).unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 32, "{sessions}");
+    // The least recently used one went.
+    let (mut client, _) = raw_backup_session(&server, "alice", "alice-password").await;
+    let refused = client
+        .query_filespaces(with_session(&first, pb::QueryFilespacesRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+}
