@@ -43,6 +43,19 @@ use crate::names;
 use crate::selection::Selection;
 use crate::session::Session;
 
+/// How a restore splits a stored path (relative to SOURCE's directory) into
+/// the names it places below DEST; refuses anything that could lead outside.
+/// Public for the fuzz targets.
+///
+/// # Errors
+/// A sentence naming the offending component.
+pub fn dest_components(
+    rel: &str,
+    dest: &std::path::Path,
+) -> Result<Vec<std::ffi::OsString>, String> {
+    dest::components(rel, dest)
+}
+
 /// What to do when a target exists (TSM REPLACE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Replace {

@@ -20,8 +20,9 @@ async fn client_supplied_text_is_cut_and_escaped_and_failover_claims_are_checked
     server.register("alice", "alice-password");
     let mut raw = raw_backup_client(&server).await;
 
-    // 8 MiB of client version with a forged log line and a terminal escape.
-    let huge = format!("1.0\nTDM0406I forged\x1b[31m{}", "x".repeat(8 << 20));
+    // A client version as long as a logon may carry (64 KiB before
+    // authentication), with a forged log line and a terminal escape.
+    let huge = format!("1.0\nTDM0406I forged\x1b[31m{}", "x".repeat(60 << 10));
     raw.logon(pb::LogonRequest {
         node: "alice".into(),
         password: "alice-password".into(),
@@ -35,7 +36,7 @@ async fn client_supplied_text_is_cut_and_escaped_and_failover_claims_are_checked
     // A huge node name is not echoed back.
     let refused = raw
         .logon(pb::LogonRequest {
-            node: "n".repeat(1 << 20),
+            node: "n".repeat(60 << 10),
             password: "whatever-password".into(),
             ..Default::default()
         })
@@ -48,7 +49,7 @@ async fn client_supplied_text_is_cut_and_escaped_and_failover_claims_are_checked
     );
 
     let out = server.admin(&["--json", "query", "actlog", "--limit", "5"]);
-    assert_success(&out, "query actlog after an 8 MiB client version");
+    assert_success(&out, "query actlog after a 60 KiB client version");
     let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let claimed = records
         .as_array()
