@@ -11,8 +11,11 @@ use prost::Message;
 use prost::bytes::Bytes;
 use tandem_proto::{ChunkId, pb};
 
+/// A target: takes any bytes, returns, or panics on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("chunk_frame", chunk_frame),
     ("container_records", container_records),
     ("wire_objects", wire_objects),
