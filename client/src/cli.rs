@@ -498,6 +498,10 @@ where
     };
     let log = ErrorLog::new(options.error_log_path(), options.error_log_max_mb);
     let console = Console::new(Some(log), cli.quiet, cli.json);
+    if let Some((file, mode)) = options.readable_secret(&path, &env) {
+        // Said every time, but no reason to fail the command.
+        console.report(&Msg::readable_password(&file, mode), ExitStatus::Success);
+    }
     if matches!(cli.command, Command::Query(QueryCommand::Options)) {
         let mut effective = options.effective(&path, &env);
         if cli.force_failover {

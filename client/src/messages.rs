@@ -259,6 +259,18 @@ impl Msg {
         }
     }
 
+    /// TDM1044W: the node's password is in a file other users may read.
+    pub fn readable_password(path: &std::path::Path, mode: u32) -> Self {
+        Msg {
+            id: "TDM1044W",
+            text: format!(
+                "{} holds this node's password and other users may read it (mode {mode:04o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        }
+    }
+
     /// TDM1043W: the pushed replication server was not saved.
     pub fn push_ignored(name: &str, why: &str) -> Self {
         Msg {

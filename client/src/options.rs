@@ -258,6 +258,27 @@ impl ClientOptions {
         Ok(options)
     }
 
+    /// The file that holds this client's password (`password_file`, or the
+    /// options file at `path` when the password is written there rather than
+    /// given in `TANDEM_PASSWORD`) with its permission bits, when users other
+    /// than its owner may read it.
+    pub fn readable_secret(
+        &self,
+        path: &Path,
+        env: &HashMap<String, String>,
+    ) -> Option<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let holder = match &self.password_file {
+            Some(file) => file.clone(),
+            None if self.password.is_some() && !env.contains_key("TANDEM_PASSWORD") => {
+                path.to_path_buf()
+            }
+            None => return None,
+        };
+        let mode = std::fs::metadata(&holder).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some((holder, mode))
+    }
+
     fn check(&self) -> Result<(), String> {
         if self.node_name.trim().is_empty() {
             return Err("node_name is empty".into());

@@ -301,6 +301,21 @@ async fn walk_through(work: &Path) -> Result<(), String> {
     stopped
 }
 
+/// Writes a password file only its owner may read, as the client and the
+/// console expect of one.
+fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 async fn story(
     work: &Path,
     primary: DemoServer,
@@ -309,9 +324,9 @@ async fn story(
 ) -> Result<(), String> {
     step("Registering node DEMO on the primary and pairing the servers");
     let pw = work.join("demo.password");
-    std::fs::write(&pw, "demo-password\n").map_err(|e| e.to_string())?;
+    write_secret(&pw, "demo-password\n")?;
     let spw = work.join("server.password");
-    std::fs::write(&spw, "demo-server-secret\n").map_err(|e| e.to_string())?;
+    write_secret(&spw, "demo-server-secret\n")?;
     let (pw_s, spw_s) = (
         pw.to_string_lossy().into_owned(),
         spw.to_string_lossy().into_owned(),

@@ -361,6 +361,12 @@ impl TestClient {
             dir.path().join("state").display()
         );
         std::fs::write(&options, text).expect("options file");
+        // It holds the password: the owner's alone, as the client asks.
+        std::fs::set_permissions(
+            &options,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod options file");
         TestClient { dir, options }
     }
 

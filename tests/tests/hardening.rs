@@ -249,3 +249,39 @@ fn a_flood_of_wrong_passwords_does_not_grow_the_server() {
         "a real logon still works",
     );
 }
+
+#[test]
+fn a_password_others_may_read_is_warned_about() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let quiet = client.run(&["query", "session"]);
+    assert_success(&quiet, "query session");
+    assert!(!stderr(&quiet).contains("TDM1044W"), "{}", stderr(&quiet));
+
+    std::fs::set_permissions(&client.options, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warned = client.run(&["query", "session"]);
+    assert_success(&warned, "the command still works");
+    assert!(
+        stderr(&warned).contains("TDM1044W") && stderr(&warned).contains("chmod 600"),
+        "{}",
+        stderr(&warned)
+    );
+    assert!(client.error_log().contains("TDM1044W"));
+
+    // A password file next to it is what counts then.
+    let secret = client.dir.path().join("alice.password");
+    std::fs::write(&secret, "alice-password\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let text = std::fs::read_to_string(&client.options).unwrap().replace(
+        "password = \"alice-password\"",
+        "password_file = \"alice.password\"",
+    );
+    std::fs::write(&client.options, text).unwrap();
+    let warned = client.run(&["query", "session"]);
+    assert!(
+        stderr(&warned).contains("alice.password") && stderr(&warned).contains("0640"),
+        "{}",
+        stderr(&warned)
+    );
+}
