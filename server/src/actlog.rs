@@ -30,8 +30,12 @@ pub enum ServerMsg {
     BackupCompleted,
     /// An administrator ran a command.
     AdminCommand,
-    /// An admin call came with a missing or wrong token.
+    /// An admin call came with missing or wrong credentials.
     AdminAuthFailed,
+    /// An administrator (or the bootstrap token) made a call.
+    AdminCall,
+    /// An administrator was locked after failed attempts.
+    AdminLocked,
     /// An expiration run finished.
     ExpirationDone,
     /// A filespace was deleted.
@@ -67,6 +71,8 @@ impl ServerMsg {
             ServerMsg::BackupCompleted => "TDM0410I",
             ServerMsg::AdminCommand => "TDM0500I",
             ServerMsg::AdminAuthFailed => "TDM0501W",
+            ServerMsg::AdminCall => "TDM0502I",
+            ServerMsg::AdminLocked => "TDM0503W",
             ServerMsg::ExpirationDone => "TDM0420I",
             ServerMsg::FilespaceDeleted => "TDM0421I",
             ServerMsg::ReplicationDone => "TDM0600I",

@@ -9,6 +9,7 @@
 //! what makes a commit an acknowledgement that survives power loss.
 
 mod actlog;
+mod admins;
 mod chunks;
 mod dirs;
 mod expire;
@@ -16,6 +17,7 @@ mod nodes;
 mod objects;
 mod replication;
 
+pub use admins::Admin;
 pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
 pub use replication::{FilespaceTimes, VersionState};
 

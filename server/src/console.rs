@@ -41,6 +41,13 @@ pub struct AdminCli {
         value_name = "FILE"
     )]
     pub token_file: PathBuf,
+    /// Act as this named administrator instead of with the admin token; its
+    /// password comes from --admin-password-file or TANDEM_ADMIN_PASSWORD.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub admin: Option<String>,
+    /// File whose first line is the --admin administrator's password.
+    #[arg(long, global = true, value_name = "FILE", requires = "admin")]
+    pub admin_password_file: Option<PathBuf>,
     /// Print results as JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -77,6 +84,15 @@ enum Verb {
     /// REPLICATE: replicate nodes to the replication server now.
     #[command(subcommand)]
     Replicate(ReplicateNoun),
+    /// ROTATE: replace the bootstrap admin token.
+    #[command(subcommand)]
+    Rotate(RotateNoun),
+}
+
+#[derive(Debug, Subcommand)]
+enum RotateNoun {
+    /// Write a new random token to the server's DATA_DIR/admin.token; the old one stops working.
+    Admintoken,
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,10 +181,32 @@ enum RegisterNoun {
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
     },
+    /// Register a named administrator; the password is read from --password-file or stdin.
+    Admin {
+        /// Administrator name.
+        name: String,
+        /// File whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum UpdateNoun {
+    /// Change an administrator's password, or lock or unlock it.
+    Admin {
+        /// Administrator name.
+        name: String,
+        /// File whose first line is the new password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Refuse its credentials.
+        #[arg(long, conflicts_with = "unlock")]
+        lock: bool,
+        /// Accept them again.
+        #[arg(long)]
+        unlock: bool,
+    },
     /// Lock or unlock a node, set its policy or password.
     Node {
         /// Node name.
@@ -210,6 +248,11 @@ enum RemoveNoun {
         /// Node name.
         name: String,
     },
+    /// Remove an administrator (never yourself, never the last one).
+    Admin {
+        /// Administrator name.
+        name: String,
+    },
     /// End replication of a node here; on a target the node may write again.
     Replnode {
         /// Node name.
@@ -238,6 +281,8 @@ enum QueryNoun {
     },
     /// Open client sessions.
     Session,
+    /// Administrators with lock state and last call.
+    Admin,
     /// Server name, GUID, data directory and storage.
     Status,
     /// Defined partner servers.
@@ -403,6 +448,46 @@ fn show_time(ns: i64) -> String {
         .to_string()
 }
 
+/// The `authorization` value the console sends: a named administrator's
+/// credentials with --admin, else the bootstrap token from --token-file.
+fn credentials(
+    cli: &AdminCli,
+) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, AdminError> {
+    let value = match &cli.admin {
+        Some(name) => {
+            use base64::Engine;
+            let password = match (
+                &cli.admin_password_file,
+                std::env::var("TANDEM_ADMIN_PASSWORD"),
+            ) {
+                (Some(file), _) => read_secret(Some(file), "administrator password")?,
+                (None, Ok(password)) if !password.is_empty() => password,
+                _ => {
+                    return Err(AdminError::Usage(format!(
+                        "--admin {name} needs its password: give --admin-password-file FILE or set TANDEM_ADMIN_PASSWORD"
+                    )));
+                }
+            };
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"))
+            )
+        }
+        None => {
+            let token_text = std::fs::read_to_string(&cli.token_file).map_err(|e| {
+                AdminError::Usage(format!(
+                    "cannot read the admin token {}: {e}; use --token-file with the server's DATA_DIR/admin.token, or --admin NAME",
+                    cli.token_file.display()
+                ))
+            })?;
+            format!("Bearer {}", token_text.trim())
+        }
+    };
+    value.parse().map_err(|_| {
+        AdminError::Usage("the admin credentials hold characters a header cannot carry".into())
+    })
+}
+
 struct Console {
     client: AdminClient<Channel>,
     token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
@@ -425,20 +510,7 @@ impl Console {
                 cli.server
             )));
         }
-        let token_text = std::fs::read_to_string(&cli.token_file).map_err(|e| {
-            AdminError::Usage(format!(
-                "cannot read the admin token {}: {e}; use --token-file with the server's DATA_DIR/admin.token",
-                cli.token_file.display()
-            ))
-        })?;
-        let token = format!("Bearer {}", token_text.trim())
-            .parse()
-            .map_err(|_| {
-                AdminError::Usage(format!(
-                    "{} does not hold a valid token",
-                    cli.token_file.display()
-                ))
-            })?;
+        let token = credentials(cli)?;
         let endpoint = Endpoint::from_shared(cli.server.clone())
             .map_err(|e| {
                 AdminError::Usage(format!("--server {:?} is not a valid URL: {e}", cli.server))
@@ -571,6 +643,42 @@ fn print_nodes(nodes: &[pb::NodeInfo], as_json: bool) {
     println!("{t}");
 }
 
+fn print_admins(admins: &[pb::AdminInfo], as_json: bool) {
+    if as_json {
+        let list: Vec<_> = admins
+            .iter()
+            .map(|a| {
+                json!({
+                    "name": a.name, "locked": a.locked, "registered": show_time(a.registered_ns),
+                    "last_call": show_time(a.last_logon_ns), "failed_logons": a.failed_logons,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return;
+    }
+    let mut t = table(&[
+        "Administrator",
+        "Locked?",
+        "Registered",
+        "Last Call",
+        "Failed Logons",
+    ]);
+    for a in admins {
+        t.add_row(vec![
+            a.name.clone(),
+            if a.locked { "Yes" } else { "No" }.to_string(),
+            show_time(a.registered_ns),
+            show_time(a.last_logon_ns),
+            a.failed_logons.to_string(),
+        ]);
+    }
+    println!("{t}");
+}
+
 async fn execute(cli: AdminCli) -> Result<(), AdminError> {
     // Read local inputs first: a bad password file should not cost a connection.
     let secret = match &cli.command {
@@ -578,6 +686,13 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
             Some(read_secret(password_file.as_deref(), "password")?)
         }
         Verb::Update(UpdateNoun::Node {
+            password_file: Some(f),
+            ..
+        }) => Some(read_secret(Some(f), "password")?),
+        Verb::Register(RegisterNoun::Admin { password_file, .. }) => {
+            Some(read_secret(password_file.as_deref(), "password")?)
+        }
+        Verb::Update(UpdateNoun::Admin {
             password_file: Some(f),
             ..
         }) => Some(read_secret(Some(f), "password")?),
@@ -672,6 +787,85 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
                 println!("TDM0500I node {} updated", node.name);
             }
             print_nodes(&[node], as_json);
+        }
+        Verb::Register(RegisterNoun::Admin { name, .. }) => {
+            let req = console.request(pb::RegisterAdminRequest {
+                name,
+                password: secret.unwrap_or_default(),
+            });
+            let admin = console
+                .client
+                .register_admin(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if !as_json {
+                println!("TDM0500I administrator {} registered", admin.name);
+            }
+            print_admins(&[admin], as_json);
+        }
+        Verb::Update(UpdateNoun::Admin {
+            name, lock, unlock, ..
+        }) => {
+            let req = console.request(pb::UpdateAdminRequest {
+                name,
+                password: secret.unwrap_or_default(),
+                lock,
+                unlock,
+            });
+            let admin = console
+                .client
+                .update_admin(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if !as_json {
+                println!("TDM0500I administrator {} updated", admin.name);
+            }
+            print_admins(&[admin], as_json);
+        }
+        Verb::Remove(RemoveNoun::Admin { name }) => {
+            let req = console.request(pb::RemoveAdminRequest { name: name.clone() });
+            console
+                .client
+                .remove_admin(req)
+                .await
+                .map_err(|s| console.refused(s))?;
+            if as_json {
+                println!("{}", json!({ "removed": name.to_ascii_uppercase() }));
+            } else {
+                println!(
+                    "TDM0500I administrator {} removed",
+                    name.to_ascii_uppercase()
+                );
+            }
+        }
+        Verb::Query(QueryNoun::Admin) => {
+            let req = console.request(pb::QueryAdminsRequest {});
+            let reply = console
+                .client
+                .query_admins(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            print_admins(&reply.admins, as_json);
+        }
+        Verb::Rotate(RotateNoun::Admintoken) => {
+            let req = console.request(pb::RotateAdminTokenRequest {});
+            let reply = console
+                .client
+                .rotate_admin_token(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                println!("{}", json!({ "token_file": reply.path }));
+            } else {
+                println!(
+                    "TDM0500I a new admin token is in {} on the server; the old one no longer works",
+                    reply.path
+                );
+            }
         }
         Verb::Remove(RemoveNoun::Node { name }) => {
             let req = console.request(pb::RemoveNodeRequest { name: name.clone() });

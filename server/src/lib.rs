@@ -31,7 +31,7 @@ pub mod storage;
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tandem_proto::ServerGuid;
@@ -61,8 +61,9 @@ pub struct ServerState {
     pub sessions: Sessions,
     /// This server's replication GUID.
     pub guid: ServerGuid,
-    /// The admin token.
-    pub admin_token: Token,
+    /// The bootstrap admin token (DATA_DIR/admin.token); replaced by
+    /// `rotate admintoken`.
+    pub admin_token: std::sync::RwLock<Token>,
     /// Chunks open sessions rely on (kept by the chunk sweep).
     pub pins: pins::ChunkPins,
     /// Held by an expiration run: one at a time.
@@ -182,7 +183,60 @@ fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
     Ok(token)
 }
 
+/// Writes `text` to `path` with mode 0600 through a temporary file, so a
+/// crash leaves the old content or the new, never a mix.
+fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
+    let temp = path.with_extension("new");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(setup_err(format!("cannot create {}", temp.display())))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(setup_err(format!("cannot write {}", path.display())))?;
+    Ok(())
+}
+
+/// Registers the first administrator, ADMIN, when there is none (a new
+/// data dir, or one from before named administrators), with a random
+/// password written to `password_file` for the operator to use and change.
+fn create_first_admin(catalog: &Catalog, password_file: &Path) -> Result<(), ServerError> {
+    if !catalog.list_admins()?.is_empty() {
+        return Ok(());
+    }
+    let password = Token::random();
+    let hash = auth::hash_password(password.expose())?;
+    write_private(password_file, &format!("{}\n", password.expose()))?;
+    catalog.register_admin(FIRST_ADMIN, &hash, model::now_ns())?;
+    tracing::warn!(
+        "administrator {FIRST_ADMIN} registered; its password is in {} (give it with `tandem-admin --admin {FIRST_ADMIN} --admin-password-file {}`, then change it with `update admin`)",
+        password_file.display(),
+        password_file.display()
+    );
+    Ok(())
+}
+
+/// The administrator made at the first start.
+pub const FIRST_ADMIN: &str = "ADMIN";
+
 impl ServerState {
+    /// Replaces the bootstrap token with a new random one, in
+    /// DATA_DIR/admin.token first and then in memory; returns the file.
+    ///
+    /// # Errors
+    /// The file cannot be written (the old token stays in force).
+    pub fn rotate_admin_token(&self) -> Result<PathBuf, ServerError> {
+        let path = self.config.data_dir.join("admin.token");
+        let token = Token::random();
+        write_private(&path, &format!("{}\n", token.expose()))?;
+        *self.admin_token.write().unwrap_or_else(|e| e.into_inner()) = token;
+        Ok(path)
+    }
+
     /// Opens the data directory, creating the catalog, containers, GUID and
     /// admin token on first start, and cutting unacknowledged container bytes.
     ///
@@ -213,6 +267,7 @@ impl ServerState {
             }
         };
         let admin_token = load_or_create_token(&dir.join("admin.token"))?;
+        create_first_admin(&catalog, &dir.join("admin.password"))?;
         let identity = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => tandem_tls::ServerIdentity::from_files(cert, key),
             _ => tandem_tls::ServerIdentity::load_or_create(
@@ -238,7 +293,7 @@ impl ServerState {
             store,
             sessions: Sessions::default(),
             guid,
-            admin_token,
+            admin_token: std::sync::RwLock::new(admin_token),
             pins: pins::ChunkPins::default(),
             expire_lock: std::sync::Mutex::new(()),
             running: repl::RunningRuns::default(),

@@ -32,6 +32,7 @@ ADMIN="$BIN/tandem-admin --server $ADDR --token-file $WORK/server/admin.token"
 echo 'bench-password' | $ADMIN register node bench > /dev/null
 $ADMIN update node bench --verdeleted 0 > /dev/null
 printf 'node_name = "bench"\nserver_address = "%s"\nserver_fingerprint = "%s"\npassword = "bench-password"\nstate_dir = "%s"\n' "$ADDR" "$(cat "$WORK/server/fingerprint")" "$WORK/state" > "$WORK/tandem.toml"
+chmod 600 "$WORK/tandem.toml"   # it holds the password
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
 /usr/bin/time -f "backup of $FILES files: %e s" $T incremental "$WORK/data"
 rm -rf "$WORK/data"/*

@@ -30,6 +30,7 @@ $AS define server PRIMARY --address "https://$P" --fingerprint "$(cat "$WORK/pri
 $AP set replserver SECONDARY > /dev/null
 $AP update node bench --replstate enabled > /dev/null
 printf 'node_name = "bench"\nserver_name = "PRIMARY"\nserver_address = "https://%s"\nserver_fingerprint = "%s"\npassword = "bench-password"\nstate_dir = "%s"\n' "$P" "$(cat "$WORK/primary/fingerprint")" "$WORK/state" > "$WORK/tandem.toml"
+chmod 600 "$WORK/tandem.toml"   # it holds the password
 echo "first byte" > "$WORK/src/file.txt"
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
 $T incremental "$WORK/src" > /dev/null

@@ -31,4 +31,5 @@ start_primary() {
   echo 'bench-password' | "$BIN/tandem-admin" --server "$SCHEME://$ADDR" --token-file "$WORK/server/admin.token" register node bench > /dev/null
   printf 'node_name = "bench"\nserver_address = "%s://%s"\n%s\npassword = "bench-password"\nstate_dir = "%s"\n' \
     "$SCHEME" "$ADDR" "$(pin_line "$WORK/server")" "$WORK/state" > "$WORK/tandem.toml"
+  chmod 600 "$WORK/tandem.toml"   # it holds the password
 }

@@ -200,7 +200,7 @@ fn admin_console_checks_its_token_and_input() {
         .unwrap();
     assert_eq!(code(&out), 12);
     assert!(
-        stderr(&out).contains("admin token missing or wrong"),
+        stderr(&out).contains("admin token wrong"),
         "{}",
         stderr(&out)
     );

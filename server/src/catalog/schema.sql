@@ -100,6 +100,17 @@ CREATE TABLE IF NOT EXISTS chunk_sharers (
 -- headers, so no index by container is kept (it was a tenth of the catalog).
 DROP INDEX IF EXISTS chunks_by_container;
 
+-- Named administrators (REGISTER ADMIN). The first, ADMIN, is made at the
+-- first start with a random password in DATA_DIR/admin.password.
+CREATE TABLE IF NOT EXISTS admins (
+    name           TEXT PRIMARY KEY,          -- upper-case
+    password_hash  TEXT NOT NULL,             -- argon2id PHC string
+    locked         INTEGER NOT NULL DEFAULT 0,
+    failed_logons  INTEGER NOT NULL DEFAULT 0,
+    registered_ns  INTEGER NOT NULL,
+    last_logon_ns  INTEGER NOT NULL DEFAULT 0
+);
+
 CREATE TABLE IF NOT EXISTS actlog (
     id      INTEGER PRIMARY KEY,
     time_ns INTEGER NOT NULL,

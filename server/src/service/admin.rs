@@ -1,5 +1,6 @@
-//! The `Admin` service that `tandem-admin` calls. Every call must carry the
-//! server's admin token as `authorization: Bearer <token>`.
+//! The `Admin` service that `tandem-admin` calls. Every call must carry a
+//! named administrator's credentials or the server's bootstrap admin token,
+//! and is recorded in the activity log with who made it.
 
 use std::sync::Arc;
 
@@ -109,6 +110,24 @@ fn partner_fingerprint(address: &str, https: bool, given: &str) -> Result<String
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+fn admin_name(raw: &str) -> Result<String, Status> {
+    normalize_node_name(raw).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "administrator name {raw:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'"
+        ))
+    })
+}
+
+fn admin_to_pb(a: crate::catalog::Admin) -> pb::AdminInfo {
+    pb::AdminInfo {
+        name: a.name,
+        locked: a.locked,
+        registered_ns: a.registered_ns,
+        last_logon_ns: a.last_logon_ns,
+        failed_logons: a.failed_logons,
+    }
+}
+
 fn node_name(raw: &str) -> Result<String, Status> {
     normalize_node_name(raw).ok_or_else(|| {
         Status::invalid_argument(format!(
@@ -117,47 +136,217 @@ fn node_name(raw: &str) -> Result<String, Status> {
     })
 }
 
+/// Who made an admin call, from where.
+#[derive(Debug, Clone)]
+struct Caller {
+    /// The caller's address.
+    peer: String,
+    /// "administrator NAME" or "the admin token", for the activity log.
+    who: String,
+}
+
+/// `NAME:PASSWORD` from the base64 of HTTP Basic credentials.
+fn basic_credentials(encoded: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (name, password) = text.split_once(':')?;
+    Some((name.to_string(), password.to_string()))
+}
+
 impl AdminService {
     /// A service over `state`.
     pub fn new(state: Arc<ServerState>) -> Self {
         AdminService { state }
     }
 
-    /// Checks the bearer token; returns the caller's address for the log.
-    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+    /// Checks the caller's credentials, records the call with the caller's
+    /// identity, and returns who called from where. Accepted: a named
+    /// administrator (`authorization: Basic base64(NAME:PASSWORD)`), or the
+    /// bootstrap token (`authorization: Bearer TOKEN`).
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let peer = peer_of(request);
+        let method = request
+            .extensions()
+            .get::<super::limits::CalledMethod>()
+            .map_or_else(|| "?".to_string(), |m| m.0.clone());
         let presented = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(token) if self.state.admin_token.matches(token) => Ok(peer),
-            _ => {
-                actlog::record(
-                    &self.state.catalog,
-                    ServerMsg::AdminAuthFailed,
-                    "",
-                    &peer,
-                    "admin call refused: missing or wrong admin token".into(),
-                )
-                .await;
-                Err(Status::unauthenticated(
-                    "admin token missing or wrong: use the token in the server's DATA_DIR/admin.token",
-                ))
+            .unwrap_or("");
+        let who = if let Some(token) = presented.strip_prefix("Bearer ") {
+            let good = self
+                .state
+                .admin_token
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .matches(token);
+            if !good {
+                return Err(self
+                    .refuse(
+                        &peer,
+                        "",
+                        "admin call refused: wrong admin token".into(),
+                        "admin token wrong: use the token in the server's DATA_DIR/admin.token, or --admin NAME with its password",
+                    )
+                    .await);
             }
-        }
+            "the admin token".to_string()
+        } else if let Some(encoded) = presented.strip_prefix("Basic ") {
+            let (name, password) = basic_credentials(encoded)
+                .ok_or_else(|| Status::unauthenticated("malformed administrator credentials"))?;
+            format!(
+                "administrator {}",
+                self.check_admin(&peer, &name, &password).await?
+            )
+        } else {
+            return Err(self
+                .refuse(
+                    &peer,
+                    "",
+                    "admin call refused: no credentials".into(),
+                    "no administrator credentials: give --admin NAME with its password, or the admin token",
+                )
+                .await);
+        };
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::AdminCall,
+            "",
+            &peer,
+            format!("{who} called {method}"),
+        )
+        .await;
+        Ok(Caller { peer, who })
     }
 
-    async fn audit(&self, peer: &str, node: &str, text: String) {
+    /// Records a refused admin call and returns the status to answer.
+    async fn refuse(&self, peer: &str, admin: &str, logged: String, answer: &str) -> Status {
+        actlog::record(
+            &self.state.catalog,
+            ServerMsg::AdminAuthFailed,
+            admin,
+            peer,
+            logged,
+        )
+        .await;
+        Status::unauthenticated(answer.to_string())
+    }
+
+    /// Checks a named administrator's password as a node logon is checked:
+    /// bounded argon2 work, a decoy hash for unknown names, the same answer
+    /// for both, failures counted and the administrator locked at
+    /// `invalid_password_limit`. Returns the upper-case name.
+    async fn check_admin(
+        &self,
+        peer: &str,
+        raw_name: &str,
+        password: &str,
+    ) -> Result<String, Status> {
+        let refused = || {
+            Status::unauthenticated(
+                "administrator credentials refused: unknown administrator or wrong password",
+            )
+        };
+        let Some(name) = normalize_node_name(raw_name) else {
+            return Err(refused());
+        };
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(auth::VERIFICATION_WAIT, self.state.verifications.acquire()).await
+        else {
+            return Err(Status::resource_exhausted(
+                "the server is checking too many credentials at once; try again in a moment",
+            ));
+        };
+        let lookup = name.clone();
+        let admin = super::blocking(&self.state, move |s| Ok(s.catalog.admin(&lookup)?)).await?;
+        let hash = admin.as_ref().map_or_else(
+            || auth::decoy_hash().to_string(),
+            |a| a.password_hash.clone(),
+        );
+        let (memory, password) = (self.state.verify_memory.clone(), password.to_string());
+        let good = tokio::task::spawn_blocking(move || {
+            auth::verify_password_in(&memory, &password, &hash)
+        })
+        .await
+        .map_err(ServerError::from)?;
+        let Some(admin) = admin else {
+            self.refuse(
+                peer,
+                &name,
+                format!("admin call refused: administrator {name} is not registered"),
+                "",
+            )
+            .await;
+            return Err(refused());
+        };
+        if !good {
+            let limit = self.state.config.invalid_password_limit;
+            let counted = name.clone();
+            let failures = super::blocking(&self.state, move |s| {
+                Ok(s.catalog.record_admin_failure(&counted, limit)?)
+            })
+            .await?;
+            self.refuse(
+                peer,
+                &name,
+                format!("admin call refused: wrong password for administrator {name} ({failures} in a row)"),
+                "",
+            )
+            .await;
+            if limit > 0 && failures >= limit && !admin.locked {
+                actlog::record(
+                    &self.state.catalog,
+                    ServerMsg::AdminLocked,
+                    &name,
+                    peer,
+                    format!("administrator {name} locked after {failures} wrong passwords in a row (invalid_password_limit {limit}); unlock with `update admin {name} --unlock`"),
+                )
+                .await;
+            }
+            return Err(refused());
+        }
+        if admin.locked {
+            self.refuse(
+                peer,
+                &name,
+                format!("admin call refused: administrator {name} is locked"),
+                "",
+            )
+            .await;
+            return Err(Status::permission_denied(format!(
+                "administrator {name} is locked; another administrator can unlock it with `update admin {name} --unlock`"
+            )));
+        }
+        let accepted = name.clone();
+        super::blocking(&self.state, move |s| {
+            Ok(s.catalog.record_admin_success(&accepted, now_ns())?)
+        })
+        .await?;
+        Ok(name)
+    }
+
+    /// Records a change an administrator made, naming who made it.
+    async fn audit(&self, caller: &Caller, node: &str, text: String) {
         actlog::record(
             &self.state.catalog,
             ServerMsg::AdminCommand,
             node,
-            peer,
-            text,
+            &caller.peer,
+            format!("{} ({})", text, caller.who),
         )
         .await;
+    }
+
+    async fn admin_info(&self, name: &str) -> Result<pb::AdminInfo, Status> {
+        let lookup = name.to_string();
+        super::blocking(&self.state, move |s| Ok(s.catalog.admin(&lookup)?))
+            .await?
+            .map(admin_to_pb)
+            .ok_or_else(|| Status::not_found(format!("administrator {name} is not registered")))
     }
 
     async fn node_info(&self, name: String) -> Result<pb::NodeInfo, Status> {
@@ -187,7 +376,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DefineServerRequest>,
     ) -> Result<Response<pb::ServerInfo>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let req = request.into_inner();
         let name = server_name(&req.name)?;
         let https = check_url(&self.state, &req.address)?;
@@ -203,7 +392,7 @@ impl Admin for AdminService {
         })
         .await?;
         self.audit(
-            &peer,
+            &caller,
             "",
             format!(
                 "define server {name} address {} fingerprint {}",
@@ -254,7 +443,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetReplServerRequest>,
     ) -> Result<Response<pb::SetReplServerResponse>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let raw = request.into_inner().name;
         let name = if raw.is_empty() {
             raw
@@ -271,7 +460,7 @@ impl Admin for AdminService {
             Ok(s.catalog.set_setting("replserver", &n)?)
         })
         .await?;
-        self.audit(&peer, "", format!("set replserver {name}"))
+        self.audit(&caller, "", format!("set replserver {name}"))
             .await;
         Ok(Response::new(pb::SetReplServerResponse {}))
     }
@@ -280,7 +469,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetFailoverAddressRequest>,
     ) -> Result<Response<pb::SetFailoverAddressResponse>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let address = request.into_inner().address;
         if !address.is_empty() {
             check_url(&self.state, &address)?;
@@ -290,16 +479,144 @@ impl Admin for AdminService {
             Ok(s.catalog.set_setting("failover_address", &a)?)
         })
         .await?;
-        self.audit(&peer, "", format!("set failoveraddress {address}"))
+        self.audit(&caller, "", format!("set failoveraddress {address}"))
             .await;
         Ok(Response::new(pb::SetFailoverAddressResponse {}))
+    }
+
+    async fn register_admin(
+        &self,
+        request: Request<pb::RegisterAdminRequest>,
+    ) -> Result<Response<pb::AdminInfo>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = admin_name(&req.name)?;
+        auth::check_password_rules(&req.password)?;
+        let insert = name.clone();
+        let added = super::blocking(&self.state, move |s| {
+            let hash = auth::hash_password(&req.password)?;
+            Ok(s.catalog.register_admin(&insert, &hash, now_ns())?)
+        })
+        .await?;
+        if !added {
+            return Err(Status::already_exists(format!(
+                "administrator {name} is registered already; use `update admin {name}`"
+            )));
+        }
+        self.audit(&caller, "", format!("register admin {name}"))
+            .await;
+        Ok(Response::new(self.admin_info(&name).await?))
+    }
+
+    async fn update_admin(
+        &self,
+        request: Request<pb::UpdateAdminRequest>,
+    ) -> Result<Response<pb::AdminInfo>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = admin_name(&req.name)?;
+        if req.lock && req.unlock {
+            return Err(Status::invalid_argument(
+                "give --lock or --unlock, not both",
+            ));
+        }
+        let locked = (req.lock || req.unlock).then_some(req.lock);
+        if locked.is_none() && req.password.is_empty() {
+            return Err(Status::invalid_argument(
+                "nothing to change: give --password-file, --lock or --unlock",
+            ));
+        }
+        if !req.password.is_empty() {
+            auth::check_password_rules(&req.password)?;
+        }
+        let (target, password) = (name.clone(), req.password);
+        let found = super::blocking(&self.state, move |s| {
+            let hash = if password.is_empty() {
+                None
+            } else {
+                Some(auth::hash_password(&password)?)
+            };
+            Ok(s.catalog.update_admin(&target, hash.as_deref(), locked)?)
+        })
+        .await?;
+        if !found {
+            return Err(Status::not_found(format!(
+                "administrator {name} is not registered"
+            )));
+        }
+        let what = match locked {
+            Some(true) => "locked",
+            Some(false) => "unlocked",
+            None => "password changed",
+        };
+        self.audit(&caller, "", format!("update admin {name}: {what}"))
+            .await;
+        Ok(Response::new(self.admin_info(&name).await?))
+    }
+
+    async fn remove_admin(
+        &self,
+        request: Request<pb::RemoveAdminRequest>,
+    ) -> Result<Response<pb::RemoveAdminResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let name = admin_name(&request.into_inner().name)?;
+        if caller.who == format!("administrator {name}") {
+            return Err(Status::failed_precondition(format!(
+                "administrator {name} cannot remove itself; another administrator can"
+            )));
+        }
+        let target = name.clone();
+        match super::blocking(&self.state, move |s| Ok(s.catalog.remove_admin(&target)?)).await? {
+            None => Err(Status::not_found(format!(
+                "administrator {name} is not registered"
+            ))),
+            Some(false) => Err(Status::failed_precondition(format!(
+                "administrator {name} is the last one; register another first"
+            ))),
+            Some(true) => {
+                self.audit(&caller, "", format!("remove admin {name}"))
+                    .await;
+                Ok(Response::new(pb::RemoveAdminResponse {}))
+            }
+        }
+    }
+
+    async fn query_admins(
+        &self,
+        request: Request<pb::QueryAdminsRequest>,
+    ) -> Result<Response<pb::QueryAdminsResponse>, Status> {
+        self.authorize(&request).await?;
+        let admins = super::blocking(&self.state, |s| Ok(s.catalog.list_admins()?)).await?;
+        Ok(Response::new(pb::QueryAdminsResponse {
+            admins: admins.into_iter().map(admin_to_pb).collect(),
+        }))
+    }
+
+    async fn rotate_admin_token(
+        &self,
+        request: Request<pb::RotateAdminTokenRequest>,
+    ) -> Result<Response<pb::RotateAdminTokenResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let path = super::blocking(&self.state, |s| s.rotate_admin_token()).await?;
+        self.audit(
+            &caller,
+            "",
+            format!(
+                "rotate admintoken: a new token is in {}; the old one no longer works",
+                path.display()
+            ),
+        )
+        .await;
+        Ok(Response::new(pb::RotateAdminTokenResponse {
+            path: path.display().to_string(),
+        }))
     }
 
     async fn set_actlog_retention(
         &self,
         request: Request<pb::SetActlogRetentionRequest>,
     ) -> Result<Response<pb::SetActlogRetentionResponse>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let days = request.into_inner().days;
         if !(1..=actlog::MAX_RETENTION_DAYS).contains(&days) {
             return Err(Status::invalid_argument(format!(
@@ -312,7 +629,7 @@ impl Admin for AdminService {
         })
         .await?;
         self.audit(
-            &peer,
+            &caller,
             "",
             format!("set actlogretention {days} ({removed} older records removed)"),
         )
@@ -324,7 +641,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ReplicateNodeRequest>,
     ) -> Result<Response<pb::ReplicateNodeResponse>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let req = request.into_inner();
         if req.nodes.is_empty() {
             return Err(Status::invalid_argument("name at least one node"));
@@ -334,7 +651,7 @@ impl Admin for AdminService {
             .iter()
             .map(|n| node_name(n))
             .collect::<Result<Vec<_>, _>>()?;
-        self.audit(&peer, "", format!("replicate node {}", names.join(" ")))
+        self.audit(&caller, "", format!("replicate node {}", names.join(" ")))
             .await;
         let mut runs = Vec::new();
         for name in names {
@@ -407,7 +724,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RemoveReplNodeRequest>,
     ) -> Result<Response<pb::RemoveReplNodeResponse>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let name = node_name(&request.into_inner().node)?;
         let n = name.clone();
         let found = super::blocking(&self.state, move |s| {
@@ -418,7 +735,7 @@ impl Admin for AdminService {
         if !found {
             return Err(ServerError::NodeNotFound { node: name }.into());
         }
-        self.audit(&peer, &name, format!("remove replnode {name}"))
+        self.audit(&caller, &name, format!("remove replnode {name}"))
             .await;
         Ok(Response::new(pb::RemoveReplNodeResponse {}))
     }
@@ -427,19 +744,19 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ExpireInventoryRequest>,
     ) -> Result<Response<pb::ExpireInventoryResponse>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let now = match request.into_inner().now_ns {
             0 => now_ns(),
             t => t,
         };
         let report =
             super::blocking(&self.state, move |s| expire::expire_inventory(s, now)).await?;
-        self.audit(&peer, "", "expire inventory".into()).await;
+        self.audit(&caller, "", "expire inventory".into()).await;
         actlog::record(
             &self.state.catalog,
             ServerMsg::ExpirationDone,
             "",
-            &peer,
+            &caller.peer,
             expire::describe(&report, "requested"),
         )
         .await;
@@ -450,7 +767,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteFilespaceRequest>,
     ) -> Result<Response<pb::DeleteFilespaceResponse>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let req = request.into_inner();
         let name = node_name(&req.node)?;
         let filespace = req.filespace;
@@ -470,8 +787,11 @@ impl Admin for AdminService {
             &self.state.catalog,
             ServerMsg::FilespaceDeleted,
             &name,
-            &peer,
-            format!("delete filespace {filespace} of node {name}: {deleted} version(s) deleted"),
+            &caller.peer,
+            format!(
+                "delete filespace {filespace} of node {name}: {deleted} version(s) deleted ({})",
+                caller.who
+            ),
         )
         .await;
         let report = super::blocking(&self.state, expire::reclaim).await?;
@@ -485,7 +805,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let req = request.into_inner();
         let name = node_name(&req.name)?;
         auth::check_password_rules(&req.password)?;
@@ -497,7 +817,7 @@ impl Admin for AdminService {
                 .ok_or(ServerError::NodeExists { node: insert_name })
         })
         .await?;
-        self.audit(&peer, &name, format!("register node {name}"))
+        self.audit(&caller, &name, format!("register node {name}"))
             .await;
         Ok(Response::new(self.node_info(name).await?))
     }
@@ -506,7 +826,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::UpdateNodeRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let req = request.into_inner();
         let name = node_name(&req.name)?;
         if let Some(pw) = &req.password {
@@ -581,7 +901,7 @@ impl Admin for AdminService {
         })
         .await?;
         self.audit(
-            &peer,
+            &caller,
             &name,
             format!("update node {name} {}", changes.join(" ")),
         )
@@ -593,7 +913,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let peer = self.authorize(&request).await?;
+        let caller = self.authorize(&request).await?;
         let name = node_name(&request.into_inner().name)?;
         let lookup = name.clone();
         let filespaces =
@@ -601,7 +921,7 @@ impl Admin for AdminService {
         match filespaces {
             None => Err(ServerError::NodeNotFound { node: name }.into()),
             Some(0) => {
-                self.audit(&peer, &name, format!("remove node {name}"))
+                self.audit(&caller, &name, format!("remove node {name}"))
                     .await;
                 Ok(Response::new(pb::RemoveNodeResponse {}))
             }

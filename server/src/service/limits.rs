@@ -23,6 +23,11 @@ use tonic::body::Body;
 
 use crate::ServerState;
 
+/// The gRPC method a request calls (`RegisterNode`), for the activity log:
+/// tonic hands handlers the request's extensions but not its path.
+#[derive(Debug, Clone)]
+pub struct CalledMethod(pub String);
+
 /// What a request may do before its handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gate {
@@ -94,7 +99,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        request.extensions_mut().insert(CalledMethod(method));
         match gate_of(request.uri().path()) {
             Gate::Limit(max) => {
                 let request = request.map(|body| limited(body, max));
