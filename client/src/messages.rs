@@ -264,7 +264,7 @@ impl Msg {
         Msg {
             id: "TDM1044W",
             text: format!(
-                "{} holds this node's password and other users may read it (mode {mode:04o}); run `chmod 600 {}`",
+                "{} holds this node's password and is open to other users (mode {mode:04o}); run: chmod 600 '{}'",
                 path.display(),
                 path.display()
             ),

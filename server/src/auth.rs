@@ -370,6 +370,21 @@ impl Sessions {
         }
     }
 
+    /// Closes every session of node `name` (it was removed); returns their
+    /// numbers, so their pins can go too.
+    pub fn close_node(&self, name: &str) -> Vec<u64> {
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = Vec::new();
+        map.retain(|_, s| {
+            let theirs = s.kind == SessionKind::Node && s.node == name;
+            if theirs {
+                closed.push(s.id);
+            }
+            !theirs
+        });
+        closed
+    }
+
     /// Closes a session, returning it.
     pub fn close(&self, token: &str) -> Option<Session> {
         self.by_token

@@ -71,7 +71,7 @@ impl Catalog {
                 "partner servers defined before TLS have no pinned fingerprint: define them again with --fingerprint"
             );
         }
-        let owned = dirs::add_column(&conn, "chunks", "owner", "INTEGER NOT NULL DEFAULT 0")?;
+        dirs::add_column(&conn, "chunks", "owner", "INTEGER NOT NULL DEFAULT 0")?;
         if extended {
             tracing::info!(
                 "catalog objects can now carry extended attributes: {}",
@@ -79,8 +79,10 @@ impl Catalog {
             );
         }
         conn.execute_batch(schema)?;
-        if owned {
-            let granted = Catalog::grant_referenced(&mut conn)?;
+        // Until the grant has committed (it records so in the same
+        // transaction), it runs at every open: a start cut short during it
+        // leaves no backup unreadable.
+        if let Some(granted) = Catalog::grant_referenced(&mut conn)? {
             tracing::info!(
                 "chunks now belong to the nodes that stored them: {granted} references of existing versions granted"
             );

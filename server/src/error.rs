@@ -64,14 +64,6 @@ pub enum ServerError {
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthenticated(String),
-    /// The node is locked.
-    #[error(
-        "node {node} is locked; an administrator must unlock it (tandem-admin update node {node} --unlock)"
-    )]
-    NodeLocked {
-        /// Node name.
-        node: String,
-    },
     /// A named node does not exist.
     #[error("node {node} is not registered")]
     NodeNotFound {
@@ -133,7 +125,6 @@ impl From<ServerError> for tonic::Status {
         use tonic::Status;
         match err {
             ServerError::Unauthenticated(msg) => Status::unauthenticated(msg),
-            e @ ServerError::NodeLocked { .. } => Status::permission_denied(e.to_string()),
             e @ ServerError::NodeNotFound { .. } => Status::not_found(e.to_string()),
             e @ ServerError::NodeExists { .. } => Status::already_exists(e.to_string()),
             ServerError::InvalidArgument(msg) => Status::invalid_argument(msg),

@@ -186,7 +186,9 @@ fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
 /// Writes `text` to `path` with mode 0600 through a temporary file, so a
 /// crash leaves the old content or the new, never a mix.
 fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
-    let temp = path.with_extension("new");
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".new");
+    let temp = PathBuf::from(temp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -232,8 +234,11 @@ impl ServerState {
     pub fn rotate_admin_token(&self) -> Result<PathBuf, ServerError> {
         let path = self.config.data_dir.join("admin.token");
         let token = Token::random();
+        // Held across the file and the swap: two rotations at once cannot
+        // leave the file holding one token and the server the other.
+        let mut current = self.admin_token.write().unwrap_or_else(|e| e.into_inner());
         write_private(&path, &format!("{}\n", token.expose()))?;
-        *self.admin_token.write().unwrap_or_else(|e| e.into_inner()) = token;
+        *current = token;
         Ok(path)
     }
 

@@ -59,8 +59,18 @@ fn store_chunks(
     group: Vec<VerifiedChunk>,
 ) -> Result<(u64, u64), ServerError> {
     let ids: Vec<ChunkId> = group.iter().map(|c| c.id).collect();
-    let missing: std::collections::HashSet<ChunkId> =
-        state.catalog.missing_chunks(&ids)?.into_iter().collect();
+    // Chunks stored already (often for another node) are pinned at once,
+    // under the lock the sweep takes: else the sweep could drop one before
+    // this node is made its owner below.
+    let missing: std::collections::HashSet<ChunkId> = {
+        let mut pins = state.pins.lock();
+        let missing: std::collections::HashSet<ChunkId> =
+            state.catalog.missing_chunks(&ids)?.into_iter().collect();
+        pins.entry(session)
+            .or_default()
+            .extend(ids.iter().filter(|id| !missing.contains(id)));
+        missing
+    };
     let fresh: Vec<VerifiedChunk> = group
         .into_iter()
         .filter(|c| missing.contains(&c.id))
@@ -209,7 +219,7 @@ async fn next_upload_message<T>(
     match tokio::time::timeout(limit, stream.message()).await {
         Ok(message) => message,
         Err(_) => Err(Status::deadline_exceeded(format!(
-            "no upload message for {} s (comm_timeout_seconds); the upload was abandoned, send it again",
+            "no complete upload message arrived within {} s (comm_timeout_seconds); the upload was abandoned, send it again (on a slow link, raise comm_timeout_seconds)",
             limit.as_secs()
         ))),
     }

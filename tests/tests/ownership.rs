@@ -111,6 +111,26 @@ async fn another_nodes_chunks_cannot_be_probed_read_or_claimed() {
         refused.message().contains("not stored for this node"),
         "{refused:?}"
     );
+    // Uploading the bytes is answered from Alice's own view: "stored", never
+    // "someone had it already".
+    let raw = b"4711".to_vec();
+    let upload = pb::UploadChunksRequest {
+        chunks: vec![pb::Chunk {
+            id: secret.as_slice().to_vec(),
+            data: zstd::bulk::compress(&raw, 1).unwrap().into(),
+            raw_len: raw.len() as u64,
+        }],
+    };
+    let reply = as_alice
+        .upload_chunks(with_session(
+            &token,
+            tonic::codegen::tokio_stream::iter([upload]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.stored, reply.already_present), (1, 0), "{reply:?}");
+    assert_eq!(server.container_bytes(), stored_by_bob, "yet stored once");
     let alice = TestClient::new(&server, "alice", "alice-password");
     let listed = alice.run(&["query", "backup", "/stolen-pin"]);
     assert!(

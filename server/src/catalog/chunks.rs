@@ -168,10 +168,19 @@ impl Catalog {
     }
 
     /// Gives every node ownership of the chunks its stored versions
-    /// reference. Run once, when a catalog from before chunk ownership is
-    /// opened, so existing backups stay readable by their nodes.
-    pub(super) fn grant_referenced(conn: &mut rusqlite::Connection) -> rusqlite::Result<u64> {
+    /// reference, once per catalog: a catalog from before chunk ownership
+    /// keeps its backups readable by their nodes. Marks the catalog in the
+    /// same transaction; `None` when it was marked already.
+    pub(super) fn grant_referenced(
+        conn: &mut rusqlite::Connection,
+    ) -> rusqlite::Result<Option<u64>> {
         let tx = conn.transaction()?;
+        let done = tx
+            .prepare("SELECT 1 FROM server_info WHERE key = 'chunk_owners_granted'")?
+            .exists([])?;
+        if done {
+            return Ok(None);
+        }
         let mut granted = 0u64;
         {
             let mut stmt = tx.prepare(
@@ -190,8 +199,12 @@ impl Catalog {
                 }
             }
         }
+        tx.execute(
+            "INSERT INTO server_info (key, value) VALUES ('chunk_owners_granted', '1')",
+            [],
+        )?;
         tx.commit()?;
-        Ok(granted)
+        Ok(Some(granted))
     }
 
     /// Whether node `node` owns every chunk of `ids`; the first it does not

@@ -25,6 +25,11 @@ impl Catalog {
     }
 }
 
+/// The id of the next node: above every id a node ever had, removed ones
+/// included (SQLite alone would hand the highest id out again once freed).
+pub(super) const NEXT_NODE_ID: &str = "(SELECT max(coalesce((SELECT max(id) FROM nodes), 0),
+     coalesce((SELECT CAST(value AS INTEGER) FROM server_info WHERE key = 'highest_node_id'), 0)) + 1)";
+
 const NODE_COLUMNS: &str = "id, name, password_hash, locked, failed_logons, registered_ns, \
      last_logon_ns, verexists, verdeleted, retextra, retonly, replstate, replmode, replrule, \
      last_repl_ns, repl_server";
@@ -67,8 +72,10 @@ impl Catalog {
         now_ns: i64,
     ) -> Result<Option<Node>, CatalogError> {
         let inserted = self.conn().execute(
-            "INSERT INTO nodes (name, password_hash, registered_ns) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO NOTHING",
+            &format!(
+                "INSERT INTO nodes (id, name, password_hash, registered_ns)
+                 VALUES ({NEXT_NODE_ID}, ?1, ?2, ?3) ON CONFLICT (name) DO NOTHING"
+            ),
             params![name, password_hash, now_ns],
         )?;
         if inserted == 0 {
@@ -181,8 +188,17 @@ impl Catalog {
             return Ok(None);
         };
         if filespaces == 0 {
+            // No later node gets this id (or any lower one) again: sessions,
+            // pins or an upload still under way under the old id can never
+            // act for another node.
+            tx.execute(
+                "INSERT INTO server_info (key, value)
+                 VALUES ('highest_node_id', (SELECT max(id) FROM nodes))
+                 ON CONFLICT (key) DO UPDATE SET value =
+                   max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                [],
+            )?;
             tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
-            // Its ownership must not pass to a node later given the same id.
             tx.execute("UPDATE chunks SET owner = 0 WHERE owner = ?1", [id])?;
             tx.execute("DELETE FROM chunk_sharers WHERE node_id = ?1", [id])?;
         }

@@ -263,8 +263,11 @@ impl Catalog {
         match existing {
             None => {
                 tx.execute(
-                    "INSERT INTO nodes (name, password_hash, locked, registered_ns, replstate, replmode, repl_server)
-                     VALUES (?1, ?2, ?3, ?4, 'enabled', 'receive', ?5)",
+                    &format!(
+                        "INSERT INTO nodes (id, name, password_hash, locked, registered_ns, replstate, replmode, repl_server)
+                         VALUES ({}, ?1, ?2, ?3, ?4, 'enabled', 'receive', ?5)",
+                        super::nodes::NEXT_NODE_ID
+                    ),
                     params![name, password_hash, locked, now_ns, source],
                 )?;
             }

@@ -248,7 +248,7 @@ impl AdminService {
     ) -> Result<String, Status> {
         let refused = || {
             Status::unauthenticated(
-                "administrator credentials refused: unknown administrator or wrong password",
+                "administrator credentials refused: unknown administrator, wrong password or locked administrator",
             )
         };
         let Some(name) = normalize_node_name(raw_name) else {
@@ -309,17 +309,19 @@ impl AdminService {
             }
             return Err(refused());
         }
+        // Refused as a wrong password is, so the answer tells a guesser
+        // nothing; the log says it.
         if admin.locked {
             self.refuse(
                 peer,
                 &name,
-                format!("admin call refused: administrator {name} is locked"),
+                format!(
+                    "admin call refused: administrator {name} is locked (the password given was right)"
+                ),
                 "",
             )
             .await;
-            return Err(Status::permission_denied(format!(
-                "administrator {name} is locked; another administrator can unlock it with `update admin {name} --unlock`"
-            )));
+            return Err(refused());
         }
         let accepted = name.clone();
         super::blocking(&self.state, move |s| {
@@ -921,6 +923,9 @@ impl Admin for AdminService {
         match filespaces {
             None => Err(ServerError::NodeNotFound { node: name }.into()),
             Some(0) => {
+                for session in self.state.sessions.close_node(&name) {
+                    self.state.pins.release(session);
+                }
                 self.audit(&caller, &name, format!("remove node {name}"))
                     .await;
                 Ok(Response::new(pb::RemoveNodeResponse {}))

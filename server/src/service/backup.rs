@@ -187,7 +187,7 @@ impl Backup for BackupService {
         let req = request.into_inner();
         let refused = || {
             Status::unauthenticated(format!(
-                "logon refused for node {}: unknown node or wrong password",
+                "logon refused for node {}: unknown node, wrong password or locked node",
                 actlog::label(&tandem_proto::names::display(&req.node))
             ))
         };
@@ -264,17 +264,18 @@ impl Backup for BackupService {
             }
             return Err(refused());
         }
-        // Only a caller who knows the password learns that the node is locked.
+        // A locked node is refused as a wrong password is: the answer must
+        // not tell a guesser that the password was right. The log says it.
         if node.locked {
             actlog::record(
                 &self.state.catalog,
                 ServerMsg::NodeLocked,
                 &name,
                 &peer,
-                format!("logon refused: node {name} is locked"),
+                format!("logon refused: node {name} is locked (the password given was right)"),
             )
             .await;
-            return Err(ServerError::NodeLocked { node: name }.into());
+            return Err(refused());
         }
         super::blocking(&self.state, move |s| {
             Ok(s.catalog.record_logon_success(node_id, now_ns())?)
@@ -365,10 +366,19 @@ impl Backup for BackupService {
         }
         let done = ingest.finish().await?;
         self.state.sessions.count_bytes(&token, received_bytes, 0);
+        // The node's own view: everything it sent is stored for it. Whether
+        // another node had the same bytes already is nobody else's business
+        // (it would tell a node what others back up); the server log has it.
+        tracing::debug!(
+            node = %session.node,
+            received = done.received,
+            written = done.stored,
+            "upload stored"
+        );
         let reply = pb::UploadChunksResponse {
-            stored: done.stored,
-            bytes_written: done.bytes_written,
-            already_present: done.received.saturating_sub(done.stored),
+            stored: done.received,
+            bytes_written: received_bytes,
+            already_present: 0,
         };
         Ok(Response::new(reply))
     }
@@ -479,16 +489,18 @@ impl Backup for BackupService {
         .await?;
         let (tx, rx) = mpsc::channel(8);
         let state = self.state.clone();
+        let node = session.node.clone();
         tokio::spawn(async move {
             let mut sent = 0u64;
             for group in read_groups(ids.into_iter().zip(locations).collect()) {
                 let reader = state.clone();
+                let node = node.clone();
                 let items = tokio::task::spawn_blocking(move || {
                     let mut items = Vec::with_capacity(group.len());
                     for (id, loc) in group {
                         let item = match loc {
                             None => Err(Status::not_found(format!(
-                                "chunk {id} is not stored on this server"
+                                "chunk {id} is not stored for node {node}"
                             ))),
                             Some(loc) => Self::read_chunk(&reader, id, loc)
                                 .map(|data| pb::ReadChunksResponse {

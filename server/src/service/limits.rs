@@ -134,10 +134,15 @@ where
 
 /// `body`, failing with a clear status once it exceeds `max` bytes.
 fn limited(body: Body, max: usize) -> Body {
+    let why = if max == tandem_proto::MAX_ADMIN_MESSAGE_BYTES {
+        "for an admin call"
+    } else {
+        "before authentication"
+    };
     Body::new(Limited::new(body, max).map_err(move |e| {
         if e.is::<http_body_util::LengthLimitError>() {
             Status::resource_exhausted(format!(
-                "a request of more than {max} bytes before authentication is refused"
+                "a request of more than {max} bytes {why} is refused"
             ))
         } else {
             Status::from_error(e)
