@@ -57,16 +57,16 @@ pub struct AdminCli {
 
 #[derive(Debug, Subcommand)]
 enum Verb {
-    /// REGISTER: create a node.
+    /// REGISTER: create a node or an administrator.
     #[command(subcommand)]
     Register(RegisterNoun),
-    /// UPDATE: change a node.
+    /// UPDATE: change a node or an administrator.
     #[command(subcommand)]
     Update(UpdateNoun),
-    /// REMOVE: delete a node that stores no data.
+    /// REMOVE: delete a node that stores no data, a replica relation, or an administrator.
     #[command(subcommand)]
     Remove(RemoveNoun),
-    /// QUERY: show nodes, the activity log, sessions, server status.
+    /// QUERY: show nodes, administrators, the activity log, sessions, server status.
     #[command(subcommand)]
     Query(QueryNoun),
     /// EXPIRE: delete versions retention policy lets go and reclaim space.
@@ -78,7 +78,7 @@ enum Verb {
     /// DEFINE: define a partner server.
     #[command(subcommand)]
     Define(DefineNoun),
-    /// SET: server settings (replication server, failover address).
+    /// SET: server settings (replication server, failover address, activity log retention).
     #[command(subcommand)]
     Set(SetNoun),
     /// REPLICATE: replicate nodes to the replication server now.
