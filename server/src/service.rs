@@ -225,6 +225,35 @@ async fn next_upload_message<T>(
     }
 }
 
+/// Checks `password` against `stored` (a node's or an administrator's
+/// argon2 hash) as every logon is checked: at most
+/// `auth::MAX_CONCURRENT_VERIFICATIONS` at once, a short wait for a slot and
+/// then a refusal instead of more memory, and an unknown name (`None`)
+/// checked against a decoy hash, so every refusal takes as long.
+async fn check_password(
+    state: &Arc<ServerState>,
+    stored: Option<String>,
+    password: String,
+) -> Result<bool, Status> {
+    let Ok(Ok(_slot)) = tokio::time::timeout(
+        crate::auth::VERIFICATION_WAIT,
+        state.verifications.acquire(),
+    )
+    .await
+    else {
+        return Err(Status::resource_exhausted(
+            "the server is checking too many logons at once; try again in a moment",
+        ));
+    };
+    let hash = stored.unwrap_or_else(|| crate::auth::decoy_hash().to_string());
+    let memory = state.verify_memory.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        crate::auth::verify_password_in(&memory, &password, &hash)
+    })
+    .await
+    .map_err(ServerError::from)?)
+}
+
 /// Address of the caller for logs, or `-` when unknown.
 fn peer_of<T>(request: &tonic::Request<T>) -> String {
     request

@@ -58,12 +58,17 @@ fn run_to_pb(r: crate::model::ReplRun) -> pb::ReplicationRun {
     }
 }
 
-fn server_name(raw: &str) -> Result<String, Status> {
+/// A node, server or administrator name (they follow one rule), upper-cased.
+fn checked_name(raw: &str, what: &str) -> Result<String, Status> {
     normalize_node_name(raw).ok_or_else(|| {
         Status::invalid_argument(format!(
-            "server name {raw:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'"
+            "{what} {raw:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'"
         ))
     })
+}
+
+fn server_name(raw: &str) -> Result<String, Status> {
+    checked_name(raw, "server name")
 }
 
 /// An address servers or clients connect to: `https://HOST:PORT`, or
@@ -111,11 +116,7 @@ fn partner_fingerprint(address: &str, https: bool, given: &str) -> Result<String
 }
 
 fn admin_name(raw: &str) -> Result<String, Status> {
-    normalize_node_name(raw).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "administrator name {raw:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'"
-        ))
-    })
+    checked_name(raw, "administrator name")
 }
 
 fn admin_to_pb(a: crate::catalog::Admin) -> pb::AdminInfo {
@@ -129,11 +130,7 @@ fn admin_to_pb(a: crate::catalog::Admin) -> pb::AdminInfo {
 }
 
 fn node_name(raw: &str) -> Result<String, Status> {
-    normalize_node_name(raw).ok_or_else(|| {
-        Status::invalid_argument(format!(
-            "node name {raw:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'"
-        ))
-    })
+    checked_name(raw, "node name")
 }
 
 /// Who made an admin call, from where.
@@ -254,25 +251,10 @@ impl AdminService {
         let Some(name) = normalize_node_name(raw_name) else {
             return Err(refused());
         };
-        let Ok(Ok(_slot)) =
-            tokio::time::timeout(auth::VERIFICATION_WAIT, self.state.verifications.acquire()).await
-        else {
-            return Err(Status::resource_exhausted(
-                "the server is checking too many credentials at once; try again in a moment",
-            ));
-        };
         let lookup = name.clone();
         let admin = super::blocking(&self.state, move |s| Ok(s.catalog.admin(&lookup)?)).await?;
-        let hash = admin.as_ref().map_or_else(
-            || auth::decoy_hash().to_string(),
-            |a| a.password_hash.clone(),
-        );
-        let (memory, password) = (self.state.verify_memory.clone(), password.to_string());
-        let good = tokio::task::spawn_blocking(move || {
-            auth::verify_password_in(&memory, &password, &hash)
-        })
-        .await
-        .map_err(ServerError::from)?;
+        let stored = admin.as_ref().map(|a| a.password_hash.clone());
+        let good = super::check_password(&self.state, stored, password.to_string()).await?;
         let Some(admin) = admin else {
             self.refuse(
                 peer,

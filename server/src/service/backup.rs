@@ -194,30 +194,10 @@ impl Backup for BackupService {
         let Some(name) = normalize_node_name(&req.node) else {
             return Err(refused());
         };
-        // A bounded number of argon2 checks at once; beyond that a logon
-        // waits a little, then is turned away, instead of costing memory.
-        let Ok(Ok(_slot)) =
-            tokio::time::timeout(auth::VERIFICATION_WAIT, self.state.verifications.acquire()).await
-        else {
-            return Err(Status::resource_exhausted(
-                "the server is checking too many logons at once; try again in a moment",
-            ));
-        };
         let lookup = name.clone();
         let node = super::blocking(&self.state, move |s| Ok(s.catalog.node(&lookup)?)).await?;
-        // Unknown nodes are checked against a decoy hash: every refusal
-        // takes as long and reads the same, so names cannot be probed.
-        let hash = node.as_ref().map_or_else(
-            || auth::decoy_hash().to_string(),
-            |n| n.password_hash.clone(),
-        );
-        let password = req.password.clone();
-        let memory = self.state.verify_memory.clone();
-        let good = tokio::task::spawn_blocking(move || {
-            auth::verify_password_in(&memory, &password, &hash)
-        })
-        .await
-        .map_err(ServerError::from)?;
+        let stored = node.as_ref().map(|n| n.password_hash.clone());
+        let good = super::check_password(&self.state, stored, req.password.clone()).await?;
         let Some(node) = node else {
             actlog::record(
                 &self.state.catalog,
