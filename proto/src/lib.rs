@@ -20,6 +20,11 @@ pub mod pb {
     tonic::include_proto!("tandem.v1");
 }
 
+/// The replication protocol this release speaks, exchanged in `Hello`.
+/// Raise it whenever a replication message changes meaning; partners must
+/// then run releases with the same number.
+pub const REPLICATION_PROTOCOL: u32 = 1;
+
 /// Metadata key of the session token returned by `Logon`.
 pub const SESSION_HEADER: &str = "x-tandem-session";
 

@@ -3,8 +3,12 @@
 //! in this module and its children.
 //!
 //! rusqlite is blocking, so async code reaches the catalog through
-//! `spawn_blocking`. The connection sits behind a std `Mutex` that is never held
-//! across an `.await`; SQLite allows one writer at a time anyway. The database runs
+//! `spawn_blocking`. The writing connection sits behind a std `Mutex` that is
+//! never held across an `.await`; SQLite allows one writer at a time anyway.
+//! Hot reads (what a node owns, where chunks are, version listings, the
+//! activity log) go to a few read-only connections instead: in WAL mode they
+//! see the last committed state and neither wait for a commit's fsync nor hold
+//! one up, so one node's large query does not stall another's backup. The database runs
 //! in WAL mode with `synchronous=FULL`: a committed transaction is on disk, which is
 //! what makes a commit an acknowledgement that survives power loss.
 
@@ -22,9 +26,10 @@ pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
 pub use replication::{FilespaceTimes, VersionState};
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::CatalogError;
 use crate::model::Policy;
@@ -33,6 +38,10 @@ use crate::model::Policy;
 #[derive(Debug)]
 pub struct Catalog {
     conn: Mutex<Connection>,
+    /// Read-only connections for queries that need no writer (see the module
+    /// documentation); taken in turn.
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
     /// Policy values of nodes that have none of their own.
     defaults: Policy,
 }
@@ -97,8 +106,13 @@ impl Catalog {
                 );
             }
         }
+        let readers = (0..READERS)
+            .map(|_| open_reader(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Catalog {
             conn: Mutex::new(conn),
+            readers,
+            next_reader: AtomicUsize::new(0),
             defaults,
         })
     }
@@ -108,6 +122,19 @@ impl Catalog {
     /// poisoned lock is safe to reuse.
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A read-only connection: a free one if there is, else the next in turn.
+    /// Statements on it see committed data only, so callers that must see
+    /// their own uncommitted writes use [`Self::conn`].
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        for reader in &self.readers {
+            if let Ok(guard) = reader.try_lock() {
+                return guard;
+            }
+        }
+        let turn = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[turn].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reads a server-wide setting.
@@ -146,6 +173,23 @@ impl Catalog {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
+}
+
+/// Read-only connections beside the writer. Two match the two cores of a
+/// small server; more would only add page caches.
+const READERS: usize = 2;
+
+/// Opens one read-only connection to the catalog the writer has set up.
+fn open_reader(path: &Path) -> Result<Connection, CatalogError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // Smaller than the writer's cache: readers walk the chunk index and the
+    // version listings, and the OS page cache holds the rest.
+    conn.pragma_update(None, "cache_size", -8 * 1024)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    Ok(conn)
 }
 
 /// Nanoseconds in a day, for retention periods given in days.

@@ -48,6 +48,24 @@ pub struct ServerConfig {
     /// before it ends the stream (TSM COMMTIMEOUT).
     #[serde(default = "default_comm_timeout_seconds")]
     pub comm_timeout_seconds: u64,
+    /// Seconds a connection may stay open with no call in progress before
+    /// the server closes it (TSM IDLETIMEOUT, in seconds here). Clients open
+    /// a new one when they next call.
+    #[serde(default = "default_idle_timeout_seconds")]
+    pub idle_timeout_seconds: u64,
+    /// Connections open at once; one more is closed at once (TSM
+    /// MAXSESSIONS, counted in connections). One address may hold at most
+    /// 128 of them.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+pub(crate) fn default_idle_timeout_seconds() -> u64 {
+    15 * 60
+}
+
+pub(crate) fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_comm_timeout_seconds() -> u64 {
@@ -136,7 +154,29 @@ impl ServerConfig {
                 cfg.comm_timeout_seconds
             )));
         }
+        if !(1..=604_800).contains(&cfg.idle_timeout_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "idle_timeout_seconds {} is out of range: give 1 to 604800 seconds (one week)",
+                cfg.idle_timeout_seconds
+            )));
+        }
+        if !(1..=65_536).contains(&cfg.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "max_connections {} is out of range: give 1 to 65536",
+                cfg.max_connections
+            )));
+        }
         Ok(cfg)
+    }
+
+    /// The limits the TLS listener applies to open connections.
+    #[must_use]
+    pub fn connection_limits(&self) -> tandem_tls::ConnectionLimits {
+        tandem_tls::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections.min(128),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_seconds),
+        }
     }
 }
 
@@ -243,5 +283,50 @@ mod tests {
                 .to_string()
                 .contains("bad name")
         );
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_with_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        for (line, key, range) in [
+            (
+                "comm_timeout_seconds = 0",
+                "comm_timeout_seconds 0",
+                "1 to 86400",
+            ),
+            (
+                "comm_timeout_seconds = 90000",
+                "comm_timeout_seconds 90000",
+                "1 to 86400",
+            ),
+            (
+                "idle_timeout_seconds = 0",
+                "idle_timeout_seconds 0",
+                "1 to 604800",
+            ),
+            ("max_connections = 0", "max_connections 0", "1 to 65536"),
+            (
+                "max_connections = 100000",
+                "max_connections 100000",
+                "1 to 65536",
+            ),
+        ] {
+            std::fs::write(&file, format!("{line}\n")).unwrap();
+            let err = ServerConfig::load(Some(&file), &ConfigOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(range), "{line}: {err}");
+        }
+        std::fs::write(&file, "comm_timeout_seconds = -5\n").unwrap();
+        let err = ServerConfig::load(Some(&file), &ConfigOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("comm_timeout_seconds"), "{err}");
+        std::fs::write(&file, "max_connections = 64\nidle_timeout_seconds = 30\n").unwrap();
+        let limits = ServerConfig::load(Some(&file), &ConfigOverrides::default())
+            .unwrap()
+            .connection_limits();
+        assert_eq!(limits.max_connections, 64);
+        assert_eq!(limits.max_per_address, 64);
+        assert_eq!(limits.idle_timeout, std::time::Duration::from_secs(30));
     }
 }

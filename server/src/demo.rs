@@ -210,6 +210,8 @@ impl DemoServer {
             rename: false,
             invalid_password_limit: 10,
             comm_timeout_seconds: 60,
+            idle_timeout_seconds: crate::config::default_idle_timeout_seconds(),
+            max_connections: crate::config::default_max_connections(),
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.

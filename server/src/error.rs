@@ -114,6 +114,12 @@ impl From<tokio::task::JoinError> for ServerError {
     }
 }
 
+impl From<crate::secrets::SecretError> for ServerError {
+    fn from(e: crate::secrets::SecretError) -> Self {
+        ServerError::FailedPrecondition(e.to_string())
+    }
+}
+
 impl From<rusqlite::Error> for ServerError {
     fn from(err: rusqlite::Error) -> Self {
         ServerError::Catalog(CatalogError::Sqlite(err))

@@ -26,6 +26,7 @@ pub mod expire;
 pub mod model;
 pub mod pins;
 pub mod repl;
+pub mod secrets;
 pub mod service;
 pub mod storage;
 
@@ -73,6 +74,8 @@ pub struct ServerState {
     /// This server's TLS certificate and key: served to every caller and
     /// presented to partner servers for mutual TLS.
     pub identity: Arc<tandem_tls::ServerIdentity>,
+    /// The key partner passwords are sealed with (DATA_DIR/secrets.key).
+    pub secrets: secrets::SecretKey,
     /// The exclusive lock on the data directory, held while the state lives.
     _lock: nix::fcntl::Flock<std::fs::File>,
     /// Slots for password verifications (argon2 memory is the bound).
@@ -203,6 +206,31 @@ fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Seals partner passwords that a server from before sealing stored in clear
+/// (see [`secrets`]); a no-op once all are sealed.
+fn seal_partner_passwords(catalog: &Catalog, key: &secrets::SecretKey) -> Result<(), ServerError> {
+    for partner in catalog.servers()? {
+        if secrets::SecretKey::is_sealed(&partner.sealed_password) {
+            continue;
+        }
+        let sealed = key.seal(
+            &secrets::partner_purpose(&partner.name),
+            &partner.sealed_password,
+        );
+        catalog.define_server(
+            &partner.name,
+            &partner.address,
+            &sealed,
+            &partner.fingerprint,
+        )?;
+        tracing::info!(
+            server = partner.name,
+            "the partner's password stored in clear by an older server is now sealed"
+        );
+    }
+    Ok(())
+}
+
 /// Registers the first administrator, ADMIN, when there is none (a new
 /// data dir, or one from before named administrators), with a random
 /// password written to `password_file` for the operator to use and change.
@@ -226,6 +254,24 @@ fn create_first_admin(catalog: &Catalog, password_file: &Path) -> Result<(), Ser
 pub const FIRST_ADMIN: &str = "ADMIN";
 
 impl ServerState {
+    /// The shared password of partner `partner`, opened from its sealed form.
+    ///
+    /// # Errors
+    /// The catalog's value cannot be opened with this server's key.
+    pub fn partner_password(&self, partner: &model::PartnerServer) -> Result<String, ServerError> {
+        Ok(self.secrets.open(
+            &secrets::partner_purpose(&partner.name),
+            &partner.sealed_password,
+        )?)
+    }
+
+    /// Seals a partner's shared password for the catalog.
+    #[must_use]
+    pub fn seal_partner_password(&self, partner: &str, password: &str) -> String {
+        self.secrets
+            .seal(&secrets::partner_purpose(partner), password)
+    }
+
     /// Replaces the bootstrap token with a new random one, in
     /// DATA_DIR/admin.token first and then in memory; returns the file.
     ///
@@ -272,6 +318,8 @@ impl ServerState {
             }
         };
         let admin_token = load_or_create_token(&dir.join("admin.token"))?;
+        let secrets = secrets::SecretKey::load_or_create(&dir.join("secrets.key"))?;
+        seal_partner_passwords(&catalog, &secrets)?;
         create_first_admin(&catalog, &dir.join("admin.password"))?;
         let identity = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => tandem_tls::ServerIdentity::from_files(cert, key),
@@ -303,6 +351,7 @@ impl ServerState {
             expire_lock: std::sync::Mutex::new(()),
             running: repl::RunningRuns::default(),
             identity: Arc::new(identity),
+            secrets,
             _lock: lock,
             verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
             verify_memory: Arc::default(),
@@ -396,8 +445,9 @@ pub async fn run(
             )
             .await
     } else {
-        let incoming = tandem_tls::incoming(listener, &state.identity)
-            .map_err(|e| ServerError::FailedPrecondition(format!("TLS identity: {e}")))?;
+        let incoming =
+            tandem_tls::incoming(listener, &state.identity, state.config.connection_limits())
+                .map_err(|e| ServerError::FailedPrecondition(format!("TLS identity: {e}")))?;
         router
             .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
             .await

@@ -199,8 +199,9 @@ pub struct PartnerServer {
     pub name: String,
     /// Server-to-server URL.
     pub address: String,
-    /// The shared credential.
-    pub password: String,
+    /// The shared credential, sealed with the server's secrets key
+    /// ([`crate::secrets`]); [`crate::ServerState::partner_password`] opens it.
+    pub sealed_password: String,
     /// Its GUID, as learned at the last Hello.
     pub guid: String,
     /// The address its clients use in failover, as learned at the last Hello.

@@ -328,12 +328,10 @@ async fn connect(
     let client = ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let password = state.partner_password(partner)?;
     let mut target = RemoteTarget {
         client,
-        auth: ascii(
-            &format!("Bearer {}", partner.password),
-            "the server password",
-        )?,
+        auth: ascii(&format!("Bearer {password}"), "the server password")?,
         server: ascii(&state.config.name, "the server name")?,
         session: ascii("none", "session")?,
         node: node.to_string(),
@@ -346,6 +344,7 @@ async fn connect(
             source_name: state.config.name.clone(),
             source_guid: state.guid.to_string(),
             nonce: nonce.to_vec(),
+            protocol_version: tandem_proto::REPLICATION_PROTOCOL,
         }))
         .await
         .map_err(|s| match s.code() {
@@ -358,11 +357,20 @@ async fn connect(
         })?
         .into_inner();
     // The target must prove it knows the shared password as well.
-    let expected = crate::auth::server_proof(&partner.password, &nonce, &hello.target_guid);
+    let expected = crate::auth::server_proof(&password, &nonce, &hello.target_guid);
     if hello.proof.as_slice() != expected.as_slice() {
         return Err(ServerError::FailedPrecondition(format!(
             "replication server {} at {} could not prove it knows the shared server password; refusing to send data",
             partner.name, partner.address
+        )));
+    }
+    if hello.protocol_version != tandem_proto::REPLICATION_PROTOCOL {
+        return Err(ServerError::FailedPrecondition(format!(
+            "replication server {} speaks replication protocol {} and this server speaks {}: \
+             run the same Tandem release on both servers",
+            partner.name,
+            hello.protocol_version,
+            tandem_proto::REPLICATION_PROTOCOL
         )));
     }
     target.session = ascii(&hello.session_token, "session token")?;

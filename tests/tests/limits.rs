@@ -170,3 +170,85 @@ async fn one_node_keeps_a_bounded_number_of_sessions() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
 }
+
+/// Sockets the process `pid` holds open (its listener among them).
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(Result::ok)
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_is_closed_but_a_long_call_is_not() {
+    let server = TestServer::start_with(
+        "PRIMARY",
+        &[
+            ("TANDEM_SERVER_IDLE_TIMEOUT_SECONDS", "2"),
+            ("TANDEM_SERVER_COMM_TIMEOUT_SECONDS", "5"),
+        ],
+    );
+    server.register("alice", "alice-password");
+    let pid = server.pid().expect("running");
+    let before = open_sockets(pid);
+    let (mut alice, token) = raw_backup_session(&server, "alice", "alice-password").await;
+    assert!(
+        open_sockets(pid) > before,
+        "the client's connection is open"
+    );
+
+    // An upload that sends one chunk a second for five seconds: the
+    // connection is never idle while the call runs, so it is not cut.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let sender = tokio::spawn(async move {
+        for i in 0..5u8 {
+            let raw = vec![i; 1000];
+            let chunk = pb::Chunk {
+                id: tandem_proto::ChunkId::of(&raw).as_slice().to_vec(),
+                data: zstd::bulk::compress(&raw, 1).unwrap().into(),
+                raw_len: raw.len() as u64,
+            };
+            tx.send(pb::UploadChunksRequest {
+                chunks: vec![chunk],
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let started = Instant::now();
+    let reply = alice
+        .upload_chunks(with_session(
+            &token,
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .await
+        .expect("a slow upload longer than the idle timeout completes")
+        .into_inner();
+    sender.await.unwrap();
+    assert_eq!(reply.stored, 5, "{reply:?}");
+    assert!(started.elapsed() > Duration::from_secs(4));
+
+    // Then nothing: the server closes the connection once idle.
+    assert!(
+        wait_until(Duration::from_secs(15), || open_sockets(pid) <= before),
+        "the idle connection is closed ({} sockets, {before} before)",
+        open_sockets(pid)
+    );
+    // The session lives on; the client's next call opens a new connection.
+    let missing = alice
+        .find_missing_chunks(with_session(
+            &token,
+            pb::FindMissingChunksRequest {
+                chunk_ids: vec![tandem_proto::ChunkId::of(&[0u8; 1000]).as_slice().to_vec()],
+            },
+        ))
+        .await
+        .expect("the next call reconnects")
+        .into_inner();
+    assert!(missing.missing.is_empty(), "{missing:?}");
+}

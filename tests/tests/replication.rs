@@ -465,3 +465,69 @@ fn the_failover_block_is_pushed_into_the_options_file() {
         .collect();
     assert!(pushed.len() >= 2, "{opts}");
 }
+
+/// The `password` column of a server's catalog for partner `partner`.
+fn stored_partner_password(server: &TestServer, partner: &str) -> String {
+    let db = rusqlite::Connection::open(server.data.path().join("catalog.db")).unwrap();
+    db.query_row(
+        "SELECT password FROM servers WHERE name = ?1",
+        [partner],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn partner_passwords_are_sealed_and_a_replaced_key_is_named() {
+    let mut p = setup();
+    for (server, partner) in [(&p.primary, "SECONDARY"), (&p.secondary, "PRIMARY")] {
+        let stored = stored_partner_password(server, partner);
+        assert!(stored.starts_with("sealed1:"), "{stored}");
+        for file in ["catalog.db", "catalog.db-wal"] {
+            let bytes = std::fs::read(server.data.path().join(file)).unwrap_or_default();
+            assert!(
+                !bytes.windows(15).any(|w| w == b"shared-secret-1"),
+                "{file} holds the partner password in clear"
+            );
+        }
+        let key = server.data.path().join("secrets.key");
+        let mode = std::fs::metadata(&key).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+    assert_eq!(replicate(&p.primary, "alice")["state"], "completed");
+
+    // A catalog written by a server from before sealing holds the password in
+    // clear: the next start seals it, and replication goes on.
+    p.primary.stop();
+    rusqlite::Connection::open(p.primary.data.path().join("catalog.db"))
+        .unwrap()
+        .execute("UPDATE servers SET password = 'shared-secret-1'", [])
+        .unwrap();
+    p.primary.restart();
+    assert!(stored_partner_password(&p.primary, "SECONDARY").starts_with("sealed1:"));
+    std::fs::write(p.work.path().join("src/new-after-sealing"), "new").unwrap();
+    p.client
+        .json(&["incremental", &path_str(&p.work.path().join("src"))]);
+    let run = replicate(&p.primary, "alice");
+    assert_eq!(run["state"], "completed", "{run}");
+    assert!(run["objects_sent"].as_u64().unwrap() >= 1, "{run}");
+
+    // Another key cannot open it: the refusal names the key file and the fix.
+    p.primary.stop();
+    std::fs::write(
+        p.primary.data.path().join("secrets.key"),
+        format!("{}\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    p.primary.restart();
+    let out = p.primary.admin(&["replicate", "node", "alice", "--wait"]);
+    assert_ne!(code(&out), 0);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(text.contains("secrets.key"), "{text}");
+    assert!(text.contains("define it again"), "{text}");
+    pair(&p.primary, &p.secondary, "shared-secret-1");
+    assert_eq!(replicate(&p.primary, "alice")["state"], "completed");
+}

@@ -666,6 +666,7 @@ mod wire {
             source_name: "FAKE".into(),
             source_guid: String::new(),
             nonce: vec![0; 32],
+            protocol_version: tandem_proto::REPLICATION_PROTOCOL,
         };
 
         // Without a client certificate the password is not enough.
@@ -688,6 +689,24 @@ mod wire {
         let channel = tandem_tls::connect(endpoint, Some(&mutual)).await.unwrap();
         let mut replication = ReplicationClient::new(channel.clone());
         let mut backup = BackupClient::new(channel);
+        // A partner on another release (an older one sends no version) is
+        // refused before any data moves, with both versions named.
+        let older = pb::HelloRequest {
+            protocol_version: 0,
+            ..hello.clone()
+        };
+        let refused = replication
+            .hello(with(tonic::Request::new(older), &creds))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            refused
+                .message()
+                .contains("speaks replication protocol 0 and this server (SECONDARY) speaks 1"),
+            "{refused:?}"
+        );
+        assert!(server.actlog().contains("replication protocol 0"));
         let session = replication
             .hello(with(tonic::Request::new(hello), &creds))
             .await
@@ -760,6 +779,51 @@ mod wire {
         );
         let on_server = TestClient::new(&server, "alice", "alice-password");
         on_server.json(&["query", "session"]);
+
+        // Its own replica takes uploads, one node per stream: a stream that
+        // switches to another node (here the local ALICE) is refused.
+        replication
+            .prepare_node(with(
+                tonic::Request::new(pb::PrepareNodeRequest {
+                    node: "fakenode".into(),
+                    password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+                    locked: false,
+                }),
+                &headers,
+            ))
+            .await
+            .expect("a replica of its own");
+        let chunk = |raw: &[u8]| pb::Chunk {
+            id: tandem_proto::ChunkId::of(raw).as_slice().to_vec(),
+            data: zstd::bulk::compress(raw, 1).unwrap().into(),
+            raw_len: raw.len() as u64,
+        };
+        let messages = vec![
+            pb::ReplicaChunksRequest {
+                node: "fakenode".into(),
+                chunks: vec![chunk(b"for the replica")],
+            },
+            pb::ReplicaChunksRequest {
+                node: "ALICE".into(),
+                chunks: vec![chunk(b"for alice")],
+            },
+        ];
+        let switched = replication
+            .upload_chunks(with(
+                tonic::Request::new(tonic::codegen::tokio_stream::iter(messages)),
+                &headers,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            switched.code(),
+            tonic::Code::InvalidArgument,
+            "{switched:?}"
+        );
+        assert!(
+            switched.message().contains("send one stream per node"),
+            "{switched:?}"
+        );
     }
 }
 

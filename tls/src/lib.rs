@@ -10,19 +10,22 @@
 //!   credential, is sent. A mismatch is reported with both fingerprints.
 //! - [`incoming`]: the server side. Handshakes run concurrently, time out,
 //!   and are capped in all and per address, so slow or silent callers cannot
-//!   stall the others. A client may
+//!   stall the others; open connections are capped the same way and closed
+//!   when idle ([`ConnectionLimits`]). A client may
 //!   present a certificate (partner servers do, for mutual TLS); its
 //!   fingerprint reaches the services as [`PeerInfo`].
 
 mod client;
 mod fingerprint;
 mod identity;
+mod limits;
 mod server;
 mod verify;
 
 pub use client::{ClientTls, ConnectError, Trust, connect, is_loopback_url, parse_url_scheme};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use identity::{IdentityError, ServerIdentity};
+pub use limits::{CallActivity, CallGuard, ConnectionLimits};
 pub use server::{
     HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS, PeerInfo, TlsConn, incoming,
 };

@@ -1,9 +1,9 @@
 //! The server side: TLS handshakes on accepted connections, concurrently and
 //! bounded, feeding tonic's `serve_with_incoming`.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,13 +11,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::fingerprint::Fingerprint;
 use crate::identity::{IdentityError, ServerIdentity};
+use crate::limits::{AddressCounts, AddressSlot, CallActivity, ConnectionLimits};
 
 /// How long a caller may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,13 +40,51 @@ pub struct PeerInfo {
     /// The fingerprint of the certificate the caller proved it holds, if it
     /// presented one (partner servers do).
     pub client_fingerprint: Option<Fingerprint>,
+    /// The connection's calls in progress: the server marks each call here,
+    /// so that an idle connection can be closed.
+    pub activity: Option<Arc<CallActivity>>,
 }
 
-/// An accepted connection whose TLS handshake is done.
+/// An accepted connection whose TLS handshake is done. It holds its slots
+/// under the connection limits until it is dropped, and fails its next read
+/// once it has had no call in progress for the idle timeout.
 #[derive(Debug)]
 pub struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    activity: Arc<CallActivity>,
+    idle_timeout: Duration,
+    idle_check: Pin<Box<Sleep>>,
+    _slots: (OwnedSemaphorePermit, AddressSlot),
+}
+
+impl TlsConn {
+    /// `Err` once the connection has been idle for the timeout. Otherwise
+    /// sets the timer to the next moment it could be, and registers the
+    /// task's waker with it, so an idle connection is closed even when the
+    /// caller sends nothing at all.
+    fn check_idle(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while self.idle_check.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let next = match self.activity.idle_deadline(self.idle_timeout) {
+                Some(deadline) if Instant::from_std(deadline) <= now => {
+                    tracing::debug!(remote = ?self.info.remote, "idle connection closed");
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no call for {} s: the idle connection is closed",
+                            self.idle_timeout.as_secs()
+                        ),
+                    ));
+                }
+                Some(deadline) => Instant::from_std(deadline),
+                // A call is in progress: look again a timeout later.
+                None => now + self.idle_timeout,
+            };
+            self.idle_check.as_mut().reset(next);
+        }
+        Ok(())
+    }
 }
 
 impl Connected for TlsConn {
@@ -61,6 +101,7 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_idle(cx)?;
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -95,9 +136,25 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<TlsConn> {
+/// A connection's claims under the limits while its handshake runs: the
+/// handshake slots go back when it ends, the connection slots live on in the
+/// [`TlsConn`].
+struct Claims {
+    handshake: (OwnedSemaphorePermit, AddressSlot),
+    connection: (OwnedSemaphorePermit, AddressSlot),
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    claims: Claims,
+    idle_timeout: Duration,
+) -> Option<TlsConn> {
     let _ = tcp.set_nodelay(true);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+    drop(claims.handshake);
+    match result {
         Ok(Ok(stream)) => {
             let client_fingerprint = stream
                 .get_ref()
@@ -105,12 +162,18 @@ async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) ->
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .map(|leaf| Fingerprint::of_der(leaf));
+            let activity = CallActivity::new();
             Some(TlsConn {
                 stream,
                 info: PeerInfo {
                     remote: Some(remote),
                     client_fingerprint,
+                    activity: Some(activity.clone()),
                 },
+                activity,
+                idle_timeout,
+                idle_check: Box::pin(tokio::time::sleep(idle_timeout)),
+                _slots: claims.connection,
             })
         }
         Ok(Err(e)) => {
@@ -124,65 +187,69 @@ async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) ->
     }
 }
 
-/// Handshakes in progress, in all and per caller address.
-#[derive(Debug, Default)]
-struct Pending {
-    by_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
+/// Slots in all and per address, for handshakes and for connections.
+struct Slots {
+    handshakes: Arc<Semaphore>,
+    handshakes_by_address: Arc<AddressCounts>,
+    connections: Arc<Semaphore>,
+    connections_by_address: Arc<AddressCounts>,
 }
 
-/// A claim on one handshake slot of an address, given back when dropped.
-struct AddressSlot {
-    pending: Arc<Pending>,
-    address: IpAddr,
-}
-
-impl Pending {
-    fn claim(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
-        let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        let count = map.entry(address).or_default();
-        if *count >= MAX_PENDING_PER_ADDRESS {
-            return None;
+impl Slots {
+    fn new(limits: &ConnectionLimits) -> Self {
+        Slots {
+            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            handshakes_by_address: AddressCounts::new(MAX_PENDING_PER_ADDRESS),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            connections_by_address: AddressCounts::new(limits.max_per_address),
         }
-        *count += 1;
-        Some(AddressSlot {
-            pending: self.clone(),
-            address,
-        })
     }
-}
 
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .pending
-            .by_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = map.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.address);
-            }
-        }
+    /// All four claims for a caller at `remote`, or why not.
+    fn claim(&self, remote: SocketAddr) -> Result<Claims, &'static str> {
+        let connection = (
+            self.connections
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| "the server holds its maximum of connections")?,
+            self.connections_by_address
+                .claim(remote.ip())
+                .ok_or("this address holds its maximum of connections")?,
+        );
+        let handshake = (
+            self.handshakes
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| "too many TLS handshakes in progress")?,
+            self.handshakes_by_address
+                .claim(remote.ip())
+                .ok_or("too many TLS handshakes in progress from this address")?,
+        );
+        Ok(Claims {
+            handshake,
+            connection,
+        })
     }
 }
 
 /// Accepts connections on `listener` and yields those whose TLS handshake
 /// with `identity` completed. Each handshake runs in its own task, within
-/// [`HANDSHAKE_TIMEOUT`]; beyond [`MAX_PENDING_HANDSHAKES`] in all or
-/// [`MAX_PENDING_PER_ADDRESS`] from one address, a new connection is closed
-/// at once. The accept loop ends when the stream is dropped.
+/// [`HANDSHAKE_TIMEOUT`]. A new connection is closed at once when it would
+/// go beyond [`MAX_PENDING_HANDSHAKES`] handshakes in all or
+/// [`MAX_PENDING_PER_ADDRESS`] from one address, or beyond the `limits` on
+/// open connections; an open one is closed once idle for
+/// `limits.idle_timeout`. The accept loop ends when the stream is dropped.
 ///
 /// # Errors
 /// [`IdentityError`] when the identity cannot make a TLS configuration.
 pub fn incoming(
     listener: TcpListener,
     identity: &ServerIdentity,
+    limits: ConnectionLimits,
 ) -> Result<ReceiverStream<io::Result<TlsConn>>, IdentityError> {
     let acceptor = TlsAcceptor::from(identity.server_config()?);
     let (ready, stream) = mpsc::channel::<io::Result<TlsConn>>(64);
-    let slots = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    let pending = Arc::new(Pending::default());
+    let slots = Slots::new(&limits);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -198,19 +265,18 @@ pub fn incoming(
                     continue;
                 }
             };
-            let (Ok(slot), Some(address_slot)) = (
-                slots.clone().try_acquire_owned(),
-                pending.claim(remote.ip()),
-            ) else {
-                tracing::debug!(%remote, "too many TLS handshakes in progress; connection closed");
-                drop(tcp);
-                continue;
+            let claims = match slots.claim(remote) {
+                Ok(claims) => claims,
+                Err(why) => {
+                    tracing::debug!(%remote, "{why}; connection closed");
+                    drop(tcp);
+                    continue;
+                }
             };
             let acceptor = acceptor.clone();
             let ready = ready.clone();
             tokio::spawn(async move {
-                let conn = handshake(acceptor, tcp, remote).await;
-                drop((slot, address_slot));
+                let conn = handshake(acceptor, tcp, remote, claims, limits.idle_timeout).await;
                 if let Some(conn) = conn {
                     let _ = ready.send(Ok(conn)).await;
                 }

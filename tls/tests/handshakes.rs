@@ -14,7 +14,8 @@ async fn stalled_handshakes_are_capped_per_address_and_do_not_stop_accepting() {
         tandem_tls::ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut incoming = tandem_tls::incoming(listener, &identity).unwrap();
+    let mut incoming =
+        tandem_tls::incoming(listener, &identity, tandem_tls::ConnectionLimits::default()).unwrap();
 
     let mut stalled = Vec::new();
     for _ in 0..tandem_tls::MAX_PENDING_PER_ADDRESS {
@@ -50,4 +51,102 @@ async fn stalled_handshakes_are_capped_per_address_and_do_not_stop_accepting() {
     );
     drop(conn);
     let _ = connecting.await;
+}
+
+/// A TLS client connection to `addr` pinning `identity`, kept open.
+async fn open_tls_channel(
+    addr: std::net::SocketAddr,
+    identity: &tandem_tls::ServerIdentity,
+) -> tokio::task::JoinHandle<()> {
+    let pin = tandem_tls::Trust::Pinned(identity.fingerprint());
+    let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap();
+    tokio::spawn(async move {
+        // Holds the channel (and so its connection) until aborted.
+        let _channel = tandem_tls::connect(endpoint, Some(&tls)).await;
+        std::future::pending::<()>().await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_connections_are_capped_per_address_and_closed_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity =
+        tandem_tls::ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = tandem_tls::ConnectionLimits {
+        max_connections: 10,
+        max_per_address: 2,
+        idle_timeout: Duration::from_secs(1),
+    };
+    let mut incoming = tandem_tls::incoming(listener, &identity, limits).unwrap();
+
+    let clients = [
+        open_tls_channel(addr, &identity).await,
+        open_tls_channel(addr, &identity).await,
+    ];
+    let first: tandem_tls::TlsConn = tokio::time::timeout(Duration::from_secs(5), incoming.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut second: tandem_tls::TlsConn =
+        tokio::time::timeout(Duration::from_secs(5), incoming.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+
+    // A third from the same address is closed at once, before any handshake.
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), over.read(&mut byte))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // A call in progress keeps a connection open past the idle timeout...
+    let activity = tonic::transport::server::Connected::connect_info(&second)
+        .activity
+        .expect("every connection tracks its calls");
+    let call = activity.begin();
+    let mut buf = vec![0u8; 4096];
+    let busy = tokio::time::timeout(Duration::from_millis(2500), async {
+        loop {
+            match second.read(&mut buf).await {
+                Ok(0) => return "closed".to_string(),
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
+    .await;
+    assert!(busy.is_err(), "still open while a call runs: {busy:?}");
+    // ...and once it has ended, the connection fails its next read.
+    drop(call);
+    let idle = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match second.read(&mut buf).await {
+                Ok(0) => panic!("closed by the client, not for being idle"),
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the idle connection is closed");
+    assert_eq!(idle.kind(), std::io::ErrorKind::TimedOut, "{idle}");
+
+    // A dropped connection gives its slot back to the address.
+    drop((first, second));
+    let _third = open_tls_channel(addr, &identity).await;
+    tokio::time::timeout(Duration::from_secs(5), incoming.next())
+        .await
+        .expect("a freed slot is reused")
+        .unwrap()
+        .unwrap();
+    for client in clients {
+        client.abort();
+    }
 }

@@ -46,7 +46,7 @@ impl Catalog {
         search: &str,
         limit: u32,
     ) -> Result<Vec<ActlogRecord>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT time_ns, msg_id, node, peer, message FROM actlog
              WHERE time_ns >= ?1

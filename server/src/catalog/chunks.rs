@@ -50,7 +50,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn unowned_chunks(&self, node: i64, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(OWNED)?;
         let mut unowned = Vec::new();
         for id in ids {
@@ -101,7 +101,7 @@ impl Catalog {
         node: Option<i64>,
         ids: &[ChunkId],
     ) -> Result<Vec<Option<ChunkLocation>>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(sql)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {

@@ -104,7 +104,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn list_nodes(&self, name: &str) -> Result<Vec<(Node, NodeUsage)>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {NODE_COLUMNS},
                (SELECT count(*) FROM filespaces f WHERE f.node_id = nodes.id),

@@ -437,7 +437,7 @@ impl Catalog {
             }
             None => query.filespace.clone(),
         };
-        let conn = self.conn();
+        let conn = self.reader();
         let Some(fs_id) = conn
             .prepare_cached("SELECT id FROM filespaces WHERE node_id = ?1 AND name = ?2")?
             .query_row(params![node_id, filespace], |r| r.get::<_, i64>(0))
@@ -516,7 +516,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn list_filespaces(&self, node_id: i64) -> Result<Vec<Filespace>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT f.name, count(o.id), coalesce(sum(o.size), 0),
                     f.last_backup_start_ns, f.last_backup_end_ns, f.last_repl_ns

@@ -59,7 +59,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplRun> {
 }
 
 impl Catalog {
-    /// Defines or redefines a partner server.
+    /// Defines or redefines a partner server; its password comes sealed
+    /// ([`crate::secrets`]).
     ///
     /// # Errors
     /// SQLite errors.
@@ -67,14 +68,14 @@ impl Catalog {
         &self,
         name: &str,
         address: &str,
-        password: &str,
+        sealed_password: &str,
         fingerprint: &str,
     ) -> Result<(), CatalogError> {
         self.conn().execute(
             "INSERT INTO servers (name, address, password, fingerprint) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO UPDATE SET address = excluded.address,
                  password = excluded.password, fingerprint = excluded.fingerprint",
-            params![name, address, password, fingerprint],
+            params![name, address, sealed_password, fingerprint],
         )?;
         Ok(())
     }
@@ -94,7 +95,7 @@ impl Catalog {
                 Ok(PartnerServer {
                     name: r.get(0)?,
                     address: r.get(1)?,
-                    password: r.get(2)?,
+                    sealed_password: r.get(2)?,
                     guid: r.get(3)?,
                     failover_address: r.get(4)?,
                     fingerprint: r.get(5)?,
@@ -154,7 +155,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn node_versions(&self, node_id: i64) -> Result<Vec<StoredVersion>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {VERSION_COLUMNS} FROM {VERSION_TABLES}
              WHERE f.node_id = ?1 AND o.expiring = 0 ORDER BY f.name, d.path, o.name, o.backup_ns"
@@ -174,7 +175,7 @@ impl Catalog {
         node_id: i64,
         ids: &[ObjectId],
     ) -> Result<Vec<StoredVersion>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {VERSION_COLUMNS} FROM {VERSION_TABLES}
              WHERE f.node_id = ?1 AND o.object_id = ?2"
@@ -201,7 +202,7 @@ impl Catalog {
         &self,
         node_id: i64,
     ) -> Result<Vec<(String, VersionState)>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT f.name, o.object_id, o.active, o.deactivated_ns, o.size
              FROM filespaces f JOIN dirs d ON d.filespace_id = f.id JOIN objects o ON o.dir_id = d.id
@@ -503,7 +504,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn runs(&self, node: &str) -> Result<Vec<ReplRun>, CatalogError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!(
             "SELECT {RUN_COLUMNS} FROM repl_runs WHERE ?1 = '' OR node = ?1 ORDER BY id"
         ))?;

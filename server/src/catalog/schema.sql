@@ -121,8 +121,9 @@ CREATE TABLE IF NOT EXISTS actlog (
 );
 CREATE INDEX IF NOT EXISTS actlog_by_time ON actlog (time_ns);
 
--- Partner servers (DEFINE SERVER). The shared credential is kept in clear
--- because this server must present it; the data dir is mode 0700.
+-- Partner servers (DEFINE SERVER). This server must present the shared
+-- password, so it cannot be hashed: `password` holds it sealed with the key in
+-- DATA_DIR/secrets.key, which is not in the catalog (see secrets.rs).
 CREATE TABLE IF NOT EXISTS servers (
     name             TEXT PRIMARY KEY,
     address          TEXT NOT NULL,

@@ -523,3 +523,43 @@ fn an_old_catalog_gives_its_nodes_the_chunks_their_versions_reference() {
         [loose]
     );
 }
+
+#[test]
+fn reads_neither_wait_for_the_writer_nor_see_its_open_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, node) = new_catalog(&dir);
+    let kept = tandem_proto::ChunkId([1; 32]);
+    catalog
+        .insert_chunks(node, &[(kept, stored_at(0))], &[kept])
+        .expect("store");
+    // The writer is busy: its lock is held, inside an open transaction that
+    // has written a second chunk (as a long commit would be).
+    let writer = catalog.conn();
+    writer.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    let pending = tandem_proto::ChunkId([2; 32]);
+    writer
+        .execute(
+            "INSERT INTO chunks (id, container, offset, stored_len, raw_len, owner)
+             VALUES (?1, 1, 50, 10, 20, ?2)",
+            params![pending.as_slice(), node],
+        )
+        .expect("insert");
+    // Without the reader connections this would deadlock on the writer's lock.
+    assert_eq!(
+        catalog
+            .unowned_chunks(node, &[kept, pending])
+            .expect("read"),
+        [pending],
+        "committed data only"
+    );
+    assert!(catalog.owned_chunk_locations(node, &[kept]).expect("read")[0].is_some());
+    assert_eq!(catalog.list_filespaces(node).expect("read").len(), 0);
+    writer.execute_batch("COMMIT").expect("commit");
+    drop(writer);
+    assert!(
+        catalog
+            .unowned_chunks(node, &[pending])
+            .expect("read")
+            .is_empty()
+    );
+}

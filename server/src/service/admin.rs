@@ -371,8 +371,9 @@ impl Admin for AdminService {
             ));
         }
         let (n, a, f) = (name.clone(), req.address.clone(), fingerprint.clone());
+        let sealed = self.state.seal_partner_password(&name, &req.password);
         super::blocking(&self.state, move |s| {
-            Ok(s.catalog.define_server(&n, &a, &req.password, &f)?)
+            Ok(s.catalog.define_server(&n, &a, &sealed, &f)?)
         })
         .await?;
         self.audit(

@@ -12,6 +12,10 @@
 //!   then checks the session's kind and owner as before);
 //! - admin calls, authorised by token in their handler, may send at most
 //!   [`tandem_proto::MAX_ADMIN_MESSAGE_BYTES`].
+//!
+//! It also marks every call as in progress on its connection until the
+//! response (a stream, say) has ended, so that only connections with no call
+//! at all are closed as idle (`idle_timeout_seconds`).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -108,10 +112,15 @@ where
             .unwrap_or_default()
             .to_string();
         request.extensions_mut().insert(CalledMethod(method));
+        let call = request
+            .extensions()
+            .get::<tandem_tls::PeerInfo>()
+            .and_then(|peer| peer.activity.as_ref())
+            .map(tandem_tls::CallActivity::begin);
         match gate_of(request.uri().path()) {
             Gate::Limit(max) => {
                 let request = request.map(|body| limited(body, max));
-                self.inner.call(request).boxed()
+                held_until_response_ends(self.inner.call(request), call)
             }
             Gate::Session => {
                 let open = request
@@ -120,7 +129,7 @@ where
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|token| self.state.sessions.is_open(token));
                 if open {
-                    self.inner.call(request).boxed()
+                    held_until_response_ends(self.inner.call(request), call)
                 } else {
                     let refusal = Status::unauthenticated(
                         "no open session: log on first (Logon, or Hello for a partner server)",
@@ -130,6 +139,27 @@ where
             }
         }
     }
+}
+
+/// The response of `call`, keeping `guard` (the call's mark on its
+/// connection) until the response body has been sent or dropped.
+fn held_until_response_ends<F, E>(
+    call: F,
+    guard: Option<tandem_tls::CallGuard>,
+) -> BoxFuture<'static, Result<http::Response<Body>, E>>
+where
+    F: std::future::Future<Output = Result<http::Response<Body>, E>> + Send + 'static,
+{
+    async move {
+        let response = call.await?;
+        Ok(response.map(|body| {
+            Body::new(body.map_frame(move |frame| {
+                let _in_progress = &guard;
+                frame
+            }))
+        }))
+    }
+    .boxed()
 }
 
 /// `body`, failing with a clear status once it exceeds `max` bytes.

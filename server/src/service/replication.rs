@@ -61,10 +61,13 @@ impl ReplicationService {
             )),
             Some(p) => match self.certificate_refusal(request, &p) {
                 Some(why) => Some(why),
-                None if Token::new(&p.password).matches(&presented) => None,
-                None => Some(format!(
-                    "the server password of {name} is wrong; define the server on both sides with the same password"
-                )),
+                None => match self.state.partner_password(&p) {
+                    Err(unreadable) => Some(unreadable.to_string()),
+                    Ok(password) if Token::new(&password).matches(&presented) => None,
+                    Ok(_) => Some(format!(
+                        "the server password of {name} is wrong; define the server on both sides with the same password"
+                    )),
+                },
             },
         };
         let Some(why) = refusal else {
@@ -166,15 +169,33 @@ impl Replication for ReplicationService {
         request: Request<pb::HelloRequest>,
     ) -> Result<Response<pb::HelloResponse>, Status> {
         let source = self.authorize(&request).await?;
+        let spoken = request.get_ref().protocol_version;
+        if spoken != tandem_proto::REPLICATION_PROTOCOL {
+            let why = format!(
+                "server {source} speaks replication protocol {spoken} and this server ({}) speaks {}: \
+                 run the same Tandem release on both servers",
+                self.state.config.name,
+                tandem_proto::REPLICATION_PROTOCOL
+            );
+            actlog::record(
+                &self.state.catalog,
+                ServerMsg::ReplicationAuthFailed,
+                "",
+                &peer_of(&request),
+                format!("replication call from server {source:?} refused: {why}"),
+            )
+            .await;
+            return Err(Status::failed_precondition(why));
+        }
         let peer = peer_of(&request);
         let nonce = request.get_ref().nonce.clone();
         let lookup = source.clone();
         let partner = super::blocking(&self.state, move |s| Ok(s.catalog.server(&lookup)?))
             .await?
             .ok_or_else(|| Status::unauthenticated("unknown server"))?;
+        let password = self.state.partner_password(&partner)?;
         let proof =
-            crate::auth::server_proof(&partner.password, &nonce, &self.state.guid.to_string())
-                .to_vec();
+            crate::auth::server_proof(&password, &nonce, &self.state.guid.to_string()).to_vec();
         let (token, _) = self.state.sessions.open_replication(&source, &peer);
         let failover = self
             .state
@@ -188,6 +209,7 @@ impl Replication for ReplicationService {
             failover_address: failover,
             session_token: token.expose().to_string(),
             proof,
+            protocol_version: tandem_proto::REPLICATION_PROTOCOL,
         }))
     }
 

@@ -1,0 +1,175 @@
+//! Bounds on the connections a server holds: how many in all and from one
+//! address, and how long one may stay open with no call in progress (TSM's
+//! IDLETIMEOUT). Without them, callers that connect and then do nothing
+//! (answering keep-alive pings is enough to look alive) hold descriptors and
+//! memory for as long as they like.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The limits [`crate::incoming`] applies to established connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once, in all; one more is closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_per_address: usize,
+    /// A connection with no call in progress for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    /// 1024 connections, 128 from one address, 15 minutes idle (TSM's default
+    /// IDLETIMEOUT).
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            max_per_address: 128,
+            idle_timeout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// How many slots each address holds, against one per-address limit.
+#[derive(Debug)]
+pub(crate) struct AddressCounts {
+    limit: usize,
+    by_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One slot of an address, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    counts: Arc<AddressCounts>,
+    address: IpAddr,
+}
+
+impl AddressCounts {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(AddressCounts {
+            limit,
+            by_address: std::sync::Mutex::default(),
+        })
+    }
+
+    /// A slot for `address`, or `None` when it holds `limit` already.
+    pub(crate) fn claim(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(address).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .by_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// Calls in progress on one connection and when the last one ended. The
+/// server's request layer marks each call with [`CallActivity::begin`]; the
+/// connection closes itself once it has been idle for the limit.
+#[derive(Debug)]
+pub struct CallActivity {
+    opened: Instant,
+    calls: AtomicUsize,
+    /// Milliseconds after `opened` when the last call ended (or 0).
+    last_end_ms: AtomicU64,
+}
+
+/// One call in progress; dropping it ends the call.
+#[derive(Debug)]
+pub struct CallGuard(Arc<CallActivity>);
+
+impl CallActivity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(CallActivity {
+            opened: Instant::now(),
+            calls: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Marks a call as in progress until the guard is dropped. Hold the
+    /// guard for as long as the call's response (a stream, say) lives.
+    #[must_use]
+    pub fn begin(self: &Arc<Self>) -> CallGuard {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        CallGuard(self.clone())
+    }
+
+    /// When the connection becomes (or became) idle for `limit`: `None`
+    /// while a call is in progress.
+    pub(crate) fn idle_deadline(&self, limit: Duration) -> Option<Instant> {
+        if self.calls.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_end_ms.load(Ordering::SeqCst));
+        Some(self.opened + last + limit)
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let since_open = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end_ms.fetch_max(since_open, Ordering::SeqCst);
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_limit_and_gets_slots_back() {
+        let counts = AddressCounts::new(2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = counts.claim(a).expect("first");
+        let _second = counts.claim(a).expect("second");
+        assert!(counts.claim(a).is_none(), "third is over the limit");
+        assert!(counts.claim(b).is_some(), "another address has its own");
+        drop(first);
+        assert!(counts.claim(a).is_some(), "a dropped slot is given back");
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_with_no_call_in_progress() {
+        let activity = CallActivity::new();
+        let limit = Duration::from_secs(60);
+        let fresh = activity.idle_deadline(limit).expect("idle from the start");
+        assert!(fresh <= Instant::now() + limit);
+        let call = activity.begin();
+        let other = activity.begin();
+        assert!(activity.idle_deadline(limit).is_none());
+        drop(call);
+        assert!(
+            activity.idle_deadline(limit).is_none(),
+            "one call still runs"
+        );
+        drop(other);
+        let after = activity.idle_deadline(limit).expect("idle again");
+        assert!(after >= fresh, "counted from the last call's end");
+    }
+}
