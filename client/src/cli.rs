@@ -243,7 +243,7 @@ async fn set_password(
         .map_err(|s| ClientError::server("changing the password", s))?;
     match &options.password_file {
         Some(file) => {
-            crate::atomic::write_file(file, format!("{new}\n").as_bytes(), Some(0o600))
+            tandem_os::atomic_file::replace(file, format!("{new}\n").as_bytes(), Some(0o600))
                 .map_err(|e| ClientError::Io { path: file.clone(), source: e })?;
             console.report(
                 &Msg { id: "TDM1030I", text: format!("password changed; {} updated", file.display()) },

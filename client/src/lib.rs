@@ -15,8 +15,6 @@
 //! - [`messages`], [`console`], [`error_log`]: TDM messages to the console and `dsierror.log`.
 //! - [`error`]: `ClientError` and the exit codes (0/4/8/12, as `dsmc`).
 
-pub mod aligned;
-pub mod atomic;
 pub mod backup;
 pub mod chunker;
 pub mod cli;
@@ -27,7 +25,6 @@ pub mod error;
 pub mod error_log;
 pub mod failover;
 pub mod inventory;
-pub mod malloc;
 pub mod messages;
 pub mod meta;
 pub mod names;

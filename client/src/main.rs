@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    tandem_client::malloc::limit_arenas(tandem_client::malloc::CLIENT_ARENAS);
+    tandem_os::malloc::limit_arenas(tandem_os::malloc::CLIENT_ARENAS);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

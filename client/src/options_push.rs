@@ -124,7 +124,7 @@ pub fn update(path: &Path, server: &PushedServer) -> Result<bool, PushError> {
             cause: "the file is read-only".into(),
         });
     }
-    crate::atomic::write_file(path, new.as_bytes(), Some(mode & 0o7777)).map_err(|e| {
+    tandem_os::atomic_file::replace(path, new.as_bytes(), Some(mode & 0o7777)).map_err(|e| {
         PushError::Write {
             path: shown,
             cause: e.to_string(),

@@ -186,24 +186,11 @@ fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
     Ok(token)
 }
 
-/// Writes `text` to `path` with mode 0600 through a temporary file, so a
-/// crash leaves the old content or the new, never a mix.
+/// Writes `text` to `path` with mode 0600, replacing it atomically (a crash
+/// leaves the old content or the new, never a mix).
 fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(".new");
-    let temp = PathBuf::from(temp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(setup_err(format!("cannot create {}", temp.display())))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&temp, path))
-        .map_err(setup_err(format!("cannot write {}", path.display())))?;
-    Ok(())
+    tandem_os::atomic_file::replace(path, text.as_bytes(), Some(0o600))
+        .map_err(setup_err(format!("cannot write {}", path.display())))
 }
 
 /// Seals partner passwords that a server from before sealing stored in clear

@@ -27,7 +27,7 @@ use std::sync::mpsc as std_mpsc;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-use crate::aligned::{AlignedBuf, DIRECT_IO_ALIGN as ALIGN};
+use tandem_os::aligned::{AlignedBuf, DIRECT_IO_ALIGN as ALIGN};
 
 /// Files at least this large are written directly. Smaller ones are cheaper
 /// through the page cache: a direct write waits for the disk, and thousands of

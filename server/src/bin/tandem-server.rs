@@ -111,7 +111,7 @@ async fn wait_for_signal() {
 
 fn main() -> ExitCode {
     // Before the runtime's threads exist, so none gets an arena of its own.
-    tandem_client::malloc::limit_arenas(tandem_client::malloc::SERVER_ARENAS);
+    tandem_os::malloc::limit_arenas(tandem_os::malloc::SERVER_ARENAS);
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(run_server()),
         Err(e) => {

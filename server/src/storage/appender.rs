@@ -27,7 +27,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use tandem_client::aligned::{AlignedBuf, DIRECT_IO_ALIGN as ALIGN};
+use tandem_os::aligned::{AlignedBuf, DIRECT_IO_ALIGN as ALIGN};
 
 /// Largest direct write, and the staging block's size. A store group (a
 /// little over 8 MiB) goes to the disk in one write: on the test machine `dd`

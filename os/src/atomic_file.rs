@@ -10,7 +10,7 @@ use std::path::Path;
 ///
 /// # Errors
 /// I/O errors; the target is unchanged when one occurs.
-pub fn write_file(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+pub fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
