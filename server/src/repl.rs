@@ -28,23 +28,32 @@ pub const SERVER_HEADER: &str = "x-tandem-server";
 #[derive(Debug, Default)]
 pub struct RunningRuns(Mutex<HashSet<String>>);
 
-struct RunGuard<'a>(&'a RunningRuns, String);
+/// A node's claim on [`RunningRuns`], given back when dropped. It owns the
+/// server state so that a started run can move to its own task.
+struct RunClaim {
+    state: Arc<ServerState>,
+    node: String,
+}
 
-impl Drop for RunGuard<'_> {
+impl Drop for RunClaim {
     fn drop(&mut self) {
-        self.0
+        self.state
+            .running
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.1);
+            .remove(&self.node);
     }
 }
 
 impl RunningRuns {
-    fn claim(&self, node: &str) -> Option<RunGuard<'_>> {
-        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        set.insert(node.to_string())
-            .then(|| RunGuard(self, node.to_string()))
+    /// Claims `node`; `None` while another run of it holds the claim.
+    fn claim(state: &Arc<ServerState>, node: &str) -> Option<RunClaim> {
+        let mut set = state.running.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(node.to_string()).then(|| RunClaim {
+            state: state.clone(),
+            node: node.to_string(),
+        })
     }
 }
 
@@ -452,11 +461,37 @@ fn preflight(state: &ServerState, node: &str) -> Result<(Node, PartnerServer), S
 /// # Errors
 /// Refusals before a run starts (not configured, disabled, already running).
 pub async fn replicate_node(state: Arc<ServerState>, node: String) -> Result<ReplRun, ServerError> {
+    start_run(state, node).await?.finish().await
+}
+
+/// A replication run that has started: checked, its node claimed, and
+/// recorded in the catalog as running. [`StartedRun::finish`] does the work.
+pub struct StartedRun {
+    claim: RunClaim,
+    node_rec: Node,
+    partner: PartnerServer,
+    run: ReplRun,
+}
+
+impl std::fmt::Debug for StartedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartedRun")
+            .field("run", &self.run)
+            .finish()
+    }
+}
+
+/// Starts a run of `node`: the checks, the claim and the catalog record,
+/// so that a caller who does not wait can report the run at once.
+///
+/// # Errors
+/// Refusals (not configured, disabled, already running) and catalog errors.
+pub async fn start_run(state: Arc<ServerState>, node: String) -> Result<StartedRun, ServerError> {
     let check_state = state.clone();
     let check_node = node.clone();
     let (node_rec, partner) =
         tokio::task::spawn_blocking(move || preflight(&check_state, &check_node)).await??;
-    let Some(_guard) = state.running.claim(&node) else {
+    let Some(claim) = RunningRuns::claim(&state, &node) else {
         return Err(ServerError::FailedPrecondition(format!(
             "replication of node {node} is already running; see `query replication {node}`"
         )));
@@ -464,52 +499,87 @@ pub async fn replicate_node(state: Arc<ServerState>, node: String) -> Result<Rep
     let started = now_ns();
     let (catalog, n, t) = (state.catalog.clone(), node.clone(), partner.name.clone());
     let run_id = tokio::task::spawn_blocking(move || catalog.start_run(&n, &t, started)).await??;
-    let outcome = run_once(&state, &node_rec, &partner).await;
-    let mut run = ReplRun {
+    let run = ReplRun {
         id: run_id,
-        node: node.clone(),
+        node,
         target: partner.name.clone(),
         started_ns: started,
-        ended_ns: now_ns(),
+        state: "running".into(),
         ..ReplRun::default()
     };
-    match &outcome {
-        Ok(report) => {
-            run.state = "completed".into();
-            run.objects_sent = report.objects_sent;
-            run.bytes_sent = report.bytes_sent;
-            run.chunks_skipped = report.chunks_skipped;
-            run.objects_deleted = report.objects_deleted;
-            run.states_updated = report.states_updated;
-        }
-        Err(e) => {
-            run.state = "failed".into();
-            run.message = e.to_string();
-        }
+    Ok(StartedRun {
+        claim,
+        node_rec,
+        partner,
+        run,
+    })
+}
+
+impl StartedRun {
+    /// The run as recorded when it started (state "running").
+    #[must_use]
+    pub fn record(&self) -> &ReplRun {
+        &self.run
     }
-    let (catalog, record) = (state.catalog.clone(), run.clone());
-    tokio::task::spawn_blocking(move || catalog.end_run(&record)).await??;
-    let (msg, text) = match &outcome {
-        Ok(r) => (
-            ServerMsg::ReplicationDone,
-            format!(
-                "replication of node {node} to {} completed: {} version(s), {} chunk(s) ({} bytes) sent, {} chunk(s) already there, {} state change(s), {} deletion(s)",
-                partner.name,
-                r.objects_sent,
-                r.chunks_sent,
-                r.bytes_sent,
-                r.chunks_skipped,
-                r.states_updated,
-                r.objects_deleted
+
+    /// Runs it to its end and records the outcome (catalog, activity log);
+    /// returns the run record, completed or failed.
+    ///
+    /// # Errors
+    /// Catalog errors while recording; a failed run is an `Ok` record.
+    pub async fn finish(self) -> Result<ReplRun, ServerError> {
+        let StartedRun {
+            claim,
+            node_rec,
+            partner,
+            run,
+        } = self;
+        let state = claim.state.clone();
+        let node = run.node.clone();
+        let outcome = run_once(&state, &node_rec, &partner).await;
+        let mut run = ReplRun {
+            ended_ns: now_ns(),
+            ..run
+        };
+        match &outcome {
+            Ok(report) => {
+                run.state = "completed".into();
+                run.objects_sent = report.objects_sent;
+                run.bytes_sent = report.bytes_sent;
+                run.chunks_skipped = report.chunks_skipped;
+                run.objects_deleted = report.objects_deleted;
+                run.states_updated = report.states_updated;
+            }
+            Err(e) => {
+                run.state = "failed".into();
+                run.message = e.to_string();
+            }
+        }
+        let (catalog, record) = (state.catalog.clone(), run.clone());
+        tokio::task::spawn_blocking(move || catalog.end_run(&record)).await??;
+        let (msg, text) = match &outcome {
+            Ok(r) => (
+                ServerMsg::ReplicationDone,
+                format!(
+                    "replication of node {node} to {} completed: {} version(s), {} chunk(s) ({} bytes) sent, {} chunk(s) already there, {} state change(s), {} deletion(s)",
+                    partner.name,
+                    r.objects_sent,
+                    r.chunks_sent,
+                    r.bytes_sent,
+                    r.chunks_skipped,
+                    r.states_updated,
+                    r.objects_deleted
+                ),
             ),
-        ),
-        Err(e) => (
-            ServerMsg::ReplicationFailed,
-            format!("replication of node {node} to {} failed: {e}", partner.name),
-        ),
-    };
-    actlog::record(&state.catalog, msg, &node, &partner.address, text).await;
-    Ok(run)
+            Err(e) => (
+                ServerMsg::ReplicationFailed,
+                format!("replication of node {node} to {} failed: {e}", partner.name),
+            ),
+        };
+        actlog::record(&state.catalog, msg, &node, &partner.address, text).await;
+        drop(claim);
+        Ok(run)
+    }
 }
 
 async fn run_once(

@@ -531,3 +531,31 @@ fn partner_passwords_are_sealed_and_a_replaced_key_is_named() {
     pair(&p.primary, &p.secondary, "shared-secret-1");
     assert_eq!(replicate(&p.primary, "alice")["state"], "completed");
 }
+
+#[test]
+fn replicate_without_wait_reports_the_started_run_at_once() {
+    let p = setup();
+    let out = p.primary.admin(&["--json", "replicate", "node", "alice"]);
+    assert_success(&out, "replicate node");
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(started[0]["state"], "running", "{started}");
+    let id = started[0]["id"].clone();
+    // The work goes on in the background; once it has ended, the record
+    // shows how.
+    let mut last = serde_json::Value::Null;
+    let ended = wait_until(Duration::from_secs(60), || {
+        let runs: serde_json::Value = serde_json::from_slice(
+            &p.primary
+                .admin(&["--json", "query", "replication", "alice"])
+                .stdout,
+        )
+        .unwrap();
+        last = runs
+            .as_array()
+            .and_then(|r| r.iter().find(|run| run["id"] == id).cloned())
+            .unwrap_or_default();
+        last["state"] == "completed"
+    });
+    assert!(ended, "{last}");
+    assert!(last["objects_sent"].as_u64().unwrap() > 0, "{last}");
+}

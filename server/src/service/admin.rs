@@ -644,33 +644,16 @@ impl Admin for AdminService {
                 let run = crate::repl::replicate_node(self.state.clone(), name).await?;
                 runs.push(run_to_pb(run));
             } else {
-                // Refusals (not configured, disabled, running) are reported now;
-                // the run itself goes on in the background.
-                let state = self.state.clone();
-                let check = name.clone();
-                let runs_before =
-                    super::blocking(&self.state, move |s| Ok(s.catalog.runs(&check)?.len()))
-                        .await?;
-                let spawned = name.clone();
-                let handle = tokio::spawn(crate::repl::replicate_node(state, spawned));
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                loop {
-                    if handle.is_finished() {
-                        let run = handle.await.map_err(ServerError::from)??;
-                        runs.push(run_to_pb(run));
-                        break;
+                // Refusals (not configured, disabled, running) are reported
+                // now, with the run as it started; the work goes on in the
+                // background and `query replication` shows how it ended.
+                let started = crate::repl::start_run(self.state.clone(), name).await?;
+                runs.push(run_to_pb(started.record().clone()));
+                tokio::spawn(async move {
+                    if let Err(e) = started.finish().await {
+                        tracing::warn!(cause = %e, "a replication run could not be recorded");
                     }
-                    let check = name.clone();
-                    let now =
-                        super::blocking(&self.state, move |s| Ok(s.catalog.runs(&check)?)).await?;
-                    if now.len() > runs_before || tokio::time::Instant::now() > deadline {
-                        if let Some(run) = now.into_iter().last() {
-                            runs.push(run_to_pb(run));
-                        }
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
+                });
             }
         }
         Ok(Response::new(pb::ReplicateNodeResponse { runs }))
