@@ -18,7 +18,7 @@ use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::catalog::FilespaceTimes;
 use crate::error::ServerError;
-use crate::model::{Node, PartnerServer, ReplRun, now_ns};
+use crate::model::{Node, PartnerServer, ReplRun, ReplState, RunState, now_ns};
 use crate::service::convert;
 
 /// Metadata key naming the calling server.
@@ -57,13 +57,9 @@ impl RunningRuns {
     }
 }
 
-/// Parses a node's replication rule.
+/// A node's replication rule, as the engine takes it.
 pub fn rule_of(node: &Node) -> ReplicationRule {
-    match node.replrule.as_str() {
-        "active_data" => ReplicationRule::ActiveData,
-        "none" => ReplicationRule::None,
-        _ => ReplicationRule::AllData,
-    }
+    node.replrule.into()
 }
 
 /// The local catalog and store as the engine's source.
@@ -447,7 +443,7 @@ fn preflight(state: &ServerState, node: &str) -> Result<(Node, PartnerServer), S
             "node {node} is a replica on this server (receive mode); replicate it from its source server"
         )));
     }
-    if node_rec.replstate != "enabled" {
+    if node_rec.replstate != ReplState::Enabled {
         return Err(ServerError::FailedPrecondition(format!(
             "replication is disabled for node {node}; use `update node {node} --replstate enabled`"
         )));
@@ -504,7 +500,7 @@ pub async fn start_run(state: Arc<ServerState>, node: String) -> Result<StartedR
         node,
         target: partner.name.clone(),
         started_ns: started,
-        state: "running".into(),
+        state: RunState::Running,
         ..ReplRun::default()
     };
     Ok(StartedRun {
@@ -543,7 +539,7 @@ impl StartedRun {
         };
         match &outcome {
             Ok(report) => {
-                run.state = "completed".into();
+                run.state = RunState::Completed;
                 run.objects_sent = report.objects_sent;
                 run.bytes_sent = report.bytes_sent;
                 run.chunks_skipped = report.chunks_skipped;
@@ -551,7 +547,7 @@ impl StartedRun {
                 run.states_updated = report.states_updated;
             }
             Err(e) => {
-                run.state = "failed".into();
+                run.state = RunState::Failed;
                 run.message = e.to_string();
             }
         }
@@ -669,7 +665,7 @@ pub async fn schedule(state: Arc<ServerState>, shutdown: tokio_util::sync::Cance
             _ => continue,
         };
         for (node, _) in nodes {
-            if node.replstate == "enabled"
+            if node.replstate == ReplState::Enabled
                 && !node.is_replica()
                 && let Err(e) = replicate_node(state.clone(), node.name.clone()).await
             {

@@ -12,7 +12,7 @@ use super::objects::{
 };
 use super::{Catalog, from_sql_int, sql_int};
 use crate::error::{CatalogError, ServerError};
-use crate::model::{PartnerServer, ReplRun, StoredVersion};
+use crate::model::{PartnerServer, ReplMode, ReplRule, ReplRun, ReplState, RunState, StoredVersion};
 
 /// The state of one version, as compared between servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,9 +138,9 @@ impl Catalog {
     pub fn update_node_replication(
         &self,
         name: &str,
-        replstate: Option<&str>,
-        replrule: Option<&str>,
-        replmode: Option<&str>,
+        replstate: Option<ReplState>,
+        replrule: Option<ReplRule>,
+        replmode: Option<ReplMode>,
     ) -> Result<bool, CatalogError> {
         Ok(self.conn().execute(
             "UPDATE nodes SET replstate = coalesce(?2, replstate), replrule = coalesce(?3, replrule),
@@ -254,7 +254,7 @@ impl Catalog {
     ) -> Result<(), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let existing: Option<(i64, String, String)> = tx
+        let existing: Option<(i64, ReplMode, String)> = tx
             .query_row(
                 "SELECT id, replmode, repl_server FROM nodes WHERE name = ?1",
                 [name],
@@ -272,7 +272,7 @@ impl Catalog {
                     params![name, password_hash, locked, now_ns, source],
                 )?;
             }
-            Some((_, mode, _)) if mode != "receive" => {
+            Some((_, mode, _)) if mode != ReplMode::Receive => {
                 return Err(ServerError::FailedPrecondition(format!(
                     "node {name} is registered on this server as a node of its own; it cannot become a replica of server {source}. Rename one of them, or remove the local node if it is not needed"
                 )));
@@ -489,7 +489,7 @@ impl Catalog {
                 run.message
             ],
         )?;
-        if run.state == "completed" {
+        if run.state == RunState::Completed {
             tx.execute(
                 "UPDATE nodes SET last_repl_ns = ?2, repl_server = ?3, replmode = 'send' WHERE name = ?1",
                 params![run.node, run.ended_ns, run.target],

@@ -13,7 +13,9 @@ use crate::actlog::{self, ServerMsg};
 use crate::auth;
 use crate::error::ServerError;
 use crate::expire::{self, ExpireReport};
-use crate::model::{Node, NodeUsage, PolicyUpdate, normalize_node_name, now_ns};
+use crate::model::{
+    Node, NodeUsage, PolicyUpdate, ReplMode, ReplRule, ReplState, normalize_node_name, now_ns,
+};
 
 /// Implements `tandem.v1.Admin` over the server state.
 #[derive(Debug, Clone)]
@@ -35,9 +37,9 @@ fn node_to_pb(node: Node, usage: NodeUsage) -> pb::NodeInfo {
         filespaces: usage.filespaces,
         active_objects: usage.active_objects,
         total_versions: usage.total_versions,
-        replstate: node.replstate,
-        replmode: node.replmode,
-        replrule: node.replrule,
+        replstate: node.replstate.to_string(),
+        replmode: node.replmode.to_string(),
+        replrule: node.replrule.to_string(),
     }
 }
 
@@ -48,7 +50,7 @@ fn run_to_pb(r: crate::model::ReplRun) -> pb::ReplicationRun {
         target: r.target,
         started_ns: r.started_ns,
         ended_ns: r.ended_ns,
-        state: r.state,
+        state: r.state.to_string(),
         objects_sent: r.objects_sent,
         bytes_sent: r.bytes_sent,
         chunks_skipped: r.chunks_skipped,
@@ -696,8 +698,12 @@ impl Admin for AdminService {
         let name = node_name(&request.into_inner().node)?;
         let n = name.clone();
         let found = super::blocking(&self.state, move |s| {
-            Ok(s.catalog
-                .update_node_replication(&n, Some("disabled"), None, Some("none"))?)
+            Ok(s.catalog.update_node_replication(
+                &n,
+                Some(ReplState::Disabled),
+                None,
+                Some(ReplMode::None),
+            )?)
         })
         .await?;
         if !found {
@@ -829,18 +835,19 @@ impl Admin for AdminService {
         if req.password.is_some() {
             changes.push("password".into());
         }
-        let replstate = req
-            .replstate_enabled
-            .map(|on| if on { "enabled" } else { "disabled" });
-        let replrule = match req.replrule.as_deref() {
-            None => None,
-            Some(r @ ("all_data" | "active_data" | "none")) => Some(r.to_string()),
-            Some(other) => {
-                return Err(Status::invalid_argument(format!(
-                    "replication rule {other:?} is not one of all_data, active_data, none"
-                )));
+        let replstate = req.replstate_enabled.map(|on| {
+            if on {
+                ReplState::Enabled
+            } else {
+                ReplState::Disabled
             }
-        };
+        });
+        let replrule = req
+            .replrule
+            .as_deref()
+            .map(str::parse::<ReplRule>)
+            .transpose()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(st) = replstate {
             changes.push(format!("replstate={st}"));
         }
@@ -859,12 +866,8 @@ impl Admin for AdminService {
                 .ok_or_else(|| ServerError::NodeNotFound {
                     node: update_name.clone(),
                 })?;
-            s.catalog.update_node_replication(
-                &update_name,
-                replstate,
-                replrule.as_deref(),
-                None,
-            )?;
+            s.catalog
+                .update_node_replication(&update_name, replstate, replrule, None)?;
             Ok(())
         })
         .await?;

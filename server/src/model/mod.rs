@@ -1,6 +1,10 @@
 //! Domain types of the server: what the catalog stores and the services speak.
 //! Prost types are converted to these at the service edge.
 
+mod vocab;
+
+pub use vocab::{ReplMode, ReplRule, ReplState, RunState, UnknownWord};
+
 use tandem_proto::{ChunkId, ObjectId};
 
 /// Kind of a stored object.
@@ -173,12 +177,12 @@ pub struct Node {
     pub last_logon_ns: i64,
     /// Effective policy.
     pub policy: Policy,
-    /// Replication: `enabled` or `disabled`.
-    pub replstate: String,
-    /// `none`, `send` (source) or `receive` (replica, read-only).
-    pub replmode: String,
-    /// `all_data`, `active_data` or `none`.
-    pub replrule: String,
+    /// Whether it is replicated.
+    pub replstate: ReplState,
+    /// `send` (source), `receive` (replica, read-only) or `none` yet.
+    pub replmode: ReplMode,
+    /// Which versions are replicated.
+    pub replrule: ReplRule,
     /// Last successful replication run.
     pub last_repl_ns: i64,
     /// Source: the target of that run; target: the source.
@@ -188,7 +192,7 @@ pub struct Node {
 impl Node {
     /// Whether this server holds the node as a read-only replica.
     pub fn is_replica(&self) -> bool {
-        self.replmode == "receive"
+        self.replmode == ReplMode::Receive
     }
 }
 
@@ -235,8 +239,8 @@ pub struct ReplRun {
     pub started_ns: i64,
     /// End (0 while running).
     pub ended_ns: i64,
-    /// running | completed | failed.
-    pub state: String,
+    /// How it stands.
+    pub state: RunState,
     /// Versions sent.
     pub objects_sent: u64,
     /// Compressed chunk bytes sent.
