@@ -762,6 +762,15 @@ pub async fn raw_backup_client(
     tandem_proto::pb::backup_client::BackupClient::new(channel)
 }
 
+/// `raw` as an honest upload: its BLAKE3 id and one zstd frame.
+pub fn wire_chunk(raw: &[u8]) -> tandem_proto::pb::Chunk {
+    tandem_proto::pb::Chunk {
+        id: tandem_proto::ChunkId::of(raw).as_slice().to_vec(),
+        data: zstd::bulk::compress(raw, 1).expect("zstd").into(),
+        raw_len: raw.len() as u64,
+    }
+}
+
 /// A raw client logged on as `node`, and its session token.
 pub async fn raw_backup_session(
     server: &TestServer,

@@ -121,13 +121,8 @@ async fn a_stalled_upload_is_ended_after_the_comm_timeout() {
     let (mut alice, token) = raw_backup_session(&server, "alice", "alice-password").await;
     // One message, then nothing: the sender stays open and silent.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let raw = b"one chunk".to_vec();
     tx.send(pb::UploadChunksRequest {
-        chunks: vec![pb::Chunk {
-            id: tandem_proto::ChunkId::of(&raw).as_slice().to_vec(),
-            data: zstd::bulk::compress(&raw, 1).unwrap().into(),
-            raw_len: raw.len() as u64,
-        }],
+        chunks: vec![wire_chunk(b"one chunk")],
     })
     .await
     .unwrap();
@@ -206,12 +201,7 @@ async fn an_idle_connection_is_closed_but_a_long_call_is_not() {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let sender = tokio::spawn(async move {
         for i in 0..5u8 {
-            let raw = vec![i; 1000];
-            let chunk = pb::Chunk {
-                id: tandem_proto::ChunkId::of(&raw).as_slice().to_vec(),
-                data: zstd::bulk::compress(&raw, 1).unwrap().into(),
-                raw_len: raw.len() as u64,
-            };
+            let chunk = wire_chunk(&[i; 1000]);
             tx.send(pb::UploadChunksRequest {
                 chunks: vec![chunk],
             })

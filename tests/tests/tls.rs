@@ -793,19 +793,14 @@ mod wire {
             ))
             .await
             .expect("a replica of its own");
-        let chunk = |raw: &[u8]| pb::Chunk {
-            id: tandem_proto::ChunkId::of(raw).as_slice().to_vec(),
-            data: zstd::bulk::compress(raw, 1).unwrap().into(),
-            raw_len: raw.len() as u64,
-        };
         let messages = vec![
             pb::ReplicaChunksRequest {
                 node: "fakenode".into(),
-                chunks: vec![chunk(b"for the replica")],
+                chunks: vec![wire_chunk(b"for the replica")],
             },
             pb::ReplicaChunksRequest {
                 node: "ALICE".into(),
-                chunks: vec![chunk(b"for alice")],
+                chunks: vec![wire_chunk(b"for alice")],
             },
         ];
         let switched = replication

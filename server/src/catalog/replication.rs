@@ -12,7 +12,9 @@ use super::objects::{
 };
 use super::{Catalog, from_sql_int, sql_int};
 use crate::error::{CatalogError, ServerError};
-use crate::model::{PartnerServer, ReplMode, ReplRule, ReplRun, ReplState, RunState, StoredVersion};
+use crate::model::{
+    PartnerServer, ReplMode, ReplRule, ReplRun, ReplState, RunState, StoredVersion,
+};
 
 /// The state of one version, as compared between servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
