@@ -194,25 +194,27 @@ fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
 }
 
 /// Seals partner passwords that a server from before sealing stored in clear
-/// (see [`secrets`]); a no-op once all are sealed.
+/// (see [`secrets`]), leaving no trace of the clear ones; a no-op once all
+/// are sealed. Warns about sealed ones this key cannot open (a replaced or
+/// lost `secrets.key`), which would otherwise fail only at the next run.
 fn seal_partner_passwords(catalog: &Catalog, key: &secrets::SecretKey) -> Result<(), ServerError> {
+    let mut clear = Vec::new();
     for partner in catalog.servers()? {
-        if secrets::SecretKey::is_sealed(&partner.sealed_password) {
-            continue;
+        let purpose = secrets::partner_purpose(&partner.name);
+        if !secrets::SecretKey::is_sealed(&partner.sealed_password) {
+            clear.push((
+                partner.name.clone(),
+                key.seal(&purpose, &partner.sealed_password),
+            ));
+        } else if let Err(e) = key.open(&purpose, &partner.sealed_password) {
+            tracing::warn!(server = partner.name, "{e}");
         }
-        let sealed = key.seal(
-            &secrets::partner_purpose(&partner.name),
-            &partner.sealed_password,
-        );
-        catalog.define_server(
-            &partner.name,
-            &partner.address,
-            &sealed,
-            &partner.fingerprint,
-        )?;
+    }
+    if !clear.is_empty() {
+        catalog.replace_server_passwords(&clear)?;
         tracing::info!(
-            server = partner.name,
-            "the partner's password stored in clear by an older server is now sealed"
+            servers = clear.len(),
+            "partner passwords stored in clear by an older server are now sealed"
         );
     }
     Ok(())

@@ -662,7 +662,14 @@ pub async fn schedule(state: Arc<ServerState>, shutdown: tokio_util::sync::Cance
         let catalog = state.catalog.clone();
         let nodes = match tokio::task::spawn_blocking(move || catalog.list_nodes("")).await {
             Ok(Ok(nodes)) => nodes,
-            _ => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(cause = %e, "scheduled replication skipped: the nodes cannot be read");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "scheduled replication skipped");
+                continue;
+            }
         };
         for (node, _) in nodes {
             if node.replstate == ReplState::Enabled

@@ -11,8 +11,6 @@
 //! (the additional data names the partner), so moving ciphertext between rows
 //! does not move the secret.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -75,15 +73,14 @@ impl SecretKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let bytes: [u8; 32] = rand::random();
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| fail(e.to_string()))?;
-                file.write_all(format!("{}\n", hex::encode(bytes)).as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| fail(e.to_string()))?;
+                // Whole and durable (directory entry included) before any
+                // value sealed with it can be committed to the catalog.
+                tandem_os::atomic_file::replace(
+                    path,
+                    format!("{}\n", hex::encode(bytes)).as_bytes(),
+                    Some(0o600),
+                )
+                .map_err(|e| fail(e.to_string()))?;
                 bytes
             }
             Err(e) => return Err(fail(e.to_string())),

@@ -477,19 +477,26 @@ fn stored_partner_password(server: &TestServer, partner: &str) -> String {
     .unwrap()
 }
 
+/// Neither the catalog nor its WAL holds the pair's password in clear, not
+/// even in freed space.
+fn assert_no_clear_password(server: &TestServer) {
+    for file in ["catalog.db", "catalog.db-wal"] {
+        let bytes = std::fs::read(server.data.path().join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(15).any(|w| w == b"shared-secret-1"),
+            "{file} of {} holds the partner password in clear",
+            server.name
+        );
+    }
+}
+
 #[test]
 fn partner_passwords_are_sealed_and_a_replaced_key_is_named() {
     let mut p = setup();
     for (server, partner) in [(&p.primary, "SECONDARY"), (&p.secondary, "PRIMARY")] {
         let stored = stored_partner_password(server, partner);
         assert!(stored.starts_with("sealed1:"), "{stored}");
-        for file in ["catalog.db", "catalog.db-wal"] {
-            let bytes = std::fs::read(server.data.path().join(file)).unwrap_or_default();
-            assert!(
-                !bytes.windows(15).any(|w| w == b"shared-secret-1"),
-                "{file} holds the partner password in clear"
-            );
-        }
+        assert_no_clear_password(server);
         let key = server.data.path().join("secrets.key");
         let mode = std::fs::metadata(&key).unwrap().permissions();
         assert_eq!(
@@ -508,6 +515,7 @@ fn partner_passwords_are_sealed_and_a_replaced_key_is_named() {
         .unwrap();
     p.primary.restart();
     assert!(stored_partner_password(&p.primary, "SECONDARY").starts_with("sealed1:"));
+    assert_no_clear_password(&p.primary);
     std::fs::write(p.work.path().join("src/new-after-sealing"), "new").unwrap();
     p.client
         .json(&["incremental", &path_str(&p.work.path().join("src"))]);

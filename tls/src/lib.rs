@@ -25,7 +25,7 @@ mod verify;
 pub use client::{ClientTls, ConnectError, Trust, connect, is_loopback_url, parse_url_scheme};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use identity::{IdentityError, ServerIdentity};
-pub use limits::{CallActivity, CallGuard, ConnectionLimits};
+pub use limits::{CallActivity, CallGuard, ConnectionLimits, FIRST_CALL_TIMEOUT};
 pub use server::{
     HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS, PeerInfo, TlsConn, incoming,
 };

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The limits [`crate::incoming`] applies to established connections.
@@ -86,6 +86,12 @@ impl Drop for AddressSlot {
     }
 }
 
+/// How long a connection may stay open before its first call (or the idle
+/// timeout, if shorter). Clients and partners call at once after connecting;
+/// a caller that connects and never calls would otherwise hold a slot under
+/// the connection caps for the whole idle timeout.
+pub const FIRST_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Calls in progress on one connection and when the last one ended. The
 /// server's request layer marks each call with [`CallActivity::begin`]; the
 /// connection closes itself once it has been idle for the limit.
@@ -93,6 +99,8 @@ impl Drop for AddressSlot {
 pub struct CallActivity {
     opened: Instant,
     calls: AtomicUsize,
+    /// Whether any call has begun.
+    called: AtomicBool,
     /// Milliseconds after `opened` when the last call ended (or 0).
     last_end_ms: AtomicU64,
 }
@@ -106,6 +114,7 @@ impl CallActivity {
         Arc::new(CallActivity {
             opened: Instant::now(),
             calls: AtomicUsize::new(0),
+            called: AtomicBool::new(false),
             last_end_ms: AtomicU64::new(0),
         })
     }
@@ -115,14 +124,19 @@ impl CallActivity {
     #[must_use]
     pub fn begin(self: &Arc<Self>) -> CallGuard {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.called.store(true, Ordering::SeqCst);
         CallGuard(self.clone())
     }
 
     /// When the connection becomes (or became) idle for `limit`: `None`
-    /// while a call is in progress.
+    /// while a call is in progress; at most [`FIRST_CALL_TIMEOUT`] after it
+    /// opened when no call has begun yet.
     pub(crate) fn idle_deadline(&self, limit: Duration) -> Option<Instant> {
         if self.calls.load(Ordering::SeqCst) > 0 {
             return None;
+        }
+        if !self.called.load(Ordering::SeqCst) {
+            return Some(self.opened + limit.min(FIRST_CALL_TIMEOUT));
         }
         let last = Duration::from_millis(self.last_end_ms.load(Ordering::SeqCst));
         Some(self.opened + last + limit)
@@ -157,9 +171,12 @@ mod tests {
     #[test]
     fn a_connection_is_idle_only_with_no_call_in_progress() {
         let activity = CallActivity::new();
-        let limit = Duration::from_secs(60);
+        let limit = Duration::from_secs(600);
         let fresh = activity.idle_deadline(limit).expect("idle from the start");
-        assert!(fresh <= Instant::now() + limit);
+        assert!(
+            fresh <= Instant::now() + FIRST_CALL_TIMEOUT,
+            "a connection that never called gets the short timeout"
+        );
         let call = activity.begin();
         let other = activity.begin();
         assert!(activity.idle_deadline(limit).is_none());

@@ -82,6 +82,36 @@ impl Catalog {
         Ok(())
     }
 
+    /// Replaces partners' passwords (name, sealed value) so that the old
+    /// values leave no trace in the database files: with `secure_delete` the
+    /// freed space is zeroed, and a truncating checkpoint empties the WAL
+    /// that held the old pages. For sealing what an older server stored in
+    /// clear.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn replace_server_passwords(
+        &self,
+        sealed: &[(String, String)],
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        conn.pragma_update(None, "secure_delete", true)?;
+        let result = (|| -> Result<(), CatalogError> {
+            let tx = conn.transaction()?;
+            for (name, value) in sealed {
+                tx.execute(
+                    "UPDATE servers SET password = ?2 WHERE name = ?1",
+                    params![name, value],
+                )?;
+            }
+            tx.commit()?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })();
+        conn.pragma_update(None, "secure_delete", false)?;
+        result
+    }
+
     /// All partner servers by name.
     ///
     /// # Errors
