@@ -11,7 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The Tandem backup server.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Configuration keys (--config FILE, or TANDEM_SERVER_<KEY> in the environment): \
+data_dir, listen, name, expire_interval_hours, replication_interval_minutes, [policy], \
+tls_cert, tls_key, insecure_plaintext, rename, invalid_password_limit, comm_timeout_seconds, \
+idle_timeout_seconds, max_connections. Defaults and ranges: README, \"Server configuration\"."
+)]
 struct Args {
     /// Server configuration file (TOML).
     #[arg(long, value_name = "FILE")]
