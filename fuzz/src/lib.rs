@@ -68,7 +68,7 @@ pub fn container_records(data: &[u8]) {
 /// what converts has a path inside its filespace with no `..`, `.` or empty
 /// component once decoded.
 pub fn wire_objects(data: &[u8]) {
-    use tandem_server::service::convert;
+    use tandem_server::convert;
     if let Ok(object) = pb::NewObject::decode(data)
         && let Ok(version) = convert::new_version_from_pb(object, "/fs")
     {

@@ -3,14 +3,17 @@
 //! - [`pb`]: code generated from `tandem/v1/*.proto` (services `Backup` and `Admin`).
 //! - [`ids`]: [`ChunkId`], [`ObjectId`] and [`ServerGuid`], the ids that travel between
 //!   clients and servers and between servers, with their parsing and display rules.
+//! - [`chunk`]: [`StoredChunk`], a chunk's compressed bytes as servers move them.
 //! - [`names`]: any file name's bytes as a UTF-8 string, exactly both ways.
 //! - [`upload`]: how chunks are grouped into upload messages.
 //! - [`SESSION_HEADER`]: the metadata key that carries a client session token.
 
+pub mod chunk;
 pub mod ids;
 pub mod names;
 pub mod upload;
 
+pub use chunk::StoredChunk;
 pub use ids::{ChunkId, IdError, ObjectId, ServerGuid};
 pub use upload::{UPLOAD_MESSAGE_BYTES, UploadPacker};
 

@@ -2,9 +2,13 @@
 //!
 //! A source server pushes one node's data to its replication server. The engine
 //! sees both sides only through the [`Source`] and [`Target`] traits, so it
-//! knows nothing of SQLite, containers or gRPC: the server implements `Source`
-//! over its catalog and `Target` as a gRPC client of its partner, whose own
-//! service applies the calls to its catalog.
+//! knows nothing of SQLite, containers or gRPC. The server implements
+//! `Source` over its repository (catalog + containers) and `Target` twice:
+//! over a local repository (what its `Replication` service delegates to, and
+//! what a local vault or a recovery writes into) and as a gRPC client of a
+//! partner server, whose service hands each call to its own local target.
+//! The objects that cross the engine are the server's domain type; protobuf
+//! stays at the gRPC edges.
 //!
 //! What is sent, in which order, and why an interrupted run resumes safely:
 //! 1. **Plan** ([`plan::plan`], pure): compare the source inventory with the
@@ -33,18 +37,7 @@ use std::future::Future;
 
 pub use plan::{InventoryEntry, ObjectState, ReplicationPlan, ReplicationRule};
 pub use run::{ReplicationError, RunReport, replicate};
-pub use tandem_proto::{ChunkId, ObjectId};
-
-/// Chunk data as stored: compressed bytes and the uncompressed length.
-#[derive(Debug, Clone)]
-pub struct StoredChunk {
-    /// Its id.
-    pub id: ChunkId,
-    /// Compressed bytes.
-    pub data: Vec<u8>,
-    /// Uncompressed length.
-    pub raw_len: u64,
-}
+pub use tandem_proto::{ChunkId, ObjectId, StoredChunk};
 
 /// The side that holds the node's data.
 pub trait Source: Sync {

@@ -91,7 +91,7 @@ impl Source for FakeSource {
                     .ok_or_else(|| Failure("no such chunk".into()))?;
                 Ok(StoredChunk {
                     id: *id,
-                    data: data.clone(),
+                    data: data.clone().into(),
                     raw_len: data.len() as u64,
                 })
             })

@@ -70,6 +70,13 @@ pub enum ServerError {
         /// Node name.
         node: String,
     },
+    /// A source named a replica node this server has not been asked to
+    /// create (its run must prepare it first).
+    #[error("node {node:?} has not been prepared as a replica on this server")]
+    ReplicaNotPrepared {
+        /// Node name as the source sent it.
+        node: String,
+    },
     /// A node with that name exists.
     #[error("node {node} is already registered")]
     NodeExists {
@@ -132,6 +139,7 @@ impl From<ServerError> for tonic::Status {
         match err {
             ServerError::Unauthenticated(msg) => Status::unauthenticated(msg),
             e @ ServerError::NodeNotFound { .. } => Status::not_found(e.to_string()),
+            e @ ServerError::ReplicaNotPrepared { .. } => Status::not_found(e.to_string()),
             e @ ServerError::NodeExists { .. } => Status::already_exists(e.to_string()),
             ServerError::InvalidArgument(msg) => Status::invalid_argument(msg),
             ServerError::FailedPrecondition(msg) => Status::failed_precondition(msg),

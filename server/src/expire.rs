@@ -17,13 +17,17 @@ use std::time::Instant;
 
 use tandem_proto::ChunkId;
 
-use crate::ServerState;
 use crate::catalog::Catalog;
 use crate::error::ServerError;
+use crate::repository::Repository;
 use crate::storage::{HEADER_BYTES, VerifiedChunk};
 
 /// Bytes copied per append during compaction.
 const COPY_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// The numbers of the sessions open now. Pins of any other session are
+/// left over from one that ended without saying so, and are dropped.
+pub type OpenSessions<'a> = &'a dyn Fn() -> HashSet<u64>;
 
 /// What an expiration run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -44,12 +48,16 @@ pub struct ExpireReport {
 ///
 /// # Errors
 /// Catalog and storage errors; what was done before the error stays done.
-pub fn expire_inventory(state: &ServerState, now_ns: i64) -> Result<ExpireReport, ServerError> {
+pub fn expire_inventory(
+    repo: &Repository,
+    open_sessions: OpenSessions<'_>,
+    now_ns: i64,
+) -> Result<ExpireReport, ServerError> {
     let started = Instant::now();
-    let _one_at_a_time = state.expire_lock.lock().unwrap_or_else(|e| e.into_inner());
-    let ids = state.catalog.expired_versions(now_ns)?;
-    let versions_expired = state.catalog.delete_versions(&ids)?;
-    let mut report = reclaim_locked(state)?;
+    let _one_at_a_time = repo.expire_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let ids = repo.catalog.expired_versions(now_ns)?;
+    let versions_expired = repo.catalog.delete_versions(&ids)?;
+    let mut report = reclaim_locked(repo, open_sessions)?;
     report.versions_expired = versions_expired;
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
@@ -59,34 +67,40 @@ pub fn expire_inventory(state: &ServerState, now_ns: i64) -> Result<ExpireReport
 ///
 /// # Errors
 /// Catalog and storage errors.
-pub fn reclaim(state: &ServerState) -> Result<ExpireReport, ServerError> {
+pub fn reclaim(
+    repo: &Repository,
+    open_sessions: OpenSessions<'_>,
+) -> Result<ExpireReport, ServerError> {
     let started = Instant::now();
-    let _one_at_a_time = state.expire_lock.lock().unwrap_or_else(|e| e.into_inner());
-    let mut report = reclaim_locked(state)?;
+    let _one_at_a_time = repo.expire_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let mut report = reclaim_locked(repo, open_sessions)?;
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-fn reclaim_locked(state: &ServerState) -> Result<ExpireReport, ServerError> {
+fn reclaim_locked(
+    repo: &Repository,
+    open_sessions: OpenSessions<'_>,
+) -> Result<ExpireReport, ServerError> {
     let mut report = ExpireReport {
-        chunks_freed: sweep(state)?,
+        chunks_freed: sweep(repo, open_sessions)?,
         ..ExpireReport::default()
     };
-    let active = state.store.seal()?;
-    let live: HashMap<u32, u64> = state
+    let active = repo.store.seal()?;
+    let live: HashMap<u32, u64> = repo
         .catalog
         .container_live_bytes(HEADER_BYTES)?
         .into_iter()
         .collect();
-    for (number, size) in state.store.containers()? {
+    for (number, size) in repo.store.containers()? {
         if number == active {
             continue;
         }
         let live_bytes = live.get(&number).copied().unwrap_or(0);
         if live_bytes == 0 {
-            state.store.remove_container(number)?;
+            repo.store.remove_container(number)?;
         } else if live_bytes.saturating_mul(2) < size {
-            compact(state, number)?;
+            compact(repo, number)?;
         } else {
             continue;
         }
@@ -97,11 +111,13 @@ fn reclaim_locked(state: &ServerState) -> Result<ExpireReport, ServerError> {
 }
 
 /// Removes unreferenced, unpinned chunks from the index.
-fn sweep(state: &ServerState) -> Result<u64, ServerError> {
-    let mut pins = state.pins.lock();
-    let open: HashSet<u64> = state.sessions.list().iter().map(|s| s.id).collect();
+fn sweep(repo: &Repository, open_sessions: OpenSessions<'_>) -> Result<u64, ServerError> {
+    let mut pins = repo.pins.lock();
+    // Asked under the pin lock: a session that opens later pins after the
+    // sweep, so none of its pins is dropped here.
+    let open = open_sessions();
     pins.retain(|session, _| open.contains(session));
-    let catalog: &Catalog = &state.catalog;
+    let catalog: &Catalog = &repo.catalog;
     let mut keep = catalog.referenced_chunks()?;
     keep.extend(pins.values().flatten().copied());
     let dead: Vec<_> = catalog
@@ -113,12 +129,12 @@ fn sweep(state: &ServerState) -> Result<u64, ServerError> {
 }
 
 /// Copies a container's live chunks to the active container and removes it.
-fn compact(state: &ServerState, number: u32) -> Result<(), ServerError> {
+fn compact(repo: &Repository, number: u32) -> Result<(), ServerError> {
     // The container's own headers say what it holds; a record is live when
     // the index still points at that very record.
-    let records = state.store.records(number)?;
+    let records = repo.store.records(number)?;
     let ids: Vec<ChunkId> = records.iter().map(|(id, _)| *id).collect();
-    let indexed = state.catalog.chunk_locations(&ids)?;
+    let indexed = repo.catalog.chunk_locations(&ids)?;
     let chunks = records
         .into_iter()
         .zip(indexed)
@@ -130,13 +146,13 @@ fn compact(state: &ServerState, number: u32) -> Result<(), ServerError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let moved = state.store.append(batch)?;
-        state.catalog.relocate_chunks(&moved)?;
+        let moved = repo.store.append(batch)?;
+        repo.catalog.relocate_chunks(&moved)?;
         batch.clear();
         Ok(())
     };
     for (id, loc) in chunks {
-        let data = state.store.read(loc)?;
+        let data = repo.store.read(loc)?;
         batch_bytes += data.len();
         batch.push(VerifiedChunk {
             id,
@@ -149,7 +165,7 @@ fn compact(state: &ServerState, number: u32) -> Result<(), ServerError> {
         }
     }
     flush(&mut batch)?;
-    state.store.remove_container(number)?;
+    repo.store.remove_container(number)?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
 use tandem_proto::ObjectId;
+use tandem_replication::ObjectState;
 
 use super::dirs::{DirIds, delete_unused_dirs, split_path};
 use super::objects::{
@@ -329,7 +330,7 @@ impl Catalog {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn apply_states(&self, node_id: i64, states: &[VersionState]) -> Result<u64, CatalogError> {
+    pub fn apply_states(&self, node_id: i64, states: &[ObjectState]) -> Result<u64, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut updated = 0u64;
@@ -340,7 +341,7 @@ impl Catalog {
             )?;
             // Deactivations first, so a version turning active never meets
             // another active version of its path.
-            let mut ordered: Vec<&VersionState> = states.iter().collect();
+            let mut ordered: Vec<&ObjectState> = states.iter().collect();
             ordered.sort_by_key(|s| s.active);
             for s in ordered {
                 updated += stmt.execute(params![

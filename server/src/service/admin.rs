@@ -212,7 +212,7 @@ impl AdminService {
                 .await);
         };
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::AdminCall,
             "",
             &peer,
@@ -225,7 +225,7 @@ impl AdminService {
     /// Records a refused admin call and returns the status to answer.
     async fn refuse(&self, peer: &str, admin: &str, logged: String, answer: &str) -> Status {
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::AdminAuthFailed,
             admin,
             peer,
@@ -254,7 +254,8 @@ impl AdminService {
             return Err(refused());
         };
         let lookup = name.clone();
-        let admin = super::blocking(&self.state, move |s| Ok(s.catalog.admin(&lookup)?)).await?;
+        let admin =
+            super::blocking(&self.state, move |s| Ok(s.repo.catalog.admin(&lookup)?)).await?;
         let stored = admin.as_ref().map(|a| a.password_hash.clone());
         let good = super::check_password(&self.state, stored, password.to_string()).await?;
         let Some(admin) = admin else {
@@ -271,7 +272,7 @@ impl AdminService {
             let limit = self.state.config.invalid_password_limit;
             let counted = name.clone();
             let failures = super::blocking(&self.state, move |s| {
-                Ok(s.catalog.record_admin_failure(&counted, limit)?)
+                Ok(s.repo.catalog.record_admin_failure(&counted, limit)?)
             })
             .await?;
             self.refuse(
@@ -283,7 +284,7 @@ impl AdminService {
             .await;
             if limit > 0 && failures >= limit && !admin.locked {
                 actlog::record(
-                    &self.state.catalog,
+                    &self.state.repo.catalog,
                     ServerMsg::AdminLocked,
                     &name,
                     peer,
@@ -309,7 +310,7 @@ impl AdminService {
         }
         let accepted = name.clone();
         super::blocking(&self.state, move |s| {
-            Ok(s.catalog.record_admin_success(&accepted, now_ns())?)
+            Ok(s.repo.catalog.record_admin_success(&accepted, now_ns())?)
         })
         .await?;
         Ok(name)
@@ -318,7 +319,7 @@ impl AdminService {
     /// Records a change an administrator made, naming who made it.
     async fn audit(&self, caller: &Caller, node: &str, text: String) {
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::AdminCommand,
             node,
             &caller.peer,
@@ -329,7 +330,7 @@ impl AdminService {
 
     async fn admin_info(&self, name: &str) -> Result<pb::AdminInfo, Status> {
         let lookup = name.to_string();
-        super::blocking(&self.state, move |s| Ok(s.catalog.admin(&lookup)?))
+        super::blocking(&self.state, move |s| Ok(s.repo.catalog.admin(&lookup)?))
             .await?
             .map(admin_to_pb)
             .ok_or_else(|| Status::not_found(format!("administrator {name} is not registered")))
@@ -337,8 +338,10 @@ impl AdminService {
 
     async fn node_info(&self, name: String) -> Result<pb::NodeInfo, Status> {
         let lookup = name.clone();
-        let mut rows =
-            super::blocking(&self.state, move |s| Ok(s.catalog.list_nodes(&lookup)?)).await?;
+        let mut rows = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.list_nodes(&lookup)?)
+        })
+        .await?;
         let (node, usage) = rows
             .pop()
             .ok_or_else(|| Status::from(ServerError::NodeNotFound { node: name }))?;
@@ -375,7 +378,7 @@ impl Admin for AdminService {
         let (n, a, f) = (name.clone(), req.address.clone(), fingerprint.clone());
         let sealed = self.state.seal_partner_password(&name, &req.password);
         super::blocking(&self.state, move |s| {
-            Ok(s.catalog.define_server(&n, &a, &sealed, &f)?)
+            Ok(s.repo.catalog.define_server(&n, &a, &sealed, &f)?)
         })
         .await?;
         self.audit(
@@ -407,8 +410,8 @@ impl Admin for AdminService {
         self.authorize(&request).await?;
         let (servers, repl) = super::blocking(&self.state, |s| {
             Ok((
-                s.catalog.servers()?,
-                s.catalog.setting("replserver")?.unwrap_or_default(),
+                s.repo.catalog.servers()?,
+                s.repo.catalog.setting("replserver")?.unwrap_or_default(),
             ))
         })
         .await?;
@@ -439,12 +442,12 @@ impl Admin for AdminService {
         };
         let n = name.clone();
         super::blocking(&self.state, move |s| {
-            if !n.is_empty() && s.catalog.server(&n)?.is_none() {
+            if !n.is_empty() && s.repo.catalog.server(&n)?.is_none() {
                 return Err(ServerError::FailedPrecondition(format!(
                     "server {n} is not defined; use `define server {n} --address URL --server-password-file F` first"
                 )));
             }
-            Ok(s.catalog.set_setting("replserver", &n)?)
+            Ok(s.repo.catalog.set_setting("replserver", &n)?)
         })
         .await?;
         self.audit(&caller, "", format!("set replserver {name}"))
@@ -463,7 +466,7 @@ impl Admin for AdminService {
         }
         let a = address.clone();
         super::blocking(&self.state, move |s| {
-            Ok(s.catalog.set_setting("failover_address", &a)?)
+            Ok(s.repo.catalog.set_setting("failover_address", &a)?)
         })
         .await?;
         self.audit(&caller, "", format!("set failoveraddress {address}"))
@@ -482,7 +485,7 @@ impl Admin for AdminService {
         let insert = name.clone();
         let added = super::blocking(&self.state, move |s| {
             let hash = auth::hash_password(&req.password)?;
-            Ok(s.catalog.register_admin(&insert, &hash, now_ns())?)
+            Ok(s.repo.catalog.register_admin(&insert, &hash, now_ns())?)
         })
         .await?;
         if !added {
@@ -523,7 +526,9 @@ impl Admin for AdminService {
             } else {
                 Some(auth::hash_password(&password)?)
             };
-            Ok(s.catalog.update_admin(&target, hash.as_deref(), locked)?)
+            Ok(s.repo
+                .catalog
+                .update_admin(&target, hash.as_deref(), locked)?)
         })
         .await?;
         if !found {
@@ -553,7 +558,11 @@ impl Admin for AdminService {
             )));
         }
         let target = name.clone();
-        match super::blocking(&self.state, move |s| Ok(s.catalog.remove_admin(&target)?)).await? {
+        match super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.remove_admin(&target)?)
+        })
+        .await?
+        {
             None => Err(Status::not_found(format!(
                 "administrator {name} is not registered"
             ))),
@@ -573,7 +582,7 @@ impl Admin for AdminService {
         request: Request<pb::QueryAdminsRequest>,
     ) -> Result<Response<pb::QueryAdminsResponse>, Status> {
         self.authorize(&request).await?;
-        let admins = super::blocking(&self.state, |s| Ok(s.catalog.list_admins()?)).await?;
+        let admins = super::blocking(&self.state, |s| Ok(s.repo.catalog.list_admins()?)).await?;
         Ok(Response::new(pb::QueryAdminsResponse {
             admins: admins.into_iter().map(admin_to_pb).collect(),
         }))
@@ -612,7 +621,7 @@ impl Admin for AdminService {
             )));
         }
         let removed = super::blocking(&self.state, move |s| {
-            Ok(actlog::set_retention(&s.catalog, days)?)
+            Ok(actlog::set_retention(&s.repo.catalog, days)?)
         })
         .await?;
         self.audit(
@@ -684,7 +693,7 @@ impl Admin for AdminService {
         } else {
             node_name(&raw)?
         };
-        let runs = super::blocking(&self.state, move |s| Ok(s.catalog.runs(&name)?)).await?;
+        let runs = super::blocking(&self.state, move |s| Ok(s.repo.catalog.runs(&name)?)).await?;
         Ok(Response::new(pb::QueryReplicationResponse {
             runs: runs.into_iter().map(run_to_pb).collect(),
         }))
@@ -698,7 +707,7 @@ impl Admin for AdminService {
         let name = node_name(&request.into_inner().node)?;
         let n = name.clone();
         let found = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.update_node_replication(
+            Ok(s.repo.catalog.update_node_replication(
                 &n,
                 Some(ReplState::Disabled),
                 None,
@@ -723,11 +732,10 @@ impl Admin for AdminService {
             0 => now_ns(),
             t => t,
         };
-        let report =
-            super::blocking(&self.state, move |s| expire::expire_inventory(s, now)).await?;
+        let report = super::blocking(&self.state, move |s| s.expire_inventory(now)).await?;
         self.audit(&caller, "", "expire inventory".into()).await;
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::ExpirationDone,
             "",
             &caller.peer,
@@ -746,19 +754,24 @@ impl Admin for AdminService {
         let name = node_name(&req.node)?;
         let filespace = req.filespace;
         let (lookup, fs) = (name.clone(), filespace.clone());
-        let deleted = super::blocking(&self.state, move |s| {
-            let node = s.catalog.node(&lookup)?.ok_or(ServerError::NodeNotFound {
-                node: lookup.clone(),
-            })?;
-            s.catalog.delete_filespace(node.id, &fs)?.ok_or_else(|| {
+        let deleted =
+            super::blocking(&self.state, move |s| {
+                let node = s
+                    .repo
+                    .catalog
+                    .node(&lookup)?
+                    .ok_or(ServerError::NodeNotFound {
+                        node: lookup.clone(),
+                    })?;
+                s.repo.catalog.delete_filespace(node.id, &fs)?.ok_or_else(|| {
                 ServerError::FailedPrecondition(format!(
                     "node {lookup} has no filespace {fs:?}; see query filespace on the client"
                 ))
             })
-        })
-        .await?;
+            })
+            .await?;
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::FilespaceDeleted,
             &name,
             &caller.peer,
@@ -768,7 +781,7 @@ impl Admin for AdminService {
             ),
         )
         .await;
-        let report = super::blocking(&self.state, expire::reclaim).await?;
+        let report = super::blocking(&self.state, ServerState::reclaim).await?;
         Ok(Response::new(pb::DeleteFilespaceResponse {
             versions_deleted: deleted,
             reclaimed: Some(report_to_pb(report)),
@@ -786,7 +799,8 @@ impl Admin for AdminService {
         let insert_name = name.clone();
         super::blocking(&self.state, move |s| {
             let hash = auth::hash_password(&req.password)?;
-            s.catalog
+            s.repo
+                .catalog
                 .register_node(&insert_name, &hash, now_ns())?
                 .ok_or(ServerError::NodeExists { node: insert_name })
         })
@@ -861,12 +875,14 @@ impl Admin for AdminService {
                 .as_deref()
                 .map(auth::hash_password)
                 .transpose()?;
-            s.catalog
+            s.repo
+                .catalog
                 .update_node(&update_name, req.locked, update, hash.as_deref())?
                 .ok_or_else(|| ServerError::NodeNotFound {
                     node: update_name.clone(),
                 })?;
-            s.catalog
+            s.repo
+                .catalog
                 .update_node_replication(&update_name, replstate, replrule, None)?;
             Ok(())
         })
@@ -887,13 +903,15 @@ impl Admin for AdminService {
         let caller = self.authorize(&request).await?;
         let name = node_name(&request.into_inner().name)?;
         let lookup = name.clone();
-        let filespaces =
-            super::blocking(&self.state, move |s| Ok(s.catalog.remove_node(&lookup)?)).await?;
+        let filespaces = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.remove_node(&lookup)?)
+        })
+        .await?;
         match filespaces {
             None => Err(ServerError::NodeNotFound { node: name }.into()),
             Some(0) => {
                 for session in self.state.sessions.close_node(&name) {
-                    self.state.pins.release(session);
+                    self.state.repo.pins.release(session);
                 }
                 self.audit(&caller, &name, format!("remove node {name}"))
                     .await;
@@ -916,7 +934,10 @@ impl Admin for AdminService {
         } else {
             node_name(&raw)?
         };
-        let rows = super::blocking(&self.state, move |s| Ok(s.catalog.list_nodes(&name)?)).await?;
+        let rows = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.list_nodes(&name)?)
+        })
+        .await?;
         Ok(Response::new(pb::QueryNodesResponse {
             nodes: rows.into_iter().map(|(n, u)| node_to_pb(n, u)).collect(),
         }))
@@ -930,7 +951,9 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let limit = if req.limit == 0 { 1000 } else { req.limit };
         let records = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.query_activity(req.begin_ns, &req.search, limit)?)
+            Ok(s.repo
+                .catalog
+                .query_activity(req.begin_ns, &req.search, limit)?)
         })
         .await?;
         Ok(Response::new(pb::QueryActlogResponse {
@@ -977,8 +1000,8 @@ impl Admin for AdminService {
         self.authorize(&request).await?;
         let ((chunks, stored_bytes), actlog_retention_days) = super::blocking(&self.state, |s| {
             Ok((
-                s.catalog.chunk_totals()?,
-                actlog::retention_days(&s.catalog)?,
+                s.repo.catalog.chunk_totals()?,
+                actlog::retention_days(&s.repo.catalog)?,
             ))
         })
         .await?;

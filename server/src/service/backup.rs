@@ -10,14 +10,15 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
 use super::peer_of;
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth::{self, Session};
 use crate::catalog::{PageKey, VersionPage};
+use crate::convert;
 use crate::error::ServerError;
 use crate::model::{PolicyUpdate, VersionQuery, normalize_node_name, now_ns};
+use crate::repository::ingest::ChunkIngest;
 
 /// Chunks read from the containers per trip to a blocking thread.
 const READ_GROUP_CHUNKS: usize = 64;
@@ -59,7 +60,8 @@ async fn next_page(
 ) -> Result<VersionPage, Status> {
     let query = query.clone();
     super::blocking(state, move |s| {
-        Ok(s.catalog
+        Ok(s.repo
+            .catalog
             .query_versions(node_id, &query, after.as_ref(), QUERY_BATCH)?)
     })
     .await
@@ -72,10 +74,10 @@ fn failover_block(
     state: &ServerState,
     node: &crate::model::Node,
 ) -> Result<Option<pb::ReplicationServerInfo>, ServerError> {
-    if node.is_replica() || node.last_repl_ns == 0 || !state.catalog.has_backed_up(node.id)? {
+    if node.is_replica() || node.last_repl_ns == 0 || !state.repo.catalog.has_backed_up(node.id)? {
         return Ok(None);
     }
-    let Some(partner) = state.catalog.server(&node.repl_server)? else {
+    let Some(partner) = state.repo.catalog.server(&node.repl_server)? else {
         return Ok(None);
     };
     if partner.guid.is_empty() {
@@ -127,14 +129,14 @@ impl BackupService {
     async fn refuse_replica(&self, session: &Session, peer: &str) -> Result<(), Status> {
         let name = session.node.clone();
         let replica_now = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.node(&name)?.is_none_or(|n| n.is_replica()))
+            Ok(s.repo.catalog.node(&name)?.is_none_or(|n| n.is_replica()))
         })
         .await?;
         if !session.replica && !replica_now {
             return Ok(());
         }
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::ReplicaWriteRefused,
             &session.node,
             peer,
@@ -157,10 +159,10 @@ impl BackupService {
         id: ChunkId,
         loc: crate::model::ChunkLocation,
     ) -> Result<Vec<u8>, ServerError> {
-        match state.store.read(loc) {
+        match state.repo.store.read(loc) {
             Ok(data) => Ok(data),
-            Err(first) => match state.catalog.chunk_locations(&[id])?.pop().flatten() {
-                Some(moved) if moved != loc => Ok(state.store.read(moved)?),
+            Err(first) => match state.repo.catalog.chunk_locations(&[id])?.pop().flatten() {
+                Some(moved) if moved != loc => Ok(state.repo.store.read(moved)?),
                 _ => Err(first.into()),
             },
         }
@@ -195,12 +197,12 @@ impl Backup for BackupService {
             return Err(refused());
         };
         let lookup = name.clone();
-        let node = super::blocking(&self.state, move |s| Ok(s.catalog.node(&lookup)?)).await?;
+        let node = super::blocking(&self.state, move |s| Ok(s.repo.catalog.node(&lookup)?)).await?;
         let stored = node.as_ref().map(|n| n.password_hash.clone());
         let good = super::check_password(&self.state, stored, req.password.clone()).await?;
         let Some(node) = node else {
             actlog::record(
-                &self.state.catalog,
+                &self.state.repo.catalog,
                 ServerMsg::UnknownNode,
                 &name,
                 &peer,
@@ -212,11 +214,11 @@ impl Backup for BackupService {
         let node_id = node.id;
         if !good {
             let failures = super::blocking(&self.state, move |s| {
-                Ok(s.catalog.record_logon_failure(node_id)?)
+                Ok(s.repo.catalog.record_logon_failure(node_id)?)
             })
             .await?;
             actlog::record(
-                &self.state.catalog,
+                &self.state.repo.catalog,
                 ServerMsg::WrongPassword,
                 &name,
                 &peer,
@@ -227,12 +229,16 @@ impl Backup for BackupService {
             if limit > 0 && failures >= limit && !node.locked {
                 let lock = name.clone();
                 super::blocking(&self.state, move |s| {
-                    Ok(s.catalog
-                        .update_node(&lock, Some(true), PolicyUpdate::default(), None)?)
+                    Ok(s.repo.catalog.update_node(
+                        &lock,
+                        Some(true),
+                        PolicyUpdate::default(),
+                        None,
+                    )?)
                 })
                 .await?;
                 actlog::record(
-                    &self.state.catalog,
+                    &self.state.repo.catalog,
                     ServerMsg::NodeLocked,
                     &name,
                     &peer,
@@ -248,7 +254,7 @@ impl Backup for BackupService {
         // not tell a guesser that the password was right. The log says it.
         if node.locked {
             actlog::record(
-                &self.state.catalog,
+                &self.state.repo.catalog,
                 ServerMsg::NodeLocked,
                 &name,
                 &peer,
@@ -258,7 +264,7 @@ impl Backup for BackupService {
             return Err(refused());
         }
         super::blocking(&self.state, move |s| {
-            Ok(s.catalog.record_logon_success(node_id, now_ns())?)
+            Ok(s.repo.catalog.record_logon_success(node_id, now_ns())?)
         })
         .await?;
         let replica = node.is_replica();
@@ -302,7 +308,7 @@ impl Backup for BackupService {
                 format!("session {session_id} started for node {name} (client {client})"),
             )
         };
-        actlog::record(&self.state.catalog, msg, &name, &peer, text).await;
+        actlog::record(&self.state.repo.catalog, msg, &name, &peer, text).await;
         Ok(Response::new(pb::LogonResponse {
             session_token: token.expose().to_string(),
             server_name: self.state.config.name.clone(),
@@ -322,7 +328,7 @@ impl Backup for BackupService {
         let (session, _) = self.session(&request)?;
         let ids = convert::asked_chunk_ids(&request.into_inner().chunk_ids)?;
         let missing = super::blocking(&self.state, move |s| {
-            super::missing_and_pin(s, session.id, session.node_id, &ids)
+            s.repo.missing_and_pin(session.id, session.node_id, &ids)
         })
         .await?;
         Ok(Response::new(pb::FindMissingChunksResponse {
@@ -337,12 +343,12 @@ impl Backup for BackupService {
         let (session, token) = self.session(&request)?;
         self.refuse_replica(&session, &peer_of(&request)).await?;
         let mut stream = request.into_inner();
-        let mut ingest = super::ChunkIngest::new(self.state.clone(), session.id, session.node_id);
+        let mut ingest = ChunkIngest::new(self.state.repo.clone(), session.id, session.node_id);
         let mut received_bytes = 0u64;
         while let Some(message) = super::next_upload_message(&self.state, &mut stream).await? {
             let chunks = message.chunks;
             received_bytes += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
-            ingest.push(chunks).await?;
+            ingest.push(convert::chunks_from_pb(chunks)?).await?;
         }
         let done = ingest.finish().await?;
         self.state.sessions.count_bytes(&token, received_bytes, 0);
@@ -392,7 +398,7 @@ impl Backup for BackupService {
         let filespace = req.filespace;
         let deactivate = req.deactivate;
         let counts = super::blocking(&self.state, move |s| {
-            s.catalog.commit_objects(
+            s.repo.catalog.commit_objects(
                 session.node_id,
                 &filespace,
                 &versions,
@@ -464,7 +470,9 @@ impl Backup for BackupService {
         let ids = convert::asked_chunk_ids(&request.into_inner().chunk_ids)?;
         let lookup = ids.clone();
         let locations = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.owned_chunk_locations(session.node_id, &lookup)?)
+            Ok(s.repo
+                .catalog
+                .owned_chunk_locations(session.node_id, &lookup)?)
         })
         .await?;
         let (tx, rx) = mpsc::channel(8);
@@ -524,7 +532,7 @@ impl Backup for BackupService {
     ) -> Result<Response<pb::QueryFilespacesResponse>, Status> {
         let (session, _) = self.session(&request)?;
         let filespaces = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.list_filespaces(session.node_id)?)
+            Ok(s.repo.catalog.list_filespaces(session.node_id)?)
         })
         .await?;
         Ok(Response::new(pb::QueryFilespacesResponse {
@@ -548,21 +556,23 @@ impl Backup for BackupService {
         let now = now_ns();
         let node_id = session.node_id;
         super::blocking(&self.state, move |s| {
-            Ok(s.catalog.mark_backup(node_id, &filespace, completed, now)?)
+            Ok(s.repo
+                .catalog
+                .mark_backup(node_id, &filespace, completed, now)?)
         })
         .await?;
         if req.completed {
             // Fold the backup's WAL into the catalog file while the server is
             // otherwise idle, as at shutdown, so an idle server keeps one
             // self-contained database and no WAL of up to 16 MiB beside it.
-            let catalog = self.state.catalog.clone();
+            let catalog = self.state.repo.catalog.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = catalog.checkpoint() {
                     tracing::warn!("checkpoint after a backup failed: {e}");
                 }
             });
             actlog::record(
-                &self.state.catalog,
+                &self.state.repo.catalog,
                 ServerMsg::BackupCompleted,
                 &session.node,
                 &peer,
@@ -588,6 +598,7 @@ impl Backup for BackupService {
         let name = session.node.clone();
         super::blocking(&self.state, move |s| {
             let node = s
+                .repo
                 .catalog
                 .node(&name)?
                 .ok_or_else(|| ServerError::NodeNotFound { node: name.clone() })?;
@@ -597,13 +608,14 @@ impl Backup for BackupService {
                 ));
             }
             let hash = auth::hash_password(&req.new_password)?;
-            s.catalog
+            s.repo
+                .catalog
                 .update_node(&name, None, Default::default(), Some(&hash))?;
             Ok(())
         })
         .await?;
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::PasswordChanged,
             &session.node,
             &peer,
@@ -620,9 +632,9 @@ impl Backup for BackupService {
         let (_, token) = self.session(&request)?;
         let peer = peer_of(&request);
         if let Some(s) = self.state.sessions.close(&token) {
-            self.state.pins.release(s.id);
+            self.state.repo.pins.release(s.id);
             actlog::record(
-                &self.state.catalog,
+                &self.state.repo.catalog,
                 ServerMsg::SessionEnded,
                 &s.node,
                 &peer,

@@ -1,26 +1,29 @@
 //! The `Replication` service: what a source server calls on this server when
 //! this server is its replication target. Every call must name a defined
-//! server and present the credential shared with it.
+//! server and present the credential shared with it; this layer checks that,
+//! the session and the limits of each message, converts from protobuf, and
+//! hands the call to the [`LocalTarget`] of the named replica node, which
+//! writes it into this server's repository.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tandem_proto::pb::{self, replication_server::Replication};
 use tandem_proto::{ObjectId, SESSION_HEADER};
+use tandem_replication::Target;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert;
 use super::{client_fingerprint, peer_of};
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth::Token;
-use crate::catalog::VersionState;
+use crate::convert;
 use crate::error::ServerError;
-use crate::model::{PartnerServer, normalize_node_name, now_ns};
-use crate::repl::{SERVER_HEADER, filespace_times};
+use crate::model::{PartnerServer, now_ns};
+use crate::repl::{LocalTarget, ReplicaOf, SERVER_HEADER};
 
 /// How far a source's clock may run ahead of ours.
 const MAX_CLOCK_SKEW_NS: i64 = 5 * 60 * 1_000_000_000;
@@ -54,7 +57,8 @@ impl ReplicationService {
             .unwrap_or("")
             .to_string();
         let lookup = name.clone();
-        let partner = super::blocking(&self.state, move |s| Ok(s.catalog.server(&lookup)?)).await?;
+        let partner =
+            super::blocking(&self.state, move |s| Ok(s.repo.catalog.server(&lookup)?)).await?;
         let refusal = match partner {
             None => Some(format!(
                 "server {name:?} is not defined here; run `define server` on both servers"
@@ -75,7 +79,7 @@ impl ReplicationService {
         };
         let peer = peer_of(request);
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::ReplicationAuthFailed,
             "",
             &peer,
@@ -129,37 +133,11 @@ impl ReplicationService {
         Ok((id, source))
     }
 
-    /// The replica node's row id; it must be in receive mode and belong to
-    /// `source`, the server that created it (SPEC 2.5).
-    async fn replica_id(&self, node: &str, source: &str) -> Result<i64, Status> {
-        let name = normalize_node_name(node)
-            .ok_or_else(|| Status::invalid_argument(format!("bad node name {node:?}")))?;
-        let node = super::blocking(&self.state, move |s| Ok(s.catalog.node(&name)?)).await?;
-        match node {
-            Some(n) if n.is_replica() && n.repl_server == source => Ok(n.id),
-            Some(n) if n.is_replica() => Err(Status::permission_denied(format!(
-                "node {} is the replica of server {}; server {source} may not change it (to move it, remove the node here first: `remove replnode`, `delete filespace`, `remove node`)",
-                n.name, n.repl_server
-            ))),
-            Some(n) => Err(Status::failed_precondition(format!(
-                "node {} is not a replica on this server",
-                n.name
-            ))),
-            None => Err(Status::not_found(format!(
-                "node {node:?} has not been prepared"
-            ))),
-        }
+    /// The local target for replica `node`, which must be `source`'s
+    /// (SPEC 2.5), writing under `session`'s pins.
+    async fn target(&self, node: &str, source: &str, session: u64) -> Result<LocalTarget, Status> {
+        Ok(LocalTarget::open(&self.state.repo, node, source, session).await?)
     }
-}
-
-fn state_from_pb(s: &pb::VersionState) -> Result<VersionState, Status> {
-    Ok(VersionState {
-        object_id: ObjectId::from_slice(&s.object_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?,
-        active: s.active,
-        deactivated_ns: s.deactivated_ns,
-        size: s.size,
-    })
 }
 
 #[tonic::async_trait]
@@ -178,7 +156,7 @@ impl Replication for ReplicationService {
                 tandem_proto::REPLICATION_PROTOCOL
             );
             actlog::record(
-                &self.state.catalog,
+                &self.state.repo.catalog,
                 ServerMsg::ReplicationAuthFailed,
                 "",
                 &peer_of(&request),
@@ -190,7 +168,7 @@ impl Replication for ReplicationService {
         let peer = peer_of(&request);
         let nonce = request.get_ref().nonce.clone();
         let lookup = source.clone();
-        let partner = super::blocking(&self.state, move |s| Ok(s.catalog.server(&lookup)?))
+        let partner = super::blocking(&self.state, move |s| Ok(s.repo.catalog.server(&lookup)?))
             .await?
             .ok_or_else(|| Status::unauthenticated("unknown server"))?;
         let password = self.state.partner_password(&partner)?;
@@ -199,6 +177,7 @@ impl Replication for ReplicationService {
         let (token, _) = self.state.sessions.open_replication(&source, &peer);
         let failover = self
             .state
+            .repo
             .catalog
             .setting("failover_address")
             .map_err(ServerError::from)?
@@ -219,13 +198,13 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::PrepareNodeResponse>, Status> {
         let (_, source) = self.session(&request).await?;
         let req = request.into_inner();
-        let name = normalize_node_name(&req.node)
-            .ok_or_else(|| Status::invalid_argument("bad node name"))?;
-        super::blocking(&self.state, move |s| {
-            s.catalog
-                .prepare_replica(&name, &req.password_hash, req.locked, &source, now_ns())
-        })
-        .await?;
+        let replica = ReplicaOf {
+            node: req.node,
+            password_hash: req.password_hash,
+            locked: req.locked,
+            source,
+        };
+        LocalTarget::prepare(&self.state.repo, replica).await?;
         Ok(Response::new(pb::PrepareNodeResponse {}))
     }
 
@@ -235,12 +214,11 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::TargetInventoryRequest>,
     ) -> Result<Response<Self::TargetInventoryStream>, Status> {
-        let (_, source) = self.session(&request).await?;
-        let node_id = self.replica_id(&request.into_inner().node, &source).await?;
-        let states = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.version_states(node_id)?)
-        })
-        .await?;
+        let (session, source) = self.session(&request).await?;
+        let target = self
+            .target(&request.into_inner().node, &source, session)
+            .await?;
+        let states = target.held_versions().await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut states = states.into_iter().peekable();
@@ -248,13 +226,7 @@ impl Replication for ReplicationService {
                 let versions = states
                     .by_ref()
                     .take(4096)
-                    .map(|(fs, v)| pb::VersionState {
-                        object_id: v.object_id.0.to_vec(),
-                        active: v.active,
-                        deactivated_ns: v.deactivated_ns,
-                        filespace: fs,
-                        size: v.size,
-                    })
+                    .map(|(fs, v)| convert::version_state_to_pb(fs, v))
                     .collect();
                 if tx
                     .send(Ok(pb::TargetInventoryResponse { versions }))
@@ -274,12 +246,9 @@ impl Replication for ReplicationService {
     ) -> Result<Response<pb::FindMissingChunksResponse>, Status> {
         let (session, source) = self.session(&request).await?;
         let req = request.into_inner();
-        let node_id = self.replica_id(&req.node, &source).await?;
+        let target = self.target(&req.node, &source, session).await?;
         let ids = convert::asked_chunk_ids(&req.chunk_ids)?;
-        let missing = super::blocking(&self.state, move |s| {
-            super::missing_and_pin(s, session, node_id, &ids)
-        })
-        .await?;
+        let missing = target.missing_chunks(&ids).await?;
         Ok(Response::new(pb::FindMissingChunksResponse {
             missing: missing.iter().map(|c| c.as_slice().to_vec()).collect(),
         }))
@@ -292,14 +261,13 @@ impl Replication for ReplicationService {
         let (session, source) = self.session(&request).await?;
         let mut stream = request.into_inner();
         // The first message names the replica node; every later one must name it too.
-        let mut ingest: Option<(String, super::ChunkIngest)> = None;
+        let mut ingest: Option<(String, crate::repository::ingest::ChunkIngest)> = None;
         while let Some(message) = super::next_upload_message(&self.state, &mut stream).await? {
             let (node, ingest) = match &mut ingest {
                 Some(open) => open,
                 None => {
-                    let node_id = self.replica_id(&message.node, &source).await?;
-                    let open = super::ChunkIngest::new(self.state.clone(), session, node_id);
-                    ingest.insert((message.node.clone(), open))
+                    let target = self.target(&message.node, &source, session).await?;
+                    ingest.insert((message.node.clone(), target.chunk_ingest()))
                 }
             };
             if message.node != *node {
@@ -308,7 +276,9 @@ impl Replication for ReplicationService {
                     message.node
                 )));
             }
-            ingest.push(message.chunks).await?;
+            ingest
+                .push(convert::chunks_from_pb(message.chunks)?)
+                .await?;
         }
         let Some((_, ingest)) = ingest else {
             return Ok(Response::new(pb::UploadChunksResponse::default()));
@@ -326,23 +296,20 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::UpdateStatesRequest>,
     ) -> Result<Response<pb::UpdateStatesResponse>, Status> {
-        let (_, source) = self.session(&request).await?;
+        let (session, source) = self.session(&request).await?;
         let req = request.into_inner();
         convert::at_most(
             req.states.len(),
             tandem_proto::MAX_OBJECTS_PER_CALL,
             "state changes",
         )?;
-        let node_id = self.replica_id(&req.node, &source).await?;
+        let target = self.target(&req.node, &source, session).await?;
         let states = req
             .states
             .iter()
-            .map(state_from_pb)
+            .map(convert::object_state_from_pb)
             .collect::<Result<Vec<_>, _>>()?;
-        let updated = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.apply_states(node_id, &states)?)
-        })
-        .await?;
+        let updated = target.update_states(&states).await?;
         Ok(Response::new(pb::UpdateStatesResponse { updated }))
     }
 
@@ -350,14 +317,14 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::PutObjectsRequest>,
     ) -> Result<Response<pb::PutObjectsResponse>, Status> {
-        let (_, source) = self.session(&request).await?;
+        let (session, source) = self.session(&request).await?;
         let req = request.into_inner();
         convert::at_most(
             req.objects.len(),
             tandem_proto::MAX_OBJECTS_PER_CALL,
             "objects",
         )?;
-        let node_id = self.replica_id(&req.node, &source).await?;
+        let target = self.target(&req.node, &source, session).await?;
         let versions = req
             .objects
             .into_iter()
@@ -368,10 +335,7 @@ impl Replication for ReplicationService {
                 convert::stored_version_from_pb(v)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let stored = super::blocking(&self.state, move |s| {
-            s.catalog.put_replicated(node_id, &versions)
-        })
-        .await?;
+        let stored = target.put_objects(versions).await?;
         Ok(Response::new(pb::PutObjectsResponse { stored }))
     }
 
@@ -379,23 +343,20 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::DeleteObjectsRequest>,
     ) -> Result<Response<pb::DeleteObjectsResponse>, Status> {
-        let (_, source) = self.session(&request).await?;
+        let (session, source) = self.session(&request).await?;
         let req = request.into_inner();
         convert::at_most(
             req.object_ids.len(),
             tandem_proto::MAX_OBJECTS_PER_CALL,
             "deletions",
         )?;
-        let node_id = self.replica_id(&req.node, &source).await?;
+        let target = self.target(&req.node, &source, session).await?;
         let ids = req
             .object_ids
             .iter()
             .map(|b| ObjectId::from_slice(b).map_err(|e| Status::invalid_argument(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
-        let deleted = super::blocking(&self.state, move |s| {
-            Ok(s.catalog.delete_replicated(node_id, &ids)?)
-        })
-        .await?;
+        let deleted = target.delete_objects(&ids).await?;
         Ok(Response::new(pb::DeleteObjectsResponse { deleted }))
     }
 
@@ -403,14 +364,15 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::FinishRunRequest>,
     ) -> Result<Response<pb::FinishRunResponse>, Status> {
-        let (_, source) = self.session(&request).await?;
+        let (session, source) = self.session(&request).await?;
         let peer = peer_of(&request);
         let req = request.into_inner();
-        let node_id = self.replica_id(&req.node, &source).await?;
-        for fs in &req.filespaces {
-            convert::check_path(&fs.name)?;
-        }
-        let times: Vec<_> = req.filespaces.into_iter().map(filespace_times).collect();
+        let target = self.target(&req.node, &source, session).await?;
+        let times = req
+            .filespaces
+            .into_iter()
+            .map(convert::filespace_times_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
         // A replication time in the future would make failover clients
         // believe a stale replica is current.
         let replicated = req.replicated_ns;
@@ -420,12 +382,9 @@ impl Replication for ReplicationService {
                 "replication time {replicated} ns is not between the epoch and this server's clock (plus 5 minutes of skew)"
             )));
         }
-        super::blocking(&self.state, move |s| {
-            Ok(s.catalog.finish_replica(node_id, &times, replicated)?)
-        })
-        .await?;
+        target.finish(times, replicated).await?;
         actlog::record(
-            &self.state.catalog,
+            &self.state.repo.catalog,
             ServerMsg::ReplicaUpdated,
             &req.node,
             &peer,
@@ -445,7 +404,7 @@ impl Replication for ReplicationService {
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok());
         if let Some(s) = token.and_then(|t| self.state.sessions.close(t)) {
-            self.state.pins.release(s.id);
+            self.state.repo.pins.release(s.id);
         }
         Ok(Response::new(pb::ByeResponse {}))
     }

@@ -1,12 +1,17 @@
-//! Protobuf <-> domain conversions, with validation of everything a client sends.
+//! Protobuf <-> domain conversions, with validation of everything a client or
+//! partner sends: the one edge between the wire types and the server's own.
+//! The services use it on the way in and out, and so does the replication
+//! client that talks to a partner.
 
 use prost::Message;
-use tandem_proto::ChunkId;
 use tandem_proto::pb;
+use tandem_proto::{ChunkId, StoredChunk};
 
+use crate::catalog::{FilespaceTimes, VersionState};
 use crate::error::ServerError;
 use crate::model::{Filespace, NewVersion, ObjectAttrs, ObjectKind, StoredVersion};
 use tandem_proto::ObjectId;
+use tandem_replication::ObjectState;
 
 /// Checks that a client-supplied path is absolute and normalised: no empty,
 /// `.` or `..` components and no NUL, also once escaped bytes are decoded,
@@ -70,6 +75,34 @@ pub fn chunk_ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ServerError> {
     raw.iter()
         .map(|b| ChunkId::from_slice(b).map_err(|e| ServerError::InvalidArgument(e.to_string())))
         .collect()
+}
+
+/// Converts the chunks of an upload message. Only the ids are checked here;
+/// the bytes are checked against them when they are stored.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] for an id that is not 32 bytes.
+pub fn chunks_from_pb(chunks: Vec<pb::Chunk>) -> Result<Vec<StoredChunk>, ServerError> {
+    chunks
+        .into_iter()
+        .map(|c| {
+            Ok(StoredChunk {
+                id: ChunkId::from_slice(&c.id)
+                    .map_err(|e| ServerError::InvalidArgument(e.to_string()))?,
+                data: c.data,
+                raw_len: c.raw_len,
+            })
+        })
+        .collect()
+}
+
+/// Converts a stored chunk for the wire.
+pub fn chunk_to_pb(chunk: StoredChunk) -> pb::Chunk {
+    pb::Chunk {
+        id: chunk.id.as_slice().to_vec(),
+        data: chunk.data,
+        raw_len: chunk.raw_len,
+    }
 }
 
 /// Converts a new object of a commit, checking it belongs under `filespace`.
@@ -281,6 +314,76 @@ pub fn filespace_to_pb(f: Filespace) -> pb::Filespace {
         last_backup_end_ns: f.last_backup_end_ns,
         last_replication_ns: f.last_repl_ns,
     }
+}
+
+/// Converts a version's state received in a target's inventory.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] for a malformed object id.
+pub fn version_state_from_pb(v: &pb::VersionState) -> Result<VersionState, ServerError> {
+    Ok(VersionState {
+        object_id: ObjectId::from_slice(&v.object_id)
+            .map_err(|e| ServerError::InvalidArgument(e.to_string()))?,
+        active: v.active,
+        deactivated_ns: v.deactivated_ns,
+        size: v.size,
+    })
+}
+
+/// Converts a held version's state, with its filespace, for a target's inventory.
+pub fn version_state_to_pb(filespace: String, v: VersionState) -> pb::VersionState {
+    pb::VersionState {
+        object_id: v.object_id.0.to_vec(),
+        active: v.active,
+        deactivated_ns: v.deactivated_ns,
+        filespace,
+        size: v.size,
+    }
+}
+
+/// Converts a state change a source sends.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] for a malformed object id.
+pub fn object_state_from_pb(v: &pb::VersionState) -> Result<ObjectState, ServerError> {
+    let state = version_state_from_pb(v)?;
+    Ok(ObjectState {
+        object_id: state.object_id,
+        active: state.active,
+        deactivated_ns: state.deactivated_ns,
+    })
+}
+
+/// Converts a state change for the wire.
+pub fn object_state_to_pb(s: &ObjectState) -> pb::VersionState {
+    pb::VersionState {
+        object_id: s.object_id.0.to_vec(),
+        active: s.active,
+        deactivated_ns: s.deactivated_ns,
+        ..Default::default()
+    }
+}
+
+/// Converts a filespace's backup times for the end of a run.
+pub fn filespace_times_to_pb(f: FilespaceTimes) -> pb::FilespaceTimes {
+    pb::FilespaceTimes {
+        name: f.name,
+        last_backup_start_ns: f.last_backup_start_ns,
+        last_backup_end_ns: f.last_backup_end_ns,
+    }
+}
+
+/// Converts the filespace times a source sends, checking each name.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] for a malformed filespace name.
+pub fn filespace_times_from_pb(f: pb::FilespaceTimes) -> Result<FilespaceTimes, ServerError> {
+    check_path(&f.name)?;
+    Ok(FilespaceTimes {
+        name: f.name,
+        last_backup_start_ns: f.last_backup_start_ns,
+        last_backup_end_ns: f.last_backup_end_ns,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,93 @@
+//! `query replnode`: what the rule selects of a node here against what its
+//! replica holds on the replication server, per filespace.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tandem_proto::pb;
+use tandem_replication::ReplicationRule;
+
+use super::remote::connect;
+use super::runs::rule_of;
+use crate::ServerState;
+use crate::error::ServerError;
+
+/// `query replnode`: per filespace, versions and bytes on this server (as the
+/// rule selects them) and on the replication server.
+///
+/// # Errors
+/// Node or replication server unknown; the target unreachable.
+pub async fn compare_node(
+    state: Arc<ServerState>,
+    node: String,
+) -> Result<pb::QueryReplNodeResponse, ServerError> {
+    let check = state.clone();
+    let lookup = node.clone();
+    let (node_rec, partner, local) = tokio::task::spawn_blocking(move || {
+        let node_rec = check
+            .repo
+            .catalog
+            .node(&lookup)?
+            .ok_or(ServerError::NodeNotFound {
+                node: lookup.clone(),
+            })?;
+        let target = check
+            .repo
+            .catalog
+            .setting("replserver")?
+            .unwrap_or_default();
+        let partner = check.repo.catalog.server(&target)?.ok_or_else(|| {
+            ServerError::FailedPrecondition(
+                "no replication server is set; use `set replserver NAME`".into(),
+            )
+        })?;
+        let local = check.repo.catalog.version_states(node_rec.id)?;
+        Ok::<_, ServerError>((node_rec, partner, local))
+    })
+    .await??;
+    let rule = rule_of(&node_rec);
+    let mut table: BTreeMap<String, pb::ReplFilespace> = BTreeMap::new();
+    for (fs, v) in local {
+        if rule == ReplicationRule::None || (rule == ReplicationRule::ActiveData && !v.active) {
+            continue;
+        }
+        let row = table
+            .entry(fs.clone())
+            .or_insert_with(|| pb::ReplFilespace {
+                name: fs,
+                ..Default::default()
+            });
+        row.source_objects += 1;
+        row.source_bytes += v.size;
+    }
+    let target = connect(&state, &partner, &node).await?;
+    let held = target.held_versions().await;
+    target.bye().await;
+    // A replica the partner has not been asked to create yet holds nothing.
+    let held = match held {
+        Ok(held) => held,
+        Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
+        Err(status) => {
+            return Err(ServerError::FailedPrecondition(format!(
+                "target: {}",
+                status.message()
+            )));
+        }
+    };
+    for (filespace, v) in held {
+        let row = table
+            .entry(filespace.clone())
+            .or_insert_with(|| pb::ReplFilespace {
+                name: filespace,
+                ..Default::default()
+            });
+        row.target_objects += 1;
+        row.target_bytes += v.size;
+    }
+    Ok(pb::QueryReplNodeResponse {
+        node,
+        target: partner.name,
+        filespaces: table.into_values().collect(),
+        last_replication_ns: node_rec.last_repl_ns,
+    })
+}

@@ -1,0 +1,429 @@
+//! The engine's [`Target`] as a gRPC client of the partner server's
+//! `Replication` service: the connection (mutual TLS against the pinned
+//! fingerprint), the handshake (both sides prove the shared password, the
+//! protocol versions must match), and each engine call as an RPC, with the
+//! conversion to protobuf at this edge. The partner's service hands each
+//! call to its own [`super::LocalTarget`].
+
+use tandem_proto::pb::{self, replication_client::ReplicationClient};
+use tandem_proto::{
+    ChunkId, MAX_MESSAGE_BYTES, ObjectId, SESSION_HEADER, StoredChunk, UploadPacker,
+};
+use tandem_replication::{ObjectState, Target};
+use tokio_stream::StreamExt;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::ServerState;
+use crate::catalog::{FilespaceTimes, VersionState};
+use crate::convert;
+use crate::error::ServerError;
+use crate::model::{Node, PartnerServer, StoredVersion};
+
+/// Metadata key naming the calling server.
+pub const SERVER_HEADER: &str = "x-tandem-server";
+
+/// The partner server, over its `Replication` service, for one node.
+pub struct RemoteTarget {
+    client: ReplicationClient<Channel>,
+    auth: MetadataValue<Ascii>,
+    server: MetadataValue<Ascii>,
+    session: MetadataValue<Ascii>,
+    node: String,
+}
+
+impl RemoteTarget {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        let md = r.metadata_mut();
+        md.insert("authorization", self.auth.clone());
+        md.insert(SERVER_HEADER, self.server.clone());
+        md.insert(SESSION_HEADER, self.session.clone());
+        r
+    }
+}
+
+impl std::fmt::Debug for RemoteTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteTarget")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn refused(what: &str) -> impl FnOnce(tonic::Status) -> ServerError + '_ {
+    move |s| ServerError::FailedPrecondition(format!("{what}: {}", s.message()))
+}
+
+impl RemoteTarget {
+    /// Asks the partner to create or update the replica of `node` (a run's
+    /// first step).
+    ///
+    /// # Errors
+    /// The partner's refusal, as [`ServerError::FailedPrecondition`].
+    pub async fn prepare(&self, node: &Node) -> Result<(), ServerError> {
+        self.client
+            .clone()
+            .prepare_node(self.request(pb::PrepareNodeRequest {
+                node: node.name.clone(),
+                password_hash: node.password_hash.clone(),
+                locked: node.locked,
+            }))
+            .await
+            .map_err(refused(&format!("target refused node {}", node.name)))?;
+        Ok(())
+    }
+
+    /// Every version the partner holds for the node, with filespace and size.
+    ///
+    /// # Errors
+    /// The call fails or returns a malformed id.
+    pub async fn held_versions(&self) -> Result<Vec<(String, VersionState)>, tonic::Status> {
+        let mut client = self.client.clone();
+        let mut stream = client
+            .target_inventory(self.request(pb::TargetInventoryRequest {
+                node: self.node.clone(),
+            }))
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(batch) = stream.next().await {
+            for v in batch?.versions {
+                let state = convert::version_state_from_pb(&v)
+                    .map_err(|e| tonic::Status::data_loss(e.to_string()))?;
+                out.push((v.filespace, state));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends the run on the partner: the source's filespace times and the
+    /// replication time.
+    ///
+    /// # Errors
+    /// The partner's refusal, as [`ServerError::FailedPrecondition`].
+    pub async fn finish(
+        &self,
+        filespaces: Vec<FilespaceTimes>,
+        replicated_ns: i64,
+    ) -> Result<(), ServerError> {
+        self.client
+            .clone()
+            .finish_run(
+                self.request(pb::FinishRunRequest {
+                    node: self.node.clone(),
+                    filespaces: filespaces
+                        .into_iter()
+                        .map(convert::filespace_times_to_pb)
+                        .collect(),
+                    replicated_ns,
+                }),
+            )
+            .await
+            .map_err(refused("target"))?;
+        Ok(())
+    }
+
+    /// Ends the replication session on the partner (its pins go with it).
+    /// A failure is only logged: the partner ends idle sessions itself.
+    pub async fn bye(&self) {
+        if let Err(status) = self
+            .client
+            .clone()
+            .bye(self.request(pb::ByeRequest {}))
+            .await
+        {
+            tracing::debug!(node = %self.node, cause = %status.message(), "replication bye failed");
+        }
+    }
+}
+
+impl Target<StoredVersion> for RemoteTarget {
+    type Error = tonic::Status;
+
+    async fn inventory(&self) -> Result<Vec<ObjectState>, tonic::Status> {
+        Ok(self
+            .held_versions()
+            .await?
+            .into_iter()
+            .map(|(_, v)| ObjectState {
+                object_id: v.object_id,
+                active: v.active,
+                deactivated_ns: v.deactivated_ns,
+            })
+            .collect())
+    }
+
+    async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, tonic::Status> {
+        let reply = self
+            .client
+            .clone()
+            .find_missing_chunks(self.request(pb::ReplicaChunkIdsRequest {
+                node: self.node.clone(),
+                chunk_ids: ids.iter().map(|c| c.as_slice().to_vec()).collect(),
+            }))
+            .await?
+            .into_inner();
+        reply
+            .missing
+            .iter()
+            .map(|b| ChunkId::from_slice(b).map_err(|e| tonic::Status::data_loss(e.to_string())))
+            .collect()
+    }
+
+    async fn put_chunks(&self, chunks: Vec<StoredChunk>) -> Result<(), tonic::Status> {
+        let messages = upload_messages(&self.node, chunks);
+        self.client
+            .clone()
+            .upload_chunks(self.request(tokio_stream::iter(messages)))
+            .await?;
+        Ok(())
+    }
+
+    async fn update_states(&self, states: &[ObjectState]) -> Result<u64, tonic::Status> {
+        let reply = self
+            .client
+            .clone()
+            .update_states(self.request(pb::UpdateStatesRequest {
+                node: self.node.clone(),
+                states: states.iter().map(convert::object_state_to_pb).collect(),
+            }))
+            .await?;
+        Ok(reply.into_inner().updated)
+    }
+
+    async fn put_objects(&self, objects: Vec<StoredVersion>) -> Result<u64, tonic::Status> {
+        let reply = self
+            .client
+            .clone()
+            .put_objects(
+                self.request(pb::PutObjectsRequest {
+                    node: self.node.clone(),
+                    objects: objects
+                        .into_iter()
+                        .map(|v| pb::ReplicatedObject {
+                            version: Some(convert::version_to_pb(v)),
+                        })
+                        .collect(),
+                }),
+            )
+            .await?;
+        Ok(reply.into_inner().stored)
+    }
+
+    async fn delete_objects(&self, ids: &[ObjectId]) -> Result<u64, tonic::Status> {
+        let reply = self
+            .client
+            .clone()
+            .delete_objects(self.request(pb::DeleteObjectsRequest {
+                node: self.node.clone(),
+                object_ids: ids.iter().map(|i| i.0.to_vec()).collect(),
+            }))
+            .await?;
+        Ok(reply.into_inner().deleted)
+    }
+}
+
+/// Splits a group of chunks into upload messages, keeping their order.
+fn upload_messages(node: &str, chunks: Vec<StoredChunk>) -> Vec<pb::ReplicaChunksRequest> {
+    let mut packer = UploadPacker::default();
+    let mut messages: Vec<_> = chunks
+        .into_iter()
+        .filter_map(|c| packer.push(convert::chunk_to_pb(c)))
+        .collect();
+    messages.extend(packer.finish());
+    messages
+        .into_iter()
+        .map(|m| pb::ReplicaChunksRequest {
+            node: node.to_string(),
+            chunks: m.chunks,
+        })
+        .collect()
+}
+
+fn ascii(text: &str, what: &str) -> Result<MetadataValue<Ascii>, ServerError> {
+    text.parse().map_err(|_| {
+        ServerError::InvalidArgument(format!(
+            "{what} contains characters not allowed in a header"
+        ))
+    })
+}
+
+/// Connects to `partner`, checks its identity and opens a replication
+/// session for `node`.
+///
+/// # Errors
+/// The partner unreachable, its certificate or proof wrong, a protocol
+/// mismatch; each says which server and what to do.
+pub async fn connect(
+    state: &ServerState,
+    partner: &PartnerServer,
+    node: &str,
+) -> Result<RemoteTarget, ServerError> {
+    let unreachable = |cause: String| {
+        ServerError::FailedPrecondition(format!(
+            "replication server {} at {} is unreachable: {cause}",
+            partner.name, partner.address
+        ))
+    };
+    let endpoint = Endpoint::from_shared(partner.address.clone())
+        .map_err(|e| {
+            ServerError::InvalidArgument(format!(
+                "address {:?} of server {}: {e}",
+                partner.address, partner.name
+            ))
+        })?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
+        .max_frame_size(tandem_proto::MAX_FRAME_BYTES);
+    // Mutual TLS: the partner is checked against its pinned fingerprint before
+    // the first request, so the shared password and the node data never
+    // reach anyone else; it checks ours the same way.
+    let tls = match partner.fingerprint.parse::<tandem_tls::Fingerprint>() {
+        Ok(pin) => Some(
+            tandem_tls::ClientTls::new(&tandem_tls::Trust::Pinned(pin), Some(&state.identity))
+                .map_err(|e| ServerError::FailedPrecondition(e.to_string()))?,
+        ),
+        Err(_) => None,
+    };
+    let channel = tandem_tls::connect(endpoint, tls.as_ref())
+        .await
+        .map_err(|e| match e {
+            tandem_tls::ConnectError::Unreachable { cause, .. } => unreachable(cause),
+            other => ServerError::FailedPrecondition(format!(
+                "replication server {}: {other}",
+                partner.name
+            )),
+        })?;
+    let client = ReplicationClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let password = state.partner_password(partner)?;
+    let mut target = RemoteTarget {
+        client,
+        auth: ascii(&format!("Bearer {password}"), "the server password")?,
+        server: ascii(&state.config.name, "the server name")?,
+        session: ascii("none", "session")?,
+        node: node.to_string(),
+    };
+    let nonce: [u8; 32] = rand::random();
+    let hello = target
+        .client
+        .clone()
+        .hello(target.request(pb::HelloRequest {
+            source_name: state.config.name.clone(),
+            source_guid: state.guid.to_string(),
+            nonce: nonce.to_vec(),
+            protocol_version: tandem_proto::REPLICATION_PROTOCOL,
+        }))
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable => unreachable(s.message().to_string()),
+            _ => ServerError::FailedPrecondition(format!(
+                "replication server {} refused: {}",
+                partner.name,
+                s.message()
+            )),
+        })?
+        .into_inner();
+    // The target must prove it knows the shared password as well.
+    let expected = crate::auth::server_proof(&password, &nonce, &hello.target_guid);
+    if hello.proof.as_slice() != expected.as_slice() {
+        return Err(ServerError::FailedPrecondition(format!(
+            "replication server {} at {} could not prove it knows the shared server password; refusing to send data",
+            partner.name, partner.address
+        )));
+    }
+    if hello.protocol_version != tandem_proto::REPLICATION_PROTOCOL {
+        return Err(ServerError::FailedPrecondition(format!(
+            "replication server {} speaks replication protocol {} and this server speaks {}: \
+             run the same Tandem release on both servers",
+            partner.name,
+            hello.protocol_version,
+            tandem_proto::REPLICATION_PROTOCOL
+        )));
+    }
+    target.session = ascii(&hello.session_token, "session token")?;
+    let failover = checked_failover_address(state, partner, hello.failover_address);
+    let (name, guid) = (partner.name.clone(), hello.target_guid);
+    let catalog = state.repo.catalog.clone();
+    tokio::task::spawn_blocking(move || catalog.set_server_identity(&name, &guid, &failover))
+        .await??;
+    Ok(target)
+}
+
+/// The address a partner asks its clients to use in failover, as this
+/// server will push it: an `https://` URL (a plaintext loopback one only
+/// between development servers). Anything else is dropped with a warning and
+/// the partner's own address is pushed instead, since the pushed address is
+/// where clients send their passwords.
+fn checked_failover_address(
+    state: &ServerState,
+    partner: &PartnerServer,
+    offered: String,
+) -> String {
+    const MAX_URL_BYTES: usize = 2048;
+    if offered.is_empty() {
+        return offered;
+    }
+    let acceptable = offered.len() <= MAX_URL_BYTES
+        && Endpoint::from_shared(offered.clone()).is_ok()
+        && match tandem_tls::parse_url_scheme(&offered) {
+            Ok(true) => true,
+            Ok(false) => state.config.insecure_plaintext && tandem_tls::is_loopback_url(&offered),
+            Err(_) => false,
+        };
+    if acceptable {
+        offered
+    } else {
+        tracing::warn!(
+            partner = %partner.name,
+            "ignoring the failover address the partner offered: it must be an https:// URL"
+        );
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::bytes::Bytes;
+
+    fn chunk(n: u8, len: usize) -> StoredChunk {
+        StoredChunk {
+            id: ChunkId::from_slice(&[n; 32]).expect("32-byte id"),
+            data: Bytes::from(vec![n; len]),
+            raw_len: len as u64,
+        }
+    }
+
+    #[test]
+    fn upload_messages_split_by_size_and_keep_order() {
+        // Two fit in a message, a third would not.
+        let piece = tandem_proto::UPLOAD_MESSAGE_BYTES * 3 / 8;
+        let chunks: Vec<_> = (0..10).map(|n| chunk(n, piece)).collect();
+        let messages = upload_messages("N1", chunks);
+        let sizes: Vec<usize> = messages.iter().map(|m| m.chunks.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 2, 2, 2]);
+        assert!(messages.iter().all(|m| m.node == "N1"));
+        let order: Vec<u8> = messages
+            .iter()
+            .flat_map(|m| m.chunks.iter().map(|c| c.id[0]))
+            .collect();
+        assert_eq!(order, (0..10).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_chunk_larger_than_a_message_travels_alone() {
+        let quarter = tandem_proto::UPLOAD_MESSAGE_BYTES / 4;
+        let messages = upload_messages(
+            "N1",
+            vec![chunk(1, quarter), chunk(2, 5 * quarter), chunk(3, quarter)],
+        );
+        let sizes: Vec<usize> = messages.iter().map(|m| m.chunks.len()).collect();
+        assert_eq!(sizes, vec![1, 1, 1]);
+        assert!(upload_messages("N1", Vec::new()).is_empty());
+    }
+}

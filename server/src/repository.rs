@@ -1,0 +1,107 @@
+//! The repository: one data directory's node data as a library, with no
+//! gRPC, sessions, TLS or scheduling around it.
+//!
+//! It is the catalog (what exists), the chunk containers (the bytes) and the
+//! pins (chunks a session has been told are present, kept from the sweep
+//! until it commits or ends). Everything that stores or reads node data goes
+//! through it: the `Backup` service, replication in either role, expiration,
+//! and the tests that drive two repositories in one process. The server's
+//! state holds one; a local vault or a recovery opens another.
+//!
+//! - [`ingest`]: verified chunks in, in the durability order (append,
+//!   fsync, index, pin), overlapped for a stream of uploads.
+//!
+//! Callers run these methods on blocking threads (rusqlite and fsync block).
+
+pub mod ingest;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use prost::bytes::Bytes;
+use tandem_proto::{ChunkId, StoredChunk};
+
+use crate::catalog::Catalog;
+use crate::error::ServerError;
+use crate::model::Policy;
+use crate::pins::ChunkPins;
+use crate::storage::ChunkStore;
+
+/// A data directory's catalog, containers and pins.
+#[derive(Debug)]
+pub struct Repository {
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// The chunk containers.
+    pub store: ChunkStore,
+    /// Chunks open sessions rely on (kept by the chunk sweep).
+    pub pins: ChunkPins,
+    /// Held by an expiration run: one at a time.
+    pub(crate) expire_lock: Mutex<()>,
+}
+
+impl Repository {
+    /// Opens `dir/catalog.db` and `dir/containers`, creating them if needed
+    /// and cutting container bytes the catalog never indexed (an upload cut
+    /// short). The caller must hold the directory exclusively: two
+    /// repositories over one directory would cut each other's appends.
+    ///
+    /// # Errors
+    /// Catalog and container errors, each naming the file at fault.
+    pub fn open(dir: &Path, policy: Policy) -> Result<Self, ServerError> {
+        let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"), policy)?);
+        let store = ChunkStore::open(&dir.join("containers"), &catalog.container_ends()?)?;
+        Ok(Repository {
+            catalog,
+            store,
+            pins: ChunkPins::default(),
+            expire_lock: Mutex::new(()),
+        })
+    }
+
+    /// Of `ids`, those node `node` does not own (see
+    /// [`Catalog::unowned_chunks`]); the others are pinned for `session`
+    /// under the same lock, so what is reported present stays present until
+    /// the session ends.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn missing_and_pin(
+        &self,
+        session: u64,
+        node: i64,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, ServerError> {
+        let mut pins = self.pins.lock();
+        let missing = self.catalog.unowned_chunks(node, ids)?;
+        let absent: std::collections::HashSet<&ChunkId> = missing.iter().collect();
+        pins.entry(session)
+            .or_default()
+            .extend(ids.iter().filter(|id| !absent.contains(id)));
+        Ok(missing)
+    }
+
+    /// The stored bytes of `ids`, in the order asked, whoever owns them
+    /// (callers that act for one node check ownership first).
+    ///
+    /// # Errors
+    /// A chunk that is not indexed, named; container read errors.
+    pub fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<StoredChunk>, ServerError> {
+        let locations = self.catalog.chunk_locations(ids)?;
+        ids.iter()
+            .zip(locations)
+            .map(|(id, location)| {
+                let location = location.ok_or_else(|| {
+                    ServerError::FailedPrecondition(format!(
+                        "chunk {id} is not stored in this repository"
+                    ))
+                })?;
+                Ok(StoredChunk {
+                    id: *id,
+                    data: Bytes::from(self.store.read(location)?),
+                    raw_len: u64::from(location.raw_len),
+                })
+            })
+            .collect()
+    }
+}

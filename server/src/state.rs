@@ -1,0 +1,329 @@
+//! The server's shared state: the repository and everything around it that
+//! only a running server needs (configuration, identity, sessions, secrets,
+//! the data directory's lock), and how a data directory is opened and
+//! prepared at start.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tandem_proto::ServerGuid;
+
+use crate::auth::{self, Sessions, Token};
+use crate::catalog::Catalog;
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::expire::{self, ExpireReport};
+use crate::repository::Repository;
+use crate::{model, secrets};
+
+/// Everything the services share.
+#[derive(Debug)]
+pub struct ServerState {
+    /// The configuration the server started with.
+    pub config: ServerConfig,
+    /// The node data: catalog, containers and pins.
+    pub repo: Arc<Repository>,
+    /// Open client sessions.
+    pub sessions: Sessions,
+    /// This server's replication GUID.
+    pub guid: ServerGuid,
+    /// The bootstrap admin token (DATA_DIR/admin.token); replaced by
+    /// `rotate admintoken`.
+    pub admin_token: std::sync::RwLock<Token>,
+    /// Nodes being replicated now: one run per node (see [`crate::repl::runs`]).
+    pub running: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// This server's TLS certificate and key: served to every caller and
+    /// presented to partner servers for mutual TLS.
+    pub identity: Arc<tandem_tls::ServerIdentity>,
+    /// The key partner passwords are sealed with (DATA_DIR/secrets.key).
+    pub secrets: secrets::SecretKey,
+    /// The exclusive lock on the data directory, held while the state lives.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    /// Slots for password verifications (argon2 memory is the bound).
+    pub verifications: tokio::sync::Semaphore,
+    /// The argon2 working memory those slots reuse.
+    pub verify_memory: Arc<auth::VerifyMemory>,
+}
+
+/// The data dir holds partner credentials, password hashes and every
+/// node's data: like PostgreSQL, refuse to run in one that other users may
+/// enter.
+fn refuse_shared_data_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)
+        .map_err(setup_err(format!("cannot read data dir {}", dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(ServerError::FailedPrecondition(format!(
+            "data dir {} is open to other users (mode {:o}); run `chmod 700 {}` and start again",
+            dir.display(),
+            mode & 0o7777,
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Takes `DATA_DIR/lock` exclusively (and writes our pid into it), so a
+/// second server can never open the same catalog and containers: its
+/// start-up would cut the first one's containers back to their last indexed
+/// chunk, under a running backup.
+fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
+    use std::io::{Read, Seek};
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(setup_err(format!("cannot open {}", path.display())))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)
+                .and_then(|()| lock.rewind())
+                .and_then(|()| writeln!(lock, "{}", std::process::id()))
+                .and_then(|()| lock.sync_all())
+                .map_err(setup_err(format!("cannot write {}", path.display())))?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(ServerError::FailedPrecondition(format!(
+                "data dir {} is in use by another tandem-server (pid {}); stop that server first, or give this one a data dir of its own",
+                dir.display(),
+                holder.trim()
+            )))
+        }
+        Err((_, errno)) => Err(setup_err(format!("cannot lock {}", path.display()))(
+            std::io::Error::from(errno),
+        )),
+    }
+}
+
+/// The server's name is kept in its catalog: a data dir started under
+/// another `--name` would show a new name with the same GUID to clients and
+/// partners. `rename` accepts the new name on purpose.
+fn check_server_name(catalog: &Catalog, config: &ServerConfig) -> Result<(), ServerError> {
+    match catalog.setting("server_name")? {
+        Some(stored) if stored != config.name && !config.rename => {
+            Err(ServerError::FailedPrecondition(format!(
+                "data dir {} belongs to server {stored}, but this start names it {}; start it as {stored}, or add --rename to rename it (clients and partners must then use the new name)",
+                config.data_dir.display(),
+                config.name
+            )))
+        }
+        Some(stored) if stored == config.name => Ok(()),
+        _ => Ok(catalog.set_setting("server_name", &config.name)?),
+    }
+}
+
+pub(crate) fn setup_err(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |source| ServerError::Setup { context, source }
+}
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(Token::new(&text)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(setup_err(format!("cannot read {}", path.display()))(e)),
+    }
+    let token = Token::random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(setup_err(format!("cannot create {}", path.display())))?;
+    file.write_all(format!("{}\n", token.expose()).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(setup_err(format!("cannot write {}", path.display())))?;
+    Ok(token)
+}
+
+/// Writes `text` to `path` with mode 0600, replacing it atomically (a crash
+/// leaves the old content or the new, never a mix).
+fn write_private(path: &Path, text: &str) -> Result<(), ServerError> {
+    tandem_os::atomic_file::replace(path, text.as_bytes(), Some(0o600))
+        .map_err(setup_err(format!("cannot write {}", path.display())))
+}
+
+/// Seals partner passwords that a server from before sealing stored in clear
+/// (see [`secrets`]), leaving no trace of the clear ones; a no-op once all
+/// are sealed. Warns about sealed ones this key cannot open (a replaced or
+/// lost `secrets.key`), which would otherwise fail only at the next run.
+fn seal_partner_passwords(catalog: &Catalog, key: &secrets::SecretKey) -> Result<(), ServerError> {
+    let mut clear = Vec::new();
+    for partner in catalog.servers()? {
+        let purpose = secrets::partner_purpose(&partner.name);
+        if !secrets::SecretKey::is_sealed(&partner.sealed_password) {
+            clear.push((
+                partner.name.clone(),
+                key.seal(&purpose, &partner.sealed_password),
+            ));
+        } else if let Err(e) = key.open(&purpose, &partner.sealed_password) {
+            tracing::warn!(server = partner.name, "{e}");
+        }
+    }
+    if !clear.is_empty() {
+        catalog.replace_server_passwords(&clear)?;
+        tracing::info!(
+            servers = clear.len(),
+            "partner passwords stored in clear by an older server are now sealed"
+        );
+    }
+    Ok(())
+}
+
+/// Registers the first administrator, ADMIN, when there is none (a new
+/// data dir, or one from before named administrators), with a random
+/// password written to `password_file` for the operator to use and change.
+fn create_first_admin(catalog: &Catalog, password_file: &Path) -> Result<(), ServerError> {
+    if !catalog.list_admins()?.is_empty() {
+        return Ok(());
+    }
+    let password = Token::random();
+    let hash = auth::hash_password(password.expose())?;
+    write_private(password_file, &format!("{}\n", password.expose()))?;
+    catalog.register_admin(FIRST_ADMIN, &hash, model::now_ns())?;
+    tracing::warn!(
+        "administrator {FIRST_ADMIN} registered; its password is in {} (give it with `tandem-admin --admin {FIRST_ADMIN} --admin-password-file {}`, then change it with `update admin`)",
+        password_file.display(),
+        password_file.display()
+    );
+    Ok(())
+}
+
+/// The administrator made at the first start.
+pub const FIRST_ADMIN: &str = "ADMIN";
+
+impl ServerState {
+    /// The shared password of partner `partner`, opened from its sealed form.
+    ///
+    /// # Errors
+    /// The catalog's value cannot be opened with this server's key.
+    pub fn partner_password(&self, partner: &model::PartnerServer) -> Result<String, ServerError> {
+        Ok(self.secrets.open(
+            &secrets::partner_purpose(&partner.name),
+            &partner.sealed_password,
+        )?)
+    }
+
+    /// Seals a partner's shared password for the catalog.
+    #[must_use]
+    pub fn seal_partner_password(&self, partner: &str, password: &str) -> String {
+        self.secrets
+            .seal(&secrets::partner_purpose(partner), password)
+    }
+
+    /// The numbers of the sessions open now (clients and partners).
+    #[must_use]
+    pub fn open_session_ids(&self) -> std::collections::HashSet<u64> {
+        self.sessions.list().iter().map(|s| s.id).collect()
+    }
+
+    /// Runs expiration and reclamation on the repository as of `now_ns`,
+    /// keeping the pins of the sessions open now (see [`expire`]).
+    ///
+    /// # Errors
+    /// Catalog and storage errors; what was done before the error stays done.
+    pub fn expire_inventory(&self, now_ns: i64) -> Result<ExpireReport, ServerError> {
+        expire::expire_inventory(&self.repo, &|| self.open_session_ids(), now_ns)
+    }
+
+    /// Sweeps and compacts the repository without expiring versions.
+    ///
+    /// # Errors
+    /// Catalog and storage errors.
+    pub fn reclaim(&self) -> Result<ExpireReport, ServerError> {
+        expire::reclaim(&self.repo, &|| self.open_session_ids())
+    }
+
+    /// Replaces the bootstrap token with a new random one, in
+    /// DATA_DIR/admin.token first and then in memory; returns the file.
+    ///
+    /// # Errors
+    /// The file cannot be written (the old token stays in force).
+    pub fn rotate_admin_token(&self) -> Result<PathBuf, ServerError> {
+        let path = self.config.data_dir.join("admin.token");
+        let token = Token::random();
+        // Held across the file and the swap: two rotations at once cannot
+        // leave the file holding one token and the server the other.
+        let mut current = self.admin_token.write().unwrap_or_else(|e| e.into_inner());
+        write_private(&path, &format!("{}\n", token.expose()))?;
+        *current = token;
+        Ok(path)
+    }
+
+    /// Opens the data directory, creating the catalog, containers, GUID and
+    /// admin token on first start, and cutting unacknowledged container bytes.
+    ///
+    /// # Errors
+    /// I/O and catalog errors, each naming the file at fault.
+    pub fn open(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
+        let dir = &config.data_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(setup_err(format!(
+                "cannot create data dir {}",
+                dir.display()
+            )))?;
+        refuse_shared_data_dir(dir)?;
+        let lock = lock_data_dir(dir)?;
+        let repo = Arc::new(Repository::open(dir, config.policy)?);
+        let catalog: &Catalog = &repo.catalog;
+        check_server_name(catalog, &config)?;
+        let guid = match catalog.setting("guid")? {
+            Some(text) => text.parse().map_err(|e| {
+                ServerError::FailedPrecondition(format!("catalog holds a malformed guid: {e}"))
+            })?,
+            None => {
+                let guid = ServerGuid::random();
+                catalog.set_setting("guid", &guid.to_string())?;
+                guid
+            }
+        };
+        let admin_token = load_or_create_token(&dir.join("admin.token"))?;
+        let secrets = secrets::SecretKey::load_or_create(&dir.join("secrets.key"))?;
+        seal_partner_passwords(catalog, &secrets)?;
+        create_first_admin(catalog, &dir.join("admin.password"))?;
+        let identity = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => tandem_tls::ServerIdentity::from_files(cert, key),
+            _ => tandem_tls::ServerIdentity::load_or_create(
+                &dir.join("tls"),
+                &config.certificate_names(),
+            ),
+        }
+        .map_err(|e| ServerError::FailedPrecondition(format!("TLS identity: {e}")))?;
+        let interrupted = catalog.fail_interrupted_runs(model::now_ns())?;
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "replication runs interrupted by the last stop are marked failed"
+            );
+        }
+        Ok(Arc::new(ServerState {
+            config,
+            repo,
+            sessions: Sessions::default(),
+            guid,
+            admin_token: std::sync::RwLock::new(admin_token),
+            running: std::sync::Mutex::default(),
+            identity: Arc::new(identity),
+            secrets,
+            _lock: lock,
+            verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
+            verify_memory: Arc::default(),
+        }))
+    }
+}
