@@ -346,12 +346,7 @@ pub fn version_state_to_pb(filespace: String, v: VersionState) -> pb::VersionSta
 /// # Errors
 /// [`ServerError::InvalidArgument`] for a malformed object id.
 pub fn object_state_from_pb(v: &pb::VersionState) -> Result<ObjectState, ServerError> {
-    let state = version_state_from_pb(v)?;
-    Ok(ObjectState {
-        object_id: state.object_id,
-        active: state.active,
-        deactivated_ns: state.deactivated_ns,
-    })
+    Ok(version_state_from_pb(v)?.into())
 }
 
 /// Converts a state change for the wire.

@@ -1,6 +1,6 @@
 //! The Tandem backup server.
 //!
-//! Layers, from the disk up (each uses only those above it in this list):
+//! Layers, from the disk up; each uses only those listed before it:
 //! - [`model`]: the domain types (nodes, versions, policy, the typed
 //!   replication vocabulary); [`error`]: the errors, mapped to gRPC statuses
 //!   in one place.
@@ -9,16 +9,17 @@
 //!   indexed); [`pins`]: chunks a session relies on.
 //! - [`repository`]: catalog + containers + pins as one library, with chunk
 //!   ingest in the durability order; no gRPC. [`expire`] works on it.
-//! - [`repl`]: node replication by role: the engine's source and its two
-//!   targets (local repository, remote partner), runs and the schedule.
 //! - [`state`]: `ServerState`, the repository plus what a running server
-//!   needs (config, identity, sessions, secrets, the data dir's lock).
+//!   needs (config, identity, sessions, [`secrets`], the data dir's lock;
+//!   [`auth`] for passwords and tokens).
 //! - [`convert`]: protobuf <-> domain, validating what callers send.
+//! - [`repl`]: node replication by role. Its source and local target use
+//!   only the repository; the remote target, runs and `query replnode` use
+//!   the server state and the conversions.
 //! - [`service`]: the gRPC services (`Backup`, `Admin`, `Replication`), thin.
 //! - [`serve`]: the listener, the services and the background schedules.
-//! - Beside them: [`config`] (defaults < file < env < flags), [`auth`]
-//!   (passwords, tokens, sessions), [`secrets`] (sealed partner passwords),
-//!   [`actlog`] (activity log), [`console`] (`tandem-admin`), [`demo`]
+//! - Beside them: [`config`] (defaults < file < env < flags), [`actlog`]
+//!   (activity log), [`console`] (`tandem-admin`), [`demo`]
 //!   (`tandem-server demo`).
 //!
 //! A backup flows: the client asks which chunk ids are missing

@@ -8,8 +8,9 @@
 //! and the tests that drive two repositories in one process. The server's
 //! state holds one; a local vault or a recovery opens another.
 //!
-//! - [`ingest`]: verified chunks in, in the durability order (append,
-//!   fsync, index, pin), overlapped for a stream of uploads.
+//! - [`ingest`]: verified chunks in, in the durability order (chunks
+//!   already stored are pinned first; new ones are appended, fsynced, then
+//!   indexed and pinned), overlapped for a stream of uploads.
 //!
 //! Callers run these methods on blocking threads (rusqlite and fsync block).
 
@@ -57,6 +58,19 @@ impl Repository {
             pins: ChunkPins::default(),
             expire_lock: Mutex::new(()),
         })
+    }
+
+    /// Runs `f` on a blocking thread (rusqlite and fsync block) and waits
+    /// for it; async callers reach the repository this way.
+    ///
+    /// # Errors
+    /// `f`'s error, or [`ServerError::Task`] when the thread died.
+    pub async fn blocking<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Repository) -> Result<R, ServerError> + Send + 'static,
+    ) -> Result<R, ServerError> {
+        let repo = self.clone();
+        tokio::task::spawn_blocking(move || f(&repo)).await?
     }
 
     /// Of `ids`, those node `node` does not own (see

@@ -152,6 +152,57 @@ pub(crate) fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Resu
     })
 }
 
+/// Where a new row of `objects` goes and what it says beyond its attributes.
+pub(crate) struct ObjectRow<'a> {
+    /// Its stable id (new for a backup, the source's for a replica).
+    pub(crate) object_id: &'a ObjectId,
+    /// Its filespace's row id.
+    pub(crate) filespace_id: i64,
+    /// Its directory's row id; `attrs.path` gives the last component.
+    pub(crate) dir_id: i64,
+    /// Path, kind, size, mode, times, owner, link target, extra.
+    pub(crate) attrs: &'a ObjectAttrs,
+    /// When it was stored (on the source, for a replica).
+    pub(crate) backup_ns: i64,
+    /// Whether it is the active version of its path.
+    pub(crate) active: bool,
+    /// When it turned inactive (0 while active).
+    pub(crate) deactivated_ns: i64,
+    /// Its content chunks, in order.
+    pub(crate) chunks: &'a [ChunkId],
+}
+
+/// Inserts one version row: the one statement both a backup commit and a
+/// replica write use, so the two can never store a version differently.
+pub(crate) fn insert_object(tx: &Transaction<'_>, row: &ObjectRow<'_>) -> rusqlite::Result<()> {
+    let a = row.attrs;
+    let (_, name) = split_path(&a.path);
+    tx.prepare_cached(
+        "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
+           mtime_ns, uid, gid, link_target, backup_ns, active, deactivated_ns, manifest, extra)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        row.object_id.0.as_slice(),
+        row.filespace_id,
+        row.dir_id,
+        name,
+        a.kind.code(),
+        sql_int(a.size),
+        a.mode,
+        a.mtime_ns,
+        a.uid,
+        a.gid,
+        a.link_target,
+        row.backup_ns,
+        row.active,
+        row.deactivated_ns,
+        manifest_bytes(row.chunks),
+        a.extra,
+    ])?;
+    Ok(())
+}
+
 /// Makes the active version of `name` in directory `dir_id` inactive.
 pub(crate) fn deactivate(
     tx: &Transaction<'_>,
@@ -339,11 +390,6 @@ impl Catalog {
         let mut counts = CommitCounts::default();
         let mut dirs = DirIds::default();
         {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
-                   mtime_ns, uid, gid, link_target, backup_ns, active, manifest, extra)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 1, ?13, ?14)",
-            )?;
             for v in versions {
                 let a = &v.attrs;
                 let (dir, name) = split_path(&a.path);
@@ -351,22 +397,19 @@ impl Catalog {
                     .get(&tx, fs_id, dir, true)?
                     .ok_or_else(|| CatalogError::Malformed(format!("directory {dir} vanished")))?;
                 let superseded = deactivate(&tx, dir_id, name, now_ns)?;
-                insert.execute(params![
-                    ObjectId::random().0.as_slice(),
-                    fs_id,
-                    dir_id,
-                    name,
-                    a.kind.code(),
-                    sql_int(a.size),
-                    a.mode,
-                    a.mtime_ns,
-                    a.uid,
-                    a.gid,
-                    a.link_target,
-                    now_ns,
-                    manifest_bytes(&v.chunks),
-                    a.extra,
-                ])?;
+                insert_object(
+                    &tx,
+                    &ObjectRow {
+                        object_id: &ObjectId::random(),
+                        filespace_id: fs_id,
+                        dir_id,
+                        attrs: a,
+                        backup_ns: now_ns,
+                        active: true,
+                        deactivated_ns: 0,
+                        chunks: &v.chunks,
+                    },
+                )?;
                 // Only a version turned inactive can take the path over its
                 // limit; a path whose limit was lowered since is trimmed by
                 // expiration, which applies the limits to every path.

@@ -9,7 +9,7 @@ use tandem_replication::ObjectState;
 
 use super::dirs::{DirIds, delete_unused_dirs, split_path};
 use super::objects::{
-    VERSION_COLUMNS, VERSION_TABLES, deactivate, manifest_bytes, version_from_row,
+    ObjectRow, VERSION_COLUMNS, VERSION_TABLES, deactivate, insert_object, version_from_row,
 };
 use super::{Catalog, from_sql_int, sql_int};
 use crate::error::{CatalogError, ServerError};
@@ -28,6 +28,28 @@ pub struct VersionState {
     pub deactivated_ns: i64,
     /// Logical size (for `query replnode`).
     pub size: u64,
+}
+
+impl From<VersionState> for ObjectState {
+    /// The part of a version's state the replication engine compares.
+    fn from(v: VersionState) -> Self {
+        ObjectState {
+            object_id: v.object_id,
+            active: v.active,
+            deactivated_ns: v.deactivated_ns,
+        }
+    }
+}
+
+impl From<crate::model::Filespace> for FilespaceTimes {
+    /// The backup times a source hands its target at the end of a run.
+    fn from(f: crate::model::Filespace) -> Self {
+        FilespaceTimes {
+            name: f.name,
+            last_backup_start_ns: f.last_backup_start_ns,
+            last_backup_end_ns: f.last_backup_end_ns,
+        }
+    }
 }
 
 /// Source filespace times carried to the target at the end of a run.
@@ -373,12 +395,6 @@ impl Catalog {
         let mut stored = 0u64;
         {
             let mut has_object = tx.prepare_cached("SELECT 1 FROM objects WHERE object_id = ?1")?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
-                   mtime_ns, uid, gid, link_target, backup_ns, active, deactivated_ns, manifest,
-                   extra)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )?;
             let mut dirs = DirIds::default();
             let mut filespaces: HashMap<String, i64> = HashMap::new();
             for v in versions {
@@ -407,24 +423,19 @@ impl Catalog {
                 if v.active {
                     deactivate(&tx, dir_id, name, v.backup_ns)?;
                 }
-                insert.execute(params![
-                    v.object_id.0.as_slice(),
-                    fs_id,
-                    dir_id,
-                    name,
-                    a.kind.code(),
-                    sql_int(a.size),
-                    a.mode,
-                    a.mtime_ns,
-                    a.uid,
-                    a.gid,
-                    a.link_target,
-                    v.backup_ns,
-                    v.active,
-                    v.deactivated_ns,
-                    manifest_bytes(&v.chunks),
-                    a.extra,
-                ])?;
+                insert_object(
+                    &tx,
+                    &ObjectRow {
+                        object_id: &v.object_id,
+                        filespace_id: fs_id,
+                        dir_id,
+                        attrs: a,
+                        backup_ns: v.backup_ns,
+                        active: v.active,
+                        deactivated_ns: v.deactivated_ns,
+                        chunks: &v.chunks,
+                    },
+                )?;
                 stored += 1;
             }
         }

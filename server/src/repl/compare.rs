@@ -51,12 +51,7 @@ pub async fn compare_node(
         if rule == ReplicationRule::None || (rule == ReplicationRule::ActiveData && !v.active) {
             continue;
         }
-        let row = table
-            .entry(fs.clone())
-            .or_insert_with(|| pb::ReplFilespace {
-                name: fs,
-                ..Default::default()
-            });
+        let row = row_of(&mut table, fs);
         row.source_objects += 1;
         row.source_bytes += v.size;
     }
@@ -64,6 +59,8 @@ pub async fn compare_node(
     let held = target.held_versions().await;
     target.bye().await;
     // A replica the partner has not been asked to create yet holds nothing.
+    // Any other refusal (a node of the partner's own by that name, another
+    // server's replica) is reported: showing zero there would hide it.
     let held = match held {
         Ok(held) => held,
         Err(status) if status.code() == tonic::Code::NotFound => Vec::new(),
@@ -75,12 +72,7 @@ pub async fn compare_node(
         }
     };
     for (filespace, v) in held {
-        let row = table
-            .entry(filespace.clone())
-            .or_insert_with(|| pb::ReplFilespace {
-                name: filespace,
-                ..Default::default()
-            });
+        let row = row_of(&mut table, filespace);
         row.target_objects += 1;
         row.target_bytes += v.size;
     }
@@ -90,4 +82,17 @@ pub async fn compare_node(
         filespaces: table.into_values().collect(),
         last_replication_ns: node_rec.last_repl_ns,
     })
+}
+
+/// The table row of `filespace`, added empty on first use.
+fn row_of(
+    table: &mut BTreeMap<String, pb::ReplFilespace>,
+    filespace: String,
+) -> &mut pb::ReplFilespace {
+    table
+        .entry(filespace.clone())
+        .or_insert_with(|| pb::ReplFilespace {
+            name: filespace,
+            ..Default::default()
+        })
 }

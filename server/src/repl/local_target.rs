@@ -43,14 +43,6 @@ pub struct ReplicaOf {
     pub source: String,
 }
 
-async fn blocking<R: Send + 'static>(
-    repo: &Arc<Repository>,
-    f: impl FnOnce(&Repository) -> Result<R, ServerError> + Send + 'static,
-) -> Result<R, ServerError> {
-    let repo = repo.clone();
-    tokio::task::spawn_blocking(move || f(&repo)).await?
-}
-
 impl LocalTarget {
     /// Creates or updates the replica of `replica.node` in `repo` (a run's
     /// first step), refusing a node of this server's own and another
@@ -60,7 +52,7 @@ impl LocalTarget {
     /// A bad node name, the refusals above, catalog errors.
     pub async fn prepare(repo: &Arc<Repository>, replica: ReplicaOf) -> Result<(), ServerError> {
         let name = checked_name(&replica.node)?;
-        blocking(repo, move |r| {
+        repo.blocking(move |r| {
             r.catalog.prepare_replica(
                 &name,
                 &replica.password_hash,
@@ -76,7 +68,7 @@ impl LocalTarget {
     /// `session`'s pins. The node must be a replica here, and `source`'s.
     ///
     /// # Errors
-    /// [`ServerError::NodeNotFound`] (not prepared), [`ServerError::PermissionDenied`]
+    /// [`ServerError::ReplicaNotPrepared`], [`ServerError::PermissionDenied`]
     /// (another server's replica), [`ServerError::FailedPrecondition`] (a node
     /// of this server's own), catalog errors.
     pub async fn open(
@@ -86,7 +78,7 @@ impl LocalTarget {
         session: u64,
     ) -> Result<Self, ServerError> {
         let name = checked_name(node)?;
-        let found = blocking(repo, move |r| Ok(r.catalog.node(&name)?)).await?;
+        let found = repo.blocking(move |r| Ok(r.catalog.node(&name)?)).await?;
         let node_id = replica_id(found, node, source)?;
         Ok(LocalTarget {
             repo: repo.clone(),
@@ -101,7 +93,9 @@ impl LocalTarget {
     /// Catalog errors.
     pub async fn held_versions(&self) -> Result<Vec<(String, VersionState)>, ServerError> {
         let node = self.node_id;
-        blocking(&self.repo, move |r| Ok(r.catalog.version_states(node)?)).await
+        self.repo
+            .blocking(move |r| Ok(r.catalog.version_states(node)?))
+            .await
     }
 
     /// An ingest for a stream of chunks sent for the replica (the service
@@ -122,10 +116,9 @@ impl LocalTarget {
         replicated_ns: i64,
     ) -> Result<(), ServerError> {
         let node = self.node_id;
-        blocking(&self.repo, move |r| {
-            Ok(r.catalog.finish_replica(node, &filespaces, replicated_ns)?)
-        })
-        .await
+        self.repo
+            .blocking(move |r| Ok(r.catalog.finish_replica(node, &filespaces, replicated_ns)?))
+            .await
     }
 }
 
@@ -161,17 +154,15 @@ impl Target<StoredVersion> for LocalTarget {
             .held_versions()
             .await?
             .into_iter()
-            .map(|(_, v)| ObjectState {
-                object_id: v.object_id,
-                active: v.active,
-                deactivated_ns: v.deactivated_ns,
-            })
+            .map(|(_, v)| v.into())
             .collect())
     }
 
     async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ServerError> {
         let (ids, session, node) = (ids.to_vec(), self.session, self.node_id);
-        blocking(&self.repo, move |r| r.missing_and_pin(session, node, &ids)).await
+        self.repo
+            .blocking(move |r| r.missing_and_pin(session, node, &ids))
+            .await
     }
 
     async fn put_chunks(&self, chunks: Vec<StoredChunk>) -> Result<(), ServerError> {
@@ -183,25 +174,22 @@ impl Target<StoredVersion> for LocalTarget {
 
     async fn update_states(&self, states: &[ObjectState]) -> Result<u64, ServerError> {
         let (states, node) = (states.to_vec(), self.node_id);
-        blocking(&self.repo, move |r| {
-            Ok(r.catalog.apply_states(node, &states)?)
-        })
-        .await
+        self.repo
+            .blocking(move |r| Ok(r.catalog.apply_states(node, &states)?))
+            .await
     }
 
     async fn put_objects(&self, objects: Vec<StoredVersion>) -> Result<u64, ServerError> {
         let node = self.node_id;
-        blocking(&self.repo, move |r| {
-            r.catalog.put_replicated(node, &objects)
-        })
-        .await
+        self.repo
+            .blocking(move |r| r.catalog.put_replicated(node, &objects))
+            .await
     }
 
     async fn delete_objects(&self, ids: &[ObjectId]) -> Result<u64, ServerError> {
         let (ids, node) = (ids.to_vec(), self.node_id);
-        blocking(&self.repo, move |r| {
-            Ok(r.catalog.delete_replicated(node, &ids)?)
-        })
-        .await
+        self.repo
+            .blocking(move |r| Ok(r.catalog.delete_replicated(node, &ids)?))
+            .await
     }
 }

@@ -146,11 +146,7 @@ impl Target<StoredVersion> for RemoteTarget {
             .held_versions()
             .await?
             .into_iter()
-            .map(|(_, v)| ObjectState {
-                object_id: v.object_id,
-                active: v.active,
-                deactivated_ns: v.deactivated_ns,
-            })
+            .map(|(_, v)| v.into())
             .collect())
     }
 

@@ -220,9 +220,13 @@ async fn run_once(
     partner: &PartnerServer,
 ) -> Result<tandem_replication::RunReport, ServerError> {
     let target = connect(state, partner, &node.name).await?;
-    let outcome = replicate_to(state, node, &target).await;
+    let report = replicate_to(state, node, &target).await?;
+    // Only after a complete run: a failed one leaves its session, so the
+    // chunks it uploaded stay pinned on the target until the session times
+    // out, and a retry meanwhile finds them present instead of sending
+    // them again.
     target.bye().await;
-    outcome
+    Ok(report)
 }
 
 /// The run proper, over a connected partner: prepare the replica, let the
@@ -241,11 +245,7 @@ async fn replicate_to(
     let filespaces = tokio::task::spawn_blocking(move || catalog.list_filespaces(node_id))
         .await??
         .into_iter()
-        .map(|f| crate::catalog::FilespaceTimes {
-            name: f.name,
-            last_backup_start_ns: f.last_backup_start_ns,
-            last_backup_end_ns: f.last_backup_end_ns,
-        })
+        .map(Into::into)
         .collect();
     target.finish(filespaces, now_ns()).await?;
     Ok(report)

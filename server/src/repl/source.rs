@@ -28,8 +28,8 @@ impl LocalSource {
         &self,
         f: impl FnOnce(&Repository, i64) -> Result<R, ServerError> + Send + 'static,
     ) -> Result<R, ServerError> {
-        let (repo, node_id) = (self.repo.clone(), self.node_id);
-        tokio::task::spawn_blocking(move || f(&repo, node_id)).await?
+        let node_id = self.node_id;
+        self.repo.blocking(move |repo| f(repo, node_id)).await
     }
 }
 

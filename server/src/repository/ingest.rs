@@ -34,7 +34,7 @@ impl Repository {
     /// # Errors
     /// Container and catalog errors; nothing is indexed for a group whose
     /// append or fsync failed.
-    pub fn store_chunks(
+    pub(crate) fn store_chunks(
         &self,
         session: u64,
         node: i64,
