@@ -367,7 +367,7 @@ async fn upload_batch(
             .await;
         let compressed = compressor
             .await
-            .map_err(|e| ClientError::Usage(format!("compression task failed: {e}")))?;
+            .map_err(|e| ClientError::Internal(format!("the compression task failed: {e}")))?;
         // A compression error ends the stream early; report it, not the upload.
         out.bytes_sent = compressed?;
         uploaded.map_err(|s| ClientError::server("uploading data", s))?;
@@ -641,7 +641,7 @@ pub async fn run(
         }
         let deactivate = scanner
             .await
-            .map_err(|e| ClientError::Usage(format!("scanner failed: {e}")))?;
+            .map_err(|e| ClientError::Internal(format!("the scanner failed: {e}")))?;
         uploader.finish(deactivate).await?;
         let acknowledged = mark(session, &filespace, true).await?;
         note_backup(session, options, &filespace, acknowledged, console);

@@ -91,6 +91,12 @@ pub enum ClientError {
     /// A command-line argument is wrong.
     #[error("{0}")]
     Usage(String),
+    /// The client itself failed: one of its own tasks or threads stopped
+    /// unexpectedly. Neither the input nor the server is at fault.
+    #[error(
+        "internal error: {0}; run the command again, and report it with the error log if it recurs"
+    )]
+    Internal(String),
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -127,6 +133,7 @@ impl ClientError {
             ClientError::Failover { id, .. } => id,
             ClientError::ReadOnly(_) => "TDM2110E",
             ClientError::Io { .. } => "TDM1007E",
+            ClientError::Internal(_) => "TDM1004E",
         }
     }
 }

@@ -92,6 +92,48 @@ pub enum ServerError {
     /// The caller is who it says, but may not do this (another server's replica).
     #[error("{0}")]
     PermissionDenied(String),
+    /// Something the caller named does not exist (an administrator, a
+    /// filespace, a chunk of its node); the text says what.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something the caller wants to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A bound was reached (concurrent logons, request size, connections);
+    /// the text names it and what to do.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The caller stalled past a limit (an upload stream that stopped).
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// Stored data cannot be read back as it was written.
+    #[error("{0}")]
+    DataLoss(String),
+    /// A replication run or query needs a replication server and none is set.
+    #[error("no replication server is set; use `set replserver NAME`")]
+    NoReplicationServer,
+    /// A partner server is named but not defined here.
+    #[error(
+        "server {server} is not defined; use `define server {server} --address URL --server-password-file F --fingerprint SHA256`"
+    )]
+    ServerNotDefined {
+        /// Its name.
+        server: String,
+    },
+    /// A run of the node is under way already.
+    #[error("replication of node {node} is already running; see `query replication {node}`")]
+    ReplicationRunning {
+        /// The node.
+        node: String,
+    },
+    /// The partner could not be reached, or refused or failed the handshake.
+    #[error("replication server {server}: {reason}")]
+    Partner {
+        /// The partner's name.
+        server: String,
+        /// What went wrong and, where known, what to do.
+        reason: String,
+    },
     /// A commit references chunks the server does not hold.
     #[error(
         "{count} chunk(s) referenced by the transaction are not stored for this node (first: {first}); upload their data first"
@@ -144,6 +186,15 @@ impl From<ServerError> for tonic::Status {
             ServerError::InvalidArgument(msg) => Status::invalid_argument(msg),
             ServerError::FailedPrecondition(msg) => Status::failed_precondition(msg),
             ServerError::PermissionDenied(msg) => Status::permission_denied(msg),
+            ServerError::NotFound(msg) => Status::not_found(msg),
+            ServerError::AlreadyExists(msg) => Status::already_exists(msg),
+            ServerError::ResourceExhausted(msg) => Status::resource_exhausted(msg),
+            ServerError::DeadlineExceeded(msg) => Status::deadline_exceeded(msg),
+            ServerError::DataLoss(msg) => Status::data_loss(msg),
+            e @ (ServerError::NoReplicationServer
+            | ServerError::ServerNotDefined { .. }
+            | ServerError::ReplicationRunning { .. }
+            | ServerError::Partner { .. }) => Status::failed_precondition(e.to_string()),
             e @ ServerError::MissingChunks { .. } => Status::failed_precondition(e.to_string()),
             ServerError::Storage(
                 e @ (StorageError::ChunkMismatch { .. } | StorageError::ChunkMalformed { .. }),
@@ -152,6 +203,124 @@ impl From<ServerError> for tonic::Status {
                 tracing::error!(cause = %other, "internal error");
                 Status::internal(format!("internal server error: {other}"))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    /// Every error a request can end with, and the status code a caller sees.
+    /// A new variant must be added here, so its code is chosen on purpose.
+    #[test]
+    fn every_server_error_maps_to_its_status_code() {
+        let chunk = ChunkId([7; 32]);
+        let io = || std::io::Error::other("disk on fire");
+        let table: Vec<(ServerError, Code)> = vec![
+            (
+                ServerError::Unauthenticated("who".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                ServerError::NodeNotFound { node: "N".into() },
+                Code::NotFound,
+            ),
+            (
+                ServerError::ReplicaNotPrepared { node: "N".into() },
+                Code::NotFound,
+            ),
+            (
+                ServerError::NodeExists { node: "N".into() },
+                Code::AlreadyExists,
+            ),
+            (
+                ServerError::InvalidArgument("bad".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                ServerError::FailedPrecondition("not now".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ServerError::PermissionDenied("not yours".into()),
+                Code::PermissionDenied,
+            ),
+            (ServerError::NotFound("gone".into()), Code::NotFound),
+            (
+                ServerError::AlreadyExists("there".into()),
+                Code::AlreadyExists,
+            ),
+            (
+                ServerError::ResourceExhausted("full".into()),
+                Code::ResourceExhausted,
+            ),
+            (
+                ServerError::DeadlineExceeded("slow".into()),
+                Code::DeadlineExceeded,
+            ),
+            (ServerError::DataLoss("torn".into()), Code::DataLoss),
+            (ServerError::NoReplicationServer, Code::FailedPrecondition),
+            (
+                ServerError::ServerNotDefined { server: "S".into() },
+                Code::FailedPrecondition,
+            ),
+            (
+                ServerError::ReplicationRunning { node: "N".into() },
+                Code::FailedPrecondition,
+            ),
+            (
+                ServerError::Partner {
+                    server: "S".into(),
+                    reason: "down".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ServerError::MissingChunks {
+                    count: 1,
+                    first: chunk,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                ServerError::Storage(StorageError::ChunkMismatch { chunk }),
+                Code::InvalidArgument,
+            ),
+            (
+                ServerError::Storage(StorageError::ChunkMalformed {
+                    chunk,
+                    reason: "short".into(),
+                }),
+                Code::InvalidArgument,
+            ),
+            (
+                ServerError::Storage(StorageError::Io {
+                    path: "/c/1".into(),
+                    source: io(),
+                }),
+                Code::Internal,
+            ),
+            (
+                ServerError::Catalog(CatalogError::Malformed("row".into())),
+                Code::Internal,
+            ),
+            (ServerError::Task("died".into()), Code::Internal),
+            (
+                ServerError::Setup {
+                    context: "start".into(),
+                    source: io(),
+                },
+                Code::Internal,
+            ),
+        ];
+        for (error, code) in table {
+            let text = error.to_string();
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), code, "{text}");
+            assert!(status.message().contains(&text), "{text} -> {status:?}");
         }
     }
 }

@@ -37,10 +37,10 @@ async fn next_upload_message<T>(
     let limit = std::time::Duration::from_secs(state.config.comm_timeout_seconds);
     match tokio::time::timeout(limit, stream.message()).await {
         Ok(message) => message,
-        Err(_) => Err(Status::deadline_exceeded(format!(
+        Err(_) => Err(Status::from(ServerError::DeadlineExceeded(format!(
             "no complete upload message arrived within {} s (comm_timeout_seconds); the upload was abandoned, send it again (on a slow link, raise comm_timeout_seconds)",
             limit.as_secs()
-        ))),
+        )))),
     }
 }
 
@@ -60,9 +60,9 @@ async fn check_password(
     )
     .await
     else {
-        return Err(Status::resource_exhausted(
-            "the server is checking too many logons at once; try again in a moment",
-        ));
+        return Err(Status::from(ServerError::ResourceExhausted(
+            "the server is checking too many logons at once; try again in a moment".into(),
+        )));
     };
     let hash = stored.unwrap_or_else(|| crate::auth::decoy_hash().to_string());
     let memory = state.verify_memory.clone();

@@ -219,17 +219,7 @@ fn a_wrong_server_password_is_refused_and_logged() {
     let wrong = secondary.data.path().join("wrong.pw");
     std::fs::write(&wrong, "another-secret\n").unwrap();
     assert_success(
-        &secondary.admin(&[
-            "define",
-            "server",
-            "PRIMARY",
-            "--address",
-            &primary.url(),
-            "--fingerprint",
-            &primary.fingerprint(),
-            "--server-password-file",
-            &path_str(&wrong),
-        ]),
+        &secondary.define_server("PRIMARY", &primary.url(), &primary.fingerprint(), &wrong),
         "redefine",
     );
     primary.register("carl", "carl-password");
@@ -284,17 +274,8 @@ fn interrupt(p: &mut Pair, how: Cut) {
         let url = format!("https://{}", proxy.addr);
         let pw = p.primary.data.path().join("SECONDARY.serverpw");
         assert_success(
-            &p.primary.admin(&[
-                "define",
-                "server",
-                "SECONDARY",
-                "--address",
-                &url,
-                "--fingerprint",
-                &p.secondary.fingerprint(),
-                "--server-password-file",
-                &path_str(&pw),
-            ]),
+            &p.primary
+                .define_server("SECONDARY", &url, &p.secondary.fingerprint(), &pw),
             "route through the proxy",
         );
         proxy

@@ -107,17 +107,7 @@ fn a_partner_is_proven_by_its_certificate_before_any_secret_is_sent() {
     client.json(&["incremental", &path_str(work.path())]);
     let pw = primary.data.path().join("SECONDARY.serverpw");
     let define = |on: &TestServer, name: &str, at: &TestServer, fp: &str, pw: &std::path::Path| {
-        on.admin(&[
-            "define",
-            "server",
-            name,
-            "--address",
-            &at.url(),
-            "--fingerprint",
-            fp,
-            "--server-password-file",
-            &path_str(pw),
-        ])
+        on.define_server(name, &at.url(), fp, pw)
     };
 
     // The primary pins a certificate the secondary does not have.
@@ -643,17 +633,12 @@ mod wire {
         let pw = server.data.path().join("fake.pw");
         std::fs::write(&pw, "fake-secret-1\n").unwrap();
         assert_success(
-            &server.admin(&[
-                "define",
-                "server",
+            &server.define_server(
                 "FAKE",
-                "--address",
                 "https://127.0.0.1:9",
-                "--fingerprint",
                 &identity.fingerprint().to_string(),
-                "--server-password-file",
-                &path_str(&pw),
-            ]),
+                &pw,
+            ),
             "define FAKE",
         );
         let pin = tandem_tls::Trust::Pinned(server.fingerprint().parse().unwrap());

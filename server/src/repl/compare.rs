@@ -36,11 +36,14 @@ pub async fn compare_node(
             .catalog
             .setting("replserver")?
             .unwrap_or_default();
-        let partner = check.repo.catalog.server(&target)?.ok_or_else(|| {
-            ServerError::FailedPrecondition(
-                "no replication server is set; use `set replserver NAME`".into(),
-            )
-        })?;
+        if target.is_empty() {
+            return Err(ServerError::NoReplicationServer);
+        }
+        let partner = check
+            .repo
+            .catalog
+            .server(&target)?
+            .ok_or(ServerError::ServerNotDefined { server: target })?;
         let local = check.repo.catalog.version_states(node_rec.id)?;
         Ok::<_, ServerError>((node_rec, partner, local))
     })

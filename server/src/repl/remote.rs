@@ -256,12 +256,12 @@ pub async fn connect(
     partner: &PartnerServer,
     node: &str,
 ) -> Result<RemoteTarget, ServerError> {
-    let unreachable = |cause: String| {
-        ServerError::FailedPrecondition(format!(
-            "replication server {} at {} is unreachable: {cause}",
-            partner.name, partner.address
-        ))
+    let failed = |reason: String| ServerError::Partner {
+        server: partner.name.clone(),
+        reason,
     };
+    let unreachable =
+        |cause: String| failed(format!("unreachable at {}: {cause}", partner.address));
     let endpoint = Endpoint::from_shared(partner.address.clone())
         .map_err(|e| {
             ServerError::InvalidArgument(format!(
@@ -288,10 +288,7 @@ pub async fn connect(
         .await
         .map_err(|e| match e {
             tandem_tls::ConnectError::Unreachable { cause, .. } => unreachable(cause),
-            other => ServerError::FailedPrecondition(format!(
-                "replication server {}: {other}",
-                partner.name
-            )),
+            other => failed(other.to_string()),
         })?;
     let client = ReplicationClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -317,26 +314,21 @@ pub async fn connect(
         .await
         .map_err(|s| match s.code() {
             tonic::Code::Unavailable => unreachable(s.message().to_string()),
-            _ => ServerError::FailedPrecondition(format!(
-                "replication server {} refused: {}",
-                partner.name,
-                s.message()
-            )),
+            _ => failed(format!("refused: {}", s.message())),
         })?
         .into_inner();
     // The target must prove it knows the shared password as well.
     let expected = crate::auth::server_proof(&password, &nonce, &hello.target_guid);
     if hello.proof.as_slice() != expected.as_slice() {
-        return Err(ServerError::FailedPrecondition(format!(
-            "replication server {} at {} could not prove it knows the shared server password; refusing to send data",
-            partner.name, partner.address
+        return Err(failed(format!(
+            "the server at {} could not prove it knows the shared server password; refusing to send data",
+            partner.address
         )));
     }
     if hello.protocol_version != tandem_proto::REPLICATION_PROTOCOL {
-        return Err(ServerError::FailedPrecondition(format!(
-            "replication server {} speaks replication protocol {} and this server speaks {}: \
+        return Err(failed(format!(
+            "it speaks replication protocol {} and this server speaks {}: \
              run the same Tandem release on both servers",
-            partner.name,
             hello.protocol_version,
             tandem_proto::REPLICATION_PROTOCOL
         )));

@@ -53,16 +53,15 @@ fn preflight(state: &ServerState, node: &str) -> Result<(Node, PartnerServer), S
         .catalog
         .setting("replserver")?
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| {
-            ServerError::FailedPrecondition(
-                "no replication server is set; use `set replserver NAME`".into(),
-            )
-        })?;
-    let partner = state.repo.catalog.server(&target_name)?.ok_or_else(|| {
-        ServerError::FailedPrecondition(format!(
-            "replication server {target_name} is not defined; use `define server`"
-        ))
-    })?;
+        .ok_or(ServerError::NoReplicationServer)?;
+    let partner =
+        state
+            .repo
+            .catalog
+            .server(&target_name)?
+            .ok_or(ServerError::ServerNotDefined {
+                server: target_name,
+            })?;
     let node_rec = state
         .repo
         .catalog
@@ -120,9 +119,7 @@ pub async fn start_run(state: Arc<ServerState>, node: String) -> Result<StartedR
     let (node_rec, partner) =
         tokio::task::spawn_blocking(move || preflight(&check_state, &check_node)).await??;
     let Some(claim) = RunClaim::take(&state, &node) else {
-        return Err(ServerError::FailedPrecondition(format!(
-            "replication of node {node} is already running; see `query replication {node}`"
-        )));
+        return Err(ServerError::ReplicationRunning { node });
     };
     let started = now_ns();
     let (catalog, n, t) = (

@@ -63,9 +63,9 @@ fn run_to_pb(r: crate::model::ReplRun) -> pb::ReplicationRun {
 /// A node, server or administrator name (they follow one rule), upper-cased.
 fn checked_name(raw: &str, what: &str) -> Result<String, Status> {
     normalize_node_name(raw).ok_or_else(|| {
-        Status::invalid_argument(format!(
+        Status::from(ServerError::InvalidArgument(format!(
             "{what} {raw:?} is not valid: use 1-64 letters, digits, '_', '-' or '.'"
-        ))
+        )))
     })
 }
 
@@ -81,16 +81,16 @@ fn check_url(state: &ServerState, address: &str) -> Result<bool, Status> {
         .ok()
         .filter(|_| tonic::transport::Endpoint::from_shared(address.to_string()).is_ok())
         .ok_or_else(|| {
-            Status::invalid_argument(format!(
+            Status::from(ServerError::InvalidArgument(format!(
                 "address {address:?} must be a URL such as https://10.0.0.2:1500"
-            ))
+            )))
         })?;
     let development_plaintext =
         state.config.insecure_plaintext && tandem_tls::is_loopback_url(address);
     if !(https || development_plaintext) {
-        return Err(Status::invalid_argument(format!(
+        return Err(Status::from(ServerError::InvalidArgument(format!(
             "address {address:?}: plaintext http:// is allowed only to a loopback IP address between development servers started with --insecure-plaintext; use https://"
-        )));
+        ))));
     }
     Ok(https)
 }
@@ -98,15 +98,15 @@ fn check_url(state: &ServerState, address: &str) -> Result<bool, Status> {
 /// The pinned fingerprint of a partner: required for an https address.
 fn partner_fingerprint(address: &str, https: bool, given: &str) -> Result<String, Status> {
     if !https && !given.trim().is_empty() {
-        return Err(Status::invalid_argument(format!(
+        return Err(Status::from(ServerError::InvalidArgument(format!(
             "address {address} is plaintext http://, which cannot check --fingerprint; use https://"
-        )));
+        ))));
     }
     if given.trim().is_empty() {
         return if https {
-            Err(Status::invalid_argument(format!(
+            Err(Status::from(ServerError::InvalidArgument(format!(
                 "server at {address} needs --fingerprint: the SHA-256 fingerprint its `tandem-admin query status` prints (or its DATA_DIR/fingerprint)"
-            )))
+            ))))
         } else {
             Ok(String::new())
         };
@@ -114,7 +114,7 @@ fn partner_fingerprint(address: &str, https: bool, given: &str) -> Result<String
     given
         .parse::<tandem_tls::Fingerprint>()
         .map(|fp| fp.to_string())
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+        .map_err(|e| Status::from(ServerError::InvalidArgument(e.to_string())))
 }
 
 fn admin_name(raw: &str) -> Result<String, Status> {
@@ -195,8 +195,11 @@ impl AdminService {
             }
             "the admin token".to_string()
         } else if let Some(encoded) = presented.strip_prefix("Basic ") {
-            let (name, password) = basic_credentials(encoded)
-                .ok_or_else(|| Status::unauthenticated("malformed administrator credentials"))?;
+            let (name, password) = basic_credentials(encoded).ok_or_else(|| {
+                Status::from(ServerError::Unauthenticated(
+                    "malformed administrator credentials".into(),
+                ))
+            })?;
             format!(
                 "administrator {}",
                 self.check_admin(&peer, &name, &password).await?
@@ -232,7 +235,7 @@ impl AdminService {
             logged,
         )
         .await;
-        Status::unauthenticated(answer.to_string())
+        Status::from(ServerError::Unauthenticated(answer.to_string()))
     }
 
     /// Checks a named administrator's password as a node logon is checked:
@@ -246,9 +249,7 @@ impl AdminService {
         password: &str,
     ) -> Result<String, Status> {
         let refused = || {
-            Status::unauthenticated(
-                "administrator credentials refused: unknown administrator, wrong password or locked administrator",
-            )
+            Status::from(ServerError::Unauthenticated("administrator credentials refused: unknown administrator, wrong password or locked administrator".into()))
         };
         let Some(name) = normalize_node_name(raw_name) else {
             return Err(refused());
@@ -333,7 +334,11 @@ impl AdminService {
         super::blocking(&self.state, move |s| Ok(s.repo.catalog.admin(&lookup)?))
             .await?
             .map(admin_to_pb)
-            .ok_or_else(|| Status::not_found(format!("administrator {name} is not registered")))
+            .ok_or_else(|| {
+                Status::from(ServerError::NotFound(format!(
+                    "administrator {name} is not registered"
+                )))
+            })
     }
 
     async fn node_info(&self, name: String) -> Result<pb::NodeInfo, Status> {
@@ -371,9 +376,9 @@ impl Admin for AdminService {
         let https = check_url(&self.state, &req.address)?;
         let fingerprint = partner_fingerprint(&req.address, https, &req.fingerprint)?;
         if req.password.chars().count() < 8 {
-            return Err(Status::invalid_argument(
-                "the server password must have at least 8 characters",
-            ));
+            return Err(Status::from(ServerError::InvalidArgument(
+                "the server password must have at least 8 characters".into(),
+            )));
         }
         let (n, a, f) = (name.clone(), req.address.clone(), fingerprint.clone());
         let sealed = self.state.seal_partner_password(&name, &req.password);
@@ -443,9 +448,7 @@ impl Admin for AdminService {
         let n = name.clone();
         super::blocking(&self.state, move |s| {
             if !n.is_empty() && s.repo.catalog.server(&n)?.is_none() {
-                return Err(ServerError::FailedPrecondition(format!(
-                    "server {n} is not defined; use `define server {n} --address URL --server-password-file F` first"
-                )));
+                return Err(ServerError::ServerNotDefined { server: n });
             }
             Ok(s.repo.catalog.set_setting("replserver", &n)?)
         })
@@ -489,9 +492,9 @@ impl Admin for AdminService {
         })
         .await?;
         if !added {
-            return Err(Status::already_exists(format!(
+            return Err(Status::from(ServerError::AlreadyExists(format!(
                 "administrator {name} is registered already; use `update admin {name}`"
-            )));
+            ))));
         }
         self.audit(&caller, "", format!("register admin {name}"))
             .await;
@@ -506,15 +509,15 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let name = admin_name(&req.name)?;
         if req.lock && req.unlock {
-            return Err(Status::invalid_argument(
-                "give --lock or --unlock, not both",
-            ));
+            return Err(Status::from(ServerError::InvalidArgument(
+                "give --lock or --unlock, not both".into(),
+            )));
         }
         let locked = (req.lock || req.unlock).then_some(req.lock);
         if locked.is_none() && req.password.is_empty() {
-            return Err(Status::invalid_argument(
-                "nothing to change: give --password-file, --lock or --unlock",
-            ));
+            return Err(Status::from(ServerError::InvalidArgument(
+                "nothing to change: give --password-file, --lock or --unlock".into(),
+            )));
         }
         if !req.password.is_empty() {
             auth::check_password_rules(&req.password)?;
@@ -532,9 +535,9 @@ impl Admin for AdminService {
         })
         .await?;
         if !found {
-            return Err(Status::not_found(format!(
+            return Err(Status::from(ServerError::NotFound(format!(
                 "administrator {name} is not registered"
-            )));
+            ))));
         }
         let what = match locked {
             Some(true) => "locked",
@@ -553,9 +556,9 @@ impl Admin for AdminService {
         let caller = self.authorize(&request).await?;
         let name = admin_name(&request.into_inner().name)?;
         if caller.who == format!("administrator {name}") {
-            return Err(Status::failed_precondition(format!(
+            return Err(Status::from(ServerError::FailedPrecondition(format!(
                 "administrator {name} cannot remove itself; another administrator can"
-            )));
+            ))));
         }
         let target = name.clone();
         match super::blocking(&self.state, move |s| {
@@ -563,12 +566,12 @@ impl Admin for AdminService {
         })
         .await?
         {
-            None => Err(Status::not_found(format!(
+            None => Err(Status::from(ServerError::NotFound(format!(
                 "administrator {name} is not registered"
-            ))),
-            Some(false) => Err(Status::failed_precondition(format!(
+            )))),
+            Some(false) => Err(Status::from(ServerError::FailedPrecondition(format!(
                 "administrator {name} is the last one; register another first"
-            ))),
+            )))),
             Some(true) => {
                 self.audit(&caller, "", format!("remove admin {name}"))
                     .await;
@@ -615,10 +618,10 @@ impl Admin for AdminService {
         let caller = self.authorize(&request).await?;
         let days = request.into_inner().days;
         if !(1..=actlog::MAX_RETENTION_DAYS).contains(&days) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Status::from(ServerError::InvalidArgument(format!(
                 "activity log retention of {days} days is out of range; give 1 to {} days",
                 actlog::MAX_RETENTION_DAYS
-            )));
+            ))));
         }
         let removed = super::blocking(&self.state, move |s| {
             Ok(actlog::set_retention(&s.repo.catalog, days)?)
@@ -640,7 +643,9 @@ impl Admin for AdminService {
         let caller = self.authorize(&request).await?;
         let req = request.into_inner();
         if req.nodes.is_empty() {
-            return Err(Status::invalid_argument("name at least one node"));
+            return Err(Status::from(ServerError::InvalidArgument(
+                "name at least one node".into(),
+            )));
         }
         let names = req
             .nodes
@@ -828,9 +833,9 @@ impl Admin for AdminService {
             retonly: policy.retonly,
         };
         if update.verexists == Some(0) {
-            return Err(Status::invalid_argument(
-                "verexists must be at least 1: the active version always counts",
-            ));
+            return Err(Status::from(ServerError::InvalidArgument(
+                "verexists must be at least 1: the active version always counts".into(),
+            )));
         }
         let mut changes = Vec::new();
         if let Some(l) = req.locked {
@@ -861,7 +866,7 @@ impl Admin for AdminService {
             .as_deref()
             .map(str::parse::<ReplRule>)
             .transpose()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| Status::from(ServerError::InvalidArgument(e.to_string())))?;
         if let Some(st) = replstate {
             changes.push(format!("replstate={st}"));
         }
@@ -917,9 +922,9 @@ impl Admin for AdminService {
                     .await;
                 Ok(Response::new(pb::RemoveNodeResponse {}))
             }
-            Some(n) => Err(Status::failed_precondition(format!(
+            Some(n) => Err(Status::from(ServerError::FailedPrecondition(format!(
                 "node {name} still owns {n} filespace(s); delete its filespaces before removing it"
-            ))),
+            )))),
         }
     }
 

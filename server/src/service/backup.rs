@@ -116,7 +116,11 @@ impl BackupService {
             .metadata()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("no session token; log on first"))?
+            .ok_or_else(|| {
+                Status::from(ServerError::Unauthenticated(
+                    "no session token; log on first".into(),
+                ))
+            })?
             .to_string();
         let session = self.state.sessions.touch_node(&token)?;
         Ok((session, token))
@@ -146,10 +150,10 @@ impl BackupService {
             ),
         )
         .await;
-        Err(Status::failed_precondition(format!(
+        Err(Status::from(ServerError::FailedPrecondition(format!(
             "node {} is a replica on server {} (receive mode) and is read-only there; back up to its primary server, or run `remove replnode {}` on this server to make it writable",
             session.node, self.state.config.name, session.node
-        )))
+        ))))
     }
 
     /// Reads a chunk's stored bytes. A concurrent compaction may move it
@@ -188,10 +192,10 @@ impl Backup for BackupService {
         let peer = peer_of(&request);
         let req = request.into_inner();
         let refused = || {
-            Status::unauthenticated(format!(
+            Status::from(ServerError::Unauthenticated(format!(
                 "logon refused for node {}: unknown node, wrong password or locked node",
                 actlog::label(&tandem_proto::names::display(&req.node))
-            ))
+            )))
         };
         let Some(name) = normalize_node_name(&req.node) else {
             return Err(refused());
@@ -487,9 +491,9 @@ impl Backup for BackupService {
                     let mut items = Vec::with_capacity(group.len());
                     for (id, loc) in group {
                         let item = match loc {
-                            None => Err(Status::not_found(format!(
+                            None => Err(Status::from(ServerError::NotFound(format!(
                                 "chunk {id} is not stored for node {node}"
-                            ))),
+                            )))),
                             Some(loc) => Self::read_chunk(&reader, id, loc)
                                 .map(|data| pb::ReadChunksResponse {
                                     chunk: Some(pb::Chunk {
@@ -498,7 +502,9 @@ impl Backup for BackupService {
                                         raw_len: u64::from(loc.raw_len),
                                     }),
                                 })
-                                .map_err(|e| Status::data_loss(format!("chunk {id}: {e}"))),
+                                .map_err(|e| {
+                                    Status::from(ServerError::DataLoss(format!("chunk {id}: {e}")))
+                                }),
                         };
                         let failed = item.is_err();
                         items.push(item);
@@ -509,7 +515,7 @@ impl Backup for BackupService {
                     items
                 })
                 .await
-                .unwrap_or_else(|e| vec![Err(Status::internal(e.to_string()))]);
+                .unwrap_or_else(|e| vec![Err(Status::from(ServerError::from(e)))]);
                 for item in items {
                     let failed = item.is_err();
                     if let Ok(r) = &item {

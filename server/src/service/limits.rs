@@ -26,6 +26,7 @@ use tonic::Status;
 use tonic::body::Body;
 
 use crate::ServerState;
+use crate::error::ServerError;
 
 /// The gRPC method a request calls (`RegisterNode`), for the activity log:
 /// tonic hands handlers the request's extensions but not its path.
@@ -131,9 +132,10 @@ where
                 if open {
                     held_until_response_ends(self.inner.call(request), call)
                 } else {
-                    let refusal = Status::unauthenticated(
-                        "no open session: log on first (Logon, or Hello for a partner server)",
-                    );
+                    let refusal = Status::from(ServerError::Unauthenticated(
+                        "no open session: log on first (Logon, or Hello for a partner server)"
+                            .into(),
+                    ));
                     futures_util::future::ready(Ok(refusal.into_http())).boxed()
                 }
             }
@@ -171,9 +173,9 @@ fn limited(body: Body, max: usize) -> Body {
     };
     Body::new(Limited::new(body, max).map_err(move |e| {
         if e.is::<http_body_util::LengthLimitError>() {
-            Status::resource_exhausted(format!(
+            Status::from(ServerError::ResourceExhausted(format!(
                 "a request of more than {max} bytes {why} is refused"
-            ))
+            )))
         } else {
             Status::from_error(e)
         }

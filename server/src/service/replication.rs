@@ -86,9 +86,9 @@ impl ReplicationService {
             format!("replication call from server {name:?} refused: {why}"),
         )
         .await;
-        Err(Status::unauthenticated(format!(
+        Err(Status::from(ServerError::Unauthenticated(format!(
             "replication refused: {why}"
-        )))
+        ))))
     }
 
     /// Mutual TLS: the caller must have proven it holds the certificate
@@ -128,7 +128,11 @@ impl ReplicationService {
             .metadata()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("no replication session; call Hello first"))?;
+            .ok_or_else(|| {
+                Status::from(ServerError::Unauthenticated(
+                    "no replication session; call Hello first".into(),
+                ))
+            })?;
         let id = self.state.sessions.touch_replication(token, &source)?.id;
         Ok((id, source))
     }
@@ -163,14 +167,14 @@ impl Replication for ReplicationService {
                 format!("replication call from server {source:?} refused: {why}"),
             )
             .await;
-            return Err(Status::failed_precondition(why));
+            return Err(Status::from(ServerError::FailedPrecondition(why)));
         }
         let peer = peer_of(&request);
         let nonce = request.get_ref().nonce.clone();
         let lookup = source.clone();
         let partner = super::blocking(&self.state, move |s| Ok(s.repo.catalog.server(&lookup)?))
             .await?
-            .ok_or_else(|| Status::unauthenticated("unknown server"))?;
+            .ok_or_else(|| Status::from(ServerError::Unauthenticated("unknown server".into())))?;
         let password = self.state.partner_password(&partner)?;
         let proof =
             crate::auth::server_proof(&password, &nonce, &self.state.guid.to_string()).to_vec();
@@ -271,10 +275,10 @@ impl Replication for ReplicationService {
                 }
             };
             if message.node != *node {
-                return Err(Status::invalid_argument(format!(
+                return Err(Status::from(ServerError::InvalidArgument(format!(
                     "an upload stream for node {node:?} also names node {:?}; send one stream per node",
                     message.node
-                )));
+                ))));
             }
             ingest
                 .push(convert::chunks_from_pb(message.chunks)?)
@@ -354,7 +358,10 @@ impl Replication for ReplicationService {
         let ids = req
             .object_ids
             .iter()
-            .map(|b| ObjectId::from_slice(b).map_err(|e| Status::invalid_argument(e.to_string())))
+            .map(|b| {
+                ObjectId::from_slice(b)
+                    .map_err(|e| Status::from(ServerError::InvalidArgument(e.to_string())))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let deleted = target.delete_objects(&ids).await?;
         Ok(Response::new(pb::DeleteObjectsResponse { deleted }))
@@ -378,9 +385,9 @@ impl Replication for ReplicationService {
         let replicated = req.replicated_ns;
         let latest = now_ns().saturating_add(MAX_CLOCK_SKEW_NS);
         if replicated <= 0 || replicated > latest {
-            return Err(Status::invalid_argument(format!(
+            return Err(Status::from(ServerError::InvalidArgument(format!(
                 "replication time {replicated} ns is not between the epoch and this server's clock (plus 5 minutes of skew)"
-            )));
+            ))));
         }
         target.finish(times, replicated).await?;
         actlog::record(

@@ -1,0 +1,124 @@
+//! The real `tandem` client program with its own options file, state
+//! directory and error log, and helpers to read what a command printed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tempfile::TempDir;
+
+use crate::{TestServer, bin};
+
+/// A client with its own options file, state directory and error log.
+#[derive(Debug)]
+pub struct TestClient {
+    /// Directory holding the options file and state.
+    pub dir: TempDir,
+    /// The options file.
+    pub options: PathBuf,
+}
+
+impl TestClient {
+    /// A client of `server` logging on as `node`, pinning its certificate.
+    pub fn new(server: &TestServer, node: &str, password: &str) -> Self {
+        Self::at(
+            &server.name,
+            &server.url(),
+            &server.fingerprint(),
+            node,
+            password,
+        )
+    }
+
+    /// A client of the server named `name` at `url`, pinning `fingerprint`
+    /// (none when empty).
+    pub fn at(name: &str, url: &str, fingerprint: &str, node: &str, password: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-cli-")
+            .tempdir()
+            .expect("temp dir");
+        let options = dir.path().join("tandem.toml");
+        let pin = if fingerprint.is_empty() {
+            String::new()
+        } else {
+            format!("server_fingerprint = \"{fingerprint}\"\n")
+        };
+        let text = format!(
+            "# test client\nnode_name = \"{node}\"\nserver_name = \"{name}\"\nserver_address = \"{url}\"\n{pin}password = \"{password}\"\nstate_dir = \"{}\"\n",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&options, text).expect("options file");
+        // It holds the password: the owner's alone, as the client asks.
+        std::fs::set_permissions(
+            &options,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod options file");
+        TestClient { dir, options }
+    }
+
+    /// Adds top-level lines to the options file, after its first line, so
+    /// they stay top-level keys even when tables follow (as a user would).
+    pub fn add_options(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.options).expect("options");
+        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        std::fs::write(&self.options, format!("{first}\n{lines}{rest}")).expect("options");
+    }
+
+    /// Runs `tandem --options FILE args...`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin("tandem"))
+            .arg("--options")
+            .arg(&self.options)
+            .args(args)
+            .env_remove("TANDEM_OPTIONS")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tandem")
+    }
+
+    /// Runs with `--json`, asserts success, and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert_success(&out, &args.join(" "));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The error log's content.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("state").join("dsierror.log"))
+            .unwrap_or_default()
+    }
+}
+
+/// Asserts exit code 0, printing stdout and stderr otherwise.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A path as `&str`-friendly text for command arguments.
+pub fn path_str(p: &Path) -> String {
+    p.to_str().expect("test paths are UTF-8").to_string()
+}
+
+/// The exit code (panics on death by signal).
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,306 @@
+//! A real `tandem-server` per test: its own private data directory, an
+//! ephemeral 127.0.0.1 port, the admin console pointed at it, restarts and
+//! SIGKILL; and pairs of servers set up for replication.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::{TestClient, assert_success, bin, wait_until};
+
+/// A temporary directory only its owner may enter (mode 0700), as the server
+/// requires of its data dir.
+pub fn private_tempdir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("tandem-srv-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod 700");
+    dir
+}
+
+/// A running `tandem-server` with its own data directory.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Server name.
+    pub name: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The data directory (kept across restarts).
+    pub data: TempDir,
+    child: Option<Child>,
+    /// Extra environment (`TANDEM_SERVER_*` settings), kept across restarts.
+    env: Vec<(String, String)>,
+}
+
+fn wait_for_addr(file: &Path, child: &mut Child, log: &Path) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file)
+            && let Ok(addr) = text.trim().parse()
+        {
+            return addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "tandem-server exited with {status} before listening:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tandem-server did not start within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl TestServer {
+    /// Starts a server named `name` on 127.0.0.1 with a free port.
+    pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// Starts a server with settings in its environment, e.g.
+    /// `("TANDEM_SERVER_COMM_TIMEOUT_SECONDS", "2")`.
+    pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
+        let data = private_tempdir();
+        let mut server = TestServer {
+            name: name.to_string(),
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            data,
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        server.spawn("127.0.0.1:0");
+        server
+    }
+
+    /// Starts a server named `name` on `listen` (an impostor taking over a
+    /// stopped server's address, for instance).
+    pub fn start_on(name: &str, listen: SocketAddr) -> Self {
+        let data = private_tempdir();
+        let mut server = TestServer {
+            name: name.to_string(),
+            addr: listen,
+            data,
+            child: None,
+            env: Vec::new(),
+        };
+        // The old owner's socket may linger a moment after SIGKILL.
+        let free = wait_until(Duration::from_secs(10), || {
+            std::net::TcpListener::bind(listen).is_ok()
+        });
+        assert!(free, "{listen} did not become free");
+        server.spawn(&listen.to_string());
+        server
+    }
+
+    /// The activity log as `query actlog` prints it.
+    pub fn actlog(&self) -> String {
+        String::from_utf8_lossy(&self.admin(&["query", "actlog"]).stdout).into_owned()
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let addr_file = self.data.path().join("listen.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log_path = self.data.path().join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("server log");
+        let mut child = Command::new(bin("tandem-server"))
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(["--listen", listen, "--name", &self.name])
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn tandem-server");
+        self.addr = wait_for_addr(&addr_file, &mut child, &log_path);
+        self.child = Some(child);
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The server's certificate fingerprint, as it wrote it beside
+    /// `listen.addr` (what clients, consoles and partners pin).
+    pub fn fingerprint(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("fingerprint"))
+            .expect("DATA_DIR/fingerprint")
+            .trim()
+            .to_string()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server with SIGKILL (a crash, or "primary down") and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits (bounded) for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data directory and address.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.addr.to_string();
+        self.spawn(&listen);
+    }
+
+    /// Runs `tandem-admin` against this server with its admin token.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(bin("tandem-admin"))
+            .args(["--server", &self.url(), "--token-file"])
+            .arg(self.data.path().join("admin.token"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tandem-admin")
+    }
+
+    /// Registers `node` with `password`.
+    pub fn register(&self, node: &str, password: &str) {
+        let pw = self.data.path().join(format!("{node}.pw"));
+        std::fs::write(&pw, format!("{password}\n")).expect("password file");
+        let out = self.admin(&[
+            "register",
+            "node",
+            node,
+            "--password-file",
+            pw.to_str().expect("utf8"),
+        ]);
+        assert_success(&out, "register node");
+    }
+
+    /// The container files of the chunk store.
+    pub fn containers(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.data.path().join("containers"))
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Total size of the container files.
+    pub fn container_bytes(&self) -> u64 {
+        self.containers()
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs `define server NAME --address URL --fingerprint FP
+    /// --server-password-file FILE` here: every pairing, and every test that
+    /// points a partner somewhere else (a proxy, a wrong pin, a wrong
+    /// password), goes through this one call.
+    pub fn define_server(
+        &self,
+        name: &str,
+        address: &str,
+        fingerprint: &str,
+        password_file: &Path,
+    ) -> Output {
+        self.admin(&[
+            "define",
+            "server",
+            name,
+            "--address",
+            address,
+            "--fingerprint",
+            fingerprint,
+            "--server-password-file",
+            password_file.to_str().expect("utf8"),
+        ])
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Makes `primary` replicate to `secondary`: each defines the other with a
+/// shared password, the primary names the secondary its replication server.
+pub fn pair(primary: &TestServer, secondary: &TestServer, password: &str) {
+    for (here, there) in [(primary, secondary), (secondary, primary)] {
+        let file = here.data.path().join(format!("{}.serverpw", there.name));
+        std::fs::write(&file, format!("{password}\n")).expect("password file");
+        let out = here.define_server(&there.name, &there.url(), &there.fingerprint(), &file);
+        assert_success(&out, "define server");
+    }
+    assert_success(
+        &primary.admin(&["set", "replserver", &secondary.name]),
+        "set replserver",
+    );
+}
+
+/// Runs `replicate node NODE --wait --json` on `server` and returns the run.
+pub fn replicate(server: &TestServer, node: &str) -> serde_json::Value {
+    let out = server.admin(&["--json", "replicate", "node", node, "--wait"]);
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "replicate node {node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    runs[0].clone()
+}
+
+/// A primary and a secondary paired with a shared password, node `alice`
+/// (password `alice-password`) registered on the primary with replication
+/// enabled, and a client of it.
+pub fn replicated_alice() -> (TestServer, TestServer, TestClient) {
+    let primary = TestServer::start("PRIMARY");
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    primary.register("alice", "alice-password");
+    assert_success(
+        &primary.admin(&["update", "node", "alice", "--replstate", "enabled"]),
+        "enable replication",
+    );
+    let client = TestClient::new(&primary, "alice", "alice-password");
+    (primary, secondary, client)
+}
