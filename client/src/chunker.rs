@@ -12,7 +12,15 @@
 
 use std::io::{ErrorKind, Read};
 
-use crate::scan::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
+/// Smallest chunk the chunker cuts (except at the end of a file).
+pub const MIN_CHUNK: u32 = 256 * 1024;
+/// Average chunk size.
+pub const AVG_CHUNK: u32 = 1024 * 1024;
+/// Largest chunk; half the ceiling servers accept, so a server could raise
+/// its own limit's margin without a client change.
+pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
+
+const _: () = assert!(MAX_CHUNK as usize <= tandem_proto::MAX_RAW_CHUNK_BYTES);
 
 /// Size of the read buffer: two largest chunks. Reads top the unread part up
 /// to one window (the largest chunk), and the tail is moved to the front only

@@ -13,19 +13,12 @@ use tandem_proto::ChunkId;
 use tandem_proto::pb;
 use tokio::sync::mpsc;
 
-use crate::chunker::Chunker;
+use crate::chunker::{Chunker, MAX_CHUNK, MIN_CHUNK};
 use crate::inventory::Inventory;
 use crate::messages::Msg;
 use crate::meta::{self, Lstat, SeenInode, SeenInodes, XattrReader};
 use crate::names;
 use crate::walk::{Entry, Walk};
-
-/// Smallest chunk the chunker cuts (except at the end of a file).
-pub const MIN_CHUNK: u32 = 256 * 1024;
-/// Average chunk size.
-pub const AVG_CHUNK: u32 = 1024 * 1024;
-/// Largest chunk; stays well under the 8 MiB the server accepts.
-pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
 
 /// What the scanner hands to the uploader, in order: a file's chunks come
 /// before the file's `Object`, so an object is never committed ahead of its data.

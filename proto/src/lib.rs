@@ -40,6 +40,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// catalog for long. Callers split longer lists.
 pub const MAX_CHUNK_IDS_PER_CALL: usize = 16_384;
 
+/// Largest uncompressed chunk a server accepts. Clients' chunkers cut
+/// smaller ones (the Tandem client at most 4 MiB); the server refuses a
+/// larger raw length before it decompresses anything.
+pub const MAX_RAW_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
 /// Most objects, deactivations, state changes or deletions one call may carry
 /// (`CommitObjects`, and each list of the replication calls); callers split
 /// longer lists, so one transaction stays short for every other node.

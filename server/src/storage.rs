@@ -31,8 +31,8 @@ use appender::ContainerAppender;
 const CONTAINER_TARGET_BYTES: u64 = 256 * 1024 * 1024;
 /// Size of a record header.
 pub const HEADER_BYTES: u64 = 40;
-/// Largest uncompressed chunk a client may send (the client chunker's maximum is 4 MiB).
-pub const MAX_RAW_CHUNK: usize = 8 * 1024 * 1024;
+/// Largest uncompressed chunk a client may send (the protocol's ceiling).
+pub const MAX_RAW_CHUNK: usize = tandem_proto::MAX_RAW_CHUNK_BYTES;
 
 /// A chunk whose hash was checked, ready to store.
 #[derive(Debug)]

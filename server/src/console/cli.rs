@@ -1,0 +1,293 @@
+//! The console's command line: global options and TSM verbs as clap
+//! subcommands, each with its nouns.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Tandem administrative console.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem-admin",
+    version,
+    about,
+    after_help = "Exit codes: 0 success, 12 error."
+)]
+pub struct AdminCli {
+    /// Server URL.
+    #[arg(long, global = true, default_value = "https://127.0.0.1:1500")]
+    pub server: String,
+    /// The server's certificate fingerprint (SHA-256, AB:CD:...) to pin
+    /// [default: the `fingerprint` file beside --token-file]. Give it before
+    /// the command (`define server` has a --fingerprint of its own).
+    #[arg(long, value_name = "SHA256", conflicts_with = "ca_file")]
+    pub fingerprint: Option<String>,
+    /// Trust the server's certificate when a CA in this PEM file issued it,
+    /// for the host name in --server (an organisation's own CA).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// File holding the server's admin token.
+    #[arg(
+        long,
+        global = true,
+        default_value = "./tandem-data/admin.token",
+        value_name = "FILE"
+    )]
+    pub token_file: PathBuf,
+    /// Act as this named administrator instead of with the admin token; its
+    /// password comes from --admin-password-file or TANDEM_ADMIN_PASSWORD.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub admin: Option<String>,
+    /// File whose first line is the --admin administrator's password.
+    #[arg(long, global = true, value_name = "FILE", requires = "admin")]
+    pub admin_password_file: Option<PathBuf>,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub(super) command: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Verb {
+    /// REGISTER: create a node or an administrator.
+    #[command(subcommand)]
+    Register(RegisterNoun),
+    /// UPDATE: change a node or an administrator.
+    #[command(subcommand)]
+    Update(UpdateNoun),
+    /// REMOVE: delete a node that stores no data, a replica relation, or an administrator.
+    #[command(subcommand)]
+    Remove(RemoveNoun),
+    /// QUERY: show nodes, administrators, the activity log, sessions, server status.
+    #[command(subcommand)]
+    Query(QueryNoun),
+    /// EXPIRE: delete versions retention policy lets go and reclaim space.
+    #[command(subcommand)]
+    Expire(ExpireNoun),
+    /// DELETE: delete a node's filespace with all its versions.
+    #[command(subcommand)]
+    Delete(DeleteNoun),
+    /// DEFINE: define a partner server.
+    #[command(subcommand)]
+    Define(DefineNoun),
+    /// SET: server settings (replication server, failover address, activity log retention).
+    #[command(subcommand)]
+    Set(SetNoun),
+    /// REPLICATE: replicate nodes to the replication server now.
+    #[command(subcommand)]
+    Replicate(ReplicateNoun),
+    /// ROTATE: replace the bootstrap admin token.
+    #[command(subcommand)]
+    Rotate(RotateNoun),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum RotateNoun {
+    /// Write a new random token to the server's DATA_DIR/admin.token; the old one stops working.
+    Admintoken,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum DefineNoun {
+    /// Define a partner server and the password both servers share.
+    Server {
+        /// Its name.
+        name: String,
+        /// Its server-to-server URL.
+        #[arg(long)]
+        address: String,
+        /// File whose first line is the shared server password.
+        #[arg(long, value_name = "FILE")]
+        server_password_file: PathBuf,
+        /// Its certificate fingerprint, as its `query status` prints it
+        /// (required for https://).
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum SetNoun {
+    /// Set the replication server of this server ("" clears it).
+    Replserver {
+        /// A defined server's name.
+        name: String,
+    },
+    /// Set the address clients use to reach this server in failover ("" clears it).
+    Failoveraddress {
+        /// URL handed to clients.
+        address: String,
+    },
+    /// Set how many days activity log records are kept (default 30); older
+    /// ones are removed at once and then hourly.
+    Actlogretention {
+        /// Days, 1 to 9999.
+        days: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ReplicateNoun {
+    /// Replicate nodes.
+    Node {
+        /// Node names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Wait until the runs end and show their results.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ExpireNoun {
+    /// Run expiration and space reclamation now.
+    Inventory {
+        /// Evaluate retention as if it were this time (simulation, tests).
+        #[arg(long, value_name = "TIME")]
+        now: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum DeleteNoun {
+    /// Delete a filespace (asks for confirmation unless --yes).
+    Filespace {
+        /// Node name.
+        node: String,
+        /// Filespace name, as `tandem query filespace` shows it.
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum RegisterNoun {
+    /// Register a node; the password is read from --password-file or the first line of stdin.
+    Node {
+        /// Node name.
+        name: String,
+        /// File whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Register a named administrator; the password is read from --password-file or stdin.
+    Admin {
+        /// Administrator name.
+        name: String,
+        /// File whose first line is the password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum UpdateNoun {
+    /// Change an administrator's password, or lock or unlock it.
+    Admin {
+        /// Administrator name.
+        name: String,
+        /// File whose first line is the new password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Refuse its credentials.
+        #[arg(long, conflicts_with = "unlock")]
+        lock: bool,
+        /// Accept them again.
+        #[arg(long)]
+        unlock: bool,
+    },
+    /// Lock or unlock a node, set its policy or password.
+    Node {
+        /// Node name.
+        name: String,
+        /// Refuse the node's logons.
+        #[arg(long, conflicts_with = "unlock")]
+        lock: bool,
+        /// Allow the node's logons again.
+        #[arg(long)]
+        unlock: bool,
+        /// Versions kept while a file exists (VEREXISTS).
+        #[arg(long)]
+        verexists: Option<u32>,
+        /// Versions kept after a file is deleted (VERDELETED).
+        #[arg(long)]
+        verdeleted: Option<u32>,
+        /// Days an extra inactive version is kept (RETEXTRA).
+        #[arg(long)]
+        retextra: Option<u32>,
+        /// Days the last inactive version of a deleted file is kept (RETONLY).
+        #[arg(long)]
+        retonly: Option<u32>,
+        /// File whose first line is the new password.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Replication state.
+        #[arg(long, value_parser = ["enabled", "disabled"])]
+        replstate: Option<String>,
+        /// Replication rule.
+        #[arg(long, value_parser = ["all_data", "active_data", "none"])]
+        replrule: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum RemoveNoun {
+    /// Remove a node (refused while it owns filespaces).
+    Node {
+        /// Node name.
+        name: String,
+    },
+    /// Remove an administrator (never yourself, never the last one).
+    Admin {
+        /// Administrator name.
+        name: String,
+    },
+    /// End replication of a node here; on a target the node may write again.
+    Replnode {
+        /// Node name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum QueryNoun {
+    /// Nodes with lock state, policy and storage.
+    Node {
+        /// Node name; all when omitted.
+        name: Option<String>,
+    },
+    /// Activity log records.
+    Actlog {
+        /// Only records at or after this time (RFC 3339 or 'YYYY-MM-DD HH:MM:SS').
+        #[arg(long, value_name = "TIME")]
+        begin: Option<String>,
+        /// Only records containing this text.
+        #[arg(long)]
+        search: Option<String>,
+        /// At most this many (newest) records.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Open client sessions.
+    Session,
+    /// Administrators with lock state and last call.
+    Admin,
+    /// Server name, GUID, data directory and storage.
+    Status,
+    /// Defined partner servers.
+    Server,
+    /// Per filespace: versions and bytes here and on the replication server.
+    Replnode {
+        /// Node name.
+        name: String,
+    },
+    /// Replication runs.
+    Replication {
+        /// Node name; all when omitted.
+        name: Option<String>,
+    },
+}

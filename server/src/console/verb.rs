@@ -1,0 +1,14 @@
+//! One handler per console verb. Each takes the connected console, its
+//! noun, the secret read before connecting (when the verb needs one) and
+//! whether `--json` was given, and prints through `render`.
+
+pub(super) mod define;
+pub(super) mod delete;
+pub(super) mod expire;
+pub(super) mod query;
+pub(super) mod register;
+pub(super) mod remove;
+pub(super) mod replicate;
+pub(super) mod rotate;
+pub(super) mod set;
+pub(super) mod update;

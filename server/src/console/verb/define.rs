@@ -1,0 +1,56 @@
+//! DEFINE SERVER: a partner server and the password both share.
+
+use serde_json::json;
+use tandem_proto::pb;
+
+use crate::console::AdminError;
+use crate::console::cli::DefineNoun;
+use crate::console::connect::Console;
+
+/// Runs `define` for `noun`; `secret` is the password read before connecting.
+pub(in crate::console) async fn run(
+    console: &mut Console,
+    noun: DefineNoun,
+    secret: Option<String>,
+    as_json: bool,
+) -> Result<(), AdminError> {
+    match noun {
+        DefineNoun::Server {
+            name,
+            address,
+            fingerprint,
+            ..
+        } => {
+            let req = console.request(pb::DefineServerRequest {
+                name,
+                address,
+                password: secret.unwrap_or_default(),
+                fingerprint: fingerprint.unwrap_or_default(),
+            });
+            let s = console
+                .client
+                .define_server(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                println!(
+                    "{}",
+                    json!({ "name": s.name, "address": s.address, "fingerprint": s.fingerprint })
+                );
+            } else {
+                println!(
+                    "TDM0500I server {} defined at {}, certificate fingerprint {}",
+                    s.name,
+                    s.address,
+                    if s.fingerprint.is_empty() {
+                        "none (plaintext loopback)"
+                    } else {
+                        &s.fingerprint
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! EXPIRE INVENTORY: expiration and space reclamation now.
+
+use tandem_proto::pb;
+
+use crate::console::AdminError;
+use crate::console::cli::ExpireNoun;
+use crate::console::connect::Console;
+use crate::console::input::parse_time;
+use crate::console::render::print_expiration;
+
+/// Runs `expire` for `noun`; `secret` is the password read before connecting.
+pub(in crate::console) async fn run(
+    console: &mut Console,
+    noun: ExpireNoun,
+    _secret: Option<String>,
+    as_json: bool,
+) -> Result<(), AdminError> {
+    match noun {
+        ExpireNoun::Inventory { now } => {
+            let now_ns = now.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+            let req = console.request(pb::ExpireInventoryRequest { now_ns });
+            let r = console
+                .client
+                .expire_inventory(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            print_expiration(&r, as_json);
+        }
+    }
+    Ok(())
+}

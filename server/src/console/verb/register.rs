@@ -1,0 +1,52 @@
+//! REGISTER NODE|ADMIN: create a node or a named administrator.
+
+use tandem_proto::pb;
+
+use crate::console::AdminError;
+use crate::console::cli::RegisterNoun;
+use crate::console::connect::Console;
+use crate::console::render::print_rows;
+
+/// Runs `register` for `noun`; `secret` is the password read before connecting.
+pub(in crate::console) async fn run(
+    console: &mut Console,
+    noun: RegisterNoun,
+    secret: Option<String>,
+    as_json: bool,
+) -> Result<(), AdminError> {
+    match noun {
+        RegisterNoun::Node { name, .. } => {
+            let req = console.request(pb::RegisterNodeRequest {
+                name,
+                password: secret.unwrap_or_default(),
+            });
+            let node = console
+                .client
+                .register_node(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if !as_json {
+                println!("TDM0500I node {} registered", node.name);
+            }
+            print_rows(&[node], as_json);
+        }
+        RegisterNoun::Admin { name, .. } => {
+            let req = console.request(pb::RegisterAdminRequest {
+                name,
+                password: secret.unwrap_or_default(),
+            });
+            let admin = console
+                .client
+                .register_admin(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if !as_json {
+                println!("TDM0500I administrator {} registered", admin.name);
+            }
+            print_rows(&[admin], as_json);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! REMOVE NODE|ADMIN|REPLNODE.
+
+use serde_json::json;
+use tandem_proto::pb;
+
+use crate::console::AdminError;
+use crate::console::cli::RemoveNoun;
+use crate::console::connect::Console;
+
+/// Runs `remove` for `noun`; `secret` is the password read before connecting.
+pub(in crate::console) async fn run(
+    console: &mut Console,
+    noun: RemoveNoun,
+    _secret: Option<String>,
+    as_json: bool,
+) -> Result<(), AdminError> {
+    match noun {
+        RemoveNoun::Admin { name } => {
+            let req = console.request(pb::RemoveAdminRequest { name: name.clone() });
+            console
+                .client
+                .remove_admin(req)
+                .await
+                .map_err(|s| console.refused(s))?;
+            if as_json {
+                println!("{}", json!({ "removed": name.to_ascii_uppercase() }));
+            } else {
+                println!(
+                    "TDM0500I administrator {} removed",
+                    name.to_ascii_uppercase()
+                );
+            }
+        }
+        RemoveNoun::Node { name } => {
+            let req = console.request(pb::RemoveNodeRequest { name: name.clone() });
+            console
+                .client
+                .remove_node(req)
+                .await
+                .map_err(|s| console.refused(s))?;
+            if as_json {
+                println!("{}", json!({ "removed": name.to_ascii_uppercase() }));
+            } else {
+                println!("TDM0500I node {} removed", name.to_ascii_uppercase());
+            }
+        }
+        RemoveNoun::Replnode { name } => {
+            let req = console.request(pb::RemoveReplNodeRequest { node: name.clone() });
+            console
+                .client
+                .remove_repl_node(req)
+                .await
+                .map_err(|s| console.refused(s))?;
+            println!(
+                "TDM0500I replication removed for node {}",
+                name.to_ascii_uppercase()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! REPLICATE NODE: runs now, optionally waited for.
+
+use tandem_proto::pb;
+
+use crate::console::AdminError;
+use crate::console::cli::ReplicateNoun;
+use crate::console::connect::Console;
+use crate::console::render::print_rows;
+
+/// Runs `replicate` for `noun`; `secret` is the password read before connecting.
+pub(in crate::console) async fn run(
+    console: &mut Console,
+    noun: ReplicateNoun,
+    _secret: Option<String>,
+    as_json: bool,
+) -> Result<(), AdminError> {
+    match noun {
+        ReplicateNoun::Node { names, wait } => {
+            let req = console.request(pb::ReplicateNodeRequest { nodes: names, wait });
+            let r = console
+                .client
+                .replicate_node(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            let failed = r.runs.iter().any(|run| run.state == "failed");
+            print_rows(&r.runs, as_json);
+            if failed {
+                return Err(AdminError::Refused(
+                    "replication failed; see the message above and `query actlog`".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! ROTATE ADMINTOKEN: a new bootstrap token.
+
+use serde_json::json;
+use tandem_proto::pb;
+
+use crate::console::AdminError;
+use crate::console::cli::RotateNoun;
+use crate::console::connect::Console;
+
+/// Runs `rotate` for `noun`; `secret` is the password read before connecting.
+pub(in crate::console) async fn run(
+    console: &mut Console,
+    noun: RotateNoun,
+    _secret: Option<String>,
+    as_json: bool,
+) -> Result<(), AdminError> {
+    match noun {
+        RotateNoun::Admintoken => {
+            let req = console.request(pb::RotateAdminTokenRequest {});
+            let reply = console
+                .client
+                .rotate_admin_token(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if as_json {
+                println!("{}", json!({ "token_file": reply.path }));
+            } else {
+                println!(
+                    "TDM0500I a new admin token is in {} on the server; the old one no longer works",
+                    reply.path
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! UPDATE NODE|ADMIN: lock, unlock, policy, password, replication settings.
+
+use tandem_proto::pb;
+
+use crate::console::AdminError;
+use crate::console::cli::UpdateNoun;
+use crate::console::connect::Console;
+use crate::console::render::print_rows;
+
+/// Runs `update` for `noun`; `secret` is the password read before connecting.
+pub(in crate::console) async fn run(
+    console: &mut Console,
+    noun: UpdateNoun,
+    secret: Option<String>,
+    as_json: bool,
+) -> Result<(), AdminError> {
+    match noun {
+        UpdateNoun::Node {
+            name,
+            lock,
+            unlock,
+            verexists,
+            verdeleted,
+            retextra,
+            retonly,
+            replstate,
+            replrule,
+            ..
+        } => {
+            let locked = if lock {
+                Some(true)
+            } else if unlock {
+                Some(false)
+            } else {
+                None
+            };
+            if locked.is_none()
+                && secret.is_none()
+                && replstate.is_none()
+                && replrule.is_none()
+                && [verexists, verdeleted, retextra, retonly]
+                    .iter()
+                    .all(Option::is_none)
+            {
+                return Err(AdminError::Usage(
+                    "nothing to update: give --lock, --unlock, a policy value, --replstate, --replrule or --password-file"
+                        .into(),
+                ));
+            }
+            let req = console.request(pb::UpdateNodeRequest {
+                name,
+                locked,
+                policy: Some(pb::PolicyUpdate {
+                    verexists,
+                    verdeleted,
+                    retextra,
+                    retonly,
+                }),
+                password: secret,
+                replstate_enabled: replstate.map(|s| s == "enabled"),
+                replrule,
+            });
+            let node = console
+                .client
+                .update_node(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if !as_json {
+                println!("TDM0500I node {} updated", node.name);
+            }
+            print_rows(&[node], as_json);
+        }
+        UpdateNoun::Admin {
+            name, lock, unlock, ..
+        } => {
+            let req = console.request(pb::UpdateAdminRequest {
+                name,
+                password: secret.unwrap_or_default(),
+                lock,
+                unlock,
+            });
+            let admin = console
+                .client
+                .update_admin(req)
+                .await
+                .map_err(|s| console.refused(s))?
+                .into_inner();
+            if !as_json {
+                println!("TDM0500I administrator {} updated", admin.name);
+            }
+            print_rows(&[admin], as_json);
+        }
+    }
+    Ok(())
+}
