@@ -15,6 +15,19 @@
 //! commit is the server's acknowledgement whatever order flushes finish in:
 //! once it returns, those objects survive a crash of the server; objects not
 //! yet committed are simply absent.
+//!
+//! What runs before the uploader, on the scanner's thread: [`walk`] (the
+//! tree by directory descriptors), [`meta`] (attributes, extended attributes,
+//! ACLs, hard links), [`inventory`] (what the server holds, so unchanged
+//! files are not read), [`scan`] (which objects to send, read and chunked by
+//! [`chunker`]); [`compress`] is the uploader's zstd step.
+
+pub mod chunker;
+pub mod compress;
+pub mod inventory;
+pub mod meta;
+pub mod scan;
+pub mod walk;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -32,16 +45,16 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::compress::compress_chunk;
-use crate::console::Console;
+use crate::backup::compress::compress_chunk;
+use crate::backup::inventory::Inventory;
 use crate::error::{ClientError, ExitStatus};
-use crate::inventory::Inventory;
-use crate::messages::Msg;
-use crate::nrtable::NodeReplicationTable;
+use crate::logon::nrtable::NodeReplicationTable;
+use crate::logon::session::Session;
 use crate::options::ClientOptions;
+use crate::output::console::Console;
+use crate::output::messages::Msg;
 use crate::paths;
-use crate::scan::{self, Item, ScanPlan};
-use crate::session::Session;
+use scan::{Item, ScanPlan};
 
 /// Pending uncompressed chunk bytes that trigger a flush. Each flush costs a
 /// `FindMissingChunks` call, an upload stream and a commit, so larger ones

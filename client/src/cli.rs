@@ -11,17 +11,17 @@ use serde::Serialize;
 use tandem_proto::pb;
 
 use crate::backup::{self, BackupStats, Mode, human_bytes};
-use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
-use crate::error_log::ErrorLog;
-use crate::failover::SessionMode;
-use crate::messages::Msg;
+use crate::logon::failover::SessionMode;
+use crate::logon::session::Session;
 use crate::options::{self, ClientOptions};
+use crate::output::console::Console;
+use crate::output::error_log::ErrorLog;
+use crate::output::messages::Msg;
+use crate::output::timefmt;
 use crate::query;
 use crate::restore::{self, Replace, RestoreRequest, RestoreStats};
 use crate::selection::Selection;
-use crate::session::Session;
-use crate::timefmt;
 
 /// Tandem backup-archive client.
 #[derive(Debug, Parser)]
@@ -292,7 +292,7 @@ fn save_pushed_server(
         console.report(&Msg::push_ignored(&server.name, why), ExitStatus::Warnings);
         return;
     }
-    match crate::options_push::update(options_path, server) {
+    match crate::logon::options_push::update(options_path, server) {
         Ok(true) => console.report(
             &Msg::push_saved(
                 &server.name,
@@ -386,7 +386,7 @@ fn write_operation(command: &Command) -> Option<&'static str> {
 /// In failover, warns (TDM2111W) for each filespace whose newest backup has
 /// not reached the secondary.
 async fn warn_if_stale(session: &Session, options: &ClientOptions, console: &Console) {
-    let Ok(filespaces) = crate::currency::check(session, options).await else {
+    let Ok(filespaces) = crate::logon::currency::check(session, options).await else {
         return;
     };
     for fs in filespaces.iter().filter(|f| !f.current) {

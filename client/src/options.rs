@@ -137,7 +137,7 @@ pub struct ClientOptions {
     /// (SERIALIZATION): `shared_static` skips it, `shared_dynamic` stores it
     /// marked "changed during backup".
     #[serde(default)]
-    pub serialization: crate::scan::Serialization,
+    pub serialization: crate::backup::scan::Serialization,
 }
 
 fn default_changing_retries() -> u32 {
@@ -443,8 +443,8 @@ impl ClientOptions {
             (
                 "serialization",
                 match self.serialization {
-                    crate::scan::Serialization::SharedStatic => "shared_static",
-                    crate::scan::Serialization::SharedDynamic => "shared_dynamic",
+                    crate::backup::scan::Serialization::SharedStatic => "shared_static",
+                    crate::backup::scan::Serialization::SharedDynamic => "shared_dynamic",
                 }
                 .to_string(),
             ),

@@ -9,13 +9,13 @@ use tandem_proto::pb;
 use tokio_stream::StreamExt;
 
 use crate::backup::human_bytes;
-use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
-use crate::messages::Msg;
+use crate::logon::session::Session;
 use crate::options::ClientOptions;
+use crate::output::console::Console;
+use crate::output::messages::Msg;
+use crate::output::timefmt;
 use crate::selection::Selection;
-use crate::session::Session;
-use crate::timefmt;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -187,10 +187,10 @@ pub async fn filespaces(
     options: &ClientOptions,
     console: &Console,
 ) -> Result<(), ClientError> {
-    let filespaces = crate::currency::list_filespaces(session).await?;
+    let filespaces = crate::logon::currency::list_filespaces(session).await?;
     // In failover mode, say per filespace whether the replica is current.
-    let currency = if session.mode == crate::failover::SessionMode::Failover {
-        crate::currency::compare(session, options, &filespaces)
+    let currency = if session.mode == crate::logon::failover::SessionMode::Failover {
+        crate::logon::currency::compare(session, options, &filespaces)
     } else {
         Vec::new()
     };
@@ -275,8 +275,8 @@ pub async fn session(
     console: &Console,
 ) -> Result<(), ClientError> {
     let i = &session.info;
-    let currency = if session.mode == crate::failover::SessionMode::Failover {
-        crate::currency::check(session, options).await?
+    let currency = if session.mode == crate::logon::failover::SessionMode::Failover {
+        crate::logon::currency::check(session, options).await?
     } else {
         Vec::new()
     };

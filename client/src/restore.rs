@@ -36,12 +36,12 @@ use self::attrs::Unset;
 use self::dest::{DestTree, Placed};
 use self::fetch::{FetchJob, Parcel};
 
-use crate::console::Console;
 use crate::error::{ClientError, ExitStatus};
-use crate::messages::Msg;
+use crate::logon::session::Session;
 use crate::names;
+use crate::output::console::Console;
+use crate::output::messages::Msg;
 use crate::selection::Selection;
-use crate::session::Session;
 
 /// How a restore splits a stored path (relative to SOURCE's directory) into
 /// the names it places below DEST; refuses anything that could lead outside.

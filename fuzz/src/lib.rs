@@ -132,5 +132,5 @@ pub fn restore_paths(data: &[u8]) {
 
 /// A `--pitdate` value: parsed or refused, never a panic.
 pub fn pitdate(data: &[u8]) {
-    let _ = tandem_client::timefmt::parse_time(&String::from_utf8_lossy(data));
+    let _ = tandem_client::output::timefmt::parse_time(&String::from_utf8_lossy(data));
 }

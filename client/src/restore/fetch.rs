@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
-use crate::session::Session;
+use crate::logon::session::Session;
 
 /// Bytes of file data per `ReadChunks` call.
 const FETCH_BATCH_BYTES: u64 = 16 * 1024 * 1024;

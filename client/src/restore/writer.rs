@@ -27,9 +27,9 @@ use super::dest::DestTree;
 use super::direct::{DIRECT_MIN_BYTES, DirectWriter};
 use super::fetch::{Fetched, Parcel};
 use super::{FileJob, RestoreStats, attrs, make_temp, report_unsets};
-use crate::console::Console;
 use crate::error::ExitStatus;
-use crate::messages::Msg;
+use crate::output::console::Console;
+use crate::output::messages::Msg;
 
 /// Written bytes that close a batch.
 const SYNC_BATCH_BYTES: u64 = 64 * 1024 * 1024;

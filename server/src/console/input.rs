@@ -56,5 +56,5 @@ pub(super) fn confirm(question: &str) -> Result<(), AdminError> {
 /// A time given on the command line (RFC 3339 or local `YYYY-MM-DD HH:MM:SS`),
 /// parsed as the client parses `--pitdate`.
 pub(super) fn parse_time(text: &str) -> Result<i64, AdminError> {
-    tandem_client::timefmt::parse_time(text).map_err(|e| AdminError::Usage(e.to_string()))
+    tandem_client::output::timefmt::parse_time(text).map_err(|e| AdminError::Usage(e.to_string()))
 }

@@ -11,7 +11,7 @@ use tandem_proto::pb;
 
 /// Local time as `YYYY-MM-DD HH:MM:SS`, `-` for never (as the client shows it).
 pub(super) fn show_time(ns: i64) -> String {
-    tandem_client::timefmt::show(ns)
+    tandem_client::output::timefmt::show(ns)
 }
 
 /// An empty table with `header`, in the console's style.

@@ -7,9 +7,9 @@ use serde::Serialize;
 use tandem_proto::pb;
 
 use crate::error::ClientError;
-use crate::nrtable::NodeReplicationTable;
+use crate::logon::nrtable::NodeReplicationTable;
+use crate::logon::session::Session;
 use crate::options::ClientOptions;
-use crate::session::Session;
 
 /// The replica's state of one filespace.
 #[derive(Debug, Clone, Serialize)]

@@ -4,8 +4,8 @@
 use std::sync::Mutex;
 
 use crate::error::ExitStatus;
-use crate::error_log::ErrorLog;
-use crate::messages::{Msg, Severity};
+use crate::output::error_log::ErrorLog;
+use crate::output::messages::{Msg, Severity};
 
 /// Output settings and the message sink of one command.
 #[derive(Debug)]

@@ -1,5 +1,5 @@
 //! A logged-on session. [`Session::establish`] runs the logon decision of
-//! [`crate::failover`]: it tries the primary with `connect_timeout_ms` and up to
+//! [`crate::logon::failover`]: it tries the primary with `connect_timeout_ms` and up to
 //! `logon_retries` tries with exponential backoff (`backoff`), and when nobody
 //! answers and a replication server is stored, checks that server's
 //! certificate against the fingerprint the primary pushed (TLS handshake) and
@@ -17,13 +17,13 @@ use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::console::Console;
 use crate::error::ClientError;
-use crate::failover::{Logon, LogonFacts, Next, Refusal, Seen, ServerRef, SessionMode};
-use crate::messages::Msg;
-use crate::nrtable::NodeReplicationTable;
+use crate::logon::failover::{Logon, LogonFacts, Next, Refusal, Seen, ServerRef, SessionMode};
+use crate::logon::nrtable::NodeReplicationTable;
 use crate::options::ClientOptions;
-use crate::timefmt;
+use crate::output::console::Console;
+use crate::output::messages::Msg;
+use crate::output::timefmt;
 
 /// Facts about the server a session is logged on to.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ pub struct ServerInfo {
     /// Session number on the server.
     pub session_id: u64,
     /// The primary's replication server for this node, when it sent one.
-    pub replication_server: Option<(crate::options_push::PushedServer, i64)>,
+    pub replication_server: Option<(crate::logon::options_push::PushedServer, i64)>,
     /// The server holds the node as a replica: read-only session.
     pub replica: bool,
     /// On a replica: the node's last replication time (Unix ns).
@@ -452,7 +452,7 @@ async fn finish(
         session_id: reply.session_id,
         replication_server: reply.replication_server.map(|r| {
             (
-                crate::options_push::PushedServer {
+                crate::logon::options_push::PushedServer {
                     name: r.name,
                     address: r.address,
                     guid: r.guid,

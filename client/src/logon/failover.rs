@@ -1,5 +1,5 @@
 //! The logon decision (SPEC 3.3): which server to try next and what to log.
-//! Pure: no I/O, no clock. [`crate::session`] tries what [`Logon::next`] says,
+//! Pure: no I/O, no clock. [`crate::logon::session`] tries what [`Logon::next`] says,
 //! reports what it saw with [`Logon::observe`], and logs the messages returned.
 //!
 //! Rules:
@@ -15,7 +15,7 @@
 //! - The first logon that reaches the primary after a failover session logs
 //!   the failback, once.
 
-use crate::messages::Msg;
+use crate::output::messages::Msg;
 
 /// Where a session ended up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,12 +13,12 @@ use tandem_proto::ChunkId;
 use tandem_proto::pb;
 use tokio::sync::mpsc;
 
-use crate::chunker::{Chunker, MAX_CHUNK, MIN_CHUNK};
-use crate::inventory::Inventory;
-use crate::messages::Msg;
-use crate::meta::{self, Lstat, SeenInode, SeenInodes, XattrReader};
+use crate::backup::chunker::{Chunker, MAX_CHUNK, MIN_CHUNK};
+use crate::backup::inventory::Inventory;
+use crate::backup::meta::{self, Lstat, SeenInode, SeenInodes, XattrReader};
+use crate::backup::walk::{Entry, Walk};
 use crate::names;
-use crate::walk::{Entry, Walk};
+use crate::output::messages::Msg;
 
 /// What the scanner hands to the uploader, in order: a file's chunks come
 /// before the file's `Object`, so an object is never committed ahead of its data.

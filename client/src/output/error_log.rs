@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::messages::Msg;
+use crate::output::messages::Msg;
 
 /// Appends messages to the error log.
 #[derive(Debug, Clone)]

@@ -1,0 +1,11 @@
+//! What the client tells its user and its auditors.
+//!
+//! - [`messages`]: every TDM message the client prints, with its id.
+//! - [`console`]: messages and progress on the terminal, or JSON.
+//! - [`error_log`]: `dsierror.log`, where failover and failback are recorded.
+//! - [`timefmt`]: times parsed from the command line and shown in tables.
+
+pub mod console;
+pub mod error_log;
+pub mod messages;
+pub mod timefmt;
