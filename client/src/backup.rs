@@ -16,11 +16,12 @@
 //! once it returns, those objects survive a crash of the server; objects not
 //! yet committed are simply absent.
 //!
-//! What runs before the uploader, on the scanner's thread: [`walk`] (the
-//! tree by directory descriptors), [`meta`] (attributes, extended attributes,
-//! ACLs, hard links), [`inventory`] (what the server holds, so unchanged
-//! files are not read), [`scan`] (which objects to send, read and chunked by
-//! [`chunker`]); [`compress`] is the uploader's zstd step.
+//! The parts before the uploader: [`inventory`] (what the server holds,
+//! fetched first, so the scanner reads no unchanged file), and on the
+//! scanner's thread [`walk`] (the tree by directory descriptors), [`meta`]
+//! (attributes, extended attributes, ACLs, hard links) and [`scan`] (which
+//! objects to send, read and chunked by [`chunker`]); [`compress`] is the
+//! uploader's zstd step.
 
 pub mod chunker;
 pub mod compress;
@@ -314,7 +315,7 @@ async fn joined<T>(
 ) -> Result<T, ClientError> {
     handle
         .await
-        .map_err(|e| ClientError::Usage(format!("{what} task failed: {e}")))?
+        .map_err(|e| ClientError::task_failed(&format!("{what} task"), e))?
 }
 
 /// Orders a commit after the uploads: an object may reference chunks an
@@ -380,7 +381,7 @@ async fn upload_batch(
             .await;
         let compressed = compressor
             .await
-            .map_err(|e| ClientError::Internal(format!("the compression task failed: {e}")))?;
+            .map_err(|e| ClientError::task_failed("compression task", e))?;
         // A compression error ends the stream early; report it, not the upload.
         out.bytes_sent = compressed?;
         uploaded.map_err(|s| ClientError::server("uploading data", s))?;
@@ -654,7 +655,7 @@ pub async fn run(
         }
         let deactivate = scanner
             .await
-            .map_err(|e| ClientError::Internal(format!("the scanner failed: {e}")))?;
+            .map_err(|e| ClientError::task_failed("scanner", e))?;
         uploader.finish(deactivate).await?;
         let acknowledged = mark(session, &filespace, true).await?;
         note_backup(session, options, &filespace, acknowledged, console);

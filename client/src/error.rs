@@ -116,6 +116,11 @@ impl ClientError {
         }
     }
 
+    /// One of the client's own tasks or threads (`what`) ended abnormally.
+    pub fn task_failed(what: &str, cause: impl std::fmt::Display) -> Self {
+        ClientError::Internal(format!("the {what} failed: {cause}"))
+    }
+
     /// The exit code for this error.
     pub fn exit_status(&self) -> ExitStatus {
         ExitStatus::Error

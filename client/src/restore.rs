@@ -662,7 +662,7 @@ pub async fn run(
     });
     fetcher
         .await
-        .map_err(|e| ClientError::Internal(format!("the fetch task failed: {e}")))?;
+        .map_err(|e| ClientError::task_failed("fetch task", e))?;
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(stats)
 }

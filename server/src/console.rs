@@ -2,7 +2,7 @@
 //! subcommands, readable tables, `--json` for scripts.
 //!
 //! - [`cli`]: the command line (global options, verbs and their nouns).
-//! - `input`: secrets, confirmations and times, read before connecting.
+//! - `input`: secrets and confirmations (read before connecting), times.
 //! - `connect`: the server checked by its certificate, then the credentials.
 //! - `verb/`: one handler per verb (`register`, `update`, `remove`,
 //!   `query`, `define`, `set`, `replicate`, `expire`, `delete`, `rotate`).

@@ -114,7 +114,7 @@ pub enum ServerError {
     NoReplicationServer,
     /// A partner server is named but not defined here.
     #[error(
-        "server {server} is not defined; use `define server {server} --address URL --server-password-file F --fingerprint SHA256`"
+        "server {server} is not defined here; define it first: `define server {server} --address URL --server-password-file FILE --fingerprint SHA256` (no --fingerprint for a plaintext loopback partner)"
     )]
     ServerNotDefined {
         /// Its name.

@@ -246,17 +246,12 @@ fn no_secret_crosses_the_wire_in_clear() {
     assert_success(&admin, "query status through the proxy");
     let pw = primary.data.path().join("SECONDARY.serverpw");
     assert_success(
-        &primary.admin(&[
-            "define",
-            "server",
+        &primary.define_server(
             "SECONDARY",
-            "--address",
             &format!("https://{}", to_secondary.addr),
-            "--fingerprint",
             &secondary.fingerprint(),
-            "--server-password-file",
-            &path_str(&pw),
-        ]),
+            &pw,
+        ),
         "route replication through the proxy",
     );
     assert_eq!(replicate(&primary, "alice")["state"], "completed");

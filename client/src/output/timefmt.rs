@@ -1,4 +1,5 @@
-//! Time parsing and display for `--pitdate` and tables.
+//! Time parsing and display: `--pitdate` and the client's tables, and the
+//! same forms in `tandem-admin`.
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone};
 

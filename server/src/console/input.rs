@@ -1,5 +1,6 @@
-//! What the console reads locally before it connects: secrets from a file
-//! or stdin, confirmations, times. A bad input costs no connection.
+//! What the console reads locally: secrets from a file or stdin and
+//! confirmations (both before it connects, so a bad one costs no
+//! connection), and times given on the command line.
 
 use std::io::BufRead;
 use std::path::Path;

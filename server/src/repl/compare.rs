@@ -8,7 +8,7 @@ use tandem_proto::pb;
 use tandem_replication::ReplicationRule;
 
 use super::remote::connect;
-use super::runs::rule_of;
+use super::runs::{replication_server, rule_of};
 use crate::ServerState;
 use crate::error::ServerError;
 
@@ -31,19 +31,7 @@ pub async fn compare_node(
             .ok_or(ServerError::NodeNotFound {
                 node: lookup.clone(),
             })?;
-        let target = check
-            .repo
-            .catalog
-            .setting("replserver")?
-            .unwrap_or_default();
-        if target.is_empty() {
-            return Err(ServerError::NoReplicationServer);
-        }
-        let partner = check
-            .repo
-            .catalog
-            .server(&target)?
-            .ok_or(ServerError::ServerNotDefined { server: target })?;
+        let partner = replication_server(&check)?;
         let local = check.repo.catalog.version_states(node_rec.id)?;
         Ok::<_, ServerError>((node_rec, partner, local))
     })

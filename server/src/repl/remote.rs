@@ -30,6 +30,8 @@ pub struct RemoteTarget {
     server: MetadataValue<Ascii>,
     session: MetadataValue<Ascii>,
     node: String,
+    /// The partner's name, for errors.
+    partner: String,
 }
 
 impl RemoteTarget {
@@ -51,11 +53,15 @@ impl std::fmt::Debug for RemoteTarget {
     }
 }
 
-fn refused(what: &str) -> impl FnOnce(tonic::Status) -> ServerError + '_ {
-    move |s| ServerError::FailedPrecondition(format!("{what}: {}", s.message()))
-}
-
 impl RemoteTarget {
+    /// Maps the partner's refusal of `what` to an error naming the partner.
+    fn refused(&self, what: String) -> impl FnOnce(tonic::Status) -> ServerError + '_ {
+        move |s| ServerError::Partner {
+            server: self.partner.clone(),
+            reason: format!("{what}: {}", s.message()),
+        }
+    }
+
     /// Asks the partner to create or update the replica of `node` (a run's
     /// first step).
     ///
@@ -70,7 +76,7 @@ impl RemoteTarget {
                 locked: node.locked,
             }))
             .await
-            .map_err(refused(&format!("target refused node {}", node.name)))?;
+            .map_err(self.refused(format!("refused node {}", node.name)))?;
         Ok(())
     }
 
@@ -120,7 +126,7 @@ impl RemoteTarget {
                 }),
             )
             .await
-            .map_err(refused("target"))?;
+            .map_err(self.refused("ending the run".into()))?;
         Ok(())
     }
 
@@ -280,7 +286,7 @@ pub async fn connect(
     let tls = match partner.fingerprint.parse::<tandem_tls::Fingerprint>() {
         Ok(pin) => Some(
             tandem_tls::ClientTls::new(&tandem_tls::Trust::Pinned(pin), Some(&state.identity))
-                .map_err(|e| ServerError::FailedPrecondition(e.to_string()))?,
+                .map_err(|e| failed(e.to_string()))?,
         ),
         Err(_) => None,
     };
@@ -300,6 +306,7 @@ pub async fn connect(
         server: ascii(&state.config.name, "the server name")?,
         session: ascii("none", "session")?,
         node: node.to_string(),
+        partner: partner.name.clone(),
     };
     let nonce: [u8; 32] = rand::random();
     let hello = target

@@ -46,22 +46,28 @@ pub fn rule_of(node: &Node) -> ReplicationRule {
     node.replrule.into()
 }
 
-/// Checks that `node` can be replicated now and returns it with the target.
-fn preflight(state: &ServerState, node: &str) -> Result<(Node, PartnerServer), ServerError> {
-    let target_name = state
+/// The partner named by `set replserver`, as defined here.
+///
+/// # Errors
+/// [`ServerError::NoReplicationServer`], [`ServerError::ServerNotDefined`],
+/// catalog errors.
+pub fn replication_server(state: &ServerState) -> Result<PartnerServer, ServerError> {
+    let name = state
         .repo
         .catalog
         .setting("replserver")?
         .filter(|s| !s.is_empty())
         .ok_or(ServerError::NoReplicationServer)?;
-    let partner =
-        state
-            .repo
-            .catalog
-            .server(&target_name)?
-            .ok_or(ServerError::ServerNotDefined {
-                server: target_name,
-            })?;
+    state
+        .repo
+        .catalog
+        .server(&name)?
+        .ok_or(ServerError::ServerNotDefined { server: name })
+}
+
+/// Checks that `node` can be replicated now and returns it with the target.
+fn preflight(state: &ServerState, node: &str) -> Result<(Node, PartnerServer), ServerError> {
+    let partner = replication_server(state)?;
     let node_rec = state
         .repo
         .catalog

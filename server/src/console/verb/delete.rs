@@ -6,7 +6,7 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::DeleteNoun;
 use crate::console::connect::Console;
-use crate::console::render::print_expiration;
+use crate::console::render::{print_expiration, print_json};
 
 /// Runs `delete` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
@@ -29,10 +29,10 @@ pub(in crate::console) async fn run(
                 .into_inner();
             if as_json {
                 let reclaimed = r.reclaimed.unwrap_or_default();
-                println!("{}", serde_json::to_string_pretty(&json!({
+                print_json(&json!({
                     "filespace": name, "versions_deleted": r.versions_deleted,
                     "chunks_freed": reclaimed.chunks_freed, "bytes_reclaimed": reclaimed.bytes_reclaimed,
-                })).unwrap_or_default());
+                }));
             } else {
                 println!(
                     "TDM0421I filespace {name} deleted: {} version(s)",
