@@ -24,7 +24,7 @@ use tandem_proto::{ChunkId, StoredChunk};
 
 use crate::catalog::Catalog;
 use crate::error::ServerError;
-use crate::model::Policy;
+use crate::model::{Node, Policy};
 use crate::pins::ChunkPins;
 use crate::storage::ChunkStore;
 
@@ -71,6 +71,18 @@ impl Repository {
     ) -> Result<R, ServerError> {
         let repo = self.clone();
         tokio::task::spawn_blocking(move || f(&repo)).await?
+    }
+
+    /// The registered node `name` (upper case).
+    ///
+    /// # Errors
+    /// [`ServerError::NodeNotFound`]; catalog errors.
+    pub fn registered_node(&self, name: &str) -> Result<Node, ServerError> {
+        self.catalog
+            .node(name)?
+            .ok_or_else(|| ServerError::NodeNotFound {
+                node: name.to_string(),
+            })
     }
 
     /// Of `ids`, those node `node` does not own (see

@@ -69,6 +69,17 @@ async fn back_up(repo: &Arc<Repository>, node_id: i64, files: &[(&str, Vec<Store
         .expect("commit");
 }
 
+/// A repository in `dir` with node [`NODE`] registered.
+fn source_with_node(dir: &tempfile::TempDir) -> (Arc<Repository>, tandem_server::model::Node) {
+    let repo = open(dir);
+    let node = repo
+        .catalog
+        .register_node(NODE, "hash", now_ns())
+        .unwrap()
+        .expect("registered");
+    (repo, node)
+}
+
 async fn target_of(repo: &Arc<Repository>) -> LocalTarget {
     LocalTarget::prepare(
         repo,
@@ -103,12 +114,7 @@ fn versions(repo: &Repository, node: &str) -> Vec<(String, bool, Vec<ChunkId>, [
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_replicates_between_two_data_dirs_and_a_second_run_sends_nothing() {
     let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let source = open(&source_dir);
-    let node = source
-        .catalog
-        .register_node(NODE, "hash", now_ns())
-        .unwrap()
-        .expect("registered");
+    let (source, node) = source_with_node(&source_dir);
     let shared = chunk(99, 50_000);
     let files = vec![
         ("/data/a", vec![chunk(1, 300_000), shared.clone()]),
@@ -176,12 +182,7 @@ async fn a_node_replicates_between_two_data_dirs_and_a_second_run_sends_nothing(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_local_target_keeps_a_replica_to_its_source_and_its_chunks_before_versions() {
     let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let source = open(&source_dir);
-    let node = source
-        .catalog
-        .register_node(NODE, "hash", now_ns())
-        .unwrap()
-        .unwrap();
+    let (source, node) = source_with_node(&source_dir);
     back_up(&source, node.id, &[("/data/a", vec![chunk(5, 20_000)])]).await;
     let target = open(&target_dir);
     target_of(&target).await;

@@ -24,13 +24,7 @@ pub async fn compare_node(
     let check = state.clone();
     let lookup = node.clone();
     let (node_rec, partner, local) = tokio::task::spawn_blocking(move || {
-        let node_rec = check
-            .repo
-            .catalog
-            .node(&lookup)?
-            .ok_or(ServerError::NodeNotFound {
-                node: lookup.clone(),
-            })?;
+        let node_rec = check.repo.registered_node(&lookup)?;
         let partner = replication_server(&check)?;
         let local = check.repo.catalog.version_states(node_rec.id)?;
         Ok::<_, ServerError>((node_rec, partner, local))

@@ -68,13 +68,7 @@ pub fn replication_server(state: &ServerState) -> Result<PartnerServer, ServerEr
 /// Checks that `node` can be replicated now and returns it with the target.
 fn preflight(state: &ServerState, node: &str) -> Result<(Node, PartnerServer), ServerError> {
     let partner = replication_server(state)?;
-    let node_rec = state
-        .repo
-        .catalog
-        .node(node)?
-        .ok_or(ServerError::NodeNotFound {
-            node: node.to_string(),
-        })?;
+    let node_rec = state.repo.registered_node(node)?;
     if node_rec.is_replica() {
         return Err(ServerError::FailedPrecondition(format!(
             "node {node} is a replica on this server (receive mode); replicate it from its source server"

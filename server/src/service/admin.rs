@@ -761,13 +761,7 @@ impl Admin for AdminService {
         let (lookup, fs) = (name.clone(), filespace.clone());
         let deleted =
             super::blocking(&self.state, move |s| {
-                let node = s
-                    .repo
-                    .catalog
-                    .node(&lookup)?
-                    .ok_or(ServerError::NodeNotFound {
-                        node: lookup.clone(),
-                    })?;
+                let node = s.repo.registered_node(&lookup)?;
                 s.repo.catalog.delete_filespace(node.id, &fs)?.ok_or_else(|| {
                 ServerError::FailedPrecondition(format!(
                     "node {lookup} has no filespace {fs:?}; see query filespace on the client"

@@ -603,11 +603,7 @@ impl Backup for BackupService {
         auth::check_password_rules(&req.new_password)?;
         let name = session.node.clone();
         super::blocking(&self.state, move |s| {
-            let node = s
-                .repo
-                .catalog
-                .node(&name)?
-                .ok_or_else(|| ServerError::NodeNotFound { node: name.clone() })?;
+            let node = s.repo.registered_node(&name)?;
             if !auth::verify_password_in(&s.verify_memory, &req.old_password, &node.password_hash) {
                 return Err(ServerError::Unauthenticated(
                     "the current password is wrong; the password was not changed".into(),
