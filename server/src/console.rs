@@ -68,9 +68,9 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         }
         _ => None,
     };
-    let mut console = Console::connect(&cli).await?;
+    let console = Console::connect(&cli).await?;
     let json = cli.json;
-    let console = &mut console;
+    let console = &console;
     match cli.command {
         Verb::Register(noun) => verb::register::run(console, noun, secret, json).await,
         Verb::Update(noun) => verb::update::run(console, noun, secret, json).await,

@@ -50,7 +50,7 @@ fn credentials(
 }
 
 pub(super) struct Console {
-    pub(super) client: AdminClient<Channel>,
+    client: AdminClient<Channel>,
     token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     address: String,
 }
@@ -108,7 +108,22 @@ impl Console {
         r
     }
 
-    pub(super) fn refused(&self, status: tonic::Status) -> AdminError {
+    /// A handle for one call (cheap: the channel is shared).
+    pub(super) fn client(&self) -> AdminClient<Channel> {
+        self.client.clone()
+    }
+
+    /// The server's reply to `call`, or the console's error for its refusal.
+    pub(super) async fn answer<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, AdminError> {
+        call.await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| self.refused(s))
+    }
+
+    fn refused(&self, status: tonic::Status) -> AdminError {
         if status.code() == tonic::Code::Unavailable {
             return AdminError::Unreachable {
                 address: self.address.clone(),

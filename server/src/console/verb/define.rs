@@ -9,7 +9,7 @@ use crate::console::connect::Console;
 
 /// Runs `define` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: DefineNoun,
     secret: Option<String>,
     as_json: bool,
@@ -27,12 +27,7 @@ pub(in crate::console) async fn run(
                 password: secret.unwrap_or_default(),
                 fingerprint: fingerprint.unwrap_or_default(),
             });
-            let s = console
-                .client
-                .define_server(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let s = console.answer(console.client().define_server(req)).await?;
             if as_json {
                 println!(
                     "{}",

@@ -10,7 +10,7 @@ use crate::console::render::{print_expiration, print_json};
 
 /// Runs `delete` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: DeleteNoun,
     _secret: Option<String>,
     as_json: bool,
@@ -22,11 +22,8 @@ pub(in crate::console) async fn run(
                 filespace: name.clone(),
             });
             let r = console
-                .client
-                .delete_filespace(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+                .answer(console.client().delete_filespace(req))
+                .await?;
             if as_json {
                 let reclaimed = r.reclaimed.unwrap_or_default();
                 print_json(&json!({

@@ -10,7 +10,7 @@ use crate::console::render::print_expiration;
 
 /// Runs `expire` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: ExpireNoun,
     _secret: Option<String>,
     as_json: bool,
@@ -20,11 +20,8 @@ pub(in crate::console) async fn run(
             let now_ns = now.as_deref().map(parse_time).transpose()?.unwrap_or(0);
             let req = console.request(pb::ExpireInventoryRequest { now_ns });
             let r = console
-                .client
-                .expire_inventory(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+                .answer(console.client().expire_inventory(req))
+                .await?;
             print_expiration(&r, as_json);
         }
     }

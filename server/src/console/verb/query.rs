@@ -11,7 +11,7 @@ use crate::console::render::{Row, print_items, print_json, print_rows, show_time
 
 /// Runs `query` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: QueryNoun,
     _secret: Option<String>,
     as_json: bool,
@@ -19,24 +19,14 @@ pub(in crate::console) async fn run(
     match noun {
         QueryNoun::Admin => {
             let req = console.request(pb::QueryAdminsRequest {});
-            let reply = console
-                .client
-                .query_admins(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let reply = console.answer(console.client().query_admins(req)).await?;
             print_rows(&reply.admins, as_json);
         }
         QueryNoun::Node { name } => {
             let req = console.request(pb::QueryNodesRequest {
                 name: name.unwrap_or_default(),
             });
-            let reply = console
-                .client
-                .query_nodes(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let reply = console.answer(console.client().query_nodes(req)).await?;
             print_rows(&reply.nodes, as_json);
         }
         QueryNoun::Actlog {
@@ -50,42 +40,24 @@ pub(in crate::console) async fn run(
                 search: search.unwrap_or_default(),
                 limit,
             });
-            let reply = console
-                .client
-                .query_actlog(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let reply = console.answer(console.client().query_actlog(req)).await?;
             print_rows(&reply.records, as_json);
         }
         QueryNoun::Session => {
             let req = console.request(pb::QuerySessionsRequest {});
-            let reply = console
-                .client
-                .query_sessions(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let reply = console.answer(console.client().query_sessions(req)).await?;
             print_rows(&reply.sessions, as_json);
         }
         QueryNoun::Server => {
             let req = console.request(pb::QueryServersRequest {});
-            let r = console
-                .client
-                .query_servers(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let r = console.answer(console.client().query_servers(req)).await?;
             print_rows(&r.servers, as_json);
         }
         QueryNoun::Replnode { name } => {
             let req = console.request(pb::QueryReplNodeRequest { node: name });
             let r = console
-                .client
-                .query_repl_node(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+                .answer(console.client().query_repl_node(req))
+                .await?;
             if as_json {
                 let filespaces: Vec<_> = r.filespaces.iter().map(Row::json).collect();
                 print_json(&json!({
@@ -108,21 +80,13 @@ pub(in crate::console) async fn run(
                 node: name.unwrap_or_default(),
             });
             let r = console
-                .client
-                .query_replication(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+                .answer(console.client().query_replication(req))
+                .await?;
             print_rows(&r.runs, as_json);
         }
         QueryNoun::Status => {
             let req = console.request(pb::QueryStatusRequest {});
-            let s = console
-                .client
-                .query_status(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let s = console.answer(console.client().query_status(req)).await?;
             let transport = if s.tls {
                 "TLS"
             } else {

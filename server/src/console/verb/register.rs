@@ -9,7 +9,7 @@ use crate::console::render::print_rows;
 
 /// Runs `register` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: RegisterNoun,
     secret: Option<String>,
     as_json: bool,
@@ -20,12 +20,7 @@ pub(in crate::console) async fn run(
                 name,
                 password: secret.unwrap_or_default(),
             });
-            let node = console
-                .client
-                .register_node(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let node = console.answer(console.client().register_node(req)).await?;
             if !as_json {
                 println!("TDM0500I node {} registered", node.name);
             }
@@ -36,12 +31,7 @@ pub(in crate::console) async fn run(
                 name,
                 password: secret.unwrap_or_default(),
             });
-            let admin = console
-                .client
-                .register_admin(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let admin = console.answer(console.client().register_admin(req)).await?;
             if !as_json {
                 println!("TDM0500I administrator {} registered", admin.name);
             }

@@ -9,7 +9,7 @@ use crate::console::connect::Console;
 
 /// Runs `remove` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: RemoveNoun,
     _secret: Option<String>,
     as_json: bool,
@@ -17,11 +17,7 @@ pub(in crate::console) async fn run(
     match noun {
         RemoveNoun::Admin { name } => {
             let req = console.request(pb::RemoveAdminRequest { name: name.clone() });
-            console
-                .client
-                .remove_admin(req)
-                .await
-                .map_err(|s| console.refused(s))?;
+            console.answer(console.client().remove_admin(req)).await?;
             if as_json {
                 println!("{}", json!({ "removed": name.to_ascii_uppercase() }));
             } else {
@@ -33,11 +29,7 @@ pub(in crate::console) async fn run(
         }
         RemoveNoun::Node { name } => {
             let req = console.request(pb::RemoveNodeRequest { name: name.clone() });
-            console
-                .client
-                .remove_node(req)
-                .await
-                .map_err(|s| console.refused(s))?;
+            console.answer(console.client().remove_node(req)).await?;
             if as_json {
                 println!("{}", json!({ "removed": name.to_ascii_uppercase() }));
             } else {
@@ -47,10 +39,8 @@ pub(in crate::console) async fn run(
         RemoveNoun::Replnode { name } => {
             let req = console.request(pb::RemoveReplNodeRequest { node: name.clone() });
             console
-                .client
-                .remove_repl_node(req)
-                .await
-                .map_err(|s| console.refused(s))?;
+                .answer(console.client().remove_repl_node(req))
+                .await?;
             println!(
                 "TDM0500I replication removed for node {}",
                 name.to_ascii_uppercase()

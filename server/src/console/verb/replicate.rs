@@ -9,7 +9,7 @@ use crate::console::render::print_rows;
 
 /// Runs `replicate` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: ReplicateNoun,
     _secret: Option<String>,
     as_json: bool,
@@ -17,12 +17,7 @@ pub(in crate::console) async fn run(
     match noun {
         ReplicateNoun::Node { names, wait } => {
             let req = console.request(pb::ReplicateNodeRequest { nodes: names, wait });
-            let r = console
-                .client
-                .replicate_node(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let r = console.answer(console.client().replicate_node(req)).await?;
             let failed = r.runs.iter().any(|run| run.state == "failed");
             print_rows(&r.runs, as_json);
             if failed {

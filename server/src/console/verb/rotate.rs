@@ -9,7 +9,7 @@ use crate::console::connect::Console;
 
 /// Runs `rotate` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: RotateNoun,
     _secret: Option<String>,
     as_json: bool,
@@ -18,11 +18,8 @@ pub(in crate::console) async fn run(
         RotateNoun::Admintoken => {
             let req = console.request(pb::RotateAdminTokenRequest {});
             let reply = console
-                .client
-                .rotate_admin_token(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+                .answer(console.client().rotate_admin_token(req))
+                .await?;
             if as_json {
                 println!("{}", json!({ "token_file": reply.path }));
             } else {

@@ -8,7 +8,7 @@ use crate::console::connect::Console;
 
 /// Runs `set` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: SetNoun,
     _secret: Option<String>,
     _as_json: bool,
@@ -17,10 +17,8 @@ pub(in crate::console) async fn run(
         SetNoun::Replserver { name } => {
             let req = console.request(pb::SetReplServerRequest { name: name.clone() });
             console
-                .client
-                .set_repl_server(req)
-                .await
-                .map_err(|s| console.refused(s))?;
+                .answer(console.client().set_repl_server(req))
+                .await?;
             println!(
                 "TDM0500I replication server set to {:?}",
                 name.to_ascii_uppercase()
@@ -31,20 +29,15 @@ pub(in crate::console) async fn run(
                 address: address.clone(),
             });
             console
-                .client
-                .set_failover_address(req)
-                .await
-                .map_err(|s| console.refused(s))?;
+                .answer(console.client().set_failover_address(req))
+                .await?;
             println!("TDM0500I failover address set to {address:?}");
         }
         SetNoun::Actlogretention { days } => {
             let req = console.request(pb::SetActlogRetentionRequest { days });
             let r = console
-                .client
-                .set_actlog_retention(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+                .answer(console.client().set_actlog_retention(req))
+                .await?;
             println!(
                 "TDM0500I activity log retention set to {days} days; {} older records removed",
                 r.removed

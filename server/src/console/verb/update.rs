@@ -9,7 +9,7 @@ use crate::console::render::print_rows;
 
 /// Runs `update` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
-    console: &mut Console,
+    console: &Console,
     noun: UpdateNoun,
     secret: Option<String>,
     as_json: bool,
@@ -60,12 +60,7 @@ pub(in crate::console) async fn run(
                 replstate_enabled: replstate.map(|s| s == "enabled"),
                 replrule,
             });
-            let node = console
-                .client
-                .update_node(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let node = console.answer(console.client().update_node(req)).await?;
             if !as_json {
                 println!("TDM0500I node {} updated", node.name);
             }
@@ -80,12 +75,7 @@ pub(in crate::console) async fn run(
                 lock,
                 unlock,
             });
-            let admin = console
-                .client
-                .update_admin(req)
-                .await
-                .map_err(|s| console.refused(s))?
-                .into_inner();
+            let admin = console.answer(console.client().update_admin(req)).await?;
             if !as_json {
                 println!("TDM0500I administrator {} updated", admin.name);
             }
