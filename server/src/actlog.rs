@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Setting};
 use crate::model::{ActlogRecord, now_ns};
 
 /// Server activity message ids. The README's message catalogue documents each.
@@ -96,8 +96,6 @@ pub const MAX_LABEL_CHARS: usize = 64;
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 /// The longest retention an administrator may set.
 pub const MAX_RETENTION_DAYS: u32 = 9999;
-/// The `server_info` key of the retention.
-const RETENTION_KEY: &str = "actlog_retention_days";
 
 /// A client-supplied label for a message: at most [`MAX_LABEL_CHARS`]
 /// characters, marked when cut (escaping happens in [`record`]).
@@ -126,7 +124,7 @@ fn capped(text: String) -> String {
 /// SQLite errors.
 pub fn retention_days(catalog: &Catalog) -> Result<u32, crate::error::CatalogError> {
     Ok(catalog
-        .setting(RETENTION_KEY)?
+        .setting(Setting::ActlogRetention)?
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_RETENTION_DAYS))
 }
@@ -137,7 +135,7 @@ pub fn retention_days(catalog: &Catalog) -> Result<u32, crate::error::CatalogErr
 /// # Errors
 /// SQLite errors.
 pub fn set_retention(catalog: &Catalog, days: u32) -> Result<u64, crate::error::CatalogError> {
-    catalog.set_setting(RETENTION_KEY, &days.to_string())?;
+    catalog.set_setting(Setting::ActlogRetention, &days.to_string())?;
     prune(catalog)
 }
 

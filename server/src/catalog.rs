@@ -22,6 +22,35 @@ mod objects;
 mod replication;
 
 pub use admins::Admin;
+
+/// The server-wide settings the catalog keeps (its `server_info` table), so
+/// a misspelled key cannot read or write a setting nobody else uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// The name this data directory was first started with.
+    ServerName,
+    /// This server's replication GUID, made at first start.
+    Guid,
+    /// The partner nodes are replicated to (SET REPLSERVER).
+    ReplServer,
+    /// The address this server's clients use when they fail over to it.
+    FailoverAddress,
+    /// Days activity-log records are kept (SET ACTLOGRETENTION).
+    ActlogRetention,
+}
+
+impl Setting {
+    /// The key stored in `server_info`.
+    fn key(self) -> &'static str {
+        match self {
+            Setting::ServerName => "server_name",
+            Setting::Guid => "guid",
+            Setting::ReplServer => "replserver",
+            Setting::FailoverAddress => "failover_address",
+            Setting::ActlogRetention => "actlog_retention_days",
+        }
+    }
+}
 pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
 pub use replication::{FilespaceTimes, VersionState};
 
@@ -141,12 +170,14 @@ impl Catalog {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn setting(&self, key: &str) -> Result<Option<String>, CatalogError> {
+    pub fn setting(&self, key: Setting) -> Result<Option<String>, CatalogError> {
         Ok(self
             .conn()
-            .query_row("SELECT value FROM server_info WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT value FROM server_info WHERE key = ?1",
+                [key.key()],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
@@ -154,11 +185,11 @@ impl Catalog {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), CatalogError> {
+    pub fn set_setting(&self, key: Setting, value: &str) -> Result<(), CatalogError> {
         self.conn().execute(
             "INSERT INTO server_info (key, value) VALUES (?1, ?2)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [key, value],
+            [key.key(), value],
         )?;
         Ok(())
     }

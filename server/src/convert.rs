@@ -3,13 +3,17 @@
 //! The services use it on the way in and out, and so does the replication
 //! client that talks to a partner.
 
+pub mod vocab;
+
 use prost::Message;
 use tandem_proto::pb;
 use tandem_proto::{ChunkId, StoredChunk};
 
 use crate::catalog::{FilespaceTimes, VersionState};
 use crate::error::ServerError;
-use crate::model::{Filespace, NewVersion, ObjectAttrs, ObjectKind, StoredVersion};
+use crate::model::{
+    Filespace, NewVersion, Node, NodeUsage, ObjectAttrs, ObjectKind, ReplRun, StoredVersion,
+};
 use tandem_proto::ObjectId;
 use tandem_replication::ObjectState;
 
@@ -379,6 +383,45 @@ pub fn filespace_times_from_pb(f: pb::FilespaceTimes) -> Result<FilespaceTimes, 
         last_backup_start_ns: f.last_backup_start_ns,
         last_backup_end_ns: f.last_backup_end_ns,
     })
+}
+
+/// A node with its usage, as `query node` shows it.
+pub fn node_to_pb(node: Node, usage: NodeUsage) -> pb::NodeInfo {
+    pb::NodeInfo {
+        name: node.name,
+        locked: node.locked,
+        registered_ns: node.registered_ns,
+        last_logon_ns: node.last_logon_ns,
+        failed_logons: node.failed_logons,
+        verexists: node.policy.verexists,
+        verdeleted: node.policy.verdeleted,
+        retextra: node.policy.retextra,
+        retonly: node.policy.retonly,
+        filespaces: usage.filespaces,
+        active_objects: usage.active_objects,
+        total_versions: usage.total_versions,
+        replstate: node.replstate.to_pb(),
+        replmode: node.replmode.to_pb(),
+        replrule: node.replrule.to_pb(),
+    }
+}
+
+/// A replication run, as `replicate node` and `query replication` show it.
+pub fn run_to_pb(r: ReplRun) -> pb::ReplicationRun {
+    pb::ReplicationRun {
+        id: u64::try_from(r.id).unwrap_or(0),
+        node: r.node,
+        target: r.target,
+        started_ns: r.started_ns,
+        ended_ns: r.ended_ns,
+        state: r.state.to_pb(),
+        objects_sent: r.objects_sent,
+        bytes_sent: r.bytes_sent,
+        chunks_skipped: r.chunks_skipped,
+        objects_deleted: r.objects_deleted,
+        states_updated: r.states_updated,
+        message: r.message,
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tandem_proto::ServerGuid;
 
 use crate::auth::{self, Sessions, Token};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Setting};
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::expire::{self, ExpireReport};
@@ -110,7 +110,7 @@ fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServerE
 /// another `--name` would show a new name with the same GUID to clients and
 /// partners. `rename` accepts the new name on purpose.
 fn check_server_name(catalog: &Catalog, config: &ServerConfig) -> Result<(), ServerError> {
-    match catalog.setting("server_name")? {
+    match catalog.setting(Setting::ServerName)? {
         Some(stored) if stored != config.name && !config.rename => {
             Err(ServerError::FailedPrecondition(format!(
                 "data dir {} belongs to server {stored}, but this start names it {}; start it as {stored}, or add --rename to rename it (clients and partners must then use the new name)",
@@ -119,7 +119,7 @@ fn check_server_name(catalog: &Catalog, config: &ServerConfig) -> Result<(), Ser
             )))
         }
         Some(stored) if stored == config.name => Ok(()),
-        _ => Ok(catalog.set_setting("server_name", &config.name)?),
+        _ => Ok(catalog.set_setting(Setting::ServerName, &config.name)?),
     }
 }
 
@@ -283,13 +283,13 @@ impl ServerState {
         let repo = Arc::new(Repository::open(dir, config.policy)?);
         let catalog: &Catalog = &repo.catalog;
         check_server_name(catalog, &config)?;
-        let guid = match catalog.setting("guid")? {
+        let guid = match catalog.setting(Setting::Guid)? {
             Some(text) => text.parse().map_err(|e| {
                 ServerError::FailedPrecondition(format!("catalog holds a malformed guid: {e}"))
             })?,
             None => {
                 let guid = ServerGuid::random();
-                catalog.set_setting("guid", &guid.to_string())?;
+                catalog.set_setting(Setting::Guid, &guid.to_string())?;
                 guid
             }
         };

@@ -3,7 +3,17 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+
+use crate::model::{ReplRule, ReplState, Vocabulary};
+
+/// Parses one of a vocabulary's words, in either case as TSM accepts them
+/// (`ALL_DATA` or `all_data`); `--help` and a wrong word list them.
+fn word<T: Vocabulary>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(T::ALL.iter().map(|v| v.as_str()))
+        .try_map(|w| w.to_ascii_lowercase().parse::<T>())
+}
 
 /// Tandem administrative console.
 #[derive(Debug, Parser)]
@@ -226,11 +236,11 @@ pub(super) enum UpdateNoun {
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
         /// Replication state.
-        #[arg(long, value_parser = ["enabled", "disabled"])]
-        replstate: Option<String>,
+        #[arg(long, ignore_case = true, value_parser = word::<ReplState>())]
+        replstate: Option<ReplState>,
         /// Replication rule.
-        #[arg(long, value_parser = ["all_data", "active_data", "none"])]
-        replrule: Option<String>,
+        #[arg(long, ignore_case = true, value_parser = word::<ReplRule>())]
+        replrule: Option<ReplRule>,
     },
 }
 
@@ -290,4 +300,42 @@ pub(super) enum QueryNoun {
         /// Node name; all when omitted.
         name: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update_node(args: &[&str]) -> Result<(Option<ReplState>, Option<ReplRule>), clap::Error> {
+        let argv = ["tandem-admin", "update", "node", "n1"].iter().chain(args);
+        match AdminCli::try_parse_from(argv)?.command {
+            Verb::Update(UpdateNoun::Node {
+                replstate,
+                replrule,
+                ..
+            }) => Ok((replstate, replrule)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replication_words_parse_in_either_case() {
+        assert_eq!(
+            update_node(&["--replstate", "ENABLED", "--replrule", "active_data"]).unwrap(),
+            (Some(ReplState::Enabled), Some(ReplRule::ActiveData))
+        );
+        assert_eq!(
+            update_node(&["--replrule", "ALL_DATA"]).unwrap(),
+            (None, Some(ReplRule::AllData))
+        );
+    }
+
+    #[test]
+    fn a_wrong_replication_word_lists_the_allowed_ones() {
+        let err = update_node(&["--replrule", "everything"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'everything'"), "{err}");
+        assert!(err.contains("all_data, active_data, none"), "{err}");
+    }
 }

@@ -9,6 +9,9 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::{Value, json};
 use tandem_proto::pb;
 
+use crate::convert::vocab::shown;
+use crate::model::{ReplMode, ReplRule, ReplState, RunState};
+
 /// Local time as `YYYY-MM-DD HH:MM:SS`, `-` for never (as the client shows it).
 pub(super) fn show_time(ns: i64) -> String {
     tandem_client::output::timefmt::show(ns)
@@ -102,9 +105,9 @@ impl Row for pb::NodeInfo {
             self.filespaces.to_string(),
             self.active_objects.to_string(),
             self.total_versions.to_string(),
-            self.replstate.clone(),
-            self.replmode.clone(),
-            self.replrule.clone(),
+            shown(ReplState::from_pb(self.replstate), self.replstate),
+            shown(ReplMode::from_pb(self.replmode), self.replmode),
+            shown(ReplRule::from_pb(self.replrule), self.replrule),
         ]
     }
     fn json(&self) -> Value {
@@ -114,7 +117,9 @@ impl Row for pb::NodeInfo {
             "verexists": self.verexists, "verdeleted": self.verdeleted, "retextra": self.retextra,
             "retonly": self.retonly, "filespaces": self.filespaces,
             "active_objects": self.active_objects, "total_versions": self.total_versions,
-            "replstate": self.replstate, "replmode": self.replmode, "replrule": self.replrule,
+            "replstate": shown(ReplState::from_pb(self.replstate), self.replstate),
+            "replmode": shown(ReplMode::from_pb(self.replmode), self.replmode),
+            "replrule": shown(ReplRule::from_pb(self.replrule), self.replrule),
         })
     }
 }
@@ -165,7 +170,7 @@ impl Row for pb::ReplicationRun {
             self.target.clone(),
             show_time(self.started_ns),
             show_time(self.ended_ns),
-            self.state.clone(),
+            shown(RunState::from_pb(self.state), self.state),
             self.objects_sent.to_string(),
             self.bytes_sent.to_string(),
             self.chunks_skipped.to_string(),
@@ -177,7 +182,8 @@ impl Row for pb::ReplicationRun {
         json!({
             "id": self.id, "node": self.node, "target": self.target,
             "start": show_time(self.started_ns), "end": show_time(self.ended_ns),
-            "state": self.state, "objects_sent": self.objects_sent, "bytes_sent": self.bytes_sent,
+            "state": shown(RunState::from_pb(self.state), self.state),
+            "objects_sent": self.objects_sent, "bytes_sent": self.bytes_sent,
             "chunks_skipped": self.chunks_skipped, "objects_deleted": self.objects_deleted,
             "states_updated": self.states_updated, "message": self.message,
         })

@@ -3,7 +3,7 @@
 
 mod vocab;
 
-pub use vocab::{ReplMode, ReplRule, ReplState, RunState, UnknownWord};
+pub use vocab::{ReplMode, ReplRule, ReplState, RunState, UnknownWord, Vocabulary};
 
 use tandem_proto::{ChunkId, ObjectId};
 

@@ -20,6 +20,27 @@ pub struct UnknownWord {
     pub allowed: String,
 }
 
+/// What every vocabulary enum offers, so a parser or renderer can be written
+/// once for all of them.
+pub trait Vocabulary:
+    Copy + Send + Sync + 'static + std::str::FromStr<Err = UnknownWord> + std::fmt::Display
+{
+    /// Every value, in declaration order.
+    const ALL: &'static [Self];
+
+    /// The word stored and shown for this value.
+    fn as_str(self) -> &'static str;
+
+    /// Every word, comma-separated, for an error that lists what is allowed.
+    fn words() -> String {
+        Self::ALL
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Declares an enum whose variants are written as fixed words, with
 /// `as_str`, `Display`, `FromStr` and SQLite conversions.
 macro_rules! vocabulary {
@@ -32,13 +53,10 @@ macro_rules! vocabulary {
             $($(#[$vmeta])* $variant),+
         }
 
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+        impl Vocabulary for $name {
+            const ALL: &'static [Self] = &[$(Self::$variant),+];
 
-            /// The word stored and shown for this value.
-            #[must_use]
-            pub fn as_str(self) -> &'static str {
+            fn as_str(self) -> &'static str {
                 match self {
                     $(Self::$variant => $word),+
                 }
@@ -62,11 +80,7 @@ macro_rules! vocabulary {
                     .ok_or_else(|| UnknownWord {
                         what: $what,
                         value: word.to_string(),
-                        allowed: Self::ALL
-                            .iter()
-                            .map(|v| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        allowed: Self::words(),
                     })
             }
         }

@@ -10,6 +10,7 @@ use super::remote::connect;
 use super::source::LocalSource;
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
+use crate::catalog::Setting;
 use crate::error::ServerError;
 use crate::model::{Node, PartnerServer, ReplRun, ReplState, RunState, now_ns};
 
@@ -55,7 +56,7 @@ pub fn replication_server(state: &ServerState) -> Result<PartnerServer, ServerEr
     let name = state
         .repo
         .catalog
-        .setting("replserver")?
+        .setting(Setting::ReplServer)?
         .filter(|s| !s.is_empty())
         .ok_or(ServerError::NoReplicationServer)?;
     state

@@ -11,53 +11,16 @@ use super::peer_of;
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth;
+use crate::catalog::Setting;
+use crate::convert::{node_to_pb, run_to_pb};
 use crate::error::ServerError;
 use crate::expire::{self, ExpireReport};
-use crate::model::{
-    Node, NodeUsage, PolicyUpdate, ReplMode, ReplRule, ReplState, normalize_node_name, now_ns,
-};
+use crate::model::{PolicyUpdate, ReplMode, ReplRule, ReplState, normalize_node_name, now_ns};
 
 /// Implements `tandem.v1.Admin` over the server state.
 #[derive(Debug, Clone)]
 pub struct AdminService {
     state: Arc<ServerState>,
-}
-
-fn node_to_pb(node: Node, usage: NodeUsage) -> pb::NodeInfo {
-    pb::NodeInfo {
-        name: node.name,
-        locked: node.locked,
-        registered_ns: node.registered_ns,
-        last_logon_ns: node.last_logon_ns,
-        failed_logons: node.failed_logons,
-        verexists: node.policy.verexists,
-        verdeleted: node.policy.verdeleted,
-        retextra: node.policy.retextra,
-        retonly: node.policy.retonly,
-        filespaces: usage.filespaces,
-        active_objects: usage.active_objects,
-        total_versions: usage.total_versions,
-        replstate: node.replstate.to_string(),
-        replmode: node.replmode.to_string(),
-        replrule: node.replrule.to_string(),
-    }
-}
-
-fn run_to_pb(r: crate::model::ReplRun) -> pb::ReplicationRun {
-    pb::ReplicationRun {
-        id: u64::try_from(r.id).unwrap_or(0),
-        node: r.node,
-        target: r.target,
-        started_ns: r.started_ns,
-        ended_ns: r.ended_ns,
-        state: r.state.to_string(),
-        objects_sent: r.objects_sent,
-        bytes_sent: r.bytes_sent,
-        chunks_skipped: r.chunks_skipped,
-        objects_deleted: r.objects_deleted,
-        states_updated: r.states_updated,
-        message: r.message,
-    }
 }
 
 /// A node, server or administrator name (they follow one rule), upper-cased.
@@ -416,7 +379,10 @@ impl Admin for AdminService {
         let (servers, repl) = super::blocking(&self.state, |s| {
             Ok((
                 s.repo.catalog.servers()?,
-                s.repo.catalog.setting("replserver")?.unwrap_or_default(),
+                s.repo
+                    .catalog
+                    .setting(Setting::ReplServer)?
+                    .unwrap_or_default(),
             ))
         })
         .await?;
@@ -450,7 +416,7 @@ impl Admin for AdminService {
             if !n.is_empty() && s.repo.catalog.server(&n)?.is_none() {
                 return Err(ServerError::ServerNotDefined { server: n });
             }
-            Ok(s.repo.catalog.set_setting("replserver", &n)?)
+            Ok(s.repo.catalog.set_setting(Setting::ReplServer, &n)?)
         })
         .await?;
         self.audit(&caller, "", format!("set replserver {name}"))
@@ -469,7 +435,7 @@ impl Admin for AdminService {
         }
         let a = address.clone();
         super::blocking(&self.state, move |s| {
-            Ok(s.repo.catalog.set_setting("failover_address", &a)?)
+            Ok(s.repo.catalog.set_setting(Setting::FailoverAddress, &a)?)
         })
         .await?;
         self.audit(&caller, "", format!("set failoveraddress {address}"))
@@ -848,19 +814,8 @@ impl Admin for AdminService {
         if req.password.is_some() {
             changes.push("password".into());
         }
-        let replstate = req.replstate_enabled.map(|on| {
-            if on {
-                ReplState::Enabled
-            } else {
-                ReplState::Disabled
-            }
-        });
-        let replrule = req
-            .replrule
-            .as_deref()
-            .map(str::parse::<ReplRule>)
-            .transpose()
-            .map_err(|e| Status::from(ServerError::InvalidArgument(e.to_string())))?;
+        let replstate = req.replstate.map(ReplState::from_pb).transpose()?;
+        let replrule = req.replrule.map(ReplRule::from_pb).transpose()?;
         if let Some(st) = replstate {
             changes.push(format!("replstate={st}"));
         }

@@ -20,6 +20,7 @@ use super::{client_fingerprint, peer_of};
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth::Token;
+use crate::catalog::Setting;
 use crate::convert;
 use crate::error::ServerError;
 use crate::model::{PartnerServer, now_ns};
@@ -183,7 +184,7 @@ impl Replication for ReplicationService {
             .state
             .repo
             .catalog
-            .setting("failover_address")
+            .setting(Setting::FailoverAddress)
             .map_err(ServerError::from)?
             .unwrap_or_default();
         Ok(Response::new(pb::HelloResponse {

@@ -18,7 +18,7 @@ pub(in crate::console) async fn run(
         ReplicateNoun::Node { names, wait } => {
             let req = console.request(pb::ReplicateNodeRequest { nodes: names, wait });
             let r = console.answer(console.client().replicate_node(req)).await?;
-            let failed = r.runs.iter().any(|run| run.state == "failed");
+            let failed = r.runs.iter().any(|run| run.state() == pb::RunState::Failed);
             print_rows(&r.runs, as_json);
             if failed {
                 return Err(AdminError::Refused(

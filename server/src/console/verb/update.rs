@@ -6,6 +6,7 @@ use crate::console::AdminError;
 use crate::console::cli::UpdateNoun;
 use crate::console::connect::Console;
 use crate::console::render::print_rows;
+use crate::model::{ReplRule, ReplState};
 
 /// Runs `update` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
@@ -57,8 +58,8 @@ pub(in crate::console) async fn run(
                     retonly,
                 }),
                 password: secret,
-                replstate_enabled: replstate.map(|s| s == "enabled"),
-                replrule,
+                replstate: replstate.map(ReplState::to_pb),
+                replrule: replrule.map(ReplRule::to_pb),
             });
             let node = console.answer(console.client().update_node(req)).await?;
             if !as_json {
