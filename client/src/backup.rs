@@ -535,7 +535,7 @@ fn note_backup(
     console: &Console,
 ) {
     let result = NodeReplicationTable::open(&options.state_dir())
-        .and_then(|t| t.record(&session.info.guid, &session.info.node, filespace, at_ns));
+        .and_then(|t| t.record(session.info.guid, &session.info.node, filespace, at_ns));
     if let Err(e) = result {
         console.report(&Msg::nrtable_failed(e), ExitStatus::Warnings);
     }

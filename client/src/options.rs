@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tandem_proto::ServerGuid;
 
 /// Option keys, for environment overrides and for error messages.
 pub const KEYS: &[&str] = &[
@@ -41,11 +42,18 @@ pub struct ReplServerEntry {
     /// Client-facing address of the replication server.
     pub address: String,
     /// Its replication GUID (dotted hex), shown and checked.
-    pub server_guid: String,
+    #[serde(deserialize_with = "guid_from_text")]
+    pub server_guid: ServerGuid,
     /// Its certificate fingerprint: checked in the TLS handshake before any
     /// credential is sent to it. A stanza without one cannot be failed over to.
     #[serde(default)]
     pub fingerprint: String,
+}
+
+/// Reads a GUID written as dotted hex; anything else is refused naming it.
+fn guid_from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ServerGuid, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 /// A password, printed as `***` in debug output.
@@ -577,7 +585,14 @@ mod tests {
         assert!(err.to_string().contains("must be a URL"), "{err}");
         let p = write(dir.path(), &format!("{GOOD}exclude = [\"a[\"]\n"));
         let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
-        assert!(err.to_string().contains("a["), "{err}");
+        assert!(err.to_string().contains("a["), "{err}");        let p = write(
+            dir.path(),
+            &format!(
+                "{GOOD}my_replication_server = \"DR\"\n[replication_servers.DR]\naddress = \"http://127.0.0.1:2\"\nserver_guid = \"91.0f.zz\"\n"
+            ),
+        );
+        let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
+        assert!(err.to_string().contains("91.0f.zz"), "{err}");
     }
 
     #[test]

@@ -282,14 +282,14 @@ pub async fn session(
     };
     if console.json {
         let doc = json!({
-            "server_name": i.name, "server_address": i.address, "server_guid": i.guid,
+            "server_name": i.name, "server_address": i.address, "server_guid": i.guid.to_string(),
             "node": i.node, "session": i.session_id, "mode": session.mode.name(),
             "primary_server": session.primary.name, "primary_address": session.primary.address,
             "error_log": options.error_log_path(),
             "replication_server": match &i.replication_server {
-                Some((s, _)) => Some(json!({ "name": s.name, "address": s.address, "server_guid": s.guid })),
+                Some((s, _)) => Some(json!({ "name": s.name, "address": s.address, "server_guid": s.guid.to_string() })),
                 None => options.replication_server().map(|(name, e)| json!({
-                    "name": name, "address": e.address, "server_guid": e.server_guid,
+                    "name": name, "address": e.address, "server_guid": e.server_guid.to_string(),
                 })),
             },
             "last_replication": i.replication_server.as_ref().map(|(_, t)| timefmt::rfc3339(*t))
@@ -308,7 +308,7 @@ pub async fn session(
     for (k, v) in [
         ("Server name", i.name.clone()),
         ("Server address", i.address.clone()),
-        ("Server GUID", i.guid.clone()),
+        ("Server GUID", i.guid.to_string()),
         ("Node", i.node.clone()),
         ("Session", i.session_id.to_string()),
         ("Mode", session.mode.name().to_string()),

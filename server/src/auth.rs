@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tandem_proto::ServerGuid;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -149,11 +150,11 @@ pub fn check_password_rules(password: &str) -> Result<(), ServerError> {
 /// Proof that a server knows the shared server password, answering a nonce:
 /// keyed BLAKE3 (key = BLAKE3 of the password) over the nonce and the
 /// answering server's GUID. Lets the source authenticate the target too.
-pub fn server_proof(password: &str, nonce: &[u8], guid: &str) -> [u8; 32] {
+pub fn server_proof(password: &str, nonce: &[u8], guid: ServerGuid) -> [u8; 32] {
     let key = blake3::hash(password.as_bytes());
     let mut hasher = blake3::Hasher::new_keyed(key.as_bytes());
     hasher.update(nonce);
-    hasher.update(guid.as_bytes());
+    hasher.update(guid.to_string().as_bytes());
     *hasher.finalize().as_bytes()
 }
 

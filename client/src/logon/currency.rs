@@ -59,13 +59,9 @@ pub fn compare(
     filespaces: &[pb::Filespace],
 ) -> Vec<FilespaceCurrency> {
     let table = NodeReplicationTable::open(&options.state_dir()).ok();
-    let primary_guid = table
-        .as_ref()
-        .and_then(|t| t.setting("primary_guid").ok().flatten())
-        .unwrap_or_default();
     let local = table
         .as_ref()
-        .and_then(|t| t.all(&primary_guid, &session.info.node).ok())
+        .and_then(|t| t.all(t.primary_guid()?, &session.info.node).ok())
         .unwrap_or_default();
     let mut out: Vec<FilespaceCurrency> = filespaces
         .iter()

@@ -15,6 +15,8 @@
 //! - The first logon that reaches the primary after a failover session logs
 //!   the failback, once.
 
+use tandem_proto::ServerGuid;
+
 use crate::output::messages::Msg;
 
 /// Where a session ended up.
@@ -43,8 +45,9 @@ pub struct ServerRef {
     pub name: String,
     /// URL.
     pub address: String,
-    /// Expected GUID (secondary only).
-    pub guid: String,
+    /// Expected GUID (the secondary's, from the options file; none for the
+    /// primary, whose certificate pin is what identifies it).
+    pub guid: Option<ServerGuid>,
 }
 
 /// What the logon decision starts from.
@@ -78,7 +81,8 @@ pub enum Next {
 pub enum Seen {
     /// The server answered; for the secondary, with this GUID.
     Answered {
-        /// The GUID it presented.
+        /// The GUID it presented, as it sent it (checked here, so a malformed
+        /// one is refused and shown as it came).
         guid: String,
     },
     /// Nobody answered in time.
@@ -101,11 +105,16 @@ pub enum Refusal {
         why: String,
     },
     /// A server answered no.
-    Rejected(String),
+    Rejected {
+        /// Which server: the primary, or the secondary when it was tried.
+        server: String,
+        /// What it said.
+        message: String,
+    },
     /// The secondary presented another GUID than the options file holds.
     GuidMismatch {
         /// Stored GUID.
-        expected: String,
+        expected: ServerGuid,
         /// Presented GUID.
         found: String,
     },
@@ -175,7 +184,7 @@ impl Logon {
             Phase::Finished => Next::Done(
                 self.outcome
                     .clone()
-                    .unwrap_or_else(|| Err(Refusal::Rejected("no outcome".into()))),
+                    .unwrap_or_else(|| Err(Refusal::SecondaryUnreachable("no outcome".into()))),
             ),
         }
     }
@@ -192,8 +201,11 @@ impl Logon {
                     Vec::new()
                 }
             }
-            (Phase::Primary, Seen::Rejected(why)) => {
-                self.finish(Err(Refusal::Rejected(why)));
+            (Phase::Primary, Seen::Rejected(message)) => {
+                self.finish(Err(Refusal::Rejected {
+                    server: p.name,
+                    message,
+                }));
                 Vec::new()
             }
             (Phase::Primary, Seen::Untrusted(why)) => {
@@ -237,13 +249,18 @@ impl Logon {
                 let Some(s) = self.facts.secondary.clone() else {
                     return Vec::new();
                 };
-                if guid.eq_ignore_ascii_case(&s.guid) {
-                    self.finish(Ok(SessionMode::Failover));
-                } else {
-                    self.finish(Err(Refusal::GuidMismatch {
-                        expected: s.guid.clone(),
+                let presented = guid.parse::<ServerGuid>().ok();
+                match s.guid {
+                    Some(expected) if presented == Some(expected) => {
+                        self.finish(Ok(SessionMode::Failover));
+                    }
+                    Some(expected) => self.finish(Err(Refusal::GuidMismatch {
+                        expected,
                         found: guid,
-                    }));
+                    })),
+                    None => self.finish(Err(Refusal::SecondaryUntrusted(
+                        "no GUID is stored for it in the options file".into(),
+                    ))),
                 }
                 // TDM2108I is logged once the logon succeeded; a refusal is
                 // reported once, as the command's error (TDM2112E).
@@ -254,8 +271,13 @@ impl Logon {
                 self.finish(Err(Refusal::SecondaryUnreachable(cause)));
                 Vec::new()
             }
-            (Phase::Secondary, Seen::Rejected(why)) => {
-                self.finish(Err(Refusal::Rejected(why)));
+            (Phase::Secondary, Seen::Rejected(message)) => {
+                let server = self
+                    .facts
+                    .secondary
+                    .as_ref()
+                    .map_or(p.name, |s| s.name.clone());
+                self.finish(Err(Refusal::Rejected { server, message }));
                 Vec::new()
             }
             (Phase::Finished, _) => Vec::new(),
@@ -267,19 +289,21 @@ impl Logon {
 mod tests {
     use super::*;
 
+    const SECONDARY_GUID: &str = "91.0f.ef.90.5c.cc.11.e1.ae.34.08.00.00.00.00.02";
+
     fn facts() -> LogonFacts {
         LogonFacts {
             primary: ServerRef {
                 name: "PRIMARY".into(),
                 address: "http://127.0.0.1:1500".into(),
-                guid: String::new(),
+                guid: None,
             },
             force_failover: false,
             failover_enabled: true,
             secondary: Some(ServerRef {
                 name: "SECONDARY".into(),
                 address: "http://127.0.0.1:1501".into(),
-                guid: "aa.bb".into(),
+                guid: Some(SECONDARY_GUID.parse().unwrap()),
             }),
             last_mode: SessionMode::Normal,
         }
@@ -307,7 +331,7 @@ mod tests {
             assert!(matches!(l.next(), Next::TrySecondary(_)));
             assert!(
                 l.observe(Seen::Answered {
-                    guid: "AA.BB".into()
+                    guid: SECONDARY_GUID.to_ascii_uppercase()
                 })
                 .is_empty()
             );
@@ -342,7 +366,24 @@ mod tests {
         );
         assert_eq!(
             l.next(),
-            Next::Done(Err(Refusal::Rejected("wrong password".into())))
+            Next::Done(Err(Refusal::Rejected {
+                server: "PRIMARY".into(),
+                message: "wrong password".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn a_secondary_that_says_no_is_named_as_the_one_that_refused() {
+        let mut l = Logon::new(facts());
+        l.observe(Seen::Unreachable("refused".into()));
+        assert!(l.observe(Seen::Rejected("node locked".into())).is_empty());
+        assert_eq!(
+            l.next(),
+            Next::Done(Err(Refusal::Rejected {
+                server: "SECONDARY".into(),
+                message: "node locked".into()
+            }))
         );
     }
 
@@ -378,18 +419,27 @@ mod tests {
 
     #[test]
     fn a_guid_mismatch_is_refused() {
-        let mut l = Logon::new(facts());
-        l.observe(Seen::Unreachable("refused".into()));
-        assert!(
-            l.observe(Seen::Answered {
-                guid: "cc.dd".into()
-            })
-            .is_empty()
-        );
-        assert!(matches!(
-            l.next(),
-            Next::Done(Err(Refusal::GuidMismatch { .. }))
-        ));
+        for presented in [
+            "91.0f.ef.90.5c.cc.11.e1.ae.34.08.00.00.00.00.03",
+            "cc.dd",
+            "",
+        ] {
+            let mut l = Logon::new(facts());
+            l.observe(Seen::Unreachable("refused".into()));
+            assert!(
+                l.observe(Seen::Answered {
+                    guid: presented.into()
+                })
+                .is_empty()
+            );
+            assert_eq!(
+                l.next(),
+                Next::Done(Err(Refusal::GuidMismatch {
+                    expected: SECONDARY_GUID.parse().unwrap(),
+                    found: presented.into()
+                }))
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use tandem_proto::ServerGuid;
 use toml_edit::{DocumentMut, Item, Table, value};
 
 /// What the primary said about its replication server.
@@ -18,8 +19,8 @@ pub struct PushedServer {
     pub name: String,
     /// Client-facing address.
     pub address: String,
-    /// Replication GUID (dotted hex).
-    pub guid: String,
+    /// Replication GUID.
+    pub guid: ServerGuid,
     /// Its certificate fingerprint, checked before failing over to it.
     pub fingerprint: String,
 }
@@ -72,13 +73,13 @@ pub fn render(text: &str, server: &PushedServer) -> Result<String, toml_edit::To
         let mut entry = Table::new();
         entry.decor_mut().set_prefix(format!("\n{MARKER}\n"));
         entry["address"] = value(server.address.as_str());
-        entry["server_guid"] = value(server.guid.as_str());
+        entry["server_guid"] = value(server.guid.to_string());
         entry["fingerprint"] = value(server.fingerprint.as_str());
         // Keep the existing table (and its position) when only values change.
         match servers.get_mut(&server.name).and_then(Item::as_table_mut) {
             Some(existing) => {
                 existing["address"] = value(server.address.as_str());
-                existing["server_guid"] = value(server.guid.as_str());
+                existing["server_guid"] = value(server.guid.to_string());
                 existing["fingerprint"] = value(server.fingerprint.as_str());
             }
             None => {
@@ -141,7 +142,9 @@ mod tests {
         PushedServer {
             name: "SECONDARY".into(),
             address: address.into(),
-            guid: "91.0f.ef.90.5c.cc.11.e1.ae.34.08.00.00.00.00.02".into(),
+            guid: "91.0f.ef.90.5c.cc.11.e1.ae.34.08.00.00.00.00.02"
+                .parse()
+                .unwrap(),
             fingerprint: "AB".repeat(32),
         }
     }

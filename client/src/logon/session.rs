@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoff;
 use tandem_proto::pb::{self, backup_client::BackupClient};
-use tandem_proto::{MAX_MESSAGE_BYTES, SESSION_HEADER};
+use tandem_proto::{MAX_MESSAGE_BYTES, SESSION_HEADER, ServerGuid};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -20,7 +20,8 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::ClientError;
 use crate::logon::failover::{Logon, LogonFacts, Next, Refusal, Seen, ServerRef, SessionMode};
 use crate::logon::nrtable::NodeReplicationTable;
-use crate::options::ClientOptions;
+use crate::logon::options_push::PushedServer;
+use crate::options::{ClientOptions, ReplServerEntry};
 use crate::output::console::Console;
 use crate::output::messages::Msg;
 use crate::output::timefmt;
@@ -32,14 +33,14 @@ pub struct ServerInfo {
     pub name: String,
     /// The address used.
     pub address: String,
-    /// The server's GUID (dotted hex).
-    pub guid: String,
+    /// The server's GUID.
+    pub guid: ServerGuid,
     /// Node name as stored.
     pub node: String,
     /// Session number on the server.
     pub session_id: u64,
     /// The primary's replication server for this node, when it sent one.
-    pub replication_server: Option<(crate::logon::options_push::PushedServer, i64)>,
+    pub replication_server: Option<(PushedServer, i64)>,
     /// The server holds the node as a replica: read-only session.
     pub replica: bool,
     /// On a replica: the node's last replication time (Unix ns).
@@ -65,6 +66,17 @@ enum Attempt {
     Refused(String),
     /// Not the pinned server: nothing was sent.
     Untrusted(String),
+}
+
+impl Attempt {
+    /// What the logon decision is told about a failed try.
+    fn seen(self) -> Seen {
+        match self {
+            Attempt::Unreachable(cause) => Seen::Unreachable(cause),
+            Attempt::Refused(message) => Seen::Rejected(message),
+            Attempt::Untrusted(cause) => Seen::Untrusted(cause),
+        }
+    }
 }
 
 /// Whether a status means "nobody answered" rather than "the server said no".
@@ -107,9 +119,7 @@ async fn connect(
 /// How the replication server is recognised: by the fingerprint the primary
 /// pushed. Without one (a block from before TLS) it cannot be trusted; only
 /// a plaintext loopback address (development) needs none.
-fn secondary_trust(
-    entry: &crate::options::ReplServerEntry,
-) -> Result<Option<tandem_tls::Trust>, String> {
+fn secondary_trust(entry: &ReplServerEntry) -> Result<Option<tandem_tls::Trust>, String> {
     if entry.fingerprint.is_empty() {
         return if matches!(tandem_tls::parse_url_scheme(&entry.address), Ok(false)) {
             Ok(None)
@@ -209,21 +219,6 @@ where
     (result, tries)
 }
 
-/// The client's memory between commands: the mode of the last session and the
-/// primary's GUID (stored next to the node replication table).
-fn last_mode(options: &ClientOptions) -> SessionMode {
-    NodeReplicationTable::open(&options.state_dir())
-        .ok()
-        .and_then(|t| t.setting("last_mode").ok().flatten())
-        .map_or(SessionMode::Normal, |m| {
-            if m == "failover" {
-                SessionMode::Failover
-            } else {
-                SessionMode::Normal
-            }
-        })
-}
-
 impl Session {
     /// Logs on: to the primary, or in failover mode to its replication server.
     ///
@@ -233,90 +228,23 @@ impl Session {
         options: &ClientOptions,
         console: &Console,
     ) -> Result<Session, ClientError> {
-        let primary = ServerRef {
-            name: options.server_name.clone(),
-            address: options.server_address.clone(),
-            guid: String::new(),
-        };
-        let secondary = options.replication_server().map(|(name, e)| ServerRef {
-            name: name.to_string(),
-            address: e.address.clone(),
-            guid: e.server_guid.clone(),
-        });
-        let mut logon = Logon::new(LogonFacts {
-            primary: primary.clone(),
-            force_failover: options.force_failover,
-            failover_enabled: options.use_replication_failover,
-            secondary,
-            last_mode: last_mode(options),
-        });
-        let budget = Duration::from_millis(options.connect_timeout_ms);
-        let started = Instant::now();
-        let mut tries = 0u32;
-        let mut answered: Option<(BackupClient<Channel>, pb::LogonResponse, SessionMode)> = None;
+        let mut run = LogonRun::new(options, console);
+        let mut logon = Logon::new(run.facts());
         // At most two servers are tried: the loop ends within three rounds.
         for _round in 0..3 {
             let seen = match logon.next() {
-                Next::TryPrimary => {
-                    let trust = options.primary_trust();
-                    let (result, n) = with_retries(budget, options.logon_retries, |t| {
-                        try_logon(options, &primary.address, trust.as_ref(), t, false)
-                    })
-                    .await;
-                    tries += n;
-                    match result {
-                        Ok((client, reply)) => {
-                            let guid = reply.server_guid.clone();
-                            answered = Some((client, reply, SessionMode::Normal));
-                            Seen::Answered { guid }
-                        }
-                        Err(Attempt::Unreachable(c)) => Seen::Unreachable(c),
-                        Err(Attempt::Refused(c)) => Seen::Rejected(c),
-                        Err(Attempt::Untrusted(c)) => Seen::Untrusted(c),
-                    }
-                }
-                Next::TrySecondary(s) => {
-                    let entry = options.replication_server().map(|(_, e)| e.clone());
-                    let trust = entry.as_ref().map(secondary_trust);
-                    let (result, _) = match trust {
-                        Some(Ok(trust)) => {
-                            with_retries(budget, options.logon_retries, |t| {
-                                try_identify(&s.address, trust.as_ref(), t)
-                            })
-                            .await
-                        }
-                        Some(Err(why)) => (Err(Attempt::Untrusted(why)), 0),
-                        None => (Err(Attempt::Untrusted("no replication server".into())), 0),
-                    };
-                    match result {
-                        Ok(id) => Seen::Answered {
-                            guid: id.server_guid,
-                        },
-                        Err(Attempt::Unreachable(c)) => Seen::Unreachable(c),
-                        Err(Attempt::Refused(c)) => Seen::Rejected(c),
-                        Err(Attempt::Untrusted(c)) => Seen::Untrusted(c),
-                    }
-                }
-                Next::Done(outcome) => {
-                    return finish(
-                        outcome, answered, options, &primary, console, tries, started,
-                    )
-                    .await;
-                }
+                Next::TryPrimary => run.try_primary().await,
+                Next::TrySecondary(_) => run.try_secondary().await,
+                Next::Done(outcome) => return run.finish(outcome).await,
             };
             for msg in logon.observe(seen) {
                 console.audit(&msg);
             }
         }
         match logon.next() {
-            Next::Done(outcome) => {
-                finish(
-                    outcome, answered, options, &primary, console, tries, started,
-                )
-                .await
-            }
-            _ => Err(ClientError::Usage(
-                "internal: the logon decision did not finish".into(),
+            Next::Done(outcome) => run.finish(outcome).await,
+            _ => Err(ClientError::Internal(
+                "the logon decision did not finish within three tries".into(),
             )),
         }
     }
@@ -343,157 +271,260 @@ impl Session {
     }
 }
 
-/// Turns the decision's outcome into a session (logging on to the secondary
-/// when that is where it ended) or an error.
-async fn finish(
-    outcome: Result<SessionMode, Refusal>,
-    answered: Option<(BackupClient<Channel>, pb::LogonResponse, SessionMode)>,
-    options: &ClientOptions,
-    primary: &ServerRef,
-    console: &Console,
-    tries: u32,
+/// The stored replication server: its name and address as the decision sees
+/// them, and its options entry (fingerprint) for connecting.
+struct Secondary<'a> {
+    server: ServerRef,
+    entry: &'a ReplServerEntry,
+}
+
+/// One logon under way. It holds what every step needs (the options, both
+/// servers, the tries so far, the primary's answer), so a refusal is
+/// reported about the server it came from without re-reading the options.
+struct LogonRun<'a> {
+    options: &'a ClientOptions,
+    console: &'a Console,
+    primary: ServerRef,
+    secondary: Option<Secondary<'a>>,
+    /// `connect_timeout_ms`: the budget of each server's tries.
+    budget: Duration,
     started: Instant,
-) -> Result<Session, ClientError> {
-    let secondary = options.replication_server();
-    let (client, reply, mode) = match outcome {
-        Ok(SessionMode::Normal) => {
-            answered.ok_or_else(|| ClientError::Usage("internal: no primary session".into()))?
+    /// Tries made on the primary, for the unreachable report.
+    tries: u32,
+    /// The primary's logon reply, when it answered.
+    answered: Option<(BackupClient<Channel>, pb::LogonResponse)>,
+}
+
+impl<'a> LogonRun<'a> {
+    fn new(options: &'a ClientOptions, console: &'a Console) -> Self {
+        LogonRun {
+            options,
+            console,
+            primary: ServerRef {
+                name: options.server_name.clone(),
+                address: options.server_address.clone(),
+                guid: None,
+            },
+            secondary: options.replication_server().map(|(name, entry)| Secondary {
+                server: ServerRef {
+                    name: name.to_string(),
+                    address: entry.address.clone(),
+                    guid: Some(entry.server_guid),
+                },
+                entry,
+            }),
+            budget: Duration::from_millis(options.connect_timeout_ms),
+            started: Instant::now(),
+            tries: 0,
+            answered: None,
         }
-        Ok(SessionMode::Failover) => {
-            let (name, entry) =
-                secondary.ok_or_else(|| ClientError::Usage("internal: no secondary".into()))?;
-            let budget = Duration::from_millis(options.connect_timeout_ms);
-            let untrusted = |cause: &str| ClientError::Failover {
-                id: "TDM2113E",
-                text: Msg::secondary_untrusted(name, &entry.address, cause).text,
-            };
-            let trust = secondary_trust(entry).map_err(|why| untrusted(&why))?;
-            match try_logon(options, &entry.address, trust.as_ref(), budget, true).await {
-                Ok((client, reply)) => (client, reply, SessionMode::Failover),
-                Err(Attempt::Refused(message)) => {
-                    return Err(ClientError::LogonRefused {
-                        server: name.to_string(),
-                        message,
-                    });
-                }
-                Err(Attempt::Unreachable(cause)) => {
-                    return Err(ClientError::Failover {
-                        id: "TDM2114E",
-                        text: Msg::secondary_failed(name, &entry.address, &cause).text,
-                    });
-                }
-                Err(Attempt::Untrusted(cause)) => return Err(untrusted(&cause)),
+    }
+
+    /// What the decision starts from.
+    fn facts(&self) -> LogonFacts {
+        LogonFacts {
+            primary: self.primary.clone(),
+            force_failover: self.options.force_failover,
+            failover_enabled: self.options.use_replication_failover,
+            secondary: self.secondary.as_ref().map(|s| s.server.clone()),
+            last_mode: NodeReplicationTable::open(&self.options.state_dir())
+                .map_or(SessionMode::Normal, |t| t.last_mode()),
+        }
+    }
+
+    /// Logs on to the primary, with retries; keeps its reply when it answers.
+    async fn try_primary(&mut self) -> Seen {
+        let trust = self.options.primary_trust();
+        let (options, address) = (self.options, self.primary.address.as_str());
+        let (result, n) = with_retries(self.budget, options.logon_retries, |t| {
+            try_logon(options, address, trust.as_ref(), t, false)
+        })
+        .await;
+        self.tries += n;
+        match result {
+            Ok((client, reply)) => {
+                let guid = reply.server_guid.clone();
+                self.answered = Some((client, reply));
+                Seen::Answered { guid }
             }
+            Err(attempt) => attempt.seen(),
         }
-        Err(Refusal::Rejected(message)) => {
-            let server = if options.force_failover {
-                secondary.map_or(primary.name.clone(), |s| s.0.to_string())
-            } else {
-                primary.name.clone()
-            };
-            return Err(ClientError::LogonRefused { server, message });
+    }
+
+    /// Asks the secondary who it is (after its certificate passed the pin);
+    /// no credential is sent yet.
+    async fn try_secondary(&mut self) -> Seen {
+        let Some(secondary) = &self.secondary else {
+            return Seen::Untrusted("no replication server is stored".into());
+        };
+        let result = match secondary_trust(secondary.entry) {
+            Ok(trust) => {
+                let address = secondary.server.address.as_str();
+                with_retries(self.budget, self.options.logon_retries, |t| {
+                    try_identify(address, trust.as_ref(), t)
+                })
+                .await
+                .0
+            }
+            Err(why) => Err(Attempt::Untrusted(why)),
+        };
+        match result {
+            Ok(id) => Seen::Answered {
+                guid: id.server_guid,
+            },
+            Err(attempt) => attempt.seen(),
         }
-        Err(Refusal::PrimaryUnreachable { cause, why }) => {
-            return Err(ClientError::Unreachable {
-                server: primary.name.clone(),
-                address: primary.address.clone(),
+    }
+
+    /// Turns the decision's outcome into a session (logging on to the
+    /// secondary when that is where it ended) or an error.
+    async fn finish(
+        mut self,
+        outcome: Result<SessionMode, Refusal>,
+    ) -> Result<Session, ClientError> {
+        let (client, reply, mode) = match outcome {
+            Ok(SessionMode::Normal) => {
+                let (client, reply) = self.answered.take().ok_or_else(|| {
+                    ClientError::Internal("the primary answered but its reply is gone".into())
+                })?;
+                (client, reply, SessionMode::Normal)
+            }
+            Ok(SessionMode::Failover) => {
+                let (client, reply) = self.logon_to_secondary().await?;
+                (client, reply, SessionMode::Failover)
+            }
+            Err(refusal) => return Err(self.refused(refusal)),
+        };
+        self.open(client, reply, mode)
+    }
+
+    /// Logs on to the secondary in failover mode, once its GUID matched.
+    async fn logon_to_secondary(
+        &self,
+    ) -> Result<(BackupClient<Channel>, pb::LogonResponse), ClientError> {
+        let Some(secondary) = &self.secondary else {
+            return Err(ClientError::Internal(
+                "the decision chose failover without a replication server".into(),
+            ));
+        };
+        let trust = secondary_trust(secondary.entry)
+            .map_err(|why| self.refused(Refusal::SecondaryUntrusted(why)))?;
+        let address = &secondary.server.address;
+        match try_logon(self.options, address, trust.as_ref(), self.budget, true).await {
+            Ok(answer) => Ok(answer),
+            Err(Attempt::Refused(message)) => Err(self.refused(Refusal::Rejected {
+                server: secondary.server.name.clone(),
+                message,
+            })),
+            Err(Attempt::Unreachable(cause)) => {
+                Err(self.refused(Refusal::SecondaryUnreachable(cause)))
+            }
+            Err(Attempt::Untrusted(cause)) => Err(self.refused(Refusal::SecondaryUntrusted(cause))),
+        }
+    }
+
+    /// The command's error for a refusal, naming the server it is about.
+    fn refused(&self, refusal: Refusal) -> ClientError {
+        let (name, address) = self.secondary.as_ref().map_or(("?", ""), |s| {
+            (s.server.name.as_str(), s.server.address.as_str())
+        });
+        match refusal {
+            Refusal::Rejected { server, message } => ClientError::LogonRefused { server, message },
+            Refusal::PrimaryUnreachable { cause, why } => ClientError::Unreachable {
+                server: self.primary.name.clone(),
+                address: self.primary.address.clone(),
                 cause: format!("{cause}; no failover: {why}"),
-                attempts: tries,
-                elapsed_ms: started.elapsed().as_millis(),
-            });
-        }
-        Err(Refusal::GuidMismatch { expected, found }) => {
-            let (name, entry) =
-                secondary.map_or(("?", String::new()), |(n, e)| (n, e.address.clone()));
-            return Err(ClientError::Failover {
+                attempts: self.tries,
+                elapsed_ms: self.started.elapsed().as_millis(),
+            },
+            Refusal::GuidMismatch { expected, found } => ClientError::Failover {
                 id: "TDM2112E",
-                text: Msg::guid_mismatch(name, &entry, &expected, &found).text,
-            });
-        }
-        Err(Refusal::PrimaryUntrusted(cause)) => {
-            return Err(ClientError::Untrusted {
-                server: primary.name.clone(),
+                text: Msg::guid_mismatch(name, address, expected, &found).text,
+            },
+            Refusal::PrimaryUntrusted(cause) => ClientError::Untrusted {
+                server: self.primary.name.clone(),
                 cause,
-            });
-        }
-        Err(Refusal::SecondaryUntrusted(cause)) => {
-            let (name, address) =
-                secondary.map_or(("?", String::new()), |(n, e)| (n, e.address.clone()));
-            return Err(ClientError::Failover {
+            },
+            Refusal::SecondaryUntrusted(cause) => ClientError::Failover {
                 id: "TDM2113E",
-                text: Msg::secondary_untrusted(name, &address, &cause).text,
-            });
-        }
-        Err(Refusal::SecondaryUnreachable(cause)) => {
-            let (name, address) =
-                secondary.map_or(("?", String::new()), |(n, e)| (n, e.address.clone()));
-            return Err(ClientError::Failover {
+                text: Msg::secondary_untrusted(name, address, &cause).text,
+            },
+            Refusal::SecondaryUnreachable(cause) => ClientError::Failover {
                 id: "TDM2114E",
-                text: Msg::secondary_failed(name, &address, &cause).text,
-            });
+                text: Msg::secondary_failed(name, address, &cause).text,
+            },
         }
-    };
-    let token = reply
-        .session_token
-        .parse()
-        .map_err(|_| ClientError::Server {
+    }
+
+    /// The session from a logon reply: checks what the server sent, logs a
+    /// failover (TDM2108I) and records the session in the client's state.
+    fn open(
+        self,
+        client: BackupClient<Channel>,
+        reply: pb::LogonResponse,
+        mode: SessionMode,
+    ) -> Result<Session, ClientError> {
+        let malformed = |what: &str| ClientError::Server {
             operation: "logon",
-            message: "server sent a malformed session token".into(),
-        })?;
-    let info = ServerInfo {
-        name: reply.server_name,
-        address: if mode == SessionMode::Failover {
-            secondary.map_or_else(String::new, |(_, e)| e.address.clone())
-        } else {
-            options.server_address.clone()
-        },
-        guid: reply.server_guid,
-        node: reply.node,
-        session_id: reply.session_id,
-        replication_server: reply.replication_server.map(|r| {
-            (
-                crate::logon::options_push::PushedServer {
+            message: format!("server sent a malformed {what}"),
+        };
+        let token = reply
+            .session_token
+            .parse()
+            .map_err(|_| malformed("session token"))?;
+        let guid: ServerGuid = reply
+            .server_guid
+            .parse()
+            .map_err(|e| malformed(&format!("GUID: {e}")))?;
+        let replication_server = match reply.replication_server {
+            Some(r) => Some((
+                PushedServer {
                     name: r.name,
                     address: r.address,
-                    guid: r.guid,
+                    guid: r
+                        .guid
+                        .parse()
+                        .map_err(|e| malformed(&format!("replication server GUID: {e}")))?,
                     fingerprint: r.fingerprint,
                 },
                 r.last_replication_ns,
-            )
-        }),
-        replica: reply.replica,
-        replicated_ns: reply.replicated_ns,
-    };
-    let state = NodeReplicationTable::open(&options.state_dir());
-    match mode {
-        SessionMode::Failover => {
+            )),
+            None => None,
+        };
+        let address = match (mode, &self.secondary) {
+            (SessionMode::Failover, Some(s)) => s.server.address.clone(),
+            _ => self.primary.address.clone(),
+        };
+        let info = ServerInfo {
+            name: reply.server_name,
+            address,
+            guid,
+            node: reply.node,
+            session_id: reply.session_id,
+            replication_server,
+            replica: reply.replica,
+            replicated_ns: reply.replicated_ns,
+        };
+        if mode == SessionMode::Failover {
             let replicated = if info.replicated_ns == 0 {
                 "never".to_string()
             } else {
                 timefmt::rfc3339(info.replicated_ns)
             };
-            console.audit(&Msg::failed_over(
-                &info.name,
-                &info.guid,
-                &info.node,
-                &replicated,
-            ));
-            if let Ok(t) = &state {
-                let _ = t.set_setting("last_mode", "failover");
-            }
+            self.console
+                .audit(&Msg::failed_over(&info.name, guid, &info.node, &replicated));
         }
-        SessionMode::Normal => {
-            if let Ok(t) = &state {
-                let _ = t.set_setting("last_mode", "normal");
-                let _ = t.set_setting("primary_guid", &info.guid);
-            }
+        // The client's memory between commands: a failed write only means the
+        // next logon logs no failback and `query filespace` cannot compare.
+        if let Ok(t) = NodeReplicationTable::open(&self.options.state_dir()) {
+            let _ = t.record_session(mode, guid);
         }
+        Ok(Session {
+            client,
+            token,
+            info,
+            mode,
+            primary: self.primary,
+        })
     }
-    Ok(Session {
-        client,
-        token,
-        info,
-        mode,
-        primary: primary.clone(),
-    })
 }

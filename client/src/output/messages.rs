@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use tandem_proto::ServerGuid;
+
 /// Message severity, the id's last letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -189,7 +191,7 @@ impl Msg {
     }
 
     /// TDM2108I: in failover mode.
-    pub fn failed_over(name: &str, guid: &str, node: &str, replicated: &str) -> Self {
+    pub fn failed_over(name: &str, guid: ServerGuid, node: &str, replicated: &str) -> Self {
         Msg {
             id: "TDM2108I",
             text: format!(
@@ -229,7 +231,7 @@ impl Msg {
     }
 
     /// TDM2112E: the secondary is not the expected server.
-    pub fn guid_mismatch(name: &str, address: &str, expected: &str, found: &str) -> Self {
+    pub fn guid_mismatch(name: &str, address: &str, expected: ServerGuid, found: &str) -> Self {
         Msg {
             id: "TDM2112E",
             text: format!(

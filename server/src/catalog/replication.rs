@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
-use tandem_proto::ObjectId;
+use tandem_proto::{ObjectId, ServerGuid};
 use tandem_replication::ObjectState;
 
 use super::dirs::{DirIds, delete_unused_dirs, split_path};
@@ -83,6 +83,17 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplRun> {
     })
 }
 
+/// A partner's GUID column: empty until its first Hello; anything else that
+/// is not a GUID is a damaged catalog, refused naming the column.
+fn learned_guid(text: String, column: usize) -> rusqlite::Result<Option<ServerGuid>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 impl Catalog {
     /// Defines or redefines a partner server; its password comes sealed
     /// ([`crate::secrets`]).
@@ -151,7 +162,7 @@ impl Catalog {
                     name: r.get(0)?,
                     address: r.get(1)?,
                     sealed_password: r.get(2)?,
-                    guid: r.get(3)?,
+                    guid: learned_guid(r.get(3)?, 3)?,
                     failover_address: r.get(4)?,
                     fingerprint: r.get(5)?,
                 })
@@ -175,12 +186,12 @@ impl Catalog {
     pub fn set_server_identity(
         &self,
         name: &str,
-        guid: &str,
+        guid: ServerGuid,
         failover_address: &str,
     ) -> Result<(), CatalogError> {
         self.conn().execute(
             "UPDATE servers SET guid = ?2, failover_address = ?3 WHERE name = ?1",
-            params![name, guid, failover_address],
+            params![name, guid.to_string(), failover_address],
         )?;
         Ok(())
     }

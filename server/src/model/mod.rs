@@ -5,7 +5,7 @@ mod vocab;
 
 pub use vocab::{ReplMode, ReplRule, ReplState, RunState, UnknownWord, Vocabulary};
 
-use tandem_proto::{ChunkId, ObjectId};
+use tandem_proto::{ChunkId, ObjectId, ServerGuid};
 
 /// Kind of a stored object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +206,8 @@ pub struct PartnerServer {
     /// The shared credential, sealed with the server's secrets key
     /// ([`crate::secrets`]); [`crate::ServerState::partner_password`] opens it.
     pub sealed_password: String,
-    /// Its GUID, as learned at the last Hello.
-    pub guid: String,
+    /// Its GUID, as learned at the last Hello (none before the first).
+    pub guid: Option<ServerGuid>,
     /// The address its clients use in failover, as learned at the last Hello.
     pub failover_address: String,
     /// Its pinned certificate fingerprint (empty only for a plaintext

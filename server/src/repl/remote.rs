@@ -7,7 +7,7 @@
 
 use tandem_proto::pb::{self, replication_client::ReplicationClient};
 use tandem_proto::{
-    ChunkId, MAX_MESSAGE_BYTES, ObjectId, SESSION_HEADER, StoredChunk, UploadPacker,
+    ChunkId, MAX_MESSAGE_BYTES, ObjectId, SESSION_HEADER, ServerGuid, StoredChunk, UploadPacker,
 };
 use tandem_replication::{ObjectState, Target};
 use tokio_stream::StreamExt;
@@ -325,7 +325,13 @@ pub async fn connect(
         })?
         .into_inner();
     // The target must prove it knows the shared password as well.
-    let expected = crate::auth::server_proof(&password, &nonce, &hello.target_guid);
+    let target_guid: ServerGuid = hello.target_guid.parse().map_err(|e| {
+        failed(format!(
+            "it presented {:?} as its GUID ({e}); refusing to send data",
+            hello.target_guid
+        ))
+    })?;
+    let expected = crate::auth::server_proof(&password, &nonce, target_guid);
     if hello.proof.as_slice() != expected.as_slice() {
         return Err(failed(format!(
             "the server at {} could not prove it knows the shared server password; refusing to send data",
@@ -342,9 +348,9 @@ pub async fn connect(
     }
     target.session = ascii(&hello.session_token, "session token")?;
     let failover = checked_failover_address(state, partner, hello.failover_address);
-    let (name, guid) = (partner.name.clone(), hello.target_guid);
+    let name = partner.name.clone();
     let catalog = state.repo.catalog.clone();
-    tokio::task::spawn_blocking(move || catalog.set_server_identity(&name, &guid, &failover))
+    tokio::task::spawn_blocking(move || catalog.set_server_identity(&name, target_guid, &failover))
         .await??;
     Ok(target)
 }

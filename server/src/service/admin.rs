@@ -393,7 +393,7 @@ impl Admin for AdminService {
                     is_replserver: p.name == repl,
                     name: p.name,
                     address: p.address,
-                    guid: p.guid,
+                    guid: p.guid.map(|g| g.to_string()).unwrap_or_default(),
                     fingerprint: p.fingerprint,
                 })
                 .collect(),

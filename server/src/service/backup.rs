@@ -80,9 +80,9 @@ fn failover_block(
     let Some(partner) = state.repo.catalog.server(&node.repl_server)? else {
         return Ok(None);
     };
-    if partner.guid.is_empty() {
+    let Some(guid) = partner.guid else {
         return Ok(None);
-    }
+    };
     let address = if partner.failover_address.is_empty() {
         partner.address
     } else {
@@ -91,7 +91,7 @@ fn failover_block(
     Ok(Some(pb::ReplicationServerInfo {
         name: partner.name,
         address,
-        guid: partner.guid,
+        guid: guid.to_string(),
         last_replication_ns: node.last_repl_ns,
         fingerprint: partner.fingerprint,
     }))

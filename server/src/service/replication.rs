@@ -177,8 +177,7 @@ impl Replication for ReplicationService {
             .await?
             .ok_or_else(|| Status::from(ServerError::Unauthenticated("unknown server".into())))?;
         let password = self.state.partner_password(&partner)?;
-        let proof =
-            crate::auth::server_proof(&password, &nonce, &self.state.guid.to_string()).to_vec();
+        let proof = crate::auth::server_proof(&password, &nonce, self.state.guid).to_vec();
         let (token, _) = self.state.sessions.open_replication(&source, &peer);
         let failover = self
             .state
