@@ -1,16 +1,17 @@
 //! The `tandem` command line (TSM `dsmc` verbs) and the dispatch to commands.
 
+mod work;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 use tandem_proto::pb;
 
-use crate::backup::{self, BackupStats, Mode, human_bytes};
+use crate::backup::{self, BackupStats, human_bytes};
 use crate::error::{ClientError, ExitStatus};
 use crate::logon::failover::SessionMode;
 use crate::logon::session::Session;
@@ -20,8 +21,8 @@ use crate::output::error_log::ErrorLog;
 use crate::output::messages::Msg;
 use crate::output::timefmt;
 use crate::query;
-use crate::restore::{self, Replace, RestoreRequest, RestoreStats};
-use crate::selection::Selection;
+use crate::restore::{self, Replace, RestoreStats};
+use work::Work;
 
 /// Tandem backup-archive client.
 #[derive(Debug, Parser)]
@@ -119,18 +120,6 @@ enum SetCommand {
         /// New password (at least 8 characters).
         new: String,
     },
-}
-
-fn excludes(options: &ClientOptions) -> Result<GlobSet, ClientError> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in &options.exclude {
-        builder.add(Glob::new(pattern).map_err(|e| {
-            ClientError::Usage(format!("exclude pattern {pattern:?} is invalid: {e}"))
-        })?);
-    }
-    builder
-        .build()
-        .map_err(|e| ClientError::Usage(format!("exclude patterns: {e}")))
 }
 
 fn summary_table<K: Into<String>>(rows: Vec<(K, String)>) -> Table {
@@ -307,17 +296,15 @@ fn save_pushed_server(
 }
 
 async fn dispatch(
-    cli: Cli,
+    work: Work,
     options: &ClientOptions,
     options_path: &std::path::Path,
     console: &Console,
 ) -> Result<(), ClientError> {
-    // Arguments are checked before the logon, so bad input never costs a session.
-    let work = prepare(&cli.command, options)?;
     let session = Session::establish(options, console).await?;
     if session.mode == SessionMode::Failover {
-        if let Some(operation) = write_operation(&cli.command) {
-            let text = Msg::failover_read_only(operation, &session.info.name).text;
+        if work.is_write() {
+            let text = Msg::failover_read_only(work.name(), &session.info.name).text;
             session.logoff().await;
             return Err(ClientError::ReadOnly(text));
         }
@@ -325,62 +312,30 @@ async fn dispatch(
     } else {
         save_pushed_server(&session, options, options_path, console);
     }
-    let result = match (cli.command, work) {
-        (Command::Incremental { .. }, Prepared::Backup(paths, excludes)) => {
-            let stats = backup::run(
-                &session,
-                options,
-                &paths,
-                Mode::Incremental,
-                &excludes,
-                console,
-            )
-            .await;
-            stats.map(|s| print_backup_summary(&s, console))
-        }
-        (Command::Selective { .. }, Prepared::Backup(paths, excludes)) => {
-            let stats = backup::run(
-                &session,
-                options,
-                &paths,
-                Mode::Selective,
-                &excludes,
-                console,
-            )
-            .await;
-            stats.map(|s| print_backup_summary(&s, console))
-        }
-        (Command::Restore { .. }, Prepared::Restore(req)) => restore::run(&session, req, console)
+    let result = match work {
+        Work::Backup {
+            mode,
+            paths,
+            excludes,
+        } => backup::run(&session, options, &paths, mode, &excludes, console)
+            .await
+            .map(|s| print_backup_summary(&s, console)),
+        Work::Restore(req) => restore::run(&session, req, console)
             .await
             .map(|s| print_restore_summary(&s, console)),
-        (Command::Query(QueryCommand::Backup { inactive, .. }), Prepared::Query(selection)) => {
-            query::backup(&session, &selection, inactive, console).await
-        }
-        (Command::Query(QueryCommand::Filespace), _) => {
-            query::filespaces(&session, options, console).await
-        }
-        (Command::Query(QueryCommand::Session), _) => {
-            query::session(&session, options, console).await
-        }
-        (Command::Set(SetCommand::Password { old, new }), _) => {
-            set_password(&session, options, old, new, console).await
-        }
-        _ => Err(ClientError::Usage(
-            "internal: command and arguments disagree".into(),
+        Work::QueryBackup {
+            selection,
+            inactive,
+        } => query::backup(&session, &selection, inactive, console).await,
+        Work::QueryFilespace => query::filespaces(&session, options, console).await,
+        Work::QuerySession => query::session(&session, options, console).await,
+        Work::SetPassword { old, new } => set_password(&session, options, old, new, console).await,
+        Work::ShowOptions => Err(ClientError::Internal(
+            "query options reached the logon; it needs no session".into(),
         )),
     };
     session.logoff().await;
     result
-}
-
-/// The name of a command that writes to the server, if it is one.
-fn write_operation(command: &Command) -> Option<&'static str> {
-    match command {
-        Command::Incremental { .. } => Some("incremental backup"),
-        Command::Selective { .. } => Some("selective backup"),
-        Command::Set(SetCommand::Password { .. }) => Some("set password"),
-        _ => None,
-    }
 }
 
 /// In failover, warns (TDM2111W) for each filespace whose newest backup has
@@ -406,60 +361,6 @@ async fn warn_if_stale(session: &Session, options: &ClientOptions, console: &Con
 }
 
 /// A command's arguments, checked.
-enum Prepared {
-    Backup(Vec<PathBuf>, GlobSet),
-    Restore(RestoreRequest),
-    Query(Selection),
-    Nothing,
-}
-
-fn prepare(command: &Command, options: &ClientOptions) -> Result<Prepared, ClientError> {
-    Ok(match command {
-        Command::Incremental { paths } => {
-            let paths = if paths.is_empty() {
-                options.domain.clone()
-            } else {
-                paths.clone()
-            };
-            if paths.is_empty() {
-                return Err(ClientError::Usage(
-                    "no paths given and no `domain` in the options file; name what to back up"
-                        .into(),
-                ));
-            }
-            Prepared::Backup(paths, excludes(options)?)
-        }
-        Command::Selective { paths } => Prepared::Backup(paths.clone(), excludes(options)?),
-        Command::Restore {
-            source,
-            dest,
-            subdir,
-            pitdate,
-            inactive,
-            replace,
-        } => Prepared::Restore(RestoreRequest {
-            selection: Selection::parse(&crate::names::encode(source), *subdir)?,
-            dest: dest
-                .as_deref()
-                .map(crate::paths::absolute)
-                .transpose()
-                .map_err(|e| ClientError::Usage(format!("destination cannot be resolved: {e}")))?,
-            point_in_time_ns: pitdate.as_deref().map(timefmt::parse_time).transpose()?,
-            inactive: *inactive,
-            replace: *replace,
-        }),
-        Command::Query(QueryCommand::Backup {
-            pattern, subdir, ..
-        }) => Prepared::Query(Selection::parse(&crate::names::encode(pattern), *subdir)?),
-        Command::Set(SetCommand::Password { new, .. }) if new.chars().count() < 8 => {
-            return Err(ClientError::Usage(
-                "the new password is too short; use at least 8 characters".into(),
-            ));
-        }
-        _ => Prepared::Nothing,
-    })
-}
-
 /// Runs the client with `args` (including the program name) and returns the
 /// exit code. Used by `main` and by `tandem-server demo`.
 pub async fn run<I, T>(args: I) -> ExitStatus
@@ -502,17 +403,22 @@ where
         // Said every time, but no reason to fail the command.
         console.report(&Msg::readable_password(&file, mode), ExitStatus::Success);
     }
-    if matches!(cli.command, Command::Query(QueryCommand::Options)) {
-        let mut effective = options.effective(&path, &env);
-        if cli.force_failover {
-            for o in effective.iter_mut().filter(|o| o.key == "force_failover") {
-                o.source = "flag --force-failover".into();
+    // Arguments are checked before the logon, so bad input never costs a session.
+    let result = match Work::plan(cli.command, &options) {
+        Ok(Work::ShowOptions) => {
+            let mut effective = options.effective(&path, &env);
+            if cli.force_failover {
+                for o in effective.iter_mut().filter(|o| o.key == "force_failover") {
+                    o.source = "flag --force-failover".into();
+                }
             }
+            query::options(&effective, &path, &console);
+            Ok(())
         }
-        query::options(&effective, &path, &console);
-        return console.status();
-    }
-    match dispatch(cli, &options, &path, &console).await {
+        Ok(work) => dispatch(work, &options, &path, &console).await,
+        Err(err) => Err(err),
+    };
+    match result {
         Ok(()) => console.status(),
         Err(err) => {
             console.report(

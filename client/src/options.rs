@@ -585,7 +585,8 @@ mod tests {
         assert!(err.to_string().contains("must be a URL"), "{err}");
         let p = write(dir.path(), &format!("{GOOD}exclude = [\"a[\"]\n"));
         let err = ClientOptions::load(&p, &HashMap::new()).unwrap_err();
-        assert!(err.to_string().contains("a["), "{err}");        let p = write(
+        assert!(err.to_string().contains("a["), "{err}");
+        let p = write(
             dir.path(),
             &format!(
                 "{GOOD}my_replication_server = \"DR\"\n[replication_servers.DR]\naddress = \"http://127.0.0.1:2\"\nserver_guid = \"91.0f.zz\"\n"

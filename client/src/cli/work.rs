@@ -1,0 +1,181 @@
+//! What a command asks of the server, checked before the logon so bad input
+//! never costs a session: one value per command, which [`super::dispatch`]
+//! runs and which says whether it writes (refused in failover, where the
+//! session is read-only) or needs no session at all.
+
+use std::path::PathBuf;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use super::{Command, QueryCommand, SetCommand};
+use crate::backup::Mode;
+use crate::error::ClientError;
+use crate::options::ClientOptions;
+use crate::output::timefmt;
+use crate::restore::RestoreRequest;
+use crate::selection::Selection;
+
+/// The work of one command, with its arguments checked.
+#[derive(Debug)]
+pub(super) enum Work {
+    /// `incremental` or `selective`.
+    Backup {
+        mode: Mode,
+        paths: Vec<PathBuf>,
+        excludes: GlobSet,
+    },
+    /// `restore`.
+    Restore(RestoreRequest),
+    /// `query backup`.
+    QueryBackup {
+        selection: Selection,
+        inactive: bool,
+    },
+    /// `query filespace`.
+    QueryFilespace,
+    /// `query session`.
+    QuerySession,
+    /// `query options`: answered from the options alone.
+    ShowOptions,
+    /// `set password`.
+    SetPassword { old: String, new: String },
+}
+
+impl Work {
+    /// Checks a command's arguments against the options.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] naming what is wrong.
+    pub(super) fn plan(command: Command, options: &ClientOptions) -> Result<Work, ClientError> {
+        Ok(match command {
+            Command::Incremental { paths } => {
+                let paths = if paths.is_empty() {
+                    options.domain.clone()
+                } else {
+                    paths
+                };
+                if paths.is_empty() {
+                    return Err(ClientError::Usage(
+                        "no paths given and no `domain` in the options file; name what to back up"
+                            .into(),
+                    ));
+                }
+                Work::Backup {
+                    mode: Mode::Incremental,
+                    paths,
+                    excludes: excludes(options)?,
+                }
+            }
+            Command::Selective { paths } => Work::Backup {
+                mode: Mode::Selective,
+                paths,
+                excludes: excludes(options)?,
+            },
+            Command::Restore {
+                source,
+                dest,
+                subdir,
+                pitdate,
+                inactive,
+                replace,
+            } => Work::Restore(RestoreRequest {
+                selection: Selection::parse(&crate::names::encode(&source), subdir)?,
+                dest: dest
+                    .as_deref()
+                    .map(crate::paths::absolute)
+                    .transpose()
+                    .map_err(|e| {
+                        ClientError::Usage(format!("destination cannot be resolved: {e}"))
+                    })?,
+                point_in_time_ns: pitdate.as_deref().map(timefmt::parse_time).transpose()?,
+                inactive,
+                replace,
+            }),
+            Command::Query(QueryCommand::Backup {
+                pattern,
+                subdir,
+                inactive,
+            }) => Work::QueryBackup {
+                selection: Selection::parse(&crate::names::encode(&pattern), subdir)?,
+                inactive,
+            },
+            Command::Query(QueryCommand::Filespace) => Work::QueryFilespace,
+            Command::Query(QueryCommand::Session) => Work::QuerySession,
+            Command::Query(QueryCommand::Options) => Work::ShowOptions,
+            Command::Set(SetCommand::Password { new, .. }) if new.chars().count() < 8 => {
+                return Err(ClientError::Usage(
+                    "the new password is too short; use at least 8 characters".into(),
+                ));
+            }
+            Command::Set(SetCommand::Password { old, new }) => Work::SetPassword { old, new },
+        })
+    }
+
+    /// Whether the work changes what the server stores: such work is refused
+    /// on a failover session (TDM2110E), before anything is sent.
+    pub(super) fn is_write(&self) -> bool {
+        match self {
+            Work::Backup { .. } | Work::SetPassword { .. } => true,
+            Work::Restore(_)
+            | Work::QueryBackup { .. }
+            | Work::QueryFilespace
+            | Work::QuerySession
+            | Work::ShowOptions => false,
+        }
+    }
+
+    /// The operation's name in messages.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Work::Backup {
+                mode: Mode::Incremental,
+                ..
+            } => "incremental backup",
+            Work::Backup {
+                mode: Mode::Selective,
+                ..
+            } => "selective backup",
+            Work::Restore(_) => "restore",
+            Work::QueryBackup { .. } => "query backup",
+            Work::QueryFilespace => "query filespace",
+            Work::QuerySession => "query session",
+            Work::ShowOptions => "query options",
+            Work::SetPassword { .. } => "set password",
+        }
+    }
+}
+
+/// The options file's exclude patterns, each checked.
+fn excludes(options: &ClientOptions) -> Result<GlobSet, ClientError> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in &options.exclude {
+        builder.add(Glob::new(pattern).map_err(|e| {
+            ClientError::Usage(format!("exclude pattern {pattern:?} is invalid: {e}"))
+        })?);
+    }
+    builder
+        .build()
+        .map_err(|e| ClientError::Usage(format!("exclude patterns: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_backups_and_password_changes_write() {
+        let writes = |w: &Work| w.is_write();
+        assert!(writes(&Work::Backup {
+            mode: Mode::Incremental,
+            paths: vec!["/x".into()],
+            excludes: GlobSet::empty(),
+        }));
+        assert!(writes(&Work::SetPassword {
+            old: "a".into(),
+            new: "b".into()
+        }));
+        for read in [Work::QueryFilespace, Work::QuerySession, Work::ShowOptions] {
+            assert!(!read.is_write(), "{}", read.name());
+        }
+    }
+}
