@@ -66,6 +66,24 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Largest HTTP/2 frame either end sends (the default is 16 KiB).
 pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
+/// An endpoint to `url` tuned for moving chunks (the flow-control windows and
+/// frame size above, no Nagle delay), with `connect_timeout`: the one place
+/// the backup client and a replicating server set up their channels.
+///
+/// # Errors
+/// `url` is not a valid URI.
+pub fn bulk_endpoint(
+    url: &str,
+    connect_timeout: std::time::Duration,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES))
+}
+
 /// Largest encoded `ObjectExtra` (extended attributes, ACLs, device number,
 /// hard-link group) of one object. ext4 keeps all of an inode's extended
 /// attributes in one 4 KiB block and Linux bounds the list of their names at

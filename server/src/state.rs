@@ -206,6 +206,21 @@ fn create_first_admin(catalog: &Catalog, password_file: &Path) -> Result<(), Ser
 pub const FIRST_ADMIN: &str = "ADMIN";
 
 impl ServerState {
+    /// Ends the session holding `token` (a client's logoff, a partner's
+    /// bye): it is forgotten and the chunks it pinned may be reclaimed.
+    pub fn end_session(&self, token: &str) -> Option<auth::Session> {
+        let session = self.sessions.close(token)?;
+        self.repo.pins.release(session.id);
+        Some(session)
+    }
+
+    /// Ends every session of `node` (it was removed), as [`Self::end_session`].
+    pub fn end_node_sessions(&self, node: &str) {
+        for id in self.sessions.close_node(node) {
+            self.repo.pins.release(id);
+        }
+    }
+
     /// The shared password of partner `partner`, opened from its sealed form.
     ///
     /// # Errors

@@ -186,13 +186,19 @@ impl TestServer {
 
     /// Runs `tandem-admin` against this server with its admin token.
     pub fn admin(&self, args: &[&str]) -> Output {
-        Command::new(bin("tandem-admin"))
+        self.admin_command(args).output().expect("run tandem-admin")
+    }
+
+    /// `tandem-admin` against this server with its admin token, not started
+    /// (for a test that stops it midway).
+    pub fn admin_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("tandem-admin"));
+        command
             .args(["--server", &self.url(), "--token-file"])
             .arg(self.data.path().join("admin.token"))
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tandem-admin")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Registers `node` with `password`.

@@ -533,18 +533,68 @@ fn replicate_without_wait_reports_the_started_run_at_once() {
     // shows how.
     let mut last = serde_json::Value::Null;
     let ended = wait_until(Duration::from_secs(60), || {
+        last = run_state(&p.primary, &id);
+        last["state"] == "completed"
+    });
+    assert!(ended, "{last}");
+    assert!(last["objects_sent"].as_u64().unwrap() > 0, "{last}");
+}
+
+/// The state of run `id` of node alice on `server`, as `query replication` shows it.
+fn run_state(server: &TestServer, id: &serde_json::Value) -> serde_json::Value {
+    let runs: serde_json::Value = serde_json::from_slice(
+        &server
+            .admin(&["--json", "query", "replication", "alice"])
+            .stdout,
+    )
+    .unwrap_or_default();
+    runs.as_array()
+        .and_then(|r| r.iter().find(|run| &run["id"] == id).cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_run_whose_waiting_caller_leaves_still_ends_and_is_recorded() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let p = setup();
+    // A stopped target holds the run in its handshake, so the caller is
+    // certainly still waiting when it leaves.
+    let target = Pid::from_raw(p.secondary.pid().unwrap() as i32);
+    kill(target, Signal::SIGSTOP).unwrap();
+    let mut waiting = p
+        .primary
+        .admin_command(&["--json", "replicate", "node", "alice", "--wait"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut id = serde_json::Value::Null;
+    let started = wait_until(Duration::from_secs(30), || {
         let runs: serde_json::Value = serde_json::from_slice(
             &p.primary
                 .admin(&["--json", "query", "replication", "alice"])
                 .stdout,
         )
-        .unwrap();
-        last = runs
+        .unwrap_or_default();
+        id = runs
             .as_array()
-            .and_then(|r| r.iter().find(|run| run["id"] == id).cloned())
+            .and_then(|r| r.iter().find(|run| run["state"] == "running"))
+            .map(|run| run["id"].clone())
             .unwrap_or_default();
-        last["state"] == "completed"
+        !id.is_null()
     });
-    assert!(ended, "{last}");
+    // The operator's Ctrl-C: the console goes away mid-wait.
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
+    kill(target, Signal::SIGCONT).unwrap();
+    assert!(started, "no run started: {}", p.primary.log());
+    let mut last = serde_json::Value::Null;
+    let ended = wait_until(Duration::from_secs(60), || {
+        last = run_state(&p.primary, &id);
+        last["state"] != "running"
+    });
+    assert!(ended, "the run was left running: {last}");
+    assert_eq!(last["state"], "completed", "{last}");
     assert!(last["objects_sent"].as_u64().unwrap() > 0, "{last}");
 }

@@ -15,7 +15,7 @@ use tandem_proto::pb::{self, backup_client::BackupClient};
 use tandem_proto::{MAX_MESSAGE_BYTES, SESSION_HEADER, ServerGuid};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::ClientError;
 use crate::logon::failover::{Logon, LogonFacts, Next, Refusal, Seen, ServerRef, SessionMode};
@@ -93,13 +93,8 @@ async fn connect(
     timeout: Duration,
     trust: Option<&tandem_tls::Trust>,
 ) -> Result<BackupClient<Channel>, Attempt> {
-    let endpoint = Endpoint::from_shared(address.to_string())
-        .map_err(|e| Attempt::Refused(format!("{address} is not a valid URL: {e}")))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
-        .max_frame_size(tandem_proto::MAX_FRAME_BYTES);
+    let endpoint = tandem_proto::bulk_endpoint(address, timeout)
+        .map_err(|e| Attempt::Refused(format!("{address} is not a valid URL: {e}")))?;
     let tls = trust
         .map(|t| tandem_tls::ClientTls::new(t, None))
         .transpose()

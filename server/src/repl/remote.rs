@@ -5,6 +5,8 @@
 //! conversion to protobuf at this edge. The partner's service hands each
 //! call to its own [`super::LocalTarget`].
 
+use std::time::Duration;
+
 use tandem_proto::pb::{self, replication_client::ReplicationClient};
 use tandem_proto::{
     ChunkId, MAX_MESSAGE_BYTES, ObjectId, SESSION_HEADER, ServerGuid, StoredChunk, UploadPacker,
@@ -268,18 +270,13 @@ pub async fn connect(
     };
     let unreachable =
         |cause: String| failed(format!("unreachable at {}: {cause}", partner.address));
-    let endpoint = Endpoint::from_shared(partner.address.clone())
-        .map_err(|e| {
+    let endpoint =
+        tandem_proto::bulk_endpoint(&partner.address, Duration::from_secs(5)).map_err(|e| {
             ServerError::InvalidArgument(format!(
                 "address {:?} of server {}: {e}",
                 partner.address, partner.name
             ))
-        })?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(tandem_proto::STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(tandem_proto::CONNECTION_WINDOW_BYTES)
-        .max_frame_size(tandem_proto::MAX_FRAME_BYTES);
+        })?;
     // Mutual TLS: the partner is checked against its pinned fingerprint before
     // the first request, so the shared password and the node data never
     // reach anyone else; it checks ours the same way.
@@ -338,7 +335,11 @@ pub async fn connect(
             partner.address
         )));
     }
+    target.session = ascii(&hello.session_token, "session token")?;
     if hello.protocol_version != tandem_proto::REPLICATION_PROTOCOL {
+        // The partner is proven but speaks another protocol: end the session
+        // it opened rather than leave it to its idle timeout.
+        target.bye().await;
         return Err(failed(format!(
             "it speaks replication protocol {} and this server speaks {}: \
              run the same Tandem release on both servers",
@@ -346,7 +347,6 @@ pub async fn connect(
             tandem_proto::REPLICATION_PROTOCOL
         )));
     }
-    target.session = ascii(&hello.session_token, "session token")?;
     let failover = checked_failover_address(state, partner, hello.failover_address);
     let name = partner.name.clone();
     let catalog = state.repo.catalog.clone();

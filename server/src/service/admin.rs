@@ -622,20 +622,24 @@ impl Admin for AdminService {
             .await;
         let mut runs = Vec::new();
         for name in names {
+            // Refusals (not configured, disabled, running) are reported now.
+            // The run itself goes on in a task of its own, so it ends and is
+            // recorded even when a waiting caller leaves (Ctrl-C on --wait
+            // drops this call); `query replication` shows how it ended.
+            let started = crate::repl::start_run(self.state.clone(), name).await?;
+            let record = started.record().clone();
+            let running = tokio::spawn(async move {
+                let ended = started.finish().await;
+                if let Err(e) = &ended {
+                    tracing::warn!(cause = %e, "a replication run could not be recorded");
+                }
+                ended
+            });
             if req.wait {
-                let run = crate::repl::replicate_node(self.state.clone(), name).await?;
-                runs.push(run_to_pb(run));
+                let ended = running.await.map_err(ServerError::from)??;
+                runs.push(run_to_pb(ended));
             } else {
-                // Refusals (not configured, disabled, running) are reported
-                // now, with the run as it started; the work goes on in the
-                // background and `query replication` shows how it ended.
-                let started = crate::repl::start_run(self.state.clone(), name).await?;
-                runs.push(run_to_pb(started.record().clone()));
-                tokio::spawn(async move {
-                    if let Err(e) = started.finish().await {
-                        tracing::warn!(cause = %e, "a replication run could not be recorded");
-                    }
-                });
+                runs.push(run_to_pb(record));
             }
         }
         Ok(Response::new(pb::ReplicateNodeResponse { runs }))
@@ -864,9 +868,7 @@ impl Admin for AdminService {
         match filespaces {
             None => Err(ServerError::NodeNotFound { node: name }.into()),
             Some(0) => {
-                for session in self.state.sessions.close_node(&name) {
-                    self.state.repo.pins.release(session);
-                }
+                self.state.end_node_sessions(&name);
                 self.audit(&caller, &name, format!("remove node {name}"))
                     .await;
                 Ok(Response::new(pb::RemoveNodeResponse {}))

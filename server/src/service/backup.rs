@@ -633,8 +633,7 @@ impl Backup for BackupService {
     ) -> Result<Response<pb::LogoffResponse>, Status> {
         let (_, token) = self.session(&request)?;
         let peer = peer_of(&request);
-        if let Some(s) = self.state.sessions.close(&token) {
-            self.state.repo.pins.release(s.id);
+        if let Some(s) = self.state.end_session(&token) {
             actlog::record(
                 &self.state.repo.catalog,
                 ServerMsg::SessionEnded,

@@ -410,8 +410,8 @@ impl Replication for ReplicationService {
             .metadata()
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok());
-        if let Some(s) = token.and_then(|t| self.state.sessions.close(t)) {
-            self.state.repo.pins.release(s.id);
+        if let Some(token) = token {
+            self.state.end_session(token);
         }
         Ok(Response::new(pb::ByeResponse {}))
     }
