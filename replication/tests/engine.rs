@@ -12,11 +12,14 @@ use tandem_replication::{
     StoredChunk, Target, replicate,
 };
 
-/// A version as the fakes carry it: its id and chunks.
+/// A version as the fakes carry it: its id, chunks and state (a real
+/// version carries its state the same way, so the target stores it as sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Version {
     id: ObjectId,
     chunks: Vec<ChunkId>,
+    active: bool,
+    deactivated_ns: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,8 @@ impl Source for FakeSource {
                     .map(|e| Version {
                         id: e.object_id,
                         chunks: e.chunks.clone(),
+                        active: e.active,
+                        deactivated_ns: e.deactivated_ns,
                     })
                     .ok_or_else(|| Failure("no such object".into()))
             })
@@ -210,8 +215,8 @@ impl Target<Version> for FakeTarget {
                 object.id,
                 ObjectState {
                     object_id: object.id,
-                    active: true,
-                    deactivated_ns: 0,
+                    active: object.active,
+                    deactivated_ns: object.deactivated_ns,
                 },
             );
         }
@@ -378,4 +383,33 @@ async fn state_changes_come_before_objects_and_deletions_last() {
         .expect("active data");
     assert_eq!(report.objects_deleted, 1);
     assert!(!target.objects().contains(&object_id(1)));
+}
+
+#[tokio::test]
+async fn an_inactive_version_arrives_inactive_and_needs_no_state_change_later() {
+    let mut source = FakeSource::with_objects(3);
+    source.entries[2].active = false;
+    source.entries[2].deactivated_ns = 7;
+    let target = FakeTarget::default();
+    let first = replicate(&source, &target, ReplicationRule::AllData)
+        .await
+        .expect("first run");
+    assert_eq!((first.objects_sent, first.states_updated), (3, 0));
+    {
+        let held = target.held.lock().unwrap();
+        let stored = &held.objects[&object_id(2)];
+        assert!(!stored.active);
+        assert_eq!(stored.deactivated_ns, 7);
+    }
+    let again = replicate(&source, &target, ReplicationRule::AllData)
+        .await
+        .expect("second run");
+    assert_eq!(
+        (
+            again.objects_sent,
+            again.states_updated,
+            again.objects_deleted
+        ),
+        (0, 0, 0)
+    );
 }

@@ -24,7 +24,7 @@ use tandem_proto::{ChunkId, StoredChunk};
 
 use crate::catalog::Catalog;
 use crate::error::ServerError;
-use crate::model::{Node, Policy};
+use crate::model::{ChunkLocation, Node, Policy};
 use crate::pins::ChunkPins;
 use crate::storage::ChunkStore;
 
@@ -124,10 +124,26 @@ impl Repository {
                 })?;
                 Ok(StoredChunk {
                     id: *id,
-                    data: Bytes::from(self.store.read(location)?),
+                    data: Bytes::from(self.read_at(*id, location)?),
                     raw_len: u64::from(location.raw_len),
                 })
             })
             .collect()
+    }
+
+    /// The stored bytes of chunk `id` at `location`. Compaction may have
+    /// moved the chunk since its location was looked up; then the read fails,
+    /// and the chunk is looked up again and read once more at its new place.
+    ///
+    /// # Errors
+    /// The chunk unreadable at both places (the first error is returned).
+    pub fn read_at(&self, id: ChunkId, location: ChunkLocation) -> Result<Vec<u8>, ServerError> {
+        match self.store.read(location) {
+            Ok(data) => Ok(data),
+            Err(first) => match self.catalog.chunk_locations(&[id])?.pop().flatten() {
+                Some(moved) if moved != location => Ok(self.store.read(moved)?),
+                _ => Err(first.into()),
+            },
+        }
     }
 }

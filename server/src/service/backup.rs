@@ -155,22 +155,6 @@ impl BackupService {
             session.node, self.state.config.name, session.node
         ))))
     }
-
-    /// Reads a chunk's stored bytes. A concurrent compaction may move it
-    /// between the lookup and the read: look it up once more then.
-    fn read_chunk(
-        state: &ServerState,
-        id: ChunkId,
-        loc: crate::model::ChunkLocation,
-    ) -> Result<Vec<u8>, ServerError> {
-        match state.repo.store.read(loc) {
-            Ok(data) => Ok(data),
-            Err(first) => match state.repo.catalog.chunk_locations(&[id])?.pop().flatten() {
-                Some(moved) if moved != loc => Ok(state.repo.store.read(moved)?),
-                _ => Err(first.into()),
-            },
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -494,7 +478,9 @@ impl Backup for BackupService {
                             None => Err(Status::from(ServerError::NotFound(format!(
                                 "chunk {id} is not stored for node {node}"
                             )))),
-                            Some(loc) => Self::read_chunk(&reader, id, loc)
+                            Some(loc) => reader
+                                .repo
+                                .read_at(id, loc)
                                 .map(|data| pb::ReadChunksResponse {
                                     chunk: Some(pb::Chunk {
                                         id: id.as_slice().to_vec(),
