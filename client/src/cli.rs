@@ -72,7 +72,10 @@ enum Command {
         /// Include subdirectories.
         #[arg(long)]
         subdir: bool,
-        /// Restore the versions that were active at this time.
+        /// Restore the versions that were active at this time: RFC 3339 or
+        /// local 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD'; a time to the second
+        /// includes that whole second (as `query backup` shows it), a date
+        /// the whole day.
         #[arg(long, value_name = "TIME")]
         pitdate: Option<String>,
         /// Consider inactive versions too (the newest version of each file wins).

@@ -460,6 +460,11 @@ impl ClientOptions {
                 "my_replication_server",
                 self.my_replication_server.clone().unwrap_or_default(),
             ),
+            (
+                "use_replication_failover",
+                self.use_replication_failover.to_string(),
+            ),
+            ("force_failover", self.force_failover.to_string()),
         ];
         values
             .into_iter()
@@ -668,6 +673,12 @@ mod tests {
         assert_eq!(find("logon_retries").value, "7");
         assert_eq!(find("connect_timeout_ms").source, "default");
         assert_eq!(find("password").value, "***");
+        assert_eq!(find("use_replication_failover").value, "true");
+        assert_eq!(find("force_failover").value, "false");
+        // Every option a file or the environment may set is shown.
+        for key in KEYS {
+            assert!(eff.iter().any(|e| e.key == *key), "{key} missing");
+        }
     }
 
     #[test]

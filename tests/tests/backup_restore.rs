@@ -217,6 +217,39 @@ fn point_in_time_restore_returns_the_older_version() {
     assert!(!out.join("later.txt").exists());
 }
 
+#[test]
+fn a_pitdate_copied_from_query_backup_restores_that_version() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = src.join("f.txt");
+    std::fs::write(&file, "version one\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(&file, "version two, longer\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let listed = client.json(&["query", "backup", &path_str(&file)]);
+    // As the JSON shows it (to the millisecond), and as the table shows it
+    // (local time to the second: the same text without fraction and offset).
+    let json_time = listed[0]["backup_time"].as_str().unwrap().to_string();
+    let table_time = json_time[..19].replace('T', " ");
+    for (i, pitdate) in [&json_time, &table_time].into_iter().enumerate() {
+        let out = work.path().join(format!("pit-{i}"));
+        client.json(&[
+            "restore",
+            &path_str(&file),
+            &path_str(&out),
+            "--pitdate",
+            pitdate,
+        ]);
+        assert_eq!(
+            std::fs::read_to_string(out.join("f.txt")).unwrap(),
+            "version two, longer\n",
+            "--pitdate {pitdate}"
+        );
+    }
+}
+
 /// Now as RFC 3339 UTC, without pulling a date crate into the tests.
 fn chrono_like_now() -> String {
     let secs = std::time::SystemTime::now()

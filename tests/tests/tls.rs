@@ -392,7 +392,7 @@ fn plaintext_stays_on_loopback_and_needs_the_server_to_ask_for_it() {
         "alice",
         "alice-password",
     );
-    plain.add_options("connect_timeout_ms = 2000\nlogon_retries = 1\n");
+    plain.add_options("logon_retries = 1\n");
     let out = plain.run(&["query", "session"]);
     assert_eq!(code(&out), 12);
     assert!(!saw_logon(&server.actlog()), "{}", server.actlog());

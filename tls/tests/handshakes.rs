@@ -1,6 +1,7 @@
 //! The accept loop under callers that never finish their handshake: a
 //! connection beyond the per-address cap is closed at once, and once the
-//! stalled ones are gone a real client completes its handshake.
+//! stalled ones are gone a real client completes its handshake. Open
+//! connections are capped per address and in all, and idle ones are closed.
 
 use std::time::Duration;
 
@@ -141,6 +142,59 @@ async fn open_connections_are_capped_per_address_and_closed_when_idle() {
     // A dropped connection gives its slot back to the address.
     drop((first, second));
     let _third = open_tls_channel(addr, &identity).await;
+    tokio::time::timeout(Duration::from_secs(5), incoming.next())
+        .await
+        .expect("a freed slot is reused")
+        .unwrap()
+        .unwrap();
+    for client in clients {
+        client.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_connections_are_capped_in_all_whatever_their_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity =
+        tandem_tls::ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The per-address cap is out of reach: only the total can refuse.
+    let limits = tandem_tls::ConnectionLimits {
+        max_connections: 2,
+        max_per_address: 10,
+        idle_timeout: Duration::from_secs(60),
+    };
+    let mut incoming = tandem_tls::incoming(listener, &identity, limits).unwrap();
+    let clients = [
+        open_tls_channel(addr, &identity).await,
+        open_tls_channel(addr, &identity).await,
+    ];
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio::time::timeout(Duration::from_secs(5), incoming.next())
+                .await
+                .expect("accepted under the cap")
+                .unwrap()
+                .unwrap(),
+        );
+    }
+
+    // A third, from another loopback address, is closed at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut over = socket.connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), over.read(&mut byte))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // One closed connection frees one slot for anyone.
+    held.pop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _next = open_tls_channel(addr, &identity).await;
     tokio::time::timeout(Duration::from_secs(5), incoming.next())
         .await
         .expect("a freed slot is reused")

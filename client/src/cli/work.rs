@@ -87,7 +87,14 @@ impl Work {
                     .map_err(|e| {
                         ClientError::Usage(format!("destination cannot be resolved: {e}"))
                     })?,
-                point_in_time_ns: pitdate.as_deref().map(timefmt::parse_time).transpose()?,
+                // The versions active at the end of the span named: a time
+                // copied from `query backup` (to the second) includes the
+                // version stored in that second.
+                point_in_time_ns: pitdate
+                    .as_deref()
+                    .map(timefmt::parse_time)
+                    .transpose()?
+                    .map(|t| t.last_ns),
                 inactive,
                 replace,
             }),

@@ -120,6 +120,9 @@ pub enum Refusal {
     },
     /// The secondary is unreachable as well.
     SecondaryUnreachable(String),
+    /// Failover is forced but cannot happen; the primary was not tried, so
+    /// nothing is said about it.
+    ForcedFailoverImpossible(String),
     /// The primary's certificate is not the pinned one.
     PrimaryUntrusted(String),
     /// The secondary's certificate is not the pushed one.
@@ -153,14 +156,12 @@ impl Logon {
         if logon.facts.force_failover {
             match (&logon.facts.secondary, logon.facts.failover_enabled) {
                 (Some(_), true) => logon.phase = Phase::Secondary,
-                (None, _) => logon.finish(Err(Refusal::PrimaryUnreachable {
-                    cause: "failover is forced".into(),
-                    why: "no replication server is stored in the options file yet".into(),
-                })),
-                (Some(_), false) => logon.finish(Err(Refusal::PrimaryUnreachable {
-                    cause: "failover is forced".into(),
-                    why: "use_replication_failover is false".into(),
-                })),
+                (None, _) => logon.finish(Err(Refusal::ForcedFailoverImpossible(
+                    "no replication server is stored in the options file yet (it arrives after the first backup and replication)".into(),
+                ))),
+                (Some(_), false) => logon.finish(Err(Refusal::ForcedFailoverImpossible(
+                    "use_replication_failover is false".into(),
+                ))),
             }
         }
         logon
@@ -412,8 +413,14 @@ mod tests {
         assert!(matches!(l.next(), Next::TrySecondary(_)));
         f.secondary = None;
         assert!(matches!(
+            Logon::new(f.clone()).next(),
+            Next::Done(Err(Refusal::ForcedFailoverImpossible(ref why))) if why.contains("no replication server")
+        ));
+        f.secondary = facts().secondary;
+        f.failover_enabled = false;
+        assert!(matches!(
             Logon::new(f).next(),
-            Next::Done(Err(Refusal::PrimaryUnreachable { .. }))
+            Next::Done(Err(Refusal::ForcedFailoverImpossible(ref why))) if why.contains("use_replication_failover")
         ));
     }
 

@@ -444,6 +444,11 @@ impl<'a> LogonRun<'a> {
                 id: "TDM2113E",
                 text: Msg::secondary_untrusted(name, address, &cause).text,
             },
+            Refusal::ForcedFailoverImpossible(why) => ClientError::Usage(format!(
+                "failover is forced (--force-failover or force_failover in the options), but {why}; \
+                 drop it to use the primary server {}",
+                self.primary.name
+            )),
             Refusal::SecondaryUnreachable(cause) => ClientError::Failover {
                 id: "TDM2114E",
                 text: Msg::secondary_failed(name, address, &cause).text,

@@ -96,6 +96,17 @@ impl DestTree {
         let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let (root, created) = if follow_dest {
             let existed = dest.symlink_metadata().is_ok();
+            if let Ok(meta) = dest.metadata()
+                && !meta.is_dir()
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "destination {} exists and is not a directory; name a directory (it is created when missing)",
+                        dest.display()
+                    ),
+                ));
+            }
             std::fs::create_dir_all(dest).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot create {}: {e}", dest.display()))
             })?;

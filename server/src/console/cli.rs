@@ -154,7 +154,9 @@ pub(super) enum ReplicateNoun {
 pub(super) enum ExpireNoun {
     /// Run expiration and space reclamation now.
     Inventory {
-        /// Evaluate retention as if it were this time (simulation, tests).
+        /// Apply retention as if it were this time (RFC 3339 or local
+        /// 'YYYY-MM-DD HH:MM:SS'; a time to the second means its end). Not a
+        /// simulation: what would have expired by then is deleted now, for good.
         #[arg(long, value_name = "TIME")]
         now: Option<String>,
     },

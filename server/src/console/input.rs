@@ -5,6 +5,8 @@
 use std::io::BufRead;
 use std::path::Path;
 
+use tandem_client::output::timefmt::TypedTime;
+
 use super::AdminError;
 
 /// The first line of `file`, or of stdin without one; an empty one is refused.
@@ -54,8 +56,9 @@ pub(super) fn confirm(question: &str) -> Result<(), AdminError> {
     }
 }
 
-/// A time given on the command line (RFC 3339 or local `YYYY-MM-DD HH:MM:SS`),
-/// parsed as the client parses `--pitdate`.
-pub(super) fn parse_time(text: &str) -> Result<i64, AdminError> {
+/// A time given on the command line (RFC 3339 or local `YYYY-MM-DD HH:MM:SS`
+/// or `YYYY-MM-DD`), parsed as the client parses `--pitdate`: the span it
+/// names, whose first or last nanosecond the caller takes.
+pub(super) fn parse_time(text: &str) -> Result<TypedTime, AdminError> {
     tandem_client::output::timefmt::parse_time(text).map_err(|e| AdminError::Usage(e.to_string()))
 }

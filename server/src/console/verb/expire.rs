@@ -17,7 +17,12 @@ pub(in crate::console) async fn run(
 ) -> Result<(), AdminError> {
     match noun {
         ExpireNoun::Inventory { now } => {
-            let now_ns = now.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+            // "Now" to the second is the end of that second.
+            let now_ns = now
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .map_or(0, |t| t.last_ns);
             let req = console.request(pb::ExpireInventoryRequest { now_ns });
             let r = console
                 .answer(console.client().expire_inventory(req))

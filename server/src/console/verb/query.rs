@@ -24,9 +24,16 @@ pub(in crate::console) async fn run(
         }
         QueryNoun::Node { name } => {
             let req = console.request(pb::QueryNodesRequest {
-                name: name.unwrap_or_default(),
+                name: name.clone().unwrap_or_default(),
             });
             let reply = console.answer(console.client().query_nodes(req)).await?;
+            // As TSM: naming a node that is not there is an error, not an
+            // empty table a script would take for success.
+            if let (Some(name), true) = (name, reply.nodes.is_empty()) {
+                return Err(AdminError::Refused(format!(
+                    "no node matches {name:?}; `query node` lists every node"
+                )));
+            }
             print_rows(&reply.nodes, as_json);
         }
         QueryNoun::Actlog {
@@ -34,7 +41,12 @@ pub(in crate::console) async fn run(
             search,
             limit,
         } => {
-            let begin_ns = begin.as_deref().map(parse_time).transpose()?.unwrap_or(0);
+            // A begin time to the second includes that whole second.
+            let begin_ns = begin
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .map_or(0, |t| t.first_ns);
             let req = console.request(pb::QueryActlogRequest {
                 begin_ns,
                 search: search.unwrap_or_default(),

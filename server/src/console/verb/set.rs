@@ -5,13 +5,23 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::SetNoun;
 use crate::console::connect::Console;
+use crate::console::render::print_json;
+
+/// Prints a setting's new value: the TDM0500I line, or `json` with --json.
+fn print_set(as_json: bool, line: String, json: serde_json::Value) {
+    if as_json {
+        print_json(&json);
+    } else {
+        println!("TDM0500I {line}");
+    }
+}
 
 /// Runs `set` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
     console: &Console,
     noun: SetNoun,
     _secret: Option<String>,
-    _as_json: bool,
+    as_json: bool,
 ) -> Result<(), AdminError> {
     match noun {
         SetNoun::Replserver { name } => {
@@ -19,9 +29,11 @@ pub(in crate::console) async fn run(
             console
                 .answer(console.client().set_repl_server(req))
                 .await?;
-            println!(
-                "TDM0500I replication server set to {:?}",
-                name.to_ascii_uppercase()
+            let name = name.to_ascii_uppercase();
+            print_set(
+                as_json,
+                format!("replication server set to {name:?}"),
+                serde_json::json!({ "replserver": name }),
             );
         }
         SetNoun::Failoveraddress { address } => {
@@ -31,16 +43,24 @@ pub(in crate::console) async fn run(
             console
                 .answer(console.client().set_failover_address(req))
                 .await?;
-            println!("TDM0500I failover address set to {address:?}");
+            print_set(
+                as_json,
+                format!("failover address set to {address:?}"),
+                serde_json::json!({ "failover_address": address }),
+            );
         }
         SetNoun::Actlogretention { days } => {
             let req = console.request(pb::SetActlogRetentionRequest { days });
             let r = console
                 .answer(console.client().set_actlog_retention(req))
                 .await?;
-            println!(
-                "TDM0500I activity log retention set to {days} days; {} older records removed",
-                r.removed
+            print_set(
+                as_json,
+                format!(
+                    "activity log retention set to {days} days; {} older records removed",
+                    r.removed
+                ),
+                serde_json::json!({ "actlog_retention_days": days, "removed": r.removed }),
             );
         }
     }
