@@ -135,7 +135,7 @@ fn summary_table<K: Into<String>>(rows: Vec<(K, String)>) -> Table {
 }
 
 fn print_json<T: Serialize>(value: &T) {
-    println!(
+    crate::outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -186,7 +186,7 @@ fn print_backup_summary(stats: &BackupStats, console: &Console) {
         ),
         ("Elapsed".into(), elapsed(stats.elapsed_secs)),
     ]);
-    println!("{}", summary_table(rows));
+    crate::outln!("{}", summary_table(rows));
 }
 
 fn print_restore_summary(stats: &RestoreStats, console: &Console) {
@@ -196,7 +196,7 @@ fn print_restore_summary(stats: &RestoreStats, console: &Console) {
     if console.quiet {
         return;
     }
-    println!(
+    crate::outln!(
         "{}",
         summary_table(vec![
             ("Objects restored", stats.restored.to_string()),

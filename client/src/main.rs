@@ -4,8 +4,6 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     tandem_os::malloc::limit_arenas(tandem_os::malloc::CLIENT_ARENAS);
-    // `tandem query backup ... | head` ends quietly, before any thread starts.
-    tandem_os::sigpipe::end_quietly_on_closed_stdout();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

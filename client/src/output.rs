@@ -4,8 +4,10 @@
 //! - [`console`]: messages and progress on the terminal, or JSON.
 //! - [`error_log`]: `dsierror.log`, where failover and failback are recorded.
 //! - [`timefmt`]: times parsed from the command line and shown in tables.
+//! - [`stdout`]: results on standard output, ending quietly when the reader goes.
 
 pub mod console;
 pub mod error_log;
 pub mod messages;
+pub mod stdout;
 pub mod timefmt;

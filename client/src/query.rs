@@ -82,7 +82,7 @@ pub async fn backup(
 fn stdout_error(source: std::io::Error) -> ClientError {
     ClientError::Io {
         path: "standard output".into(),
-        source,
+        source: crate::output::stdout::unless_reader_gone(source),
     }
 }
 
@@ -213,7 +213,7 @@ pub async fn filespaces(
                 })
             })
             .collect();
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&list).unwrap_or_default()
         );
@@ -249,7 +249,7 @@ pub async fn filespaces(
         }
         t.add_row(row);
     }
-    println!("{t}");
+    crate::outln!("{t}");
     Ok(())
 }
 
@@ -301,7 +301,7 @@ pub async fn session(
                 "replicated": timefmt::rfc3339(c.replicated_ns),
             })).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return Ok(());
     }
     let mut t = table(&["Item", "Value"]);
@@ -321,7 +321,7 @@ pub async fn session(
     ] {
         t.add_row(vec![k.to_string(), v]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
     if !currency.is_empty() {
         let mut r = table(&[
             "Filespace",
@@ -339,7 +339,7 @@ pub async fn session(
                 if c.current { "yes" } else { "NO" }.to_string(),
             ]);
         }
-        println!("{r}");
+        crate::outln!("{r}");
     }
     Ok(())
 }
@@ -352,13 +352,13 @@ pub fn options(
 ) {
     if console.json {
         let doc = json!({ "options_file": path, "options": effective });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        crate::outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
-    println!("Options file: {}", path.display());
+    crate::outln!("Options file: {}", path.display());
     let mut t = table(&["Option", "Value", "Source"]);
     for o in effective {
         t.add_row(vec![o.key.to_string(), o.value.clone(), o.source.clone()]);
     }
-    println!("{t}");
+    crate::outln!("{t}");
 }

@@ -3,9 +3,7 @@
 //!
 //! - [`aligned`]: heap buffers aligned for direct (`O_DIRECT`) I/O, used by
 //!   the restore's writer and the server's container appender;
-//! - [`malloc`]: glibc arena limits, an audited `unsafe` call;
-//! - [`sigpipe`]: a closed output pipe ends a command-line program quietly,
-//!   the other audited `unsafe` call;
+//! - [`malloc`]: glibc arena limits, the one audited `unsafe` call;
 //! - [`atomic_file`]: replace a file so that readers and a crash see the old
 //!   content or the new, never a mix (options pushed by a server, password
 //!   and token files, the server's private files).
@@ -13,4 +11,3 @@
 pub mod aligned;
 pub mod atomic_file;
 pub mod malloc;
-pub mod sigpipe;

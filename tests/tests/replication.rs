@@ -595,6 +595,12 @@ fn a_run_whose_waiting_caller_leaves_still_ends_and_is_recorded() {
         last["state"] != "running"
     });
     assert!(ended, "the run was left running: {last}");
-    assert_eq!(last["state"], "completed", "{last}");
-    assert!(last["objects_sent"].as_u64().unwrap() > 0, "{last}");
+    // Normally it completes once the target resumes; on a machine slow
+    // enough for the stop to outlast the partner's 5 s connect budget it
+    // fails instead, and says why. Either way it ended and was recorded.
+    match last["state"].as_str() {
+        Some("completed") => assert!(last["objects_sent"].as_u64().unwrap() > 0, "{last}"),
+        Some("failed") => assert!(!last["message"].as_str().unwrap().is_empty(), "{last}"),
+        _ => panic!("{last}"),
+    }
 }

@@ -1,7 +1,7 @@
 //! Time parsing and display: `--pitdate` and the client's tables, and the
 //! same forms in `tandem-admin`.
 
-use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use chrono::{DateTime, Local, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 
 use crate::error::ClientError;
 
@@ -37,6 +37,27 @@ fn rest_of_span_ns(rfc3339: &str) -> i64 {
     }
 }
 
+/// The instant a local wall-clock reading names. In the hour the clocks go
+/// back a reading names two instants: `later` picks the second. A reading in
+/// the hour they skip (some zones skip midnight) names none; it is read with
+/// the offset before the change, which is the first instant after the gap.
+fn local_instant(naive: NaiveDateTime, later: bool) -> Option<i64> {
+    let instant = match Local.from_local_datetime(&naive) {
+        LocalResult::Single(t) => t,
+        LocalResult::Ambiguous(first, second) => {
+            if later {
+                second
+            } else {
+                first
+            }
+        }
+        LocalResult::None => Local
+            .from_local_datetime(&naive.checked_add_signed(chrono::TimeDelta::hours(1))?)
+            .earliest()?,
+    };
+    instant.timestamp_nanos_opt()
+}
+
 /// Parses RFC 3339 (`2026-11-23T10:00:00+01:00`, fraction allowed) or local
 /// `YYYY-MM-DD HH:MM:SS` / `YYYY-MM-DDTHH:MM:SS` / `YYYY-MM-DD`.
 ///
@@ -49,12 +70,6 @@ pub fn parse_time(text: &str) -> Result<TypedTime, ClientError> {
         ))
     };
     let t = text.trim();
-    let local_ns = |naive: NaiveDateTime| {
-        Local
-            .from_local_datetime(&naive)
-            .earliest()
-            .and_then(|d| d.timestamp_nanos_opt())
-    };
     if let Ok(instant) = DateTime::parse_from_rfc3339(t) {
         let first_ns = instant.timestamp_nanos_opt().ok_or_else(bad)?;
         return Ok(TypedTime {
@@ -65,18 +80,21 @@ pub fn parse_time(text: &str) -> Result<TypedTime, ClientError> {
     let second = NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S")
         .or_else(|_| NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S"));
     if let Ok(naive) = second {
-        let first_ns = local_ns(naive).ok_or_else(bad)?;
+        // In the hour the clocks go back, the span reaches to the second
+        // reading's end.
         return Ok(TypedTime {
-            first_ns,
-            last_ns: first_ns.saturating_add(REST_OF_SECOND_NS),
+            first_ns: local_instant(naive, false).ok_or_else(bad)?,
+            last_ns: local_instant(naive, true)
+                .ok_or_else(bad)?
+                .saturating_add(REST_OF_SECOND_NS),
         });
     }
     let day = NaiveDate::parse_from_str(t, "%Y-%m-%d").map_err(|_| bad())?;
     let next = day.succ_opt().ok_or_else(bad)?;
-    let first_ns = local_ns(day.and_time(NaiveTime::MIN)).ok_or_else(bad)?;
+    let first_ns = local_instant(day.and_time(NaiveTime::MIN), false).ok_or_else(bad)?;
     // The next local midnight, less a nanosecond: a day is 23 or 25 hours
     // long when the clocks change.
-    let next_ns = local_ns(next.and_time(NaiveTime::MIN)).ok_or_else(bad)?;
+    let next_ns = local_instant(next.and_time(NaiveTime::MIN), false).ok_or_else(bad)?;
     Ok(TypedTime {
         first_ns,
         last_ns: next_ns - 1,

@@ -155,7 +155,7 @@ pub(super) enum ExpireNoun {
     /// Run expiration and space reclamation now.
     Inventory {
         /// Apply retention as if it were this time (RFC 3339 or local
-        /// 'YYYY-MM-DD HH:MM:SS'; a time to the second means its end). Not a
+        /// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD', taken at its start). Not a
         /// simulation: what would have expired by then is deleted now, for good.
         #[arg(long, value_name = "TIME")]
         now: Option<String>,

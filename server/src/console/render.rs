@@ -27,7 +27,7 @@ pub(super) fn table(header: &[&str]) -> Table {
 
 /// Prints `value` as indented JSON.
 pub(super) fn print_json(value: &Value) {
-    println!(
+    tandem_client::outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -53,7 +53,7 @@ pub(super) fn print_rows<R: Row>(rows: &[R], as_json: bool) {
     for row in rows {
         t.add_row(row.cells());
     }
-    println!("{t}");
+    tandem_client::outln!("{t}");
 }
 
 /// Prints item/value pairs as a two-column table, or `json` with `as_json`.
@@ -66,7 +66,7 @@ pub(super) fn print_items(items: Vec<(&str, String)>, json: &Value, as_json: boo
     for (item, value) in items {
         t.add_row(vec![item.to_string(), value]);
     }
-    println!("{t}");
+    tandem_client::outln!("{t}");
 }
 
 fn yes_no(flag: bool) -> String {

@@ -622,22 +622,36 @@ impl Admin for AdminService {
             .await;
         let mut runs = Vec::new();
         for name in names {
-            // Refusals (not configured, disabled, running) are reported now.
-            // The run itself goes on in a task of its own, so it ends and is
-            // recorded even when a waiting caller leaves (Ctrl-C on --wait
-            // drops this call); `query replication` shows how it ended.
-            let started = crate::repl::start_run(self.state.clone(), name).await?;
-            let record = started.record().clone();
+            // The run, from its checks and its record to its end, goes on
+            // in a task of its own, so it ends and is recorded even when a
+            // waiting caller leaves (Ctrl-C on --wait drops this call);
+            // `query replication` shows how it ended. Refusals (not
+            // configured, disabled, running) come back at once.
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+            let state = self.state.clone();
             let running = tokio::spawn(async move {
+                let started = match crate::repl::start_run(state, name).await {
+                    Ok(started) => started,
+                    Err(refused) => {
+                        let _ = started_tx.send(Err(refused));
+                        return None;
+                    }
+                };
+                let _ = started_tx.send(Ok(started.record().clone()));
                 let ended = started.finish().await;
                 if let Err(e) = &ended {
                     tracing::warn!(cause = %e, "a replication run could not be recorded");
                 }
-                ended
+                Some(ended)
             });
+            let record = started_rx.await.map_err(|_| {
+                ServerError::Task("the replication run stopped before it started".into())
+            })??;
             if req.wait {
-                let ended = running.await.map_err(ServerError::from)??;
-                runs.push(run_to_pb(ended));
+                match running.await.map_err(ServerError::from)? {
+                    Some(ended) => runs.push(run_to_pb(ended?)),
+                    None => runs.push(run_to_pb(record)),
+                }
             } else {
                 runs.push(run_to_pb(record));
             }

@@ -29,12 +29,12 @@ pub(in crate::console) async fn run(
             });
             let s = console.answer(console.client().define_server(req)).await?;
             if as_json {
-                println!(
+                tandem_client::outln!(
                     "{}",
                     json!({ "name": s.name, "address": s.address, "fingerprint": s.fingerprint })
                 );
             } else {
-                println!(
+                tandem_client::outln!(
                     "TDM0500I server {} defined at {}, certificate fingerprint {}",
                     s.name,
                     s.address,

@@ -31,7 +31,7 @@ pub(in crate::console) async fn run(
                     "chunks_freed": reclaimed.chunks_freed, "bytes_reclaimed": reclaimed.bytes_reclaimed,
                 }));
             } else {
-                println!(
+                tandem_client::outln!(
                     "TDM0421I filespace {name} deleted: {} version(s)",
                     r.versions_deleted
                 );

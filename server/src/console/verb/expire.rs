@@ -17,12 +17,13 @@ pub(in crate::console) async fn run(
 ) -> Result<(), AdminError> {
     match noun {
         ExpireNoun::Inventory { now } => {
-            // "Now" to the second is the end of that second.
+            // Expiration deletes for good: it takes the span's earliest
+            // reading, so a date means its midnight, not its last second.
             let now_ns = now
                 .as_deref()
                 .map(parse_time)
                 .transpose()?
-                .map_or(0, |t| t.last_ns);
+                .map_or(0, |t| t.first_ns);
             let req = console.request(pb::ExpireInventoryRequest { now_ns });
             let r = console
                 .answer(console.client().expire_inventory(req))

@@ -78,7 +78,7 @@ pub(in crate::console) async fn run(
                     "filespaces": filespaces,
                 }));
             } else {
-                println!(
+                tandem_client::outln!(
                     "Node {} -> {}, last replication {}",
                     r.node,
                     r.target,

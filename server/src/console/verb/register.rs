@@ -22,7 +22,7 @@ pub(in crate::console) async fn run(
             });
             let node = console.answer(console.client().register_node(req)).await?;
             if !as_json {
-                println!("TDM0500I node {} registered", node.name);
+                tandem_client::outln!("TDM0500I node {} registered", node.name);
             }
             print_rows(&[node], as_json);
         }
@@ -33,7 +33,7 @@ pub(in crate::console) async fn run(
             });
             let admin = console.answer(console.client().register_admin(req)).await?;
             if !as_json {
-                println!("TDM0500I administrator {} registered", admin.name);
+                tandem_client::outln!("TDM0500I administrator {} registered", admin.name);
             }
             print_rows(&[admin], as_json);
         }

@@ -19,9 +19,9 @@ pub(in crate::console) async fn run(
             let req = console.request(pb::RemoveAdminRequest { name: name.clone() });
             console.answer(console.client().remove_admin(req)).await?;
             if as_json {
-                println!("{}", json!({ "removed": name.to_ascii_uppercase() }));
+                tandem_client::outln!("{}", json!({ "removed": name.to_ascii_uppercase() }));
             } else {
-                println!(
+                tandem_client::outln!(
                     "TDM0500I administrator {} removed",
                     name.to_ascii_uppercase()
                 );
@@ -31,9 +31,9 @@ pub(in crate::console) async fn run(
             let req = console.request(pb::RemoveNodeRequest { name: name.clone() });
             console.answer(console.client().remove_node(req)).await?;
             if as_json {
-                println!("{}", json!({ "removed": name.to_ascii_uppercase() }));
+                tandem_client::outln!("{}", json!({ "removed": name.to_ascii_uppercase() }));
             } else {
-                println!("TDM0500I node {} removed", name.to_ascii_uppercase());
+                tandem_client::outln!("TDM0500I node {} removed", name.to_ascii_uppercase());
             }
         }
         RemoveNoun::Replnode { name } => {
@@ -41,7 +41,7 @@ pub(in crate::console) async fn run(
             console
                 .answer(console.client().remove_repl_node(req))
                 .await?;
-            println!(
+            tandem_client::outln!(
                 "TDM0500I replication removed for node {}",
                 name.to_ascii_uppercase()
             );

@@ -21,9 +21,9 @@ pub(in crate::console) async fn run(
                 .answer(console.client().rotate_admin_token(req))
                 .await?;
             if as_json {
-                println!("{}", json!({ "token_file": reply.path }));
+                tandem_client::outln!("{}", json!({ "token_file": reply.path }));
             } else {
-                println!(
+                tandem_client::outln!(
                     "TDM0500I a new admin token is in {} on the server; the old one no longer works",
                     reply.path
                 );

@@ -12,7 +12,7 @@ fn print_set(as_json: bool, line: String, json: serde_json::Value) {
     if as_json {
         print_json(&json);
     } else {
-        println!("TDM0500I {line}");
+        tandem_client::outln!("TDM0500I {line}");
     }
 }
 

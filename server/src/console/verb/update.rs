@@ -63,7 +63,7 @@ pub(in crate::console) async fn run(
             });
             let node = console.answer(console.client().update_node(req)).await?;
             if !as_json {
-                println!("TDM0500I node {} updated", node.name);
+                tandem_client::outln!("TDM0500I node {} updated", node.name);
             }
             print_rows(&[node], as_json);
         }
@@ -78,7 +78,7 @@ pub(in crate::console) async fn run(
             });
             let admin = console.answer(console.client().update_admin(req)).await?;
             if !as_json {
-                println!("TDM0500I administrator {} updated", admin.name);
+                tandem_client::outln!("TDM0500I administrator {} updated", admin.name);
             }
             print_rows(&[admin], as_json);
         }
