@@ -10,13 +10,8 @@ use tokio_stream::StreamExt;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_handshakes_are_capped_per_address_and_do_not_stop_accepting() {
-    let dir = tempfile::tempdir().unwrap();
-    let identity =
-        tandem_tls::ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut incoming =
-        tandem_tls::incoming(listener, &identity, tandem_tls::ConnectionLimits::default()).unwrap();
+    let (_dir, identity, addr, mut incoming) =
+        capped_listener(tandem_tls::ConnectionLimits::default()).await;
 
     let mut stalled = Vec::new();
     for _ in 0..tandem_tls::MAX_PENDING_PER_ADDRESS {
@@ -40,11 +35,7 @@ async fn stalled_handshakes_are_capped_per_address_and_do_not_stop_accepting() {
     let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
     let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap();
     let connecting = tokio::spawn(async move { tandem_tls::connect(endpoint, Some(&tls)).await });
-    let conn = tokio::time::timeout(Duration::from_secs(5), incoming.next())
-        .await
-        .expect("a handshake completes")
-        .expect("the stream is open")
-        .expect("the handshake succeeded");
+    let conn = accepted(&mut incoming).await;
     assert!(
         tonic::transport::server::Connected::connect_info(&conn)
             .client_fingerprint
@@ -52,6 +43,36 @@ async fn stalled_handshakes_are_capped_per_address_and_do_not_stop_accepting() {
     );
     drop(conn);
     let _ = connecting.await;
+}
+
+/// A TLS listener on 127.0.0.1 with `limits`: its directory (kept alive),
+/// identity, address and stream of established connections.
+async fn capped_listener(
+    limits: tandem_tls::ConnectionLimits,
+) -> (
+    tempfile::TempDir,
+    tandem_tls::ServerIdentity,
+    std::net::SocketAddr,
+    tokio_stream::wrappers::ReceiverStream<std::io::Result<tandem_tls::TlsConn>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let identity =
+        tandem_tls::ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tandem_tls::incoming(listener, &identity, limits).unwrap();
+    (dir, identity, addr, incoming)
+}
+
+/// The next established connection, within five seconds.
+async fn accepted(
+    incoming: &mut tokio_stream::wrappers::ReceiverStream<std::io::Result<tandem_tls::TlsConn>>,
+) -> tandem_tls::TlsConn {
+    tokio::time::timeout(Duration::from_secs(5), incoming.next())
+        .await
+        .expect("a connection is accepted")
+        .expect("the stream is open")
+        .expect("the handshake succeeded")
 }
 
 /// A TLS client connection to `addr` pinning `identity`, kept open.
@@ -71,33 +92,19 @@ async fn open_tls_channel(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn open_connections_are_capped_per_address_and_closed_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
-    let identity =
-        tandem_tls::ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let limits = tandem_tls::ConnectionLimits {
+    let (_dir, identity, addr, mut incoming) = capped_listener(tandem_tls::ConnectionLimits {
         max_connections: 10,
         max_per_address: 2,
         idle_timeout: Duration::from_secs(1),
-    };
-    let mut incoming = tandem_tls::incoming(listener, &identity, limits).unwrap();
+    })
+    .await;
 
     let clients = [
         open_tls_channel(addr, &identity).await,
         open_tls_channel(addr, &identity).await,
     ];
-    let first: tandem_tls::TlsConn = tokio::time::timeout(Duration::from_secs(5), incoming.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let mut second: tandem_tls::TlsConn =
-        tokio::time::timeout(Duration::from_secs(5), incoming.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+    let first = accepted(&mut incoming).await;
+    let mut second = accepted(&mut incoming).await;
 
     // A third from the same address is closed at once, before any handshake.
     let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -142,11 +149,7 @@ async fn open_connections_are_capped_per_address_and_closed_when_idle() {
     // A dropped connection gives its slot back to the address.
     drop((first, second));
     let _third = open_tls_channel(addr, &identity).await;
-    tokio::time::timeout(Duration::from_secs(5), incoming.next())
-        .await
-        .expect("a freed slot is reused")
-        .unwrap()
-        .unwrap();
+    accepted(&mut incoming).await;
     for client in clients {
         client.abort();
     }
@@ -154,32 +157,18 @@ async fn open_connections_are_capped_per_address_and_closed_when_idle() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn open_connections_are_capped_in_all_whatever_their_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let identity =
-        tandem_tls::ServerIdentity::load_or_create(dir.path(), &["localhost".into()]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     // The per-address cap is out of reach: only the total can refuse.
-    let limits = tandem_tls::ConnectionLimits {
+    let (_dir, identity, addr, mut incoming) = capped_listener(tandem_tls::ConnectionLimits {
         max_connections: 2,
         max_per_address: 10,
         idle_timeout: Duration::from_secs(60),
-    };
-    let mut incoming = tandem_tls::incoming(listener, &identity, limits).unwrap();
+    })
+    .await;
     let clients = [
         open_tls_channel(addr, &identity).await,
         open_tls_channel(addr, &identity).await,
     ];
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        held.push(
-            tokio::time::timeout(Duration::from_secs(5), incoming.next())
-                .await
-                .expect("accepted under the cap")
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let mut held = vec![accepted(&mut incoming).await, accepted(&mut incoming).await];
 
     // A third, from another loopback address, is closed at once.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -195,11 +184,7 @@ async fn open_connections_are_capped_in_all_whatever_their_address() {
     held.pop();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _next = open_tls_channel(addr, &identity).await;
-    tokio::time::timeout(Duration::from_secs(5), incoming.next())
-        .await
-        .expect("a freed slot is reused")
-        .unwrap()
-        .unwrap();
+    accepted(&mut incoming).await;
     for client in clients {
         client.abort();
     }
