@@ -221,6 +221,7 @@ fn print_restore_summary(stats: &RestoreStats, console: &Console) {
 async fn set_password(
     session: &Session,
     options: &ClientOptions,
+    options_path: &std::path::Path,
     old: String,
     new: String,
     console: &Console,
@@ -242,13 +243,30 @@ async fn set_password(
                 ExitStatus::Success,
             );
         }
-        None => console.report(
-            &Msg {
-                id: "TDM1031W",
-                text: "password changed on the server; update `password` in the options file before the next command".into(),
-            },
-            ExitStatus::Warnings,
-        ),
+        // An inline password is rewritten in place, unless the environment
+        // gave it (then the file's value, if any, is not the one in use).
+        None if std::env::var_os("TANDEM_PASSWORD").is_none() => {
+            match crate::logon::options_push::set_inline_password(options_path, &new) {
+                Ok(true) => console.report(
+                    &Msg {
+                        id: "TDM1030I",
+                        text: format!("password changed; {} updated", options_path.display()),
+                    },
+                    ExitStatus::Success,
+                ),
+                Ok(false) => console.report(&Msg::password_not_saved(), ExitStatus::Warnings),
+                Err(e) => console.report(
+                    &Msg {
+                        id: "TDM1031W",
+                        text: format!(
+                            "password changed on the server, but the options file could not be updated ({e}); set `password` there before the next command"
+                        ),
+                    },
+                    ExitStatus::Warnings,
+                ),
+            }
+        }
+        None => console.report(&Msg::password_not_saved(), ExitStatus::Warnings),
     }
     Ok(())
 }
@@ -332,7 +350,9 @@ async fn dispatch(
         } => query::backup(&session, &selection, inactive, console).await,
         Work::QueryFilespace => query::filespaces(&session, options, console).await,
         Work::QuerySession => query::session(&session, options, console).await,
-        Work::SetPassword { old, new } => set_password(&session, options, old, new, console).await,
+        Work::SetPassword { old, new } => {
+            set_password(&session, options, options_path, old, new, console).await
+        }
         Work::ShowOptions => Err(ClientError::Internal(
             "query options reached the logon; it needs no session".into(),
         )),

@@ -278,3 +278,23 @@ fn query_session_on_the_admin_console_lists_open_sessions() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v.as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_changed_inline_password_is_written_back_to_the_options_file() {
+    let server = TestServer::start("PRIMARY");
+    server.register("hal", "hal-password");
+    let client = TestClient::new(&server, "hal", "hal-password");
+    let out = client.run(&["set", "password", "hal-password", "new-hal-password"]);
+    assert_success(&out, "set password");
+    assert!(stderr(&out).contains("TDM1030I"), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&client.options).unwrap();
+    assert!(text.contains("password = \"new-hal-password\""), "{text}");
+    assert!(
+        text.starts_with("# test client"),
+        "the rest is kept: {text}"
+    );
+    assert_success(
+        &client.run(&["query", "session"]),
+        "the next command logs on with the new password",
+    );
+}

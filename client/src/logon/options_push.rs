@@ -96,12 +96,46 @@ pub fn render(text: &str, server: &PushedServer) -> Result<String, toml_edit::To
 /// # Errors
 /// [`PushError`] naming the file; the file is unchanged then.
 pub fn update(path: &Path, server: &PushedServer) -> Result<bool, PushError> {
+    rewrite(path, |text| render(text, server))
+}
+
+/// Writes `password` as the options file's inline `password` after a
+/// password change, keeping everything else as the user wrote it. Returns
+/// false when the file holds no top-level `password` (nothing to update).
+///
+/// # Errors
+/// As [`update`].
+pub fn set_inline_password(path: &Path, password: &str) -> Result<bool, PushError> {
+    let mut had_one = false;
+    let changed = rewrite(path, |text| {
+        let mut doc: DocumentMut = text.parse()?;
+        if let Some(item) = doc.get_mut("password")
+            && item.is_value()
+        {
+            had_one = true;
+            let decor = item.as_value().map(|v| v.decor().clone());
+            *item = value(password);
+            if let (Some(decor), Some(v)) = (decor, item.as_value_mut()) {
+                *v.decor_mut() = decor;
+            }
+        }
+        Ok(doc.to_string())
+    })?;
+    Ok(had_one || changed)
+}
+
+/// Rewrites the options file with `edit`'s result, atomically and only when
+/// the text changes; a read-only file is refused.
+fn rewrite(
+    path: &Path,
+    edit: impl FnOnce(&str) -> Result<String, toml_edit::TomlError>,
+) -> Result<bool, PushError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| PushError::Read {
         path: shown.clone(),
         cause: e.to_string(),
     })?;
-    let new = render(&text, server).map_err(|e| PushError::Read {
+    let new = edit(&text).map_err(|e| PushError::Read {
         path: shown.clone(),
         cause: e.to_string(),
     })?;
@@ -150,6 +184,21 @@ mod tests {
     }
 
     const USER: &str = "# my node\nnode_name = \"alice\" # trailing comment\nserver_address = \"http://127.0.0.1:1500\"\npassword = \"secret123\"\n\n[other]\nkeep = true\n";
+
+    #[test]
+    fn a_new_inline_password_keeps_the_rest_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tandem.toml");
+        std::fs::write(&file, "password = \"old\" # mine\nnode_name = \"a\"\n").unwrap();
+        assert!(set_inline_password(&file, "new \"quoted\" pw").unwrap());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("# mine"), "{text}");
+        let doc: DocumentMut = text.parse().unwrap();
+        assert_eq!(doc["password"].as_str(), Some("new \"quoted\" pw"));
+        assert_eq!(doc["node_name"].as_str(), Some("a"));
+        std::fs::write(&file, "password_file = \"pw\"\n").unwrap();
+        assert!(!set_inline_password(&file, "x").unwrap());
+    }
 
     #[test]
     fn adds_the_block_and_keeps_comments_and_keys() {

@@ -190,6 +190,15 @@ impl Msg {
         }
     }
 
+    /// TDM1031W: the new password is in force on the server but nowhere in
+    /// the client's configuration that Tandem can write.
+    pub fn password_not_saved() -> Self {
+        Msg {
+            id: "TDM1031W",
+            text: "password changed on the server; update TANDEM_PASSWORD (or `password` in the options file) before the next command".into(),
+        }
+    }
+
     /// TDM2108I: in failover mode.
     pub fn failed_over(name: &str, guid: ServerGuid, node: &str, replicated: &str) -> Self {
         Msg {
