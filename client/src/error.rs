@@ -108,12 +108,19 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Wraps a status from the server for `operation`.
+    /// Wraps a status from the server for `operation`: the server's own
+    /// words (they say what to do); the gRPC code's name would tell a user
+    /// nothing, so it goes only to the debug log.
     pub fn server(operation: &'static str, status: tonic::Status) -> Self {
-        ClientError::Server {
-            operation,
-            message: format!("{} ({:?})", status.message(), status.code()),
-        }
+        tracing::debug!(operation, code = ?status.code(), "server refused");
+        let message = match status.message() {
+            "" => format!(
+                "the server failed without saying why (gRPC code {})",
+                i32::from(status.code())
+            ),
+            text => text.to_string(),
+        };
+        ClientError::Server { operation, message }
     }
 
     /// One of the client's own tasks or threads (`what`) ended abnormally.

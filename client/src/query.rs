@@ -111,9 +111,9 @@ impl VersionListing {
             let item = json!({
                 "path": path, "kind": kind_name(a.kind), "size": a.size,
                 "changed_during_backup": changed,
-                "backup_time": timefmt::rfc3339(v.backup_time_ns),
+                "backup_time": timefmt::json(v.backup_time_ns),
                 "state": state,
-                "deactivated": timefmt::rfc3339(v.deactivated_ns),
+                "deactivated": timefmt::json(v.deactivated_ns),
                 "filespace": v.filespace,
             });
             let lead = if self.rows == 0 { "[\n" } else { ",\n" };
@@ -206,9 +206,9 @@ pub async fn filespaces(
             .map(|f| {
                 json!({
                     "name": crate::names::display(&f.name), "active_objects": f.active_objects, "active_bytes": f.active_bytes,
-                    "last_backup_start": timefmt::rfc3339(f.last_backup_start_ns),
-                    "last_backup_end": timefmt::rfc3339(f.last_backup_end_ns),
-                    "last_replication": timefmt::rfc3339(f.last_replication_ns),
+                    "last_backup_start": timefmt::json(f.last_backup_start_ns),
+                    "last_backup_end": timefmt::json(f.last_backup_end_ns),
+                    "last_replication": timefmt::json(f.last_replication_ns),
                     "replica_current": current(&f.name),
                 })
             })
@@ -292,13 +292,13 @@ pub async fn session(
                     "name": name, "address": e.address, "server_guid": e.server_guid.to_string(),
                 })),
             },
-            "last_replication": i.replication_server.as_ref().map(|(_, t)| timefmt::rfc3339(*t))
-                .or_else(|| (i.replicated_ns != 0).then(|| timefmt::rfc3339(i.replicated_ns))),
+            "last_replication": i.replication_server.as_ref().map(|(_, t)| timefmt::json(*t))
+                .or_else(|| (i.replicated_ns != 0).then(|| timefmt::json(i.replicated_ns))),
             "replica": currency.iter().map(|c| json!({
                 "filespace": c.filespace, "current": c.current,
-                "local_backup": c.local_backup_ns.map(timefmt::rfc3339),
-                "replica_backup": timefmt::rfc3339(c.replica_backup_ns),
-                "replicated": timefmt::rfc3339(c.replicated_ns),
+                "local_backup": c.local_backup_ns.map(timefmt::json),
+                "replica_backup": timefmt::json(c.replica_backup_ns),
+                "replicated": timefmt::json(c.replicated_ns),
             })).collect::<Vec<_>>(),
         });
         crate::outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());

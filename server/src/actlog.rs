@@ -159,7 +159,8 @@ pub async fn record(catalog: &Arc<Catalog>, msg: ServerMsg, node: &str, peer: &s
     } else {
         text
     });
-    tracing::info!(id = msg.id(), node, peer, "{text}");
+    // The id leads the line, as in the activity log and the client's log.
+    tracing::info!(node, peer, "{} {text}", msg.id());
     let record = ActlogRecord {
         time_ns: now_ns(),
         msg_id: msg.id().to_string(),

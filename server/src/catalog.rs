@@ -19,8 +19,10 @@ mod dirs;
 mod expire;
 mod nodes;
 mod objects;
+mod occupancy;
 mod replication;
 
+pub use actlog::ActlogFilter;
 pub use admins::Admin;
 
 /// The server-wide settings the catalog keeps (its `server_info` table), so
@@ -51,7 +53,9 @@ impl Setting {
         }
     }
 }
+pub use expire::{ExpiringVersion, ReleasedSpace};
 pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
+pub use occupancy::Occupancy;
 pub use replication::{FilespaceTimes, VersionState};
 
 use std::path::Path;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::logging::{LogFormat, LogRotation, LogSettings};
+
 /// Everything `tandem-server` needs to start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +60,23 @@ pub struct ServerConfig {
     /// 128 of them.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// The server's own log file (stderr when unset); rolled over per
+    /// `log_rotation`.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// `text` or `json` lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// `daily`, `hourly` or `never` (leave it to logrotate).
+    #[serde(default)]
+    pub log_rotation: LogRotation,
+    /// Rolled-over log files kept besides the current one.
+    #[serde(default = "default_log_max_files")]
+    pub log_max_files: usize,
+}
+
+fn default_log_max_files() -> usize {
+    14
 }
 
 pub(crate) fn default_idle_timeout_seconds() -> u64 {
@@ -93,6 +112,10 @@ pub struct ConfigOverrides {
     pub insecure_plaintext: bool,
     /// `--rename`.
     pub rename: bool,
+    /// `--log-file`.
+    pub log_file: Option<PathBuf>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
 }
 
 /// A configuration that cannot be used.
@@ -140,6 +163,20 @@ impl ServerConfig {
         if overrides.rename {
             builder = builder.set_override("rename", true)?;
         }
+        builder = builder.set_override_option(
+            "log_file",
+            overrides
+                .log_file
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+        )?;
+        if let Some(format) = overrides.log_format {
+            let word = match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            builder = builder.set_override("log_format", word)?;
+        }
         let mut cfg: ServerConfig = builder.build()?.try_deserialize()?;
         cfg.check_transport()?;
         cfg.name = crate::model::normalize_node_name(&cfg.name).ok_or_else(|| {
@@ -166,7 +203,24 @@ impl ServerConfig {
                 cfg.max_connections
             )));
         }
+        if !(1..=3650).contains(&cfg.log_max_files) {
+            return Err(ConfigError::Invalid(format!(
+                "log_max_files {} is out of range: give 1 to 3650 files",
+                cfg.log_max_files
+            )));
+        }
         Ok(cfg)
+    }
+
+    /// Where and how the server logs.
+    #[must_use]
+    pub fn log_settings(&self) -> LogSettings {
+        LogSettings {
+            file: self.log_file.clone(),
+            format: self.log_format,
+            rotation: self.log_rotation,
+            max_files: self.log_max_files,
+        }
     }
 
     /// The limits the TLS listener applies to open connections.

@@ -5,13 +5,15 @@
 //! - `input`: secrets and confirmations (read before connecting), times.
 //! - `connect`: the server checked by its certificate, then the credentials.
 //! - `verb/`: one handler per verb (`register`, `update`, `remove`,
-//!   `query`, `define`, `set`, `replicate`, `expire`, `delete`, `rotate`).
-//! - `render`: one row type per listing, printed as a table or as JSON.
+//!   `query`, `define`, `set`, `replicate`, `expire`, `delete`, `rotate`,
+//!   `lock`/`unlock`).
+//! - `render`: one row type per listing, printed as a table, a list, CSV,
+//!   TSV or JSON.
 
 pub mod cli;
 mod connect;
 mod input;
-mod render;
+pub mod render;
 mod verb;
 
 use std::ffi::OsString;
@@ -22,16 +24,57 @@ pub use cli::AdminCli;
 use cli::{DefineNoun, DeleteNoun, RegisterNoun, UpdateNoun, Verb};
 use connect::Console;
 use input::{confirm, read_secret};
+use render::Format;
 
-/// A console failure: what went wrong and what to do.
+/// A console failure: what went wrong and what to do. Each kind has its
+/// own message id, so a script can tell a typo from a refusal or an outage.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AdminError {
+    /// A bad command line or local file; nothing was sent (TDM0510E).
     #[error("{0}")]
     Usage(String),
+    /// No server answered (TDM0511E).
     #[error("cannot reach server at {address}: {cause}; check --server and that the server runs")]
     Unreachable { address: String, cause: String },
+    /// The server refused the caller's credentials (TDM0512E).
+    #[error("{0}")]
+    Denied(String),
+    /// What the command names does not exist (TDM0513E).
+    #[error("{0}")]
+    NotFound(String),
+    /// The server refused the request as it stands (TDM0514E).
     #[error("{0}")]
     Refused(String),
+    /// The server failed while carrying it out (TDM0515E).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl AdminError {
+    /// The message id it is reported with.
+    fn message_id(&self) -> &'static str {
+        match self {
+            AdminError::Usage(_) => "TDM0510E",
+            AdminError::Unreachable { .. } => "TDM0511E",
+            AdminError::Denied(_) => "TDM0512E",
+            AdminError::NotFound(_) => "TDM0513E",
+            AdminError::Refused(_) => "TDM0514E",
+            AdminError::Failed(_) => "TDM0515E",
+        }
+    }
+
+    /// Reports it on stderr: `ID text`, or with `--json` one JSON object
+    /// (`{"error": {"id", "message"}}`) a script can parse.
+    fn report(&self, as_json: bool) {
+        if as_json {
+            let doc = serde_json::json!({
+                "error": { "id": self.message_id(), "message": self.to_string() }
+            });
+            eprintln!("{doc}");
+        } else {
+            eprintln!("{} {self}", self.message_id());
+        }
+    }
 }
 
 async fn execute(cli: AdminCli) -> Result<(), AdminError> {
@@ -69,12 +112,14 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         _ => None,
     };
     let console = Console::connect(&cli).await?;
-    let json = cli.json;
+    let json = if cli.json { Format::Json } else { cli.format };
     let console = &console;
     match cli.command {
         Verb::Register(noun) => verb::register::run(console, noun, secret, json).await,
         Verb::Update(noun) => verb::update::run(console, noun, secret, json).await,
         Verb::Remove(noun) => verb::remove::run(console, noun, secret, json).await,
+        Verb::Lock(noun) => verb::lock::run(console, noun, true, json).await,
+        Verb::Unlock(noun) => verb::lock::run(console, noun, false, json).await,
         Verb::Query(noun) => verb::query::run(console, noun, secret, json).await,
         Verb::Expire(noun) => verb::expire::run(console, noun, secret, json).await,
         Verb::Delete(noun) => verb::delete::run(console, noun, secret, json).await,
@@ -98,10 +143,11 @@ where
             return if e.use_stderr() { 12 } else { 0 };
         }
     };
+    let as_json = cli.json || cli.format == Format::Json;
     match execute(cli).await {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("TDM0510E {e}");
+            e.report(as_json);
             12
         }
     }

@@ -9,8 +9,9 @@ use prost::Message;
 use tandem_proto::pb;
 use tandem_proto::{ChunkId, StoredChunk};
 
-use crate::catalog::{FilespaceTimes, VersionState};
+use crate::catalog::{FilespaceTimes, Occupancy, VersionState};
 use crate::error::ServerError;
+use crate::expire::ExpirePreview;
 use crate::model::{
     Filespace, NewVersion, Node, NodeUsage, ObjectAttrs, ObjectKind, ReplRun, StoredVersion,
 };
@@ -421,6 +422,41 @@ pub fn run_to_pb(r: ReplRun) -> pb::ReplicationRun {
         objects_deleted: r.objects_deleted,
         states_updated: r.states_updated,
         message: r.message,
+    }
+}
+
+/// An expiration preview as `PreviewExpiration` answers it.
+pub fn preview_to_pb(p: ExpirePreview) -> pb::ExpirationPreview {
+    pb::ExpirationPreview {
+        versions: p.versions,
+        logical_bytes: p.released.logical_bytes,
+        chunks: p.released.chunks,
+        stored_bytes: p.released.stored_bytes,
+        listed: p
+            .listed
+            .into_iter()
+            .map(|v| pb::ExpiringVersion {
+                node: v.node,
+                filespace: v.filespace,
+                path: v.path,
+                backup_ns: v.backup_ns,
+                deactivated_ns: v.deactivated_ns,
+                size: v.size,
+            })
+            .collect(),
+    }
+}
+
+/// One filespace's occupancy as `QueryOccupancy` answers it.
+pub fn occupancy_to_pb(o: Occupancy) -> pb::Occupancy {
+    pb::Occupancy {
+        node: o.node,
+        filespace: o.filespace,
+        files: o.files,
+        versions: o.versions,
+        logical_bytes: o.logical_bytes,
+        chunks: o.chunks,
+        stored_bytes: o.stored_bytes,
     }
 }
 

@@ -212,6 +212,10 @@ impl DemoServer {
             comm_timeout_seconds: 60,
             idle_timeout_seconds: crate::config::default_idle_timeout_seconds(),
             max_connections: crate::config::default_max_connections(),
+            log_file: None,
+            log_format: crate::logging::LogFormat::Text,
+            log_rotation: crate::logging::LogRotation::Never,
+            log_max_files: 1,
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.

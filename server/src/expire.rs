@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tandem_proto::ChunkId;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ExpiringVersion, ReleasedSpace};
 use crate::error::ServerError;
 use crate::repository::Repository;
 use crate::storage::{HEADER_BYTES, VerifiedChunk};
@@ -61,6 +61,43 @@ pub fn expire_inventory(
     report.versions_expired = versions_expired;
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What an expiration as of some time would delete, found without changing
+/// anything (TSM `EXPIRE INVENTORY ... PREVIEW`-like).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExpirePreview {
+    /// Versions that would be deleted.
+    pub versions: u64,
+    /// What deleting them would release in the index. Container files
+    /// shrink only when reclamation compacts them (under half live).
+    pub released: ReleasedSpace,
+    /// The oldest stored of them, at most the limit asked for, in node,
+    /// filespace and path order.
+    pub listed: Vec<ExpiringVersion>,
+}
+
+/// Finds what [`expire_inventory`] at `now_ns` would delete, listing at most
+/// `list_limit` versions; reads only.
+///
+/// # Errors
+/// Catalog errors.
+pub fn preview_expiration(
+    repo: &Repository,
+    now_ns: i64,
+    list_limit: usize,
+) -> Result<ExpirePreview, ServerError> {
+    let ids = repo.catalog.expired_versions(now_ns)?;
+    let pinned: HashSet<ChunkId> = repo.pins.lock().values().flatten().copied().collect();
+    let id_set: HashSet<i64> = ids.iter().copied().collect();
+    let released = repo
+        .catalog
+        .space_released_by(&id_set, &pinned, HEADER_BYTES)?;
+    Ok(ExpirePreview {
+        versions: ids.len() as u64,
+        released,
+        listed: repo.catalog.describe_versions(&ids, list_limit)?,
+    })
 }
 
 /// Sweeps and compacts without deleting versions (after a filespace deletion).

@@ -36,6 +36,7 @@ pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod expire;
+pub mod logging;
 pub mod model;
 pub mod pins;
 pub mod repl;

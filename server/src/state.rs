@@ -254,6 +254,18 @@ impl ServerState {
         expire::expire_inventory(&self.repo, &|| self.open_session_ids(), now_ns)
     }
 
+    /// What [`Self::expire_inventory`] at `now_ns` would delete; changes nothing.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn preview_expiration(
+        &self,
+        now_ns: i64,
+        list_limit: usize,
+    ) -> Result<expire::ExpirePreview, ServerError> {
+        expire::preview_expiration(&self.repo, now_ns, list_limit)
+    }
+
     /// Sweeps and compacts the repository without expiring versions.
     ///
     /// # Errors

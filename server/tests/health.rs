@@ -18,9 +18,7 @@ async fn health_reports_serving_for_backup_and_admin() {
     let overrides = ConfigOverrides {
         data_dir: Some(dir.path().to_path_buf()),
         listen: Some("127.0.0.1:0".into()),
-        name: None,
-        insecure_plaintext: false,
-        rename: false,
+        ..ConfigOverrides::default()
     };
     let config = ServerConfig::load(None, &overrides).unwrap();
     let state = tandem_server::ServerState::open(config).unwrap();

@@ -150,3 +150,352 @@ fn set_commands_answer_in_json_when_asked() {
         45
     );
 }
+
+/// Runs the console with `args` and returns its standard output.
+fn admin_stdout(server: &TestServer, args: &[&str]) -> String {
+    let out = server.admin(args);
+    assert_success(&out, &args.join(" "));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn listings_come_as_a_list_csv_tsv_and_json() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    server.register("bob", "bob-password");
+
+    let list = admin_stdout(&server, &["--format", "list", "query", "node", "alice"]);
+    assert!(list.contains("Node: ALICE"), "{list}");
+    assert!(list.contains("Repl Rule: all_data"), "{list}");
+    assert!(!list.contains('│'), "no table borders in a list: {list}");
+
+    let csv = admin_stdout(&server, &["--format", "csv", "query", "node"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and one line per node: {csv}");
+    assert!(
+        lines[0].starts_with("Node,Locked,Registered,Last Logon,"),
+        "{csv}"
+    );
+    assert!(lines[1].starts_with("ALICE,no,"), "{csv}");
+    assert_eq!(
+        lines[0].split(',').count(),
+        lines[2].split(',').count(),
+        "{csv}"
+    );
+
+    let tsv = admin_stdout(&server, &["--format", "tsv", "query", "node", "bob"]);
+    let lines: Vec<&str> = tsv.lines().collect();
+    assert_eq!(lines.len(), 2, "{tsv}");
+    assert!(lines[1].starts_with("BOB\tno\t"), "{tsv}");
+
+    // Piped, the default is the table however wide.
+    let table = admin_stdout(&server, &["query", "node"]);
+    assert!(table.contains("Repl Rule"), "{table}");
+    assert!(table.contains('│'), "{table}");
+
+    let json: serde_json::Value = serde_json::from_str(&admin_stdout(
+        &server,
+        &["--format", "json", "query", "node"],
+    ))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2, "{json}");
+    let clash = server.admin(&["--json", "--format", "csv", "query", "node"]);
+    assert_eq!(code(&clash), 12, "{}", stderr(&clash));
+}
+
+/// Whether `text` is RFC 3339 with a zone offset or Z, as every JSON time is.
+fn is_rfc3339_with_zone(text: &str) -> bool {
+    let Some((date, time)) = text.split_once('T') else {
+        return false;
+    };
+    let zoned = time.ends_with('Z') || time.rfind(['+', '-']).is_some_and(|i| i >= 8);
+    date.len() == 10 && date.as_bytes()[4] == b'-' && zoned
+}
+
+#[test]
+fn json_times_carry_their_zone_and_never_is_null() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let nodes: serde_json::Value = serde_json::from_str(&admin_stdout(
+        &server,
+        &["--json", "query", "node", "alice"],
+    ))
+    .unwrap();
+    let registered = nodes[0]["registered"].as_str().unwrap();
+    assert!(is_rfc3339_with_zone(registered), "{registered}");
+    assert!(nodes[0]["last_logon"].is_null(), "never logged on: {nodes}");
+
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    make_tree(&work.path().join("src"));
+    client.json(&["incremental", &path_str(&work.path().join("src"))]);
+    let nodes: serde_json::Value = serde_json::from_str(&admin_stdout(
+        &server,
+        &["--json", "query", "node", "alice"],
+    ))
+    .unwrap();
+    assert!(
+        is_rfc3339_with_zone(nodes[0]["last_logon"].as_str().unwrap()),
+        "{nodes}"
+    );
+    let log: serde_json::Value =
+        serde_json::from_str(&admin_stdout(&server, &["--json", "query", "actlog"])).unwrap();
+    for record in log.as_array().unwrap() {
+        assert!(
+            is_rfc3339_with_zone(record["time"].as_str().unwrap()),
+            "{record}"
+        );
+    }
+    // The client's own JSON follows the same rule.
+    let spaces = client.json(&["query", "filespace"]);
+    assert!(spaces[0]["last_replication"].is_null(), "{spaces}");
+    assert!(
+        is_rfc3339_with_zone(spaces[0]["last_backup_end"].as_str().unwrap()),
+        "{spaces}"
+    );
+}
+
+#[test]
+fn console_errors_have_their_own_ids_and_come_as_json_when_asked() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let error_of = |args: &[&str]| -> serde_json::Value {
+        let out = server.admin(args);
+        assert_eq!(code(&out), 12, "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+        serde_json::from_str(stderr(&out).trim())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stderr(&out)))
+    };
+    let missing = error_of(&["--json", "query", "node", "nosuch"]);
+    assert_eq!(missing["error"]["id"], "TDM0513E", "{missing}");
+    assert!(
+        missing["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nosuch"),
+        "{missing}"
+    );
+
+    let typo = error_of(&["--json", "query", "actlog", "--begin", "yesterday"]);
+    assert_eq!(typo["error"]["id"], "TDM0510E", "{typo}");
+    assert!(
+        typo["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("yesterday"),
+        "{typo}"
+    );
+
+    let refused = error_of(&[
+        "--json",
+        "register",
+        "node",
+        "alice",
+        "--password-file",
+        "/dev/null",
+    ]);
+    assert_eq!(
+        refused["error"]["id"], "TDM0510E",
+        "an empty password is local: {refused}"
+    );
+
+    // A refusal by the server, without --json: the id first, no gRPC code names.
+    let out = server.admin(&["remove", "admin", "admin"]);
+    assert_eq!(code(&out), 12);
+    let text = stderr(&out);
+    assert!(text.starts_with("TDM0514E "), "{text}");
+    for name in ["FailedPrecondition", "InvalidArgument", "status:"] {
+        assert!(!text.contains(name), "{text}");
+    }
+
+    // A server that is not there: the same console, another port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("https://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let command = server.admin_command(&["--json", "query", "status"]);
+    let args: Vec<std::ffi::OsString> = command
+        .get_args()
+        .map(|a| {
+            if a == server.url().as_str() {
+                address.clone().into()
+            } else {
+                a.to_owned()
+            }
+        })
+        .collect();
+    let mut elsewhere = Command::new(command.get_program());
+    let out = elsewhere.args(args).output().unwrap();
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    let down: serde_json::Value = serde_json::from_str(stderr(&out).trim()).unwrap();
+    assert_eq!(down["error"]["id"], "TDM0511E", "{down}");
+}
+
+#[test]
+fn lock_and_unlock_node_are_verbs_of_their_own() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let locked = admin_stdout(&server, &["lock", "node", "alice"]);
+    assert!(locked.contains("TDM0500I node ALICE locked"), "{locked}");
+    let out = client.run(&["query", "session"]);
+    assert_eq!(
+        code(&out),
+        12,
+        "a locked node cannot log on: {}",
+        stderr(&out)
+    );
+    admin_stdout(&server, &["unlock", "node", "alice"]);
+    client.json(&["query", "session"]);
+    assert!(server.actlog().contains("locked"), "the change is logged");
+}
+
+#[test]
+fn query_occupancy_counts_files_and_bytes_per_filespace() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    server.register("bob", "bob-password");
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("one.bin"), random_bytes(3, 100_000)).unwrap();
+    std::fs::write(src.join("two.txt"), "two\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    std::fs::write(src.join("two.txt"), "two, changed\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+
+    let rows: serde_json::Value =
+        serde_json::from_str(&admin_stdout(&server, &["--json", "query", "occupancy"])).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "bob has no filespace: {rows:?}");
+    let alice = &rows[0];
+    assert_eq!(alice["node"], "ALICE");
+    assert_eq!(alice["files"], 3, "the directory and two files: {alice}");
+    assert_eq!(alice["versions"], 4, "and two.txt's older version: {alice}");
+    let logical = alice["logical_bytes"].as_u64().unwrap();
+    assert!(logical >= 100_000 + 4 + 13, "{alice}");
+    let stored = alice["stored_bytes"].as_u64().unwrap();
+    assert!(stored >= 90_000 && stored <= logical + 4096, "{alice}");
+
+    let bob: serde_json::Value = serde_json::from_str(&admin_stdout(
+        &server,
+        &["--json", "query", "occupancy", "bob"],
+    ))
+    .unwrap();
+    assert_eq!(bob, serde_json::json!([]));
+    let out = server.admin(&["query", "occupancy", "nosuch"]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+}
+
+#[test]
+fn query_actlog_narrows_by_node_message_and_end() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    server.register("bob", "bob-password");
+    TestClient::new(&server, "alice", "alice-password").json(&["query", "session"]);
+    TestClient::new(&server, "bob", "bob-password").json(&["query", "session"]);
+    let records = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["--json", "query", "actlog"];
+        all.extend_from_slice(args);
+        let v: serde_json::Value = serde_json::from_str(&admin_stdout(&server, &all)).unwrap();
+        v.as_array().unwrap().clone()
+    };
+    let alice = records(&["--node", "alice"]);
+    assert!(!alice.is_empty());
+    assert!(alice.iter().all(|r| r["node"] == "ALICE"), "{alice:?}");
+    let starts = records(&["--msgno", "tdm0400"]);
+    assert_eq!(starts.len(), 2, "two sessions started: {starts:?}");
+    assert!(starts.iter().all(|r| r["id"] == "TDM0400I"), "{starts:?}");
+    assert!(records(&["--end", "2000-01-01"]).is_empty());
+    let out = server.admin(&[
+        "query",
+        "actlog",
+        "--begin",
+        "2026-01-02",
+        "--end",
+        "2026-01-01",
+    ]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(stderr(&out).contains("before --begin"), "{}", stderr(&out));
+}
+
+/// The log files a server wrote under `dir`, as one text.
+fn logs_under(dir: &std::path::Path) -> (Vec<String>, String) {
+    let mut names = Vec::new();
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        text.push_str(&std::fs::read_to_string(&path).unwrap());
+    }
+    (names, text)
+}
+
+#[test]
+fn the_server_logs_to_a_rolling_file_as_text_or_json() {
+    let logs = tempfile::tempdir().unwrap();
+    let text_file = logs.path().join("text").join("tandem.log");
+    let json_file = logs.path().join("json").join("tandem.log");
+    let text = TestServer::start_with(
+        "PRIMARY",
+        &[("TANDEM_SERVER_LOG_FILE", &path_str(&text_file))],
+    );
+    let json = TestServer::start_with(
+        "OTHER",
+        &[
+            ("TANDEM_SERVER_LOG_FILE", &path_str(&json_file)),
+            ("TANDEM_SERVER_LOG_FORMAT", "json"),
+            ("TANDEM_SERVER_LOG_ROTATION", "hourly"),
+        ],
+    );
+    text.register("alice", "alice-password");
+    json.register("alice", "alice-password");
+
+    // Daily rotation names the file by its day; the id leads each message.
+    let (names, lines) = logs_under(text_file.parent().unwrap());
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].starts_with("tandem.log.20"), "{names:?}");
+    let registered = lines
+        .lines()
+        .find(|l| l.contains("TDM0500I"))
+        .unwrap_or_else(|| panic!("no registration in {lines}"));
+    assert!(
+        registered.contains("actlog: TDM0500I register node ALICE"),
+        "the id comes before the text: {registered}"
+    );
+    assert!(!lines.contains('\u{1b}'), "{lines:?}");
+
+    let (names, lines) = logs_under(json_file.parent().unwrap());
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(
+        names[0].len(),
+        "tandem.log.YYYY-MM-DD-HH".len(),
+        "{names:?}"
+    );
+    let mut seen = 0;
+    for line in lines.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 2, "{lines}");
+    assert!(lines.contains("TDM0500I"), "{lines}");
+
+    // A log file the server cannot open stops it with a clear message.
+    let blocker = logs.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("tandem-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path().join("d"))
+        .arg("--log-file")
+        .arg(blocker.join("tandem.log"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(stderr(&out).contains("log_file"), "{}", stderr(&out));
+}

@@ -145,6 +145,60 @@ fn expiration_applies_retextra_and_retonly() {
     let r: serde_json::Value =
         serde_json::from_slice(&server.admin(&["--json", "expire", "inventory"]).stdout).unwrap();
     assert_eq!(r["versions_expired"], 0, "{r}");
+    // A preview of 31 days on lists what would go and deletes nothing.
+    let preview: serde_json::Value = serde_json::from_slice(
+        &server
+            .admin(&[
+                "--json",
+                "expire",
+                "inventory",
+                "--now",
+                &date("+31 days"),
+                "--preview",
+            ])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(preview["preview"], true, "{preview}");
+    assert_eq!(preview["versions"], 2, "{preview}");
+    let listed: Vec<&str> = preview["listed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap())
+        .collect();
+    let kept = path_str(&src.join("kept.txt"));
+    assert!(listed.contains(&kept.as_str()), "{listed:?}");
+    assert!(preview["logical_bytes"].as_u64().unwrap() >= 4, "{preview}");
+    assert!(
+        preview["listed"][0]["inactive_since"].is_string(),
+        "{preview}"
+    );
+    assert_eq!(
+        versions(&client, &src.join("kept.txt")),
+        ["inactive", "active"],
+        "a preview deletes nothing"
+    );
+    let table = server.admin(&[
+        "expire",
+        "inventory",
+        "--now",
+        &date("+31 days"),
+        "--preview",
+    ]);
+    assert_success(&table, "preview as a table");
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("Nothing was deleted"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
+    // --limit goes only with --preview, so a typo cannot turn into a deletion.
+    let refused = server.admin(&["expire", "inventory", "--limit", "5"]);
+    assert_eq!(code(&refused), 12, "{}", stderr(&refused));
+    assert_eq!(
+        versions(&client, &src.join("kept.txt")),
+        ["inactive", "active"]
+    );
     // In 31 days the extra version of kept.txt is gone, the deleted file's last version stays.
     let r: serde_json::Value = serde_json::from_slice(
         &server
@@ -197,6 +251,22 @@ fn expiring_a_deleted_large_file_gives_the_space_back() {
     assert!(before > 200 << 20);
     std::fs::remove_file(src.join("big.bin")).unwrap();
     client.json(&["incremental", &path_str(&src)]);
+    // The preview counts the deleted file's chunks as what would be freed.
+    let pending = server.container_bytes();
+    let preview: serde_json::Value = serde_json::from_slice(
+        &server
+            .admin(&["--json", "expire", "inventory", "--preview"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(preview["versions"], 1, "{preview}");
+    assert_eq!(preview["logical_bytes"], 200u64 << 20, "{preview}");
+    let stored = preview["stored_bytes"].as_u64().unwrap();
+    assert!(
+        stored >= 190 << 20,
+        "random data stores near its size: {preview}"
+    );
+    assert_eq!(server.container_bytes(), pending, "a preview frees nothing");
     let r: serde_json::Value =
         serde_json::from_slice(&server.admin(&["--json", "expire", "inventory"]).stdout).unwrap();
     let after = server.container_bytes();

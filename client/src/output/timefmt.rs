@@ -112,7 +112,17 @@ pub fn show(ns: i64) -> String {
         .to_string()
 }
 
-/// RFC 3339 with offset, for JSON output; empty for 0.
+/// A time in JSON output: RFC 3339 with the local offset, `null` for never
+/// (0). The one convention of both consoles' `--json`.
+pub fn json(ns: i64) -> serde_json::Value {
+    if ns == 0 {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::String(rfc3339(ns))
+    }
+}
+
+/// RFC 3339 with offset; empty for 0.
 pub fn rfc3339(ns: i64) -> String {
     if ns == 0 {
         return String::new();

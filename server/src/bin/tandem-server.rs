@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tandem_server::config::{ConfigOverrides, ServerConfig};
+use tandem_server::logging::{self, LogFormat, LogRotation, LogSettings};
 use tokio_util::sync::CancellationToken;
 
 /// The Tandem backup server.
@@ -17,7 +18,8 @@ use tokio_util::sync::CancellationToken;
     after_help = "Configuration keys (--config FILE, or TANDEM_SERVER_<KEY> in the environment): \
 data_dir, listen, name, expire_interval_hours, replication_interval_minutes, [policy], \
 tls_cert, tls_key, insecure_plaintext, rename, invalid_password_limit, comm_timeout_seconds, \
-idle_timeout_seconds, max_connections. Defaults and ranges: README, \"Server configuration\"."
+idle_timeout_seconds, max_connections, log_file, log_format, log_rotation, log_max_files. \
+Defaults and ranges: README, \"Server configuration\". RUST_LOG sets the log level (default info)."
 )]
 struct Args {
     /// Server configuration file (TOML).
@@ -40,6 +42,13 @@ struct Args {
     /// and keep the new name.
     #[arg(long)]
     rename: bool,
+    /// Log to this file instead of stderr, rolled over daily by default
+    /// (log_rotation, log_max_files in the config).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Log lines as text or JSON [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -55,17 +64,6 @@ enum Command {
     },
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colour codes only on a terminal: in a log file they are noise.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn serve(args: Args) -> anyhow::Result<()> {
     // Everything the server creates (catalog, containers, keys, logs) is
     // for its own user only.
@@ -76,8 +74,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         name: args.name,
         insecure_plaintext: args.insecure_plaintext,
         rename: args.rename,
+        log_file: args.log_file,
+        log_format: args.log_format,
     };
     let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
+    logging::init(&config.log_settings(), "info")?;
     let listen = config.listen;
     let state = tandem_server::ServerState::open(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -134,18 +135,24 @@ async fn run_server() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Some(Command::Demo { keep }) => {
-            init_tracing("warn");
+            let stderr_only = LogSettings {
+                file: None,
+                format: LogFormat::Text,
+                rotation: LogRotation::Never,
+                max_files: 1,
+            };
+            if let Err(e) = logging::init(&stderr_only, "warn") {
+                eprintln!("tandem-server: {e}");
+                return ExitCode::from(12);
+            }
             tandem_server::demo::run(keep).await
         }
-        None => {
-            init_tracing("info");
-            match serve(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("tandem-server: {e:#}");
-                    ExitCode::from(12)
-                }
+        None => match serve(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tandem-server: {e:#}");
+                ExitCode::from(12)
             }
-        }
+        },
     }
 }

@@ -211,3 +211,128 @@ impl Catalog {
         Ok(Some(versions))
     }
 }
+
+/// One version an expiration would delete, as a preview lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiringVersion {
+    /// Its node.
+    pub node: String,
+    /// Its filespace.
+    pub filespace: String,
+    /// Its full path.
+    pub path: String,
+    /// When it was backed up (Unix ns).
+    pub backup_ns: i64,
+    /// When it became inactive (Unix ns; 0 while active, which never expires).
+    pub deactivated_ns: i64,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// What deleting a set of versions would give back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleasedSpace {
+    /// Sum of the versions' file sizes.
+    pub logical_bytes: u64,
+    /// Chunks only those versions reference (and no session has pinned).
+    pub chunks: u64,
+    /// Their stored bytes, record headers included.
+    pub stored_bytes: u64,
+}
+
+impl Catalog {
+    /// Node, filespace and path of the first `limit` of `ids` (the oldest
+    /// rows), sorted by path; bounded so a huge expiration stays cheap to preview.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn describe_versions(
+        &self,
+        ids: &[i64],
+        limit: usize,
+    ) -> Result<Vec<ExpiringVersion>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT n.name, f.name, d.path || o.name, o.backup_ns, o.deactivated_ns, o.size
+               FROM objects o JOIN dirs d ON o.dir_id = d.id
+                              JOIN filespaces f ON o.filespace_id = f.id
+                              JOIN nodes n ON f.node_id = n.id
+              WHERE o.id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(ids.len().min(limit));
+        for id in ids.iter().take(limit) {
+            if let Some(v) = stmt
+                .query_map([id], |r| {
+                    Ok(ExpiringVersion {
+                        node: r.get(0)?,
+                        filespace: r.get(1)?,
+                        path: r.get(2)?,
+                        backup_ns: r.get(3)?,
+                        deactivated_ns: r.get(4)?,
+                        size: from_sql_int(r.get(5)?),
+                    })
+                })?
+                .next()
+            {
+                out.push(v?);
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.node, &a.filespace, &a.path, a.backup_ns).cmp(&(
+                &b.node,
+                &b.filespace,
+                &b.path,
+                b.backup_ns,
+            ))
+        });
+        Ok(out)
+    }
+
+    /// What deleting `ids` would release: their logical size, and the chunks
+    /// no other version references and no session in `pinned` holds.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn space_released_by(
+        &self,
+        ids: &HashSet<i64>,
+        pinned: &HashSet<ChunkId>,
+        header_bytes: u64,
+    ) -> Result<ReleasedSpace, CatalogError> {
+        let mut released = ReleasedSpace::default();
+        let mut only_theirs = HashSet::new();
+        let mut kept = HashSet::new();
+        {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT id, size, manifest FROM objects")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                let manifest: Vec<u8> = row.get(2)?;
+                let chunks = manifest
+                    .chunks_exact(32)
+                    .filter_map(|c| ChunkId::from_slice(c).ok());
+                if ids.contains(&id) {
+                    released.logical_bytes += from_sql_int(row.get(1)?);
+                    only_theirs.extend(chunks);
+                } else {
+                    kept.extend(chunks);
+                }
+            }
+        }
+        only_theirs.retain(|c| !kept.contains(c) && !pinned.contains(c));
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT stored_len FROM chunks WHERE id = ?1")?;
+        for chunk in &only_theirs {
+            let stored: Option<i64> = stmt
+                .query_map([chunk.as_slice()], |r| r.get(0))?
+                .next()
+                .transpose()?;
+            if let Some(stored) = stored {
+                released.chunks += 1;
+                released.stored_bytes += from_sql_int(stored) + header_bytes;
+            }
+        }
+        Ok(released)
+    }
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 
+use crate::console::render::Format;
 use crate::model::{ReplRule, ReplState, Vocabulary};
 
 /// Parses one of a vocabulary's words, in either case as TSM accepts them
@@ -51,9 +52,13 @@ pub struct AdminCli {
     /// File whose first line is the --admin administrator's password.
     #[arg(long, global = true, value_name = "FILE", requires = "admin")]
     pub admin_password_file: Option<PathBuf>,
-    /// Print results as JSON.
+    /// Print results as JSON (the same as --format json).
     #[arg(long, global = true)]
     pub json: bool,
+    /// How to print results: a table (a list when wider than the
+    /// terminal), always a table, a list, CSV, TSV or JSON.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Auto, conflicts_with = "json")]
+    pub format: Format,
     #[command(subcommand)]
     pub(super) command: Verb,
 }
@@ -66,6 +71,12 @@ pub(super) enum Verb {
     /// UPDATE: change a node or an administrator.
     #[command(subcommand)]
     Update(UpdateNoun),
+    /// LOCK: refuse a node's logons or an administrator's calls.
+    #[command(subcommand)]
+    Lock(LockNoun),
+    /// UNLOCK: accept them again.
+    #[command(subcommand)]
+    Unlock(LockNoun),
     /// REMOVE: delete a node that stores no data, a replica relation, or an administrator.
     #[command(subcommand)]
     Remove(RemoveNoun),
@@ -152,13 +163,24 @@ pub(super) enum ReplicateNoun {
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ExpireNoun {
-    /// Run expiration and space reclamation now.
+    /// Run expiration and space reclamation now (with --preview: list what
+    /// would go, delete nothing).
     Inventory {
         /// Apply retention as if it were this time (RFC 3339 or local
-        /// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD', taken at its start). Not a
-        /// simulation: what would have expired by then is deleted now, for good.
+        /// 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD', taken at its start). Without
+        /// --preview this is not a simulation: what would have expired by
+        /// then is deleted now, for good.
         #[arg(long, value_name = "TIME")]
         now: Option<String>,
+        /// Only list the versions that would expire and the space that would
+        /// be freed; change nothing.
+        #[arg(long)]
+        preview: bool,
+        /// With --preview, list at most this many versions (the oldest
+        /// stored; 1 to 10000); the totals always count all of them.
+        #[arg(long, default_value_t = 1000, requires = "preview",
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
     },
 }
 
@@ -247,6 +269,20 @@ pub(super) enum UpdateNoun {
 }
 
 #[derive(Debug, Subcommand)]
+pub(super) enum LockNoun {
+    /// A node.
+    Node {
+        /// Node name.
+        name: String,
+    },
+    /// A named administrator.
+    Admin {
+        /// Administrator name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(super) enum RemoveNoun {
     /// Remove a node (refused while it owns filespaces).
     Node {
@@ -274,14 +310,25 @@ pub(super) enum QueryNoun {
     },
     /// Activity log records.
     Actlog {
-        /// Only records at or after this time (RFC 3339 or 'YYYY-MM-DD HH:MM:SS').
+        /// Only records at or after this time (RFC 3339, 'YYYY-MM-DD HH:MM:SS'
+        /// or 'YYYY-MM-DD': from the start of that second or day).
         #[arg(long, value_name = "TIME")]
         begin: Option<String>,
+        /// Only records up to this time, the whole second or day included.
+        #[arg(long, value_name = "TIME")]
+        end: Option<String>,
         /// Only records containing this text.
         #[arg(long)]
         search: Option<String>,
-        /// At most this many (newest) records.
-        #[arg(long, default_value_t = 1000)]
+        /// Only records about this node.
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// Only records whose message id starts with this (TDM0406I, TDM06).
+        #[arg(long, value_name = "ID")]
+        msgno: Option<String>,
+        /// At most this many (newest) records, 1 to 20000.
+        #[arg(long, default_value_t = 1000,
+              value_parser = clap::value_parser!(u32).range(1..=20_000))]
         limit: u32,
     },
     /// Open client sessions.
@@ -292,6 +339,11 @@ pub(super) enum QueryNoun {
     Status,
     /// Defined partner servers.
     Server,
+    /// Per node and filespace: files, versions, logical and stored bytes.
+    Occupancy {
+        /// Node name; all when omitted.
+        node: Option<String>,
+    },
     /// Per filespace: versions and bytes here and on the replication server.
     Replnode {
         /// Node name.

@@ -96,7 +96,8 @@ impl Console {
                 other => AdminError::Usage(other.to_string()),
             })?;
         Ok(Console {
-            client: AdminClient::new(channel),
+            client: AdminClient::new(channel)
+                .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES),
             token,
             address: cli.server.clone(),
         })
@@ -123,14 +124,30 @@ impl Console {
             .map_err(|s| self.refused(s))
     }
 
+    /// The console's error for a server's refusal: the server's own words,
+    /// sorted by the status code into the kinds an operator acts on (the
+    /// code's name is not shown: it means nothing to an operator).
     fn refused(&self, status: tonic::Status) -> AdminError {
-        if status.code() == tonic::Code::Unavailable {
-            return AdminError::Unreachable {
+        use tonic::Code;
+        let message = status.message().to_string();
+        match status.code() {
+            Code::Unavailable => AdminError::Unreachable {
                 address: self.address.clone(),
-                cause: status.message().to_string(),
-            };
+                cause: message,
+            },
+            Code::Unauthenticated | Code::PermissionDenied => AdminError::Denied(message),
+            Code::NotFound => AdminError::NotFound(message),
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::OutOfRange
+            | Code::ResourceExhausted
+            | Code::Aborted => AdminError::Refused(message),
+            Code::Unimplemented => AdminError::Refused(format!(
+                "the server does not know this command ({message}); use the console of the server's release"
+            )),
+            _ => AdminError::Failed(message),
         }
-        AdminError::Refused(status.message().to_string())
     }
 }
 

@@ -1,9 +1,8 @@
 //! How the console shows what the server answered: one [`Row`] per row
 //! type (its column headers, its table cells, its JSON object), and one
 //! printer for lists of rows and one for item/value pairs. A verb handler
-//! picks the row type; the format (table, or JSON with `--json`) is chosen
-//! here, so every listing behaves alike and a new format (list, CSV) is one
-//! more printer, not a change to every verb.
+//! picks the row type; the format (`--format`: table, list, CSV, TSV, JSON)
+//! is applied here, so every listing behaves alike.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::{Value, json};
@@ -15,6 +14,11 @@ use crate::model::{ReplMode, ReplRule, ReplState, RunState};
 /// Local time as `YYYY-MM-DD HH:MM:SS`, `-` for never (as the client shows it).
 pub(super) fn show_time(ns: i64) -> String {
     tandem_client::output::timefmt::show(ns)
+}
+
+/// A time in JSON: RFC 3339 with offset, `null` for never.
+pub(super) fn json_time(ns: i64) -> Value {
+    tandem_client::output::timefmt::json(ns)
 }
 
 /// An empty table with `header`, in the console's style.
@@ -43,30 +47,161 @@ pub(super) trait Row {
     fn json(&self) -> Value;
 }
 
-/// Prints `rows` as a table, or as a JSON array with `as_json`.
-pub(super) fn print_rows<R: Row>(rows: &[R], as_json: bool) {
-    if as_json {
-        print_json(&Value::Array(rows.iter().map(Row::json).collect()));
-        return;
+/// How results are printed (`--format`, `--json`), TSM's `-displaymode`,
+/// `-comma` and `-tab` among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// A table, or a list when the table is wider than the terminal.
+    #[default]
+    Auto,
+    /// A table, however wide.
+    Table,
+    /// One "Header: value" line per cell, a blank line between objects.
+    List,
+    /// Comma-separated values with a header line (RFC 4180 quoting).
+    Csv,
+    /// Tab-separated values with a header line; tabs and line breaks in a
+    /// value are written as `\t`, `\n`, `\r` and a backslash as `\\`.
+    Tsv,
+    /// JSON (the same as `--json`).
+    Json,
+}
+
+impl Format {
+    /// Whether results go out as JSON.
+    pub(super) fn is_json(self) -> bool {
+        self == Format::Json
     }
-    let mut t = table(R::HEADERS);
-    for row in rows {
-        t.add_row(row.cells());
+
+    /// Whether results are for people to read, so a sentence may go with
+    /// them (CSV and TSV carry only their rows, for a program to read).
+    pub(super) fn for_people(self) -> bool {
+        matches!(self, Format::Auto | Format::Table | Format::List)
+    }
+}
+
+/// Prints `rows` in `format`.
+pub(super) fn print_rows<R: Row>(rows: &[R], format: Format) {
+    let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
+    match format {
+        Format::Json => print_json(&Value::Array(rows.iter().map(Row::json).collect())),
+        Format::Table => print_table(R::HEADERS, cells),
+        Format::List => print_list(R::HEADERS, &cells),
+        Format::Csv => print_separated(R::HEADERS, &cells, b','),
+        Format::Tsv => print_tsv(R::HEADERS, &cells),
+        Format::Auto => {
+            let mut t = table(R::HEADERS);
+            for row in &cells {
+                t.add_row(row.clone());
+            }
+            let text = t.to_string();
+            if fits_terminal(&text) {
+                tandem_client::outln!("{text}");
+            } else {
+                print_list(R::HEADERS, &cells);
+            }
+        }
+    }
+}
+
+/// Whether every line of `text` fits the terminal on stdout; always true
+/// when stdout is not a terminal (a file or a pipe gets the table).
+fn fits_terminal(text: &str) -> bool {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return true;
+    }
+    let Some(width) = Table::new().width() else {
+        return true;
+    };
+    text.lines()
+        .all(|line| line.chars().count() <= usize::from(width))
+}
+
+fn print_table(headers: &[&str], cells: Vec<Vec<String>>) {
+    let mut t = table(headers);
+    for row in cells {
+        t.add_row(row);
     }
     tandem_client::outln!("{t}");
 }
 
-/// Prints item/value pairs as a two-column table, or `json` with `as_json`.
-pub(super) fn print_items(items: Vec<(&str, String)>, json: &Value, as_json: bool) {
-    if as_json {
-        print_json(json);
-        return;
+/// The list layout: headers right-aligned to the longest, as TSM's
+/// `-displaymode=list` and `query node f=d` show one object.
+fn print_list(headers: &[&str], cells: &[Vec<String>]) {
+    let width = headers.iter().map(|h| h.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (i, row) in cells.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for (header, value) in headers.iter().zip(row) {
+            out.push_str(&format!("{header:>width$}: {value}\n"));
+        }
     }
-    let mut t = table(&["Item", "Value"]);
-    for (item, value) in items {
-        t.add_row(vec![item.to_string(), value]);
+    tandem_client::outln!("{}", out.trim_end_matches('\n'));
+}
+
+fn print_separated(headers: &[&str], cells: &[Vec<String>], delimiter: u8) {
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(delimiter)
+        .from_writer(Vec::new());
+    // Writing to memory fails only on a row of the wrong length, which
+    // the header-per-cell test rules out.
+    let _ = w.write_record(headers);
+    for row in cells {
+        let _ = w.write_record(row);
     }
-    tandem_client::outln!("{t}");
+    let bytes = w.into_inner().unwrap_or_default();
+    tandem_client::outln!("{}", String::from_utf8_lossy(&bytes).trim_end_matches('\n'));
+}
+
+/// TSV as the IANA type and most tools read it: no quoting, so the few
+/// characters that would break a line or a field are escaped instead.
+fn print_tsv(headers: &[&str], cells: &[Vec<String>]) {
+    let line = |values: &mut dyn Iterator<Item = &str>| -> String {
+        values.map(escape_tsv).collect::<Vec<_>>().join("\t")
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in cells {
+        out.push('\n');
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    tandem_client::outln!("{out}");
+}
+
+fn escape_tsv(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Prints item/value pairs: a two-column table, `json`, or the other
+/// formats as one object with the items as headers.
+pub(super) fn print_items(items: Vec<(&str, String)>, json: &Value, format: Format) {
+    let (headers, values): (Vec<&str>, Vec<String>) = items.into_iter().unzip();
+    let row = vec![values];
+    match format {
+        Format::Json => print_json(json),
+        Format::Auto | Format::Table => {
+            let mut t = table(&["Item", "Value"]);
+            for (item, value) in headers.iter().zip(&row[0]) {
+                t.add_row(vec![item.to_string(), value.clone()]);
+            }
+            tandem_client::outln!("{t}");
+        }
+        Format::List => print_list(&headers, &row),
+        Format::Csv => print_separated(&headers, &row, b','),
+        Format::Tsv => print_tsv(&headers, &row),
+    }
 }
 
 fn yes_no(flag: bool) -> String {
@@ -112,8 +247,8 @@ impl Row for pb::NodeInfo {
     }
     fn json(&self) -> Value {
         json!({
-            "name": self.name, "locked": self.locked, "registered": show_time(self.registered_ns),
-            "last_logon": show_time(self.last_logon_ns), "failed_logons": self.failed_logons,
+            "name": self.name, "locked": self.locked, "registered": json_time(self.registered_ns),
+            "last_logon": json_time(self.last_logon_ns), "failed_logons": self.failed_logons,
             "verexists": self.verexists, "verdeleted": self.verdeleted, "retextra": self.retextra,
             "retonly": self.retonly, "filespaces": self.filespaces,
             "active_objects": self.active_objects, "total_versions": self.total_versions,
@@ -143,8 +278,8 @@ impl Row for pb::AdminInfo {
     }
     fn json(&self) -> Value {
         json!({
-            "name": self.name, "locked": self.locked, "registered": show_time(self.registered_ns),
-            "last_call": show_time(self.last_logon_ns), "failed_logons": self.failed_logons,
+            "name": self.name, "locked": self.locked, "registered": json_time(self.registered_ns),
+            "last_call": json_time(self.last_logon_ns), "failed_logons": self.failed_logons,
         })
     }
 }
@@ -181,7 +316,7 @@ impl Row for pb::ReplicationRun {
     fn json(&self) -> Value {
         json!({
             "id": self.id, "node": self.node, "target": self.target,
-            "start": show_time(self.started_ns), "end": show_time(self.ended_ns),
+            "start": json_time(self.started_ns), "end": json_time(self.ended_ns),
             "state": shown(RunState::from_pb(self.state), self.state),
             "objects_sent": self.objects_sent, "bytes_sent": self.bytes_sent,
             "chunks_skipped": self.chunks_skipped, "objects_deleted": self.objects_deleted,
@@ -200,7 +335,7 @@ impl Row for pb::ActlogRecord {
     }
     fn json(&self) -> Value {
         json!({
-            "time": show_time(self.time_ns), "id": self.msg_id, "node": self.node,
+            "time": json_time(self.time_ns), "id": self.msg_id, "node": self.node,
             "peer": self.peer, "message": self.message,
         })
     }
@@ -230,7 +365,7 @@ impl Row for pb::SessionInfo {
     fn json(&self) -> Value {
         json!({
             "id": self.id, "node": self.node, "peer": self.peer,
-            "started": show_time(self.started_ns), "last_call": show_time(self.last_call_ns),
+            "started": json_time(self.started_ns), "last_call": json_time(self.last_call_ns),
             "bytes_received": self.bytes_received, "bytes_sent": self.bytes_sent,
         })
     }
@@ -287,8 +422,66 @@ impl Row for pb::ReplFilespace {
     }
 }
 
+impl Row for pb::ExpiringVersion {
+    const HEADERS: &'static [&'static str] = &[
+        "Node",
+        "Filespace",
+        "Path",
+        "Backup Date",
+        "Inactive Since",
+        "Size",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            self.filespace.clone(),
+            self.path.clone(),
+            show_time(self.backup_ns),
+            show_time(self.deactivated_ns),
+            self.size.to_string(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "node": self.node, "filespace": self.filespace, "path": self.path,
+            "backup_date": json_time(self.backup_ns), "inactive_since": json_time(self.deactivated_ns),
+            "size": self.size,
+        })
+    }
+}
+
+impl Row for pb::Occupancy {
+    const HEADERS: &'static [&'static str] = &[
+        "Node",
+        "Filespace",
+        "Files",
+        "Versions",
+        "Logical Bytes",
+        "Chunks",
+        "Stored Bytes",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            self.filespace.clone(),
+            self.files.to_string(),
+            self.versions.to_string(),
+            self.logical_bytes.to_string(),
+            self.chunks.to_string(),
+            self.stored_bytes.to_string(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "node": self.node, "filespace": self.filespace, "files": self.files,
+            "versions": self.versions, "logical_bytes": self.logical_bytes,
+            "chunks": self.chunks, "stored_bytes": self.stored_bytes,
+        })
+    }
+}
+
 /// Prints what an expiration run did.
-pub(super) fn print_expiration(r: &pb::ExpireInventoryResponse, as_json: bool) {
+pub(super) fn print_expiration(r: &pb::ExpireInventoryResponse, format: Format) {
     print_items(
         vec![
             ("Versions expired", r.versions_expired.to_string()),
@@ -302,7 +495,7 @@ pub(super) fn print_expiration(r: &pb::ExpireInventoryResponse, as_json: bool) {
             "containers_compacted": r.containers_compacted, "bytes_reclaimed": r.bytes_reclaimed,
             "elapsed_secs": r.elapsed_secs,
         }),
-        as_json,
+        format,
     )
 }
 
@@ -326,6 +519,8 @@ mod tests {
             ("session", width::<pb::SessionInfo>()),
             ("server", width::<pb::ServerInfo>()),
             ("replnode", width::<pb::ReplFilespace>()),
+            ("expiring", width::<pb::ExpiringVersion>()),
+            ("occupancy", width::<pb::Occupancy>()),
         ] {
             assert_eq!(headers, cells, "{name}");
         }

@@ -1,10 +1,11 @@
 //! One handler per console verb. Each takes the connected console, its
 //! noun, the secret read before connecting (when the verb needs one) and
-//! whether `--json` was given, and prints through `render`.
+//! the output format, and prints through `render`.
 
 pub(super) mod define;
 pub(super) mod delete;
 pub(super) mod expire;
+pub(super) mod lock;
 pub(super) mod query;
 pub(super) mod register;
 pub(super) mod remove;

@@ -11,11 +11,21 @@ use super::peer_of;
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth;
-use crate::catalog::Setting;
-use crate::convert::{node_to_pb, run_to_pb};
+use crate::catalog::{ActlogFilter, Setting};
+use crate::convert::{node_to_pb, occupancy_to_pb, preview_to_pb, run_to_pb};
 use crate::error::ServerError;
 use crate::expire::{self, ExpireReport};
 use crate::model::{PolicyUpdate, ReplMode, ReplRule, ReplState, normalize_node_name, now_ns};
+
+/// The most activity-log records one answer carries (a record is at most
+/// about 2 KiB, so this stays under the 64 MiB message cap).
+const MAX_ACTLOG_RECORDS: u32 = 20_000;
+
+/// Versions an expiration preview lists when the caller names no limit.
+const DEFAULT_PREVIEW_LIST: usize = 1000;
+/// The most a preview lists: bounds the answer under the 64 MiB message
+/// cap even with 4 KiB paths.
+const MAX_PREVIEW_LIST: u32 = 10_000;
 
 /// Implements `tandem.v1.Admin` over the server state.
 #[derive(Debug, Clone)]
@@ -734,6 +744,48 @@ impl Admin for AdminService {
         Ok(Response::new(report_to_pb(report)))
     }
 
+    async fn preview_expiration(
+        &self,
+        request: Request<pb::ExpireInventoryRequest>,
+    ) -> Result<Response<pb::ExpirationPreview>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let now = match req.now_ns {
+            0 => now_ns(),
+            t => t,
+        };
+        let limit = match req.list_limit {
+            0 => DEFAULT_PREVIEW_LIST,
+            n => n.min(MAX_PREVIEW_LIST) as usize,
+        };
+        let preview =
+            super::blocking(&self.state, move |s| s.preview_expiration(now, limit)).await?;
+        Ok(Response::new(preview_to_pb(preview)))
+    }
+
+    async fn query_occupancy(
+        &self,
+        request: Request<pb::QueryOccupancyRequest>,
+    ) -> Result<Response<pb::QueryOccupancyResponse>, Status> {
+        self.authorize(&request).await?;
+        let raw = request.into_inner().node;
+        let name = if raw.is_empty() {
+            raw
+        } else {
+            node_name(&raw)?
+        };
+        let rows = super::blocking(&self.state, move |s| {
+            if !name.is_empty() {
+                s.repo.registered_node(&name)?;
+            }
+            Ok(s.repo.catalog.occupancy(&name)?)
+        })
+        .await?;
+        Ok(Response::new(pb::QueryOccupancyResponse {
+            filespaces: rows.into_iter().map(occupancy_to_pb).collect(),
+        }))
+    }
+
     async fn delete_filespace(
         &self,
         request: Request<pb::DeleteFilespaceRequest>,
@@ -919,11 +971,30 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::QueryActlogResponse>, Status> {
         self.authorize(&request).await?;
         let req = request.into_inner();
-        let limit = if req.limit == 0 { 1000 } else { req.limit };
+        let limit = match req.limit {
+            0 => 1000,
+            n if n > MAX_ACTLOG_RECORDS => {
+                return Err(Status::from(ServerError::InvalidArgument(format!(
+                    "a limit of {n} activity log records is more than one answer carries; ask for at most {MAX_ACTLOG_RECORDS} and narrow with a begin or end time"
+                ))));
+            }
+            n => n,
+        };
+        let node = if req.node.is_empty() {
+            String::new()
+        } else {
+            node_name(&req.node)?
+        };
+        let filter = ActlogFilter {
+            begin_ns: req.begin_ns,
+            end_ns: req.end_ns,
+            search: req.search,
+            node,
+            msg_id: req.msg_id.to_ascii_uppercase(),
+            limit,
+        };
         let records = super::blocking(&self.state, move |s| {
-            Ok(s.repo
-                .catalog
-                .query_activity(req.begin_ns, &req.search, limit)?)
+            Ok(s.repo.catalog.query_activity(&filter)?)
         })
         .await?;
         Ok(Response::new(pb::QueryActlogResponse {

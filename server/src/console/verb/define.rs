@@ -6,13 +6,14 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::DefineNoun;
 use crate::console::connect::Console;
+use crate::console::render::Format;
 
 /// Runs `define` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
     console: &Console,
     noun: DefineNoun,
     secret: Option<String>,
-    as_json: bool,
+    format: Format,
 ) -> Result<(), AdminError> {
     match noun {
         DefineNoun::Server {
@@ -28,7 +29,7 @@ pub(in crate::console) async fn run(
                 fingerprint: fingerprint.unwrap_or_default(),
             });
             let s = console.answer(console.client().define_server(req)).await?;
-            if as_json {
+            if format.is_json() {
                 tandem_client::outln!(
                     "{}",
                     json!({ "name": s.name, "address": s.address, "fingerprint": s.fingerprint })

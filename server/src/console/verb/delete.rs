@@ -6,14 +6,14 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::DeleteNoun;
 use crate::console::connect::Console;
-use crate::console::render::{print_expiration, print_json};
+use crate::console::render::{Format, print_expiration, print_json};
 
 /// Runs `delete` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
     console: &Console,
     noun: DeleteNoun,
     _secret: Option<String>,
-    as_json: bool,
+    format: Format,
 ) -> Result<(), AdminError> {
     match noun {
         DeleteNoun::Filespace { node, name, .. } => {
@@ -24,18 +24,20 @@ pub(in crate::console) async fn run(
             let r = console
                 .answer(console.client().delete_filespace(req))
                 .await?;
-            if as_json {
+            if format.is_json() {
                 let reclaimed = r.reclaimed.unwrap_or_default();
                 print_json(&json!({
                     "filespace": name, "versions_deleted": r.versions_deleted,
                     "chunks_freed": reclaimed.chunks_freed, "bytes_reclaimed": reclaimed.bytes_reclaimed,
                 }));
             } else {
-                tandem_client::outln!(
-                    "TDM0421I filespace {name} deleted: {} version(s)",
-                    r.versions_deleted
-                );
-                print_expiration(&r.reclaimed.unwrap_or_default(), false);
+                if format.for_people() {
+                    tandem_client::outln!(
+                        "TDM0421I filespace {name} deleted: {} version(s)",
+                        r.versions_deleted
+                    );
+                }
+                print_expiration(&r.reclaimed.unwrap_or_default(), format);
             }
         }
     }

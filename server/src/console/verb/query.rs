@@ -7,20 +7,22 @@ use crate::console::AdminError;
 use crate::console::cli::QueryNoun;
 use crate::console::connect::Console;
 use crate::console::input::parse_time;
-use crate::console::render::{Row, print_items, print_json, print_rows, show_time};
+use crate::console::render::{
+    Format, Row, json_time, print_items, print_json, print_rows, show_time,
+};
 
 /// Runs `query` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
     console: &Console,
     noun: QueryNoun,
     _secret: Option<String>,
-    as_json: bool,
+    format: Format,
 ) -> Result<(), AdminError> {
     match noun {
         QueryNoun::Admin => {
             let req = console.request(pb::QueryAdminsRequest {});
             let reply = console.answer(console.client().query_admins(req)).await?;
-            print_rows(&reply.admins, as_json);
+            print_rows(&reply.admins, format);
         }
         QueryNoun::Node { name } => {
             let req = console.request(pb::QueryNodesRequest {
@@ -30,61 +32,91 @@ pub(in crate::console) async fn run(
             // As TSM: naming a node that is not there is an error, not an
             // empty table a script would take for success.
             if let (Some(name), true) = (name, reply.nodes.is_empty()) {
-                return Err(AdminError::Refused(format!(
+                return Err(AdminError::NotFound(format!(
                     "no node matches {name:?}; `query node` lists every node"
                 )));
             }
-            print_rows(&reply.nodes, as_json);
+            print_rows(&reply.nodes, format);
         }
         QueryNoun::Actlog {
             begin,
+            end,
             search,
+            node,
+            msgno,
             limit,
         } => {
-            // A begin time to the second includes that whole second.
+            // A time to the second (or a date) means that whole span: the
+            // begin at its start, the end through its last nanosecond.
             let begin_ns = begin
                 .as_deref()
                 .map(parse_time)
                 .transpose()?
                 .map_or(0, |t| t.first_ns);
+            let end_ns = end
+                .as_deref()
+                .map(parse_time)
+                .transpose()?
+                .map_or(0, |t| t.last_ns.saturating_add(1));
+            if end_ns != 0 && end_ns <= begin_ns {
+                return Err(AdminError::Usage(format!(
+                    "--end {} is before --begin {}; give an end after the begin",
+                    end.unwrap_or_default(),
+                    begin.unwrap_or_default()
+                )));
+            }
             let req = console.request(pb::QueryActlogRequest {
                 begin_ns,
                 search: search.unwrap_or_default(),
                 limit,
+                end_ns,
+                node: node.unwrap_or_default(),
+                msg_id: msgno.unwrap_or_default(),
             });
             let reply = console.answer(console.client().query_actlog(req)).await?;
-            print_rows(&reply.records, as_json);
+            print_rows(&reply.records, format);
         }
         QueryNoun::Session => {
             let req = console.request(pb::QuerySessionsRequest {});
             let reply = console.answer(console.client().query_sessions(req)).await?;
-            print_rows(&reply.sessions, as_json);
+            print_rows(&reply.sessions, format);
         }
         QueryNoun::Server => {
             let req = console.request(pb::QueryServersRequest {});
             let r = console.answer(console.client().query_servers(req)).await?;
-            print_rows(&r.servers, as_json);
+            print_rows(&r.servers, format);
+        }
+        QueryNoun::Occupancy { node } => {
+            let req = console.request(pb::QueryOccupancyRequest {
+                node: node.unwrap_or_default(),
+            });
+            let r = console
+                .answer(console.client().query_occupancy(req))
+                .await?;
+            print_rows(&r.filespaces, format);
         }
         QueryNoun::Replnode { name } => {
             let req = console.request(pb::QueryReplNodeRequest { node: name });
             let r = console
                 .answer(console.client().query_repl_node(req))
                 .await?;
-            if as_json {
+            if format.is_json() {
                 let filespaces: Vec<_> = r.filespaces.iter().map(Row::json).collect();
                 print_json(&json!({
                     "node": r.node, "target": r.target,
-                    "last_replication": show_time(r.last_replication_ns),
+                    "last_replication": json_time(r.last_replication_ns),
                     "filespaces": filespaces,
                 }));
             } else {
-                tandem_client::outln!(
-                    "Node {} -> {}, last replication {}",
-                    r.node,
-                    r.target,
-                    show_time(r.last_replication_ns)
-                );
-                print_rows(&r.filespaces, false);
+                if format.for_people() {
+                    tandem_client::outln!(
+                        "Node {} -> {}, last replication {}",
+                        r.node,
+                        r.target,
+                        show_time(r.last_replication_ns)
+                    );
+                }
+                print_rows(&r.filespaces, format);
             }
         }
         QueryNoun::Replication { name } => {
@@ -94,7 +126,7 @@ pub(in crate::console) async fn run(
             let r = console
                 .answer(console.client().query_replication(req))
                 .await?;
-            print_rows(&r.runs, as_json);
+            print_rows(&r.runs, format);
         }
         QueryNoun::Status => {
             let req = console.request(pb::QueryStatusRequest {});
@@ -126,7 +158,7 @@ pub(in crate::console) async fn run(
                     ("Transport", transport.into()),
                 ],
                 &as_object,
-                as_json,
+                format,
             );
         }
     }

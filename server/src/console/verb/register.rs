@@ -5,14 +5,14 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::RegisterNoun;
 use crate::console::connect::Console;
-use crate::console::render::print_rows;
+use crate::console::render::{Format, print_rows};
 
 /// Runs `register` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
     console: &Console,
     noun: RegisterNoun,
     secret: Option<String>,
-    as_json: bool,
+    format: Format,
 ) -> Result<(), AdminError> {
     match noun {
         RegisterNoun::Node { name, .. } => {
@@ -21,10 +21,10 @@ pub(in crate::console) async fn run(
                 password: secret.unwrap_or_default(),
             });
             let node = console.answer(console.client().register_node(req)).await?;
-            if !as_json {
+            if format.for_people() {
                 tandem_client::outln!("TDM0500I node {} registered", node.name);
             }
-            print_rows(&[node], as_json);
+            print_rows(&[node], format);
         }
         RegisterNoun::Admin { name, .. } => {
             let req = console.request(pb::RegisterAdminRequest {
@@ -32,10 +32,10 @@ pub(in crate::console) async fn run(
                 password: secret.unwrap_or_default(),
             });
             let admin = console.answer(console.client().register_admin(req)).await?;
-            if !as_json {
+            if format.for_people() {
                 tandem_client::outln!("TDM0500I administrator {} registered", admin.name);
             }
-            print_rows(&[admin], as_json);
+            print_rows(&[admin], format);
         }
     }
     Ok(())

@@ -6,19 +6,20 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::RemoveNoun;
 use crate::console::connect::Console;
+use crate::console::render::Format;
 
 /// Runs `remove` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
     console: &Console,
     noun: RemoveNoun,
     _secret: Option<String>,
-    as_json: bool,
+    format: Format,
 ) -> Result<(), AdminError> {
     match noun {
         RemoveNoun::Admin { name } => {
             let req = console.request(pb::RemoveAdminRequest { name: name.clone() });
             console.answer(console.client().remove_admin(req)).await?;
-            if as_json {
+            if format.is_json() {
                 tandem_client::outln!("{}", json!({ "removed": name.to_ascii_uppercase() }));
             } else {
                 tandem_client::outln!(
@@ -30,7 +31,7 @@ pub(in crate::console) async fn run(
         RemoveNoun::Node { name } => {
             let req = console.request(pb::RemoveNodeRequest { name: name.clone() });
             console.answer(console.client().remove_node(req)).await?;
-            if as_json {
+            if format.is_json() {
                 tandem_client::outln!("{}", json!({ "removed": name.to_ascii_uppercase() }));
             } else {
                 tandem_client::outln!("TDM0500I node {} removed", name.to_ascii_uppercase());

@@ -6,13 +6,14 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::RotateNoun;
 use crate::console::connect::Console;
+use crate::console::render::Format;
 
 /// Runs `rotate` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
     console: &Console,
     noun: RotateNoun,
     _secret: Option<String>,
-    as_json: bool,
+    format: Format,
 ) -> Result<(), AdminError> {
     match noun {
         RotateNoun::Admintoken => {
@@ -20,7 +21,7 @@ pub(in crate::console) async fn run(
             let reply = console
                 .answer(console.client().rotate_admin_token(req))
                 .await?;
-            if as_json {
+            if format.is_json() {
                 tandem_client::outln!("{}", json!({ "token_file": reply.path }));
             } else {
                 tandem_client::outln!(

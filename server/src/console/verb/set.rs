@@ -5,11 +5,11 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::SetNoun;
 use crate::console::connect::Console;
-use crate::console::render::print_json;
+use crate::console::render::{Format, print_json};
 
 /// Prints a setting's new value: the TDM0500I line, or `json` with --json.
-fn print_set(as_json: bool, line: String, json: serde_json::Value) {
-    if as_json {
+fn print_set(format: Format, line: String, json: serde_json::Value) {
+    if format.is_json() {
         print_json(&json);
     } else {
         tandem_client::outln!("TDM0500I {line}");
@@ -21,7 +21,7 @@ pub(in crate::console) async fn run(
     console: &Console,
     noun: SetNoun,
     _secret: Option<String>,
-    as_json: bool,
+    format: Format,
 ) -> Result<(), AdminError> {
     match noun {
         SetNoun::Replserver { name } => {
@@ -31,7 +31,7 @@ pub(in crate::console) async fn run(
                 .await?;
             let name = name.to_ascii_uppercase();
             print_set(
-                as_json,
+                format,
                 format!("replication server set to {name:?}"),
                 serde_json::json!({ "replserver": name }),
             );
@@ -44,7 +44,7 @@ pub(in crate::console) async fn run(
                 .answer(console.client().set_failover_address(req))
                 .await?;
             print_set(
-                as_json,
+                format,
                 format!("failover address set to {address:?}"),
                 serde_json::json!({ "failover_address": address }),
             );
@@ -55,7 +55,7 @@ pub(in crate::console) async fn run(
                 .answer(console.client().set_actlog_retention(req))
                 .await?;
             print_set(
-                as_json,
+                format,
                 format!(
                     "activity log retention set to {days} days; {} older records removed",
                     r.removed

@@ -5,7 +5,7 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::UpdateNoun;
 use crate::console::connect::Console;
-use crate::console::render::print_rows;
+use crate::console::render::{Format, print_rows};
 use crate::model::{ReplRule, ReplState};
 
 /// Runs `update` for `noun`; `secret` is the password read before connecting.
@@ -13,7 +13,7 @@ pub(in crate::console) async fn run(
     console: &Console,
     noun: UpdateNoun,
     secret: Option<String>,
-    as_json: bool,
+    format: Format,
 ) -> Result<(), AdminError> {
     match noun {
         UpdateNoun::Node {
@@ -62,10 +62,10 @@ pub(in crate::console) async fn run(
                 replrule: replrule.map(ReplRule::to_pb),
             });
             let node = console.answer(console.client().update_node(req)).await?;
-            if !as_json {
+            if format.for_people() {
                 tandem_client::outln!("TDM0500I node {} updated", node.name);
             }
-            print_rows(&[node], as_json);
+            print_rows(&[node], format);
         }
         UpdateNoun::Admin {
             name, lock, unlock, ..
@@ -77,10 +77,10 @@ pub(in crate::console) async fn run(
                 unlock,
             });
             let admin = console.answer(console.client().update_admin(req)).await?;
-            if !as_json {
+            if format.for_people() {
                 tandem_client::outln!("TDM0500I administrator {} updated", admin.name);
             }
-            print_rows(&[admin], as_json);
+            print_rows(&[admin], format);
         }
     }
     Ok(())

@@ -1,0 +1,91 @@
+//! QUERY OCCUPANCY: what each filespace holds, in files, versions and bytes.
+
+use std::collections::HashSet;
+
+use rusqlite::params;
+use tandem_proto::ChunkId;
+
+use super::{Catalog, from_sql_int};
+use crate::error::CatalogError;
+
+/// What one filespace of one node occupies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// The node.
+    pub node: String,
+    /// The filespace.
+    pub filespace: String,
+    /// Active (current) files.
+    pub files: u64,
+    /// Versions stored, active and inactive.
+    pub versions: u64,
+    /// Sum of the versions' file sizes.
+    pub logical_bytes: u64,
+    /// Distinct chunks the filespace references.
+    pub chunks: u64,
+    /// Their stored bytes, each counted once here even when other filespaces
+    /// share it (so the rows of a server can add up to more than its disk).
+    pub stored_bytes: u64,
+}
+
+impl Catalog {
+    /// Occupancy of every filespace of `node` (upper-case), or of all nodes
+    /// when `node` is empty, by node and filespace name.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn occupancy(&self, node: &str) -> Result<Vec<Occupancy>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT f.id, n.name, f.name, coalesce(sum(o.active), 0), count(o.id),
+                    coalesce(sum(o.size), 0)
+               FROM filespaces f JOIN nodes n ON f.node_id = n.id
+                                 LEFT JOIN objects o ON o.filespace_id = f.id AND o.expiring = 0
+              WHERE ?1 = '' OR n.name = ?1
+              GROUP BY f.id ORDER BY n.name, f.name",
+        )?;
+        let rows = stmt
+            .query_map(params![node], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Occupancy {
+                        node: r.get(1)?,
+                        filespace: r.get(2)?,
+                        files: from_sql_int(r.get(3)?),
+                        versions: from_sql_int(r.get(4)?),
+                        logical_bytes: from_sql_int(r.get(5)?),
+                        ..Occupancy::default()
+                    },
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut manifests =
+            conn.prepare("SELECT manifest FROM objects WHERE filespace_id = ?1 AND expiring = 0")?;
+        let mut stored = conn.prepare_cached("SELECT stored_len FROM chunks WHERE id = ?1")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (filespace_id, mut row) in rows {
+            let mut chunks = HashSet::new();
+            let mut list = manifests.query([filespace_id])?;
+            while let Some(r) = list.next()? {
+                let manifest: Vec<u8> = r.get(0)?;
+                chunks.extend(
+                    manifest
+                        .chunks_exact(32)
+                        .filter_map(|c| ChunkId::from_slice(c).ok()),
+                );
+            }
+            for chunk in &chunks {
+                let len: Option<i64> = stored
+                    .query_map([chunk.as_slice()], |r| r.get(0))?
+                    .next()
+                    .transpose()?;
+                if let Some(len) = len {
+                    row.chunks += 1;
+                    row.stored_bytes += from_sql_int(len);
+                }
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+}
