@@ -12,6 +12,7 @@ use serde::Serialize;
 use tandem_proto::pb;
 
 use crate::backup::{self, BackupStats, human_bytes};
+use crate::delete::{self, DelType, DeleteStats};
 use crate::error::{ClientError, ExitStatus};
 use crate::logon::failover::SessionMode;
 use crate::logon::session::Session;
@@ -52,17 +53,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Back up new and changed files; files gone locally become inactive.
+    #[command(visible_alias = "i")]
     Incremental {
         /// Files or directories [default: `domain` from the options file].
         paths: Vec<PathBuf>,
     },
     /// Back up exactly these files and trees, changed or not.
+    #[command(visible_alias = "sel")]
     Selective {
         /// Files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Restore files: SOURCE is a path or a directory with a pattern (`/data/*`).
+    #[command(visible_alias = "rest")]
     Restore {
         /// What to restore (any bytes; `\*`, `\?`, `\[` for those
         /// characters in a name).
@@ -81,21 +85,59 @@ enum Command {
         /// Consider inactive versions too (the newest version of each file wins).
         #[arg(long)]
         inactive: bool,
+        /// Restore the newest version of each file, active or inactive (TSM
+        /// LATEST; the same choice as --inactive).
+        #[arg(long, conflicts_with = "pitdate")]
+        latest: bool,
+        /// Only versions backed up at or after this time (a date: from its
+        /// start); inactive versions are considered too.
+        #[arg(long, value_name = "TIME", conflicts_with = "pitdate")]
+        fromdate: Option<String>,
+        /// Only versions backed up up to this time (a date: through its
+        /// end); inactive versions are considered too.
+        #[arg(long, value_name = "TIME", conflicts_with = "pitdate")]
+        todate: Option<String>,
         /// What to do when a file exists.
         #[arg(long, value_enum, default_value = "no")]
         replace: Replace,
     },
     /// Show information from the server.
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "q")]
     Query(QueryCommand),
     /// Change settings on the server.
     #[command(subcommand)]
     Set(SetCommand),
+    /// Delete stored versions.
+    #[command(subcommand, visible_alias = "del")]
+    Delete(DeleteCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeleteCommand {
+    /// Delete backup versions of files (TSM DELETE BACKUP); asks first
+    /// unless --yes. Refused in failover mode.
+    #[command(visible_alias = "ba")]
+    Backup {
+        /// A path or a directory with a pattern, as for `query backup`.
+        source: OsString,
+        /// Include subdirectories.
+        #[arg(long)]
+        subdir: bool,
+        /// Which versions: `active` makes active versions of files inactive
+        /// (they then expire by policy), `inactive` deletes the inactive
+        /// ones, `all` deletes every version, directories too.
+        #[arg(long, value_enum, default_value = "active")]
+        deltype: DelType,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum QueryCommand {
     /// List stored versions.
+    #[command(visible_alias = "b")]
     Backup {
         /// A path or a directory with a pattern.
         pattern: OsString,
@@ -105,12 +147,21 @@ enum QueryCommand {
         /// Include subdirectories.
         #[arg(long)]
         subdir: bool,
+        /// Only versions backed up at or after this time.
+        #[arg(long, value_name = "TIME")]
+        fromdate: Option<String>,
+        /// Only versions backed up up to this time.
+        #[arg(long, value_name = "TIME")]
+        todate: Option<String>,
     },
     /// List this node's filespaces.
+    #[command(visible_alias = "fi")]
     Filespace,
     /// Describe the session: server, GUID, node, mode.
+    #[command(visible_alias = "se")]
     Session,
     /// Show the effective options and where each value came from.
+    #[command(visible_alias = "opt")]
     Options,
 }
 
@@ -187,6 +238,22 @@ fn print_backup_summary(stats: &BackupStats, console: &Console) {
         ("Elapsed".into(), elapsed(stats.elapsed_secs)),
     ]);
     crate::outln!("{}", summary_table(rows));
+}
+
+fn print_delete_summary(stats: &DeleteStats, console: &Console) {
+    if console.json {
+        return print_json(stats);
+    }
+    if console.quiet {
+        return;
+    }
+    crate::outln!(
+        "{}",
+        summary_table(vec![
+            ("Versions made inactive", stats.deactivated.to_string()),
+            ("Versions deleted", stats.deleted.to_string()),
+        ])
+    );
 }
 
 fn print_restore_summary(stats: &RestoreStats, console: &Console) {
@@ -347,7 +414,11 @@ async fn dispatch(
         Work::QueryBackup {
             selection,
             inactive,
-        } => query::backup(&session, &selection, inactive, console).await,
+            dates,
+        } => query::backup(&session, &selection, inactive, dates, console).await,
+        Work::DeleteBackup { request, .. } => delete::run(&session, &request, console)
+            .await
+            .map(|s| print_delete_summary(&s, console)),
         Work::QueryFilespace => query::filespaces(&session, options, console).await,
         Work::QuerySession => query::session(&session, options, console).await,
         Work::SetPassword { old, new } => {
@@ -383,7 +454,6 @@ async fn warn_if_stale(session: &Session, options: &ClientOptions, console: &Con
     }
 }
 
-/// A command's arguments, checked.
 /// Runs the client with `args` (including the program name) and returns the
 /// exit code. Used by `main` and by `tandem-server demo`.
 pub async fn run<I, T>(args: I) -> ExitStatus
@@ -438,7 +508,10 @@ where
             query::options(&effective, &path, &console);
             Ok(())
         }
-        Ok(work) => dispatch(work, &options, &path, &console).await,
+        Ok(work) => match work.confirm_first() {
+            Ok(()) => dispatch(work, &options, &path, &console).await,
+            Err(err) => Err(err),
+        },
         Err(err) => Err(err),
     };
     match result {

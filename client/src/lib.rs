@@ -17,6 +17,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod delete;
 pub mod error;
 pub mod logon;
 pub mod names;

@@ -15,7 +15,7 @@ use crate::options::ClientOptions;
 use crate::output::console::Console;
 use crate::output::messages::Msg;
 use crate::output::timefmt;
-use crate::selection::Selection;
+use crate::selection::{BackupDates, Selection};
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
@@ -48,6 +48,7 @@ pub async fn backup(
     session: &Session,
     selection: &Selection,
     inactive: bool,
+    dates: Option<BackupDates>,
     console: &Console,
 ) -> Result<(), ClientError> {
     let mut client = session.client();
@@ -64,10 +65,12 @@ pub async fn backup(
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|s| ClientError::server("listing stored objects", s))?;
         for version in batch.versions {
-            if version
-                .attrs
-                .as_ref()
-                .is_some_and(|a| selection.matches(&a.path))
+            let in_range = dates.is_none_or(|d| d.contains(version.backup_time_ns));
+            if in_range
+                && version
+                    .attrs
+                    .as_ref()
+                    .is_some_and(|a| selection.matches(&a.path))
             {
                 listing.row(version).map_err(stdout_error)?;
             }

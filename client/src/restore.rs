@@ -41,7 +41,7 @@ use crate::logon::session::Session;
 use crate::names;
 use crate::output::console::Console;
 use crate::output::messages::Msg;
-use crate::selection::Selection;
+use crate::selection::{BackupDates, Selection};
 
 /// How a restore splits a stored path (relative to SOURCE's directory) into
 /// the names it places below DEST; refuses anything that could lead outside.
@@ -78,6 +78,8 @@ pub struct RestoreRequest {
     pub point_in_time_ns: Option<i64>,
     /// Consider inactive versions too (the newest version of each path wins).
     pub inactive: bool,
+    /// Only versions backed up in this range (inactive ones considered).
+    pub dates: Option<BackupDates>,
     /// Replacement rule.
     pub replace: Replace,
 }
@@ -166,7 +168,7 @@ async fn select_versions(
         .query_objects(session.request(pb::QueryObjectsRequest {
             filespace: String::new(),
             path_prefix: req.selection.prefix.clone(),
-            include_inactive: req.inactive,
+            include_inactive: req.inactive || req.dates.is_some(),
             point_in_time_ns: req.point_in_time_ns.unwrap_or(0),
             with_chunks: true,
         }))
@@ -181,7 +183,8 @@ async fn select_versions(
             let Some(path) = v.attrs.as_ref().map(|a| a.path.clone()) else {
                 continue;
             };
-            if req.selection.matches(&path) {
+            let in_range = req.dates.is_none_or(|d| d.contains(v.backup_time_ns));
+            if in_range && req.selection.matches(&path) {
                 newest.insert(path, v);
             }
         }

@@ -169,6 +169,53 @@ impl Selection {
     }
 }
 
+/// Backup dates a command is limited to (TSM FROMDATE/TODATE): versions
+/// stored at or after `from_ns` and at or before `to_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupDates {
+    /// The earliest backup time taken (Unix ns).
+    pub from_ns: i64,
+    /// The latest backup time taken (Unix ns).
+    pub to_ns: i64,
+}
+
+impl BackupDates {
+    /// The range `--fromdate`/`--todate` name, `None` when neither is given.
+    /// A date runs from its first to its last instant, so `--todate
+    /// 2026-12-01` takes that whole day.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] for a time that does not parse or a range
+    /// that ends before it begins.
+    pub fn parse(from: Option<&str>, to: Option<&str>) -> Result<Option<Self>, ClientError> {
+        if from.is_none() && to.is_none() {
+            return Ok(None);
+        }
+        let from_ns = from
+            .map(crate::output::timefmt::parse_time)
+            .transpose()?
+            .map_or(i64::MIN, |t| t.first_ns);
+        let to_ns = to
+            .map(crate::output::timefmt::parse_time)
+            .transpose()?
+            .map_or(i64::MAX, |t| t.last_ns);
+        if to_ns < from_ns {
+            return Err(ClientError::Usage(format!(
+                "--todate {} is before --fromdate {}; give a range that ends after it begins",
+                to.unwrap_or_default(),
+                from.unwrap_or_default()
+            )));
+        }
+        Ok(Some(BackupDates { from_ns, to_ns }))
+    }
+
+    /// Whether a version stored at `backup_ns` is in the range.
+    #[must_use]
+    pub fn contains(&self, backup_ns: i64) -> bool {
+        (self.from_ns..=self.to_ns).contains(&backup_ns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +286,26 @@ mod tests {
         assert!(Selection::parse("", false).is_err());
         assert!(Selection::parse("/da*/x", false).is_err());
         assert!(Selection::parse("/data/[", false).is_err());
+    }
+
+    #[test]
+    fn backup_dates_take_whole_days_and_refuse_a_backward_range() {
+        assert_eq!(BackupDates::parse(None, None).unwrap(), None);
+        let day = BackupDates::parse(Some("2026-12-01"), Some("2026-12-01"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(day.to_ns - day.from_ns, 86_400_000_000_000 - 1);
+        assert!(day.contains(day.from_ns) && day.contains(day.to_ns));
+        assert!(!day.contains(day.to_ns + 1));
+        let open = BackupDates::parse(None, Some("2026-12-01"))
+            .unwrap()
+            .unwrap();
+        assert!(open.contains(0));
+        let err = BackupDates::parse(Some("2026-12-02"), Some("2026-12-01")).unwrap_err();
+        assert!(
+            err.to_string().contains("before --fromdate 2026-12-02"),
+            "{err}"
+        );
+        assert!(BackupDates::parse(Some("someday"), None).is_err());
     }
 }

@@ -40,6 +40,8 @@ pub enum ServerMsg {
     ExpirationDone,
     /// A filespace was deleted.
     FilespaceDeleted,
+    /// A client deleted versions of its node (DELETE BACKUP).
+    VersionsDeleted,
     /// A replication run completed (source).
     ReplicationDone,
     /// A replication run failed (source).
@@ -75,6 +77,7 @@ impl ServerMsg {
             ServerMsg::AdminLocked => "TDM0503W",
             ServerMsg::ExpirationDone => "TDM0420I",
             ServerMsg::FilespaceDeleted => "TDM0421I",
+            ServerMsg::VersionsDeleted => "TDM0422I",
             ServerMsg::ReplicationDone => "TDM0600I",
             ServerMsg::ReplicationFailed => "TDM0601E",
             ServerMsg::ReplicationAuthFailed => "TDM0602W",
@@ -159,8 +162,9 @@ pub async fn record(catalog: &Arc<Catalog>, msg: ServerMsg, node: &str, peer: &s
     } else {
         text
     });
-    // The id leads the line, as in the activity log and the client's log.
-    tracing::info!(node, peer, "{} {text}", msg.id());
+    // The id leads the message, as in the activity log and the client's
+    // log, and is a field of its own for a JSON log's readers.
+    tracing::info!(id = msg.id(), node, peer, "{} {text}", msg.id());
     let record = ActlogRecord {
         time_ns: now_ns(),
         msg_id: msg.id().to_string(),

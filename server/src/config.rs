@@ -203,6 +203,16 @@ impl ServerConfig {
                 cfg.max_connections
             )));
         }
+        if let Some(file) = &cfg.log_file
+            && file
+                .parent()
+                .is_some_and(|dir| same_dir(dir, &cfg.data_dir))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "log_file {} is in the data directory; give it a directory of its own (such as /var/log/tandem/)",
+                file.display()
+            )));
+        }
         if !(1..=3650).contains(&cfg.log_max_files) {
             return Err(ConfigError::Invalid(format!(
                 "log_max_files {} is out of range: give 1 to 3650 files",
@@ -231,6 +241,20 @@ impl ServerConfig {
             max_per_address: self.max_connections.min(128),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_seconds),
         }
+    }
+}
+
+/// Whether two directory paths name the same directory (when both exist),
+/// or are spelled the same.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let a = if a.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        a
+    };
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
     }
 }
 

@@ -22,6 +22,10 @@ use crate::error::ServerError;
 use crate::repository::Repository;
 use crate::storage::{HEADER_BYTES, VerifiedChunk};
 
+/// Names a preview lists at most, in bytes: its answer stays well under
+/// the 64 MiB message cap however long the paths.
+const PREVIEW_LIST_BYTES: usize = 32 * 1024 * 1024;
+
 /// Bytes copied per append during compaction.
 const COPY_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
@@ -87,7 +91,9 @@ pub fn preview_expiration(
     now_ns: i64,
     list_limit: usize,
 ) -> Result<ExpirePreview, ServerError> {
-    let ids = repo.catalog.expired_versions(now_ns)?;
+    let mut ids = repo.catalog.expired_versions(now_ns)?;
+    // Row ids grow as versions are stored: the first are the oldest.
+    ids.sort_unstable();
     let pinned: HashSet<ChunkId> = repo.pins.lock().values().flatten().copied().collect();
     let id_set: HashSet<i64> = ids.iter().copied().collect();
     let released = repo
@@ -96,7 +102,9 @@ pub fn preview_expiration(
     Ok(ExpirePreview {
         versions: ids.len() as u64,
         released,
-        listed: repo.catalog.describe_versions(&ids, list_limit)?,
+        listed: repo
+            .catalog
+            .describe_versions(&ids, list_limit, PREVIEW_LIST_BYTES)?,
     })
 }
 

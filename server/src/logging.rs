@@ -24,7 +24,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// When the log file is closed and a new one begun (`log_rotation`).
+/// When the log file is closed and a new one begun (`log_rotation`). With
+/// rotation the current file carries its period's stamp too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogRotation {
@@ -112,11 +113,117 @@ fn rolling_file(path: &Path, settings: &LogSettings) -> Result<RollingFileAppend
         LogRotation::Hourly => Rotation::HOURLY,
         LogRotation::Never => Rotation::NEVER,
     };
-    let mut builder = RollingFileAppender::builder()
+    // The appender's own pruning would delete every file whose name merely
+    // starts with the prefix; ours deletes only names it made.
+    let appender = RollingFileAppender::builder()
         .rotation(rotation)
-        .filename_prefix(prefix);
+        .filename_prefix(prefix)
+        .build(dir)
+        .map_err(|e| fail(e.to_string()))?;
     if settings.rotation != LogRotation::Never {
-        builder = builder.max_log_files(settings.max_files.saturating_add(1));
+        let (dir, prefix, rotation, keep) = (
+            dir.to_path_buf(),
+            prefix.to_string(),
+            settings.rotation,
+            settings.max_files,
+        );
+        std::thread::Builder::new()
+            .name("log-pruner".into())
+            .spawn(move || {
+                loop {
+                    if let Err(e) = prune_rotated(&dir, &prefix, rotation, keep) {
+                        tracing::warn!(dir = %dir.display(), cause = %e, "cannot prune old log files");
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(600));
+                }
+            })
+            .map_err(|e| fail(e.to_string()))?;
     }
-    builder.build(dir).map_err(|e| fail(e.to_string()))
+    Ok(appender)
+}
+
+/// Whether `name` is `PREFIX.` and a date (daily) or date and hour (hourly)
+/// in the appender's format: the only files pruning may delete.
+fn is_rotated_name(name: &str, prefix: &str, rotation: LogRotation) -> bool {
+    let Some(stamp) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+    else {
+        return false;
+    };
+    let shape: &[u8] = match rotation {
+        LogRotation::Daily => b"dddd-dd-dd",
+        LogRotation::Hourly => b"dddd-dd-dd-dd",
+        LogRotation::Never => return false,
+    };
+    stamp.len() == shape.len()
+        && stamp.bytes().zip(shape).all(|(c, want)| match want {
+            b'd' => c.is_ascii_digit(),
+            other => c == *other,
+        })
+}
+
+/// Deletes the oldest of this log's rolled files beyond `keep` (besides the
+/// current one); touches nothing else in `dir`.
+fn prune_rotated(
+    dir: &Path,
+    prefix: &str,
+    rotation: LogRotation,
+    keep: usize,
+) -> std::io::Result<()> {
+    let mut ours: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| is_rotated_name(name, prefix, rotation))
+        .collect();
+    // The stamps sort as they run: oldest first.
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep.saturating_add(1));
+    for name in &ours[..excess] {
+        std::fs::remove_file(dir.join(name))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_logs_rolled_files_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "server.log.2026-11-28",
+            "server.log.2026-11-29",
+            "server.log.2026-11-30",
+            "server.log.2026-12-01",
+            "server.log.notes",
+            "server.log",
+            "server.log.2026-12-01-07",
+            "serverside.log.2026-11-01",
+            "catalog.db",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        prune_rotated(dir.path(), "server.log", LogRotation::Daily, 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "catalog.db",
+                "server.log",
+                "server.log.2026-11-29",
+                "server.log.2026-11-30",
+                "server.log.2026-12-01",
+                "server.log.2026-12-01-07",
+                "server.log.notes",
+                "serverside.log.2026-11-01",
+            ]
+        );
+    }
 }

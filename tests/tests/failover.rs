@@ -101,6 +101,15 @@ fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
             "alice-password".into(),
             "alice-password-2".into(),
         ],
+        vec![
+            "delete".into(),
+            "backup".into(),
+            format!("{}/*", path_str(&w.src())),
+            "--subdir".into(),
+            "--deltype".into(),
+            "all".into(),
+            "--yes".into(),
+        ],
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = w.client.run(&args);

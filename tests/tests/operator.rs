@@ -201,6 +201,17 @@ fn listings_come_as_a_list_csv_tsv_and_json() {
     assert_eq!(json.as_array().unwrap().len(), 2, "{json}");
     let clash = server.admin(&["--json", "--format", "csv", "query", "node"]);
     assert_eq!(code(&clash), 12, "{}", stderr(&clash));
+
+    // Confirmations are sentences for people: CSV and TSV stay empty of them.
+    for format in ["csv", "tsv"] {
+        let quiet = admin_stdout(
+            &server,
+            &["--format", format, "set", "actlogretention", "40"],
+        );
+        assert!(quiet.is_empty(), "{format}: {quiet}");
+        let quiet = admin_stdout(&server, &["--format", format, "lock", "node", "bob"]);
+        assert!(!quiet.contains("TDM0500I"), "{format}: {quiet}");
+    }
 }
 
 /// Whether `text` is RFC 3339 with a zone offset or Z, as every JSON time is.
@@ -346,7 +357,9 @@ fn lock_and_unlock_node_are_verbs_of_their_own() {
     );
     admin_stdout(&server, &["unlock", "node", "alice"]);
     client.json(&["query", "session"]);
-    assert!(server.actlog().contains("locked"), "the change is logged");
+    let log = server.actlog();
+    assert!(log.contains("update node ALICE lock ("), "{log}");
+    assert!(log.contains("update node ALICE unlock ("), "{log}");
 }
 
 #[test]
@@ -407,6 +420,14 @@ fn query_actlog_narrows_by_node_message_and_end() {
     assert_eq!(starts.len(), 2, "two sessions started: {starts:?}");
     assert!(starts.iter().all(|r| r["id"] == "TDM0400I"), "{starts:?}");
     assert!(records(&["--end", "2000-01-01"]).is_empty());
+    // An end date takes that whole day: today's records are all in.
+    let today = std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .unwrap();
+    let today = String::from_utf8(today.stdout).unwrap().trim().to_string();
+    let today_starts = records(&["--begin", &today, "--end", &today, "--msgno", "TDM0400"]);
+    assert_eq!(today_starts.len(), 2, "{today_starts:?}");
     let out = server.admin(&[
         "query",
         "actlog",
@@ -484,6 +505,23 @@ fn the_server_logs_to_a_rolling_file_as_text_or_json() {
     }
     assert!(seen >= 2, "{lines}");
     assert!(lines.contains("TDM0500I"), "{lines}");
+
+    // A log file in the data directory is refused: pruning rolled files
+    // must never reach the catalog or the containers.
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("tandem-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .arg("--log-file")
+        .arg(data.path().join("c"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in the data directory"),
+        "{}",
+        stderr(&out)
+    );
 
     // A log file the server cannot open stops it with a clear message.
     let blocker = logs.path().join("not-a-dir");

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::{Command, QueryCommand, SetCommand};
+use super::{Command, DeleteCommand, QueryCommand, SetCommand};
 use crate::backup::Mode;
+use crate::delete::{DeleteRequest, confirm};
 use crate::error::ClientError;
 use crate::options::ClientOptions;
 use crate::output::timefmt;
 use crate::restore::RestoreRequest;
-use crate::selection::Selection;
+use crate::selection::{BackupDates, Selection};
 
 /// The work of one command, with its arguments checked.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ pub(super) enum Work {
     QueryBackup {
         selection: Selection,
         inactive: bool,
+        dates: Option<BackupDates>,
     },
     /// `query filespace`.
     QueryFilespace,
@@ -39,6 +41,11 @@ pub(super) enum Work {
     ShowOptions,
     /// `set password`.
     SetPassword { old: String, new: String },
+    /// `delete backup`; `confirmed` by `--yes`, else asked before the logon.
+    DeleteBackup {
+        request: DeleteRequest,
+        confirmed: bool,
+    },
 }
 
 impl Work {
@@ -77,6 +84,9 @@ impl Work {
                 subdir,
                 pitdate,
                 inactive,
+                latest,
+                fromdate,
+                todate,
                 replace,
             } => Work::Restore(RestoreRequest {
                 selection: Selection::parse(&crate::names::encode(&source), subdir)?,
@@ -95,16 +105,20 @@ impl Work {
                     .map(timefmt::parse_time)
                     .transpose()?
                     .map(|t| t.last_ns),
-                inactive,
+                inactive: inactive || latest,
+                dates: BackupDates::parse(fromdate.as_deref(), todate.as_deref())?,
                 replace,
             }),
             Command::Query(QueryCommand::Backup {
                 pattern,
                 subdir,
                 inactive,
+                fromdate,
+                todate,
             }) => Work::QueryBackup {
                 selection: Selection::parse(&crate::names::encode(&pattern), subdir)?,
                 inactive,
+                dates: BackupDates::parse(fromdate.as_deref(), todate.as_deref())?,
             },
             Command::Query(QueryCommand::Filespace) => Work::QueryFilespace,
             Command::Query(QueryCommand::Session) => Work::QuerySession,
@@ -115,14 +129,44 @@ impl Work {
                 ));
             }
             Command::Set(SetCommand::Password { old, new }) => Work::SetPassword { old, new },
+            Command::Delete(DeleteCommand::Backup {
+                source,
+                subdir,
+                deltype,
+                yes,
+            }) => Work::DeleteBackup {
+                request: DeleteRequest {
+                    selection: Selection::parse(&crate::names::encode(&source), subdir)?,
+                    deltype,
+                },
+                confirmed: yes,
+            },
         })
+    }
+
+    /// Asks on the terminal before work that deletes, unless confirmed.
+    ///
+    /// # Errors
+    /// [`ClientError::Usage`] when the answer is not yes or cannot be asked.
+    pub(super) fn confirm_first(&self) -> Result<(), ClientError> {
+        match self {
+            Work::DeleteBackup {
+                request,
+                confirmed: false,
+            } => confirm(&format!(
+                "Delete the {:?} backup versions matching {}? Type yes: ",
+                request.deltype,
+                crate::names::display(&request.selection.prefix)
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the work changes what the server stores: such work is refused
     /// on a failover session (TDM2110E), before anything is sent.
     pub(super) fn is_write(&self) -> bool {
         match self {
-            Work::Backup { .. } | Work::SetPassword { .. } => true,
+            Work::Backup { .. } | Work::SetPassword { .. } | Work::DeleteBackup { .. } => true,
             Work::Restore(_)
             | Work::QueryBackup { .. }
             | Work::QueryFilespace
@@ -148,6 +192,7 @@ impl Work {
             Work::QuerySession => "query session",
             Work::ShowOptions => "query options",
             Work::SetPassword { .. } => "set password",
+            Work::DeleteBackup { .. } => "delete backup",
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use rusqlite::params;
-use tandem_proto::ChunkId;
+use tandem_proto::{ChunkId, ObjectId};
 
 use super::dirs::delete_unused_dirs;
 use super::{Catalog, DAY_NS, from_sql_int, sql_int};
@@ -241,8 +241,10 @@ pub struct ReleasedSpace {
 }
 
 impl Catalog {
-    /// Node, filespace and path of the first `limit` of `ids` (the oldest
-    /// rows), sorted by path; bounded so a huge expiration stays cheap to preview.
+    /// Node, filespace and path of the first `limit` of `ids` (the caller
+    /// orders them), stopping once their paths add up to `max_bytes`;
+    /// sorted by path. Bounded, so a huge expiration stays cheap to preview
+    /// and its answer fits in one message.
     ///
     /// # Errors
     /// SQLite errors.
@@ -250,8 +252,10 @@ impl Catalog {
         &self,
         ids: &[i64],
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<ExpiringVersion>, CatalogError> {
-        let conn = self.conn();
+        // A read-only scan: the readers, so backups are not held up.
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT n.name, f.name, d.path || o.name, o.backup_ns, o.deactivated_ns, o.size
                FROM objects o JOIN dirs d ON o.dir_id = d.id
@@ -259,8 +263,12 @@ impl Catalog {
                               JOIN nodes n ON f.node_id = n.id
               WHERE o.id = ?1",
         )?;
-        let mut out = Vec::with_capacity(ids.len().min(limit));
+        let mut out: Vec<ExpiringVersion> = Vec::with_capacity(ids.len().min(limit));
+        let mut bytes = 0usize;
         for id in ids.iter().take(limit) {
+            if bytes >= max_bytes {
+                break;
+            }
             if let Some(v) = stmt
                 .query_map([id], |r| {
                     Ok(ExpiringVersion {
@@ -274,7 +282,9 @@ impl Catalog {
                 })?
                 .next()
             {
-                out.push(v?);
+                let v = v?;
+                bytes += v.path.len() + v.filespace.len() + v.node.len();
+                out.push(v);
             }
         }
         out.sort_by(|a, b| {
@@ -303,7 +313,7 @@ impl Catalog {
         let mut only_theirs = HashSet::new();
         let mut kept = HashSet::new();
         {
-            let conn = self.conn();
+            let conn = self.reader();
             let mut stmt = conn.prepare("SELECT id, size, manifest FROM objects")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
@@ -321,7 +331,7 @@ impl Catalog {
             }
         }
         only_theirs.retain(|c| !kept.contains(c) && !pinned.contains(c));
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT stored_len FROM chunks WHERE id = ?1")?;
         for chunk in &only_theirs {
             let stored: Option<i64> = stmt
@@ -334,5 +344,42 @@ impl Catalog {
             }
         }
         Ok(released)
+    }
+}
+
+impl Catalog {
+    /// Deletes the versions with these object ids that belong to `node_id`
+    /// (DELETE BACKUP); ids of other nodes' versions are left alone. Their
+    /// chunks are freed by the next expiration's sweep.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn delete_node_versions(
+        &self,
+        node_id: i64,
+        object_ids: &[ObjectId],
+    ) -> Result<u64, CatalogError> {
+        let mut deleted = 0u64;
+        for batch in object_ids.chunks(DELETE_BATCH) {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "DELETE FROM objects WHERE object_id = ?1
+                       AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?2)",
+                )?;
+                for id in batch {
+                    deleted += stmt.execute(params![id.0.as_slice(), node_id])? as u64;
+                }
+            }
+            tx.commit()?;
+        }
+        if deleted > 0 {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            delete_unused_dirs(&tx)?;
+            tx.commit()?;
+        }
+        Ok(deleted)
     }
 }

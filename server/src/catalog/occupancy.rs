@@ -35,7 +35,9 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn occupancy(&self, node: &str) -> Result<Vec<Occupancy>, CatalogError> {
-        let conn = self.conn();
+        // A read-only scan of every manifest: the readers, so backups are
+        // not held up by it.
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT f.id, n.name, f.name, coalesce(sum(o.active), 0), count(o.id),
                     coalesce(sum(o.size), 0)

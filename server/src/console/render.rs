@@ -16,6 +16,22 @@ pub(super) fn show_time(ns: i64) -> String {
     tandem_client::output::timefmt::show(ns)
 }
 
+/// A name a client chose (a path, a filespace), for a table, list or CSV
+/// cell: escaped, so it can neither forge a line nor reach the terminal as
+/// an escape sequence. JSON carries the name itself (serde escapes it).
+fn shown_name(name: &str) -> String {
+    tandem_proto::names::display(name)
+}
+
+/// Text in JSON, `null` when there is none.
+pub(super) fn json_text(text: &str) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text.to_string())
+    }
+}
+
 /// A time in JSON: RFC 3339 with offset, `null` for never.
 pub(super) fn json_time(ns: i64) -> Value {
     tandem_client::output::timefmt::json(ns)
@@ -320,7 +336,7 @@ impl Row for pb::ReplicationRun {
             "state": shown(RunState::from_pb(self.state), self.state),
             "objects_sent": self.objects_sent, "bytes_sent": self.bytes_sent,
             "chunks_skipped": self.chunks_skipped, "objects_deleted": self.objects_deleted,
-            "states_updated": self.states_updated, "message": self.message,
+            "states_updated": self.states_updated, "message": json_text(&self.message),
         })
     }
 }
@@ -335,8 +351,8 @@ impl Row for pb::ActlogRecord {
     }
     fn json(&self) -> Value {
         json!({
-            "time": json_time(self.time_ns), "id": self.msg_id, "node": self.node,
-            "peer": self.peer, "message": self.message,
+            "time": json_time(self.time_ns), "id": self.msg_id, "node": json_text(&self.node),
+            "peer": json_text(&self.peer), "message": self.message,
         })
     }
 }
@@ -390,8 +406,8 @@ impl Row for pb::ServerInfo {
     }
     fn json(&self) -> Value {
         json!({
-            "name": self.name, "address": self.address, "guid": self.guid,
-            "replserver": self.is_replserver, "fingerprint": self.fingerprint,
+            "name": self.name, "address": self.address, "guid": json_text(&self.guid),
+            "replserver": self.is_replserver, "fingerprint": json_text(&self.fingerprint),
         })
     }
 }
@@ -406,7 +422,7 @@ impl Row for pb::ReplFilespace {
     ];
     fn cells(&self) -> Vec<String> {
         vec![
-            self.name.clone(),
+            shown_name(&self.name),
             self.source_objects.to_string(),
             self.source_bytes.to_string(),
             self.target_objects.to_string(),
@@ -434,8 +450,8 @@ impl Row for pb::ExpiringVersion {
     fn cells(&self) -> Vec<String> {
         vec![
             self.node.clone(),
-            self.filespace.clone(),
-            self.path.clone(),
+            shown_name(&self.filespace),
+            shown_name(&self.path),
             show_time(self.backup_ns),
             show_time(self.deactivated_ns),
             self.size.to_string(),
@@ -463,7 +479,7 @@ impl Row for pb::Occupancy {
     fn cells(&self) -> Vec<String> {
         vec![
             self.node.clone(),
-            self.filespace.clone(),
+            shown_name(&self.filespace),
             self.files.to_string(),
             self.versions.to_string(),
             self.logical_bytes.to_string(),

@@ -23,8 +23,7 @@ const MAX_ACTLOG_RECORDS: u32 = 20_000;
 
 /// Versions an expiration preview lists when the caller names no limit.
 const DEFAULT_PREVIEW_LIST: usize = 1000;
-/// The most a preview lists: bounds the answer under the 64 MiB message
-/// cap even with 4 KiB paths.
+/// The most versions a preview lists (the names' total size is bounded too).
 const MAX_PREVIEW_LIST: u32 = 10_000;
 
 /// Implements `tandem.v1.Admin` over the server state.
@@ -799,7 +798,7 @@ impl Admin for AdminService {
             super::blocking(&self.state, move |s| {
                 let node = s.repo.registered_node(&lookup)?;
                 s.repo.catalog.delete_filespace(node.id, &fs)?.ok_or_else(|| {
-                ServerError::FailedPrecondition(format!(
+                ServerError::NotFound(format!(
                     "node {lookup} has no filespace {fs:?}; see query filespace on the client"
                 ))
             })

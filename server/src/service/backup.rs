@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tandem_proto::pb::{self, backup_server::Backup};
-use tandem_proto::{ChunkId, SESSION_HEADER};
+use tandem_proto::{ChunkId, ObjectId, SESSION_HEADER};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -533,6 +533,46 @@ impl Backup for BackupService {
                 .map(convert::filespace_to_pb)
                 .collect(),
         }))
+    }
+
+    async fn delete_versions(
+        &self,
+        request: Request<pb::DeleteVersionsRequest>,
+    ) -> Result<Response<pb::DeleteVersionsResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let peer = peer_of(&request);
+        let req = request.into_inner();
+        convert::at_most(
+            req.object_ids.len(),
+            tandem_proto::MAX_OBJECTS_PER_CALL,
+            "object ids",
+        )?;
+        let ids = req
+            .object_ids
+            .iter()
+            .map(|raw| ObjectId::from_slice(raw))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::from(ServerError::InvalidArgument(e.to_string())))?;
+        self.refuse_replica(&session, &peer).await?;
+        let node_id = session.node_id;
+        let deleted = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.delete_node_versions(node_id, &ids)?)
+        })
+        .await?;
+        if deleted > 0 {
+            actlog::record(
+                &self.state.repo.catalog,
+                ServerMsg::VersionsDeleted,
+                &session.node,
+                &peer,
+                format!(
+                    "delete backup: {deleted} version(s) of node {} deleted by its client",
+                    session.node
+                ),
+            )
+            .await;
+        }
+        Ok(Response::new(pb::DeleteVersionsResponse { deleted }))
     }
 
     async fn mark_backup(

@@ -6,7 +6,7 @@ use tandem_proto::pb;
 use crate::console::AdminError;
 use crate::console::cli::DefineNoun;
 use crate::console::connect::Console;
-use crate::console::render::Format;
+use crate::console::render::{Format, json_text};
 
 /// Runs `define` for `noun`; `secret` is the password read before connecting.
 pub(in crate::console) async fn run(
@@ -32,9 +32,9 @@ pub(in crate::console) async fn run(
             if format.is_json() {
                 tandem_client::outln!(
                     "{}",
-                    json!({ "name": s.name, "address": s.address, "fingerprint": s.fingerprint })
+                    json!({ "name": s.name, "address": s.address, "fingerprint": json_text(&s.fingerprint) })
                 );
-            } else {
+            } else if format.for_people() {
                 tandem_client::outln!(
                     "TDM0500I server {} defined at {}, certificate fingerprint {}",
                     s.name,

@@ -59,7 +59,9 @@ fn print_preview(r: &pb::ExpirationPreview, format: Format) {
         }));
         return;
     }
-    if !r.listed.is_empty() {
+    // CSV and TSV get the rows alone (with their header, even when there
+    // are none); the totals are a sentence for people and in --json.
+    if !r.listed.is_empty() || !format.for_people() {
         print_rows(&r.listed, format);
     }
     if format.for_people() {

@@ -8,7 +8,7 @@ use crate::console::cli::QueryNoun;
 use crate::console::connect::Console;
 use crate::console::input::parse_time;
 use crate::console::render::{
-    Format, Row, json_time, print_items, print_json, print_rows, show_time,
+    Format, Row, json_text, json_time, print_items, print_json, print_rows, show_time,
 };
 
 /// Runs `query` for `noun`; `secret` is the password read before connecting.
@@ -139,7 +139,7 @@ pub(in crate::console) async fn run(
             let as_object = json!({
                 "server_name": s.server_name, "server_guid": s.server_guid, "data_dir": s.data_dir,
                 "chunks": s.chunks, "stored_bytes": s.stored_bytes, "version": s.version,
-                "fingerprint": s.fingerprint, "tls": s.tls,
+                "fingerprint": json_text(&s.fingerprint), "tls": s.tls,
                 "actlog_retention_days": s.actlog_retention_days,
             });
             print_items(

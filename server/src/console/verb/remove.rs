@@ -21,7 +21,7 @@ pub(in crate::console) async fn run(
             console.answer(console.client().remove_admin(req)).await?;
             if format.is_json() {
                 tandem_client::outln!("{}", json!({ "removed": name.to_ascii_uppercase() }));
-            } else {
+            } else if format.for_people() {
                 tandem_client::outln!(
                     "TDM0500I administrator {} removed",
                     name.to_ascii_uppercase()
@@ -33,7 +33,7 @@ pub(in crate::console) async fn run(
             console.answer(console.client().remove_node(req)).await?;
             if format.is_json() {
                 tandem_client::outln!("{}", json!({ "removed": name.to_ascii_uppercase() }));
-            } else {
+            } else if format.for_people() {
                 tandem_client::outln!("TDM0500I node {} removed", name.to_ascii_uppercase());
             }
         }
@@ -42,10 +42,15 @@ pub(in crate::console) async fn run(
             console
                 .answer(console.client().remove_repl_node(req))
                 .await?;
-            tandem_client::outln!(
-                "TDM0500I replication removed for node {}",
-                name.to_ascii_uppercase()
-            );
+            if format.is_json() {
+                let removed = json!({ "replication_removed": name.to_ascii_uppercase() });
+                tandem_client::outln!("{removed}");
+            } else if format.for_people() {
+                tandem_client::outln!(
+                    "TDM0500I replication removed for node {}",
+                    name.to_ascii_uppercase()
+                );
+            }
         }
     }
     Ok(())

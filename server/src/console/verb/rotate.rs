@@ -23,7 +23,7 @@ pub(in crate::console) async fn run(
                 .await?;
             if format.is_json() {
                 tandem_client::outln!("{}", json!({ "token_file": reply.path }));
-            } else {
+            } else if format.for_people() {
                 tandem_client::outln!(
                     "TDM0500I a new admin token is in {} on the server; the old one no longer works",
                     reply.path

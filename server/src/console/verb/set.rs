@@ -11,7 +11,7 @@ use crate::console::render::{Format, print_json};
 fn print_set(format: Format, line: String, json: serde_json::Value) {
     if format.is_json() {
         print_json(&json);
-    } else {
+    } else if format.for_people() {
         tandem_client::outln!("TDM0500I {line}");
     }
 }

@@ -1,0 +1,194 @@
+//! The client verbs a TSM user reaches for in the first week (issue 20):
+//! short aliases, `restore --latest`, `--fromdate`/`--todate`, and
+//! `delete backup`, against real processes.
+
+use tandem_tests::*;
+
+/// Node `bea` on a fresh server, her client, and a work directory.
+fn setup() -> (TestServer, TestClient, tempfile::TempDir) {
+    let server = TestServer::start("PRIMARY");
+    server.register("bea", "bea-password");
+    let client = TestClient::new(&server, "bea", "bea-password");
+    (server, client, tempfile::tempdir().unwrap())
+}
+
+/// `(state, backup_time)` of each stored version of `path`, oldest first.
+fn versions(client: &TestClient, path: &std::path::Path, extra: &[&str]) -> Vec<(String, String)> {
+    let mut args = vec!["--json", "query", "backup"];
+    let shown = path_str(path);
+    args.push(&shown);
+    args.push("--inactive");
+    args.extend_from_slice(extra);
+    let out = client.run(&args);
+    assert!(matches!(code(&out), 0 | 4), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["state"].as_str().unwrap().to_string(),
+                r["backup_time"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tsm_short_verbs_work() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), "a\n").unwrap();
+    let backed = client.json(&["i", &path_str(&src)]);
+    assert_eq!(backed["backed_up"], 2, "{backed}");
+    client.json(&["sel", &path_str(&src.join("a.txt"))]);
+    let listed = client.json(&["q", "b", &path_str(&src.join("a.txt"))]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(client.json(&["q", "fi"]).as_array().unwrap().len(), 1);
+    assert_eq!(client.json(&["q", "se"])["node"], "BEA");
+    let out = work.path().join("out");
+    let restored = client.json(&["rest", &path_str(&src.join("a.txt")), &path_str(&out)]);
+    assert_eq!(restored["restored"], 1, "{restored}");
+    assert_eq!(std::fs::read_to_string(out.join("a.txt")).unwrap(), "a\n");
+}
+
+#[test]
+fn restore_latest_brings_back_a_file_deleted_since() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("gone.txt"), "last words\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    std::fs::remove_file(src.join("gone.txt")).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let file = path_str(&src.join("gone.txt"));
+    let out = work.path().join("out");
+    // Only inactive versions remain: a plain restore finds nothing.
+    let plain = client.run(&["restore", &file, &path_str(&out)]);
+    assert_eq!(code(&plain), 4, "{}", stderr(&plain));
+    let latest = client.json(&["restore", &file, &path_str(&out), "--latest"]);
+    assert_eq!(latest["restored"], 1, "{latest}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("gone.txt")).unwrap(),
+        "last words\n"
+    );
+    let both = client.run(&["restore", &file, "--latest", "--pitdate", "2026-01-01"]);
+    assert_eq!(code(&both), 12, "--latest and --pitdate exclude each other");
+}
+
+#[test]
+fn fromdate_and_todate_pick_versions_by_backup_time() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = src.join("f.txt");
+    std::fs::write(&file, "one\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    std::fs::write(&file, "two, longer\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let all = versions(&client, &file, &[]);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let (first, second) = (&all[0].1, &all[1].1);
+    assert_ne!(first, second, "two backups in one millisecond");
+
+    // Times as query backup shows them in JSON (to the millisecond).
+    assert_eq!(
+        versions(&client, &file, &["--todate", first]),
+        [all[0].clone()]
+    );
+    assert_eq!(
+        versions(&client, &file, &["--fromdate", second]),
+        [all[1].clone()]
+    );
+    assert_eq!(
+        versions(&client, &file, &["--fromdate", first, "--todate", second]),
+        all
+    );
+
+    // A restore up to the first backup gets the first content back,
+    // although it is inactive now.
+    let out = work.path().join("out");
+    let r = client.json(&[
+        "restore",
+        &path_str(&file),
+        &path_str(&out),
+        "--todate",
+        first,
+    ]);
+    assert_eq!(r["restored"], 1, "{r}");
+    assert_eq!(std::fs::read_to_string(out.join("f.txt")).unwrap(), "one\n");
+
+    let backward = client.run(&[
+        "query",
+        "backup",
+        &path_str(&file),
+        "--fromdate",
+        second,
+        "--todate",
+        first,
+    ]);
+    assert_eq!(code(&backward), 12);
+    assert!(
+        stderr(&backward).contains("is before --fromdate"),
+        "{}",
+        stderr(&backward)
+    );
+}
+
+#[test]
+fn delete_backup_removes_what_deltype_names_and_asks_first() {
+    let (server, client, work) = setup();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let file = src.join("sub").join("f.txt");
+    std::fs::write(&file, "one\n").unwrap();
+    std::fs::write(src.join("keep.txt"), "keep\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    std::fs::write(&file, "two, longer\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(versions(&client, &file, &[]).len(), 2);
+    let pattern = format!("{}/*", path_str(&src.join("sub")));
+
+    // Without --yes and without a terminal to ask on, nothing happens.
+    let unasked = client.run(&["delete", "backup", &pattern, "--deltype", "all"]);
+    assert_eq!(code(&unasked), 12, "{}", stderr(&unasked));
+    assert!(stderr(&unasked).contains("--yes"), "{}", stderr(&unasked));
+    assert_eq!(versions(&client, &file, &[]).len(), 2);
+
+    let inactive = client.json(&[
+        "delete",
+        "backup",
+        &pattern,
+        "--deltype",
+        "inactive",
+        "--yes",
+    ]);
+    assert_eq!(inactive["deleted"], 1, "{inactive}");
+    let left = versions(&client, &file, &[]);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, "active");
+
+    let active = client.json(&["del", "ba", &pattern, "--yes"]);
+    assert_eq!(active["deactivated"], 1, "{active}");
+    assert_eq!(versions(&client, &file, &[])[0].0, "inactive");
+
+    let all = client.json(&[
+        "delete",
+        "backup",
+        &format!("{}/*", path_str(&src)),
+        "--subdir",
+        "--deltype",
+        "all",
+        "--yes",
+    ]);
+    assert!(all["deleted"].as_u64().unwrap() >= 3, "{all}");
+    assert!(versions(&client, &file, &[]).is_empty());
+    assert!(versions(&client, &src.join("keep.txt"), &[]).is_empty());
+    let log = server.actlog();
+    assert!(log.contains("TDM0422I"), "{log}");
+
+    // Nothing left to match: a warning, not an error.
+    let nothing = client.run(&["delete", "backup", &pattern, "--yes"]);
+    assert_eq!(code(&nothing), 4, "{}", stderr(&nothing));
+}
