@@ -6,7 +6,7 @@
 //! - `connect`: the server checked by its certificate, then the credentials.
 //! - `verb/`: one handler per verb (`register`, `update`, `remove`,
 //!   `query`, `define`, `set`, `replicate`, `expire`, `delete`, `rotate`,
-//!   `lock`/`unlock`).
+//!   `lock`/`unlock`, `ping`).
 //! - `render`: one row type per listing, printed as a table, a list, CSV,
 //!   TSV or JSON.
 
@@ -127,6 +127,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         Verb::Set(noun) => verb::set::run(console, noun, secret, json).await,
         Verb::Replicate(noun) => verb::replicate::run(console, noun, secret, json).await,
         Verb::Rotate(noun) => verb::rotate::run(console, noun, secret, json).await,
+        Verb::Ping(noun) => verb::ping::run(console, noun, json).await,
     }
 }
 

@@ -537,3 +537,64 @@ fn the_server_logs_to_a_rolling_file_as_text_or_json() {
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     assert!(stderr(&out).contains("log_file"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_primary_shows_when_each_filespace_was_last_replicated() {
+    let (primary, _secondary, client) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    make_tree(&work.path().join("src"));
+    client.json(&["incremental", &path_str(&work.path().join("src"))]);
+    let before = client.json(&["query", "filespace"]);
+    assert!(before[0]["last_replication"].is_null(), "{before}");
+    replicate(&primary, "alice");
+    let after = client.json(&["query", "filespace"]);
+    let when = after[0]["last_replication"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{after}"));
+    let end = after[0]["last_backup_end"].as_str().unwrap();
+    assert!(
+        when >= end,
+        "replicated ({when}) after the backup ended ({end})"
+    );
+}
+
+#[test]
+fn ping_server_checks_a_pairing_without_replicating() {
+    let primary = TestServer::start("PRIMARY");
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    let ok: serde_json::Value = serde_json::from_str(&admin_stdout(
+        &primary,
+        &["--json", "ping", "server", "secondary"],
+    ))
+    .unwrap();
+    assert_eq!(ok["verified"], true, "{ok}");
+    assert_eq!(ok["name"], "SECONDARY");
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_stdout(&secondary, &["--json", "query", "status"])).unwrap();
+    assert_eq!(ok["guid"], status["server_guid"], "{ok} {status}");
+    assert!(
+        !secondary.actlog().contains("TDM0603I"),
+        "a ping replicates nothing"
+    );
+
+    // The secondary now expects another password: the ping says so today,
+    // not at the first replication.
+    let other = primary.data.path().join("other.pw");
+    std::fs::write(&other, "another-secret-2\n").unwrap();
+    assert_success(
+        &secondary.define_server("PRIMARY", &primary.url(), &primary.fingerprint(), &other),
+        "redefine with another password",
+    );
+    let out = primary.admin(&["ping", "server", "secondary"]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("TDM0514E replication server SECONDARY"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = primary.admin(&["--json", "ping", "server", "nosuch"]);
+    assert_eq!(code(&out), 12);
+    assert!(stderr(&out).contains("TDM0513E"), "{}", stderr(&out));
+}

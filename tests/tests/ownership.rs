@@ -202,3 +202,117 @@ fn a_replica_uploads_chunks_another_node_stored_on_the_target() {
         std::fs::read(src.join("shared")).unwrap()
     );
 }
+
+/// Object ids of every version `token`'s node sees below `prefix`.
+async fn object_ids(
+    client: &mut tandem_proto::pb::backup_client::BackupClient<tonic::transport::Channel>,
+    token: &str,
+    prefix: &str,
+) -> Vec<Vec<u8>> {
+    let mut stream = client
+        .query_objects(with_session(
+            token,
+            pb::QueryObjectsRequest {
+                path_prefix: prefix.to_string(),
+                include_inactive: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(batch) = stream.message().await.unwrap() {
+        ids.extend(batch.versions.into_iter().map(|v| v.object_id));
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_cannot_delete_another_nodes_versions() {
+    let server = TestServer::start("PRIMARY");
+    server.register("bob", "bob-password");
+    server.register("alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    let bob_dir = work.path().join("bob");
+    std::fs::create_dir(&bob_dir).unwrap();
+    std::fs::write(bob_dir.join("ledger"), b"bob's").unwrap();
+    TestClient::new(&server, "bob", "bob-password").json(&["incremental", &path_str(&bob_dir)]);
+
+    let (mut as_bob, bob_token) = raw_backup_session(&server, "bob", "bob-password").await;
+    let bobs = object_ids(&mut as_bob, &bob_token, &path_str(&bob_dir)).await;
+    assert_eq!(bobs.len(), 2, "the directory and the file");
+
+    // Alice names Bob's versions: nothing is deleted, and she is not told
+    // whether they exist.
+    let (mut as_alice, alice_token) = raw_backup_session(&server, "alice", "alice-password").await;
+    let reply = as_alice
+        .delete_versions(with_session(
+            &alice_token,
+            pb::DeleteVersionsRequest {
+                object_ids: bobs.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.deleted, 0);
+    assert_eq!(
+        object_ids(&mut as_bob, &bob_token, &path_str(&bob_dir)).await,
+        bobs
+    );
+
+    // Malformed or too many ids are refused whole, before anything is deleted.
+    let mut lying = bobs.clone();
+    lying.push(vec![1, 2, 3]);
+    let refused = as_bob
+        .delete_versions(with_session(
+            &bob_token,
+            pb::DeleteVersionsRequest { object_ids: lying },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let flood = vec![vec![0u8; 16]; tandem_proto::MAX_OBJECTS_PER_CALL + 1];
+    let refused = as_bob
+        .delete_versions(with_session(
+            &bob_token,
+            pb::DeleteVersionsRequest { object_ids: flood },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(
+        object_ids(&mut as_bob, &bob_token, &path_str(&bob_dir)).await,
+        bobs
+    );
+
+    // Without a session nothing is even looked at.
+    let no_session = as_bob
+        .delete_versions(tonic::Request::new(pb::DeleteVersionsRequest {
+            object_ids: bobs.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        no_session.code(),
+        tonic::Code::Unauthenticated,
+        "{no_session:?}"
+    );
+
+    // Bob deletes his own.
+    let reply = as_bob
+        .delete_versions(with_session(
+            &bob_token,
+            pb::DeleteVersionsRequest { object_ids: bobs },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.deleted, 2);
+    assert!(
+        object_ids(&mut as_bob, &bob_token, &path_str(&bob_dir))
+            .await
+            .is_empty()
+    );
+}

@@ -549,6 +549,16 @@ impl Catalog {
                 "UPDATE nodes SET last_repl_ns = ?2, repl_server = ?3, replmode = 'send' WHERE name = ?1",
                 params![run.node, run.ended_ns, run.target],
             )?;
+            // A run sends what was committed before it started: a filespace
+            // whose last backup ended by then is replicated as of the start;
+            // one backed up since keeps its older time (what the primary's
+            // `query filespace` shows as Last Replication).
+            tx.execute(
+                "UPDATE filespaces SET last_repl_ns = ?2
+                  WHERE node_id = (SELECT id FROM nodes WHERE name = ?1)
+                    AND last_backup_end_ns <= ?2 AND last_backup_start_ns <= ?2",
+                params![run.node, run.started_ns],
+            )?;
         }
         tx.commit()?;
         Ok(())

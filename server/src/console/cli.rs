@@ -98,9 +98,22 @@ pub(super) enum Verb {
     /// REPLICATE: replicate nodes to the replication server now.
     #[command(subcommand)]
     Replicate(ReplicateNoun),
+    /// PING: check a partner server without replicating.
+    #[command(subcommand)]
+    Ping(PingNoun),
     /// ROTATE: replace the bootstrap admin token.
     #[command(subcommand)]
     Rotate(RotateNoun),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum PingNoun {
+    /// Reach a defined server and check its certificate pin, the shared
+    /// password (both ways) and the replication protocol.
+    Server {
+        /// A defined server's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

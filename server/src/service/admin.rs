@@ -380,6 +380,41 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn ping_server(
+        &self,
+        request: Request<pb::PingServerRequest>,
+    ) -> Result<Response<pb::PingServerResponse>, Status> {
+        self.authorize(&request).await?;
+        let name = server_name(&request.into_inner().name)?;
+        let lookup = name.clone();
+        let partner = super::blocking(&self.state, move |s| {
+            s.repo.catalog.server(&lookup)?.ok_or_else(|| {
+                ServerError::NotFound(format!(
+                    "server {lookup} is not defined here; `query server` lists those that are"
+                ))
+            })
+        })
+        .await?;
+        let started = std::time::Instant::now();
+        // The whole handshake a replication run begins with, for no node;
+        // the session it opens is ended at once.
+        let target = crate::repl::remote::connect(&self.state, &partner, "").await?;
+        let milliseconds = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        target.bye().await;
+        let lookup = name.clone();
+        let guid = super::blocking(&self.state, move |s| Ok(s.repo.catalog.server(&lookup)?))
+            .await?
+            .and_then(|p| p.guid)
+            .map(|g| g.to_string())
+            .unwrap_or_default();
+        Ok(Response::new(pb::PingServerResponse {
+            name,
+            address: partner.address,
+            guid,
+            milliseconds,
+        }))
+    }
+
     async fn query_servers(
         &self,
         request: Request<pb::QueryServersRequest>,
