@@ -241,48 +241,48 @@ fn print_backup_summary(stats: &BackupStats, console: &Console) {
 }
 
 fn print_delete_summary(stats: &DeleteStats, console: &Console) {
-    if console.json {
-        return print_json(stats);
-    }
-    if console.quiet {
-        return;
-    }
-    crate::outln!(
-        "{}",
-        summary_table(vec![
+    print_summary(stats, console, || {
+        vec![
             ("Versions made inactive", stats.deactivated.to_string()),
             ("Versions deleted", stats.deleted.to_string()),
-        ])
-    );
+        ]
+    });
+}
+
+/// A command's figures: JSON with `--json`, nothing with `--quiet`, else
+/// the two-column table `rows` makes.
+fn print_summary<T: Serialize, K: Into<String>>(
+    stats: &T,
+    console: &Console,
+    rows: impl FnOnce() -> Vec<(K, String)>,
+) {
+    if console.json {
+        print_json(stats);
+    } else if !console.quiet {
+        crate::outln!("{}", summary_table(rows()));
+    }
 }
 
 fn print_restore_summary(stats: &RestoreStats, console: &Console) {
-    if console.json {
-        return print_json(stats);
-    }
-    if console.quiet {
-        return;
-    }
-    crate::outln!(
-        "{}",
-        summary_table(vec![
+    print_summary(stats, console, || {
+        vec![
             ("Objects restored", stats.restored.to_string()),
             ("  of them hard links", stats.hard_links.to_string()),
             ("Objects skipped", stats.skipped.to_string()),
             ("Objects failed", stats.failed.to_string()),
             (
                 "Existing directories kept",
-                stats.directories_kept.to_string()
+                stats.directories_kept.to_string(),
             ),
             (
                 "Files missing some of their names",
-                stats.hard_links_incomplete.to_string()
+                stats.hard_links_incomplete.to_string(),
             ),
             ("Attributes not set", stats.attributes_not_set.to_string()),
             ("Bytes restored", human_bytes(stats.bytes)),
             ("Elapsed", elapsed(stats.elapsed_secs)),
-        ])
-    );
+        ]
+    });
 }
 
 async fn set_password(

@@ -65,14 +65,28 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn delete_versions(&self, ids: &[i64]) -> Result<u64, CatalogError> {
+        self.delete_in_batches(ids, "DELETE FROM objects WHERE id = ?1", |stmt, id| {
+            stmt.execute([id])
+        })
+    }
+
+    /// Runs `sql` once per item, `DELETE_BATCH` to a transaction, then
+    /// drops the directory rows no version uses any more; returns the rows
+    /// deleted.
+    fn delete_in_batches<T>(
+        &self,
+        items: &[T],
+        sql: &str,
+        mut delete_one: impl FnMut(&mut rusqlite::CachedStatement<'_>, &T) -> rusqlite::Result<usize>,
+    ) -> Result<u64, CatalogError> {
         let mut deleted = 0u64;
-        for batch in ids.chunks(DELETE_BATCH) {
+        for batch in items.chunks(DELETE_BATCH) {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
             {
-                let mut stmt = tx.prepare_cached("DELETE FROM objects WHERE id = ?1")?;
-                for id in batch {
-                    deleted += stmt.execute([id])? as u64;
+                let mut stmt = tx.prepare_cached(sql)?;
+                for item in batch {
+                    deleted += delete_one(&mut stmt, item)? as u64;
                 }
             }
             tx.commit()?;
@@ -359,27 +373,11 @@ impl Catalog {
         node_id: i64,
         object_ids: &[ObjectId],
     ) -> Result<u64, CatalogError> {
-        let mut deleted = 0u64;
-        for batch in object_ids.chunks(DELETE_BATCH) {
-            let mut conn = self.conn();
-            let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "DELETE FROM objects WHERE object_id = ?1
-                       AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?2)",
-                )?;
-                for id in batch {
-                    deleted += stmt.execute(params![id.0.as_slice(), node_id])? as u64;
-                }
-            }
-            tx.commit()?;
-        }
-        if deleted > 0 {
-            let mut conn = self.conn();
-            let tx = conn.transaction()?;
-            delete_unused_dirs(&tx)?;
-            tx.commit()?;
-        }
-        Ok(deleted)
+        self.delete_in_batches(
+            object_ids,
+            "DELETE FROM objects WHERE object_id = ?1
+               AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?2)",
+            |stmt, id| stmt.execute(params![id.0.as_slice(), node_id]),
+        )
     }
 }

@@ -107,6 +107,15 @@ fn node_name(raw: &str) -> Result<String, Status> {
     checked_name(raw, "node name")
 }
 
+/// A node name a query may leave empty (then: every node).
+fn optional_node_name(raw: String) -> Result<String, Status> {
+    if raw.is_empty() {
+        Ok(raw)
+    } else {
+        node_name(&raw)
+    }
+}
+
 /// Who made an admin call, from where.
 #[derive(Debug, Clone)]
 struct Caller {
@@ -720,12 +729,7 @@ impl Admin for AdminService {
         request: Request<pb::QueryReplicationRequest>,
     ) -> Result<Response<pb::QueryReplicationResponse>, Status> {
         self.authorize(&request).await?;
-        let raw = request.into_inner().node;
-        let name = if raw.is_empty() {
-            raw
-        } else {
-            node_name(&raw)?
-        };
+        let name = optional_node_name(request.into_inner().node)?;
         let runs = super::blocking(&self.state, move |s| Ok(s.repo.catalog.runs(&name)?)).await?;
         Ok(Response::new(pb::QueryReplicationResponse {
             runs: runs.into_iter().map(run_to_pb).collect(),
@@ -802,12 +806,7 @@ impl Admin for AdminService {
         request: Request<pb::QueryOccupancyRequest>,
     ) -> Result<Response<pb::QueryOccupancyResponse>, Status> {
         self.authorize(&request).await?;
-        let raw = request.into_inner().node;
-        let name = if raw.is_empty() {
-            raw
-        } else {
-            node_name(&raw)?
-        };
+        let name = optional_node_name(request.into_inner().node)?;
         let rows = super::blocking(&self.state, move |s| {
             if !name.is_empty() {
                 s.repo.registered_node(&name)?;
@@ -984,12 +983,7 @@ impl Admin for AdminService {
         request: Request<pb::QueryNodesRequest>,
     ) -> Result<Response<pb::QueryNodesResponse>, Status> {
         self.authorize(&request).await?;
-        let raw = request.into_inner().name;
-        let name = if raw.is_empty() {
-            raw
-        } else {
-            node_name(&raw)?
-        };
+        let name = optional_node_name(request.into_inner().name)?;
         let rows = super::blocking(&self.state, move |s| {
             Ok(s.repo.catalog.list_nodes(&name)?)
         })
@@ -1014,11 +1008,7 @@ impl Admin for AdminService {
             }
             n => n,
         };
-        let node = if req.node.is_empty() {
-            String::new()
-        } else {
-            node_name(&req.node)?
-        };
+        let node = optional_node_name(req.node)?;
         let filter = ActlogFilter {
             begin_ns: req.begin_ns,
             end_ns: req.end_ns,
