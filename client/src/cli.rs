@@ -461,8 +461,17 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() && crate::output::parse_errors::asks_for_json(&args) => {
+            let msg = Msg {
+                id: ClientError::Usage(String::new()).msg_id(),
+                text: crate::output::parse_errors::plain_message(&e),
+            };
+            eprintln!("{}", msg.to_json());
+            return ExitStatus::Error;
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
@@ -486,7 +495,15 @@ where
         }
         Err(e) => {
             let err = ClientError::from(e);
-            eprintln!("{} {err}", err.msg_id());
+            let msg = Msg {
+                id: err.msg_id(),
+                text: err.to_string(),
+            };
+            if cli.json {
+                eprintln!("{}", msg.to_json());
+            } else {
+                eprintln!("{msg}");
+            }
             return err.exit_status();
         }
     };

@@ -241,7 +241,14 @@ const SESSION_IDLE_NS: i64 = 2 * 3600 * 1_000_000_000;
 pub struct Sessions {
     next_id: AtomicU64,
     by_token: Mutex<HashMap<String, Session>>,
+    /// Tokens of sessions an administrator cancelled, with their numbers,
+    /// so the caller is told why its next call fails (at most
+    /// [`CANCELLED_REMEMBERED`]; the oldest are forgotten first).
+    cancelled: Mutex<std::collections::VecDeque<(String, u64)>>,
 }
+
+/// How many cancelled sessions are remembered to explain the refusal.
+const CANCELLED_REMEMBERED: usize = 256;
 
 impl Sessions {
     /// Opens a session and returns its token and number.
@@ -317,10 +324,37 @@ impl Sessions {
                 s.last_call_ns = now;
                 Ok(s.clone())
             }
-            _ => Err(ServerError::Unauthenticated(
-                "session unknown or expired; log on again".into(),
-            )),
+            _ => Err(ServerError::Unauthenticated(self.why_closed(token))),
         }
+    }
+
+    /// Why `token` names no session: cancelled, or unknown or expired.
+    fn why_closed(&self, token: &str) -> String {
+        let cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
+        match cancelled.iter().find(|(t, _)| t == token) {
+            Some((_, id)) => {
+                format!("session {id} was cancelled by an administrator; run the command again")
+            }
+            None => "session unknown or expired; log on again".into(),
+        }
+    }
+
+    /// Closes session number `id` for an administrator (CANCEL SESSION),
+    /// returning it; its token's next use is refused naming the cancel.
+    pub fn cancel(&self, id: u64) -> Option<Session> {
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        let token = map
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(t, _)| t.clone())?;
+        let session = map.remove(&token)?;
+        drop(map);
+        let mut cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
+        if cancelled.len() >= CANCELLED_REMEMBERED {
+            cancelled.pop_front();
+        }
+        cancelled.push_back((token, id));
+        Some(session)
     }
 
     /// Whether `token` names an open session (of any kind), without
@@ -329,6 +363,19 @@ impl Sessions {
         let map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
         map.get(token)
             .is_some_and(|s| now_ns() - s.last_call_ns < SESSION_IDLE_NS)
+    }
+
+    /// Whether `token`'s session is still open, without counting as a call:
+    /// a long transfer checks it between parts, so a cancel stops it.
+    ///
+    /// # Errors
+    /// [`ServerError::Unauthenticated`] saying why it is not.
+    pub fn check_open(&self, token: &str) -> Result<(), ServerError> {
+        if self.is_open(token) {
+            Ok(())
+        } else {
+            Err(ServerError::Unauthenticated(self.why_closed(token)))
+        }
     }
 
     /// The node session of `token`; a replication session's token is refused.

@@ -6,7 +6,7 @@
 //! - `connect`: the server checked by its certificate, then the credentials.
 //! - `verb/`: one handler per verb (`register`, `update`, `remove`,
 //!   `query`, `define`, `set`, `replicate`, `expire`, `delete`, `rotate`,
-//!   `lock`/`unlock`, `ping`).
+//!   `lock`/`unlock`, `ping`, `cancel`).
 //! - `render`: one row type per listing, printed as a table, a list, CSV,
 //!   TSV or JSON.
 
@@ -19,6 +19,7 @@ mod verb;
 use std::ffi::OsString;
 
 use clap::Parser;
+use tandem_client::output::parse_errors;
 
 pub use cli::AdminCli;
 use cli::{DefineNoun, DeleteNoun, RegisterNoun, UpdateNoun, Verb};
@@ -98,6 +99,10 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
             server_password_file,
             ..
         }) => Some(read_secret(Some(server_password_file), "server password")?),
+        Verb::Update(UpdateNoun::Server {
+            server_password_file: Some(f),
+            ..
+        }) => Some(read_secret(Some(f), "server password")?),
         Verb::Delete(DeleteNoun::Filespace {
             node,
             name,
@@ -128,6 +133,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         Verb::Replicate(noun) => verb::replicate::run(console, noun, secret, json).await,
         Verb::Rotate(noun) => verb::rotate::run(console, noun, secret, json).await,
         Verb::Ping(noun) => verb::ping::run(console, noun, json).await,
+        Verb::Cancel(noun) => verb::cancel::run(console, noun, json).await,
     }
 }
 
@@ -137,8 +143,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match AdminCli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match AdminCli::try_parse_from(&args) {
         Ok(c) => c,
+        Err(e) if e.use_stderr() && parse_errors::asks_for_json(&args) => {
+            // A script that asked for JSON gets its parse errors as JSON too.
+            AdminError::Usage(parse_errors::plain_message(&e)).report(true);
+            return 12;
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { 12 } else { 0 };

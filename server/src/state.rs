@@ -221,6 +221,14 @@ impl ServerState {
         }
     }
 
+    /// Ends session number `id` for an administrator: its token is refused
+    /// from now on and the chunks it pinned may be reclaimed.
+    pub fn cancel_session(&self, id: u64) -> Option<auth::Session> {
+        let session = self.sessions.cancel(id)?;
+        self.repo.pins.release(session.id);
+        Some(session)
+    }
+
     /// The shared password of partner `partner`, opened from its sealed form.
     ///
     /// # Errors

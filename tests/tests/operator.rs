@@ -598,3 +598,259 @@ fn ping_server_checks_a_pairing_without_replicating() {
     assert_eq!(code(&out), 12);
     assert!(stderr(&out).contains("TDM0513E"), "{}", stderr(&out));
 }
+
+#[test]
+fn update_and_delete_server_change_a_pairing_and_refuse_what_would_break_one() {
+    let (primary, secondary, client) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    make_tree(&work.path().join("src"));
+    client.json(&["incremental", &path_str(&work.path().join("src"))]);
+    replicate(&primary, "alice");
+
+    // A new shared password on both sides, through update server: the
+    // pairing still works, and the change is in the activity log.
+    let password = primary.data.path().join("new.pw");
+    std::fs::write(&password, "renewed-secret-2\n").unwrap();
+    let password = path_str(&password);
+    for (here, there) in [(&primary, "secondary"), (&secondary, "primary")] {
+        let row: serde_json::Value = serde_json::from_str(&admin_stdout(
+            here,
+            &[
+                "--json",
+                "update",
+                "server",
+                there,
+                "--server-password-file",
+                &password,
+            ],
+        ))
+        .unwrap();
+        assert_eq!(row[0]["name"], there.to_ascii_uppercase(), "{row}");
+    }
+    admin_stdout(&primary, &["ping", "server", "secondary"]);
+    assert!(
+        primary
+            .actlog()
+            .contains("update server SECONDARY: new shared password"),
+        "{}",
+        primary.actlog()
+    );
+
+    // A wrong pin is refused as a value; nothing to change is refused too.
+    let out = primary.admin(&[
+        "update",
+        "server",
+        "secondary",
+        "--fingerprint",
+        "not-a-fingerprint",
+    ]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    let out = primary.admin(&["update", "server", "secondary"]);
+    assert!(
+        stderr(&out).contains("nothing to change"),
+        "{}",
+        stderr(&out)
+    );
+    let out = primary.admin(&[
+        "--json",
+        "update",
+        "server",
+        "nosuch",
+        "--address",
+        "https://127.0.0.1:1",
+    ]);
+    assert!(stderr(&out).contains("TDM0513E"), "{}", stderr(&out));
+
+    // A moved partner: the new address is used, the pin stays.
+    let moved = primary.admin(&[
+        "--json",
+        "update",
+        "server",
+        "secondary",
+        "--address",
+        "https://127.0.0.1:9",
+    ]);
+    assert_success(&moved, "update server --address");
+    let servers: serde_json::Value =
+        serde_json::from_str(&admin_stdout(&primary, &["--json", "query", "server"])).unwrap();
+    assert_eq!(servers[0]["address"], "https://127.0.0.1:9", "{servers}");
+    assert_eq!(
+        servers[0]["fingerprint"],
+        secondary.fingerprint(),
+        "{servers}"
+    );
+
+    // Deleting the replication server, or the source of replicas held
+    // here, would break replication: refused, naming what to do first.
+    let out = primary.admin(&["delete", "server", "secondary"]);
+    assert!(stderr(&out).starts_with("TDM0514E"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("set replserver"), "{}", stderr(&out));
+    let out = secondary.admin(&["delete", "server", "primary"]);
+    assert!(stderr(&out).starts_with("TDM0514E"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ALICE"), "{}", stderr(&out));
+
+    admin_stdout(&primary, &["set", "replserver", ""]);
+    let gone: serde_json::Value = serde_json::from_str(&admin_stdout(
+        &primary,
+        &["--json", "delete", "server", "secondary"],
+    ))
+    .unwrap();
+    assert_eq!(gone["deleted"], true, "{gone}");
+    let servers: serde_json::Value =
+        serde_json::from_str(&admin_stdout(&primary, &["--json", "query", "server"])).unwrap();
+    assert_eq!(servers, serde_json::json!([]));
+    assert!(primary.actlog().contains("delete server SECONDARY"));
+}
+
+#[test]
+fn cancel_session_ends_a_running_backup() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..16 {
+        std::fs::write(src.join(format!("f{i}.bin")), random_bytes(i, 4 << 20)).unwrap();
+    }
+    let backup = client
+        .command(&["incremental", &path_str(&src)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = backup.id().to_string();
+    let sessions = || -> serde_json::Value {
+        serde_json::from_str(&admin_stdout(&server, &["--json", "query", "session"])).unwrap()
+    };
+    let mut id = None;
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || {
+            id = sessions()
+                .as_array()
+                .unwrap()
+                .first()
+                .map(|s| s["id"].clone());
+            id.is_some()
+        }),
+        "the backup's session never showed"
+    );
+    // Held still, so the cancel lands while the backup is under way.
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let id = id.unwrap().to_string();
+    let cancelled: serde_json::Value = serde_json::from_str(&admin_stdout(
+        &server,
+        &["--json", "cancel", "session", &id],
+    ))
+    .unwrap();
+    assert_eq!(cancelled[0]["node"], "ALICE", "{cancelled}");
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = backup.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0), "the cancelled backup failed");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!("session {id} was cancelled by an administrator")),
+        "{text}"
+    );
+    assert_eq!(sessions(), serde_json::json!([]));
+    assert!(
+        server
+            .actlog()
+            .contains(&format!("cancel session {id} of ALICE"))
+    );
+
+    let out = server.admin(&["--json", "cancel", "session", "999999"]);
+    assert!(stderr(&out).contains("TDM0513E"), "{}", stderr(&out));
+    // The node's next backup works and completes what was missed.
+    client.json(&["incremental", &path_str(&src)]);
+}
+
+#[test]
+fn the_administrator_sees_every_nodes_filespaces() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    server.register("bob", "bob-password");
+    let work = tempfile::tempdir().unwrap();
+    for node in ["alice", "bob"] {
+        let src = work.path().join(node);
+        make_tree(&src);
+        TestClient::new(&server, node, &format!("{node}-password"))
+            .json(&["incremental", &path_str(&src)]);
+    }
+    let all: serde_json::Value =
+        serde_json::from_str(&admin_stdout(&server, &["--json", "query", "filespace"])).unwrap();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0]["node"], "ALICE");
+    assert_eq!(all[1]["node"], "BOB");
+    assert!(all[0]["active_files"].as_u64().unwrap() > 1, "{all:?}");
+    assert!(is_rfc3339_with_zone(
+        all[0]["last_backup_end"].as_str().unwrap()
+    ));
+    assert!(all[0]["last_replication"].is_null());
+    let bob: serde_json::Value = serde_json::from_str(&admin_stdout(
+        &server,
+        &["--json", "query", "filespace", "bob"],
+    ))
+    .unwrap();
+    assert_eq!(bob.as_array().unwrap().len(), 1);
+    let table = admin_stdout(&server, &["--format", "table", "query", "filespace"]);
+    assert!(table.contains("Last Backup End"), "{table}");
+    let out = server.admin(&["--json", "query", "filespace", "nosuch"]);
+    assert!(stderr(&out).contains("TDM0513E"), "{}", stderr(&out));
+}
+
+#[test]
+fn actlog_narrows_by_originator_and_parse_errors_come_as_json() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    TestClient::new(&server, "alice", "alice-password").json(&["query", "session"]);
+    let records = |origin: &str| -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&admin_stdout(
+            &server,
+            &["--json", "query", "actlog", "--originator", origin],
+        ))
+        .unwrap();
+        v.as_array().unwrap().clone()
+    };
+    let client = records("client");
+    assert!(!client.is_empty());
+    assert!(
+        client
+            .iter()
+            .all(|r| r["id"].as_str().unwrap().starts_with("TDM04")),
+        "{client:?}"
+    );
+    let admin = records("admin");
+    assert!(admin.iter().any(|r| r["id"] == "TDM0500I"), "{admin:?}");
+    assert!(
+        admin
+            .iter()
+            .all(|r| r["id"].as_str().unwrap().starts_with("TDM05"))
+    );
+
+    let out = server.admin(&["--json", "query", "actlog", "--originator", "martians"]);
+    assert_eq!(code(&out), 12);
+    let error: serde_json::Value = serde_json::from_str(stderr(&out).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert_eq!(error["error"]["id"], "TDM0510E", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("martians"),
+        "{error}"
+    );
+}

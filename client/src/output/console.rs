@@ -37,10 +37,20 @@ impl Console {
             *worst = (*worst).max(status);
         }
         if msg.severity() != Severity::Info || !self.quiet {
-            eprintln!("{msg}");
+            self.show(msg);
         }
         if msg.severity() != Severity::Info {
             self.log_only(msg);
+        }
+    }
+
+    /// Prints a message on stderr: `ID text`, or with `--json` one JSON
+    /// object per line, `{"error"|"warning"|"info": {"id", "message"}}`.
+    fn show(&self, msg: &Msg) {
+        if self.json {
+            eprintln!("{}", msg.to_json());
+        } else {
+            eprintln!("{msg}");
         }
     }
 
@@ -48,7 +58,7 @@ impl Console {
     /// error log whatever its severity, since auditors read the log.
     pub fn audit(&self, msg: &Msg) {
         if !self.quiet {
-            eprintln!("{msg}");
+            self.show(msg);
         }
         self.log_only(msg);
     }

@@ -35,6 +35,17 @@ fn shown(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl Msg {
+    /// The message as one JSON object keyed by its severity, for `--json`.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        let key = match self.severity() {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        serde_json::json!({ key: { "id": self.id, "message": self.text } })
+    }
+
     /// Severity from the id's suffix.
     pub fn severity(&self) -> Severity {
         match self.id.as_bytes().last() {

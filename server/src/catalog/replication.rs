@@ -146,6 +146,53 @@ impl Catalog {
         result
     }
 
+    /// Changes what is given of a partner's definition; `None` keeps a
+    /// value. Returns false when no server has that name.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn update_server(
+        &self,
+        name: &str,
+        address: Option<&str>,
+        sealed_password: Option<&str>,
+        fingerprint: Option<&str>,
+    ) -> Result<bool, CatalogError> {
+        let changed = self.conn().execute(
+            "UPDATE servers SET address = coalesce(?2, address),
+                    password = coalesce(?3, password), fingerprint = coalesce(?4, fingerprint)
+              WHERE name = ?1",
+            params![name, address, sealed_password, fingerprint],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// The nodes held here as replicas whose source is partner `name`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn replicas_from(&self, name: &str) -> Result<Vec<String>, CatalogError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name FROM nodes WHERE replmode = 'receive' AND repl_server = ?1 ORDER BY name",
+        )?;
+        let names = stmt
+            .query_map([name], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    /// Deletes a partner's definition; returns false when there was none.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn delete_server(&self, name: &str) -> Result<bool, CatalogError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM servers WHERE name = ?1", [name])?
+            == 1)
+    }
+
     /// All partner servers by name.
     ///
     /// # Errors

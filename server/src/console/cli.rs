@@ -68,7 +68,7 @@ pub(super) enum Verb {
     /// REGISTER: create a node or an administrator.
     #[command(subcommand)]
     Register(RegisterNoun),
-    /// UPDATE: change a node or an administrator.
+    /// UPDATE: change a node, an administrator or a partner server.
     #[command(subcommand)]
     Update(UpdateNoun),
     /// LOCK: refuse a node's logons or an administrator's calls.
@@ -86,7 +86,7 @@ pub(super) enum Verb {
     /// EXPIRE: delete versions retention policy lets go and reclaim space.
     #[command(subcommand)]
     Expire(ExpireNoun),
-    /// DELETE: delete a node's filespace with all its versions.
+    /// DELETE: delete a node's filespace with all its versions, or a partner server's definition.
     #[command(subcommand)]
     Delete(DeleteNoun),
     /// DEFINE: define a partner server.
@@ -98,12 +98,26 @@ pub(super) enum Verb {
     /// REPLICATE: replicate nodes to the replication server now.
     #[command(subcommand)]
     Replicate(ReplicateNoun),
+    /// CANCEL: end an open session now.
+    #[command(subcommand)]
+    Cancel(CancelNoun),
     /// PING: check a partner server without replicating.
     #[command(subcommand)]
     Ping(PingNoun),
     /// ROTATE: replace the bootstrap admin token.
     #[command(subcommand)]
     Rotate(RotateNoun),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum CancelNoun {
+    /// End a client's or partner's session (its number from `query
+    /// session`): its next call is refused, and a transfer under way stops
+    /// at its next part.
+    Session {
+        /// The session number.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +213,12 @@ pub(super) enum ExpireNoun {
 
 #[derive(Debug, Subcommand)]
 pub(super) enum DeleteNoun {
+    /// Delete a partner server's definition (refused while it is the
+    /// replication server or the source of replicas held here).
+    Server {
+        /// A defined server's name.
+        name: String,
+    },
     /// Delete a filespace (asks for confirmation unless --yes).
     Filespace {
         /// Node name.
@@ -233,6 +253,22 @@ pub(super) enum RegisterNoun {
 
 #[derive(Debug, Subcommand)]
 pub(super) enum UpdateNoun {
+    /// Change a partner server's address, shared password or pinned
+    /// certificate; what is not given stays.
+    Server {
+        /// A defined server's name.
+        name: String,
+        /// Its new server-to-server URL.
+        #[arg(long)]
+        address: Option<String>,
+        /// File whose first line is the new shared password (change it on
+        /// the partner too).
+        #[arg(long, value_name = "FILE")]
+        server_password_file: Option<PathBuf>,
+        /// Its new certificate fingerprint, as its `query status` prints it.
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: Option<String>,
+    },
     /// Change an administrator's password, or lock or unlock it.
     Admin {
         /// Administrator name.
@@ -314,6 +350,31 @@ pub(super) enum RemoveNoun {
     },
 }
 
+/// Where an activity log record comes from, by its message id's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Originator {
+    /// The server itself: start and stop (TDM00xx).
+    Server,
+    /// Client sessions: logons, backups, deletions, expiration (TDM04xx).
+    Client,
+    /// Administrators' calls and changes (TDM05xx).
+    Admin,
+    /// Server-to-server replication (TDM06xx).
+    Replication,
+}
+
+impl Originator {
+    /// The message id prefix of its records.
+    pub(super) fn msg_prefix(self) -> &'static str {
+        match self {
+            Originator::Server => "TDM00",
+            Originator::Client => "TDM04",
+            Originator::Admin => "TDM05",
+            Originator::Replication => "TDM06",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(super) enum QueryNoun {
     /// Nodes with lock state, policy and storage.
@@ -339,6 +400,11 @@ pub(super) enum QueryNoun {
         /// Only records whose message id starts with this (TDM0406I, TDM06).
         #[arg(long, value_name = "ID")]
         msgno: Option<String>,
+        /// Only records of one origin: the server itself (TDM00xx), client
+        /// sessions (TDM04xx), administrators (TDM05xx) or replication
+        /// (TDM06xx).
+        #[arg(long, value_enum, conflicts_with = "msgno")]
+        originator: Option<Originator>,
         /// At most this many (newest) records, 1 to 20000.
         #[arg(long, default_value_t = 1000,
               value_parser = clap::value_parser!(u32).range(1..=20_000))]
@@ -346,6 +412,12 @@ pub(super) enum QueryNoun {
     },
     /// Open client sessions.
     Session,
+    /// Every filespace of a node (or of all): active files and bytes, last
+    /// backup, last replication.
+    Filespace {
+        /// Node name; all when omitted.
+        node: Option<String>,
+    },
     /// Administrators with lock state and last call.
     Admin,
     /// Server name, GUID, data directory and storage.

@@ -496,6 +496,38 @@ impl Row for pb::Occupancy {
     }
 }
 
+impl Row for pb::NodeFilespace {
+    const HEADERS: &'static [&'static str] = &[
+        "Node",
+        "Filespace",
+        "Active Files",
+        "Active Bytes",
+        "Last Backup Start",
+        "Last Backup End",
+        "Last Replication",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            shown_name(&self.filespace),
+            self.active_objects.to_string(),
+            self.active_bytes.to_string(),
+            show_time(self.last_backup_start_ns),
+            show_time(self.last_backup_end_ns),
+            show_time(self.last_replication_ns),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "node": self.node, "filespace": self.filespace,
+            "active_files": self.active_objects, "active_bytes": self.active_bytes,
+            "last_backup_start": json_time(self.last_backup_start_ns),
+            "last_backup_end": json_time(self.last_backup_end_ns),
+            "last_replication": json_time(self.last_replication_ns),
+        })
+    }
+}
+
 /// Prints what an expiration run did.
 pub(super) fn print_expiration(r: &pb::ExpireInventoryResponse, format: Format) {
     print_items(

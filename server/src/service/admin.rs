@@ -103,6 +103,27 @@ fn admin_to_pb(a: crate::catalog::Admin) -> pb::AdminInfo {
     }
 }
 
+fn session_to_pb(s: crate::auth::Session) -> pb::SessionInfo {
+    pb::SessionInfo {
+        id: s.id,
+        node: s.node,
+        peer: s.peer,
+        started_ns: s.started_ns,
+        last_call_ns: s.last_call_ns,
+        bytes_received: s.bytes_received,
+        bytes_sent: s.bytes_sent,
+    }
+}
+
+/// A fingerprint for the activity log, "none" when there is none.
+fn or_none(fingerprint: &str) -> &str {
+    if fingerprint.is_empty() {
+        "none"
+    } else {
+        fingerprint
+    }
+}
+
 fn node_name(raw: &str) -> Result<String, Status> {
     checked_name(raw, "node name")
 }
@@ -421,6 +442,183 @@ impl Admin for AdminService {
             address: partner.address,
             guid,
             milliseconds,
+        }))
+    }
+
+    async fn update_server(
+        &self,
+        request: Request<pb::UpdateServerRequest>,
+    ) -> Result<Response<pb::ServerInfo>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = server_name(&req.name)?;
+        let lookup = name.clone();
+        let old = super::blocking(&self.state, move |s| Ok(s.repo.catalog.server(&lookup)?))
+            .await?
+            .ok_or_else(|| {
+                Status::from(ServerError::NotFound(format!(
+                    "server {name} is not defined here; `query server` lists those that are"
+                )))
+            })?;
+        if req.address.is_empty() && req.password.is_empty() && req.fingerprint.is_empty() {
+            return Err(Status::from(ServerError::InvalidArgument(format!(
+                "nothing to change for server {name}: give --address, --server-password-file or --fingerprint"
+            ))));
+        }
+        let address = if req.address.is_empty() {
+            old.address.clone()
+        } else {
+            req.address.clone()
+        };
+        let https = check_url(&self.state, &address)?;
+        // A new address may keep the pinned certificate; plaintext keeps none.
+        let given = if req.fingerprint.is_empty() && https {
+            old.fingerprint.clone()
+        } else {
+            req.fingerprint.clone()
+        };
+        let fingerprint = partner_fingerprint(&address, https, &given)?;
+        let sealed = if req.password.is_empty() {
+            None
+        } else if req.password.chars().count() < 8 {
+            return Err(Status::from(ServerError::InvalidArgument(
+                "the server password must have at least 8 characters".into(),
+            )));
+        } else {
+            Some(self.state.seal_partner_password(&name, &req.password))
+        };
+        let (n, a, f) = (name.clone(), address.clone(), fingerprint.clone());
+        super::blocking(&self.state, move |s| {
+            Ok(s.repo
+                .catalog
+                .update_server(&n, Some(&a), sealed.as_deref(), Some(&f))?)
+        })
+        .await?;
+        let mut changes = Vec::new();
+        if address != old.address {
+            changes.push(format!("address {} -> {address}", old.address));
+        }
+        if fingerprint != old.fingerprint {
+            changes.push(format!(
+                "fingerprint {} -> {}",
+                or_none(&old.fingerprint),
+                or_none(&fingerprint)
+            ));
+        }
+        if !req.password.is_empty() {
+            changes.push("new shared password".into());
+        }
+        if changes.is_empty() {
+            changes.push("nothing changed".into());
+        }
+        self.audit(
+            &caller,
+            "",
+            format!("update server {name}: {}", changes.join(", ")),
+        )
+        .await;
+        Ok(Response::new(pb::ServerInfo {
+            name,
+            address,
+            guid: old.guid.map(|g| g.to_string()).unwrap_or_default(),
+            fingerprint,
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_server(
+        &self,
+        request: Request<pb::DeleteServerRequest>,
+    ) -> Result<Response<pb::DeleteServerResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let name = server_name(&request.into_inner().name)?;
+        let n = name.clone();
+        super::blocking(&self.state, move |s| {
+            let catalog = &s.repo.catalog;
+            if catalog.server(&n)?.is_none() {
+                return Err(ServerError::NotFound(format!(
+                    "server {n} is not defined here; `query server` lists those that are"
+                )));
+            }
+            if catalog.setting(Setting::ReplServer)?.as_deref() == Some(n.as_str()) {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "server {n} is this server's replication server; `set replserver \"\"` (or another server) first"
+                )));
+            }
+            let replicas = catalog.replicas_from(&n)?;
+            if !replicas.is_empty() {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "server {n} is the source of the replicas of node(s) {} held here; `remove replnode` each first, or they could never be updated again",
+                    replicas.join(", ")
+                )));
+            }
+            catalog.delete_server(&n)?;
+            Ok(())
+        })
+        .await?;
+        self.audit(&caller, "", format!("delete server {name}"))
+            .await;
+        Ok(Response::new(pb::DeleteServerResponse {}))
+    }
+
+    async fn cancel_session(
+        &self,
+        request: Request<pb::CancelSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        let caller = self.authorize(&request).await?;
+        let id = request.into_inner().id;
+        let session = self.state.cancel_session(id).ok_or_else(|| {
+            Status::from(ServerError::NotFound(format!(
+                "no session {id} is open; `query session` lists those that are"
+            )))
+        })?;
+        let node = match &session.kind {
+            crate::auth::SessionKind::Node => session.node.clone(),
+            crate::auth::SessionKind::Replication(_) => String::new(),
+        };
+        self.audit(
+            &caller,
+            &node,
+            format!(
+                "cancel session {id} of {} (client {})",
+                session.node, session.peer
+            ),
+        )
+        .await;
+        Ok(Response::new(session_to_pb(session)))
+    }
+
+    async fn query_node_filespaces(
+        &self,
+        request: Request<pb::QueryNodeFilespacesRequest>,
+    ) -> Result<Response<pb::QueryNodeFilespacesResponse>, Status> {
+        self.authorize(&request).await?;
+        let node = optional_node_name(request.into_inner().node)?;
+        let filespaces = super::blocking(&self.state, move |s| {
+            let catalog = &s.repo.catalog;
+            let nodes = catalog.list_nodes(&node)?;
+            if !node.is_empty() && nodes.is_empty() {
+                return Err(ServerError::NodeNotFound { node });
+            }
+            let mut out = Vec::new();
+            for (n, _) in nodes {
+                for f in catalog.list_filespaces(n.id)? {
+                    out.push(pb::NodeFilespace {
+                        node: n.name.clone(),
+                        filespace: f.name,
+                        active_objects: f.active_objects,
+                        active_bytes: f.active_bytes,
+                        last_backup_start_ns: f.last_backup_start_ns,
+                        last_backup_end_ns: f.last_backup_end_ns,
+                        last_replication_ns: f.last_repl_ns,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(pb::QueryNodeFilespacesResponse {
+            filespaces,
         }))
     }
 
@@ -1045,15 +1243,7 @@ impl Admin for AdminService {
             .sessions
             .list()
             .into_iter()
-            .map(|s| pb::SessionInfo {
-                id: s.id,
-                node: s.node,
-                peer: s.peer,
-                started_ns: s.started_ns,
-                last_call_ns: s.last_call_ns,
-                bytes_received: s.bytes_received,
-                bytes_sent: s.bytes_sent,
-            })
+            .map(session_to_pb)
             .collect();
         Ok(Response::new(pb::QuerySessionsResponse { sessions }))
     }

@@ -334,6 +334,7 @@ impl Backup for BackupService {
         let mut ingest = ChunkIngest::new(self.state.repo.clone(), session.id, session.node_id);
         let mut received_bytes = 0u64;
         while let Some(message) = super::next_upload_message(&self.state, &mut stream).await? {
+            self.state.sessions.check_open(&token)?;
             let chunks = message.chunks;
             received_bytes += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
             ingest.push(convert::chunks_from_pb(chunks)?).await?;
@@ -469,6 +470,10 @@ impl Backup for BackupService {
         tokio::spawn(async move {
             let mut sent = 0u64;
             for group in read_groups(ids.into_iter().zip(locations).collect()) {
+                if let Err(cancelled) = state.sessions.check_open(&token) {
+                    let _ = tx.send(Err(Status::from(cancelled))).await;
+                    return;
+                }
                 let reader = state.clone();
                 let node = node.clone();
                 let items = tokio::task::spawn_blocking(move || {

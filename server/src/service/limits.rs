@@ -124,19 +124,22 @@ where
                 held_until_response_ends(self.inner.call(request), call)
             }
             Gate::Session => {
-                let open = request
+                let token = request
                     .headers()
                     .get(tandem_proto::SESSION_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|token| self.state.sessions.is_open(token));
-                if open {
-                    held_until_response_ends(self.inner.call(request), call)
-                } else {
-                    let refusal = Status::from(ServerError::Unauthenticated(
+                    .and_then(|v| v.to_str().ok());
+                let checked = match token {
+                    Some(token) => self.state.sessions.check_open(token),
+                    None => Err(ServerError::Unauthenticated(
                         "no open session: log on first (Logon, or Hello for a partner server)"
                             .into(),
-                    ));
-                    futures_util::future::ready(Ok(refusal.into_http())).boxed()
+                    )),
+                };
+                match checked {
+                    Ok(()) => held_until_response_ends(self.inner.call(request), call),
+                    Err(refusal) => {
+                        futures_util::future::ready(Ok(Status::from(refusal).into_http())).boxed()
+                    }
                 }
             }
         }

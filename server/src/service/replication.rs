@@ -263,10 +263,18 @@ impl Replication for ReplicationService {
         request: Request<Streaming<pb::ReplicaChunksRequest>>,
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
         let (session, source) = self.session(&request).await?;
+        let token = request
+            .metadata()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let mut stream = request.into_inner();
         // The first message names the replica node; every later one must name it too.
         let mut ingest: Option<(String, crate::repository::ingest::ChunkIngest)> = None;
         while let Some(message) = super::next_upload_message(&self.state, &mut stream).await? {
+            // A cancelled session stops between messages.
+            self.state.sessions.check_open(&token)?;
             let (node, ingest) = match &mut ingest {
                 Some(open) => open,
                 None => {

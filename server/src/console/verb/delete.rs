@@ -1,4 +1,4 @@
-//! DELETE FILESPACE (confirmed before the call).
+//! DELETE FILESPACE (confirmed before the call) and DELETE SERVER.
 
 use serde_json::json;
 use tandem_proto::pb;
@@ -16,6 +16,16 @@ pub(in crate::console) async fn run(
     format: Format,
 ) -> Result<(), AdminError> {
     match noun {
+        DeleteNoun::Server { name } => {
+            let req = console.request(pb::DeleteServerRequest { name: name.clone() });
+            console.answer(console.client().delete_server(req)).await?;
+            let name = name.to_ascii_uppercase();
+            if format.is_json() {
+                print_json(&json!({ "server": name, "deleted": true }));
+            } else if format.for_people() {
+                tandem_client::outln!("TDM0500I server {name} deleted");
+            }
+        }
         DeleteNoun::Filespace { node, name, .. } => {
             let req = console.request(pb::DeleteFilespaceRequest {
                 node,

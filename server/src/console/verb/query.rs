@@ -44,6 +44,7 @@ pub(in crate::console) async fn run(
             search,
             node,
             msgno,
+            originator,
             limit,
         } => {
             // A time to the second (or a date) means that whole span: the
@@ -71,7 +72,9 @@ pub(in crate::console) async fn run(
                 limit,
                 end_ns,
                 node: node.unwrap_or_default(),
-                msg_id: msgno.unwrap_or_default(),
+                msg_id: msgno
+                    .or_else(|| originator.map(|o| o.msg_prefix().to_string()))
+                    .unwrap_or_default(),
             });
             let reply = console.answer(console.client().query_actlog(req)).await?;
             print_rows(&reply.records, format);
@@ -80,6 +83,15 @@ pub(in crate::console) async fn run(
             let req = console.request(pb::QuerySessionsRequest {});
             let reply = console.answer(console.client().query_sessions(req)).await?;
             print_rows(&reply.sessions, format);
+        }
+        QueryNoun::Filespace { node } => {
+            let req = console.request(pb::QueryNodeFilespacesRequest {
+                node: node.unwrap_or_default(),
+            });
+            let r = console
+                .answer(console.client().query_node_filespaces(req))
+                .await?;
+            print_rows(&r.filespaces, format);
         }
         QueryNoun::Server => {
             let req = console.request(pb::QueryServersRequest {});

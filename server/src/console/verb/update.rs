@@ -1,4 +1,4 @@
-//! UPDATE NODE|ADMIN: lock, unlock, policy, password, replication settings.
+//! UPDATE NODE|ADMIN|SERVER: lock, unlock, policy, password, replication settings.
 
 use tandem_proto::pb;
 
@@ -16,6 +16,24 @@ pub(in crate::console) async fn run(
     format: Format,
 ) -> Result<(), AdminError> {
     match noun {
+        UpdateNoun::Server {
+            name,
+            address,
+            fingerprint,
+            ..
+        } => {
+            let req = console.request(pb::UpdateServerRequest {
+                name,
+                address: address.unwrap_or_default(),
+                password: secret.unwrap_or_default(),
+                fingerprint: fingerprint.unwrap_or_default(),
+            });
+            let server = console.answer(console.client().update_server(req)).await?;
+            if format.for_people() {
+                tandem_client::outln!("TDM0500I server {} updated", server.name);
+            }
+            print_rows(&[server], format);
+        }
         UpdateNoun::Node {
             name,
             lock,
