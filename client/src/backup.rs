@@ -27,6 +27,8 @@ pub mod chunker;
 pub mod compress;
 pub mod inventory;
 pub mod meta;
+pub mod preview;
+pub mod rules;
 pub mod scan;
 pub mod walk;
 
@@ -35,8 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use globset::GlobSet;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use prost::Message as _;
 use serde::Serialize;
 use tandem_proto::pb;
@@ -137,7 +138,7 @@ impl BackupStats {
 /// Why the object a scanner message is about was not backed up; `None` for
 /// messages about objects that were stored (with a warning) or about the
 /// whole backup.
-fn skip_reason(id: &str) -> Option<&'static str> {
+pub(crate) fn skip_reason(id: &str) -> Option<&'static str> {
     match id {
         "TDM1010W" => Some("unreadable"),
         "TDM1011W" => Some("not found"),
@@ -486,7 +487,7 @@ fn compress_into_messages(
 }
 
 /// Active versions of the server below `root` (in `filespace`), by path.
-async fn fetch_inventory(
+pub(crate) async fn fetch_inventory(
     session: &Session,
     filespace: &str,
     root: &str,
@@ -541,19 +542,6 @@ fn note_backup(
     }
 }
 
-fn progress_bar(console: &Console) -> ProgressBar {
-    if console.quiet || console.json {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    bar
-}
-
 /// Backs up `paths` (files or trees).
 ///
 /// # Errors
@@ -564,12 +552,12 @@ pub async fn run(
     options: &ClientOptions,
     paths: &[PathBuf],
     mode: Mode,
-    excludes: &GlobSet,
+    rules: &rules::Rules,
     console: &Console,
 ) -> Result<BackupStats, ClientError> {
     let started = Instant::now();
     let mut stats = BackupStats::default();
-    let progress = progress_bar(console);
+    let progress = console.start_progress();
     for path in paths {
         let root = paths::absolute(path).map_err(|e| ClientError::Io {
             path: path.clone(),
@@ -589,10 +577,11 @@ pub async fn run(
         };
         let plan = ScanPlan {
             root,
-            excludes: excludes.clone(),
+            rules: rules.clone(),
             inventory,
             changing_retries: options.changing_retries.min(MAX_CHANGING_RETRIES),
             serialization: options.serialization,
+            preview: false,
         };
         // Two batches only: each may hold 1 MiB of small chunks and a 4 MiB one,
         // and memory must stay at restic's level (four raised peak RSS 10 MiB).
@@ -630,6 +619,8 @@ pub async fn run(
                         uploader.stats.inspected += n;
                         uploader.stats.unchanged += n;
                     }
+                    // Sent only to a preview's scan.
+                    Item::Planned { .. } => {}
                     Item::Problem(msg) => {
                         let reason = skip_reason(msg.id);
                         let status = if reason.is_some() {
@@ -637,7 +628,7 @@ pub async fn run(
                         } else {
                             ExitStatus::Warnings
                         };
-                        progress.suspend(|| console.report(&msg, status));
+                        console.report(&msg, status);
                         match reason {
                             Some(reason) => {
                                 uploader.stats.inspected += 1;
@@ -660,7 +651,7 @@ pub async fn run(
         let acknowledged = mark(session, &filespace, true).await?;
         note_backup(session, options, &filespace, acknowledged, console);
     }
-    progress.finish_and_clear();
+    console.end_progress();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(stats)
 }

@@ -57,6 +57,9 @@ enum Command {
     Incremental {
         /// Files or directories [default: `domain` from the options file].
         paths: Vec<PathBuf>,
+        /// List what would be sent and made inactive; send and change nothing.
+        #[arg(long)]
+        preview: bool,
     },
     /// Back up exactly these files and trees, changed or not.
     #[command(visible_alias = "sel")]
@@ -64,6 +67,9 @@ enum Command {
         /// Files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// List what would be sent; send nothing.
+        #[arg(long)]
+        preview: bool,
     },
     /// Restore files: SOURCE is a path or a directory with a pattern (`/data/*`).
     #[command(visible_alias = "rest")]
@@ -110,6 +116,22 @@ enum Command {
     /// Delete stored versions.
     #[command(subcommand, visible_alias = "del")]
     Delete(DeleteCommand),
+    /// Make the active backup versions of files inactive, leaving the local
+    /// files alone (TSM EXPIRE; the same as `delete backup --deltype
+    /// active`). They then expire by the node's policy; a file that still
+    /// exists is backed up again by the next incremental unless excluded.
+    /// Asks first unless --yes. Refused in failover mode.
+    #[command(visible_alias = "exp")]
+    Expire {
+        /// A path or a directory with a pattern, as for `query backup`.
+        source: OsString,
+        /// Include subdirectories.
+        #[arg(long)]
+        subdir: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +185,13 @@ enum QueryCommand {
     /// Show the effective options and where each value came from.
     #[command(visible_alias = "opt")]
     Options,
+    /// Show the include-exclude list (exclude_dir, include, exclude) and,
+    /// with --test, what it decides for given paths.
+    Inclexcl {
+        /// A path to judge: backed up or left out, and by which rule.
+        #[arg(long, value_name = "PATH")]
+        test: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -404,8 +433,17 @@ async fn dispatch(
         Work::Backup {
             mode,
             paths,
-            excludes,
-        } => backup::run(&session, options, &paths, mode, &excludes, console)
+            rules,
+            preview: true,
+        } => backup::preview::run(&session, options, &paths, mode, &rules, console)
+            .await
+            .map(|p| backup::preview::print(&p, console)),
+        Work::Backup {
+            mode,
+            paths,
+            rules,
+            preview: false,
+        } => backup::run(&session, options, &paths, mode, &rules, console)
             .await
             .map(|s| print_backup_summary(&s, console)),
         Work::Restore(req) => restore::run(&session, req, console)
@@ -424,8 +462,8 @@ async fn dispatch(
         Work::SetPassword { old, new } => {
             set_password(&session, options, options_path, old, new, console).await
         }
-        Work::ShowOptions => Err(ClientError::Internal(
-            "query options reached the logon; it needs no session".into(),
+        Work::ShowOptions | Work::ShowInclexcl { .. } => Err(ClientError::Internal(
+            "a local query reached the logon; it needs no session".into(),
         )),
     };
     session.logoff().await;
@@ -525,8 +563,14 @@ where
             query::options(&effective, &path, &console);
             Ok(())
         }
+        Ok(Work::ShowInclexcl { rules, tests }) => query::inclexcl(&rules, &tests, &path, &console),
         Ok(work) => match work.confirm_first() {
-            Ok(()) => dispatch(work, &options, &path, &console).await,
+            Ok(()) => {
+                let done = dispatch(work, &options, &path, &console).await;
+                // A command that failed midway leaves no progress line behind.
+                console.end_progress();
+                done
+            }
             Err(err) => Err(err),
         },
         Err(err) => Err(err),

@@ -22,6 +22,8 @@ pub const KEYS: &[&str] = &[
     "password_file",
     "domain",
     "exclude",
+    "exclude_dir",
+    "include",
     "error_log",
     "error_log_max_mb",
     "state_dir",
@@ -106,9 +108,15 @@ pub struct ClientOptions {
     /// Default paths of `incremental` (DOMAIN).
     #[serde(default)]
     pub domain: Vec<PathBuf>,
-    /// Glob patterns never backed up (EXCLUDE).
+    /// Glob patterns not backed up unless `include` matches too (EXCLUDE).
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Glob patterns of directories never entered (EXCLUDE.DIR).
+    #[serde(default)]
+    pub exclude_dir: Vec<String>,
+    /// Glob patterns backed up even when `exclude` matches (INCLUDE).
+    #[serde(default)]
+    pub include: Vec<String>,
     /// Error log file (ERRORLOGNAME); default `dsierror.log` in `state_dir`.
     #[serde(default)]
     pub error_log: Option<PathBuf>,
@@ -239,7 +247,9 @@ impl ClientOptions {
                     .try_parsing(true)
                     .list_separator(",")
                     .with_list_parse_key("domain")
-                    .with_list_parse_key("exclude"),
+                    .with_list_parse_key("exclude")
+                    .with_list_parse_key("exclude_dir")
+                    .with_list_parse_key("include"),
             )
             .build()
             .map_err(|e| fail(e.to_string()))?;
@@ -304,10 +314,8 @@ impl ClientOptions {
         if self.connect_timeout_ms == 0 {
             return Err("connect_timeout_ms must be at least 1".into());
         }
-        for pattern in &self.exclude {
-            globset::Glob::new(pattern)
-                .map_err(|e| format!("exclude pattern {pattern:?} is invalid: {e}"))?;
-        }
+        crate::backup::rules::Rules::new(&self.exclude_dir, &self.include, &self.exclude)
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -442,6 +450,8 @@ impl ClientOptions {
             ("password_file", opt(&self.password_file)),
             ("domain", list(&self.domain)),
             ("exclude", self.exclude.join(", ")),
+            ("exclude_dir", self.exclude_dir.join(", ")),
+            ("include", self.include.join(", ")),
             ("error_log", self.error_log_path().display().to_string()),
             ("error_log_max_mb", self.error_log_max_mb.to_string()),
             ("state_dir", self.state_dir().display().to_string()),

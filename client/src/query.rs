@@ -1,5 +1,5 @@
-//! `query backup`, `query filespace` and `query session`: tables for people,
-//! JSON for scripts.
+//! `query backup`, `query filespace`, `query session`, `query options` and
+//! `query inclexcl`: tables for people, JSON for scripts.
 
 use std::io::Write;
 
@@ -24,7 +24,7 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn kind_name(kind: i32) -> &'static str {
+pub(crate) fn kind_name(kind: i32) -> &'static str {
     match pb::ObjectKind::try_from(kind) {
         Ok(pb::ObjectKind::File) => "file",
         Ok(pb::ObjectKind::Directory) => "dir",
@@ -364,4 +364,77 @@ pub fn options(
         t.add_row(vec![o.key.to_string(), o.value.clone(), o.source.clone()]);
     }
     crate::outln!("{t}");
+}
+
+/// `query inclexcl`: the include-exclude list in the order its kinds decide,
+/// and for each `--test` path whether it would be backed up and by which rule.
+pub fn inclexcl(
+    rules: &crate::backup::rules::Rules,
+    tests: &[std::path::PathBuf],
+    path: &std::path::Path,
+    console: &Console,
+) -> Result<(), ClientError> {
+    use crate::backup::rules::Decision;
+    let mut decided = Vec::with_capacity(tests.len());
+    for test in tests {
+        let absolute = crate::paths::absolute(test).map_err(|e| ClientError::Io {
+            path: test.clone(),
+            source: e,
+        })?;
+        // A path that is not there is judged as a file would be.
+        let is_dir = std::fs::symlink_metadata(&absolute).is_ok_and(|m| m.is_dir());
+        let decision = rules.decide(&absolute, is_dir);
+        decided.push((crate::names::encode(absolute.as_os_str()), is_dir, decision));
+    }
+    if console.json {
+        let tests: Vec<_> = decided
+            .iter()
+            .map(|(p, is_dir, d)| {
+                let (backed_up, rule) = match d {
+                    Decision::Included(rule) => (true, rule.as_ref()),
+                    Decision::Excluded(rule) => (false, Some(rule)),
+                };
+                json!({ "path": p, "directory": is_dir, "backed_up": backed_up, "rule": rule })
+            })
+            .collect();
+        let doc = json!({ "options_file": path, "rules": rules.list(), "tests": tests });
+        crate::outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(());
+    }
+    crate::outln!("Options file: {}", path.display());
+    if rules.is_empty() {
+        crate::outln!("No include or exclude rules: everything named is backed up.");
+    } else {
+        let mut t = table(&["Option", "Pattern", "Effect"]);
+        for rule in rules.list() {
+            let effect = match rule.kind {
+                crate::backup::rules::RuleKind::ExcludeDir => {
+                    "directories matching are not entered"
+                }
+                crate::backup::rules::RuleKind::Include => "backed up even if excluded",
+                crate::backup::rules::RuleKind::Exclude => {
+                    "left out (a directory whole) unless included"
+                }
+            };
+            t.add_row(vec![
+                rule.kind.option().to_string(),
+                crate::names::display(&rule.pattern),
+                effect.to_string(),
+            ]);
+        }
+        crate::outln!("{t}");
+    }
+    for (p, _, d) in &decided {
+        let shown = crate::names::display(p);
+        match d {
+            Decision::Included(None) => crate::outln!("{shown}: backed up (no rule matches)"),
+            Decision::Included(Some(r)) => {
+                crate::outln!("{shown}: backed up ({} {:?})", r.kind.option(), r.pattern);
+            }
+            Decision::Excluded(r) => {
+                crate::outln!("{shown}: left out ({} {:?})", r.kind.option(), r.pattern);
+            }
+        }
+    }
+    Ok(())
 }

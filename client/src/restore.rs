@@ -647,9 +647,26 @@ pub async fn run(
         .map(|(i, f)| (i, f.chunks.clone(), f.size))
         .collect();
     let fetcher = tokio::spawn(fetch::fetch(session.clone(), order, tx));
+    let progress = console.start_progress();
+    let total_files = plan.files.len();
+    let total_bytes: u64 = plan.files.iter().map(|f| f.size).sum();
+    let (mut files_begun, mut bytes_fetched) = (0usize, 0u64);
     tokio::task::block_in_place(|| {
         let written = writer::write_files(&plan.files, &dest, console, &mut stats, || {
-            rx.blocking_recv()
+            let parcel = rx.blocking_recv()?;
+            for message in &parcel {
+                match message {
+                    fetch::Fetched::Begin(_) => files_begun += 1,
+                    fetch::Fetched::Data(data) => bytes_fetched += data.len() as u64,
+                    fetch::Fetched::End | fetch::Fetched::Failed(_) => {}
+                }
+            }
+            progress.set_message(format!(
+                "restoring: {files_begun} of {total_files} file(s), {} of {}",
+                crate::backup::human_bytes(bytes_fetched),
+                crate::backup::human_bytes(total_bytes)
+            ));
+            Some(parcel)
         });
         restore_nodes(&dest, &plan, &written, console, &mut stats);
         // The renames, links and directories are durable too.
@@ -663,6 +680,7 @@ pub async fn run(
             );
         }
     });
+    console.end_progress();
     fetcher
         .await
         .map_err(|e| ClientError::task_failed("fetch task", e))?;

@@ -192,3 +192,180 @@ fn delete_backup_removes_what_deltype_names_and_asks_first() {
     let nothing = client.run(&["delete", "backup", &pattern, "--yes"]);
     assert_eq!(code(&nothing), 4, "{}", stderr(&nothing));
 }
+
+#[test]
+fn expire_makes_files_inactive_and_leaves_them_on_disk() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = src.join("old.log");
+    std::fs::write(&file, "old\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let unasked = client.run(&["expire", &path_str(&file)]);
+    assert_eq!(code(&unasked), 12, "{}", stderr(&unasked));
+    let expired = client.json(&["expire", &path_str(&file), "--yes"]);
+    assert_eq!(expired["deactivated"], 1, "{expired}");
+    assert_eq!(versions(&client, &file, &[])[0].0, "inactive");
+    assert!(file.exists(), "the local file stays");
+}
+
+#[test]
+fn include_exclude_and_exclude_dir_decide_what_is_backed_up() {
+    let (_server, client, work) = setup();
+    let src = work.path().join("src");
+    for p in [
+        "data/keep/a.txt",
+        "data/drop/b.txt",
+        "data/c.txt",
+        "home/.cache/x",
+        "home/notes.txt",
+        "home/.cache.txt",
+    ] {
+        let p = src.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, p.to_string_lossy().as_bytes()).unwrap();
+    }
+    let root = path_str(&src);
+    client.add_options(&format!(
+        "exclude = [\"{root}/data/**\"]\ninclude = [\"{root}/data/keep\", \"{root}/data/keep/**\"]\nexclude_dir = [\"**/.cache\"]\n"
+    ));
+
+    // The list, and what it decides, before anything is sent.
+    let listed = client.json(&[
+        "query",
+        "inclexcl",
+        "--test",
+        &format!("{root}/data/keep/a.txt"),
+        "--test",
+        &format!("{root}/data/c.txt"),
+        "--test",
+        &format!("{root}/home/.cache"),
+    ]);
+    let kinds: Vec<_> = listed["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["exclude_dir", "include", "include", "exclude"],
+        "{listed}"
+    );
+    let tests = listed["tests"].as_array().unwrap();
+    assert_eq!(tests[0]["backed_up"], true, "{listed}");
+    assert_eq!(tests[0]["rule"]["kind"], "include");
+    assert_eq!(tests[1]["backed_up"], false);
+    assert_eq!(tests[1]["rule"]["kind"], "exclude");
+    assert_eq!(tests[2]["backed_up"], false);
+    assert_eq!(tests[2]["rule"]["kind"], "exclude_dir");
+
+    // The preview sends nothing and names what a backup would send.
+    let preview = client.json(&["incremental", &root, "--preview"]);
+    let planned: Vec<String> = preview["would_send"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["path"]
+                .as_str()
+                .unwrap()
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected = [
+        "",
+        "/data",
+        "/data/keep",
+        "/data/keep/a.txt",
+        "/home",
+        "/home/.cache.txt",
+        "/home/notes.txt",
+    ];
+    assert_eq!(planned, expected, "{preview}");
+    assert!(preview["would_send"][0]["new"].as_bool().unwrap());
+    assert_eq!(
+        client.json(&["query", "filespace"]),
+        serde_json::json!([]),
+        "nothing stored"
+    );
+
+    let backed = client.json(&["incremental", &root]);
+    assert_eq!(backed["backed_up"], expected.len(), "{backed}");
+    let stored = client.json(&["query", "backup", &format!("{root}/*"), "--subdir"]);
+    let mut stored: Vec<String> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["path"]
+                .as_str()
+                .unwrap()
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    stored.sort();
+    assert_eq!(stored, expected[1..], "the same as the preview said");
+
+    // A change and a deletion: the preview says changed and deactivate.
+    std::fs::write(src.join("home/notes.txt"), "longer notes now\n").unwrap();
+    std::fs::remove_file(src.join("home/.cache.txt")).unwrap();
+    let preview = client.json(&["i", &root, "--preview"]);
+    let changed: Vec<_> = preview["would_send"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "file")
+        .collect();
+    assert_eq!(changed.len(), 1, "{preview}");
+    assert_eq!(changed[0]["new"], false);
+    assert_eq!(
+        preview["would_deactivate"],
+        serde_json::json!([format!("{root}/home/.cache.txt")])
+    );
+    let after = client.json(&["query", "backup", &format!("{root}/home/*")]);
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        2,
+        "the preview changed nothing: {after}"
+    );
+}
+
+#[test]
+fn with_json_the_clients_errors_are_json_too() {
+    let (_server, client, _work) = setup();
+    let parse = client.run(&["--json", "query", "nonsense"]);
+    assert_eq!(code(&parse), 12);
+    let error: serde_json::Value = serde_json::from_str(stderr(&parse).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&parse)));
+    assert_eq!(error["error"]["id"], "TDM1006E", "{error}");
+    let missing = client.run(&["--json", "query", "backup", "/no/such/thing/*"]);
+    assert!(!stderr(&missing).is_empty(), "a warning is printed");
+    for line in stderr(&missing).lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v.get("warning")
+                .or(v.get("error"))
+                .or(v.get("info"))
+                .is_some(),
+            "{v}"
+        );
+    }
+    client.add_options("exclude = [\"a[\"]\n");
+    let bad = client.run(&["--json", "query", "inclexcl"]);
+    assert_eq!(code(&bad), 12);
+    let error: serde_json::Value = serde_json::from_str(stderr(&bad).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&bad)));
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exclude pattern \"a[\""),
+        "{error}"
+    );
+}

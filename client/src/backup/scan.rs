@@ -7,7 +7,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 
-use globset::GlobSet;
 use prost::Message as _;
 use tandem_proto::ChunkId;
 use tandem_proto::pb;
@@ -44,6 +43,13 @@ pub enum Item {
     Problem(Msg),
     /// A file's bytes were read (for progress).
     Scanned(u64),
+    /// (Preview only) an object a backup would send; nothing was read.
+    Planned {
+        /// Its attributes as they are now.
+        attrs: pb::ObjectAttrs,
+        /// No version of it is stored (else it changed).
+        new: bool,
+    },
 }
 
 /// What a backup does with a file that keeps changing while it is read
@@ -65,8 +71,9 @@ pub enum Serialization {
 pub struct ScanPlan {
     /// Root of the walk (absolute, normalised).
     pub root: std::path::PathBuf,
-    /// Paths matching are skipped (directories with everything below).
-    pub excludes: GlobSet,
+    /// The include-exclude list: what it leaves out is skipped
+    /// (directories with everything below).
+    pub rules: crate::backup::rules::Rules,
     /// The server's active versions below `root` (incremental), or `None`
     /// (selective: everything is sent).
     pub inventory: Option<Inventory>,
@@ -74,6 +81,8 @@ pub struct ScanPlan {
     pub changing_retries: u32,
     /// What to do with a file still changing after the retries.
     pub serialization: Serialization,
+    /// Only say what would be sent ([`Item::Planned`]); read no content.
+    pub preview: bool,
 }
 
 /// Attributes of a local object from its `lstat`, or `None` for a socket.
@@ -232,7 +241,7 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
         ..Scanner::default()
     };
     let mut unreadable_dirs: Vec<String> = Vec::new();
-    let mut walker = Walk::new(&plan.root, plan.excludes.clone());
+    let mut walker = Walk::new(&plan.root, plan.rules.clone());
     while let Some(entry) = walker.next() {
         let entry = match entry {
             Ok(e) => e,
@@ -343,6 +352,7 @@ impl Scanner {
         {
             return send(Item::Unchanged(1));
         }
+        let known = stored.is_some();
         match self.xattrs.read(&entry.proc_path()) {
             Ok(xattrs) => {
                 if let Some(extra) = attrs.extra.as_mut() {
@@ -373,6 +383,9 @@ impl Scanner {
         }
         if stored.is_some_and(|s| unchanged(&attrs, &s)) {
             return send(Item::Unchanged(1));
+        }
+        if plan.preview {
+            return send(Item::Planned { attrs, new: !known });
         }
         if attrs.kind != pb::ObjectKind::File as i32 {
             return send(Item::Object {

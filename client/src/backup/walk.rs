@@ -18,8 +18,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use globset::GlobSet;
 use rustix::fs::{AtFlags, Mode, OFlags, Stat};
+
+use crate::backup::rules::Rules;
 
 /// One walked object.
 #[derive(Debug)]
@@ -96,7 +97,7 @@ struct Level {
 /// A walk of one tree.
 #[derive(Debug)]
 pub struct Walk {
-    excludes: GlobSet,
+    rules: Rules,
     root: Option<PathBuf>,
     stack: Vec<Level>,
     /// A directory that could not be listed, reported after its entry.
@@ -127,14 +128,22 @@ fn sorted_names(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
 
 impl Walk {
     /// A walk of `root` (absolute; named on the command line, so short),
-    /// leaving out every path `excludes` matches, with everything below it.
-    pub fn new(root: &Path, excludes: GlobSet) -> Self {
+    /// leaving out every path `rules` exclude, with everything below it.
+    pub fn new(root: &Path, rules: Rules) -> Self {
         Walk {
-            excludes,
+            rules,
             root: Some(root.to_path_buf()),
             stack: Vec::new(),
             failed: None,
         }
+    }
+
+    /// Whether `entry` is a directory an `exclude_dir` rule leaves out.
+    fn excluded_dir(&self, entry: &Entry) -> bool {
+        self.rules.has_exclude_dir()
+            && rustix::fs::FileType::from_raw_mode(entry.stat.st_mode)
+                == rustix::fs::FileType::Directory
+            && self.rules.excluded_dir(&entry.path)
     }
 
     /// Does not descend into `entry` (just returned) after all.
@@ -229,10 +238,11 @@ impl Iterator for Walk {
             return Some(Err(failed));
         }
         let entry = if let Some(root) = self.root.take() {
-            if self.excludes.is_match(&root) {
+            if self.rules.excluded_by_name(&root) {
                 return None;
             }
             match self.root_entry(root) {
+                Ok(e) if self.excluded_dir(&e) => return None,
                 Ok(e) => e,
                 Err(e) => return Some(Err(e)),
             }
@@ -244,19 +254,23 @@ impl Iterator for Walk {
                     continue;
                 };
                 let path = level.path.join(&name);
-                if self.excludes.is_match(&path) {
+                if self.rules.excluded_by_name(&path) {
                     continue;
                 }
                 let (dir, depth) = (level.dir.clone(), level.depth);
                 match rustix::fs::statat(dir.as_fd(), &name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(stat) => {
-                        break Entry {
+                        let entry = Entry {
                             path,
                             dir,
                             name,
                             stat,
                             depth,
                         };
+                        if self.excluded_dir(&entry) {
+                            continue;
+                        }
+                        break entry;
                     }
                     // Gone since the directory was listed: nothing to back up.
                     Err(rustix::io::Errno::NOENT) => continue,
@@ -283,8 +297,8 @@ impl Iterator for Walk {
 mod tests {
     use super::*;
 
-    fn walked(root: &Path, excludes: GlobSet) -> Vec<String> {
-        Walk::new(root, excludes)
+    fn walked(root: &Path, rules: Rules) -> Vec<String> {
+        Walk::new(root, rules)
             .map(|e| match e {
                 Ok(e) => e
                     .path
@@ -308,15 +322,21 @@ mod tests {
         }
         std::os::unix::fs::symlink(root.join("c"), root.join("link")).unwrap();
         assert_eq!(
-            walked(root, GlobSet::empty()),
+            walked(root, Rules::default()),
             ["", "a", "b", "b/a", "b/z", "c", "c/d", "c/d/e", "link"]
         );
-        let mut excludes = globset::GlobSetBuilder::new();
-        excludes.add(globset::Glob::new("**/c").unwrap());
-        assert_eq!(
-            walked(root, excludes.build().unwrap()),
-            ["", "a", "b", "b/a", "b/z", "link"]
-        );
+        let excludes = Rules::new(&[], &[], &["**/c".to_string()]).unwrap();
+        assert_eq!(walked(root, excludes), ["", "a", "b", "b/a", "b/z", "link"]);
+        // exclude_dir takes the directory b but not the file a; c/d is
+        // excluded by name, and include does not reach below it.
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+        let rules = Rules::new(
+            &strings(&["**/b", "**/a"]),
+            &strings(&["**/c/d/e"]),
+            &strings(&["**/c/**"]),
+        )
+        .unwrap();
+        assert_eq!(walked(root, rules), ["", "a", "c", "link"]);
     }
 
     #[test]
@@ -348,7 +368,7 @@ mod tests {
         )
         .unwrap();
         rustix::io::write(&file, b"deep").unwrap();
-        let deepest = Walk::new(dir.path(), GlobSet::empty())
+        let deepest = Walk::new(dir.path(), Rules::default())
             .map(Result::unwrap)
             .last()
             .unwrap();
@@ -366,13 +386,13 @@ mod tests {
         std::fs::write(dir.path().join("real/sub/f"), b"x").unwrap();
         std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
         let root = dir.path().join("link");
-        assert_eq!(walked(&root, GlobSet::empty()), ["", "sub", "sub/f"]);
+        assert_eq!(walked(&root, Rules::default()), ["", "sub", "sub/f"]);
     }
 
     #[test]
     fn a_missing_root_is_an_error_at_depth_zero() {
         let dir = tempfile::tempdir().unwrap();
-        let got: Vec<_> = Walk::new(&dir.path().join("nope"), GlobSet::empty()).collect();
+        let got: Vec<_> = Walk::new(&dir.path().join("nope"), Rules::default()).collect();
         assert_eq!(got.len(), 1);
         let err = got.into_iter().next().unwrap().unwrap_err();
         assert_eq!((err.depth, err.error.kind()), (0, io::ErrorKind::NotFound));

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use crate::backup::rules::Rules;
 
 use super::{Command, DeleteCommand, QueryCommand, SetCommand};
 use crate::backup::Mode;
@@ -23,7 +23,9 @@ pub(super) enum Work {
     Backup {
         mode: Mode,
         paths: Vec<PathBuf>,
-        excludes: GlobSet,
+        rules: Rules,
+        /// Only list what would be sent.
+        preview: bool,
     },
     /// `restore`.
     Restore(RestoreRequest),
@@ -39,12 +41,17 @@ pub(super) enum Work {
     QuerySession,
     /// `query options`: answered from the options alone.
     ShowOptions,
+    /// `query inclexcl`: answered from the options alone.
+    ShowInclexcl { rules: Rules, tests: Vec<PathBuf> },
     /// `set password`.
     SetPassword { old: String, new: String },
-    /// `delete backup`; `confirmed` by `--yes`, else asked before the logon.
+    /// `delete backup`, or `expire` (deltype active); `confirmed` by
+    /// `--yes`, else asked before the logon.
     DeleteBackup {
         request: DeleteRequest,
         confirmed: bool,
+        /// The command as typed, for messages.
+        verb: &'static str,
     },
 }
 
@@ -55,7 +62,7 @@ impl Work {
     /// [`ClientError::Usage`] naming what is wrong.
     pub(super) fn plan(command: Command, options: &ClientOptions) -> Result<Work, ClientError> {
         Ok(match command {
-            Command::Incremental { paths } => {
+            Command::Incremental { paths, preview } => {
                 let paths = if paths.is_empty() {
                     options.domain.clone()
                 } else {
@@ -70,13 +77,15 @@ impl Work {
                 Work::Backup {
                     mode: Mode::Incremental,
                     paths,
-                    excludes: excludes(options)?,
+                    rules: rules(options)?,
+                    preview,
                 }
             }
-            Command::Selective { paths } => Work::Backup {
+            Command::Selective { paths, preview } => Work::Backup {
                 mode: Mode::Selective,
                 paths,
-                excludes: excludes(options)?,
+                rules: rules(options)?,
+                preview,
             },
             Command::Restore {
                 source,
@@ -123,6 +132,10 @@ impl Work {
             Command::Query(QueryCommand::Filespace) => Work::QueryFilespace,
             Command::Query(QueryCommand::Session) => Work::QuerySession,
             Command::Query(QueryCommand::Options) => Work::ShowOptions,
+            Command::Query(QueryCommand::Inclexcl { test }) => Work::ShowInclexcl {
+                rules: rules(options)?,
+                tests: test,
+            },
             Command::Set(SetCommand::Password { new, .. }) if new.chars().count() < 8 => {
                 return Err(ClientError::Usage(
                     "the new password is too short; use at least 8 characters".into(),
@@ -140,6 +153,19 @@ impl Work {
                     deltype,
                 },
                 confirmed: yes,
+                verb: "delete backup",
+            },
+            Command::Expire {
+                source,
+                subdir,
+                yes,
+            } => Work::DeleteBackup {
+                request: DeleteRequest {
+                    selection: Selection::parse(&crate::names::encode(&source), subdir)?,
+                    deltype: crate::delete::DelType::Active,
+                },
+                confirmed: yes,
+                verb: "expire",
             },
         })
     }
@@ -153,11 +179,17 @@ impl Work {
             Work::DeleteBackup {
                 request,
                 confirmed: false,
-            } => confirm(&format!(
-                "Delete the {:?} backup versions matching {}? Type yes: ",
-                request.deltype,
-                crate::names::display(&request.selection.prefix)
-            )),
+                ..
+            } => confirm(&match request.deltype {
+                crate::delete::DelType::Active => format!(
+                    "Make the active backup versions matching {} inactive (they then expire by the node's policy)? Type yes: ",
+                    crate::names::display(&request.selection.prefix)
+                ),
+                other => format!(
+                    "Delete the {other:?} backup versions matching {}? This cannot be undone. Type yes: ",
+                    crate::names::display(&request.selection.prefix)
+                ),
+            }),
             _ => Ok(()),
         }
     }
@@ -166,12 +198,14 @@ impl Work {
     /// on a failover session (TDM2110E), before anything is sent.
     pub(super) fn is_write(&self) -> bool {
         match self {
-            Work::Backup { .. } | Work::SetPassword { .. } | Work::DeleteBackup { .. } => true,
+            Work::Backup { preview, .. } => !preview,
+            Work::SetPassword { .. } | Work::DeleteBackup { .. } => true,
             Work::Restore(_)
             | Work::QueryBackup { .. }
             | Work::QueryFilespace
             | Work::QuerySession
-            | Work::ShowOptions => false,
+            | Work::ShowOptions
+            | Work::ShowInclexcl { .. } => false,
         }
     }
 
@@ -191,23 +225,17 @@ impl Work {
             Work::QueryFilespace => "query filespace",
             Work::QuerySession => "query session",
             Work::ShowOptions => "query options",
+            Work::ShowInclexcl { .. } => "query inclexcl",
             Work::SetPassword { .. } => "set password",
-            Work::DeleteBackup { .. } => "delete backup",
+            Work::DeleteBackup { verb, .. } => verb,
         }
     }
 }
 
-/// The options file's exclude patterns, each checked.
-fn excludes(options: &ClientOptions) -> Result<GlobSet, ClientError> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in &options.exclude {
-        builder.add(Glob::new(pattern).map_err(|e| {
-            ClientError::Usage(format!("exclude pattern {pattern:?} is invalid: {e}"))
-        })?);
-    }
-    builder
-        .build()
-        .map_err(|e| ClientError::Usage(format!("exclude patterns: {e}")))
+/// The options file's include-exclude list, each pattern checked.
+pub(crate) fn rules(options: &ClientOptions) -> Result<Rules, ClientError> {
+    Rules::new(&options.exclude_dir, &options.include, &options.exclude)
+        .map_err(|e| ClientError::Usage(e.to_string()))
 }
 
 #[cfg(test)]
@@ -220,7 +248,14 @@ mod tests {
         assert!(writes(&Work::Backup {
             mode: Mode::Incremental,
             paths: vec!["/x".into()],
-            excludes: GlobSet::empty(),
+            rules: Rules::default(),
+            preview: false,
+        }));
+        assert!(!writes(&Work::Backup {
+            mode: Mode::Incremental,
+            paths: vec!["/x".into()],
+            rules: Rules::default(),
+            preview: true,
         }));
         assert!(writes(&Work::SetPassword {
             old: "a".into(),

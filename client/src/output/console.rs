@@ -3,6 +3,8 @@
 
 use std::sync::Mutex;
 
+use indicatif::{ProgressBar, ProgressStyle};
+
 use crate::error::ExitStatus;
 use crate::output::error_log::ErrorLog;
 use crate::output::messages::{Msg, Severity};
@@ -16,6 +18,9 @@ pub struct Console {
     /// Print a JSON document on stdout instead of tables.
     pub json: bool,
     worst: Mutex<ExitStatus>,
+    /// The progress line on the terminal, if one is shown: messages are
+    /// printed above it, never glued to it.
+    progress: Mutex<Option<ProgressBar>>,
 }
 
 impl Console {
@@ -26,6 +31,39 @@ impl Console {
             quiet,
             json,
             worst: Mutex::new(ExitStatus::Success),
+            progress: Mutex::new(None),
+        }
+    }
+
+    /// Starts a progress line (`{elapsed} {msg}`) on stderr, hidden with
+    /// `--quiet`, `--json` or when stderr is not a terminal. Messages
+    /// reported while it runs are printed above it. End it with
+    /// [`Self::end_progress`].
+    pub fn start_progress(&self) -> ProgressBar {
+        let bar = if self.quiet || self.json {
+            ProgressBar::hidden()
+        } else {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        };
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
+        bar
+    }
+
+    /// Clears the progress line, if any.
+    pub fn end_progress(&self) {
+        if let Some(bar) = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            bar.finish_and_clear();
         }
     }
 
@@ -47,10 +85,19 @@ impl Console {
     /// Prints a message on stderr: `ID text`, or with `--json` one JSON
     /// object per line, `{"error"|"warning"|"info": {"id", "message"}}`.
     fn show(&self, msg: &Msg) {
-        if self.json {
-            eprintln!("{}", msg.to_json());
+        let line = if self.json {
+            msg.to_json().to_string()
         } else {
-            eprintln!("{msg}");
+            msg.to_string()
+        };
+        let bar = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
         }
     }
 

@@ -1,5 +1,8 @@
-//! REPLICATE NODE: runs now, optionally waited for.
+//! REPLICATE NODE: runs now, optionally waited for behind a progress line.
 
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
 use tandem_proto::pb;
 
 use crate::console::AdminError;
@@ -16,8 +19,17 @@ pub(in crate::console) async fn run(
 ) -> Result<(), AdminError> {
     match noun {
         ReplicateNoun::Node { names, wait } => {
-            let req = console.request(pb::ReplicateNodeRequest { nodes: names, wait });
-            let r = console.answer(console.client().replicate_node(req)).await?;
+            let req = console.request(pb::ReplicateNodeRequest {
+                nodes: names.clone(),
+                wait,
+            });
+            let mut client = console.client();
+            let call = console.answer(client.replicate_node(req));
+            let r = if wait && format.for_people() {
+                with_progress(&names, call).await?
+            } else {
+                call.await?
+            };
             let failed = r.runs.iter().any(|run| run.state() == pb::RunState::Failed);
             print_rows(&r.runs, format);
             if failed {
@@ -28,4 +40,31 @@ pub(in crate::console) async fn run(
         }
     }
     Ok(())
+}
+
+/// Awaits `call` while a progress line on stderr (only on a terminal)
+/// shows the nodes and the time waited. It does not ask the server how the
+/// runs stand: every admin call is written to the activity log (TDM0502I),
+/// and a poll would fill it; `query replication` in another console shows
+/// the runs.
+async fn with_progress<F>(
+    names: &[String],
+    call: F,
+) -> Result<pb::ReplicateNodeResponse, AdminError>
+where
+    F: std::future::Future<Output = Result<pb::ReplicateNodeResponse, AdminError>>,
+{
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar.set_message(format!(
+        "replicating {}; waiting for the run(s) to end",
+        names.join(", ").to_ascii_uppercase()
+    ));
+    let answer = call.await;
+    bar.finish_and_clear();
+    answer
 }

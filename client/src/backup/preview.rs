@@ -1,0 +1,163 @@
+//! `incremental --preview` and `selective --preview`: what a backup would
+//! send and make inactive, found by the same scan and the same
+//! include-exclude list, without reading any file's content or changing
+//! anything on the server.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::backup::rules::Rules;
+use crate::backup::scan::{self, Item, ScanPlan};
+use crate::backup::{Mode, fetch_inventory, skip_reason};
+use crate::error::{ClientError, ExitStatus};
+use crate::logon::session::Session;
+use crate::options::ClientOptions;
+use crate::output::console::Console;
+use crate::paths;
+
+/// One object a backup would send.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    /// Its path (encoded as stored).
+    pub path: String,
+    /// file, dir, link, fifo, chr, blk.
+    pub kind: &'static str,
+    /// Bytes a file would be read for (0 for others).
+    pub size: u64,
+    /// No version is stored yet (else it changed).
+    pub new: bool,
+}
+
+/// What a backup would do.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Preview {
+    /// Objects it would send, in walk order.
+    pub would_send: Vec<Planned>,
+    /// Stored paths it would make inactive (gone locally or now excluded).
+    pub would_deactivate: Vec<String>,
+    /// Objects identical to their stored versions.
+    pub unchanged: u64,
+    /// Objects it would skip (each reported).
+    pub skipped: u64,
+    /// Bytes of the files it would read.
+    pub bytes_to_read: u64,
+}
+
+/// Scans `paths` as a backup in `mode` would, and says what it would do.
+///
+/// # Errors
+/// Server and connection failures (the inventory of an incremental).
+pub async fn run(
+    session: &Session,
+    options: &ClientOptions,
+    paths: &[PathBuf],
+    mode: Mode,
+    rules: &Rules,
+    console: &Console,
+) -> Result<Preview, ClientError> {
+    let mut preview = Preview::default();
+    for path in paths {
+        let root = paths::absolute(path).map_err(|e| ClientError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        let root_text = crate::names::encode(root.as_os_str());
+        if std::fs::symlink_metadata(&root).is_err() {
+            console.report(
+                &crate::output::messages::Msg::not_found(&root_text),
+                ExitStatus::Skipped,
+            );
+            preview.skipped += 1;
+            continue;
+        }
+        let filespace = paths::filespace_of(&root);
+        let inventory = match mode {
+            Mode::Incremental => Some(fetch_inventory(session, &filespace, &root_text).await?),
+            Mode::Selective => None,
+        };
+        let plan = ScanPlan {
+            root,
+            rules: rules.clone(),
+            inventory,
+            changing_retries: 0,
+            serialization: options.serialization,
+            preview: true,
+        };
+        let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
+        let scanner = tokio::task::spawn_blocking(move || scan::scan(plan, &tx));
+        while let Some(batch) = rx.recv().await {
+            for item in batch {
+                match item {
+                    Item::Planned { attrs, new } => {
+                        preview.bytes_to_read += attrs.size;
+                        preview.would_send.push(Planned {
+                            kind: crate::query::kind_name(attrs.kind),
+                            size: attrs.size,
+                            path: attrs.path,
+                            new,
+                        });
+                    }
+                    Item::Unchanged(n) => preview.unchanged += n,
+                    Item::Problem(msg) => {
+                        let status = if skip_reason(msg.id).is_some() {
+                            preview.skipped += 1;
+                            ExitStatus::Skipped
+                        } else {
+                            ExitStatus::Warnings
+                        };
+                        console.report(&msg, status);
+                    }
+                    // A preview reads no content.
+                    Item::Chunk { .. } | Item::Object { .. } | Item::Scanned(_) => {}
+                }
+            }
+        }
+        let deactivate = scanner
+            .await
+            .map_err(|e| ClientError::task_failed("scanner", e))?;
+        preview.would_deactivate.extend(deactivate);
+    }
+    Ok(preview)
+}
+
+/// Prints a preview: every object with what would happen to it, then the
+/// totals; JSON with `--json`.
+pub fn print(preview: &Preview, console: &Console) {
+    if console.json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(preview).unwrap_or_default()
+        );
+        return;
+    }
+    for p in &preview.would_send {
+        let action = if p.new { "new" } else { "changed" };
+        crate::outln!(
+            "{action:<10} {:<4} {:>14} {}",
+            p.kind,
+            p.size,
+            crate::names::display(&p.path)
+        );
+    }
+    for path in &preview.would_deactivate {
+        crate::outln!(
+            "{:<10} {:<4} {:>14} {}",
+            "deactivate",
+            "",
+            "",
+            crate::names::display(path)
+        );
+    }
+    if !console.quiet {
+        crate::outln!(
+            "Preview only, nothing was sent: {} object(s) would be sent ({} of files to read), {} made inactive, {} unchanged, {} skipped",
+            preview.would_send.len(),
+            crate::backup::human_bytes(preview.bytes_to_read),
+            preview.would_deactivate.len(),
+            preview.unchanged,
+            preview.skipped
+        );
+    }
+}
