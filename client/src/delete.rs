@@ -147,12 +147,12 @@ async fn matching_versions(
 ///
 /// # Errors
 /// [`ClientError::Usage`] when not confirmed.
-pub fn confirm(question: &str) -> Result<(), ClientError> {
+pub fn confirm(verb: &str, question: &str) -> Result<(), ClientError> {
     use std::io::{IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
-        return Err(ClientError::Usage(
-            "delete backup asks for confirmation, but stdin is not a terminal; add --yes".into(),
-        ));
+        return Err(ClientError::Usage(format!(
+            "{verb} asks for confirmation, but stdin is not a terminal; add --yes"
+        )));
     }
     eprint!("{question}");
     let _ = std::io::stderr().flush();
@@ -163,8 +163,8 @@ pub fn confirm(question: &str) -> Result<(), ClientError> {
     if answer.trim().eq_ignore_ascii_case("yes") {
         Ok(())
     } else {
-        Err(ClientError::Usage(
-            "not confirmed; nothing was deleted".into(),
-        ))
+        Err(ClientError::Usage(format!(
+            "not confirmed; {verb} changed nothing"
+        )))
     }
 }

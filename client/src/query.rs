@@ -383,7 +383,7 @@ pub fn inclexcl(
         })?;
         // A path that is not there is judged as a file would be.
         let is_dir = std::fs::symlink_metadata(&absolute).is_ok_and(|m| m.is_dir());
-        let decision = rules.decide(&absolute, is_dir);
+        let decision = rules.decide_in_tree(&absolute, is_dir);
         decided.push((crate::names::encode(absolute.as_os_str()), is_dir, decision));
     }
     if console.json {

@@ -610,6 +610,9 @@ fn restore_nodes(
     }
 }
 
+/// How often the restore's progress line is brought up to date, at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Restores the selected objects.
 ///
 /// # Errors
@@ -651,6 +654,9 @@ pub async fn run(
     let total_files = plan.files.len();
     let total_bytes: u64 = plan.files.iter().map(|f| f.size).sum();
     let (mut files_begun, mut bytes_fetched) = (0usize, 0u64);
+    // The line is redrawn a few times a second at most, so a restore of
+    // many small files does not format a message per parcel.
+    let mut shown_at = Instant::now();
     tokio::task::block_in_place(|| {
         let written = writer::write_files(&plan.files, &dest, console, &mut stats, || {
             let parcel = rx.blocking_recv()?;
@@ -661,11 +667,14 @@ pub async fn run(
                     fetch::Fetched::End | fetch::Fetched::Failed(_) => {}
                 }
             }
-            progress.set_message(format!(
-                "restoring: {files_begun} of {total_files} file(s), {} of {}",
-                crate::backup::human_bytes(bytes_fetched),
-                crate::backup::human_bytes(total_bytes)
-            ));
+            if shown_at.elapsed() >= PROGRESS_EVERY {
+                shown_at = Instant::now();
+                progress.set_message(format!(
+                    "restoring: {files_begun} of {total_files} file(s), {} of {}",
+                    crate::backup::human_bytes(bytes_fetched),
+                    crate::backup::human_bytes(total_bytes)
+                ));
+            }
             Some(parcel)
         });
         restore_nodes(&dest, &plan, &written, console, &mut stats);

@@ -333,7 +333,9 @@ impl Sessions {
         let cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
         match cancelled.iter().find(|(t, _)| t == token) {
             Some((_, id)) => {
-                format!("session {id} was cancelled by an administrator; run the command again")
+                format!(
+                    "session {id} was cancelled by an administrator; log on again (run the command again) if the work is still wanted"
+                )
             }
             None => "session unknown or expired; log on again".into(),
         }
@@ -348,7 +350,8 @@ impl Sessions {
             .find(|(_, s)| s.id == id)
             .map(|(t, _)| t.clone())?;
         let session = map.remove(&token)?;
-        drop(map);
+        // Recorded before `by_token` is let go (the order every path takes),
+        // so no call in between is told "unknown" instead of "cancelled".
         let mut cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
         if cancelled.len() >= CANCELLED_REMEMBERED {
             cancelled.pop_front();
@@ -425,6 +428,21 @@ impl Sessions {
         let mut closed = Vec::new();
         map.retain(|_, s| {
             let theirs = s.kind == SessionKind::Node && s.node == name;
+            if theirs {
+                closed.push(s.id);
+            }
+            !theirs
+        });
+        closed
+    }
+
+    /// Closes every replication session of partner `source` (its definition
+    /// was deleted); returns their numbers, so their pins can go too.
+    pub fn close_replication(&self, source: &str) -> Vec<u64> {
+        let mut map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        let mut closed = Vec::new();
+        map.retain(|_, s| {
+            let theirs = matches!(&s.kind, SessionKind::Replication(owner) if owner == source);
             if theirs {
                 closed.push(s.id);
             }

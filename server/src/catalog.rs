@@ -56,7 +56,7 @@ impl Setting {
 pub use expire::{ExpiringVersion, ReleasedSpace};
 pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
 pub use occupancy::Occupancy;
-pub use replication::{FilespaceTimes, VersionState};
+pub use replication::{FilespaceTimes, ServerDeletion, VersionState};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -221,6 +221,14 @@ impl ServerState {
         }
     }
 
+    /// Ends every replication session of partner `source` (deleted), as
+    /// [`Self::end_session`].
+    pub fn end_partner_sessions(&self, source: &str) {
+        for id in self.sessions.close_replication(source) {
+            self.repo.pins.release(id);
+        }
+    }
+
     /// Ends session number `id` for an administrator: its token is refused
     /// from now on and the chunks it pinned may be reclaimed.
     pub fn cancel_session(&self, id: u64) -> Option<auth::Session> {

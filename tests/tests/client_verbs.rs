@@ -203,6 +203,11 @@ fn expire_makes_files_inactive_and_leaves_them_on_disk() {
     client.json(&["incremental", &path_str(&src)]);
     let unasked = client.run(&["expire", &path_str(&file)]);
     assert_eq!(code(&unasked), 12, "{}", stderr(&unasked));
+    assert!(
+        stderr(&unasked).contains("expire asks for confirmation"),
+        "{}",
+        stderr(&unasked)
+    );
     let expired = client.json(&["expire", &path_str(&file), "--yes"]);
     assert_eq!(expired["deactivated"], 1, "{expired}");
     assert_eq!(versions(&client, &file, &[])[0].0, "inactive");
@@ -240,6 +245,10 @@ fn include_exclude_and_exclude_dir_decide_what_is_backed_up() {
         &format!("{root}/data/c.txt"),
         "--test",
         &format!("{root}/home/.cache"),
+        "--test",
+        &format!("{root}/home/.cache/x"),
+        "--test",
+        &format!("{root}/data/drop/b.txt"),
     ]);
     let kinds: Vec<_> = listed["rules"]
         .as_array()
@@ -259,6 +268,11 @@ fn include_exclude_and_exclude_dir_decide_what_is_backed_up() {
     assert_eq!(tests[1]["rule"]["kind"], "exclude");
     assert_eq!(tests[2]["backed_up"], false);
     assert_eq!(tests[2]["rule"]["kind"], "exclude_dir");
+    // Below an excluded directory: left out with it, by its rule.
+    assert_eq!(tests[3]["backed_up"], false, "{listed}");
+    assert_eq!(tests[3]["rule"]["kind"], "exclude_dir");
+    assert_eq!(tests[4]["backed_up"], false, "{listed}");
+    assert_eq!(tests[4]["rule"]["pattern"], format!("{root}/data/**"));
 
     // The preview sends nothing and names what a backup would send.
     let preview = client.json(&["incremental", &root, "--preview"]);
@@ -333,6 +347,40 @@ fn include_exclude_and_exclude_dir_decide_what_is_backed_up() {
         2,
         "the preview changed nothing: {after}"
     );
+
+    // A root inside an excluded directory: said, and nothing sent.
+    let inside = client.run(&["--json", "incremental", &format!("{root}/home/.cache")]);
+    assert_eq!(code(&inside), 8, "{}", stderr(&inside));
+    assert!(stderr(&inside).contains("TDM1018W"), "{}", stderr(&inside));
+    assert_eq!(
+        client
+            .json(&["query", "filespace"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "no filespace for the excluded root"
+    );
+
+    // A directory newly excluded: its stored versions become inactive.
+    let options = std::fs::read_to_string(&client.options).unwrap();
+    std::fs::write(
+        &client.options,
+        options.replace(
+            "exclude_dir = [\"**/.cache\"]",
+            "exclude_dir = [\"**/.cache\", \"**/home\"]",
+        ),
+    )
+    .unwrap();
+    let backed = client.json(&["incremental", &root]);
+    assert!(backed["deactivated"].as_u64().unwrap() >= 2, "{backed}");
+    let active = client.run(&["--json", "query", "backup", &format!("{root}/home/*")]);
+    assert_eq!(code(&active), 4, "nothing matches: {}", stderr(&active));
+    assert!(
+        stderr(&active).contains("TDM1024W"),
+        "nothing under home is active: {}",
+        stderr(&active)
+    );
 }
 
 #[test]
@@ -343,6 +391,16 @@ fn with_json_the_clients_errors_are_json_too() {
     let error: serde_json::Value = serde_json::from_str(stderr(&parse).trim())
         .unwrap_or_else(|e| panic!("{e}: {}", stderr(&parse)));
     assert_eq!(error["error"]["id"], "TDM1006E", "{error}");
+    let incomplete = client.run(&["--json", "delete"]);
+    let error: serde_json::Value = serde_json::from_str(stderr(&incomplete).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", stderr(&incomplete)));
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("subcommand is missing"),
+        "{error}"
+    );
     let missing = client.run(&["--json", "query", "backup", "/no/such/thing/*"]);
     assert!(!stderr(&missing).is_empty(), "a warning is printed");
     for line in stderr(&missing).lines() {

@@ -626,6 +626,8 @@ fn update_and_delete_server_change_a_pairing_and_refuse_what_would_break_one() {
         ))
         .unwrap();
         assert_eq!(row[0]["name"], there.to_ascii_uppercase(), "{row}");
+        // The primary replicates to the secondary; not the other way.
+        assert_eq!(row[0]["replserver"], there == "secondary", "{row}");
     }
     admin_stdout(&primary, &["ping", "server", "secondary"]);
     assert!(
@@ -708,56 +710,60 @@ fn cancel_session_ends_a_running_backup() {
     server.register("alice", "alice-password");
     let client = TestClient::new(&server, "alice", "alice-password");
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..16 {
-        std::fs::write(src.join(format!("f{i}.bin")), random_bytes(i, 4 << 20)).unwrap();
-    }
-    let backup = client
-        .command(&["incremental", &path_str(&src)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = backup.id().to_string();
     let sessions = || -> serde_json::Value {
         serde_json::from_str(&admin_stdout(&server, &["--json", "query", "session"])).unwrap()
     };
-    let mut id = None;
-    assert!(
+    let signal = |which: &str, pid: &str| {
+        let status = Command::new("kill").args([which, pid]).status().unwrap();
+        assert!(status.success(), "kill {which} {pid}");
+    };
+    // A backup on a fast machine may end before the console sees its
+    // session; each try then uses a new tree (so it cannot be unchanged),
+    // up to three.
+    let mut caught = None;
+    for attempt in 0..3u64 {
+        let src = work.path().join(format!("src{attempt}"));
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..16 {
+            let seed = attempt * 100 + i;
+            std::fs::write(src.join(format!("f{i}.bin")), random_bytes(seed, 4 << 20)).unwrap();
+        }
+        let mut backup = client
+            .command(&["incremental", &path_str(&src)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = backup.id().to_string();
+        let mut id = None;
         wait_until(std::time::Duration::from_secs(30), || {
             id = sessions()
                 .as_array()
                 .unwrap()
                 .first()
-                .map(|s| s["id"].clone());
-            id.is_some()
-        }),
-        "the backup's session never showed"
-    );
-    // Held still, so the cancel lands while the backup is under way.
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let id = id.unwrap().to_string();
-    let cancelled: serde_json::Value = serde_json::from_str(&admin_stdout(
-        &server,
-        &["--json", "cancel", "session", &id],
-    ))
-    .unwrap();
-    assert_eq!(cancelled[0]["node"], "ALICE", "{cancelled}");
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = backup.wait_with_output().unwrap();
+                .map(|s| s["id"].to_string());
+            id.is_some() || backup.try_wait().unwrap().is_some()
+        });
+        let Some(id) = id else {
+            backup.wait().unwrap();
+            continue;
+        };
+        // Held still, so the cancel lands while the backup is under way.
+        signal("-STOP", &pid);
+        let out = server.admin(&["--json", "cancel", "session", &id]);
+        signal("-CONT", &pid);
+        if code(&out) != 0 {
+            // It logged off between the two calls: try again.
+            assert!(stderr(&out).contains("TDM0513E"), "{}", stderr(&out));
+            backup.wait().unwrap();
+            continue;
+        }
+        let cancelled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(cancelled[0]["node"], "ALICE", "{cancelled}");
+        caught = Some((id, src, backup.wait_with_output().unwrap()));
+        break;
+    }
+    let (id, src, out) = caught.expect("no try caught the backup while its session was open");
     assert_ne!(out.status.code(), Some(0), "the cancelled backup failed");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -773,8 +779,10 @@ fn cancel_session_ends_a_running_backup() {
 
     let out = server.admin(&["--json", "cancel", "session", "999999"]);
     assert!(stderr(&out).contains("TDM0513E"), "{}", stderr(&out));
-    // The node's next backup works and completes what was missed.
+    // The node's next backup works and stores everything.
     client.json(&["incremental", &path_str(&src)]);
+    let stored = client.json(&["query", "backup", &format!("{}/*", path_str(&src))]);
+    assert_eq!(stored.as_array().unwrap().len(), 16, "{stored}");
 }
 
 #[test]

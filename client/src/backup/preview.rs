@@ -33,15 +33,20 @@ pub struct Planned {
 /// What a backup would do.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Preview {
-    /// Objects it would send, in walk order.
+    /// Objects it would send, in walk order (kept for `--json` only; the
+    /// text form prints each as it is found, so a preview of millions of
+    /// files holds none of them).
     pub would_send: Vec<Planned>,
+    /// How many objects it would send.
+    pub objects_to_send: u64,
     /// Stored paths it would make inactive (gone locally or now excluded).
     pub would_deactivate: Vec<String>,
     /// Objects identical to their stored versions.
     pub unchanged: u64,
     /// Objects it would skip (each reported).
     pub skipped: u64,
-    /// Bytes of the files it would read.
+    /// Sizes of the files it would read (holes, and the other names of a
+    /// hard-linked file, counted too: an upper bound).
     pub bytes_to_read: u64,
 }
 
@@ -92,12 +97,18 @@ pub async fn run(
                 match item {
                     Item::Planned { attrs, new } => {
                         preview.bytes_to_read += attrs.size;
-                        preview.would_send.push(Planned {
+                        preview.objects_to_send += 1;
+                        let planned = Planned {
                             kind: crate::query::kind_name(attrs.kind),
                             size: attrs.size,
                             path: attrs.path,
                             new,
-                        });
+                        };
+                        if console.json {
+                            preview.would_send.push(planned);
+                        } else {
+                            print_planned(&planned);
+                        }
                     }
                     Item::Unchanged(n) => preview.unchanged += n,
                     Item::Problem(msg) => {
@@ -122,8 +133,20 @@ pub async fn run(
     Ok(preview)
 }
 
-/// Prints a preview: every object with what would happen to it, then the
-/// totals; JSON with `--json`.
+/// One line of the text form: action, kind, size, path.
+fn print_planned(p: &Planned) {
+    let action = if p.new { "new" } else { "changed" };
+    crate::outln!(
+        "{action:<10} {:<4} {:>14} {}",
+        p.kind,
+        p.size,
+        crate::names::display(&p.path)
+    );
+}
+
+/// Prints the rest of a preview (the objects to send were printed as they
+/// were found): what would be made inactive, then the totals; or the whole
+/// preview as JSON with `--json`.
 pub fn print(preview: &Preview, console: &Console) {
     if console.json {
         crate::outln!(
@@ -131,15 +154,6 @@ pub fn print(preview: &Preview, console: &Console) {
             serde_json::to_string_pretty(preview).unwrap_or_default()
         );
         return;
-    }
-    for p in &preview.would_send {
-        let action = if p.new { "new" } else { "changed" };
-        crate::outln!(
-            "{action:<10} {:<4} {:>14} {}",
-            p.kind,
-            p.size,
-            crate::names::display(&p.path)
-        );
     }
     for path in &preview.would_deactivate {
         crate::outln!(
@@ -153,7 +167,7 @@ pub fn print(preview: &Preview, console: &Console) {
     if !console.quiet {
         crate::outln!(
             "Preview only, nothing was sent: {} object(s) would be sent ({} of files to read), {} made inactive, {} unchanged, {} skipped",
-            preview.would_send.len(),
+            preview.objects_to_send,
             crate::backup::human_bytes(preview.bytes_to_read),
             preview.would_deactivate.len(),
             preview.unchanged,

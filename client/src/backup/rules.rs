@@ -177,6 +177,22 @@ impl Rules {
         }
     }
 
+    /// What a backup does with `path`, taking its directories into account:
+    /// a path below a directory the list leaves out is left out with it
+    /// (the walk never enters that directory), by that directory's rule.
+    /// For `query inclexcl --test` and for a backup's own root.
+    #[must_use]
+    pub fn decide_in_tree(&self, path: &Path, is_dir: bool) -> Decision {
+        let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+        ancestors.reverse();
+        for dir in ancestors {
+            if let Decision::Excluded(rule) = self.decide(dir, true) {
+                return Decision::Excluded(rule);
+            }
+        }
+        self.decide(path, is_dir)
+    }
+
     /// Whether a path can be left out by name alone, before it is looked at
     /// (`exclude` without an `include`): saves a `stat` per excluded entry.
     #[must_use]
@@ -249,6 +265,35 @@ mod tests {
             "{d:?}"
         );
         assert!(r.decide(Path::new("/home/u/cache"), false).is_included());
+    }
+
+    #[test]
+    fn a_path_below_an_excluded_directory_is_excluded_with_it() {
+        let r = rules(&["**/.cache"], &["/data/keep/**"], &["/data/**"]);
+        let below_cache = r.decide_in_tree(Path::new("/home/u/.cache/x"), false);
+        assert!(
+            matches!(
+                &below_cache,
+                Decision::Excluded(Rule {
+                    kind: RuleKind::ExcludeDir,
+                    ..
+                })
+            ),
+            "{below_cache:?}"
+        );
+        // /data/keep itself is excluded, so what is below it is never seen.
+        let kept = r.decide_in_tree(Path::new("/data/keep/a.txt"), false);
+        assert_eq!(
+            kept,
+            Decision::Excluded(Rule {
+                kind: RuleKind::Exclude,
+                pattern: "/data/**".into()
+            })
+        );
+        assert!(
+            r.decide_in_tree(Path::new("/home/u/notes"), false)
+                .is_included()
+        );
     }
 
     #[test]

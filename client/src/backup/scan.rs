@@ -241,6 +241,20 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
         ..Scanner::default()
     };
     let mut unreadable_dirs: Vec<String> = Vec::new();
+    // An excluded root yields nothing: say so, or it looks like an empty tree.
+    let root_is_dir = std::fs::metadata(&plan.root).is_ok_and(|m| m.is_dir());
+    if let crate::backup::rules::Decision::Excluded(rule) =
+        plan.rules.decide_in_tree(&plan.root, root_is_dir)
+    {
+        let root = names::encode(plan.root.as_os_str());
+        if !send(Item::Problem(Msg::root_excluded(
+            &root,
+            rule.kind.option(),
+            &rule.pattern,
+        ))) {
+            return Vec::new();
+        }
+    }
     let mut walker = Walk::new(&plan.root, plan.rules.clone());
     while let Some(entry) = walker.next() {
         let entry = match entry {

@@ -38,6 +38,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether it is a directory (from its `lstat`, or the followed root).
+    pub fn is_dir(&self) -> bool {
+        rustix::fs::FileType::from_raw_mode(self.stat.st_mode) == rustix::fs::FileType::Directory
+    }
+
     /// `/proc/self/fd/DIR/NAME`: a short path to this entry for the calls
     /// that have no `*at` form (`llistxattr`, `lgetxattr`); the kernel starts
     /// from the descriptor, so the whole path's length does not matter.
@@ -140,10 +145,7 @@ impl Walk {
 
     /// Whether `entry` is a directory an `exclude_dir` rule leaves out.
     fn excluded_dir(&self, entry: &Entry) -> bool {
-        self.rules.has_exclude_dir()
-            && rustix::fs::FileType::from_raw_mode(entry.stat.st_mode)
-                == rustix::fs::FileType::Directory
-            && self.rules.excluded_dir(&entry.path)
+        self.rules.has_exclude_dir() && entry.is_dir() && self.rules.excluded_dir(&entry.path)
     }
 
     /// Does not descend into `entry` (just returned) after all.
@@ -238,11 +240,10 @@ impl Iterator for Walk {
             return Some(Err(failed));
         }
         let entry = if let Some(root) = self.root.take() {
-            if self.rules.excluded_by_name(&root) {
-                return None;
-            }
             match self.root_entry(root) {
-                Ok(e) if self.excluded_dir(&e) => return None,
+                Ok(e) if !self.rules.decide_in_tree(&e.path, e.is_dir()).is_included() => {
+                    return None;
+                }
                 Ok(e) => e,
                 Err(e) => return Some(Err(e)),
             }

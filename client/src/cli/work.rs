@@ -179,17 +179,20 @@ impl Work {
             Work::DeleteBackup {
                 request,
                 confirmed: false,
-                ..
-            } => confirm(&match request.deltype {
-                crate::delete::DelType::Active => format!(
-                    "Make the active backup versions matching {} inactive (they then expire by the node's policy)? Type yes: ",
-                    crate::names::display(&request.selection.prefix)
-                ),
-                other => format!(
-                    "Delete the {other:?} backup versions matching {}? This cannot be undone. Type yes: ",
-                    crate::names::display(&request.selection.prefix)
-                ),
-            }),
+                verb,
+            } => confirm(
+                verb,
+                &match request.deltype {
+                    crate::delete::DelType::Active => format!(
+                        "Make the active backup versions matching {} inactive (they then expire by the node's policy)? Type yes: ",
+                        crate::names::display(&request.selection.prefix)
+                    ),
+                    other => format!(
+                        "Delete the {other:?} backup versions matching {}? This cannot be undone. Type yes: ",
+                        crate::names::display(&request.selection.prefix)
+                    ),
+                },
+            ),
             _ => Ok(()),
         }
     }

@@ -108,6 +108,17 @@ impl Msg {
         }
     }
 
+    /// A backup's root that the include-exclude list leaves out.
+    pub fn root_excluded(path: &str, option: &str, pattern: &str) -> Self {
+        Msg {
+            id: "TDM1018W",
+            text: format!(
+                "{} is left out by the include-exclude list ({option} {pattern:?}): nothing is sent from it, and an incremental makes its stored versions inactive; change the rule (`tandem query inclexcl --test PATH` shows it) or name another path",
+                shown(path)
+            ),
+        }
+    }
+
     /// A file's data failed verification during restore.
     pub fn corrupt(path: &str, cause: impl fmt::Display) -> Self {
         Msg {

@@ -18,6 +18,10 @@ pub fn asks_for_json(args: &[OsString]) -> bool {
 /// `--help`: what was wrong and, where clap knows them, the allowed values.
 #[must_use]
 pub fn plain_message(e: &clap::Error) -> String {
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap's text here is the help page, which names nothing wrong.
+        return "the command is incomplete: a subcommand is missing; --help lists them".into();
+    }
     let text = e.render().to_string();
     text.lines()
         .map(|l| l.trim_start_matches("error: ").trim())

@@ -94,6 +94,19 @@ fn learned_guid(text: String, column: usize) -> rusqlite::Result<Option<ServerGu
     })
 }
 
+/// What [`Catalog::delete_server`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerDeletion {
+    /// The definition is gone.
+    Deleted,
+    /// No server has that name.
+    NotDefined,
+    /// It is this server's replication server.
+    IsReplServer,
+    /// It is the source of the replicas of these nodes.
+    SourceOf(Vec<String>),
+}
+
 impl Catalog {
     /// Defines or redefines a partner server; its password comes sealed
     /// ([`crate::secrets`]).
@@ -167,30 +180,46 @@ impl Catalog {
         Ok(changed == 1)
     }
 
-    /// The nodes held here as replicas whose source is partner `name`.
+    /// Deletes a partner's definition unless something still needs it: the
+    /// checks and the delete are one transaction, so a `set replserver` or a
+    /// replica arriving meanwhile cannot slip between them.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn replicas_from(&self, name: &str) -> Result<Vec<String>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name FROM nodes WHERE replmode = 'receive' AND repl_server = ?1 ORDER BY name",
+    pub fn delete_server(&self, name: &str) -> Result<ServerDeletion, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let defined: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM servers WHERE name = ?1)",
+            [name],
+            |r| r.get(0),
         )?;
-        let names = stmt
-            .query_map([name], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(names)
-    }
-
-    /// Deletes a partner's definition; returns false when there was none.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn delete_server(&self, name: &str) -> Result<bool, CatalogError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM servers WHERE name = ?1", [name])?
-            == 1)
+        if !defined {
+            return Ok(ServerDeletion::NotDefined);
+        }
+        let repl_server: Option<String> = tx
+            .query_row(
+                "SELECT value FROM server_info WHERE key = ?1",
+                [super::Setting::ReplServer.key()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if repl_server.as_deref() == Some(name) {
+            return Ok(ServerDeletion::IsReplServer);
+        }
+        let replicas = {
+            let mut stmt = tx.prepare(
+                "SELECT name FROM nodes WHERE replmode = 'receive' AND repl_server = ?1 ORDER BY name",
+            )?;
+            stmt.query_map([name], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?
+        };
+        if !replicas.is_empty() {
+            return Ok(ServerDeletion::SourceOf(replicas));
+        }
+        tx.execute("DELETE FROM servers WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(ServerDeletion::Deleted)
     }
 
     /// All partner servers by name.

@@ -355,7 +355,8 @@ pub(super) enum RemoveNoun {
 pub(super) enum Originator {
     /// The server itself: start and stop (TDM00xx).
     Server,
-    /// Client sessions: logons, backups, deletions, expiration (TDM04xx).
+    /// Client sessions and stored data: logons, backups, deletions, and
+    /// expiration runs and filespace deletions too (TDM04xx).
     Client,
     /// Administrators' calls and changes (TDM05xx).
     Admin,
@@ -400,9 +401,11 @@ pub(super) enum QueryNoun {
         /// Only records whose message id starts with this (TDM0406I, TDM06).
         #[arg(long, value_name = "ID")]
         msgno: Option<String>,
-        /// Only records of one origin: the server itself (TDM00xx), client
-        /// sessions (TDM04xx), administrators (TDM05xx) or replication
-        /// (TDM06xx).
+        /// Only records of one range of message ids: the server itself
+        /// (TDM00xx), client sessions and stored data (TDM04xx: logons,
+        /// backups, deletions, and also expiration runs and filespace
+        /// deletions), administrators' calls and changes (TDM05xx) or
+        /// replication (TDM06xx).
         #[arg(long, value_enum, conflicts_with = "msgno")]
         originator: Option<Originator>,
         /// At most this many (newest) records, 1 to 20000.

@@ -569,6 +569,7 @@ mod tests {
             ("replnode", width::<pb::ReplFilespace>()),
             ("expiring", width::<pb::ExpiringVersion>()),
             ("occupancy", width::<pb::Occupancy>()),
+            ("filespace", width::<pb::NodeFilespace>()),
         ] {
             assert_eq!(headers, cells, "{name}");
         }

@@ -11,7 +11,7 @@ use super::peer_of;
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth;
-use crate::catalog::{ActlogFilter, Setting};
+use crate::catalog::{ActlogFilter, ServerDeletion, Setting};
 use crate::convert::{node_to_pb, occupancy_to_pb, preview_to_pb, run_to_pb};
 use crate::error::ServerError;
 use crate::expire::{self, ExpireReport};
@@ -517,12 +517,17 @@ impl Admin for AdminService {
             format!("update server {name}: {}", changes.join(", ")),
         )
         .await;
+        let lookup = name.clone();
+        let is_replserver = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.setting(Setting::ReplServer)?.as_deref() == Some(lookup.as_str()))
+        })
+        .await?;
         Ok(Response::new(pb::ServerInfo {
             name,
             address,
+            is_replserver,
             guid: old.guid.map(|g| g.to_string()).unwrap_or_default(),
             fingerprint,
-            ..Default::default()
         }))
     }
 
@@ -533,29 +538,31 @@ impl Admin for AdminService {
         let caller = self.authorize(&request).await?;
         let name = server_name(&request.into_inner().name)?;
         let n = name.clone();
-        super::blocking(&self.state, move |s| {
-            let catalog = &s.repo.catalog;
-            if catalog.server(&n)?.is_none() {
-                return Err(ServerError::NotFound(format!(
-                    "server {n} is not defined here; `query server` lists those that are"
-                )));
-            }
-            if catalog.setting(Setting::ReplServer)?.as_deref() == Some(n.as_str()) {
-                return Err(ServerError::FailedPrecondition(format!(
-                    "server {n} is this server's replication server; `set replserver \"\"` (or another server) first"
-                )));
-            }
-            let replicas = catalog.replicas_from(&n)?;
-            if !replicas.is_empty() {
-                return Err(ServerError::FailedPrecondition(format!(
-                    "server {n} is the source of the replicas of node(s) {} held here; `remove replnode` each first, or they could never be updated again",
-                    replicas.join(", ")
-                )));
-            }
-            catalog.delete_server(&n)?;
-            Ok(())
+        let deletion = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.delete_server(&n)?)
         })
         .await?;
+        match deletion {
+            ServerDeletion::Deleted => {}
+            ServerDeletion::NotDefined => {
+                return Err(Status::from(ServerError::NotFound(format!(
+                    "server {name} is not defined here; `query server` lists those that are"
+                ))));
+            }
+            ServerDeletion::IsReplServer => {
+                return Err(Status::from(ServerError::FailedPrecondition(format!(
+                    "server {name} is this server's replication server; `set replserver \"\"` (or another server) first"
+                ))));
+            }
+            ServerDeletion::SourceOf(replicas) => {
+                return Err(Status::from(ServerError::FailedPrecondition(format!(
+                    "server {name} is the source of the replicas of node(s) {} held here; `remove replnode` each first, or they could never be updated again",
+                    replicas.join(", ")
+                ))));
+            }
+        }
+        // Whatever it had open here ends with its definition.
+        self.state.end_partner_sessions(&name);
         self.audit(&caller, "", format!("delete server {name}"))
             .await;
         Ok(Response::new(pb::DeleteServerResponse {}))
