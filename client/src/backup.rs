@@ -487,7 +487,45 @@ fn compress_into_messages(
 }
 
 /// Active versions of the server below `root` (in `filespace`), by path.
-pub(crate) async fn fetch_inventory(
+/// A path named for backup, absolute, with its stored (encoded) form; or
+/// `None`, reported (TDM1011W), when there is nothing there.
+///
+/// # Errors
+/// The working directory cannot be read to make it absolute.
+pub(crate) fn local_root(
+    path: &std::path::Path,
+    console: &Console,
+) -> Result<Option<(PathBuf, String)>, ClientError> {
+    let root = paths::absolute(path).map_err(|e| ClientError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let root_text = crate::names::encode(root.as_os_str());
+    if std::fs::symlink_metadata(&root).is_err() {
+        console.report(&Msg::not_found(&root_text), ExitStatus::Skipped);
+        return Ok(None);
+    }
+    Ok(Some((root, root_text)))
+}
+
+/// The server's active versions below `root` for an incremental; none
+/// for a selective backup, which sends everything.
+///
+/// # Errors
+/// Server and connection failures.
+pub(crate) async fn inventory_for(
+    session: &Session,
+    mode: Mode,
+    filespace: &str,
+    root_text: &str,
+) -> Result<Option<Inventory>, ClientError> {
+    Ok(match mode {
+        Mode::Incremental => Some(fetch_inventory(session, filespace, root_text).await?),
+        Mode::Selective => None,
+    })
+}
+
+async fn fetch_inventory(
     session: &Session,
     filespace: &str,
     root: &str,
@@ -559,22 +597,13 @@ pub async fn run(
     let mut stats = BackupStats::default();
     let progress = console.start_progress();
     for path in paths {
-        let root = paths::absolute(path).map_err(|e| ClientError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        let root_text = crate::names::encode(root.as_os_str());
-        if std::fs::symlink_metadata(&root).is_err() {
-            console.report(&Msg::not_found(&root_text), ExitStatus::Skipped);
+        let Some((root, root_text)) = local_root(path, console)? else {
             stats.count_skip("not found");
             continue;
-        }
+        };
         let filespace = paths::filespace_of(&root);
         mark(session, &filespace, false).await?;
-        let inventory = match mode {
-            Mode::Incremental => Some(fetch_inventory(session, &filespace, &root_text).await?),
-            Mode::Selective => None,
-        };
+        let inventory = inventory_for(session, mode, &filespace, &root_text).await?;
         let plan = ScanPlan {
             root,
             rules: rules.clone(),

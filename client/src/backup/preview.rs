@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::backup::rules::Rules;
 use crate::backup::scan::{self, Item, ScanPlan};
-use crate::backup::{Mode, fetch_inventory, skip_reason};
+use crate::backup::{Mode, inventory_for, local_root, skip_reason};
 use crate::error::{ClientError, ExitStatus};
 use crate::logon::session::Session;
 use crate::options::ClientOptions;
@@ -64,24 +64,12 @@ pub async fn run(
 ) -> Result<Preview, ClientError> {
     let mut preview = Preview::default();
     for path in paths {
-        let root = paths::absolute(path).map_err(|e| ClientError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        let root_text = crate::names::encode(root.as_os_str());
-        if std::fs::symlink_metadata(&root).is_err() {
-            console.report(
-                &crate::output::messages::Msg::not_found(&root_text),
-                ExitStatus::Skipped,
-            );
+        let Some((root, root_text)) = local_root(path, console)? else {
             preview.skipped += 1;
             continue;
-        }
-        let filespace = paths::filespace_of(&root);
-        let inventory = match mode {
-            Mode::Incremental => Some(fetch_inventory(session, &filespace, &root_text).await?),
-            Mode::Selective => None,
         };
+        let filespace = paths::filespace_of(&root);
+        let inventory = inventory_for(session, mode, &filespace, &root_text).await?;
         let plan = ScanPlan {
             root,
             rules: rules.clone(),

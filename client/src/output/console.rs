@@ -9,6 +9,19 @@ use crate::error::ExitStatus;
 use crate::output::error_log::ErrorLog;
 use crate::output::messages::{Msg, Severity};
 
+/// A ticking `{spinner} {elapsed} {msg}` line on stderr, drawn only when
+/// stderr is a terminal: the one progress style of both consoles.
+#[must_use]
+pub fn spinner() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 /// Output settings and the message sink of one command.
 #[derive(Debug)]
 pub struct Console {
@@ -43,13 +56,7 @@ impl Console {
         let bar = if self.quiet || self.json {
             ProgressBar::hidden()
         } else {
-            let bar = ProgressBar::new_spinner();
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar.enable_steady_tick(std::time::Duration::from_millis(200));
-            bar
+            spinner()
         };
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
         bar

@@ -1,8 +1,5 @@
 //! REPLICATE NODE: runs now, optionally waited for behind a progress line.
 
-use std::time::Duration;
-
-use indicatif::{ProgressBar, ProgressStyle};
 use tandem_proto::pb;
 
 use crate::console::AdminError;
@@ -54,12 +51,7 @@ async fn with_progress<F>(
 where
     F: std::future::Future<Output = Result<pb::ReplicateNodeResponse, AdminError>>,
 {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
+    let bar = tandem_client::output::console::spinner();
     bar.set_message(format!(
         "replicating {}; waiting for the run(s) to end",
         names.join(", ").to_ascii_uppercase()
