@@ -862,3 +862,93 @@ fn actlog_narrows_by_originator_and_parse_errors_come_as_json() {
         "{error}"
     );
 }
+
+/// A raw `Admin` client of `server` (its certificate pinned) whose calls
+/// carry `authorization: Bearer TOKEN`.
+async fn raw_admin(
+    server: &TestServer,
+) -> tandem_proto::pb::admin_client::AdminClient<tonic::transport::Channel> {
+    let pin = tandem_tls::Trust::Pinned(server.fingerprint().parse().unwrap());
+    let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(server.url()).unwrap();
+    let channel = tandem_tls::connect(endpoint, Some(&tls)).await.unwrap();
+    tandem_proto::pb::admin_client::AdminClient::new(channel)
+}
+
+fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_new_admin_calls_refuse_callers_without_the_admin_credential() {
+    use tandem_proto::pb;
+    let primary = TestServer::start("PRIMARY");
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    primary.register("alice", "alice-password");
+    let (mut node, session) = raw_backup_session(&primary, "alice", "alice-password").await;
+    let id = serde_json::from_str::<serde_json::Value>(&admin_stdout(
+        &primary,
+        &["--json", "query", "session"],
+    ))
+    .unwrap()[0]["id"]
+        .as_u64()
+        .unwrap();
+    let mut admin = raw_admin(&primary).await;
+    // A guessed token, and a node's own session token, are not the admin's.
+    for token in ["not-the-admin-token", session.as_str()] {
+        let refusals = [
+            admin
+                .cancel_session(bearer(token, pb::CancelSessionRequest { id }))
+                .await
+                .unwrap_err(),
+            admin
+                .delete_server(bearer(
+                    token,
+                    pb::DeleteServerRequest {
+                        name: "SECONDARY".into(),
+                    },
+                ))
+                .await
+                .unwrap_err(),
+            admin
+                .update_server(bearer(
+                    token,
+                    pb::UpdateServerRequest {
+                        name: "SECONDARY".into(),
+                        address: "https://127.0.0.1:9".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap_err(),
+            admin
+                .query_node_filespaces(bearer(token, pb::QueryNodeFilespacesRequest::default()))
+                .await
+                .unwrap_err(),
+        ];
+        for refused in refusals {
+            assert!(
+                matches!(
+                    refused.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ),
+                "{refused:?}"
+            );
+        }
+    }
+    // Nothing happened: the session works, the partner is as defined.
+    node.query_filespaces(with_session(
+        &session,
+        pb::QueryFilespacesRequest::default(),
+    ))
+    .await
+    .expect("the session was not cancelled");
+    let servers: serde_json::Value =
+        serde_json::from_str(&admin_stdout(&primary, &["--json", "query", "server"])).unwrap();
+    assert_eq!(servers[0]["address"], secondary.url(), "{servers}");
+}
