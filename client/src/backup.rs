@@ -98,6 +98,18 @@ pub enum Mode {
     Selective,
 }
 
+/// Where the objects of a scan are committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// As backup versions (`incremental`, `selective`).
+    Backup,
+    /// As archive copies with this description (`archive`).
+    Archive {
+        /// The description every copy of the command gets.
+        description: String,
+    },
+}
+
 /// Figures of a backup, printed as the summary table or JSON.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BackupStats {
@@ -125,6 +137,17 @@ pub struct BackupStats {
     pub bytes_deduplicated: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
+    /// When the archive copies expire (archives only; the server's time).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "json_time")]
+    pub archive_expires_ns: Option<i64>,
+}
+
+/// An optional Unix-ns time as the JSON convention has it (RFC 3339).
+fn json_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(ns) => s.serialize_str(&crate::output::timefmt::rfc3339(*ns)),
+        None => s.serialize_none(),
+    }
 }
 
 impl BackupStats {
@@ -154,6 +177,7 @@ const MAX_CHANGING_RETRIES: u32 = 100;
 struct Uploader<'a> {
     session: &'a Session,
     filespace: String,
+    target: &'a Target,
     stats: &'a mut BackupStats,
     pending: Vec<(ChunkId, Vec<u8>)>,
     pending_ids: HashSet<ChunkId>,
@@ -190,6 +214,8 @@ struct UploadStats {
 struct CommitStats {
     backed_up: u64,
     deactivated: u64,
+    /// The expiry the server gave archive copies.
+    expires_ns: Option<i64>,
 }
 
 impl Uploader<'_> {
@@ -244,6 +270,9 @@ impl Uploader<'_> {
             };
             self.stats.backed_up += done.backed_up;
             self.stats.deactivated += done.deactivated;
+            if done.expires_ns.is_some() {
+                self.stats.archive_expires_ns = done.expires_ns;
+            }
         }
         Ok(())
     }
@@ -286,6 +315,7 @@ impl Uploader<'_> {
         let commit = commit_batch(
             self.session.clone(),
             self.filespace.clone(),
+            self.target.clone(),
             std::mem::take(&mut self.ready),
             deactivate,
             order,
@@ -396,6 +426,7 @@ async fn upload_batch(
 async fn commit_batch(
     session: Session,
     filespace: String,
+    target: Target,
     mut ready: Vec<pb::NewObject>,
     mut deactivate: Vec<String>,
     order: UploadOrder,
@@ -440,6 +471,20 @@ async fn commit_batch(
             .max(1)
             .min(deactivate.len());
         let gone: Vec<_> = deactivate.drain(..take_gone).collect();
+        if let Target::Archive { description } = &target {
+            let reply = client
+                .commit_archive(session.request(pb::CommitArchiveRequest {
+                    filespace: filespace.clone(),
+                    objects,
+                    description: description.clone(),
+                }))
+                .await
+                .map_err(|s| ClientError::server("committing the archive", s))?
+                .into_inner();
+            out.backed_up += reply.stored;
+            out.expires_ns = Some(reply.expires_ns);
+            continue;
+        }
         let reply = client
             .commit_objects(session.request(pb::CommitObjectsRequest {
                 filespace: filespace.clone(),
@@ -593,6 +638,57 @@ pub async fn run(
     rules: &rules::Rules,
     console: &Console,
 ) -> Result<BackupStats, ClientError> {
+    send(
+        session,
+        options,
+        paths,
+        mode,
+        &Target::Backup,
+        rules,
+        console,
+    )
+    .await
+}
+
+/// Archives `paths` (files or trees, everything in them, as a selective
+/// backup reads them) as copies described by `description` (TSM ARCHIVE).
+/// No backup version changes, and no backup is recorded.
+///
+/// # Errors
+/// Server and connection failures; problems with single objects are reported
+/// on `console` and counted in `failed` instead.
+pub async fn archive(
+    session: &Session,
+    options: &ClientOptions,
+    paths: &[PathBuf],
+    description: String,
+    rules: &rules::Rules,
+    console: &Console,
+) -> Result<BackupStats, ClientError> {
+    let target = Target::Archive { description };
+    send(
+        session,
+        options,
+        paths,
+        Mode::Selective,
+        &target,
+        rules,
+        console,
+    )
+    .await
+}
+
+/// Scans `paths` and commits what the scan sends to `target`.
+async fn send(
+    session: &Session,
+    options: &ClientOptions,
+    paths: &[PathBuf],
+    mode: Mode,
+    target: &Target,
+    rules: &rules::Rules,
+    console: &Console,
+) -> Result<BackupStats, ClientError> {
+    let backup = *target == Target::Backup;
     let started = Instant::now();
     let mut stats = BackupStats::default();
     let progress = console.start_progress();
@@ -602,7 +698,9 @@ pub async fn run(
             continue;
         };
         let filespace = paths::filespace_of(&root);
-        mark(session, &filespace, false).await?;
+        if backup {
+            mark(session, &filespace, false).await?;
+        }
         let inventory = inventory_for(session, mode, &filespace, &root_text).await?;
         let plan = ScanPlan {
             root,
@@ -619,6 +717,7 @@ pub async fn run(
         let mut uploader = Uploader {
             session,
             filespace: filespace.clone(),
+            target,
             stats: &mut stats,
             pending: Vec::new(),
             pending_ids: HashSet::new(),
@@ -677,8 +776,10 @@ pub async fn run(
             .await
             .map_err(|e| ClientError::task_failed("scanner", e))?;
         uploader.finish(deactivate).await?;
-        let acknowledged = mark(session, &filespace, true).await?;
-        note_backup(session, options, &filespace, acknowledged, console);
+        if backup {
+            let acknowledged = mark(session, &filespace, true).await?;
+            note_backup(session, options, &filespace, acknowledged, console);
+        }
     }
     console.end_progress();
     stats.elapsed_secs = started.elapsed().as_secs_f64();

@@ -11,6 +11,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use tandem_proto::pb;
 
+use crate::archive;
 use crate::backup::{self, BackupStats, human_bytes};
 use crate::delete::{self, DelType, DeleteStats};
 use crate::error::{ClientError, ExitStatus};
@@ -107,6 +108,43 @@ enum Command {
         #[arg(long, value_enum, default_value = "no")]
         replace: Replace,
     },
+    /// Store a described copy of files and trees, kept for the node's
+    /// archive retention (RETVER days) whatever later happens to them or
+    /// to their backups (TSM ARCHIVE). Everything named is read and sent.
+    #[command(visible_alias = "ar")]
+    Archive {
+        /// Files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// What the copies are, to find them again (at most 255 bytes)
+        /// [default: "Archive Date: " and today's date].
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+    },
+    /// Write archive copies back: the newest copy of each path that SOURCE,
+    /// --description and the dates select (TSM RETRIEVE).
+    #[command(visible_alias = "ret")]
+    Retrieve {
+        /// What to retrieve, as for `restore`.
+        source: OsString,
+        /// Where to; paths stay relative to SOURCE's directory [default: in place].
+        dest: Option<PathBuf>,
+        /// Include subdirectories.
+        #[arg(long)]
+        subdir: bool,
+        /// Only copies with exactly this description.
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Only copies archived at or after this time (a date: from its start).
+        #[arg(long, value_name = "TIME")]
+        fromdate: Option<String>,
+        /// Only copies archived up to this time (a date: through its end).
+        #[arg(long, value_name = "TIME")]
+        todate: Option<String>,
+        /// What to do when a file exists.
+        #[arg(long, value_enum, default_value = "no")]
+        replace: Replace,
+    },
     /// Show information from the server.
     #[command(subcommand, visible_alias = "q")]
     Query(QueryCommand),
@@ -136,6 +174,23 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DeleteCommand {
+    /// Delete archive copies (TSM DELETE ARCHIVE): every copy that SOURCE
+    /// and --description select; asks first unless --yes. Refused in
+    /// failover mode.
+    #[command(visible_alias = "ar")]
+    Archive {
+        /// A path or a directory with a pattern, as for `query archive`.
+        source: OsString,
+        /// Include subdirectories.
+        #[arg(long)]
+        subdir: bool,
+        /// Only copies with exactly this description.
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Delete backup versions of files (TSM DELETE BACKUP); asks first
     /// unless --yes. Refused in failover mode.
     #[command(visible_alias = "ba")]
@@ -158,6 +213,24 @@ enum DeleteCommand {
 
 #[derive(Debug, Subcommand)]
 enum QueryCommand {
+    /// List archive copies: size, archive date, expiry, path, description.
+    #[command(visible_alias = "ar")]
+    Archive {
+        /// A path or a directory with a pattern.
+        pattern: OsString,
+        /// Include subdirectories.
+        #[arg(long)]
+        subdir: bool,
+        /// Only copies with exactly this description.
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Only copies archived at or after this time.
+        #[arg(long, value_name = "TIME")]
+        fromdate: Option<String>,
+        /// Only copies archived up to this time.
+        #[arg(long, value_name = "TIME")]
+        todate: Option<String>,
+    },
     /// List stored versions.
     #[command(visible_alias = "b")]
     Backup {
@@ -267,6 +340,26 @@ fn print_backup_summary(stats: &BackupStats, console: &Console) {
         ("Elapsed".into(), elapsed(stats.elapsed_secs)),
     ]);
     crate::outln!("{}", summary_table(rows));
+}
+
+fn print_archive_summary(stats: &BackupStats, console: &Console) {
+    print_summary(stats, console, || {
+        vec![
+            ("Objects inspected", stats.inspected.to_string()),
+            ("Objects archived", stats.backed_up.to_string()),
+            ("Objects failed", stats.failed.to_string()),
+            (
+                "Expires",
+                stats
+                    .archive_expires_ns
+                    .map_or_else(|| "-".into(), timefmt::show),
+            ),
+            ("Bytes scanned", human_bytes(stats.bytes_scanned)),
+            ("Bytes sent", human_bytes(stats.bytes_sent)),
+            ("Bytes deduplicated", human_bytes(stats.bytes_deduplicated)),
+            ("Elapsed", elapsed(stats.elapsed_secs)),
+        ]
+    });
 }
 
 fn print_delete_summary(stats: &DeleteStats, console: &Console) {
@@ -449,6 +542,21 @@ async fn dispatch(
         Work::Restore(req) => restore::run(&session, req, console)
             .await
             .map(|s| print_restore_summary(&s, console)),
+        Work::Archive {
+            paths,
+            rules,
+            description,
+        } => backup::archive(&session, options, &paths, description, &rules, console)
+            .await
+            .map(|s| print_archive_summary(&s, console)),
+        Work::QueryArchive(filter) => archive::query(&session, &filter, console).await,
+        Work::DeleteArchive { filter, .. } => {
+            archive::delete(&session, &filter, console).await.map(|s| {
+                print_summary(&s, console, || {
+                    vec![("Archive copies deleted", s.deleted.to_string())]
+                })
+            })
+        }
         Work::QueryBackup {
             selection,
             inactive,

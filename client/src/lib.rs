@@ -8,6 +8,8 @@
 //!   logon saves (pushed server details, last backups per server).
 //! - [`backup`]: walk by directory descriptors, read attributes, chunk and
 //!   hash on one thread; compress, upload and commit on another.
+//! - [`archive`]: finding, listing and deleting archive copies (TSM
+//!   ARCHIVE/RETRIEVE); storing and retrieving them reuse backup and restore.
 //! - [`selection`] + [`restore`]: what to restore, where it may go, and
 //!   writing it verified; [`query`]: `query backup|filespace|session|options`.
 //! - [`output`]: TDM messages to the console and `dsierror.log`, times.
@@ -15,6 +17,7 @@
 //!   safely; path rules shared by backup and restore.
 //! - [`error`]: `ClientError` and the exit codes (0/4/8/12, as `dsmc`).
 
+pub mod archive;
 pub mod backup;
 pub mod cli;
 pub mod delete;

@@ -82,6 +82,9 @@ pub struct RestoreRequest {
     pub dates: Option<BackupDates>,
     /// Replacement rule.
     pub replace: Replace,
+    /// Retrieve archive copies instead (the newest selected copy of each
+    /// path); the version options above do not apply then.
+    pub archive: Option<crate::archive::ArchiveFilter>,
 }
 
 /// Figures of a restore.
@@ -163,6 +166,9 @@ async fn select_versions(
     session: &Session,
     req: &RestoreRequest,
 ) -> Result<Vec<pb::ObjectVersion>, ClientError> {
+    if let Some(filter) = &req.archive {
+        return crate::archive::newest_copies(session, filter).await;
+    }
     let mut client = session.client();
     let mut stream = client
         .query_objects(session.request(pb::QueryObjectsRequest {

@@ -28,6 +28,8 @@ pub enum ServerMsg {
     PasswordChanged,
     /// A backup of a filespace completed.
     BackupCompleted,
+    /// A client stored archive copies (ARCHIVE).
+    ArchiveStored,
     /// An administrator ran a command.
     AdminCommand,
     /// An admin call came with missing or wrong credentials.
@@ -42,6 +44,8 @@ pub enum ServerMsg {
     FilespaceDeleted,
     /// A client deleted versions of its node (DELETE BACKUP).
     VersionsDeleted,
+    /// A client deleted archive copies of its node (DELETE ARCHIVE).
+    ArchivesDeleted,
     /// A replication run completed (source).
     ReplicationDone,
     /// A replication run failed (source).
@@ -71,6 +75,7 @@ impl ServerMsg {
             ServerMsg::UnknownNode => "TDM0404W",
             ServerMsg::PasswordChanged => "TDM0405I",
             ServerMsg::BackupCompleted => "TDM0410I",
+            ServerMsg::ArchiveStored => "TDM0411I",
             ServerMsg::AdminCommand => "TDM0500I",
             ServerMsg::AdminAuthFailed => "TDM0501W",
             ServerMsg::AdminCall => "TDM0502I",
@@ -78,6 +83,7 @@ impl ServerMsg {
             ServerMsg::ExpirationDone => "TDM0420I",
             ServerMsg::FilespaceDeleted => "TDM0421I",
             ServerMsg::VersionsDeleted => "TDM0422I",
+            ServerMsg::ArchivesDeleted => "TDM0423I",
             ServerMsg::ReplicationDone => "TDM0600I",
             ServerMsg::ReplicationFailed => "TDM0601E",
             ServerMsg::ReplicationAuthFailed => "TDM0602W",

@@ -14,6 +14,7 @@
 
 mod actlog;
 mod admins;
+mod archives;
 mod chunks;
 mod dirs;
 mod expire;
@@ -24,6 +25,7 @@ mod replication;
 
 pub use actlog::ActlogFilter;
 pub use admins::Admin;
+pub use archives::{ArchiveCommit, ArchiveKey, ArchivePage};
 
 /// The server-wide settings the catalog keeps (its `server_info` table), so
 /// a misspelled key cannot read or write a setting nobody else uses.
@@ -114,6 +116,7 @@ impl Catalog {
             );
         }
         dirs::add_column(&conn, "chunks", "owner", "INTEGER NOT NULL DEFAULT 0")?;
+        dirs::add_column(&conn, "nodes", "retver", "INTEGER")?;
         if extended {
             tracing::info!(
                 "catalog objects can now carry extended attributes: {}",

@@ -13,7 +13,8 @@ use crate::catalog::{FilespaceTimes, Occupancy, VersionState};
 use crate::error::ServerError;
 use crate::expire::ExpirePreview;
 use crate::model::{
-    Filespace, NewVersion, Node, NodeUsage, ObjectAttrs, ObjectKind, ReplRun, StoredVersion,
+    ArchiveCopy, Filespace, NewVersion, Node, NodeUsage, ObjectAttrs, ObjectKind, ReplRun,
+    StoredVersion,
 };
 use tandem_proto::ObjectId;
 use tandem_replication::ObjectState;
@@ -45,6 +46,30 @@ pub fn check_path(path: &str) -> Result<(), ServerError> {
     }
     for part in path[1..].split('/') {
         tandem_proto::names::check_component(part).map_err(bad)?;
+    }
+    Ok(())
+}
+
+/// The longest archive description accepted, in bytes (TSM allows 254
+/// characters).
+pub const MAX_DESCRIPTION_BYTES: usize = 255;
+
+/// Checks an archive description: at most [`MAX_DESCRIPTION_BYTES`], no
+/// control characters (it is printed in listings and logs as it is).
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] naming what is wrong.
+pub fn check_description(description: &str) -> Result<(), ServerError> {
+    if description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(ServerError::InvalidArgument(format!(
+            "an archive description of {} bytes is longer than the {MAX_DESCRIPTION_BYTES} allowed",
+            description.len()
+        )));
+    }
+    if let Some(c) = description.chars().find(|c| c.is_control()) {
+        return Err(ServerError::InvalidArgument(format!(
+            "archive description {description:?} contains the control character {c:?}; use printable text"
+        )));
     }
     Ok(())
 }
@@ -268,6 +293,15 @@ fn attrs_to_pb(a: ObjectAttrs) -> pb::ObjectAttrs {
     }
 }
 
+/// Converts an archive copy for the wire.
+pub fn archive_to_pb(a: ArchiveCopy) -> pb::ArchiveCopy {
+    pb::ArchiveCopy {
+        version: Some(version_to_pb(a.version)),
+        description: a.description,
+        expires_ns: a.expires_ns,
+    }
+}
+
 /// Converts a stored version for the wire.
 pub fn version_to_pb(v: StoredVersion) -> pb::ObjectVersion {
     pb::ObjectVersion {
@@ -398,6 +432,7 @@ pub fn node_to_pb(node: Node, usage: NodeUsage) -> pb::NodeInfo {
         verdeleted: node.policy.verdeleted,
         retextra: node.policy.retextra,
         retonly: node.policy.retonly,
+        retver: node.policy.retver,
         filespaces: usage.filespaces,
         active_objects: usage.active_objects,
         total_versions: usage.total_versions,
@@ -429,6 +464,7 @@ pub fn run_to_pb(r: ReplRun) -> pb::ReplicationRun {
 pub fn preview_to_pb(p: ExpirePreview) -> pb::ExpirationPreview {
     pb::ExpirationPreview {
         versions: p.versions,
+        archives: p.archives,
         logical_bytes: p.released.logical_bytes,
         chunks: p.released.chunks,
         stored_bytes: p.released.stored_bytes,
@@ -455,6 +491,8 @@ pub fn occupancy_to_pb(o: Occupancy) -> pb::Occupancy {
         files: o.files,
         versions: o.versions,
         logical_bytes: o.logical_bytes,
+        archives: o.archives,
+        archive_bytes: o.archive_bytes,
         chunks: o.chunks,
         stored_bytes: o.stored_bytes,
     }

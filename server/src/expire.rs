@@ -1,6 +1,7 @@
 //! Expiration and reclamation (TSM EXPIRE INVENTORY + space reclamation).
 //!
-//! 1. Delete the versions retention policy lets go ([`Catalog::expired_versions`]).
+//! 1. Delete the versions retention policy lets go ([`Catalog::expired_versions`])
+//!    and the archive copies past their expiry ([`Catalog::expired_archives`]).
 //! 2. Sweep: remove from the index every chunk no version references and no
 //!    open session has pinned ([`crate::pins`]).
 //! 3. Reclaim: start a new container, then for every other container remove it
@@ -38,6 +39,8 @@ pub type OpenSessions<'a> = &'a dyn Fn() -> HashSet<u64>;
 pub struct ExpireReport {
     /// Versions deleted.
     pub versions_expired: u64,
+    /// Archive copies deleted.
+    pub archives_expired: u64,
     /// Chunks removed from the index.
     pub chunks_freed: u64,
     /// Containers compacted or removed.
@@ -61,8 +64,11 @@ pub fn expire_inventory(
     let _one_at_a_time = repo.expire_lock.lock().unwrap_or_else(|e| e.into_inner());
     let ids = repo.catalog.expired_versions(now_ns)?;
     let versions_expired = repo.catalog.delete_versions(&ids)?;
+    let archives = repo.catalog.expired_archives(now_ns)?;
+    let archives_expired = repo.catalog.delete_archives(&archives)?;
     let mut report = reclaim_locked(repo, open_sessions)?;
     report.versions_expired = versions_expired;
+    report.archives_expired = archives_expired;
     report.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -73,6 +79,8 @@ pub fn expire_inventory(
 pub struct ExpirePreview {
     /// Versions that would be deleted.
     pub versions: u64,
+    /// Archive copies that would be deleted.
+    pub archives: u64,
     /// What deleting them would release in the index. Container files
     /// shrink only when reclamation compacts them (under half live).
     pub released: ReleasedSpace,
@@ -96,11 +104,13 @@ pub fn preview_expiration(
     ids.sort_unstable();
     let pinned: HashSet<ChunkId> = repo.pins.lock().values().flatten().copied().collect();
     let id_set: HashSet<i64> = ids.iter().copied().collect();
+    let archives: HashSet<i64> = repo.catalog.expired_archives(now_ns)?.into_iter().collect();
     let released = repo
         .catalog
-        .space_released_by(&id_set, &pinned, HEADER_BYTES)?;
+        .space_released_by(&id_set, &archives, &pinned, HEADER_BYTES)?;
     Ok(ExpirePreview {
         versions: ids.len() as u64,
+        archives: archives.len() as u64,
         released,
         listed: repo
             .catalog
@@ -217,8 +227,9 @@ fn compact(repo: &Repository, number: u32) -> Result<(), ServerError> {
 /// One line for the activity log.
 pub fn describe(report: &ExpireReport, trigger: &str) -> String {
     format!(
-        "{trigger} expiration: {} version(s) expired, {} chunk(s) freed, {} container(s) compacted, {} bytes reclaimed in {:.2} s",
+        "{trigger} expiration: {} version(s) and {} archive copy(ies) expired, {} chunk(s) freed, {} container(s) compacted, {} bytes reclaimed in {:.2} s",
         report.versions_expired,
+        report.archives_expired,
         report.chunks_freed,
         report.containers_compacted,
         report.bytes_reclaimed,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use crate::backup::rules::Rules;
 
 use super::{Command, DeleteCommand, QueryCommand, SetCommand};
+use crate::archive::{ArchiveFilter, check_description, default_description};
 use crate::backup::Mode;
 use crate::delete::{DeleteRequest, confirm};
 use crate::error::ClientError;
@@ -27,8 +28,21 @@ pub(super) enum Work {
         /// Only list what would be sent.
         preview: bool,
     },
-    /// `restore`.
+    /// `restore`, or `retrieve` (with its archive filter).
     Restore(RestoreRequest),
+    /// `archive`.
+    Archive {
+        paths: Vec<PathBuf>,
+        rules: Rules,
+        description: String,
+    },
+    /// `query archive`.
+    QueryArchive(ArchiveFilter),
+    /// `delete archive`; `confirmed` by `--yes`, else asked before the logon.
+    DeleteArchive {
+        filter: ArchiveFilter,
+        confirmed: bool,
+    },
     /// `query backup`.
     QueryBackup {
         selection: Selection,
@@ -99,13 +113,7 @@ impl Work {
                 replace,
             } => Work::Restore(RestoreRequest {
                 selection: Selection::parse(&crate::names::encode(&source), subdir)?,
-                dest: dest
-                    .as_deref()
-                    .map(crate::paths::absolute)
-                    .transpose()
-                    .map_err(|e| {
-                        ClientError::Usage(format!("destination cannot be resolved: {e}"))
-                    })?,
+                dest: destination(dest)?,
                 // The versions active at the end of the span named: a time
                 // copied from `query backup` (to the second) includes the
                 // version stored in that second.
@@ -117,7 +125,61 @@ impl Work {
                 inactive: inactive || latest,
                 dates: BackupDates::parse(fromdate.as_deref(), todate.as_deref())?,
                 replace,
+                archive: None,
             }),
+            Command::Archive { paths, description } => Work::Archive {
+                paths,
+                rules: rules(options)?,
+                description: match description {
+                    Some(d) => {
+                        check_description(&d)?;
+                        d
+                    }
+                    None => default_description(),
+                },
+            },
+            Command::Retrieve {
+                source,
+                dest,
+                subdir,
+                description,
+                fromdate,
+                todate,
+                replace,
+            } => {
+                let filter = archive_filter(&source, subdir, description, fromdate, todate)?;
+                Work::Restore(RestoreRequest {
+                    selection: filter.selection.clone(),
+                    dest: destination(dest)?,
+                    point_in_time_ns: None,
+                    inactive: false,
+                    dates: None,
+                    replace,
+                    archive: Some(filter),
+                })
+            }
+            Command::Query(QueryCommand::Archive {
+                pattern,
+                subdir,
+                description,
+                fromdate,
+                todate,
+            }) => Work::QueryArchive(archive_filter(
+                &pattern,
+                subdir,
+                description,
+                fromdate,
+                todate,
+            )?),
+            Command::Delete(DeleteCommand::Archive {
+                source,
+                subdir,
+                description,
+                yes,
+            }) => Work::DeleteArchive {
+                filter: archive_filter(&source, subdir, description, None, None)?,
+                confirmed: yes,
+            },
             Command::Query(QueryCommand::Backup {
                 pattern,
                 subdir,
@@ -193,6 +255,20 @@ impl Work {
                     ),
                 },
             ),
+            Work::DeleteArchive {
+                filter,
+                confirmed: false,
+            } => confirm(
+                "delete archive",
+                &format!(
+                    "Delete the archive copies matching {}{}? This cannot be undone. Type yes: ",
+                    crate::names::display(&filter.selection.prefix),
+                    filter
+                        .description
+                        .as_ref()
+                        .map_or_else(String::new, |d| format!(" with description {d:?}"))
+                ),
+            ),
             _ => Ok(()),
         }
     }
@@ -202,8 +278,12 @@ impl Work {
     pub(super) fn is_write(&self) -> bool {
         match self {
             Work::Backup { preview, .. } => !preview,
-            Work::SetPassword { .. } | Work::DeleteBackup { .. } => true,
-            Work::Restore(_)
+            Work::SetPassword { .. }
+            | Work::DeleteBackup { .. }
+            | Work::Archive { .. }
+            | Work::DeleteArchive { .. } => true,
+            Work::QueryArchive(_)
+            | Work::Restore(_)
             | Work::QueryBackup { .. }
             | Work::QueryFilespace
             | Work::QuerySession
@@ -223,7 +303,11 @@ impl Work {
                 mode: Mode::Selective,
                 ..
             } => "selective backup",
+            Work::Restore(req) if req.archive.is_some() => "retrieve",
             Work::Restore(_) => "restore",
+            Work::Archive { .. } => "archive",
+            Work::QueryArchive(_) => "query archive",
+            Work::DeleteArchive { .. } => "delete archive",
             Work::QueryBackup { .. } => "query backup",
             Work::QueryFilespace => "query filespace",
             Work::QuerySession => "query session",
@@ -233,6 +317,33 @@ impl Work {
             Work::DeleteBackup { verb, .. } => verb,
         }
     }
+}
+
+/// A named destination made absolute now (the working directory of the
+/// command, not of a later step).
+fn destination(dest: Option<PathBuf>) -> Result<Option<PathBuf>, ClientError> {
+    dest.as_deref()
+        .map(crate::paths::absolute)
+        .transpose()
+        .map_err(|e| ClientError::Usage(format!("destination cannot be resolved: {e}")))
+}
+
+/// The archive copies SOURCE, a description and a date range select.
+fn archive_filter(
+    source: &std::ffi::OsStr,
+    subdir: bool,
+    description: Option<String>,
+    fromdate: Option<String>,
+    todate: Option<String>,
+) -> Result<ArchiveFilter, ClientError> {
+    if let Some(d) = &description {
+        check_description(d)?;
+    }
+    Ok(ArchiveFilter {
+        selection: Selection::parse(&crate::names::encode(source), subdir)?,
+        description,
+        dates: BackupDates::parse(fromdate.as_deref(), todate.as_deref())?,
+    })
 }
 
 /// The options file's include-exclude list, each pattern checked.
@@ -246,7 +357,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_backups_and_password_changes_write() {
+    fn only_backups_archives_deletions_and_password_changes_write() {
         let writes = |w: &Work| w.is_write();
         assert!(writes(&Work::Backup {
             mode: Mode::Incremental,
@@ -264,6 +375,18 @@ mod tests {
             old: "a".into(),
             new: "b".into()
         }));
+        assert!(writes(&Work::Archive {
+            paths: vec!["/x".into()],
+            rules: Rules::default(),
+            description: "d".into(),
+        }));
+        let filter =
+            archive_filter(std::ffi::OsStr::new("/x"), false, None, None, None).expect("filter");
+        assert!(writes(&Work::DeleteArchive {
+            filter: filter.clone(),
+            confirmed: true,
+        }));
+        assert!(!writes(&Work::QueryArchive(filter)));
         for read in [Work::QueryFilespace, Work::QuerySession, Work::ShowOptions] {
             assert!(!read.is_write(), "{}", read.name());
         }

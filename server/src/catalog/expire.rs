@@ -11,6 +11,10 @@ use super::{Catalog, DAY_NS, from_sql_int, sql_int};
 use crate::error::CatalogError;
 use crate::model::ChunkLocation;
 
+/// The tables whose rows reference chunks by their manifests: a chunk is
+/// kept while a row of either names it.
+const MANIFEST_TABLES: [&str; 2] = ["objects", "archives"];
+
 /// Rows deleted per transaction, so a large expiration does not hold the
 /// writer lock (and block backups) for long.
 const DELETE_BATCH: usize = 5000;
@@ -73,7 +77,7 @@ impl Catalog {
     /// Runs `sql` once per item, `DELETE_BATCH` to a transaction, then
     /// drops the directory rows no version uses any more; returns the rows
     /// deleted.
-    fn delete_in_batches<T>(
+    pub(super) fn delete_in_batches<T>(
         &self,
         items: &[T],
         sql: &str,
@@ -100,20 +104,24 @@ impl Catalog {
         Ok(deleted)
     }
 
-    /// Every chunk id some stored version references.
+    /// Every chunk id some stored version or archive copy references.
     ///
     /// # Errors
     /// SQLite errors.
     pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, CatalogError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT manifest FROM objects WHERE length(manifest) > 0")?;
-        let mut rows = stmt.query([])?;
         let mut set = HashSet::new();
-        while let Some(row) = rows.next()? {
-            let manifest: Vec<u8> = row.get(0)?;
-            for c in manifest.chunks_exact(32) {
-                if let Ok(id) = ChunkId::from_slice(c) {
-                    set.insert(id);
+        for table in MANIFEST_TABLES {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT manifest FROM {table} WHERE length(manifest) > 0"
+            ))?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let manifest: Vec<u8> = row.get(0)?;
+                for c in manifest.chunks_exact(32) {
+                    if let Ok(id) = ChunkId::from_slice(c) {
+                        set.insert(id);
+                    }
                 }
             }
         }
@@ -312,23 +320,25 @@ impl Catalog {
         Ok(out)
     }
 
-    /// What deleting `ids` would release: their logical size, and the chunks
-    /// no other version references and no session in `pinned` holds.
+    /// What deleting the versions `ids` and the archive copies
+    /// `archive_ids` would release: their logical size, and the chunks
+    /// nothing else references and no session in `pinned` holds.
     ///
     /// # Errors
     /// SQLite errors.
     pub fn space_released_by(
         &self,
         ids: &HashSet<i64>,
+        archive_ids: &HashSet<i64>,
         pinned: &HashSet<ChunkId>,
         header_bytes: u64,
     ) -> Result<ReleasedSpace, CatalogError> {
         let mut released = ReleasedSpace::default();
         let mut only_theirs = HashSet::new();
         let mut kept = HashSet::new();
-        {
+        for (table, going) in MANIFEST_TABLES.into_iter().zip([ids, archive_ids]) {
             let conn = self.reader();
-            let mut stmt = conn.prepare("SELECT id, size, manifest FROM objects")?;
+            let mut stmt = conn.prepare(&format!("SELECT id, size, manifest FROM {table}"))?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let id: i64 = row.get(0)?;
@@ -336,7 +346,7 @@ impl Catalog {
                 let chunks = manifest
                     .chunks_exact(32)
                     .filter_map(|c| ChunkId::from_slice(c).ok());
-                if ids.contains(&id) {
+                if going.contains(&id) {
                     released.logical_bytes += from_sql_int(row.get(1)?);
                     only_theirs.extend(chunks);
                 } else {

@@ -17,10 +17,26 @@ impl Catalog {
         defaults: Policy,
     ) -> Result<Policy, CatalogError> {
         Ok(tx.query_row(
-            "SELECT coalesce(verexists, ?2), coalesce(verdeleted, ?3), coalesce(retextra, ?4), coalesce(retonly, ?5)
+            "SELECT coalesce(verexists, ?2), coalesce(verdeleted, ?3), coalesce(retextra, ?4),
+                    coalesce(retonly, ?5), coalesce(retver, ?6)
              FROM nodes WHERE id = ?1",
-            params![node_id, defaults.verexists, defaults.verdeleted, defaults.retextra, defaults.retonly],
-            |r| Ok(Policy { verexists: r.get(0)?, verdeleted: r.get(1)?, retextra: r.get(2)?, retonly: r.get(3)? }),
+            params![
+                node_id,
+                defaults.verexists,
+                defaults.verdeleted,
+                defaults.retextra,
+                defaults.retonly,
+                defaults.retver
+            ],
+            |r| {
+                Ok(Policy {
+                    verexists: r.get(0)?,
+                    verdeleted: r.get(1)?,
+                    retextra: r.get(2)?,
+                    retonly: r.get(3)?,
+                    retver: r.get(4)?,
+                })
+            },
         )?)
     }
 }
@@ -32,7 +48,10 @@ pub(super) const NEXT_NODE_ID: &str = "(SELECT max(coalesce((SELECT max(id) FROM
 
 const NODE_COLUMNS: &str = "id, name, password_hash, locked, failed_logons, registered_ns, \
      last_logon_ns, verexists, verdeleted, retextra, retonly, replstate, replmode, replrule, \
-     last_repl_ns, repl_server";
+     last_repl_ns, repl_server, retver";
+
+/// How many columns [`NODE_COLUMNS`] names: queries add theirs after them.
+const NODE_COLUMN_COUNT: usize = 17;
 
 fn node_from_row(r: &Row<'_>, defaults: Policy) -> rusqlite::Result<Node> {
     let policy_value = |idx: usize, default: u32| -> rusqlite::Result<u32> {
@@ -51,6 +70,7 @@ fn node_from_row(r: &Row<'_>, defaults: Policy) -> rusqlite::Result<Node> {
             verdeleted: policy_value(8, defaults.verdeleted)?,
             retextra: policy_value(9, defaults.retextra)?,
             retonly: policy_value(10, defaults.retonly)?,
+            retver: policy_value(16, defaults.retver)?,
         },
         replstate: r.get(11)?,
         replmode: r.get(12)?,
@@ -119,9 +139,15 @@ impl Catalog {
                 Ok((
                     node_from_row(r, self.defaults)?,
                     NodeUsage {
-                        filespaces: r.get(16)?,
-                        active_objects: r.get::<_, i64>(17)?.try_into().unwrap_or(0),
-                        total_versions: r.get::<_, i64>(18)?.try_into().unwrap_or(0),
+                        filespaces: r.get(NODE_COLUMN_COUNT)?,
+                        active_objects: r
+                            .get::<_, i64>(NODE_COLUMN_COUNT + 1)?
+                            .try_into()
+                            .unwrap_or(0),
+                        total_versions: r
+                            .get::<_, i64>(NODE_COLUMN_COUNT + 2)?
+                            .try_into()
+                            .unwrap_or(0),
                     },
                 ))
             })?
@@ -149,7 +175,8 @@ impl Catalog {
                verdeleted    = coalesce(?4, verdeleted),
                retextra      = coalesce(?5, retextra),
                retonly       = coalesce(?6, retonly),
-               password_hash = coalesce(?7, password_hash)
+               password_hash = coalesce(?7, password_hash),
+               retver        = coalesce(?8, retver)
              WHERE name = ?1",
             params![
                 name,
@@ -158,7 +185,8 @@ impl Catalog {
                 policy.verdeleted,
                 policy.retextra,
                 policy.retonly,
-                password_hash
+                password_hash,
+                policy.retver
             ],
         )?;
         if changed == 0 {
@@ -229,5 +257,16 @@ impl Catalog {
             [node_id],
             |r| r.get(0),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_column_count_matches_the_list() {
+        assert_eq!(
+            super::NODE_COLUMNS.split(',').count(),
+            super::NODE_COLUMN_COUNT
+        );
     }
 }

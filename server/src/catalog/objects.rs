@@ -99,7 +99,7 @@ pub(crate) fn manifest_bytes(chunks: &[ChunkId]) -> Vec<u8> {
     chunks.iter().flat_map(|c| c.0).collect()
 }
 
-fn manifest_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, CatalogError> {
+pub(crate) fn manifest_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, CatalogError> {
     if !bytes.len().is_multiple_of(32) {
         return Err(CatalogError::Malformed(format!(
             "manifest of {} bytes is not a multiple of 32",

@@ -21,7 +21,11 @@ pub struct Occupancy {
     pub versions: u64,
     /// Sum of the versions' file sizes.
     pub logical_bytes: u64,
-    /// Distinct chunks the filespace references.
+    /// Archive copies stored (TSM counts them apart from backups).
+    pub archives: u64,
+    /// Sum of the archive copies' file sizes.
+    pub archive_bytes: u64,
+    /// Distinct chunks the filespace's versions and archive copies reference.
     pub chunks: u64,
     /// Their stored bytes, each counted once here even when other filespaces
     /// share it (so the rows of a server can add up to more than its disk).
@@ -61,11 +65,19 @@ impl Catalog {
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut manifests =
-            conn.prepare("SELECT manifest FROM objects WHERE filespace_id = ?1 AND expiring = 0")?;
+        let mut archives = conn.prepare(
+            "SELECT count(*), coalesce(sum(size), 0) FROM archives WHERE filespace_id = ?1",
+        )?;
+        let mut manifests = conn.prepare(
+            "SELECT manifest FROM objects WHERE filespace_id = ?1 AND expiring = 0
+             UNION ALL SELECT manifest FROM archives WHERE filespace_id = ?1",
+        )?;
         let mut stored = conn.prepare_cached("SELECT stored_len FROM chunks WHERE id = ?1")?;
         let mut out = Vec::with_capacity(rows.len());
         for (filespace_id, mut row) in rows {
+            (row.archives, row.archive_bytes) = archives.query_row([filespace_id], |r| {
+                Ok((from_sql_int(r.get(0)?), from_sql_int(r.get(1)?)))
+            })?;
             let mut chunks = HashSet::new();
             let mut list = manifests.query([filespace_id])?;
             while let Some(r) = list.next()? {

@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     verdeleted     INTEGER,
     retextra       INTEGER,
     retonly        INTEGER,
+    retver         INTEGER,                   -- archive copies: days kept
     replstate      TEXT NOT NULL DEFAULT 'disabled',  -- enabled | disabled
     replmode       TEXT NOT NULL DEFAULT 'none',      -- none | send | receive
     replrule       TEXT NOT NULL DEFAULT 'all_data',  -- all_data | active_data | none
@@ -72,6 +73,33 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 CREATE INDEX IF NOT EXISTS objects_by_path ON objects (dir_id, name, backup_ns);
 CREATE UNIQUE INDEX IF NOT EXISTS objects_one_active ON objects (dir_id, name) WHERE active = 1;
+
+-- Archive copies (TSM ARCHIVE): a described copy of a file kept until
+-- `expires_ns` whatever happens to the file or its backups. Whole paths, as
+-- archives are few beside backup versions; `manifest` and `extra` as in
+-- `objects`. `node_id` repeats the filespace's node so one index serves a
+-- node's listing in path order; removing the filespace removes its archives.
+CREATE TABLE IF NOT EXISTS archives (
+    id           INTEGER PRIMARY KEY,
+    object_id    BLOB NOT NULL UNIQUE,
+    node_id      INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+    filespace_id INTEGER NOT NULL REFERENCES filespaces(id) ON DELETE CASCADE,
+    path         TEXT NOT NULL,
+    kind         INTEGER NOT NULL,
+    size         INTEGER NOT NULL,
+    mode         INTEGER NOT NULL,
+    mtime_ns     INTEGER NOT NULL,
+    uid          INTEGER NOT NULL,
+    gid          INTEGER NOT NULL,
+    link_target  TEXT NOT NULL DEFAULT '',
+    archived_ns  INTEGER NOT NULL,
+    expires_ns   INTEGER NOT NULL,
+    description  TEXT NOT NULL,
+    manifest     BLOB NOT NULL,
+    extra        BLOB NOT NULL DEFAULT x''
+);
+CREATE INDEX IF NOT EXISTS archives_by_path ON archives (node_id, path, archived_ns, id);
+CREATE INDEX IF NOT EXISTS archives_by_expiry ON archives (expires_ns);
 
 -- Where each chunk's compressed bytes live. A row exists only after the bytes
 -- were fsynced, so a row is a promise that the data is on disk.

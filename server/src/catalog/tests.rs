@@ -563,3 +563,84 @@ fn reads_neither_wait_for_the_writer_nor_see_its_open_transaction() {
             .is_empty()
     );
 }
+
+#[test]
+fn archive_pages_cover_the_prefix_once_and_copies_expire_by_retver() {
+    use crate::model::ArchiveQuery;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, node) = new_catalog(&dir);
+    // Copies need chunks the node owns; these have none but one file.
+    let paths = ["/a", "/a/x", "/a/y", "/a-b", "/a0", "/ab/z"];
+    let versions: Vec<_> = paths.iter().map(|p| version(p)).collect();
+    for (description, at) in [("first", 10), ("second", 20)] {
+        catalog
+            .commit_archive(node, "/", &versions, description, at)
+            .expect("archive");
+    }
+    for page in [1, 2, 3, 100] {
+        let query = ArchiveQuery {
+            path_prefix: "/a".into(),
+            ..ArchiveQuery::default()
+        };
+        let mut seen = Vec::new();
+        let mut after = None;
+        for _ in 0..100 {
+            let got = catalog
+                .query_archives(node, &query, after.as_ref(), page)
+                .expect("query");
+            seen.extend(
+                got.copies
+                    .iter()
+                    .map(|c| (c.version.attrs.path.clone(), c.description.clone())),
+            );
+            match got.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let want: Vec<(String, String)> = ["/a", "/a/x", "/a/y"]
+            .iter()
+            .flat_map(|p| {
+                [
+                    (p.to_string(), "first".to_string()),
+                    (p.to_string(), "second".to_string()),
+                ]
+            })
+            .collect();
+        assert_eq!(seen, want, "page size {page}");
+    }
+    let second = ArchiveQuery {
+        path_prefix: "/".into(),
+        description: "second".into(),
+        with_chunks: false,
+    };
+    let got = catalog
+        .query_archives(node, &second, None, 100)
+        .expect("query");
+    assert_eq!(got.copies.len(), paths.len());
+    // Another node sees none of them.
+    let other = catalog
+        .register_node("N2", "hash", 1)
+        .expect("register")
+        .expect("new node")
+        .id;
+    let none = catalog
+        .query_archives(other, &second, None, 100)
+        .expect("query");
+    assert!(none.copies.is_empty());
+    // RETVER (365 days by default) sets the expiry; expiration finds them then.
+    assert!(
+        catalog
+            .expired_archives(10 + 364 * super::DAY_NS)
+            .expect("expired")
+            .is_empty()
+    );
+    let due = catalog
+        .expired_archives(20 + 365 * super::DAY_NS)
+        .expect("expired");
+    assert_eq!(due.len(), 2 * paths.len());
+    assert_eq!(
+        catalog.delete_archives(&due).expect("delete"),
+        due.len() as u64
+    );
+}

@@ -305,6 +305,9 @@ pub(super) enum UpdateNoun {
         /// Days the last inactive version of a deleted file is kept (RETONLY).
         #[arg(long)]
         retonly: Option<u32>,
+        /// Days an archive copy is kept (archive copy group RETVER).
+        #[arg(long)]
+        retver: Option<u32>,
         /// File whose first line is the new password.
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,

@@ -235,6 +235,7 @@ impl Row for pb::NodeInfo {
         "VerDeleted",
         "RetExtra",
         "RetOnly",
+        "RetVer",
         "Filespaces",
         "Active Objects",
         "Versions",
@@ -253,6 +254,7 @@ impl Row for pb::NodeInfo {
             self.verdeleted.to_string(),
             self.retextra.to_string(),
             self.retonly.to_string(),
+            self.retver.to_string(),
             self.filespaces.to_string(),
             self.active_objects.to_string(),
             self.total_versions.to_string(),
@@ -266,7 +268,7 @@ impl Row for pb::NodeInfo {
             "name": self.name, "locked": self.locked, "registered": json_time(self.registered_ns),
             "last_logon": json_time(self.last_logon_ns), "failed_logons": self.failed_logons,
             "verexists": self.verexists, "verdeleted": self.verdeleted, "retextra": self.retextra,
-            "retonly": self.retonly, "filespaces": self.filespaces,
+            "retonly": self.retonly, "retver": self.retver, "filespaces": self.filespaces,
             "active_objects": self.active_objects, "total_versions": self.total_versions,
             "replstate": shown(ReplState::from_pb(self.replstate), self.replstate),
             "replmode": shown(ReplMode::from_pb(self.replmode), self.replmode),
@@ -473,6 +475,8 @@ impl Row for pb::Occupancy {
         "Files",
         "Versions",
         "Logical Bytes",
+        "Archives",
+        "Archive Bytes",
         "Chunks",
         "Stored Bytes",
     ];
@@ -483,6 +487,8 @@ impl Row for pb::Occupancy {
             self.files.to_string(),
             self.versions.to_string(),
             self.logical_bytes.to_string(),
+            self.archives.to_string(),
+            self.archive_bytes.to_string(),
             self.chunks.to_string(),
             self.stored_bytes.to_string(),
         ]
@@ -491,6 +497,7 @@ impl Row for pb::Occupancy {
         json!({
             "node": self.node, "filespace": self.filespace, "files": self.files,
             "versions": self.versions, "logical_bytes": self.logical_bytes,
+            "archives": self.archives, "archive_bytes": self.archive_bytes,
             "chunks": self.chunks, "stored_bytes": self.stored_bytes,
         })
     }
@@ -533,13 +540,15 @@ pub(super) fn print_expiration(r: &pb::ExpireInventoryResponse, format: Format) 
     print_items(
         vec![
             ("Versions expired", r.versions_expired.to_string()),
+            ("Archive copies expired", r.archives_expired.to_string()),
             ("Chunks freed", r.chunks_freed.to_string()),
             ("Containers compacted", r.containers_compacted.to_string()),
             ("Bytes reclaimed", r.bytes_reclaimed.to_string()),
             ("Elapsed", format!("{:.2} s", r.elapsed_secs)),
         ],
         &json!({
-            "versions_expired": r.versions_expired, "chunks_freed": r.chunks_freed,
+            "versions_expired": r.versions_expired, "archives_expired": r.archives_expired,
+            "chunks_freed": r.chunks_freed,
             "containers_compacted": r.containers_compacted, "bytes_reclaimed": r.bytes_reclaimed,
             "elapsed_secs": r.elapsed_secs,
         }),

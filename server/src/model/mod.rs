@@ -119,7 +119,31 @@ pub struct VersionQuery {
     pub with_chunks: bool,
 }
 
-/// Retention policy values (TSM backup copy group).
+/// An archive copy (TSM ARCHIVE): a stored version that no backup replaces,
+/// with its description and expiry.
+#[derive(Debug, Clone)]
+pub struct ArchiveCopy {
+    /// The copy, as a version: `backup_ns` is when it was archived, and it
+    /// is always active.
+    pub version: StoredVersion,
+    /// The description given when it was archived.
+    pub description: String,
+    /// When expiration deletes it, Unix ns.
+    pub expires_ns: i64,
+}
+
+/// Which archive copies to list.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveQuery {
+    /// Path equal to or below this.
+    pub path_prefix: String,
+    /// Only copies with exactly this description; empty: any.
+    pub description: String,
+    /// Load chunk lists.
+    pub with_chunks: bool,
+}
+
+/// Retention policy values (TSM backup and archive copy groups).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
@@ -131,6 +155,8 @@ pub struct Policy {
     pub retextra: u32,
     /// Days the last inactive version of a deleted file is kept.
     pub retonly: u32,
+    /// Days an archive copy is kept (TSM archive copy group RETVER).
+    pub retver: u32,
 }
 
 impl Default for Policy {
@@ -141,6 +167,7 @@ impl Default for Policy {
             verdeleted: 1,
             retextra: 30,
             retonly: 60,
+            retver: 365,
         }
     }
 }
@@ -156,6 +183,8 @@ pub struct PolicyUpdate {
     pub retextra: Option<u32>,
     /// New RETONLY.
     pub retonly: Option<u32>,
+    /// New RETVER (archive copies).
+    pub retver: Option<u32>,
 }
 
 /// A registered node.

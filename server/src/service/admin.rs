@@ -359,6 +359,7 @@ impl AdminService {
 fn report_to_pb(r: ExpireReport) -> pb::ExpireInventoryResponse {
     pb::ExpireInventoryResponse {
         versions_expired: r.versions_expired,
+        archives_expired: r.archives_expired,
         chunks_freed: r.chunks_freed,
         containers_compacted: r.containers_compacted,
         bytes_reclaimed: r.bytes_reclaimed,
@@ -1099,6 +1100,7 @@ impl Admin for AdminService {
             verdeleted: policy.verdeleted,
             retextra: policy.retextra,
             retonly: policy.retonly,
+            retver: policy.retver,
         };
         if update.verexists == Some(0) {
             return Err(Status::from(ServerError::InvalidArgument(
@@ -1114,6 +1116,7 @@ impl Admin for AdminService {
             ("verdeleted", update.verdeleted),
             ("retextra", update.retextra),
             ("retonly", update.retonly),
+            ("retver", update.retver),
         ] {
             if let Some(v) = v {
                 changes.push(format!("{key}={v}"));

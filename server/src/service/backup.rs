@@ -1,10 +1,12 @@
-//! The client-facing `Backup` service.
+//! The client-facing `Backup` service; its archive calls are in [`archive`].
+
+mod archive;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tandem_proto::pb::{self, backup_server::Backup};
-use tandem_proto::{ChunkId, ObjectId, SESSION_HEADER};
+use tandem_proto::{ChunkId, SESSION_HEADER};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -546,18 +548,7 @@ impl Backup for BackupService {
     ) -> Result<Response<pb::DeleteVersionsResponse>, Status> {
         let (session, _) = self.session(&request)?;
         let peer = peer_of(&request);
-        let req = request.into_inner();
-        convert::at_most(
-            req.object_ids.len(),
-            tandem_proto::MAX_OBJECTS_PER_CALL,
-            "object ids",
-        )?;
-        let ids = req
-            .object_ids
-            .iter()
-            .map(|raw| ObjectId::from_slice(raw))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::from(ServerError::InvalidArgument(e.to_string())))?;
+        let ids = archive::object_ids(&request.into_inner())?;
         self.refuse_replica(&session, &peer).await?;
         let node_id = session.node_id;
         let deleted = super::blocking(&self.state, move |s| {
@@ -656,6 +647,29 @@ impl Backup for BackupService {
         )
         .await;
         Ok(Response::new(pb::SetPasswordResponse {}))
+    }
+
+    async fn commit_archive(
+        &self,
+        request: Request<pb::CommitArchiveRequest>,
+    ) -> Result<Response<pb::CommitArchiveResponse>, Status> {
+        self.store_archive(request).await
+    }
+
+    type QueryArchivesStream = ResponseStream<pb::QueryArchivesResponse>;
+
+    async fn query_archives(
+        &self,
+        request: Request<pb::QueryArchivesRequest>,
+    ) -> Result<Response<Self::QueryArchivesStream>, Status> {
+        self.list_archives(request).await
+    }
+
+    async fn delete_archives(
+        &self,
+        request: Request<pb::DeleteVersionsRequest>,
+    ) -> Result<Response<pb::DeleteVersionsResponse>, Status> {
+        self.remove_archives(request).await
     }
 
     async fn logoff(

@@ -54,7 +54,8 @@ fn print_preview(r: &pb::ExpirationPreview, format: Format) {
     if format.is_json() {
         let listed: Vec<_> = r.listed.iter().map(Row::json).collect();
         print_json(&json!({
-            "preview": true, "versions": r.versions, "logical_bytes": r.logical_bytes,
+            "preview": true, "versions": r.versions, "archives": r.archives,
+            "logical_bytes": r.logical_bytes,
             "chunks": r.chunks, "stored_bytes": r.stored_bytes, "listed": listed,
         }));
         return;
@@ -71,9 +72,11 @@ fn print_preview(r: &pb::ExpirationPreview, format: Format) {
             String::new()
         };
         tandem_client::outln!(
-            "Preview: {} version(s){shown} would expire, {} bytes of files; {} chunk(s) \
-             ({} stored bytes) would no longer be referenced. Nothing was deleted.",
+            "Preview: {} version(s){shown} and {} archive copy(ies) would expire, {} bytes \
+             of files; {} chunk(s) ({} stored bytes) would no longer be referenced. Nothing \
+             was deleted.",
             r.versions,
+            r.archives,
             r.logical_bytes,
             r.chunks,
             r.stored_bytes

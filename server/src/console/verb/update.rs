@@ -42,6 +42,7 @@ pub(in crate::console) async fn run(
             verdeleted,
             retextra,
             retonly,
+            retver,
             replstate,
             replrule,
             ..
@@ -57,7 +58,7 @@ pub(in crate::console) async fn run(
                 && secret.is_none()
                 && replstate.is_none()
                 && replrule.is_none()
-                && [verexists, verdeleted, retextra, retonly]
+                && [verexists, verdeleted, retextra, retonly, retver]
                     .iter()
                     .all(Option::is_none)
             {
@@ -74,6 +75,7 @@ pub(in crate::console) async fn run(
                     verdeleted,
                     retextra,
                     retonly,
+                    retver,
                 }),
                 password: secret,
                 replstate: replstate.map(ReplState::to_pb),
