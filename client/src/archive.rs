@@ -43,6 +43,11 @@ pub const MAX_DESCRIPTION_BYTES: usize = 255;
 /// # Errors
 /// [`ClientError::Usage`] naming what is wrong.
 pub fn check_description(description: &str) -> Result<(), ClientError> {
+    if description.is_empty() {
+        return Err(ClientError::Usage(
+            "--description is empty; give the text, or leave --description out".into(),
+        ));
+    }
     if description.len() > MAX_DESCRIPTION_BYTES {
         return Err(ClientError::Usage(format!(
             "--description is {} bytes long; at most {MAX_DESCRIPTION_BYTES} are kept, shorten it",
@@ -246,6 +251,10 @@ mod tests {
         assert!(check_description(&"x".repeat(MAX_DESCRIPTION_BYTES)).is_ok());
         assert!(check_description(&"x".repeat(MAX_DESCRIPTION_BYTES + 1)).is_err());
         assert!(check_description("two\nlines").is_err());
+        assert!(
+            check_description("").is_err(),
+            "empty would match every copy"
+        );
         assert!(default_description().starts_with("Archive Date: 20"));
     }
 }

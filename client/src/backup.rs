@@ -138,16 +138,8 @@ pub struct BackupStats {
     /// Wall time in seconds.
     pub elapsed_secs: f64,
     /// When the archive copies expire (archives only; the server's time).
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "json_time")]
+    #[serde(skip)]
     pub archive_expires_ns: Option<i64>,
-}
-
-/// An optional Unix-ns time as the JSON convention has it (RFC 3339).
-fn json_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(ns) => s.serialize_str(&crate::output::timefmt::rfc3339(*ns)),
-        None => s.serialize_none(),
-    }
 }
 
 impl BackupStats {

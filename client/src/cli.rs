@@ -342,23 +342,40 @@ fn print_backup_summary(stats: &BackupStats, console: &Console) {
     crate::outln!("{}", summary_table(rows));
 }
 
+/// An archive's figures: a backup's, said in archive words, with the
+/// copies' expiry.
 fn print_archive_summary(stats: &BackupStats, console: &Console) {
-    print_summary(stats, console, || {
-        vec![
-            ("Objects inspected", stats.inspected.to_string()),
-            ("Objects archived", stats.backed_up.to_string()),
-            ("Objects failed", stats.failed.to_string()),
+    let expires = stats.archive_expires_ns.unwrap_or(0);
+    let summary = serde_json::json!({
+        "inspected": stats.inspected, "archived": stats.backed_up, "failed": stats.failed,
+        "not_archived": stats.not_backed_up, "warnings": stats.warnings,
+        "bytes_scanned": stats.bytes_scanned, "bytes_sent": stats.bytes_sent,
+        "bytes_deduplicated": stats.bytes_deduplicated, "elapsed_secs": stats.elapsed_secs,
+        "expires": timefmt::json(expires),
+    });
+    print_summary(&summary, console, || {
+        let mut rows = vec![
+            ("Objects inspected".to_string(), stats.inspected.to_string()),
+            ("Objects archived".into(), stats.backed_up.to_string()),
+            ("Objects failed".into(), stats.failed.to_string()),
+        ];
+        for (reason, count) in &stats.not_backed_up {
+            rows.push((format!("  not archived: {reason}"), count.to_string()));
+        }
+        if stats.warnings > 0 {
+            rows.push(("Warnings".into(), stats.warnings.to_string()));
+        }
+        rows.extend([
+            ("Expires".into(), timefmt::show(expires)),
+            ("Bytes scanned".into(), human_bytes(stats.bytes_scanned)),
+            ("Bytes sent".into(), human_bytes(stats.bytes_sent)),
             (
-                "Expires",
-                stats
-                    .archive_expires_ns
-                    .map_or_else(|| "-".into(), timefmt::show),
+                "Bytes deduplicated".into(),
+                human_bytes(stats.bytes_deduplicated),
             ),
-            ("Bytes scanned", human_bytes(stats.bytes_scanned)),
-            ("Bytes sent", human_bytes(stats.bytes_sent)),
-            ("Bytes deduplicated", human_bytes(stats.bytes_deduplicated)),
-            ("Elapsed", elapsed(stats.elapsed_secs)),
-        ]
+            ("Elapsed".into(), elapsed(stats.elapsed_secs)),
+        ]);
+        rows
     });
 }
 

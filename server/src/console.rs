@@ -109,7 +109,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
             yes: false,
         }) => {
             confirm(&format!(
-                "Delete filespace {name} of node {} with all its versions? This cannot be undone. Type yes: ",
+                "Delete filespace {name} of node {} with all its versions and archive copies? This cannot be undone. Type yes: ",
                 node.to_ascii_uppercase()
             ))?;
             None

@@ -55,7 +55,8 @@ pub fn check_path(path: &str) -> Result<(), ServerError> {
 pub const MAX_DESCRIPTION_BYTES: usize = 255;
 
 /// Checks an archive description: at most [`MAX_DESCRIPTION_BYTES`], no
-/// control characters (it is printed in listings and logs as it is).
+/// control characters (it is printed in listings and logs as it is). An
+/// empty one is a query's "any description", so a copy may not have it.
 ///
 /// # Errors
 /// [`ServerError::InvalidArgument`] naming what is wrong.

@@ -62,9 +62,9 @@ fn an_archive_outlives_its_files_and_their_backups_and_comes_back_exactly() {
     copy_tree(&src, &first);
     let stats = client.json(&["archive", &path_str(&src), "--description", "Q3 close"]);
     assert_eq!(stats["failed"], 0, "{stats}");
-    let archived = stats["backed_up"].as_u64().unwrap();
+    let archived = stats["archived"].as_u64().unwrap();
     assert!(archived >= 40, "{stats}");
-    assert!(stats["archive_expires_ns"].is_string(), "{stats}");
+    assert!(stats["expires"].is_string(), "{stats}");
 
     // A second archive of changed files is a second copy, not a new version.
     let changed = src.join("docs/sub 0/file-0.txt");
@@ -192,6 +192,81 @@ fn archive_copies_expire_after_retver_and_delete_archive_removes_them() {
     );
 }
 
+/// DELETE FILESPACE takes the filespace's archive copies with it, says so,
+/// and their space comes back.
+#[test]
+fn delete_filespace_removes_its_archive_copies_and_says_so() {
+    let (server, client, work) = setup();
+    let file = work.path().join("only-archived.bin");
+    std::fs::write(&file, random_bytes(11, 100_000)).unwrap();
+    client.json(&["archive", &path_str(&file), "--description", "one"]);
+    let filespace = copies(&client, &path_str(&file), &[])[0]["filespace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = admin_json(
+        &server,
+        &["delete", "filespace", "arc", &filespace, "--yes"],
+    );
+    assert_eq!(r["versions_deleted"], 0, "{r}");
+    assert_eq!(r["archives_deleted"], 1, "{r}");
+    assert!(r["chunks_freed"].as_u64().unwrap() > 0, "{r}");
+    assert!(copies(&client, &path_str(&file), &[]).is_empty());
+    assert!(
+        server.actlog().contains("1 archive copy(ies) deleted"),
+        "{}",
+        server.actlog()
+    );
+}
+
+/// On a server that holds the node as a replica, the archive writes are
+/// refused like backups (the replica is read-only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_archive_writes() {
+    let (primary, secondary, client) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("f"), "x\n").unwrap();
+    client.json(&["incremental", &path_str(work.path())]);
+    let run = replicate(&primary, "alice");
+    assert_eq!(run["state"], "completed", "{run}");
+    let (mut raw, token) = raw_backup_session(&secondary, "alice", "alice-password").await;
+    let refused = raw
+        .commit_archive(with_session(
+            &token,
+            pb::CommitArchiveRequest {
+                filespace: "/".into(),
+                objects: Vec::new(),
+                description: "on the replica".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let refused = raw
+        .delete_archives(with_session(
+            &token,
+            pb::DeleteVersionsRequest {
+                object_ids: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        secondary.actlog().contains("TDM0604W"),
+        "{}",
+        secondary.actlog()
+    );
+}
+
 #[test]
 fn bad_descriptions_are_refused_before_anything_is_sent() {
     let (_server, client, work) = setup();
@@ -205,6 +280,21 @@ fn bad_descriptions_are_refused_before_anything_is_sent() {
     assert_eq!(code(&out), 12);
     assert!(
         stderr(&out).contains("control character"),
+        "{}",
+        stderr(&out)
+    );
+    // An empty description would select every copy: refused too.
+    let out = client.run(&[
+        "delete",
+        "archive",
+        &path_str(&file),
+        "--description",
+        "",
+        "--yes",
+    ]);
+    assert_eq!(code(&out), 12);
+    assert!(
+        stderr(&out).contains("--description is empty"),
         "{}",
         stderr(&out)
     );
@@ -295,8 +385,8 @@ async fn archive_calls_refuse_what_is_not_the_callers() {
         .unwrap_err();
     assert_eq!(claim.code(), tonic::Code::FailedPrecondition, "{claim:?}");
 
-    // A description with a control character, or too long, is refused.
-    for description in ["line\nbreak".to_string(), "x".repeat(256)] {
+    // A description with a control character, too long or empty is refused.
+    for description in ["line\nbreak".to_string(), "x".repeat(256), String::new()] {
         let refused = raw
             .commit_archive(with_session(
                 &token,

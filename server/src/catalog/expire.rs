@@ -206,12 +206,17 @@ impl Catalog {
         Ok(())
     }
 
-    /// Deletes a node's filespace and all its versions. Returns the number of
-    /// versions deleted, or `None` if there is no such filespace.
+    /// Deletes a node's filespace with all its versions and archive copies.
+    /// Returns how many of each were deleted, or `None` if there is no such
+    /// filespace.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn delete_filespace(&self, node_id: i64, name: &str) -> Result<Option<u64>, CatalogError> {
+    pub fn delete_filespace(
+        &self,
+        node_id: i64,
+        name: &str,
+    ) -> Result<Option<(u64, u64)>, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let id: Option<i64> = tx
@@ -228,9 +233,10 @@ impl Catalog {
             "DELETE FROM objects WHERE dir_id IN (SELECT id FROM dirs WHERE filespace_id = ?1)",
             [id],
         )? as u64;
+        let archives = tx.execute("DELETE FROM archives WHERE filespace_id = ?1", [id])? as u64;
         tx.execute("DELETE FROM filespaces WHERE id = ?1", [id])?;
         tx.commit()?;
-        Ok(Some(versions))
+        Ok(Some((versions, archives)))
     }
 }
 

@@ -100,6 +100,7 @@ CREATE TABLE IF NOT EXISTS archives (
 );
 CREATE INDEX IF NOT EXISTS archives_by_path ON archives (node_id, path, archived_ns, id);
 CREATE INDEX IF NOT EXISTS archives_by_expiry ON archives (expires_ns);
+CREATE INDEX IF NOT EXISTS archives_by_filespace ON archives (filespace_id);
 
 -- Where each chunk's compressed bytes live. A row exists only after the bytes
 -- were fsynced, so a row is a promise that the data is on disk.

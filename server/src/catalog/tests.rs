@@ -569,7 +569,7 @@ fn archive_pages_cover_the_prefix_once_and_copies_expire_by_retver() {
     use crate::model::ArchiveQuery;
     let dir = tempfile::tempdir().expect("tempdir");
     let (catalog, node) = new_catalog(&dir);
-    // Copies need chunks the node owns; these have none but one file.
+    // Copies without content: no chunks to own.
     let paths = ["/a", "/a/x", "/a/y", "/a-b", "/a0", "/ab/z"];
     let versions: Vec<_> = paths.iter().map(|p| version(p)).collect();
     for (description, at) in [("first", 10), ("second", 20)] {

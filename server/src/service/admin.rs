@@ -1034,7 +1034,7 @@ impl Admin for AdminService {
         let name = node_name(&req.node)?;
         let filespace = req.filespace;
         let (lookup, fs) = (name.clone(), filespace.clone());
-        let deleted =
+        let (deleted, archives) =
             super::blocking(&self.state, move |s| {
                 let node = s.repo.registered_node(&lookup)?;
                 s.repo.catalog.delete_filespace(node.id, &fs)?.ok_or_else(|| {
@@ -1050,7 +1050,7 @@ impl Admin for AdminService {
             &name,
             &caller.peer,
             format!(
-                "delete filespace {filespace} of node {name}: {deleted} version(s) deleted ({})",
+                "delete filespace {filespace} of node {name}: {deleted} version(s) and {archives} archive copy(ies) deleted ({})",
                 caller.who
             ),
         )
@@ -1058,6 +1058,7 @@ impl Admin for AdminService {
         let report = super::blocking(&self.state, ServerState::reclaim).await?;
         Ok(Response::new(pb::DeleteFilespaceResponse {
             versions_deleted: deleted,
+            archives_deleted: archives,
             reclaimed: Some(report_to_pb(report)),
         }))
     }

@@ -38,13 +38,15 @@ pub(in crate::console) async fn run(
                 let reclaimed = r.reclaimed.unwrap_or_default();
                 print_json(&json!({
                     "filespace": name, "versions_deleted": r.versions_deleted,
+                    "archives_deleted": r.archives_deleted,
                     "chunks_freed": reclaimed.chunks_freed, "bytes_reclaimed": reclaimed.bytes_reclaimed,
                 }));
             } else {
                 if format.for_people() {
                     tandem_client::outln!(
-                        "TDM0421I filespace {name} deleted: {} version(s)",
-                        r.versions_deleted
+                        "TDM0421I filespace {name} deleted: {} version(s), {} archive copy(ies)",
+                        r.versions_deleted,
+                        r.archives_deleted
                     );
                 }
                 print_expiration(&r.reclaimed.unwrap_or_default(), format);

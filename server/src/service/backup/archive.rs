@@ -29,6 +29,11 @@ impl BackupService {
         let req = request.into_inner();
         convert::check_path(&req.filespace)?;
         convert::check_description(&req.description)?;
+        if req.description.is_empty() {
+            return Err(Status::from(ServerError::InvalidArgument(
+                "an archive copy needs a description (it is how copies are found again)".into(),
+            )));
+        }
         convert::at_most(
             req.objects.len(),
             tandem_proto::MAX_OBJECTS_PER_CALL,
