@@ -49,6 +49,10 @@ pub(crate) enum AdminError {
     /// The server failed while carrying it out (TDM0515E).
     #[error("{0}")]
     Failed(String),
+    /// The command did its work and found something an operator must act
+    /// on (TDM0516W); it exits 8, not 12.
+    #[error("{0}")]
+    Attention(String),
 }
 
 impl AdminError {
@@ -61,6 +65,15 @@ impl AdminError {
             AdminError::NotFound(_) => "TDM0513E",
             AdminError::Refused(_) => "TDM0514E",
             AdminError::Failed(_) => "TDM0515E",
+            AdminError::Attention(_) => "TDM0516W",
+        }
+    }
+
+    /// The exit code: 8 for a warning, 12 for an error.
+    fn exit_code(&self) -> u8 {
+        match self {
+            AdminError::Attention(_) => 8,
+            _ => 12,
         }
     }
 
@@ -68,8 +81,13 @@ impl AdminError {
     /// (`{"error": {"id", "message"}}`) a script can parse.
     fn report(&self, as_json: bool) {
         if as_json {
+            // A warning is keyed as the client keys its warnings.
+            let key = match self {
+                AdminError::Attention(_) => "warning",
+                _ => "error",
+            };
             let doc = serde_json::json!({
-                "error": { "id": self.message_id(), "message": self.to_string() }
+                key: { "id": self.message_id(), "message": self.to_string() }
             });
             eprintln!("{doc}");
         } else {
@@ -161,7 +179,7 @@ where
         Ok(()) => 0,
         Err(e) => {
             e.report(as_json);
-            12
+            e.exit_code()
         }
     }
 }

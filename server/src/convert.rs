@@ -294,6 +294,26 @@ fn attrs_to_pb(a: ObjectAttrs) -> pb::ObjectAttrs {
     }
 }
 
+/// Converts a coverage row for the wire, its age as of `now_ns`.
+pub fn coverage_to_pb(r: crate::coverage::CoverageRow, now_ns: i64) -> pb::CoverageRow {
+    let age_ns = if r.copy_ns == 0 {
+        0
+    } else {
+        now_ns.saturating_sub(r.copy_ns).max(0)
+    };
+    pb::CoverageRow {
+        node: r.node,
+        filespace: r.filespace,
+        replmode: r.role.to_pb(),
+        replstate: r.replstate.to_pb(),
+        partner: r.partner,
+        last_backup_end_ns: r.last_backup_end_ns,
+        copy_ns: r.copy_ns,
+        copy_age_secs: u64::try_from(age_ns / 1_000_000_000).unwrap_or(0),
+        coverage: r.coverage.word().to_string(),
+    }
+}
+
 /// Converts an archive copy for the wire.
 pub fn archive_to_pb(a: ArchiveCopy) -> pb::ArchiveCopy {
     pb::ArchiveCopy {

@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod config;
 pub mod console;
 pub mod convert;
+pub mod coverage;
 pub mod demo;
 pub mod error;
 pub mod expire;

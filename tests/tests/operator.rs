@@ -952,3 +952,72 @@ async fn the_new_admin_calls_refuse_callers_without_the_admin_credential() {
         serde_json::from_str(&admin_stdout(&primary, &["--json", "query", "server"])).unwrap();
     assert_eq!(servers[0]["address"], secondary.url(), "{servers}");
 }
+
+/// QUERY COVERAGE (issue 23, seed 000's first rule): a filespace with no
+/// copy on another server is named and the console exits 8 (TDM0516W); a
+/// replicated one is current; one backed up since its last replication is
+/// behind and named once its copy is older than --max-age; a node never
+/// backed up is empty; the secondary lists its replicas as such.
+#[test]
+fn query_coverage_names_what_has_no_recent_copy_elsewhere() {
+    let (primary, secondary, alice) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    let alice_dir = work.path().join("alice");
+    std::fs::create_dir_all(&alice_dir).unwrap();
+    std::fs::write(alice_dir.join("a"), "a\n").unwrap();
+    alice.json(&["incremental", &path_str(&alice_dir)]);
+    assert_eq!(replicate(&primary, "alice")["state"], "completed");
+    primary.register("bob", "bob-password");
+    primary.register("carol", "carol-password");
+    let bob = TestClient::new(&primary, "bob", "bob-password");
+    let bob_dir = work.path().join("bob");
+    std::fs::create_dir_all(&bob_dir).unwrap();
+    std::fs::write(bob_dir.join("b"), "b\n").unwrap();
+    bob.json(&["incremental", &path_str(&bob_dir)]);
+
+    let out = primary.admin(&["--json", "query", "coverage"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = |node: &str| -> String {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == node)
+            .map(|r| r["coverage"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no row for {node}: {rows}"))
+    };
+    assert_eq!(state("ALICE"), "current");
+    assert_eq!(state("BOB"), "uncovered");
+    assert_eq!(state("CAROL"), "empty");
+    let warning: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(warning["warning"]["id"], "TDM0516W", "{warning}");
+    let text = warning["warning"]["message"].as_str().unwrap();
+    assert!(text.contains("BOB") && !text.contains("ALICE"), "{text}");
+
+    // Only alice: covered, exit 0, in any format.
+    let out = primary.admin(&["query", "coverage", "alice"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("current"));
+
+    // A backup after the replication: behind; stale once older than --max-age.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    std::fs::write(alice_dir.join("a"), "changed\n").unwrap();
+    alice.json(&["incremental", &path_str(&alice_dir)]);
+    let out = primary.admin(&["--json", "query", "coverage", "alice"]);
+    assert_eq!(code(&out), 0, "behind, but within a day: {}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["coverage"], "behind", "{rows}");
+    assert!(rows[0]["copy_age_secs"].as_u64().unwrap() >= 1, "{rows}");
+    let out = primary.admin(&["query", "coverage", "alice", "--max-age", "0"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("TDM0516W ") && stderr(&out).contains("ALICE"));
+
+    // The secondary holds alice as a replica; a node it does not know is an error.
+    let out = secondary.admin(&["--json", "query", "coverage"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["coverage"], "replica", "{rows}");
+    assert_eq!(rows[0]["partner"], "PRIMARY", "{rows}");
+    let out = secondary.admin(&["query", "coverage", "nosuch"]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+}

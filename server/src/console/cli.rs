@@ -430,6 +430,16 @@ pub(super) enum QueryNoun {
     Status,
     /// Defined partner servers.
     Server,
+    /// Whether each filespace has a copy on another server, and how old
+    /// the newest is. Exits 8 (TDM0516W) when a filespace has none, or
+    /// when its copy misses the last backup and is older than --max-age.
+    Coverage {
+        /// Node name; all when omitted.
+        node: Option<String>,
+        /// Hours a copy may lag the last backup before it counts as stale.
+        #[arg(long, value_name = "HOURS", default_value_t = 24)]
+        max_age: u64,
+    },
     /// Per node and filespace: files, versions, logical and stored bytes.
     Occupancy {
         /// Node name; all when omitted.

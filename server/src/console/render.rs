@@ -503,6 +503,48 @@ impl Row for pb::Occupancy {
     }
 }
 
+impl Row for pb::CoverageRow {
+    const HEADERS: &'static [&'static str] = &[
+        "Node",
+        "Filespace",
+        "Role",
+        "Replication",
+        "Other Server",
+        "Last Backup End",
+        "Newest Copy Elsewhere",
+        "Copy Age",
+        "Coverage",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            shown_name(&self.filespace),
+            shown(ReplMode::from_pb(self.replmode), self.replmode),
+            shown(ReplState::from_pb(self.replstate), self.replstate),
+            self.partner.clone(),
+            show_time(self.last_backup_end_ns),
+            show_time(self.copy_ns),
+            if self.copy_ns == 0 {
+                "-".into()
+            } else {
+                format!("{:.1} h", self.copy_age_secs as f64 / 3600.0)
+            },
+            self.coverage.clone(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "node": self.node, "filespace": self.filespace,
+            "replmode": shown(ReplMode::from_pb(self.replmode), self.replmode),
+            "replstate": shown(ReplState::from_pb(self.replstate), self.replstate),
+            "partner": self.partner,
+            "last_backup_end": json_time(self.last_backup_end_ns),
+            "newest_copy": json_time(self.copy_ns),
+            "copy_age_secs": self.copy_age_secs, "coverage": self.coverage,
+        })
+    }
+}
+
 impl Row for pb::NodeFilespace {
     const HEADERS: &'static [&'static str] = &[
         "Node",
@@ -579,6 +621,7 @@ mod tests {
             ("expiring", width::<pb::ExpiringVersion>()),
             ("occupancy", width::<pb::Occupancy>()),
             ("filespace", width::<pb::NodeFilespace>()),
+            ("coverage", width::<pb::CoverageRow>()),
         ] {
             assert_eq!(headers, cells, "{name}");
         }

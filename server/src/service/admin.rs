@@ -596,6 +596,30 @@ impl Admin for AdminService {
         Ok(Response::new(session_to_pb(session)))
     }
 
+    async fn query_coverage(
+        &self,
+        request: Request<pb::QueryCoverageRequest>,
+    ) -> Result<Response<pb::QueryCoverageResponse>, Status> {
+        self.authorize(&request).await?;
+        let node = optional_node_name(request.into_inner().node)?;
+        let rows = super::blocking(&self.state, move |s| {
+            let catalog = &s.repo.catalog;
+            let replserver = catalog
+                .setting(crate::catalog::Setting::ReplServer)?
+                .unwrap_or_default();
+            crate::coverage::report(catalog, &node, &replserver)
+        })
+        .await?;
+        let now = now_ns();
+        Ok(Response::new(pb::QueryCoverageResponse {
+            rows: rows
+                .into_iter()
+                .map(|r| crate::convert::coverage_to_pb(r, now))
+                .collect(),
+            now_ns: now,
+        }))
+    }
+
     async fn query_node_filespaces(
         &self,
         request: Request<pb::QueryNodeFilespacesRequest>,

@@ -93,6 +93,23 @@ pub(in crate::console) async fn run(
                 .await?;
             print_rows(&r.filespaces, format);
         }
+        QueryNoun::Coverage { node, max_age } => {
+            let req = console.request(pb::QueryCoverageRequest {
+                node: node.unwrap_or_default(),
+            });
+            let r = console.answer(console.client().query_coverage(req)).await?;
+            print_rows(&r.rows, format);
+            let gaps = coverage_gaps(&r.rows, max_age.saturating_mul(3600));
+            if !gaps.is_empty() {
+                return Err(AdminError::Attention(format!(
+                    "{} filespace(s) not safely copied to another server: {}; replicate them \
+                     (`replicate node NAME`), or enable replication for their nodes \
+                     (`update node NAME --replstate enabled`)",
+                    gaps.len(),
+                    gaps.join(", ")
+                )));
+            }
+        }
         QueryNoun::Server => {
             let req = console.request(pb::QueryServersRequest {});
             let r = console.answer(console.client().query_servers(req)).await?;
@@ -175,4 +192,53 @@ pub(in crate::console) async fn run(
         }
     }
     Ok(())
+}
+
+/// The filespaces a coverage report must warn about, as `NODE filespace
+/// (why)`: no copy elsewhere, or a copy that misses the last backup and is
+/// older than `max_age_secs`.
+fn coverage_gaps(rows: &[pb::CoverageRow], max_age_secs: u64) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| {
+            let why = match r.coverage.as_str() {
+                "uncovered" => "no copy".to_string(),
+                "behind" if r.copy_age_secs > max_age_secs => {
+                    format!("copy {} h old", r.copy_age_secs / 3600)
+                }
+                _ => return None,
+            };
+            Some(format!("{} {} ({why})", r.node, r.filespace))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(coverage: &str, age: u64) -> pb::CoverageRow {
+        pb::CoverageRow {
+            node: "N".into(),
+            filespace: "/fs".into(),
+            coverage: coverage.into(),
+            copy_age_secs: age,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gaps_are_missing_copies_and_stale_lagging_ones() {
+        let rows = [
+            row("current", 999_999),
+            row("behind", 3600),
+            row("behind", 7201),
+            row("uncovered", 0),
+            row("replica", 0),
+            row("empty", 0),
+        ];
+        assert_eq!(
+            coverage_gaps(&rows, 7200),
+            ["N /fs (copy 2 h old)", "N /fs (no copy)"]
+        );
+    }
 }
