@@ -30,6 +30,12 @@ pub enum ServerMsg {
     BackupCompleted,
     /// A client stored archive copies (ARCHIVE).
     ArchiveStored,
+    /// An administrator took a catalog backup (BACKUP DB).
+    CatalogBackedUp,
+    /// The catalog was restored from a backup (RESTORE DB).
+    CatalogRestored,
+    /// A scheduled catalog backup failed.
+    CatalogBackupFailed,
     /// An administrator ran a command.
     AdminCommand,
     /// An admin call came with missing or wrong credentials.
@@ -84,6 +90,9 @@ impl ServerMsg {
             ServerMsg::FilespaceDeleted => "TDM0421I",
             ServerMsg::VersionsDeleted => "TDM0422I",
             ServerMsg::ArchivesDeleted => "TDM0423I",
+            ServerMsg::CatalogBackedUp => "TDM0425I",
+            ServerMsg::CatalogRestored => "TDM0426W",
+            ServerMsg::CatalogBackupFailed => "TDM0427E",
             ServerMsg::ReplicationDone => "TDM0600I",
             ServerMsg::ReplicationFailed => "TDM0601E",
             ServerMsg::ReplicationAuthFailed => "TDM0602W",

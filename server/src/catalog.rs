@@ -16,6 +16,7 @@ mod actlog;
 mod admins;
 mod archives;
 mod chunks;
+mod dbcopy;
 mod dirs;
 mod expire;
 mod nodes;
@@ -26,6 +27,7 @@ mod replication;
 pub use actlog::ActlogFilter;
 pub use admins::Admin;
 pub use archives::{ArchiveCommit, ArchiveKey, ArchivePage};
+pub use dbcopy::{ChunkReconcile, Damaged};
 
 /// The server-wide settings the catalog keeps (its `server_info` table), so
 /// a misspelled key cannot read or write a setting nobody else uses.

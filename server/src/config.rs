@@ -73,6 +73,25 @@ pub struct ServerConfig {
     /// Rolled-over log files kept besides the current one.
     #[serde(default = "default_log_max_files")]
     pub log_max_files: usize,
+    /// Where scheduled catalog backups go (an absolute path, best on
+    /// another disk than the data dir); unset: none are taken.
+    #[serde(default)]
+    pub db_backup_dir: Option<PathBuf>,
+    /// Hours between scheduled catalog backups.
+    #[serde(default = "default_db_backup_interval_hours")]
+    pub db_backup_interval_hours: u64,
+    /// Scheduled catalog copies kept in `db_backup_dir`; older ones are
+    /// deleted after each new copy.
+    #[serde(default = "default_db_backup_keep")]
+    pub db_backup_keep: usize,
+}
+
+fn default_db_backup_interval_hours() -> u64 {
+    24
+}
+
+fn default_db_backup_keep() -> usize {
+    7
 }
 
 fn default_log_max_files() -> usize {
@@ -219,7 +238,41 @@ impl ServerConfig {
                 cfg.log_max_files
             )));
         }
+        cfg.check_db_backup()?;
         Ok(cfg)
+    }
+
+    /// A scheduled catalog backup needs an absolute directory apart from
+    /// the data dir, a sane interval and at least one copy kept.
+    fn check_db_backup(&self) -> Result<(), ConfigError> {
+        let Some(dir) = &self.db_backup_dir else {
+            return Ok(());
+        };
+        if !dir.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "db_backup_dir {} is not an absolute path; give one such as /srv/tandem-db-backups",
+                dir.display()
+            )));
+        }
+        if same_dir(dir, &self.data_dir) {
+            return Err(ConfigError::Invalid(format!(
+                "db_backup_dir {} is the data directory; give a directory of its own, best on another disk",
+                dir.display()
+            )));
+        }
+        if !(1..=8760).contains(&self.db_backup_interval_hours) {
+            return Err(ConfigError::Invalid(format!(
+                "db_backup_interval_hours {} is out of range: give 1 to 8760 hours",
+                self.db_backup_interval_hours
+            )));
+        }
+        if !(1..=1000).contains(&self.db_backup_keep) {
+            return Err(ConfigError::Invalid(format!(
+                "db_backup_keep {} is out of range: give 1 to 1000 copies",
+                self.db_backup_keep
+            )));
+        }
+        Ok(())
     }
 
     /// Where and how the server logs.
@@ -406,5 +459,40 @@ mod tests {
         assert_eq!(limits.max_connections, 64);
         assert_eq!(limits.max_per_address, 64);
         assert_eq!(limits.idle_timeout, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn catalog_backup_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        let data = dir.path().join("data");
+        for (lines, expected) in [
+            (
+                "db_backup_dir = \"rel\"\n".to_string(),
+                "not an absolute path",
+            ),
+            (
+                format!("db_backup_dir = \"{}\"\n", data.display()),
+                "is the data directory",
+            ),
+            (
+                "db_backup_dir = \"/srv/x\"\ndb_backup_keep = 0\n".to_string(),
+                "db_backup_keep 0 is out of range",
+            ),
+            (
+                "db_backup_dir = \"/srv/x\"\ndb_backup_interval_hours = 0\n".to_string(),
+                "db_backup_interval_hours 0 is out of range",
+            ),
+        ] {
+            std::fs::write(&file, format!("data_dir = \"{}\"\n{lines}", data.display())).unwrap();
+            let err = ServerConfig::load(Some(&file), &ConfigOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{lines}: {err}");
+        }
+        std::fs::write(&file, "db_backup_dir = \"/srv/x\"\n").unwrap();
+        let cfg = ServerConfig::load(Some(&file), &ConfigOverrides::default()).unwrap();
+        assert_eq!(cfg.db_backup_interval_hours, 24);
+        assert_eq!(cfg.db_backup_keep, 7);
     }
 }

@@ -152,6 +152,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         Verb::Rotate(noun) => verb::rotate::run(console, noun, secret, json).await,
         Verb::Ping(noun) => verb::ping::run(console, noun, json).await,
         Verb::Cancel(noun) => verb::cancel::run(console, noun, json).await,
+        Verb::Backup(noun) => verb::backup::run(console, noun, json).await,
     }
 }
 

@@ -216,6 +216,9 @@ impl DemoServer {
             log_format: crate::logging::LogFormat::Text,
             log_rotation: crate::logging::LogRotation::Never,
             log_max_files: 1,
+            db_backup_dir: None,
+            db_backup_interval_hours: 24,
+            db_backup_keep: 7,
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.

@@ -34,6 +34,8 @@ pub mod config;
 pub mod console;
 pub mod convert;
 pub mod coverage;
+pub mod dbbackup;
+pub mod dbrestore;
 pub mod demo;
 pub mod error;
 pub mod expire;

@@ -76,6 +76,7 @@ pub async fn run(
     let scheduler = tokio::spawn(expiration_schedule(state.clone(), shutdown.clone()));
     let repl_scheduler = tokio::spawn(repl::schedule(state.clone(), shutdown.clone()));
     let actlog_pruner = tokio::spawn(actlog_retention(state.clone(), shutdown.clone()));
+    let db_backups = tokio::spawn(crate::dbbackup::schedule(state.clone(), shutdown.clone()));
 
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -113,6 +114,7 @@ pub async fn run(
     scheduler.await?;
     repl_scheduler.await?;
     actlog_pruner.await?;
+    db_backups.await?;
     actlog::record(
         &state.repo.catalog,
         ServerMsg::Stopped,

@@ -71,7 +71,7 @@ fn refuse_shared_data_dir(dir: &Path) -> Result<(), ServerError> {
 /// second server can never open the same catalog and containers: its
 /// start-up would cut the first one's containers back to their last indexed
 /// chunk, under a running backup.
-fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
+pub(crate) fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
     use std::io::{Read, Seek};
     let path = dir.join("lock");
     let file = std::fs::OpenOptions::new()

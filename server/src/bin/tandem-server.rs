@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
     after_help = "Configuration keys (--config FILE, or TANDEM_SERVER_<KEY> in the environment): \
 data_dir, listen, name, expire_interval_hours, replication_interval_minutes, [policy], \
 tls_cert, tls_key, insecure_plaintext, rename, invalid_password_limit, comm_timeout_seconds, \
-idle_timeout_seconds, max_connections, log_file, log_format, log_rotation, log_max_files. \
+idle_timeout_seconds, max_connections, log_file, log_format, log_rotation, log_max_files, \
+db_backup_dir, db_backup_interval_hours, db_backup_keep. \
 Defaults and ranges: README, \"Server configuration\". RUST_LOG sets the log level (default info)."
 )]
 struct Args {
@@ -62,6 +63,16 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Put a catalog copy made by `tandem-admin backup db` back in place of
+    /// this data dir's catalog (TSM RESTORE DB), with the server stopped:
+    /// the current catalog is moved aside, the copy is checked against the
+    /// containers, and replication of the nodes this server is the source
+    /// of is suspended (their replicas may hold newer versions).
+    RestoreDb {
+        /// The catalog copy (`tandem-db-NAME-TIME.sqlite`).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
@@ -100,6 +111,49 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         signal_token.cancel();
     });
     tandem_server::run(state, listener, token).await?;
+    Ok(())
+}
+
+/// `restore-db`: on the data dir the configuration names.
+fn restore_db(args: &Args, from: &std::path::Path) -> anyhow::Result<()> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let overrides = ConfigOverrides {
+        data_dir: args.data_dir.clone(),
+        ..ConfigOverrides::default()
+    };
+    let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
+    let report = tandem_server::dbrestore::restore_db(&config.data_dir, from, config.policy)?;
+    println!("Catalog restored from {}", from.display());
+    if let Some(aside) = &report.kept_aside {
+        println!("Replaced catalog kept as {}", aside.display());
+    }
+    println!("Chunks in place: {}", report.chunks.kept);
+    println!(
+        "Chunks re-pointed (moved since the copy): {}",
+        report.chunks.repointed
+    );
+    println!(
+        "Chunks missing (freed since the copy): {}",
+        report.chunks.missing.len()
+    );
+    println!(
+        "Chunks not in the copy (written after it; reclaimed): {}",
+        report.chunks.unindexed
+    );
+    println!(
+        "Damaged: {} version(s), {} archive copy(ies)",
+        report.damaged.versions, report.damaged.archives
+    );
+    for path in &report.damaged.sample {
+        println!("  damaged: {}", tandem_proto::names::display(path));
+    }
+    if !report.suspended.is_empty() {
+        println!(
+            "TDM0426W replication suspended for {}: their replicas may hold versions this catalog lost. \
+             Restore what you need from the replica (failover) before `update node NAME --replstate enabled`.",
+            report.suspended.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -147,6 +201,13 @@ async fn run_server() -> ExitCode {
             }
             tandem_server::demo::run(keep).await
         }
+        Some(Command::RestoreDb { ref from }) => match restore_db(&args, from) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tandem-server: {e:#}");
+                ExitCode::from(12)
+            }
+        },
         None => match serve(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -214,7 +214,7 @@ impl Catalog {
         node_id: i64,
         object_ids: &[ObjectId],
     ) -> Result<u64, CatalogError> {
-        self.delete_in_batches(
+        self.delete_rows_in_batches(
             object_ids,
             "DELETE FROM archives WHERE object_id = ?1 AND node_id = ?2",
             |stmt, id| stmt.execute(params![id.0.as_slice(), node_id]),
@@ -239,7 +239,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn delete_archives(&self, ids: &[i64]) -> Result<u64, CatalogError> {
-        self.delete_in_batches(ids, "DELETE FROM archives WHERE id = ?1", |stmt, id| {
+        self.delete_rows_in_batches(ids, "DELETE FROM archives WHERE id = ?1", |stmt, id| {
             stmt.execute([id])
         })
     }

@@ -13,7 +13,7 @@ use crate::model::ChunkLocation;
 
 /// The tables whose rows reference chunks by their manifests: a chunk is
 /// kept while a row of either names it.
-const MANIFEST_TABLES: [&str; 2] = ["objects", "archives"];
+pub(super) const MANIFEST_TABLES: [&str; 2] = ["objects", "archives"];
 
 /// Rows deleted per transaction, so a large expiration does not hold the
 /// writer lock (and block backups) for long.
@@ -77,7 +77,25 @@ impl Catalog {
     /// Runs `sql` once per item, `DELETE_BATCH` to a transaction, then
     /// drops the directory rows no version uses any more; returns the rows
     /// deleted.
-    pub(super) fn delete_in_batches<T>(
+    fn delete_in_batches<T>(
+        &self,
+        items: &[T],
+        sql: &str,
+        delete_one: impl FnMut(&mut rusqlite::CachedStatement<'_>, &T) -> rusqlite::Result<usize>,
+    ) -> Result<u64, CatalogError> {
+        let deleted = self.delete_rows_in_batches(items, sql, delete_one)?;
+        if deleted > 0 {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            delete_unused_dirs(&tx)?;
+            tx.commit()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Runs `sql` once per item, `DELETE_BATCH` to a transaction; returns
+    /// the rows deleted. For rows that hold no directory (archive copies).
+    pub(super) fn delete_rows_in_batches<T>(
         &self,
         items: &[T],
         sql: &str,
@@ -93,12 +111,6 @@ impl Catalog {
                     deleted += delete_one(&mut stmt, item)? as u64;
                 }
             }
-            tx.commit()?;
-        }
-        if deleted > 0 {
-            let mut conn = self.conn();
-            let tx = conn.transaction()?;
-            delete_unused_dirs(&tx)?;
             tx.commit()?;
         }
         Ok(deleted)

@@ -644,3 +644,34 @@ fn archive_pages_cover_the_prefix_once_and_copies_expire_by_retver() {
         due.len() as u64
     );
 }
+
+#[test]
+fn a_restored_catalog_suspends_replication_of_source_nodes_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, _) = new_catalog(&dir);
+    for name in ["SRC", "REPLICA", "NEVER"] {
+        catalog.register_node(name, "hash", 1).expect("register");
+    }
+    let raw = Connection::open(dir.path().join("catalog.db")).expect("open");
+    raw.execute_batch(
+        "UPDATE nodes SET replstate = 'enabled', replmode = 'send' WHERE name = 'SRC';
+         UPDATE nodes SET replstate = 'enabled', replmode = 'receive' WHERE name = 'REPLICA';
+         UPDATE nodes SET replstate = 'enabled' WHERE name = 'NEVER';",
+    )
+    .expect("set modes");
+    assert_eq!(
+        catalog.suspend_source_replication().expect("suspend"),
+        ["SRC"]
+    );
+    let state = |name: &str| {
+        catalog
+            .node(name)
+            .expect("node")
+            .expect("exists")
+            .replstate
+            .to_string()
+    };
+    assert_eq!(state("SRC"), "disabled");
+    assert_eq!(state("REPLICA"), "enabled");
+    assert_eq!(state("NEVER"), "enabled");
+}

@@ -107,6 +107,20 @@ pub(super) enum Verb {
     /// ROTATE: replace the bootstrap admin token.
     #[command(subcommand)]
     Rotate(RotateNoun),
+    /// BACKUP: copy the catalog while the server runs.
+    #[command(subcommand)]
+    Backup(BackupNoun),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum BackupNoun {
+    /// Write a consistent copy of the catalog into DIR on the server's
+    /// machine (TSM BACKUP DB); `tandem-server restore-db` brings it back.
+    Db {
+        /// An existing directory, absolute, on the server's machine.
+        #[arg(long, value_name = "DIR")]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -596,6 +596,37 @@ impl Admin for AdminService {
         Ok(Response::new(session_to_pb(session)))
     }
 
+    async fn backup_db(
+        &self,
+        request: Request<pb::BackupDbRequest>,
+    ) -> Result<Response<pb::BackupDbResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let dir = std::path::PathBuf::from(request.into_inner().to_dir);
+        let started = std::time::Instant::now();
+        let taken = super::blocking(&self.state, move |s| {
+            crate::dbbackup::take(&s.repo.catalog, &s.config.name, &dir)
+        })
+        .await?;
+        actlog::record(
+            &self.state.repo.catalog,
+            ServerMsg::CatalogBackedUp,
+            "",
+            &caller.peer,
+            format!(
+                "catalog backed up to {} ({} bytes) ({})",
+                taken.path.display(),
+                taken.bytes,
+                caller.who
+            ),
+        )
+        .await;
+        Ok(Response::new(pb::BackupDbResponse {
+            path: taken.path.display().to_string(),
+            bytes: taken.bytes,
+            elapsed_secs: started.elapsed().as_secs_f64(),
+        }))
+    }
+
     async fn query_coverage(
         &self,
         request: Request<pb::QueryCoverageRequest>,

@@ -1,0 +1,135 @@
+//! `tandem-server restore-db` (TSM RESTORE DB): puts a catalog copy made by
+//! `backup db` back in place of a lost or damaged catalog, on a stopped
+//! server, and brings it in line with the containers before anything can
+//! start on it.
+//!
+//! Why the order matters: a store opened on a catalog cuts every container
+//! back to its last indexed chunk. An old catalog does not know where a
+//! compaction after the copy moved chunks, so opening a store on it first
+//! would destroy data it still needs. The containers are therefore read
+//! from their own record headers first: index rows whose chunk moved are
+//! re-pointed, rows of chunks freed since are dropped and the versions
+//! that used them are named. Then replication of the nodes this server is
+//! the source of is suspended: their replicas may hold versions this
+//! catalog lost, which the next run would delete there.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use tandem_proto::ChunkId;
+
+use crate::actlog::ServerMsg;
+use crate::catalog::{Catalog, ChunkReconcile, Damaged};
+use crate::error::ServerError;
+use crate::model::{ActlogRecord, ChunkLocation, Policy, now_ns};
+use crate::storage::ChunkStore;
+
+/// What a catalog restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreDbReport {
+    /// Where the replaced catalog files were moved (none if there was none).
+    pub kept_aside: Option<PathBuf>,
+    /// How the index compared with the containers.
+    pub chunks: ChunkReconcile,
+    /// Stored data that lost its chunks since the copy.
+    pub damaged: Damaged,
+    /// Nodes whose replication was suspended.
+    pub suspended: Vec<String>,
+}
+
+/// Restores the catalog of `data_dir` from `copy`.
+///
+/// # Errors
+/// The data dir in use by a running server, a copy that is not a whole
+/// Tandem catalog or belongs to another server (nothing is changed then),
+/// I/O and catalog errors.
+pub fn restore_db(
+    data_dir: &Path,
+    copy: &Path,
+    policy: Policy,
+) -> Result<RestoreDbReport, ServerError> {
+    let _lock = crate::state::lock_data_dir(data_dir)?;
+    let refused = |e: crate::error::CatalogError| {
+        ServerError::FailedPrecondition(format!("{e}; nothing was changed"))
+    };
+    let guid = Catalog::check_copy(copy).map_err(refused)?;
+    let live = data_dir.join("catalog.db");
+    if let Ok(current) = Catalog::check_copy(&live)
+        && !current.is_empty()
+        && !guid.is_empty()
+        && current != guid
+    {
+        return Err(ServerError::FailedPrecondition(format!(
+            "{} is a catalog of server GUID {guid}, but this data dir belongs to {current}; \
+             restore a copy of this server's own catalog. Nothing was changed",
+            copy.display()
+        )));
+    }
+    let kept_aside = put_in_place(data_dir, copy)?;
+    let catalog = Catalog::open(&live, policy)?;
+    let mut found: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
+    for (id, at) in ChunkStore::scan_dir(&data_dir.join("containers"))? {
+        found.entry(id).or_default().push(at);
+    }
+    let chunks = catalog.reconcile_chunks(&found)?;
+    let missing: HashSet<ChunkId> = chunks.missing.iter().copied().collect();
+    let damaged = catalog.damaged_by(&missing)?;
+    let suspended = catalog.suspend_source_replication()?;
+    catalog.log_activity(&ActlogRecord {
+        time_ns: now_ns(),
+        msg_id: ServerMsg::CatalogRestored.id().to_string(),
+        node: String::new(),
+        peer: String::new(),
+        message: format!(
+            "catalog restored from {}: {} chunk(s) in place, {} re-pointed, {} missing, {} not in the copy; {} version(s) and {} archive copy(ies) damaged; replication suspended for {} node(s)",
+            crate::actlog::label(&copy.display().to_string()),
+            chunks.kept,
+            chunks.repointed,
+            chunks.missing.len(),
+            chunks.unindexed,
+            damaged.versions,
+            damaged.archives,
+            suspended.len()
+        ),
+    })?;
+    catalog.checkpoint()?;
+    Ok(RestoreDbReport {
+        kept_aside,
+        chunks,
+        damaged,
+        suspended,
+    })
+}
+
+/// Copies `copy` into the data dir and renames it over `catalog.db`, after
+/// moving the current catalog files (with their WAL) aside, never deleting
+/// them. Returns where they went.
+fn put_in_place(data_dir: &Path, copy: &Path) -> Result<Option<PathBuf>, ServerError> {
+    let io = |context: String| move |source| ServerError::Setup { context, source };
+    let staged = data_dir.join("catalog.db.restoring");
+    std::fs::copy(copy, &staged).map_err(io(format!(
+        "copying {} to {}",
+        copy.display(),
+        staged.display()
+    )))?;
+    std::fs::File::open(&staged)
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("syncing {}", staged.display())))?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let aside = data_dir.join(format!("catalog.db.before-restore-{stamp}"));
+    let mut moved = false;
+    for suffix in ["", "-wal", "-shm"] {
+        let from = data_dir.join(format!("catalog.db{suffix}"));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            std::fs::rename(&from, &to).map_err(io(format!("moving {} aside", from.display())))?;
+            moved = true;
+        }
+    }
+    std::fs::rename(&staged, data_dir.join("catalog.db"))
+        .map_err(io(format!("renaming {}", staged.display())))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("syncing {}", data_dir.display())))?;
+    Ok(moved.then_some(aside))
+}
