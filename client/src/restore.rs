@@ -15,9 +15,10 @@ mod attrs;
 mod dest;
 mod direct;
 mod fetch;
+mod repair;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -648,41 +649,89 @@ pub async fn run(
     })?;
     let plan = plan(versions, &req, &dest, console, &mut stats);
     stats.hard_links_incomplete = incomplete_link_groups(&plan);
-    let (tx, mut rx) = mpsc::channel::<Parcel>(4);
     let order: Vec<FetchJob> = plan
         .files
         .iter()
         .enumerate()
         .map(|(i, f)| (i, f.chunks.clone(), f.size))
         .collect();
-    let fetcher = tokio::spawn(fetch::fetch(session.clone(), order, tx));
-    let progress = console.start_progress();
-    let total_files = plan.files.len();
-    let total_bytes: u64 = plan.files.iter().map(|f| f.size).sum();
-    let (mut files_begun, mut bytes_fetched) = (0usize, 0u64);
-    // The line is redrawn a few times a second at most, so a restore of
-    // many small files does not format a message per parcel.
-    let mut shown_at = Instant::now();
+    let (mut written, mut failures) = transfer(
+        session,
+        &plan.files,
+        order,
+        &dest,
+        console,
+        &mut stats,
+        true,
+    )
+    .await?;
+    // Files that failed for their data: the server repairs what it can
+    // from its replication partner, and they are fetched once more.
+    for round in 1..=REPAIR_ROUNDS {
+        if failures.is_empty() {
+            break;
+        }
+        let chunks: BTreeSet<ChunkId> = failures.iter().filter_map(|f| f.chunk).collect();
+        let summary = match repair::ask(session, &chunks).await {
+            Ok(summary) => summary,
+            Err(status) => repair::RepairSummary {
+                unrepaired: chunks.len() as u64,
+                reason: status.message().to_string(),
+                ..repair::RepairSummary::default()
+            },
+        };
+        let mut jobs: Vec<usize> = failures.iter().map(|f| f.job).collect();
+        jobs.dedup();
+        if summary.repaired > 0 {
+            console.audit(&Msg::chunks_repaired(
+                &session.info.name,
+                summary.repaired,
+                &summary.partner,
+                jobs.len(),
+            ));
+        }
+        if summary.unrepaired > 0 {
+            console.report(
+                &Msg::chunks_not_repaired(&session.info.name, summary.unrepaired, &summary.reason),
+                ExitStatus::Warnings,
+            );
+        }
+        if !summary.worth_retrying() {
+            break;
+        }
+        let again: Vec<FetchJob> = jobs
+            .iter()
+            .map(|&i| (i, plan.files[i].chunks.clone(), plan.files[i].size))
+            .collect();
+        let last = round == REPAIR_ROUNDS;
+        let (more_written, more_failures) = transfer(
+            session,
+            &plan.files,
+            again,
+            &dest,
+            console,
+            &mut stats,
+            !last,
+        )
+        .await?;
+        for (slot, inode) in written.iter_mut().zip(more_written) {
+            if inode.is_some() {
+                *slot = inode;
+            }
+        }
+        failures = more_failures;
+    }
+    let mut reported = std::collections::HashSet::new();
+    for failure in failures {
+        if reported.insert(failure.job) {
+            console.report(
+                &Msg::corrupt(&plan.files[failure.job].path, &failure.cause),
+                ExitStatus::Error,
+            );
+            stats.failed += 1;
+        }
+    }
     tokio::task::block_in_place(|| {
-        let written = writer::write_files(&plan.files, &dest, console, &mut stats, || {
-            let parcel = rx.blocking_recv()?;
-            for message in &parcel {
-                match message {
-                    fetch::Fetched::Begin(_) => files_begun += 1,
-                    fetch::Fetched::Data(data) => bytes_fetched += data.len() as u64,
-                    fetch::Fetched::End | fetch::Fetched::Failed(_) => {}
-                }
-            }
-            if shown_at.elapsed() >= PROGRESS_EVERY {
-                shown_at = Instant::now();
-                progress.set_message(format!(
-                    "restoring: {files_begun} of {total_files} file(s), {} of {}",
-                    crate::backup::human_bytes(bytes_fetched),
-                    crate::backup::human_bytes(total_bytes)
-                ));
-            }
-            Some(parcel)
-        });
         restore_nodes(&dest, &plan, &written, console, &mut stats);
         // The renames, links and directories are durable too.
         if let Err(e) = dest.sync() {
@@ -695,10 +744,58 @@ pub async fn run(
             );
         }
     });
+    stats.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// Repair-and-retry rounds for files that failed for their data.
+const REPAIR_ROUNDS: usize = 2;
+
+/// Fetches and writes the files of `order`, with progress; returns where
+/// each was put and, with `defer_data_failures`, the files that failed for
+/// their data (unreported, for a repair).
+async fn transfer(
+    session: &Session,
+    files: &[FileJob],
+    order: Vec<FetchJob>,
+    dest: &DestTree,
+    console: &Console,
+    stats: &mut RestoreStats,
+    defer_data_failures: bool,
+) -> Result<(Vec<Option<writer::Inode>>, Vec<writer::DataFailure>), ClientError> {
+    let (tx, mut rx) = mpsc::channel::<Parcel>(4);
+    let total_files = order.len();
+    let total_bytes: u64 = order.iter().map(|(_, _, size)| size).sum();
+    let fetcher = tokio::spawn(fetch::fetch(session.clone(), order, tx));
+    let progress = console.start_progress();
+    let (mut files_begun, mut bytes_fetched) = (0usize, 0u64);
+    // The line is redrawn a few times a second at most, so a restore of
+    // many small files does not format a message per parcel.
+    let mut shown_at = Instant::now();
+    let outcome = tokio::task::block_in_place(|| {
+        writer::write_files(files, dest, console, stats, defer_data_failures, || {
+            let parcel = rx.blocking_recv()?;
+            for message in &parcel {
+                match message {
+                    fetch::Fetched::Begin(_) => files_begun += 1,
+                    fetch::Fetched::Data(data) => bytes_fetched += data.len() as u64,
+                    fetch::Fetched::End | fetch::Fetched::Failed { .. } => {}
+                }
+            }
+            if shown_at.elapsed() >= PROGRESS_EVERY {
+                shown_at = Instant::now();
+                progress.set_message(format!(
+                    "restoring: {files_begun} of {total_files} file(s), {} of {}",
+                    crate::backup::human_bytes(bytes_fetched),
+                    crate::backup::human_bytes(total_bytes)
+                ));
+            }
+            Some(parcel)
+        })
+    });
     console.end_progress();
     fetcher
         .await
         .map_err(|e| ClientError::task_failed("fetch task", e))?;
-    stats.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(stats)
+    Ok(outcome)
 }

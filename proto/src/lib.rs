@@ -40,6 +40,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// catalog for long. Callers split longer lists.
 pub const MAX_CHUNK_IDS_PER_CALL: usize = 16_384;
 
+/// Most chunk ids one self-repair call may name (`RepairChunks`,
+/// `ReadReplicaChunks`): the server decompresses and hashes each, so a call
+/// costs far more than a read; a restore has few damaged chunks.
+pub const MAX_REPAIR_CHUNK_IDS: usize = 256;
+
 /// Largest uncompressed chunk a server accepts. Clients' chunkers cut
 /// smaller ones (the Tandem client at most 4 MiB); the server refuses a
 /// larger raw length before it decompresses anything.

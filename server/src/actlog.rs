@@ -36,6 +36,10 @@ pub enum ServerMsg {
     CatalogRestored,
     /// A scheduled catalog backup failed.
     CatalogBackupFailed,
+    /// A damaged or missing chunk was replaced from the partner.
+    ChunkRepaired,
+    /// A damaged or missing chunk could not be repaired.
+    ChunkUnrepaired,
     /// An administrator ran a command.
     AdminCommand,
     /// An admin call came with missing or wrong credentials.
@@ -93,6 +97,8 @@ impl ServerMsg {
             ServerMsg::CatalogBackedUp => "TDM0425I",
             ServerMsg::CatalogRestored => "TDM0426W",
             ServerMsg::CatalogBackupFailed => "TDM0427E",
+            ServerMsg::ChunkRepaired => "TDM0428I",
+            ServerMsg::ChunkUnrepaired => "TDM0429E",
             ServerMsg::ReplicationDone => "TDM0600I",
             ServerMsg::ReplicationFailed => "TDM0601E",
             ServerMsg::ReplicationAuthFailed => "TDM0602W",

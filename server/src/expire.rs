@@ -20,6 +20,7 @@ use tandem_proto::ChunkId;
 
 use crate::catalog::{Catalog, ExpiringVersion, ReleasedSpace};
 use crate::error::ServerError;
+use crate::model::ChunkLocation;
 use crate::repository::Repository;
 use crate::storage::{HEADER_BYTES, VerifiedChunk};
 
@@ -196,14 +197,24 @@ fn compact(repo: &Repository, number: u32) -> Result<(), ServerError> {
         .filter(|((_, at), index)| *index == Some(*at))
         .map(|(record, _)| record);
     let mut batch: Vec<VerifiedChunk> = Vec::new();
+    let mut from: Vec<ChunkLocation> = Vec::new();
     let mut batch_bytes = 0usize;
-    let flush = |batch: &mut Vec<VerifiedChunk>| -> Result<(), ServerError> {
+    let flush = |batch: &mut Vec<VerifiedChunk>,
+                 from: &mut Vec<ChunkLocation>|
+     -> Result<(), ServerError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let moved = repo.store.append(batch)?;
+        let moved: Vec<_> = repo
+            .store
+            .append(batch)?
+            .into_iter()
+            .zip(from.iter())
+            .map(|((id, to), at)| (id, *at, to))
+            .collect();
         repo.catalog.relocate_chunks(&moved)?;
         batch.clear();
+        from.clear();
         Ok(())
     };
     for (id, loc) in chunks {
@@ -214,12 +225,13 @@ fn compact(repo: &Repository, number: u32) -> Result<(), ServerError> {
             data: data.into(),
             raw_len: loc.raw_len,
         });
+        from.push(loc);
         if batch_bytes >= COPY_BATCH_BYTES {
-            flush(&mut batch)?;
+            flush(&mut batch, &mut from)?;
             batch_bytes = 0;
         }
     }
-    flush(&mut batch)?;
+    flush(&mut batch, &mut from)?;
     repo.store.remove_container(number)?;
     Ok(())
 }

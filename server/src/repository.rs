@@ -15,6 +15,7 @@
 //! Callers run these methods on blocking threads (rusqlite and fsync block).
 
 pub mod ingest;
+pub mod repair;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

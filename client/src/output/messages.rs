@@ -130,6 +130,28 @@ impl Msg {
         }
     }
 
+    /// TDM1027I: the server replaced damaged chunks from its partner, and
+    /// the files that used them are fetched again.
+    pub fn chunks_repaired(server: &str, repaired: u64, partner: &str, files: usize) -> Self {
+        Msg {
+            id: "TDM1027I",
+            text: format!(
+                "server {server} found {repaired} damaged or missing chunk(s) and replaced them with verified copies from server {partner}; restoring {files} file(s) again"
+            ),
+        }
+    }
+
+    /// TDM1028W: the server could not repair the chunks a restore could
+    /// not use.
+    pub fn chunks_not_repaired(server: &str, unrepaired: u64, reason: &str) -> Self {
+        Msg {
+            id: "TDM1028W",
+            text: format!(
+                "server {server} could not repair {unrepaired} damaged or missing chunk(s): {reason}; the files that use them are named below"
+            ),
+        }
+    }
+
     /// A stored path would land outside the restore destination.
     pub fn escapes(path: &str, cause: impl fmt::Display) -> Self {
         Msg {

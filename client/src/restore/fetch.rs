@@ -50,8 +50,14 @@ pub(super) enum Fetched {
     Data(Vec<u8>),
     /// The file's chunks are all there.
     End,
-    /// The file cannot be restored: its data is damaged or missing.
-    Failed(String),
+    /// The file cannot be restored: its data is damaged or missing. Names
+    /// the chunk at fault, when one is.
+    Failed {
+        /// What went wrong.
+        cause: String,
+        /// The chunk that could not be used.
+        chunk: Option<ChunkId>,
+    },
 }
 
 /// Messages for the writers, in order, sent together.
@@ -94,7 +100,7 @@ struct Ordered {
 
 enum Slot {
     Ready(Fetched),
-    Decoding(JoinHandle<Result<Vec<u8>, String>>),
+    Decoding(ChunkId, JoinHandle<Result<Vec<u8>, String>>),
 }
 
 impl Ordered {
@@ -109,12 +115,15 @@ impl Ordered {
         if chunk.raw_len <= DECODE_INLINE_BYTES {
             let message = match decode(expected, &chunk) {
                 Ok(raw) => Fetched::Data(raw),
-                Err(cause) => Fetched::Failed(cause),
+                Err(cause) => Fetched::Failed {
+                    cause,
+                    chunk: Some(expected),
+                },
             };
             return self.push(message).await;
         }
         let handle = tokio::task::spawn_blocking(move || decode(expected, &chunk));
-        self.queue.push_back(Slot::Decoding(handle));
+        self.queue.push_back(Slot::Decoding(expected, handle));
         self.decoding += 1;
         while self.decoding > DECODE_AHEAD {
             if !self.send_one().await {
@@ -129,7 +138,7 @@ impl Ordered {
         while let Some(front) = self.queue.front() {
             let done = match front {
                 Slot::Ready(_) => true,
-                Slot::Decoding(handle) => handle.is_finished(),
+                Slot::Decoding(_, handle) => handle.is_finished(),
             };
             if !done {
                 break;
@@ -146,7 +155,7 @@ impl Ordered {
         let message = match self.queue.pop_front() {
             None => return true,
             Some(Slot::Ready(message)) => message,
-            Some(Slot::Decoding(handle)) => {
+            Some(Slot::Decoding(expected, handle)) => {
                 self.decoding -= 1;
                 // What is gathered goes out before waiting for the decoding.
                 if !handle.is_finished() && !self.send_parcel().await {
@@ -154,8 +163,14 @@ impl Ordered {
                 }
                 match handle.await {
                     Ok(Ok(raw)) => Fetched::Data(raw),
-                    Ok(Err(cause)) => Fetched::Failed(cause),
-                    Err(e) => Fetched::Failed(format!("decoding failed: {e}")),
+                    Ok(Err(cause)) => Fetched::Failed {
+                        cause,
+                        chunk: Some(expected),
+                    },
+                    Err(e) => Fetched::Failed {
+                        cause: format!("decoding failed: {e}"),
+                        chunk: None,
+                    },
                 }
             }
         };
@@ -313,7 +328,12 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                         };
                         // The stream is unusable after this: go on with a
                         // new call from the next file.
-                        let _ = out.push(Fetched::Failed(cause)).await;
+                        let _ = out
+                            .push(Fetched::Failed {
+                                cause,
+                                chunk: Some(*expected),
+                            })
+                            .await;
                         restart_at = i + 1;
                         break 'files;
                     }

@@ -63,6 +63,15 @@ struct TempFile {
     file: File,
 }
 
+/// A file that failed for its data while failures were deferred: its job,
+/// why, and the chunk at fault (when one is), for a repair and a retry.
+#[derive(Debug, Clone)]
+pub(super) struct DataFailure {
+    pub job: usize,
+    pub cause: String,
+    pub chunk: Option<tandem_proto::ChunkId>,
+}
+
 /// Removes a temporary file that will not be put in place.
 fn discard(dest: &DestTree, job: &FileJob, tmp: &OsString) {
     if let Ok(dir) = dest.dir(&job.placed.parent) {
@@ -139,6 +148,12 @@ struct Writer<'a> {
     dest: &'a DestTree,
     console: &'a Console,
     stats: RestoreStats,
+    /// Data failures are kept here instead of reported (a repair may
+    /// follow), when set.
+    deferred: Option<Vec<DataFailure>>,
+    /// The file being received whose data failed (deferred), so further bad
+    /// chunks of it are kept for the same repair.
+    failed_job: Option<usize>,
     current: Option<(usize, TempFile)>,
     /// Whether the current file is written directly.
     direct: bool,
@@ -154,15 +169,18 @@ struct Writer<'a> {
 /// Writes the files whose data `next` yields (parcels, in file order), on
 /// [`WRITER_THREADS`] threads whose batches a syncer thread settles; returns
 /// when every batch is synced and renamed, with the (device, inode) of each
-/// job put in place.
+/// job put in place. With `defer_data_failures`, files whose data is damaged
+/// or missing are not reported or counted but returned, for a repair.
 pub(super) fn write_files(
     jobs: &[FileJob],
     dest: &DestTree,
     console: &Console,
     stats: &mut RestoreStats,
+    defer_data_failures: bool,
     mut next: impl FnMut() -> Option<Parcel>,
-) -> Vec<Option<Inode>> {
+) -> (Vec<Option<Inode>>, Vec<DataFailure>) {
     let mut in_place = vec![None; jobs.len()];
+    let mut deferred = Vec::new();
     // One batch syncing while the next ones are written.
     let (to_syncer, batches) = std_mpsc::sync_channel::<Vec<Written>>(1);
     std::thread::scope(|scope| {
@@ -180,12 +198,15 @@ pub(super) fn write_files(
         for _ in 0..WRITER_THREADS {
             let (queue, parcels) = std_mpsc::sync_channel::<Parcel>(WRITER_QUEUE);
             let mut writer = Writer::new(jobs, dest, console, to_syncer.clone());
+            if defer_data_failures {
+                writer.deferred = Some(Vec::new());
+            }
             writers.push(scope.spawn(move || {
                 for message in parcels.into_iter().flatten() {
                     writer.handle(message);
                 }
                 writer.hand_over();
-                writer.stats
+                (writer.stats, writer.deferred.unwrap_or_default())
             }));
             queues.push(queue);
         }
@@ -210,7 +231,8 @@ pub(super) fn write_files(
         }
         drop(queues);
         for writer in writers {
-            let written = writer.join().unwrap_or_default();
+            let (written, failures) = writer.join().unwrap_or_default();
+            deferred.extend(failures);
             stats.bytes += written.bytes;
             stats.failed += written.failed;
             stats.attributes_not_set += written.attributes_not_set;
@@ -222,7 +244,8 @@ pub(super) fn write_files(
             in_place[job] = Some(inode);
         }
     });
-    in_place
+    deferred.sort_by_key(|f| f.job);
+    (in_place, deferred)
 }
 
 impl<'a> Writer<'a> {
@@ -237,6 +260,8 @@ impl<'a> Writer<'a> {
             dest,
             console,
             stats: RestoreStats::default(),
+            deferred: None,
+            failed_job: None,
             current: None,
             direct: false,
             direct_writer: DirectWriter::new(),
@@ -253,13 +278,14 @@ impl<'a> Writer<'a> {
             Fetched::Begin(job) => self.begin(job),
             Fetched::Data(raw) => self.data(&raw),
             Fetched::End => self.end(),
-            Fetched::Failed(cause) => self.failed(cause),
+            Fetched::Failed { cause, chunk } => self.failed(cause, chunk),
         }
     }
 
     /// A file starts.
     fn begin(&mut self, job: usize) {
         self.broken = false;
+        self.failed_job = None;
         self.file_bytes = 0;
         match create_temp(self.dest, &self.jobs[job]) {
             Ok(tmp) => {
@@ -284,13 +310,31 @@ impl<'a> Writer<'a> {
     }
 
     /// The current file cannot be restored: its data is damaged or missing.
-    fn failed(&mut self, cause: String) {
+    fn failed(&mut self, cause: String, chunk: Option<tandem_proto::ChunkId>) {
         if let Some((job, tmp)) = self.current.take() {
-            let path = self.jobs[job].path.clone();
-            self.console
-                .report(&Msg::corrupt(&path, cause), ExitStatus::Error);
-            self.stats.failed += 1;
             discard(self.dest, &self.jobs[job], &tmp.name);
+            match &mut self.deferred {
+                Some(deferred) => {
+                    deferred.push(DataFailure { job, cause, chunk });
+                    self.failed_job = Some(job);
+                }
+                None => {
+                    let path = &self.jobs[job].path;
+                    self.console
+                        .report(&Msg::corrupt(path, cause), ExitStatus::Error);
+                    self.stats.failed += 1;
+                }
+            }
+        } else if let (Some(deferred), Some(chunk), Some(job)) =
+            (&mut self.deferred, chunk, self.failed_job)
+        {
+            // A further bad chunk of a file that failed already: repaired
+            // in the same round.
+            deferred.push(DataFailure {
+                job,
+                cause,
+                chunk: Some(chunk),
+            });
         }
         self.broken = true;
     }

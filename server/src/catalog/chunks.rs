@@ -122,6 +122,89 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Points chunks at fresh, verified and fsynced copies (self-repair),
+    /// and makes node `node` an owner of each, in one transaction: the row of
+    /// a damaged chunk is re-pointed (its old record becomes dead space that
+    /// compaction reclaims), the row of a missing one is added.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn replace_chunks(
+        &self,
+        node: i64,
+        written: &[(ChunkId, ChunkLocation)],
+    ) -> Result<(), CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO chunks (id, container, offset, stored_len, raw_len, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (id) DO UPDATE SET container = excluded.container,
+                   offset = excluded.offset, stored_len = excluded.stored_len,
+                   raw_len = excluded.raw_len",
+            )?;
+            for (id, loc) in written {
+                stmt.execute(params![
+                    id.as_slice(),
+                    loc.container,
+                    super::sql_int(loc.offset),
+                    loc.stored_len,
+                    loc.raw_len,
+                    node
+                ])?;
+                grant(&tx, node, id)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// For each of `ids`, up to `limit` paths of node `node`'s backup
+    /// versions and archive copies whose data uses it, for the activity log.
+    /// Reads every manifest of the node: for the rare damaged chunk.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn node_paths_using(
+        &self,
+        node: i64,
+        ids: &std::collections::HashSet<ChunkId>,
+        limit: usize,
+    ) -> Result<std::collections::HashMap<ChunkId, Vec<String>>, CatalogError> {
+        let mut found: std::collections::HashMap<ChunkId, Vec<String>> =
+            std::collections::HashMap::new();
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let conn = self.reader();
+        for sql in [
+            "SELECT d.path || o.name, o.manifest FROM objects o
+               JOIN filespaces f ON f.id = o.filespace_id
+               JOIN dirs d ON d.id = o.dir_id
+             WHERE f.node_id = ?1",
+            "SELECT a.path, a.manifest FROM archives a WHERE a.node_id = ?1",
+        ] {
+            let mut stmt = conn.prepare(sql)?;
+            let mut rows = stmt.query([node])?;
+            while let Some(row) = rows.next()? {
+                let manifest: Vec<u8> = row.get(1)?;
+                for id in manifest
+                    .chunks_exact(32)
+                    .filter_map(|c| ChunkId::from_slice(c).ok())
+                    .filter(|c| ids.contains(c))
+                {
+                    let paths = found.entry(id).or_default();
+                    let path: String = row.get(0)?;
+                    if paths.len() < limit && !paths.contains(&path) {
+                        paths.push(path);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Indexes fsynced chunks that node `node` uploaded, in one transaction,
     /// and makes the node an owner of every chunk it sent (`uploaded`, which
     /// includes those it found stored already: sending the bytes proves it

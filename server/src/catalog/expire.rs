@@ -200,18 +200,31 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// Points chunks at their new (already fsynced) locations, in one transaction.
+    /// Points chunks at their new (already fsynced) locations, in one
+    /// transaction: each `(id, from, to)` only while the index still points
+    /// at `from`, so a chunk a repair replaced meanwhile keeps its new copy.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn relocate_chunks(&self, moved: &[(ChunkId, ChunkLocation)]) -> Result<(), CatalogError> {
+    pub fn relocate_chunks(
+        &self,
+        moved: &[(ChunkId, ChunkLocation, ChunkLocation)],
+    ) -> Result<(), CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
-            let mut stmt =
-                tx.prepare_cached("UPDATE chunks SET container = ?2, offset = ?3 WHERE id = ?1")?;
-            for (id, loc) in moved {
-                stmt.execute(params![id.as_slice(), loc.container, sql_int(loc.offset)])?;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE chunks SET container = ?2, offset = ?3
+                 WHERE id = ?1 AND container = ?4 AND offset = ?5",
+            )?;
+            for (id, from, to) in moved {
+                stmt.execute(params![
+                    id.as_slice(),
+                    to.container,
+                    sql_int(to.offset),
+                    from.container,
+                    sql_int(from.offset)
+                ])?;
             }
         }
         tx.commit()?;

@@ -10,10 +10,13 @@
 //! - [`runs`]: runs on the source server: checks, one run per node, run
 //!   records, the schedule.
 //! - [`compare`]: `query replnode`.
+//! - [`repair`]: self-repair of damaged chunks from the partner that shares
+//!   the node.
 
 pub mod compare;
 pub mod local_target;
 pub mod remote;
+pub mod repair;
 pub mod runs;
 pub mod source;
 

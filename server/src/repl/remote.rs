@@ -132,6 +132,45 @@ impl RemoteTarget {
         Ok(())
     }
 
+    /// The partner's stored copies of `ids` (at most
+    /// [`tandem_proto::MAX_REPAIR_CHUNK_IDS`]) of the node, for self-repair:
+    /// those it holds for the node, as stored, unverified (the caller
+    /// verifies each).
+    ///
+    /// # Errors
+    /// The partner's refusal; a malformed reply.
+    pub async fn read_partner_chunks(
+        &self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<StoredChunk>, ServerError> {
+        let mut stream = self
+            .client
+            .clone()
+            .read_shared_chunks(self.request(pb::ReplicaChunkIdsRequest {
+                node: self.node.clone(),
+                chunk_ids: ids.iter().map(|c| c.as_slice().to_vec()).collect(),
+            }))
+            .await
+            .map_err(self.refused("reading chunks for a repair".into()))?
+            .into_inner();
+        let asked: std::collections::HashSet<&ChunkId> = ids.iter().collect();
+        let mut copies = Vec::new();
+        while let Some(message) = stream.next().await {
+            let message = message.map_err(self.refused("reading chunks for a repair".into()))?;
+            for chunk in convert::chunks_from_pb(message.chunk.into_iter().collect())? {
+                // Only what was asked, once each, and no larger than a
+                // chunk can be.
+                if asked.contains(&chunk.id)
+                    && copies.len() < ids.len()
+                    && chunk.data.len() <= tandem_proto::MAX_RAW_CHUNK_BYTES + 65_536
+                {
+                    copies.push(chunk);
+                }
+            }
+        }
+        Ok(copies)
+    }
+
     /// Ends the replication session on the partner (its pins go with it).
     /// A failure is only logged: the partner ends idle sessions itself.
     pub async fn bye(&self) {

@@ -525,6 +525,26 @@ impl Backup for BackupService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn repair_chunks(
+        &self,
+        request: Request<pb::RepairChunksRequest>,
+    ) -> Result<Response<pb::RepairChunksResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let raw = request.into_inner().chunk_ids;
+        convert::at_most(raw.len(), tandem_proto::MAX_REPAIR_CHUNK_IDS, "chunk ids")?;
+        let ids = convert::chunk_ids(&raw)?;
+        let name = session.node.clone();
+        let node = super::blocking(&self.state, move |s| s.repo.registered_node(&name)).await?;
+        let report = crate::repl::repair::repair_chunks(&self.state, &node, ids).await?;
+        Ok(Response::new(pb::RepairChunksResponse {
+            intact: report.intact,
+            repaired: report.repaired.len() as u64,
+            unrepaired: report.unrepaired.len() as u64,
+            partner: report.partner.unwrap_or_default(),
+            reason: report.reason.unwrap_or_default(),
+        }))
+    }
+
     async fn query_filespaces(
         &self,
         request: Request<pb::QueryFilespacesRequest>,

@@ -423,4 +423,78 @@ impl Replication for ReplicationService {
         }
         Ok(Response::new(pb::ByeResponse {}))
     }
+
+    type ReadSharedChunksStream = ResponseStream<pb::ReadChunksResponse>;
+
+    async fn read_shared_chunks(
+        &self,
+        request: Request<pb::ReplicaChunkIdsRequest>,
+    ) -> Result<Response<Self::ReadSharedChunksStream>, Status> {
+        let (_, caller) = self.session(&request).await?;
+        let req = request.into_inner();
+        convert::at_most(
+            req.chunk_ids.len(),
+            tandem_proto::MAX_REPAIR_CHUNK_IDS,
+            "chunk ids",
+        )?;
+        let ids = convert::chunk_ids(&req.chunk_ids)?;
+        let name = crate::model::normalize_node_name(&req.node).ok_or_else(|| {
+            Status::from(ServerError::InvalidArgument(format!(
+                "bad node name {:?}",
+                req.node
+            )))
+        })?;
+        let lookup = name.clone();
+        let node = super::blocking(&self.state, move |s| Ok(s.repo.catalog.node(&lookup)?))
+            .await?
+            .ok_or_else(|| Status::from(ServerError::NodeNotFound { node: name.clone() }))?;
+        // Only a node this server shares with the caller: the caller's
+        // replica here, or a node of this server's own whose replica the
+        // caller holds.
+        if node.repl_server != caller {
+            return Err(Status::from(ServerError::PermissionDenied(format!(
+                "node {} is not replicated between this server and server {caller}",
+                node.name
+            ))));
+        }
+        let node_id = node.id;
+        let locations = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.owned_chunk_locations(node_id, &ids)?)
+        })
+        .await?;
+        let wanted: Vec<_> = req
+            .chunk_ids
+            .iter()
+            .zip(locations)
+            .filter_map(|(raw, at)| Some((tandem_proto::ChunkId::from_slice(raw).ok()?, at?)))
+            .collect();
+        let (tx, rx) = mpsc::channel(2);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            for (id, at) in wanted {
+                let repo = state.repo.clone();
+                // A copy damaged here too is left out: the caller is told
+                // nothing it would have to refuse.
+                let copy = tokio::task::spawn_blocking(move || {
+                    let data = repo.read_at(id, at).ok()?;
+                    crate::storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).ok()
+                })
+                .await
+                .ok()
+                .flatten();
+                let Some(copy) = copy else { continue };
+                let message = pb::ReadChunksResponse {
+                    chunk: Some(pb::Chunk {
+                        id: id.as_slice().to_vec(),
+                        data: copy.data,
+                        raw_len: u64::from(copy.raw_len),
+                    }),
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 }

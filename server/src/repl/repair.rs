@@ -1,0 +1,236 @@
+//! Self-repair from the replication partner (TSM REPLRECOVERDAMAGED): when
+//! a restore could not use chunks of a node, this server checks its own
+//! copies, asks the server that shares the node (the one holding its
+//! replica, or for a replica here the source) for the damaged and missing
+//! ones, verifies every copy it gets as an upload is verified, and puts it
+//! in place. The activity log names each chunk, the files that use it and
+//! the outcome.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tandem_proto::ChunkId;
+
+use super::remote::connect;
+use crate::ServerState;
+use crate::actlog::{self, ServerMsg};
+use crate::error::ServerError;
+use crate::model::Node;
+use crate::repository::repair::ChunkCheck;
+use crate::storage::{self, VerifiedChunk};
+
+/// Paths named per chunk in the activity log.
+const PATHS_NAMED: usize = 5;
+/// Chunks given a record of their own per call; the rest are counted in one
+/// more, so no caller can flood the activity log.
+const CHUNKS_NAMED: usize = 10;
+
+/// What a repair found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Chunks whose copy here was whole.
+    pub intact: u64,
+    /// Chunks replaced with a verified copy from the partner.
+    pub repaired: Vec<ChunkId>,
+    /// Damaged or missing chunks that could not be repaired.
+    pub unrepaired: Vec<ChunkId>,
+    /// The partner asked, if one was.
+    pub partner: Option<String>,
+    /// Why some could not be repaired.
+    pub reason: Option<String>,
+}
+
+/// Checks `ids` of `node` here and repairs what is damaged or missing from
+/// the partner that shares the node. A chunk not stored for the node here
+/// (lost, or only another node's) is asked for too: only the node's own
+/// replica can supply it, which proves the node held it.
+///
+/// # Errors
+/// Catalog errors; a partner that cannot help is a [`RepairReport::reason`].
+pub async fn repair_chunks(
+    state: &Arc<ServerState>,
+    node: &Node,
+    ids: Vec<ChunkId>,
+) -> Result<RepairReport, ServerError> {
+    let node_id = node.id;
+    let check: ChunkCheck = state
+        .repo
+        .blocking(move |r| r.check_chunks(node_id, &ids))
+        .await?;
+    let mut report = RepairReport {
+        intact: check.intact.len() as u64,
+        ..RepairReport::default()
+    };
+    let mut wanted: Vec<(ChunkId, String)> = check.damaged;
+    wanted.extend(
+        check
+            .absent
+            .into_iter()
+            .map(|id| (id, "not stored here".to_string())),
+    );
+    if wanted.is_empty() {
+        return Ok(report);
+    }
+    let asked: Vec<ChunkId> = wanted.iter().map(|(id, _)| *id).collect();
+    let fetched = fetch_from_partner(state, node, &asked).await;
+    let (stored, reason) = match fetched {
+        Ok((partner, copies)) => {
+            report.partner = Some(partner.clone());
+            let stored = store_verified(state, node_id, copies).await?;
+            let lacking = asked.len() - stored.len();
+            let reason = (lacking > 0).then(|| {
+                format!("server {partner} has no whole copy of {lacking} of them for this node")
+            });
+            (stored, reason)
+        }
+        Err(why) => (HashSet::new(), Some(why)),
+    };
+    for (id, _) in &wanted {
+        if stored.contains(id) {
+            report.repaired.push(*id);
+        } else {
+            report.unrepaired.push(*id);
+        }
+    }
+    report.reason = reason;
+    log_outcome(state, node, &wanted, &report).await;
+    Ok(report)
+}
+
+/// The partner's copies of `ids` for `node`: the server holding its replica
+/// (a node of this server's own), or its source (a replica here).
+async fn fetch_from_partner(
+    state: &Arc<ServerState>,
+    node: &Node,
+    ids: &[ChunkId],
+) -> Result<(String, Vec<tandem_proto::StoredChunk>), String> {
+    let partner_name = if node.repl_server.is_empty() {
+        return Err(format!(
+            "node {} has never been replicated, so no other server holds its data",
+            node.name
+        ));
+    } else {
+        node.repl_server.clone()
+    };
+    let lookup = partner_name.clone();
+    let catalog = state.repo.catalog.clone();
+    let partner = tokio::task::spawn_blocking(move || catalog.server(&lookup))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("server {partner_name} is no longer defined here"))?;
+    let remote = connect(state, &partner, &node.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let copies = remote.read_partner_chunks(ids).await;
+    remote.bye().await;
+    Ok((partner_name, copies.map_err(|e| e.to_string())?))
+}
+
+/// Verifies the copies received and stores those that are whole; returns
+/// their ids.
+async fn store_verified(
+    state: &Arc<ServerState>,
+    node_id: i64,
+    copies: Vec<tandem_proto::StoredChunk>,
+) -> Result<HashSet<ChunkId>, ServerError> {
+    state
+        .repo
+        .blocking(move |r| {
+            let verified: Vec<VerifiedChunk> = copies
+                .into_iter()
+                .filter_map(|c| {
+                    let id = c.id;
+                    storage::verify_chunk(c.id, c.data, c.raw_len)
+                        .inspect_err(|e| {
+                            tracing::warn!(chunk = %id, cause = %e, "the partner's copy is damaged too");
+                        })
+                        .ok()
+                })
+                .collect();
+            if verified.is_empty() {
+                return Ok(HashSet::new());
+            }
+            Ok(r.replace_chunks(node_id, &verified)?.into_iter().collect())
+        })
+        .await
+}
+
+/// One activity-log record per chunk (the first [`CHUNKS_NAMED`]): what was
+/// wrong, the outcome, and the files whose data uses it; one more counts
+/// the rest.
+async fn log_outcome(
+    state: &Arc<ServerState>,
+    node: &Node,
+    wanted: &[(ChunkId, String)],
+    report: &RepairReport,
+) {
+    let (named, rest) = wanted.split_at(wanted.len().min(CHUNKS_NAMED));
+    let ids: HashSet<ChunkId> = named.iter().map(|(id, _)| *id).collect();
+    let node_id = node.id;
+    let catalog = state.repo.catalog.clone();
+    let users =
+        tokio::task::spawn_blocking(move || catalog.node_paths_using(node_id, &ids, PATHS_NAMED))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+    let repaired: HashSet<&ChunkId> = report.repaired.iter().collect();
+    let partner = report.partner.as_deref().unwrap_or("-");
+    for (id, problem) in named {
+        let used_by = users.get(id).map_or_else(
+            || "no stored file".to_string(),
+            |paths| {
+                paths
+                    .iter()
+                    .map(|p| tandem_proto::names::display(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+        let (msg, text) = if repaired.contains(id) {
+            (
+                ServerMsg::ChunkRepaired,
+                format!(
+                    "chunk {id} of node {} was damaged ({problem}) and was replaced with a verified copy from server {partner}; used by {used_by}",
+                    node.name
+                ),
+            )
+        } else {
+            (
+                ServerMsg::ChunkUnrepaired,
+                format!(
+                    "chunk {id} of node {} is damaged ({problem}) and could not be repaired: {}; used by {used_by}",
+                    node.name,
+                    report.reason.as_deref().unwrap_or("no copy")
+                ),
+            )
+        };
+        actlog::record(&state.repo.catalog, msg, &node.name, "", text).await;
+    }
+    if !rest.is_empty() {
+        let fixed = rest.iter().filter(|(id, _)| repaired.contains(id)).count();
+        let (msg, text) = if fixed == rest.len() {
+            (
+                ServerMsg::ChunkRepaired,
+                format!(
+                    "{} more damaged or missing chunk(s) of node {} were replaced with verified copies from server {partner}",
+                    rest.len(),
+                    node.name
+                ),
+            )
+        } else {
+            (
+                ServerMsg::ChunkUnrepaired,
+                format!(
+                    "{} more damaged or missing chunk(s) of node {}: {fixed} replaced from server {partner}, {} could not be repaired: {}",
+                    rest.len(),
+                    node.name,
+                    rest.len() - fixed,
+                    report.reason.as_deref().unwrap_or("no copy")
+                ),
+            )
+        };
+        actlog::record(&state.repo.catalog, msg, &node.name, "", text).await;
+    }
+}

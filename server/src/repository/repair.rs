@@ -1,0 +1,77 @@
+//! The repository's part of self-repair: checking a node's copies of
+//! chunks (read, decompress, hash), and putting verified copies from
+//! elsewhere in place of damaged or missing ones, in the durability order
+//! (appended and fsynced before the index points at them).
+
+use std::collections::HashSet;
+
+use tandem_proto::ChunkId;
+
+use super::Repository;
+use crate::error::ServerError;
+use crate::storage::{self, VerifiedChunk};
+
+/// What a check of a node's chunks found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChunkCheck {
+    /// Stored for the node, and whole.
+    pub intact: Vec<ChunkId>,
+    /// Stored for the node but unreadable or not what their id says, with why.
+    pub damaged: Vec<(ChunkId, String)>,
+    /// Not stored for the node: freed since a restored catalog's copy,
+    /// lost, or stored only for other nodes. These are not told apart, so a
+    /// node learns nothing about other nodes' chunks; a copy from the node's
+    /// own replica proves it held the chunk.
+    pub absent: Vec<ChunkId>,
+}
+
+impl Repository {
+    /// Checks node `node`'s copies of `ids` (each once): reads every owned
+    /// chunk and verifies it as an upload is verified.
+    ///
+    /// # Errors
+    /// Catalog errors (a damaged chunk is a finding, not an error).
+    pub fn check_chunks(&self, node: i64, ids: &[ChunkId]) -> Result<ChunkCheck, ServerError> {
+        let mut seen = HashSet::new();
+        let ids: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let owned = self.catalog.owned_chunk_locations(node, &ids)?;
+        let mut out = ChunkCheck::default();
+        for (id, location) in ids.iter().zip(owned) {
+            let Some(location) = location else {
+                out.absent.push(*id);
+                continue;
+            };
+            let verdict = self
+                .read_at(*id, location)
+                .map_err(|e| e.to_string())
+                .and_then(|data| {
+                    storage::verify_chunk(*id, data.into(), u64::from(location.raw_len))
+                        .map_err(|e| e.to_string())
+                });
+            match verdict {
+                Ok(_) => out.intact.push(*id),
+                Err(why) => out.damaged.push((*id, why)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores verified copies of chunks of node `node` in place of damaged
+    /// or missing ones: appended and fsynced, then the index re-pointed (or
+    /// added) and the node made an owner, under the pin lock so the sweep
+    /// cannot slip in between. Returns the ids now in place.
+    ///
+    /// # Errors
+    /// Container and catalog errors; nothing is re-pointed for a group
+    /// whose append or fsync failed.
+    pub fn replace_chunks(
+        &self,
+        node: i64,
+        chunks: &[VerifiedChunk],
+    ) -> Result<Vec<ChunkId>, ServerError> {
+        let written = self.store.append(chunks)?;
+        let _sweep = self.pins.lock();
+        self.catalog.replace_chunks(node, &written)?;
+        Ok(written.into_iter().map(|(id, _)| id).collect())
+    }
+}

@@ -1,0 +1,182 @@
+//! Self-repair from the replica (issue 23 item 4, TSM REPLRECOVERDAMAGED):
+//! a restore that meets a damaged chunk on the primary asks the server to
+//! repair it; the primary fetches a verified copy from the secondary that
+//! holds the node's replica, and the file restores exactly. Without a
+//! replica the file is named as damaged, as before, with the reason.
+
+use tandem_proto::pb;
+use tandem_tests::*;
+
+/// Flips one byte inside `victim`'s stored bytes in `server`'s containers
+/// (random data is stored verbatim in zstd's raw blocks).
+fn damage(server: &TestServer, victim: &[u8]) {
+    let needle = &victim[100_000..100_064];
+    for container in server.containers() {
+        let mut data = std::fs::read(&container).unwrap();
+        if let Some(at) = data.windows(needle.len()).position(|w| w == needle) {
+            data[at + 10] ^= 0xff;
+            std::fs::write(&container, &data).unwrap();
+            return;
+        }
+    }
+    panic!("the victim's bytes are in no container");
+}
+
+#[test]
+fn a_restore_heals_a_damaged_chunk_from_the_replica() {
+    let (primary, secondary, client) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let victim = random_bytes(7, 300_000);
+    std::fs::write(src.join("victim.bin"), &victim).unwrap();
+    std::fs::write(src.join("healthy.bin"), random_bytes(8, 200_000)).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let run = replicate(&primary, "ALICE");
+    assert_eq!(run["state"], "completed", "{run}");
+    damage(&primary, &victim);
+
+    let out_dir = work.path().join("out");
+    let out = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out_dir),
+    ]);
+    assert_success(&out, "restore after the repair");
+    assert_eq!(std::fs::read(out_dir.join("victim.bin")).unwrap(), victim);
+    assert_eq!(
+        std::fs::read(out_dir.join("healthy.bin")).unwrap(),
+        random_bytes(8, 200_000)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("TDM1027I") && err.contains("SECONDARY"),
+        "{err}"
+    );
+    assert!(!err.contains("TDM1020E"), "{err}");
+    assert!(client.error_log().contains("TDM1027I"), "auditors see it");
+    let actlog = primary.actlog();
+    assert!(
+        actlog.contains("TDM0428I") && actlog.contains("victim.bin"),
+        "{actlog}"
+    );
+
+    // Repaired for good: the next restore needs no repair, and the
+    // secondary was only read.
+    let again = work.path().join("again");
+    let out = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&again),
+    ]);
+    assert_success(&out, "second restore");
+    assert!(!stderr(&out).contains("TDM1027I"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(again.join("victim.bin")).unwrap(), victim);
+    assert_eq!(
+        secondary.actlog().matches("TDM0603I").count(),
+        1,
+        "the secondary was not changed: {}",
+        secondary.actlog()
+    );
+}
+
+#[test]
+fn without_a_replica_the_damaged_file_is_named_with_the_reason() {
+    let server = TestServer::start("PRIMARY");
+    server.register("dave", "dave-password");
+    let client = TestClient::new(&server, "dave", "dave-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let victim = random_bytes(9, 300_000);
+    std::fs::write(src.join("victim.bin"), &victim).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    damage(&server, &victim);
+
+    let out_dir = work.path().join("out");
+    let out = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out_dir),
+    ]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("TDM1028W") && err.contains("never been replicated"),
+        "{err}"
+    );
+    assert!(
+        err.contains("TDM1020E") && err.contains("victim.bin"),
+        "{err}"
+    );
+    assert!(!out_dir.join("victim.bin").exists());
+    let actlog = server.actlog();
+    assert!(
+        actlog.contains("TDM0429E") && actlog.contains("victim.bin"),
+        "{actlog}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repair_calls_are_bounded_and_reveal_nothing_of_other_nodes() {
+    let server = TestServer::start("PRIMARY");
+    server.register("bob", "bob-password");
+    server.register("eve", "eve-password");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("pin"), b"4711").unwrap();
+    let bob = TestClient::new(&server, "bob", "bob-password");
+    bob.json(&["incremental", &path_str(work.path())]);
+    let secret = tandem_proto::ChunkId::of(b"4711");
+    let unknown = tandem_proto::ChunkId::of(b"nobody stored this");
+
+    let (mut as_eve, token) = raw_backup_session(&server, "eve", "eve-password").await;
+    let too_many = vec![secret.as_slice().to_vec(); tandem_proto::MAX_REPAIR_CHUNK_IDS + 1];
+    let refused = as_eve
+        .repair_chunks(with_session(
+            &token,
+            pb::RepairChunksRequest {
+                chunk_ids: too_many,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let bad = as_eve
+        .repair_chunks(with_session(
+            &token,
+            pb::RepairChunksRequest {
+                chunk_ids: vec![vec![1, 2, 3]],
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    // Bob's chunk and a chunk nobody stored get the same answer.
+    let mut answers = Vec::new();
+    for id in [secret, unknown] {
+        let reply = as_eve
+            .repair_chunks(with_session(
+                &token,
+                pb::RepairChunksRequest {
+                    chunk_ids: vec![id.as_slice().to_vec()],
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        answers.push((reply.intact, reply.repaired, reply.unrepaired, reply.reason));
+    }
+    assert_eq!(answers[0], answers[1], "{answers:?}");
+    assert_eq!(answers[0].2, 1, "{answers:?}");
+
+    // Without a session nothing is checked.
+    let mut anonymous = raw_backup_client(&server).await;
+    let denied = anonymous
+        .repair_chunks(pb::RepairChunksRequest {
+            chunk_ids: vec![secret.as_slice().to_vec()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated, "{denied:?}");
+}
