@@ -66,6 +66,12 @@ pub enum ServerMsg {
     ReplicaUpdated,
     /// A write by a node held here as a replica was refused.
     ReplicaWriteRefused,
+    /// A node was recovered from its replica (`recover node`).
+    NodeRecovered,
+    /// A recovery of a node from its replica failed.
+    NodeRecoveryFailed,
+    /// A replica was sent back to its source for the source's recovery.
+    ReplicaSentBack,
     /// A client logged on in failover mode.
     FailoverLogon,
     /// A client claimed a failover logon that this server cannot confirm.
@@ -104,6 +110,9 @@ impl ServerMsg {
             ServerMsg::ReplicationAuthFailed => "TDM0602W",
             ServerMsg::ReplicaUpdated => "TDM0603I",
             ServerMsg::ReplicaWriteRefused => "TDM0604W",
+            ServerMsg::NodeRecovered => "TDM0605I",
+            ServerMsg::NodeRecoveryFailed => "TDM0606E",
+            ServerMsg::ReplicaSentBack => "TDM0607I",
             ServerMsg::FailoverLogon => "TDM0406I",
             ServerMsg::FailoverUnconfirmed => "TDM0407W",
         }

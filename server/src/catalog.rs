@@ -22,6 +22,7 @@ mod expire;
 mod nodes;
 mod objects;
 mod occupancy;
+mod recovery;
 mod replication;
 
 pub use actlog::ActlogFilter;

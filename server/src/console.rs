@@ -153,6 +153,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         Verb::Ping(noun) => verb::ping::run(console, noun, json).await,
         Verb::Cancel(noun) => verb::cancel::run(console, noun, json).await,
         Verb::Backup(noun) => verb::backup::run(console, noun, json).await,
+        Verb::Recover(noun) => verb::recover::run(console, noun, json).await,
     }
 }
 

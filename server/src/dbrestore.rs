@@ -9,9 +9,11 @@
 //! would destroy data it still needs. The containers are therefore read
 //! from their own record headers first: index rows whose chunk moved are
 //! re-pointed, rows of chunks freed since are dropped and the versions
-//! that used them are named. Then replication of the nodes this server is
-//! the source of is suspended: their replicas may hold versions this
-//! catalog lost, which the next run would delete there.
+//! that used them are named. Then every node this server replicated is held
+//! for recovery from its replica (`recover node`): the replica may hold
+//! versions this catalog lost, which a replication run would delete there,
+//! so none can run (and no backup can change the node) until the replica's
+//! data is back.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,8 +35,8 @@ pub struct RestoreDbReport {
     pub chunks: ChunkReconcile,
     /// Stored data that lost its chunks since the copy.
     pub damaged: Damaged,
-    /// Nodes whose replication was suspended.
-    pub suspended: Vec<String>,
+    /// Nodes held for recovery, with the server holding their replica.
+    pub held: Vec<(String, String)>,
 }
 
 /// Restores the catalog of `data_dir` from `copy`.
@@ -74,14 +76,14 @@ pub fn restore_db(
     let chunks = catalog.reconcile_chunks(&found)?;
     let missing: HashSet<ChunkId> = chunks.missing.iter().copied().collect();
     let damaged = catalog.damaged_by(&missing)?;
-    let suspended = catalog.suspend_source_replication()?;
+    let held = catalog.hold_replicated_nodes_for_recovery(now_ns())?;
     catalog.log_activity(&ActlogRecord {
         time_ns: now_ns(),
         msg_id: ServerMsg::CatalogRestored.id().to_string(),
         node: String::new(),
         peer: String::new(),
         message: format!(
-            "catalog restored from {}: {} chunk(s) in place, {} re-pointed, {} missing, {} not in the copy; {} version(s) and {} archive copy(ies) damaged; replication suspended for {} node(s)",
+            "catalog restored from {}: {} chunk(s) in place, {} re-pointed, {} missing, {} not in the copy; {} version(s) and {} archive copy(ies) damaged; {} node(s) held for recovery from their replica",
             crate::actlog::label(&copy.display().to_string()),
             chunks.kept,
             chunks.repointed,
@@ -89,7 +91,7 @@ pub fn restore_db(
             chunks.unindexed,
             damaged.versions,
             damaged.archives,
-            suspended.len()
+            held.len()
         ),
     })?;
     catalog.checkpoint()?;
@@ -97,7 +99,7 @@ pub fn restore_db(
         kept_aside,
         chunks,
         damaged,
-        suspended,
+        held,
     })
 }
 

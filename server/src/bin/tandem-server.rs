@@ -66,8 +66,8 @@ enum Command {
     /// Put a catalog copy made by `tandem-admin backup db` back in place of
     /// this data dir's catalog (TSM RESTORE DB), with the server stopped:
     /// the current catalog is moved aside, the copy is checked against the
-    /// containers, and replication of the nodes this server is the source
-    /// of is suspended (their replicas may hold newer versions).
+    /// containers, and every replicated node is held for `recover node`
+    /// (its replica may hold newer versions).
     RestoreDb {
         /// The catalog copy (`tandem-db-NAME-TIME.sqlite`).
         #[arg(long, value_name = "FILE")]
@@ -147,11 +147,10 @@ fn restore_db(args: &Args, from: &std::path::Path) -> anyhow::Result<()> {
     for path in &report.damaged.sample {
         println!("  damaged: {}", tandem_proto::names::display(path));
     }
-    if !report.suspended.is_empty() {
+    for (node, source) in &report.held {
         println!(
-            "TDM0426W replication suspended for {}: their replicas may hold versions this catalog lost. \
-             Restore what you need from the replica (failover) before `update node NAME --replstate enabled`.",
-            report.suspended.join(", ")
+            "TDM0426W node {node} is held for recovery: server {source} may hold versions this catalog lost. \
+             Backups and replication of it wait until `tandem-admin recover node {node} --from {source}` has brought them back."
         );
     }
     Ok(())

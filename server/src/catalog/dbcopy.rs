@@ -205,22 +205,4 @@ impl Catalog {
         }
         Ok(out)
     }
-
-    /// Stops replication of every node this server is the source of, and
-    /// returns their names: after a catalog restore the replica may hold
-    /// versions this catalog lost, which a run would delete there.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn suspend_source_replication(&self) -> Result<Vec<String>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "UPDATE nodes SET replstate = 'disabled'
-             WHERE replmode = 'send' AND replstate = 'enabled' RETURNING name",
-        )?;
-        let names = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(names)
-    }
 }

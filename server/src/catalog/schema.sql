@@ -176,3 +176,14 @@ CREATE TABLE IF NOT EXISTS repl_runs (
     states_updated  INTEGER NOT NULL DEFAULT 0,
     message         TEXT NOT NULL DEFAULT ''
 );
+
+-- Nodes being recovered from their replica (`recover node`): while a row is
+-- here the node is held in receive mode, a replica of `source`, so no
+-- backup and no replication from this server can run for it until the
+-- replica's data is back (a run would delete on the replica what this
+-- server lost). `restore-db` puts every replicated node here.
+CREATE TABLE IF NOT EXISTS recoveries (
+    node       TEXT PRIMARY KEY,              -- upper-case node name
+    source     TEXT NOT NULL,                 -- the server holding the replica
+    started_ns INTEGER NOT NULL
+);

@@ -646,7 +646,7 @@ fn archive_pages_cover_the_prefix_once_and_copies_expire_by_retver() {
 }
 
 #[test]
-fn a_restored_catalog_suspends_replication_of_source_nodes_only() {
+fn a_restored_catalog_holds_replicated_nodes_for_recovery_until_it_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (catalog, _) = new_catalog(&dir);
     for name in ["SRC", "REPLICA", "NEVER"] {
@@ -654,24 +654,32 @@ fn a_restored_catalog_suspends_replication_of_source_nodes_only() {
     }
     let raw = Connection::open(dir.path().join("catalog.db")).expect("open");
     raw.execute_batch(
-        "UPDATE nodes SET replstate = 'enabled', replmode = 'send' WHERE name = 'SRC';
-         UPDATE nodes SET replstate = 'enabled', replmode = 'receive' WHERE name = 'REPLICA';
+        "UPDATE nodes SET replstate = 'disabled', replmode = 'send', repl_server = 'SECONDARY' WHERE name = 'SRC';
+         UPDATE nodes SET replstate = 'enabled', replmode = 'receive', repl_server = 'OTHER' WHERE name = 'REPLICA';
          UPDATE nodes SET replstate = 'enabled' WHERE name = 'NEVER';",
     )
     .expect("set modes");
+    let held = catalog.hold_replicated_nodes_for_recovery(5).expect("hold");
+    assert_eq!(held, [("SRC".to_string(), "SECONDARY".to_string())]);
+    let node = |name: &str| catalog.node(name).expect("node").expect("exists");
+    assert!(node("SRC").is_replica(), "held in receive mode");
+    assert_eq!(node("SRC").repl_server, "SECONDARY");
+    assert!(!node("NEVER").is_replica());
     assert_eq!(
-        catalog.suspend_source_replication().expect("suspend"),
-        ["SRC"]
+        catalog.recovery_of("SRC").expect("read").as_deref(),
+        Some("SECONDARY")
     );
-    let state = |name: &str| {
-        catalog
-            .node(name)
-            .expect("node")
-            .expect("exists")
-            .replstate
-            .to_string()
-    };
-    assert_eq!(state("SRC"), "disabled");
-    assert_eq!(state("REPLICA"), "enabled");
-    assert_eq!(state("NEVER"), "enabled");
+    // A re-run from the same server is fine, from another one refused; a
+    // replica of another server cannot be recovered here.
+    catalog
+        .begin_recovery("SRC", "SECONDARY", 6)
+        .expect("re-run");
+    assert!(catalog.begin_recovery("SRC", "THIRD", 6).is_err());
+    assert!(catalog.begin_recovery("REPLICA", "SECONDARY", 6).is_err());
+    // The end makes it this server's own again, replicated to its source.
+    assert!(catalog.end_recovery("SRC", "SECONDARY", 7).expect("end"));
+    assert!(!node("SRC").is_replica());
+    assert_eq!(node("SRC").replstate.to_string(), "enabled");
+    assert_eq!(catalog.recovery_of("SRC").expect("read"), None);
+    assert!(!catalog.end_recovery("SRC", "SECONDARY", 8).expect("again"));
 }

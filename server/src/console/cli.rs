@@ -110,6 +110,31 @@ pub(super) enum Verb {
     /// BACKUP: copy the catalog while the server runs.
     #[command(subcommand)]
     Backup(BackupNoun),
+    /// RECOVER: rebuild nodes of this server from their replica elsewhere.
+    #[command(subcommand)]
+    Recover(RecoverNoun),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum RecoverNoun {
+    /// Bring nodes back from the server holding their replica, after this
+    /// server lost them (an empty new server, or `tandem-server restore-db`):
+    /// the nodes are held read-only, the replica sends back what this server
+    /// lacks, then they are this server's own again, replicating as before.
+    /// Safe to run again; it goes on where a cut run stopped.
+    Node {
+        /// Node names (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every node held for recovery here and every replica the server
+        /// (--from, or the replication server) holds for this one.
+        #[arg(long)]
+        all: bool,
+        /// The server holding the replicas [default: each node's recorded
+        /// replica server, else the replication server].
+        #[arg(long, value_name = "SERVER")]
+        from: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -343,6 +343,44 @@ impl Row for pb::ReplicationRun {
     }
 }
 
+impl Row for pb::RecoveredNode {
+    const HEADERS: &'static [&'static str] = &[
+        "Node",
+        "From",
+        "State",
+        "Objects Received",
+        "Chunks Received",
+        "Bytes Received",
+        "Chunks Present",
+        "Deleted Here",
+        "Elapsed",
+        "Message",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            self.from.clone(),
+            self.state.clone(),
+            self.objects_received.to_string(),
+            self.chunks_received.to_string(),
+            self.bytes_received.to_string(),
+            self.chunks_present.to_string(),
+            self.objects_deleted.to_string(),
+            format!("{:.1} s", self.elapsed_secs),
+            self.message.clone(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "node": self.node, "from": self.from, "state": self.state,
+            "objects_received": self.objects_received, "chunks_received": self.chunks_received,
+            "bytes_received": self.bytes_received, "chunks_present": self.chunks_present,
+            "objects_deleted": self.objects_deleted, "elapsed_secs": self.elapsed_secs,
+            "message": json_text(&self.message),
+        })
+    }
+}
+
 impl Row for pb::ActlogRecord {
     const HEADERS: &'static [&'static str] = &["Date/Time", "Message"];
     fn cells(&self) -> Vec<String> {

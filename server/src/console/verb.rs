@@ -10,6 +10,7 @@ pub(super) mod expire;
 pub(super) mod lock;
 pub(super) mod ping;
 pub(super) mod query;
+pub(super) mod recover;
 pub(super) mod register;
 pub(super) mod remove;
 pub(super) mod replicate;

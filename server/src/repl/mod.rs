@@ -10,11 +10,14 @@
 //! - [`runs`]: runs on the source server: checks, one run per node, run
 //!   records, the schedule.
 //! - [`compare`]: `query replnode`.
+//! - [`recover`]: `recover node`, a run turned round: the replica server
+//!   sends a node back to its rebuilt source.
 //! - [`repair`]: self-repair of damaged chunks from the partner that shares
 //!   the node.
 
 pub mod compare;
 pub mod local_target;
+pub mod recover;
 pub mod remote;
 pub mod repair;
 pub mod runs;

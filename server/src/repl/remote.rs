@@ -171,6 +171,46 @@ impl RemoteTarget {
         Ok(copies)
     }
 
+    /// The replica nodes the partner holds for this server.
+    ///
+    /// # Errors
+    /// The partner's refusal.
+    pub async fn held_replicas(&self) -> Result<Vec<String>, ServerError> {
+        Ok(self
+            .client
+            .clone()
+            .held_replicas(self.request(pb::HeldReplicasRequest {}))
+            .await
+            .map_err(self.refused("listing the replicas it holds".into()))?
+            .into_inner()
+            .nodes)
+    }
+
+    /// Asks the partner to replicate its replica of the node back to this
+    /// server (recovery); returns when the run has ended, with what it sent.
+    ///
+    /// # Errors
+    /// The partner's refusal or failed run, naming the partner.
+    pub async fn replicate_back(&self) -> Result<tandem_replication::RunReport, ServerError> {
+        let reply = self
+            .client
+            .clone()
+            .replicate_back(self.request(pb::ReplicateBackRequest {
+                node: self.node.clone(),
+            }))
+            .await
+            .map_err(self.refused(format!("sending back node {}", self.node)))?
+            .into_inner();
+        Ok(tandem_replication::RunReport {
+            objects_sent: reply.objects_sent,
+            bytes_sent: reply.bytes_sent,
+            chunks_sent: reply.chunks_sent,
+            chunks_skipped: reply.chunks_skipped,
+            states_updated: reply.states_updated,
+            objects_deleted: reply.objects_deleted,
+        })
+    }
+
     /// Ends the replication session on the partner (its pins go with it).
     /// A failure is only logged: the partner ends idle sessions itself.
     pub async fn bye(&self) {

@@ -16,7 +16,7 @@ use crate::model::{Node, PartnerServer, ReplRun, ReplState, RunState, now_ns};
 
 /// A node's claim on [`ServerState::running`], given back when dropped. It owns the
 /// server state so that a started run can move to its own task.
-struct RunClaim {
+pub(super) struct RunClaim {
     state: Arc<ServerState>,
     node: String,
 }
@@ -33,7 +33,7 @@ impl Drop for RunClaim {
 
 impl RunClaim {
     /// Claims `node`; `None` while another run of it holds the claim.
-    fn take(state: &Arc<ServerState>, node: &str) -> Option<RunClaim> {
+    pub(super) fn take(state: &Arc<ServerState>, node: &str) -> Option<RunClaim> {
         let mut set = state.running.lock().unwrap_or_else(|e| e.into_inner());
         set.insert(node.to_string()).then(|| RunClaim {
             state: state.clone(),
@@ -218,7 +218,7 @@ async fn run_once(
     partner: &PartnerServer,
 ) -> Result<tandem_replication::RunReport, ServerError> {
     let target = connect(state, partner, &node.name).await?;
-    let report = replicate_to(state, node, &target).await?;
+    let report = replicate_to(state, node, &target, rule_of(node)).await?;
     // Only after a complete run: a failed one leaves its session, so the
     // chunks it uploaded stay pinned on the target until the session times
     // out, and a retry meanwhile finds them present instead of sending
@@ -229,14 +229,15 @@ async fn run_once(
 
 /// The run proper, over a connected partner: prepare the replica, let the
 /// engine send what it lacks, then hand over the filespace times.
-async fn replicate_to(
+pub(super) async fn replicate_to(
     state: &Arc<ServerState>,
     node: &Node,
     target: &super::RemoteTarget,
+    rule: ReplicationRule,
 ) -> Result<tandem_replication::RunReport, ServerError> {
     target.prepare(node).await?;
     let source = LocalSource::new(state.repo.clone(), node.id);
-    let report = tandem_replication::replicate(&source, target, rule_of(node))
+    let report = tandem_replication::replicate(&source, target, rule)
         .await
         .map_err(|e| ServerError::FailedPrecondition(e.to_string()))?;
     let (catalog, node_id) = (state.repo.catalog.clone(), node.id);

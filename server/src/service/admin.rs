@@ -596,6 +596,61 @@ impl Admin for AdminService {
         Ok(Response::new(session_to_pb(session)))
     }
 
+    async fn recover_nodes(
+        &self,
+        request: Request<pb::RecoverNodesRequest>,
+    ) -> Result<Response<pb::RecoverNodesResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        if req.nodes.is_empty() != req.all {
+            return Err(Status::from(ServerError::InvalidArgument(
+                "name the nodes to recover, or give --all (not both)".into(),
+            )));
+        }
+        let from = (!req.from.is_empty()).then_some(req.from.as_str());
+        let plan = crate::repl::recover::plan(&self.state, &req.nodes, req.all, from).await?;
+        self.audit(
+            &caller,
+            "",
+            format!(
+                "recover node {}",
+                plan.iter()
+                    .map(|(n, f)| format!("{n} (from {f})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .await;
+        let mut nodes = Vec::with_capacity(plan.len());
+        for (node, from) in plan {
+            // Each recovery runs in a task of its own, so it ends and is
+            // recorded even when the caller leaves.
+            let state = self.state.clone();
+            let recovery = tokio::spawn(async move {
+                crate::repl::recover::recover_node(&state, &node, &from).await
+            })
+            .await
+            .map_err(ServerError::from)??;
+            let (state, report, message) = match recovery.outcome {
+                Ok(report) => ("recovered", report, String::new()),
+                Err(why) => ("failed", tandem_replication::RunReport::default(), why),
+            };
+            nodes.push(pb::RecoveredNode {
+                node: recovery.node,
+                from: recovery.from,
+                state: state.into(),
+                objects_received: report.objects_sent,
+                chunks_received: report.chunks_sent,
+                bytes_received: report.bytes_sent,
+                chunks_present: report.chunks_skipped,
+                objects_deleted: report.objects_deleted,
+                elapsed_secs: recovery.elapsed_secs,
+                message,
+            });
+        }
+        Ok(Response::new(pb::RecoverNodesResponse { nodes }))
+    }
+
     async fn backup_db(
         &self,
         request: Request<pb::BackupDbRequest>,

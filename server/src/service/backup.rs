@@ -152,6 +152,17 @@ impl BackupService {
             ),
         )
         .await;
+        let name = session.node.clone();
+        let recovering = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.recovery_of(&name)?)
+        })
+        .await?;
+        if let Some(source) = recovering {
+            return Err(Status::from(ServerError::FailedPrecondition(format!(
+                "node {} is being recovered on server {} from its replica on server {source} and is read-only until that ends; retry later (the administrator runs `tandem-admin recover node {}`)",
+                session.node, self.state.config.name, session.node
+            ))));
+        }
         Err(Status::from(ServerError::FailedPrecondition(format!(
             "node {} is a replica on server {} (receive mode) and is read-only there; back up to its primary server, or run `remove replnode {}` on this server to make it writable",
             session.node, self.state.config.name, session.node

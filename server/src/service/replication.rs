@@ -497,4 +497,33 @@ impl Replication for ReplicationService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn held_replicas(
+        &self,
+        request: Request<pb::HeldReplicasRequest>,
+    ) -> Result<Response<pb::HeldReplicasResponse>, Status> {
+        let (_, caller) = self.session(&request).await?;
+        let nodes = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.replicas_of(&caller)?)
+        })
+        .await?;
+        Ok(Response::new(pb::HeldReplicasResponse { nodes }))
+    }
+
+    async fn replicate_back(
+        &self,
+        request: Request<pb::ReplicateBackRequest>,
+    ) -> Result<Response<pb::ReplicateBackResponse>, Status> {
+        let (_, caller) = self.session(&request).await?;
+        let node = request.into_inner().node;
+        let report = crate::repl::recover::send_back(&self.state, &node, &caller).await?;
+        Ok(Response::new(pb::ReplicateBackResponse {
+            objects_sent: report.objects_sent,
+            chunks_sent: report.chunks_sent,
+            bytes_sent: report.bytes_sent,
+            chunks_skipped: report.chunks_skipped,
+            objects_deleted: report.objects_deleted,
+            states_updated: report.states_updated,
+        }))
+    }
 }

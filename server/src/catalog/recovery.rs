@@ -1,0 +1,179 @@
+//! Nodes being recovered from their replica (`recover node`): the
+//! `recoveries` table and the node's mode while it is there.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::Catalog;
+use crate::error::{CatalogError, ServerError};
+use crate::model::ReplMode;
+
+impl Catalog {
+    /// Marks node `name` as being recovered from server `source`: a node of
+    /// this server's own is held in receive mode as `source`'s replica, so
+    /// that only `source` may write to it and nothing may replicate it from
+    /// here; an unknown node is created by `source` when it sends it. A node
+    /// already being recovered from `source` stays so (a re-run).
+    ///
+    /// # Errors
+    /// [`ServerError::FailedPrecondition`] for another server's replica or
+    /// a recovery from another server; SQLite errors.
+    pub fn begin_recovery(&self, name: &str, source: &str, now_ns: i64) -> Result<(), ServerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let underway: Option<String> = tx
+            .query_row(
+                "SELECT source FROM recoveries WHERE node = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match underway {
+            Some(from) if from == source => return Ok(()),
+            Some(from) => {
+                return Err(ServerError::FailedPrecondition(format!(
+                    "node {name} is being recovered from server {from}; finish that with `recover node {name} --from {from}`"
+                )));
+            }
+            None => {}
+        }
+        let existing: Option<(ReplMode, String)> = tx
+            .query_row(
+                "SELECT replmode, repl_server FROM nodes WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((ReplMode::Receive, owner)) = &existing {
+            return Err(ServerError::FailedPrecondition(format!(
+                "node {name} is a replica of server {owner} on this server; recover it on {owner}, not here"
+            )));
+        }
+        if existing.is_some() {
+            tx.execute(
+                "UPDATE nodes SET replmode = 'receive', repl_server = ?2, replstate = 'enabled'
+                 WHERE name = ?1",
+                params![name, source],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO recoveries (node, source, started_ns) VALUES (?1, ?2, ?3)",
+            params![name, source, now_ns],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ends the recovery of `name` from `source`: the node is this server's
+    /// own again (send mode, replicated to `source`, replication enabled).
+    /// Returns false when no such recovery was under way.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn end_recovery(
+        &self,
+        name: &str,
+        source: &str,
+        now_ns: i64,
+    ) -> Result<bool, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let removed = tx.execute(
+            "DELETE FROM recoveries WHERE node = ?1 AND source = ?2",
+            params![name, source],
+        )?;
+        if removed > 0 {
+            tx.execute(
+                "UPDATE nodes SET replmode = 'send', repl_server = ?2, replstate = 'enabled',
+                   last_repl_ns = ?3
+                 WHERE name = ?1",
+                params![name, source, now_ns],
+            )?;
+        }
+        tx.commit()?;
+        Ok(removed > 0)
+    }
+
+    /// Drops the recovery of `name` when the node does not exist here (a
+    /// recovery that failed before its replica server created it).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn forget_recovery_of_absent(&self, name: &str) -> Result<bool, CatalogError> {
+        Ok(self.conn().execute(
+            "DELETE FROM recoveries WHERE node = ?1
+               AND NOT EXISTS (SELECT 1 FROM nodes WHERE name = ?1)",
+            [name],
+        )? > 0)
+    }
+
+    /// The server node `name` is being recovered from, if it is.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn recovery_of(&self, name: &str) -> Result<Option<String>, CatalogError> {
+        Ok(self
+            .reader()
+            .query_row(
+                "SELECT source FROM recoveries WHERE node = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Every recovery under way, as (node, source), by node.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn recoveries(&self) -> Result<Vec<(String, String)>, CatalogError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare("SELECT node, source FROM recoveries ORDER BY node")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The replica nodes this server holds for server `source`, by name.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn replicas_of(&self, source: &str) -> Result<Vec<String>, CatalogError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT name FROM nodes WHERE replmode = 'receive' AND repl_server = ?1 ORDER BY name",
+        )?;
+        let rows = stmt
+            .query_map([source], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+
+    /// After a catalog restore: every node this server replicated is put
+    /// under recovery from the server holding its replica (see
+    /// [`Self::begin_recovery`]), since that replica may hold versions this
+    /// catalog lost and a replication run would delete them. Returns the
+    /// nodes with their sources.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn hold_replicated_nodes_for_recovery(
+        &self,
+        now_ns: i64,
+    ) -> Result<Vec<(String, String)>, ServerError> {
+        let nodes: Vec<(String, String)> = {
+            let conn = self.reader();
+            let mut stmt = conn.prepare(
+                "SELECT name, repl_server FROM nodes
+                 WHERE replmode = 'send' AND repl_server <> '' ORDER BY name",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(CatalogError::from)?
+        };
+        for (node, source) in &nodes {
+            self.begin_recovery(node, source, now_ns)?;
+        }
+        Ok(nodes)
+    }
+}
