@@ -8,16 +8,32 @@ use crate::error::{CatalogError, ServerError};
 use crate::model::ReplMode;
 
 impl Catalog {
-    /// Marks node `name` as being recovered from server `source`: a node of
-    /// this server's own is held in receive mode as `source`'s replica, so
-    /// that only `source` may write to it and nothing may replicate it from
-    /// here; an unknown node is created by `source` when it sends it. A node
-    /// already being recovered from `source` stays so (a re-run).
+    /// Marks node `name` as being recovered from server `source` (`recover
+    /// node`): a node this server does not hold is created by `source` when
+    /// it sends it; a node already held for recovery from `source` stays so
+    /// (a re-run). A node of this server's own that is not held is refused:
+    /// it has not been lost, and a recovery would roll its versions' states
+    /// back to the replica's.
     ///
     /// # Errors
-    /// [`ServerError::FailedPrecondition`] for another server's replica or
-    /// a recovery from another server; SQLite errors.
+    /// [`ServerError::FailedPrecondition`] for a node of this server's own
+    /// that is not held, another server's replica, or a recovery from
+    /// another server; SQLite errors.
     pub fn begin_recovery(&self, name: &str, source: &str, now_ns: i64) -> Result<(), ServerError> {
+        self.hold_for_recovery(name, source, now_ns, false)
+    }
+
+    /// Holds node `name` for recovery from `source`: a node of this server's
+    /// own (allowed only with `own_node`, for a restored catalog) goes to
+    /// receive mode as `source`'s replica, so that only `source` may write
+    /// to it and nothing may replicate it from here.
+    fn hold_for_recovery(
+        &self,
+        name: &str,
+        source: &str,
+        now_ns: i64,
+        own_node: bool,
+    ) -> Result<(), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let underway: Option<String> = tx
@@ -46,6 +62,12 @@ impl Catalog {
         if let Some((ReplMode::Receive, owner)) = &existing {
             return Err(ServerError::FailedPrecondition(format!(
                 "node {name} is a replica of server {owner} on this server; recover it on {owner}, not here"
+            )));
+        }
+        if existing.is_some() && !own_node {
+            return Err(ServerError::FailedPrecondition(format!(
+                "node {name} is this server's own and holds its data, so there is nothing to recover: \
+                 `recover node` rebuilds only a node this server lost (absent here, or held after `tandem-server restore-db`)"
             )));
         }
         if existing.is_some() {
@@ -172,7 +194,7 @@ impl Catalog {
                 .map_err(CatalogError::from)?
         };
         for (node, source) in &nodes {
-            self.begin_recovery(node, source, now_ns)?;
+            self.hold_for_recovery(node, source, now_ns, true)?;
         }
         Ok(nodes)
     }

@@ -670,12 +670,23 @@ fn a_restored_catalog_holds_replicated_nodes_for_recovery_until_it_ends() {
         Some("SECONDARY")
     );
     // A re-run from the same server is fine, from another one refused; a
-    // replica of another server cannot be recovered here.
+    // replica of another server, or a node of this server's own that was
+    // not lost, cannot be recovered here; an absent node can.
     catalog
         .begin_recovery("SRC", "SECONDARY", 6)
         .expect("re-run");
     assert!(catalog.begin_recovery("SRC", "THIRD", 6).is_err());
     assert!(catalog.begin_recovery("REPLICA", "SECONDARY", 6).is_err());
+    let own = catalog.begin_recovery("NEVER", "SECONDARY", 6).unwrap_err();
+    assert!(own.to_string().contains("nothing to recover"), "{own}");
+    catalog
+        .begin_recovery("GONE", "SECONDARY", 6)
+        .expect("absent node");
+    assert_eq!(
+        catalog.recovery_of("GONE").expect("read").as_deref(),
+        Some("SECONDARY")
+    );
+    assert!(catalog.forget_recovery_of_absent("GONE").expect("forget"));
     // The end makes it this server's own again, replicated to its source.
     assert!(catalog.end_recovery("SRC", "SECONDARY", 7).expect("end"));
     assert!(!node("SRC").is_replica());

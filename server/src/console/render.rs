@@ -352,7 +352,7 @@ impl Row for pb::RecoveredNode {
         "Chunks Received",
         "Bytes Received",
         "Chunks Present",
-        "Deleted Here",
+        "States Updated",
         "Elapsed",
         "Message",
     ];
@@ -365,7 +365,7 @@ impl Row for pb::RecoveredNode {
             self.chunks_received.to_string(),
             self.bytes_received.to_string(),
             self.chunks_present.to_string(),
-            self.objects_deleted.to_string(),
+            self.states_updated.to_string(),
             format!("{:.1} s", self.elapsed_secs),
             self.message.clone(),
         ]
@@ -375,7 +375,7 @@ impl Row for pb::RecoveredNode {
             "node": self.node, "from": self.from, "state": self.state,
             "objects_received": self.objects_received, "chunks_received": self.chunks_received,
             "bytes_received": self.bytes_received, "chunks_present": self.chunks_present,
-            "objects_deleted": self.objects_deleted, "elapsed_secs": self.elapsed_secs,
+            "states_updated": self.states_updated, "elapsed_secs": self.elapsed_secs,
             "message": json_text(&self.message),
         })
     }

@@ -7,11 +7,14 @@
 //! server's replica, so no client backup and no replication from here can
 //! change it, and above all no replication run can delete on the replica
 //! the versions this server lost. Then it asks the replica server to send
-//! the node back (`ReplicateBack`): that server runs an ordinary replication
-//! of its replica to here, which sends only what is missing and so resumes
-//! where a cut run stopped. When the run completes, the node is this
-//! server's own again, replicating to that server as before. Until then
-//! every step can be run again.
+//! the node back (`ReplicateBack`): that server runs a replication of its
+//! replica to here, which sends only what is missing and so resumes where a
+//! cut run stopped, and never deletes here: what only this server holds
+//! (backups the replica never received) stays. When the run completes, the
+//! node is this server's own again, replicating to that server as before.
+//! Until then every step can be run again. A node this server holds and has
+//! not lost (present, not held) is never recovered: that would roll its
+//! versions' states back to the replica's.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +22,7 @@ use std::time::Instant;
 use tandem_replication::{ReplicationRule, RunReport};
 
 use super::remote::connect;
-use super::runs::{RunClaim, replicate_to, replication_server};
+use super::runs::{Deletions, RunClaim, replicate_to, replication_server};
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::error::ServerError;
@@ -67,7 +70,20 @@ pub async fn plan(
         let remote = connect(state, &partner, "").await?;
         let listed = remote.held_replicas().await;
         remote.bye().await;
-        for node in listed? {
+        let catalog = state.repo.catalog.clone();
+        let lost = tokio::task::spawn_blocking(move || {
+            listed?
+                .into_iter()
+                .filter_map(|node| match catalog.node(&node) {
+                    // Present here and not held: not lost, left alone.
+                    Ok(Some(_)) => None,
+                    Ok(None) => Some(Ok(node)),
+                    Err(e) => Some(Err(ServerError::from(e))),
+                })
+                .collect::<Result<Vec<String>, ServerError>>()
+        })
+        .await??;
+        for node in lost {
             if !out.iter().any(|(n, _)| *n == node) {
                 out.push((node, source.clone()));
             }
@@ -151,13 +167,13 @@ pub async fn recover_node(
         Ok(r) => (
             ServerMsg::NodeRecovered,
             format!(
-                "node {node} recovered from server {from} in {:.1} s: {} version(s), {} chunk(s) ({} bytes) received, {} chunk(s) already here, {} version(s) the replica no longer holds deleted; it is this server's own again, replicating to {from}",
+                "node {node} recovered from server {from} in {:.1} s: {} version(s), {} chunk(s) ({} bytes) received, {} chunk(s) already here, {} state change(s); nothing here was deleted; it is this server's own again, replicating to {from}",
                 recovery.elapsed_secs,
                 r.objects_sent,
                 r.chunks_sent,
                 r.bytes_sent,
                 r.chunks_skipped,
-                r.objects_deleted
+                r.states_updated
             ),
         ),
         Err(e) => (
@@ -225,12 +241,19 @@ pub async fn send_back(
     };
     let partner = defined(state, caller).await?;
     let target = connect(state, &partner, &name).await?;
-    let outcome = replicate_to(state, &node_rec, &target, ReplicationRule::AllData).await;
+    let outcome = replicate_to(
+        state,
+        &node_rec,
+        &target,
+        ReplicationRule::AllData,
+        Deletions::Keep,
+    )
+    .await;
     target.bye().await;
     let text = match &outcome {
         Ok(r) => format!(
-            "replica of node {name} sent back to server {caller} for its recovery: {} version(s), {} chunk(s) ({} bytes) sent, {} chunk(s) already there, {} deletion(s) there",
-            r.objects_sent, r.chunks_sent, r.bytes_sent, r.chunks_skipped, r.objects_deleted
+            "replica of node {name} sent back to server {caller} for its recovery: {} version(s), {} chunk(s) ({} bytes) sent, {} chunk(s) already there, {} state change(s)",
+            r.objects_sent, r.chunks_sent, r.bytes_sent, r.chunks_skipped, r.states_updated
         ),
         Err(e) => format!("sending the replica of node {name} back to server {caller} failed: {e}"),
     };

@@ -207,7 +207,7 @@ impl RemoteTarget {
             chunks_sent: reply.chunks_sent,
             chunks_skipped: reply.chunks_skipped,
             states_updated: reply.states_updated,
-            objects_deleted: reply.objects_deleted,
+            objects_deleted: 0,
         })
     }
 

@@ -218,7 +218,7 @@ async fn run_once(
     partner: &PartnerServer,
 ) -> Result<tandem_replication::RunReport, ServerError> {
     let target = connect(state, partner, &node.name).await?;
-    let report = replicate_to(state, node, &target, rule_of(node)).await?;
+    let report = replicate_to(state, node, &target, rule_of(node), Deletions::Mirror).await?;
     // Only after a complete run: a failed one leaves its session, so the
     // chunks it uploaded stay pinned on the target until the session times
     // out, and a retry meanwhile finds them present instead of sending
@@ -234,12 +234,15 @@ pub(super) async fn replicate_to(
     node: &Node,
     target: &super::RemoteTarget,
     rule: ReplicationRule,
+    deletions: Deletions,
 ) -> Result<tandem_replication::RunReport, ServerError> {
     target.prepare(node).await?;
     let source = LocalSource::new(state.repo.clone(), node.id);
-    let report = tandem_replication::replicate(&source, target, rule)
-        .await
-        .map_err(|e| ServerError::FailedPrecondition(e.to_string()))?;
+    let report = match deletions {
+        Deletions::Mirror => tandem_replication::replicate(&source, target, rule).await,
+        Deletions::Keep => tandem_replication::replicate(&source, &AddOnly(target), rule).await,
+    }
+    .map_err(|e| ServerError::FailedPrecondition(e.to_string()))?;
     let (catalog, node_id) = (state.repo.catalog.clone(), node.id);
     let filespaces = tokio::task::spawn_blocking(move || catalog.list_filespaces(node_id))
         .await??
@@ -248,6 +251,59 @@ pub(super) async fn replicate_to(
         .collect();
     target.finish(filespaces, now_ns()).await?;
     Ok(report)
+}
+
+/// What a run does with versions the target holds and the source does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deletions {
+    /// Deletes them: the replica mirrors its source (ordinary replication).
+    Mirror,
+    /// Keeps them (a recovery): they may be data the sending side never
+    /// received, which only the receiving side holds.
+    Keep,
+}
+
+/// A target that is only added to: every call but deletion goes through.
+struct AddOnly<'a>(&'a super::RemoteTarget);
+
+impl tandem_replication::Target<crate::model::StoredVersion> for AddOnly<'_> {
+    type Error = tonic::Status;
+
+    async fn inventory(&self) -> Result<Vec<tandem_replication::ObjectState>, tonic::Status> {
+        self.0.inventory().await
+    }
+
+    async fn missing_chunks(
+        &self,
+        ids: &[tandem_proto::ChunkId],
+    ) -> Result<Vec<tandem_proto::ChunkId>, tonic::Status> {
+        self.0.missing_chunks(ids).await
+    }
+
+    async fn put_chunks(
+        &self,
+        chunks: Vec<tandem_proto::StoredChunk>,
+    ) -> Result<(), tonic::Status> {
+        self.0.put_chunks(chunks).await
+    }
+
+    async fn update_states(
+        &self,
+        states: &[tandem_replication::ObjectState],
+    ) -> Result<u64, tonic::Status> {
+        self.0.update_states(states).await
+    }
+
+    async fn put_objects(
+        &self,
+        objects: Vec<crate::model::StoredVersion>,
+    ) -> Result<u64, tonic::Status> {
+        self.0.put_objects(objects).await
+    }
+
+    async fn delete_objects(&self, _ids: &[tandem_proto::ObjectId]) -> Result<u64, tonic::Status> {
+        Ok(0)
+    }
 }
 
 /// Replicates every node with replication enabled, every `minutes`, until shutdown.

@@ -643,7 +643,7 @@ impl Admin for AdminService {
                 chunks_received: report.chunks_sent,
                 bytes_received: report.bytes_sent,
                 chunks_present: report.chunks_skipped,
-                objects_deleted: report.objects_deleted,
+                states_updated: report.states_updated,
                 elapsed_secs: recovery.elapsed_secs,
                 message,
             });

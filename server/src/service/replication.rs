@@ -522,7 +522,6 @@ impl Replication for ReplicationService {
             chunks_sent: report.chunks_sent,
             bytes_sent: report.bytes_sent,
             chunks_skipped: report.chunks_skipped,
-            objects_deleted: report.objects_deleted,
             states_updated: report.states_updated,
         }))
     }
