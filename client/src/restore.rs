@@ -18,7 +18,7 @@ mod fetch;
 mod repair;
 mod writer;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -666,40 +666,57 @@ pub async fn run(
     )
     .await?;
     // Files that failed for their data: the server repairs what it can
-    // from its replication partner, and they are fetched once more.
+    // from its replication partner, and those whose chunks are whole now
+    // are fetched once more. No chunk is asked about twice.
+    let mut asked: HashSet<ChunkId> = HashSet::new();
+    let mut usable: HashSet<ChunkId> = HashSet::new();
+    let mut unrecoverable = Vec::new();
     for round in 1..=REPAIR_ROUNDS {
         if failures.is_empty() {
             break;
         }
-        let chunks: BTreeSet<ChunkId> = failures.iter().filter_map(|f| f.chunk).collect();
-        let summary = match repair::ask(session, &chunks).await {
-            Ok(summary) => summary,
-            Err(status) => repair::RepairSummary {
-                unrepaired: chunks.len() as u64,
-                reason: status.message().to_string(),
-                ..repair::RepairSummary::default()
-            },
-        };
-        let mut jobs: Vec<usize> = failures.iter().map(|f| f.job).collect();
-        jobs.dedup();
-        if summary.repaired > 0 {
-            console.audit(&Msg::chunks_repaired(
-                &session.info.name,
-                summary.repaired,
-                &summary.partner,
-                jobs.len(),
-            ));
+        let fresh: BTreeSet<ChunkId> = failures
+            .iter()
+            .filter_map(|f| f.chunk)
+            .filter(|c| !asked.contains(c))
+            .collect();
+        if !fresh.is_empty() {
+            let summary = match repair::ask(session, &fresh).await {
+                Ok(summary) => summary,
+                Err(status) => repair::RepairSummary {
+                    unrepaired: fresh.len() as u64,
+                    reason: status.message().to_string(),
+                    ..repair::RepairSummary::default()
+                },
+            };
+            asked.extend(fresh);
+            if summary.repaired > 0 {
+                let files: HashSet<usize> = failures.iter().map(|f| f.job).collect();
+                console.audit(&Msg::chunks_repaired(
+                    &session.info.name,
+                    summary.repaired,
+                    &summary.partner,
+                    files.len(),
+                ));
+            }
+            if summary.unrepaired > 0 {
+                console.report(
+                    &Msg::chunks_not_repaired(
+                        &session.info.name,
+                        summary.unrepaired,
+                        &summary.reason,
+                    ),
+                    ExitStatus::Warnings,
+                );
+            }
+            usable.extend(summary.usable);
         }
-        if summary.unrepaired > 0 {
-            console.report(
-                &Msg::chunks_not_repaired(&session.info.name, summary.unrepaired, &summary.reason),
-                ExitStatus::Warnings,
-            );
-        }
-        if !summary.worth_retrying() {
+        let (retry, hopeless) = repair::split_retries(std::mem::take(&mut failures), &usable);
+        unrecoverable.extend(hopeless);
+        if retry.is_empty() {
             break;
         }
-        let again: Vec<FetchJob> = jobs
+        let again: Vec<FetchJob> = retry
             .iter()
             .map(|&i| (i, plan.files[i].chunks.clone(), plan.files[i].size))
             .collect();
@@ -721,8 +738,10 @@ pub async fn run(
         }
         failures = more_failures;
     }
-    let mut reported = std::collections::HashSet::new();
-    for failure in failures {
+    unrecoverable.extend(failures);
+    unrecoverable.sort_by_key(|f| f.job);
+    let mut reported = HashSet::new();
+    for failure in unrecoverable {
         if reported.insert(failure.job) {
             console.report(
                 &Msg::corrupt(&plan.files[failure.job].path, &failure.cause),

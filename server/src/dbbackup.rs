@@ -50,7 +50,9 @@ fn taken_at(name: &str, server: &str) -> Option<DateTime<Utc>> {
 
 /// Writes a copy of `catalog` into `dir`, which must be an existing
 /// directory given by its absolute path, and syncs it and the directory.
-/// Blocks for as long as the copy takes.
+/// The copy is written under a `.partial` name and renamed only when whole
+/// and synced, so a failed copy never looks like a copy (nor counts for
+/// the schedule or the retention). Blocks for as long as the copy takes.
 ///
 /// # Errors
 /// [`ServerError::InvalidArgument`] for an unusable `dir`; catalog errors.
@@ -62,7 +64,24 @@ pub fn take(catalog: &Catalog, server: &str, dir: &Path) -> Result<DbBackupTaken
         )));
     }
     let path = dir.join(copy_name(server, Utc::now()));
-    let bytes = catalog.backup_to(&path)?;
+    let partial = PathBuf::from(format!("{}.partial", path.display()));
+    let written = catalog
+        .backup_to(&partial)
+        .map_err(ServerError::from)
+        .and_then(|bytes| {
+            std::fs::rename(&partial, &path).map_err(|source| ServerError::Setup {
+                context: format!("renaming {} into place", partial.display()),
+                source,
+            })?;
+            Ok(bytes)
+        });
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
     // The copy's directory entry is durable too.
     let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(DbBackupTaken { path, bytes })
@@ -216,6 +235,13 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        // A copy cut short is no copy.
+        std::fs::write(
+            dir.path()
+                .join("tandem-db-A-20270101T000000.000Z.sqlite.partial"),
+            "x",
+        )
+        .unwrap();
         let deleted = prune(dir.path(), "A", 2).unwrap();
         assert_eq!(
             deleted,

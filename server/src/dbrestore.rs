@@ -67,13 +67,59 @@ pub fn restore_db(
             copy.display()
         )));
     }
-    let kept_aside = put_in_place(data_dir, copy)?;
-    let catalog = Catalog::open(&live, policy)?;
+    // Everything is read and decided on a staged copy first: a failure
+    // until the final rename leaves the data dir as it was.
     let mut found: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
     for (id, at) in ChunkStore::scan_dir(&data_dir.join("containers"))? {
         found.entry(id).or_default().push(at);
     }
-    let chunks = catalog.reconcile_chunks(&found)?;
+    let staged = stage(data_dir, copy)?;
+    let mut report = match prepare_staged(&staged, copy, policy, &found) {
+        Ok(report) => report,
+        Err(e) => {
+            discard_staged(&staged);
+            return Err(e);
+        }
+    };
+    report.kept_aside = put_in_place(data_dir, &staged)?;
+    Ok(report)
+}
+
+/// Copies `copy` into the data dir as `catalog.db.restoring`, synced.
+fn stage(data_dir: &Path, copy: &Path) -> Result<PathBuf, ServerError> {
+    let io = |context: String| move |source| ServerError::Setup { context, source };
+    let staged = data_dir.join("catalog.db.restoring");
+    discard_staged(&staged);
+    std::fs::copy(copy, &staged).map_err(io(format!(
+        "copying {} to {}",
+        copy.display(),
+        staged.display()
+    )))?;
+    std::fs::File::open(&staged)
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("syncing {}", staged.display())))?;
+    Ok(staged)
+}
+
+/// Removes a staged copy and its SQLite side files.
+fn discard_staged(staged: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", staged.display()));
+    }
+}
+
+/// Brings the staged copy in line with the containers (`found`), holds the
+/// replicated nodes for recovery and logs the restore in it; closes it with
+/// everything checkpointed into the one file. The report has nothing kept
+/// aside yet.
+fn prepare_staged(
+    staged: &Path,
+    copy: &Path,
+    policy: Policy,
+    found: &HashMap<ChunkId, Vec<ChunkLocation>>,
+) -> Result<RestoreDbReport, ServerError> {
+    let catalog = Catalog::open(staged, policy)?;
+    let chunks = catalog.reconcile_chunks(found)?;
     let missing: HashSet<ChunkId> = chunks.missing.iter().copied().collect();
     let damaged = catalog.damaged_by(&missing)?;
     let held = catalog.hold_replicated_nodes_for_recovery(now_ns())?;
@@ -95,28 +141,25 @@ pub fn restore_db(
         ),
     })?;
     catalog.checkpoint()?;
+    drop(catalog);
     Ok(RestoreDbReport {
-        kept_aside,
+        kept_aside: None,
         chunks,
         damaged,
         held,
     })
 }
 
-/// Copies `copy` into the data dir and renames it over `catalog.db`, after
-/// moving the current catalog files (with their WAL) aside, never deleting
-/// them. Returns where they went.
-fn put_in_place(data_dir: &Path, copy: &Path) -> Result<Option<PathBuf>, ServerError> {
+/// Moves the current catalog files (with their WAL) aside, never deleting
+/// them, and renames the prepared `staged` copy over `catalog.db`. Returns
+/// where the old files went.
+fn put_in_place(data_dir: &Path, staged: &Path) -> Result<Option<PathBuf>, ServerError> {
     let io = |context: String| move |source| ServerError::Setup { context, source };
-    let staged = data_dir.join("catalog.db.restoring");
-    std::fs::copy(copy, &staged).map_err(io(format!(
-        "copying {} to {}",
-        copy.display(),
-        staged.display()
-    )))?;
-    std::fs::File::open(&staged)
-        .and_then(|f| f.sync_all())
-        .map_err(io(format!("syncing {}", staged.display())))?;
+    // A checkpointed copy needs no side files; stale ones must not pair
+    // with it under the new name.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", staged.display()));
+    }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let aside = data_dir.join(format!("catalog.db.before-restore-{stamp}"));
     let mut moved = false;
@@ -128,7 +171,7 @@ fn put_in_place(data_dir: &Path, copy: &Path) -> Result<Option<PathBuf>, ServerE
             moved = true;
         }
     }
-    std::fs::rename(&staged, data_dir.join("catalog.db"))
+    std::fs::rename(staged, data_dir.join("catalog.db"))
         .map_err(io(format!("renaming {}", staged.display())))?;
     std::fs::File::open(data_dir)
         .and_then(|d| d.sync_all())

@@ -34,6 +34,9 @@ pub struct ServerState {
     pub admin_token: std::sync::RwLock<Token>,
     /// Nodes being replicated now: one run per node (see [`crate::repl::runs`]).
     pub running: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// One self-repair at a time per node (by node id): a node's restores
+    /// wait for each other's repairs instead of asking the partner twice.
+    pub repairing: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// This server's TLS certificate and key: served to every caller and
     /// presented to partner servers for mutual TLS.
     pub identity: Arc<tandem_tls::ServerIdentity>,
@@ -362,6 +365,7 @@ impl ServerState {
             guid,
             admin_token: std::sync::RwLock::new(admin_token),
             running: std::sync::Mutex::default(),
+            repairing: std::sync::Mutex::default(),
             identity: Arc::new(identity),
             secrets,
             _lock: lock,

@@ -345,8 +345,10 @@ impl ChunkStore {
     /// Every record of every container in `dir`, read from the containers'
     /// own headers without opening a store (which would cut containers back
     /// to what the catalog indexes): what a restored catalog is checked
-    /// against before the server starts on it. A container's torn tail (a
-    /// write a crash cut short) ends its list; it was never acknowledged.
+    /// against before the server starts on it. The newest container's torn
+    /// tail (a write a crash cut short) ends its list, as it was never
+    /// acknowledged; anywhere else a record that does not fit is damage, and
+    /// an error, since the intact records after it could not be found.
     ///
     /// # Errors
     /// I/O errors; [`StorageError::Damaged`] for a container whose records
@@ -356,8 +358,10 @@ impl ChunkStore {
         if !dir.exists() {
             return Ok(all);
         }
-        for (number, _) in Self::list_containers(dir)? {
-            all.extend(Self::records_in(dir, number, true)?);
+        let containers = Self::list_containers(dir)?;
+        let newest = containers.last().map(|(number, _)| *number);
+        for (number, _) in containers {
+            all.extend(Self::records_in(dir, number, Some(number) == newest)?);
         }
         Ok(all)
     }

@@ -197,6 +197,13 @@ fn after_a_catalog_restore_nothing_replicates_until_the_replica_is_back() {
     // and no backup until the recovery.
     let refused = primary.admin(&["replicate", "node", "alice", "--wait"]);
     assert_ne!(code(&refused), 0, "{}", stderr(&refused));
+    let refused = primary.admin(&["remove", "replnode", "alice"]);
+    assert_eq!(code(&refused), 12, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("held for recovery"),
+        "{}",
+        stderr(&refused)
+    );
     let out = client.run(&["incremental", &path_str(&src)]);
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     assert!(stderr(&out).contains("being recovered"), "{}", stderr(&out));

@@ -4,10 +4,11 @@
 //! are then fetched again. The server verifies everything it stores, so the
 //! client only asks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use tandem_proto::{ChunkId, pb};
 
+use super::writer::DataFailure;
 use crate::logon::session::Session;
 
 /// Chunk ids sent for repair in one restore round at most: beyond them the
@@ -27,15 +28,34 @@ pub(super) struct RepairSummary {
     pub partner: String,
     /// Why some could not be repaired.
     pub reason: String,
+    /// The chunks whole on the server now: files failed only on these are
+    /// worth fetching again.
+    pub usable: HashSet<ChunkId>,
 }
 
-impl RepairSummary {
-    /// Whether fetching the files again can succeed for some of them:
-    /// something was repaired, or some chunks are whole on the server (the
-    /// failure was on the way).
-    pub(super) fn worth_retrying(&self) -> bool {
-        self.repaired > 0 || self.intact > 0
+/// Of the files that failed (`failures`, sorted by job), those to fetch
+/// again: every chunk they failed on is `usable` now. The others are
+/// returned as they are, to be reported.
+pub(super) fn split_retries(
+    failures: Vec<DataFailure>,
+    usable: &HashSet<ChunkId>,
+) -> (Vec<usize>, Vec<DataFailure>) {
+    let mut hopeless_jobs = HashSet::new();
+    for failure in &failures {
+        if !failure.chunk.is_some_and(|c| usable.contains(&c)) {
+            hopeless_jobs.insert(failure.job);
+        }
     }
+    let mut retry = Vec::new();
+    let mut hopeless = Vec::new();
+    for failure in failures {
+        if hopeless_jobs.contains(&failure.job) {
+            hopeless.push(failure);
+        } else if retry.last() != Some(&failure.job) {
+            retry.push(failure.job);
+        }
+    }
+    (retry, hopeless)
 }
 
 /// Asks the server to check and repair `chunks`, in calls of at most
@@ -62,6 +82,12 @@ pub(super) async fn ask(
             .await?
             .into_inner();
         summary.intact += reply.intact;
+        summary.usable.extend(
+            reply
+                .usable
+                .iter()
+                .filter_map(|b| ChunkId::from_slice(b).ok()),
+        );
         summary.repaired += reply.repaired;
         summary.unrepaired += reply.unrepaired;
         if summary.partner.is_empty() {
@@ -85,25 +111,28 @@ pub(super) async fn ask(
 mod tests {
     use super::*;
 
+    fn failure(job: usize, chunk: Option<u8>) -> DataFailure {
+        DataFailure {
+            job,
+            cause: "bad".into(),
+            chunk: chunk.map(|n| ChunkId::of(&[n])),
+        }
+    }
+
     #[test]
-    fn a_retry_needs_a_repair_or_every_chunk_whole() {
-        let whole = RepairSummary {
-            intact: 2,
-            ..RepairSummary::default()
-        };
-        assert!(whole.worth_retrying());
-        let fixed = RepairSummary {
-            repaired: 1,
-            unrepaired: 1,
-            ..RepairSummary::default()
-        };
-        assert!(fixed.worth_retrying());
-        let hopeless = RepairSummary {
-            unrepaired: 2,
-            reason: "no replication server".into(),
-            ..RepairSummary::default()
-        };
-        assert!(!hopeless.worth_retrying());
-        assert!(!RepairSummary::default().worth_retrying());
+    fn only_files_whose_failed_chunks_are_all_usable_are_fetched_again() {
+        let usable: HashSet<ChunkId> = [ChunkId::of(&[1]), ChunkId::of(&[2])].into();
+        let failures = vec![
+            failure(0, Some(1)),
+            failure(0, Some(2)),
+            failure(3, Some(1)),
+            failure(3, Some(9)),
+            failure(5, None),
+            failure(7, Some(2)),
+        ];
+        let (retry, hopeless) = split_retries(failures, &usable);
+        assert_eq!(retry, vec![0, 7]);
+        let jobs: Vec<usize> = hopeless.iter().map(|f| f.job).collect();
+        assert_eq!(jobs, vec![3, 3, 5]);
     }
 }

@@ -313,6 +313,8 @@ impl<'a> Writer<'a> {
     fn failed(&mut self, cause: String, chunk: Option<tandem_proto::ChunkId>) {
         if let Some((job, tmp)) = self.current.take() {
             discard(self.dest, &self.jobs[job], &tmp.name);
+            // Its bytes were not restored (a retry counts them again).
+            self.stats.bytes = self.stats.bytes.saturating_sub(self.file_bytes);
             match &mut self.deferred {
                 Some(deferred) => {
                     deferred.push(DataFailure { job, cause, chunk });

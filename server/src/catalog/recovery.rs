@@ -52,14 +52,14 @@ impl Catalog {
             }
             None => {}
         }
-        let existing: Option<(ReplMode, String)> = tx
+        let existing: Option<(ReplMode, String, String)> = tx
             .query_row(
-                "SELECT replmode, repl_server FROM nodes WHERE name = ?1",
+                "SELECT replmode, repl_server, replstate FROM nodes WHERE name = ?1",
                 [name],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        if let Some((ReplMode::Receive, owner)) = &existing {
+        if let Some((ReplMode::Receive, owner, _)) = &existing {
             return Err(ServerError::FailedPrecondition(format!(
                 "node {name} is a replica of server {owner} on this server; recover it on {owner}, not here"
             )));
@@ -77,17 +77,20 @@ impl Catalog {
                 params![name, source],
             )?;
         }
+        let prev_replstate = existing.map(|(_, _, state)| state).unwrap_or_default();
         tx.execute(
-            "INSERT INTO recoveries (node, source, started_ns) VALUES (?1, ?2, ?3)",
-            params![name, source, now_ns],
+            "INSERT INTO recoveries (node, source, started_ns, prev_replstate)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![name, source, now_ns, prev_replstate],
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Ends the recovery of `name` from `source`: the node is this server's
-    /// own again (send mode, replicated to `source`, replication enabled).
-    /// Returns false when no such recovery was under way.
+    /// Ends the recovery of `name` from `source` once its data is back: the
+    /// node is this server's own again, in send mode to `source`, with the
+    /// replication state it had before the hold (enabled for a node that
+    /// was not here). Returns false when no such recovery was under way.
     ///
     /// # Errors
     /// SQLite errors.
@@ -99,20 +102,47 @@ impl Catalog {
     ) -> Result<bool, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let removed = tx.execute(
-            "DELETE FROM recoveries WHERE node = ?1 AND source = ?2",
-            params![name, source],
+        let Some(prev) = take_recovery(&tx, name, source)? else {
+            return Ok(false);
+        };
+        let state = if prev.is_empty() {
+            "enabled"
+        } else {
+            prev.as_str()
+        };
+        tx.execute(
+            "UPDATE nodes SET replmode = 'send', repl_server = ?2, replstate = ?3, last_repl_ns = ?4
+             WHERE name = ?1",
+            params![name, source, state, now_ns],
         )?;
-        if removed > 0 {
-            tx.execute(
-                "UPDATE nodes SET replmode = 'send', repl_server = ?2, replstate = 'enabled',
-                   last_repl_ns = ?3
-                 WHERE name = ?1",
-                params![name, source, now_ns],
-            )?;
-        }
         tx.commit()?;
-        Ok(removed > 0)
+        Ok(true)
+    }
+
+    /// Ends the hold of `name` when `source` holds no replica of it (it was
+    /// never replicated there): the node is this server's own again, in no
+    /// replication mode, with the state it had. Returns false when no such
+    /// hold was under way.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn release_unreplicated(&self, name: &str, source: &str) -> Result<bool, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(prev) = take_recovery(&tx, name, source)? else {
+            return Ok(false);
+        };
+        let state = if prev.is_empty() {
+            "disabled"
+        } else {
+            prev.as_str()
+        };
+        tx.execute(
+            "UPDATE nodes SET replmode = 'none', repl_server = '', replstate = ?2 WHERE name = ?1",
+            params![name, state],
+        )?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Drops the recovery of `name` when the node does not exist here (a
@@ -171,11 +201,14 @@ impl Catalog {
         Ok(rows)
     }
 
-    /// After a catalog restore: every node this server replicated is put
-    /// under recovery from the server holding its replica (see
+    /// After a catalog restore: every node this server may have replicated
+    /// is held for recovery from the server holding its replica (see
     /// [`Self::begin_recovery`]), since that replica may hold versions this
-    /// catalog lost and a replication run would delete them. Returns the
-    /// nodes with their sources.
+    /// catalog lost and a replication run would delete them. That is every
+    /// node in send mode (from its recorded partner), and every node of its
+    /// own with replication enabled or a recorded partner (its first run may
+    /// have completed after the copy; from the replication server when none
+    /// is recorded). Returns the nodes with their sources.
     ///
     /// # Errors
     /// SQLite errors.
@@ -186,16 +219,41 @@ impl Catalog {
         let nodes: Vec<(String, String)> = {
             let conn = self.reader();
             let mut stmt = conn.prepare(
-                "SELECT name, repl_server FROM nodes
-                 WHERE replmode = 'send' AND repl_server <> '' ORDER BY name",
+                "SELECT n.name,
+                        CASE WHEN n.repl_server <> '' THEN n.repl_server
+                             ELSE coalesce((SELECT value FROM server_info WHERE key = ?1), '') END
+                 FROM nodes n
+                 WHERE n.replmode <> 'receive'
+                   AND (n.replmode = 'send' OR n.replstate = 'enabled' OR n.repl_server <> '')
+                 ORDER BY n.name",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(CatalogError::from)?
+            stmt.query_map([super::Setting::ReplServer.key()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<Vec<(String, String)>, _>>()
+            .map_err(CatalogError::from)?
+            .into_iter()
+            .filter(|(_, source)| !source.is_empty())
+            .collect()
         };
         for (node, source) in &nodes {
             self.hold_for_recovery(node, source, now_ns, true)?;
         }
         Ok(nodes)
     }
+}
+
+/// Removes the recovery of `name` from `source`; returns the replication
+/// state the node had before it was held, if there was such a recovery.
+fn take_recovery(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    source: &str,
+) -> rusqlite::Result<Option<String>> {
+    tx.query_row(
+        "DELETE FROM recoveries WHERE node = ?1 AND source = ?2 RETURNING prev_replstate",
+        params![name, source],
+        |r| r.get(0),
+    )
+    .optional()
 }

@@ -185,5 +185,8 @@ CREATE TABLE IF NOT EXISTS repl_runs (
 CREATE TABLE IF NOT EXISTS recoveries (
     node       TEXT PRIMARY KEY,              -- upper-case node name
     source     TEXT NOT NULL,                 -- the server holding the replica
-    started_ns INTEGER NOT NULL
+    started_ns INTEGER NOT NULL,
+    -- The node's replication state before it was held ('' for a node this
+    -- server did not hold), given back when the hold ends.
+    prev_replstate TEXT NOT NULL DEFAULT ''
 );

@@ -649,22 +649,34 @@ fn archive_pages_cover_the_prefix_once_and_copies_expire_by_retver() {
 fn a_restored_catalog_holds_replicated_nodes_for_recovery_until_it_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (catalog, _) = new_catalog(&dir);
-    for name in ["SRC", "REPLICA", "NEVER"] {
+    for name in ["SRC", "REPLICA", "FIRST", "LOCAL"] {
         catalog.register_node(name, "hash", 1).expect("register");
     }
+    catalog
+        .set_setting(super::Setting::ReplServer, "SECONDARY")
+        .expect("replserver");
     let raw = Connection::open(dir.path().join("catalog.db")).expect("open");
+    // SRC was replicated (to SECONDARY, replication since disabled); FIRST
+    // has replication enabled but no completed run in the copy; LOCAL was
+    // never replicated; REPLICA is another server's.
     raw.execute_batch(
         "UPDATE nodes SET replstate = 'disabled', replmode = 'send', repl_server = 'SECONDARY' WHERE name = 'SRC';
          UPDATE nodes SET replstate = 'enabled', replmode = 'receive', repl_server = 'OTHER' WHERE name = 'REPLICA';
-         UPDATE nodes SET replstate = 'enabled' WHERE name = 'NEVER';",
+         UPDATE nodes SET replstate = 'enabled' WHERE name = 'FIRST';",
     )
     .expect("set modes");
     let held = catalog.hold_replicated_nodes_for_recovery(5).expect("hold");
-    assert_eq!(held, [("SRC".to_string(), "SECONDARY".to_string())]);
+    assert_eq!(
+        held,
+        [
+            ("FIRST".to_string(), "SECONDARY".to_string()),
+            ("SRC".to_string(), "SECONDARY".to_string())
+        ]
+    );
     let node = |name: &str| catalog.node(name).expect("node").expect("exists");
     assert!(node("SRC").is_replica(), "held in receive mode");
     assert_eq!(node("SRC").repl_server, "SECONDARY");
-    assert!(!node("NEVER").is_replica());
+    assert!(!node("LOCAL").is_replica());
     assert_eq!(
         catalog.recovery_of("SRC").expect("read").as_deref(),
         Some("SECONDARY")
@@ -677,20 +689,26 @@ fn a_restored_catalog_holds_replicated_nodes_for_recovery_until_it_ends() {
         .expect("re-run");
     assert!(catalog.begin_recovery("SRC", "THIRD", 6).is_err());
     assert!(catalog.begin_recovery("REPLICA", "SECONDARY", 6).is_err());
-    let own = catalog.begin_recovery("NEVER", "SECONDARY", 6).unwrap_err();
+    let own = catalog.begin_recovery("LOCAL", "SECONDARY", 6).unwrap_err();
     assert!(own.to_string().contains("nothing to recover"), "{own}");
     catalog
         .begin_recovery("GONE", "SECONDARY", 6)
         .expect("absent node");
-    assert_eq!(
-        catalog.recovery_of("GONE").expect("read").as_deref(),
-        Some("SECONDARY")
-    );
     assert!(catalog.forget_recovery_of_absent("GONE").expect("forget"));
-    // The end makes it this server's own again, replicated to its source.
+    // The end makes SRC this server's own again, replicated to its source,
+    // with the replication state it had; FIRST, of which the replica server
+    // holds nothing, is released as it was.
     assert!(catalog.end_recovery("SRC", "SECONDARY", 7).expect("end"));
     assert!(!node("SRC").is_replica());
-    assert_eq!(node("SRC").replstate.to_string(), "enabled");
+    assert_eq!(node("SRC").replstate.to_string(), "disabled");
     assert_eq!(catalog.recovery_of("SRC").expect("read"), None);
     assert!(!catalog.end_recovery("SRC", "SECONDARY", 8).expect("again"));
+    assert!(
+        catalog
+            .release_unreplicated("FIRST", "SECONDARY")
+            .expect("release")
+    );
+    assert!(!node("FIRST").is_replica());
+    assert_eq!(node("FIRST").replstate.to_string(), "enabled");
+    assert_eq!(node("FIRST").repl_server, "");
 }

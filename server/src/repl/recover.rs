@@ -28,6 +28,16 @@ use crate::actlog::{self, ServerMsg};
 use crate::error::ServerError;
 use crate::model::{PartnerServer, normalize_node_name, now_ns};
 
+/// How a node's recovery ended.
+#[derive(Debug, Clone)]
+pub enum Recovered {
+    /// The replica server sent the node back; it is this server's own again.
+    Back(RunReport),
+    /// The replica server holds no replica of the node (it was never
+    /// replicated there): the hold was released, nothing was sent.
+    NoReplica,
+}
+
 /// One node's recovery, as the rebuilt server saw it.
 #[derive(Debug, Clone)]
 pub struct Recovery {
@@ -35,8 +45,8 @@ pub struct Recovery {
     pub node: String,
     /// The server its data came from.
     pub from: String,
-    /// What the replica server sent, or why the recovery failed.
-    pub outcome: Result<RunReport, String>,
+    /// What happened, or why the recovery failed.
+    pub outcome: Result<Recovered, String>,
     /// Wall time.
     pub elapsed_secs: f64,
 }
@@ -136,9 +146,17 @@ pub async fn recover_node(
     let catalog = state.repo.catalog.clone();
     let name = node.to_string();
     let finished = match &outcome {
-        Ok(_) => {
+        Ok(Some(_)) => {
             let source = from.to_string();
             tokio::task::spawn_blocking(move || catalog.end_recovery(&name, &source, now_ns()))
+                .await
+                .map_err(ServerError::from)
+                .and_then(|r| Ok(r?))
+                .map(|_| ())
+        }
+        Ok(None) => {
+            let source = from.to_string();
+            tokio::task::spawn_blocking(move || catalog.release_unreplicated(&name, &source))
                 .await
                 .map_err(ServerError::from)
                 .and_then(|r| Ok(r?))
@@ -154,7 +172,8 @@ pub async fn recover_node(
         }
     };
     let outcome = match (outcome, finished) {
-        (Ok(report), Ok(())) => Ok(report),
+        (Ok(Some(report)), Ok(())) => Ok(Recovered::Back(report)),
+        (Ok(None), Ok(())) => Ok(Recovered::NoReplica),
         (Err(e), _) | (Ok(_), Err(e)) => Err(e.to_string()),
     };
     let recovery = Recovery {
@@ -164,7 +183,13 @@ pub async fn recover_node(
         elapsed_secs: started.elapsed().as_secs_f64(),
     };
     let (msg, text) = match &recovery.outcome {
-        Ok(r) => (
+        Ok(Recovered::NoReplica) => (
+            ServerMsg::NodeRecovered,
+            format!(
+                "node {node}: server {from} holds no replica of it, so nothing was lost there; the hold is released and the node is this server's own again, not replicated"
+            ),
+        ),
+        Ok(Recovered::Back(r)) => (
             ServerMsg::NodeRecovered,
             format!(
                 "node {node} recovered from server {from} in {:.1} s: {} version(s), {} chunk(s) ({} bytes) received, {} chunk(s) already here, {} state change(s); nothing here was deleted; it is this server's own again, replicating to {from}",
@@ -188,12 +213,13 @@ pub async fn recover_node(
     Ok(recovery)
 }
 
-/// Holds the node, then has `from` send it back.
+/// Holds the node, then has `from` send it back (`None`: `from` holds no
+/// replica of it).
 async fn pull_back(
     state: &Arc<ServerState>,
     node: &str,
     from: &str,
-) -> Result<RunReport, ServerError> {
+) -> Result<Option<RunReport>, ServerError> {
     let partner = defined(state, from).await?;
     let (catalog, name, source) = (
         state.repo.catalog.clone(),

@@ -187,28 +187,38 @@ impl RemoteTarget {
     }
 
     /// Asks the partner to replicate its replica of the node back to this
-    /// server (recovery); returns when the run has ended, with what it sent.
+    /// server (recovery); returns when the run has ended, with what it sent,
+    /// or `None` when the partner holds no replica of the node.
     ///
     /// # Errors
     /// The partner's refusal or failed run, naming the partner.
-    pub async fn replicate_back(&self) -> Result<tandem_replication::RunReport, ServerError> {
-        let reply = self
+    pub async fn replicate_back(
+        &self,
+    ) -> Result<Option<tandem_replication::RunReport>, ServerError> {
+        let reply = match self
             .client
             .clone()
             .replicate_back(self.request(pb::ReplicateBackRequest {
                 node: self.node.clone(),
             }))
             .await
-            .map_err(self.refused(format!("sending back node {}", self.node)))?
-            .into_inner();
-        Ok(tandem_replication::RunReport {
+        {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) => {
+                return Err(self.refused(format!("sending back node {}", self.node))(
+                    status,
+                ));
+            }
+        };
+        Ok(Some(tandem_replication::RunReport {
             objects_sent: reply.objects_sent,
             bytes_sent: reply.bytes_sent,
             chunks_sent: reply.chunks_sent,
             chunks_skipped: reply.chunks_skipped,
             states_updated: reply.states_updated,
             objects_deleted: 0,
-        })
+        }))
     }
 
     /// Ends the replication session on the partner (its pins go with it).

@@ -29,7 +29,7 @@ const CHUNKS_NAMED: usize = 10;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RepairReport {
     /// Chunks whose copy here was whole.
-    pub intact: u64,
+    pub intact: Vec<ChunkId>,
     /// Chunks replaced with a verified copy from the partner.
     pub repaired: Vec<ChunkId>,
     /// Damaged or missing chunks that could not be repaired.
@@ -53,12 +53,17 @@ pub async fn repair_chunks(
     ids: Vec<ChunkId>,
 ) -> Result<RepairReport, ServerError> {
     let node_id = node.id;
+    let turn = {
+        let mut locks = state.repairing.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(node_id).or_default().clone()
+    };
+    let _turn = turn.lock().await;
     let check: ChunkCheck = state
         .repo
         .blocking(move |r| r.check_chunks(node_id, &ids))
         .await?;
     let mut report = RepairReport {
-        intact: check.intact.len() as u64,
+        intact: check.intact,
         ..RepairReport::default()
     };
     let mut wanted: Vec<(ChunkId, String)> = check.damaged;
@@ -69,6 +74,27 @@ pub async fn repair_chunks(
             .map(|id| (id, "not stored here".to_string())),
     );
     if wanted.is_empty() {
+        return Ok(report);
+    }
+    // Only chunks the node's own stored files use are worth a partner's
+    // copy and a record: made-up ids, and other nodes' chunks alike, are
+    // answered as not repaired without a partner call or a log line.
+    let ids: HashSet<ChunkId> = wanted.iter().map(|(id, _)| *id).collect();
+    let catalog = state.repo.catalog.clone();
+    let users =
+        tokio::task::spawn_blocking(move || catalog.node_paths_using(node_id, &ids, PATHS_NAMED))
+            .await??;
+    let (wanted, unused): (Vec<_>, Vec<_>) = wanted
+        .into_iter()
+        .partition(|(id, _)| users.contains_key(id));
+    report
+        .unrepaired
+        .extend(unused.into_iter().map(|(id, _)| id));
+    if wanted.is_empty() {
+        report.reason = Some(format!(
+            "no stored file of node {} uses the chunk(s) asked for",
+            node.name
+        ));
         return Ok(report);
     }
     let asked: Vec<ChunkId> = wanted.iter().map(|(id, _)| *id).collect();
@@ -93,7 +119,7 @@ pub async fn repair_chunks(
         }
     }
     report.reason = reason;
-    log_outcome(state, node, &wanted, &report).await;
+    log_outcome(state, node, &wanted, &users, &report).await;
     Ok(report)
 }
 
@@ -163,18 +189,10 @@ async fn log_outcome(
     state: &Arc<ServerState>,
     node: &Node,
     wanted: &[(ChunkId, String)],
+    users: &std::collections::HashMap<ChunkId, Vec<String>>,
     report: &RepairReport,
 ) {
     let (named, rest) = wanted.split_at(wanted.len().min(CHUNKS_NAMED));
-    let ids: HashSet<ChunkId> = named.iter().map(|(id, _)| *id).collect();
-    let node_id = node.id;
-    let catalog = state.repo.catalog.clone();
-    let users =
-        tokio::task::spawn_blocking(move || catalog.node_paths_using(node_id, &ids, PATHS_NAMED))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
     let repaired: HashSet<&ChunkId> = report.repaired.iter().collect();
     let partner = report.partner.as_deref().unwrap_or("-");
     for (id, problem) in named {

@@ -632,7 +632,17 @@ impl Admin for AdminService {
             .await
             .map_err(ServerError::from)??;
             let (state, report, message) = match recovery.outcome {
-                Ok(report) => ("recovered", report, String::new()),
+                Ok(crate::repl::recover::Recovered::Back(report)) => {
+                    ("recovered", report, String::new())
+                }
+                Ok(crate::repl::recover::Recovered::NoReplica) => (
+                    "released",
+                    tandem_replication::RunReport::default(),
+                    format!(
+                        "server {} holds no replica of it; the hold is released",
+                        recovery.from
+                    ),
+                ),
                 Err(why) => ("failed", tandem_replication::RunReport::default(), why),
             };
             nodes.push(pb::RecoveredNode {
@@ -1058,6 +1068,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RemoveReplNodeResponse>, Status> {
         let caller = self.authorize(&request).await?;
         let name = node_name(&request.into_inner().node)?;
+        let n = name.clone();
+        let held =
+            super::blocking(&self.state, move |s| Ok(s.repo.catalog.recovery_of(&n)?)).await?;
+        if let Some(source) = held {
+            return Err(Status::from(ServerError::FailedPrecondition(format!(
+                "node {name} is held for recovery from server {source}: its replica there may hold versions this server lost. Run `recover node {name}` first"
+            ))));
+        }
         let n = name.clone();
         let found = super::blocking(&self.state, move |s| {
             Ok(s.repo.catalog.update_node_replication(

@@ -138,7 +138,9 @@ impl BackupService {
             Ok(s.repo.catalog.node(&name)?.is_none_or(|n| n.is_replica()))
         })
         .await?;
-        if !session.replica && !replica_now {
+        // The catalog decides, not the session: a node held for recovery
+        // when its session began may be writable again now.
+        if !replica_now {
             return Ok(());
         }
         actlog::record(
@@ -547,8 +549,15 @@ impl Backup for BackupService {
         let name = session.node.clone();
         let node = super::blocking(&self.state, move |s| s.repo.registered_node(&name)).await?;
         let report = crate::repl::repair::repair_chunks(&self.state, &node, ids).await?;
+        let usable = report
+            .intact
+            .iter()
+            .chain(&report.repaired)
+            .map(|id| id.as_slice().to_vec())
+            .collect();
         Ok(Response::new(pb::RepairChunksResponse {
-            intact: report.intact,
+            intact: report.intact.len() as u64,
+            usable,
             repaired: report.repaired.len() as u64,
             unrepaired: report.unrepaired.len() as u64,
             partner: report.partner.unwrap_or_default(),

@@ -448,10 +448,16 @@ impl Replication for ReplicationService {
         let node = super::blocking(&self.state, move |s| Ok(s.repo.catalog.node(&lookup)?))
             .await?
             .ok_or_else(|| Status::from(ServerError::NodeNotFound { node: name.clone() }))?;
-        // Only a node this server shares with the caller: the caller's
+        // Only a node this server shares with the caller now: the caller's
         // replica here, or a node of this server's own whose replica the
-        // caller holds.
-        if node.repl_server != caller {
+        // caller holds and that is still replicated there.
+        let shared = node.repl_server == caller
+            && match node.replmode {
+                crate::model::ReplMode::Receive => true,
+                crate::model::ReplMode::Send => node.replstate == crate::model::ReplState::Enabled,
+                crate::model::ReplMode::None => false,
+            };
+        if !shared {
             return Err(Status::from(ServerError::PermissionDenied(format!(
                 "node {} is not replicated between this server and server {caller}",
                 node.name
