@@ -228,3 +228,62 @@ fn after_a_catalog_restore_nothing_replicates_until_the_replica_is_back() {
     assert_eq!(run["objects_deleted"], 0, "{run}");
     drop(secondary);
 }
+
+#[test]
+fn a_recovery_cut_short_holds_the_node_and_a_rerun_finishes_it() {
+    let (mut primary, mut secondary, client) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..20u64 {
+        std::fs::write(src.join(format!("f{i}.bin")), random_bytes(i, 200_000)).unwrap();
+    }
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(replicate(&primary, "ALICE")["state"], "completed");
+    let copies = tempfile::tempdir().unwrap();
+    let copy = admin_json(
+        &primary,
+        &["backup", "db", "--to", &path_str(copies.path())],
+    );
+    let copy = copy["path"].as_str().unwrap().to_string();
+    primary.stop();
+    let out = std::process::Command::new(bin("tandem-server"))
+        .arg("--data-dir")
+        .arg(primary.data.path())
+        .args(["restore-db", "--from", &copy])
+        .output()
+        .unwrap();
+    assert_success(&out, "restore-db");
+    primary.restart();
+
+    // The secondary is down (killed): the recovery fails, the node stays
+    // held and read-only, and says how to go on.
+    secondary.kill();
+    let failed = primary.admin(&["--json", "recover", "node", "alice"]);
+    assert_eq!(code(&failed), 12, "{}", stderr(&failed));
+    let rows: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(rows[0]["state"], "failed", "{rows}");
+    assert!(
+        primary.actlog().contains("TDM0606E"),
+        "{}",
+        primary.actlog()
+    );
+    let out = client.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&out), 12, "still held: {}", stderr(&out));
+
+    // Back up, the same command finishes it.
+    secondary.restart();
+    let done = admin_json(&primary, &["recover", "node", "alice"]);
+    assert_eq!(done[0]["state"], "recovered", "{done}");
+    let out_dir = work.path().join("out");
+    let restored = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out_dir),
+    ]);
+    assert_eq!(restored["failed"], 0, "{restored}");
+    assert_same_tree(&src, &out_dir);
+    std::fs::write(src.join("after.bin"), random_bytes(99, 1000)).unwrap();
+    let backed_up = client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(backed_up["failed"], 0, "{backed_up}");
+}
