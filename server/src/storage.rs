@@ -209,7 +209,9 @@ impl ChunkStore {
         })
     }
 
-    fn container_path(dir: &Path, number: u32) -> PathBuf {
+    /// The file of container `number` in `dir`.
+    #[must_use]
+    pub fn container_path(dir: &Path, number: u32) -> PathBuf {
         dir.join(format!("{number:08}.tdc"))
     }
 

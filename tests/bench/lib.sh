@@ -33,3 +33,22 @@ start_primary() {
     "$SCHEME" "$ADDR" "$(pin_line "$WORK/server")" "$WORK/state" > "$WORK/tandem.toml"
   chmod 600 "$WORK/tandem.toml"   # it holds the password
 }
+
+# start_secondary: starts a second server (BENCH2) in $WORK/secondary and pairs
+# it with the primary at $ADDR ($ADMIN talks to the primary): each defines the
+# other with a shared password, the primary replicates node bench to it.
+# Sets SECONDARY_PID and ADDR2.
+start_secondary() {
+  rm -rf "$WORK/secondary"
+  "$BIN/tandem-server" --data-dir "$WORK/secondary" --listen 127.0.0.1:0 --name BENCH2 $PLAIN_FLAG > "$WORK/secondary.log" 2>&1 &
+  SECONDARY_PID=$!
+  for _ in $(seq 1 200); do [ -s "$WORK/secondary/listen.addr" ] && break; sleep 0.05; done
+  ADDR2=$(cat "$WORK/secondary/listen.addr")
+  echo 'bench-server-pw' > "$WORK/server.pw"
+  "$BIN/tandem-admin" --server "$SCHEME://$ADDR2" --token-file "$WORK/secondary/admin.token" define server BENCH \
+    --address "$SCHEME://$ADDR" $(pin_flag "$WORK/server") --server-password-file "$WORK/server.pw" > /dev/null
+  $ADMIN define server BENCH2 --address "$SCHEME://$ADDR2" $(pin_flag "$WORK/secondary") \
+    --server-password-file "$WORK/server.pw" > /dev/null
+  $ADMIN set replserver BENCH2 > /dev/null
+  $ADMIN update node bench --replstate enabled > /dev/null
+}

@@ -50,20 +50,6 @@ run() {
   timed "$@"
 }
 
-start_secondary() {
-  rm -rf "$WORK/secondary"
-  "$BIN/tandem-server" --data-dir "$WORK/secondary" --listen 127.0.0.1:0 --name BENCH2 $PLAIN_FLAG > "$WORK/secondary.log" 2>&1 &
-  SECONDARY_PID=$!
-  for _ in $(seq 1 200); do [ -s "$WORK/secondary/listen.addr" ] && break; sleep 0.05; done
-  ADDR2=$(cat "$WORK/secondary/listen.addr")
-  echo 'bench-server-pw' > "$WORK/server.pw"
-  "$BIN/tandem-admin" --server "$SCHEME://$ADDR2" --token-file "$WORK/secondary/admin.token" define server BENCH \
-    --address "$SCHEME://$ADDR" $(pin_flag "$WORK/server") --server-password-file "$WORK/server.pw" > /dev/null
-  $ADMIN define server BENCH2 --address "$SCHEME://$ADDR2" $(pin_flag "$WORK/secondary") \
-    --server-password-file "$WORK/server.pw" > /dev/null
-  $ADMIN set replserver BENCH2 > /dev/null
-  $ADMIN update node bench --replstate enabled > /dev/null
-}
 # replicate NAME: time `replicate node bench --wait`, note the bytes it sent
 replicate() {
   run "$1" $ADMIN --json replicate node bench --wait
