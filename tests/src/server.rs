@@ -201,6 +201,42 @@ impl TestServer {
         command
     }
 
+    /// Runs `tandem-admin --json ARGS` here, asserts it succeeded and
+    /// returns its JSON output.
+    pub fn admin_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.admin(&all);
+        assert_success(&out, &args.join(" "));
+        serde_json::from_slice(&out.stdout).expect("tandem-admin --json output")
+    }
+
+    /// Runs `tandem-server restore-db --from COPY` on this server's data
+    /// dir (the server must be stopped for it to succeed).
+    pub fn restore_db(&self, copy: &str) -> Output {
+        Command::new(bin("tandem-server"))
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .args(["restore-db", "--from", copy])
+            .output()
+            .expect("run tandem-server restore-db")
+    }
+
+    /// Flips one byte inside `needle` where it is stored in a container,
+    /// as a failing disk would (random data is stored verbatim in zstd's
+    /// raw blocks, so a window of a random file is found as it is).
+    pub fn damage_stored_bytes(&self, needle: &[u8]) {
+        for container in self.containers() {
+            let mut data = std::fs::read(&container).expect("read container");
+            if let Some(at) = data.windows(needle.len()).position(|w| w == needle) {
+                data[at + needle.len() / 2] ^= 0xff;
+                std::fs::write(&container, &data).expect("write container");
+                return;
+            }
+        }
+        panic!("the bytes to damage are in no container");
+    }
+
     /// Registers `node` with `password`.
     pub fn register(&self, node: &str, password: &str) {
         let pw = self.data.path().join(format!("{node}.pw"));

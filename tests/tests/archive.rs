@@ -34,14 +34,6 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     assert!(out.status.success(), "cp -a: {out:?}");
 }
 
-fn admin_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = server.admin(&all);
-    assert_success(&out, &args.join(" "));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// The copies `query archive` lists for `pattern` (with `extra`), or none
 /// when it finds nothing (exit 4).
 fn copies(client: &TestClient, pattern: &str, extra: &[&str]) -> Vec<serde_json::Value> {
@@ -103,7 +95,7 @@ fn an_archive_outlives_its_files_and_their_backups_and_comes_back_exactly() {
         "all",
         "--yes",
     ]);
-    let expired = admin_json(&server, &["expire", "inventory"]);
+    let expired = server.admin_json(&["expire", "inventory"]);
     assert_eq!(expired["archives_expired"], 0, "{expired}");
 
     let out = work.path().join("out-q3");
@@ -131,35 +123,29 @@ fn an_archive_outlives_its_files_and_their_backups_and_comes_back_exactly() {
 #[test]
 fn archive_copies_expire_after_retver_and_delete_archive_removes_them() {
     let (server, client, work) = setup();
-    let node = admin_json(&server, &["update", "node", "arc", "--retver", "10"]);
+    let node = server.admin_json(&["update", "node", "arc", "--retver", "10"]);
     assert_eq!(node[0]["retver"], 10, "{node}");
     let file = work.path().join("ledger.csv");
     std::fs::write(&file, random_bytes(7, 200_000)).unwrap();
     client.json(&["archive", &path_str(&file), "--description", "ten days"]);
 
-    let occupancy = admin_json(&server, &["query", "occupancy", "arc"]);
+    let occupancy = server.admin_json(&["query", "occupancy", "arc"]);
     assert_eq!(occupancy[0]["archives"], 1, "{occupancy}");
     assert_eq!(occupancy[0]["archive_bytes"], 200_000, "{occupancy}");
     assert!(occupancy[0]["stored_bytes"].as_u64().unwrap() > 0);
 
-    let early = admin_json(&server, &["expire", "inventory", "--now", &date("+9 days")]);
+    let early = server.admin_json(&["expire", "inventory", "--now", &date("+9 days")]);
     assert_eq!(early["archives_expired"], 0, "{early}");
-    let preview = admin_json(
-        &server,
-        &[
-            "expire",
-            "inventory",
-            "--preview",
-            "--now",
-            &date("+11 days"),
-        ],
-    );
+    let preview = server.admin_json(&[
+        "expire",
+        "inventory",
+        "--preview",
+        "--now",
+        &date("+11 days"),
+    ]);
     assert_eq!(preview["archives"], 1, "{preview}");
     assert!(preview["stored_bytes"].as_u64().unwrap() > 0, "{preview}");
-    let due = admin_json(
-        &server,
-        &["expire", "inventory", "--now", &date("+11 days")],
-    );
+    let due = server.admin_json(&["expire", "inventory", "--now", &date("+11 days")]);
     assert_eq!(due["archives_expired"], 1, "{due}");
     assert!(due["chunks_freed"].as_u64().unwrap() > 0, "{due}");
     assert!(copies(&client, &path_str(&file), &[]).is_empty());
@@ -183,7 +169,7 @@ fn archive_copies_expire_after_retver_and_delete_archive_removes_them() {
     assert_eq!(left[0]["description"], "keep");
     assert!(server.actlog().contains("TDM0423I"), "{}", server.actlog());
     // The kept copy still retrieves after the deleted one's chunks could go.
-    admin_json(&server, &["expire", "inventory"]);
+    server.admin_json(&["expire", "inventory"]);
     let out = work.path().join("out");
     client.json(&["retrieve", &path_str(&file), &path_str(&out)]);
     assert_eq!(
@@ -204,10 +190,7 @@ fn delete_filespace_removes_its_archive_copies_and_says_so() {
         .as_str()
         .unwrap()
         .to_string();
-    let r = admin_json(
-        &server,
-        &["delete", "filespace", "arc", &filespace, "--yes"],
-    );
+    let r = server.admin_json(&["delete", "filespace", "arc", &filespace, "--yes"]);
     assert_eq!(r["versions_deleted"], 0, "{r}");
     assert_eq!(r["archives_deleted"], 1, "{r}");
     assert!(r["chunks_freed"].as_u64().unwrap() > 0, "{r}");

@@ -4,26 +4,7 @@
 //! chunks freed since are named with the files that lose them, and the
 //! server starts on the result and restores what it still holds exactly.
 
-use std::process::Command;
-
 use tandem_tests::*;
-
-fn admin_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = server.admin(&all);
-    assert_success(&out, &args.join(" "));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn restore_db(server: &TestServer, copy: &str) -> std::process::Output {
-    Command::new(bin("tandem-server"))
-        .arg("--data-dir")
-        .arg(server.data.path())
-        .args(["restore-db", "--from", copy])
-        .output()
-        .expect("run tandem-server restore-db")
-}
 
 #[test]
 fn a_restored_catalog_finds_moved_chunks_and_names_what_was_freed() {
@@ -40,7 +21,7 @@ fn a_restored_catalog_finds_moved_chunks_and_names_what_was_freed() {
     // The copy, taken while the server runs; a relative or missing
     // directory is refused.
     let copies = tempfile::tempdir().unwrap();
-    let taken = admin_json(&server, &["backup", "db", "--to", &path_str(copies.path())]);
+    let taken = server.admin_json(&["backup", "db", "--to", &path_str(copies.path())]);
     let copy = taken["path"].as_str().unwrap().to_string();
     assert!(copy.contains("tandem-db-PRIMARY-"), "{taken}");
     assert!(taken["bytes"].as_u64().unwrap() > 0, "{taken}");
@@ -64,7 +45,7 @@ fn a_restored_catalog_finds_moved_chunks_and_names_what_was_freed() {
         "all",
         "--yes",
     ]);
-    let expired = admin_json(&server, &["expire", "inventory"]);
+    let expired = server.admin_json(&["expire", "inventory"]);
     assert!(
         expired["containers_compacted"].as_u64().unwrap() >= 1,
         "{expired}"
@@ -86,7 +67,7 @@ fn a_restored_catalog_finds_moved_chunks_and_names_what_was_freed() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let during = admin_json(&server, &["backup", "db", "--to", &path_str(copies.path())]);
+    let during = server.admin_json(&["backup", "db", "--to", &path_str(copies.path())]);
     assert!(running.wait().unwrap().success(), "eve's backup");
     let during = rusqlite::Connection::open(during["path"].as_str().unwrap()).unwrap();
     let verdict: String = during
@@ -100,14 +81,14 @@ fn a_restored_catalog_finds_moved_chunks_and_names_what_was_freed() {
     client.json(&["incremental", &path_str(&src)]);
 
     // Not while the server runs.
-    let busy = restore_db(&server, &copy);
+    let busy = server.restore_db(&copy);
     assert_eq!(code(&busy), 12, "{}", stderr(&busy));
     assert!(stderr(&busy).contains("in use"), "{}", stderr(&busy));
     server.stop();
     // Not from something that is not a catalog; nothing changes then.
     let bogus = work.path().join("bogus.sqlite");
     std::fs::write(&bogus, "not a database").unwrap();
-    let out = restore_db(&server, &path_str(&bogus));
+    let out = server.restore_db(&path_str(&bogus));
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("nothing was changed"),
@@ -115,7 +96,7 @@ fn a_restored_catalog_finds_moved_chunks_and_names_what_was_freed() {
         stderr(&out)
     );
 
-    let out = restore_db(&server, &copy);
+    let out = server.restore_db(&copy);
     assert_success(&out, "restore-db");
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

@@ -123,17 +123,7 @@ fn a_corrupted_chunk_fails_its_file_by_name_and_the_rest_restores() {
     std::fs::write(src.join("healthy.bin"), random_bytes(43, 200_000)).unwrap();
     client.json(&["incremental", &path_str(&src)]);
 
-    // Random data is stored verbatim inside zstd's raw blocks: find a window
-    // of the victim's bytes in the container and flip one byte in it.
-    let container = &server.containers()[0];
-    let mut data = std::fs::read(container).unwrap();
-    let needle = &victim[100_000..100_064];
-    let at = data
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("victim bytes in the container");
-    data[at + 10] ^= 0xff;
-    std::fs::write(container, &data).unwrap();
+    server.damage_stored_bytes(&victim[100_000..100_064]);
 
     let out_dir = work.path().join("out");
     let out = client.run(&[

@@ -9,14 +9,6 @@
 
 use tandem_tests::*;
 
-fn admin_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = server.admin(&all);
-    assert_success(&out, &args.join(" "));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Every stored version of `src` as (path, backup time, state and
 /// deactivation time), sorted.
 fn versions(client: &TestClient, src: &std::path::Path) -> Vec<(String, String, String)> {
@@ -100,7 +92,7 @@ fn a_wiped_primary_is_rebuilt_from_its_replica() {
         "pin the new primary on the secondary",
     );
 
-    let recovered = admin_json(&primary, &["recover", "node", "--all"]);
+    let recovered = primary.admin_json(&["recover", "node", "--all"]);
     eprintln!("recovery of the wiped primary: {recovered}");
     let row = &recovered[0];
     assert_eq!(row["node"], "ALICE", "{recovered}");
@@ -167,10 +159,7 @@ fn after_a_catalog_restore_nothing_replicates_until_the_replica_is_back() {
     client.json(&["incremental", &path_str(&src)]);
     assert_eq!(replicate(&primary, "ALICE")["state"], "completed");
     let copies = tempfile::tempdir().unwrap();
-    let copy = admin_json(
-        &primary,
-        &["backup", "db", "--to", &path_str(copies.path())],
-    );
+    let copy = primary.admin_json(&["backup", "db", "--to", &path_str(copies.path())]);
     let copy = copy["path"].as_str().unwrap().to_string();
 
     // A backup after the copy reaches the secondary, then the catalog is lost.
@@ -178,12 +167,7 @@ fn after_a_catalog_restore_nothing_replicates_until_the_replica_is_back() {
     client.json(&["incremental", &path_str(&src)]);
     assert_eq!(replicate(&primary, "ALICE")["state"], "completed");
     primary.stop();
-    let out = std::process::Command::new(bin("tandem-server"))
-        .arg("--data-dir")
-        .arg(primary.data.path())
-        .args(["restore-db", "--from", &copy])
-        .output()
-        .unwrap();
+    let out = primary.restore_db(&copy);
     assert_success(&out, "restore-db");
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -208,7 +192,7 @@ fn after_a_catalog_restore_nothing_replicates_until_the_replica_is_back() {
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     assert!(stderr(&out).contains("being recovered"), "{}", stderr(&out));
 
-    let recovered = admin_json(&primary, &["recover", "node", "alice"]);
+    let recovered = primary.admin_json(&["recover", "node", "alice"]);
     assert_eq!(recovered[0]["state"], "recovered", "{recovered}");
     assert!(recovered[0]["objects_received"].as_u64().unwrap() >= 1);
     let out_dir = work.path().join("out");
@@ -241,18 +225,10 @@ fn a_recovery_cut_short_holds_the_node_and_a_rerun_finishes_it() {
     client.json(&["incremental", &path_str(&src)]);
     assert_eq!(replicate(&primary, "ALICE")["state"], "completed");
     let copies = tempfile::tempdir().unwrap();
-    let copy = admin_json(
-        &primary,
-        &["backup", "db", "--to", &path_str(copies.path())],
-    );
+    let copy = primary.admin_json(&["backup", "db", "--to", &path_str(copies.path())]);
     let copy = copy["path"].as_str().unwrap().to_string();
     primary.stop();
-    let out = std::process::Command::new(bin("tandem-server"))
-        .arg("--data-dir")
-        .arg(primary.data.path())
-        .args(["restore-db", "--from", &copy])
-        .output()
-        .unwrap();
+    let out = primary.restore_db(&copy);
     assert_success(&out, "restore-db");
     primary.restart();
 
@@ -273,7 +249,7 @@ fn a_recovery_cut_short_holds_the_node_and_a_rerun_finishes_it() {
 
     // Back up, the same command finishes it.
     secondary.restart();
-    let done = admin_json(&primary, &["recover", "node", "alice"]);
+    let done = primary.admin_json(&["recover", "node", "alice"]);
     assert_eq!(done[0]["state"], "recovered", "{done}");
     let out_dir = work.path().join("out");
     let restored = client.json(&[
