@@ -40,6 +40,10 @@ pub enum ServerMsg {
     ChunkRepaired,
     /// A damaged or missing chunk could not be repaired.
     ChunkUnrepaired,
+    /// An audit of a node found every chunk whole (or repaired them all).
+    AuditClean,
+    /// An audit of a node left damaged or missing chunks.
+    AuditDamage,
     /// An administrator ran a command.
     AdminCommand,
     /// An admin call came with missing or wrong credentials.
@@ -105,6 +109,8 @@ impl ServerMsg {
             ServerMsg::CatalogBackupFailed => "TDM0427E",
             ServerMsg::ChunkRepaired => "TDM0428I",
             ServerMsg::ChunkUnrepaired => "TDM0429E",
+            ServerMsg::AuditClean => "TDM0430I",
+            ServerMsg::AuditDamage => "TDM0431W",
             ServerMsg::ReplicationDone => "TDM0600I",
             ServerMsg::ReplicationFailed => "TDM0601E",
             ServerMsg::ReplicationAuthFailed => "TDM0602W",

@@ -53,6 +53,10 @@ pub(crate) enum AdminError {
     /// on (TDM0516W); it exits 8, not 12.
     #[error("{0}")]
     Attention(String),
+    /// An audit found stored data damaged that it did not repair
+    /// (TDM0517W); it exits 8.
+    #[error("{0}")]
+    Damage(String),
 }
 
 impl AdminError {
@@ -66,13 +70,14 @@ impl AdminError {
             AdminError::Refused(_) => "TDM0514E",
             AdminError::Failed(_) => "TDM0515E",
             AdminError::Attention(_) => "TDM0516W",
+            AdminError::Damage(_) => "TDM0517W",
         }
     }
 
     /// The exit code: 8 for a warning, 12 for an error.
     fn exit_code(&self) -> u8 {
         match self {
-            AdminError::Attention(_) => 8,
+            AdminError::Attention(_) | AdminError::Damage(_) => 8,
             _ => 12,
         }
     }
@@ -83,7 +88,7 @@ impl AdminError {
         if as_json {
             // A warning is keyed as the client keys its warnings.
             let key = match self {
-                AdminError::Attention(_) => "warning",
+                AdminError::Attention(_) | AdminError::Damage(_) => "warning",
                 _ => "error",
             };
             let doc = serde_json::json!({
@@ -154,6 +159,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         Verb::Cancel(noun) => verb::cancel::run(console, noun, json).await,
         Verb::Backup(noun) => verb::backup::run(console, noun, json).await,
         Verb::Recover(noun) => verb::recover::run(console, noun, json).await,
+        Verb::Audit(noun) => verb::audit::run(console, noun, json).await,
     }
 }
 

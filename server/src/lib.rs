@@ -28,6 +28,7 @@
 //! SQLite transaction, the acknowledgement).
 
 pub mod actlog;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod config;

@@ -4,7 +4,8 @@
 # is backed up to a primary and replicated to a secondary (timed); the
 # primary is then killed and its data dir wiped, a new primary starts with
 # an empty one and is paired again, and `recover node --all` brings the node
-# back (timed). A full restore from the rebuilt primary is compared with the
+# back (timed). Before the loss, `audit node` reads and verifies every stored
+# chunk (timed). A full restore from the rebuilt primary is compared with the
 # dataset byte for byte. Talks only to 127.0.0.1.
 #
 #   tests/bench/recover.sh        ROUNDS=N for more rounds (default 1)
@@ -46,6 +47,7 @@ for round in $(seq 1 "$ROUNDS"); do
   start_secondary
   "$BIN/tandem" --options "$WORK/tandem.toml" --quiet incremental "$DATA" > /dev/null
   wall "first replication" $ADMIN --json replicate node bench --wait
+  wall "audit node (read all)" $ADMIN --json audit node bench
 
   # The primary is lost with its disk; a new one starts empty.
   kill -9 "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
@@ -81,10 +83,12 @@ rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.stri
 def median(name):
     return statistics.median(float(s) for n, s in rows if n == name)
 first, rebuild = median("first replication"), median("recovery (recover node)")
+audit = median("audit node (read all)")
 mb = int(sys.argv[2])
 print(f"\ndataset {mb} MB, {sys.argv[3]} round(s), medians; load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
 print(f"first replication   {first:6.2f} s  ({mb / first:5.0f} MB/s logical)")
 print(f"recovery            {rebuild:6.2f} s  ({mb / rebuild:5.0f} MB/s logical)")
 print(f"recovery / first replication: {rebuild / first:.2f} (target: <= 1.0)")
+print(f"audit node (every chunk read, decompressed, hashed) {audit:6.2f} s  ({mb / audit:5.0f} MB/s logical)")
 PY
 rm -rf "$WORK"

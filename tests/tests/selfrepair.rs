@@ -170,3 +170,61 @@ async fn repair_calls_are_bounded_and_reveal_nothing_of_other_nodes() {
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::Unauthenticated, "{denied:?}");
 }
+
+#[test]
+fn an_audit_finds_damage_before_a_restore_and_fix_repairs_it() {
+    let (primary, _secondary, client) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let victim = random_bytes(17, 300_000);
+    std::fs::write(src.join("victim.bin"), &victim).unwrap();
+    std::fs::write(src.join("healthy.bin"), random_bytes(18, 200_000)).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(replicate(&primary, "ALICE")["state"], "completed");
+
+    // Whole: every chunk is read and verified, exit 0.
+    let clean = primary.admin_json(&["audit", "node", "alice"]);
+    assert!(clean[0]["chunks_checked"].as_u64().unwrap() >= 2, "{clean}");
+    assert_eq!(clean[0]["damaged"], 0, "{clean}");
+    assert!(
+        primary.actlog().contains("TDM0430I"),
+        "{}",
+        primary.actlog()
+    );
+
+    // Damaged: found and named, exit 8 (TDM0517W), nothing changed.
+    damage(&primary, &victim);
+    let found = primary.admin(&["--json", "audit", "node", "alice"]);
+    assert_eq!(code(&found), 8, "{}", stderr(&found));
+    assert!(stderr(&found).contains("TDM0517W"), "{}", stderr(&found));
+    let rows: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!(rows[0]["damaged"], 1, "{rows}");
+    assert_eq!(rows[0]["unrepaired"], 1, "{rows}");
+    assert!(
+        primary.actlog().contains("TDM0431W"),
+        "{}",
+        primary.actlog()
+    );
+
+    // --fix repairs it from the secondary; the next audit and a restore
+    // find everything whole, with no repair on the way.
+    let fixed = primary.admin_json(&["audit", "node", "alice", "--fix"]);
+    assert_eq!(fixed[0]["repaired"], 1, "{fixed}");
+    assert_eq!(fixed[0]["unrepaired"], 0, "{fixed}");
+    assert_eq!(fixed[0]["partner"], "SECONDARY", "{fixed}");
+    let after = primary.admin_json(&["audit", "node", "alice"]);
+    assert_eq!(after[0]["damaged"], 0, "{after}");
+    let out_dir = work.path().join("out");
+    let out = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out_dir),
+    ]);
+    assert_success(&out, "restore after the audit");
+    assert!(!stderr(&out).contains("TDM1027I"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(out_dir.join("victim.bin")).unwrap(), victim);
+
+    let unknown = primary.admin(&["audit", "node", "nosuch"]);
+    assert_eq!(code(&unknown), 12, "{}", stderr(&unknown));
+}

@@ -160,6 +160,33 @@ impl Catalog {
         Ok(())
     }
 
+    /// Every distinct chunk node `node`'s backup versions and archive copies
+    /// use, sorted (what an audit of the node reads).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn node_chunk_ids(&self, node: i64) -> Result<Vec<ChunkId>, CatalogError> {
+        let mut ids = std::collections::BTreeSet::new();
+        let conn = self.reader();
+        for sql in [
+            "SELECT o.manifest FROM objects o JOIN filespaces f ON f.id = o.filespace_id
+             WHERE f.node_id = ?1",
+            "SELECT a.manifest FROM archives a WHERE a.node_id = ?1",
+        ] {
+            let mut stmt = conn.prepare(sql)?;
+            let mut rows = stmt.query([node])?;
+            while let Some(row) = rows.next()? {
+                let manifest: Vec<u8> = row.get(0)?;
+                ids.extend(
+                    manifest
+                        .chunks_exact(32)
+                        .filter_map(|c| ChunkId::from_slice(c).ok()),
+                );
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
     /// For each of `ids`, up to `limit` paths of node `node`'s backup
     /// versions and archive copies whose data uses it, for the activity log.
     /// Reads every manifest of the node: for the rare damaged chunk.

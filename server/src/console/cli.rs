@@ -113,6 +113,24 @@ pub(super) enum Verb {
     /// RECOVER: rebuild nodes of this server from their replica elsewhere.
     #[command(subcommand)]
     Recover(RecoverNoun),
+    /// AUDIT: read and verify every stored chunk of nodes, and repair.
+    #[command(subcommand)]
+    Audit(AuditNoun),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AuditNoun {
+    /// Read every chunk the node's versions and archive copies use, check
+    /// each against its hash (TSM AUDIT CONTAINER), and with --fix replace
+    /// damaged or missing ones with verified copies from the server that
+    /// shares the node. Exits 8 (TDM0517W) when damage remains.
+    Node {
+        /// The node [default: every node].
+        name: Option<String>,
+        /// Repair what is damaged or missing from the replication partner.
+        #[arg(long)]
+        fix: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

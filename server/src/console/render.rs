@@ -343,6 +343,42 @@ impl Row for pb::ReplicationRun {
     }
 }
 
+impl Row for pb::AuditedNode {
+    const HEADERS: &'static [&'static str] = &[
+        "Node",
+        "Chunks Checked",
+        "Damaged",
+        "Missing",
+        "Repaired",
+        "Unrepaired",
+        "Partner",
+        "Elapsed",
+        "Reason",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            self.chunks_checked.to_string(),
+            self.damaged.to_string(),
+            self.missing.to_string(),
+            self.repaired.to_string(),
+            self.unrepaired.to_string(),
+            self.partner.clone(),
+            format!("{:.1} s", self.elapsed_secs),
+            self.reason.clone(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "node": self.node, "chunks_checked": self.chunks_checked,
+            "damaged": self.damaged, "missing": self.missing,
+            "repaired": self.repaired, "unrepaired": self.unrepaired,
+            "partner": json_text(&self.partner), "reason": json_text(&self.reason),
+            "elapsed_secs": self.elapsed_secs,
+        })
+    }
+}
+
 impl Row for pb::RecoveredNode {
     const HEADERS: &'static [&'static str] = &[
         "Node",

@@ -2,6 +2,7 @@
 //! noun, the secret read before connecting (when the verb needs one) and
 //! the output format, and prints through `render`.
 
+pub(super) mod audit;
 pub(super) mod backup;
 pub(super) mod cancel;
 pub(super) mod define;

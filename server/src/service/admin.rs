@@ -596,6 +596,57 @@ impl Admin for AdminService {
         Ok(Response::new(session_to_pb(session)))
     }
 
+    async fn audit_nodes(
+        &self,
+        request: Request<pb::AuditNodesRequest>,
+    ) -> Result<Response<pb::AuditNodesResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = optional_node_name(req.node)?;
+        let lookup = name.clone();
+        let nodes = super::blocking(&self.state, move |s| {
+            let nodes = s.repo.catalog.list_nodes(&lookup)?;
+            if !lookup.is_empty() && nodes.is_empty() {
+                return Err(ServerError::NodeNotFound { node: lookup });
+            }
+            Ok(nodes.into_iter().map(|(n, _)| n).collect::<Vec<_>>())
+        })
+        .await?;
+        self.audit(
+            &caller,
+            &name,
+            format!(
+                "audit node {}{}",
+                if name.is_empty() { "(all)" } else { &name },
+                if req.fix { " --fix" } else { "" }
+            ),
+        )
+        .await;
+        let mut rows = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            // Each audit runs in a task of its own, so it ends and is
+            // recorded even when the caller leaves.
+            let state = self.state.clone();
+            let fix = req.fix;
+            let report =
+                tokio::spawn(async move { crate::audit::audit_node(&state, &node, fix).await })
+                    .await
+                    .map_err(ServerError::from)??;
+            rows.push(pb::AuditedNode {
+                node: report.node,
+                chunks_checked: report.chunks_checked,
+                damaged: report.damaged,
+                missing: report.missing,
+                repaired: report.repaired,
+                unrepaired: report.unrepaired,
+                partner: report.partner.unwrap_or_default(),
+                reason: report.reason.unwrap_or_default(),
+                elapsed_secs: report.elapsed_secs,
+            });
+        }
+        Ok(Response::new(pb::AuditNodesResponse { nodes: rows }))
+    }
+
     async fn recover_nodes(
         &self,
         request: Request<pb::RecoverNodesRequest>,
