@@ -196,6 +196,9 @@ async fn log_outcome(
     let repaired: HashSet<&ChunkId> = report.repaired.iter().collect();
     let partner = report.partner.as_deref().unwrap_or("-");
     for (id, problem) in named {
+        // The storage error names the chunk too; once is enough.
+        let own_name = format!("chunk {id} ");
+        let problem = problem.strip_prefix(&own_name).unwrap_or(problem);
         let used_by = users.get(id).map_or_else(
             || "no stored file".to_string(),
             |paths| {
