@@ -167,23 +167,10 @@ impl Catalog {
     /// SQLite errors.
     pub fn node_chunk_ids(&self, node: i64) -> Result<Vec<ChunkId>, CatalogError> {
         let mut ids = std::collections::BTreeSet::new();
-        let conn = self.reader();
-        for sql in [
-            "SELECT o.manifest FROM objects o JOIN filespaces f ON f.id = o.filespace_id
-             WHERE f.node_id = ?1",
-            "SELECT a.manifest FROM archives a WHERE a.node_id = ?1",
-        ] {
-            let mut stmt = conn.prepare(sql)?;
-            let mut rows = stmt.query([node])?;
-            while let Some(row) = rows.next()? {
-                let manifest: Vec<u8> = row.get(0)?;
-                ids.extend(
-                    manifest
-                        .chunks_exact(32)
-                        .filter_map(|c| ChunkId::from_slice(c).ok()),
-                );
-            }
-        }
+        self.each_node_manifest(node, |_, manifest| {
+            ids.extend(manifest_ids(manifest));
+            Ok(())
+        })?;
         Ok(ids.into_iter().collect())
     }
 
@@ -204,6 +191,26 @@ impl Catalog {
         if ids.is_empty() {
             return Ok(found);
         }
+        self.each_node_manifest(node, |row, manifest| {
+            for id in manifest_ids(manifest).filter(|c| ids.contains(c)) {
+                let paths = found.entry(id).or_default();
+                let path: String = row.get(0)?;
+                if paths.len() < limit && !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// Calls `each` with every row (path in column 0) and manifest of node
+    /// `node`'s backup versions and archive copies.
+    fn each_node_manifest(
+        &self,
+        node: i64,
+        mut each: impl FnMut(&rusqlite::Row<'_>, &[u8]) -> rusqlite::Result<()>,
+    ) -> Result<(), CatalogError> {
         let conn = self.reader();
         for sql in [
             "SELECT d.path || o.name, o.manifest FROM objects o
@@ -216,20 +223,10 @@ impl Catalog {
             let mut rows = stmt.query([node])?;
             while let Some(row) = rows.next()? {
                 let manifest: Vec<u8> = row.get(1)?;
-                for id in manifest
-                    .chunks_exact(32)
-                    .filter_map(|c| ChunkId::from_slice(c).ok())
-                    .filter(|c| ids.contains(c))
-                {
-                    let paths = found.entry(id).or_default();
-                    let path: String = row.get(0)?;
-                    if paths.len() < limit && !paths.contains(&path) {
-                        paths.push(path);
-                    }
-                }
+                each(row, &manifest)?;
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Indexes fsynced chunks that node `node` uploaded, in one transaction,
@@ -363,4 +360,11 @@ impl Catalog {
             |r| Ok((from_sql_int(r.get(0)?), from_sql_int(r.get(1)?))),
         )?)
     }
+}
+
+/// The chunk ids of a manifest (32 bytes each), in order.
+pub(super) fn manifest_ids(manifest: &[u8]) -> impl Iterator<Item = ChunkId> + '_ {
+    manifest
+        .chunks_exact(32)
+        .filter_map(|c| ChunkId::from_slice(c).ok())
 }

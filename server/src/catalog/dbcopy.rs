@@ -187,10 +187,7 @@ impl Catalog {
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let manifest: Vec<u8> = row.get(1)?;
-                let hit = manifest
-                    .chunks_exact(32)
-                    .filter_map(|c| ChunkId::from_slice(c).ok())
-                    .any(|c| missing.contains(&c));
+                let hit = super::chunks::manifest_ids(&manifest).any(|c| missing.contains(&c));
                 if hit {
                     if table == "objects" {
                         out.versions += 1;
