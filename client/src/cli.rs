@@ -522,13 +522,56 @@ fn save_pushed_server(
     }
 }
 
+/// Follows a move of the node's primary (planned role switch): the options
+/// file names the new primary from now on (TDM2115I in the error log), and
+/// this command logs on there. A file that cannot be written does not stop
+/// the command (TDM2117W). Returns the options to log on with.
+fn follow_moved_primary(
+    options: &ClientOptions,
+    options_path: &std::path::Path,
+    moved: &crate::logon::session::MovedPrimary,
+    console: &Console,
+) -> ClientOptions {
+    let shown = options_path.display().to_string();
+    let fingerprint = (!moved.fingerprint.is_empty()).then_some(moved.fingerprint.as_str());
+    let new_primary = crate::logon::options_push::NewPrimary {
+        name: &moved.name,
+        address: &moved.address,
+        fingerprint,
+    };
+    match crate::logon::options_push::move_primary(options_path, &new_primary) {
+        Ok(_) => console.audit(&Msg::primary_moved(&options.node_name, moved, &shown)),
+        Err(e) => console.report(
+            &Msg::primary_moved_not_saved(&moved.name, &shown, &e.to_string()),
+            ExitStatus::Warnings,
+        ),
+    }
+    let mut next = options.clone();
+    next.server_name.clone_from(&moved.name);
+    next.server_address.clone_from(&moved.address);
+    if let Some(fp) = fingerprint {
+        next.server_fingerprint = Some(fp.to_string());
+    }
+    next.my_replication_server = None;
+    next.replication_servers
+        .retain(|name, _| !name.eq_ignore_ascii_case(&moved.name));
+    next
+}
+
 async fn dispatch(
     work: Work,
     options: &ClientOptions,
     options_path: &std::path::Path,
     console: &Console,
 ) -> Result<(), ClientError> {
-    let session = Session::establish(options, console).await?;
+    let followed;
+    let (session, options) = match Session::establish(options, console).await {
+        Err(ClientError::PrimaryMoved(moved)) => {
+            followed = follow_moved_primary(options, options_path, &moved, console);
+            (Session::establish(&followed, console).await?, &followed)
+        }
+        other => (other?, options),
+    };
     if session.mode == SessionMode::Failover {
         if work.is_write() {
             let text = Msg::failover_read_only(work.name(), &session.info.name).text;

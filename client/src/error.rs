@@ -97,6 +97,13 @@ pub enum ClientError {
         "internal error: {0}; run the command again, and report it with the error log if it recurs"
     )]
     Internal(String),
+    /// The node's primary server has moved (planned role switch); the
+    /// command follows it once. Shown only when it moved again.
+    #[error(
+        "server {} says node's primary server is now {} at {}; the client followed one such move in this command and does not follow another; check the servers' `query actlog --msgno TDM0611`",
+        .0.told_by, .0.name, .0.address
+    )]
+    PrimaryMoved(Box<crate::logon::session::MovedPrimary>),
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -146,6 +153,7 @@ impl ClientError {
             ClientError::ReadOnly(_) => "TDM2110E",
             ClientError::Io { .. } => "TDM1007E",
             ClientError::Internal(_) => "TDM1004E",
+            ClientError::PrimaryMoved(_) => "TDM2116E",
         }
     }
 }

@@ -76,6 +76,14 @@ pub enum ServerMsg {
     NodeRecoveryFailed,
     /// A replica was sent back to its source for the source's recovery.
     ReplicaSentBack,
+    /// A planned role switch of a node started or went on a step.
+    SwitchStep,
+    /// A planned role switch of a node ended: the node changed primary.
+    NodeSwitched,
+    /// A planned role switch failed, or was undone.
+    SwitchFailed,
+    /// A client was sent to the server that is its node's primary now.
+    LogonRedirected,
     /// A client logged on in failover mode.
     FailoverLogon,
     /// A client claimed a failover logon that this server cannot confirm.
@@ -119,6 +127,10 @@ impl ServerMsg {
             ServerMsg::NodeRecovered => "TDM0605I",
             ServerMsg::NodeRecoveryFailed => "TDM0606E",
             ServerMsg::ReplicaSentBack => "TDM0607I",
+            ServerMsg::SwitchStep => "TDM0608I",
+            ServerMsg::NodeSwitched => "TDM0609I",
+            ServerMsg::SwitchFailed => "TDM0610E",
+            ServerMsg::LogonRedirected => "TDM0611I",
             ServerMsg::FailoverLogon => "TDM0406I",
             ServerMsg::FailoverUnconfirmed => "TDM0407W",
         }

@@ -24,6 +24,7 @@ mod objects;
 mod occupancy;
 mod recovery;
 mod replication;
+mod switches;
 
 pub use actlog::ActlogFilter;
 pub use admins::Admin;
@@ -62,6 +63,7 @@ pub use expire::{ExpiringVersion, ReleasedSpace};
 pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
 pub use occupancy::Occupancy;
 pub use replication::{FilespaceTimes, ServerDeletion, VersionState};
+pub use switches::SwitchRecord;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -159,6 +159,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         Verb::Cancel(noun) => verb::cancel::run(console, noun, json).await,
         Verb::Backup(noun) => verb::backup::run(console, noun, json).await,
         Verb::Recover(noun) => verb::recover::run(console, noun, json).await,
+        Verb::Switch(noun) => verb::switch::run(console, noun, json).await,
         Verb::Audit(noun) => verb::audit::run(console, noun, json).await,
     }
 }

@@ -40,6 +40,7 @@ pub mod dbrestore;
 pub mod demo;
 pub mod error;
 pub mod expire;
+pub mod faults;
 pub mod logging;
 pub mod model;
 pub mod pins;

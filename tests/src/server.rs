@@ -184,6 +184,27 @@ impl TestServer {
         self.spawn(&listen);
     }
 
+    /// Starts the server again like [`Self::restart`], with `env` as its
+    /// environment settings from now on (none: the defaults).
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.restart();
+    }
+
+    /// Waits (at most 60 s) until the server's log contains `text`.
+    pub fn wait_for_log(&self, text: &str) {
+        let seen = wait_until(Duration::from_secs(60), || self.log().contains(text));
+        assert!(
+            seen,
+            "server {} never logged {text:?}:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
     /// Runs `tandem-admin` against this server with its admin token.
     pub fn admin(&self, args: &[&str]) -> Output {
         self.admin_command(args).output().expect("run tandem-admin")

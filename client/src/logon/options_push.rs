@@ -90,6 +90,76 @@ pub fn render(text: &str, server: &PushedServer) -> Result<String, toml_edit::To
     Ok(doc.to_string())
 }
 
+/// The new primary as the options file is to name it after a planned role
+/// switch on the servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPrimary<'a> {
+    /// `server_name`.
+    pub name: &'a str,
+    /// `server_address`.
+    pub address: &'a str,
+    /// `server_fingerprint`; `None` keeps the file's trust as it is (a
+    /// `ca_file` vouches for the new server).
+    pub fingerprint: Option<&'a str>,
+}
+
+/// Returns the document text with `primary` as the server, keeping every
+/// comment and every other key. The pushed block goes: it named the
+/// replication server of the old primary, and the new primary pushes its
+/// own at the next logon. The new primary's own stanza goes with it.
+///
+/// # Errors
+/// A parse error of `text`.
+pub fn render_moved(text: &str, primary: &NewPrimary<'_>) -> Result<String, toml_edit::TomlError> {
+    let mut doc: DocumentMut = text.parse()?;
+    set_keeping_decor(&mut doc, "server_name", primary.name);
+    set_keeping_decor(&mut doc, "server_address", primary.address);
+    if let Some(fp) = primary.fingerprint {
+        set_keeping_decor(&mut doc, "server_fingerprint", fp);
+    }
+    doc.remove("my_replication_server");
+    if let Some(servers) = doc
+        .get_mut("replication_servers")
+        .and_then(Item::as_table_like_mut)
+    {
+        let stale: Vec<String> = servers
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .filter(|k| k.eq_ignore_ascii_case(primary.name))
+            .collect();
+        for key in stale {
+            servers.remove(&key);
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Sets top-level `key` to `text`, keeping the comments around its old value.
+fn set_keeping_decor(doc: &mut DocumentMut, key: &str, text: &str) {
+    match doc.get_mut(key) {
+        Some(item) if item.is_value() => {
+            let decor = item.as_value().map(|v| v.decor().clone());
+            *item = value(text);
+            if let (Some(decor), Some(v)) = (decor, item.as_value_mut()) {
+                *v.decor_mut() = decor;
+            }
+        }
+        _ => {
+            // A new top-level key goes before the first table.
+            doc.insert(key, value(text));
+        }
+    }
+}
+
+/// Rewrites the options file at `path` for a new primary (see
+/// [`render_moved`]); returns whether the text changed.
+///
+/// # Errors
+/// As [`update`].
+pub fn move_primary(path: &Path, primary: &NewPrimary<'_>) -> Result<bool, PushError> {
+    rewrite(path, |text| render_moved(text, primary))
+}
+
 /// Updates the options file at `path` if the pushed block differs. Returns
 /// whether the file was rewritten.
 ///

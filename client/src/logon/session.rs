@@ -47,6 +47,29 @@ pub struct ServerInfo {
     pub replicated_ns: i64,
 }
 
+/// The node's primary server has changed (a planned role switch on the
+/// servers), as a server the client had authenticated said at logon: its
+/// old primary (pinned in the options), or at a failover logon the
+/// replication server itself (pinned by the fingerprint the primary pushed).
+/// No session was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedPrimary {
+    /// The new primary's name.
+    pub name: String,
+    /// Its client-facing address.
+    pub address: String,
+    /// Its GUID.
+    pub guid: ServerGuid,
+    /// Its certificate fingerprint, to pin (empty when the options trust a
+    /// CA file instead, which then has to vouch for it).
+    pub fingerprint: String,
+    /// The server that said so.
+    pub told_by: String,
+    /// Said by the new primary at a failover logon, rather than by the old
+    /// primary.
+    pub at_failover: bool,
+}
+
 /// An authenticated session.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -456,6 +479,98 @@ impl<'a> LogonRun<'a> {
         }
     }
 
+    /// What the reply says about a move of the node's primary, checked: a
+    /// redirect counts only from a primary reached over TLS and naming a
+    /// TLS address with a valid fingerprint (or with a CA file in the
+    /// options to vouch for it), and "I am your primary now" only from the
+    /// replication server reached through its pinned fingerprint. Anything
+    /// else is refused with the reason; nothing is followed blindly.
+    fn moved_primary(
+        &self,
+        reply: &pb::LogonResponse,
+        mode: SessionMode,
+    ) -> Result<Option<MovedPrimary>, ClientError> {
+        let refuse = |server: &str, why: String| ClientError::LogonRefused {
+            server: server.to_string(),
+            message: why,
+        };
+        match (mode, &reply.primary_moved, reply.primary_here) {
+            (SessionMode::Normal, Some(info), _) => {
+                let told_by = self.primary.name.clone();
+                let said = format!(
+                    "it says node {}'s primary server is now {} at {}",
+                    self.options.node_name, info.name, info.address
+                );
+                if self.options.primary_trust().is_none() {
+                    return Err(refuse(
+                        &told_by,
+                        format!(
+                            "{said}, but it is reached in plaintext, so the client cannot trust that; set server_address (and server_fingerprint) in the options file by hand"
+                        ),
+                    ));
+                }
+                if !matches!(tandem_tls::parse_url_scheme(&info.address), Ok(true)) {
+                    return Err(refuse(
+                        &told_by,
+                        format!(
+                            "{said}, which is not an https:// address; the client does not follow it"
+                        ),
+                    ));
+                }
+                let pinned = info.fingerprint.parse::<tandem_tls::Fingerprint>().is_ok();
+                if !pinned && self.options.ca_file.is_none() {
+                    return Err(refuse(
+                        &told_by,
+                        format!(
+                            "{said}, without a valid certificate fingerprint for it; the client does not follow it"
+                        ),
+                    ));
+                }
+                let guid = info.guid.parse().map_err(|e| {
+                    refuse(&told_by, format!("{said}, with a malformed GUID ({e})"))
+                })?;
+                Ok(Some(MovedPrimary {
+                    name: info.name.to_ascii_uppercase(),
+                    address: info.address.clone(),
+                    guid,
+                    fingerprint: if self.options.ca_file.is_some() {
+                        String::new()
+                    } else {
+                        info.fingerprint.clone()
+                    },
+                    told_by,
+                    at_failover: false,
+                }))
+            }
+            (SessionMode::Failover, _, true) => {
+                let Some(secondary) = &self.secondary else {
+                    return Ok(None);
+                };
+                let told_by = secondary.server.name.clone();
+                if secondary
+                    .entry
+                    .fingerprint
+                    .parse::<tandem_tls::Fingerprint>()
+                    .is_err()
+                {
+                    return Err(refuse(
+                        &told_by,
+                        "it says it is the node's primary server now, but it is not pinned by a certificate fingerprint, so the client cannot trust that".into(),
+                    ));
+                }
+                Ok(Some(MovedPrimary {
+                    name: told_by.to_ascii_uppercase(),
+                    address: secondary.server.address.clone(),
+                    guid: secondary.entry.server_guid,
+                    fingerprint: secondary.entry.fingerprint.clone(),
+                    told_by,
+                    at_failover: true,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The session from a logon reply: checks what the server sent, logs a
     /// failover (TDM2108I) and records the session in the client's state.
     fn open(
@@ -468,6 +583,9 @@ impl<'a> LogonRun<'a> {
             operation: "logon",
             message: format!("server sent a malformed {what}"),
         };
+        if let Some(moved) = self.moved_primary(&reply, mode)? {
+            return Err(ClientError::PrimaryMoved(Box::new(moved)));
+        }
         let token = reply
             .session_token
             .parse()

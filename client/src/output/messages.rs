@@ -314,6 +314,40 @@ impl Msg {
         }
     }
 
+    /// TDM2115I: the node's primary server moved (planned role switch) and
+    /// the options file now names the new one.
+    pub fn primary_moved(
+        node: &str,
+        moved: &crate::logon::session::MovedPrimary,
+        options_file: &str,
+    ) -> Self {
+        let how = if moved.at_failover {
+            format!(
+                "server {} said so at a failover logon: it took the node over from its old primary",
+                moved.told_by
+            )
+        } else {
+            format!("old primary server {} sent the client there", moved.told_by)
+        };
+        Msg {
+            id: "TDM2115I",
+            text: format!(
+                "Primary server of node {node} moved to server {} at {} (guid {}); {how}. {options_file} now names it (server_name, server_address, server_fingerprint); the new primary pushes its replication server at logon",
+                moved.name, moved.address, moved.guid
+            ),
+        }
+    }
+
+    /// TDM2117W: the options file could not be rewritten for a new primary.
+    pub fn primary_moved_not_saved(name: &str, options_file: &str, cause: &str) -> Self {
+        Msg {
+            id: "TDM2117W",
+            text: format!(
+                "the options file {options_file} could not be updated for the new primary server {name} ({cause}); this command goes on with it, but the next one starts at the old primary again: set server_name, server_address and server_fingerprint by hand"
+            ),
+        }
+    }
+
     /// TDM1044W: the node's password is in a file other users may read.
     pub fn readable_password(path: &std::path::Path, mode: u32) -> Self {
         Msg {

@@ -190,3 +190,20 @@ CREATE TABLE IF NOT EXISTS recoveries (
     -- server did not hold), given back when the hold ends.
     prev_replstate TEXT NOT NULL DEFAULT ''
 );
+
+-- Planned role switches (`switch replication`), one row per node, kept on
+-- both servers. On the node's old primary the step goes 'draining' (no new
+-- sessions; running ones finish), 'frozen' (no writes; the final
+-- replication), 'handing_over' (the partner has been asked to take the node
+-- over: from here only the partner can say whether it did), 'handed_over'
+-- (done: the node is the partner's replica here and its logons are sent
+-- there). On the new primary: 'taken' (took the node over from `partner`
+-- under `switch_id`) or 'abandoned' (promised never to, for `switch_id`).
+CREATE TABLE IF NOT EXISTS switches (
+    node       TEXT PRIMARY KEY,              -- upper-case node name
+    partner    TEXT NOT NULL,                 -- the other server
+    switch_id  TEXT NOT NULL,                 -- random, fixed for the switch's life
+    step       TEXT NOT NULL,
+    started_ns INTEGER NOT NULL,
+    ended_ns   INTEGER NOT NULL DEFAULT 0
+);

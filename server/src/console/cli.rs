@@ -116,6 +116,34 @@ pub(super) enum Verb {
     /// AUDIT: read and verify every stored chunk of nodes, and repair.
     #[command(subcommand)]
     Audit(AuditNoun),
+    /// SWITCH: make the replication server the primary of nodes (planned).
+    #[command(subcommand)]
+    Switch(SwitchNoun),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum SwitchNoun {
+    /// Planned role switch, run on the nodes' primary: refuse their new
+    /// sessions, wait for running ones, replicate them one last time, then
+    /// make the replication server their primary and keep them here as its
+    /// read-only replicas. Clients follow at their next logon. Safe to run
+    /// again after any interruption; --cancel undoes an unfinished switch.
+    Replication {
+        /// Node names (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        names: Vec<String>,
+        /// Every replicated node of this server's own, and every switch left
+        /// unfinished (with --cancel: every unfinished switch).
+        #[arg(long)]
+        all: bool,
+        /// Seconds to wait for the nodes' running sessions to end before
+        /// giving up (the switch is undone then) [default: 300].
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+        /// Undo unfinished switches: the nodes stay this server's own.
+        #[arg(long)]
+        cancel: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -379,6 +379,40 @@ impl Row for pb::AuditedNode {
     }
 }
 
+impl Row for pb::SwitchedNode {
+    const HEADERS: &'static [&'static str] = &[
+        "Node",
+        "To",
+        "State",
+        "Sessions Waited For",
+        "Objects Sent",
+        "Elapsed",
+        "Message",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            self.to.clone(),
+            self.state.clone(),
+            self.waited_for
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.objects_sent.to_string(),
+            format!("{:.1} s", self.elapsed_secs),
+            self.message.clone(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "node": self.node, "to": self.to, "state": self.state,
+            "waited_for": self.waited_for, "objects_sent": self.objects_sent,
+            "elapsed_secs": self.elapsed_secs, "message": self.message,
+        })
+    }
+}
+
 impl Row for pb::RecoveredNode {
     const HEADERS: &'static [&'static str] = &[
         "Node",

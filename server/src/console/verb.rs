@@ -17,4 +17,5 @@ pub(super) mod remove;
 pub(super) mod replicate;
 pub(super) mod rotate;
 pub(super) mod set;
+pub(super) mod switch;
 pub(super) mod update;

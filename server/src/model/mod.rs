@@ -3,7 +3,7 @@
 
 mod vocab;
 
-pub use vocab::{ReplMode, ReplRule, ReplState, RunState, UnknownWord, Vocabulary};
+pub use vocab::{ReplMode, ReplRule, ReplState, RunState, SwitchStep, UnknownWord, Vocabulary};
 
 use tandem_proto::{ChunkId, ObjectId, ServerGuid};
 

@@ -152,6 +152,45 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// Where a planned role switch of a node stands, on either server.
+    SwitchStep ("switch step") {
+        /// Old primary: no new sessions; running ones may finish.
+        #[default]
+        Draining = "draining",
+        /// Old primary: no writes at all; the final replication runs.
+        Frozen = "frozen",
+        /// Old primary: the partner was asked to take the node over; only
+        /// the partner knows whether it did.
+        HandingOver = "handing_over",
+        /// Old primary, done: the node is the partner's replica here.
+        HandedOver = "handed_over",
+        /// New primary: took the node over from the partner.
+        Taken = "taken",
+        /// New primary: promised never to take it over for this switch.
+        Abandoned = "abandoned",
+    }
+}
+
+impl SwitchStep {
+    /// A switch on its old primary that has started and not ended: the node
+    /// takes no new sessions.
+    #[must_use]
+    pub fn is_unfinished(self) -> bool {
+        matches!(
+            self,
+            SwitchStep::Draining | SwitchStep::Frozen | SwitchStep::HandingOver
+        )
+    }
+
+    /// No write of the node may be stored: the final replication has begun
+    /// or is over.
+    #[must_use]
+    pub fn blocks_writes(self) -> bool {
+        matches!(self, SwitchStep::Frozen | SwitchStep::HandingOver)
+    }
+}
+
 impl From<ReplRule> for tandem_replication::ReplicationRule {
     fn from(rule: ReplRule) -> Self {
         match rule {

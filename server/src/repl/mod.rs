@@ -14,6 +14,8 @@
 //!   sends a node back to its rebuilt source.
 //! - [`repair`]: self-repair of damaged chunks from the partner that shares
 //!   the node.
+//! - [`switch`]: `switch replication`, a planned swap of a node's primary
+//!   and replica servers, step by step and safe to re-run.
 
 pub mod compare;
 pub mod local_target;
@@ -22,6 +24,7 @@ pub mod remote;
 pub mod repair;
 pub mod runs;
 pub mod source;
+pub mod switch;
 
 pub use compare::compare_node;
 pub use local_target::{LocalTarget, ReplicaOf};

@@ -221,6 +221,51 @@ impl RemoteTarget {
         }))
     }
 
+    /// Hands the node over to the partner, the last step of a planned role
+    /// switch (`TakeOver`).
+    /// `me` is this server's GUID and failover address, for the partner to
+    /// push to the node's clients.
+    pub async fn take_over(&self, switch_id: &str, me: (ServerGuid, String)) -> HandOver {
+        let reply = self
+            .client
+            .clone()
+            .take_over(self.request(pb::TakeOverRequest {
+                node: self.node.clone(),
+                switch_id: switch_id.to_string(),
+                source_guid: me.0.to_string(),
+                failover_address: me.1,
+            }))
+            .await;
+        match reply {
+            Ok(reply) => HandOver::Taken {
+                already: reply.into_inner().already,
+            },
+            Err(status) if is_definite_refusal(&status) => {
+                HandOver::Refused(status.message().to_string())
+            }
+            Err(status) => HandOver::Unknown(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+
+    /// Asks the partner never to take the node over for `switch_id` (the
+    /// undoing of a switch that was handing over).
+    pub async fn abandon_take_over(&self, switch_id: &str) -> Abandon {
+        let reply = self
+            .client
+            .clone()
+            .abandon_take_over(self.request(pb::TakeOverRequest {
+                node: self.node.clone(),
+                switch_id: switch_id.to_string(),
+                ..pb::TakeOverRequest::default()
+            }))
+            .await;
+        match reply {
+            Ok(_) => Abandon::Fenced,
+            Err(status) if status.code() == tonic::Code::AlreadyExists => Abandon::AlreadyTaken,
+            Err(status) => Abandon::Unknown(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+
     /// Ends the replication session on the partner (its pins go with it).
     /// A failure is only logged: the partner ends idle sessions itself.
     pub async fn bye(&self) {
@@ -449,7 +494,7 @@ pub async fn connect(
 /// between development servers). Anything else is dropped with a warning and
 /// the partner's own address is pushed instead, since the pushed address is
 /// where clients send their passwords.
-fn checked_failover_address(
+pub(super) fn checked_failover_address(
     state: &ServerState,
     partner: &PartnerServer,
     offered: String,
@@ -516,4 +561,45 @@ mod tests {
         assert_eq!(sizes, vec![1, 1, 1]);
         assert!(upload_messages("N1", Vec::new()).is_empty());
     }
+}
+
+/// What the partner said when it was handed a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandOver {
+    /// The node is the partner's now (`already`: an earlier call did it).
+    Taken {
+        /// An earlier call with the same switch id had done it.
+        already: bool,
+    },
+    /// The partner refused before changing anything: it does not hold the
+    /// node as its own.
+    Refused(String),
+    /// No answer, or an answer that does not say what happened: the partner
+    /// may or may not have taken the node over.
+    Unknown(String),
+}
+
+/// What the partner said when asked to abandon a switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abandon {
+    /// It promised never to take the node over for that switch.
+    Fenced,
+    /// It had taken the node over already.
+    AlreadyTaken,
+    /// No answer, or another refusal: nothing is known.
+    Unknown(String),
+}
+
+/// Whether a status is the partner's considered "no" (its handler refused
+/// before changing anything), rather than a lost connection or a failure
+/// whose effect is unknown.
+fn is_definite_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition
+            | tonic::Code::PermissionDenied
+            | tonic::Code::NotFound
+            | tonic::Code::InvalidArgument
+            | tonic::Code::Unauthenticated
+    )
 }

@@ -712,6 +712,85 @@ impl Admin for AdminService {
         Ok(Response::new(pb::RecoverNodesResponse { nodes }))
     }
 
+    async fn switch_nodes(
+        &self,
+        request: Request<pb::SwitchNodesRequest>,
+    ) -> Result<Response<pb::SwitchNodesResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        if req.nodes.is_empty() != req.all {
+            return Err(Status::from(ServerError::InvalidArgument(
+                "name the nodes to switch, or give --all (not both)".into(),
+            )));
+        }
+        if req.wait_secs > 86_400 {
+            return Err(Status::from(ServerError::InvalidArgument(format!(
+                "--wait {} is more than a day (86400 s); give a shorter wait",
+                req.wait_secs
+            ))));
+        }
+        let wait = if req.wait_secs == 0 {
+            crate::repl::switch::DEFAULT_WAIT
+        } else {
+            std::time::Duration::from_secs(req.wait_secs)
+        };
+        let plan = crate::repl::switch::plan(&self.state, &req.nodes, req.all, req.cancel).await?;
+        self.audit(
+            &caller,
+            "",
+            format!(
+                "switch replication {}{}",
+                plan.join(", "),
+                if req.cancel { " --cancel" } else { "" }
+            ),
+        )
+        .await;
+        // All nodes at once, each in a task of its own: their sessions are
+        // waited for together, and each switch ends and is recorded even
+        // when the caller leaves.
+        let tasks: Vec<_> = plan
+            .into_iter()
+            .map(|node| {
+                let state = self.state.clone();
+                let cancel = req.cancel;
+                tokio::spawn(async move {
+                    if cancel {
+                        crate::repl::switch::cancel_switch(&state, &node).await
+                    } else {
+                        crate::repl::switch::switch_node(&state, &node, wait).await
+                    }
+                })
+            })
+            .collect();
+        let mut reports = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            reports.push(task.await.map_err(ServerError::from)?);
+        }
+        let nodes = reports
+            .into_iter()
+            .map(|r| {
+                let (state, message) = match r.outcome {
+                    Ok(crate::repl::switch::Switched::Done) => ("switched", String::new()),
+                    Ok(crate::repl::switch::Switched::Already) => {
+                        ("already switched", String::new())
+                    }
+                    Ok(crate::repl::switch::Switched::Cancelled) => ("cancelled", String::new()),
+                    Err(why) => ("failed", why),
+                };
+                pb::SwitchedNode {
+                    node: r.node,
+                    to: r.to,
+                    state: state.into(),
+                    waited_for: r.waited_for,
+                    objects_sent: r.objects_sent,
+                    elapsed_secs: r.elapsed_secs,
+                    message,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::SwitchNodesResponse { nodes }))
+    }
+
     async fn backup_db(
         &self,
         request: Request<pb::BackupDbRequest>,

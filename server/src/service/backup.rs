@@ -19,7 +19,7 @@ use crate::auth::{self, Session};
 use crate::catalog::{PageKey, VersionPage};
 use crate::convert;
 use crate::error::ServerError;
-use crate::model::{PolicyUpdate, VersionQuery, normalize_node_name, now_ns};
+use crate::model::{PolicyUpdate, SwitchStep, VersionQuery, normalize_node_name, now_ns};
 use crate::repository::ingest::ChunkIngest;
 
 /// Chunks read from the containers per trip to a blocking thread.
@@ -128,16 +128,126 @@ impl BackupService {
         Ok((session, token))
     }
 
+    /// What a planned role switch of the node means for an authenticated
+    /// logon: refused while the switch runs here ("retry later"); sent to
+    /// the new primary once this server handed the node over; told "this
+    /// server is your primary now" on a failover logon to the server that
+    /// took it over from the client's primary. `None`: an ordinary session.
+    async fn switch_answer(
+        &self,
+        node: &crate::model::Node,
+        req: &pb::LogonRequest,
+        peer: &str,
+    ) -> Result<Option<pb::LogonResponse>, Status> {
+        let lookup = node.name.clone();
+        let Some(switch) = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.switch_of(&lookup)?)
+        })
+        .await?
+        else {
+            return Ok(None);
+        };
+        let name = &node.name;
+        let no_session = pb::LogonResponse {
+            server_name: self.state.config.name.clone(),
+            server_guid: self.state.guid.to_string(),
+            node: name.clone(),
+            ..pb::LogonResponse::default()
+        };
+        if switch.step.is_unfinished() && !req.failover {
+            return Err(Status::from(ServerError::FailedPrecondition(format!(
+                "node {name} is being switched to server {} (planned role switch, step {}): it takes no sessions on server {} meanwhile; retry in a few minutes",
+                switch.partner, switch.step, self.state.config.name
+            ))));
+        }
+        if switch.step == SwitchStep::HandedOver
+            && !req.failover
+            && node.is_replica()
+            && node.repl_server == switch.partner
+        {
+            let partner_name = switch.partner.clone();
+            let partner = super::blocking(&self.state, move |s| {
+                Ok(s.repo.catalog.server(&partner_name)?)
+            })
+            .await?;
+            let Some((partner, guid)) = partner.and_then(|p| p.guid.map(|g| (p, g))) else {
+                return Ok(None);
+            };
+            let address = if partner.failover_address.is_empty() {
+                partner.address.clone()
+            } else {
+                partner.failover_address.clone()
+            };
+            actlog::record(
+                &self.state.repo.catalog,
+                ServerMsg::LogonRedirected,
+                name,
+                peer,
+                format!(
+                    "logon of node {name} sent to server {} at {address}, its primary since a planned role switch; no session opened here",
+                    partner.name
+                ),
+            )
+            .await;
+            return Ok(Some(pb::LogonResponse {
+                primary_moved: Some(pb::ReplicationServerInfo {
+                    name: partner.name,
+                    address,
+                    guid: guid.to_string(),
+                    last_replication_ns: 0,
+                    fingerprint: partner.fingerprint,
+                }),
+                ..no_session
+            }));
+        }
+        if switch.step == SwitchStep::Taken
+            && req.failover
+            && !node.is_replica()
+            && req.primary_server.eq_ignore_ascii_case(&switch.partner)
+        {
+            actlog::record(
+                &self.state.repo.catalog,
+                ServerMsg::LogonRedirected,
+                name,
+                peer,
+                format!(
+                    "failover logon of node {name} from server {}: this server has been the node's primary since a planned role switch; the client is told to log on here as to its primary",
+                    switch.partner
+                ),
+            )
+            .await;
+            return Ok(Some(pb::LogonResponse {
+                primary_here: true,
+                ..no_session
+            }));
+        }
+        Ok(None)
+    }
+
     /// Refuses writes by a node this server holds as a replica: its data
     /// comes only from its source server. Checked on every write against the
     /// catalog, not only at logon, so a session opened before the node
     /// became a replica cannot write either.
     async fn refuse_replica(&self, session: &Session, peer: &str) -> Result<(), Status> {
         let name = session.node.clone();
-        let replica_now = super::blocking(&self.state, move |s| {
-            Ok(s.repo.catalog.node(&name)?.is_none_or(|n| n.is_replica()))
+        let (replica_now, switching) = super::blocking(&self.state, move |s| {
+            let replica = s.repo.catalog.node(&name)?.is_none_or(|n| n.is_replica());
+            let switch = s
+                .repo
+                .catalog
+                .switch_of(&name)?
+                .filter(|w| w.step.blocks_writes());
+            Ok((replica, switch))
         })
         .await?;
+        // A switch's final replication has begun: nothing more may be
+        // stored here, or the new primary would lack it.
+        if let Some(switch) = switching {
+            return Err(Status::from(ServerError::FailedPrecondition(format!(
+                "node {} is being switched to server {} (planned role switch): writes are paused on server {}; retry in a few minutes",
+                session.node, switch.partner, self.state.config.name
+            ))));
+        }
         // The catalog decides, not the session: a node held for recovery
         // when its session began may be writable again now.
         if !replica_now {
@@ -270,6 +380,9 @@ impl Backup for BackupService {
             Ok(s.repo.catalog.record_logon_success(node_id, now_ns())?)
         })
         .await?;
+        if let Some(answer) = self.switch_answer(&node, &req, &peer).await? {
+            return Ok(Response::new(answer));
+        }
         let replica = node.is_replica();
         let (token, session_id) = self.state.sessions.open(node_id, &name, &peer, replica);
         let block_node = node.clone();
@@ -321,6 +434,8 @@ impl Backup for BackupService {
             replication_server,
             replica,
             replicated_ns: if replica { node.last_repl_ns } else { 0 },
+            primary_moved: None,
+            primary_here: false,
         }))
     }
 

@@ -531,4 +531,31 @@ impl Replication for ReplicationService {
             states_updated: report.states_updated,
         }))
     }
+
+    async fn take_over(
+        &self,
+        request: Request<pb::TakeOverRequest>,
+    ) -> Result<Response<pb::TakeOverResponse>, Status> {
+        let (_, caller) = self.session(&request).await?;
+        let req = request.into_inner();
+        let already = crate::repl::switch::take_over(
+            &self.state,
+            &req.node,
+            &caller,
+            &req.switch_id,
+            (&req.source_guid, &req.failover_address),
+        )
+        .await?;
+        Ok(Response::new(pb::TakeOverResponse { already }))
+    }
+
+    async fn abandon_take_over(
+        &self,
+        request: Request<pb::TakeOverRequest>,
+    ) -> Result<Response<pb::AbandonTakeOverResponse>, Status> {
+        let (_, caller) = self.session(&request).await?;
+        let req = request.into_inner();
+        crate::repl::switch::abandon(&self.state, &req.node, &caller, &req.switch_id).await?;
+        Ok(Response::new(pb::AbandonTakeOverResponse {}))
+    }
 }
