@@ -522,40 +522,80 @@ fn save_pushed_server(
     }
 }
 
-/// Follows a move of the node's primary (planned role switch): the options
-/// file names the new primary from now on (TDM2115I in the error log), and
-/// this command logs on there. A file that cannot be written does not stop
-/// the command (TDM2117W). Returns the options to log on with.
-fn follow_moved_primary(
+/// The options to log on with after a move of the node's primary
+/// (planned role switch): the new primary as the server, pinned by the
+/// fingerprint it came with, and no replication server until the new
+/// primary pushes its own.
+fn moved_options(
+    options: &ClientOptions,
+    moved: &crate::logon::session::MovedPrimary,
+) -> ClientOptions {
+    let mut next = options.clone();
+    next.server_name.clone_from(&moved.name);
+    next.server_address.clone_from(&moved.address);
+    if !moved.fingerprint.is_empty() {
+        next.server_fingerprint = Some(moved.fingerprint.clone());
+    }
+    next.my_replication_server = None;
+    next.replication_servers
+        .retain(|name, _| !name.eq_ignore_ascii_case(&moved.name));
+    next
+}
+
+/// Logs on to the node's new primary after a move, and only once that
+/// logon has succeeded (with the GUID the move named) rewrites the options
+/// file to name it (TDM2115I in the error log). A failed logon leaves the
+/// file as it was, so the next command starts at the old primary again. A
+/// file that cannot be written, or server options set in the environment,
+/// do not stop the command (TDM2117W).
+async fn follow_moved_primary(
     options: &ClientOptions,
     options_path: &std::path::Path,
     moved: &crate::logon::session::MovedPrimary,
+    followed: &ClientOptions,
     console: &Console,
-) -> ClientOptions {
+) -> Result<Session, ClientError> {
+    let session = Session::establish(followed, console).await?;
+    if session.info.guid != moved.guid {
+        let found = session.info.guid;
+        session.logoff().await;
+        return Err(ClientError::LogonRefused {
+            server: moved.name.clone(),
+            message: format!(
+                "server {} said node's primary is now {} with guid {}, but the server at {} has guid {found}; the move is not followed and the options file is unchanged",
+                moved.told_by, moved.name, moved.guid, moved.address
+            ),
+        });
+    }
     let shown = options_path.display().to_string();
+    let from_env = [
+        "TANDEM_SERVER_NAME",
+        "TANDEM_SERVER_ADDRESS",
+        "TANDEM_SERVER_FINGERPRINT",
+    ]
+    .into_iter()
+    .find(|key| std::env::var_os(key).is_some());
     let fingerprint = (!moved.fingerprint.is_empty()).then_some(moved.fingerprint.as_str());
     let new_primary = crate::logon::options_push::NewPrimary {
         name: &moved.name,
         address: &moved.address,
         fingerprint,
     };
-    match crate::logon::options_push::move_primary(options_path, &new_primary) {
+    let saved = match from_env {
+        Some(key) => Err(format!(
+            "{key} is set in the environment and overrides the file; update it there"
+        )),
+        None => crate::logon::options_push::move_primary(options_path, &new_primary)
+            .map_err(|e| e.to_string()),
+    };
+    match saved {
         Ok(_) => console.audit(&Msg::primary_moved(&options.node_name, moved, &shown)),
-        Err(e) => console.report(
-            &Msg::primary_moved_not_saved(&moved.name, &shown, &e.to_string()),
+        Err(cause) => console.report(
+            &Msg::primary_moved_not_saved(&moved.name, &shown, &cause),
             ExitStatus::Warnings,
         ),
     }
-    let mut next = options.clone();
-    next.server_name.clone_from(&moved.name);
-    next.server_address.clone_from(&moved.address);
-    if let Some(fp) = fingerprint {
-        next.server_fingerprint = Some(fp.to_string());
-    }
-    next.my_replication_server = None;
-    next.replication_servers
-        .retain(|name, _| !name.eq_ignore_ascii_case(&moved.name));
-    next
+    Ok(session)
 }
 
 async fn dispatch(
@@ -567,8 +607,10 @@ async fn dispatch(
     let followed;
     let (session, options) = match Session::establish(options, console).await {
         Err(ClientError::PrimaryMoved(moved)) => {
-            followed = follow_moved_primary(options, options_path, &moved, console);
-            (Session::establish(&followed, console).await?, &followed)
+            followed = moved_options(options, &moved);
+            let session =
+                follow_moved_primary(options, options_path, &moved, &followed, console).await?;
+            (session, &followed)
         }
         other => (other?, options),
     };

@@ -233,7 +233,7 @@ pub enum SessionKind {
 pub const MAX_SESSIONS_PER_NODE: usize = 32;
 
 /// Sessions idle longer than this are forgotten (the client logs on again).
-const SESSION_IDLE_NS: i64 = 2 * 3600 * 1_000_000_000;
+pub const SESSION_IDLE_NS: i64 = 2 * 3600 * 1_000_000_000;
 
 /// Open sessions by token. Sessions live in memory: a restarted server forgets
 /// them and clients log on again, as with TSM.

@@ -552,7 +552,8 @@ fn wipe(dir: &Path) -> Result<(), String> {
 }
 
 /// The servers' own disasters: coverage, a catalog copy, a damaged chunk
-/// repaired from the secondary, and a primary rebuilt from it.
+/// repaired from the secondary, a primary rebuilt from it, and a planned
+/// switch of the two servers' roles and back.
 async fn disaster_recovery(scene: &Scene<'_>, primary: DemoServer) -> Result<(), String> {
     step(
         "Disaster recovery: is every filespace copied to another server? (exit 8 would name what is not)",
@@ -617,6 +618,24 @@ async fn disaster_recovery(scene: &Scene<'_>, primary: DemoServer) -> Result<(),
     std::fs::write(scene.options, pinned + "\n").map_err(|e| e.to_string())?;
     step("Restoring everything from the rebuilt primary, and verifying it");
     scene.restore_and_verify("restored-from-rebuilt").await?;
+
+    step(
+        "A planned role switch: the secondary becomes the node's primary; the client follows at its next logon",
+    );
+    primary.admin(&["switch", "replication", "--all"]).await?;
+    let src = scene.source.to_string_lossy();
+    client(scene.options, &["incremental", &src]).await?;
+    show_error_log(&scene.work.join("state").join("dsierror.log"));
+    scene.restore_and_verify("restored-after-switch").await?;
+    step("Switching back, run on the new primary; the client follows again");
+    scene
+        .secondary
+        .admin(&["switch", "replication", "--all"])
+        .await?;
+    client(scene.options, &["query", "filespace"]).await?;
+    primary
+        .admin(&["query", "actlog", "--msgno", "TDM0609", "--limit", "4"])
+        .await?;
     primary.stop().await
 }
 

@@ -13,6 +13,10 @@ pub enum CatalogError {
     /// A row holds a value the code does not understand (corruption or a newer server).
     #[error("catalog row is malformed: {0}")]
     Malformed(String),
+    /// The write is refused as things stand (a node whose planned role
+    /// switch has stopped its writes); the caller may retry later.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Errors of the chunk container store.
@@ -180,6 +184,7 @@ impl From<ServerError> for tonic::Status {
         use tonic::Status;
         match err {
             ServerError::Unauthenticated(msg) => Status::unauthenticated(msg),
+            ServerError::Catalog(CatalogError::Refused(msg)) => Status::failed_precondition(msg),
             e @ ServerError::NodeNotFound { .. } => Status::not_found(e.to_string()),
             e @ ServerError::ReplicaNotPrepared { .. } => Status::not_found(e.to_string()),
             e @ ServerError::NodeExists { .. } => Status::already_exists(e.to_string()),

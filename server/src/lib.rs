@@ -18,7 +18,8 @@
 //!   the server state and the conversions.
 //! - [`service`]: the gRPC services (`Backup`, `Admin`, `Replication`), thin.
 //! - [`serve`]: the listener, the services and the background schedules.
-//! - Beside them: [`config`] (defaults < file < env < flags), [`actlog`]
+//! - Beside them: [`faults`] (pause points for kill tests), [`config`]
+//!   (defaults < file < env < flags), [`actlog`]
 //!   (activity log), [`console`] (`tandem-admin`), [`demo`]
 //!   (`tandem-server demo`).
 //!

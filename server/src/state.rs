@@ -34,6 +34,10 @@ pub struct ServerState {
     pub admin_token: std::sync::RwLock<Token>,
     /// Nodes being replicated now: one run per node (see [`crate::repl::runs`]).
     pub running: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Nodes a `switch replication` (or its `--cancel`) works on now: one
+    /// at a time per node, so two commands never move one switch's steps
+    /// against each other (see [`crate::repl::switch`]).
+    pub switching: std::sync::Mutex<std::collections::HashSet<String>>,
     /// One self-repair at a time per node (by node id): a node's restores
     /// wait for each other's repairs instead of asking the partner twice.
     pub repairing: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
@@ -358,6 +362,15 @@ impl ServerState {
                 "replication runs interrupted by the last stop are marked failed"
             );
         }
+        for switch in catalog.unfinished_switches()? {
+            tracing::warn!(
+                node = %switch.node,
+                to = %switch.partner,
+                step = %switch.step,
+                "a planned role switch of this node was interrupted; it takes no sessions until `tandem-admin switch replication {}` finishes it (or --cancel undoes it)",
+                switch.node
+            );
+        }
         Ok(Arc::new(ServerState {
             config,
             repo,
@@ -365,6 +378,7 @@ impl ServerState {
             guid,
             admin_token: std::sync::RwLock::new(admin_token),
             running: std::sync::Mutex::default(),
+            switching: std::sync::Mutex::default(),
             repairing: std::sync::Mutex::default(),
             identity: Arc::new(identity),
             secrets,

@@ -122,6 +122,9 @@ fn assert_switched(w: &World) {
 #[test]
 fn a_switch_moves_the_primary_and_clients_follow_by_themselves() {
     let mut w = world(&[], &[]);
+    // A comment of the user's, between keys, survives the rewrite.
+    w.alice
+        .add_options("# the backup server of building B, ask Ops before changing\n");
     let rows = switch(&w.primary, &["--all"]);
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -153,6 +156,10 @@ fn a_switch_moves_the_primary_and_clients_follow_by_themselves() {
     assert!(backup["backed_up"].as_u64().unwrap_or(0) >= 1, "{backup}");
     let options = std::fs::read_to_string(&w.alice.options).unwrap();
     assert!(options.starts_with("# test client\n"), "{options}");
+    assert!(
+        options.contains("\n# the backup server of building B, ask Ops before changing\n"),
+        "{options}"
+    );
     assert!(options.contains("server_name = \"SECONDARY\""), "{options}");
     assert!(
         options.contains(&format!("server_address = \"{}\"", w.secondary.url())),
@@ -328,8 +335,8 @@ fn kill_at(server: &mut TestServer, point: &str, command: Child) -> serde_json::
 }
 
 /// While a switch is unfinished, the old primary takes no session of the
-/// node, and the new one (if it has not taken it) is still a read-only
-/// replica: never two primaries.
+/// node (and, being in the middle of a switch, no write), so whatever the
+/// new one holds, the node never has two primaries.
 fn assert_paused(w: &World) {
     let refused = w.alice.run(&["query", "filespace"]);
     assert_ne!(code(&refused), 0);
@@ -338,11 +345,12 @@ fn assert_paused(w: &World) {
         "{}",
         stderr(&refused)
     );
+    assert!(w.alice.error_log().matches("TDM2115I").count() == 0);
 }
 
 #[test]
 fn the_old_primary_killed_before_the_hand_over_is_finished_by_a_re_run() {
-    for point in ["switch-frozen", "switch-handing-over"] {
+    for point in ["switch-draining", "switch-frozen", "switch-handing-over"] {
         let pause = [("TANDEM_FAULT_PAUSE", point)];
         let mut w = world(&pause, &[]);
         let command = switch_in_background(&w.primary, &["alice"]);
@@ -373,27 +381,41 @@ fn the_old_primary_killed_after_the_hand_over_is_finished_by_a_re_run() {
 }
 
 #[test]
-fn the_new_primary_killed_in_the_take_over_is_finished_by_cancel_or_re_run() {
-    for finish in [&["alice"][..], &["alice", "--cancel"][..]] {
-        let pause = [("TANDEM_FAULT_PAUSE", "takeover-committed")];
+fn the_new_primary_killed_in_the_take_over_is_finished_or_undone() {
+    // Killed before its transaction, the new primary never took the node:
+    // a re-run hands it over again, a cancel undoes the switch. Killed
+    // after it, the node is the new primary's: a re-run and a cancel both
+    // finish the switch.
+    let cases = [
+        ("takeover-begin", &["alice"][..], "switched"),
+        ("takeover-begin", &["alice", "--cancel"][..], "cancelled"),
+        ("takeover-committed", &["alice"][..], "switched"),
+        ("takeover-committed", &["alice", "--cancel"][..], "switched"),
+    ];
+    for (point, finish, expected) in cases {
+        let pause = [("TANDEM_FAULT_PAUSE", point)];
         let mut w = world(&[], &pause);
         let command = switch_in_background(&w.primary, &["alice"]);
-        let rows = kill_at(&mut w.secondary, "takeover-committed", command);
-        assert_eq!(rows[0]["state"], "failed", "{rows}");
+        let rows = kill_at(&mut w.secondary, point, command);
+        assert_eq!(rows[0]["state"], "failed", "{point}: {rows}");
         assert!(
             rows[0]["message"]
                 .as_str()
                 .unwrap()
                 .contains("did not confirm"),
-            "{rows}"
+            "{point}: {rows}"
         );
         assert_paused(&w);
         w.secondary.restart_with(&[]);
-        // The new primary had committed: a re-run finishes the switch, and
-        // so does a cancel, which finds it taken over already.
         let rows = switch(&w.primary, finish);
-        assert_eq!(rows[0]["state"], "switched", "{finish:?}: {rows}");
-        assert_switched(&w);
+        assert_eq!(rows[0]["state"], expected, "{point} {finish:?}: {rows}");
+        if expected == "switched" {
+            assert_switched(&w);
+        } else {
+            assert_eq!(mode(&w.primary, "alice"), "send");
+            assert_eq!(mode(&w.secondary, "alice"), "receive");
+            w.alice.json(&["query", "filespace"]);
+        }
     }
 }
 
@@ -405,6 +427,17 @@ fn cancel_undoes_a_switch_the_new_primary_never_took() {
     kill_at(&mut w.primary, "switch-handing-over", command);
     w.primary.restart_with(&[]);
     assert_paused(&w);
+    // With the secondary down nobody can say whether it took the node
+    // over: a cancel is refused, unless the operator says it is gone.
+    w.secondary.kill();
+    let rows = switch(&w.primary, &["alice", "--cancel"]);
+    assert_eq!(rows[0]["state"], "failed", "{rows}");
+    assert!(
+        rows[0]["message"].as_str().unwrap().contains("--force"),
+        "{rows}"
+    );
+    assert_paused(&w);
+    w.secondary.restart();
     let rows = switch(&w.primary, &["alice", "--cancel"]);
     assert_eq!(rows[0]["state"], "cancelled", "{rows}");
     // The old primary is the primary again, writable; the secondary still
@@ -438,6 +471,9 @@ fn switch_refusals_are_clear() {
     // An unknown node, and no nodes at all.
     let rows = switch(&w.primary, &["nobody"]);
     assert_eq!(rows[0]["state"], "failed", "{rows}");
+    // A name given twice is one switch.
+    let rows = switch(&w.primary, &["nobody", "NOBODY"]);
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
     let none = w.primary.admin(&["switch", "replication"]);
     assert_ne!(code(&none), 0);
     // A node whose replication is disabled has no current replica.
@@ -453,8 +489,11 @@ fn switch_refusals_are_clear() {
         "{rows}"
     );
     assert_eq!(mode(&w.primary, "bob"), "send");
-    // The replication partner refuses a hand-over it was not part of: a
-    // second primary cannot push a node onto it. (Cancel of nothing.)
+    // --force goes only with --cancel; a cancel needs a switch.
+    let forced = w
+        .primary
+        .admin(&["switch", "replication", "alice", "--force"]);
+    assert_ne!(code(&forced), 0);
     let rows = switch(&w.primary, &["alice", "--cancel"]);
     assert_eq!(rows[0]["state"], "failed", "{rows}");
     assert!(

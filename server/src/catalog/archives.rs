@@ -100,6 +100,7 @@ impl Catalog {
     ) -> Result<ArchiveCommit, ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        super::switches::refuse_if_switch_stopped_writes(&tx, node_id)?;
         let fs_id = Self::filespace_id(&tx, node_id, filespace, true)?
             .ok_or_else(|| CatalogError::Malformed("filespace vanished".into()))?;
         if let Some((first, count)) =

@@ -377,6 +377,7 @@ impl Catalog {
     ) -> Result<CommitCounts, ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        super::switches::refuse_if_switch_stopped_writes(&tx, node_id)?;
         let fs_id = Self::filespace_id(&tx, node_id, filespace, true)?
             .ok_or_else(|| CatalogError::Malformed("filespace vanished".into()))?;
         if let Some((first, count)) =
@@ -595,6 +596,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        super::switches::refuse_if_switch_stopped_writes(&tx, node_id)?;
         let fs_id = Self::filespace_id(&tx, node_id, filespace, true)?
             .ok_or_else(|| CatalogError::Malformed("filespace vanished".into()))?;
         let column = if completed {

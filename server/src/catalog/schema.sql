@@ -198,7 +198,7 @@ CREATE TABLE IF NOT EXISTS recoveries (
 -- over: from here only the partner can say whether it did), 'handed_over'
 -- (done: the node is the partner's replica here and its logons are sent
 -- there). On the new primary: 'taken' (took the node over from `partner`
--- under `switch_id`) or 'abandoned' (promised never to, for `switch_id`).
+-- under `switch_id`).
 CREATE TABLE IF NOT EXISTS switches (
     node       TEXT PRIMARY KEY,              -- upper-case node name
     partner    TEXT NOT NULL,                 -- the other server
@@ -206,4 +206,19 @@ CREATE TABLE IF NOT EXISTS switches (
     step       TEXT NOT NULL,
     started_ns INTEGER NOT NULL,
     ended_ns   INTEGER NOT NULL DEFAULT 0
+);
+
+-- What this server answered to switches of other servers, by switch id,
+-- never overwritten: 'taken' (it took the node over from `partner`; a
+-- repeated hand-over of that switch is told so even after the node has
+-- moved on), 'fenced' (the old primary cancelled the switch while it was
+-- handing over, so a late hand-over of it must be refused, or the node
+-- would have two primaries).
+CREATE TABLE IF NOT EXISTS switch_answers (
+    node       TEXT NOT NULL,
+    switch_id  TEXT NOT NULL,
+    partner    TEXT NOT NULL,                 -- the old primary
+    answer     TEXT NOT NULL CHECK (answer IN ('taken', 'fenced')),
+    at_ns      INTEGER NOT NULL,
+    PRIMARY KEY (node, switch_id)
 );

@@ -169,6 +169,25 @@ impl Catalog {
                 "replication is disabled for node {node}, so server {partner} holds no current replica to take over; enable it with `update node {node} --replstate enabled` and replicate it first"
             )));
         }
+        let rule: crate::model::ReplRule =
+            tx.query_row("SELECT replrule FROM nodes WHERE name = ?1", [node], |r| {
+                r.get(0)
+            })?;
+        if rule != crate::model::ReplRule::AllData {
+            return Err(ServerError::FailedPrecondition(format!(
+                "node {node} is replicated with rule {rule}, so server {partner} lacks some of its versions, and once it is the primary its replication would delete them here; run `update node {node} --replrule all_data` and `replicate node {node}` first"
+            )));
+        }
+        let archived: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM archives WHERE node_id = (SELECT id FROM nodes WHERE name = ?1)",
+            [node],
+            |r| r.get(0),
+        )?;
+        if archived > 0 {
+            return Err(ServerError::FailedPrecondition(format!(
+                "node {node} has {archived} archive copies, which replication does not carry yet: they would stay on this server only, out of the new primary's reach; retrieve or delete them first (`tandem delete archive`), or keep this server the node's primary"
+            )));
+        }
         if mode == ReplMode::Send && !repl_server.is_empty() && repl_server != partner {
             return Err(ServerError::FailedPrecondition(format!(
                 "node {node} is replicated to server {repl_server}, not to {partner} (the replication server now); replicate it to {partner} first"
@@ -185,9 +204,9 @@ impl Catalog {
         })
     }
 
-    /// Moves the switch `switch_id` of `node` to `step` (draining to frozen,
-    /// frozen to handing over). Returns false when the switch is no longer
-    /// recorded under that id.
+    /// Moves the switch `switch_id` of `node` from step `from` to `to`
+    /// (draining to frozen, frozen to handing over). Returns false, changing
+    /// nothing, when the switch is not in step `from` under that id any more.
     ///
     /// # Errors
     /// SQLite errors.
@@ -195,29 +214,53 @@ impl Catalog {
         &self,
         node: &str,
         switch_id: &str,
-        step: SwitchStep,
+        from: SwitchStep,
+        to: SwitchStep,
     ) -> Result<bool, CatalogError> {
         let changed = self.conn().execute(
-            "UPDATE switches SET step = ?3 WHERE node = ?1 AND switch_id = ?2",
-            params![node, switch_id, step],
+            "UPDATE switches SET step = ?4 WHERE node = ?1 AND switch_id = ?2 AND step = ?3",
+            params![node, switch_id, from, to],
         )?;
         Ok(changed == 1)
     }
 
-    /// Undoes the switch `switch_id` of `node` on its old primary: the
-    /// record goes, and the node, never handed over, takes sessions again.
-    /// Only a switch whose partner is known not to hold the node (it said
-    /// no, or promised never to) may be undone once it is handing over.
+    /// Undoes the switch `switch_id` of `node` on its old primary if it is
+    /// in step `at`: the record goes, and the node, never handed over, takes
+    /// sessions again. A switch handing over may be undone only once the
+    /// partner is known not to hold the node (it said no, or promised never
+    /// to). Returns false, changing nothing, in any other step.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn undo_switch(&self, node: &str, switch_id: &str) -> Result<bool, CatalogError> {
+    pub fn undo_switch(
+        &self,
+        node: &str,
+        switch_id: &str,
+        at: SwitchStep,
+    ) -> Result<bool, CatalogError> {
+        if !at.is_unfinished() {
+            return Ok(false);
+        }
         let removed = self.conn().execute(
-            "DELETE FROM switches WHERE node = ?1 AND switch_id = ?2
-             AND step IN ('draining', 'frozen', 'handing_over')",
-            params![node, switch_id],
+            "DELETE FROM switches WHERE node = ?1 AND switch_id = ?2 AND step = ?3",
+            params![node, switch_id, at],
         )?;
         Ok(removed == 1)
+    }
+
+    /// The number of versions of `node` held here, which a hand-over sends
+    /// so the new primary can check that its replica is whole.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn count_node_versions(&self, node: &str) -> Result<u64, CatalogError> {
+        let count: i64 = self.reader().query_row(
+            "SELECT COUNT(*) FROM objects WHERE filespace_id IN
+               (SELECT f.id FROM filespaces f JOIN nodes n ON n.id = f.node_id WHERE n.name = ?1)",
+            [node],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Ends the switch on the old primary once the partner has taken the
@@ -265,45 +308,50 @@ impl Catalog {
     /// Returns true when the same switch had already done it.
     ///
     /// # Errors
-    /// [`ServerError::FailedPrecondition`] for an abandoned switch, a node
-    /// that is not `from`'s replica here, one being recovered, or a
-    /// replication server other than `from`; SQLite errors.
+    /// [`ServerError::FailedPrecondition`] for a cancelled switch, a node
+    /// that is not `from`'s replica here, one being recovered, a replica
+    /// that does not hold `versions_at_source` versions, or a replication
+    /// server other than `from`; [`ServerError::AlreadyExists`] for a node
+    /// that is this server's own by other means (not a refusal: the caller
+    /// must not undo on it); SQLite errors.
     pub fn take_over(
         &self,
         node: &str,
         from: &str,
         switch_id: &str,
+        versions_at_source: u64,
         now_ns: i64,
     ) -> Result<bool, ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        if let Some(record) = record_of(&tx, node)?
-            && record.switch_id == switch_id
-        {
-            return match record.step {
-                SwitchStep::Taken => Ok(true),
-                _ => Err(ServerError::FailedPrecondition(format!(
+        match answer_of(&tx, node, switch_id, from)? {
+            Some(Answer::Taken) => return Ok(true),
+            Some(Answer::Fenced) => {
+                return Err(ServerError::FailedPrecondition(format!(
                     "the switch of node {node} from server {from} was cancelled; this server will not take the node over for it. Start a new switch on {from}"
-                ))),
-            };
+                )));
+            }
+            None => {}
         }
-        let found: Option<(ReplMode, String)> = tx
+        let found: Option<(i64, ReplMode, String)> = tx
             .query_row(
-                "SELECT replmode, repl_server FROM nodes WHERE name = ?1",
+                "SELECT id, replmode, repl_server FROM nodes WHERE name = ?1",
                 [node],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        match found {
-            Some((ReplMode::Receive, owner)) if owner == from => {}
-            Some((ReplMode::Receive, owner)) => {
+        let node_id = match found {
+            Some((id, ReplMode::Receive, owner)) if owner == from => id,
+            Some((_, ReplMode::Receive, owner)) => {
                 return Err(ServerError::FailedPrecondition(format!(
                     "node {node} is the replica of server {owner} here, not of {from}; {from} cannot hand it over"
                 )));
             }
+            // Not a "no": what made the node this server's own is not known
+            // here, so the caller must not take it for a refusal and undo.
             Some(_) => {
-                return Err(ServerError::FailedPrecondition(format!(
-                    "node {node} is this server's own, not a replica of server {from}; there is nothing to take over"
+                return Err(ServerError::AlreadyExists(format!(
+                    "node {node} is this server's own already, not by this switch; resolve it by hand: `query node {node}` on both servers"
                 )));
             }
             None => {
@@ -311,7 +359,7 @@ impl Catalog {
                     "server {from} never replicated node {node} here; there is nothing to take over"
                 )));
             }
-        }
+        };
         let recovering: Option<String> = tx
             .query_row(
                 "SELECT source FROM recoveries WHERE node = ?1",
@@ -322,6 +370,16 @@ impl Catalog {
         if recovering.is_some() {
             return Err(ServerError::FailedPrecondition(format!(
                 "node {node} is held for recovery here; it cannot be taken over until that ends"
+            )));
+        }
+        let held: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM objects WHERE filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?1)",
+            [node_id],
+            |r| r.get(0),
+        )?;
+        if u64::try_from(held).unwrap_or(0) != versions_at_source {
+            return Err(ServerError::FailedPrecondition(format!(
+                "the replica of node {node} here holds {held} versions and server {from} holds {versions_at_source}; it is not whole, so it is not taken over (replicate the node again, then switch)"
             )));
         }
         let replserver: Option<String> = tx
@@ -348,20 +406,28 @@ impl Catalog {
         }
         tx.execute(
             "UPDATE nodes SET replmode = 'send', replstate = 'enabled', last_repl_ns = ?2
-             WHERE name = ?1",
-            params![node, now_ns],
+             WHERE id = ?1",
+            params![node_id, now_ns],
         )?;
         upsert(&tx, node, from, switch_id, SwitchStep::Taken, now_ns)?;
+        tx.execute(
+            "INSERT INTO switch_answers (node, switch_id, partner, answer, at_ns)
+             VALUES (?1, ?2, ?3, 'taken', ?4)",
+            params![node, switch_id, from, now_ns],
+        )?;
         tx.commit()?;
         Ok(false)
     }
 
     /// The new primary's promise, when the old one undoes a switch that was
-    /// handing over: never to take `node` over for `switch_id`.
+    /// handing over: never to take `node` over for `switch_id`. Only the
+    /// server the node is replicated from may ask; for a node this server
+    /// does not hold there is nothing to fence.
     ///
     /// # Errors
-    /// [`ServerError::FailedPrecondition`] when that switch has taken it
-    /// over already; SQLite errors.
+    /// [`ServerError::AlreadyExists`] when that switch has taken the node
+    /// over already; [`ServerError::PermissionDenied`] for a node that is
+    /// another server's replica here or this server's own; SQLite errors.
     pub fn abandon_take_over(
         &self,
         node: &str,
@@ -371,16 +437,92 @@ impl Catalog {
     ) -> Result<(), ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        if let Some(record) = record_of(&tx, node)?
-            && record.switch_id == switch_id
-            && record.step == SwitchStep::Taken
-        {
-            return Err(ServerError::AlreadyExists(format!(
-                "node {node} was taken over here already; run `switch replication {node}` on {from} to finish the switch"
-            )));
+        match answer_of(&tx, node, switch_id, from)? {
+            Some(Answer::Taken) => {
+                return Err(ServerError::AlreadyExists(format!(
+                    "node {node} was taken over here already; run `switch replication {node}` on {from} to finish the switch"
+                )));
+            }
+            Some(Answer::Fenced) => return Ok(()),
+            None => {}
         }
-        upsert(&tx, node, from, switch_id, SwitchStep::Abandoned, now_ns)?;
+        let found: Option<(ReplMode, String)> = tx
+            .query_row(
+                "SELECT replmode, repl_server FROM nodes WHERE name = ?1",
+                [node],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match found {
+            // Absent: fenced all the same, so a late hand-over is refused.
+            None => {}
+            Some((ReplMode::Receive, owner)) if owner == from => {}
+            Some(_) => {
+                return Err(ServerError::PermissionDenied(format!(
+                    "node {node} is not a replica of server {from} here; {from} has no switch of it to cancel"
+                )));
+            }
+        }
+        tx.execute(
+            "INSERT INTO switch_answers (node, switch_id, partner, answer, at_ns)
+             VALUES (?1, ?2, ?3, 'fenced', ?4)",
+            params![node, switch_id, from, now_ns],
+        )?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// What this server answered to a switch of another server.
+enum Answer {
+    Taken,
+    Fenced,
+}
+
+/// The answer this server gave `from` for switch `switch_id` of `node`.
+fn answer_of(
+    conn: &Connection,
+    node: &str,
+    switch_id: &str,
+    from: &str,
+) -> Result<Option<Answer>, CatalogError> {
+    let answer: Option<String> = conn
+        .query_row(
+            "SELECT answer FROM switch_answers WHERE node = ?1 AND switch_id = ?2 AND partner = ?3",
+            params![node, switch_id, from],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match answer.as_deref() {
+        Some("taken") => Some(Answer::Taken),
+        Some("fenced") => Some(Answer::Fenced),
+        _ => None,
+    })
+}
+
+/// Refuses, inside the write's own transaction, a write of node `node_id`
+/// once a planned role switch of it has stopped its writes: the final
+/// replication may have read the catalog already, so a write stored now
+/// would never reach the new primary. In the same transaction as the
+/// write, it cannot slip in between the switch's step and the run.
+///
+/// # Errors
+/// [`CatalogError::Refused`] naming the new primary; SQLite errors.
+pub(super) fn refuse_if_switch_stopped_writes(
+    conn: &Connection,
+    node_id: i64,
+) -> Result<(), CatalogError> {
+    let switch: Option<(String, SwitchStep)> = conn
+        .query_row(
+            "SELECT s.partner, s.step FROM switches s JOIN nodes n ON n.name = s.node WHERE n.id = ?1",
+            [node_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match switch {
+        Some((partner, step)) if step.blocks_writes() => Err(CatalogError::Refused(format!(
+            "the node is being switched to server {partner} (planned role switch): its writes are paused here; retry in a few minutes"
+        ))),
+        _ => Ok(()),
     }
 }

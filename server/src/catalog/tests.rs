@@ -712,3 +712,168 @@ fn a_restored_catalog_holds_replicated_nodes_for_recovery_until_it_ends() {
     assert_eq!(node("FIRST").replstate.to_string(), "enabled");
     assert_eq!(node("FIRST").repl_server, "");
 }
+
+#[test]
+fn a_switch_moves_a_node_between_two_catalogs_and_a_cancelled_one_stays_fenced() {
+    use crate::model::SwitchStep;
+    let dirs = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    // PRIMARY holds N (replicated to SECONDARY) and M; SECONDARY their
+    // replicas (empty, like the nodes), and R, a replica of a third server.
+    let (old, _) = new_catalog(&dirs.0);
+    let (new, _) = new_catalog(&dirs.1);
+    for name in ["N", "M"] {
+        old.register_node(name, "hash", 1).expect("register");
+        new.prepare_replica(name, "hash", false, "PRIMARY", 1)
+            .expect("replica");
+    }
+    new.prepare_replica("R", "hash", false, "THIRD", 1)
+        .expect("replica");
+    let raw = Connection::open(dirs.0.path().join("catalog.db")).expect("open");
+    raw.execute_batch(
+        "UPDATE nodes SET replstate = 'enabled', replmode = 'send', repl_server = 'SECONDARY'",
+    )
+    .expect("modes");
+    let id = "0123456789abcdef0123456789abcdef";
+
+    // Old primary: draining, then a re-run finds the same switch.
+    let started = old.begin_switch("N", "SECONDARY", id, 2).expect("begin");
+    assert_eq!(started.step, SwitchStep::Draining);
+    let again = old
+        .begin_switch("N", "SECONDARY", "ffffffffffffffffffffffffffffffff", 3)
+        .expect("re-run");
+    assert_eq!(again.switch_id, id, "a re-run goes on with the same switch");
+    // Steps move only from the step they are expected in.
+    assert!(
+        !old.set_switch_step("N", id, SwitchStep::Frozen, SwitchStep::HandingOver)
+            .expect("step")
+    );
+    assert!(
+        old.set_switch_step("N", id, SwitchStep::Draining, SwitchStep::Frozen)
+            .expect("step")
+    );
+    // Frozen: the node's writes are refused inside their own transaction.
+    let node_id = old.node("N").expect("node").expect("exists").id;
+    let refused = old
+        .commit_objects(node_id, "/fs", &[version("/fs/a")], &[], 3)
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("switched to server SECONDARY"),
+        "{refused}"
+    );
+    assert!(
+        old.set_switch_step("N", id, SwitchStep::Frozen, SwitchStep::HandingOver)
+            .expect("step")
+    );
+    // An undo from a step the switch is not in changes nothing.
+    assert!(!old.undo_switch("N", id, SwitchStep::Frozen).expect("undo"));
+    // Another server may not take it over, nor a node that is not a
+    // replica, nor a replica that does not hold what the source holds.
+    assert!(new.take_over("N", "THIRD", id, 0, 4).is_err());
+    assert!(new.take_over("R", "PRIMARY", id, 0, 4).is_err());
+    assert!(new.take_over("ABSENT", "PRIMARY", id, 0, 4).is_err());
+    let short = new.take_over("N", "PRIMARY", id, 7, 4).unwrap_err();
+    assert!(short.to_string().contains("not whole"), "{short}");
+    // The new primary takes it over once; a repeat says so.
+    assert!(!new.take_over("N", "PRIMARY", id, 0, 5).expect("take over"));
+    assert!(new.take_over("N", "PRIMARY", id, 0, 6).expect("repeat"));
+    let on_new = new.node("N").expect("node").expect("exists");
+    assert!(!on_new.is_replica());
+    assert_eq!(on_new.repl_server, "PRIMARY");
+    assert_eq!(
+        new.setting(super::Setting::ReplServer)
+            .expect("read")
+            .as_deref(),
+        Some("PRIMARY"),
+        "the new primary replicates to the old one"
+    );
+    // Too late to abandon it; the old primary finishes instead.
+    assert!(matches!(
+        new.abandon_take_over("N", "PRIMARY", id, 7),
+        Err(crate::error::ServerError::AlreadyExists(_))
+    ));
+    old.complete_handover("N", id, 8).expect("finish");
+    let on_old = old.node("N").expect("node").expect("exists");
+    assert!(on_old.is_replica());
+    assert_eq!(on_old.repl_server, "SECONDARY");
+    assert_eq!(
+        old.switch_of("N").expect("read").map(|r| r.step),
+        Some(SwitchStep::HandedOver)
+    );
+    // A re-run finds it switched.
+    let done = old
+        .begin_switch("N", "SECONDARY", "11111111111111111111111111111111", 9)
+        .expect("already switched");
+    assert_eq!(done.step, SwitchStep::HandedOver);
+    // Even after the new primary starts a switch of its own, the answer to
+    // the first one stays "taken", never "not mine" (which would undo it).
+    new.begin_switch("N", "PRIMARY", "44444444444444444444444444444444", 10)
+        .expect("switch back");
+    assert!(
+        new.take_over("N", "PRIMARY", id, 0, 11)
+            .expect("still taken")
+    );
+    // A node that is the new primary's own by other means is not a "no".
+    assert!(matches!(
+        new.take_over("N", "PRIMARY", "55555555555555555555555555555555", 0, 12),
+        Err(crate::error::ServerError::AlreadyExists(_))
+    ));
+
+    // M: cancelled while handing over. The new primary fences that switch
+    // and refuses a late take-over of it, but not a new switch.
+    let m_id = "22222222222222222222222222222222";
+    old.begin_switch("M", "SECONDARY", m_id, 10).expect("begin");
+    old.set_switch_step("M", m_id, SwitchStep::Draining, SwitchStep::Frozen)
+        .expect("step");
+    old.set_switch_step("M", m_id, SwitchStep::Frozen, SwitchStep::HandingOver)
+        .expect("step");
+    // Only the node's source may fence it.
+    assert!(new.abandon_take_over("M", "THIRD", m_id, 11).is_err());
+    new.abandon_take_over("M", "PRIMARY", m_id, 11)
+        .expect("fence");
+    assert!(
+        old.undo_switch("M", m_id, SwitchStep::HandingOver)
+            .expect("undo")
+    );
+    assert!(new.take_over("M", "PRIMARY", m_id, 0, 12).is_err());
+    assert!(new.node("M").expect("node").expect("exists").is_replica());
+    assert!(old.switch_of("M").expect("read").is_none());
+    let fresh = "33333333333333333333333333333333";
+    old.begin_switch("M", "SECONDARY", fresh, 13)
+        .expect("new switch");
+    assert!(
+        !new.take_over("M", "PRIMARY", fresh, 0, 14)
+            .expect("take over")
+    );
+}
+
+#[test]
+fn a_switch_needs_all_data_replication_and_no_archive_copies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, _) = new_catalog(&dir);
+    for name in ["ACTIVE", "ARCHIVED"] {
+        catalog.register_node(name, "hash", 1).expect("register");
+    }
+    let raw = Connection::open(dir.path().join("catalog.db")).expect("open");
+    raw.execute_batch(
+        "UPDATE nodes SET replstate = 'enabled', replmode = 'send', repl_server = 'SECONDARY';
+         UPDATE nodes SET replrule = 'active_data' WHERE name = 'ACTIVE';",
+    )
+    .expect("modes");
+    let id = "0123456789abcdef0123456789abcdef";
+    let err = catalog
+        .begin_switch("ACTIVE", "SECONDARY", id, 2)
+        .unwrap_err();
+    assert!(err.to_string().contains("all_data"), "{err}");
+    let node_id = catalog.node("ARCHIVED").expect("node").expect("exists").id;
+    catalog
+        .commit_archive(node_id, "/fs", &[version("/fs/a")], "keep", 2)
+        .expect("archive");
+    let err = catalog
+        .begin_switch("ARCHIVED", "SECONDARY", id, 3)
+        .unwrap_err();
+    assert!(err.to_string().contains("archive copies"), "{err}");
+    assert!(catalog.switch_of("ARCHIVED").expect("read").is_none());
+}

@@ -143,6 +143,11 @@ pub(super) enum SwitchNoun {
         /// Undo unfinished switches: the nodes stay this server's own.
         #[arg(long)]
         cancel: bool,
+        /// With --cancel: undo a switch that was handing over even though
+        /// the replication server cannot confirm it did not take the node
+        /// over. Only when that server is gone for good.
+        #[arg(long, requires = "cancel")]
+        force: bool,
     },
 }
 

@@ -167,8 +167,6 @@ vocabulary! {
         HandedOver = "handed_over",
         /// New primary: took the node over from the partner.
         Taken = "taken",
-        /// New primary: promised never to take it over for this switch.
-        Abandoned = "abandoned",
     }
 }
 

@@ -225,7 +225,12 @@ impl RemoteTarget {
     /// switch (`TakeOver`).
     /// `me` is this server's GUID and failover address, for the partner to
     /// push to the node's clients.
-    pub async fn take_over(&self, switch_id: &str, me: (ServerGuid, String)) -> HandOver {
+    pub async fn take_over(
+        &self,
+        switch_id: &str,
+        versions: u64,
+        me: (ServerGuid, String),
+    ) -> HandOver {
         let reply = self
             .client
             .clone()
@@ -234,6 +239,7 @@ impl RemoteTarget {
                 switch_id: switch_id.to_string(),
                 source_guid: me.0.to_string(),
                 failover_address: me.1,
+                versions,
             }))
             .await;
         match reply {

@@ -66,9 +66,22 @@ pub fn replication_server(state: &ServerState) -> Result<PartnerServer, ServerEr
         .ok_or(ServerError::ServerNotDefined { server: name })
 }
 
-/// Checks that `node` can be replicated now and returns it with the target.
-fn preflight(state: &ServerState, node: &str) -> Result<(Node, PartnerServer), ServerError> {
+/// Checks that `node` can be replicated now (to `expected`, when given)
+/// and returns it with the target.
+fn preflight(
+    state: &ServerState,
+    node: &str,
+    expected: Option<&str>,
+) -> Result<(Node, PartnerServer), ServerError> {
     let partner = replication_server(state)?;
+    if let Some(expected) = expected
+        && partner.name != expected
+    {
+        return Err(ServerError::FailedPrecondition(format!(
+            "the replication server is {} now, not {expected}; node {node} is not replicated elsewhere by this run",
+            partner.name
+        )));
+    }
     let node_rec = state.repo.registered_node(node)?;
     if node_rec.is_replica() {
         return Err(ServerError::FailedPrecondition(format!(
@@ -90,6 +103,22 @@ fn preflight(state: &ServerState, node: &str) -> Result<(Node, PartnerServer), S
 /// Refusals before a run starts (not configured, disabled, already running).
 pub async fn replicate_node(state: Arc<ServerState>, node: String) -> Result<ReplRun, ServerError> {
     start_run(state, node).await?.finish().await
+}
+
+/// As [`replicate_node`], only to the partner named `partner`: refused when
+/// `set replserver` names another server now.
+///
+/// # Errors
+/// As [`replicate_node`].
+pub async fn replicate_node_to(
+    state: Arc<ServerState>,
+    node: String,
+    partner: &str,
+) -> Result<ReplRun, ServerError> {
+    start_run_checked(state, node, Some(partner.to_string()))
+        .await?
+        .finish()
+        .await
 }
 
 /// A replication run that has started: checked, its node claimed, and
@@ -115,10 +144,20 @@ impl std::fmt::Debug for StartedRun {
 /// # Errors
 /// Refusals (not configured, disabled, already running) and catalog errors.
 pub async fn start_run(state: Arc<ServerState>, node: String) -> Result<StartedRun, ServerError> {
+    start_run_checked(state, node, None).await
+}
+
+async fn start_run_checked(
+    state: Arc<ServerState>,
+    node: String,
+    expected: Option<String>,
+) -> Result<StartedRun, ServerError> {
     let check_state = state.clone();
     let check_node = node.clone();
-    let (node_rec, partner) =
-        tokio::task::spawn_blocking(move || preflight(&check_state, &check_node)).await??;
+    let (node_rec, partner) = tokio::task::spawn_blocking(move || {
+        preflight(&check_state, &check_node, expected.as_deref())
+    })
+    .await??;
     let Some(claim) = RunClaim::take(&state, &node) else {
         return Err(ServerError::ReplicationRunning { node });
     };

@@ -43,6 +43,33 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 /// How often the wait for sessions and for a running replication looks again.
 const POLL: Duration = Duration::from_millis(200);
 
+/// A node's claim on [`ServerState::switching`], given back when dropped:
+/// one switch or cancel of a node at a time on this server.
+struct SwitchClaim {
+    state: Arc<ServerState>,
+    node: String,
+}
+
+impl SwitchClaim {
+    fn take(state: &Arc<ServerState>, node: &str) -> Option<SwitchClaim> {
+        let mut set = state.switching.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(node.to_string()).then(|| SwitchClaim {
+            state: state.clone(),
+            node: node.to_string(),
+        })
+    }
+}
+
+impl Drop for SwitchClaim {
+    fn drop(&mut self) {
+        self.state
+            .switching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.node);
+    }
+}
+
 /// How one node's switch ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Switched {
@@ -84,13 +111,16 @@ pub async fn plan(
     cancel: bool,
 ) -> Result<Vec<String>, ServerError> {
     if !all {
-        return nodes
-            .iter()
-            .map(|asked| {
-                normalize_node_name(asked)
-                    .ok_or_else(|| ServerError::InvalidArgument(format!("bad node name {asked:?}")))
-            })
-            .collect();
+        let mut out: Vec<String> = Vec::with_capacity(nodes.len());
+        for asked in nodes {
+            let name = normalize_node_name(asked)
+                .ok_or_else(|| ServerError::InvalidArgument(format!("bad node name {asked:?}")))?;
+            // A name given twice is one switch, not two racing each other.
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        return Ok(out);
     }
     let catalog = state.repo.catalog.clone();
     tokio::task::spawn_blocking(move || {
@@ -128,7 +158,12 @@ pub async fn switch_node(state: &Arc<ServerState>, node: &str, wait: Duration) -
         objects_sent: 0,
         elapsed_secs: 0.0,
     };
-    report.outcome = run_switch(state, node, wait, &mut report).await;
+    report.outcome = match SwitchClaim::take(state, node) {
+        Some(_claim) => run_switch(state, node, wait, &mut report).await,
+        None => Err(format!(
+            "another `switch replication` of node {node} is running on this server; wait for it"
+        )),
+    };
     report.elapsed_secs = started.elapsed().as_secs_f64();
     if let Err(why) = &report.outcome {
         actlog::record(
@@ -197,13 +232,14 @@ async fn run_switch(
     )
     .await;
     if record.step == SwitchStep::Draining {
+        crate::faults::pause_point("switch-draining").await;
         report.waited_for = drain(state, &record, wait).await?;
-        set_step(state, &record, SwitchStep::Frozen).await?;
+        set_step(state, &record, SwitchStep::Draining, SwitchStep::Frozen).await?;
         crate::faults::pause_point("switch-frozen").await;
     }
     if matches!(record.step, SwitchStep::Draining | SwitchStep::Frozen) {
-        report.objects_sent = final_replication(state, &record, wait).await?;
-        set_step(state, &record, SwitchStep::HandingOver).await?;
+        report.objects_sent = final_replication(state, &record, &partner, wait).await?;
+        set_step(state, &record, SwitchStep::Frozen, SwitchStep::HandingOver).await?;
         crate::faults::pause_point("switch-handing-over").await;
     }
     hand_over(state, &record, &partner).await
@@ -224,37 +260,48 @@ async fn step_logged(state: &Arc<ServerState>, record: &SwitchRecord, text: Stri
 async fn set_step(
     state: &Arc<ServerState>,
     record: &SwitchRecord,
-    step: SwitchStep,
+    from: SwitchStep,
+    to: SwitchStep,
 ) -> Result<(), String> {
     let (catalog, node, id) = (
         state.repo.catalog.clone(),
         record.node.clone(),
         record.switch_id.clone(),
     );
-    let moved = tokio::task::spawn_blocking(move || catalog.set_switch_step(&node, &id, step))
+    let moved = tokio::task::spawn_blocking(move || catalog.set_switch_step(&node, &id, from, to))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     if !moved {
         return Err(format!(
-            "the switch of node {} was cancelled meanwhile; nothing more was done",
-            record.node
+            "the switch of node {} is no longer in step {from} (cancelled meanwhile?); nothing more was done: run `switch replication {}` again to see where it stands",
+            record.node, record.node
         ));
     }
     Ok(())
 }
 
-/// Undoes a switch that the partner is known not to hold, and says so.
-async fn undo(state: &Arc<ServerState>, record: &SwitchRecord, why: String) -> String {
+/// Undoes a switch in step `at` that the partner is known not to hold, and
+/// says so.
+async fn undo(
+    state: &Arc<ServerState>,
+    record: &SwitchRecord,
+    at: SwitchStep,
+    why: String,
+) -> String {
     let (catalog, node, id) = (
         state.repo.catalog.clone(),
         record.node.clone(),
         record.switch_id.clone(),
     );
-    let undone = tokio::task::spawn_blocking(move || catalog.undo_switch(&node, &id)).await;
+    let undone = tokio::task::spawn_blocking(move || catalog.undo_switch(&node, &id, at)).await;
     match undone {
-        Ok(Ok(_)) => format!(
+        Ok(Ok(true)) => format!(
             "{why}; the switch was undone and node {} stays this server's own, taking backups again",
+            record.node
+        ),
+        Ok(Ok(false)) => format!(
+            "{why}; the switch was no longer in step {at}, so it was left as it is: run `switch replication {}` again to see where it stands",
             record.node
         ),
         Ok(Err(e)) => format!(
@@ -280,11 +327,18 @@ async fn drain(
     let mut waited: Vec<u64> = Vec::new();
     let mut told = false;
     loop {
+        // A session idle past the limit is gone for the server (its next
+        // call is refused), even if nothing has removed it yet.
+        let now = now_ns();
         let open: Vec<_> = state
             .sessions
             .list()
             .into_iter()
-            .filter(|s| s.kind == SessionKind::Node && s.node == record.node)
+            .filter(|s| {
+                s.kind == SessionKind::Node
+                    && s.node == record.node
+                    && now - s.last_call_ns < crate::auth::SESSION_IDLE_NS
+            })
             .collect();
         if open.is_empty() {
             return Ok(waited);
@@ -321,6 +375,7 @@ async fn drain(
             return Err(undo(
                 state,
                 record,
+                SwitchStep::Draining,
                 format!(
                     "{list} still running after {} s (end them with `cancel session`, or give more --wait)",
                     wait.as_secs()
@@ -332,18 +387,22 @@ async fn drain(
     }
 }
 
-/// The last replication before the hand-over, with writes stopped; waits
-/// (at most `wait`) for a run of the node that is already going. Returns
-/// the versions it sent. A failure undoes the switch: the partner has not
-/// been asked to take anything over.
+/// The last replication before the hand-over, with writes stopped, to the
+/// switch's partner (refused when `set replserver` names another server
+/// now); waits (at most `wait`) for a run of the node that is already
+/// going. Returns the versions it sent. A failure undoes the switch: the
+/// partner has not been asked to take anything over.
 async fn final_replication(
     state: &Arc<ServerState>,
     record: &SwitchRecord,
+    partner: &PartnerServer,
     wait: Duration,
 ) -> Result<u64, String> {
     let deadline = Instant::now() + wait;
     let run = loop {
-        match super::replicate_node(state.clone(), record.node.clone()).await {
+        match super::runs::replicate_node_to(state.clone(), record.node.clone(), &partner.name)
+            .await
+        {
             Err(ServerError::ReplicationRunning { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(POLL).await;
             }
@@ -351,6 +410,7 @@ async fn final_replication(
                 return Err(undo(
                     state,
                     record,
+                    SwitchStep::Frozen,
                     format!("the final replication could not start: {e}"),
                 )
                 .await);
@@ -362,6 +422,7 @@ async fn final_replication(
         return Err(undo(
             state,
             record,
+            SwitchStep::Frozen,
             format!("the final replication failed: {}", run.message),
         )
         .await);
@@ -384,10 +445,17 @@ async fn hand_over(
             .map_err(|e| e.to_string())?
             .unwrap_or_default()
     };
+    let versions = {
+        let (catalog, name) = (state.repo.catalog.clone(), node.clone());
+        tokio::task::spawn_blocking(move || catalog.count_node_versions(&name))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
     let answer = match connect(state, partner, node).await {
         Ok(remote) => {
             let answer = remote
-                .take_over(&record.switch_id, (state.guid, failover_address))
+                .take_over(&record.switch_id, versions, (state.guid, failover_address))
                 .await;
             remote.bye().await;
             answer
@@ -402,6 +470,7 @@ async fn hand_over(
         HandOver::Refused(why) => Err(undo(
             state,
             record,
+            SwitchStep::HandingOver,
             format!(
                 "server {} refused to take the node over: {why}",
                 partner.name
@@ -443,7 +512,7 @@ async fn finish(state: &Arc<ServerState>, record: &SwitchRecord) -> Result<(), S
 /// Undoes the unfinished switch of `node` (`--cancel`). A switch handing
 /// over is undone only once the partner has promised never to take the
 /// node over; if it already had, the switch is finished instead.
-pub async fn cancel_switch(state: &Arc<ServerState>, node: &str) -> SwitchReport {
+pub async fn cancel_switch(state: &Arc<ServerState>, node: &str, force: bool) -> SwitchReport {
     let started = Instant::now();
     let mut report = SwitchReport {
         node: node.to_string(),
@@ -453,7 +522,12 @@ pub async fn cancel_switch(state: &Arc<ServerState>, node: &str) -> SwitchReport
         objects_sent: 0,
         elapsed_secs: 0.0,
     };
-    report.outcome = run_cancel(state, node, &mut report).await;
+    report.outcome = match SwitchClaim::take(state, node) {
+        Some(_claim) => run_cancel(state, node, force, &mut report).await,
+        None => Err(format!(
+            "a `switch replication` of node {node} is running on this server; wait for it to end, then cancel"
+        )),
+    };
     report.elapsed_secs = started.elapsed().as_secs_f64();
     if let Err(why) = &report.outcome {
         actlog::record(
@@ -471,6 +545,7 @@ pub async fn cancel_switch(state: &Arc<ServerState>, node: &str) -> SwitchReport
 async fn run_cancel(
     state: &Arc<ServerState>,
     node: &str,
+    force: bool,
     report: &mut SwitchReport,
 ) -> Result<Switched, String> {
     let (catalog, name) = (state.repo.catalog.clone(), node.to_string());
@@ -508,10 +583,27 @@ async fn run_cancel(
                 finish(state, &record).await?;
                 return Ok(Switched::Done);
             }
+            // The operator says the partner is gone for good: it cannot
+            // take the node over any more, so this server takes writes
+            // again. Loud in the log: if the partner comes back holding the
+            // node, the node has two primaries until one is removed.
+            Abandon::Unknown(why) if force => {
+                actlog::record(
+                    &state.repo.catalog,
+                    ServerMsg::SwitchFailed,
+                    node,
+                    "",
+                    format!(
+                        "switch of node {node} to server {} undone with --force without that server's answer ({why}); if {} comes back holding the node as its own, run `remove replnode {node}` there before it takes backups",
+                        record.partner, record.partner
+                    ),
+                )
+                .await;
+            }
             Abandon::Unknown(why) => {
                 return Err(format!(
-                    "server {} must confirm first that it has not taken node {node} over, and it did not answer ({why}); run the command again when it does",
-                    record.partner
+                    "server {} must confirm first that it has not taken node {node} over, and it did not answer ({why}); run the command again when it does, or add --force if {} is gone for good",
+                    record.partner, record.partner
                 ));
             }
         }
@@ -521,10 +613,16 @@ async fn run_cancel(
         node.to_string(),
         record.switch_id.clone(),
     );
-    tokio::task::spawn_blocking(move || catalog.undo_switch(&name, &id))
+    let at = record.step;
+    let undone = tokio::task::spawn_blocking(move || catalog.undo_switch(&name, &id, at))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    if !undone {
+        return Err(format!(
+            "the switch of node {node} moved on while it was being cancelled; run the command again"
+        ));
+    }
     step_logged(
         state,
         &record,
@@ -548,6 +646,7 @@ pub async fn take_over(
     node: &str,
     caller: &str,
     switch_id: &str,
+    versions_at_source: u64,
     caller_identity: (&str, &str),
 ) -> Result<bool, ServerError> {
     let name = normalize_node_name(node)
@@ -570,8 +669,9 @@ pub async fn take_over(
         caller.to_string(),
         switch_id.to_string(),
     );
+    crate::faults::pause_point("takeover-begin").await;
     let already = tokio::task::spawn_blocking(move || {
-        let already = catalog.take_over(&n, &from, &id, now_ns())?;
+        let already = catalog.take_over(&n, &from, &id, versions_at_source, now_ns())?;
         // What the node's clients are told about their replication server
         // (the caller) from now on.
         catalog.set_server_identity(&from, guid, &failover_address)?;

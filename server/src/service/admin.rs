@@ -723,6 +723,11 @@ impl Admin for AdminService {
                 "name the nodes to switch, or give --all (not both)".into(),
             )));
         }
+        if req.force && !req.cancel {
+            return Err(Status::from(ServerError::InvalidArgument(
+                "--force goes only with --cancel".into(),
+            )));
+        }
         if req.wait_secs > 86_400 {
             return Err(Status::from(ServerError::InvalidArgument(format!(
                 "--wait {} is more than a day (86400 s); give a shorter wait",
@@ -752,10 +757,10 @@ impl Admin for AdminService {
             .into_iter()
             .map(|node| {
                 let state = self.state.clone();
-                let cancel = req.cancel;
+                let (cancel, force) = (req.cancel, req.force);
                 tokio::spawn(async move {
                     if cancel {
-                        crate::repl::switch::cancel_switch(&state, &node).await
+                        crate::repl::switch::cancel_switch(&state, &node, force).await
                     } else {
                         crate::repl::switch::switch_node(&state, &node, wait).await
                     }

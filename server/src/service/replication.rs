@@ -543,6 +543,7 @@ impl Replication for ReplicationService {
             &req.node,
             &caller,
             &req.switch_id,
+            req.versions,
             (&req.source_guid, &req.failover_address),
         )
         .await?;

@@ -19,12 +19,14 @@ pub(in crate::console) async fn run(
         all,
         wait,
         cancel,
+        force,
     } = noun;
     let req = console.request(pb::SwitchNodesRequest {
         nodes: names.clone(),
         all,
         wait_secs: wait.unwrap_or(0),
         cancel,
+        force,
     });
     let mut client = console.client();
     let call = console.answer(client.switch_nodes(req));
