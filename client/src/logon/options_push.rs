@@ -256,6 +256,56 @@ mod tests {
     const USER: &str = "# my node\nnode_name = \"alice\" # trailing comment\nserver_address = \"http://127.0.0.1:1500\"\npassword = \"secret123\"\n\n[other]\nkeep = true\n";
 
     #[test]
+    fn a_moved_primary_replaces_the_server_and_drops_the_pushed_block() {
+        let pushed = render(USER, &server("https://10.0.0.2:1500")).unwrap();
+        let with_pin = pushed.replace(
+            "server_address = \"http://127.0.0.1:1500\"",
+            "server_address = \"https://10.0.0.1:1500\" # the old one\nserver_fingerprint = \"AA\"",
+        );
+        let primary = NewPrimary {
+            name: "SECONDARY",
+            address: "https://10.0.0.2:1500",
+            fingerprint: Some("CD:EF"),
+        };
+        let moved = render_moved(&with_pin, &primary).unwrap();
+        let doc: DocumentMut = moved.parse().unwrap();
+        assert_eq!(doc["server_name"].as_str(), Some("SECONDARY"));
+        assert_eq!(
+            doc["server_address"].as_str(),
+            Some("https://10.0.0.2:1500")
+        );
+        assert_eq!(doc["server_fingerprint"].as_str(), Some("CD:EF"));
+        assert!(doc.get("my_replication_server").is_none(), "{moved}");
+        assert!(
+            doc.get("replication_servers")
+                .and_then(|t| t.get("SECONDARY"))
+                .is_none(),
+            "{moved}"
+        );
+        // The user's comments, keys and tables stay.
+        for kept in [
+            "# my node",
+            "# trailing comment",
+            "# the old one",
+            "[other]",
+            "keep = true",
+        ] {
+            assert!(moved.contains(kept), "{kept} lost:\n{moved}");
+        }
+        assert!(moved.starts_with("# my node\n"), "{moved}");
+        // Under a CA file no fingerprint is written; the CA vouches.
+        let ca = NewPrimary {
+            fingerprint: None,
+            ..primary
+        };
+        let moved = render_moved(USER, &ca).unwrap();
+        assert!(!moved.contains("server_fingerprint"), "{moved}");
+        // Moving again to the same place changes nothing.
+        let twice = render_moved(&render_moved(&with_pin, &primary).unwrap(), &primary).unwrap();
+        assert_eq!(twice, render_moved(&with_pin, &primary).unwrap());
+    }
+
+    #[test]
     fn a_new_inline_password_keeps_the_rest_of_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tandem.toml");
