@@ -151,6 +151,11 @@ enum Command {
     /// Change settings on the server.
     #[command(subcommand)]
     Set(SetCommand),
+    /// Run this node's scheduled backups (TSM `dsmc schedule`): ask the
+    /// primary for the next run, sleep until its window opens, run it,
+    /// report the outcome; until killed. Run it as a service (README).
+    #[command(visible_alias = "sched")]
+    Schedule,
     /// Delete stored versions.
     #[command(subcommand, visible_alias = "del")]
     Delete(DeleteCommand),
@@ -255,6 +260,9 @@ enum QueryCommand {
     /// Describe the session: server, GUID, node, mode.
     #[command(visible_alias = "se")]
     Session,
+    /// This node's next scheduled runs, as the server has them.
+    #[command(visible_alias = "sched")]
+    Schedule,
     /// Show the effective options and where each value came from.
     #[command(visible_alias = "opt")]
     Options,
@@ -669,12 +677,13 @@ async fn dispatch(
             .map(|s| print_delete_summary(&s, console)),
         Work::QueryFilespace => query::filespaces(&session, options, console).await,
         Work::QuerySession => query::session(&session, options, console).await,
+        Work::QuerySchedule => crate::schedule::query(&session, console).await,
         Work::SetPassword { old, new } => {
             set_password(&session, options, options_path, old, new, console).await
         }
-        Work::ShowOptions | Work::ShowInclexcl { .. } => Err(ClientError::Internal(
-            "a local query reached the logon; it needs no session".into(),
-        )),
+        Work::ShowOptions | Work::ShowInclexcl { .. } | Work::Schedule => Err(
+            ClientError::Internal("a local query reached the logon; it needs no session".into()),
+        ),
     };
     session.logoff().await;
     result
@@ -774,6 +783,7 @@ where
             Ok(())
         }
         Ok(Work::ShowInclexcl { rules, tests }) => query::inclexcl(&rules, &tests, &path, &console),
+        Ok(Work::Schedule) => crate::schedule::run(&path, &env, &console).await,
         Ok(work) => match work.confirm_first() {
             Ok(()) => {
                 let done = dispatch(work, &options, &path, &console).await;

@@ -29,6 +29,7 @@ pub mod output;
 pub mod paths;
 pub mod query;
 pub mod restore;
+pub mod schedule;
 pub mod selection;
 #[cfg(test)]
 mod test_data;

@@ -76,6 +76,10 @@ pub enum ServerMsg {
     NodeRecoveryFailed,
     /// A replica was sent back to its source for the source's recovery.
     ReplicaSentBack,
+    /// A client reported a scheduled run completed.
+    ScheduleCompleted,
+    /// A client reported a scheduled run failed.
+    ScheduleFailed,
     /// A planned role switch of a node started or went on a step.
     SwitchStep,
     /// A planned role switch of a node ended: the node changed primary.
@@ -127,6 +131,8 @@ impl ServerMsg {
             ServerMsg::NodeRecovered => "TDM0605I",
             ServerMsg::NodeRecoveryFailed => "TDM0606E",
             ServerMsg::ReplicaSentBack => "TDM0607I",
+            ServerMsg::ScheduleCompleted => "TDM0432I",
+            ServerMsg::ScheduleFailed => "TDM0433W",
             ServerMsg::SwitchStep => "TDM0608I",
             ServerMsg::NodeSwitched => "TDM0609I",
             ServerMsg::SwitchFailed => "TDM0610E",

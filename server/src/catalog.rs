@@ -24,6 +24,7 @@ mod objects;
 mod occupancy;
 mod recovery;
 mod replication;
+mod schedules;
 mod switches;
 
 pub use actlog::ActlogFilter;

@@ -57,6 +57,10 @@ pub(crate) enum AdminError {
     /// (TDM0517W); it exits 8.
     #[error("{0}")]
     Damage(String),
+    /// Scheduled runs in the range asked about failed or were missed
+    /// (TDM0518W); it exits 8.
+    #[error("{0}")]
+    EventsFailed(String),
 }
 
 impl AdminError {
@@ -71,13 +75,14 @@ impl AdminError {
             AdminError::Failed(_) => "TDM0515E",
             AdminError::Attention(_) => "TDM0516W",
             AdminError::Damage(_) => "TDM0517W",
+            AdminError::EventsFailed(_) => "TDM0518W",
         }
     }
 
     /// The exit code: 8 for a warning, 12 for an error.
     fn exit_code(&self) -> u8 {
         match self {
-            AdminError::Attention(_) | AdminError::Damage(_) => 8,
+            AdminError::Attention(_) | AdminError::Damage(_) | AdminError::EventsFailed(_) => 8,
             _ => 12,
         }
     }
@@ -88,7 +93,9 @@ impl AdminError {
         if as_json {
             // A warning is keyed as the client keys its warnings.
             let key = match self {
-                AdminError::Attention(_) | AdminError::Damage(_) => "warning",
+                AdminError::Attention(_) | AdminError::Damage(_) | AdminError::EventsFailed(_) => {
+                    "warning"
+                }
                 _ => "error",
             };
             let doc = serde_json::json!({

@@ -3,7 +3,10 @@
 //! The services use it on the way in and out, and so does the replication
 //! client that talks to a partner.
 
+mod schedule;
 pub mod vocab;
+
+pub use schedule::{event_to_pb, schedule_to_pb, scheduled_run_to_pb};
 
 use prost::Message;
 use tandem_proto::pb;

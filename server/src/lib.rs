@@ -47,6 +47,7 @@ pub mod model;
 pub mod pins;
 pub mod repl;
 pub mod repository;
+pub mod schedule;
 pub mod secrets;
 pub mod serve;
 pub mod service;

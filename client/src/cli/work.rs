@@ -53,6 +53,10 @@ pub(super) enum Work {
     QueryFilespace,
     /// `query session`.
     QuerySession,
+    /// `query schedule`.
+    QuerySchedule,
+    /// `schedule`: the long-running scheduler, which logs on by itself.
+    Schedule,
     /// `query options`: answered from the options alone.
     ShowOptions,
     /// `query inclexcl`: answered from the options alone.
@@ -193,6 +197,8 @@ impl Work {
             },
             Command::Query(QueryCommand::Filespace) => Work::QueryFilespace,
             Command::Query(QueryCommand::Session) => Work::QuerySession,
+            Command::Query(QueryCommand::Schedule) => Work::QuerySchedule,
+            Command::Schedule => Work::Schedule,
             Command::Query(QueryCommand::Options) => Work::ShowOptions,
             Command::Query(QueryCommand::Inclexcl { test }) => Work::ShowInclexcl {
                 rules: rules(options)?,
@@ -287,6 +293,8 @@ impl Work {
             | Work::QueryBackup { .. }
             | Work::QueryFilespace
             | Work::QuerySession
+            | Work::QuerySchedule
+            | Work::Schedule
             | Work::ShowOptions
             | Work::ShowInclexcl { .. } => false,
         }
@@ -311,6 +319,8 @@ impl Work {
             Work::QueryBackup { .. } => "query backup",
             Work::QueryFilespace => "query filespace",
             Work::QuerySession => "query session",
+            Work::QuerySchedule => "query schedule",
+            Work::Schedule => "schedule",
             Work::ShowOptions => "query options",
             Work::ShowInclexcl { .. } => "query inclexcl",
             Work::SetPassword { .. } => "set password",

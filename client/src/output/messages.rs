@@ -348,6 +348,77 @@ impl Msg {
         }
     }
 
+    /// TDM1050I: `tandem schedule` started.
+    pub fn scheduler_started() -> Self {
+        Msg {
+            id: "TDM1050I",
+            text: "scheduler started: asking the primary server for this node's schedule".into(),
+        }
+    }
+
+    /// TDM1051I: waiting for a window to open.
+    pub fn schedule_waiting(schedule: &str, opens: &str) -> Self {
+        Msg {
+            id: "TDM1051I",
+            text: format!("next scheduled run: {schedule}, window opens {opens}"),
+        }
+    }
+
+    /// TDM1052I: a scheduled run starts.
+    pub fn schedule_running(schedule: &str, action: &str, objects: &str) -> Self {
+        Msg {
+            id: "TDM1052I",
+            text: format!("schedule {schedule}: running {action} {objects}"),
+        }
+    }
+
+    /// TDM1053I: a scheduled run ended.
+    pub fn schedule_outcome(schedule: &str, state: &str, code: i32, message: &str) -> Self {
+        Msg {
+            id: "TDM1053I",
+            text: format!("schedule {schedule}: {state} (exit code {code}): {message}"),
+        }
+    }
+
+    /// TDM1054W: the primary cannot be asked; the cached schedule is used.
+    pub fn schedule_offline(cause: &str, cached: usize) -> Self {
+        Msg {
+            id: "TDM1054W",
+            text: format!(
+                "the primary server cannot be asked for the schedule ({cause}); going on with the {cached} run(s) it gave last, and asking again every minute. Outcomes are kept and reported when it answers"
+            ),
+        }
+    }
+
+    /// TDM1055I: an outcome kept during an outage was delivered.
+    pub fn schedule_reported_late(schedule: &str, window_start_ns: i64) -> Self {
+        Msg {
+            id: "TDM1055I",
+            text: format!(
+                "schedule {schedule}: the outcome of the run of {} was reported now that the primary answers",
+                crate::output::timefmt::show(window_start_ns)
+            ),
+        }
+    }
+
+    /// TDM1056W: the server refused an outcome.
+    pub fn schedule_report_refused(schedule: &str, why: &str) -> Self {
+        Msg {
+            id: "TDM1056W",
+            text: format!("schedule {schedule}: the server refused the run's outcome: {why}"),
+        }
+    }
+
+    /// TDM1057W: an outcome could not be kept for later.
+    pub fn schedule_report_lost(cause: &str) -> Self {
+        Msg {
+            id: "TDM1057W",
+            text: format!(
+                "a scheduled run's outcome could not be delivered nor kept for later ({cause}); `query event` will show the run as missed"
+            ),
+        }
+    }
+
     /// TDM1044W: the node's password is in a file other users may read.
     pub fn readable_password(path: &std::path::Path, mode: u32) -> Self {
         Msg {

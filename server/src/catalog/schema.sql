@@ -222,3 +222,39 @@ CREATE TABLE IF NOT EXISTS switch_answers (
     at_ns      INTEGER NOT NULL,
     PRIMARY KEY (node, switch_id)
 );
+
+-- Client schedules (TSM DEFINE SCHEDULE): what to run, and its windows:
+-- the k-th starts at start_ns + k * period_secs (period 0: once) and lasts
+-- duration_secs; a run must start within its window.
+CREATE TABLE IF NOT EXISTS schedules (
+    name          TEXT PRIMARY KEY,           -- upper-case
+    action        TEXT NOT NULL CHECK (action IN ('incremental', 'selective', 'command')),
+    objects       TEXT NOT NULL,              -- JSON array of strings
+    start_ns      INTEGER NOT NULL,
+    period_secs   INTEGER NOT NULL,
+    duration_secs INTEGER NOT NULL,
+    pre_command   TEXT NOT NULL DEFAULT '',
+    post_command  TEXT NOT NULL DEFAULT '',
+    defined_ns    INTEGER NOT NULL
+);
+
+-- Which nodes run which schedule (TSM DEFINE ASSOCIATION).
+CREATE TABLE IF NOT EXISTS associations (
+    schedule TEXT NOT NULL REFERENCES schedules (name) ON DELETE CASCADE,
+    node     TEXT NOT NULL,
+    PRIMARY KEY (schedule, node)
+);
+
+-- What clients reported of their scheduled runs, one row per window
+-- (`query event` adds the runs nobody reported: missed, or still to come).
+CREATE TABLE IF NOT EXISTS schedule_events (
+    schedule        TEXT NOT NULL,
+    node            TEXT NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('started', 'completed', 'failed')),
+    exit_code       INTEGER NOT NULL DEFAULT 0,
+    message         TEXT NOT NULL DEFAULT '',
+    started_ns      INTEGER NOT NULL DEFAULT 0,
+    ended_ns        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (schedule, node, window_start_ns)
+);

@@ -243,6 +243,45 @@ pub(super) enum DefineNoun {
         #[arg(long, value_name = "SHA256")]
         fingerprint: Option<String>,
     },
+    /// Define a client schedule (TSM DEFINE SCHEDULE): what the associated
+    /// nodes' `tandem schedule` runs, and when. Each window opens at START
+    /// + k * PERIOD and lasts DURATION; a run must start within it.
+    Schedule {
+        /// Its name.
+        name: String,
+        /// What it runs on the client.
+        #[arg(long, value_parser = ["incremental", "selective", "command"], default_value = "incremental")]
+        action: String,
+        /// Absolute paths to back up (repeat for more), or for
+        /// `--action command` the command line, run by `sh -c`.
+        #[arg(long, required = true, value_name = "OBJECT")]
+        objects: Vec<String>,
+        /// The first window's start (RFC 3339, 'YYYY-MM-DD HH:MM:SS' or
+        /// 'YYYY-MM-DD') [default: now].
+        #[arg(long, value_name = "TIME")]
+        start: Option<String>,
+        /// Time between windows: 30s, 15m, 1h, 1d, 1w, or `once`.
+        #[arg(long, default_value = "1d", value_name = "SPAN")]
+        period: String,
+        /// How long each window stays open (TSM DURATION).
+        #[arg(long, default_value = "1h", value_name = "SPAN")]
+        duration: String,
+        /// Shell command run before the action; a non-zero exit cancels
+        /// the run (TSM PRESCHEDULECMD).
+        #[arg(long, value_name = "COMMAND")]
+        pre_command: Option<String>,
+        /// Shell command run after the action (TSM POSTSCHEDULECMD).
+        #[arg(long, value_name = "COMMAND")]
+        post_command: Option<String>,
+    },
+    /// Associate nodes with a schedule (TSM DEFINE ASSOCIATION).
+    Association {
+        /// The schedule.
+        schedule: String,
+        /// Node names.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +342,19 @@ pub(super) enum ExpireNoun {
 
 #[derive(Debug, Subcommand)]
 pub(super) enum DeleteNoun {
+    /// Delete a client schedule and its associations (TSM DELETE SCHEDULE).
+    Schedule {
+        /// Its name.
+        name: String,
+    },
+    /// End nodes' association with a schedule (TSM DELETE ASSOCIATION).
+    Association {
+        /// The schedule.
+        schedule: String,
+        /// Node names.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Delete a partner server's definition (refused while it is the
     /// replication server or the source of replicas held here).
     Server {
@@ -471,6 +523,27 @@ impl Originator {
 
 #[derive(Debug, Subcommand)]
 pub(super) enum QueryNoun {
+    /// Client schedules with their windows and nodes (TSM QUERY SCHEDULE).
+    Schedule {
+        /// Schedule name; all when omitted.
+        name: Option<String>,
+    },
+    /// Each expected scheduled run and how it went: completed, failed (with
+    /// the exit code and message), missed, in progress, pending (window
+    /// open), future (TSM QUERY EVENT). Exits 8 (TDM0518W) when any run
+    /// in the range failed or was missed.
+    Event {
+        /// Node name; all when omitted.
+        node: Option<String>,
+        /// Runs whose window starts at or after this time [default: 24
+        /// hours ago].
+        #[arg(long, value_name = "TIME")]
+        begin: Option<String>,
+        /// Runs whose window starts up to this time [default: 24 hours
+        /// ahead].
+        #[arg(long, value_name = "TIME")]
+        end: Option<String>,
+    },
     /// Nodes with lock state, policy and storage.
     Node {
         /// Node name; all when omitted.

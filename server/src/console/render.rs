@@ -379,6 +379,84 @@ impl Row for pb::AuditedNode {
     }
 }
 
+impl Row for pb::ScheduleInfo {
+    const HEADERS: &'static [&'static str] = &[
+        "Schedule",
+        "Action",
+        "Objects",
+        "Start",
+        "Period",
+        "Duration",
+        "Pre-command",
+        "Post-command",
+        "Nodes",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.action.clone(),
+            self.objects.join(" "),
+            show_time(self.start_ns),
+            if self.period_secs == 0 {
+                "once".into()
+            } else {
+                format!("{} s", self.period_secs)
+            },
+            format!("{} s", self.duration_secs),
+            self.pre_command.clone(),
+            self.post_command.clone(),
+            self.nodes.join(", "),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name, "action": self.action, "objects": self.objects,
+            "start": json_time(self.start_ns), "period_secs": self.period_secs,
+            "duration_secs": self.duration_secs, "pre_command": self.pre_command,
+            "post_command": self.post_command, "nodes": self.nodes,
+        })
+    }
+}
+
+impl Row for pb::ScheduleEvent {
+    const HEADERS: &'static [&'static str] = &[
+        "Scheduled Start",
+        "Window End",
+        "Schedule",
+        "Node",
+        "Status",
+        "Actual Start",
+        "Ended",
+        "Exit Code",
+        "Message",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            show_time(self.window_start_ns),
+            show_time(self.window_end_ns),
+            self.schedule.clone(),
+            self.node.clone(),
+            self.state.clone(),
+            show_time(self.started_ns),
+            show_time(self.ended_ns),
+            if self.state == "completed" || self.state == "failed" {
+                self.exit_code.to_string()
+            } else {
+                String::new()
+            },
+            self.message.clone(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "schedule": self.schedule, "node": self.node,
+            "window_start": json_time(self.window_start_ns), "window_end": json_time(self.window_end_ns),
+            "state": self.state, "started": json_time(self.started_ns), "ended": json_time(self.ended_ns),
+            "exit_code": self.exit_code, "message": self.message,
+        })
+    }
+}
+
 impl Row for pb::SwitchedNode {
     const HEADERS: &'static [&'static str] = &[
         "Node",

@@ -16,6 +16,7 @@ pub(super) mod register;
 pub(super) mod remove;
 pub(super) mod replicate;
 pub(super) mod rotate;
+pub(super) mod schedule;
 pub(super) mod set;
 pub(super) mod switch;
 pub(super) mod update;

@@ -3,7 +3,9 @@
 
 mod vocab;
 
-pub use vocab::{ReplMode, ReplRule, ReplState, RunState, SwitchStep, UnknownWord, Vocabulary};
+pub use vocab::{
+    ReplMode, ReplRule, ReplState, RunState, ScheduleAction, SwitchStep, UnknownWord, Vocabulary,
+};
 
 use tandem_proto::{ChunkId, ObjectId, ServerGuid};
 

@@ -170,6 +170,19 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// What a client schedule runs (TSM ACTION).
+    ScheduleAction ("action") {
+        /// `tandem incremental OBJECTS...`.
+        #[default]
+        Incremental = "incremental",
+        /// `tandem selective OBJECTS...`.
+        Selective = "selective",
+        /// A shell command line (the one object) on the client.
+        Command = "command",
+    }
+}
+
 impl SwitchStep {
     /// A switch on its old primary that has started and not ended: the node
     /// takes no new sessions.

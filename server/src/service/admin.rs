@@ -12,7 +12,7 @@ use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::auth;
 use crate::catalog::{ActlogFilter, ServerDeletion, Setting};
-use crate::convert::{node_to_pb, occupancy_to_pb, preview_to_pb, run_to_pb};
+use crate::convert::{self, node_to_pb, occupancy_to_pb, preview_to_pb, run_to_pb};
 use crate::error::ServerError;
 use crate::expire::{self, ExpireReport};
 use crate::model::{PolicyUpdate, ReplMode, ReplRule, ReplState, normalize_node_name, now_ns};
@@ -158,6 +158,44 @@ fn basic_credentials(encoded: &str) -> Option<(String, String)> {
 }
 
 impl AdminService {
+    /// `define association` / `delete association`.
+    async fn associate(
+        &self,
+        request: Request<pb::AssociationRequest>,
+        remove: bool,
+    ) -> Result<Response<pb::AssociationResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        if req.nodes.is_empty() {
+            return Err(Status::from(ServerError::InvalidArgument(
+                "name at least one node".into(),
+            )));
+        }
+        let nodes = req
+            .nodes
+            .iter()
+            .map(|n| {
+                normalize_node_name(n).ok_or_else(|| {
+                    Status::from(ServerError::InvalidArgument(format!("bad node name {n:?}")))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let schedule = req.schedule.to_ascii_uppercase();
+        let (sched, list) = (schedule.clone(), nodes.clone());
+        let changed = super::blocking(&self.state, move |s| {
+            s.repo.catalog.associate(&sched, &list, remove)
+        })
+        .await?;
+        let verb = if remove { "delete" } else { "define" };
+        self.audit(
+            &caller,
+            "",
+            format!("{verb} association {schedule} {}", nodes.join(" ")),
+        )
+        .await;
+        Ok(Response::new(pb::AssociationResponse { changed }))
+    }
+
     /// A service over `state`.
     pub fn new(state: Arc<ServerState>) -> Self {
         AdminService { state }
@@ -1088,6 +1126,137 @@ impl Admin for AdminService {
         .await;
         Ok(Response::new(pb::RotateAdminTokenResponse {
             path: path.display().to_string(),
+        }))
+    }
+
+    async fn define_schedule(
+        &self,
+        request: Request<pb::ScheduleInfo>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let caller = self.authorize(&request).await?;
+        let info = request.into_inner();
+        let schedule = crate::schedule::Schedule {
+            name: info.name.to_ascii_uppercase(),
+            action: info
+                .action
+                .parse()
+                .map_err(|e: crate::model::UnknownWord| {
+                    Status::from(ServerError::InvalidArgument(e.to_string()))
+                })?,
+            objects: info.objects,
+            start_ns: info.start_ns,
+            period_secs: info.period_secs,
+            duration_secs: info.duration_secs,
+            pre_command: info.pre_command,
+            post_command: info.post_command,
+        };
+        schedule
+            .check()
+            .map_err(|why| Status::from(ServerError::InvalidArgument(why)))?;
+        let stored = schedule.clone();
+        super::blocking(&self.state, move |s| {
+            s.repo.catalog.define_schedule(&stored, now_ns())
+        })
+        .await?;
+        self.audit(
+            &caller,
+            "",
+            format!(
+                "define schedule {} action {} every {} s, window {} s",
+                schedule.name, schedule.action, schedule.period_secs, schedule.duration_secs
+            ),
+        )
+        .await;
+        Ok(Response::new(convert::schedule_to_pb(
+            &schedule,
+            Vec::new(),
+        )))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let name = request.into_inner().name.to_ascii_uppercase();
+        let lookup = name.clone();
+        let removed = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.delete_schedule(&lookup)?)
+        })
+        .await?
+        .ok_or_else(|| {
+            Status::from(ServerError::NotFound(format!(
+                "schedule {name} is not defined; `query schedule` lists the schedules"
+            )))
+        })?;
+        self.audit(&caller, "", format!("delete schedule {name}"))
+            .await;
+        Ok(Response::new(pb::DeleteScheduleResponse {
+            associations: removed,
+        }))
+    }
+
+    async fn query_schedules(
+        &self,
+        request: Request<pb::QuerySchedulesRequest>,
+    ) -> Result<Response<pb::QuerySchedulesResponse>, Status> {
+        self.authorize(&request).await?;
+        let name = request.into_inner().name.to_ascii_uppercase();
+        let rows = super::blocking(&self.state, move |s| {
+            Ok(s.repo
+                .catalog
+                .schedules((!name.is_empty()).then_some(name.as_str()))?)
+        })
+        .await?;
+        Ok(Response::new(pb::QuerySchedulesResponse {
+            schedules: rows
+                .into_iter()
+                .map(|(s, nodes)| convert::schedule_to_pb(&s, nodes))
+                .collect(),
+            now_ns: now_ns(),
+        }))
+    }
+
+    async fn define_association(
+        &self,
+        request: Request<pb::AssociationRequest>,
+    ) -> Result<Response<pb::AssociationResponse>, Status> {
+        self.associate(request, false).await
+    }
+
+    async fn delete_association(
+        &self,
+        request: Request<pb::AssociationRequest>,
+    ) -> Result<Response<pb::AssociationResponse>, Status> {
+        self.associate(request, true).await
+    }
+
+    async fn query_events(
+        &self,
+        request: Request<pb::QueryEventsRequest>,
+    ) -> Result<Response<pb::QueryEventsResponse>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let node = if req.node.is_empty() {
+            None
+        } else {
+            Some(normalize_node_name(&req.node).ok_or_else(|| {
+                Status::from(ServerError::InvalidArgument(format!(
+                    "bad node name {:?}",
+                    req.node
+                )))
+            })?)
+        };
+        let now = now_ns();
+        let runs = super::blocking(&self.state, move |s| {
+            Ok(s.repo
+                .catalog
+                .expected_runs(req.begin_ns, req.end_ns, node.as_deref(), now)?)
+        })
+        .await?;
+        Ok(Response::new(pb::QueryEventsResponse {
+            events: runs.iter().map(convert::event_to_pb).collect(),
+            now_ns: now,
         }))
     }
 

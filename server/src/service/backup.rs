@@ -827,6 +827,117 @@ impl Backup for BackupService {
         self.remove_archives(request).await
     }
 
+    async fn query_schedule(
+        &self,
+        request: Request<pb::QueryScheduleRequest>,
+    ) -> Result<Response<pb::QueryScheduleResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let node = session.node.clone();
+        let schedules = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.schedules_of_node(&node)?)
+        })
+        .await?;
+        let now = now_ns();
+        let mut runs: Vec<pb::ScheduledRun> = schedules
+            .iter()
+            .filter_map(|s| {
+                s.next_window(now)
+                    .map(|w| convert::scheduled_run_to_pb(s, w))
+            })
+            .collect();
+        runs.sort_by(|a, b| (a.start_ns, &a.schedule).cmp(&(b.start_ns, &b.schedule)));
+        Ok(Response::new(pb::QueryScheduleResponse {
+            runs,
+            now_ns: now,
+        }))
+    }
+
+    async fn report_schedule_event(
+        &self,
+        request: Request<pb::ReportScheduleEventRequest>,
+    ) -> Result<Response<pb::ReportScheduleEventResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let peer = peer_of(&request);
+        let req = request.into_inner();
+        if !matches!(req.state.as_str(), "started" | "completed" | "failed") {
+            return Err(Status::from(ServerError::InvalidArgument(format!(
+                "event state {:?} is not started, completed or failed",
+                req.state.chars().take(40).collect::<String>()
+            ))));
+        }
+        convert::at_most(req.message.len(), 1024, "message bytes")?;
+        let (node, schedule_name) = (session.node.clone(), req.schedule.to_ascii_uppercase());
+        let (lookup_node, lookup_schedule) = (node.clone(), schedule_name.clone());
+        let schedule = super::blocking(&self.state, move |s| {
+            Ok(s.repo
+                .catalog
+                .schedules_of_node(&lookup_node)?
+                .into_iter()
+                .find(|sched| sched.name == lookup_schedule))
+        })
+        .await?
+        .ok_or_else(|| {
+            Status::from(ServerError::NotFound(format!(
+                "node {node} is not associated with schedule {schedule_name} on server {}",
+                self.state.config.name
+            )))
+        })?;
+        // Only a window that exists and has opened: a client cannot fill
+        // the event table with runs of its own invention.
+        if !schedule.is_window_start(req.window_start_ns) || req.window_start_ns > now_ns() {
+            return Err(Status::from(ServerError::InvalidArgument(format!(
+                "{} is not the start of an opened window of schedule {schedule_name}",
+                req.window_start_ns
+            ))));
+        }
+        let reported = crate::schedule::Reported {
+            state: req.state.clone(),
+            exit_code: req.exit_code,
+            message: req.message.clone(),
+            started_ns: req.started_ns,
+            ended_ns: req.ended_ns,
+        };
+        let (n, sname, start) = (node.clone(), schedule_name.clone(), req.window_start_ns);
+        super::blocking(&self.state, move |s| {
+            Ok(s.repo
+                .catalog
+                .record_schedule_event(&sname, &n, start, &reported, now_ns())?)
+        })
+        .await?;
+        let window = tandem_client::output::timefmt::rfc3339(req.window_start_ns);
+        match req.state.as_str() {
+            "completed" => {
+                actlog::record(
+                    &self.state.repo.catalog,
+                    ServerMsg::ScheduleCompleted,
+                    &node,
+                    &peer,
+                    format!(
+                        "scheduled run of {schedule_name} by node {node} (window {window}) completed, exit code {}",
+                        req.exit_code
+                    ),
+                )
+                .await;
+            }
+            "failed" => {
+                actlog::record(
+                    &self.state.repo.catalog,
+                    ServerMsg::ScheduleFailed,
+                    &node,
+                    &peer,
+                    format!(
+                        "scheduled run of {schedule_name} by node {node} (window {window}) failed, exit code {}: {}",
+                        req.exit_code,
+                        actlog::label(&req.message)
+                    ),
+                )
+                .await;
+            }
+            _ => {}
+        }
+        Ok(Response::new(pb::ReportScheduleEventResponse {}))
+    }
+
     async fn logoff(
         &self,
         request: Request<pb::LogoffRequest>,

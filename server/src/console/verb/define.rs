@@ -16,6 +16,31 @@ pub(in crate::console) async fn run(
     format: Format,
 ) -> Result<(), AdminError> {
     match noun {
+        DefineNoun::Schedule {
+            name,
+            action,
+            objects,
+            start,
+            period,
+            duration,
+            pre_command,
+            post_command,
+        } => {
+            let spec = super::schedule::Spec {
+                name,
+                action,
+                objects,
+                start,
+                period,
+                duration,
+                pre_command: pre_command.unwrap_or_default(),
+                post_command: post_command.unwrap_or_default(),
+            };
+            super::schedule::define(console, spec, format).await?;
+        }
+        DefineNoun::Association { schedule, nodes } => {
+            super::schedule::associate(console, schedule, nodes, false, format).await?;
+        }
         DefineNoun::Server {
             name,
             address,

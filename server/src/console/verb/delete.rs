@@ -16,6 +16,10 @@ pub(in crate::console) async fn run(
     format: Format,
 ) -> Result<(), AdminError> {
     match noun {
+        DeleteNoun::Schedule { name } => super::schedule::delete(console, name, format).await?,
+        DeleteNoun::Association { schedule, nodes } => {
+            super::schedule::associate(console, schedule, nodes, true, format).await?;
+        }
         DeleteNoun::Server { name } => {
             let req = console.request(pb::DeleteServerRequest { name: name.clone() });
             console.answer(console.client().delete_server(req)).await?;

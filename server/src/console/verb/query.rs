@@ -19,6 +19,10 @@ pub(in crate::console) async fn run(
     format: Format,
 ) -> Result<(), AdminError> {
     match noun {
+        QueryNoun::Schedule { name } => super::schedule::query(console, name, format).await?,
+        QueryNoun::Event { node, begin, end } => {
+            super::schedule::events(console, node, begin, end, format).await?;
+        }
         QueryNoun::Admin => {
             let req = console.request(pb::QueryAdminsRequest {});
             let reply = console.answer(console.client().query_admins(req)).await?;

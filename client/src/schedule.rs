@@ -1,0 +1,640 @@
+//! `tandem schedule` (TSM `dsmc schedule`): a long-running client that asks
+//! the primary for the node's next scheduled run, sleeps until its window
+//! opens, runs it, and reports the outcome for `query event`.
+//!
+//! - The schedule is asked of the primary only (no failover at that step);
+//!   the last answer is kept in `state_dir/schedule.json`, so a run falls
+//!   due even while the primary is down.
+//! - A run is the pre-command (`sh -c`; a non-zero exit cancels the run),
+//!   the action as a child `tandem` process with the same options file (so
+//!   it logs on, fails over and is refused in failover exactly as the
+//!   command typed by hand would be), then the post-command.
+//! - Outcomes go to the primary; one that cannot be delivered waits in
+//!   `state_dir/schedule-events.json` and is sent at the next successful
+//!   logon, so a run during an outage is reported once the primary is back.
+//! - Times are the server's: the client measures its clock's offset from
+//!   the server's at each answer and sleeps by the server's time. A window
+//!   that closed before the client could start is not run late; the server
+//!   reports it as missed.
+//!
+//! Every wait is bounded (at most [`POLL`] before the schedule is asked
+//! again), so a changed schedule is seen within a minute.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem_proto::pb;
+
+use crate::error::ClientError;
+use crate::logon::session::Session;
+use crate::options::ClientOptions;
+use crate::output::console::Console;
+use crate::output::messages::Msg;
+use crate::output::timefmt;
+
+/// The longest the scheduler sleeps before asking for the schedule again.
+pub const POLL: Duration = Duration::from_secs(60);
+
+/// Undelivered outcomes kept at most (the oldest go first).
+const MAX_PENDING: usize = 1000;
+
+/// The longest message sent with an outcome.
+const MAX_MESSAGE_BYTES: usize = 1000;
+
+/// One scheduled run as the server described it (cached between answers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// The schedule.
+    pub schedule: String,
+    /// "incremental", "selective" or "command".
+    pub action: String,
+    /// Paths, or the command line.
+    pub objects: Vec<String>,
+    /// The window, server time (Unix ns).
+    pub start_ns: i64,
+    /// See `start_ns`.
+    pub end_ns: i64,
+    /// Run before; a non-zero exit cancels the run.
+    pub pre_command: String,
+    /// Run after.
+    pub post_command: String,
+    /// Seconds between windows (0: once): the windows after this one.
+    #[serde(default)]
+    pub period_secs: u64,
+}
+
+impl Run {
+    /// The window that is open at `now_ns` or opens next, worked out from
+    /// this one and the period (so a cached answer serves through an
+    /// outage); `None` when the schedule has no window left.
+    fn window_at(&self, now_ns: i64) -> Option<(i64, i64)> {
+        if self.end_ns > now_ns {
+            return Some((self.start_ns, self.end_ns));
+        }
+        if self.period_secs == 0 {
+            return None;
+        }
+        let period = i64::try_from(self.period_secs)
+            .unwrap_or(i64::MAX / 1_000_000_000)
+            .saturating_mul(1_000_000_000);
+        let k = (now_ns - self.end_ns) / period + 1;
+        let start = self.start_ns.saturating_add(k.saturating_mul(period));
+        Some((start, start.saturating_add(self.end_ns - self.start_ns)))
+    }
+}
+
+impl From<pb::ScheduledRun> for Run {
+    fn from(r: pb::ScheduledRun) -> Self {
+        Run {
+            schedule: r.schedule,
+            action: r.action,
+            objects: r.objects,
+            start_ns: r.start_ns,
+            end_ns: r.end_ns,
+            pre_command: r.pre_command,
+            post_command: r.post_command,
+            period_secs: r.period_secs,
+        }
+    }
+}
+
+/// An outcome to report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The schedule and its window's start.
+    pub schedule: String,
+    /// See `schedule`.
+    pub window_start_ns: i64,
+    /// "completed" or "failed".
+    pub state: String,
+    /// The action's exit code (or the pre-command's that stopped it).
+    pub exit_code: i32,
+    /// What happened.
+    pub message: String,
+    /// Local start and end, converted to server time.
+    pub started_ns: i64,
+    /// See `started_ns`.
+    pub ended_ns: i64,
+}
+
+/// What the scheduler keeps in the state directory.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Cache {
+    /// The last answer: the node's next runs.
+    runs: Vec<Run>,
+    /// The window start of the last run of each schedule, so a window is
+    /// run once even across a restart of the scheduler.
+    done: HashMap<String, i64>,
+}
+
+fn cache_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("schedule.json")
+}
+
+fn pending_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("schedule-events.json")
+}
+
+fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> T {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ClientError> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| ClientError::Internal(format!("encoding {}: {e}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ClientError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    tandem_os::atomic_file::replace(path, &bytes, Some(0o600)).map_err(|e| ClientError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+fn local_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Options for talking to the primary only: the scheduler's own calls do
+/// not fail over (the cached schedule covers an outage), so an outage does
+/// not fill the error log with a failover every minute.
+fn primary_only(options: &ClientOptions) -> ClientOptions {
+    let mut o = options.clone();
+    o.use_replication_failover = false;
+    o.force_failover = false;
+    o
+}
+
+/// Asks the primary for the node's runs; delivers waiting outcomes on the
+/// way. Returns the runs and the server's clock minus the local one.
+async fn ask_primary(
+    options: &ClientOptions,
+    console: &Console,
+) -> Result<(Vec<Run>, i64), ClientError> {
+    let quiet = Console::new(None, true, false);
+    let session = Session::establish(&primary_only(options), &quiet).await?;
+    let sent_at = local_now_ns();
+    let reply = session
+        .client()
+        .query_schedule(session.request(pb::QueryScheduleRequest {}))
+        .await
+        .map_err(|s| ClientError::server("asking for the schedule", s));
+    let received_at = local_now_ns();
+    let result = match reply {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            let offset = reply.now_ns - (sent_at / 2 + received_at / 2);
+            deliver_pending(&session, &options.state_dir(), console).await;
+            Ok((reply.runs.into_iter().map(Run::from).collect(), offset))
+        }
+        Err(e) => Err(e),
+    };
+    session.logoff().await;
+    result
+}
+
+/// Sends the outcomes that could not be delivered before; keeps those the
+/// server still cannot take.
+async fn deliver_pending(session: &Session, state_dir: &Path, console: &Console) {
+    let path = pending_path(state_dir);
+    let pending: Vec<Outcome> = read_json(&path);
+    if pending.is_empty() {
+        return;
+    }
+    let mut left = Vec::new();
+    for outcome in pending {
+        match report(session, &outcome).await {
+            Ok(()) => console.report(
+                &Msg::schedule_reported_late(&outcome.schedule, outcome.window_start_ns),
+                crate::error::ExitStatus::Success,
+            ),
+            // Refused for good (the schedule was deleted, say): dropped.
+            Err(ReportError::Refused(_)) => {}
+            Err(ReportError::Unreachable) => left.push(outcome),
+        }
+    }
+    let _ = write_json(&path, &left);
+}
+
+enum ReportError {
+    /// The server answered no; sending it again would not help.
+    Refused(String),
+    /// The server did not answer.
+    Unreachable,
+}
+
+async fn report(session: &Session, outcome: &Outcome) -> Result<(), ReportError> {
+    session
+        .client()
+        .report_schedule_event(session.request(pb::ReportScheduleEventRequest {
+            schedule: outcome.schedule.clone(),
+            window_start_ns: outcome.window_start_ns,
+            state: outcome.state.clone(),
+            exit_code: outcome.exit_code,
+            message: outcome.message.clone(),
+            started_ns: outcome.started_ns,
+            ended_ns: outcome.ended_ns,
+        }))
+        .await
+        .map(|_| ())
+        .map_err(|s| {
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ) {
+                ReportError::Unreachable
+            } else {
+                ReportError::Refused(s.message().to_string())
+            }
+        })
+}
+
+/// Reports `outcome` to the primary, or keeps it for later.
+async fn deliver(options: &ClientOptions, outcome: Outcome, console: &Console) {
+    let quiet = Console::new(None, true, false);
+    let delivered = match Session::establish(&primary_only(options), &quiet).await {
+        Ok(session) => {
+            let sent = report(&session, &outcome).await;
+            session.logoff().await;
+            match sent {
+                Ok(()) => true,
+                Err(ReportError::Refused(why)) => {
+                    console.report(
+                        &Msg::schedule_report_refused(&outcome.schedule, &why),
+                        crate::error::ExitStatus::Warnings,
+                    );
+                    true
+                }
+                Err(ReportError::Unreachable) => false,
+            }
+        }
+        Err(_) => false,
+    };
+    if !delivered {
+        let path = pending_path(&options.state_dir());
+        let mut pending: Vec<Outcome> = read_json(&path);
+        pending.push(outcome);
+        if pending.len() > MAX_PENDING {
+            pending.drain(..pending.len() - MAX_PENDING);
+        }
+        if let Err(e) = write_json(&path, &pending) {
+            console.report(
+                &Msg::schedule_report_lost(&e.to_string()),
+                crate::error::ExitStatus::Warnings,
+            );
+        }
+    }
+}
+
+/// Runs `sh -c command`; returns its exit code (128 + signal when killed)
+/// and its last line of output on standard error.
+async fn shell(command: &str) -> (i32, String) {
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await;
+    exit_of(out)
+}
+
+fn exit_of(out: std::io::Result<std::process::Output>) -> (i32, String) {
+    match out {
+        Ok(out) => {
+            use std::os::unix::process::ExitStatusExt;
+            let code = out
+                .status
+                .code()
+                .or_else(|| out.status.signal().map(|s| 128 + s))
+                .unwrap_or(-1);
+            let text = String::from_utf8_lossy(&out.stderr);
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            (code, truncate(last.trim()))
+        }
+        Err(e) => (-1, truncate(&format!("could not start: {e}"))),
+    }
+}
+
+fn truncate(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Runs the action as a child `tandem` with the same options file.
+async fn action(run: &Run, options_path: &Path) -> (i32, String) {
+    if run.action == "command" {
+        return shell(run.objects.first().map_or("", String::as_str)).await;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return (-1, format!("cannot find the tandem program: {e}")),
+    };
+    let out = tokio::process::Command::new(exe)
+        .arg("--options")
+        .arg(options_path)
+        .arg("--quiet")
+        .arg(&run.action)
+        .args(&run.objects)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await;
+    exit_of(out)
+}
+
+/// Carries out one run: pre-command, action, post-command; the outcome.
+/// The action's exit codes 0, 4 and 8 (done, some objects skipped,
+/// warnings) count as completed, as TSM counts them.
+async fn carry_out(run: &Run, options_path: &Path, offset_ns: i64) -> Outcome {
+    let started_ns = local_now_ns() + offset_ns;
+    let outcome = |state: &str, exit_code: i32, message: String| Outcome {
+        schedule: run.schedule.clone(),
+        window_start_ns: run.start_ns,
+        state: state.to_string(),
+        exit_code,
+        message,
+        started_ns,
+        ended_ns: local_now_ns() + offset_ns,
+    };
+    if !run.pre_command.is_empty() {
+        let (code, last) = shell(&run.pre_command).await;
+        if code != 0 {
+            return outcome(
+                "failed",
+                code,
+                truncate(&format!(
+                    "the pre-command exited {code}, so the {} was not run: {last}",
+                    run.action
+                )),
+            );
+        }
+    }
+    let (code, last) = action(run, options_path).await;
+    let mut state = if matches!(code, 0 | 4 | 8) {
+        "completed"
+    } else {
+        "failed"
+    };
+    let mut message = if state == "completed" {
+        format!("{} ended with exit code {code}", run.action)
+    } else {
+        format!("{} ended with exit code {code}: {last}", run.action)
+    };
+    if !run.post_command.is_empty() {
+        let (post, post_last) = shell(&run.post_command).await;
+        if post != 0 {
+            state = "failed";
+            message = format!("{message}; the post-command exited {post}: {post_last}");
+        }
+    }
+    outcome(state, code, truncate(&message))
+}
+
+/// The run to wait for or carry out now: the soonest window, open at
+/// server time `now_ns` or opening next, that was not run yet (a window
+/// already run gives way to the one after it).
+fn next_due(runs: &[Run], done: &HashMap<String, i64>, now_ns: i64) -> Option<Run> {
+    runs.iter()
+        .filter_map(|r| {
+            let (start, end) = r.window_at(now_ns)?;
+            let (start, end) = if done.get(&r.schedule) == Some(&start) {
+                // Run already: the next window, if any.
+                let after = Run {
+                    start_ns: start,
+                    end_ns: end,
+                    ..r.clone()
+                };
+                after.window_at(end)?
+            } else {
+                (start, end)
+            };
+            Some(Run {
+                start_ns: start,
+                end_ns: end,
+                ..r.clone()
+            })
+        })
+        .min_by_key(|r| (r.start_ns, r.schedule.clone()))
+}
+
+/// `tandem schedule`: runs until killed. Reloads the options file before
+/// each step, so a primary that moved (and the rewritten file) is followed.
+///
+/// # Errors
+/// Only an options file that cannot be read any more.
+pub async fn run(
+    options_path: &Path,
+    env: &HashMap<String, String>,
+    console: &Console,
+) -> Result<(), ClientError> {
+    console.report(&Msg::scheduler_started(), crate::error::ExitStatus::Success);
+    let mut offset_ns = 0i64;
+    let mut told_offline = false;
+    loop {
+        let options = ClientOptions::load(options_path, env)?;
+        let state_dir = options.state_dir();
+        let mut cache: Cache = read_json(&cache_path(&state_dir));
+        match ask_primary(&options, console).await {
+            Ok((runs, offset)) => {
+                offset_ns = offset;
+                cache.runs = runs;
+                // Forget windows of schedules no longer associated.
+                cache
+                    .done
+                    .retain(|name, _| cache.runs.iter().any(|r| &r.schedule == name));
+                let _ = write_json(&cache_path(&state_dir), &cache);
+                told_offline = false;
+            }
+            Err(e) => {
+                if !told_offline {
+                    console.report(
+                        &Msg::schedule_offline(&e.to_string(), cache.runs.len()),
+                        crate::error::ExitStatus::Success,
+                    );
+                    told_offline = true;
+                }
+            }
+        }
+        let now = local_now_ns() + offset_ns;
+        let Some(due) = next_due(&cache.runs, &cache.done, now) else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        if due.start_ns > now {
+            let wait = Duration::from_nanos(u64::try_from(due.start_ns - now).unwrap_or(0));
+            console.report(
+                &Msg::schedule_waiting(&due.schedule, &timefmt::show(due.start_ns)),
+                crate::error::ExitStatus::Success,
+            );
+            tokio::time::sleep(wait.min(POLL)).await;
+            continue;
+        }
+        // The window is open: run it once.
+        cache.done.insert(due.schedule.clone(), due.start_ns);
+        let _ = write_json(&cache_path(&state_dir), &cache);
+        console.report(
+            &Msg::schedule_running(&due.schedule, &due.action, &due.objects.join(" ")),
+            crate::error::ExitStatus::Success,
+        );
+        let outcome = carry_out(&due, options_path, offset_ns).await;
+        console.report(
+            &Msg::schedule_outcome(
+                &outcome.schedule,
+                &outcome.state,
+                outcome.exit_code,
+                &outcome.message,
+            ),
+            crate::error::ExitStatus::Success,
+        );
+        deliver(&options, outcome, console).await;
+    }
+}
+
+/// `tandem query schedule`: the node's next runs.
+///
+/// # Errors
+/// The server's refusal.
+pub async fn query(session: &Session, console: &Console) -> Result<(), ClientError> {
+    let reply = session
+        .client()
+        .query_schedule(session.request(pb::QueryScheduleRequest {}))
+        .await
+        .map_err(|s| ClientError::server("asking for the schedule", s))?
+        .into_inner();
+    let runs: Vec<Run> = reply.runs.into_iter().map(Run::from).collect();
+    if console.json {
+        let rows: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "schedule": r.schedule, "action": r.action, "objects": r.objects,
+                    "window_start": timefmt::json(r.start_ns), "window_end": timefmt::json(r.end_ns),
+                    "pre_command": r.pre_command, "post_command": r.post_command,
+                })
+            })
+            .collect();
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if runs.is_empty() {
+        crate::outln!(
+            "Node {} has no schedule on server {}.",
+            session.info.node,
+            session.info.name
+        );
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header([
+        "Schedule",
+        "Action",
+        "Objects",
+        "Window opens",
+        "Window closes",
+    ]);
+    for r in &runs {
+        table.add_row(vec![
+            r.schedule.clone(),
+            r.action.clone(),
+            r.objects.join(" "),
+            timefmt::show(r.start_ns),
+            timefmt::show(r.end_ns),
+        ]);
+    }
+    crate::outln!("{table}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, start: i64, end: i64, period_secs: u64) -> Run {
+        Run {
+            schedule: name.into(),
+            action: "incremental".into(),
+            objects: vec!["/data".into()],
+            start_ns: start,
+            end_ns: end,
+            pre_command: String::new(),
+            post_command: String::new(),
+            period_secs,
+        }
+    }
+
+    const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn the_soonest_open_window_not_yet_run_is_due() {
+        let runs = [
+            run("B", 100 * S, 200 * S, 0),
+            run("A", 150 * S, 250 * S, 0),
+            run("C", 10 * S, 20 * S, 0),
+        ];
+        let mut done = HashMap::new();
+        let due =
+            |done: &HashMap<String, i64>, now: i64| next_due(&runs, done, now).map(|r| r.schedule);
+        assert_eq!(due(&done, 50 * S).as_deref(), Some("B"));
+        done.insert("B".to_string(), 100 * S);
+        assert_eq!(due(&done, 160 * S).as_deref(), Some("A"));
+        assert_eq!(due(&done, 260 * S), None, "every window closed");
+    }
+
+    #[test]
+    fn a_periodic_schedule_goes_on_from_a_cached_answer() {
+        // Windows every 10 s, 2 s long, the cached one at 100 s.
+        let runs = [run("P", 100 * S, 102 * S, 10)];
+        let mut done = HashMap::new();
+        let at = |done: &HashMap<String, i64>, now: i64| {
+            next_due(&runs, done, now).map(|r| (r.start_ns / S, r.end_ns / S))
+        };
+        assert_eq!(at(&done, 101 * S), Some((100, 102)), "open now");
+        assert_eq!(at(&done, 105 * S), Some((110, 112)), "the next one");
+        assert_eq!(
+            at(&done, 1001 * S),
+            Some((1000, 1002)),
+            "long after, still in step"
+        );
+        done.insert("P".to_string(), 1000 * S);
+        assert_eq!(
+            at(&done, 1001 * S),
+            Some((1010, 1012)),
+            "run already: the one after"
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let text = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = truncate(&text);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}
