@@ -34,6 +34,7 @@ pub const KEYS: &[&str] = &[
     "force_failover",
     "changing_retries",
     "serialization",
+    "schedule_commands",
 ];
 
 /// A replication server stanza, written by the client from the primary's
@@ -154,6 +155,12 @@ pub struct ClientOptions {
     /// marked "changed during backup".
     #[serde(default)]
     pub serialization: crate::backup::scan::Serialization,
+    /// Whether `tandem schedule` runs commands the server defines: command
+    /// schedules and pre/post commands (TSM SCHEDCMDDISABLED, the other way
+    /// round). Off by default: a server, or whoever controls it, cannot run
+    /// programs on the hosts it backs up unless each host allows it.
+    #[serde(default)]
+    pub schedule_commands: bool,
 }
 
 fn default_changing_retries() -> u32 {
@@ -458,6 +465,7 @@ impl ClientOptions {
             ("connect_timeout_ms", self.connect_timeout_ms.to_string()),
             ("logon_retries", self.logon_retries.to_string()),
             ("changing_retries", self.changing_retries.to_string()),
+            ("schedule_commands", self.schedule_commands.to_string()),
             (
                 "serialization",
                 match self.serialization {

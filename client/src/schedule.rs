@@ -18,7 +18,12 @@
 //!   reports it as missed.
 //!
 //! Every wait is bounded (at most [`POLL`] before the schedule is asked
-//! again), so a changed schedule is seen within a minute.
+//! again), so a changed schedule is seen within five minutes. The server's
+//! answer is checked like any input: only `incremental` and `selective` of
+//! absolute paths, or a command on a client that allows commands
+//! (`schedule_commands`); a pre-command may run only until its window
+//! closes, a post-command an hour. One scheduler per state directory
+//! (a lock file), so no window runs twice.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,8 +39,12 @@ use crate::output::console::Console;
 use crate::output::messages::Msg;
 use crate::output::timefmt;
 
-/// The longest the scheduler sleeps before asking for the schedule again.
-pub const POLL: Duration = Duration::from_secs(60);
+/// The longest the scheduler sleeps before asking for the schedule again
+/// (each ask is a logon).
+pub const POLL: Duration = Duration::from_secs(300);
+
+/// The longest a post-command may run before it is killed.
+const POST_COMMAND_LIMIT: Duration = Duration::from_secs(3600);
 
 /// Undelivered outcomes kept at most (the oldest go first).
 const MAX_PENDING: usize = 1000;
@@ -248,15 +257,39 @@ async fn report(session: &Session, outcome: &Outcome) -> Result<(), ReportError>
         .await
         .map(|_| ())
         .map_err(|s| {
+            // Only a considered "no" about this outcome is final; anything
+            // else (no answer, a busy or failing server) is tried again.
             if matches!(
                 s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::FailedPrecondition
             ) {
-                ReportError::Unreachable
-            } else {
                 ReportError::Refused(s.message().to_string())
+            } else {
+                ReportError::Unreachable
             }
         })
+}
+
+/// Tells the primary a run has started (`query event` shows it in
+/// progress); best effort: not kept when the primary does not answer.
+async fn report_started(options: &ClientOptions, run: &Run, started_ns: i64) {
+    let quiet = Console::new(None, true, false);
+    if let Ok(session) = Session::establish(&primary_only(options), &quiet).await {
+        let started = Outcome {
+            schedule: run.schedule.clone(),
+            window_start_ns: run.start_ns,
+            state: "started".into(),
+            exit_code: 0,
+            message: String::new(),
+            started_ns,
+            ended_ns: 0,
+        };
+        let _ = report(&session, &started).await;
+        session.logoff().await;
+    }
 }
 
 /// Reports `outcome` to the primary, or keeps it for later.
@@ -296,18 +329,38 @@ async fn deliver(options: &ClientOptions, outcome: Outcome, console: &Console) {
     }
 }
 
-/// Runs `sh -c command`; returns its exit code (128 + signal when killed)
-/// and its last line of output on standard error.
-async fn shell(command: &str) -> (i32, String) {
-    let out = tokio::process::Command::new("sh")
-        .arg("-c")
+/// Runs `sh -c command` in a process group of its own, for at most
+/// `limit` (then the whole group is killed); returns its exit code (128 +
+/// signal when killed) and its last line of output on standard error.
+async fn shell(command: &str, limit: Duration) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
         .arg(command)
+        .process_group(0)
+        .kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .await;
-    exit_of(out)
+        .stderr(std::process::Stdio::piped());
+    let child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return (-1, truncate(&format!("could not start: {e}"))),
+    };
+    let group = child.id();
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => exit_of(out),
+        Err(_) => {
+            if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            (
+                137,
+                format!("killed after {} s, its time limit", limit.as_secs()),
+            )
+        }
+    }
 }
 
 fn exit_of(out: std::io::Result<std::process::Output>) -> (i32, String) {
@@ -342,10 +395,38 @@ fn truncate(text: &str) -> String {
     text[..end].to_string()
 }
 
+/// Whether the server's description of a run is one this client carries
+/// out: a backup of absolute paths, or a command (allowed separately).
+/// Anything else (a restore, a relative path, an option in disguise) is
+/// refused: the server's word is input like any other.
+fn check_run(run: &Run) -> Result<(), String> {
+    match run.action.as_str() {
+        "command" if run.objects.len() == 1 => Ok(()),
+        "command" => Err("a command schedule must carry exactly one command line".into()),
+        "incremental" | "selective" => match run.objects.iter().find(|o| !o.starts_with('/')) {
+            None if !run.objects.is_empty() => Ok(()),
+            None => Err("a backup schedule must name the paths to back up".into()),
+            Some(bad) => Err(format!(
+                "object {:?} is not an absolute path; the run is not carried out",
+                truncate(bad)
+            )),
+        },
+        other => Err(format!(
+            "action {:?} is not one a schedule may run (incremental, selective, command)",
+            truncate(other)
+        )),
+    }
+}
+
 /// Runs the action as a child `tandem` with the same options file.
 async fn action(run: &Run, options_path: &Path) -> (i32, String) {
     if run.action == "command" {
-        return shell(run.objects.first().map_or("", String::as_str)).await;
+        // No practical limit: a command, like a backup, takes what it takes.
+        return shell(
+            run.objects.first().map_or("", String::as_str),
+            Duration::from_secs(30 * 86_400),
+        )
+        .await;
     }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
@@ -356,6 +437,7 @@ async fn action(run: &Run, options_path: &Path) -> (i32, String) {
         .arg(options_path)
         .arg("--quiet")
         .arg(&run.action)
+        .arg("--")
         .args(&run.objects)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -367,8 +449,15 @@ async fn action(run: &Run, options_path: &Path) -> (i32, String) {
 
 /// Carries out one run: pre-command, action, post-command; the outcome.
 /// The action's exit codes 0, 4 and 8 (done, some objects skipped,
-/// warnings) count as completed, as TSM counts them.
-async fn carry_out(run: &Run, options_path: &Path, offset_ns: i64) -> Outcome {
+/// warnings) count as completed, as TSM counts them. A run that needs a
+/// server-defined command on a client without `schedule_commands` is not
+/// run at all (a backup without its pre-command could be worse than none).
+async fn carry_out(
+    run: &Run,
+    options_path: &Path,
+    offset_ns: i64,
+    commands_allowed: bool,
+) -> Outcome {
     let started_ns = local_now_ns() + offset_ns;
     let outcome = |state: &str, exit_code: i32, message: String| Outcome {
         schedule: run.schedule.clone(),
@@ -379,8 +468,25 @@ async fn carry_out(run: &Run, options_path: &Path, offset_ns: i64) -> Outcome {
         started_ns,
         ended_ns: local_now_ns() + offset_ns,
     };
+    if let Err(why) = check_run(run) {
+        return outcome("failed", 12, why);
+    }
+    let needs_commands =
+        run.action == "command" || !run.pre_command.is_empty() || !run.post_command.is_empty();
+    if needs_commands && !commands_allowed {
+        return outcome(
+            "failed",
+            12,
+            "this client does not run commands a server defines (command schedules, pre- and post-commands); set schedule_commands = true in its options to allow them".into(),
+        );
+    }
     if !run.pre_command.is_empty() {
-        let (code, last) = shell(&run.pre_command).await;
+        // Until the window closes: a run must start within it.
+        let left = Duration::from_nanos(
+            u64::try_from(run.end_ns - (local_now_ns() + offset_ns)).unwrap_or(0),
+        )
+        .max(Duration::from_secs(1));
+        let (code, last) = shell(&run.pre_command, left).await;
         if code != 0 {
             return outcome(
                 "failed",
@@ -404,7 +510,7 @@ async fn carry_out(run: &Run, options_path: &Path, offset_ns: i64) -> Outcome {
         format!("{} ended with exit code {code}: {last}", run.action)
     };
     if !run.post_command.is_empty() {
-        let (post, post_last) = shell(&run.post_command).await;
+        let (post, post_last) = shell(&run.post_command, POST_COMMAND_LIMIT).await;
         if post != 0 {
             state = "failed";
             message = format!("{message}; the post-command exited {post}: {post_last}");
@@ -450,11 +556,22 @@ pub async fn run(
     env: &HashMap<String, String>,
     console: &Console,
 ) -> Result<(), ClientError> {
+    let mut last_good = ClientOptions::load(options_path, env)?;
+    let _lock = lock_state_dir(&last_good.state_dir())?;
     console.report(&Msg::scheduler_started(), crate::error::ExitStatus::Success);
     let mut offset_ns = 0i64;
     let mut told_offline = false;
     loop {
-        let options = ClientOptions::load(options_path, env)?;
+        // A file being edited, or briefly unreadable, does not stop the
+        // scheduler: it goes on with the options it read last.
+        match ClientOptions::load(options_path, env) {
+            Ok(o) => last_good = o,
+            Err(e) => console.report(
+                &Msg::schedule_options_unreadable(&e.to_string()),
+                crate::error::ExitStatus::Warnings,
+            ),
+        }
+        let options = last_good.clone();
         let state_dir = options.state_dir();
         let mut cache: Cache = read_json(&cache_path(&state_dir));
         match ask_primary(&options, console).await {
@@ -499,7 +616,8 @@ pub async fn run(
             &Msg::schedule_running(&due.schedule, &due.action, &due.objects.join(" ")),
             crate::error::ExitStatus::Success,
         );
-        let outcome = carry_out(&due, options_path, offset_ns).await;
+        report_started(&options, &due, local_now_ns() + offset_ns).await;
+        let outcome = carry_out(&due, options_path, offset_ns, options.schedule_commands).await;
         console.report(
             &Msg::schedule_outcome(
                 &outcome.schedule,
@@ -511,6 +629,39 @@ pub async fn run(
         );
         deliver(&options, outcome, console).await;
     }
+}
+
+/// Holds an exclusive lock on `state_dir/schedule.lock` for the
+/// scheduler's life: a second scheduler with the same state directory
+/// would run every window twice.
+///
+/// # Errors
+/// [`ClientError::Usage`] when another scheduler holds it; I/O errors.
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ClientError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| ClientError::Io {
+        path: state_dir.to_path_buf(),
+        source: e,
+    })?;
+    let path = state_dir.join("schedule.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ClientError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            ClientError::Usage(format!(
+                "another `tandem schedule` runs with the state directory {} ({} is locked); run one scheduler per node",
+                state_dir.display(),
+                path.display()
+            ))
+        },
+    )?;
+    Ok(file)
 }
 
 /// `tandem query schedule`: the node's next runs.

@@ -158,10 +158,9 @@ impl Schedule {
     /// Whether `start_ns` is the start of one of this schedule's windows.
     #[must_use]
     pub fn is_window_start(&self, start_ns: i64) -> bool {
-        let offset = start_ns - self.start_ns;
-        if offset < 0 {
+        let Some(offset) = start_ns.checked_sub(self.start_ns).filter(|o| *o >= 0) else {
             return false;
-        }
+        };
         if self.period_secs == 0 {
             return offset == 0;
         }
@@ -178,7 +177,10 @@ impl Schedule {
         let first_k = if begin_ns <= self.start_ns || self.period_secs == 0 {
             0
         } else {
-            (begin_ns - self.start_ns + self.period_ns() - 1) / self.period_ns()
+            begin_ns
+                .saturating_sub(self.start_ns)
+                .saturating_add(self.period_ns() - 1)
+                / self.period_ns()
         };
         let mut k = first_k;
         while out.len() < limit {

@@ -93,6 +93,10 @@ fn scheduled_runs_happen_on_time_and_every_outcome_is_an_event() {
     let mut server = TestServer::start("PRIMARY");
     server.register("alice", "alice-password");
     let client = TestClient::new(&server, "alice", "alice-password");
+    // This host lets the server's commands run; bob's (below) does not.
+    client.add_options("schedule_commands = true\n");
+    server.register("bob", "bob-password");
+    let bob = TestClient::new(&server, "bob", "bob-password");
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     make_tree(&src);
@@ -153,9 +157,24 @@ fn scheduled_runs_happen_on_time_and_every_outcome_is_an_event() {
             "10s",
         ],
     );
-    for schedule in ["every3", "badpre", "cmd", "gone"] {
+    define(
+        &server,
+        &[
+            "badpost",
+            "--objects",
+            &path_str(&src),
+            "--period",
+            "3s",
+            "--duration",
+            "2s",
+            "--post-command",
+            "echo cleanup broke >&2; exit 5",
+        ],
+    );
+    for schedule in ["every3", "badpre", "cmd", "gone", "badpost"] {
         associate(&server, schedule, "alice");
     }
+    associate(&server, "badpre", "bob");
     // The client sees its schedule before the scheduler runs.
     let next = client.json(&["query", "schedule"]);
     let names: Vec<&str> = next
@@ -174,24 +193,62 @@ fn scheduled_runs_happen_on_time_and_every_outcome_is_an_event() {
     );
 
     let scheduler = Scheduler::start(&client);
+    let _bobs = Scheduler::start(&bob);
     let ran = wait_until(Duration::from_secs(60), || {
         let e = events(&server);
         count(&e, "EVERY3", "completed") >= 1
-            && count(&e, "BADPRE", "failed") >= 1
+            && count(&e, "BADPRE", "failed") >= 2
             && count(&e, "CMD", "completed") == 1
+            && count(&e, "BADPOST", "failed") >= 1
     });
     assert!(ran, "{:?}\n{}", events(&server), scheduler.output());
     let e = events(&server);
     let bad = e
         .iter()
-        .find(|e| e["schedule"] == "BADPRE" && e["state"] == "failed")
+        .find(|e| e["schedule"] == "BADPRE" && e["node"] == "ALICE" && e["state"] == "failed")
         .unwrap();
     assert_eq!(bad["exit_code"], 3, "{bad}");
     assert!(
         bad["message"].as_str().unwrap().contains("not today"),
         "{bad}"
     );
+    // Bob's host does not run the server's commands: not even the
+    // pre-command ran, and the event says why.
+    let refused = e
+        .iter()
+        .find(|e| e["schedule"] == "BADPRE" && e["node"] == "BOB" && e["state"] == "failed")
+        .unwrap();
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("schedule_commands"),
+        "{refused}"
+    );
     assert_eq!(count(&e, "GONE", "missed"), 1, "{e:?}");
+    // The action ran (exit 0); the failing post-command failed the run.
+    let post = e
+        .iter()
+        .find(|e| e["schedule"] == "BADPOST" && e["state"] == "failed")
+        .unwrap();
+    assert_eq!(post["exit_code"], 0, "{post}");
+    assert!(
+        post["message"]
+            .as_str()
+            .unwrap()
+            .contains("post-command exited 5: cleanup broke"),
+        "{post}"
+    );
+    // Each run started inside its window (same format and offset: the
+    // texts compare as the times do).
+    for run in e.iter().filter(|e| e["state"] == "completed") {
+        let started = run["started"].as_str().unwrap();
+        assert!(
+            run["window_start"].as_str().unwrap() <= started
+                && started <= run["window_end"].as_str().unwrap(),
+            "{run}"
+        );
+    }
     assert!(count(&e, "EVERY3", "future") >= 1, "{e:?}");
     assert!(marker.exists(), "the command schedule ran");
     // The backup happened: the tree is stored.

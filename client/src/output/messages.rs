@@ -419,6 +419,17 @@ impl Msg {
         }
     }
 
+    /// TDM1058W: the options file could not be read again; the scheduler
+    /// goes on with the options it read last.
+    pub fn schedule_options_unreadable(cause: &str) -> Self {
+        Msg {
+            id: "TDM1058W",
+            text: format!(
+                "the options file could not be read again ({cause}); the scheduler goes on with the options it read last"
+            ),
+        }
+    }
+
     /// TDM1044W: the node's password is in a file other users may read.
     pub fn readable_password(path: &std::path::Path, mode: u32) -> Self {
         Msg {

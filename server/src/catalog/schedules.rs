@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::Catalog;
 use crate::error::{CatalogError, ServerError};
-use crate::schedule::{ExpectedRun, MAX_EVENTS, Reported, Schedule, event_state};
+use crate::schedule::{ExpectedRun, MAX_EVENTS, Reported, Schedule, Window, event_state};
 
 /// Reported outcomes older than this are forgotten when a new one arrives.
 const EVENT_KEEP_NS: i64 = 90 * 24 * 3600 * 1_000_000_000;
@@ -174,9 +174,11 @@ impl Catalog {
     }
 
     /// Records what node `node` reported of its run of `schedule` in the
-    /// window starting at `window_start_ns`; a later report of the same run
-    /// replaces an earlier one (started, then completed). Outcomes older
-    /// than 90 days are forgotten meanwhile.
+    /// window starting at `window_start_ns`: `started` first, then
+    /// `completed` or `failed`. The first final outcome stands: a later
+    /// report cannot turn a failed run into a completed one. Returns
+    /// whether anything changed. Outcomes older than 90 days are forgotten
+    /// meanwhile.
     ///
     /// # Errors
     /// SQLite errors.
@@ -187,17 +189,18 @@ impl Catalog {
         window_start_ns: i64,
         reported: &Reported,
         now_ns: i64,
-    ) -> Result<(), CatalogError> {
+    ) -> Result<bool, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        let changed = tx.execute(
             "INSERT INTO schedule_events (schedule, node, window_start_ns, state, exit_code,
                  message, started_ns, ended_ns)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (schedule, node, window_start_ns) DO UPDATE SET
                  state = excluded.state, exit_code = excluded.exit_code,
                  message = excluded.message, started_ns = excluded.started_ns,
-                 ended_ns = excluded.ended_ns",
+                 ended_ns = excluded.ended_ns
+             WHERE schedule_events.state = 'started'",
             params![
                 schedule,
                 node,
@@ -214,7 +217,7 @@ impl Catalog {
             [now_ns.saturating_sub(EVENT_KEEP_NS)],
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(changed > 0)
     }
 
     /// The outcome node `node` reported for `schedule`'s window starting at
@@ -249,7 +252,8 @@ impl Catalog {
 
     /// Every expected run with a window starting in `[begin_ns, end_ns]`,
     /// of every association (or of `node`'s), by window start, with what
-    /// its client reported: at most [`MAX_EVENTS`].
+    /// its client reported: the soonest [`MAX_EVENTS`], and whether there
+    /// were more.
     ///
     /// # Errors
     /// SQLite errors.
@@ -259,20 +263,37 @@ impl Catalog {
         end_ns: i64,
         node: Option<&str>,
         now_ns: i64,
-    ) -> Result<Vec<ExpectedRun>, CatalogError> {
-        // The windows first, without looking anything up, then the
-        // soonest MAX_EVENTS of them; only those that have opened can have
-        // an outcome.
-        let mut windows = Vec::new();
+    ) -> Result<(Vec<ExpectedRun>, bool), CatalogError> {
+        // The windows first, without looking anything up, keeping only the
+        // soonest MAX_EVENTS (a bounded heap, whatever the range); only
+        // those that have opened can have an outcome.
+        let mut heap: std::collections::BinaryHeap<(i64, String, String, i64)> =
+            std::collections::BinaryHeap::new();
+        let mut truncated = false;
         for (schedule, nodes) in self.schedules(None)? {
             for who in nodes.iter().filter(|n| node.is_none_or(|want| want == *n)) {
-                for window in schedule.windows_between(begin_ns, end_ns, MAX_EVENTS) {
-                    windows.push((window, schedule.name.clone(), who.clone()));
+                let windows = schedule.windows_between(begin_ns, end_ns, MAX_EVENTS + 1);
+                truncated |= windows.len() > MAX_EVENTS;
+                for window in windows {
+                    heap.push((
+                        window.start_ns,
+                        schedule.name.clone(),
+                        who.clone(),
+                        window.end_ns,
+                    ));
+                    if heap.len() > MAX_EVENTS {
+                        heap.pop();
+                        truncated = true;
+                    }
                 }
             }
         }
+        let mut windows: Vec<(Window, String, String)> = heap
+            .into_vec()
+            .into_iter()
+            .map(|(start_ns, schedule, who, end_ns)| (Window { start_ns, end_ns }, schedule, who))
+            .collect();
         windows.sort_by(|a, b| (a.0.start_ns, &a.1, &a.2).cmp(&(b.0.start_ns, &b.1, &b.2)));
-        windows.truncate(MAX_EVENTS);
         let mut out = Vec::with_capacity(windows.len());
         for (window, schedule, who) in windows {
             let reported = if window.start_ns <= now_ns {
@@ -288,6 +309,6 @@ impl Catalog {
                 reported,
             });
         }
-        Ok(out)
+        Ok((out, truncated))
     }
 }

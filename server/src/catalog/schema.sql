@@ -258,3 +258,4 @@ CREATE TABLE IF NOT EXISTS schedule_events (
     ended_ns        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (schedule, node, window_start_ns)
 );
+CREATE INDEX IF NOT EXISTS schedule_events_by_window ON schedule_events (window_start_ns);

@@ -444,7 +444,8 @@ impl Row for pb::ScheduleEvent {
             } else {
                 String::new()
             },
-            self.message.clone(),
+            // The client's words: escaped, they cannot forge a row.
+            shown_name(&self.message),
         ]
     }
     fn json(&self) -> Value {

@@ -1248,7 +1248,7 @@ impl Admin for AdminService {
             })?)
         };
         let now = now_ns();
-        let runs = super::blocking(&self.state, move |s| {
+        let (runs, truncated) = super::blocking(&self.state, move |s| {
             Ok(s.repo
                 .catalog
                 .expected_runs(req.begin_ns, req.end_ns, node.as_deref(), now)?)
@@ -1257,6 +1257,7 @@ impl Admin for AdminService {
         Ok(Response::new(pb::QueryEventsResponse {
             events: runs.iter().map(convert::event_to_pb).collect(),
             now_ns: now,
+            truncated,
         }))
     }
 

@@ -890,6 +890,22 @@ impl Backup for BackupService {
                 req.window_start_ns
             ))));
         }
+        // A run starts inside its window (a few minutes' slack for the
+        // client's estimate of the server's clock).
+        const SLACK_NS: i64 = 300_000_000_000;
+        let window_end = schedule
+            .windows_between(req.window_start_ns, req.window_start_ns, 1)
+            .first()
+            .map_or(req.window_start_ns, |w| w.end_ns);
+        if req.started_ns != 0
+            && (req.started_ns < req.window_start_ns.saturating_sub(SLACK_NS)
+                || req.started_ns > window_end.saturating_add(SLACK_NS))
+        {
+            return Err(Status::from(ServerError::InvalidArgument(format!(
+                "the run's start {} is outside its window of schedule {schedule_name}",
+                req.started_ns
+            ))));
+        }
         let reported = crate::schedule::Reported {
             state: req.state.clone(),
             exit_code: req.exit_code,
@@ -898,12 +914,16 @@ impl Backup for BackupService {
             ended_ns: req.ended_ns,
         };
         let (n, sname, start) = (node.clone(), schedule_name.clone(), req.window_start_ns);
-        super::blocking(&self.state, move |s| {
+        let changed = super::blocking(&self.state, move |s| {
             Ok(s.repo
                 .catalog
                 .record_schedule_event(&sname, &n, start, &reported, now_ns())?)
         })
         .await?;
+        if !changed {
+            // Reported before: the first outcome stands, logged once.
+            return Ok(Response::new(pb::ReportScheduleEventResponse {}));
+        }
         let window = tandem_client::output::timefmt::rfc3339(req.window_start_ns);
         match req.state.as_str() {
             "completed" => {

@@ -187,6 +187,17 @@ pub(in crate::console) async fn events(
             )
         })
         .collect();
+    if r.truncated {
+        return Err(AdminError::EventsFailed(format!(
+            "more than {} scheduled runs fall in the range; the soonest are listed{}. Narrow it with --begin and --end",
+            r.events.len(),
+            if bad.is_empty() {
+                String::new()
+            } else {
+                format!(", {} of them failed or missed", bad.len())
+            }
+        )));
+    }
     if !bad.is_empty() {
         return Err(AdminError::EventsFailed(format!(
             "{} scheduled run(s) failed or were missed: {}",
