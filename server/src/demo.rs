@@ -655,7 +655,7 @@ pub async fn run(keep: bool) -> ExitCode {
     match result {
         Ok(()) => {
             println!(
-                "\ndemo complete: backup, restore, replication, failover and failback, a damaged chunk repaired from the secondary and a lost primary rebuilt from it all worked"
+                "\ndemo complete: backup, restore, replication, failover and failback, a damaged chunk repaired from the secondary, a lost primary rebuilt from it, and a planned role switch and back all worked"
             );
             ExitCode::SUCCESS
         }
