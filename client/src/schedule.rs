@@ -609,7 +609,18 @@ pub async fn run(
             tokio::time::sleep(wait.min(POLL)).await;
             continue;
         }
-        // The window is open: run it once.
+        // The window is open. Each node starts at its own moment in the
+        // first quarter of it (at most five minutes in), so a fleet does
+        // not log on all at once (TSM RANDOMIZE).
+        let target = due
+            .start_ns
+            .saturating_add(splay_ns(&options.node_name, &due));
+        if now < target {
+            let wait = Duration::from_nanos(u64::try_from(target - now).unwrap_or(0));
+            tokio::time::sleep(wait.min(POLL)).await;
+            continue;
+        }
+        // Run it once.
         cache.done.insert(due.schedule.clone(), due.start_ns);
         let _ = write_json(&cache_path(&state_dir), &cache);
         console.report(
@@ -629,6 +640,20 @@ pub async fn run(
         );
         deliver(&options, outcome, console).await;
     }
+}
+
+/// How long after its window opens `node` starts `run`: a fixed fraction
+/// (from the node, schedule and window, so it is the same after a restart)
+/// of the first quarter of the window, at most five minutes.
+fn splay_ns(node: &str, run: &Run) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let span = ((run.end_ns - run.start_ns) / 4).min(300 * 1_000_000_000);
+    if span <= 0 {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (node.to_ascii_uppercase(), &run.schedule, run.start_ns).hash(&mut h);
+    i64::try_from(h.finish() % u64::try_from(span).unwrap_or(1)).unwrap_or(0)
 }
 
 /// Holds an exclusive lock on `state_dir/schedule.lock` for the
@@ -779,6 +804,20 @@ mod tests {
             Some((1010, 1012)),
             "run already: the one after"
         );
+    }
+
+    #[test]
+    fn each_node_starts_in_the_first_quarter_of_the_window() {
+        let r = run("P", 100 * S, 108 * S, 10);
+        let a = splay_ns("alice", &r);
+        assert!((0..2 * S).contains(&a), "{a}");
+        assert_eq!(a, splay_ns("ALICE", &r), "the same after a restart");
+        let long = run("L", 0, 3600 * S, 0);
+        assert!(splay_ns("bob", &long) < 300 * S);
+        let spread: std::collections::HashSet<i64> = (0..20)
+            .map(|i| splay_ns(&format!("node{i}"), &long))
+            .collect();
+        assert!(spread.len() > 10, "nodes start at different moments");
     }
 
     #[test]
