@@ -147,13 +147,7 @@ impl Catalog {
                 return Ok(existing);
             }
         }
-        let recovering: Option<String> = tx
-            .query_row(
-                "SELECT source FROM recoveries WHERE node = ?1",
-                [node],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let recovering = recovery_source(&tx, node)?;
         if let Some(source) = recovering {
             return Err(ServerError::FailedPrecondition(format!(
                 "node {node} is being recovered from server {source}; finish `recover node {node}` before switching it"
@@ -360,13 +354,7 @@ impl Catalog {
                 )));
             }
         };
-        let recovering: Option<String> = tx
-            .query_row(
-                "SELECT source FROM recoveries WHERE node = ?1",
-                [node],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let recovering = recovery_source(&tx, node)?;
         if recovering.is_some() {
             return Err(ServerError::FailedPrecondition(format!(
                 "node {node} is held for recovery here; it cannot be taken over until that ends"
@@ -525,4 +513,15 @@ pub(super) fn refuse_if_switch_stopped_writes(
         ))),
         _ => Ok(()),
     }
+}
+
+/// The server `node` is being recovered from, if it is (`recover node`).
+fn recovery_source(conn: &Connection, node: &str) -> Result<Option<String>, CatalogError> {
+    Ok(conn
+        .query_row(
+            "SELECT source FROM recoveries WHERE node = ?1",
+            [node],
+            |r| r.get(0),
+        )
+        .optional()?)
 }

@@ -98,6 +98,36 @@ pub struct SwitchReport {
     pub elapsed_secs: f64,
 }
 
+impl SwitchReport {
+    /// A report of `node` before anything happened.
+    fn new(node: &str) -> Self {
+        SwitchReport {
+            node: node.to_string(),
+            to: String::new(),
+            outcome: Err(String::new()),
+            waited_for: Vec::new(),
+            objects_sent: 0,
+            elapsed_secs: 0.0,
+        }
+    }
+
+    /// Records a failure in the activity log (TDM0610E) as `what: why`;
+    /// returns the report.
+    async fn logged_if_failed(self, state: &Arc<ServerState>, what: String) -> Self {
+        if let Err(why) = &self.outcome {
+            actlog::record(
+                &state.repo.catalog,
+                ServerMsg::SwitchFailed,
+                &self.node,
+                "",
+                format!("{what}: {why}"),
+            )
+            .await;
+        }
+        self
+    }
+}
+
 /// The nodes a switch covers: the named ones, or with `all` every node of
 /// this server's own that is replicated, with every switch left unfinished.
 /// With `cancel`, `all` means every unfinished switch.
@@ -150,14 +180,7 @@ pub async fn plan(
 /// is in the report and the activity log (TDM0608I, TDM0609I, TDM0610E).
 pub async fn switch_node(state: &Arc<ServerState>, node: &str, wait: Duration) -> SwitchReport {
     let started = Instant::now();
-    let mut report = SwitchReport {
-        node: node.to_string(),
-        to: String::new(),
-        outcome: Err(String::new()),
-        waited_for: Vec::new(),
-        objects_sent: 0,
-        elapsed_secs: 0.0,
-    };
+    let mut report = SwitchReport::new(node);
     report.outcome = match SwitchClaim::take(state, node) {
         Some(_claim) => run_switch(state, node, wait, &mut report).await,
         None => Err(format!(
@@ -165,17 +188,8 @@ pub async fn switch_node(state: &Arc<ServerState>, node: &str, wait: Duration) -
         )),
     };
     report.elapsed_secs = started.elapsed().as_secs_f64();
-    if let Err(why) = &report.outcome {
-        actlog::record(
-            &state.repo.catalog,
-            ServerMsg::SwitchFailed,
-            node,
-            "",
-            format!("switch of node {node} to server {}: {why}", report.to),
-        )
-        .await;
-    }
-    report
+    let what = format!("switch of node {node} to server {}", report.to);
+    report.logged_if_failed(state, what).await
 }
 
 async fn run_switch(
@@ -514,14 +528,7 @@ async fn finish(state: &Arc<ServerState>, record: &SwitchRecord) -> Result<(), S
 /// node over; if it already had, the switch is finished instead.
 pub async fn cancel_switch(state: &Arc<ServerState>, node: &str, force: bool) -> SwitchReport {
     let started = Instant::now();
-    let mut report = SwitchReport {
-        node: node.to_string(),
-        to: String::new(),
-        outcome: Err(String::new()),
-        waited_for: Vec::new(),
-        objects_sent: 0,
-        elapsed_secs: 0.0,
-    };
+    let mut report = SwitchReport::new(node);
     report.outcome = match SwitchClaim::take(state, node) {
         Some(_claim) => run_cancel(state, node, force, &mut report).await,
         None => Err(format!(
@@ -529,17 +536,8 @@ pub async fn cancel_switch(state: &Arc<ServerState>, node: &str, force: bool) ->
         )),
     };
     report.elapsed_secs = started.elapsed().as_secs_f64();
-    if let Err(why) = &report.outcome {
-        actlog::record(
-            &state.repo.catalog,
-            ServerMsg::SwitchFailed,
-            node,
-            "",
-            format!("cancel of the switch of node {node}: {why}"),
-        )
-        .await;
-    }
-    report
+    let what = format!("cancel of the switch of node {node}");
+    report.logged_if_failed(state, what).await
 }
 
 async fn run_cancel(
