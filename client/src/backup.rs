@@ -166,7 +166,7 @@ pub(crate) fn skip_reason(id: &str) -> Option<&'static str> {
 /// Bound on `changing_retries`: each retry reads the whole file again.
 const MAX_CHANGING_RETRIES: u32 = 100;
 
-struct Uploader<'a> {
+pub(crate) struct Uploader<'a> {
     session: &'a Session,
     filespace: String,
     target: &'a Target,
@@ -208,6 +208,87 @@ struct CommitStats {
     deactivated: u64,
     /// The expiry the server gave archive copies.
     expires_ns: Option<i64>,
+}
+
+impl<'a> Uploader<'a> {
+    /// An uploader committing to `filespace` as `target`, adding its
+    /// figures to `stats`.
+    pub(crate) fn new(
+        session: &'a Session,
+        filespace: String,
+        target: &'a Target,
+        stats: &'a mut BackupStats,
+        progress: &'a ProgressBar,
+        started: Instant,
+    ) -> Self {
+        Uploader {
+            session,
+            filespace,
+            target,
+            stats,
+            pending: Vec::new(),
+            pending_ids: HashSet::new(),
+            sent_ids: VecDeque::new(),
+            uploads_done: None,
+            pending_bytes: 0,
+            ready: Vec::new(),
+            progress,
+            started,
+            data_slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            uploading: VecDeque::new(),
+            committing: VecDeque::new(),
+        }
+    }
+
+    /// Takes one batch of a producer's items (a scan, or a database
+    /// agent's stream), flushing whenever enough is gathered. Problems are
+    /// reported on `console` and counted.
+    pub(crate) async fn take(
+        &mut self,
+        batch: Vec<Item>,
+        console: &Console,
+    ) -> Result<(), ClientError> {
+        for item in batch {
+            match item {
+                Item::Chunk { id, data } => self.add_chunk(id, data),
+                Item::Scanned(n) => self.stats.bytes_scanned += n,
+                Item::Object { attrs, chunks } => {
+                    self.stats.inspected += 1;
+                    self.ready.push(pb::NewObject {
+                        attrs: Some(attrs),
+                        chunk_ids: chunks.iter().map(|c| c.as_slice().to_vec()).collect(),
+                    });
+                }
+                Item::Unchanged(n) => {
+                    self.stats.inspected += n;
+                    self.stats.unchanged += n;
+                }
+                // Sent only to a preview's scan.
+                Item::Planned { .. } => {}
+                Item::Problem(msg) => {
+                    let reason = skip_reason(msg.id);
+                    let status = if reason.is_some() {
+                        ExitStatus::Skipped
+                    } else {
+                        ExitStatus::Warnings
+                    };
+                    console.report(&msg, status);
+                    match reason {
+                        Some(reason) => {
+                            self.stats.inspected += 1;
+                            self.stats.count_skip(reason);
+                        }
+                        // Stored with a warning, or about the whole backup.
+                        None => self.stats.warnings += 1,
+                    }
+                }
+            }
+            if self.needs_flush() {
+                self.flush(Vec::new()).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Uploader<'_> {
@@ -319,7 +400,7 @@ impl Uploader<'_> {
     /// Flushes what is left and waits for every upload, then every commit.
     /// Uploads are settled first so that a failed upload is reported as
     /// itself, not as the commit it stopped.
-    async fn finish(&mut self, deactivate: Vec<String>) -> Result<(), ClientError> {
+    pub(crate) async fn finish(&mut self, deactivate: Vec<String>) -> Result<(), ClientError> {
         self.flush(deactivate).await?;
         while !self.uploading.is_empty() {
             self.settle_oldest_upload().await?;
@@ -590,7 +671,11 @@ async fn fetch_inventory(
 
 /// Records the start or the end of a backup on the server; returns the
 /// server's time of the record.
-async fn mark(session: &Session, filespace: &str, completed: bool) -> Result<i64, ClientError> {
+pub(crate) async fn mark(
+    session: &Session,
+    filespace: &str,
+    completed: bool,
+) -> Result<i64, ClientError> {
     let reply = session
         .client()
         .mark_backup(session.request(pb::MarkBackupRequest {
@@ -603,7 +688,7 @@ async fn mark(session: &Session, filespace: &str, completed: bool) -> Result<i64
 }
 
 /// Notes the acknowledged backup in the node replication table.
-fn note_backup(
+pub(crate) fn note_backup(
     session: &Session,
     options: &ClientOptions,
     filespace: &str,
@@ -706,63 +791,16 @@ async fn send(
         // and memory must stay at restic's level (four raised peak RSS 10 MiB).
         let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
         let scanner = tokio::task::spawn_blocking(move || scan::scan(plan, &tx));
-        let mut uploader = Uploader {
+        let mut uploader = Uploader::new(
             session,
-            filespace: filespace.clone(),
+            filespace.clone(),
             target,
-            stats: &mut stats,
-            pending: Vec::new(),
-            pending_ids: HashSet::new(),
-            sent_ids: VecDeque::new(),
-            uploads_done: None,
-            pending_bytes: 0,
-            ready: Vec::new(),
-            progress: &progress,
+            &mut stats,
+            &progress,
             started,
-            data_slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-            uploading: VecDeque::new(),
-            committing: VecDeque::new(),
-        };
+        );
         while let Some(batch) = rx.recv().await {
-            for item in batch {
-                match item {
-                    Item::Chunk { id, data } => uploader.add_chunk(id, data),
-                    Item::Scanned(n) => uploader.stats.bytes_scanned += n,
-                    Item::Object { attrs, chunks } => {
-                        uploader.stats.inspected += 1;
-                        uploader.ready.push(pb::NewObject {
-                            attrs: Some(attrs),
-                            chunk_ids: chunks.iter().map(|c| c.as_slice().to_vec()).collect(),
-                        });
-                    }
-                    Item::Unchanged(n) => {
-                        uploader.stats.inspected += n;
-                        uploader.stats.unchanged += n;
-                    }
-                    // Sent only to a preview's scan.
-                    Item::Planned { .. } => {}
-                    Item::Problem(msg) => {
-                        let reason = skip_reason(msg.id);
-                        let status = if reason.is_some() {
-                            ExitStatus::Skipped
-                        } else {
-                            ExitStatus::Warnings
-                        };
-                        console.report(&msg, status);
-                        match reason {
-                            Some(reason) => {
-                                uploader.stats.inspected += 1;
-                                uploader.stats.count_skip(reason);
-                            }
-                            // Stored with a warning, or about the whole backup.
-                            None => uploader.stats.warnings += 1,
-                        }
-                    }
-                }
-                if uploader.needs_flush() {
-                    uploader.flush(Vec::new()).await?;
-                }
-            }
+            uploader.take(batch, console).await?;
         }
         let deactivate = scanner
             .await

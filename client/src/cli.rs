@@ -72,12 +72,22 @@ enum Command {
         #[arg(long)]
         preview: bool,
     },
-    /// Restore files: SOURCE is a path or a directory with a pattern (`/data/*`).
-    #[command(visible_alias = "rest")]
+    /// Back up databases with their agents (`backup db sqlite PATH...`).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Restore files: SOURCE is a path or a directory with a pattern
+    /// (`/data/*`); `restore db ...` restores a database copy (a path named
+    /// `db` is written `./db`).
+    #[command(
+        visible_alias = "rest",
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true
+    )]
     Restore {
         /// What to restore (any bytes; `\*`, `\?`, `\[` for those
         /// characters in a name).
-        source: OsString,
+        #[arg(required = true)]
+        source: Option<OsString>,
         /// Where to; paths stay relative to SOURCE's directory [default: in place].
         dest: Option<PathBuf>,
         /// Include subdirectories.
@@ -107,6 +117,8 @@ enum Command {
         /// What to do when a file exists.
         #[arg(long, value_enum, default_value = "no")]
         replace: Replace,
+        #[command(subcommand)]
+        database: Option<RestoreCommand>,
     },
     /// Store a described copy of files and trees, kept for the node's
     /// archive retention (RETVER days) whatever later happens to them or
@@ -174,6 +186,53 @@ enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Take a consistent copy of a running database and store it as a
+    /// backup version of its own (filespace `/@KIND`).
+    #[command(subcommand)]
+    Db(DbBackupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DbBackupCommand {
+    /// SQLite database files, copied with SQLite's online backup API while
+    /// writers go on.
+    Sqlite {
+        /// Database files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RestoreCommand {
+    /// Restore a database copy taken by `backup db`.
+    #[command(subcommand)]
+    Db(DbRestoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DbRestoreCommand {
+    /// A SQLite database: the copy is checked with PRAGMA integrity_check
+    /// before it is renamed into place.
+    Sqlite {
+        /// The database as it was backed up (`query db` lists them).
+        database: PathBuf,
+        /// Where to: a file, or a directory to restore into
+        /// [default: the database's own path].
+        dest: Option<PathBuf>,
+        /// The copy that was active at this time (as for `restore`)
+        /// [default: the newest].
+        #[arg(long, value_name = "TIME")]
+        pitdate: Option<String>,
+        /// Replace an existing database file, with its -wal, -shm and
+        /// -journal files. Stop every program that uses it first.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -253,6 +312,12 @@ enum QueryCommand {
         /// Only versions backed up up to this time.
         #[arg(long, value_name = "TIME")]
         todate: Option<String>,
+    },
+    /// List the database copies the agents stored: kind, size, time.
+    Db {
+        /// Include inactive (older) copies.
+        #[arg(long)]
+        inactive: bool,
     },
     /// List this node's filespaces.
     #[command(visible_alias = "fi")]
@@ -678,6 +743,33 @@ async fn dispatch(
         Work::QueryFilespace => query::filespaces(&session, options, console).await,
         Work::QuerySession => query::session(&session, options, console).await,
         Work::QuerySchedule => crate::schedule::query(&session, console).await,
+        Work::DbBackup { kind, paths } => match kind {
+            crate::db::DbKind::Sqlite => {
+                crate::db::sqlite::backup(&session, options, &paths, console).await
+            }
+        }
+        .map(|s| print_backup_summary(&s, console)),
+        Work::DbRestore {
+            kind,
+            database,
+            dest,
+            point_in_time_ns,
+            replace,
+        } => match kind {
+            crate::db::DbKind::Sqlite => {
+                crate::db::sqlite::restore(
+                    &session,
+                    &database,
+                    dest.as_deref(),
+                    point_in_time_ns,
+                    replace,
+                    console,
+                )
+                .await
+            }
+        }
+        .map(|s| print_restore_summary(&s, console)),
+        Work::QueryDb { inactive } => crate::db::query(&session, inactive, console).await,
         Work::SetPassword { old, new } => {
             set_password(&session, options, options_path, old, new, console).await
         }

@@ -104,6 +104,14 @@ pub enum ClientError {
         .0.told_by, .0.name, .0.address
     )]
     PrimaryMoved(Box<crate::logon::session::MovedPrimary>),
+    /// A database agent could not copy or restore a database.
+    #[error("database {database}: {message}")]
+    Database {
+        /// The database, as named.
+        database: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -154,6 +162,7 @@ impl ClientError {
             ClientError::Io { .. } => "TDM1007E",
             ClientError::Internal(_) => "TDM1004E",
             ClientError::PrimaryMoved(_) => "TDM2116E",
+            ClientError::Database { .. } => "TDM1062E",
         }
     }
 }

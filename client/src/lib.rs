@@ -20,6 +20,7 @@
 pub mod archive;
 pub mod backup;
 pub mod cli;
+pub mod db;
 pub mod delete;
 pub mod error;
 pub mod logon;

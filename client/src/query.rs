@@ -82,6 +82,48 @@ pub async fn backup(
     listing.finish().map_err(stdout_error)
 }
 
+/// Lists every stored version below each of `prefixes` (directory paths
+/// ending in `/`) in one listing: `query db`, over the agents' filespaces.
+///
+/// # Errors
+/// Server failures.
+pub async fn backup_many(
+    session: &Session,
+    prefixes: &[String],
+    inactive: bool,
+    console: &Console,
+) -> Result<(), ClientError> {
+    let mut client = session.client();
+    let mut listing = VersionListing::new(console.json);
+    for prefix in prefixes {
+        let mut stream = client
+            .query_objects(session.request(pb::QueryObjectsRequest {
+                path_prefix: prefix.trim_end_matches('/').to_string(),
+                include_inactive: inactive,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| ClientError::server("listing stored objects", s))?
+            .into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|s| ClientError::server("listing stored objects", s))?;
+            for version in batch.versions {
+                let below = version
+                    .attrs
+                    .as_ref()
+                    .is_some_and(|a| a.path.starts_with(prefix.as_str()));
+                if below {
+                    listing.row(version).map_err(stdout_error)?;
+                }
+            }
+        }
+    }
+    if listing.rows == 0 {
+        console.report(&Msg::no_match(&prefixes.join(" ")), ExitStatus::Skipped);
+    }
+    listing.finish().map_err(stdout_error)
+}
+
 fn stdout_error(source: std::io::Error) -> ClientError {
     ClientError::Io {
         path: "standard output".into(),
@@ -110,9 +152,12 @@ impl VersionListing {
         let state = if v.active { "active" } else { "inactive" };
         let changed = a.extra.as_ref().is_some_and(|e| e.changed_during_backup);
         let path = crate::names::display(&a.path);
+        // A database agent's copy shows its database's kind.
+        let kind = crate::db::DbKind::of_filespace(&v.filespace)
+            .map_or_else(|| kind_name(a.kind), crate::db::DbKind::name);
         if self.json {
             let item = json!({
-                "path": path, "kind": kind_name(a.kind), "size": a.size,
+                "path": path, "kind": kind, "size": a.size,
                 "changed_during_backup": changed,
                 "backup_time": timefmt::json(v.backup_time_ns),
                 "state": state,
@@ -145,7 +190,7 @@ impl VersionListing {
                 &timefmt::show(v.backup_time_ns),
                 state,
                 &timefmt::show(v.deactivated_ns),
-                kind_name(a.kind),
+                kind,
                 &if changed {
                     format!("{path}  (changed during backup)")
                 } else {
@@ -168,7 +213,7 @@ impl VersionListing {
     ) -> std::io::Result<()> {
         writeln!(
             self.out,
-            "{size:>10}  {backup:<19}  {state:<8}  {deactivated:<19}  {kind:<4}  {path}"
+            "{size:>10}  {backup:<19}  {state:<8}  {deactivated:<19}  {kind:<6}  {path}"
         )
     }
 

@@ -411,11 +411,52 @@ fn check_run(run: &Run) -> Result<(), String> {
                 truncate(bad)
             )),
         },
+        "db-backup" => match run.objects.iter().find(|o| db_object(o).is_none()) {
+            None if !run.objects.is_empty() => Ok(()),
+            None => Err("a db-backup schedule must name the databases to back up".into()),
+            Some(bad) => Err(format!(
+                "object {:?} is not a database as KIND:/absolute/path; the run is not carried out",
+                truncate(bad)
+            )),
+        },
         other => Err(format!(
-            "action {:?} is not one a schedule may run (incremental, selective, command)",
+            "action {:?} is not one a schedule may run (incremental, selective, db-backup, command)",
             truncate(other)
         )),
     }
+}
+
+/// A `db-backup` object's kind and absolute path (`sqlite:/srv/app.db`).
+fn db_object(object: &str) -> Option<(crate::db::DbKind, &str)> {
+    let (kind, path) = object.split_once(':')?;
+    let kind = crate::db::DbKind::ALL
+        .into_iter()
+        .find(|k| k.name() == kind)?;
+    path.starts_with('/').then_some((kind, path))
+}
+
+/// The arguments of the child `tandem` that carries out `run` (after the
+/// options): `incremental -- PATH...`, or `backup db KIND -- PATH...`.
+/// Every object is checked by [`check_run`] first, so all are one kind's.
+fn action_args(run: &Run) -> Vec<String> {
+    let mut args = Vec::new();
+    if run.action == "db-backup" {
+        let kind = run
+            .objects
+            .first()
+            .and_then(|o| db_object(o))
+            .map_or("sqlite", |(k, _)| k.name());
+        args.extend(["backup".to_string(), "db".into(), kind.into(), "--".into()]);
+        args.extend(
+            run.objects
+                .iter()
+                .filter_map(|o| db_object(o).map(|(_, p)| p.to_string())),
+        );
+    } else {
+        args.extend([run.action.clone(), "--".into()]);
+        args.extend(run.objects.iter().cloned());
+    }
+    args
 }
 
 /// Runs the action as a child `tandem` with the same options file.
@@ -436,9 +477,7 @@ async fn action(run: &Run, options_path: &Path) -> (i32, String) {
         .arg("--options")
         .arg(options_path)
         .arg("--quiet")
-        .arg(&run.action)
-        .arg("--")
-        .args(&run.objects)
+        .args(action_args(run))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -61,6 +61,19 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// The SOURCE form of a literal stored path: its wildcard characters and
+/// backslashes escaped, so [`Selection::parse`] names exactly that path.
+pub fn escape_literal(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if matches!(c, '*' | '?' | '[' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl Selection {
     /// Parses SOURCE, encoded as stored names are ([`crate::names`]).
     /// Relative paths are taken from the working directory; `\*`, `\?`,

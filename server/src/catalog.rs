@@ -129,6 +129,9 @@ impl Catalog {
                 path.display()
             );
         }
+        if schedules::widen_schedule_actions(&mut conn)? {
+            tracing::info!("schedules may now run database backups (db-backup)");
+        }
         conn.execute_batch(schema)?;
         // Until the grant has committed (it records so in the same
         // transaction), it runs at every open: a start cut short during it

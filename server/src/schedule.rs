@@ -92,8 +92,22 @@ impl Schedule {
                 ));
             }
         }
-        if self.action != ScheduleAction::Command
-            && let Some(relative) = self.objects.iter().find(|o| !o.starts_with('/'))
+        if self.action == ScheduleAction::DbBackup
+            && let Some(bad) = self.objects.iter().find(|o| {
+                !DB_KINDS
+                    .iter()
+                    .any(|k| o.strip_prefix(k).is_some_and(|p| p.starts_with(":/")))
+            })
+        {
+            return Err(format!(
+                "object {bad:?} is not a database as KIND:/absolute/path (kinds: {})",
+                DB_KINDS.join(", ")
+            ));
+        }
+        if !matches!(
+            self.action,
+            ScheduleAction::Command | ScheduleAction::DbBackup
+        ) && let Some(relative) = self.objects.iter().find(|o| !o.starts_with('/'))
         {
             return Err(format!(
                 "object {relative:?} is not an absolute path; a backup schedule names absolute paths"
@@ -275,6 +289,9 @@ pub fn parse_span(text: &str) -> Result<u64, String> {
         .filter(|s| *s <= MAX_SPAN_SECS)
         .ok_or_else(|| format!("{text:?} is longer than 366 days"))
 }
+
+/// The database kinds a `db-backup` schedule may name (the client's agents).
+pub const DB_KINDS: [&str; 1] = ["sqlite"];
 
 impl ScheduleAction {
     /// Every action's word, for messages.

@@ -171,7 +171,27 @@ fn scheduled_runs_happen_on_time_and_every_outcome_is_an_event() {
             "echo cleanup broke >&2; exit 5",
         ],
     );
-    for schedule in ["every3", "badpre", "cmd", "gone", "badpost"] {
+    // A database agent's backup on a schedule: a real SQLite database.
+    let db = work.path().join("app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3);")
+        .unwrap();
+    define(
+        &server,
+        &[
+            "dbs",
+            "--action",
+            "db-backup",
+            "--objects",
+            &format!("sqlite:{}", path_str(&db)),
+            "--period",
+            "3s",
+            "--duration",
+            "2s",
+        ],
+    );
+    for schedule in ["every3", "badpre", "cmd", "gone", "badpost", "dbs"] {
         associate(&server, schedule, "alice");
     }
     associate(&server, "badpre", "bob");
@@ -200,6 +220,7 @@ fn scheduled_runs_happen_on_time_and_every_outcome_is_an_event() {
             && count(&e, "BADPRE", "failed") >= 2
             && count(&e, "CMD", "completed") == 1
             && count(&e, "BADPOST", "failed") >= 1
+            && count(&e, "DBS", "completed") >= 1
     });
     assert!(ran, "{:?}\n{}", events(&server), scheduler.output());
     let e = events(&server);
@@ -259,6 +280,8 @@ fn scheduled_runs_happen_on_time_and_every_outcome_is_an_event() {
         "--subdir",
     ]);
     assert!(stored.as_array().unwrap().len() > 10, "{stored}");
+    let copies = client.json(&["query", "db"]);
+    assert_eq!(copies[0]["kind"], "sqlite", "{copies}");
     // A failed or missed run makes `query event` exit 8 (TDM0518W).
     let out = server.admin(&["query", "event", "alice"]);
     assert_eq!(code(&out), 8);
@@ -376,6 +399,14 @@ fn bad_schedules_and_associations_are_refused_clearly() {
                 "b",
             ],
             "one --objects",
+        ),
+        (
+            vec!["s1", "--action", "db-backup", "--objects", "/srv/app.db"],
+            "KIND:/absolute/path",
+        ),
+        (
+            vec!["s1", "--action", "db-backup", "--objects", "oracle:/db"],
+            "kinds: sqlite",
         ),
     ] {
         let mut all = vec!["define", "schedule"];

@@ -7,9 +7,13 @@ use std::path::PathBuf;
 
 use crate::backup::rules::Rules;
 
-use super::{Command, DeleteCommand, QueryCommand, SetCommand};
+use super::{
+    BackupCommand, Command, DbBackupCommand, DbRestoreCommand, DeleteCommand, QueryCommand,
+    RestoreCommand, SetCommand,
+};
 use crate::archive::{ArchiveFilter, check_description, default_description};
 use crate::backup::Mode;
+use crate::db::DbKind;
 use crate::delete::{DeleteRequest, confirm};
 use crate::error::ClientError;
 use crate::options::ClientOptions;
@@ -49,6 +53,18 @@ pub(super) enum Work {
         inactive: bool,
         dates: Option<BackupDates>,
     },
+    /// `backup db KIND`.
+    DbBackup { kind: DbKind, paths: Vec<PathBuf> },
+    /// `restore db KIND`.
+    DbRestore {
+        kind: DbKind,
+        database: PathBuf,
+        dest: Option<PathBuf>,
+        point_in_time_ns: Option<i64>,
+        replace: bool,
+    },
+    /// `query db`.
+    QueryDb { inactive: bool },
     /// `query filespace`.
     QueryFilespace,
     /// `query session`.
@@ -105,8 +121,40 @@ impl Work {
                 rules: rules(options)?,
                 preview,
             },
+            Command::Backup(BackupCommand::Db(DbBackupCommand::Sqlite { paths })) => {
+                Work::DbBackup {
+                    kind: DbKind::Sqlite,
+                    paths,
+                }
+            }
             Command::Restore {
-                source,
+                database:
+                    Some(RestoreCommand::Db(DbRestoreCommand::Sqlite {
+                        database,
+                        dest,
+                        pitdate,
+                        replace,
+                    })),
+                ..
+            } => Work::DbRestore {
+                kind: DbKind::Sqlite,
+                database,
+                dest,
+                point_in_time_ns: point_in_time(pitdate.as_deref())?,
+                replace,
+            },
+            Command::Restore {
+                source: None,
+                database: None,
+                ..
+            } => {
+                return Err(ClientError::Usage(
+                    "name what to restore: a path, or `db KIND DATABASE`".into(),
+                ));
+            }
+            Command::Restore {
+                source: Some(source),
+                database: None,
                 dest,
                 subdir,
                 pitdate,
@@ -121,11 +169,7 @@ impl Work {
                 // The versions active at the end of the span named: a time
                 // copied from `query backup` (to the second) includes the
                 // version stored in that second.
-                point_in_time_ns: pitdate
-                    .as_deref()
-                    .map(timefmt::parse_time)
-                    .transpose()?
-                    .map(|t| t.last_ns),
+                point_in_time_ns: point_in_time(pitdate.as_deref())?,
                 inactive: inactive || latest,
                 dates: BackupDates::parse(fromdate.as_deref(), todate.as_deref())?,
                 replace,
@@ -195,6 +239,7 @@ impl Work {
                 inactive,
                 dates: BackupDates::parse(fromdate.as_deref(), todate.as_deref())?,
             },
+            Command::Query(QueryCommand::Db { inactive }) => Work::QueryDb { inactive },
             Command::Query(QueryCommand::Filespace) => Work::QueryFilespace,
             Command::Query(QueryCommand::Session) => Work::QuerySession,
             Command::Query(QueryCommand::Schedule) => Work::QuerySchedule,
@@ -285,11 +330,14 @@ impl Work {
         match self {
             Work::Backup { preview, .. } => !preview,
             Work::SetPassword { .. }
+            | Work::DbBackup { .. }
             | Work::DeleteBackup { .. }
             | Work::Archive { .. }
             | Work::DeleteArchive { .. } => true,
             Work::QueryArchive(_)
             | Work::Restore(_)
+            | Work::DbRestore { .. }
+            | Work::QueryDb { .. }
             | Work::QueryBackup { .. }
             | Work::QueryFilespace
             | Work::QuerySession
@@ -317,6 +365,9 @@ impl Work {
             Work::QueryArchive(_) => "query archive",
             Work::DeleteArchive { .. } => "delete archive",
             Work::QueryBackup { .. } => "query backup",
+            Work::DbBackup { .. } => "database backup",
+            Work::DbRestore { .. } => "database restore",
+            Work::QueryDb { .. } => "query db",
             Work::QueryFilespace => "query filespace",
             Work::QuerySession => "query session",
             Work::QuerySchedule => "query schedule",
@@ -360,6 +411,15 @@ fn archive_filter(
 pub(crate) fn rules(options: &ClientOptions) -> Result<Rules, ClientError> {
     Rules::new(&options.exclude_dir, &options.include, &options.exclude)
         .map_err(|e| ClientError::Usage(e.to_string()))
+}
+
+/// The end of the span a `--pitdate` names, so a time copied from a
+/// listing (to the second) includes what was stored in that second.
+fn point_in_time(pitdate: Option<&str>) -> Result<Option<i64>, ClientError> {
+    Ok(pitdate
+        .map(timefmt::parse_time)
+        .transpose()?
+        .map(|t| t.last_ns))
 }
 
 #[cfg(test)]

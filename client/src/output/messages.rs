@@ -481,6 +481,30 @@ impl Msg {
         }
     }
 
+    /// A database agent stored a copy.
+    pub fn db_backed_up(kind: &str, db: &std::path::Path, bytes: u64) -> Self {
+        Msg {
+            id: "TDM1060I",
+            text: format!(
+                "{kind} database {} backed up: a consistent copy of {}",
+                db.display(),
+                crate::backup::human_bytes(bytes)
+            ),
+        }
+    }
+
+    /// A database agent restored a copy.
+    pub fn db_restored(kind: &str, db: &std::path::Path, dest: &std::path::Path) -> Self {
+        Msg {
+            id: "TDM1061I",
+            text: format!(
+                "{kind} database {} restored to {} and checked",
+                db.display(),
+                dest.display()
+            ),
+        }
+    }
+
     /// The node replication table could not be updated.
     pub fn nrtable_failed(cause: impl fmt::Display) -> Self {
         Msg {

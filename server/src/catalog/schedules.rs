@@ -29,6 +29,52 @@ fn schedule_of(row: &Row<'_>) -> rusqlite::Result<Schedule> {
 const SCHEDULE_COLUMNS: &str =
     "name, action, objects, start_ns, period_secs, duration_secs, pre_command, post_command";
 
+/// Lets a `schedules` table made before the `db-backup` action hold it:
+/// its CHECK is widened by rebuilding the table (SQLite cannot alter a
+/// CHECK), rows kept. Foreign keys are off meanwhile, so dropping the old
+/// table does not cascade to the associations. Returns whether it ran.
+///
+/// # Errors
+/// SQLite errors; the rebuild is one transaction.
+pub(crate) fn widen_schedule_actions(conn: &mut rusqlite::Connection) -> rusqlite::Result<bool> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'schedules'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if sql.is_none_or(|sql| sql.contains("'db-backup'")) {
+        return Ok(false);
+    }
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let rebuilt = (|| {
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE schedules_widened (
+                 name          TEXT PRIMARY KEY,
+                 action        TEXT NOT NULL
+                     CHECK (action IN ('incremental', 'selective', 'db-backup', 'command')),
+                 objects       TEXT NOT NULL,
+                 start_ns      INTEGER NOT NULL,
+                 period_secs   INTEGER NOT NULL,
+                 duration_secs INTEGER NOT NULL,
+                 pre_command   TEXT NOT NULL DEFAULT '',
+                 post_command  TEXT NOT NULL DEFAULT '',
+                 defined_ns    INTEGER NOT NULL
+             );
+             INSERT INTO schedules_widened SELECT name, action, objects, start_ns,
+                 period_secs, duration_secs, pre_command, post_command, defined_ns
+                 FROM schedules;
+             DROP TABLE schedules;
+             ALTER TABLE schedules_widened RENAME TO schedules;",
+        )?;
+        tx.commit()
+    })();
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    rebuilt.map(|()| true)
+}
+
 impl Catalog {
     /// Defines `schedule` (checked by the caller).
     ///
@@ -38,9 +84,12 @@ impl Catalog {
         let objects = serde_json::to_string(&schedule.objects)
             .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
         let inserted = self.conn().execute(
-            "INSERT OR IGNORE INTO schedules (name, action, objects, start_ns, period_secs,
+            // Only a name in use is ignored (and reported below); any other
+            // constraint that fails is an error of its own.
+            "INSERT INTO schedules (name, action, objects, start_ns, period_secs,
                  duration_secs, pre_command, post_command, defined_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (name) DO NOTHING",
             params![
                 schedule.name,
                 schedule.action,

@@ -228,7 +228,7 @@ CREATE TABLE IF NOT EXISTS switch_answers (
 -- duration_secs; a run must start within its window.
 CREATE TABLE IF NOT EXISTS schedules (
     name          TEXT PRIMARY KEY,           -- upper-case
-    action        TEXT NOT NULL CHECK (action IN ('incremental', 'selective', 'command')),
+    action        TEXT NOT NULL CHECK (action IN ('incremental', 'selective', 'db-backup', 'command')),
     objects       TEXT NOT NULL,              -- JSON array of strings
     start_ns      INTEGER NOT NULL,
     period_secs   INTEGER NOT NULL,

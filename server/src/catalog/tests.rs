@@ -877,3 +877,48 @@ fn a_switch_needs_all_data_replication_and_no_archive_copies() {
     assert!(err.to_string().contains("archive copies"), "{err}");
     assert!(catalog.switch_of("ARCHIVED").expect("read").is_none());
 }
+
+#[test]
+fn a_schedules_table_from_before_db_backup_is_widened_with_its_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("catalog.db");
+    {
+        let old = Connection::open(&file).expect("create");
+        old.execute_batch(
+            "CREATE TABLE schedules (
+                 name TEXT PRIMARY KEY,
+                 action TEXT NOT NULL CHECK (action IN ('incremental', 'selective', 'command')),
+                 objects TEXT NOT NULL, start_ns INTEGER NOT NULL,
+                 period_secs INTEGER NOT NULL, duration_secs INTEGER NOT NULL,
+                 pre_command TEXT NOT NULL DEFAULT '', post_command TEXT NOT NULL DEFAULT '',
+                 defined_ns INTEGER NOT NULL);
+             CREATE TABLE associations (
+                 schedule TEXT NOT NULL REFERENCES schedules (name) ON DELETE CASCADE,
+                 node TEXT NOT NULL, PRIMARY KEY (schedule, node));
+             INSERT INTO schedules VALUES ('DAILY', 'incremental', '[\"/data\"]', 1, 86400, 3600, '', '', 1);
+             INSERT INTO associations VALUES ('DAILY', 'ALICE');",
+        )
+        .expect("old tables");
+    }
+    let catalog = Catalog::open(&file, Policy::default()).expect("open widens");
+    drop(catalog);
+    let conn = Connection::open(&file).expect("reopen");
+    conn.execute(
+        "INSERT INTO schedules VALUES ('DBS', 'db-backup', '[\"sqlite:/a.db\"]', 1, 60, 30, '', '', 1)",
+        [],
+    )
+    .expect("a db-backup schedule fits now");
+    let kept: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM associations WHERE schedule = 'DAILY'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(kept, 1, "the association survived the rebuild");
+    let bad = conn.execute(
+        "INSERT INTO schedules VALUES ('X', 'restore', '[]', 1, 60, 30, '', '', 1)",
+        [],
+    );
+    assert!(bad.is_err(), "the check still refuses unknown actions");
+}

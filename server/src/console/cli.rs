@@ -250,9 +250,10 @@ pub(super) enum DefineNoun {
         /// Its name.
         name: String,
         /// What it runs on the client.
-        #[arg(long, value_parser = ["incremental", "selective", "command"], default_value = "incremental")]
+        #[arg(long, value_parser = ["incremental", "selective", "db-backup", "command"], default_value = "incremental")]
         action: String,
-        /// Absolute paths to back up (repeat for more), or for
+        /// Absolute paths to back up (repeat for more); for `--action
+        /// db-backup` databases as KIND:/path (`sqlite:/srv/app.db`); for
         /// `--action command` the command line, run by `sh -c`.
         #[arg(long, required = true, value_name = "OBJECT")]
         objects: Vec<String>,

@@ -178,6 +178,9 @@ vocabulary! {
         Incremental = "incremental",
         /// `tandem selective OBJECTS...`.
         Selective = "selective",
+        /// `tandem backup db KIND PATH...`, objects written `KIND:PATH`
+        /// (`sqlite:/srv/app.db`).
+        DbBackup = "db-backup",
         /// A shell command line (the one object) on the client.
         Command = "command",
     }

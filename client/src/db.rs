@@ -1,0 +1,244 @@
+//! Database agents: a consistent copy of a database, taken the way its
+//! engine allows while it keeps running, stored as an ordinary backup
+//! version.
+//!
+//! Each kind of database has a filespace of its own (`/@sqlite`), and a
+//! database's copies are the versions of one path in it: `/@sqlite` followed
+//! by the database's absolute path. So a database copy is deduplicated,
+//! replicated to the secondary, kept and expired by the node's policy, and
+//! restorable in failover, exactly like a file; `--pitdate` picks the copy
+//! that was active at a time, and `query backup` lists copies with their
+//! kind. What the agent adds is how the copy is taken ([`sqlite`]) and how
+//! it is put back: into a staging directory beside the destination, checked
+//! by the engine, and only then renamed into place.
+
+pub mod sqlite;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tandem_proto::{ChunkId, pb};
+use tokio::sync::mpsc;
+
+use crate::backup::chunker::Chunker;
+use crate::backup::scan::Item;
+use crate::backup::{self, BackupStats, Target, Uploader};
+use crate::error::ClientError;
+use crate::logon::session::Session;
+use crate::options::ClientOptions;
+use crate::output::console::Console;
+use crate::restore::{self, Replace, RestoreRequest, RestoreStats};
+use crate::selection::{Selection, escape_literal};
+
+/// The kinds of database an agent backs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DbKind {
+    /// SQLite database files.
+    Sqlite,
+}
+
+impl DbKind {
+    /// Every kind, for listings.
+    pub const ALL: [DbKind; 1] = [DbKind::Sqlite];
+
+    /// The filespace holding this kind's copies.
+    pub fn filespace(self) -> &'static str {
+        match self {
+            DbKind::Sqlite => "/@sqlite",
+        }
+    }
+
+    /// The kind's name in listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbKind::Sqlite => "sqlite",
+        }
+    }
+
+    /// The kind whose copies `filespace` holds, if it is an agent's.
+    pub fn of_filespace(filespace: &str) -> Option<DbKind> {
+        DbKind::ALL.into_iter().find(|k| k.filespace() == filespace)
+    }
+
+    /// The stored path of the database at `db` (absolute, encoded).
+    pub fn object_path(self, db: &Path) -> String {
+        format!(
+            "{}{}",
+            self.filespace(),
+            crate::names::encode(db.as_os_str())
+        )
+    }
+}
+
+/// The name a database was backed up under: its canonical path if it is
+/// there now (what the backup used), else `db` made absolute.
+///
+/// # Errors
+/// The working directory cannot be read.
+pub fn stored_name(db: &Path) -> Result<PathBuf, ClientError> {
+    if let Ok(real) = std::fs::canonicalize(db) {
+        return Ok(real);
+    }
+    crate::paths::absolute(db).map_err(|e| ClientError::Io {
+        path: db.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Stores everything `source` yields as a new active version of
+/// `attrs.path` in `filespace` (its size is set from what was read): a
+/// backup of its own, recorded as started and completed like any other, so
+/// replication and failover see it. `source` is read on a blocking thread;
+/// a read error stores nothing.
+///
+/// # Errors
+/// Read errors of `source`, server and connection failures.
+pub(crate) async fn store_stream<R: Read + Send + 'static>(
+    session: &Session,
+    options: &ClientOptions,
+    filespace: &str,
+    attrs: pb::ObjectAttrs,
+    source: R,
+    console: &Console,
+) -> Result<BackupStats, ClientError> {
+    let started = Instant::now();
+    let mut stats = BackupStats::default();
+    let progress = console.start_progress();
+    backup::mark(session, filespace, false).await?;
+    let what = PathBuf::from(crate::names::decode(&attrs.path));
+    let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
+    let producer = tokio::task::spawn_blocking(move || stream_items(source, attrs, &tx));
+    let target = Target::Backup;
+    let mut uploader = Uploader::new(
+        session,
+        filespace.to_string(),
+        &target,
+        &mut stats,
+        &progress,
+        started,
+    );
+    while let Some(batch) = rx.recv().await {
+        uploader.take(batch, console).await?;
+    }
+    producer
+        .await
+        .map_err(|e| ClientError::task_failed("database reader", e))?
+        .map_err(|e| ClientError::Io {
+            path: what,
+            source: e,
+        })?;
+    uploader.finish(Vec::new()).await?;
+    let acknowledged = backup::mark(session, filespace, true).await?;
+    backup::note_backup(session, options, filespace, acknowledged, console);
+    console.end_progress();
+    stats.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// Chunks `source` into items for the uploader and ends with the object
+/// itself, which is sent only once `source` has been read to its end
+/// without error: a failed read leaves nothing to commit.
+fn stream_items<R: Read>(
+    source: R,
+    mut attrs: pb::ObjectAttrs,
+    tx: &mpsc::Sender<Vec<Item>>,
+) -> std::io::Result<u64> {
+    let gone = || std::io::Error::other("the upload stopped before the database was read");
+    let mut chunker = Chunker::default();
+    let mut chunks = Vec::new();
+    let read = chunker.split(source, |piece| {
+        let id = ChunkId::of(piece);
+        chunks.push(id);
+        tx.blocking_send(vec![
+            Item::Scanned(piece.len() as u64),
+            Item::Chunk {
+                id,
+                data: piece.to_vec(),
+            },
+        ])
+        .is_ok()
+    })?;
+    let read = read.ok_or_else(gone)?;
+    attrs.size = read;
+    tx.blocking_send(vec![Item::Object { attrs, chunks }])
+        .map_err(|_| gone())?;
+    Ok(read)
+}
+
+/// Restores the copy of `kind` database `name` that `point_in_time_ns`
+/// selects (the active one without it) into a new staging directory in
+/// `parent`, and returns the directory (removed when dropped) and the
+/// restored file in it.
+///
+/// # Errors
+/// No such copy, a restore failure, server and connection failures.
+pub(crate) async fn restore_to_staging(
+    session: &Session,
+    kind: DbKind,
+    name: &Path,
+    parent: &Path,
+    point_in_time_ns: Option<i64>,
+    console: &Console,
+) -> Result<(tempfile::TempDir, PathBuf, RestoreStats), ClientError> {
+    let stage = tempfile::Builder::new()
+        .prefix(".tandem-restore-")
+        .tempdir_in(parent)
+        .map_err(|e| ClientError::Io {
+            path: parent.to_path_buf(),
+            source: e,
+        })?;
+    let object = kind.object_path(name);
+    let request = RestoreRequest {
+        selection: Selection::parse(&escape_literal(&object), false)?,
+        dest: Some(stage.path().to_path_buf()),
+        point_in_time_ns,
+        inactive: false,
+        dates: None,
+        replace: Replace::No,
+        archive: None,
+    };
+    let stats = restore::run(session, request, console).await?;
+    let file_name = name.file_name().unwrap_or_default();
+    let restored = stage.path().join(file_name);
+    if stats.failed > 0 || stats.restored != 1 || !restored.is_file() {
+        let when = match point_in_time_ns {
+            Some(ns) => format!(" that was active at {}", crate::output::timefmt::show(ns)),
+            None => String::new(),
+        };
+        return Err(ClientError::Database {
+            database: name.display().to_string(),
+            message: if stats.failed > 0 {
+                format!("its copy{when} could not be restored (see the messages above)")
+            } else {
+                format!(
+                    "no {} copy{when} is stored under this name; `tandem query db --inactive` lists the copies",
+                    kind.name()
+                )
+            },
+        });
+    }
+    Ok((stage, restored, stats))
+}
+
+/// Lists the stored database copies of every kind (`query db`).
+///
+/// # Errors
+/// Server failures.
+pub async fn query(
+    session: &Session,
+    inactive: bool,
+    console: &Console,
+) -> Result<(), ClientError> {
+    let prefixes: Vec<String> = DbKind::ALL
+        .iter()
+        .map(|k| format!("{}/", k.filespace()))
+        .collect();
+    crate::query::backup_many(session, &prefixes, inactive, console).await
+}
+
+/// Makes sure the parent directory of `path` has its new entry on disk.
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    std::fs::File::open(parent)?.sync_all()
+}
