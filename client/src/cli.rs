@@ -157,6 +157,30 @@ enum Command {
         #[arg(long, value_enum, default_value = "no")]
         replace: Replace,
     },
+    /// Store one PostgreSQL WAL file, for `archive_command = 'tandem
+    /// --options FILE archive-wal %p'`: succeeds only once the server holds
+    /// it; the same file archived again succeeds without sending anything.
+    #[command(name = "archive-wal")]
+    ArchiveWal {
+        /// The WAL file (PostgreSQL's %p).
+        wal: PathBuf,
+        /// The cluster's data directory [default: the working directory,
+        /// where PostgreSQL runs the command].
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+    },
+    /// Fetch one archived WAL file, for the restore_command that `restore
+    /// db postgres` writes; exits 4 when it is not stored.
+    #[command(name = "restore-wal")]
+    RestoreWal {
+        /// The cluster's data directory as it was backed up.
+        #[arg(long, value_name = "DIR")]
+        pgdata: PathBuf,
+        /// The WAL file's name (PostgreSQL's %f).
+        file: String,
+        /// Where to write it (PostgreSQL's %p).
+        dest: PathBuf,
+    },
     /// Show information from the server.
     #[command(subcommand, visible_alias = "q")]
     Query(QueryCommand),
@@ -206,6 +230,13 @@ enum DbBackupCommand {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// A PostgreSQL cluster's base backup, streamed from `pg_basebackup`
+    /// (connection from PGHOST, PGPORT, PGUSER). The WAL it needs comes
+    /// from `archive_command = 'tandem archive-wal %p'`.
+    Postgres {
+        /// The cluster's data directory (PGDATA), which names it.
+        pgdata: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +264,19 @@ enum DbRestoreCommand {
         /// -journal files. Stop every program that uses it first.
         #[arg(long)]
         replace: bool,
+    },
+    /// A PostgreSQL cluster: its base backup into TARGET and recovery
+    /// settings that fetch WAL from Tandem; start PostgreSQL on TARGET to
+    /// replay to the time and promote.
+    Postgres {
+        /// The cluster's data directory as it was backed up (`query db`).
+        pgdata: PathBuf,
+        /// A new or empty directory for the restored cluster.
+        target: PathBuf,
+        /// Recover to this time (recovery_target_time) from the newest base
+        /// backup before it [default: all archived WAL].
+        #[arg(long, value_name = "TIME")]
+        pitdate: Option<String>,
     },
 }
 
@@ -747,16 +791,29 @@ async fn dispatch(
             crate::db::DbKind::Sqlite => {
                 crate::db::sqlite::backup(&session, options, &paths, console).await
             }
+            crate::db::DbKind::Postgres => {
+                crate::db::postgres::backup(&session, options, &paths[0], console).await
+            }
         }
         .map(|s| print_backup_summary(&s, console)),
+        Work::ArchiveWal { wal, pgdata } => {
+            crate::db::postgres::archive_wal(&session, options, &wal, pgdata.as_deref(), console)
+                .await
+                .map(|_| ())
+        }
+        Work::RestoreWal { pgdata, file, dest } => {
+            crate::db::postgres::restore_wal(&session, &pgdata, &file, &dest, console)
+                .await
+                .map(|_| ())
+        }
         Work::DbRestore {
             kind,
             database,
             dest,
             point_in_time_ns,
             replace,
-        } => match kind {
-            crate::db::DbKind::Sqlite => {
+        } => match (kind, dest) {
+            (crate::db::DbKind::Sqlite, dest) => {
                 crate::db::sqlite::restore(
                     &session,
                     &database,
@@ -767,6 +824,20 @@ async fn dispatch(
                 )
                 .await
             }
+            (crate::db::DbKind::Postgres, Some(target)) => {
+                crate::db::postgres::restore(
+                    &session,
+                    options_path,
+                    &database,
+                    &target,
+                    point_in_time_ns,
+                    console,
+                )
+                .await
+            }
+            (crate::db::DbKind::Postgres, None) => Err(ClientError::Internal(
+                "a PostgreSQL restore reached the logon without its target".into(),
+            )),
         }
         .map(|s| print_restore_summary(&s, console)),
         Work::QueryDb { inactive } => crate::db::query(&session, inactive, console).await,

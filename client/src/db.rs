@@ -12,6 +12,8 @@
 //! it is put back: into a staging directory beside the destination, checked
 //! by the engine, and only then renamed into place.
 
+mod child;
+pub mod postgres;
 pub mod sqlite;
 
 use std::io::Read;
@@ -36,16 +38,19 @@ use crate::selection::{Selection, escape_literal};
 pub enum DbKind {
     /// SQLite database files.
     Sqlite,
+    /// PostgreSQL clusters: base backups and archived WAL.
+    Postgres,
 }
 
 impl DbKind {
     /// Every kind, for listings.
-    pub const ALL: [DbKind; 1] = [DbKind::Sqlite];
+    pub const ALL: [DbKind; 2] = [DbKind::Sqlite, DbKind::Postgres];
 
     /// The filespace holding this kind's copies.
     pub fn filespace(self) -> &'static str {
         match self {
             DbKind::Sqlite => "/@sqlite",
+            DbKind::Postgres => "/@postgres",
         }
     }
 
@@ -53,6 +58,7 @@ impl DbKind {
     pub fn name(self) -> &'static str {
         match self {
             DbKind::Sqlite => "sqlite",
+            DbKind::Postgres => "postgres",
         }
     }
 
@@ -181,6 +187,33 @@ pub(crate) async fn restore_to_staging(
     point_in_time_ns: Option<i64>,
     console: &Console,
 ) -> Result<(tempfile::TempDir, PathBuf, RestoreStats), ClientError> {
+    let object = kind.object_path(name);
+    restore_object_to_staging(
+        session,
+        kind,
+        &object,
+        name,
+        parent,
+        point_in_time_ns,
+        console,
+    )
+    .await
+}
+
+/// [`restore_to_staging`] of any stored path `object` of database `name`
+/// (a PostgreSQL cluster's base backup or one of its WAL files).
+///
+/// # Errors
+/// As [`restore_to_staging`].
+pub(crate) async fn restore_object_to_staging(
+    session: &Session,
+    kind: DbKind,
+    object: &str,
+    name: &Path,
+    parent: &Path,
+    point_in_time_ns: Option<i64>,
+    console: &Console,
+) -> Result<(tempfile::TempDir, PathBuf, RestoreStats), ClientError> {
     let stage = tempfile::Builder::new()
         .prefix(".tandem-restore-")
         .tempdir_in(parent)
@@ -188,9 +221,8 @@ pub(crate) async fn restore_to_staging(
             path: parent.to_path_buf(),
             source: e,
         })?;
-    let object = kind.object_path(name);
     let request = RestoreRequest {
-        selection: Selection::parse(&escape_literal(&object), false)?,
+        selection: Selection::parse(&escape_literal(object), false)?,
         dest: Some(stage.path().to_path_buf()),
         point_in_time_ns,
         inactive: false,
@@ -199,7 +231,7 @@ pub(crate) async fn restore_to_staging(
         archive: None,
     };
     let stats = restore::run(session, request, console).await?;
-    let file_name = name.file_name().unwrap_or_default();
+    let file_name = crate::names::decode(object.rsplit('/').next().unwrap_or_default());
     let restored = stage.path().join(file_name);
     if stats.failed > 0 || stats.restored != 1 || !restored.is_file() {
         let when = match point_in_time_ns {
@@ -241,4 +273,11 @@ pub async fn query(
 pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     std::fs::File::open(parent)?.sync_all()
+}
+
+/// Now, in Unix nanoseconds.
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }

@@ -65,6 +65,17 @@ pub(super) enum Work {
     },
     /// `query db`.
     QueryDb { inactive: bool },
+    /// `archive-wal`.
+    ArchiveWal {
+        wal: PathBuf,
+        pgdata: Option<PathBuf>,
+    },
+    /// `restore-wal`.
+    RestoreWal {
+        pgdata: PathBuf,
+        file: String,
+        dest: PathBuf,
+    },
     /// `query filespace`.
     QueryFilespace,
     /// `query session`.
@@ -127,6 +138,29 @@ impl Work {
                     paths,
                 }
             }
+            Command::Backup(BackupCommand::Db(DbBackupCommand::Postgres { pgdata })) => {
+                Work::DbBackup {
+                    kind: DbKind::Postgres,
+                    paths: vec![pgdata],
+                }
+            }
+            Command::ArchiveWal { wal, pgdata } => Work::ArchiveWal { wal, pgdata },
+            Command::RestoreWal { pgdata, file, dest } => Work::RestoreWal { pgdata, file, dest },
+            Command::Restore {
+                database:
+                    Some(RestoreCommand::Db(DbRestoreCommand::Postgres {
+                        pgdata,
+                        target,
+                        pitdate,
+                    })),
+                ..
+            } => Work::DbRestore {
+                kind: DbKind::Postgres,
+                database: pgdata,
+                dest: Some(target),
+                point_in_time_ns: point_in_time(pitdate.as_deref())?,
+                replace: false,
+            },
             Command::Restore {
                 database:
                     Some(RestoreCommand::Db(DbRestoreCommand::Sqlite {
@@ -331,12 +365,14 @@ impl Work {
             Work::Backup { preview, .. } => !preview,
             Work::SetPassword { .. }
             | Work::DbBackup { .. }
+            | Work::ArchiveWal { .. }
             | Work::DeleteBackup { .. }
             | Work::Archive { .. }
             | Work::DeleteArchive { .. } => true,
             Work::QueryArchive(_)
             | Work::Restore(_)
             | Work::DbRestore { .. }
+            | Work::RestoreWal { .. }
             | Work::QueryDb { .. }
             | Work::QueryBackup { .. }
             | Work::QueryFilespace
@@ -368,6 +404,8 @@ impl Work {
             Work::DbBackup { .. } => "database backup",
             Work::DbRestore { .. } => "database restore",
             Work::QueryDb { .. } => "query db",
+            Work::ArchiveWal { .. } => "archive-wal",
+            Work::RestoreWal { .. } => "restore-wal",
             Work::QueryFilespace => "query filespace",
             Work::QuerySession => "query session",
             Work::QuerySchedule => "query schedule",

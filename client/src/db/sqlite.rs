@@ -62,7 +62,7 @@ pub async fn backup(
         let staging = staging_dir(options)?;
         let copy = staging.path().join("copy.db");
         let (from, to) = (db.clone(), copy.clone());
-        let taken_ns = now_ns();
+        let taken_ns = super::now_ns();
         tokio::task::spawn_blocking(move || snapshot(&from, &to))
             .await
             .map_err(|e| ClientError::task_failed("SQLite copy", e))?
@@ -274,10 +274,4 @@ fn check_integrity(path: &Path) -> Result<(), String> {
     } else {
         Err(format!("PRAGMA integrity_check says {verdict}"))
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }

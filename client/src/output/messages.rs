@@ -505,6 +505,44 @@ impl Msg {
         }
     }
 
+    /// `archive-wal` found the same WAL file stored already.
+    pub fn wal_already_archived(name: &str) -> Self {
+        Msg {
+            id: "TDM1063I",
+            text: format!("WAL file {name} is archived already with the same content"),
+        }
+    }
+
+    /// `restore-wal` was asked for a WAL file that is not stored (normal
+    /// at the end of recovery).
+    pub fn wal_not_stored(name: &str) -> Self {
+        Msg {
+            id: "TDM1064I",
+            text: format!("WAL file {name} is not stored"),
+        }
+    }
+
+    /// A PostgreSQL cluster's base backup was laid down with its recovery
+    /// settings.
+    pub fn pg_restored(
+        cluster: &std::path::Path,
+        target: &std::path::Path,
+        point_in_time_ns: Option<i64>,
+    ) -> Self {
+        let until = match point_in_time_ns {
+            Some(ns) => format!("recovery stops at {}", crate::output::timefmt::rfc3339(ns)),
+            None => "recovery replays all archived WAL".to_string(),
+        };
+        Msg {
+            id: "TDM1065I",
+            text: format!(
+                "PostgreSQL cluster {} restored to {}; start PostgreSQL on it: {until}, WAL comes from Tandem, then it is promoted",
+                cluster.display(),
+                target.display()
+            ),
+        }
+    }
+
     /// The node replication table could not be updated.
     pub fn nrtable_failed(cause: impl fmt::Display) -> Self {
         Msg {

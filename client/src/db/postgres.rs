@@ -1,0 +1,485 @@
+//! The PostgreSQL agent: base backups, continuous WAL archiving and
+//! point-in-time recovery.
+//!
+//! A cluster is named by its data directory's canonical path, `PGDATA`.
+//! Its base backups are the versions of `/@postgres/PGDATA/base.tar`, the
+//! tar `pg_basebackup -D - -Ft -X none` writes, streamed from the program
+//! into the uploader with no staging copy; the WAL the backups need is not
+//! in them but archived segment by segment, each as
+//! `/@postgres/PGDATA/wal/NAME`, by `archive_command = 'tandem archive-wal
+//! %p'` (PostgreSQL runs it in the data directory, which names the cluster).
+//! `pg_basebackup` returns only once the WAL its backup needs is archived.
+//!
+//! A restore lays down the base backup that was active at the target time
+//! (the newest without one) and configures recovery: `recovery.signal`,
+//! and a `restore_command` that runs `tandem restore-wal` to fetch each WAL
+//! file PostgreSQL asks for, up to `recovery_target_time`. Starting the
+//! server then replays to the target and promotes.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tandem_proto::pb;
+use tokio_stream::StreamExt as _;
+
+use super::DbKind;
+use super::child::ChildOutput;
+use crate::backup::BackupStats;
+use crate::backup::chunker::Chunker;
+use crate::error::{ClientError, ExitStatus};
+use crate::logon::session::Session;
+use crate::options::ClientOptions;
+use crate::output::console::Console;
+use crate::output::messages::Msg;
+use crate::restore::RestoreStats;
+
+/// The longest WAL, history or backup-history file name taken.
+const MAX_WAL_NAME: usize = 64;
+
+/// The stored path of a cluster's base backups.
+fn base_object(cluster: &Path) -> String {
+    format!("{}/base.tar", DbKind::Postgres.object_path(cluster))
+}
+
+/// The stored path of one of a cluster's archived WAL files.
+fn wal_object(cluster: &Path, file: &str) -> String {
+    format!("{}/wal/{file}", DbKind::Postgres.object_path(cluster))
+}
+
+fn db_error(cluster: &Path, message: String) -> ClientError {
+    ClientError::Database {
+        database: cluster.display().to_string(),
+        message,
+    }
+}
+
+/// The cluster at `pgdata`: its canonical path, once it is seen to be a
+/// PostgreSQL data directory (it has `PG_VERSION`).
+fn cluster_at(pgdata: &Path) -> Result<PathBuf, ClientError> {
+    let cluster = std::fs::canonicalize(pgdata).map_err(|e| {
+        db_error(
+            pgdata,
+            format!("cannot be opened: {e}; name the cluster's data directory (PGDATA)"),
+        )
+    })?;
+    if !cluster.join("PG_VERSION").is_file() {
+        return Err(db_error(
+            &cluster,
+            "is not a PostgreSQL data directory (no PG_VERSION); name the cluster's PGDATA".into(),
+        ));
+    }
+    Ok(cluster)
+}
+
+/// Checks a WAL file name PostgreSQL passes (`%f`, or the last part of
+/// `%p`): a segment, timeline history, backup history or partial file.
+fn check_wal_name(name: &str) -> Result<(), ClientError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_WAL_NAME
+        && name.starts_with(|c: char| c.is_ascii_hexdigit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ClientError::Usage(format!(
+            "{name:?} is not a WAL file name (hex digits, as PostgreSQL names segments and history files); archive-wal and restore-wal take only those"
+        )))
+    }
+}
+
+/// Takes a base backup of the cluster at `pgdata` with `pg_basebackup`
+/// (connection from the usual `PGHOST`, `PGPORT`, `PGUSER` variables) and
+/// stores it as a new version of the cluster's `base.tar`.
+///
+/// # Errors
+/// Not a data directory, `pg_basebackup` missing or failing (its own
+/// message is given), server and connection failures.
+pub async fn backup(
+    session: &Session,
+    options: &ClientOptions,
+    pgdata: &Path,
+    console: &Console,
+) -> Result<BackupStats, ClientError> {
+    let cluster = cluster_at(pgdata)?;
+    let child = Command::new("pg_basebackup")
+        .args([
+            "--pgdata=-",
+            "--format=tar",
+            "--wal-method=none",
+            "--checkpoint=fast",
+            "--no-manifest",
+            "--no-password",
+            "--label=tandem",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            db_error(
+                &cluster,
+                format!(
+                    "pg_basebackup could not be started: {e}; install PostgreSQL's client programs or put them on PATH"
+                ),
+            )
+        })?;
+    let source = ChildOutput::new("pg_basebackup", child).map_err(|e| ClientError::Io {
+        path: "pg_basebackup".into(),
+        source: e,
+    })?;
+    let attrs = pb::ObjectAttrs {
+        path: base_object(&cluster),
+        kind: pb::ObjectKind::File as i32,
+        mode: 0o600,
+        mtime_ns: super::now_ns(),
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        ..Default::default()
+    };
+    let stats = super::store_stream(
+        session,
+        options,
+        DbKind::Postgres.filespace(),
+        attrs,
+        source,
+        console,
+    )
+    .await
+    .map_err(|e| match e {
+        ClientError::Io { source, .. } => db_error(&cluster, source.to_string()),
+        other => other,
+    })?;
+    console.report(
+        &Msg::db_backed_up(DbKind::Postgres.name(), &cluster, stats.bytes_scanned),
+        ExitStatus::Success,
+    );
+    Ok(stats)
+}
+
+/// What `archive-wal` did with a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Archived {
+    /// Stored now.
+    Stored,
+    /// The same bytes were stored before (PostgreSQL asked again after a
+    /// crash): nothing sent, success.
+    AlreadyStored,
+}
+
+/// Archives the WAL file at `wal` (PostgreSQL's `%p`, relative to the data
+/// directory it runs the command in) for the cluster at `pgdata` (default:
+/// the working directory). Returns only once the server has acknowledged
+/// it, so PostgreSQL may recycle the segment when this succeeds. A file
+/// archived before with the same bytes succeeds without sending anything;
+/// with different bytes it fails, and PostgreSQL keeps the segment.
+///
+/// # Errors
+/// A bad name, different bytes archived before, read, server and
+/// connection failures.
+pub async fn archive_wal(
+    session: &Session,
+    options: &ClientOptions,
+    wal: &Path,
+    pgdata: Option<&Path>,
+    console: &Console,
+) -> Result<Archived, ClientError> {
+    let here = PathBuf::from(".");
+    let cluster = cluster_at(pgdata.unwrap_or(&here))?;
+    let name = wal
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    check_wal_name(&name)?;
+    let object = wal_object(&cluster, &name);
+    let io = |e: std::io::Error| ClientError::Io {
+        path: wal.to_path_buf(),
+        source: e,
+    };
+    let file = std::fs::File::open(wal).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if let Some(stored) = stored_version(session, &object).await? {
+        let local = {
+            let wal = wal.to_path_buf();
+            tokio::task::spawn_blocking(move || chunk_ids_of(&wal))
+                .await
+                .map_err(|e| ClientError::task_failed("WAL hashing", e))?
+                .map_err(io)?
+        };
+        let stored_size = stored.attrs.as_ref().map_or(0, |a| a.size);
+        if stored_size == local.0 && stored.chunk_ids == local.1 {
+            console.report(&Msg::wal_already_archived(&name), ExitStatus::Success);
+            return Ok(Archived::AlreadyStored);
+        }
+        return Err(db_error(
+            &cluster,
+            format!(
+                "WAL file {name} was archived before with different content; PostgreSQL keeps it until this is resolved: check whether two clusters archive under one data directory name"
+            ),
+        ));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let attrs = pb::ObjectAttrs {
+        path: object,
+        kind: pb::ObjectKind::File as i32,
+        mode: meta.mode() & 0o7777,
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        ..Default::default()
+    };
+    super::store_stream(
+        session,
+        options,
+        DbKind::Postgres.filespace(),
+        attrs,
+        file,
+        console,
+    )
+    .await?;
+    Ok(Archived::Stored)
+}
+
+/// Fetches WAL file `file` of the cluster named `pgdata` (as it was
+/// backed up) to `dest` (PostgreSQL's `%p`), for `restore_command`.
+/// Returns false, having written nothing, when no such file is stored:
+/// PostgreSQL asks for files past the end of the archive as a matter of
+/// course, and takes a failure as "not there".
+///
+/// # Errors
+/// A bad name, restore, server and connection failures.
+pub async fn restore_wal(
+    session: &Session,
+    pgdata: &Path,
+    file: &str,
+    dest: &Path,
+    console: &Console,
+) -> Result<bool, ClientError> {
+    check_wal_name(file)?;
+    let cluster = super::stored_name(pgdata)?;
+    let object = wal_object(&cluster, file);
+    if stored_version(session, &object).await?.is_none() {
+        console.report(&Msg::wal_not_stored(file), ExitStatus::Skipped);
+        return Ok(false);
+    }
+    let dest = crate::paths::absolute(dest).map_err(|e| ClientError::Io {
+        path: dest.to_path_buf(),
+        source: e,
+    })?;
+    let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let (_stage, restored, _) = super::restore_object_to_staging(
+        session,
+        DbKind::Postgres,
+        &object,
+        &cluster,
+        &parent,
+        None,
+        console,
+    )
+    .await?;
+    std::fs::rename(&restored, &dest).map_err(|e| ClientError::Io {
+        path: dest.clone(),
+        source: e,
+    })?;
+    Ok(true)
+}
+
+/// Restores the cluster named `pgdata` into `target` (a new or empty
+/// directory): the base backup active at `point_in_time_ns` (the newest
+/// without it), and the recovery settings that fetch WAL from Tandem up to
+/// that time, through `tandem --options OPTIONS restore-wal`.
+///
+/// # Errors
+/// `target` not empty, no base backup, a path the restore command cannot
+/// carry, unpacking, server and connection failures.
+pub async fn restore(
+    session: &Session,
+    options_path: &Path,
+    pgdata: &Path,
+    target: &Path,
+    point_in_time_ns: Option<i64>,
+    console: &Console,
+) -> Result<RestoreStats, ClientError> {
+    let cluster = super::stored_name(pgdata)?;
+    let target = crate::paths::absolute(target).map_err(|e| ClientError::Io {
+        path: target.to_path_buf(),
+        source: e,
+    })?;
+    let tandem = std::env::current_exe().map_err(|e| ClientError::Io {
+        path: "tandem".into(),
+        source: e,
+    })?;
+    let options_path = crate::paths::absolute(options_path).map_err(|e| ClientError::Io {
+        path: options_path.to_path_buf(),
+        source: e,
+    })?;
+    let command = restore_command(&tandem, &options_path, &cluster)?;
+    prepare_target(&cluster, &target)?;
+    let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let (_stage, tar, stats) = super::restore_object_to_staging(
+        session,
+        DbKind::Postgres,
+        &base_object(&cluster),
+        &cluster,
+        &parent,
+        point_in_time_ns,
+        console,
+    )
+    .await?;
+    let into = target.clone();
+    tokio::task::spawn_blocking(move || unpack(&tar, &into))
+        .await
+        .map_err(|e| ClientError::task_failed("unpacking the base backup", e))?
+        .map_err(|e| {
+            db_error(
+                &cluster,
+                format!(
+                    "the base backup could not be unpacked into {}: {e}",
+                    target.display()
+                ),
+            )
+        })?;
+    configure_recovery(&target, &command, point_in_time_ns).map_err(|e| ClientError::Io {
+        path: target.join("postgresql.auto.conf"),
+        source: e,
+    })?;
+    console.report(
+        &Msg::pg_restored(&cluster, &target, point_in_time_ns),
+        ExitStatus::Success,
+    );
+    Ok(stats)
+}
+
+/// Makes `target` an empty directory of mode 0700 (PostgreSQL's own
+/// requirement), refusing one that holds anything.
+fn prepare_target(cluster: &Path, target: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| ClientError::Io {
+        path: target.to_path_buf(),
+        source: e,
+    };
+    match std::fs::read_dir(target) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(db_error(
+                    cluster,
+                    format!(
+                        "{} is not empty; restore into a new or empty directory",
+                        target.display()
+                    ),
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).map_err(io)?;
+        }
+        Err(e) => return Err(io(e)),
+    }
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// The `restore_command` line: every path in it must be plain, since it
+/// goes through both the configuration file's quoting and the shell.
+fn restore_command(tandem: &Path, options: &Path, cluster: &Path) -> Result<String, ClientError> {
+    let plain = |p: &Path| {
+        let text = p.to_str().unwrap_or_default();
+        (!text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._+-@,=:".contains(c)))
+        .then(|| text.to_string())
+        .ok_or_else(|| {
+            ClientError::Usage(format!(
+                "{} has characters a restore_command cannot carry safely (spaces, quotes, shell characters); use a path of letters, digits and /._+-@,=:",
+                p.display()
+            ))
+        })
+    };
+    Ok(format!(
+        "{} --options {} --quiet restore-wal --pgdata {} %f %p",
+        plain(tandem)?,
+        plain(options)?,
+        plain(cluster)?
+    ))
+}
+
+/// Unpacks the base backup's tar into `target`; entries that would land
+/// outside it are refused by the tar reader. Owners are kept when running
+/// as root (the cluster's files must belong to its server's user).
+fn unpack(tar: &Path, target: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(std::fs::File::open(tar)?);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
+    archive.set_overwrite(false);
+    archive.unpack(target)
+}
+
+/// Adds the recovery settings to `postgresql.auto.conf` (read last, so
+/// they win) and creates `recovery.signal`.
+fn configure_recovery(
+    target: &Path,
+    command: &str,
+    point_in_time_ns: Option<i64>,
+) -> std::io::Result<()> {
+    let mut settings = format!(
+        "\n# Added by `tandem restore db postgres`: recovery from Tandem.\nrestore_command = '{command}'\nrecovery_target_action = 'promote'\n"
+    );
+    if let Some(ns) = point_in_time_ns {
+        let at = chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y-%m-%d %H:%M:%S%.6f+00")
+            .to_string();
+        settings.push_str(&format!("recovery_target_time = '{at}'\n"));
+    }
+    let conf = target.join("postgresql.auto.conf");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&conf)?;
+    file.write_all(settings.as_bytes())?;
+    file.sync_all()?;
+    let signal = std::fs::File::create(target.join("recovery.signal"))?;
+    signal.sync_all()?;
+    super::sync_parent(&conf)
+}
+
+/// The active version of the stored path `object`, with its chunk ids.
+async fn stored_version(
+    session: &Session,
+    object: &str,
+) -> Result<Option<pb::ObjectVersion>, ClientError> {
+    let mut stream = session
+        .client()
+        .query_objects(session.request(pb::QueryObjectsRequest {
+            path_prefix: object.to_string(),
+            with_chunks: true,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| ClientError::server("looking up an archived file", s))?
+        .into_inner();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|s| ClientError::server("looking up an archived file", s))?;
+        if let Some(found) = batch
+            .versions
+            .into_iter()
+            .find(|v| v.attrs.as_ref().is_some_and(|a| a.path == object))
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// The size of the file at `path` and its chunk ids as a backup would cut
+/// them, to compare with a stored version.
+fn chunk_ids_of(path: &Path) -> std::io::Result<(u64, Vec<Vec<u8>>)> {
+    let mut ids = Vec::new();
+    let read = Chunker::default().split(std::fs::File::open(path)?, |piece| {
+        ids.push(tandem_proto::ChunkId::of(piece).as_slice().to_vec());
+        true
+    })?;
+    Ok((read.unwrap_or(0), ids))
+}
