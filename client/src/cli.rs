@@ -236,6 +236,11 @@ enum DbBackupCommand {
     Postgres {
         /// The cluster's data directory (PGDATA), which names it.
         pgdata: PathBuf,
+        /// Base backups kept active; older ones, and the WAL only they
+        /// need, are made inactive and expire by the node's policy.
+        #[arg(long, value_name = "N", default_value_t = crate::db::postgres::DEFAULT_KEEP,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        keep: u32,
     },
 }
 
@@ -787,12 +792,12 @@ async fn dispatch(
         Work::QueryFilespace => query::filespaces(&session, options, console).await,
         Work::QuerySession => query::session(&session, options, console).await,
         Work::QuerySchedule => crate::schedule::query(&session, console).await,
-        Work::DbBackup { kind, paths } => match kind {
+        Work::DbBackup { kind, paths, keep } => match kind {
             crate::db::DbKind::Sqlite => {
                 crate::db::sqlite::backup(&session, options, &paths, console).await
             }
             crate::db::DbKind::Postgres => {
-                crate::db::postgres::backup(&session, options, &paths[0], console).await
+                crate::db::postgres::backup(&session, options, &paths[0], keep, console).await
             }
         }
         .map(|s| print_backup_summary(&s, console)),

@@ -92,27 +92,34 @@ pub fn stored_name(db: &Path) -> Result<PathBuf, ClientError> {
     })
 }
 
-/// Stores everything `source` yields as a new active version of
-/// `attrs.path` in `filespace` (its size is set from what was read): a
-/// backup of its own, recorded as started and completed like any other, so
-/// replication and failover see it. `source` is read on a blocking thread;
-/// a read error stores nothing.
+/// Stores everything `source` yields as a new active version of the
+/// object `attrs` describes, in `filespace`: a backup of its own, recorded
+/// as started and completed like any other, so replication and failover
+/// see it. `source` is read on a blocking thread; `attrs` is called once it
+/// is read to its end (so the object may be named after what was read),
+/// and the size is set from what was read. A read error, or an error from
+/// `attrs`, stores nothing; `what` names the source in such an error.
 ///
 /// # Errors
-/// Read errors of `source`, server and connection failures.
-pub(crate) async fn store_stream<R: Read + Send + 'static>(
+/// Read errors of `source`, `attrs`' errors, server and connection
+/// failures.
+pub(crate) async fn store_stream<R, A>(
     session: &Session,
     options: &ClientOptions,
     filespace: &str,
-    attrs: pb::ObjectAttrs,
+    what: &Path,
     source: R,
+    attrs: A,
     console: &Console,
-) -> Result<BackupStats, ClientError> {
+) -> Result<BackupStats, ClientError>
+where
+    R: Read + Send + 'static,
+    A: FnOnce() -> std::io::Result<pb::ObjectAttrs> + Send + 'static,
+{
     let started = Instant::now();
     let mut stats = BackupStats::default();
     let progress = console.start_progress();
     backup::mark(session, filespace, false).await?;
-    let what = PathBuf::from(crate::names::decode(&attrs.path));
     let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
     let producer = tokio::task::spawn_blocking(move || stream_items(source, attrs, &tx));
     let target = Target::Backup;
@@ -131,7 +138,7 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
         .await
         .map_err(|e| ClientError::task_failed("database reader", e))?
         .map_err(|e| ClientError::Io {
-            path: what,
+            path: what.to_path_buf(),
             source: e,
         })?;
     uploader.finish(Vec::new()).await?;
@@ -144,10 +151,11 @@ pub(crate) async fn store_stream<R: Read + Send + 'static>(
 
 /// Chunks `source` into items for the uploader and ends with the object
 /// itself, which is sent only once `source` has been read to its end
-/// without error: a failed read leaves nothing to commit.
+/// without error and `attrs` has named it: a failure leaves nothing to
+/// commit.
 fn stream_items<R: Read>(
     source: R,
-    mut attrs: pb::ObjectAttrs,
+    attrs: impl FnOnce() -> std::io::Result<pb::ObjectAttrs>,
     tx: &mpsc::Sender<Vec<Item>>,
 ) -> std::io::Result<u64> {
     let gone = || std::io::Error::other("the upload stopped before the database was read");
@@ -166,6 +174,7 @@ fn stream_items<R: Read>(
         .is_ok()
     })?;
     let read = read.ok_or_else(gone)?;
+    let mut attrs = attrs()?;
     attrs.size = read;
     tx.blocking_send(vec![Item::Object { attrs, chunks }])
         .map_err(|_| gone())?;
@@ -188,16 +197,23 @@ pub(crate) async fn restore_to_staging(
     console: &Console,
 ) -> Result<(tempfile::TempDir, PathBuf, RestoreStats), ClientError> {
     let object = kind.object_path(name);
-    restore_object_to_staging(
-        session,
-        kind,
-        &object,
-        name,
-        parent,
-        point_in_time_ns,
-        console,
-    )
-    .await
+    let version = match point_in_time_ns {
+        Some(ns) => Version::ActiveAt(ns),
+        None => Version::Active,
+    };
+    restore_object_to_staging(session, kind, &object, name, parent, version, console).await
+}
+
+/// Which version of a stored path a staging restore takes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Version {
+    /// The active one.
+    Active,
+    /// The one active at this time (Unix ns).
+    ActiveAt(i64),
+    /// The newest, active or inactive (an object deactivated by the
+    /// agent's retention that has not expired yet).
+    Newest,
 }
 
 /// [`restore_to_staging`] of any stored path `object` of database `name`
@@ -211,9 +227,13 @@ pub(crate) async fn restore_object_to_staging(
     object: &str,
     name: &Path,
     parent: &Path,
-    point_in_time_ns: Option<i64>,
+    version: Version,
     console: &Console,
 ) -> Result<(tempfile::TempDir, PathBuf, RestoreStats), ClientError> {
+    let point_in_time_ns = match version {
+        Version::ActiveAt(ns) => Some(ns),
+        Version::Active | Version::Newest => None,
+    };
     let stage = tempfile::Builder::new()
         .prefix(".tandem-restore-")
         .tempdir_in(parent)
@@ -225,7 +245,7 @@ pub(crate) async fn restore_object_to_staging(
         selection: Selection::parse(&escape_literal(object), false)?,
         dest: Some(stage.path().to_path_buf()),
         point_in_time_ns,
-        inactive: false,
+        inactive: matches!(version, Version::Newest),
         dates: None,
         replace: Replace::No,
         archive: None,

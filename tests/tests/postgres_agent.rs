@@ -222,45 +222,20 @@ fn a_point_in_time_restore_from_the_secondary_shows_exactly_the_rows_before_the_
     std::thread::sleep(Duration::from_millis(1500));
     db.sql("INSERT INTO t SELECT generate_series(101, 250)");
     db.archive_now();
-    drop(db);
 
     // The same segment archived again (PostgreSQL retries after a crash)
     // succeeds without a second version; a different file under a stored
     // name fails, so PostgreSQL keeps it.
-    let archived: Vec<PathBuf> = std::fs::read_dir(pgdata.join("pg_wal"))
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("0000"))
-        .collect();
-    let out = run_ok(
-        tandem(&client, &["--json", "query", "db", "--inactive"]),
-        "query db",
-    );
-    let copies: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let stored_wal: Vec<String> = copies
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|c| c["path"].as_str())
-        .filter(|p| p.contains("/wal/"))
-        .map(str::to_string)
-        .collect();
-    assert!(stored_wal.len() >= 2, "{copies}");
-    let again = archived
-        .iter()
-        .find(|p| {
-            stored_wal
-                .iter()
-                .any(|s| s.ends_with(p.file_name().unwrap().to_str().unwrap()))
-        })
-        .expect("a stored segment is still in pg_wal");
+    let last = db.sql("SELECT last_archived_wal FROM pg_stat_archiver");
+    let again = pgdata.join("pg_wal").join(&last);
+    assert!(again.exists(), "{last} is still in pg_wal");
     let mut retry = tandem(&client, &["archive-wal", again.to_str().unwrap()]);
     retry.current_dir(&pgdata);
     let out = run_ok(retry, "archive-wal again");
     assert!(stderr(&out).contains("TDM1063I"), "{}", stderr(&out));
     let forged = work.path().join("forged");
     std::fs::create_dir(&forged).unwrap();
-    let fake = forged.join(again.file_name().unwrap());
+    let fake = forged.join(&last);
     std::fs::write(&fake, b"not the same WAL").unwrap();
     chown_to_postgres(&forged);
     let mut differ = tandem(
@@ -279,6 +254,58 @@ fn a_point_in_time_restore_from_the_secondary_shows_exactly_the_rows_before_the_
         stderr(&out).contains("different content"),
         "{}",
         stderr(&out)
+    );
+
+    // A second base backup keeping one: the first, and the WAL older than
+    // the second's start, become inactive (and stay restorable until the
+    // node's policy expires them).
+    let mut second = tandem(
+        &client,
+        &[
+            "backup",
+            "db",
+            "postgres",
+            pgdata.to_str().unwrap(),
+            "--keep",
+            "1",
+        ],
+    );
+    second.env("PGHOST", &socket).env("PGUSER", "postgres");
+    let out = run_ok(second, "second backup db postgres");
+    assert!(stderr(&out).contains("TDM1066I"), "{}", stderr(&out));
+    drop(db);
+    let out = run_ok(
+        tandem(&client, &["--json", "query", "db", "--inactive"]),
+        "query db",
+    );
+    let copies: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state_of = |kind: &str| -> Vec<String> {
+        copies
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["path"].as_str().unwrap().contains(kind))
+            .map(|c| c["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut bases = state_of("/base/");
+    bases.sort();
+    assert_eq!(bases, ["active", "inactive"], "{copies}");
+    assert!(
+        state_of("/wal/").contains(&"inactive".to_string()),
+        "{copies}"
+    );
+    assert!(
+        state_of("/wal/").contains(&"active".to_string()),
+        "{copies}"
+    );
+    assert!(
+        copies
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["kind"] == "postgres"),
+        "{copies}"
     );
 
     // Replicated, then the primary is gone: the restore, and every WAL

@@ -54,7 +54,12 @@ pub(super) enum Work {
         dates: Option<BackupDates>,
     },
     /// `backup db KIND`.
-    DbBackup { kind: DbKind, paths: Vec<PathBuf> },
+    DbBackup {
+        kind: DbKind,
+        paths: Vec<PathBuf>,
+        /// Base backups kept (PostgreSQL).
+        keep: u32,
+    },
     /// `restore db KIND`.
     DbRestore {
         kind: DbKind,
@@ -136,12 +141,14 @@ impl Work {
                 Work::DbBackup {
                     kind: DbKind::Sqlite,
                     paths,
+                    keep: 0,
                 }
             }
-            Command::Backup(BackupCommand::Db(DbBackupCommand::Postgres { pgdata })) => {
+            Command::Backup(BackupCommand::Db(DbBackupCommand::Postgres { pgdata, keep })) => {
                 Work::DbBackup {
                     kind: DbKind::Postgres,
                     paths: vec![pgdata],
+                    keep,
                 }
             }
             Command::ArchiveWal { wal, pgdata } => Work::ArchiveWal { wal, pgdata },

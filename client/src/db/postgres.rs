@@ -2,19 +2,27 @@
 //! point-in-time recovery.
 //!
 //! A cluster is named by its data directory's canonical path, `PGDATA`.
-//! Its base backups are the versions of `/@postgres/PGDATA/base.tar`, the
-//! tar `pg_basebackup -D - -Ft -X none` writes, streamed from the program
-//! into the uploader with no staging copy; the WAL the backups need is not
-//! in them but archived segment by segment, each as
-//! `/@postgres/PGDATA/wal/NAME`, by `archive_command = 'tandem archive-wal
-//! %p'` (PostgreSQL runs it in the data directory, which names the cluster).
-//! `pg_basebackup` returns only once the WAL its backup needs is archived.
+//! Each base backup is the tar `pg_basebackup -D - -Ft -X none` writes,
+//! streamed from the program into the uploader with no staging copy and
+//! stored as `/@postgres/PGDATA/base/START.tar`, named after the WAL file
+//! and position it starts at (read from the `backup_label` PostgreSQL puts
+//! first in the tar). The WAL the backups need is not in them but archived
+//! file by file, each as `/@postgres/PGDATA/wal/NAME`, by `archive_command
+//! = 'tandem archive-wal %p'` (PostgreSQL runs it in the data directory,
+//! which names the cluster). `pg_basebackup` returns only once the WAL its
+//! backup needs is archived.
 //!
-//! A restore lays down the base backup that was active at the target time
-//! (the newest without one) and configures recovery: `recovery.signal`,
-//! and a `restore_command` that runs `tandem restore-wal` to fetch each WAL
-//! file PostgreSQL asks for, up to `recovery_target_time`. Starting the
-//! server then replays to the target and promotes.
+//! Retention: after a base backup, all but the newest `--keep` base backups
+//! are made inactive, and so is every WAL file older than the oldest base
+//! backup kept; they then expire by the node's policy (RETONLY), like any
+//! inactive version. Timeline history files are always kept.
+//!
+//! A restore lays down the newest base backup stored before the target time
+//! (the newest of all without one) and configures recovery:
+//! `recovery.signal`, and a `restore_command` that runs `tandem
+//! restore-wal` to fetch each WAL file PostgreSQL asks for, up to
+//! `recovery_target_time`. Starting the server then replays to the target
+//! and promotes.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -37,14 +45,76 @@ use crate::restore::RestoreStats;
 /// The longest WAL, history or backup-history file name taken.
 const MAX_WAL_NAME: usize = 64;
 
-/// The stored path of a cluster's base backups.
-fn base_object(cluster: &Path) -> String {
-    format!("{}/base.tar", DbKind::Postgres.object_path(cluster))
+/// Bytes of a base backup's stream kept to read its `backup_label`, the
+/// tar's first member (a few hundred bytes after a 512-byte header).
+const HEAD_KEEP: usize = 64 * 1024;
+/// Base backups kept by default.
+pub const DEFAULT_KEEP: u32 = 2;
+
+/// The folder of a cluster's base backups.
+fn base_folder(cluster: &Path) -> String {
+    format!("{}/base", DbKind::Postgres.object_path(cluster))
+}
+
+/// The folder of a cluster's archived WAL.
+fn wal_folder(cluster: &Path) -> String {
+    format!("{}/wal", DbKind::Postgres.object_path(cluster))
 }
 
 /// The stored path of one of a cluster's archived WAL files.
 fn wal_object(cluster: &Path, file: &str) -> String {
-    format!("{}/wal/{file}", DbKind::Postgres.object_path(cluster))
+    format!("{}/{file}", wal_folder(cluster))
+}
+
+/// The name of a base backup from its `backup_label`: `START.tar`, START
+/// being the WAL file and the position it starts at
+/// (`000000010000000000000002.02000028`), so names are unique and the WAL
+/// a backup needs can be told from its name.
+fn base_name_from_label(label: &str) -> Option<String> {
+    let line = label
+        .lines()
+        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))?;
+    let (lsn, rest) = line.split_once(' ')?;
+    let file = rest.strip_prefix("(file ")?.strip_suffix(')')?;
+    let low = lsn.split_once('/')?.1;
+    let low = u32::from_str_radix(low, 16).ok()?;
+    (file.len() == 24 && file.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| format!("{file}.{low:08X}.tar"))
+}
+
+/// The `backup_label` at the start of a base backup's tar stream.
+fn label_of(head: &[u8]) -> Option<String> {
+    let mut archive = tar::Archive::new(head);
+    let mut first = archive.entries().ok()?.next()?.ok()?;
+    if first.path().ok()?.as_os_str() != "backup_label" {
+        return None;
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut first, &mut text).ok()?;
+    Some(text)
+}
+
+/// The log and segment part of a WAL file name (its timeline left out), by
+/// which WAL files and base backups are ordered for retention.
+fn segment_part(name: &str) -> Option<&str> {
+    name.get(8..24)
+        .filter(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A reader that keeps the first [`HEAD_KEEP`] bytes it passes on.
+struct KeepHead<R> {
+    inner: R,
+    head: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl<R: std::io::Read> std::io::Read for KeepHead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        let room = HEAD_KEEP.saturating_sub(head.len()).min(n);
+        head.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
 }
 
 fn db_error(cluster: &Path, message: String) -> ClientError {
@@ -91,8 +161,9 @@ fn check_wal_name(name: &str) -> Result<(), ClientError> {
 }
 
 /// Takes a base backup of the cluster at `pgdata` with `pg_basebackup`
-/// (connection from the usual `PGHOST`, `PGPORT`, `PGUSER` variables) and
-/// stores it as a new version of the cluster's `base.tar`.
+/// (connection from the usual `PGHOST`, `PGPORT`, `PGUSER` variables),
+/// stores it, and then keeps only the newest `keep` base backups and the
+/// WAL they need active.
 ///
 /// # Errors
 /// Not a data directory, `pg_basebackup` missing or failing (its own
@@ -101,6 +172,7 @@ pub async fn backup(
     session: &Session,
     options: &ClientOptions,
     pgdata: &Path,
+    keep: u32,
     console: &Console,
 ) -> Result<BackupStats, ClientError> {
     let cluster = cluster_at(pgdata)?;
@@ -126,25 +198,43 @@ pub async fn backup(
                 ),
             )
         })?;
-    let source = ChildOutput::new("pg_basebackup", child).map_err(|e| ClientError::Io {
+    let output = ChildOutput::new("pg_basebackup", child).map_err(|e| ClientError::Io {
         path: "pg_basebackup".into(),
         source: e,
     })?;
-    let attrs = pb::ObjectAttrs {
-        path: base_object(&cluster),
-        kind: pb::ObjectKind::File as i32,
-        mode: 0o600,
-        mtime_ns: super::now_ns(),
-        uid: rustix::process::geteuid().as_raw(),
-        gid: rustix::process::getegid().as_raw(),
-        ..Default::default()
+    let head = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let source = KeepHead {
+        inner: output,
+        head: head.clone(),
+    };
+    let folder = base_folder(&cluster);
+    let attrs = move || {
+        let head = head.lock().unwrap_or_else(|e| e.into_inner());
+        let name = label_of(&head)
+            .as_deref()
+            .and_then(base_name_from_label)
+            .ok_or_else(|| {
+                std::io::Error::other(
+                    "pg_basebackup's tar does not start with a backup_label naming the start of its WAL; use pg_basebackup of PostgreSQL 15 or later",
+                )
+            })?;
+        Ok(pb::ObjectAttrs {
+            path: format!("{folder}/{name}"),
+            kind: pb::ObjectKind::File as i32,
+            mode: 0o600,
+            mtime_ns: super::now_ns(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            ..Default::default()
+        })
     };
     let stats = super::store_stream(
         session,
         options,
         DbKind::Postgres.filespace(),
-        attrs,
+        &cluster,
         source,
+        attrs,
         console,
     )
     .await
@@ -156,7 +246,63 @@ pub async fn backup(
         &Msg::db_backed_up(DbKind::Postgres.name(), &cluster, stats.bytes_scanned),
         ExitStatus::Success,
     );
+    let (bases, wal) = retire(session, &cluster, keep.max(1)).await?;
+    if bases + wal > 0 {
+        console.report(
+            &Msg::pg_retired(&cluster, bases, wal, keep.max(1)),
+            ExitStatus::Success,
+        );
+    }
     Ok(stats)
+}
+
+/// Makes all but the newest `keep` active base backups of `cluster`
+/// inactive, and every WAL file older than the oldest one kept (timeline
+/// history files excepted); returns how many of each.
+async fn retire(session: &Session, cluster: &Path, keep: u32) -> Result<(u64, u64), ClientError> {
+    let mut bases = versions_below(session, &base_folder(cluster), false).await?;
+    bases.sort_by_key(|v| std::cmp::Reverse(v.backup_time_ns));
+    let kept = bases.len().min(keep as usize);
+    let Some(oldest_kept) = bases[..kept]
+        .iter()
+        .filter_map(|v| v.attrs.as_ref())
+        .filter_map(|a| a.path.rsplit('/').next().and_then(segment_part))
+        .min()
+        .map(str::to_string)
+    else {
+        return Ok((0, 0));
+    };
+    let old_bases: Vec<String> = bases[kept..]
+        .iter()
+        .filter_map(|v| v.attrs.as_ref().map(|a| a.path.clone()))
+        .collect();
+    let old_wal: Vec<String> = versions_below(session, &wal_folder(cluster), false)
+        .await?
+        .into_iter()
+        .filter_map(|v| v.attrs.map(|a| a.path))
+        .filter(|path| {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            !name.ends_with(".history")
+                && segment_part(name).is_some_and(|s| s < oldest_kept.as_str())
+        })
+        .collect();
+    let counts = (old_bases.len() as u64, old_wal.len() as u64);
+    let mut gone: Vec<String> = old_bases.into_iter().chain(old_wal).collect();
+    let mut client = session.client();
+    while !gone.is_empty() {
+        let batch: Vec<String> = gone
+            .drain(..gone.len().min(tandem_proto::MAX_OBJECTS_PER_CALL))
+            .collect();
+        client
+            .commit_objects(session.request(pb::CommitObjectsRequest {
+                filespace: DbKind::Postgres.filespace().to_string(),
+                objects: Vec::new(),
+                deactivate: batch,
+            }))
+            .await
+            .map_err(|s| ClientError::server("retiring old base backups and WAL", s))?;
+    }
+    Ok(counts)
 }
 
 /// What `archive-wal` did with a file.
@@ -235,8 +381,9 @@ pub async fn archive_wal(
         session,
         options,
         DbKind::Postgres.filespace(),
-        attrs,
+        wal,
         file,
+        move || Ok(attrs),
         console,
     )
     .await?;
@@ -276,7 +423,7 @@ pub async fn restore_wal(
         &object,
         &cluster,
         &parent,
-        None,
+        super::Version::Newest,
         console,
     )
     .await?;
@@ -317,15 +464,16 @@ pub async fn restore(
         source: e,
     })?;
     let command = restore_command(&tandem, &options_path, &cluster)?;
+    let base = base_for(session, &cluster, point_in_time_ns).await?;
     prepare_target(&cluster, &target)?;
     let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
     let (_stage, tar, stats) = super::restore_object_to_staging(
         session,
         DbKind::Postgres,
-        &base_object(&cluster),
+        &base,
         &cluster,
         &parent,
-        point_in_time_ns,
+        super::Version::Newest,
         console,
     )
     .await?;
@@ -351,6 +499,33 @@ pub async fn restore(
         ExitStatus::Success,
     );
     Ok(stats)
+}
+
+/// The stored path of the base backup to restore for `point_in_time_ns`:
+/// the newest stored before it (active or not yet expired), or the newest
+/// of all.
+async fn base_for(
+    session: &Session,
+    cluster: &Path,
+    point_in_time_ns: Option<i64>,
+) -> Result<String, ClientError> {
+    versions_below(session, &base_folder(cluster), true)
+        .await?
+        .into_iter()
+        .filter(|v| point_in_time_ns.is_none_or(|t| v.backup_time_ns <= t))
+        .max_by_key(|v| v.backup_time_ns)
+        .and_then(|v| v.attrs.map(|a| a.path))
+        .ok_or_else(|| {
+            let when = point_in_time_ns.map_or_else(String::new, |ns| {
+                format!(" before {}", crate::output::timefmt::rfc3339(ns))
+            });
+            db_error(
+                cluster,
+                format!(
+                    "no base backup of this cluster is stored{when}; `tandem query db --inactive` lists them"
+                ),
+            )
+        })
 }
 
 /// Makes `target` an empty directory of mode 0700 (PostgreSQL's own
@@ -445,32 +620,56 @@ fn configure_recovery(
     super::sync_parent(&conf)
 }
 
-/// The active version of the stored path `object`, with its chunk ids.
+/// The newest version (active or not) of the stored path `object`, with
+/// its chunk ids.
 async fn stored_version(
     session: &Session,
     object: &str,
 ) -> Result<Option<pb::ObjectVersion>, ClientError> {
+    Ok(query_versions(session, object, true, true)
+        .await?
+        .into_iter()
+        .filter(|v| v.attrs.as_ref().is_some_and(|a| a.path == object))
+        .max_by_key(|v| v.backup_time_ns))
+}
+
+/// The versions stored below the folder `folder` (active ones, or all).
+async fn versions_below(
+    session: &Session,
+    folder: &str,
+    include_inactive: bool,
+) -> Result<Vec<pb::ObjectVersion>, ClientError> {
+    let below = format!("{folder}/");
+    Ok(query_versions(session, folder, include_inactive, false)
+        .await?
+        .into_iter()
+        .filter(|v| v.attrs.as_ref().is_some_and(|a| a.path.starts_with(&below)))
+        .collect())
+}
+
+async fn query_versions(
+    session: &Session,
+    prefix: &str,
+    include_inactive: bool,
+    with_chunks: bool,
+) -> Result<Vec<pb::ObjectVersion>, ClientError> {
     let mut stream = session
         .client()
         .query_objects(session.request(pb::QueryObjectsRequest {
-            path_prefix: object.to_string(),
-            with_chunks: true,
+            path_prefix: prefix.to_string(),
+            include_inactive,
+            with_chunks,
             ..Default::default()
         }))
         .await
-        .map_err(|s| ClientError::server("looking up an archived file", s))?
+        .map_err(|s| ClientError::server("listing stored database files", s))?
         .into_inner();
+    let mut out = Vec::new();
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|s| ClientError::server("looking up an archived file", s))?;
-        if let Some(found) = batch
-            .versions
-            .into_iter()
-            .find(|v| v.attrs.as_ref().is_some_and(|a| a.path == object))
-        {
-            return Ok(Some(found));
-        }
+        let batch = batch.map_err(|s| ClientError::server("listing stored database files", s))?;
+        out.extend(batch.versions);
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// The size of the file at `path` and its chunk ids as a backup would cut
@@ -482,4 +681,69 @@ fn chunk_ids_of(path: &Path) -> std::io::Result<(u64, Vec<Vec<u8>>)> {
         true
     })?;
     Ok((read.unwrap_or(0), ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_backup_is_named_after_where_its_wal_starts() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+                     CHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\nLABEL: tandem\n";
+        assert_eq!(
+            base_name_from_label(label).as_deref(),
+            Some("000000010000000000000002.02000028.tar")
+        );
+        for bad in [
+            "",
+            "START WAL LOCATION: 0/2000028\n",
+            "START WAL LOCATION: zz (file 000000010000000000000002)\n",
+            "START WAL LOCATION: 0/2000028 (file ../../etc/passwd)\n",
+        ] {
+            assert_eq!(base_name_from_label(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wal_names_are_ordered_by_segment_whatever_the_timeline() {
+        assert_eq!(
+            segment_part("000000020000000100000003"),
+            Some("0000000100000003")
+        );
+        assert_eq!(
+            segment_part("000000010000000000000002.00000028.backup"),
+            Some("0000000000000002")
+        );
+        assert_eq!(segment_part("00000002.history"), None);
+        for bad in ["", "..", "0000000100000000000000zz", "a/b"] {
+            assert!(
+                check_wal_name(bad).is_err() || segment_part(bad).is_none(),
+                "{bad}"
+            );
+        }
+        assert!(check_wal_name("../000000010000000000000002").is_err());
+        assert!(check_wal_name("000000010000000000000002").is_ok());
+        assert!(check_wal_name("00000002.history").is_ok());
+    }
+
+    #[test]
+    fn the_backup_label_is_read_from_the_head_of_the_tar() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let label = b"START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(label.len() as u64);
+        header.set_mode(0o600);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "backup_label", &label[..])
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let text = label_of(&tar).unwrap();
+        assert_eq!(
+            base_name_from_label(&text).as_deref(),
+            Some("000000010000000000000003.03000028.tar")
+        );
+        assert_eq!(label_of(b"not a tar at all"), None);
+    }
 }

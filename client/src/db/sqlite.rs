@@ -87,8 +87,9 @@ pub async fn backup(
             session,
             options,
             DbKind::Sqlite.filespace(),
-            attrs,
+            &db,
             file,
+            move || Ok(attrs),
             console,
         )
         .await?;

@@ -543,6 +543,18 @@ impl Msg {
         }
     }
 
+    /// The PostgreSQL agent's retention made old base backups and WAL
+    /// inactive.
+    pub fn pg_retired(cluster: &std::path::Path, bases: u64, wal: u64, keep: u32) -> Self {
+        Msg {
+            id: "TDM1066I",
+            text: format!(
+                "PostgreSQL cluster {}: {bases} base backup(s) beyond the newest {keep} and {wal} WAL file(s) older than the oldest kept made inactive; they expire by the node's policy",
+                cluster.display()
+            ),
+        }
+    }
+
     /// The node replication table could not be updated.
     pub fn nrtable_failed(cause: impl fmt::Display) -> Self {
         Msg {
