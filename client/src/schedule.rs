@@ -412,6 +412,13 @@ fn check_run(run: &Run) -> Result<(), String> {
             )),
         },
         "db-backup" => match run.objects.iter().find(|o| db_object(o).is_none()) {
+            None if run
+                .objects
+                .iter()
+                .any(|o| db_object(o).map(|d| d.0) != db_object(&run.objects[0]).map(|d| d.0)) =>
+            {
+                Err("a db-backup schedule must name databases of one kind".into())
+            }
             None if !run.objects.is_empty() => Ok(()),
             None => Err("a db-backup schedule must name the databases to back up".into()),
             Some(bad) => Err(format!(

@@ -104,6 +104,22 @@ impl Schedule {
                 DB_KINDS.join(", ")
             ));
         }
+        if self.action == ScheduleAction::DbBackup {
+            let kind_of = |o: &String| o.split_once(':').map(|(k, _)| k.to_string());
+            let first = self.objects.first().and_then(kind_of);
+            if self.objects.iter().any(|o| kind_of(o) != first) {
+                return Err(
+                    "a db-backup schedule backs up databases of one kind; define one schedule per kind"
+                        .into(),
+                );
+            }
+            if first.as_deref() == Some("postgres") && self.objects.len() != 1 {
+                return Err(
+                    "a postgres db-backup schedule names one cluster; define one schedule per cluster"
+                        .into(),
+                );
+            }
+        }
         if !matches!(
             self.action,
             ScheduleAction::Command | ScheduleAction::DbBackup
@@ -291,7 +307,7 @@ pub fn parse_span(text: &str) -> Result<u64, String> {
 }
 
 /// The database kinds a `db-backup` schedule may name (the client's agents).
-pub const DB_KINDS: [&str; 1] = ["sqlite"];
+pub const DB_KINDS: [&str; 2] = ["sqlite", "postgres"];
 
 impl ScheduleAction {
     /// Every action's word, for messages.

@@ -406,7 +406,31 @@ fn bad_schedules_and_associations_are_refused_clearly() {
         ),
         (
             vec!["s1", "--action", "db-backup", "--objects", "oracle:/db"],
-            "kinds: sqlite",
+            "kinds: sqlite, postgres",
+        ),
+        (
+            vec![
+                "s1",
+                "--action",
+                "db-backup",
+                "--objects",
+                "sqlite:/a.db",
+                "--objects",
+                "postgres:/pg",
+            ],
+            "one kind",
+        ),
+        (
+            vec![
+                "s1",
+                "--action",
+                "db-backup",
+                "--objects",
+                "postgres:/pg1",
+                "--objects",
+                "postgres:/pg2",
+            ],
+            "one cluster",
         ),
     ] {
         let mut all = vec!["define", "schedule"];
