@@ -81,7 +81,8 @@ enum Command {
     #[command(
         visible_alias = "rest",
         args_conflicts_with_subcommands = true,
-        subcommand_negates_reqs = true
+        subcommand_negates_reqs = true,
+        disable_help_subcommand = true
     )]
     Restore {
         /// What to restore (any bytes; `\*`, `\?`, `\[` for those

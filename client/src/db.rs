@@ -236,6 +236,7 @@ pub(crate) async fn restore_object_to_staging(
     };
     let stage = tempfile::Builder::new()
         .prefix(".tandem-restore-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(parent)
         .map_err(|e| ClientError::Io {
             path: parent.to_path_buf(),
@@ -259,7 +260,7 @@ pub(crate) async fn restore_object_to_staging(
             None => String::new(),
         };
         return Err(ClientError::Database {
-            database: name.display().to_string(),
+            database: shown(name),
             message: if stats.failed > 0 {
                 format!("its copy{when} could not be restored (see the messages above)")
             } else {
@@ -300,4 +301,10 @@ pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A local path as shown in messages and logs: any byte that could forge a
+/// line or a terminal sequence is escaped, as for stored names.
+pub(crate) fn shown(path: &Path) -> String {
+    crate::names::display(&crate::names::encode(path.as_os_str())).to_string()
 }

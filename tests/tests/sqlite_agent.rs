@@ -2,6 +2,7 @@
 //! taken while a writer keeps committing, a point-in-time restore, a
 //! restore from the secondary in failover, and the inputs it must refuse.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,6 +205,33 @@ fn bad_inputs_get_clear_errors_and_change_nothing() {
     }
     assert!(!missing.exists(), "a missing database is not created");
 
+    // One bad database does not stop the others: the good one is stored,
+    // the bad one named, exit 12.
+    let good = work.path().join("good.db");
+    create_db(&good);
+    add_rows(&Connection::open(&good).unwrap(), 0, 10);
+    let out = client.run(&[
+        "--json",
+        "backup",
+        "db",
+        "sqlite",
+        &path_str(&text),
+        &path_str(&good),
+    ]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["backed_up"], 1, "{summary}");
+    assert_eq!(summary["failed"], 1, "{summary}");
+    // The staging area is the user's alone: a copy is the whole database.
+    let staging = client.dir.path().join("state").join("staging");
+    let mode = std::fs::metadata(&staging).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "staging is {mode:o}");
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "nothing left staged"
+    );
+
     // Nothing stored under that name.
     let out = client.run(&["restore", "db", "sqlite", &path_str(&missing)]);
     assert_eq!(code(&out), 12, "{}", stderr(&out));
@@ -231,6 +259,29 @@ fn bad_inputs_get_clear_errors_and_change_nothing() {
         })
         .collect();
     assert!(leftovers.is_empty(), "no staging directory is left behind");
+
+    // A lone -wal where the database would go belongs to some database too.
+    let lone = work.path().join("lone");
+    std::fs::create_dir(&lone).unwrap();
+    std::fs::write(lone.join("app.db-wal"), b"someone's log").unwrap();
+    let out = client.run(&["restore", "db", "sqlite", &path_str(&db), &path_str(&lone)]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("app.db-wal exists"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!lone.join("app.db").exists());
+    // A trailing slash names a directory, which must exist.
+    let out = client.run(&[
+        "restore",
+        "db",
+        "sqlite",
+        &path_str(&db),
+        &format!("{}/", path_str(&work.path().join("nodir"))),
+    ]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(stderr(&out).contains("trailing /"), "{}", stderr(&out));
 
     std::fs::write(work.path().join("other.db-wal"), b"stale").unwrap();
     client.json(&[

@@ -119,7 +119,7 @@ impl<R: std::io::Read> std::io::Read for KeepHead<R> {
 
 fn db_error(cluster: &Path, message: String) -> ClientError {
     ClientError::Database {
-        database: cluster.display().to_string(),
+        database: super::shown(cluster),
         message,
     }
 }
@@ -486,7 +486,7 @@ pub async fn restore(
                 &cluster,
                 format!(
                     "the base backup could not be unpacked into {}: {e}",
-                    target.display()
+                    super::shown(&target)
                 ),
             )
         })?;
@@ -543,7 +543,7 @@ fn prepare_target(cluster: &Path, target: &Path) -> Result<(), ClientError> {
                     cluster,
                     format!(
                         "{} is not empty; restore into a new or empty directory",
-                        target.display()
+                        super::shown(target)
                     ),
                 ));
             }
@@ -569,7 +569,7 @@ fn restore_command(tandem: &Path, options: &Path, cluster: &Path) -> Result<Stri
         .ok_or_else(|| {
             ClientError::Usage(format!(
                 "{} has characters a restore_command cannot carry safely (spaces, quotes, shell characters); use a path of letters, digits and /._+-@,=:",
-                p.display()
+                super::shown(p)
             ))
         })
     };

@@ -9,7 +9,7 @@
 //! `PRAGMA quick_check`, and stored byte for byte; a restore checks it again
 //! with `PRAGMA integrity_check` before it is renamed into place.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use tandem_proto::pb;
 
 use super::DbKind;
 use crate::backup::BackupStats;
-use crate::error::ClientError;
+use crate::error::{ClientError, ExitStatus};
 use crate::logon::session::Session;
 use crate::options::ClientOptions;
 use crate::output::console::Console;
@@ -30,6 +30,8 @@ use crate::restore::RestoreStats;
 const LOCK_WAIT: Duration = Duration::from_secs(120);
 /// Pause between tries while the source is locked.
 const LOCK_RETRY: Duration = Duration::from_millis(50);
+/// A staged copy this old was left by a backup that was killed.
+const ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Backs up each SQLite database in `paths`, one backup each; a database
 /// that cannot be copied stops the command with its name and the reason.
@@ -45,66 +47,94 @@ pub async fn backup(
 ) -> Result<BackupStats, ClientError> {
     let mut total = BackupStats::default();
     for path in paths {
-        let db = std::fs::canonicalize(path).map_err(|e| ClientError::Database {
-            database: path.display().to_string(),
-            message: format!("cannot be opened: {e}; name an existing database file"),
-        })?;
-        let meta = std::fs::metadata(&db).map_err(|e| ClientError::Io {
-            path: db.clone(),
-            source: e,
-        })?;
-        if !meta.is_file() {
-            return Err(ClientError::Database {
-                database: db.display().to_string(),
-                message: "is not a regular file; name the database file itself".into(),
-            });
+        total.inspected += 1;
+        match backup_one(session, options, path, console).await {
+            Ok(stats) => {
+                total.backed_up += stats.backed_up;
+                total.bytes_scanned += stats.bytes_scanned;
+                total.bytes_sent += stats.bytes_sent;
+                total.bytes_deduplicated += stats.bytes_deduplicated;
+                total.elapsed_secs += stats.elapsed_secs;
+            }
+            // This database's own problem: said, counted, and the others
+            // are still backed up (exit 12 at the end).
+            Err(e @ (ClientError::Database { .. } | ClientError::Io { .. })) => {
+                console.report(
+                    &Msg {
+                        id: e.msg_id(),
+                        text: e.to_string(),
+                    },
+                    ExitStatus::Error,
+                );
+                total.failed += 1;
+                *total.not_backed_up.entry("database error").or_default() += 1;
+            }
+            Err(other) => return Err(other),
         }
-        let staging = staging_dir(options)?;
-        let copy = staging.path().join("copy.db");
-        let (from, to) = (db.clone(), copy.clone());
-        let taken_ns = super::now_ns();
-        tokio::task::spawn_blocking(move || snapshot(&from, &to))
-            .await
-            .map_err(|e| ClientError::task_failed("SQLite copy", e))?
-            .map_err(|message| ClientError::Database {
-                database: db.display().to_string(),
-                message,
-            })?;
-        let file = std::fs::File::open(&copy).map_err(|e| ClientError::Io {
-            path: copy.clone(),
-            source: e,
-        })?;
-        let attrs = pb::ObjectAttrs {
-            path: DbKind::Sqlite.object_path(&db),
-            kind: pb::ObjectKind::File as i32,
-            mode: meta.mode() & 0o7777,
-            mtime_ns: taken_ns,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            ..Default::default()
-        };
-        let stats = super::store_stream(
-            session,
-            options,
-            DbKind::Sqlite.filespace(),
-            &db,
-            file,
-            move || Ok(attrs),
-            console,
-        )
-        .await?;
-        console.report(
-            &Msg::db_backed_up(DbKind::Sqlite.name(), &db, stats.bytes_scanned),
-            crate::error::ExitStatus::Success,
-        );
-        total.inspected += stats.inspected;
-        total.backed_up += stats.backed_up;
-        total.bytes_scanned += stats.bytes_scanned;
-        total.bytes_sent += stats.bytes_sent;
-        total.bytes_deduplicated += stats.bytes_deduplicated;
-        total.elapsed_secs += stats.elapsed_secs;
     }
     Ok(total)
+}
+
+/// Copies, checks and stores one database.
+async fn backup_one(
+    session: &Session,
+    options: &ClientOptions,
+    path: &Path,
+    console: &Console,
+) -> Result<BackupStats, ClientError> {
+    let db = std::fs::canonicalize(path).map_err(|e| ClientError::Database {
+        database: super::shown(path),
+        message: format!("cannot be opened: {e}; name an existing database file"),
+    })?;
+    let meta = std::fs::metadata(&db).map_err(|e| ClientError::Io {
+        path: db.clone(),
+        source: e,
+    })?;
+    if !meta.is_file() {
+        return Err(ClientError::Database {
+            database: super::shown(&db),
+            message: "is not a regular file; name the database file itself".into(),
+        });
+    }
+    let staging = staging_dir(options)?;
+    let copy = staging.path().join("copy.db");
+    let (from, to) = (db.clone(), copy.clone());
+    let taken_ns = super::now_ns();
+    tokio::task::spawn_blocking(move || snapshot(&from, &to))
+        .await
+        .map_err(|e| ClientError::task_failed("SQLite copy", e))?
+        .map_err(|message| ClientError::Database {
+            database: super::shown(&db),
+            message,
+        })?;
+    let file = std::fs::File::open(&copy).map_err(|e| ClientError::Io {
+        path: copy.clone(),
+        source: e,
+    })?;
+    let attrs = pb::ObjectAttrs {
+        path: DbKind::Sqlite.object_path(&db),
+        kind: pb::ObjectKind::File as i32,
+        mode: meta.mode() & 0o7777,
+        mtime_ns: taken_ns,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        ..Default::default()
+    };
+    let stats = super::store_stream(
+        session,
+        options,
+        DbKind::Sqlite.filespace(),
+        &db,
+        file,
+        move || Ok(attrs),
+        console,
+    )
+    .await?;
+    console.report(
+        &Msg::db_backed_up(DbKind::Sqlite.name(), &db, stats.bytes_scanned),
+        ExitStatus::Success,
+    );
+    Ok(stats)
 }
 
 /// Restores the copy of database `name` that `point_in_time_ns` selects to
@@ -126,17 +156,31 @@ pub async fn restore(
 ) -> Result<RestoreStats, ClientError> {
     let name = super::stored_name(name)?;
     let dest = destination(&name, dest)?;
-    if dest.symlink_metadata().is_ok() && !replace {
+    let taken = std::iter::once(dest.clone())
+        .chain(SIDE_FILES.iter().map(|suffix| side_file(&dest, suffix)))
+        .find(|p| p.symlink_metadata().is_ok());
+    if let Some(taken) = taken
+        && !replace
+    {
         return Err(ClientError::Database {
-            database: name.display().to_string(),
+            database: super::shown(&name),
             message: format!(
-                "{} exists; restore elsewhere, or give --replace after stopping every program that uses it",
-                dest.display()
+                "{} exists; restore elsewhere, or give --replace after stopping every program that uses the database",
+                super::shown(&taken)
             ),
         });
     }
     let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let (_stage, restored, stats) = super::restore_to_staging(
+    if !parent.is_dir() {
+        return Err(ClientError::Database {
+            database: super::shown(&name),
+            message: format!(
+                "the destination's directory {} does not exist; create it first",
+                super::shown(&parent)
+            ),
+        });
+    }
+    let (stage, restored, stats) = super::restore_to_staging(
         session,
         DbKind::Sqlite,
         &name,
@@ -150,13 +194,13 @@ pub async fn restore(
         .await
         .map_err(|e| ClientError::task_failed("SQLite check", e))?
         .map_err(|message| ClientError::Database {
-            database: name.display().to_string(),
+            database: super::shown(&name),
             message: format!("the restored copy is not sound, nothing was replaced: {message}"),
         })?;
-    put_in_place(&restored, &dest)?;
+    put_in_place(&restored, &dest, stage.path())?;
     console.report(
         &Msg::db_restored(DbKind::Sqlite.name(), &name, &dest),
-        crate::error::ExitStatus::Success,
+        ExitStatus::Success,
     );
     Ok(stats)
 }
@@ -167,6 +211,7 @@ fn destination(name: &Path, dest: Option<&Path>) -> Result<PathBuf, ClientError>
     let Some(dest) = dest else {
         return Ok(name.to_path_buf());
     };
+    let names_directory = dest.as_os_str().as_encoded_bytes().ends_with(b"/");
     let dest = crate::paths::absolute(dest).map_err(|e| ClientError::Io {
         path: dest.to_path_buf(),
         source: e,
@@ -174,42 +219,110 @@ fn destination(name: &Path, dest: Option<&Path>) -> Result<PathBuf, ClientError>
     if dest.is_dir() {
         return Ok(dest.join(name.file_name().unwrap_or_default()));
     }
+    if names_directory {
+        return Err(ClientError::Database {
+            database: super::shown(name),
+            message: format!(
+                "{} names a directory that does not exist; create it, or name the file without the trailing /",
+                super::shown(&dest)
+            ),
+        });
+    }
     Ok(dest)
 }
 
-/// Renames the checked copy over `dest`, first removing the files SQLite
-/// keeps beside a database, which belong to the database being replaced.
-fn put_in_place(restored: &Path, dest: &Path) -> Result<(), ClientError> {
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let mut side = dest.as_os_str().to_os_string();
-        side.push(suffix);
-        match std::fs::remove_file(&side) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(ClientError::Io {
-                    path: side.into(),
-                    source: e,
-                });
+/// The files SQLite keeps beside a database, which belong to it.
+const SIDE_FILES: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+fn side_file(db: &Path, suffix: &str) -> PathBuf {
+    let mut side = db.as_os_str().to_os_string();
+    side.push(suffix);
+    PathBuf::from(side)
+}
+
+/// Renames the checked copy over `dest`. The files SQLite keeps beside the
+/// database being replaced are first moved into the staging directory
+/// `stage` (same filesystem), so SQLite cannot replay them into the
+/// restored copy; if the rename fails they are moved back, and the
+/// database being replaced is left whole. A symlink at `dest` is replaced
+/// itself; what it points to is not touched.
+fn put_in_place(restored: &Path, dest: &Path, stage: &Path) -> Result<(), ClientError> {
+    let io = |path: &Path, e: std::io::Error| ClientError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let put_back = |moved: &[(PathBuf, PathBuf)]| {
+        for (from, to) in moved {
+            let _ = std::fs::rename(to, from);
+        }
+    };
+    for suffix in SIDE_FILES {
+        let side = side_file(dest, suffix);
+        let aside = stage.join(format!("replaced{suffix}"));
+        match std::fs::rename(&side, &aside) {
+            Ok(()) => moved.push((side, aside)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                put_back(&moved);
+                return Err(io(&side, e));
             }
-            _ => {}
         }
     }
-    std::fs::rename(restored, dest)
-        .and_then(|()| super::sync_parent(dest))
-        .map_err(|e| ClientError::Io {
-            path: dest.to_path_buf(),
-            source: e,
-        })
+    if let Err(e) = std::fs::rename(restored, dest) {
+        put_back(&moved);
+        return Err(ClientError::Database {
+            database: super::shown(dest),
+            message: format!(
+                "the checked copy could not take its place ({e}); the database there is unchanged. A mount point cannot be replaced: restore to another path and copy it"
+            ),
+        });
+    }
+    super::sync_parent(dest).map_err(|e| io(dest, e))
 }
 
 /// A private directory for one staged copy, removed when dropped.
+/// Both it and `state_dir/staging` are the user's alone (0700): the copy
+/// is the whole database. Copies left by a backup that was killed (a day
+/// old or more) are removed first.
 fn staging_dir(options: &ClientOptions) -> Result<tempfile::TempDir, ClientError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let root = options.state_dir().join("staging");
-    std::fs::create_dir_all(&root)
-        .and_then(|()| tempfile::Builder::new().prefix("sqlite-").tempdir_in(&root))
-        .map_err(|e| ClientError::Io {
-            path: root,
-            source: e,
-        })
+    let io = |e: std::io::Error| ClientError::Io {
+        path: root.clone(),
+        source: e,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .map_err(io)?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    remove_abandoned(&root);
+    tempfile::Builder::new()
+        .prefix("sqlite-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&root)
+        .map_err(io)
+}
+
+/// Removes staged copies a killed backup left in `root`, once they are a
+/// day old (a running backup's copy is younger).
+fn remove_abandoned(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ABANDONED_AFTER);
+        if old && entry.file_name().to_string_lossy().starts_with("sqlite-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Copies the database at `db` to a new database at `copy` in one step of
@@ -226,6 +339,13 @@ fn snapshot(db: &Path, copy: &Path) -> Result<(), String> {
     source
         .query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
         .map_err(|e| format!("cannot be read as a SQLite database: {e}"))?;
+    // Made 0600 before SQLite opens it: the copy holds the whole database.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(copy)
+        .map_err(|e| format!("staging copy: {e}"))?;
     let mut target = Connection::open(copy).map_err(|e| format!("staging copy: {e}"))?;
     {
         let backup =
@@ -239,7 +359,7 @@ fn snapshot(db: &Path, copy: &Path) -> Result<(), String> {
                 }
                 StepResult::Busy | StepResult::Locked => {
                     return Err(format!(
-                        "stayed locked by a writer for {} s; run the backup again when it is less busy",
+                        "stayed locked for {} s: a writer held it all that time, or a program keeps it in exclusive locking mode (PRAGMA locking_mode), which no other connection can read; run the backup when it is less busy, or stop that program",
                         LOCK_WAIT.as_secs()
                     ));
                 }

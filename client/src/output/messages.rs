@@ -487,7 +487,7 @@ impl Msg {
             id: "TDM1060I",
             text: format!(
                 "{kind} database {} backed up: a consistent copy of {}",
-                db.display(),
+                crate::db::shown(db),
                 crate::backup::human_bytes(bytes)
             ),
         }
@@ -499,8 +499,8 @@ impl Msg {
             id: "TDM1061I",
             text: format!(
                 "{kind} database {} restored to {} and checked",
-                db.display(),
-                dest.display()
+                crate::db::shown(db),
+                crate::db::shown(dest)
             ),
         }
     }
@@ -537,8 +537,8 @@ impl Msg {
             id: "TDM1065I",
             text: format!(
                 "PostgreSQL cluster {} restored to {}; start PostgreSQL on it: {until}, WAL comes from Tandem, then it is promoted",
-                cluster.display(),
-                target.display()
+                crate::db::shown(cluster),
+                crate::db::shown(target)
             ),
         }
     }
@@ -550,7 +550,7 @@ impl Msg {
             id: "TDM1066I",
             text: format!(
                 "PostgreSQL cluster {}: {bases} base backup(s) beyond the newest {keep} and {wal} WAL file(s) older than the oldest kept made inactive; they expire by the node's policy",
-                cluster.display()
+                crate::db::shown(cluster)
             ),
         }
     }
