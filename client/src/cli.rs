@@ -243,6 +243,17 @@ enum DbBackupCommand {
               value_parser = clap::value_parser!(u32).range(1..=1000))]
         keep: u32,
     },
+    /// A MariaDB server: a full backup (`mariadb-dump --single-transaction`
+    /// streamed, no staging), or with --binlogs the closed binary logs not
+    /// stored yet (run it often: they are the incrementals).
+    Mariadb {
+        /// Store the closed binary logs instead of a full backup.
+        #[arg(long)]
+        binlogs: bool,
+        /// The server's Unix socket [default: the client programs' own].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -283,6 +294,20 @@ enum DbRestoreCommand {
         /// backup before it [default: all archived WAL].
         #[arg(long, value_name = "TIME")]
         pitdate: Option<String>,
+    },
+    /// A MariaDB server, into the running (empty) server --socket reaches:
+    /// the newest full backup before the time, then its binary logs
+    /// replayed up to the time.
+    Mariadb {
+        /// The backed-up server's data directory (`query db` lists them).
+        datadir: PathBuf,
+        /// Replay up to this time [default: every stored binary log].
+        #[arg(long, value_name = "TIME")]
+        pitdate: Option<String>,
+        /// The socket of the server to restore into [default: the client
+        /// programs' own].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
     },
 }
 
@@ -800,6 +825,9 @@ async fn dispatch(
             crate::db::DbKind::Postgres => {
                 crate::db::postgres::backup(&session, options, &paths[0], keep, console).await
             }
+            crate::db::DbKind::Mariadb => Err(ClientError::Internal(
+                "a MariaDB backup was planned as a file database's".into(),
+            )),
         }
         .map(|s| print_backup_summary(&s, console)),
         Work::ArchiveWal { wal, pgdata } => {
@@ -808,9 +836,11 @@ async fn dispatch(
                 .map(|_| ())
         }
         Work::RestoreWal { pgdata, file, dest } => {
-            crate::db::postgres::restore_wal(&session, &pgdata, &file, &dest, console)
-                .await
-                .map(|_| ())
+            match crate::db::postgres::restore_wal(&session, &pgdata, &file, &dest, console).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(ClientError::WalNotStored(file)),
+                Err(e) => Err(e),
+            }
         }
         Work::DbRestore {
             kind,
@@ -841,12 +871,37 @@ async fn dispatch(
                 )
                 .await
             }
-            (crate::db::DbKind::Postgres, None) => Err(ClientError::Internal(
-                "a PostgreSQL restore reached the logon without its target".into(),
-            )),
+            (crate::db::DbKind::Postgres, None) | (crate::db::DbKind::Mariadb, _) => {
+                Err(ClientError::Internal(
+                    "a database restore reached the logon without what it needs".into(),
+                ))
+            }
         }
         .map(|s| print_restore_summary(&s, console)),
         Work::QueryDb { inactive } => crate::db::query(&session, inactive, console).await,
+        Work::MariadbBackup { binlogs, socket } => {
+            let connection = crate::db::mariadb::Connection { socket };
+            if binlogs {
+                crate::db::mariadb::backup_binlogs(&session, options, &connection, console).await
+            } else {
+                crate::db::mariadb::backup_full(&session, options, &connection, console).await
+            }
+            .map(|s| print_backup_summary(&s, console))
+        }
+        Work::MariadbRestore {
+            datadir,
+            socket,
+            point_in_time_ns,
+        } => crate::db::mariadb::restore(
+            &session,
+            options,
+            &datadir,
+            &crate::db::mariadb::Connection { socket },
+            point_in_time_ns,
+            console,
+        )
+        .await
+        .map(|s| print_restore_summary(&s, console)),
         Work::SetPassword { old, new } => {
             set_password(&session, options, options_path, old, new, console).await
         }
@@ -907,6 +962,7 @@ where
             };
         }
     };
+    let wal_tool = WalTool::of(&cli.command);
     let env: HashMap<String, String> = std::env::vars().collect();
     let path = options::resolve_path(
         cli.options.as_deref(),
@@ -930,7 +986,7 @@ where
             } else {
                 eprintln!("{msg}");
             }
-            return err.exit_status();
+            return WalTool::exit(wal_tool, &err).unwrap_or(err.exit_status());
         }
     };
     let log = ErrorLog::new(options.error_log_path(), options.error_log_max_mb);
@@ -965,6 +1021,10 @@ where
         Err(err) => Err(err),
     };
     match result {
+        // PostgreSQL reads only the exit code: a warning (a stale replica,
+        // an options file it could not rewrite) must not turn a file
+        // stored or fetched into a failure it retries forever.
+        Ok(()) if wal_tool.is_some() => ExitStatus::Success,
         Ok(()) => console.status(),
         Err(err) => {
             console.report(
@@ -974,7 +1034,36 @@ where
                 },
                 err.exit_status(),
             );
-            console.status().max(err.exit_status())
+            WalTool::exit(wal_tool, &err).unwrap_or(console.status().max(err.exit_status()))
+        }
+    }
+}
+
+/// The commands PostgreSQL runs, whose exit codes it interprets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WalTool {
+    /// `archive-wal`: 0 once stored, anything else and PostgreSQL retries.
+    Archive,
+    /// `restore-wal`: 0 fetched, 4 not stored, 126 anything else (recovery
+    /// must stop rather than end early).
+    Restore,
+}
+
+impl WalTool {
+    fn of(command: &Command) -> Option<WalTool> {
+        match command {
+            Command::ArchiveWal { .. } => Some(WalTool::Archive),
+            Command::RestoreWal { .. } => Some(WalTool::Restore),
+            _ => None,
+        }
+    }
+
+    /// The exit code for `err` when the command is one of these.
+    fn exit(tool: Option<WalTool>, err: &ClientError) -> Option<ExitStatus> {
+        match (tool?, err) {
+            (WalTool::Restore, ClientError::WalNotStored(_)) => Some(ExitStatus::Skipped),
+            (WalTool::Restore, _) => Some(ExitStatus::RecoveryMustStop),
+            (WalTool::Archive, _) => Some(ExitStatus::Error),
         }
     }
 }

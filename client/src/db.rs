@@ -13,6 +13,7 @@
 //! by the engine, and only then renamed into place.
 
 mod child;
+pub mod mariadb;
 pub mod postgres;
 pub mod sqlite;
 
@@ -22,6 +23,7 @@ use std::time::Instant;
 
 use tandem_proto::{ChunkId, pb};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 
 use crate::backup::chunker::Chunker;
 use crate::backup::scan::Item;
@@ -40,17 +42,20 @@ pub enum DbKind {
     Sqlite,
     /// PostgreSQL clusters: base backups and archived WAL.
     Postgres,
+    /// MariaDB servers: full dumps and binary logs.
+    Mariadb,
 }
 
 impl DbKind {
     /// Every kind, for listings.
-    pub const ALL: [DbKind; 2] = [DbKind::Sqlite, DbKind::Postgres];
+    pub const ALL: [DbKind; 3] = [DbKind::Sqlite, DbKind::Postgres, DbKind::Mariadb];
 
     /// The filespace holding this kind's copies.
     pub fn filespace(self) -> &'static str {
         match self {
             DbKind::Sqlite => "/@sqlite",
             DbKind::Postgres => "/@postgres",
+            DbKind::Mariadb => "/@mariadb",
         }
     }
 
@@ -59,6 +64,7 @@ impl DbKind {
         match self {
             DbKind::Sqlite => "sqlite",
             DbKind::Postgres => "postgres",
+            DbKind::Mariadb => "mariadb",
         }
     }
 
@@ -307,4 +313,77 @@ pub(crate) fn now_ns() -> i64 {
 /// line or a terminal sequence is escaped, as for stored names.
 pub(crate) fn shown(path: &Path) -> String {
     crate::names::display(&crate::names::encode(path.as_os_str())).to_string()
+}
+
+/// The newest version (active or not) of the stored path `object`, with
+/// its chunk ids.
+pub(crate) async fn stored_version(
+    session: &Session,
+    object: &str,
+) -> Result<Option<pb::ObjectVersion>, ClientError> {
+    Ok(query_versions(session, object, true, true)
+        .await?
+        .into_iter()
+        .filter(|v| v.attrs.as_ref().is_some_and(|a| a.path == object))
+        .max_by_key(|v| v.backup_time_ns))
+}
+
+/// The versions stored below the folder `folder` (active ones, or all).
+pub(crate) async fn versions_below(
+    session: &Session,
+    folder: &str,
+    include_inactive: bool,
+) -> Result<Vec<pb::ObjectVersion>, ClientError> {
+    let below = format!("{folder}/");
+    Ok(query_versions(session, folder, include_inactive, false)
+        .await?
+        .into_iter()
+        .filter(|v| v.attrs.as_ref().is_some_and(|a| a.path.starts_with(&below)))
+        .collect())
+}
+
+async fn query_versions(
+    session: &Session,
+    prefix: &str,
+    include_inactive: bool,
+    with_chunks: bool,
+) -> Result<Vec<pb::ObjectVersion>, ClientError> {
+    let mut stream = session
+        .client()
+        .query_objects(session.request(pb::QueryObjectsRequest {
+            path_prefix: prefix.to_string(),
+            include_inactive,
+            with_chunks,
+            ..Default::default()
+        }))
+        .await
+        .map_err(|s| ClientError::server("listing stored database files", s))?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|s| ClientError::server("listing stored database files", s))?;
+        out.extend(batch.versions);
+    }
+    Ok(out)
+}
+
+/// `state_dir/staging`, the user's alone (0700): staged copies and dumps
+/// hold whole databases.
+///
+/// # Errors
+/// The directory cannot be made.
+pub(crate) fn staging_root(options: &ClientOptions) -> Result<PathBuf, ClientError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let root = options.state_dir().join("staging");
+    let io = |e: std::io::Error| ClientError::Io {
+        path: root.clone(),
+        source: e,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&root)
+        .map_err(io)?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    Ok(root)
 }

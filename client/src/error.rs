@@ -19,6 +19,10 @@ pub enum ExitStatus {
     Warnings = 8,
     /// Failed, or at least one object failed with an error (e.g. corrupt data).
     Error = 12,
+    /// `restore-wal` failed for a reason other than the file not being
+    /// stored: PostgreSQL stops recovery on a code above 125, where any
+    /// lower one would read as "not in the archive" and end recovery early.
+    RecoveryMustStop = 126,
 }
 
 impl ExitStatus {
@@ -112,6 +116,10 @@ pub enum ClientError {
         /// What went wrong and what to do.
         message: String,
     },
+    /// `restore-wal`: no such WAL file is stored (PostgreSQL's normal
+    /// question past the end of the archive).
+    #[error("WAL file {0} is not stored")]
+    WalNotStored(String),
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -145,7 +153,10 @@ impl ClientError {
 
     /// The exit code for this error.
     pub fn exit_status(&self) -> ExitStatus {
-        ExitStatus::Error
+        match self {
+            ClientError::WalNotStored(_) => ExitStatus::Skipped,
+            _ => ExitStatus::Error,
+        }
     }
 
     /// The TDM message id printed with this error.
@@ -163,6 +174,7 @@ impl ClientError {
             ClientError::Internal(_) => "TDM1004E",
             ClientError::PrimaryMoved(_) => "TDM2116E",
             ClientError::Database { .. } => "TDM1062E",
+            ClientError::WalNotStored(_) => "TDM1064I",
         }
     }
 }

@@ -436,7 +436,9 @@ fn check_run(run: &Run) -> Result<(), String> {
 /// A `db-backup` object's kind and absolute path (`sqlite:/srv/app.db`).
 fn db_object(object: &str) -> Option<(crate::db::DbKind, &str)> {
     let (kind, path) = object.split_once(':')?;
-    let kind = crate::db::DbKind::ALL
+    // The agents that back up a database named by a path (MariaDB is
+    // reached through its client programs: schedule it as a command).
+    let kind = [crate::db::DbKind::Sqlite, crate::db::DbKind::Postgres]
         .into_iter()
         .find(|k| k.name() == kind)?;
     path.starts_with('/').then_some((kind, path))

@@ -359,4 +359,49 @@ fn a_point_in_time_restore_from_the_secondary_shows_exactly_the_rows_before_the_
     assert!(promoted, "recovery did not end");
     assert_eq!(back.sql("SELECT count(*), max(n) FROM t"), "100|100");
     assert!(client.error_log().contains("TDM2106I"), "failover logged");
+
+    // restore-wal speaks PostgreSQL's exit codes: 4 for a file that is not
+    // stored (recovery ends there normally), 126 for anything else, so a
+    // failure stops recovery instead of ending it early.
+    let missing = work.path().join("missing-wal");
+    let out = tandem(
+        &client,
+        &[
+            "restore-wal",
+            "--pgdata",
+            pgdata.to_str().unwrap(),
+            "0000000100000000000000FF",
+            missing.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(!missing.exists());
+    let out = tandem(
+        &client,
+        &[
+            "restore-wal",
+            "--pgdata",
+            pgdata.to_str().unwrap(),
+            "../../etc/passwd",
+            missing.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 126, "{}", stderr(&out));
+    // Not a data directory: refused before anything is started.
+    let out = tandem(
+        &client,
+        &["backup", "db", "postgres", work.path().to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a PostgreSQL data directory"),
+        "{}",
+        stderr(&out)
+    );
 }

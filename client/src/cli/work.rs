@@ -70,6 +70,17 @@ pub(super) enum Work {
     },
     /// `query db`.
     QueryDb { inactive: bool },
+    /// `backup db mariadb`.
+    MariadbBackup {
+        binlogs: bool,
+        socket: Option<PathBuf>,
+    },
+    /// `restore db mariadb`.
+    MariadbRestore {
+        datadir: PathBuf,
+        socket: Option<PathBuf>,
+        point_in_time_ns: Option<i64>,
+    },
     /// `archive-wal`.
     ArchiveWal {
         wal: PathBuf,
@@ -147,10 +158,31 @@ impl Work {
             Command::Backup(BackupCommand::Db(DbBackupCommand::Postgres { pgdata, keep })) => {
                 Work::DbBackup {
                     kind: DbKind::Postgres,
-                    paths: vec![pgdata],
+                    paths: vec![crate::db::postgres::cluster_at(&pgdata)?],
                     keep,
                 }
             }
+            Command::Backup(BackupCommand::Db(DbBackupCommand::Mariadb { binlogs, socket })) => {
+                Work::MariadbBackup { binlogs, socket }
+            }
+            Command::Restore {
+                database:
+                    Some(RestoreCommand::Db(DbRestoreCommand::Mariadb {
+                        datadir,
+                        pitdate,
+                        socket,
+                    })),
+                ..
+            } => Work::MariadbRestore {
+                datadir,
+                socket,
+                // The instant typed, as for PostgreSQL.
+                point_in_time_ns: pitdate
+                    .as_deref()
+                    .map(timefmt::parse_time)
+                    .transpose()?
+                    .map(|t| t.first_ns),
+            },
             Command::ArchiveWal { wal, pgdata } => Work::ArchiveWal { wal, pgdata },
             Command::RestoreWal { pgdata, file, dest } => Work::RestoreWal { pgdata, file, dest },
             Command::Restore {
@@ -165,7 +197,13 @@ impl Work {
                 kind: DbKind::Postgres,
                 database: pgdata,
                 dest: Some(target),
-                point_in_time_ns: point_in_time(pitdate.as_deref())?,
+                // A recovery target is the instant typed, as PostgreSQL
+                // takes it: `14:05:00` must not replay a commit at 14:05:00.3.
+                point_in_time_ns: pitdate
+                    .as_deref()
+                    .map(timefmt::parse_time)
+                    .transpose()?
+                    .map(|t| t.first_ns),
                 replace: false,
             },
             Command::Restore {
@@ -372,6 +410,7 @@ impl Work {
             Work::Backup { preview, .. } => !preview,
             Work::SetPassword { .. }
             | Work::DbBackup { .. }
+            | Work::MariadbBackup { .. }
             | Work::ArchiveWal { .. }
             | Work::DeleteBackup { .. }
             | Work::Archive { .. }
@@ -379,6 +418,7 @@ impl Work {
             Work::QueryArchive(_)
             | Work::Restore(_)
             | Work::DbRestore { .. }
+            | Work::MariadbRestore { .. }
             | Work::RestoreWal { .. }
             | Work::QueryDb { .. }
             | Work::QueryBackup { .. }
@@ -412,6 +452,8 @@ impl Work {
             Work::DbRestore { .. } => "database restore",
             Work::QueryDb { .. } => "query db",
             Work::ArchiveWal { .. } => "archive-wal",
+            Work::MariadbBackup { .. } => "database backup",
+            Work::MariadbRestore { .. } => "database restore",
             Work::RestoreWal { .. } => "restore-wal",
             Work::QueryFilespace => "query filespace",
             Work::QuerySession => "query session",

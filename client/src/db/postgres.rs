@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tandem_proto::pb;
-use tokio_stream::StreamExt as _;
 
 use super::DbKind;
 use super::child::ChildOutput;
@@ -126,7 +125,7 @@ fn db_error(cluster: &Path, message: String) -> ClientError {
 
 /// The cluster at `pgdata`: its canonical path, once it is seen to be a
 /// PostgreSQL data directory (it has `PG_VERSION`).
-fn cluster_at(pgdata: &Path) -> Result<PathBuf, ClientError> {
+pub(crate) fn cluster_at(pgdata: &Path) -> Result<PathBuf, ClientError> {
     let cluster = std::fs::canonicalize(pgdata).map_err(|e| {
         db_error(
             pgdata,
@@ -176,6 +175,7 @@ pub async fn backup(
     console: &Console,
 ) -> Result<BackupStats, ClientError> {
     let cluster = cluster_at(pgdata)?;
+    check_same_cluster(&cluster)?;
     let child = Command::new("pg_basebackup")
         .args([
             "--pgdata=-",
@@ -242,6 +242,26 @@ pub async fn backup(
         ClientError::Io { source, .. } => db_error(&cluster, source.to_string()),
         other => other,
     })?;
+    // pg_basebackup exits 0 even when the WAL its backup needs was never
+    // archived (archive_mode off, an archive_command writing elsewhere):
+    // such a backup cannot be restored, so it does not count, and nothing
+    // older is retired for it.
+    let archived = archived_wal_names(session, &cluster).await?;
+    let stored_name = base_names(session, &cluster)
+        .await?
+        .into_iter()
+        .max_by_key(|(_, time)| *time)
+        .map(|(name, _)| name)
+        .unwrap_or_default();
+    if !has_history_file(&stored_name, &archived) {
+        return Err(db_error(
+            &cluster,
+            format!(
+                "the base backup was stored, but PostgreSQL did not archive its backup history file ({}*.backup) to this node, so it cannot be restored and is not used; check that archive_mode = on and that archive_command runs `tandem --options {{this options file}} archive-wal %p`",
+                stored_name.get(..24).unwrap_or(&stored_name)
+            ),
+        ));
+    }
     console.report(
         &Msg::db_backed_up(DbKind::Postgres.name(), &cluster, stats.bytes_scanned),
         ExitStatus::Success,
@@ -260,7 +280,7 @@ pub async fn backup(
 /// inactive, and every WAL file older than the oldest one kept (timeline
 /// history files excepted); returns how many of each.
 async fn retire(session: &Session, cluster: &Path, keep: u32) -> Result<(u64, u64), ClientError> {
-    let mut bases = versions_below(session, &base_folder(cluster), false).await?;
+    let mut bases = super::versions_below(session, &base_folder(cluster), false).await?;
     bases.sort_by_key(|v| std::cmp::Reverse(v.backup_time_ns));
     let kept = bases.len().min(keep as usize);
     let Some(oldest_kept) = bases[..kept]
@@ -276,7 +296,7 @@ async fn retire(session: &Session, cluster: &Path, keep: u32) -> Result<(u64, u6
         .iter()
         .filter_map(|v| v.attrs.as_ref().map(|a| a.path.clone()))
         .collect();
-    let old_wal: Vec<String> = versions_below(session, &wal_folder(cluster), false)
+    let old_wal: Vec<String> = super::versions_below(session, &wal_folder(cluster), false)
         .await?
         .into_iter()
         .filter_map(|v| v.attrs.map(|a| a.path))
@@ -347,7 +367,7 @@ pub async fn archive_wal(
     };
     let file = std::fs::File::open(wal).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
-    if let Some(stored) = stored_version(session, &object).await? {
+    if let Some(stored) = super::stored_version(session, &object).await? {
         let local = {
             let wal = wal.to_path_buf();
             tokio::task::spawn_blocking(move || chunk_ids_of(&wal))
@@ -408,8 +428,7 @@ pub async fn restore_wal(
     check_wal_name(file)?;
     let cluster = super::stored_name(pgdata)?;
     let object = wal_object(&cluster, file);
-    if stored_version(session, &object).await?.is_none() {
-        console.report(&Msg::wal_not_stored(file), ExitStatus::Skipped);
+    if super::stored_version(session, &object).await?.is_none() {
         return Ok(false);
     }
     let dest = crate::paths::absolute(dest).map_err(|e| ClientError::Io {
@@ -485,7 +504,7 @@ pub async fn restore(
             db_error(
                 &cluster,
                 format!(
-                    "the base backup could not be unpacked into {}: {e}",
+                    "the base backup could not be unpacked into {}: {e}; empty that directory before you try again",
                     super::shown(&target)
                 ),
             )
@@ -509,12 +528,15 @@ async fn base_for(
     cluster: &Path,
     point_in_time_ns: Option<i64>,
 ) -> Result<String, ClientError> {
-    versions_below(session, &base_folder(cluster), true)
+    let archived = archived_wal_names(session, cluster).await?;
+    base_names(session, cluster)
         .await?
         .into_iter()
-        .filter(|v| point_in_time_ns.is_none_or(|t| v.backup_time_ns <= t))
-        .max_by_key(|v| v.backup_time_ns)
-        .and_then(|v| v.attrs.map(|a| a.path))
+        .filter(|(name, time)| {
+            point_in_time_ns.is_none_or(|t| *time <= t) && has_history_file(name, &archived)
+        })
+        .max_by_key(|(_, time)| *time)
+        .map(|(name, _)| format!("{}/{name}", base_folder(cluster)))
         .ok_or_else(|| {
             let when = point_in_time_ns.map_or_else(String::new, |ns| {
                 format!(" before {}", crate::output::timefmt::rfc3339(ns))
@@ -526,6 +548,95 @@ async fn base_for(
                 ),
             )
         })
+}
+
+/// The cluster's stored base backups (active or not): name and time.
+async fn base_names(session: &Session, cluster: &Path) -> Result<Vec<(String, i64)>, ClientError> {
+    Ok(super::versions_below(session, &base_folder(cluster), true)
+        .await?
+        .into_iter()
+        .filter_map(|v| {
+            let name = v.attrs?.path.rsplit('/').next()?.to_string();
+            Some((name, v.backup_time_ns))
+        })
+        .collect())
+}
+
+/// The names of the cluster's archived WAL files (active or not).
+async fn archived_wal_names(
+    session: &Session,
+    cluster: &Path,
+) -> Result<std::collections::HashSet<String>, ClientError> {
+    Ok(super::versions_below(session, &wal_folder(cluster), true)
+        .await?
+        .into_iter()
+        .filter_map(|v| Some(v.attrs?.path.rsplit('/').next()?.to_string()))
+        .collect())
+}
+
+/// Whether the backup history file PostgreSQL archives at the end of the
+/// base backup `base` (`START.tar`) is stored: proof that the WAL the
+/// backup needs reached this node.
+fn has_history_file(base: &str, archived: &std::collections::HashSet<String>) -> bool {
+    let Some(start) = base.get(..24) else {
+        return false;
+    };
+    archived
+        .iter()
+        .any(|n| n.len() > 24 && n.starts_with(start) && n.ends_with(".backup"))
+}
+
+/// Checks that the server `pg_basebackup` will reach (PGHOST, PGPORT) runs
+/// the cluster at `cluster`: the system identifier it reports is the one
+/// in `global/pg_control`, so another cluster's backup is never stored
+/// under this one's name.
+fn check_same_cluster(cluster: &Path) -> Result<(), ClientError> {
+    let control = std::fs::read(cluster.join("global").join("pg_control")).map_err(|e| {
+        db_error(
+            cluster,
+            format!("global/pg_control cannot be read: {e}; run the agent as the cluster's user"),
+        )
+    })?;
+    let Some(id) = control.get(..8).and_then(|b| b.try_into().ok()) else {
+        return Err(db_error(cluster, "global/pg_control is too short".into()));
+    };
+    let on_disk = u64::from_le_bytes(id);
+    let out = Command::new("psql")
+        .args([
+            "--no-psqlrc",
+            "--no-password",
+            "--tuples-only",
+            "--no-align",
+            "--dbname=postgres",
+            "--command=SELECT system_identifier FROM pg_control_system()",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            db_error(
+                cluster,
+                format!("psql could not be started: {e}; install PostgreSQL's client programs or put them on PATH"),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(db_error(
+            cluster,
+            format!(
+                "the server cannot be asked for its identity (set PGHOST, PGPORT, PGUSER): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if answered != on_disk.to_string() {
+        return Err(db_error(
+            cluster,
+            format!(
+                "the server that PGHOST/PGPORT reach is another cluster (system identifier {answered}, this data directory's is {on_disk}); point them at this cluster's server"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Makes `target` an empty directory of mode 0700 (PostgreSQL's own
@@ -589,7 +700,15 @@ fn unpack(tar: &Path, target: &Path) -> std::io::Result<()> {
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
     archive.set_overwrite(false);
-    archive.unpack(target)
+    archive.unpack(target)?;
+    // The tar has no entry for its top directory: as root, give it to the
+    // owner of the cluster's files, or PostgreSQL will not start on it.
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(target.join("PG_VERSION"))?;
+        std::os::unix::fs::chown(target, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    Ok(())
 }
 
 /// Adds the recovery settings to `postgresql.auto.conf` (read last, so
@@ -618,58 +737,6 @@ fn configure_recovery(
     let signal = std::fs::File::create(target.join("recovery.signal"))?;
     signal.sync_all()?;
     super::sync_parent(&conf)
-}
-
-/// The newest version (active or not) of the stored path `object`, with
-/// its chunk ids.
-async fn stored_version(
-    session: &Session,
-    object: &str,
-) -> Result<Option<pb::ObjectVersion>, ClientError> {
-    Ok(query_versions(session, object, true, true)
-        .await?
-        .into_iter()
-        .filter(|v| v.attrs.as_ref().is_some_and(|a| a.path == object))
-        .max_by_key(|v| v.backup_time_ns))
-}
-
-/// The versions stored below the folder `folder` (active ones, or all).
-async fn versions_below(
-    session: &Session,
-    folder: &str,
-    include_inactive: bool,
-) -> Result<Vec<pb::ObjectVersion>, ClientError> {
-    let below = format!("{folder}/");
-    Ok(query_versions(session, folder, include_inactive, false)
-        .await?
-        .into_iter()
-        .filter(|v| v.attrs.as_ref().is_some_and(|a| a.path.starts_with(&below)))
-        .collect())
-}
-
-async fn query_versions(
-    session: &Session,
-    prefix: &str,
-    include_inactive: bool,
-    with_chunks: bool,
-) -> Result<Vec<pb::ObjectVersion>, ClientError> {
-    let mut stream = session
-        .client()
-        .query_objects(session.request(pb::QueryObjectsRequest {
-            path_prefix: prefix.to_string(),
-            include_inactive,
-            with_chunks,
-            ..Default::default()
-        }))
-        .await
-        .map_err(|s| ClientError::server("listing stored database files", s))?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|s| ClientError::server("listing stored database files", s))?;
-        out.extend(batch.versions);
-    }
-    Ok(out)
 }
 
 /// The size of the file at `path` and its chunk ids as a backup would cut

@@ -286,24 +286,17 @@ fn put_in_place(restored: &Path, dest: &Path, stage: &Path) -> Result<(), Client
 /// is the whole database. Copies left by a backup that was killed (a day
 /// old or more) are removed first.
 fn staging_dir(options: &ClientOptions) -> Result<tempfile::TempDir, ClientError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let root = options.state_dir().join("staging");
-    let io = |e: std::io::Error| ClientError::Io {
-        path: root.clone(),
-        source: e,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&root)
-        .map_err(io)?;
-    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    use std::os::unix::fs::PermissionsExt;
+    let root = super::staging_root(options)?;
     remove_abandoned(&root);
     tempfile::Builder::new()
         .prefix("sqlite-")
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(&root)
-        .map_err(io)
+        .map_err(|e| ClientError::Io {
+            path: root.clone(),
+            source: e,
+        })
 }
 
 /// Removes staged copies a killed backup left in `root`, once they are a

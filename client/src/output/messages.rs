@@ -513,15 +513,6 @@ impl Msg {
         }
     }
 
-    /// `restore-wal` was asked for a WAL file that is not stored (normal
-    /// at the end of recovery).
-    pub fn wal_not_stored(name: &str) -> Self {
-        Msg {
-            id: "TDM1064I",
-            text: format!("WAL file {name} is not stored"),
-        }
-    }
-
     /// A PostgreSQL cluster's base backup was laid down with its recovery
     /// settings.
     pub fn pg_restored(
@@ -551,6 +542,36 @@ impl Msg {
             text: format!(
                 "PostgreSQL cluster {}: {bases} base backup(s) beyond the newest {keep} and {wal} WAL file(s) older than the oldest kept made inactive; they expire by the node's policy",
                 crate::db::shown(cluster)
+            ),
+        }
+    }
+
+    /// The MariaDB agent stored closed binary logs.
+    pub fn binlogs_stored(datadir: &std::path::Path, stored: u64, before: u64) -> Self {
+        Msg {
+            id: "TDM1067I",
+            text: format!(
+                "MariaDB server {}: {stored} binary log(s) stored, {before} stored before",
+                crate::db::shown(datadir)
+            ),
+        }
+    }
+
+    /// The MariaDB agent loaded a dump and replayed binary logs.
+    pub fn mariadb_restored(
+        datadir: &std::path::Path,
+        logs: usize,
+        point_in_time_ns: Option<i64>,
+    ) -> Self {
+        let until = match point_in_time_ns {
+            Some(ns) => format!("up to {}", crate::output::timefmt::rfc3339(ns)),
+            None => "to their end".to_string(),
+        };
+        Msg {
+            id: "TDM1068I",
+            text: format!(
+                "MariaDB server {} restored: its full backup loaded and {logs} binary log(s) replayed {until}",
+                crate::db::shown(datadir)
             ),
         }
     }
