@@ -838,6 +838,20 @@ async fn dispatch(
         Work::RestoreWal { pgdata, file, dest } => {
             match crate::db::postgres::restore_wal(&session, &pgdata, &file, &dest, console).await {
                 Ok(true) => Ok(()),
+                // On a replica that is behind, "not stored" may only mean
+                // "not replicated yet": recovery must stop, not end there.
+                Ok(false) if session.mode == SessionMode::Failover => {
+                    if postgres_replica_behind(&session, options).await {
+                        Err(ClientError::Database {
+                            database: crate::db::shown(&pgdata),
+                            message: format!(
+                                "WAL file {file} is not on the replication server, whose copy of this node's PostgreSQL backups is behind the primary's; recovery stops here rather than end early: restore when the primary is back"
+                            ),
+                        })
+                    } else {
+                        Err(ClientError::WalNotStored(file))
+                    }
+                }
                 Ok(false) => Err(ClientError::WalNotStored(file)),
                 Err(e) => Err(e),
             }
@@ -913,6 +927,18 @@ async fn dispatch(
     result
 }
 
+/// In failover, whether the replica's copy of the PostgreSQL agent's
+/// filespace is behind what the primary acknowledged (or cannot be told).
+async fn postgres_replica_behind(session: &Session, options: &ClientOptions) -> bool {
+    crate::logon::currency::check(session, options)
+        .await
+        .map(|all| {
+            all.iter()
+                .any(|f| f.filespace == crate::db::DbKind::Postgres.filespace() && !f.current)
+        })
+        .unwrap_or(true)
+}
+
 /// In failover, warns (TDM2111W) for each filespace whose newest backup has
 /// not reached the secondary.
 async fn warn_if_stale(session: &Session, options: &ClientOptions, console: &Console) {
@@ -945,6 +971,13 @@ where
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
+        // A restore_command PostgreSQL runs that this version cannot parse
+        // (written by another release, say) must stop recovery, not read as
+        // "not in the archive".
+        Err(e) if e.use_stderr() && runs_restore_wal(&args) => {
+            let _ = e.print();
+            return ExitStatus::RecoveryMustStop;
+        }
         Err(e) if e.use_stderr() && crate::output::parse_errors::asks_for_json(&args) => {
             let msg = Msg {
                 id: ClientError::Usage(String::new()).msg_id(),
@@ -1037,6 +1070,11 @@ where
             WalTool::exit(wal_tool, &err).unwrap_or(console.status().max(err.exit_status()))
         }
     }
+}
+
+/// Whether the command line asks for `restore-wal` (before it is parsed).
+pub fn runs_restore_wal(args: &[OsString]) -> bool {
+    args.iter().skip(1).any(|a| a == "restore-wal")
 }
 
 /// The commands PostgreSQL runs, whose exit codes it interprets.

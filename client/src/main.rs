@@ -4,6 +4,21 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     tandem_os::malloc::limit_arenas(tandem_os::malloc::CLIENT_ARENAS);
+    // For PostgreSQL's restore_command every failure must stop recovery
+    // (a code above 125): a panic's 101 would read as "not in the archive".
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let failure = if tandem_client::cli::runs_restore_wal(&args) {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            std::process::exit(i32::from(
+                tandem_client::error::ExitStatus::RecoveryMustStop.code(),
+            ));
+        }));
+        tandem_client::error::ExitStatus::RecoveryMustStop
+    } else {
+        tandem_client::error::ExitStatus::Error
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -17,12 +32,8 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tandem: cannot start (threads or I/O driver): {e}");
-            return ExitCode::from(tandem_client::error::ExitStatus::Error.code());
+            return ExitCode::from(failure.code());
         }
     };
-    ExitCode::from(
-        runtime
-            .block_on(tandem_client::run(std::env::args_os()))
-            .code(),
-    )
+    ExitCode::from(runtime.block_on(tandem_client::run(args)).code())
 }

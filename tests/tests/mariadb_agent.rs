@@ -193,15 +193,23 @@ fn a_point_in_time_restore_from_the_secondary_replays_binary_logs_up_to_the_time
         "194\t2\t300"
     );
 
-    // Nothing stored under that name: refused with the reason.
+    // A target that holds databases already, or none named: refused with
+    // the reason, before anything is loaded.
     let out = client.run(&[
         "restore",
         "db",
         "mariadb",
-        "/no/such/server",
+        &datadir,
         "--socket",
         &latest.socket(),
     ]);
     assert_eq!(code(&out), 12, "{}", stderr(&out));
-    assert!(stderr(&out).contains("no full backup"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already holds 1 database"),
+        "{}",
+        stderr(&out)
+    );
+    let out = client.run(&["restore", "db", "mariadb", &datadir]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--socket"), "{}", stderr(&out));
 }

@@ -136,6 +136,17 @@ fn dump_position(head: &str) -> Option<(String, u64)> {
     Some((file.to_string(), pos))
 }
 
+/// A binary log name's base and sequence number (`binlog.000012` ->
+/// `("binlog", 12)`), by which logs are ordered: numbers, not text, since
+/// `.1000000` follows `.999999`.
+fn binlog_sequence(name: &str) -> Option<(&str, u64)> {
+    let (base, number) = name.rsplit_once('.')?;
+    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some((base, number.parse().ok()?))
+}
+
 /// Checks a binary log file name: letters, digits, `.`, `-`, `_`.
 fn check_binlog_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -276,16 +287,48 @@ pub async fn backup_binlogs(
     // The last one is the log being written: not closed, not stored.
     names.pop();
     let dir = basename.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let stored: std::collections::HashSet<String> =
+    let shown = super::shown(&datadir);
+    // Stored logs by name, with their sizes: a closed log never changes, so
+    // a stored name whose size differs on disk is another log of that name
+    // (RESET MASTER, or a server rebuilt in the same directory).
+    let stored: std::collections::HashMap<String, u64> =
         super::versions_below(session, &folder(&datadir, "binlog"), true)
             .await?
             .into_iter()
-            .filter_map(|v| v.attrs.map(|a| a.path))
-            .filter_map(|p| p.rsplit('/').next().map(str::to_string))
+            .filter_map(|v| v.attrs)
+            .filter_map(|a| Some((a.path.rsplit('/').next()?.to_string(), a.size)))
             .collect();
+    for name in &names {
+        check_binlog_name(name).map_err(|m| db_error(&shown, m))?;
+        if let Some(size) = stored.get(name) {
+            let on_disk = std::fs::metadata(dir.join(name)).map(|m| m.len()).ok();
+            if let Some(on_disk) = on_disk.filter(|d| d != size) {
+                return Err(db_error(
+                    &shown,
+                    format!(
+                        "binary log {name} on the server is not the one stored under that name ({on_disk} bytes here, {size} stored): the logs were reset or the server rebuilt; take a full backup, and restore older points in time from before the reset"
+                    ),
+                ));
+            }
+        }
+    }
+    // Logs purged before they were stored leave a gap no restore can cross.
+    let newest_stored = stored
+        .keys()
+        .filter_map(|n| binlog_sequence(n))
+        .max_by_key(|(_, n)| *n);
+    let oldest_listed = names.first().and_then(|n| binlog_sequence(n));
+    if let (Some((base, newest)), Some((listed_base, oldest))) = (newest_stored, oldest_listed)
+        && base == listed_base
+        && oldest > newest + 1
+    {
+        console.report(
+            &Msg::binlogs_missing(&datadir, base, newest + 1, oldest - 1),
+            ExitStatus::Warnings,
+        );
+    }
     let mut total = BackupStats::default();
-    for name in names.iter().filter(|n| !stored.contains(*n)) {
-        check_binlog_name(name).map_err(|m| db_error(&super::shown(&datadir), m))?;
+    for name in names.iter().filter(|n| !stored.contains_key(*n)) {
         let path = dir.join(name);
         let file = std::fs::File::open(&path).map_err(|e| {
             db_error(
@@ -355,6 +398,7 @@ pub async fn restore(
 ) -> Result<RestoreStats, ClientError> {
     let datadir = PathBuf::from(datadir.to_string_lossy().trim_end_matches('/'));
     let shown = super::shown(&datadir);
+    check_target(connection, &datadir)?;
     let dump = super::versions_below(session, &folder(&datadir, "full"), true)
         .await?
         .into_iter()
@@ -362,9 +406,12 @@ pub async fn restore(
         .max_by_key(|v| v.backup_time_ns)
         .and_then(|v| v.attrs.map(|a| a.path))
         .ok_or_else(|| {
+            let when = point_in_time_ns.map_or_else(String::new, |ns| {
+                format!(" before {}", crate::output::timefmt::rfc3339(ns))
+            });
             db_error(
                 &shown,
-                "no full backup of this server is stored before that time; `tandem query db --inactive` lists them".into(),
+                format!("no full backup of this server is stored{when}; `tandem query db --inactive` lists them"),
             )
         })?;
     let dump_name = dump.rsplit('/').next().unwrap_or_default().to_string();
@@ -391,8 +438,11 @@ pub async fn restore(
         console,
     )
     .await?;
+    // Not written to the target's own binary log: its GTIDs would clash
+    // with the source's replayed next.
     let load = Command::new("mariadb")
         .args(connection.args())
+        .args(["--binary-mode", "--init-command=SET sql_log_bin=0"])
         .stdin(
             std::fs::File::open(&dump_file).map_err(|e| ClientError::Io {
                 path: dump_file.clone(),
@@ -415,19 +465,7 @@ pub async fn restore(
             ),
         ));
     }
-    // The binary logs from the dump's own onward, in order.
-    let mut logs: Vec<String> = super::versions_below(session, &folder(&datadir, "binlog"), true)
-        .await?
-        .into_iter()
-        .filter_map(|v| v.attrs.map(|a| a.path))
-        .filter(|p| {
-            p.rsplit('/')
-                .next()
-                .is_some_and(|n| n >= start_file.as_str())
-        })
-        .collect();
-    logs.sort();
-    logs.dedup();
+    let logs = replay_chain(session, &datadir, &start_file).await?;
     let mut files = Vec::new();
     for log in &logs {
         let (_inner, restored, more) = super::restore_object_to_staging(
@@ -459,6 +497,98 @@ pub async fn restore(
     Ok(stats)
 }
 
+/// Refuses a restore target that is the backed-up server itself, holds
+/// databases of its own, or runs scheduled events (they would fire while
+/// the logs replay and change the data twice). `--all-databases` also
+/// brings the source's accounts (the `mysql` schema) into the target.
+fn check_target(connection: &Connection, datadir: &Path) -> Result<(), ClientError> {
+    let shown = super::shown(datadir);
+    if connection.socket.is_none() {
+        return Err(db_error(
+            &shown,
+            "name the server to restore into with --socket (a fresh, empty server): the client's defaults usually reach the live one".into(),
+        ));
+    }
+    let facts = query(
+        connection,
+        "SELECT @@datadir, @@event_scheduler, (SELECT count(*) FROM information_schema.schemata WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys'))",
+    )?;
+    let fields: Vec<&str> = facts.trim_end().split('\t').collect();
+    let [target_dir, scheduler, databases] = fields[..] else {
+        return Err(db_error(
+            &shown,
+            format!("unexpected answer from the target: {facts:?}"),
+        ));
+    };
+    if Path::new(target_dir.trim_end_matches('/')) == datadir {
+        return Err(db_error(
+            &shown,
+            "--socket reaches the backed-up server itself; restore into a fresh server".into(),
+        ));
+    }
+    if databases != "0" {
+        return Err(db_error(
+            &shown,
+            format!(
+                "the target server already holds {databases} database(s); restore into a fresh, empty server"
+            ),
+        ));
+    }
+    if scheduler.eq_ignore_ascii_case("ON") {
+        return Err(db_error(
+            &shown,
+            "the target server runs its event scheduler; start it with --event-scheduler=OFF for the restore".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The stored binary logs to replay after a dump that starts in
+/// `start_file`: that file and every later one of its base name, in
+/// sequence, refusing a chain that lacks the first or has a gap (replay
+/// would silently skip transactions).
+async fn replay_chain(
+    session: &Session,
+    datadir: &Path,
+    start_file: &str,
+) -> Result<Vec<String>, ClientError> {
+    let shown = super::shown(datadir);
+    let (base, first) = binlog_sequence(start_file)
+        .ok_or_else(|| db_error(&shown, format!("{start_file:?} is not a binary log name")))?;
+    let mut logs: Vec<(u64, String)> =
+        super::versions_below(session, &folder(datadir, "binlog"), true)
+            .await?
+            .into_iter()
+            .filter_map(|v| v.attrs.map(|a| a.path))
+            .filter_map(|path| {
+                let (b, n) = binlog_sequence(path.rsplit('/').next()?)?;
+                (b == base && n >= first).then_some((n, path.clone()))
+            })
+            .collect();
+    logs.sort();
+    logs.dedup_by_key(|(n, _)| *n);
+    if logs.first().is_none_or(|(n, _)| *n != first) {
+        return Err(db_error(
+            &shown,
+            format!(
+                "binary log {start_file}, where the full backup's changes continue, is not stored; run `tandem backup db mariadb --binlogs` on the server"
+            ),
+        ));
+    }
+    if let Some(w) = logs.windows(2).find(|w| w[1].0 != w[0].0 + 1) {
+        return Err(db_error(
+            &shown,
+            format!(
+                "binary logs {base}.{:06} to {base}.{:06} are not stored; no point in time after {base}.{:06} can be restored from this full backup",
+                w[0].0 + 1,
+                w[1].0 - 1,
+                w[0].0
+            ),
+        ));
+    }
+    Ok(logs.into_iter().map(|(_, path)| path).collect())
+}
+
 /// `mariadb-binlog --start-position=POS [--stop-datetime=T] FILES... |
 /// mariadb`: the start position applies to the first file.
 fn replay(
@@ -470,6 +600,7 @@ fn replay(
     let mut decode = Command::new("mariadb-binlog");
     decode
         .env("TZ", "UTC")
+        .arg("--disable-log-bin")
         .arg(format!("--start-position={start_pos}"))
         .args(files)
         .stdin(Stdio::null())
@@ -488,27 +619,36 @@ fn replay(
         .stdout
         .take()
         .ok_or("mariadb-binlog's output is not piped")?;
+    // Its messages are read while it runs, so a full pipe never stops it.
+    let mut said = decoder
+        .stderr
+        .take()
+        .ok_or("mariadb-binlog's errors are not piped")?;
+    let messages = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut said, &mut text);
+        text
+    });
     let apply = Command::new("mariadb")
         .args(connection.args())
+        .arg("--binary-mode")
         .stdin(events)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| format!("the mariadb client could not be started: {e}"))?;
-    let decoded = decoder
-        .wait_with_output()
-        .map_err(|e| format!("mariadb-binlog: {e}"))?;
-    if !decoded.status.success() {
-        return Err(format!(
-            "mariadb-binlog failed: {}",
-            String::from_utf8_lossy(&decoded.stderr).trim()
-        ));
-    }
+    let status = decoder.wait().map_err(|e| format!("mariadb-binlog: {e}"))?;
+    let decoder_said = messages.join().unwrap_or_default();
+    // The applying side first: when it fails, the decoder only dies of a
+    // closed pipe.
     if !apply.status.success() {
         return Err(format!(
             "replaying the binary logs failed: {}",
             String::from_utf8_lossy(&apply.stderr).trim()
         ));
+    }
+    if !status.success() {
+        return Err(format!("mariadb-binlog failed: {}", decoder_said.trim()));
     }
     Ok(())
 }
@@ -524,6 +664,18 @@ mod tests {
         assert_eq!(dump_position("-- no position here\n"), None);
         let forged = "-- CHANGE MASTER TO MASTER_LOG_FILE='../../etc/passwd', MASTER_LOG_POS=4;\n";
         assert_eq!(dump_position(forged), None);
+    }
+
+    #[test]
+    fn binary_logs_are_ordered_by_number_not_text() {
+        assert_eq!(binlog_sequence("binlog.000012"), Some(("binlog", 12)));
+        assert_eq!(
+            binlog_sequence("mysql-bin.1000000"),
+            Some(("mysql-bin", 1_000_000))
+        );
+        assert!(binlog_sequence("binlog.000999") < binlog_sequence("binlog.1000000"));
+        assert_eq!(binlog_sequence("binlog.index"), None);
+        assert_eq!(binlog_sequence("binlog."), None);
     }
 
     #[test]

@@ -254,6 +254,12 @@ pub async fn backup(
         .map(|(name, _)| name)
         .unwrap_or_default();
     if !has_history_file(&stored_name, &archived) {
+        // Inactive, it counts for no --keep and is never restored from.
+        deactivate(
+            session,
+            vec![format!("{}/{stored_name}", base_folder(&cluster))],
+        )
+        .await?;
         return Err(db_error(
             &cluster,
             format!(
@@ -307,7 +313,12 @@ async fn retire(session: &Session, cluster: &Path, keep: u32) -> Result<(u64, u6
         })
         .collect();
     let counts = (old_bases.len() as u64, old_wal.len() as u64);
-    let mut gone: Vec<String> = old_bases.into_iter().chain(old_wal).collect();
+    deactivate(session, old_bases.into_iter().chain(old_wal).collect()).await?;
+    Ok(counts)
+}
+
+/// Makes the active versions of `gone` (stored paths) inactive.
+async fn deactivate(session: &Session, mut gone: Vec<String>) -> Result<(), ClientError> {
     let mut client = session.client();
     while !gone.is_empty() {
         let batch: Vec<String> = gone
@@ -322,7 +333,7 @@ async fn retire(session: &Session, cluster: &Path, keep: u32) -> Result<(u64, u6
             .await
             .map_err(|s| ClientError::server("retiring old base backups and WAL", s))?;
     }
-    Ok(counts)
+    Ok(())
 }
 
 /// What `archive-wal` did with a file.
@@ -578,12 +589,21 @@ async fn archived_wal_names(
 /// base backup `base` (`START.tar`) is stored: proof that the WAL the
 /// backup needs reached this node.
 fn has_history_file(base: &str, archived: &std::collections::HashSet<String>) -> bool {
-    let Some(start) = base.get(..24) else {
+    // `FILE.LSNLOW.tar` against `FILE.OFFSET.backup`, OFFSET being the start
+    // position within its segment (segments are 1 MiB to 1 GiB).
+    let parts = |name: &str, suffix: &str| -> Option<(String, u32)> {
+        let stem = name.strip_suffix(suffix)?;
+        let (file, number) = stem.split_once('.')?;
+        (file.len() == 24).then_some(())?;
+        Some((file.to_string(), u32::from_str_radix(number, 16).ok()?))
+    };
+    let Some((file, low)) = parts(base, ".tar") else {
         return false;
     };
     archived
         .iter()
-        .any(|n| n.len() > 24 && n.starts_with(start) && n.ends_with(".backup"))
+        .filter_map(|n| parts(n, ".backup"))
+        .any(|(f, offset)| f == file && (20..=30).any(|bits| low & ((1u32 << bits) - 1) == offset))
 }
 
 /// Checks that the server `pg_basebackup` will reach (PGHOST, PGPORT) runs
@@ -600,15 +620,19 @@ fn check_same_cluster(cluster: &Path) -> Result<(), ClientError> {
     let Some(id) = control.get(..8).and_then(|b| b.try_into().ok()) else {
         return Err(db_error(cluster, "global/pg_control is too short".into()));
     };
-    let on_disk = u64::from_le_bytes(id);
+    // The host's own byte order, as PostgreSQL writes it; shown signed, as
+    // PostgreSQL shows it.
+    let on_disk = i64::from_ne_bytes(id);
+    // Over a replication connection, the kind pg_basebackup itself needs,
+    // so pg_hba rules that allow only replication do not stop the check.
     let out = Command::new("psql")
         .args([
             "--no-psqlrc",
             "--no-password",
             "--tuples-only",
             "--no-align",
-            "--dbname=postgres",
-            "--command=SELECT system_identifier FROM pg_control_system()",
+            "--command=IDENTIFY_SYSTEM",
+            "dbname=postgres replication=true",
         ])
         .stdin(Stdio::null())
         .output()
@@ -627,8 +651,15 @@ fn check_same_cluster(cluster: &Path) -> Result<(), ClientError> {
             ),
         ));
     }
-    let answered = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if answered != on_disk.to_string() {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answered = text
+        .trim()
+        .split('|')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let unsigned = on_disk as u64;
+    if answered != on_disk.to_string() && answered != unsigned.to_string() {
         return Err(db_error(
             cluster,
             format!(

@@ -576,6 +576,17 @@ impl Msg {
         }
     }
 
+    /// Binary logs were purged on the server before the agent stored them.
+    pub fn binlogs_missing(datadir: &std::path::Path, base: &str, from: u64, to: u64) -> Self {
+        Msg {
+            id: "TDM1069W",
+            text: format!(
+                "MariaDB server {}: binary logs {base}.{from:06} to {base}.{to:06} were purged before they were stored; no point in time across them can be restored: take a full backup now, and store binary logs more often than they are purged",
+                crate::db::shown(datadir)
+            ),
+        }
+    }
+
     /// The node replication table could not be updated.
     pub fn nrtable_failed(cause: impl fmt::Display) -> Self {
         Msg {
