@@ -32,6 +32,7 @@ use crate::error::ClientError;
 use crate::logon::session::Session;
 use crate::options::ClientOptions;
 use crate::output::console::Console;
+use crate::output::messages::Msg;
 use crate::restore::{self, Replace, RestoreRequest, RestoreStats};
 use crate::selection::{Selection, escape_literal};
 
@@ -153,6 +154,96 @@ where
     console.end_progress();
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// Runs `command` (a database's own backup program, `program` in
+/// messages) and stores what it writes on standard output as one new
+/// version, with no staging copy: `path_from_head` names the object from
+/// the first bytes of the stream once the program has finished with
+/// success (a failure stores nothing). The object is private to the user
+/// running the agent. `label` names the database in errors; `hint` says
+/// what to install when the program cannot be started.
+///
+/// # Errors
+/// The program missing or failing (its own words are given), the stream
+/// not naming itself, server and connection failures.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn store_program_output<F>(
+    session: &Session,
+    options: &ClientOptions,
+    kind: DbKind,
+    label: &Path,
+    program: &str,
+    hint: &str,
+    mut command: std::process::Command,
+    path_from_head: F,
+    console: &Console,
+) -> Result<BackupStats, ClientError>
+where
+    F: FnOnce(&[u8]) -> Result<String, &'static str> + Send + 'static,
+{
+    let database_error = |message: String| ClientError::Database {
+        database: shown(label),
+        message,
+    };
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| database_error(format!("{program} could not be started: {e}; {hint}")))?;
+    let output = child::ChildOutput::new(program, child).map_err(|e| ClientError::Io {
+        path: program.into(),
+        source: e,
+    })?;
+    let (source, head) = child::KeepHead::new(output);
+    let attrs = move || {
+        let head = head.lock().unwrap_or_else(|e| e.into_inner());
+        let path = path_from_head(&head).map_err(std::io::Error::other)?;
+        Ok(pb::ObjectAttrs {
+            path,
+            kind: pb::ObjectKind::File as i32,
+            mode: 0o600,
+            mtime_ns: now_ns(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            ..Default::default()
+        })
+    };
+    let stats = store_stream(
+        session,
+        options,
+        kind.filespace(),
+        label,
+        source,
+        attrs,
+        console,
+    )
+    .await
+    .map_err(|e| match e {
+        ClientError::Io { source, .. } => database_error(source.to_string()),
+        other => other,
+    })?;
+    console.report(
+        &Msg::db_backed_up(kind.name(), label, stats.bytes_scanned),
+        crate::error::ExitStatus::Success,
+    );
+    Ok(stats)
+}
+
+/// The attributes of a file the agent stores as it is on disk (a WAL file,
+/// a binary log), under the stored path `path`.
+pub(crate) fn file_attrs(path: String, meta: &std::fs::Metadata) -> pb::ObjectAttrs {
+    use std::os::unix::fs::MetadataExt;
+    pb::ObjectAttrs {
+        path,
+        kind: pb::ObjectKind::File as i32,
+        mode: meta.mode() & 0o7777,
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        ..Default::default()
+    }
 }
 
 /// Chunks `source` into items for the uploader and ends with the object

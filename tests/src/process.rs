@@ -52,3 +52,25 @@ pub fn run_measured(mut cmd: Command) -> (Output, u64) {
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     (out, sampler.join().expect("sampler"))
 }
+
+/// Now, in Unix nanoseconds.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as i64
+}
+
+/// Stops a server process the test started: `signal` (its clean shutdown),
+/// up to 30 s for it to exit, then SIGKILL. Only that child's own PID.
+pub fn stop_child(child: &mut std::process::Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, signal);
+    let stopped = wait_until(Duration::from_secs(30), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !stopped {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -130,16 +130,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // SIGINT: PostgreSQL's fast shutdown; then make sure.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let stopped = wait_until(Duration::from_secs(30), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if !stopped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        stop_child(&mut self.child, nix::sys::signal::Signal::SIGINT);
     }
 }
 
@@ -148,13 +139,6 @@ fn tandem(client: &TestClient, args: &[&str]) -> Command {
     let mut all = vec!["--options", client.options.to_str().unwrap()];
     all.extend_from_slice(args);
     as_postgres(&bin("tandem"), &all)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
 }
 
 #[test]

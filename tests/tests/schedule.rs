@@ -41,13 +41,6 @@ impl Drop for Scheduler {
     }
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
-
 fn at(ns: i64) -> String {
     tandem_client::output::timefmt::rfc3339(ns)
 }

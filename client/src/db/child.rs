@@ -7,6 +7,43 @@ use std::thread::JoinHandle;
 
 /// The most of a child's standard error kept for the error message.
 const STDERR_KEEP: usize = 4096;
+/// Bytes of a stream's head kept to name it: a base backup's
+/// `backup_label` or a dump's binary log position, both within the first
+/// few kilobytes.
+const HEAD_KEEP: usize = 64 * 1024;
+
+/// The first bytes a [`KeepHead`] passed on.
+pub(crate) type Head = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A reader that keeps the first [`HEAD_KEEP`] bytes it passes on.
+pub(crate) struct KeepHead<R> {
+    inner: R,
+    head: Head,
+}
+
+impl<R> KeepHead<R> {
+    /// Wraps `inner`; the returned [`Head`] fills as it is read.
+    pub(crate) fn new(inner: R) -> (Self, Head) {
+        let head = Head::default();
+        (
+            KeepHead {
+                inner,
+                head: head.clone(),
+            },
+            head,
+        )
+    }
+}
+
+impl<R: Read> Read for KeepHead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+        let room = HEAD_KEEP.saturating_sub(head.len()).min(n);
+        head.extend_from_slice(&buf[..room]);
+        Ok(n)
+    }
+}
 
 /// Reads a child's standard output; at its end, waits for the child and
 /// turns a failed exit into a read error naming the program, its exit

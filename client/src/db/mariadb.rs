@@ -22,10 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tandem_proto::pb;
-
 use super::DbKind;
-use super::child::ChildOutput;
 use crate::backup::BackupStats;
 use crate::error::{ClientError, ExitStatus};
 use crate::logon::session::Session;
@@ -34,9 +31,6 @@ use crate::output::console::Console;
 use crate::output::messages::Msg;
 use crate::restore::RestoreStats;
 
-/// Bytes of a dump's head kept to read the binary log position comment
-/// (it comes after a few header lines).
-const HEAD_KEEP: usize = 64 * 1024;
 /// The longest binary log file name taken.
 const MAX_BINLOG_NAME: usize = 128;
 
@@ -164,22 +158,6 @@ fn check_binlog_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A reader that keeps the first [`HEAD_KEEP`] bytes it passes on.
-struct KeepHead<R> {
-    inner: R,
-    head: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl<R: std::io::Read> std::io::Read for KeepHead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
-        let room = HEAD_KEEP.saturating_sub(head.len()).min(n);
-        head.extend_from_slice(&buf[..room]);
-        Ok(n)
-    }
-}
-
 /// A full backup: `mariadb-dump` of every database in one transaction,
 /// streamed into the upload, named after the binary log position it
 /// starts at.
@@ -194,74 +172,34 @@ pub async fn backup_full(
     console: &Console,
 ) -> Result<BackupStats, ClientError> {
     let (datadir, _) = server_facts(connection)?;
-    let shown = super::shown(&datadir);
-    let child = Command::new("mariadb-dump")
-        .args(connection.args())
-        .args([
-            "--single-transaction",
-            "--master-data=2",
-            "--flush-logs",
-            "--all-databases",
-            "--routines",
-            "--events",
-            "--triggers",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            db_error(
-                &shown,
-                format!("mariadb-dump could not be started: {e}; install MariaDB's client programs or put them on PATH"),
-            )
-        })?;
-    let output = ChildOutput::new("mariadb-dump", child).map_err(|e| ClientError::Io {
-        path: "mariadb-dump".into(),
-        source: e,
-    })?;
-    let head = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let source = KeepHead {
-        inner: output,
-        head: head.clone(),
-    };
+    let mut command = Command::new("mariadb-dump");
+    command.args(connection.args()).args([
+        "--single-transaction",
+        "--master-data=2",
+        "--flush-logs",
+        "--all-databases",
+        "--routines",
+        "--events",
+        "--triggers",
+    ]);
     let full = folder(&datadir, "full");
-    let attrs = move || {
-        let head = head.lock().unwrap_or_else(|e| e.into_inner());
-        let (file, pos) = dump_position(&String::from_utf8_lossy(&head)).ok_or_else(|| {
-            std::io::Error::other(
-                "mariadb-dump's output does not record its binary log position (--master-data=2); is binary logging on?",
-            )
-        })?;
-        Ok(pb::ObjectAttrs {
-            path: format!("{full}/{file}.{pos:012}.sql"),
-            kind: pb::ObjectKind::File as i32,
-            mode: 0o600,
-            mtime_ns: super::now_ns(),
-            uid: rustix::process::geteuid().as_raw(),
-            gid: rustix::process::getegid().as_raw(),
-            ..Default::default()
-        })
+    let name_it = move |head: &[u8]| {
+        dump_position(&String::from_utf8_lossy(head))
+            .map(|(file, pos)| format!("{full}/{file}.{pos:012}.sql"))
+            .ok_or("mariadb-dump's output does not record its binary log position (--master-data=2); is binary logging on?")
     };
-    let stats = super::store_stream(
+    super::store_program_output(
         session,
         options,
-        DbKind::Mariadb.filespace(),
+        DbKind::Mariadb,
         &datadir,
-        source,
-        attrs,
+        "mariadb-dump",
+        "install MariaDB's client programs or put them on PATH",
+        command,
+        name_it,
         console,
     )
     .await
-    .map_err(|e| match e {
-        ClientError::Io { source, .. } => db_error(&shown, source.to_string()),
-        other => other,
-    })?;
-    console.report(
-        &Msg::db_backed_up(DbKind::Mariadb.name(), &datadir, stats.bytes_scanned),
-        ExitStatus::Success,
-    );
-    Ok(stats)
 }
 
 /// An incremental backup: rotates the binary log (`FLUSH BINARY LOGS`) and
@@ -339,20 +277,11 @@ pub async fn backup_binlogs(
                 ),
             )
         })?;
-        use std::os::unix::fs::MetadataExt;
         let meta = file.metadata().map_err(|e| ClientError::Io {
             path: path.clone(),
             source: e,
         })?;
-        let attrs = pb::ObjectAttrs {
-            path: format!("{}/{name}", folder(&datadir, "binlog")),
-            kind: pb::ObjectKind::File as i32,
-            mode: meta.mode() & 0o7777,
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            uid: meta.uid(),
-            gid: meta.gid(),
-            ..Default::default()
-        };
+        let attrs = super::file_attrs(format!("{}/{name}", folder(&datadir, "binlog")), &meta);
         let stats = super::store_stream(
             session,
             options,

@@ -31,7 +31,6 @@ use std::process::{Command, Stdio};
 use tandem_proto::pb;
 
 use super::DbKind;
-use super::child::ChildOutput;
 use crate::backup::BackupStats;
 use crate::backup::chunker::Chunker;
 use crate::error::{ClientError, ExitStatus};
@@ -44,9 +43,6 @@ use crate::restore::RestoreStats;
 /// The longest WAL, history or backup-history file name taken.
 const MAX_WAL_NAME: usize = 64;
 
-/// Bytes of a base backup's stream kept to read its `backup_label`, the
-/// tar's first member (a few hundred bytes after a 512-byte header).
-const HEAD_KEEP: usize = 64 * 1024;
 /// Base backups kept by default.
 pub const DEFAULT_KEEP: u32 = 2;
 
@@ -98,22 +94,6 @@ fn label_of(head: &[u8]) -> Option<String> {
 fn segment_part(name: &str) -> Option<&str> {
     name.get(8..24)
         .filter(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-/// A reader that keeps the first [`HEAD_KEEP`] bytes it passes on.
-struct KeepHead<R> {
-    inner: R,
-    head: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl<R: std::io::Read> std::io::Read for KeepHead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
-        let room = HEAD_KEEP.saturating_sub(head.len()).min(n);
-        head.extend_from_slice(&buf[..room]);
-        Ok(n)
-    }
 }
 
 fn db_error(cluster: &Path, message: String) -> ClientError {
@@ -176,72 +156,36 @@ pub async fn backup(
 ) -> Result<BackupStats, ClientError> {
     let cluster = cluster_at(pgdata)?;
     check_same_cluster(&cluster)?;
-    let child = Command::new("pg_basebackup")
-        .args([
-            "--pgdata=-",
-            "--format=tar",
-            "--wal-method=none",
-            "--checkpoint=fast",
-            "--no-manifest",
-            "--no-password",
-            "--label=tandem",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            db_error(
-                &cluster,
-                format!(
-                    "pg_basebackup could not be started: {e}; install PostgreSQL's client programs or put them on PATH"
-                ),
-            )
-        })?;
-    let output = ChildOutput::new("pg_basebackup", child).map_err(|e| ClientError::Io {
-        path: "pg_basebackup".into(),
-        source: e,
-    })?;
-    let head = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let source = KeepHead {
-        inner: output,
-        head: head.clone(),
-    };
+    let mut command = Command::new("pg_basebackup");
+    command.args([
+        "--pgdata=-",
+        "--format=tar",
+        "--wal-method=none",
+        "--checkpoint=fast",
+        "--no-manifest",
+        "--no-password",
+        "--label=tandem",
+    ]);
     let folder = base_folder(&cluster);
-    let attrs = move || {
-        let head = head.lock().unwrap_or_else(|e| e.into_inner());
-        let name = label_of(&head)
+    let name_it = move |head: &[u8]| {
+        label_of(head)
             .as_deref()
             .and_then(base_name_from_label)
-            .ok_or_else(|| {
-                std::io::Error::other(
-                    "pg_basebackup's tar does not start with a backup_label naming the start of its WAL; use pg_basebackup of PostgreSQL 15 or later",
-                )
-            })?;
-        Ok(pb::ObjectAttrs {
-            path: format!("{folder}/{name}"),
-            kind: pb::ObjectKind::File as i32,
-            mode: 0o600,
-            mtime_ns: super::now_ns(),
-            uid: rustix::process::geteuid().as_raw(),
-            gid: rustix::process::getegid().as_raw(),
-            ..Default::default()
-        })
+            .map(|name| format!("{folder}/{name}"))
+            .ok_or("pg_basebackup's tar does not start with a backup_label naming the start of its WAL; use pg_basebackup of PostgreSQL 15 or later")
     };
-    let stats = super::store_stream(
+    let stats = super::store_program_output(
         session,
         options,
-        DbKind::Postgres.filespace(),
+        DbKind::Postgres,
         &cluster,
-        source,
-        attrs,
+        "pg_basebackup",
+        "install PostgreSQL's client programs or put them on PATH",
+        command,
+        name_it,
         console,
     )
-    .await
-    .map_err(|e| match e {
-        ClientError::Io { source, .. } => db_error(&cluster, source.to_string()),
-        other => other,
-    })?;
+    .await?;
     // pg_basebackup exits 0 even when the WAL its backup needs was never
     // archived (archive_mode off, an archive_command writing elsewhere):
     // such a backup cannot be restored, so it does not count, and nothing
@@ -268,10 +212,6 @@ pub async fn backup(
             ),
         ));
     }
-    console.report(
-        &Msg::db_backed_up(DbKind::Postgres.name(), &cluster, stats.bytes_scanned),
-        ExitStatus::Success,
-    );
     let (bases, wal) = retire(session, &cluster, keep.max(1)).await?;
     if bases + wal > 0 {
         console.report(
@@ -398,16 +338,7 @@ pub async fn archive_wal(
             ),
         ));
     }
-    use std::os::unix::fs::MetadataExt;
-    let attrs = pb::ObjectAttrs {
-        path: object,
-        kind: pb::ObjectKind::File as i32,
-        mode: meta.mode() & 0o7777,
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        uid: meta.uid(),
-        gid: meta.gid(),
-        ..Default::default()
-    };
+    let attrs = super::file_attrs(object, &meta);
     super::store_stream(
         session,
         options,
