@@ -176,12 +176,7 @@ impl Work {
             } => Work::MariadbRestore {
                 datadir,
                 socket,
-                // The instant typed, as for PostgreSQL.
-                point_in_time_ns: pitdate
-                    .as_deref()
-                    .map(timefmt::parse_time)
-                    .transpose()?
-                    .map(|t| t.first_ns),
+                point_in_time_ns: recovery_target(pitdate.as_deref())?,
             },
             Command::ArchiveWal { wal, pgdata } => Work::ArchiveWal { wal, pgdata },
             Command::RestoreWal { pgdata, file, dest } => Work::RestoreWal { pgdata, file, dest },
@@ -197,13 +192,7 @@ impl Work {
                 kind: DbKind::Postgres,
                 database: pgdata,
                 dest: Some(target),
-                // A recovery target is the instant typed, as PostgreSQL
-                // takes it: `14:05:00` must not replay a commit at 14:05:00.3.
-                point_in_time_ns: pitdate
-                    .as_deref()
-                    .map(timefmt::parse_time)
-                    .transpose()?
-                    .map(|t| t.first_ns),
+                point_in_time_ns: recovery_target(pitdate.as_deref())?,
                 replace: false,
             },
             Command::Restore {
@@ -498,6 +487,15 @@ fn archive_filter(
 pub(crate) fn rules(options: &ClientOptions) -> Result<Rules, ClientError> {
     Rules::new(&options.exclude_dir, &options.include, &options.exclude)
         .map_err(|e| ClientError::Usage(e.to_string()))
+}
+
+/// A database's recovery target: the instant typed, as PostgreSQL and
+/// MariaDB take it (`14:05:00` must not replay a commit at 14:05:00.3).
+fn recovery_target(pitdate: Option<&str>) -> Result<Option<i64>, ClientError> {
+    Ok(pitdate
+        .map(timefmt::parse_time)
+        .transpose()?
+        .map(|t| t.first_ns))
 }
 
 /// The end of the span a `--pitdate` names, so a time copied from a
