@@ -147,6 +147,21 @@ fn a_copy_taken_while_a_writer_commits_restores_consistent_and_by_time() {
         &path_str(&latest),
     ]);
     assert_eq!(checked_counts(&latest), (rows_now(&db), rows_now(&db)));
+    // Byte for byte what SQLite's own online backup of the (now quiet)
+    // database gives.
+    let reference = work.path().join("reference.db");
+    {
+        let source = Connection::open(&db).unwrap();
+        let mut copy = Connection::open(&reference).unwrap();
+        rusqlite::backup::Backup::new(&source, &mut copy)
+            .unwrap()
+            .step(-1)
+            .unwrap();
+    }
+    assert!(
+        std::fs::read(&latest).unwrap() == std::fs::read(&reference).unwrap(),
+        "the restored copy is byte-identical to a consistent snapshot"
+    );
 
     // `query backup` shows the copies too, as sqlite objects.
     let listed = client.json(&["query", "backup", "/@sqlite/*", "--subdir"]);
