@@ -344,6 +344,40 @@ fn a_point_in_time_restore_from_the_secondary_shows_exactly_the_rows_before_the_
     assert_eq!(back.sql("SELECT count(*), max(n) FROM t"), "100|100");
     assert!(client.error_log().contains("TDM2106I"), "failover logged");
 
+    // As root, with an options file only root can read: the directory is
+    // handed to the cluster's owner, and the restore warns that the
+    // restore_command it wrote could not read its options (TDM1070W).
+    let root_options = work.path().join("root-options.toml");
+    std::fs::copy(&client.options, &root_options).unwrap();
+    std::os::unix::fs::chown(&root_options, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&root_options, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let as_root = work.path().join("restored-by-root");
+    let out = Command::new(bin("tandem"))
+        .arg("--options")
+        .arg(&root_options)
+        .args([
+            "restore",
+            "db",
+            "postgres",
+            pgdata.to_str().unwrap(),
+            as_root.to_str().unwrap(),
+        ])
+        .env(
+            "PATH",
+            format!("{PG_BIN}:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("TDM1070W"), "{}", stderr(&out));
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&as_root).unwrap());
+    let postgres_uid =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(pgdata.join("PG_VERSION")).unwrap());
+    assert_eq!(
+        owner, postgres_uid,
+        "the restored directory belongs to the cluster's owner"
+    );
+
     // restore-wal speaks PostgreSQL's exit codes: 4 for a file that is not
     // stored (recovery ends there normally), 126 for anything else, so a
     // failure stops recovery instead of ending it early.

@@ -455,6 +455,12 @@ pub async fn restore(
         path: target.join("postgresql.auto.conf"),
         source: e,
     })?;
+    if let Some(owner) = unreadable_by_cluster_owner(&target, &options_path) {
+        console.report(
+            &Msg::restore_command_unreadable(&options_path, owner),
+            ExitStatus::Warnings,
+        );
+    }
     console.report(
         &Msg::pg_restored(&cluster, &target, point_in_time_ns),
         ExitStatus::Success,
@@ -599,6 +605,17 @@ fn check_same_cluster(cluster: &Path) -> Result<(), ClientError> {
         ));
     }
     Ok(())
+}
+
+/// The restored cluster's owner, when it is not the user running this
+/// restore and cannot read `options`: PostgreSQL runs `restore_command` as
+/// that owner, and every WAL fetch would fail (stopping recovery).
+fn unreadable_by_cluster_owner(target: &Path, options: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(target.join("PG_VERSION")).ok()?.uid();
+    let file = std::fs::metadata(options).ok()?;
+    let readable = file.uid() == owner || file.mode() & 0o004 != 0;
+    (owner != rustix::process::geteuid().as_raw() && !readable).then_some(owner)
 }
 
 /// Makes `target` an empty directory of mode 0700 (PostgreSQL's own

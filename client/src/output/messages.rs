@@ -587,6 +587,18 @@ impl Msg {
         }
     }
 
+    /// The restore_command written for a restored cluster names an options
+    /// file its owner cannot read.
+    pub fn restore_command_unreadable(options: &std::path::Path, owner: u32) -> Self {
+        Msg {
+            id: "TDM1070W",
+            text: format!(
+                "PostgreSQL runs restore_command as the cluster's owner (uid {owner}), who cannot read {}: every WAL fetch would fail and recovery stop; give that user an options file and state_dir of its own and edit restore_command in postgresql.auto.conf, or restore as that user",
+                crate::db::shown(options)
+            ),
+        }
+    }
+
     /// The node replication table could not be updated.
     pub fn nrtable_failed(cause: impl fmt::Display) -> Self {
         Msg {
