@@ -72,7 +72,7 @@ enum Command {
         #[arg(long)]
         preview: bool,
     },
-    /// Back up databases with their agents (`backup db sqlite PATH...`).
+    /// Back up databases with their agents (`backup db sqlite|postgres|mariadb ...`).
     #[command(subcommand)]
     Backup(BackupCommand),
     /// Restore files: SOURCE is a path or a directory with a pattern
@@ -171,7 +171,8 @@ enum Command {
         pgdata: Option<PathBuf>,
     },
     /// Fetch one archived WAL file, for the restore_command that `restore
-    /// db postgres` writes; exits 4 when it is not stored.
+    /// db postgres` writes: exits 0 fetched, 4 not stored, 126 on any other
+    /// failure (PostgreSQL then stops recovery instead of ending it early).
     #[command(name = "restore-wal")]
     RestoreWal {
         /// The cluster's data directory as it was backed up.

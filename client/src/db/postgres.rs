@@ -774,6 +774,29 @@ mod tests {
     }
 
     #[test]
+    fn a_tar_entry_that_climbs_out_of_the_target_is_not_written_there() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_old();
+        let name = b"../escaped";
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_size(4);
+        header.set_mode(0o600);
+        header.set_cksum();
+        builder.append(&header, &b"evil"[..]).unwrap();
+        let tar = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("base.tar");
+        std::fs::write(&file, tar).unwrap();
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        let _ = unpack(&file, &target);
+        assert!(
+            !dir.path().join("escaped").exists(),
+            "nothing lands outside the target"
+        );
+    }
+
+    #[test]
     fn the_backup_label_is_read_from_the_head_of_the_tar() {
         let mut builder = tar::Builder::new(Vec::new());
         let label = b"START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\n";
