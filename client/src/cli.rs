@@ -404,6 +404,10 @@ enum QueryCommand {
     /// This node's next scheduled runs, as the server has them.
     #[command(visible_alias = "sched")]
     Schedule,
+    /// The local vault (`vault_dir`): its state against the server
+    /// (synchronized, synchronizing, failed, since when and why) and what it
+    /// holds. Needs no server.
+    Vault,
     /// Show the effective options and where each value came from.
     #[command(visible_alias = "opt")]
     Options,
@@ -761,10 +765,26 @@ async fn dispatch(
                 follow_moved_primary(options, options_path, &moved, &followed, console).await?;
             (session, &followed)
         }
+        Err(e) if options.vault_dir.is_some() && no_server_answered(&e) => {
+            let cause = e.to_string();
+            return on_vault_alone(work, options, options_path, console, |dir| {
+                Msg::vault_alone(dir, &cause)
+            })
+            .await;
+        }
         other => (other?, options),
     };
     if session.mode == SessionMode::Failover {
         if work.is_write() {
+            if options.vault_dir.is_some() && work.vault_can_take() {
+                let secondary = session.info.name.clone();
+                session.logoff().await;
+                let operation = work.name();
+                return on_vault_alone(work, options, options_path, console, |dir| {
+                    Msg::vault_write_in_failover(operation, &secondary, dir)
+                })
+                .await;
+            }
             let text = Msg::failover_read_only(work.name(), &session.info.name).text;
             session.logoff().await;
             return Err(ClientError::ReadOnly(text));
@@ -773,13 +793,103 @@ async fn dispatch(
     } else {
         save_pushed_server(&session, options, options_path, console);
     }
-    let result = match work {
+    let vault = match (&options.vault_dir, session.mode) {
+        (Some(dir), SessionMode::Normal) => match crate::vault::open(options).await {
+            Ok(vault) => {
+                if let Err(e) = crate::vault::push_pending(&vault, &session, dir, console).await {
+                    vault.logoff().await;
+                    session.logoff().await;
+                    return Err(e);
+                }
+                Some((vault, dir.clone()))
+            }
+            Err(e) => {
+                console.report(&Msg::vault_unusable(&e.to_string()), ExitStatus::Warnings);
+                None
+            }
+        },
+        _ => None,
+    };
+    let syncs_after = work.changes_versions();
+    let from_vault = match &vault {
+        Some((v, dir)) if work.reads_versions() && crate::vault::is_synchronized(dir) => Some(v),
+        _ => None,
+    };
+    let result = match from_vault {
+        Some(v) => {
+            console.report(
+                &Msg::restoring_from_vault(&v.info.address, &session.info.name),
+                ExitStatus::Success,
+            );
+            perform(work, v, options, options_path, console).await
+        }
+        None => perform(work, &session, options, options_path, console).await,
+    };
+    if let Some((v, dir)) = vault {
+        if syncs_after {
+            crate::vault::synchronise(&v, &session, &dir, console).await;
+        }
+        v.logoff().await;
+    }
+    session.logoff().await;
+    result
+}
+
+/// Whether a logon failed because no server answered (the primary, and the
+/// secondary when there is one), rather than because one refused.
+fn no_server_answered(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Unreachable { .. } | ClientError::Failover { .. }
+    )
+}
+
+/// Runs `work` on the local vault alone: no server took the session (or
+/// the secondary, read-only, cannot take a write). A write is recorded in
+/// the vault's sync record first, so it reaches the primary later.
+async fn on_vault_alone(
+    work: Work,
+    options: &ClientOptions,
+    options_path: &std::path::Path,
+    console: &Console,
+    announce: impl FnOnce(&std::path::Path) -> Msg,
+) -> Result<(), ClientError> {
+    let vault = crate::vault::open(options).await?;
+    let dir = options.vault_dir.clone().unwrap_or_default();
+    if work.is_write() {
+        if !work.vault_can_take() {
+            vault.logoff().await;
+            return Err(ClientError::ReadOnly(format!(
+                "{} needs the server: only backups can be stored in the local vault alone; run it again when the primary is back",
+                work.name()
+            )));
+        }
+        if let Err(e) = crate::vault::note_offline_write(&dir) {
+            vault.logoff().await;
+            return Err(e);
+        }
+    }
+    console.audit(&announce(&dir));
+    let result = perform(work, &vault, options, options_path, console).await;
+    vault.logoff().await;
+    result
+}
+
+/// Carries out `work` on an open session (a server's or the vault's).
+async fn perform(
+    work: Work,
+    session: &Session,
+    options: &ClientOptions,
+    options_path: &std::path::Path,
+    console: &Console,
+) -> Result<(), ClientError> {
+    match work {
         Work::Backup {
             mode,
             paths,
             rules,
             preview: true,
-        } => backup::preview::run(&session, options, &paths, mode, &rules, console)
+        } => backup::preview::run(session, options, &paths, mode, &rules, console)
             .await
             .map(|p| backup::preview::print(&p, console)),
         Work::Backup {
@@ -787,22 +897,22 @@ async fn dispatch(
             paths,
             rules,
             preview: false,
-        } => backup::run(&session, options, &paths, mode, &rules, console)
+        } => backup::run(session, options, &paths, mode, &rules, console)
             .await
             .map(|s| print_backup_summary(&s, console)),
-        Work::Restore(req) => restore::run(&session, req, console)
+        Work::Restore(req) => restore::run(session, req, console)
             .await
             .map(|s| print_restore_summary(&s, console)),
         Work::Archive {
             paths,
             rules,
             description,
-        } => backup::archive(&session, options, &paths, description, &rules, console)
+        } => backup::archive(session, options, &paths, description, &rules, console)
             .await
             .map(|s| print_archive_summary(&s, console)),
-        Work::QueryArchive(filter) => archive::query(&session, &filter, console).await,
+        Work::QueryArchive(filter) => archive::query(session, &filter, console).await,
         Work::DeleteArchive { filter, .. } => {
-            archive::delete(&session, &filter, console).await.map(|s| {
+            archive::delete(session, &filter, console).await.map(|s| {
                 print_summary(&s, console, || {
                     vec![("Archive copies deleted", s.deleted.to_string())]
                 })
@@ -812,19 +922,19 @@ async fn dispatch(
             selection,
             inactive,
             dates,
-        } => query::backup(&session, &selection, inactive, dates, console).await,
-        Work::DeleteBackup { request, .. } => delete::run(&session, &request, console)
+        } => query::backup(session, &selection, inactive, dates, console).await,
+        Work::DeleteBackup { request, .. } => delete::run(session, &request, console)
             .await
             .map(|s| print_delete_summary(&s, console)),
-        Work::QueryFilespace => query::filespaces(&session, options, console).await,
-        Work::QuerySession => query::session(&session, options, console).await,
-        Work::QuerySchedule => crate::schedule::query(&session, console).await,
+        Work::QueryFilespace => query::filespaces(session, options, console).await,
+        Work::QuerySession => query::session(session, options, console).await,
+        Work::QuerySchedule => crate::schedule::query(session, console).await,
         Work::DbBackup { kind, paths, keep } => match kind {
             crate::db::DbKind::Sqlite => {
-                crate::db::sqlite::backup(&session, options, &paths, console).await
+                crate::db::sqlite::backup(session, options, &paths, console).await
             }
             crate::db::DbKind::Postgres => {
-                crate::db::postgres::backup(&session, options, &paths[0], keep, console).await
+                crate::db::postgres::backup(session, options, &paths[0], keep, console).await
             }
             crate::db::DbKind::Mariadb => Err(ClientError::Internal(
                 "a MariaDB backup was planned as a file database's".into(),
@@ -832,17 +942,17 @@ async fn dispatch(
         }
         .map(|s| print_backup_summary(&s, console)),
         Work::ArchiveWal { wal, pgdata } => {
-            crate::db::postgres::archive_wal(&session, options, &wal, pgdata.as_deref(), console)
+            crate::db::postgres::archive_wal(session, options, &wal, pgdata.as_deref(), console)
                 .await
                 .map(|_| ())
         }
         Work::RestoreWal { pgdata, file, dest } => {
-            match crate::db::postgres::restore_wal(&session, &pgdata, &file, &dest, console).await {
+            match crate::db::postgres::restore_wal(session, &pgdata, &file, &dest, console).await {
                 Ok(true) => Ok(()),
                 // On a replica that is behind, "not stored" may only mean
                 // "not replicated yet": recovery must stop, not end there.
                 Ok(false) if session.mode == SessionMode::Failover => {
-                    if postgres_replica_behind(&session, options).await {
+                    if postgres_replica_behind(session, options).await {
                         Err(ClientError::Database {
                             database: crate::db::shown(&pgdata),
                             message: format!(
@@ -866,7 +976,7 @@ async fn dispatch(
         } => match (kind, dest) {
             (crate::db::DbKind::Sqlite, dest) => {
                 crate::db::sqlite::restore(
-                    &session,
+                    session,
                     &database,
                     dest.as_deref(),
                     point_in_time_ns,
@@ -877,7 +987,7 @@ async fn dispatch(
             }
             (crate::db::DbKind::Postgres, Some(target)) => {
                 crate::db::postgres::restore(
-                    &session,
+                    session,
                     options_path,
                     &database,
                     &target,
@@ -893,13 +1003,13 @@ async fn dispatch(
             }
         }
         .map(|s| print_restore_summary(&s, console)),
-        Work::QueryDb { inactive } => crate::db::query(&session, inactive, console).await,
+        Work::QueryDb { inactive } => crate::db::query(session, inactive, console).await,
         Work::MariadbBackup { binlogs, socket } => {
             let connection = crate::db::mariadb::Connection { socket };
             if binlogs {
-                crate::db::mariadb::backup_binlogs(&session, options, &connection, console).await
+                crate::db::mariadb::backup_binlogs(session, options, &connection, console).await
             } else {
-                crate::db::mariadb::backup_full(&session, options, &connection, console).await
+                crate::db::mariadb::backup_full(session, options, &connection, console).await
             }
             .map(|s| print_backup_summary(&s, console))
         }
@@ -908,7 +1018,7 @@ async fn dispatch(
             socket,
             point_in_time_ns,
         } => crate::db::mariadb::restore(
-            &session,
+            session,
             options,
             &datadir,
             &crate::db::mariadb::Connection { socket },
@@ -918,14 +1028,12 @@ async fn dispatch(
         .await
         .map(|s| print_restore_summary(&s, console)),
         Work::SetPassword { old, new } => {
-            set_password(&session, options, options_path, old, new, console).await
+            set_password(session, options, options_path, old, new, console).await
         }
-        Work::ShowOptions | Work::ShowInclexcl { .. } | Work::Schedule => Err(
+        Work::ShowOptions | Work::ShowInclexcl { .. } | Work::Schedule | Work::QueryVault => Err(
             ClientError::Internal("a local query reached the logon; it needs no session".into()),
         ),
-    };
-    session.logoff().await;
-    result
+    }
 }
 
 /// In failover, whether the replica's copy of the PostgreSQL agent's
@@ -1042,6 +1150,7 @@ where
             Ok(())
         }
         Ok(Work::ShowInclexcl { rules, tests }) => query::inclexcl(&rules, &tests, &path, &console),
+        Ok(Work::QueryVault) => crate::vault::query(&options, &console).await,
         Ok(Work::Schedule) => crate::schedule::run(&path, &env, &console).await,
         Ok(work) => match work.confirm_first() {
             Ok(()) => {

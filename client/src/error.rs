@@ -116,6 +116,16 @@ pub enum ClientError {
         /// What went wrong and what to do.
         message: String,
     },
+    /// The local vault (`vault_dir`) cannot be opened or used.
+    #[error(
+        "vault {dir}: {cause}; check vault_dir in the options file (the directory must be writable by this user)"
+    )]
+    Vault {
+        /// The vault directory, as configured.
+        dir: PathBuf,
+        /// What went wrong.
+        cause: String,
+    },
     /// `restore-wal`: no such WAL file is stored (PostgreSQL's normal
     /// question past the end of the archive).
     #[error("WAL file {0} is not stored")]
@@ -175,6 +185,7 @@ impl ClientError {
             ClientError::PrimaryMoved(_) => "TDM2116E",
             ClientError::Database { .. } => "TDM1062E",
             ClientError::WalNotStored(_) => "TDM1064I",
+            ClientError::Vault { .. } => "TDM2120E",
         }
     }
 }

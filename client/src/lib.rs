@@ -34,6 +34,7 @@ pub mod schedule;
 pub mod selection;
 #[cfg(test)]
 mod test_data;
+pub mod vault;
 
 pub use cli::run;
 pub use error::ExitStatus;

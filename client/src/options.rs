@@ -35,6 +35,7 @@ pub const KEYS: &[&str] = &[
     "changing_retries",
     "serialization",
     "schedule_commands",
+    "vault_dir",
 ];
 
 /// A replication server stanza, written by the client from the primary's
@@ -161,6 +162,12 @@ pub struct ClientOptions {
     /// programs on the hosts it backs up unless each host allows it.
     #[serde(default)]
     pub schedule_commands: bool,
+    /// The local vault (the second tier of seed 001, Cove's
+    /// LocalSpeedVault): a directory on a local disk or a mounted share
+    /// holding a Tandem store of this node's data. Backups go there when no
+    /// server takes them, and restores come from it when no server answers.
+    #[serde(default)]
+    pub vault_dir: Option<PathBuf>,
 }
 
 fn default_changing_retries() -> u32 {
@@ -271,6 +278,9 @@ impl ClientOptions {
         options.check().map_err(fail)?;
         if let Some(file) = &options.ca_file {
             options.ca_file = Some(relative_to(path, file));
+        }
+        if let Some(dir) = &options.vault_dir {
+            options.vault_dir = Some(relative_to(path, dir));
         }
         if let Some(file) = &options.password_file {
             let file = relative_to(path, file);
@@ -466,6 +476,7 @@ impl ClientOptions {
             ("logon_retries", self.logon_retries.to_string()),
             ("changing_retries", self.changing_retries.to_string()),
             ("schedule_commands", self.schedule_commands.to_string()),
+            ("vault_dir", opt(&self.vault_dir)),
             (
                 "serialization",
                 match self.serialization {

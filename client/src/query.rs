@@ -17,7 +17,7 @@ use crate::output::messages::Msg;
 use crate::output::timefmt;
 use crate::selection::{BackupDates, Selection};
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_header(header.to_vec());

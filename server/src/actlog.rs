@@ -30,6 +30,8 @@ pub enum ServerMsg {
     BackupCompleted,
     /// A client stored archive copies (ARCHIVE).
     ArchiveStored,
+    /// A client synchronised versions from its local vault to this server.
+    VaultSynced,
     /// An administrator took a catalog backup (BACKUP DB).
     CatalogBackedUp,
     /// The catalog was restored from a backup (RESTORE DB).
@@ -108,6 +110,7 @@ impl ServerMsg {
             ServerMsg::PasswordChanged => "TDM0405I",
             ServerMsg::BackupCompleted => "TDM0410I",
             ServerMsg::ArchiveStored => "TDM0411I",
+            ServerMsg::VaultSynced => "TDM0412I",
             ServerMsg::AdminCommand => "TDM0500I",
             ServerMsg::AdminAuthFailed => "TDM0501W",
             ServerMsg::AdminCall => "TDM0502I",

@@ -98,6 +98,8 @@ pub(super) enum Work {
     QuerySession,
     /// `query schedule`.
     QuerySchedule,
+    /// `query vault`: answered from the vault alone.
+    QueryVault,
     /// `schedule`: the long-running scheduler, which logs on by itself.
     Schedule,
     /// `query options`: answered from the options alone.
@@ -311,6 +313,7 @@ impl Work {
             Command::Query(QueryCommand::Filespace) => Work::QueryFilespace,
             Command::Query(QueryCommand::Session) => Work::QuerySession,
             Command::Query(QueryCommand::Schedule) => Work::QuerySchedule,
+            Command::Query(QueryCommand::Vault) => Work::QueryVault,
             Command::Schedule => Work::Schedule,
             Command::Query(QueryCommand::Options) => Work::ShowOptions,
             Command::Query(QueryCommand::Inclexcl { test }) => Work::ShowInclexcl {
@@ -414,10 +417,45 @@ impl Work {
             | Work::QueryFilespace
             | Work::QuerySession
             | Work::QuerySchedule
+            | Work::QueryVault
             | Work::Schedule
             | Work::ShowOptions
             | Work::ShowInclexcl { .. } => false,
         }
+    }
+
+    /// Writes the local vault may take alone while no server does: backups
+    /// of every kind, which reach the primary by the vault's sync. Archives,
+    /// deletions and password changes need the server.
+    pub(super) fn vault_can_take(&self) -> bool {
+        matches!(
+            self,
+            Work::Backup { preview: false, .. }
+                | Work::DbBackup { .. }
+                | Work::MariadbBackup { .. }
+                | Work::ArchiveWal { .. }
+        )
+    }
+
+    /// Work after which the vault is synchronised with the server: what
+    /// changes the node's versions there. PostgreSQL's `archive-wal` runs once
+    /// per WAL file and is left to the next backup's sync.
+    pub(super) fn changes_versions(&self) -> bool {
+        matches!(
+            self,
+            Work::Backup { preview: false, .. }
+                | Work::DbBackup { .. }
+                | Work::MariadbBackup { .. }
+                | Work::DeleteBackup { .. }
+        )
+    }
+
+    /// Restores, which a synchronised vault serves at local-disk speed.
+    pub(super) fn reads_versions(&self) -> bool {
+        matches!(
+            self,
+            Work::Restore(req) if req.archive.is_none()
+        ) || matches!(self, Work::DbRestore { .. } | Work::MariadbRestore { .. })
     }
 
     /// The operation's name in messages.
@@ -447,6 +485,7 @@ impl Work {
             Work::QueryFilespace => "query filespace",
             Work::QuerySession => "query session",
             Work::QuerySchedule => "query schedule",
+            Work::QueryVault => "query vault",
             Work::Schedule => "schedule",
             Work::ShowOptions => "query options",
             Work::ShowInclexcl { .. } => "query inclexcl",

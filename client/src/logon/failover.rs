@@ -26,6 +26,8 @@ pub enum SessionMode {
     Normal,
     /// Logged on to the replication server: read-only.
     Failover,
+    /// Working on the local vault alone: no server took the session.
+    Vault,
 }
 
 impl SessionMode {
@@ -34,6 +36,7 @@ impl SessionMode {
         match self {
             SessionMode::Normal => "normal",
             SessionMode::Failover => "failover",
+            SessionMode::Vault => "vault",
         }
     }
 }

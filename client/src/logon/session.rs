@@ -7,7 +7,9 @@
 //! connection checks the server's certificate before the first request, so
 //! no password ever reaches a server that is not the pinned one.
 
+use std::any::Any;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoff;
@@ -81,6 +83,9 @@ pub struct Session {
     pub mode: SessionMode,
     /// The primary, as the options name it.
     pub primary: ServerRef,
+    /// For a vault session: keeps the in-process store open while the
+    /// session (or a clone of it) lives.
+    vault: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// The outcome of one try.
@@ -267,6 +272,62 @@ impl Session {
         }
     }
 
+    /// Logs on to a vault opened in this process. The session is in
+    /// [`SessionMode::Vault`]: it reads and writes the vault's store through
+    /// the same `Backup` calls a server session uses.
+    ///
+    /// # Errors
+    /// The vault refused the logon (its node password file was changed).
+    pub async fn over_vault(
+        opened: crate::vault::OpenedVault,
+        options: &ClientOptions,
+        dir: &std::path::Path,
+    ) -> Result<Session, ClientError> {
+        let mut client = BackupClient::new(opened.channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let reply = client
+            .logon(tonic::Request::new(pb::LogonRequest {
+                node: options.node_name.clone(),
+                password: opened.password,
+                client_version: env!("CARGO_PKG_VERSION").to_string(),
+                failover: false,
+                primary_server: crate::vault::VAULT_NAME.to_string(),
+            }))
+            .await
+            .map_err(|s| ClientError::server("logging on to the vault", s))?
+            .into_inner();
+        let token = MetadataValue::try_from(reply.session_token.as_str()).map_err(|_| {
+            ClientError::Internal("the vault's session token is not a header value".into())
+        })?;
+        Ok(Session {
+            client,
+            token,
+            info: ServerInfo {
+                name: crate::vault::VAULT_NAME.to_string(),
+                address: dir.display().to_string(),
+                guid: opened.guid,
+                node: reply.node,
+                session_id: reply.session_id,
+                replication_server: None,
+                replica: false,
+                replicated_ns: 0,
+            },
+            mode: SessionMode::Vault,
+            primary: ServerRef {
+                name: options.server_name.clone(),
+                address: options.server_address.clone(),
+                guid: None,
+            },
+            vault: Some(opened.guard),
+        })
+    }
+
+    /// Whether this session works on the local vault.
+    pub fn is_vault(&self) -> bool {
+        self.vault.is_some()
+    }
+
     /// A request carrying the session token.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -410,6 +471,11 @@ impl<'a> LogonRun<'a> {
             Ok(SessionMode::Failover) => {
                 let (client, reply) = self.logon_to_secondary().await?;
                 (client, reply, SessionMode::Failover)
+            }
+            Ok(SessionMode::Vault) => {
+                return Err(ClientError::Internal(
+                    "the logon decision chose the vault, which only a vault logon opens".into(),
+                ));
             }
             Err(refusal) => return Err(self.refused(refusal)),
         };
@@ -643,6 +709,7 @@ impl<'a> LogonRun<'a> {
             info,
             mode,
             primary: self.primary,
+            vault: None,
         })
     }
 }

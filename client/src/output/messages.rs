@@ -263,6 +263,81 @@ impl Msg {
         }
     }
 
+    /// TDM2121W: no server answered; the command works on the vault alone.
+    pub fn vault_alone(dir: &std::path::Path, cause: &str) -> Self {
+        Msg {
+            id: "TDM2121W",
+            text: format!(
+                "No server answered ({cause}); working on the local vault at {} alone. Backups stored there reach the primary at the first command after it returns",
+                dir.display()
+            ),
+        }
+    }
+
+    /// TDM2122I: a write in failover mode goes to the vault only.
+    pub fn vault_write_in_failover(operation: &str, server: &str, dir: &std::path::Path) -> Self {
+        Msg {
+            id: "TDM2122I",
+            text: format!(
+                "{operation} goes to the local vault at {} only: secondary server {server} is read-only while the primary is down. It reaches the primary at the first command after the primary returns",
+                dir.display()
+            ),
+        }
+    }
+
+    /// TDM2123I: vault and server were synchronised.
+    pub fn vault_synced(
+        server: &str,
+        pushed: &crate::vault::sync::SyncReport,
+        pulled: &crate::vault::sync::SyncReport,
+    ) -> Self {
+        Msg {
+            id: "TDM2123I",
+            text: format!(
+                "Local vault synchronized with server {server}: to the server {} version(s), {} made inactive, {} chunk(s) ({}); to the vault {} version(s), {} made inactive, {} removed, {} chunk(s) ({})",
+                pushed.versions,
+                pushed.deactivated,
+                pushed.chunks,
+                crate::backup::human_bytes(pushed.bytes),
+                pulled.versions,
+                pulled.deactivated,
+                pulled.deleted,
+                pulled.chunks,
+                crate::backup::human_bytes(pulled.bytes),
+            ),
+        }
+    }
+
+    /// TDM2124W: a vault sync failed; it is tried again after the next command.
+    pub fn vault_sync_failed(server: &str, cause: &str) -> Self {
+        Msg {
+            id: "TDM2124W",
+            text: format!(
+                "Local vault sync with server {server} failed: {cause}. Nothing committed is lost; the sync resumes after the next command (see `tandem query vault`)"
+            ),
+        }
+    }
+
+    /// TDM2125W: the vault cannot be used; the command works on the server alone.
+    pub fn vault_unusable(cause: &str) -> Self {
+        Msg {
+            id: "TDM2125W",
+            text: format!(
+                "The local vault cannot be used, so this command works on the server alone: {cause}"
+            ),
+        }
+    }
+
+    /// TDM2126I: a restore served by the synchronised vault.
+    pub fn restoring_from_vault(dir: &str, server: &str) -> Self {
+        Msg {
+            id: "TDM2126I",
+            text: format!(
+                "Restoring from the local vault at {dir}, which holds every version server {server} holds"
+            ),
+        }
+    }
+
     /// TDM2110E: a write refused in failover mode.
     pub fn failover_read_only(operation: &str, server: &str) -> Self {
         Msg {

@@ -465,6 +465,34 @@ impl Catalog {
         Ok(updated)
     }
 
+    /// Marks active versions of `node_id` inactive at the given times (a
+    /// local vault's sync); inactive versions and other nodes' ids are left
+    /// as they are. Returns the versions changed.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn deactivate_versions(
+        &self,
+        node_id: i64,
+        deactivations: &[(ObjectId, i64)],
+    ) -> Result<u64, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut changed = 0u64;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE objects SET active = 0, deactivated_ns = ?3
+                 WHERE object_id = ?2 AND active = 1
+                 AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?1)",
+            )?;
+            for (id, at_ns) in deactivations {
+                changed += stmt.execute(params![node_id, id.0.as_slice(), at_ns])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
     /// Target side: stores replicated versions under their source object ids.
     /// Ids already present are skipped, so a resumed run can resend a batch.
     /// Every chunk must already be indexed and owned by the replica node
@@ -476,6 +504,31 @@ impl Catalog {
         &self,
         node_id: i64,
         versions: &[StoredVersion],
+    ) -> Result<u64, ServerError> {
+        self.put_versions(node_id, versions, false)
+    }
+
+    /// Stores versions a node's local vault made while this server was
+    /// away, under their original ids and times, as [`Self::put_replicated`]
+    /// does, except that a version never displaces a newer one: an active
+    /// vault version whose path has a newer active version here is stored
+    /// inactive, from that newer version's backup time.
+    ///
+    /// # Errors
+    /// [`ServerError::MissingChunks`]; SQLite errors.
+    pub fn put_vault_versions(
+        &self,
+        node_id: i64,
+        versions: &[StoredVersion],
+    ) -> Result<u64, ServerError> {
+        self.put_versions(node_id, versions, true)
+    }
+
+    fn put_versions(
+        &self,
+        node_id: i64,
+        versions: &[StoredVersion],
+        newer_wins: bool,
     ) -> Result<u64, ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -507,7 +560,16 @@ impl Catalog {
                 let dir_id = dirs
                     .get(&tx, fs_id, dir, true)?
                     .ok_or_else(|| CatalogError::Malformed(format!("directory {dir} vanished")))?;
-                if v.active {
+                let newer = if v.active && newer_wins {
+                    newer_active(&tx, dir_id, name, v.backup_ns)?
+                } else {
+                    None
+                };
+                let (active, deactivated_ns) = match newer {
+                    Some(newer_ns) => (false, newer_ns),
+                    None => (v.active, v.deactivated_ns),
+                };
+                if active {
                     deactivate(&tx, dir_id, name, v.backup_ns)?;
                 }
                 insert_object(
@@ -518,8 +580,8 @@ impl Catalog {
                         dir_id,
                         attrs: a,
                         backup_ns: v.backup_ns,
-                        active: v.active,
-                        deactivated_ns: v.deactivated_ns,
+                        active,
+                        deactivated_ns,
                         chunks: &v.chunks,
                     },
                 )?;
@@ -680,4 +742,19 @@ impl Catalog {
             )?
             .exists([node_id])?)
     }
+}
+
+/// The backup time of an active version of `name` in `dir_id` newer than
+/// `backup_ns`, if there is one.
+fn newer_active(
+    tx: &rusqlite::Transaction<'_>,
+    dir_id: i64,
+    name: &str,
+    backup_ns: i64,
+) -> rusqlite::Result<Option<i64>> {
+    tx.prepare_cached(
+        "SELECT MAX(backup_ns) FROM objects
+         WHERE dir_id = ?1 AND name = ?2 AND active = 1 AND backup_ns > ?3",
+    )?
+    .query_row(params![dir_id, name, backup_ns], |row| row.get(0))
 }

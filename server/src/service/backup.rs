@@ -32,6 +32,10 @@ type Wanted = (ChunkId, Option<crate::model::ChunkLocation>);
 /// Splits a read into groups of at most [`READ_GROUP_CHUNKS`] chunks and
 /// about [`READ_GROUP_BYTES`], in order: restoring many small files is many
 /// small chunks, and one blocking hop per chunk cost more than the reads.
+/// How far in the future a vault's times may lie: the client's clock made
+/// them, and clocks drift.
+const VAULT_CLOCK_SKEW_NS: i64 = 5 * 60 * 1_000_000_000;
+
 fn read_groups(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
     let mut groups = Vec::new();
     let mut group = Vec::new();
@@ -724,6 +728,92 @@ impl Backup for BackupService {
             .await;
         }
         Ok(Response::new(pb::DeleteVersionsResponse { deleted }))
+    }
+
+    async fn put_vault_versions(
+        &self,
+        request: Request<pb::PutVaultVersionsRequest>,
+    ) -> Result<Response<pb::PutVaultVersionsResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        let peer = peer_of(&request);
+        self.refuse_replica(&session, &peer).await?;
+        let req = request.into_inner();
+        convert::at_most(
+            req.versions.len(),
+            tandem_proto::MAX_OBJECTS_PER_CALL,
+            "versions",
+        )?;
+        let latest = now_ns().saturating_add(VAULT_CLOCK_SKEW_NS);
+        let versions = req
+            .versions
+            .into_iter()
+            .map(convert::stored_version_from_pb)
+            .collect::<Result<Vec<_>, _>>()?;
+        for v in &versions {
+            let times_ok = v.backup_ns > 0
+                && v.backup_ns <= latest
+                && (v.active || (v.deactivated_ns >= v.backup_ns && v.deactivated_ns <= latest));
+            if !times_ok {
+                return Err(Status::from(ServerError::InvalidArgument(format!(
+                    "version {} of {:?} has impossible times (backed up {}, inactive since {}); a vault sync sends the times its vault recorded, none in the future",
+                    v.object_id, v.attrs.path, v.backup_ns, v.deactivated_ns
+                ))));
+            }
+        }
+        let node_id = session.node_id;
+        let stored = super::blocking(&self.state, move |s| {
+            s.repo.catalog.put_vault_versions(node_id, &versions)
+        })
+        .await?;
+        if stored > 0 {
+            actlog::record(
+                &self.state.repo.catalog,
+                ServerMsg::VaultSynced,
+                &session.node,
+                &peer,
+                format!(
+                    "{stored} version(s) of node {} synchronised from its local vault",
+                    session.node
+                ),
+            )
+            .await;
+        }
+        Ok(Response::new(pb::PutVaultVersionsResponse { stored }))
+    }
+
+    async fn deactivate_vault_versions(
+        &self,
+        request: Request<pb::DeactivateVaultVersionsRequest>,
+    ) -> Result<Response<pb::DeactivateVaultVersionsResponse>, Status> {
+        let (session, _) = self.session(&request)?;
+        self.refuse_replica(&session, &peer_of(&request)).await?;
+        let req = request.into_inner();
+        convert::at_most(
+            req.deactivations.len(),
+            tandem_proto::MAX_OBJECTS_PER_CALL,
+            "deactivations",
+        )?;
+        let latest = now_ns().saturating_add(VAULT_CLOCK_SKEW_NS);
+        let mut changes = Vec::with_capacity(req.deactivations.len());
+        for d in req.deactivations {
+            let id = tandem_proto::ObjectId::from_slice(&d.object_id)
+                .map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+            if d.deactivated_ns <= 0 || d.deactivated_ns > latest {
+                return Err(Status::from(ServerError::InvalidArgument(format!(
+                    "deactivation time {} of version {id} is not a past time",
+                    d.deactivated_ns
+                ))));
+            }
+            changes.push((id, d.deactivated_ns));
+        }
+        let node_id = session.node_id;
+        let deactivated = super::blocking(&self.state, move |s| {
+            Ok(s.repo.catalog.deactivate_versions(node_id, &changes)?)
+        })
+        .await?;
+        Ok(Response::new(pb::DeactivateVaultVersionsResponse {
+            deactivated,
+        }))
     }
 
     async fn mark_backup(

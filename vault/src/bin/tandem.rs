@@ -1,4 +1,6 @@
-//! `tandem`: the backup-archive client. All logic lives in the library.
+//! `tandem`: the backup-archive client. All logic lives in the client
+//! library; this binary adds the local vault tier (the server's store,
+//! opened in this process) to it.
 
 use std::process::ExitCode;
 
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
     } else {
         tandem_client::error::ExitStatus::Error
     };
+    tandem_client::vault::install(Box::new(tandem_vault::LocalVault));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

@@ -1,0 +1,115 @@
+//! The vault's synchronisation record, kept in the vault directory beside
+//! the store (`sync-state.json`): when it last matched the server, and how
+//! the last sync ended. It travels with the vault, so a vault moved to
+//! another directory keeps its history.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The record's file name in the vault directory.
+pub const FILE: &str = "sync-state.json";
+
+/// How the vault stands against the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// Start of the last pull that completed (client clock, Unix ns): the
+    /// vault held exactly the server's versions then. Versions the vault
+    /// stored after it are its own until pushed. 0: never.
+    pub pulled_at_ns: i64,
+    /// The server it last synchronised with.
+    pub server: String,
+    /// When the last sync ended (Unix ns), 0 if none ran.
+    pub last_sync_ns: i64,
+    /// Why the last sync failed; empty when it succeeded.
+    pub last_error: String,
+    /// Since when syncs have failed (Unix ns); 0 when the last succeeded.
+    pub failing_since_ns: i64,
+    /// A command wrote to the vault alone (no server took it) and the
+    /// server has not received that yet. Set *before* such a write, so a
+    /// crash during it still leaves it set; cleared by a successful push.
+    /// While set, the vault is pushed before any command reaches the server,
+    /// so the server never takes a newer backup before the vault's older one.
+    pub offline_writes: bool,
+}
+
+impl SyncStatus {
+    /// The record in `dir`; the default (never synchronised) when there is
+    /// none yet.
+    ///
+    /// # Errors
+    /// A record that exists but cannot be read or parsed.
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} is damaged ({e}); move it aside to start over: the next sync rebuilds it",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SyncStatus::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes the record durably: a temporary file, fsynced, renamed over
+    /// the old one, so a crash leaves the old record or the new one.
+    ///
+    /// # Errors
+    /// I/O failures, naming the file.
+    pub fn save(&self, dir: &Path) -> Result<(), String> {
+        let path = dir.join(FILE);
+        let temp: PathBuf = dir.join(format!(".{FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        let written = std::fs::File::create(&temp)
+            .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .and_then(|()| std::fs::File::open(dir).and_then(|d| d.sync_all()));
+        written.map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    /// The state word `query vault` shows.
+    #[must_use]
+    pub fn state(&self) -> &'static str {
+        if self.last_sync_ns == 0 {
+            "never synchronised"
+        } else if !self.last_error.is_empty() {
+            "failed"
+        } else if self.offline_writes {
+            "synchronizing"
+        } else {
+            "synchronized"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_record_reads_as_never_synchronised_and_a_saved_one_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = SyncStatus::load(dir.path()).unwrap();
+        assert_eq!(none.state(), "never synchronised");
+        let status = SyncStatus {
+            pulled_at_ns: 5,
+            server: "PRIMARY".into(),
+            last_sync_ns: 7,
+            ..SyncStatus::default()
+        };
+        status.save(dir.path()).unwrap();
+        assert_eq!(SyncStatus::load(dir.path()).unwrap(), status);
+        assert_eq!(status.state(), "synchronized");
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_that_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"{not json").unwrap();
+        let err = SyncStatus::load(dir.path()).unwrap_err();
+        assert!(err.contains(FILE), "{err}");
+    }
+}

@@ -1,0 +1,397 @@
+//! Synchronisation between the vault and the server, in either direction,
+//! by the replication engine (`tandem-replication`): its plan says which
+//! versions and chunks one side lacks, and only those move.
+//!
+//! Both sides are node sessions speaking the `Backup` API (the vault's is
+//! in memory), so the engine's [`Source`] and [`Target`] are implemented
+//! once here over a [`Session`]:
+//! - **push** (vault → server): the versions the vault made while no server
+//!   took backups, under their original ids and backup times, and the
+//!   deactivations it recorded meanwhile. A push never deletes on the server
+//!   and never makes a version active there again; versions the server
+//!   dropped (expiration, `delete backup`) are not sent back, because only
+//!   versions the vault stored after its last pull count as its own.
+//! - **pull** (server → vault): the vault becomes an exact copy of the
+//!   node's versions on the server, deletions included. A pull runs only
+//!   after a push succeeded, so it never deletes a version the server lacks
+//!   because it has not received it yet.
+//!
+//! Archive copies are not synchronised: they stay where they were made.
+
+use std::collections::HashMap;
+
+use tandem_proto::pb;
+use tandem_proto::{ChunkId, ObjectId, StoredChunk, UploadPacker};
+use tandem_replication::{InventoryEntry, ObjectState, ReplicationRule, RunReport, Source, Target};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::ClientError;
+use crate::logon::session::Session;
+
+/// Every version of the node a session holds (active and inactive, with
+/// chunk ids), by object id.
+///
+/// # Errors
+/// Session failures.
+pub async fn list_versions(
+    session: &Session,
+) -> Result<HashMap<ObjectId, pb::ObjectVersion>, ClientError> {
+    let what = "listing the node's versions";
+    let mut client = session.client();
+    let filespaces = client
+        .query_filespaces(session.request(pb::QueryFilespacesRequest {}))
+        .await
+        .map_err(|s| ClientError::server(what, s))?
+        .into_inner()
+        .filespaces;
+    let mut out = HashMap::new();
+    for fs in filespaces {
+        let mut stream = client
+            .query_objects(session.request(pb::QueryObjectsRequest {
+                filespace: fs.name.clone(),
+                path_prefix: fs.name.clone(),
+                include_inactive: true,
+                with_chunks: true,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| ClientError::server(what, s))?
+            .into_inner();
+        while let Some(batch) = stream.next().await {
+            for v in batch.map_err(|s| ClientError::server(what, s))?.versions {
+                let id = object_id(&v.object_id)?;
+                out.insert(id, v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn object_id(raw: &[u8]) -> Result<ObjectId, ClientError> {
+    ObjectId::from_slice(raw).map_err(|e| ClientError::Server {
+        operation: "listing the node's versions",
+        message: format!("malformed object id: {e}"),
+    })
+}
+
+fn chunk_id(raw: &[u8], operation: &'static str) -> Result<ChunkId, ClientError> {
+    ChunkId::from_slice(raw).map_err(|e| ClientError::Server {
+        operation,
+        message: format!("malformed chunk id: {e}"),
+    })
+}
+
+fn entry_of(id: ObjectId, v: &pb::ObjectVersion) -> Result<InventoryEntry, ClientError> {
+    Ok(InventoryEntry {
+        object_id: id,
+        active: v.active,
+        deactivated_ns: v.deactivated_ns,
+        chunks: v
+            .chunk_ids
+            .iter()
+            .map(|c| chunk_id(c, "listing the node's versions"))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn state_of(id: ObjectId, v: &pb::ObjectVersion) -> ObjectState {
+    ObjectState {
+        object_id: id,
+        active: v.active,
+        deactivated_ns: v.deactivated_ns,
+    }
+}
+
+/// The side data comes from: a listed set of versions on a session.
+struct Listed<'a> {
+    session: &'a Session,
+    entries: Vec<InventoryEntry>,
+    records: HashMap<ObjectId, pb::ObjectVersion>,
+}
+
+impl Source for Listed<'_> {
+    type Object = pb::ObjectVersion;
+    type Error = ClientError;
+
+    async fn inventory(&self) -> Result<Vec<InventoryEntry>, ClientError> {
+        Ok(self.entries.clone())
+    }
+
+    async fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<StoredChunk>, ClientError> {
+        let what = "reading chunks to synchronise";
+        let mut stream = self
+            .session
+            .client()
+            .read_chunks(self.session.request(pb::ReadChunksRequest {
+                chunk_ids: ids.iter().map(|c| c.as_slice().to_vec()).collect(),
+            }))
+            .await
+            .map_err(|s| ClientError::server(what, s))?
+            .into_inner();
+        let mut out = Vec::with_capacity(ids.len());
+        while let Some(item) = stream.next().await {
+            let Some(chunk) = item.map_err(|s| ClientError::server(what, s))?.chunk else {
+                continue;
+            };
+            out.push(StoredChunk {
+                id: chunk_id(&chunk.id, what)?,
+                data: chunk.data,
+                raw_len: chunk.raw_len,
+            });
+        }
+        if out.len() != ids.len() {
+            return Err(ClientError::Server {
+                operation: what,
+                message: format!("asked for {} chunks, got {}", ids.len(), out.len()),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn objects(&self, ids: &[ObjectId]) -> Result<Vec<pb::ObjectVersion>, ClientError> {
+        ids.iter()
+            .map(|id| {
+                self.records.get(id).cloned().ok_or_else(|| {
+                    ClientError::Internal(format!("version {id} was planned but not listed"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Which way a sync runs: what the target may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Into the server: no deletions.
+    Push,
+    /// Into the vault: an exact copy, deletions included.
+    Pull,
+}
+
+/// The side data goes to: a node session, with what it held at the start.
+struct NodeTarget<'a> {
+    session: &'a Session,
+    held: Vec<ObjectState>,
+    direction: Direction,
+}
+
+impl Target<pb::ObjectVersion> for NodeTarget<'_> {
+    type Error = ClientError;
+
+    async fn inventory(&self) -> Result<Vec<ObjectState>, ClientError> {
+        Ok(self.held.clone())
+    }
+
+    async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
+        let what = "checking stored chunks";
+        let reply = self
+            .session
+            .client()
+            .find_missing_chunks(self.session.request(pb::FindMissingChunksRequest {
+                chunk_ids: ids.iter().map(|c| c.as_slice().to_vec()).collect(),
+            }))
+            .await
+            .map_err(|s| ClientError::server(what, s))?
+            .into_inner();
+        reply.missing.iter().map(|c| chunk_id(c, what)).collect()
+    }
+
+    async fn put_chunks(&self, chunks: Vec<StoredChunk>) -> Result<(), ClientError> {
+        let (tx, rx) = mpsc::channel(4);
+        let feed = tokio::spawn(async move {
+            let mut packer = UploadPacker::default();
+            for c in chunks {
+                let chunk = pb::Chunk {
+                    id: c.id.as_slice().to_vec(),
+                    data: c.data,
+                    raw_len: c.raw_len,
+                };
+                if let Some(full) = packer.push(chunk)
+                    && tx.send(full).await.is_err()
+                {
+                    return;
+                }
+            }
+            if let Some(last) = packer.finish() {
+                let _ = tx.send(last).await;
+            }
+        });
+        let sent = self
+            .session
+            .client()
+            .upload_chunks(self.session.request(ReceiverStream::new(rx)))
+            .await;
+        feed.await
+            .map_err(|e| ClientError::task_failed("sync upload task", e))?;
+        sent.map_err(|s| ClientError::server("storing synchronised chunks", s))?;
+        Ok(())
+    }
+
+    async fn update_states(&self, states: &[ObjectState]) -> Result<u64, ClientError> {
+        // Only deactivations: a version made active again would have to
+        // deactivate a newer one, which no sync may decide.
+        let deactivations: Vec<_> = states
+            .iter()
+            .filter(|s| !s.active && s.deactivated_ns > 0)
+            .map(|s| pb::VaultDeactivation {
+                object_id: s.object_id.0.to_vec(),
+                deactivated_ns: s.deactivated_ns,
+            })
+            .collect();
+        let mut changed = 0;
+        for batch in deactivations.chunks(tandem_proto::MAX_OBJECTS_PER_CALL) {
+            changed += self
+                .session
+                .client()
+                .deactivate_vault_versions(self.session.request(
+                    pb::DeactivateVaultVersionsRequest {
+                        deactivations: batch.to_vec(),
+                    },
+                ))
+                .await
+                .map_err(|s| ClientError::server("synchronising version states", s))?
+                .into_inner()
+                .deactivated;
+        }
+        Ok(changed)
+    }
+
+    async fn put_objects(&self, objects: Vec<pb::ObjectVersion>) -> Result<u64, ClientError> {
+        let mut stored = 0;
+        for batch in objects.chunks(PUT_BATCH) {
+            stored += self
+                .session
+                .client()
+                .put_vault_versions(self.session.request(pb::PutVaultVersionsRequest {
+                    versions: batch.to_vec(),
+                }))
+                .await
+                .map_err(|s| ClientError::server("storing synchronised versions", s))?
+                .into_inner()
+                .stored;
+        }
+        Ok(stored)
+    }
+
+    async fn delete_objects(&self, ids: &[ObjectId]) -> Result<u64, ClientError> {
+        if self.direction == Direction::Push {
+            // The server keeps what the vault lacks (see the module doc).
+            return Ok(0);
+        }
+        let mut deleted = 0;
+        for batch in ids.chunks(tandem_proto::MAX_OBJECTS_PER_CALL) {
+            deleted += self
+                .session
+                .client()
+                .delete_versions(self.session.request(pb::DeleteVersionsRequest {
+                    object_ids: batch.iter().map(|id| id.0.to_vec()).collect(),
+                }))
+                .await
+                .map_err(|s| ClientError::server("removing versions the server no longer has", s))?
+                .into_inner()
+                .deleted;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Versions per `PutVaultVersions` call: well under the message limit even
+/// with large extended attributes.
+const PUT_BATCH: usize = 500;
+
+/// What one direction of a sync did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    /// Versions stored on the receiving side.
+    pub versions: u64,
+    /// Versions made inactive there.
+    pub deactivated: u64,
+    /// Versions removed there (pull only).
+    pub deleted: u64,
+    /// Chunks sent, and their stored bytes.
+    pub chunks: u64,
+    /// Stored bytes sent.
+    pub bytes: u64,
+}
+
+impl From<RunReport> for SyncReport {
+    fn from(r: RunReport) -> Self {
+        SyncReport {
+            versions: r.objects_sent,
+            deactivated: r.states_updated,
+            deleted: r.objects_deleted,
+            chunks: r.chunks_sent,
+            bytes: r.bytes_sent,
+        }
+    }
+}
+
+/// Sends the server what the vault made on its own: versions the vault
+/// stored after `pulled_at_ns` (its last pull) that the server lacks, and
+/// deactivations of versions both hold.
+///
+/// # Errors
+/// Failures of either session; what was committed stays committed and a
+/// later push does not resend it.
+pub async fn push(
+    vault: &Session,
+    server: &Session,
+    pulled_at_ns: i64,
+) -> Result<SyncReport, ClientError> {
+    let on_vault = list_versions(vault).await?;
+    let on_server = list_versions(server).await?;
+    let held: Vec<ObjectState> = on_server.iter().map(|(id, v)| state_of(*id, v)).collect();
+    let mut entries = Vec::new();
+    for (id, v) in &on_vault {
+        if on_server.contains_key(id) || v.backup_time_ns > pulled_at_ns {
+            entries.push(entry_of(*id, v)?);
+        }
+    }
+    let source = Listed {
+        session: vault,
+        entries,
+        records: on_vault,
+    };
+    let target = NodeTarget {
+        session: server,
+        held,
+        direction: Direction::Push,
+    };
+    run(&source, &target).await
+}
+
+/// Makes the vault an exact copy of the node's versions on the server.
+///
+/// # Errors
+/// Failures of either session.
+pub async fn pull(server: &Session, vault: &Session) -> Result<SyncReport, ClientError> {
+    let on_server = list_versions(server).await?;
+    let on_vault = list_versions(vault).await?;
+    let entries = on_server
+        .iter()
+        .map(|(id, v)| entry_of(*id, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let source = Listed {
+        session: server,
+        entries,
+        records: on_server,
+    };
+    let target = NodeTarget {
+        session: vault,
+        held: on_vault.iter().map(|(id, v)| state_of(*id, v)).collect(),
+        direction: Direction::Pull,
+    };
+    run(&source, &target).await
+}
+
+async fn run(source: &Listed<'_>, target: &NodeTarget<'_>) -> Result<SyncReport, ClientError> {
+    match tandem_replication::replicate(source, target, ReplicationRule::AllData).await {
+        Ok(report) => Ok(report.into()),
+        Err(e) => Err(ClientError::Server {
+            operation: "synchronising the vault",
+            message: e.to_string(),
+        }),
+    }
+}

@@ -1,0 +1,249 @@
+//! The local vault tier (seed 001) with real servers killed by SIGKILL:
+//! backups that go on while the primary is down and reach it (and the
+//! secondary) afterwards with their original times, restores from the vault
+//! alone, a wiped vault rebuilt, and a vault that cannot be used.
+
+use std::path::{Path, PathBuf};
+
+use tandem_tests::*;
+
+/// A client of `primary` whose vault is `dir/vault`.
+fn with_vault(client: &TestClient, dir: &Path) -> PathBuf {
+    let vault = dir.join("vault");
+    client.add_options(&format!("vault_dir = \"{}\"\n", vault.display()));
+    vault
+}
+
+fn logged_ids(client: &TestClient) -> Vec<String> {
+    client
+        .error_log()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+        .collect()
+}
+
+fn vault_state(client: &TestClient) -> serde_json::Value {
+    client.json(&["query", "vault"])
+}
+
+/// The backup time of the active version of `file` the session's server holds.
+fn active_backup_time(client: &TestClient, file: &Path) -> String {
+    let listed = client.json(&["query", "backup", &path_str(file)]);
+    let rows = listed.as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{listed}");
+    rows[0]["backup_time"].as_str().expect("time").to_string()
+}
+
+#[test]
+fn a_backup_while_the_primary_is_down_goes_to_the_vault_and_reaches_both_servers_later() {
+    let (mut primary, mut secondary, client) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let vault = with_vault(&client, work.path());
+
+    // Normal mode: the backup goes to the primary, then the vault copies it.
+    let first = client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(first["failed"], 0, "{first}");
+    let state = vault_state(&client);
+    assert_eq!(state["state"], "synchronized", "{state}");
+    assert!(state["versions"].as_u64().unwrap() > 30, "{state}");
+    assert!(vault.join("catalog.db").exists());
+    assert_eq!(replicate(&primary, "alice")["state"], "completed");
+    client.json(&["query", "session"]); // saves the failover block
+
+    // The primary dies; a changed and a new file are backed up anyway.
+    primary.kill();
+    std::fs::write(src.join("docs/sub 0/file-0.txt"), b"changed while away\n").unwrap();
+    std::fs::write(src.join("new-while-away.txt"), b"written while away\n").unwrap();
+    let before = now_ns();
+    let offline = client.json(&["incremental", &path_str(&src)]);
+    let after = now_ns();
+    assert_eq!(offline["failed"], 0, "{offline}");
+    // The two files and their directory, whose mtime changed.
+    assert_eq!(offline["backed_up"], 3, "{offline}");
+    assert!(
+        logged_ids(&client).contains(&"TDM2122I".to_string()),
+        "{}",
+        client.error_log()
+    );
+    let state = vault_state(&client);
+    assert_eq!(state["state"], "synchronizing", "{state}");
+    assert_eq!(state["versions_to_send"], 3, "{state}");
+
+    // The primary returns: the next command sends the vault's versions
+    // first, so its incremental finds nothing new to store.
+    primary.restart();
+    let again = client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(again["backed_up"], 0, "{again}");
+    assert!(
+        logged_ids(&client).contains(&"TDM2123I".to_string()),
+        "{}",
+        client.error_log()
+    );
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    let time = active_backup_time(&client, &src.join("new-while-away.txt"));
+    let at = chrono::DateTime::parse_from_rfc3339(&time)
+        .unwrap()
+        .timestamp_nanos_opt()
+        .unwrap();
+    assert!(
+        (before - 1_000_000_000..=after).contains(&at),
+        "the primary keeps the vault's backup time {time}"
+    );
+    let inactive = client.json(&[
+        "query",
+        "backup",
+        &path_str(&src.join("docs/sub 0/file-0.txt")),
+        "--inactive",
+    ]);
+    assert_eq!(inactive.as_array().unwrap().len(), 2, "{inactive}");
+
+    // The primary replicates them; the secondary restores them in failover.
+    assert_eq!(replicate(&primary, "alice")["state"], "completed");
+    primary.kill();
+    let out = work.path().join("restored");
+    let r = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_same_tree(&src, &out);
+    assert!(
+        logged_ids(&client).contains(&"TDM2108I".to_string()),
+        "the restore came from the secondary: {}",
+        client.error_log()
+    );
+    secondary.kill();
+}
+
+#[test]
+fn with_every_server_down_a_restore_comes_from_the_vault_alone() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("bob", "bob-password");
+    let client = TestClient::new(&primary, "bob", "bob-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    with_vault(&client, work.path());
+    client.json(&["incremental", &path_str(&src)]);
+
+    primary.kill();
+    let out = work.path().join("restored");
+    let r = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_same_tree(&src, &out);
+    assert!(
+        logged_ids(&client).contains(&"TDM2121W".to_string()),
+        "{}",
+        client.error_log()
+    );
+    // Reads work on the vault alone too; writes the vault cannot take are
+    // refused with a clear message.
+    let listed = client.json(&["query", "backup", &path_str(&src.join("empty"))]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let refused = client.run(&["set", "password", "bob-password", "new-password-1"]);
+    assert_eq!(code(&refused), 12, "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("needs the server"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn a_wiped_vault_is_rebuilt_from_the_primary_and_then_serves_restores() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("carol", "carol-password");
+    let client = TestClient::new(&primary, "carol", "carol-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    client.json(&["incremental", &path_str(&src)]);
+
+    // A vault added later (or wiped) is filled by the next backup's sync.
+    let vault = with_vault(&client, work.path());
+    let r = client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(r["backed_up"], 0, "{r}");
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    std::fs::remove_dir_all(&vault).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+
+    // With the primary up, a synchronized vault serves the restore.
+    let out = work.path().join("from-vault");
+    let restore = client.run(&[
+        "--json",
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
+    assert_success(&restore, "restore");
+    assert!(
+        stderr(&restore).contains("TDM2126I"),
+        "{}",
+        stderr(&restore)
+    );
+    assert_same_tree(&src, &out);
+
+    // Deleted on the server, deleted in the vault at the next sync.
+    let doomed = src.join("dup/a.bin");
+    client.json(&[
+        "delete",
+        "backup",
+        &path_str(&doomed),
+        "--deltype",
+        "all",
+        "--yes",
+    ]);
+    primary.kill();
+    let listed = client.run(&["query", "backup", &path_str(&doomed), "--inactive"]);
+    assert_eq!(code(&listed), 4, "{}", stderr(&listed));
+    assert!(
+        stderr(&listed).contains("TDM2121W") && stderr(&listed).contains("TDM1024W"),
+        "the vault no longer holds it: {}",
+        stderr(&listed)
+    );
+}
+
+#[test]
+fn a_vault_that_cannot_be_created_leaves_backups_to_the_server() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("dave", "dave-password");
+    let client = TestClient::new(&primary, "dave", "dave-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    // A regular file where the vault's parent directory should be: even
+    // root cannot create a directory below it.
+    let blocker = work.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    client.add_options(&format!(
+        "vault_dir = \"{}\"\n",
+        blocker.join("vault").display()
+    ));
+
+    let out = client.run(&["--json", "incremental", &path_str(&src)]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("TDM2125W"), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(summary["backed_up"].as_u64().unwrap() > 30, "{summary}");
+
+    // With the server down too, the vault is needed: a clear error.
+    primary.kill();
+    let down = client.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&down), 12, "{}", stderr(&down));
+    assert!(
+        stderr(&down).contains("TDM2120E") && stderr(&down).contains("not-a-dir"),
+        "{}",
+        stderr(&down)
+    );
+}
