@@ -422,6 +422,13 @@ enum QueryCommand {
 
 #[derive(Debug, Subcommand)]
 enum SetCommand {
+    /// Accept the local vault's state after a second-installation stop
+    /// (TDM2127E), once you have checked it with `query vault`.
+    Vault {
+        /// Take the vault's current revision as this client's.
+        #[arg(long, required = true)]
+        accept: bool,
+    },
     /// Change the node's password.
     Password {
         /// Current password.
@@ -795,13 +802,27 @@ async fn dispatch(
     }
     let vault = match (&options.vault_dir, session.mode) {
         (Some(dir), SessionMode::Normal) => match crate::vault::open(options).await {
-            Ok(vault) => {
-                if let Err(e) = crate::vault::push_pending(&vault, &session, dir, console).await {
+            Ok(vault) => match crate::vault::push_pending(&vault, &session, dir, console).await {
+                Ok(pushed) => Some((vault, dir.clone(), pushed)),
+                // A read may go on: it reads the server, which lacks only
+                // what the vault could not send yet.
+                Err(e) if !work.is_write() => {
+                    console.report(
+                        &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
+                        ExitStatus::Warnings,
+                    );
+                    vault.logoff().await;
+                    None
+                }
+                Err(e) => {
                     vault.logoff().await;
                     session.logoff().await;
                     return Err(e);
                 }
-                Some((vault, dir.clone()))
+            },
+            Err(e @ ClientError::SecondInstallation { .. }) => {
+                session.logoff().await;
+                return Err(e);
             }
             Err(e) => {
                 console.report(&Msg::vault_unusable(&e.to_string()), ExitStatus::Warnings);
@@ -810,9 +831,16 @@ async fn dispatch(
         },
         _ => None,
     };
-    let syncs_after = work.changes_versions();
+    let syncs_after =
+        work.changes_versions() || vault.as_ref().is_some_and(|(_, _, pushed)| *pushed);
     let from_vault = match &vault {
-        Some((v, dir)) if work.reads_versions() && crate::vault::is_synchronized(dir) => Some(v),
+        Some((v, dir, _))
+            if work.reads_versions()
+                && crate::vault::is_synchronized(dir)
+                && crate::vault::matches_server(v, &session).await =>
+        {
+            Some(v)
+        }
         _ => None,
     };
     let result = match from_vault {
@@ -825,9 +853,9 @@ async fn dispatch(
         }
         None => perform(work, &session, options, options_path, console).await,
     };
-    if let Some((v, dir)) = vault {
+    if let Some((v, dir, _)) = vault {
         if syncs_after {
-            crate::vault::synchronise(&v, &session, &dir, console).await;
+            crate::vault::synchronise(&v, &session, &dir, &options.state_dir(), console).await;
         }
         v.logoff().await;
     }
@@ -864,7 +892,9 @@ async fn on_vault_alone(
                 work.name()
             )));
         }
-        if let Err(e) = crate::vault::note_offline_write(&dir) {
+        let recorded = crate::vault::note_offline_write(&dir)
+            .and_then(|()| crate::vault::before_write(&vault, options));
+        if let Err(e) = recorded {
             vault.logoff().await;
             return Err(e);
         }
@@ -963,6 +993,14 @@ async fn perform(
                         Err(ClientError::WalNotStored(file))
                     }
                 }
+                // The vault may lack WAL files archived since its last
+                // sync: recovery must stop, not end there.
+                Ok(false) if session.mode == SessionMode::Vault => Err(ClientError::Database {
+                    database: crate::db::shown(&pgdata),
+                    message: format!(
+                        "WAL file {file} is not in the local vault, which may lack files archived since its last sync with the server; recovery stops here rather than end early: restore when a server answers"
+                    ),
+                }),
                 Ok(false) => Err(ClientError::WalNotStored(file)),
                 Err(e) => Err(e),
             }
@@ -1030,9 +1068,13 @@ async fn perform(
         Work::SetPassword { old, new } => {
             set_password(session, options, options_path, old, new, console).await
         }
-        Work::ShowOptions | Work::ShowInclexcl { .. } | Work::Schedule | Work::QueryVault => Err(
-            ClientError::Internal("a local query reached the logon; it needs no session".into()),
-        ),
+        Work::ShowOptions
+        | Work::ShowInclexcl { .. }
+        | Work::Schedule
+        | Work::QueryVault
+        | Work::AcceptVault => Err(ClientError::Internal(
+            "a local query reached the logon; it needs no session".into(),
+        )),
     }
 }
 
@@ -1151,6 +1193,7 @@ where
         }
         Ok(Work::ShowInclexcl { rules, tests }) => query::inclexcl(&rules, &tests, &path, &console),
         Ok(Work::QueryVault) => crate::vault::query(&options, &console).await,
+        Ok(Work::AcceptVault) => crate::vault::accept(&options, &console).await,
         Ok(Work::Schedule) => crate::schedule::run(&path, &env, &console).await,
         Ok(work) => match work.confirm_first() {
             Ok(()) => {

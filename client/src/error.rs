@@ -126,6 +126,19 @@ pub enum ClientError {
         /// What went wrong.
         cause: String,
     },
+    /// The vault was written by someone else since this client last wrote
+    /// it (or this client's state is older than the vault).
+    #[error(
+        "second installation detected: the local vault {dir} is at revision {vault} but this client {recorded}. Another machine may back up this node into the same vault, or state_dir was restored from an older copy. Nothing was written. Check with `tandem query vault`, then accept the vault's state with `tandem set vault --accept`"
+    )]
+    SecondInstallation {
+        /// The vault directory.
+        dir: PathBuf,
+        /// The vault's revision.
+        vault: u64,
+        /// What this client recorded, in words.
+        recorded: String,
+    },
     /// `restore-wal`: no such WAL file is stored (PostgreSQL's normal
     /// question past the end of the archive).
     #[error("WAL file {0} is not stored")]
@@ -186,6 +199,7 @@ impl ClientError {
             ClientError::Database { .. } => "TDM1062E",
             ClientError::WalNotStored(_) => "TDM1064I",
             ClientError::Vault { .. } => "TDM2120E",
+            ClientError::SecondInstallation { .. } => "TDM2127E",
         }
     }
 }

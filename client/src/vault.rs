@@ -8,6 +8,8 @@
 //! [`Session`], so backup, restore and query run against it unchanged. This
 //! library only decides *when* the vault is used; it never links the server.
 
+pub mod pulled;
+pub mod revision;
 pub mod status;
 pub mod sync;
 
@@ -69,12 +71,49 @@ pub fn install(opener: Box<dyn VaultOpener>) {
 /// The name a vault session reports as its server.
 pub const VAULT_NAME: &str = "VAULT";
 
-/// Opens the vault that `options` names and logs on to it.
+/// Opens the vault that `options` names and logs on to it, after checking
+/// that nobody else wrote to it since this client did.
 ///
 /// # Errors
 /// [`ClientError::Vault`] when no vault is configured, this build cannot open
-/// one, or the directory cannot be used.
+/// one, or the directory cannot be used; [`ClientError::SecondInstallation`].
 pub async fn open(options: &ClientOptions) -> Result<Session, ClientError> {
+    let vault = open_unchecked(options).await?;
+    let dir = options.vault_dir.clone().unwrap_or_default();
+    let verdict = SyncStatus::load(&dir).and_then(|status| {
+        let recorded = revision::load(&options.state_dir())?;
+        Ok(revision::judge(
+            status.revision,
+            recorded.as_ref(),
+            vault.info.guid,
+        ))
+    });
+    match verdict {
+        Ok(revision::Verdict::Agrees) => Ok(vault),
+        Ok(revision::Verdict::Differs {
+            vault: at,
+            recorded,
+        }) => {
+            vault.logoff().await;
+            Err(ClientError::SecondInstallation {
+                dir,
+                vault: at,
+                recorded: match recorded {
+                    Some(r) => format!("last wrote revision {r}"),
+                    None => "has no record of it".into(),
+                },
+            })
+        }
+        Err(cause) => {
+            vault.logoff().await;
+            Err(vault_error(&dir, cause))
+        }
+    }
+}
+
+/// Opens the vault without the revision check (for `query vault` and
+/// `set vault --accept`, which write nothing to it).
+async fn open_unchecked(options: &ClientOptions) -> Result<Session, ClientError> {
     let Some(dir) = options.vault_dir.clone() else {
         return Err(vault_error(Path::new(""), "no vault_dir is set".into()));
     };
@@ -92,6 +131,35 @@ pub async fn open(options: &ClientOptions) -> Result<Session, ClientError> {
     Session::over_vault(opened, options, &dir)
         .await
         .map_err(|e| vault_error(&dir, e.to_string()))
+}
+
+fn before_write_at(vault: &Session, dir: &Path, state_dir: &Path) -> Result<u64, ClientError> {
+    revision::raise(dir, state_dir, vault.info.guid).map_err(|e| vault_error(dir, e))
+}
+
+/// Raises the vault's revision before a write to it.
+///
+/// # Errors
+/// [`ClientError::Vault`] when a record cannot be written: the write must
+/// not happen then.
+pub fn before_write(vault: &Session, options: &ClientOptions) -> Result<u64, ClientError> {
+    let dir = options.vault_dir.clone().unwrap_or_default();
+    revision::raise(&dir, &options.state_dir(), vault.info.guid).map_err(|e| vault_error(&dir, e))
+}
+
+/// `tandem set vault --accept`: takes the vault's current state as this
+/// client's, after a second-installation stop the operator has checked.
+///
+/// # Errors
+/// No vault, or one that cannot be opened or recorded.
+pub async fn accept(options: &ClientOptions, console: &Console) -> Result<(), ClientError> {
+    let vault = open_unchecked(options).await?;
+    let dir = options.vault_dir.clone().unwrap_or_default();
+    let accepted = revision::accept(&dir, &options.state_dir(), vault.info.guid);
+    vault.logoff().await;
+    let at = accepted.map_err(|e| vault_error(&dir, e))?;
+    console.audit(&Msg::vault_accepted(&dir, at));
+    Ok(())
 }
 
 fn vault_error(dir: &Path, cause: String) -> ClientError {
@@ -116,40 +184,58 @@ pub fn note_offline_write(dir: &Path) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// The vault's own versions' filter for a push to `server`: the ids of
+/// its last pull from that server.
+fn pulled_from(
+    dir: &Path,
+    server: &Session,
+) -> Result<Option<std::collections::HashSet<tandem_proto::ObjectId>>, ClientError> {
+    pulled::load(dir, server.info.guid).map_err(|e| vault_error(dir, e))
+}
+
 /// Before a command reaches the server: when the vault holds writes the
 /// server lacks, pushes them first, so the command (an incremental, say)
 /// sees them and never stores a newer version before the vault's older one.
+/// Returns whether a push ran; the caller then pulls after the command, as
+/// the vault is not an exact copy again until then.
 ///
 /// # Errors
-/// A failed push: the command must not run on the server before it.
+/// A failed push: a write must not run on the server before it.
 pub async fn push_pending(
     vault: &Session,
     server: &Session,
     dir: &Path,
     console: &Console,
-) -> Result<(), ClientError> {
+) -> Result<bool, ClientError> {
     let mut status = SyncStatus::load(dir).map_err(|e| vault_error(dir, e))?;
     if !status.offline_writes {
-        return Ok(());
+        return Ok(false);
     }
-    match sync::push(vault, server, status.pulled_at_ns).await {
+    let pushed = async {
+        let own = pulled_from(dir, server)?;
+        sync::push(vault, server, own.as_ref()).await
+    }
+    .await;
+    match pushed {
         Ok(pushed) => {
             status.offline_writes = false;
+            status.pull_pending = true;
             status.server.clone_from(&server.info.name);
+            status.server_guid = server.info.guid.to_string();
             status.save(dir).map_err(|e| vault_error(dir, e))?;
             console.audit(&Msg::vault_synced(
                 &server.info.name,
                 &pushed,
                 &sync::SyncReport::default(),
             ));
-            Ok(())
+            Ok(true)
         }
         Err(e) => {
             record_failure(&mut status, &server.info.name, &e.to_string(), dir);
             Err(vault_error(
                 dir,
                 format!(
-                    "the versions it stored while the server was away could not be sent to server {} ({e}); nothing was done on the server, so that no newer backup overtakes them; try again",
+                    "the versions it stored while the server was away could not be sent to server {} ({e})",
                     server.info.name
                 ),
             ))
@@ -157,11 +243,17 @@ pub async fn push_pending(
     }
 }
 
-/// After a command on the server: makes the vault a copy of the node's
-/// versions there (pushing first whatever the vault alone holds). A
-/// failure is a warning: the command's own work is done, and the next
-/// command resumes the sync without resending what was committed.
-pub async fn synchronise(vault: &Session, server: &Session, dir: &Path, console: &Console) {
+/// After a command on the server: sends the server whatever the vault
+/// alone holds, then makes the vault an exact copy of the node's versions
+/// there. A failure is a warning: the command's own work is done, and the
+/// next sync resumes without resending what was committed.
+pub async fn synchronise(
+    vault: &Session,
+    server: &Session,
+    dir: &Path,
+    state_dir: &Path,
+    console: &Console,
+) {
     let name = server.info.name.clone();
     let mut status = match SyncStatus::load(dir) {
         Ok(s) => s,
@@ -171,13 +263,12 @@ pub async fn synchronise(vault: &Session, server: &Session, dir: &Path, console:
         }
     };
     let outcome = async {
-        let pushed = if status.offline_writes {
-            sync::push(vault, server, status.pulled_at_ns).await?
-        } else {
-            sync::SyncReport::default()
-        };
+        let own = pulled_from(dir, server)?;
+        let pushed = sync::push(vault, server, own.as_ref()).await?;
+        status.revision = before_write_at(vault, dir, state_dir)?;
         let started = crate::db::now_ns();
-        let pulled = sync::pull(server, vault).await?;
+        let (pulled, held) = sync::pull(server, vault).await?;
+        pulled::save(dir, server.info.guid, &held).map_err(|e| vault_error(dir, e))?;
         Ok::<_, ClientError>((pushed, pulled, started))
     }
     .await;
@@ -185,7 +276,9 @@ pub async fn synchronise(vault: &Session, server: &Session, dir: &Path, console:
         Ok((pushed, pulled, started)) => {
             status.pulled_at_ns = started;
             status.offline_writes = false;
+            status.pull_pending = false;
             status.server.clone_from(&name);
+            status.server_guid = server.info.guid.to_string();
             status.last_sync_ns = crate::db::now_ns();
             status.last_error.clear();
             status.failing_since_ns = 0;
@@ -238,17 +331,22 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
             "no local vault is configured: set vault_dir in the options file".into(),
         ));
     };
-    let vault = open(options).await?;
+    let vault = open_unchecked(options).await?;
     let status = SyncStatus::load(&dir).map_err(|e| vault_error(&dir, e))?;
+    let recorded = revision::load(&options.state_dir()).map_err(|e| vault_error(&dir, e))?;
+    let verdict = revision::judge(status.revision, recorded.as_ref(), vault.info.guid);
     let listed = sync::list_versions(&vault).await;
     vault.logoff().await;
     let versions = listed?;
     let active = versions.values().filter(|v| v.active).count();
-    let own = versions
-        .values()
-        .filter(|v| v.backup_time_ns > status.pulled_at_ns)
+    let pulled_set = match status.server_guid.parse() {
+        Ok(guid) => pulled::load(&dir, guid).map_err(|e| vault_error(&dir, e))?,
+        Err(_) => None,
+    };
+    let to_send = versions
+        .keys()
+        .filter(|id| sync::is_own(id, pulled_set.as_ref()))
         .count();
-    let to_send = if status.offline_writes { own } else { 0 };
     let time = |ns: i64| {
         if ns == 0 {
             "-".to_string()
@@ -256,7 +354,12 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
             crate::output::timefmt::show(ns)
         }
     };
-    let state = match status.state() {
+    let word = if to_send > 0 && status.state() == "synchronized" {
+        "synchronizing"
+    } else {
+        status.state()
+    };
+    let mut state = match word {
         "synchronizing" => format!("synchronizing ({to_send} version(s) to send to the server)"),
         "failed" => format!(
             "failed since {}: {}",
@@ -265,10 +368,16 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
         ),
         other => other.to_string(),
     };
+    let second_installation = verdict != revision::Verdict::Agrees;
+    if second_installation {
+        state = format!(
+            "{state}; SECOND INSTALLATION: written by someone else since this client (see `tandem set vault --accept`)"
+        );
+    }
     if console.json {
         let doc = serde_json::json!({
             "vault_dir": dir,
-            "state": status.state(),
+            "state": word,
             "server": status.server,
             "last_sync": (status.last_sync_ns != 0).then(|| crate::output::timefmt::json(status.last_sync_ns)),
             "matched_server_at": (status.pulled_at_ns != 0).then(|| crate::output::timefmt::json(status.pulled_at_ns)),
@@ -277,6 +386,8 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
             "versions": versions.len(),
             "active_versions": active,
             "versions_to_send": to_send,
+            "revision": status.revision,
+            "second_installation": second_installation,
         });
         crate::outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return Ok(());
@@ -288,6 +399,7 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
         ("Server", status.server.clone()),
         ("Last sync", time(status.last_sync_ns)),
         ("Matched the server at", time(status.pulled_at_ns)),
+        ("Revision", status.revision.to_string()),
         (
             "Versions held",
             format!("{} ({active} active)", versions.len()),
@@ -297,4 +409,30 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     }
     crate::outln!("{t}");
     Ok(())
+}
+
+/// Whether the vault's filespaces hold what the server's do (names, active
+/// objects and bytes): the cheap check that nothing changed on the server
+/// since the last sync (an operator's deletion, a WAL file archived) before
+/// the vault serves a restore. Any doubt answers no.
+pub async fn matches_server(vault: &Session, server: &Session) -> bool {
+    async fn summary(session: &Session) -> Option<Vec<(String, u64, u64)>> {
+        let reply = session
+            .client()
+            .query_filespaces(session.request(tandem_proto::pb::QueryFilespacesRequest {}))
+            .await
+            .ok()?
+            .into_inner();
+        let mut rows: Vec<_> = reply
+            .filespaces
+            .into_iter()
+            .map(|f| (f.name, f.active_objects, f.active_bytes))
+            .collect();
+        rows.sort();
+        Some(rows)
+    }
+    match (summary(vault).await, summary(server).await) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }

@@ -46,6 +46,10 @@ pub struct ServerConfig {
     /// INVALIDPWLIMIT); 0 never locks.
     #[serde(default = "default_invalid_password_limit")]
     pub invalid_password_limit: u32,
+    /// How far in the future (seconds) the times a client's local vault
+    /// sends may lie: they come from the client's clock.
+    #[serde(default = "default_vault_clock_skew_seconds")]
+    pub vault_clock_skew_seconds: u64,
     /// Seconds the server waits for the next message of an upload stream
     /// before it ends the stream (TSM COMMTIMEOUT).
     #[serde(default = "default_comm_timeout_seconds")]
@@ -104,6 +108,10 @@ pub(crate) fn default_idle_timeout_seconds() -> u64 {
 
 pub(crate) fn default_max_connections() -> usize {
     1024
+}
+
+fn default_vault_clock_skew_seconds() -> u64 {
+    300
 }
 
 fn default_comm_timeout_seconds() -> u64 {

@@ -210,6 +210,7 @@ impl DemoServer {
             rename: false,
             invalid_password_limit: 10,
             comm_timeout_seconds: 60,
+            vault_clock_skew_seconds: 300,
             idle_timeout_seconds: crate::config::default_idle_timeout_seconds(),
             max_connections: crate::config::default_max_connections(),
             log_file: None,

@@ -193,6 +193,15 @@ fn seal_partner_passwords(catalog: &Catalog, key: &secrets::SecretKey) -> Result
 /// Registers the first administrator, ADMIN, when there is none (a new
 /// data dir, or one from before named administrators), with a random
 /// password written to `password_file` for the operator to use and change.
+/// What a data directory is opened as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A `tandem-server`.
+    Server,
+    /// A client's local vault.
+    Vault,
+}
+
 fn create_first_admin(catalog: &Catalog, password_file: &Path) -> Result<(), ServerError> {
     if !catalog.list_admins()?.is_empty() {
         return Ok(());
@@ -319,6 +328,20 @@ impl ServerState {
     /// # Errors
     /// I/O and catalog errors, each naming the file at fault.
     pub fn open(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
+        Self::open_as(config, Role::Server)
+    }
+
+    /// Opens a data directory as a client's local vault: the same store,
+    /// but no administrator is created (nobody administers a vault over the
+    /// network; its service is reached in memory only).
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_vault(config: ServerConfig) -> Result<Arc<Self>, ServerError> {
+        Self::open_as(config, Role::Vault)
+    }
+
+    fn open_as(config: ServerConfig, role: Role) -> Result<Arc<Self>, ServerError> {
         let dir = &config.data_dir;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -346,7 +369,9 @@ impl ServerState {
         let admin_token = load_or_create_token(&dir.join("admin.token"))?;
         let secrets = secrets::SecretKey::load_or_create(&dir.join("secrets.key"))?;
         seal_partner_passwords(catalog, &secrets)?;
-        create_first_admin(catalog, &dir.join("admin.password"))?;
+        if role == Role::Server {
+            create_first_admin(catalog, &dir.join("admin.password"))?;
+        }
         let identity = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => tandem_tls::ServerIdentity::from_files(cert, key),
             _ => tandem_tls::ServerIdentity::load_or_create(

@@ -247,3 +247,47 @@ fn a_vault_that_cannot_be_created_leaves_backups_to_the_server() {
         stderr(&down)
     );
 }
+
+#[test]
+fn a_second_installation_on_the_same_node_and_vault_is_stopped_until_accepted() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("erin", "erin-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let first = TestClient::new(&primary, "erin", "erin-password");
+    let second = TestClient::new(&primary, "erin", "erin-password");
+    let vault = with_vault(&first, work.path());
+    second.add_options(&format!("vault_dir = \"{}\"\n", vault.display()));
+    first.json(&["incremental", &path_str(&src)]);
+
+    // The second machine finds a vault it never wrote: it stops, writes
+    // nothing, and says what to do.
+    let stopped = second.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&stopped), 12, "{}", stderr(&stopped));
+    assert!(
+        stderr(&stopped).contains("TDM2127E") && stderr(&stopped).contains("set vault --accept"),
+        "{}",
+        stderr(&stopped)
+    );
+    assert!(second.error_log().contains("TDM2127E"));
+    let state = second.json(&["query", "vault"]);
+    assert_eq!(state["second_installation"], true, "{state}");
+
+    // Accepted, it works; now the first machine is the one that stops.
+    let accepted = second.run(&["set", "vault", "--accept"]);
+    assert_success(&accepted, "set vault --accept");
+    assert!(
+        stderr(&accepted).contains("revision"),
+        "{}",
+        stderr(&accepted)
+    );
+    assert!(second.error_log().contains("TDM2128I"));
+    std::fs::write(src.join("from-second.txt"), b"second machine\n").unwrap();
+    let r = second.json(&["incremental", &path_str(&src)]);
+    assert_eq!(r["failed"], 0, "{r}");
+    let again = first.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&again), 12, "{}", stderr(&again));
+    assert!(stderr(&again).contains("TDM2127E"), "{}", stderr(&again));
+    primary.kill();
+}

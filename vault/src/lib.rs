@@ -36,6 +36,9 @@ pub const KEY_FILE: &str = "vault.key";
 /// The name the vault's store carries (its "server name").
 const STORE_NAME: &str = "VAULT";
 
+/// Versions and days the vault's policy keeps: all of them.
+const KEEP_ALL: u32 = 1_000_000;
+
 /// Buffer of each in-memory connection, per direction.
 const DUPLEX_BYTES: usize = 4 << 20;
 
@@ -120,9 +123,20 @@ fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String), Stri
         // Never bound: the vault's service is reached in memory only.
         "listen": "127.0.0.1:1",
         "name": STORE_NAME,
+        // The vault never expires anything on its own: it keeps what the
+        // server keeps, and its sync mirrors the server's expiration.
+        "policy": {
+            "verexists": KEEP_ALL,
+            "verdeleted": KEEP_ALL,
+            "retextra": KEEP_ALL,
+            "retonly": KEEP_ALL,
+            "retver": KEEP_ALL,
+        },
+        // The server's clock is the authority on what a pull copies.
+        "vault_clock_skew_seconds": u64::from(u32::MAX),
     }))
     .map_err(|e| format!("vault settings: {e}"))?;
-    let state = ServerState::open(config).map_err(|e| {
+    let state = ServerState::open_vault(config).map_err(|e| {
         let text = e.to_string();
         if text.contains("in use by another") {
             format!("in use by another tandem command ({text})")
@@ -132,6 +146,19 @@ fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String), Stri
     })?;
     let key = dir.join(KEY_FILE);
     let catalog = &state.repo.catalog;
+    // One node per vault: its password file is the vault's.
+    let others: Vec<String> = catalog
+        .list_nodes("")
+        .map_err(|e| format!("reading the vault's catalog: {e}"))?
+        .into_iter()
+        .map(|(n, _)| n.name)
+        .filter(|name| name != node)
+        .collect();
+    if let Some(other) = others.first() {
+        return Err(format!(
+            "it holds the vault of node {other}; a vault holds one node: give node {node} a vault_dir of its own"
+        ));
+    }
     let registered = catalog
         .node(node)
         .map_err(|e| format!("reading the vault's catalog: {e}"))?;

@@ -100,6 +100,8 @@ pub(super) enum Work {
     QuerySchedule,
     /// `query vault`: answered from the vault alone.
     QueryVault,
+    /// `set vault --accept`: answered from the vault alone.
+    AcceptVault,
     /// `schedule`: the long-running scheduler, which logs on by itself.
     Schedule,
     /// `query options`: answered from the options alone.
@@ -320,6 +322,7 @@ impl Work {
                 rules: rules(options)?,
                 tests: test,
             },
+            Command::Set(SetCommand::Vault { .. }) => Work::AcceptVault,
             Command::Set(SetCommand::Password { new, .. }) if new.chars().count() < 8 => {
                 return Err(ClientError::Usage(
                     "the new password is too short; use at least 8 characters".into(),
@@ -418,6 +421,7 @@ impl Work {
             | Work::QuerySession
             | Work::QuerySchedule
             | Work::QueryVault
+            | Work::AcceptVault
             | Work::Schedule
             | Work::ShowOptions
             | Work::ShowInclexcl { .. } => false,
@@ -486,6 +490,7 @@ impl Work {
             Work::QuerySession => "query session",
             Work::QuerySchedule => "query schedule",
             Work::QueryVault => "query vault",
+            Work::AcceptVault => "set vault",
             Work::Schedule => "schedule",
             Work::ShowOptions => "query options",
             Work::ShowInclexcl { .. } => "query inclexcl",

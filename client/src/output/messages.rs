@@ -338,6 +338,17 @@ impl Msg {
         }
     }
 
+    /// TDM2128I: the operator accepted the vault's state.
+    pub fn vault_accepted(dir: &std::path::Path, revision: u64) -> Self {
+        Msg {
+            id: "TDM2128I",
+            text: format!(
+                "The local vault at {} is accepted at revision {revision}: this client writes to it again",
+                dir.display()
+            ),
+        }
+    }
+
     /// TDM2110E: a write refused in failover mode.
     pub fn failover_read_only(operation: &str, server: &str) -> Self {
         Msg {

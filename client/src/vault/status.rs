@@ -13,13 +13,19 @@ pub const FILE: &str = "sync-state.json";
 
 /// How the vault stands against the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SyncStatus {
+    /// The vault's revision for the node, raised before every write to it
+    /// (see [`super::revision`]).
+    pub revision: u64,
     /// Start of the last pull that completed (client clock, Unix ns): the
-    /// vault held exactly the server's versions then. Versions the vault
-    /// stored after it are its own until pushed. 0: never.
+    /// vault held exactly the server's versions then (which ones is in
+    /// [`super::pulled`]). 0: never.
     pub pulled_at_ns: i64,
     /// The server it last synchronised with.
     pub server: String,
+    /// That server's GUID.
+    pub server_guid: String,
     /// When the last sync ended (Unix ns), 0 if none ran.
     pub last_sync_ns: i64,
     /// Why the last sync failed; empty when it succeeded.
@@ -32,6 +38,9 @@ pub struct SyncStatus {
     /// While set, the vault is pushed before any command reaches the server,
     /// so the server never takes a newer backup before the vault's older one.
     pub offline_writes: bool,
+    /// A push reached the server but no pull has made the vault an exact
+    /// copy since: the vault serves no restores until one has.
+    pub pull_pending: bool,
 }
 
 impl SyncStatus {
@@ -77,7 +86,7 @@ impl SyncStatus {
             "never synchronised"
         } else if !self.last_error.is_empty() {
             "failed"
-        } else if self.offline_writes {
+        } else if self.offline_writes || self.pull_pending {
             "synchronizing"
         } else {
             "synchronized"

@@ -18,7 +18,7 @@
 //!
 //! Archive copies are not synchronised: they stay where they were made.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tandem_proto::pb;
 use tandem_proto::{ChunkId, ObjectId, StoredChunk, UploadPacker};
@@ -329,8 +329,10 @@ impl From<RunReport> for SyncReport {
 }
 
 /// Sends the server what the vault made on its own: versions the vault
-/// stored after `pulled_at_ns` (its last pull) that the server lacks, and
-/// deactivations of versions both hold.
+/// holds that were not there after its last pull (`pulled`; `None` when no
+/// pull from this server is recorded, and then every version the server
+/// lacks counts) and that the server lacks, and deactivations of versions
+/// both hold.
 ///
 /// # Errors
 /// Failures of either session; what was committed stays committed and a
@@ -338,14 +340,14 @@ impl From<RunReport> for SyncReport {
 pub async fn push(
     vault: &Session,
     server: &Session,
-    pulled_at_ns: i64,
+    pulled: Option<&HashSet<ObjectId>>,
 ) -> Result<SyncReport, ClientError> {
     let on_vault = list_versions(vault).await?;
     let on_server = list_versions(server).await?;
     let held: Vec<ObjectState> = on_server.iter().map(|(id, v)| state_of(*id, v)).collect();
     let mut entries = Vec::new();
     for (id, v) in &on_vault {
-        if on_server.contains_key(id) || v.backup_time_ns > pulled_at_ns {
+        if on_server.contains_key(id) || is_own(id, pulled) {
             entries.push(entry_of(*id, v)?);
         }
     }
@@ -362,17 +364,29 @@ pub async fn push(
     run(&source, &target).await
 }
 
+/// Whether a version the vault holds is its own (not from a pull).
+#[must_use]
+pub fn is_own(id: &ObjectId, pulled: Option<&HashSet<ObjectId>>) -> bool {
+    pulled.is_none_or(|set| !set.contains(id))
+}
+
 /// Makes the vault an exact copy of the node's versions on the server.
+/// Returns what it did and the ids the vault holds afterwards (the
+/// server's, as listed at the start).
 ///
 /// # Errors
 /// Failures of either session.
-pub async fn pull(server: &Session, vault: &Session) -> Result<SyncReport, ClientError> {
+pub async fn pull(
+    server: &Session,
+    vault: &Session,
+) -> Result<(SyncReport, Vec<ObjectId>), ClientError> {
     let on_server = list_versions(server).await?;
     let on_vault = list_versions(vault).await?;
     let entries = on_server
         .iter()
         .map(|(id, v)| entry_of(*id, v))
         .collect::<Result<Vec<_>, _>>()?;
+    let ids = on_server.keys().copied().collect();
     let source = Listed {
         session: server,
         entries,
@@ -383,7 +397,7 @@ pub async fn pull(server: &Session, vault: &Session) -> Result<SyncReport, Clien
         held: on_vault.iter().map(|(id, v)| state_of(*id, v)).collect(),
         direction: Direction::Pull,
     };
-    run(&source, &target).await
+    Ok((run(&source, &target).await?, ids))
 }
 
 async fn run(source: &Listed<'_>, target: &NodeTarget<'_>) -> Result<SyncReport, ClientError> {

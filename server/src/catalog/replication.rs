@@ -478,11 +478,12 @@ impl Catalog {
     ) -> Result<u64, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        super::switches::refuse_if_switch_stopped_writes(&tx, node_id)?;
         let mut changed = 0u64;
         {
             let mut stmt = tx.prepare_cached(
                 "UPDATE objects SET active = 0, deactivated_ns = ?3
-                 WHERE object_id = ?2 AND active = 1
+                 WHERE object_id = ?2 AND active = 1 AND backup_ns <= ?3
                  AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?1)",
             )?;
             for (id, at_ns) in deactivations {
@@ -511,8 +512,10 @@ impl Catalog {
     /// Stores versions a node's local vault made while this server was
     /// away, under their original ids and times, as [`Self::put_replicated`]
     /// does, except that a version never displaces a newer one: an active
-    /// vault version whose path has a newer active version here is stored
-    /// inactive, from that newer version's backup time.
+    /// vault version whose path has a newer version here (active or not) is
+    /// stored inactive, until the first such version's backup time. Ids
+    /// held for another node are refused, and a planned switch that stopped
+    /// the node's writes refuses the whole batch, as for a backup.
     ///
     /// # Errors
     /// [`ServerError::MissingChunks`]; SQLite errors.
@@ -532,13 +535,36 @@ impl Catalog {
     ) -> Result<u64, ServerError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        if newer_wins {
+            super::switches::refuse_if_switch_stopped_writes(&tx, node_id)?;
+        }
         let mut stored = 0u64;
         {
             let mut has_object = tx.prepare_cached("SELECT 1 FROM objects WHERE object_id = ?1")?;
+            let mut owner = tx.prepare_cached(
+                "SELECT f.node_id FROM objects o JOIN filespaces f ON f.id = o.filespace_id
+                 WHERE o.object_id = ?1",
+            )?;
             let mut dirs = DirIds::default();
             let mut filespaces: HashMap<String, i64> = HashMap::new();
             for v in versions {
-                if has_object.exists([v.object_id.0.as_slice()])? {
+                if newer_wins {
+                    // A node's own sync: an id held for another node is a
+                    // conflict to report, not a version to count as stored.
+                    let held_by: Option<i64> = owner
+                        .query_row([v.object_id.0.as_slice()], |r| r.get(0))
+                        .optional()?;
+                    match held_by {
+                        Some(id) if id == node_id => continue,
+                        Some(_) => {
+                            return Err(ServerError::InvalidArgument(format!(
+                                "version id {} is not this node's; the vault's version of {:?} cannot be stored under it",
+                                v.object_id, v.attrs.path
+                            )));
+                        }
+                        None => {}
+                    }
+                } else if has_object.exists([v.object_id.0.as_slice()])? {
                     continue;
                 }
                 if let Some((first, count)) =
@@ -561,7 +587,7 @@ impl Catalog {
                     .get(&tx, fs_id, dir, true)?
                     .ok_or_else(|| CatalogError::Malformed(format!("directory {dir} vanished")))?;
                 let newer = if v.active && newer_wins {
-                    newer_active(&tx, dir_id, name, v.backup_ns)?
+                    first_newer(&tx, dir_id, name, v.backup_ns)?
                 } else {
                     None
                 };
@@ -744,17 +770,18 @@ impl Catalog {
     }
 }
 
-/// The backup time of an active version of `name` in `dir_id` newer than
-/// `backup_ns`, if there is one.
-fn newer_active(
+/// The backup time of the first version of `name` in `dir_id` (active or
+/// not) newer than `backup_ns`, if there is one: where a version backed up
+/// at `backup_ns` stops being the current one.
+fn first_newer(
     tx: &rusqlite::Transaction<'_>,
     dir_id: i64,
     name: &str,
     backup_ns: i64,
 ) -> rusqlite::Result<Option<i64>> {
     tx.prepare_cached(
-        "SELECT MAX(backup_ns) FROM objects
-         WHERE dir_id = ?1 AND name = ?2 AND active = 1 AND backup_ns > ?3",
+        "SELECT MIN(backup_ns) FROM objects
+         WHERE dir_id = ?1 AND name = ?2 AND backup_ns > ?3",
     )?
     .query_row(params![dir_id, name, backup_ns], |row| row.get(0))
 }

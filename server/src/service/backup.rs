@@ -32,10 +32,6 @@ type Wanted = (ChunkId, Option<crate::model::ChunkLocation>);
 /// Splits a read into groups of at most [`READ_GROUP_CHUNKS`] chunks and
 /// about [`READ_GROUP_BYTES`], in order: restoring many small files is many
 /// small chunks, and one blocking hop per chunk cost more than the reads.
-/// How far in the future a vault's times may lie: the client's clock made
-/// them, and clocks drift.
-const VAULT_CLOCK_SKEW_NS: i64 = 5 * 60 * 1_000_000_000;
-
 fn read_groups(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
     let mut groups = Vec::new();
     let mut group = Vec::new();
@@ -115,6 +111,15 @@ impl BackupService {
     /// A service over `state`.
     pub fn new(state: Arc<ServerState>) -> Self {
         BackupService { state }
+    }
+
+    /// The latest time a vault sync may carry: a client's clock made it,
+    /// and clocks drift (`vault_clock_skew_seconds`).
+    fn vault_time_limit(&self) -> i64 {
+        let skew = i64::try_from(self.state.config.vault_clock_skew_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000_000);
+        now_ns().saturating_add(skew)
     }
 
     fn session<T>(&self, request: &Request<T>) -> Result<(Session, String), Status> {
@@ -743,7 +748,7 @@ impl Backup for BackupService {
             tandem_proto::MAX_OBJECTS_PER_CALL,
             "versions",
         )?;
-        let latest = now_ns().saturating_add(VAULT_CLOCK_SKEW_NS);
+        let latest = self.vault_time_limit();
         let versions = req
             .versions
             .into_iter()
@@ -752,11 +757,21 @@ impl Backup for BackupService {
         for v in &versions {
             let times_ok = v.backup_ns > 0
                 && v.backup_ns <= latest
-                && (v.active || (v.deactivated_ns >= v.backup_ns && v.deactivated_ns <= latest));
+                && if v.active {
+                    v.deactivated_ns == 0
+                } else {
+                    v.deactivated_ns >= v.backup_ns && v.deactivated_ns <= latest
+                };
             if !times_ok {
                 return Err(Status::from(ServerError::InvalidArgument(format!(
                     "version {} of {:?} has impossible times (backed up {}, inactive since {}); a vault sync sends the times its vault recorded, none in the future",
                     v.object_id, v.attrs.path, v.backup_ns, v.deactivated_ns
+                ))));
+            }
+            if v.attrs.kind != crate::model::ObjectKind::File && !v.chunks.is_empty() {
+                return Err(Status::from(ServerError::InvalidArgument(format!(
+                    "{:?} is not a file but has content chunks",
+                    v.attrs.path
                 ))));
             }
         }
@@ -786,14 +801,15 @@ impl Backup for BackupService {
         request: Request<pb::DeactivateVaultVersionsRequest>,
     ) -> Result<Response<pb::DeactivateVaultVersionsResponse>, Status> {
         let (session, _) = self.session(&request)?;
-        self.refuse_replica(&session, &peer_of(&request)).await?;
+        let peer = peer_of(&request);
+        self.refuse_replica(&session, &peer).await?;
         let req = request.into_inner();
         convert::at_most(
             req.deactivations.len(),
             tandem_proto::MAX_OBJECTS_PER_CALL,
             "deactivations",
         )?;
-        let latest = now_ns().saturating_add(VAULT_CLOCK_SKEW_NS);
+        let latest = self.vault_time_limit();
         let mut changes = Vec::with_capacity(req.deactivations.len());
         for d in req.deactivations {
             let id = tandem_proto::ObjectId::from_slice(&d.object_id)
@@ -811,6 +827,19 @@ impl Backup for BackupService {
             Ok(s.repo.catalog.deactivate_versions(node_id, &changes)?)
         })
         .await?;
+        if deactivated > 0 {
+            actlog::record(
+                &self.state.repo.catalog,
+                ServerMsg::VaultSynced,
+                &session.node,
+                &peer,
+                format!(
+                    "{deactivated} version(s) of node {} made inactive as in its local vault",
+                    session.node
+                ),
+            )
+            .await;
+        }
         Ok(Response::new(pb::DeactivateVaultVersionsResponse {
             deactivated,
         }))
