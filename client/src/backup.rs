@@ -192,6 +192,8 @@ pub(crate) struct Uploader<'a> {
     /// hold only object metadata, so a batch whose data is sent frees its
     /// upload slot while its commit waits for earlier uploads.
     committing: VecDeque<JoinHandle<Result<CommitStats, ClientError>>>,
+    /// A failed copy to the session's chunk mirror was logged already.
+    mirror_warned: bool,
 }
 
 /// What one batch's upload did.
@@ -199,6 +201,8 @@ pub(crate) struct Uploader<'a> {
 struct UploadStats {
     bytes_sent: u64,
     bytes_deduplicated: u64,
+    /// Why the mirror (the local vault) did not take this batch's chunks.
+    mirror_failure: Option<String>,
 }
 
 /// What one batch's commit did.
@@ -237,6 +241,7 @@ impl<'a> Uploader<'a> {
             data_slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             uploading: VecDeque::new(),
             committing: VecDeque::new(),
+            mirror_warned: false,
         }
     }
 
@@ -321,6 +326,16 @@ impl Uploader<'_> {
         if let Some(handle) = self.uploading.pop_front() {
             let done = joined(handle, "upload").await?;
             self.sent_ids.pop_front();
+            // The vault's sync after the backup brings what the mirror
+            // missed, and reports there if the vault cannot take it.
+            if let Some(cause) = done.mirror_failure
+                && !self.mirror_warned
+            {
+                self.mirror_warned = true;
+                tracing::warn!(
+                    "the local vault did not take this backup's data as it went: {cause}"
+                );
+            }
             self.stats.bytes_sent += done.bytes_sent;
             self.stats.bytes_deduplicated += done.bytes_deduplicated;
             self.show_progress();
@@ -446,12 +461,101 @@ async fn upload_batch(
     done: oneshot::Sender<()>,
 ) -> Result<UploadStats, ClientError> {
     let mut out = UploadStats::default();
+    let ids: Vec<ChunkId> = pending.iter().map(|(id, _)| *id).collect();
+    let missing = missing_chunks(&session, &ids).await?;
+    // The mirror (the local vault) is best effort: what it cannot take now,
+    // its sync after the backup brings.
+    let mirror = session.chunk_mirror().cloned();
+    let mirror_missing = match &mirror {
+        Some(m) => match missing_chunks(m, &ids).await {
+            Ok(set) => set,
+            Err(e) => {
+                out.mirror_failure = Some(e.to_string());
+                HashSet::new()
+            }
+        },
+        None => HashSet::new(),
+    };
+    let (to_send, known): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|(id, _)| missing.contains(id) || mirror_missing.contains(id));
+    out.bytes_deduplicated = known
+        .iter()
+        .map(|(_, d)| d.len() as u64)
+        .chain(
+            to_send
+                .iter()
+                .filter(|(id, _)| !missing.contains(id))
+                .map(|(_, d)| d.len() as u64),
+        )
+        .sum();
+    drop(known);
+    if to_send.is_empty() {
+        drop(data_slot);
+    } else {
+        // Compressed messages go out as they are made: the server verifies
+        // one while the next is compressed. Each chunk is compressed once,
+        // for the server and the mirror alike.
+        let (tx, rx) = mpsc::channel(2);
+        let (mirror_tx, mirror_rx) = mpsc::channel(2);
+        let mirror_tx = mirror.is_some().then_some(mirror_tx);
+        let compressor = tokio::task::spawn_blocking(move || {
+            let outlets = Outlets {
+                server: &tx,
+                server_wants: &missing,
+                mirror: mirror_tx.as_ref(),
+                mirror_wants: &mirror_missing,
+            };
+            let sent = compress_into_messages(to_send, &outlets);
+            // Every message is queued for the transport and every raw chunk
+            // freed: the next batch may gather its data.
+            drop(data_slot);
+            sent
+        });
+        let to_server = async {
+            session
+                .client()
+                .upload_chunks(session.request(ReceiverStream::new(rx)))
+                .await
+        };
+        let to_mirror = async {
+            match &mirror {
+                Some(m) => Some(
+                    m.client()
+                        .upload_chunks(m.request(ReceiverStream::new(mirror_rx)))
+                        .await,
+                ),
+                None => None,
+            }
+        };
+        let (uploaded, mirrored) = tokio::join!(to_server, to_mirror);
+        let compressed = compressor
+            .await
+            .map_err(|e| ClientError::task_failed("compression task", e))?;
+        // A compression error ends the stream early; report it, not the upload.
+        out.bytes_sent = compressed?;
+        uploaded.map_err(|s| ClientError::server("uploading data", s))?;
+        if let Some(Err(status)) = mirrored {
+            out.mirror_failure.get_or_insert_with(|| {
+                ClientError::server("copying data to the vault", status).to_string()
+            });
+        }
+    }
+    let _ = done.send(());
+    Ok(out)
+}
+
+/// Of `ids`, those `session` does not store for the node.
+async fn missing_chunks(
+    session: &Session,
+    ids: &[ChunkId],
+) -> Result<HashSet<ChunkId>, ClientError> {
     let mut client = session.client();
-    let mut missing: HashSet<ChunkId> = HashSet::new();
-    for batch in pending.chunks(FIND_BATCH) {
-        let ids = batch.iter().map(|(id, _)| id.as_slice().to_vec()).collect();
+    let mut missing = HashSet::new();
+    for batch in ids.chunks(FIND_BATCH) {
+        let raw = batch.iter().map(|id| id.as_slice().to_vec()).collect();
         let reply = client
-            .find_missing_chunks(session.request(pb::FindMissingChunksRequest { chunk_ids: ids }))
+            .find_missing_chunks(session.request(pb::FindMissingChunksRequest { chunk_ids: raw }))
             .await
             .map_err(|s| ClientError::server("checking stored chunks", s))?
             .into_inner();
@@ -462,36 +566,16 @@ async fn upload_batch(
             })?);
         }
     }
-    let (to_send, known): (Vec<_>, Vec<_>) = pending
-        .into_iter()
-        .partition(|(id, _)| missing.contains(id));
-    out.bytes_deduplicated = known.iter().map(|(_, d)| d.len() as u64).sum();
-    drop(known);
-    if to_send.is_empty() {
-        drop(data_slot);
-    } else {
-        // Compressed messages go out as they are made: the server verifies
-        // one while the next is compressed.
-        let (tx, rx) = mpsc::channel(2);
-        let compressor = tokio::task::spawn_blocking(move || {
-            let sent = compress_into_messages(to_send, &tx);
-            // Every message is queued for the transport and every raw chunk
-            // freed: the next batch may gather its data.
-            drop(data_slot);
-            sent
-        });
-        let uploaded = client
-            .upload_chunks(session.request(ReceiverStream::new(rx)))
-            .await;
-        let compressed = compressor
-            .await
-            .map_err(|e| ClientError::task_failed("compression task", e))?;
-        // A compression error ends the stream early; report it, not the upload.
-        out.bytes_sent = compressed?;
-        uploaded.map_err(|s| ClientError::server("uploading data", s))?;
-    }
-    let _ = done.send(());
-    Ok(out)
+    Ok(missing)
+}
+
+/// Where compressed chunks go: the server's upload stream, and the
+/// mirror's when there is one, each with the chunks it lacks.
+struct Outlets<'a> {
+    server: &'a mpsc::Sender<pb::UploadChunksRequest>,
+    server_wants: &'a HashSet<ChunkId>,
+    mirror: Option<&'a mpsc::Sender<pb::UploadChunksRequest>>,
+    mirror_wants: &'a HashSet<ChunkId>,
 }
 
 /// Commits `ready` and the deactivations once this batch's upload and every
@@ -574,31 +658,52 @@ async fn commit_batch(
 }
 
 /// Compresses `chunks` into upload messages of about
-/// [`tandem_proto::UPLOAD_MESSAGE_BYTES`], sending each as soon as it is full; returns the
-/// compressed bytes sent. Stops early if the upload has gone.
+/// [`tandem_proto::UPLOAD_MESSAGE_BYTES`] for each outlet that wants them,
+/// sending each message as soon as it is full; returns the compressed bytes
+/// sent to the server. Stops early if the server's upload has gone; a
+/// mirror that has gone is left out from then on.
 fn compress_into_messages(
     chunks: Vec<(ChunkId, Vec<u8>)>,
-    tx: &mpsc::Sender<pb::UploadChunksRequest>,
+    outlets: &Outlets<'_>,
 ) -> Result<u64, ClientError> {
     let mut sent = 0u64;
-    let mut packer = UploadPacker::default();
+    let mut server = UploadPacker::default();
+    let mut mirror = UploadPacker::default();
+    let mut mirror_open = outlets.mirror.is_some();
     for (id, raw) in chunks {
-        let data = compress_chunk(&raw).map_err(|e| ClientError::Io {
-            path: PathBuf::from("<compression>"),
-            source: e,
-        })?;
-        let size = data.len() as u64;
-        let full = packer.push(pb::Chunk {
+        let data: prost::bytes::Bytes = compress_chunk(&raw)
+            .map_err(|e| ClientError::Io {
+                path: PathBuf::from("<compression>"),
+                source: e,
+            })?
+            .into();
+        let chunk = pb::Chunk {
             id: id.as_slice().to_vec(),
-            data: data.into(),
+            data,
             raw_len: raw.len() as u64,
-        });
-        if full.is_some_and(|message| tx.blocking_send(message).is_err()) {
-            return Ok(sent);
+        };
+        if mirror_open
+            && outlets.mirror_wants.contains(&id)
+            && let (Some(full), Some(tx)) = (mirror.push(chunk.clone()), outlets.mirror)
+            && tx.blocking_send(full).is_err()
+        {
+            mirror_open = false;
         }
-        sent += size;
+        if outlets.server_wants.contains(&id) {
+            let size = chunk.data.len() as u64;
+            if server
+                .push(chunk)
+                .is_some_and(|message| outlets.server.blocking_send(message).is_err())
+            {
+                return Ok(sent);
+            }
+            sent += size;
+        }
     }
-    if let Some(last) = packer.finish() {
+    if let Some(last) = server.finish() {
+        let _ = outlets.server.blocking_send(last);
+    }
+    if mirror_open && let (Some(last), Some(tx)) = (mirror.finish(), outlets.mirror) {
         let _ = tx.blocking_send(last);
     }
     Ok(sent)

@@ -851,7 +851,15 @@ async fn dispatch(
             );
             perform(work, v, options, options_path, console).await
         }
-        None => perform(work, &session, options, options_path, console).await,
+        None => match &vault {
+            // A backup's chunks go to the vault as they go to the server,
+            // so the sync after it moves only metadata.
+            Some((v, _, _)) if syncs_after => {
+                let mirrored = session.with_chunk_mirror(v);
+                perform(work, &mirrored, options, options_path, console).await
+            }
+            _ => perform(work, &session, options, options_path, console).await,
+        },
     };
     if let Some((v, dir, _)) = vault {
         if syncs_after {

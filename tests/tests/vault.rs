@@ -291,3 +291,85 @@ fn a_second_installation_on_the_same_node_and_vault_is_stopped_until_accepted() 
     assert!(stderr(&again).contains("TDM2127E"), "{}", stderr(&again));
     primary.kill();
 }
+
+/// Starts `args`, lets it run for `after`, then SIGKILLs it (if it still
+/// runs) and reaps it.
+fn kill_after(client: &TestClient, args: &[&str], after: std::time::Duration) {
+    let mut child = client
+        .command(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tandem");
+    std::thread::sleep(after);
+    stop_child(&mut child, nix::sys::signal::Signal::SIGKILL);
+}
+
+#[test]
+fn clients_killed_during_syncs_and_vault_writes_lose_nothing_and_the_tiers_converge() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("frank", "frank-password");
+    let client = TestClient::new(&primary, "frank", "frank-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    for i in 0..4u64 {
+        std::fs::write(
+            src.join(format!("big/part-{i}.bin")),
+            random_bytes(100 + i, 12 * 1024 * 1024),
+        )
+        .unwrap();
+    }
+    with_vault(&client, work.path());
+    let backup = ["incremental", &path_str(&src)];
+
+    // Killed at points through the backup and the vault's pull.
+    for ms in [150u64, 500, 1200, 2500] {
+        kill_after(&client, &backup, std::time::Duration::from_millis(ms));
+    }
+    client.json(&backup);
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+
+    // Killed while backing up into the vault alone.
+    primary.kill();
+    for i in 0..2u64 {
+        std::fs::write(
+            src.join(format!("big/away-{i}.bin")),
+            random_bytes(200 + i, 12 * 1024 * 1024),
+        )
+        .unwrap();
+    }
+    for ms in [200u64, 700] {
+        kill_after(&client, &backup, std::time::Duration::from_millis(ms));
+    }
+    client.json(&backup);
+
+    // The primary returns; killed while the vault's versions go to it.
+    primary.restart();
+    kill_after(&client, &backup, std::time::Duration::from_millis(400));
+    let settled = client.json(&backup);
+    assert_eq!(settled["failed"], 0, "{settled}");
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+
+    // Both tiers hold the whole tree: the primary restores it…
+    let from_primary = work.path().join("from-primary");
+    let r = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&from_primary),
+        "--subdir",
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_same_tree(&src, &from_primary);
+    // …and so does the vault alone.
+    primary.kill();
+    let from_vault = work.path().join("from-vault");
+    let r = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&from_vault),
+        "--subdir",
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_same_tree(&src, &from_vault);
+}

@@ -86,6 +86,11 @@ pub struct Session {
     /// For a vault session: keeps the in-process store open while the
     /// session (or a clone of it) lives.
     vault: Option<Arc<dyn Any + Send + Sync>>,
+    /// A second session that every chunk uploaded in this one is also sent
+    /// to (the local vault beside the server), so the vault's sync after
+    /// the backup moves only metadata. Best effort: a failed mirror upload
+    /// is reported and left to that sync.
+    chunk_mirror: Option<Box<Session>>,
 }
 
 /// The outcome of one try.
@@ -320,7 +325,21 @@ impl Session {
                 guid: None,
             },
             vault: Some(opened.guard),
+            chunk_mirror: None,
         })
+    }
+
+    /// This session, with every chunk uploaded in it also sent to `mirror`.
+    #[must_use]
+    pub fn with_chunk_mirror(&self, mirror: &Session) -> Session {
+        let mut out = self.clone();
+        out.chunk_mirror = Some(Box::new(mirror.clone()));
+        out
+    }
+
+    /// The session uploaded chunks are mirrored to, if any.
+    pub fn chunk_mirror(&self) -> Option<&Session> {
+        self.chunk_mirror.as_deref()
     }
 
     /// Whether this session works on the local vault.
@@ -710,6 +729,7 @@ impl<'a> LogonRun<'a> {
             mode,
             primary: self.primary,
             vault: None,
+            chunk_mirror: None,
         })
     }
 }
