@@ -462,18 +462,23 @@ async fn upload_batch(
 ) -> Result<UploadStats, ClientError> {
     let mut out = UploadStats::default();
     let ids: Vec<ChunkId> = pending.iter().map(|(id, _)| *id).collect();
-    let missing = missing_chunks(&session, &ids).await?;
     // The mirror (the local vault) is best effort: what it cannot take now,
-    // its sync after the backup brings.
-    let mirror = session.chunk_mirror().cloned();
-    let mirror_missing = match &mirror {
-        Some(m) => match missing_chunks(m, &ids).await {
-            Ok(set) => set,
-            Err(e) => {
-                out.mirror_failure = Some(e.to_string());
-                HashSet::new()
-            }
-        },
+    // its sync after the backup brings. Both are asked at once.
+    let mirror = session.vault_beside().cloned();
+    let mirror_check = async {
+        match &mirror {
+            Some(m) => Some(missing_chunks(m, &ids).await),
+            None => None,
+        }
+    };
+    let (missing, mirror_missing) = tokio::join!(missing_chunks(&session, &ids), mirror_check);
+    let missing = missing?;
+    let mirror_missing = match mirror_missing {
+        Some(Ok(set)) => set,
+        Some(Err(e)) => {
+            out.mirror_failure = Some(e.to_string());
+            HashSet::new()
+        }
         None => HashSet::new(),
     };
     let (to_send, known): (Vec<_>, Vec<_>) = pending

@@ -422,12 +422,19 @@ enum QueryCommand {
 
 #[derive(Debug, Subcommand)]
 enum SetCommand {
-    /// Accept the local vault's state after a second-installation stop
-    /// (TDM2127E), once you have checked it with `query vault`.
+    /// The local vault: accept its state after a second-installation stop
+    /// (TDM2127E), once checked with `query vault`; or send the server what
+    /// only the vault still holds (TDM2129W).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["accept", "resend"])))]
     Vault {
         /// Take the vault's current revision as this client's.
-        #[arg(long, required = true)]
+        #[arg(long)]
         accept: bool,
+        /// Send the server every version the vault holds and the server
+        /// lacks, before the next command there (after TDM2129W, when the
+        /// server lost them).
+        #[arg(long)]
+        resend: bool,
     },
     /// Change the node's password.
     Password {
@@ -804,9 +811,9 @@ async fn dispatch(
         (Some(dir), SessionMode::Normal) => match crate::vault::open(options).await {
             Ok(vault) => match crate::vault::push_pending(&vault, &session, dir, console).await {
                 Ok(pushed) => Some((vault, dir.clone(), pushed)),
-                // A read may go on: it reads the server, which lacks only
-                // what the vault could not send yet.
-                Err(e) if !work.is_write() => {
+                // The command goes on on the server: a version the vault
+                // sends later never displaces a newer one there.
+                Err(e) => {
                     console.report(
                         &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
                         ExitStatus::Warnings,
@@ -814,13 +821,10 @@ async fn dispatch(
                     vault.logoff().await;
                     None
                 }
-                Err(e) => {
-                    vault.logoff().await;
-                    session.logoff().await;
-                    return Err(e);
-                }
             },
-            Err(e @ ClientError::SecondInstallation { .. }) => {
+            // A write stops: nothing may be written while someone else
+            // uses this vault. A read goes on at the server.
+            Err(e @ ClientError::SecondInstallation { .. }) if work.is_write() => {
                 session.logoff().await;
                 return Err(e);
             }
@@ -855,7 +859,7 @@ async fn dispatch(
             // A backup's chunks go to the vault as they go to the server,
             // so the sync after it moves only metadata.
             Some((v, _, _)) if syncs_after => {
-                let mirrored = session.with_chunk_mirror(v);
+                let mirrored = session.with_vault_beside(v);
                 perform(work, &mirrored, options, options_path, console).await
             }
             _ => perform(work, &session, options, options_path, console).await,
@@ -961,9 +965,23 @@ async fn perform(
             inactive,
             dates,
         } => query::backup(session, &selection, inactive, dates, console).await,
-        Work::DeleteBackup { request, .. } => delete::run(session, &request, console)
-            .await
-            .map(|s| print_delete_summary(&s, console)),
+        Work::DeleteBackup { request, .. } => {
+            let deleted = delete::run(session, &request, console).await;
+            // The same deletion in the vault beside, so its sync does not
+            // take the versions for ones the server lost (it keeps those).
+            if deleted.is_ok()
+                && let Some(vault) = session.vault_beside()
+            {
+                let quiet = Console::new(None, true, false);
+                if let Err(e) = delete::run(vault, &request, &quiet).await {
+                    console.report(
+                        &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
+                        ExitStatus::Warnings,
+                    );
+                }
+            }
+            deleted.map(|s| print_delete_summary(&s, console))
+        }
         Work::QueryFilespace => query::filespaces(session, options, console).await,
         Work::QuerySession => query::session(session, options, console).await,
         Work::QuerySchedule => crate::schedule::query(session, console).await,
@@ -1080,7 +1098,8 @@ async fn perform(
         | Work::ShowInclexcl { .. }
         | Work::Schedule
         | Work::QueryVault
-        | Work::AcceptVault => Err(ClientError::Internal(
+        | Work::AcceptVault
+        | Work::ResendVault => Err(ClientError::Internal(
             "a local query reached the logon; it needs no session".into(),
         )),
     }
@@ -1202,6 +1221,7 @@ where
         Ok(Work::ShowInclexcl { rules, tests }) => query::inclexcl(&rules, &tests, &path, &console),
         Ok(Work::QueryVault) => crate::vault::query(&options, &console).await,
         Ok(Work::AcceptVault) => crate::vault::accept(&options, &console).await,
+        Ok(Work::ResendVault) => crate::vault::resend(&options, &console).await,
         Ok(Work::Schedule) => crate::schedule::run(&path, &env, &console).await,
         Ok(work) => match work.confirm_first() {
             Ok(()) => {

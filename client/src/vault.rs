@@ -84,8 +84,7 @@ pub async fn open(options: &ClientOptions) -> Result<Session, ClientError> {
         let recorded = revision::load(&options.state_dir())?;
         Ok(revision::judge(
             status.revision,
-            recorded.as_ref(),
-            vault.info.guid,
+            recorded.of(vault.info.guid),
         ))
     });
     match verdict {
@@ -159,6 +158,30 @@ pub async fn accept(options: &ClientOptions, console: &Console) -> Result<(), Cl
     vault.logoff().await;
     let at = accepted.map_err(|e| vault_error(&dir, e))?;
     console.audit(&Msg::vault_accepted(&dir, at));
+    Ok(())
+}
+
+/// `tandem set vault --resend`: forgets which versions came from the
+/// server, so the next push (before the next command there) sends it every
+/// version the vault holds that it lacks.
+///
+/// # Errors
+/// No vault, or records that cannot be written.
+pub async fn resend(options: &ClientOptions, console: &Console) -> Result<(), ClientError> {
+    let vault = open(options).await?;
+    vault.logoff().await;
+    let dir = options.vault_dir.clone().unwrap_or_default();
+    let forgotten = std::fs::remove_file(dir.join(pulled::FILE));
+    if let Err(e) = forgotten
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(vault_error(
+            &dir,
+            format!("cannot remove {}: {e}", pulled::FILE),
+        ));
+    }
+    note_offline_write(&dir)?;
+    console.audit(&Msg::vault_resend(&dir));
     Ok(())
 }
 
@@ -267,13 +290,25 @@ pub async fn synchronise(
         let pushed = sync::push(vault, server, own.as_ref()).await?;
         status.revision = before_write_at(vault, dir, state_dir)?;
         let started = crate::db::now_ns();
-        let (pulled, held) = sync::pull(server, vault).await?;
-        pulled::save(dir, server.info.guid, &held).map_err(|e| vault_error(dir, e))?;
+        // What the pull may copy is recorded first, so a pull cut short
+        // leaves nothing it copied looking like the vault's own.
+        let mut before: Vec<_> = own.map(|set| set.into_iter().collect()).unwrap_or_default();
+        before.extend(sync::server_ids(server).await?);
+        pulled::save(dir, server.info.guid, &before).map_err(|e| vault_error(dir, e))?;
+        let pulled = sync::pull(server, vault).await?;
+        pulled::save(dir, server.info.guid, &pulled.held).map_err(|e| vault_error(dir, e))?;
         Ok::<_, ClientError>((pushed, pulled, started))
     }
     .await;
     match outcome {
         Ok((pushed, pulled, started)) => {
+            if pulled.kept > 0 {
+                console.report(
+                    &Msg::vault_keeps_extra(&name, pulled.kept),
+                    ExitStatus::Warnings,
+                );
+            }
+            let pulled = pulled.report;
             status.pulled_at_ns = started;
             status.offline_writes = false;
             status.pull_pending = false;
@@ -334,7 +369,7 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     let vault = open_unchecked(options).await?;
     let status = SyncStatus::load(&dir).map_err(|e| vault_error(&dir, e))?;
     let recorded = revision::load(&options.state_dir()).map_err(|e| vault_error(&dir, e))?;
-    let verdict = revision::judge(status.revision, recorded.as_ref(), vault.info.guid);
+    let verdict = revision::judge(status.revision, recorded.of(vault.info.guid));
     let listed = sync::list_versions(&vault).await;
     vault.logoff().await;
     let versions = listed?;

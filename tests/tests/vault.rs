@@ -373,3 +373,39 @@ fn clients_killed_during_syncs_and_vault_writes_lose_nothing_and_the_tiers_conve
     assert_eq!(r["failed"], 0, "{r}");
     assert_same_tree(&src, &from_vault);
 }
+
+#[test]
+fn versions_the_server_lost_are_kept_in_the_vault_and_can_be_sent_back() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("gina", "gina-password");
+    let client = TestClient::new(&primary, "gina", "gina-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    with_vault(&client, work.path());
+    client.json(&["incremental", &path_str(&src)]);
+    let spaces = client.json(&["query", "filespace"]);
+    let filespace = spaces[0]["name"].as_str().expect("filespace").to_string();
+
+    // The server loses the node's data (an operator's deletion stands in
+    // for a catalog restored from an older copy): the vault keeps it.
+    let gone = primary.admin_json(&["delete", "filespace", "gina", &filespace, "--yes"]);
+    assert!(gone["versions_deleted"].as_u64().unwrap() > 30, "{gone}");
+    let out = client.run(&["incremental", &path_str(&src.join("empty"))]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("TDM2129W"), "{}", stderr(&out));
+
+    // Sent back on request, before the next command reaches the server.
+    let resend = client.run(&["set", "vault", "--resend"]);
+    assert_success(&resend, "set vault --resend");
+    let out = work.path().join("restored");
+    let r = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_same_tree(&src, &out);
+    primary.kill();
+}

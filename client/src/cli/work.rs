@@ -102,6 +102,8 @@ pub(super) enum Work {
     QueryVault,
     /// `set vault --accept`: answered from the vault alone.
     AcceptVault,
+    /// `set vault --resend`: answered from the vault alone.
+    ResendVault,
     /// `schedule`: the long-running scheduler, which logs on by itself.
     Schedule,
     /// `query options`: answered from the options alone.
@@ -322,7 +324,8 @@ impl Work {
                 rules: rules(options)?,
                 tests: test,
             },
-            Command::Set(SetCommand::Vault { .. }) => Work::AcceptVault,
+            Command::Set(SetCommand::Vault { accept: true, .. }) => Work::AcceptVault,
+            Command::Set(SetCommand::Vault { .. }) => Work::ResendVault,
             Command::Set(SetCommand::Password { new, .. }) if new.chars().count() < 8 => {
                 return Err(ClientError::Usage(
                     "the new password is too short; use at least 8 characters".into(),
@@ -422,6 +425,7 @@ impl Work {
             | Work::QuerySchedule
             | Work::QueryVault
             | Work::AcceptVault
+            | Work::ResendVault
             | Work::Schedule
             | Work::ShowOptions
             | Work::ShowInclexcl { .. } => false,
@@ -490,7 +494,7 @@ impl Work {
             Work::QuerySession => "query session",
             Work::QuerySchedule => "query schedule",
             Work::QueryVault => "query vault",
-            Work::AcceptVault => "set vault",
+            Work::AcceptVault | Work::ResendVault => "set vault",
             Work::Schedule => "schedule",
             Work::ShowOptions => "query options",
             Work::ShowInclexcl { .. } => "query inclexcl",

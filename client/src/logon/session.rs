@@ -86,11 +86,11 @@ pub struct Session {
     /// For a vault session: keeps the in-process store open while the
     /// session (or a clone of it) lives.
     vault: Option<Arc<dyn Any + Send + Sync>>,
-    /// A second session that every chunk uploaded in this one is also sent
-    /// to (the local vault beside the server), so the vault's sync after
-    /// the backup moves only metadata. Best effort: a failed mirror upload
-    /// is reported and left to that sync.
-    chunk_mirror: Option<Box<Session>>,
+    /// The local vault beside this server session: every chunk uploaded
+    /// in this session is also sent to it, so the vault's sync after the
+    /// backup moves only version records, and a client's own deletions are
+    /// applied to it too. Best effort: what it misses, the sync brings.
+    vault_beside: Option<Box<Session>>,
 }
 
 /// The outcome of one try.
@@ -325,21 +325,21 @@ impl Session {
                 guid: None,
             },
             vault: Some(opened.guard),
-            chunk_mirror: None,
+            vault_beside: None,
         })
     }
 
-    /// This session, with every chunk uploaded in it also sent to `mirror`.
+    /// This session, with `vault` beside it (see the field).
     #[must_use]
-    pub fn with_chunk_mirror(&self, mirror: &Session) -> Session {
+    pub fn with_vault_beside(&self, vault: &Session) -> Session {
         let mut out = self.clone();
-        out.chunk_mirror = Some(Box::new(mirror.clone()));
+        out.vault_beside = Some(Box::new(vault.clone()));
         out
     }
 
-    /// The session uploaded chunks are mirrored to, if any.
-    pub fn chunk_mirror(&self) -> Option<&Session> {
-        self.chunk_mirror.as_deref()
+    /// The local vault beside this session, if any.
+    pub fn vault_beside(&self) -> Option<&Session> {
+        self.vault_beside.as_deref()
     }
 
     /// Whether this session works on the local vault.
@@ -729,7 +729,7 @@ impl<'a> LogonRun<'a> {
             mode,
             primary: self.primary,
             vault: None,
-            chunk_mirror: None,
+            vault_beside: None,
         })
     }
 }

@@ -349,6 +349,27 @@ impl Msg {
         }
     }
 
+    /// TDM2129W: the vault keeps active versions the server no longer has.
+    pub fn vault_keeps_extra(server: &str, count: u64) -> Self {
+        Msg {
+            id: "TDM2129W",
+            text: format!(
+                "The local vault keeps {count} active version(s) that server {server} no longer holds: deleted there by an operator, or lost (a catalog restored from an older copy). If the server lost them, `tandem set vault --resend` sends them back at the next backup"
+            ),
+        }
+    }
+
+    /// TDM2130I: the vault's versions will be sent to the server again.
+    pub fn vault_resend(dir: &std::path::Path) -> Self {
+        Msg {
+            id: "TDM2130I",
+            text: format!(
+                "The local vault at {} sends the server every version it lacks before the next command there",
+                dir.display()
+            ),
+        }
+    }
+
     /// TDM2110E: a write refused in failover mode.
     pub fn failover_read_only(operation: &str, server: &str) -> Self {
         Msg {

@@ -9,7 +9,9 @@
 //!
 //! A raise records the new number here first and in the vault second. A
 //! crash between the two leaves this record one ahead of the vault, which is
-//! recognised as this client's own interrupted raise.
+//! recognised as this client's own interrupted raise. The record keeps one
+//! number per vault (by the vault store's GUID), so one `state_dir` serves
+//! several nodes, each with its own vault.
 
 use std::io::Write;
 use std::path::Path;
@@ -22,13 +24,19 @@ use super::status::SyncStatus;
 /// The record's file name in `state_dir`.
 pub const FILE: &str = "vault-revision.json";
 
-/// The last revision this client wrote to a vault.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The last revision this client wrote to each vault, by vault GUID.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recorded {
-    /// The vault store's GUID, so that another vault is never compared with it.
-    pub vault: String,
-    /// The revision.
-    pub revision: u64,
+    /// Vault store GUID → revision.
+    pub vaults: std::collections::BTreeMap<String, u64>,
+}
+
+impl Recorded {
+    /// The revision recorded for the vault `guid`.
+    #[must_use]
+    pub fn of(&self, guid: ServerGuid) -> Option<u64> {
+        self.vaults.get(&guid.to_string()).copied()
+    }
 }
 
 /// How this client's record and the vault's revision compare.
@@ -45,12 +53,9 @@ pub enum Verdict {
     },
 }
 
-/// Compares the vault's revision with this client's record of it.
+/// Compares the vault's revision with this client's record of it (`mine`).
 #[must_use]
-pub fn judge(vault_revision: u64, recorded: Option<&Recorded>, guid: ServerGuid) -> Verdict {
-    let mine = recorded
-        .filter(|r| r.vault == guid.to_string())
-        .map(|r| r.revision);
+pub fn judge(vault_revision: u64, mine: Option<u64>) -> Verdict {
     let agrees = match mine {
         None => vault_revision == 0,
         Some(r) => vault_revision == r || vault_revision + 1 == r,
@@ -65,22 +70,29 @@ pub fn judge(vault_revision: u64, recorded: Option<&Recorded>, guid: ServerGuid)
     }
 }
 
-/// This client's record, if any.
+/// This client's record (empty when there is none).
 ///
 /// # Errors
 /// A record that exists but cannot be read or parsed.
-pub fn load(state_dir: &Path) -> Result<Option<Recorded>, String> {
+pub fn load(state_dir: &Path) -> Result<Recorded, String> {
     let path = state_dir.join(FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             format!(
                 "{} is damaged ({e}); check the vault with `tandem query vault`, then `tandem set vault --accept`",
                 path.display()
             )
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Recorded::default()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// Sets the revision recorded for vault `guid`, keeping the others.
+fn record(state_dir: &Path, guid: ServerGuid, revision: u64) -> Result<(), String> {
+    let mut all = load(state_dir)?;
+    all.vaults.insert(guid.to_string(), revision);
+    save(state_dir, &all)
 }
 
 /// Stores this client's record durably (temporary file, fsync, rename).
@@ -108,13 +120,7 @@ pub fn save(state_dir: &Path, record: &Recorded) -> Result<(), String> {
 pub fn raise(vault_dir: &Path, state_dir: &Path, guid: ServerGuid) -> Result<u64, String> {
     let mut status = SyncStatus::load(vault_dir)?;
     let next = status.revision + 1;
-    save(
-        state_dir,
-        &Recorded {
-            vault: guid.to_string(),
-            revision: next,
-        },
-    )?;
+    record(state_dir, guid, next)?;
     status.revision = next;
     status.save(vault_dir)?;
     Ok(next)
@@ -127,13 +133,7 @@ pub fn raise(vault_dir: &Path, state_dir: &Path, guid: ServerGuid) -> Result<u64
 /// Either record cannot be read or written.
 pub fn accept(vault_dir: &Path, state_dir: &Path, guid: ServerGuid) -> Result<u64, String> {
     let status = SyncStatus::load(vault_dir)?;
-    save(
-        state_dir,
-        &Recorded {
-            vault: guid.to_string(),
-            revision: status.revision,
-        },
-    )?;
+    record(state_dir, guid, status.revision)?;
     Ok(status.revision)
 }
 
@@ -143,22 +143,15 @@ mod tests {
 
     const GUID: ServerGuid = ServerGuid([7; 16]);
 
-    fn mine(revision: u64) -> Recorded {
-        Recorded {
-            vault: GUID.to_string(),
-            revision,
-        }
-    }
-
     #[test]
     fn a_new_vault_agrees_with_a_client_that_never_used_it() {
-        assert_eq!(judge(0, None, GUID), Verdict::Agrees);
+        assert_eq!(judge(0, None), Verdict::Agrees);
     }
 
     #[test]
     fn a_used_vault_the_client_has_no_record_of_differs() {
         assert_eq!(
-            judge(3, None, GUID),
+            judge(3, None),
             Verdict::Differs {
                 vault: 3,
                 recorded: None
@@ -168,33 +161,14 @@ mod tests {
 
     #[test]
     fn equal_revisions_agree_and_an_interrupted_raise_is_the_clients_own() {
-        assert_eq!(judge(4, Some(&mine(4)), GUID), Verdict::Agrees);
-        assert_eq!(judge(4, Some(&mine(5)), GUID), Verdict::Agrees);
+        assert_eq!(judge(4, Some(4)), Verdict::Agrees);
+        assert_eq!(judge(4, Some(5)), Verdict::Agrees);
     }
 
     #[test]
     fn a_vault_written_by_someone_else_or_an_older_record_differs() {
-        assert!(matches!(
-            judge(6, Some(&mine(4)), GUID),
-            Verdict::Differs { .. }
-        ));
-        assert!(matches!(
-            judge(2, Some(&mine(4)), GUID),
-            Verdict::Differs { .. }
-        ));
-    }
-
-    #[test]
-    fn a_record_of_another_vault_counts_as_none() {
-        let other = Recorded {
-            vault: ServerGuid([9; 16]).to_string(),
-            revision: 3,
-        };
-        assert_eq!(judge(0, Some(&other), GUID), Verdict::Agrees);
-        assert!(matches!(
-            judge(3, Some(&other), GUID),
-            Verdict::Differs { recorded: None, .. }
-        ));
+        assert!(matches!(judge(6, Some(4)), Verdict::Differs { .. }));
+        assert!(matches!(judge(2, Some(4)), Verdict::Differs { .. }));
     }
 
     #[test]
@@ -204,9 +178,23 @@ mod tests {
         raise(vault.path(), state.path(), GUID).unwrap();
         raise(vault.path(), state.path(), GUID).unwrap();
         assert_eq!(SyncStatus::load(vault.path()).unwrap().revision, 2);
-        assert_eq!(load(state.path()).unwrap(), Some(mine(2)));
+        assert_eq!(load(state.path()).unwrap().of(GUID), Some(2));
         let other_state = tempfile::tempdir().unwrap();
         assert_eq!(accept(vault.path(), other_state.path(), GUID).unwrap(), 2);
-        assert_eq!(load(other_state.path()).unwrap(), Some(mine(2)));
+        assert_eq!(load(other_state.path()).unwrap().of(GUID), Some(2));
+    }
+
+    #[test]
+    fn one_state_dir_keeps_a_revision_per_vault() {
+        let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let state = tempfile::tempdir().unwrap();
+        let other = ServerGuid([9; 16]);
+        raise(first.path(), state.path(), GUID).unwrap();
+        raise(second.path(), state.path(), other).unwrap();
+        raise(second.path(), state.path(), other).unwrap();
+        let all = load(state.path()).unwrap();
+        assert_eq!(all.of(GUID), Some(1));
+        assert_eq!(all.of(other), Some(2));
+        assert_eq!(judge(1, all.of(GUID)), Verdict::Agrees);
     }
 }

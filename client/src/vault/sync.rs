@@ -370,23 +370,47 @@ pub fn is_own(id: &ObjectId, pulled: Option<&HashSet<ObjectId>>) -> bool {
     pulled.is_none_or(|set| !set.contains(id))
 }
 
-/// Makes the vault an exact copy of the node's versions on the server.
-/// Returns what it did and the ids the vault holds afterwards (the
-/// server's, as listed at the start).
+/// What a pull did and left.
+#[derive(Debug, Clone, Default)]
+pub struct Pulled {
+    /// What moved.
+    pub report: SyncReport,
+    /// The ids the vault holds afterwards that it got from the server, or
+    /// kept (below): none of them is the vault's own.
+    pub held: Vec<ObjectId>,
+    /// Active versions the vault holds and the server no longer does, kept
+    /// rather than deleted (deleted there by an operator, or lost by a
+    /// server whose catalog was restored from an older copy).
+    pub kept: u64,
+}
+
+/// Makes the vault a copy of the node's versions on the server: what the
+/// server has, in its state; versions it dropped are dropped too, except
+/// active ones, which the vault keeps (see [`Pulled::kept`]): an active
+/// version leaves a server only by an explicit deletion (which a client
+/// applies to its vault itself) or by the server losing it, and then the
+/// vault's copy may be the last one.
 ///
 /// # Errors
 /// Failures of either session.
-pub async fn pull(
-    server: &Session,
-    vault: &Session,
-) -> Result<(SyncReport, Vec<ObjectId>), ClientError> {
+pub async fn pull(server: &Session, vault: &Session) -> Result<Pulled, ClientError> {
     let on_server = list_versions(server).await?;
     let on_vault = list_versions(vault).await?;
-    let entries = on_server
+    let mut entries = on_server
         .iter()
         .map(|(id, v)| entry_of(*id, v))
         .collect::<Result<Vec<_>, _>>()?;
-    let ids = on_server.keys().copied().collect();
+    let mut held: Vec<ObjectId> = on_server.keys().copied().collect();
+    let mut kept = 0;
+    for (id, v) in &on_vault {
+        if v.active && !on_server.contains_key(id) {
+            // Listed as if the server had it: the plan then neither sends
+            // nor deletes it.
+            entries.push(entry_of(*id, v)?);
+            held.push(*id);
+            kept += 1;
+        }
+    }
     let source = Listed {
         session: server,
         entries,
@@ -397,7 +421,21 @@ pub async fn pull(
         held: on_vault.iter().map(|(id, v)| state_of(*id, v)).collect(),
         direction: Direction::Pull,
     };
-    Ok((run(&source, &target).await?, ids))
+    Ok(Pulled {
+        report: run(&source, &target).await?,
+        held,
+        kept,
+    })
+}
+
+/// The ids a pull is about to copy from the server: recorded before it
+/// starts, with those of the last pull, so that a pull cut short leaves
+/// nothing it copied looking like the vault's own.
+///
+/// # Errors
+/// Session failures.
+pub async fn server_ids(server: &Session) -> Result<Vec<ObjectId>, ClientError> {
+    Ok(list_versions(server).await?.into_keys().collect())
 }
 
 async fn run(source: &Listed<'_>, target: &NodeTarget<'_>) -> Result<SyncReport, ClientError> {

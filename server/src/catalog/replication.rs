@@ -466,8 +466,9 @@ impl Catalog {
     }
 
     /// Marks active versions of `node_id` inactive at the given times (a
-    /// local vault's sync); inactive versions and other nodes' ids are left
-    /// as they are. Returns the versions changed.
+    /// local vault's sync), never before a version's own backup time (two
+    /// clocks made these times); inactive versions and other nodes' ids are
+    /// left as they are. Returns the versions changed.
     ///
     /// # Errors
     /// SQLite errors.
@@ -482,8 +483,8 @@ impl Catalog {
         let mut changed = 0u64;
         {
             let mut stmt = tx.prepare_cached(
-                "UPDATE objects SET active = 0, deactivated_ns = ?3
-                 WHERE object_id = ?2 AND active = 1 AND backup_ns <= ?3
+                "UPDATE objects SET active = 0, deactivated_ns = MAX(?3, backup_ns)
+                 WHERE object_id = ?2 AND active = 1
                  AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?1)",
             )?;
             for (id, at_ns) in deactivations {
