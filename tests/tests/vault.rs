@@ -22,6 +22,18 @@ fn logged_ids(client: &TestClient) -> Vec<String> {
         .collect()
 }
 
+/// Restores all of `src` into `out` and checks it is the same tree.
+fn restore_whole_tree(client: &TestClient, src: &Path, out: &Path) {
+    let r = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(src)),
+        &path_str(out),
+        "--subdir",
+    ]);
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_same_tree(src, out);
+}
+
 fn vault_state(client: &TestClient) -> serde_json::Value {
     client.json(&["query", "vault"])
 }
@@ -103,14 +115,7 @@ fn a_backup_while_the_primary_is_down_goes_to_the_vault_and_reaches_both_servers
     assert_eq!(replicate(&primary, "alice")["state"], "completed");
     primary.kill();
     let out = work.path().join("restored");
-    let r = client.json(&[
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out),
-        "--subdir",
-    ]);
-    assert_eq!(r["failed"], 0, "{r}");
-    assert_same_tree(&src, &out);
+    restore_whole_tree(&client, &src, &out);
     assert!(
         logged_ids(&client).contains(&"TDM2108I".to_string()),
         "the restore came from the secondary: {}",
@@ -132,14 +137,7 @@ fn with_every_server_down_a_restore_comes_from_the_vault_alone() {
 
     primary.kill();
     let out = work.path().join("restored");
-    let r = client.json(&[
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out),
-        "--subdir",
-    ]);
-    assert_eq!(r["failed"], 0, "{r}");
-    assert_same_tree(&src, &out);
+    restore_whole_tree(&client, &src, &out);
     assert!(
         logged_ids(&client).contains(&"TDM2121W".to_string()),
         "{}",
@@ -353,25 +351,11 @@ fn clients_killed_during_syncs_and_vault_writes_lose_nothing_and_the_tiers_conve
 
     // Both tiers hold the whole tree: the primary restores it…
     let from_primary = work.path().join("from-primary");
-    let r = client.json(&[
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&from_primary),
-        "--subdir",
-    ]);
-    assert_eq!(r["failed"], 0, "{r}");
-    assert_same_tree(&src, &from_primary);
+    restore_whole_tree(&client, &src, &from_primary);
     // …and so does the vault alone.
     primary.kill();
     let from_vault = work.path().join("from-vault");
-    let r = client.json(&[
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&from_vault),
-        "--subdir",
-    ]);
-    assert_eq!(r["failed"], 0, "{r}");
-    assert_same_tree(&src, &from_vault);
+    restore_whole_tree(&client, &src, &from_vault);
 }
 
 #[test]
@@ -399,13 +383,6 @@ fn versions_the_server_lost_are_kept_in_the_vault_and_can_be_sent_back() {
     let resend = client.run(&["set", "vault", "--resend"]);
     assert_success(&resend, "set vault --resend");
     let out = work.path().join("restored");
-    let r = client.json(&[
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out),
-        "--subdir",
-    ]);
-    assert_eq!(r["failed"], 0, "{r}");
-    assert_same_tree(&src, &out);
+    restore_whole_tree(&client, &src, &out);
     primary.kill();
 }
