@@ -162,6 +162,24 @@ fn walk(root: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
+/// Sets or removes `vault_dir` in the demo's options file (a top-level key,
+/// so it goes on the second line, before any table).
+fn set_vault_dir(options: &Path, vault: Option<&Path>) -> Result<(), String> {
+    let text = std::fs::read_to_string(options).map_err(|e| e.to_string())?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("vault_dir"))
+        .collect();
+    let mut out: Vec<String> = kept.iter().map(|l| (*l).to_string()).collect();
+    if let Some(dir) = vault {
+        out.insert(
+            1.min(out.len()),
+            format!("vault_dir = {:?}", dir.display().to_string()),
+        );
+    }
+    std::fs::write(options, out.join("\n") + "\n").map_err(|e| e.to_string())
+}
+
 fn step(title: &str) {
     println!("\n==> {title}");
 }
@@ -423,6 +441,11 @@ async fn story(
     let (files, bytes) = compare_trees(&source, &restored)?;
     println!("verified: {files} files, {bytes} bytes identical, symlinks and names intact");
 
+    step("Adding a local vault (vault_dir): the next backup's data goes to it too");
+    set_vault_dir(&options, Some(&work.join("vault")))?;
+    client(&options, &["incremental", &src]).await?;
+    client(&options, &["query", "vault"]).await?;
+
     step("Replicating node DEMO to the secondary");
     primary
         .admin(&["replicate", "node", "demo", "--wait"])
@@ -448,15 +471,33 @@ async fn story(
     .await?;
     let (files, bytes) = compare_trees(&source, &from_secondary)?;
     println!("verified: {files} files, {bytes} bytes identical, restored from the secondary");
-    step("Backups are refused while in failover mode (exit 12)");
-    client_expecting(&options, &["incremental", &src], 12).await?;
+    step("The secondary is read-only: an archive is refused in failover mode (exit 12)");
+    client_expecting(&options, &["archive", &src], 12).await?;
+    step("A backup goes on all the same: into the local vault only");
+    let changed = source.join("projects").join("written-while-away.txt");
+    std::fs::write(&changed, b"written while the primary was down\n").map_err(|e| e.to_string())?;
+    client(&options, &["incremental", &src]).await?;
+    client(&options, &["query", "vault"]).await?;
     let error_log = work.join("state").join("dsierror.log");
     show_error_log(&error_log);
 
-    step("Starting the primary again on its address: the next command fails back");
+    step(
+        "Starting the primary again on its address: the next command fails back, and the vault's backup reaches the primary with its original time",
+    );
     let primary = DemoServer::start("PRIMARY", work.join("primary"), primary_listen).await?;
     client(&options, &["query", "filespace"]).await?;
     show_error_log(&error_log);
+    client(
+        &options,
+        &["query", "backup", changed.to_str().unwrap_or_default()],
+    )
+    .await?;
+    primary
+        .admin(&["replicate", "node", "demo", "--wait"])
+        .await?;
+    // The rest of the story is about the servers: without the vault, every
+    // restore below comes from them.
+    set_vault_dir(&options, None)?;
     step("Activity log of the secondary (failover logons are recorded there too)");
     secondary
         .admin(&[
@@ -642,6 +683,7 @@ async fn disaster_recovery(scene: &Scene<'_>, primary: DemoServer) -> Result<(),
 
 /// Runs the demo; `keep` leaves the temporary directory in place.
 pub async fn run(keep: bool) -> ExitCode {
+    tandem_client::vault::install(Box::new(crate::local_vault::LocalVault));
     let work = match tempfile::Builder::new().prefix("tandem-demo-").tempdir() {
         Ok(d) => d,
         Err(e) => {

@@ -42,6 +42,7 @@ pub mod demo;
 pub mod error;
 pub mod expire;
 pub mod faults;
+pub mod local_vault;
 pub mod logging;
 pub mod model;
 pub mod pins;

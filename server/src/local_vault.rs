@@ -1,0 +1,221 @@
+//! The local vault tier: the server's store, opened inside the client.
+//! The `tandem` binary (crate `vault/`) and the demo install it into the
+//! client library, which never links the server itself.
+//!
+//! A vault directory is a Tandem server data directory holding one node:
+//! the same catalog, containers, durability order and chunk verification
+//! as a server, because it *is* the server's repository and `Backup`
+//! service, opened by [`tandem_server::ServerState::open`]. The service is
+//! served over an in-memory duplex channel instead of a socket, so nothing
+//! listens on the network and the client reaches it with the same gRPC calls
+//! it sends a server. The client library decides when the vault is used
+//! (`tandem_client::vault`); this crate only opens it.
+//!
+//! On first use the directory is created (mode 0700), the store is made, and
+//! the node is registered with a random password kept in `vault.key` (0600)
+//! beside the catalog: whoever can read that file can read the vault's data
+//! anyway. The server's exclusive lock on the data directory keeps a second
+//! process out while one uses the vault.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::ServerState;
+use crate::config::ServerConfig;
+use crate::service::backup::BackupService;
+use hyper_util::rt::TokioIo;
+use tandem_client::vault::{OpenFuture, OpenedVault, VaultOpener};
+use tandem_proto::pb::backup_server::BackupServer;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::{Endpoint, Server, Uri};
+
+/// The file holding the node's password in the vault.
+pub const KEY_FILE: &str = "vault.key";
+
+/// The name the vault's store carries (its "server name").
+const STORE_NAME: &str = "VAULT";
+
+/// How an open that met the vault's lock starts its message.
+const IN_USE: &str = "in use by another tandem command";
+
+/// Tries, and the wait between them, for a vault another command holds.
+const LOCK_TRIES: u32 = 50;
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Versions and days the vault's policy keeps: all of them.
+const KEEP_ALL: u32 = 1_000_000;
+
+/// Buffer of each in-memory connection, per direction.
+const DUPLEX_BYTES: usize = 4 << 20;
+
+/// Opens vaults as local server stores; installed by the `tandem` binary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalVault;
+
+impl VaultOpener for LocalVault {
+    fn open(&self, dir: PathBuf, node: String) -> OpenFuture {
+        Box::pin(open(dir, node))
+    }
+}
+
+/// Keeps the vault's store and its in-memory service alive; dropping the
+/// last clone stops the service and releases the directory lock.
+struct VaultGuard {
+    _state: Arc<ServerState>,
+    service: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for VaultGuard {
+    fn drop(&mut self) {
+        self.service.abort();
+    }
+}
+
+async fn open(dir: PathBuf, node: String) -> Result<OpenedVault, String> {
+    // Another command may hold the vault for a moment (or, in one process,
+    // the last session's service is still winding down): wait a little.
+    let mut tries = 0;
+    let (state, password) = loop {
+        let (opening, for_node) = (dir.clone(), node.clone());
+        let opened = tokio::task::spawn_blocking(move || open_store(&opening, &for_node))
+            .await
+            .map_err(|e| format!("opening the vault stopped: {e}"))?;
+        match opened {
+            Err(e) if e.starts_with(IN_USE) && tries < LOCK_TRIES => {
+                tries += 1;
+                tokio::time::sleep(LOCK_WAIT).await;
+            }
+            other => break other?,
+        }
+    };
+    let guid = state.guid;
+    let backup = BackupServer::new(BackupService::new(state.clone()))
+        .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(tandem_proto::MAX_MESSAGE_BYTES);
+    let (connections, incoming) = mpsc::unbounded_channel();
+    let service = tokio::spawn(async move {
+        let served = Server::builder()
+            .add_service(backup)
+            .serve_with_incoming(UnboundedReceiverStream::new(incoming))
+            .await;
+        if let Err(e) = served {
+            tracing::warn!("the vault's in-memory service stopped: {e}");
+        }
+    });
+    // Each connection the channel makes is a fresh duplex pair whose other
+    // end goes to the service.
+    let channel = Endpoint::from_static("http://vault.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connections = connections.clone();
+            async move {
+                let (ours, theirs) = tokio::io::duplex(DUPLEX_BYTES);
+                connections
+                    .send(Ok::<_, std::io::Error>(theirs))
+                    .map_err(|_| std::io::Error::other("the vault's service has stopped"))?;
+                Ok::<_, std::io::Error>(TokioIo::new(ours))
+            }
+        }))
+        .await
+        .map_err(|e| format!("cannot reach the vault's service: {e}"))?;
+    Ok(OpenedVault {
+        channel,
+        password,
+        guid,
+        guard: Arc::new(VaultGuard {
+            _state: state,
+            service,
+        }),
+    })
+}
+
+/// Creates or opens the store in `dir` and makes sure `node` is registered
+/// in it; returns the store and the node's password there.
+fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create the directory: {e}"))?;
+    let config: ServerConfig = serde_json::from_value(serde_json::json!({
+        "data_dir": dir,
+        // Never bound: the vault's service is reached in memory only.
+        "listen": "127.0.0.1:1",
+        "name": STORE_NAME,
+        // The vault never expires anything on its own: it keeps what the
+        // server keeps, and its sync mirrors the server's expiration.
+        "policy": {
+            "verexists": KEEP_ALL,
+            "verdeleted": KEEP_ALL,
+            "retextra": KEEP_ALL,
+            "retonly": KEEP_ALL,
+            "retver": KEEP_ALL,
+        },
+        // The server's clock is the authority on what a pull copies.
+        "vault_clock_skew_seconds": u64::from(u32::MAX),
+    }))
+    .map_err(|e| format!("vault settings: {e}"))?;
+    let state = ServerState::open_vault(config).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("in use by another") {
+            format!("{IN_USE} ({text})")
+        } else {
+            text
+        }
+    })?;
+    let key = dir.join(KEY_FILE);
+    let catalog = &state.repo.catalog;
+    // One node per vault: its password file is the vault's.
+    let others: Vec<String> = catalog
+        .list_nodes("")
+        .map_err(|e| format!("reading the vault's catalog: {e}"))?
+        .into_iter()
+        .map(|(n, _)| n.name)
+        .filter(|name| name != node)
+        .collect();
+    if let Some(other) = others.first() {
+        return Err(format!(
+            "it holds the vault of node {other}; a vault holds one node: give node {node} a vault_dir of its own"
+        ));
+    }
+    let registered = catalog
+        .node(node)
+        .map_err(|e| format!("reading the vault's catalog: {e}"))?;
+    let password = match registered {
+        Some(_) => std::fs::read_to_string(&key)
+            .map(|text| text.trim().to_string())
+            .map_err(|e| {
+                format!(
+                    "{} cannot be read ({e}); it holds the node's password in this vault",
+                    key.display()
+                )
+            })?,
+        None => {
+            let password = hex::encode(rand::random::<[u8; 32]>());
+            let hash = crate::auth::hash_password(&password).map_err(|e| e.to_string())?;
+            write_key(&key, &password)?;
+            catalog
+                .register_node(node, &hash, crate::model::now_ns())
+                .map_err(|e| format!("registering node {node} in the vault: {e}"))?;
+            password
+        }
+    };
+    Ok((state, password))
+}
+
+/// Writes the node's vault password, readable by its owner only, and makes
+/// it durable before the node is registered with it.
+fn write_key(path: &Path, password: &str) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.write_all(password.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
