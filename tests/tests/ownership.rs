@@ -316,3 +316,131 @@ async fn one_node_cannot_delete_another_nodes_versions() {
             .is_empty()
     );
 }
+
+/// All of a node's versions with their chunk ids, as a vault sync reads them.
+async fn full_versions(
+    client: &mut tandem_proto::pb::backup_client::BackupClient<tonic::transport::Channel>,
+    token: &str,
+    prefix: &str,
+) -> Vec<pb::ObjectVersion> {
+    let mut stream = client
+        .query_objects(with_session(
+            token,
+            pb::QueryObjectsRequest {
+                path_prefix: prefix.to_string(),
+                include_inactive: true,
+                with_chunks: true,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.message().await.unwrap() {
+        out.extend(batch.versions);
+    }
+    out
+}
+
+/// The vault-sync calls (PutVaultVersions, DeactivateVaultVersions) let a
+/// node write its own versions only: another node's ids and chunks, times
+/// in the future, content on a directory, and callers without a session
+/// are refused, and nothing of the other node changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_sync_calls_cannot_touch_another_nodes_versions_or_lie_about_times() {
+    let server = TestServer::start("PRIMARY");
+    server.register("bob", "bob-password");
+    server.register("alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    let bob_dir = work.path().join("bob");
+    std::fs::create_dir(&bob_dir).unwrap();
+    std::fs::write(bob_dir.join("ledger"), b"bob's ledger").unwrap();
+    TestClient::new(&server, "bob", "bob-password").json(&["incremental", &path_str(&bob_dir)]);
+    let (mut as_bob, bob_token) = raw_backup_session(&server, "bob", "bob-password").await;
+    let bobs = full_versions(&mut as_bob, &bob_token, &path_str(&bob_dir)).await;
+    let file = bobs
+        .iter()
+        .find(|v| !v.chunk_ids.is_empty())
+        .expect("bob's file")
+        .clone();
+
+    let (mut as_alice, token) = raw_backup_session(&server, "alice", "alice-password").await;
+    let put = |versions: Vec<pb::ObjectVersion>| {
+        with_session(&token, pb::PutVaultVersionsRequest { versions })
+    };
+    // Bob's version under its own id: not Alice's to store.
+    let err = as_alice
+        .put_vault_versions(put(vec![file.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("not this node's"), "{err:?}");
+    // Under a fresh id, it names chunks Alice never uploaded.
+    let mut fresh = file.clone();
+    fresh.object_id = vec![42; 16];
+    let err = as_alice
+        .put_vault_versions(put(vec![fresh.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("chunk"),
+        "refused for the chunks: {err:?}"
+    );
+    // A backup time an hour ahead.
+    let mut future = fresh.clone();
+    future.chunk_ids.clear();
+    future.backup_time_ns = now_ns() + 3_600_000_000_000;
+    let err = as_alice
+        .put_vault_versions(put(vec![future]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("impossible times"), "{err:?}");
+    // A directory with content.
+    let mut dir = bobs
+        .iter()
+        .find(|v| v.chunk_ids.is_empty())
+        .expect("bob's directory")
+        .clone();
+    dir.object_id = vec![43; 16];
+    dir.chunk_ids = file.chunk_ids.clone();
+    let err = as_alice
+        .put_vault_versions(put(vec![dir]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    // Deactivating Bob's versions changes nothing.
+    let deactivations = bobs
+        .iter()
+        .map(|v| pb::VaultDeactivation {
+            object_id: v.object_id.clone(),
+            deactivated_ns: now_ns(),
+        })
+        .collect();
+    let changed = as_alice
+        .deactivate_vault_versions(with_session(
+            &token,
+            pb::DeactivateVaultVersionsRequest { deactivations },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deactivated;
+    assert_eq!(changed, 0);
+    // No session, no call.
+    let mut anonymous = raw_backup_client(&server).await;
+    let err = anonymous
+        .put_vault_versions(pb::PutVaultVersionsRequest { versions: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    let after = full_versions(&mut as_bob, &bob_token, &path_str(&bob_dir)).await;
+    assert_eq!(after.len(), bobs.len());
+    assert!(
+        after.iter().all(|v| v.active),
+        "bob's versions are untouched"
+    );
+}
