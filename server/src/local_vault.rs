@@ -17,8 +17,7 @@
 //! anyway. The server's exclusive lock on the data directory keeps a second
 //! process out while one uses the vault.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -208,14 +207,6 @@ fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String), Stri
 /// Writes the node's vault password, readable by its owner only, and makes
 /// it durable before the node is registered with it.
 fn write_key(path: &Path, password: &str) -> Result<(), String> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    file.write_all(password.as_bytes())
-        .and_then(|()| file.sync_all())
+    tandem_os::atomic_file::replace(path, password.as_bytes(), Some(0o600))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

@@ -209,23 +209,11 @@ async fn object_ids(
     token: &str,
     prefix: &str,
 ) -> Vec<Vec<u8>> {
-    let mut stream = client
-        .query_objects(with_session(
-            token,
-            pb::QueryObjectsRequest {
-                path_prefix: prefix.to_string(),
-                include_inactive: true,
-                ..Default::default()
-            },
-        ))
+    full_versions(client, token, prefix)
         .await
-        .unwrap()
-        .into_inner();
-    let mut ids = Vec::new();
-    while let Some(batch) = stream.message().await.unwrap() {
-        ids.extend(batch.versions.into_iter().map(|v| v.object_id));
-    }
-    ids
+        .into_iter()
+        .map(|v| v.object_id)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,10 +12,9 @@
 //! server lacks is then sent to it before anything is pulled.
 //!
 //! Format: the magic `TDMPULL1`, the server GUID (16 bytes), then 16 bytes
-//! per object id. Written to a temporary file, fsynced and renamed.
+//! per object id. Replaced atomically (`tandem_os::atomic_file`).
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
 
 use tandem_proto::{ObjectId, ServerGuid};
@@ -63,17 +62,13 @@ pub fn load(dir: &Path, server: ServerGuid) -> Result<Option<HashSet<ObjectId>>,
 /// I/O failures, naming the file.
 pub fn save(dir: &Path, server: ServerGuid, ids: &[ObjectId]) -> Result<(), String> {
     let path = dir.join(FILE);
-    let temp = dir.join(format!(".{FILE}.tmp"));
     let mut bytes = Vec::with_capacity(MAGIC.len() + 16 + ids.len() * 16);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&server.0);
     for id in ids {
         bytes.extend_from_slice(&id.0);
     }
-    std::fs::File::create(&temp)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&temp, &path))
-        .and_then(|()| std::fs::File::open(dir).and_then(|d| d.sync_all()))
+    tandem_os::atomic_file::replace(&path, &bytes, None)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 

@@ -13,7 +13,6 @@
 //! number per vault (by the vault store's GUID), so one `state_dir` serves
 //! several nodes, each with its own vault.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -95,7 +94,7 @@ fn record(state_dir: &Path, guid: ServerGuid, revision: u64) -> Result<(), Strin
     save(state_dir, &all)
 }
 
-/// Stores this client's record durably (temporary file, fsync, rename).
+/// Stores this client's record durably and atomically.
 ///
 /// # Errors
 /// I/O failures, naming the file.
@@ -103,12 +102,8 @@ pub fn save(state_dir: &Path, record: &Recorded) -> Result<(), String> {
     std::fs::create_dir_all(state_dir)
         .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let path = state_dir.join(FILE);
-    let temp = state_dir.join(format!(".{FILE}.tmp"));
     let text = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
-    std::fs::File::create(&temp)
-        .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&temp, &path))
-        .and_then(|()| std::fs::File::open(state_dir).and_then(|d| d.sync_all()))
+    tandem_os::atomic_file::replace(&path, &text, None)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 

@@ -3,8 +3,7 @@
 //! the last sync ended. It travels with the vault, so a vault moved to
 //! another directory keeps its history.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,20 +62,16 @@ impl SyncStatus {
         }
     }
 
-    /// Writes the record durably: a temporary file, fsynced, renamed over
-    /// the old one, so a crash leaves the old record or the new one.
+    /// Writes the record durably and atomically: a crash leaves the old
+    /// record or the new one.
     ///
     /// # Errors
     /// I/O failures, naming the file.
     pub fn save(&self, dir: &Path) -> Result<(), String> {
         let path = dir.join(FILE);
-        let temp: PathBuf = dir.join(format!(".{FILE}.tmp"));
         let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        let written = std::fs::File::create(&temp)
-            .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
-            .and_then(|()| std::fs::rename(&temp, &path))
-            .and_then(|()| std::fs::File::open(dir).and_then(|d| d.sync_all()));
-        written.map_err(|e| format!("cannot write {}: {e}", path.display()))
+        tandem_os::atomic_file::replace(&path, &text, None)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
     /// The state word `query vault` shows.
