@@ -551,7 +551,7 @@ async fn upload_batch(
 }
 
 /// Of `ids`, those `session` does not store for the node.
-async fn missing_chunks(
+pub(crate) async fn missing_chunks(
     session: &Session,
     ids: &[ChunkId],
 ) -> Result<HashSet<ChunkId>, ClientError> {

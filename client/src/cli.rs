@@ -571,7 +571,7 @@ fn print_summary<T: Serialize, K: Into<String>>(
 
 fn print_restore_summary(stats: &RestoreStats, console: &Console) {
     print_summary(stats, console, || {
-        vec![
+        let mut rows = vec![
             ("Objects restored", stats.restored.to_string()),
             ("  of them hard links", stats.hard_links.to_string()),
             ("Objects skipped", stats.skipped.to_string()),
@@ -587,7 +587,32 @@ fn print_restore_summary(stats: &RestoreStats, console: &Console) {
             ("Attributes not set", stats.attributes_not_set.to_string()),
             ("Bytes restored", human_bytes(stats.bytes)),
             ("Elapsed", elapsed(stats.elapsed_secs)),
-        ]
+        ];
+        if let Some(from) = &stats.sources {
+            rows.insert(
+                rows.len() - 1,
+                (
+                    "Data from the local vault",
+                    format!(
+                        "{} file(s), {}",
+                        from.vault_files,
+                        human_bytes(from.vault_bytes)
+                    ),
+                ),
+            );
+            rows.insert(
+                rows.len() - 1,
+                (
+                    "Data from the server",
+                    format!(
+                        "{} file(s), {}",
+                        from.server_files,
+                        human_bytes(from.server_bytes)
+                    ),
+                ),
+            );
+        }
+        rows
     });
 }
 
@@ -814,10 +839,15 @@ async fn dispatch(
                 // The command goes on on the server: a version the vault
                 // sends later never displaces a newer one there.
                 Err(e) => {
-                    console.report(
-                        &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
-                        ExitStatus::Warnings,
-                    );
+                    match e {
+                        ClientError::SyncInterrupted(_) => {
+                            console.audit(&Msg::vault_sync_interrupted(dir, &session.info.name));
+                        }
+                        e => console.report(
+                            &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
+                            ExitStatus::Warnings,
+                        ),
+                    }
                     vault.logoff().await;
                     None
                 }
@@ -833,37 +863,30 @@ async fn dispatch(
                 None
             }
         },
+        // In failover the vault serves restores beside the secondary; it
+        // is not synchronised with a read-only server.
+        (Some(dir), SessionMode::Failover) if work.reads_versions() => {
+            match crate::vault::open(options).await {
+                Ok(vault) => Some((vault, dir.clone(), false)),
+                Err(e) => {
+                    console.report(&Msg::vault_unusable(&e.to_string()), ExitStatus::Warnings);
+                    None
+                }
+            }
+        }
         _ => None,
     };
     let syncs_after =
         work.changes_versions() || vault.as_ref().is_some_and(|(_, _, pushed)| *pushed);
-    let from_vault = match &vault {
-        Some((v, dir, _))
-            if work.reads_versions()
-                && crate::vault::is_synchronized(dir)
-                && crate::vault::matches_server(v, &session).await =>
-        {
-            Some(v)
+    let result = match &vault {
+        // A backup's chunks go to the vault as they go to the server, so
+        // the sync after it moves only metadata; a restore takes from the
+        // vault the files it holds whole, the rest from the server.
+        Some((v, _, _)) if syncs_after || work.reads_versions() => {
+            let beside = session.with_vault_beside(v);
+            perform(work, &beside, options, options_path, console).await
         }
-        _ => None,
-    };
-    let result = match from_vault {
-        Some(v) => {
-            console.report(
-                &Msg::restoring_from_vault(&v.info.address, &session.info.name),
-                ExitStatus::Success,
-            );
-            perform(work, v, options, options_path, console).await
-        }
-        None => match &vault {
-            // A backup's chunks go to the vault as they go to the server,
-            // so the sync after it moves only metadata.
-            Some((v, _, _)) if syncs_after => {
-                let mirrored = session.with_vault_beside(v);
-                perform(work, &mirrored, options, options_path, console).await
-            }
-            _ => perform(work, &session, options, options_path, console).await,
-        },
+        _ => perform(work, &session, options, options_path, console).await,
     };
     if let Some((v, dir, _)) = vault {
         if syncs_after {

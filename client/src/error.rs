@@ -139,6 +139,10 @@ pub enum ClientError {
         /// What this client recorded, in words.
         recorded: String,
     },
+    /// A vault sync stopped between batches because another command is
+    /// waiting to write to the vault; the next sync goes on from there.
+    #[error("the sync stopped for another command that writes to the vault {0}")]
+    SyncInterrupted(PathBuf),
     /// `restore-wal`: no such WAL file is stored (PostgreSQL's normal
     /// question past the end of the archive).
     #[error("WAL file {0} is not stored")]
@@ -200,6 +204,7 @@ impl ClientError {
             ClientError::WalNotStored(_) => "TDM1064I",
             ClientError::Vault { .. } => "TDM2120E",
             ClientError::SecondInstallation { .. } => "TDM2127E",
+            ClientError::SyncInterrupted(_) => "TDM2132I",
         }
     }
 }

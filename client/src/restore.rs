@@ -16,7 +16,10 @@ mod dest;
 mod direct;
 mod fetch;
 mod repair;
+mod sources;
 mod writer;
+
+pub use self::sources::DataSources;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
@@ -111,6 +114,9 @@ pub struct RestoreStats {
     /// Stored directories that existed already and were left as they are
     /// (`--replace no`): their contents are restored, their attributes kept.
     pub directories_kept: u64,
+    /// With a local vault beside the server: how much of the data came
+    /// from each.
+    pub sources: Option<DataSources>,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -649,22 +655,73 @@ pub async fn run(
     })?;
     let plan = plan(versions, &req, &dest, console, &mut stats);
     stats.hard_links_incomplete = incomplete_link_groups(&plan);
-    let order: Vec<FetchJob> = plan
-        .files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (i, f.chunks.clone(), f.size))
-        .collect();
-    let (mut written, mut failures) = transfer(
+    let (split, vault_refused) = sources::split(session.vault_beside(), &plan.files).await;
+    let mut written = vec![None; plan.files.len()];
+    let mut server_order = split.server;
+    if let (Some(vault), Some(cause)) = (session.vault_beside(), vault_refused) {
+        console.report(
+            &Msg::vault_unusable(&format!("{}: {cause}", vault.info.address)),
+            ExitStatus::Warnings,
+        );
+    }
+    if let Some(vault) = session.vault_beside() {
+        let mut counted = DataSources::default();
+        if !split.vault.is_empty() {
+            console.report(
+                &Msg::restoring_from_vault(
+                    &vault.info.address,
+                    split.vault.len(),
+                    &session.info.name,
+                ),
+                ExitStatus::Success,
+            );
+            let from_vault = split.vault;
+            let (vault_written, damaged) = transfer(
+                vault,
+                &plan.files,
+                from_vault.clone(),
+                &dest,
+                console,
+                &mut stats,
+                true,
+            )
+            .await?;
+            merge_written(&mut written, vault_written);
+            // A file the vault could not serve whole comes from the server;
+            // the chunk at fault is named.
+            let failed: BTreeSet<usize> = damaged.iter().map(|f| f.job).collect();
+            if let Some(first) = damaged.first() {
+                console.report(
+                    &Msg::vault_data_damaged(
+                        &vault.info.address,
+                        &first.cause,
+                        failed.len(),
+                        &session.info.name,
+                    ),
+                    ExitStatus::Warnings,
+                );
+            }
+            let (retried, served): (Vec<FetchJob>, Vec<FetchJob>) = from_vault
+                .into_iter()
+                .partition(|(i, _, _)| failed.contains(i));
+            sources::count(&mut counted, &served, true);
+            server_order.extend(retried);
+            server_order.sort_by_key(|(i, _, _)| *i);
+        }
+        sources::count(&mut counted, &server_order, false);
+        stats.sources = Some(counted);
+    }
+    let (server_written, mut failures) = transfer(
         session,
         &plan.files,
-        order,
+        server_order,
         &dest,
         console,
         &mut stats,
         true,
     )
     .await?;
+    merge_written(&mut written, server_written);
     // Files that failed for their data: the server repairs what it can
     // from its replication partner, and those whose chunks are whole now
     // are fetched once more. No chunk is asked about twice.
@@ -731,11 +788,7 @@ pub async fn run(
             !last,
         )
         .await?;
-        for (slot, inode) in written.iter_mut().zip(more_written) {
-            if inode.is_some() {
-                *slot = inode;
-            }
-        }
+        merge_written(&mut written, more_written);
         failures = more_failures;
     }
     unrecoverable.extend(failures);
@@ -765,6 +818,15 @@ pub async fn run(
     });
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(stats)
+}
+
+/// Takes the files a later transfer put in place.
+fn merge_written(written: &mut [Option<writer::Inode>], more: Vec<Option<writer::Inode>>) {
+    for (slot, inode) in written.iter_mut().zip(more) {
+        if inode.is_some() {
+            *slot = inode;
+        }
+    }
 }
 
 /// Repair-and-retry rounds for files that failed for their data.

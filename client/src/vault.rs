@@ -12,6 +12,7 @@ pub mod pulled;
 pub mod revision;
 pub mod status;
 pub mod sync;
+pub mod waiting;
 
 use std::any::Any;
 use std::future::Future;
@@ -56,8 +57,10 @@ pub type OpenFuture = Pin<Box<dyn Future<Output = Result<OpenedVault, String>> +
 /// registers the node in it.
 pub trait VaultOpener: Send + Sync {
     /// Opens `dir` for `node` (upper case). The error says what is wrong
-    /// with the directory and what to do.
-    fn open(&self, dir: PathBuf, node: String) -> OpenFuture;
+    /// with the directory and what to do. With `interrupt_sync`, a sync
+    /// that holds the vault is asked to stop (see [`waiting`]) while the
+    /// open waits for it.
+    fn open(&self, dir: PathBuf, node: String, interrupt_sync: bool) -> OpenFuture;
 }
 
 static OPENER: OnceLock<Box<dyn VaultOpener>> = OnceLock::new();
@@ -78,7 +81,7 @@ pub const VAULT_NAME: &str = "VAULT";
 /// [`ClientError::Vault`] when no vault is configured, this build cannot open
 /// one, or the directory cannot be used; [`ClientError::SecondInstallation`].
 pub async fn open(options: &ClientOptions) -> Result<Session, ClientError> {
-    let vault = open_unchecked(options).await?;
+    let vault = open_unchecked(options, true).await?;
     let dir = options.vault_dir.clone().unwrap_or_default();
     let verdict = SyncStatus::load(&dir).and_then(|status| {
         let recorded = revision::load(&options.state_dir())?;
@@ -111,8 +114,12 @@ pub async fn open(options: &ClientOptions) -> Result<Session, ClientError> {
 }
 
 /// Opens the vault without the revision check (for `query vault` and
-/// `set vault --accept`, which write nothing to it).
-async fn open_unchecked(options: &ClientOptions) -> Result<Session, ClientError> {
+/// `set vault --accept`, which write nothing to it). With `interrupt_sync`
+/// a sync that holds the vault is asked to stop.
+async fn open_unchecked(
+    options: &ClientOptions,
+    interrupt_sync: bool,
+) -> Result<Session, ClientError> {
     let Some(dir) = options.vault_dir.clone() else {
         return Err(vault_error(Path::new(""), "no vault_dir is set".into()));
     };
@@ -124,7 +131,7 @@ async fn open_unchecked(options: &ClientOptions) -> Result<Session, ClientError>
     };
     let node = options.node_name.to_ascii_uppercase();
     let opened = opener
-        .open(dir.clone(), node)
+        .open(dir.clone(), node, interrupt_sync)
         .await
         .map_err(|cause| vault_error(&dir, cause))?;
     Session::over_vault(opened, options, &dir)
@@ -152,7 +159,7 @@ pub fn before_write(vault: &Session, options: &ClientOptions) -> Result<u64, Cli
 /// # Errors
 /// No vault, or one that cannot be opened or recorded.
 pub async fn accept(options: &ClientOptions, console: &Console) -> Result<(), ClientError> {
-    let vault = open_unchecked(options).await?;
+    let vault = open_unchecked(options, false).await?;
     let dir = options.vault_dir.clone().unwrap_or_default();
     let accepted = revision::accept(&dir, &options.state_dir(), vault.info.guid);
     vault.logoff().await;
@@ -169,9 +176,10 @@ pub async fn accept(options: &ClientOptions, console: &Console) -> Result<(), Cl
 /// No vault, or records that cannot be written.
 pub async fn resend(options: &ClientOptions, console: &Console) -> Result<(), ClientError> {
     let vault = open(options).await?;
-    vault.logoff().await;
     let dir = options.vault_dir.clone().unwrap_or_default();
+    // Changed while the vault is held, so no sync rewrites it meanwhile.
     let forgotten = std::fs::remove_file(dir.join(pulled::FILE));
+    vault.logoff().await;
     if let Err(e) = forgotten
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -236,7 +244,7 @@ pub async fn push_pending(
     }
     let pushed = async {
         let own = pulled_from(dir, server)?;
-        sync::push(vault, server, own.as_ref()).await
+        sync::push(vault, server, own.as_ref(), Some(dir)).await
     }
     .await;
     match pushed {
@@ -253,6 +261,7 @@ pub async fn push_pending(
             ));
             Ok(true)
         }
+        Err(e @ ClientError::SyncInterrupted(_)) => Err(e),
         Err(e) => {
             record_failure(&mut status, &server.info.name, &e.to_string(), dir);
             Err(vault_error(
@@ -285,9 +294,15 @@ pub async fn synchronise(
             return;
         }
     };
+    // Until the pull completes the vault lacks what the command did.
+    status.pull_pending = true;
+    if let Err(e) = status.save(dir) {
+        console.report(&Msg::vault_sync_failed(&name, &e), ExitStatus::Warnings);
+        return;
+    }
     let outcome = async {
         let own = pulled_from(dir, server)?;
-        let pushed = sync::push(vault, server, own.as_ref()).await?;
+        let pushed = sync::push(vault, server, own.as_ref(), Some(dir)).await?;
         status.revision = before_write_at(vault, dir, state_dir)?;
         let started = crate::db::now_ns();
         // What the pull may copy is recorded first, so a pull cut short
@@ -295,7 +310,7 @@ pub async fn synchronise(
         let mut before: Vec<_> = own.map(|set| set.into_iter().collect()).unwrap_or_default();
         before.extend(sync::server_ids(server).await?);
         pulled::save(dir, server.info.guid, &before).map_err(|e| vault_error(dir, e))?;
-        let pulled = sync::pull(server, vault).await?;
+        let pulled = sync::pull(server, vault, Some(dir)).await?;
         pulled::save(dir, server.info.guid, &pulled.held).map_err(|e| vault_error(dir, e))?;
         Ok::<_, ClientError>((pushed, pulled, started))
     }
@@ -325,6 +340,9 @@ pub async fn synchronise(
                 console.audit(&Msg::vault_synced(&name, &pushed, &pulled));
             }
         }
+        Err(ClientError::SyncInterrupted(_)) => {
+            console.audit(&Msg::vault_sync_interrupted(dir, &name));
+        }
         Err(e) => {
             record_failure(&mut status, &name, &e.to_string(), dir);
             console.report(
@@ -348,13 +366,6 @@ fn record_failure(status: &mut SyncStatus, server: &str, cause: &str, dir: &Path
     let _ = status.save(dir);
 }
 
-/// Whether the vault matched the server at its last sync and holds no
-/// writes the server lacks: then it can serve restores.
-#[must_use]
-pub fn is_synchronized(dir: &Path) -> bool {
-    SyncStatus::load(dir).is_ok_and(|s| s.state() == "synchronized")
-}
-
 /// `tandem query vault`: the vault's state against the server and what it
 /// holds, read from the vault alone (no server is asked).
 ///
@@ -366,7 +377,7 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
             "no local vault is configured: set vault_dir in the options file".into(),
         ));
     };
-    let vault = open_unchecked(options).await?;
+    let vault = open_unchecked(options, false).await?;
     let status = SyncStatus::load(&dir).map_err(|e| vault_error(&dir, e))?;
     let recorded = revision::load(&options.state_dir()).map_err(|e| vault_error(&dir, e))?;
     let verdict = revision::judge(status.revision, recorded.of(vault.info.guid));
@@ -444,30 +455,4 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     }
     crate::outln!("{t}");
     Ok(())
-}
-
-/// Whether the vault's filespaces hold what the server's do (names, active
-/// objects and bytes): the cheap check that nothing changed on the server
-/// since the last sync (an operator's deletion, a WAL file archived) before
-/// the vault serves a restore. Any doubt answers no.
-pub async fn matches_server(vault: &Session, server: &Session) -> bool {
-    async fn summary(session: &Session) -> Option<Vec<(String, u64, u64)>> {
-        let reply = session
-            .client()
-            .query_filespaces(session.request(tandem_proto::pb::QueryFilespacesRequest {}))
-            .await
-            .ok()?
-            .into_inner();
-        let mut rows: Vec<_> = reply
-            .filespaces
-            .into_iter()
-            .map(|f| (f.name, f.active_objects, f.active_bytes))
-            .collect();
-        rows.sort();
-        Some(rows)
-    }
-    match (summary(vault).await, summary(server).await) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    }
 }

@@ -25,7 +25,7 @@ use crate::ServerState;
 use crate::config::ServerConfig;
 use crate::service::backup::BackupService;
 use hyper_util::rt::TokioIo;
-use tandem_client::vault::{OpenFuture, OpenedVault, VaultOpener};
+use tandem_client::vault::{OpenFuture, OpenedVault, VaultOpener, waiting};
 use tandem_proto::pb::backup_server::BackupServer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -55,8 +55,8 @@ const DUPLEX_BYTES: usize = 4 << 20;
 pub struct LocalVault;
 
 impl VaultOpener for LocalVault {
-    fn open(&self, dir: PathBuf, node: String) -> OpenFuture {
-        Box::pin(open(dir, node))
+    fn open(&self, dir: PathBuf, node: String, interrupt_sync: bool) -> OpenFuture {
+        Box::pin(open(dir, node, interrupt_sync))
     }
 }
 
@@ -73,23 +73,31 @@ impl Drop for VaultGuard {
     }
 }
 
-async fn open(dir: PathBuf, node: String) -> Result<OpenedVault, String> {
+async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<OpenedVault, String> {
     // Another command may hold the vault for a moment (or, in one process,
-    // the last session's service is still winding down): wait a little.
+    // the last session's service is still winding down): wait a little,
+    // asking a sync that holds it to stop between its batches.
     let mut tries = 0;
-    let (state, password) = loop {
+    let opened = loop {
         let (opening, for_node) = (dir.clone(), node.clone());
         let opened = tokio::task::spawn_blocking(move || open_store(&opening, &for_node))
             .await
             .map_err(|e| format!("opening the vault stopped: {e}"))?;
         match opened {
             Err(e) if e.starts_with(IN_USE) && tries < LOCK_TRIES => {
+                if interrupt_sync {
+                    waiting::ask(&dir);
+                }
                 tries += 1;
                 tokio::time::sleep(LOCK_WAIT).await;
             }
-            other => break other?,
+            other => break other,
         }
     };
+    if tries > 0 && interrupt_sync {
+        waiting::withdraw(&dir);
+    }
+    let (state, password) = opened?;
     let guid = state.guid;
     let backup = BackupServer::new(BackupService::new(state.clone()))
         .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES)

@@ -247,15 +247,7 @@ impl TestServer {
     /// as a failing disk would (random data is stored verbatim in zstd's
     /// raw blocks, so a window of a random file is found as it is).
     pub fn damage_stored_bytes(&self, needle: &[u8]) {
-        for container in self.containers() {
-            let mut data = std::fs::read(&container).expect("read container");
-            if let Some(at) = data.windows(needle.len()).position(|w| w == needle) {
-                data[at + needle.len() / 2] ^= 0xff;
-                std::fs::write(&container, &data).expect("write container");
-                return;
-            }
-        }
-        panic!("the bytes to damage are in no container");
+        damage_container_bytes(self.data.path(), needle);
     }
 
     /// Registers `node` with `password`.
@@ -366,4 +358,23 @@ pub fn replicated_alice() -> (TestServer, TestServer, TestClient) {
     );
     let client = TestClient::new(&primary, "alice", "alice-password");
     (primary, secondary, client)
+}
+
+/// Flips a byte in the middle of `needle` where it is stored in a container
+/// of the store at `data_dir` (a server's data directory or a local vault).
+/// Panics when no container holds `needle`.
+pub fn damage_container_bytes(data_dir: &Path, needle: &[u8]) {
+    let mut containers: Vec<PathBuf> = std::fs::read_dir(data_dir.join("containers"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    containers.sort();
+    for container in containers {
+        let mut data = std::fs::read(&container).expect("read container");
+        if let Some(at) = data.windows(needle.len()).position(|w| w == needle) {
+            data[at + needle.len() / 2] ^= 0xff;
+            std::fs::write(&container, &data).expect("write container");
+            return;
+        }
+    }
+    panic!("the bytes to damage are in no container");
 }

@@ -386,3 +386,138 @@ fn versions_the_server_lost_are_kept_in_the_vault_and_can_be_sent_back() {
     restore_whole_tree(&client, &src, &out);
     primary.kill();
 }
+
+#[test]
+fn a_restore_takes_what_the_vault_holds_from_it_and_the_rest_from_the_server() {
+    let primary = TestServer::start("PRIMARY");
+    primary.register("erin", "erin-password");
+    let client = TestClient::new(&primary, "erin", "erin-password");
+    let work = tempfile::tempdir().unwrap();
+    let vault = with_vault(&client, work.path());
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("old")).unwrap();
+    std::fs::create_dir_all(src.join("new")).unwrap();
+    let kept = random_bytes(31, 300_000);
+    let damaged = random_bytes(32, 200_000);
+    std::fs::write(src.join("old/kept.bin"), &kept).unwrap();
+    std::fs::write(src.join("old/damaged.bin"), &damaged).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+
+    // Another installation of the node without the vault backs up a file
+    // the vault never sees.
+    let elsewhere = TestClient::new(&primary, "erin", "erin-password");
+    let fresh = random_bytes(33, 250_000);
+    std::fs::write(src.join("new/fresh.bin"), &fresh).unwrap();
+    elsewhere.json(&["incremental", &path_str(&src)]);
+    // And a chunk in the vault goes bad behind its back.
+    damage_container_bytes(&vault, &damaged[100_000..100_064]);
+
+    let out = work.path().join("out");
+    let restore = client.run(&[
+        "--json",
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
+    let err = stderr(&restore);
+    assert_eq!(
+        code(&restore),
+        8,
+        "a warning for the damaged vault chunk: {err}"
+    );
+    assert!(err.contains("TDM2126I"), "{err}");
+    assert!(
+        err.contains("TDM2131W") && err.contains("1 file(s)"),
+        "the damaged vault chunk is named and its file comes from the server: {err}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_slice(&restore.stdout).expect("restore summary");
+    assert_eq!(stats["failed"], 0, "{stats}");
+    assert_eq!(stats["sources"]["vault_files"], 1, "{stats}");
+    assert_eq!(stats["sources"]["vault_bytes"], 300_000, "{stats}");
+    assert_eq!(stats["sources"]["server_files"], 2, "{stats}");
+    assert_eq!(stats["sources"]["server_bytes"], 450_000, "{stats}");
+    assert_same_tree(&src, &out);
+    assert!(logged_ids(&client).contains(&"TDM2131W".to_string()));
+
+    // The summary says where the data came from.
+    let out2 = work.path().join("out2");
+    let text = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out2),
+        "--subdir",
+    ]);
+    assert_eq!(code(&text), 8, "{}", stderr(&text));
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        shown.contains("Data from the local vault") && shown.contains("Data from the server"),
+        "{shown}"
+    );
+}
+
+/// Bytes in the containers of the store at `dir`.
+fn stored_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("containers"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_write_stops_a_sync_in_progress_and_a_later_sync_completes_it() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("gina", "gina-password");
+    let client = TestClient::new(&primary, "gina", "gina-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12u64 {
+        std::fs::write(
+            src.join(format!("part-{i}.bin")),
+            random_bytes(200 + i, 16 * 1024 * 1024),
+        )
+        .unwrap();
+    }
+    client.json(&["incremental", &path_str(&src)]);
+
+    // A vault added now is filled by the next command's sync: a long pull.
+    let vault = with_vault(&client, work.path());
+    let syncing = client
+        .command(&["incremental", &path_str(&src)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tandem");
+    assert!(
+        wait_until(std::time::Duration::from_secs(120), || {
+            stored_bytes(&vault) > 24 * 1024 * 1024
+        }),
+        "the pull into the new vault never got going"
+    );
+
+    // A backup while that sync runs: the sync steps aside and the backup
+    // writes to both tiers.
+    let later = work.path().join("later");
+    std::fs::create_dir_all(&later).unwrap();
+    std::fs::write(later.join("new.bin"), random_bytes(299, 100_000)).unwrap();
+    let backup = client.run(&["incremental", &path_str(&later)]);
+    assert_success(&backup, "backup during a sync");
+    let err = stderr(&backup);
+    assert!(!err.contains("TDM2125W"), "the vault was used: {err}");
+    let first = syncing.wait_with_output().expect("first command");
+    assert_success(&first, "the command whose sync stepped aside");
+    assert!(stderr(&first).contains("TDM2132I"), "{}", stderr(&first));
+    assert!(logged_ids(&client).contains(&"TDM2132I".to_string()));
+
+    // The backup's own sync went on from where the first stopped.
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    primary.kill();
+    restore_whole_tree(&client, &src, &work.path().join("out-src"));
+    restore_whole_tree(&client, &later, &work.path().join("out-later"));
+}

@@ -328,12 +328,34 @@ impl Msg {
         }
     }
 
-    /// TDM2126I: a restore served by the synchronised vault.
-    pub fn restoring_from_vault(dir: &str, server: &str) -> Self {
+    /// TDM2126I: a restore takes the data the local vault holds from it.
+    pub fn restoring_from_vault(dir: &str, files: usize, server: &str) -> Self {
         Msg {
             id: "TDM2126I",
             text: format!(
-                "Restoring from the local vault at {dir}, which holds every version server {server} holds"
+                "Restoring the data of {files} file(s) from the local vault at {dir}, which holds all of it; the rest comes from server {server}"
+            ),
+        }
+    }
+
+    /// TDM2132I: a sync let another command write to the vault.
+    pub fn vault_sync_interrupted(dir: &std::path::Path, server: &str) -> Self {
+        Msg {
+            id: "TDM2132I",
+            text: format!(
+                "The sync of the local vault at {} with server {server} stopped for another command that writes to the vault; what it copied stays, and the next sync goes on from there",
+                dir.display()
+            ),
+        }
+    }
+
+    /// TDM2131W: vault data failed its check during a restore; the files
+    /// are fetched from the server instead.
+    pub fn vault_data_damaged(dir: &str, cause: &str, files: usize, server: &str) -> Self {
+        Msg {
+            id: "TDM2131W",
+            text: format!(
+                "The local vault at {dir} could not serve the data of {files} file(s) ({cause}); they are fetched from server {server} instead. Check the vault's disk"
             ),
         }
     }

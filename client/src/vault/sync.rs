@@ -19,6 +19,7 @@
 //! Archive copies are not synchronised: they stay where they were made.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use tandem_proto::pb;
 use tandem_proto::{ChunkId, ObjectId, StoredChunk, UploadPacker};
@@ -175,6 +176,20 @@ struct NodeTarget<'a> {
     session: &'a Session,
     held: Vec<ObjectState>,
     direction: Direction,
+    /// The vault directory whose waiting writers stop this sync.
+    yield_to: Option<&'a Path>,
+}
+
+impl NodeTarget<'_> {
+    /// Before each batch: stops when a command waits to write to the vault.
+    fn go_on(&self) -> Result<(), ClientError> {
+        match self.yield_to {
+            Some(dir) if super::waiting::asked(dir) => {
+                Err(ClientError::SyncInterrupted(dir.to_path_buf()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Target<pb::ObjectVersion> for NodeTarget<'_> {
@@ -199,6 +214,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
     }
 
     async fn put_chunks(&self, chunks: Vec<StoredChunk>) -> Result<(), ClientError> {
+        self.go_on()?;
         let (tx, rx) = mpsc::channel(4);
         let feed = tokio::spawn(async move {
             let mut packer = UploadPacker::default();
@@ -230,6 +246,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
     }
 
     async fn update_states(&self, states: &[ObjectState]) -> Result<u64, ClientError> {
+        self.go_on()?;
         // Only deactivations: a version made active again would have to
         // deactivate a newer one, which no sync may decide.
         let deactivations: Vec<_> = states
@@ -259,6 +276,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
     }
 
     async fn put_objects(&self, objects: Vec<pb::ObjectVersion>) -> Result<u64, ClientError> {
+        self.go_on()?;
         let mut stored = 0;
         for batch in objects.chunks(PUT_BATCH) {
             stored += self
@@ -276,6 +294,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
     }
 
     async fn delete_objects(&self, ids: &[ObjectId]) -> Result<u64, ClientError> {
+        self.go_on()?;
         if self.direction == Direction::Push {
             // The server keeps what the vault lacks (see the module doc).
             return Ok(0);
@@ -335,12 +354,14 @@ impl From<RunReport> for SyncReport {
 /// both hold.
 ///
 /// # Errors
-/// Failures of either session; what was committed stays committed and a
-/// later push does not resend it.
+/// Failures of either session; [`ClientError::SyncInterrupted`] when a
+/// command waits to write to the vault (`yield_to`). What was committed
+/// stays committed and a later push does not resend it.
 pub async fn push(
     vault: &Session,
     server: &Session,
     pulled: Option<&HashSet<ObjectId>>,
+    yield_to: Option<&Path>,
 ) -> Result<SyncReport, ClientError> {
     let on_vault = list_versions(vault).await?;
     let on_server = list_versions(server).await?;
@@ -360,6 +381,7 @@ pub async fn push(
         session: server,
         held,
         direction: Direction::Push,
+        yield_to,
     };
     run(&source, &target).await
 }
@@ -392,8 +414,13 @@ pub struct Pulled {
 /// vault's copy may be the last one.
 ///
 /// # Errors
-/// Failures of either session.
-pub async fn pull(server: &Session, vault: &Session) -> Result<Pulled, ClientError> {
+/// Failures of either session; [`ClientError::SyncInterrupted`] when a
+/// command waits to write to the vault (`yield_to`).
+pub async fn pull(
+    server: &Session,
+    vault: &Session,
+    yield_to: Option<&Path>,
+) -> Result<Pulled, ClientError> {
     let on_server = list_versions(server).await?;
     let on_vault = list_versions(vault).await?;
     let mut entries = on_server
@@ -420,6 +447,7 @@ pub async fn pull(server: &Session, vault: &Session) -> Result<Pulled, ClientErr
         session: vault,
         held: on_vault.iter().map(|(id, v)| state_of(*id, v)).collect(),
         direction: Direction::Pull,
+        yield_to,
     };
     Ok(Pulled {
         report: run(&source, &target).await?,
@@ -439,11 +467,28 @@ pub async fn server_ids(server: &Session) -> Result<Vec<ObjectId>, ClientError> 
 }
 
 async fn run(source: &Listed<'_>, target: &NodeTarget<'_>) -> Result<SyncReport, ClientError> {
-    match tandem_replication::replicate(source, target, ReplicationRule::AllData).await {
-        Ok(report) => Ok(report.into()),
-        Err(e) => Err(ClientError::Server {
-            operation: "synchronising the vault",
-            message: e.to_string(),
-        }),
+    tandem_replication::replicate(source, target, ReplicationRule::AllData)
+        .await
+        .map(SyncReport::from)
+        .map_err(|e| match interrupted(&e) {
+            Some(dir) => ClientError::SyncInterrupted(dir),
+            None => ClientError::Server {
+                operation: "synchronising the vault",
+                message: e.to_string(),
+            },
+        })
+}
+
+/// The vault directory when the engine stopped because a command waits to
+/// write there (see [`NodeTarget::go_on`]).
+fn interrupted(e: &tandem_replication::ReplicationError) -> Option<std::path::PathBuf> {
+    match e {
+        tandem_replication::ReplicationError::Target(inner) => {
+            match inner.downcast_ref::<ClientError>() {
+                Some(ClientError::SyncInterrupted(dir)) => Some(dir.clone()),
+                _ => None,
+            }
+        }
+        tandem_replication::ReplicationError::Source(_) => None,
     }
 }
