@@ -996,11 +996,13 @@ async fn perform(
                 && let Some(vault) = session.vault_beside()
             {
                 let quiet = Console::new(None, true, false);
-                if let Err(e) = delete::run(vault, &request, &quiet).await {
-                    console.report(
+                match delete::run(vault, &request, &quiet).await {
+                    Ok(s) if s.deleted > 0 => crate::vault::reclaim(vault, console).await,
+                    Ok(_) => {}
+                    Err(e) => console.report(
                         &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
                         ExitStatus::Warnings,
-                    );
+                    ),
                 }
             }
             deleted.map(|s| print_delete_summary(&s, console))

@@ -14,7 +14,6 @@ pub mod status;
 pub mod sync;
 pub mod waiting;
 
-use std::any::Any;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -38,8 +37,28 @@ pub struct OpenedVault {
     pub password: String,
     /// The vault store's GUID.
     pub guid: ServerGuid,
-    /// Keeps the store and its service alive while sessions use it.
-    pub guard: Arc<dyn Any + Send + Sync>,
+    /// Keeps the store and its service alive while sessions use it, and
+    /// does the store's own housekeeping.
+    pub guard: Arc<dyn VaultStore>,
+}
+
+/// What a vault's space reclamation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Chunks no version uses any more, removed from the index.
+    pub chunks: u64,
+    /// Containers compacted or removed.
+    pub containers: u64,
+    /// Bytes given back to the file system.
+    pub bytes: u64,
+}
+
+/// The vault's store, held open while sessions use it.
+pub trait VaultStore: Send + Sync + std::fmt::Debug {
+    /// Frees the space of data no version in the vault uses any more (after
+    /// a pull or a `delete backup` removed versions): the server's own sweep
+    /// and compaction. Blocking; the error says what failed.
+    fn reclaim(&self) -> Result<Reclaimed, String>;
 }
 
 impl std::fmt::Debug for OpenedVault {
@@ -302,15 +321,22 @@ pub async fn synchronise(
     }
     let outcome = async {
         let own = pulled_from(dir, server)?;
-        let pushed = sync::push(vault, server, own.as_ref(), Some(dir)).await?;
+        // Only a vault that took writes alone holds versions of its own
+        // (`push_pending` has usually sent them before the command).
+        let pushed = if status.offline_writes {
+            sync::push(vault, server, own.as_ref(), Some(dir)).await?
+        } else {
+            sync::SyncReport::default()
+        };
         status.revision = before_write_at(vault, dir, state_dir)?;
         let started = crate::db::now_ns();
         // What the pull may copy is recorded first, so a pull cut short
         // leaves nothing it copied looking like the vault's own.
+        let on_server = sync::list_versions(server).await?;
         let mut before: Vec<_> = own.map(|set| set.into_iter().collect()).unwrap_or_default();
-        before.extend(sync::server_ids(server).await?);
+        before.extend(on_server.keys().copied());
         pulled::save(dir, server.info.guid, &before).map_err(|e| vault_error(dir, e))?;
-        let pulled = sync::pull(server, vault, Some(dir)).await?;
+        let pulled = sync::pull(server, on_server, vault, Some(dir)).await?;
         pulled::save(dir, server.info.guid, &pulled.held).map_err(|e| vault_error(dir, e))?;
         Ok::<_, ClientError>((pushed, pulled, started))
     }
@@ -339,6 +365,9 @@ pub async fn synchronise(
             if moved + pulled.deactivated + pulled.deleted > 0 {
                 console.audit(&Msg::vault_synced(&name, &pushed, &pulled));
             }
+            if pulled.deleted > 0 {
+                reclaim(vault, console).await;
+            }
         }
         Err(ClientError::SyncInterrupted(_)) => {
             console.audit(&Msg::vault_sync_interrupted(dir, &name));
@@ -350,6 +379,29 @@ pub async fn synchronise(
                 ExitStatus::Warnings,
             );
         }
+    }
+}
+
+/// Frees the vault's space that versions removed from it used (after a
+/// pull or a `delete backup` removed some); reports what it gave back in
+/// `dsierror.log`. A failure is a warning: nothing is lost, the space is
+/// freed at the next attempt.
+pub async fn reclaim(vault: &Session, console: &Console) {
+    let Some(store) = vault.vault_store().cloned() else {
+        return;
+    };
+    let done = tokio::task::spawn_blocking(move || store.reclaim())
+        .await
+        .unwrap_or_else(|e| Err(format!("the reclamation task failed: {e}")));
+    match done {
+        Ok(r) if r.chunks + r.containers > 0 => {
+            console.audit(&Msg::vault_reclaimed(&vault.info.address, &r));
+        }
+        Ok(_) => {}
+        Err(cause) => console.report(
+            &Msg::vault_unusable(&format!("freeing space in {}: {cause}", vault.info.address)),
+            ExitStatus::Warnings,
+        ),
     }
 }
 

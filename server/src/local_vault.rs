@@ -63,8 +63,27 @@ impl VaultOpener for LocalVault {
 /// Keeps the vault's store and its in-memory service alive; dropping the
 /// last clone stops the service and releases the directory lock.
 struct VaultGuard {
-    _state: Arc<ServerState>,
+    state: Arc<ServerState>,
     service: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for VaultGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultGuard")
+            .field("guid", &self.state.guid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl tandem_client::vault::VaultStore for VaultGuard {
+    fn reclaim(&self) -> Result<tandem_client::vault::Reclaimed, String> {
+        let report = self.state.reclaim().map_err(|e| e.to_string())?;
+        Ok(tandem_client::vault::Reclaimed {
+            chunks: report.chunks_freed,
+            containers: report.containers_compacted,
+            bytes: report.bytes_reclaimed,
+        })
+    }
 }
 
 impl Drop for VaultGuard {
@@ -131,10 +150,7 @@ async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<Opened
         channel,
         password,
         guid,
-        guard: Arc::new(VaultGuard {
-            _state: state,
-            service,
-        }),
+        guard: Arc::new(VaultGuard { state, service }),
     })
 }
 

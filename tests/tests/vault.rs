@@ -521,3 +521,48 @@ fn a_write_stops_a_sync_in_progress_and_a_later_sync_completes_it() {
     restore_whole_tree(&client, &src, &work.path().join("out-src"));
     restore_whole_tree(&client, &later, &work.path().join("out-later"));
 }
+
+#[test]
+fn the_space_of_versions_removed_from_the_vault_is_given_back() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("hank", "hank-password");
+    let client = TestClient::new(&primary, "hank", "hank-password");
+    let work = tempfile::tempdir().unwrap();
+    let vault = with_vault(&client, work.path());
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), random_bytes(41, 8 * 1024 * 1024)).unwrap();
+    std::fs::write(src.join("keep.bin"), random_bytes(42, 300_000)).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    // A second backup seals the container the first one filled.
+    std::fs::write(src.join("later.bin"), random_bytes(43, 200_000)).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let before = stored_bytes(&vault);
+    assert!(before > 8 * 1024 * 1024, "{before}");
+
+    let deleted = client.run(&[
+        "delete",
+        "backup",
+        &path_str(&src.join("big.bin")),
+        "--deltype",
+        "all",
+        "--yes",
+    ]);
+    assert_success(&deleted, "delete backup");
+    assert!(
+        stderr(&deleted).contains("TDM2133I"),
+        "{}",
+        stderr(&deleted)
+    );
+    let after = stored_bytes(&vault);
+    assert!(
+        after + 7 * 1024 * 1024 < before,
+        "the vault gave back the deleted file's space: {before} -> {after}"
+    );
+    assert!(logged_ids(&client).contains(&"TDM2133I".to_string()));
+
+    // What is left is whole: restored from the vault alone.
+    primary.kill();
+    std::fs::remove_file(src.join("big.bin")).unwrap();
+    restore_whole_tree(&client, &src, &work.path().join("out"));
+}

@@ -7,7 +7,6 @@
 //! connection checks the server's certificate before the first request, so
 //! no password ever reaches a server that is not the pinned one.
 
-use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,7 +84,7 @@ pub struct Session {
     pub primary: ServerRef,
     /// For a vault session: keeps the in-process store open while the
     /// session (or a clone of it) lives.
-    vault: Option<Arc<dyn Any + Send + Sync>>,
+    vault: Option<Arc<dyn crate::vault::VaultStore>>,
     /// The local vault beside this server session: every chunk uploaded
     /// in this session is also sent to it, so the vault's sync after the
     /// backup moves only version records, and a client's own deletions are
@@ -337,7 +336,12 @@ impl Session {
         out
     }
 
-    /// The local vault beside this session, if any.
+    /// For a vault session: the vault's store, for its housekeeping.
+    pub fn vault_store(&self) -> Option<&Arc<dyn crate::vault::VaultStore>> {
+        self.vault.as_ref()
+    }
+
+    /// The local vault beside this server session, if any.
     pub fn vault_beside(&self) -> Option<&Session> {
         self.vault_beside.as_deref()
     }

@@ -349,6 +349,19 @@ impl Msg {
         }
     }
 
+    /// TDM2133I: the vault freed the space of versions removed from it.
+    pub fn vault_reclaimed(dir: &str, r: &crate::vault::Reclaimed) -> Self {
+        Msg {
+            id: "TDM2133I",
+            text: format!(
+                "Local vault at {dir} freed the space of removed versions: {} chunk(s), {} container(s) compacted or removed, {} given back",
+                r.chunks,
+                r.containers,
+                crate::backup::human_bytes(r.bytes)
+            ),
+        }
+    }
+
     /// TDM2131W: vault data failed its check during a restore; the files
     /// are fetched from the server instead.
     pub fn vault_data_damaged(dir: &str, cause: &str, files: usize, server: &str) -> Self {
