@@ -833,40 +833,44 @@ async fn dispatch(
         save_pushed_server(&session, options, options_path, console);
     }
     let vault = match (&options.vault_dir, session.mode) {
-        (Some(dir), SessionMode::Normal) => match crate::vault::open(options).await {
-            Ok(vault) => match crate::vault::push_pending(&vault, &session, dir, console).await {
-                Ok(pushed) => Some((vault, dir.clone(), pushed)),
-                // The command goes on on the server: a version the vault
-                // sends later never displaces a newer one there.
-                Err(e) => {
-                    match e {
-                        ClientError::SyncInterrupted(_) => {
-                            console.audit(&Msg::vault_sync_interrupted(dir, &session.info.name));
+        (Some(dir), SessionMode::Normal) => {
+            match crate::vault::open(options, work.changes_versions()).await {
+                Ok(vault) => match crate::vault::push_pending(&vault, &session, dir, console).await
+                {
+                    Ok(pushed) => Some((vault, dir.clone(), pushed)),
+                    // The command goes on on the server: a version the vault
+                    // sends later never displaces a newer one there.
+                    Err(e) => {
+                        match e {
+                            ClientError::SyncInterrupted(_) => {
+                                console
+                                    .audit(&Msg::vault_sync_interrupted(dir, &session.info.name));
+                            }
+                            e => console.report(
+                                &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
+                                ExitStatus::Warnings,
+                            ),
                         }
-                        e => console.report(
-                            &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
-                            ExitStatus::Warnings,
-                        ),
+                        vault.logoff().await;
+                        None
                     }
-                    vault.logoff().await;
+                },
+                // A write stops: nothing may be written while someone else
+                // uses this vault. A read goes on at the server.
+                Err(e @ ClientError::SecondInstallation { .. }) if work.is_write() => {
+                    session.logoff().await;
+                    return Err(e);
+                }
+                Err(e) => {
+                    console.report(&Msg::vault_unusable(&e.to_string()), ExitStatus::Warnings);
                     None
                 }
-            },
-            // A write stops: nothing may be written while someone else
-            // uses this vault. A read goes on at the server.
-            Err(e @ ClientError::SecondInstallation { .. }) if work.is_write() => {
-                session.logoff().await;
-                return Err(e);
             }
-            Err(e) => {
-                console.report(&Msg::vault_unusable(&e.to_string()), ExitStatus::Warnings);
-                None
-            }
-        },
+        }
         // In failover the vault serves restores beside the secondary; it
         // is not synchronised with a read-only server.
         (Some(dir), SessionMode::Failover) if work.reads_versions() => {
-            match crate::vault::open(options).await {
+            match crate::vault::open(options, false).await {
                 Ok(vault) => Some((vault, dir.clone(), false)),
                 Err(e) => {
                     console.report(&Msg::vault_unusable(&e.to_string()), ExitStatus::Warnings);
@@ -917,7 +921,7 @@ async fn on_vault_alone(
     console: &Console,
     announce: impl FnOnce(&std::path::Path) -> Msg,
 ) -> Result<(), ClientError> {
-    let vault = crate::vault::open(options).await?;
+    let vault = crate::vault::open(options, work.is_write()).await?;
     let dir = options.vault_dir.clone().unwrap_or_default();
     if work.is_write() {
         if !work.vault_can_take() {
@@ -997,7 +1001,11 @@ async fn perform(
             {
                 let quiet = Console::new(None, true, false);
                 match delete::run(vault, &request, &quiet).await {
-                    Ok(s) if s.deleted > 0 => crate::vault::reclaim(vault, console).await,
+                    Ok(s) if s.deleted > 0 => {
+                        if let Some(dir) = &options.vault_dir {
+                            crate::vault::reclaim_later(dir);
+                        }
+                    }
                     Ok(_) => {}
                     Err(e) => console.report(
                         &Msg::vault_sync_failed(&session.info.name, &e.to_string()),

@@ -664,52 +664,46 @@ pub async fn run(
             ExitStatus::Warnings,
         );
     }
-    if let Some(vault) = session.vault_beside() {
-        let mut counted = DataSources::default();
-        if !split.vault.is_empty() {
+    let mut vault_served: HashSet<usize> = HashSet::new();
+    if let Some(vault) = session.vault_beside()
+        && !split.vault.is_empty()
+    {
+        console.report(
+            &Msg::restoring_from_vault(&vault.info.address, split.vault.len(), &session.info.name),
+            ExitStatus::Success,
+        );
+        let from_vault = split.vault;
+        let (vault_written, damaged) = transfer(
+            vault,
+            &plan.files,
+            from_vault.clone(),
+            &dest,
+            console,
+            &mut stats,
+            true,
+        )
+        .await?;
+        merge_written(&mut written, vault_written);
+        // A file the vault could not serve whole comes from the server;
+        // the chunk at fault is named.
+        let failed: BTreeSet<usize> = damaged.iter().map(|f| f.job).collect();
+        if let Some(first) = damaged.first() {
             console.report(
-                &Msg::restoring_from_vault(
+                &Msg::vault_data_damaged(
                     &vault.info.address,
-                    split.vault.len(),
+                    &first.cause,
+                    failed.len(),
                     &session.info.name,
                 ),
-                ExitStatus::Success,
+                ExitStatus::Warnings,
             );
-            let from_vault = split.vault;
-            let (vault_written, damaged) = transfer(
-                vault,
-                &plan.files,
-                from_vault.clone(),
-                &dest,
-                console,
-                &mut stats,
-                true,
-            )
-            .await?;
-            merge_written(&mut written, vault_written);
-            // A file the vault could not serve whole comes from the server;
-            // the chunk at fault is named.
-            let failed: BTreeSet<usize> = damaged.iter().map(|f| f.job).collect();
-            if let Some(first) = damaged.first() {
-                console.report(
-                    &Msg::vault_data_damaged(
-                        &vault.info.address,
-                        &first.cause,
-                        failed.len(),
-                        &session.info.name,
-                    ),
-                    ExitStatus::Warnings,
-                );
-            }
-            let (retried, served): (Vec<FetchJob>, Vec<FetchJob>) = from_vault
-                .into_iter()
-                .partition(|(i, _, _)| failed.contains(i));
-            sources::count(&mut counted, &served, true);
-            server_order.extend(retried);
-            server_order.sort_by_key(|(i, _, _)| *i);
         }
-        sources::count(&mut counted, &server_order, false);
-        stats.sources = Some(counted);
+        let (retried, served): (Vec<FetchJob>, Vec<FetchJob>) = from_vault
+            .into_iter()
+            .partition(|(i, _, _)| failed.contains(i));
+        vault_served.extend(served.iter().map(|(i, _, _)| *i));
+        server_order.extend(retried);
+        server_order.sort_by_key(|(i, _, _)| *i);
     }
     let (server_written, mut failures) = transfer(
         session,
@@ -802,6 +796,14 @@ pub async fn run(
             );
             stats.failed += 1;
         }
+    }
+    if session.vault_beside().is_some() {
+        // Only files put in place count, each where its data came from.
+        let mut counted = DataSources::default();
+        for (i, _) in written.iter().enumerate().filter(|(_, w)| w.is_some()) {
+            counted.add(vault_served.contains(&i), plan.files[i].size);
+        }
+        stats.sources = Some(counted);
     }
     tokio::task::block_in_place(|| {
         restore_nodes(&dest, &plan, &written, console, &mut stats);

@@ -94,13 +94,15 @@ pub fn install(opener: Box<dyn VaultOpener>) {
 pub const VAULT_NAME: &str = "VAULT";
 
 /// Opens the vault that `options` names and logs on to it, after checking
-/// that nobody else wrote to it since this client did.
+/// that nobody else wrote to it since this client did. A command that
+/// writes versions (and syncs after) passes `interrupt_sync`: a sync that
+/// holds the vault then steps aside for it.
 ///
 /// # Errors
 /// [`ClientError::Vault`] when no vault is configured, this build cannot open
 /// one, or the directory cannot be used; [`ClientError::SecondInstallation`].
-pub async fn open(options: &ClientOptions) -> Result<Session, ClientError> {
-    let vault = open_unchecked(options, true).await?;
+pub async fn open(options: &ClientOptions, interrupt_sync: bool) -> Result<Session, ClientError> {
+    let vault = open_unchecked(options, interrupt_sync).await?;
     let dir = options.vault_dir.clone().unwrap_or_default();
     let verdict = SyncStatus::load(&dir).and_then(|status| {
         let recorded = revision::load(&options.state_dir())?;
@@ -194,7 +196,7 @@ pub async fn accept(options: &ClientOptions, console: &Console) -> Result<(), Cl
 /// # Errors
 /// No vault, or records that cannot be written.
 pub async fn resend(options: &ClientOptions, console: &Console) -> Result<(), ClientError> {
-    let vault = open(options).await?;
+    let vault = open(options, false).await?;
     let dir = options.vault_dir.clone().unwrap_or_default();
     // Changed while the vault is held, so no sync rewrites it meanwhile.
     let forgotten = std::fs::remove_file(dir.join(pulled::FILE));
@@ -323,7 +325,9 @@ pub async fn synchronise(
         let own = pulled_from(dir, server)?;
         // Only a vault that took writes alone holds versions of its own
         // (`push_pending` has usually sent them before the command).
-        let pushed = if status.offline_writes {
+        // A vault with no pull recorded from this server counts every
+        // version the server lacks as its own: those go first too.
+        let pushed = if status.offline_writes || own.is_none() {
             sync::push(vault, server, own.as_ref(), Some(dir)).await?
         } else {
             sync::SyncReport::default()
@@ -365,8 +369,10 @@ pub async fn synchronise(
             if moved + pulled.deactivated + pulled.deleted > 0 {
                 console.audit(&Msg::vault_synced(&name, &pushed, &pulled));
             }
-            if pulled.deleted > 0 {
+            if pulled.deleted > 0 || status.reclaim_pending {
                 reclaim(vault, console).await;
+                status.reclaim_pending = false;
+                let _ = status.save(dir);
             }
         }
         Err(ClientError::SyncInterrupted(_)) => {
@@ -382,11 +388,23 @@ pub async fn synchronise(
     }
 }
 
-/// Frees the vault's space that versions removed from it used (after a
-/// pull or a `delete backup` removed some); reports what it gave back in
-/// `dsierror.log`. A failure is a warning: nothing is lost, the space is
-/// freed at the next attempt.
-pub async fn reclaim(vault: &Session, console: &Console) {
+/// Marks that versions were removed from the vault outside a pull (a
+/// client's `delete backup`): the sync after the command frees their space.
+/// Best effort: the next pull that removes versions frees it too.
+pub fn reclaim_later(dir: &Path) {
+    if let Ok(mut status) = SyncStatus::load(dir)
+        && !status.reclaim_pending
+    {
+        status.reclaim_pending = true;
+        let _ = status.save(dir);
+    }
+}
+
+/// Frees the vault's space that versions removed from it used; reports
+/// what it gave back in `dsierror.log`. Run at the end of a sync, when no
+/// chunk sent during the command still waits for its versions. A failure
+/// is a warning: nothing is lost, the space is freed at the next attempt.
+async fn reclaim(vault: &Session, console: &Console) {
     let Some(store) = vault.vault_store().cloned() else {
         return;
     };
@@ -399,7 +417,10 @@ pub async fn reclaim(vault: &Session, console: &Console) {
         }
         Ok(_) => {}
         Err(cause) => console.report(
-            &Msg::vault_unusable(&format!("freeing space in {}: {cause}", vault.info.address)),
+            &Msg::vault_sync_failed(
+                crate::vault::VAULT_NAME,
+                &format!("freeing space in {}: {cause}", vault.info.address),
+            ),
             ExitStatus::Warnings,
         ),
     }

@@ -42,6 +42,8 @@ const IN_USE: &str = "in use by another tandem command";
 
 /// Tries, and the wait between them, for a vault another command holds.
 const LOCK_TRIES: u32 = 50;
+/// Tries for a command that asked a sync to stop (30 s).
+const LOCK_TRIES_INTERRUPTING: u32 = 300;
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Versions and days the vault's policy keeps: all of them.
@@ -97,13 +99,19 @@ async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<Opened
     // the last session's service is still winding down): wait a little,
     // asking a sync that holds it to stop between its batches.
     let mut tries = 0;
+    // A sync stops at its next batch; on a slow disk that can take a while.
+    let lock_tries = if interrupt_sync {
+        LOCK_TRIES_INTERRUPTING
+    } else {
+        LOCK_TRIES
+    };
     let opened = loop {
         let (opening, for_node) = (dir.clone(), node.clone());
         let opened = tokio::task::spawn_blocking(move || open_store(&opening, &for_node))
             .await
             .map_err(|e| format!("opening the vault stopped: {e}"))?;
         match opened {
-            Err(e) if e.starts_with(IN_USE) && tries < LOCK_TRIES => {
+            Err(e) if e.starts_with(IN_USE) && tries < lock_tries => {
                 if interrupt_sync {
                     waiting::ask(&dir);
                 }
@@ -113,7 +121,10 @@ async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<Opened
             other => break other,
         }
     };
-    if tries > 0 && interrupt_sync {
+    // Whoever holds the vault now clears the request: its own, or one a
+    // waiter that died left behind (a live waiter asks again on its next
+    // try). A waiter that gives up takes its request back.
+    if opened.is_ok() || (tries > 0 && interrupt_sync) {
         waiting::withdraw(&dir);
     }
     let (state, password) = opened?;

@@ -477,7 +477,7 @@ fn a_write_stops_a_sync_in_progress_and_a_later_sync_completes_it() {
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    for i in 0..12u64 {
+    for i in 0..16u64 {
         std::fs::write(
             src.join(format!("part-{i}.bin")),
             random_bytes(200 + i, 16 * 1024 * 1024),
@@ -496,7 +496,7 @@ fn a_write_stops_a_sync_in_progress_and_a_later_sync_completes_it() {
         .expect("start tandem");
     assert!(
         wait_until(std::time::Duration::from_secs(120), || {
-            stored_bytes(&vault) > 24 * 1024 * 1024
+            stored_bytes(&vault) > 8 * 1024 * 1024
         }),
         "the pull into the new vault never got going"
     );
@@ -516,6 +516,14 @@ fn a_write_stops_a_sync_in_progress_and_a_later_sync_completes_it() {
     assert!(logged_ids(&client).contains(&"TDM2132I".to_string()));
 
     // The backup's own sync went on from where the first stopped.
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+
+    // A request left by a waiter that died stops no later sync.
+    std::fs::write(vault.join("write-waiting"), b"").unwrap();
+    std::fs::write(later.join("newer.bin"), random_bytes(298, 50_000)).unwrap();
+    let again = client.run(&["incremental", &path_str(&later)]);
+    assert_success(&again, "backup after a stale request");
+    assert!(!stderr(&again).contains("TDM2132I"), "{}", stderr(&again));
     assert_eq!(vault_state(&client)["state"], "synchronized");
     primary.kill();
     restore_whole_tree(&client, &src, &work.path().join("out-src"));

@@ -84,16 +84,16 @@ impl Split {
     }
 }
 
-/// Adds `jobs` (that were written) to the vault's or the server's share.
-pub(super) fn count(sources: &mut DataSources, jobs: &[FetchJob], from_vault: bool) {
-    let bytes: u64 = jobs.iter().map(|(_, _, size)| size).sum();
-    let files = jobs.len() as u64;
-    if from_vault {
-        sources.vault_files += files;
-        sources.vault_bytes += bytes;
-    } else {
-        sources.server_files += files;
-        sources.server_bytes += bytes;
+impl DataSources {
+    /// Counts a restored file of `size` bytes, from the vault or not.
+    pub(super) fn add(&mut self, from_vault: bool, size: u64) {
+        if from_vault {
+            self.vault_files += 1;
+            self.vault_bytes += size;
+        } else {
+            self.server_files += 1;
+            self.server_bytes += size;
+        }
     }
 }
 
@@ -117,8 +117,12 @@ mod tests {
         assert_eq!(out.vault.iter().map(|j| j.0).collect::<Vec<_>>(), [0, 2]);
         assert_eq!(out.server.iter().map(|j| j.0).collect::<Vec<_>>(), [1]);
         let mut sources = DataSources::default();
-        count(&mut sources, &out.vault, true);
-        count(&mut sources, &out.server, false);
+        for (_, _, size) in &out.vault {
+            sources.add(true, *size);
+        }
+        for (_, _, size) in &out.server {
+            sources.add(false, *size);
+        }
         assert_eq!(
             sources,
             DataSources {

@@ -37,9 +37,12 @@ pub struct SyncStatus {
     /// While set, the vault is pushed before any command reaches the server,
     /// so the server never takes a newer backup before the vault's older one.
     pub offline_writes: bool,
-    /// A push reached the server but no pull has made the vault an exact
-    /// copy since: the vault serves no restores until one has.
+    /// The server changed (a push reached it, or a command ran there) and
+    /// no pull has made the vault a copy of it since.
     pub pull_pending: bool,
+    /// Versions were removed from the vault outside a pull (a client's
+    /// `delete backup`); the next sync frees their space.
+    pub reclaim_pending: bool,
 }
 
 impl SyncStatus {

@@ -11,10 +11,11 @@
 //!   and never makes a version active there again; versions the server
 //!   dropped (expiration, `delete backup`) are not sent back, because only
 //!   versions the vault stored after its last pull count as its own.
-//! - **pull** (server → vault): the vault becomes an exact copy of the
-//!   node's versions on the server, deletions included. A pull runs only
-//!   after a push succeeded, so it never deletes a version the server lacks
-//!   because it has not received it yet.
+//! - **pull** (server → vault): the vault becomes a copy of the node's
+//!   versions on the server, deletions included (active versions the server
+//!   lacks are kept). A pull runs only when the vault holds nothing of its
+//!   own the server lacks (it took no writes alone, or a push sent them),
+//!   so it never deletes a version the server has not received yet.
 //!
 //! Archive copies are not synchronised: they stay where they were made.
 
@@ -321,9 +322,9 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
 /// the message limit, whatever the extended attributes weigh.
 const PUT_BATCH_BYTES: usize = tandem_proto::MAX_MESSAGE_BYTES / 8;
 
-/// Splits `objects` into `PutVaultVersions` calls: each is one transaction
-/// on the receiving side, so fewer, fuller calls mean fewer commits (500
-/// versions a call made a pull of 8,700 versions wait on 18 of them).
+/// Splits `objects` into `PutVaultVersions` calls of at most
+/// [`PUT_BATCH_BYTES`] and [`tandem_proto::MAX_OBJECTS_PER_CALL`] versions, so a batch of
+/// versions with large extended attributes stays inside the message limit.
 fn put_batches(objects: Vec<pb::ObjectVersion>) -> Vec<Vec<pb::ObjectVersion>> {
     use prost::Message;
     let mut batches = Vec::new();
