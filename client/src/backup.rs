@@ -27,6 +27,7 @@ pub mod chunker;
 pub mod compress;
 pub mod inventory;
 pub mod meta;
+mod mirror;
 pub mod preview;
 pub mod rules;
 pub mod scan;
@@ -41,7 +42,7 @@ use indicatif::ProgressBar;
 use prost::Message as _;
 use serde::Serialize;
 use tandem_proto::pb;
-use tandem_proto::{ChunkId, UploadPacker};
+use tandem_proto::{ChunkId, StoredChunk, UploadPacker};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -49,6 +50,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backup::compress::compress_chunk;
 use crate::backup::inventory::Inventory;
+use crate::backup::mirror::{Mirror, MirrorOutlet};
 use crate::error::{ClientError, ExitStatus};
 use crate::logon::nrtable::NodeReplicationTable;
 use crate::logon::session::Session;
@@ -452,8 +454,9 @@ struct UploadOrder {
 }
 
 /// Uploads what the server lacks of `pending`; gives `data_slot` back once
-/// the data is handed to the transport and fires `done` once all of it is
-/// stored.
+/// the data is handed to the transport and fires `done` once the server
+/// stores all of it. The mirror's copy may finish later; the task ends
+/// when both are done.
 async fn upload_batch(
     session: Session,
     pending: Vec<(ChunkId, Vec<u8>)>,
@@ -464,10 +467,10 @@ async fn upload_batch(
     let ids: Vec<ChunkId> = pending.iter().map(|(id, _)| *id).collect();
     // The mirror (the local vault) is best effort: what it cannot take now,
     // its sync after the backup brings. Both are asked at once.
-    let mirror = session.vault_beside().cloned();
+    let mirror = Mirror::of(&session);
     let mirror_check = async {
         match &mirror {
-            Some(m) => Some(missing_chunks(m, &ids).await),
+            Some(m) => Some(m.missing(ids.clone()).await),
             None => None,
         }
     };
@@ -476,7 +479,7 @@ async fn upload_batch(
     let mirror_missing = match mirror_missing {
         Some(Ok(set)) => set,
         Some(Err(e)) => {
-            out.mirror_failure = Some(e.to_string());
+            out.mirror_failure = Some(e);
             HashSet::new()
         }
         None => HashSet::new(),
@@ -497,56 +500,51 @@ async fn upload_batch(
     drop(known);
     if to_send.is_empty() {
         drop(data_slot);
+        let _ = done.send(());
     } else {
         // Compressed messages go out as they are made: the server verifies
         // one while the next is compressed. Each chunk is compressed once,
         // for the server and the mirror alike.
         let (tx, rx) = mpsc::channel(2);
-        let (mirror_tx, mirror_rx) = mpsc::channel(2);
-        let mirror_tx = mirror.is_some().then_some(mirror_tx);
+        let (mirror_outlet, mirror_writer) = match mirror.as_ref().map(Mirror::writer) {
+            Some((outlet, writer)) => (Some(outlet), Some(writer)),
+            None => (None, None),
+        };
         let compressor = tokio::task::spawn_blocking(move || {
             let outlets = Outlets {
                 server: &tx,
                 server_wants: &missing,
-                mirror: mirror_tx.as_ref(),
+                mirror: mirror_outlet,
                 mirror_wants: &mirror_missing,
             };
-            let sent = compress_into_messages(to_send, &outlets);
+            let sent = compress_into_messages(to_send, outlets);
             // Every message is queued for the transport and every raw chunk
             // freed: the next batch may gather its data.
             drop(data_slot);
             sent
         });
-        let to_server = async {
-            session
-                .client()
-                .upload_chunks(session.request(ReceiverStream::new(rx)))
-                .await
-        };
-        let to_mirror = async {
-            match &mirror {
-                Some(m) => Some(
-                    m.client()
-                        .upload_chunks(m.request(ReceiverStream::new(mirror_rx)))
-                        .await,
-                ),
-                None => None,
-            }
-        };
-        let (uploaded, mirrored) = tokio::join!(to_server, to_mirror);
+        let uploaded = session
+            .client()
+            .upload_chunks(session.request(ReceiverStream::new(rx)))
+            .await;
         let compressed = compressor
             .await
             .map_err(|e| ClientError::task_failed("compression task", e))?;
         // A compression error ends the stream early; report it, not the upload.
         out.bytes_sent = compressed?;
         uploaded.map_err(|s| ClientError::server("uploading data", s))?;
-        if let Some(Err(status)) = mirrored {
-            out.mirror_failure.get_or_insert_with(|| {
-                ClientError::server("copying data to the vault", status).to_string()
-            });
+        // The server has it all: commits need not wait for the mirror.
+        let _ = done.send(());
+        if let Some(writer) = mirror_writer {
+            let mirrored = writer
+                .await
+                .map_err(|e| format!("the vault's writer stopped: {e}"))
+                .and_then(|stored| stored);
+            if let Err(cause) = mirrored {
+                out.mirror_failure.get_or_insert(cause);
+            }
         }
     }
-    let _ = done.send(());
     Ok(out)
 }
 
@@ -575,11 +573,11 @@ pub(crate) async fn missing_chunks(
 }
 
 /// Where compressed chunks go: the server's upload stream, and the
-/// mirror's when there is one, each with the chunks it lacks.
+/// mirror's store when there is one, each with the chunks it lacks.
 struct Outlets<'a> {
     server: &'a mpsc::Sender<pb::UploadChunksRequest>,
     server_wants: &'a HashSet<ChunkId>,
-    mirror: Option<&'a mpsc::Sender<pb::UploadChunksRequest>>,
+    mirror: Option<MirrorOutlet>,
     mirror_wants: &'a HashSet<ChunkId>,
 }
 
@@ -669,12 +667,11 @@ async fn commit_batch(
 /// mirror that has gone is left out from then on.
 fn compress_into_messages(
     chunks: Vec<(ChunkId, Vec<u8>)>,
-    outlets: &Outlets<'_>,
+    outlets: Outlets<'_>,
 ) -> Result<u64, ClientError> {
     let mut sent = 0u64;
     let mut server = UploadPacker::default();
-    let mut mirror = UploadPacker::default();
-    let mut mirror_open = outlets.mirror.is_some();
+    let mut mirror = outlets.mirror;
     for (id, raw) in chunks {
         let data: prost::bytes::Bytes = compress_chunk(&raw)
             .map_err(|e| ClientError::Io {
@@ -682,20 +679,22 @@ fn compress_into_messages(
                 source: e,
             })?
             .into();
-        let chunk = pb::Chunk {
-            id: id.as_slice().to_vec(),
-            data,
-            raw_len: raw.len() as u64,
-        };
-        if mirror_open
+        if let Some(outlet) = mirror.as_mut()
             && outlets.mirror_wants.contains(&id)
-            && let (Some(full), Some(tx)) = (mirror.push(chunk.clone()), outlets.mirror)
-            && tx.blocking_send(full).is_err()
         {
-            mirror_open = false;
+            outlet.push(StoredChunk {
+                id,
+                data: data.clone(),
+                raw_len: raw.len() as u64,
+            });
         }
         if outlets.server_wants.contains(&id) {
-            let size = chunk.data.len() as u64;
+            let size = data.len() as u64;
+            let chunk = pb::Chunk {
+                id: id.as_slice().to_vec(),
+                data,
+                raw_len: raw.len() as u64,
+            };
             if server
                 .push(chunk)
                 .is_some_and(|message| outlets.server.blocking_send(message).is_err())
@@ -708,8 +707,8 @@ fn compress_into_messages(
     if let Some(last) = server.finish() {
         let _ = outlets.server.blocking_send(last);
     }
-    if mirror_open && let (Some(last), Some(tx)) = (mirror.finish(), outlets.mirror) {
-        let _ = tx.blocking_send(last);
+    if let Some(outlet) = mirror {
+        outlet.finish();
     }
     Ok(sent)
 }

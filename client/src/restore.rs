@@ -17,6 +17,7 @@ mod direct;
 mod fetch;
 mod repair;
 mod sources;
+mod vault_repair;
 mod writer;
 
 pub use self::sources::DataSources;
@@ -665,6 +666,7 @@ pub async fn run(
         );
     }
     let mut vault_served: HashSet<usize> = HashSet::new();
+    let mut vault_damaged: BTreeSet<ChunkId> = BTreeSet::new();
     if let Some(vault) = session.vault_beside()
         && !split.vault.is_empty()
     {
@@ -687,6 +689,7 @@ pub async fn run(
         // A file the vault could not serve whole comes from the server;
         // the chunk at fault is named.
         let failed: BTreeSet<usize> = damaged.iter().map(|f| f.job).collect();
+        vault_damaged.extend(damaged.iter().filter_map(|f| f.chunk));
         if let Some(first) = damaged.first() {
             console.report(
                 &Msg::vault_data_damaged(
@@ -796,6 +799,11 @@ pub async fn run(
             );
             stats.failed += 1;
         }
+    }
+    // The server's copies (repaired above where needed) replace the
+    // vault's damaged ones, so the next restore takes those files from it.
+    if let Some(vault) = session.vault_beside() {
+        vault_repair::repair(session, vault, vault_damaged, console).await;
     }
     if session.vault_beside().is_some() {
         // Only files put in place count, each where its data came from.

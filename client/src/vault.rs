@@ -14,12 +14,13 @@ pub mod status;
 pub mod sync;
 pub mod waiting;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
-use tandem_proto::ServerGuid;
+use tandem_proto::{ChunkId, ServerGuid, StoredChunk};
 use tonic::transport::Channel;
 
 use crate::error::{ClientError, ExitStatus};
@@ -59,6 +60,23 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug {
     /// a pull or a `delete backup` removed versions): the server's own sweep
     /// and compaction. Blocking; the error says what failed.
     fn reclaim(&self) -> Result<Reclaimed, String>;
+
+    /// Of `ids`, those the vault does not hold for its node. Blocking.
+    fn missing_chunks(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>, String>;
+
+    /// Stores chunks this process compressed from data whose ids it computed
+    /// itself (a backup's copy to the vault beside the server), durably and
+    /// indexed for the node, as the server's ingest does. Unlike data from
+    /// the network they are not decompressed and hashed again (about a
+    /// tenth of the client's work in a backup with a vault). A chunk damaged later on disk is
+    /// still found, since every read from the vault checks its hash.
+    /// Blocking; returns the chunks newly stored.
+    fn store_own_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String>;
+
+    /// Puts copies of chunks read from the server in place of the vault's
+    /// damaged copies, after checking each against its id (they came over
+    /// the network). Blocking; returns the chunks now in place.
+    fn repair_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String>;
 }
 
 impl std::fmt::Debug for OpenedVault {

@@ -33,6 +33,8 @@
 pub mod plan;
 pub mod run;
 
+pub use run::DEFAULT_OBJECT_BATCH;
+
 use std::future::Future;
 
 pub use plan::{InventoryEntry, ObjectState, ReplicationPlan, ReplicationRule};
@@ -97,4 +99,12 @@ pub trait Target<O>: Sync {
         &self,
         ids: &[ObjectId],
     ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// Versions handed to [`Target::put_objects`] at once; each call is one
+    /// transaction on the target. A server serves other sessions while it
+    /// commits, so the default keeps its transactions short; a target
+    /// nobody else uses (a local vault) may take more per call.
+    fn object_batch(&self) -> usize {
+        DEFAULT_OBJECT_BATCH
+    }
 }

@@ -19,8 +19,9 @@ const SEND_BYTES: usize = 16 * 1024 * 1024;
 /// node: 1 -> 7.7-9.4 s, 2 -> 5.8-6.4 s, 3 -> 4.9-6.2 s, 4 -> 5.5 s; each
 /// holds up to [`SEND_BYTES`] on the source.
 const UPLOADS_IN_FLIGHT: usize = 3;
-/// Versions per metadata transaction on the target.
-const OBJECT_BATCH: usize = 500;
+/// Versions per metadata transaction on a target that does not say
+/// otherwise ([`crate::Target::object_batch`]).
+pub const DEFAULT_OBJECT_BATCH: usize = 500;
 /// State changes or deletions per call: targets accept at most 10,000
 /// (`tandem_proto::MAX_OBJECTS_PER_CALL`) so that no transaction is long.
 const STATE_BATCH: usize = 5000;
@@ -145,7 +146,7 @@ where
     for batch in plan.update.chunks(STATE_BATCH) {
         report.states_updated += target.update_states(batch).await.map_err(dst)?;
     }
-    for batch in plan.send.chunks(OBJECT_BATCH) {
+    for batch in plan.send.chunks(target.object_batch().max(1)) {
         let objects = source.objects(batch).await.map_err(src)?;
         report.objects_sent += target.put_objects(objects).await.map_err(dst)?;
     }

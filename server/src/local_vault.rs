@@ -17,6 +17,7 @@
 //! anyway. The server's exclusive lock on the data directory keeps a second
 //! process out while one uses the vault.
 
+use std::collections::HashSet;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,9 +25,11 @@ use std::sync::Arc;
 use crate::ServerState;
 use crate::config::ServerConfig;
 use crate::service::backup::BackupService;
+use crate::storage::{self, VerifiedChunk};
 use hyper_util::rt::TokioIo;
 use tandem_client::vault::{OpenFuture, OpenedVault, VaultOpener, waiting};
 use tandem_proto::pb::backup_server::BackupServer;
+use tandem_proto::{ChunkId, StoredChunk};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Endpoint, Server, Uri};
@@ -66,8 +69,16 @@ impl VaultOpener for LocalVault {
 /// last clone stops the service and releases the directory lock.
 struct VaultGuard {
     state: Arc<ServerState>,
+    /// The vault's one node.
+    node_id: i64,
     service: tokio::task::JoinHandle<()>,
 }
+
+/// The pin-table entry [`VaultGuard::store_own_chunks`] uses. Session numbers
+/// start at 1, so it is nobody's; its pins are dropped after each store, as
+/// nothing else in the vault sweeps while the backup that stored the chunks
+/// is running (the sync's reclaim runs after the versions are pulled).
+const OWN_CHUNKS_SESSION: u64 = 0;
 
 impl std::fmt::Debug for VaultGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +96,62 @@ impl tandem_client::vault::VaultStore for VaultGuard {
             containers: report.containers_compacted,
             bytes: report.bytes_reclaimed,
         })
+    }
+
+    fn missing_chunks(&self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>, String> {
+        let unowned = self
+            .state
+            .repo
+            .catalog
+            .unowned_chunks(self.node_id, ids)
+            .map_err(|e| format!("reading the vault's chunk index: {e}"))?;
+        Ok(unowned.into_iter().collect())
+    }
+
+    fn store_own_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String> {
+        // The one check that costs nothing: a length no chunker makes
+        // would make the chunk unreadable later.
+        let group = chunks
+            .into_iter()
+            .map(|c| {
+                let raw_len = u32::try_from(c.raw_len)
+                    .ok()
+                    .filter(|n| *n as usize <= tandem_proto::MAX_RAW_CHUNK_BYTES)
+                    .ok_or_else(|| {
+                        format!(
+                            "chunk {} claims {} raw bytes, more than a chunk may hold ({})",
+                            c.id,
+                            c.raw_len,
+                            tandem_proto::MAX_RAW_CHUNK_BYTES
+                        )
+                    })?;
+                Ok(VerifiedChunk {
+                    id: c.id,
+                    data: c.data,
+                    raw_len,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let repo = &self.state.repo;
+        let stored = repo.store_chunks(OWN_CHUNKS_SESSION, self.node_id, group);
+        repo.pins.release(OWN_CHUNKS_SESSION);
+        stored
+            .map(|(count, _bytes)| count)
+            .map_err(|e| format!("storing data in the vault: {e}"))
+    }
+
+    fn repair_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String> {
+        let verified = chunks
+            .into_iter()
+            .map(|c| storage::verify_chunk(c.id, c.data, c.raw_len))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("a copy from the server was refused: {e}"))?;
+        let placed = self
+            .state
+            .repo
+            .replace_chunks(self.node_id, &verified)
+            .map_err(|e| format!("replacing damaged chunks in the vault: {e}"))?;
+        Ok(placed.len() as u64)
     }
 }
 
@@ -127,7 +194,7 @@ async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<Opened
     if opened.is_ok() || (tries > 0 && interrupt_sync) {
         waiting::withdraw(&dir);
     }
-    let (state, password) = opened?;
+    let (state, password, node_id) = opened?;
     let guid = state.guid;
     let backup = BackupServer::new(BackupService::new(state.clone()))
         .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES)
@@ -161,13 +228,17 @@ async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<Opened
         channel,
         password,
         guid,
-        guard: Arc::new(VaultGuard { state, service }),
+        guard: Arc::new(VaultGuard {
+            state,
+            node_id,
+            service,
+        }),
     })
 }
 
 /// Creates or opens the store in `dir` and makes sure `node` is registered
-/// in it; returns the store and the node's password there.
-fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String), String> {
+/// in it; returns the store, the node's password there and its row id.
+fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String, i64), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -217,26 +288,32 @@ fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String), Stri
     let registered = catalog
         .node(node)
         .map_err(|e| format!("reading the vault's catalog: {e}"))?;
-    let password = match registered {
-        Some(_) => std::fs::read_to_string(&key)
-            .map(|text| text.trim().to_string())
-            .map_err(|e| {
-                format!(
-                    "{} cannot be read ({e}); it holds the node's password in this vault",
-                    key.display()
-                )
-            })?,
+    let (password, node_id) = match registered {
+        Some(known) => {
+            let password = std::fs::read_to_string(&key)
+                .map(|text| text.trim().to_string())
+                .map_err(|e| {
+                    format!(
+                        "{} cannot be read ({e}); it holds the node's password in this vault",
+                        key.display()
+                    )
+                })?;
+            (password, known.id)
+        }
         None => {
             let password = hex::encode(rand::random::<[u8; 32]>());
-            let hash = crate::auth::hash_password(&password).map_err(|e| e.to_string())?;
+            let hash = crate::auth::hash_random_key(&password).map_err(|e| e.to_string())?;
             write_key(&key, &password)?;
-            catalog
+            let made = catalog
                 .register_node(node, &hash, crate::model::now_ns())
-                .map_err(|e| format!("registering node {node} in the vault: {e}"))?;
-            password
+                .map_err(|e| format!("registering node {node} in the vault: {e}"))?
+                .ok_or_else(|| {
+                    format!("node {node} appeared in the vault while it was being registered")
+                })?;
+            (password, made.id)
         }
     };
-    Ok((state, password))
+    Ok((state, password, node_id))
 }
 
 /// Writes the node's vault password, readable by its owner only, and makes

@@ -22,8 +22,9 @@ fn logged_ids(client: &TestClient) -> Vec<String> {
         .collect()
 }
 
-/// Restores all of `src` into `out` and checks it is the same tree.
-fn restore_whole_tree(client: &TestClient, src: &Path, out: &Path) {
+/// Restores all of `src` into `out`, checks it is the same tree and returns
+/// the restore's summary.
+fn restore_whole_tree(client: &TestClient, src: &Path, out: &Path) -> serde_json::Value {
     let r = client.json(&[
         "restore",
         &format!("{}/*", path_str(src)),
@@ -32,6 +33,7 @@ fn restore_whole_tree(client: &TestClient, src: &Path, out: &Path) {
     ]);
     assert_eq!(r["failed"], 0, "{r}");
     assert_same_tree(src, out);
+    r
 }
 
 fn vault_state(client: &TestClient) -> serde_json::Value {
@@ -61,6 +63,18 @@ fn a_backup_while_the_primary_is_down_goes_to_the_vault_and_reaches_both_servers
     assert_eq!(state["state"], "synchronized", "{state}");
     assert!(state["versions"].as_u64().unwrap() > 30, "{state}");
     assert!(vault.join("catalog.db").exists());
+    // The backup stored its data in the vault as it went: its sync copied
+    // version records only.
+    let log = client.error_log();
+    let synced = log
+        .lines()
+        .find(|l| l.contains("TDM2123I"))
+        .unwrap_or_else(|| panic!("no sync logged: {log}"));
+    assert!(
+        synced.contains("0 removed, 0 chunk(s) (0 B)")
+            && !synced.contains("to the vault 0 version"),
+        "{synced}"
+    );
     assert_eq!(replicate(&primary, "alice")["state"], "completed");
     client.json(&["query", "session"]); // saves the failover block
 
@@ -111,16 +125,28 @@ fn a_backup_while_the_primary_is_down_goes_to_the_vault_and_reaches_both_servers
     ]);
     assert_eq!(inactive.as_array().unwrap().len(), 2, "{inactive}");
 
-    // The primary replicates them; the secondary restores them in failover.
+    // Another installation of the node, without the vault, backs up a file
+    // the vault never sees.
+    let elsewhere = TestClient::new(&primary, "alice", "alice-password");
+    std::fs::write(src.join("from-elsewhere.bin"), random_bytes(61, 120_000)).unwrap();
+    let other = elsewhere.json(&["incremental", &path_str(&src)]);
+    assert_eq!(other["failed"], 0, "{other}");
+
+    // The primary replicates them; the secondary restores them in failover,
+    // with the data the vault holds taken from the vault.
     assert_eq!(replicate(&primary, "alice")["state"], "completed");
     primary.kill();
     let out = work.path().join("restored");
-    restore_whole_tree(&client, &src, &out);
+    let restored = restore_whole_tree(&client, &src, &out);
     assert!(
         logged_ids(&client).contains(&"TDM2108I".to_string()),
         "the restore came from the secondary: {}",
         client.error_log()
     );
+    let sources = &restored["sources"];
+    assert_eq!(sources["server_files"], 1, "{restored}");
+    assert_eq!(sources["server_bytes"], 120_000, "{restored}");
+    assert!(sources["vault_files"].as_u64().unwrap() > 10, "{restored}");
     secondary.kill();
 }
 
@@ -441,8 +467,12 @@ fn a_restore_takes_what_the_vault_holds_from_it_and_the_rest_from_the_server() {
     assert_eq!(stats["sources"]["server_bytes"], 450_000, "{stats}");
     assert_same_tree(&src, &out);
     assert!(logged_ids(&client).contains(&"TDM2131W".to_string()));
+    // The vault's damaged chunk was replaced with the server's copy.
+    assert!(err.contains("TDM2134I"), "{err}");
+    assert!(logged_ids(&client).contains(&"TDM2134I".to_string()));
 
-    // The summary says where the data came from.
+    // The next restore takes the repaired file from the vault, and the
+    // summary says where the data came from.
     let out2 = work.path().join("out2");
     let text = client.run(&[
         "restore",
@@ -450,12 +480,22 @@ fn a_restore_takes_what_the_vault_holds_from_it_and_the_rest_from_the_server() {
         &path_str(&out2),
         "--subdir",
     ]);
-    assert_eq!(code(&text), 8, "{}", stderr(&text));
+    assert_success(&text, "restore after the vault's repair");
+    assert!(!stderr(&text).contains("TDM2131W"), "{}", stderr(&text));
     let shown = String::from_utf8_lossy(&text.stdout);
     assert!(
         shown.contains("Data from the local vault") && shown.contains("Data from the server"),
         "{shown}"
     );
+    assert_same_tree(&src, &out2);
+    let third = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&work.path().join("out3")),
+        "--subdir",
+    ]);
+    assert_eq!(third["sources"]["vault_files"], 2, "{third}");
+    assert_eq!(third["sources"]["server_files"], 1, "{third}");
 }
 
 /// Bytes in the containers of the store at `dir`.
@@ -572,5 +612,80 @@ fn the_space_of_versions_removed_from_the_vault_is_given_back() {
     // What is left is whole: restored from the vault alone.
     primary.kill();
     std::fs::remove_file(src.join("big.bin")).unwrap();
+    restore_whole_tree(&client, &src, &work.path().join("out"));
+}
+
+#[test]
+fn a_pull_frees_the_space_of_deleted_versions_and_a_lost_pull_record_resends_nothing() {
+    let primary = TestServer::start("PRIMARY");
+    primary.register("ivan", "ivan-password");
+    let client = TestClient::new(&primary, "ivan", "ivan-password");
+    let work = tempfile::tempdir().unwrap();
+    let vault = with_vault(&client, work.path());
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = src.join("big.bin");
+    std::fs::write(&big, random_bytes(51, 8 * 1024 * 1024)).unwrap();
+    std::fs::write(src.join("keep.bin"), random_bytes(52, 300_000)).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    // A second backup seals the container the first one filled.
+    std::fs::write(src.join("later.bin"), random_bytes(53, 200_000)).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let before = stored_bytes(&vault);
+    assert!(before > 8 * 1024 * 1024, "{before}");
+
+    // The big file shrinks, so its big version is inactive; another
+    // installation of the node deletes the inactive versions on the
+    // server, and the next sync removes it from the vault and gives its
+    // space back. (An *active* version the server drops is kept: TDM2129W.)
+    std::fs::write(&big, b"small now\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let elsewhere = TestClient::new(&primary, "ivan", "ivan-password");
+    let deleted = elsewhere.run(&[
+        "delete",
+        "backup",
+        &path_str(&big),
+        "--deltype",
+        "inactive",
+        "--yes",
+    ]);
+    assert_success(&deleted, "delete backup elsewhere");
+    std::fs::write(src.join("newest.bin"), random_bytes(54, 1000)).unwrap();
+    let next = client.run(&["incremental", &path_str(&src)]);
+    assert_success(&next, "incremental after the deletion");
+    assert!(stderr(&next).contains("TDM2133I"), "{}", stderr(&next));
+    let after = stored_bytes(&vault);
+    assert!(
+        after + 7 * 1024 * 1024 < before,
+        "the pull gave back the deleted file's space: {before} -> {after}"
+    );
+
+    // The record of the last pull is lost: every version in the vault now
+    // counts as its own, and the sync sends the server those it lacks,
+    // which are none. The deleted file is not sent back.
+    let all = format!("{}/*", path_str(&src));
+    let listed = client.json(&["query", "backup", &all, "--inactive"]);
+    let logged_before = client.error_log().lines().count();
+    std::fs::remove_file(vault.join("pulled-ids.bin")).unwrap();
+    let again = client.run(&["incremental", &path_str(&src)]);
+    assert_success(&again, "incremental without the pull record");
+    let log = client.error_log();
+    let new_lines: Vec<&str> = log.lines().skip(logged_before).collect();
+    // A sync that moves nothing logs nothing.
+    assert!(
+        !new_lines.iter().any(|l| l.contains("TDM2123I")),
+        "{new_lines:?}"
+    );
+    assert!(vault.join("pulled-ids.bin").exists());
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    assert_eq!(
+        client.json(&["query", "backup", &all, "--inactive"]),
+        listed
+    );
+    let big_versions = client.json(&["query", "backup", &path_str(&big), "--inactive"]);
+    assert_eq!(big_versions.as_array().unwrap().len(), 1, "{big_versions}");
+
+    // What is left is whole: restored from the vault alone.
+    drop(primary);
     restore_whole_tree(&client, &src, &work.path().join("out"));
 }

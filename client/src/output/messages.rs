@@ -373,6 +373,26 @@ impl Msg {
         }
     }
 
+    /// TDM2134I: damaged vault chunks were replaced with the server's copies.
+    pub fn vault_repaired(dir: &str, chunks: u64, server: &str) -> Self {
+        Msg {
+            id: "TDM2134I",
+            text: format!(
+                "Local vault at {dir}: {chunks} damaged chunk(s) replaced with verified copies from server {server}; restores take those files from the vault again"
+            ),
+        }
+    }
+
+    /// TDM2135W: damaged vault chunks could not be replaced.
+    pub fn vault_repair_failed(dir: &str, cause: &str) -> Self {
+        Msg {
+            id: "TDM2135W",
+            text: format!(
+                "Local vault at {dir}: damaged chunks could not be replaced ({cause}); restores keep taking those files from the server. Check the vault's disk"
+            ),
+        }
+    }
+
     /// TDM2128I: the operator accepted the vault's state.
     pub fn vault_accepted(dir: &std::path::Path, revision: u64) -> Self {
         Msg {

@@ -200,6 +200,15 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
         Ok(self.held.clone())
     }
 
+    fn object_batch(&self) -> usize {
+        match self.direction {
+            // The vault serves only this process: one commit per
+            // `PutVaultVersions` call of the most it takes.
+            Direction::Pull => tandem_proto::MAX_OBJECTS_PER_CALL,
+            Direction::Push => tandem_replication::DEFAULT_OBJECT_BATCH,
+        }
+    }
+
     async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
         let what = "checking stored chunks";
         let reply = self
