@@ -527,14 +527,24 @@ async fn upload_batch(
             .client()
             .upload_chunks(session.request(ReceiverStream::new(rx)))
             .await;
-        let compressed = compressor
-            .await
-            .map_err(|e| ClientError::task_failed("compression task", e))?;
-        // A compression error ends the stream early; report it, not the upload.
-        out.bytes_sent = compressed?;
-        uploaded.map_err(|s| ClientError::server("uploading data", s))?;
-        // The server has it all: commits need not wait for the mirror.
-        let _ = done.send(());
+        let to_server = async {
+            let compressed = compressor
+                .await
+                .map_err(|e| ClientError::task_failed("compression task", e))?;
+            // A compression error ends the stream early; report it, not the upload.
+            let sent = compressed?;
+            uploaded.map_err(|s| ClientError::server("uploading data", s))?;
+            Ok::<_, ClientError>(sent)
+        }
+        .await;
+        // The server has it all: this batch's commit need not wait for the
+        // vault to finish storing its copy.
+        if to_server.is_ok() {
+            let _ = done.send(());
+        }
+        // The writer is waited for on every path, so nothing writes to the
+        // vault once this task is over (the sync after the backup reclaims
+        // space there).
         if let Some(writer) = mirror_writer {
             let mirrored = writer
                 .await
@@ -544,6 +554,7 @@ async fn upload_batch(
                 out.mirror_failure.get_or_insert(cause);
             }
         }
+        out.bytes_sent = to_server?;
     }
     Ok(out)
 }

@@ -797,21 +797,41 @@ async fn dispatch(
     console: &Console,
 ) -> Result<(), ClientError> {
     let followed;
-    let (session, options) = match Session::establish(options, console).await {
-        Err(ClientError::PrimaryMoved(moved)) => {
-            followed = moved_options(options, &moved);
-            let session =
-                follow_moved_primary(options, options_path, &moved, &followed, console).await?;
-            (session, &followed)
+    let mut waiting = TierWait::new(options.tier_wait_seconds);
+    let (session, options) = loop {
+        match Session::establish(options, console).await {
+            Err(ClientError::PrimaryMoved(moved)) => {
+                followed = moved_options(options, &moved);
+                let session =
+                    follow_moved_primary(options, options_path, &moved, &followed, console).await?;
+                break (session, &followed);
+            }
+            Err(e) if no_server_answered(&e) => {
+                let cause = e.to_string();
+                // The vault is the other tier: when it can take the work,
+                // nothing waits for a server.
+                let unanswered = match &options.vault_dir {
+                    Some(_) => match crate::vault::open(options, work.is_write()).await {
+                        Ok(vault) => {
+                            return on_vault_alone(
+                                work,
+                                vault,
+                                options,
+                                options_path,
+                                console,
+                                |dir| Msg::vault_alone(dir, &cause),
+                            )
+                            .await;
+                        }
+                        Err(e @ ClientError::SecondInstallation { .. }) => return Err(e),
+                        Err(vault_error) => vault_error,
+                    },
+                    None => e,
+                };
+                waiting.pause(unanswered, console).await?;
+            }
+            other => break (other?, options),
         }
-        Err(e) if options.vault_dir.is_some() && no_server_answered(&e) => {
-            let cause = e.to_string();
-            return on_vault_alone(work, options, options_path, console, |dir| {
-                Msg::vault_alone(dir, &cause)
-            })
-            .await;
-        }
-        other => (other?, options),
     };
     if session.mode == SessionMode::Failover {
         if work.is_write() {
@@ -819,7 +839,8 @@ async fn dispatch(
                 let secondary = session.info.name.clone();
                 session.logoff().await;
                 let operation = work.name();
-                return on_vault_alone(work, options, options_path, console, |dir| {
+                let vault = crate::vault::open(options, true).await?;
+                return on_vault_alone(work, vault, options, options_path, console, |dir| {
                     Msg::vault_write_in_failover(operation, &secondary, dir)
                 })
                 .await;
@@ -904,6 +925,52 @@ async fn dispatch(
 
 /// Whether a logon failed because no server answered (the primary, and the
 /// secondary when there is one), rather than because one refused.
+/// Time between logon rounds while a command waits for a tier.
+const TIER_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The wait of a command that found no tier answering, bounded by
+/// `tier_wait_seconds`: said once (TDM2136I, in `dsierror.log` too), then
+/// a pause before each new round until the time is up.
+struct TierWait {
+    deadline: std::time::Instant,
+    limit_seconds: u64,
+    said: bool,
+}
+
+impl TierWait {
+    fn new(limit_seconds: u64) -> Self {
+        TierWait {
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(limit_seconds),
+            limit_seconds,
+            said: false,
+        }
+    }
+
+    /// Pauses before the next round, or gives `unanswered` back when the
+    /// time is up.
+    async fn pause(
+        &mut self,
+        unanswered: ClientError,
+        console: &Console,
+    ) -> Result<(), ClientError> {
+        let left = self
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(unanswered);
+        }
+        if !self.said {
+            self.said = true;
+            console.audit(&Msg::waiting_for_tier(
+                &unanswered.to_string(),
+                self.limit_seconds,
+            ));
+        }
+        tokio::time::sleep(left.min(TIER_RETRY_INTERVAL)).await;
+        Ok(())
+    }
+}
+
 fn no_server_answered(e: &ClientError) -> bool {
     matches!(
         e,
@@ -916,12 +983,12 @@ fn no_server_answered(e: &ClientError) -> bool {
 /// the vault's sync record first, so it reaches the primary later.
 async fn on_vault_alone(
     work: Work,
+    vault: Session,
     options: &ClientOptions,
     options_path: &std::path::Path,
     console: &Console,
     announce: impl FnOnce(&std::path::Path) -> Msg,
 ) -> Result<(), ClientError> {
-    let vault = crate::vault::open(options, work.is_write()).await?;
     let dir = options.vault_dir.clone().unwrap_or_default();
     if work.is_write() {
         if !work.vault_can_take() {

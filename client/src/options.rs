@@ -36,6 +36,7 @@ pub const KEYS: &[&str] = &[
     "serialization",
     "schedule_commands",
     "vault_dir",
+    "tier_wait_seconds",
 ];
 
 /// A replication server stanza, written by the client from the primary's
@@ -168,7 +169,17 @@ pub struct ClientOptions {
     /// server takes them, and restores come from it when no server answers.
     #[serde(default)]
     pub vault_dir: Option<PathBuf>,
+    /// How long a command waits, trying again every few seconds, when no
+    /// tier answers: no server takes the logon and no local vault can take
+    /// the work (TSM COMMRESTARTDURATION, for the start of a command).
+    /// 0, the default, gives up after the logon's own retries.
+    #[serde(default)]
+    pub tier_wait_seconds: u64,
 }
+
+/// The longest [`ClientOptions::tier_wait_seconds`] accepted: a day. A
+/// longer wait is better left to the scheduler's next window.
+pub const MAX_TIER_WAIT_SECONDS: u64 = 86_400;
 
 fn default_changing_retries() -> u32 {
     4
@@ -331,6 +342,12 @@ impl ClientOptions {
         if self.connect_timeout_ms == 0 {
             return Err("connect_timeout_ms must be at least 1".into());
         }
+        if self.tier_wait_seconds > MAX_TIER_WAIT_SECONDS {
+            return Err(format!(
+                "tier_wait_seconds {} is more than a day ({MAX_TIER_WAIT_SECONDS}); leave longer waits to the next scheduled run",
+                self.tier_wait_seconds
+            ));
+        }
         crate::backup::rules::Rules::new(&self.exclude_dir, &self.include, &self.exclude)
             .map_err(|e| e.to_string())?;
         Ok(())
@@ -477,6 +494,7 @@ impl ClientOptions {
             ("changing_retries", self.changing_retries.to_string()),
             ("schedule_commands", self.schedule_commands.to_string()),
             ("vault_dir", opt(&self.vault_dir)),
+            ("tier_wait_seconds", self.tier_wait_seconds.to_string()),
             (
                 "serialization",
                 match self.serialization {

@@ -800,11 +800,6 @@ pub async fn run(
             stats.failed += 1;
         }
     }
-    // The server's copies (repaired above where needed) replace the
-    // vault's damaged ones, so the next restore takes those files from it.
-    if let Some(vault) = session.vault_beside() {
-        vault_repair::repair(session, vault, vault_damaged, console).await;
-    }
     if session.vault_beside().is_some() {
         // Only files put in place count, each where its data came from.
         let mut counted = DataSources::default();
@@ -826,6 +821,14 @@ pub async fn run(
             );
         }
     });
+    // With the restored files in place, the server's copies (repaired
+    // above where needed) replace the vault's damaged ones, so the next
+    // restore takes those files from the vault again.
+    if let Some(vault) = session.vault_beside()
+        && !vault_damaged.is_empty()
+    {
+        vault_repair::repair(session, vault, vault_damaged, console).await;
+    }
     stats.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(stats)
 }

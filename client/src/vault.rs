@@ -74,9 +74,21 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug {
     fn store_own_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String>;
 
     /// Puts copies of chunks read from the server in place of the vault's
-    /// damaged copies, after checking each against its id (they came over
-    /// the network). Blocking; returns the chunks now in place.
-    fn repair_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String>;
+    /// copies that are damaged or gone (the others are left alone), after
+    /// checking each copy against its id: they came over the network.
+    /// Blocking.
+    fn repair_chunks(&self, chunks: Vec<StoredChunk>) -> Result<Repaired, String>;
+}
+
+/// What [`VaultStore::repair_chunks`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Damaged or missing copies replaced.
+    pub replaced: u64,
+    /// Copies in the vault that were whole after all.
+    pub intact: u64,
+    /// Copies from the server that failed their check (not stored).
+    pub refused: u64,
 }
 
 impl std::fmt::Debug for OpenedVault {

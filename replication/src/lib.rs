@@ -100,8 +100,8 @@ pub trait Target<O>: Sync {
         ids: &[ObjectId],
     ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 
-    /// Versions handed to [`Target::put_objects`] at once; each call is one
-    /// transaction on the target. A server serves other sessions while it
+    /// Versions handed to [`Target::put_objects`] at once; the target
+    /// commits each call in one or a few transactions. A server serves other sessions while it
     /// commits, so the default keeps its transactions short; a target
     /// nobody else uses (a local vault) may take more per call.
     fn object_batch(&self) -> usize {

@@ -27,7 +27,7 @@ use crate::config::ServerConfig;
 use crate::service::backup::BackupService;
 use crate::storage::{self, VerifiedChunk};
 use hyper_util::rt::TokioIo;
-use tandem_client::vault::{OpenFuture, OpenedVault, VaultOpener, waiting};
+use tandem_client::vault::{OpenFuture, OpenedVault, Repaired, VaultOpener, VaultStore, waiting};
 use tandem_proto::pb::backup_server::BackupServer;
 use tandem_proto::{ChunkId, StoredChunk};
 use tokio::sync::mpsc;
@@ -71,13 +71,19 @@ struct VaultGuard {
     state: Arc<ServerState>,
     /// The vault's one node.
     node_id: i64,
+    /// Held shared by every direct store of chunks (append, fsync, index)
+    /// and exclusively by [`VaultStore::reclaim`]: a compaction never sees
+    /// bytes appended but not indexed yet, whatever tasks are still running.
+    writes: std::sync::RwLock<()>,
     service: tokio::task::JoinHandle<()>,
 }
 
-/// The pin-table entry [`VaultGuard::store_own_chunks`] uses. Session numbers
-/// start at 1, so it is nobody's; its pins are dropped after each store, as
-/// nothing else in the vault sweeps while the backup that stored the chunks
-/// is running (the sync's reclaim runs after the versions are pulled).
+/// The pin-table entry direct stores use ([`Repository::store_chunks`]
+/// always pins). Session numbers start at 1, so it is nobody's and the
+/// sweep ignores it; what keeps the chunks safe is [`VaultGuard::writes`]
+/// and the order of a sync, whose reclaim runs only after the versions that
+/// use them are pulled. Chunks no pulled version uses are freed then, which
+/// only costs a copy the next pull makes again.
 const OWN_CHUNKS_SESSION: u64 = 0;
 
 impl std::fmt::Debug for VaultGuard {
@@ -88,8 +94,9 @@ impl std::fmt::Debug for VaultGuard {
     }
 }
 
-impl tandem_client::vault::VaultStore for VaultGuard {
+impl VaultStore for VaultGuard {
     fn reclaim(&self) -> Result<tandem_client::vault::Reclaimed, String> {
+        let _no_writes = self.writes.write().unwrap_or_else(|e| e.into_inner());
         let report = self.state.reclaim().map_err(|e| e.to_string())?;
         Ok(tandem_client::vault::Reclaimed {
             chunks: report.chunks_freed,
@@ -133,6 +140,7 @@ impl tandem_client::vault::VaultStore for VaultGuard {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let repo = &self.state.repo;
+        let _writing = self.writes.read().unwrap_or_else(|e| e.into_inner());
         let stored = repo.store_chunks(OWN_CHUNKS_SESSION, self.node_id, group);
         repo.pins.release(OWN_CHUNKS_SESSION);
         stored
@@ -140,18 +148,39 @@ impl tandem_client::vault::VaultStore for VaultGuard {
             .map_err(|e| format!("storing data in the vault: {e}"))
     }
 
-    fn repair_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String> {
-        let verified = chunks
-            .into_iter()
-            .map(|c| storage::verify_chunk(c.id, c.data, c.raw_len))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("a copy from the server was refused: {e}"))?;
-        let placed = self
-            .state
-            .repo
+    fn repair_chunks(&self, chunks: Vec<StoredChunk>) -> Result<Repaired, String> {
+        let repo = &self.state.repo;
+        let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+        // Only copies that are damaged or gone are replaced: a chunk named
+        // by a restore that failed for another reason stays as it is.
+        let check = repo
+            .check_chunks(self.node_id, &ids)
+            .map_err(|e| format!("checking the vault's copies: {e}"))?;
+        let wanted: HashSet<ChunkId> = check
+            .damaged
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(check.absent.iter().copied())
+            .collect();
+        let mut out = Repaired {
+            intact: check.intact.len() as u64,
+            ..Repaired::default()
+        };
+        let mut verified = Vec::new();
+        for c in chunks.into_iter().filter(|c| wanted.contains(&c.id)) {
+            // Copies from the network are checked like any upload; one bad
+            // copy does not hold back the others.
+            match storage::verify_chunk(c.id, c.data, c.raw_len) {
+                Ok(v) => verified.push(v),
+                Err(_) => out.refused += 1,
+            }
+        }
+        let _writing = self.writes.read().unwrap_or_else(|e| e.into_inner());
+        let placed = repo
             .replace_chunks(self.node_id, &verified)
             .map_err(|e| format!("replacing damaged chunks in the vault: {e}"))?;
-        Ok(placed.len() as u64)
+        out.replaced = placed.len() as u64;
+        Ok(out)
     }
 }
 
@@ -231,6 +260,7 @@ async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<Opened
         guard: Arc::new(VaultGuard {
             state,
             node_id,
+            writes: std::sync::RwLock::new(()),
             service,
         }),
     })

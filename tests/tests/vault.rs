@@ -270,6 +270,42 @@ fn a_vault_that_cannot_be_created_leaves_backups_to_the_server() {
         "{}",
         stderr(&down)
     );
+
+    // Told to wait for a tier, a command gives up with the same error when
+    // its time is up...
+    let gave_up = client
+        .command(&["incremental", &path_str(&src)])
+        .env("TANDEM_TIER_WAIT_SECONDS", "1")
+        .output()
+        .expect("run tandem");
+    assert_eq!(code(&gave_up), 12, "{}", stderr(&gave_up));
+    assert!(
+        stderr(&gave_up).contains("TDM2136I") && stderr(&gave_up).contains("TDM2120E"),
+        "{}",
+        stderr(&gave_up)
+    );
+    // ... and goes on as soon as the server is back.
+    let waiting = client
+        .command(&["--json", "incremental", &path_str(&src)])
+        .env("TANDEM_TIER_WAIT_SECONDS", "120")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tandem");
+    assert!(
+        wait_until(std::time::Duration::from_secs(60), || {
+            client.error_log().matches("TDM2136I").count() >= 2
+        }),
+        "the second command never said it waits: {}",
+        client.error_log()
+    );
+    primary.restart();
+    let done = waiting.wait_with_output().expect("waiting command");
+    // Exit 8: the vault is still unusable (TDM2125W); the server took it.
+    assert_eq!(code(&done), 8, "{}", stderr(&done));
+    let summary: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(stderr(&done).contains("TDM2125W"), "{}", stderr(&done));
 }
 
 #[test]
@@ -628,7 +664,7 @@ fn a_pull_frees_the_space_of_deleted_versions_and_a_lost_pull_record_resends_not
     std::fs::write(&big, random_bytes(51, 8 * 1024 * 1024)).unwrap();
     std::fs::write(src.join("keep.bin"), random_bytes(52, 300_000)).unwrap();
     client.json(&["incremental", &path_str(&src)]);
-    // A second backup seals the container the first one filled.
+    // Data stored after it, which a compaction keeps.
     std::fs::write(src.join("later.bin"), random_bytes(53, 200_000)).unwrap();
     client.json(&["incremental", &path_str(&src)]);
     let before = stored_bytes(&vault);

@@ -23,7 +23,7 @@ const GROUP_BYTES: usize = 8 << 20;
 
 /// Groups queued for the vault's writer; bounds the memory the copy holds
 /// when the vault's disk is slower than the server.
-const GROUPS_QUEUED: usize = 2;
+const GROUPS_QUEUED: usize = 1;
 
 /// The vault's store beside a backup's server.
 #[derive(Debug, Clone)]

@@ -393,6 +393,16 @@ impl Msg {
         }
     }
 
+    /// TDM2136I: no tier answered; the command waits for one.
+    pub fn waiting_for_tier(cause: &str, seconds: u64) -> Self {
+        Msg {
+            id: "TDM2136I",
+            text: format!(
+                "No server or local vault can take this command ({cause}); trying again every 5 s for up to {seconds} s (tier_wait_seconds)"
+            ),
+        }
+    }
+
     /// TDM2128I: the operator accepted the vault's state.
     pub fn vault_accepted(dir: &std::path::Path, revision: u64) -> Self {
         Msg {

@@ -13,15 +13,21 @@ use crate::error::ExitStatus;
 use crate::logon::session::Session;
 use crate::output::console::Console;
 use crate::output::messages::Msg;
+use crate::vault::Repaired;
 
 /// Chunks one restore repairs at most. A vault with more damage than this
 /// needs its disk checked, not a restore's side job; the rest are repaired
 /// by later restores that meet them.
 const MAX_REPAIRED: usize = 1024;
 
-/// Replaces the vault's copies of `damaged` with the server's. Reports the
-/// outcome (TDM2134I, or TDM2135W with why); a failure leaves the vault as
-/// it was, and restores keep taking those files from the server.
+/// Chunks read from the server and handed to the vault at once: bounds the
+/// memory a repair holds (chunks are at most a few MiB each).
+const REPAIR_GROUP: usize = 16;
+
+/// Replaces the vault's copies of `damaged` with the server's, a group at a
+/// time; a group the server cannot supply is skipped and the rest go on.
+/// Reports the outcome (TDM2134I, and TDM2135W with why for what was not
+/// replaced); restores keep taking unrepaired files from the server.
 pub(super) async fn repair(
     server: &Session,
     vault: &Session,
@@ -32,20 +38,48 @@ pub(super) async fn repair(
         return;
     };
     let wanted: Vec<ChunkId> = damaged.into_iter().take(MAX_REPAIRED).collect();
-    if wanted.is_empty() {
-        return;
+    let mut done = Repaired::default();
+    let mut failed = 0usize;
+    let mut first_cause = None;
+    for group in wanted.chunks(REPAIR_GROUP) {
+        let store = store.clone();
+        let repaired = async {
+            let copies = read_from(server, group).await?;
+            tokio::task::spawn_blocking(move || store.repair_chunks(copies))
+                .await
+                .map_err(|e| format!("the repair stopped: {e}"))?
+        }
+        .await;
+        match repaired {
+            Ok(r) => {
+                done.replaced += r.replaced;
+                done.intact += r.intact;
+                done.refused += r.refused;
+            }
+            Err(cause) => {
+                failed += group.len();
+                first_cause.get_or_insert(cause);
+            }
+        }
     }
-    let repaired = async {
-        let copies = read_from(server, &wanted).await?;
-        tokio::task::spawn_blocking(move || store.repair_chunks(copies))
-            .await
-            .map_err(|e| format!("the repair stopped: {e}"))?
-    }
-    .await;
     let dir = &vault.info.address;
-    match repaired {
-        Ok(count) => console.audit(&Msg::vault_repaired(dir, count, &server.info.name)),
-        Err(cause) => console.report(&Msg::vault_repair_failed(dir, &cause), ExitStatus::Warnings),
+    if done.replaced > 0 {
+        console.audit(&Msg::vault_repaired(dir, done.replaced, &server.info.name));
+    }
+    if done.refused > 0 {
+        first_cause.get_or_insert_with(|| {
+            format!(
+                "{} cop(ies) from the server failed their check",
+                done.refused
+            )
+        });
+    }
+    if let Some(cause) = first_cause {
+        let left = failed as u64 + done.refused;
+        console.report(
+            &Msg::vault_repair_failed(dir, &format!("{left} chunk(s): {cause}")),
+            ExitStatus::Warnings,
+        );
     }
 }
 
