@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
-use tandem_proto::{ChunkId, ServerGuid, StoredChunk};
+use tandem_proto::{ChunkId, ServerGuid, StoredChunk, pb};
 use tonic::transport::Channel;
 
 use crate::error::{ClientError, ExitStatus};
@@ -78,6 +78,19 @@ pub trait VaultStore: Send + Sync + std::fmt::Debug {
     /// checking each copy against its id: they came over the network.
     /// Blocking.
     fn repair_chunks(&self, chunks: Vec<StoredChunk>) -> Result<Repaired, String>;
+
+    /// Stores versions a pull copies from the server, under the server's
+    /// ids and times, checked like any version a vault takes (one it holds
+    /// already is skipped); every chunk they use must be in the vault.
+    /// `exact`: the vault holds no active version the server lacks, so each
+    /// version takes the server's state as it is (the pull has already made
+    /// older versions inactive); otherwise a version never displaces a newer
+    /// one the vault kept. Blocking; returns the versions newly stored.
+    fn store_pulled_versions(
+        &self,
+        versions: Vec<pb::ObjectVersion>,
+        exact: bool,
+    ) -> Result<u64, String>;
 }
 
 /// What [`VaultStore::repair_chunks`] did.

@@ -367,6 +367,40 @@ pub fn stored_version_from_pb(v: pb::ObjectVersion) -> Result<StoredVersion, Ser
     })
 }
 
+/// Converts a version a node's vault sync sends (or a vault is given by
+/// its own client), validating it like [`stored_version_from_pb`] and its
+/// times: none after `latest` (the receiver's clock plus the allowed skew),
+/// an inactive version's end not before its start.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] naming the version and what is wrong.
+pub fn vault_version_from_pb(
+    v: pb::ObjectVersion,
+    latest: i64,
+) -> Result<StoredVersion, ServerError> {
+    let v = stored_version_from_pb(v)?;
+    let times_ok = v.backup_ns > 0
+        && v.backup_ns <= latest
+        && if v.active {
+            v.deactivated_ns == 0
+        } else {
+            v.deactivated_ns >= v.backup_ns && v.deactivated_ns <= latest
+        };
+    if !times_ok {
+        return Err(ServerError::InvalidArgument(format!(
+            "version {} of {:?} has impossible times (backed up {}, inactive since {}); a vault sync sends the times its vault recorded, none in the future",
+            v.object_id, v.attrs.path, v.backup_ns, v.deactivated_ns
+        )));
+    }
+    if v.attrs.kind != crate::model::ObjectKind::File && !v.chunks.is_empty() {
+        return Err(ServerError::InvalidArgument(format!(
+            "{:?} is not a file but has content chunks",
+            v.attrs.path
+        )));
+    }
+    Ok(v)
+}
+
 /// Converts a filespace for the wire.
 pub fn filespace_to_pb(f: Filespace) -> pb::Filespace {
     pb::Filespace {

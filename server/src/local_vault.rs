@@ -29,7 +29,7 @@ use crate::storage::{self, VerifiedChunk};
 use hyper_util::rt::TokioIo;
 use tandem_client::vault::{OpenFuture, OpenedVault, Repaired, VaultOpener, VaultStore, waiting};
 use tandem_proto::pb::backup_server::BackupServer;
-use tandem_proto::{ChunkId, StoredChunk};
+use tandem_proto::{ChunkId, StoredChunk, pb};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Endpoint, Server, Uri};
@@ -181,6 +181,29 @@ impl VaultStore for VaultGuard {
             .map_err(|e| format!("replacing damaged chunks in the vault: {e}"))?;
         out.replaced = placed.len() as u64;
         Ok(out)
+    }
+
+    fn store_pulled_versions(
+        &self,
+        versions: Vec<pb::ObjectVersion>,
+        exact: bool,
+    ) -> Result<u64, String> {
+        let latest = crate::service::backup::vault_time_limit(&self.state);
+        let versions = versions
+            .into_iter()
+            .map(|v| crate::convert::vault_version_from_pb(v, latest))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        // Shared with chunk stores, exclusive of reclaim, like every write.
+        let _writing = self.writes.read().unwrap_or_else(|e| e.into_inner());
+        let catalog = &self.state.repo.catalog;
+        let stored = if exact {
+            // What a replica does: no per-version search for newer ones.
+            catalog.put_replicated(self.node_id, &versions)
+        } else {
+            catalog.put_vault_versions(self.node_id, &versions)
+        };
+        stored.map_err(|e| format!("storing synchronised versions in the vault: {e}"))
     }
 }
 

@@ -179,6 +179,9 @@ struct NodeTarget<'a> {
     direction: Direction,
     /// The vault directory whose waiting writers stop this sync.
     yield_to: Option<&'a Path>,
+    /// A pull into a vault holding no active version the server lacks:
+    /// versions take the server's states as they are.
+    exact_copy: bool,
 }
 
 impl NodeTarget<'_> {
@@ -211,6 +214,21 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
 
     async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
         let what = "checking stored chunks";
+        if let Some(store) = self.session.vault_store().cloned() {
+            // The vault in this process: asked directly, in the plan's order.
+            let asked = ids.to_vec();
+            let missing = tokio::task::spawn_blocking(move || {
+                store
+                    .missing_chunks(&asked)
+                    .map(|set| asked.into_iter().filter(|c| set.contains(c)).collect())
+            })
+            .await
+            .map_err(|e| ClientError::task_failed("vault chunk check", e))?;
+            return missing.map_err(|message| ClientError::Server {
+                operation: what,
+                message,
+            });
+        }
         let reply = self
             .session
             .client()
@@ -287,6 +305,18 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
 
     async fn put_objects(&self, objects: Vec<pb::ObjectVersion>) -> Result<u64, ClientError> {
         self.go_on()?;
+        if let Some(store) = self.session.vault_store().cloned() {
+            // The vault in this process: no message encoding, one commit.
+            let exact = self.exact_copy;
+            let stored =
+                tokio::task::spawn_blocking(move || store.store_pulled_versions(objects, exact))
+                    .await
+                    .map_err(|e| ClientError::task_failed("vault version writer", e))?;
+            return stored.map_err(|message| ClientError::Server {
+                operation: "storing synchronised versions",
+                message,
+            });
+        }
         let mut stored = 0;
         for batch in put_batches(objects) {
             stored += self
@@ -400,6 +430,10 @@ pub async fn push(
     yield_to: Option<&Path>,
 ) -> Result<SyncReport, ClientError> {
     let on_vault = list_versions(vault).await?;
+    if on_vault.is_empty() {
+        // A new or wiped vault: nothing to send, and no server listing.
+        return Ok(SyncReport::default());
+    }
     let on_server = list_versions(server).await?;
     let held: Vec<ObjectState> = on_server.iter().map(|(id, v)| state_of(*id, v)).collect();
     let mut entries = Vec::new();
@@ -418,6 +452,7 @@ pub async fn push(
         held,
         direction: Direction::Push,
         yield_to,
+        exact_copy: false,
     };
     run(&source, &target).await
 }
@@ -485,6 +520,7 @@ pub async fn pull(
         held: on_vault.iter().map(|(id, v)| state_of(*id, v)).collect(),
         direction: Direction::Pull,
         yield_to,
+        exact_copy: kept == 0,
     };
     Ok(Pulled {
         report: run(&source, &target).await?,

@@ -99,6 +99,16 @@ fn failover_block(
     }))
 }
 
+/// The latest backup or deactivation time a vault's version may carry on
+/// `state`: now plus `vault_clock_skew_seconds`, since a client's clock
+/// made it and clocks drift.
+pub(crate) fn vault_time_limit(state: &ServerState) -> i64 {
+    let skew = i64::try_from(state.config.vault_clock_skew_seconds)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000_000);
+    now_ns().saturating_add(skew)
+}
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Implements `tandem.v1.Backup` over the server state.
@@ -116,10 +126,7 @@ impl BackupService {
     /// The latest time a vault sync may carry: a client's clock made it,
     /// and clocks drift (`vault_clock_skew_seconds`).
     fn vault_time_limit(&self) -> i64 {
-        let skew = i64::try_from(self.state.config.vault_clock_skew_seconds)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1_000_000_000);
-        now_ns().saturating_add(skew)
+        vault_time_limit(&self.state)
     }
 
     fn session<T>(&self, request: &Request<T>) -> Result<(Session, String), Status> {
@@ -752,29 +759,8 @@ impl Backup for BackupService {
         let versions = req
             .versions
             .into_iter()
-            .map(convert::stored_version_from_pb)
+            .map(|v| convert::vault_version_from_pb(v, latest))
             .collect::<Result<Vec<_>, _>>()?;
-        for v in &versions {
-            let times_ok = v.backup_ns > 0
-                && v.backup_ns <= latest
-                && if v.active {
-                    v.deactivated_ns == 0
-                } else {
-                    v.deactivated_ns >= v.backup_ns && v.deactivated_ns <= latest
-                };
-            if !times_ok {
-                return Err(Status::from(ServerError::InvalidArgument(format!(
-                    "version {} of {:?} has impossible times (backed up {}, inactive since {}); a vault sync sends the times its vault recorded, none in the future",
-                    v.object_id, v.attrs.path, v.backup_ns, v.deactivated_ns
-                ))));
-            }
-            if v.attrs.kind != crate::model::ObjectKind::File && !v.chunks.is_empty() {
-                return Err(Status::from(ServerError::InvalidArgument(format!(
-                    "{:?} is not a file but has content chunks",
-                    v.attrs.path
-                ))));
-            }
-        }
         let node_id = session.node_id;
         let stored = super::blocking(&self.state, move |s| {
             s.repo.catalog.put_vault_versions(node_id, &versions)
