@@ -790,6 +790,57 @@ async fn follow_moved_primary(
     Ok(session)
 }
 
+/// The local vault, opened while the logon runs: each takes tens of
+/// milliseconds, and in normal mode every command uses both. A move to
+/// another primary leaves the vault options as they are.
+struct EarlyVault {
+    opening: Option<tokio::task::JoinHandle<Result<Session, ClientError>>>,
+    /// Whether it was opened asking a sync that holds it to stop.
+    interrupt_sync: bool,
+}
+
+impl EarlyVault {
+    /// Starts opening the vault `options` names, if any.
+    fn start(options: &ClientOptions, interrupt_sync: bool) -> EarlyVault {
+        let opening = options.vault_dir.as_ref().map(|_| {
+            let options = options.clone();
+            tokio::spawn(async move { crate::vault::open(&options, interrupt_sync).await })
+        });
+        EarlyVault {
+            opening,
+            interrupt_sync,
+        }
+    }
+
+    /// The vault as [`crate::vault::open`] gives it: the one opened early
+    /// when it was opened the same way, else opened now.
+    async fn open(
+        &mut self,
+        options: &ClientOptions,
+        interrupt_sync: bool,
+    ) -> Result<Session, ClientError> {
+        if interrupt_sync == self.interrupt_sync
+            && let Some(opening) = self.opening.take()
+        {
+            return opening
+                .await
+                .map_err(|e| ClientError::task_failed("opening the vault", e))?;
+        }
+        self.release().await;
+        crate::vault::open(options, interrupt_sync).await
+    }
+
+    /// Closes the vault opened early, on a path that does not use it; a
+    /// failure to open it is not this path's to report.
+    async fn release(&mut self) {
+        if let Some(opening) = self.opening.take()
+            && let Ok(Ok(vault)) = opening.await
+        {
+            vault.logoff().await;
+        }
+    }
+}
+
 async fn dispatch(
     work: Work,
     options: &ClientOptions,
@@ -798,6 +849,7 @@ async fn dispatch(
 ) -> Result<(), ClientError> {
     let followed;
     let mut waiting = TierWait::new(options.tier_wait_seconds);
+    let mut early_vault = EarlyVault::start(options, work.changes_versions());
     let (session, options) = loop {
         match Session::establish(options, console).await {
             Err(ClientError::PrimaryMoved(moved)) => {
@@ -811,7 +863,7 @@ async fn dispatch(
                 // The vault is the other tier: when it can take the work,
                 // nothing waits for a server.
                 let unanswered = match &options.vault_dir {
-                    Some(_) => match crate::vault::open(options, work.is_write()).await {
+                    Some(_) => match early_vault.open(options, work.is_write()).await {
                         Ok(vault) => {
                             return on_vault_alone(
                                 work,
@@ -839,12 +891,13 @@ async fn dispatch(
                 let secondary = session.info.name.clone();
                 session.logoff().await;
                 let operation = work.name();
-                let vault = crate::vault::open(options, true).await?;
+                let vault = early_vault.open(options, true).await?;
                 return on_vault_alone(work, vault, options, options_path, console, |dir| {
                     Msg::vault_write_in_failover(operation, &secondary, dir)
                 })
                 .await;
             }
+            early_vault.release().await;
             let text = Msg::failover_read_only(work.name(), &session.info.name).text;
             session.logoff().await;
             return Err(ClientError::ReadOnly(text));
@@ -855,7 +908,7 @@ async fn dispatch(
     }
     let vault = match (&options.vault_dir, session.mode) {
         (Some(dir), SessionMode::Normal) => {
-            match crate::vault::open(options, work.changes_versions()).await {
+            match early_vault.open(options, work.changes_versions()).await {
                 Ok(vault) => match crate::vault::push_pending(&vault, &session, dir, console).await
                 {
                     Ok(pushed) => Some((vault, dir.clone(), pushed)),
@@ -891,7 +944,7 @@ async fn dispatch(
         // In failover the vault serves restores beside the secondary; it
         // is not synchronised with a read-only server.
         (Some(dir), SessionMode::Failover) if work.reads_versions() => {
-            match crate::vault::open(options, false).await {
+            match early_vault.open(options, false).await {
                 Ok(vault) => Some((vault, dir.clone(), false)),
                 Err(e) => {
                     console.report(&Msg::vault_unusable(&e.to_string()), ExitStatus::Warnings);
@@ -899,7 +952,10 @@ async fn dispatch(
                 }
             }
         }
-        _ => None,
+        _ => {
+            early_vault.release().await;
+            None
+        }
     };
     let syncs_after =
         work.changes_versions() || vault.as_ref().is_some_and(|(_, _, pushed)| *pushed);
