@@ -725,3 +725,53 @@ fn a_pull_frees_the_space_of_deleted_versions_and_a_lost_pull_record_resends_not
     drop(primary);
     restore_whole_tree(&client, &src, &work.path().join("out"));
 }
+
+#[test]
+fn a_chunk_damaged_in_the_vault_and_on_the_server_is_named_and_nothing_half_restored() {
+    let primary = TestServer::start("PRIMARY");
+    primary.register("hank", "hank-password");
+    let client = TestClient::new(&primary, "hank", "hank-password");
+    let work = tempfile::tempdir().unwrap();
+    let vault = with_vault(&client, work.path());
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let whole = random_bytes(41, 200_000);
+    let broken = random_bytes(42, 200_000);
+    std::fs::write(src.join("whole.bin"), &whole).unwrap();
+    std::fs::write(src.join("broken.bin"), &broken).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    // The same chunk goes bad in both tiers.
+    damage_container_bytes(&vault, &broken[100_000..100_064]);
+    damage_container_bytes(primary.data.path(), &broken[100_000..100_064]);
+
+    let out = work.path().join("out");
+    let restore = client.run(&[
+        "--json",
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out),
+        "--subdir",
+    ]);
+    let err = stderr(&restore);
+    assert_eq!(code(&restore), 12, "the file no tier can give fails: {err}");
+    assert!(err.contains("TDM2131W"), "the vault's copy is named: {err}");
+    assert!(
+        err.contains("TDM2135W"),
+        "the repair from the server fails and says so: {err}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_slice(&restore.stdout).expect("restore summary");
+    assert_eq!(stats["failed"], 1, "{stats}");
+    assert_eq!(stats["sources"]["vault_files"], 1, "{stats}");
+    assert_eq!(std::fs::read(out.join("whole.bin")).unwrap(), whole);
+    assert!(
+        !out.join("broken.bin").exists(),
+        "no half-restored file is left in place"
+    );
+    let logged = logged_ids(&client);
+    assert!(
+        logged.contains(&"TDM2131W".to_string()) && logged.contains(&"TDM2135W".to_string()),
+        "{logged:?}"
+    );
+}
