@@ -4,6 +4,11 @@
   dataset.py generate DIR   small files (1-64 KiB) in nested folders, medium files
                             (1-4 MiB), large files, some duplicates; half of the files
                             compressible text, half random bytes
+  dataset.py generate-smalltree DIR
+                            a source checkout or home directory: TREE_FILES (default
+                            80000) files in a deep tree, sizes from 200 B to 100 KiB
+                            (median ~3 KiB), mostly text that compresses 4-5x, and one
+                            file in 500 larger (128 KiB-2 MiB, half of them random)
   dataset.py mutate DIR     change ~0.5% of files, delete ~0.25%, add ~0.25%
 
 Sizes come from the environment: SMALL (default 20000), MEDIUM (200), LARGE (4),
@@ -83,6 +88,75 @@ def generate(root):
     print(f"generated {total / 1e6:.1f} MB in {root}")
 
 
+_SOURCE = None
+
+
+def source_pool(rng):
+    """8 MiB of source-like text: indented lines of words, numbers and
+    generated identifiers, which compress about as well as real code."""
+    global _SOURCE
+    if _SOURCE is None:
+        lines, have = [], 0
+        while have < 8 << 20:
+            depth = rng.randint(0, 4)
+            tokens = []
+            for _ in range(rng.randint(2, 10)):
+                r = rng.random()
+                if r < 0.7:
+                    tokens.append(rng.choice(WORDS))
+                elif r < 0.88:
+                    tokens.append(b"%s_%x" % (rng.choice(WORDS), rng.getrandbits(rng.choice((4, 8, 12)))))
+                else:
+                    tokens.append(b"%d" % rng.randint(0, 1 << rng.choice((4, 8, 16))))
+            line = b"    " * depth + b" ".join(tokens) + rng.choice((b";", b",", b" {", b"", b")")) + b"\n"
+            lines.append(line)
+            have += len(line)
+        _SOURCE = b"".join(lines)
+    return _SOURCE
+
+
+def source_text(rng, size):
+    pool = source_pool(rng)
+    parts, have = [], 0
+    while have < size:
+        n = rng.randint(256, 4096)
+        start = rng.randrange(len(pool) - n)
+        parts.append(pool[start:start + n])
+        have += n
+    return b"".join(parts)[:size]
+
+
+def generate_smalltree(root):
+    files = int(os.environ.get("TREE_FILES", 80000))
+    rng = random.Random(20261204)
+    names = [w.decode() for w in WORDS] + ["src", "lib", "test", "docs", "util", "core", "net", "io"]
+    exts = [".c", ".h", ".rs", ".py", ".md", ".txt", ".json", ".go", ".js", ".html"]
+    # Directories: a tree grown at random, 2-8 levels deep, ~12 files each.
+    dirs = [root]
+    while len(dirs) < max(1, files // 12):
+        parent = rng.choice(dirs)
+        if parent.count(os.sep) - root.count(os.sep) >= 8:
+            continue
+        dirs.append(os.path.join(parent, f"{rng.choice(names)}{len(dirs)}"))
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    total = 0
+    for i in range(files):
+        d = rng.choice(dirs)
+        if rng.random() < 0.002:
+            size = rng.randint(128 << 10, 2 << 20)
+            data = source_text(rng, size) if rng.random() < 0.5 else rng.randbytes(size)
+            name = f"blob{i}.bin"
+        else:
+            size = int(min(100 << 10, max(200, rng.lognormvariate(8.0, 1.1))))
+            data = source_text(rng, size)
+            name = f"{rng.choice(names)}{i}{rng.choice(exts)}"
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+        total += len(data)
+    print(f"generated {total / 1e6:.1f} MB in {files} files, {len(dirs)} directories, in {root}")
+
+
 def mutate(root):
     rng = random.Random(99)
     files = sorted(os.path.join(dp, n) for dp, _, names in os.walk(root) for n in names)
@@ -106,6 +180,7 @@ def mutate(root):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("generate", "mutate"):
+    commands = {"generate": generate, "generate-smalltree": generate_smalltree, "mutate": mutate}
+    if len(sys.argv) != 3 or sys.argv[1] not in commands:
         sys.exit(__doc__)
-    {"generate": generate, "mutate": mutate}[sys.argv[1]](sys.argv[2])
+    commands[sys.argv[1]](sys.argv[2])

@@ -5,6 +5,9 @@
 # from the distribution's packages when missing). Talks only to 127.0.0.1.
 #
 #   tests/bench/run.sh            REPS (default 3) rounds, medians; SMALL/MEDIUM/LARGE/LARGE_MIB size the data
+#   DATASET=smalltree tests/bench/run.sh
+#                                 a source checkout's small text files instead (TREE_FILES, default
+#                                 80000; ~0.6 GB), with issue 21's targets
 #
 # Leave five minutes after deleting a large tree (a previous run deletes its
 # own at the end): ext4 skips recently freed inodes for that long, and file
@@ -13,6 +16,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-/tmp/tandem-bench}
 REPS=${REPS:-3}
+DATASET=${DATASET:-mixed}
+case $DATASET in
+  mixed) GENERATE=generate ;;
+  smalltree) GENERATE=generate-smalltree ;;
+  *) echo "DATASET must be mixed or smalltree, not '$DATASET'" >&2; exit 2 ;;
+esac
 BIN=$ROOT/target/release
 . "$ROOT/tests/bench/lib.sh"
 
@@ -77,7 +86,7 @@ for rep in $(seq 1 "$REPS"); do
   # slowly for a few minutes after a large tree is deleted (it skips recently
   # freed ones), which slowed both systems' restores 2-3x in later rounds.
   DATA=$WORK/data-$rep
-  python3 "$ROOT/tests/bench/dataset.py" generate "$DATA"
+  python3 "$ROOT/tests/bench/dataset.py" "$GENERATE" "$DATA"
   DATA_BYTES=$(du -sb "$DATA" | cut -f1)
   start_server
   rm -rf "$RESTIC_REPOSITORY"; restic init -q
@@ -131,7 +140,7 @@ for rep in $(seq 1 "$REPS"); do
   stop_server
 done
 
-python3 - "$RESULTS" "$DATA_BYTES" "$REPS" <<'PY'
+python3 - "$RESULTS" "$DATA_BYTES" "$REPS" "$DATASET" <<'PY'
 import sys, statistics, os
 rows = {}
 for line in open(sys.argv[1]):
@@ -139,8 +148,15 @@ for line in open(sys.argv[1]):
     rows.setdefault(name, []).append((float(secs), int(kib)))
 data_mb = int(sys.argv[2]) / 1e6
 med = lambda name, i: statistics.median(v[i] for v in rows[name])
-print(f"\ndataset {data_mb:.0f} MB, {sys.argv[3]} round(s), medians; load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
-targets = {"full backup": 0.6, "unchanged re-run": 0.4, "backup after 1%": 0.5, "full restore": 0.6}
+dataset = sys.argv[4]
+print(f"\ndataset {dataset}, {data_mb:.0f} MB, {sys.argv[3]} round(s), medians; load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
+if dataset == "smalltree":
+    # Issue 21's targets for a tree of small text files.
+    targets = {"full backup": 0.45, "unchanged re-run": 0.2, "backup after 1%": 0.3, "full restore": 0.5}
+    rss_target = 0.9
+else:
+    targets = {"full backup": 0.6, "unchanged re-run": 0.4, "backup after 1%": 0.5, "full restore": 0.6}
+    rss_target = 1.0
 verdict = lambda ratio, target: f"{'met' if ratio <= target else 'NOT met'} (<= {target})"
 print(f"{'step':<22} {'tandem':>10} {'restic':>10} {'ratio':>7}   {'tandem MB/s':>11}  {'client RSS T/R (MiB)':>20}  target")
 for step, target in targets.items():
@@ -159,7 +175,15 @@ ts, rs = med("tandem storage", 1) / 1024, med("restic storage", 1) / 1024
 print(f"{'storage after 1st':<22} {ts:>8.0f}MiB {rs:>8.0f}MiB {ts / rs:>7.2f}   {'':>11}  {'':>20}  {verdict(ts / rs, 1.0)}")
 rss_t = max(med(f"tandem {s}", 1) for s in targets) / 1024
 rss_r = max(med(f"restic {s}", 1) for s in targets) / 1024
-print(f"{'client peak RSS':<22} {rss_t:>7.0f}MiB {rss_r:>7.0f}MiB {rss_t / rss_r:>7.2f}   {'':>11}  {'':>20}  {verdict(rss_t / rss_r, 1.0)}")
+print(f"{'client peak RSS':<22} {rss_t:>7.0f}MiB {rss_r:>7.0f}MiB {rss_t / rss_r:>7.2f}   {'':>11}  {'':>20}  {verdict(rss_t / rss_r, rss_target)}")
+# Per round: the ratio's range, and how far Tandem's own times spread.
+print("per round: ratio min-max, tandem's spread ((max - min) / median)")
+for step in targets:
+    pairs = list(zip(rows[f"tandem {step}"], rows[f"restic {step}"]))
+    ratios = [t[0] / r[0] for t, r in pairs]
+    own = [t[0] for t, _ in pairs]
+    spread = (max(own) - min(own)) / statistics.median(own)
+    print(f"  {step:<20} {min(ratios):.2f}-{max(ratios):.2f}   spread {spread * 100:.0f}%")
 print(f"tandem server peak RSS {med('tandem server peak', 1) / 1024:.0f} MiB")
 r1, r2 = med("tandem replication first", 0), med("tandem replication after 1%", 0)
 full, mutated = med("tandem full backup", 0), med("restic backup after 1%", 0)
