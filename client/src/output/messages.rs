@@ -374,11 +374,18 @@ impl Msg {
     }
 
     /// TDM2134I: damaged vault chunks were replaced with the server's copies.
-    pub fn vault_repaired(dir: &str, chunks: u64, server: &str) -> Self {
+    /// `later`: damaged chunks beyond what one restore repairs, left for
+    /// the restores that meet them.
+    pub fn vault_repaired(dir: &str, chunks: u64, server: &str, later: usize) -> Self {
+        let later = if later > 0 {
+            format!("; {later} more damaged chunk(s) are left for later restores that need them")
+        } else {
+            String::new()
+        };
         Msg {
             id: "TDM2134I",
             text: format!(
-                "Local vault at {dir}: {chunks} damaged chunk(s) replaced with verified copies from server {server}; restores take those files from the vault again"
+                "Local vault at {dir}: {chunks} damaged chunk(s) replaced with verified copies from server {server}; restores take those files from the vault again{later}"
             ),
         }
     }

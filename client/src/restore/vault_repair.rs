@@ -37,6 +37,7 @@ pub(super) async fn repair(
     let Some(store) = vault.vault_store().cloned() else {
         return;
     };
+    let later = damaged.len().saturating_sub(MAX_REPAIRED);
     let wanted: Vec<ChunkId> = damaged.into_iter().take(MAX_REPAIRED).collect();
     let mut done = Repaired::default();
     let mut failed = 0usize;
@@ -64,7 +65,12 @@ pub(super) async fn repair(
     }
     let dir = &vault.info.address;
     if done.replaced > 0 {
-        console.audit(&Msg::vault_repaired(dir, done.replaced, &server.info.name));
+        console.audit(&Msg::vault_repaired(
+            dir,
+            done.replaced,
+            &server.info.name,
+            later,
+        ));
     }
     if done.refused > 0 {
         first_cause.get_or_insert_with(|| {
@@ -119,4 +125,28 @@ async fn read_from(server: &Session, ids: &[ChunkId]) -> Result<Vec<StoredChunk>
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repair_message_says_how_many_chunks_are_left_for_later_restores() {
+        let none_left = Msg::vault_repaired("/v", 3, "PRIMARY", 0);
+        assert_eq!(none_left.id, "TDM2134I");
+        assert!(
+            !none_left.text.contains("left for later"),
+            "{}",
+            none_left.text
+        );
+        let some_left = Msg::vault_repaired("/v", MAX_REPAIRED as u64, "PRIMARY", 17);
+        assert!(
+            some_left
+                .text
+                .contains("17 more damaged chunk(s) are left for later restores"),
+            "{}",
+            some_left.text
+        );
+    }
 }
