@@ -791,52 +791,84 @@ async fn follow_moved_primary(
 }
 
 /// The local vault, opened while the logon runs: each takes tens of
-/// milliseconds, and in normal mode every command uses both. A move to
-/// another primary leaves the vault options as they are.
+/// milliseconds, and in normal mode every command uses both. Only a vault
+/// that exists already is opened early, so a command whose logon fails
+/// creates none. A move to another primary leaves the vault options as
+/// they are.
 struct EarlyVault {
     opening: Option<tokio::task::JoinHandle<Result<Session, ClientError>>>,
-    /// Whether it was opened asking a sync that holds it to stop.
+    dir: PathBuf,
+    /// Whether it was opened asking a sync that holds the vault to stop
+    /// (leaving a marker in its directory until it gets the vault).
     interrupt_sync: bool,
 }
 
 impl EarlyVault {
-    /// Starts opening the vault `options` names, if any.
+    /// Starts opening the vault `options` names, if it exists.
     fn start(options: &ClientOptions, interrupt_sync: bool) -> EarlyVault {
-        let opening = options.vault_dir.as_ref().map(|_| {
+        let dir = options.vault_dir.clone().unwrap_or_default();
+        let opening = dir.is_dir().then(|| {
             let options = options.clone();
             tokio::spawn(async move { crate::vault::open(&options, interrupt_sync).await })
         });
         EarlyVault {
             opening,
+            dir,
             interrupt_sync,
         }
     }
 
     /// The vault as [`crate::vault::open`] gives it: the one opened early
-    /// when it was opened the same way, else opened now.
+    /// if that worked (however it waited for the lock), else opened now.
     async fn open(
         &mut self,
         options: &ClientOptions,
         interrupt_sync: bool,
     ) -> Result<Session, ClientError> {
-        if interrupt_sync == self.interrupt_sync
-            && let Some(opening) = self.opening.take()
-        {
-            return opening
-                .await
-                .map_err(|e| ClientError::task_failed("opening the vault", e))?;
+        if let Some(opening) = self.opening.take() {
+            match opening.await {
+                Ok(Ok(vault)) => return Ok(vault),
+                // It waited for the lock as long as this command would.
+                Ok(Err(e)) if self.interrupt_sync || !interrupt_sync => return Err(e),
+                // Opened again below, now asking a sync to step aside.
+                Ok(Err(_)) | Err(_) => {}
+            }
         }
-        self.release().await;
         crate::vault::open(options, interrupt_sync).await
     }
 
-    /// Closes the vault opened early, on a path that does not use it; a
-    /// failure to open it is not this path's to report.
+    /// Gives the vault up on a path that does not use it: an open still
+    /// under way is stopped (and its request to a sync taken back) rather
+    /// than waited for; a finished one is logged off.
     async fn release(&mut self) {
+        let Some(opening) = self.opening.take() else {
+            return;
+        };
+        if opening.is_finished() {
+            if let Ok(Ok(vault)) = opening.await {
+                vault.logoff().await;
+            }
+        } else {
+            self.stop(opening);
+        }
+    }
+
+    fn stop(&self, opening: tokio::task::JoinHandle<Result<Session, ClientError>>) {
+        opening.abort();
+        if self.interrupt_sync {
+            crate::vault::waiting::withdraw(&self.dir);
+        }
+    }
+}
+
+impl Drop for EarlyVault {
+    /// On an error return before the vault was used: as [`Self::release`],
+    /// without the logoff (dropping the session closes the vault).
+    fn drop(&mut self) {
         if let Some(opening) = self.opening.take()
-            && let Ok(Ok(vault)) = opening.await
+            && !opening.is_finished()
         {
-            vault.logoff().await;
+            self.stop(opening);
         }
     }
 }

@@ -8,8 +8,10 @@
 //! service, opened by [`tandem_server::ServerState::open`]. The service is
 //! served over an in-memory duplex channel instead of a socket, so nothing
 //! listens on the network and the client reaches it with the same gRPC calls
-//! it sends a server. The client library decides when the vault is used
-//! (`tandem_client::vault`); this crate only opens it.
+//! it sends a server, except for bulk work on its own process's data, which
+//! goes straight to the store ([`VaultStore`]: a backup's chunks, a pull's
+//! versions and chunk lookups, repairs, reclaim). The client library decides
+//! when the vault is used (`tandem_client::vault`); this crate only opens it.
 //!
 //! On first use the directory is created (mode 0700), the store is made, and
 //! the node is registered with a random password kept in `vault.key` (0600)
@@ -83,7 +85,9 @@ struct VaultGuard {
 /// sweep ignores it; what keeps the chunks safe is [`VaultGuard::writes`]
 /// and the order of a sync, whose reclaim runs only after the versions that
 /// use them are pulled. Chunks no pulled version uses are freed then, which
-/// only costs a copy the next pull makes again.
+/// only costs a copy the next pull makes again. A pull's direct chunk
+/// lookups pin nothing either, for the same reason: no sweep runs before
+/// the pull has stored the versions that use them.
 const OWN_CHUNKS_SESSION: u64 = 0;
 
 impl std::fmt::Debug for VaultGuard {
@@ -203,7 +207,7 @@ impl VaultStore for VaultGuard {
         } else {
             catalog.put_vault_versions(self.node_id, &versions)
         };
-        stored.map_err(|e| format!("storing synchronised versions in the vault: {e}"))
+        stored.map_err(|e| format!("storing synchronised versions: {e}"))
     }
 }
 

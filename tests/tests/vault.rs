@@ -775,3 +775,34 @@ fn a_chunk_damaged_in_the_vault_and_on_the_server_is_named_and_nothing_half_rest
         "{logged:?}"
     );
 }
+
+#[test]
+fn a_refused_logon_creates_no_vault_and_leaves_an_existing_one_as_it_was() {
+    let primary = TestServer::start("PRIMARY");
+    primary.register("ivy", "ivy-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    // The vault is opened while the logon runs, but only one that exists:
+    // a command the server refuses creates none.
+    let refused = TestClient::new(&primary, "ivy", "not-the-password");
+    let vault = with_vault(&refused, work.path());
+    let out = refused.run(&["incremental", &path_str(&src)]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    assert!(!vault.exists(), "a refused logon created the vault");
+
+    let client = TestClient::new(&primary, "ivy", "ivy-password");
+    with_vault(&client, work.path());
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    // Refused again, now with the vault there: it is left as it was, with
+    // no request to a sync left behind.
+    let again = refused.run(&["incremental", &path_str(&src)]);
+    assert_ne!(code(&again), 0, "{}", stderr(&again));
+    assert!(!vault.join("write-waiting").exists());
+    std::fs::write(src.join("later.txt"), b"after the refused logons").unwrap();
+    let next = client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(next["backed_up"], 2, "the new file and its directory: {next}");
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    restore_whole_tree(&client, &src, &work.path().join("out"));
+}

@@ -4,7 +4,12 @@
 //!
 //! Both sides are node sessions speaking the `Backup` API (the vault's is
 //! in memory), so the engine's [`Source`] and [`Target`] are implemented
-//! once here over a [`Session`]:
+//! once here over a [`Session`]. Where the target is the vault, opened in
+//! this process, its chunk lookups and version stores go straight to its
+//! store ([`crate::vault::VaultStore`]) instead: no message encoding, one
+//! transaction per batch.
+//!
+//! The two directions:
 //! - **push** (vault → server): the versions the vault made while no server
 //!   took backups, under their original ids and backup times, and the
 //!   deactivations it recorded meanwhile. A push never deletes on the server
@@ -185,6 +190,14 @@ struct NodeTarget<'a> {
 }
 
 impl NodeTarget<'_> {
+    /// A failure of the vault's store, reached directly (not a server's).
+    fn vault_failed(&self, cause: String) -> ClientError {
+        ClientError::Vault {
+            dir: std::path::PathBuf::from(&self.session.info.address),
+            cause,
+        }
+    }
+
     /// Before each batch: stops when a command waits to write to the vault.
     fn go_on(&self) -> Result<(), ClientError> {
         match self.yield_to {
@@ -205,8 +218,8 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
 
     fn object_batch(&self) -> usize {
         match self.direction {
-            // The vault serves only this process: one commit per
-            // `PutVaultVersions` call of the most it takes.
+            // The vault serves only this process: one transaction of
+            // the most a call may carry (stored directly, see `put_objects`).
             Direction::Pull => tandem_proto::MAX_OBJECTS_PER_CALL,
             Direction::Push => tandem_replication::DEFAULT_OBJECT_BATCH,
         }
@@ -224,10 +237,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
             })
             .await
             .map_err(|e| ClientError::task_failed("vault chunk check", e))?;
-            return missing.map_err(|message| ClientError::Server {
-                operation: what,
-                message,
-            });
+            return missing.map_err(|cause| self.vault_failed(cause));
         }
         let reply = self
             .session
@@ -312,10 +322,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
                 tokio::task::spawn_blocking(move || store.store_pulled_versions(objects, exact))
                     .await
                     .map_err(|e| ClientError::task_failed("vault version writer", e))?;
-            return stored.map_err(|message| ClientError::Server {
-                operation: "storing synchronised versions",
-                message,
-            });
+            return stored.map_err(|cause| self.vault_failed(cause));
         }
         let mut stored = 0;
         for batch in put_batches(objects) {
