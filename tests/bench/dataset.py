@@ -36,16 +36,20 @@ def text_pool(rng):
     return _POOL
 
 
-def text_block(rng, size):
-    """Compressible text: slices of 512 B-8 KiB from the pool, end to end."""
-    pool = text_pool(rng)
+def slices(rng, pool, size, shortest, longest):
+    """`size` bytes of random slices of `pool`, each shortest-longest bytes."""
     parts, have = [], 0
     while have < size:
-        n = rng.randint(512, 8192)
+        n = rng.randint(shortest, longest)
         start = rng.randrange(len(pool) - n)
         parts.append(pool[start:start + n])
         have += n
     return b"".join(parts)[:size]
+
+
+def text_block(rng, size):
+    """Compressible text: slices of 512 B-8 KiB from the pool, end to end."""
+    return slices(rng, text_pool(rng), size, 512, 8192)
 
 
 def content(rng, size):
@@ -116,14 +120,8 @@ def source_pool(rng):
 
 
 def source_text(rng, size):
-    pool = source_pool(rng)
-    parts, have = [], 0
-    while have < size:
-        n = rng.randint(256, 4096)
-        start = rng.randrange(len(pool) - n)
-        parts.append(pool[start:start + n])
-        have += n
-    return b"".join(parts)[:size]
+    """Source-like text: slices of 256 B-4 KiB from its pool, end to end."""
+    return slices(rng, source_pool(rng), size, 256, 4096)
 
 
 def generate_smalltree(root):
