@@ -802,7 +802,10 @@ fn a_refused_logon_creates_no_vault_and_leaves_an_existing_one_as_it_was() {
     assert!(!vault.join("write-waiting").exists());
     std::fs::write(src.join("later.txt"), b"after the refused logons").unwrap();
     let next = client.json(&["incremental", &path_str(&src)]);
-    assert_eq!(next["backed_up"], 2, "the new file and its directory: {next}");
+    assert_eq!(
+        next["backed_up"], 2,
+        "the new file and its directory: {next}"
+    );
     assert_eq!(vault_state(&client)["state"], "synchronized");
     restore_whole_tree(&client, &src, &work.path().join("out"));
 }
