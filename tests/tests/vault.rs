@@ -757,6 +757,10 @@ fn a_chunk_damaged_in_the_vault_and_on_the_server_is_named_and_nothing_half_rest
     assert_eq!(code(&restore), 12, "the file no tier can give fails: {err}");
     assert!(err.contains("TDM2131W"), "the vault's copy is named: {err}");
     assert!(
+        err.contains("TDM1020E") && err.contains("broken.bin"),
+        "the file that cannot be restored is named: {err}"
+    );
+    assert!(
         err.contains("TDM2135W"),
         "the repair from the server fails and says so: {err}"
     );
