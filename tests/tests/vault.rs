@@ -36,6 +36,18 @@ fn restore_whole_tree(client: &TestClient, src: &Path, out: &Path) -> serde_json
     r
 }
 
+/// Runs a restore of all of `src` into `out` with `--json`, whatever its
+/// outcome, for tests that check warnings and failures.
+fn run_restore_json(client: &TestClient, src: &Path, out: &Path) -> std::process::Output {
+    client.run(&[
+        "--json",
+        "restore",
+        &format!("{}/*", path_str(src)),
+        &path_str(out),
+        "--subdir",
+    ])
+}
+
 fn vault_state(client: &TestClient) -> serde_json::Value {
     client.json(&["query", "vault"])
 }
@@ -203,13 +215,7 @@ fn a_wiped_vault_is_rebuilt_from_the_primary_and_then_serves_restores() {
 
     // With the primary up, a synchronized vault serves the restore.
     let out = work.path().join("from-vault");
-    let restore = client.run(&[
-        "--json",
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out),
-        "--subdir",
-    ]);
+    let restore = run_restore_json(&client, &src, &out);
     assert_success(&restore, "restore");
     assert!(
         stderr(&restore).contains("TDM2126I"),
@@ -476,13 +482,7 @@ fn a_restore_takes_what_the_vault_holds_from_it_and_the_rest_from_the_server() {
     damage_container_bytes(&vault, &damaged[100_000..100_064]);
 
     let out = work.path().join("out");
-    let restore = client.run(&[
-        "--json",
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out),
-        "--subdir",
-    ]);
+    let restore = run_restore_json(&client, &src, &out);
     let err = stderr(&restore);
     assert_eq!(
         code(&restore),
@@ -746,13 +746,7 @@ fn a_chunk_damaged_in_the_vault_and_on_the_server_is_named_and_nothing_half_rest
     damage_container_bytes(primary.data.path(), &broken[100_000..100_064]);
 
     let out = work.path().join("out");
-    let restore = client.run(&[
-        "--json",
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out),
-        "--subdir",
-    ]);
+    let restore = run_restore_json(&client, &src, &out);
     let err = stderr(&restore);
     assert_eq!(code(&restore), 12, "the file no tier can give fails: {err}");
     assert!(err.contains("TDM2131W"), "the vault's copy is named: {err}");
