@@ -660,4 +660,55 @@ mod tests {
         };
         assert!(attrs_from_pb(attrs_with(pb::ObjectKind::Directory, group_on_dir)).is_err());
     }
+
+    /// A version a vault sync or a pull offers a vault, built to be valid.
+    fn vault_version() -> pb::ObjectVersion {
+        pb::ObjectVersion {
+            object_id: vec![9; 16],
+            filespace: "/a".into(),
+            attrs: Some(pb::ObjectAttrs {
+                path: "/a/f".into(),
+                kind: pb::ObjectKind::File as i32,
+                ..Default::default()
+            }),
+            backup_time_ns: 1_000,
+            active: true,
+            deactivated_ns: 0,
+            chunk_ids: vec![vec![1; 32]],
+        }
+    }
+
+    #[test]
+    fn a_vault_version_with_lying_times_kind_or_path_is_refused() {
+        let latest = 2_000;
+        assert!(vault_version_from_pb(vault_version(), latest).is_ok());
+        let refused = |change: fn(&mut pb::ObjectVersion)| {
+            let mut v = vault_version();
+            change(&mut v);
+            vault_version_from_pb(v, latest).unwrap_err().to_string()
+        };
+        assert!(refused(|v| v.backup_time_ns = 2_001).contains("impossible times"));
+        assert!(refused(|v| v.backup_time_ns = 0).contains("impossible times"));
+        assert!(refused(|v| v.deactivated_ns = 1_500).contains("impossible times"));
+        assert!(
+            refused(|v| {
+                v.active = false;
+                v.deactivated_ns = 999;
+            })
+            .contains("impossible times")
+        );
+        assert!(
+            refused(|v| {
+                v.active = false;
+                v.deactivated_ns = 2_001;
+            })
+            .contains("impossible times")
+        );
+        assert!(
+            refused(|v| v.attrs.as_mut().unwrap().kind = pb::ObjectKind::Directory as i32)
+                .contains("not a file")
+        );
+        assert!(refused(|v| v.attrs.as_mut().unwrap().path = "/b/f".into()).contains("outside"));
+        assert!(refused(|v| v.object_id = vec![1; 3]).contains("16"));
+    }
 }
