@@ -88,6 +88,195 @@ pub struct ServerConfig {
     /// deleted after each new copy.
     #[serde(default = "default_db_backup_keep")]
     pub db_backup_keep: usize,
+    /// Where sealed containers live (`[pool]`): on the data dir's disk
+    /// (`local`, the default) or in an S3-compatible bucket (`s3`).
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// The storage pool: `[pool]` in the server's configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `local` or `s3`.
+    #[serde(default)]
+    pub kind: PoolKind,
+    /// The S3 endpoint URL (`https://s3.example.net`; `http://` only on a
+    /// loopback address). Unset with `s3`: AWS's own endpoint for `region`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The bucket, which must exist; one bucket and prefix per server.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// The bucket's region.
+    #[serde(default = "default_pool_region")]
+    pub region: String,
+    /// Prefix of every object this server writes (`SERVER1/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style URLs (`endpoint/bucket/key`), which MinIO, Ceph RGW and
+    /// Garage expect; `false` for virtual-hosted style (AWS).
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// A TOML file holding `access_key_id` and `secret_access_key`,
+    /// readable by the server's user only. Unset: `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` from the environment.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// A container is sealed and uploaded once it holds this many MiB.
+    #[serde(default = "default_container_mib")]
+    pub container_mib: u64,
+    /// MiB of object data kept in memory for reads (ranged GETs fetch
+    /// whole 1 MiB blocks, so neighbouring chunks come with one request).
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
+}
+
+/// Where sealed containers are kept.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolKind {
+    /// Every container stays in `DATA_DIR/containers`.
+    #[default]
+    Local,
+    /// Sealed containers are uploaded to an S3 bucket and their local
+    /// copies removed; the open container is staged locally.
+    S3,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            kind: PoolKind::Local,
+            endpoint: None,
+            bucket: None,
+            region: default_pool_region(),
+            prefix: String::new(),
+            path_style: true,
+            credentials_file: None,
+            container_mib: default_container_mib(),
+            cache_mib: default_cache_mib(),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Bytes at which a container is sealed.
+    #[must_use]
+    pub fn container_bytes(&self) -> u64 {
+        self.container_mib * 1024 * 1024
+    }
+
+    /// Checks the values that can be checked without contacting the store.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key, the value and the fix.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=4096).contains(&self.container_mib) {
+            return invalid(format!(
+                "pool.container_mib {} is out of range: give 1 to 4096 MiB (256 is usual)",
+                self.container_mib
+            ));
+        }
+        if !(1..=65_536).contains(&self.cache_mib) {
+            return invalid(format!(
+                "pool.cache_mib {} is out of range: give 1 to 65536 MiB",
+                self.cache_mib
+            ));
+        }
+        if self.kind == PoolKind::Local {
+            return Ok(());
+        }
+        match self.bucket.as_deref() {
+            None | Some("") => {
+                return invalid(
+                    "pool.kind is s3 but pool.bucket is not set; name an existing bucket".into(),
+                );
+            }
+            Some(b)
+                if !b
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) =>
+            {
+                return invalid(format!(
+                    "pool.bucket {b:?} is not a valid bucket name: use letters, digits, '-', '.' or '_'"
+                ));
+            }
+            Some(_) => {}
+        }
+        if self.prefix.starts_with('/') || self.prefix.split('/').any(|p| p == "..") {
+            return invalid(format!(
+                "pool.prefix {:?} must be relative and without '..' (such as \"SERVER1/\")",
+                self.prefix
+            ));
+        }
+        if let Some(endpoint) = &self.endpoint {
+            check_endpoint(endpoint)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the endpoint is plain HTTP (allowed on loopback only).
+    #[must_use]
+    pub fn plain_http(&self) -> bool {
+        self.endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+    }
+}
+
+/// An endpoint is an `https://` URL, or `http://` to a loopback address:
+/// the credentials sign every request, and the data is the customer's.
+fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    let invalid = |why: &str| {
+        Err(ConfigError::Invalid(format!(
+            "pool.endpoint {endpoint:?} {why}"
+        )))
+    };
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return invalid("is not a URL; give one such as https://s3.example.net");
+    };
+    let host_port = rest.split('/').next().unwrap_or_default();
+    let host = match host_port.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host_port,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return invalid("names no host");
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                invalid("is plain HTTP to a host that is not loopback; use https://")
+            }
+        }
+        _ => invalid("must start with https:// (or http:// to a loopback address)"),
+    }
+}
+
+fn default_pool_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_container_mib() -> u64 {
+    256
+}
+
+fn default_cache_mib() -> u64 {
+    64
 }
 
 fn default_db_backup_interval_hours() -> u64 {
@@ -174,7 +363,13 @@ impl ServerConfig {
             );
         }
         builder = builder
-            .add_source(config::Environment::with_prefix("TANDEM_SERVER"))
+            // `TANDEM_SERVER_POOL__KIND=s3` sets `pool.kind`: a double
+            // underscore nests, a single one is part of the key.
+            .add_source(
+                config::Environment::with_prefix("TANDEM_SERVER")
+                    .prefix_separator("_")
+                    .separator("__"),
+            )
             .set_override_option(
                 "data_dir",
                 overrides
@@ -247,6 +442,7 @@ impl ServerConfig {
             )));
         }
         cfg.check_db_backup()?;
+        cfg.pool.check()?;
         Ok(cfg)
     }
 
@@ -352,6 +548,62 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pool_from(toml: &str) -> Result<ServerConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(&file, toml).unwrap();
+        ServerConfig::load(Some(&file), &ConfigOverrides::default())
+    }
+
+    #[test]
+    fn an_s3_pool_is_read_from_the_file_and_its_bad_values_are_named() {
+        let cfg = pool_from(
+            "[pool]\nkind = \"s3\"\nendpoint = \"https://s3.example.net\"\nbucket = \"backups\"\nprefix = \"SRV1/\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.pool.kind, PoolKind::S3);
+        assert_eq!(cfg.pool.container_bytes(), 256 << 20);
+        assert!(cfg.pool.path_style);
+        assert_eq!(pool_from("").unwrap().pool, PoolConfig::default());
+        for (toml, says) in [
+            ("[pool]\nkind = \"s3\"\n", "pool.bucket is not set"),
+            (
+                "[pool]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://s3.example.net\"\n",
+                "not loopback",
+            ),
+            (
+                "[pool]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"ftp://127.0.0.1\"\n",
+                "must start with https://",
+            ),
+            (
+                "[pool]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"s3.example.net\"\n",
+                "is not a URL",
+            ),
+            (
+                "[pool]\nkind = \"s3\"\nbucket = \"b c\"\n",
+                "not a valid bucket name",
+            ),
+            (
+                "[pool]\nkind = \"s3\"\nbucket = \"b\"\nprefix = \"../x/\"\n",
+                "without '..'",
+            ),
+            (
+                "[pool]\ncontainer_mib = 0\n",
+                "pool.container_mib 0 is out of range",
+            ),
+            ("[pool]\nkind = \"ceph\"\n", "ceph"),
+        ] {
+            let err = pool_from(toml).unwrap_err().to_string();
+            assert!(err.contains(says), "{toml:?}: {err}");
+        }
+        // Plain HTTP is for a loopback endpoint only.
+        let local = pool_from(
+            "[pool]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        assert!(local.pool.plain_http());
+    }
 
     #[test]
     fn defaults_then_file_then_flags() {

@@ -49,6 +49,7 @@ pub fn restore_db(
     data_dir: &Path,
     copy: &Path,
     policy: Policy,
+    pool: &crate::config::PoolConfig,
 ) -> Result<RestoreDbReport, ServerError> {
     let _lock = crate::state::lock_data_dir(data_dir)?;
     let refused = |e: crate::error::CatalogError| {
@@ -70,7 +71,8 @@ pub fn restore_db(
     // Everything is read and decided on a staged copy first: a failure
     // until the final rename leaves the data dir as it was.
     let mut found: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
-    for (id, at) in ChunkStore::scan_dir(&data_dir.join("containers"))? {
+    let bucket = crate::repository::open_pool(pool)?;
+    for (id, at) in ChunkStore::scan_dir(&data_dir.join("containers"), bucket.as_ref())? {
         found.entry(id).or_default().push(at);
     }
     let staged = stage(data_dir, copy)?;

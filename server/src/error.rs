@@ -40,6 +40,16 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
+    /// The S3 pool could not be set up or refused a request.
+    #[error("storage pool {pool}{}: {reason}", container.map(|n| format!(", container {n}")).unwrap_or_default())]
+    Pool {
+        /// Bucket, prefix and endpoint.
+        pool: String,
+        /// The container concerned, if one is.
+        container: Option<u32>,
+        /// What failed.
+        reason: String,
+    },
     /// A chunk sent by a client does not hash to its id.
     #[error("chunk {chunk} does not match its hash")]
     ChunkMismatch {
@@ -300,6 +310,16 @@ mod tests {
                     reason: "short".into(),
                 }),
                 Code::InvalidArgument,
+            ),
+            (
+                ServerError::Storage(StorageError::Pool {
+                    pool: "s3://b/ at http://127.0.0.1:9".into(),
+                    container: Some(3),
+                    reason: "connection refused".into(),
+                }),
+                // Not Unavailable: clients read that as "the server is
+                // down" and fail over; here the server answers.
+                Code::Internal,
             ),
             (
                 ServerError::Storage(StorageError::Io {

@@ -23,3 +23,14 @@ pub async fn pause_point(point: &str) {
         tokio::time::sleep(PAUSE_LIMIT).await;
     }
 }
+
+/// [`pause_point`] for code on a blocking thread.
+pub fn pause_point_blocking(point: &str) {
+    if std::env::var(PAUSE_ENV).is_ok_and(|v| v == point) {
+        tracing::warn!(
+            point,
+            "paused at fault point {point} ({PAUSE_ENV}); waiting to be killed"
+        );
+        std::thread::sleep(PAUSE_LIMIT);
+    }
+}

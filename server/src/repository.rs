@@ -24,10 +24,24 @@ use prost::bytes::Bytes;
 use tandem_proto::{ChunkId, StoredChunk};
 
 use crate::catalog::Catalog;
+use crate::config::{PoolConfig, PoolKind};
 use crate::error::ServerError;
 use crate::model::{ChunkLocation, Node, Policy};
 use crate::pins::ChunkPins;
 use crate::storage::ChunkStore;
+use crate::storage::object_pool::ObjectPool;
+
+/// The bucket of an S3 pool; `None` for a local one.
+///
+/// # Errors
+/// [`crate::error::StorageError::Pool`] for missing credentials or a bad
+/// setting.
+pub fn open_pool(pool: &PoolConfig) -> Result<Option<ObjectPool>, ServerError> {
+    Ok(match pool.kind {
+        PoolKind::Local => None,
+        PoolKind::S3 => Some(ObjectPool::open(pool)?),
+    })
+}
 
 /// A data directory's catalog, containers and pins.
 #[derive(Debug)]
@@ -50,9 +64,14 @@ impl Repository {
     ///
     /// # Errors
     /// Catalog and container errors, each naming the file at fault.
-    pub fn open(dir: &Path, policy: Policy) -> Result<Self, ServerError> {
+    pub fn open(dir: &Path, policy: Policy, pool: &PoolConfig) -> Result<Self, ServerError> {
         let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"), policy)?);
-        let store = ChunkStore::open(&dir.join("containers"), &catalog.container_ends()?)?;
+        let store = ChunkStore::open_in_pool(
+            &dir.join("containers"),
+            &catalog.container_ends()?,
+            open_pool(pool)?,
+            pool.container_bytes(),
+        )?;
         Ok(Repository {
             catalog,
             store,

@@ -353,7 +353,7 @@ impl ServerState {
             )))?;
         refuse_shared_data_dir(dir)?;
         let lock = lock_data_dir(dir)?;
-        let repo = Arc::new(Repository::open(dir, config.policy)?);
+        let repo = Arc::new(Repository::open(dir, config.policy, &config.pool)?);
         let catalog: &Catalog = &repo.catalog;
         check_server_name(catalog, &config)?;
         let guid = match catalog.setting(Setting::Guid)? {

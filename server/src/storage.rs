@@ -10,8 +10,14 @@
 //! its last indexed chunk, so nothing unacknowledged survives a restart.
 //!
 //! Appends write whole blocks around the page cache ([`appender`]).
+//!
+//! In an S3 pool, sealed containers move to a bucket ([`offload`],
+//! [`object_pool`]) and are read from there; the store's interface is the
+//! same.
 
 mod appender;
+pub mod object_pool;
+mod offload;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,8 +32,11 @@ use tandem_proto::ChunkId;
 use crate::error::StorageError;
 use crate::model::ChunkLocation;
 use appender::ContainerAppender;
+use object_pool::ObjectPool;
+use offload::{Offload, Remote};
 
-/// A container is closed for appends once it reaches this size.
+/// A container is closed for appends once it reaches this size (in a local
+/// pool; an S3 pool's `container_mib` sets its own).
 const CONTAINER_TARGET_BYTES: u64 = 256 * 1024 * 1024;
 /// Size of a record header.
 pub const HEADER_BYTES: u64 = 40;
@@ -143,8 +152,12 @@ struct Appender {
 #[derive(Debug)]
 pub struct ChunkStore {
     dir: PathBuf,
+    /// Size at which a container is sealed.
+    seal_bytes: u64,
     appender: Mutex<Appender>,
-    readers: Mutex<HashMap<u32, Arc<File>>>,
+    readers: Arc<Mutex<HashMap<u32, Arc<File>>>>,
+    /// The bucket sealed containers move to, in an S3 pool.
+    offload: Option<Offload>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
@@ -160,22 +173,58 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ChunkStore {
-    /// Opens the containers in `dir`, cutting each back to `indexed_ends` (the
-    /// end of its last indexed chunk; containers absent from it are emptied).
+    /// Opens the containers in `dir` as a local pool, cutting each back to
+    /// `indexed_ends` (the end of its last indexed chunk; containers absent
+    /// from it are emptied).
     ///
     /// # Errors
     /// I/O errors on the directory or a container.
     pub fn open(dir: &Path, indexed_ends: &[(u32, u64)]) -> Result<Self, StorageError> {
+        Self::open_in_pool(dir, indexed_ends, None, CONTAINER_TARGET_BYTES)
+    }
+
+    /// Opens the containers in `dir` as [`Self::open`] does; with `pool`,
+    /// sealed containers (`seal_bytes` each) move to its bucket, and those
+    /// already there are read from it.
+    ///
+    /// # Errors
+    /// I/O errors on the directory or a container; [`StorageError::Pool`]
+    /// when containers are in a bucket but no pool, or another, is given.
+    pub fn open_in_pool(
+        dir: &Path,
+        indexed_ends: &[(u32, u64)],
+        pool: Option<ObjectPool>,
+        seal_bytes: u64,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let remote = offload::load_markers(dir, pool.as_ref().map(ObjectPool::identity))?;
+        if pool.is_none()
+            && let Some(number) = remote.keys().min()
+        {
+            return Err(StorageError::Pool {
+                pool: "none configured".into(),
+                container: Some(*number),
+                reason: format!(
+                    "{} container(s) of this data dir are in an S3 bucket ({} names it); configure the [pool] they were uploaded to",
+                    remote.len(),
+                    offload::marker_path(dir, *number).display()
+                ),
+            });
+        }
         let ends: HashMap<u32, u64> = indexed_ends.iter().copied().collect();
-        let mut highest = 0u32;
+        let mut highest = remote.keys().copied().max().unwrap_or(0);
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
             let Some(number) = container_number(&entry.path()) else {
                 continue;
             };
-            highest = highest.max(number);
             let path = entry.path();
+            if remote.contains_key(&number) {
+                // Uploaded, marked, then a crash before the local copy went.
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            highest = highest.max(number);
             let end = ends.get(&number).copied().unwrap_or(0);
             let file = OpenOptions::new()
                 .write(true)
@@ -193,7 +242,12 @@ impl ChunkStore {
                 file.sync_all().map_err(io_err(&path))?;
             }
         }
-        let number = highest.max(1);
+        // Appends never go to a container that is in the bucket.
+        let number = if remote.contains_key(&highest) {
+            highest + 1
+        } else {
+            highest.max(1)
+        };
         // Containers emptied by a compaction that crashed before unlinking them.
         for (n, _) in Self::list_containers(dir)? {
             let path = Self::container_path(dir, n);
@@ -202,10 +256,26 @@ impl ChunkStore {
             }
         }
         let appender = Self::open_appender(dir, number)?;
+        let readers = Arc::new(Mutex::new(HashMap::new()));
+        let offload = match pool {
+            None => None,
+            Some(pool) => {
+                let offload = Offload::start(dir, Arc::new(pool), remote, readers.clone())?;
+                // Sealed before the last stop but not yet in the bucket.
+                for (n, _) in Self::list_containers(dir)? {
+                    if n != number {
+                        offload.sealed(n);
+                    }
+                }
+                Some(offload)
+            }
+        };
         Ok(ChunkStore {
             dir: dir.to_path_buf(),
+            seal_bytes,
             appender: Mutex::new(appender),
-            readers: Mutex::new(HashMap::new()),
+            readers,
+            offload,
         })
     }
 
@@ -239,6 +309,7 @@ impl ChunkStore {
     ) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
         let mut locations = Vec::with_capacity(chunks.len());
         let mut to_sync: Vec<(u32, Arc<File>)> = Vec::new();
+        let mut sealed: Vec<u32> = Vec::new();
         let headers: Vec<[u8; HEADER_BYTES as usize]> = chunks.iter().map(record_header).collect();
         {
             let mut app = lock(&self.appender);
@@ -248,11 +319,12 @@ impl ChunkStore {
             let mut first = 0;
             let mut end = app.out.len();
             for (i, chunk) in chunks.iter().enumerate() {
-                if end >= CONTAINER_TARGET_BYTES {
+                if end >= self.seal_bytes {
                     self.write_records(&mut app, &headers[first..i], &chunks[first..i])?;
                     first = i;
                     to_sync.push((app.number, app.out.file()));
                     *app = Self::open_appender(&self.dir, app.number + 1)?;
+                    sealed.push(app.number - 1);
                     end = app.out.len();
                 }
                 let stored_len = chunk.data.len() as u32;
@@ -275,6 +347,11 @@ impl ChunkStore {
         for (number, file) in to_sync {
             file.sync_data()
                 .map_err(io_err(&Self::container_path(&self.dir, number)))?;
+        }
+        if let Some(offload) = &self.offload {
+            for number in sealed {
+                offload.sealed(number);
+            }
         }
         Ok(locations)
     }
@@ -303,21 +380,53 @@ impl ChunkStore {
     /// I/O errors, including a container shorter than the index says.
     pub fn read(&self, loc: ChunkLocation) -> Result<Vec<u8>, StorageError> {
         let path = Self::container_path(&self.dir, loc.container);
-        let file = {
-            let mut readers = lock(&self.readers);
-            match readers.get(&loc.container) {
-                Some(f) => f.clone(),
-                None => {
-                    let f = Arc::new(File::open(&path).map_err(io_err(&path))?);
-                    readers.insert(loc.container, f.clone());
-                    f
+        let file = match self.reader(loc.container) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Moved to the bucket (the marker is written before the
+                // local file goes, so it is known by now).
+                if let Some((offload, remote)) = self.remote(loc.container) {
+                    return offload.read(
+                        loc.container,
+                        remote,
+                        loc.offset,
+                        loc.stored_len as usize,
+                    );
                 }
+                return Err(io_err(&path)(e));
             }
+            Err(e) => return Err(io_err(&path)(e)),
         };
         let mut data = vec![0u8; loc.stored_len as usize];
         file.read_exact_at(&mut data, loc.offset)
             .map_err(io_err(&path))?;
         Ok(data)
+    }
+
+    /// An open handle on a local container, kept for later reads.
+    fn reader(&self, number: u32) -> std::io::Result<Arc<File>> {
+        let mut readers = lock(&self.readers);
+        if let Some(f) = readers.get(&number) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(Self::container_path(&self.dir, number))?);
+        readers.insert(number, f.clone());
+        Ok(f)
+    }
+
+    /// The bucket side and the object, when container `number` is in one.
+    fn remote(&self, number: u32) -> Option<(&Offload, Remote)> {
+        let offload = self.offload.as_ref()?;
+        Some((offload, offload.remote(number)?))
+    }
+
+    /// Where the pool is (`local`, or the bucket), for reports.
+    #[must_use]
+    pub fn pool_description(&self) -> String {
+        match &self.offload {
+            None => "local".into(),
+            Some(o) => o.pool.describe().to_string(),
+        }
     }
 }
 
@@ -339,92 +448,58 @@ impl ChunkStore {
     /// describe them (whether the catalog still points at them or not).
     ///
     /// # Errors
-    /// I/O errors; [`StorageError::Damaged`] when a record runs past the end.
+    /// I/O and pool errors; [`StorageError::Damaged`] when a record runs
+    /// past the end.
     pub fn records(&self, number: u32) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
-        Self::records_in(&self.dir, number, false)
+        let pool = self.offload.as_ref().map(|o| &*o.pool);
+        let remote = self.remote(number).map(|(_, r)| r.size);
+        let bytes = ContainerBytes::of(&self.dir, number, pool, remote)?;
+        records_in(&bytes, number, false)
     }
 
-    /// Every record of every container in `dir`, read from the containers'
-    /// own headers without opening a store (which would cut containers back
-    /// to what the catalog indexes): what a restored catalog is checked
-    /// against before the server starts on it. The newest container's torn
-    /// tail (a write a crash cut short) ends its list, as it was never
-    /// acknowledged; anywhere else a record that does not fit is damage, and
-    /// an error, since the intact records after it could not be found.
+    /// Every record of every container in `dir` (and in `pool`'s bucket, for
+    /// the containers moved there), read from the containers' own headers
+    /// without opening a store (which would cut containers back to what the
+    /// catalog indexes): what a restored catalog is checked against before
+    /// the server starts on it. The newest container's torn tail (a write a
+    /// crash cut short) ends its list, as it was never acknowledged;
+    /// anywhere else a record that does not fit is damage, and an error,
+    /// since the intact records after it could not be found.
     ///
     /// # Errors
-    /// I/O errors; [`StorageError::Damaged`] for a container whose records
-    /// do not add up.
-    pub fn scan_dir(dir: &Path) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
+    /// I/O and pool errors; [`StorageError::Damaged`] for a container whose
+    /// records do not add up.
+    pub fn scan_dir(
+        dir: &Path,
+        pool: Option<&ObjectPool>,
+    ) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
         let mut all = Vec::new();
         if !dir.exists() {
             return Ok(all);
         }
-        let containers = Self::list_containers(dir)?;
+        let remote = offload::load_markers(dir, pool.map(ObjectPool::identity))?;
+        if pool.is_none()
+            && let Some(number) = remote.keys().min()
+        {
+            return Err(StorageError::Pool {
+                pool: "none configured".into(),
+                container: Some(*number),
+                reason: "containers of this data dir are in an S3 bucket; configure the [pool] they were uploaded to".into(),
+            });
+        }
+        let mut containers: Vec<(u32, Option<u64>)> = Self::list_containers(dir)?
+            .into_iter()
+            .filter(|(n, _)| !remote.contains_key(n))
+            .map(|(n, _)| (n, None))
+            .collect();
+        containers.extend(remote.iter().map(|(n, r)| (*n, Some(r.size))));
+        containers.sort_unstable();
         let newest = containers.last().map(|(number, _)| *number);
-        for (number, _) in containers {
-            all.extend(Self::records_in(dir, number, Some(number) == newest)?);
+        for (number, size) in containers {
+            let bytes = ContainerBytes::of(dir, number, pool, size)?;
+            all.extend(records_in(&bytes, number, Some(number) == newest)?);
         }
         Ok(all)
-    }
-
-    fn records_in(
-        dir: &Path,
-        number: u32,
-        stop_at_torn_tail: bool,
-    ) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
-        let path = Self::container_path(dir, number);
-        let file = File::open(&path).map_err(io_err(&path))?;
-        let len = file.metadata().map_err(io_err(&path))?.len();
-        let mut records = Vec::new();
-        let mut offset = 0u64;
-        let mut header = [0u8; HEADER_BYTES as usize];
-        while offset < len {
-            let damaged = |reason: String| StorageError::Damaged {
-                path: path.clone(),
-                offset,
-                reason,
-            };
-            let torn = len - offset < HEADER_BYTES || {
-                file.read_exact_at(&mut header, offset)
-                    .map_err(io_err(&path))?;
-                let stored = u32::from_le_bytes(header[32..36].try_into().unwrap_or_default());
-                offset + HEADER_BYTES + u64::from(stored) > len
-            };
-            if torn && stop_at_torn_tail {
-                break;
-            }
-            if len - offset < HEADER_BYTES {
-                return Err(damaged(format!(
-                    "{} bytes left, less than a record header",
-                    len - offset
-                )));
-            }
-            file.read_exact_at(&mut header, offset)
-                .map_err(io_err(&path))?;
-            let (id, lengths) = header.split_at(32);
-            let stored_len = u32::from_le_bytes(lengths[..4].try_into().unwrap_or_default());
-            let raw_len = u32::from_le_bytes(lengths[4..].try_into().unwrap_or_default());
-            let data_at = offset + HEADER_BYTES;
-            let end = data_at + u64::from(stored_len);
-            if end > len {
-                return Err(damaged(format!(
-                    "a record of {stored_len} bytes runs past the end ({len})"
-                )));
-            }
-            let id = ChunkId::from_slice(id).map_err(|e| damaged(e.to_string()))?;
-            records.push((
-                id,
-                ChunkLocation {
-                    container: number,
-                    offset: data_at,
-                    stored_len,
-                    raw_len,
-                },
-            ));
-            offset = end;
-        }
-        Ok(records)
     }
 
     /// Every container with its file size.
@@ -432,7 +507,14 @@ impl ChunkStore {
     /// # Errors
     /// I/O errors listing the directory.
     pub fn containers(&self) -> Result<Vec<(u32, u64)>, StorageError> {
-        Self::list_containers(&self.dir)
+        let mut all = Self::list_containers(&self.dir)?;
+        if let Some(offload) = &self.offload {
+            let remote = offload.list();
+            all.retain(|(n, _)| !remote.iter().any(|(r, _)| r == n));
+            all.extend(remote);
+            all.sort_unstable();
+        }
+        Ok(all)
     }
 
     /// Starts a new container for appends if the current one holds data, so
@@ -444,16 +526,23 @@ impl ChunkStore {
         let mut app = lock(&self.appender);
         if app.out.len() > 0 {
             *app = Self::open_appender(&self.dir, app.number + 1)?;
+            if let Some(offload) = &self.offload {
+                offload.sealed(app.number - 1);
+            }
         }
         Ok(app.number)
     }
 
-    /// Deletes a container file that no indexed chunk points into any more.
-    /// Readers that already opened it keep reading their handle until done.
+    /// Deletes a container that no indexed chunk points into any more
+    /// (its file, or its object in an S3 pool). Readers that already opened
+    /// the file keep reading their handle until done.
     ///
     /// # Errors
-    /// I/O errors removing the file.
+    /// I/O errors removing the file; pool errors deleting the object.
     pub fn remove_container(&self, number: u32) -> Result<(), StorageError> {
+        if let Some(offload) = &self.offload {
+            return offload.remove(number);
+        }
         let path = Self::container_path(&self.dir, number);
         lock(&self.readers).remove(&number);
         std::fs::remove_file(&path).map_err(io_err(&path))?;
@@ -461,6 +550,114 @@ impl ChunkStore {
             .and_then(|d| d.sync_all())
             .map_err(io_err(&self.dir))
     }
+}
+
+/// Where a container's bytes are read from while walking its records.
+enum ContainerBytes<'a> {
+    Local { path: PathBuf, file: File, len: u64 },
+    Remote { pool: &'a ObjectPool, size: u64 },
+}
+
+impl<'a> ContainerBytes<'a> {
+    /// Container `number`: in the bucket when `remote_size` is given.
+    fn of(
+        dir: &Path,
+        number: u32,
+        pool: Option<&'a ObjectPool>,
+        remote_size: Option<u64>,
+    ) -> Result<Self, StorageError> {
+        if let (Some(pool), Some(size)) = (pool, remote_size) {
+            return Ok(ContainerBytes::Remote { pool, size });
+        }
+        let path = ChunkStore::container_path(dir, number);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        Ok(ContainerBytes::Local { path, file, len })
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            ContainerBytes::Local { len, .. } => *len,
+            ContainerBytes::Remote { size, .. } => *size,
+        }
+    }
+
+    /// A name for messages.
+    fn path(&self, number: u32) -> PathBuf {
+        match self {
+            ContainerBytes::Local { path, .. } => path.clone(),
+            ContainerBytes::Remote { pool, .. } => {
+                PathBuf::from(format!("{}containers/{number:08}.tdc", pool.identity()))
+            }
+        }
+    }
+
+    fn read_exact_at(&self, number: u32, buf: &mut [u8], offset: u64) -> Result<(), StorageError> {
+        match self {
+            ContainerBytes::Local { path, file, .. } => {
+                file.read_exact_at(buf, offset).map_err(io_err(path))
+            }
+            ContainerBytes::Remote { pool, size } => {
+                let data = pool.read(number, offset, buf.len(), *size)?;
+                buf.copy_from_slice(&data);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The records of one container, from its headers.
+fn records_in(
+    bytes: &ContainerBytes<'_>,
+    number: u32,
+    stop_at_torn_tail: bool,
+) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
+    let len = bytes.len();
+    let mut records = Vec::new();
+    let mut offset = 0u64;
+    let mut header = [0u8; HEADER_BYTES as usize];
+    while offset < len {
+        let damaged = |reason: String| StorageError::Damaged {
+            path: bytes.path(number),
+            offset,
+            reason,
+        };
+        let short = len - offset < HEADER_BYTES;
+        if !short {
+            bytes.read_exact_at(number, &mut header, offset)?;
+        }
+        let stored_len = u32::from_le_bytes(header[32..36].try_into().unwrap_or_default());
+        let raw_len = u32::from_le_bytes(header[36..].try_into().unwrap_or_default());
+        let data_at = offset + HEADER_BYTES;
+        let end = data_at + u64::from(stored_len);
+        let torn = short || end > len;
+        if torn && stop_at_torn_tail {
+            break;
+        }
+        if short {
+            return Err(damaged(format!(
+                "{} bytes left, less than a record header",
+                len - offset
+            )));
+        }
+        if end > len {
+            return Err(damaged(format!(
+                "a record of {stored_len} bytes runs past the end ({len})"
+            )));
+        }
+        let id = ChunkId::from_slice(&header[..32]).map_err(|e| damaged(e.to_string()))?;
+        records.push((
+            id,
+            ChunkLocation {
+                container: number,
+                offset: data_at,
+                stored_len,
+                raw_len,
+            },
+        ));
+        offset = end;
+    }
+    Ok(records)
 }
 
 fn container_number(path: &Path) -> Option<u32> {
@@ -513,6 +710,23 @@ mod tests {
             StorageError::Damaged { offset, .. } => assert_eq!(offset, last),
             other => panic!("unexpected {other}"),
         }
+    }
+
+    #[test]
+    fn containers_in_a_bucket_are_not_opened_as_a_local_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("00000003.remote"), "1048576\ns3://b/p/\n").unwrap();
+        let err = ChunkStore::open(dir.path(), &[]).unwrap_err().to_string();
+        assert!(err.contains("configure the [pool]"), "{err}");
+        assert!(err.contains("00000003.remote"), "{err}");
+        let err = ChunkStore::scan_dir(dir.path(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("S3 bucket"), "{err}");
+        // A marker that does not say its size is damage, named as such.
+        std::fs::write(dir.path().join("00000003.remote"), "lots\n").unwrap();
+        let err = ChunkStore::open(dir.path(), &[]).unwrap_err().to_string();
+        assert!(err.contains("without a size"), "{err}");
     }
 
     #[test]

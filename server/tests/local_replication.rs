@@ -22,7 +22,10 @@ const NODE: &str = "ALPHA";
 const SESSION: u64 = 7;
 
 fn open(dir: &tempfile::TempDir) -> Arc<Repository> {
-    Arc::new(Repository::open(dir.path(), Policy::default()).expect("repository opens"))
+    Arc::new(
+        Repository::open(dir.path(), Policy::default(), &Default::default())
+            .expect("repository opens"),
+    )
 }
 
 /// A chunk of `len` bytes derived from `seed`, compressed as clients send it.

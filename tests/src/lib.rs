@@ -10,13 +10,15 @@
 //! (`TestServer`, paired servers), [`client`] (`TestClient`, output
 //! helpers), [`tree`] (test data and tree comparison), [`proxy`] (a
 //! cuttable, recording TCP proxy), [`raw`] (a bare gRPC caller),
-//! [`process`] (bounded waits, peak RSS). Everything is re-exported here.
+//! [`process`] (bounded waits, peak RSS), [`s3`] (an S3 server for pool
+//! tests). Everything is re-exported here.
 
 pub mod binaries;
 pub mod client;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod s3;
 pub mod server;
 pub mod tree;
 

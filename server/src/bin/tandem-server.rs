@@ -122,7 +122,8 @@ fn restore_db(args: &Args, from: &std::path::Path) -> anyhow::Result<()> {
         ..ConfigOverrides::default()
     };
     let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
-    let report = tandem_server::dbrestore::restore_db(&config.data_dir, from, config.policy)?;
+    let report =
+        tandem_server::dbrestore::restore_db(&config.data_dir, from, config.policy, &config.pool)?;
     println!("Catalog restored from {}", from.display());
     if let Some(aside) = &report.kept_aside {
         println!("Replaced catalog kept as {}", aside.display());

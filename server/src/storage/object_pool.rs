@@ -1,0 +1,406 @@
+//! An S3 bucket holding a server's sealed containers.
+//!
+//! A container is one object, `<prefix>containers/NNNNNNNN.tdc`, byte for
+//! byte the local file it was sealed as, so the record headers that let a
+//! local container be checked or re-indexed work on the object too. Reads
+//! are ranged GETs of whole [`BLOCK_BYTES`] blocks, kept in a small LRU
+//! cache: a restore reads chunks in container order, so one request serves
+//! many chunks.
+//!
+//! The rest of the store is synchronous (it runs on blocking threads), so
+//! the pool owns a small runtime for `object_store`'s async client and waits
+//! for each request on the calling thread.
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig, WriteMultipart};
+use prost::bytes::Bytes;
+use serde::Deserialize;
+
+use crate::config::PoolConfig;
+use crate::error::StorageError;
+
+/// Granule of ranged reads and of the read cache.
+pub const BLOCK_BYTES: u64 = 1024 * 1024;
+/// Part size of multipart uploads (S3 wants at least 5 MiB but the last).
+const PART_BYTES: usize = 16 * 1024 * 1024;
+/// Parts in flight at once during an upload.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// The `credentials_file` format.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsFile {
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+impl std::fmt::Debug for CredentialsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialsFile")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bucket of sealed containers.
+pub struct ObjectPool {
+    store: std::sync::Arc<dyn ObjectStore>,
+    prefix: String,
+    /// `s3://bucket/prefix at endpoint`, for messages.
+    describe: String,
+    /// `s3://bucket/prefix`: what a container's marker records.
+    identity: String,
+    runtime: Option<tokio::runtime::Runtime>,
+    cache: Mutex<lru::LruCache<(u32, u64), Bytes>>,
+}
+
+impl std::fmt::Debug for ObjectPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectPool")
+            .field("at", &self.describe)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ObjectPool {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside async code; the
+        // pool may be dropped there (a server's state at shutdown).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn setup_error(describe: &str, reason: impl std::fmt::Display) -> StorageError {
+    StorageError::Pool {
+        pool: describe.to_string(),
+        container: None,
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads `access_key_id` and `secret_access_key` from `path`, which only
+/// its owner may read.
+fn read_credentials(path: &FsPath, describe: &str) -> Result<CredentialsFile, StorageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        setup_error(
+            describe,
+            format!("credentials_file {}: {e}", path.display()),
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(setup_error(
+            describe,
+            format!(
+                "credentials_file {} is readable by others (mode {:o}); chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
+        ));
+    }
+    config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|e| {
+            setup_error(
+                describe,
+                format!(
+                    "credentials_file {} must hold `access_key_id = \"...\"` and `secret_access_key = \"...\"`: {e}",
+                    path.display()
+                ),
+            )
+        })
+}
+
+impl ObjectPool {
+    /// Connects to the bucket `config` names (no request is made yet).
+    ///
+    /// # Errors
+    /// [`StorageError::Pool`] for missing credentials or a bad setting.
+    pub fn open(config: &PoolConfig) -> Result<Self, StorageError> {
+        let bucket = config.bucket.clone().unwrap_or_default();
+        let prefix = config.prefix.clone();
+        let describe = format!(
+            "s3://{bucket}/{prefix} at {}",
+            config
+                .endpoint
+                .as_deref()
+                .unwrap_or("AWS (region's endpoint)")
+        );
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region(&config.region)
+            .with_virtual_hosted_style_request(!config.path_style)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(60),
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_timeout(Duration::from_secs(300)),
+            )
+            // After the client options, which would reset it.
+            .with_allow_http(config.plain_http());
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let (key, secret) = match &config.credentials_file {
+            Some(path) => {
+                let c = read_credentials(path, &describe)?;
+                (c.access_key_id, c.secret_access_key)
+            }
+            None => match (
+                std::env::var("AWS_ACCESS_KEY_ID"),
+                std::env::var("AWS_SECRET_ACCESS_KEY"),
+            ) {
+                (Ok(k), Ok(s)) => (k, s),
+                _ => {
+                    return Err(setup_error(
+                        &describe,
+                        "no credentials: set pool.credentials_file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's environment",
+                    ));
+                }
+            },
+        };
+        builder = builder
+            .with_access_key_id(key)
+            .with_secret_access_key(secret);
+        let store = builder.build().map_err(|e| setup_error(&describe, e))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tandem-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| setup_error(&describe, e))?;
+        let blocks = usize::try_from(config.cache_mib * 1024 * 1024 / BLOCK_BYTES)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .unwrap_or(NonZeroUsize::MIN);
+        Ok(ObjectPool {
+            store: std::sync::Arc::new(store),
+            identity: format!("s3://{bucket}/{prefix}"),
+            prefix,
+            describe,
+            runtime: Some(runtime),
+            cache: Mutex::new(lru::LruCache::new(blocks)),
+        })
+    }
+
+    /// Where the pool is, for messages.
+    #[must_use]
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// The bucket and prefix, `s3://bucket/prefix`.
+    #[must_use]
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn object(&self, number: u32) -> ObjectPath {
+        ObjectPath::from(format!("{}containers/{number:08}.tdc", self.prefix))
+    }
+
+    fn error(&self, number: u32, reason: impl std::fmt::Display) -> StorageError {
+        StorageError::Pool {
+            pool: self.describe.clone(),
+            container: Some(number),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Runs `future` on the pool's runtime and waits for it on this thread
+    /// (a blocking one: the store's callers run there).
+    fn wait<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> T {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the pool");
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv()
+            .expect("the pool's runtime runs until the pool is dropped")
+    }
+
+    /// Uploads the sealed container file `path` as container `number` and
+    /// checks that the bucket holds all of it. Returns its size.
+    ///
+    /// # Errors
+    /// [`StorageError::Pool`] when the upload fails or the object's size
+    /// differs; [`StorageError::Io`] reading the file.
+    pub fn upload(&self, number: u32, path: &FsPath) -> Result<u64, StorageError> {
+        let store = self.store.clone();
+        let location = self.object(number);
+        let file_path: PathBuf = path.to_path_buf();
+        let io = |source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let expected = std::fs::metadata(path).map_err(io)?.len();
+        let result: Result<Result<u64, String>, std::io::Error> = self.wait(async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = tokio::fs::File::open(&file_path).await?;
+            let upload = match store.put_multipart(&location).await {
+                Ok(u) => u,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+            let mut buf = vec![0u8; PART_BYTES];
+            loop {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    return Ok(Err(e.to_string()));
+                }
+                writer.write(&buf[..n]);
+            }
+            if let Err(e) = writer.finish().await {
+                return Ok(Err(e.to_string()));
+            }
+            match store.head(&location).await {
+                Ok(meta) => Ok(Ok(meta.size)),
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        });
+        let stored = result.map_err(io)?.map_err(|e| self.error(number, e))?;
+        if stored != expected {
+            return Err(self.error(
+                number,
+                format!("the bucket holds {stored} bytes after uploading {expected}"),
+            ));
+        }
+        Ok(stored)
+    }
+
+    /// Reads `len` bytes at `offset` of container `number`, through the
+    /// block cache.
+    ///
+    /// # Errors
+    /// [`StorageError::Pool`] when the object cannot be read or is shorter.
+    pub fn read(
+        &self,
+        number: u32,
+        offset: u64,
+        len: usize,
+        size: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let end = offset + len as u64;
+        if end > size {
+            return Err(self.error(
+                number,
+                format!("bytes {offset}..{end} lie past the container's end ({size})"),
+            ));
+        }
+        let first = offset / BLOCK_BYTES;
+        let last = end.saturating_sub(1) / BLOCK_BYTES;
+        let mut blocks: Vec<Option<Bytes>> = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            (first..=last)
+                .map(|b| cache.get(&(number, b)).cloned())
+                .collect()
+        };
+        // Fetch the missing blocks in one ranged GET spanning them.
+        let missing: Vec<u64> = (first..=last)
+            .zip(&blocks)
+            .filter(|(_, b)| b.is_none())
+            .map(|(n, _)| n)
+            .collect();
+        if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
+            let range = lo * BLOCK_BYTES..((hi + 1) * BLOCK_BYTES).min(size);
+            let fetched = self.get_range(number, range.clone())?;
+            if fetched.len() as u64 != range.end - range.start {
+                return Err(self.error(
+                    number,
+                    format!(
+                        "asked for {} bytes at {}, got {} (the object is shorter than the catalog says)",
+                        range.end - range.start,
+                        range.start,
+                        fetched.len()
+                    ),
+                ));
+            }
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            for block in lo..=hi {
+                let at = usize::try_from((block - lo) * BLOCK_BYTES).unwrap_or(usize::MAX);
+                let piece = fetched.slice(at..(at + BLOCK_BYTES as usize).min(fetched.len()));
+                cache.put((number, block), piece.clone());
+                blocks[usize::try_from(block - first).unwrap_or(0)] = Some(piece);
+            }
+        }
+        let mut out = Vec::with_capacity(len);
+        for (i, block) in blocks.into_iter().enumerate() {
+            let block = block.unwrap_or_default();
+            let block_start = (first + i as u64) * BLOCK_BYTES;
+            let from = offset.max(block_start) - block_start;
+            let to = end.min(block_start + block.len() as u64) - block_start;
+            out.extend_from_slice(&block[from as usize..to as usize]);
+        }
+        Ok(out)
+    }
+
+    fn get_range(&self, number: u32, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let store = self.store.clone();
+        let location = self.object(number);
+        self.wait(async move { store.get_range(&location, range).await })
+            .map_err(|e| self.error(number, e))
+    }
+
+    /// The size of container `number` in the bucket.
+    ///
+    /// # Errors
+    /// [`StorageError::Pool`] when it is missing or the bucket unreachable.
+    pub fn size(&self, number: u32) -> Result<u64, StorageError> {
+        let store = self.store.clone();
+        let location = self.object(number);
+        self.wait(async move { store.head(&location).await })
+            .map(|meta| meta.size)
+            .map_err(|e| self.error(number, e))
+    }
+
+    /// Deletes container `number` from the bucket (a missing one is gone
+    /// already) and drops its cached blocks.
+    ///
+    /// # Errors
+    /// [`StorageError::Pool`] when the bucket refuses.
+    pub fn delete(&self, number: u32) -> Result<(), StorageError> {
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let stale: Vec<_> = cache
+                .iter()
+                .filter(|((n, _), _)| *n == number)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in stale {
+                cache.pop(&key);
+            }
+        }
+        let store = self.store.clone();
+        let location = self.object(number);
+        match self.wait(async move { store.delete(&location).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(number, e)),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Storage pools on an S3-compatible object store: a real `s3s-fs` server
+//! on loopback, a real `tandem-server` whose sealed containers move there,
+//! real clients backing up and restoring, SIGKILL at the step between an
+//! upload and its marker, and the object store going down mid-backup.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_tests::s3::S3Server;
+use tandem_tests::{
+    TestClient, TestServer, assert_same_tree, assert_success, code, make_tree, pair, path_str,
+    random_bytes, replicate, stderr, wait_until,
+};
+
+/// Containers seal at 1 MiB here, so a few MiB of data makes several.
+const CONTAINER_MIB: u32 = 1;
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A server on an S3 pool in `s3`, with node `node` and its client.
+fn s3_server(s3: &S3Server, node: &str, extra: &[(&str, &str)]) -> (TestServer, TestClient) {
+    let env = s3.server_env(CONTAINER_MIB);
+    let mut all = env_refs(&env);
+    all.extend_from_slice(extra);
+    let server = TestServer::start_with("S3SRV", &all);
+    server.register(node, "node-password");
+    let client = TestClient::new(&server, node, "node-password");
+    (server, client)
+}
+
+/// A tree with the usual test files and ~6 MiB of incompressible data.
+fn source_tree(root: &Path) {
+    make_tree(root);
+    for i in 0..6u64 {
+        std::fs::write(
+            root.join(format!("big-{i}.bin")),
+            random_bytes(1000 + i, 1 << 20),
+        )
+        .unwrap();
+    }
+}
+
+/// Files in the server's `containers` directory with extension `ext`.
+fn local(server: &TestServer, ext: &str) -> Vec<PathBuf> {
+    server
+        .containers()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect()
+}
+
+/// Waits (bounded) until every sealed container is in the bucket: one
+/// local container file is left, the open one.
+fn wait_until_offloaded(server: &TestServer, s3: &S3Server) {
+    let done = wait_until(Duration::from_secs(120), || {
+        local(server, "tdc").len() == 1 && !local(server, "remote").is_empty()
+    });
+    assert!(
+        done,
+        "sealed containers did not reach the bucket: local {:?}, bucket {:?}\n{}",
+        server.containers(),
+        s3.container_objects(),
+        server.log()
+    );
+    assert_eq!(
+        local(server, "remote").len(),
+        s3.container_objects().len(),
+        "one object per marker"
+    );
+}
+
+/// Regular files anywhere under `dir` (0 when it does not exist).
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() { files_under(&path) } else { 1 }
+        })
+        .sum()
+}
+
+/// Restores all of `src` into `to` and checks it is byte-identical.
+fn restore_same(client: &TestClient, src: &Path, to: &Path) {
+    let restored = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(src)),
+        &path_str(to),
+        "--subdir",
+    ]);
+    assert_eq!(restored["failed"], 0, "{restored}");
+    assert_same_tree(src, to);
+}
+
+#[test]
+fn an_s3_pool_keeps_sealed_containers_in_the_bucket_restores_from_it_and_reclaims_them() {
+    let s3 = S3Server::start();
+    let (mut server, client) = s3_server(&s3, "alice", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    wait_until_offloaded(&server, &s3);
+    assert!(
+        s3.container_objects().len() >= 4,
+        "6 MiB in 1 MiB containers: {:?}",
+        s3.container_objects()
+    );
+    assert!(server.log().contains("TDM0440I"), "{}", server.log());
+
+    // Restored from the bucket (ranged GETs), byte for byte, also by a
+    // restarted server whose cache is empty.
+    let first = work.path().join("first");
+    restore_same(&client, &src, &first);
+    server.kill();
+    server.restart();
+    let second = work.path().join("second");
+    restore_same(&client, &src, &second);
+
+    // The audit reads every chunk back from the bucket.
+    let audit = server.admin_json(&["audit", "node", "alice"]);
+    assert_eq!(audit[0]["damaged"].as_u64(), Some(0), "{audit}");
+    assert_eq!(audit[0]["missing"].as_u64(), Some(0), "{audit}");
+    assert!(audit[0]["chunks_checked"].as_u64().unwrap() > 6, "{audit}");
+
+    // Deleting the filespace reclaims the objects: none is left behind.
+    let fs = client.json(&["query", "filespace"]);
+    let name = fs[0]["name"].as_str().unwrap().to_string();
+    let out = server.admin(&["--json", "delete", "filespace", "alice", &name, "--yes"]);
+    assert_success(&out, "delete filespace");
+    assert!(
+        s3.container_objects().is_empty(),
+        "objects left after every chunk was deleted: {:?}",
+        s3.container_objects()
+    );
+    assert!(
+        local(&server, "remote").is_empty(),
+        "{:?}",
+        server.containers()
+    );
+}
+
+#[test]
+fn a_server_killed_between_upload_and_marker_uploads_again_and_loses_nothing() {
+    let s3 = S3Server::start();
+    let (mut server, client) = s3_server(&s3, "bob", &[("TANDEM_FAULT_PAUSE", "pool-uploaded")]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    // The backup is acknowledged with its containers staged locally.
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    server.wait_for_log("paused at fault point pool-uploaded");
+    // The first upload is in the bucket, its marker not yet written.
+    assert!(!s3.container_objects().is_empty());
+    assert!(local(&server, "remote").is_empty());
+    server.kill();
+
+    let env = s3.server_env(CONTAINER_MIB);
+    server.restart_with(&env_refs(&env));
+    wait_until_offloaded(&server, &s3);
+    let out = work.path().join("out");
+    restore_same(&client, &src, &out);
+    let audit = server.admin_json(&["audit", "node", "bob"]);
+    assert_eq!(audit[0]["damaged"].as_u64(), Some(0), "{audit}");
+}
+
+#[test]
+fn the_object_store_down_during_a_backup_delays_uploads_and_loses_nothing() {
+    let mut s3 = S3Server::start();
+    let (mut server, client) = s3_server(&s3, "carol", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    s3.kill();
+    // Backups go on: sealed containers wait on the local disk.
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    server.wait_for_log("TDM0441W");
+    assert!(local(&server, "remote").is_empty());
+    let during = work.path().join("during");
+    restore_same(&client, &src, &during);
+
+    // Back up: the waiting containers move to the bucket.
+    s3.restart();
+    wait_until_offloaded(&server, &s3);
+    let after = work.path().join("after");
+    restore_same(&client, &src, &after);
+
+    // Down again, and the server's read cache empty (a restart): a restore
+    // that needs the bucket fails and says why, and leaves no partial file.
+    s3.kill();
+    server.restart();
+    let failed = work.path().join("failed");
+    let out = client.run(&[
+        "restore",
+        &format!("{}/big-3.bin", path_str(&src)),
+        &path_str(&failed),
+    ]);
+    assert!(
+        !out.status.success(),
+        "restore without the bucket succeeded"
+    );
+    let err = stderr(&out);
+    assert!(err.contains("storage pool s3://tandem/srv/"), "{err}");
+    assert_eq!(files_under(&failed), 0, "a partial file was left");
+}
+
+#[test]
+fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_from_the_replica() {
+    let s3 = S3Server::start();
+    let (mut primary, client) = s3_server(&s3, "dave", &[]);
+    let secondary = TestServer::start("SECONDARY");
+    pair(&primary, &secondary, "shared-secret-1");
+    assert_success(
+        &primary.admin(&["update", "node", "dave", "--replstate", "enabled"]),
+        "enable replication",
+    );
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    assert_eq!(replicate(&primary, "DAVE")["state"], "completed");
+    wait_until_offloaded(&primary, &s3);
+    // Flip a byte of stored data in one object (random data is stored
+    // verbatim, so a window of a source file is found as it is).
+    let needle = &random_bytes(1002, 1 << 20)[300_000..300_064];
+    let mut damaged = false;
+    for object in s3.container_objects() {
+        let mut bytes = std::fs::read(&object).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + 10] ^= 0xFF;
+            std::fs::write(&object, &bytes).unwrap();
+            damaged = true;
+            break;
+        }
+    }
+    assert!(damaged, "the needle was not found in any object");
+    // A fresh process: nothing of the object is cached.
+    primary.restart();
+    let out = primary.admin(&["--json", "audit", "node", "dave"]);
+    assert_eq!(code(&out), 8, "damage found is a warning: {}", stderr(&out));
+    let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(audit[0]["damaged"].as_u64(), Some(1), "{audit}");
+    // Repaired from the replica: the good copy goes to the open container
+    // and the damaged record is no longer used.
+    let fixed = primary.admin_json(&["audit", "node", "dave", "--fix"]);
+    assert_eq!(fixed[0]["repaired"].as_u64(), Some(1), "{fixed}");
+    let again = primary.admin_json(&["audit", "node", "dave"]);
+    assert_eq!(again[0]["damaged"].as_u64(), Some(0), "{again}");
+    let out = work.path().join("out");
+    restore_same(&client, &src, &out);
+}
