@@ -142,6 +142,42 @@ pub fn verify_chunk(id: ChunkId, data: Bytes, raw_len: u64) -> Result<VerifiedCh
     })
 }
 
+/// What `query stgpool` shows: where the containers are and, in an S3
+/// pool, the object store's traffic since the server started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// `local` or `s3`.
+    pub kind: &'static str,
+    /// The containers directory, or the bucket and endpoint.
+    pub location: String,
+    /// Containers on the local disk.
+    pub local_containers: u64,
+    /// Their bytes.
+    pub local_bytes: u64,
+    /// Containers in the bucket.
+    pub remote_containers: u64,
+    /// Their bytes.
+    pub remote_bytes: u64,
+    /// Sealed containers waiting for upload.
+    pub uploads_pending: u64,
+    /// PUT requests (multipart parts included).
+    pub put_requests: u64,
+    /// Ranged GETs.
+    pub get_requests: u64,
+    /// HEAD requests.
+    pub head_requests: u64,
+    /// DELETE requests.
+    pub delete_requests: u64,
+    /// Bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Bytes downloaded.
+    pub bytes_downloaded: u64,
+    /// Failed upload attempts.
+    pub upload_failures: u64,
+    /// The last failed upload's error.
+    pub last_upload_error: String,
+}
+
 #[derive(Debug)]
 struct Appender {
     number: u32,
@@ -420,13 +456,43 @@ impl ChunkStore {
         Some((offload, offload.remote(number)?))
     }
 
-    /// Where the pool is (`local`, or the bucket), for reports.
-    #[must_use]
-    pub fn pool_description(&self) -> String {
-        match &self.offload {
-            None => "local".into(),
-            Some(o) => o.pool.describe().to_string(),
-        }
+    /// Where the containers are and, in an S3 pool, the traffic so far.
+    ///
+    /// # Errors
+    /// I/O errors listing the containers directory.
+    pub fn pool_status(&self) -> Result<PoolStatus, StorageError> {
+        let local = Self::list_containers(&self.dir)?;
+        let mut status = PoolStatus {
+            local_containers: local.len() as u64,
+            local_bytes: local.iter().map(|(_, size)| size).sum(),
+            ..PoolStatus::default()
+        };
+        let Some(offload) = &self.offload else {
+            status.kind = "local";
+            status.location = self.dir.display().to_string();
+            return Ok(status);
+        };
+        let remote = offload.list();
+        let traffic = offload.pool.traffic();
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let (failures, last_error) = offload.failures();
+        Ok(PoolStatus {
+            kind: "s3",
+            location: offload.pool.describe().to_string(),
+            remote_containers: remote.len() as u64,
+            remote_bytes: remote.iter().map(|(_, size)| size).sum(),
+            // Every local container but the open one waits for its upload.
+            uploads_pending: status.local_containers.saturating_sub(1),
+            put_requests: read(&traffic.puts),
+            get_requests: read(&traffic.gets),
+            head_requests: read(&traffic.heads),
+            delete_requests: read(&traffic.deletes),
+            bytes_uploaded: read(&traffic.bytes_up),
+            bytes_downloaded: read(&traffic.bytes_down),
+            upload_failures: failures,
+            last_upload_error: last_error,
+            ..status
+        })
     }
 }
 

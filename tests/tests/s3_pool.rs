@@ -112,6 +112,22 @@ fn an_s3_pool_keeps_sealed_containers_in_the_bucket_restores_from_it_and_reclaim
         s3.container_objects()
     );
     assert!(server.log().contains("TDM0440I"), "{}", server.log());
+    let pool = &server.admin_json(&["query", "stgpool"])[0];
+    assert_eq!(pool["kind"], "s3", "{pool}");
+    assert_eq!(pool["local_containers"], 1, "{pool}");
+    assert_eq!(pool["uploads_pending"], 0, "{pool}");
+    assert_eq!(
+        pool["remote_containers"].as_u64(),
+        Some(s3.container_objects().len() as u64),
+        "{pool}"
+    );
+    assert!(pool["put_requests"].as_u64().unwrap() >= 3, "{pool}");
+    assert!(
+        pool["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://tandem/srv/ at http://127.0.0.1:")
+    );
 
     // Restored from the bucket (ranged GETs), byte for byte, also by a
     // restarted server whose cache is empty.
@@ -121,6 +137,13 @@ fn an_s3_pool_keeps_sealed_containers_in_the_bucket_restores_from_it_and_reclaim
     server.restart();
     let second = work.path().join("second");
     restore_same(&client, &src, &second);
+    let pool = &server.admin_json(&["query", "stgpool"])[0];
+    let gets = pool["get_requests"].as_u64().unwrap();
+    assert!(gets >= 1, "{pool}");
+    assert!(
+        pool["bytes_downloaded"].as_u64().unwrap() >= 6 << 20,
+        "{pool}"
+    );
 
     // The audit reads every chunk back from the bucket.
     let audit = server.admin_json(&["audit", "node", "alice"]);
@@ -181,6 +204,16 @@ fn the_object_store_down_during_a_backup_delays_uploads_and_loses_nothing() {
     assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
     server.wait_for_log("TDM0441W");
     assert!(local(&server, "remote").is_empty());
+    let pool = &server.admin_json(&["query", "stgpool"])[0];
+    assert!(pool["uploads_pending"].as_u64().unwrap() >= 4, "{pool}");
+    assert!(pool["upload_failures"].as_u64().unwrap() >= 1, "{pool}");
+    assert!(
+        pool["last_upload_error"]
+            .as_str()
+            .unwrap()
+            .contains("container"),
+        "{pool}"
+    );
     let during = work.path().join("during");
     restore_same(&client, &src, &during);
 

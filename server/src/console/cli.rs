@@ -604,6 +604,9 @@ pub(super) enum QueryNoun {
         #[arg(long, value_name = "HOURS", default_value_t = 24)]
         max_age: u64,
     },
+    /// The storage pool: where the containers are (local disk or S3
+    /// bucket), how many wait for upload, and the object store's requests.
+    Stgpool,
     /// Per node and filespace: files, versions, logical and stored bytes.
     Occupancy {
         /// Node name; all when omitted.

@@ -655,6 +655,57 @@ impl Row for pb::ExpiringVersion {
     }
 }
 
+impl Row for pb::StoragePool {
+    const HEADERS: &'static [&'static str] = &[
+        "Kind",
+        "Location",
+        "Local Containers",
+        "Local Bytes",
+        "Bucket Containers",
+        "Bucket Bytes",
+        "Uploads Pending",
+        "PUTs",
+        "GETs",
+        "HEADs",
+        "DELETEs",
+        "Bytes Up",
+        "Bytes Down",
+        "Upload Failures",
+        "Last Upload Error",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.kind.clone(),
+            self.location.clone(),
+            self.local_containers.to_string(),
+            self.local_bytes.to_string(),
+            self.remote_containers.to_string(),
+            self.remote_bytes.to_string(),
+            self.uploads_pending.to_string(),
+            self.put_requests.to_string(),
+            self.get_requests.to_string(),
+            self.head_requests.to_string(),
+            self.delete_requests.to_string(),
+            self.bytes_uploaded.to_string(),
+            self.bytes_downloaded.to_string(),
+            self.upload_failures.to_string(),
+            self.last_upload_error.clone(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "kind": self.kind, "location": self.location,
+            "local_containers": self.local_containers, "local_bytes": self.local_bytes,
+            "remote_containers": self.remote_containers, "remote_bytes": self.remote_bytes,
+            "uploads_pending": self.uploads_pending,
+            "put_requests": self.put_requests, "get_requests": self.get_requests,
+            "head_requests": self.head_requests, "delete_requests": self.delete_requests,
+            "bytes_uploaded": self.bytes_uploaded, "bytes_downloaded": self.bytes_downloaded,
+            "upload_failures": self.upload_failures, "last_upload_error": self.last_upload_error,
+        })
+    }
+}
+
 impl Row for pb::Occupancy {
     const HEADERS: &'static [&'static str] = &[
         "Node",
@@ -807,6 +858,7 @@ mod tests {
             ("replnode", width::<pb::ReplFilespace>()),
             ("expiring", width::<pb::ExpiringVersion>()),
             ("occupancy", width::<pb::Occupancy>()),
+            ("stgpool", width::<pb::StoragePool>()),
             ("filespace", width::<pb::NodeFilespace>()),
             ("coverage", width::<pb::CoverageRow>()),
         ] {

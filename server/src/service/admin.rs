@@ -1458,6 +1458,31 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn query_stgpool(
+        &self,
+        request: Request<pb::QueryStgpoolRequest>,
+    ) -> Result<Response<pb::StoragePool>, Status> {
+        self.authorize(&request).await?;
+        let p = super::blocking(&self.state, |s| Ok(s.repo.store.pool_status()?)).await?;
+        Ok(Response::new(pb::StoragePool {
+            kind: p.kind.into(),
+            location: p.location,
+            local_containers: p.local_containers,
+            local_bytes: p.local_bytes,
+            remote_containers: p.remote_containers,
+            remote_bytes: p.remote_bytes,
+            uploads_pending: p.uploads_pending,
+            put_requests: p.put_requests,
+            get_requests: p.get_requests,
+            head_requests: p.head_requests,
+            delete_requests: p.delete_requests,
+            bytes_uploaded: p.bytes_uploaded,
+            bytes_downloaded: p.bytes_downloaded,
+            upload_failures: p.upload_failures,
+            last_upload_error: p.last_upload_error,
+        }))
+    }
+
     async fn delete_filespace(
         &self,
         request: Request<pb::DeleteFilespaceRequest>,

@@ -16,6 +16,7 @@ use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
@@ -60,6 +61,30 @@ pub struct ObjectPool {
     identity: String,
     runtime: Option<tokio::runtime::Runtime>,
     cache: Mutex<lru::LruCache<(u32, u64), Bytes>>,
+    /// Requests and bytes since the pool was opened.
+    traffic: Traffic,
+}
+
+/// Counters of the requests a pool made, for `query stgpool` and the
+/// benchmark's requests-per-GB figures.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// PUT requests (each multipart part, the create and the complete).
+    pub puts: AtomicU64,
+    /// Ranged GETs.
+    pub gets: AtomicU64,
+    /// HEADs (each upload is checked with one).
+    pub heads: AtomicU64,
+    /// DELETEs.
+    pub deletes: AtomicU64,
+    /// Bytes sent.
+    pub bytes_up: AtomicU64,
+    /// Bytes received.
+    pub bytes_down: AtomicU64,
+}
+
+fn count(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for ObjectPool {
@@ -200,6 +225,7 @@ impl ObjectPool {
             describe,
             runtime: Some(runtime),
             cache: Mutex::new(lru::LruCache::new(blocks)),
+            traffic: Traffic::default(),
         })
     }
 
@@ -207,6 +233,12 @@ impl ObjectPool {
     #[must_use]
     pub fn describe(&self) -> &str {
         &self.describe
+    }
+
+    /// Requests and bytes so far.
+    #[must_use]
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
     }
 
     /// The bucket and prefix, `s3://bucket/prefix`.
@@ -284,7 +316,11 @@ impl ObjectPool {
                 Err(e) => Ok(Err(e.to_string())),
             }
         });
+        let parts = expected.div_ceil(PART_BYTES as u64).max(1);
+        count(&self.traffic.puts, parts + 2);
+        count(&self.traffic.heads, 1);
         let stored = result.map_err(io)?.map_err(|e| self.error(number, e))?;
+        count(&self.traffic.bytes_up, stored);
         if stored != expected {
             return Err(self.error(
                 number,
@@ -363,20 +399,12 @@ impl ObjectPool {
     fn get_range(&self, number: u32, range: Range<u64>) -> Result<Bytes, StorageError> {
         let store = self.store.clone();
         let location = self.object(number);
-        self.wait(async move { store.get_range(&location, range).await })
-            .map_err(|e| self.error(number, e))
-    }
-
-    /// The size of container `number` in the bucket.
-    ///
-    /// # Errors
-    /// [`StorageError::Pool`] when it is missing or the bucket unreachable.
-    pub fn size(&self, number: u32) -> Result<u64, StorageError> {
-        let store = self.store.clone();
-        let location = self.object(number);
-        self.wait(async move { store.head(&location).await })
-            .map(|meta| meta.size)
-            .map_err(|e| self.error(number, e))
+        count(&self.traffic.gets, 1);
+        let data = self
+            .wait(async move { store.get_range(&location, range).await })
+            .map_err(|e| self.error(number, e))?;
+        count(&self.traffic.bytes_down, data.len() as u64);
+        Ok(data)
     }
 
     /// Deletes container `number` from the bucket (a missing one is gone
@@ -398,6 +426,7 @@ impl ObjectPool {
         }
         let store = self.store.clone();
         let location = self.object(number);
+        count(&self.traffic.deletes, 1);
         match self.wait(async move { store.delete(&location).await }) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(number, e)),

@@ -51,6 +51,8 @@ struct Shared {
     /// The store's open read handles, dropped once a file is offloaded
     /// (an unlinked file keeps its disk space while a handle is open).
     readers: Arc<Mutex<HashMap<u32, Arc<File>>>>,
+    /// Failed upload attempts so far, and the last one's error.
+    failures: Mutex<(u64, String)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,6 +149,7 @@ impl Offload {
             remote: Mutex::new(remote),
             moving: Mutex::new(()),
             readers,
+            failures: Mutex::new((0, String::new())),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let worker = shared.clone();
@@ -178,6 +181,11 @@ impl Offload {
             .iter()
             .map(|(n, r)| (*n, r.size))
             .collect()
+    }
+
+    /// Failed upload attempts since the start, and the last one's error.
+    pub(super) fn failures(&self) -> (u64, String) {
+        lock(&self.shared.failures).clone()
     }
 
     /// Reads bytes of a container in the bucket.
@@ -245,6 +253,11 @@ fn upload_loop(shared: &Shared, queue: &Receiver<u32>) {
                 failures = 0;
             }
             Err(e) => {
+                {
+                    let mut seen = lock(&shared.failures);
+                    seen.0 += 1;
+                    seen.1 = e.to_string();
+                }
                 failures = failures.saturating_add(1);
                 let wait = Duration::from_secs(1u64 << failures.min(9)).min(MAX_RETRY_WAIT);
                 tracing::warn!(

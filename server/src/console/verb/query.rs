@@ -119,6 +119,11 @@ pub(in crate::console) async fn run(
             let r = console.answer(console.client().query_servers(req)).await?;
             print_rows(&r.servers, format);
         }
+        QueryNoun::Stgpool => {
+            let req = console.request(pb::QueryStgpoolRequest {});
+            let r = console.answer(console.client().query_stgpool(req)).await?;
+            print_rows(std::slice::from_ref(&r), format);
+        }
         QueryNoun::Occupancy { node } => {
             let req = console.request(pb::QueryOccupancyRequest {
                 node: node.unwrap_or_default(),
