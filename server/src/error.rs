@@ -40,13 +40,27 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
-    /// The S3 pool could not be set up or refused a request.
+    /// The S3 pool could not be set up, or holds less than it should (an
+    /// object missing or shorter than its marker says).
     #[error("storage pool {pool}{}: {reason}", container.map(|n| format!(", container {n}")).unwrap_or_default())]
     Pool {
         /// Bucket, prefix and endpoint.
         pool: String,
         /// The container concerned, if one is.
         container: Option<u32>,
+        /// What failed.
+        reason: String,
+    },
+    /// The S3 pool did not answer, or refused the request: nothing is
+    /// known about the data, which is not damage.
+    #[error(
+        "storage pool {pool} is unavailable (container {container}): {reason}; check the endpoint, credentials and bucket, then try again"
+    )]
+    PoolUnavailable {
+        /// Bucket, prefix and endpoint.
+        pool: String,
+        /// The container being read.
+        container: u32,
         /// What failed.
         reason: String,
     },
@@ -319,6 +333,14 @@ mod tests {
                 }),
                 // Not Unavailable: clients read that as "the server is
                 // down" and fail over; here the server answers.
+                Code::Internal,
+            ),
+            (
+                ServerError::Storage(StorageError::PoolUnavailable {
+                    pool: "s3://b/ at http://127.0.0.1:9".into(),
+                    container: 3,
+                    reason: "connection refused".into(),
+                }),
                 Code::Internal,
             ),
             (

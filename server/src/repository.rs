@@ -134,6 +134,8 @@ impl Repository {
     /// A chunk that is not indexed, named; container read errors.
     pub fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<StoredChunk>, ServerError> {
         let locations = self.catalog.chunk_locations(ids)?;
+        self.store
+            .prefetch(&locations.iter().flatten().copied().collect::<Vec<_>>());
         ids.iter()
             .zip(locations)
             .map(|(id, location)| {

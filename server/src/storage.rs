@@ -16,6 +16,7 @@
 //! same.
 
 mod appender;
+mod block_cache;
 pub mod object_pool;
 mod offload;
 
@@ -437,6 +438,30 @@ impl ChunkStore {
         file.read_exact_at(&mut data, loc.offset)
             .map_err(io_err(&path))?;
         Ok(data)
+    }
+
+    /// Warms the S3 pool's read cache for `locations` (several GETs in
+    /// flight), ahead of reading them one by one; nothing to do in a local
+    /// pool or for containers still on the local disk.
+    pub fn prefetch(&self, locations: &[ChunkLocation]) {
+        let Some(offload) = &self.offload else {
+            return;
+        };
+        let wanted: Vec<(u32, u64, u64, u64)> = locations
+            .iter()
+            .filter_map(|loc| {
+                let remote = offload.remote(loc.container)?;
+                Some((
+                    loc.container,
+                    loc.offset,
+                    u64::from(loc.stored_len),
+                    remote.size,
+                ))
+            })
+            .collect();
+        if !wanted.is_empty() {
+            offload.pool.prefetch(&wanted);
+        }
     }
 
     /// An open handle on a local container, kept for later reads.

@@ -240,6 +240,13 @@ fn the_object_store_down_during_a_backup_delays_uploads_and_loses_nothing() {
     let err = stderr(&out);
     assert!(err.contains("storage pool s3://tandem/srv/"), "{err}");
     assert_eq!(files_under(&failed), 0, "a partial file was left");
+    // An audit cannot tell damage from an unreachable bucket: it stops and
+    // says the pool is unavailable instead of calling every chunk damaged.
+    let out = server.admin(&["audit", "node", "carol"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is unavailable"), "{err}");
+    assert!(!err.contains("damaged"), "{err}");
 }
 
 #[test]
@@ -256,32 +263,54 @@ fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_
     let src = work.path().join("src");
     source_tree(&src);
     assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
-    assert_eq!(replicate(&primary, "DAVE")["state"], "completed");
     wait_until_offloaded(&primary, &s3);
+    // Replication reads the node's data back from the bucket.
+    assert_eq!(replicate(&primary, "DAVE")["state"], "completed");
     // Flip a byte of stored data in one object (random data is stored
-    // verbatim, so a window of a source file is found as it is).
+    // verbatim, so a window of a source file is found as it is), and
+    // delete another object outright.
     let needle = &random_bytes(1002, 1 << 20)[300_000..300_064];
-    let mut damaged = false;
-    for object in s3.container_objects() {
-        let mut bytes = std::fs::read(&object).unwrap();
-        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+    let objects = s3.container_objects();
+    let flipped = objects
+        .iter()
+        .position(|object| {
+            let mut bytes = std::fs::read(object).unwrap();
+            let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) else {
+                return false;
+            };
             bytes[at + 10] ^= 0xFF;
-            std::fs::write(&object, &bytes).unwrap();
-            damaged = true;
-            break;
+            std::fs::write(object, &bytes).unwrap();
+            true
+        })
+        .expect("the needle is in an object");
+    let deleted = if flipped == 0 { 1 } else { 0 };
+    let lost_chunks = {
+        let bytes = std::fs::read(&objects[deleted]).unwrap();
+        let mut n = 0u64;
+        let mut at = 0usize;
+        while at + 40 <= bytes.len() {
+            let stored = u32::from_le_bytes(bytes[at + 32..at + 36].try_into().unwrap());
+            at += 40 + stored as usize;
+            n += 1;
         }
-    }
-    assert!(damaged, "the needle was not found in any object");
-    // A fresh process: nothing of the object is cached.
+        n
+    };
+    std::fs::remove_file(&objects[deleted]).unwrap();
+    // A fresh process: nothing of the objects is cached.
     primary.restart();
     let out = primary.admin(&["--json", "audit", "node", "dave"]);
     assert_eq!(code(&out), 8, "damage found is a warning: {}", stderr(&out));
     let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(audit[0]["damaged"].as_u64(), Some(1), "{audit}");
-    // Repaired from the replica: the good copy goes to the open container
-    // and the damaged record is no longer used.
+    let bad = audit[0]["damaged"].as_u64().unwrap();
+    assert!(
+        (2..=1 + lost_chunks).contains(&bad),
+        "one flipped chunk and the missing object's chunks in use: {audit}"
+    );
+    // Repaired from the replica: good copies go to the open container and
+    // the damaged records are no longer used.
     let fixed = primary.admin_json(&["audit", "node", "dave", "--fix"]);
-    assert_eq!(fixed[0]["repaired"].as_u64(), Some(1), "{fixed}");
+    assert_eq!(fixed[0]["repaired"].as_u64(), Some(bad), "{fixed}");
+    assert_eq!(fixed[0]["unrepaired"].as_u64(), Some(0), "{fixed}");
     let again = primary.admin_json(&["audit", "node", "dave"]);
     assert_eq!(again[0]["damaged"].as_u64(), Some(0), "{again}");
     let out = work.path().join("out");

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use tandem_proto::ChunkId;
 
 use super::Repository;
-use crate::error::ServerError;
+use crate::error::{ServerError, StorageError};
 use crate::storage::{self, VerifiedChunk};
 
 /// What a check of a node's chunks found.
@@ -35,19 +35,26 @@ impl Repository {
         let mut seen = HashSet::new();
         let ids: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
         let owned = self.catalog.owned_chunk_locations(node, &ids)?;
+        self.store
+            .prefetch(&owned.iter().flatten().copied().collect::<Vec<_>>());
         let mut out = ChunkCheck::default();
         for (id, location) in ids.iter().zip(owned) {
             let Some(location) = location else {
                 out.absent.push(*id);
                 continue;
             };
-            let verdict = self
-                .read_at(*id, location)
-                .map_err(|e| e.to_string())
-                .and_then(|data| {
-                    storage::verify_chunk(*id, data.into(), u64::from(location.raw_len))
-                        .map_err(|e| e.to_string())
-                });
+            let read = match self.read_at(*id, location) {
+                // The bucket not answering says nothing about the data: the
+                // check stops rather than call every chunk damaged.
+                Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. })) => {
+                    return Err(e);
+                }
+                other => other,
+            };
+            let verdict = read.map_err(|e| e.to_string()).and_then(|data| {
+                storage::verify_chunk(*id, data.into(), u64::from(location.raw_len))
+                    .map_err(|e| e.to_string())
+            });
             match verdict {
                 Ok(_) => out.intact.push(*id),
                 Err(why) => out.damaged.push((*id, why)),

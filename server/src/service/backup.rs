@@ -615,6 +615,11 @@ impl Backup for BackupService {
         let node = session.node.clone();
         tokio::spawn(async move {
             let mut sent = 0u64;
+            // In an S3 pool, the whole request's data is fetched with
+            // several GETs in flight before the first group is read.
+            let all: Vec<_> = locations.iter().flatten().copied().collect();
+            let warm = state.clone();
+            let _ = tokio::task::spawn_blocking(move || warm.repo.store.prefetch(&all)).await;
             for group in read_groups(ids.into_iter().zip(locations).collect()) {
                 if let Err(cancelled) = state.sessions.check_open(&token) {
                     let _ = tx.send(Err(Status::from(cancelled))).await;
@@ -639,8 +644,14 @@ impl Backup for BackupService {
                                         raw_len: u64::from(loc.raw_len),
                                     }),
                                 })
-                                .map_err(|e| {
-                                    Status::from(ServerError::DataLoss(format!("chunk {id}: {e}")))
+                                .map_err(|e| match e {
+                                    // Not damage: the bucket did not answer.
+                                    e @ ServerError::Storage(
+                                        crate::error::StorageError::PoolUnavailable { .. },
+                                    ) => Status::from(e),
+                                    e => Status::from(ServerError::DataLoss(format!(
+                                        "chunk {id}: {e}"
+                                    ))),
                                 }),
                         };
                         let failed = item.is_err();

@@ -11,11 +11,12 @@
 //! the pool owns a small runtime for `object_store`'s async client and waits
 //! for each request on the calling thread.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig, Write
 use prost::bytes::Bytes;
 use serde::Deserialize;
 
+use super::block_cache::{BlockCache, BlockKey};
 use crate::config::PoolConfig;
 use crate::error::StorageError;
 
@@ -34,6 +36,12 @@ pub const BLOCK_BYTES: u64 = 1024 * 1024;
 const PART_BYTES: usize = 16 * 1024 * 1024;
 /// Parts in flight at once during an upload.
 const PARTS_IN_FLIGHT: usize = 4;
+/// Ranged GETs in flight at once during a prefetch.
+const GETS_IN_FLIGHT: usize = 8;
+/// Largest single GET of a prefetch.
+const PREFETCH_SPAN_BYTES: u64 = 4 * 1024 * 1024;
+/// Blocks read ahead after the last one a prefetch was asked for.
+const READ_AHEAD_BLOCKS: u64 = 16;
 
 /// The `credentials_file` format.
 #[derive(Deserialize)]
@@ -53,16 +61,16 @@ impl std::fmt::Debug for CredentialsFile {
 
 /// A bucket of sealed containers.
 pub struct ObjectPool {
-    store: std::sync::Arc<dyn ObjectStore>,
+    store: Arc<dyn ObjectStore>,
     prefix: String,
     /// `s3://bucket/prefix at endpoint`, for messages.
     describe: String,
     /// `s3://bucket/prefix`: what a container's marker records.
     identity: String,
     runtime: Option<tokio::runtime::Runtime>,
-    cache: Mutex<lru::LruCache<(u32, u64), Bytes>>,
+    cache: Arc<BlockCache>,
     /// Requests and bytes since the pool was opened.
-    traffic: Traffic,
+    traffic: Arc<Traffic>,
 }
 
 /// Counters of the requests a pool made, for `query stgpool` and the
@@ -167,6 +175,12 @@ impl ObjectPool {
             .with_bucket_name(&bucket)
             .with_region(&config.region)
             .with_virtual_hosted_style_request(!config.path_style)
+            // Headers are signed, payloads not (UNSIGNED-PAYLOAD, as the AWS
+            // SDKs do over TLS): hashing every uploaded byte once more costs
+            // CPU the backup needs, TLS (or loopback) protects the bytes in
+            // transit, and every chunk is checked against its own hash when
+            // read back and by `audit node`.
+            .with_unsigned_payload(true)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
                     init_backoff: Duration::from_millis(100),
@@ -219,13 +233,13 @@ impl ObjectPool {
             .and_then(NonZeroUsize::new)
             .unwrap_or(NonZeroUsize::MIN);
         Ok(ObjectPool {
-            store: std::sync::Arc::new(store),
+            store: Arc::new(store),
             identity: format!("s3://{bucket}/{prefix}"),
             prefix,
             describe,
             runtime: Some(runtime),
-            cache: Mutex::new(lru::LruCache::new(blocks)),
-            traffic: Traffic::default(),
+            cache: Arc::new(BlockCache::new(blocks)),
+            traffic: Arc::default(),
         })
     }
 
@@ -248,7 +262,7 @@ impl ObjectPool {
     }
 
     fn object(&self, number: u32) -> ObjectPath {
-        ObjectPath::from(format!("{}containers/{number:08}.tdc", self.prefix))
+        object_key(&self.prefix, number)
     }
 
     fn error(&self, number: u32, reason: impl std::fmt::Display) -> StorageError {
@@ -351,12 +365,9 @@ impl ObjectPool {
         }
         let first = offset / BLOCK_BYTES;
         let last = end.saturating_sub(1) / BLOCK_BYTES;
-        let mut blocks: Vec<Option<Bytes>> = {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            (first..=last)
-                .map(|b| cache.get(&(number, b)).cloned())
-                .collect()
-        };
+        let mut blocks: Vec<Option<Bytes>> = (first..=last)
+            .map(|b| self.cache.get((number, b)))
+            .collect();
         // Fetch the missing blocks in one ranged GET spanning them.
         let missing: Vec<u64> = (first..=last)
             .zip(&blocks)
@@ -377,11 +388,10 @@ impl ObjectPool {
                     ),
                 ));
             }
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for block in lo..=hi {
                 let at = usize::try_from((block - lo) * BLOCK_BYTES).unwrap_or(usize::MAX);
                 let piece = fetched.slice(at..(at + BLOCK_BYTES as usize).min(fetched.len()));
-                cache.put((number, block), piece.clone());
+                self.cache.put((number, block), piece.clone());
                 blocks[usize::try_from(block - first).unwrap_or(0)] = Some(piece);
             }
         }
@@ -396,13 +406,109 @@ impl ObjectPool {
         Ok(out)
     }
 
+    /// Fetches into the cache, with several GETs in flight, the blocks of
+    /// every `(container, offset, len, container size)` not cached yet, so
+    /// the reads that follow are served from memory; blocks another fetch
+    /// is bringing are waited for, not fetched twice. Then starts, without
+    /// waiting, a read-ahead of the [`READ_AHEAD_BLOCKS`] blocks after the
+    /// last one asked of each container: the next request of a restore
+    /// reads on from there. Blocks beyond half of what the cache holds are
+    /// left for the reads to fetch; a failed GET is left for the read that
+    /// needs it to report.
+    pub fn prefetch(&self, wanted: &[(u32, u64, u64, u64)]) {
+        let mut needed: Vec<BlockKey> = Vec::new();
+        let mut sizes: HashMap<u32, u64> = HashMap::new();
+        for &(number, offset, len, size) in wanted {
+            let end = (offset + len).min(size);
+            if end > offset {
+                sizes.insert(number, size);
+                needed
+                    .extend((offset / BLOCK_BYTES..=(end - 1) / BLOCK_BYTES).map(|b| (number, b)));
+            }
+        }
+        needed.sort_unstable();
+        needed.dedup();
+        needed.truncate(self.cache.capacity() / 2);
+        let (mine, theirs) = self.cache.claim(&needed);
+        if !mine.is_empty() {
+            self.wait(self.fetch(spans_of(&mine, &sizes)));
+        }
+        self.cache.wait_for(&theirs, Duration::from_secs(120));
+        // Read-ahead: the blocks after the last one asked, per container.
+        let mut last: HashMap<u32, u64> = HashMap::new();
+        for &(number, block) in &needed {
+            last.insert(number, block);
+        }
+        let mut ahead: Vec<BlockKey> = Vec::new();
+        for (number, block) in last {
+            let blocks_in = sizes
+                .get(&number)
+                .copied()
+                .unwrap_or(0)
+                .div_ceil(BLOCK_BYTES);
+            let end = (block + 1 + READ_AHEAD_BLOCKS).min(blocks_in);
+            ahead.extend((block + 1..end).map(|b| (number, b)));
+        }
+        ahead.sort_unstable();
+        let (mine, _) = self.cache.claim(&ahead);
+        if let (false, Some(runtime)) = (mine.is_empty(), &self.runtime) {
+            runtime.spawn(self.fetch(spans_of(&mine, &sizes)));
+        }
+    }
+
+    /// Fetches `spans` with [`GETS_IN_FLIGHT`] GETs at once and lands every
+    /// block of each in the cache (or lands it empty when its GET failed, so
+    /// waiters go on and their own read reports the error).
+    fn fetch(&self, spans: Vec<(u32, Range<u64>)>) -> impl Future<Output = ()> + Send + 'static {
+        use futures_util::StreamExt;
+        count(&self.traffic.gets, spans.len() as u64);
+        let requests: Vec<_> = spans
+            .into_iter()
+            .map(|(n, range)| (n, range, self.object(n)))
+            .collect();
+        let store = self.store.clone();
+        let cache = self.cache.clone();
+        let traffic = self.traffic.clone();
+        async move {
+            futures_util::stream::iter(requests)
+                .map(|(number, range, location)| {
+                    let store = store.clone();
+                    let cache = cache.clone();
+                    let traffic = traffic.clone();
+                    async move {
+                        let data = store
+                            .get_range(&location, range.clone())
+                            .await
+                            .ok()
+                            .filter(|d| d.len() as u64 == range.end - range.start);
+                        if let Some(d) = &data {
+                            count(&traffic.bytes_down, d.len() as u64);
+                        }
+                        land_span(&cache, number, range, data.as_ref());
+                    }
+                })
+                .buffer_unordered(GETS_IN_FLIGHT)
+                .collect::<Vec<()>>()
+                .await;
+        }
+    }
+
     fn get_range(&self, number: u32, range: Range<u64>) -> Result<Bytes, StorageError> {
         let store = self.store.clone();
         let location = self.object(number);
         count(&self.traffic.gets, 1);
         let data = self
             .wait(async move { store.get_range(&location, range).await })
-            .map_err(|e| self.error(number, e))?;
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => {
+                    self.error(number, "the object is missing from the bucket")
+                }
+                other => StorageError::PoolUnavailable {
+                    pool: self.describe.clone(),
+                    container: number,
+                    reason: other.to_string(),
+                },
+            })?;
         count(&self.traffic.bytes_down, data.len() as u64);
         Ok(data)
     }
@@ -413,17 +519,7 @@ impl ObjectPool {
     /// # Errors
     /// [`StorageError::Pool`] when the bucket refuses.
     pub fn delete(&self, number: u32) -> Result<(), StorageError> {
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            let stale: Vec<_> = cache
-                .iter()
-                .filter(|((n, _), _)| *n == number)
-                .map(|(k, _)| *k)
-                .collect();
-            for key in stale {
-                cache.pop(&key);
-            }
-        }
+        self.cache.forget_container(number);
         let store = self.store.clone();
         let location = self.object(number);
         count(&self.traffic.deletes, 1);
@@ -431,5 +527,46 @@ impl ObjectPool {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(number, e)),
         }
+    }
+}
+
+/// The object key of container `number`.
+fn object_key(prefix: &str, number: u32) -> ObjectPath {
+    ObjectPath::from(format!("{prefix}containers/{number:08}.tdc"))
+}
+
+/// Runs of adjacent claimed blocks of one container, each one ranged GET
+/// of at most [`PREFETCH_SPAN_BYTES`].
+fn spans_of(blocks: &[BlockKey], sizes: &HashMap<u32, u64>) -> Vec<(u32, Range<u64>)> {
+    let mut spans: Vec<(u32, Range<u64>)> = Vec::new();
+    for &(number, block) in blocks {
+        let size = sizes.get(&number).copied().unwrap_or(0);
+        let start = block * BLOCK_BYTES;
+        let end = ((block + 1) * BLOCK_BYTES).min(size);
+        match spans.last_mut() {
+            Some((n, range))
+                if *n == number
+                    && range.end == start
+                    && range.end - range.start < PREFETCH_SPAN_BYTES =>
+            {
+                range.end = end;
+            }
+            _ => spans.push((number, start..end)),
+        }
+    }
+    spans
+}
+
+/// Lands each block of a fetched span (`None`: its GET failed).
+fn land_span(cache: &BlockCache, number: u32, range: Range<u64>, data: Option<&Bytes>) {
+    let mut block = range.start / BLOCK_BYTES;
+    let mut at = range.start;
+    while at < range.end {
+        let next = ((block + 1) * BLOCK_BYTES).min(range.end);
+        let piece =
+            data.map(|d| d.slice((at - range.start) as usize..(next - range.start) as usize));
+        cache.land((number, block), piece);
+        at = next;
+        block += 1;
     }
 }
