@@ -149,7 +149,10 @@ fn reclaim_locked(
         .into_iter()
         .collect();
     for (number, size) in repo.store.containers()? {
-        if number == active {
+        // The open container, and any a backup opened since the seal (it
+        // may have filled `active` meanwhile): their chunks may not be
+        // indexed yet, so "no live bytes" says nothing about them.
+        if number >= active {
             continue;
         }
         let live_bytes = live.get(&number).copied().unwrap_or(0);

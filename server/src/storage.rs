@@ -346,7 +346,6 @@ impl ChunkStore {
     ) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
         let mut locations = Vec::with_capacity(chunks.len());
         let mut to_sync: Vec<(u32, Arc<File>)> = Vec::new();
-        let mut sealed: Vec<u32> = Vec::new();
         let headers: Vec<[u8; HEADER_BYTES as usize]> = chunks.iter().map(record_header).collect();
         {
             let mut app = lock(&self.appender);
@@ -361,7 +360,11 @@ impl ChunkStore {
                     first = i;
                     to_sync.push((app.number, app.out.file()));
                     *app = Self::open_appender(&self.dir, app.number + 1)?;
-                    sealed.push(app.number - 1);
+                    // Queued now: a later failure in this call must not
+                    // leave it unqueued until the next start.
+                    if let Some(offload) = &self.offload {
+                        offload.sealed(app.number - 1);
+                    }
                     end = app.out.len();
                 }
                 let stored_len = chunk.data.len() as u32;
@@ -384,11 +387,6 @@ impl ChunkStore {
         for (number, file) in to_sync {
             file.sync_data()
                 .map_err(io_err(&Self::container_path(&self.dir, number)))?;
-        }
-        if let Some(offload) = &self.offload {
-            for number in sealed {
-                offload.sealed(number);
-            }
         }
         Ok(locations)
     }
@@ -527,8 +525,12 @@ impl ChunkStore {
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let path = entry.map_err(io_err(dir))?.path();
             if let Some(n) = container_number(&path) {
-                let len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
-                out.push((n, len));
+                match std::fs::metadata(&path) {
+                    Ok(meta) => out.push((n, meta.len())),
+                    // Moved to the bucket since the directory was read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&path)(e)),
+                }
             }
         }
         out.sort_unstable();
@@ -544,7 +546,16 @@ impl ChunkStore {
     pub fn records(&self, number: u32) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
         let pool = self.offload.as_ref().map(|o| &*o.pool);
         let remote = self.remote(number).map(|(_, r)| r.size);
-        let bytes = ContainerBytes::of(&self.dir, number, pool, remote)?;
+        let bytes = match ContainerBytes::of(&self.dir, number, pool, remote) {
+            // Moved to the bucket between the two looks.
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound
+                    && let Some((_, r)) = self.remote(number) =>
+            {
+                ContainerBytes::of(&self.dir, number, pool, Some(r.size))?
+            }
+            other => other?,
+        };
         records_in(&bytes, number, false)
     }
 

@@ -163,7 +163,12 @@ impl ObjectPool {
     /// [`StorageError::Pool`] for missing credentials or a bad setting.
     pub fn open(config: &PoolConfig) -> Result<Self, StorageError> {
         let bucket = config.bucket.clone().unwrap_or_default();
-        let prefix = config.prefix.clone();
+        // `SRV1` and `SRV1/` name the same folder of the bucket.
+        let prefix = match config.prefix.as_str() {
+            "" => String::new(),
+            p if p.ends_with('/') => p.to_string(),
+            p => format!("{p}/"),
+        };
         let describe = format!(
             "s3://{bucket}/{prefix} at {}",
             config
@@ -313,11 +318,20 @@ impl ObjectPool {
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
             let mut buf = vec![0u8; PART_BYTES];
             loop {
-                let n = file.read(&mut buf).await?;
+                // A failed upload is aborted, so no parts are left behind
+                // in the bucket (and billed).
+                let n = match file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        return Err(e);
+                    }
+                };
                 if n == 0 {
                     break;
                 }
                 if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    let _ = writer.abort().await;
                     return Ok(Err(e.to_string()));
                 }
                 writer.write(&buf[..n]);
@@ -390,7 +404,10 @@ impl ObjectPool {
             }
             for block in lo..=hi {
                 let at = usize::try_from((block - lo) * BLOCK_BYTES).unwrap_or(usize::MAX);
-                let piece = fetched.slice(at..(at + BLOCK_BYTES as usize).min(fetched.len()));
+                // A copy: a slice would keep the whole GET's buffer alive.
+                let piece = Bytes::copy_from_slice(
+                    &fetched[at..(at + BLOCK_BYTES as usize).min(fetched.len())],
+                );
                 self.cache.put((number, block), piece.clone());
                 blocks[usize::try_from(block - first).unwrap_or(0)] = Some(piece);
             }
@@ -450,6 +467,9 @@ impl ObjectPool {
             ahead.extend((block + 1..end).map(|b| (number, b)));
         }
         ahead.sort_unstable();
+        // Never more than a quarter of the cache, so read-ahead does not
+        // evict what was just fetched for this request.
+        ahead.truncate(self.cache.capacity() / 4);
         let (mine, _) = self.cache.claim(&ahead);
         if let (false, Some(runtime)) = (mine.is_empty(), &self.runtime) {
             runtime.spawn(self.fetch(spans_of(&mine, &sizes)));
@@ -563,8 +583,11 @@ fn land_span(cache: &BlockCache, number: u32, range: Range<u64>, data: Option<&B
     let mut at = range.start;
     while at < range.end {
         let next = ((block + 1) * BLOCK_BYTES).min(range.end);
-        let piece =
-            data.map(|d| d.slice((at - range.start) as usize..(next - range.start) as usize));
+        // A copy: a slice would keep the whole GET's buffer alive, and the
+        // cache would hold several times `cache_mib`.
+        let piece = data.map(|d| {
+            Bytes::copy_from_slice(&d[(at - range.start) as usize..(next - range.start) as usize])
+        });
         cache.land((number, block), piece);
         at = next;
         block += 1;

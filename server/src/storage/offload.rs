@@ -21,7 +21,7 @@ use super::object_pool::ObjectPool;
 use crate::error::StorageError;
 
 /// Longest wait between upload attempts while the bucket fails.
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 
 /// A container whose bytes live in the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +211,6 @@ impl Offload {
     /// [`StorageError::Pool`] when the bucket refuses; I/O errors.
     pub(super) fn remove(&self, number: u32) -> Result<(), StorageError> {
         let _moving = lock(&self.shared.moving);
-        lock(&self.shared.readers).remove(&number);
         if self.remote(number).is_some() {
             self.pool.delete(number)?;
             let marker = marker_path(&self.shared.dir, number);
@@ -224,16 +223,21 @@ impl Offload {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(&local)(e)),
         }
+        lock(&self.shared.readers).remove(&number);
         sync_dir(&self.shared.dir)
     }
 }
 
 /// Uploads queued containers one at a time, lowest number first, retrying
-/// with a growing wait while the bucket fails; ends when the store is
-/// dropped.
+/// with a growing wait while the bucket fails (containers sealed meanwhile
+/// join the queue without cutting the wait short); after a failure the next
+/// attempt takes the next container in turn, so one that keeps failing
+/// does not hold up the others. Ends when the store is dropped.
 fn upload_loop(shared: &Shared, queue: &Receiver<u32>) {
     let mut pending: BTreeSet<u32> = BTreeSet::new();
     let mut failures = 0u32;
+    // Containers below this were tried and failed this turn.
+    let mut turn = 0u32;
     loop {
         if pending.is_empty() {
             match queue.recv() {
@@ -244,13 +248,19 @@ fn upload_loop(shared: &Shared, queue: &Receiver<u32>) {
             }
         }
         pending.extend(queue.try_iter());
-        let Some(&number) = pending.first() else {
+        let Some(number) = pending
+            .range(turn..)
+            .next()
+            .or_else(|| pending.first())
+            .copied()
+        else {
             continue;
         };
         match offload_one(shared, number) {
             Ok(()) => {
                 pending.remove(&number);
                 failures = 0;
+                turn = 0;
             }
             Err(e) => {
                 {
@@ -258,6 +268,7 @@ fn upload_loop(shared: &Shared, queue: &Receiver<u32>) {
                     seen.0 += 1;
                     seen.1 = e.to_string();
                 }
+                turn = number.saturating_add(1);
                 failures = failures.saturating_add(1);
                 let wait = Duration::from_secs(1u64 << failures.min(9)).min(MAX_RETRY_WAIT);
                 tracing::warn!(
@@ -268,12 +279,19 @@ fn upload_loop(shared: &Shared, queue: &Receiver<u32>) {
                     shared.pool.describe(),
                     wait.as_secs()
                 );
-                match queue.recv_timeout(wait) {
-                    Ok(n) => {
-                        pending.insert(n);
+                let until = std::time::Instant::now() + wait;
+                loop {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    match queue.recv_timeout(left) {
+                        Ok(n) => {
+                            pending.insert(n);
+                        }
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 }
             }
         }
@@ -298,8 +316,11 @@ fn offload_one(shared: &Shared, number: u32) -> Result<(), StorageError> {
     tandem_os::atomic_file::replace(&marker, content.as_bytes(), Some(0o600))
         .map_err(io_err(&marker))?;
     lock(&shared.remote).insert(number, Remote { size });
-    lock(&shared.readers).remove(&number);
+    // Unlinked first, handles dropped after: a reader that opens the file
+    // in between is dropped with the others, and one after finds the
+    // marker; no handle keeps a deleted file's space.
     std::fs::remove_file(&local).map_err(io_err(&local))?;
+    lock(&shared.readers).remove(&number);
     sync_dir(&shared.dir)?;
     tracing::info!(
         container = number,
