@@ -593,3 +593,49 @@ fn land_span(cache: &BlockCache, number: u32, range: Range<u64>, data: Option<&B
         block += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::config::PoolKind;
+
+    fn s3_config(credentials: &FsPath) -> PoolConfig {
+        PoolConfig {
+            kind: PoolKind::S3,
+            endpoint: Some("http://127.0.0.1:9".into()),
+            bucket: Some("b".into()),
+            credentials_file: Some(credentials.to_path_buf()),
+            ..PoolConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_credentials_file_others_can_read_or_that_lies_about_its_keys_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s3.toml");
+        std::fs::write(&file, "access_key_id = \"k\"\nsecret_access_key = \"s\"\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ObjectPool::open(&s3_config(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains("readable by others") && err.contains("chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(ObjectPool::open(&s3_config(&file)).is_ok());
+        // An unknown key, or a missing one, is named; the secret never is.
+        std::fs::write(&file, "access_key_id = \"k\"\nsecret = \"s3cr3t\"\n").unwrap();
+        let err = ObjectPool::open(&s3_config(&file)).unwrap_err().to_string();
+        assert!(err.contains("must hold"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        // A prefix without its slash names the same folder.
+        let mut config = s3_config(&file);
+        std::fs::write(&file, "access_key_id = \"k\"\nsecret_access_key = \"s\"\n").unwrap();
+        config.prefix = "SRV1".into();
+        assert_eq!(
+            ObjectPool::open(&config).unwrap().identity(),
+            "s3://b/SRV1/"
+        );
+    }
+}
