@@ -2,7 +2,17 @@
 //! chunk a node's versions and archive copies use is read and checked
 //! against its hash, so damage is found before a restore needs the data;
 //! with `fix`, what is damaged or missing is repaired from the server that
-//! shares the node (the self-repair restores use).
+//! shares the node (the self-repair restores use). AUDIT POOL and AUDIT
+//! CONTAINER read by container instead ([`pool`]); both may read a subset
+//! ([`subset`]) and both record what they find in the catalog's damaged-chunk
+//! list with the files that use each chunk ([`damage`]).
+
+mod damage;
+mod pool;
+mod subset;
+
+pub use pool::{AuditScope, PoolAuditReport, audit_pool};
+pub use subset::ReadSubset;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,15 +27,18 @@ use crate::repl::repair::repair_chunks;
 
 /// Chunks read and verified per blocking step: a step holds no lock for
 /// long, and the audit's progress is never far from done.
-const CHECK_BATCH: usize = 1024;
+pub(crate) const CHECK_BATCH: usize = 1024;
 
 /// What an audit of one node found and did.
 #[derive(Debug, Clone, Default)]
 pub struct AuditReport {
     /// The node.
     pub node: String,
-    /// Distinct chunks its versions and archive copies use, all read.
+    /// Distinct chunks its versions and archive copies use that were read
+    /// (all of them, or the subset asked for).
     pub chunks_checked: u64,
+    /// Which of them were read: `all`, `10%`, `1/7`.
+    pub subset: String,
     /// Stored but unreadable or not matching their hash.
     pub damaged: u64,
     /// Not stored for the node.
@@ -38,6 +51,8 @@ pub struct AuditReport {
     pub partner: Option<String>,
     /// Why some could not be repaired.
     pub reason: Option<String>,
+    /// Some files that use damaged or missing chunks, as `NODE:path`.
+    pub files: Vec<String>,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -52,30 +67,48 @@ pub async fn audit_node(
     state: &Arc<ServerState>,
     node: &Node,
     fix: bool,
+    subset: ReadSubset,
 ) -> Result<AuditReport, ServerError> {
     let started = Instant::now();
     let node_id = node.id;
     let ids = state
         .repo
-        .blocking(move |r| Ok(r.catalog.node_chunk_ids(node_id)?))
+        .blocking(move |r| {
+            let mut ids = r.catalog.node_chunk_ids(node_id)?;
+            ids.retain(|id| subset.keeps(id));
+            Ok(ids)
+        })
         .await?;
     let mut report = AuditReport {
         node: node.name.clone(),
         chunks_checked: ids.len() as u64,
+        subset: subset.describe(),
         ..AuditReport::default()
     };
-    let mut bad: Vec<ChunkId> = Vec::new();
+    let mut found: Vec<(ChunkId, u32, String)> = Vec::new();
     for batch in ids.chunks(CHECK_BATCH) {
         let batch = batch.to_vec();
         let check = state
             .repo
-            .blocking(move |r| r.check_chunks(node_id, &batch))
+            .blocking(move |r| {
+                let check = r.check_chunks(node_id, &batch)?;
+                r.catalog.clear_damaged(&check.intact)?;
+                Ok(check)
+            })
             .await?;
         report.damaged += check.damaged.len() as u64;
         report.missing += check.absent.len() as u64;
-        bad.extend(check.damaged.into_iter().map(|(id, _)| id));
-        bad.extend(check.absent);
+        // The container is looked up again when the finding is recorded.
+        found.extend(check.damaged.into_iter().map(|(id, why)| (id, 0, why)));
+        found.extend(
+            check
+                .absent
+                .into_iter()
+                .map(|id| (id, 0, format!("not stored for node {}", node.name))),
+        );
     }
+    report.files = damage::record(state, &found, Some(node_id)).await?;
+    let bad: Vec<ChunkId> = found.iter().map(|(id, _, _)| *id).collect();
     if fix {
         for batch in bad.chunks(tandem_proto::MAX_REPAIR_CHUNK_IDS) {
             let repair = repair_chunks(state, node, batch.to_vec()).await?;
@@ -98,9 +131,10 @@ pub async fn audit_node(
         (
             ServerMsg::AuditClean,
             format!(
-                "audit of node {}: {} chunk(s) read and verified in {:.1} s, {} damaged and {} missing, {} repaired; all whole",
+                "audit of node {}: {} chunk(s) read and verified ({}) in {:.1} s, {} damaged and {} missing, {} repaired; all whole",
                 node.name,
                 report.chunks_checked,
+                report.subset,
                 report.elapsed_secs,
                 report.damaged,
                 report.missing,
@@ -111,15 +145,17 @@ pub async fn audit_node(
         (
             ServerMsg::AuditDamage,
             format!(
-                "audit of node {}: {} chunk(s) read in {:.1} s, {} damaged and {} missing, {} repaired, {} still damaged or missing: {}",
+                "audit of node {}: {} chunk(s) read ({}) in {:.1} s, {} damaged and {} missing, {} repaired, {} still damaged or missing: {}; files: {}",
                 node.name,
                 report.chunks_checked,
+                report.subset,
                 report.elapsed_secs,
                 report.damaged,
                 report.missing,
                 report.repaired,
                 report.unrepaired,
-                report.reason.as_deref().unwrap_or("no copy")
+                report.reason.as_deref().unwrap_or("no copy"),
+                damage::list_files(&report.files)
             ),
         )
     };

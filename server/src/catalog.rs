@@ -16,6 +16,7 @@ mod actlog;
 mod admins;
 mod archives;
 mod chunks;
+mod damage;
 mod dbcopy;
 mod dirs;
 mod expire;
@@ -30,6 +31,7 @@ mod switches;
 pub use actlog::ActlogFilter;
 pub use admins::Admin;
 pub use archives::{ArchiveCommit, ArchiveKey, ArchivePage};
+pub use damage::DamagedChunk;
 pub use dbcopy::{ChunkReconcile, Damaged};
 
 /// The server-wide settings the catalog keeps (its `server_info` table), so

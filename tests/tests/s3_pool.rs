@@ -311,13 +311,94 @@ fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_
         (2..=1 + lost_chunks).contains(&bad),
         "one flipped chunk and the missing object's chunks in use: {audit}"
     );
+    assert!(
+        audit[0]["files"].as_array().is_some_and(|f| !f.is_empty()),
+        "the files using the damage are named: {audit}"
+    );
+
+    // The pool audit reads the bucket container by container and finds the
+    // same damage; every finding is recorded with its container and files.
+    let out = primary.admin(&["--json", "audit", "pool"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("audit pool --fix"),
+        "{}",
+        stderr(&out)
+    );
+    let pool: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pool = &pool[0];
+    assert_eq!(pool["damaged"].as_u64(), Some(bad), "{pool}");
+    assert!(pool["containers"].as_u64().unwrap() >= 2, "{pool}");
+    assert!(pool["bytes_read"].as_u64().unwrap() > 1 << 20, "{pool}");
+    let listed = primary.admin_json(&["query", "damaged"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len() as u64, bad, "{listed:?}");
+    let number = |object: &PathBuf| -> u64 {
+        let stem = object.file_stem().unwrap().to_str().unwrap();
+        stem.parse().unwrap()
+    };
+    assert!(
+        listed
+            .iter()
+            .any(|d| d["container"].as_u64() == Some(number(&objects[deleted]))),
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().all(|d| d["files"][0]
+            .as_str()
+            .is_some_and(|f| f.starts_with("DAVE:"))),
+        "{listed:?}"
+    );
+    // One container alone: the flipped chunk is its only damage.
+    let one = primary.admin(&[
+        "--json",
+        "audit",
+        "container",
+        &number(&objects[flipped]).to_string(),
+    ]);
+    assert_eq!(code(&one), 8, "{}", stderr(&one));
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    let one = &one[0];
+    assert_eq!(one["damaged"].as_u64(), Some(1), "{one}");
+    assert_eq!(one["containers"].as_u64(), Some(1), "{one}");
+    let none = primary.admin(&["audit", "container", "99999"]);
+    assert_eq!(code(&none), 12, "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("container 99999"),
+        "{}",
+        stderr(&none)
+    );
+    // Two slices read every chunk once between them.
+    let halves: Vec<u64> = ["1/2", "2/2"]
+        .iter()
+        .map(|slice| {
+            let out = primary.admin(&["--json", "audit", "pool", "--read-data-subset", slice]);
+            let half: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let half = &half[0];
+            assert_eq!(half["subset"], *slice, "{half}");
+            half["chunks_checked"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        halves.iter().sum::<u64>(),
+        pool["chunks_checked"].as_u64().unwrap(),
+        "{halves:?} {pool}"
+    );
+    let wrong = primary.admin(&["audit", "pool", "--read-data-subset", "150%"]);
+    assert_ne!(code(&wrong), 0);
+    assert!(stderr(&wrong).contains("150%"), "{}", stderr(&wrong));
+
     // Repaired from the replica: good copies go to the open container and
-    // the damaged records are no longer used.
+    // the damaged records are no longer used, nor listed.
     let fixed = primary.admin_json(&["audit", "node", "dave", "--fix"]);
     assert_eq!(fixed[0]["repaired"].as_u64(), Some(bad), "{fixed}");
     assert_eq!(fixed[0]["unrepaired"].as_u64(), Some(0), "{fixed}");
     let again = primary.admin_json(&["audit", "node", "dave"]);
     assert_eq!(again[0]["damaged"].as_u64(), Some(0), "{again}");
+    let listed = primary.admin_json(&["query", "damaged"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    let whole = primary.admin_json(&["audit", "pool"])[0].clone();
+    assert_eq!(whole["damaged"].as_u64(), Some(0), "{whole}");
     let out = work.path().join("out");
     restore_same(&client, &src, &out);
 }

@@ -228,3 +228,72 @@ fn an_audit_finds_damage_before_a_restore_and_fix_repairs_it() {
     let unknown = primary.admin(&["audit", "node", "nosuch"]);
     assert_eq!(code(&unknown), 12, "{}", stderr(&unknown));
 }
+
+#[test]
+fn a_pool_audit_names_the_damaged_files_records_them_and_fix_repairs_them() {
+    let (primary, _secondary, client) = replicated_alice();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let victim = random_bytes(27, 300_000);
+    std::fs::write(src.join("victim.bin"), &victim).unwrap();
+    std::fs::write(src.join("healthy.bin"), random_bytes(28, 200_000)).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(replicate(&primary, "ALICE")["state"], "completed");
+
+    let clean = primary.admin_json(&["audit", "pool"])[0].clone();
+    assert_eq!(clean["damaged"], 0, "{clean}");
+    assert_eq!(clean["subset"], "all", "{clean}");
+    assert!(clean["chunks_checked"].as_u64().unwrap() >= 2, "{clean}");
+    assert!(clean["bytes_read"].as_u64().unwrap() >= 500_000, "{clean}");
+
+    damage(&primary, &victim);
+    let found = primary.admin(&["--json", "audit", "pool"]);
+    assert_eq!(code(&found), 8, "{}", stderr(&found));
+    assert!(stderr(&found).contains("victim.bin"), "{}", stderr(&found));
+    let report: serde_json::Value = serde_json::from_slice(&found.stdout).unwrap();
+    let report = &report[0];
+    assert_eq!(report["damaged"], 1, "{report}");
+    assert_eq!(report["unrepaired"], 1, "{report}");
+    let victim_path = format!("ALICE:{}", path_str(&src.join("victim.bin")));
+    assert_eq!(report["files"][0], victim_path.as_str(), "{report}");
+    let log = primary.actlog();
+    assert!(
+        log.contains("TDM0431W") && log.contains("audit of the pool"),
+        "{log}"
+    );
+
+    // Recorded until repaired: an operator lists it with the file it hurts.
+    let listed = primary.admin_json(&["query", "damaged"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["files"][0], victim_path.as_str(), "{listed}");
+    assert!(listed[0]["container"].as_u64().unwrap() >= 1, "{listed}");
+    let table = primary.admin(&["query", "damaged"]);
+    assert_success(&table, "query damaged as a table");
+    let shown = String::from_utf8_lossy(&table.stdout);
+    assert!(shown.contains("victim.bin"), "{shown}");
+
+    // --fix repairs it for the node using it, from that node's replica.
+    let fixed = primary.admin_json(&["audit", "pool", "--fix"])[0].clone();
+    assert_eq!(fixed["repaired"], 1, "{fixed}");
+    assert_eq!(fixed["unrepaired"], 0, "{fixed}");
+    let listed = primary.admin_json(&["query", "damaged"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    let after = primary.admin_json(&["audit", "pool", "--read-data-subset", "100%"])[0].clone();
+    assert_eq!(after["damaged"], 0, "{after}");
+    let out_dir = work.path().join("out");
+    let out = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out_dir),
+    ]);
+    assert_success(&out, "restore after the pool audit");
+    assert!(!stderr(&out).contains("TDM1027I"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(out_dir.join("victim.bin")).unwrap(), victim);
+
+    for bad in ["0%", "3/2", "often"] {
+        let out = primary.admin(&["audit", "pool", "--read-data-subset", bad]);
+        assert_eq!(code(&out), 12, "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains(bad), "{}", stderr(&out));
+    }
+}

@@ -154,6 +154,8 @@ impl Catalog {
                     node
                 ])?;
                 grant(&tx, node, id)?;
+                tx.prepare_cached("DELETE FROM damaged_chunks WHERE id = ?1")?
+                    .execute([id.as_slice()])?;
             }
         }
         tx.commit()?;

@@ -125,6 +125,17 @@ CREATE TABLE IF NOT EXISTS chunk_sharers (
     node_id INTEGER NOT NULL,
     PRIMARY KEY (chunk, node_id)
 ) WITHOUT ROWID;
+-- Chunks an audit found damaged or missing (TSM's damaged extents), kept
+-- until a repair or a later audit reading them whole clears them, so an
+-- operator can list them with the files they hurt (`query damaged`).
+-- container 0: the node's chunk was not stored at all.
+CREATE TABLE IF NOT EXISTS damaged_chunks (
+    id        BLOB PRIMARY KEY,
+    container INTEGER NOT NULL,
+    reason    TEXT NOT NULL,
+    files     TEXT NOT NULL DEFAULT '',
+    found_ns  INTEGER NOT NULL
+) WITHOUT ROWID;
 -- Compaction lists a container's chunks from the container's own record
 -- headers, so no index by container is kept (it was a tenth of the catalog).
 DROP INDEX IF EXISTS chunks_by_container;

@@ -113,7 +113,7 @@ pub(super) enum Verb {
     /// RECOVER: rebuild nodes of this server from their replica elsewhere.
     #[command(subcommand)]
     Recover(RecoverNoun),
-    /// AUDIT: read and verify every stored chunk of nodes, and repair.
+    /// AUDIT: read and verify stored chunks (of nodes, the pool, a container), and repair.
     #[command(subcommand)]
     Audit(AuditNoun),
     /// SWITCH: make the replication server the primary of nodes (planned).
@@ -161,6 +161,33 @@ pub(super) enum AuditNoun {
         /// The node [default: every node].
         name: Option<String>,
         /// Repair what is damaged or missing from the replication partner.
+        #[arg(long)]
+        fix: bool,
+        /// Read only some chunks: a share picked afresh each run (10%) or
+        /// a fixed slice (1/7; slices 1/7 to 7/7 read every chunk once).
+        #[arg(long, value_name = "SUBSET")]
+        read_data_subset: Option<String>,
+    },
+    /// Read every chunk stored in the storage pool, container by container
+    /// (the order a bucket is read fastest), and check each against its
+    /// hash; damage is recorded (`query damaged`) with the files using it.
+    /// --fix repairs each damaged chunk from the replication partner of a
+    /// node using it. Exits 8 (TDM0517W) when damage remains.
+    Pool {
+        /// Repair damaged chunks from the replication partner.
+        #[arg(long)]
+        fix: bool,
+        /// Read only some chunks: a share picked afresh each run (10%) or
+        /// a fixed slice (1/7; slices 1/7 to 7/7 read every chunk once).
+        #[arg(long, value_name = "SUBSET")]
+        read_data_subset: Option<String>,
+    },
+    /// Read and verify every chunk of one container (TSM AUDIT CONTAINER),
+    /// e.g. one a TDM0441W or a disk error named.
+    Container {
+        /// The container number (as in 00000007.tdc: 7).
+        number: u32,
+        /// Repair damaged chunks from the replication partner.
         #[arg(long)]
         fix: bool,
     },
@@ -607,6 +634,9 @@ pub(super) enum QueryNoun {
     /// The storage pool: where the containers are (local disk or S3
     /// bucket), how many wait for upload, and the object store's requests.
     Stgpool,
+    /// Chunks audits found damaged or missing and not yet repaired (TSM
+    /// QUERY DAMAGED), with the files that use them; the oldest first.
+    Damaged,
     /// Per node and filespace: files, versions, logical and stored bytes.
     Occupancy {
         /// Node name; all when omitted.

@@ -346,6 +346,7 @@ impl Row for pb::ReplicationRun {
 impl Row for pb::AuditedNode {
     const HEADERS: &'static [&'static str] = &[
         "Node",
+        "Subset",
         "Chunks Checked",
         "Damaged",
         "Missing",
@@ -358,6 +359,7 @@ impl Row for pb::AuditedNode {
     fn cells(&self) -> Vec<String> {
         vec![
             self.node.clone(),
+            self.subset.clone(),
             self.chunks_checked.to_string(),
             self.damaged.to_string(),
             self.missing.to_string(),
@@ -374,7 +376,71 @@ impl Row for pb::AuditedNode {
             "damaged": self.damaged, "missing": self.missing,
             "repaired": self.repaired, "unrepaired": self.unrepaired,
             "partner": json_text(&self.partner), "reason": json_text(&self.reason),
-            "elapsed_secs": self.elapsed_secs,
+            "elapsed_secs": self.elapsed_secs, "subset": self.subset,
+            "files": self.files.iter().map(|f| json_text(f)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl Row for pb::AuditPoolResponse {
+    const HEADERS: &'static [&'static str] = &[
+        "Scope",
+        "Subset",
+        "Containers",
+        "Chunks Checked",
+        "Bytes Read",
+        "Damaged",
+        "Repaired",
+        "Unrepaired",
+        "Elapsed",
+        "Reason",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.scope.clone(),
+            self.subset.clone(),
+            self.containers.to_string(),
+            self.chunks_checked.to_string(),
+            self.bytes_read.to_string(),
+            self.damaged.to_string(),
+            self.repaired.to_string(),
+            self.unrepaired.to_string(),
+            format!("{:.1} s", self.elapsed_secs),
+            self.reason.clone(),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "scope": self.scope, "subset": self.subset, "containers": self.containers,
+            "chunks_checked": self.chunks_checked, "bytes_read": self.bytes_read,
+            "damaged": self.damaged, "repaired": self.repaired, "unrepaired": self.unrepaired,
+            "files": self.files.iter().map(|f| json_text(f)).collect::<Vec<_>>(),
+            "reason": json_text(&self.reason), "elapsed_secs": self.elapsed_secs,
+        })
+    }
+}
+
+impl Row for pb::DamagedChunk {
+    const HEADERS: &'static [&'static str] =
+        &["Chunk", "Container", "Found", "Reason", "Files Using It"];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.chunk.clone(),
+            if self.container == 0 {
+                "-".to_string()
+            } else {
+                format!("{:08}", self.container)
+            },
+            show_time(self.found_ns),
+            self.reason.clone(),
+            self.files.join("\n"),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "chunk": self.chunk, "container": self.container,
+            "found": json_time(self.found_ns), "reason": json_text(&self.reason),
+            "files": self.files.iter().map(|f| json_text(f)).collect::<Vec<_>>(),
         })
     }
 }

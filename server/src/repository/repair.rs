@@ -9,6 +9,7 @@ use tandem_proto::ChunkId;
 
 use super::Repository;
 use crate::error::{ServerError, StorageError};
+use crate::model::ChunkLocation;
 use crate::storage::{self, VerifiedChunk};
 
 /// What a check of a node's chunks found.
@@ -25,6 +26,17 @@ pub struct ChunkCheck {
     pub absent: Vec<ChunkId>,
 }
 
+/// What a read of chunks at their indexed places found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LocatedCheck {
+    /// Read and whole.
+    pub intact: Vec<ChunkId>,
+    /// Unreadable or not what their id says: the container and why.
+    pub damaged: Vec<(ChunkId, u32, String)>,
+    /// Stored bytes read.
+    pub bytes_read: u64,
+}
+
 impl Repository {
     /// Checks node `node`'s copies of `ids` (each once): reads every owned
     /// chunk and verifies it as an upload is verified.
@@ -35,29 +47,53 @@ impl Repository {
         let mut seen = HashSet::new();
         let ids: Vec<ChunkId> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
         let owned = self.catalog.owned_chunk_locations(node, &ids)?;
-        self.store
-            .prefetch(&owned.iter().flatten().copied().collect::<Vec<_>>());
         let mut out = ChunkCheck::default();
+        let mut located = Vec::with_capacity(ids.len());
         for (id, location) in ids.iter().zip(owned) {
-            let Some(location) = location else {
-                out.absent.push(*id);
-                continue;
-            };
-            let read = match self.read_at(*id, location) {
-                // The bucket not answering says nothing about the data: the
-                // check stops rather than call every chunk damaged.
+            match location {
+                Some(location) => located.push((*id, location)),
+                None => out.absent.push(*id),
+            }
+        }
+        let check = self.check_located(&located)?;
+        out.intact = check.intact;
+        out.damaged = check
+            .damaged
+            .into_iter()
+            .map(|(id, _, why)| (id, why))
+            .collect();
+        Ok(out)
+    }
+
+    /// Reads every chunk of `chunks` at its indexed place (fetched ahead
+    /// together) and verifies it as an upload is verified.
+    ///
+    /// # Errors
+    /// The pool not answering (`StorageError::PoolUnavailable`): that says
+    /// nothing about the data, so the check stops rather than call every
+    /// chunk damaged. A damaged chunk is a finding, not an error.
+    pub fn check_located(
+        &self,
+        chunks: &[(ChunkId, ChunkLocation)],
+    ) -> Result<LocatedCheck, ServerError> {
+        self.store
+            .prefetch(&chunks.iter().map(|(_, l)| *l).collect::<Vec<_>>());
+        let mut out = LocatedCheck::default();
+        for (id, location) in chunks {
+            let read = match self.read_at(*id, *location) {
                 Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. })) => {
                     return Err(e);
                 }
                 other => other,
             };
+            out.bytes_read += u64::from(location.stored_len);
             let verdict = read.map_err(|e| e.to_string()).and_then(|data| {
                 storage::verify_chunk(*id, data.into(), u64::from(location.raw_len))
                     .map_err(|e| e.to_string())
             });
             match verdict {
                 Ok(_) => out.intact.push(*id),
-                Err(why) => out.damaged.push((*id, why)),
+                Err(why) => out.damaged.push((*id, location.container, why)),
             }
         }
         Ok(out)

@@ -129,6 +129,17 @@ fn node_name(raw: &str) -> Result<String, Status> {
 }
 
 /// A node name a query may leave empty (then: every node).
+/// Damaged-chunk records one `query damaged` lists, the oldest first.
+const DAMAGED_LISTED: u32 = 1000;
+
+/// ` --read-data-subset S` for the activity log, or nothing for all.
+fn subset_flag(subset: crate::audit::ReadSubset) -> String {
+    match subset {
+        crate::audit::ReadSubset::All => String::new(),
+        other => format!(" --read-data-subset {}", other.describe()),
+    }
+}
+
 fn optional_node_name(raw: String) -> Result<String, Status> {
     if raw.is_empty() {
         Ok(raw)
@@ -641,6 +652,8 @@ impl Admin for AdminService {
         let caller = self.authorize(&request).await?;
         let req = request.into_inner();
         let name = optional_node_name(req.node)?;
+        let subset = crate::audit::ReadSubset::parse(&req.read_data_subset)
+            .map_err(ServerError::InvalidArgument)?;
         let lookup = name.clone();
         let nodes = super::blocking(&self.state, move |s| {
             let nodes = s.repo.catalog.list_nodes(&lookup)?;
@@ -654,9 +667,10 @@ impl Admin for AdminService {
             &caller,
             &name,
             format!(
-                "audit node {}{}",
+                "audit node {}{}{}",
                 if name.is_empty() { "(all)" } else { &name },
-                if req.fix { " --fix" } else { "" }
+                if req.fix { " --fix" } else { "" },
+                subset_flag(subset)
             ),
         )
         .await;
@@ -667,9 +681,11 @@ impl Admin for AdminService {
             let state = self.state.clone();
             let fix = req.fix;
             let report =
-                tokio::spawn(async move { crate::audit::audit_node(&state, &node, fix).await })
-                    .await
-                    .map_err(ServerError::from)??;
+                tokio::spawn(
+                    async move { crate::audit::audit_node(&state, &node, fix, subset).await },
+                )
+                .await
+                .map_err(ServerError::from)??;
             rows.push(pb::AuditedNode {
                 node: report.node,
                 chunks_checked: report.chunks_checked,
@@ -680,9 +696,87 @@ impl Admin for AdminService {
                 partner: report.partner.unwrap_or_default(),
                 reason: report.reason.unwrap_or_default(),
                 elapsed_secs: report.elapsed_secs,
+                subset: report.subset,
+                files: report.files,
             });
         }
         Ok(Response::new(pb::AuditNodesResponse { nodes: rows }))
+    }
+
+    async fn audit_pool(
+        &self,
+        request: Request<pb::AuditPoolRequest>,
+    ) -> Result<Response<pb::AuditPoolResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let subset = crate::audit::ReadSubset::parse(&req.read_data_subset)
+            .map_err(ServerError::InvalidArgument)?;
+        let scope = match req.container {
+            Some(n) => crate::audit::AuditScope::Container(n),
+            None => crate::audit::AuditScope::Pool,
+        };
+        self.audit(
+            &caller,
+            "",
+            format!(
+                "audit {}{}{}",
+                req.container
+                    .map_or("pool".to_string(), |n| format!("container {n}")),
+                if req.fix { " --fix" } else { "" },
+                subset_flag(subset)
+            ),
+        )
+        .await;
+        // In a task of its own, so it ends and is recorded even when the
+        // caller leaves.
+        let state = self.state.clone();
+        let fix = req.fix;
+        let report =
+            tokio::spawn(async move { crate::audit::audit_pool(&state, scope, subset, fix).await })
+                .await
+                .map_err(ServerError::from)??;
+        Ok(Response::new(pb::AuditPoolResponse {
+            scope: report.scope,
+            subset: report.subset,
+            containers: report.containers,
+            chunks_checked: report.chunks_checked,
+            bytes_read: report.bytes_read,
+            damaged: report.damaged,
+            repaired: report.repaired,
+            unrepaired: report.unrepaired,
+            files: report.files,
+            reason: report.reason.unwrap_or_default(),
+            elapsed_secs: report.elapsed_secs,
+        }))
+    }
+
+    async fn query_damaged(
+        &self,
+        request: Request<pb::QueryDamagedRequest>,
+    ) -> Result<Response<pb::QueryDamagedResponse>, Status> {
+        self.authorize(&request).await?;
+        let (list, total) = super::blocking(&self.state, |s| {
+            Ok(s.repo.catalog.damaged_chunks(DAMAGED_LISTED)?)
+        })
+        .await?;
+        Ok(Response::new(pb::QueryDamagedResponse {
+            chunks: list
+                .into_iter()
+                .map(|d| pb::DamagedChunk {
+                    chunk: d.id.to_string(),
+                    container: d.container,
+                    reason: d.reason,
+                    files: d
+                        .files
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    found_ns: d.found_ns,
+                })
+                .collect(),
+            total,
+        }))
     }
 
     async fn recover_nodes(

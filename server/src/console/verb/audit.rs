@@ -1,5 +1,7 @@
-//! AUDIT NODE: read and verify every stored chunk of nodes, and repair;
-//! one row per node, exit 8 (TDM0517W) when damage remains.
+//! AUDIT NODE, AUDIT POOL and AUDIT CONTAINER: read and verify stored
+//! chunks, and repair; exit 8 (TDM0517W) when damage remains.
+
+use std::future::Future;
 
 use tandem_proto::pb;
 
@@ -15,26 +17,23 @@ pub(in crate::console) async fn run(
     format: Format,
 ) -> Result<(), AdminError> {
     match noun {
-        AuditNoun::Node { name, fix } => {
+        AuditNoun::Node {
+            name,
+            fix,
+            read_data_subset,
+        } => {
             let req = console.request(pb::AuditNodesRequest {
                 node: name.clone().unwrap_or_default(),
                 fix,
+                read_data_subset: read_data_subset.unwrap_or_default(),
             });
             let mut client = console.client();
-            let call = console.answer(client.audit_nodes(req));
-            let r = if format.for_people() {
-                let bar = tandem_client::output::console::spinner();
-                bar.set_message(format!(
-                    "reading and verifying every stored chunk of {}",
-                    name.as_deref()
-                        .map_or("every node".to_string(), str::to_ascii_uppercase)
-                ));
-                let answer = call.await;
-                bar.finish_and_clear();
-                answer?
-            } else {
-                call.await?
-            };
+            let what = format!(
+                "reading and verifying the stored chunks of {}",
+                name.as_deref()
+                    .map_or("every node".to_string(), str::to_ascii_uppercase)
+            );
+            let r = with_spinner(format, what, console.answer(client.audit_nodes(req))).await?;
             print_rows(&r.nodes, format);
             let damaged: Vec<String> = r
                 .nodes
@@ -42,18 +41,95 @@ pub(in crate::console) async fn run(
                 .filter(|n| n.unrepaired > 0)
                 .map(|n| format!("{} ({} chunk(s))", n.node, n.unrepaired))
                 .collect();
-            if !damaged.is_empty() {
-                return Err(AdminError::Damage(format!(
-                    "stored data is damaged or missing for {}; {}",
-                    damaged.join(", "),
-                    if fix {
-                        "see the reason above and `query actlog --msgno TDM0429`; restores of the files named there fail"
-                    } else {
-                        "run `audit node --fix` to repair it from the replication partner"
-                    }
-                )));
-            }
+            let files: Vec<String> = r.nodes.iter().flat_map(|n| n.files.clone()).collect();
+            damage_outcome(&damaged, &files, fix, "audit node --fix")?;
+        }
+        AuditNoun::Pool {
+            fix,
+            read_data_subset,
+        } => {
+            pool(console, None, fix, read_data_subset, format).await?;
+        }
+        AuditNoun::Container { number, fix } => {
+            pool(console, Some(number), fix, None, format).await?;
         }
     }
     Ok(())
+}
+
+/// AUDIT POOL (no container) or AUDIT CONTAINER.
+async fn pool(
+    console: &Console,
+    container: Option<u32>,
+    fix: bool,
+    read_data_subset: Option<String>,
+    format: Format,
+) -> Result<(), AdminError> {
+    let req = console.request(pb::AuditPoolRequest {
+        container,
+        fix,
+        read_data_subset: read_data_subset.unwrap_or_default(),
+    });
+    let mut client = console.client();
+    let what = match container {
+        Some(n) => format!("reading and verifying every chunk of container {n}"),
+        None => "reading and verifying every chunk in the storage pool".to_string(),
+    };
+    let r = with_spinner(format, what, console.answer(client.audit_pool(req))).await?;
+    print_rows(std::slice::from_ref(&r), format);
+    let damaged = if r.unrepaired > 0 {
+        vec![format!("the {} ({} chunk(s))", r.scope, r.unrepaired)]
+    } else {
+        Vec::new()
+    };
+    let again = match container {
+        Some(n) => format!("audit container {n} --fix"),
+        None => "audit pool --fix".to_string(),
+    };
+    damage_outcome(&damaged, &r.files, fix, &again)
+}
+
+/// Awaits `call` behind a spinner saying `what` when a person is watching.
+async fn with_spinner<T>(
+    format: Format,
+    what: String,
+    call: impl Future<Output = Result<T, AdminError>>,
+) -> Result<T, AdminError> {
+    if !format.for_people() {
+        return call.await;
+    }
+    let bar = tandem_client::output::console::spinner();
+    bar.set_message(what);
+    let answer = call.await;
+    bar.finish_and_clear();
+    answer
+}
+
+/// Exit 8 (TDM0517W) naming what is damaged and what to do, when anything is.
+fn damage_outcome(
+    damaged: &[String],
+    files: &[String],
+    fix: bool,
+    repair: &str,
+) -> Result<(), AdminError> {
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    let files = if files.is_empty() {
+        String::new()
+    } else {
+        format!("; files using it include {}", files.join(", "))
+    };
+    Err(AdminError::Damage(format!(
+        "stored data is damaged or missing for {}{files}; {}",
+        damaged.join(", "),
+        if fix {
+            "see the reason above, `query damaged` and `query actlog --msgno TDM0429`; restores of those files fail"
+                .to_string()
+        } else {
+            format!(
+                "run `{repair}` to repair it from the replication partner; `query damaged` lists it"
+            )
+        }
+    )))
 }

@@ -124,6 +124,18 @@ pub(in crate::console) async fn run(
             let r = console.answer(console.client().query_stgpool(req)).await?;
             print_rows(std::slice::from_ref(&r), format);
         }
+        QueryNoun::Damaged => {
+            let req = console.request(pb::QueryDamagedRequest {});
+            let r = console.answer(console.client().query_damaged(req)).await?;
+            print_rows(&r.chunks, format);
+            if format.for_people() && r.total > r.chunks.len() as u64 {
+                println!(
+                    "({} of {} shown, the oldest findings first; repair them with `audit pool --fix`)",
+                    r.chunks.len(),
+                    r.total
+                );
+            }
+        }
         QueryNoun::Occupancy { node } => {
             let req = console.request(pb::QueryOccupancyRequest {
                 node: node.unwrap_or_default(),

@@ -1,0 +1,108 @@
+//! What an audit does with what it found: names the files that use each
+//! damaged or missing chunk and records the findings in the catalog's
+//! damaged-chunk list (`query damaged`), where they stay until a repair or
+//! a later audit reading the chunk whole clears them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tandem_proto::ChunkId;
+
+use crate::ServerState;
+use crate::catalog::DamagedChunk;
+use crate::error::ServerError;
+
+/// Files named per damaged chunk in its record.
+const FILES_PER_CHUNK: usize = 3;
+/// Files named in one audit's report (and its activity-log record).
+const FILES_LISTED: usize = 20;
+
+/// Records `found` (chunk, container or 0 when unknown, why) in the
+/// damaged-chunk list, naming the files of their users (and of `node`, whose
+/// files may need a chunk it does not own). Returns up to
+/// [`FILES_LISTED`] of those files as `NODE:path`.
+///
+/// # Errors
+/// Catalog errors.
+pub(super) async fn record(
+    state: &Arc<ServerState>,
+    found: &[(ChunkId, u32, String)],
+    node: Option<i64>,
+) -> Result<Vec<String>, ServerError> {
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found = found.to_vec();
+    state
+        .repo
+        .blocking(move |r| {
+            let catalog = &r.catalog;
+            let ids: Vec<ChunkId> = found.iter().map(|(id, _, _)| *id).collect();
+            let locations = catalog.chunk_locations(&ids)?;
+            let mut users = catalog.chunk_users(&ids)?;
+            if let Some(node) = node {
+                for id in &ids {
+                    let list = users.entry(*id).or_default();
+                    if !list.contains(&node) {
+                        list.push(node);
+                    }
+                }
+            }
+            let names: HashMap<i64, String> = catalog
+                .list_nodes("")?
+                .into_iter()
+                .map(|(n, _)| (n.id, n.name))
+                .collect();
+            let mut by_node: HashMap<i64, HashSet<ChunkId>> = HashMap::new();
+            for (id, list) in &users {
+                for user in list {
+                    by_node.entry(*user).or_default().insert(*id);
+                }
+            }
+            let mut files: HashMap<ChunkId, Vec<String>> = HashMap::new();
+            for (user, wanted) in &by_node {
+                let name = names
+                    .get(user)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{user}"));
+                for (id, paths) in catalog.node_paths_using(*user, wanted, FILES_PER_CHUNK)? {
+                    let named = files.entry(id).or_default();
+                    for path in paths {
+                        if named.len() < FILES_PER_CHUNK {
+                            named.push(format!("{name}:{path}"));
+                        }
+                    }
+                }
+            }
+            let mut listed: Vec<String> = Vec::new();
+            let records: Vec<DamagedChunk> = found
+                .iter()
+                .zip(locations)
+                .map(|((id, container, why), location)| {
+                    let container = match (*container, location) {
+                        (0, Some(l)) => l.container,
+                        (known, _) => known,
+                    };
+                    let named = files.get(id).cloned().unwrap_or_default();
+                    for file in &named {
+                        if listed.len() < FILES_LISTED && !listed.contains(file) {
+                            listed.push(file.clone());
+                        }
+                    }
+                    DamagedChunk::now(*id, container, why.clone(), &named)
+                })
+                .collect();
+            catalog.mark_damaged(&records)?;
+            Ok(listed)
+        })
+        .await
+}
+
+/// `files` for a log line: comma-separated, or a word when none is known.
+pub(super) fn list_files(files: &[String]) -> String {
+    if files.is_empty() {
+        "none named (no stored file uses them)".to_string()
+    } else {
+        files.join(", ")
+    }
+}

@@ -1,0 +1,267 @@
+//! AUDIT POOL and AUDIT CONTAINER (TSM AUDIT CONTAINER; restic `check
+//! --read-data`; PBS verify jobs): every chunk the index points into the
+//! pool (or into one container) is read at its place, container by
+//! container and in offset order, so a bucket is read in long ranges, and
+//! verified against its hash. Damage is recorded with the files it hurts;
+//! with `fix` each damaged chunk is repaired for a node that uses it, from
+//! that node's replication partner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tandem_proto::ChunkId;
+
+use super::{CHECK_BATCH, ReadSubset, damage};
+use crate::ServerState;
+use crate::actlog::{self, ServerMsg};
+use crate::error::ServerError;
+use crate::repl::repair::repair_chunks;
+
+/// Index rows held at once while a pool is audited: containers are taken
+/// in groups expected to hold about this many chunks.
+const GROUP_CHUNKS: u64 = 250_000;
+
+/// What a pool audit reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditScope {
+    /// Every container.
+    Pool,
+    /// One container.
+    Container(u32),
+}
+
+/// What an audit of the pool or a container found and did.
+#[derive(Debug, Clone, Default)]
+pub struct PoolAuditReport {
+    /// `pool` or `container 00000007`.
+    pub scope: String,
+    /// Which chunks were read: `all`, `10%`, `1/7`.
+    pub subset: String,
+    /// Containers holding chunks read.
+    pub containers: u64,
+    /// Chunks read and verified.
+    pub chunks_checked: u64,
+    /// Their stored (compressed) bytes.
+    pub bytes_read: u64,
+    /// Unreadable or not matching their hash.
+    pub damaged: u64,
+    /// Replaced with verified copies (with `fix`).
+    pub repaired: u64,
+    /// Damaged after the audit.
+    pub unrepaired: u64,
+    /// Some files that use damaged chunks, as `NODE:path`.
+    pub files: Vec<String>,
+    /// Why some were not repaired.
+    pub reason: Option<String>,
+    /// Wall time in seconds.
+    pub elapsed_secs: f64,
+}
+
+/// Audits `scope`, reading `subset` of its chunks, repairing with `fix`;
+/// records the outcome in the activity log (TDM0430I, TDM0431W).
+///
+/// # Errors
+/// A container the index does not point into; the pool not answering
+/// (the audit stops rather than call every chunk damaged); catalog errors.
+pub async fn audit_pool(
+    state: &Arc<ServerState>,
+    scope: AuditScope,
+    subset: ReadSubset,
+    fix: bool,
+) -> Result<PoolAuditReport, ServerError> {
+    let started = Instant::now();
+    let (numbers, chunks_indexed) = state
+        .repo
+        .blocking(|r| {
+            let ends = r.catalog.container_ends()?;
+            Ok((
+                ends.into_iter().map(|(n, _)| n).collect::<Vec<u32>>(),
+                r.catalog.chunk_totals()?.0,
+            ))
+        })
+        .await?;
+    let numbers = match scope {
+        AuditScope::Pool => numbers,
+        AuditScope::Container(n) if numbers.contains(&n) => vec![n],
+        AuditScope::Container(n) => {
+            return Err(ServerError::NotFound(format!(
+                "container {n} holds no chunk the index points at (it is empty, compacted away, or never existed); \
+                 `query stgpool` shows how many containers the pool has"
+            )));
+        }
+    };
+    let mut report = PoolAuditReport {
+        scope: match scope {
+            AuditScope::Pool => "pool".to_string(),
+            AuditScope::Container(n) => format!("container {n:08}"),
+        },
+        subset: subset.describe(),
+        ..PoolAuditReport::default()
+    };
+    let per_container = chunks_indexed / (numbers.len() as u64).max(1);
+    let mut found: Vec<(ChunkId, u32, String)> = Vec::new();
+    let mut containers_read = std::collections::HashSet::new();
+    for (first, end) in groups(&numbers, per_container) {
+        let chunks = state
+            .repo
+            .blocking(move |r| {
+                Ok(r.catalog
+                    .chunks_in_containers(first, end, |id| subset.keeps(id))?)
+            })
+            .await?;
+        for batch in chunks.chunks(CHECK_BATCH) {
+            containers_read.extend(batch.iter().map(|(_, l)| l.container));
+            let batch = batch.to_vec();
+            let check = state
+                .repo
+                .blocking(move |r| {
+                    let check = r.check_located(&batch)?;
+                    r.catalog.clear_damaged(&check.intact)?;
+                    Ok(check)
+                })
+                .await?;
+            report.chunks_checked += (check.intact.len() + check.damaged.len()) as u64;
+            report.bytes_read += check.bytes_read;
+            found.extend(check.damaged);
+        }
+    }
+    report.containers = containers_read.len() as u64;
+    report.damaged = found.len() as u64;
+    report.files = damage::record(state, &found, None).await?;
+    if fix && !found.is_empty() {
+        repair(state, &found, &mut report).await?;
+    } else {
+        report.unrepaired = report.damaged;
+        if report.damaged > 0 {
+            report.reason = Some(format!(
+                "not repaired: run `audit {} --fix` to replace them from the replication partner",
+                match scope {
+                    AuditScope::Pool => "pool".to_string(),
+                    AuditScope::Container(n) => format!("container {n}"),
+                }
+            ));
+        }
+    }
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    log(state, &report).await;
+    Ok(report)
+}
+
+/// Containers `numbers` (ascending) in ranges `first..end` expected to hold
+/// at most [`GROUP_CHUNKS`] chunks each (one container at least).
+fn groups(numbers: &[u32], per_container: u64) -> Vec<(u32, u32)> {
+    let per_group = (GROUP_CHUNKS / per_container.max(1)).max(1) as usize;
+    numbers
+        .chunks(per_group)
+        .map(|c| (c[0], c[c.len() - 1].saturating_add(1)))
+        .collect()
+}
+
+/// Repairs each damaged chunk for the first node that uses it; chunks no
+/// node uses any more are left for expiration to free.
+async fn repair(
+    state: &Arc<ServerState>,
+    found: &[(ChunkId, u32, String)],
+    report: &mut PoolAuditReport,
+) -> Result<(), ServerError> {
+    let ids: Vec<ChunkId> = found.iter().map(|(id, _, _)| *id).collect();
+    let (users, nodes) = state
+        .repo
+        .blocking(move |r| {
+            let users = r.catalog.chunk_users(&ids)?;
+            let nodes: HashMap<i64, crate::model::Node> = r
+                .catalog
+                .list_nodes("")?
+                .into_iter()
+                .map(|(n, _)| (n.id, n))
+                .collect();
+            Ok((users, nodes))
+        })
+        .await?;
+    let mut by_node: HashMap<i64, Vec<ChunkId>> = HashMap::new();
+    let mut unused = 0u64;
+    for (id, _, _) in found {
+        match users.get(id).and_then(|u| u.first()) {
+            Some(node) => by_node.entry(*node).or_default().push(*id),
+            None => unused += 1,
+        }
+    }
+    let mut reasons: Vec<String> = Vec::new();
+    if unused > 0 {
+        reasons.push(format!(
+            "{unused} chunk(s) no node uses any more: expiration frees them"
+        ));
+    }
+    for (node_id, ids) in by_node {
+        let Some(node) = nodes.get(&node_id) else {
+            report.unrepaired += ids.len() as u64;
+            continue;
+        };
+        for batch in ids.chunks(tandem_proto::MAX_REPAIR_CHUNK_IDS) {
+            let outcome = repair_chunks(state, node, batch.to_vec()).await?;
+            report.repaired += outcome.repaired.len() as u64;
+            report.unrepaired += outcome.unrepaired.len() as u64;
+            // A chunk whole at the second look (rewritten meanwhile) is
+            // neither repaired nor damaged any more.
+            report.damaged = report.damaged.saturating_sub(outcome.intact.len() as u64);
+            if let Some(why) = outcome.reason
+                && !reasons.contains(&why)
+            {
+                reasons.push(why);
+            }
+        }
+    }
+    report.unrepaired += unused;
+    if !reasons.is_empty() {
+        report.reason = Some(reasons.join("; "));
+    }
+    Ok(())
+}
+
+/// The activity-log record of an audit's outcome.
+async fn log(state: &Arc<ServerState>, report: &PoolAuditReport) {
+    let summary = format!(
+        "audit of the {}: {} chunk(s) ({} bytes) in {} container(s) read and verified ({}) in {:.1} s, {} damaged, {} repaired",
+        report.scope,
+        report.chunks_checked,
+        report.bytes_read,
+        report.containers,
+        report.subset,
+        report.elapsed_secs,
+        report.damaged,
+        report.repaired
+    );
+    let (msg, text) = if report.unrepaired == 0 {
+        (ServerMsg::AuditClean, format!("{summary}; all whole"))
+    } else {
+        (
+            ServerMsg::AuditDamage,
+            format!(
+                "{summary}, {} still damaged: {}; files: {}",
+                report.unrepaired,
+                report.reason.as_deref().unwrap_or("no copy"),
+                damage::list_files(&report.files)
+            ),
+        )
+    };
+    actlog::record(&state.repo.catalog, msg, "", "", text).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_are_grouped_to_bound_the_rows_held() {
+        let numbers: Vec<u32> = (1..=10).collect();
+        assert_eq!(
+            groups(&numbers, 100_000),
+            vec![(1, 3), (3, 5), (5, 7), (7, 9), (9, 11)]
+        );
+        assert_eq!(groups(&numbers, 10), vec![(1, 11)]);
+        // A container larger than a group still is one.
+        assert_eq!(groups(&[4, 9], 10_000_000), vec![(4, 5), (9, 10)]);
+        assert!(groups(&[], 5).is_empty());
+    }
+}
