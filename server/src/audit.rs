@@ -9,6 +9,7 @@
 
 mod damage;
 mod pool;
+pub mod schedule;
 mod subset;
 
 pub use pool::{AuditScope, PoolAuditReport, audit_pool};
@@ -160,5 +161,81 @@ pub async fn audit_node(
         )
     };
     actlog::record(&state.repo.catalog, msg, &node.name, "", text).await;
+    AuditOutcome {
+        ended_ns: crate::model::now_ns(),
+        scope: format!("node {}", node.name),
+        subset: report.subset.clone(),
+        chunks_checked: report.chunks_checked,
+        damaged: report.damaged + report.missing,
+        unrepaired: report.unrepaired,
+    }
+    .remember(state)
+    .await;
     Ok(report)
+}
+
+/// The outcome of the last audit of one kind, kept in the catalog so the
+/// metrics endpoint can say how long ago the data was last proven whole,
+/// across restarts.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditOutcome {
+    /// When it ended (Unix nanoseconds).
+    pub ended_ns: i64,
+    /// `pool`, `container 00000007`, `node ALICE`.
+    pub scope: String,
+    /// `all`, `10%`, `1/7`.
+    pub subset: String,
+    /// Chunks read.
+    pub chunks_checked: u64,
+    /// Found damaged or missing.
+    pub damaged: u64,
+    /// Still damaged or missing at the end.
+    pub unrepaired: u64,
+}
+
+impl AuditOutcome {
+    /// The catalog setting an audit of `scope`'s kind is kept under.
+    fn setting(scope: &str) -> crate::catalog::Setting {
+        use crate::catalog::Setting;
+        if scope.starts_with("node") {
+            Setting::LastNodeAudit
+        } else if scope.starts_with("container") {
+            Setting::LastContainerAudit
+        } else {
+            Setting::LastPoolAudit
+        }
+    }
+
+    /// Keeps this outcome as the last of its kind; a failure to write it
+    /// is logged, never fails the audit.
+    pub(crate) async fn remember(self, state: &Arc<ServerState>) {
+        let setting = Self::setting(&self.scope);
+        let text = match serde_json::to_string(&self) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot encode the audit outcome");
+                return;
+            }
+        };
+        let catalog = state.repo.catalog.clone();
+        match tokio::task::spawn_blocking(move || catalog.set_setting(setting, &text)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(cause = %e, "cannot keep the audit outcome"),
+            Err(e) => tracing::warn!(cause = %e, "cannot keep the audit outcome"),
+        }
+    }
+
+    /// The last outcome kept under `setting`, if any (an unreadable one is
+    /// treated as none).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn last(
+        catalog: &crate::catalog::Catalog,
+        setting: crate::catalog::Setting,
+    ) -> Result<Option<Self>, ServerError> {
+        Ok(catalog
+            .setting(setting)?
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
 }

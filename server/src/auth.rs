@@ -270,6 +270,37 @@ pub struct Sessions {
     /// so the caller is told why its next call fails (at most
     /// [`CANCELLED_REMEMBERED`]; the oldest are forgotten first).
     cancelled: Mutex<std::collections::VecDeque<(String, u64)>>,
+    /// Chunk bytes moved by every session since the server started.
+    totals: ByteTotals,
+}
+
+/// Chunk bytes moved since start, by session kind, for the metrics
+/// endpoint (counters: they only grow).
+#[derive(Debug, Default)]
+struct ByteTotals {
+    node_received: AtomicU64,
+    node_sent: AtomicU64,
+    replication_received: AtomicU64,
+    replication_sent: AtomicU64,
+}
+
+/// What sessions did since the server started, and what is open now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionTotals {
+    /// Sessions opened (node and replication).
+    pub opened: u64,
+    /// Node sessions open now.
+    pub open_node: u64,
+    /// Replication sessions open now.
+    pub open_replication: u64,
+    /// Chunk bytes nodes sent (backups, archives).
+    pub node_received: u64,
+    /// Chunk bytes sent to nodes (restores, retrieves).
+    pub node_sent: u64,
+    /// Chunk bytes partner servers sent (replication into this server).
+    pub replication_received: u64,
+    /// Chunk bytes sent to partner servers.
+    pub replication_sent: u64,
 }
 
 /// How many cancelled sessions are remembered to explain the refusal.
@@ -443,6 +474,39 @@ impl Sessions {
         if let Some(s) = map.get_mut(token) {
             s.bytes_received += received;
             s.bytes_sent += sent;
+            let (into, out) = match s.kind {
+                SessionKind::Node => (&self.totals.node_received, &self.totals.node_sent),
+                SessionKind::Replication(_) => (
+                    &self.totals.replication_received,
+                    &self.totals.replication_sent,
+                ),
+            };
+            into.fetch_add(received, Ordering::Relaxed);
+            out.fetch_add(sent, Ordering::Relaxed);
+        }
+    }
+
+    /// Sessions opened and bytes moved since start, and sessions open now.
+    pub fn totals(&self) -> SessionTotals {
+        let (open_node, open_replication) = {
+            let map = self.by_token.lock().unwrap_or_else(|e| e.into_inner());
+            let now = now_ns();
+            map.values()
+                .filter(|s| now - s.last_call_ns < SESSION_IDLE_NS)
+                .fold((0, 0), |(n, r), s| match s.kind {
+                    SessionKind::Node => (n + 1, r),
+                    SessionKind::Replication(_) => (n, r + 1),
+                })
+        };
+        let t = &self.totals;
+        SessionTotals {
+            opened: self.next_id.load(Ordering::Relaxed),
+            open_node,
+            open_replication,
+            node_received: t.node_received.load(Ordering::Relaxed),
+            node_sent: t.node_sent.load(Ordering::Relaxed),
+            replication_received: t.replication_received.load(Ordering::Relaxed),
+            replication_sent: t.replication_sent.load(Ordering::Relaxed),
         }
     }
 

@@ -48,6 +48,12 @@ pub enum Setting {
     FailoverAddress,
     /// Days activity-log records are kept (SET ACTLOGRETENTION).
     ActlogRetention,
+    /// The outcome of the last `audit pool` (JSON), for monitoring.
+    LastPoolAudit,
+    /// The outcome of the last `audit container` (JSON).
+    LastContainerAudit,
+    /// The outcome of the last `audit node` (JSON).
+    LastNodeAudit,
 }
 
 impl Setting {
@@ -59,10 +65,14 @@ impl Setting {
             Setting::ReplServer => "replserver",
             Setting::FailoverAddress => "failover_address",
             Setting::ActlogRetention => "actlog_retention_days",
+            Setting::LastPoolAudit => "last_audit_pool",
+            Setting::LastContainerAudit => "last_audit_container",
+            Setting::LastNodeAudit => "last_audit_node",
         }
     }
 }
 pub use expire::{ExpiringVersion, ReleasedSpace};
+pub use nodes::NodeHealth;
 pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
 pub use occupancy::Occupancy;
 pub use replication::{FilespaceTimes, ServerDeletion, VersionState};

@@ -92,6 +92,72 @@ pub struct ServerConfig {
     /// (`local`, the default) or in an S3-compatible bucket (`s3`).
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Where the Prometheus metrics endpoint listens (such as
+    /// `127.0.0.1:9464`; port 0 picks one, written to DATA_DIR/metrics.addr);
+    /// unset: no endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Scheduled pool audits (`[audit]`).
+    #[serde(default)]
+    pub audit: AuditSchedule,
+}
+
+/// Scheduled audits of the storage pool: `[audit]` in the configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSchedule {
+    /// Hours between audits (fractions allowed); 0: none. An audit runs when
+    /// the last pool audit (scheduled or not) ended this long ago, at start
+    /// too when one is overdue.
+    #[serde(default)]
+    pub interval_hours: f64,
+    /// Each audit reads one slice of this many, the next one each time, so
+    /// `slices` audits read every chunk once (with a daily interval and
+    /// 7 slices, the pool every week).
+    #[serde(default = "default_audit_slices")]
+    pub slices: u32,
+    /// Repair damaged chunks from the replication partner.
+    #[serde(default)]
+    pub fix: bool,
+}
+
+impl Default for AuditSchedule {
+    fn default() -> Self {
+        AuditSchedule {
+            interval_hours: 0.0,
+            slices: default_audit_slices(),
+            fix: false,
+        }
+    }
+}
+
+impl AuditSchedule {
+    /// The time between audits; `None` when none are scheduled.
+    #[must_use]
+    pub fn interval(&self) -> Option<std::time::Duration> {
+        (self.interval_hours > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(self.interval_hours * 3600.0))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !self.interval_hours.is_finite() || !(0.0..=8760.0).contains(&self.interval_hours) {
+            return Err(ConfigError::Invalid(format!(
+                "audit.interval_hours {} is out of range: give 0 (no scheduled audits) to 8760 hours; 24 is usual",
+                self.interval_hours
+            )));
+        }
+        if !(1..=10_000).contains(&self.slices) {
+            return Err(ConfigError::Invalid(format!(
+                "audit.slices {} is out of range: give 1 (every chunk each time) to 10000; 7 with a daily interval reads everything weekly",
+                self.slices
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn default_audit_slices() -> u32 {
+    1
 }
 
 /// The storage pool: `[pool]` in the server's configuration.
@@ -443,6 +509,7 @@ impl ServerConfig {
         }
         cfg.check_db_backup()?;
         cfg.pool.check()?;
+        cfg.audit.check()?;
         Ok(cfg)
     }
 

@@ -239,6 +239,8 @@ impl DemoServer {
             db_backup_interval_hours: 24,
             db_backup_keep: 7,
             pool: crate::config::PoolConfig::default(),
+            metrics_listen: None,
+            audit: crate::config::AuditSchedule::default(),
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.

@@ -44,6 +44,7 @@ pub mod expire;
 pub mod faults;
 pub mod local_vault;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod pins;
 pub mod repl;

@@ -29,6 +29,9 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(setup_err("cannot read the bound address".into()))?;
+    // Bound before listen.addr is written (which tells that the server is
+    // up), so a wrong metrics_listen stops the start with the reason.
+    let metrics = crate::metrics::bind(&state).await?;
     let fingerprint = state.identity.fingerprint();
     // The fingerprint first: whoever sees listen.addr can pin at once.
     std::fs::write(
@@ -77,6 +80,15 @@ pub async fn run(
     let repl_scheduler = tokio::spawn(repl::schedule(state.clone(), shutdown.clone()));
     let actlog_pruner = tokio::spawn(actlog_retention(state.clone(), shutdown.clone()));
     let db_backups = tokio::spawn(crate::dbbackup::schedule(state.clone(), shutdown.clone()));
+    let audits = tokio::spawn(crate::audit::schedule::run(state.clone(), shutdown.clone()));
+    let metrics_endpoint = metrics.map(|(listener, token)| {
+        tokio::spawn(crate::metrics::serve(
+            state.clone(),
+            listener,
+            token,
+            shutdown.clone(),
+        ))
+    });
 
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -115,6 +127,10 @@ pub async fn run(
     repl_scheduler.await?;
     actlog_pruner.await?;
     db_backups.await?;
+    audits.await?;
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.await?;
+    }
     actlog::record(
         &state.repo.catalog,
         ServerMsg::Stopped,

@@ -134,8 +134,9 @@ pub(crate) fn setup_err(context: String) -> impl FnOnce(std::io::Error) -> Serve
     move |source| ServerError::Setup { context, source }
 }
 
-/// Reads the admin token, creating it (mode 0600) on first start.
-fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
+/// Reads a bearer token (the admin token, the metrics token), creating it
+/// (mode 0600) on first start.
+pub(crate) fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
     match std::fs::read_to_string(path) {
         Ok(text) if !text.trim().is_empty() => return Ok(Token::new(&text)),
         Ok(_) => {}

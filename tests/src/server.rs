@@ -84,6 +84,37 @@ impl TestServer {
         server
     }
 
+    /// Runs a server that is expected to refuse to start with `env`;
+    /// returns what it printed, and its exit status, once it has exited
+    /// (within 60 s).
+    pub fn try_start_with(name: &str, env: &[(&str, &str)]) -> String {
+        let data = private_tempdir();
+        let mut child = Command::new(bin("tandem-server"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tandem-server");
+        let exited = wait_until(Duration::from_secs(60), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tandem-server started although it should have refused");
+        }
+        let out = child.wait_with_output().expect("server output");
+        assert!(!out.status.success(), "a refused start exits non-zero");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// Starts a server named `name` on `listen` (an impostor taking over a
     /// stopped server's address, for instance).
     pub fn start_on(name: &str, listen: SocketAddr) -> Self {

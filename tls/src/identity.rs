@@ -163,6 +163,23 @@ impl ServerIdentity {
         Ok(Arc::new(config))
     }
 
+    /// A TLS acceptor for HTTP/1.1 callers that present no certificate:
+    /// monitoring systems scraping the metrics endpoint, which authenticate
+    /// with a bearer token inside the encrypted channel.
+    ///
+    /// # Errors
+    /// [`IdentityError::Tls`] when the certificate and key do not match.
+    pub fn http1_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, IdentityError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(crate::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| IdentityError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| IdentityError::Tls(format!("certificate and key do not match: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
     /// The chain and key, for presenting this identity as a TLS client.
     pub(crate) fn client_auth(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         (self.chain.clone(), self.key.clone_key())

@@ -145,6 +145,16 @@ pub async fn audit_pool(
     }
     report.elapsed_secs = started.elapsed().as_secs_f64();
     log(state, &report).await;
+    super::AuditOutcome {
+        ended_ns: crate::model::now_ns(),
+        scope: report.scope.clone(),
+        subset: report.subset.clone(),
+        chunks_checked: report.chunks_checked,
+        damaged: report.damaged,
+        unrepaired: report.unrepaired,
+    }
+    .remember(state)
+    .await;
     Ok(report)
 }
 

@@ -270,3 +270,57 @@ mod tests {
         );
     }
 }
+
+/// What a monitoring system watches per node: when it last logged on,
+/// backed up and replicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHealth {
+    /// Node name.
+    pub name: String,
+    /// Locked against logons.
+    pub locked: bool,
+    /// A replica of another server's node (`replmode receive`).
+    pub replica: bool,
+    /// Replication enabled for it.
+    pub replicated: bool,
+    /// Registration time (Unix nanoseconds).
+    pub registered_ns: i64,
+    /// Last logon (0: never).
+    pub last_logon_ns: i64,
+    /// End of the last completed backup of any filespace (0: never).
+    pub last_backup_ns: i64,
+    /// Last successful replication run (0: never).
+    pub last_repl_ns: i64,
+}
+
+impl Catalog {
+    /// Every node's [`NodeHealth`], by name: one indexed query, cheap enough
+    /// for every scrape.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn node_health(&self) -> Result<Vec<NodeHealth>, CatalogError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT n.name, n.locked, n.replmode, n.replstate, n.registered_ns, n.last_logon_ns,
+               (SELECT coalesce(max(f.last_backup_end_ns), 0) FROM filespaces f WHERE f.node_id = n.id),
+               n.last_repl_ns
+             FROM nodes n ORDER BY n.name",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(NodeHealth {
+                    name: r.get(0)?,
+                    locked: r.get(1)?,
+                    replica: r.get::<_, String>(2)? == "receive",
+                    replicated: r.get::<_, String>(3)? == "enabled",
+                    registered_ns: r.get(4)?,
+                    last_logon_ns: r.get(5)?,
+                    last_backup_ns: r.get(6)?,
+                    last_repl_ns: r.get(7)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
