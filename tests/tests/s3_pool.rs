@@ -273,7 +273,7 @@ fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_
     assert_eq!(replicate(&primary, "DAVE")["state"], "completed");
     // Flip a byte of stored data in one object (random data is stored
     // verbatim, so a window of a source file is found as it is), and
-    // delete another object outright.
+    // delete another object outright, and empty a third.
     let needle = &random_bytes(1002, 1 << 20)[300_000..300_064];
     let objects = s3.container_objects();
     let flipped = objects
@@ -288,9 +288,12 @@ fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_
             true
         })
         .expect("the needle is in an object");
-    let deleted = if flipped == 0 { 1 } else { 0 };
-    let lost_chunks = {
-        let bytes = std::fs::read(&objects[deleted]).unwrap();
+    let (deleted, emptied) = {
+        let mut others = (0..objects.len()).filter(|&i| i != flipped);
+        (others.next().unwrap(), others.next().unwrap())
+    };
+    let records = |object: &PathBuf| {
+        let bytes = std::fs::read(object).unwrap();
         let mut n = 0u64;
         let mut at = 0usize;
         while at + 40 <= bytes.len() {
@@ -300,7 +303,11 @@ fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_
         }
         n
     };
+    let lost_chunks = records(&objects[deleted]) + records(&objects[emptied]);
     std::fs::remove_file(&objects[deleted]).unwrap();
+    // Cut to nothing: every ranged read of it is refused (HTTP 416), which
+    // is damage, not an unavailable store.
+    std::fs::write(&objects[emptied], b"").unwrap();
     // A fresh process: nothing of the objects is cached.
     primary.restart();
     let out = primary.admin(&["--json", "audit", "node", "dave"]);
@@ -308,8 +315,8 @@ fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_
     let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let bad = audit[0]["damaged"].as_u64().unwrap();
     assert!(
-        (2..=1 + lost_chunks).contains(&bad),
-        "one flipped chunk and the missing object's chunks in use: {audit}"
+        (3..=1 + lost_chunks).contains(&bad),
+        "one flipped chunk and the chunks in use of the missing and the emptied object: {audit}"
     );
     assert!(
         audit[0]["files"].as_array().is_some_and(|f| !f.is_empty()),

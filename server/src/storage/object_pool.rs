@@ -517,20 +517,50 @@ impl ObjectPool {
         let store = self.store.clone();
         let location = self.object(number);
         count(&self.traffic.gets, 1);
+        let wanted = range.clone();
         let data = self
             .wait(async move { store.get_range(&location, range).await })
             .map_err(|e| match e {
                 object_store::Error::NotFound { .. } => {
                     self.error(number, "the object is missing from the bucket")
                 }
-                other => StorageError::PoolUnavailable {
-                    pool: self.describe.clone(),
-                    container: number,
-                    reason: other.to_string(),
-                },
+                other => self.failed_read(number, &wanted, &other),
             })?;
         count(&self.traffic.bytes_down, data.len() as u64);
         Ok(data)
+    }
+
+    /// Tells a read that failed because the object changed (cut short
+    /// behind the server's back: a 416 for a range past its end) from one
+    /// that failed because the store is away, with a HEAD: damage is named
+    /// as damage, so an audit counts it and a restore repairs it, while a
+    /// store that does not answer stays "unavailable".
+    fn failed_read(
+        &self,
+        number: u32,
+        wanted: &Range<u64>,
+        error: &object_store::Error,
+    ) -> StorageError {
+        let store = self.store.clone();
+        let location = self.object(number);
+        count(&self.traffic.heads, 1);
+        match self.wait(async move { store.head(&location).await }) {
+            Ok(meta) if meta.size < wanted.end => self.error(
+                number,
+                format!(
+                    "the object holds {} bytes, less than the {} the container was uploaded with ({error})",
+                    meta.size, wanted.end
+                ),
+            ),
+            Err(object_store::Error::NotFound { .. }) => {
+                self.error(number, "the object is missing from the bucket")
+            }
+            _ => StorageError::PoolUnavailable {
+                pool: self.describe.clone(),
+                container: number,
+                reason: error.to_string(),
+            },
+        }
     }
 
     /// Deletes container `number` from the bucket (a missing one is gone
