@@ -86,30 +86,41 @@ pub async fn audit_node(
         subset: subset.describe(),
         ..AuditReport::default()
     };
-    let mut found: Vec<(ChunkId, u32, String)> = Vec::new();
+    if subset == ReadSubset::All {
+        // What is missing for the node is recorded afresh below.
+        state
+            .repo
+            .blocking(move |r| Ok(r.catalog.clear_missing_for_node(node_id)?))
+            .await?;
+    }
+    let mut found: Vec<damage::Finding> = Vec::new();
     for batch in ids.chunks(CHECK_BATCH) {
         let batch = batch.to_vec();
         let check = state
             .repo
             .blocking(move |r| {
                 let check = r.check_chunks(node_id, &batch)?;
-                r.catalog.clear_damaged(&check.intact)?;
+                r.catalog.clear_damaged(&check.intact, false)?;
                 Ok(check)
             })
             .await?;
         report.damaged += check.damaged.len() as u64;
         report.missing += check.absent.len() as u64;
-        // The container is looked up again when the finding is recorded.
-        found.extend(check.damaged.into_iter().map(|(id, why)| (id, 0, why)));
-        found.extend(
-            check
-                .absent
-                .into_iter()
-                .map(|id| (id, 0, format!("not stored for node {}", node.name))),
-        );
+        found.extend(check.damaged.into_iter().map(|(id, why)| damage::Finding {
+            id,
+            container: None,
+            missing: false,
+            why,
+        }));
+        found.extend(check.absent.into_iter().map(|id| damage::Finding {
+            id,
+            container: None,
+            missing: true,
+            why: format!("not stored for node {}", node.name),
+        }));
     }
     report.files = damage::record(state, &found, Some(node_id)).await?;
-    let bad: Vec<ChunkId> = found.iter().map(|(id, _, _)| *id).collect();
+    let bad: Vec<ChunkId> = found.iter().map(|f| f.id).collect();
     if fix {
         for batch in bad.chunks(tandem_proto::MAX_REPAIR_CHUNK_IDS) {
             let repair = repair_chunks(state, node, batch.to_vec()).await?;
@@ -161,16 +172,6 @@ pub async fn audit_node(
         )
     };
     actlog::record(&state.repo.catalog, msg, &node.name, "", text).await;
-    AuditOutcome {
-        ended_ns: crate::model::now_ns(),
-        scope: format!("node {}", node.name),
-        subset: report.subset.clone(),
-        chunks_checked: report.chunks_checked,
-        damaged: report.damaged + report.missing,
-        unrepaired: report.unrepaired,
-    }
-    .remember(state)
-    .await;
     Ok(report)
 }
 
@@ -191,9 +192,40 @@ pub struct AuditOutcome {
     pub damaged: u64,
     /// Still damaged or missing at the end.
     pub unrepaired: u64,
+    /// The slice read (`n` of `t`), when one was; 0 and 0 otherwise. The
+    /// schedule takes the next one after it.
+    #[serde(default)]
+    pub slice_n: u32,
+    /// How many slices.
+    #[serde(default)]
+    pub slice_t: u32,
 }
 
 impl AuditOutcome {
+    /// The outcome of an audit of `scope` that read `subset`, ending now.
+    pub fn now(
+        scope: String,
+        subset: ReadSubset,
+        chunks_checked: u64,
+        damaged: u64,
+        unrepaired: u64,
+    ) -> Self {
+        let (slice_n, slice_t) = match subset {
+            ReadSubset::Slice { n, t } => (n, t),
+            _ => (0, 0),
+        };
+        AuditOutcome {
+            ended_ns: crate::model::now_ns(),
+            scope,
+            subset: subset.describe(),
+            chunks_checked,
+            damaged,
+            unrepaired,
+            slice_n,
+            slice_t,
+        }
+    }
+
     /// The catalog setting an audit of `scope`'s kind is kept under.
     fn setting(scope: &str) -> crate::catalog::Setting {
         use crate::catalog::Setting;

@@ -7,14 +7,17 @@
 //! clients pin; a scraper trusts `tls/cert.pem` as its CA), and every
 //! request must carry `Authorization: Bearer` with the token in
 //! DATA_DIR/metrics.token: node names and activity are not for anyone who
-//! can reach the port. Callers are bounded: a few connections at once, small
-//! headers, a short deadline, and nothing is computed before the token
+//! can reach the port. Callers are bounded: a few connections at once (fewer
+//! per address), 5 s for the handshake and for each request head, small
+//! heads, a short deadline, and nothing is computed before the token
 //! matches.
 
 mod collect;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -32,9 +35,14 @@ use crate::error::ServerError;
 use crate::state::{load_or_create_token, setup_err};
 
 /// Connections served at once; more are closed at once. Prometheus keeps
-/// one per target, so a handful leaves room for a second scraper and curl.
-const MAX_CONNECTIONS: usize = 8;
-/// Everything one connection may take, handshake and answer included.
+/// one per target, so this leaves room for several scrapers and curl.
+const MAX_CONNECTIONS: usize = 16;
+/// Connections served at once from one IP address, so one caller holding
+/// connections open cannot lock the monitoring system out.
+const MAX_PER_ADDRESS: usize = 4;
+/// The TLS handshake, and then each request head, must arrive within this.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Everything one connection may take, handshake and answers included.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(15);
 /// The largest request head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -94,6 +102,7 @@ pub async fn serve(
         }
     };
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let token = Arc::new(token);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -111,18 +120,23 @@ pub async fn serve(
             tracing::debug!(%peer, "metrics connection refused: {MAX_CONNECTIONS} open");
             continue;
         };
+        let Some(address_slot) = AddressSlot::claim(&per_address, peer.ip()) else {
+            tracing::debug!(%peer, "metrics connection refused: {MAX_PER_ADDRESS} open from there");
+            continue;
+        };
         let (state, token, acceptor) = (state.clone(), token.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let work = async move {
-                match acceptor {
-                    Some(acceptor) => match acceptor.accept(tcp).await {
-                        Ok(tls) => answer(tls, state, token).await,
-                        Err(e) => {
-                            tracing::debug!(%peer, cause = %e, "metrics TLS handshake failed")
-                        }
-                    },
-                    None => answer(tcp, state, token).await,
+                let Some(acceptor) = acceptor else {
+                    return answer(tcp, state, token).await;
+                };
+                match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => answer(tls, state, token).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, cause = %e, "metrics TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(%peer, "metrics TLS handshake too slow"),
                 }
             };
             if tokio::time::timeout(CONNECTION_DEADLINE, work)
@@ -146,6 +160,8 @@ where
     });
     let served = hyper::server::conn::http1::Builder::new()
         .max_buf_size(MAX_HEAD_BYTES)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_DEADLINE)
         .serve_connection(TokioIo::new(io), service)
         .await;
     if let Err(e) = served {
@@ -169,15 +185,16 @@ async fn respond(
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET reads the metrics\n",
+            "only GET (or HEAD) reads the metrics\n",
         );
     }
     let offered = request
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     if !offered.is_some_and(|t| token.matches(t)) {
         let mut refused = plain(
             StatusCode::UNAUTHORIZED,
@@ -206,6 +223,40 @@ async fn respond(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("metrics could not be gathered: {e}\n"),
             )
+        }
+    }
+}
+
+/// A connection's place under [`MAX_PER_ADDRESS`], given back when dropped.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    /// A place for a connection from `ip`, or `None` when it has all its own.
+    fn claim(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let open = map.entry(ip).or_default();
+        if *open >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *open += 1;
+        Some(AddressSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
         }
     }
 }

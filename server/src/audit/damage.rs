@@ -15,18 +15,31 @@ use crate::error::ServerError;
 /// Files named per damaged chunk in its record.
 const FILES_PER_CHUNK: usize = 3;
 /// Files named in one audit's report (and its activity-log record).
-const FILES_LISTED: usize = 20;
+pub(super) const FILES_LISTED: usize = 20;
 
-/// Records `found` (chunk, container or 0 when unknown, why) in the
-/// damaged-chunk list, naming the files of their users (and of `node`, whose
-/// files may need a chunk it does not own). Returns up to
-/// [`FILES_LISTED`] of those files as `NODE:path`.
+/// One chunk an audit found damaged or missing.
+#[derive(Debug, Clone)]
+pub(super) struct Finding {
+    /// The chunk.
+    pub(super) id: ChunkId,
+    /// The container it was read from; `None`: look it up.
+    pub(super) container: Option<u32>,
+    /// Not stored for the audited node at all (rather than unreadable).
+    pub(super) missing: bool,
+    /// What the read found.
+    pub(super) why: String,
+}
+
+/// Records `found` in the damaged-chunk list, naming the files of their
+/// users (and of `node`, the audited node, whose files may need a chunk it
+/// does not own). Returns up to [`FILES_LISTED`] of those files as
+/// `NODE:path`.
 ///
 /// # Errors
 /// Catalog errors.
 pub(super) async fn record(
     state: &Arc<ServerState>,
-    found: &[(ChunkId, u32, String)],
+    found: &[Finding],
     node: Option<i64>,
 ) -> Result<Vec<String>, ServerError> {
     if found.is_empty() {
@@ -37,7 +50,7 @@ pub(super) async fn record(
         .repo
         .blocking(move |r| {
             let catalog = &r.catalog;
-            let ids: Vec<ChunkId> = found.iter().map(|(id, _, _)| *id).collect();
+            let ids: Vec<ChunkId> = found.iter().map(|f| f.id).collect();
             let locations = catalog.chunk_locations(&ids)?;
             let mut users = catalog.chunk_users(&ids)?;
             if let Some(node) = node {
@@ -78,18 +91,29 @@ pub(super) async fn record(
             let records: Vec<DamagedChunk> = found
                 .iter()
                 .zip(locations)
-                .map(|((id, container, why), location)| {
-                    let container = match (*container, location) {
-                        (0, Some(l)) => l.container,
-                        (known, _) => known,
+                .map(|(finding, location)| {
+                    let (container, missing_for) = if finding.missing {
+                        (0, node.unwrap_or(0))
+                    } else {
+                        let at = finding
+                            .container
+                            .or(location.map(|l| l.container))
+                            .unwrap_or(0);
+                        (at, 0)
                     };
-                    let named = files.get(id).cloned().unwrap_or_default();
+                    let named = files.get(&finding.id).cloned().unwrap_or_default();
                     for file in &named {
                         if listed.len() < FILES_LISTED && !listed.contains(file) {
                             listed.push(file.clone());
                         }
                     }
-                    DamagedChunk::now(*id, container, why.clone(), &named)
+                    DamagedChunk::now(
+                        finding.id,
+                        container,
+                        missing_for,
+                        finding.why.clone(),
+                        &named,
+                    )
                 })
                 .collect();
             catalog.mark_damaged(&records)?;

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use tandem_proto::ChunkId;
 
+use super::damage::FILES_LISTED;
 use super::{CHECK_BATCH, ReadSubset, damage};
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
@@ -20,7 +21,7 @@ use crate::repl::repair::repair_chunks;
 
 /// Index rows held at once while a pool is audited: containers are taken
 /// in groups expected to hold about this many chunks.
-const GROUP_CHUNKS: u64 = 250_000;
+const GROUP_CHUNKS: u64 = 1_000_000;
 
 /// What a pool audit reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +101,11 @@ pub async fn audit_pool(
         ..PoolAuditReport::default()
     };
     let per_container = chunks_indexed / (numbers.len() as u64).max(1);
-    let mut found: Vec<(ChunkId, u32, String)> = Vec::new();
     let mut containers_read = std::collections::HashSet::new();
+    let mut reasons: Vec<String> = Vec::new();
+    // Findings are recorded (and repaired) group by group: an audit cut
+    // short keeps what it found, and damage on a huge pool is never all
+    // held at once.
     for (first, end) in groups(&numbers, per_container) {
         let chunks = state
             .repo
@@ -110,6 +114,7 @@ pub async fn audit_pool(
                     .chunks_in_containers(first, end, |id| subset.keeps(id))?)
             })
             .await?;
+        let mut found: Vec<damage::Finding> = Vec::new();
         for batch in chunks.chunks(CHECK_BATCH) {
             containers_read.extend(batch.iter().map(|(_, l)| l.container));
             let batch = batch.to_vec();
@@ -117,42 +122,60 @@ pub async fn audit_pool(
                 .repo
                 .blocking(move |r| {
                     let check = r.check_located(&batch)?;
-                    r.catalog.clear_damaged(&check.intact)?;
+                    r.catalog.clear_damaged(&check.intact, true)?;
                     Ok(check)
                 })
                 .await?;
             report.chunks_checked += (check.intact.len() + check.damaged.len()) as u64;
             report.bytes_read += check.bytes_read;
-            found.extend(check.damaged);
+            found.extend(
+                check
+                    .damaged
+                    .into_iter()
+                    .map(|(id, container, why)| damage::Finding {
+                        id,
+                        container: Some(container),
+                        missing: false,
+                        why,
+                    }),
+            );
+        }
+        if found.is_empty() {
+            continue;
+        }
+        report.damaged += found.len() as u64;
+        for file in damage::record(state, &found, None).await? {
+            if report.files.len() < FILES_LISTED && !report.files.contains(&file) {
+                report.files.push(file);
+            }
+        }
+        if fix {
+            repair(state, &found, &mut report, &mut reasons).await?;
+        } else {
+            report.unrepaired += found.len() as u64;
         }
     }
     report.containers = containers_read.len() as u64;
-    report.damaged = found.len() as u64;
-    report.files = damage::record(state, &found, None).await?;
-    if fix && !found.is_empty() {
-        repair(state, &found, &mut report).await?;
-    } else {
-        report.unrepaired = report.damaged;
-        if report.damaged > 0 {
-            report.reason = Some(format!(
-                "not repaired: run `audit {} --fix` to replace them from the replication partner",
-                match scope {
-                    AuditScope::Pool => "pool".to_string(),
-                    AuditScope::Container(n) => format!("container {n}"),
-                }
-            ));
-        }
+    if !reasons.is_empty() {
+        report.reason = Some(reasons.join("; "));
+    } else if report.unrepaired > 0 && !fix {
+        report.reason = Some(format!(
+            "not repaired: run `audit {} --fix` to replace them from the replication partner",
+            match scope {
+                AuditScope::Pool => "pool".to_string(),
+                AuditScope::Container(n) => format!("container {n}"),
+            }
+        ));
     }
     report.elapsed_secs = started.elapsed().as_secs_f64();
     log(state, &report).await;
-    super::AuditOutcome {
-        ended_ns: crate::model::now_ns(),
-        scope: report.scope.clone(),
-        subset: report.subset.clone(),
-        chunks_checked: report.chunks_checked,
-        damaged: report.damaged,
-        unrepaired: report.unrepaired,
-    }
+    super::AuditOutcome::now(
+        report.scope.clone(),
+        subset,
+        report.chunks_checked,
+        report.damaged,
+        report.unrepaired,
+    )
     .remember(state)
     .await;
     Ok(report)
@@ -168,14 +191,16 @@ fn groups(numbers: &[u32], per_container: u64) -> Vec<(u32, u32)> {
         .collect()
 }
 
-/// Repairs each damaged chunk for the first node that uses it; chunks no
-/// node uses any more are left for expiration to free.
+/// Repairs each damaged chunk for a node that uses it, trying its users in
+/// turn (the first owner may have no partner, or no file using it any
+/// more); chunks no node uses any more are left for expiration to free.
 async fn repair(
     state: &Arc<ServerState>,
-    found: &[(ChunkId, u32, String)],
+    found: &[damage::Finding],
     report: &mut PoolAuditReport,
+    reasons: &mut Vec<String>,
 ) -> Result<(), ServerError> {
-    let ids: Vec<ChunkId> = found.iter().map(|(id, _, _)| *id).collect();
+    let ids: Vec<ChunkId> = found.iter().map(|f| f.id).collect();
     let (users, nodes) = state
         .repo
         .blocking(move |r| {
@@ -189,42 +214,55 @@ async fn repair(
             Ok((users, nodes))
         })
         .await?;
-    let mut by_node: HashMap<i64, Vec<ChunkId>> = HashMap::new();
-    let mut unused = 0u64;
-    for (id, _, _) in found {
-        match users.get(id).and_then(|u| u.first()) {
-            Some(node) => by_node.entry(*node).or_default().push(*id),
-            None => unused += 1,
+    let mut note = |why: String| {
+        if !reasons.contains(&why) {
+            reasons.push(why);
+        }
+    };
+    let mut left: Vec<ChunkId> = Vec::new();
+    for finding in found {
+        if users.get(&finding.id).is_some_and(|u| !u.is_empty()) {
+            left.push(finding.id);
+        } else {
+            report.unrepaired += 1;
+            note("chunk(s) no node uses any more: expiration frees them".into());
         }
     }
-    let mut reasons: Vec<String> = Vec::new();
-    if unused > 0 {
-        reasons.push(format!(
-            "{unused} chunk(s) no node uses any more: expiration frees them"
-        ));
-    }
-    for (node_id, ids) in by_node {
-        let Some(node) = nodes.get(&node_id) else {
-            report.unrepaired += ids.len() as u64;
-            continue;
-        };
-        for batch in ids.chunks(tandem_proto::MAX_REPAIR_CHUNK_IDS) {
-            let outcome = repair_chunks(state, node, batch.to_vec()).await?;
-            report.repaired += outcome.repaired.len() as u64;
-            report.unrepaired += outcome.unrepaired.len() as u64;
-            // A chunk whole at the second look (rewritten meanwhile) is
-            // neither repaired nor damaged any more.
-            report.damaged = report.damaged.saturating_sub(outcome.intact.len() as u64);
-            if let Some(why) = outcome.reason
-                && !reasons.contains(&why)
-            {
-                reasons.push(why);
+    // Round k asks each chunk's k-th user; what it cannot repair goes on.
+    let mut round = 0usize;
+    while !left.is_empty() {
+        let mut by_node: HashMap<i64, Vec<ChunkId>> = HashMap::new();
+        let mut no_more = 0u64;
+        for id in left.drain(..) {
+            match users.get(&id).and_then(|u| u.get(round)) {
+                Some(node) => by_node.entry(*node).or_default().push(id),
+                None => no_more += 1,
             }
         }
-    }
-    report.unrepaired += unused;
-    if !reasons.is_empty() {
-        report.reason = Some(reasons.join("; "));
+        report.unrepaired += no_more;
+        for (node_id, ids) in by_node {
+            let Some(node) = nodes.get(&node_id) else {
+                left.extend(ids);
+                continue;
+            };
+            for batch in ids.chunks(tandem_proto::MAX_REPAIR_CHUNK_IDS) {
+                let outcome = repair_chunks(state, node, batch.to_vec()).await?;
+                report.repaired += outcome.repaired.len() as u64;
+                // Whole at the second look (rewritten meanwhile): neither
+                // repaired nor damaged any more.
+                report.damaged = report.damaged.saturating_sub(outcome.intact.len() as u64);
+                let intact = outcome.intact.clone();
+                state
+                    .repo
+                    .blocking(move |r| Ok(r.catalog.clear_damaged(&intact, true)?))
+                    .await?;
+                left.extend(outcome.unrepaired);
+                if let Some(why) = outcome.reason {
+                    note(why);
+                }
+            }
+        }
+        round += 1;
     }
     Ok(())
 }
@@ -266,7 +304,7 @@ mod tests {
     fn containers_are_grouped_to_bound_the_rows_held() {
         let numbers: Vec<u32> = (1..=10).collect();
         assert_eq!(
-            groups(&numbers, 100_000),
+            groups(&numbers, 400_000),
             vec![(1, 3), (3, 5), (5, 7), (7, 9), (9, 11)]
         );
         assert_eq!(groups(&numbers, 10), vec![(1, 11)]);

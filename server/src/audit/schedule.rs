@@ -27,30 +27,29 @@ pub async fn run(state: Arc<ServerState>, shutdown: CancellationToken) {
     };
     let slices = state.config.audit.slices;
     let fix = state.config.audit.fix;
+    let interval_ns = i64::try_from(interval.as_nanos()).unwrap_or(i64::MAX);
+    // After a failed audit, when to try again (kept in memory only: a
+    // failure is not an audit, and the metrics must not say one ran).
+    let mut retry_at = 0i64;
     loop {
-        let last_end = last_pool_audit_end(&state).await;
-        let due = last_end.saturating_add(i64::try_from(interval.as_nanos()).unwrap_or(i64::MAX));
+        let last = last_pool_audit(&state).await;
+        let due = last
+            .as_ref()
+            .map_or(0, |l| l.ended_ns)
+            .saturating_add(interval_ns)
+            .max(retry_at);
         let now = now_ns();
         if now >= due {
-            let subset = slice_for(now, interval, slices);
-            // Shutdown does not wait for a long audit: what it read so far
-            // changed nothing but damage records, each written whole.
+            let subset = next_slice(last.as_ref(), slices);
+            // Shutdown does not wait for a long audit: each group of
+            // containers it finished is recorded already.
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
                 result = audit_pool(&state, AuditScope::Pool, subset, fix) => result,
             };
             if let Err(e) = result {
-                tracing::error!(cause = %e, "scheduled audit of the pool failed");
-                // Counted as done, so a pool that is down is not read in
-                // a tight loop; the next interval tries again.
-                AuditOutcome {
-                    ended_ns: now_ns(),
-                    scope: "pool".into(),
-                    subset: subset.describe(),
-                    ..AuditOutcome::default()
-                }
-                .remember(&state)
-                .await;
+                tracing::error!(cause = %e, "scheduled audit of the pool failed; tried again in {} s", interval.as_secs());
+                retry_at = now_ns().saturating_add(interval_ns);
             }
             continue;
         }
@@ -62,27 +61,31 @@ pub async fn run(state: Arc<ServerState>, shutdown: CancellationToken) {
     }
 }
 
-/// When the last pool audit ended (0: never).
-async fn last_pool_audit_end(state: &Arc<ServerState>) -> i64 {
+/// The last pool audit's outcome, if any.
+async fn last_pool_audit(state: &Arc<ServerState>) -> Option<AuditOutcome> {
     let catalog = state.repo.catalog.clone();
     match tokio::task::spawn_blocking(move || AuditOutcome::last(&catalog, Setting::LastPoolAudit))
         .await
     {
-        Ok(Ok(last)) => last.map_or(0, |l| l.ended_ns),
-        _ => 0,
+        Ok(Ok(last)) => last,
+        _ => None,
     }
 }
 
-/// The slice an audit at `now_ns` reads: the number of intervals since
-/// the epoch picks it, so consecutive audits take consecutive slices
-/// without keeping a counter.
-fn slice_for(now_ns: i64, interval: Duration, slices: u32) -> ReadSubset {
+/// The slice the next scheduled audit reads: the one after the last pool
+/// audit's (scheduled or by hand) when it read a slice of as many, else
+/// the first. So `slices` audits in a row read every chunk once, whatever
+/// their timing or a restart between them.
+fn next_slice(last: Option<&AuditOutcome>, slices: u32) -> ReadSubset {
     if slices <= 1 {
         return ReadSubset::All;
     }
-    let period = interval.as_nanos().max(1);
-    let index = u128::try_from(now_ns.max(0)).unwrap_or(0) / period;
-    let n = u32::try_from(index % u128::from(slices)).unwrap_or(0) + 1;
+    let n = match last {
+        Some(l) if l.slice_t == slices && (1..=slices).contains(&l.slice_n) => {
+            l.slice_n % slices + 1
+        }
+        _ => 1,
+    };
     ReadSubset::Slice { n, t: slices }
 }
 
@@ -90,20 +93,23 @@ fn slice_for(now_ns: i64, interval: Duration, slices: u32) -> ReadSubset {
 mod tests {
     use super::*;
 
+    fn after(n: u32, t: u32) -> ReadSubset {
+        let last = AuditOutcome {
+            slice_n: n,
+            slice_t: t,
+            ..AuditOutcome::default()
+        };
+        next_slice(Some(&last), 7)
+    }
+
     #[test]
-    fn consecutive_intervals_take_consecutive_slices() {
-        let day = Duration::from_secs(86_400);
-        let day_ns = 86_400_000_000_000i64;
-        let mut seen: Vec<u32> = (0..7)
-            .map(
-                |d| match slice_for(1_700_000_000_000_000_000 + d * day_ns, day, 7) {
-                    ReadSubset::Slice { n, t: 7 } => n,
-                    other => panic!("{other:?}"),
-                },
-            )
-            .collect();
-        seen.sort_unstable();
-        assert_eq!(seen, vec![1, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(slice_for(5, day, 1), ReadSubset::All);
+    fn each_audit_takes_the_slice_after_the_last() {
+        assert_eq!(next_slice(None, 7), ReadSubset::Slice { n: 1, t: 7 });
+        assert_eq!(after(1, 7), ReadSubset::Slice { n: 2, t: 7 });
+        assert_eq!(after(7, 7), ReadSubset::Slice { n: 1, t: 7 });
+        // A whole audit, or slices of another count: start again.
+        assert_eq!(after(0, 0), ReadSubset::Slice { n: 1, t: 7 });
+        assert_eq!(after(3, 5), ReadSubset::Slice { n: 1, t: 7 });
+        assert_eq!(next_slice(None, 1), ReadSubset::All);
     }
 }

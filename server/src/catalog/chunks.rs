@@ -342,7 +342,8 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn container_ends(&self) -> Result<Vec<(u32, u64)>, CatalogError> {
-        let conn = self.conn();
+        // A reader: a scan of the whole index must not hold up commits.
+        let conn = self.reader();
         let mut stmt = conn
             .prepare("SELECT container, max(offset + stored_len) FROM chunks GROUP BY container")?;
         let rows = stmt
@@ -356,7 +357,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn chunk_totals(&self) -> Result<(u64, u64), CatalogError> {
-        Ok(self.conn().query_row(
+        Ok(self.reader().query_row(
             "SELECT count(*), coalesce(sum(stored_len), 0) FROM chunks",
             [],
             |r| Ok((from_sql_int(r.get(0)?), from_sql_int(r.get(1)?))),

@@ -16,8 +16,10 @@ use crate::model::{ChunkLocation, now_ns};
 pub struct DamagedChunk {
     /// The chunk.
     pub id: ChunkId,
-    /// Where the index said it was (0: not stored at all).
+    /// Where the index said it was (0: not stored for `node` at all).
     pub container: u32,
+    /// For a chunk not stored for a node: that node's row id; else 0.
+    pub node: i64,
     /// What the read found.
     pub reason: String,
     /// Some files that use it, as `NODE:path`, separated by newlines.
@@ -112,10 +114,11 @@ impl Catalog {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO damaged_chunks (id, container, reason, files, found_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO damaged_chunks (id, container, reason, files, found_ns, node_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (id) DO UPDATE SET container = excluded.container,
-                   reason = excluded.reason, files = excluded.files",
+                   reason = excluded.reason, files = excluded.files,
+                   node_id = excluded.node_id",
             )?;
             for d in found {
                 stmt.execute(params![
@@ -123,7 +126,8 @@ impl Catalog {
                     d.container,
                     d.reason,
                     d.files,
-                    d.found_ns
+                    d.found_ns,
+                    d.node
                 ])?;
             }
         }
@@ -131,18 +135,24 @@ impl Catalog {
         Ok(())
     }
 
-    /// Clears the damage records of chunks read whole (or replaced) since.
+    /// Clears the damage records of chunks read whole since. With
+    /// `stored_only`, records of chunks missing for a node stay: a chunk
+    /// read whole from the pool is still not that node's.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn clear_damaged(&self, ids: &[ChunkId]) -> Result<(), CatalogError> {
-        if ids.is_empty() || self.damaged_count()? == 0 {
+    pub fn clear_damaged(&self, ids: &[ChunkId], stored_only: bool) -> Result<(), CatalogError> {
+        if ids.is_empty() || self.damaged_rows()? == 0 {
             return Ok(());
         }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached("DELETE FROM damaged_chunks WHERE id = ?1")?;
+            let mut stmt = tx.prepare_cached(if stored_only {
+                "DELETE FROM damaged_chunks WHERE id = ?1 AND container <> 0"
+            } else {
+                "DELETE FROM damaged_chunks WHERE id = ?1"
+            })?;
             for id in ids {
                 stmt.execute([id.as_slice()])?;
             }
@@ -151,16 +161,53 @@ impl Catalog {
         Ok(())
     }
 
-    /// How many damaged-chunk records there are.
+    /// Drops the records of chunks missing for node `node`: its full audit
+    /// is about to record what is missing now.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn damaged_count(&self) -> Result<u64, CatalogError> {
+    pub fn clear_missing_for_node(&self, node: i64) -> Result<(), CatalogError> {
+        if self.damaged_rows()? == 0 {
+            return Ok(());
+        }
+        self.conn().execute(
+            "DELETE FROM damaged_chunks WHERE container = 0 AND node_id = ?1",
+            [node],
+        )?;
+        Ok(())
+    }
+
+    /// Rows in the damaged-chunk table, stale ones included (a cheap read).
+    fn damaged_rows(&self) -> Result<u64, CatalogError> {
         Ok(self
             .reader()
             .query_row("SELECT count(*) FROM damaged_chunks", [], |r| {
                 Ok(from_sql_int(r.get(0)?))
             })?)
+    }
+
+    /// Drops records nothing needs any more: chunks expiration freed since,
+    /// and chunks missing for nodes that were removed since.
+    fn prune_damaged(&self) -> Result<(), CatalogError> {
+        if self.damaged_rows()? == 0 {
+            return Ok(());
+        }
+        self.conn().execute(
+            "DELETE FROM damaged_chunks WHERE
+               (container <> 0 AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = damaged_chunks.id))
+               OR (container = 0 AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = damaged_chunks.node_id))",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// How many damaged chunks are recorded that still matter.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn damaged_count(&self) -> Result<u64, CatalogError> {
+        self.prune_damaged()?;
+        self.damaged_rows()
     }
 
     /// Up to `limit` damaged-chunk records, oldest finding first, and how
@@ -170,31 +217,28 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn damaged_chunks(&self, limit: u32) -> Result<(Vec<DamagedChunk>, u64), CatalogError> {
-        self.conn().execute(
-            "DELETE FROM damaged_chunks WHERE container <> 0
-               AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.id = damaged_chunks.id)",
-            [],
-        )?;
+        self.prune_damaged()?;
         let conn = self.reader();
         let total = conn.query_row("SELECT count(*) FROM damaged_chunks", [], |r| {
             Ok(from_sql_int(r.get(0)?))
         })?;
         let mut stmt = conn.prepare(
-            "SELECT id, container, reason, files, found_ns FROM damaged_chunks
+            "SELECT id, container, reason, files, found_ns, node_id FROM damaged_chunks
              ORDER BY found_ns, id LIMIT ?1",
         )?;
         let rows = stmt
             .query_map([sql_int(u64::from(limit))], |r| {
                 let raw: Vec<u8> = r.get(0)?;
-                Ok((raw, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((raw, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })?
-            .collect::<Result<Vec<(Vec<u8>, u32, String, String, i64)>, _>>()?;
+            .collect::<Result<Vec<(Vec<u8>, u32, String, String, i64, i64)>, _>>()?;
         let list = rows
             .into_iter()
-            .filter_map(|(raw, container, reason, files, found_ns)| {
+            .filter_map(|(raw, container, reason, files, found_ns, node)| {
                 Some(DamagedChunk {
                     id: ChunkId::from_slice(&raw).ok()?,
                     container,
+                    node,
                     reason,
                     files,
                     found_ns,
@@ -206,11 +250,12 @@ impl Catalog {
 }
 
 impl DamagedChunk {
-    /// A finding made now.
-    pub fn now(id: ChunkId, container: u32, reason: String, files: &[String]) -> Self {
+    /// A finding made now (`node` for a chunk missing for that node).
+    pub fn now(id: ChunkId, container: u32, node: i64, reason: String, files: &[String]) -> Self {
         DamagedChunk {
             id,
             container,
+            node,
             reason,
             files: files.join("\n"),
             found_ns: now_ns(),

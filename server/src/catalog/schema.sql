@@ -128,13 +128,15 @@ CREATE TABLE IF NOT EXISTS chunk_sharers (
 -- Chunks an audit found damaged or missing (TSM's damaged extents), kept
 -- until a repair or a later audit reading them whole clears them, so an
 -- operator can list them with the files they hurt (`query damaged`).
--- container 0: the node's chunk was not stored at all.
+-- container 0: not stored for node_id at all (what `audit node` found
+-- missing); such rows are replaced by that node's next full audit.
 CREATE TABLE IF NOT EXISTS damaged_chunks (
     id        BLOB PRIMARY KEY,
     container INTEGER NOT NULL,
     reason    TEXT NOT NULL,
     files     TEXT NOT NULL DEFAULT '',
-    found_ns  INTEGER NOT NULL
+    found_ns  INTEGER NOT NULL,
+    node_id   INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 -- Compaction lists a container's chunks from the container's own record
 -- headers, so no index by container is kept (it was a tenth of the catalog).

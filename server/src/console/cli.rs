@@ -190,6 +190,9 @@ pub(super) enum AuditNoun {
         /// Repair damaged chunks from the replication partner.
         #[arg(long)]
         fix: bool,
+        /// Read only some chunks: a share (10%) or a slice (1/7).
+        #[arg(long, value_name = "SUBSET")]
+        read_data_subset: Option<String>,
     },
 }
 

@@ -33,6 +33,8 @@ pub struct LocatedCheck {
     pub intact: Vec<ChunkId>,
     /// Unreadable or not what their id says: the container and why.
     pub damaged: Vec<(ChunkId, u32, String)>,
+    /// No longer indexed when read (expiration freed them meanwhile).
+    pub gone: Vec<ChunkId>,
     /// Stored bytes read.
     pub bytes_read: u64,
 }
@@ -57,6 +59,7 @@ impl Repository {
         }
         let check = self.check_located(&located)?;
         out.intact = check.intact;
+        out.absent.extend(check.gone);
         out.damaged = check
             .damaged
             .into_iter()
@@ -83,6 +86,18 @@ impl Repository {
             let read = match self.read_at(*id, *location) {
                 Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. })) => {
                     return Err(e);
+                }
+                // Freed by expiration since it was listed: not damage.
+                Err(_)
+                    if self
+                        .catalog
+                        .chunk_locations(&[*id])?
+                        .pop()
+                        .flatten()
+                        .is_none() =>
+                {
+                    out.gone.push(*id);
+                    continue;
                 }
                 other => other,
             };

@@ -128,7 +128,6 @@ fn node_name(raw: &str) -> Result<String, Status> {
     checked_name(raw, "node name")
 }
 
-/// A node name a query may leave empty (then: every node).
 /// Damaged-chunk records one `query damaged` lists, the oldest first.
 const DAMAGED_LISTED: u32 = 1000;
 
@@ -140,6 +139,7 @@ fn subset_flag(subset: crate::audit::ReadSubset) -> String {
     }
 }
 
+/// A node name a query may leave empty (then: every node).
 fn optional_node_name(raw: String) -> Result<String, Status> {
     if raw.is_empty() {
         Ok(raw)
@@ -700,6 +700,17 @@ impl Admin for AdminService {
                 files: report.files,
             });
         }
+        // One outcome for the whole call, so damage on one node is not
+        // hidden by a clean audit of the next.
+        crate::audit::AuditOutcome::now(
+            format!("node {}", if name.is_empty() { "(all)" } else { &name }),
+            subset,
+            rows.iter().map(|r| r.chunks_checked).sum(),
+            rows.iter().map(|r| r.damaged + r.missing).sum(),
+            rows.iter().map(|r| r.unrepaired).sum(),
+        )
+        .remember(&self.state)
+        .await;
         Ok(Response::new(pb::AuditNodesResponse { nodes: rows }))
     }
 

@@ -50,8 +50,12 @@ pub(in crate::console) async fn run(
         } => {
             pool(console, None, fix, read_data_subset, format).await?;
         }
-        AuditNoun::Container { number, fix } => {
-            pool(console, Some(number), fix, None, format).await?;
+        AuditNoun::Container {
+            number,
+            fix,
+            read_data_subset,
+        } => {
+            pool(console, Some(number), fix, read_data_subset, format).await?;
         }
     }
     Ok(())
