@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # An S3 pool against a local pool on the benchmark dataset: full backup, the
 # time until every sealed container is in the bucket, and a full restore by a
-# restarted server (empty read cache), ROUNDS times (default 3) alternating
+# restarted server (empty read cache), then `audit pool` whole and 1/7 by
+# another restarted one, ROUNDS times (default 3) alternating
 # which pool goes first; medians, the S3/local ratios (target: within 1.5x)
 # and the object store's requests per GB from `query stgpool`. The S3 server
 # is s3s-fs on 127.0.0.1 over a directory on the same disk, so the bucket's
@@ -115,6 +116,21 @@ print(f"  {'':24} bucket: {backup['remote_containers']} containers, {backup['rem
 PY
   fi
   rm -rf "$WORK/restore"
+  # Audits by a restarted server (cold cache): the whole pool, then a
+  # seventh of it (what a nightly [audit] with slices = 7 reads).
+  restart_server
+  timed "$pool audit pool" $ADMIN --json audit pool
+  timed "$pool audit pool 1/7" $ADMIN --json audit pool --read-data-subset 1/7
+  if [ "$pool" = s3 ]; then
+    stgpool > "$WORK/after-audit.json"
+    python3 - "$WORK/after-audit.json" "$DATA_BYTES" <<'PY'
+import json, sys
+audit = json.load(open(sys.argv[1]))[0]
+gb = int(sys.argv[2]) / 1e9
+print(f"  {'':24} audits (whole + 1/7): {audit['get_requests']/gb:.0f} GETs per GB of source "
+      f"({audit['bytes_downloaded']/1e6:.0f} MB read)")
+PY
+  fi
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
   [ "$pool" = s3 ] && stop_s3
   rm -rf "$WORK/server" "$WORK/s3"
@@ -133,11 +149,14 @@ med = lambda name: statistics.median(float(s) for n, s in rows if n == name)
 spread = lambda name: ", ".join(f"{float(s):.2f}" for n, s in rows if n == name)
 print(f"\ndataset {int(sys.argv[2]) / 1e6:.0f} MB, {sys.argv[3]} rounds, containers of {sys.argv[4]} MiB, "
       f"load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
-for name in ["local full backup", "s3 full backup", "s3 backup until in bucket", "local full restore", "s3 full restore"]:
+for name in ["local full backup", "s3 full backup", "s3 backup until in bucket", "local full restore", "s3 full restore",
+             "local audit pool", "s3 audit pool", "local audit pool 1/7", "s3 audit pool 1/7"]:
     print(f"  {name:28} median {med(name):7.2f} s  (all: {spread(name)})")
 b = med("s3 full backup") / med("local full backup")
 d = med("s3 backup until in bucket") / med("local full backup")
 r = med("s3 full restore") / med("local full restore")
-print(f"S3/local: backup {b:.2f}x (until in the bucket {d:.2f}x), restore {r:.2f}x (target: within 1.5x)")
+a = med("s3 audit pool") / med("local audit pool")
+print(f"S3/local: backup {b:.2f}x (until in the bucket {d:.2f}x), restore {r:.2f}x (target: within 1.5x), "
+      f"audit of the pool {a:.2f}x")
 PY
 rm -rf "$WORK"

@@ -198,6 +198,67 @@ fn a_server_killed_between_upload_and_marker_uploads_again_and_loses_nothing() {
 }
 
 #[test]
+fn a_server_killed_while_removing_a_container_finishes_the_removal_at_start() {
+    let s3 = S3Server::start();
+    let (mut server, client) = s3_server(&s3, "erin", &[("TANDEM_FAULT_PAUSE", "pool-deleting")]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    wait_until_offloaded(&server, &s3);
+    // Deleting the filespace reclaims its containers; the first removal
+    // stops after its marker became an intent to delete.
+    let fs = client.json(&["query", "filespace"]);
+    let name = fs[0]["name"].as_str().unwrap().to_string();
+    let mut deleting = server
+        .admin_command(&["delete", "filespace", "erin", &name, "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    server.wait_for_log("paused at fault point pool-deleting");
+    let intents = local(&server, "deleting");
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    server.kill();
+    let _ = deleting.wait();
+
+    // The next start finishes it: the intent and its object are gone, and
+    // every marker left names an object the bucket holds.
+    let env = s3.server_env(CONTAINER_MIB);
+    server.restart_with(&env_refs(&env));
+    let number = |p: &PathBuf| p.file_stem().unwrap().to_str().unwrap().to_string();
+    let finished = wait_until(Duration::from_secs(60), || {
+        local(&server, "deleting").is_empty()
+            && !s3
+                .container_objects()
+                .iter()
+                .any(|o| number(o) == number(&intents[0]))
+    });
+    assert!(
+        finished,
+        "the removal was not finished: {:?}",
+        s3.container_objects()
+    );
+    let objects: Vec<String> = s3.container_objects().iter().map(number).collect();
+    for marker in local(&server, "remote") {
+        assert!(
+            objects.contains(&number(&marker)),
+            "{marker:?} names a missing object"
+        );
+    }
+    // The server works on: a new backup restores whole, the pool audits clean.
+    let again = work.path().join("again");
+    source_tree(&again);
+    assert_success(
+        &client.run(&["incremental", &path_str(&again)]),
+        "backup after the restart",
+    );
+    restore_same(&client, &again, &work.path().join("out"));
+    let audit = server.admin_json(&["audit", "pool"]);
+    assert_eq!(audit[0]["damaged"].as_u64(), Some(0), "{audit}");
+}
+
+#[test]
 fn the_object_store_down_during_a_backup_delays_uploads_and_loses_nothing() {
     let mut s3 = S3Server::start();
     let (mut server, client) = s3_server(&s3, "carol", &[]);

@@ -82,8 +82,13 @@ pub async fn audit_pool(
             ))
         })
         .await?;
-    let numbers = match scope {
-        AuditScope::Pool => numbers,
+    // Estimated from the whole index, before a subset thins the list.
+    let per_container = chunks_indexed / (numbers.len() as u64).max(1);
+    let numbers: Vec<u32> = match scope {
+        AuditScope::Pool => numbers
+            .into_iter()
+            .filter(|n| subset.keeps_container(*n))
+            .collect(),
         AuditScope::Container(n) if numbers.contains(&n) => vec![n],
         AuditScope::Container(n) => {
             return Err(ServerError::NotFound(format!(
@@ -100,7 +105,11 @@ pub async fn audit_pool(
         subset: subset.describe(),
         ..PoolAuditReport::default()
     };
-    let per_container = chunks_indexed / (numbers.len() as u64).max(1);
+    // A pool audit samples whole containers; one container's, its chunks.
+    let keep = move |id: &ChunkId, container: u32| match scope {
+        AuditScope::Pool => subset.keeps_container(container),
+        AuditScope::Container(_) => subset.keeps(id),
+    };
     let mut containers_read = std::collections::HashSet::new();
     let mut reasons: Vec<String> = Vec::new();
     // Findings are recorded (and repaired) group by group: an audit cut
@@ -109,10 +118,7 @@ pub async fn audit_pool(
     for (first, end) in groups(&numbers, per_container) {
         let chunks = state
             .repo
-            .blocking(move |r| {
-                Ok(r.catalog
-                    .chunks_in_containers(first, end, |id| subset.keeps(id))?)
-            })
+            .blocking(move |r| Ok(r.catalog.chunks_in_containers(first, end, keep)?))
             .await?;
         let mut found: Vec<damage::Finding> = Vec::new();
         for batch in chunks.chunks(CHECK_BATCH) {

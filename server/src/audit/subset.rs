@@ -101,6 +101,23 @@ impl ReadSubset {
         }
     }
 
+    /// Whether a pool audit reads container `number`. A pool audit samples
+    /// whole containers, not chunks: a chunk sample touches nearly every
+    /// block of every container (chunks are small, blocks are read whole),
+    /// so from a bucket it would cost almost a full read.
+    pub fn keeps_container(&self, number: u32) -> bool {
+        // Spread the numbers (consecutive containers hold consecutive
+        // backups) before taking a share.
+        let key = u64::from(number).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        match *self {
+            ReadSubset::All => true,
+            ReadSubset::Share { per_million, salt } => {
+                (key ^ salt) % 1_000_000 < u64::from(per_million)
+            }
+            ReadSubset::Slice { n, t } => u64::from(number) % u64::from(t) == u64::from(n - 1),
+        }
+    }
+
     /// How it reads in reports: `all`, `10%`, `1/7`.
     pub fn describe(&self) -> String {
         match *self {
@@ -136,6 +153,19 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&s| s == 1));
+    }
+
+    #[test]
+    fn container_slices_cover_every_container_exactly_once() {
+        for number in 0..1000u32 {
+            let takers = (1..=7)
+                .filter(|n| ReadSubset::Slice { n: *n, t: 7 }.keeps_container(number))
+                .count();
+            assert_eq!(takers, 1, "{number}");
+        }
+        let share = ReadSubset::parse("25%").unwrap();
+        let kept = (0..4000u32).filter(|n| share.keeps_container(*n)).count();
+        assert!((800..1200).contains(&kept), "{kept}");
     }
 
     #[test]

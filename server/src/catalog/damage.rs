@@ -29,7 +29,8 @@ pub struct DamagedChunk {
 }
 
 impl Catalog {
-    /// Every indexed chunk in containers `first..end` that `keep` selects,
+    /// Every indexed chunk in containers `first..end` that `keep` (given the
+    /// id and the container) selects,
     /// ordered by container and offset (the order a reader streams them in).
     /// One pass over the index: callers size the range to bound memory.
     ///
@@ -39,7 +40,7 @@ impl Catalog {
         &self,
         first: u32,
         end: u32,
-        keep: impl Fn(&ChunkId) -> bool,
+        keep: impl Fn(&ChunkId, u32) -> bool,
     ) -> Result<Vec<(ChunkId, ChunkLocation)>, CatalogError> {
         let conn = self.reader();
         let mut stmt = conn.prepare(
@@ -53,13 +54,14 @@ impl Catalog {
             let Ok(id) = ChunkId::from_slice(&raw) else {
                 continue;
             };
-            if !keep(&id) {
+            let container: u32 = r.get(1)?;
+            if !keep(&id, container) {
                 continue;
             }
             out.push((
                 id,
                 ChunkLocation {
-                    container: r.get(1)?,
+                    container,
                     offset: from_sql_int(r.get(2)?),
                     stored_len: r.get(3)?,
                     raw_len: r.get(4)?,

@@ -26,6 +26,9 @@ pub struct ChunkCheck {
     pub absent: Vec<ChunkId>,
 }
 
+/// Stored bytes a check fetches ahead at once.
+const PREFETCH_STEP_BYTES: u64 = 8 << 20;
+
 /// What a read of chunks at their indexed places found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LocatedCheck {
@@ -79,10 +82,27 @@ impl Repository {
         &self,
         chunks: &[(ChunkId, ChunkLocation)],
     ) -> Result<LocatedCheck, ServerError> {
-        self.store
-            .prefetch(&chunks.iter().map(|(_, l)| *l).collect::<Vec<_>>());
+        // In stored order, fetched ahead a few MiB at a time: the blocks of
+        // one step fit the read cache with room for the read-ahead, so
+        // none is evicted before it is verified.
+        let mut chunks = chunks.to_vec();
+        chunks.sort_unstable_by_key(|(_, l)| (l.container, l.offset));
         let mut out = LocatedCheck::default();
-        for (id, location) in chunks {
+        let mut fetched_to = 0usize;
+        for (at, (id, location)) in chunks.iter().enumerate() {
+            if at == fetched_to {
+                let mut bytes = 0u64;
+                let step: Vec<ChunkLocation> = chunks[at..]
+                    .iter()
+                    .map(|(_, l)| *l)
+                    .take_while(|l| {
+                        bytes += u64::from(l.stored_len);
+                        bytes <= PREFETCH_STEP_BYTES || bytes == u64::from(l.stored_len)
+                    })
+                    .collect();
+                fetched_to = at + step.len();
+                self.store.prefetch(&step);
+            }
             let read = match self.read_at(*id, *location) {
                 Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. })) => {
                     return Err(e);

@@ -71,6 +71,21 @@ pub(super) fn marker_path(dir: &Path, number: u32) -> PathBuf {
     dir.join(format!("{number:08}.remote"))
 }
 
+/// The intent file that replaces container `number`'s marker while its
+/// object is deleted: a crash leaves a deletion to finish, never a marker
+/// of an object that is gone.
+fn deleting_path(dir: &Path, number: u32) -> PathBuf {
+    dir.join(format!("{number:08}.deleting"))
+}
+
+/// The number of an intent file's name.
+fn deleting_number(path: &Path) -> Option<u32> {
+    if path.extension()? != "deleting" {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
 /// The number of a marker file's name.
 pub(super) fn marker_number(path: &Path) -> Option<u32> {
     if path.extension()? != "remote" {
@@ -155,7 +170,19 @@ impl Offload {
         let worker = shared.clone();
         std::thread::Builder::new()
             .name("tandem-upload".into())
-            .spawn(move || upload_loop(&worker, &rx))
+            .spawn(move || {
+                finish_deletions(&worker);
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| upload_loop(&worker, &rx)));
+                if ran.is_err() {
+                    // Said where operators look (query stgpool, metrics):
+                    // nothing is lost, but nothing moves until a restart.
+                    let mut seen = lock(&worker.failures);
+                    seen.0 += 1;
+                    seen.1 = "the upload thread stopped on an internal error; sealed containers stay on the local disk until the server is restarted".into();
+                    tracing::error!("{}", seen.1);
+                }
+            })
             .map_err(io_err(dir))?;
         Ok(Offload {
             pool,
@@ -202,20 +229,27 @@ impl Offload {
         self.pool.read(number, offset, len, remote.size)
     }
 
-    /// Removes container `number` wherever it is: the object first, then
-    /// its marker, then any local file. A crash between leaves a marker of
-    /// a deleted object that nothing points at, removed by the next
-    /// compaction; never an object nothing knows of.
+    /// Removes container `number` wherever it is: its marker becomes an
+    /// intent to delete (fsynced), then the object goes, then the intent,
+    /// then any local file. A crash between leaves an intent the next start
+    /// finishes; never a marker of an object that is gone (which would stop
+    /// `restore-db`), never an object nothing knows of.
     ///
     /// # Errors
     /// [`StorageError::Pool`] when the bucket refuses; I/O errors.
     pub(super) fn remove(&self, number: u32) -> Result<(), StorageError> {
         let _moving = lock(&self.shared.moving);
         if self.remote(number).is_some() {
-            self.pool.delete(number)?;
             let marker = marker_path(&self.shared.dir, number);
-            std::fs::remove_file(&marker).map_err(io_err(&marker))?;
+            let intent = deleting_path(&self.shared.dir, number);
+            std::fs::rename(&marker, &intent).map_err(io_err(&marker))?;
+            sync_dir(&self.shared.dir)?;
             lock(&self.shared.remote).remove(&number);
+            crate::faults::pause_point_blocking("pool-deleting");
+            // When the bucket refuses, the intent stays: the next start
+            // finishes the deletion.
+            self.pool.delete(number)?;
+            std::fs::remove_file(&intent).map_err(io_err(&intent))?;
         }
         let local = super::ChunkStore::container_path(&self.shared.dir, number);
         match std::fs::remove_file(&local) {
@@ -226,6 +260,36 @@ impl Offload {
         lock(&self.shared.readers).remove(&number);
         sync_dir(&self.shared.dir)
     }
+}
+
+/// Finishes the deletions a crash (or a refusing bucket) left as intent
+/// files; one that fails again stays for the next start.
+fn finish_deletions(shared: &Shared) {
+    let Ok(entries) = std::fs::read_dir(&shared.dir) else {
+        return;
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        let Some(number) = deleting_number(&path) else {
+            continue;
+        };
+        match shared.pool.delete(number) {
+            Ok(()) => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(cause = %e, "cannot remove {}", path.display());
+                } else {
+                    tracing::info!(
+                        "finished removing container {number} from {}",
+                        shared.pool.describe()
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                "removing container {number} from {} is unfinished: {e}; tried again at the next start",
+                shared.pool.describe()
+            ),
+        }
+    }
+    let _ = sync_dir(&shared.dir);
 }
 
 /// Uploads queued containers one at a time, lowest number first, retrying
