@@ -259,7 +259,9 @@ fn a_pool_audit_names_the_damaged_files_records_them_and_fix_repairs_them() {
     assert_eq!(report["files"][0], victim_path.as_str(), "{report}");
     let log = primary.actlog();
     assert!(
-        log.contains("TDM0431W") && log.contains("audit of the pool"),
+        log.contains("TDM0431W")
+            && log.contains("audit of the pool")
+            && log.contains("0 freed by expiration while the audit ran"),
         "{log}"
     );
 

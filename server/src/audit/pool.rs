@@ -55,6 +55,9 @@ pub struct PoolAuditReport {
     pub files: Vec<String>,
     /// Why some were not repaired.
     pub reason: Option<String>,
+    /// Chunks expiration freed between listing and reading: not read,
+    /// not damage, counted in the activity-log record.
+    pub freed_meanwhile: u64,
     /// Wall time in seconds.
     pub elapsed_secs: f64,
 }
@@ -134,6 +137,7 @@ pub async fn audit_pool(
                 .await?;
             report.chunks_checked += (check.intact.len() + check.damaged.len()) as u64;
             report.bytes_read += check.bytes_read;
+            report.freed_meanwhile += check.gone.len() as u64;
             found.extend(
                 check
                     .damaged
@@ -276,7 +280,7 @@ async fn repair(
 /// The activity-log record of an audit's outcome.
 async fn log(state: &Arc<ServerState>, report: &PoolAuditReport) {
     let summary = format!(
-        "audit of the {}: {} chunk(s) ({} bytes) in {} container(s) read and verified ({}) in {:.1} s, {} damaged, {} repaired",
+        "audit of the {}: {} chunk(s) ({} bytes) in {} container(s) read and verified ({}) in {:.1} s, {} damaged, {} repaired, {} freed by expiration while the audit ran (not read)",
         report.scope,
         report.chunks_checked,
         report.bytes_read,
@@ -284,7 +288,8 @@ async fn log(state: &Arc<ServerState>, report: &PoolAuditReport) {
         report.subset,
         report.elapsed_secs,
         report.damaged,
-        report.repaired
+        report.repaired,
+        report.freed_meanwhile
     );
     let (msg, text) = if report.unrepaired == 0 {
         (ServerMsg::AuditClean, format!("{summary}; all whole"))
