@@ -86,6 +86,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::CatalogError;
 use crate::model::Policy;
+use tandem_proto::ServerGuid;
 
 /// The server's catalog database.
 #[derive(Debug)]
@@ -207,6 +208,28 @@ impl Catalog {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// This server's GUID, made on first use and kept with the catalog
+    /// (a catalog restored onto a new machine is the same server).
+    ///
+    /// # Errors
+    /// SQLite errors; [`CatalogError::Malformed`] for a malformed GUID.
+    pub fn server_guid(&self) -> Result<ServerGuid, CatalogError> {
+        if let Some(text) = self.setting(Setting::Guid)? {
+            return text
+                .parse()
+                .map_err(|e| CatalogError::Malformed(format!("server guid {text:?}: {e}")));
+        }
+        let guid = ServerGuid::random();
+        self.conn().execute(
+            "INSERT OR IGNORE INTO server_info (key, value) VALUES (?1, ?2)",
+            [Setting::Guid.key(), &guid.to_string()],
+        )?;
+        match self.setting(Setting::Guid)? {
+            Some(text) if text == guid.to_string() => Ok(guid),
+            _ => self.server_guid(),
+        }
     }
 
     /// Writes a server-wide setting.

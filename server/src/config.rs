@@ -100,6 +100,11 @@ pub struct ServerConfig {
     /// Scheduled pool audits (`[audit]`).
     #[serde(default)]
     pub audit: AuditSchedule,
+    /// Seconds a stop (SIGTERM, SIGINT) waits for calls in progress (a
+    /// backup, `audit pool`, a replication run) before it cuts them off
+    /// and stops anyway; nothing a cut-off call wrote is visible.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
 }
 
 /// Scheduled audits of the storage pool: `[audit]` in the configuration.
@@ -196,6 +201,12 @@ pub struct PoolConfig {
     /// whole 1 MiB blocks, so neighbouring chunks come with one request).
     #[serde(default = "default_cache_mib")]
     pub cache_mib: u64,
+    /// Send a SHA-256 of each uploaded part (`x-amz-checksum-sha256`), which
+    /// the object store checks before it keeps the part: bytes changed on
+    /// the way are refused, not stored. `false` only for a store that
+    /// rejects the header.
+    #[serde(default = "default_true")]
+    pub upload_checksum: bool,
 }
 
 /// Where sealed containers are kept.
@@ -222,6 +233,7 @@ impl Default for PoolConfig {
             credentials_file: None,
             container_mib: default_container_mib(),
             cache_mib: default_cache_mib(),
+            upload_checksum: true,
         }
     }
 }
@@ -369,6 +381,10 @@ fn default_vault_clock_skew_seconds() -> u64 {
     300
 }
 
+pub(crate) fn default_shutdown_grace_seconds() -> u64 {
+    60
+}
+
 fn default_comm_timeout_seconds() -> u64 {
     60
 }
@@ -473,6 +489,12 @@ impl ServerConfig {
                 cfg.name
             ))
         })?;
+        if !(1..=3_600).contains(&cfg.shutdown_grace_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "shutdown_grace_seconds {} is out of range: give 1 to 3600 seconds (keep it below systemd's TimeoutStopSec)",
+                cfg.shutdown_grace_seconds
+            )));
+        }
         if !(1..=86_400).contains(&cfg.comm_timeout_seconds) {
             return Err(ConfigError::Invalid(format!(
                 "comm_timeout_seconds {} is out of range: give 1 to 86400 seconds",
@@ -757,6 +779,11 @@ mod tests {
                 "comm_timeout_seconds = 90000",
                 "comm_timeout_seconds 90000",
                 "1 to 86400",
+            ),
+            (
+                "shutdown_grace_seconds = 0",
+                "shutdown_grace_seconds 0",
+                "1 to 3600",
             ),
             (
                 "idle_timeout_seconds = 0",

@@ -241,6 +241,7 @@ impl DemoServer {
             pool: crate::config::PoolConfig::default(),
             metrics_listen: None,
             audit: crate::config::AuditSchedule::default(),
+            shutdown_grace_seconds: crate::config::default_shutdown_grace_seconds(),
         };
         let state = crate::ServerState::open(config).map_err(|e| e.to_string())?;
         // A restarted server takes its old port back; allow the OS a moment.

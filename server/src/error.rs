@@ -51,6 +51,26 @@ pub enum StorageError {
         /// What failed.
         reason: String,
     },
+    /// The bucket refused this server's requests (credentials, the bucket
+    /// policy, a header it does not support): a setting to fix, not an
+    /// outage to wait out.
+    #[error("storage pool {pool} refused this server: {reason}")]
+    PoolRefused {
+        /// Bucket, prefix and endpoint.
+        pool: String,
+        /// What was refused, and what the server needs.
+        reason: String,
+    },
+    /// The pool's prefix belongs to another server, or holds an owner
+    /// object no Tandem server wrote: writing there would overwrite
+    /// containers this server does not own.
+    #[error("storage pool {pool} is not this server's: {reason}")]
+    PoolOwned {
+        /// Bucket, prefix and endpoint.
+        pool: String,
+        /// Whose it is, and what to do.
+        reason: String,
+    },
     /// The S3 pool did not answer, or refused the request: nothing is
     /// known about the data, which is not damage.
     #[error(
@@ -228,6 +248,9 @@ impl From<ServerError> for tonic::Status {
             ServerError::Storage(
                 e @ (StorageError::ChunkMismatch { .. } | StorageError::ChunkMalformed { .. }),
             ) => Status::invalid_argument(e.to_string()),
+            ServerError::Storage(
+                e @ (StorageError::PoolOwned { .. } | StorageError::PoolRefused { .. }),
+            ) => Status::failed_precondition(e.to_string()),
             other => {
                 tracing::error!(cause = %other, "internal error");
                 Status::internal(format!("internal server error: {other}"))
@@ -334,6 +357,20 @@ mod tests {
                 // Not Unavailable: clients read that as "the server is
                 // down" and fail over; here the server answers.
                 Code::Internal,
+            ),
+            (
+                ServerError::Storage(StorageError::PoolOwned {
+                    pool: "s3://b/ at http://127.0.0.1:9".into(),
+                    reason: "it belongs to server \"A\"".into(),
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                ServerError::Storage(StorageError::PoolRefused {
+                    pool: "s3://b/ at http://127.0.0.1:9".into(),
+                    reason: "access denied".into(),
+                }),
+                Code::FailedPrecondition,
             ),
             (
                 ServerError::Storage(StorageError::PoolUnavailable {

@@ -25,11 +25,12 @@ use tandem_proto::{ChunkId, StoredChunk};
 
 use crate::catalog::Catalog;
 use crate::config::{PoolConfig, PoolKind};
-use crate::error::ServerError;
+use crate::error::{ServerError, StorageError};
 use crate::model::{ChunkLocation, Node, Policy};
 use crate::pins::ChunkPins;
 use crate::storage::ChunkStore;
 use crate::storage::object_pool::ObjectPool;
+use crate::storage::pool_owner::PoolOwner;
 
 /// The bucket of an S3 pool; `None` for a local one.
 ///
@@ -41,6 +42,28 @@ pub fn open_pool(pool: &PoolConfig) -> Result<Option<ObjectPool>, ServerError> {
         PoolKind::Local => None,
         PoolKind::S3 => Some(ObjectPool::open(pool)?),
     })
+}
+
+/// Claims `bucket`'s prefix for this server at start: a prefix another
+/// server owns, or a bucket that refuses the credentials, stops the start;
+/// one that cannot be reached now is claimed by the first upload (which
+/// waits for the claim).
+///
+/// # Errors
+/// [`StorageError::PoolOwned`], [`StorageError::PoolRefused`].
+fn claim_pool(bucket: &ObjectPool) -> Result<(), ServerError> {
+    match bucket.claim() {
+        Ok(()) => Ok(()),
+        Err(e @ (StorageError::PoolOwned { .. } | StorageError::PoolRefused { .. })) => {
+            Err(e.into())
+        }
+        Err(e) => {
+            tracing::warn!(
+                "TDM0441W {e}; the server starts, and sealed containers stay on the local disk until the bucket answers"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// A data directory's catalog, containers and pins.
@@ -64,14 +87,33 @@ impl Repository {
     ///
     /// # Errors
     /// Catalog and container errors, each naming the file at fault.
-    pub fn open(dir: &Path, policy: Policy, pool: &PoolConfig) -> Result<Self, ServerError> {
+    pub fn open(
+        dir: &Path,
+        policy: Policy,
+        pool: &PoolConfig,
+        server_name: &str,
+    ) -> Result<Self, ServerError> {
         let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"), policy)?);
+        let bucket = open_pool(pool)?;
+        let containers = dir.join("containers");
+        if let Some(bucket) = &bucket {
+            let guid = catalog.server_guid()?;
+            bucket.set_owner(
+                PoolOwner::new(&guid.to_string(), server_name),
+                ChunkStore::has_remote_markers(&containers),
+            );
+        }
+        // Opening checks the data dir's markers against the bucket first:
+        // a start with a mistyped prefix fails before it claims anything.
         let store = ChunkStore::open_in_pool(
-            &dir.join("containers"),
+            &containers,
             &catalog.container_ends()?,
-            open_pool(pool)?,
+            bucket,
             pool.container_bytes(),
         )?;
+        if let Some(bucket) = store.object_pool() {
+            claim_pool(bucket)?;
+        }
         Ok(Repository {
             catalog,
             store,

@@ -106,42 +106,118 @@ pub async fn run(
         .add_service(backup)
         .add_service(admin)
         .add_service(replication);
-    let result = if state.config.insecure_plaintext {
-        router
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown.clone().cancelled_owned(),
-            )
-            .await
+    let grace = std::time::Duration::from_secs(state.config.shutdown_grace_seconds);
+    let (result, cut_off, grace_ends) = if state.config.insecure_plaintext {
+        let serving = router.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
+        serve_with_grace(serving, &shutdown, grace).await
     } else {
         let incoming =
             tandem_tls::incoming(listener, &state.identity, state.config.connection_limits())
                 .map_err(|e| ServerError::FailedPrecondition(format!("TLS identity: {e}")))?;
-        router
-            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-            .await
+        let serving =
+            router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        serve_with_grace(serving, &shutdown, grace).await
     };
-    // Background work ends before the catalog is checkpointed.
+    // Background work ends before the catalog is checkpointed: a scheduled
+    // replication run or expiration gets what is left of the grace period,
+    // then is cut off like a call.
     shutdown.cancel();
-    scheduler.await?;
-    repl_scheduler.await?;
-    actlog_pruner.await?;
-    db_backups.await?;
-    audits.await?;
-    if let Some(endpoint) = metrics_endpoint {
-        endpoint.await?;
-    }
+    let mut background = vec![scheduler, repl_scheduler, actlog_pruner, db_backups, audits];
+    background.extend(metrics_endpoint);
+    let cut_off = end_background(background, grace_ends).await? || cut_off;
     actlog::record(
         &state.repo.catalog,
         ServerMsg::Stopped,
         "",
         "",
-        "server stopped".into(),
+        if cut_off {
+            format!(
+                "server stopped; calls still in progress {} s after the stop was requested were cut off",
+                grace.as_secs()
+            )
+        } else {
+            "server stopped".into()
+        },
     )
     .await;
     let catalog = state.repo.catalog.clone();
     tokio::task::spawn_blocking(move || catalog.checkpoint()).await??;
     result.map_err(|e| ServerError::FailedPrecondition(format!("transport: {e}")))
+}
+
+/// Runs `serving` until it ends; once `shutdown` is cancelled, waits at
+/// most `grace` for the calls in progress to finish, then stops waiting (a
+/// long `audit pool` or a stalled backup must not keep a stop waiting until
+/// systemd kills the server before the catalog is checkpointed). Calls
+/// still running go on, each on its connection's task, until the process
+/// exits (the binary gives them 5 s after the checkpoint); each catalog
+/// commit of theirs is atomic and durable, so none is half-visible: an
+/// upload commits its version only at its last message, and an audit has
+/// recorded every group it finished.
+/// Returns whether calls were cut off, and when the grace period ends.
+async fn serve_with_grace<E>(
+    serving: impl std::future::Future<Output = Result<(), E>>,
+    shutdown: &CancellationToken,
+    grace: std::time::Duration,
+) -> (Result<(), E>, bool, tokio::time::Instant) {
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => {
+            return (result, false, tokio::time::Instant::now() + grace);
+        }
+        () = shutdown.cancelled() => {}
+    }
+    let grace_ends = tokio::time::Instant::now() + grace;
+    match tokio::time::timeout_at(grace_ends, &mut serving).await {
+        Ok(result) => (result, false, grace_ends),
+        Err(_) => {
+            tracing::warn!(
+                "TDM0003W calls still in progress {} s after the stop was requested were cut off (shutdown_grace_seconds); the server stops",
+                grace.as_secs()
+            );
+            (Ok(()), true, grace_ends)
+        }
+    }
+}
+
+/// Waits for the background tasks until `grace_ends`, then aborts those
+/// still running (at their next await; a catalog transaction on a blocking
+/// thread completes or rolls back whole). Returns whether any was cut off.
+///
+/// # Errors
+/// A task that panicked.
+async fn end_background(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    grace_ends: tokio::time::Instant,
+) -> Result<bool, ServerError> {
+    let mut cut_off = false;
+    let mut failed = None;
+    for mut task in tasks {
+        match tokio::time::timeout_at(grace_ends, &mut task).await {
+            // A task that failed does not keep the others from ending.
+            Ok(joined) => {
+                if let Err(e) = joined {
+                    failed.get_or_insert(e);
+                }
+            }
+            Err(_) => {
+                task.abort();
+                cut_off = true;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    if cut_off {
+        tracing::warn!(
+            "TDM0003W background work (a scheduled replication run, expiration or audit) still running when the grace period ended was cut off; the server stops"
+        );
+    }
+    Ok(cut_off)
 }
 
 /// Removes activity log records older than the retention at start and then

@@ -52,6 +52,9 @@ pub struct ServerState {
     pub verifications: tokio::sync::Semaphore,
     /// The argon2 working memory those slots reuse.
     pub verify_memory: Arc<auth::VerifyMemory>,
+    /// Held by a pool or container audit: one at a time, so two never read
+    /// the whole pool at once or repair the same chunk twice.
+    pub pool_audit: tokio::sync::Mutex<()>,
 }
 
 /// The data dir holds partner credentials, password hashes and every
@@ -354,19 +357,15 @@ impl ServerState {
             )))?;
         refuse_shared_data_dir(dir)?;
         let lock = lock_data_dir(dir)?;
-        let repo = Arc::new(Repository::open(dir, config.policy, &config.pool)?);
+        let repo = Arc::new(Repository::open(
+            dir,
+            config.policy,
+            &config.pool,
+            &config.name,
+        )?);
         let catalog: &Catalog = &repo.catalog;
         check_server_name(catalog, &config)?;
-        let guid = match catalog.setting(Setting::Guid)? {
-            Some(text) => text.parse().map_err(|e| {
-                ServerError::FailedPrecondition(format!("catalog holds a malformed guid: {e}"))
-            })?,
-            None => {
-                let guid = ServerGuid::random();
-                catalog.set_setting(Setting::Guid, &guid.to_string())?;
-                guid
-            }
-        };
+        let guid = catalog.server_guid()?;
         let admin_token = load_or_create_token(&dir.join("admin.token"))?;
         let secrets = secrets::SecretKey::load_or_create(&dir.join("secrets.key"))?;
         seal_partner_passwords(catalog, &secrets)?;
@@ -411,6 +410,7 @@ impl ServerState {
             _lock: lock,
             verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
             verify_memory: Arc::default(),
+            pool_audit: tokio::sync::Mutex::default(),
         }))
     }
 }

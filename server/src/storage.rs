@@ -19,6 +19,7 @@ mod appender;
 mod block_cache;
 pub mod object_pool;
 mod offload;
+pub mod pool_owner;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -477,6 +478,22 @@ impl ChunkStore {
     fn remote(&self, number: u32) -> Option<(&Offload, Remote)> {
         let offload = self.offload.as_ref()?;
         Some((offload, offload.remote(number)?))
+    }
+
+    /// The S3 pool, when the store has one.
+    #[must_use]
+    pub fn object_pool(&self) -> Option<&ObjectPool> {
+        self.offload.as_ref().map(|o| o.pool.as_ref())
+    }
+
+    /// Whether `dir` holds markers of containers uploaded to a bucket.
+    #[must_use]
+    pub fn has_remote_markers(dir: &Path) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| offload::marker_number(&e.path()).is_some())
+        })
     }
 
     /// Where the containers are and, in an S3 pool, the traffic so far.

@@ -23,7 +23,7 @@ const SESSION: u64 = 7;
 
 fn open(dir: &tempfile::TempDir) -> Arc<Repository> {
     Arc::new(
-        Repository::open(dir.path(), Policy::default(), &Default::default())
+        Repository::open(dir.path(), Policy::default(), &Default::default(), "LOCAL")
             .expect("repository opens"),
     )
 }

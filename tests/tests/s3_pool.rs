@@ -470,3 +470,204 @@ fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_
     let out = work.path().join("out");
     restore_same(&client, &src, &out);
 }
+
+#[test]
+fn a_second_server_given_the_same_bucket_prefix_refuses_to_start_and_one_started_without_the_bucket_claims_it_later()
+ {
+    let mut s3 = S3Server::start();
+    let (mut first, client) = s3_server(&s3, "erin", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    wait_until_offloaded(&first, &s3);
+    let owner_object = s3.root.path().join("tandem/srv/tandem-owner.toml");
+    let owner = std::fs::read_to_string(&owner_object).unwrap();
+    assert!(owner.contains("server = \"S3SRV\""), "{owner}");
+
+    // Another server on the same prefix would number its containers from 1
+    // too and overwrite these: it must not start.
+    let env = s3.server_env(CONTAINER_MIB);
+    let err = TestServer::try_start_with("INTRUDER", &env_refs(&env));
+    assert!(
+        err.contains("is not this server's")
+            && err.contains("belongs to server \"S3SRV\"")
+            && err.contains("its own `prefix`"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&owner_object).unwrap(), owner);
+    // A prefix written before owner objects existed holds containers but
+    // no owner: a server that knows none of them is refused too, and the
+    // server whose markers name them adopts the prefix.
+    std::fs::remove_file(&owner_object).unwrap();
+    let err = TestServer::try_start_with("INTRUDER", &env_refs(&env));
+    assert!(
+        err.contains("holds containers but no tandem-owner.toml"),
+        "{err}"
+    );
+    assert!(!owner_object.exists());
+    // The owner itself starts again (its GUID is in its catalog), and its
+    // data is all there.
+    first.restart();
+    let adopted = std::fs::read_to_string(&owner_object).unwrap();
+    assert!(adopted.contains("server = \"S3SRV\""), "{adopted}");
+    restore_same(&client, &src, &work.path().join("after-intruder"));
+    // An owner object nobody wrote is not taken over either.
+    let junk_env = with_setting(&env, "TANDEM_SERVER_POOL__PREFIX", "junk/");
+    std::fs::create_dir_all(s3.root.path().join("tandem/junk")).unwrap();
+    std::fs::write(
+        s3.root.path().join("tandem/junk/tandem-owner.toml"),
+        "guid = \"someone\"\nsecret = 1\n",
+    )
+    .unwrap();
+    let err = TestServer::try_start_with("OTHER", &env_refs(&junk_env));
+    assert!(err.contains("is not an owner record"), "{err}");
+
+    // A server started while the object store is down still starts and
+    // takes backups; its first upload claims its own prefix.
+    s3.kill();
+    let late_env = with_setting(&env, "TANDEM_SERVER_POOL__PREFIX", "late/");
+    let late = TestServer::start_with("LATE", &env_refs(&late_env));
+    late.register("frank", "node-password");
+    let late_client = TestClient::new(&late, "frank", "node-password");
+    assert_success(
+        &late_client.run(&["incremental", &path_str(&src)]),
+        "backup",
+    );
+    late.wait_for_log("TDM0441W");
+    s3.restart();
+    let claimed = wait_until(Duration::from_secs(120), || {
+        std::fs::read_to_string(s3.root.path().join("tandem/late/tandem-owner.toml"))
+            .is_ok_and(|t| t.contains("server = \"LATE\""))
+            && local(&late, "tdc").len() == 1
+    });
+    assert!(claimed, "{}", late.log());
+    restore_same(&late_client, &src, &work.path().join("late"));
+}
+
+/// `env` with `key` set to `value` instead.
+fn with_setting(env: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = env.iter().filter(|(k, _)| k != key).cloned().collect();
+    env.push((key.to_string(), value.to_string()));
+    env
+}
+
+#[test]
+fn every_uploaded_part_carries_the_sha256_the_object_store_checks_unless_turned_off() {
+    use base64::Engine;
+    let s3 = S3Server::start();
+    let target: std::net::SocketAddr = format!("127.0.0.1:{}", s3.port).parse().unwrap();
+    let wire = tandem_tests::CutProxy::recording(target);
+    let env = with_setting(
+        &s3.server_env(CONTAINER_MIB),
+        "TANDEM_SERVER_POOL__ENDPOINT",
+        &format!("http://{}", wire.addr),
+    );
+    let server = TestServer::start_with("S3SRV", &env_refs(&env));
+    server.register("gina", "node-password");
+    let client = TestClient::new(&server, "gina", "node-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    wait_until_offloaded(&server, &s3);
+    // Containers are 1 MiB here, so each is one part: the checksum sent
+    // with it is the SHA-256 of the whole object.
+    let captured = String::from_utf8_lossy(&wire.captured()).to_lowercase();
+    for object in s3.container_objects() {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(&object).unwrap());
+        let header = format!(
+            "x-amz-checksum-sha256: {}",
+            base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+        )
+        .to_lowercase();
+        assert!(
+            captured.contains(&header),
+            "no {header} sent for {}",
+            object.display()
+        );
+    }
+
+    // Turned off (for a store that rejects the header), none is sent.
+    let plain_wire = tandem_tests::CutProxy::recording(target);
+    let plain_env = with_setting(
+        &with_setting(&env, "TANDEM_SERVER_POOL__UPLOAD_CHECKSUM", "false"),
+        "TANDEM_SERVER_POOL__ENDPOINT",
+        &format!("http://{}", plain_wire.addr),
+    );
+    let plain_env = with_setting(&plain_env, "TANDEM_SERVER_POOL__PREFIX", "plain/");
+    let plain = TestServer::start_with("PLAIN", &env_refs(&plain_env));
+    plain.register("hal", "node-password");
+    let plain_client = TestClient::new(&plain, "hal", "node-password");
+    assert_success(
+        &plain_client.run(&["incremental", &path_str(&src)]),
+        "backup",
+    );
+    let uploaded = wait_until(Duration::from_secs(120), || {
+        local(&plain, "remote").len() >= 4
+    });
+    assert!(uploaded, "{}", plain.log());
+    let captured = String::from_utf8_lossy(&plain_wire.captured()).to_lowercase();
+    assert!(
+        captured.contains("partnumber="),
+        "no part upload crossed the proxy"
+    );
+    assert!(!captured.contains("x-amz-checksum"), "a checksum was sent");
+    restore_same(&plain_client, &src, &work.path().join("plain"));
+}
+
+#[test]
+fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket() {
+    let s3 = S3Server::start();
+    let (mut server, client) = s3_server(&s3, "ivan", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    wait_until_offloaded(&server, &s3);
+    let objects: Vec<(PathBuf, Vec<u8>)> = s3
+        .container_objects()
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    // The data dir loses its containers directory (as a catalog restored
+    // onto a new machine has none): the owner object still names this
+    // server, and it numbers new containers from 1 again.
+    server.kill();
+    for file in local(&server, "remote")
+        .into_iter()
+        .chain(local(&server, "tdc"))
+    {
+        std::fs::remove_file(file).unwrap();
+    }
+    server.restart();
+    let more = work.path().join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    for i in 0..3u64 {
+        std::fs::write(
+            more.join(format!("new-{i}.bin")),
+            random_bytes(5000 + i, 1 << 20),
+        )
+        .unwrap();
+    }
+    assert_success(&client.run(&["incremental", &path_str(&more)]), "backup");
+    server.wait_for_log("TDM0446E");
+    assert!(
+        server.log().contains("would overwrite an object of"),
+        "{}",
+        server.log()
+    );
+    for (path, bytes) in &objects {
+        assert_eq!(
+            &std::fs::read(path).unwrap(),
+            bytes,
+            "{} was overwritten",
+            path.display()
+        );
+    }
+    // What was backed up since stays on the local disk and restores.
+    restore_same(&client, &more, &work.path().join("more-out"));
+}

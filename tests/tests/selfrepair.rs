@@ -299,3 +299,43 @@ fn a_pool_audit_names_the_damaged_files_records_them_and_fix_repairs_them() {
         assert!(stderr(&out).contains(bad), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn one_pool_audit_runs_at_a_time_and_a_stop_cuts_a_long_one_off() {
+    let mut server = TestServer::start_with(
+        "PRIMARY",
+        &[
+            ("TANDEM_FAULT_PAUSE", "audit-pool-started"),
+            ("TANDEM_SERVER_SHUTDOWN_GRACE_SECONDS", "2"),
+        ],
+    );
+    server.register("alice", "alice-password");
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    // The first audit holds the pool (it is paused, as a long one would be).
+    let mut first = server
+        .admin_command(&["audit", "pool"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    server.wait_for_log("paused at fault point audit-pool-started");
+    let second = server.admin(&["audit", "container", "1"]);
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(err.contains("another audit of the pool"), "{err}");
+    // A stop does not wait for it past the grace period.
+    let status = server.stop();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    assert!(server.log().contains("TDM0003W"), "{}", server.log());
+    let first = first.wait().unwrap();
+    assert!(!first.success(), "the cut-off audit reported success");
+    // Started again, the pool audits as usual.
+    server.restart_with(&[]);
+    let audit = server.admin_json(&["audit", "pool"]);
+    assert_eq!(audit[0]["damaged"].as_u64(), Some(0), "{audit}");
+    assert!(audit[0]["chunks_checked"].as_u64().unwrap() >= 1, "{audit}");
+}

@@ -74,6 +74,20 @@ pub async fn audit_pool(
     subset: ReadSubset,
     fix: bool,
 ) -> Result<PoolAuditReport, ServerError> {
+    let Ok(_one_at_a_time) = state.pool_audit.try_lock() else {
+        return Err(ServerError::FailedPrecondition(
+            "another audit of the pool or of a container is running; try again when it has ended (its TDM0430I/TDM0431W record is in `query actlog --msgno TDM043`)".into(),
+        ));
+    };
+    // On a blocking thread, as a long read of the bucket would be: a stop
+    // must not wait for it past its grace period.
+    state
+        .repo
+        .blocking(|_| {
+            crate::faults::pause_point_blocking("audit-pool-started");
+            Ok(())
+        })
+        .await?;
     let started = Instant::now();
     let (numbers, chunks_indexed) = state
         .repo

@@ -17,6 +17,8 @@ use crate::model::now_ns;
 /// The longest sleep between looks at the clock: a changed clock or an
 /// audit an administrator ran is noticed within this.
 const LOOK_EVERY: Duration = Duration::from_secs(600);
+/// How soon a due audit looks again while an audit by hand runs.
+const BUSY_RETRY: Duration = Duration::from_secs(30);
 
 /// Runs scheduled pool audits until `shutdown`; returns at once when none
 /// are configured. A failed audit (the pool not answering) is logged and
@@ -39,7 +41,10 @@ pub async fn run(state: Arc<ServerState>, shutdown: CancellationToken) {
             .saturating_add(interval_ns)
             .max(retry_at);
         let now = now_ns();
-        if now >= due {
+        // An audit by hand is running: this one waits for it to end (and
+        // then takes the slice after it) instead of failing.
+        let busy = state.pool_audit.try_lock().is_err();
+        if now >= due && !busy {
             let subset = next_slice(last.as_ref(), slices);
             // Shutdown does not wait for a long audit: each group of
             // containers it finished is recorded already.
@@ -48,12 +53,20 @@ pub async fn run(state: Arc<ServerState>, shutdown: CancellationToken) {
                 result = audit_pool(&state, AuditScope::Pool, subset, fix) => result,
             };
             if let Err(e) = result {
+                if state.pool_audit.try_lock().is_err() {
+                    // An audit by hand started in between: wait for it.
+                    retry_at = now_ns()
+                        .saturating_add(i64::try_from(BUSY_RETRY.as_nanos()).unwrap_or(i64::MAX));
+                    continue;
+                }
                 tracing::error!(cause = %e, "scheduled audit of the pool failed; tried again in {} s", interval.as_secs());
                 retry_at = now_ns().saturating_add(interval_ns);
             }
             continue;
         }
-        let wait = Duration::from_nanos(u64::try_from(due - now).unwrap_or(0)).min(LOOK_EVERY);
+        let wait = Duration::from_nanos(u64::try_from(due.saturating_sub(now)).unwrap_or(0))
+            .min(LOOK_EVERY)
+            .max(if busy { BUSY_RETRY } else { Duration::ZERO });
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
     after_help = "Configuration keys (--config FILE, or TANDEM_SERVER_<KEY> in the environment): \
 data_dir, listen, name, expire_interval_hours, replication_interval_minutes, [policy], \
 tls_cert, tls_key, insecure_plaintext, rename, invalid_password_limit, comm_timeout_seconds, \
-idle_timeout_seconds, max_connections, log_file, log_format, log_rotation, log_max_files, \
-db_backup_dir, db_backup_interval_hours, db_backup_keep. \
+shutdown_grace_seconds, idle_timeout_seconds, max_connections, log_file, log_format, log_rotation, log_max_files, \
+db_backup_dir, db_backup_interval_hours, db_backup_keep, [pool], metrics_listen, [audit]. \
 Defaults and ranges: README, \"Server configuration\". RUST_LOG sets the log level (default info)."
 )]
 struct Args {
@@ -177,7 +177,14 @@ fn main() -> ExitCode {
     // Before the runtime's threads exist, so none gets an arena of its own.
     tandem_os::malloc::limit_arenas(tandem_os::malloc::SERVER_ARENAS);
     match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(run_server()),
+        Ok(runtime) => {
+            let code = runtime.block_on(run_server());
+            // Calls a stop cut off may still hold blocking threads (an S3
+            // read, a catalog transaction, each atomic); the process does
+            // not wait long for them.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            code
+        }
         Err(e) => {
             eprintln!("tandem-server: cannot start the async runtime: {e}");
             ExitCode::from(12)

@@ -16,17 +16,21 @@ use std::future::Future;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig, WriteMultipart};
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig,
+    WriteMultipart,
+};
 use prost::bytes::Bytes;
 use serde::Deserialize;
 
 use super::block_cache::{BlockCache, BlockKey};
+use super::pool_owner::{MAX_OWNER_BYTES, OWNER_OBJECT, PoolOwner};
 use crate::config::PoolConfig;
 use crate::error::StorageError;
 
@@ -71,6 +75,13 @@ pub struct ObjectPool {
     cache: Arc<BlockCache>,
     /// Requests and bytes since the pool was opened.
     traffic: Arc<Traffic>,
+    /// The server this pool writes for (see [`ObjectPool::claim`]), and
+    /// whether its data dir has markers of containers in this bucket (so
+    /// containers found under a prefix with no owner object are its own).
+    owner: Mutex<Option<(PoolOwner, bool)>>,
+    /// Whether the bucket's owner object has been seen to name `owner`:
+    /// nothing is written or deleted before.
+    claimed: AtomicBool,
 }
 
 /// Counters of the requests a pool made, for `query stgpool` and the
@@ -184,7 +195,8 @@ impl ObjectPool {
             // SDKs do over TLS): hashing every uploaded byte once more costs
             // CPU the backup needs, TLS (or loopback) protects the bytes in
             // transit, and every chunk is checked against its own hash when
-            // read back and by `audit node`.
+            // read back and by audits. The upload checksum below is the
+            // store's own check of each part on arrival.
             .with_unsigned_payload(true)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
@@ -204,6 +216,9 @@ impl ObjectPool {
             .with_allow_http(config.plain_http());
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint);
+        }
+        if config.upload_checksum {
+            builder = builder.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
         }
         let (key, secret) = match &config.credentials_file {
             Some(path) => {
@@ -245,6 +260,8 @@ impl ObjectPool {
             runtime: Some(runtime),
             cache: Arc::new(BlockCache::new(blocks)),
             traffic: Arc::default(),
+            owner: Mutex::default(),
+            claimed: AtomicBool::new(false),
         })
     }
 
@@ -264,6 +281,189 @@ impl ObjectPool {
     #[must_use]
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// Names the server this pool writes for; [`Self::claim`] then checks
+    /// (or makes) the prefix its own before the first write. `has_markers`:
+    /// the server's data dir knows containers it uploaded here (a server
+    /// from before owner objects existed adopts its own prefix).
+    pub fn set_owner(&self, owner: PoolOwner, has_markers: bool) {
+        *self.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some((owner, has_markers));
+    }
+
+    /// Makes sure the prefix belongs to the owner set with
+    /// [`Self::set_owner`]: reads the owner object, or, when there is none,
+    /// writes one (only if there still is none, so of two servers starting
+    /// at once one wins) and reads back which one won. Uploads and deletes
+    /// call it until it succeeds once.
+    ///
+    /// # Errors
+    /// [`StorageError::PoolOwned`] when the prefix is another server's (or
+    /// holds containers but no owner object, or an owner object that is
+    /// not one a Tandem server wrote); [`StorageError::PoolRefused`] when
+    /// the bucket refuses the credentials or the request;
+    /// [`StorageError::Pool`] when it cannot be reached.
+    pub fn claim(&self) -> Result<(), StorageError> {
+        if self.claimed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some((ours, has_markers)) =
+            self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        else {
+            return Err(setup_error(
+                &self.describe,
+                "nothing may be written before the pool knows which server it belongs to",
+            ));
+        };
+        let found = match self.read_owner()? {
+            Some(found) => found,
+            None => {
+                if !has_markers && self.holds_containers()? {
+                    return Err(StorageError::PoolOwned {
+                        pool: self.describe.clone(),
+                        reason: format!(
+                            "it holds containers but no {OWNER_OBJECT}, and this server's data dir knows none of them (another server writes there: one from before owner objects, or one whose first upload has not happened yet). Give this server its own `prefix` in [pool]; start the server those containers belong to once, with the bucket reachable, and it claims the prefix"
+                        ),
+                    });
+                }
+                self.create_owner(&ours)?;
+                self.read_owner()?.ok_or_else(|| {
+                    setup_error(
+                        &self.describe,
+                        format!("{OWNER_OBJECT} was written but cannot be read back"),
+                    )
+                })?
+            }
+        };
+        if !found.same_server(&ours) {
+            let advice = if found.server == ours.server {
+                // Same name, new GUID: most likely this server lost its
+                // catalog and was started afresh; emptying the prefix would
+                // delete its own backups.
+                format!(
+                    "a server of the same name with a new GUID is usually one that lost its catalog and was started afresh: stop it, move the new empty catalog.db out of its data dir, and bring its catalog back with `tandem-server restore-db COPY` (a copy keeps the GUID). Do not empty the prefix to get past this: it holds {}'s backups",
+                    ours.server
+                )
+            } else {
+                format!(
+                    "give this server its own `prefix` in [pool]; only if {:?} is gone for good and nothing under the prefix is wanted, empty the prefix, {OWNER_OBJECT} with it",
+                    found.server
+                )
+            };
+            return Err(StorageError::PoolOwned {
+                pool: self.describe.clone(),
+                reason: format!(
+                    "it belongs to server {:?} (GUID {:?}, since {:?}) and this is server {} (GUID {}); two servers writing one prefix would overwrite each other's containers. To fix: {advice}",
+                    found.server, found.guid, found.claimed, ours.server, ours.guid
+                ),
+            });
+        }
+        if !self.claimed.swap(true, Ordering::AcqRel) && found.claimed == ours.claimed {
+            tracing::info!(
+                "TDM0445I {} now belongs to server {} (GUID {})",
+                self.describe,
+                ours.server,
+                ours.guid
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether any container object is under the prefix (one LIST).
+    fn holds_containers(&self) -> Result<bool, StorageError> {
+        use futures_util::StreamExt;
+        let store = self.store.clone();
+        let folder = ObjectPath::from(format!("{}containers", self.prefix));
+        count(&self.traffic.gets, 1);
+        let first = self.wait(async move { store.list(Some(&folder)).next().await });
+        match first {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(self.claim_failed("listing containers/", e)),
+        }
+    }
+
+    /// A failed request of the claim: the bucket refusing (credentials,
+    /// policy, an unsupported header) stops the start; one that did not
+    /// answer does not.
+    fn claim_failed(&self, doing: &str, e: object_store::Error) -> StorageError {
+        match e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::NotImplemented => StorageError::PoolRefused {
+                pool: self.describe.clone(),
+                reason: format!(
+                    "{doing}: {e}. The server needs to list, read, write and delete objects under its prefix (s3:ListBucket on the bucket, s3:GetObject, s3:PutObject, s3:DeleteObject and s3:AbortMultipartUpload on PREFIX*), and a store that honours If-None-Match"
+                ),
+            },
+            e => setup_error(&self.describe, format!("{doing}: {e}")),
+        }
+    }
+
+    fn owner_key(&self) -> ObjectPath {
+        ObjectPath::from(format!("{}{OWNER_OBJECT}", self.prefix))
+    }
+
+    /// The owner object, if there is one.
+    fn read_owner(&self) -> Result<Option<PoolOwner>, StorageError> {
+        let store = self.store.clone();
+        let key = self.owner_key();
+        count(&self.traffic.heads, 1);
+        count(&self.traffic.gets, 1);
+        let read = self.wait(async move {
+            let meta = match store.head(&key).await {
+                Ok(meta) => meta,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if meta.size > MAX_OWNER_BYTES {
+                return Ok(Some(Err(meta.size)));
+            }
+            let bytes = store.get(&key).await?.bytes().await?;
+            Ok(Some(Ok(bytes)))
+        });
+        let not_ours = |reason: String| StorageError::PoolOwned {
+            pool: self.describe.clone(),
+            reason: format!(
+                "{reason}; the prefix holds something other than this server's containers. Give this server its own `prefix` in [pool]"
+            ),
+        };
+        match read.map_err(|e| self.claim_failed(&format!("reading {OWNER_OBJECT}"), e))? {
+            None => Ok(None),
+            Some(Err(size)) => Err(not_ours(format!(
+                "its {OWNER_OBJECT} holds {size} bytes, more than the {MAX_OWNER_BYTES} an owner record takes"
+            ))),
+            Some(Ok(bytes)) => {
+                let text = String::from_utf8_lossy(&bytes);
+                PoolOwner::parse(&text).map(Some).map_err(|e| {
+                    not_ours(format!("its {OWNER_OBJECT} is not an owner record ({e})"))
+                })
+            }
+        }
+    }
+
+    /// Writes the owner object if there is none (an existing one is left
+    /// for [`Self::read_owner`] to judge).
+    fn create_owner(&self, ours: &PoolOwner) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        let key = self.owner_key();
+        let body = PutPayload::from(ours.to_toml());
+        count(&self.traffic.puts, 1);
+        let put = self.wait(async move {
+            let create = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            store.put_opts(&key, body, create).await
+        });
+        match put {
+            Ok(_)
+            | Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(()),
+            Err(e) => Err(self.claim_failed(&format!("writing {OWNER_OBJECT}"), e)),
+        }
     }
 
     fn object(&self, number: u32) -> ObjectPath {
@@ -300,6 +500,7 @@ impl ObjectPool {
     /// [`StorageError::Pool`] when the upload fails or the object's size
     /// differs; [`StorageError::Io`] reading the file.
     pub fn upload(&self, number: u32, path: &FsPath) -> Result<u64, StorageError> {
+        self.claim()?;
         let store = self.store.clone();
         let location = self.object(number);
         let file_path: PathBuf = path.to_path_buf();
@@ -308,6 +509,7 @@ impl ObjectPool {
             source,
         };
         let expected = std::fs::metadata(path).map_err(io)?.len();
+        self.refuse_to_overwrite(number, expected)?;
         let result: Result<Result<u64, String>, std::io::Error> = self.wait(async move {
             use tokio::io::AsyncReadExt;
             let mut file = tokio::fs::File::open(&file_path).await?;
@@ -356,6 +558,35 @@ impl ObjectPool {
             ));
         }
         Ok(stored)
+    }
+
+    /// Refuses to upload container `number` over an object of another size
+    /// at its key: that object is a container this data dir does not know
+    /// (a catalog restored onto a new machine without its markers, an
+    /// endpoint changed to another store with the same bucket), and
+    /// overwriting it would destroy backups. The same size is this
+    /// container's own earlier upload, cut off before its marker.
+    ///
+    /// # Errors
+    /// [`StorageError::PoolOwned`] for another object; [`StorageError::Pool`]
+    /// when the bucket does not answer.
+    fn refuse_to_overwrite(&self, number: u32, size: u64) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        let location = self.object(number);
+        count(&self.traffic.heads, 1);
+        match self.wait(async move { store.head(&location).await }) {
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(meta) if meta.size == size => Ok(()),
+            Ok(meta) => Err(StorageError::PoolOwned {
+                pool: self.describe.clone(),
+                reason: format!(
+                    "container {number} ({size} bytes) would overwrite an object of {} bytes at {} that this data dir knows nothing of: the prefix holds containers of another server or of this one's lost data dir. Nothing was uploaded; give this server its own `prefix` in [pool], or bring back the data dir (with its containers/*.remote markers) that uploaded them",
+                    meta.size,
+                    self.object(number)
+                ),
+            }),
+            Err(e) => Err(self.error(number, e)),
+        }
     }
 
     /// Reads `len` bytes at `offset` of container `number`, through the
@@ -569,6 +800,7 @@ impl ObjectPool {
     /// # Errors
     /// [`StorageError::Pool`] when the bucket refuses.
     pub fn delete(&self, number: u32) -> Result<(), StorageError> {
+        self.claim()?;
         self.cache.forget_container(number);
         let store = self.store.clone();
         let location = self.object(number);

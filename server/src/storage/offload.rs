@@ -334,15 +334,27 @@ fn upload_loop(shared: &Shared, queue: &Receiver<u32>) {
                 }
                 turn = number.saturating_add(1);
                 failures = failures.saturating_add(1);
-                let wait = Duration::from_secs(1u64 << failures.min(9)).min(MAX_RETRY_WAIT);
-                tracing::warn!(
-                    container = number,
-                    attempt = failures,
-                    retry_in_secs = wait.as_secs(),
-                    "TDM0441W upload of container {number} to {} failed: {e}; it stays on the local disk and is tried again in {} s",
-                    shared.pool.describe(),
-                    wait.as_secs()
-                );
+                let mut wait = Duration::from_secs(1u64 << failures.min(9)).min(MAX_RETRY_WAIT);
+                if matches!(
+                    e,
+                    StorageError::PoolOwned { .. } | StorageError::PoolRefused { .. }
+                ) {
+                    // Not an outage: nothing moves until an operator acts.
+                    wait = MAX_RETRY_WAIT;
+                    tracing::error!(
+                        container = number,
+                        "TDM0446E {e}; no container is uploaded (they stay on the local disk, which fills) until this is fixed (a new prefix takes a restart)"
+                    );
+                } else {
+                    tracing::warn!(
+                        container = number,
+                        attempt = failures,
+                        retry_in_secs = wait.as_secs(),
+                        "TDM0441W upload of container {number} to {} failed: {e}; it stays on the local disk and is tried again in {} s",
+                        shared.pool.describe(),
+                        wait.as_secs()
+                    );
+                }
                 let until = std::time::Instant::now() + wait;
                 loop {
                     let left = until.saturating_duration_since(std::time::Instant::now());
