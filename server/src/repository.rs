@@ -92,8 +92,13 @@ impl Repository {
         policy: Policy,
         pool: &PoolConfig,
         server_name: &str,
+        admit: impl FnOnce(&Catalog) -> Result<(), ServerError>,
     ) -> Result<Self, ServerError> {
         let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"), policy)?);
+        // The caller's checks of the catalog (the server's name) come before
+        // anything touches the pool: a start they refuse claims no prefix,
+        // uploads nothing and deletes nothing in the bucket.
+        admit(&catalog)?;
         let bucket = open_pool(pool)?;
         let containers = dir.join("containers");
         if let Some(bucket) = &bucket {
@@ -176,8 +181,10 @@ impl Repository {
     /// A chunk that is not indexed, named; container read errors.
     pub fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<StoredChunk>, ServerError> {
         let locations = self.catalog.chunk_locations(ids)?;
-        self.store
-            .prefetch(&locations.iter().flatten().copied().collect::<Vec<_>>());
+        self.store.prefetch(
+            &locations.iter().flatten().copied().collect::<Vec<_>>(),
+            true,
+        );
         ids.iter()
             .zip(locations)
             .map(|(id, location)| {

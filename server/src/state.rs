@@ -118,7 +118,8 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::Fil
 
 /// The server's name is kept in its catalog: a data dir started under
 /// another `--name` would show a new name with the same GUID to clients and
-/// partners. `rename` accepts the new name on purpose.
+/// partners. `rename` accepts the new name on purpose. Only checks: the
+/// name is stored once the start has passed its other checks.
 fn check_server_name(catalog: &Catalog, config: &ServerConfig) -> Result<(), ServerError> {
     match catalog.setting(Setting::ServerName)? {
         Some(stored) if stored != config.name && !config.rename => {
@@ -128,8 +129,7 @@ fn check_server_name(catalog: &Catalog, config: &ServerConfig) -> Result<(), Ser
                 config.name
             )))
         }
-        Some(stored) if stored == config.name => Ok(()),
-        _ => Ok(catalog.set_setting(Setting::ServerName, &config.name)?),
+        _ => Ok(()),
     }
 }
 
@@ -362,9 +362,14 @@ impl ServerState {
             config.policy,
             &config.pool,
             &config.name,
+            |catalog| check_server_name(catalog, &config),
         )?);
         let catalog: &Catalog = &repo.catalog;
-        check_server_name(catalog, &config)?;
+        // Kept once the start got this far (a prefix claimed under it): a
+        // first start refused by its pool leaves the data dir unnamed.
+        if catalog.setting(Setting::ServerName)?.as_deref() != Some(config.name.as_str()) {
+            catalog.set_setting(Setting::ServerName, &config.name)?;
+        }
         let guid = catalog.server_guid()?;
         let admin_token = load_or_create_token(&dir.join("admin.token"))?;
         let secrets = secrets::SecretKey::load_or_create(&dir.join("secrets.key"))?;

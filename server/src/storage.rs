@@ -442,7 +442,7 @@ impl ChunkStore {
     /// Warms the S3 pool's read cache for `locations` (several GETs in
     /// flight), ahead of reading them one by one; nothing to do in a local
     /// pool or for containers still on the local disk.
-    pub fn prefetch(&self, locations: &[ChunkLocation]) {
+    pub fn prefetch(&self, locations: &[ChunkLocation], read_ahead: bool) {
         let Some(offload) = &self.offload else {
             return;
         };
@@ -459,8 +459,32 @@ impl ChunkStore {
             })
             .collect();
         if !wanted.is_empty() {
-            offload.pool.prefetch(&wanted);
+            offload.pool.prefetch(&wanted, read_ahead);
         }
+    }
+
+    /// Splits a read of `locations`, in order, into consecutive waves
+    /// (index ranges) small enough to prefetch whole into an S3 pool's
+    /// cache while the wave before is read. In a local pool, and for
+    /// containers still on the local disk, there is nothing to fetch: one
+    /// wave.
+    pub fn read_waves(&self, locations: &[Option<ChunkLocation>]) -> Vec<std::ops::Range<usize>> {
+        let Some(offload) = &self.offload else {
+            return if locations.is_empty() {
+                Vec::new()
+            } else {
+                std::iter::once(0..locations.len()).collect()
+            };
+        };
+        let items: Vec<Option<(u32, u64, u64)>> = locations
+            .iter()
+            .map(|loc| {
+                let loc = (*loc)?;
+                offload.remote(loc.container)?;
+                Some((loc.container, loc.offset, u64::from(loc.stored_len)))
+            })
+            .collect();
+        object_pool::waves(&items, offload.pool.wave_blocks())
     }
 
     /// An open handle on a local container, kept for later reads.

@@ -23,8 +23,14 @@ const SESSION: u64 = 7;
 
 fn open(dir: &tempfile::TempDir) -> Arc<Repository> {
     Arc::new(
-        Repository::open(dir.path(), Policy::default(), &Default::default(), "LOCAL")
-            .expect("repository opens"),
+        Repository::open(
+            dir.path(),
+            Policy::default(),
+            &Default::default(),
+            "LOCAL",
+            |_| Ok(()),
+        )
+        .expect("repository opens"),
     )
 }
 

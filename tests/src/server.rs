@@ -89,9 +89,15 @@ impl TestServer {
     /// (within 60 s).
     pub fn try_start_with(name: &str, env: &[(&str, &str)]) -> String {
         let data = private_tempdir();
+        Self::try_start_in(data.path(), name, env)
+    }
+
+    /// Like [`Self::try_start_with`], on an existing data directory (a
+    /// stopped server's).
+    pub fn try_start_in(data_dir: &Path, name: &str, env: &[(&str, &str)]) -> String {
         let mut child = Command::new(bin("tandem-server"))
             .arg("--data-dir")
-            .arg(data.path())
+            .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--name", name])
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -206,6 +212,11 @@ impl TestServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
     }
 
     /// Starts the server again on the same data directory and address.

@@ -100,7 +100,9 @@ fn restore_same(client: &TestClient, src: &Path, to: &Path) {
 #[test]
 fn an_s3_pool_keeps_sealed_containers_in_the_bucket_restores_from_it_and_reclaims_them() {
     let s3 = S3Server::start();
-    let (mut server, client) = s3_server(&s3, "alice", &[]);
+    // A read cache of 8 blocks: a restore reads in waves of two blocks (or
+    // one chunk), each fetched while the one before it is read.
+    let (mut server, client) = s3_server(&s3, "alice", &[("TANDEM_SERVER_POOL__CACHE_MIB", "8")]);
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     source_tree(&src);
@@ -505,6 +507,12 @@ fn a_second_server_given_the_same_bucket_prefix_refuses_to_start_and_one_started
         err.contains("holds containers but no tandem-owner.toml"),
         "{err}"
     );
+    assert!(!owner_object.exists());
+    // Nor does a start of the owner's data dir that is refused for its
+    // server name claim the prefix under that name.
+    first.kill();
+    let err = TestServer::try_start_in(first.data_dir(), "RENAMED", &env_refs(&env));
+    assert!(err.contains("belongs to server S3SRV"), "{err}");
     assert!(!owner_object.exists());
     // The owner itself starts again (its GUID is in its catalog), and its
     // data is all there.

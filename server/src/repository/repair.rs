@@ -101,7 +101,7 @@ impl Repository {
                     })
                     .collect();
                 fetched_to = at + step.len();
-                self.store.prefetch(&step);
+                self.store.prefetch(&step, true);
             }
             let read = match self.read_at(*id, *location) {
                 Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. })) => {

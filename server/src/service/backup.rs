@@ -50,6 +50,46 @@ fn read_groups(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
     groups
 }
 
+/// Reads `group` from the store in order, for node `node`; stops after the
+/// first chunk that cannot be read (the stream ends there).
+fn read_group(
+    state: &ServerState,
+    node: &str,
+    group: Vec<Wanted>,
+) -> Vec<Result<pb::ReadChunksResponse, Status>> {
+    let mut items = Vec::with_capacity(group.len());
+    for (id, loc) in group {
+        let item = match loc {
+            None => Err(Status::from(ServerError::NotFound(format!(
+                "chunk {id} is not stored for node {node}"
+            )))),
+            Some(loc) => state
+                .repo
+                .read_at(id, loc)
+                .map(|data| pb::ReadChunksResponse {
+                    chunk: Some(pb::Chunk {
+                        id: id.as_slice().to_vec(),
+                        data: data.into(),
+                        raw_len: u64::from(loc.raw_len),
+                    }),
+                })
+                .map_err(|e| match e {
+                    // Not damage: the bucket did not answer.
+                    e @ ServerError::Storage(crate::error::StorageError::PoolUnavailable {
+                        ..
+                    }) => Status::from(e),
+                    e => Status::from(ServerError::DataLoss(format!("chunk {id}: {e}"))),
+                }),
+        };
+        let failed = item.is_err();
+        items.push(item);
+        if failed {
+            break;
+        }
+    }
+    items
+}
+
 /// Versions per streamed query message, and per catalog page behind it.
 const QUERY_BATCH: usize = 512;
 
@@ -615,67 +655,71 @@ impl Backup for BackupService {
         let node = session.node.clone();
         tokio::spawn(async move {
             let mut sent = 0u64;
-            // In an S3 pool, the whole request's data is fetched with
-            // several GETs in flight before the first group is read.
-            let all: Vec<_> = locations.iter().flatten().copied().collect();
-            let warm = state.clone();
-            let _ = tokio::task::spawn_blocking(move || warm.repo.store.prefetch(&all)).await;
-            for group in read_groups(ids.into_iter().zip(locations).collect()) {
-                if let Err(cancelled) = state.sessions.check_open(&token) {
-                    let _ = tx.send(Err(Status::from(cancelled))).await;
-                    return;
+            let started = std::time::Instant::now();
+            let mut reading = std::time::Duration::ZERO;
+            let mut waiting = std::time::Duration::ZERO;
+            let count = ids.len();
+            // In an S3 pool the request is read in waves: each wave's data
+            // is fetched whole (several GETs in flight) while the wave before
+            // it is read and sent. Only the last wave reads ahead, for the
+            // next request.
+            let waves = state.repo.store.read_waves(&locations);
+            let wanted: Vec<Wanted> = ids.into_iter().zip(locations).collect();
+            let prefetch = |k: usize| -> Option<tokio::task::JoinHandle<()>> {
+                let wave = waves.get(k)?;
+                let locations: Vec<_> = wanted[wave.clone()].iter().filter_map(|w| w.1).collect();
+                let read_ahead = k + 1 == waves.len();
+                let warm = state.clone();
+                Some(tokio::task::spawn_blocking(move || {
+                    warm.repo.store.prefetch(&locations, read_ahead);
+                }))
+            };
+            let mut fetching = prefetch(0);
+            let mut prefetched = std::time::Duration::ZERO;
+            for (k, wave) in waves.iter().enumerate() {
+                let wait_from = std::time::Instant::now();
+                if let Some(fetch) = fetching.take() {
+                    let _ = fetch.await;
                 }
-                let reader = state.clone();
-                let node = node.clone();
-                let items = tokio::task::spawn_blocking(move || {
-                    let mut items = Vec::with_capacity(group.len());
-                    for (id, loc) in group {
-                        let item = match loc {
-                            None => Err(Status::from(ServerError::NotFound(format!(
-                                "chunk {id} is not stored for node {node}"
-                            )))),
-                            Some(loc) => reader
-                                .repo
-                                .read_at(id, loc)
-                                .map(|data| pb::ReadChunksResponse {
-                                    chunk: Some(pb::Chunk {
-                                        id: id.as_slice().to_vec(),
-                                        data: data.into(),
-                                        raw_len: u64::from(loc.raw_len),
-                                    }),
-                                })
-                                .map_err(|e| match e {
-                                    // Not damage: the bucket did not answer.
-                                    e @ ServerError::Storage(
-                                        crate::error::StorageError::PoolUnavailable { .. },
-                                    ) => Status::from(e),
-                                    e => Status::from(ServerError::DataLoss(format!(
-                                        "chunk {id}: {e}"
-                                    ))),
-                                }),
-                        };
-                        let failed = item.is_err();
-                        items.push(item);
-                        if failed {
-                            break;
-                        }
-                    }
-                    items
-                })
-                .await
-                .unwrap_or_else(|e| vec![Err(Status::from(ServerError::from(e)))]);
-                for item in items {
-                    let failed = item.is_err();
-                    if let Ok(r) = &item {
-                        sent += r.chunk.as_ref().map_or(0, |c| c.data.len() as u64);
-                    }
-                    if tx.send(item).await.is_err() || failed {
-                        state.sessions.count_bytes(&token, 0, sent);
+                prefetched += wait_from.elapsed();
+                fetching = prefetch(k + 1);
+                for group in read_groups(wanted[wave.clone()].to_vec()) {
+                    if let Err(cancelled) = state.sessions.check_open(&token) {
+                        let _ = tx.send(Err(Status::from(cancelled))).await;
                         return;
                     }
+                    let reader = state.clone();
+                    let node = node.clone();
+                    let read_from = std::time::Instant::now();
+                    let items =
+                        tokio::task::spawn_blocking(move || read_group(&reader, &node, group))
+                            .await
+                            .unwrap_or_else(|e| vec![Err(Status::from(ServerError::from(e)))]);
+                    reading += read_from.elapsed();
+                    let send_from = std::time::Instant::now();
+                    for item in items {
+                        let failed = item.is_err();
+                        if let Ok(r) = &item {
+                            sent += r.chunk.as_ref().map_or(0, |c| c.data.len() as u64);
+                        }
+                        if tx.send(item).await.is_err() || failed {
+                            state.sessions.count_bytes(&token, 0, sent);
+                            return;
+                        }
+                    }
+                    waiting += send_from.elapsed();
                 }
             }
             state.sessions.count_bytes(&token, 0, sent);
+            tracing::debug!(
+                chunks = count,
+                bytes = sent,
+                prefetch_ms = prefetched.as_millis() as u64,
+                read_ms = reading.as_millis() as u64,
+                send_wait_ms = waiting.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "ReadChunks served"
+            );
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -59,13 +59,15 @@ impl BlockCache {
 
     /// Of `keys`, claims those neither cached nor in flight for the caller
     /// to fetch (returned first), and returns those already in flight
-    /// (second), which the caller may wait for.
+    /// (second), which the caller may wait for. Those already cached count
+    /// as just used, so they outlive older blocks until they are read.
     pub(super) fn claim(&self, keys: &[BlockKey]) -> (Vec<BlockKey>, Vec<BlockKey>) {
         let mut state = self.lock();
         let mut mine = Vec::new();
         let mut theirs = Vec::new();
         for &key in keys {
             if state.blocks.contains(&key) {
+                state.blocks.promote(&key);
                 continue;
             }
             if state.fetching.insert(key) {
