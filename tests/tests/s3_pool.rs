@@ -24,7 +24,13 @@ fn s3_server(s3: &S3Server, node: &str, extra: &[(&str, &str)]) -> (TestServer, 
     let env = s3.server_env(CONTAINER_MIB);
     let mut all = env_refs(&env);
     all.extend_from_slice(extra);
-    let server = TestServer::start_with("S3SRV", &all);
+    server_for(&all, "S3SRV", node)
+}
+
+/// A server named `name` with `env` as its settings, node `node`
+/// registered, and the node's client.
+fn server_for(env: &[(&str, &str)], name: &str, node: &str) -> (TestServer, TestClient) {
+    let server = TestServer::start_with(name, env);
     server.register(node, "node-password");
     let client = TestClient::new(&server, node, "node-password");
     (server, client)
@@ -535,9 +541,7 @@ fn a_second_server_given_the_same_bucket_prefix_refuses_to_start_and_one_started
     // takes backups; its first upload claims its own prefix.
     s3.kill();
     let late_env = with_setting(&env, "TANDEM_SERVER_POOL__PREFIX", "late/");
-    let late = TestServer::start_with("LATE", &env_refs(&late_env));
-    late.register("frank", "node-password");
-    let late_client = TestClient::new(&late, "frank", "node-password");
+    let (late, late_client) = server_for(&env_refs(&late_env), "LATE", "frank");
     assert_success(
         &late_client.run(&["incremental", &path_str(&src)]),
         "backup",
@@ -571,9 +575,7 @@ fn every_uploaded_part_carries_the_sha256_the_object_store_checks_unless_turned_
         "TANDEM_SERVER_POOL__ENDPOINT",
         &format!("http://{}", wire.addr),
     );
-    let server = TestServer::start_with("S3SRV", &env_refs(&env));
-    server.register("gina", "node-password");
-    let client = TestClient::new(&server, "gina", "node-password");
+    let (server, client) = server_for(&env_refs(&env), "S3SRV", "gina");
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     source_tree(&src);
@@ -604,9 +606,7 @@ fn every_uploaded_part_carries_the_sha256_the_object_store_checks_unless_turned_
         &format!("http://{}", plain_wire.addr),
     );
     let plain_env = with_setting(&plain_env, "TANDEM_SERVER_POOL__PREFIX", "plain/");
-    let plain = TestServer::start_with("PLAIN", &env_refs(&plain_env));
-    plain.register("hal", "node-password");
-    let plain_client = TestClient::new(&plain, "hal", "node-password");
+    let (plain, plain_client) = server_for(&env_refs(&plain_env), "PLAIN", "hal");
     assert_success(
         &plain_client.run(&["incremental", &path_str(&src)]),
         "backup",
