@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// 128 of them.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// MiB that chunks received from all upload streams together (backups,
+    /// partners' replication) may hold in memory at once; a stream past it
+    /// writes out what it holds and waits.
+    #[serde(default = "default_ingest_memory_mib")]
+    pub ingest_memory_mib: u32,
     /// The server's own log file (stderr when unset); rolled over per
     /// `log_rotation`.
     #[serde(default)]
@@ -377,6 +382,10 @@ pub(crate) fn default_max_connections() -> usize {
     1024
 }
 
+pub(crate) fn default_ingest_memory_mib() -> u32 {
+    crate::repository::ingest::DEFAULT_INGEST_MEMORY_MIB
+}
+
 fn default_vault_clock_skew_seconds() -> u64 {
     300
 }
@@ -489,6 +498,12 @@ impl ServerConfig {
                 cfg.name
             ))
         })?;
+        if !(16..=65_536).contains(&cfg.ingest_memory_mib) {
+            return Err(ConfigError::Invalid(format!(
+                "ingest_memory_mib {} is out of range: give 16 to 65536 MiB (the memory upload streams together may hold)",
+                cfg.ingest_memory_mib
+            )));
+        }
         if !(1..=3_600).contains(&cfg.shutdown_grace_seconds) {
             return Err(ConfigError::Invalid(format!(
                 "shutdown_grace_seconds {} is out of range: give 1 to 3600 seconds (keep it below systemd's TimeoutStopSec)",
@@ -779,6 +794,16 @@ mod tests {
                 "comm_timeout_seconds = 90000",
                 "comm_timeout_seconds 90000",
                 "1 to 86400",
+            ),
+            (
+                "ingest_memory_mib = 8",
+                "ingest_memory_mib 8",
+                "16 to 65536",
+            ),
+            (
+                "ingest_memory_mib = 100000",
+                "ingest_memory_mib 100000",
+                "16 to 65536",
             ),
             (
                 "shutdown_grace_seconds = 0",

@@ -231,6 +231,7 @@ impl DemoServer {
             vault_clock_skew_seconds: 300,
             idle_timeout_seconds: crate::config::default_idle_timeout_seconds(),
             max_connections: crate::config::default_max_connections(),
+            ingest_memory_mib: crate::config::default_ingest_memory_mib(),
             log_file: None,
             log_format: crate::logging::LogFormat::Text,
             log_rotation: crate::logging::LogRotation::Never,

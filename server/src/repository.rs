@@ -77,6 +77,8 @@ pub struct Repository {
     pub pins: ChunkPins,
     /// Held by an expiration run: one at a time.
     pub(crate) expire_lock: Mutex<()>,
+    /// Memory all upload streams together may hold in received chunks.
+    pub ingest_budget: ingest::IngestBudget,
 }
 
 impl Repository {
@@ -124,6 +126,7 @@ impl Repository {
             store,
             pins: ChunkPins::default(),
             expire_lock: Mutex::new(()),
+            ingest_budget: ingest::IngestBudget::default(),
         })
     }
 

@@ -357,13 +357,12 @@ impl ServerState {
             )))?;
         refuse_shared_data_dir(dir)?;
         let lock = lock_data_dir(dir)?;
-        let repo = Arc::new(Repository::open(
-            dir,
-            config.policy,
-            &config.pool,
-            &config.name,
-            |catalog| check_server_name(catalog, &config),
-        )?);
+        let mut repo =
+            Repository::open(dir, config.policy, &config.pool, &config.name, |catalog| {
+                check_server_name(catalog, &config)
+            })?;
+        repo.ingest_budget = crate::repository::ingest::IngestBudget::new(config.ingest_memory_mib);
+        let repo = Arc::new(repo);
         let catalog: &Catalog = &repo.catalog;
         // Kept once the start got this far (a prefix claimed under it): a
         // first start refused by its pool leaves the data dir unnamed.

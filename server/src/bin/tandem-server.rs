@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
     after_help = "Configuration keys (--config FILE, or TANDEM_SERVER_<KEY> in the environment): \
 data_dir, listen, name, expire_interval_hours, replication_interval_minutes, [policy], \
 tls_cert, tls_key, insecure_plaintext, rename, invalid_password_limit, comm_timeout_seconds, \
-shutdown_grace_seconds, idle_timeout_seconds, max_connections, log_file, log_format, log_rotation, log_max_files, \
+shutdown_grace_seconds, idle_timeout_seconds, max_connections, ingest_memory_mib, log_file, log_format, log_rotation, log_max_files, \
 db_backup_dir, db_backup_interval_hours, db_backup_keep, [pool], metrics_listen, [audit]. \
 Defaults and ranges: README, \"Server configuration\". RUST_LOG sets the log level (default info)."
 )]

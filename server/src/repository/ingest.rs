@@ -7,11 +7,16 @@
 //! client's backup, a partner's replication): a couple of messages are
 //! verified on blocking threads while the next arrive, and one group is
 //! written while later ones are verified.
+//!
+//! Every stream draws the memory its received chunks hold from one
+//! server-wide [`IngestBudget`], so a fleet of nodes backing up at once costs
+//! the server a bounded amount of memory, not a multiple of the fleet's size.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use tandem_proto::{ChunkId, StoredChunk};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::Repository;
@@ -66,6 +71,98 @@ impl Repository {
     }
 }
 
+/// Memory (MiB) that received chunks may hold at once over all upload streams
+/// when the configuration does not say (`ingest_memory_mib`).
+pub const DEFAULT_INGEST_MEMORY_MIB: u32 = 256;
+
+/// The memory all upload streams together may hold in received chunks: from
+/// a message's arrival until its group is written and indexed. A stream that
+/// finds the budget spent first writes out what it holds and then waits, so
+/// no stream waits while holding a share: whoever holds memory is moving.
+/// Counted in KiB of compressed chunk data; what HTTP/2 buffers before a
+/// message is read (a stream's flow-control window) is outside it.
+#[derive(Debug, Clone)]
+pub struct IngestBudget {
+    permits: Arc<Semaphore>,
+    total_kib: u32,
+    /// Messages being verified at once over all streams: a couple per core
+    /// keeps the cores busy; more only multiply scratch buffers and threads.
+    verify_slots: Arc<Semaphore>,
+}
+
+impl Default for IngestBudget {
+    fn default() -> Self {
+        IngestBudget::new(DEFAULT_INGEST_MEMORY_MIB)
+    }
+}
+
+impl IngestBudget {
+    /// A budget of `mib` MiB (at least 1).
+    #[must_use]
+    pub fn new(mib: u32) -> Self {
+        let total_kib = mib.clamp(1, u32::MAX / 1024) * 1024;
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        IngestBudget {
+            permits: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+            verify_slots: Arc::new(Semaphore::new((2 * cores).clamp(2, 64))),
+        }
+    }
+
+    /// The share a message of `bytes` takes: its size in KiB, but never more
+    /// than the whole budget (a message larger than it still goes through,
+    /// alone).
+    fn share(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_kib)
+    }
+
+    fn try_take(&self, kib: u32) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_many_owned(kib).ok()
+    }
+
+    async fn take(&self, kib: u32) -> Result<OwnedSemaphorePermit, ServerError> {
+        self.permits
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| {
+                ServerError::ResourceExhausted("the upload memory budget was closed".into())
+            })
+    }
+
+    async fn verify_slot(&self) -> Result<OwnedSemaphorePermit, ServerError> {
+        self.verify_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| {
+                ServerError::ResourceExhausted("the verification slots were closed".into())
+            })
+    }
+
+    /// A share for the first message of a stream that holds nothing yet
+    /// (its ingest is made once the message says what it is for).
+    ///
+    /// # Errors
+    /// None in practice (the budget is never closed).
+    pub async fn reserve_first(&self) -> Result<MessageShare, ServerError> {
+        let kib = self.share(tandem_proto::UPLOAD_MESSAGE_BYTES);
+        Ok(MessageShare(self.take(kib).await?))
+    }
+
+    /// KiB free now (for tests and logs).
+    #[must_use]
+    pub fn available_kib(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+/// The budget reserved for one upload message before it is read.
+#[derive(Debug)]
+pub struct MessageShare(OwnedSemaphorePermit);
+
 /// Checks one upload message's chunks against their ids.
 fn verify_message(chunks: Vec<StoredChunk>) -> Result<Vec<VerifiedChunk>, ServerError> {
     chunks
@@ -73,6 +170,11 @@ fn verify_message(chunks: Vec<StoredChunk>) -> Result<Vec<VerifiedChunk>, Server
         .map(|c| Ok(storage::verify_chunk(c.id, c.data, c.raw_len)?))
         .collect()
 }
+
+/// A message's verification on a blocking thread.
+type Verifying = JoinHandle<Result<Vec<VerifiedChunk>, ServerError>>;
+/// A group's store on a blocking thread: chunks newly stored and their bytes.
+type Storing = JoinHandle<Result<(u64, u64), ServerError>>;
 
 async fn joined<R>(handle: JoinHandle<Result<R, ServerError>>) -> Result<R, ServerError> {
     handle.await?
@@ -101,10 +203,14 @@ pub struct ChunkIngest {
     session: u64,
     /// The node the chunks are stored for (it becomes their owner).
     node: i64,
-    verifying: VecDeque<JoinHandle<Result<Vec<VerifiedChunk>, ServerError>>>,
+    /// Messages being verified, each with its share of the budget.
+    verifying: VecDeque<(Verifying, OwnedSemaphorePermit)>,
     group: Vec<VerifiedChunk>,
     group_bytes: usize,
-    storing: Option<JoinHandle<Result<(u64, u64), ServerError>>>,
+    /// The budget the gathered group holds.
+    group_share: Option<OwnedSemaphorePermit>,
+    /// The group being stored, and its share, given back once it is indexed.
+    storing: Option<(Storing, OwnedSemaphorePermit)>,
     done: Ingested,
 }
 
@@ -120,32 +226,130 @@ impl ChunkIngest {
             verifying: VecDeque::new(),
             group: Vec::new(),
             group_bytes: 0,
+            group_share: None,
             storing: None,
             done: Ingested::default(),
         }
     }
 
-    /// Takes one received message.
+    /// Takes one received message (for a caller that holds its chunks
+    /// already; a stream reserves before it reads, [`ChunkIngest::reserve`]).
     ///
     /// # Errors
     /// A chunk that does not match its id; a failed store of an earlier group.
     pub async fn push(&mut self, chunks: Vec<StoredChunk>) -> Result<(), ServerError> {
+        self.push_reserved(chunks, None).await
+    }
+
+    /// A share of the budget for the next message of a stream, taken before
+    /// the message is read, so a stream that has to wait leaves the sender's
+    /// bytes in its flow-control window instead of in a decoded message.
+    ///
+    /// # Errors
+    /// A failed verification or store of what this stream holds.
+    pub async fn reserve(&mut self) -> Result<MessageShare, ServerError> {
+        let kib = self
+            .repo
+            .ingest_budget
+            .share(tandem_proto::UPLOAD_MESSAGE_BYTES);
+        Ok(MessageShare(self.take_share(kib).await?))
+    }
+
+    /// Takes one message read with the `share` reserved for it; the share
+    /// is fitted to the message's size.
+    ///
+    /// # Errors
+    /// As for [`ChunkIngest::push`].
+    pub async fn push_reserved(
+        &mut self,
+        chunks: Vec<StoredChunk>,
+        share: Option<MessageShare>,
+    ) -> Result<(), ServerError> {
         self.done.received += chunks.len() as u64;
-        self.verifying
-            .push_back(tokio::task::spawn_blocking(move || verify_message(chunks)));
+        let bytes = chunks.iter().map(|c| c.data.len()).sum();
+        let share = self.fit(share.map(|s| s.0), bytes).await?;
+        // A slot is held only while a message is hashed, which always ends,
+        // so waiting for one while holding budget cannot deadlock.
+        let slot = self.repo.ingest_budget.verify_slot().await?;
+        self.verifying.push_back((
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                verify_message(chunks)
+            }),
+            share,
+        ));
         while self.verifying.len() > VERIFY_AHEAD {
             self.collect_oldest().await?;
         }
         Ok(())
     }
 
+    /// `share` made the size of a message of `bytes`: the excess given back,
+    /// or the rest taken (all of it anew when the stream has to wait, so it
+    /// waits holding nothing).
+    async fn fit(
+        &mut self,
+        share: Option<OwnedSemaphorePermit>,
+        bytes: usize,
+    ) -> Result<OwnedSemaphorePermit, ServerError> {
+        let budget = self.repo.ingest_budget.clone();
+        let need = budget.share(bytes);
+        let Some(mut share) = share else {
+            return self.take_share(need).await;
+        };
+        let have = u32::try_from(share.num_permits()).unwrap_or(u32::MAX);
+        if need <= have {
+            drop(share.split((have - need) as usize));
+            return Ok(share);
+        }
+        if let Some(more) = budget.try_take(need - have) {
+            share.merge(more);
+            return Ok(share);
+        }
+        drop(share);
+        self.take_share(need).await
+    }
+
+    /// `kib` of the budget. When the budget is spent, the stream first
+    /// verifies and stores everything it holds (giving its shares back), then
+    /// waits: a stream never waits while holding memory others wait for, so
+    /// the waits cannot deadlock.
+    async fn take_share(&mut self, kib: u32) -> Result<OwnedSemaphorePermit, ServerError> {
+        let budget = self.repo.ingest_budget.clone();
+        if let Some(share) = budget.try_take(kib) {
+            return Ok(share);
+        }
+        self.drain().await?;
+        tracing::debug!(
+            session = self.session,
+            kib,
+            "upload waits for the server's upload memory budget (ingest_memory_mib)"
+        );
+        budget.take(kib).await
+    }
+
+    /// Verifies and stores everything received so far.
+    async fn drain(&mut self) -> Result<(), ServerError> {
+        while !self.verifying.is_empty() {
+            self.collect_oldest().await?;
+        }
+        if !self.group.is_empty() {
+            self.store_group().await?;
+        }
+        self.settle_store().await
+    }
+
     async fn collect_oldest(&mut self) -> Result<(), ServerError> {
-        let Some(handle) = self.verifying.pop_front() else {
+        let Some((handle, share)) = self.verifying.pop_front() else {
             return Ok(());
         };
         for chunk in joined(handle).await? {
             self.group_bytes += chunk.data.len();
             self.group.push(chunk);
+        }
+        match &mut self.group_share {
+            Some(held) => held.merge(share),
+            None => self.group_share = Some(share),
         }
         if self.group_bytes >= STORE_GROUP_BYTES {
             self.store_group().await?;
@@ -160,14 +364,20 @@ impl ChunkIngest {
         self.group_bytes = 0;
         let repo = self.repo.clone();
         let (session, node) = (self.session, self.node);
-        self.storing = Some(tokio::task::spawn_blocking(move || {
-            repo.store_chunks(session, node, group)
-        }));
+        let handle = tokio::task::spawn_blocking(move || repo.store_chunks(session, node, group));
+        // An empty group (a stream with no chunks) holds no share.
+        if let Some(share) = self.group_share.take() {
+            self.storing = Some((handle, share));
+        } else {
+            let (stored, bytes) = joined(handle).await?;
+            self.done.stored += stored;
+            self.done.bytes_written += bytes;
+        }
         Ok(())
     }
 
     async fn settle_store(&mut self) -> Result<(), ServerError> {
-        if let Some(handle) = self.storing.take() {
+        if let Some((handle, _share)) = self.storing.take() {
             let (stored, bytes) = joined(handle).await?;
             self.done.stored += stored;
             self.done.bytes_written += bytes;
@@ -187,5 +397,107 @@ impl ChunkIngest {
         self.store_group().await?;
         self.settle_store().await?;
         Ok(self.done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoolConfig;
+    use crate::model::Policy;
+    use prost::bytes::Bytes;
+
+    /// A valid chunk of `len` bytes that do not compress (seeded xorshift).
+    fn chunk(seed: u64, len: usize) -> StoredChunk {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let raw: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        StoredChunk {
+            id: ChunkId::of(&raw),
+            data: Bytes::from(zstd::bulk::compress(&raw, 1).unwrap()),
+            raw_len: len as u64,
+        }
+    }
+
+    fn repository(dir: &std::path::Path, budget_mib: u32) -> Arc<Repository> {
+        let mut repo = Repository::open(
+            dir,
+            Policy::default(),
+            &PoolConfig::default(),
+            "TEST",
+            |_| Ok(()),
+        )
+        .unwrap();
+        repo.ingest_budget = IngestBudget::new(budget_mib);
+        Arc::new(repo)
+    }
+
+    /// Streams that together send far more than the budget all finish (a
+    /// stream that would wait first writes out what it holds, so none waits
+    /// on another's share), store everything, and give the budget back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_past_the_budget_all_finish_and_give_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path(), 1);
+        let total = repo.ingest_budget.available_kib();
+        assert_eq!(total, 1024);
+        let streams: Vec<_> = (0..4u64)
+            .map(|stream| {
+                let repo = repo.clone();
+                tokio::spawn(async move {
+                    let mut ingest = ChunkIngest::new(repo, stream + 1, 1);
+                    for message in 0..12u64 {
+                        let seed = stream * 1000 + message;
+                        // Streams 0 and 1 reserve before each message, as
+                        // the services do, with messages smaller and larger
+                        // than the reservation; 2 and 3 push what they hold.
+                        if stream < 2 {
+                            let len = if message % 3 == 0 { 1536 } else { 200 } * 1024;
+                            let share = ingest.reserve().await?;
+                            ingest
+                                .push_reserved(vec![chunk(seed, len)], Some(share))
+                                .await?;
+                        } else {
+                            ingest.push(vec![chunk(seed, 300 * 1024)]).await?;
+                        }
+                    }
+                    ingest.finish().await
+                })
+            })
+            .collect();
+        let all = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            let mut done = Vec::new();
+            for stream in streams {
+                done.push(stream.await.unwrap().unwrap());
+            }
+            done
+        })
+        .await
+        .expect("streams sharing a spent budget must not wait on each other forever");
+        for done in all {
+            assert_eq!((done.received, done.stored), (12, 12));
+        }
+        assert_eq!(repo.ingest_budget.available_kib(), total);
+    }
+
+    /// A message larger than the whole budget still goes through, alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_larger_than_the_budget_goes_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path(), 1);
+        let mut ingest = ChunkIngest::new(repo.clone(), 1, 1);
+        ingest
+            .push(vec![chunk(1, 1536 * 1024), chunk(2, 512 * 1024)])
+            .await
+            .unwrap();
+        let done = ingest.finish().await.unwrap();
+        assert_eq!(done.stored, 2);
+        assert_eq!(repo.ingest_budget.available_kib(), 1024);
     }
 }

@@ -519,11 +519,20 @@ impl Backup for BackupService {
         let mut stream = request.into_inner();
         let mut ingest = ChunkIngest::new(self.state.repo.clone(), session.id, session.node_id);
         let mut received_bytes = 0u64;
-        while let Some(message) = super::next_upload_message(&self.state, &mut stream).await? {
+        loop {
+            // The server-wide upload memory budget is taken before the
+            // message is read: a fleet of nodes waits in flow control, not
+            // in decoded messages.
+            let share = ingest.reserve().await?;
+            let Some(message) = super::next_upload_message(&self.state, &mut stream).await? else {
+                break;
+            };
             self.state.sessions.check_open(&token)?;
             let chunks = message.chunks;
             received_bytes += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
-            ingest.push(convert::chunks_from_pb(chunks)?).await?;
+            ingest
+                .push_reserved(convert::chunks_from_pb(chunks)?, Some(share))
+                .await?;
         }
         let done = ingest.finish().await?;
         self.state.sessions.count_bytes(&token, received_bytes, 0);

@@ -272,7 +272,16 @@ impl Replication for ReplicationService {
         let mut stream = request.into_inner();
         // The first message names the replica node; every later one must name it too.
         let mut ingest: Option<(String, crate::repository::ingest::ChunkIngest)> = None;
-        while let Some(message) = super::next_upload_message(&self.state, &mut stream).await? {
+        loop {
+            // The upload memory budget is taken before each message is read
+            // (as for a client's backup).
+            let share = match &mut ingest {
+                Some((_, ingest)) => ingest.reserve().await?,
+                None => self.state.repo.ingest_budget.reserve_first().await?,
+            };
+            let Some(message) = super::next_upload_message(&self.state, &mut stream).await? else {
+                break;
+            };
             // A cancelled session stops between messages.
             self.state.sessions.check_open(&token)?;
             let (node, ingest) = match &mut ingest {
@@ -289,7 +298,7 @@ impl Replication for ReplicationService {
                 ))));
             }
             ingest
-                .push(convert::chunks_from_pb(message.chunks)?)
+                .push_reserved(convert::chunks_from_pb(message.chunks)?, Some(share))
                 .await?;
         }
         let Some((_, ingest)) = ingest else {
