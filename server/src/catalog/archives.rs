@@ -120,7 +120,7 @@ impl Catalog {
             for v in versions {
                 let a = &v.attrs;
                 insert.execute(params![
-                    ObjectId::random().0.as_slice(),
+                    ObjectId::fresh().0.as_slice(),
                     node_id,
                     fs_id,
                     a.path,

@@ -401,7 +401,7 @@ impl Catalog {
                 insert_object(
                     &tx,
                     &ObjectRow {
-                        object_id: &ObjectId::random(),
+                        object_id: &ObjectId::fresh(),
                         filespace_id: fs_id,
                         dir_id,
                         attrs: a,
