@@ -281,3 +281,59 @@ async fn an_idle_connection_is_closed_but_a_long_call_is_not() {
     let missing = missing.expect("the next call reconnects within three tries");
     assert!(missing.missing.is_empty(), "{missing:?}");
 }
+
+/// Nodes backing up at once through the smallest upload memory budget
+/// (16 MiB, far less than they send together): streams wait for their
+/// shares, after writing out what they hold, and every backup completes and
+/// restores byte for byte.
+#[test]
+fn nodes_backing_up_at_once_through_a_small_upload_budget_all_finish() {
+    let server = TestServer::start_with(
+        "PRIMARY",
+        &[
+            ("TANDEM_SERVER_INGEST_MEMORY_MIB", "16"),
+            ("RUST_LOG", "tandem_server=debug"),
+        ],
+    );
+    let work = private_tempdir();
+    let nodes: Vec<(TestClient, std::path::PathBuf)> = (0..4u64)
+        .map(|n| {
+            let node = format!("node{n}");
+            server.register(&node, "node-password");
+            let src = work.path().join(&node);
+            std::fs::create_dir_all(&src).unwrap();
+            // Incompressible, so what travels is what the budget counts.
+            for f in 0..6u64 {
+                let bytes = random_bytes(n * 100 + f, 4 << 20);
+                std::fs::write(src.join(format!("f{f}.bin")), bytes).unwrap();
+            }
+            (TestClient::new(&server, &node, "node-password"), src)
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (client, src) in &nodes {
+            scope.spawn(move || {
+                let stats = client.json(&["incremental", &path_str(src)]);
+                assert_eq!(stats["failed"], 0, "{stats}");
+                assert_eq!(stats["backed_up"].as_u64(), Some(7), "{stats}");
+            });
+        }
+    });
+    assert!(
+        server
+            .log()
+            .contains("upload waits for the server's upload memory budget"),
+        "96 MiB sent at once through 16 MiB: some stream must have waited"
+    );
+    for (client, src) in &nodes {
+        let out = work.path().join("restored").join(src.file_name().unwrap());
+        let restored = client.json(&[
+            "restore",
+            &format!("{}/*", path_str(src)),
+            &path_str(&out),
+            "--subdir",
+        ]);
+        assert_eq!(restored["failed"], 0, "{restored}");
+        assert_same_tree(src, &out);
+    }
+}
