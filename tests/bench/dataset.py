@@ -12,7 +12,9 @@
   dataset.py mutate DIR     change ~0.5% of files, delete ~0.25%, add ~0.25%
 
 Sizes come from the environment: SMALL (default 20000), MEDIUM (200), LARGE (4),
-LARGE_MIB (128), about 1.7 GB in all. The same values always give the same bytes.
+LARGE_MIB (128), about 1.7 GB in all. The same values always give the same bytes;
+SEED (for `generate`) gives another set of bytes of the same shape, so several
+nodes can each have their own data.
 """
 import os
 import random
@@ -63,7 +65,7 @@ def generate(root):
     medium = int(os.environ.get("MEDIUM", 200))
     large = int(os.environ.get("LARGE", 4))
     large_mib = int(os.environ.get("LARGE_MIB", 128))
-    rng = random.Random(20261123)
+    rng = random.Random(int(os.environ.get("SEED", 20261123)))
     total = 0
     for i in range(small):
         d = os.path.join(root, "small", f"d{i % 64:02}", f"e{i % 9}", f"g{i % 5}")

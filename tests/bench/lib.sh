@@ -22,9 +22,11 @@ pin_flag() {
 # start_primary NAME: starts a release tandem-server in $WORK/server on a free
 # 127.0.0.1 port, registers node "bench" and writes the client's options to
 # $WORK/tandem.toml, pinning the server's certificate. Sets SERVER_PID and ADDR.
+# SERVER_PREFIX runs the server under a profiler, e.g. "heaptrack -o FILE"
+# (SERVER_PID is then the profiler's, so its RSS figures are not the server's).
 start_primary() {
   rm -rf "$WORK/server"
-  "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name "$1" $PLAIN_FLAG > "$WORK/server.log" 2>&1 &
+  ${SERVER_PREFIX:-} "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name "$1" $PLAIN_FLAG > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
   ADDR=$(cat "$WORK/server/listen.addr")
