@@ -181,15 +181,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fresh_object_ids_sort_in_the_order_they_were_made_and_differ() {
-        let ids: Vec<ObjectId> = (0..1000).map(|_| ObjectId::fresh()).collect();
-        let mut sorted = ids.clone();
-        sorted.sort();
-        // Ids of the same nanosecond tie on the time and differ in the rest.
-        let times = |v: &[ObjectId]| v.iter().map(|id| id.0[..8].to_vec()).collect::<Vec<_>>();
-        assert_eq!(times(&sorted), times(&ids));
-        sorted.dedup();
-        assert_eq!(sorted.len(), ids.len());
+    fn fresh_object_ids_lead_with_the_time_they_were_made_and_differ() {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        };
+        let before = now();
+        let mut ids: Vec<ObjectId> = (0..1000).map(|_| ObjectId::fresh()).collect();
+        let after = now();
+        for id in &ids {
+            let made = u64::from_be_bytes(id.0[..8].try_into().unwrap());
+            // Big-endian time first: ids sort by when they were made.
+            assert!((before..=after).contains(&made), "{id}");
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 1000);
     }
 
     #[test]

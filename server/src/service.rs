@@ -26,6 +26,36 @@ async fn blocking<R: Send + 'static>(
         .map_err(ServerError::from)??)
 }
 
+/// How long an upload stream keeps what it holds of the upload memory budget
+/// while it waits for its sender's next message. Senders stream back to back,
+/// so the next message is usually there already; one that is not may be
+/// stuck behind sibling streams of the same connection whose unread data
+/// fills its flow-control window while they wait for the budget, so the
+/// waiting stream writes out what it holds and gives its shares back.
+const HOLD_WHILE_WAITING: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// [`next_upload_message`] for a stream drawing on the upload memory budget:
+/// if the message is not there within [`HOLD_WHILE_WAITING`], `share` (the
+/// share reserved for it) is given back and `ingest` releases what it holds
+/// before the wait goes on.
+async fn next_upload_message_held<T>(
+    state: &ServerState,
+    stream: &mut tonic::Streaming<T>,
+    ingest: Option<&mut crate::repository::ingest::ChunkIngest>,
+    share: &mut Option<crate::repository::ingest::MessageShare>,
+) -> Result<Option<T>, Status> {
+    let next = next_upload_message(state, stream);
+    tokio::pin!(next);
+    if let Ok(message) = tokio::time::timeout(HOLD_WHILE_WAITING, &mut next).await {
+        return message;
+    }
+    share.take();
+    if let Some(ingest) = ingest {
+        ingest.release_held().await?;
+    }
+    next.await
+}
+
 /// The next message of an upload stream, or an error once it stalls for
 /// `comm_timeout_seconds` (TSM COMMTIMEOUT). Clients and partners send an
 /// upload's messages from memory, back to back; a stalled stream is ended,

@@ -337,3 +337,84 @@ fn nodes_backing_up_at_once_through_a_small_upload_budget_all_finish() {
         assert_same_tree(src, &out);
     }
 }
+
+/// Streams that hold the upload budget without moving cannot lock others
+/// out: one sends 20,000 empty messages (each would have kept a share), and
+/// five others send 11 MiB each and then stall, silent but open (together
+/// they would hold more than the budget); a backup through the same 16 MiB
+/// budget still finishes while they hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_and_empty_upload_streams_do_not_hold_the_budget() {
+    let server = TestServer::start_with("PRIMARY", &[("TANDEM_SERVER_INGEST_MEMORY_MIB", "16")]);
+    server.register("mallory", "mallory-password");
+    server.register("alice", "alice-password");
+    let (mallory, token) = raw_backup_session(&server, "mallory", "mallory-password").await;
+    let mut senders = Vec::new();
+    let mut calls = Vec::new();
+    for stream in 0..6u64 {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut client = mallory.clone();
+        let token = token.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .upload_chunks(with_session(
+                    &token,
+                    tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .await
+        }));
+        let tx_moved = tx.clone();
+        senders.push(tx);
+        tokio::spawn(async move {
+            if stream == 0 {
+                for _ in 0..20_000 {
+                    let empty = pb::UploadChunksRequest { chunks: Vec::new() };
+                    if tx_moved.send(empty).await.is_err() {
+                        return;
+                    }
+                }
+            } else {
+                for part in 0..11u64 {
+                    let raw = random_bytes(stream * 1000 + part, 1 << 20);
+                    let message = pb::UploadChunksRequest {
+                        chunks: vec![wire_chunk(&raw)],
+                    };
+                    if tx_moved.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    // Let the hoarding streams get going, then back up beside them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let work = private_tempdir();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in 0..4u64 {
+        std::fs::write(src.join(format!("f{f}")), random_bytes(50 + f, 4 << 20)).unwrap();
+    }
+    let alice = TestClient::new(&server, "alice", "alice-password");
+    let backup = {
+        let alice_options = alice.options.clone();
+        let src = src.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin("tandem"))
+                .arg("--options")
+                .arg(alice_options)
+                .args(["--json", "incremental"])
+                .arg(&src)
+                .output()
+                .expect("run tandem")
+        })
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), backup)
+        .await
+        .expect("a backup beside stalled streams must not wait for them")
+        .unwrap();
+    assert_success(&out, "backup beside stalled upload streams");
+    drop(senders);
+    for call in calls {
+        let _ = call.await;
+    }
+}

@@ -71,22 +71,35 @@ impl Repository {
     }
 }
 
+/// Chunk data one upload message may carry: a packed message
+/// ([`tandem_proto::UPLOAD_MESSAGE_BYTES`]) or one chunk alone, whose stored
+/// form is at most a little over its raw bound. A larger one is refused.
+pub const MAX_UPLOAD_MESSAGE_BYTES: usize =
+    tandem_proto::UPLOAD_MESSAGE_BYTES + tandem_proto::MAX_RAW_CHUNK_BYTES + 64 * 1024;
+/// What a received chunk costs besides its bytes (its id, the decoded
+/// message's and the verified chunk's bookkeeping), so a message of many
+/// tiny chunks is not counted as nearly free.
+const CHUNK_OVERHEAD_BYTES: usize = 128;
+
 /// Memory (MiB) that received chunks may hold at once over all upload streams
 /// when the configuration does not say (`ingest_memory_mib`).
 pub const DEFAULT_INGEST_MEMORY_MIB: u32 = 256;
 
 /// The memory all upload streams together may hold in received chunks: from
-/// a message's arrival until its group is written and indexed. A stream that
-/// finds the budget spent first writes out what it holds and then waits, so
-/// no stream waits while holding a share: whoever holds memory is moving.
-/// Counted in KiB of compressed chunk data; what HTTP/2 buffers before a
-/// message is read (a stream's flow-control window) is outside it.
+/// just before a message is read until its group is written and indexed. A
+/// stream that finds the budget spent first writes out what it holds and
+/// then waits, so no stream waits for the budget while holding a share; one
+/// whose sender is slow to send gives its shares back too (the services'
+/// `next_upload_message_held`). Counted in KiB of compressed chunk data plus
+/// a per-chunk overhead. Outside it: what HTTP/2 buffers before a message is
+/// read (a stream's flow-control window), and a message larger than the
+/// share reserved for it while it waits for the rest.
 #[derive(Debug, Clone)]
 pub struct IngestBudget {
     permits: Arc<Semaphore>,
     total_kib: u32,
-    /// Messages being verified at once over all streams: a couple per core
-    /// keeps the cores busy; more only multiply scratch buffers and threads.
+    /// Messages being verified at once over all streams
+    /// ([`storage::verify_parallelism`]).
     verify_slots: Arc<Semaphore>,
 }
 
@@ -101,11 +114,10 @@ impl IngestBudget {
     #[must_use]
     pub fn new(mib: u32) -> Self {
         let total_kib = mib.clamp(1, u32::MAX / 1024) * 1024;
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         IngestBudget {
             permits: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
-            verify_slots: Arc::new(Semaphore::new((2 * cores).clamp(2, 64))),
+            verify_slots: Arc::new(Semaphore::new(storage::verify_parallelism())),
         }
     }
 
@@ -171,9 +183,16 @@ fn verify_message(chunks: Vec<StoredChunk>) -> Result<Vec<VerifiedChunk>, Server
         .collect()
 }
 
-/// A message's verification on a blocking thread.
-type Verifying = JoinHandle<Result<Vec<VerifiedChunk>, ServerError>>;
-/// A group's store on a blocking thread: chunks newly stored and their bytes.
+/// A message's verification on a blocking thread; its share of the budget
+/// travels with it and comes back with the verified chunks, so a stream
+/// dropped mid-upload frees the share only when the thread lets go of the
+/// chunks.
+type Verifying = JoinHandle<(
+    Result<Vec<VerifiedChunk>, ServerError>,
+    OwnedSemaphorePermit,
+)>;
+/// A group's store on a blocking thread (which holds the group's share until
+/// it is done): chunks newly stored and their bytes.
 type Storing = JoinHandle<Result<(u64, u64), ServerError>>;
 
 async fn joined<R>(handle: JoinHandle<Result<R, ServerError>>) -> Result<R, ServerError> {
@@ -203,14 +222,14 @@ pub struct ChunkIngest {
     session: u64,
     /// The node the chunks are stored for (it becomes their owner).
     node: i64,
-    /// Messages being verified, each with its share of the budget.
-    verifying: VecDeque<(Verifying, OwnedSemaphorePermit)>,
+    /// Messages being verified.
+    verifying: VecDeque<Verifying>,
     group: Vec<VerifiedChunk>,
     group_bytes: usize,
     /// The budget the gathered group holds.
     group_share: Option<OwnedSemaphorePermit>,
-    /// The group being stored, and its share, given back once it is indexed.
-    storing: Option<(Storing, OwnedSemaphorePermit)>,
+    /// The group being stored.
+    storing: Option<Storing>,
     done: Ingested,
 }
 
@@ -265,19 +284,28 @@ impl ChunkIngest {
         chunks: Vec<StoredChunk>,
         share: Option<MessageShare>,
     ) -> Result<(), ServerError> {
+        if chunks.is_empty() {
+            // Nothing to hold: an empty message must not keep a share.
+            return Ok(());
+        }
         self.done.received += chunks.len() as u64;
-        let bytes = chunks.iter().map(|c| c.data.len()).sum();
+        let data: usize = chunks.iter().map(|c| c.data.len()).sum();
+        if data > MAX_UPLOAD_MESSAGE_BYTES {
+            return Err(ServerError::InvalidArgument(format!(
+                "an upload message of {data} bytes of chunk data is larger than the {MAX_UPLOAD_MESSAGE_BYTES} one may carry; send at most {} bytes per message, or one chunk alone",
+                tandem_proto::UPLOAD_MESSAGE_BYTES
+            )));
+        }
+        let bytes = data + chunks.len() * CHUNK_OVERHEAD_BYTES;
         let share = self.fit(share.map(|s| s.0), bytes).await?;
         // A slot is held only while a message is hashed, which always ends,
         // so waiting for one while holding budget cannot deadlock.
         let slot = self.repo.ingest_budget.verify_slot().await?;
-        self.verifying.push_back((
-            tokio::task::spawn_blocking(move || {
+        self.verifying
+            .push_back(tokio::task::spawn_blocking(move || {
                 let _slot = slot;
-                verify_message(chunks)
-            }),
-            share,
-        ));
+                (verify_message(chunks), share)
+            }));
         while self.verifying.len() > VERIFY_AHEAD {
             self.collect_oldest().await?;
         }
@@ -312,14 +340,15 @@ impl ChunkIngest {
 
     /// `kib` of the budget. When the budget is spent, the stream first
     /// verifies and stores everything it holds (giving its shares back), then
-    /// waits: a stream never waits while holding memory others wait for, so
-    /// the waits cannot deadlock.
+    /// waits: a stream never waits for the budget while holding a share of
+    /// it. (The services also release what a stream holds when its next
+    /// message is slow to come: [`ChunkIngest::release_held`].)
     async fn take_share(&mut self, kib: u32) -> Result<OwnedSemaphorePermit, ServerError> {
         let budget = self.repo.ingest_budget.clone();
         if let Some(share) = budget.try_take(kib) {
             return Ok(share);
         }
-        self.drain().await?;
+        self.release_held().await?;
         tracing::debug!(
             session = self.session,
             kib,
@@ -328,22 +357,30 @@ impl ChunkIngest {
         budget.take(kib).await
     }
 
-    /// Verifies and stores everything received so far.
-    async fn drain(&mut self) -> Result<(), ServerError> {
+    /// Verifies and stores everything received so far, giving back every
+    /// share this stream holds: for a stream about to wait, on the budget or
+    /// on a sender that is slow to send.
+    ///
+    /// # Errors
+    /// A chunk that does not match its id; a failed store.
+    pub async fn release_held(&mut self) -> Result<(), ServerError> {
         while !self.verifying.is_empty() {
             self.collect_oldest().await?;
         }
-        if !self.group.is_empty() {
+        if self.group.is_empty() {
+            self.group_share = None;
+        } else {
             self.store_group().await?;
         }
         self.settle_store().await
     }
 
     async fn collect_oldest(&mut self) -> Result<(), ServerError> {
-        let Some((handle, share)) = self.verifying.pop_front() else {
+        let Some(handle) = self.verifying.pop_front() else {
             return Ok(());
         };
-        for chunk in joined(handle).await? {
+        let (verified, share) = handle.await?;
+        for chunk in verified? {
             self.group_bytes += chunk.data.len();
             self.group.push(chunk);
         }
@@ -364,20 +401,16 @@ impl ChunkIngest {
         self.group_bytes = 0;
         let repo = self.repo.clone();
         let (session, node) = (self.session, self.node);
-        let handle = tokio::task::spawn_blocking(move || repo.store_chunks(session, node, group));
-        // An empty group (a stream with no chunks) holds no share.
-        if let Some(share) = self.group_share.take() {
-            self.storing = Some((handle, share));
-        } else {
-            let (stored, bytes) = joined(handle).await?;
-            self.done.stored += stored;
-            self.done.bytes_written += bytes;
-        }
+        let share = self.group_share.take();
+        self.storing = Some(tokio::task::spawn_blocking(move || {
+            let _share = share;
+            repo.store_chunks(session, node, group)
+        }));
         Ok(())
     }
 
     async fn settle_store(&mut self) -> Result<(), ServerError> {
-        if let Some((handle, _share)) = self.storing.take() {
+        if let Some(handle) = self.storing.take() {
             let (stored, bytes) = joined(handle).await?;
             self.done.stored += stored;
             self.done.bytes_written += bytes;
@@ -483,6 +516,30 @@ mod tests {
         for done in all {
             assert_eq!((done.received, done.stored), (12, 12));
         }
+        assert_eq!(repo.ingest_budget.available_kib(), total);
+    }
+
+    /// Empty messages keep no share (else a stream of them would hoard the
+    /// budget), and a message past the size one may carry is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn empty_messages_hold_nothing_and_oversized_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path(), 16);
+        let total = repo.ingest_budget.available_kib();
+        let mut ingest = ChunkIngest::new(repo.clone(), 1, 1);
+        for _ in 0..100 {
+            let share = ingest.reserve().await.unwrap();
+            ingest.push_reserved(Vec::new(), Some(share)).await.unwrap();
+        }
+        assert_eq!(repo.ingest_budget.available_kib(), total);
+        let big = StoredChunk {
+            id: ChunkId::of(b"x"),
+            data: Bytes::from(vec![0u8; MAX_UPLOAD_MESSAGE_BYTES + 1]),
+            raw_len: 1,
+        };
+        let err = ingest.push(vec![big]).await.unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+        ingest.finish().await.unwrap();
         assert_eq!(repo.ingest_budget.available_kib(), total);
     }
 

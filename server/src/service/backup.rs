@@ -523,15 +523,22 @@ impl Backup for BackupService {
             // The server-wide upload memory budget is taken before the
             // message is read: a fleet of nodes waits in flow control, not
             // in decoded messages.
-            let share = ingest.reserve().await?;
-            let Some(message) = super::next_upload_message(&self.state, &mut stream).await? else {
+            let mut share = Some(ingest.reserve().await?);
+            let Some(message) = super::next_upload_message_held(
+                &self.state,
+                &mut stream,
+                Some(&mut ingest),
+                &mut share,
+            )
+            .await?
+            else {
                 break;
             };
             self.state.sessions.check_open(&token)?;
             let chunks = message.chunks;
             received_bytes += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
             ingest
-                .push_reserved(convert::chunks_from_pb(chunks)?, Some(share))
+                .push_reserved(convert::chunks_from_pb(chunks)?, share)
                 .await?;
         }
         let done = ingest.finish().await?;

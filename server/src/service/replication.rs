@@ -275,11 +275,14 @@ impl Replication for ReplicationService {
         loop {
             // The upload memory budget is taken before each message is read
             // (as for a client's backup).
-            let share = match &mut ingest {
+            let mut share = Some(match &mut ingest {
                 Some((_, ingest)) => ingest.reserve().await?,
                 None => self.state.repo.ingest_budget.reserve_first().await?,
-            };
-            let Some(message) = super::next_upload_message(&self.state, &mut stream).await? else {
+            });
+            let held = ingest.as_mut().map(|(_, ingest)| ingest);
+            let Some(message) =
+                super::next_upload_message_held(&self.state, &mut stream, held, &mut share).await?
+            else {
                 break;
             };
             // A cancelled session stops between messages.
@@ -298,7 +301,7 @@ impl Replication for ReplicationService {
                 ))));
             }
             ingest
-                .push_reserved(convert::chunks_from_pb(message.chunks)?, Some(share))
+                .push_reserved(convert::chunks_from_pb(message.chunks)?, share)
                 .await?;
         }
         let Some((_, ingest)) = ingest else {
