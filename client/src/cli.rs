@@ -989,13 +989,19 @@ async fn dispatch(
             None
         }
     };
-    let syncs_after =
+    let writes_through =
         work.changes_versions() || vault.as_ref().is_some_and(|(_, _, pushed)| *pushed);
+    // A vault that has not caught up (a sync failed, or never ran) catches
+    // up after any command, a read too: the client is otherwise idle then.
+    let syncs_after = writes_through
+        || vault
+            .as_ref()
+            .is_some_and(|(_, dir, _)| crate::vault::behind(dir));
     let result = match &vault {
         // A backup's chunks go to the vault as they go to the server, so
         // the sync after it moves only metadata; a restore takes from the
         // vault the files it holds whole, the rest from the server.
-        Some((v, _, _)) if syncs_after || work.reads_versions() => {
+        Some((v, _, _)) if writes_through || work.reads_versions() => {
             let beside = session.with_vault_beside(v);
             perform(work, &beside, options, options_path, console).await
         }

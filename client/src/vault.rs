@@ -431,6 +431,14 @@ pub async fn synchronise(
     }
 }
 
+/// Whether the vault in `dir` still has to catch up with the server (see
+/// [`SyncStatus::behind`]); a record that cannot be read counts as behind,
+/// so the sync that reports it runs.
+#[must_use]
+pub fn behind(dir: &Path) -> bool {
+    SyncStatus::load(dir).map_or(true, |status| status.behind())
+}
+
 /// Marks that versions were removed from the vault outside a pull (a
 /// client's `delete backup`): the sync after the command frees their space.
 /// Best effort: the next pull that removes versions frees it too.

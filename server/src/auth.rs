@@ -51,6 +51,18 @@ pub fn hash_random_key(key: &str) -> Result<String, ServerError> {
     .map_err(|e| ServerError::InvalidArgument(format!("cannot hash key: {e}")))
 }
 
+/// Whether `hash` was made by [`hash_random_key`]'s cost (argon2id at its
+/// smallest memory, one pass, one lane); vaults made before that cost
+/// carry the default one and are re-hashed when next opened.
+pub fn is_random_key_cost(hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .ok()
+        .and_then(|parsed| argon2::Params::try_from(&parsed).ok())
+        .is_some_and(|p| {
+            p.m_cost() == argon2::Params::MIN_M_COST && p.t_cost() == 1 && p.p_cost() == 1
+        })
+}
+
 /// Password checks that may run at once. Each argon2 verification holds
 /// 19 MiB; unbounded, a flood of wrong passwords ran the server to GiBs.
 pub const MAX_CONCURRENT_VERIFICATIONS: usize = 4;
@@ -597,6 +609,9 @@ mod tests {
         assert!(verify_password_in(&memory, &key, &hash));
         assert!(!verify_password_in(&memory, &hex::encode([8u8; 32]), &hash));
         assert!(verify_password(&key, &hash));
+        assert!(is_random_key_cost(&hash));
+        assert!(!is_random_key_cost(&hash_password(&key).unwrap()));
+        assert!(!is_random_key_cost("not a hash"));
     }
 
     #[test]

@@ -1,10 +1,20 @@
-//! Pause points for tests of operations that must survive being killed
-//! between their steps (a planned role switch is one). A test starts the
-//! server with `TANDEM_FAULT_PAUSE=<point>`; when the server reaches that
-//! point it says so in its log and stops there, and the test kills it with
-//! SIGKILL at exactly that step. Without the variable a point costs one
-//! environment lookup.
+//! Fault points for tests of what must survive a crash or a failing disk.
+//!
+//! Pause points serve operations that must survive being killed between
+//! their steps (a planned role switch is one). A test starts the server with
+//! `TANDEM_FAULT_PAUSE=<point>`; when the server reaches that point it says
+//! so in its log and stops there, and the test kills it with SIGKILL at
+//! exactly that step.
+//!
+//! Fail points stand in for an I/O error no test can cause on demand (a
+//! disk that fills up in the middle of a backup): `TANDEM_FAULT_FAIL=
+//! <point>:<after>[:<times>]` lets the first `after` passes through and fails
+//! the next `times` (all later ones when not given). They work wherever the
+//! store runs, so also in a client's local vault.
+//!
+//! Without the variables a point costs one environment lookup.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The environment variable naming the point to pause at.
@@ -32,5 +42,55 @@ pub fn pause_point_blocking(point: &str) {
             "paused at fault point {point} ({PAUSE_ENV}); waiting to be killed"
         );
         std::thread::sleep(PAUSE_LIMIT);
+    }
+}
+
+/// The environment variable naming the point to fail at.
+pub const FAIL_ENV: &str = "TANDEM_FAULT_FAIL";
+
+/// Fails with an I/O error naming `point` when `TANDEM_FAULT_FAIL` says so
+/// for this pass (see the module documentation).
+pub fn fail_point(point: &str) -> std::io::Result<()> {
+    /// Passes through the named point so far (one point is named at a time).
+    static PASSES: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var(FAIL_ENV) else {
+        return Ok(());
+    };
+    let Some((after, times)) = fail_window(&spec, point) else {
+        return Ok(());
+    };
+    let pass = PASSES.fetch_add(1, Ordering::Relaxed);
+    if pass < after || pass - after >= times {
+        return Ok(());
+    }
+    tracing::warn!(point, "failing at fault point {point} ({FAIL_ENV})");
+    Err(std::io::Error::other(format!(
+        "injected failure at {point} ({FAIL_ENV}={spec})"
+    )))
+}
+
+/// The passes let through and then failed that `spec` gives `point`, or
+/// `None` when it names another point (or cannot be read).
+fn fail_window(spec: &str, point: &str) -> Option<(u64, u64)> {
+    let mut parts = spec.split(':');
+    if parts.next()? != point {
+        return None;
+    }
+    let after = parts.next().map_or(Some(0), |n| n.parse().ok())?;
+    let times = parts.next().map_or(Some(u64::MAX), |n| n.parse().ok())?;
+    Some((after, times))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fail_window;
+
+    #[test]
+    fn fail_specs_name_a_point_a_start_and_a_count() {
+        assert_eq!(fail_window("disk", "disk"), Some((0, u64::MAX)));
+        assert_eq!(fail_window("disk:3", "disk"), Some((3, u64::MAX)));
+        assert_eq!(fail_window("disk:3:1", "disk"), Some((3, 1)));
+        assert_eq!(fail_window("disk:3", "other"), None);
+        assert_eq!(fail_window("disk:x", "disk"), None);
     }
 }

@@ -355,6 +355,7 @@ fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String, i64),
                         key.display()
                     )
                 })?;
+            rehash_old_key(catalog, &known, &password)?;
             (password, known.id)
         }
         None => {
@@ -373,9 +374,80 @@ fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String, i64),
     Ok((state, password, node_id))
 }
 
+/// Re-hashes the key of a vault made before keys were hashed at the
+/// cheapest cost (~25 ms off every later command), once the key file is
+/// shown to match the stored hash: a key file that does not match is left
+/// to fail the logon as before, never written over the catalog's hash.
+fn rehash_old_key(
+    catalog: &crate::catalog::Catalog,
+    known: &crate::model::Node,
+    password: &str,
+) -> Result<(), String> {
+    if crate::auth::is_random_key_cost(&known.password_hash)
+        || !crate::auth::verify_password(password, &known.password_hash)
+    {
+        return Ok(());
+    }
+    let hash = crate::auth::hash_random_key(password).map_err(|e| e.to_string())?;
+    catalog
+        .update_node(
+            &known.name,
+            None,
+            crate::model::PolicyUpdate::default(),
+            Some(&hash),
+        )
+        .map_err(|e| format!("re-hashing the vault's key: {e}"))?;
+    tracing::info!("the vault's key hash was made cheaper to check");
+    Ok(())
+}
+
 /// Writes the node's vault password, readable by its owner only, and makes
 /// it durable before the node is registered with it.
 fn write_key(path: &Path, password: &str) -> Result<(), String> {
     tandem_os::atomic_file::replace(path, password.as_bytes(), Some(0o600))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored hash of the vault's node.
+    fn stored_hash(dir: &Path) -> String {
+        let (state, _, _) = open_store(dir, "ANN").unwrap();
+        let node = state.repo.catalog.node("ANN").unwrap().unwrap();
+        node.password_hash
+    }
+
+    /// Puts a hash at argon2's default cost in place, as vaults made before
+    /// the cheap key hash have it.
+    fn age_the_hash(dir: &Path, of: &str) {
+        let (state, _, _) = open_store(dir, "ANN").unwrap();
+        let old = crate::auth::hash_password(of).unwrap();
+        let policy = crate::model::PolicyUpdate::default();
+        state
+            .repo
+            .catalog
+            .update_node("ANN", None, policy, Some(&old))
+            .unwrap();
+    }
+
+    #[test]
+    fn an_old_vaults_key_is_rehashed_cheaply_only_when_the_key_file_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = dir.path().join("vault");
+        assert!(crate::auth::is_random_key_cost(&stored_hash(&vault)));
+        let key = std::fs::read_to_string(vault.join(KEY_FILE)).unwrap();
+
+        age_the_hash(&vault, key.trim());
+        let rehashed = stored_hash(&vault);
+        assert!(crate::auth::is_random_key_cost(&rehashed), "{rehashed}");
+        assert!(crate::auth::verify_password(key.trim(), &rehashed));
+
+        // A key file that does not match the catalog is never hashed into it.
+        age_the_hash(&vault, "some other key");
+        let kept = stored_hash(&vault);
+        assert!(!crate::auth::is_random_key_cost(&kept), "{kept}");
+        assert!(crate::auth::verify_password("some other key", &kept));
+    }
 }

@@ -434,9 +434,13 @@ impl ChunkStore {
             .zip(chunks)
             .flat_map(|(h, c)| [h.as_slice(), &c.data[..]])
             .collect();
-        app.out
-            .append(&pieces)
-            .map_err(io_err(&Self::container_path(&self.dir, app.number)))
+        let path = Self::container_path(&self.dir, app.number);
+        if let Err(e) = crate::faults::fail_point("container-write") {
+            // As a disk that fills up mid-write: part of the records land.
+            let _ = app.out.append(&pieces[..pieces.len() / 2]);
+            return Err(io_err(&path)(e));
+        }
+        app.out.append(&pieces).map_err(io_err(&path))
     }
 
     /// Reads a chunk's stored (compressed) bytes.

@@ -807,3 +807,106 @@ fn a_refused_logon_creates_no_vault_and_leaves_an_existing_one_as_it_was() {
     assert_eq!(vault_state(&client)["state"], "synchronized");
     restore_whole_tree(&client, &src, &work.path().join("out"));
 }
+
+/// `make_tree` plus 40 MiB in five files, so a backup writes the vault in
+/// several groups and a fault can land in the middle of it.
+fn make_tree_with_bulk(src: &Path) {
+    make_tree(src);
+    std::fs::create_dir_all(src.join("bulk")).unwrap();
+    for i in 0..5u64 {
+        std::fs::write(
+            src.join(format!("bulk/part{i}.bin")),
+            random_bytes(900 + i, 8 << 20),
+        )
+        .unwrap();
+    }
+}
+
+/// Runs `args` with the vault's container writes failing from the
+/// `after`+1-th on, `times` times (`None`: every one).
+fn run_with_failing_vault(
+    client: &TestClient,
+    args: &[&str],
+    after: u32,
+    times: Option<u32>,
+) -> std::process::Output {
+    let spec = match times {
+        Some(times) => format!("container-write:{after}:{times}"),
+        None => format!("container-write:{after}"),
+    };
+    client
+        .command(args)
+        .env("TANDEM_FAULT_FAIL", spec)
+        .output()
+        .expect("run tandem")
+}
+
+#[test]
+fn a_vault_write_failing_mid_backup_leaves_the_server_complete_and_the_vault_catches_up() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("erin", "erin-password");
+    let client = TestClient::new(&primary, "erin", "erin-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree_with_bulk(&src);
+    let vault = with_vault(&client, work.path());
+
+    // One write fails in the middle of the backup's copy: the copy stops,
+    // says why, and the sync after the backup brings what it missed.
+    let once = run_with_failing_vault(
+        &client,
+        &["--json", "incremental", &path_str(&src)],
+        2,
+        Some(1),
+    );
+    assert_success(&once, "backup with one failed vault write");
+    assert!(
+        stderr(&once).contains("did not take this backup's data")
+            && stderr(&once).contains("injected failure")
+            && stderr(&once).contains("TDM2123I"),
+        "{}",
+        stderr(&once)
+    );
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+
+    // The vault's disk keeps failing: the backup still completes on the
+    // server, the failed sync is named, and the vault is marked failed.
+    std::fs::write(src.join("bulk/new.bin"), random_bytes(950, 12 << 20)).unwrap();
+    let failing = run_with_failing_vault(
+        &client,
+        &["--json", "incremental", &path_str(&src)],
+        0,
+        None,
+    );
+    assert_eq!(code(&failing), 8, "{}", stderr(&failing));
+    let summary: serde_json::Value = serde_json::from_slice(&failing.stdout).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["backed_up"].as_u64().unwrap() >= 1, "{summary}");
+    // The failure is named as the vault's, with its directory, not the server's.
+    let warned = stderr(&failing);
+    assert!(
+        warned.contains("TDM2124W")
+            && warned.contains("injected failure")
+            && warned.contains(&format!("vault {}", path_str(&vault)))
+            && !warned.contains("failed on the server"),
+        "{warned}"
+    );
+    assert!(
+        logged_ids(&client).contains(&"TDM2124W".to_string()),
+        "{}",
+        client.error_log()
+    );
+    let state = vault_state(&client);
+    assert_eq!(state["state"], "failed", "{state}");
+
+    // The disk works again: the next command syncs, and the vault alone
+    // then restores everything byte for byte.
+    let next = client.run(&["query", "filespace"]);
+    assert_success(&next, "query after the disk recovered");
+    assert!(stderr(&next).contains("TDM2123I"), "{}", stderr(&next));
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    primary.kill();
+    let out = work.path().join("restored");
+    let restored = restore_whole_tree(&client, &src, &out);
+    assert_eq!(restored["failed"], 0, "{restored}");
+}

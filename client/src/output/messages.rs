@@ -313,7 +313,7 @@ impl Msg {
         Msg {
             id: "TDM2124W",
             text: format!(
-                "Local vault sync with server {server} failed: {cause}. Nothing committed is lost; the sync resumes after the next backup on the server (see `tandem query vault`)"
+                "Local vault sync with server {server} failed: {cause}. Nothing committed is lost; the sync resumes after the next command on the server (see `tandem query vault`)"
             ),
         }
     }

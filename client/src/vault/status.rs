@@ -77,6 +77,18 @@ impl SyncStatus {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
+    /// Whether the vault is not yet a copy of the server: never
+    /// synchronised, its last sync failed, or a change has not reached it.
+    /// Such a vault is synchronised after any command on the server, a
+    /// read too, not only after the next write.
+    #[must_use]
+    pub fn behind(&self) -> bool {
+        self.last_sync_ns == 0
+            || !self.last_error.is_empty()
+            || self.offline_writes
+            || self.pull_pending
+    }
+
     /// The state word `query vault` shows.
     #[must_use]
     pub fn state(&self) -> &'static str {
@@ -110,6 +122,18 @@ mod tests {
         status.save(dir.path()).unwrap();
         assert_eq!(SyncStatus::load(dir.path()).unwrap(), status);
         assert_eq!(status.state(), "synchronized");
+        assert!(!status.behind());
+        assert!(none.behind());
+        let failed = SyncStatus {
+            last_error: "disk full".into(),
+            ..status.clone()
+        };
+        assert!(failed.behind());
+        let pending = SyncStatus {
+            pull_pending: true,
+            ..status
+        };
+        assert!(pending.behind());
     }
 
     #[test]

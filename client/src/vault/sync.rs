@@ -29,13 +29,37 @@ use std::path::Path;
 
 use tandem_proto::pb;
 use tandem_proto::{ChunkId, ObjectId, StoredChunk, UploadPacker};
-use tandem_replication::{InventoryEntry, ObjectState, ReplicationRule, RunReport, Source, Target};
+use tandem_replication::{
+    InventoryEntry, ObjectState, ReplicationError, ReplicationRule, RunReport, Source, Target,
+};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::ClientError;
 use crate::logon::session::Session;
+
+/// What a failed call to `session` becomes: a failure of the local vault
+/// (whose in-memory service reports errors as a server does) is named as
+/// the vault's, with its directory; a server's as the server's.
+fn refused(session: &Session, what: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
+    let vault_dir = session
+        .is_vault()
+        .then(|| std::path::PathBuf::from(&session.info.address));
+    move |status| match vault_dir {
+        Some(dir) => {
+            let message = status.message();
+            let cause = message
+                .strip_prefix("internal server error: ")
+                .unwrap_or(message);
+            ClientError::Vault {
+                dir,
+                cause: format!("{what}: {cause}"),
+            }
+        }
+        None => ClientError::server(what, status),
+    }
+}
 
 /// Every version of the node a session holds (active and inactive, with
 /// chunk ids), by object id.
@@ -50,7 +74,7 @@ pub async fn list_versions(
     let filespaces = client
         .query_filespaces(session.request(pb::QueryFilespacesRequest {}))
         .await
-        .map_err(|s| ClientError::server(what, s))?
+        .map_err(refused(session, what))?
         .into_inner()
         .filespaces;
     let mut out = HashMap::new();
@@ -64,10 +88,10 @@ pub async fn list_versions(
                 ..Default::default()
             }))
             .await
-            .map_err(|s| ClientError::server(what, s))?
+            .map_err(refused(session, what))?
             .into_inner();
         while let Some(batch) = stream.next().await {
-            for v in batch.map_err(|s| ClientError::server(what, s))?.versions {
+            for v in batch.map_err(refused(session, what))?.versions {
                 let id = object_id(&v.object_id)?;
                 out.insert(id, v);
             }
@@ -135,11 +159,11 @@ impl Source for Listed<'_> {
                 chunk_ids: ids.iter().map(|c| c.as_slice().to_vec()).collect(),
             }))
             .await
-            .map_err(|s| ClientError::server(what, s))?
+            .map_err(refused(self.session, what))?
             .into_inner();
         let mut out = Vec::with_capacity(ids.len());
         while let Some(item) = stream.next().await {
-            let Some(chunk) = item.map_err(|s| ClientError::server(what, s))?.chunk else {
+            let Some(chunk) = item.map_err(refused(self.session, what))?.chunk else {
                 continue;
             };
             out.push(StoredChunk {
@@ -246,7 +270,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
                 chunk_ids: ids.iter().map(|c| c.as_slice().to_vec()).collect(),
             }))
             .await
-            .map_err(|s| ClientError::server(what, s))?
+            .map_err(refused(self.session, what))?
             .into_inner();
         reply.missing.iter().map(|c| chunk_id(c, what)).collect()
     }
@@ -279,7 +303,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
             .await;
         feed.await
             .map_err(|e| ClientError::task_failed("sync upload task", e))?;
-        sent.map_err(|s| ClientError::server("storing synchronised chunks", s))?;
+        sent.map_err(refused(self.session, "storing synchronised chunks"))?;
         Ok(())
     }
 
@@ -306,7 +330,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
                     },
                 ))
                 .await
-                .map_err(|s| ClientError::server("synchronising version states", s))?
+                .map_err(refused(self.session, "synchronising version states"))?
                 .into_inner()
                 .deactivated;
         }
@@ -334,7 +358,7 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
                         .request(pb::PutVaultVersionsRequest { versions: batch }),
                 )
                 .await
-                .map_err(|s| ClientError::server("storing synchronised versions", s))?
+                .map_err(refused(self.session, "storing synchronised versions"))?
                 .into_inner()
                 .stored;
         }
@@ -356,7 +380,10 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
                     object_ids: batch.iter().map(|id| id.0.to_vec()).collect(),
                 }))
                 .await
-                .map_err(|s| ClientError::server("removing versions the server no longer has", s))?
+                .map_err(refused(
+                    self.session,
+                    "removing versions the server no longer has",
+                ))?
                 .into_inner()
                 .deleted;
         }
@@ -540,27 +567,18 @@ async fn run(source: &Listed<'_>, target: &NodeTarget<'_>) -> Result<SyncReport,
     tandem_replication::replicate(source, target, ReplicationRule::AllData)
         .await
         .map(SyncReport::from)
-        .map_err(|e| match interrupted(&e) {
-            Some(dir) => ClientError::SyncInterrupted(dir),
-            None => ClientError::Server {
-                operation: "synchronising the vault",
-                message: e.to_string(),
-            },
-        })
-}
-
-/// The vault directory when the engine stopped because a command waits to
-/// write there (see [`NodeTarget::go_on`]).
-fn interrupted(e: &tandem_replication::ReplicationError) -> Option<std::path::PathBuf> {
-    match e {
-        tandem_replication::ReplicationError::Target(inner) => {
-            match inner.downcast_ref::<ClientError>() {
-                Some(ClientError::SyncInterrupted(dir)) => Some(dir.clone()),
-                _ => None,
+        .map_err(|e| {
+            // The sides fail with our own errors, which already say which
+            // tier failed (and a stop for a waiting write is no failure).
+            let (ReplicationError::Source(inner) | ReplicationError::Target(inner)) = e;
+            match inner.downcast::<ClientError>() {
+                Ok(ours) => *ours,
+                Err(other) => ClientError::Server {
+                    operation: "synchronising the vault",
+                    message: other.to_string(),
+                },
             }
-        }
-        tandem_replication::ReplicationError::Source(_) => None,
-    }
+        })
 }
 
 #[cfg(test)]
