@@ -195,6 +195,22 @@ impl Catalog {
         self.readers[turn].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `read` in one read transaction on a reader connection. A batch
+    /// of lookups (one per chunk or version id) then sees one snapshot and
+    /// takes the WAL's read lock once; as separate statements each would be
+    /// its own transaction, and each that starts after another connection's
+    /// commit drops the reader's whole page cache (SQLite's WAL rule), so
+    /// lookups beside a busy writer re-read every index page they touch.
+    fn with_snapshot<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let mut conn = self.reader();
+        // Dropped at the end: a read-only transaction's rollback just ends it.
+        let snapshot = conn.transaction()?;
+        read(&snapshot)
+    }
+
     /// Reads a server-wide setting.
     ///
     /// # Errors

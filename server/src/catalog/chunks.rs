@@ -32,8 +32,10 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        let mut conn = self.conn();
+        // One transaction for the batch (see `with_snapshot`).
+        let snapshot = conn.transaction()?;
+        let mut stmt = snapshot.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
         let mut missing = Vec::new();
         for id in ids {
             if !stmt.exists([id.as_slice()])? {
@@ -50,15 +52,16 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn unowned_chunks(&self, node: i64, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(OWNED)?;
-        let mut unowned = Vec::new();
-        for id in ids {
-            if !stmt.exists(params![id.as_slice(), node])? {
-                unowned.push(*id);
+        self.with_snapshot(|conn| {
+            let mut stmt = conn.prepare_cached(OWNED)?;
+            let mut unowned = Vec::new();
+            for id in ids {
+                if !stmt.exists(params![id.as_slice(), node])? {
+                    unowned.push(*id);
+                }
             }
-        }
-        Ok(unowned)
+            Ok(unowned)
+        })
     }
 
     /// Where each of `ids` is stored (`None` for unknown ids).
@@ -101,25 +104,26 @@ impl Catalog {
         node: Option<i64>,
         ids: &[ChunkId],
     ) -> Result<Vec<Option<ChunkLocation>>, CatalogError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(sql)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let mut rows = match node {
-                Some(node) => stmt.query(params![id.as_slice(), node])?,
-                None => stmt.query([id.as_slice()])?,
-            };
-            out.push(match rows.next()? {
-                Some(r) => Some(ChunkLocation {
-                    container: r.get(0)?,
-                    offset: from_sql_int(r.get(1)?),
-                    stored_len: r.get(2)?,
-                    raw_len: r.get(3)?,
-                }),
-                None => None,
-            });
-        }
-        Ok(out)
+        self.with_snapshot(|conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let mut rows = match node {
+                    Some(node) => stmt.query(params![id.as_slice(), node])?,
+                    None => stmt.query([id.as_slice()])?,
+                };
+                out.push(match rows.next()? {
+                    Some(r) => Some(ChunkLocation {
+                        container: r.get(0)?,
+                        offset: from_sql_int(r.get(1)?),
+                        stored_len: r.get(2)?,
+                        raw_len: r.get(3)?,
+                    }),
+                    None => None,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// Points chunks at fresh, verified and fsynced copies (self-repair),

@@ -78,7 +78,9 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn chunk_users(&self, ids: &[ChunkId]) -> Result<HashMap<ChunkId, Vec<i64>>, CatalogError> {
-        let conn = self.reader();
+        // One read transaction for every lookup (see `with_snapshot`).
+        let mut reader = self.reader();
+        let conn = reader.transaction()?;
         let mut owner = conn.prepare_cached("SELECT owner FROM chunks WHERE id = ?1")?;
         let mut sharers =
             conn.prepare_cached("SELECT node_id FROM chunk_sharers WHERE chunk = ?1")?;

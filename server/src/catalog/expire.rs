@@ -386,7 +386,9 @@ impl Catalog {
             }
         }
         only_theirs.retain(|c| !kept.contains(c) && !pinned.contains(c));
-        let conn = self.reader();
+        // One read transaction for every lookup (see `with_snapshot`).
+        let mut reader = self.reader();
+        let conn = reader.transaction()?;
         let mut stmt = conn.prepare_cached("SELECT stored_len FROM chunks WHERE id = ?1")?;
         for chunk in &only_theirs {
             let stored: Option<i64> = stmt

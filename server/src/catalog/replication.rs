@@ -317,7 +317,9 @@ impl Catalog {
         node_id: i64,
         ids: &[ObjectId],
     ) -> Result<Vec<StoredVersion>, CatalogError> {
-        let conn = self.reader();
+        // One read transaction for every lookup (see `with_snapshot`).
+        let mut reader = self.reader();
+        let conn = reader.transaction()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {VERSION_COLUMNS} FROM {VERSION_TABLES}
              WHERE f.node_id = ?1 AND o.object_id = ?2"
