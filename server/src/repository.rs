@@ -44,22 +44,48 @@ pub fn open_pool(pool: &PoolConfig) -> Result<Option<ObjectPool>, ServerError> {
     })
 }
 
+/// How long a start waits for the bucket to answer its claim. An endpoint
+/// that takes connections and never answers would otherwise hold the start
+/// for the whole request timeout and its retries (minutes).
+const START_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Claims `bucket`'s prefix for this server at start: a prefix another
 /// server owns, or a bucket that refuses the credentials, stops the start;
-/// one that cannot be reached now is claimed by the first upload (which
-/// waits for the claim).
+/// one that cannot be reached now, or does not answer within
+/// [`START_CLAIM_WAIT`], is claimed later: the claim goes on in the
+/// background, and every upload or delete waits for a claim that succeeded.
 ///
 /// # Errors
 /// [`StorageError::PoolOwned`], [`StorageError::PoolRefused`].
-fn claim_pool(bucket: &ObjectPool) -> Result<(), ServerError> {
-    match bucket.claim() {
-        Ok(()) => Ok(()),
-        Err(e @ (StorageError::PoolOwned { .. } | StorageError::PoolRefused { .. })) => {
+fn claim_pool(bucket: Arc<ObjectPool>) -> Result<(), ServerError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let claiming = Arc::clone(&bucket);
+    let spawned = std::thread::Builder::new()
+        .name("pool-claim".into())
+        .spawn(move || {
+            let _ = tx.send(claiming.claim());
+        });
+    // Without a thread of its own, the claim runs here, as it did before.
+    let answer = match spawned {
+        Ok(_) => rx.recv_timeout(START_CLAIM_WAIT).ok(),
+        Err(_) => Some(bucket.claim()),
+    };
+    let later =
+        "the server starts, and sealed containers stay on the local disk until the bucket answers";
+    match answer {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e @ (StorageError::PoolOwned { .. } | StorageError::PoolRefused { .. }))) => {
             Err(e.into())
         }
-        Err(e) => {
+        Some(Err(e)) => {
+            tracing::warn!("TDM0441W {e}; {later}");
+            Ok(())
+        }
+        None => {
             tracing::warn!(
-                "TDM0441W {e}; the server starts, and sealed containers stay on the local disk until the bucket answers"
+                "TDM0441W {} did not answer the claim of its prefix within {} s; {later}",
+                bucket.describe(),
+                START_CLAIM_WAIT.as_secs()
             );
             Ok(())
         }
@@ -118,7 +144,7 @@ impl Repository {
             bucket,
             pool.container_bytes(),
         )?;
-        if let Some(bucket) = store.object_pool() {
+        if let Some(bucket) = store.shared_object_pool() {
             claim_pool(bucket)?;
         }
         Ok(Repository {

@@ -543,6 +543,13 @@ impl ChunkStore {
         self.offload.as_ref().map(|o| o.pool.as_ref())
     }
 
+    /// [`Self::object_pool`], for work that may outlive this borrow (the
+    /// start's claim, which goes on in the background when slow).
+    #[must_use]
+    pub fn shared_object_pool(&self) -> Option<Arc<ObjectPool>> {
+        self.offload.as_ref().map(|o| Arc::clone(&o.pool))
+    }
+
     /// Whether `dir` holds markers of containers uploaded to a bucket.
     #[must_use]
     pub fn has_remote_markers(dir: &Path) -> bool {

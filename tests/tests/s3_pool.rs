@@ -679,3 +679,50 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
     // What was backed up since stays on the local disk and restores.
     restore_same(&client, &more, &work.path().join("more-out"));
 }
+
+/// A TCP listener on 127.0.0.1 that takes connections and never answers,
+/// as a hung object store does; it holds what it accepts for 300 s at most
+/// (counted from here: build the binaries first).
+fn hung_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_secs(300);
+        while std::time::Instant::now() < until && held.len() < 256 {
+            match listener.accept() {
+                Ok((conn, _)) => held.push(conn),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    endpoint
+}
+
+#[test]
+fn a_bucket_that_takes_connections_and_never_answers_does_not_hold_up_the_start() {
+    // The first use of a binary builds it; the listener's time starts after.
+    tandem_tests::bin("tandem-server");
+    let endpoint = hung_endpoint();
+    let env = [
+        ("TANDEM_SERVER_POOL__KIND", "s3"),
+        ("TANDEM_SERVER_POOL__ENDPOINT", endpoint.as_str()),
+        ("TANDEM_SERVER_POOL__BUCKET", "tandem"),
+        ("TANDEM_SERVER_POOL__CONTAINER_MIB", "1"),
+        ("AWS_ACCESS_KEY_ID", "hung-key"),
+        ("AWS_SECRET_ACCESS_KEY", "hung-secret"),
+    ];
+    // The start waits a bounded time for the claim, says why it goes on,
+    // and serves backups; sealed containers stay on its disk meanwhile.
+    let (mut server, client) = server_for(&env, "HUNG", "gina");
+    server.wait_for_log("did not answer the claim of its prefix");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    source_tree(&src);
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    assert!(!local(&server, "tdc").is_empty(), "{}", server.log());
+    restore_same(&client, &src, &work.path().join("back"));
+    // The claim still waiting on the bucket does not hold up a clean stop.
+    assert!(server.stop().success(), "{}", server.log());
+}
