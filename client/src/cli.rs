@@ -992,11 +992,14 @@ async fn dispatch(
     let writes_through =
         work.changes_versions() || vault.as_ref().is_some_and(|(_, _, pushed)| *pushed);
     // A vault that has not caught up (a sync failed, or never ran) catches
-    // up after any command, a read too: the client is otherwise idle then.
+    // up after any command on the primary, a read too: the client is
+    // otherwise idle then. Never with a read-only secondary in failover.
     let syncs_after = writes_through
-        || vault
-            .as_ref()
-            .is_some_and(|(_, dir, _)| crate::vault::behind(dir));
+        || (session.mode == SessionMode::Normal
+            && work.lets_vault_catch_up()
+            && vault
+                .as_ref()
+                .is_some_and(|(_, dir, _)| crate::vault::behind(dir)));
     let result = match &vault {
         // A backup's chunks go to the vault as they go to the server, so
         // the sync after it moves only metadata; a restore takes from the

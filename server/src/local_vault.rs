@@ -355,7 +355,11 @@ fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String, i64),
                         key.display()
                     )
                 })?;
-            rehash_old_key(catalog, &known, &password)?;
+            // Best effort: a vault whose hash cannot be rewritten now (a
+            // full disk) still opens, and is re-hashed at a later open.
+            if let Err(e) = rehash_old_key(catalog, &known, &password) {
+                tracing::warn!("the vault's key hash stays as it was: {e}");
+            }
             (password, known.id)
         }
         None => {

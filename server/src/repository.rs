@@ -63,7 +63,19 @@ fn claim_pool(bucket: Arc<ObjectPool>) -> Result<(), ServerError> {
     let spawned = std::thread::Builder::new()
         .name("pool-claim".into())
         .spawn(move || {
-            let _ = tx.send(claiming.claim());
+            // A claim that ends after the start stopped waiting is logged
+            // here: uploads check again, but the operator should hear it.
+            if let Err(late) = tx.send(claiming.claim()) {
+                match late.0 {
+                    Ok(()) => tracing::info!(
+                        "{} answered: the claim of its prefix succeeded",
+                        claiming.describe()
+                    ),
+                    Err(e) => tracing::warn!(
+                        "TDM0441W {e}; sealed containers stay on the local disk until this is fixed"
+                    ),
+                }
+            }
         });
     // Without a thread of its own, the claim runs here, as it did before.
     let answer = match spawned {

@@ -109,6 +109,19 @@ fn a_backup_while_the_primary_is_down_goes_to_the_vault_and_reaches_both_servers
     assert_eq!(state["state"], "synchronizing", "{state}");
     assert_eq!(state["versions_to_send"], 3, "{state}");
 
+    // A restore in failover reads the vault beside the read-only secondary
+    // and never syncs the vault with it: its own versions wait for the
+    // primary.
+    let in_failover = run_restore_json(&client, &src, &work.path().join("in-failover"));
+    assert_success(&in_failover, "restore in failover");
+    assert!(
+        !stderr(&in_failover).contains("TDM2124W"),
+        "{}",
+        stderr(&in_failover)
+    );
+    let state = vault_state(&client);
+    assert_eq!(state["versions_to_send"], 3, "{state}");
+
     // The primary returns: the next command sends the vault's versions
     // first, so its incremental finds nothing new to store.
     primary.restart();
@@ -884,12 +897,15 @@ fn a_vault_write_failing_mid_backup_leaves_the_server_complete_and_the_vault_cat
     assert!(summary["backed_up"].as_u64().unwrap() >= 1, "{summary}");
     // The failure is named as the vault's, with its directory, not the server's.
     let warned = stderr(&failing);
+    let sync_failed = warned
+        .lines()
+        .find(|l| l.contains("TDM2124W"))
+        .unwrap_or_else(|| panic!("no TDM2124W: {warned}"));
     assert!(
-        warned.contains("TDM2124W")
-            && warned.contains("injected failure")
-            && warned.contains(&format!("vault {}", path_str(&vault)))
-            && !warned.contains("failed on the server"),
-        "{warned}"
+        sync_failed.contains("injected failure")
+            && sync_failed.contains(&format!("vault {}", path_str(&vault)))
+            && !sync_failed.contains("failed on the server"),
+        "{sync_failed}"
     );
     assert!(
         logged_ids(&client).contains(&"TDM2124W".to_string()),

@@ -458,6 +458,14 @@ impl Work {
         )
     }
 
+    /// Work after which a vault that is behind (a sync failed, or never
+    /// ran) may catch up: everything but PostgreSQL's per-WAL-file tools,
+    /// which run inside the database's archive and restore commands and
+    /// must not wait for a whole sync.
+    pub(super) fn lets_vault_catch_up(&self) -> bool {
+        !matches!(self, Work::ArchiveWal { .. } | Work::RestoreWal { .. })
+    }
+
     /// Restores, which a synchronised vault serves at local-disk speed.
     pub(super) fn reads_versions(&self) -> bool {
         matches!(
