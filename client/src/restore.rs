@@ -15,6 +15,7 @@ mod attrs;
 mod dest;
 mod direct;
 mod fetch;
+mod newest;
 mod repair;
 mod sources;
 mod vault_repair;
@@ -22,7 +23,7 @@ mod writer;
 
 pub use self::sources::DataSources;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ use tokio_stream::StreamExt;
 use self::attrs::Unset;
 use self::dest::{DestTree, Placed};
 use self::fetch::{FetchJob, Parcel};
+use self::newest::NewestPerPath;
 
 use crate::error::{ClientError, ExitStatus};
 use crate::logon::session::Session;
@@ -125,16 +127,23 @@ pub struct RestoreStats {
 /// A file to write.
 #[derive(Debug)]
 struct FileJob {
-    /// The stored path (encoded), for messages about its data.
-    path: String,
     placed: Placed,
-    /// `DEST/...` (encoded), for messages about writing it.
-    shown: String,
     chunks: Vec<ChunkId>,
     size: u64,
+    /// Its stored path (`attrs.path`, encoded) names it in messages about
+    /// its data.
     attrs: pb::ObjectAttrs,
     /// The file had holes: all-zero chunks are left unwritten.
     sparse: bool,
+}
+
+impl FileJob {
+    /// `DEST/...` (encoded), for messages about writing it: made when a
+    /// message needs it rather than kept for every file (8 MiB for a tree of
+    /// 80,000 files).
+    fn shown(&self, dest: &DestTree) -> String {
+        dest.shown(&self.placed)
+    }
 }
 
 /// An object without data: a directory, symlink, FIFO or device.
@@ -189,21 +198,20 @@ async fn select_versions(
         .await
         .map_err(|s| ClientError::server("listing stored objects", s))?
         .into_inner();
-    // Newest selected version per path (versions arrive by path, then time).
-    let mut newest: BTreeMap<String, pb::ObjectVersion> = BTreeMap::new();
+    let mut newest = NewestPerPath::default();
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|s| ClientError::server("listing stored objects", s))?;
         for v in batch.versions {
-            let Some(path) = v.attrs.as_ref().map(|a| a.path.clone()) else {
+            let Some(path) = v.attrs.as_ref().map(|a| a.path.as_str()) else {
                 continue;
             };
             let in_range = req.dates.is_none_or(|d| d.contains(v.backup_time_ns));
-            if in_range && req.selection.matches(&path) {
-                newest.insert(path, v);
+            if in_range && req.selection.matches(path) {
+                newest.offer(v);
             }
         }
     }
-    Ok(newest.into_values().collect())
+    Ok(newest.into_versions())
 }
 
 fn kind_of(attrs: &pb::ObjectAttrs) -> pb::ObjectKind {
@@ -274,6 +282,14 @@ fn plan(
     stats: &mut RestoreStats,
 ) -> Plan {
     let mut plan = Plan::default();
+    // Sized once: grown by doubling, the list of a tree of many small files
+    // held up to twice the room it needed at the restore's peak.
+    plan.files.reserve_exact(
+        versions
+            .iter()
+            .filter(|v| v.attrs.as_ref().map(kind_of) == Some(pb::ObjectKind::File))
+            .count(),
+    );
     let mut groups = LinkGroups::default();
     for v in versions {
         let Some(attrs) = v.attrs else { continue };
@@ -320,16 +336,21 @@ fn plan(
         };
         match kind {
             pb::ObjectKind::File => {
-                let chunks: Result<Vec<ChunkId>, _> =
-                    v.chunk_ids.iter().map(|c| ChunkId::from_slice(c)).collect();
-                let Ok(chunks) = chunks else {
+                // Exactly as many as listed (a collected iterator of
+                // results starts at room for four).
+                let mut chunks = Vec::with_capacity(v.chunk_ids.len());
+                let parsed = v
+                    .chunk_ids
+                    .iter()
+                    .try_for_each(|c| ChunkId::from_slice(c).map(|id| chunks.push(id)));
+                if parsed.is_err() {
                     console.report(
                         &Msg::corrupt(&node.attrs.path, "the server listed a malformed chunk id"),
                         ExitStatus::Error,
                     );
                     stats.failed += 1;
                     continue;
-                };
+                }
                 if let Some(leader) = groups.leader_for(&plan.files, &node.attrs, &chunks) {
                     plan.hard_links.push(LinkJob { node, leader });
                     continue;
@@ -337,9 +358,7 @@ fn plan(
                 groups.add(&node.attrs, plan.files.len());
                 let sparse = node.attrs.extra.as_ref().is_some_and(|e| e.sparse);
                 plan.files.push(FileJob {
-                    path: node.attrs.path.clone(),
                     placed: node.placed,
-                    shown: node.shown,
                     chunks,
                     size: node.attrs.size,
                     attrs: node.attrs,
@@ -508,7 +527,7 @@ fn restore_hard_link(
     if found != inode {
         return Err(std::io::Error::other(format!(
             "{} is no longer the file this restore wrote",
-            names::display(&leader.shown)
+            names::display(&leader.shown(dest))
         )));
     }
     let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
@@ -563,7 +582,7 @@ fn restore_nodes(
                     &link.node.shown,
                     format!(
                         "it is a hard link to {}, which was not restored",
-                        names::display(&leader.shown)
+                        names::display(&leader.shown(dest))
                     ),
                 ),
                 ExitStatus::Error,
@@ -794,7 +813,7 @@ pub async fn run(
     for failure in unrecoverable {
         if reported.insert(failure.job) {
             console.report(
-                &Msg::corrupt(&plan.files[failure.job].path, &failure.cause),
+                &Msg::corrupt(&plan.files[failure.job].attrs.path, &failure.cause),
                 ExitStatus::Error,
             );
             stats.failed += 1;

@@ -90,7 +90,7 @@ fn settle_batch(
     if let Err(e) = dest.sync() {
         // Nothing of this batch is known durable: none of it is put in place.
         for w in &batch {
-            report_failed(console, &jobs[w.job], format!("syncing failed: {e}"));
+            report_failed(console, dest, &jobs[w.job], format!("syncing failed: {e}"));
             discard(dest, &jobs[w.job], &w.tmp);
         }
         return (Vec::new(), batch.len() as u64);
@@ -106,7 +106,7 @@ fn settle_batch(
         match renamed {
             Ok(()) => restored.push((w.job, w.inode)),
             Err(e) => {
-                report_failed(console, job, e);
+                report_failed(console, dest, job, e);
                 discard(dest, job, &w.tmp);
                 failed += 1;
             }
@@ -115,8 +115,11 @@ fn settle_batch(
     (restored, failed)
 }
 
-fn report_failed(console: &Console, job: &FileJob, cause: impl std::fmt::Display) {
-    console.report(&Msg::write_failed(&job.shown, cause), ExitStatus::Error);
+fn report_failed(console: &Console, dest: &DestTree, job: &FileJob, cause: impl std::fmt::Display) {
+    console.report(
+        &Msg::write_failed(&job.shown(dest), cause),
+        ExitStatus::Error,
+    );
 }
 
 /// Creates a new, empty temporary file in the job's directory (never
@@ -305,7 +308,7 @@ impl<'a> Writer<'a> {
     }
 
     fn fail_write(&mut self, job: usize, cause: impl std::fmt::Display) {
-        report_failed(self.console, &self.jobs[job], cause);
+        report_failed(self.console, self.dest, &self.jobs[job], cause);
         self.stats.failed += 1;
     }
 
@@ -321,7 +324,7 @@ impl<'a> Writer<'a> {
                     self.failed_job = Some(job);
                 }
                 None => {
-                    let path = &self.jobs[job].path;
+                    let path = &self.jobs[job].attrs.path;
                     self.console
                         .report(&Msg::corrupt(path, cause), ExitStatus::Error);
                     self.stats.failed += 1;
@@ -390,7 +393,7 @@ impl<'a> Writer<'a> {
             return;
         }
         if self.file_bytes != self.jobs[job].size {
-            let path = self.jobs[job].path.clone();
+            let path = self.jobs[job].attrs.path.clone();
             let cause = format!(
                 "its chunks hold {} bytes but its size is {}",
                 self.file_bytes, self.jobs[job].size
@@ -416,7 +419,10 @@ impl<'a> Writer<'a> {
             .and_then(|unsets| Ok((unsets, rustix::fs::fstat(file)?)));
         let inode = match attributed {
             Ok((unsets, st)) => {
-                report_unsets(self.console, &self.jobs[job].shown, unsets, &mut self.stats);
+                if !unsets.is_empty() {
+                    let shown = self.jobs[job].shown(self.dest);
+                    report_unsets(self.console, &shown, unsets, &mut self.stats);
+                }
                 #[allow(clippy::unnecessary_cast)] // stat field types differ by architecture
                 let inode = (st.st_dev as u64, st.st_ino as u64);
                 inode
