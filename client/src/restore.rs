@@ -433,9 +433,11 @@ fn may_replace(
 /// "must not exist" semantics, so a name someone else took is never used.
 fn temp_name() -> OsString {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    // `process::id` is a system call each time; the id does not change.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     OsString::from(format!(
         ".tandem-restore-{}-{}",
-        std::process::id(),
+        PID.get_or_init(std::process::id),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ))
 }

@@ -39,8 +39,11 @@ pub(super) struct Unset {
 const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
 const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
 
+/// Whether this process runs as root; asked of the system once, not once
+/// per restored object.
 fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
 }
 
 fn xattrs(attrs: &pb::ObjectAttrs) -> &[pb::Xattr] {
