@@ -4,8 +4,10 @@
 //! backup time, so the newest version of a path is the last of its run.
 //! Keeping a list whose last entry is replaced needs no map and no second
 //! copy of each path: the map and its keys were a fifth of the client's
-//! peak memory in a restore of 80,000 small files. A listing out of that
-//! order (a server that breaks it) gives the same result, sorted afterwards.
+//! peak memory in a restore of 80,000 small files. The versions kept come
+//! in the server's order, where every directory comes before what is in it.
+//! A listing out of that order (a server that breaks it) is sorted by path
+//! afterwards and keeps the same versions, the last listed of each path.
 
 use tandem_proto::pb;
 
@@ -13,7 +15,8 @@ use tandem_proto::pb;
 #[derive(Debug)]
 pub(super) struct NewestPerPath {
     versions: Vec<pb::ObjectVersion>,
-    /// No version so far came before the one listed ahead of it.
+    /// Every path so far sorted after the one before it, by directory then
+    /// name (the server's order).
     in_order: bool,
 }
 

@@ -82,7 +82,9 @@ struct PagedRow {
 /// One page of a version query.
 #[derive(Debug, Default)]
 pub struct VersionPage {
-    /// The versions, in path and backup-time order.
+    /// The versions, in directory (through the last `/`), name, backup-time
+    /// order: each path's versions together, oldest first (a restore keeps
+    /// the last of each path's run).
     pub versions: Vec<StoredVersion>,
     /// Where the next page starts; `None` when this one is the last.
     pub next: Option<PageKey>,
@@ -457,7 +459,8 @@ impl Catalog {
     }
 
     /// One page of the versions of a node's objects matching `query`, ordered by
-    /// path, backup time and object id: at most `limit` rows after `after` (from
+    /// directory, name, backup time and object id (the prefix's own versions
+    /// first): at most `limit` rows after `after` (from
     /// the start when `None`). Callers page through a large filespace with
     /// [`VersionPage::next`], so neither side holds the whole list and the
     /// catalog lock is held for one page at a time.
