@@ -105,6 +105,24 @@ impl TestClient {
         std::fs::read_to_string(self.dir.path().join("state").join("dsierror.log"))
             .unwrap_or_default()
     }
+
+    /// The message ids in the error log, in order.
+    pub fn logged_ids(&self) -> Vec<String> {
+        self.error_log()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+            .collect()
+    }
+
+    /// Asserts that message `id` is in the error log, printing the log
+    /// otherwise.
+    pub fn assert_logged(&self, id: &str) {
+        assert!(
+            self.logged_ids().iter().any(|logged| logged == id),
+            "{id} is not in the error log:\n{}",
+            self.error_log()
+        );
+    }
 }
 
 /// Asserts exit code 0, printing stdout and stderr otherwise.

@@ -40,15 +40,6 @@ fn setup() -> World {
     }
 }
 
-/// The message ids in the error log, in order.
-fn logged_ids(client: &TestClient) -> Vec<String> {
-    client
-        .error_log()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
-        .collect()
-}
-
 #[test]
 fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
     let mut w = setup();
@@ -64,7 +55,7 @@ fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
     assert_eq!(r["failed"], 0, "{r}");
     assert_same_tree(&w.src(), &out);
     assert_eq!(
-        logged_ids(&w.client),
+        w.client.logged_ids(),
         ["TDM2106I", "TDM2107I", "TDM2108I"],
         "{}",
         w.client.error_log()
@@ -132,7 +123,7 @@ fn restore_fails_over_when_the_primary_is_killed_and_fails_back() {
     w.primary.restart();
     w.client.json(&["query", "filespace"]);
     w.client.json(&["query", "filespace"]);
-    let ids = logged_ids(&w.client);
+    let ids = w.client.logged_ids();
     assert_eq!(
         ids.iter().filter(|i| *i == "TDM2109I").count(),
         1,
@@ -158,7 +149,7 @@ fn forced_failover_goes_to_the_secondary_with_the_primary_up() {
     let session = w.client.json(&["--force-failover", "query", "session"]);
     assert_eq!(session["mode"], "failover");
     assert!(
-        !logged_ids(&w.client).contains(&"TDM2106I".to_string()),
+        !w.client.logged_ids().contains(&"TDM2106I".to_string()),
         "the primary is not tried"
     );
     assert_eq!(w.client.json(&["query", "session"])["mode"], "normal");

@@ -14,14 +14,6 @@ fn with_vault(client: &TestClient, dir: &Path) -> PathBuf {
     vault
 }
 
-fn logged_ids(client: &TestClient) -> Vec<String> {
-    client
-        .error_log()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
-        .collect()
-}
-
 /// Restores all of `src` into `out`, checks it is the same tree and returns
 /// the restore's summary.
 fn restore_whole_tree(client: &TestClient, src: &Path, out: &Path) -> serde_json::Value {
@@ -100,11 +92,7 @@ fn a_backup_while_the_primary_is_down_goes_to_the_vault_and_reaches_both_servers
     assert_eq!(offline["failed"], 0, "{offline}");
     // The two files and their directory, whose mtime changed.
     assert_eq!(offline["backed_up"], 3, "{offline}");
-    assert!(
-        logged_ids(&client).contains(&"TDM2122I".to_string()),
-        "{}",
-        client.error_log()
-    );
+    client.assert_logged("TDM2122I");
     let state = vault_state(&client);
     assert_eq!(state["state"], "synchronizing", "{state}");
     assert_eq!(state["versions_to_send"], 3, "{state}");
@@ -127,11 +115,7 @@ fn a_backup_while_the_primary_is_down_goes_to_the_vault_and_reaches_both_servers
     primary.restart();
     let again = client.json(&["incremental", &path_str(&src)]);
     assert_eq!(again["backed_up"], 0, "{again}");
-    assert!(
-        logged_ids(&client).contains(&"TDM2123I".to_string()),
-        "{}",
-        client.error_log()
-    );
+    client.assert_logged("TDM2123I");
     assert_eq!(vault_state(&client)["state"], "synchronized");
     let time = active_backup_time(&client, &src.join("new-while-away.txt"));
     let at = chrono::DateTime::parse_from_rfc3339(&time)
@@ -164,7 +148,7 @@ fn a_backup_while_the_primary_is_down_goes_to_the_vault_and_reaches_both_servers
     let out = work.path().join("restored");
     let restored = restore_whole_tree(&client, &src, &out);
     assert!(
-        logged_ids(&client).contains(&"TDM2108I".to_string()),
+        client.logged_ids().contains(&"TDM2108I".to_string()),
         "the restore came from the secondary: {}",
         client.error_log()
     );
@@ -189,11 +173,7 @@ fn with_every_server_down_a_restore_comes_from_the_vault_alone() {
     primary.kill();
     let out = work.path().join("restored");
     restore_whole_tree(&client, &src, &out);
-    assert!(
-        logged_ids(&client).contains(&"TDM2121W".to_string()),
-        "{}",
-        client.error_log()
-    );
+    client.assert_logged("TDM2121W");
     // Reads work on the vault alone too; writes the vault cannot take are
     // refused with a clear message.
     let listed = client.json(&["query", "backup", &path_str(&src.join("empty"))]);
@@ -515,10 +495,10 @@ fn a_restore_takes_what_the_vault_holds_from_it_and_the_rest_from_the_server() {
     assert_eq!(stats["sources"]["server_files"], 2, "{stats}");
     assert_eq!(stats["sources"]["server_bytes"], 450_000, "{stats}");
     assert_same_tree(&src, &out);
-    assert!(logged_ids(&client).contains(&"TDM2131W".to_string()));
+    client.assert_logged("TDM2131W");
     // The vault's damaged chunk was replaced with the server's copy.
     assert!(err.contains("TDM2134I"), "{err}");
-    assert!(logged_ids(&client).contains(&"TDM2134I".to_string()));
+    client.assert_logged("TDM2134I");
 
     // The next restore takes the repaired file from the vault, and the
     // summary says where the data came from.
@@ -602,7 +582,7 @@ fn a_write_stops_a_sync_in_progress_and_a_later_sync_completes_it() {
     let first = syncing.wait_with_output().expect("first command");
     assert_success(&first, "the command whose sync stepped aside");
     assert!(stderr(&first).contains("TDM2132I"), "{}", stderr(&first));
-    assert!(logged_ids(&client).contains(&"TDM2132I".to_string()));
+    client.assert_logged("TDM2132I");
 
     // The backup's own sync went on from where the first stopped.
     assert_eq!(vault_state(&client)["state"], "synchronized");
@@ -656,7 +636,7 @@ fn the_space_of_versions_removed_from_the_vault_is_given_back() {
         after + 7 * 1024 * 1024 < before,
         "the vault gave back the deleted file's space: {before} -> {after}"
     );
-    assert!(logged_ids(&client).contains(&"TDM2133I".to_string()));
+    client.assert_logged("TDM2133I");
 
     // What is left is whole: restored from the vault alone.
     primary.kill();
@@ -780,7 +760,7 @@ fn a_chunk_damaged_in_the_vault_and_on_the_server_is_named_and_nothing_half_rest
         !out.join("broken.bin").exists(),
         "no half-restored file is left in place"
     );
-    let logged = logged_ids(&client);
+    let logged = client.logged_ids();
     assert!(
         logged.contains(&"TDM2131W".to_string()) && logged.contains(&"TDM2135W".to_string()),
         "{logged:?}"
@@ -907,11 +887,7 @@ fn a_vault_write_failing_mid_backup_leaves_the_server_complete_and_the_vault_cat
             && !sync_failed.contains("failed on the server"),
         "{sync_failed}"
     );
-    assert!(
-        logged_ids(&client).contains(&"TDM2124W".to_string()),
-        "{}",
-        client.error_log()
-    );
+    client.assert_logged("TDM2124W");
     let state = vault_state(&client);
     assert_eq!(state["state"], "failed", "{state}");
 
