@@ -13,6 +13,7 @@
 
 mod attrs;
 mod dest;
+mod dircache;
 mod direct;
 mod fetch;
 mod newest;

@@ -12,11 +12,12 @@
 //! names the directory that was opened.
 //!
 //! Descriptors are `O_PATH` (no read permission needed, nothing to close
-//! but the number) and only the [`CACHED_DIRS`] most recent are kept open:
+//! but the number) and only the [`CACHED_DIRS`] most recently used are kept
+//! open ([`DirCache`]):
 //! a restore holds a few whatever its size (it runs under `ulimit -n 128`),
 //! and a directory opened again is walked again, with the same checks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -27,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::dircache::DirCache;
 use crate::names;
 
 /// Directory descriptors kept open at most.
@@ -50,7 +52,7 @@ pub(super) struct DestTree {
     shown: PathBuf,
     /// A symbolic link where a directory goes is removed (`--replace yes|all`).
     replace_links: bool,
-    cache: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
+    cache: Mutex<DirCache>,
     created: Mutex<HashSet<Vec<u8>>>,
     /// The directory of the last object placed: objects come grouped by
     /// directory, so the files of one directory share one copy of its name
@@ -132,7 +134,7 @@ impl DestTree {
             root,
             shown,
             replace_links,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(DirCache::new(CACHED_DIRS)),
             created: Mutex::new(HashSet::new()),
             last_parent: Mutex::new(None),
         }
@@ -231,7 +233,7 @@ impl DestTree {
     /// # Errors
     /// It is gone or something else is in its place now.
     pub(super) fn dir(&self, parent: &[u8]) -> io::Result<Arc<OwnedFd>> {
-        if let Some(fd) = self.cache.lock().ok().and_then(|c| c.get(parent).cloned()) {
+        if let Some(fd) = self.cache.lock().ok().and_then(|mut c| c.get(parent)) {
             return Ok(fd);
         }
         self.walk(&split(parent), false)
@@ -242,16 +244,18 @@ impl DestTree {
     /// ones when `create` is set.
     fn walk(&self, parts: &[OsString], create: bool) -> Result<Arc<OwnedFd>, String> {
         let key = join(parts);
-        if let Some(fd) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if let Some(fd) = self.cache.lock().ok().and_then(|mut c| c.get(&key)) {
             return Ok(fd);
         }
-        // Start below the deepest cached ancestor, or at DEST.
-        let cached = (1..parts.len()).rev().find_map(|depth| {
-            self.cache
-                .lock()
-                .ok()
-                .and_then(|c| c.get(&join(&parts[..depth])).cloned())
-                .map(|fd| (depth, fd))
+        // Start below the deepest cached ancestor, or at DEST. Every cached
+        // ancestor is marked as used, not only the deepest: a restore goes
+        // depth first, and an ancestor left unmarked while a large subtree
+        // below it was restored would be dropped before the walks to its
+        // other children need it.
+        let cached = self.cache.lock().ok().and_then(|mut cache| {
+            (1..parts.len())
+                .filter_map(|depth| cache.get(&join(&parts[..depth])).map(|fd| (depth, fd)))
+                .last()
         });
         let (depth, mut fd) = match cached {
             Some(found) => found,
@@ -271,9 +275,6 @@ impl DestTree {
             };
             fd = Arc::new(next);
             if let Ok(mut cache) = self.cache.lock() {
-                if cache.len() >= CACHED_DIRS {
-                    cache.clear();
-                }
                 cache.insert(join(&parts[..=i]), fd.clone());
             }
         }
@@ -491,7 +492,7 @@ mod tests {
         // Objects placed one after another in one directory share its name.
         let next = tree.place("a/b/d.txt").unwrap();
         assert!(Arc::ptr_eq(&placed.parent, &next.parent));
-        // Below directories already open, and after the cache was emptied.
+        // Below directories already open, and after older ones were dropped.
         for i in 0..(CACHED_DIRS * 2) {
             let placed = tree.place(&format!("a/b/d{i}/e/f")).unwrap();
             assert_eq!(&*placed.parent, format!("a/b/d{i}/e").as_bytes());

@@ -189,7 +189,22 @@ pub(super) fn write_files(
     std::thread::scope(|scope| {
         let syncer = scope.spawn(move || {
             let mut totals = (Vec::new(), 0u64);
-            for batch in batches {
+            while let Ok(mut batch) = batches.recv() {
+                // The writers take files in turn, so their batches cover the
+                // same directories: settled together, in file order, they
+                // take one sync and one look-up of each directory, where
+                // settled one by one the second found the directories of
+                // the first dropped from the cache and opened them again.
+                // Waiting for one batch per writer cannot stall: a writer
+                // that still has files sends its batch when it fills, and
+                // one that is done has dropped its sender.
+                for _ in 1..WRITER_THREADS {
+                    match batches.recv() {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                batch.sort_unstable_by_key(|w| w.job);
                 let (r, f) = settle_batch(batch, jobs, dest, console);
                 totals.0.extend(r);
                 totals.1 += f;
