@@ -13,9 +13,10 @@
 //!
 //! Descriptors are `O_PATH` (no read permission needed, nothing to close
 //! but the number) and only the [`CACHED_DIRS`] most recently used are kept
-//! open ([`DirCache`]):
-//! a restore holds a few whatever its size (it runs under `ulimit -n 128`),
-//! and a directory opened again is walked again, with the same checks.
+//! open, none of them after [`CACHED_DIRS`] more directories were opened
+//! ([`DirCache`]): a restore holds a few whatever its size (it runs under
+//! `ulimit -n 128`), and a directory opened again is walked again, with the
+//! same checks.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -58,6 +59,11 @@ pub(super) struct DestTree {
     /// directory, so the files of one directory share one copy of its name
     /// (a copy per file was 7 MiB of a restore of 80,000 small files).
     last_parent: Mutex<Option<Arc<[u8]>>>,
+    /// DEST opened for `syncfs` when the restore starts (`None` when it
+    /// cannot be read; each sync then opens it). Since Linux 5.8 `syncfs`
+    /// reports the write-back errors met after its descriptor was opened,
+    /// so one opened before anything is written misses none of them.
+    sync_fd: Option<OwnedFd>,
 }
 
 fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
@@ -122,7 +128,8 @@ impl DestTree {
         } else {
             resolve_in_place(dest)?
         };
-        let tree = DestTree::new(root, dest.to_path_buf(), replace_links);
+        let mut tree = DestTree::new(root, dest.to_path_buf(), replace_links);
+        tree.sync_fd = tree.open_for_sync().ok();
         if created {
             tree.mark_created(&[]);
         }
@@ -134,9 +141,10 @@ impl DestTree {
             root,
             shown,
             replace_links,
-            cache: Mutex::new(DirCache::new(CACHED_DIRS)),
+            cache: Mutex::new(DirCache::new(CACHED_DIRS, CACHED_DIRS as u64)),
             created: Mutex::new(HashSet::new()),
             last_parent: Mutex::new(None),
+            sync_fd: None,
         }
     }
 
@@ -249,9 +257,9 @@ impl DestTree {
         }
         // Start below the deepest cached ancestor, or at DEST. Every cached
         // ancestor is marked as used, not only the deepest: a restore goes
-        // depth first, and an ancestor left unmarked while a large subtree
-        // below it was restored would be dropped before the walks to its
-        // other children need it.
+        // depth first, and an ancestor left unmarked while a subtree below
+        // it was restored would be dropped before the walks to its other
+        // children need it.
         let cached = self.cache.lock().ok().and_then(|mut cache| {
             (1..parts.len())
                 .filter_map(|depth| cache.get(&join(&parts[..depth])).map(|fd| (depth, fd)))
@@ -332,15 +340,21 @@ impl DestTree {
     /// # Errors
     /// The sync failed.
     pub(super) fn sync(&self) -> io::Result<()> {
-        // syncfs needs a descriptor that is not O_PATH.
-        let fd = rustix::fs::openat(
+        match &self.sync_fd {
+            Some(fd) => rustix::fs::syncfs(fd)?,
+            None => rustix::fs::syncfs(self.open_for_sync()?)?,
+        }
+        Ok(())
+    }
+
+    /// DEST as a descriptor `syncfs` takes (not `O_PATH`).
+    fn open_for_sync(&self) -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat(
             self.root.as_fd(),
             ".",
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
-        rustix::fs::syncfs(&fd)?;
-        Ok(())
+        )?)
     }
 }
 

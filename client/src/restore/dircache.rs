@@ -1,61 +1,72 @@
-//! The few directory descriptors a restore keeps open, by path below DEST,
-//! dropping the one used longest ago when full.
+//! The few directory descriptors a restore keeps open, by path below DEST.
 //!
-//! Emptying the whole cache when it filled up made a restore of a deep tree
-//! walk every new directory again from DEST: with directories eight deep,
-//! four new ones filled 32 entries, so nearly every directory cost a
-//! descriptor per component (57,000 extra `openat` and `close` calls in a
-//! restore of 80,000 files in 6,665 directories). Dropping only the least
-//! recently used keeps the parents a depth-first restore is working in.
+//! Two limits, for two reasons:
+//! - **Count** ([`DirCache::new`]'s capacity): when full, the descriptor used
+//!   longest ago is dropped, so a restore holds a bounded number of
+//!   descriptors however large the tree is.
+//! - **Age**: a descriptor serves only until `max_age` more directories have
+//!   been opened after it. A directory moved away by someone else after it
+//!   was checked keeps its descriptor; the age limit bounds how long the
+//!   restore could follow it before walking the path again from DEST, with
+//!   every check. The limit is the one the earlier design had implicitly:
+//!   it emptied the whole cache each time 32 directories had been opened.
+//!
+//! Emptying everything at once also dropped the ancestors a depth-first
+//! restore keeps coming back to, so most new directories were walked again
+//! from DEST, one descriptor per component. Dropping by use and by age keeps
+//! them for the next directories.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+
+use lru::LruCache;
+
+/// A cached descriptor and the insertion count when it was opened.
+#[derive(Debug)]
+struct Entry {
+    fd: Arc<OwnedFd>,
+    opened_at: u64,
+}
 
 /// Descriptors by directory path (components below DEST joined with `/`).
 #[derive(Debug)]
 pub(super) struct DirCache {
-    capacity: usize,
-    /// Each entry with the tick of its last use.
-    entries: HashMap<Vec<u8>, (Arc<OwnedFd>, u64)>,
-    tick: u64,
+    entries: LruCache<Vec<u8>, Entry>,
+    /// Descriptors put in so far.
+    inserted: u64,
+    /// Insertions after which a descriptor is no longer used.
+    max_age: u64,
 }
 
 impl DirCache {
-    /// An empty cache holding at most `capacity` (at least one) descriptors.
-    pub(super) fn new(capacity: usize) -> Self {
+    /// An empty cache of at most `capacity` descriptors (at least one),
+    /// each used until `max_age` more have been put in after it.
+    pub(super) fn new(capacity: usize, max_age: u64) -> Self {
         DirCache {
-            capacity: capacity.max(1),
-            entries: HashMap::with_capacity(capacity.max(1)),
-            tick: 0,
+            entries: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
+            inserted: 0,
+            max_age,
         }
     }
 
-    /// The descriptor of `path`, marked as just used.
+    /// The descriptor of `path`, marked as just used; `None` when it is not
+    /// cached or too old (it is then dropped).
     pub(super) fn get(&mut self, path: &[u8]) -> Option<Arc<OwnedFd>> {
-        self.tick += 1;
-        let tick = self.tick;
-        self.entries.get_mut(path).map(|(fd, used)| {
-            *used = tick;
-            fd.clone()
-        })
+        let entry = self.entries.get(path)?;
+        if self.inserted - entry.opened_at > self.max_age {
+            self.entries.pop(path);
+            return None;
+        }
+        Some(entry.fd.clone())
     }
 
-    /// Keeps `fd` for `path`, dropping the least recently used entry when
-    /// the cache is full. A linear search: the cache holds a few dozen.
+    /// Keeps `fd`, just opened, for `path`, dropping the least recently
+    /// used descriptor when the cache is full.
     pub(super) fn insert(&mut self, path: Vec<u8>, fd: Arc<OwnedFd>) {
-        self.tick += 1;
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&path) {
-            let oldest = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                self.entries.remove(&oldest);
-            }
-        }
-        self.entries.insert(path, (fd, self.tick));
+        self.inserted += 1;
+        let opened_at = self.inserted;
+        self.entries.put(path, Entry { fd, opened_at });
     }
 
     /// Forgets every descriptor.
@@ -81,7 +92,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_drops_the_entry_used_longest_ago_and_keeps_the_rest() {
-        let mut cache = DirCache::new(3);
+        let mut cache = DirCache::new(3, 100);
         cache.insert(b"a".to_vec(), fd());
         cache.insert(b"a/b".to_vec(), fd());
         cache.insert(b"a/b/c".to_vec(), fd());
@@ -96,14 +107,40 @@ mod tests {
     }
 
     #[test]
+    fn the_count_never_passes_the_capacity() {
+        let mut cache = DirCache::new(4, 1_000);
+        for i in 0..100 {
+            cache.insert(format!("d{i}").into_bytes(), fd());
+            assert!(cache.len() <= 4);
+        }
+        assert_eq!(cache.len(), 4);
+        assert!(cache.get(b"d99").is_some());
+        assert!(cache.get(b"d95").is_none());
+    }
+
+    #[test]
+    fn a_descriptor_in_constant_use_still_expires_after_max_age_insertions() {
+        let mut cache = DirCache::new(8, 3);
+        cache.insert(b"top".to_vec(), fd());
+        for i in 0..3 {
+            assert!(cache.get(b"top").is_some(), "insertion {i}");
+            cache.insert(format!("top/{i}").into_bytes(), fd());
+        }
+        assert!(cache.get(b"top").is_some(), "3 insertions later");
+        cache.insert(b"top/3".to_vec(), fd());
+        assert!(cache.get(b"top").is_none(), "4 insertions later");
+        // Opened again, it serves again.
+        cache.insert(b"top".to_vec(), fd());
+        assert!(cache.get(b"top").is_some());
+    }
+
+    #[test]
     fn replacing_an_entry_drops_nothing_else() {
-        let mut cache = DirCache::new(2);
+        let mut cache = DirCache::new(2, 100);
         cache.insert(b"x".to_vec(), fd());
         cache.insert(b"y".to_vec(), fd());
         cache.insert(b"x".to_vec(), fd());
         assert_eq!(cache.len(), 2);
         assert!(cache.get(b"y").is_some());
-        cache.clear();
-        assert_eq!(cache.len(), 0);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Each file is written to a temporary name beside its target, gets its
 //! attributes through its open descriptor, and is closed. Finished files are
-//! handed over in batches to a syncer thread, which makes the whole batch
-//! durable with one `syncfs` and only then renames each file into place. So a
+//! handed over in batches to a syncer thread, which makes the batches of all
+//! writers durable with one `syncfs` and only then renames each file into
+//! place. So a
 //! target name never shows a half-written or not-yet-durable file, even after
 //! a power loss, while the disk writes one batch as the next is being written:
 //! a journal commit per batch, not per file (fsync per file capped a restore
@@ -184,7 +185,7 @@ pub(super) fn write_files(
 ) -> (Vec<Option<Inode>>, Vec<DataFailure>) {
     let mut in_place = vec![None; jobs.len()];
     let mut deferred = Vec::new();
-    // One batch syncing while the next ones are written.
+    // One set of batches syncing while the next ones are written.
     let (to_syncer, batches) = std_mpsc::sync_channel::<Vec<Written>>(1);
     std::thread::scope(|scope| {
         let syncer = scope.spawn(move || {
@@ -195,9 +196,12 @@ pub(super) fn write_files(
                 // take one sync and one look-up of each directory, where
                 // settled one by one the second found the directories of
                 // the first dropped from the cache and opened them again.
-                // Waiting for one batch per writer cannot stall: a writer
-                // that still has files sends its batch when it fills, and
-                // one that is done has dropped its sender.
+                // So the syncer takes as many batches as there are writers
+                // (usually one from each) before it syncs. The wait ends
+                // when a writer's next batch fills or when every writer is
+                // done; meanwhile the first batch stays under its
+                // temporary names, so a crash leaves up to that many more
+                // of them, and a failed sync fails the files of all.
                 for _ in 1..WRITER_THREADS {
                     match batches.recv() {
                         Ok(more) => batch.extend(more),
@@ -458,7 +462,8 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Hands the batch to the syncer (waiting while it syncs the previous).
+    /// Hands the batch to the syncer (waiting while it syncs the previous
+    /// ones).
     fn hand_over(&mut self) {
         if self.batch.is_empty() {
             return;
