@@ -142,6 +142,34 @@ struct Listed<'a> {
     records: HashMap<ObjectId, pb::ObjectVersion>,
 }
 
+impl<'a> Listed<'a> {
+    /// The versions `entries` of `session`, whose records are `records`,
+    /// put in the order a catalog lists them: filespace, path, backup time.
+    /// The plan sends versions in its source's order, and a hash map's
+    /// order put consecutive versions in unrelated directories, so the
+    /// receiving catalog looked each one's directory up again and wrote
+    /// its indexes at scattered places. Entries without a record (the
+    /// vault's own, listed only so they are neither sent nor deleted)
+    /// come first.
+    fn new(
+        session: &'a Session,
+        mut entries: Vec<InventoryEntry>,
+        records: HashMap<ObjectId, pb::ObjectVersion>,
+    ) -> Self {
+        entries.sort_by_cached_key(|e| {
+            records.get(&e.object_id).map(|v| {
+                let path = v.attrs.as_ref().map(|a| a.path.clone());
+                (v.filespace.clone(), path, v.backup_time_ns)
+            })
+        });
+        Listed {
+            session,
+            entries,
+            records,
+        }
+    }
+}
+
 impl Source for Listed<'_> {
     type Object = pb::ObjectVersion;
     type Error = ClientError;
@@ -476,11 +504,7 @@ pub async fn push(
             entries.push(entry_of(*id, v)?);
         }
     }
-    let source = Listed {
-        session: vault,
-        entries,
-        records: on_vault,
-    };
+    let source = Listed::new(vault, entries, on_vault);
     let target = NodeTarget {
         session: server,
         held,
@@ -544,11 +568,7 @@ pub async fn pull(
             kept += 1;
         }
     }
-    let source = Listed {
-        session: server,
-        entries,
-        records: on_server,
-    };
+    let source = Listed::new(server, entries, on_server);
     let target = NodeTarget {
         session: vault,
         held: on_vault.iter().map(|(id, v)| state_of(*id, v)).collect(),
