@@ -4,9 +4,18 @@
 //! Held in a private temporary SQLite database rather than a hash map, so the
 //! client's memory does not grow with the number of files in the filespace:
 //! SQLite keeps a few megabytes of pages in memory and the rest in a temporary
-//! file that is deleted when the backup ends. Each walked path is taken out as
-//! it is seen; what is left at the end is gone locally.
+//! file that is deleted when the backup ends. Each walked path is taken as it
+//! is seen; what is left at the end is gone locally.
+//!
+//! Taking a path marks its row in a bit set (one bit per row: 1.2 MiB for
+//! ten million) instead of deleting it. A `DELETE ... RETURNING` per walked
+//! file cost more than the walk itself in an unchanged incremental of 80,000
+//! files: SQLite opens and closes a temporary b-tree for each `RETURNING`,
+//! and rebalances the table's pages as it shrinks. (A hash map in memory for
+//! small inventories was tried as well: 27 MiB more for those 80,000 files
+//! and no faster, as the wait for the server's listing then dominates.)
 
+use fixedbitset::FixedBitSet;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use tandem_proto::pb;
@@ -18,8 +27,11 @@ const CACHE_KIB: i64 = 4096;
 #[derive(Debug)]
 pub struct Inventory {
     conn: Connection,
-    /// Rows added; a first backup's inventory is empty and is never queried.
+    /// Rows added: the next row's number. A first backup's inventory is
+    /// empty and is never queried.
     added: u64,
+    /// Row numbers taken.
+    taken: FixedBitSet,
 }
 
 impl Inventory {
@@ -34,54 +46,71 @@ impl Inventory {
             "PRAGMA journal_mode = OFF;
              PRAGMA synchronous = OFF;
              PRAGMA cache_size = -{CACHE_KIB};
-             CREATE TABLE inventory (path TEXT PRIMARY KEY, attrs BLOB NOT NULL) WITHOUT ROWID;"
+             CREATE TABLE inventory (
+                 path TEXT PRIMARY KEY,
+                 seq INTEGER NOT NULL,
+                 attrs BLOB NOT NULL
+             ) WITHOUT ROWID;"
         ))?;
-        Ok(Inventory { conn, added: 0 })
+        Ok(Inventory {
+            conn,
+            added: 0,
+            taken: FixedBitSet::new(),
+        })
     }
 
-    /// Adds versions (one transaction for the lot).
+    /// Adds versions, in one transaction. A path added again replaces its
+    /// earlier version.
     ///
     /// # Errors
     /// SQLite errors (a full temporary directory, say).
     pub fn add(&mut self, versions: Vec<pb::ObjectAttrs>) -> Result<(), rusqlite::Error> {
         let tx = self.conn.transaction()?;
         {
-            let mut insert = tx
-                .prepare_cached("INSERT OR REPLACE INTO inventory (path, attrs) VALUES (?1, ?2)")?;
-            self.added += versions.len() as u64;
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO inventory (path, seq, attrs) VALUES (?1, ?2, ?3)",
+            )?;
             for attrs in versions {
-                insert.execute(params![attrs.path, attrs.encode_to_vec()])?;
+                let seq = i64::try_from(self.added).unwrap_or(i64::MAX);
+                insert.execute(params![attrs.path, seq, attrs.encode_to_vec()])?;
+                self.added += 1;
             }
         }
-        tx.commit()
+        tx.commit()?;
+        self.taken
+            .grow(usize::try_from(self.added).unwrap_or(usize::MAX));
+        Ok(())
     }
 
-    /// Removes and returns the version at `path`, if any.
-    ///
-    /// The first call opens one transaction that lasts as long as the
-    /// inventory: the database is private and thrown away, so committing each
-    /// delete (SQLite's default) would only add a journal cycle per file.
+    /// Takes the version at `path`: returns it the first time, `None` after
+    /// that or when there is none.
     ///
     /// # Errors
-    /// SQLite errors, or a stored row that does not decode.
+    /// SQLite errors, or a stored version that does not decode.
     pub fn take(&mut self, path: &str) -> Result<Option<pb::ObjectAttrs>, rusqlite::Error> {
         if self.added == 0 {
             return Ok(None);
         }
-        if self.conn.is_autocommit() {
-            self.conn.execute_batch("BEGIN")?;
-        }
-        let blob: Option<Vec<u8>> = self
+        let found: Option<(i64, Vec<u8>)> = self
             .conn
-            .prepare_cached("DELETE FROM inventory WHERE path = ?1 RETURNING attrs")?
-            .query_row([path], |row| row.get(0))
+            .prepare_cached("SELECT seq, attrs FROM inventory WHERE path = ?1")?
+            .query_row([path], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        blob.map(|b| {
-            pb::ObjectAttrs::decode(b.as_slice()).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
+        let Some((seq, blob)) = found else {
+            return Ok(None);
+        };
+        let seq = seq_index(seq)?;
+        if seq >= self.taken.len() {
+            self.taken.grow(seq + 1);
+        }
+        if self.taken.put(seq) {
+            return Ok(None);
+        }
+        pb::ObjectAttrs::decode(blob.as_slice())
+            .map(Some)
+            .map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, e.into())
             })
-        })
-        .transpose()
     }
 
     /// Paths not taken, in order.
@@ -89,11 +118,25 @@ impl Inventory {
     /// # Errors
     /// SQLite errors.
     pub fn remaining(&self) -> Result<Vec<String>, rusqlite::Error> {
-        self.conn
-            .prepare("SELECT path FROM inventory ORDER BY path")?
-            .query_map([], |row| row.get(0))?
-            .collect()
+        let mut left = Vec::new();
+        let mut query = self
+            .conn
+            .prepare("SELECT path, seq FROM inventory ORDER BY path")?;
+        let mut rows = query.query([])?;
+        while let Some(row) = rows.next()? {
+            if !self.taken.contains(seq_index(row.get(1)?)?) {
+                left.push(row.get(0)?);
+            }
+        }
+        Ok(left)
     }
+}
+
+/// A stored row number as an index into the taken set.
+fn seq_index(seq: i64) -> Result<usize, rusqlite::Error> {
+    usize::try_from(seq).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Integer, e.into())
+    })
 }
 
 #[cfg(test)]
@@ -117,5 +160,24 @@ mod tests {
         assert!(inv.take("/b").unwrap().is_none());
         assert!(inv.take("/nope").unwrap().is_none());
         assert_eq!(inv.remaining().unwrap(), vec!["/a", "/c/d"]);
+    }
+
+    #[test]
+    fn a_path_added_again_is_taken_once_with_its_last_version() {
+        let mut inv = Inventory::new().unwrap();
+        inv.add(vec![attrs("/a", 1), attrs("/b", 2)]).unwrap();
+        inv.add(vec![attrs("/a", 3)]).unwrap();
+        assert_eq!(inv.take("/a").unwrap().unwrap().size, 3);
+        assert!(inv.take("/a").unwrap().is_none());
+        assert_eq!(inv.remaining().unwrap(), vec!["/b"]);
+        assert_eq!(inv.take("/b").unwrap().unwrap().size, 2);
+        assert!(inv.remaining().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_empty_inventory_takes_nothing_and_leaves_nothing() {
+        let mut inv = Inventory::new().unwrap();
+        assert!(inv.take("/a").unwrap().is_none());
+        assert!(inv.remaining().unwrap().is_empty());
     }
 }
