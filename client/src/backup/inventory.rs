@@ -2,7 +2,7 @@
 //! compares against them.
 //!
 //! Held in a private temporary SQLite database rather than a hash map, so the
-//! client's memory does not grow with the number of files in the filespace:
+//! client's memory grows by only one bit per file in the filespace:
 //! SQLite keeps a few megabytes of pages in memory and the rest in a temporary
 //! file that is deleted when the backup ends. Each walked path is taken as it
 //! is seen; what is left at the end is gone locally.
@@ -29,7 +29,7 @@ pub struct Inventory {
     conn: Connection,
     /// Rows added: the next row's number. A first backup's inventory is
     /// empty and is never queried.
-    added: u64,
+    added: usize,
     /// Row numbers taken.
     taken: FixedBitSet,
 }
@@ -71,14 +71,14 @@ impl Inventory {
                 "INSERT OR REPLACE INTO inventory (path, seq, attrs) VALUES (?1, ?2, ?3)",
             )?;
             for attrs in versions {
-                let seq = i64::try_from(self.added).unwrap_or(i64::MAX);
+                let seq = i64::try_from(self.added)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
                 insert.execute(params![attrs.path, seq, attrs.encode_to_vec()])?;
                 self.added += 1;
             }
         }
         tx.commit()?;
-        self.taken
-            .grow(usize::try_from(self.added).unwrap_or(usize::MAX));
+        self.taken.grow(self.added);
         Ok(())
     }
 
@@ -99,7 +99,7 @@ impl Inventory {
         let Some((seq, blob)) = found else {
             return Ok(None);
         };
-        let seq = seq_index(seq)?;
+        let seq = seq_index(seq, 0)?;
         if seq >= self.taken.len() {
             self.taken.grow(seq + 1);
         }
@@ -124,7 +124,7 @@ impl Inventory {
             .prepare("SELECT path, seq FROM inventory ORDER BY path")?;
         let mut rows = query.query([])?;
         while let Some(row) = rows.next()? {
-            if !self.taken.contains(seq_index(row.get(1)?)?) {
+            if !self.taken.contains(seq_index(row.get(1)?, 1)?) {
                 left.push(row.get(0)?);
             }
         }
@@ -132,10 +132,11 @@ impl Inventory {
     }
 }
 
-/// A stored row number as an index into the taken set.
-fn seq_index(seq: i64) -> Result<usize, rusqlite::Error> {
+/// A row number read from result column `column`, as an index into the
+/// taken set.
+fn seq_index(seq: i64, column: usize) -> Result<usize, rusqlite::Error> {
     usize::try_from(seq).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Integer, e.into())
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Integer, e.into())
     })
 }
 

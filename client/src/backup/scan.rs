@@ -223,6 +223,10 @@ struct Scanner {
     zeros_sent: HashSet<ChunkId>,
     changing_retries: u32,
     serialization: Serialization,
+    /// The first failed inventory lookup. Its path was sent as new, and its
+    /// row may still be in the inventory: made inactive at the end, it
+    /// would take the version just sent with it, so nothing is.
+    lookup_failed: Option<rusqlite::Error>,
 }
 
 /// Walks `plan.root`, sending [`Item`]s in batches; returns the inventory paths
@@ -298,19 +302,21 @@ pub fn scan(mut plan: ScanPlan, tx: &mpsc::Sender<Vec<Item>>) -> Vec<String> {
             return Vec::new();
         }
     }
-    let deactivate = match plan.inventory {
-        Some(inventory) => match inventory.remaining() {
-            Ok(left) => left
-                .into_iter()
-                .filter(|p| !unreadable_dirs.iter().any(|d| crate::paths::within(p, d)))
-                .collect(),
-            Err(e) => {
-                // Deactivating nothing is the safe side: versions stay active.
-                let _ = send(Item::Problem(Msg::inventory_failed(e)));
-                Vec::new()
-            }
-        },
+    let remaining = match scanner.lookup_failed.take() {
+        Some(e) => plan.inventory.map(|_| Err(e)),
+        None => plan.inventory.map(|inventory| inventory.remaining()),
+    };
+    let deactivate = match remaining {
         None => Vec::new(),
+        Some(Ok(left)) => left
+            .into_iter()
+            .filter(|p| !unreadable_dirs.iter().any(|d| crate::paths::within(p, d)))
+            .collect(),
+        Some(Err(e)) => {
+            // Deactivating nothing is the safe side: versions stay active.
+            let _ = send(Item::Problem(Msg::inventory_failed(e)));
+            Vec::new()
+        }
     };
     batcher.flush();
     deactivate
@@ -355,11 +361,15 @@ impl Scanner {
             return send(Item::Problem(Msg::socket(path)));
         };
         // A lookup that fails counts as "not stored": the object is sent again,
-        // the safe side.
-        let stored = plan
-            .inventory
-            .as_mut()
-            .and_then(|inv| inv.take(path).ok().flatten());
+        // the safe side (and nothing is made inactive, see `lookup_failed`).
+        let stored = match plan.inventory.as_mut().map(|inv| inv.take(path)) {
+            Some(Ok(stored)) => stored,
+            Some(Err(e)) => {
+                self.lookup_failed.get_or_insert(e);
+                None
+            }
+            None => None,
+        };
         if stored
             .as_ref()
             .is_some_and(|s| unchanged_by_ctime(&attrs, s))

@@ -144,12 +144,14 @@ struct Listed<'a> {
 
 impl<'a> Listed<'a> {
     /// The versions `entries` of `session`, whose records are `records`,
-    /// put in the order a catalog lists them: filespace, path, backup time.
-    /// The plan sends versions in its source's order, and a hash map's
-    /// order put consecutive versions in unrelated directories, so the
-    /// receiving catalog looked each one's directory up again and wrote
-    /// its indexes at scattered places. Entries without a record (the
-    /// vault's own, listed only so they are neither sent nor deleted)
+    /// put in the order a catalog lists them: filespace, directory (through
+    /// the last `/`), name, backup time. The plan sends versions in its
+    /// source's order, and a hash map's order put consecutive versions in
+    /// unrelated directories, so the receiving catalog looked each one's
+    /// directory up again and wrote its indexes at scattered places. The
+    /// keys borrow from `records`: nothing is copied. Entries without a
+    /// record (in a pull, active versions the vault keeps though the server
+    /// lacks them, listed only so that they are neither sent nor deleted)
     /// come first.
     fn new(
         session: &'a Session,
@@ -158,8 +160,9 @@ impl<'a> Listed<'a> {
     ) -> Self {
         entries.sort_by_cached_key(|e| {
             records.get(&e.object_id).map(|v| {
-                let path = v.attrs.as_ref().map(|a| a.path.clone());
-                (v.filespace.clone(), path, v.backup_time_ns)
+                let path = v.attrs.as_ref().map_or("", |a| a.path.as_str());
+                let (dir, name) = crate::paths::split_dir(path);
+                (v.filespace.as_str(), dir, name, v.backup_time_ns)
             })
         });
         Listed {
