@@ -352,7 +352,17 @@ impl Scanner {
         let link_target = if meta.file_type == rustix::fs::FileType::Symlink {
             match entry.read_link() {
                 Ok(t) => names::encode_bytes(&t),
-                Err(e) => return send(Item::Problem(Msg::unreadable(path, e))),
+                Err(e) => {
+                    // A link that cannot be read is not a deleted one: its
+                    // stored version stays active (taken out of what the
+                    // backup makes inactive). One gone meanwhile is deleted.
+                    if e.kind() != std::io::ErrorKind::NotFound
+                        && let Some(Err(failed)) = plan.inventory.as_mut().map(|i| i.take(path))
+                    {
+                        self.lookup_failed.get_or_insert(failed);
+                    }
+                    return send(Item::Problem(Msg::unreadable(path, e)));
+                }
             }
         } else {
             String::new()

@@ -89,7 +89,9 @@ struct PageRows {
 impl PageRows {
     fn new(limit: usize) -> Self {
         PageRows {
-            versions: Vec::with_capacity(limit),
+            // Sized for a full page, within reason: a query that asks for a
+            // huge page grows the list only as rows come.
+            versions: Vec::with_capacity(limit.min(1024)),
             last: None,
             limit,
         }
@@ -108,8 +110,8 @@ impl PageRows {
     /// directory and name.
     fn push(&mut self, r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<()> {
         self.versions.push(version_from_row(r, with_chunks)?);
-        let dir = r.get_ref(16)?.as_str()?;
-        let name = r.get_ref(17)?.as_str()?;
+        let dir = text_at(r, 16)?;
+        let name = text_at(r, 17)?;
         let (last_dir, position) = self
             .last
             .get_or_insert_with(|| (String::new(), InDir::start()));
@@ -165,6 +167,24 @@ pub(crate) const VERSION_COLUMNS: &str = "o.object_id, f.name, d.path || o.name,
 pub(crate) const VERSION_TABLES: &str =
     "objects o JOIN dirs d ON d.id = o.dir_id JOIN filespaces f ON f.id = d.filespace_id";
 
+/// Column `idx` of `r` as text, without a copy; an error names the column
+/// and the type found.
+fn text_at<'r>(r: &'r Row<'_>, idx: usize) -> rusqlite::Result<&'r str> {
+    let value = r.get_ref(idx)?;
+    value
+        .as_str()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, value.data_type(), Box::new(e)))
+}
+
+/// Column `idx` of `r` as bytes, without a copy; an error names the column
+/// and the type found.
+fn blob_at<'r>(r: &'r Row<'_>, idx: usize) -> rusqlite::Result<&'r [u8]> {
+    let value = r.get_ref(idx)?;
+    value
+        .as_blob()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, value.data_type(), Box::new(e)))
+}
+
 pub(crate) fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<StoredVersion> {
     let bad = |msg: String| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -173,7 +193,7 @@ pub(crate) fn version_from_row(r: &Row<'_>, with_chunks: bool) -> rusqlite::Resu
             Box::new(CatalogError::Malformed(msg)),
         )
     };
-    let object_id = r.get_ref(0)?.as_blob()?;
+    let object_id = blob_at(r, 0)?;
     let kind_code: i64 = r.get(3)?;
     let manifest: Vec<u8> = if with_chunks { r.get(13)? } else { Vec::new() };
     Ok(StoredVersion {
