@@ -106,6 +106,19 @@ impl PageRows {
         self.room() == 0
     }
 
+    /// [`Self::room`] as a query's `LIMIT`.
+    fn room_param(&self) -> i64 {
+        i64::try_from(self.room()).unwrap_or(i64::MAX)
+    }
+
+    /// Reads every row a page query returns.
+    fn read(&mut self, mut found: rusqlite::Rows<'_>, with_chunks: bool) -> rusqlite::Result<()> {
+        while let Some(r) = found.next()? {
+            self.push(r, with_chunks)?;
+        }
+        Ok(())
+    }
+
     /// Reads a row of the page queries: the version columns, then row id,
     /// directory and name.
     fn push(&mut self, r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<()> {
@@ -337,7 +350,8 @@ fn versions_in_dir(
          ORDER BY o.name, o.backup_ns, o.id
          LIMIT ?8"
     ))?;
-    let mut found = stmt.query(params![
+    let room = rows.room_param();
+    let found = stmt.query(params![
         filespace_id,
         dir,
         name,
@@ -345,12 +359,9 @@ fn versions_in_dir(
         from.backup_ns,
         from.row_id,
         query.point_in_time_ns.unwrap_or(0),
-        i64::try_from(rows.room()).unwrap_or(i64::MAX),
+        room,
     ])?;
-    while let Some(r) = found.next()? {
-        rows.push(r, query.with_chunks)?;
-    }
-    Ok(())
+    rows.read(found, query.with_chunks)
 }
 
 /// As many versions as `rows` has room for in the directories after `lower`
@@ -374,17 +385,15 @@ fn versions_in_dirs(
          ORDER BY d.path, o.name, o.backup_ns, o.id
          LIMIT ?5"
     ))?;
-    let mut found = stmt.query(params![
+    let room = rows.room_param();
+    let found = stmt.query(params![
         filespace_id,
         lower,
         upper,
         query.point_in_time_ns.unwrap_or(0),
-        i64::try_from(rows.room()).unwrap_or(i64::MAX),
+        room,
     ])?;
-    while let Some(r) = found.next()? {
-        rows.push(r, query.with_chunks)?;
-    }
-    Ok(())
+    rows.read(found, query.with_chunks)
 }
 
 impl Catalog {
