@@ -44,16 +44,6 @@ pub fn within(path: &str, root: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// A stored path split after its last `/`: (`/a/`, `b`) for `/a/b`, as a
-/// server's catalog keeps it (directory row, name), and so the order it
-/// lists versions in: a directory's own entries before its subdirectories'.
-pub fn split_dir(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
-        Some(i) => path.split_at(i + 1),
-        None => ("", path),
-    }
-}
-
 /// Mount points listed in a mountinfo text (field 5, octal escapes decoded).
 fn mount_points(mountinfo: &str) -> impl Iterator<Item = String> + '_ {
     mountinfo
@@ -107,15 +97,5 @@ mod tests {
         assert!(within("/home/a", "/home"));
         assert!(!within("/homework", "/home"));
         assert!(within("/anything", "/"));
-    }
-
-    #[test]
-    fn split_dir_cuts_after_the_last_slash() {
-        assert_eq!(split_dir("/a/b"), ("/a/", "b"));
-        assert_eq!(split_dir("/a"), ("/", "a"));
-        assert_eq!(split_dir("a"), ("", "a"));
-        let mut paths = vec!["/d/c", "/d/b/x", "/d/a"];
-        paths.sort_by_key(|p| split_dir(p));
-        assert_eq!(paths, vec!["/d/a", "/d/c", "/d/b/x"]);
     }
 }

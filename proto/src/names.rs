@@ -139,6 +139,19 @@ pub fn needs_escaping(text: &str) -> bool {
     })
 }
 
+/// A stored path split after its last `/`: `/a/b` is (`/a/`, `b`), `/a` is
+/// (`/`, `a`), `/` is (`/`, ``), and a path without `/` has an empty
+/// directory part; the two parts concatenated are always the path. This is
+/// how a server's catalog keeps a path (a directory row and a name), so it
+/// is also the order a server lists versions in: a directory's own entries
+/// before those of its subdirectories (`/a/b0` before `/a/b/x`).
+pub fn split_path(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(i) => path.split_at(i + 1),
+        None => ("", path),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +216,16 @@ mod tests {
         ] {
             assert!(check_component(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn split_path_cuts_after_the_last_slash_and_orders_as_the_catalog() {
+        assert_eq!(split_path("/a/b"), ("/a/", "b"));
+        assert_eq!(split_path("/a"), ("/", "a"));
+        assert_eq!(split_path("/"), ("/", ""));
+        assert_eq!(split_path("a"), ("", "a"));
+        let mut paths = vec!["/d/c", "/d/b/x", "/d/a", "/d/b0"];
+        paths.sort_by_key(|p| split_path(p));
+        assert_eq!(paths, vec!["/d/a", "/d/b0", "/d/c", "/d/b/x"]);
     }
 }

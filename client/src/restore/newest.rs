@@ -9,6 +9,7 @@
 //! A listing out of that order (a server that breaks it) is sorted by path
 //! afterwards and keeps the same versions, the last listed of each path.
 
+use tandem_proto::names::split_path;
 use tandem_proto::pb;
 
 /// Gathers the newest version of each path from a listing.
@@ -37,7 +38,7 @@ impl NewestPerPath {
         let same_path = match self.versions.last().map(path_of) {
             Some(last) if last == path => true,
             Some(last) => {
-                self.in_order &= dir_and_name(last) < dir_and_name(path);
+                self.in_order &= split_path(last) < split_path(path);
                 false
             }
             None => false,
@@ -69,13 +70,6 @@ impl NewestPerPath {
 /// A listed version's path (empty when it came without attributes).
 fn path_of(v: &pb::ObjectVersion) -> &str {
     v.attrs.as_ref().map_or("", |a| a.path.as_str())
-}
-
-/// A stored path as the server orders it: its directory (through the last
-/// `/`), then its name.
-fn dir_and_name(path: &str) -> (&str, &str) {
-    let cut = path.rfind('/').map_or(0, |i| i + 1);
-    path.split_at(cut)
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ impl<'a> Listed<'a> {
         entries.sort_by_cached_key(|e| {
             records.get(&e.object_id).map(|v| {
                 let path = v.attrs.as_ref().map_or("", |a| a.path.as_str());
-                let (dir, name) = crate::paths::split_dir(path);
+                let (dir, name) = tandem_proto::names::split_path(path);
                 (v.filespace.as_str(), dir, name, v.backup_time_ns)
             })
         });

@@ -9,15 +9,7 @@
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-/// Splits a path after its last `/`: `/a/b` is (`/a/`, `b`), `/a` is (`/`, `a`),
-/// `/` is (`/`, ``). A path without `/` has an empty directory part. The two
-/// parts concatenated are always the path.
-pub(crate) fn split_path(path: &str) -> (&str, &str) {
-    match path.rfind('/') {
-        Some(i) => path.split_at(i + 1),
-        None => ("", path),
-    }
-}
+pub(crate) use tandem_proto::names::split_path;
 
 /// Directory ids within one transaction. Remembers the last directory, since
 /// a backup's versions arrive directory by directory.
