@@ -136,6 +136,12 @@ impl Catalog {
         }
         dirs::add_column(&conn, "chunks", "owner", "INTEGER NOT NULL DEFAULT 0")?;
         dirs::add_column(&conn, "nodes", "retver", "INTEGER")?;
+        dirs::add_column(&conn, "nodes", "pool_id", "INTEGER NOT NULL DEFAULT 0")?;
+        if let Some(copies) = chunks::key_by_pool(&mut conn)? {
+            tracing::info!(
+                "the chunk index now keeps one row per storage pool: {copies} chunk(s) moved to the default pool's key"
+            );
+        }
         if extended {
             tracing::info!(
                 "catalog objects can now carry extended attributes: {}",

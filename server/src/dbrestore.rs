@@ -72,7 +72,11 @@ pub fn restore_db(
     // until the final rename leaves the data dir as it was.
     let mut found: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
     let bucket = crate::repository::open_pool(pool)?;
-    for (id, at) in ChunkStore::scan_dir(&data_dir.join("containers"), bucket.as_ref())? {
+    for (id, at) in ChunkStore::scan_dir(
+        &data_dir.join("containers"),
+        crate::model::DEFAULT_POOL,
+        bucket.as_ref(),
+    )? {
         found.entry(id).or_default().push(at);
     }
     let staged = stage(data_dir, copy)?;

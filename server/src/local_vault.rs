@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use crate::ServerState;
 use crate::config::ServerConfig;
+use crate::model::DEFAULT_POOL;
 use crate::service::backup::BackupService;
 use crate::storage::{self, VerifiedChunk};
 use hyper_util::rt::TokioIo;
@@ -114,7 +115,7 @@ impl VaultStore for VaultGuard {
             .state
             .repo
             .catalog
-            .unowned_chunks(self.node_id, ids)
+            .unowned_chunks(self.node_id, DEFAULT_POOL, ids)
             .map_err(|e| format!("reading the vault's chunk index: {e}"))?;
         Ok(unowned.into_iter().collect())
     }

@@ -206,8 +206,9 @@ impl Repository {
         node: i64,
         ids: &[ChunkId],
     ) -> Result<Vec<ChunkId>, ServerError> {
+        let pool = self.catalog.node_pool(node)?;
         let mut pins = self.pins.lock();
-        let missing = self.catalog.unowned_chunks(node, ids)?;
+        let missing = self.catalog.unowned_chunks(node, pool, ids)?;
         let absent: std::collections::HashSet<&ChunkId> = missing.iter().collect();
         pins.entry(session)
             .or_default()

@@ -31,7 +31,7 @@ use prost::bytes::Bytes;
 use tandem_proto::ChunkId;
 
 use crate::error::StorageError;
-use crate::model::ChunkLocation;
+use crate::model::{ChunkLocation, DEFAULT_POOL};
 use appender::ContainerAppender;
 use object_pool::ObjectPool;
 use offload::{Offload, Remote};
@@ -226,6 +226,8 @@ struct Appender {
 /// The set of containers of one server.
 #[derive(Debug)]
 pub struct ChunkStore {
+    /// The storage pool these containers are (`pools.id` in the catalog).
+    pool: u32,
     dir: PathBuf,
     /// Size at which a container is sealed.
     seal_bytes: u64,
@@ -346,6 +348,7 @@ impl ChunkStore {
             }
         };
         Ok(ChunkStore {
+            pool: DEFAULT_POOL,
             dir: dir.to_path_buf(),
             seal_bytes,
             appender: Mutex::new(appender),
@@ -411,6 +414,7 @@ impl ChunkStore {
                 locations.push((
                     chunk.id,
                     ChunkLocation {
+                        pool: self.pool,
                         container: app.number,
                         offset,
                         stored_len,
@@ -645,7 +649,7 @@ impl ChunkStore {
             }
             other => other?,
         };
-        records_in(&bytes, number, false)
+        records_in(&bytes, self.pool, number, false)
     }
 
     /// Every record of every container in `dir` (and in `pool`'s bucket, for
@@ -662,6 +666,7 @@ impl ChunkStore {
     /// records do not add up.
     pub fn scan_dir(
         dir: &Path,
+        pool_id: u32,
         pool: Option<&ObjectPool>,
     ) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
         let mut all = Vec::new();
@@ -688,7 +693,7 @@ impl ChunkStore {
         let newest = containers.last().map(|(number, _)| *number);
         for (number, size) in containers {
             let bytes = ContainerBytes::of(dir, number, pool, size)?;
-            all.extend(records_in(&bytes, number, Some(number) == newest)?);
+            all.extend(records_in(&bytes, pool_id, number, Some(number) == newest)?);
         }
         Ok(all)
     }
@@ -800,6 +805,7 @@ impl<'a> ContainerBytes<'a> {
 /// The records of one container, from its headers.
 fn records_in(
     bytes: &ContainerBytes<'_>,
+    pool: u32,
     number: u32,
     stop_at_torn_tail: bool,
 ) -> Result<Vec<(ChunkId, ChunkLocation)>, StorageError> {
@@ -840,6 +846,7 @@ fn records_in(
         records.push((
             id,
             ChunkLocation {
+                pool,
                 container: number,
                 offset: data_at,
                 stored_len,
@@ -910,7 +917,7 @@ mod tests {
         let err = ChunkStore::open(dir.path(), &[]).unwrap_err().to_string();
         assert!(err.contains("configure the [pool]"), "{err}");
         assert!(err.contains("00000003.remote"), "{err}");
-        let err = ChunkStore::scan_dir(dir.path(), None)
+        let err = ChunkStore::scan_dir(dir.path(), DEFAULT_POOL, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("S3 bucket"), "{err}");

@@ -7,10 +7,15 @@ use super::{Catalog, from_sql_int};
 use crate::error::CatalogError;
 use crate::model::ChunkLocation;
 
-/// A row when chunk `?1` is stored and node `?2` owns it (see `chunks.owner`
-/// in the schema).
-const OWNED: &str = "SELECT 1 FROM chunks WHERE id = ?1 AND (owner = ?2 OR EXISTS
-     (SELECT 1 FROM chunk_sharers WHERE chunk = ?1 AND node_id = ?2))";
+/// True when node `?2` owns chunk `?1` (see `chunks.owner` in the schema),
+/// whichever pool holds the copy it owns by.
+const OWNS: &str = "(EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND owner = ?2)
+     OR EXISTS (SELECT 1 FROM chunk_sharers WHERE chunk = ?1 AND node_id = ?2))";
+
+/// A row when chunk `?1` is stored (in any pool) and node `?2` owns it.
+fn owned_sql() -> String {
+    format!("SELECT 1 WHERE {OWNS}")
+}
 
 /// Makes node `node` an owner of the stored chunk `id`: its first owner when
 /// it has none left, a sharer otherwise. Nothing happens for an unknown id.
@@ -19,44 +24,111 @@ fn grant(tx: &rusqlite::Transaction<'_>, node: i64, id: &ChunkId) -> rusqlite::R
         .execute(params![id.as_slice(), node])?;
     tx.prepare_cached(
         "INSERT OR IGNORE INTO chunk_sharers (chunk, node_id)
-         SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND owner <> ?2)",
+         SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?1)
+           AND NOT EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND owner = ?2)",
     )?
     .execute(params![id.as_slice(), node])?;
     Ok(())
 }
 
+/// Rebuilds a chunk index from before storage pools (keyed by chunk id
+/// alone) keyed by chunk and pool, every row in the default pool, in one
+/// transaction before the schema is applied. `None` when there was nothing
+/// to rebuild; else the rows moved.
+pub(super) fn key_by_pool(conn: &mut rusqlite::Connection) -> rusqlite::Result<Option<u64>> {
+    let has_table = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'")?
+        .exists([])?;
+    let keyed = conn
+        .prepare("SELECT 1 FROM pragma_table_info('chunks') WHERE name = 'pool'")?
+        .exists([])?;
+    if !has_table || keyed {
+        return Ok(None);
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE chunks RENAME TO chunks_before_pools;
+         CREATE TABLE chunks (
+             id         BLOB NOT NULL,
+             pool       INTEGER NOT NULL DEFAULT 0,
+             container  INTEGER NOT NULL,
+             offset     INTEGER NOT NULL,
+             stored_len INTEGER NOT NULL,
+             raw_len    INTEGER NOT NULL,
+             owner      INTEGER NOT NULL DEFAULT 0,
+             PRIMARY KEY (id, pool)
+         ) WITHOUT ROWID;",
+    )?;
+    let moved = tx.execute(
+        "INSERT INTO chunks (id, pool, container, offset, stored_len, raw_len, owner)
+         SELECT id, 0, container, offset, stored_len, raw_len, owner
+         FROM chunks_before_pools ORDER BY id",
+        [],
+    )?;
+    tx.execute_batch("DROP TABLE chunks_before_pools")?;
+    tx.commit()?;
+    Ok(Some(moved as u64))
+}
+
 impl Catalog {
-    /// The ids of `ids` that are not stored at all, in input order. Only for
-    /// deciding what to write: what a node is told uses [`Self::unowned_chunks`].
+    /// The storage pool node `node`'s new data goes to (the default pool
+    /// for a node that is not registered).
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
+    pub fn node_pool(&self, node: i64) -> Result<u32, CatalogError> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .reader()
+            .prepare_cached("SELECT pool_id FROM nodes WHERE id = ?1")?
+            .query_row([node], |r| r.get(0))
+            .optional()?
+            .unwrap_or(crate::model::DEFAULT_POOL))
+    }
+
+    /// The ids of `ids` that pool `pool` holds no copy of, in input order.
+    /// Only for deciding what to write: what a node is told uses
+    /// [`Self::unowned_chunks`].
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn missing_chunks(&self, pool: u32, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
         let mut conn = self.conn();
         // One transaction for the batch (see `with_snapshot`).
         let snapshot = conn.transaction()?;
-        let mut stmt = snapshot.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        let mut stmt =
+            snapshot.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1 AND pool = ?2")?;
         let mut missing = Vec::new();
         for id in ids {
-            if !stmt.exists([id.as_slice()])? {
+            if !stmt.exists(params![id.as_slice(), pool])? {
                 missing.push(*id);
             }
         }
         Ok(missing)
     }
 
-    /// The ids of `ids` that node `node` does not own, in input order: those
-    /// not stored, and those only other nodes uploaded. A chunk id is no proof
-    /// of holding its data, so for those the node must upload the bytes.
+    /// The ids of `ids` that node `node` does not own a copy of in pool
+    /// `pool` (its pool), in input order: those not stored there, and those
+    /// only other nodes uploaded. A chunk id is no proof of holding its data,
+    /// so for those the node must upload the bytes; a chunk stored only in
+    /// another pool is uploaded again, so the node's data is all in its pool.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn unowned_chunks(&self, node: i64, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
+    pub fn unowned_chunks(
+        &self,
+        node: i64,
+        pool: u32,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, CatalogError> {
+        let sql = format!(
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND pool = ?3) AND {OWNS}"
+        );
         self.with_snapshot(|conn| {
-            let mut stmt = conn.prepare_cached(OWNED)?;
+            let mut stmt = conn.prepare_cached(&sql)?;
             let mut unowned = Vec::new();
             for id in ids {
-                if !stmt.exists(params![id.as_slice(), node])? {
+                if !stmt.exists(params![id.as_slice(), node, pool])? {
                     unowned.push(*id);
                 }
             }
@@ -64,7 +136,8 @@ impl Catalog {
         })
     }
 
-    /// Where each of `ids` is stored (`None` for unknown ids).
+    /// Where each of `ids` is stored (`None` for unknown ids): one copy, the
+    /// one in the lowest-numbered pool when there are several.
     ///
     /// # Errors
     /// SQLite errors.
@@ -73,7 +146,8 @@ impl Catalog {
         ids: &[ChunkId],
     ) -> Result<Vec<Option<ChunkLocation>>, CatalogError> {
         self.locations(
-            "SELECT container, offset, stored_len, raw_len FROM chunks WHERE id = ?1",
+            "SELECT container, offset, stored_len, raw_len, pool FROM chunks WHERE id = ?1
+             ORDER BY pool LIMIT 1",
             None,
             ids,
         )
@@ -90,8 +164,10 @@ impl Catalog {
         ids: &[ChunkId],
     ) -> Result<Vec<Option<ChunkLocation>>, CatalogError> {
         self.locations(
-            "SELECT container, offset, stored_len, raw_len FROM chunks WHERE id = ?1 AND
-               (owner = ?2 OR EXISTS (SELECT 1 FROM chunk_sharers WHERE chunk = ?1 AND node_id = ?2))",
+            &format!(
+                "SELECT container, offset, stored_len, raw_len, pool FROM chunks WHERE id = ?1
+                   AND {OWNS} ORDER BY pool LIMIT 1"
+            ),
             Some(node),
             ids,
         )
@@ -118,6 +194,7 @@ impl Catalog {
                         offset: from_sql_int(r.get(1)?),
                         stored_len: r.get(2)?,
                         raw_len: r.get(3)?,
+                        pool: r.get(4)?,
                     }),
                     None => None,
                 });
@@ -142,9 +219,9 @@ impl Catalog {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO chunks (id, container, offset, stored_len, raw_len, owner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (id) DO UPDATE SET container = excluded.container,
+                "INSERT INTO chunks (id, container, offset, stored_len, raw_len, owner, pool)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id, pool) DO UPDATE SET container = excluded.container,
                    offset = excluded.offset, stored_len = excluded.stored_len,
                    raw_len = excluded.raw_len",
             )?;
@@ -155,7 +232,8 @@ impl Catalog {
                     super::sql_int(loc.offset),
                     loc.stored_len,
                     loc.raw_len,
-                    node
+                    node,
+                    loc.pool
                 ])?;
                 grant(&tx, node, id)?;
                 tx.prepare_cached("DELETE FROM damaged_chunks WHERE id = ?1")?
@@ -255,8 +333,8 @@ impl Catalog {
         let mut fresh = std::collections::HashSet::new();
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO chunks (id, container, offset, stored_len, raw_len, owner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO chunks (id, container, offset, stored_len, raw_len, owner, pool)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id, pool) DO NOTHING",
             )?;
             for (id, loc) in written {
                 let added = stmt.execute(params![
@@ -265,7 +343,8 @@ impl Catalog {
                     super::sql_int(loc.offset),
                     loc.stored_len,
                     loc.raw_len,
-                    node
+                    node,
+                    loc.pool
                 ])?;
                 if added > 0 {
                     fresh.insert(*id);
@@ -327,7 +406,7 @@ impl Catalog {
         node: i64,
         ids: &mut dyn Iterator<Item = &ChunkId>,
     ) -> rusqlite::Result<Option<(ChunkId, usize)>> {
-        let mut stmt = tx.prepare_cached(OWNED)?;
+        let mut stmt = tx.prepare_cached(&owned_sql())?;
         let mut first = None;
         let mut count = 0usize;
         for id in ids {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use tandem_proto::ChunkId;
 
 use super::{Catalog, from_sql_int, sql_int};
@@ -44,7 +44,7 @@ impl Catalog {
     ) -> Result<Vec<(ChunkId, ChunkLocation)>, CatalogError> {
         let conn = self.reader();
         let mut stmt = conn.prepare(
-            "SELECT id, container, offset, stored_len, raw_len FROM chunks
+            "SELECT id, container, offset, stored_len, raw_len, pool FROM chunks
              WHERE container >= ?1 AND container < ?2",
         )?;
         let mut rows = stmt.query(params![first, end])?;
@@ -65,6 +65,7 @@ impl Catalog {
                     offset: from_sql_int(r.get(2)?),
                     stored_len: r.get(3)?,
                     raw_len: r.get(4)?,
+                    pool: r.get(5)?,
                 },
             ));
         }
@@ -81,18 +82,21 @@ impl Catalog {
         // One read transaction for every lookup (see `with_snapshot`).
         let mut reader = self.reader();
         let conn = reader.transaction()?;
-        let mut owner = conn.prepare_cached("SELECT owner FROM chunks WHERE id = ?1")?;
+        // The owner of each copy (one per pool), in pool order.
+        let mut owners =
+            conn.prepare_cached("SELECT owner FROM chunks WHERE id = ?1 ORDER BY pool")?;
         let mut sharers =
             conn.prepare_cached("SELECT node_id FROM chunk_sharers WHERE chunk = ?1")?;
         let mut out = HashMap::new();
         for id in ids {
             let mut users: Vec<i64> = Vec::new();
-            let first: Option<i64> = owner.query_row([id.as_slice()], |r| r.get(0)).optional()?;
-            users.extend(first.filter(|&n| n != 0));
+            let first = owners
+                .query_map([id.as_slice()], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
             let rest = sharers
                 .query_map([id.as_slice()], |r| r.get::<_, i64>(0))?
                 .collect::<Result<Vec<_>, _>>()?;
-            for node in rest {
+            for node in first.into_iter().filter(|&n| n != 0).chain(rest) {
                 if !users.contains(&node) {
                     users.push(node);
                 }

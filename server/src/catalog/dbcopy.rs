@@ -109,7 +109,7 @@ impl Catalog {
         let tx = conn.transaction()?;
         let indexed: Vec<(Vec<u8>, ChunkLocation)> = {
             let mut stmt =
-                tx.prepare("SELECT id, container, offset, stored_len, raw_len FROM chunks")?;
+                tx.prepare("SELECT id, container, offset, stored_len, raw_len, pool FROM chunks")?;
             stmt.query_map([], |r| {
                 Ok((
                     r.get(0)?,
@@ -118,6 +118,7 @@ impl Catalog {
                         offset: super::from_sql_int(r.get(2)?),
                         stored_len: r.get(3)?,
                         raw_len: r.get(4)?,
+                        pool: r.get(5)?,
                     },
                 ))
             })?
@@ -132,31 +133,37 @@ impl Catalog {
         {
             let mut repoint = tx.prepare(
                 "UPDATE chunks SET container = ?2, offset = ?3, stored_len = ?4, raw_len = ?5
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND pool = ?6",
             )?;
-            let mut drop = tx.prepare("DELETE FROM chunks WHERE id = ?1")?;
+            let mut drop = tx.prepare("DELETE FROM chunks WHERE id = ?1 AND pool = ?2")?;
             let mut drop_sharers = tx.prepare("DELETE FROM chunk_sharers WHERE chunk = ?1")?;
             for (raw, at) in indexed {
                 let Ok(id) = ChunkId::from_slice(&raw) else {
                     continue;
                 };
-                match found.get(&id) {
-                    Some(places) if places.contains(&at) => out.kept += 1,
-                    Some(places) => {
-                        let to = places[0];
-                        repoint.execute(params![
-                            raw,
-                            to.container,
-                            sql_int(to.offset),
-                            to.stored_len,
-                            to.raw_len
-                        ])?;
-                        out.repointed += 1;
-                    }
-                    None => {
-                        drop.execute([&raw])?;
+                // A copy is re-pointed only within its own pool.
+                let places = found.get(&id).map_or(&[][..], Vec::as_slice);
+                if places.contains(&at) {
+                    out.kept += 1;
+                } else if let Some(to) = places.iter().find(|p| p.pool == at.pool) {
+                    repoint.execute(params![
+                        raw,
+                        to.container,
+                        sql_int(to.offset),
+                        to.stored_len,
+                        to.raw_len,
+                        at.pool
+                    ])?;
+                    out.repointed += 1;
+                } else {
+                    drop.execute(params![raw, at.pool])?;
+                    // Ownership goes with the chunk's last copy.
+                    if places.is_empty() {
                         drop_sharers.execute([&raw])?;
-                        out.missing.push(id);
+                        // Rows come in key order, an id's copies together.
+                        if out.missing.last() != Some(&id) {
+                            out.missing.push(id);
+                        }
                     }
                 }
             }

@@ -140,13 +140,13 @@ impl Catalog {
         Ok(set)
     }
 
-    /// Every indexed chunk id.
+    /// Every indexed chunk id, once however many pools hold a copy.
     ///
     /// # Errors
     /// SQLite errors.
     pub fn all_chunk_ids(&self) -> Result<Vec<ChunkId>, CatalogError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id FROM chunks")?;
+        let mut stmt = conn.prepare("SELECT DISTINCT id FROM chunks")?;
         let ids = stmt
             .query_map([], |r| r.get::<_, Vec<u8>>(0))?
             .filter_map(|r| r.ok().and_then(|b| ChunkId::from_slice(&b).ok()))

@@ -22,8 +22,19 @@ CREATE TABLE IF NOT EXISTS nodes (
     replmode       TEXT NOT NULL DEFAULT 'none',      -- none | send | receive
     replrule       TEXT NOT NULL DEFAULT 'all_data',  -- all_data | active_data | none
     last_repl_ns   INTEGER NOT NULL DEFAULT 0,        -- last successful run (source or target)
-    repl_server    TEXT NOT NULL DEFAULT ''           -- source: target of that run; target: source
+    repl_server    TEXT NOT NULL DEFAULT '',          -- source: target of that run; target: source
+    pool_id        INTEGER NOT NULL DEFAULT 0         -- pools.id: where its new data goes
 );
+
+-- Storage pools by the names the configuration gives them (TSM's storage
+-- pools). Pool 0 is `[pool]`, named DEFAULT; `[pools.NAME]` adds the others.
+-- A name once given keeps its id, so a pool's chunks stay its own across
+-- restarts and changes of the configuration's order.
+CREATE TABLE IF NOT EXISTS pools (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE                -- upper-case
+);
+INSERT OR IGNORE INTO pools (id, name) VALUES (0, 'DEFAULT');
 
 CREATE TABLE IF NOT EXISTS filespaces (
     id                   INTEGER PRIMARY KEY,
@@ -104,8 +115,14 @@ CREATE INDEX IF NOT EXISTS archives_by_filespace ON archives (filespace_id);
 
 -- Where each chunk's compressed bytes live. A row exists only after the bytes
 -- were fsynced, so a row is a promise that the data is on disk.
+-- One row per copy: a chunk is stored at most once per storage pool (a
+-- pool is its own deduplication domain, as in TSM), so two nodes whose data
+-- goes to different pools each have a copy in theirs. Pool 0 is the
+-- server's default pool (`[pool]`); the others are in `pools`. Container
+-- numbers are unique across pools.
 CREATE TABLE IF NOT EXISTS chunks (
-    id         BLOB PRIMARY KEY,
+    id         BLOB NOT NULL,
+    pool       INTEGER NOT NULL DEFAULT 0,
     container  INTEGER NOT NULL,
     offset     INTEGER NOT NULL,
     stored_len INTEGER NOT NULL,
@@ -114,7 +131,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     -- not secrets (a one-chunk file is named by its hash), so a node may
     -- read, reference or be told of only the chunks it owns: this one, or
     -- one in chunk_sharers for it. Storage stays deduplicated across nodes.
-    owner      INTEGER NOT NULL DEFAULT 0
+    -- Ownership is of the chunk, not of a copy: a node owns the chunk when
+    -- it is the owner of any copy or in chunk_sharers.
+    owner      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (id, pool)
 ) WITHOUT ROWID;
 
 -- Other nodes that proved they hold a chunk (by uploading its bytes) after

@@ -374,6 +374,7 @@ fn names_with_escape_range_characters_are_rewritten_once_in_an_old_catalog() {
 
 fn stored_at(offset: u64) -> crate::model::ChunkLocation {
     crate::model::ChunkLocation {
+        pool: crate::model::DEFAULT_POOL,
         container: 1,
         offset,
         stored_len: 10,
@@ -402,9 +403,14 @@ fn a_chunk_belongs_only_to_the_nodes_that_uploaded_it() {
         .expect("bob uploads");
     assert_eq!(stored, 1);
     // Stored once, but for Alice it is missing, unreadable and uncommittable.
-    assert!(catalog.missing_chunks(&[pin]).expect("missing").is_empty());
-    assert_eq!(catalog.unowned_chunks(alice, &[pin]).expect("q"), [pin]);
-    assert_eq!(catalog.unowned_chunks(bob, &[pin]).expect("q"), []);
+    assert!(
+        catalog
+            .missing_chunks(0, &[pin])
+            .expect("missing")
+            .is_empty()
+    );
+    assert_eq!(catalog.unowned_chunks(alice, 0, &[pin]).expect("q"), [pin]);
+    assert_eq!(catalog.unowned_chunks(bob, 0, &[pin]).expect("q"), []);
     assert!(catalog.owned_chunk_locations(alice, &[pin]).expect("q")[0].is_none());
     assert!(catalog.owned_chunk_locations(bob, &[pin]).expect("q")[0].is_some());
     let refused = catalog
@@ -423,7 +429,7 @@ fn a_chunk_belongs_only_to_the_nodes_that_uploaded_it() {
         catalog.chunk_locations(&[pin]).expect("q")[0].map(|l| l.offset),
         Some(0)
     );
-    assert_eq!(catalog.unowned_chunks(alice, &[pin]).expect("q"), []);
+    assert_eq!(catalog.unowned_chunks(alice, 0, &[pin]).expect("q"), []);
     catalog
         .commit_objects(alice, "/", &[with_chunk("/pin", pin)], &[], 10)
         .expect("now alice may");
@@ -432,7 +438,7 @@ fn a_chunk_belongs_only_to_the_nodes_that_uploaded_it() {
     catalog
         .insert_chunks(bob, &[(pin, stored_at(200))], &[pin])
         .expect("stored again");
-    assert_eq!(catalog.unowned_chunks(alice, &[pin]).expect("q"), [pin]);
+    assert_eq!(catalog.unowned_chunks(alice, 0, &[pin]).expect("q"), [pin]);
 }
 
 #[test]
@@ -466,7 +472,9 @@ fn a_removed_node_leaves_no_ownership_and_no_id_behind() {
         .id;
     assert!(carol > bob, "a removed node's id is never handed out again");
     assert_eq!(
-        catalog.unowned_chunks(carol, &[first, shared]).expect("q"),
+        catalog
+            .unowned_chunks(carol, 0, &[first, shared])
+            .expect("q"),
         [first, shared]
     );
 }
@@ -504,7 +512,7 @@ fn an_old_catalog_gives_its_nodes_the_chunks_their_versions_reference() {
         .expect("back to a catalog from before ownership");
     let catalog = Catalog::open(&file, Policy::default()).expect("open migrates");
     assert_eq!(
-        catalog.unowned_chunks(node, &[kept, loose]).expect("q"),
+        catalog.unowned_chunks(node, 0, &[kept, loose]).expect("q"),
         [loose]
     );
     drop(catalog);
@@ -519,7 +527,7 @@ fn an_old_catalog_gives_its_nodes_the_chunks_their_versions_reference() {
         .expect("as if the grant never committed");
     let catalog = Catalog::open(&file, Policy::default()).expect("open grants again");
     assert_eq!(
-        catalog.unowned_chunks(node, &[kept, loose]).expect("q"),
+        catalog.unowned_chunks(node, 0, &[kept, loose]).expect("q"),
         [loose]
     );
 }
@@ -547,7 +555,7 @@ fn reads_neither_wait_for_the_writer_nor_see_its_open_transaction() {
     // Without the reader connections this would deadlock on the writer's lock.
     assert_eq!(
         catalog
-            .unowned_chunks(node, &[kept, pending])
+            .unowned_chunks(node, 0, &[kept, pending])
             .expect("read"),
         [pending],
         "committed data only"
@@ -558,7 +566,7 @@ fn reads_neither_wait_for_the_writer_nor_see_its_open_transaction() {
     drop(writer);
     assert!(
         catalog
-            .unowned_chunks(node, &[pending])
+            .unowned_chunks(node, 0, &[pending])
             .expect("read")
             .is_empty()
     );
@@ -921,4 +929,99 @@ fn a_schedules_table_from_before_db_backup_is_widened_with_its_rows() {
         [],
     );
     assert!(bad.is_err(), "the check still refuses unknown actions");
+}
+
+#[test]
+fn each_pool_keeps_its_own_copy_and_ownership_is_of_the_chunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, alice) = new_catalog(&dir);
+    let bob = catalog
+        .register_node("BOB", "hash", 1)
+        .expect("register")
+        .expect("new")
+        .id;
+    catalog
+        .conn()
+        .execute("UPDATE nodes SET pool_id = 1 WHERE id = ?1", [alice])
+        .expect("alice's data goes to pool 1");
+    assert_eq!(catalog.node_pool(alice).expect("q"), 1);
+    assert_eq!(catalog.node_pool(bob).expect("q"), 0);
+    let c = tandem_proto::ChunkId([9; 32]);
+    catalog
+        .insert_chunks(bob, &[(c, stored_at(0))], &[c])
+        .expect("bob stores it in pool 0");
+    // Pool 1 has no copy: Alice must upload it, and it is written there.
+    assert_eq!(catalog.missing_chunks(1, &[c]).expect("q"), [c]);
+    assert_eq!(catalog.unowned_chunks(alice, 1, &[c]).expect("q"), [c]);
+    let in_pool_1 = crate::model::ChunkLocation {
+        pool: 1,
+        container: 2,
+        ..stored_at(40)
+    };
+    let stored = catalog
+        .insert_chunks(alice, &[(c, in_pool_1)], &[c])
+        .expect("alice stores a second copy");
+    assert_eq!(stored, 1);
+    assert!(catalog.missing_chunks(1, &[c]).expect("q").is_empty());
+    assert_eq!(catalog.unowned_chunks(alice, 1, &[c]).expect("q"), []);
+    assert_eq!(catalog.unowned_chunks(alice, 0, &[c]).expect("q"), []);
+    // A read takes one copy; either owner may read it.
+    assert_eq!(
+        catalog.chunk_locations(&[c]).expect("q")[0].map(|l| l.pool),
+        Some(0)
+    );
+    for node in [alice, bob] {
+        assert!(catalog.owned_chunk_locations(node, &[c]).expect("q")[0].is_some());
+    }
+    assert_eq!(catalog.chunk_users(&[c]).expect("q")[&c], [bob, alice]);
+    assert_eq!(catalog.all_chunk_ids().expect("q"), [c]);
+    assert_eq!(catalog.chunk_totals().expect("q"), (2, 20));
+    // The sweep takes every copy.
+    catalog.delete_chunks(&[c]).expect("sweep");
+    assert_eq!(catalog.missing_chunks(0, &[c]).expect("q"), [c]);
+    assert_eq!(catalog.missing_chunks(1, &[c]).expect("q"), [c]);
+}
+
+#[test]
+fn a_chunk_index_from_before_pools_is_keyed_by_pool_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("catalog.db");
+    {
+        let old = Connection::open(&file).expect("create");
+        old.execute_batch(
+            "CREATE TABLE chunks (id BLOB PRIMARY KEY, container INTEGER NOT NULL,
+               offset INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL,
+               owner INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;",
+        )
+        .expect("old table");
+        for (byte, owner) in [(1u8, 3i64), (2, 0)] {
+            old.execute(
+                "INSERT INTO chunks VALUES (?1, 4, ?2, 10, 20, ?3)",
+                params![vec![byte; 32], i64::from(byte) * 100, owner],
+            )
+            .expect("old row");
+        }
+    }
+    for _ in 0..2 {
+        let catalog = Catalog::open(&file, Policy::default()).expect("open");
+        let rows: Vec<(Vec<u8>, u32, u32, i64, i64)> = catalog
+            .conn()
+            .prepare("SELECT id, pool, container, offset, owner FROM chunks ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            [(vec![1; 32], 0, 4, 100, 3), (vec![2; 32], 0, 4, 200, 0)]
+        );
+        let location = catalog
+            .chunk_locations(&[tandem_proto::ChunkId([2; 32])])
+            .expect("q")[0]
+            .expect("found");
+        assert_eq!((location.pool, location.offset), (0, 200));
+    }
 }

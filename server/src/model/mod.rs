@@ -314,9 +314,14 @@ pub struct Filespace {
     pub last_repl_ns: i64,
 }
 
+/// The storage pool every catalog has: `[pool]` in the configuration.
+pub const DEFAULT_POOL: u32 = 0;
+
 /// Where a chunk's bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLocation {
+    /// The storage pool holding this copy (`pools.id`).
+    pub pool: u32,
     /// Container number.
     pub container: u32,
     /// Byte offset of the data in the container.

@@ -46,13 +46,17 @@ impl Repository {
         group: Vec<VerifiedChunk>,
     ) -> Result<(u64, u64), ServerError> {
         let ids: Vec<ChunkId> = group.iter().map(|c| c.id).collect();
+        let pool = self.catalog.node_pool(node)?;
         // Chunks stored already (often for another node) are pinned at once,
         // under the lock the sweep takes: else the sweep could drop one before
         // this node is made its owner below.
         let missing: HashSet<ChunkId> = {
             let mut pins = self.pins.lock();
-            let missing: HashSet<ChunkId> =
-                self.catalog.missing_chunks(&ids)?.into_iter().collect();
+            let missing: HashSet<ChunkId> = self
+                .catalog
+                .missing_chunks(pool, &ids)?
+                .into_iter()
+                .collect();
             pins.entry(session)
                 .or_default()
                 .extend(ids.iter().filter(|id| !missing.contains(id)));
