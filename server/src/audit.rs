@@ -106,9 +106,10 @@ pub async fn audit_node(
             .await?;
         report.damaged += check.damaged.len() as u64;
         report.missing += check.absent.len() as u64;
+        let containers = check.damaged_containers;
         found.extend(check.damaged.into_iter().map(|(id, why)| damage::Finding {
             id,
-            container: None,
+            container: containers.get(&id).copied(),
             missing: false,
             why,
         }));

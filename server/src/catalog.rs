@@ -23,6 +23,7 @@ mod expire;
 mod nodes;
 mod objects;
 mod occupancy;
+mod pools;
 mod recovery;
 mod replication;
 mod schedules;

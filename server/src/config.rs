@@ -97,6 +97,12 @@ pub struct ServerConfig {
     /// (`local`, the default) or in an S3-compatible bucket (`s3`).
     #[serde(default)]
     pub pool: PoolConfig,
+    /// More storage pools (`[pools.NAME]`), each with the keys of `[pool]`
+    /// and its own containers; a node's data goes to the pool `update node
+    /// --pool` names (DEFAULT, the `[pool]` above, until then). Names are
+    /// case-insensitive and shown in upper case.
+    #[serde(default)]
+    pub pools: std::collections::BTreeMap<String, PoolConfig>,
     /// Where the Prometheus metrics endpoint listens (such as
     /// `127.0.0.1:9464`; port 0 picks one, written to DATA_DIR/metrics.addr);
     /// unset: no endpoint.
@@ -199,6 +205,12 @@ pub struct PoolConfig {
     /// `AWS_SECRET_ACCESS_KEY` from the environment.
     #[serde(default)]
     pub credentials_file: Option<PathBuf>,
+    /// A local pool of `[pools.NAME]`: the absolute directory its
+    /// containers go to (another disk, say). Unset: DATA_DIR/pools/NAME,
+    /// which is also where an S3 pool of `[pools.NAME]` stages containers.
+    /// Not in `[pool]`, whose containers are DATA_DIR/containers.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
     /// A container is sealed and uploaded once it holds this many MiB.
     #[serde(default = "default_container_mib")]
     pub container_mib: u64,
@@ -236,6 +248,7 @@ impl Default for PoolConfig {
             prefix: String::new(),
             path_style: true,
             credentials_file: None,
+            directory: None,
             container_mib: default_container_mib(),
             cache_mib: default_cache_mib(),
             upload_checksum: true,
@@ -250,32 +263,60 @@ impl PoolConfig {
         self.container_mib * 1024 * 1024
     }
 
-    /// Checks the values that can be checked without contacting the store.
+    /// Checks the values of `[pool]` that can be checked without contacting
+    /// the store.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key, the value and the fix.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.directory {
+            return Err(ConfigError::Invalid(format!(
+                "pool.directory {} is not allowed: the default pool's containers are DATA_DIR/containers; \
+                 give another directory to a pool of its own ([pools.NAME])",
+                dir.display()
+            )));
+        }
+        self.check_as("pool")
+    }
+
+    /// [`Self::check`] for the table `table` (`pool` or `pools.NAME`),
+    /// which every message names.
+    fn check_as(&self, table: &str) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !(1..=4096).contains(&self.container_mib) {
             return invalid(format!(
-                "pool.container_mib {} is out of range: give 1 to 4096 MiB (256 is usual)",
+                "{table}.container_mib {} is out of range: give 1 to 4096 MiB (256 is usual)",
                 self.container_mib
             ));
         }
         if !(1..=65_536).contains(&self.cache_mib) {
             return invalid(format!(
-                "pool.cache_mib {} is out of range: give 1 to 65536 MiB",
+                "{table}.cache_mib {} is out of range: give 1 to 65536 MiB",
                 self.cache_mib
+            ));
+        }
+        if let Some(dir) = &self.directory
+            && !dir.is_absolute()
+        {
+            return invalid(format!(
+                "{table}.directory {} must be an absolute path",
+                dir.display()
             ));
         }
         if self.kind == PoolKind::Local {
             return Ok(());
         }
+        if let Some(dir) = &self.directory {
+            return invalid(format!(
+                "{table}.directory {} is for local pools; an S3 pool stages its containers in DATA_DIR/pools/NAME",
+                dir.display()
+            ));
+        }
         match self.bucket.as_deref() {
             None | Some("") => {
-                return invalid(
-                    "pool.kind is s3 but pool.bucket is not set; name an existing bucket".into(),
-                );
+                return invalid(format!(
+                    "{table}.kind is s3 but {table}.bucket is not set; name an existing bucket"
+                ));
             }
             Some(b)
                 if !b
@@ -283,19 +324,19 @@ impl PoolConfig {
                     .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) =>
             {
                 return invalid(format!(
-                    "pool.bucket {b:?} is not a valid bucket name: use letters, digits, '-', '.' or '_'"
+                    "{table}.bucket {b:?} is not a valid bucket name: use letters, digits, '-', '.' or '_'"
                 ));
             }
             Some(_) => {}
         }
         if self.prefix.starts_with('/') || self.prefix.split('/').any(|p| p == "..") {
             return invalid(format!(
-                "pool.prefix {:?} must be relative and without '..' (such as \"SERVER1/\")",
+                "{table}.prefix {:?} must be relative and without '..' (such as \"SERVER1/\")",
                 self.prefix
             ));
         }
         if let Some(endpoint) = &self.endpoint {
-            check_endpoint(endpoint)?;
+            check_endpoint(table, endpoint)?;
         }
         Ok(())
     }
@@ -311,10 +352,10 @@ impl PoolConfig {
 
 /// An endpoint is an `https://` URL, or `http://` to a loopback address:
 /// the credentials sign every request, and the data is the customer's.
-fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+fn check_endpoint(table: &str, endpoint: &str) -> Result<(), ConfigError> {
     let invalid = |why: &str| {
         Err(ConfigError::Invalid(format!(
-            "pool.endpoint {endpoint:?} {why}"
+            "{table}.endpoint {endpoint:?} {why}"
         )))
     };
     let Some((scheme, rest)) = endpoint.split_once("://") else {
@@ -344,6 +385,64 @@ fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
         }
         _ => invalid("must start with https:// (or http:// to a loopback address)"),
     }
+}
+
+/// The longest pool name, as TSM's storage pool names.
+const MAX_POOL_NAME: usize = 30;
+
+/// `[pools.NAME]` with upper-case names, each checked: a valid name other
+/// than DEFAULT (the `[pool]` table), not given twice, and no two S3 pools
+/// (`default` among them) writing under one bucket and prefix.
+fn named_pools(
+    pools: std::collections::BTreeMap<String, PoolConfig>,
+    default: &PoolConfig,
+) -> Result<std::collections::BTreeMap<String, PoolConfig>, ConfigError> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut places = vec![(String::from("DEFAULT"), default)];
+    for (given, pool) in &pools {
+        let name = given.to_ascii_uppercase();
+        let valid = !name.is_empty()
+            && name.len() <= MAX_POOL_NAME
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            return Err(ConfigError::Invalid(format!(
+                "pools.{given} is not a valid pool name: use 1-{MAX_POOL_NAME} letters, digits, '_' or '-'"
+            )));
+        }
+        if name == "DEFAULT" {
+            return Err(ConfigError::Invalid(format!(
+                "pools.{given}: DEFAULT is the [pool] table's name; give this pool another"
+            )));
+        }
+        pool.check_as(&format!("pools.{given}"))?;
+        if out.contains_key(&name) {
+            return Err(ConfigError::Invalid(format!(
+                "pools.{given} is given twice (names are case-insensitive)"
+            )));
+        }
+        for (other, place) in &places {
+            if pool.kind == PoolKind::S3
+                && place.kind == PoolKind::S3
+                && pool.endpoint == place.endpoint
+                && pool.bucket == place.bucket
+                && pool.prefix == place.prefix
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "pools.{given} writes to the same bucket and prefix as pool {other}; give each pool a prefix of its own"
+                )));
+            }
+            if pool.directory.is_some() && pool.directory == place.directory {
+                return Err(ConfigError::Invalid(format!(
+                    "pools.{given} has the same directory as pool {other}; give each pool a directory of its own"
+                )));
+            }
+        }
+        places.push((name.clone(), pool));
+        out.insert(name, pool.clone());
+    }
+    Ok(out)
 }
 
 fn default_pool_region() -> String {
@@ -546,6 +645,7 @@ impl ServerConfig {
         }
         cfg.check_db_backup()?;
         cfg.pool.check()?;
+        cfg.pools = named_pools(std::mem::take(&mut cfg.pools), &cfg.pool)?;
         cfg.audit.check()?;
         Ok(cfg)
     }
@@ -873,5 +973,55 @@ mod tests {
         let cfg = ServerConfig::load(Some(&file), &ConfigOverrides::default()).unwrap();
         assert_eq!(cfg.db_backup_interval_hours, 24);
         assert_eq!(cfg.db_backup_keep, 7);
+    }
+
+    #[test]
+    fn more_pools_are_named_in_upper_case_and_their_bad_values_are_named() {
+        let cfg = pool_from(
+            "[pools.tape]\nkind = \"local\"\ndirectory = \"/srv/tape\"\n\
+             [pools.Cloud-1]\nkind = \"s3\"\nbucket = \"b\"\nprefix = \"c/\"\n",
+        )
+        .unwrap();
+        let names: Vec<&String> = cfg.pools.keys().collect();
+        assert_eq!(names, ["CLOUD-1", "TAPE"]);
+        assert_eq!(
+            cfg.pools["TAPE"].directory.as_deref(),
+            Some(Path::new("/srv/tape"))
+        );
+        for (toml, wanted) in [
+            ("[pools.default]\n", "DEFAULT is the [pool] table's name"),
+            ("[pools.\"a b\"]\n", "not a valid pool name"),
+            (
+                "[pools.x]\ndirectory = \"relative\"\n",
+                "pools.x.directory relative must be an absolute path",
+            ),
+            (
+                "[pool]\ndirectory = \"/srv/d\"\n",
+                "pool.directory /srv/d is not allowed",
+            ),
+            (
+                "[pools.x]\nkind = \"s3\"\n",
+                "pools.x.kind is s3 but pools.x.bucket is not set",
+            ),
+            (
+                "[pools.x]\ncontainer_mib = 0\n",
+                "pools.x.container_mib 0 is out of range",
+            ),
+            (
+                "[pool]\nkind = \"s3\"\nbucket = \"b\"\n[pools.x]\nkind = \"s3\"\nbucket = \"b\"\n",
+                "same bucket and prefix as pool DEFAULT",
+            ),
+            (
+                "[pools.x]\ndirectory = \"/srv/d\"\n[pools.y]\ndirectory = \"/srv/d\"\n",
+                "same directory as pool X",
+            ),
+            (
+                "[pools.x]\nkind = \"s3\"\nbucket = \"b\"\ndirectory = \"/srv/d\"\n",
+                "is for local pools",
+            ),
+        ] {
+            let err = pool_from(toml).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{toml}: {err}");
+        }
     }
 }

@@ -478,9 +478,11 @@ pub fn filespace_times_from_pb(f: pb::FilespaceTimes) -> Result<FilespaceTimes, 
     })
 }
 
-/// A node with its usage, as `query node` shows it.
-pub fn node_to_pb(node: Node, usage: NodeUsage) -> pb::NodeInfo {
+/// A node with its usage, as `query node` shows it; `pool` is the name of
+/// its storage pool.
+pub fn node_to_pb(node: Node, usage: NodeUsage, pool: String) -> pb::NodeInfo {
     pb::NodeInfo {
+        pool,
         name: node.name,
         locked: node.locked,
         registered_ns: node.registered_ns,

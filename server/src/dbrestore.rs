@@ -49,7 +49,7 @@ pub fn restore_db(
     data_dir: &Path,
     copy: &Path,
     policy: Policy,
-    pool: &crate::config::PoolConfig,
+    pools: crate::repository::PoolSetup<'_>,
 ) -> Result<RestoreDbReport, ServerError> {
     let _lock = crate::state::lock_data_dir(data_dir)?;
     let refused = |e: crate::error::CatalogError| {
@@ -71,13 +71,36 @@ pub fn restore_db(
     // Everything is read and decided on a staged copy first: a failure
     // until the final rename leaves the data dir as it was.
     let mut found: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
-    let bucket = crate::repository::open_pool(pool)?;
-    for (id, at) in ChunkStore::scan_dir(
-        &data_dir.join("containers"),
-        crate::model::DEFAULT_POOL,
-        bucket.as_ref(),
-    )? {
-        found.entry(id).or_default().push(at);
+    // Each configured pool the copy knows, under the copy's id for it; a
+    // pool made after the copy holds nothing the copy indexes.
+    let ids = Catalog::copy_pool_ids(copy).map_err(refused)?;
+    // A pool the copy uses and the configuration lacks: its rows would be
+    // dropped as missing, and its containers emptied at the next start.
+    for (name, id) in &ids {
+        let configured = name == "DEFAULT" || pools.more.contains_key(name);
+        if !configured && Catalog::copy_pool_has_chunks(copy, *id).map_err(refused)? {
+            return Err(ServerError::FailedPrecondition(format!(
+                "{} indexes data in storage pool {name}, which the configuration does not have; \
+                 add [pools.{name}] as it was and run restore-db again. Nothing was changed",
+                copy.display()
+            )));
+        }
+    }
+    let configured = std::iter::once(("DEFAULT", pools.default)).chain(
+        pools
+            .more
+            .iter()
+            .map(|(name, config)| (name.as_str(), config)),
+    );
+    for (name, config) in configured {
+        let Some(id) = ids.get(name) else {
+            continue;
+        };
+        let bucket = crate::repository::open_pool(config)?;
+        let dir = crate::repository::pool_dir(data_dir, name, config);
+        for (chunk, at) in ChunkStore::scan_dir(&dir, *id, bucket.as_ref())? {
+            found.entry(chunk).or_default().push(at);
+        }
     }
     let staged = stage(data_dir, copy)?;
     let mut report = match prepare_staged(&staged, copy, policy, &found) {

@@ -240,6 +240,7 @@ impl DemoServer {
             db_backup_interval_hours: 24,
             db_backup_keep: 7,
             pool: crate::config::PoolConfig::default(),
+            pools: std::collections::BTreeMap::new(),
             metrics_listen: None,
             audit: crate::config::AuditSchedule::default(),
             shutdown_grace_seconds: crate::config::default_shutdown_grace_seconds(),

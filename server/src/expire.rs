@@ -22,7 +22,7 @@ use crate::catalog::{Catalog, ExpiringVersion, ReleasedSpace};
 use crate::error::ServerError;
 use crate::model::ChunkLocation;
 use crate::repository::Repository;
-use crate::storage::{HEADER_BYTES, VerifiedChunk};
+use crate::storage::{ChunkStore, HEADER_BYTES, VerifiedChunk};
 
 /// Names a preview lists at most, in bytes: its answer stays well under
 /// the 64 MiB message cap however long the paths.
@@ -142,29 +142,32 @@ fn reclaim_locked(
         chunks_freed: sweep(repo, open_sessions)?,
         ..ExpireReport::default()
     };
-    let active = repo.store.seal()?;
     let live: HashMap<u32, u64> = repo
         .catalog
         .container_live_bytes(HEADER_BYTES)?
         .into_iter()
         .collect();
-    for (number, size) in repo.store.containers()? {
-        // The open container, and any a backup opened since the seal (it
-        // may have filled `active` meanwhile): their chunks may not be
-        // indexed yet, so "no live bytes" says nothing about them.
-        if number >= active {
-            continue;
+    for (_, pool) in repo.pools.iter() {
+        let store = &pool.store;
+        let active = store.seal()?;
+        for (number, size) in store.containers()? {
+            // The open container, and any a backup opened since the seal (it
+            // may have filled `active` meanwhile): their chunks may not be
+            // indexed yet, so "no live bytes" says nothing about them.
+            if number >= active {
+                continue;
+            }
+            let live_bytes = live.get(&number).copied().unwrap_or(0);
+            if live_bytes == 0 {
+                store.remove_container(number)?;
+            } else if live_bytes.saturating_mul(2) < size {
+                compact(repo, store, number)?;
+            } else {
+                continue;
+            }
+            report.containers_compacted += 1;
+            report.bytes_reclaimed += size.saturating_sub(live_bytes);
         }
-        let live_bytes = live.get(&number).copied().unwrap_or(0);
-        if live_bytes == 0 {
-            repo.store.remove_container(number)?;
-        } else if live_bytes.saturating_mul(2) < size {
-            compact(repo, number)?;
-        } else {
-            continue;
-        }
-        report.containers_compacted += 1;
-        report.bytes_reclaimed += size.saturating_sub(live_bytes);
     }
     Ok(report)
 }
@@ -187,13 +190,14 @@ fn sweep(repo: &Repository, open_sessions: OpenSessions<'_>) -> Result<u64, Serv
     Ok(catalog.delete_chunks(&dead)?)
 }
 
-/// Copies a container's live chunks to the active container and removes it.
-fn compact(repo: &Repository, number: u32) -> Result<(), ServerError> {
+/// Copies a container's live chunks to its pool's active container and
+/// removes it.
+fn compact(repo: &Repository, store: &ChunkStore, number: u32) -> Result<(), ServerError> {
     // The container's own headers say what it holds; a record is live when
-    // the index still points at that very record.
-    let records = repo.store.records(number)?;
+    // the index still points its pool's copy at that very record.
+    let records = store.records(number)?;
     let ids: Vec<ChunkId> = records.iter().map(|(id, _)| *id).collect();
-    let indexed = repo.catalog.chunk_locations(&ids)?;
+    let indexed = repo.catalog.pool_chunk_locations(store.pool(), &ids)?;
     let chunks = records
         .into_iter()
         .zip(indexed)
@@ -208,8 +212,7 @@ fn compact(repo: &Repository, number: u32) -> Result<(), ServerError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let moved: Vec<_> = repo
-            .store
+        let moved: Vec<_> = store
             .append(batch)?
             .into_iter()
             .zip(from.iter())
@@ -221,7 +224,7 @@ fn compact(repo: &Repository, number: u32) -> Result<(), ServerError> {
         Ok(())
     };
     for (id, loc) in chunks {
-        let data = repo.store.read(loc)?;
+        let data = store.read(loc)?;
         batch_bytes += data.len();
         batch.push(VerifiedChunk {
             id,
@@ -235,7 +238,7 @@ fn compact(repo: &Repository, number: u32) -> Result<(), ServerError> {
         }
     }
     flush(&mut batch, &mut from)?;
-    repo.store.remove_container(number)?;
+    store.remove_container(number)?;
     Ok(())
 }
 

@@ -15,7 +15,10 @@
 //! Callers run these methods on blocking threads (rusqlite and fsync block).
 
 pub mod ingest;
+mod pool_setup;
 pub mod repair;
+
+pub use pool_setup::{PoolSetup, pool_dir};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -28,9 +31,10 @@ use crate::config::{PoolConfig, PoolKind};
 use crate::error::{ServerError, StorageError};
 use crate::model::{ChunkLocation, Node, Policy};
 use crate::pins::ChunkPins;
-use crate::storage::ChunkStore;
 use crate::storage::object_pool::ObjectPool;
 use crate::storage::pool_owner::PoolOwner;
+use crate::storage::pools::{PoolEntry, Pools};
+use crate::storage::{ChunkStore, ContainerNumbers, PoolPlace};
 
 /// The bucket of an S3 pool; `None` for a local one.
 ///
@@ -109,8 +113,8 @@ fn claim_pool(bucket: Arc<ObjectPool>) -> Result<(), ServerError> {
 pub struct Repository {
     /// The catalog.
     pub catalog: Arc<Catalog>,
-    /// The chunk containers.
-    pub store: ChunkStore,
+    /// The storage pools and their containers.
+    pub pools: Pools,
     /// Chunks open sessions rely on (kept by the chunk sweep).
     pub pins: ChunkPins,
     /// Held by an expiration run: one at a time.
@@ -130,38 +134,51 @@ impl Repository {
     pub fn open(
         dir: &Path,
         policy: Policy,
-        pool: &PoolConfig,
+        pools: PoolSetup<'_>,
         server_name: &str,
         admit: impl FnOnce(&Catalog) -> Result<(), ServerError>,
     ) -> Result<Self, ServerError> {
         let catalog = Arc::new(Catalog::open(&dir.join("catalog.db"), policy)?);
         // The caller's checks of the catalog (the server's name) come before
-        // anything touches the pool: a start they refuse claims no prefix,
-        // uploads nothing and deletes nothing in the bucket.
+        // anything touches a pool: a start they refuse claims no prefix,
+        // uploads nothing and deletes nothing in a bucket.
         admit(&catalog)?;
-        let bucket = open_pool(pool)?;
-        let containers = dir.join("containers");
-        if let Some(bucket) = &bucket {
-            let guid = catalog.server_guid()?;
-            bucket.set_owner(
-                PoolOwner::new(&guid.to_string(), server_name),
-                ChunkStore::has_remote_markers(&containers),
-            );
-        }
-        // Opening checks the data dir's markers against the bucket first:
-        // a start with a mistyped prefix fails before it claims anything.
-        let store = ChunkStore::open_in_pool(
-            &containers,
-            &catalog.container_ends()?,
-            bucket,
-            pool.container_bytes(),
-        )?;
-        if let Some(bucket) = store.shared_object_pool() {
-            claim_pool(bucket)?;
+        let guid = catalog.server_guid()?.to_string();
+        let setup = pool_setup::prepare(dir, &catalog, pools, &guid)?;
+        let numbers = ContainerNumbers::after(setup.highest);
+        let mut entries = std::collections::BTreeMap::new();
+        for place in &setup.places {
+            let bucket = open_pool(place.config)?;
+            if let Some(bucket) = &bucket {
+                bucket.set_owner(
+                    PoolOwner::new(&guid, server_name),
+                    ChunkStore::has_remote_markers(&place.dir),
+                );
+            }
+            // Opening checks the data dir's markers against the bucket
+            // first: a start with a mistyped prefix fails before it claims
+            // anything.
+            let store = ChunkStore::open_in_pool(
+                PoolPlace {
+                    id: place.id,
+                    table: &place.table,
+                    dir: &place.dir,
+                    numbers: numbers.clone(),
+                    taken: &place.taken,
+                },
+                &place.ends,
+                bucket,
+                place.config.container_bytes(),
+            )?;
+            if let Some(bucket) = store.shared_object_pool() {
+                claim_pool(bucket)?;
+            }
+            let name = place.name.clone();
+            entries.insert(place.id, PoolEntry { name, store });
         }
         Ok(Repository {
             catalog,
-            store,
+            pools: Pools::new(entries, setup.unconfigured, numbers)?,
             pins: ChunkPins::default(),
             expire_lock: Mutex::new(()),
             ingest_budget: ingest::IngestBudget::default(),
@@ -223,7 +240,7 @@ impl Repository {
     /// A chunk that is not indexed, named; container read errors.
     pub fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<StoredChunk>, ServerError> {
         let locations = self.catalog.chunk_locations(ids)?;
-        self.store.prefetch(
+        self.pools.prefetch(
             &locations.iter().flatten().copied().collect::<Vec<_>>(),
             true,
         );
@@ -251,10 +268,17 @@ impl Repository {
     /// # Errors
     /// The chunk unreadable at both places (the first error is returned).
     pub fn read_at(&self, id: ChunkId, location: ChunkLocation) -> Result<Vec<u8>, ServerError> {
-        match self.store.read(location) {
+        match self.pools.read(location) {
             Ok(data) => Ok(data),
-            Err(first) => match self.catalog.chunk_locations(&[id])?.pop().flatten() {
-                Some(moved) if moved != location => Ok(self.store.read(moved)?),
+            // The same copy, moved within its pool: another pool's copy
+            // would hide this one's damage from an audit.
+            Err(first) => match self
+                .catalog
+                .pool_chunk_locations(location.pool, &[id])?
+                .pop()
+                .flatten()
+            {
+                Some(moved) if moved != location => Ok(self.pools.read(moved)?),
                 _ => Err(first.into()),
             },
         }

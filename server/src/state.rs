@@ -357,10 +357,13 @@ impl ServerState {
             )))?;
         refuse_shared_data_dir(dir)?;
         let lock = lock_data_dir(dir)?;
-        let mut repo =
-            Repository::open(dir, config.policy, &config.pool, &config.name, |catalog| {
-                check_server_name(catalog, &config)
-            })?;
+        let pools = crate::repository::PoolSetup {
+            default: &config.pool,
+            more: &config.pools,
+        };
+        let mut repo = Repository::open(dir, config.policy, pools, &config.name, |catalog| {
+            check_server_name(catalog, &config)
+        })?;
         repo.ingest_budget = crate::repository::ingest::IngestBudget::new(config.ingest_memory_mib);
         let repo = Arc::new(repo);
         let catalog: &Catalog = &repo.catalog;

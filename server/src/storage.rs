@@ -20,6 +20,7 @@ mod block_cache;
 pub mod object_pool;
 mod offload;
 pub mod pool_owner;
+pub mod pools;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -45,7 +46,7 @@ pub const HEADER_BYTES: u64 = 40;
 pub const MAX_RAW_CHUNK: usize = tandem_proto::MAX_RAW_CHUNK_BYTES;
 
 /// A chunk whose hash was checked, ready to store.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VerifiedChunk {
     /// Its id.
     pub id: ChunkId,
@@ -217,18 +218,61 @@ pub struct PoolStatus {
     pub last_upload_error: String,
 }
 
+/// Container numbers, unique across a server's storage pools: a new
+/// container in any pool takes the next one. So a number names one
+/// container wherever it is (`audit container N`, the catalog's rows, an
+/// object's key in a bucket), and pools never collide.
+#[derive(Debug, Default)]
+pub struct ContainerNumbers(std::sync::atomic::AtomicU32);
+
+impl ContainerNumbers {
+    /// Numbers after `highest`, the highest in use in any pool.
+    #[must_use]
+    pub fn after(highest: u32) -> Arc<Self> {
+        Arc::new(ContainerNumbers(std::sync::atomic::AtomicU32::new(highest)))
+    }
+
+    /// The number for a new container.
+    fn next(&self) -> u32 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// Notes that `number` is in use.
+    fn observe(&self, number: u32) {
+        self.0
+            .fetch_max(number, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[derive(Debug)]
 struct Appender {
     number: u32,
     out: ContainerAppender,
 }
 
-/// The set of containers of one server.
+/// Which pool a [`ChunkStore`] is and where its containers are.
+#[derive(Debug, Clone)]
+pub struct PoolPlace<'a> {
+    /// `pools.id` in the catalog.
+    pub id: u32,
+    /// Its table in the configuration (`pool`, `pools.NAME`), for messages.
+    pub table: &'a str,
+    /// The containers directory (an S3 pool's staging directory).
+    pub dir: &'a Path,
+    /// The server's container numbers, shared by its pools.
+    pub numbers: Arc<ContainerNumbers>,
+    /// Numbers other pools have (files, markers, indexed chunks).
+    pub taken: &'a std::collections::HashSet<u32>,
+}
+
+/// The containers of one storage pool.
 #[derive(Debug)]
 pub struct ChunkStore {
     /// The storage pool these containers are (`pools.id` in the catalog).
     pool: u32,
     dir: PathBuf,
+    /// Shared with the server's other pools.
+    numbers: Arc<ContainerNumbers>,
     /// Size at which a container is sealed.
     seal_bytes: u64,
     appender: Mutex<Appender>,
@@ -257,7 +301,41 @@ impl ChunkStore {
     /// # Errors
     /// I/O errors on the directory or a container.
     pub fn open(dir: &Path, indexed_ends: &[(u32, u64)]) -> Result<Self, StorageError> {
-        Self::open_in_pool(dir, indexed_ends, None, CONTAINER_TARGET_BYTES)
+        let taken = std::collections::HashSet::new();
+        let numbers =
+            ContainerNumbers::after(Self::numbers_in(dir)?.into_iter().max().unwrap_or(0));
+        Self::open_in_pool(
+            PoolPlace {
+                id: DEFAULT_POOL,
+                table: "pool",
+                dir,
+                numbers,
+                taken: &taken,
+            },
+            indexed_ends,
+            None,
+            CONTAINER_TARGET_BYTES,
+        )
+    }
+
+    /// Every container number `dir` holds or has in a bucket (its files,
+    /// markers and pending deletions).
+    ///
+    /// # Errors
+    /// I/O errors reading the directory.
+    pub fn numbers_in(dir: &Path) -> Result<std::collections::HashSet<u32>, StorageError> {
+        let mut numbers = std::collections::HashSet::new();
+        if !dir.exists() {
+            return Ok(numbers);
+        }
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = entry.map_err(io_err(dir))?.path();
+            let number = container_number(&path)
+                .or_else(|| offload::marker_number(&path))
+                .or_else(|| offload::deleting_number(&path));
+            numbers.extend(number);
+        }
+        Ok(numbers)
     }
 
     /// Opens the containers in `dir` as [`Self::open`] does; with `pool`,
@@ -268,11 +346,18 @@ impl ChunkStore {
     /// I/O errors on the directory or a container; [`StorageError::Pool`]
     /// when containers are in a bucket but no pool, or another, is given.
     pub fn open_in_pool(
-        dir: &Path,
+        place: PoolPlace<'_>,
         indexed_ends: &[(u32, u64)],
         pool: Option<ObjectPool>,
         seal_bytes: u64,
     ) -> Result<Self, StorageError> {
+        let PoolPlace {
+            id: pool_id,
+            table,
+            dir,
+            numbers,
+            taken,
+        } = place;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let remote = offload::load_markers(dir, pool.as_ref().map(ObjectPool::identity))?;
         if pool.is_none()
@@ -282,7 +367,7 @@ impl ChunkStore {
                 pool: "none configured".into(),
                 container: Some(*number),
                 reason: format!(
-                    "{} container(s) of this data dir are in an S3 bucket ({} names it); configure the [pool] they were uploaded to",
+                    "{} container(s) of this pool are in an S3 bucket ({} names it); configure the [{table}] they were uploaded to",
                     remote.len(),
                     offload::marker_path(dir, *number).display()
                 ),
@@ -319,11 +404,15 @@ impl ChunkStore {
                 file.sync_all().map_err(io_err(&path))?;
             }
         }
-        // Appends never go to a container that is in the bucket.
-        let number = if remote.contains_key(&highest) {
-            highest + 1
+        // Appends go on in this pool's newest local container; never to a
+        // container that is in the bucket or whose number another pool has
+        // (taken while this pool was out of the configuration), and a new
+        // one takes the next number of all pools.
+        numbers.observe(highest);
+        let number = if highest == 0 || remote.contains_key(&highest) || taken.contains(&highest) {
+            numbers.next()
         } else {
-            highest.max(1)
+            highest
         };
         // Containers emptied by a compaction that crashed before unlinking them.
         for (n, _) in Self::list_containers(dir)? {
@@ -348,13 +437,20 @@ impl ChunkStore {
             }
         };
         Ok(ChunkStore {
-            pool: DEFAULT_POOL,
+            pool: pool_id,
             dir: dir.to_path_buf(),
+            numbers,
             seal_bytes,
             appender: Mutex::new(appender),
             readers,
             offload,
         })
+    }
+
+    /// The storage pool these containers are (`pools.id`).
+    #[must_use]
+    pub fn pool(&self) -> u32 {
+        self.pool
     }
 
     /// The file of container `number` in `dir`.
@@ -400,11 +496,12 @@ impl ChunkStore {
                     self.write_records(&mut app, &headers[first..i], &chunks[first..i])?;
                     first = i;
                     to_sync.push((app.number, app.out.file()));
-                    *app = Self::open_appender(&self.dir, app.number + 1)?;
+                    let sealed = app.number;
+                    *app = Self::open_appender(&self.dir, self.numbers.next())?;
                     // Queued now: a later failure in this call must not
                     // leave it unqueued until the next start.
                     if let Some(offload) = &self.offload {
-                        offload.sealed(app.number - 1);
+                        offload.sealed(sealed);
                     }
                     end = app.out.len();
                 }
@@ -721,9 +818,10 @@ impl ChunkStore {
     pub fn seal(&self) -> Result<u32, StorageError> {
         let mut app = lock(&self.appender);
         if app.out.len() > 0 {
-            *app = Self::open_appender(&self.dir, app.number + 1)?;
+            let sealed = app.number;
+            *app = Self::open_appender(&self.dir, self.numbers.next())?;
             if let Some(offload) = &self.offload {
-                offload.sealed(app.number - 1);
+                offload.sealed(sealed);
             }
         }
         Ok(app.number)

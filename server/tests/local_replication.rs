@@ -26,7 +26,10 @@ fn open(dir: &tempfile::TempDir) -> Arc<Repository> {
         Repository::open(
             dir.path(),
             Policy::default(),
-            &Default::default(),
+            tandem_server::repository::PoolSetup {
+                default: &Default::default(),
+                more: &Default::default(),
+            },
             "LOCAL",
             |_| Ok(()),
         )

@@ -118,9 +118,17 @@ fn scrapers_need_the_token_and_see_sessions_nodes_pool_and_scheduled_audits() {
         (now - 600.0..=now + 60.0).contains(&backed_up),
         "{backed_up} vs {now}"
     );
-    assert!(text.contains("tandem_pool_info{kind=\"local\""), "{text}");
     assert!(
-        sample(&text, "tandem_pool_stored_bytes{place=\"local\"}").unwrap() >= 400_000.0,
+        text.contains("tandem_pool_info{pool=\"DEFAULT\",kind=\"local\""),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "tandem_pool_stored_bytes{pool=\"DEFAULT\",place=\"local\"}"
+        )
+        .unwrap()
+            >= 400_000.0,
         "{text}"
     );
     assert_eq!(sample(&text, "tandem_damaged_chunks"), Some(0.0), "{text}");

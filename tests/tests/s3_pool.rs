@@ -641,16 +641,19 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
             (p, bytes)
         })
         .collect();
-    // The data dir loses its containers directory (as a catalog restored
-    // onto a new machine has none): the owner object still names this
-    // server, and it numbers new containers from 1 again.
+    // The data dir loses its containers directory: new containers are
+    // numbered after the highest the catalog indexes, so they go to the
+    // bucket beside the old ones, never over them.
+    let lose_local_containers = |server: &TestServer| {
+        for file in local(server, "remote")
+            .into_iter()
+            .chain(local(server, "tdc"))
+        {
+            std::fs::remove_file(file).unwrap();
+        }
+    };
     server.kill();
-    for file in local(&server, "remote")
-        .into_iter()
-        .chain(local(&server, "tdc"))
-    {
-        std::fs::remove_file(file).unwrap();
-    }
+    lose_local_containers(&server);
     server.restart();
     let more = work.path().join("more");
     std::fs::create_dir_all(&more).unwrap();
@@ -662,22 +665,64 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
         .unwrap();
     }
     assert_success(&client.run(&["incremental", &path_str(&more)]), "backup");
+    let uploaded = wait_until(Duration::from_secs(120), || {
+        s3.container_objects().len() > objects.len()
+    });
+    assert!(
+        uploaded,
+        "new containers reach the bucket\n{}",
+        server.log()
+    );
+    assert!(!server.log().contains("TDM0446E"), "{}", server.log());
+    let unchanged = |objects: &[(PathBuf, Vec<u8>)]| {
+        for (path, bytes) in objects {
+            assert_eq!(
+                &std::fs::read(path).unwrap(),
+                bytes,
+                "{} was overwritten",
+                path.display()
+            );
+        }
+    };
+    unchanged(&objects);
+    restore_same(&client, &more, &work.path().join("more-out"));
+
+    // Now the catalog knows none of them either (as one restored from a
+    // copy older than everything in the bucket): numbering starts at 1
+    // again, and the owner check refuses every upload over an object.
+    server.kill();
+    lose_local_containers(&server);
+    let catalog = rusqlite::Connection::open(server.data_dir().join("catalog.db")).unwrap();
+    catalog.execute("DELETE FROM chunks", []).unwrap();
+    drop(catalog);
+    let objects: Vec<(PathBuf, Vec<u8>)> = s3
+        .container_objects()
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    server.restart();
+    let last = work.path().join("last");
+    std::fs::create_dir_all(&last).unwrap();
+    for i in 0..3u64 {
+        std::fs::write(
+            last.join(format!("last-{i}.bin")),
+            random_bytes(7000 + i, 1 << 20),
+        )
+        .unwrap();
+    }
+    assert_success(&client.run(&["incremental", &path_str(&last)]), "backup");
     server.wait_for_log("TDM0446E");
     assert!(
         server.log().contains("would overwrite an object of"),
         "{}",
         server.log()
     );
-    for (path, bytes) in &objects {
-        assert_eq!(
-            &std::fs::read(path).unwrap(),
-            bytes,
-            "{} was overwritten",
-            path.display()
-        );
-    }
+    unchanged(&objects);
     // What was backed up since stays on the local disk and restores.
-    restore_same(&client, &more, &work.path().join("more-out"));
+    restore_same(&client, &last, &work.path().join("last-out"));
 }
 
 /// A TCP listener on 127.0.0.1 that takes connections and never answers,

@@ -145,7 +145,15 @@ pub async fn audit_pool(
                 .repo
                 .blocking(move |r| {
                     let check = r.check_located(&batch)?;
-                    r.catalog.clear_damaged(&check.intact, true)?;
+                    let damaged: std::collections::HashSet<(ChunkId, u32)> =
+                        check.damaged.iter().map(|(id, c, _)| (*id, *c)).collect();
+                    let whole: std::collections::HashSet<&ChunkId> = check.intact.iter().collect();
+                    let read_whole: Vec<(ChunkId, u32)> = batch
+                        .iter()
+                        .map(|(id, at)| (*id, at.container))
+                        .filter(|pair| whole.contains(&pair.0) && !damaged.contains(pair))
+                        .collect();
+                    r.catalog.clear_damaged_copies(&read_whole)?;
                     Ok(check)
                 })
                 .await?;

@@ -122,8 +122,15 @@ fn restore_db(args: &Args, from: &std::path::Path) -> anyhow::Result<()> {
         ..ConfigOverrides::default()
     };
     let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
-    let report =
-        tandem_server::dbrestore::restore_db(&config.data_dir, from, config.policy, &config.pool)?;
+    let report = tandem_server::dbrestore::restore_db(
+        &config.data_dir,
+        from,
+        config.policy,
+        tandem_server::repository::PoolSetup {
+            default: &config.pool,
+            more: &config.pools,
+        },
+    )?;
     println!("Catalog restored from {}", from.display());
     if let Some(aside) = &report.kept_aside {
         println!("Replaced catalog kept as {}", aside.display());

@@ -173,7 +173,50 @@ impl Catalog {
         )
     }
 
-    /// Runs a location query (`?1` the id, `?2` the node when given) per id.
+    /// Every copy of chunk `id`, in pool order.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn chunk_copies(&self, id: &ChunkId) -> Result<Vec<ChunkLocation>, CatalogError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT container, offset, stored_len, raw_len, pool FROM chunks
+             WHERE id = ?1 ORDER BY pool",
+        )?;
+        let copies = stmt
+            .query_map([id.as_slice()], |r| {
+                Ok(ChunkLocation {
+                    container: r.get(0)?,
+                    offset: from_sql_int(r.get(1)?),
+                    stored_len: r.get(2)?,
+                    raw_len: r.get(3)?,
+                    pool: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(copies)
+    }
+
+    /// Where pool `pool`'s copy of each of `ids` is (`None` where it has
+    /// none): what compaction of that pool's containers compares with.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn pool_chunk_locations(
+        &self,
+        pool: u32,
+        ids: &[ChunkId],
+    ) -> Result<Vec<Option<ChunkLocation>>, CatalogError> {
+        self.locations(
+            "SELECT container, offset, stored_len, raw_len, pool FROM chunks
+             WHERE id = ?1 AND pool = ?2",
+            Some(i64::from(pool)),
+            ids,
+        )
+    }
+
+    /// Runs a location query (`?1` the id, `?2` the node or pool when
+    /// given) per id.
     fn locations(
         &self,
         sql: &str,
@@ -204,9 +247,10 @@ impl Catalog {
     }
 
     /// Points chunks at fresh, verified and fsynced copies (self-repair),
-    /// and makes node `node` an owner of each, in one transaction: the row of
-    /// a damaged chunk is re-pointed (its old record becomes dead space that
-    /// compaction reclaims), the row of a missing one is added.
+    /// and makes node `node` an owner of each and of every chunk of
+    /// `proven` (whose verified bytes it sent), in one transaction: the row
+    /// of a damaged copy is re-pointed (its old record becomes dead space
+    /// that compaction reclaims), the row of a missing one is added.
     ///
     /// # Errors
     /// SQLite errors.
@@ -214,6 +258,7 @@ impl Catalog {
         &self,
         node: i64,
         written: &[(ChunkId, ChunkLocation)],
+        proven: &[ChunkId],
     ) -> Result<(), CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -239,6 +284,12 @@ impl Catalog {
                 tx.prepare_cached("DELETE FROM damaged_chunks WHERE id = ?1")?
                     .execute([id.as_slice()])?;
             }
+        }
+        // Every copy of a proven chunk now reads whole, or was replaced.
+        for id in proven {
+            grant(&tx, node, id)?;
+            tx.prepare_cached("DELETE FROM damaged_chunks WHERE id = ?1")?
+                .execute([id.as_slice()])?;
         }
         tx.commit()?;
         Ok(())

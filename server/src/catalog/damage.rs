@@ -169,6 +169,33 @@ impl Catalog {
         Ok(())
     }
 
+    /// Drops the damage records of chunks read whole in the containers
+    /// given, by (id, container): a record naming another container stays,
+    /// since another pool's copy of the chunk may be the damaged one,
+    /// unless no copy is in that container any more.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn clear_damaged_copies(&self, read_whole: &[(ChunkId, u32)]) -> Result<(), CatalogError> {
+        if read_whole.is_empty() || self.damaged_rows()? == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM damaged_chunks WHERE id = ?1 AND container <> 0 AND (container = ?2
+                   OR NOT EXISTS (SELECT 1 FROM chunks c
+                                  WHERE c.id = ?1 AND c.container = damaged_chunks.container))",
+            )?;
+            for (id, container) in read_whole {
+                stmt.execute(params![id.as_slice(), container])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops the records of chunks missing for node `node`: its full audit
     /// is about to record what is missing now.
     ///

@@ -31,6 +31,91 @@ pub struct ChunkReconcile {
     pub unindexed: u64,
 }
 
+/// The statements that bring one chunk's index rows in line with the
+/// containers.
+struct Reconciler<'conn> {
+    repoint: rusqlite::Statement<'conn>,
+    drop: rusqlite::Statement<'conn>,
+    drop_sharers: rusqlite::Statement<'conn>,
+    /// Makes a dropped row's owner a sharer, unless it owns a row that stays.
+    keep_owner: rusqlite::Statement<'conn>,
+}
+
+impl Reconciler<'_> {
+    /// Reconciles the rows (one per pool) of chunk `raw`: a row is kept
+    /// when a container holds its very record, re-pointed when its pool
+    /// holds the chunk elsewhere, and dropped otherwise; but when none of
+    /// the chunk's rows would stay and a pool with no row holds it, the
+    /// last one moves there instead, keeping its owner. A chunk left with
+    /// no row is missing, and its sharers go.
+    fn reconcile_id(
+        &mut self,
+        raw: &[u8],
+        rows: &[(Vec<u8>, ChunkLocation, i64)],
+        found: &HashMap<ChunkId, Vec<ChunkLocation>>,
+        out: &mut ChunkReconcile,
+    ) -> Result<(), CatalogError> {
+        let Ok(id) = ChunkId::from_slice(raw) else {
+            return Ok(());
+        };
+        let places = found.get(&id).map_or(&[][..], Vec::as_slice);
+        let mut left = 0;
+        let mut lost = Vec::new();
+        for (_, at, owner) in rows {
+            if places.contains(at) {
+                out.kept += 1;
+                left += 1;
+            } else if let Some(to) = places.iter().find(|p| p.pool == at.pool) {
+                self.move_row(raw, at.pool, to)?;
+                out.repointed += 1;
+                left += 1;
+            } else {
+                lost.push((at.pool, *owner));
+            }
+        }
+        let indexed_pools: Vec<u32> = rows.iter().map(|(_, at, _)| at.pool).collect();
+        let elsewhere = places.iter().find(|p| !indexed_pools.contains(&p.pool));
+        let mut dropped_owners = Vec::new();
+        for (i, (pool, owner)) in lost.iter().enumerate() {
+            match elsewhere {
+                Some(to) if left == 0 && i + 1 == lost.len() => {
+                    self.move_row(raw, *pool, to)?;
+                    out.repointed += 1;
+                    left += 1;
+                }
+                _ => {
+                    self.drop.execute(params![raw, pool])?;
+                    dropped_owners.push(*owner);
+                }
+            }
+        }
+        if left > 0 {
+            // Ownership is of the chunk: a dropped copy's owner keeps it.
+            for owner in dropped_owners.into_iter().filter(|o| *o != 0) {
+                self.keep_owner.execute(params![raw, owner])?;
+            }
+        } else {
+            self.drop_sharers.execute([raw])?;
+            out.missing.push(id);
+        }
+        Ok(())
+    }
+
+    /// Points the row of `raw` in pool `from` at `to` (its pool included).
+    fn move_row(&mut self, raw: &[u8], from: u32, to: &ChunkLocation) -> rusqlite::Result<()> {
+        self.repoint.execute(params![
+            raw,
+            to.container,
+            sql_int(to.offset),
+            to.stored_len,
+            to.raw_len,
+            to.pool,
+            from
+        ])?;
+        Ok(())
+    }
+}
+
 /// Stored data that references chunks no container holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Damaged {
@@ -95,6 +180,42 @@ impl Catalog {
             .unwrap_or_default())
     }
 
+    /// The pool ids of a catalog copy by name (a copy from before storage
+    /// pools knows only DEFAULT, 0).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn copy_pool_ids(
+        path: &Path,
+    ) -> Result<std::collections::BTreeMap<String, u32>, CatalogError> {
+        let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let has_pools = conn
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pools'")?
+            .exists([])?;
+        let mut ids =
+            std::collections::BTreeMap::from([("DEFAULT".to_string(), crate::model::DEFAULT_POOL)]);
+        if has_pools {
+            let mut stmt = conn.prepare("SELECT name, id FROM pools")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            for row in rows {
+                let (name, id): (String, u32) = row?;
+                ids.insert(name, id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether the catalog copy at `path` indexes any chunk in pool `pool`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn copy_pool_has_chunks(path: &Path, pool: u32) -> Result<bool, CatalogError> {
+        let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        Ok(conn
+            .prepare("SELECT 1 FROM chunks WHERE pool = ?1 LIMIT 1")?
+            .exists([pool])?)
+    }
+
     /// Compares every index row with `found` (each chunk the containers
     /// hold, with where): rows that point elsewhere are re-pointed, rows of
     /// chunks no container holds are dropped and returned, in one transaction.
@@ -107,9 +228,11 @@ impl Catalog {
     ) -> Result<ChunkReconcile, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let indexed: Vec<(Vec<u8>, ChunkLocation)> = {
-            let mut stmt =
-                tx.prepare("SELECT id, container, offset, stored_len, raw_len, pool FROM chunks")?;
+        let indexed: Vec<(Vec<u8>, ChunkLocation, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, container, offset, stored_len, raw_len, pool, owner FROM chunks
+                 ORDER BY id, pool",
+            )?;
             stmt.query_map([], |r| {
                 Ok((
                     r.get(0)?,
@@ -120,52 +243,41 @@ impl Catalog {
                         raw_len: r.get(4)?,
                         pool: r.get(5)?,
                     },
+                    r.get(6)?,
                 ))
             })?
             .collect::<Result<_, _>>()?
         };
         let mut out = ChunkReconcile::default();
-        let known: HashSet<&[u8]> = indexed.iter().map(|(raw, _)| raw.as_slice()).collect();
+        let known: HashSet<&[u8]> = indexed.iter().map(|(raw, _, _)| raw.as_slice()).collect();
         out.unindexed = found
             .keys()
             .filter(|id| !known.contains(id.as_bytes().as_slice()))
             .count() as u64;
         {
-            let mut repoint = tx.prepare(
-                "UPDATE chunks SET container = ?2, offset = ?3, stored_len = ?4, raw_len = ?5
-                 WHERE id = ?1 AND pool = ?6",
-            )?;
-            let mut drop = tx.prepare("DELETE FROM chunks WHERE id = ?1 AND pool = ?2")?;
-            let mut drop_sharers = tx.prepare("DELETE FROM chunk_sharers WHERE chunk = ?1")?;
-            for (raw, at) in indexed {
-                let Ok(id) = ChunkId::from_slice(&raw) else {
-                    continue;
-                };
-                // A copy is re-pointed only within its own pool.
-                let places = found.get(&id).map_or(&[][..], Vec::as_slice);
-                if places.contains(&at) {
-                    out.kept += 1;
-                } else if let Some(to) = places.iter().find(|p| p.pool == at.pool) {
-                    repoint.execute(params![
-                        raw,
-                        to.container,
-                        sql_int(to.offset),
-                        to.stored_len,
-                        to.raw_len,
-                        at.pool
-                    ])?;
-                    out.repointed += 1;
-                } else {
-                    drop.execute(params![raw, at.pool])?;
-                    // Ownership goes with the chunk's last copy.
-                    if places.is_empty() {
-                        drop_sharers.execute([&raw])?;
-                        // Rows come in key order, an id's copies together.
-                        if out.missing.last() != Some(&id) {
-                            out.missing.push(id);
-                        }
-                    }
-                }
+            let mut rows = Reconciler {
+                repoint: tx.prepare(
+                    "UPDATE chunks SET pool = ?6, container = ?2, offset = ?3, stored_len = ?4,
+                       raw_len = ?5 WHERE id = ?1 AND pool = ?7",
+                )?,
+                drop: tx.prepare("DELETE FROM chunks WHERE id = ?1 AND pool = ?2")?,
+                drop_sharers: tx.prepare("DELETE FROM chunk_sharers WHERE chunk = ?1")?,
+                keep_owner: tx.prepare(
+                    "INSERT OR IGNORE INTO chunk_sharers (chunk, node_id)
+                     SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND owner = ?2)",
+                )?,
+            };
+            // Rows come in key order: each id's copies together.
+            let mut at = 0;
+            while at < indexed.len() {
+                let raw = &indexed[at].0;
+                let end = at
+                    + indexed[at..]
+                        .iter()
+                        .take_while(|(r, _, _)| r == raw)
+                        .count();
+                rows.reconcile_id(raw, &indexed[at..end], found, &mut out)?;
+                at = end;
             }
         }
         tx.commit()?;

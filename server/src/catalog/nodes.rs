@@ -48,10 +48,10 @@ pub(super) const NEXT_NODE_ID: &str = "(SELECT max(coalesce((SELECT max(id) FROM
 
 const NODE_COLUMNS: &str = "id, name, password_hash, locked, failed_logons, registered_ns, \
      last_logon_ns, verexists, verdeleted, retextra, retonly, replstate, replmode, replrule, \
-     last_repl_ns, repl_server, retver";
+     last_repl_ns, repl_server, retver, pool_id";
 
 /// How many columns [`NODE_COLUMNS`] names: queries add theirs after them.
-const NODE_COLUMN_COUNT: usize = 17;
+const NODE_COLUMN_COUNT: usize = 18;
 
 fn node_from_row(r: &Row<'_>, defaults: Policy) -> rusqlite::Result<Node> {
     let policy_value = |idx: usize, default: u32| -> rusqlite::Result<u32> {
@@ -77,6 +77,7 @@ fn node_from_row(r: &Row<'_>, defaults: Policy) -> rusqlite::Result<Node> {
         replrule: r.get(13)?,
         last_repl_ns: r.get(14)?,
         repl_server: r.get(15)?,
+        pool_id: r.get(17)?,
     })
 }
 

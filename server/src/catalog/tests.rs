@@ -1025,3 +1025,55 @@ fn a_chunk_index_from_before_pools_is_keyed_by_pool_on_open() {
         assert_eq!((location.pool, location.offset), (0, 200));
     }
 }
+
+#[test]
+fn restore_db_reconciles_each_pool_s_copy_and_keeps_a_chunk_found_in_another_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, node) = new_catalog(&dir);
+    let at = |pool: u32, container: u32, offset: u64| crate::model::ChunkLocation {
+        pool,
+        container,
+        ..stored_at(offset)
+    };
+    let (both, moved, gone) = (
+        tandem_proto::ChunkId([1; 32]),
+        tandem_proto::ChunkId([2; 32]),
+        tandem_proto::ChunkId([3; 32]),
+    );
+    let other = catalog
+        .register_node("OTHER", "hash", 1)
+        .expect("register")
+        .expect("new")
+        .id;
+    // `both` has a copy in pools 0 (OTHER's) and 1; `moved` only in pool 0;
+    // `gone` in 0.
+    for (owner, id, loc) in [
+        (other, both, at(0, 1, 0)),
+        (node, both, at(1, 2, 0)),
+        (node, moved, at(0, 1, 100)),
+        (node, gone, at(0, 1, 200)),
+    ] {
+        catalog
+            .insert_chunks(owner, &[(id, loc)], &[id])
+            .expect("insert");
+    }
+    // The containers: `both` only in pool 1 now; `moved` only in pool 1
+    // (freed from pool 0, stored again for a node of pool 1); `gone` nowhere.
+    let found =
+        std::collections::HashMap::from([(both, vec![at(1, 2, 0)]), (moved, vec![at(1, 3, 0)])]);
+    let report = catalog.reconcile_chunks(&found).expect("reconcile");
+    assert_eq!(report.kept, 1);
+    assert_eq!(
+        report.repointed, 1,
+        "moved's row follows its data to pool 1"
+    );
+    assert_eq!(report.missing, [gone]);
+    let copies = |id| catalog.chunk_copies(&id).expect("q");
+    assert_eq!(copies(both), [at(1, 2, 0)]);
+    assert_eq!(copies(moved), [at(1, 3, 0)]);
+    assert!(copies(gone).is_empty());
+    assert_eq!(catalog.unowned_chunks(node, 1, &[moved]).expect("q"), []);
+    // OTHER's copy went, but the chunk is still OTHER's.
+    assert_eq!(catalog.unowned_chunks(other, 1, &[both]).expect("q"), []);
+    assert!(catalog.owned_chunk_locations(other, &[both]).expect("q")[0].is_some());
+}

@@ -413,6 +413,10 @@ pub(super) enum RegisterNoun {
         /// File whose first line is the password.
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
+        /// Storage pool its data goes to (a [pools.NAME] of the server's
+        /// configuration); DEFAULT when omitted.
+        #[arg(long, value_name = "NAME")]
+        pool: Option<String>,
     },
     /// Register a named administrator; the password is read from --password-file or stdin.
     Admin {
@@ -490,6 +494,10 @@ pub(super) enum UpdateNoun {
         /// Replication rule.
         #[arg(long, ignore_case = true, value_parser = word::<ReplRule>())]
         replrule: Option<ReplRule>,
+        /// Storage pool its new data goes to from now on (TSM's
+        /// destination); what it stored before stays where it is.
+        #[arg(long, value_name = "NAME")]
+        pool: Option<String>,
     },
 }
 
@@ -634,9 +642,13 @@ pub(super) enum QueryNoun {
         #[arg(long, value_name = "HOURS", default_value_t = 24)]
         max_age: u64,
     },
-    /// The storage pool: where the containers are (local disk or S3
-    /// bucket), how many wait for upload, and the object store's requests.
-    Stgpool,
+    /// The storage pools, one row each: where the containers are (local
+    /// disk or S3 bucket), how many wait for upload, the object store's
+    /// requests, and how many nodes send their data there.
+    Stgpool {
+        /// Pool name; all when omitted.
+        name: Option<String>,
+    },
     /// Chunks audits found damaged or missing and not yet repaired (TSM
     /// QUERY DAMAGED), with the files that use them; the oldest first.
     Damaged,

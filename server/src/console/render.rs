@@ -242,6 +242,7 @@ impl Row for pb::NodeInfo {
         "Repl State",
         "Repl Mode",
         "Repl Rule",
+        "Storage Pool",
     ];
     fn cells(&self) -> Vec<String> {
         vec![
@@ -261,6 +262,7 @@ impl Row for pb::NodeInfo {
             shown(ReplState::from_pb(self.replstate), self.replstate),
             shown(ReplMode::from_pb(self.replmode), self.replmode),
             shown(ReplRule::from_pb(self.replrule), self.replrule),
+            self.pool.clone(),
         ]
     }
     fn json(&self) -> Value {
@@ -273,6 +275,7 @@ impl Row for pb::NodeInfo {
             "replstate": shown(ReplState::from_pb(self.replstate), self.replstate),
             "replmode": shown(ReplMode::from_pb(self.replmode), self.replmode),
             "replrule": shown(ReplRule::from_pb(self.replrule), self.replrule),
+            "pool": self.pool,
         })
     }
 }
@@ -723,6 +726,7 @@ impl Row for pb::ExpiringVersion {
 
 impl Row for pb::StoragePool {
     const HEADERS: &'static [&'static str] = &[
+        "Pool",
         "Kind",
         "Location",
         "Local Containers",
@@ -738,9 +742,11 @@ impl Row for pb::StoragePool {
         "Bytes Down",
         "Upload Failures",
         "Last Upload Error",
+        "Nodes",
     ];
     fn cells(&self) -> Vec<String> {
         vec![
+            self.name.clone(),
             self.kind.clone(),
             self.location.clone(),
             self.local_containers.to_string(),
@@ -756,10 +762,12 @@ impl Row for pb::StoragePool {
             self.bytes_downloaded.to_string(),
             self.upload_failures.to_string(),
             self.last_upload_error.clone(),
+            self.nodes.to_string(),
         ]
     }
     fn json(&self) -> Value {
         json!({
+            "name": self.name, "nodes": self.nodes,
             "kind": self.kind, "location": self.location,
             "local_containers": self.local_containers, "local_bytes": self.local_bytes,
             "remote_containers": self.remote_containers, "remote_bytes": self.remote_bytes,

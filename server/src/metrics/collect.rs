@@ -30,7 +30,7 @@ type Seconds = Gauge<f64, AtomicU64>;
 struct Snapshot {
     sessions: SessionTotals,
     nodes: Vec<NodeHealth>,
-    pool: PoolStatus,
+    pools: Vec<(String, PoolStatus)>,
     damaged: u64,
     audits: Vec<(&'static str, AuditOutcome)>,
     now_ns: i64,
@@ -58,7 +58,7 @@ pub(super) async fn render(state: &Arc<ServerState>) -> Result<String, ServerErr
             Ok(Snapshot {
                 sessions,
                 nodes: r.catalog.node_health()?,
-                pool: r.store.pool_status()?,
+                pools: r.pools.statuses()?,
                 damaged: r.catalog.damaged_count()?,
                 audits,
                 now_ns: now_ns(),
@@ -69,7 +69,7 @@ pub(super) async fn render(state: &Arc<ServerState>) -> Result<String, ServerErr
     register_server(&mut registry, state);
     register_sessions(&mut registry, &snapshot.sessions);
     register_nodes(&mut registry, &snapshot.nodes, snapshot.now_ns);
-    register_pool(&mut registry, &snapshot.pool, snapshot.damaged);
+    register_pool(&mut registry, &snapshot.pools, snapshot.damaged);
     register_audits(&mut registry, &snapshot.audits);
     let mut text = String::new();
     encode(&mut text, &registry)
@@ -198,71 +198,88 @@ fn register_nodes(registry: &mut Registry, nodes: &[NodeHealth], now_ns: i64) {
     );
 }
 
-fn register_pool(registry: &mut Registry, p: &PoolStatus, damaged: u64) {
-    registry.register(
-        "pool",
-        "The storage pool: kind (local or s3) and location",
-        Info::new(labels(&[("kind", p.kind), ("location", &p.location)])),
-    );
+/// Every pool's figures, each series labelled with its pool's name.
+fn register_pool(registry: &mut Registry, pools: &[(String, PoolStatus)], damaged: u64) {
+    let info = Family::<Labels, Gauge>::default();
     let containers = Family::<Labels, Gauge>::default();
     let bytes = Family::<Labels, Gauge>::default();
-    for (place, count, size) in [
-        ("local", p.local_containers, p.local_bytes),
-        ("bucket", p.remote_containers, p.remote_bytes),
-    ] {
-        let key = labels(&[("place", place)]);
-        containers
-            .get_or_create(&key)
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
-        bytes
-            .get_or_create(&key)
-            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    let pending = Family::<Labels, Gauge>::default();
+    let requests = Family::<Labels, Counter>::default();
+    let transferred = Family::<Labels, Counter>::default();
+    let failures = Family::<Labels, Counter>::default();
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    for (name, p) in pools {
+        let pool = name.as_str();
+        info.get_or_create(&labels(&[
+            ("pool", pool),
+            ("kind", p.kind),
+            ("location", &p.location),
+        ]))
+        .set(1);
+        for (place, n, size) in [
+            ("local", p.local_containers, p.local_bytes),
+            ("bucket", p.remote_containers, p.remote_bytes),
+        ] {
+            let key = labels(&[("pool", pool), ("place", place)]);
+            containers.get_or_create(&key).set(count(n));
+            bytes.get_or_create(&key).set(count(size));
+        }
+        pending
+            .get_or_create(&labels(&[("pool", pool)]))
+            .set(count(p.uploads_pending));
+        for (op, n) in [
+            ("put", p.put_requests),
+            ("get", p.get_requests),
+            ("head", p.head_requests),
+            ("delete", p.delete_requests),
+        ] {
+            requests
+                .get_or_create(&labels(&[("pool", pool), ("op", op)]))
+                .inc_by(n);
+        }
+        for (direction, n) in [("up", p.bytes_uploaded), ("down", p.bytes_downloaded)] {
+            transferred
+                .get_or_create(&labels(&[("pool", pool), ("direction", direction)]))
+                .inc_by(n);
+        }
+        failures
+            .get_or_create(&labels(&[("pool", pool)]))
+            .inc_by(p.upload_failures);
     }
     registry.register(
+        "pool_info",
+        "Each storage pool (value 1): its name, kind (local or s3) and location",
+        info,
+    );
+    registry.register(
         "pool_containers",
-        "Containers on the local disk and in the bucket",
+        "Containers of each pool on the local disk and in the bucket",
         containers,
     );
     registry.register(
         "pool_stored_bytes",
-        "Container bytes on the local disk and in the bucket",
+        "Container bytes of each pool on the local disk and in the bucket",
         bytes,
     );
     registry.register(
         "pool_uploads_pending",
-        "Sealed containers waiting for upload to the bucket",
-        gauge(p.uploads_pending),
+        "Sealed containers of each pool waiting for upload to its bucket",
+        pending,
     );
-    let requests = Family::<Labels, Counter>::default();
-    for (op, n) in [
-        ("put", p.put_requests),
-        ("get", p.get_requests),
-        ("head", p.head_requests),
-        ("delete", p.delete_requests),
-    ] {
-        requests.get_or_create(&labels(&[("op", op)])).inc_by(n);
-    }
     registry.register(
         "pool_requests",
-        "Object-store requests since the server started, by kind",
+        "Object-store requests of each pool since the server started, by kind",
         requests,
     );
-    let transferred = Family::<Labels, Counter>::default();
-    transferred
-        .get_or_create(&labels(&[("direction", "up")]))
-        .inc_by(p.bytes_uploaded);
-    transferred
-        .get_or_create(&labels(&[("direction", "down")]))
-        .inc_by(p.bytes_downloaded);
     registry.register(
         "pool_transferred_bytes",
-        "Bytes sent to and read from the object store since the server started",
+        "Bytes each pool sent to and read from its object store since the server started",
         transferred,
     );
     registry.register(
         "pool_upload_failures",
-        "Failed container uploads since the server started",
-        counter(p.upload_failures),
+        "Failed container uploads of each pool since the server started",
+        failures,
     );
     registry.register(
         "damaged_chunks",

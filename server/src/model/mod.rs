@@ -218,6 +218,8 @@ pub struct Node {
     pub last_repl_ns: i64,
     /// Source: the target of that run; target: the source.
     pub repl_server: String,
+    /// The storage pool its new data goes to (`pools.id`).
+    pub pool_id: u32,
 }
 
 impl Node {

@@ -67,7 +67,7 @@ impl Repository {
             .filter(|c| missing.contains(&c.id))
             .collect();
         let bytes: u64 = fresh.iter().map(|c| c.data.len() as u64).sum();
-        let locations = self.store.append(&fresh)?;
+        let locations = self.pools.get(pool)?.append(&fresh)?;
         let mut pins = self.pins.lock();
         let stored = self.catalog.insert_chunks(node, &locations, &ids)?;
         pins.entry(session).or_default().extend(ids);
@@ -466,7 +466,10 @@ mod tests {
         let mut repo = Repository::open(
             dir,
             Policy::default(),
-            &PoolConfig::default(),
+            crate::repository::PoolSetup {
+                default: &PoolConfig::default(),
+                more: &std::collections::BTreeMap::new(),
+            },
             "TEST",
             |_| Ok(()),
         )

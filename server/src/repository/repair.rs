@@ -19,6 +19,8 @@ pub struct ChunkCheck {
     pub intact: Vec<ChunkId>,
     /// Stored for the node but unreadable or not what their id says, with why.
     pub damaged: Vec<(ChunkId, String)>,
+    /// The container of each damaged chunk's (first) damaged copy.
+    pub damaged_containers: std::collections::HashMap<ChunkId, u32>,
     /// Not stored for the node: freed since a restored catalog's copy,
     /// lost, or stored only for other nodes. These are not told apart, so a
     /// node learns nothing about other nodes' chunks; a copy from the node's
@@ -55,19 +57,40 @@ impl Repository {
         let mut out = ChunkCheck::default();
         let mut located = Vec::with_capacity(ids.len());
         for (id, location) in ids.iter().zip(owned) {
-            match location {
-                Some(location) => located.push((*id, location)),
-                None => out.absent.push(*id),
+            if location.is_none() {
+                out.absent.push(*id);
+                continue;
             }
+            // Every pool's copy: a damaged one is found even where another
+            // pool holds the chunk whole.
+            located.extend(
+                self.catalog
+                    .chunk_copies(id)?
+                    .into_iter()
+                    .map(|at| (*id, at)),
+            );
         }
         let check = self.check_located(&located)?;
-        out.intact = check.intact;
-        out.absent.extend(check.gone);
-        out.damaged = check
-            .damaged
+        let mut damaged = HashSet::new();
+        for (id, container, why) in check.damaged {
+            if damaged.insert(id) {
+                out.damaged.push((id, why));
+                out.damaged_containers.insert(id, container);
+            }
+        }
+        let mut seen = HashSet::new();
+        out.intact = check
+            .intact
             .into_iter()
-            .map(|(id, _, why)| (id, why))
+            .filter(|id| !damaged.contains(id) && seen.insert(*id))
             .collect();
+        let mut gone = HashSet::new();
+        out.absent.extend(
+            check
+                .gone
+                .into_iter()
+                .filter(|id| !damaged.contains(id) && !seen.contains(id) && gone.insert(*id)),
+        );
         Ok(out)
     }
 
@@ -101,7 +124,7 @@ impl Repository {
                     })
                     .collect();
                 fetched_to = at + step.len();
-                self.store.prefetch(&step, true);
+                self.pools.prefetch(&step, true);
             }
             let read = match self.read_at(*id, *location) {
                 Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. })) => {
@@ -147,9 +170,40 @@ impl Repository {
         node: i64,
         chunks: &[VerifiedChunk],
     ) -> Result<Vec<ChunkId>, ServerError> {
-        let written = self.store.append(chunks)?;
+        // Each copy that does not read back whole is replaced in its own
+        // pool; a chunk with no copy left goes to the node's pool.
+        let mut by_pool: std::collections::BTreeMap<u32, Vec<VerifiedChunk>> =
+            std::collections::BTreeMap::new();
+        for chunk in chunks {
+            let copies = self.catalog.chunk_copies(&chunk.id)?;
+            let mut targets: Vec<u32> = copies
+                .iter()
+                .filter(|at| !self.reads_whole(chunk.id, **at))
+                .map(|at| at.pool)
+                .collect();
+            if copies.is_empty() {
+                targets.push(self.catalog.node_pool(node)?);
+            }
+            for pool in targets {
+                by_pool.entry(pool).or_default().push(chunk.clone());
+            }
+        }
+        let mut written = Vec::new();
+        for (pool, group) in by_pool {
+            written.extend(self.pools.get(pool)?.append(&group)?);
+        }
         let _sweep = self.pins.lock();
-        self.catalog.replace_chunks(node, &written)?;
-        Ok(written.into_iter().map(|(id, _)| id).collect())
+        // Verified bytes prove the node holds each chunk, written or not:
+        // a chunk stored whole only for other nodes becomes the node's too.
+        let all: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+        self.catalog.replace_chunks(node, &written, &all)?;
+        Ok(all)
+    }
+
+    /// Whether the copy of `id` at `at` reads back and matches its id.
+    fn reads_whole(&self, id: ChunkId, at: ChunkLocation) -> bool {
+        self.pools
+            .read(at)
+            .is_ok_and(|data| storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).is_ok())
     }
 }

@@ -401,8 +401,35 @@ impl AdminService {
         let (node, usage) = rows
             .pop()
             .ok_or_else(|| Status::from(ServerError::NodeNotFound { node: name }))?;
-        Ok(node_to_pb(node, usage))
+        let pool = pool_name(&self.state, node.pool_id);
+        Ok(node_to_pb(node, usage, pool))
     }
+}
+
+/// The name of pool `id`, as the configuration gives it (a pool the
+/// configuration no longer has shows by number).
+fn pool_name(state: &ServerState, id: u32) -> String {
+    state
+        .repo
+        .pools
+        .iter()
+        .find(|(pool, _)| *pool == id)
+        .map_or_else(|| format!("number {id}"), |(_, e)| e.name.clone())
+}
+
+/// The id of the configured pool `name` (case-insensitive).
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] naming the configured pools.
+fn configured_pool(state: &ServerState, name: &str) -> Result<u32, ServerError> {
+    let upper = name.trim().to_ascii_uppercase();
+    state.repo.pools.id_of(&upper).ok_or_else(|| {
+        let known: Vec<String> = state.repo.pools.iter().map(|(_, e)| e.name.clone()).collect();
+        ServerError::InvalidArgument(format!(
+            "storage pool {name:?} is not configured (the pools are {}); add [pools.{upper}] to the server configuration and restart",
+            known.join(", ")
+        ))
+    })
 }
 
 fn report_to_pb(r: ExpireReport) -> pb::ExpireInventoryResponse {
@@ -1566,26 +1593,46 @@ impl Admin for AdminService {
     async fn query_stgpool(
         &self,
         request: Request<pb::QueryStgpoolRequest>,
-    ) -> Result<Response<pb::StoragePool>, Status> {
+    ) -> Result<Response<pb::QueryStgpoolResponse>, Status> {
         self.authorize(&request).await?;
-        let p = super::blocking(&self.state, |s| Ok(s.repo.store.pool_status()?)).await?;
-        Ok(Response::new(pb::StoragePool {
-            kind: p.kind.into(),
-            location: p.location,
-            local_containers: p.local_containers,
-            local_bytes: p.local_bytes,
-            remote_containers: p.remote_containers,
-            remote_bytes: p.remote_bytes,
-            uploads_pending: p.uploads_pending,
-            put_requests: p.put_requests,
-            get_requests: p.get_requests,
-            head_requests: p.head_requests,
-            delete_requests: p.delete_requests,
-            bytes_uploaded: p.bytes_uploaded,
-            bytes_downloaded: p.bytes_downloaded,
-            upload_failures: p.upload_failures,
-            last_upload_error: p.last_upload_error,
-        }))
+        let wanted = request.into_inner().name.trim().to_ascii_uppercase();
+        if !wanted.is_empty() {
+            configured_pool(&self.state, &wanted)?;
+        }
+        let (statuses, nodes) = super::blocking(&self.state, |s| {
+            Ok((s.repo.pools.statuses()?, s.repo.catalog.nodes_per_pool()?))
+        })
+        .await?;
+        let pools = statuses
+            .into_iter()
+            .filter(|(name, _)| wanted.is_empty() || *name == wanted)
+            .map(|(name, p)| pb::StoragePool {
+                nodes: self
+                    .state
+                    .repo
+                    .pools
+                    .id_of(&name)
+                    .and_then(|id| nodes.get(&id).copied())
+                    .unwrap_or(0),
+                name,
+                kind: p.kind.into(),
+                location: p.location,
+                local_containers: p.local_containers,
+                local_bytes: p.local_bytes,
+                remote_containers: p.remote_containers,
+                remote_bytes: p.remote_bytes,
+                uploads_pending: p.uploads_pending,
+                put_requests: p.put_requests,
+                get_requests: p.get_requests,
+                head_requests: p.head_requests,
+                delete_requests: p.delete_requests,
+                bytes_uploaded: p.bytes_uploaded,
+                bytes_downloaded: p.bytes_downloaded,
+                upload_failures: p.upload_failures,
+                last_upload_error: p.last_upload_error,
+            })
+            .collect();
+        Ok(Response::new(pb::QueryStgpoolResponse { pools }))
     }
 
     async fn delete_filespace(
@@ -1634,16 +1681,30 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let name = node_name(&req.name)?;
         auth::check_password_rules(&req.password)?;
+        let pool = if req.pool.is_empty() {
+            crate::model::DEFAULT_POOL
+        } else {
+            configured_pool(&self.state, &req.pool)?
+        };
         let insert_name = name.clone();
         super::blocking(&self.state, move |s| {
             let hash = auth::hash_password(&req.password)?;
             s.repo
                 .catalog
                 .register_node(&insert_name, &hash, now_ns())?
-                .ok_or(ServerError::NodeExists { node: insert_name })
+                .ok_or(ServerError::NodeExists {
+                    node: insert_name.clone(),
+                })?;
+            s.repo.catalog.set_node_pool(&insert_name, pool)?;
+            Ok(())
         })
         .await?;
-        self.audit(&caller, &name, format!("register node {name}"))
+        let pool_note = if pool == crate::model::DEFAULT_POOL {
+            String::new()
+        } else {
+            format!(" pool={}", pool_name(&self.state, pool))
+        };
+        self.audit(&caller, &name, format!("register node {name}{pool_note}"))
             .await;
         Ok(Response::new(self.node_info(name).await?))
     }
@@ -1697,6 +1758,14 @@ impl Admin for AdminService {
         if let Some(r) = &replrule {
             changes.push(format!("replrule={r}"));
         }
+        let pool = req
+            .pool
+            .as_deref()
+            .map(|p| configured_pool(&self.state, p))
+            .transpose()?;
+        if let Some(id) = pool {
+            changes.push(format!("pool={}", pool_name(&self.state, id)));
+        }
         let update_name = name.clone();
         super::blocking(&self.state, move |s| {
             let hash = req
@@ -1713,6 +1782,9 @@ impl Admin for AdminService {
             s.repo
                 .catalog
                 .update_node_replication(&update_name, replstate, replrule, None)?;
+            if let Some(id) = pool {
+                s.repo.catalog.set_node_pool(&update_name, id)?;
+            }
             Ok(())
         })
         .await?;
@@ -1761,7 +1833,13 @@ impl Admin for AdminService {
         })
         .await?;
         Ok(Response::new(pb::QueryNodesResponse {
-            nodes: rows.into_iter().map(|(n, u)| node_to_pb(n, u)).collect(),
+            nodes: rows
+                .into_iter()
+                .map(|(n, u)| {
+                    let pool = pool_name(&self.state, n.pool_id);
+                    node_to_pb(n, u, pool)
+                })
+                .collect(),
         }))
     }
 

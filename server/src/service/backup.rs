@@ -679,7 +679,7 @@ impl Backup for BackupService {
             // is fetched whole (several GETs in flight) while the wave before
             // it is read and sent. Only the last wave reads ahead, for the
             // next request.
-            let waves = state.repo.store.read_waves(&locations);
+            let waves = state.repo.pools.read_waves(&locations);
             let wanted: Vec<Wanted> = ids.into_iter().zip(locations).collect();
             let prefetch = |k: usize| -> Option<tokio::task::JoinHandle<()>> {
                 let wave = waves.get(k)?;
@@ -687,7 +687,7 @@ impl Backup for BackupService {
                 let read_ahead = k + 1 == waves.len();
                 let warm = state.clone();
                 Some(tokio::task::spawn_blocking(move || {
-                    warm.repo.store.prefetch(&locations, read_ahead);
+                    warm.repo.pools.prefetch(&locations, read_ahead);
                 }))
             };
             let mut fetching = prefetch(0);

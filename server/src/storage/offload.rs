@@ -79,7 +79,7 @@ fn deleting_path(dir: &Path, number: u32) -> PathBuf {
 }
 
 /// The number of an intent file's name.
-fn deleting_number(path: &Path) -> Option<u32> {
+pub(super) fn deleting_number(path: &Path) -> Option<u32> {
     if path.extension()? != "deleting" {
         return None;
     }

@@ -119,10 +119,12 @@ pub(in crate::console) async fn run(
             let r = console.answer(console.client().query_servers(req)).await?;
             print_rows(&r.servers, format);
         }
-        QueryNoun::Stgpool => {
-            let req = console.request(pb::QueryStgpoolRequest {});
+        QueryNoun::Stgpool { name } => {
+            let req = console.request(pb::QueryStgpoolRequest {
+                name: name.unwrap_or_default(),
+            });
             let r = console.answer(console.client().query_stgpool(req)).await?;
-            print_rows(std::slice::from_ref(&r), format);
+            print_rows(&r.pools, format);
         }
         QueryNoun::Damaged => {
             let req = console.request(pb::QueryDamagedRequest {});

@@ -15,10 +15,11 @@ pub(in crate::console) async fn run(
     format: Format,
 ) -> Result<(), AdminError> {
     match noun {
-        RegisterNoun::Node { name, .. } => {
+        RegisterNoun::Node { name, pool, .. } => {
             let req = console.request(pb::RegisterNodeRequest {
                 name,
                 password: secret.unwrap_or_default(),
+                pool: pool.unwrap_or_default(),
             });
             let node = console.answer(console.client().register_node(req)).await?;
             if format.for_people() {

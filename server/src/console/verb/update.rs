@@ -45,6 +45,7 @@ pub(in crate::console) async fn run(
             retver,
             replstate,
             replrule,
+            pool,
             ..
         } => {
             let locked = if lock {
@@ -58,12 +59,13 @@ pub(in crate::console) async fn run(
                 && secret.is_none()
                 && replstate.is_none()
                 && replrule.is_none()
+                && pool.is_none()
                 && [verexists, verdeleted, retextra, retonly, retver]
                     .iter()
                     .all(Option::is_none)
             {
                 return Err(AdminError::Usage(
-                    "nothing to update: give --lock, --unlock, a policy value, --replstate, --replrule or --password-file"
+                    "nothing to update: give --lock, --unlock, a policy value, --replstate, --replrule, --pool or --password-file"
                         .into(),
                 ));
             }
@@ -80,6 +82,7 @@ pub(in crate::console) async fn run(
                 password: secret,
                 replstate: replstate.map(ReplState::to_pb),
                 replrule: replrule.map(ReplRule::to_pb),
+                pool,
             });
             let node = console.answer(console.client().update_node(req)).await?;
             if format.for_people() {

@@ -1,0 +1,311 @@
+//! A storage pool per node (TSM's destination): real `tandem-server`
+//! processes with a second pool (a local directory, or an S3 bucket on a
+//! real `s3s-fs`), real clients whose nodes send their data to different
+//! pools, `update node --pool`, expiration, audits and restarts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tandem_tests::s3::S3Server;
+use tandem_tests::{
+    TestClient, TestServer, assert_same_tree, assert_success, make_tree, path_str, random_bytes,
+    stderr, wait_until,
+};
+
+/// A pool named TAPE in DATA_DIR/pools/TAPE, containers sealed at 1 MiB.
+const TAPE: &[(&str, &str)] = &[
+    ("TANDEM_SERVER_POOLS__TAPE__KIND", "local"),
+    ("TANDEM_SERVER_POOLS__TAPE__CONTAINER_MIB", "1"),
+];
+
+/// Container files (`.tdc`) under `dir`.
+fn container_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "tdc"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Whether any container under `dir` holds `needle` (random data is
+/// stored verbatim, in zstd's raw blocks).
+fn holds(dir: &Path, needle: &[u8]) -> bool {
+    container_files(dir).iter().any(|f| {
+        std::fs::read(f)
+            .unwrap_or_default()
+            .windows(needle.len())
+            .any(|w| w == needle)
+    })
+}
+
+fn tape_dir(server: &TestServer) -> PathBuf {
+    server.data_dir().join("pools").join("TAPE")
+}
+
+fn default_dir(server: &TestServer) -> PathBuf {
+    server.data_dir().join("containers")
+}
+
+/// Registers `node` into `pool` (DEFAULT when `None`) and returns its client.
+fn node_in(server: &TestServer, node: &str, pool: Option<&str>) -> TestClient {
+    let pw = server.data_dir().join(format!("{node}.pw"));
+    std::fs::write(&pw, "node-password\n").unwrap();
+    let mut args = vec!["register", "node", node, "--password-file"];
+    let pw = path_str(&pw);
+    args.push(&pw);
+    if let Some(pool) = pool {
+        args.extend(["--pool", pool]);
+    }
+    assert_success(&server.admin(&args), "register node");
+    TestClient::new(server, node, "node-password")
+}
+
+/// A tree with the usual test files and one incompressible file whose
+/// first 4 KiB are returned, to find where its chunks went.
+fn tree_with_marker(root: &Path, seed: u64) -> Vec<u8> {
+    make_tree(root);
+    let data = random_bytes(seed, 3 << 20);
+    std::fs::write(root.join("marker.bin"), &data).unwrap();
+    data[..4096].to_vec()
+}
+
+fn restore_same(client: &TestClient, src: &Path, to: &Path) {
+    let restored = client.json(&[
+        "restore",
+        &format!("{}/*", path_str(src)),
+        &path_str(to),
+        "--subdir",
+    ]);
+    assert_eq!(restored["failed"], 0, "{restored}");
+    assert_same_tree(src, to);
+}
+
+fn pool_rows(server: &TestServer) -> Vec<(String, u64)> {
+    server
+        .admin_json(&["query", "stgpool"])
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                p["nodes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn each_node_s_data_goes_to_its_own_pool_and_a_pool_change_moves_only_new_data() {
+    let mut server = TestServer::start_with("POOLS", TAPE);
+    let alice = node_in(&server, "alice", None);
+    let bob = node_in(&server, "bob", Some("tape"));
+    let work = tempfile::tempdir().unwrap();
+    // The same data for both: each pool deduplicates only within itself.
+    let (src_a, src_b) = (work.path().join("a"), work.path().join("b"));
+    let marker = tree_with_marker(&src_a, 7);
+    tree_with_marker(&src_b, 7);
+    assert_success(&alice.run(&["incremental", &path_str(&src_a)]), "alice");
+    assert_success(&bob.run(&["incremental", &path_str(&src_b)]), "bob");
+    assert!(holds(&default_dir(&server), &marker), "alice's copy");
+    assert!(holds(&tape_dir(&server), &marker), "bob's own copy in TAPE");
+    assert_eq!(
+        pool_rows(&server),
+        [("DEFAULT".to_string(), 1), ("TAPE".to_string(), 1)]
+    );
+    let bob_row = &server.admin_json(&["query", "node", "bob"])[0];
+    assert_eq!(bob_row["pool"], "TAPE", "{bob_row}");
+    let tape = &server.admin_json(&["query", "stgpool", "Tape"])[0];
+    assert_eq!(tape["kind"], "local");
+    assert!(tape["local_bytes"].as_u64().unwrap() > 3 << 20, "{tape}");
+
+    // Alice moves to TAPE: her new data goes there, her old stays.
+    assert_success(
+        &server.admin(&["update", "node", "alice", "--pool", "TAPE"]),
+        "update node --pool",
+    );
+    let later = random_bytes(99, 2 << 20);
+    std::fs::write(src_a.join("later.bin"), &later).unwrap();
+    assert_success(
+        &alice.run(&["incremental", &path_str(&src_a)]),
+        "alice again",
+    );
+    assert!(holds(&tape_dir(&server), &later[..4096]));
+    assert!(!holds(&default_dir(&server), &later[..4096]));
+    restore_same(&alice, &src_a, &work.path().join("ra"));
+    restore_same(&bob, &src_b, &work.path().join("rb"));
+
+    // A pool the configuration does not have is refused, naming those it has.
+    let out = server.admin(&["update", "node", "alice", "--pool", "nosuch"]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("NOSUCH") && text.contains("DEFAULT, TAPE"),
+        "{text}"
+    );
+
+    // Bob's data goes; expiration and compaction of both pools keep
+    // Alice's, wherever it is.
+    let filespace = bob.json(&["query", "filespace"])[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_success(
+        &server.admin(&["delete", "filespace", "bob", &filespace, "--yes"]),
+        "delete filespace",
+    );
+    assert_success(&server.admin(&["expire", "inventory"]), "expire");
+    restore_same(&alice, &src_a, &work.path().join("ra2"));
+    let audit = &server.admin_json(&["audit", "pool"])[0];
+    assert_eq!(audit["damaged"], 0, "{audit}");
+
+    // A start without the pool that holds data is refused, and names it;
+    // so is a catalog restore without it, which changes nothing.
+    let copies = tempfile::tempdir().unwrap();
+    let taken = server.admin_json(&["backup", "db", "--to", &path_str(copies.path())]);
+    let copy = taken["path"].as_str().unwrap().to_string();
+    server.stop();
+    let out = server.restore_db(&copy);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("indexes data in storage pool TAPE")
+            && stderr(&out).contains("Nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    let refused = TestServer::try_start_in(server.data_dir(), "POOLS", &[]);
+    assert!(
+        refused.contains("TAPE") && refused.contains("[pools.TAPE]"),
+        "{refused}"
+    );
+    server.restart();
+    restore_same(&alice, &src_a, &work.path().join("ra3"));
+}
+
+#[test]
+fn a_node_in_an_s3_pool_has_its_containers_in_the_bucket_beside_a_local_default_pool() {
+    let s3 = S3Server::start();
+    let env: Vec<(String, String)> = s3
+        .server_env(1)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.replace("TANDEM_SERVER_POOL__", "TANDEM_SERVER_POOLS__CLOUD__"),
+                v,
+            )
+        })
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = TestServer::start_with("MIXED", &env);
+    let alice = node_in(&server, "alice", None);
+    let carol = node_in(&server, "carol", Some("cloud"));
+    let work = tempfile::tempdir().unwrap();
+    let (src_a, src_c) = (work.path().join("a"), work.path().join("c"));
+    let marker_a = tree_with_marker(&src_a, 1);
+    let marker_c = tree_with_marker(&src_c, 2);
+    std::fs::write(src_c.join("more.bin"), random_bytes(3, 2 << 20)).unwrap();
+    assert_success(&alice.run(&["incremental", &path_str(&src_a)]), "alice");
+    assert_success(&carol.run(&["incremental", &path_str(&src_c)]), "carol");
+    let staging = server.data_dir().join("pools").join("CLOUD");
+    let offloaded = wait_until(Duration::from_secs(120), || {
+        !s3.container_objects().is_empty() && container_files(&staging).len() == 1
+    });
+    assert!(
+        offloaded,
+        "CLOUD's sealed containers reach the bucket\n{}",
+        server.log()
+    );
+    assert!(holds(&default_dir(&server), &marker_a));
+    assert!(
+        !holds(&default_dir(&server), &marker_c),
+        "carol's data is not local"
+    );
+    let rows = server.admin_json(&["query", "stgpool"]);
+    let cloud = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "CLOUD")
+        .expect("CLOUD row");
+    assert_eq!(cloud["kind"], "s3");
+    assert!(cloud["remote_containers"].as_u64().unwrap() >= 2, "{cloud}");
+    restore_same(&carol, &src_c, &work.path().join("rc"));
+    restore_same(&alice, &src_a, &work.path().join("ra"));
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["DEFAULT", "CLOUD"]);
+}
+
+#[test]
+fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
+    let outside = tempfile::tempdir().unwrap();
+    let tape = outside.path().join("tape");
+    let dir = path_str(&tape);
+    let env = [("TANDEM_SERVER_POOLS__TAPE__DIRECTORY", dir.as_str())];
+    let server = TestServer::start_with("FIRST", &env);
+    let alice = node_in(&server, "alice", Some("tape"));
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let marker = tree_with_marker(&src, 11);
+    assert_success(&alice.run(&["incremental", &path_str(&src)]), "backup");
+    assert!(
+        holds(&tape, &marker),
+        "alice's data is in the TAPE directory"
+    );
+    let sizes = |dir: &Path| -> Vec<(PathBuf, u64)> {
+        container_files(dir)
+            .into_iter()
+            .map(|f| {
+                let len = std::fs::metadata(&f).unwrap().len();
+                (f, len)
+            })
+            .collect()
+    };
+    let before = sizes(&tape);
+
+    // Another server given the same directory refuses to start, and cuts
+    // nothing of what the first one stored there.
+    let refused = TestServer::try_start_with("SECOND", &env);
+    assert!(
+        refused.contains("belongs to pool TAPE of the server with GUID"),
+        "{refused}"
+    );
+    assert_eq!(sizes(&tape), before);
+    restore_same(&alice, &src, &work.path().join("out"));
+    // Nor may a pool of another server take the first one's own containers.
+    let theirs = path_str(&server.data_dir().join("containers"));
+    let refused = TestServer::try_start_with(
+        "FOURTH",
+        &[("TANDEM_SERVER_POOLS__STOLEN__DIRECTORY", theirs.as_str())],
+    );
+    assert!(
+        refused.contains("belongs to pool DEFAULT of the server with GUID"),
+        "{refused}"
+    );
+    restore_same(&alice, &src, &work.path().join("out-again"));
+
+    // Two pools of one server on one directory, even by another path (a
+    // symbolic link), are refused before either writes anything there.
+    let twice = outside.path().join("twice");
+    std::fs::create_dir(&twice).unwrap();
+    let alias = outside.path().join("alias");
+    std::os::unix::fs::symlink(&twice, &alias).unwrap();
+    let (one, other) = (path_str(&twice), path_str(&alias));
+    let refused = TestServer::try_start_with(
+        "THIRD",
+        &[
+            ("TANDEM_SERVER_POOLS__ONE__DIRECTORY", one.as_str()),
+            ("TANDEM_SERVER_POOLS__TWO__DIRECTORY", other.as_str()),
+        ],
+    );
+    assert!(refused.contains("is pool ONE's too"), "{refused}");
+    assert!(!twice.join("tandem-pool.json").exists());
+}
