@@ -100,6 +100,19 @@ impl TestClient {
         })
     }
 
+    /// Restores everything under `src` into `to` (`--subdir`), asserts
+    /// that no file failed and that `to` is byte-identical to `src`.
+    pub fn restore_same(&self, src: &Path, to: &Path) {
+        let restored = self.json(&[
+            "restore",
+            &format!("{}/*", path_str(src)),
+            &path_str(to),
+            "--subdir",
+        ]);
+        assert_eq!(restored["failed"], 0, "{restored}");
+        crate::assert_same_tree(src, to);
+    }
+
     /// The error log's content.
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("state").join("dsierror.log"))

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use tandem_tests::s3::S3Server;
 use tandem_tests::{
-    TestClient, TestServer, assert_same_tree, assert_success, make_tree, path_str, random_bytes,
-    stderr, wait_until,
+    TestClient, TestServer, assert_success, make_tree, path_str, random_bytes, stderr, wait_until,
 };
 
 /// A pool named TAPE in DATA_DIR/pools/TAPE, containers sealed at 1 MiB.
@@ -73,17 +72,6 @@ fn tree_with_marker(root: &Path, seed: u64) -> Vec<u8> {
     data[..4096].to_vec()
 }
 
-fn restore_same(client: &TestClient, src: &Path, to: &Path) {
-    let restored = client.json(&[
-        "restore",
-        &format!("{}/*", path_str(src)),
-        &path_str(to),
-        "--subdir",
-    ]);
-    assert_eq!(restored["failed"], 0, "{restored}");
-    assert_same_tree(src, to);
-}
-
 fn pool_rows(server: &TestServer) -> Vec<(String, u64)> {
     server
         .admin_json(&["query", "stgpool"])
@@ -136,8 +124,8 @@ fn each_node_s_data_goes_to_its_own_pool_and_a_pool_change_moves_only_new_data()
     );
     assert!(holds(&tape_dir(&server), &later[..4096]));
     assert!(!holds(&default_dir(&server), &later[..4096]));
-    restore_same(&alice, &src_a, &work.path().join("ra"));
-    restore_same(&bob, &src_b, &work.path().join("rb"));
+    alice.restore_same(&src_a, &work.path().join("ra"));
+    bob.restore_same(&src_b, &work.path().join("rb"));
 
     // A pool the configuration does not have is refused, naming those it has.
     let out = server.admin(&["update", "node", "alice", "--pool", "nosuch"]);
@@ -159,7 +147,7 @@ fn each_node_s_data_goes_to_its_own_pool_and_a_pool_change_moves_only_new_data()
         "delete filespace",
     );
     assert_success(&server.admin(&["expire", "inventory"]), "expire");
-    restore_same(&alice, &src_a, &work.path().join("ra2"));
+    alice.restore_same(&src_a, &work.path().join("ra2"));
     let audit = &server.admin_json(&["audit", "pool"])[0];
     assert_eq!(audit["damaged"], 0, "{audit}");
 
@@ -183,7 +171,7 @@ fn each_node_s_data_goes_to_its_own_pool_and_a_pool_change_moves_only_new_data()
         "{refused}"
     );
     server.restart();
-    restore_same(&alice, &src_a, &work.path().join("ra3"));
+    alice.restore_same(&src_a, &work.path().join("ra3"));
 }
 
 #[test]
@@ -233,8 +221,8 @@ fn a_node_in_an_s3_pool_has_its_containers_in_the_bucket_beside_a_local_default_
         .expect("CLOUD row");
     assert_eq!(cloud["kind"], "s3");
     assert!(cloud["remote_containers"].as_u64().unwrap() >= 2, "{cloud}");
-    restore_same(&carol, &src_c, &work.path().join("rc"));
-    restore_same(&alice, &src_a, &work.path().join("ra"));
+    carol.restore_same(&src_c, &work.path().join("rc"));
+    alice.restore_same(&src_a, &work.path().join("ra"));
     let names: Vec<&str> = rows
         .as_array()
         .unwrap()
@@ -279,7 +267,7 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
         "{refused}"
     );
     assert_eq!(sizes(&tape), before);
-    restore_same(&alice, &src, &work.path().join("out"));
+    alice.restore_same(&src, &work.path().join("out"));
     // Nor may a pool of another server take the first one's own containers.
     let theirs = path_str(&server.data_dir().join("containers"));
     let refused = TestServer::try_start_with(
@@ -290,7 +278,7 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
         refused.contains("belongs to pool DEFAULT of the server with GUID"),
         "{refused}"
     );
-    restore_same(&alice, &src, &work.path().join("out-again"));
+    alice.restore_same(&src, &work.path().join("out-again"));
 
     // Two pools of one server on one directory, even by another path (a
     // symbolic link), are refused before either writes anything there.

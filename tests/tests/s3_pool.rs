@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tandem_tests::s3::S3Server;
 use tandem_tests::{
-    TestClient, TestServer, assert_same_tree, assert_success, code, make_tree, pair, path_str,
-    random_bytes, replicate, stderr, wait_until,
+    TestClient, TestServer, assert_success, code, make_tree, pair, path_str, random_bytes,
+    replicate, stderr, wait_until,
 };
 
 /// Containers seal at 1 MiB here, so a few MiB of data makes several.
@@ -91,18 +91,6 @@ fn files_under(dir: &Path) -> usize {
         .sum()
 }
 
-/// Restores all of `src` into `to` and checks it is byte-identical.
-fn restore_same(client: &TestClient, src: &Path, to: &Path) {
-    let restored = client.json(&[
-        "restore",
-        &format!("{}/*", path_str(src)),
-        &path_str(to),
-        "--subdir",
-    ]);
-    assert_eq!(restored["failed"], 0, "{restored}");
-    assert_same_tree(src, to);
-}
-
 #[test]
 fn an_s3_pool_keeps_sealed_containers_in_the_bucket_restores_from_it_and_reclaims_them() {
     let s3 = S3Server::start();
@@ -140,11 +128,11 @@ fn an_s3_pool_keeps_sealed_containers_in_the_bucket_restores_from_it_and_reclaim
     // Restored from the bucket (ranged GETs), byte for byte, also by a
     // restarted server whose cache is empty.
     let first = work.path().join("first");
-    restore_same(&client, &src, &first);
+    client.restore_same(&src, &first);
     server.kill();
     server.restart();
     let second = work.path().join("second");
-    restore_same(&client, &src, &second);
+    client.restore_same(&src, &second);
     let pool = &server.admin_json(&["query", "stgpool"])[0];
     let gets = pool["get_requests"].as_u64().unwrap();
     assert!(gets >= 1, "{pool}");
@@ -200,7 +188,7 @@ fn a_server_killed_between_upload_and_marker_uploads_again_and_loses_nothing() {
     server.restart_with(&env_refs(&env));
     wait_until_offloaded(&server, &s3);
     let out = work.path().join("out");
-    restore_same(&client, &src, &out);
+    client.restore_same(&src, &out);
     let audit = server.admin_json(&["audit", "node", "bob"]);
     assert_eq!(audit[0]["damaged"].as_u64(), Some(0), "{audit}");
 }
@@ -261,7 +249,7 @@ fn a_server_killed_while_removing_a_container_finishes_the_removal_at_start() {
         &client.run(&["incremental", &path_str(&again)]),
         "backup after the restart",
     );
-    restore_same(&client, &again, &work.path().join("out"));
+    client.restore_same(&again, &work.path().join("out"));
     let audit = server.admin_json(&["audit", "pool"]);
     assert_eq!(audit[0]["damaged"].as_u64(), Some(0), "{audit}");
 }
@@ -289,13 +277,13 @@ fn the_object_store_down_during_a_backup_delays_uploads_and_loses_nothing() {
         "{pool}"
     );
     let during = work.path().join("during");
-    restore_same(&client, &src, &during);
+    client.restore_same(&src, &during);
 
     // Back up: the waiting containers move to the bucket.
     s3.restart();
     wait_until_offloaded(&server, &s3);
     let after = work.path().join("after");
-    restore_same(&client, &src, &after);
+    client.restore_same(&src, &after);
 
     // Down again, and the server's read cache empty (a restart): a restore
     // that needs the bucket fails and says why, and leaves no partial file.
@@ -476,7 +464,7 @@ fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_
     let whole = primary.admin_json(&["audit", "pool"])[0].clone();
     assert_eq!(whole["damaged"].as_u64(), Some(0), "{whole}");
     let out = work.path().join("out");
-    restore_same(&client, &src, &out);
+    client.restore_same(&src, &out);
 }
 
 #[test]
@@ -525,7 +513,7 @@ fn a_second_server_given_the_same_bucket_prefix_refuses_to_start_and_one_started
     first.restart();
     let adopted = std::fs::read_to_string(&owner_object).unwrap();
     assert!(adopted.contains("server = \"S3SRV\""), "{adopted}");
-    restore_same(&client, &src, &work.path().join("after-intruder"));
+    client.restore_same(&src, &work.path().join("after-intruder"));
     // An owner object nobody wrote is not taken over either.
     let junk_env = with_setting(&env, "TANDEM_SERVER_POOL__PREFIX", "junk/");
     std::fs::create_dir_all(s3.root.path().join("tandem/junk")).unwrap();
@@ -554,7 +542,7 @@ fn a_second_server_given_the_same_bucket_prefix_refuses_to_start_and_one_started
             && local(&late, "tdc").len() == 1
     });
     assert!(claimed, "{}", late.log());
-    restore_same(&late_client, &src, &work.path().join("late"));
+    late_client.restore_same(&src, &work.path().join("late"));
 }
 
 /// `env` with `key` set to `value` instead.
@@ -621,7 +609,7 @@ fn every_uploaded_part_carries_the_sha256_the_object_store_checks_unless_turned_
         "no part upload crossed the proxy"
     );
     assert!(!captured.contains("x-amz-checksum"), "a checksum was sent");
-    restore_same(&plain_client, &src, &work.path().join("plain"));
+    plain_client.restore_same(&src, &work.path().join("plain"));
 }
 
 #[test]
@@ -655,15 +643,7 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
     server.kill();
     lose_local_containers(&server);
     server.restart();
-    let more = work.path().join("more");
-    std::fs::create_dir_all(&more).unwrap();
-    for i in 0..3u64 {
-        std::fs::write(
-            more.join(format!("new-{i}.bin")),
-            random_bytes(5000 + i, 1 << 20),
-        )
-        .unwrap();
-    }
+    let more = mib_files(&work.path().join("more"), 5000);
     assert_success(&client.run(&["incremental", &path_str(&more)]), "backup");
     let uploaded = wait_until(Duration::from_secs(120), || {
         s3.container_objects().len() > objects.len()
@@ -685,7 +665,7 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
         }
     };
     unchanged(&objects);
-    restore_same(&client, &more, &work.path().join("more-out"));
+    client.restore_same(&more, &work.path().join("more-out"));
 
     // Now the catalog knows none of them either (as one restored from a
     // copy older than everything in the bucket): numbering starts at 1
@@ -704,15 +684,7 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
         })
         .collect();
     server.restart();
-    let last = work.path().join("last");
-    std::fs::create_dir_all(&last).unwrap();
-    for i in 0..3u64 {
-        std::fs::write(
-            last.join(format!("last-{i}.bin")),
-            random_bytes(7000 + i, 1 << 20),
-        )
-        .unwrap();
-    }
+    let last = mib_files(&work.path().join("last"), 7000);
     assert_success(&client.run(&["incremental", &path_str(&last)]), "backup");
     server.wait_for_log("TDM0446E");
     assert!(
@@ -722,7 +694,20 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
     );
     unchanged(&objects);
     // What was backed up since stays on the local disk and restores.
-    restore_same(&client, &last, &work.path().join("last-out"));
+    client.restore_same(&last, &work.path().join("last-out"));
+}
+
+/// Three files of 1 MiB of random bytes (seeds from `seed`) in a new `dir`.
+fn mib_files(dir: &Path, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..3u64 {
+        std::fs::write(
+            dir.join(format!("new-{i}.bin")),
+            random_bytes(seed + i, 1 << 20),
+        )
+        .unwrap();
+    }
+    dir.to_path_buf()
 }
 
 /// A TCP listener on 127.0.0.1 that takes connections and never answers,
@@ -769,7 +754,7 @@ fn a_bucket_that_takes_connections_and_never_answers_does_not_hold_up_the_start(
     // Sealed containers stay on the local disk: none is marked uploaded.
     assert!(local(&server, "tdc").len() >= 2, "{}", server.log());
     assert!(local(&server, "remote").is_empty(), "{}", server.log());
-    restore_same(&client, &src, &work.path().join("back"));
+    client.restore_same(&src, &work.path().join("back"));
     // The claim still waiting on the bucket does not hold up a clean stop.
     assert!(server.stop().success(), "{}", server.log());
 }

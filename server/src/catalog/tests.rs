@@ -58,6 +58,15 @@ fn all_pages(
     panic!("paging did not end");
 }
 
+/// Registers one more node; its id.
+fn register(catalog: &Catalog, name: &str) -> i64 {
+    catalog
+        .register_node(name, "hash", 1)
+        .expect("register")
+        .expect("new node")
+        .id
+}
+
 fn new_catalog(dir: &tempfile::TempDir) -> (Catalog, i64) {
     let catalog = Catalog::open(&dir.path().join("catalog.db"), Policy::default()).expect("open");
     let node = catalog
@@ -392,11 +401,7 @@ fn with_chunk(path: &str, chunk: tandem_proto::ChunkId) -> NewVersion {
 fn a_chunk_belongs_only_to_the_nodes_that_uploaded_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (catalog, alice) = new_catalog(&dir);
-    let bob = catalog
-        .register_node("BOB", "hash", 1)
-        .expect("register")
-        .expect("new")
-        .id;
+    let bob = register(&catalog, "BOB");
     let pin = tandem_proto::ChunkId([7; 32]);
     let stored = catalog
         .insert_chunks(bob, &[(pin, stored_at(0))], &[pin])
@@ -445,11 +450,7 @@ fn a_chunk_belongs_only_to_the_nodes_that_uploaded_it() {
 fn a_removed_node_leaves_no_ownership_and_no_id_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (catalog, _) = new_catalog(&dir);
-    let bob = catalog
-        .register_node("BOB", "hash", 1)
-        .expect("register")
-        .expect("new")
-        .id;
+    let bob = register(&catalog, "BOB");
     let (first, shared) = (
         tandem_proto::ChunkId([1; 32]),
         tandem_proto::ChunkId([2; 32]),
@@ -465,11 +466,7 @@ fn a_removed_node_leaves_no_ownership_and_no_id_behind() {
         .insert_chunks(bob, &[], &[shared])
         .expect("bob shares");
     assert_eq!(catalog.remove_node("BOB").expect("remove"), Some(0));
-    let carol = catalog
-        .register_node("CAROL", "hash", 2)
-        .expect("register")
-        .expect("new")
-        .id;
+    let carol = register(&catalog, "CAROL");
     assert!(carol > bob, "a removed node's id is never handed out again");
     assert_eq!(
         catalog
@@ -935,11 +932,7 @@ fn a_schedules_table_from_before_db_backup_is_widened_with_its_rows() {
 fn each_pool_keeps_its_own_copy_and_ownership_is_of_the_chunk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (catalog, alice) = new_catalog(&dir);
-    let bob = catalog
-        .register_node("BOB", "hash", 1)
-        .expect("register")
-        .expect("new")
-        .id;
+    let bob = register(&catalog, "BOB");
     catalog
         .conn()
         .execute("UPDATE nodes SET pool_id = 1 WHERE id = ?1", [alice])
@@ -1040,11 +1033,7 @@ fn restore_db_reconciles_each_pool_s_copy_and_keeps_a_chunk_found_in_another_poo
         tandem_proto::ChunkId([2; 32]),
         tandem_proto::ChunkId([3; 32]),
     );
-    let other = catalog
-        .register_node("OTHER", "hash", 1)
-        .expect("register")
-        .expect("new")
-        .id;
+    let other = register(&catalog, "OTHER");
     // `both` has a copy in pools 0 (OTHER's) and 1; `moved` only in pool 0;
     // `gone` in 0.
     for (owner, id, loc) in [
