@@ -296,4 +296,39 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
     );
     assert!(refused.contains("is pool ONE's too"), "{refused}");
     assert!(!twice.join("tandem-pool.json").exists());
+
+    // A claim file that is not ours, and an unclaimed directory that
+    // already holds containers, are refused and left as they were.
+    let forged = outside.path().join("forged");
+    std::fs::create_dir(&forged).unwrap();
+    std::fs::write(forged.join("tandem-pool.json"), "{\"server_guid\": 7}").unwrap();
+    let used = outside.path().join("used");
+    std::fs::create_dir(&used).unwrap();
+    std::fs::write(used.join("00000001.tdc"), b"someone else's records").unwrap();
+    for (dir, wanted) in [
+        (&forged, "is not a pool claim Tandem wrote"),
+        (
+            &used,
+            "holds containers this server's catalog does not index",
+        ),
+    ] {
+        let dir_text = path_str(dir);
+        let refused = TestServer::try_start_with(
+            "FIFTH",
+            &[("TANDEM_SERVER_POOLS__X__DIRECTORY", dir_text.as_str())],
+        );
+        assert!(refused.contains(wanted), "{refused}");
+    }
+    assert_eq!(
+        std::fs::read(used.join("00000001.tdc")).unwrap(),
+        b"someone else's records"
+    );
+    assert_eq!(
+        std::fs::read_to_string(forged.join("tandem-pool.json")).unwrap(),
+        "{\"server_guid\": 7}"
+    );
+    // An unknown pool name in a query is refused with the pools there are.
+    let out = server.admin(&["query", "stgpool", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("DEFAULT, TAPE"), "{}", stderr(&out));
 }

@@ -621,14 +621,7 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
     source_tree(&src);
     assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
     wait_until_offloaded(&server, &s3);
-    let objects: Vec<(PathBuf, Vec<u8>)> = s3
-        .container_objects()
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
-            (p, bytes)
-        })
-        .collect();
+    let objects = bucket_snapshot(&s3);
     // The data dir loses its containers directory: new containers are
     // numbered after the highest the catalog indexes, so they go to the
     // bucket beside the old ones, never over them.
@@ -675,14 +668,7 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
     let catalog = rusqlite::Connection::open(server.data_dir().join("catalog.db")).unwrap();
     catalog.execute("DELETE FROM chunks", []).unwrap();
     drop(catalog);
-    let objects: Vec<(PathBuf, Vec<u8>)> = s3
-        .container_objects()
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
-            (p, bytes)
-        })
-        .collect();
+    let objects = bucket_snapshot(&s3);
     server.restart();
     let last = mib_files(&work.path().join("last"), 7000);
     assert_success(&client.run(&["incremental", &path_str(&last)]), "backup");
@@ -695,6 +681,17 @@ fn a_data_dir_that_lost_its_containers_never_uploads_over_the_ones_in_the_bucket
     unchanged(&objects);
     // What was backed up since stays on the local disk and restores.
     client.restore_same(&last, &work.path().join("last-out"));
+}
+
+/// Every container object in the bucket, with its bytes.
+fn bucket_snapshot(s3: &S3Server) -> Vec<(PathBuf, Vec<u8>)> {
+    s3.container_objects()
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
 }
 
 /// Three files of 1 MiB of random bytes (seeds from `seed`) in a new `dir`.
