@@ -771,7 +771,7 @@ pub async fn run(
                 console.audit(&Msg::chunks_repaired(
                     &session.info.name,
                     summary.repaired,
-                    &summary.partner,
+                    &summary.sources(),
                     files.len(),
                 ));
             }

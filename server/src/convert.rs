@@ -555,6 +555,7 @@ pub fn occupancy_to_pb(o: Occupancy) -> pb::Occupancy {
         archive_bytes: o.archive_bytes,
         chunks: o.chunks,
         stored_bytes: o.stored_bytes,
+        pools: o.pools,
     }
 }
 

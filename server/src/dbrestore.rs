@@ -68,17 +68,11 @@ pub fn restore_db(
             copy.display()
         )));
     }
-    // Everything is read and decided on a staged copy first: a failure
-    // until the final rename leaves the data dir as it was.
-    let mut found: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
-    // Each configured pool the copy knows, under the copy's id for it; a
-    // pool made after the copy holds nothing the copy indexes.
-    let ids = Catalog::copy_pool_ids(copy).map_err(refused)?;
     // A pool the copy uses and the configuration lacks: its rows would be
     // dropped as missing, and its containers emptied at the next start.
-    for (name, id) in &ids {
-        let configured = name == "DEFAULT" || pools.more.contains_key(name);
-        if !configured && Catalog::copy_pool_has_chunks(copy, *id).map_err(refused)? {
+    for (name, id) in Catalog::copy_pool_ids(copy).map_err(refused)? {
+        let configured = name == "DEFAULT" || pools.more.contains_key(&name);
+        if !configured && Catalog::copy_pool_has_chunks(copy, id).map_err(refused)? {
             return Err(ServerError::FailedPrecondition(format!(
                 "{} indexes data in storage pool {name}, which the configuration does not have; \
                  add [pools.{name}] as it was and run restore-db again. Nothing was changed",
@@ -86,24 +80,10 @@ pub fn restore_db(
             )));
         }
     }
-    let configured = std::iter::once(("DEFAULT", pools.default)).chain(
-        pools
-            .more
-            .iter()
-            .map(|(name, config)| (name.as_str(), config)),
-    );
-    for (name, config) in configured {
-        let Some(id) = ids.get(name) else {
-            continue;
-        };
-        let bucket = crate::repository::open_pool(config)?;
-        let dir = crate::repository::pool_dir(data_dir, name, config);
-        for (chunk, at) in ChunkStore::scan_dir(&dir, *id, bucket.as_ref())? {
-            found.entry(chunk).or_default().push(at);
-        }
-    }
+    // Everything is read and decided on a staged copy first: a failure
+    // until the final rename leaves the data dir as it was.
     let staged = stage(data_dir, copy)?;
-    let mut report = match prepare_staged(&staged, copy, policy, &found) {
+    let mut report = match prepare_staged(&staged, copy, policy, data_dir, &pools) {
         Ok(report) => report,
         Err(e) => {
             discard_staged(&staged);
@@ -112,6 +92,32 @@ pub fn restore_db(
     };
     report.kept_aside = put_in_place(data_dir, &staged)?;
     Ok(report)
+}
+
+/// Where every configured pool's containers hold each chunk, read from
+/// their record headers. Each pool is scanned under the id `catalog` has
+/// for it; a pool made after the copy gets its next free id there, so a
+/// chunk whose only copy is now in that pool is found, not called missing.
+fn scan_pools(
+    catalog: &Catalog,
+    data_dir: &Path,
+    pools: &crate::repository::PoolSetup<'_>,
+) -> Result<HashMap<ChunkId, Vec<ChunkLocation>>, ServerError> {
+    let configured: Vec<(&str, &crate::config::PoolConfig)> =
+        std::iter::once(("DEFAULT", pools.default))
+            .chain(pools.more.iter().map(|(name, c)| (name.as_str(), c)))
+            .collect();
+    let names: Vec<&str> = configured.iter().map(|(name, _)| *name).collect();
+    let ids = catalog.pool_ids(&names)?;
+    let mut found: HashMap<ChunkId, Vec<ChunkLocation>> = HashMap::new();
+    for (name, config) in configured {
+        let bucket = crate::repository::open_pool(config)?;
+        let dir = crate::repository::pool_dir(data_dir, name, config);
+        for (chunk, at) in ChunkStore::scan_dir(&dir, ids[name], bucket.as_ref())? {
+            found.entry(chunk).or_default().push(at);
+        }
+    }
+    Ok(found)
 }
 
 /// Copies `copy` into the data dir as `catalog.db.restoring`, synced.
@@ -137,18 +143,20 @@ fn discard_staged(staged: &Path) {
     }
 }
 
-/// Brings the staged copy in line with the containers (`found`), holds the
-/// replicated nodes for recovery and logs the restore in it; closes it with
-/// everything checkpointed into the one file. The report has nothing kept
-/// aside yet.
+/// Brings the staged copy in line with every configured pool's containers,
+/// holds the replicated nodes for recovery and logs the restore in it;
+/// closes it with everything checkpointed into the one file. The report
+/// has nothing kept aside yet.
 fn prepare_staged(
     staged: &Path,
     copy: &Path,
     policy: Policy,
-    found: &HashMap<ChunkId, Vec<ChunkLocation>>,
+    data_dir: &Path,
+    pools: &crate::repository::PoolSetup<'_>,
 ) -> Result<RestoreDbReport, ServerError> {
     let catalog = Catalog::open(staged, policy)?;
-    let chunks = catalog.reconcile_chunks(found)?;
+    let found = scan_pools(&catalog, data_dir, pools)?;
+    let chunks = catalog.reconcile_chunks(&found)?;
     let missing: HashSet<ChunkId> = chunks.missing.iter().copied().collect();
     let damaged = catalog.damaged_by(&missing)?;
     let held = catalog.hold_replicated_nodes_for_recovery(now_ns())?;

@@ -275,12 +275,24 @@ impl TestServer {
     }
 
     /// Runs `tandem-server restore-db --from COPY` on this server's data
-    /// dir (the server must be stopped for it to succeed).
+    /// dir, with the settings it runs with (the server must be stopped for
+    /// it to succeed).
     pub fn restore_db(&self, copy: &str) -> Output {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.restore_db_with(copy, &env)
+    }
+
+    /// [`Self::restore_db`] with `env` as the settings instead.
+    pub fn restore_db_with(&self, copy: &str, env: &[(&str, &str)]) -> Output {
         Command::new(bin("tandem-server"))
             .arg("--data-dir")
             .arg(self.data.path())
             .args(["restore-db", "--from", copy])
+            .envs(env.iter().copied())
             .output()
             .expect("run tandem-server restore-db")
     }
@@ -406,7 +418,13 @@ pub fn replicated_alice() -> (TestServer, TestServer, TestClient) {
 /// of the store at `data_dir` (a server's data directory or a local vault).
 /// Panics when no container holds `needle`.
 pub fn damage_container_bytes(data_dir: &Path, needle: &[u8]) {
-    let mut containers: Vec<PathBuf> = std::fs::read_dir(data_dir.join("containers"))
+    damage_bytes_in(&data_dir.join("containers"), needle);
+}
+
+/// As [`damage_container_bytes`], in the containers directly under `dir`
+/// (a storage pool's directory).
+pub fn damage_bytes_in(dir: &Path, needle: &[u8]) {
+    let mut containers: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
     containers.sort();

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tandem_tests::s3::S3Server;
 use tandem_tests::{
-    TestClient, TestServer, assert_success, make_tree, path_str, random_bytes, stderr, wait_until,
+    TestClient, TestServer, assert_success, damage_bytes_in, make_tree, path_str, random_bytes,
+    stderr, wait_until,
 };
 
 /// A pool named TAPE in DATA_DIR/pools/TAPE, containers sealed at 1 MiB.
@@ -124,6 +125,12 @@ fn each_node_s_data_goes_to_its_own_pool_and_a_pool_change_moves_only_new_data()
     );
     assert!(holds(&tape_dir(&server), &later[..4096]));
     assert!(!holds(&default_dir(&server), &later[..4096]));
+    let occupancy = &server.admin_json(&["query", "occupancy", "alice"])[0];
+    assert_eq!(
+        occupancy["pools"],
+        serde_json::json!(["DEFAULT", "TAPE"]),
+        "{occupancy}"
+    );
     alice.restore_same(&src_a, &work.path().join("ra"));
     bob.restore_same(&src_b, &work.path().join("rb"));
 
@@ -157,7 +164,7 @@ fn each_node_s_data_goes_to_its_own_pool_and_a_pool_change_moves_only_new_data()
     let taken = server.admin_json(&["backup", "db", "--to", &path_str(copies.path())]);
     let copy = taken["path"].as_str().unwrap().to_string();
     server.stop();
-    let out = server.restore_db(&copy);
+    let out = server.restore_db_with(&copy, &[]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("indexes data in storage pool TAPE")
@@ -331,4 +338,149 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
     let out = server.admin(&["query", "stgpool", "nosuch"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("DEFAULT, TAPE"), "{}", stderr(&out));
+}
+
+#[test]
+fn restore_db_finds_chunks_whose_only_copy_is_in_a_pool_made_after_the_catalog_copy() {
+    let mut server = TestServer::start("LATER");
+    let alice = node_in(&server, "alice", None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let marker = tree_with_marker(&src, 31);
+    assert_success(&alice.run(&["incremental", &path_str(&src)]), "backup");
+    let copies = tempfile::tempdir().unwrap();
+    let taken = server.admin_json(&["backup", "db", "--to", &path_str(copies.path())]);
+    let copy = taken["path"].as_str().unwrap().to_string();
+
+    // TAPE is added after the copy and Alice's data is stored there too
+    // (the same files under another name); then DEFAULT's disk is lost.
+    server.restart_with(TAPE);
+    assert_success(
+        &server.admin(&["update", "node", "alice", "--pool", "TAPE"]),
+        "update node --pool",
+    );
+    let again = work.path().join("again");
+    copy_tree(&src, &again);
+    assert_success(&alice.run(&["incremental", &path_str(&again)]), "again");
+    assert!(holds(&tape_dir(&server), &marker));
+    server.stop();
+    for lost in container_files(&default_dir(&server)) {
+        std::fs::remove_file(lost).unwrap();
+    }
+
+    // The copy indexes Alice's first backup in DEFAULT; every chunk of it
+    // is found in TAPE and nothing is missing.
+    let out = server.restore_db(&copy);
+    assert_success(&out, "restore-db");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Chunks missing (freed since the copy): 0"),
+        "{said}"
+    );
+    server.restart();
+    alice.restore_same(&src, &work.path().join("out"));
+}
+
+/// Copies the files of the tree at `from` to `to` (directories and regular
+/// files only, as `make_tree` makes them).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_damaged_copy_is_repaired_from_another_pool_s_whole_copy_without_a_partner() {
+    let server = TestServer::start_with("TWINS", TAPE);
+    let alice = node_in(&server, "alice", None);
+    let bob = node_in(&server, "bob", Some("tape"));
+    let work = tempfile::tempdir().unwrap();
+    let (src_a, src_b) = (work.path().join("a"), work.path().join("b"));
+    tree_with_marker(&src_a, 5);
+    tree_with_marker(&src_b, 5);
+    let victim = random_bytes(21, 300_000);
+    std::fs::write(src_a.join("victim.bin"), &victim).unwrap();
+    std::fs::write(src_b.join("victim.bin"), &victim).unwrap();
+    assert_success(&alice.run(&["incremental", &path_str(&src_a)]), "alice");
+    assert_success(&bob.run(&["incremental", &path_str(&src_b)]), "bob");
+    let needle = &victim[100_000..100_064];
+
+    // DEFAULT's copy is damaged: Alice's restore has it repaired from
+    // TAPE's, with no replication partner defined at all.
+    damage_bytes_in(&default_dir(&server), needle);
+    let out = alice.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src_a)),
+        &path_str(&work.path().join("ra")),
+    ]);
+    assert_success(&out, "restore repaired from TAPE");
+    let err = stderr(&out);
+    assert!(
+        err.contains("TDM1027I") && err.contains("storage pool(s) TAPE"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(work.path().join("ra/victim.bin")).unwrap(),
+        victim
+    );
+    let actlog = server.actlog();
+    assert!(
+        actlog.contains("TDM0428I")
+            && actlog.contains("storage pool TAPE of this server")
+            && actlog.contains("victim.bin"),
+        "{actlog}"
+    );
+    alice.restore_same(&src_a, &work.path().join("ra2"));
+
+    // TAPE's copy is damaged: the pool audit finds it and --fix puts
+    // DEFAULT's (repaired) copy in its place, in TAPE.
+    damage_bytes_in(&tape_dir(&server), needle);
+    let found = server.admin(&["--json", "audit", "pool"]);
+    assert_eq!(found.status.code(), Some(8), "{}", stderr(&found));
+    let fixed = &server.admin_json(&["audit", "pool", "--fix"])[0];
+    assert_eq!(fixed["repaired"], 1, "{fixed}");
+    assert_eq!(fixed["unrepaired"], 0, "{fixed}");
+    let whole = &server.admin_json(&["audit", "pool"])[0];
+    assert_eq!(whole["damaged"], 0, "{whole}");
+    assert!(
+        server
+            .actlog()
+            .contains("storage pool DEFAULT of this server"),
+        "{}",
+        server.actlog()
+    );
+    let out = bob.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src_b)),
+        &path_str(&work.path().join("rb")),
+    ]);
+    assert_success(&out, "bob's restore after the audit");
+    assert!(!stderr(&out).contains("TDM1027I"), "{}", stderr(&out));
+    bob.restore_same(&src_b, &work.path().join("rb2"));
+
+    // Both copies damaged: nothing whole here and no partner, so the
+    // restore names the file and says why.
+    damage_bytes_in(&default_dir(&server), needle);
+    damage_bytes_in(&tape_dir(&server), needle);
+    let out = alice.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src_a)),
+        &path_str(&work.path().join("ra3")),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("TDM1028W")
+            && err.contains("never been replicated")
+            && err.contains("victim.bin"),
+        "{err}"
+    );
 }

@@ -130,13 +130,14 @@ impl Msg {
         }
     }
 
-    /// TDM1027I: the server replaced damaged chunks from its partner, and
-    /// the files that used them are fetched again.
-    pub fn chunks_repaired(server: &str, repaired: u64, partner: &str, files: usize) -> Self {
+    /// TDM1027I: the server replaced damaged chunks from its other storage
+    /// pools or its partner (`sources`, said in full), and the files that
+    /// used them are fetched again.
+    pub fn chunks_repaired(server: &str, repaired: u64, sources: &str, files: usize) -> Self {
         Msg {
             id: "TDM1027I",
             text: format!(
-                "server {server} found {repaired} damaged or missing chunk(s) and replaced them with verified copies from server {partner}; restoring {files} file(s) again"
+                "server {server} found {repaired} damaged or missing chunk(s) and replaced them with verified copies from {sources}; restoring {files} file(s) again"
             ),
         }
     }

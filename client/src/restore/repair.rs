@@ -24,8 +24,10 @@ pub(super) struct RepairSummary {
     pub repaired: u64,
     /// Still damaged or missing.
     pub unrepaired: u64,
-    /// The partner the copies came from.
+    /// The partner the copies came from, if any did.
     pub partner: String,
+    /// The server's storage pools copies came from, if any did.
+    pub pools: BTreeSet<String>,
     /// Why some could not be repaired.
     pub reason: String,
     /// The chunks whole on the server now: files failed only on these are
@@ -93,6 +95,7 @@ pub(super) async fn ask(
         if summary.partner.is_empty() {
             summary.partner = reply.partner;
         }
+        summary.pools.extend(reply.pools);
         if summary.reason.is_empty() {
             summary.reason = reply.reason;
         }
@@ -105,6 +108,23 @@ pub(super) async fn ask(
         }
     }
     Ok(summary)
+}
+
+impl RepairSummary {
+    /// Where the copies came from, for the restore's message: the server's
+    /// other storage pools, its partner, or both.
+    pub(super) fn sources(&self) -> String {
+        let pools = (!self.pools.is_empty()).then(|| {
+            let names: Vec<&str> = self.pools.iter().map(String::as_str).collect();
+            format!("its storage pool(s) {}", names.join(", "))
+        });
+        let partner = (!self.partner.is_empty()).then(|| format!("server {}", self.partner));
+        match (pools, partner) {
+            (Some(pools), Some(partner)) => format!("{pools} and {partner}"),
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => "another copy".to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,9 +27,12 @@ pub struct Occupancy {
     pub archive_bytes: u64,
     /// Distinct chunks the filespace's versions and archive copies reference.
     pub chunks: u64,
-    /// Their stored bytes, each counted once here even when other filespaces
-    /// share it (so the rows of a server can add up to more than its disk).
+    /// Their stored bytes, every copy in every pool (the space they take),
+    /// each chunk counted once here even when other filespaces share it (so
+    /// the rows of a server can add up to more than its disks).
     pub stored_bytes: u64,
+    /// The storage pools holding copies of those chunks, by name.
+    pub pools: Vec<String>,
 }
 
 impl Catalog {
@@ -39,6 +42,8 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn occupancy(&self, node: &str) -> Result<Vec<Occupancy>, CatalogError> {
+        // Before a reader is held: it takes one of its own.
+        let pool_names = self.pool_names()?;
         // A read-only scan of every manifest: the readers, so backups are
         // not held up by it.
         let conn = self.reader();
@@ -72,7 +77,8 @@ impl Catalog {
             "SELECT manifest FROM objects WHERE filespace_id = ?1 AND expiring = 0
              UNION ALL SELECT manifest FROM archives WHERE filespace_id = ?1",
         )?;
-        let mut stored = conn.prepare_cached("SELECT stored_len FROM chunks WHERE id = ?1")?;
+        let mut copies =
+            conn.prepare_cached("SELECT stored_len, pool FROM chunks WHERE id = ?1")?;
         let mut out = Vec::with_capacity(rows.len());
         for (filespace_id, mut row) in rows {
             (row.archives, row.archive_bytes) = archives.query_row([filespace_id], |r| {
@@ -88,16 +94,26 @@ impl Catalog {
                         .filter_map(|c| ChunkId::from_slice(c).ok()),
                 );
             }
+            let mut pools = std::collections::BTreeSet::new();
             for chunk in &chunks {
-                let len: Option<i64> = stored
-                    .query_map([chunk.as_slice()], |r| r.get(0))?
-                    .next()
-                    .transpose()?;
-                if let Some(len) = len {
-                    row.chunks += 1;
-                    row.stored_bytes += from_sql_int(len);
+                let mut stored = false;
+                let mut rows = copies.query([chunk.as_slice()])?;
+                while let Some(r) = rows.next()? {
+                    stored = true;
+                    row.stored_bytes += from_sql_int(r.get(0)?);
+                    pools.insert(r.get::<_, u32>(1)?);
                 }
+                row.chunks += u64::from(stored);
             }
+            row.pools = pools
+                .into_iter()
+                .map(|id| {
+                    pool_names
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| format!("number {id}"))
+                })
+                .collect();
             out.push(row);
         }
         Ok(out)

@@ -155,12 +155,14 @@ pub(super) enum SwitchNoun {
 pub(super) enum AuditNoun {
     /// Read every chunk the node's versions and archive copies use, check
     /// each against its hash (TSM AUDIT CONTAINER), and with --fix replace
-    /// damaged or missing ones with verified copies from the server that
-    /// shares the node. Exits 8 (TDM0517W) when damage remains.
+    /// damaged or missing ones with verified copies: another storage pool's
+    /// whole copy here, else the server that shares the node. Exits 8
+    /// (TDM0517W) when damage remains.
     Node {
         /// The node [default: every node].
         name: Option<String>,
-        /// Repair what is damaged or missing from the replication partner.
+        /// Repair what is damaged or missing, from another storage pool
+        /// or the replication partner.
         #[arg(long)]
         fix: bool,
         /// Read only some chunks: a share picked afresh each run (10%) or
@@ -171,10 +173,12 @@ pub(super) enum AuditNoun {
     /// Read every chunk stored in the storage pool, container by container
     /// (the order a bucket is read fastest), and check each against its
     /// hash; damage is recorded (`query damaged`) with the files using it.
-    /// --fix repairs each damaged chunk from the replication partner of a
-    /// node using it. Exits 8 (TDM0517W) when damage remains.
+    /// --fix repairs each damaged chunk from another storage pool's whole
+    /// copy, else from the replication partner of a node using it. Exits 8
+    /// (TDM0517W) when damage remains.
     Pool {
-        /// Repair damaged chunks from the replication partner.
+        /// Repair damaged chunks from another pool or the replication
+        /// partner.
         #[arg(long)]
         fix: bool,
         /// Read only some chunks: a share picked afresh each run (10%) or
@@ -187,7 +191,8 @@ pub(super) enum AuditNoun {
     Container {
         /// The container number (as in 00000007.tdc: 7).
         number: u32,
-        /// Repair damaged chunks from the replication partner.
+        /// Repair damaged chunks from another pool or the replication
+        /// partner.
         #[arg(long)]
         fix: bool,
         /// Read only some chunks: a share (10%) or a slice (1/7).

@@ -791,6 +791,7 @@ impl Row for pb::Occupancy {
         "Archive Bytes",
         "Chunks",
         "Stored Bytes",
+        "Pools",
     ];
     fn cells(&self) -> Vec<String> {
         vec![
@@ -803,6 +804,7 @@ impl Row for pb::Occupancy {
             self.archive_bytes.to_string(),
             self.chunks.to_string(),
             self.stored_bytes.to_string(),
+            self.pools.join(", "),
         ]
     }
     fn json(&self) -> Value {
@@ -811,6 +813,7 @@ impl Row for pb::Occupancy {
             "versions": self.versions, "logical_bytes": self.logical_bytes,
             "archives": self.archives, "archive_bytes": self.archive_bytes,
             "chunks": self.chunks, "stored_bytes": self.stored_bytes,
+            "pools": self.pools,
         })
     }
 }

@@ -30,8 +30,12 @@ const CHUNKS_NAMED: usize = 10;
 pub struct RepairReport {
     /// Chunks whose copy here was whole.
     pub intact: Vec<ChunkId>,
-    /// Chunks replaced with a verified copy from the partner.
+    /// Chunks replaced with a verified copy, from another storage pool here
+    /// or from the partner.
     pub repaired: Vec<ChunkId>,
+    /// The repaired chunks whose copy came from another storage pool of
+    /// this server, with that pool's name.
+    pub from_pools: std::collections::HashMap<ChunkId, String>,
     /// Damaged or missing chunks that could not be repaired.
     pub unrepaired: Vec<ChunkId>,
     /// The partner asked, if one was.
@@ -40,10 +44,12 @@ pub struct RepairReport {
     pub reason: Option<String>,
 }
 
-/// Checks `ids` of `node` here and repairs what is damaged or missing from
-/// the partner that shares the node. A chunk not stored for the node here
-/// (lost, or only another node's) is asked for too: only the node's own
-/// replica can supply it, which proves the node held it.
+/// Checks `ids` of `node` here and repairs what is damaged: from a whole
+/// copy in another of this server's storage pools where there is one, else
+/// (and for what is missing) from the partner that shares the node. A
+/// chunk not stored for the node here (lost, or only another node's) is
+/// asked for too: only the node's own replica can supply it, which proves
+/// the node held it.
 ///
 /// # Errors
 /// Catalog errors; a partner that cannot help is a [`RepairReport::reason`].
@@ -66,6 +72,7 @@ pub async fn repair_chunks(
         intact: check.intact,
         ..RepairReport::default()
     };
+    let damaged: HashSet<ChunkId> = check.damaged.iter().map(|(id, _)| *id).collect();
     let mut wanted: Vec<(ChunkId, String)> = check.damaged;
     wanted.extend(
         check
@@ -97,10 +104,34 @@ pub async fn repair_chunks(
         ));
         return Ok(report);
     }
-    let asked: Vec<ChunkId> = wanted.iter().map(|(id, _)| *id).collect();
-    let fetched = fetch_from_partner(state, node, &asked).await;
+    // A damaged copy may have a whole twin in another pool here: no
+    // network, no partner needed.
+    let twins: Vec<ChunkId> = wanted
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| damaged.contains(id))
+        .collect();
+    if !twins.is_empty() {
+        report.from_pools = state
+            .repo
+            .blocking(move |r| r.repair_from_other_pools(node_id, &twins))
+            .await?
+            .into_iter()
+            .collect();
+    }
+    let asked: Vec<ChunkId> = wanted
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !report.from_pools.contains_key(id))
+        .collect();
+    let fetched = if asked.is_empty() {
+        Ok(None)
+    } else {
+        fetch_from_partner(state, node, &asked).await.map(Some)
+    };
     let (stored, reason) = match fetched {
-        Ok((partner, copies)) => {
+        Ok(None) => (HashSet::new(), None),
+        Ok(Some((partner, copies))) => {
             report.partner = Some(partner.clone());
             let stored = store_verified(state, node_id, copies).await?;
             let lacking = asked.len() - stored.len();
@@ -112,7 +143,7 @@ pub async fn repair_chunks(
         Err(why) => (HashSet::new(), Some(why)),
     };
     for (id, _) in &wanted {
-        if stored.contains(id) {
+        if stored.contains(id) || report.from_pools.contains_key(id) {
             report.repaired.push(*id);
         } else {
             report.unrepaired.push(*id);
@@ -195,6 +226,12 @@ async fn log_outcome(
     let (named, rest) = wanted.split_at(wanted.len().min(CHUNKS_NAMED));
     let repaired: HashSet<&ChunkId> = report.repaired.iter().collect();
     let partner = report.partner.as_deref().unwrap_or("-");
+    let source = |id: &ChunkId| {
+        report.from_pools.get(id).map_or_else(
+            || format!("server {partner}"),
+            |pool| format!("storage pool {pool} of this server"),
+        )
+    };
     for (id, problem) in named {
         // The storage error names the chunk too; once is enough.
         let own_name = format!("chunk {id} ");
@@ -213,8 +250,9 @@ async fn log_outcome(
             (
                 ServerMsg::ChunkRepaired,
                 format!(
-                    "chunk {id} of node {} was damaged ({problem}) and was replaced with a verified copy from server {partner}; used by {used_by}",
-                    node.name
+                    "chunk {id} of node {} was damaged ({problem}) and was replaced with a verified copy from {}; used by {used_by}",
+                    node.name,
+                    source(id)
                 ),
             )
         } else {
@@ -231,11 +269,19 @@ async fn log_outcome(
     }
     if !rest.is_empty() {
         let fixed = rest.iter().filter(|(id, _)| repaired.contains(id)).count();
+        let local = rest
+            .iter()
+            .filter(|(id, _)| report.from_pools.contains_key(id))
+            .count();
+        let sources = format!(
+            "{local} from this server's other storage pools, {} from server {partner}",
+            fixed - local
+        );
         let (msg, text) = if fixed == rest.len() {
             (
                 ServerMsg::ChunkRepaired,
                 format!(
-                    "{} more damaged or missing chunk(s) of node {} were replaced with verified copies from server {partner}",
+                    "{} more damaged or missing chunk(s) of node {} were replaced with verified copies ({sources})",
                     rest.len(),
                     node.name
                 ),
@@ -244,7 +290,7 @@ async fn log_outcome(
             (
                 ServerMsg::ChunkUnrepaired,
                 format!(
-                    "{} more damaged or missing chunk(s) of node {}: {fixed} replaced from server {partner}, {} could not be repaired: {}",
+                    "{} more damaged or missing chunk(s) of node {}: {fixed} replaced ({sources}), {} could not be repaired: {}",
                     rest.len(),
                     node.name,
                     rest.len() - fixed,

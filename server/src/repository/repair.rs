@@ -202,8 +202,47 @@ impl Repository {
 
     /// Whether the copy of `id` at `at` reads back and matches its id.
     fn reads_whole(&self, id: ChunkId, at: ChunkLocation) -> bool {
-        self.pools
-            .read(at)
-            .is_ok_and(|data| storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).is_ok())
+        self.whole_copy(id, at).is_some()
+    }
+
+    /// The copy of `id` at `at`, if it reads back and matches its id.
+    fn whole_copy(&self, id: ChunkId, at: ChunkLocation) -> Option<VerifiedChunk> {
+        let data = self.pools.read(at).ok()?;
+        storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).ok()
+    }
+
+    /// Repairs chunks of node `node` from this server's own copies, as TSM
+    /// repairs a primary pool from a copy pool: for each of `ids` that
+    /// another storage pool holds whole, every copy that does not read back
+    /// whole is replaced with it. Returns the ids repaired, each with the
+    /// name of the pool its copy came from; the others are left for the
+    /// replication partner.
+    ///
+    /// # Errors
+    /// Container and catalog errors, as [`Repository::replace_chunks`].
+    pub fn repair_from_other_pools(
+        &self,
+        node: i64,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(ChunkId, String)>, ServerError> {
+        let mut whole = Vec::new();
+        let mut sources = Vec::new();
+        for id in ids {
+            let copies = self.catalog.chunk_copies(id)?;
+            if copies.len() < 2 {
+                continue;
+            }
+            if let Some((chunk, pool)) = copies
+                .iter()
+                .find_map(|at| Some((self.whole_copy(*id, *at)?, at.pool)))
+            {
+                whole.push(chunk);
+                sources.push((*id, self.pools.name_of(pool)));
+            }
+        }
+        if !whole.is_empty() {
+            self.replace_chunks(node, &whole)?;
+        }
+        Ok(sources)
     }
 }

@@ -764,6 +764,12 @@ impl Backup for BackupService {
             unrepaired: report.unrepaired.len() as u64,
             partner: report.partner.unwrap_or_default(),
             reason: report.reason.unwrap_or_default(),
+            pools: report
+                .from_pools
+                .into_values()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         }))
     }
 

@@ -60,11 +60,7 @@ impl Pools {
     /// (its data cannot be reached until it does again).
     pub fn get(&self, id: u32) -> Result<&ChunkStore, StorageError> {
         self.by_id.get(&id).map(|e| &e.store).ok_or_else(|| {
-            let name = self
-                .unconfigured
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| format!("number {id}"));
+            let name = self.name_of(id);
             StorageError::Pool {
                 reason: format!(
                     "this storage pool is not in the server's configuration; add [pools.{name}] again and restart, \
@@ -91,6 +87,16 @@ impl Pools {
     #[must_use]
     pub fn id_of(&self, name: &str) -> Option<u32> {
         self.iter().find(|(_, e)| e.name == name).map(|(id, _)| id)
+    }
+
+    /// The name of pool `id` (`number N` for one the configuration lacks).
+    #[must_use]
+    pub fn name_of(&self, id: u32) -> String {
+        self.by_id
+            .get(&id)
+            .map(|e| e.name.clone())
+            .or_else(|| self.unconfigured.get(&id).cloned())
+            .unwrap_or_else(|| format!("number {id}"))
     }
 
     /// Reads a chunk's stored bytes from its pool.
