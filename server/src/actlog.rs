@@ -38,7 +38,8 @@ pub enum ServerMsg {
     CatalogRestored,
     /// A scheduled catalog backup failed.
     CatalogBackupFailed,
-    /// A damaged or missing chunk was replaced from the partner.
+    /// A damaged or missing chunk was replaced from another pool or the
+    /// partner.
     ChunkRepaired,
     /// A damaged or missing chunk could not be repaired.
     ChunkUnrepaired,
@@ -94,6 +95,10 @@ pub enum ServerMsg {
     FailoverLogon,
     /// A client claimed a failover logon that this server cannot confirm.
     FailoverUnconfirmed,
+    /// MOVE NODEDATA moved a node's data to another pool.
+    NodeDataMoved,
+    /// MOVE NODEDATA left chunks with no whole copy where they were.
+    NodeDataMoveDamaged,
 }
 
 impl ServerMsg {
@@ -142,6 +147,8 @@ impl ServerMsg {
             ServerMsg::LogonRedirected => "TDM0611I",
             ServerMsg::FailoverLogon => "TDM0406I",
             ServerMsg::FailoverUnconfirmed => "TDM0407W",
+            ServerMsg::NodeDataMoved => "TDM0434I",
+            ServerMsg::NodeDataMoveDamaged => "TDM0435W",
         }
     }
 }

@@ -134,7 +134,7 @@ pub async fn audit_node(
         report.unrepaired = bad.len() as u64;
         if !bad.is_empty() {
             report.reason = Some(format!(
-                "not repaired: run `audit node {} --fix` to replace them from the replication partner",
+                "not repaired: run `audit node {} --fix` to replace them from another storage pool or the replication partner",
                 node.name
             ));
         }

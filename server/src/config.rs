@@ -132,7 +132,8 @@ pub struct AuditSchedule {
     /// 7 slices, the pool every week).
     #[serde(default = "default_audit_slices")]
     pub slices: u32,
-    /// Repair damaged chunks from the replication partner.
+    /// Repair damaged chunks from another storage pool or the replication
+    /// partner.
     #[serde(default)]
     pub fix: bool,
 }

@@ -168,6 +168,7 @@ async fn execute(cli: AdminCli) -> Result<(), AdminError> {
         Verb::Recover(noun) => verb::recover::run(console, noun, json).await,
         Verb::Switch(noun) => verb::switch::run(console, noun, json).await,
         Verb::Audit(noun) => verb::audit::run(console, noun, json).await,
+        Verb::Move(noun) => verb::move_data::run(console, noun, json).await,
     }
 }
 

@@ -11,10 +11,14 @@
 //! - [`ingest`]: verified chunks in, in the durability order (chunks
 //!   already stored are pinned first; new ones are appended, fsynced, then
 //!   indexed and pinned), overlapped for a stream of uploads.
+//! - [`repair`]: checking a node's copies and putting verified ones in
+//!   place of damaged ones.
+//! - [`move_data`]: MOVE NODEDATA, a node's data from one pool to another.
 //!
 //! Callers run these methods on blocking threads (rusqlite and fsync block).
 
 pub mod ingest;
+pub mod move_data;
 mod pool_setup;
 pub mod repair;
 

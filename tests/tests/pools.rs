@@ -484,3 +484,93 @@ fn a_damaged_copy_is_repaired_from_another_pool_s_whole_copy_without_a_partner()
         "{err}"
     );
 }
+
+#[test]
+fn move_nodedata_moves_a_node_s_own_data_and_leaves_what_another_node_shares() {
+    let env = [TAPE[0], TAPE[1], ("TANDEM_SERVER_POOL__CONTAINER_MIB", "1")];
+    let server = TestServer::start_with("MOVER", &env);
+    let alice = node_in(&server, "alice", None);
+    let bob = node_in(&server, "bob", None);
+    let work = tempfile::tempdir().unwrap();
+    let (src_a, src_b) = (work.path().join("a"), work.path().join("b"));
+    let shared = tree_with_marker(&src_a, 41);
+    tree_with_marker(&src_b, 41);
+    let own = random_bytes(42, 3 << 20);
+    std::fs::write(src_a.join("own.bin"), &own).unwrap();
+    assert_success(&alice.run(&["incremental", &path_str(&src_a)]), "alice");
+    assert_success(&bob.run(&["incremental", &path_str(&src_b)]), "bob");
+
+    // Bad requests are refused, naming what was wrong; nothing moves.
+    for (args, wanted) in [
+        (
+            vec!["--from-pool", "default", "--to-pool", "Default"],
+            "both DEFAULT",
+        ),
+        (
+            vec!["--from-pool", "default", "--to-pool", "nosuch"],
+            "DEFAULT, TAPE",
+        ),
+        (vec!["--from-pool", "nosuch"], "DEFAULT, TAPE"),
+    ] {
+        let mut all = vec!["move", "nodedata", "alice"];
+        all.extend(args);
+        let out = server.admin(&all);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(wanted), "{}", stderr(&out));
+    }
+    let out = server.admin(&["move", "nodedata", "nobody", "--from-pool", "default"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("NOBODY"), "{}", stderr(&out));
+    assert!(!holds(&tape_dir(&server), &own[..4096]));
+
+    let moved = &server.admin_json(&[
+        "move",
+        "nodedata",
+        "alice",
+        "--from-pool",
+        "default",
+        "--to-pool",
+        "tape",
+    ])[0];
+    assert_eq!(moved["to_pool"], "TAPE", "{moved}");
+    assert_eq!(moved["damaged"], 0, "{moved}");
+    assert!(moved["copied"].as_u64().unwrap() > 0, "{moved}");
+    assert!(moved["removed"].as_u64().unwrap() > 0, "{moved}");
+    assert!(
+        moved["shared"].as_u64().unwrap() > 0,
+        "bob's chunks stay: {moved}"
+    );
+    assert!(
+        moved["note"]
+            .as_str()
+            .unwrap()
+            .contains("still sends new data to DEFAULT"),
+        "{moved}"
+    );
+    assert!(holds(&tape_dir(&server), &own[..4096]));
+    assert!(holds(&tape_dir(&server), &shared));
+    assert!(server.actlog().contains("TDM0434I"), "{}", server.actlog());
+
+    // Expiration reclaims Alice's own data from DEFAULT; Bob's stays.
+    assert_success(&server.admin(&["expire", "inventory"]), "expire");
+    assert!(!holds(&default_dir(&server), &own[..4096]));
+    assert!(holds(&default_dir(&server), &shared));
+    alice.restore_same(&src_a, &work.path().join("ra"));
+    bob.restore_same(&src_b, &work.path().join("rb"));
+    let audit = &server.admin_json(&["audit", "pool"])[0];
+    assert_eq!(audit["damaged"], 0, "{audit}");
+
+    // A second run has nothing left to copy.
+    let again = &server.admin_json(&[
+        "move",
+        "nodedata",
+        "alice",
+        "--from-pool",
+        "default",
+        "--to-pool",
+        "tape",
+    ])[0];
+    assert_eq!(again["copied"], 0, "{again}");
+    assert_eq!(again["already"], again["chunks"], "{again}");
+    assert_eq!(again["removed"], 0, "{again}");
+}

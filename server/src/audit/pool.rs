@@ -4,7 +4,7 @@
 //! container and in offset order, so a bucket is read in long ranges, and
 //! verified against its hash. Damage is recorded with the files it hurts;
 //! with `fix` each damaged chunk is repaired for a node that uses it, from
-//! that node's replication partner.
+//! another pool's whole copy here or that node's replication partner.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -192,7 +192,7 @@ pub async fn audit_pool(
         report.reason = Some(reasons.join("; "));
     } else if report.unrepaired > 0 && !fix {
         report.reason = Some(format!(
-            "not repaired: run `audit {} --fix` to replace them from the replication partner",
+            "not repaired: run `audit {} --fix` to replace them from another storage pool or the replication partner",
             match scope {
                 AuditScope::Pool => "pool".to_string(),
                 AuditScope::Container(n) => format!("container {n}"),

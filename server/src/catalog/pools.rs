@@ -1,12 +1,16 @@
-//! Storage pools in the catalog: the id each configured name keeps, and
-//! which pool a node's new data goes to.
+//! Storage pools in the catalog: the id each configured name keeps, which
+//! pool a node's new data goes to, and the copies MOVE NODEDATA adds and
+//! removes.
 
 use std::collections::BTreeMap;
 
 use rusqlite::params;
+use tandem_proto::ChunkId;
 
+use super::chunks::manifest_ids;
 use super::{Catalog, from_sql_int};
 use crate::error::CatalogError;
+use crate::model::ChunkLocation;
 
 impl Catalog {
     /// The id of each pool name in `names` (upper case), giving a new name
@@ -87,3 +91,102 @@ impl Catalog {
         Ok(rows)
     }
 }
+
+impl Catalog {
+    /// Every chunk the backup versions and archive copies of nodes other
+    /// than `node` use: the copies MOVE NODEDATA must leave where they are.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn chunks_used_by_other_nodes(
+        &self,
+        node: i64,
+    ) -> Result<std::collections::HashSet<ChunkId>, CatalogError> {
+        let conn = self.reader();
+        let mut used = std::collections::HashSet::new();
+        for sql in [
+            "SELECT o.manifest FROM objects o JOIN filespaces f ON f.id = o.filespace_id
+              WHERE f.node_id != ?1 AND length(o.manifest) > 0",
+            "SELECT manifest FROM archives WHERE node_id != ?1 AND length(manifest) > 0",
+        ] {
+            let mut stmt = conn.prepare(sql)?;
+            let mut rows = stmt.query([node])?;
+            while let Some(row) = rows.next()? {
+                let manifest: Vec<u8> = row.get(0)?;
+                used.extend(manifest_ids(&manifest));
+            }
+        }
+        Ok(used)
+    }
+
+    /// Indexes fsynced copies of chunks in the pool their location names,
+    /// beside the copies they were read from; a pool that holds the chunk
+    /// already keeps its copy. Ownership is not changed: it is of the
+    /// chunk, whichever copy it was recorded on. Returns the copies added.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn add_pool_copies(
+        &self,
+        copies: &[(ChunkId, ChunkLocation)],
+    ) -> Result<u64, CatalogError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut added = 0u64;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO chunks (id, container, offset, stored_len, raw_len, owner, pool)
+                 SELECT ?1, ?2, ?3, ?4, ?5, 0, ?6 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?1)",
+            )?;
+            for (id, at) in copies {
+                added += stmt.execute(params![
+                    id.as_slice(),
+                    at.container,
+                    super::sql_int(at.offset),
+                    at.stored_len,
+                    at.raw_len,
+                    at.pool
+                ])? as u64;
+            }
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+
+    /// Removes pool `pool`'s copy of each of `ids` that another pool also
+    /// holds (never a chunk's last copy); the node recorded as owner on a
+    /// removed row stays an owner, as a sharer. Returns the copies removed;
+    /// their bytes become dead space that compaction reclaims.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn drop_pool_copies(&self, pool: u32, ids: &[ChunkId]) -> Result<u64, CatalogError> {
+        let mut removed = 0u64;
+        for batch in ids.chunks(DROP_BATCH) {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            {
+                let mut keep_owner = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO chunk_sharers (chunk, node_id)
+                     SELECT id, owner FROM chunks AS here WHERE id = ?1 AND pool = ?2 AND owner != 0
+                       AND EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND pool != ?2)
+                       AND NOT EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND pool != ?2
+                                         AND owner = here.owner)",
+                )?;
+                let mut drop = tx.prepare_cached(
+                    "DELETE FROM chunks WHERE id = ?1 AND pool = ?2
+                       AND EXISTS (SELECT 1 FROM chunks WHERE id = ?1 AND pool != ?2)",
+                )?;
+                for id in batch {
+                    keep_owner.execute(params![id.as_slice(), pool])?;
+                    removed += drop.execute(params![id.as_slice(), pool])? as u64;
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Copies removed per transaction by [`Catalog::drop_pool_copies`].
+const DROP_BATCH: usize = 1024;

@@ -976,6 +976,47 @@ fn each_pool_keeps_its_own_copy_and_ownership_is_of_the_chunk() {
 }
 
 #[test]
+fn a_moved_copy_keeps_its_owners_and_the_last_copy_is_never_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, alice) = new_catalog(&dir);
+    let bob = register(&catalog, "BOB");
+    let (c, d) = (
+        tandem_proto::ChunkId([3; 32]),
+        tandem_proto::ChunkId([4; 32]),
+    );
+    catalog
+        .insert_chunks(bob, &[(c, stored_at(0)), (d, stored_at(20))], &[c, d])
+        .expect("bob stores both in pool 0");
+    let in_pool_1 = crate::model::ChunkLocation {
+        pool: 1,
+        container: 2,
+        ..stored_at(40)
+    };
+    assert_eq!(catalog.add_pool_copies(&[(c, in_pool_1)]).expect("add"), 1);
+    assert_eq!(
+        catalog.add_pool_copies(&[(c, in_pool_1)]).expect("again"),
+        0,
+        "a pool keeps the copy it has"
+    );
+    let unknown = tandem_proto::ChunkId([5; 32]);
+    assert_eq!(
+        catalog
+            .add_pool_copies(&[(unknown, in_pool_1)])
+            .expect("add"),
+        0,
+        "no copy of a chunk the index does not have"
+    );
+    // Pool 0's copy of c goes; d has no other copy and stays.
+    assert_eq!(catalog.drop_pool_copies(0, &[c, d]).expect("drop"), 1);
+    assert_eq!(catalog.chunk_copies(&c).expect("q").len(), 1);
+    assert_eq!(catalog.chunk_copies(&d).expect("q").len(), 1);
+    // Bob, recorded as owner on the dropped row, still owns c; Alice never did.
+    assert!(catalog.owned_chunk_locations(bob, &[c]).expect("q")[0].is_some());
+    assert!(catalog.owned_chunk_locations(alice, &[c]).expect("q")[0].is_none());
+    assert_eq!(catalog.unowned_chunks(bob, 1, &[c]).expect("q"), []);
+}
+
+#[test]
 fn a_chunk_index_from_before_pools_is_keyed_by_pool_on_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("catalog.db");

@@ -119,6 +119,29 @@ pub(super) enum Verb {
     /// SWITCH: make the replication server the primary of nodes (planned).
     #[command(subcommand)]
     Switch(SwitchNoun),
+    /// MOVE: move a node's stored data to another storage pool.
+    #[command(subcommand)]
+    Move(MoveNoun),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum MoveNoun {
+    /// MOVE NODEDATA: copy every chunk of the node's versions and archive
+    /// copies stored in --from-pool to --to-pool (verified, fsynced, then
+    /// indexed), then remove the source copies no other node uses. The
+    /// source's space comes back at the next `expire inventory`. Run again
+    /// after an interruption: it copies only what is still missing. Exits 8
+    /// when chunks with no whole copy stayed behind.
+    Nodedata {
+        /// The node.
+        name: String,
+        /// The pool to move the data out of.
+        #[arg(long, value_name = "POOL")]
+        from_pool: String,
+        /// The pool to move it to [default: the node's own pool].
+        #[arg(long, value_name = "POOL")]
+        to_pool: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

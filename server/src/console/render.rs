@@ -724,6 +724,45 @@ impl Row for pb::ExpiringVersion {
     }
 }
 
+impl Row for pb::MoveNodeDataResponse {
+    const HEADERS: &'static [&'static str] = &[
+        "Node",
+        "From Pool",
+        "To Pool",
+        "Chunks",
+        "Copied",
+        "Copied Bytes",
+        "Already There",
+        "Removed",
+        "Kept (Shared)",
+        "Damaged",
+        "Seconds",
+    ];
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.node.clone(),
+            self.from_pool.clone(),
+            self.to_pool.clone(),
+            self.chunks.to_string(),
+            self.copied.to_string(),
+            self.copied_bytes.to_string(),
+            self.already.to_string(),
+            self.removed.to_string(),
+            self.shared.to_string(),
+            self.damaged.to_string(),
+            format!("{:.1}", self.elapsed_secs),
+        ]
+    }
+    fn json(&self) -> Value {
+        json!({
+            "node": self.node, "from_pool": self.from_pool, "to_pool": self.to_pool,
+            "chunks": self.chunks, "copied": self.copied, "copied_bytes": self.copied_bytes,
+            "already": self.already, "removed": self.removed, "shared": self.shared,
+            "damaged": self.damaged, "elapsed_secs": self.elapsed_secs, "note": self.note,
+        })
+    }
+}
+
 impl Row for pb::StoragePool {
     const HEADERS: &'static [&'static str] = &[
         "Pool",

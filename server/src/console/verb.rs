@@ -9,6 +9,7 @@ pub(super) mod define;
 pub(super) mod delete;
 pub(super) mod expire;
 pub(super) mod lock;
+pub(super) mod move_data;
 pub(super) mod ping;
 pub(super) mod query;
 pub(super) mod recover;

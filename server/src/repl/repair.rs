@@ -1,8 +1,9 @@
-//! Self-repair from the replication partner (TSM REPLRECOVERDAMAGED): when
-//! a restore could not use chunks of a node, this server checks its own
-//! copies, asks the server that shares the node (the one holding its
-//! replica, or for a replica here the source) for the damaged and missing
-//! ones, verifies every copy it gets as an upload is verified, and puts it
+//! Self-repair (TSM REPLRECOVERDAMAGED, and a copy pool's repair of a
+//! primary pool): when a restore could not use chunks of a node, this
+//! server checks its own copies, puts another storage pool's whole copy in
+//! place of a damaged one where it has one, asks the server that shares
+//! the node (the one holding its replica, or for a replica here the source)
+//! for the rest and for missing ones, verifies every copy it gets as an upload is verified, and puts it
 //! in place. The activity log names each chunk, the files that use it and
 //! the outcome.
 
@@ -112,12 +113,20 @@ pub async fn repair_chunks(
         .filter(|id| damaged.contains(id))
         .collect();
     if !twins.is_empty() {
-        report.from_pools = state
+        // A pool that cannot take the copy (a full disk) leaves these to
+        // the partner: the repair goes on.
+        match state
             .repo
             .blocking(move |r| r.repair_from_other_pools(node_id, &twins))
-            .await?
-            .into_iter()
-            .collect();
+            .await
+        {
+            Ok(repaired) => report.from_pools = repaired.into_iter().collect(),
+            Err(e) => tracing::warn!(
+                node = %node.name,
+                cause = %e,
+                "repair from this server's other storage pools failed; asking the partner"
+            ),
+        }
     }
     let asked: Vec<ChunkId> = wanted
         .iter()
@@ -273,10 +282,13 @@ async fn log_outcome(
             .iter()
             .filter(|(id, _)| report.from_pools.contains_key(id))
             .count();
-        let sources = format!(
-            "{local} from this server's other storage pools, {} from server {partner}",
-            fixed - local
-        );
+        let sources = match (local, fixed - local) {
+            (0, remote) => format!("{remote} from server {partner}"),
+            (local, 0) => format!("{local} from this server's other storage pools"),
+            (local, remote) => format!(
+                "{local} from this server's other storage pools, {remote} from server {partner}"
+            ),
+        };
         let (msg, text) = if fixed == rest.len() {
             (
                 ServerMsg::ChunkRepaired,

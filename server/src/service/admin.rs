@@ -409,12 +409,7 @@ impl AdminService {
 /// The name of pool `id`, as the configuration gives it (a pool the
 /// configuration no longer has shows by number).
 fn pool_name(state: &ServerState, id: u32) -> String {
-    state
-        .repo
-        .pools
-        .iter()
-        .find(|(pool, _)| *pool == id)
-        .map_or_else(|| format!("number {id}"), |(_, e)| e.name.clone())
+    state.repo.pools.name_of(id)
 }
 
 /// The id of the configured pool `name` (case-insensitive).
@@ -430,6 +425,32 @@ fn configured_pool(state: &ServerState, name: &str) -> Result<u32, ServerError> 
             known.join(", ")
         ))
     })
+}
+
+/// The activity-log record of a MOVE NODEDATA of `node`.
+fn describe_move(
+    node: &str,
+    from: &str,
+    to: &str,
+    report: &crate::repository::move_data::MoveReport,
+) -> (ServerMsg, String) {
+    let text = format!(
+        "move nodedata {node} from {from} to {to}: {} chunk(s) in {from}, {} copied ({} bytes), {} already in {to}, {} removed from {from}, {} kept there (other nodes use them), {} with no whole copy left in place, in {:.1} s; the space comes back at the next expiration",
+        report.chunks,
+        report.copied,
+        report.copied_bytes,
+        report.already,
+        report.removed,
+        report.shared,
+        report.damaged.len(),
+        report.elapsed_secs
+    );
+    let msg = if report.damaged.is_empty() {
+        ServerMsg::NodeDataMoved
+    } else {
+        ServerMsg::NodeDataMoveDamaged
+    };
+    (msg, text)
 }
 
 fn report_to_pb(r: ExpireReport) -> pb::ExpireInventoryResponse {
@@ -1587,6 +1608,72 @@ impl Admin for AdminService {
         .await?;
         Ok(Response::new(pb::QueryOccupancyResponse {
             filespaces: rows.into_iter().map(occupancy_to_pb).collect(),
+        }))
+    }
+
+    async fn move_node_data(
+        &self,
+        request: Request<pb::MoveNodeDataRequest>,
+    ) -> Result<Response<pb::MoveNodeDataResponse>, Status> {
+        let caller = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let name = node_name(&req.node)?;
+        if req.from_pool.trim().is_empty() {
+            return Err(ServerError::InvalidArgument(
+                "name the pool to move the data from (--from-pool)".into(),
+            )
+            .into());
+        }
+        let from = configured_pool(&self.state, &req.from_pool)?;
+        let lookup = name.clone();
+        let node = super::blocking(&self.state, move |s| s.repo.registered_node(&lookup)).await?;
+        let node_pool = node.pool_id;
+        let to = if req.to_pool.trim().is_empty() {
+            node_pool
+        } else {
+            configured_pool(&self.state, &req.to_pool)?
+        };
+        let (from_name, to_name) = (pool_name(&self.state, from), pool_name(&self.state, to));
+        self.audit(
+            &caller,
+            &name,
+            format!("move nodedata {name} --from-pool {from_name} --to-pool {to_name}"),
+        )
+        .await;
+        // In a task of its own, so it ends and is recorded even when the
+        // caller leaves.
+        let state = self.state.clone();
+        let (moving, peer) = (node.clone(), caller.peer.clone());
+        let (from_text, to_text) = (from_name.clone(), to_name.clone());
+        let report = tokio::spawn(async move {
+            let report =
+                super::blocking(&state, move |s| s.repo.move_node_data(&moving, from, to)).await?;
+            let (msg, text) = describe_move(&node.name, &from_text, &to_text, &report);
+            actlog::record(&state.repo.catalog, msg, &node.name, &peer, text).await;
+            Ok::<_, Status>(report)
+        })
+        .await
+        .map_err(ServerError::from)??;
+        let note = if node_pool == from {
+            format!(
+                "node {name} still sends new data to {from_name}; update node {name} --pool {to_name} to send it to {to_name}"
+            )
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::MoveNodeDataResponse {
+            node: name,
+            from_pool: from_name,
+            to_pool: to_name,
+            chunks: report.chunks,
+            copied: report.copied,
+            copied_bytes: report.copied_bytes,
+            already: report.already,
+            removed: report.removed,
+            shared: report.shared,
+            damaged: report.damaged.len() as u64,
+            elapsed_secs: report.elapsed_secs,
+            note,
         }))
     }
 

@@ -94,7 +94,7 @@ async fn pool(
 }
 
 /// Awaits `call` behind a spinner saying `what` when a person is watching.
-async fn with_spinner<T>(
+pub(super) async fn with_spinner<T>(
     format: Format,
     what: String,
     call: impl Future<Output = Result<T, AdminError>>,
@@ -132,7 +132,7 @@ fn damage_outcome(
                 .to_string()
         } else {
             format!(
-                "run `{repair}` to repair it from the replication partner; `query damaged` lists it"
+                "run `{repair}` to repair it from another storage pool or the replication partner; `query damaged` lists it"
             )
         }
     )))
