@@ -57,16 +57,22 @@ pub fn restore_db(
     };
     let guid = Catalog::check_copy(copy).map_err(refused)?;
     let live = data_dir.join("catalog.db");
-    if let Ok(current) = Catalog::check_copy(&live)
-        && !current.is_empty()
-        && !guid.is_empty()
-        && current != guid
-    {
+    let current = current_guid(&live);
+    if !current.is_empty() && !guid.is_empty() && current != guid {
         return Err(ServerError::FailedPrecondition(format!(
             "{} is a catalog of server GUID {guid}, but this data dir belongs to {current}; \
              restore a copy of this server's own catalog. Nothing was changed",
             copy.display()
         )));
+    }
+    // The pool directories pass the checks a start makes before any is
+    // read: a catalog is never pointed at another server's containers.
+    let owner = [guid.as_str(), current.as_str()]
+        .into_iter()
+        .find_map(|text| text.parse::<tandem_proto::ServerGuid>().ok());
+    if let Some(owner) = owner {
+        crate::repository::check_pool_dirs(data_dir, &pools, &owner.to_string())
+            .map_err(|e| ServerError::FailedPrecondition(format!("{e}; nothing was changed")))?;
     }
     // A pool the copy uses and the configuration lacks: its rows would be
     // dropped as missing, and its containers emptied at the next start.
@@ -92,6 +98,11 @@ pub fn restore_db(
     };
     report.kept_aside = put_in_place(data_dir, &staged)?;
     Ok(report)
+}
+
+/// The GUID recorded in the catalog at `live`, or nothing.
+fn current_guid(live: &Path) -> String {
+    Catalog::check_copy(live).unwrap_or_default()
 }
 
 /// Where every configured pool's containers hold each chunk, read from

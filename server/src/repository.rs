@@ -22,7 +22,7 @@ pub mod move_data;
 mod pool_setup;
 pub mod repair;
 
-pub use pool_setup::{PoolSetup, pool_dir};
+pub use pool_setup::{PoolSetup, check_pool_dirs, pool_dir};
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

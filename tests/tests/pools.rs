@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tandem_proto::pb;
 use tandem_tests::s3::S3Server;
 use tandem_tests::{
     TestClient, TestServer, assert_success, damage_bytes_in, make_tree, path_str, random_bytes,
-    stderr, wait_until,
+    raw_backup_session, stderr, wait_until, with_session,
 };
 
 /// A pool named TAPE in DATA_DIR/pools/TAPE, containers sealed at 1 MiB.
@@ -368,6 +369,32 @@ fn restore_db_finds_chunks_whose_only_copy_is_in_a_pool_made_after_the_catalog_c
         std::fs::remove_file(lost).unwrap();
     }
 
+    // A pool on a directory another server claimed is refused before any
+    // directory is read, and nothing changes.
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(
+        foreign.path().join("tandem-pool.json"),
+        r#"{"server_guid": "another server", "pool": "THEIRS"}"#,
+    )
+    .unwrap();
+    let foreign_dir = path_str(foreign.path());
+    let stray = [
+        TAPE[0],
+        TAPE[1],
+        (
+            "TANDEM_SERVER_POOLS__STRAY__DIRECTORY",
+            foreign_dir.as_str(),
+        ),
+    ];
+    let out = server.restore_db_with(&copy, &stray);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("belongs to pool THEIRS")
+            && stderr(&out).contains("nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+
     // The copy indexes Alice's first backup in DEFAULT; every chunk of it
     // is found in TAPE and nothing is missing.
     let out = server.restore_db(&copy);
@@ -491,14 +518,26 @@ fn move_nodedata_moves_a_node_s_own_data_and_leaves_what_another_node_shares() {
     let server = TestServer::start_with("MOVER", &env);
     let alice = node_in(&server, "alice", None);
     let bob = node_in(&server, "bob", None);
+    let carol = node_in(&server, "carol", Some("tape"));
     let work = tempfile::tempdir().unwrap();
-    let (src_a, src_b) = (work.path().join("a"), work.path().join("b"));
+    let (src_a, src_b, src_c) = (
+        work.path().join("a"),
+        work.path().join("b"),
+        work.path().join("c"),
+    );
     let shared = tree_with_marker(&src_a, 41);
     tree_with_marker(&src_b, 41);
     let own = random_bytes(42, 3 << 20);
     std::fs::write(src_a.join("own.bin"), &own).unwrap();
+    std::fs::create_dir_all(&src_c).unwrap();
+    std::fs::write(src_c.join("same.bin"), &own).unwrap();
     assert_success(&alice.run(&["incremental", &path_str(&src_a)]), "alice");
     assert_success(&bob.run(&["incremental", &path_str(&src_b)]), "bob");
+    assert_success(&carol.run(&["incremental", &path_str(&src_c)]), "carol");
+    // TAPE's copy (Carol's) of a chunk Alice's data uses is damaged: the
+    // move must not trust it, and writes a whole one in its place.
+    let needle = &own[(1 << 20) + 100_000..(1 << 20) + 100_064];
+    damage_bytes_in(&tape_dir(&server), needle);
 
     // Bad requests are refused, naming what was wrong; nothing moves.
     for (args, wanted) in [
@@ -521,7 +560,13 @@ fn move_nodedata_moves_a_node_s_own_data_and_leaves_what_another_node_shares() {
     let out = server.admin(&["move", "nodedata", "nobody", "--from-pool", "default"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("NOBODY"), "{}", stderr(&out));
-    assert!(!holds(&tape_dir(&server), &own[..4096]));
+    let out = server.admin(&["move", "nodedata", "alice", "--from-pool", "default"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("own pool is DEFAULT") && stderr(&out).contains("--to-pool"),
+        "{}",
+        stderr(&out)
+    );
 
     let moved = &server.admin_json(&[
         "move",
@@ -547,9 +592,13 @@ fn move_nodedata_moves_a_node_s_own_data_and_leaves_what_another_node_shares() {
             .contains("still sends new data to DEFAULT"),
         "{moved}"
     );
-    assert!(holds(&tape_dir(&server), &own[..4096]));
+    assert!(
+        holds(&tape_dir(&server), needle),
+        "a whole copy was written"
+    );
     assert!(holds(&tape_dir(&server), &shared));
     assert!(server.actlog().contains("TDM0434I"), "{}", server.actlog());
+    carol.restore_same(&src_c, &work.path().join("rc"));
 
     // Expiration reclaims Alice's own data from DEFAULT; Bob's stays.
     assert_success(&server.admin(&["expire", "inventory"]), "expire");
@@ -560,17 +609,69 @@ fn move_nodedata_moves_a_node_s_own_data_and_leaves_what_another_node_shares() {
     let audit = &server.admin_json(&["audit", "pool"])[0];
     assert_eq!(audit["damaged"], 0, "{audit}");
 
-    // A second run has nothing left to copy.
-    let again = &server.admin_json(&[
-        "move",
-        "nodedata",
-        "alice",
-        "--from-pool",
-        "default",
-        "--to-pool",
-        "tape",
-    ])[0];
+    // A second run, to her own pool now, has nothing left to copy.
+    assert_success(
+        &server.admin(&["update", "node", "alice", "--pool", "tape"]),
+        "update node --pool",
+    );
+    let again = &server.admin_json(&["move", "nodedata", "alice", "--from-pool", "default"])[0];
+    assert_eq!(again["to_pool"], "TAPE", "{again}");
+    assert_eq!(again["note"], "", "{again}");
     assert_eq!(again["copied"], 0, "{again}");
     assert_eq!(again["already"], again["chunks"], "{again}");
     assert_eq!(again["removed"], 0, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_call_gives_no_node_a_chunk_it_never_held_in_any_pool() {
+    let server = TestServer::start_with("GUARD", TAPE);
+    let bob = node_in(&server, "bob", None);
+    let carol = node_in(&server, "carol", Some("tape"));
+    node_in(&server, "eve", Some("tape"));
+    let work = tempfile::tempdir().unwrap();
+    for (client, dir) in [(&bob, "b"), (&carol, "c")] {
+        let src = work.path().join(dir);
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("pin"), b"4711").unwrap();
+        assert_success(&client.run(&["incremental", &path_str(&src)]), dir);
+    }
+    // Both pools hold the chunk whole, for Bob and Carol. Eve, in TAPE
+    // beside Carol's copy, asks for it as for a chunk nobody stored.
+    let secret = tandem_proto::ChunkId::of(b"4711");
+    let unknown = tandem_proto::ChunkId::of(b"nobody stored this");
+    let (mut as_eve, token) = raw_backup_session(&server, "eve", "node-password").await;
+    let mut answers = Vec::new();
+    for id in [secret, unknown] {
+        let reply = as_eve
+            .repair_chunks(with_session(
+                &token,
+                pb::RepairChunksRequest {
+                    chunk_ids: vec![id.as_slice().to_vec()],
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.pools.is_empty(), "{reply:?}");
+        assert!(reply.usable.is_empty(), "{reply:?}");
+        answers.push((reply.intact, reply.repaired, reply.unrepaired, reply.reason));
+    }
+    assert_eq!(answers[0], answers[1], "{answers:?}");
+    assert_eq!(answers[0].2, 1, "{answers:?}");
+    // And she still cannot read it.
+    let mut stream = as_eve
+        .read_chunks(with_session(
+            &token,
+            pb::ReadChunksRequest {
+                chunk_ids: vec![secret.as_slice().to_vec()],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await;
+    assert!(
+        matches!(&first, Err(status) if status.code() == tonic::Code::NotFound),
+        "{first:?}"
+    );
 }

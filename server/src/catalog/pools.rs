@@ -93,53 +93,62 @@ impl Catalog {
 }
 
 impl Catalog {
-    /// Every chunk the backup versions and archive copies of nodes other
-    /// than `node` use: the copies MOVE NODEDATA must leave where they are.
+    /// Of `candidates`, the chunks that the backup versions and archive
+    /// copies of nodes other than `node` whose pool is `pool` use: the
+    /// copies MOVE NODEDATA leaves in that pool, its deduplication domain.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn chunks_used_by_other_nodes(
+    pub fn chunks_used_in_pool_by_others(
         &self,
         node: i64,
+        pool: u32,
+        candidates: &std::collections::HashSet<ChunkId>,
     ) -> Result<std::collections::HashSet<ChunkId>, CatalogError> {
         let conn = self.reader();
         let mut used = std::collections::HashSet::new();
         for sql in [
             "SELECT o.manifest FROM objects o JOIN filespaces f ON f.id = o.filespace_id
-              WHERE f.node_id != ?1 AND length(o.manifest) > 0",
-            "SELECT manifest FROM archives WHERE node_id != ?1 AND length(manifest) > 0",
+               JOIN nodes n ON n.id = f.node_id
+              WHERE n.id != ?1 AND n.pool_id = ?2 AND length(o.manifest) > 0",
+            "SELECT a.manifest FROM archives a JOIN nodes n ON n.id = a.node_id
+              WHERE n.id != ?1 AND n.pool_id = ?2 AND length(a.manifest) > 0",
         ] {
             let mut stmt = conn.prepare(sql)?;
-            let mut rows = stmt.query([node])?;
+            let mut rows = stmt.query(params![node, pool])?;
             while let Some(row) = rows.next()? {
                 let manifest: Vec<u8> = row.get(0)?;
-                used.extend(manifest_ids(&manifest));
+                used.extend(manifest_ids(&manifest).filter(|id| candidates.contains(id)));
             }
         }
         Ok(used)
     }
 
-    /// Indexes fsynced copies of chunks in the pool their location names,
-    /// beside the copies they were read from; a pool that holds the chunk
-    /// already keeps its copy. Ownership is not changed: it is of the
-    /// chunk, whichever copy it was recorded on. Returns the copies added.
+    /// Indexes fsynced copies of chunks in the pool each location names,
+    /// in place of that pool's copy when it has one (a damaged one: the
+    /// caller found it so). Only chunks the index has get a copy, and
+    /// ownership is not changed: it is of the chunk, whichever copy it was
+    /// recorded on. Returns the copies indexed.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn add_pool_copies(
+    pub fn put_pool_copies(
         &self,
         copies: &[(ChunkId, ChunkLocation)],
     ) -> Result<u64, CatalogError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut added = 0u64;
+        let mut put = 0u64;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO chunks (id, container, offset, stored_len, raw_len, owner, pool)
-                 SELECT ?1, ?2, ?3, ?4, ?5, 0, ?6 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?1)",
+                "INSERT INTO chunks (id, container, offset, stored_len, raw_len, owner, pool)
+                 SELECT ?1, ?2, ?3, ?4, ?5, 0, ?6 WHERE EXISTS (SELECT 1 FROM chunks WHERE id = ?1)
+                 ON CONFLICT (id, pool) DO UPDATE SET container = excluded.container,
+                   offset = excluded.offset, stored_len = excluded.stored_len,
+                   raw_len = excluded.raw_len",
             )?;
             for (id, at) in copies {
-                added += stmt.execute(params![
+                put += stmt.execute(params![
                     id.as_slice(),
                     at.container,
                     super::sql_int(at.offset),
@@ -150,7 +159,7 @@ impl Catalog {
             }
         }
         tx.commit()?;
-        Ok(added)
+        Ok(put)
     }
 
     /// Removes pool `pool`'s copy of each of `ids` that another pool also

@@ -992,16 +992,23 @@ fn a_moved_copy_keeps_its_owners_and_the_last_copy_is_never_dropped() {
         container: 2,
         ..stored_at(40)
     };
-    assert_eq!(catalog.add_pool_copies(&[(c, in_pool_1)]).expect("add"), 1);
+    assert_eq!(catalog.put_pool_copies(&[(c, in_pool_1)]).expect("add"), 1);
+    let rewritten = crate::model::ChunkLocation {
+        container: 3,
+        ..in_pool_1
+    };
+    catalog
+        .put_pool_copies(&[(c, rewritten)])
+        .expect("a damaged copy is replaced");
     assert_eq!(
-        catalog.add_pool_copies(&[(c, in_pool_1)]).expect("again"),
-        0,
-        "a pool keeps the copy it has"
+        catalog.chunk_copies(&c).expect("q"),
+        [stored_at(0), rewritten],
+        "one copy per pool"
     );
     let unknown = tandem_proto::ChunkId([5; 32]);
     assert_eq!(
         catalog
-            .add_pool_copies(&[(unknown, in_pool_1)])
+            .put_pool_copies(&[(unknown, in_pool_1)])
             .expect("add"),
         0,
         "no copy of a chunk the index does not have"

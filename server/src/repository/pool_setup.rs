@@ -235,6 +235,51 @@ struct Claim {
 /// pool, an unclaimed one holding containers this pool does not index, or
 /// a claim file that cannot be read as ours; I/O errors.
 fn claim_dir(place: &Place<'_>, guid: &str) -> Result<(), ServerError> {
+    if check_claim(place, guid)? {
+        return Ok(());
+    }
+    let (dir, name) = (place.dir.as_path(), place.name.as_str());
+    let path = dir.join(CLAIM_FILE);
+    let ours = Claim {
+        server_guid: guid.to_string(),
+        pool: name.to_string(),
+    };
+    let io = |source| -> ServerError {
+        StorageError::Io {
+            path: path.clone(),
+            source,
+        }
+        .into()
+    };
+    let text = serde_json::to_string(&ours).map_err(|e| {
+        ServerError::from(StorageError::Pool {
+            pool: name.to_string(),
+            container: None,
+            reason: e.to_string(),
+        })
+    })?;
+    // Of two servers starting at once on one directory, one creates the
+    // claim; the other finds it taken and reads it next start.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
+}
+
+/// Whether `place`'s directory is claimed for this pool of server `guid`
+/// already (`false`: unclaimed, and free to claim).
+///
+/// # Errors
+/// As [`claim_dir`], which writes nothing when this fails.
+fn check_claim(place: &Place<'_>, guid: &str) -> Result<bool, ServerError> {
     let (dir, name) = (place.dir.as_path(), place.name.as_str());
     let path = dir.join(CLAIM_FILE);
     let ours = Claim {
@@ -265,7 +310,7 @@ fn claim_dir(place: &Place<'_>, guid: &str) -> Result<(), ServerError> {
                 ))
             })?;
             if found == ours {
-                return Ok(());
+                return Ok(true);
             }
             Err(refuse(format!(
                 "{} belongs to pool {} of the server with GUID {}; give [pools.{name}] a directory of its own",
@@ -283,24 +328,49 @@ fn claim_dir(place: &Place<'_>, guid: &str) -> Result<(), ServerError> {
                     dir.display()
                 )));
             }
-            let text = serde_json::to_string(&ours).map_err(|e| refuse(e.to_string()))?;
-            // Of two servers starting at once on one directory, one creates
-            // the claim; the other finds it taken and reads it next start.
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?;
-            std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// The checks a start makes on the configured pools' directories (two
+/// pools on one directory; a directory another server or pool claimed,
+/// or an unclaimed one holding containers), creating and claiming
+/// nothing: `restore-db` runs them before it reads any directory, so a
+/// catalog is never pointed at containers that are not this server's.
+/// Directories that do not exist yet are skipped.
+///
+/// # Errors
+/// As [`prepare`].
+pub fn check_pool_dirs(
+    data_dir: &Path,
+    pools: &PoolSetup<'_>,
+    guid: &str,
+) -> Result<(), ServerError> {
+    let places: Vec<Place<'_>> = std::iter::once(("DEFAULT", pools.default, "pool".to_string()))
+        .chain(
+            pools
+                .more
+                .iter()
+                .map(|(name, config)| (name.as_str(), config, format!("pools.{name}"))),
+        )
+        .map(|(name, config, table)| Place {
+            id: 0,
+            name: name.to_string(),
+            table,
+            config,
+            dir: pool_dir(data_dir, name, config),
+            ends: Vec::new(),
+            taken: HashSet::new(),
+        })
+        .filter(|place| place.dir.is_dir())
+        .collect();
+    refuse_shared_dirs(&places)?;
+    for place in &places {
+        check_claim(place, guid)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -206,7 +206,7 @@ impl Repository {
     }
 
     /// The copy of `id` at `at`, if it reads back and matches its id.
-    pub(super) fn whole_copy(&self, id: ChunkId, at: ChunkLocation) -> Option<VerifiedChunk> {
+    fn whole_copy(&self, id: ChunkId, at: ChunkLocation) -> Option<VerifiedChunk> {
         let data = self.pools.read(at).ok()?;
         storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).ok()
     }

@@ -435,7 +435,7 @@ fn describe_move(
     report: &crate::repository::move_data::MoveReport,
 ) -> (ServerMsg, String) {
     let text = format!(
-        "move nodedata {node} from {from} to {to}: {} chunk(s) in {from}, {} copied ({} bytes), {} already in {to}, {} removed from {from}, {} kept there (other nodes use them), {} with no whole copy left in place, in {:.1} s; the space comes back at the next expiration",
+        "move nodedata {node} from {from} to {to}: {} chunk(s) in {from}, {} copied ({} bytes), {} already in {to}, {} removed from {from}, {} kept there (nodes whose pool it is, or open sessions, use them), {} with no whole copy left in place, in {:.1} s; expiration's compaction reclaims the space",
         report.chunks,
         report.copied,
         report.copied_bytes,
@@ -1634,6 +1634,16 @@ impl Admin for AdminService {
             configured_pool(&self.state, &req.to_pool)?
         };
         let (from_name, to_name) = (pool_name(&self.state, from), pool_name(&self.state, to));
+        if from == to {
+            let why = if req.to_pool.trim().is_empty() {
+                format!(
+                    "node {name}'s own pool is {from_name}, the pool to move from; name the target with --to-pool, or send the node elsewhere first with update node {name} --pool POOL"
+                )
+            } else {
+                format!("the source and target pool are both {from_name}; name two different pools")
+            };
+            return Err(ServerError::InvalidArgument(why).into());
+        }
         self.audit(
             &caller,
             &name,
@@ -1646,20 +1656,32 @@ impl Admin for AdminService {
         let (moving, peer) = (node.clone(), caller.peer.clone());
         let (from_text, to_text) = (from_name.clone(), to_name.clone());
         let report = tokio::spawn(async move {
-            let report =
-                super::blocking(&state, move |s| s.repo.move_node_data(&moving, from, to)).await?;
-            let (msg, text) = describe_move(&node.name, &from_text, &to_text, &report);
+            let moved = super::blocking(&state, move |s| {
+                Ok(s.repo.move_node_data(&moving, from, to))
+            })
+            .await?;
+            let (msg, text) = match &moved {
+                Ok(report) => describe_move(&node.name, &from_text, &to_text, report),
+                Err(e) => (
+                    ServerMsg::NodeDataMoveDamaged,
+                    format!(
+                        "move nodedata {} from {from_text} to {to_text} did not complete: {e}",
+                        node.name
+                    ),
+                ),
+            };
             actlog::record(&state.repo.catalog, msg, &node.name, &peer, text).await;
-            Ok::<_, Status>(report)
+            moved.map_err(|e| Status::from(ServerError::from(e)))
         })
         .await
         .map_err(ServerError::from)??;
-        let note = if node_pool == from {
-            format!(
-                "node {name} still sends new data to {from_name}; update node {name} --pool {to_name} to send it to {to_name}"
-            )
-        } else {
+        let note = if node_pool == to {
             String::new()
+        } else {
+            let sent_to = pool_name(&self.state, node_pool);
+            format!(
+                "node {name} still sends new data to {sent_to}; update node {name} --pool {to_name} to send it to {to_name}"
+            )
         };
         Ok(Response::new(pb::MoveNodeDataResponse {
             node: name,
