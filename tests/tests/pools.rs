@@ -470,9 +470,19 @@ fn a_damaged_copy_is_repaired_from_another_pool_s_whole_copy_without_a_partner()
     // TAPE's copy is damaged: the pool audit finds it and --fix puts
     // DEFAULT's (repaired) copy in its place, in TAPE.
     damage_bytes_in(&tape_dir(&server), needle);
-    let found = server.admin(&["--json", "audit", "pool"]);
+    let elsewhere = &server.admin_json(&["audit", "pool", "default"])[0];
+    assert_eq!(elsewhere["scope"], "pool DEFAULT", "{elsewhere}");
+    assert_eq!(elsewhere["damaged"], 0, "TAPE is not read: {elsewhere}");
+    let found = server.admin(&["--json", "audit", "pool", "tape"]);
     assert_eq!(found.status.code(), Some(8), "{}", stderr(&found));
-    let fixed = &server.admin_json(&["audit", "pool", "--fix"])[0];
+    let unknown = server.admin(&["audit", "pool", "nosuch"]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("DEFAULT, TAPE"),
+        "{}",
+        stderr(&unknown)
+    );
+    let fixed = &server.admin_json(&["audit", "pool", "tape", "--fix"])[0];
     assert_eq!(fixed["repaired"], 1, "{fixed}");
     assert_eq!(fixed["unrepaired"], 0, "{fixed}");
     let whole = &server.admin_json(&["audit", "pool"])[0];

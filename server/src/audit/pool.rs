@@ -17,6 +17,7 @@ use super::{CHECK_BATCH, ReadSubset, damage};
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
 use crate::error::ServerError;
+use crate::model::ChunkLocation;
 use crate::repl::repair::repair_chunks;
 
 /// Index rows held at once while a pool is audited: containers are taken
@@ -26,8 +27,8 @@ const GROUP_CHUNKS: u64 = 1_000_000;
 /// What a pool audit reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditScope {
-    /// Every container.
-    Pool,
+    /// Every container of one storage pool (by id), or of every pool.
+    Pool(Option<u32>),
     /// One container.
     Container(u32),
 }
@@ -91,18 +92,29 @@ pub async fn audit_pool(
     let started = Instant::now();
     let (numbers, chunks_indexed) = state
         .repo
-        .blocking(|r| {
-            let ends = r.catalog.container_ends()?;
-            Ok((
-                ends.into_iter().map(|(n, _)| n).collect::<Vec<u32>>(),
-                r.catalog.chunk_totals()?.0,
-            ))
+        .blocking(move |r| {
+            let numbers: Vec<u32> = match scope {
+                AuditScope::Pool(Some(pool)) => r
+                    .catalog
+                    .container_ends_by_pool()?
+                    .into_iter()
+                    .filter(|(p, _, _)| *p == pool)
+                    .map(|(_, n, _)| n)
+                    .collect(),
+                _ => r
+                    .catalog
+                    .container_ends()?
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect(),
+            };
+            Ok((numbers, r.catalog.chunk_totals()?.0))
         })
         .await?;
     // Estimated from the whole index, before a subset thins the list.
     let per_container = chunks_indexed / (numbers.len() as u64).max(1);
     let numbers: Vec<u32> = match scope {
-        AuditScope::Pool => numbers
+        AuditScope::Pool(_) => numbers
             .into_iter()
             .filter(|n| subset.keeps_container(*n))
             .collect(),
@@ -116,15 +128,17 @@ pub async fn audit_pool(
     };
     let mut report = PoolAuditReport {
         scope: match scope {
-            AuditScope::Pool => "pool".to_string(),
+            AuditScope::Pool(None) => "pool".to_string(),
+            AuditScope::Pool(Some(pool)) => format!("pool {}", state.repo.pools.name_of(pool)),
             AuditScope::Container(n) => format!("container {n:08}"),
         },
         subset: subset.describe(),
         ..PoolAuditReport::default()
     };
     // A pool audit samples whole containers; one container's, its chunks.
-    let keep = move |id: &ChunkId, container: u32| match scope {
-        AuditScope::Pool => subset.keeps_container(container),
+    let keep = move |id: &ChunkId, at: &ChunkLocation| match scope {
+        AuditScope::Pool(None) => subset.keeps_container(at.container),
+        AuditScope::Pool(Some(pool)) => at.pool == pool && subset.keeps_container(at.container),
         AuditScope::Container(_) => subset.keeps(id),
     };
     let mut containers_read = std::collections::HashSet::new();
@@ -194,7 +208,8 @@ pub async fn audit_pool(
         report.reason = Some(format!(
             "not repaired: run `audit {} --fix` to replace them from another storage pool or the replication partner",
             match scope {
-                AuditScope::Pool => "pool".to_string(),
+                AuditScope::Pool(None) => "pool".to_string(),
+                AuditScope::Pool(Some(pool)) => format!("pool {}", state.repo.pools.name_of(pool)),
                 AuditScope::Container(n) => format!("container {n}"),
             }
         ));

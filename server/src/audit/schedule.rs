@@ -50,7 +50,7 @@ pub async fn run(state: Arc<ServerState>, shutdown: CancellationToken) {
             // containers it finished is recorded already.
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
-                result = audit_pool(&state, AuditScope::Pool, subset, fix) => result,
+                result = audit_pool(&state, AuditScope::Pool(None), subset, fix) => result,
             };
             if let Err(e) = result {
                 if state.pool_audit.try_lock().is_err() {

@@ -40,7 +40,7 @@ impl Catalog {
         &self,
         first: u32,
         end: u32,
-        keep: impl Fn(&ChunkId, u32) -> bool,
+        keep: impl Fn(&ChunkId, &ChunkLocation) -> bool,
     ) -> Result<Vec<(ChunkId, ChunkLocation)>, CatalogError> {
         let conn = self.reader();
         let mut stmt = conn.prepare(
@@ -54,20 +54,16 @@ impl Catalog {
             let Ok(id) = ChunkId::from_slice(&raw) else {
                 continue;
             };
-            let container: u32 = r.get(1)?;
-            if !keep(&id, container) {
-                continue;
+            let at = ChunkLocation {
+                container: r.get(1)?,
+                offset: from_sql_int(r.get(2)?),
+                stored_len: r.get(3)?,
+                raw_len: r.get(4)?,
+                pool: r.get(5)?,
+            };
+            if keep(&id, &at) {
+                out.push((id, at));
             }
-            out.push((
-                id,
-                ChunkLocation {
-                    container,
-                    offset: from_sql_int(r.get(2)?),
-                    stored_len: r.get(3)?,
-                    raw_len: r.get(4)?,
-                    pool: r.get(5)?,
-                },
-            ));
         }
         out.sort_unstable_by_key(|(_, l)| (l.container, l.offset));
         Ok(out)

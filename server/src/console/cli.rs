@@ -193,13 +193,15 @@ pub(super) enum AuditNoun {
         #[arg(long, value_name = "SUBSET")]
         read_data_subset: Option<String>,
     },
-    /// Read every chunk stored in the storage pool, container by container
-    /// (the order a bucket is read fastest), and check each against its
+    /// Read every chunk stored in the storage pools (or the one named),
+    /// container by container (the order a bucket is read fastest), and check each against its
     /// hash; damage is recorded (`query damaged`) with the files using it.
     /// --fix repairs each damaged chunk from another storage pool's whole
     /// copy, else from the replication partner of a node using it. Exits 8
     /// (TDM0517W) when damage remains.
     Pool {
+        /// Only this storage pool [default: every pool].
+        name: Option<String>,
         /// Repair damaged chunks from another pool or the replication
         /// partner.
         #[arg(long)]

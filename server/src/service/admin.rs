@@ -770,17 +770,32 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let subset = crate::audit::ReadSubset::parse(&req.read_data_subset)
             .map_err(ServerError::InvalidArgument)?;
-        let scope = match req.container {
-            Some(n) => crate::audit::AuditScope::Container(n),
-            None => crate::audit::AuditScope::Pool,
+        let pool = if req.pool.trim().is_empty() {
+            None
+        } else {
+            Some(configured_pool(&self.state, &req.pool)?)
+        };
+        let scope = match (req.container, pool) {
+            (Some(_), Some(_)) => {
+                return Err(ServerError::InvalidArgument(
+                    "name a container or a pool to audit, not both".into(),
+                )
+                .into());
+            }
+            (Some(n), None) => crate::audit::AuditScope::Container(n),
+            (None, pool) => crate::audit::AuditScope::Pool(pool),
         };
         self.audit(
             &caller,
             "",
             format!(
                 "audit {}{}{}",
-                req.container
-                    .map_or("pool".to_string(), |n| format!("container {n}")),
+                match scope {
+                    crate::audit::AuditScope::Container(n) => format!("container {n}"),
+                    crate::audit::AuditScope::Pool(None) => "pool".to_string(),
+                    crate::audit::AuditScope::Pool(Some(id)) =>
+                        format!("pool {}", pool_name(&self.state, id)),
+                },
                 if req.fix { " --fix" } else { "" },
                 subset_flag(subset)
             ),

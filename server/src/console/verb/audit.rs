@@ -45,39 +45,61 @@ pub(in crate::console) async fn run(
             damage_outcome(&damaged, &files, fix, "audit node --fix")?;
         }
         AuditNoun::Pool {
+            name,
             fix,
             read_data_subset,
         } => {
-            pool(console, None, fix, read_data_subset, format).await?;
+            let scope = PoolScope::Pool(name);
+            pool(console, scope, fix, read_data_subset, format).await?;
         }
         AuditNoun::Container {
             number,
             fix,
             read_data_subset,
         } => {
-            pool(console, Some(number), fix, read_data_subset, format).await?;
+            let scope = PoolScope::Container(number);
+            pool(console, scope, fix, read_data_subset, format).await?;
         }
     }
     Ok(())
 }
 
-/// AUDIT POOL (no container) or AUDIT CONTAINER.
+/// What AUDIT POOL or AUDIT CONTAINER reads.
+enum PoolScope {
+    /// One storage pool by name, or every pool.
+    Pool(Option<String>),
+    /// One container.
+    Container(u32),
+}
+
+/// AUDIT POOL [NAME] or AUDIT CONTAINER.
 async fn pool(
     console: &Console,
-    container: Option<u32>,
+    scope: PoolScope,
     fix: bool,
     read_data_subset: Option<String>,
     format: Format,
 ) -> Result<(), AdminError> {
+    let (container, pool_name) = match &scope {
+        PoolScope::Pool(name) => (None, name.clone().unwrap_or_default()),
+        PoolScope::Container(n) => (Some(*n), String::new()),
+    };
     let req = console.request(pb::AuditPoolRequest {
         container,
         fix,
         read_data_subset: read_data_subset.unwrap_or_default(),
+        pool: pool_name.clone(),
     });
     let mut client = console.client();
-    let what = match container {
-        Some(n) => format!("reading and verifying every chunk of container {n}"),
-        None => "reading and verifying every chunk in the storage pool".to_string(),
+    let what = match &scope {
+        PoolScope::Container(n) => format!("reading and verifying every chunk of container {n}"),
+        PoolScope::Pool(Some(name)) => format!(
+            "reading and verifying every chunk in storage pool {}",
+            name.to_ascii_uppercase()
+        ),
+        PoolScope::Pool(None) => {
+            "reading and verifying every chunk in the storage pools".to_string()
+        }
     };
     let r = with_spinner(format, what, console.answer(client.audit_pool(req))).await?;
     print_rows(std::slice::from_ref(&r), format);
@@ -86,9 +108,10 @@ async fn pool(
     } else {
         Vec::new()
     };
-    let again = match container {
-        Some(n) => format!("audit container {n} --fix"),
-        None => "audit pool --fix".to_string(),
+    let again = match &scope {
+        PoolScope::Container(n) => format!("audit container {n} --fix"),
+        PoolScope::Pool(Some(name)) => format!("audit pool {name} --fix"),
+        PoolScope::Pool(None) => "audit pool --fix".to_string(),
     };
     damage_outcome(&damaged, &r.files, fix, &again)
 }
