@@ -231,6 +231,28 @@ fn a_node_in_an_s3_pool_has_its_containers_in_the_bucket_beside_a_local_default_
     assert!(cloud["remote_containers"].as_u64().unwrap() >= 2, "{cloud}");
     carol.restore_same(&src_c, &work.path().join("rc"));
     alice.restore_same(&src_a, &work.path().join("ra"));
+
+    // Alice's data moves to the bucket: off the local disk once
+    // expiration compacts DEFAULT, and restored from CLOUD.
+    let uploaded_before = s3.container_objects().len();
+    let moved = &server.admin_json(&[
+        "move",
+        "nodedata",
+        "alice",
+        "--from-pool",
+        "default",
+        "--to-pool",
+        "cloud",
+    ])[0];
+    assert_eq!(moved["damaged"], 0, "{moved}");
+    assert!(moved["removed"].as_u64().unwrap() > 0, "{moved}");
+    assert_success(&server.admin(&["expire", "inventory"]), "expire");
+    assert!(!holds(&default_dir(&server), &marker_a));
+    let more = wait_until(Duration::from_secs(120), || {
+        s3.container_objects().len() > uploaded_before
+    });
+    assert!(more, "Alice's copies reach the bucket\n{}", server.log());
+    alice.restore_same(&src_a, &work.path().join("ra-cloud"));
     let names: Vec<&str> = rows
         .as_array()
         .unwrap()
