@@ -49,6 +49,25 @@ pub async fn raw_backup_session(
     (client, token)
 }
 
+/// The server's answer to session `token`'s request to repair chunk `id`
+/// (`RepairChunks`), which must succeed.
+pub async fn repair_answer(
+    client: &mut tandem_proto::pb::backup_client::BackupClient<tonic::transport::Channel>,
+    token: &str,
+    id: tandem_proto::ChunkId,
+) -> tandem_proto::pb::RepairChunksResponse {
+    client
+        .repair_chunks(with_session(
+            token,
+            tandem_proto::pb::RepairChunksRequest {
+                chunk_ids: vec![id.as_slice().to_vec()],
+            },
+        ))
+        .await
+        .expect("RepairChunks")
+        .into_inner()
+}
+
 /// `message` as a request of the session `token`.
 pub fn with_session<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

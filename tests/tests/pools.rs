@@ -10,7 +10,7 @@ use tandem_proto::pb;
 use tandem_tests::s3::S3Server;
 use tandem_tests::{
     TestClient, TestServer, assert_success, damage_bytes_in, make_tree, path_str, random_bytes,
-    raw_backup_session, stderr, wait_until, with_session,
+    raw_backup_session, repair_answer, stderr, wait_until, with_session,
 };
 
 /// A pool named TAPE in DATA_DIR/pools/TAPE, containers sealed at 1 MiB.
@@ -674,16 +674,7 @@ async fn a_repair_call_gives_no_node_a_chunk_it_never_held_in_any_pool() {
     let (mut as_eve, token) = raw_backup_session(&server, "eve", "node-password").await;
     let mut answers = Vec::new();
     for id in [secret, unknown] {
-        let reply = as_eve
-            .repair_chunks(with_session(
-                &token,
-                pb::RepairChunksRequest {
-                    chunk_ids: vec![id.as_slice().to_vec()],
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let reply = repair_answer(&mut as_eve, &token, id).await;
         assert!(reply.pools.is_empty(), "{reply:?}");
         assert!(reply.usable.is_empty(), "{reply:?}");
         answers.push((reply.intact, reply.repaired, reply.unrepaired, reply.reason));

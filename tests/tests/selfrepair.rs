@@ -145,16 +145,7 @@ async fn repair_calls_are_bounded_and_reveal_nothing_of_other_nodes() {
     // Bob's chunk and a chunk nobody stored get the same answer.
     let mut answers = Vec::new();
     for id in [secret, unknown] {
-        let reply = as_eve
-            .repair_chunks(with_session(
-                &token,
-                pb::RepairChunksRequest {
-                    chunk_ids: vec![id.as_slice().to_vec()],
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let reply = repair_answer(&mut as_eve, &token, id).await;
         answers.push((reply.intact, reply.repaired, reply.unrepaired, reply.reason));
     }
     assert_eq!(answers[0], answers[1], "{answers:?}");
