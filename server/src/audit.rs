@@ -120,8 +120,9 @@ pub async fn audit_node(
             why: format!("not stored for node {}", node.name),
         }));
     }
-    report.files = damage::record(state, &found, Some(node_id)).await?;
+    let named = damage::record(state, &found, Some(node_id)).await?;
     let bad: Vec<ChunkId> = found.iter().map(|f| f.id).collect();
+    let mut still: std::collections::HashSet<ChunkId> = bad.iter().copied().collect();
     if fix {
         for batch in bad.chunks(tandem_proto::MAX_REPAIR_CHUNK_IDS) {
             let repair = repair_chunks(state, node, batch.to_vec()).await?;
@@ -129,6 +130,9 @@ pub async fn audit_node(
             report.unrepaired += repair.unrepaired.len() as u64;
             report.partner = report.partner.or(repair.partner);
             report.reason = report.reason.or(repair.reason);
+            for whole in repair.repaired.iter().chain(&repair.intact) {
+                still.remove(whole);
+            }
         }
     } else {
         report.unrepaired = bad.len() as u64;
@@ -139,6 +143,7 @@ pub async fn audit_node(
             ));
         }
     }
+    damage::list_damaged(&named, |id| still.contains(id), &mut report.files);
     report.elapsed_secs = started.elapsed().as_secs_f64();
     let (msg, text) = if report.unrepaired == 0 {
         (

@@ -389,7 +389,18 @@ fn check_endpoint(table: &str, endpoint: &str) -> Result<(), ConfigError> {
 }
 
 /// The longest pool name, as TSM's storage pool names.
-const MAX_POOL_NAME: usize = 30;
+pub const MAX_POOL_NAME: usize = 30;
+
+/// Whether `name` may name a storage pool: 1-30 ASCII letters, digits,
+/// `_` or `-` (so it is its own TOML key and safe in every message).
+#[must_use]
+pub fn is_pool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_POOL_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
 
 /// `[pools.NAME]` with upper-case names, each checked: a valid name other
 /// than DEFAULT (the `[pool]` table), not given twice, and no two S3 pools
@@ -402,12 +413,7 @@ fn named_pools(
     let mut places = vec![(String::from("DEFAULT"), default)];
     for (given, pool) in &pools {
         let name = given.to_ascii_uppercase();
-        let valid = !name.is_empty()
-            && name.len() <= MAX_POOL_NAME
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !valid {
+        if !is_pool_name(&name) {
             return Err(ConfigError::Invalid(format!(
                 "pools.{given} is not a valid pool name: use 1-{MAX_POOL_NAME} letters, digits, '_' or '-'"
             )));

@@ -497,6 +497,8 @@ fn a_damaged_copy_is_repaired_from_another_pool_s_whole_copy_without_a_partner()
     assert_eq!(elsewhere["damaged"], 0, "TAPE is not read: {elsewhere}");
     let found = server.admin(&["--json", "audit", "pool", "tape"]);
     assert_eq!(found.status.code(), Some(8), "{}", stderr(&found));
+    let blank = server.admin(&["audit", "pool", " "]);
+    assert!(!blank.status.success(), "a blank name is not every pool");
     let unknown = server.admin(&["audit", "pool", "nosuch"]);
     assert!(!unknown.status.success());
     assert!(
@@ -507,6 +509,11 @@ fn a_damaged_copy_is_repaired_from_another_pool_s_whole_copy_without_a_partner()
     let fixed = &server.admin_json(&["audit", "pool", "tape", "--fix"])[0];
     assert_eq!(fixed["repaired"], 1, "{fixed}");
     assert_eq!(fixed["unrepaired"], 0, "{fixed}");
+    assert_eq!(
+        fixed["files"],
+        serde_json::json!([]),
+        "no file is named as damaged once repaired: {fixed}"
+    );
     let whole = &server.admin_json(&["audit", "pool"])[0];
     assert_eq!(whole["damaged"], 0, "{whole}");
     assert!(
@@ -582,6 +589,14 @@ fn move_nodedata_moves_a_node_s_own_data_and_leaves_what_another_node_shares() {
             "DEFAULT, TAPE",
         ),
         (vec!["--from-pool", "nosuch"], "DEFAULT, TAPE"),
+        (
+            vec!["--from-pool", "default", "--to-pool", " "],
+            "an empty value names nothing",
+        ),
+        (
+            vec!["--from-pool", "ta\u{1b}pe"],
+            "is not a storage pool name",
+        ),
     ] {
         let mut all = vec!["move", "nodedata", "alice"];
         all.extend(args);

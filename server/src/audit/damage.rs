@@ -30,10 +30,12 @@ pub(super) struct Finding {
     pub(super) why: String,
 }
 
+/// Files that use a chunk, as `NODE:path`, per chunk.
+pub(super) type NamedFiles = Vec<(ChunkId, Vec<String>)>;
+
 /// Records `found` in the damaged-chunk list, naming the files of their
 /// users (and of `node`, the audited node, whose files may need a chunk it
-/// does not own). Returns up to [`FILES_LISTED`] of those files as
-/// `NODE:path`.
+/// does not own). Returns each chunk's files (up to a few) as `NODE:path`.
 ///
 /// # Errors
 /// Catalog errors.
@@ -41,7 +43,7 @@ pub(super) async fn record(
     state: &Arc<ServerState>,
     found: &[Finding],
     node: Option<i64>,
-) -> Result<Vec<String>, ServerError> {
+) -> Result<NamedFiles, ServerError> {
     if found.is_empty() {
         return Ok(Vec::new());
     }
@@ -87,7 +89,7 @@ pub(super) async fn record(
                     }
                 }
             }
-            let mut listed: Vec<String> = Vec::new();
+            let mut named_files: NamedFiles = Vec::with_capacity(found.len());
             let records: Vec<DamagedChunk> = found
                 .iter()
                 .zip(locations)
@@ -102,11 +104,7 @@ pub(super) async fn record(
                         (at, 0)
                     };
                     let named = files.get(&finding.id).cloned().unwrap_or_default();
-                    for file in &named {
-                        if listed.len() < FILES_LISTED && !listed.contains(file) {
-                            listed.push(file.clone());
-                        }
-                    }
+                    named_files.push((finding.id, named.clone()));
                     DamagedChunk::now(
                         finding.id,
                         container,
@@ -117,9 +115,29 @@ pub(super) async fn record(
                 })
                 .collect();
             catalog.mark_damaged(&records)?;
-            Ok(listed)
+            Ok(named_files)
         })
         .await
+}
+
+/// Adds to `listed` (up to [`FILES_LISTED`], each once) the files of the
+/// chunks in `named` that `still_damaged` keeps: a report names only the
+/// files whose data is still damaged after its repairs.
+pub(super) fn list_damaged(
+    named: &NamedFiles,
+    still_damaged: impl Fn(&ChunkId) -> bool,
+    listed: &mut Vec<String>,
+) {
+    for (id, files) in named {
+        if !still_damaged(id) {
+            continue;
+        }
+        for file in files {
+            if listed.len() < FILES_LISTED && !listed.contains(file) {
+                listed.push(file.clone());
+            }
+        }
+    }
 }
 
 /// `files` for a log line: comma-separated, or a word when none is known.

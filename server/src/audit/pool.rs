@@ -6,13 +6,12 @@
 //! with `fix` each damaged chunk is repaired for a node that uses it, from
 //! another pool's whole copy here or that node's replication partner.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tandem_proto::ChunkId;
 
-use super::damage::FILES_LISTED;
 use super::{CHECK_BATCH, ReadSubset, damage};
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
@@ -190,16 +189,14 @@ pub async fn audit_pool(
             continue;
         }
         report.damaged += found.len() as u64;
-        for file in damage::record(state, &found, None).await? {
-            if report.files.len() < FILES_LISTED && !report.files.contains(&file) {
-                report.files.push(file);
-            }
-        }
-        if fix {
-            repair(state, &found, &mut report, &mut reasons).await?;
+        let named = damage::record(state, &found, None).await?;
+        let still: HashSet<ChunkId> = if fix {
+            repair(state, &found, &mut report, &mut reasons).await?
         } else {
             report.unrepaired += found.len() as u64;
-        }
+            found.iter().map(|f| f.id).collect()
+        };
+        damage::list_damaged(&named, |id| still.contains(id), &mut report.files);
     }
     report.containers = containers_read.len() as u64;
     if !reasons.is_empty() {
@@ -246,7 +243,7 @@ async fn repair(
     found: &[damage::Finding],
     report: &mut PoolAuditReport,
     reasons: &mut Vec<String>,
-) -> Result<(), ServerError> {
+) -> Result<HashSet<ChunkId>, ServerError> {
     let ids: Vec<ChunkId> = found.iter().map(|f| f.id).collect();
     let (users, nodes) = state
         .repo
@@ -267,11 +264,13 @@ async fn repair(
         }
     };
     let mut left: Vec<ChunkId> = Vec::new();
+    let mut still = HashSet::new();
     for finding in found {
         if users.get(&finding.id).is_some_and(|u| !u.is_empty()) {
             left.push(finding.id);
         } else {
             report.unrepaired += 1;
+            still.insert(finding.id);
             note("chunk(s) no node uses any more: expiration frees them".into());
         }
     }
@@ -279,14 +278,15 @@ async fn repair(
     let mut round = 0usize;
     while !left.is_empty() {
         let mut by_node: HashMap<i64, Vec<ChunkId>> = HashMap::new();
-        let mut no_more = 0u64;
         for id in left.drain(..) {
             match users.get(&id).and_then(|u| u.get(round)) {
                 Some(node) => by_node.entry(*node).or_default().push(id),
-                None => no_more += 1,
+                None => {
+                    report.unrepaired += 1;
+                    still.insert(id);
+                }
             }
         }
-        report.unrepaired += no_more;
         for (node_id, ids) in by_node {
             let Some(node) = nodes.get(&node_id) else {
                 left.extend(ids);
@@ -311,7 +311,7 @@ async fn repair(
         }
         round += 1;
     }
-    Ok(())
+    Ok(still)
 }
 
 /// The activity-log record of an audit's outcome.

@@ -16,6 +16,17 @@ fn word<T: Vocabulary>() -> impl TypedValueParser<Value = T> {
         .try_map(|w| w.to_ascii_lowercase().parse::<T>())
 }
 
+/// A value given on the command line that must say something: an empty
+/// or blank one would otherwise read as "not given" (every node, every
+/// pool, the node's own pool), a bigger request than was typed.
+fn non_blank(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        Err("an empty value names nothing; leave the option out instead".to_string())
+    } else {
+        Ok(value.to_string())
+    }
+}
+
 /// Tandem administrative console.
 #[derive(Debug, Parser)]
 #[command(
@@ -136,10 +147,10 @@ pub(super) enum MoveNoun {
         /// The node.
         name: String,
         /// The pool to move the data out of.
-        #[arg(long, value_name = "POOL")]
+        #[arg(long, value_name = "POOL", value_parser = non_blank)]
         from_pool: String,
         /// The pool to move it to [default: the node's own pool].
-        #[arg(long, value_name = "POOL")]
+        #[arg(long, value_name = "POOL", value_parser = non_blank)]
         to_pool: Option<String>,
     },
 }
@@ -183,6 +194,7 @@ pub(super) enum AuditNoun {
     /// (TDM0517W) when damage remains.
     Node {
         /// The node [default: every node].
+        #[arg(value_parser = non_blank)]
         name: Option<String>,
         /// Repair what is damaged or missing, from another storage pool
         /// or the replication partner.
@@ -190,7 +202,7 @@ pub(super) enum AuditNoun {
         fix: bool,
         /// Read only some chunks: a share picked afresh each run (10%) or
         /// a fixed slice (1/7; slices 1/7 to 7/7 read every chunk once).
-        #[arg(long, value_name = "SUBSET")]
+        #[arg(long, value_name = "SUBSET", value_parser = non_blank)]
         read_data_subset: Option<String>,
     },
     /// Read every chunk stored in the storage pools (or the one named),
@@ -201,6 +213,7 @@ pub(super) enum AuditNoun {
     /// (TDM0517W) when damage remains.
     Pool {
         /// Only this storage pool [default: every pool].
+        #[arg(value_parser = non_blank)]
         name: Option<String>,
         /// Repair damaged chunks from another pool or the replication
         /// partner.
@@ -208,7 +221,7 @@ pub(super) enum AuditNoun {
         fix: bool,
         /// Read only some chunks: a share picked afresh each run (10%) or
         /// a fixed slice (1/7; slices 1/7 to 7/7 read every chunk once).
-        #[arg(long, value_name = "SUBSET")]
+        #[arg(long, value_name = "SUBSET", value_parser = non_blank)]
         read_data_subset: Option<String>,
     },
     /// Read and verify every chunk of one container (TSM AUDIT CONTAINER),
@@ -221,7 +234,7 @@ pub(super) enum AuditNoun {
         #[arg(long)]
         fix: bool,
         /// Read only some chunks: a share (10%) or a slice (1/7).
-        #[arg(long, value_name = "SUBSET")]
+        #[arg(long, value_name = "SUBSET", value_parser = non_blank)]
         read_data_subset: Option<String>,
     },
 }
@@ -595,6 +608,7 @@ pub(super) enum QueryNoun {
     /// Client schedules with their windows and nodes (TSM QUERY SCHEDULE).
     Schedule {
         /// Schedule name; all when omitted.
+        #[arg(value_parser = non_blank)]
         name: Option<String>,
     },
     /// Each expected scheduled run and how it went: completed, failed (with
@@ -616,6 +630,7 @@ pub(super) enum QueryNoun {
     /// Nodes with lock state, policy and storage.
     Node {
         /// Node name; all when omitted.
+        #[arg(value_parser = non_blank)]
         name: Option<String>,
     },
     /// Activity log records.
@@ -677,6 +692,7 @@ pub(super) enum QueryNoun {
     /// requests, and how many nodes send their data there.
     Stgpool {
         /// Pool name; all when omitted.
+        #[arg(value_parser = non_blank)]
         name: Option<String>,
     },
     /// Chunks audits found damaged or missing and not yet repaired (TSM
@@ -695,6 +711,7 @@ pub(super) enum QueryNoun {
     /// Replication runs.
     Replication {
         /// Node name; all when omitted.
+        #[arg(value_parser = non_blank)]
         name: Option<String>,
     },
 }

@@ -418,11 +418,26 @@ fn pool_name(state: &ServerState, id: u32) -> String {
 /// [`ServerError::InvalidArgument`] naming the configured pools.
 fn configured_pool(state: &ServerState, name: &str) -> Result<u32, ServerError> {
     let upper = name.trim().to_ascii_uppercase();
+    let known = || -> String {
+        let names: Vec<String> = state
+            .repo
+            .pools
+            .iter()
+            .map(|(_, e)| e.name.clone())
+            .collect();
+        names.join(", ")
+    };
+    if !crate::config::is_pool_name(&upper) {
+        return Err(ServerError::InvalidArgument(format!(
+            "{name:?} is not a storage pool name (1-{} letters, digits, '_' or '-'); the pools are {}",
+            crate::config::MAX_POOL_NAME,
+            known()
+        )));
+    }
     state.repo.pools.id_of(&upper).ok_or_else(|| {
-        let known: Vec<String> = state.repo.pools.iter().map(|(_, e)| e.name.clone()).collect();
         ServerError::InvalidArgument(format!(
-            "storage pool {name:?} is not configured (the pools are {}); add [pools.{upper}] to the server configuration and restart",
-            known.join(", ")
+            "storage pool {upper} is not configured (the pools are {}); add [pools.{upper}] to the server configuration and restart",
+            known()
         ))
     })
 }
