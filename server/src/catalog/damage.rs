@@ -29,9 +29,9 @@ pub struct DamagedChunk {
 }
 
 impl Catalog {
-    /// Every indexed chunk in containers `first..end` that `keep` (given the
-    /// id and the container) selects,
-    /// ordered by container and offset (the order a reader streams them in).
+    /// Every indexed chunk copy in containers `first..end` that `keep`
+    /// (given the id and the copy's location) selects, ordered by container
+    /// and offset (the order a reader streams them in).
     /// One pass over the index: callers size the range to bound memory.
     ///
     /// # Errors

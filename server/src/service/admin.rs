@@ -785,7 +785,8 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let subset = crate::audit::ReadSubset::parse(&req.read_data_subset)
             .map_err(ServerError::InvalidArgument)?;
-        let pool = if req.pool.trim().is_empty() {
+        // Only an empty name means every pool: a blank one is refused.
+        let pool = if req.pool.is_empty() {
             None
         } else {
             Some(configured_pool(&self.state, &req.pool)?)
@@ -1658,14 +1659,14 @@ impl Admin for AdminService {
         let lookup = name.clone();
         let node = super::blocking(&self.state, move |s| s.repo.registered_node(&lookup)).await?;
         let node_pool = node.pool_id;
-        let to = if req.to_pool.trim().is_empty() {
+        let to = if req.to_pool.is_empty() {
             node_pool
         } else {
             configured_pool(&self.state, &req.to_pool)?
         };
         let (from_name, to_name) = (pool_name(&self.state, from), pool_name(&self.state, to));
         if from == to {
-            let why = if req.to_pool.trim().is_empty() {
+            let why = if req.to_pool.is_empty() {
                 format!(
                     "node {name}'s own pool is {from_name}, the pool to move from; name the target with --to-pool, or send the node elsewhere first with update node {name} --pool POOL"
                 )

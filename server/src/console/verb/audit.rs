@@ -88,7 +88,7 @@ async fn pool(
         container,
         fix,
         read_data_subset: read_data_subset.unwrap_or_default(),
-        pool: pool_name.clone(),
+        pool: pool_name,
     });
     let mut client = console.client();
     let what = match &scope {
