@@ -74,6 +74,20 @@ fn tree_with_marker(root: &Path, seed: u64) -> Vec<u8> {
     data[..4096].to_vec()
 }
 
+/// `move nodedata alice --from-pool default --to-pool TO`'s row (JSON).
+fn move_alice(server: &TestServer, to: &str) -> serde_json::Value {
+    let args = [
+        "move",
+        "nodedata",
+        "alice",
+        "--from-pool",
+        "default",
+        "--to-pool",
+        to,
+    ];
+    server.admin_json(&args)[0].clone()
+}
+
 fn pool_rows(server: &TestServer) -> Vec<(String, u64)> {
     server
         .admin_json(&["query", "stgpool"])
@@ -235,15 +249,7 @@ fn a_node_in_an_s3_pool_has_its_containers_in_the_bucket_beside_a_local_default_
     // Alice's data moves to the bucket: off the local disk once
     // expiration compacts DEFAULT, and restored from CLOUD.
     let uploaded_before = s3.container_objects().len();
-    let moved = &server.admin_json(&[
-        "move",
-        "nodedata",
-        "alice",
-        "--from-pool",
-        "default",
-        "--to-pool",
-        "cloud",
-    ])[0];
+    let moved = &move_alice(&server, "cloud");
     assert_eq!(moved["damaged"], 0, "{moved}");
     assert!(moved["removed"].as_u64().unwrap() > 0, "{moved}");
     assert_success(&server.admin(&["expire", "inventory"]), "expire");
@@ -615,15 +621,7 @@ fn move_nodedata_moves_a_node_s_own_data_and_leaves_what_another_node_shares() {
         stderr(&out)
     );
 
-    let moved = &server.admin_json(&[
-        "move",
-        "nodedata",
-        "alice",
-        "--from-pool",
-        "default",
-        "--to-pool",
-        "tape",
-    ])[0];
+    let moved = &move_alice(&server, "tape");
     assert_eq!(moved["to_pool"], "TAPE", "{moved}");
     assert_eq!(moved["damaged"], 0, "{moved}");
     assert!(moved["copied"].as_u64().unwrap() > 0, "{moved}");
