@@ -28,7 +28,7 @@ pub use process::{now_ns, peak_rss_kib, run_measured, stop_child, wait_until};
 pub use proxy::CutProxy;
 pub use raw::{raw_backup_client, raw_backup_session, repair_answer, wire_chunk, with_session};
 pub use server::{
-    TestServer, damage_bytes_in, damage_container_bytes, pair, private_tempdir, replicate,
-    replicated_alice,
+    TestServer, container_files, damage_bytes_in, damage_container_bytes, pair, private_tempdir,
+    replicate, replicated_alice,
 };
 pub use tree::{assert_same_tree, make_tree, random_bytes};

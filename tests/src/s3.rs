@@ -135,16 +135,7 @@ impl S3Server {
     /// The container objects in the bucket (their files in the server's
     /// directory), sorted.
     pub fn container_objects(&self) -> Vec<PathBuf> {
-        let dir = self.root.path().join(S3_BUCKET).join("srv/containers");
-        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "tdc"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        crate::server::container_files(&self.root.path().join(S3_BUCKET).join("srv/containers"))
     }
 }
 

@@ -421,6 +421,20 @@ pub fn damage_container_bytes(data_dir: &Path, needle: &[u8]) {
     damage_bytes_in(&data_dir.join("containers"), needle);
 }
 
+/// Container files (`.tdc`) directly under `dir`, sorted (none when it
+/// cannot be read).
+pub fn container_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "tdc"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
 /// As [`damage_container_bytes`], in the containers directly under `dir`
 /// (a storage pool's directory).
 pub fn damage_bytes_in(dir: &Path, needle: &[u8]) {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tandem_proto::pb;
 use tandem_tests::s3::S3Server;
 use tandem_tests::{
-    TestClient, TestServer, assert_success, damage_bytes_in, make_tree, path_str, random_bytes,
-    raw_backup_session, repair_answer, stderr, wait_until, with_session,
+    TestClient, TestServer, assert_success, container_files, damage_bytes_in, make_tree, path_str,
+    random_bytes, raw_backup_session, repair_answer, stderr, wait_until, with_session,
 };
 
 /// A pool named TAPE in DATA_DIR/pools/TAPE, containers sealed at 1 MiB.
@@ -18,19 +18,6 @@ const TAPE: &[(&str, &str)] = &[
     ("TANDEM_SERVER_POOLS__TAPE__KIND", "local"),
     ("TANDEM_SERVER_POOLS__TAPE__CONTAINER_MIB", "1"),
 ];
-
-/// Container files (`.tdc`) under `dir`.
-fn container_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "tdc"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
-}
 
 /// Whether any container under `dir` holds `needle` (random data is
 /// stored verbatim, in zstd's raw blocks).

@@ -20,9 +20,9 @@ use std::time::Instant;
 use tandem_proto::ChunkId;
 
 use super::Repository;
-use crate::error::{ServerError, StorageError};
+use crate::error::ServerError;
 use crate::model::{ChunkLocation, Node};
-use crate::storage::{self, VerifiedChunk};
+use crate::storage::VerifiedChunk;
 
 /// Chunks looked up together.
 const LOOKUP_BATCH: usize = 512;
@@ -215,23 +215,5 @@ impl Repository {
             }
         }
         Ok(None)
-    }
-
-    /// The copy of `id` at `at` when it reads back and matches its id;
-    /// `None` when it is damaged or gone.
-    ///
-    /// # Errors
-    /// A pool that does not answer: not damage, so the move stops rather
-    /// than call the data damaged.
-    fn checked_copy(
-        &self,
-        id: ChunkId,
-        at: ChunkLocation,
-    ) -> Result<Option<VerifiedChunk>, ServerError> {
-        match self.pools.read(at) {
-            Ok(data) => Ok(storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).ok()),
-            Err(e @ StorageError::PoolUnavailable { .. }) => Err(e.into()),
-            Err(_) => Ok(None),
-        }
     }
 }

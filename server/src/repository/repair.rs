@@ -205,10 +205,28 @@ impl Repository {
         self.whole_copy(id, at).is_some()
     }
 
-    /// The copy of `id` at `at`, if it reads back and matches its id.
+    /// The copy of `id` at `at`, if it reads back and matches its id (a
+    /// pool that does not answer counts as not whole here).
     fn whole_copy(&self, id: ChunkId, at: ChunkLocation) -> Option<VerifiedChunk> {
-        let data = self.pools.read(at).ok()?;
-        storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).ok()
+        self.checked_copy(id, at).ok().flatten()
+    }
+
+    /// The copy of `id` at `at` when it reads back and matches its id;
+    /// `None` when it is damaged or gone.
+    ///
+    /// # Errors
+    /// A pool that does not answer: not damage, so a move stops rather
+    /// than call the data damaged.
+    pub(super) fn checked_copy(
+        &self,
+        id: ChunkId,
+        at: ChunkLocation,
+    ) -> Result<Option<VerifiedChunk>, ServerError> {
+        match self.pools.read(at) {
+            Ok(data) => Ok(storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).ok()),
+            Err(e @ StorageError::PoolUnavailable { .. }) => Err(e.into()),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Repairs chunks of node `node` from this server's own copies, as TSM
