@@ -8,12 +8,14 @@
 # is s3s-fs on 127.0.0.1 over a directory on the same disk, so the bucket's
 # writes share the disk with Tandem's own. Talks only to 127.0.0.1.
 #
-#   tests/bench/s3_pool.sh        ROUNDS=N, CONTAINER_MIB (default 64); SMALL/MEDIUM/LARGE/LARGE_MIB size the data
+#   tests/bench/s3_pool.sh        ROUNDS=N, CONTAINER_MIB (default 64), CACHE_MIB (the S3 pool's
+#                                 read cache; unset: the server's default); SMALL/MEDIUM/LARGE/LARGE_MIB size the data
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-/tmp/tandem-s3-bench}
 ROUNDS=${ROUNDS:-3}
 CONTAINER_MIB=${CONTAINER_MIB:-64}
+CACHE_MIB=${CACHE_MIB:-}
 BIN=$ROOT/target/release
 . "$ROOT/tests/bench/lib.sh"
 
@@ -64,11 +66,12 @@ start_s3() {
   export TANDEM_SERVER_POOL__KIND=s3 TANDEM_SERVER_POOL__ENDPOINT="http://127.0.0.1:$port" \
     TANDEM_SERVER_POOL__BUCKET=bench TANDEM_SERVER_POOL__CONTAINER_MIB=$CONTAINER_MIB \
     AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
+  if [ -n "$CACHE_MIB" ]; then export TANDEM_SERVER_POOL__CACHE_MIB=$CACHE_MIB; fi
 }
 stop_s3() {
   kill "$S3_PID"; wait "$S3_PID" 2>/dev/null || true; S3_PID=
   unset TANDEM_SERVER_POOL__KIND TANDEM_SERVER_POOL__ENDPOINT TANDEM_SERVER_POOL__BUCKET \
-    TANDEM_SERVER_POOL__CONTAINER_MIB AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+    TANDEM_SERVER_POOL__CONTAINER_MIB TANDEM_SERVER_POOL__CACHE_MIB AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 }
 
 # restart_server: the same data dir and port, a new process (empty caches).
@@ -148,6 +151,7 @@ rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.stri
 med = lambda name: statistics.median(float(s) for n, s in rows if n == name)
 spread = lambda name: ", ".join(f"{float(s):.2f}" for n, s in rows if n == name)
 print(f"\ndataset {int(sys.argv[2]) / 1e6:.0f} MB, {sys.argv[3]} rounds, containers of {sys.argv[4]} MiB, "
+      f"S3 read cache {os.environ.get('CACHE_MIB') or 'default'} MiB, "
       f"load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
 for name in ["local full backup", "s3 full backup", "s3 backup until in bucket", "local full restore", "s3 full restore",
              "local audit pool", "s3 audit pool", "local audit pool 1/7", "s3 audit pool 1/7"]:
