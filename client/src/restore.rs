@@ -816,7 +816,11 @@ pub async fn run(
     for failure in unrecoverable {
         if reported.insert(failure.job) {
             console.report(
-                &Msg::corrupt(&plan.files[failure.job].attrs.path, &failure.cause),
+                &Msg::data_failed(
+                    &plan.files[failure.job].attrs.path,
+                    &failure.cause,
+                    failure.damaged,
+                ),
                 ExitStatus::Error,
             );
             stats.failed += 1;

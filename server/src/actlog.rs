@@ -99,6 +99,8 @@ pub enum ServerMsg {
     NodeDataMoved,
     /// MOVE NODEDATA left chunks with no whole copy where they were.
     NodeDataMoveDamaged,
+    /// A pool did not answer and reads were served from other pools.
+    ReadFromOtherPool,
 }
 
 impl ServerMsg {
@@ -149,6 +151,7 @@ impl ServerMsg {
             ServerMsg::FailoverUnconfirmed => "TDM0407W",
             ServerMsg::NodeDataMoved => "TDM0434I",
             ServerMsg::NodeDataMoveDamaged => "TDM0435W",
+            ServerMsg::ReadFromOtherPool => "TDM0436W",
         }
     }
 }

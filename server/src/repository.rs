@@ -14,9 +14,12 @@
 //! - [`repair`]: checking a node's copies and putting verified ones in
 //!   place of damaged ones.
 //! - [`move_data`]: MOVE NODEDATA, a node's data from one pool to another.
+//! - [`fallback`]: reads served from another pool's copy while a pool does
+//!   not answer.
 //!
 //! Callers run these methods on blocking threads (rusqlite and fsync block).
 
+pub mod fallback;
 pub mod ingest;
 pub mod move_data;
 mod pool_setup;
@@ -125,6 +128,8 @@ pub struct Repository {
     pub(crate) expire_lock: Mutex<()>,
     /// Memory all upload streams together may hold in received chunks.
     pub ingest_budget: ingest::IngestBudget,
+    /// When reads last reported each unavailable pool.
+    pub reroute_notices: fallback::RerouteNotices,
 }
 
 impl Repository {
@@ -186,6 +191,7 @@ impl Repository {
             pins: ChunkPins::default(),
             expire_lock: Mutex::new(()),
             ingest_budget: ingest::IngestBudget::default(),
+            reroute_notices: fallback::RerouteNotices::default(),
         })
     }
 
@@ -238,7 +244,9 @@ impl Repository {
     }
 
     /// The stored bytes of `ids`, in the order asked, whoever owns them
-    /// (callers that act for one node check ownership first).
+    /// (callers that act for one node check ownership first); a chunk whose
+    /// pool does not answer comes from another pool's whole copy
+    /// ([`Repository::read_from_any_pool`]).
     ///
     /// # Errors
     /// A chunk that is not indexed, named; container read errors.
@@ -258,7 +266,7 @@ impl Repository {
                 })?;
                 Ok(StoredChunk {
                     id: *id,
-                    data: Bytes::from(self.read_at(*id, location)?),
+                    data: Bytes::from(self.read_from_any_pool(*id, location)?.data),
                     raw_len: u64::from(location.raw_len),
                 })
             })

@@ -581,6 +581,16 @@ impl ChunkStore {
         Ok(data)
     }
 
+    /// Whether `loc` lies in a container in the S3 pool's bucket and the
+    /// bucket did not answer a read lately: a reader that has another
+    /// pool's copy reads that instead of waiting out the retries.
+    #[must_use]
+    pub fn unanswering(&self, loc: ChunkLocation) -> bool {
+        self.offload.as_ref().is_some_and(|offload| {
+            offload.remote(loc.container).is_some() && offload.pool.recently_unanswered()
+        })
+    }
+
     /// Warms the S3 pool's read cache for `locations` (several GETs in
     /// flight), ahead of reading them one by one; nothing to do in a local
     /// pool or for containers still on the local disk.

@@ -698,3 +698,75 @@ async fn a_repair_call_gives_no_node_a_chunk_it_never_held_in_any_pool() {
         "{first:?}"
     );
 }
+
+/// DEFAULT in a bucket and TAPE on the local disk: while the bucket does
+/// not answer, a restore reads the chunks TAPE also holds from TAPE (and
+/// says so in the activity log); a file whose only copy is in the bucket
+/// fails naming the pool, and restores once the bucket is back.
+#[test]
+fn a_restore_reads_another_pool_s_copy_while_the_bucket_does_not_answer() {
+    let mut s3 = S3Server::start();
+    let mut env = s3.server_env(1);
+    env.extend(TAPE.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut server = TestServer::start_with("ROUTES", &env);
+    let alice = node_in(&server, "alice", None);
+    let bob = node_in(&server, "bob", Some("tape"));
+    let work = tempfile::tempdir().unwrap();
+    let (own, shared) = (work.path().join("own"), work.path().join("shared"));
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("only-alice.bin"), random_bytes(12, 2 << 20)).unwrap();
+    let marker = tree_with_marker(&shared, 11);
+    // Alice's own file first, so its containers are sealed by the next
+    // backup and go to the bucket.
+    assert_success(&alice.run(&["incremental", &path_str(&own)]), "alice own");
+    assert_success(&alice.run(&["incremental", &path_str(&shared)]), "alice");
+    assert_success(&bob.run(&["incremental", &path_str(&shared)]), "bob");
+    assert!(holds(&tape_dir(&server), &marker), "TAPE has its own copy");
+    let offloaded = wait_until(Duration::from_secs(120), || {
+        container_files(&default_dir(&server)).len() == 1
+    });
+    assert!(
+        offloaded,
+        "DEFAULT's sealed containers reach the bucket\n{}",
+        server.log()
+    );
+    assert!(!holds(&default_dir(&server), &marker), "in the bucket only");
+
+    // The bucket goes away; a restarted server has nothing cached.
+    s3.kill();
+    server.restart();
+    alice.restore_same(&shared, &work.path().join("during"));
+    let actlog = server.actlog();
+    assert!(
+        actlog.contains("TDM0436W")
+            && actlog.contains("storage pool DEFAULT did not answer")
+            && actlog.contains("from TAPE"),
+        "{actlog}"
+    );
+    let failed = work.path().join("failed");
+    let out = alice.run(&[
+        "restore",
+        &format!("{}/*", path_str(&own)),
+        &path_str(&failed),
+    ]);
+    assert!(!out.status.success(), "a copy only the bucket holds");
+    // Said as unread, not damaged, and no repair is asked for.
+    let err = stderr(&out);
+    assert!(
+        err.contains("TDM1029E") && err.contains("is unavailable"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("TDM1020E") && !err.contains("TDM1028W"),
+        "{err}"
+    );
+    assert!(
+        !failed.join("only-alice.bin").exists(),
+        "no partial file is left"
+    );
+
+    // Back: the file whose only copy is in the bucket restores again.
+    s3.restart();
+    alice.restore_same(&own, &work.path().join("after"));
+}

@@ -301,6 +301,10 @@ fn the_object_store_down_during_a_backup_delays_uploads_and_loses_nothing() {
     );
     let err = stderr(&out);
     assert!(err.contains("storage pool s3://tandem/srv/"), "{err}");
+    assert!(
+        err.contains("TDM1029E") && !err.contains("TDM1020E"),
+        "{err}"
+    );
     assert_eq!(files_under(&failed), 0, "a partial file was left");
     // An audit cannot tell damage from an unreachable bucket: it stops and
     // says the pool is unavailable instead of calling every chunk damaged.

@@ -130,6 +130,22 @@ impl Msg {
         }
     }
 
+    /// A file's data could not be used: damaged ([`Msg::corrupt`]) or not
+    /// read by the server (TDM1029E: its storage did not answer, or the
+    /// connection broke), which says nothing about the data.
+    pub fn data_failed(path: &str, cause: impl fmt::Display, damaged: bool) -> Self {
+        if damaged {
+            return Self::corrupt(path, cause);
+        }
+        Msg {
+            id: "TDM1029E",
+            text: format!(
+                "{} not restored: the server could not read its data (not known to be damaged): {cause}; restore it again once the server's storage answers",
+                shown(path)
+            ),
+        }
+    }
+
     /// TDM1027I: the server replaced damaged chunks from its other storage
     /// pools or its partner (`sources`, said in full), and the files that
     /// used them are fetched again.

@@ -50,13 +50,18 @@ pub(super) enum Fetched {
     Data(Vec<u8>),
     /// The file's chunks are all there.
     End,
-    /// The file cannot be restored: its data is damaged or missing. Names
-    /// the chunk at fault, when one is.
+    /// The file cannot be restored: its data is damaged or missing, or
+    /// the server could not read it. Names the chunk at fault, when one is.
     Failed {
         /// What went wrong.
         cause: String,
-        /// The chunk that could not be used.
+        /// The chunk that could not be used: one the server is asked to
+        /// repair.
         chunk: Option<ChunkId>,
+        /// False when the server could not read the data (its storage did
+        /// not answer, or the connection broke), which says nothing about
+        /// the data: no repair is asked and the file is not called damaged.
+        damaged: bool,
     },
 }
 
@@ -118,6 +123,7 @@ impl Ordered {
                 Err(cause) => Fetched::Failed {
                     cause,
                     chunk: Some(expected),
+                    damaged: true,
                 },
             };
             return self.push(message).await;
@@ -166,10 +172,12 @@ impl Ordered {
                     Ok(Err(cause)) => Fetched::Failed {
                         cause,
                         chunk: Some(expected),
+                        damaged: true,
                     },
                     Err(e) => Fetched::Failed {
                         cause: format!("decoding failed: {e}"),
                         chunk: None,
+                        damaged: true,
                     },
                 }
             }
@@ -321,17 +329,21 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                         out.decode(*expected, c).await
                     }
                     other => {
-                        let cause = match other {
-                            Some(Err(status)) => status.message().to_string(),
-                            None => "the server ended the data stream early".into(),
-                            Some(Ok(_)) => "the server sent an empty chunk".into(),
+                        let (cause, damaged) = match other {
+                            Some(Err(status)) => (
+                                status.message().to_string(),
+                                status.code() != tonic::Code::Unavailable,
+                            ),
+                            None => ("the server ended the data stream early".into(), true),
+                            Some(Ok(_)) => ("the server sent an empty chunk".into(), true),
                         };
                         // The stream is unusable after this: go on with a
                         // new call from the next file.
                         let _ = out
                             .push(Fetched::Failed {
                                 cause,
-                                chunk: Some(*expected),
+                                chunk: damaged.then_some(*expected),
+                                damaged,
                             })
                             .await;
                         restart_at = i + 1;

@@ -136,6 +136,7 @@ mod tests {
             job,
             cause: "bad".into(),
             chunk: chunk.map(|n| ChunkId::of(&[n])),
+            damaged: true,
         }
     }
 

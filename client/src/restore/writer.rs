@@ -71,6 +71,8 @@ pub(super) struct DataFailure {
     pub job: usize,
     pub cause: String,
     pub chunk: Option<tandem_proto::ChunkId>,
+    /// See [`Fetched::Failed`].
+    pub damaged: bool,
 }
 
 /// Removes a temporary file that will not be put in place.
@@ -300,7 +302,11 @@ impl<'a> Writer<'a> {
             Fetched::Begin(job) => self.begin(job),
             Fetched::Data(raw) => self.data(&raw),
             Fetched::End => self.end(),
-            Fetched::Failed { cause, chunk } => self.failed(cause, chunk),
+            Fetched::Failed {
+                cause,
+                chunk,
+                damaged,
+            } => self.failed(cause, chunk, damaged),
         }
     }
 
@@ -331,21 +337,27 @@ impl<'a> Writer<'a> {
         self.stats.failed += 1;
     }
 
-    /// The current file cannot be restored: its data is damaged or missing.
-    fn failed(&mut self, cause: String, chunk: Option<tandem_proto::ChunkId>) {
+    /// The current file cannot be restored: its data is damaged or
+    /// missing, or was not read (`damaged` false).
+    fn failed(&mut self, cause: String, chunk: Option<tandem_proto::ChunkId>, damaged: bool) {
         if let Some((job, tmp)) = self.current.take() {
             discard(self.dest, &self.jobs[job], &tmp.name);
             // Its bytes were not restored (a retry counts them again).
             self.stats.bytes = self.stats.bytes.saturating_sub(self.file_bytes);
             match &mut self.deferred {
                 Some(deferred) => {
-                    deferred.push(DataFailure { job, cause, chunk });
+                    deferred.push(DataFailure {
+                        job,
+                        cause,
+                        chunk,
+                        damaged,
+                    });
                     self.failed_job = Some(job);
                 }
                 None => {
                     let path = &self.jobs[job].attrs.path;
                     self.console
-                        .report(&Msg::corrupt(path, cause), ExitStatus::Error);
+                        .report(&Msg::data_failed(path, cause, damaged), ExitStatus::Error);
                     self.stats.failed += 1;
                 }
             }
@@ -358,6 +370,7 @@ impl<'a> Writer<'a> {
                 job,
                 cause,
                 chunk: Some(chunk),
+                damaged,
             });
         }
         self.broken = true;

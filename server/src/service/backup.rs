@@ -20,6 +20,7 @@ use crate::catalog::{PageKey, VersionPage};
 use crate::convert;
 use crate::error::ServerError;
 use crate::model::{PolicyUpdate, SwitchStep, VersionQuery, normalize_node_name, now_ns};
+use crate::repository::fallback::Reroutes;
 use crate::repository::ingest::ChunkIngest;
 
 /// Chunks read from the containers per trip to a blocking thread.
@@ -51,11 +52,14 @@ fn read_groups(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
 }
 
 /// Reads `group` from the store in order, for node `node`; stops after the
-/// first chunk that cannot be read (the stream ends there).
+/// first chunk that cannot be read (the stream ends there). Chunks whose
+/// pool did not answer and that another pool's copy served are counted in
+/// `reroutes`.
 fn read_group(
     state: &ServerState,
     node: &str,
     group: Vec<Wanted>,
+    reroutes: &mut Reroutes,
 ) -> Vec<Result<pb::ReadChunksResponse, Status>> {
     let mut items = Vec::with_capacity(group.len());
     for (id, loc) in group {
@@ -65,19 +69,26 @@ fn read_group(
             )))),
             Some(loc) => state
                 .repo
-                .read_at(id, loc)
-                .map(|data| pb::ReadChunksResponse {
-                    chunk: Some(pb::Chunk {
-                        id: id.as_slice().to_vec(),
-                        data: data.into(),
-                        raw_len: u64::from(loc.raw_len),
-                    }),
+                .read_from_any_pool(id, loc)
+                .map(|copy| {
+                    if let Some(route) = copy.rerouted {
+                        *reroutes.entry(route).or_default() += 1;
+                    }
+                    pb::ReadChunksResponse {
+                        chunk: Some(pb::Chunk {
+                            id: id.as_slice().to_vec(),
+                            data: copy.data.into(),
+                            raw_len: u64::from(loc.raw_len),
+                        }),
+                    }
                 })
                 .map_err(|e| match e {
-                    // Not damage: the bucket did not answer.
+                    // Not damage: the bucket did not answer (and no other
+                    // pool holds a whole copy). UNAVAILABLE tells the client
+                    // to try again later, not to ask for a repair.
                     e @ ServerError::Storage(crate::error::StorageError::PoolUnavailable {
                         ..
-                    }) => Status::from(e),
+                    }) => Status::unavailable(e.to_string()),
                     e => Status::from(ServerError::DataLoss(format!("chunk {id}: {e}"))),
                 }),
         };
@@ -88,6 +99,54 @@ fn read_group(
         }
     }
     items
+}
+
+/// Logs (TDM0436W) that reads of `node`'s data were served from other
+/// pools because its chunks' pools did not answer: in the server's log
+/// every time, in the activity log at most once a minute per pool.
+async fn report_reroutes(state: &ServerState, node: &str, reroutes: &Reroutes) {
+    if reroutes.is_empty() {
+        return;
+    }
+    let due = state
+        .repo
+        .reroute_notices
+        .due(reroutes, std::time::Instant::now());
+    let describe = |routes: &Reroutes| {
+        let mut by_down: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        for ((down, used), n) in routes {
+            by_down
+                .entry(*down)
+                .or_default()
+                .push(format!("{n} from {}", state.repo.pools.name_of(*used)));
+        }
+        by_down
+            .into_iter()
+            .map(|(down, from)| {
+                format!(
+                    "storage pool {} did not answer; chunk(s) of node {node} were read from other pools' whole copies instead ({})",
+                    state.repo.pools.name_of(down),
+                    from.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if due.is_empty() {
+        for text in describe(reroutes) {
+            tracing::warn!("{} {text}", ServerMsg::ReadFromOtherPool.id());
+        }
+        return;
+    }
+    for text in describe(&due) {
+        actlog::record(
+            &state.repo.catalog,
+            ServerMsg::ReadFromOtherPool,
+            node,
+            "",
+            text,
+        )
+        .await;
+    }
 }
 
 /// Versions per streamed query message, and per catalog page behind it.
@@ -692,7 +751,8 @@ impl Backup for BackupService {
             };
             let mut fetching = prefetch(0);
             let mut prefetched = std::time::Duration::ZERO;
-            for (k, wave) in waves.iter().enumerate() {
+            let mut reroutes = Reroutes::new();
+            'serve: for (k, wave) in waves.iter().enumerate() {
                 let wait_from = std::time::Instant::now();
                 if let Some(fetch) = fetching.take() {
                     let _ = fetch.await;
@@ -702,15 +762,26 @@ impl Backup for BackupService {
                 for group in read_groups(wanted[wave.clone()].to_vec()) {
                     if let Err(cancelled) = state.sessions.check_open(&token) {
                         let _ = tx.send(Err(Status::from(cancelled))).await;
-                        return;
+                        break 'serve;
                     }
                     let reader = state.clone();
                     let node = node.clone();
                     let read_from = std::time::Instant::now();
-                    let items =
-                        tokio::task::spawn_blocking(move || read_group(&reader, &node, group))
-                            .await
-                            .unwrap_or_else(|e| vec![Err(Status::from(ServerError::from(e)))]);
+                    let (items, rerouted) = tokio::task::spawn_blocking(move || {
+                        let mut rerouted = Reroutes::new();
+                        let items = read_group(&reader, &node, group, &mut rerouted);
+                        (items, rerouted)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        (
+                            vec![Err(Status::from(ServerError::from(e)))],
+                            Reroutes::new(),
+                        )
+                    });
+                    for (route, n) in rerouted {
+                        *reroutes.entry(route).or_default() += n;
+                    }
                     reading += read_from.elapsed();
                     let send_from = std::time::Instant::now();
                     for item in items {
@@ -719,14 +790,14 @@ impl Backup for BackupService {
                             sent += r.chunk.as_ref().map_or(0, |c| c.data.len() as u64);
                         }
                         if tx.send(item).await.is_err() || failed {
-                            state.sessions.count_bytes(&token, 0, sent);
-                            return;
+                            break 'serve;
                         }
                     }
                     waiting += send_from.elapsed();
                 }
             }
             state.sessions.count_bytes(&token, 0, sent);
+            report_reroutes(&state, &node, &reroutes).await;
             tracing::debug!(
                 chunks = count,
                 bytes = sent,

@@ -494,7 +494,7 @@ impl Replication for ReplicationService {
                 // A copy damaged here too is left out: the caller is told
                 // nothing it would have to refuse.
                 let copy = tokio::task::spawn_blocking(move || {
-                    let data = repo.read_at(id, at).ok()?;
+                    let data = repo.read_from_any_pool(id, at).ok()?.data;
                     crate::storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).ok()
                 })
                 .await

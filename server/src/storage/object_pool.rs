@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
@@ -46,6 +46,11 @@ const GETS_IN_FLIGHT: usize = 8;
 const PREFETCH_SPAN_BYTES: u64 = 4 * 1024 * 1024;
 /// Blocks read ahead after the last one a prefetch was asked for.
 const READ_AHEAD_BLOCKS: u64 = 16;
+/// How long a bucket that did not answer a read is passed over by reads
+/// that another pool's copy can serve, and by prefetches: each try costs
+/// the client's retries (seconds), so a restore during an outage pays
+/// them once per this interval, not once per chunk.
+const UNANSWERED_HOLD: Duration = Duration::from_secs(30);
 
 /// The `credentials_file` format.
 #[derive(Deserialize)]
@@ -82,6 +87,9 @@ pub struct ObjectPool {
     /// Whether the bucket's owner object has been seen to name `owner`:
     /// nothing is written or deleted before.
     claimed: AtomicBool,
+    /// When a read last found the bucket not answering, until a read
+    /// succeeds again (see [`ObjectPool::recently_unanswered`]).
+    unanswered_at: Mutex<Option<Instant>>,
 }
 
 /// Counters of the requests a pool made, for `query stgpool` and the
@@ -262,7 +270,29 @@ impl ObjectPool {
             traffic: Arc::default(),
             owner: Mutex::default(),
             claimed: AtomicBool::new(false),
+            unanswered_at: Mutex::default(),
         })
+    }
+
+    /// Whether a read found the bucket not answering in the last
+    /// [`UNANSWERED_HOLD`] and no read has succeeded since. Reads of
+    /// chunks with a whole copy in another pool go there meanwhile, and
+    /// prefetches skip the bucket.
+    #[must_use]
+    pub fn recently_unanswered(&self) -> bool {
+        self.unanswered_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < UNANSWERED_HOLD)
+    }
+
+    /// Records whether a read of the bucket got an answer.
+    fn note_answer(&self, answered: bool) {
+        let mut at = self
+            .unanswered_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *at = (!answered).then(Instant::now);
     }
 
     /// Where the pool is, for messages.
@@ -663,8 +693,12 @@ impl ObjectPool {
     /// reads on from there. Blocks beyond half of what the cache holds are
     /// left for the reads to fetch; a failed GET is left for the read that
     /// needs it to report. A caller that knows what it reads next (the next
-    /// wave of [`waves`]) asks for no read-ahead.
+    /// wave of [`waves`]) asks for no read-ahead. A bucket that did not
+    /// answer lately is not asked (the reads find out whether it is back).
     pub fn prefetch(&self, wanted: &[(u32, u64, u64, u64)], read_ahead: bool) {
+        if self.recently_unanswered() {
+            return;
+        }
         let mut needed: Vec<BlockKey> = Vec::new();
         let mut sizes: HashMap<u32, u64> = HashMap::new();
         for &(number, offset, len, size) in wanted {
@@ -771,7 +805,13 @@ impl ObjectPool {
                     self.error(number, "the object is missing from the bucket")
                 }
                 other => self.failed_read(number, &wanted, &other),
+            })
+            .inspect_err(|e| {
+                if matches!(e, StorageError::PoolUnavailable { .. }) {
+                    self.note_answer(false);
+                }
             })?;
+        self.note_answer(true);
         count(&self.traffic.bytes_down, data.len() as u64);
         Ok(data)
     }

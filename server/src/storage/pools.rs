@@ -107,6 +107,15 @@ impl Pools {
         self.get(loc.pool)?.read(loc)
     }
 
+    /// [`ChunkStore::unanswering`] for `loc`'s pool (an unconfigured pool
+    /// is not: reading it names the problem).
+    #[must_use]
+    pub fn unanswering(&self, loc: ChunkLocation) -> bool {
+        self.by_id
+            .get(&loc.pool)
+            .is_some_and(|e| e.store.unanswering(loc))
+    }
+
     /// [`ChunkStore::prefetch`], each pool's locations to its store.
     pub fn prefetch(&self, locations: &[ChunkLocation], read_ahead: bool) {
         for (id, entry) in &self.by_id {
