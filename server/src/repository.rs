@@ -30,7 +30,6 @@ pub use pool_setup::{PoolSetup, check_pool_dirs, pool_dir};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use prost::bytes::Bytes;
 use tandem_proto::{ChunkId, StoredChunk};
 
 use crate::catalog::Catalog;
@@ -256,7 +255,9 @@ impl Repository {
             &locations.iter().flatten().copied().collect::<Vec<_>>(),
             true,
         );
-        ids.iter()
+        let mut reroutes = fallback::Reroutes::new();
+        let read = ids
+            .iter()
             .zip(locations)
             .map(|(id, location)| {
                 let location = location.ok_or_else(|| {
@@ -264,13 +265,21 @@ impl Repository {
                         "chunk {id} is not stored in this repository"
                     ))
                 })?;
+                let copy = self.read_from_any_pool(*id, location)?;
+                if let Some((down, used)) = copy.rerouted {
+                    *reroutes.entry((down, Some(used))).or_default() += 1;
+                }
                 Ok(StoredChunk {
                     id: *id,
-                    data: Bytes::from(self.read_from_any_pool(*id, location)?.data),
+                    data: copy.data,
                     raw_len: u64::from(location.raw_len),
                 })
             })
-            .collect()
+            .collect();
+        for text in fallback::describe_reroutes(&self.pools, "being replicated", &reroutes) {
+            tracing::warn!("TDM0436W {text}");
+        }
+        read
     }
 
     /// The stored bytes of chunk `id` at `location`. Compaction may have

@@ -587,7 +587,7 @@ impl ChunkStore {
     #[must_use]
     pub fn unanswering(&self, loc: ChunkLocation) -> bool {
         self.offload.as_ref().is_some_and(|offload| {
-            offload.remote(loc.container).is_some() && offload.pool.recently_unanswered()
+            offload.pool.recently_unanswered() && offload.remote(loc.container).is_some()
         })
     }
 

@@ -765,6 +765,13 @@ fn a_restore_reads_another_pool_s_copy_while_the_bucket_does_not_answer() {
         !failed.join("only-alice.bin").exists(),
         "no partial file is left"
     );
+    assert!(
+        server
+            .log()
+            .contains("not read: no other pool holds a whole copy"),
+        "the server names what it could not read\n{}",
+        server.log()
+    );
 
     // Back: the file whose only copy is in the bucket restores again.
     s3.restart();

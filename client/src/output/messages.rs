@@ -131,8 +131,8 @@ impl Msg {
     }
 
     /// A file's data could not be used: damaged ([`Msg::corrupt`]) or not
-    /// read by the server (TDM1029E: its storage did not answer, or the
-    /// connection broke), which says nothing about the data.
+    /// read by the server (TDM1029E: a storage pool did not answer, and no
+    /// other pool holds a copy), which says nothing about the data.
     pub fn data_failed(path: &str, cause: impl fmt::Display, damaged: bool) -> Self {
         if damaged {
             return Self::corrupt(path, cause);

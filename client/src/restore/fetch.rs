@@ -58,9 +58,9 @@ pub(super) enum Fetched {
         /// The chunk that could not be used: one the server is asked to
         /// repair.
         chunk: Option<ChunkId>,
-        /// False when the server could not read the data (its storage did
-        /// not answer, or the connection broke), which says nothing about
-        /// the data: no repair is asked and the file is not called damaged.
+        /// False when the server said UNAVAILABLE (its storage did not
+        /// answer), which says nothing about the data: no repair is asked
+        /// and the file is not called damaged.
         damaged: bool,
     },
 }

@@ -9,14 +9,16 @@
 //! a damaged copy still fails its read, so the restore's self-repair and
 //! the audits see the damage and deal with it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use prost::bytes::Bytes;
 use tandem_proto::ChunkId;
 
 use super::Repository;
 use crate::error::{ServerError, StorageError};
 use crate::model::ChunkLocation;
+use crate::storage::pools::Pools;
 
 /// At most one activity-log record per unavailable pool in this interval;
 /// a restore makes a read call per batch of files.
@@ -26,14 +28,37 @@ pub const NOTICE_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct ServedCopy {
     /// The stored (compressed) bytes.
-    pub data: Vec<u8>,
+    pub data: Bytes,
     /// `(pool that did not answer, pool read instead)` when another pool's
     /// copy served; `None` when the copy asked for did.
     pub rerouted: Option<(u32, u32)>,
 }
 
-/// Chunks served from another pool, by `(unavailable pool, pool read)`.
-pub type Reroutes = BTreeMap<(u32, u32), u64>;
+/// Chunks of an unavailable pool by `(that pool, pool read instead)`; the
+/// second is `None` for chunks no other pool could serve.
+pub type Reroutes = BTreeMap<(u32, Option<u32>), u64>;
+
+/// What a read of chunks did while pools did not answer, one line per
+/// unavailable pool; `whose` says whose chunks (`of node ALICE`).
+pub fn describe_reroutes(pools: &Pools, whose: &str, reroutes: &Reroutes) -> Vec<String> {
+    let mut by_pool: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for ((down, used), n) in reroutes {
+        by_pool.entry(*down).or_default().push(match used {
+            Some(used) => format!("{n} read from {}", pools.name_of(*used)),
+            None => format!("{n} not read: no other pool holds a whole copy"),
+        });
+    }
+    by_pool
+        .into_iter()
+        .map(|(down, what)| {
+            format!(
+                "storage pool {} did not answer; chunk(s) {whose} were read from other pools' whole copies where there are any ({})",
+                pools.name_of(down),
+                what.join(", ")
+            )
+        })
+        .collect()
+}
 
 impl Repository {
     /// The stored bytes of `id`, which the catalog placed at `location`,
@@ -45,20 +70,20 @@ impl Repository {
     ///
     /// # Errors
     /// As [`Repository::read_at`]: a damaged copy, or an unavailable pool
-    /// with no other whole copy.
+    /// with no other whole copy; catalog errors.
     pub fn read_from_any_pool(
         &self,
         id: ChunkId,
         location: ChunkLocation,
     ) -> Result<ServedCopy, ServerError> {
         if self.pools.unanswering(location)
-            && let Some(copy) = self.other_pool_copy(id, location.pool)?
+            && let Ok(Some(copy)) = self.other_pool_copy(id, location.pool)
         {
             return Ok(copy);
         }
         match self.read_at(id, location) {
             Ok(data) => Ok(ServedCopy {
-                data,
+                data: data.into(),
                 rerouted: None,
             }),
             Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. })) => {
@@ -79,11 +104,20 @@ impl Repository {
                 continue;
             }
             // Damaged, or that pool does not answer either: the next one.
-            if let Ok(Some(chunk)) = self.checked_copy(id, at) {
-                return Ok(Some(ServedCopy {
-                    data: chunk.data.to_vec(),
-                    rerouted: Some((unavailable, at.pool)),
-                }));
+            match self.checked_copy(id, at) {
+                Ok(Some(chunk)) => {
+                    return Ok(Some(ServedCopy {
+                        data: chunk.data,
+                        rerouted: Some((unavailable, at.pool)),
+                    }));
+                }
+                Ok(None) => tracing::warn!(
+                    "chunk {id}: the copy in storage pool {} is damaged (found while its copy in {} could not be read); `audit pool {} --fix` repairs it",
+                    self.pools.name_of(at.pool),
+                    self.pools.name_of(unavailable),
+                    self.pools.name_of(at.pool),
+                ),
+                Err(_) => {}
             }
         }
         Ok(None)
@@ -98,28 +132,28 @@ pub struct RerouteNotices {
 }
 
 impl RerouteNotices {
-    /// Of `reroutes`, those whose unavailable pool is due a record at
-    /// `now`; marks them reported.
-    pub fn due(&self, reroutes: &Reroutes, now: Instant) -> Reroutes {
+    /// Splits `reroutes` into those whose unavailable pool is due a record
+    /// at `now` (marked reported) and the rest.
+    pub fn due(&self, reroutes: &Reroutes, now: Instant) -> (Reroutes, Reroutes) {
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut due_pools = std::collections::BTreeSet::new();
-        for &(down, _) in reroutes.keys() {
-            let fresh = last
+        let pools: BTreeSet<u32> = reroutes.keys().map(|(down, _)| *down).collect();
+        let mut due_pools = BTreeSet::new();
+        for down in pools {
+            let due = last
                 .get(&down)
                 .is_none_or(|at| now.duration_since(*at) >= NOTICE_INTERVAL);
-            if fresh || due_pools.contains(&down) {
+            if due {
                 due_pools.insert(down);
                 last.insert(down, now);
             }
         }
         reroutes
             .iter()
-            .filter(|((down, _), _)| due_pools.contains(down))
             .map(|(k, v)| (*k, *v))
-            .collect()
+            .partition(|((down, _), _)| due_pools.contains(down))
     }
 }
 
@@ -131,19 +165,24 @@ mod tests {
     fn an_unavailable_pool_is_reported_once_per_interval_with_every_pool_read_instead() {
         let notices = RerouteNotices::default();
         let start = Instant::now();
-        let batch: Reroutes = [((0, 1), 10), ((0, 2), 3), ((5, 1), 1)].into();
-        assert_eq!(notices.due(&batch, start), batch, "first time: all");
-        let again = notices.due(&batch, start + Duration::from_secs(10));
-        assert!(again.is_empty(), "within the interval: none, {again:?}");
-        let other: Reroutes = [((0, 1), 4), ((7, 1), 2)].into();
+        let batch: Reroutes = [((0, Some(1)), 10), ((0, None), 3), ((5, Some(1)), 1)].into();
+        assert_eq!(
+            notices.due(&batch, start),
+            (batch.clone(), Reroutes::new()),
+            "first time: all"
+        );
+        let (due, rest) = notices.due(&batch, start + Duration::from_secs(10));
+        assert!(due.is_empty(), "within the interval: none, {due:?}");
+        assert_eq!(rest, batch, "the rest goes to the server's log only");
+        let other: Reroutes = [((0, Some(1)), 4), ((7, Some(1)), 2)].into();
         assert_eq!(
             notices.due(&other, start + Duration::from_secs(20)),
-            [((7, 1), 2)].into(),
+            ([((7, Some(1)), 2)].into(), [((0, Some(1)), 4)].into()),
             "a newly unavailable pool is reported at once"
         );
         assert_eq!(
             notices.due(&other, start + NOTICE_INTERVAL),
-            [((0, 1), 4)].into(),
+            ([((0, Some(1)), 4)].into(), [((7, Some(1)), 2)].into()),
             "pool 0 again after the interval"
         );
     }

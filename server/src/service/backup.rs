@@ -20,7 +20,7 @@ use crate::catalog::{PageKey, VersionPage};
 use crate::convert;
 use crate::error::ServerError;
 use crate::model::{PolicyUpdate, SwitchStep, VersionQuery, normalize_node_name, now_ns};
-use crate::repository::fallback::Reroutes;
+use crate::repository::fallback::{Reroutes, describe_reroutes};
 use crate::repository::ingest::ChunkIngest;
 
 /// Chunks read from the containers per trip to a blocking thread.
@@ -53,8 +53,8 @@ fn read_groups(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
 
 /// Reads `group` from the store in order, for node `node`; stops after the
 /// first chunk that cannot be read (the stream ends there). Chunks whose
-/// pool did not answer and that another pool's copy served are counted in
-/// `reroutes`.
+/// pool did not answer are counted in `reroutes`, with the pool whose copy
+/// served them, if one did.
 fn read_group(
     state: &ServerState,
     node: &str,
@@ -71,13 +71,13 @@ fn read_group(
                 .repo
                 .read_from_any_pool(id, loc)
                 .map(|copy| {
-                    if let Some(route) = copy.rerouted {
-                        *reroutes.entry(route).or_default() += 1;
+                    if let Some((down, used)) = copy.rerouted {
+                        *reroutes.entry((down, Some(used))).or_default() += 1;
                     }
                     pb::ReadChunksResponse {
                         chunk: Some(pb::Chunk {
                             id: id.as_slice().to_vec(),
-                            data: copy.data.into(),
+                            data: copy.data,
                             raw_len: u64::from(loc.raw_len),
                         }),
                     }
@@ -88,7 +88,10 @@ fn read_group(
                     // to try again later, not to ask for a repair.
                     e @ ServerError::Storage(crate::error::StorageError::PoolUnavailable {
                         ..
-                    }) => Status::unavailable(e.to_string()),
+                    }) => {
+                        *reroutes.entry((loc.pool, None)).or_default() += 1;
+                        Status::unavailable(e.to_string())
+                    }
                     e => Status::from(ServerError::DataLoss(format!("chunk {id}: {e}"))),
                 }),
         };
@@ -101,43 +104,22 @@ fn read_group(
     items
 }
 
-/// Logs (TDM0436W) that reads of `node`'s data were served from other
-/// pools because its chunks' pools did not answer: in the server's log
-/// every time, in the activity log at most once a minute per pool.
+/// Logs (TDM0436W) that reads of `node`'s data met pools that did not
+/// answer, and what served them instead: in the activity log at most once
+/// a minute per pool, in the server's log every time.
 async fn report_reroutes(state: &ServerState, node: &str, reroutes: &Reroutes) {
     if reroutes.is_empty() {
         return;
     }
-    let due = state
+    let whose = format!("of node {node}");
+    let (due, rest) = state
         .repo
         .reroute_notices
         .due(reroutes, std::time::Instant::now());
-    let describe = |routes: &Reroutes| {
-        let mut by_down: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
-        for ((down, used), n) in routes {
-            by_down
-                .entry(*down)
-                .or_default()
-                .push(format!("{n} from {}", state.repo.pools.name_of(*used)));
-        }
-        by_down
-            .into_iter()
-            .map(|(down, from)| {
-                format!(
-                    "storage pool {} did not answer; chunk(s) of node {node} were read from other pools' whole copies instead ({})",
-                    state.repo.pools.name_of(down),
-                    from.join(", ")
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    if due.is_empty() {
-        for text in describe(reroutes) {
-            tracing::warn!("{} {text}", ServerMsg::ReadFromOtherPool.id());
-        }
-        return;
+    for text in describe_reroutes(&state.repo.pools, &whose, &rest) {
+        tracing::warn!("{} {text}", ServerMsg::ReadFromOtherPool.id());
     }
-    for text in describe(&due) {
+    for text in describe_reroutes(&state.repo.pools, &whose, &due) {
         actlog::record(
             &state.repo.catalog,
             ServerMsg::ReadFromOtherPool,
@@ -797,6 +779,8 @@ impl Backup for BackupService {
                 }
             }
             state.sessions.count_bytes(&token, 0, sent);
+            // The client's stream ends before the log is written.
+            drop(tx);
             report_reroutes(&state, &node, &reroutes).await;
             tracing::debug!(
                 chunks = count,

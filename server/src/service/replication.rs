@@ -495,7 +495,7 @@ impl Replication for ReplicationService {
                 // nothing it would have to refuse.
                 let copy = tokio::task::spawn_blocking(move || {
                     let data = repo.read_from_any_pool(id, at).ok()?.data;
-                    crate::storage::verify_chunk(id, data.into(), u64::from(at.raw_len)).ok()
+                    crate::storage::verify_chunk(id, data, u64::from(at.raw_len)).ok()
                 })
                 .await
                 .ok()

@@ -87,9 +87,13 @@ pub struct ObjectPool {
     /// Whether the bucket's owner object has been seen to name `owner`:
     /// nothing is written or deleted before.
     claimed: AtomicBool,
-    /// When a read last found the bucket not answering, until a read
-    /// succeeds again (see [`ObjectPool::recently_unanswered`]).
-    unanswered_at: Mutex<Option<Instant>>,
+    /// Milliseconds after `opened` at which a read last found the bucket
+    /// not answering; 0 once it answered again (see
+    /// [`ObjectPool::recently_unanswered`]). An atomic: every read of a
+    /// restore looks at it.
+    unanswered_at_ms: AtomicU64,
+    /// When the pool was opened, the origin of `unanswered_at_ms`.
+    opened: Instant,
 }
 
 /// Counters of the requests a pool made, for `query stgpool` and the
@@ -270,7 +274,8 @@ impl ObjectPool {
             traffic: Arc::default(),
             owner: Mutex::default(),
             claimed: AtomicBool::new(false),
-            unanswered_at: Mutex::default(),
+            unanswered_at_ms: AtomicU64::new(0),
+            opened: Instant::now(),
         })
     }
 
@@ -280,19 +285,26 @@ impl ObjectPool {
     /// prefetches skip the bucket.
     #[must_use]
     pub fn recently_unanswered(&self) -> bool {
-        self.unanswered_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < UNANSWERED_HOLD)
+        match self.unanswered_at_ms.load(Ordering::Relaxed) {
+            0 => false,
+            at => self.millis_open().saturating_sub(at) < UNANSWERED_HOLD.as_millis() as u64,
+        }
     }
 
-    /// Records whether a read of the bucket got an answer.
+    /// Records whether a request to the bucket got an answer (any answer:
+    /// an error status is one). Racing requests may leave either result:
+    /// at worst one more read waits out the retries, or one is passed over.
     fn note_answer(&self, answered: bool) {
-        let mut at = self
-            .unanswered_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *at = (!answered).then(Instant::now);
+        if !answered {
+            self.unanswered_at_ms
+                .store(self.millis_open().max(1), Ordering::Relaxed);
+        } else if self.unanswered_at_ms.load(Ordering::Relaxed) != 0 {
+            self.unanswered_at_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn millis_open(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Where the pool is, for messages.
@@ -805,11 +817,6 @@ impl ObjectPool {
                     self.error(number, "the object is missing from the bucket")
                 }
                 other => self.failed_read(number, &wanted, &other),
-            })
-            .inspect_err(|e| {
-                if matches!(e, StorageError::PoolUnavailable { .. }) {
-                    self.note_answer(false);
-                }
             })?;
         self.note_answer(true);
         count(&self.traffic.bytes_down, data.len() as u64);
@@ -830,7 +837,13 @@ impl ObjectPool {
         let store = self.store.clone();
         let location = self.object(number);
         count(&self.traffic.heads, 1);
-        match self.wait(async move { store.head(&location).await }) {
+        let head = self.wait(async move { store.head(&location).await });
+        // Only a bucket that does not answer a HEAD either is passed over
+        // for a while; one object that fails its GETs is not the bucket.
+        self.note_answer(
+            !matches!(&head, Err(e) if !matches!(e, object_store::Error::NotFound { .. })),
+        );
+        match head {
             Ok(meta) if meta.size < wanted.end => self.error(
                 number,
                 format!(
