@@ -113,10 +113,7 @@ pub async fn audit_pool(
     // Estimated from the whole index, before a subset thins the list.
     let per_container = chunks_indexed / (numbers.len() as u64).max(1);
     let numbers: Vec<u32> = match scope {
-        AuditScope::Pool(_) => numbers
-            .into_iter()
-            .filter(|n| subset.keeps_container(*n))
-            .collect(),
+        AuditScope::Pool(_) => subset.containers_of(&numbers),
         AuditScope::Container(n) if numbers.contains(&n) => vec![n],
         AuditScope::Container(n) => {
             return Err(ServerError::NotFound(format!(
@@ -134,10 +131,13 @@ pub async fn audit_pool(
         subset: subset.describe(),
         ..PoolAuditReport::default()
     };
-    // A pool audit samples whole containers; one container's, its chunks.
+    // A pool audit samples whole containers (those picked above); one
+    // container's, its chunks.
+    let picked: std::sync::Arc<HashSet<u32>> =
+        std::sync::Arc::new(numbers.iter().copied().collect());
     let keep = move |id: &ChunkId, at: &ChunkLocation| match scope {
-        AuditScope::Pool(None) => subset.keeps_container(at.container),
-        AuditScope::Pool(Some(pool)) => at.pool == pool && subset.keeps_container(at.container),
+        AuditScope::Pool(None) => picked.contains(&at.container),
+        AuditScope::Pool(Some(pool)) => at.pool == pool && picked.contains(&at.container),
         AuditScope::Container(_) => subset.keeps(id),
     };
     let mut containers_read = HashSet::new();
@@ -148,7 +148,10 @@ pub async fn audit_pool(
     for (first, end) in groups(&numbers, per_container) {
         let chunks = state
             .repo
-            .blocking(move |r| Ok(r.catalog.chunks_in_containers(first, end, keep)?))
+            .blocking({
+                let keep = keep.clone();
+                move |r| Ok(r.catalog.chunks_in_containers(first, end, keep)?)
+            })
             .await?;
         let mut found: Vec<damage::Finding> = Vec::new();
         for batch in chunks.chunks(CHECK_BATCH) {

@@ -106,15 +106,34 @@ impl ReadSubset {
     /// block of every container (chunks are small, blocks are read whole),
     /// so from a bucket it would cost almost a full read.
     pub fn keeps_container(&self, number: u32) -> bool {
-        // Spread the numbers (consecutive containers hold consecutive
-        // backups) before taking a share.
-        let key = u64::from(number).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         match *self {
             ReadSubset::All => true,
             ReadSubset::Share { per_million, salt } => {
-                (key ^ salt) % 1_000_000 < u64::from(per_million)
+                container_rank(number, salt) < u64::from(per_million)
             }
             ReadSubset::Slice { n, t } => u64::from(number) % u64::from(t) == u64::from(n - 1),
+        }
+    }
+
+    /// Of a pool's containers `numbers`, those a pool audit reads
+    /// ([`Self::keeps_container`]). A share of a pool with few containers
+    /// can pick none (10% of three containers); it then reads the one the
+    /// share ranks first, so a sampled audit never reads nothing while
+    /// there is data, and runs with new salts still reach every container.
+    pub fn containers_of(&self, numbers: &[u32]) -> Vec<u32> {
+        let kept: Vec<u32> = numbers
+            .iter()
+            .copied()
+            .filter(|n| self.keeps_container(*n))
+            .collect();
+        match *self {
+            ReadSubset::Share { salt, .. } if kept.is_empty() => numbers
+                .iter()
+                .copied()
+                .min_by_key(|n| container_rank(*n, salt))
+                .into_iter()
+                .collect(),
+            _ => kept,
         }
     }
 
@@ -130,9 +149,45 @@ impl ReadSubset {
     }
 }
 
+/// Where container `number` falls in a share drawn with `salt`, 0 to
+/// 999,999: a share of P per million reads those below P.
+fn container_rank(number: u32, salt: u64) -> u64 {
+    // Spread the numbers (consecutive containers hold consecutive backups)
+    // before taking a share.
+    let key = u64::from(number).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (key ^ salt) % 1_000_000
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_share_of_a_small_pool_reads_one_container_and_new_salts_reach_them_all() {
+        let numbers = [4, 9, 17];
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..200u64 {
+            // Salts are random in use; these are spread the same way.
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&blake3::hash(&i.to_le_bytes()).as_bytes()[..8]);
+            let salt = u64::from_le_bytes(first);
+            let share = ReadSubset::Share {
+                per_million: 10_000,
+                salt,
+            };
+            let picked = share.containers_of(&numbers);
+            assert!(!picked.is_empty(), "salt {salt}");
+            assert!(picked.iter().all(|n| numbers.contains(n)));
+            seen.extend(picked);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), numbers);
+        assert!(ReadSubset::All.containers_of(&[]).is_empty());
+        let slice = ReadSubset::Slice { n: 2, t: 7 };
+        assert!(
+            slice.containers_of(&numbers).is_empty(),
+            "a slice stays exact"
+        );
+    }
 
     fn ids(count: u32) -> Vec<ChunkId> {
         (0..count)
