@@ -76,9 +76,9 @@ impl Repository {
         id: ChunkId,
         location: ChunkLocation,
     ) -> Result<ServedCopy, ServerError> {
-        if self.pools.unanswering(location)
-            && let Ok(Some(copy)) = self.other_pool_copy(id, location.pool)
-        {
+        // Asked before the bucket only while it is on hold; never twice.
+        let looked_elsewhere = self.pools.unanswering(location);
+        if looked_elsewhere && let Ok(Some(copy)) = self.other_pool_copy(id, location.pool) {
             return Ok(copy);
         }
         match self.read_at(id, location) {
@@ -86,7 +86,9 @@ impl Repository {
                 data: data.into(),
                 rerouted: None,
             }),
-            Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. })) => {
+            Err(e @ ServerError::Storage(StorageError::PoolUnavailable { .. }))
+                if !looked_elsewhere =>
+            {
                 self.other_pool_copy(id, location.pool)?.ok_or(e)
             }
             Err(e) => Err(e),
