@@ -3,7 +3,8 @@
 # time until every sealed container is in the bucket, and a full restore by a
 # restarted server (empty read cache), then `audit pool` whole and 1/7 by
 # another restarted one, ROUNDS times (default 3) alternating
-# which pool goes first; medians, the S3/local ratios (target: within 1.5x)
+# which pool goes first; medians, the S3/local ratios (target: within 1.5x),
+# the CPU each process spent in the restore (client, tandem-server, S3 server)
 # and the object store's requests per GB from `query stgpool`. The S3 server
 # is s3s-fs on 127.0.0.1 over a directory on the same disk, so the bucket's
 # writes share the disk with Tandem's own. Talks only to 127.0.0.1.
@@ -45,14 +46,27 @@ timed() {
   local name=$1; shift
   local rc=0
   sync
-  /usr/bin/time -f "%e" -o "$WORK/time.out" "$@" > "$WORK/last.out" 2> "$WORK/last.err" || rc=$?
+  /usr/bin/time -f "%e %U %S" -o "$WORK/time.out" "$@" > "$WORK/last.out" 2> "$WORK/last.err" || rc=$?
   if [ "$rc" -ne 0 ]; then echo "FAILED: $name (exit $rc)"; cat "$WORK/last.err"; exit 1; fi
-  local secs; secs=$(tail -n 1 "$WORK/time.out")
+  local secs user sys; read -r secs user sys < <(tail -n 1 "$WORK/time.out")
+  CLIENT_CPU=$(python3 -c "print($user + $sys)")
   printf '%s\t%s\n' "$name" "$secs" >> "$RESULTS"
   printf '  %-24s %8.2f s\n' "$name" "$secs"
 }
 
 stgpool() { $ADMIN --json query stgpool; }
+
+# cpu_ticks PID: user + system CPU of a running process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_line NAME CLIENT_SECS SERVER_TICKS_BEFORE S3_TICKS_BEFORE: where the CPU of
+# the step just timed went (the S3 server's part is 0 for a local pool).
+cpu_line() {
+  local hz; hz=$(getconf CLK_TCK)
+  local server=$(( $(cpu_ticks "$SERVER_PID") - $3 )) s3=0
+  [ -n "$S3_PID" ] && s3=$(( $(cpu_ticks "$S3_PID") - $4 ))
+  python3 -c "import sys; c,s,o,hz=float(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3]),int(sys.argv[4]); print(f'  {\"\":24} CPU: client {c:.2f} s, tandem-server {s/hz:.2f} s, S3 server {o/hz:.2f} s, total {c+(s+o)/hz:.2f} s')" "$2" "$server" "$s3" "$hz" | tee -a "$WORK/cpu.txt"
+  printf '%s cpu\t%s\n' "$1" "$(python3 -c "print(float('$2') + ($server + $s3) / $hz)")" >> "$RESULTS"
+}
 
 # start_s3: s3s-fs on a free port with an empty bucket; exports the pool's
 # settings for the next tandem-server.
@@ -83,9 +97,9 @@ restart_server() {
   for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
 }
 
-# one_round local|s3
+# one_round local|s3 ROUND
 one_round() {
-  local pool=$1
+  local pool=$1 restored=$WORK/restore-$1-$2
   export TANDEM_SERVER_POOL__CONTAINER_MIB=$CONTAINER_MIB
   [ "$pool" = s3 ] && start_s3
   start_primary BENCH
@@ -104,9 +118,17 @@ one_round() {
     stgpool > "$WORK/after-backup.json"
   fi
   restart_server
-  rm -rf "$WORK/restore"
-  timed "$pool full restore" $T restore "$DATA/*" "$WORK/restore" --subdir
-  diff -r -q "$DATA" "$WORK/restore" > /dev/null || { echo "$pool restore differs"; exit 1; }
+  # Each restore goes to a new directory, kept until the run ends: this
+  # file system (ext4 without a journal) skips inodes freed in the last
+  # minute or more when it allocates new ones, so a restore made just after
+  # the previous one was deleted spent 2-3x the CPU in the kernel, and which
+  # pool came second decided the ratio.
+  local server_before s3_before=0
+  server_before=$(cpu_ticks "$SERVER_PID")
+  [ -n "$S3_PID" ] && s3_before=$(cpu_ticks "$S3_PID")
+  timed "$pool full restore" $T restore "$DATA/*" "$restored" --subdir
+  cpu_line "$pool full restore" "$CLIENT_CPU" "$server_before" "$s3_before"
+  diff -r -q "$DATA" "$restored" > /dev/null || { echo "$pool restore differs"; exit 1; }
   if [ "$pool" = s3 ]; then
     stgpool > "$WORK/after-restore.json"
     python3 - "$WORK/after-backup.json" "$WORK/after-restore.json" "$DATA_BYTES" <<'PY'
@@ -118,7 +140,6 @@ print(f"  {'':24} bucket: {backup['remote_containers']} containers, {backup['rem
       f"restore: {restore['get_requests']/gb:.0f} GETs per GB ({restore['bytes_downloaded']/1e6:.0f} MB read)")
 PY
   fi
-  rm -rf "$WORK/restore"
   # Audits by a restarted server (cold cache): the whole pool, then a
   # seventh of it (what a nightly [audit] with slices = 7 reads).
   restart_server
@@ -142,7 +163,7 @@ PY
 for round in $(seq 1 "$ROUNDS"); do
   echo "== round $round"
   if (( round % 2 )); then order="local s3"; else order="s3 local"; fi
-  for pool in $order; do one_round "$pool"; done
+  for pool in $order; do one_round "$pool" "$round"; done
 done
 
 python3 - "$RESULTS" "$DATA_BYTES" "$ROUNDS" "$CONTAINER_MIB" <<'PY'
@@ -154,6 +175,7 @@ print(f"\ndataset {int(sys.argv[2]) / 1e6:.0f} MB, {sys.argv[3]} rounds, contain
       f"S3 read cache {os.environ.get('CACHE_MIB') or 'default'} MiB, "
       f"load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
 for name in ["local full backup", "s3 full backup", "s3 backup until in bucket", "local full restore", "s3 full restore",
+             "local full restore cpu", "s3 full restore cpu",
              "local audit pool", "s3 audit pool", "local audit pool 1/7", "s3 audit pool 1/7"]:
     print(f"  {name:28} median {med(name):7.2f} s  (all: {spread(name)})")
 b = med("s3 full backup") / med("local full backup")

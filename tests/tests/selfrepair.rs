@@ -107,6 +107,81 @@ fn without_a_replica_the_damaged_file_is_named_with_the_reason() {
     );
 }
 
+/// A restore asks for its next batch of chunks while it takes the current
+/// one. Files whose data the client finds damaged fail alone within the
+/// stream; a chunk the server cannot read ends the stream, and the fetch
+/// asks again from the next file: the batch it had asked for early is used
+/// when the new one starts where it does (after file 511 here) and dropped
+/// otherwise (after 900). Either way every other file restores exactly and
+/// nothing is called damaged that is not.
+#[test]
+fn failures_across_fetch_batches_fail_only_their_files() {
+    let mut server = TestServer::start("PRIMARY");
+    server.register("erin", "erin-password");
+    let client = TestClient::new(&server, "erin", "erin-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // 1,300 files of 16 KiB, one chunk each: batches of up to 512 files.
+    // Random bytes are stored as they are, so the damage can find them.
+    const FILES: u64 = 1_300;
+    let body = |i: u64| random_bytes(1_000 + i, 16 * 1024);
+    for i in 0..FILES {
+        std::fs::write(src.join(format!("f{i:04}.bin")), body(i)).unwrap();
+    }
+    client.json(&["incremental", &path_str(&src)]);
+    // Bytes changed on disk: the client's check fails the file.
+    let damaged: [u64; 4] = [100, 510, 512, 513];
+    for &i in &damaged {
+        server.damage_stored_bytes(&body(i)[8_000..8_064]);
+    }
+    // Locations past the container's end: the server's read fails and ends
+    // the call. File 511 ends the first batch; 900 is inside a later one.
+    let unreadable: [u64; 3] = [511, 900, FILES - 1];
+    server.kill();
+    let catalog = rusqlite::Connection::open(server.data_dir().join("catalog.db")).unwrap();
+    for &i in &unreadable {
+        let id = tandem_proto::ChunkId::of(&body(i));
+        let moved = catalog
+            .execute(
+                "UPDATE chunks SET offset = offset + 1000000000 WHERE id = ?1",
+                [id.as_slice()],
+            )
+            .unwrap();
+        assert_eq!(moved, 1, "chunk of f{i:04}");
+    }
+    drop(catalog);
+    server.restart();
+
+    let out_dir = work.path().join("out");
+    let out = client.run(&[
+        "restore",
+        &format!("{}/*", path_str(&src)),
+        &path_str(&out_dir),
+    ]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    let err = stderr(&out);
+    let failed: Vec<u64> = damaged.iter().chain(&unreadable).copied().collect();
+    for i in 0..FILES {
+        let name = format!("f{i:04}.bin");
+        let restored = out_dir.join(&name);
+        if failed.contains(&i) {
+            assert!(err.contains(&name), "{name} is not named: {err}");
+            assert!(!restored.exists(), "{name} was restored");
+        } else {
+            assert!(!err.contains(&name), "{name} is named: {err}");
+            assert_eq!(std::fs::read(&restored).unwrap(), body(i), "{name}");
+        }
+    }
+    assert_eq!(err.matches("TDM1020E").count(), failed.len(), "{err}");
+    // Only the failed files' chunks were taken for damage: none that a
+    // misplaced call would have mismatched.
+    assert!(
+        err.contains(&format!("could not repair {} damaged", failed.len())),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn repair_calls_are_bounded_and_reveal_nothing_of_other_nodes() {
     let server = TestServer::start("PRIMARY");

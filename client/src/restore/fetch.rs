@@ -5,6 +5,11 @@
 //! decoding costs less than a hand-off. The writers still get everything in
 //! file order, in parcels of many messages: one wake-up of a writer thread per
 //! message (three per small file) made ~25,000 context switches a second.
+//! Each batch's call is made while the batch before it is taken, so a server
+//! reading from an object store fetches the next batch's data meanwhile
+//! instead of after it (with the S3 pool's 256 MiB read cache, a restore of
+//! the 1.7 GB benchmark set took 6.3-7.1 s, against 8.1-8.4 s one call at a
+//! time with a 64 MiB cache).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -229,7 +234,68 @@ struct Feed {
     /// Chunks taken from the calls so far.
     taken: usize,
     /// The current call, or why it could not be made.
-    stream: Option<Result<tonic::Streaming<pb::ReadChunksResponse>, tonic::Status>>,
+    stream: Option<CallResult>,
+}
+
+/// A `ReadChunks` call's stream, or why it could not be made.
+type CallResult = Result<tonic::Streaming<pb::ReadChunksResponse>, tonic::Status>;
+
+/// The call for the batch after the current one, started early. Dropped
+/// unused (the fetch restarted elsewhere after a failed call, or stopped),
+/// it cancels the call.
+struct Ahead {
+    /// The batch's files: `files[start..end]`.
+    start: usize,
+    end: usize,
+    feed: Option<Feed>,
+    call: Option<JoinHandle<CallResult>>,
+}
+
+impl Ahead {
+    /// Takes the batch's feed, its first window's call in place, if the
+    /// batch is the one that starts at `next`.
+    async fn take_if_at(mut self, next: usize) -> Option<(usize, Feed)> {
+        if self.start != next {
+            return None;
+        }
+        let mut feed = self.feed.take()?;
+        if let Some(call) = self.call.take() {
+            feed.stream = Some(call.await.unwrap_or_else(|e| {
+                Err(tonic::Status::internal(format!(
+                    "the data request stopped: {e}"
+                )))
+            }));
+        }
+        Some((self.end, feed))
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.abort();
+        }
+    }
+}
+
+/// The end (exclusive) of the batch of `files` that starts at `next`: up to
+/// [`FETCH_BATCH_BYTES`] of data, [`FETCH_BATCH_FILES`] files and one call's
+/// worth of chunk ids, and at least one file.
+fn batch_end(files: &[FetchJob], next: usize) -> usize {
+    let mut end = next;
+    let mut bytes = 0u64;
+    let mut count = 0usize;
+    while end < files.len()
+        && (end == next
+            || (bytes < FETCH_BATCH_BYTES
+                && end - next < FETCH_BATCH_FILES
+                && count + files[end].1.len() <= tandem_proto::MAX_CHUNK_IDS_PER_CALL))
+    {
+        bytes += files[end].2;
+        count += files[end].1.len();
+        end += 1;
+    }
+    end
 }
 
 impl Feed {
@@ -242,6 +308,45 @@ impl Feed {
         }
     }
 
+    /// The ids of `files`' chunks, in order.
+    fn of(files: &[FetchJob]) -> Self {
+        Feed::new(
+            files
+                .iter()
+                .flat_map(|(_, c, _)| c.iter().map(|id| id.as_slice().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// Starts the call for the first window of ids in the background, so
+    /// the server reads it from storage while the batch before it is still
+    /// being taken. `None` when there is nothing to ask for.
+    fn call_ahead(&mut self, session: &Session) -> Option<JoinHandle<CallResult>> {
+        if self.ids.is_empty() {
+            return None;
+        }
+        let chunk_ids = self.window();
+        let session = session.clone();
+        Some(tokio::spawn(async move {
+            session
+                .client()
+                .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids }))
+                .await
+                .map(tonic::Response::into_inner)
+        }))
+    }
+
+    /// The next window of ids to ask for, counted as asked.
+    fn window(&mut self) -> Vec<Vec<u8>> {
+        let end = self
+            .ids
+            .len()
+            .min(self.asked + tandem_proto::MAX_CHUNK_IDS_PER_CALL);
+        let chunk_ids = self.ids[self.asked..end].to_vec();
+        self.asked = end;
+        chunk_ids
+    }
+
     /// Whether every chunk asked for so far was taken: the next one needs a
     /// new call.
     fn window_done(&self) -> bool {
@@ -250,12 +355,7 @@ impl Feed {
 
     /// Asks for the next window of ids.
     async fn open_next(&mut self, session: &Session) {
-        let end = self
-            .ids
-            .len()
-            .min(self.asked + tandem_proto::MAX_CHUNK_IDS_PER_CALL);
-        let chunk_ids = self.ids[self.asked..end].to_vec();
-        self.asked = end;
+        let chunk_ids = self.window();
         self.stream = Some(
             session
                 .client()
@@ -278,26 +378,33 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
         parcel_bytes: 0,
     };
     let mut next = 0;
+    let mut ahead: Option<Ahead> = None;
     while next < files.len() {
-        let mut end = next;
-        let mut bytes = 0u64;
-        let mut count = 0usize;
-        while end < files.len()
-            && (end == next
-                || (bytes < FETCH_BATCH_BYTES
-                    && end - next < FETCH_BATCH_FILES
-                    && count + files[end].1.len() <= tandem_proto::MAX_CHUNK_IDS_PER_CALL))
-        {
-            bytes += files[end].2;
-            count += files[end].1.len();
-            end += 1;
+        let taken = match ahead.take() {
+            Some(early) => early.take_if_at(next).await,
+            None => None,
+        };
+        let (end, mut feed) = match taken {
+            Some(batch) => batch,
+            None => {
+                let end = batch_end(&files, next);
+                (end, Feed::of(&files[next..end]))
+            }
+        };
+        // The next batch is asked for now: the server fetches its data
+        // from storage (an object store's GETs) while this batch is taken,
+        // instead of after it.
+        if end < files.len() {
+            let after = batch_end(&files, end);
+            let mut early = Feed::of(&files[end..after]);
+            let call = early.call_ahead(&session);
+            ahead = Some(Ahead {
+                start: end,
+                end: after,
+                feed: Some(early),
+                call,
+            });
         }
-        let mut feed = Feed::new(
-            files[next..end]
-                .iter()
-                .flat_map(|(_, c, _)| c.iter().map(|id| id.as_slice().to_vec()))
-                .collect(),
-        );
         let mut restart_at = end;
         'files: for (i, (job, chunks, _)) in files.iter().enumerate().take(end).skip(next) {
             if !out.push(Fetched::Begin(*job)).await {

@@ -760,10 +760,10 @@ impl ObjectPool {
 
     /// Blocks one wave of a pipelined read may touch: a quarter of the
     /// cache, so the wave being read, the next one being fetched and a
-    /// read-ahead fit in it together. (A client that asked for its next
-    /// batch while reading the current one, so two requests read at once,
-    /// needed waves of an eighth, which cut the GETs in flight: its S3
-    /// restores were no faster, and its peak memory 8 MiB higher.)
+    /// read-ahead fit in it together. A restoring client asks for its next
+    /// batch while it takes the current one, so two requests may each hold
+    /// two waves; the default cache (256 MiB) is sized for that. (Waves of
+    /// an eighth left too few GETs in flight and were no faster.)
     pub fn wave_blocks(&self) -> usize {
         (self.cache.capacity() / 4).max(1)
     }
