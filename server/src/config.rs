@@ -466,9 +466,10 @@ fn default_container_mib() -> u64 {
 
 /// A restore asks for its next batch while it takes the current one, so
 /// two requests' waves (a quarter of the cache each) share the cache. At
-/// 64 MiB that gained nothing on the benchmark set (16 MiB waves: too few
-/// GETs in flight); at 128 and 256 MiB the S3 restore took 7.0 and 6.8 s
-/// against 8.1-8.4 s with 64 MiB and one request at a time.
+/// 64 MiB they evicted each other's blocks and the early call gained
+/// nothing on the benchmark set; with 128 and 256 MiB its S3 restore took
+/// 6.7-7.4 and 6.3-7.1 s, against 8.1-8.4 s with 64 MiB and one request at
+/// a time.
 fn default_cache_mib() -> u64 {
     256
 }

@@ -108,4 +108,4 @@ print(f"backup server + vault / server alone: {med('backup, server vault') / med
 print(f"restore from vault / from server:     {med('restore from the vault') / med('restore from the server'):.2f}x")
 print(f"paired restores, vault / server:      {med('paired restore, vault') / med('paired restore, server'):.2f}x")
 PY
-rm -rf "$WORK"   # the restores, kept until now (see above)
+rm -rf "$WORK"/restore-* "$WORK"/paired-*   # kept until now (see above)

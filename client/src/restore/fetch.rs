@@ -252,6 +252,19 @@ struct Ahead {
 }
 
 impl Ahead {
+    /// Makes the call for the batch of `files` that starts at `start`.
+    fn call(session: &Session, files: &[FetchJob], start: usize) -> Ahead {
+        let end = batch_end(files, start);
+        let mut feed = Feed::of(&files[start..end]);
+        let call = feed.call_ahead(session);
+        Ahead {
+            start,
+            end,
+            feed: Some(feed),
+            call,
+        }
+    }
+
     /// Takes the batch's feed, its first window's call in place, if the
     /// batch is the one that starts at `next`.
     async fn take_if_at(mut self, next: usize) -> Option<(usize, Feed)> {
@@ -260,8 +273,9 @@ impl Ahead {
         }
         let mut feed = self.feed.take()?;
         if let Some(call) = self.call.take() {
+            // A task that stopped says nothing about the data: no repair.
             feed.stream = Some(call.await.unwrap_or_else(|e| {
-                Err(tonic::Status::internal(format!(
+                Err(tonic::Status::unavailable(format!(
                     "the data request stopped: {e}"
                 )))
             }));
@@ -381,7 +395,12 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
     let mut ahead: Option<Ahead> = None;
     while next < files.len() {
         let taken = match ahead.take() {
-            Some(early) => early.take_if_at(next).await,
+            Some(early) => {
+                if !out.before_waiting().await {
+                    return;
+                }
+                early.take_if_at(next).await
+            }
             None => None,
         };
         let (end, mut feed) = match taken {
@@ -391,20 +410,12 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                 (end, Feed::of(&files[next..end]))
             }
         };
-        // The next batch is asked for now: the server fetches its data
-        // from storage (an object store's GETs) while this batch is taken,
-        // instead of after it.
-        if end < files.len() {
-            let after = batch_end(&files, end);
-            let mut early = Feed::of(&files[end..after]);
-            let call = early.call_ahead(&session);
-            ahead = Some(Ahead {
-                start: end,
-                end: after,
-                feed: Some(early),
-                call,
-            });
-        }
+        // The next batch is asked for once this one's first chunk is in:
+        // the server then fetches its data from storage (an object store's
+        // GETs) while this batch is taken, instead of after it. Not sooner,
+        // so this batch's own call is served first, and a call that fails
+        // at once (a store that does not answer) costs no second call.
+        let mut ahead_due = end < files.len();
         let mut restart_at = end;
         'files: for (i, (job, chunks, _)) in files.iter().enumerate().take(end).skip(next) {
             if !out.push(Fetched::Begin(*job)).await {
@@ -433,6 +444,10 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                 };
                 let sent = match item {
                     Some(Ok(pb::ReadChunksResponse { chunk: Some(c) })) => {
+                        if ahead_due {
+                            ahead_due = false;
+                            ahead = Some(Ahead::call(&session, &files, end));
+                        }
                         out.decode(*expected, c).await
                     }
                     other => {

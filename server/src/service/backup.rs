@@ -740,6 +740,12 @@ impl Backup for BackupService {
                     let _ = fetch.await;
                 }
                 prefetched += wait_from.elapsed();
+                // A client that dropped the call (a restore that asked for
+                // its next batch early and then went elsewhere) gets no
+                // more of the store's reads.
+                if tx.is_closed() {
+                    break 'serve;
+                }
                 fetching = prefetch(k + 1);
                 for group in read_groups(wanted[wave.clone()].to_vec()) {
                     if let Err(cancelled) = state.sessions.check_open(&token) {

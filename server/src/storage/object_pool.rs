@@ -761,9 +761,11 @@ impl ObjectPool {
     /// Blocks one wave of a pipelined read may touch: a quarter of the
     /// cache, so the wave being read, the next one being fetched and a
     /// read-ahead fit in it together. A restoring client asks for its next
-    /// batch while it takes the current one, so two requests may each hold
-    /// two waves; the default cache (256 MiB) is sized for that. (Waves of
-    /// an eighth left too few GETs in flight and were no faster.)
+    /// batch while it takes the current one, so two requests read at once;
+    /// a client's batch is at most 16 MiB (more only for one large file),
+    /// so with the default cache (256 MiB, waves of 64) a request seldom
+    /// needs more than one wave and the two fit. (Waves of an eighth left
+    /// too few GETs in flight and were no faster.)
     pub fn wave_blocks(&self) -> usize {
         (self.cache.capacity() / 4).max(1)
     }
