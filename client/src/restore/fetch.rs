@@ -341,13 +341,9 @@ impl Feed {
         }
         let chunk_ids = self.window();
         let session = session.clone();
-        Some(tokio::spawn(async move {
-            session
-                .client()
-                .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids }))
-                .await
-                .map(tonic::Response::into_inner)
-        }))
+        Some(tokio::spawn(
+            async move { read_call(&session, chunk_ids).await },
+        ))
     }
 
     /// The next window of ids to ask for, counted as asked.
@@ -370,14 +366,17 @@ impl Feed {
     /// Asks for the next window of ids.
     async fn open_next(&mut self, session: &Session) {
         let chunk_ids = self.window();
-        self.stream = Some(
-            session
-                .client()
-                .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids }))
-                .await
-                .map(tonic::Response::into_inner),
-        );
+        self.stream = Some(read_call(session, chunk_ids).await);
     }
+}
+
+/// One `ReadChunks` call for `chunk_ids`: its stream, or why it failed.
+async fn read_call(session: &Session, chunk_ids: Vec<Vec<u8>>) -> CallResult {
+    session
+        .client()
+        .read_chunks(session.request(pb::ReadChunksRequest { chunk_ids }))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// Fetches the chunks of `files` batch by batch, in file order. A failed
