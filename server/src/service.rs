@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod backup;
 pub mod limits;
+pub mod read_slots;
 pub mod replication;
 
 use std::sync::Arc;

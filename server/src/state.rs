@@ -55,6 +55,9 @@ pub struct ServerState {
     /// Held by a pool or container audit: one at a time, so two never read
     /// the whole pool at once or repair the same chunk twice.
     pub pool_audit: tokio::sync::Mutex<()>,
+    /// Chunk-reading streams open per node or partner (bounded, see
+    /// [`crate::service::read_slots`]).
+    pub read_slots: crate::service::read_slots::ReadSlots,
 }
 
 /// The data dir holds partner credentials, password hashes and every
@@ -418,6 +421,7 @@ impl ServerState {
             verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
             verify_memory: Arc::default(),
             pool_audit: tokio::sync::Mutex::default(),
+            read_slots: crate::service::read_slots::ReadSlots::default(),
         }))
     }
 }

@@ -11,10 +11,12 @@
 //! helpers), [`tree`] (test data and tree comparison), [`proxy`] (a
 //! cuttable, recording TCP proxy), [`raw`] (a bare gRPC caller),
 //! [`process`] (bounded waits, peak RSS), [`s3`] (an S3 server for pool
-//! tests). Everything is re-exported here.
+//! tests), [`metrics`] (scraping the Prometheus endpoint). Everything is
+//! re-exported here.
 
 pub mod binaries;
 pub mod client;
+pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod raw;
@@ -24,6 +26,7 @@ pub mod tree;
 
 pub use binaries::bin;
 pub use client::{TestClient, assert_success, code, path_str, stderr};
+pub use metrics::{metrics_get, metrics_text, sample};
 pub use process::{now_ns, peak_rss_kib, run_measured, stop_child, wait_until};
 pub use proxy::CutProxy;
 pub use raw::{raw_backup_client, raw_backup_session, repair_answer, wire_chunk, with_session};

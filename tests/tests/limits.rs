@@ -1,7 +1,7 @@
 //! Resource limits (issue 18, finding 4), probed with a raw gRPC client
 //! against a real server: what an unauthenticated caller may send, how long
 //! lists may be, how long a stalled upload may stay open, how many sessions
-//! one node keeps.
+//! one node keeps, how many read streams it may hold open.
 
 use std::time::{Duration, Instant};
 
@@ -417,4 +417,127 @@ async fn stalled_and_empty_upload_streams_do_not_hold_the_budget() {
     for call in calls {
         let _ = call.await;
     }
+}
+
+/// Reads `server`'s metrics until `series` shows `want` (bounded: 30 s).
+async fn metric_reaches(server: &TestServer, series: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    let from = Instant::now();
+    while Instant::now() < deadline {
+        last = metrics_text(server);
+        if sample(&last, series) == Some(want) {
+            eprintln!("{series} = {want} after {:?}", from.elapsed());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{series} never reached {want}:\n{last}");
+}
+
+/// One `ReadChunks` call of session `token` on a connection of its own,
+/// asking for `id` `times` times; its answer stream, unread.
+async fn read_call(
+    server: &TestServer,
+    token: &str,
+    id: tandem_proto::ChunkId,
+    times: usize,
+) -> tonic::Streaming<pb::ReadChunksResponse> {
+    let mut client = raw_backup_client(server).await;
+    client
+        .read_chunks(with_session(
+            token,
+            pb::ReadChunksRequest {
+                chunk_ids: vec![id.as_slice().to_vec(); times],
+            },
+        ))
+        .await
+        .expect("ReadChunks")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_holding_its_read_streams_unread_makes_its_next_call_wait_not_others() {
+    let server = TestServer::start_with(
+        "PRIMARY",
+        &[("TANDEM_SERVER_METRICS_LISTEN", "127.0.0.1:0")],
+    );
+    let work = private_tempdir();
+    let mut chunks = Vec::new();
+    for node in ["alice", "bob"] {
+        let password = format!("{node}-password");
+        server.register(node, &password);
+        let dir = work.path().join(node);
+        std::fs::create_dir(&dir).unwrap();
+        // Under the chunker's minimum: one chunk, whose id is its hash.
+        let data = random_bytes(node.len() as u64, 100 << 10);
+        std::fs::write(dir.join("blob"), &data).unwrap();
+        let client = TestClient::new(&server, node, &password);
+        let out = client.json(&["incremental", &path_str(&dir)]);
+        assert_eq!(out["failed"], 0, "{out}");
+        chunks.push(tandem_proto::ChunkId::of(&data));
+    }
+    let (alice_chunk, bob_chunk) = (chunks[0], chunks[1]);
+
+    // Alice opens her node's streams, each asking for 100 KiB 2,000 times,
+    // on connections of their own, and reads none of them.
+    let (_, alice) = raw_backup_session(&server, "alice", "alice-password").await;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(read_call(&server, &alice, alice_chunk, 2_000).await);
+    }
+    metric_reaches(&server, "tandem_read_streams_open", 4.0).await;
+
+    // Her next call (another session of hers) waits instead of failing.
+    let (_, alice_again) = raw_backup_session(&server, "alice", "alice-password").await;
+    let next = {
+        let token = alice_again.clone();
+        let mut client = raw_backup_client(&server).await;
+        tokio::spawn(async move {
+            client
+                .read_chunks(with_session(
+                    &token,
+                    pb::ReadChunksRequest {
+                        chunk_ids: vec![alice_chunk.as_slice().to_vec(); 3],
+                    },
+                ))
+                .await
+        })
+    };
+    metric_reaches(&server, "tandem_read_streams_waiting", 1.0).await;
+    assert!(!next.is_finished(), "the fifth call waits for a slot");
+
+    // Bob is not held up by Alice's streams.
+    let (_, bob) = raw_backup_session(&server, "bob", "bob-password").await;
+    let mut bobs = read_call(&server, &bob, bob_chunk, 3).await;
+    let mut read = 0;
+    while let Some(answer) = tokio::time::timeout(Duration::from_secs(30), bobs.message())
+        .await
+        .expect("bob's stream is served")
+        .expect("bob reads")
+    {
+        assert_eq!(answer.chunk.unwrap().id, bob_chunk.as_slice());
+        read += 1;
+    }
+    assert_eq!(read, 3);
+
+    // One of Alice's streams ends: her waiting call is served in full.
+    stalled.pop();
+    let mut answer = tokio::time::timeout(Duration::from_secs(30), next)
+        .await
+        .expect("the waiting call gets the freed slot")
+        .unwrap()
+        .expect("ReadChunks")
+        .into_inner();
+    let mut read = 0;
+    while let Some(message) = answer.message().await.expect("alice reads") {
+        assert_eq!(message.chunk.unwrap().id, alice_chunk.as_slice());
+        read += 1;
+    }
+    assert_eq!(read, 3);
+
+    // Streams the client dropped give their slots back.
+    drop(stalled);
+    metric_reaches(&server, "tandem_read_streams_open", 0.0).await;
+    metric_reaches(&server, "tandem_read_streams_waiting", 0.0).await;
 }

@@ -9,39 +9,6 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::*;
 
-/// HTTP status and body of a GET of `path` on `server`'s metrics endpoint,
-/// sending `token` when given; status 0 and curl's message when no answer
-/// came.
-fn get(server: &TestServer, path: &str, token: Option<&str>) -> (u16, String) {
-    let data = server.data.path();
-    let addr = std::fs::read_to_string(data.join("metrics.addr")).expect("metrics.addr");
-    let mut curl = Command::new("curl");
-    curl.args(["-sS", "--max-time", "20", "--cacert"])
-        .arg(data.join("tls").join("cert.pem"))
-        .args(["-w", "\n%{http_code}"]);
-    if let Some(token) = token {
-        curl.args(["-H", &format!("Authorization: Bearer {token}")]);
-    }
-    let out = curl
-        .arg(format!("https://{}{path}", addr.trim()))
-        .output()
-        .expect("run curl");
-    if !out.status.success() {
-        // No HTTP answer at all (refused, cut): status 0.
-        return (0, stderr(&out));
-    }
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_string())
-}
-
-/// The value of the sample `name{labels}` (exactly as printed) in `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn scrapers_need_the_token_and_see_sessions_nodes_pool_and_scheduled_audits() {
     let server = TestServer::start_with(
@@ -62,13 +29,13 @@ fn scrapers_need_the_token_and_see_sessions_nodes_pool_and_scheduled_audits() {
 
     // Nothing without the token, nothing with a wrong one, nothing but
     // /metrics.
-    let (status, body) = get(&server, "/metrics", None);
+    let (status, body) = metrics_get(&server, "/metrics", None);
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("metrics.token"), "{body}");
     assert!(!body.contains("tandem_"), "{body}");
-    let (status, _) = get(&server, "/metrics", Some("0123456789abcdef"));
+    let (status, _) = metrics_get(&server, "/metrics", Some("0123456789abcdef"));
     assert_eq!(status, 401);
-    let (status, _) = get(&server, "/admin", Some(token));
+    let (status, _) = metrics_get(&server, "/admin", Some(token));
     assert_eq!(status, 404);
 
     server.register("alice", "node-password");
@@ -87,7 +54,7 @@ fn scrapers_need_the_token_and_see_sessions_nodes_pool_and_scheduled_audits() {
     ]);
     assert_success(&out, "restore");
 
-    let (status, text) = get(&server, "/metrics", Some(token));
+    let (status, text) = metrics_get(&server, "/metrics", Some(token));
     assert_eq!(status, 200, "{text}");
     assert!(
         text.ends_with("# EOF\n") || text.ends_with("# EOF"),
@@ -138,7 +105,7 @@ fn scrapers_need_the_token_and_see_sessions_nodes_pool_and_scheduled_audits() {
     server.damage_stored_bytes(&victim[100_000..100_064]);
     let deadline = Instant::now() + Duration::from_secs(90);
     let text = loop {
-        let (_, text) = get(&server, "/metrics", Some(token));
+        let (_, text) = metrics_get(&server, "/metrics", Some(token));
         if sample(&text, "tandem_damaged_chunks").unwrap_or(0.0) >= 1.0 {
             break text;
         }
@@ -195,7 +162,7 @@ fn idle_connections_from_one_address_cannot_lock_scrapers_out_for_long() {
     assert!(!refused.status.success(), "a fifth connection is refused");
     // They are cut after the 5 s handshake deadline; scrapes work again.
     let back = wait_until(Duration::from_secs(30), || {
-        let (status, _) = get(&server, "/metrics", Some(token.trim()));
+        let (status, _) = metrics_get(&server, "/metrics", Some(token.trim()));
         status == 200
     });
     assert!(back, "the idle connections were never cut");

@@ -68,6 +68,7 @@ pub(super) async fn render(state: &Arc<ServerState>) -> Result<String, ServerErr
     let mut registry = Registry::with_prefix("tandem");
     register_server(&mut registry, state);
     register_sessions(&mut registry, &snapshot.sessions);
+    register_read_streams(&mut registry, state);
     register_nodes(&mut registry, &snapshot.nodes, snapshot.now_ns);
     register_pool(&mut registry, &snapshot.pools, snapshot.damaged);
     register_audits(&mut registry, &snapshot.audits);
@@ -143,6 +144,19 @@ fn register_sessions(registry: &mut Registry, s: &SessionTotals) {
         "replication_sent_bytes",
         "Chunk bytes this server sent to partner servers since it started",
         counter(s.replication_sent),
+    );
+}
+
+fn register_read_streams(registry: &mut Registry, state: &ServerState) {
+    registry.register(
+        "read_streams_open",
+        "Chunk-reading streams (restores, repairs) open now",
+        gauge(state.read_slots.open()),
+    );
+    registry.register(
+        "read_streams_waiting",
+        "Chunk-reading calls waiting because their node or partner already has its streams open",
+        gauge(state.read_slots.waiting()),
     );
 }
 

@@ -700,6 +700,12 @@ impl Backup for BackupService {
     ) -> Result<Response<Self::ReadChunksStream>, Status> {
         let (session, token) = self.session(&request)?;
         let ids = convert::asked_chunk_ids(&request.into_inner().chunk_ids)?;
+        // Held until the stream ends; a call beyond the node's slots waits.
+        let slot = self
+            .state
+            .read_slots
+            .acquire(super::read_slots::Reader::Node(session.node_id))
+            .await;
         let lookup = ids.clone();
         let locations = super::blocking(&self.state, move |s| {
             Ok(s.repo
@@ -711,6 +717,7 @@ impl Backup for BackupService {
         let state = self.state.clone();
         let node = session.node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut sent = 0u64;
             let started = std::time::Instant::now();
             let mut reading = std::time::Duration::ZERO;

@@ -486,9 +486,15 @@ impl Replication for ReplicationService {
             .zip(locations)
             .filter_map(|(raw, at)| Some((tandem_proto::ChunkId::from_slice(raw).ok()?, at?)))
             .collect();
+        let slot = self
+            .state
+            .read_slots
+            .acquire(super::read_slots::Reader::Partner(caller))
+            .await;
         let (tx, rx) = mpsc::channel(2);
         let state = self.state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             for (id, at) in wanted {
                 let repo = state.repo.clone();
                 // A copy damaged here too is left out: the caller is told
