@@ -315,6 +315,86 @@ fn the_object_store_down_during_a_backup_delays_uploads_and_loses_nothing() {
     assert!(!err.contains("damaged"), "{err}");
 }
 
+/// GET requests the server's first pool has made since it started.
+fn get_requests(server: &TestServer) -> u64 {
+    let pool = &server.admin_json(&["query", "stgpool"])[0];
+    pool["get_requests"].as_u64().unwrap()
+}
+
+#[test]
+fn a_restore_while_the_object_store_is_down_fails_its_files_at_once_and_works_when_it_is_back() {
+    let mut s3 = S3Server::start();
+    let (mut server, client) = s3_server(&s3, "dora", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..200u64 {
+        std::fs::write(
+            src.join(format!("f{i:03}")),
+            random_bytes(3000 + i, 16 << 10),
+        )
+        .unwrap();
+    }
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    wait_until_offloaded(&server, &s3);
+
+    // The bucket goes away, and with the restart the server's read cache.
+    s3.kill();
+    server.restart();
+    let asked_before = get_requests(&server);
+    let during = work.path().join("during");
+    let out = client.run(&[
+        "--json",
+        "restore",
+        &format!("{}/", path_str(&src)),
+        &path_str(&during),
+        "--subdir",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a restore without the bucket succeeded"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = summary["failed"].as_u64().unwrap();
+    let err = stderr(&out);
+    // Most files are in sealed containers, in the bucket only.
+    assert!(failed >= 100, "{summary}\n{err}");
+    assert!(
+        err.contains("TDM1029E") && !err.contains("TDM1020E"),
+        "{err}"
+    );
+    assert!(err.contains("one read every 5 s asks it"), "{err}");
+    assert_eq!(files_under(&during), 200 - failed as usize, "{summary}");
+    // Each failed file did not wait out the retries of its own: the bucket
+    // was asked once, and again at most once per 5 s of the restore (a few
+    // times at most), not once per file.
+    let asked = get_requests(&server) - asked_before;
+    assert!(
+        asked < failed / 4,
+        "{asked} GETs for {failed} failed files: the bucket was asked per file"
+    );
+
+    // Back: within a few seconds a read asks it again and the hold ends.
+    s3.restart();
+    let one = work.path().join("one");
+    let back = wait_until(Duration::from_secs(60), || {
+        let _ = std::fs::remove_dir_all(&one);
+        client
+            .run(&[
+                "restore",
+                &format!("{}/f000", path_str(&src)),
+                &path_str(&one),
+            ])
+            .status
+            .success()
+    });
+    assert!(
+        back,
+        "no restore succeeded within 60 s of the bucket's return"
+    );
+    client.restore_same(&src, &work.path().join("after"));
+}
+
 #[test]
 fn an_object_changed_behind_the_servers_back_is_found_by_the_audit_and_repaired_from_the_replica() {
     let s3 = S3Server::start();

@@ -46,11 +46,16 @@ const GETS_IN_FLIGHT: usize = 8;
 const PREFETCH_SPAN_BYTES: u64 = 4 * 1024 * 1024;
 /// Blocks read ahead after the last one a prefetch was asked for.
 const READ_AHEAD_BLOCKS: u64 = 16;
-/// How long a bucket that did not answer a read is passed over by reads
-/// that another pool's copy can serve, and by prefetches: each try costs
-/// the client's retries (seconds), so a restore during an outage pays
-/// them once per this interval, not once per chunk.
+/// How long a bucket that did not answer a read is passed over: reads
+/// that another pool's copy can serve go there, prefetches skip it, and
+/// reads that need it fail at once but for one per [`PROBE_INTERVAL`].
+/// Each try costs the client's retries (seconds), so a restore during an
+/// outage pays them once per interval, not once per chunk or file.
 const UNANSWERED_HOLD: Duration = Duration::from_secs(30);
+/// While the bucket is on hold, one read per this interval asks it anyway
+/// (the rest fail at once): the outage costs one read's retries per
+/// interval, and a bucket that is back serves again within it.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `credentials_file` format.
 #[derive(Deserialize)]
@@ -92,6 +97,9 @@ pub struct ObjectPool {
     /// [`ObjectPool::recently_unanswered`]). An atomic: every read of a
     /// restore looks at it.
     unanswered_at_ms: AtomicU64,
+    /// Milliseconds after `opened` at which a read last asked the bucket
+    /// while it was on hold (see [`ObjectPool::may_ask`]).
+    probed_at_ms: AtomicU64,
     /// When the pool was opened, the origin of `unanswered_at_ms`.
     opened: Instant,
 }
@@ -275,20 +283,40 @@ impl ObjectPool {
             owner: Mutex::default(),
             claimed: AtomicBool::new(false),
             unanswered_at_ms: AtomicU64::new(0),
+            probed_at_ms: AtomicU64::new(0),
             opened: Instant::now(),
         })
     }
 
     /// Whether a read found the bucket not answering in the last
     /// [`UNANSWERED_HOLD`] and no read has succeeded since. Reads of
-    /// chunks with a whole copy in another pool go there meanwhile, and
-    /// prefetches skip the bucket.
+    /// chunks with a whole copy in another pool go there meanwhile,
+    /// prefetches skip the bucket, and reads that need it fail at once but
+    /// for one per [`PROBE_INTERVAL`] (cached blocks are still served).
     #[must_use]
     pub fn recently_unanswered(&self) -> bool {
         match self.unanswered_at_ms.load(Ordering::Relaxed) {
             0 => false,
             at => self.millis_open().saturating_sub(at) < UNANSWERED_HOLD.as_millis() as u64,
         }
+    }
+
+    /// Whether a read may ask the bucket now: always, unless it is on hold
+    /// ([`Self::recently_unanswered`]); then one read per
+    /// [`PROBE_INTERVAL`] does (and ends the hold if it is answered), so
+    /// the others do not each wait out the retries, and a bucket that is
+    /// back is found within that interval rather than the whole hold.
+    fn may_ask(&self) -> bool {
+        if !self.recently_unanswered() {
+            return true;
+        }
+        let now = self.millis_open().max(1);
+        let last = self.probed_at_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= PROBE_INTERVAL.as_millis() as u64
+            && self
+                .probed_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Records whether a request to the bucket got an answer (any answer:
@@ -808,6 +836,20 @@ impl ObjectPool {
     }
 
     fn get_range(&self, number: u32, range: Range<u64>) -> Result<Bytes, StorageError> {
+        // A bucket on hold is not asked: each try would wait out the
+        // client's retries again (seconds per read, a minute when its
+        // address swallows connections), and a restore of many files during
+        // an outage would take that long per file.
+        if !self.may_ask() {
+            return Err(StorageError::PoolUnavailable {
+                pool: self.describe.clone(),
+                container: number,
+                reason: format!(
+                    "it did not answer a read lately; until it does, one read every {} s asks it and the others fail at once. Run the command again once the object store answers",
+                    PROBE_INTERVAL.as_secs()
+                ),
+            });
+        }
         let store = self.store.clone();
         let location = self.object(number);
         count(&self.traffic.gets, 1);
