@@ -58,6 +58,8 @@ pub struct ServerState {
     /// Chunk-reading streams open per node or partner (bounded, see
     /// [`crate::service::read_slots`]).
     pub read_slots: crate::service::read_slots::ReadSlots,
+    /// Listing streams (`QueryObjects`, `QueryArchives`) open per node.
+    pub list_slots: crate::service::read_slots::ReadSlots,
 }
 
 /// The data dir holds partner credentials, password hashes and every
@@ -421,7 +423,8 @@ impl ServerState {
             verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
             verify_memory: Arc::default(),
             pool_audit: tokio::sync::Mutex::default(),
-            read_slots: crate::service::read_slots::ReadSlots::default(),
+            read_slots: crate::service::read_slots::ReadSlots::new("data streams"),
+            list_slots: crate::service::read_slots::ReadSlots::new("listing streams"),
         }))
     }
 }

@@ -419,9 +419,9 @@ async fn stalled_and_empty_upload_streams_do_not_hold_the_budget() {
     }
 }
 
-/// Reads `server`'s metrics until `series` shows `want` (bounded: 30 s).
+/// Reads `server`'s metrics until `series` shows `want` (bounded: 60 s).
 async fn metric_reaches(server: &TestServer, series: &str, want: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     let from = Instant::now();
     while Instant::now() < deadline {
@@ -444,14 +444,15 @@ async fn read_call(
     times: usize,
 ) -> tonic::Streaming<pb::ReadChunksResponse> {
     let mut client = raw_backup_client(server).await;
-    client
-        .read_chunks(with_session(
-            token,
-            pb::ReadChunksRequest {
-                chunk_ids: vec![id.as_slice().to_vec(); times],
-            },
-        ))
+    let call = client.read_chunks(with_session(
+        token,
+        pb::ReadChunksRequest {
+            chunk_ids: vec![id.as_slice().to_vec(); times],
+        },
+    ));
+    tokio::time::timeout(Duration::from_secs(30), call)
         .await
+        .expect("a call within the node's slots is answered at once")
         .expect("ReadChunks")
         .into_inner()
 }
@@ -482,6 +483,9 @@ async fn a_node_holding_its_read_streams_unread_makes_its_next_call_wait_not_oth
     // Alice opens her node's streams, each asking for 100 KiB 2,000 times,
     // on connections of their own, and reads none of them.
     let (_, alice) = raw_backup_session(&server, "alice", "alice-password").await;
+    let sessions = server.admin_json(&["query", "session"]);
+    let alice_session = sessions[0]["id"].to_string();
+    assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
     let mut stalled = Vec::new();
     for _ in 0..4 {
         stalled.push(read_call(&server, &alice, alice_chunk, 2_000).await);
@@ -536,8 +540,11 @@ async fn a_node_holding_its_read_streams_unread_makes_its_next_call_wait_not_oth
     }
     assert_eq!(read, 3);
 
-    // Streams the client dropped give their slots back.
-    drop(stalled);
+    // An administrator cancels the session that holds the other three,
+    // unread and still open on the client's side: the server ends them.
+    let out = server.admin(&["cancel", "session", &alice_session]);
+    assert_success(&out, "cancel session");
     metric_reaches(&server, "tandem_read_streams_open", 0.0).await;
     metric_reaches(&server, "tandem_read_streams_waiting", 0.0).await;
+    drop(stalled);
 }

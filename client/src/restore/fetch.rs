@@ -363,9 +363,15 @@ impl Feed {
         self.taken == self.asked
     }
 
-    /// Asks for the next window of ids.
+    /// Whether every id of the batch has been asked for.
+    fn all_asked(&self) -> bool {
+        self.asked == self.ids.len()
+    }
+
+    /// Asks for the next window of ids. The spent call is let go first.
     async fn open_next(&mut self, session: &Session) {
         let chunk_ids = self.window();
+        self.stream = None;
         self.stream = Some(read_call(session, chunk_ids).await);
     }
 }
@@ -421,7 +427,11 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
             }
             feed.open_next(&session).await;
         }
-        if end < files.len() {
+        // Only once this batch has asked for all its ids (a batch of one
+        // huge file may need several calls): a restore never waits for a
+        // call while it holds one it is not reading, so several restores
+        // of one node cannot deadlock on the server's read slots.
+        if end < files.len() && feed.all_asked() {
             ahead = Some(Ahead::call(&session, &files, end));
         }
         let mut restart_at = end;
@@ -435,6 +445,9 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                         return;
                     }
                     feed.open_next(&session).await;
+                    if ahead.is_none() && end < files.len() && feed.all_asked() {
+                        ahead = Some(Ahead::call(&session, &files, end));
+                    }
                 }
                 feed.taken += 1;
                 let item = match feed.stream.as_mut() {

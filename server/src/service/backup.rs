@@ -651,9 +651,15 @@ impl Backup for BackupService {
         &self,
         request: Request<pb::QueryObjectsRequest>,
     ) -> Result<Response<Self::QueryObjectsStream>, Status> {
-        let (session, _) = self.session(&request)?;
+        let (session, token) = self.session(&request)?;
         let req = request.into_inner();
         convert::check_path(&req.path_prefix)?;
+        // Held until the stream ends; a call beyond the node's slots waits.
+        let slot = self
+            .state
+            .list_slots
+            .acquire(super::read_slots::Reader::Node(session.node_id))
+            .await?;
         let query = VersionQuery {
             filespace: req.filespace,
             path_prefix: req.path_prefix,
@@ -665,6 +671,7 @@ impl Backup for BackupService {
         let mut page = next_page(&state, session.node_id, &query, None).await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let versions: Vec<_> = page
                     .versions
@@ -672,10 +679,13 @@ impl Backup for BackupService {
                     .map(convert::version_to_pb)
                     .collect();
                 if !versions.is_empty()
-                    && tx
-                        .send(Ok(pb::QueryObjectsResponse { versions }))
-                        .await
-                        .is_err()
+                    && !super::send_while_open(
+                        &state,
+                        &token,
+                        &tx,
+                        Ok(pb::QueryObjectsResponse { versions }),
+                    )
+                    .await
                 {
                     break; // the client went away
                 }
@@ -705,7 +715,7 @@ impl Backup for BackupService {
             .state
             .read_slots
             .acquire(super::read_slots::Reader::Node(session.node_id))
-            .await;
+            .await?;
         let lookup = ids.clone();
         let locations = super::blocking(&self.state, move |s| {
             Ok(s.repo
@@ -717,7 +727,6 @@ impl Backup for BackupService {
         let state = self.state.clone();
         let node = session.node.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             let mut sent = 0u64;
             let started = std::time::Instant::now();
             let mut reading = std::time::Duration::ZERO;
@@ -756,7 +765,9 @@ impl Backup for BackupService {
                 fetching = prefetch(k + 1);
                 for group in read_groups(wanted[wave.clone()].to_vec()) {
                     if let Err(cancelled) = state.sessions.check_open(&token) {
-                        let _ = tx.send(Err(Status::from(cancelled))).await;
+                        // Said if the client still reads; not waited for long.
+                        let why = tx.send(Err(Status::from(cancelled)));
+                        let _ = tokio::time::timeout(super::SESSION_CHECK, why).await;
                         break 'serve;
                     }
                     let reader = state.clone();
@@ -784,7 +795,7 @@ impl Backup for BackupService {
                         if let Ok(r) = &item {
                             sent += r.chunk.as_ref().map_or(0, |c| c.data.len() as u64);
                         }
-                        if tx.send(item).await.is_err() || failed {
+                        if !super::send_while_open(&state, &token, &tx, item).await || failed {
                             break 'serve;
                         }
                     }
@@ -792,8 +803,9 @@ impl Backup for BackupService {
                 }
             }
             state.sessions.count_bytes(&token, 0, sent);
-            // The client's stream ends before the log is written.
-            drop(tx);
+            // The client's stream ends (and the slot is free) before the
+            // log is written.
+            drop((tx, slot));
             report_reroutes(&state, &node, &reroutes).await;
             tracing::debug!(
                 chunks = count,

@@ -476,6 +476,12 @@ impl Replication for ReplicationService {
             ))));
         }
         let node_id = node.id;
+        // Held until the stream ends; a call beyond the partner's slots waits.
+        let slot = self
+            .state
+            .read_slots
+            .acquire(super::read_slots::Reader::Partner(caller))
+            .await?;
         let locations = super::blocking(&self.state, move |s| {
             Ok(s.repo.catalog.owned_chunk_locations(node_id, &ids)?)
         })
@@ -486,11 +492,6 @@ impl Replication for ReplicationService {
             .zip(locations)
             .filter_map(|(raw, at)| Some((tandem_proto::ChunkId::from_slice(raw).ok()?, at?)))
             .collect();
-        let slot = self
-            .state
-            .read_slots
-            .acquire(super::read_slots::Reader::Partner(caller))
-            .await;
         let (tx, rx) = mpsc::channel(2);
         let state = self.state.clone();
         tokio::spawn(async move {

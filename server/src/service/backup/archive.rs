@@ -77,7 +77,7 @@ impl BackupService {
         &self,
         request: Request<pb::QueryArchivesRequest>,
     ) -> Result<Response<ResponseStream<pb::QueryArchivesResponse>>, Status> {
-        let (session, _) = self.session(&request)?;
+        let (session, token) = self.session(&request)?;
         let req = request.into_inner();
         convert::check_path(&req.path_prefix)?;
         convert::check_description(&req.description)?;
@@ -102,9 +102,17 @@ impl BackupService {
                 .await
             }
         };
+        // Held until the stream ends; a call beyond the node's slots waits.
+        let slot = self
+            .state
+            .list_slots
+            .acquire(super::super::read_slots::Reader::Node(node_id))
+            .await?;
         let mut current: ArchivePage = page(None).await?;
         let (tx, rx) = mpsc::channel(4);
+        let sender = self.state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let copies: Vec<_> = current
                     .copies
@@ -112,10 +120,13 @@ impl BackupService {
                     .map(convert::archive_to_pb)
                     .collect();
                 if !copies.is_empty()
-                    && tx
-                        .send(Ok(pb::QueryArchivesResponse { copies }))
-                        .await
-                        .is_err()
+                    && !super::super::send_while_open(
+                        &sender,
+                        &token,
+                        &tx,
+                        Ok(pb::QueryArchivesResponse { copies }),
+                    )
+                    .await
                 {
                     break; // the client went away
                 }
