@@ -42,6 +42,15 @@ async fn send_while_open<T>(
     tx: &tokio::sync::mpsc::Sender<T>,
     item: T,
 ) -> bool {
+    // Room in the queue (the usual case): no timer.
+    let item = match tx.try_reserve() {
+        Ok(permit) => {
+            permit.send(item);
+            return true;
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return false,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(())) => item,
+    };
     let mut item = Some(item);
     loop {
         match tokio::time::timeout(SESSION_CHECK, tx.reserve()).await {
