@@ -490,7 +490,7 @@ async fn a_node_holding_its_read_streams_unread_makes_its_next_call_wait_not_oth
     for _ in 0..4 {
         stalled.push(read_call(&server, &alice, alice_chunk, 2_000).await);
     }
-    metric_reaches(&server, "tandem_read_streams_open", 4.0).await;
+    metric_reaches(&server, "tandem_read_streams_open{kind=\"data\"}", 4.0).await;
 
     // Her next call (another session of hers) waits instead of failing.
     let (_, alice_again) = raw_backup_session(&server, "alice", "alice-password").await;
@@ -508,7 +508,7 @@ async fn a_node_holding_its_read_streams_unread_makes_its_next_call_wait_not_oth
                 .await
         })
     };
-    metric_reaches(&server, "tandem_read_streams_waiting", 1.0).await;
+    metric_reaches(&server, "tandem_read_streams_waiting{kind=\"data\"}", 1.0).await;
     assert!(!next.is_finished(), "the fifth call waits for a slot");
 
     // Bob is not held up by Alice's streams.
@@ -544,7 +544,7 @@ async fn a_node_holding_its_read_streams_unread_makes_its_next_call_wait_not_oth
     // unread and still open on the client's side: the server ends them.
     let out = server.admin(&["cancel", "session", &alice_session]);
     assert_success(&out, "cancel session");
-    metric_reaches(&server, "tandem_read_streams_open", 0.0).await;
-    metric_reaches(&server, "tandem_read_streams_waiting", 0.0).await;
+    metric_reaches(&server, "tandem_read_streams_open{kind=\"data\"}", 0.0).await;
+    metric_reaches(&server, "tandem_read_streams_waiting{kind=\"data\"}", 0.0).await;
     drop(stalled);
 }

@@ -148,15 +148,25 @@ fn register_sessions(registry: &mut Registry, s: &SessionTotals) {
 }
 
 fn register_read_streams(registry: &mut Registry, state: &ServerState) {
+    let open = Family::<Labels, Gauge>::default();
+    let waiting = Family::<Labels, Gauge>::default();
+    for (kind, slots) in [("data", &state.read_slots), ("listing", &state.list_slots)] {
+        let key = labels(&[("kind", kind)]);
+        open.get_or_create(&key)
+            .set(i64::try_from(slots.open()).unwrap_or(i64::MAX));
+        waiting
+            .get_or_create(&key)
+            .set(i64::try_from(slots.waiting()).unwrap_or(i64::MAX));
+    }
     registry.register(
         "read_streams_open",
-        "Chunk-reading streams (restores, repairs) open now",
-        gauge(state.read_slots.open()),
+        "Streamed answers open now: data (restores, vault syncs, partners' repair reads) and listing (queries of versions and archives)",
+        open,
     );
     registry.register(
         "read_streams_waiting",
-        "Chunk-reading calls waiting because their node or partner already has its streams open",
-        gauge(state.read_slots.waiting()),
+        "Calls waiting because their node or partner already has its streams of that kind open",
+        waiting,
     );
 }
 
