@@ -773,7 +773,25 @@ fn a_restore_reads_another_pool_s_copy_while_the_bucket_does_not_answer() {
         server.log()
     );
 
-    // Back: the file whose only copy is in the bucket restores again.
+    // Back: once a read asks the bucket again (one in a while does, at
+    // most every 5 s while it is on hold), the file whose only copy is in
+    // the bucket restores again.
     s3.restart();
+    let probe = work.path().join("probe");
+    let back = wait_until(Duration::from_secs(60), || {
+        let _ = std::fs::remove_dir_all(&probe);
+        alice
+            .run(&[
+                "restore",
+                &format!("{}/*", path_str(&own)),
+                &path_str(&probe),
+            ])
+            .status
+            .success()
+    });
+    assert!(
+        back,
+        "no restore succeeded within 60 s of the bucket's return"
+    );
     alice.restore_same(&own, &work.path().join("after"));
 }

@@ -363,7 +363,10 @@ fn a_restore_while_the_object_store_is_down_fails_its_files_at_once_and_works_wh
         err.contains("TDM1029E") && !err.contains("TDM1020E"),
         "{err}"
     );
-    assert!(err.contains("one read every 5 s asks it"), "{err}");
+    assert!(
+        err.contains("one read at a time asks it, at most every 5 s"),
+        "{err}"
+    );
     assert_eq!(files_under(&during), 200 - failed as usize, "{summary}");
     // Each failed file did not wait out the retries of its own: the bucket
     // was asked once, and again at most once per 5 s of the restore (a few

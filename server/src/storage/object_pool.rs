@@ -57,6 +57,29 @@ const UNANSWERED_HOLD: Duration = Duration::from_secs(30);
 /// interval, and a bucket that is back serves again within it.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What [`ObjectPool::may_ask`] allows a read.
+enum Ask<'a> {
+    /// The bucket is not on hold.
+    Freely,
+    /// It is, and this read asks it for the others.
+    Probe(Probe<'a>),
+    /// It is, and this read fails at once.
+    Not,
+}
+
+/// A read asking a bucket on hold; when it ends (answered or not) the next
+/// may ask [`PROBE_INTERVAL`] later.
+struct Probe<'a>(&'a ObjectPool);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        let pool = self.0;
+        pool.probed_at_ms
+            .store(pool.millis_open().max(1), Ordering::Relaxed);
+        pool.probing.store(false, Ordering::Release);
+    }
+}
+
 /// The `credentials_file` format.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,9 +120,11 @@ pub struct ObjectPool {
     /// [`ObjectPool::recently_unanswered`]). An atomic: every read of a
     /// restore looks at it.
     unanswered_at_ms: AtomicU64,
-    /// Milliseconds after `opened` at which a read last asked the bucket
-    /// while it was on hold (see [`ObjectPool::may_ask`]).
+    /// Milliseconds after `opened` at which the last read that asked the
+    /// bucket while it was on hold ended (see [`ObjectPool::may_ask`]).
     probed_at_ms: AtomicU64,
+    /// Whether such a read is under way: one at a time.
+    probing: AtomicBool,
     /// When the pool was opened, the origin of `unanswered_at_ms`.
     opened: Instant,
 }
@@ -284,6 +309,7 @@ impl ObjectPool {
             claimed: AtomicBool::new(false),
             unanswered_at_ms: AtomicU64::new(0),
             probed_at_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
             opened: Instant::now(),
         })
     }
@@ -302,21 +328,27 @@ impl ObjectPool {
     }
 
     /// Whether a read may ask the bucket now: always, unless it is on hold
-    /// ([`Self::recently_unanswered`]); then one read per
-    /// [`PROBE_INTERVAL`] does (and ends the hold if it is answered), so
-    /// the others do not each wait out the retries, and a bucket that is
-    /// back is found within that interval rather than the whole hold.
-    fn may_ask(&self) -> bool {
+    /// ([`Self::recently_unanswered`]); then one read at a time does, once
+    /// [`PROBE_INTERVAL`] has passed since the bucket last failed to answer
+    /// or was last asked (and ends the hold if it is answered). So the
+    /// other reads do not each wait out the retries, however long a try
+    /// takes, and a bucket that is back is found within about that interval
+    /// of the next read rather than the whole hold.
+    fn may_ask(&self) -> Ask<'_> {
         if !self.recently_unanswered() {
-            return true;
+            return Ask::Freely;
         }
-        let now = self.millis_open().max(1);
-        let last = self.probed_at_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= PROBE_INTERVAL.as_millis() as u64
-            && self
-                .probed_at_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        let now = self.millis_open();
+        let since = self
+            .probed_at_ms
+            .load(Ordering::Relaxed)
+            .max(self.unanswered_at_ms.load(Ordering::Relaxed));
+        if now.saturating_sub(since) < PROBE_INTERVAL.as_millis() as u64
+            || self.probing.swap(true, Ordering::AcqRel)
+        {
+            return Ask::Not;
+        }
+        Ask::Probe(Probe(self))
     }
 
     /// Records whether a request to the bucket got an answer (any answer:
@@ -840,16 +872,11 @@ impl ObjectPool {
         // client's retries again (seconds per read, a minute when its
         // address swallows connections), and a restore of many files during
         // an outage would take that long per file.
-        if !self.may_ask() {
-            return Err(StorageError::PoolUnavailable {
-                pool: self.describe.clone(),
-                container: number,
-                reason: format!(
-                    "it did not answer a read lately; until it does, one read every {} s asks it and the others fail at once. Run the command again once the object store answers",
-                    PROBE_INTERVAL.as_secs()
-                ),
-            });
-        }
+        let _probe = match self.may_ask() {
+            Ask::Freely => None,
+            Ask::Probe(probe) => Some(probe),
+            Ask::Not => return Err(self.on_hold(number)),
+        };
         let store = self.store.clone();
         let location = self.object(number);
         count(&self.traffic.gets, 1);
@@ -865,6 +892,18 @@ impl ObjectPool {
         self.note_answer(true);
         count(&self.traffic.bytes_down, data.len() as u64);
         Ok(data)
+    }
+
+    /// The error of a read that did not ask the bucket: it is on hold.
+    fn on_hold(&self, number: u32) -> StorageError {
+        StorageError::PoolUnavailable {
+            pool: self.describe.clone(),
+            container: number,
+            reason: format!(
+                "it did not answer a read lately; until it does, one read at a time asks it, at most every {} s, and the others fail at once. Run the command again once the object store answers",
+                PROBE_INTERVAL.as_secs()
+            ),
+        }
     }
 
     /// Tells a read that failed because the object changed (cut short
