@@ -4,6 +4,7 @@
 //! map errors to statuses through `From<ServerError>`.
 
 pub mod admin;
+pub mod answer;
 pub mod backup;
 pub mod limits;
 pub mod read_slots;
@@ -25,46 +26,6 @@ async fn blocking<R: Send + 'static>(
     Ok(tokio::task::spawn_blocking(move || f(&state))
         .await
         .map_err(ServerError::from)??)
-}
-
-/// How often a streamed answer that waits for its client to take what is
-/// queued looks whether the client's session is still open.
-const SESSION_CHECK: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Sends `item` on a streamed answer of session `token`, waiting while the
-/// client has not taken what is queued. `false` when the answer should end:
-/// the client dropped it, or its session was cancelled or expired while the
-/// send waited (so an administrator's CANCEL SESSION frees what a client
-/// that does not read holds, its read slot among it).
-async fn send_while_open<T>(
-    state: &ServerState,
-    token: &str,
-    tx: &tokio::sync::mpsc::Sender<T>,
-    item: T,
-) -> bool {
-    // Room in the queue (the usual case): no timer.
-    let item = match tx.try_reserve() {
-        Ok(permit) => {
-            permit.send(item);
-            return true;
-        }
-        Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => return false,
-        Err(tokio::sync::mpsc::error::TrySendError::Full(())) => item,
-    };
-    let mut item = Some(item);
-    loop {
-        match tokio::time::timeout(SESSION_CHECK, tx.reserve()).await {
-            Ok(Ok(permit)) => {
-                if let Some(item) = item.take() {
-                    permit.send(item);
-                }
-                return true;
-            }
-            Ok(Err(_)) => return false,
-            Err(_) if !state.sessions.is_open(token) => return false,
-            Err(_) => {}
-        }
-    }
 }
 
 /// How long an upload stream keeps what it holds of the upload memory budget

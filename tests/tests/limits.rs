@@ -546,5 +546,22 @@ async fn a_node_holding_its_read_streams_unread_makes_its_next_call_wait_not_oth
     assert_success(&out, "cancel session");
     metric_reaches(&server, "tandem_read_streams_open{kind=\"data\"}", 0.0).await;
     metric_reaches(&server, "tandem_read_streams_waiting{kind=\"data\"}", 0.0).await;
+    // Read now, such a stream gives what was queued and then says it was
+    // cut short: never a plain end that would pass for a whole answer.
+    let mut cut = stalled.pop().unwrap();
+    let mut queued = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(30), cut.message())
+            .await
+            .expect("the cut-short stream ends")
+        {
+            Ok(Some(_)) if queued < 2_000 => queued += 1,
+            other => break other,
+        }
+    };
+    let status = end.expect_err("the stream ends with the reason");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("cancelled"), "{status:?}");
+    assert!(queued < 2_000, "only what was queued came: {queued}");
     drop(stalled);
 }

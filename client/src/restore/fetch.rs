@@ -469,9 +469,15 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                     }
                     other => {
                         let (cause, damaged) = match other {
+                            // Only what the server says of the data is
+                            // damage; a refusal, a cut-short session or a
+                            // pool that did not answer asks for no repair.
                             Some(Err(status)) => (
                                 status.message().to_string(),
-                                status.code() != tonic::Code::Unavailable,
+                                matches!(
+                                    status.code(),
+                                    tonic::Code::DataLoss | tonic::Code::NotFound
+                                ),
                             ),
                             None => ("the server ended the data stream early".into(), true),
                             Some(Ok(_)) => ("the server sent an empty chunk".into(), true),

@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use tandem_proto::pb::{self, backup_server::Backup};
 use tandem_proto::{ChunkId, SESSION_HEADER};
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::answer::answer;
 use super::peer_of;
 use crate::ServerState;
 use crate::actlog::{self, ServerMsg};
@@ -669,7 +668,7 @@ impl Backup for BackupService {
         };
         let state = self.state.clone();
         let mut page = next_page(&state, session.node_id, &query, None).await?;
-        let (tx, rx) = mpsc::channel(4);
+        let (out, stream) = answer(&state, &token, 4);
         tokio::spawn(async move {
             let _slot = slot;
             loop {
@@ -679,27 +678,21 @@ impl Backup for BackupService {
                     .map(convert::version_to_pb)
                     .collect();
                 if !versions.is_empty()
-                    && !super::send_while_open(
-                        &state,
-                        &token,
-                        &tx,
-                        Ok(pb::QueryObjectsResponse { versions }),
-                    )
-                    .await
+                    && !out.send(Ok(pb::QueryObjectsResponse { versions })).await
                 {
-                    break; // the client went away
+                    break; // the client went away, or its session
                 }
                 let Some(after) = page.next else { break };
                 page = match next_page(&state, session.node_id, &query, Some(after)).await {
                     Ok(page) => page,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        out.cut_short(status);
                         break;
                     }
                 };
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     type ReadChunksStream = ResponseStream<pb::ReadChunksResponse>;
@@ -723,7 +716,7 @@ impl Backup for BackupService {
                 .owned_chunk_locations(session.node_id, &lookup)?)
         })
         .await?;
-        let (tx, rx) = mpsc::channel(8);
+        let (out, stream) = answer(&self.state, &token, 8);
         let state = self.state.clone();
         let node = session.node.clone();
         tokio::spawn(async move {
@@ -759,15 +752,13 @@ impl Backup for BackupService {
                 // A client that dropped the call (a restore that asked for
                 // its next batch early and then went elsewhere) gets no
                 // more of the store's reads.
-                if tx.is_closed() {
+                if out.is_closed() {
                     break 'serve;
                 }
                 fetching = prefetch(k + 1);
                 for group in read_groups(wanted[wave.clone()].to_vec()) {
                     if let Err(cancelled) = state.sessions.check_open(&token) {
-                        // Said if the client still reads; not waited for long.
-                        let why = tx.send(Err(Status::from(cancelled)));
-                        let _ = tokio::time::timeout(super::SESSION_CHECK, why).await;
+                        out.cut_short(Status::from(cancelled));
                         break 'serve;
                     }
                     let reader = state.clone();
@@ -795,7 +786,7 @@ impl Backup for BackupService {
                         if let Ok(r) = &item {
                             sent += r.chunk.as_ref().map_or(0, |c| c.data.len() as u64);
                         }
-                        if !super::send_while_open(&state, &token, &tx, item).await || failed {
+                        if !out.send(item).await || failed {
                             break 'serve;
                         }
                     }
@@ -805,7 +796,7 @@ impl Backup for BackupService {
             state.sessions.count_bytes(&token, 0, sent);
             // The client's stream ends (and the slot is free) before the
             // log is written.
-            drop((tx, slot));
+            drop((out, slot));
             report_reroutes(&state, &node, &reroutes).await;
             tracing::debug!(
                 chunks = count,
@@ -817,7 +808,7 @@ impl Backup for BackupService {
                 "ReadChunks served"
             );
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn repair_chunks(

@@ -4,8 +4,6 @@
 
 use tandem_proto::ObjectId;
 use tandem_proto::pb;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{BackupService, QUERY_BATCH, ResponseStream};
@@ -109,8 +107,7 @@ impl BackupService {
             .acquire(super::super::read_slots::Reader::Node(node_id))
             .await?;
         let mut current: ArchivePage = page(None).await?;
-        let (tx, rx) = mpsc::channel(4);
-        let sender = self.state.clone();
+        let (out, stream) = super::super::answer::answer(&self.state, &token, 4);
         tokio::spawn(async move {
             let _slot = slot;
             loop {
@@ -119,28 +116,20 @@ impl BackupService {
                     .into_iter()
                     .map(convert::archive_to_pb)
                     .collect();
-                if !copies.is_empty()
-                    && !super::super::send_while_open(
-                        &sender,
-                        &token,
-                        &tx,
-                        Ok(pb::QueryArchivesResponse { copies }),
-                    )
-                    .await
-                {
-                    break; // the client went away
+                if !copies.is_empty() && !out.send(Ok(pb::QueryArchivesResponse { copies })).await {
+                    break; // the client went away, or its session
                 }
                 let Some(after) = current.next else { break };
                 current = match page(Some(after)).await {
                     Ok(next) => next,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        out.cut_short(status);
                         break;
                     }
                 };
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     /// DeleteArchives: the node's own copies by id; others' ids count as absent.
