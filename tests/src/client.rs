@@ -113,6 +113,19 @@ impl TestClient {
         crate::assert_same_tree(src, to);
     }
 
+    /// Runs `restore SOURCE DEST` into a fresh DEST each time until it
+    /// succeeds, for at most 60 s: an object store that is back is asked
+    /// again only after a few seconds. Panics when no run succeeded.
+    pub fn restore_once_answered(&self, source: &str, dest: &Path) {
+        let back = crate::wait_until(std::time::Duration::from_secs(60), || {
+            let _ = std::fs::remove_dir_all(dest);
+            self.run(&["restore", source, &path_str(dest)])
+                .status
+                .success()
+        });
+        assert!(back, "no restore of {source} succeeded within 60 s");
+    }
+
     /// The error log's content.
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("state").join("dsierror.log"))

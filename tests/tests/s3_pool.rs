@@ -379,21 +379,9 @@ fn a_restore_while_the_object_store_is_down_fails_its_files_at_once_and_works_wh
 
     // Back: within a few seconds a read asks it again and the hold ends.
     s3.restart();
-    let one = work.path().join("one");
-    let back = wait_until(Duration::from_secs(60), || {
-        let _ = std::fs::remove_dir_all(&one);
-        client
-            .run(&[
-                "restore",
-                &format!("{}/f000", path_str(&src)),
-                &path_str(&one),
-            ])
-            .status
-            .success()
-    });
-    assert!(
-        back,
-        "no restore succeeded within 60 s of the bucket's return"
+    client.restore_once_answered(
+        &format!("{}/f000", path_str(&src)),
+        &work.path().join("one"),
     );
     client.restore_same(&src, &work.path().join("after"));
 }
