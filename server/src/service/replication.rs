@@ -122,7 +122,8 @@ impl ReplicationService {
         }
     }
 
-    /// Authorizes and checks the replication session; returns its number.
+    /// Authorizes and checks the replication session; returns its number
+    /// and the partner's name.
     async fn session<T>(&self, request: &Request<T>) -> Result<(u64, String), Status> {
         let source = self.authorize(request).await?;
         let token = request
@@ -143,6 +144,16 @@ impl ReplicationService {
     async fn target(&self, node: &str, source: &str, session: u64) -> Result<LocalTarget, Status> {
         Ok(LocalTarget::open(&self.state.repo, node, source, session).await?)
     }
+}
+
+/// The session token a request carries (empty when none).
+fn request_token<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tonic::async_trait]
@@ -443,6 +454,8 @@ impl Replication for ReplicationService {
         request: Request<pb::ReplicaChunkIdsRequest>,
     ) -> Result<Response<Self::ReadSharedChunksStream>, Status> {
         let (_, caller) = self.session(&request).await?;
+        // Checked by `session`; the answer looks at it while it waits.
+        let token = request_token(&request);
         let req = request.into_inner();
         convert::at_most(
             req.chunk_ids.len(),
@@ -492,7 +505,7 @@ impl Replication for ReplicationService {
             .zip(locations)
             .filter_map(|(raw, at)| Some((tandem_proto::ChunkId::from_slice(raw).ok()?, at?)))
             .collect();
-        let (tx, rx) = mpsc::channel(2);
+        let (out, stream) = super::answer::answer(&self.state, &token, 2);
         let state = self.state.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -515,12 +528,12 @@ impl Replication for ReplicationService {
                         raw_len: u64::from(copy.raw_len),
                     }),
                 };
-                if tx.send(Ok(message)).await.is_err() {
+                if !out.send(Ok(message)).await {
                     break;
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(stream))
     }
 
     async fn held_replicas(
