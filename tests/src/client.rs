@@ -113,6 +113,14 @@ impl TestClient {
         crate::assert_same_tree(src, to);
     }
 
+    /// Restores everything directly under `src` into `to`, expecting some
+    /// of it to fail (exit 12); returns the client's stderr.
+    pub fn restore_failing(&self, src: &Path, to: &Path) -> String {
+        let out = self.run(&["restore", &format!("{}/*", path_str(src)), &path_str(to)]);
+        assert_eq!(crate::code(&out), 12, "{}", crate::stderr(&out));
+        crate::stderr(&out)
+    }
+
     /// Runs `restore SOURCE DEST` into a fresh DEST each time until it
     /// succeeds, for at most 60 s: an object store that is back is asked
     /// again only after a few seconds. Panics when no run succeeded.

@@ -126,13 +126,7 @@ fn a_corrupted_chunk_fails_its_file_by_name_and_the_rest_restores() {
     server.damage_stored_bytes(&victim[100_000..100_064]);
 
     let out_dir = work.path().join("out");
-    let out = client.run(&[
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out_dir),
-    ]);
-    assert_eq!(code(&out), 12, "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = client.restore_failing(&src, &out_dir);
     assert!(
         err.contains("TDM1020E") && err.contains("victim.bin"),
         "{err}"

@@ -84,13 +84,7 @@ fn without_a_replica_the_damaged_file_is_named_with_the_reason() {
     damage(&server, &victim);
 
     let out_dir = work.path().join("out");
-    let out = client.run(&[
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out_dir),
-    ]);
-    assert_eq!(code(&out), 12, "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = client.restore_failing(&src, &out_dir);
     assert!(
         err.contains("TDM1028W") && err.contains("never been replicated"),
         "{err}"
@@ -154,13 +148,7 @@ fn failures_across_fetch_batches_fail_only_their_files() {
     server.restart();
 
     let out_dir = work.path().join("out");
-    let out = client.run(&[
-        "restore",
-        &format!("{}/*", path_str(&src)),
-        &path_str(&out_dir),
-    ]);
-    assert_eq!(code(&out), 12, "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = client.restore_failing(&src, &out_dir);
     let failed: Vec<u64> = damaged.iter().chain(&unreadable).copied().collect();
     for i in 0..FILES {
         let name = format!("f{i:04}.bin");
