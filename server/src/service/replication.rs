@@ -126,16 +126,12 @@ impl ReplicationService {
     /// and the partner's name.
     async fn session<T>(&self, request: &Request<T>) -> Result<(u64, String), Status> {
         let source = self.authorize(request).await?;
-        let token = request
-            .metadata()
-            .get(SESSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                Status::from(ServerError::Unauthenticated(
-                    "no replication session; call Hello first".into(),
-                ))
-            })?;
-        let id = self.state.sessions.touch_replication(token, &source)?.id;
+        let token = request_token(request).ok_or_else(|| {
+            Status::from(ServerError::Unauthenticated(
+                "no replication session; call Hello first".into(),
+            ))
+        })?;
+        let id = self.state.sessions.touch_replication(&token, &source)?.id;
         Ok((id, source))
     }
 
@@ -146,14 +142,13 @@ impl ReplicationService {
     }
 }
 
-/// The session token a request carries (empty when none).
-fn request_token<T>(request: &Request<T>) -> String {
+/// The session token a request carries, if any.
+fn request_token<T>(request: &Request<T>) -> Option<String> {
     request
         .metadata()
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+        .map(str::to_string)
 }
 
 #[tonic::async_trait]
@@ -455,7 +450,7 @@ impl Replication for ReplicationService {
     ) -> Result<Response<Self::ReadSharedChunksStream>, Status> {
         let (_, caller) = self.session(&request).await?;
         // Checked by `session`; the answer looks at it while it waits.
-        let token = request_token(&request);
+        let token = request_token(&request).unwrap_or_default();
         let req = request.into_inner();
         convert::at_most(
             req.chunk_ids.len(),
