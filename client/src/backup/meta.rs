@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use rustix::fs::{FileType, Stat};
@@ -38,6 +39,32 @@ fn unsupported(e: Errno) -> bool {
     e == Errno::NOTSUP || e == Errno::OPNOTSUPP
 }
 
+/// Where a file's extended attributes are read from.
+#[derive(Debug, Clone, Copy)]
+pub enum XattrSource<'a> {
+    /// By path, not following a symlink (`llistxattr`, `lgetxattr`).
+    Path(&'a Path),
+    /// From an open file (`flistxattr`, `fgetxattr`): no path walk, and the
+    /// attributes are those of the very file whose data is read.
+    File(BorrowedFd<'a>),
+}
+
+impl XattrSource<'_> {
+    fn list(self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(path) => rustix::fs::llistxattr(path, buf),
+            XattrSource::File(fd) => rustix::fs::flistxattr(fd, buf),
+        }
+    }
+
+    fn get(self, name: &std::ffi::CStr, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            XattrSource::Path(path) => rustix::fs::lgetxattr(path, name, buf),
+            XattrSource::File(fd) => rustix::fs::fgetxattr(fd, name, buf),
+        }
+    }
+}
+
 impl XattrReader {
     /// The attributes of `path` (not following a symlink), ordered by name.
     /// An attribute removed between listing and reading is left out.
@@ -45,7 +72,15 @@ impl XattrReader {
     /// # Errors
     /// The list or a value cannot be read (permissions, I/O).
     pub fn read(&mut self, path: &Path) -> io::Result<Vec<pb::Xattr>> {
-        let listed = match rustix::fs::llistxattr(path, &mut self.names[..]) {
+        self.read_from(XattrSource::Path(path))
+    }
+
+    /// The attributes of `source`, ordered by name; as [`XattrReader::read`].
+    ///
+    /// # Errors
+    /// The list or a value cannot be read (permissions, I/O).
+    pub fn read_from(&mut self, source: XattrSource<'_>) -> io::Result<Vec<pb::Xattr>> {
+        let listed = match source.list(&mut self.names[..]) {
             Ok(n) => n,
             Err(e) if unsupported(e) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
@@ -63,7 +98,7 @@ impl XattrReader {
         for name in names {
             let c_name = std::ffi::CString::new(name.clone())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            match rustix::fs::lgetxattr(path, c_name.as_c_str(), &mut self.value[..]) {
+            match source.get(c_name.as_c_str(), &mut self.value[..]) {
                 Ok(n) => out.push(pb::Xattr {
                     name,
                     value: self.value[..n].to_vec(),

@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
+use std::os::fd::AsFd as _;
 
 use prost::Message as _;
 use tandem_proto::ChunkId;
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::backup::chunker::{Chunker, MAX_CHUNK, MIN_CHUNK};
 use crate::backup::inventory::Inventory;
-use crate::backup::meta::{self, Lstat, SeenInode, SeenInodes, XattrReader};
+use crate::backup::meta::{self, Lstat, SeenInode, SeenInodes, XattrReader, XattrSource};
 use crate::backup::walk::{Entry, Walk};
 use crate::names;
 use crate::output::messages::Msg;
@@ -387,7 +388,20 @@ impl Scanner {
             return send(Item::Unchanged(1));
         }
         let known = stored.is_some();
-        match self.xattrs.read(&entry.proc_path()) {
+        // A regular file is opened here, once: its attributes are read from
+        // the descriptor (no path walk through /proc for each file, and they
+        // are the attributes of the file whose data is then read), and the
+        // first read of its data uses it. One that cannot be opened is looked
+        // at by path; its read then reports why it cannot be opened.
+        let opened = (meta.file_type == rustix::fs::FileType::RegularFile && !plan.preview)
+            .then(|| entry.open().ok())
+            .flatten();
+        let proc_path = entry.proc_path();
+        let source = match &opened {
+            Some(file) => XattrSource::File(file.as_fd()),
+            None => XattrSource::Path(&proc_path),
+        };
+        match self.xattrs.read_from(source) {
             Ok(xattrs) => {
                 if let Some(extra) = attrs.extra.as_mut() {
                     extra.xattrs = xattrs;
@@ -439,21 +453,27 @@ impl Scanner {
             }
             return send(Item::Object { attrs, chunks });
         }
-        self.file(entry, attrs, &meta, send)
+        self.file(entry, opened, attrs, &meta, send)
     }
 
     /// Reads a file, again while it keeps changing (up to the retries), and
     /// sends its object or, per [`Serialization`], a warning.
+    /// `opened`: the file, when the caller has opened it already.
     fn file(
         &mut self,
         entry: &Entry,
+        mut opened: Option<std::fs::File>,
         mut attrs: pb::ObjectAttrs,
         walked: &Lstat,
         send: &impl Fn(Item) -> bool,
     ) -> bool {
         let mut tries = 0;
         let (chunks, before, changed) = loop {
-            match self.read_once(entry, send) {
+            let file = match opened.take() {
+                Some(file) => Ok(file),
+                None => entry.open(),
+            };
+            match file.and_then(|file| self.read_once(file, send)) {
                 Err(e) => return send(Item::Problem(Msg::unreadable(&attrs.path, e))),
                 Ok(Read::Stopped) => return false,
                 Ok(Read::Quiet(chunks, before)) => break (chunks, before, false),
@@ -507,8 +527,11 @@ impl Scanner {
 
     /// Reads a file once, holes by `SEEK_DATA`/`SEEK_HOLE` without reading
     /// them, and tells whether it changed meanwhile.
-    fn read_once(&mut self, entry: &Entry, send: &impl Fn(Item) -> bool) -> std::io::Result<Read> {
-        let file = entry.open()?;
+    fn read_once(
+        &mut self,
+        file: std::fs::File,
+        send: &impl Fn(Item) -> bool,
+    ) -> std::io::Result<Read> {
         let before = Lstat::of_file(&file)?;
         if before.file_type != rustix::fs::FileType::RegularFile {
             return Err(std::io::Error::other(
