@@ -25,6 +25,7 @@
 //! and promotes.
 
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -671,15 +672,41 @@ fn restore_command(tandem: &Path, options: &Path, cluster: &Path) -> Result<Stri
     ))
 }
 
-/// Unpacks the base backup's tar into `target`; entries that would land
-/// outside it are refused by the tar reader. Owners are kept when running
-/// as root (the cluster's files must belong to its server's user).
+/// Unpacks the base backup's tar into `target`, entry by entry. Owners are
+/// kept when running as root (the cluster's files must belong to its
+/// server's user). The tar came from a server: an entry that would land
+/// outside `target` is refused, and so is any link but a tablespace's
+/// (`pg_tblspc/OID`, the only links `pg_basebackup` writes), since the
+/// restore then writes files in `target` by name.
 fn unpack(tar: &Path, target: &Path) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(std::fs::File::open(tar)?);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
     archive.set_overwrite(false);
-    archive.unpack(target)?;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let kind = entry.header().entry_type();
+        if (kind.is_symlink() && !is_tablespace_link(&path)) || kind.is_hard_link() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the base backup holds a link at {}, where pg_basebackup writes none; it was not made by PostgreSQL, so nothing more is unpacked",
+                    super::shown(&path)
+                ),
+            ));
+        }
+        if !entry.unpack_in(target)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the base backup's entry {} would land outside {}",
+                    super::shown(&path),
+                    super::shown(target)
+                ),
+            ));
+        }
+    }
     // The tar has no entry for its top directory: as root, give it to the
     // owner of the cluster's files, or PostgreSQL will not start on it.
     if rustix::process::geteuid().is_root() {
@@ -690,8 +717,19 @@ fn unpack(tar: &Path, target: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `path` (an entry of a base backup) is a tablespace's link:
+/// `pg_tblspc/NAME`, with or without a leading `./`.
+fn is_tablespace_link(path: &Path) -> bool {
+    use std::path::Component;
+    let parts: Vec<Component<'_>> = path
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect();
+    matches!(parts.as_slice(), [Component::Normal(dir), Component::Normal(_)] if *dir == "pg_tblspc")
+}
+
 /// Adds the recovery settings to `postgresql.auto.conf` (read last, so
-/// they win) and creates `recovery.signal`.
+/// they win) and creates `recovery.signal`, never through a link.
 fn configure_recovery(
     target: &Path,
     command: &str,
@@ -710,10 +748,16 @@ fn configure_recovery(
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&conf)?;
     file.write_all(settings.as_bytes())?;
     file.sync_all()?;
-    let signal = std::fs::File::create(target.join("recovery.signal"))?;
+    let signal = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(target.join("recovery.signal"))?;
     signal.sync_all()?;
     super::sync_parent(&conf)
 }
@@ -794,6 +838,72 @@ mod tests {
             !dir.path().join("escaped").exists(),
             "nothing lands outside the target"
         );
+    }
+
+    /// A tar holding `PG_VERSION` and one symlink entry `name` -> `target`.
+    fn tar_with_link(name: &str, link_target: &Path) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(3);
+        header.set_mode(0o600);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "PG_VERSION", &b"16\n"[..])
+            .unwrap();
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        link.set_uid(0);
+        link.set_gid(0);
+        link.set_mtime(0);
+        builder.append_link(&mut link, name, link_target).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_base_backup_with_a_link_outside_pg_tblspc_is_refused_and_nothing_is_written_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"precious").unwrap();
+        for name in ["recovery.signal", "postgresql.auto.conf", "base/link"] {
+            let file = dir.path().join("base.tar");
+            std::fs::write(&file, tar_with_link(name, &outside)).unwrap();
+            let target = dir
+                .path()
+                .join(format!("target-{}", name.replace('/', "-")));
+            std::fs::create_dir(&target).unwrap();
+            let err = unpack(&file, &target).unwrap_err();
+            assert!(err.to_string().contains("holds a link at"), "{err}");
+            // Had it been unpacked, the recovery files must still not follow it.
+            std::os::unix::fs::symlink(&outside, target.join("recovery.signal")).unwrap();
+            assert!(configure_recovery(&target, "true", None).is_err());
+            assert_eq!(std::fs::read(&outside).unwrap(), b"precious", "{name}");
+        }
+    }
+
+    #[test]
+    fn a_tablespace_link_is_unpacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("base.tar");
+        std::fs::write(
+            &file,
+            tar_with_link("pg_tblspc/16384", Path::new("/srv/ts")),
+        )
+        .unwrap();
+        let target = dir.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        unpack(&file, &target).unwrap();
+        assert_eq!(
+            std::fs::read_link(target.join("pg_tblspc/16384")).unwrap(),
+            Path::new("/srv/ts")
+        );
+        assert!(is_tablespace_link(Path::new("./pg_tblspc/1")));
+        assert!(!is_tablespace_link(Path::new("pg_tblspc/1/x")));
+        assert!(!is_tablespace_link(Path::new("pg_tblspc")));
     }
 
     #[test]
