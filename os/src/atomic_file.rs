@@ -1,10 +1,35 @@
 //! Atomic file replacement: write a temporary file in the same directory,
 //! fsync it, rename it over the target, fsync the directory. Readers see the
-//! old content or the new, never a mix.
+//! old content or the new, never a mix. And the matching read of such a
+//! small private file, bounded and never through a symlink.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// Reads the whole of `path`, a small file of our own (a key, a state
+/// record), refusing a symlink (`ELOOP`) and anything longer than
+/// `max_bytes` (`InvalidData`, naming the limit): a directory another
+/// machine or user can write must not make us read `/dev/zero` or a
+/// file elsewhere.
+///
+/// # Errors
+/// I/O errors, a symlink, or a file over the limit.
+pub fn read_small(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is longer than the {max_bytes} bytes such a file may have"),
+        ));
+    }
+    Ok(bytes)
+}
 
 /// Replaces `path` with `data`, optionally with permission bits `mode`.
 ///
@@ -26,4 +51,27 @@ pub fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<(
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_read_refuses_links_and_long_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        replace(&file, b"secret", Some(0o600)).unwrap();
+        assert_eq!(read_small(&file, 6).unwrap(), b"secret");
+        let long = read_small(&file, 5).unwrap_err();
+        assert_eq!(long.kind(), std::io::ErrorKind::InvalidData);
+        assert!(long.to_string().contains("5 bytes"), "{long}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let err = read_small(&link, 100).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_small(&zero, 100).is_err());
+    }
 }

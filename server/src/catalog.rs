@@ -108,7 +108,12 @@ impl Catalog {
     /// # Errors
     /// SQLite errors opening or migrating the database.
     pub fn open(path: &Path, defaults: Policy) -> Result<Self, CatalogError> {
-        let mut conn = Connection::open(path)?;
+        // Never through a symlink: a data dir (or a vault on a share) with a
+        // planted link would otherwise have SQLite write wherever it points.
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -288,7 +293,9 @@ const READERS: usize = 2;
 fn open_reader(path: &Path) -> Result<Connection, CatalogError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )?;
     // Smaller than the writer's cache: readers walk the chunk index and the
     // version listings, and the OS page cache holds the rest.

@@ -64,13 +64,21 @@ pub struct ServerState {
 
 /// The data dir holds partner credentials, password hashes and every
 /// node's data: like PostgreSQL, refuse to run in one that other users may
-/// enter.
+/// enter, or that belongs to another user (who could plant links in it that
+/// this process would then write through).
 fn refuse_shared_data_dir(dir: &Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir)
-        .map_err(setup_err(format!("cannot read data dir {}", dir.display())))?
-        .permissions()
-        .mode();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir)
+        .map_err(setup_err(format!("cannot read data dir {}", dir.display())))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(ServerError::FailedPrecondition(format!(
+            "data dir {} belongs to uid {}, not to this process's user (uid {me}); give it to this user (`chown`) or use a directory of its own",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(ServerError::FailedPrecondition(format!(
             "data dir {} is open to other users (mode {:o}); run `chmod 700 {}` and start again",
@@ -95,6 +103,7 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::Fil
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
         .map_err(setup_err(format!("cannot open {}", path.display())))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {

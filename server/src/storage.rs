@@ -24,7 +24,7 @@ pub mod pools;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,6 +34,16 @@ use tandem_proto::ChunkId;
 use crate::error::StorageError;
 use crate::model::{ChunkLocation, DEFAULT_POOL};
 use appender::ContainerAppender;
+
+/// Opens a local container for reading, never through a symlink: a link
+/// planted in the data dir (a vault's on a share) must not make a read,
+/// an audit or an upload to a bucket take another file's bytes.
+fn open_container(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
 use object_pool::ObjectPool;
 use offload::{Offload, Remote};
 
@@ -390,6 +400,7 @@ impl ChunkStore {
             let end = ends.get(&number).copied().unwrap_or(0);
             let file = OpenOptions::new()
                 .write(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&path)
                 .map_err(io_err(&path))?;
             let len = file.metadata().map_err(io_err(&path))?.len();
@@ -558,6 +569,20 @@ impl ChunkStore {
     /// I/O errors, including a container shorter than the index says.
     pub fn read(&self, loc: ChunkLocation) -> Result<Vec<u8>, StorageError> {
         let path = Self::container_path(&self.dir, loc.container);
+        // The length comes from the catalog (a vault's may sit where others
+        // write): no stored chunk is longer than zstd's bound for the
+        // largest raw chunk, and a longer claim must not size a buffer.
+        let most = zstd::zstd_safe::compress_bound(tandem_proto::MAX_RAW_CHUNK_BYTES);
+        if loc.stored_len as usize > most {
+            return Err(StorageError::Damaged {
+                path,
+                offset: loc.offset,
+                reason: format!(
+                    "the catalog gives a chunk {} stored bytes, more than any chunk may have ({most})",
+                    loc.stored_len
+                ),
+            });
+        }
         let file = match self.reader(loc.container) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -645,7 +670,7 @@ impl ChunkStore {
         if let Some(f) = readers.get(&number) {
             return Ok(f.clone());
         }
-        let f = Arc::new(File::open(Self::container_path(&self.dir, number))?);
+        let f = Arc::new(open_container(&Self::container_path(&self.dir, number))?);
         readers.insert(number, f.clone());
         Ok(f)
     }
@@ -874,7 +899,7 @@ impl<'a> ContainerBytes<'a> {
             return Ok(ContainerBytes::Remote { pool, size });
         }
         let path = ChunkStore::container_path(dir, number);
-        let file = File::open(&path).map_err(io_err(&path))?;
+        let file = open_container(&path).map_err(io_err(&path))?;
         let len = file.metadata().map_err(io_err(&path))?.len();
         Ok(ContainerBytes::Local { path, file, len })
     }

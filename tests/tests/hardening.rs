@@ -118,6 +118,20 @@ fn server_and_client_files_are_private() {
     let out = start_on(open.path(), &[]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("chmod 700"), "{}", stderr(&out));
+
+    // Private, but another user's: that user could plant links in it.
+    if nix::unistd::geteuid().is_root() {
+        let theirs = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
+        let out = start_on(theirs.path(), &[]);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            stderr(&out).contains("belongs to uid 65534"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!theirs.path().join("catalog.db").exists());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

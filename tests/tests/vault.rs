@@ -307,6 +307,67 @@ fn a_vault_that_cannot_be_created_leaves_backups_to_the_server() {
     assert!(stderr(&done).contains("TDM2125W"), "{}", stderr(&done));
 }
 
+/// Runs a backup of `src` that must go to the server alone because the vault
+/// is refused, with `why` in the warning.
+fn backup_refusing_the_vault(client: &TestClient, src: &Path, why: &str) {
+    // Something new to back up, so the vault is written to (and opened).
+    std::fs::write(src.join(format!("new-{why}")), why).unwrap();
+    let out = client.run(&["--json", "incremental", &path_str(src)]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("TDM2125W") && stderr(&out).contains(why),
+        "{}",
+        stderr(&out)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+}
+
+#[test]
+fn a_vault_directory_with_planted_links_or_of_another_user_is_refused_and_nothing_outside_changes()
+{
+    let primary = TestServer::start("PRIMARY");
+    primary.register("dave", "dave-password");
+    let client = TestClient::new(&primary, "dave", "dave-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let vault = with_vault(&client, work.path());
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    let precious = work.path().join("precious");
+    std::fs::write(&precious, b"not the vault's").unwrap();
+
+    // The lock file replaced by a link: opening the vault would cut and
+    // overwrite whatever it points at.
+    let lock = vault.join("lock");
+    std::fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink(&precious, &lock).unwrap();
+    backup_refusing_the_vault(&client, &src, "lock");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"not the vault's");
+    std::fs::remove_file(&lock).unwrap();
+
+    // A container that is a link: start-up cuts containers back to their
+    // indexed end (0 for one the catalog does not know).
+    let container = vault.join("containers").join("99999999.tdc");
+    std::os::unix::fs::symlink(&precious, &container).unwrap();
+    backup_refusing_the_vault(&client, &src, "99999999.tdc");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"not the vault's");
+    std::fs::remove_file(&container).unwrap();
+    // The vault missed two backups of `src`, and the server's version limit
+    // dropped the directory's version the vault holds as active: the sync
+    // makes the vault follow (no TDM2129W "the server no longer holds").
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+
+    // A vault directory that belongs to another user, who could plant such
+    // links at any time (root can hand it over; others cannot test this).
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&vault, Some(65534), Some(65534)).unwrap();
+        backup_refusing_the_vault(&client, &src, "belongs to uid 65534");
+        std::os::unix::fs::chown(&vault, Some(0), Some(0)).unwrap();
+        assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    }
+}
+
 #[test]
 fn a_second_installation_on_the_same_node_and_vault_is_stopped_until_accepted() {
     let mut primary = TestServer::start("PRIMARY");

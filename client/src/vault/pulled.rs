@@ -30,7 +30,8 @@ const MAGIC: &[u8; 8] = b"TDMPULL1";
 /// A record that cannot be read or is malformed, naming the file.
 pub fn load(dir: &Path, server: ServerGuid) -> Result<Option<HashSet<ObjectId>>, String> {
     let path = dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
+    // 16 bytes per pulled version: room for 100 million.
+    let bytes = match tandem_os::atomic_file::read_small(&path, 1600 << 20) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),

@@ -22,6 +22,8 @@ use super::status::SyncStatus;
 
 /// The record's file name in `state_dir`.
 pub const FILE: &str = "vault-revision.json";
+/// Far more than a record of a few numbers needs.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 /// The last revision this client wrote to each vault, by vault GUID.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +59,7 @@ pub enum Verdict {
 pub fn judge(vault_revision: u64, mine: Option<u64>) -> Verdict {
     let agrees = match mine {
         None => vault_revision == 0,
-        Some(r) => vault_revision == r || vault_revision + 1 == r,
+        Some(r) => vault_revision == r || vault_revision.checked_add(1) == Some(r),
     };
     if agrees {
         Verdict::Agrees
@@ -75,7 +77,7 @@ pub fn judge(vault_revision: u64, mine: Option<u64>) -> Verdict {
 /// A record that exists but cannot be read or parsed.
 pub fn load(state_dir: &Path) -> Result<Recorded, String> {
     let path = state_dir.join(FILE);
-    match std::fs::read(&path) {
+    match tandem_os::atomic_file::read_small(&path, MAX_RECORD_BYTES) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             format!(
                 "{} is damaged ({e}); check the vault with `tandem query vault`, then `tandem set vault --accept`",
@@ -114,7 +116,14 @@ pub fn save(state_dir: &Path, record: &Recorded) -> Result<(), String> {
 /// Either record cannot be read or written.
 pub fn raise(vault_dir: &Path, state_dir: &Path, guid: ServerGuid) -> Result<u64, String> {
     let mut status = SyncStatus::load(vault_dir)?;
-    let next = status.revision + 1;
+    // The vault's record is read from a directory others may reach; a
+    // revision at the very top is not one this client could have written.
+    let next = status.revision.checked_add(1).ok_or_else(|| {
+        format!(
+            "the vault's revision ({}) is at its limit, which no client writes; check the vault, then `tandem set vault --accept`, or give it a new vault_dir",
+            status.revision
+        )
+    })?;
     record(state_dir, guid, next)?;
     status.revision = next;
     status.save(vault_dir)?;

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// The record's file name in the vault directory.
 pub const FILE: &str = "sync-state.json";
+/// Far more than the record needs.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 /// How the vault stands against the server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +55,7 @@ impl SyncStatus {
     /// A record that exists but cannot be read or parsed.
     pub fn load(dir: &Path) -> Result<Self, String> {
         let path = dir.join(FILE);
-        match std::fs::read(&path) {
+        match tandem_os::atomic_file::read_small(&path, MAX_RECORD_BYTES) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 format!(
                     "{} is damaged ({e}); move it aside to start over: the next sync rebuilds it",

@@ -562,8 +562,9 @@ pub async fn pull(
         .collect::<Result<Vec<_>, _>>()?;
     let mut held: Vec<ObjectId> = on_server.keys().copied().collect();
     let mut kept = 0;
+    let superseded = superseded_on_server(&on_vault, &on_server);
     for (id, v) in &on_vault {
-        if v.active && !on_server.contains_key(id) {
+        if v.active && !on_server.contains_key(id) && !superseded.contains(id) {
             // Listed as if the server had it: the plan then neither sends
             // nor deletes it.
             entries.push(entry_of(*id, v)?);
@@ -584,6 +585,45 @@ pub async fn pull(
         held,
         kept,
     })
+}
+
+/// Active versions of the vault that the server no longer holds but has a
+/// later version of the same path for: backups the vault missed (it was
+/// unreachable, or refused) replaced them, and the server's version limit
+/// then removed them. They follow the server, unlike a version the server
+/// lost or an operator deleted, which leaves no later one behind.
+fn superseded_on_server(
+    on_vault: &HashMap<ObjectId, pb::ObjectVersion>,
+    on_server: &HashMap<ObjectId, pb::ObjectVersion>,
+) -> HashSet<ObjectId> {
+    fn path_of(v: &pb::ObjectVersion) -> (&str, &str) {
+        let path = v.attrs.as_ref().map_or("", |a| a.path.as_str());
+        (v.filespace.as_str(), path)
+    }
+    // The vault's versions in question, by path: few, usually none.
+    let mut missing: HashMap<(&str, &str), Vec<(ObjectId, i64)>> = HashMap::new();
+    for (id, v) in on_vault {
+        if v.active && !on_server.contains_key(id) {
+            missing
+                .entry(path_of(v))
+                .or_default()
+                .push((*id, v.backup_time_ns));
+        }
+    }
+    let mut superseded = HashSet::new();
+    if missing.is_empty() {
+        return superseded;
+    }
+    for v in on_server.values() {
+        if let Some(ours) = missing.get(&path_of(v)) {
+            superseded.extend(
+                ours.iter()
+                    .filter(|(_, at)| v.backup_time_ns > *at)
+                    .map(|(id, _)| *id),
+            );
+        }
+    }
+    superseded
 }
 
 async fn run(source: &Listed<'_>, target: &NodeTarget<'_>) -> Result<SyncReport, ClientError> {
@@ -631,5 +671,33 @@ mod tests {
         let batches = put_batches(vec![heavy.clone(), heavy.clone(), heavy]);
         assert_eq!(batches.len(), 3, "each heavy version goes alone");
         assert!(put_batches(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn only_a_version_the_server_replaced_later_counts_as_superseded() {
+        let version = |path: &str, at: i64, active: bool| pb::ObjectVersion {
+            filespace: "/data".into(),
+            attrs: Some(pb::ObjectAttrs {
+                path: path.into(),
+                ..Default::default()
+            }),
+            backup_time_ns: at,
+            active,
+            ..Default::default()
+        };
+        let id = |n: u8| ObjectId::from_slice(&[n; 16]).unwrap();
+        let on_vault = HashMap::from([
+            (id(1), version("/data/replaced", 10, true)),
+            (id(2), version("/data/lost", 10, true)),
+            (id(3), version("/data/older-there", 10, true)),
+            (id(4), version("/data/kept", 10, true)),
+        ]);
+        let on_server = HashMap::from([
+            (id(4), version("/data/kept", 10, true)),
+            (id(5), version("/data/replaced", 30, true)),
+            (id(6), version("/data/older-there", 5, false)),
+        ]);
+        let superseded = superseded_on_server(&on_vault, &on_server);
+        assert_eq!(superseded, HashSet::from([id(1)]));
     }
 }

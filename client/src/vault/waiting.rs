@@ -17,10 +17,13 @@ fn marker(dir: &Path) -> PathBuf {
 /// directory that cannot take the marker is one the caller cannot use
 /// either, and its open says why.
 pub fn ask(dir: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a planted link: the marker is an empty file of ours.
     let _ = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(marker(dir));
 }
 

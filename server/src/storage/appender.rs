@@ -94,10 +94,11 @@ impl ContainerAppender {
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)?;
         let direct = match OpenOptions::new()
             .write(true)
-            .custom_flags(nix::libc::O_DIRECT)
+            .custom_flags(nix::libc::O_DIRECT | nix::libc::O_NOFOLLOW)
             .open(path)
         {
             Ok(direct_file) => Staging::new().map(|s| (direct_file, s)),

@@ -614,7 +614,12 @@ impl ObjectPool {
         self.refuse_to_overwrite(number, expected)?;
         let result: Result<Result<u64, String>, std::io::Error> = self.wait(async move {
             use tokio::io::AsyncReadExt;
-            let mut file = tokio::fs::File::open(&file_path).await?;
+            // Never through a symlink: the bucket gets this container's bytes.
+            let mut file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&file_path)
+                .await?;
             let upload = match store.put_multipart(&location).await {
                 Ok(u) => u,
                 Err(e) => return Ok(Err(e.to_string())),
