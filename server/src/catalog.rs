@@ -80,7 +80,8 @@ pub use replication::{FilespaceTimes, ServerDeletion, VersionState};
 pub use switches::SwitchRecord;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -99,7 +100,16 @@ pub struct Catalog {
     next_reader: AtomicUsize,
     /// Policy values of nodes that have none of their own.
     defaults: Policy,
+    /// A checkpoint after a backup is running.
+    after_backup_running: AtomicBool,
+    /// When the last checkpoint after a backup started.
+    after_backup_last: Mutex<Option<Instant>>,
 }
+
+/// Checkpoints after backups start at least this far apart: any logged-on
+/// node may end a backup as often as it likes, and each checkpoint holds
+/// the writer (and fsyncs) while it runs.
+const AFTER_BACKUP_CHECKPOINT_SPACING: Duration = Duration::from_secs(10);
 
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path` and applies the schema.
@@ -183,6 +193,8 @@ impl Catalog {
             conn: Mutex::new(conn),
             readers,
             next_reader: AtomicUsize::new(0),
+            after_backup_running: AtomicBool::new(false),
+            after_backup_last: Mutex::new(None),
             defaults,
         })
     }
@@ -282,6 +294,33 @@ impl Catalog {
         self.conn()
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
+    }
+
+    /// Whether a checkpoint after a backup may start now: none is running
+    /// and none started in the last [`AFTER_BACKUP_CHECKPOINT_SPACING`]. A
+    /// `true` must be followed by [`Self::checkpoint_after_backup`].
+    pub fn claim_checkpoint_after_backup(&self) -> bool {
+        let mut last = self
+            .after_backup_last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < AFTER_BACKUP_CHECKPOINT_SPACING)
+            || self.after_backup_running.swap(true, Ordering::AcqRel)
+        {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// The checkpoint a [`Self::claim_checkpoint_after_backup`] allowed.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn checkpoint_after_backup(&self) -> Result<(), CatalogError> {
+        let done = self.checkpoint();
+        self.after_backup_running.store(false, Ordering::Release);
+        done
     }
 }
 

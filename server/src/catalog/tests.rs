@@ -1114,3 +1114,19 @@ fn restore_db_reconciles_each_pool_s_copy_and_keeps_a_chunk_found_in_another_poo
     assert_eq!(catalog.unowned_chunks(other, 1, &[both]).expect("q"), []);
     assert!(catalog.owned_chunk_locations(other, &[both]).expect("q")[0].is_some());
 }
+
+#[test]
+fn checkpoints_after_backups_run_one_at_a_time_and_spaced_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, _) = new_catalog(&dir);
+    assert!(catalog.claim_checkpoint_after_backup());
+    assert!(
+        !catalog.claim_checkpoint_after_backup(),
+        "one is running (claimed, not yet done)"
+    );
+    catalog.checkpoint_after_backup().unwrap();
+    assert!(
+        !catalog.claim_checkpoint_after_backup(),
+        "the last one started less than the spacing ago"
+    );
+}
