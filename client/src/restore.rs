@@ -222,36 +222,47 @@ fn kind_of(attrs: &pb::ObjectAttrs) -> pb::ObjectKind {
 /// The names of one hard-linked file in this restore: the first name
 /// planned is written, the others link to it. Names count as one file only
 /// when they also have the same content and times.
+///
+/// Keyed by group, size, time and a digest of the chunk ids, so a listing
+/// that puts many different files in one group (a server's answer is not
+/// trusted) costs a look-up per name, not a scan of the group.
 #[derive(Debug, Default)]
 struct LinkGroups {
-    leaders: HashMap<u64, Vec<usize>>,
+    leaders: HashMap<LinkKey, Vec<usize>>,
 }
 
+/// Group, size, modification time and a digest of the chunk ids.
+type LinkKey = (u64, u64, i64, u64);
+
 impl LinkGroups {
+    fn key(attrs: &pb::ObjectAttrs, chunks: &[ChunkId]) -> Option<LinkKey> {
+        use std::hash::{Hash, Hasher};
+        let group = attrs.extra.as_ref()?.hard_link_group;
+        if group == 0 {
+            return None;
+        }
+        let mut digest = std::collections::hash_map::DefaultHasher::new();
+        chunks.hash(&mut digest);
+        Some((group, attrs.size, attrs.mtime_ns, digest.finish()))
+    }
+
     fn leader_for(
         &self,
         files: &[FileJob],
         attrs: &pb::ObjectAttrs,
         chunks: &[ChunkId],
     ) -> Option<usize> {
-        let group = attrs.extra.as_ref()?.hard_link_group;
-        if group == 0 {
-            return None;
-        }
-        self.leaders.get(&group)?.iter().copied().find(|&i| {
+        let key = Self::key(attrs, chunks)?;
+        // Equal keys are one file but for a digest collision: compare.
+        self.leaders.get(&key)?.iter().copied().find(|&i| {
             let f = &files[i];
             f.chunks == chunks && f.size == attrs.size && f.attrs.mtime_ns == attrs.mtime_ns
         })
     }
 
-    fn add(&mut self, attrs: &pb::ObjectAttrs, index: usize) {
-        if let Some(group) = attrs
-            .extra
-            .as_ref()
-            .map(|e| e.hard_link_group)
-            .filter(|g| *g != 0)
-        {
-            self.leaders.entry(group).or_default().push(index);
+    fn add(&mut self, attrs: &pb::ObjectAttrs, chunks: &[ChunkId], index: usize) {
+        if let Some(key) = Self::key(attrs, chunks) {
+            self.leaders.entry(key).or_default().push(index);
         }
     }
 }
@@ -356,7 +367,7 @@ fn plan(
                     plan.hard_links.push(LinkJob { node, leader });
                     continue;
                 }
-                groups.add(&node.attrs, plan.files.len());
+                groups.add(&node.attrs, &chunks, plan.files.len());
                 let sparse = node.attrs.extra.as_ref().is_some_and(|e| e.sparse);
                 plan.files.push(FileJob {
                     placed: node.placed,
@@ -918,4 +929,61 @@ async fn transfer(
         .await
         .map_err(|e| ClientError::task_failed("fetch task", e))?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(group: u64, mtime_ns: i64, chunk: u8) -> (pb::ObjectAttrs, Vec<ChunkId>) {
+        let attrs = pb::ObjectAttrs {
+            size: 10,
+            mtime_ns,
+            extra: Some(pb::ObjectExtra {
+                hard_link_group: group,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        (attrs, vec![ChunkId::of(&[chunk])])
+    }
+
+    /// Plans names the way `plan` does: a leader, or a new file.
+    fn plan_names(names: &[(pb::ObjectAttrs, Vec<ChunkId>)]) -> (Vec<FileJob>, usize) {
+        let mut groups = LinkGroups::default();
+        let mut files = Vec::new();
+        let mut links = 0;
+        for (attrs, chunks) in names {
+            if groups.leader_for(&files, attrs, chunks).is_some() {
+                links += 1;
+                continue;
+            }
+            groups.add(attrs, chunks, files.len());
+            files.push(FileJob {
+                placed: dest::Placed {
+                    parent: std::sync::Arc::from(&b""[..]),
+                    name: "f".into(),
+                },
+                chunks: chunks.clone(),
+                size: attrs.size,
+                attrs: attrs.clone(),
+                sparse: false,
+            });
+        }
+        (files, links)
+    }
+
+    #[test]
+    fn names_link_only_to_the_same_file_however_many_share_a_group() {
+        // A listing putting 50,000 different files in one group (hostile, or
+        // a server's bug): each is a file of its own, found by key.
+        let mut names: Vec<_> = (0..50_000).map(|i| file(7, i, 1)).collect();
+        // Two more names of the first, one with other content, one in no group.
+        names.push(file(7, 0, 1));
+        names.push(file(7, 0, 2));
+        names.push(file(0, 0, 1));
+        let (files, links) = plan_names(&names);
+        assert_eq!(links, 1);
+        assert_eq!(files.len(), 50_002);
+    }
 }
