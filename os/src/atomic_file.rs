@@ -20,13 +20,27 @@ pub fn read_small(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    let mut bytes = Vec::new();
-    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max_bytes {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("it is longer than the {max_bytes} bytes such a file may have"),
+            "it is not a regular file",
         ));
+    }
+    let too_long = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is longer than the {max_bytes} bytes such a file may have"),
+        )
+    };
+    if meta.len() > max_bytes {
+        return Err(too_long());
+    }
+    // Sized once (it may be large), and still bounded if it grows meanwhile.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_long());
     }
     Ok(bytes)
 }
@@ -53,6 +67,15 @@ pub fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<(
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// [`read_small`] of a text file (UTF-8).
+///
+/// # Errors
+/// As [`read_small`], and text that is not UTF-8 (`InvalidData`).
+pub fn read_small_text(path: &Path, max_bytes: u64) -> std::io::Result<String> {
+    String::from_utf8(read_small(path, max_bytes)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +96,10 @@ mod tests {
         let zero = dir.path().join("zero");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         assert!(read_small(&zero, 100).is_err());
+        let device = read_small(Path::new("/dev/zero"), 100).unwrap_err();
+        assert!(
+            device.to_string().contains("not a regular file"),
+            "{device}"
+        );
     }
 }

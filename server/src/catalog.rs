@@ -100,8 +100,8 @@ pub struct Catalog {
     next_reader: AtomicUsize,
     /// Policy values of nodes that have none of their own.
     defaults: Policy,
-    /// A checkpoint after a backup is running.
-    after_backup_running: AtomicBool,
+    /// A checkpoint after a backup is waiting to run.
+    after_backup_pending: AtomicBool,
     /// When the last checkpoint after a backup started.
     after_backup_last: Mutex<Option<Instant>>,
 }
@@ -120,6 +120,9 @@ impl Catalog {
     pub fn open(path: &Path, defaults: Policy) -> Result<Self, CatalogError> {
         // Never through a symlink: a data dir (or a vault on a share) with a
         // planted link would otherwise have SQLite write wherever it points.
+        // SQLite then refuses a link anywhere in the path, so the directory
+        // is resolved first (a data dir may well be a link we made).
+        let path = &resolved_dir(path)?;
         let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
@@ -193,7 +196,7 @@ impl Catalog {
             conn: Mutex::new(conn),
             readers,
             next_reader: AtomicUsize::new(0),
-            after_backup_running: AtomicBool::new(false),
+            after_backup_pending: AtomicBool::new(false),
             after_backup_last: Mutex::new(None),
             defaults,
         })
@@ -296,37 +299,56 @@ impl Catalog {
         Ok(())
     }
 
-    /// Whether a checkpoint after a backup may start now: none is running
-    /// and none started in the last [`AFTER_BACKUP_CHECKPOINT_SPACING`]. A
-    /// `true` must be followed by [`Self::checkpoint_after_backup`].
-    pub fn claim_checkpoint_after_backup(&self) -> bool {
-        let mut last = self
+    /// Asks for a checkpoint after a backup. Returns how long to wait
+    /// before running it ([`Self::checkpoint_after_backup`]), spacing them
+    /// [`AFTER_BACKUP_CHECKPOINT_SPACING`] apart; `None` when one is
+    /// already waiting, which then serves this request too.
+    pub fn schedule_checkpoint_after_backup(&self) -> Option<Duration> {
+        if self.after_backup_pending.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let last = *self
             .after_backup_last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_some_and(|at| at.elapsed() < AFTER_BACKUP_CHECKPOINT_SPACING)
-            || self.after_backup_running.swap(true, Ordering::AcqRel)
-        {
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
+        Some(last.map_or(Duration::ZERO, |at| {
+            AFTER_BACKUP_CHECKPOINT_SPACING.saturating_sub(at.elapsed())
+        }))
     }
 
-    /// The checkpoint a [`Self::claim_checkpoint_after_backup`] allowed.
+    /// Runs the checkpoint [`Self::schedule_checkpoint_after_backup`]
+    /// scheduled. A request from now on schedules the next one.
     ///
     /// # Errors
     /// SQLite errors.
     pub fn checkpoint_after_backup(&self) -> Result<(), CatalogError> {
-        let done = self.checkpoint();
-        self.after_backup_running.store(false, Ordering::Release);
-        done
+        *self
+            .after_backup_last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        self.after_backup_pending.store(false, Ordering::Release);
+        self.checkpoint()
     }
 }
 
 /// Read-only connections beside the writer. Two match the two cores of a
 /// small server; more would only add page caches.
 const READERS: usize = 2;
+
+/// `path` with its directory resolved (links followed), its file name as
+/// given: a link there is for the no-follow open to refuse.
+fn resolved_dir(path: &Path) -> Result<std::path::PathBuf, CatalogError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        CatalogError::Malformed(format!("{} names no catalog file", path.display()))
+    })?;
+    let dir = std::fs::canonicalize(dir)
+        .map_err(|e| CatalogError::Malformed(format!("cannot resolve {}: {e}", dir.display())))?;
+    Ok(dir.join(name))
+}
 
 /// Opens one read-only connection to the catalog the writer has set up.
 fn open_reader(path: &Path) -> Result<Connection, CatalogError> {

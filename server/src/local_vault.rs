@@ -349,11 +349,7 @@ fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String, i64),
     let (password, node_id) = match registered {
         Some(known) => {
             // A 64-character key; never read through a link or at length.
-            let password = tandem_os::atomic_file::read_small(&key, 4096)
-                .and_then(|bytes| {
-                    String::from_utf8(bytes)
-                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-                })
+            let password = tandem_os::atomic_file::read_small_text(&key, 4096)
                 .map(|text| text.trim().to_string())
                 .map_err(|e| {
                     format!(

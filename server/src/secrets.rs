@@ -64,7 +64,8 @@ impl SecretKey {
             path: path.display().to_string(),
             cause,
         };
-        let bytes = match std::fs::read_to_string(path) {
+        let text = tandem_os::atomic_file::read_small_text(path, 4096);
+        let bytes = match text {
             Ok(text) => {
                 let bytes =
                     hex::decode(text.trim()).map_err(|e| fail(format!("not a hex key: {e}")))?;

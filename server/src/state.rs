@@ -154,7 +154,9 @@ pub(crate) fn setup_err(context: String) -> impl FnOnce(std::io::Error) -> Serve
 /// Reads a bearer token (the admin token, the metrics token), creating it
 /// (mode 0600) on first start.
 pub(crate) fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
-    match std::fs::read_to_string(path) {
+    // Read and written never through a link, and read with a bound.
+    let text = tandem_os::atomic_file::read_small_text(path, 4096);
+    match text {
         Ok(text) if !text.trim().is_empty() => return Ok(Token::new(&text)),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -166,6 +168,7 @@ pub(crate) fn load_or_create_token(path: &Path) -> Result<Token, ServerError> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .map_err(setup_err(format!("cannot create {}", path.display())))?;
     file.write_all(format!("{}\n", token.expose()).as_bytes())

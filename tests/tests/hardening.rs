@@ -119,9 +119,24 @@ fn server_and_client_files_are_private() {
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("chmod 700"), "{}", stderr(&out));
 
+    // A data dir reached through a link of our own is fine (SQLite is told
+    // to refuse links, so the server resolves the directory first).
+    let real = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(real.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let links = tempfile::tempdir().unwrap();
+    let link = links.path().join("data");
+    std::os::unix::fs::symlink(real.path(), &link).unwrap();
+    let out = start_on(&link, &[]);
+    assert!(
+        real.path().join("catalog.db").exists() && !stderr(&out).contains("ERROR"),
+        "{}",
+        stderr(&out)
+    );
+
     // Private, but another user's: that user could plant links in it.
     if nix::unistd::geteuid().is_root() {
         let theirs = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(theirs.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
         let out = start_on(theirs.path(), &[]);
         assert_ne!(out.status.code(), Some(0));

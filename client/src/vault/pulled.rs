@@ -34,7 +34,12 @@ pub fn load(dir: &Path, server: ServerGuid) -> Result<Option<HashSet<ObjectId>>,
     let bytes = match tandem_os::atomic_file::read_small(&path, 1600 << 20) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => {
+            return Err(format!(
+                "cannot read {}: {e}; if it is damaged, remove it: the next sync then sends the server every version it lacks before pulling",
+                path.display()
+            ));
+        }
     };
     let damaged = || {
         format!(

@@ -587,11 +587,13 @@ pub async fn pull(
     })
 }
 
-/// Active versions of the vault that the server no longer holds but has a
-/// later version of the same path for: backups the vault missed (it was
-/// unreachable, or refused) replaced them, and the server's version limit
-/// then removed them. They follow the server, unlike a version the server
-/// lost or an operator deleted, which leaves no later one behind.
+/// Active versions of the vault that the server no longer holds, where the
+/// server's versions of the same path are all later: backups the vault
+/// missed (it was unreachable, or refused) replaced them, and the server's
+/// version limit, which trims the oldest first, then removed them. They
+/// follow the server. A version the server lost (a catalog restored from an
+/// older copy) leaves an earlier one there, and one an operator deleted
+/// leaves no later one: those the vault keeps.
 fn superseded_on_server(
     on_vault: &HashMap<ObjectId, pb::ObjectVersion>,
     on_server: &HashMap<ObjectId, pb::ObjectVersion>,
@@ -610,20 +612,23 @@ fn superseded_on_server(
                 .push((*id, v.backup_time_ns));
         }
     }
-    let mut superseded = HashSet::new();
     if missing.is_empty() {
-        return superseded;
+        return HashSet::new();
     }
+    // Per vault version: whether the server has a later one of its path,
+    // and whether it has an earlier one.
+    let mut seen: HashMap<ObjectId, (bool, bool)> = HashMap::new();
     for v in on_server.values() {
-        if let Some(ours) = missing.get(&path_of(v)) {
-            superseded.extend(
-                ours.iter()
-                    .filter(|(_, at)| v.backup_time_ns > *at)
-                    .map(|(id, _)| *id),
-            );
+        for (id, at) in missing.get(&path_of(v)).into_iter().flatten() {
+            let (later, earlier) = seen.entry(*id).or_default();
+            *later |= v.backup_time_ns > *at;
+            *earlier |= v.backup_time_ns < *at;
         }
     }
-    superseded
+    seen.into_iter()
+        .filter(|(_, (later, earlier))| *later && !*earlier)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 async fn run(source: &Listed<'_>, target: &NodeTarget<'_>) -> Result<SyncReport, ClientError> {
@@ -691,11 +696,16 @@ mod tests {
             (id(2), version("/data/lost", 10, true)),
             (id(3), version("/data/older-there", 10, true)),
             (id(4), version("/data/kept", 10, true)),
+            (id(7), version("/data/rolled-back", 10, true)),
         ]);
         let on_server = HashMap::from([
             (id(4), version("/data/kept", 10, true)),
             (id(5), version("/data/replaced", 30, true)),
             (id(6), version("/data/older-there", 5, false)),
+            // The server lost the vault's version (its catalog went back to
+            // an older copy) and a backup has been made since.
+            (id(8), version("/data/rolled-back", 5, false)),
+            (id(9), version("/data/rolled-back", 30, true)),
         ]);
         let superseded = superseded_on_server(&on_vault, &on_server);
         assert_eq!(superseded, HashSet::from([id(1)]));

@@ -1116,17 +1116,24 @@ fn restore_db_reconciles_each_pool_s_copy_and_keeps_a_chunk_found_in_another_poo
 }
 
 #[test]
-fn checkpoints_after_backups_run_one_at_a_time_and_spaced_out() {
+fn checkpoints_after_backups_wait_one_at_a_time_and_are_spaced_out() {
     let dir = tempfile::tempdir().unwrap();
     let (catalog, _) = new_catalog(&dir);
-    assert!(catalog.claim_checkpoint_after_backup());
-    assert!(
-        !catalog.claim_checkpoint_after_backup(),
-        "one is running (claimed, not yet done)"
+    assert_eq!(
+        catalog.schedule_checkpoint_after_backup(),
+        Some(std::time::Duration::ZERO)
+    );
+    assert_eq!(
+        catalog.schedule_checkpoint_after_backup(),
+        None,
+        "the waiting one serves this request too"
     );
     catalog.checkpoint_after_backup().unwrap();
+    let wait = catalog
+        .schedule_checkpoint_after_backup()
+        .expect("a new one");
     assert!(
-        !catalog.claim_checkpoint_after_backup(),
-        "the last one started less than the spacing ago"
+        wait > std::time::Duration::from_secs(5),
+        "spaced from the last one: {wait:?}"
     );
 }

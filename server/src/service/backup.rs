@@ -1001,13 +1001,18 @@ impl Backup for BackupService {
             // Fold the backup's WAL into the catalog file while the server is
             // otherwise idle, as at shutdown, so an idle server keeps one
             // self-contained database and no WAL of up to 16 MiB beside it.
-            // One at a time and spaced out: a node may end backups in a loop.
+            // Spaced out, and one waiting at a time: a node may end backups
+            // in a loop, and each checkpoint holds the writer while it runs.
             let catalog = self.state.repo.catalog.clone();
-            if catalog.claim_checkpoint_after_backup() {
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = catalog.checkpoint_after_backup() {
-                        tracing::warn!("checkpoint after a backup failed: {e}");
-                    }
+            if let Some(wait) = catalog.schedule_checkpoint_after_backup() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = catalog.checkpoint_after_backup() {
+                            tracing::warn!("checkpoint after a backup failed: {e}");
+                        }
+                    })
+                    .await;
                 });
             }
             actlog::record(

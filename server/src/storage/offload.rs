@@ -113,7 +113,7 @@ pub(super) fn load_markers(
         let Some(number) = marker_number(&path) else {
             continue;
         };
-        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let text = tandem_os::atomic_file::read_small_text(&path, 4096).map_err(io_err(&path))?;
         let mut lines = text.lines();
         let size = lines.next().and_then(|l| l.trim().parse::<u64>().ok());
         let bucket = lines.next().map(str::trim).unwrap_or_default();
