@@ -36,22 +36,10 @@ const ZSTD_MAGIC: u32 = 0xFD2F_B528;
 /// Largest zstd block.
 const MAX_BLOCK: usize = 128 * 1024;
 
-/// Chunks shorter than this (in practice whole small files: a file is cut
-/// into chunks of at least 256 KiB only when larger) use
-/// [`SMALL_CHUNK_LEVEL`]. On 80,000 source-like files of 200 B-100 KiB,
-/// each compressed alone: level 3 took 2.30-2.48 s and stored 121.7 MB,
-/// level 1 2.00-2.01 s and 125.1 MB (+2.8%), and decompressed 3-5% slower.
-/// On such inputs level 3's second hash table costs more than it finds.
-const SMALL_CHUNK: usize = 64 * 1024;
-/// zstd level for chunks under [`SMALL_CHUNK`].
-const SMALL_CHUNK_LEVEL: i32 = 1;
-
 thread_local! {
-    /// One compression context per blocking thread and level, reused across
-    /// chunks (making one per chunk showed in the profile).
+    /// One compression context per blocking thread, reused across chunks
+    /// (making one per chunk showed in the profile).
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { RefCell::new(None) };
-    static SMALL_COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
         const { RefCell::new(None) };
 }
 
@@ -63,17 +51,12 @@ pub fn compress_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
     if looks_random(raw) {
         return Ok(raw_frame(raw));
     }
-    let (context, level) = if raw.len() < SMALL_CHUNK {
-        (&SMALL_COMPRESSOR, SMALL_CHUNK_LEVEL)
-    } else {
-        (&COMPRESSOR, ZSTD_LEVEL)
-    };
-    context.with(|cell| {
+    COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if let Some(compressor) = slot.as_mut() {
             return compressor.compress(raw);
         }
-        slot.insert(zstd::bulk::Compressor::new(level)?)
+        slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL)?)
             .compress(raw)
     })
 }
