@@ -390,18 +390,17 @@ impl Scanner {
         let known = stored.is_some();
         // A regular file is opened here, once: its attributes are read from
         // the descriptor (no path walk through /proc for each file, and they
-        // are the attributes of the file whose data is then read), and the
-        // first read of its data uses it. One that cannot be opened is looked
-        // at by path; its read then reports why it cannot be opened.
+        // belong to the file the first read of data then uses). One that
+        // cannot be opened is looked at by path; its read then reports why
+        // it cannot be opened.
         let opened = (meta.file_type == rustix::fs::FileType::RegularFile && !plan.preview)
             .then(|| entry.open().ok())
             .flatten();
-        let proc_path = entry.proc_path();
-        let source = match &opened {
-            Some(file) => XattrSource::File(file.as_fd()),
-            None => XattrSource::Path(&proc_path),
+        let read = match &opened {
+            Some(file) => self.xattrs.read_from(XattrSource::File(file.as_fd())),
+            None => self.xattrs.read(&entry.proc_path()),
         };
-        match self.xattrs.read_from(source) {
+        match read {
             Ok(xattrs) => {
                 if let Some(extra) = attrs.extra.as_mut() {
                     extra.xattrs = xattrs;
