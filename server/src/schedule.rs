@@ -49,24 +49,39 @@ pub struct Window {
     pub end_ns: i64,
 }
 
+/// The longest schedule name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Checks a schedule name: 1 to [`MAX_NAME_BYTES`] letters, digits, `_`,
+/// `-` or `.`. Applied to names an administrator defines and to the names
+/// clients send back, so neither can carry control characters or
+/// megabytes into logs and error messages.
+///
+/// # Errors
+/// A message naming the offending name (cut to a printable length).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > MAX_NAME_BYTES
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        let shown: String = name.chars().take(MAX_NAME_BYTES + 1).collect();
+        let cut = if shown.len() < name.len() { "..." } else { "" };
+        return Err(format!(
+            "schedule name {shown:?}{cut} must be 1 to {MAX_NAME_BYTES} letters, digits, '_', '-' or '.'"
+        ));
+    }
+    Ok(())
+}
+
 impl Schedule {
     /// Checks what an administrator gave, naming the first thing wrong.
     ///
     /// # Errors
     /// A message for the administrator.
     pub fn check(&self) -> Result<(), String> {
-        if self.name.is_empty()
-            || self.name.len() > 64
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        {
-            return Err(format!(
-                "schedule name {:?} must be 1 to 64 letters, digits, '_', '-' or '.'",
-                self.name
-            ));
-        }
+        check_name(&self.name)?;
         if self.objects.is_empty() {
             return Err(match self.action {
                 ScheduleAction::Command => {

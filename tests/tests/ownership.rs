@@ -230,6 +230,22 @@ async fn one_node_cannot_delete_another_nodes_versions() {
     let (mut as_bob, bob_token) = raw_backup_session(&server, "bob", "bob-password").await;
     let bobs = object_ids(&mut as_bob, &bob_token, &path_str(&bob_dir)).await;
     assert_eq!(bobs.len(), 2, "the directory and the file");
+    // A filespace is a stored path or empty (every filespace): a megabyte
+    // of name, or a relative one, is refused before any catalog lookup.
+    for filespace in ["/f".repeat(1 << 19), "relative".into(), "/a/../b".into()] {
+        let err = as_bob
+            .query_objects(with_session(
+                &bob_token,
+                pb::QueryObjectsRequest {
+                    filespace,
+                    path_prefix: "/".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
 
     // Alice names Bob's versions: nothing is deleted, and she is not told
     // whether they exist.

@@ -520,6 +520,23 @@ fn bad_schedules_and_associations_are_refused_clearly() {
                 .unwrap_err();
             assert_eq!(err.code(), code, "{window} {state}: {err:?}");
         }
+        // A name no schedule can have is refused before any lookup: no
+        // megabytes or control characters reach the log or the answer.
+        for name in [
+            "S".repeat(1 << 20),
+            "S1\nTDM0000E forged".into(),
+            String::new(),
+        ] {
+            let err = alice
+                .report_schedule_event(with_session(
+                    &token,
+                    report(&name, start, "completed", String::new()),
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+            assert!(err.message().len() < 300, "{}", err.message().len());
+        }
         alice
             .report_schedule_event(with_session(
                 &token,

@@ -653,6 +653,10 @@ impl Backup for BackupService {
         let (session, token) = self.session(&request)?;
         let req = request.into_inner();
         convert::check_path(&req.path_prefix)?;
+        // Empty means every filespace; any other is a stored path.
+        if !req.filespace.is_empty() {
+            convert::check_path(&req.filespace)?;
+        }
         // Held until the stream ends; a call beyond the node's slots waits.
         let slot = self
             .state
@@ -1127,6 +1131,8 @@ impl Backup for BackupService {
             ))));
         }
         convert::at_most(req.message.len(), 1024, "message bytes")?;
+        crate::schedule::check_name(&req.schedule)
+            .map_err(|e| Status::from(ServerError::InvalidArgument(e)))?;
         let (node, schedule_name) = (session.node.clone(), req.schedule.to_ascii_uppercase());
         let (lookup_node, lookup_schedule) = (node.clone(), schedule_name.clone());
         let schedule = super::blocking(&self.state, move |s| {
