@@ -484,37 +484,116 @@ fn report_unsets(console: &Console, shown: &str, unsets: Vec<Unset>, stats: &mut
 }
 
 /// Makes a symlink, FIFO or device under a temporary name, gives it its
-/// attributes, and renames it into place.
+/// attributes, and renames it into place. A symlink's times and extended
+/// attributes can only be set by name, and a node is opened by name once
+/// made, so where another user could swap that name (for a hard link to a
+/// file elsewhere) all of it happens in a private directory made beside it
+/// ([`Stage`]), and only the finished node is renamed into place.
 fn restore_node(dest: &DestTree, job: &NodeJob) -> std::io::Result<Vec<Unset>> {
     let dir = dest.dir(&job.placed.parent)?;
     let dir = dir.as_fd();
+    let stage = if others_may_rename_in(dir)? {
+        Some(Stage::make(dir)?)
+    } else {
+        None
+    };
+    let work = stage.as_ref().map_or(dir, |s| s.fd.as_fd());
     let kind = kind_of(&job.attrs);
     let mode = Mode::from_raw_mode(job.attrs.mode & 0o777);
     let rdev = job.attrs.extra.as_ref().map_or(0, |e| e.rdev);
     let tmp = make_temp(|name| match kind {
-        pb::ObjectKind::Symlink => {
-            rustix::fs::symlinkat(names::decode(&job.attrs.link_target).as_os_str(), dir, name)
-        }
-        pb::ObjectKind::Fifo => rustix::fs::mknodat(dir, name, FileType::Fifo, mode, 0),
+        pb::ObjectKind::Symlink => rustix::fs::symlinkat(
+            names::decode(&job.attrs.link_target).as_os_str(),
+            work,
+            name,
+        ),
+        pb::ObjectKind::Fifo => rustix::fs::mknodat(work, name, FileType::Fifo, mode, 0),
         pb::ObjectKind::CharDevice => {
-            rustix::fs::mknodat(dir, name, FileType::CharacterDevice, mode, rdev)
+            rustix::fs::mknodat(work, name, FileType::CharacterDevice, mode, rdev)
         }
-        _ => rustix::fs::mknodat(dir, name, FileType::BlockDevice, mode, rdev),
-    })?;
-    let expected = match kind {
-        pb::ObjectKind::Symlink => FileType::Symlink,
-        pb::ObjectKind::Fifo => FileType::Fifo,
-        pb::ObjectKind::CharDevice => FileType::CharacterDevice,
-        _ => FileType::BlockDevice,
-    };
-    let placed = attrs::apply_at(dir, &tmp, &job.attrs, expected).and_then(|unsets| {
-        rustix::fs::renameat(dir, &tmp, dir, &job.placed.name)?;
-        Ok(unsets)
+        _ => rustix::fs::mknodat(work, name, FileType::BlockDevice, mode, rdev),
     });
-    if placed.is_err() {
-        let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
+    let placed = tmp.and_then(|tmp| {
+        let expected = match kind {
+            pb::ObjectKind::Symlink => FileType::Symlink,
+            pb::ObjectKind::Fifo => FileType::Fifo,
+            pb::ObjectKind::CharDevice => FileType::CharacterDevice,
+            _ => FileType::BlockDevice,
+        };
+        let placed = attrs::apply_at(work, &tmp, &job.attrs, expected).and_then(|unsets| {
+            rustix::fs::renameat(work, &tmp, dir, &job.placed.name)?;
+            Ok(unsets)
+        });
+        if placed.is_err() {
+            let _ = rustix::fs::unlinkat(work, &tmp, AtFlags::empty());
+        }
+        placed
+    });
+    if let Some(stage) = stage {
+        stage.remove(dir);
     }
     placed
+}
+
+/// Whether a user other than this process's could rename or replace
+/// entries of the directory `dir`: it is not ours, or others may write it
+/// and it is not sticky (in a sticky directory only an entry's owner, the
+/// directory's owner and root may rename it).
+fn others_may_rename_in(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
+    let st = rustix::fs::fstat(dir)?;
+    let ours = st.st_uid == rustix::process::geteuid().as_raw();
+    let shared = st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0;
+    Ok(!ours || shared)
+}
+
+/// A private directory (mode 0700, this process's user) made in the
+/// directory a node is restored to, where the node is made and given its
+/// attributes out of other users' reach.
+struct Stage {
+    name: OsString,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Stage {
+    fn make(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Stage> {
+        #[cfg(test)]
+        tests::STAGES_MADE.with(|n| n.set(n.get() + 1));
+        let name = make_temp(|name| rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)))?;
+        let opened = rustix::fs::openat(
+            dir,
+            &name,
+            rustix::fs::OFlags::PATH
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|fd| {
+            // Another user may have put their own directory in its place.
+            let st = rustix::fs::fstat(&fd)?;
+            if st.st_uid == rustix::process::geteuid().as_raw() && st.st_mode & 0o077 == 0 {
+                Ok(fd)
+            } else {
+                Err(std::io::Error::other(
+                    "a private directory made to restore it in was replaced by another user's",
+                ))
+            }
+        });
+        match opened {
+            Ok(fd) => Ok(Stage { name, fd }),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the (now empty) directory; one another user moved away is
+    /// left where they put it.
+    fn remove(self, dir: std::os::fd::BorrowedFd<'_>) {
+        let _ = rustix::fs::unlinkat(dir, &self.name, AtFlags::REMOVEDIR);
+    }
 }
 
 /// Links a further name to the file its leader restored, after checking
@@ -935,6 +1014,11 @@ async fn transfer(
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// Private directories [`Stage::make`] made on this thread.
+        pub(super) static STAGES_MADE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
     fn file(group: u64, mtime_ns: i64, chunk: u8) -> (pb::ObjectAttrs, Vec<ChunkId>) {
         let attrs = pb::ObjectAttrs {
             size: 10,
@@ -971,6 +1055,81 @@ mod tests {
             });
         }
         (files, links)
+    }
+
+    #[test]
+    fn nodes_are_staged_only_where_another_user_could_rename_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let may = |mode: u32| {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let fd = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, Mode::empty()).unwrap();
+            others_may_rename_in(fd.as_fd()).unwrap()
+        };
+        assert!(!may(0o700));
+        assert!(!may(0o755));
+        assert!(may(0o775));
+        assert!(may(0o777));
+        assert!(!may(0o1777), "sticky: only we may rename our entries");
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+            assert!(may(0o700), "its owner may rename anything in it");
+        }
+    }
+
+    #[test]
+    fn a_node_restored_where_others_may_rename_is_made_in_a_private_stage() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let tree = DestTree::open(dir.path(), true, false).unwrap();
+        for (name, kind, target) in [
+            ("link", pb::ObjectKind::Symlink, "some/target"),
+            ("fifo", pb::ObjectKind::Fifo, ""),
+        ] {
+            let job = NodeJob {
+                placed: tree.place(name).unwrap(),
+                shown: name.into(),
+                attrs: pb::ObjectAttrs {
+                    kind: kind as i32,
+                    link_target: target.into(),
+                    mode: 0o640,
+                    mtime_ns: 1_000_000_000_000_000_000,
+                    ..Default::default()
+                },
+            };
+            restore_node(&tree, &job).unwrap();
+        }
+        assert_eq!(STAGES_MADE.with(std::cell::Cell::get), 2);
+        let link = dir.path().join("link");
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            std::path::Path::new("some/target")
+        );
+        let fifo = std::fs::symlink_metadata(dir.path().join("fifo")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+        assert_eq!(fifo.permissions().mode() & 0o777, 0o640);
+        assert_eq!(std::os::unix::fs::MetadataExt::mtime(&fifo), 1_000_000_000);
+        // Nothing else is left: no stage, no temporary name.
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["fifo", "link"]);
+        // In a directory only we can change, no stage is needed.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let job = NodeJob {
+            placed: tree.place("plain").unwrap(),
+            shown: "plain".into(),
+            attrs: pb::ObjectAttrs {
+                kind: pb::ObjectKind::Fifo as i32,
+                mode: 0o600,
+                ..Default::default()
+            },
+        };
+        restore_node(&tree, &job).unwrap();
+        assert_eq!(STAGES_MADE.with(std::cell::Cell::get), 2);
     }
 
     #[test]

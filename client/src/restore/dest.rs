@@ -81,6 +81,15 @@ fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd>
 /// # Errors
 /// A sentence naming the component that could lead outside DEST.
 pub(super) fn components(rel: &str, dest: &Path) -> Result<Vec<OsString>, String> {
+    // No server stores a longer one; a listing that has one is not to be
+    // walked (each of its many components costs a look-up of its prefix).
+    if rel.len() > tandem_proto::MAX_PATH_BYTES {
+        return Err(format!(
+            "a stored path of {} bytes is longer than the {} a stored path may have; it is not restored",
+            rel.len(),
+            tandem_proto::MAX_PATH_BYTES
+        ));
+    }
     rel.split('/')
         .map(|part| {
             names::check_component(part)
@@ -106,7 +115,6 @@ impl DestTree {
     /// # Errors
     /// DEST cannot be opened or created, or (in place) a link is on the way.
     pub(super) fn open(dest: &Path, follow_dest: bool, replace_links: bool) -> io::Result<Self> {
-        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let (root, created) = if follow_dest {
             let existed = dest.symlink_metadata().is_ok();
             if let Ok(meta) = dest.metadata()
@@ -120,11 +128,8 @@ impl DestTree {
                     ),
                 ));
             }
-            std::fs::create_dir_all(dest).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot create {}: {e}", dest.display()))
-            })?;
-            let fd = rustix::fs::openat(rustix::fs::CWD, dest, dir_flags, Mode::empty())?;
-            (fd, !existed)
+            let (fd, made) = open_named(dest)?;
+            (fd, made && !existed)
         } else {
             resolve_in_place(dest)?
         };
@@ -466,7 +471,90 @@ fn resolve_in_place(dest: &Path) -> io::Result<(OwnedFd, bool)> {
         stack.push(next);
     }
     let fd = stack.pop().ok_or_else(|| refuse("no directory".into()))?;
+    let created = created && is_own(&fd)?;
     Ok((fd, created))
+}
+
+/// Opens a DEST the user named, creating what is missing of it; whether
+/// this call made DEST itself. The part that exists is opened as named (a
+/// link the user put in the path is their choice). Each missing directory
+/// is made with `mkdirat` in the one above it and opened from there without
+/// following links, so a local user who swaps a directory just made for a
+/// link (to `/etc`, say) makes the restore stop instead of writing there.
+///
+/// # Errors
+/// A directory cannot be opened or made, DEST ends in `..` that does not
+/// exist, or a directory made was replaced by something else meanwhile.
+fn open_named(dest: &Path) -> io::Result<(OwnedFd, bool)> {
+    use std::path::Component;
+    let cannot_create =
+        |e: io::Error| io::Error::new(e.kind(), format!("cannot create {}: {e}", dest.display()));
+    let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut existing = dest.to_path_buf();
+    let mut missing: Vec<OsString> = Vec::new();
+    let mut fd = loop {
+        let at = if existing.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            existing.as_path()
+        };
+        match rustix::fs::openat(rustix::fs::CWD, at, dir_flags, Mode::empty()) {
+            Ok(fd) => break fd,
+            Err(Errno::NOENT) => match existing.components().next_back() {
+                Some(Component::Normal(name)) => {
+                    missing.push(name.to_os_string());
+                    existing.pop();
+                }
+                _ => {
+                    return Err(cannot_create(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "a part of it that does not exist is not a plain name",
+                    )));
+                }
+            },
+            Err(e) => return Err(cannot_create(e.into())),
+        }
+    };
+    let mut made = false;
+    #[cfg(test)]
+    let mut here = existing.clone();
+    for name in missing.iter().rev() {
+        made = match rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o777)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
+            Err(e) => return Err(cannot_create(e.into())),
+        };
+        #[cfg(test)]
+        {
+            here.push(name);
+            tests::AFTER_MKDIR.with(|hook| {
+                if let Some(hook) = hook.borrow_mut().as_mut() {
+                    hook(&here);
+                }
+            });
+        }
+        fd = open_dir_at(fd.as_fd(), name).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} changed while it was being created: {} is not the directory just made \
+                     ({e}); another user may be able to write above it. Nothing was restored",
+                    dest.display(),
+                    Path::new(name).display()
+                ),
+            )
+        })?;
+    }
+    let made = made && is_own(&fd)?;
+    Ok((fd, made))
+}
+
+/// Whether the directory `fd` belongs to this process's user: one this
+/// restore just made does. Another user's directory swapped in for it is
+/// then not taken for an empty one of ours, where nothing needs checking.
+fn is_own(fd: &OwnedFd) -> io::Result<bool> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(st.st_uid == rustix::process::geteuid().as_raw())
 }
 
 fn join(parts: &[OsString]) -> Vec<u8> {
@@ -493,6 +581,70 @@ fn split(joined: &[u8]) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a test does in the middle of `open_named`.
+    type RaceHook = Option<Box<dyn FnMut(&Path)>>;
+
+    thread_local! {
+        /// Runs after each directory `open_named` makes, before it is
+        /// opened: the moment a local user racing the restore would strike.
+        pub(super) static AFTER_MKDIR: std::cell::RefCell<RaceHook> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// Sets the hook for one `open_named` call's race.
+    fn race(hook: impl FnMut(&Path) + 'static) {
+        AFTER_MKDIR.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+    }
+
+    #[test]
+    fn a_named_destination_swapped_for_a_link_while_it_is_made_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        // The last directory made (DEST itself), then one on the way to it.
+        for (dest, swapped) in [("new", "new"), ("a/b/c", "a/b")] {
+            let swapped = base.path().join(swapped);
+            let (target, moved) = (outside.path().to_path_buf(), base.path().join("moved"));
+            let victim = swapped.clone();
+            race(move |made| {
+                if made == victim {
+                    std::fs::rename(made, &moved).unwrap();
+                    std::os::unix::fs::symlink(&target, made).unwrap();
+                }
+            });
+            let err = DestTree::open(&base.path().join(dest), true, false).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("changed while it was being created"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+            std::fs::remove_file(&swapped).unwrap();
+            std::fs::remove_dir_all(base.path().join("moved")).unwrap();
+        }
+        race(|_| {});
+        // Without a race the same names are made and DEST is new.
+        let tree = DestTree::open(&base.path().join("a/b/c"), true, false).unwrap();
+        assert!(tree.in_new_dir(&tree.place("f").unwrap()));
+    }
+
+    #[test]
+    fn another_users_directory_swapped_in_is_not_taken_for_a_new_one() {
+        if !rustix::process::geteuid().is_root() {
+            return; // making a directory another user owns needs root
+        }
+        let base = tempfile::tempdir().unwrap();
+        let moved = base.path().join("moved");
+        race(move |made| {
+            std::fs::rename(made, &moved).unwrap();
+            std::fs::create_dir(made).unwrap();
+            std::os::unix::fs::chown(made, Some(65534), Some(65534)).unwrap();
+        });
+        let tree = DestTree::open(&base.path().join("new"), true, false).unwrap();
+        race(|_| {});
+        // Opened, but what is in it is checked as in any existing directory.
+        assert!(!tree.in_new_dir(&tree.place("f").unwrap()));
+    }
 
     #[test]
     fn places_and_creates_parents() {
@@ -531,10 +683,11 @@ mod tests {
             "",
             "\u{10FF2E}\u{10FF2E}/x",
             "a/\u{10FF2F}etc\u{10FF2F}cron.d",
+            &"a/".repeat(tandem_proto::MAX_PATH_BYTES / 2 + 1),
         ] {
             let err = tree.place(rel).unwrap_err();
             assert!(
-                err.contains("component") || err.contains("canonical"),
+                err.contains("component") || err.contains("canonical") || err.contains("longer"),
                 "{rel}: {err}"
             );
         }
