@@ -28,6 +28,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -488,16 +489,15 @@ fn report_unsets(console: &Console, shown: &str, unsets: Vec<Unset>, stats: &mut
 /// attributes can only be set by name, and a node is opened by name once
 /// made, so where another user could swap that name (for a hard link to a
 /// file elsewhere) all of it happens in a private directory made beside it
-/// ([`Stage`]), and only the finished node is renamed into place.
-fn restore_node(dest: &DestTree, job: &NodeJob) -> std::io::Result<Vec<Unset>> {
-    let dir = dest.dir(&job.placed.parent)?;
-    let dir = dir.as_fd();
-    let stage = if others_may_rename_in(dir)? {
-        Some(Stage::make(dir)?)
-    } else {
-        None
-    };
-    let work = stage.as_ref().map_or(dir, |s| s.fd.as_fd());
+/// ([`Stage`], one per directory, kept in `stages` for the next node), and
+/// only the finished node is renamed into place.
+fn restore_node(
+    dest: &DestTree,
+    job: &NodeJob,
+    stages: &mut Stages,
+) -> std::io::Result<Vec<Unset>> {
+    let (dir, stage) = stages.for_dir(dest, &job.placed.parent)?;
+    let work = stage.map_or(dir, |s| s.fd.as_fd());
     let kind = kind_of(&job.attrs);
     let mode = Mode::from_raw_mode(job.attrs.mode & 0o777);
     let rdev = job.attrs.extra.as_ref().map_or(0, |e| e.rdev);
@@ -512,27 +512,78 @@ fn restore_node(dest: &DestTree, job: &NodeJob) -> std::io::Result<Vec<Unset>> {
             rustix::fs::mknodat(work, name, FileType::CharacterDevice, mode, rdev)
         }
         _ => rustix::fs::mknodat(work, name, FileType::BlockDevice, mode, rdev),
+    })?;
+    let expected = match kind {
+        pb::ObjectKind::Symlink => FileType::Symlink,
+        pb::ObjectKind::Fifo => FileType::Fifo,
+        pb::ObjectKind::CharDevice => FileType::CharacterDevice,
+        _ => FileType::BlockDevice,
+    };
+    let placed = attrs::apply_at(work, &tmp, &job.attrs, expected).and_then(|unsets| {
+        rustix::fs::renameat(work, &tmp, dir, &job.placed.name)?;
+        Ok(unsets)
     });
-    let placed = tmp.and_then(|tmp| {
-        let expected = match kind {
-            pb::ObjectKind::Symlink => FileType::Symlink,
-            pb::ObjectKind::Fifo => FileType::Fifo,
-            pb::ObjectKind::CharDevice => FileType::CharacterDevice,
-            _ => FileType::BlockDevice,
-        };
-        let placed = attrs::apply_at(work, &tmp, &job.attrs, expected).and_then(|unsets| {
-            rustix::fs::renameat(work, &tmp, dir, &job.placed.name)?;
-            Ok(unsets)
-        });
-        if placed.is_err() {
-            let _ = rustix::fs::unlinkat(work, &tmp, AtFlags::empty());
-        }
-        placed
-    });
-    if let Some(stage) = stage {
-        stage.remove(dir);
+    if placed.is_err() {
+        let _ = rustix::fs::unlinkat(work, &tmp, AtFlags::empty());
     }
     placed
+}
+
+/// The directory the last node went to, and its stage if it needs one.
+#[derive(Default)]
+struct Stages {
+    current: Option<StagedDir>,
+}
+
+/// A directory nodes go to: its place below DEST, its descriptor, and the
+/// stage made in it.
+struct StagedDir {
+    parent: Arc<[u8]>,
+    dir: Arc<std::os::fd::OwnedFd>,
+    stage: Option<Stage>,
+}
+
+impl Stages {
+    /// The directory `parent` (as in [`Placed`]) and its stage, made when
+    /// another user could rename entries there; the last directory's
+    /// stage is removed when another is asked for.
+    fn for_dir(
+        &mut self,
+        dest: &DestTree,
+        parent: &Arc<[u8]>,
+    ) -> std::io::Result<(std::os::fd::BorrowedFd<'_>, Option<&Stage>)> {
+        if self.current.as_ref().is_none_or(|d| d.parent != *parent) {
+            self.finish();
+            let dir = dest.dir(parent)?;
+            let stage = if others_may_rename_in(dir.as_fd())? {
+                Stage::make(dir.as_fd())?
+            } else {
+                None
+            };
+            self.current = Some(StagedDir {
+                parent: Arc::clone(parent),
+                dir,
+                stage,
+            });
+        }
+        let here = self
+            .current
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no directory"))?;
+        Ok((here.dir.as_fd(), here.stage.as_ref()))
+    }
+
+    /// Removes the last stage.
+    fn finish(&mut self) {
+        if let Some(StagedDir {
+            dir,
+            stage: Some(stage),
+            ..
+        }) = self.current.take()
+        {
+            stage.remove(dir.as_fd());
+        }
+    }
 }
 
 /// Whether a user other than this process's could rename or replace
@@ -546,6 +597,19 @@ fn others_may_rename_in(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<boo
     Ok(!ours || shared)
 }
 
+/// Whether `dir` is on a network file system, whose server may give new
+/// files another owner than the process that makes them (NFS, SMB).
+fn maps_owners(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
+    const NFS: i64 = 0x6969;
+    const SMB: i64 = 0x517B;
+    const CIFS: i64 = 0xFF53_4D42;
+    const SMB2: i64 = 0xFE53_4D42;
+    // f_type's type differs by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = rustix::fs::fstatfs(dir)?.f_type as i64;
+    Ok(matches!(kind, NFS | SMB | CIFS | SMB2))
+}
+
 /// A private directory (mode 0700, this process's user) made in the
 /// directory a node is restored to, where the node is made and given its
 /// attributes out of other users' reach.
@@ -555,7 +619,11 @@ struct Stage {
 }
 
 impl Stage {
-    fn make(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Stage> {
+    /// The stage made in `dir`; `None` on a network file system that does
+    /// not give this user's new directories to this user (NFS's root
+    /// squash): there root can do no more than the owner of the directory,
+    /// and the node is made directly in `dir`, as everywhere before stages.
+    fn make(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<Stage>> {
         #[cfg(test)]
         tests::STAGES_MADE.with(|n| n.set(n.get() + 1));
         let name = make_temp(|name| rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)))?;
@@ -573,7 +641,9 @@ impl Stage {
             // Another user may have put their own directory in its place.
             let st = rustix::fs::fstat(&fd)?;
             if st.st_uid == rustix::process::geteuid().as_raw() && st.st_mode & 0o077 == 0 {
-                Ok(fd)
+                Ok(Some(fd))
+            } else if maps_owners(dir)? {
+                Ok(None)
             } else {
                 Err(std::io::Error::other(
                     "a private directory made to restore it in was replaced by another user's",
@@ -581,7 +651,11 @@ impl Stage {
             }
         });
         match opened {
-            Ok(fd) => Ok(Stage { name, fd }),
+            Ok(Some(fd)) => Ok(Some(Stage { name, fd })),
+            Ok(None) => {
+                let _ = rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR);
+                Ok(None)
+            }
             Err(e) => {
                 let _ = rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR);
                 Err(e)
@@ -694,6 +768,7 @@ fn restore_nodes(
             }
         }
     }
+    let mut stages = Stages::default();
     for job in plan.symlinks.iter().chain(&plan.specials) {
         let device = matches!(
             kind_of(&job.attrs),
@@ -707,7 +782,7 @@ fn restore_nodes(
             stats.skipped += 1;
             continue;
         }
-        match restore_node(dest, job) {
+        match restore_node(dest, job, &mut stages) {
             Ok(unsets) => {
                 stats.restored += 1;
                 report_unsets(console, &job.shown, unsets, stats);
@@ -718,6 +793,7 @@ fn restore_nodes(
             }
         }
     }
+    stages.finish();
     for job in plan.dirs.iter().rev() {
         if !job.apply {
             stats.directories_kept += 1;
@@ -1083,6 +1159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let tree = DestTree::open(dir.path(), true, false).unwrap();
+        let mut stages = Stages::default();
         for (name, kind, target) in [
             ("link", pb::ObjectKind::Symlink, "some/target"),
             ("fifo", pb::ObjectKind::Fifo, ""),
@@ -1098,9 +1175,11 @@ mod tests {
                     ..Default::default()
                 },
             };
-            restore_node(&tree, &job).unwrap();
+            restore_node(&tree, &job, &mut stages).unwrap();
         }
-        assert_eq!(STAGES_MADE.with(std::cell::Cell::get), 2);
+        stages.finish();
+        // One for the directory, however many nodes go there.
+        assert_eq!(STAGES_MADE.with(std::cell::Cell::get), 1);
         let link = dir.path().join("link");
         assert_eq!(
             std::fs::read_link(&link).unwrap(),
@@ -1128,8 +1207,9 @@ mod tests {
                 ..Default::default()
             },
         };
-        restore_node(&tree, &job).unwrap();
-        assert_eq!(STAGES_MADE.with(std::cell::Cell::get), 2);
+        restore_node(&tree, &job, &mut stages).unwrap();
+        stages.finish();
+        assert_eq!(STAGES_MADE.with(std::cell::Cell::get), 1);
     }
 
     #[test]

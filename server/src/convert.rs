@@ -30,19 +30,25 @@ use tandem_replication::ObjectState;
 /// # Errors
 /// [`ServerError::InvalidArgument`] naming the path.
 pub fn check_path(path: &str) -> Result<(), ServerError> {
-    let bad = |why: &str| ServerError::InvalidArgument(format!("path {path:?} {why}"));
-    if !path.starts_with('/') {
-        return Err(bad("is not absolute"));
-    }
-    if path.contains('\0') {
-        return Err(bad("contains a NUL byte"));
-    }
+    // Checked first: the other messages show the path.
     if path.len() > tandem_proto::MAX_PATH_BYTES {
         return Err(ServerError::InvalidArgument(format!(
             "a path of {} bytes is longer than the {} a stored path may have",
             path.len(),
             tandem_proto::MAX_PATH_BYTES
         )));
+    }
+    let bad = |why: &str| {
+        // At most the first 200 characters, so an answer stays short.
+        let shown: String = path.chars().take(200).collect();
+        let cut = if shown.len() < path.len() { "..." } else { "" };
+        ServerError::InvalidArgument(format!("path {shown:?}{cut} {why}"))
+    };
+    if !path.starts_with('/') {
+        return Err(bad("is not absolute"));
+    }
+    if path.contains('\0') {
+        return Err(bad("contains a NUL byte"));
     }
     if path == "/" {
         return Ok(());

@@ -232,7 +232,13 @@ async fn one_node_cannot_delete_another_nodes_versions() {
     assert_eq!(bobs.len(), 2, "the directory and the file");
     // A filespace is a stored path or empty (every filespace): a megabyte
     // of name, or a relative one, is refused before any catalog lookup.
-    for filespace in ["/f".repeat(1 << 19), "relative".into(), "/a/../b".into()] {
+    for filespace in [
+        "/f".repeat(1 << 19),
+        "f".repeat(1 << 20),
+        format!("/{}\0", "f".repeat(30_000)),
+        "relative".into(),
+        "/a/../b".into(),
+    ] {
         let err = as_bob
             .query_objects(with_session(
                 &bob_token,
@@ -244,7 +250,8 @@ async fn one_node_cannot_delete_another_nodes_versions() {
             ))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{:?}", err.code());
+        assert!(err.message().len() < 400, "{}", err.message().len());
     }
 
     // Alice names Bob's versions: nothing is deleted, and she is not told

@@ -332,12 +332,26 @@ impl DestTree {
                 }
             },
         }
-        match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o777)) {
-            Ok(()) => self.mark_created(parts),
-            Err(Errno::EXIST) => {}
+        let made = match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o777)) {
+            Ok(()) => true,
+            Err(Errno::EXIST) => false,
             Err(e) => return Err(cannot("create", e)),
+        };
+        #[cfg(test)]
+        tests::AFTER_MKDIR.with(|hook| {
+            if let Some(hook) = hook.borrow_mut().as_mut() {
+                let mut made = self.shown.clone();
+                made.extend(parts);
+                hook(&made);
+            }
+        });
+        let fd = open_dir_at(dir, name).map_err(|e| cannot("open", e))?;
+        // Counted as new (nothing in it checked) only if it is ours: not
+        // a directory another user swapped in after it was made.
+        if made && is_own(&fd).map_err(|e| cannot("inspect", e))? {
+            self.mark_created(parts);
         }
-        open_dir_at(dir, name).map_err(|e| cannot("open", e))
+        Ok(fd)
     }
 
     /// Makes everything written under DEST durable (`syncfs`).
@@ -490,9 +504,11 @@ fn open_named(dest: &Path) -> io::Result<(OwnedFd, bool)> {
     let cannot_create =
         |e: io::Error| io::Error::new(e.kind(), format!("cannot create {}: {e}", dest.display()));
     let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    // The deepest part that exists, and what follows it (names to make,
+    // and `..` steps back out of one just made), last first.
     let mut existing = dest.to_path_buf();
     let mut missing: Vec<OsString> = Vec::new();
-    let mut fd = loop {
+    let root = loop {
         let at = if existing.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -501,25 +517,40 @@ fn open_named(dest: &Path) -> io::Result<(OwnedFd, bool)> {
         match rustix::fs::openat(rustix::fs::CWD, at, dir_flags, Mode::empty()) {
             Ok(fd) => break fd,
             Err(Errno::NOENT) => match existing.components().next_back() {
-                Some(Component::Normal(name)) => {
-                    missing.push(name.to_os_string());
+                Some(Component::Normal(_) | Component::ParentDir | Component::CurDir) => {
+                    let last = existing.components().next_back().map(Component::as_os_str);
+                    missing.push(last.unwrap_or_default().to_os_string());
                     existing.pop();
                 }
-                _ => {
-                    return Err(cannot_create(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "a part of it that does not exist is not a plain name",
-                    )));
-                }
+                _ => return Err(cannot_create(Errno::NOENT.into())),
             },
             Err(e) => return Err(cannot_create(e.into())),
         }
     };
-    let mut made = false;
+    // The directories entered below the existing part, each made here.
+    let mut stack: Vec<(OwnedFd, bool)> = vec![(root, false)];
     #[cfg(test)]
     let mut here = existing.clone();
     for name in missing.iter().rev() {
-        made = match rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o777)) {
+        match name.as_bytes() {
+            b"." => continue,
+            b".." => {
+                // Only a directory made here can be left by `..` (one that
+                // existed would have been opened as part of the path).
+                if stack.len() < 2 {
+                    return Err(cannot_create(Errno::NOENT.into()));
+                }
+                stack.pop();
+                #[cfg(test)]
+                here.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let (fd, _) = stack
+            .last()
+            .ok_or_else(|| cannot_create(Errno::NOENT.into()))?;
+        let made = match rustix::fs::mkdirat(fd, name, Mode::from_raw_mode(0o777)) {
             Ok(()) => true,
             Err(Errno::EXIST) => false,
             Err(e) => return Err(cannot_create(e.into())),
@@ -533,18 +564,28 @@ fn open_named(dest: &Path) -> io::Result<(OwnedFd, bool)> {
                 }
             });
         }
-        fd = open_dir_at(fd.as_fd(), name).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
+        let shown = Path::new(name).display();
+        let next = open_dir_at(fd.as_fd(), name).map_err(|e| {
+            let why = if made {
                 format!(
-                    "{} changed while it was being created: {} is not the directory just made \
-                     ({e}); another user may be able to write above it. Nothing was restored",
-                    dest.display(),
-                    Path::new(name).display()
-                ),
-            )
+                    "{} changed while it was being created: {shown} is not the directory just \
+                     made ({e}); another user may be able to write above it. Nothing was restored",
+                    dest.display()
+                )
+            } else {
+                format!(
+                    "cannot create {}: {shown} exists and is not a directory (a symbolic link \
+                     to nowhere?) ({e})",
+                    dest.display()
+                )
+            };
+            io::Error::new(io::ErrorKind::AlreadyExists, why)
         })?;
+        stack.push((next, made));
     }
+    let (fd, made) = stack
+        .pop()
+        .ok_or_else(|| cannot_create(Errno::NOENT.into()))?;
     let made = made && is_own(&fd)?;
     Ok((fd, made))
 }
@@ -552,7 +593,7 @@ fn open_named(dest: &Path) -> io::Result<(OwnedFd, bool)> {
 /// Whether the directory `fd` belongs to this process's user: one this
 /// restore just made does. Another user's directory swapped in for it is
 /// then not taken for an empty one of ours, where nothing needs checking.
-fn is_own(fd: &OwnedFd) -> io::Result<bool> {
+fn is_own(fd: &OwnedFd) -> rustix::io::Result<bool> {
     let st = rustix::fs::fstat(fd)?;
     Ok(st.st_uid == rustix::process::geteuid().as_raw())
 }
@@ -644,6 +685,19 @@ mod tests {
         race(|_| {});
         // Opened, but what is in it is checked as in any existing directory.
         assert!(!tree.in_new_dir(&tree.place("f").unwrap()));
+        // The same for a directory made below DEST.
+        let moved = base.path().join("moved2");
+        race(move |made| {
+            if made.ends_with("sub") {
+                std::fs::rename(made, &moved).unwrap();
+                std::fs::create_dir(made).unwrap();
+                std::os::unix::fs::chown(made, Some(65534), Some(65534)).unwrap();
+            }
+        });
+        let placed = tree.place("sub/f");
+        race(|_| {});
+        assert!(!tree.in_new_dir(&placed.unwrap()));
+        assert!(tree.in_new_dir(&tree.place("mine/f").unwrap()));
     }
 
     #[test]
@@ -683,7 +737,6 @@ mod tests {
             "",
             "\u{10FF2E}\u{10FF2E}/x",
             "a/\u{10FF2F}etc\u{10FF2F}cron.d",
-            &"a/".repeat(tandem_proto::MAX_PATH_BYTES / 2 + 1),
         ] {
             let err = tree.place(rel).unwrap_err();
             assert!(
@@ -692,6 +745,39 @@ mod tests {
             );
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Well formed but longer than any server stores: not walked.
+        let long = "a/".repeat(tandem_proto::MAX_PATH_BYTES / 2) + "a";
+        let err = tree.place(&long).unwrap_err();
+        assert!(err.contains("longer than the 32768"), "{}", &err[..200]);
+        assert!(err.len() < 300, "the path is not repeated: {}", err.len());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn named_destinations_are_made_as_create_dir_all_made_them() {
+        let base = tempfile::tempdir().unwrap();
+        // `..` out of a directory just made, and `.` on the way.
+        DestTree::open(&base.path().join("new/../x/./y"), true, false).unwrap();
+        assert!(base.path().join("new").is_dir());
+        assert!(base.path().join("x/y").is_dir());
+        // A new DEST, then the same one again, existing.
+        let new = DestTree::open(&base.path().join("rel/sub"), true, false).unwrap();
+        assert!(new.in_new_dir(&new.place("f").unwrap()));
+        let again = DestTree::open(&base.path().join("rel/sub"), true, false).unwrap();
+        assert!(!again.in_new_dir(&again.place("f").unwrap()));
+        // A link to nowhere on the way is named as such.
+        std::os::unix::fs::symlink(base.path().join("nowhere"), base.path().join("dangling"))
+            .unwrap();
+        let err = DestTree::open(&base.path().join("dangling/sub"), true, false).unwrap_err();
+        assert!(
+            err.to_string().contains("exists and is not a directory"),
+            "{err}"
+        );
+        assert!(!base.path().join("nowhere").exists());
+        // A file on the way.
+        std::fs::write(base.path().join("file"), b"x").unwrap();
+        let err = DestTree::open(&base.path().join("file/sub"), true, false).unwrap_err();
+        assert!(err.to_string().contains("cannot create"), "{err}");
     }
 
     #[test]
