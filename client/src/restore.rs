@@ -26,7 +26,7 @@ pub use self::sources::DataSources;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -539,7 +539,7 @@ struct Stages {
 /// stage made in it.
 struct StagedDir {
     parent: Arc<[u8]>,
-    dir: Arc<std::os::fd::OwnedFd>,
+    dir: Arc<OwnedFd>,
     stage: Option<Stage>,
 }
 
@@ -551,7 +551,7 @@ impl Stages {
         &mut self,
         dest: &DestTree,
         parent: &Arc<[u8]>,
-    ) -> std::io::Result<(std::os::fd::BorrowedFd<'_>, Option<&Stage>)> {
+    ) -> std::io::Result<(BorrowedFd<'_>, Option<&Stage>)> {
         if self.current.as_ref().is_none_or(|d| d.parent != *parent) {
             self.finish();
             let dir = dest.dir(parent)?;
@@ -590,7 +590,7 @@ impl Stages {
 /// entries of the directory `dir`: it is not ours, or others may write it
 /// and it is not sticky (in a sticky directory only an entry's owner, the
 /// directory's owner and root may rename it).
-fn others_may_rename_in(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
+fn others_may_rename_in(dir: BorrowedFd<'_>) -> std::io::Result<bool> {
     let st = rustix::fs::fstat(dir)?;
     let ours = st.st_uid == rustix::process::geteuid().as_raw();
     let shared = st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0;
@@ -599,7 +599,7 @@ fn others_may_rename_in(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<boo
 
 /// Whether `dir` is on a network file system, whose server may give new
 /// files another owner than the process that makes them (NFS, SMB).
-fn maps_owners(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
+fn maps_owners(dir: BorrowedFd<'_>) -> std::io::Result<bool> {
     const NFS: i64 = 0x6969;
     const SMB: i64 = 0x517B;
     const CIFS: i64 = 0xFF53_4D42;
@@ -615,7 +615,7 @@ fn maps_owners(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
 /// attributes out of other users' reach.
 struct Stage {
     name: OsString,
-    fd: std::os::fd::OwnedFd,
+    fd: OwnedFd,
 }
 
 impl Stage {
@@ -623,7 +623,7 @@ impl Stage {
     /// not give this user's new directories to this user (NFS's root
     /// squash): there root can do no more than the owner of the directory,
     /// and the node is made directly in `dir`, as everywhere before stages.
-    fn make(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Option<Stage>> {
+    fn make(dir: BorrowedFd<'_>) -> std::io::Result<Option<Stage>> {
         #[cfg(test)]
         tests::STAGES_MADE.with(|n| n.set(n.get() + 1));
         let name = make_temp(|name| rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)))?;
@@ -665,7 +665,7 @@ impl Stage {
 
     /// Removes the (now empty) directory; one another user moved away is
     /// left where they put it.
-    fn remove(self, dir: std::os::fd::BorrowedFd<'_>) {
+    fn remove(self, dir: BorrowedFd<'_>) {
         let _ = rustix::fs::unlinkat(dir, &self.name, AtFlags::REMOVEDIR);
     }
 }

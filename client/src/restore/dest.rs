@@ -338,13 +338,13 @@ impl DestTree {
             Err(e) => return Err(cannot("create", e)),
         };
         #[cfg(test)]
-        tests::AFTER_MKDIR.with(|hook| {
-            if let Some(hook) = hook.borrow_mut().as_mut() {
-                let mut made = self.shown.clone();
-                made.extend(parts);
-                hook(&made);
-            }
-        });
+        tests::after_mkdir(
+            &self
+                .shown
+                .iter()
+                .chain(parts.iter().map(OsString::as_os_str))
+                .collect::<PathBuf>(),
+        );
         let fd = open_dir_at(dir, name).map_err(|e| cannot("open", e))?;
         // Counted as new (nothing in it checked) only if it is ours: not
         // a directory another user swapped in after it was made.
@@ -517,9 +517,8 @@ fn open_named(dest: &Path) -> io::Result<(OwnedFd, bool)> {
         match rustix::fs::openat(rustix::fs::CWD, at, dir_flags, Mode::empty()) {
             Ok(fd) => break fd,
             Err(Errno::NOENT) => match existing.components().next_back() {
-                Some(Component::Normal(_) | Component::ParentDir | Component::CurDir) => {
-                    let last = existing.components().next_back().map(Component::as_os_str);
-                    missing.push(last.unwrap_or_default().to_os_string());
+                Some(last @ (Component::Normal(_) | Component::ParentDir | Component::CurDir)) => {
+                    missing.push(last.as_os_str().to_os_string());
                     existing.pop();
                 }
                 _ => return Err(cannot_create(Errno::NOENT.into())),
@@ -558,11 +557,7 @@ fn open_named(dest: &Path) -> io::Result<(OwnedFd, bool)> {
         #[cfg(test)]
         {
             here.push(name);
-            tests::AFTER_MKDIR.with(|hook| {
-                if let Some(hook) = hook.borrow_mut().as_mut() {
-                    hook(&here);
-                }
-            });
+            tests::after_mkdir(&here);
         }
         let shown = Path::new(name).display();
         let next = open_dir_at(fd.as_fd(), name).map_err(|e| {
@@ -629,8 +624,17 @@ mod tests {
     thread_local! {
         /// Runs after each directory `open_named` makes, before it is
         /// opened: the moment a local user racing the restore would strike.
-        pub(super) static AFTER_MKDIR: std::cell::RefCell<RaceHook> =
+        static AFTER_MKDIR: std::cell::RefCell<RaceHook> =
             const { std::cell::RefCell::new(None) };
+    }
+
+    /// Runs the hook, if a test set one, on the directory just made.
+    pub(super) fn after_mkdir(made: &Path) {
+        AFTER_MKDIR.with(|hook| {
+            if let Some(hook) = hook.borrow_mut().as_mut() {
+                hook(made);
+            }
+        });
     }
 
     /// Sets the hook for one `open_named` call's race.
