@@ -306,13 +306,12 @@ fn plan(
     let mut groups = LinkGroups::default();
     for v in versions {
         let Some(attrs) = v.attrs else { continue };
-        let Some(rel) = req.selection.relative(&attrs.path).map(str::to_string) else {
-            continue;
+        let placed = match req.selection.relative(&attrs.path) {
+            None => continue,
+            Some("") => continue, // SOURCE's own directory: it is DEST itself
+            Some(rel) => dest.place(rel),
         };
-        if rel.is_empty() {
-            continue; // SOURCE's own directory: it is DEST itself
-        }
-        let placed = match dest.place(&rel) {
+        let placed = match placed {
             Ok(p) => p,
             Err(why) => {
                 console.report(&Msg::escapes(&attrs.path, why), ExitStatus::Error);
@@ -320,9 +319,9 @@ fn plan(
                 continue;
             }
         };
-        let shown = dest.shown(&placed);
         let kind = kind_of(&attrs);
         if kind == pb::ObjectKind::Directory {
+            let shown = dest.shown(&placed);
             match dest.make_dir(&placed) {
                 Ok(()) => plan.dirs.push(DirJob {
                     apply: req.replace != Replace::No || dest.made(&placed),
@@ -339,63 +338,71 @@ fn plan(
             }
             continue;
         }
-        if !may_replace(dest, &placed, &shown, req.replace, console, stats) {
+        if !may_replace(dest, &placed, req.replace, console, stats) {
             continue;
         }
-        let node = NodeJob {
-            placed,
-            shown,
-            attrs,
-        };
-        match kind {
-            pb::ObjectKind::File => {
-                // Exactly as many as listed (a collected iterator of
-                // results starts at room for four).
-                let mut chunks = Vec::with_capacity(v.chunk_ids.len());
-                let parsed = v
-                    .chunk_ids
-                    .iter()
-                    .try_for_each(|c| ChunkId::from_slice(c).map(|id| chunks.push(id)));
-                if parsed.is_err() {
+        if kind != pb::ObjectKind::File {
+            let node = NodeJob {
+                shown: dest.shown(&placed),
+                placed,
+                attrs,
+            };
+            match kind {
+                pb::ObjectKind::Symlink => plan.symlinks.push(node),
+                pb::ObjectKind::Fifo | pb::ObjectKind::CharDevice | pb::ObjectKind::BlockDevice => {
+                    plan.specials.push(node)
+                }
+                _ => {
                     console.report(
-                        &Msg::corrupt(&node.attrs.path, "the server listed a malformed chunk id"),
+                        &Msg::write_failed(
+                            &node.shown,
+                            format!(
+                                "its kind ({}) is unknown to this client; use a newer one",
+                                node.attrs.kind
+                            ),
+                        ),
                         ExitStatus::Error,
                     );
                     stats.failed += 1;
-                    continue;
                 }
-                if let Some(leader) = groups.leader_for(&plan.files, &node.attrs, &chunks) {
-                    plan.hard_links.push(LinkJob { node, leader });
-                    continue;
-                }
-                groups.add(&node.attrs, &chunks, plan.files.len());
-                let sparse = node.attrs.extra.as_ref().is_some_and(|e| e.sparse);
-                plan.files.push(FileJob {
-                    placed: node.placed,
-                    chunks,
-                    size: node.attrs.size,
-                    attrs: node.attrs,
-                    sparse,
-                });
             }
-            pb::ObjectKind::Symlink => plan.symlinks.push(node),
-            pb::ObjectKind::Fifo | pb::ObjectKind::CharDevice | pb::ObjectKind::BlockDevice => {
-                plan.specials.push(node);
-            }
-            _ => {
-                console.report(
-                    &Msg::write_failed(
-                        &node.shown,
-                        format!(
-                            "its kind ({}) is unknown to this client; use a newer one",
-                            node.attrs.kind
-                        ),
-                    ),
-                    ExitStatus::Error,
-                );
-                stats.failed += 1;
-            }
+            continue;
         }
+        // Exactly as many as listed (a collected iterator of results starts
+        // at room for four).
+        let mut chunks = Vec::with_capacity(v.chunk_ids.len());
+        let parsed = v
+            .chunk_ids
+            .iter()
+            .try_for_each(|c| ChunkId::from_slice(c).map(|id| chunks.push(id)));
+        if parsed.is_err() {
+            console.report(
+                &Msg::corrupt(&attrs.path, "the server listed a malformed chunk id"),
+                ExitStatus::Error,
+            );
+            stats.failed += 1;
+            continue;
+        }
+        if let Some(leader) = groups.leader_for(&plan.files, &attrs, &chunks) {
+            let node = NodeJob {
+                shown: dest.shown(&placed),
+                placed,
+                attrs,
+            };
+            plan.hard_links.push(LinkJob { node, leader });
+            continue;
+        }
+        // A file's name for messages is made when one is shown, not here:
+        // for each of many small files it cost more than placing the file.
+        groups.add(&attrs, &chunks, plan.files.len());
+        let sparse = attrs.extra.as_ref().is_some_and(|e| e.sparse);
+        plan.files.push(FileJob {
+            placed,
+            chunks,
+            size: attrs.size,
+            attrs,
+            sparse,
+        });
     }
     plan
 }
@@ -405,7 +412,6 @@ fn plan(
 fn may_replace(
     dest: &DestTree,
     placed: &Placed,
-    shown: &str,
     replace: Replace,
     console: &Console,
     stats: &mut RestoreStats,
@@ -423,7 +429,7 @@ fn may_replace(
     let kind = FileType::from_raw_mode(existing.st_mode);
     if kind == FileType::Directory {
         console.report(
-            &Msg::write_failed(shown, "a directory is in the way"),
+            &Msg::write_failed(&dest.shown(placed), "a directory is in the way"),
             ExitStatus::Error,
         );
         stats.failed += 1;
@@ -436,7 +442,7 @@ fn may_replace(
         Replace::All => false,
     };
     if skip {
-        console.report(&Msg::exists(shown), ExitStatus::Skipped);
+        console.report(&Msg::exists(&dest.shown(placed)), ExitStatus::Skipped);
         stats.skipped += 1;
     }
     !skip
