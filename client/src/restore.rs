@@ -12,6 +12,7 @@
 //! that keeps mode and ACL mask exact ([`attrs`]).
 
 mod attrs;
+mod budget;
 mod dest;
 mod dircache;
 mod direct;
