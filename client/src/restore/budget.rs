@@ -77,6 +77,7 @@ impl ByteBudget {
     /// The writer has handled a parcel of `bytes`.
     pub(super) fn give_back(&self, bytes: u64) {
         let mut queued = self.lock();
+        debug_assert!(queued.bytes >= bytes, "gave back more than was taken");
         queued.bytes = queued.bytes.saturating_sub(bytes);
         self.freed.notify_all();
     }
@@ -91,6 +92,7 @@ impl ByteBudget {
 
 /// Closes a budget when dropped, so a writer that panics still releases a
 /// dealer waiting on it.
+#[derive(Debug)]
 pub(super) struct CloseOnDrop<'a>(pub(super) &'a ByteBudget);
 
 impl Drop for CloseOnDrop<'_> {
@@ -126,6 +128,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiting.is_finished(), "the budget is full");
+        assert_eq!(budget.lock().bytes, 100, "nothing more was counted");
         budget.give_back(60);
         assert!(waiting.join().unwrap());
         budget.give_back(41);

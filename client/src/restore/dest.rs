@@ -189,6 +189,11 @@ impl DestTree {
         names::encode(path.as_os_str())
     }
 
+    /// DEST itself, shown for messages.
+    pub(super) fn shown_dest(&self) -> String {
+        self.shown_dir(&[])
+    }
+
     /// A directory below DEST shown for messages.
     fn shown_dir(&self, parts: &[OsString]) -> String {
         let mut path = self.shown.clone();
@@ -210,10 +215,18 @@ impl DestTree {
     /// # Errors
     /// A sentence naming what is in the way.
     pub(super) fn place(&self, rel: &str) -> Result<Placed, String> {
-        let (stored_parent, stored_name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let split = match rel.rsplit_once('/') {
+            // `/x` has an empty first component, not DEST as its directory:
+            // the full check below refuses it.
+            Some(("", _)) => None,
+            Some(split) => Some(split),
+            None => Some(("", rel)),
+        };
         // The same directory as the object before: it was checked and made
         // then, so only the name is new.
-        if let Some(parent) = self.same_parent_as_last(stored_parent) {
+        if let Some((stored_parent, stored_name)) = split
+            && let Some(parent) = self.same_parent_as_last(stored_parent)
+        {
             check_length(rel)?;
             let name = component(rel, stored_name, &self.shown)?;
             return Ok(Placed { parent, name });
@@ -222,7 +235,9 @@ impl DestTree {
         let name = parts.pop().unwrap_or_default();
         self.walk(&parts, true)?;
         let parent: Arc<[u8]> = join(&parts).into();
-        if let Ok(mut last) = self.last_parent.lock() {
+        if let Some((stored_parent, _)) = split
+            && let Ok(mut last) = self.last_parent.lock()
+        {
             *last = Some(LastParent {
                 stored: stored_parent.to_string(),
                 joined: Arc::clone(&parent),
@@ -803,15 +818,22 @@ mod tests {
         for name in ["f", "g"] {
             assert!(tree.place(&format!("a/../{name}")).is_err());
         }
-        // DEST itself is a directory like any other.
+        // DEST itself is a directory like any other; a path with an empty
+        // first component is not in it.
         assert_eq!(&*tree.place("top").unwrap().parent, b"");
         assert_eq!(tree.place("top2").unwrap().name, "top2");
+        for rel in ["/x", "/", "//x"] {
+            let err = tree.place(rel).unwrap_err();
+            assert!(err.contains("component"), "{rel}: {err}");
+        }
+        assert_eq!(tree.place("top3").unwrap().name, "top3");
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,
             "only a/ was made"
         );
     }
+
     #[test]
     fn named_destinations_are_made_as_create_dir_all_made_them() {
         let base = tempfile::tempdir().unwrap();

@@ -268,13 +268,25 @@ pub(super) fn write_files(
                 if !budget.take(ByteBudget::size_of(share))
                     || queue.send(std::mem::take(share)).is_err()
                 {
-                    break 'parcels; // that writer panicked; the scope reports it
+                    break 'parcels; // that writer panicked; reported below
                 }
             }
         }
         drop(queues);
         for writer in writers {
-            let (written, failures) = writer.join().unwrap_or_default();
+            let Ok((written, failures)) = writer.join() else {
+                // A bug; the files it held are not restored, and the restore
+                // must not end as if they were.
+                console.report(
+                    &Msg::write_failed(
+                        &dest.shown_dest(),
+                        "a writer thread stopped unexpectedly; the files it was writing are missing",
+                    ),
+                    ExitStatus::Error,
+                );
+                stats.failed += 1;
+                continue;
+            };
             deferred.extend(failures);
             stats.bytes += written.bytes;
             stats.failed += written.failed;
