@@ -213,6 +213,10 @@ struct DemoServer {
     task: tokio::task::JoinHandle<Result<(), crate::error::ServerError>>,
 }
 
+/// How long a demo server may take to start serving: 30 s in 50 ms steps.
+const START_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50);
+const START_WAIT_STEPS: u32 = 600;
+
 impl DemoServer {
     async fn start(name: &'static str, data_dir: PathBuf, listen: &str) -> Result<Self, String> {
         let config = ServerConfig {
@@ -265,8 +269,34 @@ impl DemoServer {
             data_dir.display(),
             state.identity.fingerprint()
         );
+        // The server writes its fingerprint, then `listen.addr`, once it
+        // serves; the admin commands that follow read that fingerprint. A
+        // copy left by this data directory's last start says nothing.
+        let serving = data_dir.join("listen.addr");
+        let _ = std::fs::remove_file(&serving);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(crate::run(state, listener, shutdown.clone()));
+        for _ in 0..START_WAIT_STEPS {
+            if serving.exists() || task.is_finished() {
+                break;
+            }
+            tokio::time::sleep(START_WAIT_STEP).await;
+        }
+        if task.is_finished() {
+            return Err(match task.await {
+                Ok(Ok(())) => format!("server {name} stopped as it started"),
+                Ok(Err(e)) => format!("server {name} did not start: {e}"),
+                Err(e) => format!("server {name} did not start: {e}"),
+            });
+        }
+        if !serving.exists() {
+            shutdown.cancel();
+            return Err(format!(
+                "server {name} did not write {} within {} s",
+                serving.display(),
+                (START_WAIT_STEP * START_WAIT_STEPS).as_secs()
+            ));
+        }
         Ok(DemoServer {
             name,
             data_dir,
