@@ -157,6 +157,17 @@ struct NodeJob {
     attrs: pb::ObjectAttrs,
 }
 
+impl NodeJob {
+    /// A job for `attrs` at `placed`, with its name for messages.
+    fn new(dest: &DestTree, placed: Placed, attrs: pb::ObjectAttrs) -> Self {
+        NodeJob {
+            shown: dest.shown(&placed),
+            placed,
+            attrs,
+        }
+    }
+}
+
 /// A further name of a file restored in the same run.
 #[derive(Debug)]
 struct LinkJob {
@@ -322,15 +333,10 @@ fn plan(
         };
         let kind = kind_of(&attrs);
         if kind == pb::ObjectKind::Directory {
-            let shown = dest.shown(&placed);
             match dest.make_dir(&placed) {
                 Ok(()) => plan.dirs.push(DirJob {
                     apply: req.replace != Replace::No || dest.made(&placed),
-                    node: NodeJob {
-                        placed,
-                        shown,
-                        attrs,
-                    },
+                    node: NodeJob::new(dest, placed, attrs),
                 }),
                 Err(why) => {
                     console.report(&Msg::escapes(&attrs.path, why), ExitStatus::Error);
@@ -343,11 +349,7 @@ fn plan(
             continue;
         }
         if kind != pb::ObjectKind::File {
-            let node = NodeJob {
-                shown: dest.shown(&placed),
-                placed,
-                attrs,
-            };
+            let node = NodeJob::new(dest, placed, attrs);
             match kind {
                 pb::ObjectKind::Symlink => plan.symlinks.push(node),
                 pb::ObjectKind::Fifo | pb::ObjectKind::CharDevice | pb::ObjectKind::BlockDevice => {
@@ -385,11 +387,7 @@ fn plan(
             continue;
         }
         if let Some(leader) = groups.leader_for(&plan.files, &attrs, &chunks) {
-            let node = NodeJob {
-                shown: dest.shown(&placed),
-                placed,
-                attrs,
-            };
+            let node = NodeJob::new(dest, placed, attrs);
             plan.hard_links.push(LinkJob { node, leader });
             continue;
         }
