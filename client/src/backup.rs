@@ -656,15 +656,16 @@ async fn commit_batch(
             out.expires_ns = Some(reply.expires_ns);
             continue;
         }
-        let reply = client
-            .commit_objects(session.request(pb::CommitObjectsRequest {
-                filespace: filespace.clone(),
-                objects,
-                deactivate: gone,
-            }))
-            .await
-            .map_err(|s| ClientError::server("committing the backup", s))?
-            .into_inner();
+        let reply = session
+            .commit_objects(
+                pb::CommitObjectsRequest {
+                    filespace: filespace.clone(),
+                    objects,
+                    deactivate: gone,
+                },
+                "committing the backup",
+            )
+            .await?;
         out.backed_up += reply.stored;
         out.deactivated += reply.deactivated;
     }

@@ -941,7 +941,14 @@ async fn dispatch(
     let vault = match (&options.vault_dir, session.mode) {
         (Some(dir), SessionMode::Normal) => {
             match early_vault.open(options, work.changes_versions()).await {
-                Ok(vault) => match crate::vault::push_pending(&vault, &session, dir, console).await
+                Ok(vault) => match crate::vault::push_pending(
+                    &vault,
+                    &session,
+                    dir,
+                    &options.state_dir(),
+                    console,
+                )
+                .await
                 {
                     Ok(pushed) => Some((vault, dir.clone(), pushed)),
                     // The command goes on on the server: a version the vault

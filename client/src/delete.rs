@@ -81,15 +81,16 @@ pub async fn run(
             for (filespace, paths) in by_filespace {
                 for batch in paths.chunks(tandem_proto::MAX_OBJECTS_PER_CALL) {
                     let reply = session
-                        .client()
-                        .commit_objects(session.request(pb::CommitObjectsRequest {
-                            filespace: filespace.clone(),
-                            objects: Vec::new(),
-                            deactivate: batch.to_vec(),
-                        }))
-                        .await
-                        .map_err(|s| ClientError::server("making versions inactive", s))?;
-                    stats.deactivated += reply.into_inner().deactivated;
+                        .commit_objects(
+                            pb::CommitObjectsRequest {
+                                filespace: filespace.clone(),
+                                objects: Vec::new(),
+                                deactivate: batch.to_vec(),
+                            },
+                            "making versions inactive",
+                        )
+                        .await?;
+                    stats.deactivated += reply.deactivated;
                 }
             }
         }

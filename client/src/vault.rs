@@ -8,6 +8,7 @@
 //! [`Session`], so backup, restore and query run against it unchanged. This
 //! library only decides *when* the vault is used; it never links the server.
 
+pub mod own;
 pub mod pulled;
 pub mod revision;
 pub mod status;
@@ -232,26 +233,27 @@ pub async fn accept(options: &ClientOptions, console: &Console) -> Result<(), Cl
     Ok(())
 }
 
-/// `tandem set vault --resend`: forgets which versions came from the
-/// server, so the next push (before the next command there) sends it every
-/// version the vault holds that it lacks.
+/// `tandem set vault --resend`: the operator vouches for every version the
+/// vault holds now, so the next push (before the next command on the
+/// server) sends the server every one of them it lacks. For versions a
+/// lost `state_dir` forgot, or a server that lost versions the vault kept.
 ///
 /// # Errors
-/// No vault, or records that cannot be written.
+/// No vault, or records that cannot be read or written.
 pub async fn resend(options: &ClientOptions, console: &Console) -> Result<(), ClientError> {
     let vault = open(options, false).await?;
     let dir = options.vault_dir.clone().unwrap_or_default();
-    // Changed while the vault is held, so no sync rewrites it meanwhile.
-    let forgotten = std::fs::remove_file(dir.join(pulled::FILE));
+    // Recorded while the vault is held, so no sync clears it meanwhile.
+    let vouched = match sync::list_versions(&vault).await {
+        Ok(versions) => {
+            let ids: Vec<_> = versions.into_keys().collect();
+            own::append(&options.state_dir(), vault.info.guid, &ids)
+                .map_err(|e| vault_error(&dir, e))
+        }
+        Err(e) => Err(e),
+    };
     vault.logoff().await;
-    if let Err(e) = forgotten
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(vault_error(
-            &dir,
-            format!("cannot remove {}: {e}", pulled::FILE),
-        ));
-    }
+    vouched?;
     note_offline_write(&dir)?;
     console.audit(&Msg::vault_resend(&dir));
     Ok(())
@@ -279,13 +281,14 @@ pub fn note_offline_write(dir: &Path) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// The vault's own versions' filter for a push to `server`: the ids of
-/// its last pull from that server.
-fn pulled_from(
-    dir: &Path,
-    server: &Session,
-) -> Result<Option<std::collections::HashSet<tandem_proto::ObjectId>>, ClientError> {
-    pulled::load(dir, server.info.guid).map_err(|e| vault_error(dir, e))
+/// What this client can vouch for in `vault` (see [`own`]): its own writes
+/// and its last pull, both recorded in `state_dir`.
+fn vouched(vault: &Session, state_dir: &Path) -> Result<sync::Vouched, ClientError> {
+    let dir = PathBuf::from(&vault.info.address);
+    Ok(sync::Vouched {
+        own: own::load(state_dir, vault.info.guid).map_err(|e| vault_error(&dir, e))?,
+        pulled: pulled::load(state_dir, vault.info.guid).map_err(|e| vault_error(&dir, e))?,
+    })
 }
 
 /// Before a command reaches the server: when the vault holds writes the
@@ -300,17 +303,16 @@ pub async fn push_pending(
     vault: &Session,
     server: &Session,
     dir: &Path,
+    state_dir: &Path,
     console: &Console,
 ) -> Result<bool, ClientError> {
     let mut status = SyncStatus::load(dir).map_err(|e| vault_error(dir, e))?;
-    if !status.offline_writes {
+    let vouched = vouched(vault, state_dir)?;
+    // This client's own record decides, whatever the vault's says.
+    if !status.offline_writes && vouched.own.is_empty() {
         return Ok(false);
     }
-    let pushed = async {
-        let own = pulled_from(dir, server)?;
-        sync::push(vault, server, own.as_ref(), Some(dir)).await
-    }
-    .await;
+    let pushed = sync::push(vault, server, &vouched, Some(dir)).await;
     match pushed {
         Ok(pushed) => {
             status.offline_writes = false;
@@ -365,26 +367,42 @@ pub async fn synchronise(
         return;
     }
     let outcome = async {
-        let own = pulled_from(dir, server)?;
-        // Only a vault that took writes alone holds versions of its own
-        // (`push_pending` has usually sent them before the command).
-        // A vault with no pull recorded from this server counts every
-        // version the server lacks as its own: those go first too.
-        let pushed = if status.offline_writes || own.is_none() {
-            sync::push(vault, server, own.as_ref(), Some(dir)).await?
+        let mut vouched = vouched(vault, state_dir)?;
+        // Only a vault this client wrote to alone holds versions of its
+        // own (`push_pending` has usually sent them before the command);
+        // after a pull from another server, what it brought and this
+        // server lacks goes first too.
+        let pushed = if status.offline_writes || vouched.may_push(server.info.guid) {
+            sync::push(vault, server, &vouched, Some(dir)).await?
         } else {
             sync::SyncReport::default()
         };
         status.revision = before_write_at(vault, dir, state_dir)?;
         let started = crate::db::now_ns();
-        // What the pull may copy is recorded first, so a pull cut short
-        // leaves nothing it copied looking like the vault's own.
+        // What the pull may copy is recorded first (with what was vouched
+        // for already), so a pull cut short leaves nothing it copied
+        // unvouched for.
         let on_server = sync::list_versions(server).await?;
-        let mut before: Vec<_> = own.map(|set| set.into_iter().collect()).unwrap_or_default();
+        let vault_guid = vault.info.guid;
+        let mut before: Vec<_> = vouched
+            .pulled
+            .iter()
+            .flat_map(|p| p.ids.iter().copied())
+            .chain(vouched.own.iter().copied())
+            .collect();
         before.extend(on_server.keys().copied());
-        pulled::save(dir, server.info.guid, &before).map_err(|e| vault_error(dir, e))?;
-        let pulled = sync::pull(server, on_server, vault, Some(dir)).await?;
-        pulled::save(dir, server.info.guid, &pulled.held).map_err(|e| vault_error(dir, e))?;
+        pulled::save(state_dir, vault_guid, server.info.guid, &before)
+            .map_err(|e| vault_error(dir, e))?;
+        vouched.pulled = Some(pulled::Record {
+            server: server.info.guid,
+            ids: before.into_iter().collect(),
+        });
+        let pulled = sync::pull(server, on_server, vault, &vouched, Some(dir)).await?;
+        // The vault is now a copy of the server, and the pull's record
+        // names every version it holds that anyone vouches for.
+        pulled::save(state_dir, vault_guid, server.info.guid, &pulled.held)
+            .map_err(|e| vault_error(dir, e))?;
+        own::clear(state_dir, vault_guid).map_err(|e| vault_error(dir, e))?;
         Ok::<_, ClientError>((pushed, pulled, started))
     }
     .await;
@@ -393,6 +411,18 @@ pub async fn synchronise(
             if pulled.kept > 0 {
                 console.report(
                     &Msg::vault_keeps_extra(&name, pulled.kept),
+                    ExitStatus::Warnings,
+                );
+            }
+            let unvouched = pushed.unvouched.max(pulled.unvouched);
+            if unvouched > 0 {
+                console.report(
+                    &Msg::vault_unvouched(
+                        dir,
+                        &name,
+                        unvouched,
+                        &own::path(state_dir, vault.info.guid),
+                    ),
                     ExitStatus::Warnings,
                 );
             }
@@ -505,18 +535,20 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     let status = SyncStatus::load(&dir).map_err(|e| vault_error(&dir, e))?;
     let recorded = revision::load(&options.state_dir()).map_err(|e| vault_error(&dir, e))?;
     let verdict = revision::judge(status.revision, recorded.of(vault.info.guid));
+    let vouched = vouched(&vault, &options.state_dir());
     let listed = sync::list_versions(&vault).await;
     vault.logoff().await;
     let versions = listed?;
+    let vouched = vouched?;
     let active = versions.values().filter(|v| v.active).count();
-    let pulled_set = match status.server_guid.parse() {
-        Ok(guid) => pulled::load(&dir, guid).map_err(|e| vault_error(&dir, e))?,
-        Err(_) => None,
-    };
+    // New versions of its own; its deactivations of pulled ones go too,
+    // but are not counted as versions.
+    let pulled_ids = vouched.pulled.as_ref().map(|p| &p.ids);
     let to_send = versions
         .keys()
-        .filter(|id| sync::is_own(id, pulled_set.as_ref()))
+        .filter(|id| vouched.own.contains(id) && pulled_ids.is_none_or(|p| !p.contains(id)))
         .count();
+    let unvouched = versions.keys().filter(|id| !vouched.holds(id)).count();
     let time = |ns: i64| {
         if ns == 0 {
             "-".to_string()
@@ -556,6 +588,7 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
             "versions": versions.len(),
             "active_versions": active,
             "versions_to_send": to_send,
+            "versions_unvouched": unvouched,
             "revision": status.revision,
             "second_installation": second_installation,
         });
@@ -576,6 +609,14 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
         ),
     ] {
         t.add_row(vec![k.to_string(), v]);
+    }
+    if unvouched > 0 {
+        t.add_row(vec![
+            "Not written by this client".to_string(),
+            format!(
+                "{unvouched} version(s): neither this client's writes nor a pull's (TDM2137W); not sent to a server"
+            ),
+        ]);
     }
     crate::outln!("{t}");
     Ok(())

@@ -40,6 +40,20 @@ fn run_restore_json(client: &TestClient, src: &Path, out: &Path) -> std::process
     ])
 }
 
+/// The client's record of its vault's last pull, in its `state_dir`.
+fn pull_record(client: &TestClient) -> PathBuf {
+    let state = client.dir.path().join("state");
+    std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vault-pulled-"))
+        })
+        .unwrap_or_else(|| panic!("no pull record in {}", state.display()))
+}
+
 fn vault_state(client: &TestClient) -> serde_json::Value {
     client.json(&["query", "vault"])
 }
@@ -412,6 +426,69 @@ fn a_second_installation_on_the_same_node_and_vault_is_stopped_until_accepted() 
     primary.kill();
 }
 
+#[test]
+fn versions_planted_in_the_vault_reach_the_server_only_when_the_operator_vouches_for_them() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("judy", "judy-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let client = TestClient::new(&primary, "judy", "judy-password");
+    let vault = with_vault(&client, work.path());
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+
+    // Someone else who can write the vault directory (here another
+    // installation of the node, with the primary down) puts a version there.
+    let planter = TestClient::new(&primary, "judy", "judy-password");
+    planter.add_options(&format!("vault_dir = \"{}\"\n", vault.display()));
+    assert_success(&planter.run(&["set", "vault", "--accept"]), "accept");
+    primary.kill();
+    let planted = work.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    std::fs::write(planted.join("payload.sh"), b"#!/bin/sh\necho planted\n").unwrap();
+    let into_vault = planter.run(&["incremental", &path_str(&planted)]);
+    assert_success(&into_vault, "the planter's backup into the vault alone");
+
+    // The client is stopped (second installation); an operator who does not
+    // look closely accepts. Still, nothing it did not write is sent.
+    primary.restart();
+    let stopped = client.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&stopped), 12, "{}", stderr(&stopped));
+    assert_success(&client.run(&["set", "vault", "--accept"]), "accept");
+    let state = vault_state(&client);
+    assert!(
+        state["versions_unvouched"].as_u64().unwrap() >= 1,
+        "{state}"
+    );
+    assert_eq!(state["versions_to_send"], 0, "{state}");
+    let next = client.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&next), 8, "{}", stderr(&next));
+    assert!(stderr(&next).contains("TDM2137W"), "{}", stderr(&next));
+    client.assert_logged("TDM2137W");
+    let on_server = client.run(&["query", "backup", &path_str(&planted.join("payload.sh"))]);
+    assert!(
+        !String::from_utf8_lossy(&on_server.stdout).contains("payload.sh"),
+        "a planted version reached the server: {}",
+        String::from_utf8_lossy(&on_server.stdout)
+    );
+    // It stays in the vault, reported again at the next sync.
+    let again = client.run(&["incremental", &path_str(&src)]);
+    assert!(stderr(&again).contains("TDM2137W"), "{}", stderr(&again));
+
+    // The operator checks and vouches for the vault's versions: they go.
+    assert_success(&client.run(&["set", "vault", "--resend"]), "resend");
+    let sent = client.run(&["incremental", &path_str(&src)]);
+    assert_success(&sent, "incremental after --resend");
+    assert!(!stderr(&sent).contains("TDM2137W"), "{}", stderr(&sent));
+    let on_server = client.json(&["query", "backup", &path_str(&planted.join("payload.sh"))]);
+    assert_eq!(on_server.as_array().unwrap().len(), 1, "{on_server}");
+    let state = vault_state(&client);
+    assert_eq!(state["versions_unvouched"], 0, "{state}");
+    assert_eq!(state["state"], "synchronized", "{state}");
+    primary.kill();
+}
+
 /// Starts `args`, lets it run for `after`, then SIGKILLs it (if it still
 /// runs) and reaps it.
 fn kill_after(client: &TestClient, args: &[&str], after: std::time::Duration) {
@@ -750,13 +827,14 @@ fn a_pull_frees_the_space_of_deleted_versions_and_a_lost_pull_record_resends_not
         "the pull gave back the deleted file's space: {before} -> {after}"
     );
 
-    // The record of the last pull is lost: every version in the vault now
-    // counts as its own, and the sync sends the server those it lacks,
-    // which are none. The deleted file is not sent back.
+    // The client's record of the last pull is lost: the sync has nothing it
+    // can vouch for to send (and the server lacks nothing the vault holds),
+    // pulls again and records the pull. The deleted file is not sent back.
     let all = format!("{}/*", path_str(&src));
     let listed = client.json(&["query", "backup", &all, "--inactive"]);
     let logged_before = client.error_log().lines().count();
-    std::fs::remove_file(vault.join("pulled-ids.bin")).unwrap();
+    let record = pull_record(&client);
+    std::fs::remove_file(&record).unwrap();
     let again = client.run(&["incremental", &path_str(&src)]);
     assert_success(&again, "incremental without the pull record");
     let log = client.error_log();
@@ -766,7 +844,7 @@ fn a_pull_frees_the_space_of_deleted_versions_and_a_lost_pull_record_resends_not
         !new_lines.iter().any(|l| l.contains("TDM2123I")),
         "{new_lines:?}"
     );
-    assert!(vault.join("pulled-ids.bin").exists());
+    assert!(record.exists());
     assert_eq!(vault_state(&client)["state"], "synchronized");
     assert_eq!(
         client.json(&["query", "backup", &all, "--inactive"]),

@@ -260,19 +260,20 @@ async fn retire(session: &Session, cluster: &Path, keep: u32) -> Result<(u64, u6
 
 /// Makes the active versions of `gone` (stored paths) inactive.
 async fn deactivate(session: &Session, mut gone: Vec<String>) -> Result<(), ClientError> {
-    let mut client = session.client();
     while !gone.is_empty() {
         let batch: Vec<String> = gone
             .drain(..gone.len().min(tandem_proto::MAX_OBJECTS_PER_CALL))
             .collect();
-        client
-            .commit_objects(session.request(pb::CommitObjectsRequest {
-                filespace: DbKind::Postgres.filespace().to_string(),
-                objects: Vec::new(),
-                deactivate: batch,
-            }))
-            .await
-            .map_err(|s| ClientError::server("retiring old base backups and WAL", s))?;
+        session
+            .commit_objects(
+                pb::CommitObjectsRequest {
+                    filespace: DbKind::Postgres.filespace().to_string(),
+                    objects: Vec::new(),
+                    deactivate: batch,
+                },
+                "retiring old base backups and WAL",
+            )
+            .await?;
     }
     Ok(())
 }

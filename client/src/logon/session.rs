@@ -90,6 +90,9 @@ pub struct Session {
     /// backup moves only version records, and a client's own deletions are
     /// applied to it too. Best effort: what it misses, the sync brings.
     vault_beside: Option<Box<Session>>,
+    /// For a vault session: the client's `state_dir`, where what it writes
+    /// to the vault is recorded ([`crate::vault::own`]).
+    state_dir: Option<std::path::PathBuf>,
 }
 
 /// The outcome of one try.
@@ -325,6 +328,7 @@ impl Session {
             },
             vault: Some(opened.guard),
             vault_beside: None,
+            state_dir: Some(options.state_dir()),
         })
     }
 
@@ -349,6 +353,38 @@ impl Session {
     /// Whether this session works on the local vault.
     pub fn is_vault(&self) -> bool {
         self.vault.is_some()
+    }
+
+    /// Commits a backup transaction (`what` names it in an error). On a
+    /// vault session the versions the vault stored and made inactive are
+    /// recorded in `state_dir` before this returns, so nothing this client
+    /// acknowledges is missing from the record a push trusts
+    /// ([`crate::vault::own`]).
+    ///
+    /// # Errors
+    /// The commit's failure; on a vault session, a record that cannot be
+    /// written ([`ClientError::Vault`]).
+    pub async fn commit_objects(
+        &self,
+        request: pb::CommitObjectsRequest,
+        what: &'static str,
+    ) -> Result<pb::CommitObjectsResponse, ClientError> {
+        let reply = self
+            .client()
+            .commit_objects(self.request(request))
+            .await
+            .map_err(|s| ClientError::server(what, s))?
+            .into_inner();
+        if let Some(state_dir) = &self.state_dir {
+            let dir = std::path::PathBuf::from(&self.info.address);
+            let recorded = crate::vault::own::ids_of(&reply)
+                .and_then(|ids| crate::vault::own::append(state_dir, self.info.guid, &ids));
+            recorded.map_err(|cause| ClientError::Vault {
+                dir,
+                cause: format!("{what}: recording what this client wrote to the vault: {cause}"),
+            })?;
+        }
+        Ok(reply)
     }
 
     /// A request carrying the session token.
@@ -734,6 +770,7 @@ impl<'a> LogonRun<'a> {
             primary: self.primary,
             vault: None,
             vault_beside: None,
+            state_dir: None,
         })
     }
 }

@@ -1,49 +1,63 @@
-//! Which versions the vault got from the server: the object ids it held
-//! after its last complete pull, with the GUID of the server pulled from
-//! (`pulled-ids.bin` in the vault directory).
+//! Which versions the vault got from a server: the object ids it held after
+//! its last complete pull, with the GUID of the server pulled from, kept in
+//! `state_dir` (`vault-pulled-<vault GUID>.bin`), where only this client
+//! writes, and not in the vault directory.
 //!
-//! A push sends the server only the vault's *own* versions, those not in
-//! this set. Deciding by id rather than by time keeps clocks out of it: a
-//! client clock stepped back cannot make an offline backup look pulled (and
-//! a pull would then delete it), and a server clock ahead cannot make a
-//! pulled version look like the vault's own (and a push would resurrect it
-//! after the server expired it). A record of another server (a promoted
-//! secondary, a rebuilt primary) counts as none: every version the new
-//! server lacks is then sent to it before anything is pulled.
+//! With the record of this client's own writes ([`super::own`]) it says
+//! which of the vault's versions this client can vouch for. A push to the
+//! server pulled from sends none of these (that server had them, and
+//! dropped those it lacks by expiration or deletion); a push to another
+//! server (a promoted secondary, a rebuilt primary) sends it those it
+//! lacks. Deciding by id rather than by time keeps clocks out of it: a
+//! client clock stepped back cannot make an offline backup look pulled,
+//! and a server clock ahead cannot make a pulled version look like the
+//! vault's own.
 //!
 //! Format: the magic `TDMPULL1`, the server GUID (16 bytes), then 16 bytes
 //! per object id. Replaced atomically (`tandem_os::atomic_file`).
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tandem_proto::{ObjectId, ServerGuid};
 
-/// The record's file name in the vault directory.
-pub const FILE: &str = "pulled-ids.bin";
-
 const MAGIC: &[u8; 8] = b"TDMPULL1";
 
-/// The ids pulled from `server`, or `None` when no pull from it is recorded.
+/// The last complete pull into a vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The server pulled from.
+    pub server: ServerGuid,
+    /// The versions the vault held afterwards.
+    pub ids: HashSet<ObjectId>,
+}
+
+/// The record's path for vault `vault`.
+#[must_use]
+pub fn path(state_dir: &Path, vault: ServerGuid) -> PathBuf {
+    state_dir.join(format!("vault-pulled-{}.bin", super::own::hex_of(vault)))
+}
+
+/// The last pull into vault `vault`, or `None` when none is recorded.
 ///
 /// # Errors
 /// A record that cannot be read or is malformed, naming the file.
-pub fn load(dir: &Path, server: ServerGuid) -> Result<Option<HashSet<ObjectId>>, String> {
-    let path = dir.join(FILE);
+pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Option<Record>, String> {
+    let path = path(state_dir, vault);
     // 16 bytes per pulled version: room for 100 million.
     let bytes = match tandem_os::atomic_file::read_small(&path, 1600 << 20) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(format!(
-                "cannot read {}: {e}; if it is damaged, remove it: the next sync then sends the server every version it lacks before pulling",
+                "cannot read {}: {e}; if it is damaged, remove it: the next sync then pulls again and keeps what the server lacks",
                 path.display()
             ));
         }
     };
     let damaged = || {
         format!(
-            "{} is damaged; remove it: the next sync then sends the server every version it lacks before pulling",
+            "{} is damaged; remove it: the next sync then pulls again and keeps what the server lacks",
             path.display()
         )
     };
@@ -52,29 +66,36 @@ pub fn load(dir: &Path, server: ServerGuid) -> Result<Option<HashSet<ObjectId>>,
         return Err(damaged());
     }
     let (guid, ids) = body.split_at(16);
-    if guid != server.0.as_slice() {
-        return Ok(None);
-    }
-    Ok(Some(
-        ids.chunks_exact(16)
+    let server = ServerGuid(guid.try_into().map_err(|_| damaged())?);
+    Ok(Some(Record {
+        server,
+        ids: ids
+            .chunks_exact(16)
             .map(|raw| ObjectId::from_slice(raw).map_err(|_| damaged()))
             .collect::<Result<_, _>>()?,
-    ))
+    }))
 }
 
-/// Records the ids the vault holds after a complete pull from `server`.
+/// Records the ids vault `vault` holds after a complete pull from `server`.
 ///
 /// # Errors
 /// I/O failures, naming the file.
-pub fn save(dir: &Path, server: ServerGuid, ids: &[ObjectId]) -> Result<(), String> {
-    let path = dir.join(FILE);
+pub fn save(
+    state_dir: &Path,
+    vault: ServerGuid,
+    server: ServerGuid,
+    ids: &[ObjectId],
+) -> Result<(), String> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    let path = path(state_dir, vault);
     let mut bytes = Vec::with_capacity(MAGIC.len() + 16 + ids.len() * 16);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&server.0);
     for id in ids {
         bytes.extend_from_slice(&id.0);
     }
-    tandem_os::atomic_file::replace(&path, &bytes, None)
+    tandem_os::atomic_file::replace(&path, &bytes, Some(0o600))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
@@ -83,26 +104,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_read_back_for_the_same_server_and_not_for_another() {
+    fn ids_read_back_with_their_server_per_vault() {
         let dir = tempfile::tempdir().unwrap();
+        let vault = ServerGuid([9; 16]);
         let server = ServerGuid([1; 16]);
-        assert_eq!(load(dir.path(), server).unwrap(), None);
+        assert_eq!(load(dir.path(), vault).unwrap(), None);
         let ids = [ObjectId([3; 16]), ObjectId([4; 16])];
-        save(dir.path(), server, &ids).unwrap();
-        let back = load(dir.path(), server).unwrap().unwrap();
-        assert_eq!(back, ids.into_iter().collect());
+        save(dir.path(), vault, server, &ids).unwrap();
+        let back = load(dir.path(), vault).unwrap().unwrap();
+        assert_eq!(back.server, server);
+        assert_eq!(back.ids, ids.into_iter().collect());
         assert_eq!(load(dir.path(), ServerGuid([2; 16])).unwrap(), None);
     }
 
     #[test]
     fn a_truncated_record_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let server = ServerGuid([1; 16]);
-        save(dir.path(), server, &[ObjectId([3; 16])]).unwrap();
-        let path = dir.path().join(FILE);
+        let vault = ServerGuid([9; 16]);
+        save(dir.path(), vault, ServerGuid([1; 16]), &[ObjectId([3; 16])]).unwrap();
+        let path = path(dir.path(), vault);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-        let err = load(dir.path(), server).unwrap_err();
-        assert!(err.contains(FILE), "{err}");
+        let err = load(dir.path(), vault).unwrap_err();
+        assert!(err.contains("vault-pulled-"), "{err}");
     }
 }

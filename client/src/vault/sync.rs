@@ -10,12 +10,13 @@
 //! transaction per batch.
 //!
 //! The two directions:
-//! - **push** (vault → server): the versions the vault made while no server
-//!   took backups, under their original ids and backup times, and the
-//!   deactivations it recorded meanwhile. A push never deletes on the server
-//!   and never makes a version active there again; versions the server
-//!   dropped (expiration, `delete backup`) are not sent back, because only
-//!   versions the vault stored after its last pull count as its own.
+//! - **push** (vault → server): the versions this client stored in the
+//!   vault while no server took backups, under their original ids and backup
+//!   times, and its deactivations there meanwhile; nothing else the vault
+//!   holds, unless a pull from another server brought it ([`Vouched`]). A
+//!   push never deletes on the server and never makes a version active
+//!   there again; versions the server dropped (expiration, `delete backup`)
+//!   are not sent back, because they came from it.
 //! - **pull** (server → vault): the vault becomes a copy of the node's
 //!   versions on the server, deletions included (active versions the server
 //!   lacks are kept). A pull runs only when the vault holds nothing of its
@@ -28,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use tandem_proto::pb;
-use tandem_proto::{ChunkId, ObjectId, StoredChunk, UploadPacker};
+use tandem_proto::{ChunkId, ObjectId, ServerGuid, StoredChunk, UploadPacker};
 use tandem_replication::{
     InventoryEntry, ObjectState, ReplicationError, ReplicationRule, RunReport, Source, Target,
 };
@@ -464,6 +465,9 @@ pub struct SyncReport {
     pub chunks: u64,
     /// Stored bytes sent.
     pub bytes: u64,
+    /// Versions the vault holds and the server lacks that this client
+    /// cannot vouch for (see [`Vouched`]): not sent (push), kept (pull).
+    pub unvouched: u64,
 }
 
 impl From<RunReport> for SyncReport {
@@ -474,15 +478,53 @@ impl From<RunReport> for SyncReport {
             deleted: r.objects_deleted,
             chunks: r.chunks_sent,
             bytes: r.bytes_sent,
+            unvouched: 0,
         }
     }
 }
 
-/// Sends the server what the vault made on its own: versions the vault
-/// holds that were not there after its last pull (`pulled`; `None` when no
-/// pull from this server is recorded, and then every version the server
-/// lacks counts) and that the server lacks, and deactivations of versions
-/// both hold.
+/// The vault's versions this client can vouch for (see [`super::own`]):
+/// those it wrote there itself, and those the last pull brought.
+#[derive(Debug, Clone, Default)]
+pub struct Vouched {
+    /// Versions this client stored or made inactive in the vault since the
+    /// last complete pull.
+    pub own: HashSet<ObjectId>,
+    /// The last complete pull, when one is recorded.
+    pub pulled: Option<super::pulled::Record>,
+}
+
+impl Vouched {
+    /// Whether a push to `server` may send version `id` (or its state): this
+    /// client wrote it, or a pull from another server brought it.
+    #[must_use]
+    pub fn for_push(&self, id: &ObjectId, server: ServerGuid) -> bool {
+        self.own.contains(id)
+            || self
+                .pulled
+                .as_ref()
+                .is_some_and(|p| p.server != server && p.ids.contains(id))
+    }
+
+    /// Whether the vault may hold version `id` as this node's: this client
+    /// wrote it, or a pull brought it.
+    #[must_use]
+    pub fn holds(&self, id: &ObjectId) -> bool {
+        self.own.contains(id) || self.pulled.as_ref().is_some_and(|p| p.ids.contains(id))
+    }
+
+    /// Whether a push to `server` may have anything to send.
+    #[must_use]
+    pub fn may_push(&self, server: ServerGuid) -> bool {
+        !self.own.is_empty() || self.pulled.as_ref().is_none_or(|p| p.server != server)
+    }
+}
+
+/// Sends the server what the vault holds and the server lacks, and the
+/// vault's deactivations of versions both hold, where this client can vouch
+/// for them (`vouched`): it wrote them itself, or a pull from another
+/// server brought them. Versions the server lacks that nobody vouches for
+/// are not sent: [`SyncReport::unvouched`] counts them.
 ///
 /// # Errors
 /// Failures of either session; [`ClientError::SyncInterrupted`] when a
@@ -491,7 +533,7 @@ impl From<RunReport> for SyncReport {
 pub async fn push(
     vault: &Session,
     server: &Session,
-    pulled: Option<&HashSet<ObjectId>>,
+    vouched: &Vouched,
     yield_to: Option<&Path>,
 ) -> Result<SyncReport, ClientError> {
     let on_vault = list_versions(vault).await?;
@@ -502,9 +544,12 @@ pub async fn push(
     let on_server = list_versions(server).await?;
     let held: Vec<ObjectState> = on_server.iter().map(|(id, v)| state_of(*id, v)).collect();
     let mut entries = Vec::new();
+    let mut unvouched = 0;
     for (id, v) in &on_vault {
-        if on_server.contains_key(id) || is_own(id, pulled) {
+        if vouched.for_push(id, server.info.guid) {
             entries.push(entry_of(*id, v)?);
+        } else if !on_server.contains_key(id) {
+            unvouched += 1;
         }
     }
     let source = Listed::new(vault, entries, on_vault);
@@ -515,13 +560,9 @@ pub async fn push(
         yield_to,
         exact_copy: false,
     };
-    run(&source, &target).await
-}
-
-/// Whether a version the vault holds is its own (not from a pull).
-#[must_use]
-pub fn is_own(id: &ObjectId, pulled: Option<&HashSet<ObjectId>>) -> bool {
-    pulled.is_none_or(|set| !set.contains(id))
+    let mut report = run(&source, &target).await?;
+    report.unvouched = unvouched;
+    Ok(report)
 }
 
 /// What a pull did and left.
@@ -536,6 +577,11 @@ pub struct Pulled {
     /// rather than deleted (deleted there by an operator, or lost by a
     /// server whose catalog was restored from an older copy).
     pub kept: u64,
+    /// Versions the vault holds and the server lacks that this client
+    /// cannot vouch for: left as they are, neither deleted (they may be
+    /// this node's backups that a lost `state_dir` forgot) nor counted as
+    /// pulled.
+    pub unvouched: u64,
 }
 
 /// Makes the vault a copy of the node's versions on the server
@@ -544,7 +590,9 @@ pub struct Pulled {
 /// active ones, which the vault keeps (see [`Pulled::kept`]): an active
 /// version leaves a server only by an explicit deletion (which a client
 /// applies to its vault itself) or by the server losing it, and then the
-/// vault's copy may be the last one.
+/// vault's copy may be the last one. Versions the server lacks that this
+/// client cannot vouch for (`vouched`) are left alone (see
+/// [`Pulled::unvouched`]).
 ///
 /// # Errors
 /// Failures of either session; [`ClientError::SyncInterrupted`] when a
@@ -553,6 +601,7 @@ pub async fn pull(
     server: &Session,
     on_server: HashMap<ObjectId, pb::ObjectVersion>,
     vault: &Session,
+    vouched: &Vouched,
     yield_to: Option<&Path>,
 ) -> Result<Pulled, ClientError> {
     let on_vault = list_versions(vault).await?;
@@ -562,11 +611,18 @@ pub async fn pull(
         .collect::<Result<Vec<_>, _>>()?;
     let mut held: Vec<ObjectId> = on_server.keys().copied().collect();
     let mut kept = 0;
+    let mut unvouched = 0;
     let superseded = superseded_on_server(&on_vault, &on_server);
     for (id, v) in &on_vault {
-        if v.active && !on_server.contains_key(id) && !superseded.contains(id) {
-            // Listed as if the server had it: the plan then neither sends
-            // nor deletes it.
+        if on_server.contains_key(id) {
+            continue;
+        }
+        // Listed as if the server had it: the plan then neither sends nor
+        // deletes it.
+        if !vouched.holds(id) {
+            entries.push(entry_of(*id, v)?);
+            unvouched += 1;
+        } else if v.active && !superseded.contains(id) {
             entries.push(entry_of(*id, v)?);
             held.push(*id);
             kept += 1;
@@ -578,12 +634,13 @@ pub async fn pull(
         held: on_vault.iter().map(|(id, v)| state_of(*id, v)).collect(),
         direction: Direction::Pull,
         yield_to,
-        exact_copy: kept == 0,
+        exact_copy: kept == 0 && unvouched == 0,
     };
     Ok(Pulled {
         report: run(&source, &target).await?,
         held,
         kept,
+        unvouched,
     })
 }
 

@@ -9,12 +9,19 @@ use crate::error::{CatalogError, ServerError};
 use crate::model::{Filespace, NewVersion, ObjectAttrs, ObjectKind, StoredVersion, VersionQuery};
 
 /// Outcome of a backup transaction.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitCounts {
     /// Versions stored.
     pub stored: u64,
     /// Versions made inactive because the client no longer has the path.
     pub deactivated: u64,
+    /// The ids given to the versions stored, in the order they came. A
+    /// client writing to its local vault alone records them: they are the
+    /// only versions it later sends a server on its own word.
+    pub stored_ids: Vec<ObjectId>,
+    /// Every version this transaction made inactive: replaced by a version
+    /// stored here, or of a path the client no longer has.
+    pub deactivated_ids: Vec<ObjectId>,
 }
 
 /// Where a page of [`Catalog::query_versions`] ended: the full sort key of its
@@ -288,12 +295,19 @@ pub(crate) fn deactivate(
     dir_id: i64,
     name: &str,
     now_ns: i64,
-) -> rusqlite::Result<usize> {
-    tx.prepare_cached(
+) -> rusqlite::Result<Vec<ObjectId>> {
+    let mut stmt = tx.prepare_cached(
         "UPDATE objects SET active = 0, deactivated_ns = ?3
-         WHERE dir_id = ?1 AND name = ?2 AND active = 1",
-    )?
-    .execute(params![dir_id, name, now_ns])
+         WHERE dir_id = ?1 AND name = ?2 AND active = 1
+         RETURNING object_id",
+    )?;
+    let rows = stmt.query_map(params![dir_id, name, now_ns], |r| {
+        let raw: Vec<u8> = r.get(0)?;
+        ObjectId::from_slice(&raw).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, e.into())
+        })
+    })?;
+    rows.collect()
 }
 
 /// Marks the inactive versions of `path` beyond the newest `keep` as expiring
@@ -460,10 +474,11 @@ impl Catalog {
                     .get(&tx, fs_id, dir, true)?
                     .ok_or_else(|| CatalogError::Malformed(format!("directory {dir} vanished")))?;
                 let superseded = deactivate(&tx, dir_id, name, now_ns)?;
+                let object_id = ObjectId::fresh();
                 insert_object(
                     &tx,
                     &ObjectRow {
-                        object_id: &ObjectId::fresh(),
+                        object_id: &object_id,
                         filespace_id: fs_id,
                         dir_id,
                         attrs: a,
@@ -476,10 +491,12 @@ impl Catalog {
                 // Only a version turned inactive can take the path over its
                 // limit; a path whose limit was lowered since is trimmed by
                 // expiration, which applies the limits to every path.
-                if superseded > 0 {
+                if !superseded.is_empty() {
                     limit_inactive(&tx, dir_id, name, keep_existing)?;
                 }
                 counts.stored += 1;
+                counts.stored_ids.push(object_id);
+                counts.deactivated_ids.extend(superseded);
             }
         }
         for path in deactivate_paths {
@@ -488,8 +505,9 @@ impl Catalog {
                 continue; // nothing was ever stored in that directory
             };
             let gone = deactivate(&tx, dir_id, name, now_ns)?;
-            if gone > 0 {
-                counts.deactivated += gone as u64;
+            if !gone.is_empty() {
+                counts.deactivated += gone.len() as u64;
+                counts.deactivated_ids.extend(gone);
                 limit_inactive(&tx, dir_id, name, policy.verdeleted)?;
             }
         }
