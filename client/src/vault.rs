@@ -244,14 +244,21 @@ pub async fn resend(options: &ClientOptions, console: &Console) -> Result<(), Cl
     let vault = open(options, false).await?;
     let dir = options.vault_dir.clone().unwrap_or_default();
     // Recorded while the vault is held, so no sync clears it meanwhile.
+    let state_dir = options.state_dir();
     let vouched = match sync::list_versions(&vault).await {
-        Ok(versions) => {
-            let ids: Vec<_> = versions.into_keys().collect();
-            own::append(&options.state_dir(), vault.info.guid, &ids)
-                .map_err(|e| vault_error(&dir, e))
-        }
-        Err(e) => Err(e),
-    };
+        Ok(versions) => own::load(&state_dir, vault.info.guid).and_then(|known| {
+            // Each digest once, however often the operator runs this.
+            let new: std::collections::HashSet<_> = versions
+                .values()
+                .map(own::digest_of)
+                .filter(|d| !known.contents.contains(d))
+                .collect();
+            let entries: Vec<_> = new.into_iter().map(own::Entry::Content).collect();
+            own::append(&state_dir, vault.info.guid, &entries)
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+    .map_err(|e| vault_error(&dir, e));
     vault.logoff().await;
     vouched?;
     note_offline_write(&dir)?;
@@ -307,7 +314,13 @@ pub async fn push_pending(
     console: &Console,
 ) -> Result<bool, ClientError> {
     let mut status = SyncStatus::load(dir).map_err(|e| vault_error(dir, e))?;
-    let vouched = vouched(vault, state_dir)?;
+    let vouched = match vouched(vault, state_dir) {
+        Ok(v) => v,
+        Err(e) => {
+            record_failure(&mut status, &server.info.name, &e.to_string(), dir);
+            return Err(e);
+        }
+    };
     // This client's own record decides, whatever the vault's says.
     if !status.offline_writes && vouched.own.is_empty() {
         return Ok(false);
@@ -384,18 +397,15 @@ pub async fn synchronise(
         // unvouched for.
         let on_server = sync::list_versions(server).await?;
         let vault_guid = vault.info.guid;
-        let mut before: Vec<_> = vouched
-            .pulled
-            .iter()
-            .flat_map(|p| p.ids.iter().copied())
-            .chain(vouched.own.iter().copied())
-            .collect();
-        before.extend(on_server.keys().copied());
-        pulled::save(state_dir, vault_guid, server.info.guid, &before)
+        let mut before: std::collections::HashMap<_, _> =
+            vouched.pulled.take().map(|p| p.ids).unwrap_or_default();
+        before.extend(on_server.iter().map(|(id, v)| (*id, own::digest_of(v))));
+        let listed: Vec<_> = before.iter().map(|(id, d)| (*id, *d)).collect();
+        pulled::save(state_dir, vault_guid, server.info.guid, &listed)
             .map_err(|e| vault_error(dir, e))?;
         vouched.pulled = Some(pulled::Record {
             server: server.info.guid,
-            ids: before.into_iter().collect(),
+            ids: before,
         });
         let pulled = sync::pull(server, on_server, vault, &vouched, Some(dir)).await?;
         // The vault is now a copy of the server, and the pull's record
@@ -543,12 +553,18 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     let active = versions.values().filter(|v| v.active).count();
     // New versions of its own; its deactivations of pulled ones go too,
     // but are not counted as versions.
-    let pulled_ids = vouched.pulled.as_ref().map(|p| &p.ids);
     let to_send = versions
-        .keys()
-        .filter(|id| vouched.own.contains(id) && pulled_ids.is_none_or(|p| !p.contains(id)))
+        .iter()
+        .filter(|(id, v)| {
+            let digest = own::digest_of(v);
+            vouched.own.contents.contains(&digest)
+                && vouched.pulled.as_ref().is_none_or(|p| !p.has(id, &digest))
+        })
         .count();
-    let unvouched = versions.keys().filter(|id| !vouched.holds(id)).count();
+    let unvouched = versions
+        .iter()
+        .filter(|(id, v)| !vouched.holds(id, v))
+        .count();
     let time = |ns: i64| {
         if ns == 0 {
             "-".to_string()

@@ -489,6 +489,93 @@ fn versions_planted_in_the_vault_reach_the_server_only_when_the_operator_vouches
     primary.kill();
 }
 
+/// Rows of the server's (or vault's) catalog at `dir`: (name, mode, backup time).
+fn catalog_rows(dir: &Path, name: &str) -> Vec<(u32, i64)> {
+    let catalog = rusqlite::Connection::open(dir.join("catalog.db")).unwrap();
+    let mut stmt = catalog
+        .prepare("SELECT mode, backup_ns FROM objects WHERE name = ?1 ORDER BY backup_ns")
+        .unwrap();
+    stmt.query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn versions_changed_or_planted_in_the_vault_catalog_never_reach_the_server() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("kate", "kate-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let client = TestClient::new(&primary, "kate", "kate-password");
+    let vault = with_vault(&client, work.path());
+    client.json(&["incremental", &path_str(&src)]);
+
+    // Backups to the vault alone while the primary is down.
+    primary.kill();
+    std::fs::write(src.join("ours.txt"), b"backed up while away\n").unwrap();
+    std::fs::write(src.join("tampered.sh"), b"#!/bin/sh\necho ours\n").unwrap();
+    let offline = client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(offline["failed"], 0, "{offline}");
+
+    // Whoever can write the vault changes one of our versions (setuid) and
+    // plants another beside it, in the vault's catalog itself.
+    {
+        let catalog = rusqlite::Connection::open(vault.join("catalog.db")).unwrap();
+        let changed = catalog
+            .execute(
+                "UPDATE objects SET mode = mode | 2048 WHERE name = 'tampered.sh' AND active = 1",
+                [],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        let planted = catalog
+            .execute(
+                "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
+                   mtime_ns, uid, gid, link_target, backup_ns, active, deactivated_ns, expiring,
+                   manifest, extra)
+                 SELECT randomblob(16), filespace_id, dir_id, 'planted.sh', kind, size, mode,
+                   mtime_ns, uid, gid, link_target, backup_ns, 1, 0, 0, manifest, extra
+                 FROM objects WHERE name = 'ours.txt' AND active = 1",
+                [],
+            )
+            .unwrap();
+        assert_eq!(planted, 1);
+    }
+    // Another backup to the vault alone makes the planted version inactive
+    // (no such file here): that records its id as changed by this client,
+    // which must not vouch for its content.
+    let again = client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(again["failed"], 0, "{again}");
+    let state = vault_state(&client);
+    assert_eq!(state["versions_unvouched"], 2, "{state}");
+
+    let back = now_ns();
+    primary.restart();
+    let next = client.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&next), 8, "{}", stderr(&next));
+    assert!(stderr(&next).contains("TDM2137W"), "{}", stderr(&next));
+    // Ours arrived with its time from the vault. The changed one did not:
+    // the second backup to the vault found its attributes differing from
+    // the file's and stored it again, and only that version arrived. The
+    // planted one is nowhere on the server.
+    let server = primary.data_dir();
+    let ours = catalog_rows(server, "ours.txt");
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert!(ours[0].1 < back, "{ours:?}");
+    let in_vault = catalog_rows(&vault, "tampered.sh");
+    assert!(
+        in_vault.iter().any(|(mode, _)| mode & 0o4000 != 0),
+        "{in_vault:?}"
+    );
+    let tampered = catalog_rows(server, "tampered.sh");
+    assert_eq!(tampered.len(), 1, "{tampered:?}");
+    assert_eq!(tampered[0].0 & 0o4000, 0, "{tampered:?}");
+    assert!(catalog_rows(server, "planted.sh").is_empty());
+    primary.kill();
+}
+
 /// Starts `args`, lets it run for `after`, then SIGKILLs it (if it still
 /// runs) and reaps it.
 fn kill_after(client: &TestClient, args: &[&str], after: std::time::Duration) {

@@ -356,33 +356,43 @@ impl Session {
     }
 
     /// Commits a backup transaction (`what` names it in an error). On a
-    /// vault session the versions the vault stored and made inactive are
-    /// recorded in `state_dir` before this returns, so nothing this client
-    /// acknowledges is missing from the record a push trusts
-    /// ([`crate::vault::own`]).
+    /// vault session what the client writes is recorded in `state_dir`
+    /// ([`crate::vault::own`]): a digest of each version before the commit,
+    /// so nothing it stores is missing from the record a push trusts, and
+    /// the versions the vault made inactive after it.
     ///
     /// # Errors
     /// The commit's failure; on a vault session, a record that cannot be
-    /// written ([`ClientError::Vault`]).
+    /// written ([`ClientError::Vault`]), in which case nothing was committed
+    /// if it failed before.
     pub async fn commit_objects(
         &self,
         request: pb::CommitObjectsRequest,
         what: &'static str,
     ) -> Result<pb::CommitObjectsResponse, ClientError> {
+        use crate::vault::own;
+        let record = |entries: Result<Vec<own::Entry>, String>| match &self.state_dir {
+            Some(state_dir) => entries
+                .and_then(|e| own::append(state_dir, self.info.guid, &e))
+                .map_err(|cause| ClientError::Vault {
+                    dir: std::path::PathBuf::from(&self.info.address),
+                    cause: format!(
+                        "{what}: recording what this client writes to the vault: {cause}"
+                    ),
+                }),
+            None => Ok(()),
+        };
+        if self.state_dir.is_some() {
+            record(Ok(own::before_commit(&request)))?;
+        }
         let reply = self
             .client()
             .commit_objects(self.request(request))
             .await
             .map_err(|s| ClientError::server(what, s))?
             .into_inner();
-        if let Some(state_dir) = &self.state_dir {
-            let dir = std::path::PathBuf::from(&self.info.address);
-            let recorded = crate::vault::own::ids_of(&reply)
-                .and_then(|ids| crate::vault::own::append(state_dir, self.info.guid, &ids));
-            recorded.map_err(|cause| ClientError::Vault {
-                dir,
-                cause: format!("{what}: recording what this client wrote to the vault: {cause}"),
-            })?;
+        if self.state_dir.is_some() {
+            record(own::after_commit(&reply))?;
         }
         Ok(reply)
     }

@@ -1,43 +1,130 @@
-//! What this client wrote to its vault itself: the ids of the versions it
-//! stored there and of those it made inactive there, kept in `state_dir`
-//! (`vault-own-<vault GUID>.bin`), beside the records of its pulls
+//! What this client wrote to its vault itself, kept in `state_dir`
+//! (`vault-own-<vault GUID>.bin`), beside the record of its last pull
 //! ([`super::pulled`]).
 //!
-//! A push sends a server only versions (and deactivations) it can vouch
-//! for: those in this record, or those a pull brought from another server.
-//! The vault directory is not asked: whatever its owner, root, or another
+//! A push sends a server only what this client can vouch for, and the
+//! vault directory is not asked: whatever its owner, root, or another
 //! machine writing a share puts there would otherwise reach the server as
-//! this node's backups. A version the vault holds with no such record is
-//! reported, kept in the vault, and sent only when the operator says so
-//! (`tandem set vault --resend`, which records every version the vault
-//! holds here).
+//! this node's backups. Two kinds of entry:
+//! - **content**: a digest of each version this client asks the vault to
+//!   store (filespace, path, attributes, chunk ids; [`digest`]), written and
+//!   synced *before* the commit. A version the vault holds is this client's
+//!   when its digest is here, so a version planted under a new id, or one
+//!   of ours whose path, attributes or data were changed in the vault's
+//!   catalog, is not. And a client killed between its commit and anything
+//!   after it leaves nothing of its own unrecorded.
+//! - **deactivated**: the ids the vault's commit reports it made inactive,
+//!   recorded after it. They allow only a state change on the server, of a
+//!   version the server holds already. One lost to a kill is harmless: the
+//!   next backup on the server makes the same versions inactive there.
 //!
-//! The ids come back from the vault's commit, so they are recorded just
-//! after it and before the command reports the versions backed up. A
-//! client killed between the two leaves versions it never acknowledged:
-//! the next backup stores those files again, and the versions left over
-//! are reported like any other the record lacks.
+//! Anything else the vault holds is reported, kept there, and sent only when
+//! the operator says so (`tandem set vault --resend`, which records the
+//! digest of every version the vault holds).
 //!
-//! Format: the magic `TDMOWN01`, then 16 bytes per id, appended and synced
-//! after each commit. A record cut short by a crash loses only its last,
-//! unacknowledged, partial id. Cleared when a pull completes: the vault is
-//! then a copy of the server, and the pull's record names what it holds.
+//! Format: the magic `TDMOWN02`, then 33-byte entries (a kind byte, `C` or
+//! `D`, and 32 bytes: a digest, or an id followed by zeros), appended and
+//! synced. An append cut short by a crash is cut back to whole entries
+//! before the next one. Cleared when a pull completes: the vault is then a
+//! copy of the server, and the pull's record vouches for what it holds.
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use tandem_proto::{ObjectId, ServerGuid};
+use tandem_proto::{ObjectId, ServerGuid, pb};
 
-const MAGIC: &[u8; 8] = b"TDMOWN01";
-/// 16 bytes per id: room for 100 million writes between two pulls.
+const MAGIC: &[u8; 8] = b"TDMOWN02";
+const ENTRY: usize = 33;
+const CONTENT: u8 = b'C';
+const DEACTIVATED: u8 = b'D';
+/// About 50 million entries between two pulls.
 const MAX_BYTES: u64 = 1600 << 20;
 
-/// The record's path for vault `vault`.
+/// A digest of a version's content: what identifies it as what a client
+/// stored, whatever id and time the store gave it.
+pub type Digest = [u8; 32];
+
+/// What this client recorded writing to one vault.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// Digests of the versions it asked the vault to store.
+    pub contents: HashSet<Digest>,
+    /// Versions the vault reported it made inactive for this client.
+    pub deactivated: HashSet<ObjectId>,
+}
+
+impl Ledger {
+    /// Whether nothing is recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.contents.is_empty() && self.deactivated.is_empty()
+    }
+}
+
+/// One entry to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A version about to be stored, by [`digest`].
+    Content(Digest),
+    /// A version the vault made inactive.
+    Deactivated(ObjectId),
+}
+
+/// The digest of a version: its filespace, every attribute, and its chunk
+/// ids, each field framed so no two different versions share an encoding.
+/// The same whether computed from what a client sends or from a store's
+/// listing of it (the store keeps each field as given).
 #[must_use]
-pub fn path(state_dir: &Path, vault: ServerGuid) -> PathBuf {
-    state_dir.join(format!("vault-own-{}.bin", hex_of(vault)))
+pub fn digest<'a>(
+    filespace: &str,
+    attrs: Option<&pb::ObjectAttrs>,
+    chunk_ids: impl IntoIterator<Item = &'a Vec<u8>>,
+) -> Digest {
+    let mut h = blake3::Hasher::new_derive_key("tandem vault version content v1");
+    let bytes = |h: &mut blake3::Hasher, b: &[u8]| {
+        h.update(&(b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    bytes(&mut h, filespace.as_bytes());
+    let default = pb::ObjectAttrs::default();
+    let a = attrs.unwrap_or(&default);
+    bytes(&mut h, a.path.as_bytes());
+    h.update(&i64::from(a.kind).to_le_bytes());
+    h.update(&a.size.to_le_bytes());
+    h.update(&a.mode.to_le_bytes());
+    h.update(&a.mtime_ns.to_le_bytes());
+    h.update(&a.uid.to_le_bytes());
+    h.update(&a.gid.to_le_bytes());
+    bytes(&mut h, a.link_target.as_bytes());
+    let no_extra = pb::ObjectExtra::default();
+    let e = a.extra.as_ref().unwrap_or(&no_extra);
+    h.update(&e.rdev.to_le_bytes());
+    h.update(&(e.xattrs.len() as u64).to_le_bytes());
+    for x in &e.xattrs {
+        bytes(&mut h, &x.name);
+        bytes(&mut h, &x.value);
+    }
+    h.update(&e.hard_link_group.to_le_bytes());
+    h.update(&[u8::from(e.changed_during_backup), u8::from(e.sparse)]);
+    h.update(&e.hard_link_names.to_le_bytes());
+    h.update(&e.ctime_ns.to_le_bytes());
+    let mut count = 0u64;
+    let mut ids = blake3::Hasher::new();
+    for id in chunk_ids {
+        bytes(&mut ids, id);
+        count += 1;
+    }
+    h.update(&count.to_le_bytes());
+    h.update(ids.finalize().as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The digest of a version as a store lists it.
+#[must_use]
+pub fn digest_of(v: &pb::ObjectVersion) -> Digest {
+    digest(&v.filespace, v.attrs.as_ref(), &v.chunk_ids)
 }
 
 /// A vault GUID as it appears in a record's file name.
@@ -46,62 +133,126 @@ pub fn hex_of(vault: ServerGuid) -> String {
     vault.0.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The ids recorded for vault `vault` (none when there is no record).
+/// The record's path for vault `vault`.
+#[must_use]
+pub fn path(state_dir: &Path, vault: ServerGuid) -> PathBuf {
+    state_dir.join(format!("vault-own-{}.bin", hex_of(vault)))
+}
+
+/// What to do about a record that cannot be used.
+const ADVICE: &str = "move it away, then run `tandem query vault`: if it reports versions not written by this client and they are this node's, `tandem set vault --resend` sends them";
+
+/// The entries recorded for vault `vault` (none when there is no record).
 ///
 /// # Errors
-/// A record that cannot be read or does not start as one, naming the file.
-pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<HashSet<ObjectId>, String> {
+/// A record that cannot be read or is not one, naming the file.
+pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Ledger, String> {
     let path = path(state_dir, vault);
     let bytes = match tandem_os::atomic_file::read_small(&path, MAX_BYTES) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ledger::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}; {ADVICE}", path.display())),
     };
-    let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| {
+    // Created but never written (a crash right after the create).
+    if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
+        return Ok(Ledger::default());
+    }
+    let damaged = || {
         format!(
-            "{} is not a record of this client's vault writes; move it away, then `tandem set vault --resend` if the vault's versions are this node's",
+            "{} is not a record of this client's vault writes; {ADVICE}",
             path.display()
         )
-    })?;
-    // A trailing partial id is an append a crash cut short: never
-    // acknowledged, so left out.
-    Ok(body
-        .chunks_exact(16)
-        .filter_map(|raw| ObjectId::from_slice(raw).ok())
-        .collect())
+    };
+    let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(damaged)?;
+    let mut ledger = Ledger::default();
+    // A trailing partial entry is an append a crash cut short.
+    for entry in body.chunks_exact(ENTRY) {
+        let (kind, value) = entry.split_at(1);
+        match kind[0] {
+            CONTENT => {
+                ledger
+                    .contents
+                    .insert(value.try_into().map_err(|_| damaged())?);
+            }
+            DEACTIVATED => {
+                ledger
+                    .deactivated
+                    .insert(ObjectId::from_slice(&value[..16]).map_err(|_| damaged())?);
+            }
+            _ => return Err(damaged()),
+        }
+    }
+    Ok(ledger)
 }
 
-/// Appends `ids` to the record for vault `vault`, durably, before the write
-/// that made them is acknowledged.
+/// Appends `entries` to the record for vault `vault`, durably.
 ///
 /// # Errors
-/// I/O failures, naming the file.
-pub fn append(state_dir: &Path, vault: ServerGuid, ids: &[ObjectId]) -> Result<(), String> {
-    if ids.is_empty() {
+/// I/O failures, or a record grown past its limit, naming the file.
+pub fn append(state_dir: &Path, vault: ServerGuid, entries: &[Entry]) -> Result<(), String> {
+    if entries.is_empty() {
         return Ok(());
     }
     std::fs::create_dir_all(state_dir)
         .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let path = path(state_dir, vault);
     let failed = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
         .create(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
         .map_err(failed)?;
-    let new = file.metadata().map_err(failed)?.len() == 0;
-    let mut bytes = Vec::with_capacity(MAGIC.len() + ids.len() * 16);
-    if new {
+    let meta = file.metadata().map_err(failed)?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file; {ADVICE}",
+            path.display()
+        ));
+    }
+    let len = meta.len();
+    let magic = MAGIC.len() as u64;
+    // Whole entries only: an append a crash cut short is cut back, so the
+    // entries after it are read where they were written.
+    let keep = if len < magic {
+        0
+    } else {
+        magic + (len - magic) / ENTRY as u64 * ENTRY as u64
+    };
+    let adding = (entries.len() * ENTRY) as u64 + if keep == 0 { magic } else { 0 };
+    if keep + adding > MAX_BYTES {
+        return Err(format!(
+            "{} would pass {MAX_BYTES} bytes: this client wrote that much to the vault alone since its last sync with the server; bring the server back (or move the vault away) before more backups go to the vault alone",
+            path.display()
+        ));
+    }
+    if keep != len {
+        file.set_len(keep).map_err(failed)?;
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(adding).unwrap_or(0));
+    if keep == 0 {
         bytes.extend_from_slice(MAGIC);
     }
-    for id in ids {
-        bytes.extend_from_slice(&id.0);
+    for entry in entries {
+        match entry {
+            Entry::Content(d) => {
+                bytes.push(CONTENT);
+                bytes.extend_from_slice(d);
+            }
+            Entry::Deactivated(id) => {
+                bytes.push(DEACTIVATED);
+                bytes.extend_from_slice(&id.0);
+                bytes.extend_from_slice(&[0; 16]);
+            }
+        }
     }
-    file.write_all(&bytes).map_err(failed)?;
+    let mut writer = &file;
+    std::io::Seek::seek(&mut writer, std::io::SeekFrom::Start(keep)).map_err(failed)?;
+    writer.write_all(&bytes).map_err(failed)?;
     file.sync_data().map_err(failed)?;
-    if new {
+    if keep == 0 {
         // The new name itself must survive a crash too.
         std::fs::File::open(state_dir)
             .and_then(|d| d.sync_all())
@@ -123,18 +274,28 @@ pub fn clear(state_dir: &Path, vault: ServerGuid) -> Result<(), String> {
     }
 }
 
-/// The ids a commit's reply names (stored and made inactive); an id that is
-/// not 16 bytes is an error, since the record must not miss one.
+/// The entries for a commit about to go to the vault: a digest of each
+/// version it stores.
+#[must_use]
+pub fn before_commit(request: &pb::CommitObjectsRequest) -> Vec<Entry> {
+    request
+        .objects
+        .iter()
+        .map(|o| Entry::Content(digest(&request.filespace, o.attrs.as_ref(), &o.chunk_ids)))
+        .collect()
+}
+
+/// The entries for a commit the vault took: the versions it made inactive.
 ///
 /// # Errors
-/// A malformed id in the reply.
-pub fn ids_of(reply: &tandem_proto::pb::CommitObjectsResponse) -> Result<Vec<ObjectId>, String> {
+/// A malformed id in the reply (the record must not miss one).
+pub fn after_commit(reply: &pb::CommitObjectsResponse) -> Result<Vec<Entry>, String> {
     reply
-        .stored_ids
+        .deactivated_ids
         .iter()
-        .chain(&reply.deactivated_ids)
         .map(|raw| {
             ObjectId::from_slice(raw)
+                .map(Entry::Deactivated)
                 .map_err(|e| format!("the vault's commit named a malformed version id: {e}"))
         })
         .collect()
@@ -144,18 +305,37 @@ pub fn ids_of(reply: &tandem_proto::pb::CommitObjectsResponse) -> Result<Vec<Obj
 mod tests {
     use super::*;
 
+    fn attrs(path: &str) -> pb::ObjectAttrs {
+        pb::ObjectAttrs {
+            path: path.into(),
+            kind: pb::ObjectKind::File as i32,
+            size: 5,
+            mode: 0o644,
+            mtime_ns: 7,
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn appended_ids_read_back_per_vault_and_clear_forgets_them() {
+    fn entries_read_back_per_vault_and_clear_forgets_them() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let vault = ServerGuid([1; 16]);
         assert!(load(&state, vault).unwrap().is_empty());
-        append(&state, vault, &[ObjectId([3; 16])]).unwrap();
-        append(&state, vault, &[ObjectId([4; 16]), ObjectId([5; 16])]).unwrap();
+        append(&state, vault, &[Entry::Content([3; 32])]).unwrap();
+        append(
+            &state,
+            vault,
+            &[
+                Entry::Deactivated(ObjectId([4; 16])),
+                Entry::Content([5; 32]),
+            ],
+        )
+        .unwrap();
         append(&state, vault, &[]).unwrap();
         let back = load(&state, vault).unwrap();
-        assert_eq!(back.len(), 3);
-        assert!(back.contains(&ObjectId([4; 16])));
+        assert_eq!(back.contents, HashSet::from([[3; 32], [5; 32]]));
+        assert_eq!(back.deactivated, HashSet::from([ObjectId([4; 16])]));
         assert!(load(&state, ServerGuid([2; 16])).unwrap().is_empty());
         clear(&state, vault).unwrap();
         assert!(load(&state, vault).unwrap().is_empty());
@@ -163,16 +343,34 @@ mod tests {
     }
 
     #[test]
-    fn an_append_cut_short_loses_only_its_partial_id() {
+    fn an_append_cut_short_is_cut_back_and_later_entries_read_right() {
         let dir = tempfile::tempdir().unwrap();
         let vault = ServerGuid([1; 16]);
-        append(dir.path(), vault, &[ObjectId([3; 16]), ObjectId([4; 16])]).unwrap();
+        append(
+            dir.path(),
+            vault,
+            &[Entry::Content([3; 32]), Entry::Content([4; 32])],
+        )
+        .unwrap();
         let file = path(dir.path(), vault);
         let bytes = std::fs::read(&file).unwrap();
         std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap();
         assert_eq!(
-            load(dir.path(), vault).unwrap(),
-            HashSet::from([ObjectId([3; 16])])
+            load(dir.path(), vault).unwrap().contents,
+            HashSet::from([[3; 32]])
+        );
+        append(dir.path(), vault, &[Entry::Content([6; 32])]).unwrap();
+        assert_eq!(
+            load(dir.path(), vault).unwrap().contents,
+            HashSet::from([[3; 32], [6; 32]])
+        );
+        // Created and never written: empty, and usable.
+        std::fs::write(&file, b"").unwrap();
+        assert!(load(dir.path(), vault).unwrap().is_empty());
+        append(dir.path(), vault, &[Entry::Content([7; 32])]).unwrap();
+        assert_eq!(
+            load(dir.path(), vault).unwrap().contents,
+            HashSet::from([[7; 32]])
         );
     }
 
@@ -181,15 +379,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vault = ServerGuid([1; 16]);
         let file = path(dir.path(), vault);
-        std::fs::write(&file, b"something else entirely").unwrap();
+        std::fs::write(&file, b"something else entirely, and long").unwrap();
         let err = load(dir.path(), vault).unwrap_err();
-        assert!(err.contains("vault-own-"), "{err}");
+        assert!(
+            err.contains("vault-own-") && err.contains("--resend"),
+            "{err}"
+        );
         std::fs::remove_file(&file).unwrap();
         let elsewhere = dir.path().join("elsewhere");
         std::fs::write(&elsewhere, b"").unwrap();
         std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
-        assert!(append(dir.path(), vault, &[ObjectId([3; 16])]).is_err());
+        assert!(append(dir.path(), vault, &[Entry::Content([3; 32])]).is_err());
         assert!(load(dir.path(), vault).is_err());
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"");
+    }
+
+    #[test]
+    fn the_digest_changes_with_every_part_of_a_version() {
+        let chunks = vec![vec![1u8; 32], vec![2u8; 32]];
+        let base = digest("/fs", Some(&attrs("/fs/a")), &chunks);
+        assert_eq!(base, digest("/fs", Some(&attrs("/fs/a")), &chunks));
+        assert_ne!(base, digest("/fs2", Some(&attrs("/fs/a")), &chunks));
+        assert_ne!(base, digest("/fs", Some(&attrs("/fs/b")), &chunks));
+        let mut other = attrs("/fs/a");
+        other.mode = 0o4755;
+        assert_ne!(base, digest("/fs", Some(&other), &chunks));
+        let mut other = attrs("/fs/a");
+        other.extra = Some(pb::ObjectExtra {
+            xattrs: vec![pb::Xattr {
+                name: b"user.x".to_vec(),
+                value: b"1".to_vec(),
+            }],
+            ..Default::default()
+        });
+        assert_ne!(base, digest("/fs", Some(&other), &chunks));
+        // No extra and an empty one are the same version.
+        let mut empty = attrs("/fs/a");
+        empty.extra = Some(pb::ObjectExtra::default());
+        assert_eq!(base, digest("/fs", Some(&empty), &chunks));
+        let swapped = vec![vec![2u8; 32], vec![1u8; 32]];
+        assert_ne!(base, digest("/fs", Some(&attrs("/fs/a")), &swapped));
+        assert_ne!(base, digest("/fs", Some(&attrs("/fs/a")), &chunks[..1]));
     }
 }

@@ -4,32 +4,47 @@
 //! writes, and not in the vault directory.
 //!
 //! With the record of this client's own writes ([`super::own`]) it says
-//! which of the vault's versions this client can vouch for. A push to the
-//! server pulled from sends none of these (that server had them, and
-//! dropped those it lacks by expiration or deletion); a push to another
-//! server (a promoted secondary, a rebuilt primary) sends it those it
-//! lacks. Deciding by id rather than by time keeps clocks out of it: a
-//! client clock stepped back cannot make an offline backup look pulled,
-//! and a server clock ahead cannot make a pulled version look like the
-//! vault's own.
+//! which of the vault's versions this client can vouch for: each id with
+//! the digest of the version as the server listed it ([`super::own::digest`]),
+//! so a version whose path, attributes or data were changed in the vault
+//! since is not vouched for. A push to the server pulled from sends none
+//! of these (that server had them, and dropped those it lacks by
+//! expiration or deletion); a push to another server (a promoted secondary,
+//! a rebuilt primary) sends it those it lacks. Deciding by id rather than
+//! by time keeps clocks out of it: a client clock stepped back cannot make
+//! an offline backup look pulled, and a server clock ahead cannot make a
+//! pulled version look like the vault's own.
 //!
-//! Format: the magic `TDMPULL1`, the server GUID (16 bytes), then 16 bytes
-//! per object id. Replaced atomically (`tandem_os::atomic_file`).
+//! Format: the magic `TDMPULL2`, the server GUID (16 bytes), then 48 bytes
+//! per version: its object id and digest. Replaced atomically
+//! (`tandem_os::atomic_file`).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use tandem_proto::{ObjectId, ServerGuid};
 
-const MAGIC: &[u8; 8] = b"TDMPULL1";
+use super::own::Digest;
+
+const MAGIC: &[u8; 8] = b"TDMPULL2";
+const ENTRY: usize = 48;
 
 /// The last complete pull into a vault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The server pulled from.
     pub server: ServerGuid,
-    /// The versions the vault held afterwards.
-    pub ids: HashSet<ObjectId>,
+    /// The versions the vault held afterwards, with their digests.
+    pub ids: HashMap<ObjectId, Digest>,
+}
+
+impl Record {
+    /// Whether the vault's version `id`, with digest `digest`, is one this
+    /// pull recorded, unchanged.
+    #[must_use]
+    pub fn has(&self, id: &ObjectId, digest: &Digest) -> bool {
+        self.ids.get(id) == Some(digest)
+    }
 }
 
 /// The record's path for vault `vault`.
@@ -44,8 +59,8 @@ pub fn path(state_dir: &Path, vault: ServerGuid) -> PathBuf {
 /// A record that cannot be read or is malformed, naming the file.
 pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Option<Record>, String> {
     let path = path(state_dir, vault);
-    // 16 bytes per pulled version: room for 100 million.
-    let bytes = match tandem_os::atomic_file::read_small(&path, 1600 << 20) {
+    // 48 bytes per pulled version: room for 50 million.
+    let bytes = match tandem_os::atomic_file::read_small(&path, 2400 << 20) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
@@ -62,21 +77,28 @@ pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Option<Record>, Strin
         )
     };
     let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(damaged)?;
-    if body.len() < 16 || (body.len() - 16) % 16 != 0 {
+    if body.len() < 16 || (body.len() - 16) % ENTRY != 0 {
         return Err(damaged());
     }
-    let (guid, ids) = body.split_at(16);
+    let (guid, entries) = body.split_at(16);
     let server = ServerGuid(guid.try_into().map_err(|_| damaged())?);
     Ok(Some(Record {
         server,
-        ids: ids
-            .chunks_exact(16)
-            .map(|raw| ObjectId::from_slice(raw).map_err(|_| damaged()))
-            .collect::<Result<_, _>>()?,
+        ids: entries
+            .chunks_exact(ENTRY)
+            .map(|raw| {
+                let (id, digest) = raw.split_at(16);
+                Ok((
+                    ObjectId::from_slice(id).map_err(|_| damaged())?,
+                    digest.try_into().map_err(|_| damaged())?,
+                ))
+            })
+            .collect::<Result<_, String>>()?,
     }))
 }
 
-/// Records the ids vault `vault` holds after a complete pull from `server`.
+/// Records the versions (ids and digests) vault `vault` holds after a
+/// complete pull from `server`.
 ///
 /// # Errors
 /// I/O failures, naming the file.
@@ -84,16 +106,17 @@ pub fn save(
     state_dir: &Path,
     vault: ServerGuid,
     server: ServerGuid,
-    ids: &[ObjectId],
+    ids: &[(ObjectId, Digest)],
 ) -> Result<(), String> {
     std::fs::create_dir_all(state_dir)
         .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let path = path(state_dir, vault);
-    let mut bytes = Vec::with_capacity(MAGIC.len() + 16 + ids.len() * 16);
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 16 + ids.len() * ENTRY);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&server.0);
-    for id in ids {
+    for (id, digest) in ids {
         bytes.extend_from_slice(&id.0);
+        bytes.extend_from_slice(digest);
     }
     tandem_os::atomic_file::replace(&path, &bytes, Some(0o600))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
@@ -109,11 +132,13 @@ mod tests {
         let vault = ServerGuid([9; 16]);
         let server = ServerGuid([1; 16]);
         assert_eq!(load(dir.path(), vault).unwrap(), None);
-        let ids = [ObjectId([3; 16]), ObjectId([4; 16])];
+        let ids = [(ObjectId([3; 16]), [5; 32]), (ObjectId([4; 16]), [6; 32])];
         save(dir.path(), vault, server, &ids).unwrap();
         let back = load(dir.path(), vault).unwrap().unwrap();
         assert_eq!(back.server, server);
         assert_eq!(back.ids, ids.into_iter().collect());
+        assert!(back.has(&ObjectId([3; 16]), &[5; 32]));
+        assert!(!back.has(&ObjectId([3; 16]), &[6; 32]), "changed since");
         assert_eq!(load(dir.path(), ServerGuid([2; 16])).unwrap(), None);
     }
 
@@ -121,7 +146,13 @@ mod tests {
     fn a_truncated_record_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let vault = ServerGuid([9; 16]);
-        save(dir.path(), vault, ServerGuid([1; 16]), &[ObjectId([3; 16])]).unwrap();
+        save(
+            dir.path(),
+            vault,
+            ServerGuid([1; 16]),
+            &[(ObjectId([3; 16]), [5; 32])],
+        )
+        .unwrap();
         let path = path(dir.path(), vault);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();

@@ -484,33 +484,43 @@ impl From<RunReport> for SyncReport {
 }
 
 /// The vault's versions this client can vouch for (see [`super::own`]):
-/// those it wrote there itself, and those the last pull brought.
+/// those it wrote there itself, and those the last pull brought, each as
+/// it was then.
 #[derive(Debug, Clone, Default)]
 pub struct Vouched {
-    /// Versions this client stored or made inactive in the vault since the
-    /// last complete pull.
-    pub own: HashSet<ObjectId>,
+    /// What this client wrote to the vault since the last complete pull.
+    pub own: super::own::Ledger,
     /// The last complete pull, when one is recorded.
     pub pulled: Option<super::pulled::Record>,
 }
 
 impl Vouched {
-    /// Whether a push to `server` may send version `id` (or its state): this
-    /// client wrote it, or a pull from another server brought it.
+    /// Whether a push to `server` may send version `id` whole: this client
+    /// stored it, or a pull from another server brought it, unchanged.
     #[must_use]
-    pub fn for_push(&self, id: &ObjectId, server: ServerGuid) -> bool {
-        self.own.contains(id)
+    pub fn content_for(&self, id: &ObjectId, v: &pb::ObjectVersion, server: ServerGuid) -> bool {
+        let digest = super::own::digest_of(v);
+        self.own.contents.contains(&digest)
             || self
                 .pulled
                 .as_ref()
-                .is_some_and(|p| p.server != server && p.ids.contains(id))
+                .is_some_and(|p| p.server != server && p.has(id, &digest))
+    }
+
+    /// Whether a push to `server`, which holds version `id`, may give it the
+    /// vault's state: this client made it inactive, or could send it whole.
+    #[must_use]
+    pub fn state_for(&self, id: &ObjectId, v: &pb::ObjectVersion, server: ServerGuid) -> bool {
+        self.own.deactivated.contains(id) || self.content_for(id, v, server)
     }
 
     /// Whether the vault may hold version `id` as this node's: this client
-    /// wrote it, or a pull brought it.
+    /// stored it, or a pull brought it, unchanged.
     #[must_use]
-    pub fn holds(&self, id: &ObjectId) -> bool {
-        self.own.contains(id) || self.pulled.as_ref().is_some_and(|p| p.ids.contains(id))
+    pub fn holds(&self, id: &ObjectId, v: &pb::ObjectVersion) -> bool {
+        let digest = super::own::digest_of(v);
+        self.own.contents.contains(&digest)
+            || self.pulled.as_ref().is_some_and(|p| p.has(id, &digest))
     }
 
     /// Whether a push to `server` may have anything to send.
@@ -522,9 +532,9 @@ impl Vouched {
 
 /// Sends the server what the vault holds and the server lacks, and the
 /// vault's deactivations of versions both hold, where this client can vouch
-/// for them (`vouched`): it wrote them itself, or a pull from another
-/// server brought them. Versions the server lacks that nobody vouches for
-/// are not sent: [`SyncReport::unvouched`] counts them.
+/// for them (`vouched`): it stored or made them inactive itself, or a pull
+/// from another server brought them. Versions the server lacks that nobody
+/// vouches for are not sent: [`SyncReport::unvouched`] counts them.
 ///
 /// # Errors
 /// Failures of either session; [`ClientError::SyncInterrupted`] when a
@@ -545,8 +555,14 @@ pub async fn push(
     let held: Vec<ObjectState> = on_server.iter().map(|(id, v)| state_of(*id, v)).collect();
     let mut entries = Vec::new();
     let mut unvouched = 0;
+    let guid = server.info.guid;
     for (id, v) in &on_vault {
-        if vouched.for_push(id, server.info.guid) {
+        let vouched_for = if on_server.contains_key(id) {
+            vouched.state_for(id, v, guid)
+        } else {
+            vouched.content_for(id, v, guid)
+        };
+        if vouched_for {
             entries.push(entry_of(*id, v)?);
         } else if !on_server.contains_key(id) {
             unvouched += 1;
@@ -570,9 +586,10 @@ pub async fn push(
 pub struct Pulled {
     /// What moved.
     pub report: SyncReport,
-    /// The ids the vault holds afterwards that it got from the server, or
-    /// kept (below): none of them is the vault's own.
-    pub held: Vec<ObjectId>,
+    /// The versions the vault holds afterwards that it got from the server,
+    /// or kept (below), with their digests: what the record of this pull
+    /// vouches for.
+    pub held: Vec<(ObjectId, super::own::Digest)>,
     /// Active versions the vault holds and the server no longer does, kept
     /// rather than deleted (deleted there by an operator, or lost by a
     /// server whose catalog was restored from an older copy).
@@ -609,7 +626,10 @@ pub async fn pull(
         .iter()
         .map(|(id, v)| entry_of(*id, v))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut held: Vec<ObjectId> = on_server.keys().copied().collect();
+    let mut held: Vec<_> = on_server
+        .iter()
+        .map(|(id, v)| (*id, super::own::digest_of(v)))
+        .collect();
     let mut kept = 0;
     let mut unvouched = 0;
     let superseded = superseded_on_server(&on_vault, &on_server);
@@ -619,12 +639,12 @@ pub async fn pull(
         }
         // Listed as if the server had it: the plan then neither sends nor
         // deletes it.
-        if !vouched.holds(id) {
+        if !vouched.holds(id, v) {
             entries.push(entry_of(*id, v)?);
             unvouched += 1;
         } else if v.active && !superseded.contains(id) {
             entries.push(entry_of(*id, v)?);
-            held.push(*id);
+            held.push((*id, super::own::digest_of(v)));
             kept += 1;
         }
     }

@@ -15,12 +15,10 @@ pub struct CommitCounts {
     pub stored: u64,
     /// Versions made inactive because the client no longer has the path.
     pub deactivated: u64,
-    /// The ids given to the versions stored, in the order they came. A
-    /// client writing to its local vault alone records them: they are the
-    /// only versions it later sends a server on its own word.
-    pub stored_ids: Vec<ObjectId>,
     /// Every version this transaction made inactive: replaced by a version
-    /// stored here, or of a path the client no longer has.
+    /// stored here, or of a path the client no longer has. A client writing
+    /// to its local vault records them (the state changes it may later
+    /// give a server).
     pub deactivated_ids: Vec<ObjectId>,
 }
 
@@ -474,11 +472,10 @@ impl Catalog {
                     .get(&tx, fs_id, dir, true)?
                     .ok_or_else(|| CatalogError::Malformed(format!("directory {dir} vanished")))?;
                 let superseded = deactivate(&tx, dir_id, name, now_ns)?;
-                let object_id = ObjectId::fresh();
                 insert_object(
                     &tx,
                     &ObjectRow {
-                        object_id: &object_id,
+                        object_id: &ObjectId::fresh(),
                         filespace_id: fs_id,
                         dir_id,
                         attrs: a,
@@ -495,7 +492,6 @@ impl Catalog {
                     limit_inactive(&tx, dir_id, name, keep_existing)?;
                 }
                 counts.stored += 1;
-                counts.stored_ids.push(object_id);
                 counts.deactivated_ids.extend(superseded);
             }
         }

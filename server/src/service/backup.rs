@@ -641,7 +641,6 @@ impl Backup for BackupService {
         Ok(Response::new(pb::CommitObjectsResponse {
             stored: counts.stored,
             deactivated: counts.deactivated,
-            stored_ids: counts.stored_ids.iter().map(|id| id.0.to_vec()).collect(),
             deactivated_ids: counts
                 .deactivated_ids
                 .iter()
