@@ -424,15 +424,16 @@ enum QueryCommand {
 enum SetCommand {
     /// The local vault: accept its state after a second-installation stop
     /// (TDM2127E), once checked with `query vault`; or send the server what
-    /// only the vault still holds (TDM2129W).
+    /// only the vault still holds (TDM2129W, TDM2137W).
     #[command(group(clap::ArgGroup::new("what").required(true).args(["accept", "resend"])))]
     Vault {
         /// Take the vault's current revision as this client's.
         #[arg(long)]
         accept: bool,
-        /// Send the server every version the vault holds and the server
-        /// lacks, before the next command there (after TDM2129W, when the
-        /// server lost them).
+        /// Vouch for every version the vault holds, so the next command on
+        /// the server first sends it those it lacks (after TDM2129W, when
+        /// the server lost them, or TDM2137W, once you have checked that
+        /// they are this node's).
         #[arg(long)]
         resend: bool,
     },

@@ -248,12 +248,14 @@ pub async fn resend(options: &ClientOptions, console: &Console) -> Result<(), Cl
     let vouched = match sync::list_versions(&vault).await {
         Ok(versions) => own::load(&state_dir, vault.info.guid).and_then(|known| {
             // Each digest once, however often the operator runs this.
-            let new: std::collections::HashSet<_> = versions
-                .values()
-                .map(own::digest_of)
-                .filter(|d| !known.contents.contains(d))
+            // Each version once, however often the operator runs this: an
+            // entry dated just before it, so it vouches for that version.
+            let ours = own::stored_by_us(&known, &versions);
+            let entries: Vec<_> = versions
+                .iter()
+                .filter(|(id, _)| !ours.contains(id))
+                .map(|(_, v)| own::Entry::Content(own::digest_of(v), v.backup_time_ns))
                 .collect();
-            let entries: Vec<_> = new.into_iter().map(own::Entry::Content).collect();
             own::append(&state_dir, vault.info.guid, &entries)
         }),
         Err(e) => Err(e.to_string()),
@@ -399,7 +401,7 @@ pub async fn synchronise(
         let vault_guid = vault.info.guid;
         let mut before: std::collections::HashMap<_, _> =
             vouched.pulled.take().map(|p| p.ids).unwrap_or_default();
-        before.extend(on_server.iter().map(|(id, v)| (*id, own::digest_of(v))));
+        before.extend(on_server.iter().map(|(id, v)| (*id, own::pulled_digest(v))));
         let listed: Vec<_> = before.iter().map(|(id, d)| (*id, *d)).collect();
         pulled::save(state_dir, vault_guid, server.info.guid, &listed)
             .map_err(|e| vault_error(dir, e))?;
@@ -551,19 +553,13 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     let versions = listed?;
     let vouched = vouched?;
     let active = versions.values().filter(|v| v.active).count();
-    // New versions of its own; its deactivations of pulled ones go too,
+    let judged = vouched.judge(&versions);
+    // Versions it stored itself; its deactivations of pulled ones go too,
     // but are not counted as versions.
-    let to_send = versions
-        .iter()
-        .filter(|(id, v)| {
-            let digest = own::digest_of(v);
-            vouched.own.contents.contains(&digest)
-                && vouched.pulled.as_ref().is_none_or(|p| !p.has(id, &digest))
-        })
-        .count();
+    let to_send = versions.keys().filter(|id| judged.is_ours(id)).count();
     let unvouched = versions
         .iter()
-        .filter(|(id, v)| !vouched.holds(id, v))
+        .filter(|(id, v)| !judged.holds(id, v))
         .count();
     let time = |ns: i64| {
         if ns == 0 {

@@ -542,6 +542,21 @@ fn versions_changed_or_planted_in_the_vault_catalog_never_reach_the_server() {
             )
             .unwrap();
         assert_eq!(planted, 1);
+        // A copy of one of ours under a new id, a moment later: an extra
+        // version of ours.txt on the server would push its history out.
+        let copied = catalog
+            .execute(
+                "INSERT INTO objects (object_id, filespace_id, dir_id, name, kind, size, mode,
+                   mtime_ns, uid, gid, link_target, backup_ns, active, deactivated_ns, expiring,
+                   manifest, extra)
+                 SELECT randomblob(16), filespace_id, dir_id, name, kind, size, mode,
+                   mtime_ns, uid, gid, link_target, backup_ns + 1000, 0, backup_ns + 2000, 0,
+                   manifest, extra
+                 FROM objects WHERE name = 'ours.txt' AND active = 1",
+                [],
+            )
+            .unwrap();
+        assert_eq!(copied, 1);
     }
     // Another backup to the vault alone makes the planted version inactive
     // (no such file here): that records its id as changed by this client,
@@ -549,7 +564,7 @@ fn versions_changed_or_planted_in_the_vault_catalog_never_reach_the_server() {
     let again = client.json(&["incremental", &path_str(&src)]);
     assert_eq!(again["failed"], 0, "{again}");
     let state = vault_state(&client);
-    assert_eq!(state["versions_unvouched"], 2, "{state}");
+    assert_eq!(state["versions_unvouched"], 3, "{state}");
 
     let back = now_ns();
     primary.restart();
@@ -559,19 +574,20 @@ fn versions_changed_or_planted_in_the_vault_catalog_never_reach_the_server() {
     // Ours arrived with its time from the vault. The changed one did not:
     // the second backup to the vault found its attributes differing from
     // the file's and stored it again, and only that version arrived. The
-    // planted one is nowhere on the server.
+    // planted one and the copy are nowhere on the server. All three were
+    // inactive in the vault and vouched for by nobody: the pull removed
+    // them there too.
     let server = primary.data_dir();
     let ours = catalog_rows(server, "ours.txt");
     assert_eq!(ours.len(), 1, "{ours:?}");
     assert!(ours[0].1 < back, "{ours:?}");
-    let in_vault = catalog_rows(&vault, "tampered.sh");
-    assert!(
-        in_vault.iter().any(|(mode, _)| mode & 0o4000 != 0),
-        "{in_vault:?}"
-    );
     let tampered = catalog_rows(server, "tampered.sh");
     assert_eq!(tampered.len(), 1, "{tampered:?}");
     assert_eq!(tampered[0].0 & 0o4000, 0, "{tampered:?}");
+    assert_eq!(catalog_rows(&vault, "tampered.sh"), tampered);
+    assert!(catalog_rows(&vault, "planted.sh").is_empty());
+    assert_eq!(catalog_rows(&vault, "ours.txt"), ours);
+    assert_eq!(vault_state(&client)["versions_unvouched"], 0);
     assert!(catalog_rows(server, "planted.sh").is_empty());
     primary.kill();
 }

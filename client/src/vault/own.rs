@@ -7,36 +7,45 @@
 //! machine writing a share puts there would otherwise reach the server as
 //! this node's backups. Two kinds of entry:
 //! - **content**: a digest of each version this client asks the vault to
-//!   store (filespace, path, attributes, chunk ids; [`digest`]), written and
-//!   synced *before* the commit. A version the vault holds is this client's
-//!   when its digest is here, so a version planted under a new id, or one
-//!   of ours whose path, attributes or data were changed in the vault's
-//!   catalog, is not. And a client killed between its commit and anything
-//!   after it leaves nothing of its own unrecorded.
+//!   store (filespace, path, attributes, chunk ids; [`digest`]) with the
+//!   time it asked, written and synced *before* the commit. Each entry
+//!   vouches for one version the vault holds with that digest, stored
+//!   within [`STORE_WINDOW_NS`] after that time ([`stored_by_us`]). So a
+//!   version planted under a new id, a copy of one of ours, one of ours with
+//!   its path, attributes or data changed in the vault's catalog, or with its
+//!   backup time moved, is not this client's. And a client killed between
+//!   its commit and anything after it leaves nothing of its own unrecorded.
 //! - **deactivated**: the ids the vault's commit reports it made inactive,
 //!   recorded after it. They allow only a state change on the server, of a
-//!   version the server holds already. One lost to a kill is harmless: the
-//!   next backup on the server makes the same versions inactive there.
+//!   version the server holds as the vault does. One lost to a kill is
+//!   harmless: the next backup on the server makes the same versions
+//!   inactive there.
 //!
 //! Anything else the vault holds is reported, kept there, and sent only when
 //! the operator says so (`tandem set vault --resend`, which records the
 //! digest of every version the vault holds).
 //!
-//! Format: the magic `TDMOWN02`, then 33-byte entries (a kind byte, `C` or
-//! `D`, and 32 bytes: a digest, or an id followed by zeros), appended and
-//! synced. An append cut short by a crash is cut back to whole entries
-//! before the next one. Cleared when a pull completes: the vault is then a
+//! Format: the magic `TDMOWN03`, then 41-byte entries (a kind byte, `C` or
+//! `D`; 32 bytes: a digest, or an id followed by zeros; a time in
+//! nanoseconds, little-endian), appended and synced. An append cut short by
+//! a crash is cut back to whole entries before the next one, and a tail of
+//! zeros (a crash that kept the length but not the data) is ignored.
+//! Cleared when a pull completes: the vault is then a
 //! copy of the server, and the pull's record vouches for what it holds.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use tandem_proto::{ObjectId, ServerGuid, pb};
 
-const MAGIC: &[u8; 8] = b"TDMOWN02";
-const ENTRY: usize = 33;
+const MAGIC: &[u8; 8] = b"TDMOWN03";
+const ENTRY: usize = 41;
+/// How long after a content entry the vault's commit may have given the
+/// version its backup time (the same clock, in this process; a commit takes
+/// seconds).
+pub const STORE_WINDOW_NS: i64 = 3600 * 1_000_000_000;
 const CONTENT: u8 = b'C';
 const DEACTIVATED: u8 = b'D';
 /// About 50 million entries between two pulls.
@@ -49,8 +58,9 @@ pub type Digest = [u8; 32];
 /// What this client recorded writing to one vault.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
-    /// Digests of the versions it asked the vault to store.
-    pub contents: HashSet<Digest>,
+    /// Digests of the versions it asked the vault to store, each with the
+    /// times it asked (sorted).
+    pub contents: HashMap<Digest, Vec<i64>>,
     /// Versions the vault reported it made inactive for this client.
     pub deactivated: HashSet<ObjectId>,
 }
@@ -66,8 +76,8 @@ impl Ledger {
 /// One entry to record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
-    /// A version about to be stored, by [`digest`].
-    Content(Digest),
+    /// A version about to be stored, by [`digest`], and the time it was asked.
+    Content(Digest, i64),
     /// A version the vault made inactive.
     Deactivated(ObjectId),
 }
@@ -127,6 +137,16 @@ pub fn digest_of(v: &pb::ObjectVersion) -> Digest {
     digest(&v.filespace, v.attrs.as_ref(), &v.chunk_ids)
 }
 
+/// The digest a pull's record keeps for a version: its content and its
+/// backup time, as the server gave them.
+#[must_use]
+pub fn pulled_digest(v: &pb::ObjectVersion) -> Digest {
+    let mut h = blake3::Hasher::new_derive_key("tandem vault pulled version v1");
+    h.update(&digest_of(v));
+    h.update(&v.backup_time_ns.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
 /// A vault GUID as it appears in a record's file name.
 #[must_use]
 pub fn hex_of(vault: ServerGuid) -> String {
@@ -165,22 +185,28 @@ pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Ledger, String> {
     };
     let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(damaged)?;
     let mut ledger = Ledger::default();
-    // A trailing partial entry is an append a crash cut short.
+    // A trailing partial entry is an append a crash cut short; a tail of
+    // zeros, one whose data never reached the disk.
     for entry in body.chunks_exact(ENTRY) {
-        let (kind, value) = entry.split_at(1);
+        let (kind, rest) = entry.split_at(1);
+        let (value, at) = rest.split_at(32);
+        let at = i64::from_le_bytes(at.try_into().map_err(|_| damaged())?);
         match kind[0] {
             CONTENT => {
-                ledger
-                    .contents
-                    .insert(value.try_into().map_err(|_| damaged())?);
+                let digest: Digest = value.try_into().map_err(|_| damaged())?;
+                ledger.contents.entry(digest).or_default().push(at);
             }
             DEACTIVATED => {
                 ledger
                     .deactivated
                     .insert(ObjectId::from_slice(&value[..16]).map_err(|_| damaged())?);
             }
+            0 if entry.iter().all(|&b| b == 0) => break,
             _ => return Err(damaged()),
         }
+    }
+    for times in ledger.contents.values_mut() {
+        times.sort_unstable();
     }
     Ok(ledger)
 }
@@ -214,6 +240,16 @@ pub fn append(state_dir: &Path, vault: ServerGuid, entries: &[Entry]) -> Result<
     }
     let len = meta.len();
     let magic = MAGIC.len() as u64;
+    if len >= magic {
+        let mut head = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).map_err(failed)?;
+        if &head != MAGIC {
+            return Err(format!(
+                "{} is not a record of this client's vault writes (or is from another version); {ADVICE}",
+                path.display()
+            ));
+        }
+    }
     // Whole entries only: an append a crash cut short is cut back, so the
     // entries after it are read where they were written.
     let keep = if len < magic {
@@ -235,16 +271,19 @@ pub fn append(state_dir: &Path, vault: ServerGuid, entries: &[Entry]) -> Result<
     if keep == 0 {
         bytes.extend_from_slice(MAGIC);
     }
+    let now = crate::db::now_ns();
     for entry in entries {
         match entry {
-            Entry::Content(d) => {
+            Entry::Content(d, at) => {
                 bytes.push(CONTENT);
                 bytes.extend_from_slice(d);
+                bytes.extend_from_slice(&at.to_le_bytes());
             }
             Entry::Deactivated(id) => {
                 bytes.push(DEACTIVATED);
                 bytes.extend_from_slice(&id.0);
                 bytes.extend_from_slice(&[0; 16]);
+                bytes.extend_from_slice(&now.to_le_bytes());
             }
         }
     }
@@ -275,14 +314,54 @@ pub fn clear(state_dir: &Path, vault: ServerGuid) -> Result<(), String> {
 }
 
 /// The entries for a commit about to go to the vault: a digest of each
-/// version it stores.
+/// version it stores, with the time now.
 #[must_use]
 pub fn before_commit(request: &pb::CommitObjectsRequest) -> Vec<Entry> {
+    let now = crate::db::now_ns();
     request
         .objects
         .iter()
-        .map(|o| Entry::Content(digest(&request.filespace, o.attrs.as_ref(), &o.chunk_ids)))
+        .map(|o| {
+            Entry::Content(
+                digest(&request.filespace, o.attrs.as_ref(), &o.chunk_ids),
+                now,
+            )
+        })
         .collect()
+}
+
+/// Which of `versions` (the vault's, by id) this client stored, by its
+/// `ledger`: each content entry vouches for the earliest version with its
+/// digest stored within [`STORE_WINDOW_NS`] after it, and for no other.
+#[must_use]
+pub fn stored_by_us(
+    ledger: &Ledger,
+    versions: &HashMap<ObjectId, pb::ObjectVersion>,
+) -> HashSet<ObjectId> {
+    let mut candidates: HashMap<Digest, Vec<(i64, ObjectId)>> = HashMap::new();
+    for (id, v) in versions {
+        let d = digest_of(v);
+        if ledger.contents.contains_key(&d) {
+            candidates
+                .entry(d)
+                .or_default()
+                .push((v.backup_time_ns, *id));
+        }
+    }
+    let mut ours = HashSet::new();
+    for (d, mut found) in candidates {
+        found.sort_unstable();
+        let mut found = found.into_iter().peekable();
+        for &at in &ledger.contents[&d] {
+            // Versions stored before this entry was written are not its own.
+            while found.next_if(|(t, _)| *t < at).is_some() {}
+            if let Some((_, id)) = found.next_if(|(t, _)| *t <= at.saturating_add(STORE_WINDOW_NS))
+            {
+                ours.insert(id);
+            }
+        }
+    }
+    ours
 }
 
 /// The entries for a commit the vault took: the versions it made inactive.
@@ -316,25 +395,29 @@ mod tests {
         }
     }
 
+    fn digests(ledger: Ledger) -> HashSet<Digest> {
+        ledger.contents.into_keys().collect()
+    }
+
     #[test]
     fn entries_read_back_per_vault_and_clear_forgets_them() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let vault = ServerGuid([1; 16]);
         assert!(load(&state, vault).unwrap().is_empty());
-        append(&state, vault, &[Entry::Content([3; 32])]).unwrap();
-        append(
-            &state,
-            vault,
-            &[
-                Entry::Deactivated(ObjectId([4; 16])),
-                Entry::Content([5; 32]),
-            ],
-        )
-        .unwrap();
+        append(&state, vault, &[Entry::Content([3; 32], 10)]).unwrap();
+        let more = [
+            Entry::Deactivated(ObjectId([4; 16])),
+            Entry::Content([5; 32], 20),
+            Entry::Content([3; 32], 5),
+        ];
+        append(&state, vault, &more).unwrap();
         append(&state, vault, &[]).unwrap();
         let back = load(&state, vault).unwrap();
-        assert_eq!(back.contents, HashSet::from([[3; 32], [5; 32]]));
+        assert_eq!(
+            back.contents,
+            HashMap::from([([3; 32], vec![5, 10]), ([5; 32], vec![20])])
+        );
         assert_eq!(back.deactivated, HashSet::from([ObjectId([4; 16])]));
         assert!(load(&state, ServerGuid([2; 16])).unwrap().is_empty());
         clear(&state, vault).unwrap();
@@ -346,32 +429,28 @@ mod tests {
     fn an_append_cut_short_is_cut_back_and_later_entries_read_right() {
         let dir = tempfile::tempdir().unwrap();
         let vault = ServerGuid([1; 16]);
-        append(
-            dir.path(),
-            vault,
-            &[Entry::Content([3; 32]), Entry::Content([4; 32])],
-        )
-        .unwrap();
+        let two = [Entry::Content([3; 32], 1), Entry::Content([4; 32], 1)];
+        append(dir.path(), vault, &two).unwrap();
         let file = path(dir.path(), vault);
         let bytes = std::fs::read(&file).unwrap();
         std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap();
-        assert_eq!(
-            load(dir.path(), vault).unwrap().contents,
-            HashSet::from([[3; 32]])
-        );
-        append(dir.path(), vault, &[Entry::Content([6; 32])]).unwrap();
-        assert_eq!(
-            load(dir.path(), vault).unwrap().contents,
-            HashSet::from([[3; 32], [6; 32]])
-        );
+        let loaded = digests(load(dir.path(), vault).unwrap());
+        assert_eq!(loaded, HashSet::from([[3; 32]]));
+        append(dir.path(), vault, &[Entry::Content([6; 32], 2)]).unwrap();
+        let loaded = digests(load(dir.path(), vault).unwrap());
+        assert_eq!(loaded, HashSet::from([[3; 32], [6; 32]]));
+        // A tail of zeros: ignored.
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.extend_from_slice(&[0; ENTRY * 2]);
+        std::fs::write(&file, &bytes).unwrap();
+        let loaded = digests(load(dir.path(), vault).unwrap());
+        assert_eq!(loaded, HashSet::from([[3; 32], [6; 32]]));
         // Created and never written: empty, and usable.
         std::fs::write(&file, b"").unwrap();
         assert!(load(dir.path(), vault).unwrap().is_empty());
-        append(dir.path(), vault, &[Entry::Content([7; 32])]).unwrap();
-        assert_eq!(
-            load(dir.path(), vault).unwrap().contents,
-            HashSet::from([[7; 32]])
-        );
+        append(dir.path(), vault, &[Entry::Content([7; 32], 3)]).unwrap();
+        let loaded = digests(load(dir.path(), vault).unwrap());
+        assert_eq!(loaded, HashSet::from([[7; 32]]));
     }
 
     #[test]
@@ -385,13 +464,47 @@ mod tests {
             err.contains("vault-own-") && err.contains("--resend"),
             "{err}"
         );
+        let refused = append(dir.path(), vault, &[Entry::Content([3; 32], 1)]).unwrap_err();
+        assert!(refused.contains("vault-own-"), "{refused}");
         std::fs::remove_file(&file).unwrap();
         let elsewhere = dir.path().join("elsewhere");
         std::fs::write(&elsewhere, b"").unwrap();
         std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
-        assert!(append(dir.path(), vault, &[Entry::Content([3; 32])]).is_err());
+        assert!(append(dir.path(), vault, &[Entry::Content([3; 32], 1)]).is_err());
         assert!(load(dir.path(), vault).is_err());
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"");
+    }
+
+    #[test]
+    fn each_content_entry_vouches_for_one_version_stored_just_after_it() {
+        let version = |at: i64| pb::ObjectVersion {
+            filespace: "/fs".into(),
+            attrs: Some(attrs("/fs/a")),
+            backup_time_ns: at,
+            ..Default::default()
+        };
+        let d = digest_of(&version(0));
+        let ledger = Ledger {
+            contents: HashMap::from([(d, vec![100, 5_000])]),
+            ..Default::default()
+        };
+        let id = |n: u8| ObjectId([n; 16]);
+        let versions = HashMap::from([
+            // Stored before any entry.
+            (id(1), version(50)),
+            // The first entry's.
+            (id(2), version(110)),
+            // A copy: no entry is left for it.
+            (id(3), version(120)),
+            // The second entry's.
+            (id(4), version(5_010)),
+            // Too late for any entry.
+            (id(5), version(5_000 + STORE_WINDOW_NS + 1)),
+        ]);
+        assert_eq!(
+            stored_by_us(&ledger, &versions),
+            HashSet::from([id(2), id(4)])
+        );
     }
 
     #[test]

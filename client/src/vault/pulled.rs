@@ -65,14 +65,14 @@ pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Option<Record>, Strin
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(format!(
-                "cannot read {}: {e}; if it is damaged, remove it: the next sync then pulls again and keeps what the server lacks",
+                "cannot read {}: {e}; if it is damaged, remove it: the next sync then pulls again, and reports any active version the server lacks (TDM2137W)",
                 path.display()
             ));
         }
     };
     let damaged = || {
         format!(
-            "{} is damaged; remove it: the next sync then pulls again and keeps what the server lacks",
+            "{} is damaged; remove it: the next sync then pulls again, and reports any active version the server lacks (TDM2137W)",
             path.display()
         )
     };

@@ -495,38 +495,76 @@ pub struct Vouched {
 }
 
 impl Vouched {
-    /// Whether a push to `server` may send version `id` whole: this client
-    /// stored it, or a pull from another server brought it, unchanged.
+    /// Whether a push to `server` may have anything to send.
     #[must_use]
-    pub fn content_for(&self, id: &ObjectId, v: &pb::ObjectVersion, server: ServerGuid) -> bool {
-        let digest = super::own::digest_of(v);
-        self.own.contents.contains(&digest)
-            || self
-                .pulled
-                .as_ref()
-                .is_some_and(|p| p.server != server && p.has(id, &digest))
+    pub fn may_push(&self, server: ServerGuid) -> bool {
+        !self.own.is_empty() || self.pulled.as_ref().is_none_or(|p| p.server != server)
     }
 
-    /// Whether a push to `server`, which holds version `id`, may give it the
-    /// vault's state: this client made it inactive, or could send it whole.
+    /// What these records vouch for in one listing of the vault.
     #[must_use]
-    pub fn state_for(&self, id: &ObjectId, v: &pb::ObjectVersion, server: ServerGuid) -> bool {
-        self.own.deactivated.contains(id) || self.content_for(id, v, server)
+    pub fn judge(&self, on_vault: &HashMap<ObjectId, pb::ObjectVersion>) -> Judged<'_> {
+        Judged {
+            vouched: self,
+            ours: super::own::stored_by_us(&self.own, on_vault),
+        }
+    }
+}
+
+/// [`Vouched`] applied to one listing of the vault.
+#[derive(Debug)]
+pub struct Judged<'a> {
+    vouched: &'a Vouched,
+    /// The versions this client stored ([`super::own::stored_by_us`]).
+    ours: HashSet<ObjectId>,
+}
+
+impl Judged<'_> {
+    fn pulled_has(
+        &self,
+        id: &ObjectId,
+        v: &pb::ObjectVersion,
+        other_than: Option<ServerGuid>,
+    ) -> bool {
+        self.vouched.pulled.as_ref().is_some_and(|p| {
+            other_than.is_none_or(|server| p.server != server)
+                && p.has(id, &super::own::pulled_digest(v))
+        })
+    }
+
+    /// Whether a push to `server`, which lacks version `id`, may send it
+    /// whole: this client stored it, or a pull from another server brought
+    /// it, unchanged.
+    #[must_use]
+    pub fn content_for(&self, id: &ObjectId, v: &pb::ObjectVersion, server: ServerGuid) -> bool {
+        self.ours.contains(id) || self.pulled_has(id, v, Some(server))
+    }
+
+    /// Whether a push may give the server's version `id` (`on_server`) the
+    /// vault's state (`v`): this client made it inactive, and the vault's
+    /// version is the server's.
+    #[must_use]
+    pub fn state_for(
+        &self,
+        id: &ObjectId,
+        v: &pb::ObjectVersion,
+        on_server: &pb::ObjectVersion,
+    ) -> bool {
+        self.vouched.own.deactivated.contains(id)
+            && super::own::digest_of(v) == super::own::digest_of(on_server)
+    }
+
+    /// Whether this client stored version `id` in the vault.
+    #[must_use]
+    pub fn is_ours(&self, id: &ObjectId) -> bool {
+        self.ours.contains(id)
     }
 
     /// Whether the vault may hold version `id` as this node's: this client
     /// stored it, or a pull brought it, unchanged.
     #[must_use]
     pub fn holds(&self, id: &ObjectId, v: &pb::ObjectVersion) -> bool {
-        let digest = super::own::digest_of(v);
-        self.own.contents.contains(&digest)
-            || self.pulled.as_ref().is_some_and(|p| p.has(id, &digest))
-    }
-
-    /// Whether a push to `server` may have anything to send.
-    #[must_use]
-    pub fn may_push(&self, server: ServerGuid) -> bool {
-        !self.own.is_empty() || self.pulled.as_ref().is_none_or(|p| p.server != server)
+        self.ours.contains(id) || self.pulled_has(id, v, None)
     }
 }
 
@@ -556,15 +594,15 @@ pub async fn push(
     let mut entries = Vec::new();
     let mut unvouched = 0;
     let guid = server.info.guid;
+    let judged = vouched.judge(&on_vault);
     for (id, v) in &on_vault {
-        let vouched_for = if on_server.contains_key(id) {
-            vouched.state_for(id, v, guid)
-        } else {
-            vouched.content_for(id, v, guid)
+        let vouched_for = match on_server.get(id) {
+            Some(there) => judged.state_for(id, v, there),
+            None => judged.content_for(id, v, guid),
         };
         if vouched_for {
             entries.push(entry_of(*id, v)?);
-        } else if !on_server.contains_key(id) {
+        } else if !on_server.contains_key(id) && !judged.holds(id, v) {
             unvouched += 1;
         }
     }
@@ -594,10 +632,10 @@ pub struct Pulled {
     /// rather than deleted (deleted there by an operator, or lost by a
     /// server whose catalog was restored from an older copy).
     pub kept: u64,
-    /// Versions the vault holds and the server lacks that this client
-    /// cannot vouch for: left as they are, neither deleted (they may be
-    /// this node's backups that a lost `state_dir` forgot) nor counted as
-    /// pulled.
+    /// Active versions the vault holds and the server lacks that this
+    /// client cannot vouch for: left as they are, neither deleted (they may
+    /// be this node's backups that its records lost) nor recorded as
+    /// pulled. Inactive ones are removed like any the server dropped.
     pub unvouched: u64,
 }
 
@@ -607,8 +645,8 @@ pub struct Pulled {
 /// active ones, which the vault keeps (see [`Pulled::kept`]): an active
 /// version leaves a server only by an explicit deletion (which a client
 /// applies to its vault itself) or by the server losing it, and then the
-/// vault's copy may be the last one. Versions the server lacks that this
-/// client cannot vouch for (`vouched`) are left alone (see
+/// vault's copy may be the last one. Active versions the server lacks that
+/// this client cannot vouch for (`vouched`) are left alone (see
 /// [`Pulled::unvouched`]).
 ///
 /// # Errors
@@ -628,8 +666,9 @@ pub async fn pull(
         .collect::<Result<Vec<_>, _>>()?;
     let mut held: Vec<_> = on_server
         .iter()
-        .map(|(id, v)| (*id, super::own::digest_of(v)))
+        .map(|(id, v)| (*id, super::own::pulled_digest(v)))
         .collect();
+    let judged = vouched.judge(&on_vault);
     let mut kept = 0;
     let mut unvouched = 0;
     let superseded = superseded_on_server(&on_vault, &on_server);
@@ -639,12 +678,17 @@ pub async fn pull(
         }
         // Listed as if the server had it: the plan then neither sends nor
         // deletes it.
-        if !vouched.holds(id, v) {
-            entries.push(entry_of(*id, v)?);
-            unvouched += 1;
+        if !judged.holds(id, v) {
+            // Nobody vouches for it: an active one may be a backup of this
+            // node that its records lost (an older client, a restored
+            // state_dir), so it stays, counted; an inactive one goes.
+            if v.active {
+                entries.push(entry_of(*id, v)?);
+                unvouched += 1;
+            }
         } else if v.active && !superseded.contains(id) {
             entries.push(entry_of(*id, v)?);
-            held.push((*id, super::own::digest_of(v)));
+            held.push((*id, super::own::pulled_digest(v)));
             kept += 1;
         }
     }
