@@ -290,6 +290,51 @@ pub fn note_offline_write(dir: &Path) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// Once, for a vault a client before these records used (its record of
+/// pulls is in the vault directory, and this client has none): takes the
+/// vault's state as this client's, as that client did, the versions it had
+/// pulled as pulled and the others as its own, so backups it made alone
+/// still reach the server. Trust on first use, announced (TDM2138I); from
+/// then on only this client's records count.
+///
+/// # Errors
+/// Records that cannot be read or written, or a vault that cannot list.
+pub async fn adopt_legacy(
+    vault: &Session,
+    dir: &Path,
+    state_dir: &Path,
+    console: &Console,
+) -> Result<(), ClientError> {
+    let guid = vault.info.guid;
+    if pulled::load(state_dir, guid)
+        .map_err(|e| vault_error(dir, e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let Some((server, pulled_ids)) = pulled::load_legacy(dir).map_err(|e| vault_error(dir, e))?
+    else {
+        return Ok(());
+    };
+    let versions = sync::list_versions(vault).await?;
+    let mut record = Vec::new();
+    let mut entries = Vec::new();
+    for (id, v) in &versions {
+        if pulled_ids.contains(id) {
+            record.push((*id, own::pulled_digest(v)));
+        } else {
+            entries.push(own::Entry::Content(own::digest_of(v), v.backup_time_ns));
+        }
+    }
+    // Its own first: a crash before the pull record is saved repeats this,
+    // and a repeated entry is harmless.
+    own::append(state_dir, guid, &entries).map_err(|e| vault_error(dir, e))?;
+    pulled::save(state_dir, guid, server, &record).map_err(|e| vault_error(dir, e))?;
+    let _ = std::fs::remove_file(dir.join(pulled::LEGACY_FILE));
+    console.audit(&Msg::vault_adopted(dir, record.len(), entries.len()));
+    Ok(())
+}
+
 /// What this client can vouch for in `vault` (see [`own`]): its own writes
 /// and its last pull, both recorded in `state_dir`.
 fn vouched(vault: &Session, state_dir: &Path) -> Result<sync::Vouched, ClientError> {
@@ -316,7 +361,10 @@ pub async fn push_pending(
     console: &Console,
 ) -> Result<bool, ClientError> {
     let mut status = SyncStatus::load(dir).map_err(|e| vault_error(dir, e))?;
-    let vouched = match vouched(vault, state_dir) {
+    let vouched = match adopt_legacy(vault, dir, state_dir, console)
+        .await
+        .and_then(|()| vouched(vault, state_dir))
+    {
         Ok(v) => v,
         Err(e) => {
             record_failure(&mut status, &server.info.name, &e.to_string(), dir);
@@ -382,6 +430,7 @@ pub async fn synchronise(
         return;
     }
     let outcome = async {
+        adopt_legacy(vault, dir, state_dir, console).await?;
         let mut vouched = vouched(vault, state_dir)?;
         // Only a vault this client wrote to alone holds versions of its
         // own (`push_pending` has usually sent them before the command);
@@ -547,7 +596,8 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     let status = SyncStatus::load(&dir).map_err(|e| vault_error(&dir, e))?;
     let recorded = revision::load(&options.state_dir()).map_err(|e| vault_error(&dir, e))?;
     let verdict = revision::judge(status.revision, recorded.of(vault.info.guid));
-    let vouched = vouched(&vault, &options.state_dir());
+    let adopted = adopt_legacy(&vault, &dir, &options.state_dir(), console).await;
+    let vouched = adopted.and_then(|()| vouched(&vault, &options.state_dir()));
     let listed = sync::list_versions(&vault).await;
     vault.logoff().await;
     let versions = listed?;

@@ -574,9 +574,8 @@ fn versions_changed_or_planted_in_the_vault_catalog_never_reach_the_server() {
     // Ours arrived with its time from the vault. The changed one did not:
     // the second backup to the vault found its attributes differing from
     // the file's and stored it again, and only that version arrived. The
-    // planted one and the copy are nowhere on the server. All three were
-    // inactive in the vault and vouched for by nobody: the pull removed
-    // them there too.
+    // planted one and the copy are nowhere on the server. All three stay in
+    // the vault, counted, until the operator decides.
     let server = primary.data_dir();
     let ours = catalog_rows(server, "ours.txt");
     assert_eq!(ours.len(), 1, "{ours:?}");
@@ -584,11 +583,73 @@ fn versions_changed_or_planted_in_the_vault_catalog_never_reach_the_server() {
     let tampered = catalog_rows(server, "tampered.sh");
     assert_eq!(tampered.len(), 1, "{tampered:?}");
     assert_eq!(tampered[0].0 & 0o4000, 0, "{tampered:?}");
-    assert_eq!(catalog_rows(&vault, "tampered.sh"), tampered);
-    assert!(catalog_rows(&vault, "planted.sh").is_empty());
-    assert_eq!(catalog_rows(&vault, "ours.txt"), ours);
-    assert_eq!(vault_state(&client)["versions_unvouched"], 0);
     assert!(catalog_rows(server, "planted.sh").is_empty());
+    let in_vault = catalog_rows(&vault, "tampered.sh");
+    assert!(
+        in_vault.iter().any(|(mode, _)| mode & 0o4000 != 0),
+        "{in_vault:?}"
+    );
+    assert_eq!(catalog_rows(&vault, "ours.txt").len(), 2);
+    assert_eq!(vault_state(&client)["versions_unvouched"], 3);
+    assert!(catalog_rows(server, "planted.sh").is_empty());
+    primary.kill();
+}
+
+#[test]
+fn a_vault_an_earlier_client_used_is_taken_over_once_and_its_offline_backups_reach_the_server() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("liam", "liam-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let client = TestClient::new(&primary, "liam", "liam-password");
+    let vault = with_vault(&client, work.path());
+    client.json(&["incremental", &path_str(&src)]);
+    primary.kill();
+    let away = now_ns();
+    std::fs::write(
+        src.join("while-away.txt"),
+        b"backed up to the vault alone\n",
+    )
+    .unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+
+    // As an earlier client left things: no records in state_dir, its record
+    // of the last pull in the vault directory (the versions from before).
+    let record = pull_record(&client);
+    let server_guid = std::fs::read(&record).unwrap()[8..24].to_vec();
+    for entry in std::fs::read_dir(client.dir.path().join("state")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("vault-own-") || name.starts_with("vault-pulled-") {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let catalog = rusqlite::Connection::open(vault.join("catalog.db")).unwrap();
+    let mut legacy = b"TDMPULL1".to_vec();
+    legacy.extend_from_slice(&server_guid);
+    let mut stmt = catalog
+        .prepare("SELECT object_id FROM objects WHERE backup_ns < ?1")
+        .unwrap();
+    for id in stmt.query_map([away], |r| r.get::<_, Vec<u8>>(0)).unwrap() {
+        legacy.extend_from_slice(&id.unwrap());
+    }
+    drop(stmt);
+    drop(catalog);
+    std::fs::write(vault.join("pulled-ids.bin"), &legacy).unwrap();
+
+    primary.restart();
+    let next = client.run(&["incremental", &path_str(&src)]);
+    assert_success(&next, "the first command after the upgrade");
+    assert!(!stderr(&next).contains("TDM2137W"), "{}", stderr(&next));
+    client.assert_logged("TDM2138I");
+    assert!(!vault.join("pulled-ids.bin").exists());
+    let there = catalog_rows(primary.data_dir(), "while-away.txt");
+    assert_eq!(there.len(), 1, "{there:?}");
+    assert!(there[0].1 < now_ns() && there[0].1 > away, "{there:?}");
+    let state = vault_state(&client);
+    assert_eq!(state["state"], "synchronized", "{state}");
+    assert_eq!(state["versions_unvouched"], 0, "{state}");
     primary.kill();
 }
 

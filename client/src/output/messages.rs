@@ -450,8 +450,8 @@ impl Msg {
 
     /// TDM2137W: versions in the vault that this client cannot vouch for
     /// (neither its own writes nor a pull's, as they were then, by its
-    /// records in `record`'s directory): not sent to the server; active ones
-    /// are left in the vault.
+    /// records in `record`'s directory): not sent to the server, and left
+    /// in the vault.
     pub fn vault_unvouched(
         dir: &std::path::Path,
         server: &str,
@@ -461,9 +461,21 @@ impl Msg {
         Msg {
             id: "TDM2137W",
             text: format!(
-                "The local vault at {} holds {count} version(s) that server {server} lacks and that this client neither wrote nor pulled (no record in {}); they were not sent to the server (active ones stay in the vault; inactive ones are removed from it, as versions the server dropped are). If they are this node's backups (made by a client older than this record, or its state_dir was replaced or restored), `tandem set vault --resend` sends them; if not, someone else writes to the vault directory or changed versions in it: keep a copy of it for investigation, move it away, and the next command fills a new one from the server",
+                "The local vault at {} holds {count} version(s) that server {server} lacks and that this client neither wrote nor pulled (no record in {}); they were not sent to the server and stay in the vault. If they are this node's backups (its state_dir was replaced or restored, or the clock jumped during a backup to the vault), `tandem set vault --resend` sends them; if not, someone else writes to the vault directory or changed versions in it: keep a copy of it for investigation, move it away, and the next command fills a new one from the server",
                 dir.display(),
                 record.parent().unwrap_or(record).display()
+            ),
+        }
+    }
+
+    /// TDM2138I: a vault used by a client from before the records of what
+    /// it wrote is taken over, once.
+    pub fn vault_adopted(dir: &std::path::Path, pulled: usize, own: usize) -> Self {
+        Msg {
+            id: "TDM2138I",
+            text: format!(
+                "The local vault at {} was used by an earlier client: its {pulled} version(s) from the server and {own} of its own are now recorded in this client's state_dir, and from now on only versions this client writes or pulls reach the server from it",
+                dir.display()
             ),
         }
     }

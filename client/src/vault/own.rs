@@ -28,8 +28,8 @@
 //! Format: the magic `TDMOWN03`, then 41-byte entries (a kind byte, `C` or
 //! `D`; 32 bytes: a digest, or an id followed by zeros; a time in
 //! nanoseconds, little-endian), appended and synced. An append cut short by
-//! a crash is cut back to whole entries before the next one, and a tail of
-//! zeros (a crash that kept the length but not the data) is ignored.
+//! a crash is cut back to whole entries before the next one, and entries of
+//! zeros (a crash that kept the length but not the data) are skipped.
 //! Cleared when a pull completes: the vault is then a
 //! copy of the server, and the pull's record vouches for what it holds.
 
@@ -185,8 +185,8 @@ pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Ledger, String> {
     };
     let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(damaged)?;
     let mut ledger = Ledger::default();
-    // A trailing partial entry is an append a crash cut short; a tail of
-    // zeros, one whose data never reached the disk.
+    // A trailing partial entry is an append a crash cut short; entries of
+    // zeros, an append whose data never reached the disk.
     for entry in body.chunks_exact(ENTRY) {
         let (kind, rest) = entry.split_at(1);
         let (value, at) = rest.split_at(32);
@@ -201,7 +201,7 @@ pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Ledger, String> {
                     .deactivated
                     .insert(ObjectId::from_slice(&value[..16]).map_err(|_| damaged())?);
             }
-            0 if entry.iter().all(|&b| b == 0) => break,
+            0 if entry.iter().all(|&b| b == 0) => {}
             _ => return Err(damaged()),
         }
     }
@@ -219,6 +219,13 @@ pub fn append(state_dir: &Path, vault: ServerGuid, entries: &[Entry]) -> Result<
     if entries.is_empty() {
         return Ok(());
     }
+    // A backup commits several batches at once: one append at a time, from
+    // reading the length to the sync. (Another process cannot append: the
+    // vault's lock is held for a whole command.)
+    static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = APPENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     std::fs::create_dir_all(state_dir)
         .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let path = path(state_dir, vault);
@@ -338,6 +345,9 @@ pub fn stored_by_us(
     ledger: &Ledger,
     versions: &HashMap<ObjectId, pb::ObjectVersion>,
 ) -> HashSet<ObjectId> {
+    if ledger.contents.is_empty() {
+        return HashSet::new();
+    }
     let mut candidates: HashMap<Digest, Vec<(i64, ObjectId)>> = HashMap::new();
     for (id, v) in versions {
         let d = digest_of(v);
@@ -439,18 +449,39 @@ mod tests {
         append(dir.path(), vault, &[Entry::Content([6; 32], 2)]).unwrap();
         let loaded = digests(load(dir.path(), vault).unwrap());
         assert_eq!(loaded, HashSet::from([[3; 32], [6; 32]]));
-        // A tail of zeros: ignored.
+        // Entries of zeros (data lost in a crash): skipped, and what is
+        // appended after them still counts.
         let mut bytes = std::fs::read(&file).unwrap();
         bytes.extend_from_slice(&[0; ENTRY * 2]);
         std::fs::write(&file, &bytes).unwrap();
+        append(dir.path(), vault, &[Entry::Content([8; 32], 4)]).unwrap();
         let loaded = digests(load(dir.path(), vault).unwrap());
-        assert_eq!(loaded, HashSet::from([[3; 32], [6; 32]]));
+        assert_eq!(loaded, HashSet::from([[3; 32], [6; 32], [8; 32]]));
         // Created and never written: empty, and usable.
         std::fs::write(&file, b"").unwrap();
         assert!(load(dir.path(), vault).unwrap().is_empty());
         append(dir.path(), vault, &[Entry::Content([7; 32], 3)]).unwrap();
         let loaded = digests(load(dir.path(), vault).unwrap());
         assert_eq!(loaded, HashSet::from([[7; 32]]));
+    }
+
+    #[test]
+    fn appends_from_many_threads_at_once_all_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = ServerGuid([1; 16]);
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let state = dir.path();
+                scope.spawn(move || {
+                    for n in 0..20u8 {
+                        let mut d = [t; 32];
+                        d[1] = n;
+                        append(state, vault, &[Entry::Content(d, 1)]).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(load(dir.path(), vault).unwrap().contents.len(), 160);
     }
 
     #[test]

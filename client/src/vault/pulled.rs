@@ -15,8 +15,9 @@
 //! an offline backup look pulled, and a server clock ahead cannot make a
 //! pulled version look like the vault's own.
 //!
-//! Format: the magic `TDMPULL2`, the server GUID (16 bytes), then 48 bytes
-//! per version: its object id and digest. Replaced atomically
+//! Format: the magic `TDMPULL3`, the server GUID (16 bytes), then 48 bytes
+//! per version: its object id and digest (with its backup time,
+//! [`super::own::pulled_digest`]). Replaced atomically
 //! (`tandem_os::atomic_file`).
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use tandem_proto::{ObjectId, ServerGuid};
 
 use super::own::Digest;
 
-const MAGIC: &[u8; 8] = b"TDMPULL2";
+const MAGIC: &[u8; 8] = b"TDMPULL3";
 const ENTRY: usize = 48;
 
 /// The last complete pull into a vault.
@@ -95,6 +96,46 @@ pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Option<Record>, Strin
             })
             .collect::<Result<_, String>>()?,
     }))
+}
+
+/// The record a client before this one kept in the vault directory itself
+/// (`pulled-ids.bin`: the magic `TDMPULL1`, the server GUID, 16 bytes per
+/// id), read once to take such a vault over ([`crate::vault`]).
+pub const LEGACY_FILE: &str = "pulled-ids.bin";
+
+/// The server and ids of an earlier client's record in `vault_dir`, or
+/// `None` when there is none.
+///
+/// # Errors
+/// A record that cannot be read or is malformed, naming the file.
+pub fn load_legacy(
+    vault_dir: &Path,
+) -> Result<Option<(ServerGuid, std::collections::HashSet<ObjectId>)>, String> {
+    let path = vault_dir.join(LEGACY_FILE);
+    let bytes = match tandem_os::atomic_file::read_small(&path, 1600 << 20) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "cannot read {}: {e}; if it is damaged, remove it",
+                path.display()
+            ));
+        }
+    };
+    let damaged = || format!("{} is damaged; remove it", path.display());
+    let body = bytes
+        .strip_prefix(b"TDMPULL1".as_slice())
+        .ok_or_else(damaged)?;
+    if body.len() < 16 || (body.len() - 16) % 16 != 0 {
+        return Err(damaged());
+    }
+    let (guid, ids) = body.split_at(16);
+    let server = ServerGuid(guid.try_into().map_err(|_| damaged())?);
+    let ids = ids
+        .chunks_exact(16)
+        .map(|raw| ObjectId::from_slice(raw).map_err(|_| damaged()))
+        .collect::<Result<_, _>>()?;
+    Ok(Some((server, ids)))
 }
 
 /// Records the versions (ids and digests) vault `vault` holds after a

@@ -632,10 +632,9 @@ pub struct Pulled {
     /// rather than deleted (deleted there by an operator, or lost by a
     /// server whose catalog was restored from an older copy).
     pub kept: u64,
-    /// Active versions the vault holds and the server lacks that this
-    /// client cannot vouch for: left as they are, neither deleted (they may
-    /// be this node's backups that its records lost) nor recorded as
-    /// pulled. Inactive ones are removed like any the server dropped.
+    /// Versions the vault holds and the server lacks that this client
+    /// cannot vouch for: left as they are, neither deleted (they may be this
+    /// node's backups that its records lost) nor recorded as pulled.
     pub unvouched: u64,
 }
 
@@ -645,8 +644,8 @@ pub struct Pulled {
 /// active ones, which the vault keeps (see [`Pulled::kept`]): an active
 /// version leaves a server only by an explicit deletion (which a client
 /// applies to its vault itself) or by the server losing it, and then the
-/// vault's copy may be the last one. Active versions the server lacks that
-/// this client cannot vouch for (`vouched`) are left alone (see
+/// vault's copy may be the last one. Versions the server lacks that this
+/// client cannot vouch for (`vouched`) are left alone (see
 /// [`Pulled::unvouched`]).
 ///
 /// # Errors
@@ -679,13 +678,11 @@ pub async fn pull(
         // Listed as if the server had it: the plan then neither sends nor
         // deletes it.
         if !judged.holds(id, v) {
-            // Nobody vouches for it: an active one may be a backup of this
-            // node that its records lost (an older client, a restored
-            // state_dir), so it stays, counted; an inactive one goes.
-            if v.active {
-                entries.push(entry_of(*id, v)?);
-                unvouched += 1;
-            }
+            // Nobody vouches for it, and it may be a backup of this node
+            // that its records lost (a restored state_dir, a crash): it
+            // stays, counted, until the operator decides.
+            entries.push(entry_of(*id, v)?);
+            unvouched += 1;
         } else if v.active && !superseded.contains(id) {
             entries.push(entry_of(*id, v)?);
             held.push((*id, super::own::pulled_digest(v)));
