@@ -247,9 +247,8 @@ pub async fn resend(options: &ClientOptions, console: &Console) -> Result<(), Cl
     let state_dir = options.state_dir();
     let vouched = match sync::list_versions(&vault).await {
         Ok(versions) => own::load(&state_dir, vault.info.guid).and_then(|known| {
-            // Each digest once, however often the operator runs this.
             // Each version once, however often the operator runs this: an
-            // entry dated just before it, so it vouches for that version.
+            // entry dated at its backup time, so it vouches for that version.
             let ours = own::stored_by_us(&known, &versions);
             let entries: Vec<_> = versions
                 .iter()
@@ -596,7 +595,12 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     let status = SyncStatus::load(&dir).map_err(|e| vault_error(&dir, e))?;
     let recorded = revision::load(&options.state_dir()).map_err(|e| vault_error(&dir, e))?;
     let verdict = revision::judge(status.revision, recorded.of(vault.info.guid));
-    let adopted = adopt_legacy(&vault, &dir, &options.state_dir(), console).await;
+    // A vault another installation wrote since is not taken over here.
+    let adopted = if verdict == revision::Verdict::Agrees {
+        adopt_legacy(&vault, &dir, &options.state_dir(), console).await
+    } else {
+        Ok(())
+    };
     let vouched = adopted.and_then(|()| vouched(&vault, &options.state_dir()));
     let listed = sync::list_versions(&vault).await;
     vault.logoff().await;
