@@ -305,9 +305,9 @@ pub async fn adopt_legacy(
     console: &Console,
 ) -> Result<(), ClientError> {
     let guid = vault.info.guid;
-    if pulled::load(state_dir, guid)
-        .map_err(|e| vault_error(dir, e))?
-        .is_some()
+    // Only whether a record exists (reading it is for the sync).
+    if std::fs::symlink_metadata(pulled::path(state_dir, guid)).is_ok()
+        || !dir.join(pulled::LEGACY_FILE).exists()
     {
         return Ok(());
     }

@@ -82,6 +82,18 @@ pub enum Entry {
     Deactivated(ObjectId),
 }
 
+/// The keys of the two digests, derived once (deriving them took as long
+/// as hashing a small version).
+fn keys() -> &'static ([u8; 32], [u8; 32]) {
+    static KEYS: std::sync::OnceLock<([u8; 32], [u8; 32])> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        (
+            blake3::derive_key("tandem vault version content v1", b""),
+            blake3::derive_key("tandem vault pulled version v1", b""),
+        )
+    })
+}
+
 /// The digest of a version: its filespace, every attribute, and its chunk
 /// ids, each field framed so no two different versions share an encoding.
 /// The same whether computed from what a client sends or from a store's
@@ -92,7 +104,7 @@ pub fn digest<'a>(
     attrs: Option<&pb::ObjectAttrs>,
     chunk_ids: impl IntoIterator<Item = &'a Vec<u8>>,
 ) -> Digest {
-    let mut h = blake3::Hasher::new_derive_key("tandem vault version content v1");
+    let mut h = blake3::Hasher::new_keyed(&keys().0);
     let bytes = |h: &mut blake3::Hasher, b: &[u8]| {
         h.update(&(b.len() as u64).to_le_bytes());
         h.update(b);
@@ -141,7 +153,7 @@ pub fn digest_of(v: &pb::ObjectVersion) -> Digest {
 /// backup time, as the server gave them.
 #[must_use]
 pub fn pulled_digest(v: &pb::ObjectVersion) -> Digest {
-    let mut h = blake3::Hasher::new_derive_key("tandem vault pulled version v1");
+    let mut h = blake3::Hasher::new_keyed(&keys().1);
     h.update(&digest_of(v));
     h.update(&v.backup_time_ns.to_le_bytes());
     *h.finalize().as_bytes()

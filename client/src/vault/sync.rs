@@ -663,9 +663,16 @@ pub async fn pull(
         .iter()
         .map(|(id, v)| entry_of(*id, v))
         .collect::<Result<Vec<_>, _>>()?;
+    // The record written before the pull has these digests already.
+    let recorded = vouched.pulled.as_ref().map(|p| &p.ids);
     let mut held: Vec<_> = on_server
         .iter()
-        .map(|(id, v)| (*id, super::own::pulled_digest(v)))
+        .map(|(id, v)| {
+            let digest = recorded
+                .and_then(|r| r.get(id).copied())
+                .unwrap_or_else(|| super::own::pulled_digest(v));
+            (*id, digest)
+        })
         .collect();
     let judged = vouched.judge(&on_vault);
     let mut kept = 0;
