@@ -54,48 +54,59 @@ pub fn path(state_dir: &Path, vault: ServerGuid) -> PathBuf {
     state_dir.join(format!("vault-pulled-{}.bin", super::own::hex_of(vault)))
 }
 
+/// One record of this format's family: `magic`, a server GUID, then
+/// `entry`-byte entries, at most `max_bytes` long. Returns the GUID and the
+/// entries, or `None` when there is no record; `advice` follows the file's
+/// name in errors.
+fn read_record(
+    path: &Path,
+    magic: &[u8; 8],
+    entry: usize,
+    max_bytes: u64,
+    advice: &str,
+) -> Result<Option<(ServerGuid, Vec<u8>)>, String> {
+    let bytes = match tandem_os::atomic_file::read_small(path, max_bytes) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}; {advice}", path.display())),
+    };
+    let damaged = || format!("{} is damaged; {advice}", path.display());
+    let body = bytes.strip_prefix(magic.as_slice()).ok_or_else(damaged)?;
+    if body.len() < 16 || (body.len() - 16) % entry != 0 {
+        return Err(damaged());
+    }
+    let server = ServerGuid(body[..16].try_into().map_err(|_| damaged())?);
+    let mut entries = bytes;
+    entries.drain(..magic.len() + 16);
+    Ok(Some((server, entries)))
+}
+
 /// The last pull into vault `vault`, or `None` when none is recorded.
 ///
 /// # Errors
 /// A record that cannot be read or is malformed, naming the file.
 pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Option<Record>, String> {
     let path = path(state_dir, vault);
+    let advice = "if it is damaged, remove it: the next sync then pulls again, and reports any active version the server lacks (TDM2137W)";
     // 48 bytes per pulled version: room for 50 million.
-    let bytes = match tandem_os::atomic_file::read_small(&path, 2400 << 20) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(format!(
-                "cannot read {}: {e}; if it is damaged, remove it: the next sync then pulls again, and reports any active version the server lacks (TDM2137W)",
-                path.display()
-            ));
-        }
+    let Some((server, entries)) = read_record(&path, MAGIC, ENTRY, 2400 << 20, advice)? else {
+        return Ok(None);
     };
-    let damaged = || {
-        format!(
-            "{} is damaged; remove it: the next sync then pulls again, and reports any active version the server lacks (TDM2137W)",
-            path.display()
-        )
-    };
-    let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(damaged)?;
-    if body.len() < 16 || (body.len() - 16) % ENTRY != 0 {
-        return Err(damaged());
-    }
-    let (guid, entries) = body.split_at(16);
-    let server = ServerGuid(guid.try_into().map_err(|_| damaged())?);
-    Ok(Some(Record {
-        server,
-        ids: entries
-            .chunks_exact(ENTRY)
-            .map(|raw| {
-                let (id, digest) = raw.split_at(16);
-                Ok((
-                    ObjectId::from_slice(id).map_err(|_| damaged())?,
-                    digest.try_into().map_err(|_| damaged())?,
-                ))
-            })
-            .collect::<Result<_, String>>()?,
-    }))
+    let ids = entries
+        .chunks_exact(ENTRY)
+        .map(|raw| {
+            let (id, digest) = raw.split_at(16);
+            let id = ObjectId::from_slice(id).map_err(|e| e.to_string())?;
+            Ok((
+                id,
+                digest
+                    .try_into()
+                    .map_err(|_| "a short digest".to_string())?,
+            ))
+        })
+        .collect::<Result<_, String>>()
+        .map_err(|e| format!("{} is damaged ({e}); {advice}", path.display()))?;
+    Ok(Some(Record { server, ids }))
 }
 
 /// The record a client before this one kept in the vault directory itself
@@ -112,29 +123,21 @@ pub fn load_legacy(
     vault_dir: &Path,
 ) -> Result<Option<(ServerGuid, std::collections::HashSet<ObjectId>)>, String> {
     let path = vault_dir.join(LEGACY_FILE);
-    let bytes = match tandem_os::atomic_file::read_small(&path, 1600 << 20) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(format!(
-                "cannot read {}: {e}; if it is damaged, remove it",
-                path.display()
-            ));
-        }
+    let Some((server, entries)) = read_record(
+        &path,
+        b"TDMPULL1",
+        16,
+        1600 << 20,
+        "if it is damaged, remove it",
+    )?
+    else {
+        return Ok(None);
     };
-    let damaged = || format!("{} is damaged; remove it", path.display());
-    let body = bytes
-        .strip_prefix(b"TDMPULL1".as_slice())
-        .ok_or_else(damaged)?;
-    if body.len() < 16 || (body.len() - 16) % 16 != 0 {
-        return Err(damaged());
-    }
-    let (guid, ids) = body.split_at(16);
-    let server = ServerGuid(guid.try_into().map_err(|_| damaged())?);
-    let ids = ids
+    let ids = entries
         .chunks_exact(16)
-        .map(|raw| ObjectId::from_slice(raw).map_err(|_| damaged()))
-        .collect::<Result<_, _>>()?;
+        .map(ObjectId::from_slice)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is damaged ({e}); remove it", path.display()))?;
     Ok(Some((server, ids)))
 }
 
