@@ -294,6 +294,16 @@ pub(crate) fn deactivate(
     name: &str,
     now_ns: i64,
 ) -> rusqlite::Result<Vec<ObjectId>> {
+    // Most calls find nothing: a first backup's or a first pull's every
+    // path. A read of the one-active index answers that for less than the
+    // UPDATE, which sets up a statement journal and its RETURNING table
+    // even when no row matches.
+    let any_active = tx
+        .prepare_cached("SELECT 1 FROM objects WHERE dir_id = ?1 AND name = ?2 AND active = 1")?
+        .exists(params![dir_id, name])?;
+    if !any_active {
+        return Ok(Vec::new());
+    }
     let mut stmt = tx.prepare_cached(
         "UPDATE objects SET active = 0, deactivated_ns = ?3
          WHERE dir_id = ?1 AND name = ?2 AND active = 1
