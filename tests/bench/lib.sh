@@ -24,9 +24,18 @@ pin_flag() {
 # $WORK/tandem.toml, pinning the server's certificate. Sets SERVER_PID and ADDR.
 # SERVER_PREFIX runs the server under a profiler, e.g. "heaptrack -o FILE"
 # (SERVER_PID is then the profiler's, so its RSS figures are not the server's).
+# SERVER_STORE=DIR keeps the server's data in DIR/tandem-bench-server instead
+# (on other storage than the client's, as a server on its own machine has);
+# $WORK/server is then a link to it, so the scripts find it in the one place.
 start_primary() {
   rm -rf "$WORK/server"
-  ${SERVER_PREFIX:-} "$BIN/tandem-server" --data-dir "$WORK/server" --listen 127.0.0.1:0 --name "$1" $PLAIN_FLAG > "$WORK/server.log" 2>&1 &
+  local data=$WORK/server
+  if [ -n "${SERVER_STORE:-}" ]; then
+    data=$SERVER_STORE/tandem-bench-server
+    rm -rf "$data"; mkdir -p "$SERVER_STORE"
+    ln -s "$data" "$WORK/server"
+  fi
+  ${SERVER_PREFIX:-} "$BIN/tandem-server" --data-dir "$data" --listen 127.0.0.1:0 --name "$1" $PLAIN_FLAG > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 200); do [ -s "$WORK/server/listen.addr" ] && break; sleep 0.05; done
   ADDR=$(cat "$WORK/server/listen.addr")

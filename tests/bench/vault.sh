@@ -12,6 +12,10 @@
 # Wall time and peak RSS of the client. Talks only to 127.0.0.1.
 #
 #   tests/bench/vault.sh          REPS (default 3); SMALL/MEDIUM/LARGE/LARGE_MIB size the data
+#   SERVER_STORE=/dev/shm tests/bench/vault.sh
+#                                 the server's data on tmpfs, standing in for a server on its own
+#                                 machine: the vault then has the disk to itself, as on a client
+#                                 whose server is elsewhere (by default both share this one disk)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-/tmp/tandem-vault-bench}
@@ -24,7 +28,11 @@ export SMALL=${SMALL:-5000} MEDIUM=${MEDIUM:-50} LARGE=${LARGE:-2} LARGE_MIB=${L
 (cd "$ROOT" && cargo build --release --bins --quiet)
 rm -rf "$WORK"; mkdir -p "$WORK"
 SERVER_PID=
-cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true; }
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true
+  [ -n "${SERVER_STORE:-}" ] && rm -rf "$SERVER_STORE/tandem-bench-server"
+  return 0
+}
 trap cleanup EXIT
 
 RESULTS=$WORK/results.tsv
@@ -44,6 +52,7 @@ stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERV
 DATA=$WORK/data
 python3 "$ROOT/tests/bench/dataset.py" generate "$DATA"
 echo "data: $(du -sh "$DATA" | cut -f1)"
+echo "server data in ${SERVER_STORE:-$WORK, on the same disk as the vault}; vault in $WORK/vault"
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
 TV="$BIN/tandem --options $WORK/tandem.toml"   # says where a restore came from
 for rep in $(seq 1 "$REPS"); do
