@@ -19,20 +19,36 @@ pin_flag() {
   return 0
 }
 
+# Ignored when set in the environment: only a script that means it sets it
+# (see start_primary).
+PRIMARY_STORE=
+
+# primary_data_dir: where start_primary keeps the server's data (an absolute
+# path, named after $WORK so two runs with other BENCH_DIRs keep apart).
+primary_data_dir() {
+  if [ -n "${PRIMARY_STORE:-}" ]; then
+    mkdir -p "$PRIMARY_STORE"
+    printf '%s/tandem-bench-server-%s' "$(cd "$PRIMARY_STORE" && pwd -P)" "$(basename "$WORK")"
+  else
+    printf '%s/server' "$WORK"
+  fi
+}
+
 # start_primary NAME: starts a release tandem-server in $WORK/server on a free
 # 127.0.0.1 port, registers node "bench" and writes the client's options to
 # $WORK/tandem.toml, pinning the server's certificate. Sets SERVER_PID and ADDR.
 # SERVER_PREFIX runs the server under a profiler, e.g. "heaptrack -o FILE"
 # (SERVER_PID is then the profiler's, so its RSS figures are not the server's).
-# SERVER_STORE=DIR keeps the server's data in DIR/tandem-bench-server instead
-# (on other storage than the client's, as a server on its own machine has);
-# $WORK/server is then a link to it, so the scripts find it in the one place.
+# PRIMARY_STORE=DIR (vault.sh sets it from SERVER_STORE; not read from the
+# environment, so no other script changes layout by accident) keeps the
+# server's data in a directory of its own under DIR, on other storage than the
+# client's, as a server on its own machine has; $WORK/server is then a link to
+# it, so the scripts find it in the one place.
 start_primary() {
   rm -rf "$WORK/server"
-  local data=$WORK/server
-  if [ -n "${SERVER_STORE:-}" ]; then
-    data=$SERVER_STORE/tandem-bench-server
-    rm -rf "$data"; mkdir -p "$SERVER_STORE"
+  local data; data=$(primary_data_dir)
+  if [ "$data" != "$WORK/server" ]; then
+    rm -rf "$data"
     ln -s "$data" "$WORK/server"
   fi
   ${SERVER_PREFIX:-} "$BIN/tandem-server" --data-dir "$data" --listen 127.0.0.1:0 --name "$1" $PLAIN_FLAG > "$WORK/server.log" 2>&1 &

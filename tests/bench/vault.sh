@@ -23,6 +23,7 @@ REPS=${REPS:-3}
 BIN=$ROOT/target/release
 export SMALL=${SMALL:-5000} MEDIUM=${MEDIUM:-50} LARGE=${LARGE:-2} LARGE_MIB=${LARGE_MIB:-64}
 . "$ROOT/tests/bench/lib.sh"
+PRIMARY_STORE=${SERVER_STORE:-}
 
 [ -x /usr/bin/time ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time
 (cd "$ROOT" && cargo build --release --bins --quiet)
@@ -30,7 +31,7 @@ rm -rf "$WORK"; mkdir -p "$WORK"
 SERVER_PID=
 cleanup() {
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; wait 2>/dev/null || true
-  [ -n "${SERVER_STORE:-}" ] && rm -rf "$SERVER_STORE/tandem-bench-server"
+  [ -n "$PRIMARY_STORE" ] && rm -rf "$(primary_data_dir)"
   return 0
 }
 trap cleanup EXIT
@@ -52,7 +53,7 @@ stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERV
 DATA=$WORK/data
 python3 "$ROOT/tests/bench/dataset.py" generate "$DATA"
 echo "data: $(du -sh "$DATA" | cut -f1)"
-echo "server data in ${SERVER_STORE:-$WORK, on the same disk as the vault}; vault in $WORK/vault"
+echo "server data in $(primary_data_dir)${PRIMARY_STORE:+ (its own storage)}; vault in $WORK/vault"
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
 TV="$BIN/tandem --options $WORK/tandem.toml"   # says where a restore came from
 for rep in $(seq 1 "$REPS"); do
