@@ -15,7 +15,9 @@
 #   SERVER_STORE=/dev/shm tests/bench/vault.sh
 #                                 the server's data on tmpfs, standing in for a server on its own
 #                                 machine: the vault then has the disk to itself, as on a client
-#                                 whose server is elsewhere (by default both share this one disk)
+#                                 whose server is elsewhere (by default both share this one disk);
+#                                 its restores from the server then read from memory, so compare
+#                                 restores in the default layout
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${BENCH_DIR:-/tmp/tandem-vault-bench}
