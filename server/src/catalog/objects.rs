@@ -296,8 +296,9 @@ pub(crate) fn deactivate(
 ) -> rusqlite::Result<Vec<ObjectId>> {
     // Most calls find nothing: a first backup's or a first pull's every
     // path. A read of the one-active index answers that for less than the
-    // UPDATE, which sets up a statement journal and its RETURNING table
-    // even when no row matches.
+    // UPDATE, which sets up a statement savepoint and a table for its
+    // RETURNING rows even when no row matches. (A changed file, which has
+    // an active version, pays the one extra read.)
     let any_active = tx
         .prepare_cached("SELECT 1 FROM objects WHERE dir_id = ?1 AND name = ?2 AND active = 1")?
         .exists(params![dir_id, name])?;
