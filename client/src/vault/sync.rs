@@ -646,7 +646,9 @@ pub struct Pulled {
 /// applies to its vault itself) or by the server losing it, and then the
 /// vault's copy may be the last one. Versions the server lacks that this
 /// client cannot vouch for (`vouched`) are left alone (see
-/// [`Pulled::unvouched`]).
+/// [`Pulled::unvouched`]). `vouched.pulled`, when present, must be the
+/// record written for this very listing (as `synchronise` writes it just
+/// before): its digests of `on_server` are taken as they are.
 ///
 /// # Errors
 /// Failures of either session; [`ClientError::SyncInterrupted`] when a
@@ -671,6 +673,8 @@ pub async fn pull(
             let digest = recorded
                 .and_then(|r| r.get(id).copied())
                 .unwrap_or_else(|| super::own::pulled_digest(v));
+            // The precondition above, checked in debug builds (the tests).
+            debug_assert_eq!(digest, super::own::pulled_digest(v), "stale pull record");
             (*id, digest)
         })
         .collect();
