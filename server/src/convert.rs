@@ -136,6 +136,42 @@ pub fn chunks_from_pb(chunks: Vec<pb::Chunk>) -> Result<Vec<StoredChunk>, Server
         .collect()
 }
 
+/// [`chunks_from_pb`] for a received upload message, with the chunks' bytes
+/// moved into one buffer of exactly their size.
+///
+/// Decoded in place, each chunk's bytes are a slice of the transport's
+/// receive buffer, and that whole allocation (with the start of the next
+/// message and the room it grew by) stays in use until the last chunk of the
+/// message is stored. The upload memory budget (`ingest_memory_mib`) counts
+/// chunk bytes, so those buffers could hold about twice the budget: a heap
+/// profile of 16 nodes backing up at once found 497 MB of them against the
+/// default 256 MiB. Copied, what a stream holds is what the budget counts,
+/// and the transport takes its buffer back for the next message. The copy
+/// is one memcpy per message, small beside hashing and decompressing it.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] for an id that is not 32 bytes.
+pub fn upload_chunks_from_pb(chunks: Vec<pb::Chunk>) -> Result<Vec<StoredChunk>, ServerError> {
+    let total = chunks.iter().map(|c| c.data.len()).sum();
+    let mut copy = prost::bytes::BytesMut::with_capacity(total);
+    let mut parsed = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let id =
+            ChunkId::from_slice(&c.id).map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        copy.extend_from_slice(&c.data);
+        parsed.push((id, c.data.len(), c.raw_len));
+    }
+    let mut copy = copy.freeze();
+    Ok(parsed
+        .into_iter()
+        .map(|(id, len, raw_len)| StoredChunk {
+            id,
+            data: copy.split_to(len),
+            raw_len,
+        })
+        .collect())
+}
+
 /// Converts a stored chunk for the wire.
 pub fn chunk_to_pb(chunk: StoredChunk) -> pb::Chunk {
     pb::Chunk {
@@ -719,5 +755,57 @@ mod tests {
         );
         assert!(refused(|v| v.attrs.as_mut().unwrap().path = "/b/f".into()).contains("outside"));
         assert!(refused(|v| v.object_id = vec![1; 3]).contains("16"));
+    }
+
+    /// What the transport decoded: chunks whose bytes are slices of one
+    /// receive buffer, returned beside them.
+    fn received(sizes: &[usize]) -> (prost::bytes::Bytes, Vec<pb::Chunk>) {
+        let total: usize = sizes.iter().sum();
+        // Room past the message, as a receive buffer has for the next one.
+        let buffer: Vec<u8> = (0..total + 4096).map(|i| (i % 251) as u8).collect();
+        let buffer = prost::bytes::Bytes::from(buffer);
+        let mut at = 0;
+        let chunks = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let chunk = pb::Chunk {
+                    id: vec![i as u8; 32],
+                    data: buffer.slice(at..at + len),
+                    raw_len: len as u64 * 3,
+                };
+                at += len;
+                chunk
+            })
+            .collect();
+        (buffer, chunks)
+    }
+
+    #[test]
+    fn an_upload_message_lets_go_of_the_receive_buffer() {
+        let (buffer, chunks) = received(&[1000, 0, 70_000, 5]);
+        let expected: Vec<(Vec<u8>, Vec<u8>, u64)> = chunks
+            .iter()
+            .map(|c| (c.id.clone(), c.data.to_vec(), c.raw_len))
+            .collect();
+        let stored = upload_chunks_from_pb(chunks).unwrap();
+        // Only the buffer itself is left: the chunks hold copies.
+        assert!(buffer.is_unique(), "a chunk still holds the receive buffer");
+        assert_eq!(stored.len(), expected.len());
+        for (chunk, (id, data, raw_len)) in stored.iter().zip(&expected) {
+            assert_eq!(chunk.id.as_slice(), id.as_slice());
+            assert_eq!(&chunk.data[..], data.as_slice());
+            assert_eq!(chunk.raw_len, *raw_len);
+        }
+        assert!(upload_chunks_from_pb(Vec::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_upload_message_with_a_bad_id_is_refused() {
+        let (_, mut chunks) = received(&[10, 10]);
+        chunks[1].id = vec![7; 31];
+        let err = upload_chunks_from_pb(chunks).unwrap_err();
+        assert!(matches!(err, ServerError::InvalidArgument(_)), "{err:?}");
+        assert!(err.to_string().contains("32"), "{err}");
     }
 }

@@ -80,12 +80,17 @@ stop_servers() {
 }
 ms_now() { echo $(( $(date +%s%N) / 1000000 )); }
 # logon_probe FILE STOPFILE: times `query session` every 0.25 s until STOPFILE
-# exists (at most 2,400 times, 10 minutes); a line "ms rc" each.
+# exists (at most 2,400 times, 10 minutes); a line "ms rc" each. What a
+# failed logon said goes to $WORK/logon-failures (kept over the rounds).
 logon_probe() {
   local n=0 t0
   while [ ! -e "$2" ] && (( n < 2400 )); do
     t0=$(ms_now)
-    if "$BIN/tandem" --options "$WORK/probe.toml" --quiet query session > /dev/null 2>&1; then rc=0; else rc=$?; fi
+    if "$BIN/tandem" --options "$WORK/probe.toml" --quiet query session > /dev/null 2> "$1.err"; then
+      rc=0
+    else
+      rc=$?; cat "$1.err" >> "$WORK/logon-failures"
+    fi
     echo "$(( $(ms_now) - t0 )) $rc" >> "$1"
     n=$((n + 1)); sleep 0.25
   done
@@ -226,4 +231,8 @@ if samples:
           f"max {max(rss) / 1024:.0f} MiB (anonymous max {max(v[1] for v in samples) / 1024:.0f} MiB); "
           f"threads max {max(v[0] for v in rows['threads']):.0f} ({len(rss)} samples)")
 PY
+if [ -s "$WORK/logon-failures" ]; then
+  echo "failed logons said (count, message):"
+  sort "$WORK/logon-failures" | uniq -c | sort -rn | head -n 3 | cut -c1-300
+fi
 rm -rf "$WORK"/data "$WORK"/state-*

@@ -578,7 +578,7 @@ impl Backup for BackupService {
             let chunks = message.chunks;
             received_bytes += chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
             ingest
-                .push_reserved(convert::chunks_from_pb(chunks)?, share)
+                .push_reserved(convert::upload_chunks_from_pb(chunks)?, share)
                 .await?;
         }
         let done = ingest.finish().await?;

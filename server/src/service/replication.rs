@@ -307,7 +307,7 @@ impl Replication for ReplicationService {
                 ))));
             }
             ingest
-                .push_reserved(convert::chunks_from_pb(message.chunks)?, share)
+                .push_reserved(convert::upload_chunks_from_pb(message.chunks)?, share)
                 .await?;
         }
         let Some((_, ingest)) = ingest else {
