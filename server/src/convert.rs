@@ -147,12 +147,15 @@ pub fn chunks_from_pb(chunks: Vec<pb::Chunk>) -> Result<Vec<StoredChunk>, Server
 /// profile of 16 nodes backing up at once found 497 MB of them against the
 /// default 256 MiB. Copied, what a stream holds is what the budget counts,
 /// and the transport takes its buffer back for the next message. The copy
-/// is one memcpy per message, small beside hashing and decompressing it.
+/// is one allocation per message, small beside hashing and decompressing
+/// it; a message over the upload limit is refused before it is made.
 ///
 /// # Errors
-/// [`ServerError::InvalidArgument`] for an id that is not 32 bytes.
+/// [`ServerError::InvalidArgument`] for an id that is not 32 bytes, or for
+/// more chunk data than a message may carry.
 pub fn upload_chunks_from_pb(chunks: Vec<pb::Chunk>) -> Result<Vec<StoredChunk>, ServerError> {
     let total = chunks.iter().map(|c| c.data.len()).sum();
+    crate::repository::ingest::check_message_data(total)?;
     let mut copy = prost::bytes::BytesMut::with_capacity(total);
     let mut parsed = Vec::with_capacity(chunks.len());
     for c in chunks {
@@ -798,6 +801,16 @@ mod tests {
             assert_eq!(chunk.raw_len, *raw_len);
         }
         assert!(upload_chunks_from_pb(Vec::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_upload_message_over_the_limit_is_refused_before_the_copy() {
+        let limit = crate::repository::ingest::MAX_UPLOAD_MESSAGE_BYTES;
+        let (_, chunks) = received(&[limit / 2, limit / 2 + 1]);
+        let err = upload_chunks_from_pb(chunks).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+        let (_, chunks) = received(&[limit / 2, limit / 2]);
+        assert_eq!(upload_chunks_from_pb(chunks).unwrap().len(), 2);
     }
 
     #[test]

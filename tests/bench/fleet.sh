@@ -96,6 +96,14 @@ logon_probe() {
   done
 }
 
+# print_logon_failures: the three commonest lines failed logons wrote (awk,
+# not head: a closed pipe would end the script under pipefail).
+print_logon_failures() {
+  [ -s "$WORK/logon-failures" ] || return 0
+  echo "failed logons said (count, line):"
+  sort "$WORK/logon-failures" | uniq -c | sort -rn | awk 'NR <= 3' | cut -c1-300
+}
+
 # rss_sampler PID FILE STOPFILE: the process's RSS (KiB), anonymous part and
 # threads every 0.2 s until STOPFILE exists (at most 3,000 samples).
 rss_sampler() {
@@ -175,7 +183,7 @@ print(sum(json.load(open(p)).get("failed", 0) for p in sys.argv[1:]))' "$WORK"/f
   while read -r lat rc; do record busy_logon_ms "$lat" "$rc"; done < "$WORK/busy.lat"
   awk -v n="$NODES" -v ms="$ms" -v b="$FLEET_BYTES" -v f="$failed" -v ff="$failed_files" -v r="$repl_ms" \
     'BEGIN { printf "  fleet of %d              %8.2f s  %6.0f MB/s  failed clients %d, failed files %s, replication %.2f s\n", n, ms / 1000, b / 1000 / ms, f, ff, r / 1000 }'
-  if (( failed > 0 )); then tail -n 3 "$WORK"/fleet-*.err; exit 1; fi
+  if (( failed > 0 )); then tail -n 3 "$WORK"/fleet-*.err; print_logon_failures; exit 1; fi
   if (( round == ROUNDS )); then
     local n; n=$(node_name "$NODES")
     "$BIN/tandem" --options "$WORK/$n.toml" --quiet restore "$WORK/data/$n/*" "$WORK/restore" --subdir
@@ -231,8 +239,5 @@ if samples:
           f"max {max(rss) / 1024:.0f} MiB (anonymous max {max(v[1] for v in samples) / 1024:.0f} MiB); "
           f"threads max {max(v[0] for v in rows['threads']):.0f} ({len(rss)} samples)")
 PY
-if [ -s "$WORK/logon-failures" ]; then
-  echo "failed logons said (count, message):"
-  sort "$WORK/logon-failures" | uniq -c | sort -rn | head -n 3 | cut -c1-300
-fi
+print_logon_failures
 rm -rf "$WORK"/data "$WORK"/state-*

@@ -565,3 +565,87 @@ async fn a_node_holding_its_read_streams_unread_makes_its_next_call_wait_not_oth
     assert!(queued < 2_000, "only what was queued came: {queued}");
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_message_over_its_limit_is_refused_whole() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let (mut alice, token) = raw_backup_session(&server, "alice", "alice-password").await;
+    // Two well-formed 5 MiB chunks: each may travel alone, not together.
+    let chunks: Vec<pb::Chunk> = [0x11u8, 0x22]
+        .iter()
+        .map(|&fill| {
+            let raw = vec![fill; 5 << 20];
+            pb::Chunk {
+                id: tandem_proto::ChunkId::of(&raw).as_slice().to_vec(),
+                data: zstd::bulk::compress(&raw, 1).unwrap().into(),
+                raw_len: raw.len() as u64,
+            }
+        })
+        .collect();
+    let mut padded = chunks.clone();
+    // Stored data is compressed, so make the message big in what it carries.
+    for c in &mut padded {
+        let mut data = c.data.to_vec();
+        data.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+        data.extend_from_slice(&(5u32 << 20).to_le_bytes());
+        data.extend_from_slice(&vec![0; 5 << 20]);
+        c.data = data.into();
+    }
+    let ids: Vec<Vec<u8>> = chunks.iter().map(|c| c.id.clone()).collect();
+    let refused = alice
+        .upload_chunks(with_session(
+            &token,
+            tonic::codegen::tokio_stream::iter([pb::UploadChunksRequest { chunks: padded }]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("larger than") && refused.message().contains("one may carry"),
+        "{refused:?}"
+    );
+    // Neither chunk was stored.
+    let missing = alice
+        .find_missing_chunks(with_session(
+            &token,
+            pb::FindMissingChunksRequest {
+                chunk_ids: ids.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .missing;
+    assert_eq!(
+        missing.len(),
+        2,
+        "a chunk of the refused message was stored"
+    );
+    // The same chunks in messages of their own are taken.
+    for chunk in chunks {
+        alice
+            .upload_chunks(with_session(
+                &token,
+                tonic::codegen::tokio_stream::iter([pb::UploadChunksRequest {
+                    chunks: vec![chunk],
+                }]),
+            ))
+            .await
+            .unwrap();
+    }
+    let missing = alice
+        .find_missing_chunks(with_session(
+            &token,
+            pb::FindMissingChunksRequest { chunk_ids: ids },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .missing;
+    assert!(
+        missing.is_empty(),
+        "{} chunk(s) still missing",
+        missing.len()
+    );
+}

@@ -175,6 +175,21 @@ impl IngestBudget {
     }
 }
 
+/// Refuses an upload message carrying more than [`MAX_UPLOAD_MESSAGE_BYTES`]
+/// of chunk data.
+///
+/// # Errors
+/// [`ServerError::InvalidArgument`] saying how much it carried and may carry.
+pub fn check_message_data(data: usize) -> Result<(), ServerError> {
+    if data > MAX_UPLOAD_MESSAGE_BYTES {
+        return Err(ServerError::InvalidArgument(format!(
+            "an upload message of {data} bytes of chunk data is larger than the {MAX_UPLOAD_MESSAGE_BYTES} one may carry; send at most {} bytes per message, or one chunk alone",
+            tandem_proto::UPLOAD_MESSAGE_BYTES
+        )));
+    }
+    Ok(())
+}
+
 /// The budget reserved for one upload message before it is read.
 #[derive(Debug)]
 pub struct MessageShare(OwnedSemaphorePermit);
@@ -294,12 +309,7 @@ impl ChunkIngest {
         }
         self.done.received += chunks.len() as u64;
         let data: usize = chunks.iter().map(|c| c.data.len()).sum();
-        if data > MAX_UPLOAD_MESSAGE_BYTES {
-            return Err(ServerError::InvalidArgument(format!(
-                "an upload message of {data} bytes of chunk data is larger than the {MAX_UPLOAD_MESSAGE_BYTES} one may carry; send at most {} bytes per message, or one chunk alone",
-                tandem_proto::UPLOAD_MESSAGE_BYTES
-            )));
-        }
+        check_message_data(data)?;
         let bytes = data + chunks.len() * CHUNK_OVERHEAD_BYTES;
         let share = self.fit(share.map(|s| s.0), bytes).await?;
         // A slot is held only while a message is hashed, which always ends,
