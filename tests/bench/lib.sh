@@ -38,7 +38,11 @@ primary_data_dir() {
 # 127.0.0.1 port, registers node "bench" and writes the client's options to
 # $WORK/tandem.toml, pinning the server's certificate. Sets SERVER_PID and ADDR.
 # SERVER_PREFIX runs the server under a profiler, e.g. "heaptrack -o FILE"
-# (SERVER_PID is then the profiler's, so its RSS figures are not the server's).
+# (SERVER_PID is then the profiler's, so its RSS figures are not the server's,
+# and the scripts' kill of SERVER_PID ends heaptrack's wrapper script only:
+# after such a run, end the servers left running by their own PIDs; with
+# heaptrack, every server a script starts writes the same FILE, so the last
+# one's profile is what is left: in fleet.sh, round 1 ends with the fleet's).
 # PRIMARY_STORE=DIR (vault.sh sets it from SERVER_STORE; not read from the
 # environment, so no other script changes layout by accident) keeps the
 # server's data in a directory of its own under DIR, on other storage than the
