@@ -112,9 +112,12 @@ pub fn asked_chunk_ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ServerError> {
 /// # Errors
 /// [`ServerError::InvalidArgument`] for an id that is not 32 bytes.
 pub fn chunk_ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ServerError> {
-    raw.iter()
-        .map(|b| ChunkId::from_slice(b).map_err(|e| ServerError::InvalidArgument(e.to_string())))
-        .collect()
+    raw.iter().map(|b| chunk_id(b)).collect()
+}
+
+/// One chunk id as sent; an id that is not 32 bytes is an invalid argument.
+fn chunk_id(raw: &[u8]) -> Result<ChunkId, ServerError> {
+    ChunkId::from_slice(raw).map_err(|e| ServerError::InvalidArgument(e.to_string()))
 }
 
 /// Converts the chunks of an upload message. Only the ids are checked here;
@@ -127,8 +130,7 @@ pub fn chunks_from_pb(chunks: Vec<pb::Chunk>) -> Result<Vec<StoredChunk>, Server
         .into_iter()
         .map(|c| {
             Ok(StoredChunk {
-                id: ChunkId::from_slice(&c.id)
-                    .map_err(|e| ServerError::InvalidArgument(e.to_string()))?,
+                id: chunk_id(&c.id)?,
                 data: c.data,
                 raw_len: c.raw_len,
             })
@@ -159,8 +161,7 @@ pub fn upload_chunks_from_pb(chunks: Vec<pb::Chunk>) -> Result<Vec<StoredChunk>,
     let mut copy = prost::bytes::BytesMut::with_capacity(total);
     let mut parsed = Vec::with_capacity(chunks.len());
     for c in chunks {
-        let id =
-            ChunkId::from_slice(&c.id).map_err(|e| ServerError::InvalidArgument(e.to_string()))?;
+        let id = chunk_id(&c.id)?;
         copy.extend_from_slice(&c.data);
         parsed.push((id, c.data.len(), c.raw_len));
     }
