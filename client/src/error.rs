@@ -54,6 +54,21 @@ pub enum ClientError {
         /// Time spent.
         elapsed_ms: u128,
     },
+    /// A server proved who it is but stayed too busy to take the logon for
+    /// all of `busy_wait_seconds`. Never a reason to fail over.
+    #[error(
+        "server {server} at {address} answered but stayed busy for {seconds} s: {cause}. It is up, so no failover was made; try again later, or raise busy_wait_seconds"
+    )]
+    Busy {
+        /// Server name.
+        server: String,
+        /// Its address.
+        address: String,
+        /// What it said last.
+        cause: String,
+        /// How long the client waited.
+        seconds: u64,
+    },
     /// The primary is not the server the options pin: nothing was sent to
     /// it, and this never leads to failover.
     #[error(
@@ -192,6 +207,7 @@ impl ClientError {
             ClientError::Options(_) => "TDM1001E",
             ClientError::Unreachable { .. } => "TDM1002E",
             ClientError::LogonRefused { .. } => "TDM1003E",
+            ClientError::Busy { .. } => "TDM1072E",
             ClientError::Untrusted { .. } => "TDM1009E",
             ClientError::Server { .. } => "TDM1005E",
             ClientError::Usage(_) => "TDM1006E",

@@ -11,6 +11,7 @@
 //! - [`currency`]: whether a failover server's replica is as current as the
 //!   last backup (warnings at failover restore).
 
+pub(crate) mod busy;
 pub mod currency;
 pub mod failover;
 pub mod nrtable;

@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "state_dir",
     "connect_timeout_ms",
     "logon_retries",
+    "busy_wait_seconds",
     "my_replication_server",
     "use_replication_failover",
     "force_failover",
@@ -135,6 +136,12 @@ pub struct ClientOptions {
     /// Logon tries before the server counts as unreachable.
     #[serde(default = "default_logon_retries")]
     pub logon_retries: u32,
+    /// How long a logon waits for a server that completed the TLS handshake
+    /// (so proved who it is) but says it is busy or is slow to answer:
+    /// such a server is up, and failing over from it would be wrong. 0
+    /// waits for nothing beyond `connect_timeout_ms`.
+    #[serde(default = "default_busy_wait_seconds")]
+    pub busy_wait_seconds: u64,
     /// Fail over to the replication server when the primary is unreachable
     /// (USEREPLICATIONFAILOVER).
     #[serde(default = "default_true")]
@@ -198,6 +205,12 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_logon_retries() -> u32 {
     3
 }
+fn default_busy_wait_seconds() -> u64 {
+    60
+}
+
+/// The longest [`ClientOptions::busy_wait_seconds`] accepted: an hour.
+pub const MAX_BUSY_WAIT_SECONDS: u64 = 3_600;
 
 /// An options file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +354,12 @@ impl ClientOptions {
         }
         if self.connect_timeout_ms == 0 {
             return Err("connect_timeout_ms must be at least 1".into());
+        }
+        if self.busy_wait_seconds > MAX_BUSY_WAIT_SECONDS {
+            return Err(format!(
+                "busy_wait_seconds {} is more than an hour ({MAX_BUSY_WAIT_SECONDS}); a server busy for longer needs an operator",
+                self.busy_wait_seconds
+            ));
         }
         if self.tier_wait_seconds > MAX_TIER_WAIT_SECONDS {
             return Err(format!(
@@ -491,6 +510,7 @@ impl ClientOptions {
             ("state_dir", self.state_dir().display().to_string()),
             ("connect_timeout_ms", self.connect_timeout_ms.to_string()),
             ("logon_retries", self.logon_retries.to_string()),
+            ("busy_wait_seconds", self.busy_wait_seconds.to_string()),
             ("changing_retries", self.changing_retries.to_string()),
             ("schedule_commands", self.schedule_commands.to_string()),
             ("vault_dir", opt(&self.vault_dir)),

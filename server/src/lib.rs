@@ -39,6 +39,7 @@ pub mod coverage;
 pub mod dbbackup;
 pub mod dbrestore;
 pub mod demo;
+pub mod descriptors;
 pub mod error;
 pub mod expire;
 pub mod faults;

@@ -324,3 +324,128 @@ fn failover_decisions_for_refused_and_silent_primaries() {
     }
     drop(silent);
 }
+
+/// `n` `tandem query session` processes started at once with `client`'s
+/// options; their outputs, in order.
+fn simultaneous_sessions(client: &TestClient, n: usize) -> Vec<std::process::Output> {
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            client
+                .command(&["--json", "query", "session"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_primary_busy_with_many_logons_at_once_is_waited_for_never_failed_over_from() {
+    let w = setup();
+    // Beyond what the server checks at once (4 passwords, a 2 s wait for a
+    // turn) and beyond its 128 connections from one address: before the
+    // server kept a line and the client told "busy" from "down", most of
+    // these failed over from a primary that was up all along.
+    let outs = simultaneous_sessions(&w.client, 200);
+    let failed: Vec<String> = outs
+        .iter()
+        .filter(|o| !o.status.success())
+        .map(stderr)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    for out in &outs {
+        let session: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(session["mode"], "normal", "{session}");
+    }
+    let log = w.client.error_log();
+    for id in ["TDM2106I", "TDM2107I", "TDM2108I"] {
+        assert!(!log.contains(id), "no failover was due: {log}");
+    }
+}
+
+/// A TLS connection to `server` (pinned), held open by the returned channel.
+fn hold_connection(rt: &tokio::runtime::Runtime, server: &TestServer) -> tonic::transport::Channel {
+    let pin = tandem_tls::Trust::Pinned(server.fingerprint().parse().unwrap());
+    let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(server.url()).unwrap();
+    rt.block_on(tandem_tls::connect(endpoint, Some(&tls)))
+        .expect("the held connection")
+}
+
+#[test]
+fn a_full_primary_is_waited_for_and_one_silent_past_busy_wait_seconds_is_failed_over_from() {
+    let mut w = setup();
+    w.primary
+        .restart_with(&[("TANDEM_SERVER_MAX_CONNECTIONS", "1")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // Its one connection taken: a logon completes its handshake and waits in
+    // the server's line; once the place comes free it goes through.
+    let held = hold_connection(&rt, &w.primary);
+    let waiting = w
+        .client
+        .command(&["--json", "query", "session"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(held);
+    let out = waiting.wait_with_output().unwrap();
+    assert_success(&out, "a logon that waited for a place");
+    let session: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(session["mode"], "normal", "{session}");
+    assert!(w.client.logged_ids().is_empty(), "{}", w.client.error_log());
+
+    // Taken for longer than the client waits (busy_wait_seconds): a server
+    // that proved who it is and then never answered counts as down.
+    let _held = hold_connection(&rt, &w.primary);
+    let out = w
+        .client
+        .command(&["--json", "query", "session"])
+        .env("TANDEM_BUSY_WAIT_SECONDS", "2")
+        .output()
+        .unwrap();
+    assert_success(&out, "failover from a silent primary");
+    let session: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(session["mode"], "failover", "{session}");
+    assert_eq!(
+        w.client.logged_ids(),
+        ["TDM2106I", "TDM2107I", "TDM2108I"],
+        "{}",
+        w.client.error_log()
+    );
+    assert!(
+        w.client.error_log().contains("never answered the logon"),
+        "{}",
+        w.client.error_log()
+    );
+}
+
+#[test]
+fn a_busy_wait_seconds_over_an_hour_is_refused() {
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let out = client
+        .command(&["query", "session"])
+        .env("TANDEM_BUSY_WAIT_SECONDS", "3601")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("busy_wait_seconds 3601"),
+        "{}",
+        stderr(&out)
+    );
+}

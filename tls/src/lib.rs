@@ -11,10 +11,13 @@
 //! - [`incoming`]: the server side. Handshakes run concurrently, time out,
 //!   and are capped in all and per address, so slow or silent callers cannot
 //!   stall the others; open connections are capped the same way and closed
-//!   when idle ([`ConnectionLimits`]). A client may
+//!   when idle ([`ConnectionLimits`]). A caller over a cap waits in a bounded
+//!   line instead of being closed at once: to a client, a closed connection
+//!   means "down", and "down" means failover. A client may
 //!   present a certificate (partner servers do, for mutual TLS); its
 //!   fingerprint reaches the services as [`PeerInfo`].
 
+mod admission;
 mod client;
 mod fingerprint;
 mod identity;
@@ -27,7 +30,9 @@ pub use fingerprint::{Fingerprint, FingerprintError};
 pub use identity::{IdentityError, ServerIdentity};
 pub use limits::{CallActivity, CallGuard, ConnectionLimits, FIRST_CALL_TIMEOUT};
 pub use server::{
-    HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS, PeerInfo, TlsConn, incoming,
+    CONNECTION_LINE, CONNECTION_LINE_WAIT, HANDSHAKE_LINE, HANDSHAKE_LINE_PER_ADDRESS,
+    HANDSHAKE_LINE_WAIT, HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_ADDRESS,
+    PeerInfo, TlsConn, incoming,
 };
 
 /// The crypto provider every config uses: rustls on *ring*.

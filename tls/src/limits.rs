@@ -4,8 +4,6 @@
 //! (answering keep-alive pings is enough to look alive) hold descriptors and
 //! memory for as long as they like.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,59 +27,6 @@ impl Default for ConnectionLimits {
             max_connections: 1024,
             max_per_address: 128,
             idle_timeout: Duration::from_secs(15 * 60),
-        }
-    }
-}
-
-/// How many slots each address holds, against one per-address limit.
-#[derive(Debug)]
-pub(crate) struct AddressCounts {
-    limit: usize,
-    by_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One slot of an address, given back when dropped.
-#[derive(Debug)]
-pub(crate) struct AddressSlot {
-    counts: Arc<AddressCounts>,
-    address: IpAddr,
-}
-
-impl AddressCounts {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
-        Arc::new(AddressCounts {
-            limit,
-            by_address: std::sync::Mutex::default(),
-        })
-    }
-
-    /// A slot for `address`, or `None` when it holds `limit` already.
-    pub(crate) fn claim(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
-        let mut map = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        let count = map.entry(address).or_default();
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            counts: self.clone(),
-            address,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .counts
-            .by_address
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = map.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.address);
-            }
         }
     }
 }
@@ -154,19 +99,6 @@ impl Drop for CallGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_address_holds_at_most_its_limit_and_gets_slots_back() {
-        let counts = AddressCounts::new(2);
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let first = counts.claim(a).expect("first");
-        let _second = counts.claim(a).expect("second");
-        assert!(counts.claim(a).is_none(), "third is over the limit");
-        assert!(counts.claim(b).is_some(), "another address has its own");
-        drop(first);
-        assert!(counts.claim(a).is_some(), "a dropped slot is given back");
-    }
 
     #[test]
     fn a_connection_is_idle_only_with_no_call_in_progress() {

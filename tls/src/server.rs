@@ -11,26 +11,51 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::admission::{Admission, AdmissionLimits, Arrival, Place};
 use crate::fingerprint::Fingerprint;
 use crate::identity::{IdentityError, ServerIdentity};
-use crate::limits::{AddressCounts, AddressSlot, CallActivity, ConnectionLimits};
+use crate::limits::{CallActivity, ConnectionLimits};
 
 /// How long a caller may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes in progress at once. A connection beyond this is closed at
-/// once rather than left waiting, so callers that never finish their
-/// handshake cannot stop the server from accepting others.
+/// Handshakes in progress at once. A connection beyond this waits in line
+/// for one to end (see [`HANDSHAKE_LINE_WAIT`]), so callers that never finish
+/// their handshake cannot stop the server from taking others.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Handshakes in progress at once from one IP address.
 pub const MAX_PENDING_PER_ADDRESS: usize = 16;
+
+/// Connections waiting for a handshake place, in all and from one address;
+/// one more is closed at once. They hold a descriptor each, nothing more.
+/// Many clients behind one NAT address logging on at once must fit.
+pub const HANDSHAKE_LINE: usize = 1024;
+/// See [`HANDSHAKE_LINE`].
+pub const HANDSHAKE_LINE_PER_ADDRESS: usize = 512;
+
+/// How long a connection waits for a handshake place before it is closed.
+/// Handshakes take milliseconds, so a line drains fast unless stalled callers
+/// hold the places; clients give up their connect within a few seconds.
+pub const HANDSHAKE_LINE_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a connection whose handshake is done waits for a place under
+/// [`ConnectionLimits`] before it is closed. Its client has proved nothing
+/// yet, but the server has proved who it is: a client waiting here sees a
+/// slow server, not a dead one, and does not fail over for it.
+pub const CONNECTION_LINE_WAIT: Duration = Duration::from_secs(20);
+
+/// Connections that may wait for a place under [`ConnectionLimits`], in
+/// all, at most (each holds a descriptor and its TLS state); never more than
+/// `max_connections`. One address may fill three quarters of it, and at most
+/// three times its `max_per_address`.
+pub const CONNECTION_LINE: usize = 512;
 
 /// Who is on the other end of a connection, as request extensions carry it.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +70,7 @@ pub struct PeerInfo {
     pub activity: Option<Arc<CallActivity>>,
 }
 
-/// An accepted connection whose TLS handshake is done. It holds its slots
+/// An accepted connection whose TLS handshake is done. It holds its place
 /// under the connection limits until it is dropped, and fails its next read
 /// once it has had no call in progress for the idle timeout.
 #[derive(Debug)]
@@ -55,7 +80,7 @@ pub struct TlsConn {
     activity: Arc<CallActivity>,
     idle_timeout: Duration,
     idle_check: Pin<Box<Sleep>>,
-    _slots: (OwnedSemaphorePermit, AddressSlot),
+    _place: Place,
 }
 
 impl TlsConn {
@@ -136,46 +161,16 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// A connection's claims under the limits while its handshake runs: the
-/// handshake slots go back when it ends, the connection slots live on in the
-/// [`TlsConn`].
-struct Claims {
-    handshake: (OwnedSemaphorePermit, AddressSlot),
-    connection: (OwnedSemaphorePermit, AddressSlot),
-}
-
+/// Runs the TLS handshake on `tcp` within [`HANDSHAKE_TIMEOUT`]; `None`
+/// (logged) when it fails or times out.
 async fn handshake(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
-    claims: Claims,
-    idle_timeout: Duration,
-) -> Option<TlsConn> {
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let _ = tcp.set_nodelay(true);
-    let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-    drop(claims.handshake);
-    match result {
-        Ok(Ok(stream)) => {
-            let client_fingerprint = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .map(|leaf| Fingerprint::of_der(leaf));
-            let activity = CallActivity::new();
-            Some(TlsConn {
-                stream,
-                info: PeerInfo {
-                    remote: Some(remote),
-                    client_fingerprint,
-                    activity: Some(activity.clone()),
-                },
-                activity,
-                idle_timeout,
-                idle_check: Box::pin(tokio::time::sleep(idle_timeout)),
-                _slots: claims.connection,
-            })
-        }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::debug!(%remote, cause = %e, "TLS handshake failed");
             None
@@ -187,58 +182,117 @@ async fn handshake(
     }
 }
 
-/// Slots in all and per address, for handshakes and for connections.
-struct Slots {
-    handshakes: Arc<Semaphore>,
-    handshakes_by_address: Arc<AddressCounts>,
-    connections: Arc<Semaphore>,
-    connections_by_address: Arc<AddressCounts>,
-}
-
-impl Slots {
-    fn new(limits: &ConnectionLimits) -> Self {
-        Slots {
-            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
-            handshakes_by_address: AddressCounts::new(MAX_PENDING_PER_ADDRESS),
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            connections_by_address: AddressCounts::new(limits.max_per_address),
+impl TlsConn {
+    fn new(
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        remote: SocketAddr,
+        place: Place,
+        idle_timeout: Duration,
+    ) -> Self {
+        let client_fingerprint = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|leaf| Fingerprint::of_der(leaf));
+        let activity = CallActivity::new();
+        TlsConn {
+            stream,
+            info: PeerInfo {
+                remote: Some(remote),
+                client_fingerprint,
+                activity: Some(activity.clone()),
+            },
+            activity,
+            idle_timeout,
+            idle_check: Box::pin(tokio::time::sleep(idle_timeout)),
+            _place: place,
         }
     }
+}
 
-    /// All four claims for a caller at `remote`, or why not.
-    fn claim(&self, remote: SocketAddr) -> Result<Claims, &'static str> {
-        let connection = (
-            self.connections
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| "the server holds its maximum of connections")?,
-            self.connections_by_address
-                .claim(remote.ip())
-                .ok_or("this address holds its maximum of connections")?,
-        );
-        let handshake = (
-            self.handshakes
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| "too many TLS handshakes in progress")?,
-            self.handshakes_by_address
-                .claim(remote.ip())
-                .ok_or("too many TLS handshakes in progress from this address")?,
-        );
-        Ok(Claims {
-            handshake,
-            connection,
-        })
+/// The two admissions every connection passes: a handshake place while its
+/// handshake runs, then a place under the [`ConnectionLimits`] for as long as
+/// it stays open.
+struct Gates {
+    handshakes: Arc<Admission>,
+    connections: Arc<Admission>,
+}
+
+impl Gates {
+    fn new(limits: &ConnectionLimits) -> Self {
+        Gates {
+            handshakes: Admission::new(AdmissionLimits {
+                total: MAX_PENDING_HANDSHAKES,
+                per_address: MAX_PENDING_PER_ADDRESS,
+                waiting_total: HANDSHAKE_LINE,
+                waiting_per_address: HANDSHAKE_LINE_PER_ADDRESS,
+            }),
+            connections: Admission::new(AdmissionLimits {
+                total: limits.max_connections,
+                per_address: limits.max_per_address,
+                waiting_total: connection_line(limits),
+                waiting_per_address: (connection_line(limits) * 3 / 4)
+                    .max(1)
+                    .min(limits.max_per_address.saturating_mul(3)),
+            }),
+        }
+    }
+}
+
+/// How many connections may wait for a place under `limits`.
+fn connection_line(limits: &ConnectionLimits) -> usize {
+    CONNECTION_LINE.min(limits.max_connections)
+}
+
+/// Takes one accepted connection through both admissions and the handshake;
+/// `None` (logged) when it is turned away or its handshake fails.
+async fn admit(
+    gates: Arc<Gates>,
+    handshake_arrival: Arrival,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    idle_timeout: Duration,
+) -> Option<TlsConn> {
+    let handshake_place = match handshake_arrival.place_within(HANDSHAKE_LINE_WAIT).await {
+        Ok(place) => place,
+        Err(why) => {
+            tracing::debug!(%remote, "no handshake place: {why}; connection closed");
+            return None;
+        }
+    };
+    // Turned away before the handshake when even the line is full, so a
+    // flood costs no handshakes.
+    let connection_arrival = match gates.connections.arrive(remote.ip()) {
+        Ok(arrival) => arrival,
+        Err(why) => {
+            tracing::debug!(%remote, "no connection place: {why}; connection closed");
+            return None;
+        }
+    };
+    let stream = handshake(acceptor, tcp, remote).await?;
+    drop(handshake_place);
+    match connection_arrival.place_within(CONNECTION_LINE_WAIT).await {
+        Ok(place) => Some(TlsConn::new(stream, remote, place, idle_timeout)),
+        Err(why) => {
+            tracing::debug!(%remote, "no connection place: {why}; connection closed");
+            None
+        }
     }
 }
 
 /// Accepts connections on `listener` and yields those whose TLS handshake
-/// with `identity` completed. Each handshake runs in its own task, within
-/// [`HANDSHAKE_TIMEOUT`]. A new connection is closed at once when it would
-/// go beyond [`MAX_PENDING_HANDSHAKES`] handshakes in all or
-/// [`MAX_PENDING_PER_ADDRESS`] from one address, or beyond the `limits` on
-/// open connections; an open one is closed once idle for
-/// `limits.idle_timeout`. The accept loop ends when the stream is dropped.
+/// with `identity` completed. Each connection is taken through in its own
+/// task. It first needs one of [`MAX_PENDING_HANDSHAKES`] handshake places
+/// ([`MAX_PENDING_PER_ADDRESS`] from one address), then, for as long as it
+/// stays open, a place under `limits`. Where no place is free it waits in a
+/// bounded line ([`HANDSHAKE_LINE_WAIT`], [`CONNECTION_LINE_WAIT`]) rather
+/// than being closed at once, so that a full server does not look like a
+/// dead one; it is closed at once only when the line is full too. The
+/// handshake runs within [`HANDSHAKE_TIMEOUT`]; an open connection is closed
+/// once idle for `limits.idle_timeout`. The accept loop ends when the
+/// stream is dropped.
 ///
 /// # Errors
 /// [`IdentityError`] when the identity cannot make a TLS configuration.
@@ -249,7 +303,7 @@ pub fn incoming(
 ) -> Result<ReceiverStream<io::Result<TlsConn>>, IdentityError> {
     let acceptor = TlsAcceptor::from(identity.server_config()?);
     let (ready, stream) = mpsc::channel::<io::Result<TlsConn>>(64);
-    let slots = Slots::new(&limits);
+    let gates = Arc::new(Gates::new(&limits));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -265,18 +319,19 @@ pub fn incoming(
                     continue;
                 }
             };
-            let claims = match slots.claim(remote) {
-                Ok(claims) => claims,
+            // Checked here, before a task is spawned: a connection over even
+            // the line's bound costs nothing more than the accept.
+            let arrival = match gates.handshakes.arrive(remote.ip()) {
+                Ok(arrival) => arrival,
                 Err(why) => {
-                    tracing::debug!(%remote, "{why}; connection closed");
+                    tracing::debug!(%remote, "no handshake place: {why}; connection closed");
                     drop(tcp);
                     continue;
                 }
             };
-            let acceptor = acceptor.clone();
-            let ready = ready.clone();
+            let (acceptor, ready, gates) = (acceptor.clone(), ready.clone(), gates.clone());
             tokio::spawn(async move {
-                let conn = handshake(acceptor, tcp, remote, claims, limits.idle_timeout).await;
+                let conn = admit(gates, arrival, acceptor, tcp, remote, limits.idle_timeout).await;
                 if let Some(conn) = conn {
                     let _ = ready.send(Ok(conn)).await;
                 }

@@ -1,7 +1,9 @@
-//! The accept loop under callers that never finish their handshake: a
-//! connection beyond the per-address cap is closed at once, and once the
-//! stalled ones are gone a real client completes its handshake. Open
-//! connections are capped per address and in all, and idle ones are closed.
+//! The accept loop under load and under callers that never finish their
+//! handshake: a connection over a cap waits in a bounded line and gets its
+//! place when one comes free (a closed connection would look like a dead
+//! server to the client); one over the line as well is closed at once, before
+//! any handshake. Open connections are capped per address and in all, and
+//! idle ones are closed.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn stalled_handshakes_are_capped_per_address_and_do_not_stop_accepting() {
+async fn a_caller_over_the_handshake_cap_waits_for_a_place_and_then_gets_it() {
     let (_dir, identity, addr, mut incoming) =
         capped_listener(tandem_tls::ConnectionLimits::default()).await;
 
@@ -19,30 +21,46 @@ async fn stalled_handshakes_are_capped_per_address_and_do_not_stop_accepting() {
     }
     // Let the accept loop take them all before the next one arrives.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(2), over.read(&mut byte))
-        .await
-        .expect("a connection over the cap is closed at once, not left waiting");
-    assert!(
-        matches!(read, Ok(0) | Err(_)),
-        "closed without a byte: {read:?}"
-    );
+    let waiting = open_tls_channel(addr, &identity).await;
+    nothing_accepted_for(&mut incoming, Duration::from_millis(500)).await;
 
-    drop(stalled);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let pin = tandem_tls::Trust::Pinned(identity.fingerprint());
-    let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap();
-    let connecting = tokio::spawn(async move { tandem_tls::connect(endpoint, Some(&tls)).await });
+    // A stalled caller leaves: the waiting client gets its handshake.
+    drop(stalled.pop());
     let conn = accepted(&mut incoming).await;
     assert!(
         tonic::transport::server::Connected::connect_info(&conn)
             .client_fingerprint
             .is_none()
     );
-    drop(conn);
-    let _ = connecting.await;
+    waiting.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_over_the_handshake_line_is_closed_at_once_and_a_waiting_one_after_its_wait() {
+    let (_dir, _identity, addr, _incoming) =
+        capped_listener(tandem_tls::ConnectionLimits::default()).await;
+
+    let mut held = Vec::new();
+    for _ in 0..tandem_tls::MAX_PENDING_PER_ADDRESS + tandem_tls::HANDSHAKE_LINE_PER_ADDRESS {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    closed_within(
+        &mut over,
+        Duration::from_secs(2),
+        "over the line: closed at once",
+    )
+    .await;
+
+    // The last one in line is closed once its wait is over.
+    let mut last = held.pop().unwrap();
+    closed_within(
+        &mut last,
+        tandem_tls::HANDSHAKE_LINE_WAIT + Duration::from_secs(2),
+        "closed after its wait in line",
+    )
+    .await;
 }
 
 /// A TLS listener on 127.0.0.1 with `limits`: its directory (kept alive),
@@ -106,13 +124,23 @@ async fn open_connections_are_capped_per_address_and_closed_when_idle() {
     let first = accepted(&mut incoming).await;
     let mut second = accepted(&mut incoming).await;
 
-    // A third from the same address is closed at once, before any handshake.
+    // Six more from the same address finish their handshakes and wait in
+    // line (three quarters of the line, which is as long as the cap in
+    // all)...
+    let mut waiting = Vec::new();
+    for _ in 0..6 {
+        waiting.push(open_tls_channel(addr, &identity).await);
+    }
+    nothing_accepted_for(&mut incoming, Duration::from_millis(500)).await;
+    // ...and one more, over the address's share of the line, is closed at
+    // once.
     let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(2), over.read(&mut byte))
-        .await
-        .expect("closed at once");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    closed_within(
+        &mut over,
+        Duration::from_secs(2),
+        "over the line: closed at once",
+    )
+    .await;
 
     // A call in progress keeps a connection open past the idle timeout...
     let activity = tonic::transport::server::Connected::connect_info(&second)
@@ -146,11 +174,11 @@ async fn open_connections_are_capped_per_address_and_closed_when_idle() {
     .expect("the idle connection is closed");
     assert_eq!(idle.kind(), std::io::ErrorKind::TimedOut, "{idle}");
 
-    // A dropped connection gives its slot back to the address.
+    // Dropped connections give their places back to the waiting ones.
     drop((first, second));
-    let _third = open_tls_channel(addr, &identity).await;
-    accepted(&mut incoming).await;
-    for client in clients {
+    let _let_in = [accepted(&mut incoming).await, accepted(&mut incoming).await];
+    nothing_accepted_for(&mut incoming, Duration::from_millis(300)).await;
+    for client in clients.into_iter().chain(waiting) {
         client.abort();
     }
 }
@@ -170,22 +198,52 @@ async fn open_connections_are_capped_in_all_whatever_their_address() {
     ];
     let mut held = vec![accepted(&mut incoming).await, accepted(&mut incoming).await];
 
-    // A third, from another loopback address, is closed at once.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let mut over = socket.connect(addr).await.unwrap();
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(2), over.read(&mut byte))
-        .await
-        .expect("closed at once");
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // A third waits in line, and so does a caller from another loopback
+    // address (its handshake stalled: it holds its place in line all the
+    // same); the line is as long as the cap in all...
+    let third = open_tls_channel(addr, &identity).await;
+    let _fourth = connect_from("127.0.0.2", addr).await;
+    nothing_accepted_for(&mut incoming, Duration::from_millis(500)).await;
+    // ...so a fifth, from yet another address, is closed at once...
+    let mut over = connect_from("127.0.0.3", addr).await;
+    closed_within(
+        &mut over,
+        Duration::from_secs(2),
+        "over the line: closed at once",
+    )
+    .await;
 
-    // One closed connection frees one slot for anyone.
+    // ...and one closed connection lets the waiting client in.
     held.pop();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _next = open_tls_channel(addr, &identity).await;
-    accepted(&mut incoming).await;
-    for client in clients {
+    held.push(accepted(&mut incoming).await);
+    for client in clients.into_iter().chain([third]) {
         client.abort();
     }
+}
+
+/// A plain TCP connection to `addr` from the loopback address `from` (the
+/// caps count per address).
+async fn connect_from(from: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Fails if `incoming` yields a connection within `wait`.
+async fn nothing_accepted_for(
+    incoming: &mut tokio_stream::wrappers::ReceiverStream<std::io::Result<tandem_tls::TlsConn>>,
+    wait: Duration,
+) {
+    let next = tokio::time::timeout(wait, incoming.next()).await;
+    assert!(next.is_err(), "a connection over the cap was let in");
+}
+
+/// Fails unless the server closes `stream` (without sending a byte) within
+/// `wait`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, wait: Duration, what: &str) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(wait, stream.read(&mut byte))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still open after {wait:?}"));
+    assert!(matches!(read, Ok(0) | Err(_)), "{what}: {read:?}");
 }

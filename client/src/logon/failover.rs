@@ -95,6 +95,9 @@ pub enum Seen {
     /// The server is not the one pinned (certificate mismatch, failed
     /// handshake): nothing was sent to it.
     Untrusted(String),
+    /// The server proved who it is but stayed busy for all of
+    /// `busy_wait_seconds`: it is up, so this is never a reason to fail over.
+    Busy(String),
 }
 
 /// Why no session could be had.
@@ -130,6 +133,13 @@ pub enum Refusal {
     PrimaryUntrusted(String),
     /// The secondary's certificate is not the pushed one.
     SecondaryUntrusted(String),
+    /// A server answered but stayed busy.
+    Busy {
+        /// Which server: the primary, or the secondary when it was tried.
+        server: ServerRef,
+        /// What it said last.
+        cause: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +283,15 @@ impl Logon {
             (Phase::Secondary, Seen::Unreachable(cause)) => {
                 // Reported once, as the command's error (TDM2114E).
                 self.finish(Err(Refusal::SecondaryUnreachable(cause)));
+                Vec::new()
+            }
+            (Phase::Primary, Seen::Busy(cause)) => {
+                self.finish(Err(Refusal::Busy { server: p, cause }));
+                Vec::new()
+            }
+            (Phase::Secondary, Seen::Busy(cause)) => {
+                let server = self.facts.secondary.clone().unwrap_or(p);
+                self.finish(Err(Refusal::Busy { server, cause }));
                 Vec::new()
             }
             (Phase::Secondary, Seen::Rejected(message)) => {
@@ -477,5 +496,18 @@ mod tests {
         );
         let mut l = Logon::new(facts());
         assert!(l.observe(Seen::Answered { guid: "x".into() }).is_empty());
+    }
+
+    #[test]
+    fn a_busy_primary_is_no_reason_to_fail_over() {
+        let mut l = Logon::new(facts());
+        assert!(l.observe(Seen::Busy("too many logons".into())).is_empty());
+        match l.next() {
+            Next::Done(Err(Refusal::Busy { server, cause })) => {
+                assert_eq!(server.name, facts().primary.name);
+                assert_eq!(cause, "too many logons");
+            }
+            other => panic!("a busy primary ends the decision without failover: {other:?}"),
+        }
     }
 }

@@ -19,6 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
 use crate::error::ClientError;
+use crate::logon::busy::{BusyWait, MAX_BUSY_ROUNDS};
 use crate::logon::failover::{Logon, LogonFacts, Next, Refusal, Seen, ServerRef, SessionMode};
 use crate::logon::nrtable::NodeReplicationTable;
 use crate::logon::options_push::PushedServer;
@@ -101,15 +102,26 @@ enum Attempt {
     Refused(String),
     /// Not the pinned server: nothing was sent.
     Untrusted(String),
+    /// The server completed the handshake, then said it is busy.
+    Busy(String),
+    /// The server completed the handshake, then did not answer in time or
+    /// dropped the connection ([`crate::logon::busy`]).
+    Unanswered(String),
 }
 
 impl Attempt {
-    /// What the logon decision is told about a failed try.
+    /// What the logon decision is told about a failed try, once the busy
+    /// wait ([`through_busy`]) is over: a server that kept saying "busy" is
+    /// up; one that stayed silent after its handshake is treated as down.
     fn seen(self) -> Seen {
         match self {
             Attempt::Unreachable(cause) => Seen::Unreachable(cause),
             Attempt::Refused(message) => Seen::Rejected(message),
             Attempt::Untrusted(cause) => Seen::Untrusted(cause),
+            Attempt::Busy(cause) => Seen::Busy(cause),
+            Attempt::Unanswered(cause) => Seen::Unreachable(format!(
+                "{cause} (it completed the TLS handshake but never answered the logon)"
+            )),
         }
     }
 }
@@ -164,19 +176,27 @@ fn secondary_trust(entry: &ReplServerEntry) -> Result<Option<tandem_tls::Trust>,
         .map_err(|e: tandem_tls::FingerprintError| e.to_string())
 }
 
+/// What a failed call on an established connection means. The connection
+/// exists, so the server has answered (over TLS: proved who it is): "busy"
+/// and silence are waited out ([`through_busy`]), anything else is its no.
 fn status_attempt(status: tonic::Status) -> Attempt {
-    if is_transport_failure(&status) {
-        Attempt::Unreachable(status.message().to_string())
+    let message = status.message().to_string();
+    if status.code() == Code::ResourceExhausted {
+        Attempt::Busy(message)
+    } else if is_transport_failure(&status) {
+        Attempt::Unanswered(message)
     } else {
-        Attempt::Refused(status.message().to_string())
+        Attempt::Refused(message)
     }
 }
 
+/// One logon try: connect (handshake) within `timeout`, then wait up to
+/// `answer_timeout` for the logon's answer.
 async fn try_logon(
     options: &ClientOptions,
     address: &str,
     trust: Option<&tandem_tls::Trust>,
-    timeout: Duration,
+    (timeout, answer_timeout): (Duration, Duration),
     failover: bool,
 ) -> Result<(BackupClient<Channel>, pb::LogonResponse), Attempt> {
     let mut client = connect(address, timeout, trust).await?;
@@ -187,19 +207,20 @@ async fn try_logon(
         failover,
         primary_server: options.server_name.clone(),
     });
-    request.set_timeout(timeout);
+    request.set_timeout(answer_timeout);
     let reply = client.logon(request).await.map_err(status_attempt)?;
     Ok((client, reply.into_inner()))
 }
 
+/// One identify try, timed as [`try_logon`].
 async fn try_identify(
     address: &str,
     trust: Option<&tandem_tls::Trust>,
-    timeout: Duration,
+    (timeout, answer_timeout): (Duration, Duration),
 ) -> Result<pb::IdentifyResponse, Attempt> {
     let mut client = connect(address, timeout, trust).await?;
     let mut request = tonic::Request::new(pb::IdentifyRequest {});
-    request.set_timeout(timeout);
+    request.set_timeout(answer_timeout);
     Ok(client
         .identify(request)
         .await
@@ -247,6 +268,40 @@ where
     })
     .await;
     (result, tries)
+}
+
+/// Runs `round` (a logon with its own unreachable retries, given how long an
+/// answer may take) again while `server` answers "busy" or stays silent
+/// after its handshake, until `busy_wait_seconds` is up; see
+/// [`crate::logon::busy`]. Returns the last result and the tries made.
+async fn through_busy<T, F, Fut>(
+    busy_wait_seconds: u64,
+    console: &Console,
+    server: &ServerRef,
+    mut round: F,
+) -> (Result<T, Attempt>, u32)
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = (Result<T, Attempt>, u32)>,
+{
+    let mut wait = BusyWait::new(busy_wait_seconds);
+    let mut tries = 0;
+    for _ in 0..MAX_BUSY_ROUNDS {
+        let (result, n) = round(wait.answer_timeout(Duration::ZERO)).await;
+        tries += n;
+        match result {
+            Err(Attempt::Busy(cause) | Attempt::Unanswered(cause))
+                if wait.pause(console, server, &cause).await => {}
+            other => return (other, tries),
+        }
+    }
+    (
+        Err(Attempt::Busy(format!(
+            "still busy after {MAX_BUSY_ROUNDS} rounds in {} s",
+            wait.seconds()
+        ))),
+        tries,
+    )
 }
 
 impl Session {
@@ -483,10 +538,18 @@ impl<'a> LogonRun<'a> {
     /// Logs on to the primary, with retries; keeps its reply when it answers.
     async fn try_primary(&mut self) -> Seen {
         let trust = self.options.primary_trust();
-        let (options, address) = (self.options, self.primary.address.as_str());
-        let (result, n) = with_retries(self.budget, options.logon_retries, |t| {
-            try_logon(options, address, trust.as_ref(), t, false)
-        })
+        let trust = trust.as_ref();
+        let (options, address, budget) = (self.options, self.primary.address.as_str(), self.budget);
+        let (result, n) = through_busy(
+            options.busy_wait_seconds,
+            self.console,
+            &self.primary,
+            |answer| {
+                with_retries(budget, options.logon_retries, move |t| {
+                    try_logon(options, address, trust, (t, answer.max(t)), false)
+                })
+            },
+        )
         .await;
         self.tries += n;
         match result {
@@ -507,10 +570,19 @@ impl<'a> LogonRun<'a> {
         };
         let result = match secondary_trust(secondary.entry) {
             Ok(trust) => {
-                let address = secondary.server.address.as_str();
-                with_retries(self.budget, self.options.logon_retries, |t| {
-                    try_identify(address, trust.as_ref(), t)
-                })
+                let trust = trust.as_ref();
+                let (address, budget) = (secondary.server.address.as_str(), self.budget);
+                let retries = self.options.logon_retries;
+                through_busy(
+                    self.options.busy_wait_seconds,
+                    self.console,
+                    &secondary.server,
+                    |answer| {
+                        with_retries(budget, retries, move |t| {
+                            try_identify(address, trust, (t, answer.max(t)))
+                        })
+                    },
+                )
                 .await
                 .0
             }
@@ -562,9 +634,30 @@ impl<'a> LogonRun<'a> {
         };
         let trust = secondary_trust(secondary.entry)
             .map_err(|why| self.refused(Refusal::SecondaryUntrusted(why)))?;
-        let address = &secondary.server.address;
-        match try_logon(self.options, address, trust.as_ref(), self.budget, true).await {
+        let (options, address, budget) = (self.options, &secondary.server.address, self.budget);
+        let trust = trust.as_ref();
+        // The secondary has just answered Identify: one try each round, but
+        // a secondary busy with many clients failing over at once is waited
+        // for like a busy primary.
+        let (result, _) = through_busy(
+            options.busy_wait_seconds,
+            self.console,
+            &secondary.server,
+            |answer| async move {
+                let result = try_logon(options, address, trust, (budget, answer.max(budget)), true);
+                (result.await, 1)
+            },
+        )
+        .await;
+        match result {
             Ok(answer) => Ok(answer),
+            Err(Attempt::Busy(cause)) => Err(self.refused(Refusal::Busy {
+                server: secondary.server.clone(),
+                cause,
+            })),
+            Err(Attempt::Unanswered(cause)) => {
+                Err(self.refused(Refusal::SecondaryUnreachable(cause)))
+            }
             Err(Attempt::Refused(message)) => Err(self.refused(Refusal::Rejected {
                 server: secondary.server.name.clone(),
                 message,
@@ -583,6 +676,12 @@ impl<'a> LogonRun<'a> {
         });
         match refusal {
             Refusal::Rejected { server, message } => ClientError::LogonRefused { server, message },
+            Refusal::Busy { server, cause } => ClientError::Busy {
+                server: server.name,
+                address: server.address,
+                cause,
+                seconds: self.options.busy_wait_seconds,
+            },
             Refusal::PrimaryUnreachable { cause, why } => ClientError::Unreachable {
                 server: self.primary.name.clone(),
                 address: self.primary.address.clone(),

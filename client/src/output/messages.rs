@@ -827,6 +827,17 @@ impl Msg {
         }
     }
 
+    /// TDM1071W: a server that proved who it is is too busy to take the
+    /// logon; the client waits and tries again.
+    pub fn server_busy(name: &str, address: &str, cause: &str, seconds: u64) -> Self {
+        Msg {
+            id: "TDM1071W",
+            text: format!(
+                "Server {name} at {address} answered but is busy ({cause}); trying again for up to {seconds} s (busy_wait_seconds). This is not an outage: no failover"
+            ),
+        }
+    }
+
     /// The node replication table could not be updated.
     pub fn nrtable_failed(cause: impl fmt::Display) -> Self {
         Msg {

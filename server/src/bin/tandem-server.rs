@@ -90,6 +90,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
     logging::init(&config.log_settings(), "info")?;
+    tandem_server::descriptors::raise_limit(config.max_connections);
     let listen = config.listen;
     let state = tandem_server::ServerState::open(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
