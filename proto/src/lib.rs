@@ -31,6 +31,13 @@ pub const REPLICATION_PROTOCOL: u32 = 1;
 /// Metadata key of the session token returned by `Logon`.
 pub const SESSION_HEADER: &str = "x-tandem-session";
 
+/// gRPC's metadata key for "try again after this many milliseconds". A
+/// server that turns a call away only because it is busy at that moment
+/// (`ResourceExhausted` with this key) is up: clients wait and try again
+/// rather than fail over. A `ResourceExhausted` without it (a request over
+/// a size limit, say) is final.
+pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
 /// Largest gRPC message either side accepts. Chunks are at most 4 MiB before
 /// compression, and upload messages group a few of them.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

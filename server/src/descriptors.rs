@@ -14,11 +14,11 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 const FOR_FILES: u64 = 512;
 
 /// The descriptors the server may need with `max_connections`: open
-/// connections, the connections waiting in line, handshakes and their line.
+/// connections and those waiting in line for a place (a handshake in
+/// progress holds one or the other), and those waiting for a handshake.
 pub fn needed(max_connections: usize) -> u64 {
     let connections = max_connections + tandem_tls::CONNECTION_LINE.min(max_connections);
-    let handshakes = tandem_tls::MAX_PENDING_HANDSHAKES + tandem_tls::HANDSHAKE_LINE;
-    u64::try_from(connections + handshakes).unwrap_or(u64::MAX) + FOR_FILES
+    u64::try_from(connections + tandem_tls::HANDSHAKE_LINE).unwrap_or(u64::MAX) + FOR_FILES
 }
 
 /// Raises the soft limit on open descriptors to what `max_connections`
@@ -60,7 +60,7 @@ pub fn raise_limit(max_connections: usize) {
 mod tests {
     #[test]
     fn the_line_counts_only_up_to_max_connections() {
-        assert_eq!(super::needed(1024), 1024 + 512 + 256 + 1024 + 512);
-        assert_eq!(super::needed(10), 10 + 10 + 256 + 1024 + 512);
+        assert_eq!(super::needed(1024), 1024 + 512 + 1024 + 512);
+        assert_eq!(super::needed(10), 10 + 10 + 1024 + 512);
     }
 }

@@ -92,9 +92,15 @@ async fn check_password(
     )
     .await
     else {
-        return Err(Status::from(ServerError::ResourceExhausted(
+        let mut busy = Status::from(ServerError::ResourceExhausted(
             "the server is checking too many logons at once; try again in a moment".into(),
-        )));
+        ));
+        // Says "busy, not down": the client waits and tries again.
+        busy.metadata_mut().insert(
+            tandem_proto::RETRY_PUSHBACK_HEADER,
+            tonic::metadata::MetadataValue::from_static("250"),
+        );
+        return Err(busy);
     };
     let hash = stored.unwrap_or_else(|| crate::auth::decoy_hash().to_string());
     let memory = state.verify_memory.clone();

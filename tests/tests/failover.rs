@@ -449,3 +449,31 @@ fn a_busy_wait_seconds_over_an_hour_is_refused() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_logon_that_outlasts_the_servers_line_tries_again_and_gets_in() {
+    let server = TestServer::start_with("PRIMARY", &[("TANDEM_SERVER_MAX_CONNECTIONS", "1")]);
+    server.register("alice", "alice-password");
+    let client = TestClient::new(&server, "alice", "alice-password");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The one place taken for longer than the server keeps a connection in
+    // line (CONNECTION_LINE_WAIT, 20 s): the server closes the waiting
+    // logon's connection, and the client, with the default 60 s to wait,
+    // must take that as "not yet", neither a refusal nor an outage.
+    let held = hold_connection(&rt, &server);
+    let waiting = client
+        .command(&["--json", "query", "session"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(tandem_tls::CONNECTION_LINE_WAIT + Duration::from_secs(3));
+    drop(held);
+    let out = waiting.wait_with_output().unwrap();
+    assert_success(&out, "a logon that outlasted the line");
+    assert!(
+        stderr(&out).contains("TDM1071W"),
+        "it said it waited: {}",
+        stderr(&out)
+    );
+}

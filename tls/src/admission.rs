@@ -8,13 +8,19 @@
 //! therefore waits, for a bounded time, for a place to come free. The line
 //! itself is bounded too: past it, a connection is closed at once, so a
 //! flood still costs the server no more than a descriptor per waiting caller.
+//!
+//! A place given back goes straight to the first caller in line that it
+//! fits (first come, first served; a caller held back by its address's cap
+//! does not hold back callers from other addresses). Nobody else is woken,
+//! so a caller that opens and closes connections cannot make the server
+//! wake the whole line each time.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 
 /// The sizes of one [`Admission`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,19 +63,27 @@ impl Tally {
     }
 }
 
+/// A caller in line: where its place is to be sent.
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    address: IpAddr,
+    place: oneshot::Sender<Place>,
+}
+
 #[derive(Debug, Default)]
-struct Counts {
+struct State {
     inside: Tally,
     waiting: Tally,
+    line: VecDeque<Waiter>,
+    next_id: u64,
 }
 
 /// Places under [`AdmissionLimits`]; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct Admission {
     limits: AdmissionLimits,
-    counts: Mutex<Counts>,
-    /// Woken whenever a place is given back.
-    freed: Notify,
+    state: Mutex<State>,
 }
 
 /// A place, given back when dropped.
@@ -77,13 +91,18 @@ pub(crate) struct Admission {
 pub(crate) struct Place {
     admission: Arc<Admission>,
     address: IpAddr,
+    /// Cleared when the place has been given back another way (see
+    /// [`Admission::give_back`]), so that dropping it does nothing more.
+    held: bool,
 }
 
-/// A caller's place in the waiting line, given up when dropped.
+/// A caller's place in the line: its place arrives on `place`. Dropped, it
+/// leaves the line.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     admission: Arc<Admission>,
-    address: IpAddr,
+    id: u64,
+    place: oneshot::Receiver<Place>,
 }
 
 /// What an arriving caller gets.
@@ -110,91 +129,126 @@ impl Admission {
     pub(crate) fn new(limits: AdmissionLimits) -> Arc<Self> {
         Arc::new(Admission {
             limits,
-            counts: Mutex::default(),
-            freed: Notify::new(),
+            state: Mutex::default(),
         })
     }
 
-    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A place for `address` if one is free now.
-    fn try_enter(self: &Arc<Self>, address: IpAddr) -> Option<Place> {
-        let mut counts = self.counts();
-        if !counts
-            .inside
-            .has_room(address, self.limits.total, self.limits.per_address)
-        {
-            return None;
-        }
-        counts.inside.add(address);
-        Some(Place {
+    fn place(self: &Arc<Self>, address: IpAddr) -> Place {
+        Place {
             admission: self.clone(),
             address,
-        })
+            held: true,
+        }
     }
 
     /// A place for a caller at `address` now, or a place in the line, or
     /// [`TurnedAway::LineFull`]. It does not wait, so the accept loop can
-    /// call it before it spends anything on the connection.
+    /// call it before it spends anything on the connection. A place free
+    /// now jumps nobody: every place given back goes at once to the first
+    /// caller in line it fits, so none that would fit is waiting.
     pub(crate) fn arrive(self: &Arc<Self>, address: IpAddr) -> Result<Arrival, TurnedAway> {
-        if let Some(place) = self.try_enter(address) {
-            return Ok(Arrival::Admitted(place));
+        let mut state = self.state();
+        let limits = self.limits;
+        if state
+            .inside
+            .has_room(address, limits.total, limits.per_address)
+        {
+            state.inside.add(address);
+            return Ok(Arrival::Admitted(self.place(address)));
         }
-        let mut counts = self.counts();
-        if !counts.waiting.has_room(
-            address,
-            self.limits.waiting_total,
-            self.limits.waiting_per_address,
-        ) {
+        if !state
+            .waiting
+            .has_room(address, limits.waiting_total, limits.waiting_per_address)
+        {
             return Err(TurnedAway::LineFull);
         }
-        counts.waiting.add(address);
+        let (sender, receiver) = oneshot::channel();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.waiting.add(address);
+        state.line.push_back(Waiter {
+            id,
+            address,
+            place: sender,
+        });
         Ok(Arrival::Waiting(Ticket {
             admission: self.clone(),
-            address,
+            id,
+            place: receiver,
         }))
+    }
+
+    /// Gives back a place of `address` and hands it to the first caller in
+    /// line it fits. When that caller has just given up (its ticket is
+    /// gone), the place comes back and goes to the next; each turn takes one
+    /// caller out of the line, so the loop ends.
+    fn give_back(self: &Arc<Self>, mut address: IpAddr) {
+        loop {
+            let handed = {
+                let mut state = self.state();
+                state.inside.remove(address);
+                let limits = self.limits;
+                let fits = state.line.iter().position(|w| {
+                    state
+                        .inside
+                        .has_room(w.address, limits.total, limits.per_address)
+                });
+                let Some(waiter) = fits.and_then(|at| state.line.remove(at)) else {
+                    return;
+                };
+                state.waiting.remove(waiter.address);
+                state.inside.add(waiter.address);
+                waiter
+            };
+            // Sent outside the lock: a place that comes back is given back
+            // by this loop, not by its drop (which would take the lock).
+            match handed.place.send(self.place(handed.address)) {
+                Ok(()) => return,
+                Err(mut unwanted) => {
+                    unwanted.held = false;
+                    address = unwanted.address;
+                }
+            }
+        }
     }
 }
 
 impl Arrival {
-    /// The place: at once when admitted, otherwise the first one that comes
-    /// free within `wait`.
+    /// The place: at once when admitted, otherwise the one handed over
+    /// within `wait`.
     pub(crate) async fn place_within(self, wait: Duration) -> Result<Place, TurnedAway> {
-        let ticket = match self {
+        let mut ticket = match self {
             Arrival::Admitted(place) => return Ok(place),
             Arrival::Waiting(ticket) => ticket,
         };
-        let deadline = tokio::time::Instant::now() + wait;
-        // Each turn waits for a place to be given back; the deadline bounds
-        // the turns in time.
-        loop {
-            let freed = ticket.admission.freed.notified();
-            tokio::pin!(freed);
-            // Registered before the check, so a place given back between the
-            // check and the wait still wakes this caller.
-            freed.as_mut().enable();
-            if let Some(place) = ticket.admission.try_enter(ticket.address) {
-                return Ok(place);
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Err(TurnedAway::Timeout);
-            }
+        match tokio::time::timeout(wait, &mut ticket.place).await {
+            Ok(Ok(place)) => Ok(place),
+            // A place sent in the moment the wait ended stays in the
+            // channel; dropping the ticket drops it, which gives it back.
+            Ok(Err(_)) | Err(_) => Err(TurnedAway::Timeout),
         }
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.admission.counts().inside.remove(self.address);
-        self.admission.freed.notify_waiters();
+        if self.held {
+            self.admission.give_back(self.address);
+        }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.admission.counts().waiting.remove(self.address);
+        let mut state = self.admission.state();
+        let at = state.line.iter().position(|w| w.id == self.id);
+        if let Some(waiter) = at.and_then(|at| state.line.remove(at)) {
+            state.waiting.remove(waiter.address);
+        }
     }
 }
 
@@ -218,55 +272,131 @@ mod tests {
         }
     }
 
+    fn waiting(arrival: Result<Arrival, TurnedAway>) -> Arrival {
+        match arrival {
+            Ok(a @ Arrival::Waiting(_)) => a,
+            other => panic!("expected a place in line, got {other:?}"),
+        }
+    }
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
     #[test]
     fn an_address_holds_at_most_its_places_and_gets_them_back() {
         let admission = Admission::new(limits(2, 0));
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let first = admitted(admission.arrive(a));
-        let _second = admitted(admission.arrive(a));
+        let first = admitted(admission.arrive(A));
+        let _second = admitted(admission.arrive(A));
         assert_eq!(
-            admission.arrive(a).unwrap_err(),
+            admission.arrive(A).unwrap_err(),
             TurnedAway::LineFull,
             "a third is turned away when no line is allowed"
         );
-        let _other = admitted(admission.arrive(b));
+        let _other = admitted(admission.arrive(B));
         drop(first);
-        let _again = admitted(admission.arrive(a));
+        let _again = admitted(admission.arrive(A));
     }
 
     #[tokio::test]
-    async fn a_waiting_caller_gets_the_first_place_given_back() {
-        let admission = Admission::new(limits(1, 1));
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let held = admitted(admission.arrive(a));
-        let waiting = admission.arrive(a).expect("a place in the line");
-        assert!(matches!(waiting, Arrival::Waiting(_)));
-        assert_eq!(
-            admission.arrive(a).unwrap_err(),
-            TurnedAway::LineFull,
-            "the line for the address is full"
-        );
-        let waiter = tokio::spawn(waiting.place_within(Duration::from_secs(10)));
+    async fn places_given_back_go_to_the_line_first_come_first_served() {
+        let admission = Admission::new(limits(1, 2));
+        let held = admitted(admission.arrive(A));
+        let first = waiting(admission.arrive(A));
+        let second = waiting(admission.arrive(A));
+        assert_eq!(admission.arrive(A).unwrap_err(), TurnedAway::LineFull);
+        let second = tokio::spawn(second.place_within(Duration::from_secs(10)));
+        let first = tokio::spawn(first.place_within(Duration::from_secs(10)));
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(held);
-        let place = waiter.await.unwrap().expect("the given-back place");
-        // The waiter left the line when it got its place: one may wait again.
-        assert!(matches!(admission.arrive(a), Ok(Arrival::Waiting(_))));
+        let place = first.await.unwrap().expect("the first in line gets it");
+        assert!(!second.is_finished(), "the second still waits");
+        // A newcomer does not jump the line either.
+        assert!(matches!(admission.arrive(A), Ok(Arrival::Waiting(_))));
         drop(place);
+        second.await.unwrap().expect("then the second");
     }
 
     #[tokio::test]
-    async fn a_waiting_caller_gives_up_after_its_wait() {
-        let admission = Admission::new(limits(1, 1));
-        let a: IpAddr = "127.0.0.1".parse().unwrap();
-        let _held = admitted(admission.arrive(a));
-        let waiting = admission.arrive(a).expect("a place in the line");
-        let result = waiting.place_within(Duration::from_millis(100)).await;
+    async fn a_caller_held_back_by_its_address_does_not_hold_back_others() {
+        let admission = Admission::new(AdmissionLimits {
+            total: 2,
+            per_address: 1,
+            waiting_total: 4,
+            waiting_per_address: 4,
+        });
+        let a_held = admitted(admission.arrive(A));
+        let b_held = admitted(admission.arrive(B));
+        let a_waits =
+            tokio::spawn(waiting(admission.arrive(A)).place_within(Duration::from_secs(10)));
+        let b_waits =
+            tokio::spawn(waiting(admission.arrive(B)).place_within(Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // B's place comes back: A, first in line, cannot take it (its
+        // address is at its cap); B, behind it, can.
+        drop(b_held);
+        let _b = b_waits.await.unwrap().expect("B's waiter gets B's place");
+        assert!(!a_waits.is_finished());
+        drop(a_held);
+        let _a = a_waits.await.unwrap().expect("then A's");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_leaves_the_line_and_its_turn_passes_on() {
+        let admission = Admission::new(limits(1, 2));
+        let held = admitted(admission.arrive(A));
+        let impatient = waiting(admission.arrive(A));
+        let patient = waiting(admission.arrive(A));
+        let result = impatient.place_within(Duration::from_millis(50)).await;
         assert_eq!(result.unwrap_err(), TurnedAway::Timeout);
-        assert!(
-            matches!(admission.arrive(a), Ok(Arrival::Waiting(_))),
-            "a caller that gave up is out of the line"
+        let patient = tokio::spawn(patient.place_within(Duration::from_secs(10)));
+        // A cancelled wait (its task dropped) leaves the line as well.
+        let cancelled =
+            tokio::spawn(waiting(admission.arrive(A)).place_within(Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        drop(held);
+        let place = patient
+            .await
+            .unwrap()
+            .expect("the place passes to the next");
+        drop(place);
+        let state = admission.state();
+        assert_eq!(
+            (state.inside.total, state.waiting.total, state.line.len()),
+            (0, 0, 0),
+            "every count is back to nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_place_handed_to_a_caller_that_just_left_goes_to_the_next() {
+        let admission = Admission::new(limits(1, 2));
+        let held = admitted(admission.arrive(A));
+        // A caller whose wait ended in the very moment its place was sent:
+        // still in line, nobody receiving.
+        {
+            let (sender, receiver) = oneshot::channel();
+            drop(receiver);
+            let mut state = admission.state();
+            state.waiting.add(A);
+            state.line.push_back(Waiter {
+                id: u64::MAX,
+                address: A,
+                place: sender,
+            });
+        }
+        let next = waiting(admission.arrive(A));
+        drop(held);
+        let place = next
+            .place_within(Duration::from_secs(1))
+            .await
+            .expect("the next in line");
+        drop(place);
+        let state = admission.state();
+        assert_eq!(
+            (state.inside.total, state.waiting.total, state.line.len()),
+            (0, 0, 0)
         );
     }
 }

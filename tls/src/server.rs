@@ -41,9 +41,11 @@ pub const HANDSHAKE_LINE: usize = 1024;
 pub const HANDSHAKE_LINE_PER_ADDRESS: usize = 512;
 
 /// How long a connection waits for a handshake place before it is closed.
-/// Handshakes take milliseconds, so a line drains fast unless stalled callers
-/// hold the places; clients give up their connect within a few seconds.
-pub const HANDSHAKE_LINE_WAIT: Duration = Duration::from_secs(3);
+/// Handshakes take milliseconds, so a line drains fast unless stalled
+/// callers hold the places. Kept below a client's default connect budget
+/// (1.5 s for all its tries): a caller turned away still has time to try
+/// again, and a place in line its client has given up on is soon free.
+pub const HANDSHAKE_LINE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a connection whose handshake is done waits for a place under
 /// [`ConnectionLimits`] before it is closed. Its client has proved nothing

@@ -21,10 +21,14 @@ async fn a_caller_over_the_handshake_cap_waits_for_a_place_and_then_gets_it() {
     }
     // Let the accept loop take them all before the next one arrives.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let waiting = open_tls_channel(addr, &identity).await;
-    nothing_accepted_for(&mut incoming, Duration::from_millis(500)).await;
+    let pin = tandem_tls::Trust::Pinned(identity.fingerprint());
+    let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap();
+    let waiting = tokio::spawn(async move { tandem_tls::connect(endpoint, Some(&tls)).await });
+    // Well inside its wait in line (HANDSHAKE_LINE_WAIT)...
+    nothing_accepted_for(&mut incoming, tandem_tls::HANDSHAKE_LINE_WAIT / 4).await;
 
-    // A stalled caller leaves: the waiting client gets its handshake.
+    // ...a stalled caller leaves: the waiting client gets its handshake.
     drop(stalled.pop());
     let conn = accepted(&mut incoming).await;
     assert!(
@@ -37,6 +41,9 @@ async fn a_caller_over_the_handshake_cap_waits_for_a_place_and_then_gets_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_over_the_handshake_line_is_closed_at_once_and_a_waiting_one_after_its_wait() {
+    // Over a thousand descriptors in this process (both ends of every
+    // connection), more than a common soft limit.
+    raise_open_file_limit(4096);
     let (_dir, _identity, addr, _incoming) =
         capped_listener(tandem_tls::ConnectionLimits::default()).await;
 
@@ -44,6 +51,7 @@ async fn a_caller_over_the_handshake_line_is_closed_at_once_and_a_waiting_one_af
     for _ in 0..tandem_tls::MAX_PENDING_PER_ADDRESS + tandem_tls::HANDSHAKE_LINE_PER_ADDRESS {
         held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
+    // Connected after the others, so that it is taken into the line last.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
     closed_within(
@@ -53,14 +61,32 @@ async fn a_caller_over_the_handshake_line_is_closed_at_once_and_a_waiting_one_af
     )
     .await;
 
-    // The last one in line is closed once its wait is over.
+    // The last one in line waits (it is still open well into its wait)...
     let mut last = held.pop().unwrap();
+    let mut byte = [0u8; 1];
+    let early =
+        tokio::time::timeout(tandem_tls::HANDSHAKE_LINE_WAIT / 4, last.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "a caller in line is not closed at once: {early:?}"
+    );
+    // ...and is closed once its wait is over.
     closed_within(
         &mut last,
         tandem_tls::HANDSHAKE_LINE_WAIT + Duration::from_secs(2),
         "closed after its wait in line",
     )
     .await;
+}
+
+/// Raises this process's soft limit on open files to `want` (within the
+/// hard limit).
+fn raise_open_file_limit(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < want {
+        setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard).unwrap();
+    }
 }
 
 /// A TLS listener on 127.0.0.1 with `limits`: its directory (kept alive),
@@ -93,7 +119,9 @@ async fn accepted(
         .expect("the handshake succeeded")
 }
 
-/// A TLS client connection to `addr` pinning `identity`, kept open.
+/// A TLS client connection to `addr` pinning `identity`, kept open until
+/// the returned task is aborted. Returns once its handshake is done, so a
+/// test knows the server has taken it (into a place or into the line).
 async fn open_tls_channel(
     addr: std::net::SocketAddr,
     identity: &tandem_tls::ServerIdentity,
@@ -101,11 +129,20 @@ async fn open_tls_channel(
     let pin = tandem_tls::Trust::Pinned(identity.fingerprint());
     let tls = tandem_tls::ClientTls::new(&pin, None).unwrap();
     let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).unwrap();
-    tokio::spawn(async move {
+    let (connected, done) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let channel = tandem_tls::connect(endpoint, Some(&tls)).await;
+        let _ = connected.send(channel.is_ok());
         // Holds the channel (and so its connection) until aborted.
-        let _channel = tandem_tls::connect(endpoint, Some(&tls)).await;
+        let _channel = channel;
         std::future::pending::<()>().await;
-    })
+    });
+    let ok = tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("the handshake is done within 5 s")
+        .expect("the task reports");
+    assert!(ok, "the TLS connection was made");
+    task
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -125,15 +162,14 @@ async fn open_connections_are_capped_per_address_and_closed_when_idle() {
     let mut second = accepted(&mut incoming).await;
 
     // Six more from the same address finish their handshakes and wait in
-    // line (three quarters of the line, which is as long as the cap in
-    // all)...
+    // line (an address may have three times its cap waiting)...
     let mut waiting = Vec::new();
     for _ in 0..6 {
         waiting.push(open_tls_channel(addr, &identity).await);
     }
     nothing_accepted_for(&mut incoming, Duration::from_millis(500)).await;
     // ...and one more, over the address's share of the line, is closed at
-    // once.
+    // once, before its handshake.
     let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
     closed_within(
         &mut over,

@@ -25,13 +25,14 @@ use crate::output::messages::Msg;
 /// pauses of at least a quarter of a second, more than a day's worth.
 pub(crate) const MAX_BUSY_ROUNDS: u32 = 100_000;
 
-/// The wait for one server, bounded by `busy_wait_seconds`: said once
-/// (TDM1071W, in `dsierror.log` too), then a growing pause before each new
-/// round until the time is up.
+/// The wait of one logon decision, bounded by `busy_wait_seconds` however
+/// many servers it tries: said once per server (TDM1071W, in `dsierror.log`
+/// too), then a growing pause before each new round until the time is up.
 pub(crate) struct BusyWait {
     deadline: Instant,
     seconds: u64,
-    said: bool,
+    /// The server TDM1071W was last said about (said once per server).
+    said_about: Option<String>,
     pauses: ExponentialBackoff,
 }
 
@@ -40,7 +41,7 @@ impl BusyWait {
         BusyWait {
             deadline: Instant::now() + Duration::from_secs(seconds),
             seconds,
-            said: false,
+            said_about: None,
             pauses: ExponentialBackoff {
                 initial_interval: Duration::from_millis(250),
                 max_interval: Duration::from_secs(4),
@@ -67,7 +68,7 @@ impl BusyWait {
     }
 
     /// Pauses before the next round and returns `true`, or returns `false`
-    /// at once when the time is up. Says once that `server` is busy.
+    /// at once when the time is up. Says once per server that it waits.
     pub(crate) async fn pause(
         &mut self,
         console: &Console,
@@ -78,8 +79,8 @@ impl BusyWait {
         if left.is_zero() {
             return false;
         }
-        if !self.said {
-            self.said = true;
+        if self.said_about.as_deref() != Some(server.address.as_str()) {
+            self.said_about = Some(server.address.clone());
             // A warning in the log, but not a warning exit: nothing was lost
             // if the command then goes through.
             console.report(

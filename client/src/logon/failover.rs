@@ -133,9 +133,9 @@ pub enum Refusal {
     PrimaryUntrusted(String),
     /// The secondary's certificate is not the pushed one.
     SecondaryUntrusted(String),
-    /// A server answered but stayed busy.
+    /// The primary answered but stayed busy: no failover.
     Busy {
-        /// Which server: the primary, or the secondary when it was tried.
+        /// The primary.
         server: ServerRef,
         /// What it said last.
         cause: String,
@@ -290,8 +290,11 @@ impl Logon {
                 Vec::new()
             }
             (Phase::Secondary, Seen::Busy(cause)) => {
-                let server = self.facts.secondary.clone().unwrap_or(p);
-                self.finish(Err(Refusal::Busy { server, cause }));
+                // The failover is under way: reported like a secondary that
+                // does not answer (TDM2114E).
+                self.finish(Err(Refusal::SecondaryUnreachable(format!(
+                    "it stayed busy: {cause}"
+                ))));
                 Vec::new()
             }
             (Phase::Secondary, Seen::Rejected(message)) => {

@@ -5,7 +5,10 @@
 //! certificate against the fingerprint the primary pushed (TLS handshake) and
 //! its GUID (`Identify`) before logging on to it in failover mode. Every
 //! connection checks the server's certificate before the first request, so
-//! no password ever reaches a server that is not the pinned one.
+//! no password ever reaches a server that is not the pinned one. A server
+//! that completed the handshake and then says it is busy, or is slow to
+//! answer, is waited for up to `busy_wait_seconds` ([`crate::logon::busy`]):
+//! it is up, and failing over from it would be wrong.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -178,16 +181,28 @@ fn secondary_trust(entry: &ReplServerEntry) -> Result<Option<tandem_tls::Trust>,
 
 /// What a failed call on an established connection means. The connection
 /// exists, so the server has answered (over TLS: proved who it is): "busy"
-/// and silence are waited out ([`through_busy`]), anything else is its no.
+/// (`ResourceExhausted` with gRPC's retry pushback) and silence are waited
+/// out ([`through_busy`]), anything else is its no.
 fn status_attempt(status: tonic::Status) -> Attempt {
     let message = status.message().to_string();
-    if status.code() == Code::ResourceExhausted {
+    let pushback = status
+        .metadata()
+        .contains_key(tandem_proto::RETRY_PUSHBACK_HEADER);
+    if status.code() == Code::ResourceExhausted && pushback {
         Attempt::Busy(message)
-    } else if is_transport_failure(&status) {
+    } else if is_transport_failure(&status) || is_local_transport_error(&status) {
         Attempt::Unanswered(message)
     } else {
         Attempt::Refused(message)
     }
+}
+
+/// Whether tonic made `status` itself from a broken connection (a server
+/// closing a connection that waited in its line too long, say): tonic
+/// reports those as `Unknown` with the transport error as its source, where
+/// a status the server sent never has a source.
+fn is_local_transport_error(status: &tonic::Status) -> bool {
+    status.code() == Code::Unknown && std::error::Error::source(status).is_some()
 }
 
 /// One logon try: connect (handshake) within `timeout`, then wait up to
@@ -272,10 +287,11 @@ where
 
 /// Runs `round` (a logon with its own unreachable retries, given how long an
 /// answer may take) again while `server` answers "busy" or stays silent
-/// after its handshake, until `busy_wait_seconds` is up; see
-/// [`crate::logon::busy`]. Returns the last result and the tries made.
+/// after its handshake, until `wait` is up; see [`crate::logon::busy`].
+/// Returns the last result, except that a server that said "busy" in any
+/// round and was then silent ends as busy (it was up), and the tries made.
 async fn through_busy<T, F, Fut>(
-    busy_wait_seconds: u64,
+    wait: &mut BusyWait,
     console: &Console,
     server: &ServerRef,
     mut round: F,
@@ -284,15 +300,25 @@ where
     F: FnMut(Duration) -> Fut,
     Fut: Future<Output = (Result<T, Attempt>, u32)>,
 {
-    let mut wait = BusyWait::new(busy_wait_seconds);
     let mut tries = 0;
+    let mut said_busy: Option<String> = None;
     for _ in 0..MAX_BUSY_ROUNDS {
         let (result, n) = round(wait.answer_timeout(Duration::ZERO)).await;
         tries += n;
-        match result {
-            Err(Attempt::Busy(cause) | Attempt::Unanswered(cause))
-                if wait.pause(console, server, &cause).await => {}
+        let cause = match result {
+            Err(Attempt::Busy(cause)) => {
+                said_busy = Some(cause.clone());
+                cause
+            }
+            Err(Attempt::Unanswered(cause)) => cause,
             other => return (other, tries),
+        };
+        if !wait.pause(console, server, &cause).await {
+            let last = match said_busy {
+                Some(busy) => Attempt::Busy(busy),
+                None => Attempt::Unanswered(cause),
+            };
+            return (Err(last), tries);
         }
     }
     (
@@ -491,6 +517,9 @@ struct LogonRun<'a> {
     secondary: Option<Secondary<'a>>,
     /// `connect_timeout_ms`: the budget of each server's tries.
     budget: Duration,
+    /// `busy_wait_seconds`: one wait for the whole decision, whichever
+    /// servers it spends on.
+    busy: BusyWait,
     started: Instant,
     /// Tries made on the primary, for the unreachable report.
     tries: u32,
@@ -517,6 +546,7 @@ impl<'a> LogonRun<'a> {
                 entry,
             }),
             budget: Duration::from_millis(options.connect_timeout_ms),
+            busy: BusyWait::new(options.busy_wait_seconds),
             started: Instant::now(),
             tries: 0,
             answered: None,
@@ -540,16 +570,11 @@ impl<'a> LogonRun<'a> {
         let trust = self.options.primary_trust();
         let trust = trust.as_ref();
         let (options, address, budget) = (self.options, self.primary.address.as_str(), self.budget);
-        let (result, n) = through_busy(
-            options.busy_wait_seconds,
-            self.console,
-            &self.primary,
-            |answer| {
-                with_retries(budget, options.logon_retries, move |t| {
-                    try_logon(options, address, trust, (t, answer.max(t)), false)
-                })
-            },
-        )
+        let (result, n) = through_busy(&mut self.busy, self.console, &self.primary, |answer| {
+            with_retries(budget, options.logon_retries, move |t| {
+                try_logon(options, address, trust, (t, answer.max(t)), false)
+            })
+        })
         .await;
         self.tries += n;
         match result {
@@ -573,16 +598,11 @@ impl<'a> LogonRun<'a> {
                 let trust = trust.as_ref();
                 let (address, budget) = (secondary.server.address.as_str(), self.budget);
                 let retries = self.options.logon_retries;
-                through_busy(
-                    self.options.busy_wait_seconds,
-                    self.console,
-                    &secondary.server,
-                    |answer| {
-                        with_retries(budget, retries, move |t| {
-                            try_identify(address, trust, (t, answer.max(t)))
-                        })
-                    },
-                )
+                through_busy(&mut self.busy, self.console, &secondary.server, |answer| {
+                    with_retries(budget, retries, move |t| {
+                        try_identify(address, trust, (t, answer.max(t)))
+                    })
+                })
                 .await
                 .0
             }
@@ -625,7 +645,7 @@ impl<'a> LogonRun<'a> {
 
     /// Logs on to the secondary in failover mode, once its GUID matched.
     async fn logon_to_secondary(
-        &self,
+        &mut self,
     ) -> Result<(BackupClient<Channel>, pb::LogonResponse), ClientError> {
         let Some(secondary) = &self.secondary else {
             return Err(ClientError::Internal(
@@ -640,7 +660,7 @@ impl<'a> LogonRun<'a> {
         // a secondary busy with many clients failing over at once is waited
         // for like a busy primary.
         let (result, _) = through_busy(
-            options.busy_wait_seconds,
+            &mut self.busy,
             self.console,
             &secondary.server,
             |answer| async move {
@@ -651,10 +671,12 @@ impl<'a> LogonRun<'a> {
         .await;
         match result {
             Ok(answer) => Ok(answer),
-            Err(Attempt::Busy(cause)) => Err(self.refused(Refusal::Busy {
-                server: secondary.server.clone(),
-                cause,
-            })),
+            // The failover is under way: a secondary that cannot take the
+            // logon ends it like one that does not answer (TDM2114E).
+            Err(Attempt::Busy(cause)) => Err(self.refused(Refusal::SecondaryUnreachable(format!(
+                "it stayed busy for {} s: {cause}",
+                self.busy.seconds()
+            )))),
             Err(Attempt::Unanswered(cause)) => {
                 Err(self.refused(Refusal::SecondaryUnreachable(cause)))
             }

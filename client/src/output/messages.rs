@@ -827,13 +827,14 @@ impl Msg {
         }
     }
 
-    /// TDM1071W: a server that proved who it is is too busy to take the
-    /// logon; the client waits and tries again.
+    /// TDM1071W: a server that proved who it is has not taken the logon
+    /// (it says it is busy, or has not answered yet); the client waits and
+    /// tries again.
     pub fn server_busy(name: &str, address: &str, cause: &str, seconds: u64) -> Self {
         Msg {
             id: "TDM1071W",
             text: format!(
-                "Server {name} at {address} answered but is busy ({cause}); trying again for up to {seconds} s (busy_wait_seconds). This is not an outage: no failover"
+                "Server {name} at {address} answered the TLS handshake but has not taken the logon ({cause}); trying again for up to {seconds} s (busy_wait_seconds)"
             ),
         }
     }
