@@ -53,13 +53,7 @@ async fn a_caller_over_the_handshake_line_is_closed_at_once_and_a_waiting_one_af
     }
     // Connected after the others, so that it is taken into the line last.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
-    closed_within(
-        &mut over,
-        Duration::from_secs(2),
-        "over the line: closed at once",
-    )
-    .await;
+    closed_at_once(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
 
     // The last one in line waits (it is still open well into its wait)...
     let mut last = held.pop().unwrap();
@@ -170,13 +164,7 @@ async fn open_connections_are_capped_per_address_and_closed_when_idle() {
     nothing_accepted_for(&mut incoming, Duration::from_millis(500)).await;
     // ...and one more, over the address's share of the line, is closed at
     // once, before its handshake.
-    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
-    closed_within(
-        &mut over,
-        Duration::from_secs(2),
-        "over the line: closed at once",
-    )
-    .await;
+    closed_at_once(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
 
     // A call in progress keeps a connection open past the idle timeout...
     let activity = tonic::transport::server::Connected::connect_info(&second)
@@ -241,13 +229,7 @@ async fn open_connections_are_capped_in_all_whatever_their_address() {
     let _fourth = connect_from("127.0.0.2", addr).await;
     nothing_accepted_for(&mut incoming, Duration::from_millis(500)).await;
     // ...so a fifth, from yet another address, is closed at once...
-    let mut over = connect_from("127.0.0.3", addr).await;
-    closed_within(
-        &mut over,
-        Duration::from_secs(2),
-        "over the line: closed at once",
-    )
-    .await;
+    closed_at_once(connect_from("127.0.0.3", addr).await).await;
 
     // ...and one closed connection lets the waiting client in.
     held.pop();
@@ -272,6 +254,17 @@ async fn nothing_accepted_for(
 ) {
     let next = tokio::time::timeout(wait, incoming.next()).await;
     assert!(next.is_err(), "a connection over the cap was let in");
+}
+
+/// Fails unless the server closes `stream`, a connection over the line,
+/// at once.
+async fn closed_at_once(mut stream: tokio::net::TcpStream) {
+    closed_within(
+        &mut stream,
+        Duration::from_secs(2),
+        "over the line: closed at once",
+    )
+    .await;
 }
 
 /// Fails unless the server closes `stream` (without sending a byte) within

@@ -98,15 +98,18 @@ impl BusyWait {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn no_wait_means_the_first_busy_answer_is_final() {
-        let mut wait = BusyWait::new(0);
-        let console = Console::new(None, true, false);
-        let server = ServerRef {
+    fn primary() -> ServerRef {
+        ServerRef {
             name: "P".into(),
             address: "https://127.0.0.1:1".into(),
             guid: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn no_wait_means_the_first_busy_answer_is_final() {
+        let mut wait = BusyWait::new(0);
+        let (console, server) = (Console::new(None, true, false), primary());
         assert!(!wait.pause(&console, &server, "busy").await);
         assert_eq!(
             wait.answer_timeout(Duration::from_millis(700)),
@@ -118,12 +121,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_server_gets_pauses_until_the_time_is_up() {
         let mut wait = BusyWait::new(1);
-        let console = Console::new(None, true, false);
-        let server = ServerRef {
-            name: "P".into(),
-            address: "https://127.0.0.1:1".into(),
-            guid: None,
-        };
+        let (console, server) = (Console::new(None, true, false), primary());
         assert!(wait.answer_timeout(Duration::ZERO) > Duration::from_millis(500));
         let started = Instant::now();
         let mut rounds = 0;
