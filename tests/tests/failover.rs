@@ -325,19 +325,21 @@ fn failover_decisions_for_refused_and_silent_primaries() {
     drop(silent);
 }
 
+/// `tandem --json query session` with `client`'s options, started with its
+/// output captured.
+fn start_session(client: &TestClient) -> std::process::Child {
+    client
+        .command(&["--json", "query", "session"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// `n` `tandem query session` processes started at once with `client`'s
 /// options; their outputs, in order.
 fn simultaneous_sessions(client: &TestClient, n: usize) -> Vec<std::process::Output> {
-    let children: Vec<_> = (0..n)
-        .map(|_| {
-            client
-                .command(&["--json", "query", "session"])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..n).map(|_| start_session(client)).collect();
     children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
@@ -392,13 +394,7 @@ fn a_full_primary_is_waited_for_and_one_silent_past_busy_wait_seconds_is_failed_
     // Its one connection taken: a logon completes its handshake and waits in
     // the server's line; once the place comes free it goes through.
     let held = hold_connection(&rt, &w.primary);
-    let waiting = w
-        .client
-        .command(&["--json", "query", "session"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let waiting = start_session(&w.client);
     std::thread::sleep(Duration::from_secs(1));
     drop(held);
     let out = waiting.wait_with_output().unwrap();
@@ -461,12 +457,7 @@ fn a_logon_that_outlasts_the_servers_line_tries_again_and_gets_in() {
     // logon's connection, and the client, with the default 60 s to wait,
     // must take that as "not yet", neither a refusal nor an outage.
     let held = hold_connection(&rt, &server);
-    let waiting = client
-        .command(&["--json", "query", "session"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let waiting = start_session(&client);
     std::thread::sleep(tandem_tls::CONNECTION_LINE_WAIT + Duration::from_secs(3));
     drop(held);
     let out = waiting.wait_with_output().unwrap();
