@@ -84,6 +84,44 @@ pub fn decoy_hash() -> &'static str {
 /// hash comes from a partner server; a larger one is refused, not computed.
 const MAX_HASH_MEMORY_KIB: u32 = 64 * 1024;
 
+/// The most argon2 work (KiB of memory times passes) one stored hash may ask
+/// for: five times the default cost (19 MiB, two passes). A partner's hash
+/// asking for billions of passes held a verification slot, and the thread
+/// under it, for good: four such logons turned every other logon away.
+const MAX_HASH_WORK: u64 = 5 * 19 * 1024 * 2;
+
+/// The most lanes one stored hash may ask for; the default is one.
+const MAX_HASH_LANES: u32 = 16;
+
+/// Why a stored argon2 hash costs more than this server will compute, or
+/// `None` when it is within the bounds (an unparsable hash is no concern of
+/// this check: it never matches).
+pub fn hash_cost_refused(hash: &str) -> Option<String> {
+    let params = PasswordHash::new(hash)
+        .ok()
+        .and_then(|parsed| argon2::Params::try_from(&parsed).ok())?;
+    let work = u64::from(params.m_cost()) * u64::from(params.t_cost());
+    if params.m_cost() > MAX_HASH_MEMORY_KIB {
+        Some(format!(
+            "the password hash asks for {} KiB of memory, more than the {MAX_HASH_MEMORY_KIB} KiB this server computes",
+            params.m_cost()
+        ))
+    } else if work > MAX_HASH_WORK {
+        Some(format!(
+            "the password hash asks for {} passes over {} KiB, more work than this server computes ({MAX_HASH_WORK} KiB-passes)",
+            params.t_cost(),
+            params.m_cost()
+        ))
+    } else if params.p_cost() > MAX_HASH_LANES {
+        Some(format!(
+            "the password hash asks for {} lanes, more than the {MAX_HASH_LANES} this server computes",
+            params.p_cost()
+        ))
+    } else {
+        None
+    }
+}
+
 /// Argon2 working memory kept between verifications, one buffer per slot of
 /// [`MAX_CONCURRENT_VERIFICATIONS`]: a fresh 19 MiB per check was kept by
 /// the allocator in every arena it touched (hundreds of MiB under a flood).
@@ -113,7 +151,8 @@ impl VerifyMemory {
 }
 
 /// Whether `password` matches the stored PHC `hash`, computed in memory
-/// from `memory`. Hashes asking for more than 64 MiB never match.
+/// from `memory`. Hashes costing more than [`hash_cost_refused`] allows
+/// never match.
 pub fn verify_password_in(memory: &VerifyMemory, password: &str, hash: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
@@ -123,7 +162,7 @@ pub fn verify_password_in(memory: &VerifyMemory, password: &str, hash: &str) -> 
     else {
         return false;
     };
-    if params.m_cost() > MAX_HASH_MEMORY_KIB {
+    if hash_cost_refused(hash).is_some() {
         return false;
     }
     let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
@@ -154,8 +193,12 @@ pub fn verify_password_in(memory: &VerifyMemory, password: &str, hash: &str) -> 
     computed && difference == 0
 }
 
-/// Whether `password` matches the stored PHC `hash`.
+/// Whether `password` matches the stored PHC `hash` (a local vault's key
+/// hash, read from the vault's directory: within the same cost bounds).
 pub fn verify_password(password: &str, hash: &str) -> bool {
+    if hash_cost_refused(hash).is_some() {
+        return false;
+    }
     PasswordHash::new(hash)
         .map(|parsed| {
             Argon2::default()
@@ -577,6 +620,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::Params;
 
     #[test]
     fn password_hash_verifies_only_the_right_password() {
@@ -598,6 +642,38 @@ mod tests {
         assert!(!verify_password_in(&memory, "x", "not a hash"));
         let greedy = hash.replace("m=19456", "m=4194304");
         assert!(!verify_password_in(&memory, "correct horse", &greedy));
+    }
+
+    #[test]
+    fn a_hash_asking_for_endless_passes_or_lanes_is_refused_not_computed() {
+        // A partner server or a vault directory supplies such hashes. These
+        // would run for hours; refused, they return at once.
+        let memory = VerifyMemory::default();
+        let hash = hash_password("correct horse").unwrap();
+        assert_eq!(hash_cost_refused(&hash), None);
+        let endless = hash.replace("t=2", "t=4294967295");
+        let lanes = hash.replace("p=1", "p=255");
+        let heavy = hash.replace("m=19456,t=2", "m=65536,t=4");
+        for refused in [&endless, &lanes, &heavy] {
+            assert_ne!(refused, &hash);
+            let why = hash_cost_refused(refused).unwrap();
+            assert!(why.contains("more"), "{why}");
+            assert!(!verify_password_in(&memory, "correct horse", refused));
+            assert!(!verify_password("correct horse", refused));
+        }
+        // Within the bound: a partner's hash at a higher cost still works.
+        let dearer = hash_with(Params::new(19456, 4, 4, None).unwrap(), "correct horse");
+        assert_eq!(hash_cost_refused(&dearer), None);
+        assert!(verify_password_in(&memory, "correct horse", &dearer));
+        assert_eq!(hash_cost_refused("not a hash"), None);
+    }
+
+    fn hash_with(params: Params, password: &str) -> String {
+        let salt = SaltString::encode_b64(&[3u8; 16]).unwrap();
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(password.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
     }
 
     #[test]

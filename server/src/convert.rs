@@ -287,6 +287,15 @@ fn extra_to_pb(extra: &[u8]) -> Option<pb::ObjectExtra> {
 
 fn attrs_from_pb(a: pb::ObjectAttrs) -> Result<ObjectAttrs, ServerError> {
     check_path(&a.path)?;
+    // Linux allows 4 KiB; the bound for paths leaves room for the encoding.
+    if a.link_target.len() > tandem_proto::MAX_PATH_BYTES {
+        return Err(ServerError::InvalidArgument(format!(
+            "the link target of {:?} has {} bytes, more than {}",
+            a.path,
+            a.link_target.len(),
+            tandem_proto::MAX_PATH_BYTES
+        )));
+    }
     if !tandem_proto::names::is_canonical(&a.link_target) || a.link_target.contains('\0') {
         return Err(ServerError::InvalidArgument(format!(
             "the link target of {:?} is not in canonical form or contains NUL",
@@ -644,6 +653,19 @@ mod tests {
             name: name.to_vec(),
             value: vec![7; value_len],
         }
+    }
+
+    #[test]
+    fn a_link_target_longer_than_a_path_may_be_is_refused() {
+        let mut attrs = attrs_with(pb::ObjectKind::Symlink, pb::ObjectExtra::default());
+        attrs.link_target = "a".repeat(tandem_proto::MAX_PATH_BYTES);
+        assert!(attrs_from_pb(attrs.clone()).is_ok());
+        attrs.link_target.push('a');
+        let err = attrs_from_pb(attrs).unwrap_err().to_string();
+        assert!(
+            err.contains("link target") && err.contains("more than"),
+            "{err}"
+        );
     }
 
     #[test]

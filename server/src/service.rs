@@ -86,29 +86,39 @@ async fn check_password(
     stored: Option<String>,
     password: String,
 ) -> Result<bool, Status> {
-    let Ok(Ok(_slot)) = tokio::time::timeout(
-        crate::auth::VERIFICATION_WAIT,
-        state.verifications.acquire(),
-    )
-    .await
-    else {
-        let mut busy = Status::from(ServerError::ResourceExhausted(
-            "the server is checking too many logons at once; try again in a moment".into(),
-        ));
-        // Says "busy, not down": the client waits and tries again.
-        busy.metadata_mut().insert(
-            tandem_proto::RETRY_PUSHBACK_HEADER,
-            tonic::metadata::MetadataValue::from_static("250"),
-        );
-        return Err(busy);
-    };
-    let hash = stored.unwrap_or_else(|| crate::auth::decoy_hash().to_string());
-    let memory = state.verify_memory.clone();
-    Ok(tokio::task::spawn_blocking(move || {
-        crate::auth::verify_password_in(&memory, &password, &hash)
+    let state = Arc::clone(state);
+    // A task of its own holds the slot until the check is computed: held by
+    // the call, a caller that went away mid-check gave the slot back while
+    // its thread still computed, so resets could start checks without bound.
+    tokio::spawn(async move {
+        let Ok(Ok(slot)) = tokio::time::timeout(
+            crate::auth::VERIFICATION_WAIT,
+            state.verifications.acquire(),
+        )
+        .await
+        else {
+            let mut busy = Status::from(ServerError::ResourceExhausted(
+                "the server is checking too many logons at once; try again in a moment".into(),
+            ));
+            // Says "busy, not down": the client waits and tries again.
+            busy.metadata_mut().insert(
+                tandem_proto::RETRY_PUSHBACK_HEADER,
+                tonic::metadata::MetadataValue::from_static("250"),
+            );
+            return Err(busy);
+        };
+        let hash = stored.unwrap_or_else(|| crate::auth::decoy_hash().to_string());
+        let memory = state.verify_memory.clone();
+        let matched = tokio::task::spawn_blocking(move || {
+            crate::auth::verify_password_in(&memory, &password, &hash)
+        })
+        .await
+        .map_err(ServerError::from)?;
+        drop(slot);
+        Ok(matched)
     })
     .await
-    .map_err(ServerError::from)?)
+    .map_err(ServerError::from)?
 }
 
 /// Address of the caller for logs, or `-` when unknown.

@@ -52,6 +52,9 @@ pub struct ServerState {
     pub verifications: tokio::sync::Semaphore,
     /// The argon2 working memory those slots reuse.
     pub verify_memory: Arc<auth::VerifyMemory>,
+    /// Bytes of request bodies held for callers not yet proven
+    /// ([`crate::service::limits`]).
+    pub unproven_bodies: Arc<tokio::sync::Semaphore>,
     /// Held by a pool or container audit: one at a time, so two never read
     /// the whole pool at once or repair the same chunk twice.
     pub pool_audit: tokio::sync::Mutex<()>,
@@ -434,6 +437,7 @@ impl ServerState {
             _lock: lock,
             verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
             verify_memory: Arc::default(),
+            unproven_bodies: crate::service::limits::unproven_body_budget(),
             pool_audit: tokio::sync::Mutex::default(),
             read_slots: crate::service::read_slots::ReadSlots::new("data streams"),
             list_slots: crate::service::read_slots::ReadSlots::new("listing streams"),

@@ -89,6 +89,25 @@ struct PageRows {
     last: Option<(String, InDir)>,
     /// Rows the page may hold.
     limit: usize,
+    /// Bytes the page's rows take so far (see [`version_bytes`]).
+    bytes: usize,
+}
+
+/// Bytes of rows after which a page is full, however few rows it holds. A
+/// node decides how many chunk ids a version lists (up to what one commit
+/// message carries), so a page counted in rows alone could hold 512 rows of
+/// 60 MiB each; this keeps a page to one such row, or many small ones.
+const PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Roughly what a version takes in a page and in its answer: its chunk ids,
+/// its variable-length attributes and the fixed part.
+fn version_bytes(v: &StoredVersion) -> usize {
+    v.chunks.len() * std::mem::size_of::<ChunkId>()
+        + v.attrs.path.len()
+        + v.attrs.link_target.len()
+        + v.attrs.extra.len()
+        + v.filespace.len()
+        + 128
 }
 
 impl PageRows {
@@ -99,11 +118,15 @@ impl PageRows {
             versions: Vec::with_capacity(limit.min(1024)),
             last: None,
             limit,
+            bytes: 0,
         }
     }
 
     /// Rows the page has room for.
     fn room(&self) -> usize {
+        if self.bytes >= PAGE_BYTES {
+            return 0;
+        }
         self.limit.saturating_sub(self.versions.len())
     }
 
@@ -118,7 +141,11 @@ impl PageRows {
 
     /// Reads every row a page query returns.
     fn read(&mut self, mut found: rusqlite::Rows<'_>, with_chunks: bool) -> rusqlite::Result<()> {
-        while let Some(r) = found.next()? {
+        // A page full of bytes ends before the query's rows do; the next
+        // page starts after the last row taken.
+        while !self.is_full()
+            && let Some(r) = found.next()?
+        {
             self.push(r, with_chunks)?;
         }
         Ok(())
@@ -127,7 +154,9 @@ impl PageRows {
     /// Reads a row of the page queries: the version columns, then row id,
     /// directory and name.
     fn push(&mut self, r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<()> {
-        self.versions.push(version_from_row(r, with_chunks)?);
+        let version = version_from_row(r, with_chunks)?;
+        self.bytes = self.bytes.saturating_add(version_bytes(&version));
+        self.versions.push(version);
         let dir = text_at(r, 16)?;
         let name = text_at(r, 17)?;
         let (last_dir, position) = self

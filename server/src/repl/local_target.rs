@@ -52,6 +52,14 @@ impl LocalTarget {
     /// A bad node name, the refusals above, catalog errors.
     pub async fn prepare(repo: &Arc<Repository>, replica: ReplicaOf) -> Result<(), ServerError> {
         let name = checked_name(&replica.node)?;
+        // Stored, such a hash would make every logon of the replica a
+        // refusal; said now, the source's operator sees why.
+        if let Some(why) = crate::auth::hash_cost_refused(&replica.password_hash) {
+            return Err(ServerError::InvalidArgument(format!(
+                "node {}: {why}; its password cannot be replicated (set a new one on the source server)",
+                replica.node
+            )));
+        }
         repo.blocking(move |r| {
             r.catalog.prepare_replica(
                 &name,

@@ -1049,13 +1049,19 @@ impl Backup for BackupService {
         let req = request.into_inner();
         auth::check_password_rules(&req.new_password)?;
         let name = session.node.clone();
+        let stored = super::blocking(&self.state, move |s| {
+            Ok(s.repo.registered_node(&name)?.password_hash)
+        })
+        .await?;
+        // Checked as a logon is: in one of the few verification slots.
+        if !super::check_password(&self.state, Some(stored), req.old_password).await? {
+            return Err(ServerError::Unauthenticated(
+                "the current password is wrong; the password was not changed".into(),
+            )
+            .into());
+        }
+        let name = session.node.clone();
         super::blocking(&self.state, move |s| {
-            let node = s.repo.registered_node(&name)?;
-            if !auth::verify_password_in(&s.verify_memory, &req.old_password, &node.password_hash) {
-                return Err(ServerError::Unauthenticated(
-                    "the current password is wrong; the password was not changed".into(),
-                ));
-            }
             let hash = auth::hash_password(&req.new_password)?;
             s.repo
                 .catalog
