@@ -218,6 +218,84 @@ pub fn prune(catalog: &Catalog) -> Result<u64, crate::error::CatalogError> {
     catalog.prune_activity(now_ns().saturating_sub(days * 86_400 * 1_000_000_000))
 }
 
+/// How long one address's refusals of one kind are summed up into one record.
+const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Addresses whose refusals are being summed up at once.
+const REFUSAL_ADDRESSES: usize = 4096;
+
+/// Refusals of callers that proved nothing (a wrong admin token, no
+/// credentials, a replication caller that is not a partner) are recorded at
+/// most once a minute per kind and address, the ones held back counted in
+/// the next record: each was a row written through the catalog's one writer,
+/// and a caller without credentials could send thousands a second.
+#[derive(Debug, Default)]
+pub struct RefusalThrottle {
+    state: std::sync::Mutex<ThrottleState>,
+}
+
+#[derive(Debug, Default)]
+struct ThrottleState {
+    /// (message id, address) -> when its window began, refusals held back.
+    windows: std::collections::HashMap<(&'static str, String), (std::time::Instant, u64)>,
+    /// Refusals held back while every address slot was taken.
+    unplaced: u64,
+}
+
+impl RefusalThrottle {
+    /// Whether a refusal of kind `id` from `peer` is recorded now; if so,
+    /// how many were held back before it (from that address, plus any from
+    /// addresses that found no slot).
+    fn admit(&self, id: &'static str, peer: &str, now: std::time::Instant) -> Option<u64> {
+        // The port changes with every connection; the address does not.
+        let address = peer.rsplit_once(':').map_or(peer, |(a, _)| a).to_string();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (id, address);
+        if let Some((since, held)) = state.windows.get_mut(&key)
+            && now.saturating_duration_since(*since) < REFUSAL_WINDOW
+        {
+            *held += 1;
+            return None;
+        }
+        if !state.windows.contains_key(&key) && state.windows.len() >= REFUSAL_ADDRESSES {
+            state.windows.retain(|_, (since, held)| {
+                *held > 0 || now.saturating_duration_since(*since) < REFUSAL_WINDOW
+            });
+            if state.windows.len() >= REFUSAL_ADDRESSES {
+                state.unplaced += 1;
+                return None;
+            }
+        }
+        let held = state
+            .windows
+            .insert(key, (now, 0))
+            .map_or(0, |(_, held)| held);
+        Some(held + std::mem::take(&mut state.unplaced))
+    }
+}
+
+/// Records a refusal of a caller that proved nothing, within `throttle`'s
+/// bound (see [`RefusalThrottle`]).
+pub async fn record_refusal(
+    catalog: &Arc<Catalog>,
+    throttle: &RefusalThrottle,
+    msg: ServerMsg,
+    node: &str,
+    peer: &str,
+    text: String,
+) {
+    let Some(held) = throttle.admit(msg.id(), peer, std::time::Instant::now()) else {
+        return;
+    };
+    let text = match held {
+        0 => text,
+        n => format!(
+            "{text} ({n} more refusals like it were held back in the minute before, not recorded one by one)"
+        ),
+    };
+    record(catalog, msg, node, peer, text).await;
+}
+
 /// Records an event in the activity log. A failure to record is itself logged
 /// but never fails the operation being recorded.
 pub async fn record(catalog: &Arc<Catalog>, msg: ServerMsg, node: &str, peer: &str, text: String) {
@@ -245,5 +323,54 @@ pub async fn record(catalog: &Arc<Catalog>, msg: ServerMsg, node: &str, peer: &s
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(cause = %e, "cannot write activity log"),
         Err(e) => tracing::error!(cause = %e, "cannot write activity log"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_from_one_address_are_recorded_once_a_minute_with_a_count() {
+        let throttle = RefusalThrottle::default();
+        let t0 = std::time::Instant::now();
+        let later = |secs| t0 + std::time::Duration::from_secs(secs);
+        assert_eq!(throttle.admit("TDM0404W", "10.0.0.1:4000", t0), Some(0));
+        // Another port of the same address, within the minute: held back.
+        for port in 4001..4011 {
+            assert_eq!(
+                throttle.admit("TDM0404W", &format!("10.0.0.1:{port}"), later(10)),
+                None
+            );
+        }
+        // Another kind or another address has its own window.
+        assert_eq!(
+            throttle.admit("TDM0501W", "10.0.0.1:4000", later(10)),
+            Some(0)
+        );
+        assert_eq!(throttle.admit("TDM0404W", "[::1]:4000", later(10)), Some(0));
+        // After the minute the next one is recorded, with the count.
+        assert_eq!(
+            throttle.admit("TDM0404W", "10.0.0.1:5000", later(61)),
+            Some(10)
+        );
+        assert_eq!(throttle.admit("TDM0404W", "10.0.0.1:5000", later(62)), None);
+    }
+
+    #[test]
+    fn refusals_from_more_addresses_than_slots_are_counted_not_lost() {
+        let throttle = RefusalThrottle::default();
+        let t0 = std::time::Instant::now();
+        for i in 0..REFUSAL_ADDRESSES {
+            assert_eq!(
+                throttle.admit("TDM0404W", &format!("10.1.{}.{}:1", i / 256, i % 256), t0),
+                Some(0)
+            );
+        }
+        assert_eq!(throttle.admit("TDM0404W", "10.9.9.9:1", t0), None);
+        assert_eq!(throttle.admit("TDM0404W", "10.9.9.10:1", t0), None);
+        // Once windows have ended, slots are freed and the count comes out.
+        let later = t0 + REFUSAL_WINDOW;
+        assert_eq!(throttle.admit("TDM0404W", "10.9.9.9:1", later), Some(2));
     }
 }

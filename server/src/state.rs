@@ -55,6 +55,8 @@ pub struct ServerState {
     /// Bytes of request bodies held for callers not yet proven
     /// ([`crate::service::limits`]).
     pub unproven_bodies: Arc<tokio::sync::Semaphore>,
+    /// Refusals of callers that proved nothing, recorded at a bounded rate.
+    pub refusals: crate::actlog::RefusalThrottle,
     /// Held by a pool or container audit: one at a time, so two never read
     /// the whole pool at once or repair the same chunk twice.
     pub pool_audit: tokio::sync::Mutex<()>,
@@ -438,6 +440,7 @@ impl ServerState {
             verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
             verify_memory: Arc::default(),
             unproven_bodies: crate::service::limits::unproven_body_budget(),
+            refusals: crate::actlog::RefusalThrottle::default(),
             pool_audit: tokio::sync::Mutex::default(),
             read_slots: crate::service::read_slots::ReadSlots::new("data streams"),
             list_slots: crate::service::read_slots::ReadSlots::new("listing streams"),

@@ -236,9 +236,8 @@ impl AdminService {
                 .matches(token);
             if !good {
                 return Err(self
-                    .refuse(
+                    .refuse_unproven(
                         &peer,
-                        "",
                         "admin call refused: wrong admin token".into(),
                         "admin token wrong: use the token in the server's DATA_DIR/admin.token, or --admin NAME with its password",
                     )
@@ -257,9 +256,8 @@ impl AdminService {
             )
         } else {
             return Err(self
-                .refuse(
+                .refuse_unproven(
                     &peer,
-                    "",
                     "admin call refused: no credentials".into(),
                     "no administrator credentials: give --admin NAME with its password, or the admin token",
                 )
@@ -282,6 +280,24 @@ impl AdminService {
             &self.state.repo.catalog,
             ServerMsg::AdminAuthFailed,
             admin,
+            peer,
+            logged,
+        )
+        .await;
+        Status::from(ServerError::Unauthenticated(answer.to_string()))
+    }
+
+    /// As [`Self::refuse`], for a call that presented no credentials or a
+    /// wrong token: those cost the caller nothing, so they are recorded at a
+    /// bounded rate ([`actlog::RefusalThrottle`]). A named administrator's
+    /// wrong password costs an argon2 check in one of four slots, and its
+    /// count towards a lock is news to the auditor: recorded each time.
+    async fn refuse_unproven(&self, peer: &str, logged: String, answer: &str) -> Status {
+        actlog::record_refusal(
+            &self.state.repo.catalog,
+            &self.state.refusals,
+            ServerMsg::AdminAuthFailed,
+            "",
             peer,
             logged,
         )

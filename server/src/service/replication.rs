@@ -79,8 +79,9 @@ impl ReplicationService {
             return Ok(name);
         };
         let peer = peer_of(request);
-        actlog::record(
+        actlog::record_refusal(
             &self.state.repo.catalog,
+            &self.state.refusals,
             ServerMsg::ReplicationAuthFailed,
             "",
             &peer,
