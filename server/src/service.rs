@@ -86,39 +86,34 @@ async fn check_password(
     stored: Option<String>,
     password: String,
 ) -> Result<bool, Status> {
-    let state = Arc::clone(state);
-    // A task of its own holds the slot until the check is computed: held by
-    // the call, a caller that went away mid-check gave the slot back while
-    // its thread still computed, so resets could start checks without bound.
-    tokio::spawn(async move {
-        let Ok(Ok(slot)) = tokio::time::timeout(
-            crate::auth::VERIFICATION_WAIT,
-            state.verifications.acquire(),
-        )
-        .await
-        else {
-            let mut busy = Status::from(ServerError::ResourceExhausted(
-                "the server is checking too many logons at once; try again in a moment".into(),
-            ));
-            // Says "busy, not down": the client waits and tries again.
-            busy.metadata_mut().insert(
-                tandem_proto::RETRY_PUSHBACK_HEADER,
-                tonic::metadata::MetadataValue::from_static("250"),
-            );
-            return Err(busy);
-        };
-        let hash = stored.unwrap_or_else(|| crate::auth::decoy_hash().to_string());
-        let memory = state.verify_memory.clone();
-        let matched = tokio::task::spawn_blocking(move || {
-            crate::auth::verify_password_in(&memory, &password, &hash)
-        })
-        .await
-        .map_err(ServerError::from)?;
+    // The slot is owned by the check itself, so a caller that goes away
+    // while the check computes does not give it back before the thread under
+    // it is done; one that goes away while waiting leaves the line.
+    let Ok(Ok(slot)) = tokio::time::timeout(
+        crate::auth::VERIFICATION_WAIT,
+        Arc::clone(&state.verifications).acquire_owned(),
+    )
+    .await
+    else {
+        let mut busy = Status::from(ServerError::ResourceExhausted(
+            "the server is checking too many logons at once; try again in a moment".into(),
+        ));
+        // Says "busy, not down": the client waits and tries again.
+        busy.metadata_mut().insert(
+            tandem_proto::RETRY_PUSHBACK_HEADER,
+            tonic::metadata::MetadataValue::from_static("250"),
+        );
+        return Err(busy);
+    };
+    let hash = stored.unwrap_or_else(|| crate::auth::decoy_hash().to_string());
+    let memory = state.verify_memory.clone();
+    Ok(tokio::task::spawn_blocking(move || {
+        let matched = crate::auth::verify_password_in(&memory, &password, &hash);
         drop(slot);
-        Ok(matched)
+        matched
     })
     .await
-    .map_err(ServerError::from)?
+    .map_err(ServerError::from)?)
 }
 
 /// Address of the caller for logs, or `-` when unknown.

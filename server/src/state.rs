@@ -49,12 +49,12 @@ pub struct ServerState {
     /// The exclusive lock on the data directory, held while the state lives.
     _lock: nix::fcntl::Flock<std::fs::File>,
     /// Slots for password verifications (argon2 memory is the bound).
-    pub verifications: tokio::sync::Semaphore,
+    pub verifications: Arc<tokio::sync::Semaphore>,
     /// The argon2 working memory those slots reuse.
     pub verify_memory: Arc<auth::VerifyMemory>,
     /// Bytes of request bodies held for callers not yet proven
     /// ([`crate::service::limits`]).
-    pub unproven_bodies: Arc<tokio::sync::Semaphore>,
+    pub unproven_bodies: Arc<crate::service::limits::UnprovenBudget>,
     /// Refusals of callers that proved nothing, recorded at a bounded rate.
     pub refusals: crate::actlog::RefusalThrottle,
     /// Held by a pool or container audit: one at a time, so two never read
@@ -437,7 +437,9 @@ impl ServerState {
             identity: Arc::new(identity),
             secrets,
             _lock: lock,
-            verifications: tokio::sync::Semaphore::new(auth::MAX_CONCURRENT_VERIFICATIONS),
+            verifications: Arc::new(tokio::sync::Semaphore::new(
+                auth::MAX_CONCURRENT_VERIFICATIONS,
+            )),
             verify_memory: Arc::default(),
             unproven_bodies: crate::service::limits::unproven_body_budget(),
             refusals: crate::actlog::RefusalThrottle::default(),

@@ -91,6 +91,8 @@ struct PageRows {
     limit: usize,
     /// Bytes the page's rows take so far (see [`version_bytes`]).
     bytes: usize,
+    /// A row did not fit in the bytes left: the page is full.
+    out_of_bytes: bool,
 }
 
 /// Bytes of rows after which a page is full, however few rows it holds. A
@@ -119,12 +121,13 @@ impl PageRows {
             last: None,
             limit,
             bytes: 0,
+            out_of_bytes: false,
         }
     }
 
     /// Rows the page has room for.
     fn room(&self) -> usize {
-        if self.bytes >= PAGE_BYTES {
+        if self.out_of_bytes {
             return 0;
         }
         self.limit.saturating_sub(self.versions.len())
@@ -155,7 +158,16 @@ impl PageRows {
     /// directory and name.
     fn push(&mut self, r: &Row<'_>, with_chunks: bool) -> rusqlite::Result<()> {
         let version = version_from_row(r, with_chunks)?;
-        self.bytes = self.bytes.saturating_add(version_bytes(&version));
+        let bytes = self.bytes.saturating_add(version_bytes(&version));
+        // Kept whole within the bound, so the page's answer stays within a
+        // message; a row over it alone still makes a page of its own. A row
+        // left out starts the next page (the cursor is the last row kept).
+        if bytes > PAGE_BYTES && !self.versions.is_empty() {
+            self.out_of_bytes = true;
+            return Ok(());
+        }
+        self.bytes = bytes;
+        self.out_of_bytes = bytes >= PAGE_BYTES;
         self.versions.push(version);
         let dir = text_at(r, 16)?;
         let name = text_at(r, 17)?;

@@ -134,10 +134,16 @@ where
         match gate_of(request.uri().path()) {
             Gate::Limit(max) => {
                 let budget = Arc::clone(&self.state.unproven_bodies);
+                let address = request
+                    .extensions()
+                    .get::<tandem_tls::PeerInfo>()
+                    .and_then(|peer| peer.remote)
+                    .map(|a| a.ip());
                 let request = request.map(|body| {
                     Body::new(Unproven::new(
                         limited(body, max),
                         budget,
+                        address,
                         UNPROVEN_BODY_WAIT,
                     ))
                 });
@@ -212,9 +218,69 @@ pub const UNPROVEN_BODY_WAIT: Duration = Duration::from_secs(30);
 /// Bytes the bodies of such calls may hold at once, server-wide.
 pub const UNPROVEN_BODY_BUDGET: usize = 128 * 1024 * 1024;
 
-/// The budget [`UNPROVEN_BODY_BUDGET`] as a semaphore of bytes.
-pub fn unproven_body_budget() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(UNPROVEN_BODY_BUDGET))
+/// Bytes of that budget the calls from one address may hold: a caller on
+/// one address cannot take it all and lock every logon and admin out.
+pub const UNPROVEN_BODY_PER_ADDRESS: usize = 8 * 1024 * 1024;
+
+/// The budget of bytes for bodies of callers not yet proven: server-wide
+/// and per address.
+#[derive(Debug)]
+pub struct UnprovenBudget {
+    total: Semaphore,
+    by_address: std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, usize>>,
+    per_address: usize,
+}
+
+impl UnprovenBudget {
+    /// A budget of `total` bytes, `per_address` of them for one address.
+    pub fn new(total: usize, per_address: usize) -> Self {
+        UnprovenBudget {
+            total: Semaphore::new(total),
+            by_address: std::sync::Mutex::default(),
+            per_address,
+        }
+    }
+
+    /// Takes `len` bytes for `address`; `false` when it has no room.
+    fn take(&self, address: Option<std::net::IpAddr>, len: usize) -> bool {
+        let mut held = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = held.get(&address).copied().unwrap_or(0);
+        if mine.saturating_add(len) > self.per_address {
+            return false;
+        }
+        let Some(permit) = u32::try_from(len)
+            .ok()
+            .and_then(|n| self.total.try_acquire_many(n).ok())
+        else {
+            return false;
+        };
+        permit.forget();
+        held.insert(address, mine + len);
+        true
+    }
+
+    /// Gives back `len` bytes `address` took.
+    fn give_back(&self, address: Option<std::net::IpAddr>, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let mut held = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mine) = held.get_mut(&address) {
+            *mine = mine.saturating_sub(len);
+            if *mine == 0 {
+                held.remove(&address);
+            }
+        }
+        self.total.add_permits(len);
+    }
+}
+
+/// The server's budget: [`UNPROVEN_BODY_BUDGET`], [`UNPROVEN_BODY_PER_ADDRESS`].
+pub fn unproven_body_budget() -> Arc<UnprovenBudget> {
+    Arc::new(UnprovenBudget::new(
+        UNPROVEN_BODY_BUDGET,
+        UNPROVEN_BODY_PER_ADDRESS,
+    ))
 }
 
 /// A request body from a caller not yet proven: it fails once it has taken
@@ -225,17 +291,24 @@ struct Unproven {
     inner: Body,
     deadline: Pin<Box<tokio::time::Sleep>>,
     wait: Duration,
-    budget: Arc<Semaphore>,
+    budget: Arc<UnprovenBudget>,
+    address: Option<std::net::IpAddr>,
     held: usize,
 }
 
 impl Unproven {
-    fn new(inner: Body, budget: Arc<Semaphore>, wait: Duration) -> Self {
+    fn new(
+        inner: Body,
+        budget: Arc<UnprovenBudget>,
+        address: Option<std::net::IpAddr>,
+        wait: Duration,
+    ) -> Self {
         Unproven {
             inner,
             deadline: Box::pin(tokio::time::sleep(wait)),
             wait,
             budget,
+            address,
             held: 0,
         }
     }
@@ -254,10 +327,7 @@ impl http_body::Body for Unproven {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, tonic::codegen::Bytes::len);
                 if len > 0 {
-                    let taken = u32::try_from(len)
-                        .ok()
-                        .and_then(|n| this.budget.try_acquire_many(n).ok());
-                    let Some(permit) = taken else {
+                    if !this.budget.take(this.address, len) {
                         let mut busy = Status::from(ServerError::ResourceExhausted(
                             "the server holds too many requests from callers not yet logged on; try again in a moment".into(),
                         ));
@@ -266,8 +336,7 @@ impl http_body::Body for Unproven {
                             tonic::metadata::MetadataValue::from_static("1000"),
                         );
                         return Poll::Ready(Some(Err(busy)));
-                    };
-                    permit.forget();
+                    }
                     this.held += len;
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -296,7 +365,7 @@ impl http_body::Body for Unproven {
 
 impl Drop for Unproven {
     fn drop(&mut self) {
-        self.budget.add_permits(self.held);
+        self.budget.give_back(self.address, self.held);
     }
 }
 
@@ -306,7 +375,8 @@ mod tests {
 
     /// A body whose frames the test sends, and the sender.
     fn fed_body(
-        budget: &Arc<Semaphore>,
+        budget: &Arc<UnprovenBudget>,
+        address: &str,
         wait: Duration,
     ) -> (
         Unproven,
@@ -315,8 +385,9 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let stream =
             http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let address = Some(address.parse().unwrap());
         (
-            Unproven::new(Body::new(stream), Arc::clone(budget), wait),
+            Unproven::new(Body::new(stream), Arc::clone(budget), address, wait),
             tx,
         )
     }
@@ -327,15 +398,15 @@ mod tests {
 
     #[tokio::test]
     async fn unproven_bodies_share_one_budget_and_give_it_back_when_dropped() {
-        let budget = Arc::new(Semaphore::new(100));
+        let budget = Arc::new(UnprovenBudget::new(100, 70));
         let wait = Duration::from_secs(60);
-        let (mut first, tx1) = fed_body(&budget, wait);
+        let (mut first, tx1) = fed_body(&budget, "10.0.0.1", wait);
         tx1.send(frame(60)).await.unwrap();
         assert!(first.frame().await.unwrap().is_ok());
-        assert_eq!(budget.available_permits(), 40);
-        // A second caller's frame does not fit beside the first one's.
-        let (mut second, tx2) = fed_body(&budget, wait);
-        tx2.send(frame(60)).await.unwrap();
+        assert_eq!(budget.total.available_permits(), 40);
+        // The same address is over its share; another one fits.
+        let (mut second, tx2) = fed_body(&budget, "10.0.0.1", wait);
+        tx2.send(frame(20)).await.unwrap();
         let refused = second.frame().await.unwrap().unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(
@@ -344,17 +415,25 @@ mod tests {
                 .contains_key(tandem_proto::RETRY_PUSHBACK_HEADER),
             "says busy, so a client tries again"
         );
-        drop((first, second));
-        assert_eq!(budget.available_permits(), 100, "all given back");
-        let (mut third, tx3) = fed_body(&budget, wait);
-        tx3.send(frame(60)).await.unwrap();
-        assert!(third.frame().await.unwrap().is_ok());
+        let (mut other, tx3) = fed_body(&budget, "10.0.0.2", wait);
+        tx3.send(frame(30)).await.unwrap();
+        assert!(other.frame().await.unwrap().is_ok());
+        // The whole budget is full now for anybody.
+        let (mut third, tx4) = fed_body(&budget, "10.0.0.3", wait);
+        tx4.send(frame(20)).await.unwrap();
+        assert!(third.frame().await.unwrap().is_err());
+        drop((first, second, other, third));
+        assert_eq!(budget.total.available_permits(), 100, "all given back");
+        assert!(budget.by_address.lock().unwrap().is_empty());
+        let (mut again, tx5) = fed_body(&budget, "10.0.0.1", wait);
+        tx5.send(frame(60)).await.unwrap();
+        assert!(again.frame().await.unwrap().is_ok());
     }
 
     #[tokio::test]
     async fn an_unproven_body_that_stops_arriving_fails_after_its_wait() {
-        let budget = Arc::new(Semaphore::new(100));
-        let (mut stalled, tx) = fed_body(&budget, Duration::from_millis(50));
+        let budget = Arc::new(UnprovenBudget::new(100, 100));
+        let (mut stalled, tx) = fed_body(&budget, "::1", Duration::from_millis(50));
         tx.send(frame(10)).await.unwrap();
         assert!(stalled.frame().await.unwrap().is_ok());
         // Nothing more is sent, and the sender stays open.
