@@ -174,24 +174,39 @@ impl Catalog {
              ORDER BY a.path, a.archived_ns, a.id
              LIMIT ?9"
         ))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    node_id,
-                    query.path_prefix,
-                    lower,
-                    upper,
-                    query.description,
-                    start.path,
-                    start.archived_ns,
-                    start.row_id,
-                    i64::try_from(limit).unwrap_or(i64::MAX),
-                ],
-                |r| archive_from_row(r, query.with_chunks),
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
+        let found = stmt.query_map(
+            params![
+                node_id,
+                query.path_prefix,
+                lower,
+                upper,
+                query.description,
+                start.path,
+                start.archived_ns,
+                start.row_id,
+                i64::try_from(limit).unwrap_or(i64::MAX),
+            ],
+            |r| archive_from_row(r, query.with_chunks),
+        )?;
+        // Bounded in bytes as a version page is (see `objects::PAGE_BYTES`):
+        // a row that does not fit starts the next page.
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        let mut full = false;
+        for row in found {
+            let row = row?;
+            let more = bytes.saturating_add(
+                super::objects::version_bytes(&row.0.version) + row.0.description.len(),
+            );
+            if more > super::objects::PAGE_BYTES && !rows.is_empty() {
+                full = true;
+                break;
+            }
+            bytes = more;
+            rows.push(row);
+        }
         let next = match rows.last() {
-            Some((last, row_id)) if rows.len() == limit => Some(ArchiveKey {
+            Some((last, row_id)) if full || rows.len() == limit => Some(ArchiveKey {
                 path: last.version.attrs.path.clone(),
                 archived_ns: last.version.backup_ns,
                 row_id: *row_id,

@@ -196,6 +196,25 @@ impl Catalog {
         self.node(name)
     }
 
+    /// Replaces a node's password hash only if it is still `old_hash` (the
+    /// one its old password was checked against): a reset by an
+    /// administrator in the meantime is not overwritten. Whether it changed.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn replace_password_hash(
+        &self,
+        name: &str,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool, CatalogError> {
+        let changed = self.conn().execute(
+            "UPDATE nodes SET password_hash = ?3 WHERE name = ?1 AND password_hash = ?2",
+            params![name, old_hash, new_hash],
+        )?;
+        Ok(changed > 0)
+    }
+
     /// Deletes a node that has no filespaces. Returns the number of its
     /// filespaces instead when it still has some (nothing is deleted then), or
     /// `None` when the node does not exist.

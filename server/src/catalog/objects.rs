@@ -99,11 +99,11 @@ struct PageRows {
 /// node decides how many chunk ids a version lists (up to what one commit
 /// message carries), so a page counted in rows alone could hold 512 rows of
 /// 60 MiB each; this keeps a page to one such row, or many small ones.
-const PAGE_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Roughly what a version takes in a page and in its answer: its chunk ids,
 /// its variable-length attributes and the fixed part.
-fn version_bytes(v: &StoredVersion) -> usize {
+pub(super) fn version_bytes(v: &StoredVersion) -> usize {
     v.chunks.len() * std::mem::size_of::<ChunkId>()
         + v.attrs.path.len()
         + v.attrs.link_target.len()

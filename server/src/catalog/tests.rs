@@ -121,6 +121,75 @@ fn a_page_of_large_versions_ends_by_bytes_and_the_next_goes_on_after_it() {
 }
 
 #[test]
+fn a_page_of_large_archive_copies_ends_by_bytes_and_the_next_goes_on_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, node) = new_catalog(&dir);
+    let big = "x".repeat(1024 * 1024);
+    let versions: Vec<NewVersion> = (0..20)
+        .map(|i| {
+            let mut v = version(&format!("/big/l{i:02}"));
+            v.attrs.kind = ObjectKind::Symlink;
+            v.attrs.link_target = big.clone();
+            v
+        })
+        .collect();
+    catalog
+        .commit_archive(node, "/", &versions, "big", 100)
+        .expect("archive");
+    let query = crate::model::ArchiveQuery {
+        path_prefix: "/big".into(),
+        description: String::new(),
+        with_chunks: true,
+    };
+    let mut after = None;
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let page = catalog
+            .query_archives(node, &query, after.as_ref(), 512)
+            .expect("query");
+        assert!(
+            page.copies.len() <= 8,
+            "{} copies of 1 MiB in one page",
+            page.copies.len()
+        );
+        seen.extend(page.copies.iter().map(|c| c.version.attrs.path.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("/big/l{i:02}")).collect();
+    assert_eq!(seen, expected, "every copy once, in order");
+}
+
+#[test]
+fn a_password_hash_is_replaced_only_over_the_one_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, _) = new_catalog(&dir);
+    // An administrator reset it after the old password was checked.
+    catalog
+        .update_node("N1", None, Default::default(), Some("reset-by-admin"))
+        .expect("reset");
+    assert!(
+        !catalog
+            .replace_password_hash("N1", "hash", "node's new")
+            .unwrap()
+    );
+    let node = catalog.node("N1").unwrap().unwrap();
+    assert_eq!(node.password_hash, "reset-by-admin", "the reset is kept");
+    assert!(
+        catalog
+            .replace_password_hash("N1", "reset-by-admin", "node's new")
+            .unwrap()
+    );
+    assert_eq!(
+        catalog.node("N1").unwrap().unwrap().password_hash,
+        "node's new"
+    );
+    assert!(!catalog.replace_password_hash("NOBODY", "x", "y").unwrap());
+}
+
+#[test]
 fn pages_return_each_version_once_whatever_the_page_size() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (catalog, node) = new_catalog(&dir);

@@ -1054,6 +1054,7 @@ impl Backup for BackupService {
         })
         .await?;
         // Checked as a logon is: in one of the few verification slots.
+        let checked_against = stored.clone();
         if !super::check_password(&self.state, Some(stored), req.old_password).await? {
             return Err(ServerError::Unauthenticated(
                 "the current password is wrong; the password was not changed".into(),
@@ -1063,10 +1064,18 @@ impl Backup for BackupService {
         let name = session.node.clone();
         super::blocking(&self.state, move |s| {
             let hash = auth::hash_password(&req.new_password)?;
-            s.repo
+            // Only over the hash just checked: an administrator's reset
+            // made while the check ran is kept.
+            if s.repo
                 .catalog
-                .update_node(&name, None, Default::default(), Some(&hash))?;
-            Ok(())
+                .replace_password_hash(&name, &checked_against, &hash)?
+            {
+                Ok(())
+            } else {
+                Err(ServerError::FailedPrecondition(format!(
+                    "the password of node {name} was changed on the server while this change was checked; it was not changed again: ask the administrator, or log on with the new password and try again"
+                )))
+            }
         })
         .await?;
         actlog::record(
