@@ -28,6 +28,17 @@ async fn blocking<R: Send + 'static>(
         .map_err(ServerError::from)??)
 }
 
+/// Upload streams one node (all its sessions together) or partner server may
+/// have open at once. A client keeps at most 10 open, 2 of them sending, so
+/// this leaves room for a few commands of one node at once; a caller that
+/// opened streams by the thousand and stalled each mid-message held a
+/// message's worth of decode buffer in every one.
+pub const UPLOAD_STREAMS_PER_CALLER: usize = 32;
+
+/// Upload calls of one caller that may wait for a stream at once; one more
+/// is refused. A waiting call has read nothing of its stream.
+pub const UPLOAD_STREAMS_WAITING: u64 = 64;
+
 /// How long an upload stream keeps what it holds of the upload memory budget
 /// while it waits for its sender's next message. Senders stream back to back,
 /// so the next message is usually there already; one that is not may be

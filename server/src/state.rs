@@ -65,6 +65,10 @@ pub struct ServerState {
     pub read_slots: crate::service::read_slots::ReadSlots,
     /// Listing streams (`QueryObjects`, `QueryArchives`) open per node.
     pub list_slots: crate::service::read_slots::ReadSlots,
+    /// Upload streams open per node or partner: each may hold a message
+    /// being decoded, which the upload memory budget counts only once it is
+    /// whole ([`crate::service::UPLOAD_STREAMS_PER_CALLER`]).
+    pub upload_slots: crate::service::read_slots::ReadSlots,
 }
 
 /// The data dir holds partner credentials, password hashes and every
@@ -446,6 +450,11 @@ impl ServerState {
             pool_audit: tokio::sync::Mutex::default(),
             read_slots: crate::service::read_slots::ReadSlots::new("data streams"),
             list_slots: crate::service::read_slots::ReadSlots::new("listing streams"),
+            upload_slots: crate::service::read_slots::ReadSlots::sized(
+                "upload streams",
+                crate::service::UPLOAD_STREAMS_PER_CALLER,
+                crate::service::UPLOAD_STREAMS_WAITING,
+            ),
         }))
     }
 }

@@ -596,13 +596,32 @@ async fn an_upload_message_over_its_limit_is_refused_whole() {
     let refused = alice
         .upload_chunks(with_session(
             &token,
-            tonic::codegen::tokio_stream::iter([pb::UploadChunksRequest { chunks: padded }]),
+            tonic::codegen::tokio_stream::iter([pb::UploadChunksRequest {
+                chunks: padded.clone(),
+            }]),
         ))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(
         refused.message().contains("larger than") && refused.message().contains("one may carry"),
+        "{refused:?}"
+    );
+    // Over 16 MiB as sent: refused from its length prefix, before the
+    // server takes it in.
+    let oversized: Vec<pb::Chunk> = padded.iter().chain(&padded).cloned().collect();
+    let refused = alice
+        .upload_chunks(with_session(
+            &token,
+            tonic::codegen::tokio_stream::iter([pb::UploadChunksRequest { chunks: oversized }]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains(&format!("is larger than the {}", 16 << 20)),
         "{refused:?}"
     );
     // Neither chunk was stored.

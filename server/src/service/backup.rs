@@ -556,6 +556,13 @@ impl Backup for BackupService {
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
         let (session, token) = self.session(&request)?;
         self.refuse_replica(&session, &peer_of(&request)).await?;
+        // Held until the stream ends; a call beyond the node's slots waits
+        // before anything of its stream is read.
+        let _slot = self
+            .state
+            .upload_slots
+            .acquire(super::read_slots::Reader::Node(session.node_id))
+            .await?;
         let mut stream = request.into_inner();
         let mut ingest = ChunkIngest::new(self.state.repo.clone(), session.id, session.node_id);
         let mut received_bytes = 0u64;

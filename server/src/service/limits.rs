@@ -162,6 +162,11 @@ where
                     )),
                 };
                 match checked {
+                    Ok(()) if is_upload(request.uri().path()) => {
+                        let request = request
+                            .map(|body| Body::new(MessageCap::new(body, MAX_UPLOAD_WIRE_BYTES)));
+                        held_until_response_ends(self.inner.call(request), call)
+                    }
                     Ok(()) => held_until_response_ends(self.inner.call(request), call),
                     Err(refusal) => {
                         futures_util::future::ready(Ok(Status::from(refusal).into_http())).boxed()
@@ -209,6 +214,110 @@ fn limited(body: Body, max: usize) -> Body {
             Status::from_error(e)
         }
     }))
+}
+
+/// Whether `path` is a chunk upload (a node's or a partner's).
+fn is_upload(path: &str) -> bool {
+    matches!(
+        path,
+        "/tandem.v1.Backup/UploadChunks" | "/tandem.v1.Replication/UploadChunks"
+    )
+}
+
+/// The largest upload message, as sent (its gRPC length prefix). A sender
+/// packs about 1 MiB of chunk data per message, or one chunk of up to 8 MiB
+/// alone, and a message of the smallest chunks costs a few times its data in
+/// ids and framing; the handler refuses more than about 9 MiB of data. Checked
+/// here, from the prefix, so tonic does not take in up to the 64 MiB every
+/// other call of the service may send before the handler sees it.
+pub const MAX_UPLOAD_WIRE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A request body of gRPC messages that fails as soon as one message's length
+/// prefix says it is longer than `max`, before its bytes are taken in.
+struct MessageCap {
+    inner: Body,
+    max: usize,
+    /// The prefix read so far (flag byte, then the length, big-endian).
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to come.
+    left: usize,
+}
+
+impl MessageCap {
+    fn new(inner: Body, max: usize) -> Self {
+        MessageCap {
+            inner,
+            max,
+            prefix: [0; 5],
+            prefix_len: 0,
+            left: 0,
+        }
+    }
+
+    /// Follows the framing through `data`; the length of a message over
+    /// the cap when one begins in it.
+    fn scan(&mut self, mut data: &[u8]) -> Result<(), usize> {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(data.len());
+                self.left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                self.prefix_len = 0;
+                let [_, a, b, c, d] = self.prefix;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if len > self.max {
+                    return Err(len);
+                }
+                self.left = len;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for MessageCap {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Err(len) = this.scan(data)
+                {
+                    return Poll::Ready(Some(Err(Status::from(ServerError::InvalidArgument(
+                        format!(
+                            "an upload message of {len} bytes is larger than the {} one may have; send at most {} bytes of chunk data per message, or one chunk alone",
+                            this.max,
+                            tandem_proto::UPLOAD_MESSAGE_BYTES
+                        ),
+                    )))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// How long the body of a call from a caller not yet proven may take to
@@ -441,6 +550,36 @@ mod tests {
         assert_eq!(ended.code(), tonic::Code::DeadlineExceeded);
         assert!(ended.message().contains("did not arrive"), "{ended:?}");
         drop(tx);
+    }
+
+    /// A gRPC message's framing: flag byte and length, then `len` bytes.
+    fn message(len: usize) -> Vec<u8> {
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.resize(5 + len, 9);
+        out
+    }
+
+    #[test]
+    fn upload_messages_are_measured_by_their_prefix_across_any_frame_split() {
+        let mut stream = message(10);
+        stream.extend(message(0));
+        stream.extend(message(100));
+        stream.extend(message(101));
+        // Every split of the stream into two frames, and byte by byte.
+        for cut in 0..stream.len() {
+            let mut cap = MessageCap::new(Body::empty(), 100);
+            let first = cap.scan(&stream[..cut]);
+            let second = first.and_then(|()| cap.scan(&stream[cut..]));
+            assert_eq!(first.and(second), Err(101), "split at {cut}");
+        }
+        let mut cap = MessageCap::new(Body::empty(), 101);
+        for byte in &stream {
+            assert_eq!(cap.scan(std::slice::from_ref(byte)), Ok(()));
+        }
+        assert!(is_upload("/tandem.v1.Backup/UploadChunks"));
+        assert!(is_upload("/tandem.v1.Replication/UploadChunks"));
+        assert!(!is_upload("/tandem.v1.Backup/CommitObjects"));
     }
 
     #[test]

@@ -54,6 +54,10 @@ struct ReaderSlots {
 pub struct ReadSlots {
     /// What the streams are, for the refusal's message.
     what: &'static str,
+    /// Streams one reader may have open at once.
+    streams_per_reader: usize,
+    /// Calls of one reader that may wait at once.
+    waiting_per_reader: u64,
     by_reader: Mutex<HashMap<Reader, Arc<ReaderSlots>>>,
     waiting: AtomicU64,
 }
@@ -82,8 +86,17 @@ impl ReadSlots {
     /// Slots for streams described as `what` ("data streams").
     #[must_use]
     pub fn new(what: &'static str) -> Self {
+        Self::sized(what, STREAMS_PER_READER, WAITING_PER_READER)
+    }
+
+    /// Slots for streams described as `what`, `streams` per caller with
+    /// `waiting` more of its calls waiting.
+    #[must_use]
+    pub fn sized(what: &'static str, streams: usize, waiting: u64) -> Self {
         ReadSlots {
             what,
+            streams_per_reader: streams,
+            waiting_per_reader: waiting,
             by_reader: Mutex::default(),
             waiting: AtomicU64::new(0),
         }
@@ -100,7 +113,7 @@ impl ReadSlots {
             map.entry(reader)
                 .or_insert_with(|| {
                     Arc::new(ReaderSlots {
-                        streams: Arc::new(Semaphore::new(STREAMS_PER_READER)),
+                        streams: Arc::new(Semaphore::new(self.streams_per_reader)),
                         waiting: AtomicU64::new(0),
                     })
                 })
@@ -109,11 +122,11 @@ impl ReadSlots {
         if let Ok(permit) = mine.streams.clone().try_acquire_owned() {
             return Ok(ReadSlot { _permit: permit });
         }
-        if mine.waiting.fetch_add(1, Ordering::Relaxed) >= WAITING_PER_READER {
+        if mine.waiting.fetch_add(1, Ordering::Relaxed) >= self.waiting_per_reader {
             mine.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(ServerError::ResourceExhausted(format!(
-                "{STREAMS_PER_READER} {} of this caller are open and {WAITING_PER_READER} more wait for them; end some (a client that opens streams and does not read them holds them) and try again",
-                self.what
+                "{} {} of this caller are open and {} more wait for them; end some (a client that opens streams and does not read them holds them) and try again",
+                self.streams_per_reader, self.what, self.waiting_per_reader
             )));
         }
         self.waiting.fetch_add(1, Ordering::Relaxed);
@@ -134,7 +147,7 @@ impl ReadSlots {
     pub fn open(&self) -> u64 {
         let map = self.by_reader.lock().unwrap_or_else(|e| e.into_inner());
         map.values()
-            .map(|s| (STREAMS_PER_READER - s.streams.available_permits()) as u64)
+            .map(|s| (self.streams_per_reader - s.streams.available_permits()) as u64)
             .sum()
     }
 
@@ -157,6 +170,35 @@ mod tests {
             tokio::task::yield_now().await;
         }
         panic!("the calls never started waiting");
+    }
+
+    #[tokio::test]
+    async fn sized_slots_keep_their_own_counts() {
+        let slots = Arc::new(ReadSlots::sized("upload streams", 2, 1));
+        let held = (
+            slots.acquire(Reader::Node(1)).await.unwrap(),
+            slots.acquire(Reader::Node(1)).await.unwrap(),
+        );
+        assert_eq!(slots.open(), 2);
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.acquire(Reader::Node(1)).await })
+        };
+        wait_for_waiters(&slots, 1).await;
+        let refused = slots
+            .acquire(Reader::Node(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("2 upload streams") && refused.contains("1 more wait"),
+            "{refused}"
+        );
+        drop(held);
+        let slot = waiter.await.unwrap().unwrap();
+        assert_eq!(slots.open(), 1);
+        drop(slot);
+        assert_eq!(slots.open(), 0);
     }
 
     #[tokio::test]

@@ -276,6 +276,12 @@ impl Replication for ReplicationService {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        // As for a node's uploads: a bounded number per partner.
+        let _slot = self
+            .state
+            .upload_slots
+            .acquire(super::read_slots::Reader::Partner(source.clone()))
+            .await?;
         let mut stream = request.into_inner();
         // The first message names the replica node; every later one must name it too.
         let mut ingest: Option<(String, crate::repository::ingest::ChunkIngest)> = None;
