@@ -33,7 +33,7 @@ impl ErrorLog {
     /// Formats one line: RFC 3339 local time with milliseconds and offset, id, text.
     pub fn line(msg: &Msg) -> String {
         let now = chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z");
-        let text = msg.text.replace('\n', " ");
+        let text = super::messages::without_controls(&msg.text, false);
         format!("{now} {} {text}\n", msg.id)
     }
 
@@ -92,6 +92,31 @@ mod tests {
         );
         assert!(rest.starts_with("TDM1011W /x skipped"));
         assert!(line.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_servers_text_cannot_forge_or_hide_a_line() {
+        // A refusal's reason as a hostile server might word it.
+        let msg = Msg {
+            id: "TDM1003E",
+            text: "refused: no\rTDM2107I forged\n2026-01-01 TDM2108I forged \u{1b}[2K\u{2028}end"
+                .into(),
+        };
+        let line = ErrorLog::line(&msg);
+        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+        assert!(line.ends_with('\n'));
+        assert!(!line.contains(['\r', '\u{1b}', '\u{2028}']), "{line:?}");
+        assert!(line.contains("no\\u{d}TDM2107I"), "{line:?}");
+        // On the console, newlines are kept (messages of parse errors span
+        // lines) and the rest is escaped the same way.
+        let shown = msg.to_string();
+        assert!(!shown.contains(['\r', '\u{1b}', '\u{2028}']), "{shown:?}");
+        assert!(shown.contains("\\u{1b}[2K"), "{shown:?}");
+        // Plain text is left alone.
+        assert_eq!(
+            Msg::not_found("/x").to_string(),
+            format!("TDM1011W {}", Msg::not_found("/x").text)
+        );
     }
 
     #[test]

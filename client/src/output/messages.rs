@@ -848,8 +848,33 @@ impl Msg {
     }
 }
 
+/// `text` with every control character other than a newline (a newline
+/// too unless `keep_newlines`: then it becomes a space) and every line or
+/// bidi separator written as `\u{..}`. Server answers reach messages (a
+/// refusal's reason, a server's name), and a carriage return or an escape
+/// sequence in one could hide or forge a line of `dsierror.log` or of the
+/// terminal an auditor reads.
+pub fn without_controls(text: &str, keep_newlines: bool) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        (c.is_control() && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' if !keep_newlines => out.push(' '),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl fmt::Display for Msg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.id, self.text)
+        write!(f, "{} {}", self.id, without_controls(&self.text, true))
     }
 }

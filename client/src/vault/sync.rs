@@ -193,21 +193,36 @@ impl Source for Listed<'_> {
             .await
             .map_err(refused(self.session, what))?
             .into_inner();
+        // Exactly one answer per id asked for, in order: whatever else the
+        // server sends is not read, so an answer that never ends cannot
+        // fill the client's memory.
         let mut out = Vec::with_capacity(ids.len());
-        while let Some(item) = stream.next().await {
-            let Some(chunk) = item.map_err(refused(self.session, what))?.chunk else {
-                continue;
+        for expected in ids {
+            let chunk = match stream.next().await {
+                Some(item) => item.map_err(refused(self.session, what))?.chunk,
+                None => None,
             };
+            let Some(chunk) = chunk else {
+                return Err(ClientError::Server {
+                    operation: what,
+                    message: format!(
+                        "asked for {} chunks, got {} before chunk {expected} was missing",
+                        ids.len(),
+                        out.len()
+                    ),
+                });
+            };
+            let id = chunk_id(&chunk.id, what)?;
+            if id != *expected {
+                return Err(ClientError::Server {
+                    operation: what,
+                    message: format!("sent chunk {id} where {expected} was asked for"),
+                });
+            }
             out.push(StoredChunk {
-                id: chunk_id(&chunk.id, what)?,
+                id,
                 data: chunk.data,
                 raw_len: chunk.raw_len,
-            });
-        }
-        if out.len() != ids.len() {
-            return Err(ClientError::Server {
-                operation: what,
-                message: format!("asked for {} chunks, got {}", ids.len(), out.len()),
             });
         }
         Ok(out)
