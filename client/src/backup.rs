@@ -652,7 +652,7 @@ async fn commit_batch(
                 .await
                 .map_err(|s| ClientError::server("committing the archive", s))?
                 .into_inner();
-            out.backed_up += reply.stored;
+            out.backed_up = out.backed_up.saturating_add(reply.stored);
             out.expires_ns = Some(reply.expires_ns);
             continue;
         }
@@ -666,8 +666,8 @@ async fn commit_batch(
                 "committing the backup",
             )
             .await?;
-        out.backed_up += reply.stored;
-        out.deactivated += reply.deactivated;
+        out.backed_up = out.backed_up.saturating_add(reply.stored);
+        out.deactivated = out.deactivated.saturating_add(reply.deactivated);
     }
     Ok(out)
 }

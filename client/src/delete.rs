@@ -90,7 +90,7 @@ pub async fn run(
                             "making versions inactive",
                         )
                         .await?;
-                    stats.deactivated += reply.deactivated;
+                    stats.deactivated = stats.deactivated.saturating_add(reply.deactivated);
                 }
             }
         }
@@ -108,7 +108,7 @@ pub async fn run(
                     }))
                     .await
                     .map_err(|s| ClientError::server("deleting versions", s))?;
-                stats.deleted += reply.into_inner().deleted;
+                stats.deleted = stats.deleted.saturating_add(reply.into_inner().deleted);
             }
         }
     }

@@ -88,9 +88,13 @@ impl Run {
         let period = i64::try_from(self.period_secs)
             .unwrap_or(i64::MAX / 1_000_000_000)
             .saturating_mul(1_000_000_000);
-        let k = (now_ns - self.end_ns) / period + 1;
+        // Times come from the server: saturating, so none can overflow.
+        let k = now_ns.saturating_sub(self.end_ns) / period + 1;
         let start = self.start_ns.saturating_add(k.saturating_mul(period));
-        Some((start, start.saturating_add(self.end_ns - self.start_ns)))
+        Some((
+            start,
+            start.saturating_add(self.end_ns.saturating_sub(self.start_ns)),
+        ))
     }
 }
 
@@ -202,7 +206,7 @@ async fn ask_primary(
     let result = match reply {
         Ok(reply) => {
             let reply = reply.into_inner();
-            let offset = reply.now_ns - (sent_at / 2 + received_at / 2);
+            let offset = reply.now_ns.saturating_sub(sent_at / 2 + received_at / 2);
             deliver_pending(&session, &options.state_dir(), console).await;
             Ok((reply.runs.into_iter().map(Run::from).collect(), offset))
         }
@@ -506,7 +510,7 @@ async fn carry_out(
     offset_ns: i64,
     commands_allowed: bool,
 ) -> Outcome {
-    let started_ns = local_now_ns() + offset_ns;
+    let started_ns = local_now_ns().saturating_add(offset_ns);
     let outcome = |state: &str, exit_code: i32, message: String| Outcome {
         schedule: run.schedule.clone(),
         window_start_ns: run.start_ns,
@@ -514,7 +518,7 @@ async fn carry_out(
         exit_code,
         message,
         started_ns,
-        ended_ns: local_now_ns() + offset_ns,
+        ended_ns: local_now_ns().saturating_add(offset_ns),
     };
     if let Err(why) = check_run(run) {
         return outcome("failed", 12, why);
@@ -531,7 +535,11 @@ async fn carry_out(
     if !run.pre_command.is_empty() {
         // Until the window closes: a run must start within it.
         let left = Duration::from_nanos(
-            u64::try_from(run.end_ns - (local_now_ns() + offset_ns)).unwrap_or(0),
+            u64::try_from(
+                run.end_ns
+                    .saturating_sub(local_now_ns().saturating_add(offset_ns)),
+            )
+            .unwrap_or(0),
         )
         .max(Duration::from_secs(1));
         let (code, last) = shell(&run.pre_command, left).await;
@@ -643,13 +651,14 @@ pub async fn run(
                 }
             }
         }
-        let now = local_now_ns() + offset_ns;
+        let now = local_now_ns().saturating_add(offset_ns);
         let Some(due) = next_due(&cache.runs, &cache.done, now) else {
             tokio::time::sleep(POLL).await;
             continue;
         };
         if due.start_ns > now {
-            let wait = Duration::from_nanos(u64::try_from(due.start_ns - now).unwrap_or(0));
+            let wait =
+                Duration::from_nanos(u64::try_from(due.start_ns.saturating_sub(now)).unwrap_or(0));
             console.report(
                 &Msg::schedule_waiting(&due.schedule, &timefmt::show(due.start_ns)),
                 crate::error::ExitStatus::Success,
@@ -675,7 +684,7 @@ pub async fn run(
             &Msg::schedule_running(&due.schedule, &due.action, &due.objects.join(" ")),
             crate::error::ExitStatus::Success,
         );
-        report_started(&options, &due, local_now_ns() + offset_ns).await;
+        report_started(&options, &due, local_now_ns().saturating_add(offset_ns)).await;
         let outcome = carry_out(&due, options_path, offset_ns, options.schedule_commands).await;
         console.report(
             &Msg::schedule_outcome(
@@ -695,7 +704,7 @@ pub async fn run(
 /// of the first quarter of the window, at most five minutes.
 fn splay_ns(node: &str, run: &Run) -> i64 {
     use std::hash::{Hash, Hasher};
-    let span = ((run.end_ns - run.start_ns) / 4).min(300 * 1_000_000_000);
+    let span = (run.end_ns.saturating_sub(run.start_ns) / 4).min(300 * 1_000_000_000);
     if span <= 0 {
         return 0;
     }
@@ -799,6 +808,31 @@ pub async fn query(session: &Session, console: &Console) -> Result<(), ClientErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_servers_extreme_times_do_not_overflow() {
+        let run = Run {
+            schedule: "S".into(),
+            action: "incremental".into(),
+            objects: Vec::new(),
+            start_ns: i64::MAX,
+            end_ns: i64::MIN,
+            pre_command: String::new(),
+            post_command: String::new(),
+            period_secs: 1,
+        };
+        for now in [i64::MIN, 0, i64::MAX] {
+            let _ = run.window_at(now);
+        }
+        assert_eq!(splay_ns("N", &run), 0);
+        let wide = Run {
+            start_ns: i64::MIN,
+            end_ns: i64::MAX,
+            ..run
+        };
+        let _ = wide.window_at(i64::MAX);
+        assert!(splay_ns("N", &wide) >= 0);
+    }
 
     fn run(name: &str, start: i64, end: i64, period_secs: u64) -> Run {
         Run {

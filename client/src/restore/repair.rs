@@ -83,15 +83,15 @@ pub(super) async fn ask(
             }))
             .await?
             .into_inner();
-        summary.intact += reply.intact;
+        summary.intact = summary.intact.saturating_add(reply.intact);
         summary.usable.extend(
             reply
                 .usable
                 .iter()
                 .filter_map(|b| ChunkId::from_slice(b).ok()),
         );
-        summary.repaired += reply.repaired;
-        summary.unrepaired += reply.unrepaired;
+        summary.repaired = summary.repaired.saturating_add(reply.repaired);
+        summary.unrepaired = summary.unrepaired.saturating_add(reply.unrepaired);
         if summary.partner.is_empty() {
             summary.partner = reply.partner;
         }
