@@ -33,15 +33,20 @@ pub async fn run(
     // up), so a wrong metrics_listen stops the start with the reason.
     let metrics = crate::metrics::bind(&state).await?;
     let fingerprint = state.identity.fingerprint();
-    // The fingerprint first: whoever sees listen.addr can pin at once.
-    std::fs::write(
-        state.config.data_dir.join("fingerprint"),
-        format!("{fingerprint}\n"),
+    // The fingerprint first: whoever sees listen.addr can pin at once. Each
+    // is replaced whole (written aside, then renamed), so a reader that sees
+    // the file never reads it half-written (a test once read an empty
+    // listen.addr, and so the address "http://").
+    tandem_os::atomic_file::replace(
+        &state.config.data_dir.join("fingerprint"),
+        format!("{fingerprint}\n").as_bytes(),
+        Some(0o644),
     )
     .map_err(setup_err("cannot write fingerprint".into()))?;
-    std::fs::write(
-        state.config.data_dir.join("listen.addr"),
-        format!("{addr}\n"),
+    tandem_os::atomic_file::replace(
+        &state.config.data_dir.join("listen.addr"),
+        format!("{addr}\n").as_bytes(),
+        Some(0o644),
     )
     .map_err(setup_err("cannot write listen.addr".into()))?;
     let transport = if state.config.insecure_plaintext {
