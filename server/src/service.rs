@@ -106,15 +106,10 @@ async fn check_password(
     )
     .await
     else {
-        let mut busy = Status::from(ServerError::ResourceExhausted(
-            "the server is checking too many logons at once; try again in a moment".into(),
+        return Err(busy(
+            "the server is checking too many logons at once; try again in a moment",
+            "250",
         ));
-        // Says "busy, not down": the client waits and tries again.
-        busy.metadata_mut().insert(
-            tandem_proto::RETRY_PUSHBACK_HEADER,
-            tonic::metadata::MetadataValue::from_static("250"),
-        );
-        return Err(busy);
     };
     let hash = stored.unwrap_or_else(|| crate::auth::decoy_hash().to_string());
     let memory = state.verify_memory.clone();
@@ -125,6 +120,18 @@ async fn check_password(
     })
     .await
     .map_err(ServerError::from)?)
+}
+
+/// A refusal that says "busy, not down" (gRPC's retry pushback, in
+/// milliseconds): a client waits and tries again instead of failing or
+/// failing over.
+pub(crate) fn busy(message: &str, pushback_ms: &'static str) -> Status {
+    let mut busy = Status::from(ServerError::ResourceExhausted(message.to_string()));
+    busy.metadata_mut().insert(
+        tandem_proto::RETRY_PUSHBACK_HEADER,
+        tonic::metadata::MetadataValue::from_static(pushback_ms),
+    );
+    busy
 }
 
 /// Address of the caller for logs, or `-` when unknown.

@@ -70,12 +70,10 @@ async fn an_unauthenticated_caller_sends_little_and_big_lists_are_refused() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains("16385 chunk ids in one call; at most 16384"),
-        "{refused:?}"
+    assert_refused(
+        &refused,
+        tonic::Code::InvalidArgument,
+        "16385 chunk ids in one call; at most 16384",
     );
     let refused = match alice
         .read_chunks(with_session(
@@ -617,12 +615,10 @@ async fn an_upload_message_over_its_limit_is_refused_whole() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    assert!(
-        refused
-            .message()
-            .contains(&format!("is larger than the {}", 16 << 20)),
-        "{refused:?}"
+    assert_refused(
+        &refused,
+        tonic::Code::InvalidArgument,
+        &format!("is larger than the {}", 16 << 20),
     );
     // Neither chunk was stored.
     assert_eq!(
@@ -656,4 +652,10 @@ async fn missing_count(
     };
     let reply = client.find_missing_chunks(with_session(token, request));
     reply.await.unwrap().into_inner().missing.len()
+}
+
+/// `refused` has `code` and says `text`.
+fn assert_refused(refused: &tonic::Status, code: tonic::Code, text: &str) {
+    assert_eq!(refused.code(), code, "{refused:?}");
+    assert!(refused.message().contains(text), "{refused:?}");
 }

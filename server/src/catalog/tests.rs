@@ -77,21 +77,26 @@ fn new_catalog(dir: &tempfile::TempDir) -> (Catalog, i64) {
     (catalog, node)
 }
 
-#[test]
-fn a_page_of_large_versions_ends_by_bytes_and_the_next_goes_on_after_it() {
-    // A node decides how large its versions are; a page of 512 rows of
-    // many MiB each would be held in memory at once.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (catalog, node) = new_catalog(&dir);
+/// `n` symbolic links `/big/lNN`, each with a 1 MiB target.
+fn big_symlinks(n: usize) -> Vec<NewVersion> {
     let big = "x".repeat(1024 * 1024);
-    let versions: Vec<NewVersion> = (0..20)
+    (0..n)
         .map(|i| {
             let mut v = version(&format!("/big/l{i:02}"));
             v.attrs.kind = ObjectKind::Symlink;
             v.attrs.link_target = big.clone();
             v
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_page_of_large_versions_ends_by_bytes_and_the_next_goes_on_after_it() {
+    // A node decides how large its versions are; a page of 512 rows of
+    // many MiB each would be held in memory at once.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, node) = new_catalog(&dir);
+    let versions = big_symlinks(20);
     catalog
         .commit_objects(node, "/", &versions, &[], 100)
         .expect("commit");
@@ -124,15 +129,7 @@ fn a_page_of_large_versions_ends_by_bytes_and_the_next_goes_on_after_it() {
 fn a_page_of_large_archive_copies_ends_by_bytes_and_the_next_goes_on_after_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (catalog, node) = new_catalog(&dir);
-    let big = "x".repeat(1024 * 1024);
-    let versions: Vec<NewVersion> = (0..20)
-        .map(|i| {
-            let mut v = version(&format!("/big/l{i:02}"));
-            v.attrs.kind = ObjectKind::Symlink;
-            v.attrs.link_target = big.clone();
-            v
-        })
-        .collect();
+    let versions = big_symlinks(20);
     catalog
         .commit_archive(node, "/", &versions, "big", 100)
         .expect("archive");

@@ -140,12 +140,8 @@ where
                     .and_then(|peer| peer.remote)
                     .map(|a| a.ip());
                 let request = request.map(|body| {
-                    Body::new(Unproven::new(
-                        limited(body, max),
-                        budget,
-                        address,
-                        UNPROVEN_BODY_WAIT,
-                    ))
+                    let check = Unproven::new(budget, address, UNPROVEN_BODY_WAIT);
+                    Checked::body(limited(body, max), check)
                 });
                 held_until_response_ends(self.inner.call(request), call)
             }
@@ -163,8 +159,9 @@ where
                 };
                 match checked {
                     Ok(()) if is_upload(request.uri().path()) => {
-                        let request = request
-                            .map(|body| Body::new(MessageCap::new(body, MAX_UPLOAD_WIRE_BYTES)));
+                        let request = request.map(|body| {
+                            Checked::body(body, MessageCap::new(MAX_UPLOAD_WIRE_BYTES))
+                        });
                         held_until_response_ends(self.inner.call(request), call)
                     }
                     Ok(()) => held_until_response_ends(self.inner.call(request), call),
@@ -232,10 +229,10 @@ fn is_upload(path: &str) -> bool {
 /// other call of the service may send before the handler sees it.
 pub const MAX_UPLOAD_WIRE_BYTES: usize = 16 * 1024 * 1024;
 
-/// A request body of gRPC messages that fails as soon as one message's length
-/// prefix says it is longer than `max`, before its bytes are taken in.
+/// The check of a request body of gRPC messages: it fails as soon as one
+/// message's length prefix says it is longer than `max`, before its bytes
+/// are taken in.
 struct MessageCap {
-    inner: Body,
     max: usize,
     /// The prefix read so far (flag byte, then the length, big-endian).
     prefix: [u8; 5],
@@ -245,9 +242,8 @@ struct MessageCap {
 }
 
 impl MessageCap {
-    fn new(inner: Body, max: usize) -> Self {
+    fn new(max: usize) -> Self {
         MessageCap {
-            inner,
             max,
             prefix: [0; 5],
             prefix_len: 0,
@@ -283,40 +279,15 @@ impl MessageCap {
     }
 }
 
-impl http_body::Body for MessageCap {
-    type Data = tonic::codegen::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && let Err(len) = this.scan(data)
-                {
-                    return Poll::Ready(Some(Err(Status::from(ServerError::InvalidArgument(
-                        format!(
-                            "an upload message of {len} bytes is larger than the {} one may have; send at most {} bytes of chunk data per message, or one chunk alone",
-                            this.max,
-                            tandem_proto::UPLOAD_MESSAGE_BYTES
-                        ),
-                    )))));
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            other => other,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+impl FrameCheck for MessageCap {
+    fn frame(&mut self, data: &[u8]) -> Result<(), Status> {
+        self.scan(data).map_err(|len| {
+            Status::from(ServerError::InvalidArgument(format!(
+                "an upload message of {len} bytes is larger than the {} one may have; send at most {} bytes of chunk data per message, or one chunk alone",
+                self.max,
+                tandem_proto::UPLOAD_MESSAGE_BYTES
+            )))
+        })
     }
 }
 
@@ -392,38 +363,32 @@ pub fn unproven_body_budget() -> Arc<UnprovenBudget> {
     ))
 }
 
-/// A request body from a caller not yet proven: it fails once it has taken
-/// longer than [`UNPROVEN_BODY_WAIT`] or when the server-wide budget has no
-/// room for its next frame. What it took from the budget is given back when
-/// the body is dropped, which tonic does once it has decoded the message.
-struct Unproven {
-    inner: Body,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    wait: Duration,
-    budget: Arc<UnprovenBudget>,
-    address: Option<std::net::IpAddr>,
-    held: usize,
-}
+/// What a [`Checked`] body looks at before tonic does: each data frame as it
+/// arrives, and the wait for the next one.
+trait FrameCheck: Unpin {
+    /// Lets `data` through, or ends the body with a status.
+    fn frame(&mut self, data: &[u8]) -> Result<(), Status>;
 
-impl Unproven {
-    fn new(
-        inner: Body,
-        budget: Arc<UnprovenBudget>,
-        address: Option<std::net::IpAddr>,
-        wait: Duration,
-    ) -> Self {
-        Unproven {
-            inner,
-            deadline: Box::pin(tokio::time::sleep(wait)),
-            wait,
-            budget,
-            address,
-            held: 0,
-        }
+    /// Called while the next frame has not arrived (with the task's context,
+    /// to be woken); an error ends the body.
+    fn waiting(&mut self, _cx: &mut Context<'_>) -> Result<(), Status> {
+        Ok(())
     }
 }
 
-impl http_body::Body for Unproven {
+/// A request body whose frames `check` sees first.
+struct Checked<C> {
+    inner: Body,
+    check: C,
+}
+
+impl<C: FrameCheck + Send + 'static> Checked<C> {
+    fn body(inner: Body, check: C) -> Body {
+        Body::new(Checked { inner, check })
+    }
+}
+
+impl<C: FrameCheck> http_body::Body for Checked<C> {
     type Data = tonic::codegen::Bytes;
     type Error = Status;
 
@@ -433,31 +398,13 @@ impl http_body::Body for Unproven {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let len = frame.data_ref().map_or(0, tonic::codegen::Bytes::len);
-                if len > 0 {
-                    if !this.budget.take(this.address, len) {
-                        let mut busy = Status::from(ServerError::ResourceExhausted(
-                            "the server holds too many requests from callers not yet logged on; try again in a moment".into(),
-                        ));
-                        busy.metadata_mut().insert(
-                            tandem_proto::RETRY_PUSHBACK_HEADER,
-                            tonic::metadata::MetadataValue::from_static("1000"),
-                        );
-                        return Poll::Ready(Some(Err(busy)));
-                    }
-                    this.held += len;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Status::from(
-                    ServerError::DeadlineExceeded(format!(
-                        "the request did not arrive within {} ms; it was abandoned",
-                        this.wait.as_millis()
-                    )),
-                )))),
-                Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref().map(|d| this.check.frame(d)) {
+                Some(Err(refused)) => Poll::Ready(Some(Err(refused))),
+                _ => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Pending => match this.check.waiting(cx) {
+                Err(ended) => Poll::Ready(Some(Err(ended))),
+                Ok(()) => Poll::Pending,
             },
             other => other,
         }
@@ -469,6 +416,57 @@ impl http_body::Body for Unproven {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The check of a request body from a caller not yet proven: it fails once
+/// it has taken longer than its wait ([`UNPROVEN_BODY_WAIT`]) or when the
+/// budget has no room for its next frame. What it took from the budget is
+/// given back when it is dropped, which tonic does once it has decoded the
+/// message.
+struct Unproven {
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    wait: Duration,
+    budget: Arc<UnprovenBudget>,
+    address: Option<std::net::IpAddr>,
+    held: usize,
+}
+
+impl Unproven {
+    fn new(budget: Arc<UnprovenBudget>, address: Option<std::net::IpAddr>, wait: Duration) -> Self {
+        Unproven {
+            deadline: Box::pin(tokio::time::sleep(wait)),
+            wait,
+            budget,
+            address,
+            held: 0,
+        }
+    }
+}
+
+impl FrameCheck for Unproven {
+    fn frame(&mut self, data: &[u8]) -> Result<(), Status> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.budget.take(self.address, data.len()) {
+            return Err(super::busy(
+                "the server holds too many requests from callers not yet logged on; try again in a moment",
+                "1000",
+            ));
+        }
+        self.held += data.len();
+        Ok(())
+    }
+
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Result<(), Status> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(Status::from(ServerError::DeadlineExceeded(format!(
+                "the request did not arrive within {} ms; it was abandoned",
+                self.wait.as_millis()
+            )))),
+            Poll::Pending => Ok(()),
+        }
     }
 }
 
@@ -488,7 +486,7 @@ mod tests {
         address: &str,
         wait: Duration,
     ) -> (
-        Unproven,
+        Checked<Unproven>,
         tokio::sync::mpsc::Sender<Result<Frame<tonic::codegen::Bytes>, Status>>,
     ) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -496,7 +494,10 @@ mod tests {
             http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
         let address = Some(address.parse().unwrap());
         (
-            Unproven::new(Body::new(stream), Arc::clone(budget), address, wait),
+            Checked {
+                inner: Body::new(stream),
+                check: Unproven::new(Arc::clone(budget), address, wait),
+            },
             tx,
         )
     }
@@ -568,12 +569,12 @@ mod tests {
         stream.extend(message(101));
         // Every split of the stream into two frames, and byte by byte.
         for cut in 0..stream.len() {
-            let mut cap = MessageCap::new(Body::empty(), 100);
+            let mut cap = MessageCap::new(100);
             let first = cap.scan(&stream[..cut]);
             let second = first.and_then(|()| cap.scan(&stream[cut..]));
             assert_eq!(first.and(second), Err(101), "split at {cut}");
         }
-        let mut cap = MessageCap::new(Body::empty(), 101);
+        let mut cap = MessageCap::new(101);
         for byte in &stream {
             assert_eq!(cap.scan(std::slice::from_ref(byte)), Ok(()));
         }
