@@ -793,10 +793,13 @@ pub async fn query(session: &Session, console: &Console) -> Result<(), ClientErr
         "Window closes",
     ]);
     for r in &runs {
+        // The server's words: shown without its control characters.
+        let shown =
+            |text: &str| crate::output::messages::without_controls(text, false).into_owned();
         table.add_row(vec![
-            r.schedule.clone(),
-            r.action.clone(),
-            r.objects.join(" "),
+            shown(&r.schedule),
+            shown(&r.action),
+            shown(&r.objects.join(" ")),
             timefmt::show(r.start_ns),
             timefmt::show(r.end_ns),
         ]);

@@ -36,17 +36,18 @@ pub async fn run(
     // The fingerprint first: whoever sees listen.addr can pin at once. Each
     // is replaced whole (written aside, then renamed), so a reader that sees
     // the file never reads it half-written (a test once read an empty
-    // listen.addr, and so the address "http://").
+    // listen.addr, and so the address "http://"). Both 0600, as the
+    // rest of the data directory.
     tandem_os::atomic_file::replace(
         &state.config.data_dir.join("fingerprint"),
         format!("{fingerprint}\n").as_bytes(),
-        Some(0o644),
+        None,
     )
     .map_err(setup_err("cannot write fingerprint".into()))?;
     tandem_os::atomic_file::replace(
         &state.config.data_dir.join("listen.addr"),
         format!("{addr}\n").as_bytes(),
-        Some(0o644),
+        None,
     )
     .map_err(setup_err("cannot write listen.addr".into()))?;
     let transport = if state.config.insecure_plaintext {

@@ -848,9 +848,9 @@ impl Msg {
     }
 }
 
-/// `text` with every control character other than a newline (a newline
-/// too unless `keep_newlines`: then it becomes a space) and every line or
-/// bidi separator written as `\u{..}`. Server answers reach messages (a
+/// `text` with every control character and every line or bidi separator
+/// written as `\u{..}`, except newlines: kept with `keep_newlines`, turned
+/// into spaces without it. Server answers reach messages (a
 /// refusal's reason, a server's name), and a carriage return or an escape
 /// sequence in one could hide or forge a line of `dsierror.log` or of the
 /// terminal an auditor reads.

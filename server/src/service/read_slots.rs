@@ -105,8 +105,9 @@ impl ReadSlots {
     /// A slot for `reader`, once one is free.
     ///
     /// # Errors
-    /// [`ServerError::ResourceExhausted`] when [`WAITING_PER_READER`] of the
-    /// reader's calls wait already.
+    /// [`ServerError::ResourceExhausted`] when as many of the reader's calls
+    /// as these slots let wait (by default [`WAITING_PER_READER`]) wait
+    /// already.
     pub async fn acquire(&self, reader: Reader) -> Result<ReadSlot, ServerError> {
         let mine = {
             let mut map = self.by_reader.lock().unwrap_or_else(|e| e.into_inner());
