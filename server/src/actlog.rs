@@ -219,16 +219,19 @@ pub fn prune(catalog: &Catalog) -> Result<u64, crate::error::CatalogError> {
 }
 
 /// How long one address's refusals of one kind are summed up into one record.
-const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+pub const REFUSAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Addresses whose refusals are being summed up at once.
 const REFUSAL_ADDRESSES: usize = 4096;
 
 /// Refusals of callers that proved nothing (a wrong admin token, no
 /// credentials, a replication caller that is not a partner) are recorded at
-/// most once a minute per kind and address, the ones held back counted in
-/// the next record: each was a row written through the catalog's one writer,
-/// and a caller without credentials could send thousands a second.
+/// most once a minute per kind and address: each was a row written through
+/// the catalog's one writer, and a caller without credentials could send
+/// thousands a second. None is lost to the auditor: the ones held back are
+/// counted, and the count is recorded with the next refusal of that kind
+/// from that address, or by [`record_held_refusals`] once the minute is
+/// over (the server runs it every minute and when it stops).
 #[derive(Debug, Default)]
 pub struct RefusalThrottle {
     state: std::sync::Mutex<ThrottleState>,
@@ -236,41 +239,94 @@ pub struct RefusalThrottle {
 
 #[derive(Debug, Default)]
 struct ThrottleState {
-    /// (message id, address) -> when its window began, refusals held back.
-    windows: std::collections::HashMap<(&'static str, String), (std::time::Instant, u64)>,
-    /// Refusals held back while every address slot was taken.
-    unplaced: u64,
+    /// (message id, address) -> its window.
+    windows: std::collections::HashMap<(&'static str, String), Window>,
+    /// Per message id, refusals held back while every address slot was
+    /// taken.
+    unplaced: std::collections::HashMap<&'static str, (ServerMsg, u64)>,
+}
+
+/// One address's refusals of one kind in the minute after one was recorded.
+#[derive(Debug)]
+struct Window {
+    msg: ServerMsg,
+    since: std::time::Instant,
+    held: u64,
+}
+
+/// Refusals held back and not yet recorded, as [`RefusalThrottle::take_held`]
+/// hands them out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRefusals {
+    /// Their kind.
+    pub msg: ServerMsg,
+    /// The address they came from; `None` for addresses that found no slot.
+    pub address: Option<String>,
+    /// How many.
+    pub count: u64,
 }
 
 impl RefusalThrottle {
-    /// Whether a refusal of kind `id` from `peer` is recorded now; if so,
-    /// how many were held back before it (from that address, plus any from
-    /// addresses that found no slot).
-    fn admit(&self, id: &'static str, peer: &str, now: std::time::Instant) -> Option<u64> {
+    /// Whether a refusal of kind `msg` from `peer` is recorded now; if so,
+    /// how many from that address were held back before it.
+    fn admit(&self, msg: ServerMsg, peer: &str, now: std::time::Instant) -> Option<u64> {
         // The port changes with every connection; the address does not.
         let address = peer.rsplit_once(':').map_or(peer, |(a, _)| a).to_string();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (id, address);
-        if let Some((since, held)) = state.windows.get_mut(&key)
-            && now.saturating_duration_since(*since) < REFUSAL_WINDOW
+        let key = (msg.id(), address);
+        if let Some(window) = state.windows.get_mut(&key)
+            && now.saturating_duration_since(window.since) < REFUSAL_WINDOW
         {
-            *held += 1;
+            window.held += 1;
             return None;
         }
         if !state.windows.contains_key(&key) && state.windows.len() >= REFUSAL_ADDRESSES {
-            state.windows.retain(|_, (since, held)| {
-                *held > 0 || now.saturating_duration_since(*since) < REFUSAL_WINDOW
+            state.windows.retain(|_, window| {
+                window.held > 0 || now.saturating_duration_since(window.since) < REFUSAL_WINDOW
             });
             if state.windows.len() >= REFUSAL_ADDRESSES {
-                state.unplaced += 1;
+                state.unplaced.entry(msg.id()).or_insert((msg, 0)).1 += 1;
                 return None;
             }
         }
-        let held = state
-            .windows
-            .insert(key, (now, 0))
-            .map_or(0, |(_, held)| held);
-        Some(held + std::mem::take(&mut state.unplaced))
+        let window = Window {
+            msg,
+            since: now,
+            held: 0,
+        };
+        Some(state.windows.insert(key, window).map_or(0, |w| w.held))
+    }
+
+    /// Takes out the counts of refusals held back whose minute is over (all
+    /// of them when `all`, as the server stops), forgetting those windows.
+    pub fn take_held(&self, now: std::time::Instant, all: bool) -> Vec<HeldRefusals> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = Vec::new();
+        state.windows.retain(|(_, address), window| {
+            if !all && now.saturating_duration_since(window.since) < REFUSAL_WINDOW {
+                return true;
+            }
+            if window.held > 0 {
+                held.push(HeldRefusals {
+                    msg: window.msg,
+                    address: Some(address.clone()),
+                    count: window.held,
+                });
+            }
+            false
+        });
+        held.extend(
+            state
+                .unplaced
+                .drain()
+                .map(|(_, (msg, count))| HeldRefusals {
+                    msg,
+                    address: None,
+                    count,
+                }),
+        );
+        held.sort_by(|a, b| (a.msg.id(), &a.address).cmp(&(b.msg.id(), &b.address)));
+        held
     }
 }
 
@@ -284,7 +340,7 @@ pub async fn record_refusal(
     peer: &str,
     text: String,
 ) {
-    let Some(held) = throttle.admit(msg.id(), peer, std::time::Instant::now()) else {
+    let Some(held) = throttle.admit(msg, peer, std::time::Instant::now()) else {
         return;
     };
     let text = match held {
@@ -294,6 +350,31 @@ pub async fn record_refusal(
         ),
     };
     record(catalog, msg, node, peer, text).await;
+}
+
+/// Records the counts of refusals `throttle` held back whose minute is over
+/// (all of them when `all`): one record per kind and address, so that a
+/// caller who stops within the minute still has every refusal counted.
+pub async fn record_held_refusals(catalog: &Arc<Catalog>, throttle: &RefusalThrottle, all: bool) {
+    for held in throttle.take_held(std::time::Instant::now(), all) {
+        let (peer, text) = match &held.address {
+            Some(address) => (
+                address.as_str(),
+                format!(
+                    "{} more refusals like the last one recorded from this address were held back in the minute after it, not recorded one by one",
+                    held.count
+                ),
+            ),
+            None => (
+                "",
+                format!(
+                    "{} refusals of this kind were held back while {REFUSAL_ADDRESSES} other addresses' refusals were being counted, not recorded one by one (their addresses were not kept)",
+                    held.count
+                ),
+            ),
+        };
+        record(catalog, held.msg, "", peer, text).await;
+    }
 }
 
 /// Records an event in the activity log. A failure to record is itself logged
@@ -330,31 +411,28 @@ pub async fn record(catalog: &Arc<Catalog>, msg: ServerMsg, node: &str, peer: &s
 mod tests {
     use super::*;
 
+    const ADMIN: ServerMsg = ServerMsg::AdminAuthFailed;
+    const PARTNER: ServerMsg = ServerMsg::ReplicationAuthFailed;
+
     #[test]
     fn refusals_from_one_address_are_recorded_once_a_minute_with_a_count() {
         let throttle = RefusalThrottle::default();
         let t0 = std::time::Instant::now();
         let later = |secs| t0 + std::time::Duration::from_secs(secs);
-        assert_eq!(throttle.admit("TDM0404W", "10.0.0.1:4000", t0), Some(0));
+        assert_eq!(throttle.admit(ADMIN, "10.0.0.1:4000", t0), Some(0));
         // Another port of the same address, within the minute: held back.
         for port in 4001..4011 {
             assert_eq!(
-                throttle.admit("TDM0404W", &format!("10.0.0.1:{port}"), later(10)),
+                throttle.admit(ADMIN, &format!("10.0.0.1:{port}"), later(10)),
                 None
             );
         }
         // Another kind or another address has its own window.
-        assert_eq!(
-            throttle.admit("TDM0501W", "10.0.0.1:4000", later(10)),
-            Some(0)
-        );
-        assert_eq!(throttle.admit("TDM0404W", "[::1]:4000", later(10)), Some(0));
+        assert_eq!(throttle.admit(PARTNER, "10.0.0.1:4000", later(10)), Some(0));
+        assert_eq!(throttle.admit(ADMIN, "[::1]:4000", later(10)), Some(0));
         // After the minute the next one is recorded, with the count.
-        assert_eq!(
-            throttle.admit("TDM0404W", "10.0.0.1:5000", later(61)),
-            Some(10)
-        );
-        assert_eq!(throttle.admit("TDM0404W", "10.0.0.1:5000", later(62)), None);
+        assert_eq!(throttle.admit(ADMIN, "10.0.0.1:5000", later(61)), Some(10));
+        assert_eq!(throttle.admit(ADMIN, "10.0.0.1:5000", later(62)), None);
     }
 
     #[test]
@@ -363,14 +441,71 @@ mod tests {
         let t0 = std::time::Instant::now();
         for i in 0..REFUSAL_ADDRESSES {
             assert_eq!(
-                throttle.admit("TDM0404W", &format!("10.1.{}.{}:1", i / 256, i % 256), t0),
+                throttle.admit(ADMIN, &format!("10.1.{}.{}:1", i / 256, i % 256), t0),
                 Some(0)
             );
         }
-        assert_eq!(throttle.admit("TDM0404W", "10.9.9.9:1", t0), None);
-        assert_eq!(throttle.admit("TDM0404W", "10.9.9.10:1", t0), None);
-        // Once windows have ended, slots are freed and the count comes out.
+        assert_eq!(throttle.admit(ADMIN, "10.9.9.9:1", t0), None);
+        assert_eq!(throttle.admit(PARTNER, "10.9.9.10:1", t0), None);
+        assert_eq!(throttle.admit(ADMIN, "10.9.9.11:1", t0), None);
+        // Once windows have ended, slots are freed.
         let later = t0 + REFUSAL_WINDOW;
-        assert_eq!(throttle.admit("TDM0404W", "10.9.9.9:1", later), Some(2));
+        assert_eq!(throttle.admit(ADMIN, "10.9.9.9:1", later), Some(0));
+        // The ones that found no slot are handed out by kind, once.
+        let held = throttle.take_held(later, false);
+        assert_eq!(
+            held,
+            vec![
+                HeldRefusals {
+                    msg: ADMIN,
+                    address: None,
+                    count: 2
+                },
+                HeldRefusals {
+                    msg: PARTNER,
+                    address: None,
+                    count: 1
+                },
+            ]
+        );
+        assert!(throttle.take_held(later, true).is_empty());
+    }
+
+    #[test]
+    fn held_back_refusals_are_handed_out_once_their_minute_is_over() {
+        let throttle = RefusalThrottle::default();
+        let t0 = std::time::Instant::now();
+        let later = |secs| t0 + std::time::Duration::from_secs(secs);
+        assert_eq!(throttle.admit(ADMIN, "10.0.0.1:1", t0), Some(0));
+        assert_eq!(throttle.admit(ADMIN, "10.0.0.2:1", t0), Some(0));
+        for _ in 0..5 {
+            assert_eq!(throttle.admit(ADMIN, "10.0.0.1:2", later(1)), None);
+        }
+        // Within the minute nothing is due.
+        assert!(throttle.take_held(later(30), false).is_empty());
+        // After it, the caller that stopped has its count recorded; the
+        // address with nothing held back is simply forgotten.
+        let held = throttle.take_held(later(61), false);
+        assert_eq!(
+            held,
+            vec![HeldRefusals {
+                msg: ADMIN,
+                address: Some("10.0.0.1".into()),
+                count: 5
+            }]
+        );
+        assert!(throttle.take_held(later(62), false).is_empty());
+        // The next refusal from there starts afresh: nothing counted twice.
+        assert_eq!(throttle.admit(ADMIN, "10.0.0.1:3", later(63)), Some(0));
+        // As the server stops, everything held back is handed out at once.
+        assert_eq!(throttle.admit(ADMIN, "10.0.0.1:4", later(64)), None);
+        assert_eq!(
+            throttle.take_held(later(64), true),
+            vec![HeldRefusals {
+                msg: ADMIN,
+                address: Some("10.0.0.1".into()),
+                count: 1
+            }]
+        );
     }
 }

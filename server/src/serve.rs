@@ -85,6 +85,7 @@ pub async fn run(
     let scheduler = tokio::spawn(expiration_schedule(state.clone(), shutdown.clone()));
     let repl_scheduler = tokio::spawn(repl::schedule(state.clone(), shutdown.clone()));
     let actlog_pruner = tokio::spawn(actlog_retention(state.clone(), shutdown.clone()));
+    let refusal_counts = tokio::spawn(held_refusals(state.clone(), shutdown.clone()));
     let db_backups = tokio::spawn(crate::dbbackup::schedule(state.clone(), shutdown.clone()));
     let audits = tokio::spawn(crate::audit::schedule::run(state.clone(), shutdown.clone()));
     let metrics_endpoint = metrics.map(|(listener, token)| {
@@ -131,9 +132,17 @@ pub async fn run(
     // replication run or expiration gets what is left of the grace period,
     // then is cut off like a call.
     shutdown.cancel();
-    let mut background = vec![scheduler, repl_scheduler, actlog_pruner, db_backups, audits];
+    let mut background = vec![
+        scheduler,
+        repl_scheduler,
+        actlog_pruner,
+        refusal_counts,
+        db_backups,
+        audits,
+    ];
     background.extend(metrics_endpoint);
     let cut_off = end_background(background, grace_ends).await? || cut_off;
+    actlog::record_held_refusals(&state.repo.catalog, &state.refusals, true).await;
     actlog::record(
         &state.repo.catalog,
         ServerMsg::Stopped,
@@ -244,6 +253,19 @@ async fn actlog_retention(state: Arc<ServerState>, shutdown: CancellationToken) 
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
+    }
+}
+
+/// Records, every minute until shutdown, the refusals the activity log's
+/// throttle held back from callers that have since stopped (see
+/// [`actlog::RefusalThrottle`]); what is left is recorded as the server stops.
+async fn held_refusals(state: Arc<ServerState>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(actlog::REFUSAL_WINDOW) => {}
+        }
+        actlog::record_held_refusals(&state.repo.catalog, &state.refusals, false).await;
     }
 }
 

@@ -130,3 +130,44 @@ fn records_older_than_the_retention_are_removed() {
         stderr(&refused)
     );
 }
+
+/// Refusals of callers that proved nothing are recorded once a minute per
+/// address, the rest counted; a caller that stops within the minute still
+/// has every refusal counted, at the latest when the server stops.
+#[test]
+fn refusals_held_back_are_counted_when_the_server_stops() {
+    let mut server = TestServer::start("PRIMARY");
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "0000\n").unwrap();
+    for _ in 0..4 {
+        let out = std::process::Command::new(bin("tandem-admin"))
+            .args([
+                "--server",
+                &server.url(),
+                "--token-file",
+                &path_str(&wrong),
+                "--fingerprint",
+                &server.fingerprint(),
+                "query",
+                "node",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 12, "{}", stderr(&out));
+    }
+    let before = server.actlog();
+    assert_eq!(before.matches("TDM0501W").count(), 1, "{before}");
+    assert!(!before.contains("held back"), "{before}");
+
+    assert!(server.stop().success());
+    server.restart();
+    let after = server.actlog();
+    assert_eq!(after.matches("TDM0501W").count(), 2, "{after}");
+    assert!(
+        after.contains(
+            "3 more refusals like the last one recorded from this address were held back"
+        ),
+        "{after}"
+    );
+}
