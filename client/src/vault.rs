@@ -262,6 +262,9 @@ pub async fn resend(options: &ClientOptions, console: &Console) -> Result<(), Cl
     .map_err(|e| vault_error(&dir, e));
     vault.logoff().await;
     vouched?;
+    // Every version is vouched for now: an earlier client's record of
+    // pulls has nothing left to say.
+    let _ = std::fs::remove_file(dir.join(pulled::LEGACY_FILE));
     note_offline_write(&dir)?;
     console.audit(&Msg::vault_resend(&dir));
     Ok(())
@@ -289,49 +292,22 @@ pub fn note_offline_write(dir: &Path) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// Once, for a vault a client before these records used (its record of
-/// pulls is in the vault directory, and this client has none): takes the
-/// vault's state as this client's, as that client did, the versions it had
-/// pulled as pulled and the others as its own, so backups it made alone
-/// still reach the server. Trust on first use, announced (TDM2138I); from
-/// then on only this client's records count.
-///
-/// # Errors
-/// Records that cannot be read or written, or a vault that cannot list.
-pub async fn adopt_legacy(
-    vault: &Session,
-    dir: &Path,
-    state_dir: &Path,
-    console: &Console,
-) -> Result<(), ClientError> {
-    let guid = vault.info.guid;
+/// For a vault a client before these records used (its record of pulls is
+/// in the vault directory, and this client has none of its own for the
+/// vault): says so, and takes nothing of that record. It would vouch for
+/// the versions that client stored there alone, but it is the vault's own
+/// word, which whoever can write the vault, or put another vault in its
+/// place, can write too. The operator vouches for them instead, after
+/// checking (`tandem set vault --resend`); the first pull records what the
+/// server holds, as for any vault, and from then on only this client's
+/// records count.
+pub fn note_legacy_record(vault: &Session, dir: &Path, state_dir: &Path, console: &Console) {
     // Only whether a record exists (reading it is for the sync).
-    if std::fs::symlink_metadata(pulled::path(state_dir, guid)).is_ok()
-        || !dir.join(pulled::LEGACY_FILE).exists()
+    if std::fs::symlink_metadata(pulled::path(state_dir, vault.info.guid)).is_err()
+        && std::fs::symlink_metadata(dir.join(pulled::LEGACY_FILE)).is_ok()
     {
-        return Ok(());
+        console.report(&Msg::vault_legacy_record(dir), ExitStatus::Warnings);
     }
-    let Some((server, pulled_ids)) = pulled::load_legacy(dir).map_err(|e| vault_error(dir, e))?
-    else {
-        return Ok(());
-    };
-    let versions = sync::list_versions(vault).await?;
-    let mut record = Vec::new();
-    let mut entries = Vec::new();
-    for (id, v) in &versions {
-        if pulled_ids.contains(id) {
-            record.push((*id, own::pulled_digest(v)));
-        } else {
-            entries.push(own::Entry::Content(own::digest_of(v), v.backup_time_ns));
-        }
-    }
-    // Its own first: a crash before the pull record is saved repeats this,
-    // and a repeated entry is harmless.
-    own::append(state_dir, guid, &entries).map_err(|e| vault_error(dir, e))?;
-    pulled::save(state_dir, guid, server, &record).map_err(|e| vault_error(dir, e))?;
-    let _ = std::fs::remove_file(dir.join(pulled::LEGACY_FILE));
-    console.audit(&Msg::vault_adopted(dir, record.len(), entries.len()));
-    Ok(())
 }
 
 /// What this client can vouch for in `vault` (see [`own`]): its own writes
@@ -360,10 +336,8 @@ pub async fn push_pending(
     console: &Console,
 ) -> Result<bool, ClientError> {
     let mut status = SyncStatus::load(dir).map_err(|e| vault_error(dir, e))?;
-    let vouched = match adopt_legacy(vault, dir, state_dir, console)
-        .await
-        .and_then(|()| vouched(vault, state_dir))
-    {
+    note_legacy_record(vault, dir, state_dir, console);
+    let vouched = match vouched(vault, state_dir) {
         Ok(v) => v,
         Err(e) => {
             record_failure(&mut status, &server.info.name, &e.to_string(), dir);
@@ -429,7 +403,6 @@ pub async fn synchronise(
         return;
     }
     let outcome = async {
-        adopt_legacy(vault, dir, state_dir, console).await?;
         let mut vouched = vouched(vault, state_dir)?;
         // Only a vault this client wrote to alone holds versions of its
         // own (`push_pending` has usually sent them before the command);
@@ -595,13 +568,8 @@ pub async fn query(options: &ClientOptions, console: &Console) -> Result<(), Cli
     let status = SyncStatus::load(&dir).map_err(|e| vault_error(&dir, e))?;
     let recorded = revision::load(&options.state_dir()).map_err(|e| vault_error(&dir, e))?;
     let verdict = revision::judge(status.revision, recorded.of(vault.info.guid));
-    // A vault another installation wrote since is not taken over here.
-    let adopted = if verdict == revision::Verdict::Agrees {
-        adopt_legacy(&vault, &dir, &options.state_dir(), console).await
-    } else {
-        Ok(())
-    };
-    let vouched = adopted.and_then(|()| vouched(&vault, &options.state_dir()));
+    note_legacy_record(&vault, &dir, &options.state_dir(), console);
+    let vouched = vouched(&vault, &options.state_dir());
     let listed = sync::list_versions(&vault).await;
     vault.logoff().await;
     let versions = listed?;

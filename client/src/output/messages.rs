@@ -468,14 +468,15 @@ impl Msg {
         }
     }
 
-    /// TDM2138I: a vault used by a client from before the records of what
-    /// it wrote is taken over, once.
-    pub fn vault_adopted(dir: &std::path::Path, pulled: usize, own: usize) -> Self {
+    /// TDM2139W: a vault carries an earlier client's record of pulls, which
+    /// is not taken on the vault's word.
+    pub fn vault_legacy_record(dir: &std::path::Path) -> Self {
         Msg {
-            id: "TDM2138I",
+            id: "TDM2139W",
             text: format!(
-                "The local vault at {} was used by an earlier client: its {pulled} version(s) from the server and {own} of its own are now recorded in this client's state_dir, and from now on only versions this client writes or pulls reach the server from it",
-                dir.display()
+                "The local vault at {} carries a record of pulls ({}) kept by a client from before 2026-12-06, which vouched for the versions that client stored in the vault alone. A record in the vault is the vault's own word, so it is not taken: any such versions stay in the vault, not sent to the server (TDM2137W counts them). If this machine's earlier client did back up to the vault while the server was away, check the vault, then `tandem set vault --resend` sends them; if not, keep the directory for investigation and move it away",
+                dir.display(),
+                crate::vault::pulled::LEGACY_FILE
             ),
         }
     }

@@ -110,36 +110,8 @@ pub fn load(state_dir: &Path, vault: ServerGuid) -> Result<Option<Record>, Strin
 }
 
 /// The record a client before this one kept in the vault directory itself
-/// (`pulled-ids.bin`: the magic `TDMPULL1`, the server GUID, 16 bytes per
-/// id), read once to take such a vault over ([`crate::vault`]).
+/// (`pulled-ids.bin`); only its presence is noted ([`crate::vault::note_legacy_record`]).
 pub const LEGACY_FILE: &str = "pulled-ids.bin";
-
-/// The server and ids of an earlier client's record in `vault_dir`, or
-/// `None` when there is none.
-///
-/// # Errors
-/// A record that cannot be read or is malformed, naming the file.
-pub fn load_legacy(
-    vault_dir: &Path,
-) -> Result<Option<(ServerGuid, std::collections::HashSet<ObjectId>)>, String> {
-    let path = vault_dir.join(LEGACY_FILE);
-    let Some((server, entries)) = read_record(
-        &path,
-        b"TDMPULL1",
-        16,
-        1600 << 20,
-        "if it is damaged, remove it",
-    )?
-    else {
-        return Ok(None);
-    };
-    let ids = entries
-        .chunks_exact(16)
-        .map(ObjectId::from_slice)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is damaged ({e}); remove it", path.display()))?;
-    Ok(Some((server, ids)))
-}
 
 /// Records the versions (ids and digests) vault `vault` holds after a
 /// complete pull from `server`.
