@@ -321,17 +321,19 @@ fn remove_abandoned(root: &Path) {
 /// Copies the database at `db` to a new database at `copy` in one step of
 /// the online backup API, and checks the copy.
 fn snapshot(db: &Path, copy: &Path) -> Result<(), String> {
-    // Read-write without create: a missing file is an error rather than a
-    // new empty database, and a hot journal left by a crashed writer is
-    // rolled back as any connection would.
+    // Read-only: a missing file is an error rather than a new empty
+    // database, and nothing of the source is ever changed. A hot journal
+    // left by a crashed writer is not rolled back here: its content is the
+    // database owner's to write, and a rollback deletes the "super-journal"
+    // the journal names, wherever that is, as this process (often root).
     let source = Connection::open_with_flags(
         db,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| format!("cannot be opened: {e}"))?;
     source
         .query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
-        .map_err(|e| format!("cannot be read as a SQLite database: {e}"))?;
+        .map_err(|e| explain_read_failure(db, &e, "cannot be read as a SQLite database"))?;
     // Made 0600 before SQLite opens it: the copy holds the whole database.
     std::fs::OpenOptions::new()
         .write(true)
@@ -345,7 +347,10 @@ fn snapshot(db: &Path, copy: &Path) -> Result<(), String> {
             Backup::new(&source, &mut target).map_err(|e| format!("cannot start the copy: {e}"))?;
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
-            match backup.step(-1).map_err(|e| format!("copy failed: {e}"))? {
+            match backup
+                .step(-1)
+                .map_err(|e| explain_read_failure(db, &e, "copy failed"))?
+            {
                 StepResult::Done => break,
                 StepResult::Busy | StepResult::Locked if Instant::now() < deadline => {
                     std::thread::sleep(LOCK_RETRY);
@@ -374,6 +379,19 @@ fn snapshot(db: &Path, copy: &Path) -> Result<(), String> {
         .map_err(|(_, e)| format!("staging copy: {e}"))
 }
 
+/// What went wrong reading the source database `db`, with what to do when
+/// it is a hot journal this agent will not roll back.
+fn explain_read_failure(db: &Path, e: &rusqlite::Error, what: &str) -> String {
+    if e.sqlite_error().map(|f| f.extended_code) == Some(rusqlite::ffi::SQLITE_READONLY_ROLLBACK) {
+        return format!(
+            "has a hot journal ({}-journal): a writer stopped in the middle of a transaction. The backup does not roll it back for the application; let the application open the database once (or run `sqlite3 {} 'PRAGMA quick_check'` as the database's owner), then back up again",
+            db.display(),
+            db.display()
+        );
+    }
+    format!("{what}: {e}")
+}
+
 /// Runs `PRAGMA integrity_check` on the database at `path`.
 fn check_integrity(path: &Path) -> Result<(), String> {
     // Read-write: a read-only connection cannot open a WAL-mode copy that
@@ -387,5 +405,69 @@ fn check_integrity(path: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("PRAGMA integrity_check says {verdict}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database in rollback-journal mode whose last transaction was cut
+    /// off: the database and its journal, copied while the writer held the
+    /// transaction open, make a hot journal nobody holds a lock for.
+    fn hot_journal_db(dir: &Path) -> PathBuf {
+        let live = dir.join("live.db");
+        let writer = Connection::open(&live).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode=DELETE; PRAGMA cache_size=1;
+                 CREATE TABLE t(x BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
+                 INSERT INTO t SELECT randomblob(1000) FROM n;",
+            )
+            .unwrap();
+        writer
+            .execute_batch("BEGIN; UPDATE t SET x = randomblob(1000);")
+            .unwrap();
+        let crashed = dir.join("crashed.db");
+        std::fs::copy(&live, &crashed).unwrap();
+        std::fs::copy(dir.join("live.db-journal"), dir.join("crashed.db-journal")).unwrap();
+        writer.execute_batch("ROLLBACK").unwrap();
+        crashed
+    }
+
+    #[test]
+    fn a_hot_journal_is_refused_and_nothing_of_the_source_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = hot_journal_db(dir.path());
+        let journal = dir.path().join("crashed.db-journal");
+        let (db_before, journal_before) = (
+            std::fs::read(&db).unwrap(),
+            std::fs::read(&journal).unwrap(),
+        );
+        let err = snapshot(&db, &dir.path().join("copy.db")).unwrap_err();
+        assert!(err.contains("hot journal"), "{err}");
+        assert!(err.contains("as the database's owner"), "{err}");
+        assert_eq!(std::fs::read(&db).unwrap(), db_before);
+        assert_eq!(std::fs::read(&journal).unwrap(), journal_before);
+    }
+
+    #[test]
+    fn a_database_without_a_journal_is_copied_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
+            .unwrap();
+        drop(conn);
+        let before = std::fs::read(&db).unwrap();
+        let copy = dir.path().join("copy.db");
+        snapshot(&db, &copy).unwrap();
+        let copied: i64 = Connection::open(&copy)
+            .unwrap()
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(copied, 42);
+        assert_eq!(std::fs::read(&db).unwrap(), before);
     }
 }
