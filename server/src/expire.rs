@@ -18,11 +18,11 @@ use std::time::Instant;
 
 use tandem_proto::ChunkId;
 
-use crate::catalog::{Catalog, ExpiringVersion, ReleasedSpace};
+use crate::catalog::{Catalog, DamagedChunk, ExpiringVersion, ReleasedSpace};
 use crate::error::ServerError;
 use crate::model::ChunkLocation;
 use crate::repository::Repository;
-use crate::storage::{ChunkStore, HEADER_BYTES, VerifiedChunk};
+use crate::storage::{ChunkStore, HEADER_BYTES, VerifiedChunk, verify_chunk};
 
 /// Names a preview lists at most, in bytes: its answer stays well under
 /// the 64 MiB message cap however long the paths.
@@ -161,7 +161,9 @@ fn reclaim_locked(
             if live_bytes == 0 {
                 store.remove_container(number)?;
             } else if live_bytes.saturating_mul(2) < size {
-                compact(repo, store, number)?;
+                if !compact(repo, store, number, live_bytes)? {
+                    continue;
+                }
             } else {
                 continue;
             }
@@ -191,8 +193,21 @@ fn sweep(repo: &Repository, open_sessions: OpenSessions<'_>) -> Result<u64, Serv
 }
 
 /// Copies a container's live chunks to its pool's active container and
-/// removes it.
-fn compact(repo: &Repository, store: &ChunkStore, number: u32) -> Result<(), ServerError> {
+/// removes it; each copy is checked against its id first, so a bad read
+/// never takes the place of a good chunk. A container some live chunk of
+/// which could not be copied (its record's header or data damaged, or the
+/// read wrong) is kept, and those chunks are recorded as damaged (`query
+/// damaged`) for an audit or a repair from another pool or the partner:
+/// removing it would lose them without a word. Returns whether the
+/// container was removed. `live_bytes` is what the index placed in it
+/// before (headers included): only when fewer were copied is the index
+/// searched for what is left, a pass over all of it.
+fn compact(
+    repo: &Repository,
+    store: &ChunkStore,
+    number: u32,
+    live_bytes: u64,
+) -> Result<bool, ServerError> {
     // The container's own headers say what it holds; a record is live when
     // the index still points its pool's copy at that very record.
     let records = store.records(number)?;
@@ -223,14 +238,22 @@ fn compact(repo: &Repository, store: &ChunkStore, number: u32) -> Result<(), Ser
         from.clear();
         Ok(())
     };
+    let mut unreadable: HashMap<ChunkId, String> = HashMap::new();
+    let mut copied_bytes = 0u64;
     for (id, loc) in chunks {
-        let data = store.read(loc)?;
-        batch_bytes += data.len();
-        batch.push(VerifiedChunk {
-            id,
-            data: data.into(),
-            raw_len: loc.raw_len,
+        let chunk = store.read(loc).map_err(|e| e.to_string()).and_then(|data| {
+            verify_chunk(id, data.into(), u64::from(loc.raw_len)).map_err(|e| e.to_string())
         });
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(reason) => {
+                unreadable.insert(id, reason);
+                continue;
+            }
+        };
+        batch_bytes += chunk.data.len();
+        copied_bytes += u64::from(loc.stored_len) + HEADER_BYTES;
+        batch.push(chunk);
         from.push(loc);
         if batch_bytes >= COPY_BATCH_BYTES {
             flush(&mut batch, &mut from)?;
@@ -238,8 +261,40 @@ fn compact(repo: &Repository, store: &ChunkStore, number: u32) -> Result<(), Ser
         }
     }
     flush(&mut batch, &mut from)?;
-    store.remove_container(number)?;
-    Ok(())
+    if unreadable.is_empty() && copied_bytes >= live_bytes {
+        store.remove_container(number)?;
+        return Ok(true);
+    }
+    // Whatever the index still places in this container was not copied (or
+    // a repair moved it elsewhere meanwhile, and it is not here any more).
+    let pool = store.pool();
+    let left = repo
+        .catalog
+        .chunks_in_containers(number, number.saturating_add(1), |_, at| at.pool == pool)?;
+    if left.is_empty() {
+        store.remove_container(number)?;
+        return Ok(true);
+    }
+    let damaged: Vec<DamagedChunk> = left
+        .iter()
+        .map(|(id, at)| {
+            let reason = unreadable.remove(id).unwrap_or_else(|| {
+                format!(
+                    "no whole record of it at offset {} of container {number} (its header is damaged): compaction kept the container",
+                    at.offset
+                )
+            });
+            DamagedChunk::now(*id, number, 0, reason, &[])
+        })
+        .collect();
+    tracing::warn!(
+        container = number,
+        pool,
+        chunks = damaged.len(),
+        "compaction kept a container: live chunks in it could not be copied; they are recorded as damaged (query damaged)"
+    );
+    repo.catalog.mark_damaged(&damaged)?;
+    Ok(false)
 }
 
 /// One line for the activity log.

@@ -398,3 +398,49 @@ fn one_pool_audit_runs_at_a_time_and_a_stop_cuts_a_long_one_off() {
     assert_eq!(audit[0]["damaged"].as_u64(), Some(0), "{audit}");
     assert!(audit[0]["chunks_checked"].as_u64().unwrap() >= 1, "{audit}");
 }
+
+/// Compaction copies a container's live chunks elsewhere and removes it.
+/// A live chunk it cannot copy (its data damaged, or its record's header,
+/// so the container no longer says where it is) must not go with the
+/// container: the container stays, and the chunk is named as damaged.
+#[test]
+fn compaction_keeps_a_container_whose_live_chunks_it_cannot_copy_and_names_them() {
+    let server = TestServer::start("PRIMARY");
+    server.register("nia", "nia-password");
+    let client = TestClient::new(&server, "nia", "nia-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Each under the chunker's minimum: one chunk, named by its hash.
+    let bad_data = random_bytes(11, 200_000);
+    let bad_header = random_bytes(12, 200_000);
+    std::fs::write(src.join("bad-data.bin"), &bad_data).unwrap();
+    std::fs::write(src.join("bad-header.bin"), &bad_header).unwrap();
+    std::fs::write(src.join("drop.bin"), random_bytes(13, 3_000_000)).unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let containers = server.containers();
+
+    server.damage_stored_bytes(&bad_data[100_000..100_064]);
+    server.damage_stored_bytes(tandem_proto::ChunkId::of(&bad_header).as_slice());
+    client.json(&[
+        "delete",
+        "backup",
+        &path_str(&src.join("drop.bin")),
+        "--deltype",
+        "all",
+        "--yes",
+    ]);
+    let expired = server.admin_json(&["expire", "inventory"]);
+    assert_eq!(expired["containers_compacted"], 0, "{expired}");
+    // (The seal before compaction opens a new container beside them.)
+    let now = server.containers();
+    assert!(containers.iter().all(|c| now.contains(c)), "{now:?}");
+    let damaged = server.admin_json(&["query", "damaged"]);
+    let text = damaged.to_string();
+    assert_eq!(damaged.as_array().map(Vec::len), Some(2), "{text}");
+    assert!(text.contains("header is damaged"), "{text}");
+    assert!(
+        text.contains("does not match") || text.contains("malformed") || text.contains("mismatch"),
+        "{text}"
+    );
+}
