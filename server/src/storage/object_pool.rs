@@ -521,7 +521,8 @@ impl ObjectPool {
             if meta.size > MAX_OWNER_BYTES {
                 return Ok(Some(Err(meta.size)));
             }
-            let bytes = store.get(&key).await?.bytes().await?;
+            let answer = store.get(&key).await?.into_stream();
+            let bytes = collect_at_most(answer, MAX_OWNER_BYTES).await?;
             Ok(Some(Ok(bytes)))
         });
         let not_ours = |reason: String| StorageError::PoolOwned {
@@ -855,8 +856,7 @@ impl ObjectPool {
                     let cache = cache.clone();
                     let traffic = traffic.clone();
                     async move {
-                        let data = store
-                            .get_range(&location, range.clone())
+                        let data = get_range_bounded(store.as_ref(), &location, range.clone())
                             .await
                             .ok()
                             .filter(|d| d.len() as u64 == range.end - range.start);
@@ -887,7 +887,7 @@ impl ObjectPool {
         count(&self.traffic.gets, 1);
         let wanted = range.clone();
         let data = self
-            .wait(async move { store.get_range(&location, range).await })
+            .wait(async move { get_range_bounded(store.as_ref(), &location, range).await })
             .map_err(|e| match e {
                 object_store::Error::NotFound { .. } => {
                     self.error(number, "the object is missing from the bucket")
@@ -1043,6 +1043,48 @@ fn land_span(cache: &BlockCache, number: u32, range: Range<u64>, data: Option<&B
         at = next;
         block += 1;
     }
+}
+
+/// `range` of the object at `location`, taking no more of the answer than
+/// the range's length: object_store's own `get_range` collects the whole
+/// body, however long (or endless) a broken or hostile endpoint makes it.
+async fn get_range_bounded(
+    store: &dyn ObjectStore,
+    location: &ObjectPath,
+    range: Range<u64>,
+) -> object_store::Result<Bytes> {
+    let wanted = range.end.saturating_sub(range.start);
+    let options = object_store::GetOptions {
+        range: Some(range.into()),
+        ..Default::default()
+    };
+    let answer = store.get_opts(location, options).await?.into_stream();
+    collect_at_most(answer, wanted).await
+}
+
+/// The whole of `answer`, or an error as soon as it is longer than `max`
+/// bytes.
+async fn collect_at_most(
+    mut answer: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    max: u64,
+) -> object_store::Result<Bytes> {
+    use futures_util::StreamExt;
+    let mut whole: Vec<u8> = Vec::new();
+    while let Some(piece) = answer.next().await {
+        let piece = piece?;
+        if whole.len() as u64 + piece.len() as u64 > max {
+            return Err(object_store::Error::Generic {
+                store: "S3",
+                source: format!("the answer is longer than the {max} bytes asked for").into(),
+            });
+        }
+        if whole.is_empty() && piece.len() as u64 == max {
+            // The usual case, the answer in one piece: no copy.
+            return Ok(piece);
+        }
+        whole.extend_from_slice(&piece);
+    }
+    Ok(whole.into())
 }
 
 #[cfg(test)]
