@@ -111,6 +111,27 @@ pub struct Catalog {
 /// the writer (and fsyncs) while it runs.
 const AFTER_BACKUP_CHECKPOINT_SPACING: Duration = Duration::from_secs(10);
 
+/// Refuses a catalog holding a view or trigger: Tandem never makes one, so
+/// something else changed the file, and a trigger would run its code at
+/// the next write (an endless one would hang every backup).
+fn refuse_foreign_schema(conn: &Connection, path: &Path) -> Result<(), CatalogError> {
+    let found: Option<(String, String)> = conn
+        .query_row(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view') LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match found {
+        None => Ok(()),
+        Some((kind, name)) => Err(CatalogError::Malformed(format!(
+            "{} holds a {kind} named {:?}, which Tandem never creates: something else changed this catalog. Restore it from a copy (`tandem-server restore-db`), or for a local vault move the vault directory away (the next command fills a new one from the server)",
+            path.display(),
+            tandem_proto::names::display(&name)
+        ))),
+    }
+}
+
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path` and applies the schema.
     /// `defaults` are the server-wide policy values.
@@ -127,6 +148,12 @@ impl Catalog {
             path,
             OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW,
         )?;
+        // Nothing in the file runs code before it is checked: no function
+        // with side effects from a view or trigger, and no view or trigger
+        // at all, since Tandem makes none (a vault's catalog may be on a
+        // share another machine writes).
+        conn.pragma_update(None, "trusted_schema", "OFF")?;
+        refuse_foreign_schema(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -361,6 +388,7 @@ fn open_reader(path: &Path) -> Result<Connection, CatalogError> {
     // Smaller than the writer's cache: readers walk the chunk index and the
     // version listings, and the OS page cache holds the rest.
     conn.pragma_update(None, "cache_size", -8 * 1024)?;
+    conn.pragma_update(None, "trusted_schema", "OFF")?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     Ok(conn)
 }

@@ -99,6 +99,43 @@ fn refuse_shared_data_dir(dir: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The directories inside a data dir that the store writes into.
+const STORE_SUBDIRS: [&str; 1] = ["containers"];
+
+/// Refuses a vault whose `containers` is a symlink, not a directory, or
+/// another user's: the checks of the vault directory itself would say
+/// nothing about where the store then truncates, compacts and creates
+/// files, and a vault may be on a share another machine writes.
+fn refuse_linked_subdirs(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    for name in STORE_SUBDIRS {
+        let path = dir.join(name);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(setup_err(format!("cannot read {}", path.display()))(e)),
+        };
+        let wrong = if meta.file_type().is_symlink() {
+            "a symbolic link".to_string()
+        } else if !meta.is_dir() {
+            "not a directory".to_string()
+        } else if meta.uid() != me {
+            format!(
+                "owned by uid {}, not by this process's user (uid {me})",
+                meta.uid()
+            )
+        } else {
+            continue;
+        };
+        return Err(ServerError::FailedPrecondition(format!(
+            "{} is {wrong}; a store keeps its containers in a directory of its own. Check who changed it, then move it away (the vault is filled again from the server)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Takes `DATA_DIR/lock` exclusively (and writes our pid into it), so a
 /// second server can never open the same catalog and containers: its
 /// start-up would cut the first one's containers back to their last indexed
@@ -124,13 +161,18 @@ pub(crate) fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::Fil
                 .map_err(setup_err(format!("cannot write {}", path.display())))?;
             Ok(lock)
         }
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+            // A pid, and no more of a file whoever holds the lock may have
+            // made endless.
             let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+            let _ = file.take(32).read_to_string(&mut holder);
             Err(ServerError::FailedPrecondition(format!(
                 "data dir {} is in use by another tandem-server (pid {}); stop that server first, or give this one a data dir of its own",
                 dir.display(),
-                holder.trim()
+                holder
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect::<String>()
             )))
         }
         Err((_, errno)) => Err(setup_err(format!("cannot lock {}", path.display()))(
@@ -383,6 +425,9 @@ impl ServerState {
             )))?;
         refuse_shared_data_dir(dir)?;
         let lock = lock_data_dir(dir)?;
+        if role == Role::Vault {
+            refuse_linked_subdirs(dir)?;
+        }
         let pools = crate::repository::PoolSetup {
             default: &config.pool,
             more: &config.pools,
@@ -405,8 +450,15 @@ impl ServerState {
         if role == Role::Server {
             create_first_admin(catalog, &dir.join("admin.password"))?;
         }
-        let identity = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => tandem_tls::ServerIdentity::from_files(cert, key),
+        let identity = match (&config.tls_cert, &config.tls_key, role) {
+            // A vault is served in memory only: nothing of TLS is read
+            // from, or written to, its directory.
+            (_, _, Role::Vault) => {
+                tandem_tls::ServerIdentity::ephemeral(&config.certificate_names())
+            }
+            (Some(cert), Some(key), Role::Server) => {
+                tandem_tls::ServerIdentity::from_files(cert, key)
+            }
             _ => tandem_tls::ServerIdentity::load_or_create(
                 &dir.join("tls"),
                 &config.certificate_names(),

@@ -39,10 +39,31 @@ use appender::ContainerAppender;
 /// planted in the data dir (a vault's on a share) must not make a read,
 /// an audit or an upload to a bucket take another file's bytes.
 fn open_container(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
+    regular_file(
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path)?,
+    )
+}
+
+/// `file`, if it is a regular file. Containers are opened without blocking
+/// (`O_NONBLOCK`, which changes nothing for a regular file), so that a FIFO
+/// or a device planted under a container's name is refused here rather
+/// than hanging the open or feeding endless bytes.
+fn regular_file(file: File) -> std::io::Result<File> {
+    if file.metadata()?.is_file() {
+        Ok(file)
+    } else {
+        Err(not_a_regular_file())
+    }
+}
+
+fn not_a_regular_file() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "it is not a regular file (a container is one)",
+    )
 }
 use object_pool::ObjectPool;
 use offload::{Offload, Remote};
@@ -398,11 +419,20 @@ impl ChunkStore {
             }
             highest = highest.max(number);
             let end = ends.get(&number).copied().unwrap_or(0);
-            let file = OpenOptions::new()
-                .write(true)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&path)
-                .map_err(io_err(&path))?;
+            // Named first by its type (a FIFO opened for writing without a
+            // reader fails with a less telling error), then checked again
+            // on the open file.
+            let is_file = entry.file_type().map_err(io_err(&path))?.is_file();
+            let file = if is_file {
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                    .open(&path)
+                    .and_then(regular_file)
+            } else {
+                Err(not_a_regular_file())
+            }
+            .map_err(io_err(&path))?;
             let len = file.metadata().map_err(io_err(&path))?.len();
             if len > end {
                 tracing::warn!(
@@ -995,12 +1025,39 @@ fn container_number(path: &Path) -> Option<u32> {
     if path.extension()? != "tdc" {
         return None;
     }
-    path.file_stem()?.to_str()?.parse().ok()
+    path.file_stem()?
+        .to_str()?
+        .parse()
+        .ok()
+        .filter(|n| *n <= MAX_CONTAINER_NUMBER)
 }
+
+/// The highest container number a store takes for its own: far more
+/// containers than any disk holds, and far enough from `u32::MAX` that a
+/// file planted under a number near it (a vault's directory may be on a
+/// share) cannot make the numbering wrap round onto containers in use.
+/// Files named above it are not containers and are left alone.
+const MAX_CONTAINER_NUMBER: u32 = 1 << 31;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_numbered_near_the_top_are_not_containers() {
+        assert_eq!(container_number(Path::new("00000001.tdc")), Some(1));
+        assert_eq!(
+            container_number(Path::new("2147483648.tdc")),
+            Some(MAX_CONTAINER_NUMBER)
+        );
+        assert_eq!(container_number(Path::new("2147483649.tdc")), None);
+        assert_eq!(container_number(Path::new("4294967295.tdc")), None);
+        assert_eq!(offload::marker_number(Path::new("4294967295.remote")), None);
+        assert_eq!(
+            offload::deleting_number(Path::new("4294967295.deleting")),
+            None
+        );
+    }
 
     fn chunk(data: &[u8]) -> VerifiedChunk {
         let compressed = zstd::bulk::compress(data, 1).unwrap();

@@ -367,6 +367,29 @@ fn a_vault_directory_with_planted_links_or_of_another_user_is_refused_and_nothin
     backup_refusing_the_vault(&client, &src, "99999999.tdc");
     assert_eq!(std::fs::read(&precious).unwrap(), b"not the vault's");
     std::fs::remove_file(&container).unwrap();
+
+    // A FIFO under a container's name: the open would wait for a writer
+    // for ever. It is refused at once.
+    nix::unistd::mkfifo(&container, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    backup_refusing_the_vault(&client, &src, "not a regular file");
+    std::fs::remove_file(&container).unwrap();
+
+    // The containers directory itself replaced by a link to another one:
+    // start-up would cut, and compaction remove, the files there.
+    let elsewhere = work.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let outside = elsewhere.join("00000001.tdc");
+    std::fs::write(&outside, b"someone else's file").unwrap();
+    let containers = vault.join("containers");
+    std::fs::rename(&containers, work.path().join("containers-moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &containers).unwrap();
+    backup_refusing_the_vault(&client, &src, "is a symbolic link");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"someone else's file");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
+    std::fs::remove_file(&containers).unwrap();
+    std::fs::rename(work.path().join("containers-moved"), &containers).unwrap();
+    // Nothing of TLS is kept in a vault, so nothing is read or written there.
+    assert!(!vault.join("tls").exists());
     // The vault missed two backups of `src`, and the server's version limit
     // dropped the directory's version the vault holds as active: the sync
     // makes the vault follow (no TDM2129W "the server no longer holds").
@@ -596,7 +619,8 @@ fn versions_changed_or_planted_in_the_vault_catalog_never_reach_the_server() {
 }
 
 #[test]
-fn a_vault_an_earlier_client_used_is_taken_over_once_and_its_offline_backups_reach_the_server() {
+fn an_earlier_clients_record_in_the_vault_is_noted_not_taken_and_its_offline_backups_wait_for_the_operator()
+ {
     let mut primary = TestServer::start("PRIMARY");
     primary.register("liam", "liam-password");
     let work = tempfile::tempdir().unwrap();
@@ -639,17 +663,90 @@ fn a_vault_an_earlier_client_used_is_taken_over_once_and_its_offline_backups_rea
     std::fs::write(vault.join("pulled-ids.bin"), &legacy).unwrap();
 
     primary.restart();
+    // The record is the vault's word: noted, not taken. The backup made
+    // alone waits in the vault, counted, until the operator vouches for it.
+    // (The file goes locally, or this backup would store it anew.)
+    std::fs::remove_file(src.join("while-away.txt")).unwrap();
     let next = client.run(&["incremental", &path_str(&src)]);
-    assert_success(&next, "the first command after the upgrade");
-    assert!(!stderr(&next).contains("TDM2137W"), "{}", stderr(&next));
-    client.assert_logged("TDM2138I");
+    assert_eq!(code(&next), 8, "{}", stderr(&next));
+    assert!(stderr(&next).contains("TDM2139W"), "{}", stderr(&next));
+    assert!(stderr(&next).contains("TDM2137W"), "{}", stderr(&next));
+    client.assert_logged("TDM2139W");
+    assert!(catalog_rows(primary.data_dir(), "while-away.txt").is_empty());
+    let waiting = vault_state(&client);
+    assert!(
+        waiting["versions_unvouched"].as_u64().unwrap() >= 1,
+        "{waiting}"
+    );
+
+    assert_success(
+        &client.run(&["set", "vault", "--resend"]),
+        "set vault --resend",
+    );
     assert!(!vault.join("pulled-ids.bin").exists());
+    let sent = client.run(&["incremental", &path_str(&src)]);
+    assert_success(&sent, "the command after --resend");
     let there = catalog_rows(primary.data_dir(), "while-away.txt");
     assert_eq!(there.len(), 1, "{there:?}");
     assert!(there[0].1 < now_ns() && there[0].1 > away, "{there:?}");
     let state = vault_state(&client);
     assert_eq!(state["state"], "synchronized", "{state}");
     assert_eq!(state["versions_unvouched"], 0, "{state}");
+    primary.kill();
+}
+
+#[test]
+fn a_vault_put_in_place_of_ours_cannot_pass_its_versions_off_as_an_earlier_clients() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("mona", "mona-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    let client = TestClient::new(&primary, "mona", "mona-password");
+    let vault = with_vault(&client, work.path());
+    client.json(&["incremental", &path_str(&src)]);
+
+    // Whoever can write the vault's directory builds a vault of their own
+    // for the node (a GUID of its own), with a file the server never had,
+    // then makes it look new (revision 0) and adds an earlier client's
+    // record of pulls that names none of its versions.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let planted_src = elsewhere.path().join("src");
+    std::fs::create_dir_all(&planted_src).unwrap();
+    std::fs::write(planted_src.join("planted.sh"), b"#!/bin/sh\nid\n").unwrap();
+    let other = TestClient::new(&primary, "mona", "mona-password");
+    let fake = with_vault(&other, elsewhere.path());
+    primary.kill();
+    other.json(&["incremental", &path_str(&planted_src)]);
+    assert_eq!(catalog_rows(&fake, "planted.sh").len(), 1);
+    let state_file = fake.join("sync-state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    state["revision"] = 0.into();
+    std::fs::write(&state_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let mut legacy = b"TDMPULL1".to_vec();
+    legacy.extend_from_slice(&[7u8; 16]);
+    std::fs::write(fake.join("pulled-ids.bin"), &legacy).unwrap();
+    std::fs::rename(&vault, work.path().join("vault-moved")).unwrap();
+    std::fs::rename(&fake, &vault).unwrap();
+
+    primary.restart();
+    // The backup writes to the vault too (a new file), which once made this
+    // client record the vault as one it writes to before the sync ran.
+    std::fs::write(src.join("new-today.txt"), b"written after the swap\n").unwrap();
+    let next = client.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&next), 8, "{}", stderr(&next));
+    assert!(stderr(&next).contains("TDM2139W"), "{}", stderr(&next));
+    assert!(stderr(&next).contains("TDM2137W"), "{}", stderr(&next));
+    client.assert_logged("TDM2139W");
+    assert!(catalog_rows(primary.data_dir(), "planted.sh").is_empty());
+    assert_eq!(catalog_rows(primary.data_dir(), "new-today.txt").len(), 1);
+    // From then on only this client's records count: the planted version
+    // is still counted and never sent.
+    let again = client.run(&["incremental", &path_str(&src)]);
+    assert_eq!(code(&again), 8, "{}", stderr(&again));
+    assert!(stderr(&again).contains("TDM2137W"), "{}", stderr(&again));
+    assert!(catalog_rows(primary.data_dir(), "planted.sh").is_empty());
     primary.kill();
 }
 

@@ -103,6 +103,25 @@ impl ServerIdentity {
         Self::from_files(&cert, &key)
     }
 
+    /// A key and self-signed certificate for `names`, made in memory and
+    /// never written: for a store opened inside another process (a client's
+    /// local vault), which never listens, so nobody pins it, and whose
+    /// directory may be on a share others write.
+    ///
+    /// # Errors
+    /// [`IdentityError::Tls`] when the certificate cannot be made.
+    pub fn ephemeral(names: &[String]) -> Result<Self, IdentityError> {
+        let made = rcgen::generate_simple_self_signed(names.to_vec())
+            .map_err(|e| IdentityError::Tls(format!("cannot make a certificate: {e}")))?;
+        let leaf = made.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+        Ok(ServerIdentity {
+            fingerprint: Fingerprint::of_der(&leaf),
+            chain: vec![leaf],
+            key,
+        })
+    }
+
     /// Reads an operator's certificate chain and key (PEM).
     ///
     /// # Errors

@@ -18,12 +18,14 @@ fn marker(dir: &Path) -> PathBuf {
 /// either, and its open says why.
 pub fn ask(dir: &Path) {
     use std::os::unix::fs::OpenOptionsExt;
-    // Never through a planted link: the marker is an empty file of ours.
+    // Never through a planted link, and never waiting on a planted FIFO
+    // (O_NONBLOCK: a FIFO without a reader fails at once; nothing changes
+    // for a file): the marker is an empty file of ours.
     let _ = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(marker(dir));
 }
 
@@ -52,5 +54,14 @@ mod tests {
         withdraw(dir.path());
         assert!(!asked(dir.path()));
         withdraw(dir.path());
+    }
+
+    #[test]
+    fn a_fifo_in_the_markers_place_does_not_hang_the_request() {
+        let dir = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(&marker(dir.path()), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        ask(dir.path());
+        withdraw(dir.path());
+        assert!(!asked(dir.path()));
     }
 }

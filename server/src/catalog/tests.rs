@@ -1282,3 +1282,25 @@ fn a_commit_names_every_version_it_made_inactive() {
     assert_eq!(inactive.len(), 2, "the replaced /a and the gone /b");
     assert_eq!(named, inactive);
 }
+
+#[test]
+fn a_catalog_holding_a_trigger_or_view_is_refused_before_anything_runs() {
+    for planted in [
+        "CREATE TRIGGER endless AFTER INSERT ON nodes BEGIN SELECT 1; END;",
+        "CREATE VIEW peek AS SELECT * FROM nodes;",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("catalog.db");
+        drop(Catalog::open(&file, Policy::default()).expect("open"));
+        Connection::open(&file)
+            .unwrap()
+            .execute_batch(planted)
+            .unwrap();
+        let Err(err) = Catalog::open(&file, Policy::default()) else {
+            panic!("a catalog with {planted:?} was opened");
+        };
+        let text = err.to_string();
+        assert!(text.contains("Tandem never creates"), "{text}");
+        assert!(text.contains("endless") || text.contains("peek"), "{text}");
+    }
+}

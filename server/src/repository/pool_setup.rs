@@ -214,6 +214,8 @@ fn refuse_shared_dirs(places: &[Place<'_>]) -> Result<(), ServerError> {
 
 /// The file that binds a pool directory to one server's pool.
 const CLAIM_FILE: &str = "tandem-pool.json";
+/// Far more than a claim (a GUID and a pool name) takes.
+const MAX_CLAIM_BYTES: u64 = 64 * 1024;
 
 /// What a claim file holds.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -301,7 +303,9 @@ fn check_claim(place: &Place<'_>, guid: &str) -> Result<bool, ServerError> {
         }
         .into()
     };
-    match std::fs::read_to_string(&path) {
+    // Bounded and never through a link: a vault's directory may be on a
+    // share that others write.
+    match tandem_os::atomic_file::read_small_text(&path, MAX_CLAIM_BYTES) {
         Ok(text) => {
             let found: Claim = serde_json::from_str(&text).map_err(|e| {
                 refuse(format!(

@@ -94,8 +94,9 @@ impl ContainerAppender {
             .write(true)
             .create(true)
             .truncate(false)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path)?;
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path)
+            .and_then(super::regular_file)?;
         let direct = match OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_DIRECT | nix::libc::O_NOFOLLOW)

@@ -83,7 +83,11 @@ pub(super) fn deleting_number(path: &Path) -> Option<u32> {
     if path.extension()? != "deleting" {
         return None;
     }
-    path.file_stem()?.to_str()?.parse().ok()
+    path.file_stem()?
+        .to_str()?
+        .parse()
+        .ok()
+        .filter(|n| *n <= super::MAX_CONTAINER_NUMBER)
 }
 
 /// The number of a marker file's name.
@@ -91,7 +95,11 @@ pub(super) fn marker_number(path: &Path) -> Option<u32> {
     if path.extension()? != "remote" {
         return None;
     }
-    path.file_stem()?.to_str()?.parse().ok()
+    path.file_stem()?
+        .to_str()?
+        .parse()
+        .ok()
+        .filter(|n| *n <= super::MAX_CONTAINER_NUMBER)
 }
 
 /// The markers in `dir`: each container's size, checked against the bucket
