@@ -720,15 +720,23 @@ fn splay_ns(node: &str, run: &Run) -> i64 {
 /// # Errors
 /// [`ClientError::Usage`] when another scheduler holds it; I/O errors.
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ClientError> {
-    std::fs::create_dir_all(state_dir).map_err(|e| ClientError::Io {
-        path: state_dir.to_path_buf(),
-        source: e,
-    })?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    // The user's alone, as every other record in it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|e| ClientError::Io {
+            path: state_dir.to_path_buf(),
+            source: e,
+        })?;
     let path = state_dir.join("schedule.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(&path)
         .map_err(|e| ClientError::Io {
             path: path.clone(),

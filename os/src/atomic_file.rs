@@ -67,6 +67,38 @@ pub fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<(
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Replaces the file `path` names (through symbolic links, which stay) with
+/// `data`, keeping its permission bits, owner and group: for a file the
+/// user keeps, such as an options file another account (a database's, in
+/// the group) must still read after the rewrite.
+///
+/// # Errors
+/// I/O errors, among them a file whose owner or group this user cannot
+/// give the new one; the file is unchanged when one occurs.
+pub fn rewrite_keeping_owner(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::canonicalize(path)?;
+    let old = std::fs::metadata(&target)?;
+    let dir = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tandem-")
+        .tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    let new = tmp.as_file().metadata()?;
+    if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(old.uid()), Some(old.gid()))?;
+    }
+    // After the owner: a change of owner clears set-ID bits.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&target).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// [`read_small`] of a text file (UTF-8).
 ///
 /// # Errors
@@ -101,5 +133,34 @@ mod tests {
             device.to_string().contains("not a regular file"),
             "{device}"
         );
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_link_the_mode_and_the_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("real.toml");
+        replace(&file, b"old\n", Some(0o640)).unwrap();
+        // A group other than this process's, where it may give one (root).
+        let mine = std::fs::metadata(&file).unwrap();
+        let group = if mine.uid() == 0 { 12345 } else { mine.gid() };
+        std::os::unix::fs::chown(&file, None, Some(group)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.path().join("tandem.toml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+
+        rewrite_keeping_owner(&link, b"new\n").unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"new\n");
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        assert_eq!(meta.gid(), group);
+        let strays: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(strays.len(), 2, "no temporary file is left: {strays:?}");
     }
 }

@@ -39,6 +39,27 @@ pub struct RestoreDbReport {
     pub held: Vec<(String, String)>,
 }
 
+/// Refuses a data dir another user owns: the restored catalog would be
+/// this user's (root's, typically, in a recovery), mode 0600, and the
+/// server, running as the directory's owner, could not open it.
+fn refuse_other_users_data_dir(data_dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(data_dir)
+        .map_err(crate::state::setup_err(format!(
+            "cannot read data dir {}",
+            data_dir.display()
+        )))?
+        .uid();
+    let me = nix::unistd::geteuid().as_raw();
+    if owner != me {
+        return Err(ServerError::FailedPrecondition(format!(
+            "data dir {} belongs to uid {owner}, not to this process's user (uid {me}); run restore-db as the user the server runs as (e.g. `sudo -u tandem`), so that the restored catalog is that user's. Nothing was changed",
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Restores the catalog of `data_dir` from `copy`.
 ///
 /// # Errors
@@ -51,6 +72,7 @@ pub fn restore_db(
     policy: Policy,
     pools: crate::repository::PoolSetup<'_>,
 ) -> Result<RestoreDbReport, ServerError> {
+    refuse_other_users_data_dir(data_dir)?;
     let _lock = crate::state::lock_data_dir(data_dir)?;
     let refused = |e: crate::error::CatalogError| {
         ServerError::FailedPrecondition(format!("{e}; nothing was changed"))

@@ -229,7 +229,8 @@ fn rewrite(
             cause: "the file is read-only".into(),
         });
     }
-    tandem_os::atomic_file::replace(path, new.as_bytes(), Some(mode & 0o7777)).map_err(|e| {
+    // The file a link leads to is rewritten, with its owner and group.
+    tandem_os::atomic_file::rewrite_keeping_owner(path, new.as_bytes()).map_err(|e| {
         PushError::Write {
             path: shown,
             cause: e.to_string(),
