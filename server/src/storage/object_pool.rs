@@ -1094,6 +1094,36 @@ mod tests {
     use super::*;
     use crate::config::PoolKind;
 
+    fn answer(
+        pieces: Vec<&'static [u8]>,
+    ) -> futures_util::stream::BoxStream<'static, object_store::Result<Bytes>> {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(pieces.into_iter().map(|p| Ok(Bytes::from_static(p)))).boxed()
+    }
+
+    #[tokio::test]
+    async fn an_answer_longer_than_asked_is_cut_off_not_collected() {
+        let whole = collect_at_most(answer(vec![b"abcd"]), 4).await.unwrap();
+        assert_eq!(&whole[..], b"abcd");
+        let pieces = collect_at_most(answer(vec![b"ab", b"cd"]), 4)
+            .await
+            .unwrap();
+        assert_eq!(&pieces[..], b"abcd");
+        let short = collect_at_most(answer(vec![b"ab"]), 4).await.unwrap();
+        assert_eq!(&short[..], b"ab");
+        let long = collect_at_most(answer(vec![b"ab", b"cd", b"e"]), 4)
+            .await
+            .unwrap_err();
+        assert!(
+            long.to_string().contains("longer than the 4 bytes"),
+            "{long}"
+        );
+        // An endless answer ends at the bound.
+        use futures_util::StreamExt;
+        let endless = futures_util::stream::repeat_with(|| Ok(Bytes::from_static(b"x"))).boxed();
+        assert!(collect_at_most(endless, 1 << 20).await.is_err());
+    }
+
     fn s3_config(credentials: &FsPath) -> PoolConfig {
         PoolConfig {
             kind: PoolKind::S3,
