@@ -68,13 +68,14 @@ pub fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<(
 }
 
 /// Replaces the file `path` names (through symbolic links, which stay) with
-/// `data`, keeping its permission bits, owner and group: for a file the
-/// user keeps, such as an options file another account (a database's, in
-/// the group) must still read after the rewrite.
+/// `data`, keeping its permission bits, and its owner and group as far as
+/// this user may give them (root always; another user its own groups): for
+/// a file the user keeps, such as an options file another account (a
+/// database's, in the group) must still read after the rewrite. Where they
+/// cannot be kept the new file is this user's, as any rewrite's would be.
 ///
 /// # Errors
-/// I/O errors, among them a file whose owner or group this user cannot
-/// give the new one; the file is unchanged when one occurs.
+/// I/O errors; the file is unchanged when one occurs.
 pub fn rewrite_keeping_owner(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let target = std::fs::canonicalize(path)?;
@@ -88,8 +89,22 @@ pub fn rewrite_keeping_owner(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .tempfile_in(dir)?;
     tmp.write_all(data)?;
     let new = tmp.as_file().metadata()?;
-    if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(old.uid()), Some(old.gid()))?;
+    let uid = (new.uid() != old.uid()).then_some(old.uid());
+    let gid = (new.gid() != old.gid()).then_some(old.gid());
+    if uid.is_some() || gid.is_some() {
+        let refused = |e: &std::io::Error| e.raw_os_error() == Some(libc::EPERM);
+        match std::os::unix::fs::fchown(tmp.as_file(), uid, gid) {
+            Ok(()) => {}
+            // Not root: the group alone, if it is one of this user's.
+            Err(e) if refused(&e) && gid.is_some() => {
+                match std::os::unix::fs::fchown(tmp.as_file(), None, gid) {
+                    Err(e) if !refused(&e) => return Err(e),
+                    _ => {}
+                }
+            }
+            Err(e) if refused(&e) => {}
+            Err(e) => return Err(e),
+        }
     }
     // After the owner: a change of owner clears set-ID bits.
     tmp.as_file()
@@ -142,9 +157,14 @@ mod tests {
         let file = dir.path().join("real.toml");
         replace(&file, b"old\n", Some(0o640)).unwrap();
         // A group other than this process's, where it may give one (root).
+        // Another owner and group, where this process may give them (root).
         let mine = std::fs::metadata(&file).unwrap();
-        let group = if mine.uid() == 0 { 12345 } else { mine.gid() };
-        std::os::unix::fs::chown(&file, None, Some(group)).unwrap();
+        let (owner, group) = if mine.uid() == 0 {
+            (12345, 12346)
+        } else {
+            (mine.uid(), mine.gid())
+        };
+        std::os::unix::fs::chown(&file, Some(owner), Some(group)).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
         let link = dir.path().join("tandem.toml");
         std::os::unix::fs::symlink(&file, &link).unwrap();
@@ -160,6 +180,7 @@ mod tests {
         let meta = std::fs::metadata(&file).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o640);
         assert_eq!(meta.gid(), group);
+        assert_eq!(meta.uid(), owner);
         let strays: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(strays.len(), 2, "no temporary file is left: {strays:?}");
     }

@@ -251,6 +251,8 @@ struct ThrottleState {
 struct Window {
     msg: ServerMsg,
     since: std::time::Instant,
+    /// When its recorded refusal was, on the wall clock (for the summary).
+    since_wall: chrono::DateTime<chrono::Utc>,
     held: u64,
 }
 
@@ -262,6 +264,8 @@ pub struct HeldRefusals {
     pub msg: ServerMsg,
     /// The address they came from; `None` for addresses that found no slot.
     pub address: Option<String>,
+    /// When the refusal recorded before them was (for an address).
+    pub after: Option<chrono::DateTime<chrono::Utc>>,
     /// How many.
     pub count: u64,
 }
@@ -292,6 +296,7 @@ impl RefusalThrottle {
         let window = Window {
             msg,
             since: now,
+            since_wall: chrono::Utc::now(),
             held: 0,
         };
         Some(state.windows.insert(key, window).map_or(0, |w| w.held))
@@ -310,6 +315,7 @@ impl RefusalThrottle {
                 held.push(HeldRefusals {
                     msg: window.msg,
                     address: Some(address.clone()),
+                    after: Some(window.since_wall),
                     count: window.held,
                 });
             }
@@ -322,6 +328,7 @@ impl RefusalThrottle {
                 .map(|(_, (msg, count))| HeldRefusals {
                     msg,
                     address: None,
+                    after: None,
                     count,
                 }),
         );
@@ -357,15 +364,16 @@ pub async fn record_refusal(
 /// caller who stops within the minute still has every refusal counted.
 pub async fn record_held_refusals(catalog: &Arc<Catalog>, throttle: &RefusalThrottle, all: bool) {
     for held in throttle.take_held(std::time::Instant::now(), all) {
-        let (peer, text) = match &held.address {
-            Some(address) => (
+        let (peer, text) = match (&held.address, held.after) {
+            (Some(address), Some(after)) => (
                 address.as_str(),
                 format!(
-                    "{} more refusals like the last one recorded from this address were held back in the minute after it, not recorded one by one",
-                    held.count
+                    "{} more refusals like the one recorded from this address at {} were held back in the minute after it, not recorded one by one",
+                    held.count,
+                    after.format("%Y-%m-%d %H:%M:%S UTC")
                 ),
             ),
-            None => (
+            _ => (
                 "",
                 format!(
                     "{} refusals of this kind were held back while {REFUSAL_ADDRESSES} other addresses' refusals were being counted, not recorded one by one (their addresses were not kept)",
@@ -414,6 +422,13 @@ mod tests {
     const ADMIN: ServerMsg = ServerMsg::AdminAuthFailed;
     const PARTNER: ServerMsg = ServerMsg::ReplicationAuthFailed;
 
+    /// Kind, address and count of each (the time is the wall clock's).
+    fn counts(held: Vec<HeldRefusals>) -> Vec<(&'static str, Option<String>, u64)> {
+        held.into_iter()
+            .map(|h| (h.msg.id(), h.address, h.count))
+            .collect()
+    }
+
     #[test]
     fn refusals_from_one_address_are_recorded_once_a_minute_with_a_count() {
         let throttle = RefusalThrottle::default();
@@ -452,21 +467,9 @@ mod tests {
         let later = t0 + REFUSAL_WINDOW;
         assert_eq!(throttle.admit(ADMIN, "10.9.9.9:1", later), Some(0));
         // The ones that found no slot are handed out by kind, once.
-        let held = throttle.take_held(later, false);
         assert_eq!(
-            held,
-            vec![
-                HeldRefusals {
-                    msg: ADMIN,
-                    address: None,
-                    count: 2
-                },
-                HeldRefusals {
-                    msg: PARTNER,
-                    address: None,
-                    count: 1
-                },
-            ]
+            counts(throttle.take_held(later, false)),
+            vec![("TDM0501W", None, 2), ("TDM0602W", None, 1)]
         );
         assert!(throttle.take_held(later, true).is_empty());
     }
@@ -486,26 +489,16 @@ mod tests {
         // After it, the caller that stopped has its count recorded; the
         // address with nothing held back is simply forgotten.
         let held = throttle.take_held(later(61), false);
-        assert_eq!(
-            held,
-            vec![HeldRefusals {
-                msg: ADMIN,
-                address: Some("10.0.0.1".into()),
-                count: 5
-            }]
-        );
+        assert!(held[0].after.is_some());
+        assert_eq!(counts(held), vec![("TDM0501W", Some("10.0.0.1".into()), 5)]);
         assert!(throttle.take_held(later(62), false).is_empty());
         // The next refusal from there starts afresh: nothing counted twice.
         assert_eq!(throttle.admit(ADMIN, "10.0.0.1:3", later(63)), Some(0));
         // As the server stops, everything held back is handed out at once.
         assert_eq!(throttle.admit(ADMIN, "10.0.0.1:4", later(64)), None);
         assert_eq!(
-            throttle.take_held(later(64), true),
-            vec![HeldRefusals {
-                msg: ADMIN,
-                address: Some("10.0.0.1".into()),
-                count: 1
-            }]
+            counts(throttle.take_held(later(64), true)),
+            vec![("TDM0501W", Some("10.0.0.1".into()), 1)]
         );
     }
 }

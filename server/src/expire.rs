@@ -19,7 +19,7 @@ use std::time::Instant;
 use tandem_proto::ChunkId;
 
 use crate::catalog::{Catalog, DamagedChunk, ExpiringVersion, ReleasedSpace};
-use crate::error::ServerError;
+use crate::error::{ServerError, StorageError};
 use crate::model::ChunkLocation;
 use crate::repository::Repository;
 use crate::storage::{ChunkStore, HEADER_BYTES, VerifiedChunk, verify_chunk};
@@ -209,8 +209,22 @@ fn compact(
     live_bytes: u64,
 ) -> Result<bool, ServerError> {
     // The container's own headers say what it holds; a record is live when
-    // the index still points its pool's copy at that very record.
-    let records = store.records(number)?;
+    // the index still points its pool's copy at that very record. Headers
+    // that do not add up leave the container as it is (its chunks are read
+    // by their index entries, not by walking it; an audit finds any that
+    // are damaged), and the run goes on with the next container.
+    let records = match store.records(number) {
+        Ok(records) => records,
+        Err(e @ StorageError::Damaged { .. }) => {
+            tracing::warn!(
+                container = number,
+                cause = %e,
+                "compaction left a container whose record headers are damaged as it is; `audit pool` reads and checks its chunks"
+            );
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let ids: Vec<ChunkId> = records.iter().map(|(id, _)| *id).collect();
     let indexed = repo.catalog.pool_chunk_locations(store.pool(), &ids)?;
     let chunks = records
@@ -241,14 +255,25 @@ fn compact(
     let mut unreadable: HashMap<ChunkId, String> = HashMap::new();
     let mut copied_bytes = 0u64;
     for (id, loc) in chunks {
-        let chunk = store.read(loc).map_err(|e| e.to_string()).and_then(|data| {
-            verify_chunk(id, data.into(), u64::from(loc.raw_len)).map_err(|e| e.to_string())
-        });
+        // Only what the bytes themselves show is damage; a read that failed
+        // (a bucket that did not answer, an I/O error) ends this run as
+        // before, with the container whole and nothing marked.
+        let chunk = store
+            .read(loc)
+            .and_then(|data| verify_chunk(id, data.into(), u64::from(loc.raw_len)));
         let chunk = match chunk {
             Ok(chunk) => chunk,
-            Err(reason) => {
-                unreadable.insert(id, reason);
+            Err(
+                e @ (StorageError::ChunkMismatch { .. }
+                | StorageError::ChunkMalformed { .. }
+                | StorageError::Damaged { .. }),
+            ) => {
+                unreadable.insert(id, e.to_string());
                 continue;
+            }
+            Err(e) => {
+                flush(&mut batch, &mut from)?;
+                return Err(e.into());
             }
         };
         batch_bytes += chunk.data.len();

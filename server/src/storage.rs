@@ -445,6 +445,19 @@ impl ChunkStore {
                 file.sync_all().map_err(io_err(&path))?;
             }
         }
+        // A number this high was never handed out (a billion containers
+        // would come first): a file put there under that name would move
+        // the numbering to where new containers could no longer be seen.
+        if highest > HIGHEST_NUMBER_IN_USE {
+            return Err(StorageError::Pool {
+                pool: table.to_string(),
+                container: Some(highest),
+                reason: format!(
+                    "{} holds a container numbered {highest}, and Tandem never numbers containers above {HIGHEST_NUMBER_IN_USE}: something else put that file there. Move it away and start again",
+                    dir.display()
+                ),
+            });
+        }
         // Appends go on in this pool's newest local container; never to a
         // container that is in the bucket or whose number another pool has
         // (taken while this pool was out of the configuration), and a new
@@ -1039,6 +1052,11 @@ fn container_number(path: &Path) -> Option<u32> {
 /// Files named above it are not containers and are left alone.
 const MAX_CONTAINER_NUMBER: u32 = 1 << 31;
 
+/// The highest number a store starts from: below it by 2^30 containers,
+/// so that every number it hands out stays at or below
+/// [`MAX_CONTAINER_NUMBER`], where it is seen.
+const HIGHEST_NUMBER_IN_USE: u32 = 1 << 30;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1057,6 +1075,15 @@ mod tests {
             offload::deleting_number(Path::new("4294967295.deleting")),
             None
         );
+    }
+
+    #[test]
+    fn a_store_with_a_container_numbered_near_the_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("1073741825.tdc"), b"").unwrap();
+        let err = ChunkStore::open(dir.path(), &[]).unwrap_err().to_string();
+        assert!(err.contains("never numbers containers above"), "{err}");
+        assert!(err.contains("1073741825"), "{err}");
     }
 
     fn chunk(data: &[u8]) -> VerifiedChunk {

@@ -322,10 +322,13 @@ fn remove_abandoned(root: &Path) {
 /// the online backup API, and checks the copy.
 fn snapshot(db: &Path, copy: &Path) -> Result<(), String> {
     // Read-only: a missing file is an error rather than a new empty
-    // database, and nothing of the source is ever changed. A hot journal
-    // left by a crashed writer is not rolled back here: its content is the
-    // database owner's to write, and a rollback deletes the "super-journal"
-    // the journal names, wherever that is, as this process (often root).
+    // database, and the database file is never written. (In WAL mode SQLite
+    // makes the `-wal` and `-shm` files it reads through if a clean close
+    // removed them, and a read-only connection leaves them, empty; as root
+    // they are given the database's owner.) A hot journal left by a crashed
+    // writer is not rolled back here: its content is the database owner's
+    // to write, and a rollback deletes the "super-journal" the journal
+    // names, wherever that is, as this process (often root).
     let source = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -386,16 +389,22 @@ fn explain_read_failure(db: &Path, e: &rusqlite::Error, what: &str) -> String {
         return format!(
             "has a hot journal ({}-journal): a writer stopped in the middle of a transaction. The backup does not roll it back for the application; let the application open the database once (or run `sqlite3 {} 'PRAGMA quick_check'` as the database's owner), then back up again",
             db.display(),
-            db.display()
+            shell_quoted(db)
         );
     }
     format!("{what}: {e}")
 }
 
+/// `path` in single quotes for a shell, as advice to copy and paste.
+fn shell_quoted(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
 /// Runs `PRAGMA integrity_check` on the database at `path`.
 fn check_integrity(path: &Path) -> Result<(), String> {
-    // Read-write: a read-only connection cannot open a WAL-mode copy that
-    // has no `-shm` file yet. The copy is ours, in the staging directory.
+    // Read-write: the copy is ours, in the staging directory, and a
+    // read-write connection to a WAL-mode copy removes the `-wal` and
+    // `-shm` files it makes when it closes (a read-only one leaves them).
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(|e| e.to_string())?;
     let verdict: String = db
@@ -450,6 +459,30 @@ mod tests {
         assert!(err.contains("as the database's owner"), "{err}");
         assert_eq!(std::fs::read(&db).unwrap(), db_before);
         assert_eq!(std::fs::read(&journal).unwrap(), journal_before);
+    }
+
+    #[test]
+    fn a_wal_database_closed_cleanly_is_copied_and_its_file_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("it's.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (7);")
+            .unwrap();
+        drop(conn);
+        assert!(!dir.path().join("it's.db-wal").exists());
+        let before = std::fs::read(&db).unwrap();
+        let copy = dir.path().join("copy.db");
+        snapshot(&db, &copy).unwrap();
+        let copied: i64 = Connection::open(&copy)
+            .unwrap()
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(copied, 7);
+        assert_eq!(std::fs::read(&db).unwrap(), before);
+        assert_eq!(
+            shell_quoted(&db),
+            format!("'{}'", db.display()).replace("it's", r"it'\''s")
+        );
     }
 
     #[test]

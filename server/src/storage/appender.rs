@@ -99,7 +99,7 @@ impl ContainerAppender {
             .and_then(super::regular_file)?;
         let direct = match OpenOptions::new()
             .write(true)
-            .custom_flags(nix::libc::O_DIRECT | nix::libc::O_NOFOLLOW)
+            .custom_flags(nix::libc::O_DIRECT | nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(path)
         {
             Ok(direct_file) => Staging::new().map(|s| (direct_file, s)),
