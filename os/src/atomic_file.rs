@@ -45,26 +45,41 @@ pub fn read_small(path: &Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The directory `path` is in ("." for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// `data` in a new temporary file in `dir`, not yet synced.
+fn staged(dir: &Path, data: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tandem-")
+        .tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    Ok(tmp)
+}
+
+/// Syncs `tmp`, renames it to `path` in `dir` and syncs `dir`.
+fn put_in_place(tmp: tempfile::NamedTempFile, path: &Path, dir: &Path) -> std::io::Result<()> {
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Replaces `path` with `data`, optionally with permission bits `mode`.
 ///
 /// # Errors
 /// I/O errors; the target is unchanged when one occurs.
 pub fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tandem-")
-        .tempfile_in(dir)?;
-    tmp.write_all(data)?;
+    let dir = parent_of(path);
+    let tmp = staged(dir, data)?;
     if let Some(mode) = mode {
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    put_in_place(tmp, path, dir)
 }
 
 /// Replaces the file `path` names (through symbolic links, which stay) with
@@ -80,14 +95,8 @@ pub fn rewrite_keeping_owner(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let target = std::fs::canonicalize(path)?;
     let old = std::fs::metadata(&target)?;
-    let dir = target
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tandem-")
-        .tempfile_in(dir)?;
-    tmp.write_all(data)?;
+    let dir = parent_of(&target);
+    let tmp = staged(dir, data)?;
     let new = tmp.as_file().metadata()?;
     let uid = (new.uid() != old.uid()).then_some(old.uid());
     let gid = (new.gid() != old.gid()).then_some(old.gid());
@@ -109,9 +118,7 @@ pub fn rewrite_keeping_owner(path: &Path, data: &[u8]) -> std::io::Result<()> {
     // After the owner: a change of owner clears set-ID bits.
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(&target).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    put_in_place(tmp, &target, dir)
 }
 
 /// [`read_small`] of a text file (UTF-8).

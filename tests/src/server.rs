@@ -252,6 +252,19 @@ impl TestServer {
         self.admin_command(args).output().expect("run tandem-admin")
     }
 
+    /// Runs `tandem-admin ARGS` against this server with the token in
+    /// `token_file` (a wrong one, say), pinning the server's certificate.
+    pub fn admin_with_token(&self, token_file: &Path, args: &[&str]) -> Output {
+        Command::new(bin("tandem-admin"))
+            .args(["--server", &self.url(), "--token-file"])
+            .arg(token_file)
+            .args(["--fingerprint", &self.fingerprint()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tandem-admin")
+    }
+
     /// `tandem-admin` against this server with its admin token, not started
     /// (for a test that stops it midway).
     pub fn admin_command(&self, args: &[&str]) -> Command {

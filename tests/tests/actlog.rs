@@ -141,19 +141,7 @@ fn refusals_held_back_are_counted_when_the_server_stops() {
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "0000\n").unwrap();
     for _ in 0..4 {
-        let out = std::process::Command::new(bin("tandem-admin"))
-            .args([
-                "--server",
-                &server.url(),
-                "--token-file",
-                &path_str(&wrong),
-                "--fingerprint",
-                &server.fingerprint(),
-                "query",
-                "node",
-            ])
-            .output()
-            .unwrap();
+        let out = server.admin_with_token(&wrong, &["query", "node"]);
         assert_eq!(code(&out), 12, "{}", stderr(&out));
     }
     let before = server.actlog();

@@ -185,19 +185,7 @@ fn admin_console_checks_its_token_and_input() {
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "0000\n").unwrap();
-    let out = std::process::Command::new(bin("tandem-admin"))
-        .args([
-            "--server",
-            &server.url(),
-            "--token-file",
-            &path_str(&wrong),
-            "--fingerprint",
-            &server.fingerprint(),
-            "query",
-            "node",
-        ])
-        .output()
-        .unwrap();
+    let out = server.admin_with_token(&wrong, &["query", "node"]);
     assert_eq!(code(&out), 12);
     assert!(
         stderr(&out).contains("admin token wrong"),

@@ -461,24 +461,31 @@ mod tests {
         assert_eq!(std::fs::read(&journal).unwrap(), journal_before);
     }
 
-    #[test]
-    fn a_wal_database_closed_cleanly_is_copied_and_its_file_left_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("it's.db");
-        let conn = Connection::open(&db).unwrap();
-        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (7);")
-            .unwrap();
-        drop(conn);
-        assert!(!dir.path().join("it's.db-wal").exists());
-        let before = std::fs::read(&db).unwrap();
-        let copy = dir.path().join("copy.db");
-        snapshot(&db, &copy).unwrap();
+    /// Makes a database at `db` with `setup` (which leaves x = `value` in
+    /// table t), closes it, copies it with [`snapshot`], and checks that the
+    /// copy holds the value and the database's file is unchanged.
+    fn copied_unchanged(db: &Path, setup: &str, value: i64) {
+        Connection::open(db).unwrap().execute_batch(setup).unwrap();
+        let before = std::fs::read(db).unwrap();
+        let copy = db.with_extension("copy");
+        snapshot(db, &copy).unwrap();
         let copied: i64 = Connection::open(&copy)
             .unwrap()
             .query_row("SELECT x FROM t", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(copied, 7);
-        assert_eq!(std::fs::read(&db).unwrap(), before);
+        assert_eq!(copied, value);
+        assert_eq!(std::fs::read(db).unwrap(), before);
+    }
+
+    #[test]
+    fn a_wal_database_closed_cleanly_is_copied_and_its_file_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("it's.db");
+        copied_unchanged(
+            &db,
+            "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (7);",
+            7,
+        );
         assert_eq!(
             shell_quoted(&db),
             format!("'{}'", db.display()).replace("it's", r"it'\''s")
@@ -488,19 +495,10 @@ mod tests {
     #[test]
     fn a_database_without_a_journal_is_copied_and_left_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("app.db");
-        let conn = Connection::open(&db).unwrap();
-        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
-            .unwrap();
-        drop(conn);
-        let before = std::fs::read(&db).unwrap();
-        let copy = dir.path().join("copy.db");
-        snapshot(&db, &copy).unwrap();
-        let copied: i64 = Connection::open(&copy)
-            .unwrap()
-            .query_row("SELECT x FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(copied, 42);
-        assert_eq!(std::fs::read(&db).unwrap(), before);
+        copied_unchanged(
+            &dir.path().join("app.db"),
+            "CREATE TABLE t(x); INSERT INTO t VALUES (42);",
+            42,
+        );
     }
 }
