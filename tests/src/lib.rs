@@ -29,7 +29,10 @@ pub use client::{TestClient, assert_success, code, path_str, stderr};
 pub use metrics::{metrics_get, metrics_text, sample};
 pub use process::{now_ns, peak_rss_kib, run_measured, stop_child, wait_until};
 pub use proxy::CutProxy;
-pub use raw::{raw_backup_client, raw_backup_session, repair_answer, wire_chunk, with_session};
+pub use raw::{
+    StalledBody, grpc_status, raw_backup_client, raw_backup_session, raw_channel, repair_answer,
+    wire_chunk, with_session,
+};
 pub use server::{
     TestServer, container_files, damage_bytes_in, damage_container_bytes, pair, private_tempdir,
     replicate, replicated_alice,

@@ -659,3 +659,47 @@ fn assert_refused(refused: &tonic::Status, code: tonic::Code, text: &str) {
     assert_eq!(refused.code(), code, "{refused:?}");
     assert!(refused.message().contains(text), "{refused:?}");
 }
+
+/// A logon whose message stops arriving half way is abandoned once the
+/// server's wait for a caller not yet logged on is over (30 s), rather than
+/// held for as long as the caller keeps the connection; other logons go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logon_that_stalls_half_way_is_abandoned_after_the_wait() {
+    use tonic::codegen::Service;
+    let server = TestServer::start("PRIMARY");
+    server.register("alice", "alice-password");
+    let mut channel = raw_channel(&server).await;
+    // The gRPC frame announces a 100-byte message; 10 bytes of it arrive.
+    let mut first = vec![0u8];
+    first.extend_from_slice(&100u32.to_be_bytes());
+    first.extend_from_slice(&[0x0a; 10]);
+    let request = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri("/tandem.v1.Backup/Logon")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(StalledBody::after(first)))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(120), channel.call(request))
+        .await
+        .expect("the server answered a stalled logon within 2 minutes")
+        .expect("an answer");
+    let status = grpc_status(answer).await;
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("did not arrive within 30000 ms"),
+        "{status:?}"
+    );
+
+    let mut raw = raw_backup_client(&server).await;
+    raw.logon(pb::LogonRequest {
+        node: "alice".into(),
+        password: "alice-password".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("a whole logon goes on as before");
+}
