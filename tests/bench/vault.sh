@@ -9,7 +9,8 @@
 #     moved (versions, chunks, bytes: TDM2123I);
 #   - three pairs of restores from that one server, with the vault and
 #     without it in turn.
-# Wall time and peak RSS of the client. Talks only to 127.0.0.1.
+# Wall time and peak RSS of the client; each step's stderr and each server's
+# log stay in $WORK/logs. Talks only to 127.0.0.1.
 #
 #   tests/bench/vault.sh          REPS (default 3); SMALL/MEDIUM/LARGE/LARGE_MIB size the data
 #   SERVER_STORE=/dev/shm tests/bench/vault.sh
@@ -40,17 +41,26 @@ trap cleanup EXIT
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
+# Every step's stderr and every server's log are kept in $WORK/logs, so that
+# an outlier can be looked into afterwards.
+mkdir -p "$WORK/logs"
+STEP=0
 # timed NAME CMD...: wall seconds and peak RSS (KiB) of CMD, after a sync.
 timed() {
   local name=$1; shift
   sync
   /usr/bin/time -f "%e %M" -o "$WORK/time.out" "$@" > "$WORK/last.out" 2> "$WORK/last.err" \
     || { echo "FAILED: $name"; cat "$WORK/last.err"; exit 1; }
+  STEP=$((STEP + 1))
+  cp "$WORK/last.err" "$WORK/logs/$(printf '%02d' "$STEP") ${name//[^A-Za-z0-9,%+ -]/_}.err"
   read -r secs rss < <(tail -n 1 "$WORK/time.out")
   printf '%s\t%s\t%s\n' "$name" "$secs" "$rss" >> "$RESULTS"
   printf '  %-30s %8.2f s  %8d KiB\n' "$name" "$secs" "$rss"
 }
-stop_server() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=; }
+stop_server() {
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=
+  cp "$WORK/server.log" "$WORK/logs/server-after-step-$(printf '%02d' "$STEP").log"
+}
 
 DATA=$WORK/data
 python3 "$ROOT/tests/bench/dataset.py" generate "$DATA"
