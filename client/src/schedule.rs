@@ -508,9 +508,9 @@ async fn carry_out(
     run: &Run,
     options_path: &Path,
     offset_ns: i64,
+    started_ns: i64,
     commands_allowed: bool,
 ) -> Outcome {
-    let started_ns = local_now_ns().saturating_add(offset_ns);
     let outcome = |state: &str, exit_code: i32, message: String| Outcome {
         schedule: run.schedule.clone(),
         window_start_ns: run.start_ns,
@@ -675,17 +675,37 @@ pub async fn run(
         if now < target {
             let wait = Duration::from_nanos(u64::try_from(target - now).unwrap_or(0));
             tokio::time::sleep(wait.min(POLL)).await;
-            continue;
+            if wait > POLL {
+                continue;
+            }
+            // The schedule was asked a moment ago: asking again now would
+            // only spend the window on a logon.
         }
-        // Run it once.
+        // Run it once, if its window is still open now: the moment the
+        // run starts is taken here, so it is inside the window it reports.
         cache.done.insert(due.schedule.clone(), due.start_ns);
         let _ = write_json(&cache_path(&state_dir), &cache);
+        let started_ns = local_now_ns().saturating_add(offset_ns);
+        if started_ns >= due.end_ns {
+            console.report(
+                &Msg::schedule_window_closed(&due.schedule, &timefmt::show(due.end_ns)),
+                crate::error::ExitStatus::Success,
+            );
+            continue;
+        }
         console.report(
             &Msg::schedule_running(&due.schedule, &due.action, &due.objects.join(" ")),
             crate::error::ExitStatus::Success,
         );
-        report_started(&options, &due, local_now_ns().saturating_add(offset_ns)).await;
-        let outcome = carry_out(&due, options_path, offset_ns, options.schedule_commands).await;
+        report_started(&options, &due, started_ns).await;
+        let outcome = carry_out(
+            &due,
+            options_path,
+            offset_ns,
+            started_ns,
+            options.schedule_commands,
+        )
+        .await;
         console.report(
             &Msg::schedule_outcome(
                 &outcome.schedule,

@@ -659,6 +659,17 @@ impl Msg {
         }
     }
 
+    /// TDM1059W: a run's window closed before the scheduler could start
+    /// it; it is not run, and the server counts it as missed.
+    pub fn schedule_window_closed(schedule: &str, closed: &str) -> Self {
+        Msg {
+            id: "TDM1059W",
+            text: format!(
+                "schedule {schedule}: its window closed at {closed} before the run could start (the scheduler was still busy, or the primary slow to answer); it was not run and the server shows it as missed. Lengthen the schedule's --duration if this recurs"
+            ),
+        }
+    }
+
     /// TDM1044W: the node's password is in a file other users may read.
     pub fn readable_password(path: &std::path::Path, mode: u32) -> Self {
         Msg {
