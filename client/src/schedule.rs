@@ -333,59 +333,101 @@ async fn deliver(options: &ClientOptions, outcome: Outcome, console: &Console) {
     }
 }
 
+/// How much of a child's standard error is kept: its end, where the reason
+/// for a failure is. A command that writes without end cannot fill memory.
+const STDERR_TAIL_BYTES: usize = 64 * 1024;
+
 /// Runs `sh -c command` in a process group of its own, for at most
 /// `limit` (then the whole group is killed); returns its exit code (128 +
 /// signal when killed) and its last line of output on standard error.
 async fn shell(command: &str, limit: Duration) -> (i32, String) {
     let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(command)
-        .process_group(0)
-        .kill_on_drop(true)
+    cmd.arg("-c").arg(command).process_group(0);
+    run_child(cmd, Some(limit)).await
+}
+
+/// Runs `cmd` with no input, its output dropped and the end of its
+/// standard error kept; for at most `limit`, when given (then its process
+/// group is killed: callers that set a limit give it a group of its own).
+async fn run_child(mut cmd: tokio::process::Command, limit: Option<Duration>) -> (i32, String) {
+    cmd.kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let child = match cmd.spawn() {
+    let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => return (-1, truncate(&format!("could not start: {e}"))),
     };
     let group = child.id();
-    match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(out) => exit_of(out),
-        Err(_) => {
-            if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
+    let stderr = child.stderr.take();
+    let finished = async {
+        let tail = match stderr {
+            Some(stderr) => read_tail(stderr, STDERR_TAIL_BYTES).await,
+            None => Vec::new(),
+        };
+        (child.wait().await, tail)
+    };
+    let (status, tail) = match limit {
+        None => finished.await,
+        Some(limit) => match tokio::time::timeout(limit, finished).await {
+            Ok(done) => done,
+            Err(_) => {
+                if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return (
+                    137,
+                    format!("killed after {} s, its time limit", limit.as_secs()),
                 );
             }
-            (
-                137,
-                format!("killed after {} s, its time limit", limit.as_secs()),
-            )
-        }
+        },
+    };
+    match status {
+        Ok(status) => exit_of(status, &tail),
+        Err(e) => (-1, truncate(&format!("could not wait for it: {e}"))),
     }
 }
 
-fn exit_of(out: std::io::Result<std::process::Output>) -> (i32, String) {
-    match out {
-        Ok(out) => {
-            use std::os::unix::process::ExitStatusExt;
-            let code = out
-                .status
-                .code()
-                .or_else(|| out.status.signal().map(|s| 128 + s))
-                .unwrap_or(-1);
-            let text = String::from_utf8_lossy(&out.stderr);
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            (code, truncate(last.trim()))
+/// Reads `from` to its end, keeping at most its last `keep` bytes.
+async fn read_tail(mut from: impl tokio::io::AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut tail = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * keep {
+                    tail.drain(..tail.len() - keep);
+                }
+            }
         }
-        Err(e) => (-1, truncate(&format!("could not start: {e}"))),
     }
+    if tail.len() > keep {
+        tail.drain(..tail.len() - keep);
+    }
+    tail
+}
+
+/// The exit code (128 + signal when killed) and the last non-empty line of
+/// standard error.
+fn exit_of(status: std::process::ExitStatus, stderr: &[u8]) -> (i32, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1);
+    let text = String::from_utf8_lossy(stderr);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    (code, truncate(last.trim()))
 }
 
 fn truncate(text: &str) -> String {
@@ -486,17 +528,12 @@ async fn action(run: &Run, options_path: &Path) -> (i32, String) {
         Ok(exe) => exe,
         Err(e) => return (-1, format!("cannot find the tandem program: {e}")),
     };
-    let out = tokio::process::Command::new(exe)
-        .arg("--options")
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("--options")
         .arg(options_path)
         .arg("--quiet")
-        .args(action_args(run))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .await;
-    exit_of(out)
+        .args(action_args(run));
+    run_child(cmd, None).await
 }
 
 /// Carries out one run: pre-command, action, post-command; the outcome.
@@ -931,6 +968,19 @@ mod tests {
             .map(|i| splay_ns(&format!("node{i}"), &long))
             .collect();
         assert!(spread.len() > 10, "nodes start at different moments");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_writes_without_end_keeps_only_the_end_of_its_errors() {
+        // ~20 MB on standard error, then the line that says why.
+        let (code, last) = shell(
+            "head -c 20000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo the real reason >&2; exit 7",
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!((code, last.as_str()), (7, "the real reason"));
+        let tail = read_tail(&b"0123456789"[..], 4).await;
+        assert_eq!(tail, b"6789");
     }
 
     #[test]

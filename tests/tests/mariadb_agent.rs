@@ -113,6 +113,46 @@ fn a_point_in_time_restore_from_the_secondary_replays_binary_logs_up_to_the_time
         logs["backed_up"].as_u64().unwrap() >= 1,
         "binary logs stored: {logs}"
     );
+    // The log directory is the database user's: a link put in a closed
+    // log's place is refused, and nothing of the file it names is stored.
+    source.sql("FLUSH BINARY LOGS");
+    let listed = source.sql("SHOW BINARY LOGS");
+    let closed = listed
+        .lines()
+        .rev()
+        .nth(1)
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_string();
+    let log_dir = PathBuf::from(source.sql("SELECT @@log_bin_basename"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let secret = work.path().join("secret");
+    std::fs::write(&secret, "root's secret\n").unwrap();
+    let aside = work.path().join("real-log");
+    std::fs::rename(log_dir.join(&closed), &aside).unwrap();
+    std::os::unix::fs::symlink(&secret, log_dir.join(&closed)).unwrap();
+    let refused = client.run(&[
+        "backup",
+        "db",
+        "mariadb",
+        "--binlogs",
+        "--socket",
+        &source.socket(),
+    ]);
+    assert_eq!(code(&refused), 12, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains(&closed), "{}", stderr(&refused));
+    let stored = client.json(&["query", "db"]);
+    assert!(stored.to_string().contains("/binlog/"), "{stored}");
+    assert!(
+        !stored.to_string().contains(&closed),
+        "nothing stored under the linked name: {stored}"
+    );
+    std::fs::remove_file(log_dir.join(&closed)).unwrap();
+    std::fs::rename(&aside, log_dir.join(&closed)).unwrap();
     // Run again: nothing new is closed but the one it rotates, and what
     // was stored is not stored twice.
     let again = client.json(&[

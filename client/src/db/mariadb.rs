@@ -19,6 +19,7 @@
 //! time into a running (empty) server, then replays the binary logs from
 //! the dump's position with `mariadb-binlog --stop-datetime`.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -268,19 +269,35 @@ pub async fn backup_binlogs(
     let mut total = BackupStats::default();
     for name in names.iter().filter(|n| !stored.contains_key(*n)) {
         let path = dir.join(name);
-        let file = std::fs::File::open(&path).map_err(|e| {
-            db_error(
-                &super::shown(&datadir),
-                format!(
-                    "binary log {} cannot be read: {e}; run the agent as the server's user or root",
-                    super::shown(&path)
-                ),
-            )
-        })?;
+        // Never through a link, never a FIFO: the log directory is the
+        // database user's, and an agent run as root must not store (and
+        // later replay) whatever file a link there names.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| {
+                db_error(
+                    &super::shown(&datadir),
+                    format!(
+                        "binary log {} cannot be read: {e}; run the agent as the server's user or root (a link in its place is refused)",
+                        super::shown(&path)
+                    ),
+                )
+            })?;
         let meta = file.metadata().map_err(|e| ClientError::Io {
             path: path.clone(),
             source: e,
         })?;
+        if !meta.is_file() {
+            return Err(db_error(
+                &super::shown(&datadir),
+                format!(
+                    "binary log {} is not a regular file; nothing was stored. Check the server's log directory",
+                    super::shown(&path)
+                ),
+            ));
+        }
         let attrs = super::file_attrs(format!("{}/{name}", folder(&datadir, "binlog")), &meta);
         let stats = super::store_stream(
             session,

@@ -52,14 +52,37 @@ impl ErrorLog {
         if self.max_bytes > 0 {
             self.rotate_if_full()?;
         }
+        // Never through a link, never into a FIFO or device: a client run as
+        // root must not append to whatever file someone who can write the
+        // log's directory points its name at, nor wait on a pipe there.
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .open(&self.path)?;
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.path)
+            .map_err(|e| match e.raw_os_error() {
+                // What O_NOFOLLOW and O_NONBLOCK answer for a link and for a
+                // FIFO nobody reads.
+                Some(libc::ELOOP | libc::ENXIO) => self.not_a_file(),
+                _ => e,
+            })?;
+        if !file.metadata()?.file_type().is_file() {
+            return Err(self.not_a_file());
+        }
         // One write call for the whole line: O_APPEND makes it land at the end
         // in one piece even with other clients appending.
         file.write_all(Self::line(msg).as_bytes())
+    }
+
+    fn not_a_file(&self) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a link, FIFO or device, not a regular file; nothing was written there. Move it away so the log can be made",
+                self.path.display()
+            ),
+        )
     }
 
     fn rotate_if_full(&self) -> std::io::Result<()> {
@@ -117,6 +140,29 @@ mod tests {
             Msg::not_found("/x").to_string(),
             format!("TDM1011W {}", Msg::not_found("/x").text)
         );
+    }
+
+    #[test]
+    fn a_link_or_fifo_in_the_logs_place_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("passwd");
+        std::fs::write(&target, "root:x:0:0\n").unwrap();
+        let linked = dir.path().join("dsierror.log");
+        std::os::unix::fs::symlink(&target, &linked).unwrap();
+        assert!(
+            ErrorLog::new(linked, 0)
+                .append(&Msg::not_found("/x"))
+                .is_err()
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "root:x:0:0\n");
+
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Refused at once, not waited on until a reader comes.
+        let err = ErrorLog::new(fifo, 0)
+            .append(&Msg::not_found("/x"))
+            .unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]
