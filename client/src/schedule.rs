@@ -688,11 +688,15 @@ pub async fn run(
                 }
             }
         }
-        let now = local_now_ns().saturating_add(offset_ns);
+        let mut now = local_now_ns().saturating_add(offset_ns);
         let Some(due) = next_due(&cache.runs, &cache.done, now) else {
             tokio::time::sleep(POLL).await;
             continue;
         };
+        // A wait longer than POLL asks the schedule again at its end; a
+        // shorter one goes on with the answer just had, so a slow logon
+        // cannot spend the window (nor, with a primary that is slow to
+        // refuse, every window).
         if due.start_ns > now {
             let wait =
                 Duration::from_nanos(u64::try_from(due.start_ns.saturating_sub(now)).unwrap_or(0));
@@ -701,7 +705,10 @@ pub async fn run(
                 crate::error::ExitStatus::Success,
             );
             tokio::time::sleep(wait.min(POLL)).await;
-            continue;
+            if wait > POLL {
+                continue;
+            }
+            now = local_now_ns().saturating_add(offset_ns);
         }
         // The window is open. Each node starts at its own moment in the
         // first quarter of it (at most five minutes in), so a fleet does
@@ -715,8 +722,6 @@ pub async fn run(
             if wait > POLL {
                 continue;
             }
-            // The schedule was asked a moment ago: asking again now would
-            // only spend the window on a logon.
         }
         // Run it once, if its window is still open now: the moment the
         // run starts is taken here, so it is inside the window it reports.
