@@ -347,9 +347,12 @@ async fn shell(command: &str, limit: Duration) -> (i32, String) {
 }
 
 /// Runs `cmd` with no input, its output dropped and the end of its
-/// standard error kept; for at most `limit`, when given (then its process
-/// group is killed: callers that set a limit give it a group of its own).
+/// standard error kept; for at most `limit`, when given (in a process group
+/// of its own then, which is killed at the limit).
 async fn run_child(mut cmd: tokio::process::Command, limit: Option<Duration>) -> (i32, String) {
+    if limit.is_some() {
+        cmd.process_group(0);
+    }
     cmd.kill_on_drop(true)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -359,24 +362,24 @@ async fn run_child(mut cmd: tokio::process::Command, limit: Option<Duration>) ->
         Err(e) => return (-1, truncate(&format!("could not start: {e}"))),
     };
     let group = child.id();
-    let stderr = child.stderr.take();
-    let finished = async {
-        let tail = match stderr {
-            Some(stderr) => read_tail(stderr, STDERR_TAIL_BYTES).await,
-            None => Vec::new(),
-        };
-        (child.wait().await, tail)
-    };
-    let (status, tail) = match limit {
-        None => finished.await,
-        Some(limit) => match tokio::time::timeout(limit, finished).await {
-            Ok(done) => done,
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = child
+        .stderr
+        .take()
+        .map(|stderr| tokio::spawn(read_tail(stderr, STDERR_TAIL_BYTES, tail.clone())));
+    let status = match limit {
+        None => child.wait().await,
+        Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => status,
             Err(_) => {
                 if let Some(pid) = group.and_then(|p| i32::try_from(p).ok()) {
                     let _ = nix::sys::signal::killpg(
                         nix::unistd::Pid::from_raw(pid),
                         nix::sys::signal::Signal::SIGKILL,
                     );
+                }
+                if let Some(reader) = reader {
+                    reader.abort();
                 }
                 return (
                     137,
@@ -385,32 +388,47 @@ async fn run_child(mut cmd: tokio::process::Command, limit: Option<Duration>) ->
             }
         },
     };
+    // The rest of what it wrote: a process it left behind that holds its
+    // standard error open is waited for only a moment.
+    if let Some(mut reader) = reader
+        && tokio::time::timeout(STDERR_AFTER_EXIT, &mut reader)
+            .await
+            .is_err()
+    {
+        reader.abort();
+    }
+    let tail = std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner()));
     match status {
         Ok(status) => exit_of(status, &tail),
         Err(e) => (-1, truncate(&format!("could not wait for it: {e}"))),
     }
 }
 
-/// Reads `from` to its end, keeping at most its last `keep` bytes.
-async fn read_tail(mut from: impl tokio::io::AsyncRead + Unpin, keep: usize) -> Vec<u8> {
+/// How long standard error is read after the child ended.
+const STDERR_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Reads `from` to its end into `tail`, keeping at most its last `keep`
+/// bytes there (shared, so what was read is there even if this is stopped).
+async fn read_tail(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    keep: usize,
+    tail: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
     use tokio::io::AsyncReadExt;
-    let mut tail = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
                 tail.extend_from_slice(&buf[..n]);
-                if tail.len() > 2 * keep {
-                    tail.drain(..tail.len() - keep);
+                if tail.len() > keep {
+                    let cut = tail.len() - keep;
+                    tail.drain(..cut);
                 }
             }
         }
     }
-    if tail.len() > keep {
-        tail.drain(..tail.len() - keep);
-    }
-    tail
 }
 
 /// The exit code (128 + signal when killed) and the last non-empty line of
@@ -654,6 +672,13 @@ pub async fn run(
     console.report(&Msg::scheduler_started(), crate::error::ExitStatus::Success);
     let mut offset_ns = 0i64;
     let mut told_offline = false;
+    // Kept in memory too, so a window is run once even when the file
+    // cannot be written; read again only if `state_dir` changes.
+    let mut cache_dir = last_good.state_dir();
+    let mut cache: Cache = read_json(&cache_path(&cache_dir));
+    // Server time of the last pass: windows that close between two passes
+    // without running are reported (TDM1059W).
+    let mut last_pass_ns: Option<i64> = None;
     loop {
         // A file being edited, or briefly unreadable, does not stop the
         // scheduler: it goes on with the options it read last.
@@ -666,15 +691,19 @@ pub async fn run(
         }
         let options = last_good.clone();
         let state_dir = options.state_dir();
-        let mut cache: Cache = read_json(&cache_path(&state_dir));
+        if state_dir != cache_dir {
+            cache = read_json(&cache_path(&state_dir));
+            cache_dir = state_dir.clone();
+        }
         match ask_primary(&options, console).await {
             Ok((runs, offset)) => {
                 offset_ns = offset;
                 cache.runs = runs;
                 // Forget windows of schedules no longer associated.
+                let runs = &cache.runs;
                 cache
                     .done
-                    .retain(|name, _| cache.runs.iter().any(|r| &r.schedule == name));
+                    .retain(|name, _| runs.iter().any(|r| &r.schedule == name));
                 let _ = write_json(&cache_path(&state_dir), &cache);
                 told_offline = false;
             }
@@ -688,31 +717,32 @@ pub async fn run(
                 }
             }
         }
-        let mut now = local_now_ns().saturating_add(offset_ns);
+        let now = local_now_ns().saturating_add(offset_ns);
+        if let Some(since) = last_pass_ns {
+            for (schedule, closed) in closed_unrun(&cache.runs, &cache.done, since, now) {
+                console.report(
+                    &Msg::schedule_window_closed(&schedule, &timefmt::show(closed)),
+                    crate::error::ExitStatus::Success,
+                );
+            }
+        }
+        last_pass_ns = Some(now);
         let Some(due) = next_due(&cache.runs, &cache.done, now) else {
             tokio::time::sleep(POLL).await;
             continue;
         };
-        // A wait longer than POLL asks the schedule again at its end; a
-        // shorter one goes on with the answer just had, so a slow logon
-        // cannot spend the window (nor, with a primary that is slow to
-        // refuse, every window).
         if due.start_ns > now {
-            let wait =
-                Duration::from_nanos(u64::try_from(due.start_ns.saturating_sub(now)).unwrap_or(0));
             console.report(
                 &Msg::schedule_waiting(&due.schedule, &timefmt::show(due.start_ns)),
                 crate::error::ExitStatus::Success,
             );
-            tokio::time::sleep(wait.min(POLL)).await;
-            if wait > POLL {
-                continue;
-            }
-            now = local_now_ns().saturating_add(offset_ns);
         }
-        // The window is open. Each node starts at its own moment in the
-        // first quarter of it (at most five minutes in), so a fleet does
-        // not log on all at once (TSM RANDOMIZE).
+        // Each node starts at its own moment in the first quarter of the
+        // window (at most five minutes in), so a fleet does not log on all
+        // at once (TSM RANDOMIZE). One sleep to that moment: a wait longer
+        // than POLL asks the schedule again at its end; a shorter one goes
+        // on with the answer just had, so a slow logon cannot spend the
+        // window.
         let target = due
             .start_ns
             .saturating_add(splay_ns(&options.node_name, &due));
@@ -723,11 +753,11 @@ pub async fn run(
                 continue;
             }
         }
-        // Run it once, if its window is still open now: the moment the
-        // run starts is taken here, so it is inside the window it reports.
+        // Run it once, if its window is still open now.
         cache.done.insert(due.schedule.clone(), due.start_ns);
         let _ = write_json(&cache_path(&state_dir), &cache);
         let started_ns = local_now_ns().saturating_add(offset_ns);
+        last_pass_ns = Some(started_ns);
         if started_ns >= due.end_ns {
             console.report(
                 &Msg::schedule_window_closed(&due.schedule, &timefmt::show(due.end_ns)),
@@ -739,7 +769,10 @@ pub async fn run(
             &Msg::schedule_running(&due.schedule, &due.action, &due.objects.join(" ")),
             crate::error::ExitStatus::Success,
         );
-        report_started(&options, &due, started_ns).await;
+        // The start is reported within what is left of the window, so the
+        // action begins inside it however slow the primary is to answer.
+        let left = Duration::from_nanos(u64::try_from(due.end_ns - started_ns).unwrap_or(0));
+        let _ = tokio::time::timeout(left, report_started(&options, &due, started_ns)).await;
         let outcome = carry_out(
             &due,
             options_path,
@@ -758,6 +791,48 @@ pub async fn run(
             crate::error::ExitStatus::Success,
         );
         deliver(&options, outcome, console).await;
+    }
+}
+
+/// Windows that were open or still to open at server time `since_ns` and
+/// closed by `now_ns` without being run (a run before them went on, the
+/// primary was slow to answer, the host slept): the schedule and when its
+/// last such window closed. Each is found once, as `since_ns` moves on.
+fn closed_unrun(
+    runs: &[Run],
+    done: &HashMap<String, i64>,
+    since_ns: i64,
+    now_ns: i64,
+) -> Vec<(String, i64)> {
+    runs.iter()
+        .filter_map(|r| {
+            let (first_start, _) = r.window_at(since_ns)?;
+            // The last window that closed by now (the one open at `now_ns`
+            // has not closed): at or after the first one open at `since_ns`.
+            let (start, end) = last_closed_window(r, now_ns)?;
+            (start >= first_start && done.get(&r.schedule) != Some(&start))
+                .then(|| (r.schedule.clone(), end))
+        })
+        .collect()
+}
+
+/// The latest window of `run` that closed at or before `now_ns`.
+fn last_closed_window(run: &Run, now_ns: i64) -> Option<(i64, i64)> {
+    if run.end_ns > now_ns {
+        // The cached window itself has not closed; none before it is known.
+        return None;
+    }
+    // The window open at `now_ns` or opening next; the one before it
+    // closed (with a period), else the cached one is the last.
+    match run.window_at(now_ns) {
+        Some((start, _)) if run.period_secs > 0 && start > run.start_ns => {
+            let period = i64::try_from(run.period_secs)
+                .unwrap_or(i64::MAX / 1_000_000_000)
+                .saturating_mul(1_000_000_000);
+            let before = start.saturating_sub(period);
+            Some((before, before.saturating_add(run.end_ns - run.start_ns)))
+        }
+        _ => Some((run.start_ns, run.end_ns)),
     }
 }
 
@@ -939,6 +1014,35 @@ mod tests {
     }
 
     #[test]
+    fn windows_that_closed_unrun_between_two_passes_are_named_once() {
+        // Every 100 s, open 50 s; once, 300-400 s; once, long closed.
+        let runs = [
+            run("P", 100 * S, 150 * S, 100),
+            run("O", 300 * S, 400 * S, 0),
+            run("G", 10 * S, 20 * S, 0),
+        ];
+        let mut done = HashMap::new();
+        // A run from 120 s to 460 s: P's windows of 200, 300 and 400 s and
+        // O's closed meanwhile (P's 100 s window was the one run).
+        done.insert("P".to_string(), 100 * S);
+        let closed = closed_unrun(&runs, &done, 120 * S, 460 * S);
+        assert_eq!(
+            closed,
+            vec![("P".to_string(), 450 * S), ("O".to_string(), 400 * S)],
+            "the latest of each, the long-closed one not at all"
+        );
+        // The next pass names nothing new.
+        assert!(closed_unrun(&runs, &done, 460 * S, 470 * S).is_empty());
+        // A window run is not named; one still open is not either.
+        done.insert("O".to_string(), 300 * S);
+        let closed = closed_unrun(&runs, &done, 290 * S, 420 * S);
+        assert_eq!(closed, vec![("P".to_string(), 350 * S)]);
+        assert!(closed_unrun(&runs, &done, 290 * S, 310 * S).is_empty());
+        // P's 100 s window, open at the pass before and run: nothing.
+        assert!(closed_unrun(&runs, &done, 110 * S, 160 * S).is_empty());
+    }
+
+    #[test]
     fn a_periodic_schedule_goes_on_from_a_cached_answer() {
         // Windows every 10 s, 2 s long, the cached one at 100 s.
         let runs = [run("P", 100 * S, 102 * S, 10)];
@@ -984,8 +1088,25 @@ mod tests {
         )
         .await;
         assert_eq!((code, last.as_str()), (7, "the real reason"));
-        let tail = read_tail(&b"0123456789"[..], 4).await;
-        assert_eq!(tail, b"6789");
+        // Read in pieces, far more than is kept: only the end stays.
+        use tokio::io::AsyncReadExt;
+        let pieces = (&b"01234"[..]).chain(&b"56789"[..]).chain(&b"abcde"[..]);
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        read_tail(pieces, 4, tail.clone()).await;
+        assert_eq!(*tail.lock().unwrap(), b"bcde");
+    }
+
+    #[tokio::test]
+    async fn a_process_left_holding_standard_error_is_not_waited_for() {
+        // The command ends at once; what it started holds stderr for 20 s
+        // (and then ends by itself). Had the scheduler waited for it, the
+        // last line would be the late one.
+        let (code, last) = shell(
+            "echo before it ended >&2; (sleep 20; echo late >&2) & exit 3",
+            Duration::from_secs(120),
+        )
+        .await;
+        assert_eq!((code, last.as_str()), (3, "before it ended"));
     }
 
     #[test]

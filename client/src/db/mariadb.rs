@@ -240,7 +240,9 @@ pub async fn backup_binlogs(
     for name in &names {
         check_binlog_name(name).map_err(|m| db_error(&shown, m))?;
         if let Some(size) = stored.get(name) {
-            let on_disk = std::fs::metadata(dir.join(name)).map(|m| m.len()).ok();
+            let on_disk = std::fs::symlink_metadata(dir.join(name))
+                .map(|m| m.len())
+                .ok();
             if let Some(on_disk) = on_disk.filter(|d| d != size) {
                 return Err(db_error(
                     &shown,
@@ -277,23 +279,25 @@ pub async fn backup_binlogs(
             .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(&path)
             .map_err(|e| {
+                let why = if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                    "it is a symbolic link, which is refused (the log directory is the database user's); check the server's log directory".to_string()
+                } else {
+                    format!("{e}; run the agent as the server's user or root")
+                };
                 db_error(
                     &super::shown(&datadir),
-                    format!(
-                        "binary log {} cannot be read: {e}; run the agent as the server's user or root (a link in its place is refused)",
-                        super::shown(&path)
-                    ),
+                    format!("binary log {} cannot be read: {why}", super::shown(&path)),
                 )
             })?;
         let meta = file.metadata().map_err(|e| ClientError::Io {
             path: path.clone(),
             source: e,
         })?;
-        if !meta.is_file() {
+        if !meta.is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
             return Err(db_error(
                 &super::shown(&datadir),
                 format!(
-                    "binary log {} is not a regular file; nothing was stored. Check the server's log directory",
+                    "binary log {} is not a file of its own (a FIFO, a device, or a hard link to another file); nothing was stored. Check the server's log directory",
                     super::shown(&path)
                 ),
             ));

@@ -67,7 +67,10 @@ impl ErrorLog {
                 Some(libc::ELOOP | libc::ENXIO) => self.not_a_file(),
                 _ => e,
             })?;
-        if !file.metadata()?.file_type().is_file() {
+        // A hard link to another file (where the kernel allows making one)
+        // would be that file.
+        let meta = file.metadata()?;
+        if !meta.file_type().is_file() || std::os::unix::fs::MetadataExt::nlink(&meta) != 1 {
             return Err(self.not_a_file());
         }
         // One write call for the whole line: O_APPEND makes it land at the end
@@ -78,10 +81,7 @@ impl ErrorLog {
     fn not_a_file(&self) -> std::io::Error {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!(
-                "{} is a link, FIFO or device, not a regular file; nothing was written there. Move it away so the log can be made",
-                self.path.display()
-            ),
+            "it is a link, FIFO or device, or a file with other names (hard links), not a file of its own; nothing was written there. Move it away so the log can be made",
         )
     }
 
@@ -156,13 +156,22 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "root:x:0:0\n");
 
+        let hard = dir.path().join("hard.log");
+        std::fs::hard_link(&target, &hard).unwrap();
+        assert!(
+            ErrorLog::new(hard, 0)
+                .append(&Msg::not_found("/x"))
+                .is_err()
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "root:x:0:0\n");
+
         let fifo = dir.path().join("fifo.log");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         // Refused at once, not waited on until a reader comes.
         let err = ErrorLog::new(fifo, 0)
             .append(&Msg::not_found("/x"))
             .unwrap_err();
-        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(err.to_string().contains("a link, FIFO"), "{err}");
     }
 
     #[test]

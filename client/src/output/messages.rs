@@ -665,7 +665,7 @@ impl Msg {
         Msg {
             id: "TDM1059W",
             text: format!(
-                "schedule {schedule}: its window closed at {closed} before the run could start (the scheduler was still busy, or the primary slow to answer); it was not run and the server shows it as missed. Lengthen the schedule's --duration if this recurs"
+                "schedule {schedule}: its window closed at {closed} before the run could start (a run before it went on, the primary was slow to answer, or the host slept); it was not run and the server shows it as missed. Lengthen the schedule's --duration if this recurs"
             ),
         }
     }
