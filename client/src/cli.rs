@@ -670,6 +670,14 @@ async fn set_password(
     Ok(())
 }
 
+/// Whether `name` is one a server may have (its `name` setting).
+fn is_server_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 /// Saves the replication server the primary pushed, if it changed. A file
 /// that cannot be written does not stop the command. Only a primary the
 /// client has pinned may push one, and only with the secondary's
@@ -688,6 +696,10 @@ fn save_pushed_server(
     }
     let refusal = if options.primary_trust().is_none() {
         Some("the primary is reached in plaintext, so it is not authenticated")
+    } else if !is_server_name(&server.name) {
+        // It becomes a key of the options file and a word of every
+        // failover line in dsierror.log.
+        Some("its name is not 1-64 letters, digits, '_', '-' or '.' as a server's name is")
     } else if server
         .fingerprint
         .parse::<tandem_tls::Fingerprint>()
@@ -698,7 +710,8 @@ fn save_pushed_server(
         None
     };
     if let Some(why) = refusal {
-        console.report(&Msg::push_ignored(&server.name, why), ExitStatus::Warnings);
+        let name: String = server.name.chars().take(64).collect();
+        console.report(&Msg::push_ignored(&name, why), ExitStatus::Warnings);
         return;
     }
     match crate::logon::options_push::update(options_path, server) {
@@ -1488,6 +1501,29 @@ impl WalTool {
             (WalTool::Restore, ClientError::WalNotStored(_)) => Some(ExitStatus::Skipped),
             (WalTool::Restore, _) => Some(ExitStatus::RecoveryMustStop),
             (WalTool::Archive, _) => Some(ExitStatus::Error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pushed_server_name_must_be_a_servers_name() {
+        for good in ["SECONDARY", "dr-site.2", "a_b"] {
+            assert!(is_server_name(good), "{good}");
+        }
+        let long = "X".repeat(65);
+        for bad in [
+            "",
+            "two words",
+            "evil\n2026 TDM2108I",
+            "a]b",
+            "\u{1b}[2J",
+            long.as_str(),
+        ] {
+            assert!(!is_server_name(bad), "{bad:?}");
         }
     }
 }

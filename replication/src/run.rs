@@ -99,6 +99,32 @@ where
     }
 }
 
+/// Of a target's answer to which of `asked` it lacks, the ids that were
+/// asked, each once. The answer is the target's word: read as given, a
+/// partner could have this side read and send it any chunk stored here (of
+/// any node), or one chunk over and over.
+///
+/// # Errors
+/// An answer naming more chunks than were asked.
+fn only_asked(asked: &[ChunkId], answer: Vec<ChunkId>) -> Result<Vec<ChunkId>, ReplicationError> {
+    if answer.len() > asked.len() {
+        return Err(ReplicationError::Target(
+            format!(
+                "the target says it lacks {} chunks of the {} it was asked about; refused",
+                answer.len(),
+                asked.len()
+            )
+            .into(),
+        ));
+    }
+    let asked: std::collections::HashSet<&ChunkId> = asked.iter().collect();
+    let mut seen = std::collections::HashSet::with_capacity(answer.len());
+    Ok(answer
+        .into_iter()
+        .filter(|id| asked.contains(id) && seen.insert(*id))
+        .collect())
+}
+
 /// Replicates one node from `source` to `target` under `rule`.
 ///
 /// # Errors
@@ -121,9 +147,10 @@ where
     // Every chunk is stored before any version that refers to it is sent.
     let mut uploads = FuturesOrdered::new();
     for batch in plan.chunks.chunks(FIND_BATCH) {
-        let missing = while_uploading(target.missing_chunks(batch), &mut uploads)
+        let answer = while_uploading(target.missing_chunks(batch), &mut uploads)
             .await?
             .map_err(dst)?;
+        let missing = only_asked(batch, answer)?;
         report.chunks_skipped += (batch.len() - missing.len()) as u64;
         let mut groups = missing.chunks(READ_BATCH);
         loop {

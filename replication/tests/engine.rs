@@ -143,6 +143,8 @@ struct FakeTarget {
     held: Mutex<Held>,
     /// `put_objects` fails from this batch on (counting from 0).
     fail_object_batch: Option<usize>,
+    /// Ids a lying target adds to every answer of which chunks it lacks.
+    claims_to_lack: Vec<ChunkId>,
 }
 
 impl FakeTarget {
@@ -167,11 +169,13 @@ impl Target<Version> for FakeTarget {
 
     async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Failure> {
         let held = self.held.lock().unwrap();
-        Ok(ids
+        let mut lacking: Vec<ChunkId> = ids
             .iter()
             .filter(|id| !held.chunks.contains(id))
             .copied()
-            .collect())
+            .collect();
+        lacking.extend(&self.claims_to_lack);
+        Ok(lacking)
     }
 
     async fn put_chunks(&self, chunks: Vec<StoredChunk>) -> Result<(), Failure> {
@@ -412,4 +416,51 @@ async fn an_inactive_version_arrives_inactive_and_needs_no_state_change_later() 
         ),
         (0, 0, 0)
     );
+}
+
+#[tokio::test]
+async fn a_target_that_claims_to_lack_chunks_it_was_not_asked_about_gets_none_of_them() {
+    // Another node's chunk stored on the source side, never in this node's
+    // versions; the target names it, and one asked chunk over and over.
+    let mut source = FakeSource::with_objects(3);
+    let other_nodes = chunk_id(9_999);
+    source
+        .chunks
+        .insert(other_nodes, b"another node's data".to_vec());
+    // It holds two of the four chunks, so its answer (two lacking, plus
+    // the two it makes up) is no longer than the question.
+    let target = FakeTarget {
+        held: Mutex::new(Held {
+            chunks: [chunk_id(2), chunk_id(3)].into(),
+            ..Held::default()
+        }),
+        claims_to_lack: vec![other_nodes, chunk_id(0)],
+        ..FakeTarget::default()
+    };
+    let report = replicate(&source, &target, ReplicationRule::AllData)
+        .await
+        .expect("run");
+    assert_eq!(report.chunks_sent, 2, "each lacking chunk once");
+    assert_eq!(report.chunks_skipped, 2);
+    assert_eq!(*source.read.lock().unwrap(), 2, "nothing else was read");
+    {
+        let held = target.held.lock().unwrap();
+        assert!(!held.chunks.contains(&other_nodes));
+        assert_eq!(held.chunk_uploads, 2);
+    }
+
+    // An answer longer than the question is refused outright.
+    let source = FakeSource::with_objects(1);
+    let target = FakeTarget {
+        claims_to_lack: vec![chunk_id(0); 5],
+        ..FakeTarget::default()
+    };
+    let err = replicate(&source, &target, ReplicationRule::AllData)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ReplicationError::Target(e) if e.to_string().contains("lacks 7 chunks of the 2")),
+        "{err}"
+    );
+    assert_eq!(*source.read.lock().unwrap(), 0);
 }

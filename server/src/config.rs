@@ -741,6 +741,15 @@ impl ServerConfig {
                 self.listen
             )));
         }
+        // The metrics endpoint is plaintext too then: its bearer token and
+        // the node names it lists stay on this machine.
+        if let Some(metrics) = self.metrics_listen.filter(|m| !m.ip().is_loopback())
+            && self.insecure_plaintext
+        {
+            return Err(ConfigError::Invalid(format!(
+                "insecure_plaintext is allowed only on loopback addresses, and metrics_listen is {metrics}; remove insecure_plaintext to serve TLS, or listen on 127.0.0.1"
+            )));
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) | (None, Some(_)) => Err(ConfigError::Invalid(
                 "tls_cert and tls_key go together: give both, or neither for a self-signed certificate".into(),
@@ -876,6 +885,16 @@ mod tests {
         };
         let err = ServerConfig::load(None, &flags).unwrap_err().to_string();
         assert!(err.contains("loopback"), "{err}");
+        // Nor may its metrics endpoint listen beyond this machine then.
+        std::fs::write(&file, "metrics_listen = \"0.0.0.0:9464\"\n").unwrap();
+        let flags = ConfigOverrides {
+            insecure_plaintext: true,
+            ..Default::default()
+        };
+        let err = ServerConfig::load(Some(&file), &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics_listen is 0.0.0.0:9464"), "{err}");
         std::fs::write(&file, "tls_cert = \"/etc/cert.pem\"\n").unwrap();
         let err = ServerConfig::load(Some(&file), &ConfigOverrides::default())
             .unwrap_err()

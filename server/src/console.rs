@@ -103,7 +103,13 @@ impl AdminError {
             });
             eprintln!("{doc}");
         } else {
-            eprintln!("{} {self}", self.message_id());
+            // The text may quote a partner's or the server's words: their
+            // escape sequences are shown, not obeyed.
+            eprintln!(
+                "{} {}",
+                self.message_id(),
+                tandem_client::output::messages::without_controls(&self.to_string(), true)
+            );
         }
     }
 }

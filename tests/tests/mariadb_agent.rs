@@ -145,7 +145,11 @@ fn a_point_in_time_restore_from_the_secondary_replays_binary_logs_up_to_the_time
     ]);
     assert_eq!(code(&refused), 12, "{}", stderr(&refused));
     assert!(stderr(&refused).contains(&closed), "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("symbolic link"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("symbolic link"),
+        "{}",
+        stderr(&refused)
+    );
     let stored = client.json(&["query", "db"]);
     assert!(stored.to_string().contains("/binlog/"), "{stored}");
     assert!(

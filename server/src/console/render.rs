@@ -6,6 +6,7 @@
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::{Value, json};
+use tandem_client::output::messages::without_controls;
 use tandem_proto::pb;
 
 use crate::convert::vocab::shown;
@@ -98,7 +99,10 @@ impl Format {
 
 /// Prints `rows` in `format`.
 pub(super) fn print_rows<R: Row>(rows: &[R], format: Format) {
-    let cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
+    let mut cells: Vec<Vec<String>> = rows.iter().map(Row::cells).collect();
+    if format.for_people() {
+        controls_shown(&mut cells);
+    }
     match format {
         Format::Json => print_json(&Value::Array(rows.iter().map(Row::json).collect())),
         Format::Table => print_table(R::HEADERS, cells),
@@ -116,6 +120,18 @@ pub(super) fn print_rows<R: Row>(rows: &[R], format: Format) {
             } else {
                 print_list(R::HEADERS, &cells);
             }
+        }
+    }
+}
+
+/// Escapes control characters, line breaks and direction marks in `cells`
+/// for a table or list: cells carry text from partners and clients (a run's
+/// message, a refusal's reason), and none of their escape sequences or line
+/// breaks may reach the terminal. (CSV quotes and TSV escapes its own.)
+fn controls_shown(cells: &mut [Vec<String>]) {
+    for cell in cells.iter_mut().flatten() {
+        if let std::borrow::Cow::Owned(escaped) = without_controls(cell, false) {
+            *cell = escaped;
         }
     }
 }
@@ -204,7 +220,10 @@ fn escape_tsv(value: &str) -> String {
 /// formats as one object with the items as headers.
 pub(super) fn print_items(items: Vec<(&str, String)>, json: &Value, format: Format) {
     let (headers, values): (Vec<&str>, Vec<String>) = items.into_iter().unzip();
-    let row = vec![values];
+    let mut row = vec![values];
+    if format.for_people() {
+        controls_shown(&mut row);
+    }
     match format {
         Format::Json => print_json(json),
         Format::Auto | Format::Table => {
@@ -958,6 +977,19 @@ mod tests {
 
     fn width<R: Row + Default>() -> (usize, usize) {
         (R::HEADERS.len(), R::default().cells().len())
+    }
+
+    #[test]
+    fn a_partners_words_reach_a_table_without_their_escape_sequences() {
+        let run = pb::ReplicationRun {
+            message: "refused: no\u{1b}]52;c;ZXZpbA==\u{7}\nTDM0001I forged".into(),
+            ..Default::default()
+        };
+        let mut cells = vec![run.cells()];
+        controls_shown(&mut cells);
+        let message = cells[0].last().unwrap();
+        assert!(!message.contains(['\u{1b}', '\u{7}', '\n']), "{message:?}");
+        assert!(message.contains("\\u{1b}]52"), "{message:?}");
     }
 
     /// Every table has one header per cell (the node table once printed 12

@@ -5,6 +5,7 @@
 //! conversion to protobuf at this edge. The partner's service hands each
 //! call to its own [`super::LocalTarget`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_proto::pb::{self, replication_client::ReplicationClient};
@@ -34,7 +35,18 @@ pub struct RemoteTarget {
     node: String,
     /// The partner's name, for errors.
     partner: String,
+    /// This server's data: how many versions of the node it holds bounds
+    /// how many the partner may say it holds ([`Self::held_versions`]).
+    repo: Arc<crate::repository::Repository>,
 }
+
+/// Versions a partner may list for a node without this server counting its
+/// own: a replica holds what was sent, plus what was deleted here since.
+const HELD_VERSIONS_FREE: usize = 1_000_000;
+/// The average filespace name bytes a partner's list may carry per entry.
+const HELD_NAME_BYTES: usize = 256;
+/// The longest a partner may take to list what it holds.
+const HELD_VERSIONS_DEADLINE: Duration = Duration::from_secs(3600);
 
 impl RemoteTarget {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -86,7 +98,26 @@ impl RemoteTarget {
     ///
     /// # Errors
     /// The call fails or returns a malformed id.
+    ///
+    /// The list is the partner's word: a filespace name must be one a
+    /// client could send, the list may be at most twice the versions held
+    /// here plus [`HELD_VERSIONS_FREE`], and it must be given within
+    /// [`HELD_VERSIONS_DEADLINE`], so a partner that streams without end
+    /// cannot fill this server's memory.
     pub async fn held_versions(&self) -> Result<Vec<(String, VersionState)>, tonic::Status> {
+        tokio::time::timeout(HELD_VERSIONS_DEADLINE, self.list_held_versions())
+            .await
+            .map_err(|_| {
+                tonic::Status::deadline_exceeded(format!(
+                    "server {} took over {} s to list the versions it holds of node {}",
+                    self.partner,
+                    HELD_VERSIONS_DEADLINE.as_secs(),
+                    self.node
+                ))
+            })?
+    }
+
+    async fn list_held_versions(&self) -> Result<Vec<(String, VersionState)>, tonic::Status> {
         let mut client = self.client.clone();
         let mut stream = client
             .target_inventory(self.request(pb::TargetInventoryRequest {
@@ -95,14 +126,58 @@ impl RemoteTarget {
             .await?
             .into_inner();
         let mut out = Vec::new();
+        let mut limit = HELD_VERSIONS_FREE;
+        let mut counted_here = false;
+        // Each entry carries its filespace's name: on average at most
+        // HELD_NAME_BYTES each (a node has a few short ones).
+        let mut name_bytes = 0usize;
         while let Some(batch) = stream.next().await {
             for v in batch?.versions {
+                name_bytes = name_bytes.saturating_add(v.filespace.len());
+                if name_bytes > limit.saturating_mul(HELD_NAME_BYTES) {
+                    return Err(tonic::Status::out_of_range(format!(
+                        "server {} lists versions of node {} under filespace names of {name_bytes} bytes in all; refused",
+                        self.partner, self.node
+                    )));
+                }
+                if out.len() >= limit {
+                    if counted_here {
+                        return Err(tonic::Status::out_of_range(format!(
+                            "server {} lists more than {limit} versions of node {}, which this server never sent it; refused",
+                            self.partner, self.node
+                        )));
+                    }
+                    limit = limit.saturating_add(2 * self.versions_here().await?);
+                    counted_here = true;
+                }
+                // Entries come by filespace: each name is checked once.
+                if out
+                    .last()
+                    .is_none_or(|(last, _): &(String, _)| *last != v.filespace)
+                {
+                    convert::check_path(&v.filespace).map_err(|e| {
+                        tonic::Status::data_loss(format!(
+                            "server {} named a filespace no client could send: {e}",
+                            self.partner
+                        ))
+                    })?;
+                }
                 let state = convert::version_state_from_pb(&v)
                     .map_err(|e| tonic::Status::data_loss(e.to_string()))?;
                 out.push((v.filespace, state));
             }
         }
         Ok(out)
+    }
+
+    /// How many versions of the node this server holds.
+    async fn versions_here(&self) -> Result<usize, tonic::Status> {
+        let (repo, node) = (self.repo.clone(), self.node.clone());
+        let count = repo
+            .blocking(move |r| Ok(r.catalog.count_node_versions(&node)?))
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
     /// Ends the run on the partner: the source's filespace times and the
@@ -444,6 +519,7 @@ pub async fn connect(
         session: ascii("none", "session")?,
         node: node.to_string(),
         partner: partner.name.clone(),
+        repo: state.repo.clone(),
     };
     let nonce: [u8; 32] = rand::random();
     let hello = target

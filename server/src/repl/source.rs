@@ -52,6 +52,9 @@ impl Source for LocalSource {
             .collect())
     }
 
+    /// Not checked against the node here: the engine asks only for chunks
+    /// of this node's own versions (its plan), and keeps of a target's
+    /// answer only the ids it asked about.
     async fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<StoredChunk>, ServerError> {
         let ids = ids.to_vec();
         self.blocking(move |repo, _| repo.read_chunks(&ids)).await
