@@ -124,16 +124,24 @@ pub(super) fn print_rows<R: Row>(rows: &[R], format: Format) {
     }
 }
 
-/// Escapes control characters, line breaks and direction marks in `cells`
-/// for a table or list: cells carry text from partners and clients (a run's
-/// message, a refusal's reason), and none of their escape sequences or line
-/// breaks may reach the terminal. (CSV quotes and TSV escapes its own.)
+/// Escapes control characters and direction marks in `cells` for a table
+/// or list: cells carry text from partners and clients (a run's message, a
+/// refusal's reason), and none of their escape sequences may reach the
+/// terminal. Line breaks stay (a cell may list files one per line); free
+/// text is made [`one_line`] by its row. (CSV quotes and TSV escapes its
+/// own.)
 fn controls_shown(cells: &mut [Vec<String>]) {
     for cell in cells.iter_mut().flatten() {
-        if let std::borrow::Cow::Owned(escaped) = without_controls(cell, false) {
+        if let std::borrow::Cow::Owned(escaped) = without_controls(cell, true) {
             *cell = escaped;
         }
     }
+}
+
+/// A message or reason as one line: a partner's or client's words cannot
+/// start a line of their own in a list (`Header: value`) or a table.
+fn one_line(text: &str) -> String {
+    without_controls(text, false).into_owned()
 }
 
 /// Whether every line of `text` fits the terminal on stdout; always true
@@ -350,7 +358,7 @@ impl Row for pb::ReplicationRun {
             self.bytes_sent.to_string(),
             self.chunks_skipped.to_string(),
             self.objects_deleted.to_string(),
-            self.message.clone(),
+            one_line(&self.message),
         ]
     }
     fn json(&self) -> Value {
@@ -389,7 +397,7 @@ impl Row for pb::AuditedNode {
             self.unrepaired.to_string(),
             self.partner.clone(),
             format!("{:.1} s", self.elapsed_secs),
-            self.reason.clone(),
+            one_line(&self.reason),
         ]
     }
     fn json(&self) -> Value {
@@ -428,7 +436,7 @@ impl Row for pb::AuditPoolResponse {
             self.repaired.to_string(),
             self.unrepaired.to_string(),
             format!("{:.1} s", self.elapsed_secs),
-            self.reason.clone(),
+            one_line(&self.reason),
         ]
     }
     fn json(&self) -> Value {
@@ -454,7 +462,7 @@ impl Row for pb::DamagedChunk {
                 format!("{:08}", self.container)
             },
             show_time(self.found_ns),
-            self.reason.clone(),
+            one_line(&self.reason),
             self.files.join("\n"),
         ]
     }
@@ -568,7 +576,7 @@ impl Row for pb::SwitchedNode {
                 .join(", "),
             self.objects_sent.to_string(),
             format!("{:.1} s", self.elapsed_secs),
-            self.message.clone(),
+            one_line(&self.message),
         ]
     }
     fn json(&self) -> Value {
@@ -604,7 +612,7 @@ impl Row for pb::RecoveredNode {
             self.chunks_present.to_string(),
             self.states_updated.to_string(),
             format!("{:.1} s", self.elapsed_secs),
-            self.message.clone(),
+            one_line(&self.message),
         ]
     }
     fn json(&self) -> Value {
@@ -988,6 +996,14 @@ mod tests {
         let mut cells = vec![run.cells()];
         controls_shown(&mut cells);
         let message = cells[0].last().unwrap();
+        // Files listed one per line in a cell keep their lines.
+        let damaged = pb::DamagedChunk {
+            files: vec!["/a".into(), "/b".into()],
+            ..Default::default()
+        };
+        let mut listed = vec![damaged.cells()];
+        controls_shown(&mut listed);
+        assert_eq!(listed[0].last().unwrap(), "/a\n/b");
         assert!(!message.contains(['\u{1b}', '\u{7}', '\n']), "{message:?}");
         assert!(message.contains("\\u{1b}]52"), "{message:?}");
     }

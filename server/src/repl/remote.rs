@@ -96,14 +96,15 @@ impl RemoteTarget {
 
     /// Every version the partner holds for the node, with filespace and size.
     ///
-    /// # Errors
-    /// The call fails or returns a malformed id.
-    ///
     /// The list is the partner's word: a filespace name must be one a
     /// client could send, the list may be at most twice the versions held
     /// here plus [`HELD_VERSIONS_FREE`], and it must be given within
     /// [`HELD_VERSIONS_DEADLINE`], so a partner that streams without end
     /// cannot fill this server's memory.
+    ///
+    /// # Errors
+    /// The call fails, returns a malformed id or filespace, or goes past
+    /// those bounds.
     pub async fn held_versions(&self) -> Result<Vec<(String, VersionState)>, tonic::Status> {
         tokio::time::timeout(HELD_VERSIONS_DEADLINE, self.list_held_versions())
             .await
@@ -147,7 +148,7 @@ impl RemoteTarget {
                             self.partner, self.node
                         )));
                     }
-                    limit = limit.saturating_add(2 * self.versions_here().await?);
+                    limit = limit.saturating_add(self.versions_here().await?.saturating_mul(2));
                     counted_here = true;
                 }
                 // Entries come by filespace: each name is checked once.
