@@ -101,14 +101,17 @@ fn a_point_in_time_restore_from_the_secondary_replays_binary_logs_up_to_the_time
     std::thread::sleep(Duration::from_millis(2100));
     source.sql("INSERT INTO shop.orders SELECT seq FROM shop.seq_200_to_300");
     source.sql("DELETE FROM shop.orders WHERE n = 1");
-    let logs = client.json(&[
+    // `backup db mariadb --binlogs` of this server, run three times below.
+    let socket = source.socket();
+    let binlogs = [
         "backup",
         "db",
         "mariadb",
         "--binlogs",
         "--socket",
-        &source.socket(),
-    ]);
+        socket.as_str(),
+    ];
+    let logs = client.json(&binlogs);
     assert!(
         logs["backed_up"].as_u64().unwrap() >= 1,
         "binary logs stored: {logs}"
@@ -135,14 +138,7 @@ fn a_point_in_time_restore_from_the_secondary_replays_binary_logs_up_to_the_time
     let aside = work.path().join("real-log");
     std::fs::rename(log_dir.join(&closed), &aside).unwrap();
     std::os::unix::fs::symlink(&secret, log_dir.join(&closed)).unwrap();
-    let refused = client.run(&[
-        "backup",
-        "db",
-        "mariadb",
-        "--binlogs",
-        "--socket",
-        &source.socket(),
-    ]);
+    let refused = client.run(&binlogs);
     assert_eq!(code(&refused), 12, "{}", stderr(&refused));
     assert!(stderr(&refused).contains(&closed), "{}", stderr(&refused));
     assert!(
@@ -160,14 +156,7 @@ fn a_point_in_time_restore_from_the_secondary_replays_binary_logs_up_to_the_time
     std::fs::rename(&aside, log_dir.join(&closed)).unwrap();
     // Run again: nothing new is closed but the one it rotates, and what
     // was stored is not stored twice.
-    let again = client.json(&[
-        "backup",
-        "db",
-        "mariadb",
-        "--binlogs",
-        "--socket",
-        &source.socket(),
-    ]);
+    let again = client.json(&binlogs);
     assert!(again["unchanged"].as_u64().unwrap() >= 1, "{again}");
     let datadir = source.sql("SELECT @@datadir");
     let listed = client.json(&["query", "db"]);
