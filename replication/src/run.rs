@@ -99,30 +99,40 @@ where
     }
 }
 
-/// Of a target's answer to which of `asked` it lacks, the ids that were
-/// asked, each once. The answer is the target's word: read as given, a
+/// Checks a target's answer to which of `asked` it lacks: a subset of the
+/// ids asked, each once. The answer is the target's word: taken as given, a
 /// partner could have this side read and send it any chunk stored here (of
-/// any node), or one chunk over and over.
+/// any node), or one chunk over and over. A target that names anything else
+/// is not trusted further: the run stops, saying how many ids were wrong.
 ///
 /// # Errors
-/// An answer naming more chunks than were asked.
+/// An answer naming more chunks than were asked, or one not asked about,
+/// or one twice.
 fn only_asked(asked: &[ChunkId], answer: Vec<ChunkId>) -> Result<Vec<ChunkId>, ReplicationError> {
+    let refused = |why: String| {
+        Err(ReplicationError::Target(
+            format!("{why}; refused, nothing sent for this batch").into(),
+        ))
+    };
     if answer.len() > asked.len() {
-        return Err(ReplicationError::Target(
-            format!(
-                "the target says it lacks {} chunks of the {} it was asked about; refused",
-                answer.len(),
-                asked.len()
-            )
-            .into(),
+        return refused(format!(
+            "the target says it lacks {} chunks of the {} it was asked about",
+            answer.len(),
+            asked.len()
         ));
     }
     let asked: std::collections::HashSet<&ChunkId> = asked.iter().collect();
     let mut seen = std::collections::HashSet::with_capacity(answer.len());
-    Ok(answer
-        .into_iter()
-        .filter(|id| asked.contains(id) && seen.insert(*id))
-        .collect())
+    let wrong = answer
+        .iter()
+        .filter(|id| !asked.contains(id) || !seen.insert(**id))
+        .count();
+    if wrong > 0 {
+        return refused(format!(
+            "the target's answer names {wrong} chunk(s) it was not asked about, or twice"
+        ));
+    }
+    Ok(answer)
 }
 
 /// Replicates one node from `source` to `target` under `rule`.

@@ -421,7 +421,7 @@ async fn an_inactive_version_arrives_inactive_and_needs_no_state_change_later() 
 #[tokio::test]
 async fn a_target_that_claims_to_lack_chunks_it_was_not_asked_about_gets_none_of_them() {
     // Another node's chunk stored on the source side, never in this node's
-    // versions; the target names it, and one asked chunk over and over.
+    // versions; the target names it, and one asked chunk twice.
     let mut source = FakeSource::with_objects(3);
     let other_nodes = chunk_id(9_999);
     source
@@ -437,16 +437,18 @@ async fn a_target_that_claims_to_lack_chunks_it_was_not_asked_about_gets_none_of
         claims_to_lack: vec![other_nodes, chunk_id(0)],
         ..FakeTarget::default()
     };
-    let report = replicate(&source, &target, ReplicationRule::AllData)
+    let err = replicate(&source, &target, ReplicationRule::AllData)
         .await
-        .expect("run");
-    assert_eq!(report.chunks_sent, 2, "each lacking chunk once");
-    assert_eq!(report.chunks_skipped, 2);
-    assert_eq!(*source.read.lock().unwrap(), 2, "nothing else was read");
+        .unwrap_err();
+    assert!(
+        matches!(&err, ReplicationError::Target(e) if e.to_string().contains("names 2 chunk(s) it was not asked about, or twice")),
+        "{err}"
+    );
+    assert_eq!(*source.read.lock().unwrap(), 0, "nothing was read");
     {
         let held = target.held.lock().unwrap();
         assert!(!held.chunks.contains(&other_nodes));
-        assert_eq!(held.chunk_uploads, 2);
+        assert_eq!(held.chunk_uploads, 0);
     }
 
     // An answer longer than the question is refused outright.

@@ -29,6 +29,8 @@ enum Lie {
     NamesMoreThanAsked,
     /// Its list of held versions goes on without end (up to a bound here).
     EndlessInventory,
+    /// None: it answers as a real partner would.
+    None,
 }
 
 /// Entries the endless inventory streams at most (the primary must stop
@@ -127,7 +129,7 @@ impl Replication for FakePartner {
                 }
             }
             Lie::NamesMoreThanAsked => missing.push(bait),
-            Lie::EndlessInventory => {}
+            Lie::EndlessInventory | Lie::None => {}
         }
         Ok(Response::new(pb::FindMissingChunksResponse { missing }))
     }
@@ -298,7 +300,22 @@ async fn a_lying_partner_gets_only_the_nodes_own_chunks_and_cannot_fill_the_prim
     let primary = Arc::new(primary);
 
     // 1. Bob's chunk swapped into an answer: never read out, never sent;
-    //    alice's chunks go, each once.
+    //    the run stops, saying how many ids were wrong.
+    let run = replicate_alice(&primary).await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(
+        run["message"]
+            .as_str()
+            .unwrap()
+            .contains("names 1 chunk(s) it was not asked about"),
+        "{run}"
+    );
+    let sent = received.lock().unwrap().clone();
+    assert!(!sent.contains(&bait), "bob's chunk reached the partner");
+    assert!(sent.is_empty(), "nothing of that batch was sent: {run}");
+
+    // An honest answer: alice's chunks go, each once.
+    *lie.lock().unwrap() = Lie::None;
     let run = replicate_alice(&primary).await;
     assert_eq!(run["state"], "completed", "{run}");
     let sent = received.lock().unwrap().clone();
