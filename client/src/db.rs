@@ -462,10 +462,13 @@ async fn query_versions(
 /// hold whole databases.
 ///
 /// # Errors
-/// The directory cannot be made.
+/// The directory cannot be made; others may write in `state_dir`
+/// ([`ClientError::StateDir`]).
 pub(crate) fn staging_root(options: &ClientOptions) -> Result<PathBuf, ClientError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let root = options.state_dir().join("staging");
+    let state_dir = options.state_dir();
+    crate::state_dir::ensure(&state_dir)?;
+    let root = state_dir.join("staging");
     let io = |e: std::io::Error| ClientError::Io {
         path: root.clone(),
         source: e,

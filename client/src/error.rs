@@ -162,6 +162,10 @@ pub enum ClientError {
     /// question past the end of the archive).
     #[error("WAL file {0} is not stored")]
     WalNotStored(String),
+    /// The state directory is missing and cannot be made, or others may
+    /// write in it.
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -214,6 +218,7 @@ impl ClientError {
             ClientError::Failover { id, .. } => id,
             ClientError::ReadOnly(_) => "TDM2110E",
             ClientError::Io { .. } => "TDM1007E",
+            ClientError::StateDir(_) => "TDM1073E",
             ClientError::Internal(_) => "TDM1004E",
             ClientError::PrimaryMoved(_) => "TDM2116E",
             ClientError::Database { .. } => "TDM1062E",

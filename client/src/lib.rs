@@ -32,6 +32,7 @@ pub mod query;
 pub mod restore;
 pub mod schedule;
 pub mod selection;
+pub mod state_dir;
 #[cfg(test)]
 mod test_data;
 pub mod vault;

@@ -150,8 +150,22 @@ fn pending_path(state_dir: &Path) -> PathBuf {
     state_dir.join("schedule-events.json")
 }
 
+/// Longest record the scheduler reads back (its events are capped at
+/// [`MAX_PENDING`], each message at a line).
+const MAX_RECORD_BYTES: u64 = 16 << 20;
+
+/// A record of the scheduler's in `state_dir`, or the default when there is
+/// none. Read only from a directory no one else may write, never through a
+/// link and never past [`MAX_RECORD_BYTES`]: the cached schedule says which
+/// commands to run.
 fn read_json<T: for<'de> Deserialize<'de> + Default>(path: &Path) -> T {
-    std::fs::read(path)
+    let trusted = path
+        .parent()
+        .is_some_and(|dir| crate::state_dir::ensure(dir).is_ok());
+    if !trusted {
+        return T::default();
+    }
+    tandem_os::atomic_file::read_small(path, MAX_RECORD_BYTES)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()
@@ -161,10 +175,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ClientError> {
     let bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| ClientError::Internal(format!("encoding {}: {e}", path.display())))?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ClientError::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
+        crate::state_dir::ensure(dir)?;
     }
     tandem_os::atomic_file::replace(path, &bytes, Some(0o600)).map_err(|e| ClientError::Io {
         path: path.to_path_buf(),
@@ -855,18 +866,12 @@ fn splay_ns(node: &str, run: &Run) -> i64 {
 /// would run every window twice.
 ///
 /// # Errors
-/// [`ClientError::Usage`] when another scheduler holds it; I/O errors.
+/// [`ClientError::Usage`] when another scheduler holds it;
+/// [`ClientError::StateDir`] when others may write in the directory; I/O
+/// errors.
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ClientError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    // The user's alone, as every other record in it.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(|e| ClientError::Io {
-            path: state_dir.to_path_buf(),
-            source: e,
-        })?;
+    use std::os::unix::fs::OpenOptionsExt;
+    crate::state_dir::ensure(state_dir)?;
     let path = state_dir.join("schedule.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)

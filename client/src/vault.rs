@@ -194,6 +194,9 @@ async fn open_unchecked(
             "this program was built without the vault tier; use the `tandem` binary".into(),
         ));
     };
+    // What this client may send from the vault, and whether another
+    // installation wrote it, are decided by its records in state_dir.
+    crate::state_dir::ensure(&options.state_dir()).map_err(|e| vault_error(&dir, e.to_string()))?;
     let node = options.node_name.to_ascii_uppercase();
     let opened = opener
         .open(dir.clone(), node, interrupt_sync)

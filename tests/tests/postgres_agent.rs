@@ -347,8 +347,22 @@ fn a_point_in_time_restore_from_the_secondary_shows_exactly_the_rows_before_the_
     // As root, with an options file only root can read: the directory is
     // handed to the cluster's owner, and the restore warns that the
     // restore_command it wrote could not read its options (TDM1070W).
+    // Root keeps its state apart: a state directory of the postgres user's
+    // is not one root may use (TDM1073E), as that user could plant links in it.
     let root_options = work.path().join("root-options.toml");
-    std::fs::copy(&client.options, &root_options).unwrap();
+    let text = std::fs::read_to_string(&client.options).unwrap();
+    let root_state = tempfile::tempdir().unwrap();
+    let text: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("state_dir") {
+                format!("state_dir = \"{}\"\n", root_state.path().display())
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&root_options, text).unwrap();
     std::os::unix::fs::chown(&root_options, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&root_options, std::fs::Permissions::from_mode(0o600)).unwrap();
     let as_root = work.path().join("restored-by-root");

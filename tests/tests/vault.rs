@@ -405,6 +405,99 @@ fn a_vault_directory_with_planted_links_or_of_another_user_is_refused_and_nothin
     }
 }
 
+/// The names and contents of the client's records in `dir` (all its files
+/// but the error log, which says why they were left alone), sorted.
+fn records_in(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && !p.ends_with("dsierror.log"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_state_directory_others_may_write_is_not_trusted_and_backups_go_to_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("dave", "dave-password");
+    let client = TestClient::new(&primary, "dave", "dave-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    with_vault(&client, work.path());
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    let state = client.dir.path().join("state");
+    let chmod = |mode| std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode));
+
+    // Anyone may now write the records that decide what the vault may send
+    // and whether another installation wrote it: none of them is read or
+    // written, the vault is not used, and the backup reaches the server.
+    chmod(0o777).unwrap();
+    let before = records_in(&state);
+    std::fs::write(src.join("new-while-open"), b"new").unwrap();
+    let out = client.run(&["--json", "incremental", &path_str(&src)]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("TDM2125W") && err.contains("mode 0777") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    assert!(
+        err.contains("TDM1042W"),
+        "the replication table is not updated: {err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["backed_up"].as_u64().unwrap() >= 1, "{summary}");
+    let after = records_in(&state);
+    assert!(
+        after == before,
+        "records in the state directory changed: {:?} became {:?}",
+        before.iter().map(|(n, b)| (n, b.len())).collect::<Vec<_>>(),
+        after.iter().map(|(n, b)| (n, b.len())).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o777,
+        "the client does not change the mode behind the administrator's back"
+    );
+
+    // The scheduler, whose cache says which commands to run, does not start.
+    let sched = client.run(&["schedule"]);
+    assert_eq!(code(&sched), 12, "{}", stderr(&sched));
+    assert!(
+        stderr(&sched).contains("TDM1073E") && stderr(&sched).contains("chmod go-w"),
+        "{}",
+        stderr(&sched)
+    );
+
+    // Once fixed, the vault catches up with what it missed: with the
+    // server gone, the file backed up meanwhile comes back from it alone.
+    chmod(0o700).unwrap();
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    primary.kill();
+    let restored = work.path().join("from-vault");
+    let out = client.run(&[
+        "restore",
+        &path_str(&src.join("new-while-open")),
+        &format!("{}/", path_str(&restored)),
+    ]);
+    assert!(stderr(&out).contains("TDM2121W"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(restored.join("new-while-open")).unwrap(),
+        b"new"
+    );
+}
+
 #[test]
 fn a_second_installation_on_the_same_node_and_vault_is_stopped_until_accepted() {
     let mut primary = TestServer::start("PRIMARY");

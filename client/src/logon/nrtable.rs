@@ -27,12 +27,8 @@ impl NodeReplicationTable {
     /// # Errors
     /// I/O or SQLite errors, with the path.
     pub fn open(state_dir: &Path) -> Result<Self, String> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        crate::state_dir::ensure(state_dir).map_err(|e| e.to_string())?;
         let path = state_dir.join("nrtable.db");
         // Created 0600 before SQLite opens it; its journal files take the same mode.
         std::fs::OpenOptions::new()

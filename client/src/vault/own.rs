@@ -238,8 +238,7 @@ pub fn append(state_dir: &Path, vault: ServerGuid, entries: &[Entry]) -> Result<
     let _one_at_a_time = APPENDING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    std::fs::create_dir_all(state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    crate::state_dir::ensure(state_dir).map_err(|e| e.to_string())?;
     let path = path(state_dir, vault);
     let failed = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let file = std::fs::OpenOptions::new()

@@ -124,8 +124,7 @@ pub fn save(
     server: ServerGuid,
     ids: &[(ObjectId, Digest)],
 ) -> Result<(), String> {
-    std::fs::create_dir_all(state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    crate::state_dir::ensure(state_dir).map_err(|e| e.to_string())?;
     let path = path(state_dir, vault);
     let mut bytes = Vec::with_capacity(MAGIC.len() + 16 + ids.len() * ENTRY);
     bytes.extend_from_slice(MAGIC);

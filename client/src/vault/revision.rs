@@ -101,8 +101,7 @@ fn record(state_dir: &Path, guid: ServerGuid, revision: u64) -> Result<(), Strin
 /// # Errors
 /// I/O failures, naming the file.
 pub fn save(state_dir: &Path, record: &Recorded) -> Result<(), String> {
-    std::fs::create_dir_all(state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    crate::state_dir::ensure(state_dir).map_err(|e| e.to_string())?;
     let path = state_dir.join(FILE);
     let text = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
     tandem_os::atomic_file::replace(&path, &text, None)
