@@ -149,8 +149,10 @@ impl Admission {
     /// [`TurnedAway::LineFull`]. It does not wait, so the accept loop can
     /// call it before it spends anything on the connection. A place free
     /// now jumps nobody: every place given back goes at once to the first
-    /// caller in line it fits, so none that would fit is waiting.
+    /// caller in line it fits, so none that would fit is waiting. IPv6
+    /// callers are counted per /64 ([`crate::limit_key`]).
     pub(crate) fn arrive(self: &Arc<Self>, address: IpAddr) -> Result<Arrival, TurnedAway> {
+        let address = crate::limit_key(address);
         let mut state = self.state();
         let limits = self.limits;
         if state
@@ -295,6 +297,24 @@ mod tests {
         let _other = admitted(admission.arrive(B));
         drop(first);
         let _again = admitted(admission.arrive(A));
+    }
+
+    #[test]
+    fn one_ipv6_64_holds_the_places_of_one_address_whichever_addresses_it_uses() {
+        let admission = Admission::new(limits(2, 0));
+        let host =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last));
+        let first = admitted(admission.arrive(host(1)));
+        let _second = admitted(admission.arrive(host(2)));
+        assert_eq!(
+            admission.arrive(host(3)).unwrap_err(),
+            TurnedAway::LineFull,
+            "a third address of the same /64 counts as the same caller"
+        );
+        let other_64 = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1));
+        let _other = admitted(admission.arrive(other_64));
+        drop(first);
+        let _again = admitted(admission.arrive(host(4)));
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@
 //!   fingerprint reaches the services as [`PeerInfo`].
 
 mod admission;
+mod caller;
 mod client;
 mod fingerprint;
 mod identity;
@@ -25,6 +26,7 @@ mod limits;
 mod server;
 mod verify;
 
+pub use caller::limit_key;
 pub use client::{ClientTls, ConnectError, Trust, connect, is_loopback_url, parse_url_scheme};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use identity::{IdentityError, ServerIdentity};

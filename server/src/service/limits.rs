@@ -138,7 +138,7 @@ where
                     .extensions()
                     .get::<tandem_tls::PeerInfo>()
                     .and_then(|peer| peer.remote)
-                    .map(|a| a.ip());
+                    .map(|a| tandem_tls::limit_key(a.ip()));
                 let request = request.map(|body| {
                     let check = Unproven::new(budget, address, UNPROVEN_BODY_WAIT);
                     Checked::body(limited(body, max), check)
