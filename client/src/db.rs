@@ -351,6 +351,17 @@ pub(crate) async fn restore_object_to_staging(
     let stats = restore::run(session, request, console).await?;
     let file_name = crate::names::decode(object.rsplit('/').next().unwrap_or_default());
     let restored = stage.path().join(file_name);
+    if stats.failed == 0 && stats.restored == 1 && !is_plain_file(&restored) {
+        // An agent stores a regular file; anything else (a link to a file
+        // elsewhere on this host, above all) was not made by one, and what
+        // follows would open, replay or move whatever it names.
+        return Err(ClientError::Database {
+            database: shown(name),
+            message: format!(
+                "the stored copy {object} is not a regular file with one name (a symbolic link, a directory or a special file): no database agent stored it, so nothing was restored; check who wrote this node's data"
+            ),
+        });
+    }
     if stats.failed > 0 || stats.restored != 1 || !restored.is_file() {
         let when = match point_in_time_ns {
             Some(ns) => format!(" that was active at {}", crate::output::timefmt::show(ns)),
@@ -369,6 +380,13 @@ pub(crate) async fn restore_object_to_staging(
         });
     }
     Ok((stage, restored, stats))
+}
+
+/// Whether `path` is a regular file with one name, looked at without
+/// following a link.
+fn is_plain_file(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1)
 }
 
 /// Lists the stored database copies of every kind (`query db`).
@@ -480,4 +498,27 @@ pub(crate) fn staging_root(options: &ClientOptions) -> Result<PathBuf, ClientErr
         .map_err(io)?;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_regular_file_with_one_name_is_a_staged_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("copy.db");
+        std::fs::write(&file, b"data").unwrap();
+        assert!(is_plain_file(&file));
+        let elsewhere = dir.path().join("elsewhere.db");
+        std::fs::write(&elsewhere, b"not ours").unwrap();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(!is_plain_file(&link), "a link to a file is not a copy");
+        let hard = dir.path().join("hard.db");
+        std::fs::hard_link(&elsewhere, &hard).unwrap();
+        assert!(!is_plain_file(&hard), "nor a file with another name");
+        assert!(!is_plain_file(dir.path()), "nor a directory");
+        assert!(!is_plain_file(&dir.path().join("missing")));
+    }
 }

@@ -32,6 +32,13 @@ use crate::output::console::Console;
 use crate::output::messages::Msg;
 use crate::restore::RestoreStats;
 
+/// How the `mariadb` client is run on a dump or on replayed binary logs,
+/// both read from a server: as SQL only (`--binary-mode` turns off the
+/// client's own commands, such as `\\!` for a shell), and never reading a
+/// file of this host for a `LOAD DATA LOCAL` in that SQL, whatever an
+/// option file says.
+const LOAD_SAFELY: [&str; 2] = ["--binary-mode", "--local-infile=0"];
+
 /// The longest binary log file name taken.
 const MAX_BINLOG_NAME: usize = 128;
 
@@ -392,7 +399,8 @@ pub async fn restore(
     // with the source's replayed next.
     let load = Command::new("mariadb")
         .args(connection.args())
-        .args(["--binary-mode", "--init-command=SET sql_log_bin=0"])
+        .args(LOAD_SAFELY)
+        .arg("--init-command=SET sql_log_bin=0")
         .stdin(
             std::fs::File::open(&dump_file).map_err(|e| ClientError::Io {
                 path: dump_file.clone(),
@@ -581,7 +589,7 @@ fn replay(
     });
     let apply = Command::new("mariadb")
         .args(connection.args())
-        .arg("--binary-mode")
+        .args(LOAD_SAFELY)
         .stdin(events)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

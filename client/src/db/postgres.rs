@@ -673,8 +673,8 @@ fn restore_command(tandem: &Path, options: &Path, cluster: &Path) -> Result<Stri
     ))
 }
 
-/// Unpacks the base backup's tar into `target`, entry by entry. Owners are
-/// kept when running as root (the cluster's files must belong to its
+/// Unpacks the base backup's tar into `target`, entry by entry, without
+/// set-ID or sticky bits. Owners are kept when running as root (the cluster's files must belong to its
 /// server's user). The tar came from a server: an entry that would land
 /// outside `target` is refused, and so is any link but a tablespace's
 /// (`pg_tblspc/OID`, the only links `pg_basebackup` writes), since the
@@ -682,6 +682,9 @@ fn restore_command(tandem: &Path, options: &Path, cluster: &Path) -> Result<Stri
 fn unpack(tar: &Path, target: &Path) -> std::io::Result<()> {
     let mut archive = tar::Archive::new(std::fs::File::open(tar)?);
     archive.set_preserve_permissions(true);
+    // pg_basebackup never writes set-user-ID, set-group-ID or sticky files:
+    // none is made from a tar a server sent.
+    archive.set_mask(0o7000);
     archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
     archive.set_overwrite(false);
     for entry in archive.entries()? {
