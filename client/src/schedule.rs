@@ -758,7 +758,7 @@ pub async fn run(
             .start_ns
             .saturating_add(splay_ns(&options.node_name, &due));
         if now < target {
-            let wait = Duration::from_nanos(u64::try_from(target - now).unwrap_or(0));
+            let wait = Duration::from_nanos(u64::try_from(target.saturating_sub(now)).unwrap_or(0));
             tokio::time::sleep(wait.min(POLL)).await;
             if wait > POLL {
                 continue;
@@ -782,7 +782,8 @@ pub async fn run(
         );
         // The start is reported within what is left of the window, so the
         // action begins inside it however slow the primary is to answer.
-        let left = Duration::from_nanos(u64::try_from(due.end_ns - started_ns).unwrap_or(0));
+        let left =
+            Duration::from_nanos(u64::try_from(due.end_ns.saturating_sub(started_ns)).unwrap_or(0));
         let _ = tokio::time::timeout(left, report_started(&options, &due, started_ns)).await;
         let outcome = carry_out(
             &due,
@@ -841,7 +842,10 @@ fn last_closed_window(run: &Run, now_ns: i64) -> Option<(i64, i64)> {
                 .unwrap_or(i64::MAX / 1_000_000_000)
                 .saturating_mul(1_000_000_000);
             let before = start.saturating_sub(period);
-            Some((before, before.saturating_add(run.end_ns - run.start_ns)))
+            Some((
+                before,
+                before.saturating_add(run.end_ns.saturating_sub(run.start_ns)),
+            ))
         }
         _ => Some((run.start_ns, run.end_ns)),
     }

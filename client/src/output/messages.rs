@@ -587,6 +587,7 @@ impl Msg {
 
     /// TDM1051I: waiting for a window to open.
     pub fn schedule_waiting(schedule: &str, opens: &str) -> Self {
+        let schedule = line(schedule);
         Msg {
             id: "TDM1051I",
             text: format!("next scheduled run: {schedule}, window opens {opens}"),
@@ -595,6 +596,7 @@ impl Msg {
 
     /// TDM1052I: a scheduled run starts.
     pub fn schedule_running(schedule: &str, action: &str, objects: &str) -> Self {
+        let (schedule, action, objects) = (line(schedule), line(action), line(objects));
         Msg {
             id: "TDM1052I",
             text: format!("schedule {schedule}: running {action} {objects}"),
@@ -603,6 +605,7 @@ impl Msg {
 
     /// TDM1053I: a scheduled run ended.
     pub fn schedule_outcome(schedule: &str, state: &str, code: i32, message: &str) -> Self {
+        let (schedule, message) = (line(schedule), line(message));
         Msg {
             id: "TDM1053I",
             text: format!("schedule {schedule}: {state} (exit code {code}): {message}"),
@@ -611,6 +614,7 @@ impl Msg {
 
     /// TDM1054W: the primary cannot be asked; the cached schedule is used.
     pub fn schedule_offline(cause: &str, cached: usize) -> Self {
+        let cause = line(cause);
         Msg {
             id: "TDM1054W",
             text: format!(
@@ -621,6 +625,7 @@ impl Msg {
 
     /// TDM1055I: an outcome kept during an outage was delivered.
     pub fn schedule_reported_late(schedule: &str, window_start_ns: i64) -> Self {
+        let schedule = line(schedule);
         Msg {
             id: "TDM1055I",
             text: format!(
@@ -632,6 +637,7 @@ impl Msg {
 
     /// TDM1056W: the server refused an outcome.
     pub fn schedule_report_refused(schedule: &str, why: &str) -> Self {
+        let (schedule, why) = (line(schedule), line(why));
         Msg {
             id: "TDM1056W",
             text: format!("schedule {schedule}: the server refused the run's outcome: {why}"),
@@ -662,6 +668,7 @@ impl Msg {
     /// TDM1059W: a run's window closed before the scheduler could start
     /// it; it is not run, and the server counts it as missed.
     pub fn schedule_window_closed(schedule: &str, closed: &str) -> Self {
+        let schedule = line(schedule);
         Msg {
             id: "TDM1059W",
             text: format!(
@@ -860,6 +867,14 @@ impl Msg {
     }
 }
 
+/// `text` from a server or a command, as one line of a message: a
+/// scheduler's messages go to a journal, where a line break in a schedule's
+/// name or a command's output would start a line that looks like another
+/// message (a run "completed" that never ran).
+fn line(text: &str) -> std::borrow::Cow<'_, str> {
+    without_controls(text, false)
+}
+
 /// `text` with every control character and every line or bidi separator
 /// written as `\u{..}`, except newlines: kept with `keep_newlines`, turned
 /// into spaces without it. Server answers reach messages (a
@@ -888,5 +903,27 @@ pub fn without_controls(text: &str, keep_newlines: bool) -> std::borrow::Cow<'_,
 impl fmt::Display for Msg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.id, without_controls(&self.text, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedules_name_or_a_commands_output_cannot_start_a_line_of_its_own() {
+        let forged = "nightly\n2026-12-07T01:00:00 TDM1053I schedule nightly: completed";
+        let shown = Msg::schedule_outcome(forged, "failed", 12, "no\r\nTDM1053I fine").to_string();
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(shown.contains("failed (exit code 12)"), "{shown}");
+        for msg in [
+            Msg::schedule_running("a\nb", "command\n", "/x\n/y"),
+            Msg::schedule_waiting("a\nb", "soon"),
+            Msg::schedule_report_refused("a", "b\nc"),
+            Msg::schedule_offline("b\nc", 1),
+            Msg::schedule_window_closed("a\nb", "now"),
+        ] {
+            assert_eq!(msg.to_string().lines().count(), 1, "{msg}");
+        }
     }
 }
