@@ -290,7 +290,8 @@ impl ClientOptions {
                     .with_list_parse_key("include"),
             )
             .build()
-            .map_err(|e| fail(e.to_string()))?;
+            // The file may hold the password: its lines are not quoted.
+            .map_err(|e| fail(tandem_os::secret_text::without_quoted_lines(&e.to_string())))?;
         let mut options: ClientOptions = built.try_deserialize().map_err(|e| {
             let text = e.to_string();
             if text.contains("missing field") {
@@ -630,6 +631,20 @@ mod tests {
         assert_eq!(o.logon_retries, 5);
         assert_eq!(o.domain, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(format!("{:?}", o.password), "Some(***)");
+    }
+
+    #[test]
+    fn a_password_line_that_does_not_parse_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "node_name = \"alice\"\nserver_address = \"https://127.0.0.1:1500\"\npassword = \"hunter2\\q\"\n",
+        );
+        let err = ClientOptions::load(&p, &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

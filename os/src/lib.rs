@@ -6,8 +6,11 @@
 //! - [`malloc`]: glibc arena limits, the one audited `unsafe` call;
 //! - [`atomic_file`]: replace a file so that readers and a crash see the old
 //!   content or the new, never a mix (options pushed by a server, password
-//!   and token files, the server's private files).
+//!   and token files, the server's private files);
+//! - [`secret_text`]: parse errors of files that hold secrets, without the
+//!   lines of the file they quote.
 
 pub mod aligned;
 pub mod atomic_file;
 pub mod malloc;
+pub mod secret_text;

@@ -202,10 +202,12 @@ fn read_credentials(path: &FsPath, describe: &str) -> Result<CredentialsFile, St
         .build()
         .and_then(config::Config::try_deserialize)
         .map_err(|e| {
+            // Not the file's lines: the one at fault may be the secret key.
+            let cause = tandem_os::secret_text::without_quoted_lines(&e.to_string());
             setup_error(
                 describe,
                 format!(
-                    "credentials_file {} must hold `access_key_id = \"...\"` and `secret_access_key = \"...\"`: {e}",
+                    "credentials_file {} must hold `access_key_id = \"...\"` and `secret_access_key = \"...\"`: {cause}",
                     path.display()
                 ),
             )
@@ -1177,6 +1179,16 @@ mod tests {
         let err = ObjectPool::open(&s3_config(&file)).unwrap_err().to_string();
         assert!(err.contains("must hold"), "{err}");
         assert!(!err.contains("s3cr3t"), "{err}");
+        // Nor when the secret's own line is the one that does not parse
+        // (the parser quotes the line it fails on).
+        std::fs::write(
+            &file,
+            "access_key_id = \"k\"\nsecret_access_key = \"s3cr\\q3t\"\n",
+        )
+        .unwrap();
+        let err = ObjectPool::open(&s3_config(&file)).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("s3cr"), "{err}");
         // A prefix without its slash names the same folder.
         let mut config = s3_config(&file);
         std::fs::write(&file, "access_key_id = \"k\"\nsecret_access_key = \"s\"\n").unwrap();
