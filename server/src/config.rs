@@ -64,6 +64,12 @@ pub struct ServerConfig {
     /// 128 of them.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Bits of an IPv6 address that count as one caller for every
+    /// per-address limit (connections, handshakes, unproven request bodies,
+    /// the metrics endpoint): 64 by default, as a host is often given a
+    /// whole /64; 128 counts each address (many clients in one /64).
+    #[serde(default = "default_ipv6_limit_prefix")]
+    pub ipv6_limit_prefix: u8,
     /// MiB that chunks received from all upload streams together (backups,
     /// partners' replication) may hold in memory at once; a stream past it
     /// writes out what it holds and waits.
@@ -494,6 +500,10 @@ pub(crate) fn default_max_connections() -> usize {
     1024
 }
 
+pub(crate) fn default_ipv6_limit_prefix() -> u8 {
+    tandem_tls::DEFAULT_IPV6_LIMIT_PREFIX
+}
+
 pub(crate) fn default_ingest_memory_mib() -> u32 {
     crate::repository::ingest::DEFAULT_INGEST_MEMORY_MIB
 }
@@ -640,6 +650,12 @@ impl ServerConfig {
                 cfg.max_connections
             )));
         }
+        if !(32..=128).contains(&cfg.ipv6_limit_prefix) {
+            return Err(ConfigError::Invalid(format!(
+                "ipv6_limit_prefix {} is out of range: give 32 to 128 (64 counts each /64 as one caller, 128 each address)",
+                cfg.ipv6_limit_prefix
+            )));
+        }
         if let Some(file) = &cfg.log_file
             && file
                 .parent()
@@ -713,6 +729,7 @@ impl ServerConfig {
         tandem_tls::ConnectionLimits {
             max_connections: self.max_connections,
             max_per_address: self.max_connections.min(128),
+            ipv6_prefix: self.ipv6_limit_prefix,
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_seconds),
         }
     }
@@ -948,6 +965,16 @@ mod tests {
                 "1 to 604800",
             ),
             ("max_connections = 0", "max_connections 0", "1 to 65536"),
+            (
+                "ipv6_limit_prefix = 16",
+                "ipv6_limit_prefix 16",
+                "32 to 128",
+            ),
+            (
+                "ipv6_limit_prefix = 129",
+                "ipv6_limit_prefix 129",
+                "32 to 128",
+            ),
             (
                 "max_connections = 100000",
                 "max_connections 100000",

@@ -235,6 +235,7 @@ impl DemoServer {
             vault_clock_skew_seconds: 300,
             idle_timeout_seconds: crate::config::default_idle_timeout_seconds(),
             max_connections: crate::config::default_max_connections(),
+            ipv6_limit_prefix: crate::config::default_ipv6_limit_prefix(),
             ingest_memory_mib: crate::config::default_ingest_memory_mib(),
             log_file: None,
             log_format: crate::logging::LogFormat::Text,

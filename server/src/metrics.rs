@@ -120,8 +120,10 @@ pub async fn serve(
             tracing::debug!(%peer, "metrics connection refused: {MAX_CONNECTIONS} open");
             continue;
         };
-        let Some(address_slot) = AddressSlot::claim(&per_address, tandem_tls::limit_key(peer.ip()))
-        else {
+        let Some(address_slot) = AddressSlot::claim(
+            &per_address,
+            tandem_tls::limit_key(peer.ip(), state.config.ipv6_limit_prefix),
+        ) else {
             tracing::debug!(%peer, "metrics connection refused: {MAX_PER_ADDRESS} open from there");
             continue;
         };

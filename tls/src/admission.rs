@@ -33,6 +33,8 @@ pub(crate) struct AdmissionLimits {
     pub(crate) waiting_total: usize,
     /// Callers from one address that may wait for a place.
     pub(crate) waiting_per_address: usize,
+    /// Bits of an IPv6 address that name one caller ([`crate::limit_key`]).
+    pub(crate) ipv6_prefix: u8,
 }
 
 /// Counts of places (or of waiting callers), in all and per address.
@@ -150,9 +152,9 @@ impl Admission {
     /// call it before it spends anything on the connection. A place free
     /// now jumps nobody: every place given back goes at once to the first
     /// caller in line it fits, so none that would fit is waiting. IPv6
-    /// callers are counted per /64 ([`crate::limit_key`]).
+    /// callers are counted per prefix ([`crate::limit_key`]).
     pub(crate) fn arrive(self: &Arc<Self>, address: IpAddr) -> Result<Arrival, TurnedAway> {
-        let address = crate::limit_key(address);
+        let address = crate::limit_key(address, self.limits.ipv6_prefix);
         let mut state = self.state();
         let limits = self.limits;
         if state
@@ -264,6 +266,7 @@ mod tests {
             per_address,
             waiting_total: 10,
             waiting_per_address,
+            ipv6_prefix: 64,
         }
     }
 
@@ -343,6 +346,7 @@ mod tests {
             per_address: 1,
             waiting_total: 4,
             waiting_per_address: 4,
+            ipv6_prefix: 64,
         });
         let a_held = admitted(admission.arrive(A));
         let b_held = admitted(admission.arrive(B));

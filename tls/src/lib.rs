@@ -26,7 +26,7 @@ mod limits;
 mod server;
 mod verify;
 
-pub use caller::limit_key;
+pub use caller::{DEFAULT_IPV6_LIMIT_PREFIX, limit_key};
 pub use client::{ClientTls, ConnectError, Trust, connect, is_loopback_url, parse_url_scheme};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use identity::{IdentityError, ServerIdentity};

@@ -13,19 +13,24 @@ use std::time::{Duration, Instant};
 pub struct ConnectionLimits {
     /// Connections open at once, in all; one more is closed at once.
     pub max_connections: usize,
-    /// Connections open at once from one IP address.
+    /// Connections open at once from one IP address (one IPv6 prefix of
+    /// `ipv6_prefix` bits, see [`crate::limit_key`]).
     pub max_per_address: usize,
+    /// Bits of an IPv6 address that name one caller for the per-address
+    /// limits of connections and handshakes (128: each address).
+    pub ipv6_prefix: u8,
     /// A connection with no call in progress for this long is closed.
     pub idle_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
-    /// 1024 connections, 128 from one address, 15 minutes idle (TSM's default
+    /// 1024 connections, 128 from one address (an IPv6 /64), 15 minutes idle (TSM's default
     /// IDLETIMEOUT).
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 1024,
             max_per_address: 128,
+            ipv6_prefix: crate::DEFAULT_IPV6_LIMIT_PREFIX,
             idle_timeout: Duration::from_secs(15 * 60),
         }
     }

@@ -229,6 +229,7 @@ impl Gates {
                 per_address: MAX_PENDING_PER_ADDRESS,
                 waiting_total: HANDSHAKE_LINE,
                 waiting_per_address: HANDSHAKE_LINE_PER_ADDRESS,
+                ipv6_prefix: limits.ipv6_prefix,
             }),
             connections: Admission::new(AdmissionLimits {
                 total: limits.max_connections,
@@ -237,6 +238,7 @@ impl Gates {
                 waiting_per_address: (connection_line(limits) * 3 / 4)
                     .max(1)
                     .min(limits.max_per_address.saturating_mul(3)),
+                ipv6_prefix: limits.ipv6_prefix,
             }),
         }
     }

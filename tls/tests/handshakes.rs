@@ -144,6 +144,7 @@ async fn open_connections_are_capped_per_address_and_closed_when_idle() {
     let (_dir, identity, addr, mut incoming) = capped_listener(tandem_tls::ConnectionLimits {
         max_connections: 10,
         max_per_address: 2,
+        ipv6_prefix: tandem_tls::DEFAULT_IPV6_LIMIT_PREFIX,
         idle_timeout: Duration::from_secs(1),
     })
     .await;
@@ -213,6 +214,7 @@ async fn open_connections_are_capped_in_all_whatever_their_address() {
     let (_dir, identity, addr, mut incoming) = capped_listener(tandem_tls::ConnectionLimits {
         max_connections: 2,
         max_per_address: 10,
+        ipv6_prefix: tandem_tls::DEFAULT_IPV6_LIMIT_PREFIX,
         idle_timeout: Duration::from_secs(60),
     })
     .await;

@@ -138,7 +138,7 @@ where
                     .extensions()
                     .get::<tandem_tls::PeerInfo>()
                     .and_then(|peer| peer.remote)
-                    .map(|a| tandem_tls::limit_key(a.ip()));
+                    .map(|a| tandem_tls::limit_key(a.ip(), self.state.config.ipv6_limit_prefix));
                 let request = request.map(|body| {
                     let check = Unproven::new(budget, address, UNPROVEN_BODY_WAIT);
                     Checked::body(limited(body, max), check)
