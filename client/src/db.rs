@@ -351,7 +351,7 @@ pub(crate) async fn restore_object_to_staging(
     let stats = restore::run(session, request, console).await?;
     let file_name = crate::names::decode(object.rsplit('/').next().unwrap_or_default());
     let restored = stage.path().join(file_name);
-    if stats.failed == 0 && stats.restored == 1 && !is_plain_file(&restored) {
+    if stats.failed == 0 && stats.restored == 1 && is_something_else(&restored) {
         // An agent stores a regular file; anything else (a link to a file
         // elsewhere on this host, above all) was not made by one, and what
         // follows would open, replay or move whatever it names.
@@ -382,11 +382,12 @@ pub(crate) async fn restore_object_to_staging(
     Ok((stage, restored, stats))
 }
 
-/// Whether `path` is a regular file with one name, looked at without
-/// following a link.
-fn is_plain_file(path: &Path) -> bool {
+/// Whether something is at `path` that is not a regular file with one
+/// name (looked at without following a link). Nothing there is for the
+/// caller's own "not stored" error.
+fn is_something_else(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1)
+    std::fs::symlink_metadata(path).is_ok_and(|m| !(m.file_type().is_file() && m.nlink() == 1))
 }
 
 /// Lists the stored database copies of every kind (`query db`).
@@ -509,16 +510,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("copy.db");
         std::fs::write(&file, b"data").unwrap();
-        assert!(is_plain_file(&file));
+        assert!(!is_something_else(&file));
         let elsewhere = dir.path().join("elsewhere.db");
         std::fs::write(&elsewhere, b"not ours").unwrap();
         let link = dir.path().join("link.db");
         std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
-        assert!(!is_plain_file(&link), "a link to a file is not a copy");
+        assert!(is_something_else(&link), "a link to a file is not a copy");
         let hard = dir.path().join("hard.db");
         std::fs::hard_link(&elsewhere, &hard).unwrap();
-        assert!(!is_plain_file(&hard), "nor a file with another name");
-        assert!(!is_plain_file(dir.path()), "nor a directory");
-        assert!(!is_plain_file(&dir.path().join("missing")));
+        assert!(is_something_else(&hard), "nor a file with another name");
+        assert!(is_something_else(dir.path()), "nor a directory");
+        assert!(
+            !is_something_else(&dir.path().join("missing")),
+            "nothing there is left to the caller's own error"
+        );
     }
 }

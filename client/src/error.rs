@@ -162,8 +162,8 @@ pub enum ClientError {
     /// question past the end of the archive).
     #[error("WAL file {0} is not stored")]
     WalNotStored(String),
-    /// The state directory is missing and cannot be made, or others may
-    /// write in it.
+    /// The state directory cannot be made or read, is not a directory,
+    /// belongs to another user, or others may write in it.
     #[error(transparent)]
     StateDir(#[from] crate::state_dir::StateDirError),
     /// A local file operation failed.

@@ -11,9 +11,10 @@
 //! directory that is group- or world-writable, or belongs to another user,
 //! is not used at all: the error says which and how to fix it.
 //!
-//! Only the directory itself is checked, not its parents: the default
-//! (`~/.local/state/tandem`) and any directory an administrator picks sit
-//! below directories others cannot rename things in.
+//! Only the directory itself is checked (through a symbolic link, the
+//! directory it names), not its parents: keep `state_dir` below directories
+//! others cannot rename things in, as the default (`~/.local/state/tandem`)
+//! is.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ pub enum StateDirError {
     },
     /// Another user (not root) owns it and could forge its records.
     #[error(
-        "the state directory {path} belongs to user id {owner}, not to this user (id {me}): its owner could forge the client's records. Give it to this user (`chown {me} {path}`) or set state_dir to a directory of this user's"
+        "the state directory {path} belongs to user id {owner}, not to this user (id {me}): its owner could forge the client's records. Set state_dir to a directory of this user's (run as root through sudo, use `sudo -H` so the default is root's own)"
     )]
     ForeignOwner {
         /// The directory.
@@ -54,7 +55,7 @@ pub enum StateDirError {
     },
     /// Its group or everyone may create, replace and delete entries in it.
     #[error(
-        "others may write in the state directory {path} (mode {mode:04o}), so they could forge the client's records; run `chmod go-w {path}` (or let the client make a new one: it makes it 0700)"
+        "others may write in the state directory {path} (mode {mode:04o}), so they could forge the client's records; run `chmod go-w {path}`"
     )]
     OpenToOthers {
         /// The directory.

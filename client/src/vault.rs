@@ -196,7 +196,7 @@ async fn open_unchecked(
     };
     // What this client may send from the vault, and whether another
     // installation wrote it, are decided by its records in state_dir.
-    crate::state_dir::ensure(&options.state_dir()).map_err(|e| vault_error(&dir, e.to_string()))?;
+    crate::state_dir::ensure(&options.state_dir())?;
     let node = options.node_name.to_ascii_uppercase();
     let opened = opener
         .open(dir.clone(), node, interrupt_sync)

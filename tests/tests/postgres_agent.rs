@@ -362,6 +362,10 @@ fn a_point_in_time_restore_from_the_secondary_shows_exactly_the_rows_before_the_
             }
         })
         .collect();
+    assert!(
+        text.contains(&root_state.path().display().to_string()),
+        "{text}"
+    );
     std::fs::write(&root_options, text).unwrap();
     std::os::unix::fs::chown(&root_options, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&root_options, std::fs::Permissions::from_mode(0o600)).unwrap();

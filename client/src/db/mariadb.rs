@@ -34,7 +34,7 @@ use crate::restore::RestoreStats;
 
 /// How the `mariadb` client is run on a dump or on replayed binary logs,
 /// both read from a server: as SQL only (`--binary-mode` turns off the
-/// client's own commands, such as `\\!` for a shell), and never reading a
+/// client's own commands, such as `\!` for a shell), and never reading a
 /// file of this host for a `LOAD DATA LOCAL` in that SQL, whatever an
 /// option file says.
 const LOAD_SAFELY: [&str; 2] = ["--binary-mode", "--local-infile=0"];

@@ -207,7 +207,8 @@ fn rewrite(
     })?;
     let new = edit(&text).map_err(|e| PushError::Read {
         path: shown.clone(),
-        cause: e.to_string(),
+        // The file may hold the password: its lines are not quoted.
+        cause: tandem_os::secret_text::without_quoted_lines(&e.to_string()),
     })?;
     if new == text {
         return Ok(false);

@@ -587,7 +587,7 @@ impl Msg {
 
     /// TDM1051I: waiting for a window to open.
     pub fn schedule_waiting(schedule: &str, opens: &str) -> Self {
-        let schedule = line(schedule);
+        let schedule = one_line(schedule);
         Msg {
             id: "TDM1051I",
             text: format!("next scheduled run: {schedule}, window opens {opens}"),
@@ -596,7 +596,7 @@ impl Msg {
 
     /// TDM1052I: a scheduled run starts.
     pub fn schedule_running(schedule: &str, action: &str, objects: &str) -> Self {
-        let (schedule, action, objects) = (line(schedule), line(action), line(objects));
+        let (schedule, action, objects) = (one_line(schedule), one_line(action), one_line(objects));
         Msg {
             id: "TDM1052I",
             text: format!("schedule {schedule}: running {action} {objects}"),
@@ -605,7 +605,7 @@ impl Msg {
 
     /// TDM1053I: a scheduled run ended.
     pub fn schedule_outcome(schedule: &str, state: &str, code: i32, message: &str) -> Self {
-        let (schedule, message) = (line(schedule), line(message));
+        let (schedule, message) = (one_line(schedule), one_line(message));
         Msg {
             id: "TDM1053I",
             text: format!("schedule {schedule}: {state} (exit code {code}): {message}"),
@@ -614,7 +614,7 @@ impl Msg {
 
     /// TDM1054W: the primary cannot be asked; the cached schedule is used.
     pub fn schedule_offline(cause: &str, cached: usize) -> Self {
-        let cause = line(cause);
+        let cause = one_line(cause);
         Msg {
             id: "TDM1054W",
             text: format!(
@@ -625,7 +625,7 @@ impl Msg {
 
     /// TDM1055I: an outcome kept during an outage was delivered.
     pub fn schedule_reported_late(schedule: &str, window_start_ns: i64) -> Self {
-        let schedule = line(schedule);
+        let schedule = one_line(schedule);
         Msg {
             id: "TDM1055I",
             text: format!(
@@ -637,7 +637,7 @@ impl Msg {
 
     /// TDM1056W: the server refused an outcome.
     pub fn schedule_report_refused(schedule: &str, why: &str) -> Self {
-        let (schedule, why) = (line(schedule), line(why));
+        let (schedule, why) = (one_line(schedule), one_line(why));
         Msg {
             id: "TDM1056W",
             text: format!("schedule {schedule}: the server refused the run's outcome: {why}"),
@@ -646,6 +646,7 @@ impl Msg {
 
     /// TDM1057W: an outcome could not be kept for later.
     pub fn schedule_report_lost(cause: &str) -> Self {
+        let cause = one_line(cause);
         Msg {
             id: "TDM1057W",
             text: format!(
@@ -657,6 +658,7 @@ impl Msg {
     /// TDM1058W: the options file could not be read again; the scheduler
     /// goes on with the options it read last.
     pub fn schedule_options_unreadable(cause: &str) -> Self {
+        let cause = one_line(cause);
         Msg {
             id: "TDM1058W",
             text: format!(
@@ -668,7 +670,7 @@ impl Msg {
     /// TDM1059W: a run's window closed before the scheduler could start
     /// it; it is not run, and the server counts it as missed.
     pub fn schedule_window_closed(schedule: &str, closed: &str) -> Self {
-        let schedule = line(schedule);
+        let schedule = one_line(schedule);
         Msg {
             id: "TDM1059W",
             text: format!(
@@ -871,7 +873,7 @@ impl Msg {
 /// scheduler's messages go to a journal, where a line break in a schedule's
 /// name or a command's output would start a line that looks like another
 /// message (a run "completed" that never ran).
-fn line(text: &str) -> std::borrow::Cow<'_, str> {
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
     without_controls(text, false)
 }
 
