@@ -810,7 +810,8 @@ async fn follow_moved_primary(
 /// creates none. A move to another primary leaves the vault options as
 /// they are.
 struct EarlyVault {
-    opening: Option<tokio::task::JoinHandle<Result<Session, ClientError>>>,
+    /// Ends with `None` when the vault does not exist yet.
+    opening: Option<tokio::task::JoinHandle<Option<Result<Session, ClientError>>>>,
     dir: PathBuf,
     /// Whether it was opened asking a sync that holds the vault to stop
     /// (leaving a marker in its directory until it gets the vault).
@@ -821,9 +822,22 @@ impl EarlyVault {
     /// Starts opening the vault `options` names, if it exists.
     fn start(options: &ClientOptions, interrupt_sync: bool) -> EarlyVault {
         let dir = options.vault_dir.clone().unwrap_or_default();
-        let opening = dir.is_dir().then(|| {
+        let opening = options.vault_dir.is_some().then(|| {
             let options = options.clone();
-            tokio::spawn(async move { crate::vault::open(&options, interrupt_sync).await })
+            let looked_at = dir.clone();
+            tokio::spawn(async move {
+                // Even this look waits on a share that stopped answering.
+                let limit = std::time::Duration::from_secs(options.vault_timeout_seconds);
+                let is_dir = tokio::task::spawn_blocking(move || looked_at.is_dir());
+                match tokio::time::timeout(limit, is_dir).await {
+                    Ok(Ok(true)) => Some(crate::vault::open(&options, interrupt_sync).await),
+                    Ok(_) => None,
+                    Err(_) => Some(Err(ClientError::Vault {
+                        dir: options.vault_dir.clone().unwrap_or_default(),
+                        cause: crate::vault::did_not_answer(limit),
+                    })),
+                }
+            })
         });
         EarlyVault {
             opening,
@@ -841,11 +855,17 @@ impl EarlyVault {
     ) -> Result<Session, ClientError> {
         if let Some(opening) = self.opening.take() {
             match opening.await {
-                Ok(Ok(vault)) => return Ok(vault),
-                // It waited for the lock as long as this command would.
-                Ok(Err(e)) if self.interrupt_sync || !interrupt_sync => return Err(e),
-                // Opened again below, now asking a sync to step aside.
-                Ok(Err(_)) | Err(_) => {}
+                Ok(Some(Ok(vault))) => return Ok(vault),
+                // It waited for the lock as long as this command would, or
+                // the directory did not answer (not asked twice).
+                Ok(Some(Err(e)))
+                    if self.interrupt_sync || !interrupt_sync || crate::vault::timed_out(&e) =>
+                {
+                    return Err(e);
+                }
+                // Opened again below, now asking a sync to step aside (or
+                // made, as the vault does not exist yet).
+                Ok(_) | Err(_) => {}
             }
         }
         crate::vault::open(options, interrupt_sync).await
@@ -859,7 +879,7 @@ impl EarlyVault {
             return;
         };
         if opening.is_finished() {
-            if let Ok(Ok(vault)) = opening.await {
+            if let Ok(Some(Ok(vault))) = opening.await {
                 vault.logoff().await;
             }
         } else {
@@ -867,7 +887,7 @@ impl EarlyVault {
         }
     }
 
-    fn stop(&self, opening: tokio::task::JoinHandle<Result<Session, ClientError>>) {
+    fn stop(&self, opening: tokio::task::JoinHandle<Option<Result<Session, ClientError>>>) {
         opening.abort();
         if self.interrupt_sync {
             crate::vault::waiting::withdraw(&self.dir);

@@ -37,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "serialization",
     "schedule_commands",
     "vault_dir",
+    "vault_timeout_seconds",
     "tier_wait_seconds",
 ];
 
@@ -182,6 +183,18 @@ pub struct ClientOptions {
     /// 0, the default, gives up after the logon's own retries.
     #[serde(default)]
     pub tier_wait_seconds: u64,
+    /// How long opening the local vault may take before the command goes
+    /// on without it (TDM2125W): a network share that stopped answering
+    /// must not hold up backups to the server.
+    #[serde(default = "default_vault_timeout_seconds")]
+    pub vault_timeout_seconds: u64,
+}
+
+/// The longest [`ClientOptions::vault_timeout_seconds`] accepted: an hour.
+pub const MAX_VAULT_TIMEOUT_SECONDS: u64 = 3_600;
+
+fn default_vault_timeout_seconds() -> u64 {
+    30
 }
 
 /// The longest [`ClientOptions::tier_wait_seconds`] accepted: a day. A
@@ -362,6 +375,12 @@ impl ClientOptions {
                 self.busy_wait_seconds
             ));
         }
+        if !(1..=MAX_VAULT_TIMEOUT_SECONDS).contains(&self.vault_timeout_seconds) {
+            return Err(format!(
+                "vault_timeout_seconds {} is out of range: give 1 to {MAX_VAULT_TIMEOUT_SECONDS}",
+                self.vault_timeout_seconds
+            ));
+        }
         if self.tier_wait_seconds > MAX_TIER_WAIT_SECONDS {
             return Err(format!(
                 "tier_wait_seconds {} is more than a day ({MAX_TIER_WAIT_SECONDS}); leave longer waits to the next scheduled run",
@@ -515,6 +534,10 @@ impl ClientOptions {
             ("changing_retries", self.changing_retries.to_string()),
             ("schedule_commands", self.schedule_commands.to_string()),
             ("vault_dir", opt(&self.vault_dir)),
+            (
+                "vault_timeout_seconds",
+                self.vault_timeout_seconds.to_string(),
+            ),
             ("tier_wait_seconds", self.tier_wait_seconds.to_string()),
             (
                 "serialization",

@@ -122,11 +122,36 @@ pub trait VaultOpener: Send + Sync {
     /// Opens `dir` for `node` (upper case). The error says what is wrong
     /// with the directory and what to do. With `interrupt_sync`, a sync
     /// that holds the vault is asked to stop (see [`waiting`]) while the
-    /// open waits for it.
-    fn open(&self, dir: PathBuf, node: String, interrupt_sync: bool) -> OpenFuture;
+    /// open waits for it. Each look at the directory that takes longer than
+    /// `timeout` fails the open (the directory's file system stopped
+    /// answering), leaving that look to finish on its own.
+    fn open(
+        &self,
+        dir: PathBuf,
+        node: String,
+        interrupt_sync: bool,
+        timeout: std::time::Duration,
+    ) -> OpenFuture;
 }
 
 static OPENER: OnceLock<Box<dyn VaultOpener>> = OnceLock::new();
+
+/// How the cause of a vault open that ran out of time begins.
+const DID_NOT_ANSWER: &str = "its directory did not answer within";
+
+/// The cause of a vault open that ran out of `timeout`.
+pub fn did_not_answer(timeout: std::time::Duration) -> String {
+    format!(
+        "{DID_NOT_ANSWER} {} s (a network share that stopped answering?); raise vault_timeout_seconds if it is merely slow",
+        timeout.as_secs()
+    )
+}
+
+/// Whether `error` is a vault open that ran out of time: asking again
+/// within the same command would only wait as long again.
+pub fn timed_out(error: &ClientError) -> bool {
+    matches!(error, ClientError::Vault { cause, .. } if cause.starts_with(DID_NOT_ANSWER))
+}
 
 /// Installs the vault implementation; the `tandem` binary does this once at
 /// start. A second call is ignored.
@@ -198,8 +223,9 @@ async fn open_unchecked(
     // installation wrote it, are decided by its records in state_dir.
     crate::state_dir::ensure(&options.state_dir())?;
     let node = options.node_name.to_ascii_uppercase();
+    let timeout = std::time::Duration::from_secs(options.vault_timeout_seconds);
     let opened = opener
-        .open(dir.clone(), node, interrupt_sync)
+        .open(dir.clone(), node, interrupt_sync, timeout)
         .await
         .map_err(|cause| vault_error(&dir, cause))?;
     Session::over_vault(opened, options, &dir)

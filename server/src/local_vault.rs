@@ -63,8 +63,14 @@ const DUPLEX_BYTES: usize = 4 << 20;
 pub struct LocalVault;
 
 impl VaultOpener for LocalVault {
-    fn open(&self, dir: PathBuf, node: String, interrupt_sync: bool) -> OpenFuture {
-        Box::pin(open(dir, node, interrupt_sync))
+    fn open(
+        &self,
+        dir: PathBuf,
+        node: String,
+        interrupt_sync: bool,
+        timeout: std::time::Duration,
+    ) -> OpenFuture {
+        Box::pin(open(dir, node, interrupt_sync, timeout))
     }
 }
 
@@ -218,7 +224,12 @@ impl Drop for VaultGuard {
     }
 }
 
-async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<OpenedVault, String> {
+async fn open(
+    dir: PathBuf,
+    node: String,
+    interrupt_sync: bool,
+    timeout: std::time::Duration,
+) -> Result<OpenedVault, String> {
     // Another command may hold the vault for a moment (or, in one process,
     // the last session's service is still winding down): wait a little,
     // asking a sync that holds it to stop between its batches.
@@ -231,8 +242,13 @@ async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<Opened
     };
     let opened = loop {
         let (opening, for_node) = (dir.clone(), node.clone());
-        let opened = tokio::task::spawn_blocking(move || open_store(&opening, &for_node))
+        // A share that stopped answering blocks the thread in the kernel:
+        // it is left to finish (or to end with the process) and the
+        // command goes on without the vault.
+        let attempt = tokio::task::spawn_blocking(move || open_store(&opening, &for_node));
+        let opened = tokio::time::timeout(timeout, attempt)
             .await
+            .map_err(|_| tandem_client::vault::did_not_answer(timeout))?
             .map_err(|e| format!("opening the vault stopped: {e}"))?;
         match opened {
             Err(e) if e.starts_with(IN_USE) && tries < lock_tries => {
@@ -297,6 +313,8 @@ async fn open(dir: PathBuf, node: String, interrupt_sync: bool) -> Result<Opened
 /// Creates or opens the store in `dir` and makes sure `node` is registered
 /// in it; returns the store, the node's password there and its row id.
 fn open_store(dir: &Path, node: &str) -> Result<(Arc<ServerState>, String, i64), String> {
+    // Where a test makes the vault's file system stop answering.
+    crate::faults::pause_point_blocking("vault-open");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -499,6 +499,51 @@ fn a_state_directory_others_may_write_is_not_trusted_and_backups_go_to_the_serve
 }
 
 #[test]
+fn a_vault_whose_share_stops_answering_is_left_out_and_the_backup_goes_to_the_server() {
+    let mut primary = TestServer::start("PRIMARY");
+    primary.register("dave", "dave-password");
+    let client = TestClient::new(&primary, "dave", "dave-password");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src);
+    with_vault(&client, work.path());
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    client.add_options("vault_timeout_seconds = 2\n");
+
+    // The vault's file system stops answering: opening it blocks (a fault
+    // point that waits ten minutes). The command goes on with the server,
+    // and ends without waiting for the blocked look.
+    std::fs::write(src.join("new-while-hung"), b"new").unwrap();
+    let out = client
+        .command(&["--json", "incremental", &path_str(&src)])
+        .env("TANDEM_FAULT_PAUSE", "vault-open")
+        .output()
+        .expect("run tandem");
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("TDM2125W") && stderr(&out).contains("did not answer within 2 s"),
+        "{}",
+        stderr(&out)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["backed_up"].as_u64().unwrap() >= 1, "{summary}");
+
+    // Answering again, the vault catches up: with the server gone, the file
+    // backed up during the outage comes back from the vault alone.
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    primary.kill();
+    let restored = work.path().join("from-vault");
+    let out = client.run(&[
+        "restore",
+        &path_str(&src.join("new-while-hung")),
+        &format!("{}/", path_str(&restored)),
+    ]);
+    assert!(stderr(&out).contains("TDM2121W"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(restored.join("new-while-hung")).unwrap(), b"new");
+}
+
+#[test]
 fn a_second_installation_on_the_same_node_and_vault_is_stopped_until_accepted() {
     let mut primary = TestServer::start("PRIMARY");
     primary.register("erin", "erin-password");

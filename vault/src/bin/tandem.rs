@@ -38,5 +38,10 @@ fn main() -> ExitCode {
             return ExitCode::from(failure.code());
         }
     };
-    ExitCode::from(runtime.block_on(tandem_client::run(args)).code())
+    let status = runtime.block_on(tandem_client::run(args));
+    // Work the command waited for is done. What may be left is a look at a
+    // vault whose network share stopped answering, blocked in the kernel
+    // and given up on: the command ends without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    ExitCode::from(status.code())
 }
