@@ -423,10 +423,10 @@ fn records_in(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
     files
 }
 
-#[test]
-fn a_state_directory_others_may_write_is_not_trusted_and_backups_go_to_the_server() {
-    use std::os::unix::fs::PermissionsExt;
-    let mut primary = TestServer::start("PRIMARY");
+/// A primary, its node dave with a local vault, and a tree (in the
+/// returned directory) backed up once to both.
+fn dave_backed_up_with_a_vault() -> (TestServer, TestClient, tempfile::TempDir, PathBuf) {
+    let primary = TestServer::start("PRIMARY");
     primary.register("dave", "dave-password");
     let client = TestClient::new(&primary, "dave", "dave-password");
     let work = tempfile::tempdir().unwrap();
@@ -434,6 +434,27 @@ fn a_state_directory_others_may_write_is_not_trusted_and_backups_go_to_the_serve
     make_tree(&src);
     with_vault(&client, work.path());
     assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    (primary, client, work, src)
+}
+
+/// With every server down, `file` (holding "new") comes back from the
+/// vault alone into a directory below `work`.
+fn assert_restored_from_the_vault_alone(client: &TestClient, file: &Path, work: &Path) {
+    let restored = work.join("from-vault");
+    let out = client.run(&[
+        "restore",
+        &path_str(file),
+        &format!("{}/", path_str(&restored)),
+    ]);
+    assert!(stderr(&out).contains("TDM2121W"), "{}", stderr(&out));
+    let name = file.file_name().unwrap();
+    assert_eq!(std::fs::read(restored.join(name)).unwrap(), b"new");
+}
+
+#[test]
+fn a_state_directory_others_may_write_is_not_trusted_and_backups_go_to_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut primary, client, work, src) = dave_backed_up_with_a_vault();
     let state = client.dir.path().join("state");
     let chmod = |mode| std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode));
 
@@ -485,29 +506,12 @@ fn a_state_directory_others_may_write_is_not_trusted_and_backups_go_to_the_serve
     assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
     assert_eq!(vault_state(&client)["state"], "synchronized");
     primary.kill();
-    let restored = work.path().join("from-vault");
-    let out = client.run(&[
-        "restore",
-        &path_str(&src.join("new-while-open")),
-        &format!("{}/", path_str(&restored)),
-    ]);
-    assert!(stderr(&out).contains("TDM2121W"), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read(restored.join("new-while-open")).unwrap(),
-        b"new"
-    );
+    assert_restored_from_the_vault_alone(&client, &src.join("new-while-open"), work.path());
 }
 
 #[test]
 fn a_vault_whose_share_stops_answering_is_left_out_and_the_backup_goes_to_the_server() {
-    let mut primary = TestServer::start("PRIMARY");
-    primary.register("dave", "dave-password");
-    let client = TestClient::new(&primary, "dave", "dave-password");
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    make_tree(&src);
-    with_vault(&client, work.path());
-    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    let (mut primary, client, work, src) = dave_backed_up_with_a_vault();
     client.add_options("vault_timeout_seconds = 2\n");
 
     // The vault's file system stops answering: opening it blocks (a fault
@@ -533,14 +537,7 @@ fn a_vault_whose_share_stops_answering_is_left_out_and_the_backup_goes_to_the_se
     // backed up during the outage comes back from the vault alone.
     assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
     primary.kill();
-    let restored = work.path().join("from-vault");
-    let out = client.run(&[
-        "restore",
-        &path_str(&src.join("new-while-hung")),
-        &format!("{}/", path_str(&restored)),
-    ]);
-    assert!(stderr(&out).contains("TDM2121W"), "{}", stderr(&out));
-    assert_eq!(std::fs::read(restored.join("new-while-hung")).unwrap(), b"new");
+    assert_restored_from_the_vault_alone(&client, &src.join("new-while-hung"), work.path());
 }
 
 #[test]
