@@ -812,6 +812,9 @@ async fn follow_moved_primary(
 struct EarlyVault {
     /// Ends with `None` when the vault does not exist yet.
     opening: Option<tokio::task::JoinHandle<Option<Result<Session, ClientError>>>>,
+    /// Set once the vault's directory did not answer: the command does not
+    /// wait for it again (each wait would also leave a thread blocked).
+    gave_up: Option<u64>,
     dir: PathBuf,
     /// Whether it was opened asking a sync that holds the vault to stop
     /// (leaving a marker in its directory until it gets the vault).
@@ -832,9 +835,9 @@ impl EarlyVault {
                 match tokio::time::timeout(limit, is_dir).await {
                     Ok(Ok(true)) => Some(crate::vault::open(&options, interrupt_sync).await),
                     Ok(_) => None,
-                    Err(_) => Some(Err(ClientError::Vault {
+                    Err(_) => Some(Err(ClientError::VaultTimedOut {
                         dir: options.vault_dir.clone().unwrap_or_default(),
-                        cause: crate::vault::did_not_answer(limit),
+                        seconds: options.vault_timeout_seconds,
                     })),
                 }
             })
@@ -843,6 +846,7 @@ impl EarlyVault {
             opening,
             dir,
             interrupt_sync,
+            gave_up: None,
         }
     }
 
@@ -853,22 +857,34 @@ impl EarlyVault {
         options: &ClientOptions,
         interrupt_sync: bool,
     ) -> Result<Session, ClientError> {
-        if let Some(opening) = self.opening.take() {
-            match opening.await {
-                Ok(Some(Ok(vault))) => return Ok(vault),
-                // It waited for the lock as long as this command would, or
-                // the directory did not answer (not asked twice).
-                Ok(Some(Err(e)))
-                    if self.interrupt_sync || !interrupt_sync || crate::vault::timed_out(&e) =>
-                {
-                    return Err(e);
-                }
-                // Opened again below, now asking a sync to step aside (or
-                // made, as the vault does not exist yet).
-                Ok(_) | Err(_) => {}
-            }
+        if let Some(seconds) = self.gave_up {
+            return Err(ClientError::VaultTimedOut {
+                dir: self.dir.clone(),
+                seconds,
+            });
         }
-        crate::vault::open(options, interrupt_sync).await
+        let result = match self.opening.take() {
+            Some(opening) => match opening.await {
+                Ok(Some(Ok(vault))) => Ok(vault),
+                // It waited for the lock as long as this command would, or
+                // the directory did not answer.
+                Ok(Some(Err(e)))
+                    if self.interrupt_sync
+                        || !interrupt_sync
+                        || matches!(e, ClientError::VaultTimedOut { .. }) =>
+                {
+                    Err(e)
+                }
+                // Opened again, now asking a sync to step aside (or made,
+                // as the vault does not exist yet).
+                Ok(_) | Err(_) => crate::vault::open(options, interrupt_sync).await,
+            },
+            None => crate::vault::open(options, interrupt_sync).await,
+        };
+        if let Err(ClientError::VaultTimedOut { seconds, .. }) = &result {
+            self.gave_up = Some(*seconds);
+        }
+        result
     }
 
     /// Gives the vault up on a path that does not use it: an open still
@@ -890,7 +906,15 @@ impl EarlyVault {
     fn stop(&self, opening: tokio::task::JoinHandle<Option<Result<Session, ClientError>>>) {
         opening.abort();
         if self.interrupt_sync {
-            crate::vault::waiting::withdraw(&self.dir);
+            // On a blocking thread, not waited for: the directory may be on
+            // a share that stopped answering.
+            let dir = self.dir.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || {
+                    crate::vault::waiting::withdraw(&dir);
+                })),
+                Err(_) => crate::vault::waiting::withdraw(&dir),
+            }
         }
     }
 }

@@ -141,6 +141,17 @@ pub enum ClientError {
         /// What went wrong.
         cause: String,
     },
+    /// The local vault's directory did not answer within
+    /// `vault_timeout_seconds` (a network share that stopped answering).
+    #[error(
+        "vault {dir}: its directory did not answer within {seconds} s (a network share that stopped answering?); the vault is left out of this command. Check the share, or raise vault_timeout_seconds if it is merely slow"
+    )]
+    VaultTimedOut {
+        /// The vault directory, as configured.
+        dir: PathBuf,
+        /// The limit that ran out.
+        seconds: u64,
+    },
     /// The vault was written by someone else since this client last wrote
     /// it (or this client's state is older than the vault).
     #[error(
@@ -223,7 +234,7 @@ impl ClientError {
             ClientError::PrimaryMoved(_) => "TDM2116E",
             ClientError::Database { .. } => "TDM1062E",
             ClientError::WalNotStored(_) => "TDM1064I",
-            ClientError::Vault { .. } => "TDM2120E",
+            ClientError::Vault { .. } | ClientError::VaultTimedOut { .. } => "TDM2120E",
             ClientError::SecondInstallation { .. } => "TDM2127E",
             ClientError::SyncInterrupted(_) => "TDM2132I",
         }

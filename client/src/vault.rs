@@ -136,22 +136,10 @@ pub trait VaultOpener: Send + Sync {
 
 static OPENER: OnceLock<Box<dyn VaultOpener>> = OnceLock::new();
 
-/// How the cause of a vault open that ran out of time begins.
-const DID_NOT_ANSWER: &str = "its directory did not answer within";
-
-/// The cause of a vault open that ran out of `timeout`.
-pub fn did_not_answer(timeout: std::time::Duration) -> String {
-    format!(
-        "{DID_NOT_ANSWER} {} s (a network share that stopped answering?); raise vault_timeout_seconds if it is merely slow",
-        timeout.as_secs()
-    )
-}
-
-/// Whether `error` is a vault open that ran out of time: asking again
-/// within the same command would only wait as long again.
-pub fn timed_out(error: &ClientError) -> bool {
-    matches!(error, ClientError::Vault { cause, .. } if cause.starts_with(DID_NOT_ANSWER))
-}
+/// What a [`VaultOpener`] answers when a look at the directory ran out of
+/// its time; [`open_unchecked`] turns it into
+/// [`ClientError::VaultTimedOut`].
+pub const DID_NOT_ANSWER: &str = "the vault's directory did not answer in time";
 
 /// Installs the vault implementation; the `tandem` binary does this once at
 /// start. A second call is ignored.
@@ -227,7 +215,13 @@ async fn open_unchecked(
     let opened = opener
         .open(dir.clone(), node, interrupt_sync, timeout)
         .await
-        .map_err(|cause| vault_error(&dir, cause))?;
+        .map_err(|cause| match cause.as_str() {
+            DID_NOT_ANSWER => ClientError::VaultTimedOut {
+                dir: dir.clone(),
+                seconds: options.vault_timeout_seconds,
+            },
+            _ => vault_error(&dir, cause),
+        })?;
     Session::over_vault(opened, options, &dir)
         .await
         .map_err(|e| vault_error(&dir, e.to_string()))

@@ -246,10 +246,16 @@ async fn open(
         // it is left to finish (or to end with the process) and the
         // command goes on without the vault.
         let attempt = tokio::task::spawn_blocking(move || open_store(&opening, &for_node));
-        let opened = tokio::time::timeout(timeout, attempt)
-            .await
-            .map_err(|_| tandem_client::vault::did_not_answer(timeout))?
-            .map_err(|e| format!("opening the vault stopped: {e}"))?;
+        let Ok(opened) = tokio::time::timeout(timeout, attempt).await else {
+            if tries > 0 && interrupt_sync {
+                // Take back the request to a sync, without waiting on the
+                // directory that did not answer.
+                let dir = dir.clone();
+                drop(tokio::task::spawn_blocking(move || waiting::withdraw(&dir)));
+            }
+            return Err(tandem_client::vault::DID_NOT_ANSWER.to_string());
+        };
+        let opened = opened.map_err(|e| format!("opening the vault stopped: {e}"))?;
         match opened {
             Err(e) if e.starts_with(IN_USE) && tries < lock_tries => {
                 if interrupt_sync {
