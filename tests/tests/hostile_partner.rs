@@ -229,6 +229,13 @@ async fn replicate_alice(primary: &Arc<TestServer>) -> serde_json::Value {
         .unwrap()
 }
 
+/// Asserts that the replication run `run` failed with `words` in its message.
+fn assert_failed_saying(run: &serde_json::Value, words: &str) {
+    assert_eq!(run["state"], "failed", "{run}");
+    let message = run["message"].as_str().unwrap_or_default();
+    assert!(message.contains(words), "{run}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lying_partner_gets_only_the_nodes_own_chunks_and_cannot_fill_the_primarys_memory() {
     let primary = TestServer::start("PRIMARY");
@@ -302,14 +309,7 @@ async fn a_lying_partner_gets_only_the_nodes_own_chunks_and_cannot_fill_the_prim
     // 1. Bob's chunk swapped into an answer: never read out, never sent;
     //    the run stops, saying how many ids were wrong.
     let run = replicate_alice(&primary).await;
-    assert_eq!(run["state"], "failed", "{run}");
-    assert!(
-        run["message"]
-            .as_str()
-            .unwrap()
-            .contains("names 1 chunk(s) it was not asked about"),
-        "{run}"
-    );
+    assert_failed_saying(&run, "names 1 chunk(s) it was not asked about");
     let sent = received.lock().unwrap().clone();
     assert!(!sent.contains(&bait), "bob's chunk reached the partner");
     assert!(sent.is_empty(), "nothing of that batch was sent: {run}");
@@ -329,25 +329,14 @@ async fn a_lying_partner_gets_only_the_nodes_own_chunks_and_cannot_fill_the_prim
     *lie.lock().unwrap() = Lie::NamesMoreThanAsked;
     received.lock().unwrap().clear();
     let run = replicate_alice(&primary).await;
-    assert_eq!(run["state"], "failed", "{run}");
-    assert!(
-        run["message"].as_str().unwrap().contains("chunks of the"),
-        "{run}"
-    );
+    assert_failed_saying(&run, "chunks of the");
     assert!(received.lock().unwrap().is_empty(), "{run}");
 
     // 3. A list of held versions without end: refused once past the bound,
     //    long before the partner runs out.
     *lie.lock().unwrap() = Lie::EndlessInventory;
     let run = replicate_alice(&primary).await;
-    assert_eq!(run["state"], "failed", "{run}");
-    assert!(
-        run["message"]
-            .as_str()
-            .unwrap()
-            .contains("which this server never sent it"),
-        "{run}"
-    );
+    assert_failed_saying(&run, "which this server never sent it");
     let streamed = *streamed.lock().unwrap();
     assert!(
         (1_000_000..ENDLESS_ENTRIES).contains(&streamed),
