@@ -1076,10 +1076,16 @@ async fn dispatch(
         _ => perform(work, &session, options, options_path, console).await,
     };
     if let Some((v, dir, _)) = vault {
-        if syncs_after {
+        // A vault that stopped answering during the command is not waited
+        // for again, not even to log off: the command's own work is done.
+        let stalled = |v: &Session| v.vault_store().and_then(|c| c.stalled()).is_some();
+        if syncs_after && !stalled(&v) {
             crate::vault::synchronise(&v, &session, &dir, &options.state_dir(), console).await;
         }
-        v.logoff().await;
+        match v.vault_store().and_then(|c| c.stalled()) {
+            Some(why) => console.report(&Msg::vault_unusable(why), ExitStatus::Warnings),
+            None => v.logoff().await,
+        }
     }
     session.logoff().await;
     result

@@ -183,9 +183,9 @@ pub struct ClientOptions {
     /// 0, the default, gives up after the logon's own retries.
     #[serde(default)]
     pub tier_wait_seconds: u64,
-    /// How long opening the local vault may take before the command goes
-    /// on without it (TDM2125W): a network share that stopped answering
-    /// must not hold up backups to the server.
+    /// How long opening the local vault, or one store into it, may take
+    /// before the command goes on without it (TDM2125W): a network share
+    /// that stopped answering must not hold up backups to the server.
     #[serde(default = "default_vault_timeout_seconds")]
     pub vault_timeout_seconds: u64,
 }

@@ -8,6 +8,7 @@
 //! [`Session`], so backup, restore and query run against it unchanged. This
 //! library only decides *when* the vault is used; it never links the server.
 
+pub mod calls;
 pub mod own;
 pub mod pulled;
 pub mod revision;
@@ -507,6 +508,9 @@ pub async fn synchronise(
         Err(ClientError::SyncInterrupted(_)) => {
             console.audit(&Msg::vault_sync_interrupted(dir, &name));
         }
+        // A vault that stopped answering is said once, by the command
+        // (TDM2125W), and its directory is not written to again.
+        Err(_) if vault.vault_store().and_then(|c| c.stalled()).is_some() => {}
         Err(e) => {
             record_failure(&mut status, &name, &e.to_string(), dir);
             console.report(
@@ -542,9 +546,10 @@ pub fn reclaim_later(dir: &Path) {
 /// chunk sent during the command still waits for its versions. A failure
 /// is a warning: nothing is lost, the space is freed at the next attempt.
 async fn reclaim(vault: &Session, console: &Console) {
-    let Some(store) = vault.vault_store().cloned() else {
+    let Some(calls) = vault.vault_store().filter(|c| c.stalled().is_none()) else {
         return;
     };
+    let store = calls.store().clone();
     let done = tokio::task::spawn_blocking(move || store.reclaim())
         .await
         .unwrap_or_else(|e| Err(format!("the reclamation task failed: {e}")));

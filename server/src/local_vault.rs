@@ -127,6 +127,8 @@ impl VaultStore for VaultGuard {
     }
 
     fn store_own_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String> {
+        // A test's stand-in for a share that stops answering mid-backup.
+        crate::faults::pause_point_blocking("vault-store");
         // The one check that costs nothing: a length no chunker makes
         // would make the chunk unreadable later.
         let group = chunks

@@ -541,6 +541,44 @@ fn a_vault_whose_share_stops_answering_is_left_out_and_the_backup_goes_to_the_se
 }
 
 #[test]
+fn a_vault_share_that_stops_answering_during_a_backup_is_given_up_and_the_backup_completes() {
+    let (mut primary, client, work, src) = dave_backed_up_with_a_vault();
+    client.add_options("vault_timeout_seconds = 2\n");
+
+    // The vault opens, then its share stops answering as the backup stores
+    // its copy of the new data there (a fault point that blocks the store
+    // for ten minutes). The backup completes on the server, the vault is
+    // not waited for again (no sync, no logoff), and the command says so.
+    std::fs::write(src.join("new-while-hung"), b"new").unwrap();
+    let out = client
+        .command(&["--json", "incremental", &path_str(&src)])
+        .env("TANDEM_FAULT_PAUSE", "vault-store")
+        .output()
+        .expect("run tandem");
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("TDM2125W")
+            && err.contains("did not answer within 2 s while storing a copy of this backup's data"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("TDM2123I") && !err.contains("TDM2124W"),
+        "no sync may run: {err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(summary["backed_up"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(client.error_log().contains("did not answer within 2 s"));
+
+    // Answering again, the next backup's sync brings the vault what it
+    // missed: with the server gone, the file comes back from it alone.
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    primary.kill();
+    assert_restored_from_the_vault_alone(&client, &src.join("new-while-hung"), work.path());
+}
+
+#[test]
 fn a_second_installation_on_the_same_node_and_vault_is_stopped_until_accepted() {
     let mut primary = TestServer::start("PRIMARY");
     primary.register("erin", "erin-password");

@@ -8,14 +8,13 @@
 //! the backup brings (and reports, if the vault cannot take it then either).
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use tandem_proto::{ChunkId, StoredChunk};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::logon::session::Session;
-use crate::vault::VaultStore;
+use crate::vault::calls::VaultCalls;
 
 /// Chunks handed to the vault's store at once: one append and fsync per
 /// group, as the server's own ingest groups them.
@@ -28,22 +27,24 @@ const GROUPS_QUEUED: usize = 1;
 /// The vault's store beside a backup's server.
 #[derive(Debug, Clone)]
 pub(crate) struct Mirror {
-    store: Arc<dyn VaultStore>,
+    store: VaultCalls,
 }
 
 impl Mirror {
-    /// The mirror of `session`: its vault beside it, if it has one.
+    /// The mirror of `session`: its vault beside it, if it has one and it
+    /// has not stopped answering in this command.
     pub(crate) fn of(session: &Session) -> Option<Mirror> {
         let store = session.vault_beside()?.vault_store()?.clone();
-        Some(Mirror { store })
+        store.stalled().is_none().then_some(Mirror { store })
     }
 
     /// Of `ids`, those the vault lacks.
     pub(crate) async fn missing(&self, ids: Vec<ChunkId>) -> Result<HashSet<ChunkId>, String> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.missing_chunks(&ids))
+        self.store
+            .bounded("looking up this backup's chunks", move |store| {
+                store.missing_chunks(&ids)
+            })
             .await
-            .map_err(|e| format!("the vault's index lookup stopped: {e}"))?
     }
 
     /// Starts a writer that stores what the returned outlet is given, one
@@ -54,11 +55,15 @@ impl Mirror {
         let store = self.store.clone();
         let writer = tokio::spawn(async move {
             let mut stored = 0;
+            // A group the vault does not take in time ends the writer, and
+            // with it the outlet: the compressing thread is never held up
+            // by a vault that stopped answering.
             while let Some(group) = rx.recv().await {
-                let store = store.clone();
-                stored += tokio::task::spawn_blocking(move || store.store_own_chunks(group))
-                    .await
-                    .map_err(|e| format!("the vault's writer stopped: {e}"))??;
+                stored += store
+                    .bounded("storing a copy of this backup's data", move |store| {
+                        store.store_own_chunks(group)
+                    })
+                    .await?;
             }
             Ok(stored)
         });

@@ -11,7 +11,6 @@
 //! it is up, and failing over from it would be wrong.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backoff::ExponentialBackoff;
@@ -87,8 +86,9 @@ pub struct Session {
     /// The primary, as the options name it.
     pub primary: ServerRef,
     /// For a vault session: keeps the in-process store open while the
-    /// session (or a clone of it) lives.
-    vault: Option<Arc<dyn crate::vault::VaultStore>>,
+    /// session (or a clone of it) lives, and bounds the calls made to it
+    /// directly.
+    vault: Option<crate::vault::calls::VaultCalls>,
     /// The local vault beside this server session: every chunk uploaded
     /// in this session is also sent to it, so the vault's sync after the
     /// backup moves only version records, and a client's own deletions are
@@ -407,7 +407,10 @@ impl Session {
                 address: options.server_address.clone(),
                 guid: None,
             },
-            vault: Some(opened.guard),
+            vault: Some(crate::vault::calls::VaultCalls::new(
+                opened.guard,
+                std::time::Duration::from_secs(options.vault_timeout_seconds),
+            )),
             vault_beside: None,
             state_dir: Some(options.state_dir()),
         })
@@ -421,8 +424,9 @@ impl Session {
         out
     }
 
-    /// For a vault session: the vault's store, for its housekeeping.
-    pub fn vault_store(&self) -> Option<&Arc<dyn crate::vault::VaultStore>> {
+    /// For a vault session: the vault's store, for its housekeeping and
+    /// the calls that bypass its service.
+    pub fn vault_store(&self) -> Option<&crate::vault::calls::VaultCalls> {
         self.vault.as_ref()
     }
 

@@ -34,7 +34,11 @@ pub(super) async fn repair(
     damaged: BTreeSet<ChunkId>,
     console: &Console,
 ) {
-    let Some(store) = vault.vault_store().cloned() else {
+    let Some(store) = vault
+        .vault_store()
+        .filter(|c| c.stalled().is_none())
+        .map(|c| c.store().clone())
+    else {
         return;
     };
     let later = damaged.len().saturating_sub(MAX_REPAIRED);

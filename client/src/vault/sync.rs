@@ -298,16 +298,16 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
 
     async fn missing_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
         let what = "checking stored chunks";
-        if let Some(store) = self.session.vault_store().cloned() {
+        if let Some(store) = self.session.vault_store() {
             // The vault in this process: asked directly, in the plan's order.
             let asked = ids.to_vec();
-            let missing = tokio::task::spawn_blocking(move || {
-                store
-                    .missing_chunks(&asked)
-                    .map(|set| asked.into_iter().filter(|c| set.contains(c)).collect())
-            })
-            .await
-            .map_err(|e| ClientError::task_failed("vault chunk check", e))?;
+            let missing = store
+                .bounded("looking up chunks for a sync", move |store| {
+                    store
+                        .missing_chunks(&asked)
+                        .map(|set| asked.into_iter().filter(|c| set.contains(c)).collect())
+                })
+                .await;
             return missing.map_err(|cause| self.vault_failed(cause));
         }
         let reply = self
@@ -386,13 +386,14 @@ impl Target<pb::ObjectVersion> for NodeTarget<'_> {
 
     async fn put_objects(&self, objects: Vec<pb::ObjectVersion>) -> Result<u64, ClientError> {
         self.go_on()?;
-        if let Some(store) = self.session.vault_store().cloned() {
+        if let Some(store) = self.session.vault_store() {
             // The vault in this process: no message encoding, one commit.
             let exact = self.exact_copy;
-            let stored =
-                tokio::task::spawn_blocking(move || store.store_pulled_versions(objects, exact))
-                    .await
-                    .map_err(|e| ClientError::task_failed("vault version writer", e))?;
+            let stored = store
+                .bounded("storing synchronised versions", move |store| {
+                    store.store_pulled_versions(objects, exact)
+                })
+                .await;
             return stored.map_err(|cause| self.vault_failed(cause));
         }
         let mut stored = 0;

@@ -1,0 +1,171 @@
+//! Calls into the vault's store that a share which stops answering cannot
+//! hold up for ever.
+//!
+//! A vault on a network share can stop answering in the middle of a
+//! command: a write or an `fsync` there then blocks its thread until the
+//! share comes back, perhaps never. The opening look is bounded already
+//! (`vault_timeout_seconds`); this bounds each call made while a backup
+//! copies its data to the vault and while a sync stores what it moved. A
+//! call that overruns is given up (its thread stays blocked; nothing waits
+//! for it, and the process does not wait for it at exit), the vault is
+//! marked stalled for the rest of the command, and every later call is
+//! refused at once: they would only queue behind the locks the blocked
+//! call holds. The backup goes on with the server; the next command's sync
+//! brings the vault what it missed.
+//!
+//! Only calls whose work is bounded by their size take the limit: a
+//! reclamation or a repair of a large vault may rightly take longer, so
+//! those use [`VaultCalls::store`] and are skipped once the vault stalled.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::VaultStore;
+
+/// A vault's store with the command's limit on each call.
+#[derive(Debug, Clone)]
+pub struct VaultCalls {
+    store: Arc<dyn VaultStore>,
+    limit: Duration,
+    /// Why the vault was given up, once a call overran; shared by every
+    /// clone of the session, so all of the command sees it.
+    stalled: Arc<OnceLock<String>>,
+}
+
+impl VaultCalls {
+    /// `store`, each bounded call given `limit`.
+    #[must_use]
+    pub fn new(store: Arc<dyn VaultStore>, limit: Duration) -> Self {
+        VaultCalls {
+            store,
+            limit,
+            stalled: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The store itself, for work without a time bound (reclamation,
+    /// repair). Callers check [`Self::stalled`] first.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn VaultStore> {
+        &self.store
+    }
+
+    /// Why the vault was given up in this command, if it was.
+    #[must_use]
+    pub fn stalled(&self) -> Option<&str> {
+        self.stalled.get().map(String::as_str)
+    }
+
+    /// Runs `call` on a blocking thread and waits at most the limit for it.
+    ///
+    /// # Errors
+    /// The call's own error; the vault's stall, when this call overran or
+    /// an earlier one did (then `call` is not run); a call that panicked.
+    pub async fn bounded<T, F>(&self, doing: &str, call: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn VaultStore) -> Result<T, String> + Send + 'static,
+    {
+        if let Some(why) = self.stalled() {
+            return Err(why.to_string());
+        }
+        let store = self.store.clone();
+        let running = tokio::task::spawn_blocking(move || call(store.as_ref()));
+        match tokio::time::timeout(self.limit, running).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => Err(format!("the vault's task stopped while {doing}: {e}")),
+            Err(_) => {
+                let why = format!(
+                    "it did not answer within {} s while {doing} (a network share that stopped answering?); it is left out for the rest of this command, and the next command's sync brings it what it missed. Check the share, or raise vault_timeout_seconds if it is merely slow",
+                    self.limit.as_secs()
+                );
+                Err(self.stalled.get_or_init(|| why).clone())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use tandem_proto::{ChunkId, StoredChunk, pb};
+
+    use super::*;
+    use crate::vault::{Reclaimed, Repaired};
+
+    /// A store whose every call takes `delay`.
+    #[derive(Debug)]
+    struct Slow {
+        delay: Duration,
+    }
+
+    impl VaultStore for Slow {
+        fn reclaim(&self) -> Result<Reclaimed, String> {
+            Ok(Reclaimed::default())
+        }
+        fn missing_chunks(&self, _: &[ChunkId]) -> Result<HashSet<ChunkId>, String> {
+            std::thread::sleep(self.delay);
+            Ok(HashSet::new())
+        }
+        fn store_own_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String> {
+            std::thread::sleep(self.delay);
+            Ok(chunks.len() as u64)
+        }
+        fn repair_chunks(&self, _: Vec<StoredChunk>) -> Result<Repaired, String> {
+            Ok(Repaired::default())
+        }
+        fn store_pulled_versions(&self, _: Vec<pb::ObjectVersion>, _: bool) -> Result<u64, String> {
+            Ok(0)
+        }
+    }
+
+    fn calls(delay_ms: u64, limit_ms: u64) -> VaultCalls {
+        VaultCalls::new(
+            Arc::new(Slow {
+                delay: Duration::from_millis(delay_ms),
+            }),
+            Duration::from_millis(limit_ms),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_call_within_the_limit_gives_its_answer() {
+        let vault = calls(0, 5_000);
+        let stored = vault
+            .bounded("storing", |s| s.store_own_chunks(Vec::new()))
+            .await;
+        assert_eq!(stored, Ok(0));
+        assert_eq!(vault.stalled(), None);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_overruns_stalls_the_vault_for_every_clone() {
+        let vault = calls(1_000, 50);
+        let seen_by_another_part = vault.clone();
+        let err = vault
+            .bounded("storing this backup's data", |s| {
+                s.store_own_chunks(Vec::new())
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("while storing this backup's data")
+                && err.contains("vault_timeout_seconds"),
+            "{err}"
+        );
+        assert_eq!(seen_by_another_part.stalled(), Some(err.as_str()));
+        // Later calls are refused without running: they would queue behind
+        // the blocked one.
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let later = seen_by_another_part
+            .bounded("checking", move |s| {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                s.missing_chunks(&[])
+            })
+            .await;
+        assert_eq!(later, Err(err));
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+}
