@@ -1059,6 +1059,21 @@ async fn dispatch(
     // A vault that has not caught up (a sync failed, or never ran) catches
     // up after any command on the primary, a read too: the client is
     // otherwise idle then. Never with a read-only secondary in failover.
+    // Until the pull after the command makes the vault a copy of the
+    // server again, its record says it is behind: a command cut short, or
+    // a vault that stops answering during it, leaves no claim of being in
+    // sync (restores from the vault alone and `query vault` rely on it).
+    let vault = match vault {
+        Some((v, dir, pushed)) if writes_through => match crate::vault::expect_pull(&dir) {
+            Ok(()) => Some((v, dir, pushed)),
+            Err(cause) => {
+                console.report(&Msg::vault_unusable(&cause), ExitStatus::Warnings);
+                v.logoff().await;
+                None
+            }
+        },
+        other => other,
+    };
     let syncs_after = writes_through
         || (session.mode == SessionMode::Normal
             && work.lets_vault_catch_up()

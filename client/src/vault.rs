@@ -420,11 +420,14 @@ pub async fn synchronise(
             return;
         }
     };
-    // Until the pull completes the vault lacks what the command did.
-    status.pull_pending = true;
-    if let Err(e) = status.save(dir) {
-        console.report(&Msg::vault_sync_failed(&name, &e), ExitStatus::Warnings);
-        return;
+    // Until the pull completes the vault lacks what the command did (a
+    // command that wrote through has said so already: `expect_pull`).
+    if !status.pull_pending {
+        status.pull_pending = true;
+        if let Err(e) = status.save(dir) {
+            console.report(&Msg::vault_sync_failed(&name, &e), ExitStatus::Warnings);
+            return;
+        }
     }
     let outcome = async {
         let mut vouched = vouched(vault, state_dir)?;
@@ -519,6 +522,20 @@ pub async fn synchronise(
             );
         }
     }
+}
+
+/// Records in `dir` that the vault is behind the server until a pull
+/// completes, before a command that writes through to the server runs.
+///
+/// # Errors
+/// The record cannot be read or written (then the vault is left out).
+pub fn expect_pull(dir: &Path) -> Result<(), String> {
+    let mut status = SyncStatus::load(dir)?;
+    if status.pull_pending {
+        return Ok(());
+    }
+    status.pull_pending = true;
+    status.save(dir)
 }
 
 /// Whether the vault in `dir` still has to catch up with the server (see

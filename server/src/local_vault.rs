@@ -127,8 +127,6 @@ impl VaultStore for VaultGuard {
     }
 
     fn store_own_chunks(&self, chunks: Vec<StoredChunk>) -> Result<u64, String> {
-        // A test's stand-in for a share that stops answering mid-backup.
-        crate::faults::pause_point_blocking("vault-store");
         // The one check that costs nothing: a length no chunker makes
         // would make the chunk unreadable later.
         let group = chunks
@@ -154,6 +152,9 @@ impl VaultStore for VaultGuard {
             .collect::<Result<Vec<_>, String>>()?;
         let repo = &self.state.repo;
         let _writing = self.writes.read().unwrap_or_else(|e| e.into_inner());
+        // A test's stand-in for a share that stops answering mid-backup,
+        // holding what a store holds.
+        crate::faults::pause_point_blocking("vault-store");
         let stored = repo.store_chunks(OWN_CHUNKS_SESSION, self.node_id, group);
         repo.pins.release(OWN_CHUNKS_SESSION);
         stored
@@ -209,6 +210,8 @@ impl VaultStore for VaultGuard {
             .map_err(|e| e.to_string())?;
         // Shared with chunk stores, exclusive of reclaim, like every write.
         let _writing = self.writes.read().unwrap_or_else(|e| e.into_inner());
+        // A test's stand-in for a share that stops answering mid-sync.
+        crate::faults::pause_point_blocking("vault-pull-store");
         let catalog = &self.state.repo.catalog;
         let stored = if exact {
             // What a replica does: no per-version search for newer ones.

@@ -541,41 +541,69 @@ fn a_vault_whose_share_stops_answering_is_left_out_and_the_backup_goes_to_the_se
 }
 
 #[test]
-fn a_vault_share_that_stops_answering_during_a_backup_is_given_up_and_the_backup_completes() {
+fn a_vault_share_that_stops_answering_during_a_backup_or_its_sync_is_given_up_and_catches_up_later()
+{
     let (mut primary, client, work, src) = dave_backed_up_with_a_vault();
     client.add_options("vault_timeout_seconds = 2\n");
 
-    // The vault opens, then its share stops answering as the backup stores
-    // its copy of the new data there (a fault point that blocks the store
-    // for ten minutes). The backup completes on the server, the vault is
-    // not waited for again (no sync, no logoff), and the command says so.
-    std::fs::write(src.join("new-while-hung"), b"new").unwrap();
-    let out = client
-        .command(&["--json", "incremental", &path_str(&src)])
-        .env("TANDEM_FAULT_PAUSE", "vault-store")
-        .output()
-        .expect("run tandem");
-    assert_eq!(code(&out), 8, "{}", stderr(&out));
-    let err = stderr(&out);
-    assert!(
-        err.contains("TDM2125W")
-            && err.contains("did not answer within 2 s while storing a copy of this backup's data"),
-        "{err}"
-    );
-    assert!(
-        !err.contains("TDM2123I") && !err.contains("TDM2124W"),
-        "no sync may run: {err}"
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["failed"], 0, "{summary}");
-    assert!(summary["backed_up"].as_u64().unwrap() >= 1, "{summary}");
-    assert!(client.error_log().contains("did not answer within 2 s"));
+    // The vault opens, then its share stops answering: first as the backup
+    // stores its copy of the new data there, then, in the next backup, as
+    // the sync stores the versions it pulled (fault points that block for
+    // ten minutes). Each backup completes on the server without waiting
+    // for the blocked store (no sync, no logoff), says so, and leaves the
+    // vault marked as behind.
+    for (point, file, doing) in [
+        (
+            "vault-store",
+            "new-while-hung",
+            "while storing a copy of this backup's data",
+        ),
+        (
+            "vault-pull-store",
+            "new-while-sync-hung",
+            "while storing synchronised versions",
+        ),
+    ] {
+        std::fs::write(src.join(file), b"new").unwrap();
+        let started = std::time::Instant::now();
+        let out = client
+            .command(&["--json", "incremental", &path_str(&src)])
+            .env("TANDEM_FAULT_PAUSE", point)
+            .output()
+            .expect("run tandem");
+        // Not a speed check: the blocked store ends only after ten minutes.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "the command waited for the blocked store ({point})"
+        );
+        assert_eq!(code(&out), 8, "{point}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("TDM2125W") && err.contains(&format!("did not answer within 2 s {doing}")),
+            "{point}: {err}"
+        );
+        assert!(
+            !err.contains("TDM2123I"),
+            "{point}: no sync completed: {err}"
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["failed"], 0, "{summary}");
+        assert!(summary["backed_up"].as_u64().unwrap() >= 1, "{summary}");
+        assert!(client.error_log().contains(doing));
+        assert_eq!(
+            vault_state(&client)["state"],
+            "synchronizing",
+            "{point}: the vault must not claim to be in sync"
+        );
+    }
 
     // Answering again, the next backup's sync brings the vault what it
-    // missed: with the server gone, the file comes back from it alone.
+    // missed: with the server gone, both files come back from it alone.
     assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    assert_eq!(vault_state(&client)["state"], "synchronized");
     primary.kill();
     assert_restored_from_the_vault_alone(&client, &src.join("new-while-hung"), work.path());
+    assert_restored_from_the_vault_alone(&client, &src.join("new-while-sync-hung"), work.path());
 }
 
 #[test]
