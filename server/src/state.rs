@@ -262,9 +262,11 @@ fn seal_partner_passwords(catalog: &Catalog, key: &secrets::SecretKey) -> Result
     Ok(())
 }
 
-/// Registers the first administrator, ADMIN, when there is none (a new
-/// data dir, or one from before named administrators), with a random
-/// password written to `password_file` for the operator to use and change.
+/// How much of a server's catalog is read through a memory map
+/// ([`Catalog::read_through_memory_map`]); address space, not memory: the
+/// pages are the file system's cache, shared by all connections.
+const CATALOG_MAP_BYTES: i64 = 16 << 30;
+
 /// What a data directory is opened as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -274,6 +276,9 @@ enum Role {
     Vault,
 }
 
+/// Registers the first administrator, ADMIN, when there is none (a new
+/// data dir, or one from before named administrators), with a random
+/// password written to `password_file` for the operator to use and change.
 fn create_first_admin(catalog: &Catalog, password_file: &Path) -> Result<(), ServerError> {
     if !catalog.list_admins()?.is_empty() {
         return Ok(());
@@ -436,6 +441,9 @@ impl ServerState {
             check_server_name(catalog, &config)
         })?;
         repo.ingest_budget = crate::repository::ingest::IngestBudget::new(config.ingest_memory_mib);
+        if role == Role::Server {
+            repo.catalog.read_through_memory_map(CATALOG_MAP_BYTES)?;
+        }
         let repo = Arc::new(repo);
         let catalog: &Catalog = &repo.catalog;
         // Kept once the start got this far (a prefix claimed under it): a

@@ -1304,3 +1304,44 @@ fn a_catalog_holding_a_trigger_or_view_is_refused_before_anything_runs() {
         assert!(text.contains("endless") || text.contains("peek"), "{text}");
     }
 }
+
+#[test]
+fn a_memory_map_is_set_on_every_connection_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, node) = new_catalog(&dir);
+    let mapped = |catalog: &Catalog| -> Vec<i64> {
+        let mut sizes = vec![
+            catalog
+                .conn()
+                .query_row("PRAGMA mmap_size", [], |r| r.get(0))
+                .unwrap(),
+        ];
+        for reader in &catalog.readers {
+            let reader = reader.lock().unwrap();
+            sizes.push(
+                reader
+                    .query_row("PRAGMA mmap_size", [], |r| r.get(0))
+                    .unwrap(),
+            );
+        }
+        sizes
+    };
+    // A vault's catalog (on a share someone else may cut short) is read
+    // with pread, as SQLite does by default.
+    assert!(mapped(&catalog).iter().all(|&size| size == 0));
+    catalog.read_through_memory_map(64 << 20).unwrap();
+    assert_eq!(mapped(&catalog), vec![64 << 20; 1 + super::READERS]);
+    // Reads through the map see what the writer commits after it.
+    let paths = ["/m", "/n"];
+    let versions: Vec<NewVersion> = paths.iter().map(|p| version(p)).collect();
+    catalog
+        .commit_objects(node, "/", &versions, &[], 100)
+        .expect("commit");
+    let everything = VersionQuery {
+        filespace: "/".into(),
+        path_prefix: "/".into(),
+        ..VersionQuery::default()
+    };
+    let listed = all_pages(&catalog, node, &everything, 10);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+}
