@@ -1,7 +1,7 @@
 //! Expiration and reclamation (TSM EXPIRE INVENTORY + space reclamation).
 //!
-//! 1. Delete the versions retention policy lets go ([`Catalog::expired_versions`])
-//!    and the archive copies past their expiry ([`Catalog::expired_archives`]).
+//! 1. Delete the versions retention policy lets go ([`crate::catalog::Catalog::expired_versions`])
+//!    and the archive copies past their expiry ([`crate::catalog::Catalog::expired_archives`]).
 //! 2. Sweep: remove from the index every chunk no version references and no
 //!    open session has pinned ([`crate::pins`]).
 //! 3. Reclaim: start a new container, then for every other container remove it
@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use tandem_proto::ChunkId;
 
-use crate::catalog::{Catalog, DamagedChunk, ExpiringVersion, ReleasedSpace};
+use crate::catalog::{DamagedChunk, ExpiringVersion, ReleasedSpace};
 use crate::error::{ServerError, StorageError};
 use crate::model::ChunkLocation;
 use crate::repository::Repository;
@@ -103,7 +103,7 @@ pub fn preview_expiration(
     let mut ids = repo.catalog.expired_versions(now_ns)?;
     // Row ids grow as versions are stored: the first are the oldest.
     ids.sort_unstable();
-    let pinned: HashSet<ChunkId> = repo.pins.lock().values().flatten().copied().collect();
+    let pinned: HashSet<ChunkId> = repo.pins.lock().all();
     let id_set: HashSet<i64> = ids.iter().copied().collect();
     let archives: HashSet<i64> = repo.catalog.expired_archives(now_ns)?.into_iter().collect();
     let released = repo
@@ -174,22 +174,57 @@ fn reclaim_locked(
     Ok(report)
 }
 
-/// Removes unreferenced, unpinned chunks from the index.
+/// Removes unreferenced, unpinned chunks from the index. The catalog is
+/// read from a snapshot without the pin lock (see [`crate::pins`] for why
+/// that keeps every chunk a session relies on); the lock is held to open
+/// the snapshot and to delete.
 fn sweep(repo: &Repository, open_sessions: OpenSessions<'_>) -> Result<u64, ServerError> {
+    let read = read_for_sweep(repo, open_sessions)?;
+    delete_swept(repo, read)
+}
+
+/// What a sweep read: the chunks unreferenced in its snapshot, and the
+/// chunks pinned when it began.
+struct SweepRead {
+    unreferenced: Result<Vec<ChunkId>, crate::error::CatalogError>,
+    pinned_at_start: HashSet<ChunkId>,
+}
+
+/// The sweep's first half: opens the snapshot under the pin lock (which
+/// starts recording pins), then reads it without any lock. Always followed
+/// by [`delete_swept`], which stops the recording.
+fn read_for_sweep(
+    repo: &Repository,
+    open_sessions: OpenSessions<'_>,
+) -> Result<SweepRead, ServerError> {
+    let (snapshot, pinned_at_start) = {
+        let mut pins = repo.pins.lock();
+        // Asked under the pin lock: a session that opens later pins after
+        // the sweep began, and what it pins is recorded.
+        let open = open_sessions();
+        pins.keep_sessions(&open);
+        let snapshot = repo.catalog.sweep_snapshot()?;
+        (snapshot, pins.begin_sweep())
+    };
+    Ok(SweepRead {
+        unreferenced: snapshot.unreferenced_chunks(),
+        pinned_at_start,
+    })
+}
+
+/// The sweep's second half, under the pin lock: deletes what was
+/// unreferenced in the snapshot and pinned neither when the sweep began
+/// nor since (whatever is pinned now was pinned then or since).
+fn delete_swept(repo: &Repository, read: SweepRead) -> Result<u64, ServerError> {
     let mut pins = repo.pins.lock();
-    // Asked under the pin lock: a session that opens later pins after the
-    // sweep, so none of its pins is dropped here.
-    let open = open_sessions();
-    pins.retain(|session, _| open.contains(session));
-    let catalog: &Catalog = &repo.catalog;
-    let mut keep = catalog.referenced_chunks()?;
-    keep.extend(pins.values().flatten().copied());
-    let dead: Vec<_> = catalog
-        .all_chunk_ids()?
+    // Ended on every path, or every later pin would be recorded for ever.
+    let pinned_since = pins.end_sweep();
+    let dead: Vec<ChunkId> = read
+        .unreferenced?
         .into_iter()
-        .filter(|id| !keep.contains(id))
+        .filter(|id| !read.pinned_at_start.contains(id) && !pinned_since.contains(id))
         .collect();
-    Ok(catalog.delete_chunks(&dead)?)
+    Ok(repo.catalog.delete_chunks(&dead)?)
 }
 
 /// Copies a container's live chunks to its pool's active container and
@@ -333,4 +368,111 @@ pub fn describe(report: &ExpireReport, trigger: &str) -> String {
         report.bytes_reclaimed,
         report.elapsed_secs
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use prost::bytes::Bytes;
+    use tandem_proto::ChunkId;
+
+    use super::*;
+    use crate::config::PoolConfig;
+    use crate::model::{NewVersion, ObjectAttrs, ObjectKind, Policy};
+
+    fn repository(dir: &std::path::Path) -> Repository {
+        Repository::open(
+            dir,
+            Policy::default(),
+            crate::repository::PoolSetup {
+                default: &PoolConfig::default(),
+                more: &std::collections::BTreeMap::new(),
+            },
+            "TEST",
+            |_| Ok(()),
+        )
+        .unwrap()
+    }
+
+    fn chunk(text: &str) -> VerifiedChunk {
+        VerifiedChunk {
+            id: ChunkId::of(text.as_bytes()),
+            data: Bytes::from(zstd::bulk::compress(text.as_bytes(), 1).unwrap()),
+            raw_len: text.len() as u32,
+        }
+    }
+
+    fn file(path: &str, chunk: ChunkId) -> NewVersion {
+        NewVersion {
+            attrs: ObjectAttrs {
+                path: path.into(),
+                kind: ObjectKind::File,
+                size: 1,
+                mode: 0o644,
+                mtime_ns: 1,
+                uid: 0,
+                gid: 0,
+                link_target: String::new(),
+                extra: Vec::new(),
+            },
+            chunks: vec![chunk],
+        }
+    }
+
+    fn indexed(repo: &Repository) -> HashSet<ChunkId> {
+        repo.catalog.all_chunk_ids().unwrap().into_iter().collect()
+    }
+
+    /// The interleavings the sweep must survive without the pin lock while
+    /// it reads: a chunk pinned before it began, or while it read, and
+    /// committed by a session that then ended, is kept; one nobody pinned
+    /// or references is freed.
+    #[test]
+    fn chunks_committed_while_a_sweep_reads_are_kept_and_only_unused_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        let node = repo
+            .catalog
+            .register_node("N1", "hash", 1)
+            .unwrap()
+            .unwrap()
+            .id;
+        let (early, late, unused) = (chunk("early"), chunk("late"), chunk("unused"));
+        // Uploaded in sessions that ended without committing: nothing
+        // references or pins them now.
+        repo.store_chunks(1, node, vec![early.clone(), late.clone(), unused.clone()])
+            .unwrap();
+        repo.pins.release(1);
+        // Session 2 learns `early` is stored before the sweep begins.
+        assert!(
+            repo.missing_and_pin(2, node, &[early.id])
+                .unwrap()
+                .is_empty()
+        );
+
+        let read = read_for_sweep(&repo, &|| HashSet::from([2, 3])).unwrap();
+        // While the sweep reads: session 3 learns `late` is stored, both
+        // sessions commit what they use, and both end.
+        assert!(
+            repo.missing_and_pin(3, node, &[late.id])
+                .unwrap()
+                .is_empty()
+        );
+        for (session, path, id) in [(2, "/early", early.id), (3, "/late", late.id)] {
+            repo.pin_for_commit(session, &[id]);
+            repo.catalog
+                .commit_objects(node, "/", &[file(path, id)], &[], 10)
+                .unwrap();
+            repo.pins.release(session);
+        }
+        assert_eq!(delete_swept(&repo, read).unwrap(), 1);
+        assert_eq!(indexed(&repo), HashSet::from([early.id, late.id]));
+
+        // The next sweep finds both referenced; the pin table is left as it
+        // was (no sweep is recording).
+        assert_eq!(sweep(&repo, &HashSet::new).unwrap(), 0);
+        assert!(repo.pins.lock().end_sweep().is_empty());
+        assert_eq!(indexed(&repo), HashSet::from([early.id, late.id]));
+    }
 }

@@ -236,10 +236,18 @@ impl Repository {
         let mut pins = self.pins.lock();
         let missing = self.catalog.unowned_chunks(node, pool, ids)?;
         let absent: std::collections::HashSet<&ChunkId> = missing.iter().collect();
-        pins.entry(session)
-            .or_default()
-            .extend(ids.iter().filter(|id| !absent.contains(id)));
+        pins.pin(
+            session,
+            ids.iter().filter(|id| !absent.contains(id)).copied(),
+        );
         Ok(missing)
+    }
+
+    /// Pins the chunks a commit in `session` names, before the commit checks
+    /// that they are stored: a sweep running meanwhile keeps them (see
+    /// [`crate::pins`]), whether or not the session was told of them.
+    pub fn pin_for_commit<'a>(&self, session: u64, chunks: impl IntoIterator<Item = &'a ChunkId>) {
+        self.pins.lock().pin(session, chunks.into_iter().copied());
     }
 
     /// The stored bytes of `ids`, in the order asked, whoever owns them

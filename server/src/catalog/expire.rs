@@ -30,7 +30,10 @@ impl Catalog {
     /// SQLite errors.
     pub fn expired_versions(&self, now_ns: i64) -> Result<Vec<i64>, CatalogError> {
         let d = self.defaults;
-        let conn = self.conn();
+        // A scan of every version: on a connection of its own, so neither
+        // commits nor restores wait for it. A version found here that turns
+        // active again before its deletion is kept (`delete_versions`).
+        let conn = self.scan_connection()?;
         let mut stmt = conn.prepare(
             "SELECT id FROM (
                SELECT o.id, o.active, o.expiring, o.deactivated_ns,
@@ -69,9 +72,13 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn delete_versions(&self, ids: &[i64]) -> Result<u64, CatalogError> {
-        self.delete_in_batches(ids, "DELETE FROM objects WHERE id = ?1", |stmt, id| {
-            stmt.execute([id])
-        })
+        // Never an active version, whatever changed since the ids were found
+        // (a replica's states are set by its source).
+        self.delete_in_batches(
+            ids,
+            "DELETE FROM objects WHERE id = ?1 AND active = 0",
+            |stmt, id| stmt.execute([id]),
+        )
     }
 
     /// Runs `sql` once per item, `DELETE_BATCH` to a transaction, then
@@ -116,44 +123,47 @@ impl Catalog {
         Ok(deleted)
     }
 
-    /// Every chunk id some stored version or archive copy references.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn referenced_chunks(&self) -> Result<HashSet<ChunkId>, CatalogError> {
-        let conn = self.conn();
-        let mut set = HashSet::new();
-        for table in MANIFEST_TABLES {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT manifest FROM {table} WHERE length(manifest) > 0"
-            ))?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let manifest: Vec<u8> = row.get(0)?;
-                for c in manifest.chunks_exact(32) {
-                    if let Ok(id) = ChunkId::from_slice(c) {
-                        set.insert(id);
-                    }
-                }
-            }
-        }
-        Ok(set)
-    }
-
     /// Every indexed chunk id, once however many pools hold a copy.
     ///
     /// # Errors
     /// SQLite errors.
     pub fn all_chunk_ids(&self) -> Result<Vec<ChunkId>, CatalogError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT DISTINCT id FROM chunks")?;
-        let ids = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
-            .filter_map(|r| r.ok().and_then(|b| ChunkId::from_slice(&b).ok()))
-            .collect();
-        Ok(ids)
+        all_chunk_ids_in(&self.conn())
     }
 
+    /// A new read-only connection, read as the others are (see
+    /// [`Catalog::read_through_memory_map`]), for one scan of a whole table
+    /// that would hold up the writer or a reader for seconds.
+    fn scan_connection(&self) -> Result<rusqlite::Connection, CatalogError> {
+        let (path, map_bytes) = {
+            let conn = self.conn();
+            let path = conn
+                .path()
+                .map(std::path::PathBuf::from)
+                .ok_or_else(|| CatalogError::Malformed("the catalog has no file to scan".into()))?;
+            let map: i64 = conn.query_row("PRAGMA mmap_size", [], |r| r.get(0))?;
+            (path, map)
+        };
+        let conn = super::open_reader(&path)?;
+        conn.pragma_update(None, "mmap_size", map_bytes)?;
+        Ok(conn)
+    }
+
+    /// A read snapshot of the whole catalog for the chunk sweep, on a
+    /// connection of its own: reading every manifest takes seconds in a
+    /// large catalog, and neither the writer (commits) nor the readers
+    /// (restores, chunk lookups) wait for it meanwhile. The snapshot is
+    /// fixed when this returns, so the caller opens it under the pin lock.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn sweep_snapshot(&self) -> Result<SweepSnapshot, CatalogError> {
+        let conn = self.scan_connection()?;
+        conn.execute_batch("BEGIN")?;
+        // SQLite fixes a read transaction's snapshot at its first read.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+        Ok(SweepSnapshot { conn })
+    }
     /// Removes chunks from the index (their bytes become dead space).
     ///
     /// # Errors
@@ -423,4 +433,59 @@ impl Catalog {
             |stmt, id| stmt.execute(params![id.0.as_slice(), node_id]),
         )
     }
+}
+
+/// One read snapshot of the catalog ([`Catalog::sweep_snapshot`]).
+pub struct SweepSnapshot {
+    conn: rusqlite::Connection,
+}
+
+impl std::fmt::Debug for SweepSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SweepSnapshot").finish_non_exhaustive()
+    }
+}
+
+impl SweepSnapshot {
+    /// The indexed chunks no version or archive copy references in this
+    /// snapshot.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn unreferenced_chunks(&self) -> Result<Vec<ChunkId>, CatalogError> {
+        let referenced = referenced_chunks_in(&self.conn)?;
+        let mut unreferenced = all_chunk_ids_in(&self.conn)?;
+        unreferenced.retain(|id| !referenced.contains(id));
+        Ok(unreferenced)
+    }
+}
+
+/// Every chunk id some stored version or archive copy references.
+fn referenced_chunks_in(conn: &rusqlite::Connection) -> Result<HashSet<ChunkId>, CatalogError> {
+    let mut set = HashSet::new();
+    for table in MANIFEST_TABLES {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT manifest FROM {table} WHERE length(manifest) > 0"
+        ))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let manifest = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+            for c in manifest.chunks_exact(32) {
+                if let Ok(id) = ChunkId::from_slice(c) {
+                    set.insert(id);
+                }
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Every indexed chunk id, once however many pools hold a copy.
+fn all_chunk_ids_in(conn: &rusqlite::Connection) -> Result<Vec<ChunkId>, CatalogError> {
+    let mut stmt = conn.prepare("SELECT DISTINCT id FROM chunks")?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        .filter_map(|r| r.ok().and_then(|b| ChunkId::from_slice(&b).ok()))
+        .collect();
+    Ok(ids)
 }

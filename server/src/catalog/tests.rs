@@ -300,6 +300,10 @@ fn expiring_every_version_of_a_directory_removes_its_row() {
             100,
         )
         .expect("commit");
+    // Expiration deletes inactive versions only.
+    catalog
+        .commit_objects(node, "/", &[], &["/gone/f".to_string()], 200)
+        .expect("deactivate");
     let ids: Vec<i64> = {
         let conn = catalog.conn();
         let mut stmt = conn
@@ -313,6 +317,19 @@ fn expiring_every_version_of_a_directory_removes_its_row() {
             .collect()
     };
     assert_eq!(catalog.delete_versions(&ids).expect("delete"), 1);
+    let kept_active: Vec<i64> = {
+        let conn = catalog.conn();
+        let mut stmt = conn.prepare("SELECT id FROM objects").expect("prepare");
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    assert_eq!(
+        catalog.delete_versions(&kept_active).expect("delete"),
+        0,
+        "an active version is never deleted by expiration"
+    );
     let dirs: Vec<String> = {
         let conn = catalog.conn();
         let mut stmt = conn

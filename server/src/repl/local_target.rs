@@ -188,9 +188,12 @@ impl Target<StoredVersion> for LocalTarget {
     }
 
     async fn put_objects(&self, objects: Vec<StoredVersion>) -> Result<u64, ServerError> {
-        let node = self.node_id;
+        let (node, session) = (self.node_id, self.session);
         self.repo
-            .blocking(move |r| r.catalog.put_replicated(node, &objects))
+            .blocking(move |r| {
+                r.pin_for_commit(session, objects.iter().flat_map(|v| &v.chunks));
+                r.catalog.put_replicated(node, &objects)
+            })
             .await
     }
 

@@ -57,9 +57,10 @@ impl Repository {
                 .missing_chunks(pool, &ids)?
                 .into_iter()
                 .collect();
-            pins.entry(session)
-                .or_default()
-                .extend(ids.iter().filter(|id| !missing.contains(id)));
+            pins.pin(
+                session,
+                ids.iter().filter(|id| !missing.contains(id)).copied(),
+            );
             missing
         };
         let fresh: Vec<VerifiedChunk> = group
@@ -70,7 +71,7 @@ impl Repository {
         let locations = self.pools.get(pool)?.append(&fresh)?;
         let mut pins = self.pins.lock();
         let stored = self.catalog.insert_chunks(node, &locations, &ids)?;
-        pins.entry(session).or_default().extend(ids);
+        pins.pin(session, ids);
         Ok((stored, bytes))
     }
 }

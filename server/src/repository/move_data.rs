@@ -183,10 +183,9 @@ impl Repository {
         keep.extend(
             self.pins
                 .lock()
-                .values()
-                .flatten()
-                .filter(|id| candidates.contains(id))
-                .copied(),
+                .all()
+                .into_iter()
+                .filter(|id| candidates.contains(id)),
         );
         let (kept, gone): (Vec<ChunkId>, Vec<ChunkId>) =
             movable.into_iter().partition(|id| keep.contains(id));
