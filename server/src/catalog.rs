@@ -72,7 +72,7 @@ impl Setting {
         }
     }
 }
-pub use expire::{ExpiringVersion, ReleasedSpace};
+pub use expire::{ExpiredVersion, ExpiringVersion, ReleasedSpace, SweepSnapshot};
 pub use nodes::NodeHealth;
 pub use objects::{CommitCounts, PageKey, VersionPage, path_is_within};
 pub use occupancy::Occupancy;
@@ -81,7 +81,7 @@ pub use switches::SwitchRecord;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -104,6 +104,13 @@ pub struct Catalog {
     after_backup_pending: AtomicBool,
     /// When the last checkpoint after a backup started.
     after_backup_last: Mutex<Option<Instant>>,
+    /// The catalog's file, for connections a whole-table scan opens.
+    path: std::path::PathBuf,
+    /// The memory map every connection reads through (0: none).
+    map_bytes: std::sync::atomic::AtomicI64,
+    /// Scans holding a read snapshot on a connection of their own: a
+    /// checkpoint that waited for them would hold the writer meanwhile.
+    scans_open: Arc<AtomicUsize>,
 }
 
 /// Checkpoints after backups start at least this far apart: any logged-on
@@ -226,6 +233,9 @@ impl Catalog {
             after_backup_pending: AtomicBool::new(false),
             after_backup_last: Mutex::new(None),
             defaults,
+            path: path.clone(),
+            map_bytes: std::sync::atomic::AtomicI64::new(0),
+            scans_open: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -244,6 +254,7 @@ impl Catalog {
     /// # Errors
     /// SQLite errors.
     pub fn read_through_memory_map(&self, bytes: i64) -> Result<(), CatalogError> {
+        self.map_bytes.store(bytes, Ordering::Relaxed);
         self.conn().pragma_update(None, "mmap_size", bytes)?;
         for reader in &self.readers {
             reader
@@ -379,6 +390,13 @@ impl Catalog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         self.after_backup_pending.store(false, Ordering::Release);
+        if self.scans_open.load(Ordering::Acquire) > 0 {
+            // A full checkpoint would wait for the scan's snapshot (up to the
+            // busy timeout) holding the writer: copy what it can instead.
+            self.conn()
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+            return Ok(());
+        }
         self.checkpoint()
     }
 }

@@ -63,8 +63,8 @@ pub fn expire_inventory(
 ) -> Result<ExpireReport, ServerError> {
     let started = Instant::now();
     let _one_at_a_time = repo.expire_lock.lock().unwrap_or_else(|e| e.into_inner());
-    let ids = repo.catalog.expired_versions(now_ns)?;
-    let versions_expired = repo.catalog.delete_versions(&ids)?;
+    let expired = repo.catalog.expired_versions(now_ns)?;
+    let versions_expired = repo.catalog.delete_versions(&expired)?;
     let archives = repo.catalog.expired_archives(now_ns)?;
     let archives_expired = repo.catalog.delete_archives(&archives)?;
     let mut report = reclaim_locked(repo, open_sessions)?;
@@ -100,8 +100,13 @@ pub fn preview_expiration(
     now_ns: i64,
     list_limit: usize,
 ) -> Result<ExpirePreview, ServerError> {
-    let mut ids = repo.catalog.expired_versions(now_ns)?;
     // Row ids grow as versions are stored: the first are the oldest.
+    let mut ids: Vec<i64> = repo
+        .catalog
+        .expired_versions(now_ns)?
+        .into_iter()
+        .map(|v| v.row)
+        .collect();
     ids.sort_unstable();
     let pinned: HashSet<ChunkId> = repo.pins.lock().all();
     let id_set: HashSet<i64> = ids.iter().copied().collect();
@@ -179,50 +184,69 @@ fn reclaim_locked(
 /// that keeps every chunk a session relies on); the lock is held to open
 /// the snapshot and to delete.
 fn sweep(repo: &Repository, open_sessions: OpenSessions<'_>) -> Result<u64, ServerError> {
-    let read = read_for_sweep(repo, open_sessions)?;
-    delete_swept(repo, read)
+    let begun = begin_sweep(repo, open_sessions)?;
+    let unreferenced = begun.snapshot.unreferenced_chunks();
+    finish_sweep(repo, begun, unreferenced)
 }
 
-/// What a sweep read: the chunks unreferenced in its snapshot, and the
-/// chunks pinned when it began.
-struct SweepRead {
-    unreferenced: Result<Vec<ChunkId>, crate::error::CatalogError>,
+/// A sweep between its two holds of the pin lock.
+struct SweepBegun<'a> {
+    snapshot: crate::catalog::SweepSnapshot,
     pinned_at_start: HashSet<ChunkId>,
+    recording: Recording<'a>,
 }
 
-/// The sweep's first half: opens the snapshot under the pin lock (which
-/// starts recording pins), then reads it without any lock. Always followed
-/// by [`delete_swept`], which stops the recording.
-fn read_for_sweep(
-    repo: &Repository,
+/// Stops the pin table's recording if the sweep ends without
+/// [`finish_sweep`] (a panic), or every later pin would be kept for ever.
+struct Recording<'a> {
+    pins: &'a crate::pins::ChunkPins,
+    ended: bool,
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.pins.lock().end_sweep();
+        }
+    }
+}
+
+/// Under the pin lock: drops the pins of sessions that are gone, opens the
+/// snapshot and starts recording pins.
+fn begin_sweep<'a>(
+    repo: &'a Repository,
     open_sessions: OpenSessions<'_>,
-) -> Result<SweepRead, ServerError> {
-    let (snapshot, pinned_at_start) = {
-        let mut pins = repo.pins.lock();
-        // Asked under the pin lock: a session that opens later pins after
-        // the sweep began, and what it pins is recorded.
-        let open = open_sessions();
-        pins.keep_sessions(&open);
-        let snapshot = repo.catalog.sweep_snapshot()?;
-        (snapshot, pins.begin_sweep())
-    };
-    Ok(SweepRead {
-        unreferenced: snapshot.unreferenced_chunks(),
-        pinned_at_start,
+) -> Result<SweepBegun<'a>, ServerError> {
+    let mut pins = repo.pins.lock();
+    // Asked under the pin lock: a session that opens later pins after the
+    // sweep began, and what it pins is recorded.
+    let open = open_sessions();
+    pins.keep_sessions(&open);
+    let snapshot = repo.catalog.sweep_snapshot()?;
+    Ok(SweepBegun {
+        snapshot,
+        pinned_at_start: pins.begin_sweep(),
+        recording: Recording {
+            pins: &repo.pins,
+            ended: false,
+        },
     })
 }
 
-/// The sweep's second half, under the pin lock: deletes what was
-/// unreferenced in the snapshot and pinned neither when the sweep began
-/// nor since (whatever is pinned now was pinned then or since).
-fn delete_swept(repo: &Repository, read: SweepRead) -> Result<u64, ServerError> {
-    let mut pins = repo.pins.lock();
-    // Ended on every path, or every later pin would be recorded for ever.
+/// Under the pin lock: deletes what was unreferenced in the snapshot and
+/// pinned neither when the sweep began nor since (whatever is pinned now
+/// was pinned then or since), and stops the recording.
+fn finish_sweep(
+    repo: &Repository,
+    mut begun: SweepBegun<'_>,
+    unreferenced: Result<Vec<ChunkId>, crate::error::CatalogError>,
+) -> Result<u64, ServerError> {
+    let pins = &mut repo.pins.lock();
     let pinned_since = pins.end_sweep();
-    let dead: Vec<ChunkId> = read
-        .unreferenced?
+    begun.recording.ended = true;
+    let dead: Vec<ChunkId> = unreferenced?
         .into_iter()
-        .filter(|id| !read.pinned_at_start.contains(id) && !pinned_since.contains(id))
+        .filter(|id| !begun.pinned_at_start.contains(id) && !pinned_since.contains(id))
         .collect();
     Ok(repo.catalog.delete_chunks(&dead)?)
 }
@@ -425,9 +449,10 @@ mod tests {
     }
 
     /// The interleavings the sweep must survive without the pin lock while
-    /// it reads: a chunk pinned before it began, or while it read, and
-    /// committed by a session that then ended, is kept; one nobody pinned
-    /// or references is freed.
+    /// it reads: a chunk pinned before it began, or after, and committed by
+    /// a session that then ended or was pushed out, is kept; so is one a
+    /// commit names without having asked; one nobody pinned or references
+    /// is freed.
     #[test]
     fn chunks_committed_while_a_sweep_reads_are_kept_and_only_unused_ones_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -438,41 +463,63 @@ mod tests {
             .unwrap()
             .unwrap()
             .id;
-        let (early, late, unused) = (chunk("early"), chunk("late"), chunk("unused"));
-        // Uploaded in sessions that ended without committing: nothing
+        let [early, late, unasked, unused] = ["early", "late", "unasked", "unused"].map(chunk);
+        // Uploaded in a session that ended without committing: nothing
         // references or pins them now.
-        repo.store_chunks(1, node, vec![early.clone(), late.clone(), unused.clone()])
-            .unwrap();
+        let all = vec![early.clone(), late.clone(), unasked.clone(), unused.clone()];
+        repo.store_chunks(1, node, all).unwrap();
         repo.pins.release(1);
-        // Session 2 learns `early` is stored before the sweep begins.
+        // Session 2 learns `early` is stored before the sweep begins, and is
+        // then pushed out (not among the open sessions the sweep is told of).
         assert!(
             repo.missing_and_pin(2, node, &[early.id])
                 .unwrap()
                 .is_empty()
         );
+        let early_commit = repo.pin_for_commit([&early.id]);
 
-        let read = read_for_sweep(&repo, &|| HashSet::from([2, 3])).unwrap();
-        // While the sweep reads: session 3 learns `late` is stored, both
-        // sessions commit what they use, and both end.
+        let begun = begin_sweep(&repo, &|| HashSet::from([3])).unwrap();
+        // After the snapshot, before the sweep reads it: session 3 learns
+        // `late` is stored; commits land (session 3's also names `unasked`,
+        // which it never asked about), and the sessions end.
         assert!(
             repo.missing_and_pin(3, node, &[late.id])
                 .unwrap()
                 .is_empty()
         );
-        for (session, path, id) in [(2, "/early", early.id), (3, "/late", late.id)] {
-            repo.pin_for_commit(session, &[id]);
+        repo.catalog
+            .commit_objects(node, "/", &[file("/early", early.id)], &[], 10)
+            .unwrap();
+        drop(early_commit);
+        {
+            let _pinned = repo.pin_for_commit([&late.id, &unasked.id]);
+            let both = [file("/late", late.id), file("/unasked", unasked.id)];
             repo.catalog
-                .commit_objects(node, "/", &[file(path, id)], &[], 10)
+                .commit_objects(node, "/", &both, &[], 10)
                 .unwrap();
-            repo.pins.release(session);
         }
-        assert_eq!(delete_swept(&repo, read).unwrap(), 1);
-        assert_eq!(indexed(&repo), HashSet::from([early.id, late.id]));
+        repo.pins.release(3);
+        let unreferenced = begun.snapshot.unreferenced_chunks();
+        assert_eq!(finish_sweep(&repo, begun, unreferenced).unwrap(), 1);
+        assert_eq!(
+            indexed(&repo),
+            HashSet::from([early.id, late.id, unasked.id])
+        );
 
-        // The next sweep finds both referenced; the pin table is left as it
-        // was (no sweep is recording).
+        // The next sweep finds them referenced, and nothing is pinned or
+        // recorded any more.
         assert_eq!(sweep(&repo, &HashSet::new).unwrap(), 0);
+        assert!(repo.pins.lock().all().is_empty());
         assert!(repo.pins.lock().end_sweep().is_empty());
-        assert_eq!(indexed(&repo), HashSet::from([early.id, late.id]));
+    }
+
+    /// A sweep that stops between its two halves leaves no recording on.
+    #[test]
+    fn a_sweep_that_stops_half_way_stops_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repository(dir.path());
+        drop(begin_sweep(&repo, &HashSet::new).unwrap());
+        repo.pins.lock().pin(9, [chunk("x").id]);
+        assert!(repo.pins.lock().end_sweep().is_empty());
     }
 }

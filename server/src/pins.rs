@@ -46,6 +46,11 @@ impl ChunkPins {
 #[derive(Debug, Default)]
 pub struct PinTable {
     by_session: HashMap<u64, HashSet<ChunkId>>,
+    /// The chunks of commits under way, by a number of their own: a
+    /// session's pins may go while its commit still runs (the session was
+    /// cancelled, or pushed out by the node's newer sessions).
+    by_commit: HashMap<u64, HashSet<ChunkId>>,
+    next_commit: u64,
     /// While a sweep reads its snapshot: every id pinned since it began.
     pinned_since_sweep_began: Option<HashSet<ChunkId>>,
 }
@@ -54,15 +59,21 @@ impl PinTable {
     /// Pins `ids` for `session` until it ends.
     pub fn pin(&mut self, session: u64, ids: impl IntoIterator<Item = ChunkId>) {
         let held = self.by_session.entry(session).or_default();
-        match &mut self.pinned_since_sweep_began {
-            Some(recorded) => {
-                for id in ids {
-                    recorded.insert(id);
-                    held.insert(id);
-                }
-            }
-            None => held.extend(ids),
-        }
+        hold(held, self.pinned_since_sweep_began.as_mut(), ids);
+    }
+
+    /// Pins `ids` for one commit, until [`Self::unpin_commit`] with the
+    /// number returned.
+    pub fn pin_commit(&mut self, ids: impl IntoIterator<Item = ChunkId>) -> u64 {
+        self.next_commit += 1;
+        let held = self.by_commit.entry(self.next_commit).or_default();
+        hold(held, self.pinned_since_sweep_began.as_mut(), ids);
+        self.next_commit
+    }
+
+    /// Drops the pins of a commit that returned.
+    pub fn unpin_commit(&mut self, commit: u64) {
+        self.by_commit.remove(&commit);
     }
 
     /// Drops the pins of every session not in `open` (left over from
@@ -74,7 +85,12 @@ impl PinTable {
     /// Every pinned id, once.
     #[must_use]
     pub fn all(&self) -> HashSet<ChunkId> {
-        self.by_session.values().flatten().copied().collect()
+        self.by_session
+            .values()
+            .chain(self.by_commit.values())
+            .flatten()
+            .copied()
+            .collect()
     }
 
     /// A sweep begins: returns every id pinned now, and records every id
@@ -88,6 +104,23 @@ impl PinTable {
     /// recording.
     pub fn end_sweep(&mut self) -> HashSet<ChunkId> {
         self.pinned_since_sweep_began.take().unwrap_or_default()
+    }
+}
+
+/// Adds `ids` to `held`, and to `recorded` while a sweep reads.
+fn hold(
+    held: &mut HashSet<ChunkId>,
+    recorded: Option<&mut HashSet<ChunkId>>,
+    ids: impl IntoIterator<Item = ChunkId>,
+) {
+    match recorded {
+        Some(recorded) => {
+            for id in ids {
+                recorded.insert(id);
+                held.insert(id);
+            }
+        }
+        None => held.extend(ids),
     }
 }
 
@@ -118,5 +151,18 @@ mod tests {
         assert_eq!(table.all(), HashSet::from([id(3)]));
         table.keep_sessions(&HashSet::from([4]));
         assert!(table.all().is_empty());
+    }
+
+    #[test]
+    fn a_commits_pins_outlast_its_session_and_go_when_it_returns() {
+        let pins = ChunkPins::default();
+        let commit = pins.lock().pin_commit([id(5)]);
+        let mut table = pins.lock();
+        // The session is pushed out while its commit runs.
+        table.keep_sessions(&HashSet::new());
+        assert_eq!(table.begin_sweep(), HashSet::from([id(5)]));
+        table.unpin_commit(commit);
+        assert!(table.all().is_empty());
+        assert!(table.end_sweep().is_empty());
     }
 }

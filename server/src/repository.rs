@@ -243,11 +243,20 @@ impl Repository {
         Ok(missing)
     }
 
-    /// Pins the chunks a commit in `session` names, before the commit checks
-    /// that they are stored: a sweep running meanwhile keeps them (see
-    /// [`crate::pins`]), whether or not the session was told of them.
-    pub fn pin_for_commit<'a>(&self, session: u64, chunks: impl IntoIterator<Item = &'a ChunkId>) {
-        self.pins.lock().pin(session, chunks.into_iter().copied());
+    /// Pins the chunks a commit names, before the commit checks that they
+    /// are stored, until the returned guard is dropped after it: a sweep
+    /// running meanwhile keeps them (see [`crate::pins`]), whether or not
+    /// the session was told of them and whether or not it still exists.
+    #[must_use = "the chunks are pinned only while the guard lives"]
+    pub fn pin_for_commit<'a>(
+        &self,
+        chunks: impl IntoIterator<Item = &'a ChunkId>,
+    ) -> CommitPins<'_> {
+        let commit = self.pins.lock().pin_commit(chunks.into_iter().copied());
+        CommitPins {
+            pins: &self.pins,
+            commit,
+        }
     }
 
     /// The stored bytes of `ids`, in the order asked, whoever owns them
@@ -311,5 +320,18 @@ impl Repository {
                 _ => Err(first.into()),
             },
         }
+    }
+}
+
+/// The pins of one commit under way ([`Repository::pin_for_commit`]).
+#[derive(Debug)]
+pub struct CommitPins<'a> {
+    pins: &'a ChunkPins,
+    commit: u64,
+}
+
+impl Drop for CommitPins<'_> {
+    fn drop(&mut self) {
+        self.pins.lock().unpin_commit(self.commit);
     }
 }

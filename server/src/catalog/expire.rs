@@ -28,15 +28,15 @@ impl Catalog {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn expired_versions(&self, now_ns: i64) -> Result<Vec<i64>, CatalogError> {
+    pub fn expired_versions(&self, now_ns: i64) -> Result<Vec<ExpiredVersion>, CatalogError> {
         let d = self.defaults;
         // A scan of every version: on a connection of its own, so neither
         // commits nor restores wait for it. A version found here that turns
         // active again before its deletion is kept (`delete_versions`).
         let conn = self.scan_connection()?;
         let mut stmt = conn.prepare(
-            "SELECT id FROM (
-               SELECT o.id, o.active, o.expiring, o.deactivated_ns,
+            "SELECT id, object_id FROM (
+               SELECT o.id, o.object_id, o.active, o.expiring, o.deactivated_ns,
                  row_number() OVER (PARTITION BY o.dir_id, o.name
                                     ORDER BY o.active DESC, o.backup_ns DESC) AS rank,
                  max(o.active) OVER (PARTITION BY o.dir_id, o.name) AS has_active,
@@ -61,23 +61,29 @@ impl Catalog {
                     now_ns,
                     DAY_NS
                 ],
-                |r| r.get(0),
+                |r| {
+                    Ok(ExpiredVersion {
+                        row: r.get(0)?,
+                        object_id: r.get(1)?,
+                    })
+                },
             )?
-            .collect::<Result<Vec<i64>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ids)
     }
 
-    /// Deletes versions by row id, in batches. Returns how many were deleted.
+    /// Deletes expired versions, in batches. Returns how many were deleted.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn delete_versions(&self, ids: &[i64]) -> Result<u64, CatalogError> {
-        // Never an active version, whatever changed since the ids were found
-        // (a replica's states are set by its source).
+    pub fn delete_versions(&self, expired: &[ExpiredVersion]) -> Result<u64, CatalogError> {
+        // Only the very version found, and never an active one, whatever
+        // changed since it was found: a replica's states are set by its
+        // source, and a row id freed meanwhile may be taken by a new version.
         self.delete_in_batches(
-            ids,
-            "DELETE FROM objects WHERE id = ?1 AND active = 0",
-            |stmt, id| stmt.execute([id]),
+            expired,
+            "DELETE FROM objects WHERE id = ?1 AND object_id = ?2 AND active = 0",
+            |stmt, v| stmt.execute(params![v.row, v.object_id]),
         )
     }
 
@@ -134,19 +140,19 @@ impl Catalog {
     /// A new read-only connection, read as the others are (see
     /// [`Catalog::read_through_memory_map`]), for one scan of a whole table
     /// that would hold up the writer or a reader for seconds.
-    fn scan_connection(&self) -> Result<rusqlite::Connection, CatalogError> {
-        let (path, map_bytes) = {
-            let conn = self.conn();
-            let path = conn
-                .path()
-                .map(std::path::PathBuf::from)
-                .ok_or_else(|| CatalogError::Malformed("the catalog has no file to scan".into()))?;
-            let map: i64 = conn.query_row("PRAGMA mmap_size", [], |r| r.get(0))?;
-            (path, map)
-        };
-        let conn = super::open_reader(&path)?;
-        conn.pragma_update(None, "mmap_size", map_bytes)?;
-        Ok(conn)
+    fn scan_connection(&self) -> Result<ScanConnection, CatalogError> {
+        let conn = super::open_reader(&self.path)?;
+        conn.pragma_update(
+            None,
+            "mmap_size",
+            self.map_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
+        self.scans_open
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(ScanConnection {
+            conn,
+            open: self.scans_open.clone(),
+        })
     }
 
     /// A read snapshot of the whole catalog for the chunk sweep, on a
@@ -273,6 +279,15 @@ impl Catalog {
         tx.commit()?;
         Ok(Some((versions, archives)))
     }
+}
+
+/// A version retention policy lets go ([`Catalog::expired_versions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredVersion {
+    /// Its row.
+    pub row: i64,
+    /// Its object id, which no other version ever takes (a row id may be).
+    pub object_id: Vec<u8>,
 }
 
 /// One version an expiration would delete, as a preview lists it.
@@ -435,9 +450,29 @@ impl Catalog {
     }
 }
 
+/// A connection of its own for one whole-table scan, counted while it is
+/// open (see `Catalog::checkpoint_after_backup`).
+struct ScanConnection {
+    conn: rusqlite::Connection,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::ops::Deref for ScanConnection {
+    type Target = rusqlite::Connection;
+    fn deref(&self) -> &rusqlite::Connection {
+        &self.conn
+    }
+}
+
+impl Drop for ScanConnection {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// One read snapshot of the catalog ([`Catalog::sweep_snapshot`]).
 pub struct SweepSnapshot {
-    conn: rusqlite::Connection,
+    conn: ScanConnection,
 }
 
 impl std::fmt::Debug for SweepSnapshot {

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::Catalog;
+use super::{Catalog, ExpiredVersion};
 use crate::model::{NewVersion, ObjectAttrs, ObjectKind, Policy, VersionQuery};
 
 fn attrs(path: &str, kind: ObjectKind) -> ObjectAttrs {
@@ -304,27 +304,30 @@ fn expiring_every_version_of_a_directory_removes_its_row() {
     catalog
         .commit_objects(node, "/", &[], &["/gone/f".to_string()], 200)
         .expect("deactivate");
-    let ids: Vec<i64> = {
+    let versions = |sql: &str| -> Vec<ExpiredVersion> {
         let conn = catalog.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT o.id FROM objects o JOIN dirs d ON d.id = o.dir_id WHERE d.path = '/gone/'",
-            )
-            .expect("prepare");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .map(|r| r.expect("row"))
-            .collect()
+        let mut stmt = conn.prepare(sql).expect("prepare");
+        stmt.query_map([], |r| {
+            Ok(ExpiredVersion {
+                row: r.get(0)?,
+                object_id: r.get(1)?,
+            })
+        })
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
     };
-    assert_eq!(catalog.delete_versions(&ids).expect("delete"), 1);
-    let kept_active: Vec<i64> = {
-        let conn = catalog.conn();
-        let mut stmt = conn.prepare("SELECT id FROM objects").expect("prepare");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .map(|r| r.expect("row"))
-            .collect()
+    let gone = versions(
+        "SELECT o.id, o.object_id FROM objects o JOIN dirs d ON d.id = o.dir_id WHERE d.path = '/gone/'",
+    );
+    // A row id found earlier and since taken by another version is left.
+    let reused = ExpiredVersion {
+        object_id: vec![0; 16],
+        ..gone[0].clone()
     };
+    assert_eq!(catalog.delete_versions(&[reused]).expect("delete"), 0);
+    assert_eq!(catalog.delete_versions(&gone).expect("delete"), 1);
+    let kept_active = versions("SELECT id, object_id FROM objects");
     assert_eq!(
         catalog.delete_versions(&kept_active).expect("delete"),
         0,

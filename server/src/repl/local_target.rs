@@ -188,10 +188,10 @@ impl Target<StoredVersion> for LocalTarget {
     }
 
     async fn put_objects(&self, objects: Vec<StoredVersion>) -> Result<u64, ServerError> {
-        let (node, session) = (self.node_id, self.session);
+        let node = self.node_id;
         self.repo
             .blocking(move |r| {
-                r.pin_for_commit(session, objects.iter().flat_map(|v| &v.chunks));
+                let _pinned = r.pin_for_commit(objects.iter().flat_map(|v| &v.chunks));
                 r.catalog.put_replicated(node, &objects)
             })
             .await

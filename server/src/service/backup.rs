@@ -636,8 +636,9 @@ impl Backup for BackupService {
         let filespace = req.filespace;
         let deactivate = req.deactivate;
         let counts = super::blocking(&self.state, move |s| {
-            s.repo
-                .pin_for_commit(session.id, versions.iter().flat_map(|v| &v.chunks));
+            let _pinned = s
+                .repo
+                .pin_for_commit(versions.iter().flat_map(|v| &v.chunks));
             s.repo.catalog.commit_objects(
                 session.node_id,
                 &filespace,
@@ -927,10 +928,11 @@ impl Backup for BackupService {
             .into_iter()
             .map(|v| convert::vault_version_from_pb(v, latest))
             .collect::<Result<Vec<_>, _>>()?;
-        let (node_id, session_id) = (session.node_id, session.id);
+        let node_id = session.node_id;
         let stored = super::blocking(&self.state, move |s| {
-            s.repo
-                .pin_for_commit(session_id, versions.iter().flat_map(|v| &v.chunks));
+            let _pinned = s
+                .repo
+                .pin_for_commit(versions.iter().flat_map(|v| &v.chunks));
             s.repo.catalog.put_vault_versions(node_id, &versions)
         })
         .await?;

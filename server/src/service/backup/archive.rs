@@ -43,11 +43,12 @@ impl BackupService {
             .map(|o| convert::new_version_from_pb(o, &req.filespace))
             .collect::<Result<Vec<_>, _>>()?;
         let (filespace, description) = (req.filespace, req.description);
-        let (node_id, session_id) = (session.node_id, session.id);
+        let node_id = session.node_id;
         let shown = description.clone();
         let committed = super::super::blocking(&self.state, move |s| {
-            s.repo
-                .pin_for_commit(session_id, versions.iter().flat_map(|v| &v.chunks));
+            let _pinned = s
+                .repo
+                .pin_for_commit(versions.iter().flat_map(|v| &v.chunks));
             s.repo
                 .catalog
                 .commit_archive(node_id, &filespace, &versions, &description, now_ns())
