@@ -451,4 +451,4 @@ fn from_sql_int(v: i64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

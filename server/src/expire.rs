@@ -402,22 +402,9 @@ mod tests {
     use tandem_proto::ChunkId;
 
     use super::*;
-    use crate::config::PoolConfig;
-    use crate::model::{NewVersion, ObjectAttrs, ObjectKind, Policy};
+    use crate::model::{NewVersion, ObjectKind};
 
-    fn repository(dir: &std::path::Path) -> Repository {
-        Repository::open(
-            dir,
-            Policy::default(),
-            crate::repository::PoolSetup {
-                default: &PoolConfig::default(),
-                more: &std::collections::BTreeMap::new(),
-            },
-            "TEST",
-            |_| Ok(()),
-        )
-        .unwrap()
-    }
+    use crate::repository::open_for_test as repository;
 
     fn chunk(text: &str) -> VerifiedChunk {
         VerifiedChunk {
@@ -429,17 +416,7 @@ mod tests {
 
     fn file(path: &str, chunk: ChunkId) -> NewVersion {
         NewVersion {
-            attrs: ObjectAttrs {
-                path: path.into(),
-                kind: ObjectKind::File,
-                size: 1,
-                mode: 0o644,
-                mtime_ns: 1,
-                uid: 0,
-                gid: 0,
-                link_target: String::new(),
-                extra: Vec::new(),
-            },
+            attrs: crate::catalog::tests::attrs(path, ObjectKind::File),
             chunks: vec![chunk],
         }
     }

@@ -323,6 +323,22 @@ impl Repository {
     }
 }
 
+/// A repository in `dir` with the default pool, for unit tests.
+#[cfg(test)]
+pub(crate) fn open_for_test(dir: &Path) -> Repository {
+    Repository::open(
+        dir,
+        Policy::default(),
+        PoolSetup {
+            default: &PoolConfig::default(),
+            more: &std::collections::BTreeMap::new(),
+        },
+        "TEST",
+        |_| Ok(()),
+    )
+    .unwrap()
+}
+
 /// The pins of one commit under way ([`Repository::pin_for_commit`]).
 #[derive(Debug)]
 pub struct CommitPins<'a> {

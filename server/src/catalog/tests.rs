@@ -6,7 +6,7 @@ use rusqlite::{Connection, params};
 use super::{Catalog, ExpiredVersion};
 use crate::model::{NewVersion, ObjectAttrs, ObjectKind, Policy, VersionQuery};
 
-fn attrs(path: &str, kind: ObjectKind) -> ObjectAttrs {
+pub(crate) fn attrs(path: &str, kind: ObjectKind) -> ObjectAttrs {
     ObjectAttrs {
         path: path.to_string(),
         kind,

@@ -451,8 +451,6 @@ impl ChunkIngest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PoolConfig;
-    use crate::model::Policy;
     use prost::bytes::Bytes;
 
     /// A valid chunk of `len` bytes that do not compress (seeded xorshift).
@@ -474,17 +472,7 @@ mod tests {
     }
 
     fn repository(dir: &std::path::Path, budget_mib: u32) -> Arc<Repository> {
-        let mut repo = Repository::open(
-            dir,
-            Policy::default(),
-            crate::repository::PoolSetup {
-                default: &PoolConfig::default(),
-                more: &std::collections::BTreeMap::new(),
-            },
-            "TEST",
-            |_| Ok(()),
-        )
-        .unwrap();
+        let mut repo = crate::repository::open_for_test(dir);
         repo.ingest_budget = IngestBudget::new(budget_mib);
         Arc::new(repo)
     }
