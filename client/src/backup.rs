@@ -544,7 +544,8 @@ async fn upload_batch(
         }
         // The writer is waited for on every path, so nothing writes to the
         // vault once this task is over (the sync after the backup reclaims
-        // space there).
+        // space there), but a store the vault did not answer in time: that
+        // one is given up and left to finish or die with the process.
         if let Some(writer) = mirror_writer {
             let mirrored = writer
                 .await

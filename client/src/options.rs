@@ -183,7 +183,8 @@ pub struct ClientOptions {
     /// 0, the default, gives up after the logon's own retries.
     #[serde(default)]
     pub tier_wait_seconds: u64,
-    /// How long opening the local vault, or one store into it, may take
+    /// How long opening the local vault, or one call into it (a lookup or
+    /// store of a backup's copy, a sync's lookup or batch of versions), may take
     /// before the command goes on without it (TDM2125W): a network share
     /// that stopped answering must not hold up backups to the server.
     #[serde(default = "default_vault_timeout_seconds")]

@@ -3,7 +3,7 @@
 //! 1. Delete the versions retention policy lets go ([`crate::catalog::Catalog::expired_versions`])
 //!    and the archive copies past their expiry ([`crate::catalog::Catalog::expired_archives`]).
 //! 2. Sweep: remove from the index every chunk no version references and no
-//!    open session has pinned ([`crate::pins`]).
+//!    open session or commit under way has pinned ([`crate::pins`]).
 //! 3. Reclaim: start a new container, then for every other container remove it
 //!    if nothing live is left, or copy its live chunks out when less than half
 //!    of it is live (append + fsync, re-point the index, unlink the old file).
@@ -184,16 +184,29 @@ fn reclaim_locked(
 /// that keeps every chunk a session relies on); the lock is held to open
 /// the snapshot and to delete.
 fn sweep(repo: &Repository, open_sessions: OpenSessions<'_>) -> Result<u64, ServerError> {
-    let begun = begin_sweep(repo, open_sessions)?;
-    let unreferenced = begun.snapshot.unreferenced_chunks();
+    let mut begun = begin_sweep(repo, open_sessions)?;
+    let unreferenced = begun.read();
     finish_sweep(repo, begun, unreferenced)
 }
 
 /// A sweep between its two holds of the pin lock.
 struct SweepBegun<'a> {
-    snapshot: crate::catalog::SweepSnapshot,
+    /// `None` once read: its read transaction is closed before the sweep
+    /// deletes, so nothing that waits for old snapshots (a checkpoint)
+    /// waits for it while the sweep waits for the writer.
+    snapshot: Option<crate::catalog::SweepSnapshot>,
     pinned_at_start: HashSet<ChunkId>,
     recording: Recording<'a>,
+}
+
+impl SweepBegun<'_> {
+    /// The chunks unreferenced in the snapshot, which is then closed.
+    fn read(&mut self) -> Result<Vec<ChunkId>, crate::error::CatalogError> {
+        match self.snapshot.take() {
+            Some(snapshot) => snapshot.unreferenced_chunks(),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 /// Stops the pin table's recording if the sweep ends without
@@ -224,7 +237,7 @@ fn begin_sweep<'a>(
     pins.keep_sessions(&open);
     let snapshot = repo.catalog.sweep_snapshot()?;
     Ok(SweepBegun {
-        snapshot,
+        snapshot: Some(snapshot),
         pinned_at_start: pins.begin_sweep(),
         recording: Recording {
             pins: &repo.pins,
@@ -476,7 +489,8 @@ mod tests {
                 .unwrap();
         }
         repo.pins.release(3);
-        let unreferenced = begun.snapshot.unreferenced_chunks();
+        let mut begun = begun;
+        let unreferenced = begun.read();
         assert_eq!(finish_sweep(&repo, begun, unreferenced).unwrap(), 1);
         assert_eq!(
             indexed(&repo),

@@ -22,7 +22,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tandem_proto::ChunkId;
 
-/// Pinned chunk ids per session number.
+/// Pinned chunk ids per session number, and per commit under way.
 #[derive(Debug, Default)]
 pub struct ChunkPins {
     table: Mutex<PinTable>,

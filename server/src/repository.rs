@@ -121,7 +121,8 @@ pub struct Repository {
     pub catalog: Arc<Catalog>,
     /// The storage pools and their containers.
     pub pools: Pools,
-    /// Chunks open sessions rely on (kept by the chunk sweep).
+    /// Chunks open sessions and commits under way rely on (kept by the
+    /// chunk sweep).
     pub pins: ChunkPins,
     /// Held by an expiration run: one at a time.
     pub(crate) expire_lock: Mutex<()>,

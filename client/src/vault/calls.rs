@@ -7,7 +7,8 @@
 //! (`vault_timeout_seconds`); this bounds each call made while a backup
 //! copies its data to the vault and while a sync stores what it moved. A
 //! call that overruns is given up (its thread stays blocked; nothing waits
-//! for it, and the process does not wait for it at exit), the vault is
+//! for it, and the process waits at most the runtime's shutdown bound,
+//! about 10 s, for it at exit), the vault is
 //! marked stalled for the rest of the command, and every later call is
 //! refused at once: they would only queue behind the locks the blocked
 //! call holds. The backup goes on with the server; the next command's sync

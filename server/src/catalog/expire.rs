@@ -140,19 +140,14 @@ impl Catalog {
     /// A new read-only connection, read as the others are (see
     /// [`Catalog::read_through_memory_map`]), for one scan of a whole table
     /// that would hold up the writer or a reader for seconds.
-    fn scan_connection(&self) -> Result<ScanConnection, CatalogError> {
+    fn scan_connection(&self) -> Result<rusqlite::Connection, CatalogError> {
         let conn = super::open_reader(&self.path)?;
         conn.pragma_update(
             None,
             "mmap_size",
             self.map_bytes.load(std::sync::atomic::Ordering::Relaxed),
         )?;
-        self.scans_open
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Ok(ScanConnection {
-            conn,
-            open: self.scans_open.clone(),
-        })
+        Ok(conn)
     }
 
     /// A read snapshot of the whole catalog for the chunk sweep, on a
@@ -450,29 +445,9 @@ impl Catalog {
     }
 }
 
-/// A connection of its own for one whole-table scan, counted while it is
-/// open (see `Catalog::checkpoint_after_backup`).
-struct ScanConnection {
-    conn: rusqlite::Connection,
-    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl std::ops::Deref for ScanConnection {
-    type Target = rusqlite::Connection;
-    fn deref(&self) -> &rusqlite::Connection {
-        &self.conn
-    }
-}
-
-impl Drop for ScanConnection {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
 /// One read snapshot of the catalog ([`Catalog::sweep_snapshot`]).
 pub struct SweepSnapshot {
-    conn: ScanConnection,
+    conn: rusqlite::Connection,
 }
 
 impl std::fmt::Debug for SweepSnapshot {

@@ -1365,3 +1365,29 @@ fn a_memory_map_is_set_on_every_connection_only_when_asked() {
     let listed = all_pages(&catalog, node, &everything, 10);
     assert_eq!(listed.len(), 2, "{listed:?}");
 }
+
+#[test]
+fn a_checkpoint_after_a_backup_does_not_wait_for_a_scans_old_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalog, node) = new_catalog(&dir);
+    catalog
+        .commit_objects(node, "/", &[version("/a")], &[], 100)
+        .expect("commit");
+    // An expiration's sweep holds a snapshot from before the next commit.
+    let snapshot = catalog.sweep_snapshot().expect("snapshot");
+    catalog
+        .commit_objects(node, "/", &[version("/b")], &[], 200)
+        .expect("commit");
+    let started = std::time::Instant::now();
+    catalog.checkpoint_after_backup().expect("checkpoint");
+    // Not a speed check: a checkpoint that waited would take the 30 s busy
+    // timeout, holding the writer all that time.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(snapshot.unreferenced_chunks().expect("scan").is_empty());
+    // The writer still has its own busy timeout afterwards.
+    let timeout: i64 = catalog
+        .conn()
+        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(timeout, 30_000);
+}
