@@ -1012,17 +1012,25 @@ async fn dispatch(
                     // The command goes on on the server: a version the vault
                     // sends later never displaces a newer one there.
                     Err(e) => {
-                        match e {
-                            ClientError::SyncInterrupted(_) => {
+                        let stalled = vault.vault_store().and_then(|c| c.stalled());
+                        match (e, stalled) {
+                            (ClientError::SyncInterrupted(_), _) => {
                                 console
                                     .audit(&Msg::vault_sync_interrupted(dir, &session.info.name));
                             }
-                            e => console.report(
+                            // The share stopped answering: said as such,
+                            // and not waited for again to log off.
+                            (_, Some(why)) => {
+                                console.report(&Msg::vault_unusable(why), ExitStatus::Warnings);
+                            }
+                            (e, None) => console.report(
                                 &Msg::vault_sync_failed(&session.info.name, &e.to_string()),
                                 ExitStatus::Warnings,
                             ),
                         }
-                        vault.logoff().await;
+                        if stalled.is_none() {
+                            vault.logoff().await;
+                        }
                         None
                     }
                 },

@@ -184,9 +184,10 @@ pub struct ClientOptions {
     #[serde(default)]
     pub tier_wait_seconds: u64,
     /// How long opening the local vault, or one call into it (a lookup or
-    /// store of a backup's copy, a sync's lookup or batch of versions), may take
+    /// store of a backup's copy, a sync's lookup or batch of versions, any
+    /// call to its service and each message of a listing or read), may take
     /// before the command goes on without it (TDM2125W): a network share
-    /// that stopped answering must not hold up backups to the server.
+    /// that stopped answering must not hold up backups or restores.
     #[serde(default = "default_vault_timeout_seconds")]
     pub vault_timeout_seconds: u64,
 }

@@ -43,6 +43,9 @@ pub struct OpenedVault {
     /// Keeps the store and its service alive while sessions use it, and
     /// does the store's own housekeeping.
     pub guard: Arc<dyn VaultStore>,
+    /// The command's record of the vault being given up, shared by the
+    /// service's guard on each call and by [`calls::VaultCalls`].
+    pub stall: calls::Stall,
 }
 
 /// What a vault's space reclamation did.
@@ -390,10 +393,16 @@ pub async fn push_pending(
         Err(e @ ClientError::SyncInterrupted(_)) => Err(e),
         Err(e) => {
             record_failure(&mut status, &server.info.name, &e.to_string(), dir);
+            // The vault's own errors say their directory and remedy
+            // already: only their cause goes in.
+            let cause = match &e {
+                ClientError::Vault { cause, .. } => cause.clone(),
+                other => other.to_string(),
+            };
             Err(vault_error(
                 dir,
                 format!(
-                    "the versions it stored while the server was away could not be sent to server {} ({e})",
+                    "the versions it stored while the server was away could not be sent to server {} ({cause})",
                     server.info.name
                 ),
             ))

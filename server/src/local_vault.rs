@@ -19,6 +19,8 @@
 //! anyway. The server's exclusive lock on the data directory keeps a second
 //! process out while one uses the vault.
 
+mod stall;
+
 use std::collections::HashSet;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -284,8 +286,13 @@ async fn open(
         .max_decoding_message_size(tandem_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(tandem_proto::MAX_MESSAGE_BYTES);
     let (connections, incoming) = mpsc::unbounded_channel();
+    // Every call to the service is bounded like the open: a share that
+    // stops answering gives the vault up instead of holding the command.
+    let stall = tandem_client::vault::calls::Stall::default();
+    let guard = stall::StallGuardLayer::new(timeout, stall.clone());
     let service = tokio::spawn(async move {
         let served = Server::builder()
+            .layer(guard)
             .add_service(backup)
             .serve_with_incoming(UnboundedReceiverStream::new(incoming))
             .await;
@@ -318,6 +325,7 @@ async fn open(
             writes: std::sync::RwLock::new(()),
             service,
         }),
+        stall,
     })
 }
 

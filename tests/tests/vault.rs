@@ -606,6 +606,103 @@ fn a_vault_share_that_stops_answering_during_a_backup_or_its_sync_is_given_up_an
     assert_restored_from_the_vault_alone(&client, &src.join("new-while-sync-hung"), work.path());
 }
 
+/// Runs `args` with the vault's reads paused for ten minutes (a share
+/// that stops answering); checks the command did not wait for them and
+/// returns its output.
+fn run_with_vault_reads_hung(client: &TestClient, args: &[&str]) -> std::process::Output {
+    let started = std::time::Instant::now();
+    let out = client
+        .command(args)
+        .env("TANDEM_FAULT_PAUSE", "read-chunks")
+        .output()
+        .expect("run tandem");
+    // Not a speed check: the paused read ends only after ten minutes.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(300),
+        "{args:?} waited for the vault's paused read"
+    );
+    out
+}
+
+#[test]
+fn a_vault_share_that_stops_answering_during_a_restore_or_a_push_is_given_up() {
+    let (mut primary, client, work, src) = dave_backed_up_with_a_vault();
+    client.add_options("vault_timeout_seconds = 2\n");
+    let stops = "did not answer within 2 s while reading stored data";
+
+    // Beside the server: the files the vault was to serve come from the
+    // server instead, byte for byte, and the command says why.
+    let out = work.path().join("restored-while-hung");
+    let restore = run_with_vault_reads_hung(
+        &client,
+        &[
+            "--json",
+            "restore",
+            &format!("{}/*", path_str(&src)),
+            &path_str(&out),
+            "--subdir",
+        ],
+    );
+    let err = stderr(&restore);
+    assert_eq!(code(&restore), 8, "{err}");
+    assert!(
+        err.contains("TDM2131W") && err.contains("TDM2125W") && err.contains(stops),
+        "{err}"
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&restore.stdout).unwrap();
+    assert_eq!(stats["failed"], 0, "{stats}");
+    // (An empty file needs no data from anywhere.)
+    assert_eq!(stats["sources"]["vault_bytes"], 0, "{stats}");
+    assert_same_tree(&src, &out);
+    client.assert_logged("TDM2125W");
+
+    // With the server down the vault is all there is: the restore ends,
+    // naming why each file could not be restored, instead of waiting.
+    primary.kill();
+    let alone = run_with_vault_reads_hung(
+        &client,
+        &[
+            "restore",
+            &format!("{}/*", path_str(&src)),
+            &path_str(&work.path().join("alone-while-hung")),
+            "--subdir",
+        ],
+    );
+    let err = stderr(&alone);
+    assert_ne!(code(&alone), 0, "{err}");
+    assert!(err.contains("TDM2121W") && err.contains(stops), "{err}");
+
+    // A backup while the server is down goes to the vault; the push of
+    // it, when the server is back, stops with the vault's reads and is
+    // done by the next command.
+    std::fs::write(src.join("new-while-away"), b"new").unwrap();
+    assert_success(
+        &client.run(&["incremental", &path_str(&src)]),
+        "the backup into the vault alone",
+    );
+    primary.restart();
+    let pushed_while_hung = run_with_vault_reads_hung(&client, &["query", "filespace"]);
+    let err = stderr(&pushed_while_hung);
+    assert_eq!(code(&pushed_while_hung), 8, "{err}");
+    assert!(err.contains("TDM2125W") && err.contains(stops), "{err}");
+    assert_success(&client.run(&["query", "filespace"]), "the next command");
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+    let without_vault = TestClient::new(&primary, "dave", "dave-password");
+    let from_server = work.path().join("from-server");
+    assert_success(
+        &without_vault.run(&[
+            "restore",
+            &path_str(&src.join("new-while-away")),
+            &format!("{}/", path_str(&from_server)),
+        ]),
+        "restore of the pushed file from the server",
+    );
+    assert_eq!(
+        std::fs::read(from_server.join("new-while-away")).unwrap(),
+        b"new"
+    );
+}
+
 #[test]
 fn a_second_installation_on_the_same_node_and_vault_is_stopped_until_accepted() {
     let mut primary = TestServer::start("PRIMARY");

@@ -410,6 +410,7 @@ impl Session {
             vault: Some(crate::vault::calls::VaultCalls::new(
                 opened.guard,
                 std::time::Duration::from_secs(options.vault_timeout_seconds),
+                opened.stall,
             )),
             vault_beside: None,
             state_dir: Some(options.state_dir()),

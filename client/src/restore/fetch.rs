@@ -492,6 +492,23 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                             })
                             .await;
                         restart_at = i + 1;
+                        // A vault given up in this command answers nothing
+                        // more: the rest go to the server at once, without
+                        // a refused call per file.
+                        if let Some(why) = session.vault_store().and_then(|c| c.stalled()) {
+                            for (job, _, _) in &files[restart_at..] {
+                                let failed = Fetched::Failed {
+                                    cause: why.to_string(),
+                                    chunk: None,
+                                    damaged: false,
+                                };
+                                if !out.push(Fetched::Begin(*job)).await || !out.push(failed).await
+                                {
+                                    return;
+                                }
+                            }
+                            restart_at = files.len();
+                        }
                         break 'files;
                     }
                 };

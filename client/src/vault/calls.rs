@@ -1,18 +1,21 @@
-//! Calls into the vault's store that a share which stops answering cannot
-//! hold up for ever.
+//! Calls into the vault that a share which stops answering cannot hold up
+//! for ever.
 //!
 //! A vault on a network share can stop answering in the middle of a
-//! command: a write or an `fsync` there then blocks its thread until the
-//! share comes back, perhaps never. The opening look is bounded already
-//! (`vault_timeout_seconds`); this bounds each call made while a backup
-//! copies its data to the vault and while a sync stores what it moved. A
-//! call that overruns is given up (its thread stays blocked; nothing waits
-//! for it, and the process waits at most the runtime's shutdown bound,
-//! about 10 s, for it at exit), the vault is
-//! marked stalled for the rest of the command, and every later call is
-//! refused at once: they would only queue behind the locks the blocked
-//! call holds. The backup goes on with the server; the next command's sync
-//! brings the vault what it missed.
+//! command: a write, a read or an `fsync` there then blocks its thread
+//! until the share comes back, perhaps never. Every way into the vault is
+//! bounded by `vault_timeout_seconds`: its opening; the calls below, which
+//! go to its store directly (a backup's copy of its data, a sync's store of
+//! what it moved); and every call to its in-process service (a restore's
+//! reads, a sync's listings and chunk copies, a push), which the service's
+//! own guard bounds (`tandem_server::local_vault`), sharing this command's
+//! [`Stall`]. A call that overruns is given up (its thread stays blocked;
+//! nothing waits for it, and the process waits at most the runtime's
+//! shutdown bound, about 10 s, for it at exit), the vault is marked stalled
+//! for the rest of the command, and every later call is refused at once:
+//! they would only queue behind the locks the blocked call holds. The
+//! command goes on with the server; the next command's sync brings the
+//! vault what it missed.
 //!
 //! Only calls whose work is bounded by their size take the limit: a
 //! reclamation or a repair of a large vault may rightly take longer, so
@@ -23,24 +26,49 @@ use std::time::Duration;
 
 use super::VaultStore;
 
+/// Whether, and why, a vault was given up in this command: one record
+/// shared by every clone of the session and by the vault's service, so an
+/// overrun anywhere refuses every later call into the vault.
+#[derive(Debug, Clone, Default)]
+pub struct Stall(Arc<OnceLock<String>>);
+
+impl Stall {
+    /// Why the vault was given up, if it was.
+    #[must_use]
+    pub fn why(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+
+    /// Gives the vault up: it did not answer within `limit` while `doing`
+    /// (say what, from the user's side: "reading data for a restore").
+    /// Returns the reason the command reports; the first one stays.
+    pub fn give_up(&self, limit: Duration, doing: &str) -> String {
+        let why = format!(
+            "it did not answer within {} s while {doing} (a network share that stopped answering?); it is left out for the rest of this command, and the next command's sync brings it what it missed. Check the share, or raise vault_timeout_seconds if it is merely slow",
+            limit.as_secs()
+        );
+        self.0.get_or_init(|| why).clone()
+    }
+}
+
 /// A vault's store with the command's limit on each call.
 #[derive(Debug, Clone)]
 pub struct VaultCalls {
     store: Arc<dyn VaultStore>,
     limit: Duration,
-    /// Why the vault was given up, once a call overran; shared by every
-    /// clone of the session, so all of the command sees it.
-    stalled: Arc<OnceLock<String>>,
+    /// Why the vault was given up, once a call overran.
+    stall: Stall,
 }
 
 impl VaultCalls {
-    /// `store`, each bounded call given `limit`.
+    /// `store`, each bounded call given `limit`; an overrun is recorded in
+    /// `stall` (the one the vault's service shares).
     #[must_use]
-    pub fn new(store: Arc<dyn VaultStore>, limit: Duration) -> Self {
+    pub fn new(store: Arc<dyn VaultStore>, limit: Duration, stall: Stall) -> Self {
         VaultCalls {
             store,
             limit,
-            stalled: Arc::new(OnceLock::new()),
+            stall,
         }
     }
 
@@ -54,7 +82,7 @@ impl VaultCalls {
     /// Why the vault was given up in this command, if it was.
     #[must_use]
     pub fn stalled(&self) -> Option<&str> {
-        self.stalled.get().map(String::as_str)
+        self.stall.why()
     }
 
     /// Runs `call` on a blocking thread and waits at most the limit for it.
@@ -75,13 +103,7 @@ impl VaultCalls {
         match tokio::time::timeout(self.limit, running).await {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => Err(format!("the vault's task stopped while {doing}: {e}")),
-            Err(_) => {
-                let why = format!(
-                    "it did not answer within {} s while {doing} (a network share that stopped answering?); it is left out for the rest of this command, and the next command's sync brings it what it missed. Check the share, or raise vault_timeout_seconds if it is merely slow",
-                    self.limit.as_secs()
-                );
-                Err(self.stalled.get_or_init(|| why).clone())
-            }
+            Err(_) => Err(self.stall.give_up(self.limit, doing)),
         }
     }
 }
@@ -127,6 +149,7 @@ mod tests {
                 delay: Duration::from_millis(delay_ms),
             }),
             Duration::from_millis(limit_ms),
+            Stall::default(),
         )
     }
 

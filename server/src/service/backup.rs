@@ -784,6 +784,9 @@ impl Backup for BackupService {
                     let node = node.clone();
                     let read_from = std::time::Instant::now();
                     let (items, rerouted) = tokio::task::spawn_blocking(move || {
+                        // Stands in for a disk or share that stops
+                        // answering mid-read (the vault's tests).
+                        crate::faults::pause_point_blocking("read-chunks");
                         let mut rerouted = Reroutes::new();
                         let items = read_group(&reader, &node, group, &mut rerouted);
                         (items, rerouted)
