@@ -852,7 +852,10 @@ pub async fn run(
     let (split, vault_refused) = sources::split(session.vault_beside(), &plan.files).await;
     let mut written = vec![None; plan.files.len()];
     let mut server_order = split.server;
-    if let (Some(vault), Some(cause)) = (session.vault_beside(), vault_refused) {
+    // A vault that stopped answering is reported once, by the command.
+    if let (Some(vault), Some(cause)) = (session.vault_beside(), vault_refused)
+        && vault.vault_store().and_then(|c| c.stalled()).is_none()
+    {
         console.report(
             &Msg::vault_unusable(&format!("{}: {cause}", vault.info.address)),
             ExitStatus::Warnings,
@@ -1070,7 +1073,9 @@ async fn transfer(
                 match message {
                     fetch::Fetched::Begin(_) => files_begun += 1,
                     fetch::Fetched::Data(data) => bytes_fetched += data.len() as u64,
-                    fetch::Fetched::End | fetch::Fetched::Failed { .. } => {}
+                    fetch::Fetched::End
+                    | fetch::Fetched::Failed { .. }
+                    | fetch::Fetched::Skipped { .. } => {}
                 }
             }
             if shown_at.elapsed() >= PROGRESS_EVERY {

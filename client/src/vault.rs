@@ -392,7 +392,11 @@ pub async fn push_pending(
         }
         Err(e @ ClientError::SyncInterrupted(_)) => Err(e),
         Err(e) => {
-            record_failure(&mut status, &server.info.name, &e.to_string(), dir);
+            // A vault that stopped answering is not written to again: the
+            // record would block on the same share.
+            if vault.vault_store().and_then(|c| c.stalled()).is_none() {
+                record_failure(&mut status, &server.info.name, &e.to_string(), dir);
+            }
             // The vault's own errors say their directory and remedy
             // already: only their cause goes in.
             let cause = match &e {

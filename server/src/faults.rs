@@ -12,8 +12,9 @@
 //! the next `times` (all later ones when not given). They work wherever the
 //! store runs, so also in a client's local vault.
 //!
-//! Without the variables a pause point costs one environment lookup, and
-//! a fail point one look at a value read once.
+//! Both variables are read once per process (the points sit on the
+//! store's read and write paths, and a test sets them for the whole
+//! process it starts); without them a point costs one look at that value.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,9 +25,29 @@ pub const PAUSE_ENV: &str = "TANDEM_FAULT_PAUSE";
 /// How long a paused server waits to be killed before it goes on.
 const PAUSE_LIMIT: Duration = Duration::from_secs(600);
 
+/// Whether this pass through `point` pauses: `TANDEM_FAULT_PAUSE` names
+/// it (`<point>`, or `<point>:<after>` to let the first `after` passes
+/// through, for a stop in the middle of a stream).
+fn pauses_at(point: &str) -> bool {
+    static NAMED: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    /// Passes through the named point so far.
+    static PASSES: AtomicU64 = AtomicU64::new(0);
+    let named = NAMED.get_or_init(|| {
+        let spec = std::env::var(PAUSE_ENV).ok()?;
+        Some(match spec.split_once(':') {
+            Some((name, after)) => (name.to_string(), after.parse().unwrap_or(0)),
+            None => (spec, 0),
+        })
+    });
+    match named {
+        Some((name, after)) if name == point => PASSES.fetch_add(1, Ordering::SeqCst) >= *after,
+        _ => false,
+    }
+}
+
 /// Pauses here when `TANDEM_FAULT_PAUSE` names `point`.
 pub async fn pause_point(point: &str) {
-    if std::env::var(PAUSE_ENV).is_ok_and(|v| v == point) {
+    if pauses_at(point) {
         tracing::warn!(
             point,
             "paused at fault point {point} ({PAUSE_ENV}); waiting to be killed"
@@ -37,7 +58,7 @@ pub async fn pause_point(point: &str) {
 
 /// [`pause_point`] for code on a blocking thread.
 pub fn pause_point_blocking(point: &str) {
-    if std::env::var(PAUSE_ENV).is_ok_and(|v| v == point) {
+    if pauses_at(point) {
         tracing::warn!(
             point,
             "paused at fault point {point} ({PAUSE_ENV}); waiting to be killed"

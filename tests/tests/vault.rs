@@ -606,22 +606,26 @@ fn a_vault_share_that_stops_answering_during_a_backup_or_its_sync_is_given_up_an
     assert_restored_from_the_vault_alone(&client, &src.join("new-while-sync-hung"), work.path());
 }
 
-/// Runs `args` with the vault's reads paused for ten minutes (a share
-/// that stops answering); checks the command did not wait for them and
-/// returns its output.
-fn run_with_vault_reads_hung(client: &TestClient, args: &[&str]) -> std::process::Output {
+/// Runs `args` with the vault paused for ten minutes at fault point
+/// `point` (a share that stops answering); checks the command did not wait
+/// for it and returns its output.
+fn run_with_vault_hung_at(client: &TestClient, point: &str, args: &[&str]) -> std::process::Output {
     let started = std::time::Instant::now();
     let out = client
         .command(args)
-        .env("TANDEM_FAULT_PAUSE", "read-chunks")
+        .env("TANDEM_FAULT_PAUSE", point)
         .output()
         .expect("run tandem");
-    // Not a speed check: the paused read ends only after ten minutes.
+    // Not a speed check: the paused call ends only after ten minutes.
     assert!(
         started.elapsed() < std::time::Duration::from_secs(300),
-        "{args:?} waited for the vault's paused read"
+        "{args:?} waited for the vault paused at {point}"
     );
     out
+}
+
+fn run_with_vault_reads_hung(client: &TestClient, args: &[&str]) -> std::process::Output {
+    run_with_vault_hung_at(client, "read-chunks", args)
 }
 
 #[test]
@@ -630,11 +634,19 @@ fn a_vault_share_that_stops_answering_during_a_restore_or_a_push_is_given_up() {
     client.add_options("vault_timeout_seconds = 2\n");
     let stops = "did not answer within 2 s while reading stored data";
 
-    // Beside the server: the files the vault was to serve come from the
-    // server instead, byte for byte, and the command says why.
-    let out = work.path().join("restored-while-hung");
-    let restore = run_with_vault_reads_hung(
+    // Beside the server, the share stops in the middle of the vault's
+    // answer: what the vault sent is kept, the rest comes from the server,
+    // byte for byte, nothing is half restored, and the command says why.
+    std::fs::create_dir_all(src.join("bulk")).unwrap();
+    for i in 0..3u64 {
+        let data = random_bytes(950 + i, 8 << 20);
+        std::fs::write(src.join(format!("bulk/part{i}.bin")), data).unwrap();
+    }
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
+    let out = work.path().join("restored-when-hung-mid-way");
+    let restore = run_with_vault_hung_at(
         &client,
+        "read-chunks:1",
         &[
             "--json",
             "restore",
@@ -651,8 +663,14 @@ fn a_vault_share_that_stops_answering_during_a_restore_or_a_push_is_given_up() {
     );
     let stats: serde_json::Value = serde_json::from_slice(&restore.stdout).unwrap();
     assert_eq!(stats["failed"], 0, "{stats}");
-    // (An empty file needs no data from anywhere.)
-    assert_eq!(stats["sources"]["vault_bytes"], 0, "{stats}");
+    assert!(
+        stats["sources"]["vault_bytes"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        stats["sources"]["server_bytes"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
     assert_same_tree(&src, &out);
     client.assert_logged("TDM2125W");
 
@@ -672,10 +690,20 @@ fn a_vault_share_that_stops_answering_during_a_restore_or_a_push_is_given_up() {
     assert_ne!(code(&alone), 0, "{err}");
     assert!(err.contains("TDM2121W") && err.contains(stops), "{err}");
 
+    // A backup into the vault alone whose store stops answering ends,
+    // saying so, instead of waiting.
+    std::fs::write(src.join("new-while-away"), b"new").unwrap();
+    let upload = run_with_vault_hung_at(&client, "store-upload", &["incremental", &path_str(&src)]);
+    let err = stderr(&upload);
+    assert_ne!(code(&upload), 0, "{err}");
+    assert!(
+        err.contains("did not answer within 2 s while storing uploaded data"),
+        "{err}"
+    );
+
     // A backup while the server is down goes to the vault; the push of
     // it, when the server is back, stops with the vault's reads and is
     // done by the next command.
-    std::fs::write(src.join("new-while-away"), b"new").unwrap();
     assert_success(
         &client.run(&["incremental", &path_str(&src)]),
         "the backup into the vault alone",

@@ -68,6 +68,15 @@ pub(super) enum Fetched {
         /// and the file is not called damaged.
         damaged: bool,
     },
+    /// A file (an index into the plan's files) whose data was not asked
+    /// for: its source was given up in this command (a vault that stopped
+    /// answering). Nothing of it is written; it is retried elsewhere.
+    Skipped {
+        /// The file.
+        job: usize,
+        /// Why its source was given up.
+        cause: String,
+    },
 }
 
 /// Messages for the writers, in order, sent together.
@@ -497,13 +506,11 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                         // a refused call per file.
                         if let Some(why) = session.vault_store().and_then(|c| c.stalled()) {
                             for (job, _, _) in &files[restart_at..] {
-                                let failed = Fetched::Failed {
+                                let skipped = Fetched::Skipped {
+                                    job: *job,
                                     cause: why.to_string(),
-                                    chunk: None,
-                                    damaged: false,
                                 };
-                                if !out.push(Fetched::Begin(*job)).await || !out.push(failed).await
-                                {
+                                if !out.push(skipped).await {
                                     return;
                                 }
                             }

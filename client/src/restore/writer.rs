@@ -255,7 +255,8 @@ pub(super) fn write_files(
         let mut shares: Vec<Parcel> = (0..WRITER_THREADS).map(|_| Vec::new()).collect();
         'parcels: while let Some(parcel) = next() {
             for message in parcel {
-                if matches!(message, Fetched::Begin(_)) {
+                // A file not fetched is a file of its own too.
+                if matches!(message, Fetched::Begin(_) | Fetched::Skipped { .. }) {
                     current = turn;
                     turn = (turn + 1) % WRITER_THREADS;
                 }
@@ -338,6 +339,30 @@ impl<'a> Writer<'a> {
                 chunk,
                 damaged,
             } => self.failed(cause, chunk, damaged),
+            Fetched::Skipped { job, cause } => self.not_fetched(job, cause),
+        }
+    }
+
+    /// A file whose data was not asked for: no file is made; it fails as
+    /// one whose data was not read (retried from another source when
+    /// failures are deferred).
+    fn not_fetched(&mut self, job: usize, cause: String) {
+        self.current = None;
+        self.broken = false;
+        self.failed_job = None;
+        match &mut self.deferred {
+            Some(deferred) => deferred.push(DataFailure {
+                job,
+                cause,
+                chunk: None,
+                damaged: false,
+            }),
+            None => {
+                let path = &self.jobs[job].attrs.path;
+                self.console
+                    .report(&Msg::data_failed(path, cause, false), ExitStatus::Error);
+                self.stats.failed += 1;
+            }
         }
     }
 

@@ -8,8 +8,9 @@
 //! - the handler must answer within the limit (for a unary call that is its
 //!   whole work; for a stream, its start);
 //! - a streamed answer may wait at most the limit for each next message.
-//!   Only the time the service keeps the client waiting counts: while the
-//!   client is not asking for more (its disk is slow), no clock runs.
+//!   Only time the service has nothing ready, while flow control lets it
+//!   send, counts: a client slow to take what it was sent (its disk is
+//!   slow) runs no clock.
 //!
 //! An overrun gives the vault up for the rest of the command (the shared
 //! [`Stall`], which the client's direct calls use too): the call ends with
@@ -18,9 +19,17 @@
 //! its trailers, as any gRPC error does, so the client sees a refusal, not
 //! a broken connection.
 //!
-//! `UploadChunks` is the exception: its handler waits on the client's own
-//! stream, and time the client spends compressing is not the vault's. It is
-//! refused once the vault is given up, but not timed.
+//! `UploadChunks` is timed differently: its handler waits on the client's
+//! own stream, and time the client spends compressing is not the vault's.
+//! What counts there is the time since the handler last took a message of
+//! the stream (or its end) without asking for the next one: its own work,
+//! storing what it took. The call also ends once another call gave the
+//! vault up, so no upload waits behind a blocked store.
+//!
+//! The limit counts waits inside the service as the vault's too (a call
+//! waiting for one of the node's read slots, say): one command makes few
+//! enough calls at once that such waits stay short, and a command that
+//! opened more would need a higher limit.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -90,15 +99,11 @@ where
         }
         let method = request.uri().path().rsplit('/').next().unwrap_or_default();
         let doing = doing_of(method);
-        let waits_on_caller = method == "UploadChunks";
-        let answer = self.inner.call(request);
-        if waits_on_caller {
-            return answer.boxed();
-        }
         let (limit, stall) = (self.limit, self.stall.clone());
-        async move {
-            match tokio::time::timeout(limit, answer).await {
-                Ok(Ok(response)) => Ok(response.map(|body| {
+        let guarded = {
+            let (stall, doing) = (stall.clone(), doing.clone());
+            move |response: http::Response<Body>| {
+                response.map(|body| {
                     Body::new(Guarded {
                         inner: body,
                         limit,
@@ -107,12 +112,106 @@ where
                         waiting: None,
                         ended: false,
                     })
-                })),
-                Ok(Err(e)) => Err(e),
+                })
+            }
+        };
+        if method == "UploadChunks" {
+            let busy = Busy::default();
+            let watched = busy.clone();
+            let request = request.map(|inner| {
+                Body::new(Watched {
+                    inner,
+                    busy: watched,
+                })
+            });
+            let answer = self.inner.call(request);
+            return async move {
+                tokio::pin!(answer);
+                let every = (limit / 4).clamp(MIN_CHECK_EVERY, MAX_CHECK_EVERY);
+                let mut check = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        done = &mut answer => return done.map(guarded),
+                        _ = check.tick() => {
+                            if let Some(why) = stall.why() {
+                                return Ok(Status::unavailable(why.to_string()).into_http());
+                            }
+                            if busy.longer_than(limit) {
+                                let why = stall.give_up(limit, &doing);
+                                return Ok(Status::unavailable(why).into_http());
+                            }
+                        }
+                    }
+                }
+            }
+            .boxed();
+        }
+        let answer = self.inner.call(request);
+        async move {
+            match tokio::time::timeout(limit, answer).await {
+                Ok(done) => done.map(guarded),
                 Err(_) => Ok(Status::unavailable(stall.give_up(limit, &doing)).into_http()),
             }
         }
         .boxed()
+    }
+}
+
+/// How often an upload's watch looks at its handler and at the stall: a
+/// quarter of the limit, within these bounds (an upload ends within a
+/// second of another call giving the vault up).
+const MIN_CHECK_EVERY: Duration = Duration::from_millis(10);
+const MAX_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Since when an upload's handler has been working on what it took from
+/// its stream without asking for more: `None` while it waits on the client.
+#[derive(Debug, Clone, Default)]
+struct Busy(std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>);
+
+impl Busy {
+    fn set(&self, since: Option<std::time::Instant>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = since;
+    }
+
+    fn longer_than(&self, limit: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|since| since.elapsed() > limit)
+    }
+}
+
+/// An upload's request stream, telling [`Busy`] when its handler takes a
+/// message (or the end) and when it asks for the next.
+struct Watched {
+    inner: Body,
+    busy: Busy,
+}
+
+impl http_body::Body for Watched {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        // Asking for more: whatever it waits for now is the client.
+        this.busy.set(None);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_ready() {
+            this.busy.set(Some(std::time::Instant::now()));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -127,6 +226,7 @@ fn doing_of(method: &str) -> String {
         "CommitObjects" | "CommitArchive" | "MarkBackup" => "committing a backup",
         "DeleteVersions" | "DeleteArchives" | "DeactivateVaultVersions" => "deleting versions",
         "PutVaultVersions" => "storing versions",
+        "UploadChunks" => "storing uploaded data",
         "Logon" => "logging on",
         "Logoff" => "logging off",
         other => return format!("answering {other}"),
@@ -314,20 +414,88 @@ mod tests {
         );
     }
 
+    /// An upload handler that takes `messages` from its stream, spending
+    /// `work` on each, then answers.
+    fn upload_taking(
+        messages: usize,
+        work: Duration,
+    ) -> impl tower::Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = std::convert::Infallible,
+        Future = BoxFuture<'static, Result<http::Response<Body>, std::convert::Infallible>>,
+    > + Clone {
+        tower::service_fn(move |request: http::Request<Body>| {
+            async move {
+                let mut body = request.into_body();
+                for _ in 0..messages {
+                    let _ = body.frame().await;
+                    tokio::time::sleep(work).await;
+                }
+                Ok(http::Response::new(Body::empty()))
+            }
+            .boxed()
+        })
+    }
+
+    /// An upload whose client sends a message every `every`, `count` times.
+    fn upload_sent_every(every: Duration, count: usize) -> http::Request<Body> {
+        let frames = futures_util::stream::iter(0..count).then(move |_| async move {
+            tokio::time::sleep(every).await;
+            Ok::<_, Status>(Frame::data(tonic::codegen::Bytes::from("x")))
+        });
+        http::Request::builder()
+            .uri("http://vault.invalid/tandem.v1.Backup/UploadChunks")
+            .body(Body::new(http_body_util::StreamBody::new(frames)))
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn an_upload_waits_on_its_caller_and_is_not_timed() {
+    async fn an_upload_is_not_timed_while_it_waits_on_its_client() {
         use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
-        let layer = StallGuardLayer::new(Duration::from_millis(20), stall.clone());
-        let mut upload = layer.layer(answering_after(Duration::from_millis(100)));
-        let response = upload
-            .ready()
-            .await
-            .unwrap()
-            .call(call_to("UploadChunks"))
-            .await;
+        let layer = StallGuardLayer::new(Duration::from_millis(40), stall.clone());
+        // The client takes 100 ms per message; the vault stores each at once.
+        let mut upload = layer.layer(upload_taking(3, Duration::ZERO));
+        let request = upload_sent_every(Duration::from_millis(100), 3);
+        let response = upload.ready().await.unwrap().call(request).await;
         assert!(status_of(&response.unwrap()).is_none());
         assert_eq!(stall.why(), None);
+    }
+
+    #[tokio::test]
+    async fn an_upload_whose_store_stops_answering_is_given_up() {
+        use tower::{Layer, Service, ServiceExt};
+        let stall = Stall::default();
+        let layer = StallGuardLayer::new(Duration::from_millis(40), stall.clone());
+        let mut upload = layer.layer(upload_taking(3, Duration::from_secs(600)));
+        let request = upload_sent_every(Duration::ZERO, 3);
+        let response = upload.ready().await.unwrap().call(request).await;
+        let status = status_of(&response.unwrap()).expect("a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status.message().contains("while storing uploaded data"),
+            "{status:?}"
+        );
+        assert_eq!(stall.why(), Some(status.message()));
+    }
+
+    #[tokio::test]
+    async fn an_upload_ends_once_another_call_gave_the_vault_up() {
+        use tower::{Layer, Service, ServiceExt};
+        let stall = Stall::default();
+        let layer = StallGuardLayer::new(Duration::from_secs(600), stall.clone());
+        // The client sends nothing more: only the other call's stall ends it.
+        let mut upload = layer.layer(upload_taking(1, Duration::ZERO));
+        let request = upload_sent_every(Duration::from_secs(600), 1);
+        let given_up = stall.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            given_up.give_up(Duration::from_secs(2), "reading stored data");
+        });
+        let response = upload.ready().await.unwrap().call(request).await;
+        let status = status_of(&response.unwrap()).expect("a status");
+        assert!(status.message().contains("while reading stored data"));
     }
 
     #[test]

@@ -419,6 +419,9 @@ impl ChunkIngest {
         let share = self.group_share.take();
         self.storing = Some(tokio::task::spawn_blocking(move || {
             let _share = share;
+            // Stands in for a disk or share that stops answering while an
+            // upload is stored (the vault's tests).
+            crate::faults::pause_point_blocking("store-upload");
             repo.store_chunks(session, node, group)
         }));
         Ok(())
