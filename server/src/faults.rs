@@ -2,9 +2,11 @@
 //!
 //! Pause points serve operations that must survive being killed between
 //! their steps (a planned role switch is one). A test starts the server with
-//! `TANDEM_FAULT_PAUSE=<point>`; when the server reaches that point it says
+//! `TANDEM_FAULT_PAUSE=<point>` (or `<point>:<after>`, letting the first
+//! `after` passes through); when the server reaches that point it says
 //! so in its log and stops there, and the test kills it with SIGKILL at
-//! exactly that step.
+//! exactly that step. In a client they stand in for a vault's share that
+//! stops answering.
 //!
 //! Fail points stand in for an I/O error no test can cause on demand (a
 //! disk that fills up in the middle of a backup): `TANDEM_FAULT_FAIL=
@@ -35,7 +37,15 @@ fn pauses_at(point: &str) -> bool {
     let named = NAMED.get_or_init(|| {
         let spec = std::env::var(PAUSE_ENV).ok()?;
         Some(match spec.split_once(':') {
-            Some((name, after)) => (name.to_string(), after.parse().unwrap_or(0)),
+            Some((name, after)) => {
+                let after = after.parse().unwrap_or_else(|_| {
+                    tracing::warn!(
+                        "{PAUSE_ENV}={spec}: {after:?} is not a count; pausing at the first pass"
+                    );
+                    0
+                });
+                (name.to_string(), after)
+            }
             None => (spec, 0),
         })
     });

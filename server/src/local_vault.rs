@@ -289,7 +289,11 @@ async fn open(
     // Every call to the service is bounded like the open: a share that
     // stops answering gives the vault up instead of holding the command.
     let stall = tandem_client::vault::calls::Stall::default();
-    let guard = stall::StallGuardLayer::new(timeout, stall.clone());
+    let guard = stall::StallGuardLayer::new(
+        timeout,
+        stall.clone(),
+        state.repo.ingest_budget.store_progress(),
+    );
     let service = tokio::spawn(async move {
         let served = Server::builder()
             .layer(guard)

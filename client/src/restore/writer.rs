@@ -347,7 +347,13 @@ impl<'a> Writer<'a> {
     /// one whose data was not read (retried from another source when
     /// failures are deferred).
     fn not_fetched(&mut self, job: usize, cause: String) {
-        self.current = None;
+        // Files come whole, one after another: none is open here. Should
+        // one be, it is not left behind half written.
+        if let Some((open, tmp)) = self.current.take() {
+            discard(self.dest, &self.jobs[open], &tmp.name);
+            self.stats.bytes = self.stats.bytes.saturating_sub(self.file_bytes);
+        }
+        self.file_bytes = 0;
         self.broken = false;
         self.failed_job = None;
         match &mut self.deferred {

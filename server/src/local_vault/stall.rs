@@ -20,18 +20,21 @@
 //! a broken connection.
 //!
 //! `UploadChunks` is timed differently: its handler waits on the client's
-//! own stream, and time the client spends compressing is not the vault's.
-//! What counts there is the time since the handler last took a message of
-//! the stream (or its end) without asking for the next one: its own work,
-//! storing what it took. The call also ends once another call gave the
-//! vault up, so no upload waits behind a blocked store.
+//! own stream, and time the client spends compressing is not the vault's;
+//! a backup also keeps several upload streams open, whose stores of 8 MiB
+//! groups take turns at the disk. The disk work of an upload is those
+//! stores, so an upload is given up when a store has been under way and
+//! none has finished, over all streams, for the limit: a share that stopped
+//! answering, not one that is slow (its stores keep finishing). It also
+//! ends within a second once another call gave the vault up, so no upload
+//! waits behind a blocked store.
 //!
-//! The limit counts waits inside the service as the vault's too (a call
-//! waiting for one of the node's read slots, say): one command makes few
-//! enough calls at once that such waits stay short, and a command that
-//! opened more would need a higher limit.
+//! Other calls count waits inside the service as the vault's too (a call
+//! waiting for one of the node's read slots, say): a command has at most a
+//! couple of such calls open at once, so those waits stay short.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,17 +44,25 @@ use tandem_client::vault::calls::Stall;
 use tonic::Status;
 use tonic::body::Body;
 
+use crate::repository::ingest::StoreProgress;
+
 /// Puts [`StallGuard`] in front of the vault's service.
 #[derive(Debug, Clone)]
 pub(super) struct StallGuardLayer {
     limit: Duration,
     stall: Stall,
+    stores: Arc<StoreProgress>,
 }
 
 impl StallGuardLayer {
-    /// Every call given `limit`; an overrun recorded in `stall`.
-    pub(super) fn new(limit: Duration, stall: Stall) -> Self {
-        StallGuardLayer { limit, stall }
+    /// Every call given `limit`; an overrun recorded in `stall`; uploads
+    /// timed by the progress of the store's group `stores`.
+    pub(super) fn new(limit: Duration, stall: Stall, stores: Arc<StoreProgress>) -> Self {
+        StallGuardLayer {
+            limit,
+            stall,
+            stores,
+        }
     }
 }
 
@@ -63,6 +74,7 @@ impl<S> tower::Layer<S> for StallGuardLayer {
             inner,
             limit: self.limit,
             stall: self.stall.clone(),
+            stores: Arc::clone(&self.stores),
         }
     }
 }
@@ -73,6 +85,7 @@ pub(super) struct StallGuard<S> {
     inner: S,
     limit: Duration,
     stall: Stall,
+    stores: Arc<StoreProgress>,
 }
 
 impl<S> tower::Service<http::Request<Body>> for StallGuard<S>
@@ -116,19 +129,13 @@ where
             }
         };
         if method == "UploadChunks" {
-            let busy = Busy::default();
-            let watched = busy.clone();
-            let request = request.map(|inner| {
-                Body::new(Watched {
-                    inner,
-                    busy: watched,
-                })
-            });
             let answer = self.inner.call(request);
+            let stores = Arc::clone(&self.stores);
             return async move {
                 tokio::pin!(answer);
                 let every = (limit / 4).clamp(MIN_CHECK_EVERY, MAX_CHECK_EVERY);
                 let mut check = tokio::time::interval(every);
+                let mut watch = StoreWatch::new(&stores);
                 loop {
                     tokio::select! {
                         done = &mut answer => return done.map(guarded),
@@ -136,7 +143,7 @@ where
                             if let Some(why) = stall.why() {
                                 return Ok(Status::unavailable(why.to_string()).into_http());
                             }
-                            if busy.longer_than(limit) {
+                            if watch.stuck_longer_than(&stores, limit) {
                                 let why = stall.give_up(limit, &doing);
                                 return Ok(Status::unavailable(why).into_http());
                             }
@@ -163,55 +170,31 @@ where
 const MIN_CHECK_EVERY: Duration = Duration::from_millis(10);
 const MAX_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Since when an upload's handler has been working on what it took from
-/// its stream without asking for more: `None` while it waits on the client.
-#[derive(Debug, Clone, Default)]
-struct Busy(std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>);
-
-impl Busy {
-    fn set(&self, since: Option<std::time::Instant>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = since;
-    }
-
-    fn longer_than(&self, limit: Duration) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|since| since.elapsed() > limit)
-    }
+/// An upload's view of the vault's group stores: since when one has been
+/// under way with none finishing.
+struct StoreWatch {
+    finished: u64,
+    since: std::time::Instant,
 }
 
-/// An upload's request stream, telling [`Busy`] when its handler takes a
-/// message (or the end) and when it asks for the next.
-struct Watched {
-    inner: Body,
-    busy: Busy,
-}
-
-impl http_body::Body for Watched {
-    type Data = tonic::codegen::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        // Asking for more: whatever it waits for now is the client.
-        this.busy.set(None);
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_ready() {
-            this.busy.set(Some(std::time::Instant::now()));
+impl StoreWatch {
+    fn new(stores: &StoreProgress) -> Self {
+        StoreWatch {
+            finished: stores.sample().1,
+            since: std::time::Instant::now(),
         }
-        polled
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    /// Whether a store has been under way, and none finished, for longer
+    /// than `limit`, looking at `stores` now.
+    fn stuck_longer_than(&mut self, stores: &StoreProgress, limit: Duration) -> bool {
+        let (under_way, finished) = stores.sample();
+        if under_way == 0 || finished != self.finished {
+            self.finished = finished;
+            self.since = std::time::Instant::now();
+            return false;
+        }
+        self.since.elapsed() > limit
     }
 }
 
@@ -389,7 +372,7 @@ mod tests {
     async fn a_call_that_overruns_is_answered_unavailable_and_later_calls_are_refused() {
         use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
-        let layer = StallGuardLayer::new(Duration::from_millis(50), stall.clone());
+        let layer = StallGuardLayer::new(Duration::from_millis(50), stall.clone(), Arc::default());
         let mut slow = layer.layer(answering_after(Duration::from_secs(600)));
         let response = slow
             .ready()
@@ -454,8 +437,8 @@ mod tests {
     async fn an_upload_is_not_timed_while_it_waits_on_its_client() {
         use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
-        let layer = StallGuardLayer::new(Duration::from_millis(40), stall.clone());
-        // The client takes 100 ms per message; the vault stores each at once.
+        let layer = StallGuardLayer::new(Duration::from_millis(40), stall.clone(), Arc::default());
+        // The client takes 100 ms per message; nothing is being stored.
         let mut upload = layer.layer(upload_taking(3, Duration::ZERO));
         let request = upload_sent_every(Duration::from_millis(100), 3);
         let response = upload.ready().await.unwrap().call(request).await;
@@ -467,9 +450,12 @@ mod tests {
     async fn an_upload_whose_store_stops_answering_is_given_up() {
         use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
-        let layer = StallGuardLayer::new(Duration::from_millis(40), stall.clone());
-        let mut upload = layer.layer(upload_taking(3, Duration::from_secs(600)));
-        let request = upload_sent_every(Duration::ZERO, 3);
+        let stores = Arc::new(StoreProgress::default());
+        let layer = StallGuardLayer::new(Duration::from_millis(40), stall.clone(), stores.clone());
+        // A store begins and never ends; the handler waits for it.
+        let _blocked = stores.begin();
+        let mut upload = layer.layer(upload_taking(1, Duration::from_secs(600)));
+        let request = upload_sent_every(Duration::ZERO, 1);
         let response = upload.ready().await.unwrap().call(request).await;
         let status = status_of(&response.unwrap()).expect("a status");
         assert_eq!(status.code(), tonic::Code::Unavailable);
@@ -481,10 +467,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_upload_behind_a_slow_disk_whose_stores_keep_finishing_goes_on() {
+        use tower::{Layer, Service, ServiceExt};
+        let stall = Stall::default();
+        let stores = Arc::new(StoreProgress::default());
+        let layer = StallGuardLayer::new(Duration::from_millis(60), stall.clone(), stores.clone());
+        // Other streams' stores take 20 ms each, one after another, for
+        // far longer than the limit: the disk answers, slowly.
+        let disk = stores.clone();
+        let busy = tokio::spawn(async move {
+            loop {
+                let _store = disk.begin();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut upload = layer.layer(upload_taking(1, Duration::from_millis(400)));
+        let request = upload_sent_every(Duration::ZERO, 1);
+        let response = upload.ready().await.unwrap().call(request).await;
+        busy.abort();
+        assert!(status_of(&response.unwrap()).is_none());
+        assert_eq!(stall.why(), None);
+    }
+
+    #[tokio::test]
     async fn an_upload_ends_once_another_call_gave_the_vault_up() {
         use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
-        let layer = StallGuardLayer::new(Duration::from_secs(600), stall.clone());
+        let layer = StallGuardLayer::new(Duration::from_secs(600), stall.clone(), Arc::default());
         // The client sends nothing more: only the other call's stall ends it.
         let mut upload = layer.layer(upload_taking(1, Duration::ZERO));
         let request = upload_sent_every(Duration::from_secs(600), 1);

@@ -14,6 +14,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tandem_proto::{ChunkId, StoredChunk};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -106,6 +107,45 @@ pub struct IngestBudget {
     /// Messages being verified at once over all streams
     /// ([`storage::verify_parallelism`]).
     verify_slots: Arc<Semaphore>,
+    /// Group stores under way and finished over all streams.
+    stores: Arc<StoreProgress>,
+}
+
+/// Stores of uploaded groups under way and finished, over every stream:
+/// how a watch tells a store that stopped answering (one under way, none
+/// finishing) from a disk that is merely slow or busy with other streams'
+/// groups (they keep finishing). The local vault's guard uses it.
+#[derive(Debug, Default)]
+pub struct StoreProgress {
+    under_way: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl StoreProgress {
+    /// Stores under way now, and stores finished so far.
+    pub fn sample(&self) -> (u64, u64) {
+        (
+            self.under_way.load(Ordering::SeqCst),
+            self.finished.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Counts a store as under way until the guard is dropped (it then
+    /// counts as finished, failed or not: the disk answered).
+    pub(crate) fn begin(&self) -> StoreUnderWay<'_> {
+        self.under_way.fetch_add(1, Ordering::SeqCst);
+        StoreUnderWay(self)
+    }
+}
+
+/// One store under way ([`StoreProgress::begin`]).
+pub(crate) struct StoreUnderWay<'a>(&'a StoreProgress);
+
+impl Drop for StoreUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::SeqCst);
+        self.0.under_way.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Default for IngestBudget {
@@ -123,7 +163,14 @@ impl IngestBudget {
             permits: Arc::new(Semaphore::new(total_kib as usize)),
             total_kib,
             verify_slots: Arc::new(Semaphore::new(storage::verify_parallelism())),
+            stores: Arc::default(),
         }
+    }
+
+    /// The progress of every stream's group stores.
+    #[must_use]
+    pub fn store_progress(&self) -> Arc<StoreProgress> {
+        Arc::clone(&self.stores)
     }
 
     /// The share a message of `bytes` takes: its size in KiB, but never more
@@ -417,8 +464,10 @@ impl ChunkIngest {
         let repo = self.repo.clone();
         let (session, node) = (self.session, self.node);
         let share = self.group_share.take();
+        let progress = self.repo.ingest_budget.store_progress();
         self.storing = Some(tokio::task::spawn_blocking(move || {
             let _share = share;
+            let _under_way = progress.begin();
             // Stands in for a disk or share that stops answering while an
             // upload is stored (the vault's tests).
             crate::faults::pause_point_blocking("store-upload");
