@@ -101,6 +101,9 @@ checkpoint() {
   record catalog_kib "$kib" "$versions"
   record server_rss_kib "$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")" "$versions"
   record server_hwm_kib "$(awk '/^VmHWM/ {print $2}' "/proc/$SERVER_PID/status")" "$versions"
+  # The catalog is read through a memory map: its pages count in the RSS as
+  # file cache (the kernel's to drop); the anonymous part is the server's own.
+  record server_anon_kib "$(awk '/^RssAnon/ {print $2}' "/proc/$SERVER_PID/status")" "$versions"
   echo "  catalog $((kib / 1024)) MiB ($(( kib * 1024 / versions )) bytes per version)"
 }
 
@@ -138,12 +141,14 @@ def at(name):
     return {k: statistics.median(v) for k, v in out.items()}
 query, inc, exp = at("query_ms"), at("incremental_ms"), at("expire_ms")
 cat, rss, hwm = at("catalog_kib"), at("server_rss_kib"), at("server_hwm_kib")
+anon = at("server_anon_kib")
 print(f"\nload {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores; {files} files per node")
 print(f"{'versions':>11} {'query dir (ms)':>15} {'unchanged incr (s)':>19} {'expire 10k (s)':>15} "
       f"{'catalog MiB':>12} {'bytes/version':>14} {'server RSS MiB':>15}")
 for v in sorted(query):
     print(f"{v:>11} {query[v]:>15.0f} {inc[v] / 1000:>19.2f} {exp[v] / 1000:>15.2f} "
-          f"{cat[v] / 1024:>12.0f} {cat[v] * 1024 / v:>14.0f} {rss[v] / 1024:>8.0f} (peak {hwm[v] / 1024:.0f})")
+          f"{cat[v] / 1024:>12.0f} {cat[v] * 1024 / v:>14.0f} {rss[v] / 1024:>8.0f} (peak {hwm[v] / 1024:.0f}, "
+          f"anonymous {anon[v] / 1024:.0f})")
 fills = [v for v, _ in rows["fill_ms"]]
 k = max(1, len(fills) // 10)
 print(f"filling backups of {files} files, two at a time: first {k}: median {statistics.median(fills[:k]) / 1000:.2f} s, "
