@@ -339,24 +339,6 @@ mod tests {
         assert_eq!(stall.why(), None);
     }
 
-    /// A service whose every answer takes `delay`.
-    fn answering_after(
-        delay: Duration,
-    ) -> impl tower::Service<
-        http::Request<Body>,
-        Response = http::Response<Body>,
-        Error = std::convert::Infallible,
-        Future = BoxFuture<'static, Result<http::Response<Body>, std::convert::Infallible>>,
-    > + Clone {
-        tower::service_fn(move |_: http::Request<Body>| {
-            async move {
-                tokio::time::sleep(delay).await;
-                Ok(http::Response::new(Body::empty()))
-            }
-            .boxed()
-        })
-    }
-
     fn call_to(method: &str) -> http::Request<Body> {
         http::Request::builder()
             .uri(format!("http://vault.invalid/tandem.v1.Backup/{method}"))
@@ -373,7 +355,7 @@ mod tests {
         use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
         let layer = StallGuardLayer::new(Duration::from_millis(50), stall.clone(), Arc::default());
-        let mut slow = layer.layer(answering_after(Duration::from_secs(600)));
+        let mut slow = layer.layer(handler(0, Duration::ZERO, Duration::from_secs(600)));
         let response = slow
             .ready()
             .await
@@ -384,7 +366,7 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains("while committing a backup"));
         // Even a call that would answer at once is refused now.
-        let mut quick = layer.layer(answering_after(Duration::ZERO));
+        let mut quick = layer.layer(handler(0, Duration::ZERO, Duration::ZERO));
         let refused = quick
             .ready()
             .await
@@ -397,11 +379,12 @@ mod tests {
         );
     }
 
-    /// An upload handler that takes `messages` from its stream, spending
-    /// `work` on each, then answers.
-    fn upload_taking(
+    /// A handler that takes `messages` from its request stream, spending
+    /// `work` on each, then waits `then` and answers.
+    fn handler(
         messages: usize,
         work: Duration,
+        then: Duration,
     ) -> impl tower::Service<
         http::Request<Body>,
         Response = http::Response<Body>,
@@ -415,6 +398,7 @@ mod tests {
                     let _ = body.frame().await;
                     tokio::time::sleep(work).await;
                 }
+                tokio::time::sleep(then).await;
                 Ok(http::Response::new(Body::empty()))
             }
             .boxed()
@@ -433,31 +417,62 @@ mod tests {
             .unwrap()
     }
 
+    /// Sends `request` to `handler` behind a guard of `limit`; the status
+    /// it was answered with, if any.
+    async fn through_guard<S>(
+        limit: Duration,
+        stall: &Stall,
+        stores: Arc<StoreProgress>,
+        handler: S,
+        request: http::Request<Body>,
+    ) -> Option<Status>
+    where
+        S: tower::Service<
+                http::Request<Body>,
+                Response = http::Response<Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        use tower::{Layer, Service, ServiceExt};
+        let mut guarded = StallGuardLayer::new(limit, stall.clone(), stores).layer(handler);
+        let response = guarded.ready().await.unwrap().call(request).await.unwrap();
+        status_of(&response)
+    }
+
     #[tokio::test]
     async fn an_upload_is_not_timed_while_it_waits_on_its_client() {
-        use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
-        let layer = StallGuardLayer::new(Duration::from_millis(40), stall.clone(), Arc::default());
         // The client takes 100 ms per message; nothing is being stored.
-        let mut upload = layer.layer(upload_taking(3, Duration::ZERO));
-        let request = upload_sent_every(Duration::from_millis(100), 3);
-        let response = upload.ready().await.unwrap().call(request).await;
-        assert!(status_of(&response.unwrap()).is_none());
+        let answer = through_guard(
+            Duration::from_millis(40),
+            &stall,
+            Arc::default(),
+            handler(3, Duration::ZERO, Duration::ZERO),
+            upload_sent_every(Duration::from_millis(100), 3),
+        )
+        .await;
+        assert!(answer.is_none());
         assert_eq!(stall.why(), None);
     }
 
     #[tokio::test]
     async fn an_upload_whose_store_stops_answering_is_given_up() {
-        use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
         let stores = Arc::new(StoreProgress::default());
-        let layer = StallGuardLayer::new(Duration::from_millis(40), stall.clone(), stores.clone());
         // A store begins and never ends; the handler waits for it.
         let _blocked = stores.begin();
-        let mut upload = layer.layer(upload_taking(1, Duration::from_secs(600)));
-        let request = upload_sent_every(Duration::ZERO, 1);
-        let response = upload.ready().await.unwrap().call(request).await;
-        let status = status_of(&response.unwrap()).expect("a status");
+        let status = through_guard(
+            Duration::from_millis(40),
+            &stall,
+            stores.clone(),
+            handler(1, Duration::from_secs(600), Duration::ZERO),
+            upload_sent_every(Duration::ZERO, 1),
+        )
+        .await
+        .expect("a status");
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(
             status.message().contains("while storing uploaded data"),
@@ -468,10 +483,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_upload_behind_a_slow_disk_whose_stores_keep_finishing_goes_on() {
-        use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
         let stores = Arc::new(StoreProgress::default());
-        let layer = StallGuardLayer::new(Duration::from_millis(60), stall.clone(), stores.clone());
         // Other streams' stores take 20 ms each, one after another, for
         // far longer than the limit: the disk answers, slowly.
         let disk = stores.clone();
@@ -481,29 +494,37 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        let mut upload = layer.layer(upload_taking(1, Duration::from_millis(400)));
-        let request = upload_sent_every(Duration::ZERO, 1);
-        let response = upload.ready().await.unwrap().call(request).await;
+        let answer = through_guard(
+            Duration::from_millis(60),
+            &stall,
+            stores.clone(),
+            handler(1, Duration::from_millis(400), Duration::ZERO),
+            upload_sent_every(Duration::ZERO, 1),
+        )
+        .await;
         busy.abort();
-        assert!(status_of(&response.unwrap()).is_none());
+        assert!(answer.is_none());
         assert_eq!(stall.why(), None);
     }
 
     #[tokio::test]
     async fn an_upload_ends_once_another_call_gave_the_vault_up() {
-        use tower::{Layer, Service, ServiceExt};
         let stall = Stall::default();
-        let layer = StallGuardLayer::new(Duration::from_secs(600), stall.clone(), Arc::default());
-        // The client sends nothing more: only the other call's stall ends it.
-        let mut upload = layer.layer(upload_taking(1, Duration::ZERO));
-        let request = upload_sent_every(Duration::from_secs(600), 1);
         let given_up = stall.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             given_up.give_up(Duration::from_secs(2), "reading stored data");
         });
-        let response = upload.ready().await.unwrap().call(request).await;
-        let status = status_of(&response.unwrap()).expect("a status");
+        // The client sends nothing more: only the other call's stall ends it.
+        let status = through_guard(
+            Duration::from_secs(600),
+            &stall,
+            Arc::default(),
+            handler(1, Duration::ZERO, Duration::ZERO),
+            upload_sent_every(Duration::from_secs(600), 1),
+        )
+        .await
+        .expect("a status");
         assert!(status.message().contains("while reading stored data"));
     }
 
