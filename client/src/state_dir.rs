@@ -11,16 +11,20 @@
 //! directory that is group- or world-writable, or belongs to another user,
 //! is not used at all: the error says which and how to fix it.
 //!
-//! Only the directory itself is checked (through a symbolic link, the
-//! directory it names), not its parents: keep `state_dir` below directories
-//! others cannot rename things in, as the default (`~/.local/state/tandem`)
-//! is.
+//! Its parents are checked too, up to `/`, both along the path as
+//! configured and along the real path a symbolic link leads to: whoever may
+//! write in a parent could rename the directory away and put one of their
+//! own in its place. Each must belong to this user or root and be closed to
+//! others' writes, unless it has the sticky bit (`/tmp`), where nobody may
+//! rename what is not theirs.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Write permission for the group and for others.
 const OTHERS_WRITE: u32 = 0o022;
+/// The sticky bit: only an entry's owner may rename or delete it.
+const STICKY: u32 = 0o1000;
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,33 @@ pub enum StateDirError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A parent belongs to another user (not root), who could put another
+    /// directory in the state directory's place.
+    #[error(
+        "{parent}, a parent of the state directory {path}, belongs to user id {owner}, not to this user (id {me}) or root: its owner could put a directory of their own in the state directory's place. Set state_dir below directories of this user's or root's"
+    )]
+    ParentForeignOwner {
+        /// The state directory, as configured.
+        path: PathBuf,
+        /// The parent at fault.
+        parent: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
+        /// This process's effective user id.
+        me: u32,
+    },
+    /// Its group or everyone may rename entries in a parent (no sticky bit).
+    #[error(
+        "others may write in {parent}, a parent of the state directory {path} (mode {mode:04o}, no sticky bit), so they could put a directory of their own in its place; run `chmod go-w {parent}`, or set state_dir below directories only this user and root may write"
+    )]
+    ParentOpenToOthers {
+        /// The state directory, as configured.
+        path: PathBuf,
+        /// The parent at fault.
+        parent: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// Makes `dir` (0700, with missing parents) if it does not exist, and
@@ -91,7 +122,46 @@ pub fn ensure(dir: &Path) -> Result<(), StateDirError> {
     // what matters is who may write in the directory the files go into.
     let meta = std::fs::metadata(dir).map_err(unusable)?;
     let me = rustix::process::geteuid().as_raw();
-    judge(dir, meta.is_dir(), meta.uid(), meta.mode(), me)
+    judge(dir, meta.is_dir(), meta.uid(), meta.mode(), me)?;
+    // The parents along the path as given and along the real one.
+    let given = std::path::absolute(dir).map_err(unusable)?;
+    let real = std::fs::canonicalize(dir).map_err(unusable)?;
+    let mut seen = std::collections::HashSet::new();
+    for parent in given.ancestors().skip(1).chain(real.ancestors().skip(1)) {
+        if !seen.insert(parent.to_path_buf()) {
+            continue;
+        }
+        let meta = std::fs::metadata(parent).map_err(unusable)?;
+        judge_parent(dir, parent, meta.uid(), meta.mode(), me)?;
+    }
+    Ok(())
+}
+
+/// The rule for a parent of `dir`: owned by `me` or root, and either
+/// closed to others' writes or sticky.
+fn judge_parent(
+    dir: &Path,
+    parent: &Path,
+    owner: u32,
+    mode: u32,
+    me: u32,
+) -> Result<(), StateDirError> {
+    if owner != me && owner != 0 {
+        return Err(StateDirError::ParentForeignOwner {
+            path: dir.to_path_buf(),
+            parent: parent.to_path_buf(),
+            owner,
+            me,
+        });
+    }
+    if mode & OTHERS_WRITE != 0 && mode & STICKY == 0 {
+        return Err(StateDirError::ParentOpenToOthers {
+            path: dir.to_path_buf(),
+            parent: parent.to_path_buf(),
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 /// The rule, apart from the file system: a directory, owned by `me` or
@@ -146,6 +216,54 @@ mod tests {
             judge(dir, false, 1000, 0o100_600, 1000),
             Err(StateDirError::NotADirectory { .. })
         ));
+    }
+
+    #[test]
+    fn a_parent_others_may_rename_things_in_is_refused_unless_sticky() {
+        let (dir, parent) = (Path::new("/p/s"), Path::new("/p"));
+        assert!(judge_parent(dir, parent, 0, DIR | 0o755, 1000).is_ok());
+        assert!(judge_parent(dir, parent, 1000, DIR | 0o700, 1000).is_ok());
+        assert!(
+            judge_parent(dir, parent, 0, DIR | 0o1777, 1000).is_ok(),
+            "/tmp"
+        );
+        for mode in [0o775, 0o757, 0o777] {
+            let err = judge_parent(dir, parent, 1000, DIR | mode, 1000).unwrap_err();
+            assert!(
+                matches!(err, StateDirError::ParentOpenToOthers { mode: m, .. } if m == mode),
+                "{mode:o}: {err}"
+            );
+            assert!(err.to_string().contains("chmod go-w /p"), "{err}");
+        }
+        assert!(matches!(
+            judge_parent(dir, parent, 1001, DIR | 0o755, 1000),
+            Err(StateDirError::ParentForeignOwner { owner: 1001, .. })
+        ));
+    }
+
+    #[test]
+    fn a_state_directory_below_a_parent_others_may_write_is_refused_also_through_a_link() {
+        let base = tempfile::tempdir().unwrap();
+        let open = base.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ensure(&open.join("state")).unwrap_err();
+        assert!(
+            matches!(&err, StateDirError::ParentOpenToOthers { parent, .. } if *parent == open),
+            "{err}"
+        );
+        // Reached through a link from a safe place, the real parent counts.
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(open.join("state"), &link).unwrap();
+        let err = ensure(&link).unwrap_err();
+        assert!(
+            matches!(&err, StateDirError::ParentOpenToOthers { parent, .. } if parent.ends_with("open")),
+            "{err}"
+        );
+        // Sticky, as /tmp is, it is fine.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        ensure(&open.join("state")).expect("below a sticky directory");
+        ensure(&link).expect("through the link too");
     }
 
     #[test]

@@ -500,9 +500,24 @@ fn a_state_directory_others_may_write_is_not_trusted_and_backups_go_to_the_serve
         stderr(&sched)
     );
 
+    // Closed, but below a parent others may write (they could rename it
+    // away and put their own in its place): refused the same way.
+    chmod(0o700).unwrap();
+    let parent = client.dir.path();
+    let parent_mode = std::fs::metadata(parent).unwrap().permissions().mode() & 0o7777;
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sched = client.run(&["schedule"]);
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(parent_mode)).unwrap();
+    assert_eq!(code(&sched), 12, "{}", stderr(&sched));
+    assert!(
+        stderr(&sched).contains("TDM1073E")
+            && stderr(&sched).contains("a parent of the state directory"),
+        "{}",
+        stderr(&sched)
+    );
+
     // Once fixed, the vault catches up with what it missed: with the
     // server gone, the file backed up meanwhile comes back from it alone.
-    chmod(0o700).unwrap();
     assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
     assert_eq!(vault_state(&client)["state"], "synchronized");
     primary.kill();
