@@ -11,12 +11,15 @@
 //! directory that is group- or world-writable, or belongs to another user,
 //! is not used at all: the error says which and how to fix it.
 //!
-//! Its parents are checked too, up to `/`, both along the path as
-//! configured and along the real path a symbolic link leads to: whoever may
-//! write in a parent could rename the directory away and put one of their
-//! own in its place. Each must belong to this user or root and be closed to
-//! others' writes, unless it has the sticky bit (`/tmp`), where nobody may
-//! rename what is not theirs.
+//! Its parents are checked too, up to `/`, along the path as configured
+//! and along every symbolic link on it (each link's target and that
+//! target's parents): whoever may write in a parent could rename the
+//! directory away and put one of their own in its place, and whoever owns
+//! a link on the way could point it elsewhere. Each parent must belong to
+//! this user or root and be closed to others' writes, unless it has the
+//! sticky bit (`/tmp`), where nobody may rename what is not theirs; each
+//! link must belong to this user or root. As OpenSSH's strict modes do, a
+//! group-writable parent is refused even when the group is the user's own.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -25,6 +28,9 @@ use std::path::{Path, PathBuf};
 const OTHERS_WRITE: u32 = 0o022;
 /// The sticky bit: only an entry's owner may rename or delete it.
 const STICKY: u32 = 0o1000;
+/// Symbolic links followed on the way to the directory, at most (as the
+/// kernel's own limit).
+const MAX_LINKS: usize = 40;
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +73,11 @@ pub enum StateDirError {
         /// Its permission bits.
         mode: u32,
     },
-    /// A parent belongs to another user (not root), who could put another
-    /// directory in the state directory's place.
+    /// A parent, or a symbolic link on the way, belongs to another user
+    /// (not root), who could put another directory in the state
+    /// directory's place.
     #[error(
-        "{parent}, a parent of the state directory {path}, belongs to user id {owner}, not to this user (id {me}) or root: its owner could put a directory of their own in the state directory's place. Set state_dir below directories of this user's or root's"
+        "{parent}, on the way to the state directory {path}, belongs to user id {owner}, not to this user (id {me}) or root: its owner could put a directory of their own in the state directory's place. Set state_dir below directories (and links) of this user's or root's (run as root through sudo, use `sudo -H` so the default is root's own)"
     )]
     ParentForeignOwner {
         /// The state directory, as configured.
@@ -123,16 +130,47 @@ pub fn ensure(dir: &Path) -> Result<(), StateDirError> {
     let meta = std::fs::metadata(dir).map_err(unusable)?;
     let me = rustix::process::geteuid().as_raw();
     judge(dir, meta.is_dir(), meta.uid(), meta.mode(), me)?;
-    // The parents along the path as given and along the real one.
-    let given = std::path::absolute(dir).map_err(unusable)?;
-    let real = std::fs::canonicalize(dir).map_err(unusable)?;
+    // Every directory and link on the way: the path as given and its
+    // parents, and for each link met, its target and the target's parents.
+    let mut paths = vec![std::path::absolute(dir).map_err(unusable)?];
     let mut seen = std::collections::HashSet::new();
-    for parent in given.ancestors().skip(1).chain(real.ancestors().skip(1)) {
-        if !seen.insert(parent.to_path_buf()) {
-            continue;
+    let mut links = 0;
+    while let Some(path) = paths.pop() {
+        for step in path.ancestors() {
+            if !seen.insert(step.to_path_buf()) {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(step).map_err(unusable)?;
+            if meta.file_type().is_symlink() {
+                judge_link(dir, step, meta.uid(), me)?;
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(unusable(std::io::Error::other(format!(
+                        "more than {MAX_LINKS} symbolic links on the way"
+                    ))));
+                }
+                let target = std::fs::read_link(step).map_err(unusable)?;
+                let from = step.parent().unwrap_or(Path::new("/"));
+                paths.push(from.join(target));
+            } else {
+                // The directory itself passed the stricter rule above.
+                judge_parent(dir, step, meta.uid(), meta.mode(), me)?;
+            }
         }
-        let meta = std::fs::metadata(parent).map_err(unusable)?;
-        judge_parent(dir, parent, meta.uid(), meta.mode(), me)?;
+    }
+    Ok(())
+}
+
+/// The rule for a symbolic link on the way to `dir`: owned by `me` or root
+/// (only its owner can point it elsewhere).
+fn judge_link(dir: &Path, link: &Path, owner: u32, me: u32) -> Result<(), StateDirError> {
+    if owner != me && owner != 0 {
+        return Err(StateDirError::ParentForeignOwner {
+            path: dir.to_path_buf(),
+            parent: link.to_path_buf(),
+            owner,
+            me,
+        });
     }
     Ok(())
 }
@@ -239,6 +277,56 @@ mod tests {
             judge_parent(dir, parent, 1001, DIR | 0o755, 1000),
             Err(StateDirError::ParentForeignOwner { owner: 1001, .. })
         ));
+        // A link: only its owner can point it elsewhere.
+        assert!(judge_link(dir, parent, 1000, 1000).is_ok());
+        assert!(judge_link(dir, parent, 0, 1000).is_ok());
+        assert!(matches!(
+            judge_link(dir, parent, 1001, 1000),
+            Err(StateDirError::ParentForeignOwner { owner: 1001, .. })
+        ));
+    }
+
+    #[test]
+    fn a_link_another_user_owns_is_refused_even_in_a_sticky_directory() {
+        // Giving a link away takes root (as the tests run in CI and here).
+        if rustix::process::geteuid().as_raw() != 0 {
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let (sticky, real) = (base.path().join("sticky"), base.path().join("real"));
+        std::fs::create_dir_all(real.join("state")).unwrap();
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let link = sticky.join("state");
+        std::os::unix::fs::symlink(real.join("state"), &link).unwrap();
+        ensure(&link).expect("root's own link");
+        std::os::unix::fs::lchown(&link, Some(4242), None).unwrap();
+        let err = ensure(&link).unwrap_err();
+        assert!(
+            matches!(&err, StateDirError::ParentForeignOwner { parent, owner: 4242, .. } if *parent == link),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_link_on_the_way_leads_to_its_targets_parents_which_are_checked_too() {
+        let base = tempfile::tempdir().unwrap();
+        // base/open (0777) holds `hop`, a link to base/real; the state
+        // directory is reached through base/entry -> base/open/hop/state.
+        let (open, real) = (base.path().join("open"), base.path().join("real"));
+        std::fs::create_dir_all(real.join("state")).unwrap();
+        std::fs::create_dir(&open).unwrap();
+        std::os::unix::fs::symlink(&real, open.join("hop")).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let entry = base.path().join("entry");
+        std::os::unix::fs::symlink(open.join("hop/state"), &entry).unwrap();
+        let err = ensure(&entry).unwrap_err();
+        assert!(
+            matches!(&err, StateDirError::ParentOpenToOthers { parent, .. } if *parent == open),
+            "the link's own parent, though neither the given nor the real path's: {err}"
+        );
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure(&entry).expect("every step closed");
     }
 
     #[test]
