@@ -1012,7 +1012,7 @@ async fn dispatch(
                     // The command goes on on the server: a version the vault
                     // sends later never displaces a newer one there.
                     Err(e) => {
-                        let stalled = vault.vault_store().and_then(|c| c.stalled());
+                        let stalled = vault.vault_stalled();
                         match (e, stalled) {
                             (ClientError::SyncInterrupted(_), _) => {
                                 console
@@ -1101,11 +1101,10 @@ async fn dispatch(
     if let Some((v, dir, _)) = vault {
         // A vault that stopped answering during the command is not waited
         // for again, not even to log off: the command's own work is done.
-        let stalled = |v: &Session| v.vault_store().and_then(|c| c.stalled()).is_some();
-        if syncs_after && !stalled(&v) {
+        if syncs_after && v.vault_stalled().is_none() {
             crate::vault::synchronise(&v, &session, &dir, &options.state_dir(), console).await;
         }
-        match v.vault_store().and_then(|c| c.stalled()) {
+        match v.vault_stalled() {
             Some(why) => console.report(&Msg::vault_unusable(why), ExitStatus::Warnings),
             None => v.logoff().await,
         }

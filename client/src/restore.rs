@@ -854,7 +854,7 @@ pub async fn run(
     let mut server_order = split.server;
     // A vault that stopped answering is reported once, by the command.
     if let (Some(vault), Some(cause)) = (session.vault_beside(), vault_refused)
-        && vault.vault_store().and_then(|c| c.stalled()).is_none()
+        && vault.vault_stalled().is_none()
     {
         console.report(
             &Msg::vault_unusable(&format!("{}: {cause}", vault.info.address)),

@@ -161,8 +161,9 @@ pub fn ensure(dir: &Path) -> Result<(), StateDirError> {
     Ok(())
 }
 
-/// The rule for a symbolic link on the way to `dir`: owned by `me` or root
-/// (only its owner can point it elsewhere).
+/// The rule for a symbolic link on the way to `dir`, and for every other
+/// step's owner: `me` or root (only its owner can point a link elsewhere,
+/// or change who may write in a directory).
 fn judge_link(dir: &Path, link: &Path, owner: u32, me: u32) -> Result<(), StateDirError> {
     if owner != me && owner != 0 {
         return Err(StateDirError::ParentForeignOwner {
@@ -184,14 +185,8 @@ fn judge_parent(
     mode: u32,
     me: u32,
 ) -> Result<(), StateDirError> {
-    if owner != me && owner != 0 {
-        return Err(StateDirError::ParentForeignOwner {
-            path: dir.to_path_buf(),
-            parent: parent.to_path_buf(),
-            owner,
-            me,
-        });
-    }
+    // The owner's rule is a link's.
+    judge_link(dir, parent, owner, me)?;
     if mode & OTHERS_WRITE != 0 && mode & STICKY == 0 {
         return Err(StateDirError::ParentOpenToOthers {
             path: dir.to_path_buf(),

@@ -394,7 +394,7 @@ pub async fn push_pending(
         Err(e) => {
             // A vault that stopped answering is not written to again: the
             // record would block on the same share.
-            if vault.vault_store().and_then(|c| c.stalled()).is_none() {
+            if vault.vault_stalled().is_none() {
                 record_failure(&mut status, &server.info.name, &e.to_string(), dir);
             }
             // The vault's own errors say their directory and remedy
@@ -526,7 +526,7 @@ pub async fn synchronise(
         }
         // A vault that stopped answering is said once, by the command
         // (TDM2125W), and its directory is not written to again.
-        Err(_) if vault.vault_store().and_then(|c| c.stalled()).is_some() => {}
+        Err(_) if vault.vault_stalled().is_some() => {}
         Err(e) => {
             record_failure(&mut status, &name, &e.to_string(), dir);
             console.report(

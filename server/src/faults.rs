@@ -31,28 +31,13 @@ const PAUSE_LIMIT: Duration = Duration::from_secs(600);
 /// it (`<point>`, or `<point>:<after>` to let the first `after` passes
 /// through, for a stop in the middle of a stream).
 fn pauses_at(point: &str) -> bool {
-    static NAMED: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
-    /// Passes through the named point so far.
+    /// Passes through the named point so far (one point is named at a time).
     static PASSES: AtomicU64 = AtomicU64::new(0);
-    let named = NAMED.get_or_init(|| {
-        let spec = std::env::var(PAUSE_ENV).ok()?;
-        Some(match spec.split_once(':') {
-            Some((name, after)) => {
-                let after = after.parse().unwrap_or_else(|_| {
-                    tracing::warn!(
-                        "{PAUSE_ENV}={spec}: {after:?} is not a count; pausing at the first pass"
-                    );
-                    0
-                });
-                (name.to_string(), after)
-            }
-            None => (spec, 0),
-        })
-    });
-    match named {
-        Some((name, after)) if name == point => PASSES.fetch_add(1, Ordering::SeqCst) >= *after,
-        _ => false,
-    }
+    static SPEC: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let Some(spec) = SPEC.get_or_init(|| std::env::var(PAUSE_ENV).ok()) else {
+        return false;
+    };
+    window(spec, point).is_some_and(|(after, _)| PASSES.fetch_add(1, Ordering::SeqCst) >= after)
 }
 
 /// Pauses here when `TANDEM_FAULT_PAUSE` names `point`.
@@ -91,7 +76,7 @@ pub fn fail_point(point: &str) -> std::io::Result<()> {
     let Some(spec) = SPEC.get_or_init(|| std::env::var(FAIL_ENV).ok()) else {
         return Ok(());
     };
-    let Some((after, times)) = fail_window(spec, point) else {
+    let Some((after, times)) = window(spec, point) else {
         return Ok(());
     };
     let pass = PASSES.fetch_add(1, Ordering::Relaxed);
@@ -104,9 +89,10 @@ pub fn fail_point(point: &str) -> std::io::Result<()> {
     )))
 }
 
-/// The passes let through and then failed that `spec` gives `point`, or
-/// `None` when it names another point (or cannot be read).
-fn fail_window(spec: &str, point: &str) -> Option<(u64, u64)> {
+/// The passes let through, and then paused or failed, that a spec
+/// (`<point>[:<after>[:<times>]]`) gives `point`, or `None` when it names
+/// another point (or cannot be read).
+fn window(spec: &str, point: &str) -> Option<(u64, u64)> {
     let mut parts = spec.split(':');
     if parts.next()? != point {
         return None;
@@ -118,14 +104,14 @@ fn fail_window(spec: &str, point: &str) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::fail_window;
+    use super::window;
 
     #[test]
     fn fail_specs_name_a_point_a_start_and_a_count() {
-        assert_eq!(fail_window("disk", "disk"), Some((0, u64::MAX)));
-        assert_eq!(fail_window("disk:3", "disk"), Some((3, u64::MAX)));
-        assert_eq!(fail_window("disk:3:1", "disk"), Some((3, 1)));
-        assert_eq!(fail_window("disk:3", "other"), None);
-        assert_eq!(fail_window("disk:x", "disk"), None);
+        assert_eq!(window("disk", "disk"), Some((0, u64::MAX)));
+        assert_eq!(window("disk:3", "disk"), Some((3, u64::MAX)));
+        assert_eq!(window("disk:3:1", "disk"), Some((3, 1)));
+        assert_eq!(window("disk:3", "other"), None);
+        assert_eq!(window("disk:x", "disk"), None);
     }
 }

@@ -431,6 +431,12 @@ impl Session {
         self.vault.as_ref()
     }
 
+    /// For a vault session: why the vault was given up in this command
+    /// (it stopped answering), if it was.
+    pub fn vault_stalled(&self) -> Option<&str> {
+        self.vault.as_ref().and_then(|calls| calls.stalled())
+    }
+
     /// The local vault beside this server session, if any.
     pub fn vault_beside(&self) -> Option<&Session> {
         self.vault_beside.as_deref()

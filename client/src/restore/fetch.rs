@@ -504,7 +504,7 @@ pub(super) async fn fetch(session: Session, files: Vec<FetchJob>, tx: mpsc::Send
                         // A vault given up in this command answers nothing
                         // more: the rest go to the server at once, without
                         // a refused call per file.
-                        if let Some(why) = session.vault_store().and_then(|c| c.stalled()) {
+                        if let Some(why) = session.vault_stalled() {
                             for (job, _, _) in &files[restart_at..] {
                                 let skipped = Fetched::Skipped {
                                     job: *job,
