@@ -11,26 +11,14 @@
 //! directory that is group- or world-writable, or belongs to another user,
 //! is not used at all: the error says which and how to fix it.
 //!
-//! Its parents are checked too, up to `/`, along the path as configured
-//! and along every symbolic link on it (each link's target and that
-//! target's parents): whoever may write in a parent could rename the
-//! directory away and put one of their own in its place, and whoever owns
-//! a link on the way could point it elsewhere. Each parent must belong to
-//! this user or root and be closed to others' writes, unless it has the
-//! sticky bit (`/tmp`), where nobody may rename what is not theirs; each
-//! link must belong to this user or root. As OpenSSH's strict modes do, a
-//! group-writable parent is refused even when the group is the user's own.
+//! Its parents are checked too, up to `/`, and every symbolic link on the
+//! way ([`tandem_os::way`]): whoever may write in a parent could rename
+//! the directory away and put one of their own in its place.
 
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-/// Write permission for the group and for others.
-const OTHERS_WRITE: u32 = 0o022;
-/// The sticky bit: only an entry's owner may rename or delete it.
-const STICKY: u32 = 0o1000;
-/// Symbolic links followed on the way to the directory, at most (as the
-/// kernel's own limit).
-const MAX_LINKS: usize = 40;
+use tandem_os::way::{MAX_LINKS, OTHERS_WRITE, WayError};
 
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -130,71 +118,26 @@ pub fn ensure(dir: &Path) -> Result<(), StateDirError> {
     let meta = std::fs::metadata(dir).map_err(unusable)?;
     let me = rustix::process::geteuid().as_raw();
     judge(dir, meta.is_dir(), meta.uid(), meta.mode(), me)?;
-    // Every directory and link on the way: the path as given and its
-    // parents, and for each link met, its target and the target's parents.
-    let mut paths = vec![std::path::absolute(dir).map_err(unusable)?];
-    let mut seen = std::collections::HashSet::new();
-    let mut links = 0;
-    while let Some(path) = paths.pop() {
-        for step in path.ancestors() {
-            if !seen.insert(step.to_path_buf()) {
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(step).map_err(unusable)?;
-            if meta.file_type().is_symlink() {
-                judge_link(dir, step, meta.uid(), me)?;
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(unusable(std::io::Error::other(format!(
-                        "more than {MAX_LINKS} symbolic links on the way"
-                    ))));
-                }
-                let target = std::fs::read_link(step).map_err(unusable)?;
-                let from = step.parent().unwrap_or(Path::new("/"));
-                paths.push(from.join(target));
-            } else {
-                // The directory itself passed the stricter rule above.
-                judge_parent(dir, step, meta.uid(), meta.mode(), me)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The rule for a symbolic link on the way to `dir`, and for every other
-/// step's owner: `me` or root (only its owner can point a link elsewhere,
-/// or change who may write in a directory).
-fn judge_link(dir: &Path, link: &Path, owner: u32, me: u32) -> Result<(), StateDirError> {
-    if owner != me && owner != 0 {
-        return Err(StateDirError::ParentForeignOwner {
+    tandem_os::way::check(dir, me).map_err(|e| match e {
+        WayError::ForeignOwner { step, owner } => StateDirError::ParentForeignOwner {
             path: dir.to_path_buf(),
-            parent: link.to_path_buf(),
+            parent: step,
             owner,
             me,
-        });
-    }
-    Ok(())
-}
-
-/// The rule for a parent of `dir`: owned by `me` or root, and either
-/// closed to others' writes or sticky.
-fn judge_parent(
-    dir: &Path,
-    parent: &Path,
-    owner: u32,
-    mode: u32,
-    me: u32,
-) -> Result<(), StateDirError> {
-    // The owner's rule is a link's.
-    judge_link(dir, parent, owner, me)?;
-    if mode & OTHERS_WRITE != 0 && mode & STICKY == 0 {
-        return Err(StateDirError::ParentOpenToOthers {
+        },
+        WayError::OpenToOthers { step, mode } => StateDirError::ParentOpenToOthers {
             path: dir.to_path_buf(),
-            parent: parent.to_path_buf(),
-            mode: mode & 0o7777,
-        });
-    }
-    Ok(())
+            parent: step,
+            mode,
+        },
+        WayError::TooManyLinks => unusable(std::io::Error::other(format!(
+            "more than {MAX_LINKS} symbolic links on the way"
+        ))),
+        WayError::Unreadable { step, source } => unusable(std::io::Error::new(
+            source.kind(),
+            format!("{}: {source}", step.display()),
+        )),
+    })
 }
 
 /// The rule, apart from the file system: a directory, owned by `me` or
@@ -248,36 +191,6 @@ mod tests {
         assert!(matches!(
             judge(dir, false, 1000, 0o100_600, 1000),
             Err(StateDirError::NotADirectory { .. })
-        ));
-    }
-
-    #[test]
-    fn a_parent_others_may_rename_things_in_is_refused_unless_sticky() {
-        let (dir, parent) = (Path::new("/p/s"), Path::new("/p"));
-        assert!(judge_parent(dir, parent, 0, DIR | 0o755, 1000).is_ok());
-        assert!(judge_parent(dir, parent, 1000, DIR | 0o700, 1000).is_ok());
-        assert!(
-            judge_parent(dir, parent, 0, DIR | 0o1777, 1000).is_ok(),
-            "/tmp"
-        );
-        for mode in [0o775, 0o757, 0o777] {
-            let err = judge_parent(dir, parent, 1000, DIR | mode, 1000).unwrap_err();
-            assert!(
-                matches!(err, StateDirError::ParentOpenToOthers { mode: m, .. } if m == mode),
-                "{mode:o}: {err}"
-            );
-            assert!(err.to_string().contains("chmod go-w /p"), "{err}");
-        }
-        assert!(matches!(
-            judge_parent(dir, parent, 1001, DIR | 0o755, 1000),
-            Err(StateDirError::ParentForeignOwner { owner: 1001, .. })
-        ));
-        // A link: only its owner can point it elsewhere.
-        assert!(judge_link(dir, parent, 1000, 1000).is_ok());
-        assert!(judge_link(dir, parent, 0, 1000).is_ok());
-        assert!(matches!(
-            judge_link(dir, parent, 1001, 1000),
-            Err(StateDirError::ParentForeignOwner { owner: 1001, .. })
         ));
     }
 

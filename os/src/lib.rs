@@ -8,9 +8,13 @@
 //!   content or the new, never a mix (options pushed by a server, password
 //!   and token files, the server's private files);
 //! - [`secret_text`]: parse errors of files that hold secrets, without the
-//!   lines of the file they quote.
+//!   lines of the file they quote;
+//! - [`way`]: whether anyone but this user and root could put another
+//!   directory in the place of a private one (the client's state
+//!   directory, a server's data directory, a vault).
 
 pub mod aligned;
 pub mod atomic_file;
 pub mod malloc;
 pub mod secret_text;
+pub mod way;

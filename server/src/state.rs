@@ -76,13 +76,21 @@ pub struct ServerState {
 /// enter, or that belongs to another user (who could plant links in it that
 /// this process would then write through).
 fn refuse_shared_data_dir(dir: &Path) -> Result<(), ServerError> {
+    refuse_shared_dir(dir, "data dir")
+}
+
+/// Refuses `dir` (named `what` in the error) when another user owns it,
+/// may enter it, or could put another directory in its place: it holds
+/// backup data, which others must not read, and a directory of theirs
+/// could hold links this process would write through.
+pub(crate) fn refuse_shared_dir(dir: &Path, what: &str) -> Result<(), ServerError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(dir)
-        .map_err(setup_err(format!("cannot read data dir {}", dir.display())))?;
+        .map_err(setup_err(format!("cannot read {what} {}", dir.display())))?;
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
         return Err(ServerError::FailedPrecondition(format!(
-            "data dir {} belongs to uid {}, not to this process's user (uid {me}); give it to this user (`chown`) or use a directory of its own",
+            "{what} {} belongs to uid {}, not to this process's user (uid {me}); give it to this user (`chown`) or use a directory of its own",
             dir.display(),
             meta.uid()
         )));
@@ -90,13 +98,42 @@ fn refuse_shared_data_dir(dir: &Path) -> Result<(), ServerError> {
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(ServerError::FailedPrecondition(format!(
-            "data dir {} is open to other users (mode {:o}); run `chmod 700 {}` and start again",
+            "{what} {} is open to other users (mode {:o}); run `chmod 700 {}` and start again",
             dir.display(),
             mode & 0o7777,
             dir.display()
         )));
     }
-    Ok(())
+    refuse_replaceable(dir, what, me)
+}
+
+/// Refuses `dir` (a data dir or a pool's directory, named `what`) when a
+/// parent or a link on the way to it lets another user put a directory of
+/// their own in its place ([`tandem_os::way`]): this process would then
+/// serve, and write into, whatever that user prepared.
+fn refuse_replaceable(dir: &Path, what: &str, me: u32) -> Result<(), ServerError> {
+    use tandem_os::way::WayError;
+    let shown = dir.display();
+    let why = match tandem_os::way::check(dir, me) {
+        Ok(()) => return Ok(()),
+        Err(WayError::ForeignOwner { step, owner }) => format!(
+            "{}, on the way to {what} {shown}, belongs to uid {owner}, not to this process's user (uid {me}) or root: its owner could put a directory of their own in its place; keep {what} below directories (and links) of this user's or root's",
+            step.display()
+        ),
+        Err(WayError::OpenToOthers { step, mode }) => format!(
+            "others may write in {step}, a parent of {what} {shown} (mode {mode:04o}, no sticky bit), so they could put a directory of their own in its place; run `chmod go-w {step}`, or keep {what} below directories only this user and root may write",
+            step = step.display()
+        ),
+        Err(WayError::TooManyLinks) => format!(
+            "more than {} symbolic links on the way to {what} {shown}",
+            tandem_os::way::MAX_LINKS
+        ),
+        Err(WayError::Unreadable { step, source }) => format!(
+            "cannot look at {}, on the way to {what} {shown}: {source}",
+            step.display()
+        ),
+    };
+    Err(ServerError::FailedPrecondition(why))
 }
 
 /// The directories inside a data dir that the store writes into.

@@ -119,6 +119,22 @@ fn server_and_client_files_are_private() {
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("chmod 700"), "{}", stderr(&out));
 
+    // Private, but below a directory others may write: they could rename
+    // it away and put a directory of theirs in its place.
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let below = parent.path().join("data");
+    std::fs::create_dir(&below).unwrap();
+    std::fs::set_permissions(&below, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = start_on(&below, &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!("run `chmod go-w {}`", parent.path().display())),
+        "{said}"
+    );
+    assert!(!below.join("catalog.db").exists());
+
     // A data dir reached through a link of our own is fine (SQLite is told
     // to refuse links, so the server resolves the directory first).
     let real = tempfile::tempdir().unwrap();

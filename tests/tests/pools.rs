@@ -3,6 +3,7 @@
 //! real `s3s-fs`), real clients whose nodes send their data to different
 //! pools, `update node --pool`, expiration, audits and restarts.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -271,6 +272,8 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
         holds(&tape, &marker),
         "alice's data is in the TAPE directory"
     );
+    let mode = std::fs::metadata(&tape).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "made for the server's user alone");
     let sizes = |dir: &Path| -> Vec<(PathBuf, u64)> {
         container_files(dir)
             .into_iter()
@@ -306,7 +309,7 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
     // Two pools of one server on one directory, even by another path (a
     // symbolic link), are refused before either writes anything there.
     let twice = outside.path().join("twice");
-    std::fs::create_dir(&twice).unwrap();
+    private_dir(&twice);
     let alias = outside.path().join("alias");
     std::os::unix::fs::symlink(&twice, &alias).unwrap();
     let (one, other) = (path_str(&twice), path_str(&alias));
@@ -323,10 +326,10 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
     // A claim file that is not ours, and an unclaimed directory that
     // already holds containers, are refused and left as they were.
     let forged = outside.path().join("forged");
-    std::fs::create_dir(&forged).unwrap();
+    private_dir(&forged);
     std::fs::write(forged.join("tandem-pool.json"), "{\"server_guid\": 7}").unwrap();
     let used = outside.path().join("used");
-    std::fs::create_dir(&used).unwrap();
+    private_dir(&used);
     std::fs::write(used.join("00000001.tdc"), b"someone else's records").unwrap();
     for (dir, wanted) in [
         (&forged, "is not a pool claim Tandem wrote"),
@@ -349,6 +352,34 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
     assert_eq!(
         std::fs::read_to_string(forged.join("tandem-pool.json")).unwrap(),
         "{\"server_guid\": 7}"
+    );
+    // A pool directory others may enter, or one whose parent others may
+    // write (they could put a directory of theirs in its place), is
+    // refused before anything is written there.
+    let refused_for = |dir: &Path| {
+        let dir_text = path_str(dir);
+        let refused = TestServer::try_start_with(
+            "SIXTH",
+            &[("TANDEM_SERVER_POOLS__X__DIRECTORY", dir_text.as_str())],
+        );
+        assert!(!dir.join("tandem-pool.json").exists(), "{refused}");
+        refused
+    };
+    let open = outside.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let refused = refused_for(&open);
+    assert!(
+        refused.contains("is open to other users (mode 755)"),
+        "{refused}"
+    );
+    let below_open = open.join("pool");
+    private_dir(&below_open);
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = refused_for(&below_open);
+    assert!(
+        refused.contains(&format!("run `chmod go-w {}`", open.display())),
+        "{refused}"
     );
     // An unknown pool name in a query is refused with the pools there are.
     let out = server.admin(&["query", "stgpool", "nosuch"]);
@@ -779,4 +810,11 @@ fn a_restore_reads_another_pool_s_copy_while_the_bucket_does_not_answer() {
     s3.restart();
     alice.restore_once_answered(&format!("{}/*", path_str(&own)), &work.path().join("probe"));
     alice.restore_same(&own, &work.path().join("after"));
+}
+
+/// A directory for this user alone, as an administrator prepares one for a
+/// pool.
+fn private_dir(dir: &Path) {
+    std::fs::create_dir(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 }

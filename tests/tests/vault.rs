@@ -325,7 +325,11 @@ fn a_vault_that_cannot_be_created_leaves_backups_to_the_server() {
 /// is refused, with `why` in the warning.
 fn backup_refusing_the_vault(client: &TestClient, src: &Path, why: &str) {
     // Something new to back up, so the vault is written to (and opened).
-    std::fs::write(src.join(format!("new-{why}")), why).unwrap();
+    let name: String = why
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::fs::write(src.join(format!("new-{name}")), why).unwrap();
     let out = client.run(&["--json", "incremental", &path_str(src)]);
     assert_eq!(code(&out), 8, "{}", stderr(&out));
     assert!(
@@ -403,6 +407,19 @@ fn a_vault_directory_with_planted_links_or_of_another_user_is_refused_and_nothin
         std::os::unix::fs::chown(&vault, Some(0), Some(0)).unwrap();
         assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
     }
+    // One whose parent others may write: they could put another vault in
+    // its place, one whose versions a restore would then believe.
+    use std::os::unix::fs::PermissionsExt;
+    let parent = vault.parent().unwrap();
+    let mode = std::fs::metadata(parent).unwrap().permissions().mode();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    backup_refusing_the_vault(
+        &client,
+        &src,
+        &format!("run `chmod go-w {}`", parent.display()),
+    );
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode)).unwrap();
+    assert_success(&client.run(&["incremental", &path_str(&src)]), "backup");
 }
 
 /// The names and contents of the client's records in `dir` (all its files

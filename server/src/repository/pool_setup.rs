@@ -4,6 +4,7 @@
 //! container numbers each pool must not take again.
 
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -88,10 +89,19 @@ pub(super) fn prepare<'a>(
             None => (pools.default, "pool".to_string()),
         };
         let dir = pool_dir(data_dir, name, config);
-        std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        // As the data dir: for this user alone, since it holds backup data.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| StorageError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        if config.directory.is_some() {
+            // One inside the data dir is covered by the data dir's checks.
+            crate::state::refuse_shared_dir(&dir, &format!("the directory of [{table}]"))?;
+        }
         let id = ids[name];
         places.push(Place {
             id,
