@@ -55,7 +55,9 @@ fn taken_at(name: &str, server: &str) -> Option<DateTime<Utc>> {
 /// the schedule or the retention). Blocks for as long as the copy takes.
 ///
 /// # Errors
-/// [`ServerError::InvalidArgument`] for an unusable `dir`; catalog errors.
+/// [`ServerError::InvalidArgument`] for an unusable `dir`,
+/// [`ServerError::FailedPrecondition`] for one others could replace or
+/// write in; catalog errors.
 pub fn take(catalog: &Catalog, server: &str, dir: &Path) -> Result<DbBackupTaken, ServerError> {
     if !dir.is_absolute() || !dir.is_dir() {
         return Err(ServerError::InvalidArgument(format!(
@@ -63,6 +65,13 @@ pub fn take(catalog: &Catalog, server: &str, dir: &Path) -> Result<DbBackupTaken
             dir.display()
         )));
     }
+    // Whoever could replace the directory or its copies could hand a
+    // recovery a catalog of their making.
+    crate::state::refuse_replaceable(
+        dir,
+        "the catalog copies' directory",
+        nix::unistd::geteuid().as_raw(),
+    )?;
     let path = dir.join(copy_name(server, Utc::now()));
     let partial = PathBuf::from(format!("{}.partial", path.display()));
     let written = catalog

@@ -107,11 +107,12 @@ pub(crate) fn refuse_shared_dir(dir: &Path, what: &str) -> Result<(), ServerErro
     refuse_replaceable(dir, what, me)
 }
 
-/// Refuses `dir` (a data dir or a pool's directory, named `what`) when a
-/// parent or a link on the way to it lets another user put a directory of
-/// their own in its place ([`tandem_os::way`]): this process would then
-/// serve, and write into, whatever that user prepared.
-fn refuse_replaceable(dir: &Path, what: &str, me: u32) -> Result<(), ServerError> {
+/// Refuses `dir` (a data dir, a pool's directory, where catalog copies go;
+/// named `what`) when it or a parent or a link on the way to it lets
+/// another user put a directory of their own in its place
+/// ([`tandem_os::way`]): this process would then serve, and write into,
+/// whatever that user prepared.
+pub(crate) fn refuse_replaceable(dir: &Path, what: &str, me: u32) -> Result<(), ServerError> {
     use tandem_os::way::WayError;
     let shown = dir.display();
     let why = match tandem_os::way::check(dir, me) {
@@ -121,7 +122,7 @@ fn refuse_replaceable(dir: &Path, what: &str, me: u32) -> Result<(), ServerError
             step.display()
         ),
         Err(WayError::OpenToOthers { step, mode }) => format!(
-            "others may write in {step}, a parent of {what} {shown} (mode {mode:04o}, no sticky bit), so they could put a directory of their own in its place; run `chmod go-w {step}`, or keep {what} below directories only this user and root may write",
+            "others may write in {step} (mode {mode:04o}, no sticky bit), on the way to {what} {shown}, so they could replace what this server keeps there; run `chmod go-w {step}`, or keep {what} below directories only this user and root may write",
             step = step.display()
         ),
         Err(WayError::TooManyLinks) => format!(
