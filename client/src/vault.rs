@@ -9,6 +9,7 @@
 //! library only decides *when* the vault is used; it never links the server.
 
 pub mod calls;
+pub mod matched;
 pub mod own;
 pub mod pulled;
 pub mod revision;
@@ -433,6 +434,28 @@ pub async fn synchronise(
             return;
         }
     };
+    let vault_guid = vault.info.guid;
+    if !status.offline_writes && !status.reclaim_pending {
+        let checked_at = crate::db::now_ns();
+        if still_matches(vault, server, state_dir).await {
+            // Nothing changed on either side since the vault last matched
+            // the server: it matches it now too.
+            status.pull_pending = false;
+            status.pulled_at_ns = checked_at;
+            status.last_sync_ns = crate::db::now_ns();
+            status.last_error.clear();
+            status.failing_since_ns = 0;
+            if let Err(e) = status.save(dir) {
+                console.report(&Msg::vault_sync_failed(&name, &e), ExitStatus::Warnings);
+            }
+            return;
+        }
+    }
+    // A sync cut short must leave no record that it matched.
+    if let Err(e) = matched::forget(state_dir, vault_guid) {
+        console.report(&Msg::vault_sync_failed(&name, &e), ExitStatus::Warnings);
+        return;
+    }
     // Until the pull completes the vault lacks what the command did (a
     // command that wrote through has said so already: `expect_pull`).
     if !status.pull_pending {
@@ -458,8 +481,7 @@ pub async fn synchronise(
         // What the pull may copy is recorded first (with what was vouched
         // for already), so a pull cut short leaves nothing it copied
         // unvouched for.
-        let on_server = sync::list_versions(server).await?;
-        let vault_guid = vault.info.guid;
+        let (token, on_server) = sync::list_versions_with_token(server).await?;
         let mut before: std::collections::HashMap<_, _> =
             vouched.pulled.take().map(|p| p.ids).unwrap_or_default();
         before.extend(on_server.iter().map(|(id, v)| (*id, own::pulled_digest(v))));
@@ -476,11 +498,11 @@ pub async fn synchronise(
         pulled::save(state_dir, vault_guid, server.info.guid, &pulled.held)
             .map_err(|e| vault_error(dir, e))?;
         own::clear(state_dir, vault_guid).map_err(|e| vault_error(dir, e))?;
-        Ok::<_, ClientError>((pushed, pulled, started))
+        Ok::<_, ClientError>((pushed, pulled, started, token))
     }
     .await;
     match outcome {
-        Ok((pushed, pulled, started)) => {
+        Ok((pushed, pulled, started, token)) => {
             if pulled.kept > 0 {
                 console.report(
                     &Msg::vault_keeps_extra(&name, pulled.kept),
@@ -488,6 +510,7 @@ pub async fn synchronise(
                 );
             }
             let unvouched = pushed.unvouched.max(pulled.unvouched);
+            let clean = pulled.kept == 0 && unvouched == 0;
             if unvouched > 0 {
                 console.report(
                     &Msg::vault_unvouched(
@@ -520,6 +543,20 @@ pub async fn synchronise(
                 status.reclaim_pending = false;
                 let _ = status.save(dir);
             }
+            // A clean copy: the next command needs only the token to know
+            // whether anything changed. Kept or unvouched versions are said
+            // again by the next sync instead.
+            if clean && token != 0 {
+                let record = matched::Match {
+                    server_guid: server.info.guid.to_string(),
+                    token,
+                    revision: status.revision,
+                    at_ns: crate::db::now_ns(),
+                };
+                if let Err(e) = matched::save(state_dir, vault_guid, &record) {
+                    console.report(&Msg::vault_sync_failed(&name, &e), ExitStatus::Warnings);
+                }
+            }
         }
         Err(ClientError::SyncInterrupted(_)) => {
             console.audit(&Msg::vault_sync_interrupted(dir, &name));
@@ -534,6 +571,30 @@ pub async fn synchronise(
                 ExitStatus::Warnings,
             );
         }
+    }
+}
+
+/// Whether the vault still matches `server` as at its last clean sync
+/// ([`matched`]): the same server and change token, and no write to the
+/// vault since. Any doubt (no record, a failed call) is a no.
+async fn still_matches(vault: &Session, server: &Session, state_dir: &Path) -> bool {
+    let Some(record) = matched::load(state_dir, vault.info.guid) else {
+        return false;
+    };
+    // What the vault may push is decided by the pull's record: without it,
+    // a full sync writes it again.
+    if !pulled::path(state_dir, vault.info.guid).exists() {
+        return false;
+    }
+    let Some(revision) = revision::load(state_dir)
+        .ok()
+        .and_then(|r| r.of(vault.info.guid))
+    else {
+        return false;
+    };
+    match sync::change_token_and_filespaces(server).await {
+        Ok((token, _)) => record.holds(server.info.guid, token, revision, crate::db::now_ns()),
+        Err(_) => false,
     }
 }
 

@@ -15,6 +15,7 @@
 mod actlog;
 mod admins;
 mod archives;
+mod changes;
 mod chunks;
 mod damage;
 mod dbcopy;
@@ -194,6 +195,7 @@ impl Catalog {
         dirs::add_column(&conn, "chunks", "owner", "INTEGER NOT NULL DEFAULT 0")?;
         dirs::add_column(&conn, "nodes", "retver", "INTEGER")?;
         dirs::add_column(&conn, "nodes", "pool_id", "INTEGER NOT NULL DEFAULT 0")?;
+        dirs::add_column(&conn, "nodes", "change_token", "INTEGER NOT NULL DEFAULT 0")?;
         if let Some(copies) = chunks::key_by_pool(&mut conn)? {
             tracing::info!(
                 "the chunk index now keeps one row per storage pool: {copies} chunk(s) moved to the default pool's key"

@@ -13,6 +13,9 @@
 # log stay in $WORK/logs. Talks only to 127.0.0.1.
 #
 #   tests/bench/vault.sh          REPS (default 3); SMALL/MEDIUM/LARGE/LARGE_MIB size the data
+#   DATASET=smalltree tests/bench/vault.sh
+#                                 issue 21's tree of 80,000 small files instead (~0.6 GB), where
+#                                 the vault's per-file catalog work weighs most
 #   SERVER_STORE=/dev/shm tests/bench/vault.sh
 #                                 the server's data on tmpfs, standing in for a server on its own
 #                                 machine: the vault then has the disk to itself, as on a client
@@ -63,7 +66,11 @@ stop_server() {
 }
 
 DATA=$WORK/data
-python3 "$ROOT/tests/bench/dataset.py" generate "$DATA"
+case ${DATASET:-mixed} in
+  mixed) python3 "$ROOT/tests/bench/dataset.py" generate "$DATA" ;;
+  smalltree) python3 "$ROOT/tests/bench/dataset.py" generate-smalltree "$DATA" ;;
+  *) echo "DATASET must be mixed or smalltree, not '$DATASET'" >&2; exit 2 ;;
+esac
 echo "data: $(du -sh "$DATA" | cut -f1)"
 echo "server data in $(primary_data_dir)${PRIMARY_STORE:+ (its own storage)}; vault in $WORK/vault"
 T="$BIN/tandem --options $WORK/tandem.toml --quiet"
@@ -103,11 +110,18 @@ T1="$BIN/tandem --options $WORK/tandem.toml --json"
 timed "backup after 1%, with vault" $T1 incremental "$DATA"
 python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f'  backup after 1%: {r[\"backed_up\"]} versions, {r[\"bytes_sent\"]} bytes sent')" "$WORK/last.out"
 grep -o 'Local vault synchronized.*' "$WORK/state/dsierror.log" | tail -n 1 | sed 's/^/  /'
+grep -v '^vault_dir' "$WORK/tandem.toml" > "$WORK/novault.toml"
+chmod 600 "$WORK/novault.toml"   # it holds the password
+TN="$BIN/tandem --options $WORK/novault.toml --quiet"
+# Unchanged incrementals with the synchronized vault and without it in
+# turn: what the sync at the end of every command costs when nothing moved.
+for pair in 1 2 3; do
+  timed "unchanged incr, vault" $T incremental "$DATA"
+  timed "unchanged incr, server" $TN incremental "$DATA"
+done
 # Restores back to back from one server, with the synchronized vault and
 # without it in turn: the fresh-server rounds above drift with the disk's
 # writeback, pairs on one setup compare the two sources more fairly.
-grep -v '^vault_dir' "$WORK/tandem.toml" > "$WORK/novault.toml"
-TN="$BIN/tandem --options $WORK/novault.toml --quiet"
 for pair in 1 2 3; do
   timed "paired restore, vault" $TV restore "$DATA/*" "$WORK/paired-$pair-vault" --subdir
   grep -q TDM2126I "$WORK/last.err" || { echo "the restore did not come from the vault"; exit 1; }
@@ -129,5 +143,7 @@ for name in rows:
 print(f"backup server + vault / server alone: {med('backup, server vault') / med('backup, server alone'):.2f}x")
 print(f"restore from vault / from server:     {med('restore from the vault') / med('restore from the server'):.2f}x")
 print(f"paired restores, vault / server:      {med('paired restore, vault') / med('paired restore, server'):.2f}x")
+print(f"unchanged incremental, vault / server: {med('unchanged incr, vault') / med('unchanged incr, server'):.2f}x"
+      f" (peak RSS {med('unchanged incr, vault', 1) / 1024:.0f} against {med('unchanged incr, server', 1) / 1024:.0f} MiB)")
 PY
 rm -rf "$WORK"/restore-* "$WORK"/paired-*   # kept until now (see above)

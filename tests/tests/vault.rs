@@ -1660,3 +1660,73 @@ fn a_vault_write_failing_mid_backup_leaves_the_server_complete_and_the_vault_cat
     let restored = restore_whole_tree(&client, &src, &out);
     assert_eq!(restored["failed"], 0, "{restored}");
 }
+
+#[test]
+fn a_command_after_which_nothing_changed_on_the_server_moves_nothing_and_lists_nothing() {
+    let primary = TestServer::start("PRIMARY");
+    primary.register("olga", "olga-password");
+    let client = TestClient::new(&primary, "olga", "olga-password");
+    let work = tempfile::tempdir().unwrap();
+    with_vault(&client, work.path());
+    let src = work.path().join("src");
+    make_tree(&src);
+    client.json(&["incremental", &path_str(&src)]);
+    // The file gets a second version, so it has an inactive one.
+    let file = src.join("docs/sub 0/file-3.txt");
+    std::fs::write(&file, b"changed\n").unwrap();
+    client.json(&["incremental", &path_str(&src)]);
+    let record = pull_record(&client);
+    // Every pull writes the record anew (its inode may be reused, its
+    // modification time is new).
+    let written = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    let pulled_at = written(&record);
+    let matched = std::fs::read_dir(client.dir.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("vault-match-"))
+        .expect("a clean sync records where the vault matched the server");
+
+    // An incremental that changes nothing on the server: its sync asks for
+    // the node's change token only, and the pull's record is not written
+    // again (every pull replaces it whole).
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(written(&record), pulled_at, "no pull ran");
+    assert_eq!(vault_state(&client)["state"], "synchronized");
+
+    // Another installation of the node deletes the file's inactive version
+    // on the server: the token changes, and the next sync pulls that.
+    let elsewhere = TestClient::new(&primary, "olga", "olga-password");
+    assert_success(
+        &elsewhere.run(&[
+            "delete",
+            "backup",
+            &path_str(&file),
+            "--deltype",
+            "inactive",
+            "--yes",
+        ]),
+        "delete backup elsewhere",
+    );
+    let logged = client.error_log().lines().count();
+    client.json(&["incremental", &path_str(&src)]);
+    let pulled_again = written(&record);
+    assert_ne!(pulled_again, pulled_at, "a pull ran");
+    let log = client.error_log();
+    let synced: Vec<&str> = log
+        .lines()
+        .skip(logged)
+        .filter(|l| l.contains("TDM2123I"))
+        .collect();
+    assert!(
+        synced.len() == 1 && synced[0].contains("1 removed"),
+        "{log}"
+    );
+    assert!(matched.exists(), "recorded again after the clean pull");
+    client.json(&["incremental", &path_str(&src)]);
+    assert_eq!(written(&record), pulled_again, "nothing changed since");
+
+    // The vault, alone, holds the file's one version left, as the server.
+    drop(primary);
+    let listed = client.json(&["query", "backup", &path_str(&file), "--inactive"]);
+    assert_eq!(listed.as_array().expect("rows").len(), 1, "{listed}");
+}

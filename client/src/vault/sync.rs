@@ -70,14 +70,20 @@ fn refused(session: &Session, what: &'static str) -> impl FnOnce(tonic::Status) 
 pub async fn list_versions(
     session: &Session,
 ) -> Result<HashMap<ObjectId, pb::ObjectVersion>, ClientError> {
+    Ok(list_versions_with_token(session).await?.1)
+}
+
+/// The session's change token for the node ([`crate::vault::matched`]; 0
+/// when unknown), read before the listing, and [`list_versions`].
+///
+/// # Errors
+/// Session failures.
+pub async fn list_versions_with_token(
+    session: &Session,
+) -> Result<(i64, HashMap<ObjectId, pb::ObjectVersion>), ClientError> {
+    let (token, filespaces) = change_token_and_filespaces(session).await?;
     let what = "listing the node's versions";
     let mut client = session.client();
-    let filespaces = client
-        .query_filespaces(session.request(pb::QueryFilespacesRequest {}))
-        .await
-        .map_err(refused(session, what))?
-        .into_inner()
-        .filespaces;
     let mut out = HashMap::new();
     for fs in filespaces {
         let mut stream = client
@@ -98,7 +104,24 @@ pub async fn list_versions(
             }
         }
     }
-    Ok(out)
+    Ok((token, out))
+}
+
+/// The session's change token for the node (0: unknown) and its
+/// filespaces, in one call: the server reads the token first.
+///
+/// # Errors
+/// Session failures.
+pub async fn change_token_and_filespaces(
+    session: &Session,
+) -> Result<(i64, Vec<pb::Filespace>), ClientError> {
+    let reply = session
+        .client()
+        .query_filespaces(session.request(pb::QueryFilespacesRequest {}))
+        .await
+        .map_err(refused(session, "listing the node's filespaces"))?
+        .into_inner();
+    Ok((reply.change_token, reply.filespaces))
 }
 
 fn object_id(raw: &[u8]) -> Result<ObjectId, ClientError> {

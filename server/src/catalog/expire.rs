@@ -35,8 +35,8 @@ impl Catalog {
         // active again before its deletion is kept (`delete_versions`).
         let conn = self.scan_connection()?;
         let mut stmt = conn.prepare(
-            "SELECT id, object_id FROM (
-               SELECT o.id, o.object_id, o.active, o.expiring, o.deactivated_ns,
+            "SELECT id, object_id, node_id FROM (
+               SELECT o.id, o.object_id, f.node_id, o.active, o.expiring, o.deactivated_ns,
                  row_number() OVER (PARTITION BY o.dir_id, o.name
                                     ORDER BY o.active DESC, o.backup_ns DESC) AS rank,
                  max(o.active) OVER (PARTITION BY o.dir_id, o.name) AS has_active,
@@ -65,6 +65,7 @@ impl Catalog {
                     Ok(ExpiredVersion {
                         row: r.get(0)?,
                         object_id: r.get(1)?,
+                        node: r.get(2)?,
                     })
                 },
             )?
@@ -83,20 +84,42 @@ impl Catalog {
         self.delete_in_batches(
             expired,
             "DELETE FROM objects WHERE id = ?1 AND object_id = ?2 AND active = 0",
+            |v| v.node,
             |stmt, v| stmt.execute(params![v.row, v.object_id]),
         )
     }
 
-    /// Runs `sql` once per item, `DELETE_BATCH` to a transaction, then
-    /// drops the directory rows no version uses any more; returns the rows
-    /// deleted.
+    /// Runs `sql` once per item (a version, of node `node_of(item)`),
+    /// `DELETE_BATCH` to a transaction that also draws a new change token
+    /// for each node that lost a version, then drops the directory rows no
+    /// version uses any more; returns the rows deleted.
     fn delete_in_batches<T>(
         &self,
         items: &[T],
         sql: &str,
-        delete_one: impl FnMut(&mut rusqlite::CachedStatement<'_>, &T) -> rusqlite::Result<usize>,
+        node_of: impl Fn(&T) -> i64,
+        mut delete_one: impl FnMut(&mut rusqlite::CachedStatement<'_>, &T) -> rusqlite::Result<usize>,
     ) -> Result<u64, CatalogError> {
-        let deleted = self.delete_rows_in_batches(items, sql, delete_one)?;
+        let mut deleted = 0u64;
+        for batch in items.chunks(DELETE_BATCH) {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let mut changed = std::collections::BTreeSet::new();
+            {
+                let mut stmt = tx.prepare_cached(sql)?;
+                for item in batch {
+                    let rows = delete_one(&mut stmt, item)? as u64;
+                    if rows > 0 {
+                        changed.insert(node_of(item));
+                        deleted += rows;
+                    }
+                }
+            }
+            for node in changed {
+                super::changes::node_changed(&tx, node)?;
+            }
+            tx.commit()?;
+        }
         if deleted > 0 {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
@@ -269,6 +292,9 @@ impl Catalog {
             "DELETE FROM objects WHERE dir_id IN (SELECT id FROM dirs WHERE filespace_id = ?1)",
             [id],
         )? as u64;
+        if versions > 0 {
+            super::changes::node_changed(&tx, node_id)?;
+        }
         let archives = tx.execute("DELETE FROM archives WHERE filespace_id = ?1", [id])? as u64;
         tx.execute("DELETE FROM filespaces WHERE id = ?1", [id])?;
         tx.commit()?;
@@ -283,6 +309,8 @@ pub struct ExpiredVersion {
     pub row: i64,
     /// Its object id, which no other version ever takes (a row id may be).
     pub object_id: Vec<u8>,
+    /// Its node, whose change token the deletion renews.
+    pub node: i64,
 }
 
 /// One version an expiration would delete, as a preview lists it.
@@ -440,6 +468,7 @@ impl Catalog {
             object_ids,
             "DELETE FROM objects WHERE object_id = ?1
                AND filespace_id IN (SELECT id FROM filespaces WHERE node_id = ?2)",
+            |_| node_id,
             |stmt, id| stmt.execute(params![id.0.as_slice(), node_id]),
         )
     }

@@ -559,6 +559,10 @@ impl Catalog {
                 limit_inactive(&tx, dir_id, name, policy.verdeleted)?;
             }
         }
+        // Hiding versions beyond the limit comes only with one of these.
+        if counts.stored > 0 || counts.deactivated > 0 {
+            super::changes::node_changed(&tx, node_id)?;
+        }
         tx.commit()?;
         Ok(counts)
     }

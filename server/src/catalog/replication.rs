@@ -463,6 +463,9 @@ impl Catalog {
                 ])? as u64;
             }
         }
+        if updated > 0 {
+            super::changes::node_changed(&tx, node_id)?;
+        }
         tx.commit()?;
         Ok(updated)
     }
@@ -492,6 +495,9 @@ impl Catalog {
             for (id, at_ns) in deactivations {
                 changed += stmt.execute(params![node_id, id.0.as_slice(), at_ns])? as u64;
             }
+        }
+        if changed > 0 {
+            super::changes::node_changed(&tx, node_id)?;
         }
         tx.commit()?;
         Ok(changed)
@@ -617,6 +623,9 @@ impl Catalog {
                 stored += 1;
             }
         }
+        if stored > 0 {
+            super::changes::node_changed(&tx, node_id)?;
+        }
         tx.commit()?;
         Ok(stored)
     }
@@ -640,6 +649,7 @@ impl Catalog {
         }
         if deleted > 0 {
             delete_unused_dirs(&tx)?;
+            super::changes::node_changed(&tx, node_id)?;
         }
         tx.commit()?;
         Ok(deleted)

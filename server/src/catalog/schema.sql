@@ -23,7 +23,14 @@ CREATE TABLE IF NOT EXISTS nodes (
     replrule       TEXT NOT NULL DEFAULT 'all_data',  -- all_data | active_data | none
     last_repl_ns   INTEGER NOT NULL DEFAULT 0,        -- last successful run (source or target)
     repl_server    TEXT NOT NULL DEFAULT '',          -- source: target of that run; target: source
-    pool_id        INTEGER NOT NULL DEFAULT 0         -- pools.id: where its new data goes
+    pool_id        INTEGER NOT NULL DEFAULT 0,        -- pools.id: where its new data goes
+    -- A random number drawn afresh in the transaction of every change to
+    -- the node's versions (new, made inactive or hidden, deleted), so a
+    -- client's vault can tell that nothing changed since its last pull
+    -- without listing every version. 0: no change seen yet. Random rather
+    -- than counted, so a catalog restored from an older copy never repeats
+    -- a value a client saw for another state.
+    change_token   INTEGER NOT NULL DEFAULT 0
 );
 
 -- Storage pools by the names the configuration gives them (TSM's storage

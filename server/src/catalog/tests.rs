@@ -311,6 +311,7 @@ fn expiring_every_version_of_a_directory_removes_its_row() {
             Ok(ExpiredVersion {
                 row: r.get(0)?,
                 object_id: r.get(1)?,
+                node,
             })
         })
         .expect("query")
@@ -1390,4 +1391,105 @@ fn a_checkpoint_after_a_backup_does_not_wait_for_a_scans_old_snapshot() {
         .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
         .unwrap();
     assert_eq!(timeout, 30_000);
+}
+
+#[test]
+fn every_change_to_a_nodes_versions_draws_a_new_change_token_and_nothing_else_does() {
+    use crate::model::StoredVersion;
+    use tandem_proto::ObjectId;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (catalog, node) = new_catalog(&dir);
+    let other = register(&catalog, "N2");
+    let token = |n| catalog.change_token(n).expect("token");
+    let mut last = token(node);
+    assert_eq!(last, 0, "none drawn yet");
+    let mut changed = |what: &str, expected: bool| {
+        let now = token(node);
+        assert_eq!(now != last, expected, "{what}: {last} -> {now}");
+        last = now;
+    };
+    catalog
+        .commit_objects(node, "/", &[version("/a"), version("/b")], &[], 100)
+        .expect("commit");
+    changed("new versions", true);
+    catalog
+        .commit_objects(node, "/", &[], &["/nosuch".to_string()], 150)
+        .expect("commit");
+    changed("a backup that changed nothing", false);
+    catalog
+        .commit_objects(node, "/", &[], &["/a".to_string()], 200)
+        .expect("commit");
+    changed("a deactivation", true);
+    let stored = |id: u8, path: &str| StoredVersion {
+        object_id: ObjectId([id; 16]),
+        filespace: "/".into(),
+        attrs: attrs(path, crate::model::ObjectKind::File),
+        backup_ns: 300,
+        active: true,
+        deactivated_ns: 0,
+        chunks: Vec::new(),
+    };
+    catalog
+        .put_replicated(node, &[stored(7, "/r")])
+        .expect("put");
+    changed("a replicated version", true);
+    catalog
+        .put_replicated(node, &[stored(7, "/r")])
+        .expect("put");
+    changed("one the replica had", false);
+    catalog
+        .deactivate_versions(node, &[(ObjectId([7; 16]), 400)])
+        .expect("deactivate");
+    changed("a vault's deactivation", true);
+    catalog
+        .apply_states(
+            node,
+            &[tandem_replication::ObjectState {
+                object_id: ObjectId([7; 16]),
+                active: false,
+                deactivated_ns: 450,
+            }],
+        )
+        .expect("states");
+    changed("a replica's state", true);
+    catalog
+        .delete_replicated(node, &[ObjectId([7; 16])])
+        .expect("delete");
+    changed("a replica's deletion", true);
+    // Expiration: /a, inactive since 200, is past any retention a day of
+    // nanoseconds times 10,000 later.
+    let expired = catalog
+        .expired_versions(200 + super::DAY_NS * 10_000)
+        .expect("expired");
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(catalog.delete_versions(&expired).expect("delete"), 1);
+    changed("an expiration", true);
+    let active_b = catalog
+        .query_versions(
+            node,
+            &VersionQuery {
+                path_prefix: "/b".into(),
+                ..VersionQuery::default()
+            },
+            None,
+            10,
+        )
+        .expect("query")
+        .versions;
+    assert_eq!(
+        catalog
+            .delete_node_versions(node, &[active_b[0].object_id])
+            .expect("delete backup"),
+        1
+    );
+    changed("delete backup", true);
+    catalog
+        .commit_objects(node, "/", &[version("/c")], &[], 500)
+        .expect("commit");
+    changed("new versions", true);
+    catalog
+        .delete_filespace(node, "/")
+        .expect("delete filespace");
+    changed("a filespace's removal", true);
+    assert_eq!(token(other), 0, "another node's token stays");
 }

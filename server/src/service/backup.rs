@@ -871,8 +871,11 @@ impl Backup for BackupService {
         request: Request<pb::QueryFilespacesRequest>,
     ) -> Result<Response<pb::QueryFilespacesResponse>, Status> {
         let (session, _) = self.session(&request)?;
-        let filespaces = super::blocking(&self.state, move |s| {
-            Ok(s.repo.catalog.list_filespaces(session.node_id)?)
+        let (change_token, filespaces) = super::blocking(&self.state, move |s| {
+            // The token first: a change committed in between makes the
+            // client look again next time, never miss it.
+            let token = s.repo.catalog.change_token(session.node_id)?;
+            Ok((token, s.repo.catalog.list_filespaces(session.node_id)?))
         })
         .await?;
         Ok(Response::new(pb::QueryFilespacesResponse {
@@ -880,6 +883,7 @@ impl Backup for BackupService {
                 .into_iter()
                 .map(convert::filespace_to_pb)
                 .collect(),
+            change_token,
         }))
     }
 
