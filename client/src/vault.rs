@@ -546,11 +546,15 @@ pub async fn synchronise(
             // A clean copy: the next command needs only the token to know
             // whether anything changed. Kept or unvouched versions are said
             // again by the next sync instead.
-            if clean && token != 0 {
+            if clean
+                && token != 0
+                && let Ok((vault_token, _)) = sync::change_token_and_filespaces(vault).await
+            {
                 let record = matched::Match {
                     server_guid: server.info.guid.to_string(),
                     token,
                     revision: status.revision,
+                    vault_token,
                     at_ns: crate::db::now_ns(),
                 };
                 if let Err(e) = matched::save(state_dir, vault_guid, &record) {
@@ -592,8 +596,16 @@ async fn still_matches(vault: &Session, server: &Session, state_dir: &Path) -> b
     else {
         return false;
     };
+    let Ok((vault_token, _)) = sync::change_token_and_filespaces(vault).await else {
+        return false;
+    };
     match sync::change_token_and_filespaces(server).await {
-        Ok((token, _)) => record.holds(server.info.guid, token, revision, crate::db::now_ns()),
+        Ok((token, _)) => record.holds(
+            server.info.guid,
+            token,
+            (revision, vault_token),
+            crate::db::now_ns(),
+        ),
         Err(_) => false,
     }
 }

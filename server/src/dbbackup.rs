@@ -65,13 +65,11 @@ pub fn take(catalog: &Catalog, server: &str, dir: &Path) -> Result<DbBackupTaken
             dir.display()
         )));
     }
-    // Whoever could replace the directory or its copies could hand a
-    // recovery a catalog of their making.
-    crate::state::refuse_replaceable(
-        dir,
-        "the catalog copies' directory",
-        nix::unistd::geteuid().as_raw(),
-    )?;
+    // Whoever could replace the directory or put files in it could hand a
+    // recovery a catalog of their making, or make the retention delete the
+    // real copies: this user's or root's, closed to others' writes (even
+    // sticky), and no step on the way another user could replace.
+    refuse_open_copies_dir(dir)?;
     let path = dir.join(copy_name(server, Utc::now()));
     let partial = PathBuf::from(format!("{}.partial", path.display()));
     let written = catalog
@@ -96,6 +94,29 @@ pub fn take(catalog: &Catalog, server: &str, dir: &Path) -> Result<DbBackupTaken
     Ok(DbBackupTaken { path, bytes })
 }
 
+/// Refuses a copies directory others may write in (sticky or not) or
+/// that belongs to another user (not root), and one that a step on the way
+/// lets another user replace.
+fn refuse_open_copies_dir(dir: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let what = "the catalog copies' directory";
+    let meta = std::fs::metadata(dir).map_err(|source| ServerError::Setup {
+        context: format!("cannot read {what} {}", dir.display()),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if (meta.uid() != me && meta.uid() != 0) || meta.mode() & tandem_os::way::OTHERS_WRITE != 0 {
+        return Err(ServerError::FailedPrecondition(format!(
+            "{what} {} belongs to uid {} with mode {:04o}: only this user (uid {me}) or root may own it and only its owner may write in it, or others could put copies of their own there or have the real ones pruned; run `chmod go-w {}` or choose a directory of this user's",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777,
+            dir.display()
+        )));
+    }
+    crate::state::refuse_replaceable(dir, what, me)
+}
+
 /// The copies of `server`'s catalog in `dir`, oldest first, with when each
 /// was taken (by its name). Other files are left alone.
 ///
@@ -106,8 +127,11 @@ pub fn copies_in(dir: &Path, server: &str) -> std::io::Result<Vec<(DateTime<Utc>
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
+        // Only files this user wrote: another's could be a forged copy.
         if let Some(at) = name.to_str().and_then(|n| taken_at(n, server))
             && entry.file_type()?.is_file()
+            && std::os::unix::fs::MetadataExt::uid(&entry.metadata()?)
+                == nix::unistd::geteuid().as_raw()
         {
             copies.push((at, entry.path()));
         }

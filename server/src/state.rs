@@ -122,7 +122,7 @@ pub(crate) fn refuse_replaceable(dir: &Path, what: &str, me: u32) -> Result<(), 
             step.display()
         ),
         Err(WayError::OpenToOthers { step, mode }) => format!(
-            "others may write in {step} (mode {mode:04o}, no sticky bit), on the way to {what} {shown}, so they could replace what this server keeps there; run `chmod go-w {step}`, or keep {what} below directories only this user and root may write",
+            "others may write in {step} (mode {mode:04o}, no sticky bit), on the way to {what} {shown}, so they could replace what is kept there; run `chmod go-w {step}`, or keep {what} below directories only this user and root may write",
             step = step.display()
         ),
         Err(WayError::TooManyLinks) => format!(
@@ -466,7 +466,10 @@ impl ServerState {
                 "cannot create data dir {}",
                 dir.display()
             )))?;
-        refuse_shared_data_dir(dir)?;
+        match role {
+            Role::Server => refuse_shared_data_dir(dir)?,
+            Role::Vault => refuse_shared_dir(dir, "the vault directory")?,
+        }
         let lock = lock_data_dir(dir)?;
         if role == Role::Vault {
             refuse_linked_subdirs(dir)?;
@@ -481,6 +484,10 @@ impl ServerState {
         repo.ingest_budget = crate::repository::ingest::IngestBudget::new(config.ingest_memory_mib);
         if role == Role::Server {
             repo.catalog.read_through_memory_map(CATALOG_MAP_BYTES)?;
+            // Whatever changed the catalog while this build was not running
+            // it (an older build, a file put in its place) drew no token:
+            // every node gets a new one, and each vault compares in full once.
+            repo.catalog.renew_change_tokens()?;
         }
         let repo = Arc::new(repo);
         let catalog: &Catalog = &repo.catalog;

@@ -34,17 +34,21 @@ fn a_restored_catalog_finds_moved_chunks_and_names_what_was_freed() {
         "{}",
         stderr(&refused)
     );
-    // So is one others may write in: they could swap a copy for theirs.
+    // So is one others may write in, sticky or not: they could put copies
+    // of their own there, or newer-named files the retention would keep in
+    // place of the real copies.
     let open = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let refused = server.admin(&["backup", "db", "--to", &path_str(open.path())]);
-    assert_eq!(code(&refused), 12);
-    assert!(
-        stderr(&refused).contains(&format!("run `chmod go-w {}`", open.path().display())),
-        "{}",
-        stderr(&refused)
-    );
-    assert_eq!(std::fs::read_dir(open.path()).unwrap().count(), 0);
+    for mode in [0o777, 0o1777] {
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        let refused = server.admin(&["backup", "db", "--to", &path_str(open.path())]);
+        assert_eq!(code(&refused), 12);
+        assert!(
+            stderr(&refused).contains(&format!("run `chmod go-w {}`", open.path().display())),
+            "{mode:o}: {}",
+            stderr(&refused)
+        );
+        assert_eq!(std::fs::read_dir(open.path()).unwrap().count(), 0);
+    }
 
     // Then the data moves on: drop.bin's versions are deleted and expired,
     // the container falls under half live and is compacted (keep.bin's

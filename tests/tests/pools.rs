@@ -367,10 +367,10 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
     };
     let open = outside.path().join("open");
     std::fs::create_dir(&open).unwrap();
-    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o775)).unwrap();
     let refused = refused_for(&open);
     assert!(
-        refused.contains("is open to other users (mode 755)"),
+        refused.contains("is open to other users (mode 775)"),
         "{refused}"
     );
     let below_open = open.join("pool");
@@ -381,6 +381,19 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
         refused.contains(&format!("run `chmod go-w {}`", open.display())),
         "{refused}"
     );
+    // One of this user's that only it may write but others may read (as
+    // earlier versions made them) is closed to them, and used.
+    let readable = outside.path().join("readable");
+    std::fs::create_dir(&readable).unwrap();
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let readable_text = path_str(&readable);
+    let tightened = TestServer::start_with(
+        "SEVENTH",
+        &[("TANDEM_SERVER_POOLS__X__DIRECTORY", readable_text.as_str())],
+    );
+    let mode = std::fs::metadata(&readable).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    drop(tightened);
     // An unknown pool name in a query is refused with the pools there are.
     let out = server.admin(&["query", "stgpool", "nosuch"]);
     assert!(!out.status.success());

@@ -8,10 +8,11 @@
 //! 0.45 s without, and ten times the memory. The server draws a new random
 //! token in the transaction of every change to the node's versions; a sync
 //! that ends with the vault a clean copy of the server records the token it
-//! read before listing and the vault's revision after. The next command's
-//! sync asks for the token alone: the same token, the same server, the
-//! vault's revision unchanged (nothing wrote to it since) and nothing of
-//! its own to send, and there is nothing to move.
+//! read before listing, and the vault's revision and own change token
+//! after. The next command's sync asks for the two tokens alone: the same
+//! server token, the same server, the vault's revision and token unchanged
+//! (nothing wrote to it since, nor was it rolled back) and nothing of its
+//! own to send, and there is nothing to move.
 //!
 //! Any full sync forgets the record before it starts, so a sync cut short
 //! never leaves one behind; a record older than [`FULL_SYNC_AFTER_NS`] is
@@ -37,19 +38,24 @@ pub struct Match {
     pub token: i64,
     /// The vault's revision after the sync.
     pub revision: u64,
+    /// The vault's own change token after the sync (its store draws one
+    /// as a server's does): a vault directory rolled back to a snapshot
+    /// with the same revision, taken during a pull, shows another.
+    #[serde(default)]
+    pub vault_token: i64,
     /// When the sync ended (client clock, Unix ns).
     pub at_ns: i64,
 }
 
 impl Match {
-    /// Whether the vault, now at `revision`, still matches `server`, whose
-    /// token is `token`, at `now_ns`.
+    /// Whether the vault, now at `now` (its revision and token), still
+    /// matches `server`, whose token is `token`, at `now_ns`.
     #[must_use]
-    pub fn holds(&self, server: ServerGuid, token: i64, revision: u64, now_ns: i64) -> bool {
+    pub fn holds(&self, server: ServerGuid, token: i64, now: (u64, i64), now_ns: i64) -> bool {
         token != 0
             && self.token == token
             && self.server_guid == server.to_string()
-            && self.revision == revision
+            && (self.revision, self.vault_token) == now
             && (0..FULL_SYNC_AFTER_NS).contains(&(now_ns - self.at_ns))
     }
 }
@@ -100,31 +106,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_match_holds_only_for_the_same_server_token_and_revision_within_a_day() {
+    fn a_match_holds_only_for_the_same_server_tokens_and_revision_within_a_day() {
         let server = ServerGuid([1; 16]);
         let m = Match {
             server_guid: server.to_string(),
             token: 42,
             revision: 7,
+            vault_token: 9,
             at_ns: 1_000,
         };
-        assert!(m.holds(server, 42, 7, 2_000));
-        assert!(!m.holds(server, 43, 7, 2_000), "the server changed");
-        assert!(!m.holds(server, 42, 8, 2_000), "the vault was written");
+        assert!(m.holds(server, 42, (7, 9), 2_000));
+        assert!(!m.holds(server, 43, (7, 9), 2_000), "the server changed");
+        assert!(!m.holds(server, 42, (8, 9), 2_000), "the vault was written");
         assert!(
-            !m.holds(ServerGuid([2; 16]), 42, 7, 2_000),
-            "another server"
+            !m.holds(server, 42, (7, 10), 2_000),
+            "the vault rolled back"
         );
-        assert!(
-            !m.holds(server, 42, 7, 1_000 + FULL_SYNC_AFTER_NS),
-            "a day old"
-        );
-        assert!(!m.holds(server, 42, 7, 500), "a clock stepped back");
+        let other = ServerGuid([2; 16]);
+        assert!(!m.holds(other, 42, (7, 9), 2_000), "another server");
+        let a_day_later = 1_000 + FULL_SYNC_AFTER_NS;
+        assert!(!m.holds(server, 42, (7, 9), a_day_later), "a day old");
+        assert!(!m.holds(server, 42, (7, 9), 500), "a clock stepped back");
         let unknown = Match { token: 0, ..m };
-        assert!(
-            !unknown.holds(server, 0, 7, 2_000),
-            "a server without tokens"
-        );
+        assert!(!unknown.holds(server, 0, (7, 9), 2_000), "no tokens");
     }
 
     #[test]
@@ -136,6 +140,7 @@ mod tests {
             server_guid: ServerGuid([1; 16]).to_string(),
             token: -5,
             revision: 3,
+            vault_token: 4,
             at_ns: 10,
         };
         save(dir.path(), vault, &m).unwrap();

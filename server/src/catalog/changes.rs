@@ -28,6 +28,18 @@ pub(super) fn node_changed(conn: &Connection, node_id: i64) -> rusqlite::Result<
 }
 
 impl Catalog {
+    /// Draws a new token for every node: at a server's start, since
+    /// whatever changed the catalog while this build was not running it
+    /// drew none.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn renew_change_tokens(&self) -> Result<(), CatalogError> {
+        self.conn()
+            .execute("UPDATE nodes SET change_token = random()", [])?;
+        Ok(())
+    }
+
     /// Node `node_id`'s change token: 0 when none was drawn yet (or there
     /// is no such node), which a client takes as "unknown".
     ///

@@ -100,6 +100,7 @@ pub(super) fn prepare<'a>(
             })?;
         if config.directory.is_some() {
             // One inside the data dir is covered by the data dir's checks.
+            close_to_readers(&dir, &table)?;
             crate::state::refuse_shared_dir(&dir, &format!("the directory of [{table}]"))?;
         }
         let id = ids[name];
@@ -167,6 +168,31 @@ pub(super) fn prepare<'a>(
 /// `dir` with every link and `.` resolved (as it is when that fails).
 fn resolved(dir: &Path) -> PathBuf {
     dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Takes other users' read and search permission off a pool directory of
+/// this user's that only its owner may write (earlier versions made it
+/// 0755): nobody else could have changed what is in it, so it is kept,
+/// now for this user alone. Said once in the log.
+fn close_to_readers(dir: &Path, table: &str) -> Result<(), ServerError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let io = |source| StorageError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(dir).map_err(io)?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() == nix::unistd::geteuid().as_raw()
+        && mode & tandem_os::way::OTHERS_WRITE == 0
+        && mode & 0o077 != 0
+    {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        tracing::warn!(
+            "the directory of [{table}], {}, was readable by other users (mode {mode:04o}); it is 0700 now",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a start without a pool that holds indexed chunks: the versions
