@@ -585,9 +585,13 @@ async fn still_matches(vault: &Session, server: &Session, state_dir: &Path) -> b
     let Some(record) = matched::load(state_dir, vault.info.guid) else {
         return false;
     };
-    // What the vault may push is decided by the pull's record: without it,
-    // a full sync writes it again.
-    if !pulled::path(state_dir, vault.info.guid).exists() {
+    // What the vault may push is decided by the pull's record (without it,
+    // a full sync writes it again) and by the record of this client's own
+    // writes to it, which only a full sync clears: while that holds
+    // anything, every command would list both sides to push it.
+    if !pulled::path(state_dir, vault.info.guid).exists()
+        || own::path(state_dir, vault.info.guid).exists()
+    {
         return false;
     }
     let Some(revision) = revision::load(state_dir)
