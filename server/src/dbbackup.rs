@@ -89,6 +89,13 @@ pub fn take(catalog: &Catalog, server: &str, dir: &Path) -> Result<DbBackupTaken
             return Err(e);
         }
     };
+    // Only this user's files count as copies (`copies_in`): on a file
+    // system that shows every file as another's, a copy would never count,
+    // and the schedule would take one after another.
+    if let Err(e) = refuse_foreign_copy(&path) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     // The copy's directory entry is durable too.
     let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(DbBackupTaken { path, bytes })
@@ -105,16 +112,42 @@ fn refuse_open_copies_dir(dir: &Path) -> Result<(), ServerError> {
         source,
     })?;
     let me = nix::unistd::geteuid().as_raw();
-    if (meta.uid() != me && meta.uid() != 0) || meta.mode() & tandem_os::way::OTHERS_WRITE != 0 {
+    let why = "others could put copies of their own there or have the real ones pruned";
+    if meta.uid() != me && meta.uid() != 0 {
         return Err(ServerError::FailedPrecondition(format!(
-            "{what} {} belongs to uid {} with mode {:04o}: only this user (uid {me}) or root may own it and only its owner may write in it, or others could put copies of their own there or have the real ones pruned; run `chmod go-w {}` or choose a directory of this user's",
+            "{what} {} belongs to uid {}, not to this user (uid {me}) or root: {why}; choose a directory of this user's",
             dir.display(),
             meta.uid(),
+        )));
+    }
+    if meta.mode() & tandem_os::way::OTHERS_WRITE != 0 {
+        return Err(ServerError::FailedPrecondition(format!(
+            "others may write in {what} {} (mode {:04o}): {why}; run `chmod go-w {}`",
+            dir.display(),
             meta.mode() & 0o7777,
             dir.display()
         )));
     }
     crate::state::refuse_replaceable(dir, what, me)
+}
+
+/// Refuses a copy just written that does not show as this user's file.
+fn refuse_foreign_copy(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(path)
+        .map_err(|source| ServerError::Setup {
+            context: format!("cannot read {}", path.display()),
+            source,
+        })?
+        .uid();
+    let me = nix::unistd::geteuid().as_raw();
+    if owner != me {
+        return Err(ServerError::FailedPrecondition(format!(
+            "the copy {} shows as uid {owner}'s, not this user's (uid {me}), so it could not be told from a file someone else put there; it was removed. Keep catalog copies on a file system that records owners",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The copies of `server`'s catalog in `dir`, oldest first, with when each
@@ -127,11 +160,13 @@ pub fn copies_in(dir: &Path, server: &str) -> std::io::Result<Vec<(DateTime<Utc>
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        // Only files this user wrote: another's could be a forged copy.
+        // Only files this user wrote: another's could be a forged copy. A
+        // file gone meanwhile is not one.
         if let Some(at) = name.to_str().and_then(|n| taken_at(n, server))
             && entry.file_type()?.is_file()
-            && std::os::unix::fs::MetadataExt::uid(&entry.metadata()?)
-                == nix::unistd::geteuid().as_raw()
+            && entry.metadata().is_ok_and(|m| {
+                std::os::unix::fs::MetadataExt::uid(&m) == nix::unistd::geteuid().as_raw()
+            })
         {
             copies.push((at, entry.path()));
         }

@@ -370,7 +370,7 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o775)).unwrap();
     let refused = refused_for(&open);
     assert!(
-        refused.contains("is open to other users (mode 775)"),
+        refused.contains(&format!("run `chmod go-w {}`", open.display())),
         "{refused}"
     );
     let below_open = open.join("pool");
@@ -381,19 +381,28 @@ fn a_pool_directory_is_never_shared_by_two_pools_or_two_servers() {
         refused.contains(&format!("run `chmod go-w {}`", open.display())),
         "{refused}"
     );
-    // One of this user's that only it may write but others may read (as
-    // earlier versions made them) is closed to them, and used.
+    // A directory this server claimed that others may read but not write
+    // (as earlier versions made them) is closed to them at the next start,
+    // and used; an unclaimed one like it is refused.
     let readable = outside.path().join("readable");
-    std::fs::create_dir(&readable).unwrap();
-    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o755)).unwrap();
+    private_dir(&readable);
     let readable_text = path_str(&readable);
-    let tightened = TestServer::start_with(
-        "SEVENTH",
-        &[("TANDEM_SERVER_POOLS__X__DIRECTORY", readable_text.as_str())],
-    );
+    let env = [("TANDEM_SERVER_POOLS__X__DIRECTORY", readable_text.as_str())];
+    let mut claimed = TestServer::start_with("SEVENTH", &env);
+    claimed.stop();
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o755)).unwrap();
+    claimed.restart_with(&env);
     let mode = std::fs::metadata(&readable).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
-    drop(tightened);
+    drop(claimed);
+    let unclaimed = outside.path().join("unclaimed");
+    std::fs::create_dir(&unclaimed).unwrap();
+    std::fs::set_permissions(&unclaimed, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let refused = refused_for(&unclaimed);
+    assert!(
+        refused.contains("is open to other users (mode 755)"),
+        "{refused}"
+    );
     // An unknown pool name in a query is refused with the pools there are.
     let out = server.admin(&["query", "stgpool", "nosuch"]);
     assert!(!out.status.success());

@@ -100,8 +100,10 @@ pub(super) fn prepare<'a>(
             })?;
         if config.directory.is_some() {
             // One inside the data dir is covered by the data dir's checks.
-            close_to_readers(&dir, &table)?;
-            crate::state::refuse_shared_dir(&dir, &format!("the directory of [{table}]"))?;
+            let what = format!("the directory of [{table}]");
+            crate::state::refuse_replaceable(&dir, &what, nix::unistd::geteuid().as_raw())?;
+            close_to_readers(&dir, &table, name, guid)?;
+            crate::state::refuse_shared_dir(&dir, &what)?;
         }
         let id = ids[name];
         places.push(Place {
@@ -170,25 +172,36 @@ fn resolved(dir: &Path) -> PathBuf {
     dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
 }
 
-/// Takes other users' read and search permission off a pool directory of
-/// this user's that only its owner may write (earlier versions made it
-/// 0755): nobody else could have changed what is in it, so it is kept,
-/// now for this user alone. Said once in the log.
-fn close_to_readers(dir: &Path, table: &str) -> Result<(), ServerError> {
+/// Takes other users' read and search permission off a pool directory
+/// this server already claimed for pool `pool` (earlier versions made it
+/// 0755) when it is this user's, no link, and only its owner may write in
+/// it: nobody else could have changed what is in it. Any other directory
+/// open to others is refused as before. Said once in the log.
+fn close_to_readers(dir: &Path, table: &str, pool: &str, guid: &str) -> Result<(), ServerError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let io = |source| StorageError::Io {
         path: dir.to_path_buf(),
         source,
     };
-    let meta = std::fs::metadata(dir).map_err(io)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io)?;
     let mode = meta.mode() & 0o7777;
-    if meta.uid() == nix::unistd::geteuid().as_raw()
+    let ours = || {
+        std::fs::read(dir.join(CLAIM_FILE))
+            .ok()
+            .filter(|bytes| bytes.len() as u64 <= MAX_CLAIM_BYTES)
+            .and_then(|bytes| serde_json::from_slice::<Claim>(&bytes).ok())
+            .is_some_and(|claim| claim.server_guid == guid && claim.pool == pool)
+    };
+    if meta.is_dir()
+        && meta.uid() == nix::unistd::geteuid().as_raw()
         && mode & tandem_os::way::OTHERS_WRITE == 0
         && mode & 0o077 != 0
+        && ours()
     {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        let closed = mode & !0o077;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(closed)).map_err(io)?;
         tracing::warn!(
-            "the directory of [{table}], {}, was readable by other users (mode {mode:04o}); it is 0700 now",
+            "the directory of [{table}], {}, was readable by other users (mode {mode:04o}); it is {closed:04o} now",
             dir.display()
         );
     }
