@@ -440,11 +440,7 @@ pub async fn synchronise(
         if still_matches(vault, server, state_dir).await {
             // Nothing changed on either side since the vault last matched
             // the server: it matches it now too.
-            status.pull_pending = false;
-            status.pulled_at_ns = checked_at;
-            status.last_sync_ns = crate::db::now_ns();
-            status.last_error.clear();
-            status.failing_since_ns = 0;
+            status.matched(&name, &server.info.guid.to_string(), checked_at);
             if let Err(e) = status.save(dir) {
                 console.report(&Msg::vault_sync_failed(&name, &e), ExitStatus::Warnings);
             }
@@ -523,14 +519,7 @@ pub async fn synchronise(
                 );
             }
             let pulled = pulled.report;
-            status.pulled_at_ns = started;
-            status.offline_writes = false;
-            status.pull_pending = false;
-            status.server.clone_from(&name);
-            status.server_guid = server.info.guid.to_string();
-            status.last_sync_ns = crate::db::now_ns();
-            status.last_error.clear();
-            status.failing_since_ns = 0;
+            status.matched(&name, &server.info.guid.to_string(), started);
             if let Err(e) = status.save(dir) {
                 console.report(&Msg::vault_sync_failed(&name, &e), ExitStatus::Warnings);
             }

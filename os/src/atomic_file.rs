@@ -130,6 +130,18 @@ pub fn read_small_text(path: &Path, max_bytes: u64) -> std::io::Result<String> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// Removes `path`; one that is not there is not an error (a record
+/// forgotten twice, or never written).
+///
+/// # Errors
+/// Any other failure to remove it.
+pub fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

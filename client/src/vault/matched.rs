@@ -94,11 +94,8 @@ pub fn save(state_dir: &Path, vault: ServerGuid, matched: &Match) -> Result<(), 
 /// must not go on, or a later command could trust it.
 pub fn forget(state_dir: &Path, vault: ServerGuid) -> Result<(), String> {
     let path = path(state_dir, vault);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
-    }
+    tandem_os::atomic_file::remove_if_present(&path)
+        .map_err(|e| format!("cannot remove {}: {e}", path.display()))
 }
 
 #[cfg(test)]

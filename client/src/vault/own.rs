@@ -324,11 +324,8 @@ pub fn append(state_dir: &Path, vault: ServerGuid, entries: &[Entry]) -> Result<
 /// I/O failures other than a record that is not there.
 pub fn clear(state_dir: &Path, vault: ServerGuid) -> Result<(), String> {
     let path = path(state_dir, vault);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
-    }
+    tandem_os::atomic_file::remove_if_present(&path)
+        .map_err(|e| format!("cannot remove {}: {e}", path.display()))
 }
 
 /// The entries for a commit about to go to the vault: a digest of each

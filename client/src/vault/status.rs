@@ -48,6 +48,20 @@ pub struct SyncStatus {
 }
 
 impl SyncStatus {
+    /// Records that the vault matched server `name` (GUID `guid`) exactly
+    /// as of `at_ns` (when the pull started, or when the tokens were read):
+    /// nothing is pending, the last sync succeeded now.
+    pub fn matched(&mut self, name: &str, guid: &str, at_ns: i64) {
+        self.pulled_at_ns = at_ns;
+        self.offline_writes = false;
+        self.pull_pending = false;
+        self.server = name.to_string();
+        self.server_guid = guid.to_string();
+        self.last_sync_ns = crate::db::now_ns();
+        self.last_error.clear();
+        self.failing_since_ns = 0;
+    }
+
     /// The record in `dir`; the default (never synchronised) when there is
     /// none yet.
     ///
